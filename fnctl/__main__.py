@@ -1,0 +1,5 @@
+"""`python -m fnctl` entry point."""
+
+from fnctl.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""The command line: parse arguments, call one core function, render its result. No logic lives here.
+
+Heavy libraries (docker, git, the HTTP stack) are imported inside the commands that need them, so that
+`fnctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from fnctl import __version__
+from fnctl.errors import ExitCode, FnctlError
+from fnctl.render import Output, OutputOpt, console, err_console
+
+app = typer.Typer(
+    name="fnctl",
+    help="Validate, diff and roll out stored functions as hardened Docker sandboxes.\n\n"
+    "Example: fnctl validate manifests/",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+_debug = False
+
+PathsArg = Annotated[Optional[list[Path]], typer.Argument(help="Manifest files or directories (default: the project's manifests).", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console().print(f"fnctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
+    """Check manifests against the schemas and the semantic rules; report every problem at once.
+
+    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message.
+
+    Example: fnctl validate manifests/ -o json
+    """
+    from fnctl.project import load_project
+    from fnctl.render import render_validation
+    from fnctl.validate import validate_paths
+
+    result = validate_paths(load_project(), paths)
+    render_validation(result, output)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option(help="Project name (default: the directory's name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write even into a directory that has files.")] = False,
+) -> None:
+    """Scaffold a project: fnctl.toml, one Python function, its manifest and an HTTP trigger.
+
+    Example: fnctl init my-project && cd my-project && fnctl validate
+    """
+    from fnctl.scaffold import scaffold
+
+    created = scaffold(directory, name, force=force)
+    for path in created:
+        console().print(f"created {path}")
+    console().print(f"\nNext: cd {directory} && fnctl validate")
+
+
+def main() -> NoReturn:
+    """Console entry point: maps fnctl's errors to the exit codes of the CLI contract."""
+    try:
+        code = app(standalone_mode=False)
+    except FnctlError as exc:
+        err_console().print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.detail:
+            err_console().print(exc.detail, highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console().print("interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug: say so, and show the traceback only when asked
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(ExitCode.BAD_INPUT)
+        if _debug:
+            raise
+        err_console().print(f"[red]internal error (a bug in fnctl):[/red] {type(exc).__name__}: {exc}\n"
+                            "Run again with --debug for the traceback.", highlight=False)
+        sys.exit(ExitCode.INTERNAL)
+    sys.exit(code if isinstance(code, int) else ExitCode.OK)

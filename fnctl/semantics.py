@@ -1,0 +1,292 @@
+"""Semantic checks: the rules a schema cannot express (references, handlers, cron, rollouts, routes, paths).
+
+Each check takes typed values and yields (value, path, message); user code is parsed with `ast`, never
+imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fnctl.diagnostics import display_path
+from fnctl.model import (
+    MAX_LIMITS, MIN_MEMORY, Analysis, DesiredState, Function, Kind, Policy, Step, StepKind, Strategy, Trigger,
+    TriggerType, View,
+)
+from fnctl.schemas import check_json_schema
+from fnctl.units import format_duration
+
+Finding = tuple[Function | Trigger | View | Policy, tuple[str | int, ...], str]
+_RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
+
+
+def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
+    yield from _unique_names(state)
+    functions = {f.name: f for f in state.functions}
+    for function in state.functions:
+        yield from check_function(function, root)
+    for trigger in state.triggers:
+        yield from _reference(trigger, ("spec", "function"), trigger.function, functions)
+        yield from _trigger(trigger)
+    for view in state.views:
+        yield from _reference(view, ("spec", "function"), view.function, functions)
+    for policy in state.policies:
+        for role, grant in policy.roles.items():
+            for i, target in enumerate(grant.invoke):
+                if target != "*":
+                    yield from _reference(policy, ("spec", "roles", role, "invoke", i), target, functions)
+    yield from _route_collisions(state.triggers)
+
+
+def check_function(function: Function, root: Path) -> Iterator[Finding]:
+    yield from _source_and_handler(function, root)
+    yield from _limits(function)
+    yield from _env_and_secrets(function)
+    for key in ("parameters", "returns"):
+        schema = getattr(function, key)
+        problem = check_json_schema(schema) if schema is not None else None
+        if problem:
+            yield function, ("spec", key), problem
+    if function.scaling.min_instances > function.scaling.max_instances:
+        yield (function, ("spec", "scaling", "minInstances"),
+               f"minInstances ({function.scaling.min_instances}) exceeds maxInstances ({function.scaling.max_instances})")
+    yield from _rollout(function)
+
+
+def _unique_names(state: DesiredState) -> Iterator[Finding]:
+    for kind, items in ((Kind.FUNCTION, state.functions), (Kind.TRIGGER, state.triggers),
+                        (Kind.VIEW, state.views), (Kind.POLICY, state.policies)):
+        seen: dict[str, Any] = {}
+        for item in items:
+            first = seen.setdefault(item.name, item)
+            if first is not item:
+                yield item, ("metadata", "name"), f"duplicate {kind.value} name {item.name!r} (first defined at {_where(first)})"
+
+
+def _reference(item: Trigger | View | Policy, path: tuple[str | int, ...], name: str,
+               functions: dict[str, Function]) -> Iterator[Finding]:
+    if name not in functions:
+        yield item, path, f"function {name!r} is not defined in these manifests"
+
+
+def _where(item: Any) -> str:
+    doc = item.document
+    if doc is None:
+        return "?"
+    pos = doc.position(("metadata", "name"))
+    return f"{display_path(doc.file)}:{pos.line}"
+
+
+def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
+    if function.document is None:
+        return
+    source = function.document.file.parent / function.source
+    at = ("spec", "source")
+    if Path(function.source).is_absolute() or not _inside(root, source, follow=False):
+        yield function, at, f"source {function.source!r} escapes the project root {root}"
+        return
+    if not _inside(root, source, follow=True):
+        yield function, at, f"source {function.source!r} is a symlink pointing outside the project"
+        return
+    if not source.is_dir():
+        yield function, at, f"source directory {function.source!r} does not exist"
+        return
+    escaping = _escaping_symlink(source, root)
+    if escaping:
+        yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
+        return
+    problem = handler_problem(source, function.handler)
+    if problem:
+        yield function, ("spec", "handler"), problem
+
+
+def _inside(root: Path, path: Path, *, follow: bool) -> bool:
+    target = path.resolve() if follow else Path(os.path.normpath(path.absolute()))
+    base = root.resolve()
+    return target == base or base in target.parents
+
+
+def _escaping_symlink(source: Path, root: Path) -> str | None:
+    for directory, dirs, files in os.walk(source):
+        for name in dirs + files:
+            entry = Path(directory, name)
+            if entry.is_symlink() and not _inside(root, entry, follow=True):
+                return str(entry.relative_to(source))
+    return None
+
+
+def handler_problem(source: Path, handler: str) -> str | None:
+    """Why `handler` cannot be found in `source` (parsed, never imported), or None."""
+    if ":" in handler:
+        file_part, attr = handler.rsplit(":", 1)
+        candidates = [source / file_part]
+        shown = file_part
+    else:
+        module, attr = handler.rsplit(".", 1)
+        rel = Path(*module.split("."))
+        candidates = [source / rel.with_suffix(".py"), source / rel / "__init__.py"]
+        shown = module
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        return f"handler module {shown!r} not found in the source directory (looked for {', '.join(str(c.relative_to(source)) for c in candidates)})"
+    names, error = _top_level_names(path)
+    if error:
+        return f"cannot parse {path.relative_to(source)}: {error}"
+    if attr not in names:
+        return f"{path.relative_to(source)} defines no top-level {attr!r}"
+    return None
+
+
+@cache
+def _top_level_names(path: Path) -> tuple[frozenset[str], str | None]:
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        return frozenset(), f"line {exc.lineno}: {exc.msg}"
+    except (OSError, ValueError) as exc:
+        return frozenset(), str(exc)
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return frozenset(names), None
+
+
+def _limits(function: Function) -> Iterator[Finding]:
+    limits, at = function.limits, ("spec", "limits")
+    for key, value, maximum, shown in (
+        ("timeout", limits.timeout, MAX_LIMITS.timeout, format_duration(MAX_LIMITS.timeout)),
+        ("memory", limits.memory, MAX_LIMITS.memory, "4Gi"),
+        ("tmp", limits.tmp, MAX_LIMITS.tmp, "1Gi"),
+        ("payload", limits.payload, MAX_LIMITS.payload, "32Mi"),
+        ("output", limits.output, MAX_LIMITS.output, "32Mi"),
+    ):
+        if value > maximum:
+            yield function, at + (key,), f"{key} exceeds the maximum of {shown}"
+    if limits.memory < MIN_MEMORY:
+        yield function, at + ("memory",), "memory must be at least 32Mi (a Python runtime needs it to start)"
+    if limits.timeout <= 0:
+        yield function, at + ("timeout",), "timeout must be more than 0"
+
+
+def _env_and_secrets(function: Function) -> Iterator[Finding]:
+    for key in function.env:
+        if _RESERVED_ENV.match(key):
+            yield function, ("spec", "env", key), f"{key!r} is reserved for the runtime (FNCTL_* and PYTHON*)"
+    seen: set[str] = set()
+    for i, secret in enumerate(function.secrets):
+        if secret.name in seen or secret.name in function.env:
+            yield function, ("spec", "secrets", i, "name"), f"{secret.name!r} is defined twice (env or secrets)"
+        if _RESERVED_ENV.match(secret.name):
+            yield function, ("spec", "secrets", i, "name"), f"{secret.name!r} is reserved for the runtime"
+        seen.add(secret.name)
+
+
+def _trigger(trigger: Trigger) -> Iterator[Finding]:
+    if trigger.type is not TriggerType.CRON:
+        return
+    at = ("spec", "cron")
+    from croniter import croniter  # imported only when a manifest has a cron trigger
+
+    schedule = trigger.config["schedule"]
+    if not croniter.is_valid(schedule):
+        yield trigger, at + ("schedule",), f"invalid cron expression {schedule!r} (expected e.g. '*/5 * * * *')"
+    zone = trigger.config.get("timezone")
+    if zone is not None:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            yield trigger, at + ("timezone",), f"unknown time zone {zone!r} (expected e.g. UTC or Europe/Paris)"
+
+
+def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:
+    seen: dict[tuple[str, str], Trigger] = {}
+    for trigger in triggers:
+        if trigger.type is not TriggerType.HTTP:
+            continue
+        shape = re.sub(r"\{[^}]+\}", "{}", trigger.config["path"].rstrip("/") or "/")
+        methods = trigger.config.get("methods") or ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+        for method in methods:
+            first = seen.setdefault((method, shape), trigger)
+            if first is not trigger:
+                yield (trigger, ("spec", "http", "path"),
+                       f"route {method} {trigger.config['path']} collides with trigger {first.name!r} ({_where(first)})")
+                break
+
+
+def _rollout(function: Function) -> Iterator[Finding]:
+    rollout, at = function.rollout, ("spec", "rollout")
+    if rollout.steps and rollout.strategy is not Strategy.CANARY:
+        yield function, at + ("steps",), f"steps apply only to the canary strategy, not {rollout.strategy.value}"
+    if rollout.strategy is Strategy.CANARY:
+        yield from _canary_steps(function, rollout.steps)
+    elif rollout.strategy is Strategy.BLUE_GREEN:
+        pre = rollout.pre_promotion_analysis
+        if pre is not None and pre.min_requests > 0 and not pre.checks:
+            yield (function, at + ("prePromotionAnalysis", "minRequests"),
+                   "a blue-green preview receives no user traffic, so minRequests can never be reached; add checks")
+    elif rollout.strategy is Strategy.AB_TEST:
+        yield from _variants(function)
+    if rollout.variants and rollout.strategy is not Strategy.AB_TEST:
+        yield function, at + ("variants",), "variants apply only to the abTest strategy"
+
+
+def _canary_steps(function: Function, steps: tuple[Step, ...]) -> Iterator[Finding]:
+    at = ("spec", "rollout", "steps")
+    if not steps:
+        yield function, at, "a canary needs at least one step (e.g. setWeight: 20)"
+        return
+    weight = 0
+    for i, step in enumerate(steps):
+        if step.kind is StepKind.SET_WEIGHT and step.weight is not None:
+            if step.weight <= weight:
+                yield (function, at + (i, "setWeight"),
+                       f"weights must increase: {step.weight} after {weight} (steps only move traffic towards the new revision)")
+            weight = max(weight, step.weight)
+        elif step.kind is StepKind.ANALYSIS and step.analysis is not None:
+            yield from _analysis_reachable(function, at + (i, "analysis"), step.analysis, weight, steps[:i])
+
+
+def _analysis_reachable(function: Function, at: tuple[str | int, ...], analysis: Analysis, weight: int,
+                        before: tuple[Step, ...]) -> Iterator[Finding]:
+    if analysis.min_requests <= 0:
+        return
+    if weight == 0 and not analysis.checks:
+        yield function, at + ("minRequests",), "this analysis runs before any traffic reaches the new revision (no setWeight > 0 before it)"
+        return
+    traffic = function.rollout.expected_traffic
+    if traffic is None:
+        return
+    window = analysis.window or sum(s.pause or 0.0 for s in before if s.kind is StepKind.PAUSE) or analysis.interval
+    reachable = traffic * weight / 100 * window
+    if reachable < analysis.min_requests:
+        yield (function, at + ("minRequests",),
+               f"at {traffic:g} requests/s and {weight}% weight, a {format_duration(window)} window collects about "
+               f"{reachable:.0f} requests, fewer than minRequests ({analysis.min_requests})")
+
+
+def _variants(function: Function) -> Iterator[Finding]:
+    variants, at = function.rollout.variants, ("spec", "rollout", "variants")
+    if len(variants) < 2:
+        yield function, at, "an A/B test needs at least two variants"
+        return
+    total = sum(v.weight for v in variants)
+    if total != 100:
+        yield function, at, f"variant weights must sum to 100, not {total}"
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        yield function, at, "variant names must be unique"
+    if "new" not in [v.revision for v in variants]:
+        yield function, at, "one variant must be the revision being deployed (revision: new)"
