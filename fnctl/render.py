@@ -53,3 +53,74 @@ def render_validation(result: ValidationResult, output: Output) -> None:
     else:
         n = len(result.diagnostics)
         err_console().print(f"[red]invalid[/red]: {n} problem{'s' if n != 1 else ''} in {len(result.files)} files")
+
+
+class Progress:
+    """Live progress of long work: a spinner with the latest line on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self._status: Any = None
+        self._quiet = quiet
+
+    def __enter__(self) -> Progress:
+        if err_console().is_terminal and not self._quiet:
+            self._status = err_console().status("working")
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(None, None, None)
+
+    def __call__(self, line: str) -> None:
+        if self._status is not None:
+            self._status.update(line[:120])
+        elif not self._quiet:
+            err_console().print(line, markup=False)
+
+
+def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool) -> None:
+    """An invocation's result (stdout) and its logs, duration and error (stderr)."""
+    if output is Output.JSON:
+        print_json({
+            "ok": outcome.ok, "result": outcome.result,
+            "error": None if outcome.ok else {"kind": outcome.failure.value, "message": outcome.message,
+                                              "traceback": outcome.traceback},
+            "logs": outcome.logs, "durationMs": round(outcome.duration_ms, 3), "warm": warm,
+        })
+        return
+    if show_logs and outcome.logs:
+        err_console().rule("logs", style="dim")
+        err_console().print(outcome.logs.rstrip("\n"), markup=False)
+        err_console().rule(style="dim")
+    if outcome.ok:
+        if console().is_terminal:
+            console().print_json(json.dumps(outcome.result))
+        else:
+            sys.stdout.write(json.dumps(outcome.result) + "\n")
+    else:
+        err_console().print(f"[red]error ({outcome.failure.value}):[/red] {outcome.message}", highlight=False)
+        if outcome.traceback:
+            err_console().print(outcome.traceback.rstrip("\n"), markup=False)
+    err_console().print(f"[dim]{outcome.duration_ms:.1f} ms{' (warm instance)' if warm else ''}[/dim]")
+
+
+def render_sandbox_checks(reports: list[Any], output: Output) -> None:
+    if output is Output.JSON:
+        print_json([{"function": r.function, "instance": r.instance, "container": r.container,
+                     "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.checks]}
+                    for r in reports])
+        return
+    if not reports:
+        err_console().print("no running instances")
+        return
+    from rich.table import Table
+
+    for report in reports:
+        table = Table(title=f"{report.function} · {report.container}", title_justify="left")
+        table.add_column("property")
+        table.add_column("result")
+        table.add_column("detail", overflow="fold")
+        for check in report.checks:
+            table.add_row(check.name, "[green]pass[/green]" if check.ok else "[red]FAIL[/red]", check.detail)
+        console().print(table)

@@ -1,0 +1,610 @@
+#!/usr/bin/env python3
+"""fnctl's in-container runtime: loads the function's handler and serves invocations on a Unix socket.
+
+Standard library only: it runs inside the sandbox image, which holds nothing but python3, and never imports fnctl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+PROTOCOL = 1
+MIB = 1 << 20
+FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
+_THIS_FILE = os.path.abspath(__file__)
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
+_REAL_STDERR = sys.stderr
+
+
+class CallbackError(Exception):
+    """The host answered a `context.call` / `context.acall` with an error."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Config:
+    handler: str
+    code_dir: str
+    deps_dir: str
+    socket_path: str
+    function: str
+    revision: str
+    concurrency: int
+    payload_limit: int
+    output_limit: int
+    log_limit: int
+    socket_mode: int
+
+    @classmethod
+    def from_env(cls) -> Config:
+        env = os.environ
+        if not env.get("FNCTL_HANDLER"):
+            raise ValueError("FNCTL_HANDLER is not set (expected module.attr or path/file.py:attr)")
+        return cls(
+            handler=env["FNCTL_HANDLER"],
+            code_dir=os.path.abspath(env.get("FNCTL_CODE_DIR", "/var/task")),
+            deps_dir=os.path.abspath(env.get("FNCTL_DEPS_DIR", "/opt/fnctl/deps")),
+            socket_path=_socket_path(),
+            function=env.get("FNCTL_FUNCTION", ""),
+            revision=env.get("FNCTL_REVISION", ""),
+            concurrency=max(1, int(env.get("FNCTL_CONCURRENCY", "8"))),
+            payload_limit=int(env.get("FNCTL_PAYLOAD_LIMIT", str(6 * MIB))),
+            output_limit=int(env.get("FNCTL_OUTPUT_LIMIT", str(6 * MIB))),
+            log_limit=int(env.get("FNCTL_LOG_LIMIT", str(64 * 1024))),
+            socket_mode=int(env.get("FNCTL_SOCKET_MODE", "600"), 8),
+        )
+
+
+def _socket_path() -> str:
+    return os.path.abspath(os.environ.get("FNCTL_SOCKET", "/run/fnctl/sock"))
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    # "replace": a lone surrogate in a message or log must not make the reply unsendable
+    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    return len(body).to_bytes(4, "big") + body
+
+
+# ---- per-invocation output capture -------------------------------------------------------------
+
+
+class _Capture:
+    """One invocation's output, capped in bytes; later writes are dropped and flagged."""
+
+    __slots__ = ("parts", "size", "limit", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self.truncated or not text:
+            return
+        data = text.encode("utf-8", "replace")
+        room = self.limit - self.size
+        if len(data) > room:
+            data, self.truncated = data[:room], True
+        self.parts.append(data)
+        self.size += len(data)
+
+    def text(self) -> str:
+        # "ignore" only ever drops the half character the cap may have cut
+        return b"".join(self.parts).decode("utf-8", "ignore")
+
+
+_capture: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("fnctl_capture", default=None)
+
+
+class _Stream(io.TextIOBase):
+    """Installed as sys.stdout/sys.stderr: writes go to the current invocation's capture, else to stderr."""
+
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        capture = _capture.get()
+        if capture is None:
+            return int(self._fallback.write(text))
+        capture.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _capture.get() is None:
+            self._fallback.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self._fallback.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+# ---- handler loading ---------------------------------------------------------------------------
+
+
+class Handler:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        call = getattr(fn, "__call__", None)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+        self.takes_context = _takes_context(fn)
+
+    def call(self, event: Any, context: Context) -> Any:
+        return self.fn(event, context) if self.takes_context else self.fn(event)
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # builtins without a signature: assume the full form
+    kinds = [p.kind for p in params]
+    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if inspect.Parameter.VAR_POSITIONAL in kinds or len(positional) >= 2:
+        return True
+    if len(positional) == 1:
+        return False
+    raise TypeError("the handler must accept (event) or (event, context)")
+
+
+def load_handler(config: Config) -> Handler:
+    for path in (config.deps_dir, config.code_dir):  # inserted in turn: the code dir ends up first
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
+    spec = config.handler
+    if ":" in spec:
+        file_part, _, attr = spec.rpartition(":")
+        module = _import_file(os.path.join(config.code_dir, file_part))
+    else:
+        module_name, _, attr = spec.rpartition(".")
+        if not module_name or not attr:
+            raise ValueError(f"invalid handler {spec!r}: expected module.attr or path/file.py:attr")
+        module = importlib.import_module(module_name)
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"handler {spec!r} not found: module {module.__name__!r} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise TypeError(f"handler {spec!r} is not callable")
+    return Handler(fn)
+
+
+def _import_file(path: str) -> Any:
+    # Like running a script: its directory is importable, so sibling modules resolve.
+    directory, name = os.path.split(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load handler file {path!r} (expected a .py file)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback with this runtime's and importlib's frames removed: what the user's code did."""
+    te = traceback.TracebackException.from_exception(exc)
+    pending: list[traceback.TracebackException | None] = [te]
+    seen: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        node.stack = traceback.StackSummary.from_list([f for f in node.stack if _is_user_frame(f.filename)])
+        pending += [node.__cause__, node.__context__]
+    return "".join(te.format())
+
+
+def _is_user_frame(filename: str) -> bool:
+    if filename.startswith("<frozen importlib"):
+        return False
+    path = os.path.abspath(filename)
+    return path != _THIS_FILE and os.path.dirname(path) != _IMPORTLIB_DIR
+
+
+def _startup_failed(socket_path: str, exc: BaseException) -> int:
+    tb = user_traceback(exc)
+    report = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+    target = os.path.join(os.path.dirname(socket_path), "error.json")
+    with contextlib.suppress(OSError):  # a read-only directory must not hide the stderr copy
+        with open(target + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(report, fh)
+        os.replace(target + ".tmp", target)
+    _REAL_STDERR.write(f"fnctl-runtime: cannot load the handler\n{tb}")
+    _REAL_STDERR.flush()
+    return 3
+
+
+# ---- invocation context -----------------------------------------------------------------------
+
+
+class Context:
+    """The handler's second argument."""
+
+    def __init__(self, conn: _Connection, invocation_id: str, deadline: float, caller: Any) -> None:
+        server = conn.server
+        self.function_name = server.config.function
+        self.revision = server.config.revision
+        self.invocation_id = invocation_id
+        self.deadline = deadline
+        self.caller: dict[str, Any] | None = caller if isinstance(caller, dict) else None
+        self.logger = server.logger
+        self._conn = conn
+
+    def remaining_time(self) -> float:
+        return max(0.0, self.deadline - time.time())
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Ask the host to run `method`; blocks this (worker) thread until the reply comes."""
+        loop = self._conn.server.loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
+        future = asyncio.run_coroutine_threadsafe(self.acall(method, params), loop)
+        try:
+            return future.result()
+        except CallbackError as exc:
+            raise CallbackError(exc.type, exc.message) from None  # a fresh traceback: no runtime frames
+
+    async def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._conn.call(self.invocation_id, method, params or {}, self.deadline)
+
+
+# ---- connections and the server ---------------------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One host connection: parses frames and multiplexes requests and callbacks by id."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.calls: dict[str, asyncio.Future[Any]] = {}
+        self.next_call = 0
+        self.closed: asyncio.Future[None] = server.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        self.send(self.server.ready_message())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4:
+            size = int.from_bytes(buf[:4], "big")
+            if size > self.server.max_frame:
+                self.abort(f"frame of {size} bytes is over the limit of {self.server.max_frame}")
+                return
+            if len(buf) < 4 + size:
+                return
+            body = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            try:
+                message = json.loads(body)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                self.abort("frame is not a JSON object")
+                return
+            self.server.dispatch(self, message, size)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        for future in self.calls.values():
+            if not future.done():
+                future.set_exception(CallbackError("ConnectionLost", "the host connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def abort(self, reason: str) -> None:
+        _REAL_STDERR.write(f"fnctl-runtime: closing a connection: {reason}\n")
+        if self.transport is not None:
+            self.transport.close()
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(encode(message))
+
+    async def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        if self.transport is None or self.transport.is_closing():
+            raise CallbackError("ConnectionLost", "the host connection is closed")
+        self.next_call += 1
+        call_id = f"c{self.next_call}"
+        future: asyncio.Future[Any] = self.server.loop.create_future()
+        self.calls[call_id] = future
+        try:
+            self.send({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method, "params": params})
+            timeout = max(0.0, deadline - time.time()) if deadline else None
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+        finally:
+            self.calls.pop(call_id, None)
+
+    def resolve(self, message: dict[str, Any]) -> None:
+        future = self.calls.get(str(message.get("id")))
+        if future is None or future.done():
+            return  # the call timed out already
+        if message.get("ok"):
+            future.set_result(message.get("result"))
+        else:
+            error = message.get("error")
+            error = error if isinstance(error, dict) else {}
+            future.set_exception(CallbackError(str(error.get("type", "Error")), str(error.get("message", ""))))
+
+
+class Server:
+    def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.handler = handler
+        self.loop = loop
+        self.max_frame = config.payload_limit + FRAME_SLACK
+        self.connections: set[_Connection] = set()
+        self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="fnctl-handler")
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.logger = _function_logger(config.function or "handler")
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.listener: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def ready_message(self) -> dict[str, Any]:
+        c = self.config
+        return {"type": "ready", "protocol": PROTOCOL, "function": c.function, "revision": c.revision,
+                "pid": os.getpid(), "concurrency": c.concurrency}
+
+    def dispatch(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+        kind, request_id = message.get("type"), message.get("id")
+        if kind == "invoke":
+            self.start_invocation(conn, message, size)
+        elif kind == "reply":
+            conn.resolve(message)
+        elif kind == "ping":
+            conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
+        elif kind == "configure":
+            self.configure(conn, request_id, message.get("secrets"))
+        elif kind == "drain":
+            self.spawn(self.drain(conn, request_id))
+        else:
+            conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
+
+    def configure(self, conn: _Connection, request_id: Any, secrets: Any) -> None:
+        if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+            conn.send({"type": "error", "id": request_id, "message": "secrets must map names to strings"})
+            return
+        os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
+        conn.send({"type": "configured", "id": request_id})
+
+    def start_invocation(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+        request_id = message.get("id")
+        if self.draining:
+            conn.write(_failure_frame(request_id, "draining", "Draining", "the instance is draining"))
+            return
+        if size > self.config.payload_limit:
+            text = f"the request is {size} bytes, over the payload limit of {self.config.payload_limit}"
+            conn.write(_failure_frame(request_id, "payload_too_large", "PayloadTooLarge", text))
+            return
+        self.inflight += 1
+        self.idle.clear()
+        self.spawn(self.invoke(conn, message))
+
+    async def invoke(self, conn: _Connection, message: dict[str, Any]) -> None:
+        try:
+            raw = message.get("context")
+            ctx = raw if isinstance(raw, dict) else {}
+            context = Context(conn, str(ctx.get("invocation_id", "")), float(ctx.get("deadline") or 0), ctx.get("caller"))
+            capture = _Capture(self.config.log_limit)
+            _capture.set(capture)  # this task runs in its own context copy: the setting stays local
+            async with self.slots:
+                if self.handler.is_async:
+                    outcome = await self.run_async(message.get("event"), context)
+                else:
+                    run = contextvars.copy_context().run  # carries the capture into the worker thread
+                    outcome = await self.loop.run_in_executor(self.pool, run, self.run_sync, message.get("event"), context)
+            conn.write(_result_frame(message.get("id"), outcome, capture))
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.idle.set()
+
+    def run_sync(self, event: Any, context: Context) -> _Outcome:
+        start = time.perf_counter()
+        try:
+            result = self.handler.call(event, context)
+        except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
+            return _Outcome.failed("handler_error", exc, start)
+        return _serialise(result, self.config.output_limit, start)
+
+    async def run_async(self, event: Any, context: Context) -> _Outcome:
+        start = time.perf_counter()
+        try:
+            result = await self.handler.call(event, context)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return _Outcome.failed("handler_error", exc, start)
+        return _serialise(result, self.config.output_limit, start)
+
+    async def drain(self, conn: _Connection | None, request_id: Any) -> None:
+        self.draining = True
+        if self.listener is not None:
+            self.listener.close()  # no new connections either
+        await self.idle.wait()
+        if conn is not None:
+            conn.send({"type": "drained", "id": request_id})
+        self.stopped.set()
+
+    def spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            traceback.print_exception(exc, file=_REAL_STDERR)
+
+
+def _function_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(f"fnctl.function.{name}")
+    handler = logging.StreamHandler(sys.stderr)  # the proxy stream: routes to the invocation's capture
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    duration_ms: float
+    result_json: bytes = b""
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
+        error = {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": user_traceback(exc)}
+        return cls(False, (time.perf_counter() - start) * 1000, error=error)
+
+
+def _serialise(result: Any, limit: int, start: float) -> _Outcome:
+    duration = (time.perf_counter() - start) * 1000
+    try:
+        text = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        # Every character is at least one byte: a string that long is rejected before it is encoded.
+        data = text.encode() if len(text) <= limit else None
+    except (TypeError, ValueError, RecursionError) as exc:  # ValueError covers NaN and lone surrogates
+        error = {"kind": "not_serialisable", "type": type(exc).__name__, "message": str(exc), "traceback": ""}
+        return _Outcome(False, duration, error=error)
+    if data is None or len(data) > limit:
+        size = len(text) if data is None else len(data)
+        message = f"the result is at least {size} bytes, over the output limit of {limit} bytes"
+        error = {"kind": "output_too_large", "type": "OutputTooLarge", "message": message, "traceback": ""}
+        return _Outcome(False, duration, error=error)
+    return _Outcome(True, duration, result_json=data)
+
+
+def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> bytes:
+    envelope: dict[str, Any] = {"type": "result", "id": request_id, "ok": outcome.ok, "logs": capture.text(),
+                                "logs_truncated": capture.truncated, "duration_ms": outcome.duration_ms}
+    if not outcome.ok:
+        envelope["error"] = outcome.error
+        return encode(envelope)
+    # Splice the already-serialised result in rather than serialising it a second time.
+    head = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    body = b"".join((head[:-1], b',"result":', outcome.result_json, b"}"))
+    return len(body).to_bytes(4, "big") + body
+
+
+def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> bytes:
+    error = {"kind": kind, "type": type_, "message": message, "traceback": ""}
+    return encode({"type": "result", "id": request_id, "ok": False, "error": error, "logs": "",
+                   "logs_truncated": False, "duration_ms": 0.0})
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+
+def _bind(path: str, mode: int) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)  # born with the final mode: no window where it is wider
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return sock
+
+
+async def serve(config: Config, handler: Handler) -> int:
+    loop = asyncio.get_running_loop()
+    server = Server(config, handler, loop)
+    sock = _bind(config.socket_path, config.socket_mode)
+    server.listener = await loop.create_unix_server(lambda: _Connection(server), sock=sock)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
+    await server.stopped.wait()
+    server.listener.close()
+    conns = list(server.connections)
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()  # flushes pending replies (the `drained` one) first
+    if conns:
+        await asyncio.wait([c.closed for c in conns], timeout=5)
+    server.pool.shutdown(wait=False)
+    with contextlib.suppress(OSError):
+        os.unlink(config.socket_path)
+    return 0
+
+
+def main() -> int:
+    if __name__ == "__main__":
+        # `from fnctl_runtime import CallbackError` in a handler must see this module, not a second copy.
+        sys.modules.setdefault("fnctl_runtime", sys.modules[__name__])
+    sys.stdout, sys.stderr = _Stream(_REAL_STDERR), _Stream(_REAL_STDERR)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(os.path.dirname(_socket_path()), "error.json"))  # from an earlier run
+    try:
+        config = Config.from_env()
+        if os.path.isdir(config.code_dir):
+            os.chdir(config.code_dir)  # relative paths in handlers resolve against their code, as on Lambda
+        handler = load_handler(config)
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import fails the load too
+        return _startup_failed(_socket_path(), exc)
+    return asyncio.run(serve(config, handler))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
