@@ -88,22 +88,31 @@ def invoke(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="The event: JSON, or @file.json; default: stdin when piped, else {}.")] = None,
     logs: Annotated[bool, typer.Option("--logs", help="Print the invocation's captured output.")] = False,
     keep_warm: Annotated[bool, typer.Option("--keep-warm", help="Keep the sandbox for the next --local call.")] = False,
+    revision: Annotated[Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")] = None,
+    state: Annotated[Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)] = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Invoke a function and print its result; exit 0 on success, 1 on a function error or limit.
 
+    Without --local, the deployed function is invoked through one of its instances.
+
     Examples:
       fnctl invoke --local hello --data '{"name": "you"}' --logs
       echo '{"name": "ci"}' | fnctl invoke --local manifests/demo/hello.yaml --keep-warm
+      fnctl invoke hello --revision 3 -d @event.json
     """
     from fnctl.events import read_event
     from fnctl.local import invoke_local
     from fnctl.project import load_project
     from fnctl.render import Progress, render_outcome
 
-    if not local:
-        raise FnctlError("invoking deployed functions needs `fnctl apply` first; use --local to run from the manifests")
     event, size = read_event(data)
+    if not local:
+        from fnctl.ops import invoke_live
+
+        _, outcome = invoke_live(load_project(), state, target, event, size, revision)
+        render_outcome(outcome, output=output, show_logs=logs, warm=True)
+        raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
     with Progress(quiet=output is Output.JSON) as progress:
         result = invoke_local(load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress)
     render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
@@ -131,6 +140,9 @@ def sandbox_check(
     render_sandbox_checks(reports, output)
     failed = not reports or any(not c.ok for r in reports for c in r.checks)
     raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
+
+
+from fnctl import cli_deploy  # noqa: E402,F401  (registers the live-state commands on `app`)
 
 
 def main() -> NoReturn:

@@ -114,6 +114,16 @@ def build_image(context: Path, tag: str, buildargs: Mapping[str, str], labels: M
                         on_line(f"{tag}: {line.strip()}")
 
 
+def images_present(tags: set[str]) -> set[str]:
+    """Which of `tags` the engine has: one call, whatever their number."""
+    if not tags:
+        return set()
+    with _engine_errors("listing images"):
+        found = client().api.images()
+    have = {tag for image in found for tag in image.get("RepoTags") or []}
+    return tags & have
+
+
 def remove_image(tag: str) -> None:
     with _engine_errors(f"removing image {tag}"):
         try:
@@ -176,6 +186,21 @@ def logs(container_id: str, tail: int = 50) -> str:
     with _engine_errors(f"reading logs of {container_id[:12]}"):
         raw = client().api.logs(container_id, stdout=True, stderr=True, tail=tail)
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iterator[str]:
+    """The container's log lines (stdout and stderr), optionally following new ones."""
+    with _engine_errors(f"reading logs of {container_id[:12]}"):
+        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "stream": True, "follow": follow}
+        if since is not None:
+            kwargs["since"] = int(since)
+        pending = ""
+        for chunk in client().api.logs(container_id, **kwargs):
+            pending += chunk.decode("utf-8", "replace")
+            *lines, pending = pending.split("\n")
+            yield from lines
+        if pending:
+            yield pending
 
 
 def kill(container_id: str) -> None:

@@ -58,13 +58,18 @@ def runtime_hash(base_id: str) -> str:
     return digest.hexdigest()
 
 
-def content_hash(source: Path, runtime: str) -> str:
-    """Hash of everything that ends up in a revision image: the runtime image, and the code (names, bytes)."""
-    digest = hashlib.sha256(f"runtime={runtime}\0".encode())
+def code_hash(source: Path) -> str:
+    """Hash of a function's code: file names and bytes."""
+    digest = hashlib.sha256()
     for path in source_files(source):
         digest.update(str(path.relative_to(source)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def content_hash(source: Path, runtime: str) -> str:
+    """Hash of everything that ends up in a revision image: the runtime image and the code."""
+    return hashlib.sha256(f"runtime={runtime}\0code={code_hash(source)}".encode()).hexdigest()
 
 
 def image_tag(project: str, function: str, digest: str) -> str:

@@ -263,6 +263,10 @@ def kill(instance: Instance) -> None:
     shutil.rmtree(instance.socket_dir, ignore_errors=True)
 
 
+def remove_socket_dir(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove(instance: Instance, *, drain: bool = False) -> None:
     """Stop the instance, letting in-flight invocations finish first when `drain`."""
     if drain:

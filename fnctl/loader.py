@@ -7,6 +7,7 @@ and document count. Bad input becomes a `Diagnostic`, never an exception.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ MAX_DOCUMENTS = 1000
 # Aliases are legitimate (shared env blocks), but the expanded document must stay small: a billion-laughs
 # file composes to a few nodes yet expands to 10^9; we measure the expansion on the node graph.
 MAX_EXPANDED_NODES = 200_000
+MAX_DEPTH = 200
+# libyaml composes nodes recursively in C: a document nested some 20,000 levels deep overflows the C stack
+# (a crash, not an exception). When a cheap bound on the nesting is above this, the nesting is measured on
+# the event stream (iterative, no recursion) before composing.
+_SAFE_COMPOSE_DEPTH = 2000
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -112,11 +118,13 @@ def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:
 def _load_text(path: Path, text: str) -> tuple[list[Document], list[Diagnostic]]:
     documents: list[Document] = []
     try:
+        if _depth_bound(text) > _SAFE_COMPOSE_DEPTH:
+            _check_depth(text)
         for index, node in enumerate(_compose_all(text)):
             if index >= MAX_DOCUMENTS:
                 return documents, [_file_error(path, f"too many documents (the limit is {MAX_DOCUMENTS})")]
-            if node is None:
-                continue  # an empty document between `---` separators
+            if _is_empty_document(node):
+                continue  # nothing between two `---` separators, or after a trailing one
             documents.append(_to_document(path, index, node))
     except _Refused as exc:
         return documents, [Diagnostic(path, exc.position, exc.path, exc.message)]
@@ -141,6 +149,37 @@ def _compose_all(text: str) -> Iterator[Any]:
         loader.dispose()
 
 
+def _depth_bound(text: str) -> int:
+    """An upper bound on the nesting of `text`: each flow level needs a bracket, and block levels need
+    indentation (at most two levels per column: a mapping, then a sequence as its value)."""
+    longest = max(map(len, text.splitlines()), default=0)
+    return text.count("[") + text.count("{") + 2 * longest + 2
+
+
+def _check_depth(text: str) -> None:
+    loader = _Loader(text)
+    try:
+        depth = 0
+        while (event := loader.get_event()) is not None:
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _Refused(_too_deep(), event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
+def _too_deep() -> str:
+    return f"document is nested too deeply (over {MAX_DEPTH} levels)"
+
+
+def _is_empty_document(node: Any) -> bool:
+    return (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.value == ""
+            and node.start_mark.index == node.end_mark.index)
+
+
 def _to_document(path: Path, index: int, node: Any) -> Document:
     if _expanded_size(node, {}, 0) > MAX_EXPANDED_NODES:
         raise _Refused(
@@ -155,8 +194,8 @@ def _to_document(path: Path, index: int, node: Any) -> Document:
 
 def _expanded_size(node: Any, memo: dict[int, int], depth: int) -> int:
     """Number of values `node` expands to, memoised per node so that shared (aliased) nodes cost nothing."""
-    if depth > 200:
-        raise _Refused("document is nested too deeply (over 200 levels)", node.start_mark)
+    if depth > MAX_DEPTH:
+        raise _Refused(_too_deep(), node.start_mark)
     known = memo.get(id(node))
     if known is not None:
         return known
@@ -228,9 +267,20 @@ def _scalar(node: Any, path: JsonPath) -> Any:
     if construct is None:
         raise _Refused(_tag_message(tag), node.start_mark, path)
     try:
-        return construct(node)
-    except (yaml.YAMLError, ValueError) as exc:
-        raise _Refused(f"invalid scalar {node.value!r}: {exc}", node.start_mark, path) from None
+        value = construct(node)
+    except (yaml.YAMLError, ValueError, KeyError) as exc:  # KeyError: `!!bool maybe`
+        shown = tag.replace("tag:yaml.org,2002:", "!!")
+        reason = "it has too many digits" if "digits" in str(exc) else f"it is not a valid {shown}"
+        raise _Refused(f"invalid scalar {_shorten(node.value)}: {reason}", node.start_mark, path) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(f"{_shorten(node.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
+                       node.start_mark, path)
+    return value
+
+
+def _shorten(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _tag_message(tag: str) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets as _secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,13 @@ def _invoke_cold(project: Project, function: Function, source: Path, secret_valu
     image = images.ensure_image(project.name, function.name, source, project.base_image, on_progress)
     on_progress(f"{'built' if image.built else 'cached'} {image.tag}; starting a sandbox")
     extra = {"local": "true"} | ({"local_warm": key[:11]} if keep_warm else {})
-    if keep_warm:  # a warm instance of an older version of this function is stale now
+    if keep_warm:  # a warm instance of an older version, or one that no longer answered, is stale now
+        root = instances.runtime_root()
         for stale in dockerio.list_containers(labels(project.name, function.name, local_warm="")):
             dockerio.kill(stale.id)
+            _remove_socket_dir(root, stale.labels.get("io.fnctl.socket-dir", ""))
+        # Also left behind when the container went without fnctl (`docker rm -f`, an engine restart).
+        _remove_socket_dir(root, str(root / f"w{key[:11]}"))
     instance = instances.start(function, image=image.tag, revision="local", secret_values=secret_values,
                                labels=labels(project.name, function.name, **extra),
                                instance_id=f"w{key[:11]}" if keep_warm else None)
@@ -114,6 +119,12 @@ def _invoke_cold(project: Project, function: Function, source: Path, secret_valu
         else:
             instances.kill(instance)
     return LocalResult(function.name, outcome, warm=False)
+
+
+def _remove_socket_dir(root: Path, path: str) -> None:
+    """Remove an instance's socket directory; only ever one directly inside `root`, whatever a label says."""
+    if path and Path(path).parent == root and Path(path).name not in ("", ".."):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +107,9 @@ def _env_base_image() -> str:
 
 
 def slug(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return cleaned[:63] or "project"
+    """`name` as a DNS label (what the project schema requires): ASCII letters and digits, '-' elsewhere."""
+    cleaned = re.sub(r"-+", "-", "".join(c if c.isascii() and c.isalnum() else "-" for c in name.lower())).strip("-")
+    return cleaned[:63].rstrip("-") or "project"
 
 
 def inside(root: Path, path: Path) -> bool:

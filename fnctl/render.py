@@ -46,7 +46,7 @@ def render_validation(result: ValidationResult, output: Output) -> None:
                     "errors": [d.as_json() for d in result.diagnostics]})
         return
     for diagnostic in result.diagnostics:
-        err_console().print(diagnostic.render(), markup=False)
+        err_console().print(diagnostic.render(), markup=False, emoji=False)  # verbatim: `:smile:` is user text
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     if result.ok:
         console().print(f"[green]valid[/green]: {len(result.files)} files, {summary}")

@@ -55,6 +55,8 @@ def handler(event, context):
 def scaffold(directory: Path, name: str | None, *, force: bool = False) -> list[Path]:
     """Create the project files in `directory`; refuses to overwrite anything, and a non-empty directory
     unless `force`."""
+    if directory.exists() and not directory.is_dir():
+        raise BadInput(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     project = slug(name or directory.resolve().name)
     files = {

@@ -28,6 +28,8 @@ _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
 def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
+    for cached in (_top_level_names, _escaping_symlink, _resolved):
+        cached.cache_clear()  # per run: files may have changed since a previous run in this process
     yield from _unique_names(state)
     functions = {f.name: f for f in state.functions}
     for function in state.functions:
@@ -87,7 +89,8 @@ def _where(item: Any) -> str:
 def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if function.document is None:
         return
-    source = function.document.file.parent / function.source
+    # `..` is taken lexically from the manifest's real directory (a symlinked path to the project is fine)
+    source = Path(os.path.normpath(_resolved(function.document.file.parent) / function.source))
     at = ("spec", "source")
     if Path(function.source).is_absolute() or not _inside(root, source, follow=False):
         yield function, at, f"source {function.source!r} escapes the project root {root}"
@@ -98,7 +101,7 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if not source.is_dir():
         yield function, at, f"source directory {function.source!r} does not exist"
         return
-    escaping = _escaping_symlink(source, root)
+    escaping = _escaping_symlink(source, _resolved(root))
     if escaping:
         yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
         return
@@ -107,17 +110,24 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
         yield function, ("spec", "handler"), problem
 
 
+@cache
+def _resolved(path: Path) -> Path:
+    return path.resolve()
+
+
 def _inside(root: Path, path: Path, *, follow: bool) -> bool:
-    target = path.resolve() if follow else Path(os.path.normpath(path.absolute()))
-    base = root.resolve()
+    target = _resolved(path) if follow else Path(os.path.normpath(path.absolute()))
+    base = _resolved(root)
     return target == base or base in target.parents
 
 
+@cache
 def _escaping_symlink(source: Path, root: Path) -> str | None:
+    """The first entry below `source` that is a symlink resolving outside `root` (cached: sources are shared)."""
     for directory, dirs, files in os.walk(source):
         for name in dirs + files:
             entry = Path(directory, name)
-            if entry.is_symlink() and not _inside(root, entry, follow=True):
+            if entry.is_symlink() and not _inside(root, entry.resolve(), follow=False):
                 return str(entry.relative_to(source))
     return None
 
@@ -133,13 +143,15 @@ def handler_problem(source: Path, handler: str) -> str | None:
         rel = Path(*module.split("."))
         candidates = [source / rel.with_suffix(".py"), source / rel / "__init__.py"]
         shown = module
+    if not Path(os.path.normpath(candidates[0])).is_relative_to(source):
+        return f"handler file {shown!r} is outside the source directory"
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         return f"handler module {shown!r} not found in the source directory (looked for {', '.join(str(c.relative_to(source)) for c in candidates)})"
     names, error = _top_level_names(path)
     if error:
         return f"cannot parse {path.relative_to(source)}: {error}"
-    if attr not in names:
+    if attr not in names and "*" not in names:  # a star import may provide it: only running the code could tell
         return f"{path.relative_to(source)} defines no top-level {attr!r}"
     return None
 
@@ -149,9 +161,11 @@ def _top_level_names(path: Path) -> tuple[frozenset[str], str | None]:
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
-        return frozenset(), f"line {exc.lineno}: {exc.msg}"
+        return frozenset(), f"line {exc.lineno}: {exc.msg}" if exc.lineno else exc.msg
     except (OSError, ValueError) as exc:
         return frozenset(), str(exc)
+    except (RecursionError, MemoryError):
+        return frozenset(), "the code is nested too deeply to parse"
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -207,7 +221,7 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
     if zone is not None:
         try:
             ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America
             yield trigger, at + ("timezone",), f"unknown time zone {zone!r} (expected e.g. UTC or Europe/Paris)"
 
 

@@ -1,0 +1,247 @@
+"""The mutating commands end to end: `diff`, `plan`, `apply`, `rollback`, `delete`.
+
+Each takes the store's lock, repairs what a dead process left (`executor.recover`), then decides purely
+(`diff`, `plan`) and acts (`executor`), auditing every change.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fnctl import executor, lock
+from fnctl.desired import DeploySpec, deploy_spec
+from fnctl.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
+from fnctl.errors import BadInput, FnctlError
+from fnctl.identity import actor, git_info
+from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.project import Project
+from fnctl.revisionspec import function_from_spec
+from fnctl.secretref import resolve
+from fnctl.store import RevisionStatus, Store, connect, default_path
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    state: Path | None = None
+    lock_timeout: float = 60.0
+    prune: bool = False
+    force: bool = False
+
+
+@dataclass
+class Outcome:
+    function: str
+    action: str
+    ok: bool
+    revision: int | None = None
+    message: str = ""
+    detail: str | None = None
+
+
+@dataclass
+class ApplyReport:
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(not o.ok for o in self.outcomes)
+
+
+def state_path(project: Project, option: Path | None) -> Path:
+    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
+    if option is not None:
+        return option
+    if os.environ.get("FNCTL_STATE"):
+        return Path(os.environ["FNCTL_STATE"])
+    return project.state_path or default_path(project.name)
+
+
+@contextmanager
+def _session(project: Project, options: Options, command: str, progress: Progress,
+             *, mutating: bool = True) -> Iterator[executor.Context]:
+    path = state_path(project, options.state)
+    guard = lock.held(path, options.lock_timeout, command) if mutating else _nothing()
+    with guard:
+        store = connect(path)
+        try:
+            info = git_info(project.root) if mutating else None
+            yield executor.Context(store, project.name, project.base_image, actor(), command,
+                                   info.commit if info else None, info.author if info else None, progress)
+        finally:
+            store.close()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def desired_specs(project: Project, store: Store, paths: list[Path] | None) -> tuple[list[DeploySpec], dict[str, dict[str, str]]]:
+    """Validated desired state as deploy specs, with each function's secret values."""
+    from fnctl.validate import validate_paths
+
+    result = validate_paths(project, paths)
+    if not result.ok:
+        raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
+    salt = store.setting("secret-salt", _secrets.token_hex(16))
+    specs, values = [], {}
+    for function in result.state.functions:
+        values[function.name] = resolve(function, project.root)
+        specs.append(deploy_spec(function, project.base_image, values[function.name], salt))
+    return specs, values
+
+
+def compute_diff(project: Project, options: Options, paths: list[Path] | None,
+                 progress: Progress = lambda _: None) -> tuple[list[Change], LiveState]:
+    """`fnctl diff`: read-only, no lock."""
+    from fnctl.live import read_live
+
+    with _session(project, options, "diff", progress, mutating=False) as ctx:
+        specs, _ = desired_specs(project, ctx.store, paths)
+        live = read_live(ctx.store, project.name)
+    return diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live
+
+
+def make_plan_file(project: Project, options: Options, paths: list[Path] | None) -> dict[str, Any]:
+    """`fnctl plan -o plan.json`: the plan plus what it was made against."""
+    changes, live = compute_diff(project, options, paths)
+    plan = make_plan(project.name, changes, live, prune=options.prune)
+    document = plan_to_json(plan, live_summary(live))
+    document["paths"] = [str(p.resolve()) for p in paths] if paths else None
+    return document
+
+
+def apply(project: Project, options: Options, paths: list[Path] | None, progress: Progress,
+          plan_file: dict[str, Any] | None = None) -> ApplyReport:
+    from fnctl.live import read_live
+
+    with _session(project, options, "apply", progress) as ctx:
+        specs, secret_values = desired_specs(project, ctx.store, paths)
+        if plan_file is not None:
+            _check_plan(plan_file, read_live(ctx.store, project.name), specs)
+        recovered = executor.recover(ctx)
+        live = read_live(ctx.store, project.name)
+        changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
+        plan = make_plan(project.name, changes, live, prune=options.prune)
+        _refuse_quarantined(changes, live, options.force)
+        report = ApplyReport(plan, recovered=recovered)
+        by_name = {s.name: s for s in specs}
+        for change in changes:
+            outcome = _carry_out(ctx, change, by_name.get(change.function), secret_values, options)
+            if outcome is not None:
+                report.outcomes.append(outcome)
+        return report
+
+
+def _check_plan(plan_file: dict[str, Any], live: LiveState, specs: list[DeploySpec]) -> None:
+    reasons = stale_reasons(plan_file.get("live", {}), live_summary(live))
+    wanted = {s.name: s.spec_hash for s in specs}
+    if wanted != plan_file.get("desired", {}):
+        changed = sorted(n for n in set(wanted) | set(plan_file.get("desired", {}))
+                         if wanted.get(n) != plan_file.get("desired", {}).get(n))
+        reasons.append("the manifests changed since the plan was made: " + ", ".join(changed))
+    if reasons:
+        raise BadInput("the plan is stale; make a new one with `fnctl plan`:\n  " + "\n  ".join(reasons))
+
+
+def _refuse_quarantined(changes: list[Change], live: LiveState, force: bool) -> None:
+    refused = [f"{c.function}: this spec is quarantined ({live.quarantined[c.spec_hash]})"
+               for c in changes if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) and c.spec_hash in live.quarantined]
+    if refused and not force:
+        raise FnctlError("refusing to redeploy a rolled-back revision:\n  " + "\n  ".join(refused) +
+                         "\nFix the function and apply again, or pass --force to deploy it anyway.")
+
+
+def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
+               secret_values: dict[str, dict[str, str]], options: Options) -> Outcome | None:
+    name = change.function
+    try:
+        if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
+            assert spec is not None
+            revision = executor.deploy(ctx, spec, secret_values[name])
+            return Outcome(name, change.kind.value, True, revision.number, f"revision {revision.number} is live")
+        if change.kind is ChangeKind.DELETE:
+            if not options.prune:
+                return Outcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
+            executor.delete(ctx, name)
+            return Outcome(name, "delete", True, change.live_revision, "deleted")
+        if change.drift and spec is not None and change.live_revision is not None:
+            revision = ctx.store.revision(name, change.live_revision)
+            assert revision is not None
+            broken = {d.instance for d in change.drift if d.instance}
+            image_removed = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
+            executor.heal(ctx, spec, revision, secret_values[name], broken, image_removed)
+            return Outcome(name, "heal", True, revision.number, "; ".join(d.detail for d in change.drift))
+    except FnctlError as exc:
+        return Outcome(name, change.kind.value, False, None, exc.message, exc.detail)
+    return None
+
+
+def rollback(project: Project, options: Options, name: str, to: int | None, progress: Progress) -> tuple[int, int]:
+    """Switch `name` back to an earlier healthy revision (restarting its instances if needed); the current
+    one is quarantined. Returns (from, to)."""
+    from fnctl import dockerio
+
+    with _session(project, options, "rollback", progress) as ctx:
+        executor.recover(ctx)
+        store = ctx.store
+        weights = store.routes().get(name)
+        if not weights:
+            raise FnctlError(f"{name} is not deployed")
+        current = max(weights, key=lambda r: (weights[r], r))
+        target = _rollback_target(store, name, current, to)
+        # Secret values are never stored: an old revision that needs them reads them as apply would.
+        secret_values = desired_specs(project, store, None)[1] if target.spec.get("secrets", {}).get("names") else {}
+        if not dockerio.images_present({target.image}):
+            raise FnctlError(f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
+                             "deploy the old manifests with `fnctl apply` instead")
+        running = [r for r in store.instances(name) if r.revision == target.number]
+        if not running:
+            function = function_from_spec(name, target.spec, project.default_limits)
+            started = executor.start_instances(ctx, function, target.number, target.image,
+                                               secret_values.get(name, {}), max(1, function.scaling.min_instances))
+            for instance in started:
+                instance.transport.close()
+        executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}")
+        reason = f"rolled back by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S')} (fnctl rollback)"
+        with store.transaction():
+            store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
+            store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
+                        detail=f"revision {current}: {reason}")
+        executor.stop_other_revisions(ctx, name, keep={target.number})
+        return current, target.number
+
+
+def _rollback_target(store: Store, name: str, current: int, to: int | None) -> Any:
+    revisions = store.revisions(name)
+    if to is not None:
+        chosen = next((r for r in revisions if r.number == to), None)
+        if chosen is None:
+            raise BadInput(f"{name} has no revision {to}")
+        if chosen.status is not RevisionStatus.READY or chosen.number == current:
+            raise BadInput(f"revision {to} of {name} is {'live' if chosen.number == current else chosen.status.value}; "
+                           "pick a healthy earlier revision (see `fnctl history`)")
+        return chosen
+    earlier = [r for r in revisions if r.number < current and r.status is RevisionStatus.READY]
+    if not earlier:
+        raise FnctlError(f"{name} has no healthy revision before {current} to roll back to")
+    return earlier[-1]
+
+
+def delete(project: Project, options: Options, name: str, progress: Progress) -> None:
+    with _session(project, options, "delete", progress) as ctx:
+        executor.recover(ctx)
+        if name not in ctx.store.routes():
+            raise FnctlError(f"{name} is not deployed")
+        executor.delete(ctx, name)

@@ -1,0 +1,223 @@
+"""Commands on the live state: diff, plan, apply, rollback, delete, status, history, get, logs.
+
+Thin like `cli`: parse, call one function of `apply` or `ops`, render with `render_deploy`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fnctl.cli import PathsArg, app
+from fnctl.errors import BadInput, ExitCode
+from fnctl.render import Output, OutputOpt, Progress
+
+StateOpt = Annotated[Optional[Path], typer.Option("--state", help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).", show_default=False)]
+LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
+
+
+def _options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> object:
+    from fnctl.apply import Options
+
+    return Options(state=state, lock_timeout=lock_timeout, prune=prune, force=force)
+
+
+@app.command("diff")
+def diff_command(paths: PathsArg = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """Show what apply would change: per function create / update / delete / unchanged, field by field, and drift.
+
+    Exit 0 when nothing would change, 1 when something would, 2 on bad input.
+
+    Example: fnctl diff -o json
+    """
+    from fnctl.apply import compute_diff
+    from fnctl.diff import has_changes
+    from fnctl.project import load_project
+    from fnctl.render_deploy import render_diff
+
+    changes, live = compute_diff(load_project(), _options(state), paths)  # type: ignore[arg-type]
+    render_diff(changes, live, output)
+    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=False) else ExitCode.OK)
+
+
+@app.command("plan")
+def plan_command(
+    paths: PathsArg = None, state: StateOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-f", help="Write the plan here, for `fnctl apply PLAN.json`.")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Plan to delete functions no longer in the manifests.")] = False,
+    output: OutputOpt = Output.TEXT,
+) -> None:
+    """Show the ordered steps apply would take, and save them for review.
+
+    Example: fnctl plan -f plan.json && fnctl apply plan.json
+    """
+    from fnctl.apply import make_plan_file
+    from fnctl.project import load_project
+    from fnctl.render import print_json
+    from fnctl.render_deploy import render_plan
+
+    document = make_plan_file(load_project(), _options(state, prune=prune), paths)  # type: ignore[arg-type]
+    if out is not None:
+        out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if output is Output.JSON:
+        print_json(document)
+    else:
+        render_plan(document, out)
+
+
+@app.command("apply")
+def apply_command(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Manifests, or one plan file made by `fnctl plan -f`.", show_default=False)] = None,
+    state: StateOpt = None, lock_timeout: LockOpt = 60.0,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")] = False,
+    output: OutputOpt = Output.TEXT,
+) -> None:
+    """Deploy the manifests: build images, start and health-check new revisions, switch traffic, stop the old.
+
+    Idempotent: unchanged functions are left alone; drift (dead or altered instances, removed images) is healed.
+    Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input or a stale plan.
+
+    Examples:
+      fnctl apply
+      fnctl plan -f plan.json && fnctl apply plan.json
+    """
+    from fnctl.apply import apply
+    from fnctl.project import load_project
+    from fnctl.render_deploy import render_apply
+
+    plan_file = None
+    if paths and len(paths) == 1 and paths[0].suffix == ".json":
+        plan_file = _read_plan(paths[0])
+        paths = [Path(p) for p in plan_file["paths"]] if plan_file.get("paths") else None
+        prune = bool(plan_file.get("prune", prune))
+    with Progress(quiet=output is Output.JSON) as progress:
+        report = apply(load_project(), _options(state, lock_timeout, prune, force), paths, progress, plan_file)  # type: ignore[arg-type]
+    render_apply(report, output)
+    raise typer.Exit(ExitCode.FAILED if report.failed else ExitCode.OK)
+
+
+def _read_plan(path: Path) -> dict[str, object]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the plan {path}: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != 1:
+        raise BadInput(f"{path} is not a plan made by `fnctl plan -f`")
+    return document
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="The function.")],
+    to: Annotated[Optional[int], typer.Option("--to", help="The revision to go back to (default: the previous healthy one).")] = None,
+    state: StateOpt = None, lock_timeout: LockOpt = 60.0,
+) -> None:
+    """Switch a function back to an earlier healthy revision at once: no build, no steps.
+
+    The revision rolled away from is quarantined: apply refuses the same spec again unless --force.
+
+    Example: fnctl rollback hello --to 3
+    """
+    from fnctl.apply import rollback as do_rollback
+    from fnctl.project import load_project
+    from fnctl.render import console
+
+    with Progress() as progress:
+        old, new = do_rollback(load_project(), _options(state, lock_timeout), name, to, progress)  # type: ignore[arg-type]
+    console().print(f"{name}: rolled back from revision {old} to {new}; revision {old} is quarantined")
+
+
+@app.command()
+def delete(name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None,
+           lock_timeout: LockOpt = 60.0) -> None:
+    """Stop a function's instances and remove it from routing (its history stays).
+
+    Example: fnctl delete hello
+    """
+    from fnctl.apply import delete as do_delete
+    from fnctl.project import load_project
+
+    with Progress() as progress:
+        do_delete(load_project(), _options(state, lock_timeout), name, progress)  # type: ignore[arg-type]
+
+
+@app.command()
+def status(state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """Every deployed function: live revision, weights, instances and their health, last deploy.
+
+    Example: fnctl status -o json
+    """
+    from fnctl.ops import status as read_status
+    from fnctl.project import load_project
+    from fnctl.render_deploy import render_status
+
+    render_status(read_status(load_project(), state), output)
+
+
+@app.command()
+def history(name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None,
+            output: OutputOpt = Output.TEXT) -> None:
+    """A function's revisions: status, when, by whom, from which commit, and why they failed.
+
+    Example: fnctl history hello
+    """
+    from fnctl.ops import history as read_history
+    from fnctl.project import load_project
+    from fnctl.render_deploy import render_history
+
+    render_history(read_history(load_project(), state, name), output)
+
+
+@app.command()
+def get(
+    what: Annotated[str, typer.Argument(help="functions or revisions.")],
+    state: StateOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="json or yaml.")] = "json",
+) -> None:
+    """Deployed functions or revisions as data.
+
+    Example: fnctl get revisions -o yaml
+    """
+    from fnctl.ops import get as read
+    from fnctl.project import load_project
+    from fnctl.render import print_json
+
+    data = read(load_project(), state, what)
+    if output == "yaml":
+        import yaml
+
+        typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+    elif output == "json":
+        print_json(data)
+    else:
+        raise BadInput("--output must be json or yaml")
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="The function.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    revision: Annotated[Optional[int], typer.Option("--revision", help="Only this revision's instances.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only lines newer than this (e.g. 10m).")] = None,
+    state: StateOpt = None,
+) -> None:
+    """Print the logs of a function's instances.
+
+    Example: fnctl logs hello --since 10m
+    """
+    import time
+
+    from fnctl.ops import logs as read_logs
+    from fnctl.project import load_project
+    from fnctl.units import parse_duration
+
+    try:
+        start = time.time() - parse_duration(since) if since else None
+    except ValueError as exc:
+        raise BadInput(f"--since: {exc}") from None
+    for line in read_logs(load_project(), state, name, revision, start, follow):
+        typer.echo(line)

@@ -1,0 +1,63 @@
+"""What each function should be deployed as: its canonical spec (defaults applied, code hashed, secrets
+fingerprinted) and that spec's hash, the identity of a revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fnctl.images import code_hash
+from fnctl.model import NO_EXPECTATION, Function
+from fnctl.secretref import fingerprint
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    function: Function
+    source: Path
+    spec: dict[str, Any]
+    spec_hash: str
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+
+def deploy_spec(function: Function, base_image: str, secret_values: dict[str, str], salt: str) -> DeploySpec:
+    assert function.document is not None
+    source = function.document.file.parent / function.source
+    spec = canonical_spec(function, code_hash(source), base_image, fingerprint(secret_values, salt))
+    return DeploySpec(function, source, spec, spec_hash(spec))
+
+
+def canonical_spec(function: Function, code: str, base_image: str, secrets: str) -> dict[str, Any]:
+    """Everything that defines a revision, with effective values (so a changed default changes it too)."""
+    raw = function.spec
+    return {
+        "runtime": function.runtime,
+        "handler": function.handler,
+        "source": {"path": function.source, "hash": code},
+        "baseImage": base_image,
+        "labels": dict(sorted(function.labels.items())),
+        "env": dict(sorted(function.env.items())),
+        "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16]},
+        "limits": asdict(function.limits),
+        "network": function.network.value,
+        "isolation": function.isolation.value,
+        "scaling": asdict(function.scaling),
+        "access": {"roles": list(function.roles)},
+        "parameters": function.parameters,
+        "returns": function.returns,
+        "healthCheck": [{"event": c.event, **({"expect": c.expect} if c.expect is not NO_EXPECTATION else {})}
+                        for c in function.health_checks],
+        "rollout": raw.get("rollout", {"strategy": "immediate"}),
+    }
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+

@@ -1,0 +1,226 @@
+"""Carrying out deploy steps against the engine, recording each in the store before acting on it, so that
+whoever holds the lock next can finish or clean up after a process that died mid-way (`recover`).
+
+Invariant: the routing table only ever points at revisions whose instances passed their checks; traffic
+moves in one transaction, and old instances stop only after it has moved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fnctl import dockerio, images, instances
+from fnctl.desired import DeploySpec
+from fnctl.errors import FnctlError
+from fnctl.model import NO_EXPECTATION, Function
+from fnctl.sandbox import labels
+from fnctl.transport import UnixSocketTransport
+from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
+
+Progress = Callable[[str], None]
+
+
+class DeployFailed(FnctlError):
+    """A new revision failed to build, start or pass its checks; traffic stayed where it was."""
+
+
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    project: str
+    base_image: str
+    actor: str
+    command: str
+    git_commit: str | None
+    git_author: str | None
+    progress: Progress
+
+
+def recover(ctx: Context) -> list[str]:
+    """Finish what a dead process left: fail pending revisions, remove instances nothing routes to, kill
+    containers the store does not know. Returns what was done, in words."""
+    done: list[str] = []
+    store = ctx.store
+    for revision in store.revisions():
+        if revision.status is RevisionStatus.PENDING:
+            store.set_revision_status(revision.function, revision.number, RevisionStatus.FAILED,
+                                      "interrupted: the deploying process stopped before it finished")
+            done.append(f"{revision.function} revision {revision.number}: marked failed (interrupted)")
+    routes = store.routes()
+    for row in store.instances():
+        serving = routes.get(row.function, {}).get(row.revision, 0) > 0
+        if not serving or row.state is not InstanceState.READY:
+            _remove_row(ctx, row)
+            done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
+    known = {row.id for row in store.instances()}
+    for container in dockerio.list_containers(labels(ctx.project, "")):
+        if container.labels.get("io.fnctl.local") != "true" and container.labels.get("io.fnctl.instance") not in known:
+            dockerio.kill(container.id)
+            done.append(f"removed orphan container {container.name}")
+    return done
+
+
+def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Revision:
+    """Build, create the revision, start its instances, check them, switch 100% of traffic, stop the old."""
+    store, function = ctx.store, spec.function
+    number = store.next_revision_number(function.name)
+    with store.transaction():
+        store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", ctx.git_commit, ctx.git_author,
+                                    time.time(), ctx.actor, RevisionStatus.PENDING, None))
+    try:
+        ctx.progress(f"{function.name}: building image for revision {number}")
+        image = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image,
+                                    lambda line: ctx.progress(f"{function.name}: {line}"))
+        store.set_revision_image(function.name, number, image.tag)
+        started = start_instances(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
+        ctx.progress(f"{function.name}: health-checking revision {number}")
+        for instance in started:
+            health_check(instance)
+    except FnctlError as exc:
+        _fail(ctx, function.name, number, exc)
+        raise DeployFailed(f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the "
+                           "previous revision", detail=exc.detail) from None
+    switch(ctx, function.name, {number: 100}, f"deployed revision {number}")
+    stop_other_revisions(ctx, function.name, keep={number})
+    if function.scaling.min_instances == 0:  # scale to zero: the checked instance is not kept
+        stop_other_revisions(ctx, function.name, keep=set())
+    revision = store.revision(function.name, number)
+    assert revision is not None
+    return revision
+
+
+def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
+    for row in ctx.store.instances(name):
+        if row.revision == number:
+            _remove_row(ctx, row)
+    reason = exc.message + (f"\n{exc.detail}" if exc.detail else "")
+    with ctx.store.transaction():
+        ctx.store.set_revision_status(name, number, RevisionStatus.FAILED, reason[:4000])
+        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="deploy", target=name, outcome="failed",
+                        git_commit=ctx.git_commit, detail=f"revision {number}: {exc.message}")
+
+
+def start_instances(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
+                    count: int) -> list[instances.Instance]:
+    started: list[instances.Instance] = []
+    for _ in range(count):
+        instance_id = instances.new_instance_id()
+        ctx.progress(f"{function.name}: starting instance {instance_id} of revision {revision}")
+        # Recorded first: a crash from here on leaves a row that `recover` cleans up by label.
+        ctx.store.add_instance(InstanceRow(instance_id, function.name, revision, None,
+                                           str(instances.runtime_root() / instance_id), InstanceState.STARTING,
+                                           time.time()))
+        try:
+            instance = instances.start(function, image=image, revision=str(revision), secret_values=secret_values,
+                                       labels=labels(ctx.project, function.name, revision=str(revision)),
+                                       instance_id=instance_id)
+        except BaseException:
+            ctx.store.remove_instance(instance_id)
+            raise
+        ctx.store.update_instance(instance_id, state=InstanceState.READY, container_id=instance.container_id)
+        started.append(instance)
+    return started
+
+
+def health_check(instance: instances.Instance) -> None:
+    """Each `healthCheck` invocation must succeed and match `expect`, or else the `returns` schema."""
+    function = instance.function
+    try:
+        for index, check in enumerate(function.health_checks):
+            outcome = instances.invoke(instance, check.event)
+            where = f"healthCheck[{index}]"
+            if not outcome.ok:
+                raise FnctlError(f"{where} failed ({outcome.failure.value if outcome.failure else 'error'}): "
+                                 f"{outcome.message}", detail=(outcome.traceback + outcome.logs).strip() or None)
+            if check.expect is not NO_EXPECTATION and outcome.result != check.expect:
+                raise FnctlError(f"{where} returned an unexpected result",
+                                 detail=f"expected: {check.expect!r}\n     got: {outcome.result!r}")
+            problem = returns_problem(function, outcome.result)
+            if problem:
+                raise FnctlError(f"{where}: the result does not match `returns`: {problem}")
+    finally:
+        instance.transport.close()
+
+
+def returns_problem(function: Function, result: Any) -> str | None:
+    if function.returns is None:
+        return None
+    from jsonschema import Draft202012Validator
+
+    error = next(iter(Draft202012Validator(function.returns).iter_errors(result)), None)
+    return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or '(result)'}: {error.message}"
+
+
+def switch(ctx: Context, name: str, weights: dict[int, int], what: str) -> None:
+    """One atomic change of the routing table, audited in the same transaction."""
+    with ctx.store.transaction():
+        for revision, weight in weights.items():
+            current = ctx.store.revision(name, revision)
+            if weight > 0 and current is not None and current.status is RevisionStatus.PENDING:
+                ctx.store.set_revision_status(name, revision, RevisionStatus.READY, None)
+        ctx.store.set_route(name, weights)
+        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="route", target=name, outcome="ok",
+                        git_commit=ctx.git_commit, detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()))
+    ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
+
+
+def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
+    for row in ctx.store.instances(name):
+        if row.revision not in keep:
+            ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
+            _remove_row(ctx, row, drain=True)
+
+
+def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
+    ctx.store.update_instance(row.id, state=InstanceState.STOPPING)
+    if drain and row.container_id:
+        transport = UnixSocketTransport(f"{row.socket_dir}/{instances.SOCKET_NAME}")
+        try:
+            transport.connect(timeout=1.0)
+            transport.drain(timeout=30.0)
+        except FnctlError:
+            pass  # already gone or unresponsive: killed below either way
+        finally:
+            transport.close()
+    for container in dockerio.list_containers({"io.fnctl.instance": row.id}):
+        dockerio.kill(container.id)
+    instances.remove_socket_dir(row.socket_dir)
+    ctx.store.remove_instance(row.id)
+
+
+def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
+         broken: set[str], image_removed: bool) -> None:
+    """Bring a serving revision back to its instance count: replace the `broken` instances (dead, missing
+    or altered outside fnctl) and rebuild a removed image (same content, same tag)."""
+    function = spec.function
+    for row in ctx.store.instances(function.name):
+        if row.id in broken:
+            ctx.progress(f"{function.name}: replacing instance {row.id}")
+            _remove_row(ctx, row)
+    if image_removed:
+        ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
+        rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
+        if rebuilt.tag != revision.image:
+            raise FnctlError(f"{function.name}: the image of revision {revision.number} cannot be rebuilt as it was "
+                             f"(now {rebuilt.tag}); apply with --force to deploy a new revision")
+    running = [r for r in ctx.store.instances(function.name) if r.revision == revision.number]
+    missing = function.scaling.min_instances - len(running)
+    if missing > 0:
+        for instance in start_instances(ctx, function, revision.number, revision.image, secret_values, missing):
+            instance.transport.close()
+    ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=function.name, outcome="ok",
+                    git_commit=ctx.git_commit, detail=f"revision {revision.number}: replaced {len(broken)}, "
+                    f"started {max(missing, 0)}")
+
+
+def delete(ctx: Context, name: str) -> None:
+    for row in ctx.store.instances(name):
+        _remove_row(ctx, row, drain=True)
+    with ctx.store.transaction():
+        ctx.store.delete_route(name)
+        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok",
+                        git_commit=ctx.git_commit)
+    ctx.progress(f"{name}: deleted (its revisions stay in the history)")

@@ -1,0 +1,118 @@
+"""Rendering of diffs, plans, apply reports, status and history: rich tables on a terminal, plain lines
+otherwise, JSON with `-o json`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fnctl.apply import ApplyReport
+from fnctl.diff import Change, ChangeKind, LiveState
+from fnctl.ops import FunctionStatus, age, revision_json
+from fnctl.plan import change_to_json
+from fnctl.render import Output, console, err_console, print_json
+from fnctl.store import Revision
+
+_COLOURS = {ChangeKind.CREATE: "green", ChangeKind.UPDATE: "yellow", ChangeKind.DELETE: "red",
+            ChangeKind.UNCHANGED: "dim"}
+_SIGNS = {ChangeKind.CREATE: "+", ChangeKind.UPDATE: "~", ChangeKind.DELETE: "-", ChangeKind.UNCHANGED: "="}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def render_diff(changes: list[Change], live: LiveState, output: Output) -> None:
+    if output is Output.JSON:
+        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans)})
+        return
+    out = console()
+    for change in changes:
+        colour, sign = _COLOURS[change.kind], _SIGNS[change.kind]
+        where = f" (live revision {change.live_revision})" if change.live_revision else ""
+        out.print(f"[{colour}]{sign} {change.function}: {change.kind.value}{where}[/{colour}]")
+        if change.kind is ChangeKind.UPDATE or (change.kind is ChangeKind.CREATE and out.is_terminal):
+            for field in change.fields:
+                out.print(f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
+                          markup=True, highlight=False)
+        for drift in change.drift:
+            out.print(f"    [magenta]drift: {drift.kind.value}: {drift.detail}[/magenta]")
+    for orphan in live.orphans:
+        out.print(f"[magenta]drift: orphan container {orphan[:12]} (labelled for this project, unknown to the store)[/magenta]")
+    counts = {k: sum(1 for c in changes if c.kind is k) for k in ChangeKind}
+    out.print(", ".join(f"{n} {k.value}" for k, n in counts.items()))
+
+
+def render_plan(document: dict[str, Any], written: Path | None) -> None:
+    out = console()
+    if not document["steps"]:
+        out.print("nothing to do: the live state matches the manifests")
+    for index, step in enumerate(document["steps"], 1):
+        target = f"{step['function']}: " if step["function"] else ""
+        out.print(f"{index:>3}. {target}{step['kind']}" + (f" ({step['detail']})" if step["detail"] else ""))
+    if written is not None:
+        out.print(f"plan written to {written}; apply it with `fnctl apply {written}`")
+
+
+def render_apply(report: ApplyReport, output: Output) -> None:
+    if output is Output.JSON:
+        print_json({"ok": not report.failed, "recovered": report.recovered,
+                    "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
+                                 "message": o.message, "detail": o.detail} for o in report.outcomes]})
+        return
+    for line in report.recovered:
+        err_console().print(f"[yellow]recovered:[/yellow] {line}", highlight=False)
+    if not report.outcomes:
+        console().print("no changes: the live state matches the manifests")
+    for outcome in report.outcomes:
+        mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
+        console().print(f"{mark} {outcome.function}: {outcome.action}: {outcome.message}", highlight=False)
+        if outcome.detail:
+            err_console().print(outcome.detail, markup=False)
+
+
+def render_status(statuses: list[FunctionStatus], output: Output) -> None:
+    if output is Output.JSON:
+        print_json([{"function": s.name, "liveRevision": s.live_revision,
+                     "weights": {str(k): v for k, v in s.weights.items()},
+                     "instances": [{"id": i.id, "revision": i.revision, "container": i.container, "state": i.state,
+                                    "healthy": i.healthy, "inflight": i.inflight} for i in s.instances],
+                     "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit}
+                    for s in statuses])
+        return
+    if not statuses:
+        console().print("nothing deployed")
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("function", "revision", "weights", "instances", "last deploy"):
+        table.add_column(column)
+    for s in statuses:
+        healthy = sum(1 for i in s.instances if i.healthy)
+        colour = "green" if s.instances and healthy == len(s.instances) else "red" if s.instances else "dim"
+        weights = ", ".join(f"r{r}: {w}%" for r, w in sorted(s.weights.items()))
+        who = f" by {s.last_deploy_by}" if s.last_deploy_by else ""
+        commit = f" @{s.last_commit[:8]}" if s.last_commit else ""
+        table.add_row(s.name, str(s.live_revision), weights, f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]",
+                      f"{age(s.last_deploy)}{who}{commit}")
+    console().print(table)
+
+
+def render_history(revisions: list[Revision], output: Output) -> None:
+    if output is Output.JSON:
+        print_json([revision_json(r) for r in revisions])
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("revision", "status", "created", "by", "commit", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in revisions:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        reason = (r.reason or "").splitlines()[0] if r.reason else ""
+        table.add_row(str(r.number), r.status.value, created, r.created_by, (r.git_commit or "")[:8], reason)
+    console().print(table)

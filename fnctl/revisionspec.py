@@ -1,0 +1,30 @@
+"""A deployed revision's Function, rebuilt from the canonical spec stored with it (`desired.canonical_spec`),
+for work on revisions that the manifests no longer describe: rollback, live invocation, status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fnctl.model import (
+    Check, Function, Isolation, Limits, Network, Rollout, Scaling, SecretRef, Strategy,
+)
+
+
+def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Function:
+    limits = spec.get("limits") or {}
+    scaling = spec.get("scaling") or {}
+    return Function(
+        name=name, labels=dict(spec.get("labels") or {}), runtime=spec.get("runtime", "python3.11"),
+        source=(spec.get("source") or {}).get("path", ""), handler=spec["handler"], env=dict(spec.get("env") or {}),
+        secrets=tuple(SecretRef(n, None, None) for n in (spec.get("secrets") or {}).get("names", [])),
+        limits=Limits(**{k: limits.get(k, getattr(defaults, k)) for k in Limits.__dataclass_fields__}),
+        network=Network(spec.get("network", "none")), isolation=Isolation(spec.get("isolation", "container")),
+        scaling=Scaling(**{k: scaling.get(k, getattr(Scaling(), k)) for k in Scaling.__dataclass_fields__}),
+        roles=tuple((spec.get("access") or {}).get("roles", [])),
+        parameters=spec.get("parameters"), returns=spec.get("returns"),
+        health_checks=tuple(Check(c["event"], c["expect"]) if "expect" in c else Check(c["event"])
+                            for c in spec.get("healthCheck") or []),
+        rollout=Rollout(strategy=Strategy((spec.get("rollout") or {}).get("strategy", "immediate"))),
+        spec=spec,
+    )

@@ -1,0 +1,279 @@
+"""The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
+
+It holds revisions (immutable but for their status), the routing table, instances, rollouts, and the
+append-only audit log. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
+implement the same `Store` methods later. Secret values never reach it: specs carry a salted fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fnctl.errors import FnctlError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE revisions (
+        function TEXT NOT NULL, number INTEGER NOT NULL, spec_hash TEXT NOT NULL, spec TEXT NOT NULL,
+        image TEXT NOT NULL, git_commit TEXT, git_author TEXT, created_at REAL NOT NULL,
+        created_by TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+        PRIMARY KEY (function, number)
+    );
+    CREATE TABLE routes (
+        function TEXT PRIMARY KEY, weights TEXT NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY, function TEXT NOT NULL, revision INTEGER NOT NULL, container_id TEXT,
+        socket_dir TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL
+    );
+    CREATE INDEX instances_by_function ON instances (function, revision);
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY, function TEXT NOT NULL, from_revision INTEGER, to_revision INTEGER NOT NULL,
+        strategy TEXT NOT NULL, step INTEGER NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL,
+        started_at REAL NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, command TEXT NOT NULL,
+        action TEXT NOT NULL, target TEXT NOT NULL, git_commit TEXT, outcome TEXT NOT NULL, detail TEXT
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+)
+
+
+class RevisionStatus(StrEnum):
+    PENDING = "pending"  # being built / started / checked
+    READY = "ready"  # passed its checks; may serve traffic
+    FAILED = "failed"  # failed to build, start or pass checks
+    QUARANTINED = "quarantined"  # rolled away from: apply refuses the same spec without --force
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Revision:
+    function: str
+    number: int
+    spec_hash: str
+    spec: dict[str, Any]
+    image: str
+    git_commit: str | None
+    git_author: str | None
+    created_at: float
+    created_by: str
+    status: RevisionStatus
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    id: str
+    function: str
+    revision: int
+    container_id: str | None
+    socket_dir: str
+    state: InstanceState
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    command: str
+    action: str
+    target: str
+    git_commit: str | None
+    outcome: str
+    detail: str | None
+
+
+class StoreError(FnctlError):
+    """The state store cannot be opened or used."""
+
+
+def default_path(project: str) -> Path:
+    """$XDG_STATE_HOME/fnctl/<project>/state.db: per user and project, outside the checkout, so it survives
+    both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fnctl" / project / "state.db"
+
+
+class Store:
+    """Typed access to the state; each method is one short transaction."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes that land together or not at all (`BEGIN IMMEDIATE`: writers queue, never deadlock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def setting(self, key: str, default: str) -> str:
+        """A store-wide value, created with `default` the first time it is asked for."""
+        self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+        return str(self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
+
+    # ---- revisions ----
+
+    def next_revision_number(self, function: str) -> int:
+        row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (function,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_revision(self, revision: Revision) -> None:
+        self._db.execute(
+            "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (revision.function, revision.number, revision.spec_hash, json.dumps(revision.spec, sort_keys=True),
+             revision.image, revision.git_commit, revision.git_author, revision.created_at, revision.created_by,
+             revision.status.value, revision.reason),
+        )
+
+    def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
+        self._db.execute("UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
+                         (status.value, reason, function, number))
+
+    def set_revision_image(self, function: str, number: int, image: str) -> None:
+        self._db.execute("UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''",
+                         (image, function, number))
+
+    def revisions(self, function: str | None = None) -> list[Revision]:
+        query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
+        return [_revision(r) for r in self._db.execute(query, (function,) if function else ())]
+
+    def revision(self, function: str, number: int) -> Revision | None:
+        row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)).fetchone()
+        return _revision(row) if row else None
+
+    # ---- routing ----
+
+    def routes(self) -> dict[str, dict[int, int]]:
+        """function → {revision number: weight percent}."""
+        return {r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
+                for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")}
+
+    def set_route(self, function: str, weights: dict[int, int]) -> None:
+        """One atomic change of a function's weights."""
+        if sum(weights.values()) != 100 and weights:
+            raise StoreError(f"weights of {function} must sum to 100, not {sum(weights.values())}")
+        self._db.execute(
+            "INSERT INTO routes VALUES (?, ?, ?) ON CONFLICT (function) DO UPDATE SET weights = excluded.weights, "
+            "updated_at = excluded.updated_at",
+            (function, json.dumps({str(k): v for k, v in sorted(weights.items())}), time.time()),
+        )
+
+    def delete_route(self, function: str) -> None:
+        self._db.execute("DELETE FROM routes WHERE function = ?", (function,))
+
+    # ---- instances ----
+
+    def add_instance(self, row: InstanceRow) -> None:
+        self._db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value,
+                          row.created_at))
+
+    def update_instance(self, instance_id: str, *, state: InstanceState, container_id: str | None = None) -> None:
+        self._db.execute("UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
+                         (state.value, container_id, instance_id))
+
+    def remove_instance(self, instance_id: str) -> None:
+        self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def instances(self, function: str | None = None) -> list[InstanceRow]:
+        query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
+        return [InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
+                for r in self._db.execute(query, (function,) if function else ())]
+
+    # ---- audit ----
+
+    def audit(self, *, actor: str, command: str, action: str, target: str, outcome: str,
+              git_commit: str | None = None, detail: str | None = None) -> None:
+        self._db.execute("INSERT INTO audit (at, actor, command, action, target, git_commit, outcome, detail) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (time.time(), actor, command, action, target, git_commit, outcome, detail))
+
+    def audit_log(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        query = "SELECT * FROM audit" + (" WHERE target = ?" if target else "") + " ORDER BY id DESC LIMIT ?"
+        rows = self._db.execute(query, ((target,) if target else ()) + (limit,))
+        return [AuditEntry(*r) for r in rows]
+
+
+def _revision(row: Any) -> Revision:
+    return Revision(row[0], int(row[1]), row[2], json.loads(row[3]), row[4], row[5], row[6], float(row[7]), row[8],
+                    RevisionStatus(row[9]), row[10])
+
+
+def connect(path: Path) -> Store:
+    """Open (creating and migrating as needed) the store at `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        _migrate(connection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state store {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
+    return Store(connection, path)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(f"the state store has schema version {version}, newer than this fnctl knows "
+                         f"({len(MIGRATIONS)}); upgrade fnctl")
+    for number in range(version, len(MIGRATIONS)):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
+                connection.execute("ROLLBACK")  # another process migrated meanwhile
+                continue
+            for statement in _statements(MIGRATIONS[number]):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers contain `;` inside BEGIN … END)."""
+    statements, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
