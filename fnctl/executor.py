@@ -56,8 +56,8 @@ def recover(ctx: Context) -> list[str]:
             _remove_row(ctx, row)
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     known = {row.id for row in store.instances()}
-    for container in dockerio.list_containers(labels(ctx.project, "")):
-        if container.labels.get("io.fnctl.local") != "true" and container.labels.get("io.fnctl.instance") not in known:
+    for container in dockerio.list_containers(labels(ctx.project, "", store=store.id)):
+        if container.labels.get("io.fnctl.instance") not in known:
             dockerio.kill(container.id)
             done.append(f"removed orphan container {container.name}")
     return done
@@ -115,7 +115,8 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
                                            time.time()))
         try:
             instance = instances.start(function, image=image, revision=str(revision), secret_values=secret_values,
-                                       labels=labels(ctx.project, function.name, revision=str(revision)),
+                                       labels=labels(ctx.project, function.name, revision=str(revision),
+                                                     store=ctx.store.id),
                                        instance_id=instance_id)
         except BaseException:
             ctx.store.remove_instance(instance_id)

@@ -12,7 +12,7 @@ from fnctl.store import RevisionStatus, Store
 
 def read_live(store: Store, project: str) -> LiveState:
     containers = {c.labels.get("io.fnctl.instance", ""): c
-                  for c in dockerio.list_containers(labels(project, "")) if c.labels.get("io.fnctl.local") != "true"}
+                  for c in dockerio.list_containers(labels(project, "", store=store.id))}
     routes = store.routes()
     revisions = store.revisions()
     instances = store.instances()

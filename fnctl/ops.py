@@ -51,7 +51,8 @@ def open_store(project: Project, state: Path | None) -> Store:
 def status(project: Project, state: Path | None) -> list[FunctionStatus]:
     store = open_store(project, state)
     try:
-        containers = {c.labels.get("io.fnctl.instance"): c for c in dockerio.list_containers({"io.fnctl.project": project.name})}
+        containers = {c.labels.get("io.fnctl.instance"): c for c in dockerio.list_containers(
+            {"io.fnctl.project": project.name, "io.fnctl.store": store.id})}
         revisions = store.revisions()
         result = []
         for name, weights in store.routes().items():

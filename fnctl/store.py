@@ -144,6 +144,15 @@ class Store:
         self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
         return str(self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
 
+    @property
+    def id(self) -> str:
+        """This store's random identity, carried by every container it deploys (label io.fnctl.store), so
+        that two stores deploying the same project to one engine never take each other's containers for
+        orphans."""
+        import secrets
+
+        return self.setting("store-id", secrets.token_hex(8))
+
     # ---- revisions ----
 
     def next_revision_number(self, function: str) -> int:

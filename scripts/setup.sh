@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Prepare this machine for fnctl, idempotently: the project's virtualenv, a running Docker engine with
+# gVisor (runsc) registered, wrk for benchmarks, and the offline-built runtime base image.
+# Fast (no installs, no builds) when everything is already in place. Progress goes to stderr.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1  # no interactive apt hooks
+
+FNCTL_BASE_IMAGE="${FNCTL_BASE_IMAGE:-$(sed -n 's/^FNCTL_BASE_IMAGE=//p' scripts/base-image.env)}"
+export FNCTL_BASE_IMAGE
+DOCKERD_LOG=/var/log/fnctl-dockerd.log
+DAEMON_JSON=/etc/docker/daemon.json
+STAMP=.venv/.fnctl-pyproject.sha256
+# gVisor as the engine reports it once registered (compact JSON, as `docker info` prints it). No KVM platform.
+RUNSC='{"path":"/usr/bin/runsc","runtimeArgs":["--network=none","--host-uds=all"]}'
+
+step() { echo "==> $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# apt-get install, refreshing the package lists once if they are missing or stale.
+apt_install() {
+    step "apt-get install $*"
+    if ! apt-get install -y -q "$@" >/dev/null; then
+        apt-get update -q >/dev/null
+        apt-get install -y -q "$@" >/dev/null
+    fi
+}
+
+# --- Python ---------------------------------------------------------------------------------------
+
+python_ok() { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }
+
+setup_python() {
+    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c '' 2>/dev/null; then
+        python_ok || apt_install python3 python3-venv python3-pip
+        step "creating .venv"
+        rm -rf .venv
+        python3 -m venv .venv
+    fi
+    local want have=""
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+    if [ "$want" != "$have" ]; then
+        step "pip install -e '.[test]'"
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        echo "$want" > "$STAMP"
+    fi
+}
+
+# --- Docker engine --------------------------------------------------------------------------------
+
+# Prints the engine's runtimes as JSON; fails if no engine answers within a few seconds.
+engine_runtimes() { timeout 5 docker info --format '{{json .Runtimes}}' 2>/dev/null; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds or the time is up.
+wait_for() {
+    local what="$1" limit="$2"; shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what (see $DOCKERD_LOG)"
+        sleep 0.5
+    done
+}
+
+engine_has_runsc() { [[ "$(engine_runtimes)" == *"\"runsc\":$RUNSC"* ]]; }
+
+# Merge the runsc runtime into daemon.json, keeping every other key; prints "changed" if it wrote.
+register_runsc() {
+    mkdir -p "$(dirname "$DAEMON_JSON")"
+    python3 - "$DAEMON_JSON" "$RUNSC" <<'PY'
+import json, os, sys
+path, wanted = sys.argv[1], json.loads(sys.argv[2])
+config = {}
+if os.path.exists(path) and os.path.getsize(path) > 0:
+    with open(path) as f:
+        config = json.load(f)
+if config.get("runtimes", {}).get("runsc") != wanted:
+    config.setdefault("runtimes", {})["runsc"] = wanted
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    print("changed")
+PY
+}
+
+dockerd_pid() {
+    local pid
+    [ -f /var/run/docker.pid ] || return 1
+    pid="$(cat /var/run/docker.pid)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+start_dockerd() {
+    if dockerd_pid >/dev/null; then
+        step "dockerd is already starting; waiting for it"
+    else
+        rm -f /var/run/docker.pid
+        step "starting dockerd (log: $DOCKERD_LOG)"
+        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    fi
+    wait_for "the Docker engine" 60 engine_runtimes
+}
+
+setup_docker() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    [ -x /usr/bin/runsc ] || missing+=(runsc)
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+    local changed
+    changed="$(register_runsc)"
+    [ -z "$changed" ] || step "registered runsc in $DAEMON_JSON"
+
+    if ! engine_runtimes >/dev/null; then
+        start_dockerd
+    elif [ -n "$changed" ] || ! engine_has_runsc; then
+        local pid
+        pid="$(dockerd_pid)" || die "cannot reload the engine for runsc: no local dockerd (/var/run/docker.pid)"
+        step "reloading dockerd (pid $pid) for runsc"
+        kill -HUP "$pid"
+    fi
+    wait_for "runsc (as in $DAEMON_JSON) among the engine's runtimes" 30 engine_has_runsc
+}
+
+# --- Base image -----------------------------------------------------------------------------------
+
+setup_base_image() {
+    if ! docker image inspect "$FNCTL_BASE_IMAGE" >/dev/null 2>&1; then
+        step "building base image $FNCTL_BASE_IMAGE"
+        bash scripts/build-base-image.sh
+    fi
+}
+
+step "python"
+setup_python
+step "docker engine"
+setup_docker
+step "base image $FNCTL_BASE_IMAGE"
+setup_base_image
+step "ready"
