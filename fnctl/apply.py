@@ -177,12 +177,12 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             executor.delete(ctx, name)
             return Outcome(name, "delete", True, change.live_revision, "deleted")
         if change.drift and spec is not None and change.live_revision is not None:
-            revision = ctx.store.revision(name, change.live_revision)
-            assert revision is not None
+            live = ctx.store.revision(name, change.live_revision)
+            assert live is not None
             broken = {d.instance for d in change.drift if d.instance}
             image_removed = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
-            executor.heal(ctx, spec, revision, secret_values[name], broken, image_removed)
-            return Outcome(name, "heal", True, revision.number, "; ".join(d.detail for d in change.drift))
+            executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
+            return Outcome(name, "heal", True, live.number, "; ".join(d.detail for d in change.drift))
     except FnctlError as exc:
         return Outcome(name, change.kind.value, False, None, exc.message, exc.detail)
     return None

@@ -162,8 +162,9 @@ def main() -> NoReturn:
     except SystemExit:
         raise
     except Exception as exc:  # a bug: say so, and show the traceback only when asked
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):  # click's usage errors
-            exc.show()
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
+            show()
             sys.exit(ExitCode.BAD_INPUT)
         if _debug:
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -15,11 +15,14 @@ from fnctl.cli import PathsArg, app
 from fnctl.errors import BadInput, ExitCode
 from fnctl.render import Output, OutputOpt, Progress
 
+if TYPE_CHECKING:
+    from fnctl.apply import Options
+
 StateOpt = Annotated[Optional[Path], typer.Option("--state", help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).", show_default=False)]
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
 
 
-def _options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> object:
+def _options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> Options:
     from fnctl.apply import Options
 
     return Options(state=state, lock_timeout=lock_timeout, prune=prune, force=force)
@@ -38,7 +41,7 @@ def diff_command(paths: PathsArg = None, state: StateOpt = None, output: OutputO
     from fnctl.project import load_project
     from fnctl.render_deploy import render_diff
 
-    changes, live = compute_diff(load_project(), _options(state), paths)  # type: ignore[arg-type]
+    changes, live = compute_diff(load_project(), _options(state), paths)
     render_diff(changes, live, output)
     raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=False) else ExitCode.OK)
 
@@ -59,7 +62,7 @@ def plan_command(
     from fnctl.render import print_json
     from fnctl.render_deploy import render_plan
 
-    document = make_plan_file(load_project(), _options(state, prune=prune), paths)  # type: ignore[arg-type]
+    document = make_plan_file(load_project(), _options(state, prune=prune), paths)
     if out is not None:
         out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if output is Output.JSON:
@@ -95,12 +98,12 @@ def apply_command(
         paths = [Path(p) for p in plan_file["paths"]] if plan_file.get("paths") else None
         prune = bool(plan_file.get("prune", prune))
     with Progress(quiet=output is Output.JSON) as progress:
-        report = apply(load_project(), _options(state, lock_timeout, prune, force), paths, progress, plan_file)  # type: ignore[arg-type]
+        report = apply(load_project(), _options(state, lock_timeout, prune, force), paths, progress, plan_file)
     render_apply(report, output)
     raise typer.Exit(ExitCode.FAILED if report.failed else ExitCode.OK)
 
 
-def _read_plan(path: Path) -> dict[str, object]:
+def _read_plan(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -127,7 +130,7 @@ def rollback(
     from fnctl.render import console
 
     with Progress() as progress:
-        old, new = do_rollback(load_project(), _options(state, lock_timeout), name, to, progress)  # type: ignore[arg-type]
+        old, new = do_rollback(load_project(), _options(state, lock_timeout), name, to, progress)
     console().print(f"{name}: rolled back from revision {old} to {new}; revision {old} is quarantined")
 
 
@@ -142,7 +145,7 @@ def delete(name: Annotated[str, typer.Argument(help="The function.")], state: St
     from fnctl.project import load_project
 
     with Progress() as progress:
-        do_delete(load_project(), _options(state, lock_timeout), name, progress)  # type: ignore[arg-type]
+        do_delete(load_project(), _options(state, lock_timeout), name, progress)
 
 
 @app.command()
