@@ -128,10 +128,12 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
 
     with _session(project, options, "apply", progress) as ctx:
         specs, secret_values = desired_specs(project, ctx.store, paths)
-        if plan_file is not None:
-            _check_plan(plan_file, read_live(ctx.store, project.name), specs)
-        recovered = executor.recover(ctx)
         live = read_live(ctx.store, project.name)
+        if plan_file is not None:
+            _check_plan(plan_file, project.name, live, specs)
+        recovered = executor.recover(ctx, live.orphans)
+        if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
+            live = read_live(ctx.store, project.name)
         changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
         plan = make_plan(project.name, changes, live, prune=options.prune)
         _refuse_quarantined(changes, live, options.force)
@@ -144,7 +146,9 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
         return report
 
 
-def _check_plan(plan_file: dict[str, Any], live: LiveState, specs: list[DeploySpec]) -> None:
+def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec]) -> None:
+    if plan_file.get("project") != project:
+        raise BadInput(f"the plan was made for project {plan_file.get('project')!r}, not {project!r}")
     reasons = stale_reasons(plan_file.get("live", {}), live_summary(live))
     wanted = {s.name: s.spec_hash for s in specs}
     if wanted != plan_file.get("desired", {}):
@@ -209,10 +213,9 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
         running = [r for r in store.instances(name) if r.revision == target.number]
         if not running:
             function = function_from_spec(name, target.spec, project.default_limits)
-            started = executor.start_instances(ctx, function, target.number, target.image,
-                                               secret_values.get(name, {}), max(1, function.scaling.min_instances))
-            for instance in started:
-                instance.transport.close()
+            # Checked like a deploy's: traffic must only ever reach instances that passed.
+            executor.start_checked(ctx, function, target.number, target.image, secret_values.get(name, {}),
+                                   max(1, function.scaling.min_instances))
         executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}")
         reason = f"rolled back by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S')} (fnctl rollback)"
         with store.transaction():

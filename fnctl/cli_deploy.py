@@ -29,10 +29,15 @@ def _options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False
 
 
 @app.command("diff")
-def diff_command(paths: PathsArg = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+def diff_command(
+    paths: PathsArg = None, state: StateOpt = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Count functions no longer in the manifests as changes (as `apply --prune` would delete them).")] = False,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Show what apply would change: per function create / update / delete / unchanged, field by field, and drift.
 
-    Exit 0 when nothing would change, 1 when something would, 2 on bad input.
+    Exit 0 when nothing would change, 1 when something would, 2 on bad input. A function no longer in the
+    manifests is shown as a delete, which counts as a change only with --prune (apply keeps it otherwise).
 
     Example: fnctl diff -o json
     """
@@ -42,8 +47,8 @@ def diff_command(paths: PathsArg = None, state: StateOpt = None, output: OutputO
     from fnctl.render_deploy import render_diff
 
     changes, live = compute_diff(load_project(), _options(state), paths)
-    render_diff(changes, live, output)
-    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=False) else ExitCode.OK)
+    render_diff(changes, live, output, prune=prune)
+    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=prune) else ExitCode.OK)
 
 
 @app.command("plan")

@@ -6,15 +6,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 JsonPath = tuple[str | int, ...]
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-@dataclass(frozen=True, order=True)
-class Position:
+class Position(NamedTuple):  # a tuple: a manifest has one per value, and tuples are cheap to make
     line: int  # 1-based; 0 when the problem has no place in a file (a missing path)
     column: int
 

@@ -35,6 +35,7 @@ class LiveInstance:
     container_id: str | None
     status: str  # the engine's: running | exited | ... ; "missing" when the engine has no such container
     image: str  # the image the container runs, as the engine reports it
+    engine_id: str = ""  # the container's ID as the engine reports it ("" when missing)
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,11 @@ def diff(desired: list[Desired], live: LiveState) -> list[Change]:
     wanted = {d.name: d for d in desired}
     for name in sorted(set(wanted) | set(live.functions)):
         want, have = wanted.get(name), live.functions.get(name)
-        if have is None or have.stable is None:
-            assert want is not None
-            changes.append(Change(name, ChangeKind.CREATE, None, want.spec_hash, tuple(field_changes({}, want.spec))))
-        elif want is None:
+        if want is None:
+            assert have is not None  # the name came from one side or the other
             changes.append(Change(name, ChangeKind.DELETE, have.stable, None))
+        elif have is None or have.stable is None:
+            changes.append(Change(name, ChangeKind.CREATE, None, want.spec_hash, tuple(field_changes({}, want.spec))))
         else:
             stable = have.stable
             kind = ChangeKind.UNCHANGED if have.spec_hashes.get(stable) == want.spec_hash else ChangeKind.UPDATE
@@ -143,6 +144,9 @@ def drift_of(function: LiveFunction) -> Iterator[Drift]:
         elif function.images.get(instance.revision) not in (instance.image, None):
             yield Drift(DriftKind.INSTANCE_CHANGED, f"instance {instance.id} runs {instance.image}, not "
                         f"{function.images.get(instance.revision)}", instance.id, instance.revision)
+        elif instance.container_id and instance.engine_id and instance.engine_id != instance.container_id:
+            yield Drift(DriftKind.INSTANCE_CHANGED, f"instance {instance.id} is container {instance.engine_id[:12]}, "
+                        f"not the {instance.container_id[:12]} fnctl started", instance.id, instance.revision)
         elif instance.revision in serving:
             healthy += 1
     wanted = function.min_instances * len(serving)

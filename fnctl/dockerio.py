@@ -95,9 +95,28 @@ def image_id(tag: str) -> str | None:
         raise
 
 
+# What the engine says when a cached layer this build stands on was pruned meanwhile by a `docker rmi` of
+# another image sharing it (the classic builder's cache is made of those untagged parent images).
+_VANISHED_LAYER = ("No such image: sha256:", "failed to get digest sha256:", "unknown parent image ID sha256:")
+BUILD_ATTEMPTS = 3
+
+
 def build_image(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
                 on_line: Callable[[str], None]) -> None:
     """Build `context` as `tag` with no network; `on_line` receives each line of output as it comes."""
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            _build(context, tag, buildargs, labels, on_line)
+            return
+        except BuildFailed as exc:
+            if attempt == BUILD_ATTEMPTS or not any(m in (exc.detail or "") for m in _VANISHED_LAYER):
+                raise
+        # The cache is looked up afresh on the next attempt: the vanished layer is simply built again.
+        on_line(f"{tag}: a cached layer was removed during the build; building again")
+
+
+def _build(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
+           on_line: Callable[[str], None]) -> None:
     output: list[str] = []
     with _engine_errors(f"building {tag}"):
         stream = client().api.build(path=str(context), tag=tag, buildargs=dict(buildargs), labels=dict(labels),

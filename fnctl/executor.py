@@ -7,20 +7,34 @@ moves in one transaction, and old instances stop only after it has moved.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fnctl import dockerio, images, instances
 from fnctl.desired import DeploySpec
 from fnctl.errors import FnctlError
+from fnctl.live import unknown_containers
 from fnctl.model import NO_EXPECTATION, Function
 from fnctl.sandbox import labels
 from fnctl.transport import UnixSocketTransport
 from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
 
 Progress = Callable[[str], None]
+
+
+def _checkpoint(step: str) -> None:
+    """Test hook: `FNCTL_TEST_CRASH_AT=<step>` makes the process SIGKILL itself right after `step`.
+
+    Crash safety must hold between any two steps, and a signal sent from outside cannot aim at one; this is
+    the only way the crash tests (tests/test_crash.py) can stop `fnctl apply` exactly there. Unset, it costs
+    one environment lookup per step.
+    """
+    if os.environ.get("FNCTL_TEST_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DeployFailed(FnctlError):
@@ -39,9 +53,10 @@ class Context:
     progress: Progress
 
 
-def recover(ctx: Context) -> list[str]:
+def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
     """Finish what a dead process left: fail pending revisions, remove instances nothing routes to, kill
-    containers the store does not know. Returns what was done, in words."""
+    containers the store does not know (`orphans`, when the caller has just listed them). Returns what was
+    done, in words; doing anything is audited."""
     done: list[str] = []
     store = ctx.store
     for revision in store.revisions():
@@ -55,12 +70,31 @@ def recover(ctx: Context) -> list[str]:
         if not serving or row.state is not InstanceState.READY:
             _remove_row(ctx, row)
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
-    known = {row.id for row in store.instances()}
-    for container in dockerio.list_containers(labels(ctx.project, "", store=store.id)):
-        if container.labels.get("io.fnctl.instance") not in known:
+    done += _remove_orphans(ctx, orphans)
+    if done:
+        store.audit(actor=ctx.actor, command=ctx.command, action="recover", target="", outcome="ok",
+                    git_commit=ctx.git_commit, detail="; ".join(done)[:4000])
+    return done
+
+
+def _remove_orphans(ctx: Context, orphans: Sequence[str] | None) -> list[str]:
+    if orphans is not None and not orphans:  # the caller has just listed none: no second engine call
+        return []
+    listed = dockerio.list_containers(labels(ctx.project, "", store=ctx.store.id))
+    doomed = set(orphans if orphans is not None else unknown_containers(listed, ctx.store.instances()))
+    done = []
+    for container in listed:
+        if container.id in doomed:
             dockerio.kill(container.id)
+            _remove_socket_dir(container.labels.get("io.fnctl.socket-dir", ""))
             done.append(f"removed orphan container {container.name}")
     return done
+
+
+def _remove_socket_dir(path: str) -> None:
+    """An orphan's socket directory, named by its label: removed only where fnctl creates them."""
+    if path and os.path.dirname(os.path.normpath(path)) == str(instances.runtime_root()):
+        instances.remove_socket_dir(path)
 
 
 def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Revision:
@@ -70,20 +104,20 @@ def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Rev
     with store.transaction():
         store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", ctx.git_commit, ctx.git_author,
                                     time.time(), ctx.actor, RevisionStatus.PENDING, None))
+    _checkpoint("revision-recorded")
     try:
         ctx.progress(f"{function.name}: building image for revision {number}")
         image = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image,
                                     lambda line: ctx.progress(f"{function.name}: {line}"))
         store.set_revision_image(function.name, number, image.tag)
-        started = start_instances(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
-        ctx.progress(f"{function.name}: health-checking revision {number}")
-        for instance in started:
-            health_check(instance)
+        _checkpoint("image-built")
+        start_checked(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
     except FnctlError as exc:
         _fail(ctx, function.name, number, exc)
         raise DeployFailed(f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the "
                            "previous revision", detail=exc.detail) from None
     switch(ctx, function.name, {number: 100}, f"deployed revision {number}")
+    _checkpoint("route-switched")
     stop_other_revisions(ctx, function.name, keep={number})
     if function.scaling.min_instances == 0:  # scale to zero: the checked instance is not kept
         stop_other_revisions(ctx, function.name, keep=set())
@@ -103,8 +137,32 @@ def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
                         git_commit=ctx.git_commit, detail=f"revision {number}: {exc.message}")
 
 
+def start_checked(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
+                  count: int) -> None:
+    """Start `count` instances and health-check each; on any failure the ones started here are removed
+    (so nothing unchecked is left behind for traffic to reach) and the error propagates."""
+    started: list[instances.Instance] = []
+    try:
+        started = start_instances(ctx, function, revision, image, secret_values, count)
+        ctx.progress(f"{function.name}: health-checking revision {revision}")
+        for instance in started:
+            health_check(instance)
+        _checkpoint("health-checked")
+    except FnctlError:
+        fresh = {instance.id for instance in started}
+        for row in ctx.store.instances(function.name):
+            if row.id in fresh:
+                _remove_row(ctx, row)
+        raise
+    finally:
+        for instance in started:
+            instance.transport.close()
+
+
 def start_instances(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
                     count: int) -> list[instances.Instance]:
+    """Start `count` instances, each recorded before its container exists; a failure removes the one
+    being started and propagates (those already started stay, for the caller to keep or remove)."""
     started: list[instances.Instance] = []
     for _ in range(count):
         instance_id = instances.new_instance_id()
@@ -113,6 +171,7 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
         ctx.store.add_instance(InstanceRow(instance_id, function.name, revision, None,
                                            str(instances.runtime_root() / instance_id), InstanceState.STARTING,
                                            time.time()))
+        _checkpoint("instance-recorded")
         try:
             instance = instances.start(function, image=image, revision=str(revision), secret_values=secret_values,
                                        labels=labels(ctx.project, function.name, revision=str(revision),
@@ -121,6 +180,7 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
         except BaseException:
             ctx.store.remove_instance(instance_id)
             raise
+        _checkpoint("container-started")
         ctx.store.update_instance(instance_id, state=InstanceState.READY, container_id=instance.container_id)
         started.append(instance)
     return started
@@ -173,6 +233,7 @@ def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
         if row.revision not in keep:
             ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
             _remove_row(ctx, row, drain=True)
+            _checkpoint("old-instance-stopped")
 
 
 def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
@@ -195,7 +256,20 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
 def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
          broken: set[str], image_removed: bool) -> None:
     """Bring a serving revision back to its instance count: replace the `broken` instances (dead, missing
-    or altered outside fnctl) and rebuild a removed image (same content, same tag)."""
+    or altered outside fnctl) and rebuild a removed image (same content, same tag). Audited either way."""
+    try:
+        started = _heal(ctx, spec, revision, secret_values, broken, image_removed)
+    except FnctlError as exc:
+        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="failed",
+                        git_commit=ctx.git_commit, detail=f"revision {revision.number}: {exc.message}")
+        raise
+    ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="ok",
+                    git_commit=ctx.git_commit, detail=f"revision {revision.number}: replaced {len(broken)}, "
+                    f"started {started}")
+
+
+def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
+          broken: set[str], image_removed: bool) -> int:
     function = spec.function
     for row in ctx.store.instances(function.name):
         if row.id in broken:
@@ -206,15 +280,13 @@ def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict
         rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
         if rebuilt.tag != revision.image:
             raise FnctlError(f"{function.name}: the image of revision {revision.number} cannot be rebuilt as it was "
-                             f"(now {rebuilt.tag}); apply with --force to deploy a new revision")
+                             f"(now {rebuilt.tag}: the base image changed); change the function to deploy a new "
+                             "revision")
     running = [r for r in ctx.store.instances(function.name) if r.revision == revision.number]
-    missing = function.scaling.min_instances - len(running)
-    if missing > 0:
-        for instance in start_instances(ctx, function, revision.number, revision.image, secret_values, missing):
-            instance.transport.close()
-    ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=function.name, outcome="ok",
-                    git_commit=ctx.git_commit, detail=f"revision {revision.number}: replaced {len(broken)}, "
-                    f"started {max(missing, 0)}")
+    missing = max(function.scaling.min_instances - len(running), 0)
+    if missing:
+        start_checked(ctx, function, revision.number, revision.image, secret_values, missing)
+    return missing
 
 
 def delete(ctx: Context, name: str) -> None:

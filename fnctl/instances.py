@@ -7,6 +7,7 @@ killed; the caller replaces it.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as _secrets
 import shutil
@@ -172,7 +173,9 @@ def invoke(instance: Instance, event: Any, *, caller: Mapping[str, Any] | None =
            payload_size: int | None = None) -> Outcome:
     """Run one invocation with the function's limits; a limit hit comes back as a typed Outcome."""
     limits = instance.function.limits
-    if payload_size is not None and payload_size > limits.payload:
+    if payload_size is None:  # measured here: the runtime drops a connection whose frame is far over the limit
+        payload_size = _encoded_size(event)
+    if payload_size > limits.payload:
         return _failed(Failure.PAYLOAD_TOO_LARGE,
                        f"the event is {payload_size} bytes; the limit is {limits.payload} bytes", 0.0)
     started = time.monotonic()
@@ -186,6 +189,13 @@ def invoke(instance: Instance, event: Any, *, caller: Mapping[str, Any] | None =
     except ConnectionLost:
         return _lost(instance, started)
     return _outcome(instance, result)
+
+
+def _encoded_size(event: Any) -> int:
+    try:
+        return len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError):
+        return 0  # not JSON at all: the transport refuses to send it, with its own message
 
 
 def _lost(instance: Instance, started: float) -> Outcome:

@@ -4,28 +4,34 @@ number of functions, matched to the store's instances by their io.fnctl.instance
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TypeVar
+
 from fnctl import dockerio
 from fnctl.diff import LiveFunction, LiveInstance, LiveState
 from fnctl.sandbox import labels
-from fnctl.store import RevisionStatus, Store
+from fnctl.store import InstanceRow, Revision, RevisionStatus, Store
+
+Row = TypeVar("Row", Revision, InstanceRow)
 
 
 def read_live(store: Store, project: str) -> LiveState:
-    containers = {c.labels.get("io.fnctl.instance", ""): c
-                  for c in dockerio.list_containers(labels(project, "", store=store.id))}
+    listed = dockerio.list_containers(labels(project, "", store=store.id))
+    rows = store.instances()
+    containers = _containers_of(listed, rows)
     routes = store.routes()
-    revisions = store.revisions()
-    instances = store.instances()
-    images_needed = {r.image for r in revisions if routes.get(r.function, {}).get(r.number, 0) > 0}
+    revisions, instances = _by_function(store.revisions()), _by_function(rows)
+    images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
     present = dockerio.images_present(images_needed)
-    known = {i.id for i in instances}
     functions: dict[str, LiveFunction] = {}
     for name, weights in routes.items():
-        own = [r for r in revisions if r.function == name]
+        own = revisions.get(name, [])
         live_instances = tuple(
             LiveInstance(i.id, i.revision, i.container_id, containers[i.id].status if i.id in containers else "missing",
-                         containers[i.id].image if i.id in containers else "")
-            for i in instances if i.function == name)
+                         containers[i.id].image if i.id in containers else "",
+                         containers[i.id].id if i.id in containers else "")
+            for i in instances.get(name, []))
         stable = max(weights, key=lambda r: (weights[r], r)) if weights else None
         spec = next((r.spec for r in own if r.number == stable), {})
         functions[name] = LiveFunction(
@@ -37,7 +43,36 @@ def read_live(store: Store, project: str) -> LiveState:
             instances=live_instances,
             min_instances=int(spec.get("scaling", {}).get("min_instances", 1)),
         )
-    orphans = tuple(sorted(c.id for iid, c in containers.items() if iid not in known))
+    orphans = unknown_containers(listed, rows)
     quarantined = {r.spec_hash: f"{r.function} revision {r.number}: {r.reason}"
-                   for r in revisions if r.status is RevisionStatus.QUARANTINED}
+                   for rs in revisions.values() for r in rs if r.status is RevisionStatus.QUARANTINED}
     return LiveState(functions, orphans, quarantined)
+
+
+def unknown_containers(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[InstanceRow]) -> tuple[str, ...]:
+    """IDs of the containers that no instance row accounts for. Each listed container counts, not one per
+    label: a copy of an instance carrying its labels is unknown too. A row still without its container ID
+    (being started) accounts for the container its label names."""
+    accounted = {(row.id, row.container_id) for row in rows}
+    return tuple(sorted(c.id for c in listed
+                        if not {(c.labels.get("io.fnctl.instance", ""), c.id),
+                                (c.labels.get("io.fnctl.instance", ""), None)} & accounted))
+
+
+def _containers_of(listed: list[dockerio.ContainerInfo], rows: list[InstanceRow]) -> dict[str, dockerio.ContainerInfo]:
+    """Each instance's container, by instance ID; the one the store recorded when its label has copies."""
+    recorded = {row.id: row.container_id for row in rows}
+    found: dict[str, dockerio.ContainerInfo] = {}
+    for container in listed:
+        instance = container.labels.get("io.fnctl.instance", "")
+        if instance not in found or container.id == recorded.get(instance):
+            found[instance] = container
+    return found
+
+
+def _by_function(rows: list[Row]) -> dict[str, list[Row]]:
+    """Rows grouped by function, keeping their order: one pass, so the cost grows linearly."""
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.function].append(row)
+    return grouped

@@ -1,16 +1,18 @@
 """Safe loading of manifest files: YAML to plain values, with the position of every value.
 
 Only YAML's core types are accepted (no Python tags, ever), duplicate keys are errors, aliases are
-bounded so that an "billion laughs" file is refused before it is expanded, and files are capped in size
-and document count. Bad input becomes a `Diagnostic`, never an exception.
+bounded so that a "billion laughs" file is refused before it is expanded, and files are capped in size,
+document count and nesting. Values are built straight from the parser's events: no node graph, and no
+recursion that a deeply nested file could overflow. Bad input becomes a `Diagnostic`, never an exception.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,21 @@ from fnctl.diagnostics import Diagnostic, JsonPath, Position
 
 MAX_FILE_BYTES = 4 * 2**20
 MAX_DOCUMENTS = 1000
-# Aliases are legitimate (shared env blocks), but the expanded document must stay small: a billion-laughs
-# file composes to a few nodes yet expands to 10^9; we measure the expansion on the node graph.
+# Aliases are legitimate (shared env blocks), but what they expand to must stay small: a billion-laughs file
+# is a few lines yet expands to 10^9 values. Aliased values are shared, not copied; the budget counts the
+# values reachable through aliases over the whole file (the positions of those values are recorded).
 MAX_EXPANDED_NODES = 200_000
 MAX_DEPTH = 200
-# libyaml composes nodes recursively in C: a document nested some 20,000 levels deep overflows the C stack
-# (a crash, not an exception). When a cheap bound on the nesting is above this, the nesting is measured on
-# the event stream (iterative, no recursion) before composing.
-_SAFE_COMPOSE_DEPTH = 2000
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's parser when available (the pure-Python one otherwise); only its event stream is used
+_Parser: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_resolve: Callable[[Any, str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
 _STR = "tag:yaml.org,2002:str"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"  # kept as the text written: a date is just a string to fnctl
 _ALLOWED_SCALARS = {
     _STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
-    # kept as the text written: a date is just a string to fnctl
-    "tag:yaml.org,2002:timestamp",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", _TIMESTAMP,
 }
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -48,6 +48,8 @@ _SCALAR_CONSTRUCTORS = {
     "tag:yaml.org,2002:bool": _constructor.construct_yaml_bool,
     "tag:yaml.org,2002:null": _constructor.construct_yaml_null,
 }
+_position = partial(tuple.__new__, Position)  # Position(line, column) without a Python-level call
+_TAGS: dict[str, str] = {}  # the implicit tags of plain scalars seen so far
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,11 @@ class Document:
 class _Refused(Exception):
     """Raised inside conversion; carries a diagnostic's message and position."""
 
-    def __init__(self, message: str, mark: Any, path: JsonPath = ()) -> None:
+    def __init__(self, message: str, mark: Any, path: tuple[Any, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.position = Position(mark.line + 1, mark.column + 1)
-        self.path = path
+        self.path: JsonPath = tuple("<<" if isinstance(part, _Merge) else part for part in path)
 
 
 def find_manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]:
@@ -116,165 +118,320 @@ def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:
 
 
 def _load_text(path: Path, text: str) -> tuple[list[Document], list[Diagnostic]]:
-    documents: list[Document] = []
+    builder = _Builder(path)
+    parser = _Parser(text)
     try:
-        if _depth_bound(text) > _SAFE_COMPOSE_DEPTH:
-            _check_depth(text)
-        for index, node in enumerate(_compose_all(text)):
-            if index >= MAX_DOCUMENTS:
-                return documents, [_file_error(path, f"too many documents (the limit is {MAX_DOCUMENTS})")]
-            if _is_empty_document(node):
-                continue  # nothing between two `---` separators, or after a trailing one
-            documents.append(_to_document(path, index, node))
+        builder.run(parser)
+    except _TooManyDocuments:
+        return builder.documents, [_file_error(path, f"too many documents (the limit is {MAX_DOCUMENTS})")]
     except _Refused as exc:
-        return documents, [Diagnostic(path, exc.position, exc.path, exc.message)]
+        return builder.documents, [Diagnostic(path, exc.position, exc.path, exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         position = Position(mark.line + 1, mark.column + 1) if mark else Position(1, 1)
         message = " ".join(filter(None, [exc.context, exc.problem]))
-        return documents, [Diagnostic(path, position, (), f"invalid YAML: {message}")]
+        return builder.documents, [Diagnostic(path, position, (), f"invalid YAML: {message}")]
     except yaml.YAMLError as exc:
-        return documents, [_file_error(path, f"invalid YAML: {exc}")]
-    if not documents:
+        return builder.documents, [_file_error(path, f"invalid YAML: {exc}")]
+    finally:
+        parser.dispose()
+    if not builder.documents:
         return [], [_file_error(path, "file is empty: expected at least one manifest document")]
-    return documents, []
+    return builder.documents, []
 
 
-def _compose_all(text: str) -> Iterator[Any]:
-    loader = _Loader(text)
-    try:
-        while loader.check_node():
-            yield loader.get_node()
-    finally:
-        loader.dispose()
+class _TooManyDocuments(Exception):
+    pass
 
 
-def _depth_bound(text: str) -> int:
-    """An upper bound on the nesting of `text`: each flow level needs a bracket, and block levels need
-    indentation (at most two levels per column: a mapping, then a sequence as its value)."""
-    longest = max(map(len, text.splitlines()), default=0)
-    return text.count("[") + text.count("{") + 2 * longest + 2
+class _Merge:
+    """Stands in a path for a merge key (`<<`) until its values are merged into the mapping."""
+
+    __slots__ = ("sequence",)
+
+    def __init__(self) -> None:
+        self.sequence = False  # the merge value is a list of mappings
 
 
-def _check_depth(text: str) -> None:
-    loader = _Loader(text)
-    try:
-        depth = 0
-        while (event := loader.get_event()) is not None:
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise _Refused(_too_deep(), event.start_mark)
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    finally:
-        loader.dispose()
+_NO_KEY: Any = object()  # a mapping waiting for its next key
+_Path = tuple[Any, ...]  # a JsonPath, or one with a _Merge in it
+
+
+class _Frame:
+    """An open mapping or sequence."""
+
+    __slots__ = ("value", "mapping", "path", "key", "count", "start", "anchor", "merges")
+
+    def __init__(self, value: dict[str, Any] | list[Any], path: _Path, start: int, anchor: str | None) -> None:
+        self.value, self.path, self.start, self.anchor = value, path, start, anchor
+        self.mapping = isinstance(value, dict)
+        self.key: Any = _NO_KEY
+        self.count = 0
+        self.merges: list[tuple[_Merge, Any, Any]] = []
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    value: Any
+    path: _Path
+    start: int  # its positions in `_Builder.order`: [start, end)
+    end: int
+
+
+class _Builder:
+    """Plain values and their positions, from parser events; aliased values are shared, not copied.
+
+    `run` handles the common events (plain scalars, collections) inline, as this is the loop every value
+    of every manifest goes through; anchors, aliases, merge keys and explicit tags go to methods.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.documents: list[Document] = []
+        self.index = -1
+        self.expanded = 0  # values reached through aliases, over the whole file
+        self._document_start()
+
+    def run(self, parser: Any) -> None:
+        get_event, tags, position = parser.get_event, _TAGS, _position
+        scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
+        mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+        collection_end = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+        while (event := get_event()) is not None:
+            kind = type(event)
+            if kind is scalar_event:
+                stack = self.stack
+                if stack:
+                    frame = stack[-1]
+                    if frame.mapping:
+                        if frame.key is _NO_KEY:
+                            text = event.value
+                            if event.tag is None and event.implicit[0] and event.anchor is None and \
+                                    (tags.get(text) or self._resolve(text)) in _ALLOWED_SCALARS and \
+                                    text not in frame.value:
+                                frame.key = text  # a plain key: the common case
+                            else:
+                                self._key(frame, event)
+                            continue
+                        path = frame.path + (frame.key,)
+                        frame.key = _NO_KEY
+                    else:
+                        path = frame.path + (frame.count,)
+                        frame.count += 1
+                else:
+                    path = ()
+                mark = event.start_mark
+                self.order.append((path, position((mark.line + 1, mark.column + 1))))
+                text = event.value
+                tag = event.tag
+                if tag is None and event.implicit[0]:
+                    tag = tags.get(text) or self._resolve(text)
+                if (tag is None or tag == _STR) and event.anchor is None and stack:
+                    if frame.mapping:
+                        frame.value[path[-1]] = text
+                    else:
+                        frame.value.append(text)  # type: ignore[union-attr]
+                else:
+                    self._scalar(event, path, tag)
+            elif kind is mapping_start or kind is sequence_start:
+                self._start(event)
+            elif kind in collection_end:
+                self._end()
+            elif kind is alias_event:
+                self._alias(event)
+            elif kind is yaml.DocumentStartEvent:
+                self.index += 1
+                if self.index >= MAX_DOCUMENTS:
+                    raise _TooManyDocuments
+                self._document_start()
+            elif kind is yaml.DocumentEndEvent:
+                self._document_end()
+
+    def _resolve(self, text: str) -> str:
+        """The implicit tag of a plain scalar: it depends on the text alone (no path resolvers are used)."""
+        tag = _resolve(yaml.ScalarNode, text, (True, False))
+        if len(text) <= 64 and len(_TAGS) < 50_000:
+            _TAGS[text] = tag
+        return tag
+
+    def _document_start(self) -> None:
+        self.order: list[tuple[_Path, Position]] = []
+        self.anchors: dict[str, _Anchor] = {}
+        self.open: set[str] = set()
+        self.stack: list[_Frame] = []
+        self.root: Any = None
+        self.empty = self.merged = False
+
+    def _document_end(self) -> None:
+        if self.empty:
+            return  # nothing between two `---` separators, or after a trailing one
+        order = self.order
+        if self.merged:
+            order = [(p, pos) for p, pos in order if not any(type(part) is _Merge for part in p)]
+        self.documents.append(Document(self.path, self.index, self.root, dict(order)))
+
+    def _place(self, event: Any) -> _Path | None:
+        """The path of the value `event` starts, recording its position; None when it is a mapping key."""
+        if not self.stack:
+            path: _Path = ()
+        else:
+            frame = self.stack[-1]
+            if frame.mapping:
+                if frame.key is _NO_KEY:
+                    self._key(frame, event)
+                    return None
+                path, frame.key = frame.path + (frame.key,), _NO_KEY
+            else:
+                path = frame.path + (frame.count,)
+                frame.count += 1
+        mark = event.start_mark
+        self.order.append((path, _position((mark.line + 1, mark.column + 1))))
+        return path
+
+    def _attach(self, path: _Path, value: Any, mark: Any) -> None:
+        if not self.stack:
+            self.root = value
+            return
+        container, key = self.stack[-1].value, path[-1]
+        if isinstance(container, list):
+            container.append(value)
+        elif type(key) is _Merge:
+            self.stack[-1].merges.append((key, value, mark))
+        else:
+            container[key] = value
+
+    def _key(self, frame: _Frame, event: Any) -> None:
+        if type(event) is not yaml.ScalarEvent:
+            raise _Refused("mapping keys must be plain strings", event.start_mark, frame.path)
+        tag = self._tag(event)
+        if tag == _MERGE:
+            frame.key = _Merge()
+        elif tag not in _ALLOWED_SCALARS:
+            raise _Refused("mapping keys must be plain strings", event.start_mark, frame.path)
+        elif event.value in frame.value:
+            raise _Refused(f"duplicate key {event.value!r} (YAML would silently keep only the last one)",
+                           event.start_mark, frame.path + (event.value,))
+        else:
+            frame.key = event.value
+        if event.anchor is not None:
+            self._anchor(event, event.value, frame.path, len(self.order))
+
+    def _tag(self, event: Any) -> str:
+        tag = event.tag
+        if tag is not None and tag != "!":
+            return str(tag)
+        if not event.implicit[0]:
+            return _STR  # quoted, or the non-specific tag `!`
+        return _TAGS.get(event.value) or self._resolve(event.value)
+
+    def _scalar(self, event: Any, path: _Path, tag: str | None) -> None:
+        """A scalar off the fast path: a root value, anchored, explicitly tagged or not a string."""
+        if tag is None or tag == "!":
+            tag = _STR  # quoted, or the non-specific tag `!`
+        if tag == _STR or tag == _TIMESTAMP:
+            value = event.value
+        elif not self.stack and tag == "tag:yaml.org,2002:null" and event.value == "" and \
+                event.start_mark.index == event.end_mark.index:
+            self.empty = True  # an empty document
+            return
+        else:
+            value = _scalar(tag, event, path)
+        if event.anchor is not None:
+            self._anchor(event, value, path, len(self.order) - 1)
+        self._attach(path, value, event.start_mark)
+
+    def _start(self, event: Any) -> None:
+        path = self._place(event)
+        if path is None:
+            return
+        mapping = type(event) is yaml.MappingStartEvent
+        if len(self.stack) >= MAX_DEPTH:
+            raise _Refused(_too_deep(), event.start_mark)
+        if event.tag not in (None, "!", _MAP if mapping else _SEQ):
+            raise _Refused(_tag_message(event.tag), event.start_mark, path)
+        value: dict[str, Any] | list[Any] = {} if mapping else []
+        if event.anchor is not None:
+            if event.anchor in self.anchors or event.anchor in self.open:
+                raise _Refused(f"duplicate anchor {event.anchor!r}", event.start_mark, path)
+            self.open.add(event.anchor)
+        self._attach(path, value, event.start_mark)
+        self.stack.append(_Frame(value, path, len(self.order) - 1, event.anchor))
+
+    def _end(self) -> None:
+        frame = self.stack.pop()
+        if frame.merges:
+            self._merge(frame)
+        if frame.anchor is not None:
+            self.open.discard(frame.anchor)
+            self.anchors[frame.anchor] = _Anchor(frame.value, frame.path, frame.start, len(self.order))
+
+    def _anchor(self, event: Any, value: Any, path: _Path, start: int) -> None:
+        if event.anchor in self.anchors or event.anchor in self.open:
+            raise _Refused(f"duplicate anchor {event.anchor!r}", event.start_mark, path)
+        self.anchors[event.anchor] = _Anchor(value, path, start, len(self.order))
+
+    def _alias(self, event: Any) -> None:
+        path = self._place(event)
+        if path is None:
+            return
+        name = event.anchor
+        if name in self.open:
+            raise _Refused(f"alias *{name} refers to a value that contains it", event.start_mark, path)
+        anchor = self.anchors.get(name)
+        if anchor is None:
+            raise yaml.composer.ComposerError(None, None, f"found undefined alias {name!r}", event.start_mark)
+        self.expanded += max(anchor.end - anchor.start, 1)
+        if self.expanded > MAX_EXPANDED_NODES:
+            raise _Refused(f"aliases expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); "
+                           "write the values out or use fewer aliases", event.start_mark, path)
+        cut = len(anchor.path)
+        self.order.pop()  # the alias's own position is replaced by those of the values it stands for
+        self.order += [(path + p[cut:], pos) for p, pos in self.order[anchor.start:anchor.end]]
+        self._attach(path, anchor.value, event.start_mark)
+
+    def _merge(self, frame: _Frame) -> None:
+        """`<<: *base` merge keys: the mapping's own keys win, then earlier sources over later ones (YAML 1.1)."""
+        mapping = frame.value
+        assert isinstance(mapping, dict)
+        chosen: set[tuple[_Merge, int, str]] = set()
+        for merge, value, mark in frame.merges:
+            merge.sequence = isinstance(value, list)
+            for i, source in enumerate(value if merge.sequence else [value]):
+                if not isinstance(source, dict):
+                    raise _Refused("a merge key (<<) needs a mapping or a list of mappings", mark, frame.path)
+                for key, item in source.items():
+                    if key not in mapping:
+                        mapping[key] = item
+                        chosen.add((merge, i, key))
+        depth, moved = len(frame.path), list[tuple[_Path, Position]]()
+        for p, pos in self.order[frame.start:]:
+            if len(p) > depth and type(p[depth]) is _Merge:
+                merge = p[depth]
+                rest = p[depth + 2:] if merge.sequence else p[depth + 1:]
+                i = p[depth + 1] if merge.sequence and len(p) > depth + 1 else 0
+                if rest and (merge, i, rest[0]) in chosen:
+                    moved.append((frame.path + rest, pos))
+        self.order += moved
+        self.merged = True
 
 
 def _too_deep() -> str:
     return f"document is nested too deeply (over {MAX_DEPTH} levels)"
 
 
-def _is_empty_document(node: Any) -> bool:
-    return (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.value == ""
-            and node.start_mark.index == node.end_mark.index)
-
-
-def _to_document(path: Path, index: int, node: Any) -> Document:
-    if _expanded_size(node, {}, 0) > MAX_EXPANDED_NODES:
-        raise _Refused(
-            f"document expands to more than {MAX_EXPANDED_NODES} values through aliases "
-            "(an alias bomb?); write it out or use fewer aliases",
-            node.start_mark,
-        )
-    positions: dict[JsonPath, Position] = {}
-    data = _convert(node, (), positions)
-    return Document(path, index, data, positions)
-
-
-def _expanded_size(node: Any, memo: dict[int, int], depth: int) -> int:
-    """Number of values `node` expands to, memoised per node so that shared (aliased) nodes cost nothing."""
-    if depth > MAX_DEPTH:
-        raise _Refused(_too_deep(), node.start_mark)
-    known = memo.get(id(node))
-    if known is not None:
-        return known
-    memo[id(node)] = MAX_EXPANDED_NODES + 1  # a recursive alias expands forever
-    total = 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            total += _expanded_size(value, memo, depth + 1) + 1
-            if total > MAX_EXPANDED_NODES:
-                break
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            total += _expanded_size(item, memo, depth + 1)
-            if total > MAX_EXPANDED_NODES:
-                break
-    memo[id(node)] = total
-    return total
-
-
-def _convert(node: Any, path: JsonPath, positions: dict[JsonPath, Position]) -> Any:
-    positions[path] = Position(node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(node, path)
-    if isinstance(node, yaml.SequenceNode):
-        if node.tag != _SEQ:
-            raise _Refused(_tag_message(node.tag), node.start_mark, path)
-        return [_convert(item, path + (i,), positions) for i, item in enumerate(node.value)]
-    if node.tag != _MAP:
-        raise _Refused(_tag_message(node.tag), node.start_mark, path)
-    result: dict[str, Any] = {}
-    explicit: set[str] = set()
-    for key_node, value_node in node.value:
-        if key_node.tag == _MERGE:
-            _merge(result, explicit, value_node, path, positions)
-            continue
-        key = _key(key_node, path)
-        if key in explicit:
-            raise _Refused(f"duplicate key {key!r} (YAML would silently keep only the last one)",
-                           key_node.start_mark, path + (key,))
-        explicit.add(key)
-        result[key] = _convert(value_node, path + (key,), positions)
-    return result
-
-
-def _merge(result: dict[str, Any], explicit: set[str], node: Any, path: JsonPath,
-           positions: dict[JsonPath, Position]) -> None:
-    """`<<: *base` merge keys: explicit keys of the mapping win, as YAML 1.1 says."""
-    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
-    for source in sources:
-        if not isinstance(source, yaml.MappingNode):
-            raise _Refused("a merge key (<<) needs a mapping or a list of mappings", source.start_mark, path)
-        merged = _convert(source, path, positions)
-        for key, value in merged.items():
-            if key not in explicit:
-                result.setdefault(key, value)
-
-
-def _key(node: Any, path: JsonPath) -> str:
-    if not isinstance(node, yaml.ScalarNode) or node.tag not in _ALLOWED_SCALARS:
-        raise _Refused("mapping keys must be plain strings", node.start_mark, path)
-    return str(node.value)
-
-
-def _scalar(node: Any, path: JsonPath) -> Any:
-    tag = node.tag
-    if tag == _STR or tag == "tag:yaml.org,2002:timestamp":
-        return node.value
+def _scalar(tag: str, event: Any, path: _Path) -> Any:
     construct = _SCALAR_CONSTRUCTORS.get(tag)
     if construct is None:
-        raise _Refused(_tag_message(tag), node.start_mark, path)
+        raise _Refused(_tag_message(tag), event.start_mark, path)
     try:
-        value = construct(node)
+        value = construct(yaml.ScalarNode(tag, event.value))
     except (yaml.YAMLError, ValueError, KeyError) as exc:  # KeyError: `!!bool maybe`
         shown = tag.replace("tag:yaml.org,2002:", "!!")
         reason = "it has too many digits" if "digits" in str(exc) else f"it is not a valid {shown}"
-        raise _Refused(f"invalid scalar {_shorten(node.value)}: {reason}", node.start_mark, path) from None
+        raise _Refused(f"invalid scalar {_shorten(event.value)}: {reason}", event.start_mark, path) from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(f"{_shorten(node.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
-                       node.start_mark, path)
+        raise _Refused(f"{_shorten(event.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
+                       event.start_mark, path)
     return value
 
 

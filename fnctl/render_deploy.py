@@ -25,14 +25,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def render_diff(changes: list[Change], live: LiveState, output: Output) -> None:
+def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune: bool = False) -> None:
     if output is Output.JSON:
-        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans)})
+        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans), "prune": prune})
         return
     out = console()
     for change in changes:
         colour, sign = _COLOURS[change.kind], _SIGNS[change.kind]
         where = f" (live revision {change.live_revision})" if change.live_revision else ""
+        if change.kind is ChangeKind.DELETE and not prune:
+            where += ": not in the manifests; kept unless --prune"
         out.print(f"[{colour}]{sign} {change.function}: {change.kind.value}{where}[/{colour}]")
         if change.kind is ChangeKind.UPDATE or (change.kind is ChangeKind.CREATE and out.is_terminal):
             for field in change.fields:

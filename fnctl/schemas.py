@@ -8,6 +8,7 @@ Valid values take a fast path: the same schemas compiled to plain Python checks 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import numbers
 import re
@@ -77,11 +78,32 @@ def schema_errors(kind: str, data: Any) -> Iterator[tuple[JsonPath, str]]:
 
 @cache
 def _fast_meta() -> Check | None:
-    from jsonschema import Draft202012Validator
-    from jsonschema_specifications import REGISTRY
+    """The draft 2020-12 meta-schema, compiled from jsonschema's own copy (read, not imported: importing
+    jsonschema costs more than checking a thousand schemas). Formats other than `regex` are not decided
+    here: a string under one of them (`$id`, `$ref`, ...) sends the schema to jsonschema."""
+    try:
+        spec = importlib.util.find_spec("jsonschema_specifications")
+        locations = list(spec.submodule_search_locations or ()) if spec else []
+        folder = Path(locations[0]) / "schemas" / "draft202012"
+        metas = {}
+        for path in [folder / "metaschema.json", *sorted((folder / "vocabularies").iterdir())]:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            metas[meta["$id"]] = meta
+        root = metas["https://json-schema.org/draft/2020-12/schema"]
+    except (LookupError, OSError, ValueError, TypeError):
+        return None
+    return compile_check(root, root["$id"], metas.get, formats={"regex": _is_regex})
 
-    meta = Draft202012Validator.META_SCHEMA
-    return compile_check(meta, meta["$id"], REGISTRY.contents, Draft202012Validator.FORMAT_CHECKER.conforms)
+
+def _is_regex(value: Any) -> bool:
+    """jsonschema's `regex` format: a string Python's `re` compiles."""
+    if not isinstance(value, str):
+        return True
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
 
 
 def check_json_schema(schema: Any) -> str | None:
@@ -209,23 +231,28 @@ class _Unsupported(Exception):
 
 
 def compile_check(schema: Any, base: str, documents: Callable[[str], Any],
-                  conforms: Callable[[Any, str], bool] | None = None) -> Check | None:
+                  formats: dict[str, Check] | None = None) -> Check | None:
     """`schema` (whose URI is `base`) as one function: value -> valid?; None when it cannot be compiled.
 
-    `documents` gives the schema at a URI (for `$ref`); `conforms(value, format)` checks `format`, which is
-    ignored without it (as jsonschema does without a format checker).
+    `documents` gives the schema at a URI (for `$ref`). Without `formats`, `format` is ignored, as
+    jsonschema does without a format checker. With it, `format` is asserted: by `formats[name]`, and for
+    other names any string is taken as possibly invalid. That is safe only where a "no" cannot turn into a
+    "yes", so such a schema must not use `not`, `oneOf` or `if`.
     """
     try:
-        return _Compiler(documents, conforms, schema).compile(schema, base)
+        return _Compiler(documents, formats, schema).compile(schema, base)
     except (_Unsupported, LookupError, TypeError, ValueError, re.error):
         return None
 
 
 class _Compiler:
-    def __init__(self, documents: Callable[[str], Any], conforms: Callable[[Any, str], bool] | None,
-                 entry: Any) -> None:
-        self.documents, self.conforms, self.entry = documents, conforms, entry
+    def __init__(self, documents: Callable[[str], Any], formats: dict[str, Check] | None, entry: Any) -> None:
+        self.documents, self.formats, self.entry = documents, formats, entry
         self.memo: dict[tuple[int, str], Check] = {}
+
+    def _monotone(self) -> None:
+        if self.formats is not None:
+            raise _Unsupported  # a cautious "no" from a format would become a "yes" here
 
     def compile(self, schema: Any, base: str) -> Check:
         key = (id(schema), base)
@@ -322,14 +349,17 @@ class _Compiler:
         return lambda value: any(c(value) for c in checks)
 
     def _oneOf(self, subs: list[Any], schema: Any, base: str) -> Check:
+        self._monotone()
         checks = [self.compile(s, base) for s in subs]
         return lambda value: sum(1 for c in checks if c(value)) == 1
 
     def _not(self, sub: Any, schema: Any, base: str) -> Check:
+        self._monotone()
         check = self.compile(sub, base)
         return lambda value: not check(value)
 
     def _if(self, sub: Any, schema: Any, base: str) -> Check:
+        self._monotone()
         test = self.compile(sub, base)
         then = self.compile(schema.get("then", True), base)
         otherwise = self.compile(schema.get("else", True), base)
@@ -345,8 +375,9 @@ class _Compiler:
         return self._enum([const], schema, base)
 
     def _format(self, name: str, schema: Any, base: str) -> Check:
-        conforms = self.conforms
-        return _always if conforms is None else (lambda value: conforms(value, name))
+        if self.formats is None:
+            return _always
+        return self.formats.get(name) or (lambda value: not isinstance(value, str))
 
     def _pattern(self, pattern: str, schema: Any, base: str) -> Check:
         search = re.compile(pattern).search
@@ -399,7 +430,16 @@ def _every(checks: list[Check]) -> Check:
         return _always
     if len(checks) == 1:
         return checks[0]
-    return lambda value: all(c(value) for c in checks)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value: first(value) and second(value)
+
+    def every(value: Any) -> bool:
+        for check in checks:
+            if not check(value):
+                return False
+        return True
+    return every
 
 
 def _is_number(value: Any) -> bool:

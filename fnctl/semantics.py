@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,7 @@ _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
 def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
-    for cached in (_top_level_names, _escaping_symlink, _resolved):
+    for cached in (_top_level_names, _escaping_symlink, _real):
         cached.cache_clear()  # per run: files may have changed since a previous run in this process
     yield from _unique_names(state)
     functions = {f.name: f for f in state.functions}
@@ -89,77 +90,93 @@ def _where(item: Any) -> str:
 def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if function.document is None:
         return
-    # `..` is taken lexically from the manifest's real directory (a symlinked path to the project is fine)
-    source = Path(os.path.normpath(_resolved(function.document.file.parent) / function.source))
+    # `..` is taken lexically from the manifest's real directory (a symlinked path to the project is fine);
+    # paths are plain strings here: a thousand functions make pathlib's overhead count
+    base = _real(os.path.abspath(function.document.file.parent))
+    source = os.path.normpath(os.path.join(base, function.source))
+    real_root = _real(os.path.abspath(root))
     at = ("spec", "source")
-    if Path(function.source).is_absolute() or not _inside(root, source, follow=False):
+    if os.path.isabs(function.source) or not _within(real_root, source):
         yield function, at, f"source {function.source!r} escapes the project root {root}"
         return
-    if not _inside(root, source, follow=True):
+    if not _within(real_root, _real(source)):
         yield function, at, f"source {function.source!r} is a symlink pointing outside the project"
         return
-    if not source.is_dir():
+    if not os.path.isdir(source):
         yield function, at, f"source directory {function.source!r} does not exist"
         return
-    escaping = _escaping_symlink(source, _resolved(root))
+    escaping = _escaping_symlink(source, real_root)
     if escaping:
         yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
         return
-    problem = handler_problem(source, function.handler)
+    problem = handler_problem(Path(source), function.handler)
     if problem:
         yield function, ("spec", "handler"), problem
 
 
 @cache
-def _resolved(path: Path) -> Path:
-    return path.resolve()
+def _real(path: str) -> str:
+    """os.path.realpath of an absolute, normalised `path`, one lstat per new component (parents are cached)."""
+    parent, name = os.path.split(path)
+    if not name or parent == path:
+        return path
+    full = os.path.join(_real(parent), name)
+    return os.path.realpath(full) if os.path.islink(full) else full
 
 
-def _inside(root: Path, path: Path, *, follow: bool) -> bool:
-    target = _resolved(path) if follow else Path(os.path.normpath(path.absolute()))
-    base = _resolved(root)
-    return target == base or base in target.parents
+def _within(base: str, path: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 @cache
-def _escaping_symlink(source: Path, root: Path) -> str | None:
-    """The first entry below `source` that is a symlink resolving outside `root` (cached: sources are shared)."""
-    for directory, dirs, files in os.walk(source):
-        for name in dirs + files:
-            entry = Path(directory, name)
-            if entry.is_symlink() and not _inside(root, entry.resolve(), follow=False):
-                return str(entry.relative_to(source))
+def _escaping_symlink(source: str, root: str) -> str | None:
+    """The first entry below `source` (in name order) that is a symlink resolving outside `root`."""
+    pending = deque([source])
+    while pending:
+        directory = pending.popleft()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                if not _within(root, os.path.realpath(entry.path)):
+                    return os.path.relpath(entry.path, source)
+            elif entry.is_dir():
+                pending.append(entry.path)
     return None
 
 
 def handler_problem(source: Path, handler: str) -> str | None:
     """Why `handler` cannot be found in `source` (parsed, never imported), or None."""
+    base = str(source)
     if ":" in handler:
         file_part, attr = handler.rsplit(":", 1)
-        candidates = [source / file_part]
+        candidates = [file_part]
         shown = file_part
     else:
         module, attr = handler.rsplit(".", 1)
-        rel = Path(*module.split("."))
-        candidates = [source / rel.with_suffix(".py"), source / rel / "__init__.py"]
+        rel = os.path.join(*module.split("."))
+        candidates = [rel + ".py", os.path.join(rel, "__init__.py")]
         shown = module
-    if not Path(os.path.normpath(candidates[0])).is_relative_to(source):
+    if not _within(base, os.path.normpath(os.path.join(base, candidates[0]))):
         return f"handler file {shown!r} is outside the source directory"
-    path = next((c for c in candidates if c.is_file()), None)
-    if path is None:
-        return f"handler module {shown!r} not found in the source directory (looked for {', '.join(str(c.relative_to(source)) for c in candidates)})"
-    names, error = _top_level_names(path)
+    found = next((c for c in candidates if os.path.isfile(os.path.join(base, c))), None)
+    if found is None:
+        return f"handler module {shown!r} not found in the source directory (looked for {', '.join(candidates)})"
+    names, error = _top_level_names(os.path.join(base, found))
     if error:
-        return f"cannot parse {path.relative_to(source)}: {error}"
+        return f"cannot parse {found}: {error}"
     if attr not in names and "*" not in names:  # a star import may provide it: only running the code could tell
-        return f"{path.relative_to(source)} defines no top-level {attr!r}"
+        return f"{found} defines no top-level {attr!r}"
     return None
 
 
 @cache
-def _top_level_names(path: Path) -> tuple[frozenset[str], str | None]:
+def _top_level_names(path: str) -> tuple[frozenset[str], str | None]:
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        with open(path, "rb") as file:
+            tree = ast.parse(file.read(), filename=path)
     except SyntaxError as exc:
         return frozenset(), f"line {exc.lineno}: {exc.msg}" if exc.lineno else exc.msg
     except (OSError, ValueError) as exc:

@@ -7,6 +7,7 @@ implement the same `Store` methods later. Secret values never reach it: specs ca
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -51,6 +52,17 @@ MIGRATIONS: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+    # 2: revisions are immutable: only their status and reason change, their image is set once, and none
+    # is ever deleted (the history and quarantines rely on them)
+    """
+    CREATE TRIGGER revisions_immutable BEFORE UPDATE OF function, number, spec_hash, spec, git_commit, git_author,
+        created_at, created_by ON revisions
+        BEGIN SELECT RAISE(ABORT, 'revisions are immutable'); END;
+    CREATE TRIGGER revisions_image_once BEFORE UPDATE OF image ON revisions WHEN OLD.image <> ''
+        BEGIN SELECT RAISE(ABORT, 'a revision''s image is set once'); END;
+    CREATE TRIGGER revisions_no_delete BEFORE DELETE ON revisions
+        BEGIN SELECT RAISE(ABORT, 'revisions are never deleted'); END;
     """,
 )
 
@@ -141,10 +153,13 @@ class Store:
 
     def setting(self, key: str, default: str) -> str:
         """A store-wide value, created with `default` the first time it is asked for."""
-        self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
-        return str(self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if row is None:  # written once: read-only commands then never wait for a writer's transaction
+            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """This store's random identity, carried by every container it deploys (label io.fnctl.store), so
         that two stores deploying the same project to one engine never take each other's containers for

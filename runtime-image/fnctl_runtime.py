@@ -7,12 +7,15 @@ Standard library only: it runs inside the sandbox image, which holds nothing but
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import inspect
 import io
+import itertools
 import json
 import logging
 import os
@@ -80,9 +83,14 @@ def _socket_path() -> str:
     return os.path.abspath(os.environ.get("FNCTL_SOCKET", "/run/fnctl/sock"))
 
 
+# Built once: json.dumps with any option builds a new encoder per call, a measurable cost per invocation.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def encode(message: dict[str, Any]) -> bytes:
     # "replace": a lone surrogate in a message or log must not make the reply unsendable
-    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    body = _ENCODER.encode(message).encode("utf-8", "replace")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -385,9 +393,10 @@ class Server:
         self.max_frame = config.payload_limit + FRAME_SLACK
         self.connections: set[_Connection] = set()
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="fnctl-handler")
-        self.slots = asyncio.Semaphore(config.concurrency)
+        self.running = 0  # invocations holding one of the `concurrency` slots
+        self.waiting: collections.deque[tuple[_Connection, dict[str, Any]]] = collections.deque()
         self.logger = _function_logger(config.function or "handler")
-        self.inflight = 0
+        self.inflight = 0  # running + waiting: what drain waits for and ping reports
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
@@ -433,44 +442,59 @@ class Server:
             return
         self.inflight += 1
         self.idle.clear()
-        self.spawn(self.invoke(conn, message))
+        if self.running < self.config.concurrency:
+            self.begin(conn, message)
+        else:
+            self.waiting.append((conn, message))  # admitted in arrival order as slots free up
 
-    async def invoke(self, conn: _Connection, message: dict[str, Any]) -> None:
-        try:
-            raw = message.get("context")
-            ctx = raw if isinstance(raw, dict) else {}
-            context = Context(conn, str(ctx.get("invocation_id", "")), float(ctx.get("deadline") or 0), ctx.get("caller"))
-            capture = _Capture(self.config.log_limit)
-            _capture.set(capture)  # this task runs in its own context copy: the setting stays local
-            async with self.slots:
-                if self.handler.is_async:
-                    outcome = await self.run_async(message.get("event"), context)
-                else:
-                    run = contextvars.copy_context().run  # carries the capture into the worker thread
-                    outcome = await self.loop.run_in_executor(self.pool, run, self.run_sync, message.get("event"), context)
-            conn.write(_result_frame(message.get("id"), outcome, capture))
-        finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self.idle.set()
+    def begin(self, conn: _Connection, message: dict[str, Any]) -> None:
+        self.running += 1
+        raw = message.get("context")
+        info = raw if isinstance(raw, dict) else {}
+        context = Context(conn, str(info.get("invocation_id", "")), float(info.get("deadline") or 0),
+                          info.get("caller"))
+        capture = _Capture(self.config.log_limit)
+        ctx = contextvars.copy_context()
+        ctx.run(_capture.set, capture)  # output within ctx, and any context copied from it, is captured
+        job = (conn, message.get("id"), message.get("event"), context, capture)
+        if self.handler.is_async:
+            self.spawn(self.run_async(*job), ctx)
+        else:
+            # No task and no asyncio future per call: the worker builds the reply and hands back bytes.
+            self.pool.submit(ctx.run, functools.partial(self.run_sync, *job))
 
-    def run_sync(self, event: Any, context: Context) -> _Outcome:
+    def run_sync(self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture) -> None:
         start = time.perf_counter()
         try:
             result = self.handler.call(event, context)
         except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
-            return _Outcome.failed("handler_error", exc, start)
-        return _serialise(result, self.config.output_limit, start)
+            outcome = _Outcome.failed("handler_error", exc, start)
+        else:
+            outcome = _serialise(result, self.config.output_limit, start)
+        self.loop.call_soon_threadsafe(self.finish, conn, _result_frame(request_id, outcome, capture))
 
-    async def run_async(self, event: Any, context: Context) -> _Outcome:
+    async def run_async(
+        self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
+    ) -> None:
         start = time.perf_counter()
         try:
             result = await self.handler.call(event, context)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            return _Outcome.failed("handler_error", exc, start)
-        return _serialise(result, self.config.output_limit, start)
+            outcome = _Outcome.failed("handler_error", exc, start)
+        else:
+            outcome = _serialise(result, self.config.output_limit, start)
+        self.finish(conn, _result_frame(request_id, outcome, capture))
+
+    def finish(self, conn: _Connection, frame: bytes) -> None:
+        conn.write(frame)
+        self.running -= 1
+        self.inflight -= 1
+        if self.waiting:
+            self.begin(*self.waiting.popleft())
+        elif self.inflight == 0:
+            self.idle.set()
 
     async def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
@@ -481,8 +505,8 @@ class Server:
             conn.send({"type": "drained", "id": request_id})
         self.stopped.set()
 
-    def spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
+    def spawn(self, coro: Any, context: contextvars.Context | None = None) -> None:
+        task = self.loop.create_task(coro, context=context)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -513,25 +537,66 @@ class _Outcome:
 
     @classmethod
     def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
-        error = {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": user_traceback(exc)}
+        error = {"kind": kind, "type": type(exc).__name__, "message": _message(exc), "traceback": user_traceback(exc)}
         return cls(False, (time.perf_counter() - start) * 1000, error=error)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a user exception whose __str__ fails must still produce a reply
+        return f"<{type(exc).__name__}: str() failed>"
 
 
 def _serialise(result: Any, limit: int, start: float) -> _Outcome:
     duration = (time.perf_counter() - start) * 1000
+    floor = _json_size_floor(result, limit)
+    if floor > limit:  # refused unserialised: the encoded copy of a huge result could exhaust memory
+        return _too_large(floor, limit, duration)
     try:
-        text = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _RESULT_ENCODER.encode(result)
         # Every character is at least one byte: a string that long is rejected before it is encoded.
         data = text.encode() if len(text) <= limit else None
     except (TypeError, ValueError, RecursionError) as exc:  # ValueError covers NaN and lone surrogates
         error = {"kind": "not_serialisable", "type": type(exc).__name__, "message": str(exc), "traceback": ""}
         return _Outcome(False, duration, error=error)
     if data is None or len(data) > limit:
-        size = len(text) if data is None else len(data)
-        message = f"the result is at least {size} bytes, over the output limit of {limit} bytes"
-        error = {"kind": "output_too_large", "type": "OutputTooLarge", "message": message, "traceback": ""}
-        return _Outcome(False, duration, error=error)
+        return _too_large(len(text) if data is None else len(data), limit, duration)
     return _Outcome(True, duration, result_json=data)
+
+
+def _too_large(size: int, limit: int, duration: float) -> _Outcome:
+    message = f"the result is at least {size} bytes, over the output limit of {limit} bytes"
+    error = {"kind": "output_too_large", "type": "OutputTooLarge", "message": message, "traceback": ""}
+    return _Outcome(False, duration, error=error)
+
+
+_FLOOR_BUDGET = 10_000  # values looked at before giving up on the estimate (and cycles end there too)
+
+
+def _json_size_floor(value: Any, limit: int) -> int:
+    """A lower bound of `value`'s size as JSON, counted only until it passes `limit` or the budget runs out.
+
+    Every character of a string is at least one byte, every other value at least one: cheap to add up, and
+    enough to refuse a result of many megabytes without building its encoded copy first.
+    """
+    total, budget, pending = 0, _FLOOR_BUDGET, [value]
+    while pending and total <= limit and budget > 0:
+        item = pending.pop()
+        budget -= 1
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2
+            for key, inner in itertools.islice(item.items(), budget):
+                total += len(key) + 3 if isinstance(key, str) else 4  # quotes and a colon at least
+                pending.append(inner)
+        elif isinstance(item, (list, tuple)):
+            total += 2
+            pending.extend(itertools.islice(item, budget))  # never copies more references than it can look at
+        else:
+            total += 1
+    return total
 
 
 def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> bytes:
@@ -541,7 +606,7 @@ def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> byte
         envelope["error"] = outcome.error
         return encode(envelope)
     # Splice the already-serialised result in rather than serialising it a second time.
-    head = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    head = _ENCODER.encode(envelope).encode("utf-8", "replace")
     body = b"".join((head[:-1], b',"result":', outcome.result_json, b"}"))
     return len(body).to_bytes(4, "big") + body
 

@@ -1,0 +1,274 @@
+"""Host-to-runtime transport speed: warm round-trip latency and 8-caller throughput of a no-op invocation.
+
+Both figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, measured in the
+same run (these machines are noisy: each figure is the median over rounds, and the ratio is what to watch).
+
+    python benchmarks/bench_transport.py [--rounds 3] [--sequential 2000] [--count 20000] [--socket PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fnctl.transport import UnixSocketTransport, encode_frame  # noqa: E402
+
+RUNTIME = ROOT / "runtime-image" / "fnctl_runtime.py"
+EVENT = {"n": 1}
+WARMUP = 200
+
+
+@dataclass(frozen=True)
+class Figures:
+    p50_us: float
+    p95_us: float
+    per_second: float
+
+
+# ---- the baseline: a bare echo server and a raw client ---------------------------------------
+
+
+class _Echo(asyncio.Protocol):
+    """Echoes each length-prefixed frame back unparsed: the floor for one request/reply in Python."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            end = 4 + int.from_bytes(self.buf[:4], "big")
+            if len(self.buf) < end:
+                return
+            assert self.transport is not None
+            self.transport.write(bytes(self.buf[:end]))
+            del self.buf[:end]
+
+
+async def _serve_echo(path: str) -> None:
+    server = await asyncio.get_running_loop().create_unix_server(_Echo, path)
+    async with server:
+        await server.serve_forever()
+
+
+class RawClient:
+    """One connection, one request at a time: no multiplexing, no JSON."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.stream = self.sock.makefile("rb")
+        self.frame = encode_frame({"type": "invoke", "id": 1, "event": EVENT})
+
+    def round_trip(self) -> None:
+        self.sock.sendall(self.frame)
+        size = int.from_bytes(self.stream.read(4), "big")
+        self.stream.read(size)
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+# ---- processes under test -------------------------------------------------------------------
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    give_up = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > give_up:
+            raise SystemExit(f"the server for {path} did not start (exit code {process.poll()})")
+        time.sleep(0.01)
+
+
+@contextmanager
+def echo_server(workdir: Path) -> Iterator[str]:
+    path = workdir / "echo.sock"
+    process = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(path)])
+    try:
+        _wait_for(path, process)
+        yield str(path)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def runtime_instance(workdir: Path) -> Iterator[str]:
+    code = workdir / "code"
+    code.mkdir()
+    (code / "main.py").write_text("def handler(event, context):\n    return event\n")
+    (workdir / "run").mkdir()
+    path = workdir / "run" / "sock"
+    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(code), "FNCTL_SOCKET": str(path),
+           "FNCTL_FUNCTION": "bench", "FNCTL_REVISION": "bench"}
+    process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
+    try:
+        _wait_for(path, process)
+        yield str(path)
+    finally:
+        process.terminate()  # SIGTERM drains: nothing is in flight by now
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---- measurements ---------------------------------------------------------------------------
+
+
+def latency(call: Callable[[], None], count: int) -> tuple[float, float]:
+    """p50 and p95 in microseconds over `count` sequential calls."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter_ns()
+        call()
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    cuts = statistics.quantiles(samples, n=20)
+    return statistics.median(samples), cuts[18]
+
+
+def throughput(calls: list[Callable[[], None]], count: int) -> float:
+    """Calls per second with one thread per entry of `calls`, `count` calls in all."""
+    share = count // len(calls)
+    barrier = threading.Barrier(len(calls) + 1)
+
+    def worker(call: Callable[[], None]) -> None:
+        barrier.wait()
+        for _ in range(share):
+            call()
+
+    threads = [threading.Thread(target=worker, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return share * len(calls) / (time.perf_counter() - start)
+
+
+def measure_runtime(path: str, args: argparse.Namespace) -> Figures:
+    with UnixSocketTransport(path) as transport:
+        transport.connect(timeout=15)
+        ids = iter(range(1 << 62))
+
+        def invoke() -> None:
+            reply = transport.invoke(EVENT, invocation_id=str(next(ids)), deadline=time.time() + 30)
+            if not reply.ok:
+                raise SystemExit(f"the benchmark handler failed: {reply.error}")
+
+        for _ in range(WARMUP):
+            invoke()
+        p50, p95 = latency(invoke, args.sequential)
+        rate = throughput([invoke] * args.threads, args.count)  # one shared connection, as the pool uses it
+    return Figures(p50, p95, rate)
+
+
+def measure_baseline(path: str, args: argparse.Namespace) -> Figures:
+    clients = [RawClient(path) for _ in range(args.threads)]  # a connection per thread: no multiplexing
+    try:
+        for _ in range(WARMUP):
+            clients[0].round_trip()
+        p50, p95 = latency(clients[0].round_trip, args.sequential)
+        rate = throughput([c.round_trip for c in clients], args.count)
+    finally:
+        for client in clients:
+            client.close()
+    return Figures(p50, p95, rate)
+
+
+def median_figures(rounds: list[Figures]) -> Figures:
+    return Figures(*(statistics.median(getattr(r, name) for r in rounds) for name in ("p50_us", "p95_us", "per_second")))
+
+
+def run(args: argparse.Namespace) -> dict[str, Figures]:
+    results: dict[str, list[Figures]] = {"runtime": [], "baseline": []}
+    workdir = Path(tempfile.mkdtemp(prefix="fnbench-"))  # short: AF_UNIX paths are limited to ~108 bytes
+    give_up = time.monotonic() + args.max_seconds
+    try:
+        with echo_server(workdir) as echo, _target(args, workdir) as target:
+            for n in range(args.rounds):
+                results["runtime"].append(measure_runtime(target, args))
+                results["baseline"].append(measure_baseline(echo, args))
+                print(f"round {n + 1}: runtime {_row(results['runtime'][-1])} | "
+                      f"baseline {_row(results['baseline'][-1])}", file=sys.stderr)
+                if time.monotonic() > give_up:
+                    print("time budget spent: stopping early", file=sys.stderr)
+                    break
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {name: median_figures(rounds) for name, rounds in results.items()}
+
+
+@contextmanager
+def _target(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+    if args.socket:
+        yield args.socket
+    else:
+        with runtime_instance(workdir) as path:
+            yield path
+
+
+def _row(f: Figures) -> str:
+    return f"p50 {f.p50_us:.0f} µs, p95 {f.p95_us:.0f} µs, {f.per_second:,.0f}/s"
+
+
+def report(figures: dict[str, Figures], args: argparse.Namespace) -> None:
+    rt, base = figures["runtime"], figures["baseline"]
+    target = args.socket or "runtime subprocess"
+    print(f"no-op invoke, median of {args.rounds} rounds: {args.sequential} sequential, "
+          f"{args.count} with {args.threads} threads; target: {target}")
+    print(f"{'':26}{'p50 µs':>10}{'p95 µs':>10}{'invokes/s':>12}")
+    for name, f in (("fnctl runtime", rt), ("bare echo (baseline)", base)):
+        print(f"{name:26}{f.p50_us:>10.1f}{f.p95_us:>10.1f}{f.per_second:>12,.0f}")
+    print(f"{'ratio runtime/baseline':26}{rt.p50_us / base.p50_us:>9.2f}x{rt.p95_us / base.p95_us:>9.2f}x"
+          f"{rt.per_second / base.per_second:>11.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--socket", help="measure an already running instance's socket instead of a subprocess")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sequential", type=int, default=2000, help="invocations for the latency figures")
+    parser.add_argument("--count", type=int, default=20000, help="invocations for the throughput figure")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=120, help="stop after the round that passes this")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--serve-echo", metavar="PATH", help=argparse.SUPPRESS)  # the baseline server process
+    args = parser.parse_args()
+    if args.serve_echo:
+        asyncio.run(_serve_echo(args.serve_echo))
+        return
+    figures = run(args)
+    if args.json:
+        print(json.dumps({name: asdict(f) for name, f in figures.items()}, indent=2))
+    else:
+        report(figures, args)
+
+
+if __name__ == "__main__":
+    main()

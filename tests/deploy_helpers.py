@@ -1,0 +1,214 @@
+"""Shared helpers of the deploy tests: a throw-away fnctl project in a temporary folder, the CLI run as a
+subprocess against it, and the engine's view of what that project left behind.
+
+Every project gets its own name (``t-<random>``) and its own state store, so tests never see each other's
+containers; teardown removes the containers and images labelled for the project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from fnctl.store import Store, connect
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One handler source for every test: the image of a function is content-addressed, so equal code means
+# the engine's build cache answers. `VERSION` is the only line that changes between "code versions".
+HANDLER = '''\
+import hashlib
+import os
+
+VERSION = {version!r}
+print("loaded version", VERSION, flush=True)  # outside any invocation: the container's own log
+
+
+def handler(event, context):
+    if VERSION == "broken":
+        print("probe-failure-marker: the database is unreachable")
+        raise RuntimeError("broken on purpose")
+    context.logger.info("handled %s", event.get("name"))
+    token = os.environ.get("API_TOKEN", "")
+    return {{"version": VERSION, "greeting": os.environ.get("GREETING", ""), "name": event.get("name"),
+            "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None}}
+'''
+
+
+def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Project:
+    """A fnctl project in `root`, deployed with its own state store, driven through the CLI."""
+
+    root: Path
+    name: str
+    state: Path
+    base_image: str
+    client: docker.DockerClient
+    env: dict[str, str] = field(default_factory=dict)
+
+    # ---- writing the project ----
+
+    def function(self, name: str, *, version: str = "one", env: dict[str, str] | None = None,
+                 min_instances: int = 1, memory: str = "64Mi", secret: bool = False,
+                 requirements: str | None = None, source: str | None = None) -> None:
+        """Write (or rewrite) function `name`: its code directory and its manifest."""
+        code = self.root / "functions" / (source or name)
+        code.mkdir(parents=True, exist_ok=True)
+        (code / "main.py").write_text(HANDLER.format(version=version), encoding="utf-8")
+        if requirements is not None:
+            (code / "requirements.txt").write_text(requirements, encoding="utf-8")
+        elif (code / "requirements.txt").exists():
+            (code / "requirements.txt").unlink()
+        env_yaml = json.dumps(env if env is not None else {"GREETING": "hi"})
+        secrets_yaml = "\n  secrets: [{name: API_TOKEN, fromEnv: TEST_API_TOKEN}]" if secret else ""
+        manifest = textwrap.dedent(f"""\
+            apiVersion: fnctl/v1
+            kind: Function
+            metadata: {{name: {name}}}
+            spec:
+              runtime: python3.11
+              source: ../functions/{source or name}
+              handler: main.handler
+              env: {env_yaml}
+              limits: {{timeout: 5s, memory: {memory}}}
+              scaling: {{minInstances: {min_instances}, maxInstances: 2}}
+              healthCheck:
+                - event: {{name: probe}}
+            """) + secrets_yaml + "\n"
+        (self.root / "manifests" / f"{name}.yaml").write_text(manifest, encoding="utf-8")
+
+    def remove_function(self, name: str) -> None:
+        (self.root / "manifests" / f"{name}.yaml").unlink()
+
+    # ---- running fnctl ----
+
+    def fnctl(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Result:
+        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=self.root, env=self.environ(env),
+                              capture_output=True, text=True, timeout=timeout)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return os.environ | {"FNCTL_BASE_IMAGE": self.base_image, "FNCTL_STATE": str(self.state),
+                             "COLUMNS": "200", "NO_COLOR": "1"} | self.env | (extra or {})
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """Run fnctl and require exit 0."""
+        result = self.fnctl(*args, env=env)
+        assert result.code == 0, f"fnctl {' '.join(args)} exited {result.code}:\n{result.text}"
+        return result
+
+    def invoke(self, function: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = self.ok("invoke", function, "-d", json.dumps(event or {}))
+        value: dict[str, Any] = json.loads(result.out)
+        return value
+
+    @contextmanager
+    def store(self) -> Iterator[Store]:
+        store = connect(self.state)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    # ---- what the engine and the store show ----
+
+    def containers(self, function: str | None = None) -> list[Any]:
+        labels = [f"io.fnctl.project={self.name}"] + ([f"io.fnctl.function={function}"] if function else [])
+        return list(self.client.containers.list(all=True, filters={"label": labels}))
+
+    def live_revision(self, function: str) -> int:
+        with self.store() as store:
+            weights = store.routes()[function]
+        assert list(weights.values()) == [100], weights
+        return next(iter(weights))
+
+    def instance_containers(self, function: str) -> dict[str, str]:
+        """Instance ID → container ID, as the store records them."""
+        with self.store() as store:
+            return {row.id: row.container_id or "" for row in store.instances(function)}
+
+    def assert_consistent(self) -> None:
+        """What every command must leave: each routed revision ready with running, answering instances, no
+        container the store does not know, no pending revision, no instance row half-way."""
+        with self.store() as store:
+            routes, rows, revisions = store.routes(), store.instances(), store.revisions()
+            audit = store.audit_log(limit=10_000)
+        engine = {c.labels.get("io.fnctl.instance"): c for c in self.containers()}
+        assert set(engine) == {row.id for row in rows}, "containers and instance rows differ"
+        for row in rows:
+            assert row.state.value == "ready" and row.container_id, row
+            assert engine[row.id].id == row.container_id and engine[row.id].status == "running", row
+            assert routes.get(row.function, {}).get(row.revision, 0) > 0, f"instance of an unrouted revision: {row}"
+        for function, weights in routes.items():
+            for number in weights:
+                revision = next(r for r in revisions if r.function == function and r.number == number)
+                assert revision.status.value == "ready" and revision.image, revision
+                assert any(r.function == function and r.revision == number for r in rows), f"{function} r{number}"
+        assert not [r for r in revisions if r.status.value == "pending"]
+        for entry in audit:
+            assert entry.actor and entry.command and entry.action and entry.at > 0, entry
+            assert entry.outcome in ("ok", "failed"), entry
+
+
+def make_project(root: Path, client: docker.DockerClient, base_image: str) -> Project:
+    name = f"t-{secrets.token_hex(4)}"
+    (root / "manifests").mkdir(parents=True)
+    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n', encoding="utf-8")
+    return Project(root, name, root.parent / f"{root.name}-state" / "state.db", base_image, client)
+
+
+def cleanup(project: Project) -> None:
+    """Remove what the project left in the engine: containers (and their socket dirs), then images."""
+    for container in project.containers():
+        socket_dir = container.labels.get("io.fnctl.socket-dir")
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+    for image in project.client.images.list(filters={"label": f"io.fnctl.project={project.name}"}):
+        try:
+            project.client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass  # shared with another tag, or already gone

@@ -1,0 +1,149 @@
+"""Throw-away fnctl projects for the Docker-backed sandbox tests, and the clean-up that goes with them.
+
+A project is written into a temporary directory with a random name (`t-<hex>`), so parallel runs never
+share containers or images; `cleanup` removes every container and image carrying that name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import yaml
+
+from fnctl.project import Project, load_project
+
+HERE = Path(__file__).resolve().parent
+PROBES = HERE / "probes"
+WITHDEP = HERE / "withdep"
+# Written at test time rather than kept in the repository, where it would trip every tool that parses code.
+BROKEN_SYNTAX = "def oops(:\n    return 1\n"
+MIB = 1 << 20
+T = TypeVar("T")
+
+
+def project_name() -> str:
+    return f"t-{secrets.token_hex(4)}"
+
+
+def write_project(root: Path, name: str, base_image: str, functions: Mapping[str, Mapping[str, Any]]) -> Project:
+    """A project at `root` whose functions (name → spec fields) run code from functions/probes by default."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\n\n[build]\nbaseImage = "{base_image}"\n')
+    probes = root / "functions" / "probes"
+    shutil.copytree(PROBES, probes, ignore=shutil.ignore_patterns("__pycache__"))
+    (probes / "broken_syntax.py").write_text(BROKEN_SYNTAX)
+    manifests = root / "manifests"
+    manifests.mkdir()
+    for function, fields in functions.items():
+        spec = {"runtime": "python3.11", "source": "../functions/probes", **fields}
+        document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": function}, "spec": spec}
+        (manifests / f"{function}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return load_project(root)
+
+
+def build_wheel(workdir: Path) -> Path:
+    """Build the `tinydep` wheel (pure Python, no network, no build tools) with `pip wheel`; returns its dir.
+
+    The package carries its own minimal PEP 517 backend, so pip needs neither setuptools nor wheel.
+    """
+    package = workdir / "tinydep-src"
+    (package / "tinydep").mkdir(parents=True)
+    (package / "tinydep" / "__init__.py").write_text('def shout(text):\n    return text.upper() + "!"\n')
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n')
+    (package / "backend.py").write_text(textwrap.dedent('''
+        import base64, hashlib, os, zipfile
+
+        NAME, VERSION = "tinydep", "1.0"
+
+
+        def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+            dist = f"{NAME}-{VERSION}.dist-info"
+            with open(os.path.join(NAME, "__init__.py"), "rb") as source:
+                files = {
+                    f"{NAME}/__init__.py": source.read(),
+                    f"{dist}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),
+                    f"{dist}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: fnctl-tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+                }
+            name = f"{NAME}-{VERSION}-py3-none-any.whl"
+            record = []
+            with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+                for path, data in files.items():
+                    wheel.writestr(path, data)
+                    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                    record.append(f"{path},sha256={digest},{len(data)}")
+                wheel.writestr(f"{dist}/RECORD", "\\n".join(record + [f"{dist}/RECORD,,"]) + "\\n")
+            return name
+    '''))
+    wheels = workdir / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-build-isolation",
+         "--no-index", "--no-deps", "--wheel-dir", str(wheels), str(package)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(wheels.glob("tinydep-1.0-py3-none-any.whl")), "pip wheel produced no tinydep wheel"
+    return wheels
+
+
+def run_cli(project: Project, *args: str, stdin: str | None = None,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m fnctl ARGS` in the project's directory, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fnctl", *args], cwd=project.root, input=stdin if stdin is not None else "",
+        env={**os.environ, "FNCTL_BASE_IMAGE": project.base_image, **(env or {})},
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 15.0) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    give_up = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def container_gone(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        client.api.inspect_container(container_id)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+def project_containers(client: docker.DockerClient, project: str) -> list[dict[str, Any]]:
+    return list(client.api.containers(all=True, filters={"label": f"io.fnctl.project={project}"}))
+
+
+def cleanup(client: docker.DockerClient, project: str, *, images: bool) -> None:
+    """Kill every container of `project` (and its socket directory); with `images`, remove its images too."""
+    for container in project_containers(client, project):
+        socket_dir = (container.get("Labels") or {}).get("io.fnctl.socket-dir")
+        try:
+            client.api.remove_container(container["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+        if socket_dir and Path(socket_dir).parent.name == "fnctl":
+            shutil.rmtree(socket_dir, ignore_errors=True)
+    if images:
+        for image in client.api.images(filters={"label": f"io.fnctl.project={project}"}):
+            try:
+                client.api.remove_image(image["Id"], force=True)
+            except docker.errors.NotFound:
+                pass

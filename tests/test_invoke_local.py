@@ -1,0 +1,236 @@
+"""`fnctl invoke --local` and `fnctl sandbox check` on a real engine: the Python API and the command line.
+
+The command-line tests run `python -m fnctl` in a throw-away project, as a user would, and check what the
+user sees: the result on stdout, logs, duration and errors on stderr, and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from sandbox_handlers.harness import (
+    cleanup,
+    container_gone,
+    project_containers,
+    project_name,
+    run_cli,
+    wait_until,
+    write_project,
+)
+
+from fnctl.instances import Failure
+from fnctl.local import LocalResult, invoke_local
+from fnctl.project import Project
+
+pytestmark = pytest.mark.docker
+
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "echo": {"handler": "probes.echo_context"},
+    "chatty": {"handler": "probes.chatty"},
+    "spin": {"handler": "probes.spin", "limits": {"timeout": "1s"}},
+    "memory-bomb": {"handler": "probes.memory_bomb", "limits": {"memory": "64Mi"}},
+    "big-result": {"handler": "probes.big_result"},
+    "small-payload": {"handler": "probes.echo", "limits": {"payload": "1Ki"}},
+    "fork-bomb": {"handler": "probes.fork_bomb", "limits": {"pids": 32}},
+    "fill-tmp": {"handler": "probes.fill_tmp", "limits": {"tmp": "4Mi"}},
+    "crash": {"handler": "probes.crash"},
+    "import-error": {"handler": "raises_at_import.handler"},
+    "syntax-error": {"handler": "uses_broken.handler"},
+    "editable": {"handler": "main.handler", "source": "../functions/editable"},
+}
+EDITABLE = "def handler(event):\n    return {{'version': {version}}}\n"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
+            base_image: str) -> Iterator[Project]:
+    name = project_name()
+    root = tmp_path_factory.mktemp("invoke-local") / "project"
+    (root / "functions" / "editable").mkdir(parents=True)
+    (root / "functions" / "editable" / "main.py").write_text(EDITABLE.format(version=1))
+    try:
+        yield write_project(root, name, base_image, FUNCTIONS)
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(project: Project, docker_client: docker.DockerClient) -> Iterator[None]:
+    yield
+    cleanup(docker_client, project.name, images=False)
+
+
+def local(project: Project, function: str, event: Any, *, keep_warm: bool = False) -> LocalResult:
+    size = len(json.dumps(event).encode())
+    return invoke_local(project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None)
+
+
+def containers_of(docker_client: docker.DockerClient, project: Project, function: str) -> list[str]:
+    return [c["Id"] for c in project_containers(docker_client, project.name)
+            if c["Labels"].get("io.fnctl.function") == function]
+
+
+# ---- the Python API -----------------------------------------------------------------------------------
+
+
+def test_fresh_sandbox_answers_and_is_removed_afterwards(project: Project, docker_client: docker.DockerClient) -> None:
+    result = local(project, "echo", {"name": "x"})
+    assert result.outcome.ok and not result.warm
+    assert result.outcome.result == {"echo": {"name": "x"}, "function": "echo", "revision": "local"}
+    assert project_containers(docker_client, project.name) == []
+
+
+def test_keep_warm_reuses_the_instance_until_the_code_changes(
+    project: Project, docker_client: docker.DockerClient
+) -> None:
+    first = local(project, "editable", {}, keep_warm=True)
+    assert first.outcome.result == {"version": 1} and not first.warm
+    [kept] = containers_of(docker_client, project, "editable")
+    second = local(project, "editable", {}, keep_warm=True)
+    assert second.outcome.result == {"version": 1} and second.warm
+    assert containers_of(docker_client, project, "editable") == [kept]
+
+    (project.root / "functions" / "editable" / "main.py").write_text(EDITABLE.format(version=2))
+    third = local(project, "editable", {}, keep_warm=True)
+    assert third.outcome.result == {"version": 2} and not third.warm
+    [replacement] = containers_of(docker_client, project, "editable")
+    assert replacement != kept and container_gone(docker_client, kept)
+
+
+def test_timeout_on_a_warm_instance_replaces_it_on_the_next_call(
+    project: Project, docker_client: docker.DockerClient
+) -> None:
+    assert local(project, "spin", {}, keep_warm=True).outcome.ok
+    [runaway] = containers_of(docker_client, project, "spin")
+    timed_out = local(project, "spin", {"spin": True}, keep_warm=True)
+    assert timed_out.warm and timed_out.outcome.failure is Failure.TIMEOUT
+    wait_until(lambda: container_gone(docker_client, runaway), what="the runaway instance to be killed")
+    after = local(project, "spin", {}, keep_warm=True)
+    assert after.outcome.ok and after.outcome.result == {"spun": False} and not after.warm
+    assert containers_of(docker_client, project, "spin") not in ([], [runaway])
+
+
+def test_warm_instance_removed_behind_fnctls_back_is_replaced(
+    project: Project, docker_client: docker.DockerClient
+) -> None:
+    assert local(project, "echo", {"n": 1}, keep_warm=True).outcome.ok
+    [gone] = containers_of(docker_client, project, "echo")
+    docker_client.api.remove_container(gone, force=True)  # its socket directory stays behind
+    again = local(project, "echo", {"n": 2}, keep_warm=True)
+    assert again.outcome.ok and not again.warm and again.outcome.result["echo"] == {"n": 2}
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+
+
+def test_cli_prints_the_result_and_with_logs_the_output_and_duration(project: Project) -> None:
+    done = run_cli(project, "invoke", "--local", "chatty", "--data", '{"say": "hi"}', "--logs")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"said": "hi"}
+    assert "to stdout: hi" in done.stderr and "[INFO] to the logger" in done.stderr
+    assert " ms" in done.stderr.splitlines()[-1]
+    quiet = run_cli(project, "invoke", "--local", "chatty", "--data", '{"say": "hi"}')
+    assert quiet.returncode == 0 and "to stdout" not in quiet.stderr
+
+
+def test_cli_reads_the_event_from_a_file_or_stdin(project: Project, tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text('{"from": "file"}')
+    by_file = run_cli(project, "invoke", "--local", "echo", "--data", f"@{event}")
+    assert by_file.returncode == 0, by_file.stderr
+    assert json.loads(by_file.stdout)["echo"] == {"from": "file"}
+    by_stdin = run_cli(project, "invoke", "--local", "manifests/echo.yaml", stdin='{"from": "stdin"}')
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    assert json.loads(by_stdin.stdout)["echo"] == {"from": "stdin"}
+
+
+def test_cli_function_error_exits_1_with_the_traceback(project: Project) -> None:
+    done = run_cli(project, "invoke", "--local", "chatty", "-d", '{"fail": true}')
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "error (handler error): ValueError: asked to fail" in done.stderr
+    assert "Traceback" in done.stderr and 'raise ValueError("asked to fail")' in done.stderr
+
+
+def test_cli_refuses_an_event_that_is_not_json(project: Project, tmp_path: Path) -> None:
+    done = run_cli(project, "invoke", "--local", "echo", "-d", "{not json")
+    assert done.returncode == 2 and "not valid JSON" in done.stderr
+    missing = run_cli(project, "invoke", "--local", "echo", "-d", f"@{tmp_path / 'nope.json'}")
+    assert missing.returncode == 2 and "cannot read the event file" in missing.stderr
+
+
+BIG_EVENT = json.dumps({"blob": "z" * 2048})
+LIMITS = [
+    ("spin", '{"spin": true}', "error (timeout): the function did not finish within its timeout of 1s"),
+    ("memory-bomb", "{}", "error (out of memory): the function ran out of memory (limit 64Mi)"),
+    ("big-result", '{"size": 100000000}', "error (output too large): OutputTooLarge: the result is at least"),
+    ("small-payload", BIG_EVENT, f"error (payload too large): the event is {len(BIG_EVENT)} bytes; "
+     "the limit is 1024 bytes"),
+    ("fork-bomb", "{}", "error (process limit reached): BlockingIOError: [Errno 11]"),
+    ("fill-tmp", "{}", "error (disk full in /tmp): OSError: [Errno 28] No space left on device"),
+    ("crash", "{}", "error (instance crashed): the instance crashed during the invocation (exit code 7)"),
+    ("import-error", "{}", "error: the handler failed to load: RuntimeError: settings missing at import"),
+    ("syntax-error", "{}", "error: the handler failed to load: SyntaxError: invalid syntax (broken_syntax.py"),
+]
+
+
+@pytest.mark.parametrize(("function", "data", "message"), LIMITS, ids=[case[0] for case in LIMITS])
+def test_cli_each_limit_has_its_own_message_and_exit_code_1(
+    project: Project, docker_client: docker.DockerClient, function: str, data: str, message: str
+) -> None:
+    done = run_cli(project, "invoke", "--local", function, "-d", data)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert message in done.stderr
+    others = [m for f, _, m in LIMITS if f != function]
+    assert not any(other in done.stderr for other in others)
+    if function.endswith("-error"):
+        assert "Traceback" in done.stderr and "/var/task/" in done.stderr  # the user's own frames
+    wait_until(lambda: containers_of(docker_client, project, function) == [], what=f"{function}'s instance to go")
+
+
+def test_cli_json_output_names_the_failure_kind(project: Project) -> None:
+    done = run_cli(project, "invoke", "--local", "spin", "-d", '{"spin": true}', "-o", "json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and report["error"]["kind"] == "timeout"
+
+
+def test_cli_keep_warm_and_sandbox_check(project: Project) -> None:
+    cold = run_cli(project, "invoke", "--local", "echo", "--keep-warm", "-d", '{"n": 1}')
+    assert cold.returncode == 0, cold.stderr
+    warm = run_cli(project, "invoke", "--local", "echo", "--keep-warm", "-d", '{"n": 2}')
+    assert warm.returncode == 0, warm.stderr
+    assert json.loads(warm.stdout)["echo"] == {"n": 2} and "(warm instance)" in warm.stderr
+
+    text = run_cli(project, "sandbox", "check")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "pass" in text.stdout and "FAIL" not in text.stdout
+    as_json = run_cli(project, "sandbox", "check", "echo", "-o", "json")
+    assert as_json.returncode == 0
+    [report] = json.loads(as_json.stdout)
+    assert report["function"] == "echo" and len(report["checks"]) >= 15
+    assert [c["name"] for c in report["checks"] if not c["ok"]] == []
+
+    none = run_cli(project, "sandbox", "check", "chatty")
+    assert none.returncode == 1 and "no running instances" in none.stderr
+
+
+def test_cli_sandbox_check_fails_a_container_started_without_the_profile(
+    project: Project, docker_client: docker.DockerClient, base_image: str
+) -> None:
+    docker_client.containers.run(  # plain `docker run`: root, all default capabilities, writable root
+        base_image, ["python3", "-c", "import sys; sys.stdin.read()"], detach=True, stdin_open=True,
+        network_mode="none", labels={"io.fnctl.project": project.name, "io.fnctl.function": "rogue",
+                                     "io.fnctl.instance": "rogue"})
+    text = run_cli(project, "sandbox", "check", "rogue")
+    assert text.returncode == 1 and "FAIL" in text.stdout
+    [report] = json.loads(run_cli(project, "sandbox", "check", "rogue", "-o", "json").stdout)
+    failed = {c["name"] for c in report["checks"] if not c["ok"]}
+    assert {"non-root user", "capabilities dropped", "read-only root", "pids limit", "memory limit, no swap",
+            "only its socket directory mounted"} <= failed

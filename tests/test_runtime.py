@@ -1,0 +1,457 @@
+"""The in-container runtime run as a local process (no Docker), driven through UnixSocketTransport."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fnctl.transport import (
+    CallHandler,
+    ConnectionLost,
+    ErrorKind,
+    InvocationResult,
+    RuntimeStartFailed,
+    TransportError,
+    TransportTimeout,
+    UnixSocketTransport,
+    encode_frame,
+    read_frame,
+)
+
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+T = TypeVar("T")
+
+# Blocks until the file named by event["release"] exists: lets a test hold an invocation in flight.
+# Without "release" it answers at once, so a probe invocation never blocks.
+SLOW_SYNC = """
+import os, time
+def handler(event, context):
+    if "release" not in event:
+        return "quick"
+    give_up = time.monotonic() + 30
+    while not os.path.exists(event["release"]):
+        if time.monotonic() > give_up:
+            raise TimeoutError("never released")
+        time.sleep(0.005)
+    return "released"
+"""
+SLOW_ASYNC = """
+import asyncio, os, time
+async def handler(event, context):
+    if "release" not in event:
+        return "quick"
+    give_up = time.monotonic() + 30
+    while not os.path.exists(event["release"]):
+        if time.monotonic() > give_up:
+            raise TimeoutError("never released")
+        await asyncio.sleep(0.005)
+    return "released"
+"""
+
+
+def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    give_up = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Runtime:
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+    output_path: Path
+    transport: UnixSocketTransport = field(init=False)
+
+    def invoke(self, event: Any, caller: dict[str, Any] | None = None, timeout: float | None = None,
+               invocation_id: str = "inv-1") -> InvocationResult:
+        return self.transport.invoke(event, invocation_id=invocation_id, deadline=time.time() + 30,
+                                     caller=caller, timeout=timeout)
+
+    def exit_code(self) -> int:
+        wait_until(lambda: self.process.poll() is not None, what="the runtime process to exit")
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.output_path.read_text()
+
+
+class InBackground:
+    """Runs `fn` in a thread and keeps its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "the background call never returned"
+
+
+StartRuntime = Callable[..., Runtime]
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    started: list[Runtime] = []
+    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
+    socket_dir = Path(tempfile.mkdtemp(prefix="fnrt-"))
+
+    def start(files: dict[str, str], handler: str = "main.handler", *, connect: bool = True,
+              on_call: CallHandler | None = None, **env: str) -> Runtime:
+        code = tmp_path / "code"
+        for name, source in files.items():
+            (code / name).parent.mkdir(parents=True, exist_ok=True)
+            (code / name).write_text(textwrap.dedent(source))
+        instance_dir = socket_dir / str(len(started))  # one directory per instance, as in production
+        instance_dir.mkdir()
+        environment = {**os.environ, "FNCTL_HANDLER": handler, "FNCTL_CODE_DIR": str(code),
+                       "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET": str(instance_dir / "sock"),
+                       "FNCTL_FUNCTION": "hello", "FNCTL_REVISION": "r1", **env}
+        output_path = tmp_path / f"runtime-output-{len(started)}.log"
+        with output_path.open("wb") as out:
+            process = subprocess.Popen([sys.executable, str(RUNTIME)], env=environment, stdout=out, stderr=out)
+        runtime = Runtime(process, instance_dir / "sock", output_path)
+        runtime.transport = UnixSocketTransport(str(runtime.socket_path), on_call=on_call)
+        started.append(runtime)
+        if connect:
+            runtime.transport.connect(timeout=15)
+        return runtime
+
+    yield start
+    for runtime in started:
+        runtime.transport.close()
+        if runtime.process.poll() is None:
+            runtime.process.kill()
+        runtime.process.wait(timeout=10)
+    shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_frames_round_trip_and_reject_truncation() -> None:
+    frame = encode_frame({"type": "ping", "id": 7, "text": "é"})
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert read_frame(io.BytesIO(frame)) == {"type": "ping", "id": 7, "text": "é"}
+    assert read_frame(io.BytesIO(b"")) is None
+    with pytest.raises(ConnectionLost):
+        read_frame(io.BytesIO(frame[:-1]))
+    with pytest.raises(TransportError, match="limit"):
+        read_frame(io.BytesIO(frame), max_size=3)
+
+
+def test_ready_message_describes_the_instance(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event, context):\n    return 1\n"}, FNCTL_CONCURRENCY="3")
+    assert rt.transport.ready == {"type": "ready", "protocol": 1, "function": "hello", "revision": "r1",
+                                  "pid": rt.process.pid, "concurrency": 3}
+    assert rt.socket_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_two_argument_handler_sees_its_context(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": """
+        def handler(event, context):
+            return {"event": event, "function": context.function_name, "revision": context.revision,
+                    "invocation_id": context.invocation_id, "remaining": context.remaining_time(),
+                    "deadline": context.deadline, "caller": context.caller}
+    """})
+    caller = {"subject": "alice", "roles": ["admin"], "tenant": "acme"}
+    deadline = time.time() + 20
+    reply = rt.transport.invoke({"n": 1}, invocation_id="inv-42", deadline=deadline, caller=caller)
+    assert reply.ok and reply.error is None
+    result = reply.result
+    assert result["event"] == {"n": 1}
+    assert (result["function"], result["revision"], result["invocation_id"]) == ("hello", "r1", "inv-42")
+    assert result["caller"] == caller and result["deadline"] == deadline
+    assert 0 < result["remaining"] <= 20
+    assert rt.invoke({}).result["caller"] is None
+
+
+def test_one_argument_and_async_handlers(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": """
+        import asyncio
+        def one(event):
+            return event["n"] + 1
+        async def two(event, context):
+            await asyncio.sleep(0)
+            return {"n": event["n"] * 2, "id": context.invocation_id}
+    """}, handler="main.one")
+    assert rt.invoke({"n": 1}).result == 2
+    rt2 = start_runtime({}, handler="main.two")
+    assert rt2.invoke({"n": 4}, invocation_id="a").result == {"n": 8, "id": "a"}
+
+
+def test_path_form_handler_imports_its_siblings(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({
+        "handlers/entry.py": "from helpers import greet\ndef main(event):\n    return greet(event['name'])\n",
+        "handlers/helpers.py": "def greet(name):\n    return f'hi {name}'\n",
+    }, handler="handlers/entry.py:main")
+    assert rt.invoke({"name": "probe"}).result == "hi probe"
+
+
+@pytest.mark.parametrize("prefix", ["", "async "])
+def test_raised_exception_is_a_handler_error_with_user_frames(start_runtime: StartRuntime, prefix: str) -> None:
+    rt = start_runtime({"main.py": f"""
+        def check(event):
+            raise ValueError(f"bad input: {{event['x']}}")
+
+        {prefix}def handler(event, context):
+            print("before failing")
+            return check(event)
+    """})
+    reply = rt.invoke({"x": 1})
+    assert not reply.ok and reply.error is not None
+    assert (reply.error.kind, reply.error.type, reply.error.message) == (ErrorKind.HANDLER_ERROR, "ValueError",
+                                                                         "bad input: 1")
+    assert "main.py" in reply.error.traceback and "in check" in reply.error.traceback
+    assert "raise ValueError" in reply.error.traceback
+    assert "fnctl_runtime.py" not in reply.error.traceback
+    assert reply.logs == "before failing\n"
+
+
+@pytest.mark.parametrize("prefix,pause", [("", "time.sleep(0.002)"), ("async ", "await asyncio.sleep(0.002)")])
+def test_logs_are_captured_per_invocation_under_concurrency(
+    start_runtime: StartRuntime, prefix: str, pause: str
+) -> None:
+    rt = start_runtime({"main.py": f"""
+        import asyncio, sys, time
+        print("<loading>")
+        {prefix}def handler(event, context):
+            for _ in range(5):
+                print(f"<{{event}}>")
+                sys.stderr.write(f"<{{event}}>\\n")
+                context.logger.info("<%s>", event)
+                {pause}
+            return event
+    """})
+    failures: list[str] = []
+
+    def caller(worker: int) -> None:
+        for n in range(4):
+            marker = f"m{worker}-{n}"
+            reply = rt.invoke(marker)
+            seen = re.findall(r"<([^>]+)>", reply.logs)
+            if reply.result != marker or seen != [marker] * 15 or reply.logs_truncated:
+                failures.append(f"{marker}: {reply.result!r} {seen}")
+
+    threads = [InBackground(functools.partial(caller, w)) for w in range(8)]
+    for thread in threads:
+        thread.join()
+        assert thread.error is None
+    assert failures == []
+    assert "<loading>" in rt.output()  # output outside any invocation goes to the process's stderr
+
+
+def test_log_capture_is_capped(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    print('é' * event)\n    return event\n"},
+                       FNCTL_LOG_LIMIT="101")
+    reply = rt.invoke(200)
+    assert reply.ok and reply.logs_truncated
+    assert reply.logs == "é" * 50  # 101 bytes cut in the middle of a character keeps the whole ones
+    small = rt.invoke(3)
+    assert small.logs == "ééé\n" and not small.logs_truncated
+
+
+def test_output_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return event['c'] * event['n']\n"},
+                       FNCTL_OUTPUT_LIMIT="1000")
+    assert rt.invoke({"c": "x", "n": 500}).result == "x" * 500
+    for event in ({"c": "x", "n": 2000}, {"c": "é", "n": 600}):  # the second is short in characters only
+        reply = rt.invoke(event)
+        assert reply.error is not None and reply.error.kind == ErrorKind.OUTPUT_TOO_LARGE
+        assert "1000" in reply.error.message
+
+
+def test_results_that_are_not_json_are_refused(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return object() if event == 'object' else float('nan')\n"})
+    for event, error_type in (("object", "TypeError"), ("nan", "ValueError")):
+        reply = rt.invoke(event)
+        assert reply.error is not None
+        assert (reply.error.kind, reply.error.type) == (ErrorKind.NOT_SERIALISABLE, error_type)
+
+
+def test_payload_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return len(event)\n"}, FNCTL_PAYLOAD_LIMIT="1000")
+    assert rt.invoke("x" * 10).result == 10
+    reply = rt.invoke("x" * 2000)
+    assert reply.error is not None and reply.error.kind == ErrorKind.PAYLOAD_TOO_LARGE
+    with pytest.raises(ConnectionLost):  # beyond limit + 64 KiB the frame is not even read
+        rt.invoke("x" * 70_000)
+
+
+def test_syntax_error_at_import_exits_3_with_error_json(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "x = 1\ndef handler(event context):\n    return x\n"}, connect=False)
+    assert rt.exit_code() == 3
+    report = json.loads((rt.socket_path.parent / "error.json").read_text())
+    assert report["type"] == "SyntaxError"
+    assert "main.py" in report["traceback"] and "line 2" in report["traceback"]
+    assert "def handler(event context)" in report["traceback"]
+    assert "fnctl_runtime.py" not in report["traceback"] and "importlib" not in report["traceback"]
+    assert not rt.socket_path.exists()
+    assert "def handler(event context)" in rt.output()
+    with pytest.raises(RuntimeStartFailed) as failed:
+        rt.transport.connect(timeout=5)
+    assert failed.value.error["type"] == "SyntaxError" and "line 2" in (failed.value.detail or "")
+
+
+@pytest.mark.parametrize("source,handler,error_type", [
+    ("import json\nraise RuntimeError('boom at import')\n", "main.handler", "RuntimeError"),
+    ("def handler(event):\n    return 1\n", "main.nope", "AttributeError"),
+    ("def handler(event):\n    return 1\n", "missing.handler", "ModuleNotFoundError"),
+])
+def test_failed_imports_exit_3(start_runtime: StartRuntime, source: str, handler: str, error_type: str) -> None:
+    rt = start_runtime({"main.py": source}, handler=handler, connect=False)
+    assert rt.exit_code() == 3
+    report = json.loads((rt.socket_path.parent / "error.json").read_text())
+    assert report["type"] == error_type and "fnctl_runtime.py" not in report["traceback"]
+    if error_type == "RuntimeError":
+        assert "main.py\", line 2" in report["traceback"] and report["message"] == "boom at import"
+
+
+def test_configured_secrets_reach_the_environment_only(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "import os\ndef handler(event):\n    return os.environ.get('API_TOKEN')\n"})
+    assert rt.invoke({}).result is None
+    rt.transport.configure({"API_TOKEN": "s3cr3t-value"})
+    assert rt.invoke({}).result == "s3cr3t-value"
+    rt.transport.drain()
+    assert rt.exit_code() == 0
+    assert "s3cr3t-value" not in rt.output()
+
+
+CALLBACK_HANDLERS = {
+    "": "reply = context.call('echo', {'n': event})\n    try:\n        context.call('fail', {})",
+    "async ": "reply = await context.acall('echo', {'n': event})\n    try:\n        await context.acall('fail', {})",
+}
+
+
+@pytest.mark.parametrize("prefix", ["", "async "])
+def test_callbacks_round_trip_to_the_host(start_runtime: StartRuntime, prefix: str) -> None:
+    source = (f"from fnctl_runtime import CallbackError\n{prefix}def handler(event, context):\n"
+              f"    {CALLBACK_HANDLERS[prefix]}\n    except CallbackError as exc:\n"
+              "        return {'reply': reply, 'failed': [exc.type, exc.message]}\n")
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        calls.append((invocation_id, method, params))
+        if method == "fail":
+            raise LookupError("no such collection")
+        return {"echo": params, "for": invocation_id}
+
+    rt = start_runtime({"main.py": source}, on_call=on_call)
+    results = [InBackground(functools.partial(rt.invoke, n, invocation_id=f"inv-{n}")) for n in range(8)]
+    for n, background in enumerate(results):
+        background.join()
+        assert background.result.result == {"reply": {"echo": {"n": n}, "for": f"inv-{n}"},
+                                            "failed": ["LookupError", "no such collection"]}
+    assert sorted(calls) == sorted([(f"inv-{n}", "echo", {"n": n}) for n in range(8)]
+                                   + [(f"inv-{n}", "fail", {}) for n in range(8)])
+
+
+def test_uncaught_callback_errors_and_missing_host_handler(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event, context):\n    return context.call('db.get', {'k': 1})\n"})
+    reply = rt.invoke({})
+    assert reply.error is not None
+    assert (reply.error.kind, reply.error.type) == (ErrorKind.HANDLER_ERROR, "CallbackError")
+    assert "callbacks not supported" in reply.error.message
+    assert "context.call('db.get'" in reply.error.traceback
+    assert "fnctl_runtime.py" not in reply.error.traceback
+
+
+@pytest.mark.parametrize("source", [SLOW_SYNC, SLOW_ASYNC])
+def test_ping_answers_while_a_slow_handler_runs(start_runtime: StartRuntime, tmp_path: Path, source: str) -> None:
+    rt = start_runtime({"main.py": source})
+    release = tmp_path / "release"
+    slow = InBackground(lambda: rt.invoke({"release": str(release)}))
+    wait_until(lambda: rt.transport.ping() == 1, what="the slow invocation to be in flight")
+    assert rt.transport.ping() == 1 and slow.thread.is_alive()
+    release.touch()
+    slow.join()
+    assert slow.result.result == "released"
+    assert rt.transport.ping() == 0
+
+
+def test_drain_waits_for_in_flight_invocations_then_exits_0(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": SLOW_SYNC})
+    release = tmp_path / "release"
+    slow = InBackground(lambda: rt.invoke({"release": str(release)}))
+    wait_until(lambda: rt.transport.ping() == 1, what="the slow invocation to be in flight")
+    drain = InBackground(lambda: rt.transport.drain())
+    refused = wait_until(lambda: _draining(rt.invoke({})), what="the drain to start")
+    assert refused.error is not None and refused.error.type == "Draining"
+    # The pong follows the drain request on the wire and still counts one in flight: no `drained` yet.
+    assert rt.transport.ping() == 1
+    assert drain.thread.is_alive() and rt.process.poll() is None
+    release.touch()
+    slow.join()
+    drain.join()
+    assert slow.result.result == "released" and drain.error is None
+    assert rt.exit_code() == 0
+    assert not rt.socket_path.exists()
+
+
+def _draining(reply: InvocationResult) -> InvocationResult | None:
+    return reply if reply.error is not None and reply.error.kind == ErrorKind.DRAINING else None
+
+
+def test_sigterm_drains_then_exits_0(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": SLOW_SYNC})
+    release = tmp_path / "release"
+    slow = InBackground(lambda: rt.invoke({"release": str(release)}))
+    wait_until(lambda: rt.transport.ping() == 1, what="the slow invocation to be in flight")
+    rt.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: _draining(rt.invoke({})), what="SIGTERM to start the drain")
+    assert rt.process.poll() is None
+    release.touch()
+    slow.join()
+    assert slow.result.result == "released"
+    assert rt.exit_code() == 0
+
+
+def test_killed_runtime_fails_waiting_invocations_promptly(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": SLOW_SYNC})
+    slow = [InBackground(lambda: rt.invoke({"release": str(tmp_path / "never")})) for _ in range(3)]
+    wait_until(lambda: rt.transport.ping() == 3, what="three invocations in flight")
+    rt.process.kill()
+    for background in slow:
+        background.join()  # bounded: join fails the test if the call hangs
+        assert isinstance(background.error, ConnectionLost)
+    with pytest.raises(ConnectionLost):
+        rt.transport.ping()
+
+
+def test_timeout_leaves_the_connection_usable(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": SLOW_SYNC})
+    release = tmp_path / "release"
+    with pytest.raises(TransportTimeout):
+        rt.invoke({"release": str(release)}, timeout=0.2)
+    assert rt.transport.ping() == 1
+    release.touch()
+    wait_until(lambda: rt.transport.ping() == 0, what="the abandoned invocation to finish")
+    assert rt.invoke({"release": str(release)}).result == "released"

@@ -1,0 +1,475 @@
+"""The sandbox from the inside and at its limits: real containers on the local Docker engine.
+
+Most tests start instances of one shared revision image (tests/sandbox_handlers/probes) through
+`fnctl.instances`, each under the limits of its own manifest, and look at what the handler can do and at the
+typed failure each limit produces. `check_container` is also tested on hand-made `docker inspect` data.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+from sandbox_handlers.harness import (
+    MIB,
+    WITHDEP,
+    build_wheel,
+    cleanup,
+    container_gone,
+    project_containers,
+    project_name,
+    wait_until,
+    write_project,
+)
+
+from fnctl import dockerio, images, instances
+from fnctl.instances import Failure, Instance, StartFailed
+from fnctl.local import find_function, invoke_local
+from fnctl.project import Project
+from fnctl.sandbox import check_container, labels
+
+SECRET_ENV = "FNCTL_TEST_SANDBOX_TOKEN"  # the deployer's variable; the handler sees it as API_TOKEN
+
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "probe": {"handler": "probes.identity"},
+    "echo-one": {"handler": "probes.echo"},
+    "echo-context": {"handler": "probes.echo_context"},
+    "echo-async": {"handler": "probes.echo_async"},
+    "chatty": {"handler": "probes.chatty"},
+    "fill-tmp": {"handler": "probes.fill_tmp", "limits": {"tmp": "8Mi"}},
+    "fork-bomb": {"handler": "probes.fork_bomb", "limits": {"pids": 32}},
+    "memory-bomb": {"handler": "probes.memory_bomb", "limits": {"memory": "64Mi"}},
+    "spin": {"handler": "probes.spin", "limits": {"timeout": "1s"}},
+    "big-result": {"handler": "probes.big_result", "limits": {"memory": "128Mi", "output": "6Mi"}},
+    "small-payload": {"handler": "probes.echo", "limits": {"payload": "64Ki"}},
+    "crash": {"handler": "probes.crash"},
+    "syntax-error": {"handler": "uses_broken.handler"},
+    "import-error": {"handler": "raises_at_import.handler"},
+    "secret": {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": SECRET_ENV}]},
+    "gvisor": {"handler": "probes.identity", "isolation": "gvisor"},
+}
+
+
+# ---- check_container on hand-made inspect data (no engine needed) ---------------------------------
+
+
+def hardened_inspect() -> dict[str, Any]:
+    """What `docker inspect` reports for a container started the way DESIGN.md's table says."""
+    return {
+        "Config": {"User": "65534:65534",
+                   "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container"}},
+        "HostConfig": {
+            "CapDrop": ["ALL"], "CapAdd": None, "SecurityOpt": ["no-new-privileges:true"], "Privileged": False,
+            "ReadonlyRootfs": True, "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=16777216,mode=1777"},
+            "Memory": 128 * MIB, "MemorySwap": 128 * MIB, "NanoCpus": 500_000_000, "PidsLimit": 64,
+            "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 1024},
+                        {"Name": "fsize", "Soft": 16 * MIB, "Hard": 16 * MIB}],
+            "NetworkMode": "none", "Runtime": "runc",
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        },
+        "Mounts": [{"Type": "bind", "Source": "/run/fnctl/0123abcd", "Destination": "/run/fnctl", "RW": True}],
+    }
+
+
+def _host(**values: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data["HostConfig"].update(values)
+
+
+def _config(**values: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data["Config"].update(values)
+
+
+def _mounts(*extra: dict[str, Any], replace: bool = False) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        data["Mounts"] = list(extra) if replace else data["Mounts"] + list(extra)
+    return change
+
+
+def _gvisor_label(data: dict[str, Any]) -> None:
+    data["Config"]["Labels"]["io.fnctl.isolation"] = "gvisor"
+
+
+DOCKER_SOCK = {"Type": "bind", "Source": "/var/run/docker.sock", "Destination": "/run/fnctl", "RW": True}
+HOLES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
+    ("no CapDrop", "capabilities dropped", _host(CapDrop=None)),
+    ("a capability added back", "capabilities dropped", _host(CapAdd=["NET_ADMIN"])),
+    ("the image's root user", "non-root user", _config(User="")),
+    ("uid 0", "non-root user", _config(User="0:0")),
+    ("no no-new-privileges", "no-new-privileges", _host(SecurityOpt=[])),
+    ("no-new-privileges:false", "no-new-privileges", _host(SecurityOpt=["no-new-privileges:false"])),
+    ("seccomp unconfined", "seccomp profile", _host(SecurityOpt=["no-new-privileges:true", "seccomp=unconfined"])),
+    ("privileged", "not privileged", _host(Privileged=True)),
+    ("writable root", "read-only root", _host(ReadonlyRootfs=False)),
+    ("no /tmp tmpfs", "/tmp size-limited tmpfs", _host(Tmpfs={})),
+    ("unbounded /tmp", "/tmp size-limited tmpfs", _host(Tmpfs={"/tmp": "rw,mode=1777"})),
+    ("swap allowed", "memory limit, no swap", _host(MemorySwap=-1)),
+    ("no memory limit", "memory limit, no swap", _host(Memory=0, MemorySwap=0)),
+    ("no cpu quota", "cpu quota", _host(NanoCpus=0)),
+    ("no pids limit", "pids limit", _host(PidsLimit=None)),
+    ("unlimited pids", "pids limit", _host(PidsLimit=-1)),
+    ("no fsize ulimit", "nofile/fsize ulimits", _host(Ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 1024}])),
+    ("bridge network without egress", "network none", _host(NetworkMode="bridge")),
+    ("host network", "network none", _host(NetworkMode="host")),
+    ("uncapped logs", "capped logs", _host(LogConfig={"Type": "json-file", "Config": {}})),
+    ("the Docker socket mounted", "only its socket directory mounted", _mounts(DOCKER_SOCK, replace=True)),
+    ("a host path mounted", "only its socket directory mounted",
+     _mounts({"Type": "bind", "Source": "/etc", "Destination": "/host-etc", "RW": False})),
+    ("gvisor asked, runc used", "runtime runsc", _gvisor_label),
+]
+
+
+def test_check_container_passes_the_hardened_profile() -> None:
+    assert [c.name for c in check_container(hardened_inspect()) if not c.ok] == []
+
+
+def test_check_container_passes_egress_and_gvisor_when_asked() -> None:
+    data = hardened_inspect()
+    data["Config"]["Labels"] = {"io.fnctl.network": "egress", "io.fnctl.isolation": "gvisor"}
+    data["HostConfig"].update(NetworkMode="bridge", Runtime="runsc")
+    assert [c.name for c in check_container(data) if not c.ok] == []
+
+
+@pytest.mark.parametrize(("hole", "check", "change"), HOLES, ids=[h[0] for h in HOLES])
+def test_check_container_fails_exactly_the_check_with_a_hole(
+    hole: str, check: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    data = copy.deepcopy(hardened_inspect())
+    change(data)
+    failed = [c.name for c in check_container(data) if not c.ok]
+    assert failed == [check], f"{hole}: expected only {check!r} to fail, got {failed}"
+
+
+def _runtime_module() -> Any:
+    path = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+    spec = importlib.util.spec_from_file_location("fnctl_runtime_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_result_size_floor_is_a_lower_bound_and_stops_early() -> None:
+    """The runtime refuses a huge result before encoding it, from a floor that never overstates the size."""
+    floor = _runtime_module()._json_size_floor
+    values: list[Any] = ["", "é" * 10, {"a": [1, None, True, 2.5], 3: "x", None: {}}, [[], {}, ""], 12345, None,
+                         {"nested": [{"k": "v" * 100}] * 50}, ["\u2028", "\n\t\"", "\U0001f600"]]
+    for value in values:
+        encoded = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        assert floor(value, 10**9) <= encoded, value
+    assert floor(["x" * 1000] * 10**6, 6 * MIB) > 6 * MIB  # counted only until past the limit
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    assert floor(cycle, 6 * MIB) < 6 * MIB  # the budget ends a cycle; encoding then reports it
+
+
+# ---- fixtures for the real-engine tests ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
+            base_image: str) -> Iterator[Project]:
+    name = project_name()
+    try:
+        yield write_project(tmp_path_factory.mktemp("sandbox") / "project", name, base_image, FUNCTIONS)
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+@pytest.fixture(scope="module")
+def probes_image(project: Project) -> str:
+    """One revision image holding every probe handler; each test's manifest picks handler and limits."""
+    return images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image).tag
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the engine, every container of the test project is gone, whatever the test did."""
+    yield
+    if "project" in request.fixturenames:
+        cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
+
+
+Start = Callable[..., Instance]
+
+
+@pytest.fixture
+def start(project: Project, probes_image: str) -> Iterator[Start]:
+    started: list[Instance] = []
+
+    def start_instance(function: str, **secret_values: str) -> Instance:
+        instance = instances.start(find_function(project, function), image=probes_image, revision="test",
+                                   labels=labels(project.name, function), secret_values=secret_values)
+        started.append(instance)
+        return instance
+
+    yield start_instance
+    for instance in started:
+        instances.kill(instance)
+
+
+def answers(instance: Instance, event: Any = None) -> Any:
+    """The result of a normal invocation, failing the test if there is none."""
+    outcome = instances.invoke(instance, {"probe": "ok"} if event is None else event)
+    assert outcome.ok, f"{outcome.failure}: {outcome.message}\n{outcome.traceback}"
+    return outcome.result
+
+
+def logged(name: str, logs: str) -> int:
+    """The number a probe printed as `name=N` before it failed."""
+    found = re.search(rf"{name}=(\d+)", logs)
+    assert found is not None, f"no {name}= in the logs: {logs!r}"
+    return int(found.group(1))
+
+
+def removed(docker_client: docker.DockerClient, instance: Instance) -> None:
+    wait_until(lambda: container_gone(docker_client, instance.container_id), what="the instance's container to go")
+    assert not instance.socket_dir.exists()
+
+
+# ---- inside the sandbox -----------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_handler_runs_unprivileged_read_only_and_offline(start: Start) -> None:
+    seen = answers(start("probe"))
+    assert seen["uid"] != 0 and seen["euid"] != 0 and seen["gid"] != 0
+    assert seen["cap_eff"] == "0" * 16 and seen["cap_prm"] == "0" * 16
+    assert seen["no_new_privs"] == "1"
+    assert seen["root_write"] == "EROFS"
+    assert seen["interfaces"] == ["lo"]
+    assert seen["routes"] == [] and seen["routes6"] == []
+    assert seen["connect_out"] in ("ENETUNREACH", "EHOSTUNREACH")
+
+
+@pytest.mark.docker
+def test_running_instance_passes_every_sandbox_check(start: Start) -> None:
+    instance = start("probe")
+    data = dockerio.inspect_container(instance.container_id)
+    assert [(c.name, c.detail) for c in check_container(data) if not c.ok] == []
+    host = data["HostConfig"]
+    assert host["Memory"] == host["MemorySwap"] == 128 * MIB
+    assert host["PidsLimit"] == 64 and host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert [m["Destination"] for m in data["Mounts"]] == ["/run/fnctl"]
+
+
+@pytest.mark.docker
+def test_handlers_of_both_signatures_and_async_ones_answer(start: Start) -> None:
+    assert answers(start("echo-one"), {"n": 1}) == {"echo": {"n": 1}}
+    assert answers(start("echo-context"), {"n": 2}) == {"echo": {"n": 2}, "function": "echo-context",
+                                                         "revision": "test"}
+    assert answers(start("echo-async"), {"n": 3}) == {"echo": {"n": 3}, "async": True, "function": "echo-async"}
+
+
+@pytest.mark.docker
+def test_handler_error_comes_back_with_its_traceback_and_the_instance_stays(
+    start: Start, docker_client: docker.DockerClient
+) -> None:
+    instance = start("chatty")
+    outcome = instances.invoke(instance, {"say": "before failing", "fail": True})
+    assert not outcome.ok and outcome.failure is Failure.HANDLER_ERROR
+    assert outcome.message == "ValueError: asked to fail"
+    assert 'probes.py", line' in outcome.traceback and 'raise ValueError("asked to fail")' in outcome.traceback
+    assert "runtime.py" not in outcome.traceback  # only the user's frames
+    assert "to stdout: before failing" in outcome.logs and "[INFO] to the logger" in outcome.logs
+    assert answers(instance, {"say": "again"}) == {"said": "again"}
+    assert not container_gone(docker_client, instance.container_id)
+
+
+# ---- limits ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_tmp_fills_at_its_limit_and_reports_disk_full(start: Start, docker_client: docker.DockerClient) -> None:
+    instance = start("fill-tmp")
+    outcome = instances.invoke(instance, {})
+    assert outcome.failure is Failure.DISK_FULL, outcome
+    assert "No space left on device" in outcome.message
+    written = logged("written", outcome.logs)
+    assert 7 * MIB <= written <= 8 * MIB  # the 8Mi tmpfs, less what the filesystem keeps for itself
+    assert answers(instance, {"max": 0}) == {"written": 0}  # a full /tmp is the handler's problem, not fatal
+
+
+@pytest.mark.docker
+def test_fork_bomb_stops_at_the_pids_limit_while_another_instance_answers(
+    start: Start, docker_client: docker.DockerClient
+) -> None:
+    bystander = start("echo-one")
+    bomb = start("fork-bomb")
+    outcome = instances.invoke(bomb, {})
+    assert outcome.failure is Failure.PROCESS_LIMIT, outcome
+    assert "Resource temporarily unavailable" in outcome.message
+    children = logged("children", outcome.logs)
+    assert 0 < children < 32  # the runtime's own threads count against the 32 too
+    removed(docker_client, bomb)  # its leftover children die with it
+    assert answers(bystander, {"still": "here"}) == {"echo": {"still": "here"}}
+
+
+@pytest.mark.docker
+def test_memory_bomb_is_reported_as_out_of_memory(start: Start, docker_client: docker.DockerClient) -> None:
+    bystander = start("echo-one")
+    bomb = start("memory-bomb")
+    outcome = instances.invoke(bomb, {})
+    assert outcome.failure is Failure.OUT_OF_MEMORY, outcome
+    assert "64Mi" in outcome.message
+    removed(docker_client, bomb)
+    assert answers(bystander) == {"echo": {"probe": "ok"}}
+
+
+@pytest.mark.docker
+def test_endless_loop_times_out_and_a_fresh_instance_answers(
+    start: Start, docker_client: docker.DockerClient
+) -> None:
+    runaway = start("spin")
+    outcome = instances.invoke(runaway, {"spin": True})
+    assert outcome.failure is Failure.TIMEOUT, outcome
+    assert "timeout of 1s" in outcome.message and "stopped" in outcome.message
+    removed(docker_client, runaway)
+    fresh = start("spin")
+    assert fresh.container_id != runaway.container_id
+    assert answers(fresh, {}) == {"spun": False}
+
+
+@pytest.mark.docker
+def test_100mb_result_is_refused_and_the_instance_keeps_serving(
+    start: Start, docker_client: docker.DockerClient
+) -> None:
+    instance = start("big-result")
+    outcome = instances.invoke(instance, {"size": 100_000_000})
+    assert outcome.failure is Failure.OUTPUT_TOO_LARGE, outcome
+    assert "output limit of 6291456 bytes" in outcome.message
+    assert answers(instance, {"size": 5}) == "xxxxx"
+    assert not container_gone(docker_client, instance.container_id)
+
+
+@pytest.mark.docker
+def test_payload_over_the_limit_is_refused_and_the_instance_keeps_serving(start: Start) -> None:
+    instance = start("small-payload")  # limit 64Ki
+    event = {"blob": "y" * (70 * 1024)}
+    measured = instances.invoke(instance, event, payload_size=70 * 1024 + 12)
+    assert measured.failure is Failure.PAYLOAD_TOO_LARGE and "the limit is 65536 bytes" in measured.message
+    huge = instances.invoke(instance, {"blob": "y" * (8 * MIB)})  # unmeasured, far past what the runtime reads
+    assert huge.failure is Failure.PAYLOAD_TOO_LARGE and "the limit is 65536 bytes" in huge.message
+    understated = instances.invoke(instance, event, payload_size=10)  # the runtime enforces the limit too
+    assert understated.failure is Failure.PAYLOAD_TOO_LARGE and "payload limit" in understated.message
+    assert answers(instance, {"small": True}) == {"echo": {"small": True}}
+
+
+@pytest.mark.docker
+def test_crash_mid_invocation_is_reported_and_the_instance_removed(
+    start: Start, docker_client: docker.DockerClient
+) -> None:
+    instance = start("crash")
+    outcome = instances.invoke(instance, {})
+    assert outcome.failure is Failure.CRASHED, outcome
+    assert "exit code 7" in outcome.message
+    removed(docker_client, instance)
+
+
+@pytest.mark.docker
+def test_syntax_error_is_reported_with_the_users_traceback(
+    start: Start, project: Project, docker_client: docker.DockerClient
+) -> None:
+    with pytest.raises(StartFailed) as failed:
+        start("syntax-error")
+    assert "SyntaxError" in failed.value.message
+    detail = failed.value.detail or ""
+    assert 'File "/var/task/uses_broken.py", line 3' in detail
+    assert 'File "/var/task/broken_syntax.py", line 1' in detail and "def oops(:" in detail
+    assert "runtime.py" not in detail and "importlib" not in detail
+    assert project_containers(docker_client, project.name) == []  # the failed instance was removed
+
+
+@pytest.mark.docker
+def test_import_error_at_start_is_reported_with_the_users_traceback(
+    start: Start, project: Project, docker_client: docker.DockerClient
+) -> None:
+    with pytest.raises(StartFailed) as failed:
+        start("import-error")
+    assert failed.value.message == "the handler failed to load: RuntimeError: settings missing at import"
+    detail = failed.value.detail or ""
+    assert 'raises_at_import.py", line' in detail and "in _load_settings" in detail
+    assert "runtime.py" not in detail
+    assert project_containers(docker_client, project.name) == []
+
+
+# ---- dependencies, secrets, gVisor ------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_requirements_txt_dependency_is_installed_into_the_image(
+    tmp_path: Path, base_image: str, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # pip's install cache stays in the test
+    wheels = build_wheel(tmp_path / "wheel")
+    name = project_name()
+    try:
+        project = write_project(tmp_path / "project", name, base_image,
+                                {"withdep": {"handler": "main.handler", "source": "../functions/withdep"}})
+        source = project.root / "functions" / "withdep"
+        shutil.copytree(WITHDEP, source, ignore=shutil.ignore_patterns("__pycache__"))
+        (source / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\ntinydep==1.0\n")
+        result = invoke_local(project, "withdep", {"text": "hi"}, 15, keep_warm=False, on_progress=lambda _: None)
+        assert result.outcome.ok, result.outcome
+        assert result.outcome.result == {"shout": "HI!", "from": "/opt/fnctl/deps/tinydep/__init__.py"}
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+def _occurs_in_stream(chunks: Iterator[bytes], needle: bytes) -> bool:
+    """Whether `needle` occurs in the concatenation of `chunks`, holding only one chunk at a time."""
+    tail = b""
+    for chunk in chunks:
+        window = tail + chunk
+        if needle in window:
+            return True
+        tail = window[-(len(needle) - 1):]
+    return False
+
+
+@pytest.mark.docker
+def test_secret_reaches_the_handler_and_nothing_else(
+    project: Project, tmp_path: Path, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = f"s3cr3t-{secrets.token_hex(16)}"
+    monkeypatch.setenv(SECRET_ENV, token)
+    result = invoke_local(project, "secret", {}, 2, keep_warm=True, on_progress=lambda _: None)
+    assert result.outcome.ok and result.outcome.result == {"token": token}
+    assert token not in result.outcome.logs
+    [container] = project_containers(docker_client, project.name)  # kept warm: still there to look at
+    inspect = docker_client.api.inspect_container(container["Id"])
+    assert token not in json.dumps(inspect), "the secret is in `docker inspect` of the container"
+    assert token not in json.dumps(inspect["Config"].get("Env")) and token not in json.dumps(container["Labels"])
+    logs = docker_client.api.logs(container["Id"], stdout=True, stderr=True)
+    assert token.encode() not in logs
+    image = inspect["Config"]["Image"]
+    assert token not in json.dumps(docker_client.api.inspect_image(image))
+    assert token not in json.dumps(docker_client.api.history(image))
+    saved = tmp_path / "image.tar"
+    with saved.open("wb") as out:  # every layer, config and manifest of the image
+        for chunk in docker_client.api.get_image(image):
+            out.write(chunk)
+    assert saved.stat().st_size > MIB
+    with saved.open("rb") as archive:
+        assert not _occurs_in_stream(iter(lambda: archive.read(MIB), b""), token.encode())
+
+
+@pytest.mark.docker
+def test_gvisor_isolation_runs_the_instance_under_runsc(start: Start) -> None:
+    instance = start("gvisor")
+    seen = answers(instance)
+    assert seen["uid"] != 0 and seen["interfaces"] == ["lo"] and seen["cap_eff"] == "0" * 16
+    data = dockerio.inspect_container(instance.container_id)
+    assert data["HostConfig"]["Runtime"] == "runsc"
+    assert [(c.name, c.detail) for c in check_container(data) if not c.ok] == []
