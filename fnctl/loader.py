@@ -224,7 +224,7 @@ class _Builder:
                 self.order.append((path, position((mark.line + 1, mark.column + 1))))
                 text = event.value
                 tag = event.tag
-                if tag is None and event.implicit[0]:
+                if (tag is None or tag == "!") and event.implicit[0]:  # `!` too, as PyYAML does
                     tag = tags.get(text) or self._resolve(text)
                 if (tag is None or tag == _STR) and event.anchor is None and stack:
                     if frame.mapping:
@@ -321,13 +321,13 @@ class _Builder:
         if tag is not None and tag != "!":
             return str(tag)
         if not event.implicit[0]:
-            return _STR  # quoted, or the non-specific tag `!`
+            return _STR  # quoted
         return _TAGS.get(event.value) or self._resolve(event.value)
 
     def _scalar(self, event: Any, path: _Path, tag: str | None) -> None:
         """A scalar off the fast path: a root value, anchored, explicitly tagged or not a string."""
         if tag is None or tag == "!":
-            tag = _STR  # quoted, or the non-specific tag `!`
+            tag = _STR  # quoted
         if tag == _STR or tag == _TIMESTAMP:
             value = event.value
         elif not self.stack and tag == "tag:yaml.org,2002:null" and event.value == "" and \

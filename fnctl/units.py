@@ -31,14 +31,14 @@ def parse_duration(text: str | int | float) -> float:
     return sum(float(n) * _DURATION_SCALE[u] for n, u in _DURATION_PART.findall(value))
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: str | int | float) -> int:
     """Bytes in `text` (`128Mi`, `6M`, `1024`). Raises ValueError."""
     if isinstance(text, bool):
         raise ValueError(f"invalid size {text!r}")
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"invalid size {text!r}: must not be negative")
-        return text
+    if isinstance(text, (int, float)):  # a float only when whole: JSON Schema's integer takes 2.0
+        if text < 0 or text != int(text):
+            raise ValueError(f"invalid size {text!r}: must be a whole number of bytes, not negative")
+        return int(text)
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"invalid size {text!r} (expected e.g. 512Ki, 128Mi, 1Gi)")
@@ -47,10 +47,9 @@ def parse_size(text: str | int) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human form: `250ms`, `30s`, `5m`, `1h30m`."""
+    """A short human form that `parse_duration` reads back: `250ms`, `30s`, `5m`, `1h30m`, `1h0m1s` is `1h1s`."""
     if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    if seconds < 60 or seconds % 60:
-        return f"{seconds:g}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:g}s"
-    minutes = int(seconds // 60)
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60}m" if minutes % 60 else f"{minutes // 60}h"
+        return f"{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    return (f"{int(hours)}h" if hours else "") + (f"{int(minutes)}m" if minutes else "") + (f"{rest:g}s" if rest else "")

@@ -162,6 +162,11 @@ class Project:
         assert list(weights.values()) == [100], weights
         return next(iter(weights))
 
+    def images(self, function: str) -> list[str]:
+        """The image of each revision of `function`, in order."""
+        with self.store() as store:
+            return [revision.image for revision in store.revisions(function)]
+
     def instance_containers(self, function: str) -> dict[str, str]:
         """Instance ID → container ID, as the store records them."""
         with self.store() as store:

@@ -34,6 +34,7 @@ from sandbox_handlers.harness import (
 )
 
 from fnctl import dockerio, images, instances
+from fnctl.errors import BuildFailed
 from fnctl.instances import Failure, Instance, StartFailed
 from fnctl.local import find_function, invoke_local
 from fnctl.project import Project
@@ -172,6 +173,40 @@ def test_result_size_floor_is_a_lower_bound_and_stops_early() -> None:
     cycle: list[Any] = []
     cycle.append(cycle)
     assert floor(cycle, 6 * MIB) < 6 * MIB  # the budget ends a cycle; encoding then reports it
+
+
+def _flaky_build(monkeypatch: pytest.MonkeyPatch, errors: list[str]) -> list[str]:
+    """Make each image build fail with the next of `errors` (then succeed); returns the progress lines."""
+    def build(*args: Any) -> None:
+        if errors:
+            raise BuildFailed("image build failed at Step 4/7", detail=f"Step 4/7 : COPY code/\n{errors.pop(0)}")
+
+    monkeypatch.setattr(dockerio, "_build", build)
+    return []
+
+
+def test_build_is_retried_when_a_cached_layer_vanishes_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = ["failed to export image: failed to set parent sha256:7e99: unknown parent image ID sha256:7e99",
+              "No such image: sha256:859e"]
+    lines = _flaky_build(monkeypatch, errors)
+    dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+    assert errors == [] and len(lines) == 2 and "building again" in lines[0]
+
+
+def test_build_failure_of_the_code_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = ["COPY failed: file not found in build context", "never reached"]
+    lines = _flaky_build(monkeypatch, errors)
+    with pytest.raises(BuildFailed, match="Step 4/7"):
+        dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+    assert errors == ["never reached"] and lines == []
+
+
+def test_build_gives_up_when_layers_keep_vanishing(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = ["No such image: sha256:1"] * (dockerio.BUILD_ATTEMPTS + 1)
+    lines = _flaky_build(monkeypatch, errors)
+    with pytest.raises(BuildFailed):
+        dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+    assert len(errors) == 1
 
 
 # ---- fixtures for the real-engine tests ------------------------------------------------------------
