@@ -202,7 +202,8 @@ def measure_baseline(path: str, args: argparse.Namespace) -> Figures:
 
 
 def median_figures(rounds: list[Figures]) -> Figures:
-    return Figures(*(statistics.median(getattr(r, name) for r in rounds) for name in ("p50_us", "p95_us", "per_second")))
+    names = ("p50_us", "p95_us", "per_second")
+    return Figures(*(statistics.median(getattr(r, name) for r in rounds) for name in names))
 
 
 def run(args: argparse.Namespace) -> dict[str, Figures]:

@@ -185,8 +185,12 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             assert live is not None
             broken = {d.instance for d in change.drift if d.instance}
             image_removed = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
-            executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
-            return Outcome(name, "heal", True, live.number, "; ".join(d.detail for d in change.drift))
+            redeployed = executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
+            what = "; ".join(d.detail for d in change.drift)
+            if redeployed is not None:
+                return Outcome(name, "heal", True, redeployed.number, f"{what}; redeployed as revision "
+                               f"{redeployed.number}")
+            return Outcome(name, "heal", True, live.number, what)
     except FnctlError as exc:
         return Outcome(name, change.kind.value, False, None, exc.message, exc.detail)
     return None

@@ -41,6 +41,10 @@ class DeployFailed(FnctlError):
     """A new revision failed to build, start or pass its checks; traffic stayed where it was."""
 
 
+class ImageNotReproducible(FnctlError):
+    """A removed revision image rebuilds under another tag: the base image or fnctl's runtime changed since."""
+
+
 @dataclass(frozen=True)
 class Context:
     store: Store
@@ -254,11 +258,18 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
 
 
 def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
-         broken: set[str], image_removed: bool) -> None:
+         broken: set[str], image_removed: bool) -> Revision | None:
     """Bring a serving revision back to its instance count: replace the `broken` instances (dead, missing
-    or altered outside fnctl) and rebuild a removed image (same content, same tag). Audited either way."""
+    or altered outside fnctl) and rebuild a removed image (same content, same tag). Audited either way.
+
+    A removed image that no longer rebuilds identically cannot bring the revision back (revisions are
+    immutable), so the same spec is deployed as a new revision instead, which is returned.
+    """
     try:
         started = _heal(ctx, spec, revision, secret_values, broken, image_removed)
+    except ImageNotReproducible as exc:
+        ctx.progress(f"{spec.name}: {exc.message}; deploying the same spec as a new revision")
+        return deploy(ctx, spec, secret_values)
     except FnctlError as exc:
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="failed",
                         git_commit=ctx.git_commit, detail=f"revision {revision.number}: {exc.message}")
@@ -266,6 +277,7 @@ def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict
     ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="ok",
                     git_commit=ctx.git_commit, detail=f"revision {revision.number}: replaced {len(broken)}, "
                     f"started {started}")
+    return None
 
 
 def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
@@ -279,9 +291,8 @@ def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dic
         ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
         rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
         if rebuilt.tag != revision.image:
-            raise FnctlError(f"{function.name}: the image of revision {revision.number} cannot be rebuilt as it was "
-                             f"(now {rebuilt.tag}: the base image changed); change the function to deploy a new "
-                             "revision")
+            raise ImageNotReproducible(f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "
+                                       f"{revision.image} (the base image or fnctl's runtime changed)")
     running = [r for r in ctx.store.instances(function.name) if r.revision == revision.number]
     missing = max(function.scaling.min_instances - len(running), 0)
     if missing:

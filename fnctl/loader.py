@@ -193,59 +193,92 @@ class _Builder:
         self._document_start()
 
     def run(self, parser: Any) -> None:
-        get_event, tags, position = parser.get_event, _TAGS, _position
+        get_event, tags, position, frame_of = parser.get_event, _TAGS, _position, _Frame
         scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
         mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
         collection_end = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+        order, stack = self.order, self.stack
         while (event := get_event()) is not None:
             kind = type(event)
-            if kind is scalar_event:
-                stack = self.stack
-                if stack:
-                    frame = stack[-1]
-                    if frame.mapping:
-                        if frame.key is _NO_KEY:
+            if kind is scalar_event or kind is mapping_start or kind is sequence_start:
+                if not stack or event.anchor is not None:
+                    self._value(event)
+                    continue
+                frame = stack[-1]
+                if frame.mapping:
+                    key = frame.key
+                    if key is _NO_KEY:
+                        if kind is scalar_event and event.tag is None and event.implicit[0]:
                             text = event.value
-                            if event.tag is None and event.implicit[0] and event.anchor is None and \
-                                    (tags.get(text) or self._resolve(text)) in _ALLOWED_SCALARS and \
-                                    text not in frame.value:
+                            if (tags.get(text) or self._resolve(text)) in _ALLOWED_SCALARS and text not in frame.value:
                                 frame.key = text  # a plain key: the common case
-                            else:
-                                self._key(frame, event)
-                            continue
-                        path = frame.path + (frame.key,)
-                        frame.key = _NO_KEY
-                    else:
-                        path = frame.path + (frame.count,)
-                        frame.count += 1
+                                continue
+                        self._key(frame, event)
+                        continue
+                    if type(key) is _Merge:
+                        self._value(event)
+                        continue
+                    path = frame.path + (key,)
+                    frame.key = _NO_KEY
                 else:
-                    path = ()
+                    key = frame.count
+                    path = frame.path + (key,)
+                    frame.count = key + 1
                 mark = event.start_mark
-                self.order.append((path, position((mark.line + 1, mark.column + 1))))
-                text = event.value
+                order.append((path, position((mark.line + 1, mark.column + 1))))
                 tag = event.tag
-                if (tag is None or tag == "!") and event.implicit[0]:  # `!` too, as PyYAML does
-                    tag = tags.get(text) or self._resolve(text)
-                if (tag is None or tag == _STR) and event.anchor is None and stack:
-                    if frame.mapping:
-                        frame.value[path[-1]] = text
+                if kind is scalar_event:
+                    text = event.value
+                    if (tag is None or tag == "!") and event.implicit[0]:  # `!` too, as PyYAML does
+                        tag = tags.get(text) or self._resolve(text)
+                    if tag is None or tag == "!" or tag == _STR:  # the tag of a quoted scalar, or `!`: text
+                        value: Any = text
                     else:
-                        frame.value.append(text)  # type: ignore[union-attr]
+                        value = self._scalar(event, path, tag)
                 else:
-                    self._scalar(event, path, tag)
-            elif kind is mapping_start or kind is sequence_start:
-                self._start(event)
+                    if len(stack) >= MAX_DEPTH:
+                        raise _Refused(_too_deep(), mark)
+                    if tag is not None and tag != "!" and tag != (_MAP if kind is mapping_start else _SEQ):
+                        raise _Refused(_tag_message(tag), mark, path)
+                    value = {} if kind is mapping_start else []
+                    stack.append(frame_of(value, path, len(order) - 1, None))
+                if frame.mapping:
+                    frame.value[key] = value
+                else:
+                    frame.value.append(value)  # type: ignore[union-attr]
             elif kind in collection_end:
                 self._end()
             elif kind is alias_event:
-                self._alias(event)
+                self._value(event)
             elif kind is yaml.DocumentStartEvent:
                 self.index += 1
                 if self.index >= MAX_DOCUMENTS:
                     raise _TooManyDocuments
                 self._document_start()
+                order, stack = self.order, self.stack
             elif kind is yaml.DocumentEndEvent:
                 self._document_end()
+
+    def _value(self, event: Any) -> None:
+        """A value off the fast path of `run`: the root, anchored, an alias, or the value of a merge key."""
+        path = self._place(event)
+        if path is None:
+            return
+        if type(event) is yaml.AliasEvent:
+            self._alias(event, path)
+        elif type(event) is yaml.ScalarEvent:
+            tag = self._tag(event)
+            start: Any = event.start_mark
+            end: Any = event.end_mark
+            if not self.stack and tag == "tag:yaml.org,2002:null" and event.value == "" and start.index == end.index:
+                self.empty = True  # an empty document: nothing between two `---`, or after a trailing one
+                return
+            value = event.value if tag == _STR else self._scalar(event, path, tag)
+            if event.anchor is not None:
+                self._anchor(event, value, path, len(self.order) - 1)
+            self._attach(path, value, event.start_mark)
+        else:
+            self._start(event, path)
 
     def _resolve(self, text: str) -> str:
         """The implicit tag of a plain scalar: it depends on the text alone (no path resolvers are used)."""
@@ -264,7 +297,7 @@ class _Builder:
 
     def _document_end(self) -> None:
         if self.empty:
-            return  # nothing between two `---` separators, or after a trailing one
+            return
         order = self.order
         if self.merged:
             order = [(p, pos) for p, pos in order if not any(type(part) is _Merge for part in p)]
@@ -324,26 +357,11 @@ class _Builder:
             return _STR  # quoted
         return _TAGS.get(event.value) or self._resolve(event.value)
 
-    def _scalar(self, event: Any, path: _Path, tag: str | None) -> None:
-        """A scalar off the fast path: a root value, anchored, explicitly tagged or not a string."""
-        if tag is None or tag == "!":
-            tag = _STR  # quoted
-        if tag == _STR or tag == _TIMESTAMP:
-            value = event.value
-        elif not self.stack and tag == "tag:yaml.org,2002:null" and event.value == "" and \
-                event.start_mark.index == event.end_mark.index:
-            self.empty = True  # an empty document
-            return
-        else:
-            value = _scalar(tag, event, path)
-        if event.anchor is not None:
-            self._anchor(event, value, path, len(self.order) - 1)
-        self._attach(path, value, event.start_mark)
+    def _scalar(self, event: Any, path: _Path, tag: str) -> Any:
+        """The value of a scalar whose tag is not str: a date stays text, other tags must be core ones."""
+        return event.value if tag == _TIMESTAMP else _scalar(tag, event, path)
 
-    def _start(self, event: Any) -> None:
-        path = self._place(event)
-        if path is None:
-            return
+    def _start(self, event: Any, path: _Path) -> None:
         mapping = type(event) is yaml.MappingStartEvent
         if len(self.stack) >= MAX_DEPTH:
             raise _Refused(_too_deep(), event.start_mark)
@@ -370,10 +388,7 @@ class _Builder:
             raise _Refused(f"duplicate anchor {event.anchor!r}", event.start_mark, path)
         self.anchors[event.anchor] = _Anchor(value, path, start, len(self.order))
 
-    def _alias(self, event: Any) -> None:
-        path = self._place(event)
-        if path is None:
-            return
+    def _alias(self, event: Any, path: _Path) -> None:
         name = event.anchor
         if name in self.open:
             raise _Refused(f"alias *{name} refers to a value that contains it", event.start_mark, path)

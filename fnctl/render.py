@@ -47,12 +47,18 @@ def render_validation(result: ValidationResult, output: Output) -> None:
         return
     for diagnostic in result.diagnostics:
         err_console().print(diagnostic.render(), markup=False, emoji=False)  # verbatim: `:smile:` is user text
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    files = _count(len(result.files), "file", "files")
     if result.ok:
-        console().print(f"[green]valid[/green]: {len(result.files)} files, {summary}")
+        singular = {"functions": "function", "triggers": "trigger", "views": "view", "policies": "policy"}
+        summary = ", ".join(_count(n, singular[k], k) for k, n in counts.items())
+        console().print(f"[green]valid[/green]: {files}, {summary}")
     else:
-        n = len(result.diagnostics)
-        err_console().print(f"[red]invalid[/red]: {n} problem{'s' if n != 1 else ''} in {len(result.files)} files")
+        problems = _count(len(result.diagnostics), "problem", "problems")
+        err_console().print(f"[red]invalid[/red]: {problems} in {files}")
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    return f"{n} {singular if n == 1 else plural}"
 
 
 class Progress:

@@ -457,9 +457,15 @@ _TYPES: dict[str, Check] = {
 }
 
 
+_PLAIN_TYPES: dict[str, type] = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
 def _type(kinds: str | list[str]) -> Check:
     if isinstance(kinds, str):
         return _TYPES[kinds]
+    if all(k in _PLAIN_TYPES for k in kinds):  # one isinstance for e.g. ["object", "boolean"]
+        plain = tuple(_PLAIN_TYPES[k] for k in kinds)
+        return lambda value: isinstance(value, plain)
     checks = [_TYPES[k] for k in kinds]
     return lambda value: any(c(value) for c in checks)
 

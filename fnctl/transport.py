@@ -221,31 +221,38 @@ class UnixSocketTransport:
 
     def connect(self, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the socket to appear and the runtime's `ready` message; returns that message."""
-        if self._sock is not None:
-            raise TransportError("the transport is already connected")
+        if self._sock is not None or self._closing:
+            raise TransportError("the transport is already connected, or closed: use a new one")
         deadline = time.monotonic() + timeout
         sock = self._open(deadline, timeout)
+        stream = sock.makefile("rb")
+        try:
+            ready = self._handshake(sock, stream, deadline, timeout)
+        except BaseException:
+            stream.close()  # the descriptor is only released once both are closed
+            sock.close()
+            raise
+        self._sock, self.ready = sock, ready
+        self._callbacks = ThreadPoolExecutor(self._callback_workers, thread_name_prefix="fnctl-callback")
+        self._reader = threading.Thread(target=self._read_loop, args=(stream,), name="fnctl-transport",
+                                        daemon=True)
+        self._reader.start()
+        return ready
+
+    def _handshake(
+        self, sock: socket.socket, stream: _Readable, deadline: float, timeout: float
+    ) -> dict[str, Any]:
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            stream = sock.makefile("rb")
             ready = read_frame(stream, self._max_frame)
             sock.settimeout(None)
         except TimeoutError:
-            sock.close()
-            raise TransportTimeout(f"the runtime at {self.socket_path} did not say ready within {timeout:g}s") from None
-        except (OSError, TransportError):
-            sock.close()
-            raise
+            message = f"the runtime at {self.socket_path} did not say ready within {timeout:g}s"
+            raise TransportTimeout(message) from None
         if ready is None or ready.get("type") != "ready":
-            sock.close()
             raise ConnectionLost(f"the runtime at {self.socket_path} closed the connection before it was ready")
         if ready.get("protocol") != PROTOCOL_VERSION:
-            sock.close()
             raise TransportError(f"the runtime speaks protocol {ready.get('protocol')!r}, not {PROTOCOL_VERSION}")
-        self._sock, self.ready = sock, ready
-        self._callbacks = ThreadPoolExecutor(self._callback_workers, thread_name_prefix="fnctl-callback")
-        self._reader = threading.Thread(target=self._read_loop, args=(stream,), name="fnctl-transport", daemon=True)
-        self._reader.start()
         return ready
 
     def _open(self, deadline: float, timeout: float) -> socket.socket:

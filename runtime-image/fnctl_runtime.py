@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fnctl's in-container runtime: loads the function's handler and serves invocations on a Unix socket.
 
-Standard library only: it runs inside the sandbox image, which holds nothing but python3, and never imports fnctl.
+Standard library only: it runs inside the sandbox image, which holds nothing but python3; never imports fnctl.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -179,7 +180,8 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return True  # builtins without a signature: assume the full form
     kinds = [p.kind for p in params]
-    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     if inspect.Parameter.VAR_POSITIONAL in kinds or len(positional) >= 2:
         return True
     if len(positional) == 1:
@@ -203,7 +205,8 @@ def load_handler(config: Config) -> Handler:
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise AttributeError(f"handler {spec!r} not found: module {module.__name__!r} has no attribute {attr!r}") from None
+        message = f"handler {spec!r} not found: module {module.__name__!r} has no attribute {attr!r}"
+        raise AttributeError(message) from None
     if not callable(fn):
         raise TypeError(f"handler {spec!r} is not callable")
     return Handler(fn)
@@ -365,7 +368,8 @@ class _Connection(asyncio.Protocol):
         future: asyncio.Future[Any] = self.server.loop.create_future()
         self.calls[call_id] = future
         try:
-            self.send({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method, "params": params})
+            self.send({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
+                       "params": params})
             timeout = max(0.0, deadline - time.time()) if deadline else None
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -392,7 +396,7 @@ class Server:
         self.loop = loop
         self.max_frame = config.payload_limit + FRAME_SLACK
         self.connections: set[_Connection] = set()
-        self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="fnctl-handler")
+        self.pool = _Workers(config.concurrency)
         self.running = 0  # invocations holding one of the `concurrency` slots
         self.waiting: collections.deque[tuple[_Connection, dict[str, Any]]] = collections.deque()
         self.logger = _function_logger(config.function or "handler")
@@ -461,9 +465,11 @@ class Server:
             self.spawn(self.run_async(*job), ctx)
         else:
             # No task and no asyncio future per call: the worker builds the reply and hands back bytes.
-            self.pool.submit(ctx.run, functools.partial(self.run_sync, *job))
+            self.pool.submit(functools.partial(ctx.run, self.run_sync, *job))
 
-    def run_sync(self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture) -> None:
+    def run_sync(
+        self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
+    ) -> None:
         start = time.perf_counter()
         try:
             result = self.handler.call(event, context)
@@ -518,6 +524,34 @@ class Server:
             traceback.print_exception(exc, file=_REAL_STDERR)
 
 
+class _Workers:
+    """The handler threads, all started up front so a pids limit fails the start, not the traffic.
+
+    A plain queue of callables: ThreadPoolExecutor's futures and locks cost measurably per invocation.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"fnctl-handler-{n}", daemon=True)
+                        for n in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job()
+            except BaseException:  # a runtime bug: keep the thread, and say so
+                traceback.print_exc(file=_REAL_STDERR)
+
+
 def _function_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(f"fnctl.function.{name}")
     handler = logging.StreamHandler(sys.stderr)  # the proxy stream: routes to the invocation's capture
@@ -537,7 +571,8 @@ class _Outcome:
 
     @classmethod
     def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
-        error = {"kind": kind, "type": type(exc).__name__, "message": _message(exc), "traceback": user_traceback(exc)}
+        error = {"kind": kind, "type": type(exc).__name__, "message": _message(exc),
+                 "traceback": user_traceback(exc)}
         return cls(False, (time.perf_counter() - start) * 1000, error=error)
 
 
@@ -648,7 +683,7 @@ async def serve(config: Config, handler: Handler) -> int:
             conn.transport.close()  # flushes pending replies (the `drained` one) first
     if conns:
         await asyncio.wait([c.closed for c in conns], timeout=5)
-    server.pool.shutdown(wait=False)
+    server.pool.stop()
     with contextlib.suppress(OSError):
         os.unlink(config.socket_path)
     return 0

@@ -212,8 +212,12 @@ def cleanup(project: Project) -> None:
             pass
         if socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
-    for image in project.client.images.list(filters={"label": f"io.fnctl.project={project.name}"}):
-        try:
-            project.client.images.remove(image.id, force=True)
-        except docker.errors.APIError:
-            pass  # shared with another tag, or already gone
+    for _ in range(3):  # children first: a parent with dependent images is refused, then goes next round
+        left = project.client.images.list(filters={"label": f"io.fnctl.project={project.name}"})
+        for image in left:
+            try:
+                project.client.images.remove(image.id, force=True)
+            except docker.errors.APIError:
+                pass  # a parent of another image still there, or already gone
+        if not left:
+            break

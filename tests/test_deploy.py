@@ -41,6 +41,14 @@ def test_first_apply_then_no_op(project: Project) -> None:
     _git(project.root, "commit", "-q", "-m", "hello")
     head = _git(project.root, "rev-parse", "HEAD")
 
+    broken = project.root / "manifests" / "broken.yaml"
+    broken.write_text("apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: Bad_Name}\nspec: {}\n")
+    for command in ("diff", "plan", "apply"):
+        refused = project.fnctl(command)
+        assert refused.code == 2 and "broken.yaml:" in refused.err, refused.text
+    broken.unlink()
+    assert project.containers() == []
+
     diff = project.fnctl("diff")
     assert diff.code == 1, diff.text
     assert "+ hello: create" in diff.out
@@ -230,6 +238,35 @@ def test_drift_is_shown_and_healed(project: Project, docker_client: docker.Docke
     removed = project.ok("apply")
     assert "removed orphan container" in removed.err
     assert project.fnctl("diff").code == 0 and project.invoke("hello")["version"] == "one"
+    project.assert_consistent()
+
+
+def test_a_removed_image_that_rebuilds_differently_is_redeployed(project: Project, tmp_path: Path,
+                                                                  docker_client: docker.DockerClient) -> None:
+    base = f"fnctl-test/{project.name}-base:1"
+
+    def make_base(mark: str) -> None:
+        """The same tag each time, a new image each time (the project label lets cleanup remove it)."""
+        context = tmp_path / f"base-{mark}"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {project.base_image}\n"
+                                            f"LABEL io.fnctl.project={project.name} test.mark={mark}\n")
+        docker_client.images.build(path=str(context), tag=base, rm=True)
+
+    make_base("first")
+    project.base_image = base
+    project.function("hello")
+    project.ok("apply")
+    make_base("second")  # e.g. a rebuilt base image: same name in the manifests, new content
+    assert project.fnctl("diff").code == 0, "a new base image alone redeploys nothing"
+
+    docker_client.images.remove(project.images("hello")[0], force=True)
+    healed = project.ok("apply")
+    assert "hello: heal" in healed.out and "redeployed as revision 2" in healed.out, healed.text
+    first, second = project.images("hello")
+    assert first != second and project.live_revision("hello") == 2
+    assert project.invoke("hello")["version"] == "one"
+    assert project.fnctl("diff").code == 0
     project.assert_consistent()
 
 

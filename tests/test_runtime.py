@@ -28,6 +28,7 @@ from fnctl.transport import (
     ErrorKind,
     InvocationResult,
     RuntimeStartFailed,
+    Transport,
     TransportError,
     TransportTimeout,
     UnixSocketTransport,
@@ -45,6 +46,8 @@ import os, time
 def handler(event, context):
     if "release" not in event:
         return "quick"
+    if "started" in event:
+        open(os.path.join(event["started"], context.invocation_id), "w").close()
     give_up = time.monotonic() + 30
     while not os.path.exists(event["release"]):
         if time.monotonic() > give_up:
@@ -170,6 +173,8 @@ def test_frames_round_trip_and_reject_truncation() -> None:
 
 def test_ready_message_describes_the_instance(start_runtime: StartRuntime) -> None:
     rt = start_runtime({"main.py": "def handler(event, context):\n    return 1\n"}, FNCTL_CONCURRENCY="3")
+    transport: Transport = rt.transport  # mypy checks UnixSocketTransport against the one interface
+    assert transport.ping() == 0
     assert rt.transport.ready == {"type": "ready", "protocol": 1, "function": "hello", "revision": "r1",
                                   "pid": rt.process.pid, "concurrency": 3}
     assert rt.socket_path.stat().st_mode & 0o777 == 0o600
@@ -290,7 +295,10 @@ def test_output_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
 
 
 def test_results_that_are_not_json_are_refused(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": "def handler(event):\n    return object() if event == 'object' else float('nan')\n"})
+    rt = start_runtime({"main.py": """
+        def handler(event):
+            return object() if event == "object" else float("nan")
+    """})
     for event, error_type in (("object", "TypeError"), ("nan", "ValueError")):
         reply = rt.invoke(event)
         assert reply.error is not None
@@ -345,17 +353,28 @@ def test_configured_secrets_reach_the_environment_only(start_runtime: StartRunti
     assert "s3cr3t-value" not in rt.output()
 
 
-CALLBACK_HANDLERS = {
-    "": "reply = context.call('echo', {'n': event})\n    try:\n        context.call('fail', {})",
-    "async ": "reply = await context.acall('echo', {'n': event})\n    try:\n        await context.acall('fail', {})",
-}
+CALLBACK_SYNC = """
+from fnctl_runtime import CallbackError
+def handler(event, context):
+    reply = context.call("echo", {"n": event})
+    try:
+        context.call("fail", {})
+    except CallbackError as exc:
+        return {"reply": reply, "failed": [exc.type, exc.message]}
+"""
+CALLBACK_ASYNC = """
+from fnctl_runtime import CallbackError
+async def handler(event, context):
+    reply = await context.acall("echo", {"n": event})
+    try:
+        await context.acall("fail", {})
+    except CallbackError as exc:
+        return {"reply": reply, "failed": [exc.type, exc.message]}
+"""
 
 
-@pytest.mark.parametrize("prefix", ["", "async "])
-def test_callbacks_round_trip_to_the_host(start_runtime: StartRuntime, prefix: str) -> None:
-    source = (f"from fnctl_runtime import CallbackError\n{prefix}def handler(event, context):\n"
-              f"    {CALLBACK_HANDLERS[prefix]}\n    except CallbackError as exc:\n"
-              "        return {'reply': reply, 'failed': [exc.type, exc.message]}\n")
+@pytest.mark.parametrize("source", [CALLBACK_SYNC, CALLBACK_ASYNC], ids=["sync", "async"])
+def test_callbacks_round_trip_to_the_host(start_runtime: StartRuntime, source: str) -> None:
     calls: list[tuple[str, str, dict[str, Any]]] = []
 
     def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
@@ -384,7 +403,7 @@ def test_uncaught_callback_errors_and_missing_host_handler(start_runtime: StartR
     assert "fnctl_runtime.py" not in reply.error.traceback
 
 
-@pytest.mark.parametrize("source", [SLOW_SYNC, SLOW_ASYNC])
+@pytest.mark.parametrize("source", [SLOW_SYNC, SLOW_ASYNC], ids=["sync", "async"])
 def test_ping_answers_while_a_slow_handler_runs(start_runtime: StartRuntime, tmp_path: Path, source: str) -> None:
     rt = start_runtime({"main.py": source})
     release = tmp_path / "release"
@@ -444,6 +463,22 @@ def test_killed_runtime_fails_waiting_invocations_promptly(start_runtime: StartR
         assert isinstance(background.error, ConnectionLost)
     with pytest.raises(ConnectionLost):
         rt.transport.ping()
+
+
+def test_concurrency_limit_queues_the_excess(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": SLOW_SYNC}, FNCTL_CONCURRENCY="2")
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    event = {"release": str(release), "started": str(started)}
+    calls = [InBackground(functools.partial(rt.invoke, event, invocation_id=f"inv-{n}")) for n in range(3)]
+    wait_until(lambda: len(list(started.iterdir())) == 2, what="two invocations to start")
+    wait_until(lambda: rt.transport.ping() == 3, what="the third to be queued")
+    assert len(list(started.iterdir())) == 2  # the third waits for a slot: both running ones block
+    release.touch()
+    for call in calls:
+        call.join()
+        assert call.result.result == "released"
+    assert sorted(p.name for p in started.iterdir()) == ["inv-0", "inv-1", "inv-2"]
 
 
 def test_timeout_leaves_the_connection_usable(start_runtime: StartRuntime, tmp_path: Path) -> None:

@@ -454,3 +454,13 @@ def test_the_compiled_meta_schema_never_accepts_what_jsonschema_refuses(schema: 
     valid = checker.is_valid(schema)
     assert not fast(schema) or valid
     assert (schemas.check_json_schema(schema) is None) is valid
+
+
+def test_the_fnctl_toml_of_the_manifest_reference_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "manifest.md").read_text()
+    (config,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    (tmp_path / "fnctl.toml").write_text(config)
+    project = load_project(tmp_path)
+    assert project.name == "my-app"
+    assert project.default_limits.timeout == 10.0
+    assert project.state_path == tmp_path / ".fnctl" / "state.db"
