@@ -142,7 +142,7 @@ def sandbox_check(
     raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
-from fnctl import cli_deploy  # noqa: E402,F401  (registers the live-state commands on `app`)
+from fnctl import cli_deploy, cli_keys, cli_serve  # noqa: E402,F401  (register their commands on `app`)
 
 
 def main() -> NoReturn:

@@ -44,7 +44,10 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
         "baseImage": base_image,
         "labels": dict(sorted(function.labels.items())),
         "env": dict(sorted(function.env.items())),
-        "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16]},
+        # Where each value comes from (never the value): the gateway reads them itself to start instances.
+        "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16],
+                    "sources": [{"name": s.name, **({"fromEnv": s.from_env} if s.from_env else {"fromFile": s.from_file})}
+                                for s in function.secrets]},
         "limits": asdict(function.limits),
         "network": function.network.value,
         "isolation": function.isolation.value,

@@ -17,7 +17,8 @@ def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Fun
     return Function(
         name=name, labels=dict(spec.get("labels") or {}), runtime=spec.get("runtime", "python3.11"),
         source=(spec.get("source") or {}).get("path", ""), handler=spec["handler"], env=dict(spec.get("env") or {}),
-        secrets=tuple(SecretRef(n, None, None) for n in (spec.get("secrets") or {}).get("names", [])),
+        secrets=tuple(SecretRef(src["name"], src.get("fromEnv"), src.get("fromFile"))
+                      for src in (spec.get("secrets") or {}).get("sources", [])),
         limits=Limits(**{k: limits.get(k, getattr(defaults, k)) for k in Limits.__dataclass_fields__}),
         network=Network(spec.get("network", "none")), isolation=Isolation(spec.get("isolation", "container")),
         scaling=Scaling(**{k: scaling.get(k, getattr(Scaling(), k)) for k in Scaling.__dataclass_fields__}),

@@ -64,6 +64,35 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER revisions_no_delete BEFORE DELETE ON revisions
         BEGIN SELECT RAISE(ABORT, 'revisions are never deleted'); END;
     """,
+    # 3: the gateway's data: API keys (hashed), the invocation audit, metric windows, cron ticks
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL, roles TEXT NOT NULL, tenant TEXT,
+        created_at REAL NOT NULL, created_by TEXT NOT NULL, revoked_at REAL
+    );
+    CREATE TABLE invocations (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, request_id TEXT NOT NULL, principal TEXT, function TEXT NOT NULL,
+        revision INTEGER, trigger TEXT, outcome TEXT NOT NULL, status INTEGER NOT NULL, duration_ms REAL NOT NULL,
+        source TEXT
+    );
+    CREATE INDEX invocations_by_function ON invocations (function, at);
+    CREATE TRIGGER invocations_no_update BEFORE UPDATE ON invocations
+        BEGIN SELECT RAISE(ABORT, 'the invocation audit is append-only'); END;
+    CREATE TRIGGER invocations_no_delete BEFORE DELETE ON invocations
+        BEGIN SELECT RAISE(ABORT, 'the invocation audit is append-only'); END;
+    CREATE TABLE metrics (
+        function TEXT NOT NULL, revision INTEGER NOT NULL, second INTEGER NOT NULL, requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL, latency_ms_sum REAL NOT NULL, histogram TEXT NOT NULL,
+        PRIMARY KEY (function, revision, second)
+    );
+    CREATE TABLE cron_state (
+        trigger TEXT PRIMARY KEY, last_tick REAL NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE TABLE resources (
+        kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    """,
 )
 
 
@@ -167,6 +196,33 @@ class Store:
         import secrets
 
         return self.setting("store-id", secrets.token_hex(8))
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read, for the gateway's own tables (keys, metrics, cron); SQL stays portable."""
+        try:
+            return [tuple(r) for r in self._db.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store query failed: {exc}") from None
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write; returns the number of rows changed."""
+        try:
+            return self._db.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
+
+    # ---- triggers, views, policies: published by apply, read by the gateway ----
+
+    def set_resources(self, kind: str, specs: dict[str, dict[str, Any]]) -> None:
+        """Replace every resource of `kind` (Trigger, View, Policy) with `specs` (name → spec)."""
+        self._db.execute("DELETE FROM resources WHERE kind = ?", (kind,))
+        now = time.time()
+        for name, spec in sorted(specs.items()):
+            self._db.execute("INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now))
+
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {r[0]: json.loads(r[1]) for r in self._db.execute(
+            "SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))}
 
     # ---- revisions ----
 
