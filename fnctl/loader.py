@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,27 +48,37 @@ _SCALAR_CONSTRUCTORS = {
     "tag:yaml.org,2002:bool": _constructor.construct_yaml_bool,
     "tag:yaml.org,2002:null": _constructor.construct_yaml_null,
 }
-_position = partial(tuple.__new__, Position)  # Position(line, column) without a Python-level call
-_TAGS: dict[str, str] = {}  # the implicit tags of plain scalars seen so far
+_TAGS: dict[str, str] = {}  # the implicit tags of (short) plain scalars seen so far
+# The resolver picks its candidate patterns by first character: a plain scalar starting with any other one
+# is a string (most names, paths and words), which needs no pattern at all.
+_IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
+_RESOLVABLE = frozenset(k for k in _IMPLICIT if k) if None not in _IMPLICIT else None
 
 
 @dataclass(frozen=True)
 class Document:
-    """One YAML document of a manifest file, as plain data, with positions of its values and keys."""
+    """One YAML document of a manifest file, as plain data, with where each value starts.
+
+    `marks` holds the parser's marks (0-based line and column), made into a `Position` only when asked
+    for: most documents are valid, and their positions are never needed.
+    """
 
     file: Path
     index: int
     data: Any
-    positions: dict[JsonPath, Position] = field(compare=False, repr=False)
+    marks: dict[JsonPath, Any] = field(compare=False, repr=False)
 
     def position(self, path: Iterable[str | int]) -> Position:
         """Position of the value at `path`, or of its nearest ancestor that has one."""
         key = tuple(path)
-        while key:
-            if key in self.positions:
-                return self.positions[key]
+        while key and key not in self.marks:
             key = key[:-1]
-        return self.positions.get((), Position(1, 1))
+        mark = self.marks.get(key)
+        return Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
+
+    @property
+    def positions(self) -> dict[JsonPath, Position]:
+        return {path: Position(m.line + 1, m.column + 1) for path, m in self.marks.items()}
 
 
 class _Refused(Exception):
@@ -100,12 +110,17 @@ def find_manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnos
 def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:
     """All documents of one manifest file, or the diagnostics that explain why it cannot be read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return [], [_file_error(path, f"file is too large ({size} bytes; the limit is {MAX_FILE_BYTES})")]
-        raw = path.read_bytes()
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or a device would block, or never end
+            return [], [_file_error(path, "not a regular file")]
+        if status.st_size > MAX_FILE_BYTES:
+            return [], [_file_error(path, f"file is too large ({status.st_size} bytes; the limit is {MAX_FILE_BYTES})")]
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # bounded, should it have grown since
     except OSError as exc:
         return [], [_file_error(path, f"cannot read file: {exc.strerror or exc}")]
+    if len(raw) > MAX_FILE_BYTES:
+        return [], [_file_error(path, f"file is too large (more than {MAX_FILE_BYTES} bytes)")]
     if b"\x00" in raw:
         return [], [_file_error(path, "file is binary, not YAML text")]
     try:
@@ -193,10 +208,10 @@ class _Builder:
         self._document_start()
 
     def run(self, parser: Any) -> None:
-        get_event, tags, position, frame_of = parser.get_event, _TAGS, _position, _Frame
+        get_event, tags, frame_of, no_key, merge, text_tag = parser.get_event, _TAGS, _Frame, _NO_KEY, _Merge, _STR
         scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
         mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
-        collection_end = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+        mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
         order, stack = self.order, self.stack
         while (event := get_event()) is not None:
             kind = type(event)
@@ -207,7 +222,7 @@ class _Builder:
                 frame = stack[-1]
                 if frame.mapping:
                     key = frame.key
-                    if key is _NO_KEY:
+                    if key is no_key:
                         if kind is scalar_event and event.tag is None and event.implicit[0]:
                             text = event.value
                             if (tags.get(text) or self._resolve(text)) in _ALLOWED_SCALARS and text not in frame.value:
@@ -215,38 +230,32 @@ class _Builder:
                                 continue
                         self._key(frame, event)
                         continue
-                    if type(key) is _Merge:
+                    if type(key) is merge:
                         self._value(event)
                         continue
-                    path = frame.path + (key,)
-                    frame.key = _NO_KEY
+                    frame.key = no_key
                 else:
                     key = frame.count
-                    path = frame.path + (key,)
                     frame.count = key + 1
-                mark = event.start_mark
-                order.append((path, position((mark.line + 1, mark.column + 1))))
-                tag = event.tag
+                path = frame.path + (key,)
+                order.append((path, event.start_mark))
                 if kind is scalar_event:
-                    text = event.value
-                    if (tag is None or tag == "!") and event.implicit[0]:  # `!` too, as PyYAML does
-                        tag = tags.get(text) or self._resolve(text)
-                    if tag is None or tag == "!" or tag == _STR:  # the tag of a quoted scalar, or `!`: text
-                        value: Any = text
-                    else:
-                        value = self._scalar(event, path, tag)
+                    text, tag = event.value, event.tag
+                    if tag is None or tag == "!":  # `!` too, as PyYAML does
+                        tag = (tags.get(text) or self._resolve(text)) if event.implicit[0] else text_tag
+                    value: Any = text if tag == text_tag else self._scalar(event, path, tag)
                 else:
                     if len(stack) >= MAX_DEPTH:
-                        raise _Refused(_too_deep(), mark)
-                    if tag is not None and tag != "!" and tag != (_MAP if kind is mapping_start else _SEQ):
-                        raise _Refused(_tag_message(tag), mark, path)
+                        raise _Refused(_too_deep(), event.start_mark)
+                    if event.tag not in (None, "!", _MAP if kind is mapping_start else _SEQ):
+                        raise _Refused(_tag_message(event.tag), event.start_mark, path)
                     value = {} if kind is mapping_start else []
                     stack.append(frame_of(value, path, len(order) - 1, None))
                 if frame.mapping:
                     frame.value[key] = value
                 else:
                     frame.value.append(value)  # type: ignore[union-attr]
-            elif kind in collection_end:
+            elif kind is mapping_end or kind is sequence_end:
                 self._end()
             elif kind is alias_event:
                 self._value(event)
@@ -282,13 +291,16 @@ class _Builder:
 
     def _resolve(self, text: str) -> str:
         """The implicit tag of a plain scalar: it depends on the text alone (no path resolvers are used)."""
-        tag = _resolve(yaml.ScalarNode, text, (True, False))
+        if text and _RESOLVABLE is not None and text[0] not in _RESOLVABLE:
+            tag = _STR
+        else:
+            tag = _resolve(yaml.ScalarNode, text, (True, False))
         if len(text) <= 64 and len(_TAGS) < 50_000:
             _TAGS[text] = tag
         return tag
 
     def _document_start(self) -> None:
-        self.order: list[tuple[_Path, Position]] = []
+        self.order: list[tuple[_Path, Any]] = []  # (path, mark) of each value, in document order
         self.anchors: dict[str, _Anchor] = {}
         self.open: set[str] = set()
         self.stack: list[_Frame] = []
@@ -317,8 +329,7 @@ class _Builder:
             else:
                 path = frame.path + (frame.count,)
                 frame.count += 1
-        mark = event.start_mark
-        self.order.append((path, _position((mark.line + 1, mark.column + 1))))
+        self.order.append((path, event.start_mark))
         return path
 
     def _attach(self, path: _Path, value: Any, mark: Any) -> None:
@@ -418,7 +429,7 @@ class _Builder:
                     if key not in mapping:
                         mapping[key] = item
                         chosen.add((merge, i, key))
-        depth, moved = len(frame.path), list[tuple[_Path, Position]]()
+        depth, moved = len(frame.path), list[tuple[_Path, Any]]()
         for p, pos in self.order[frame.start:]:
             if len(p) > depth and type(p[depth]) is _Merge:
                 merge = p[depth]

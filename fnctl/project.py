@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fnctl.errors import BadInput
 from fnctl.model import Limits
 from fnctl.units import parse_duration, parse_size
@@ -73,6 +71,8 @@ def write_config(path: Path, name: str) -> None:
         "gateway": {"address": DEFAULT_GATEWAY},
         "defaults": {"limits": {"timeout": "10s", "memory": "128Mi", "cpu": 0.5}},
     }
+    import tomli_w  # only `init` writes a config
+
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
 
 

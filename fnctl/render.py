@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
-from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fnctl.validate import ValidationResult
 
 
@@ -25,12 +27,30 @@ OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format
 
 @cache
 def console() -> Console:
+    from rich.console import Console  # imported when first needed: `fnctl validate` in CI never needs it
+
     return Console(highlight=False, soft_wrap=True)
 
 
 @cache
 def err_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _line(text: str, *, stderr: bool = False, styled: str | None = None) -> None:
+    """One line: as is when the stream is not a terminal (what rich would print there too, without loading
+    rich), else through rich, with `styled` (rich markup) when given."""
+    stream: TextIO = sys.stderr if stderr else sys.stdout
+    try:
+        plain = not stream.isatty() and "FORCE_COLOR" not in os.environ
+    except (AttributeError, ValueError):
+        plain = True
+    if plain:
+        stream.write(text + "\n")
+    else:
+        (err_console() if stderr else console()).print(styled or text, markup=styled is not None, emoji=False)
 
 
 def print_json(data: Any) -> None:
@@ -46,15 +66,15 @@ def render_validation(result: ValidationResult, output: Output) -> None:
                     "errors": [d.as_json() for d in result.diagnostics]})
         return
     for diagnostic in result.diagnostics:
-        err_console().print(diagnostic.render(), markup=False, emoji=False)  # verbatim: `:smile:` is user text
+        _line(diagnostic.render(), stderr=True)  # verbatim, never markup or emoji: `[b]`, `:smile:` are user text
     files = _count(len(result.files), "file", "files")
     if result.ok:
         singular = {"functions": "function", "triggers": "trigger", "views": "view", "policies": "policy"}
         summary = ", ".join(_count(n, singular[k], k) for k, n in counts.items())
-        console().print(f"[green]valid[/green]: {files}, {summary}")
+        _line(f"valid: {files}, {summary}", styled=f"[green]valid[/green]: {files}, {summary}")
     else:
         problems = _count(len(result.diagnostics), "problem", "problems")
-        err_console().print(f"[red]invalid[/red]: {problems} in {files}")
+        _line(f"invalid: {problems} in {files}", stderr=True, styled=f"[red]invalid[/red]: {problems} in {files}")
 
 
 def _count(n: int, singular: str, plural: str) -> str:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fnctl.diagnostics import display_path
 from fnctl.model import (
@@ -236,6 +235,8 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
         yield trigger, at + ("schedule",), f"invalid cron expression {schedule!r} (expected e.g. '*/5 * * * *')"
     zone = trigger.config.get("timezone")
     if zone is not None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only when a manifest has a cron trigger
+
         try:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America

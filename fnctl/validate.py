@@ -43,14 +43,16 @@ def validate_paths(project: Project, paths: Iterable[Path] | None = None) -> Val
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Loading builds a large heap that holds no cycles worth collecting: left running, the cyclic garbage
-    collector rescans it over and over, which takes as long as the loading itself. Afterwards the objects
-    are frozen (still freed by reference counting) so that the first collection does not scan them all."""
-    enabled = gc.isenabled()
+    collector rescans it over and over, which takes as long as the loading itself. Afterwards what was built
+    joins the oldest generation (freeze, then unfreeze), so the next young collection does not scan it all."""
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if not frozen:  # leave alone a caller's own use of gc.freeze
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()
 

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,15 +135,27 @@ def test_init_with_force_writes_beside_other_files(tmp_path: Path, monkeypatch: 
     assert runner.invoke(app, ["validate"]).exit_code == 0
 
 
+def _a_directory_with_a_file(root: Path) -> None:
+    (root / "x").mkdir()
+    (root / "x" / "notes.txt").write_text("mine\n")
+
+
+def _a_project_already(root: Path) -> None:
+    (root / "x").mkdir()
+    (root / "x" / "fnctl.toml").write_text("")
+
+
+def _a_file(root: Path) -> None:
+    (root / "x").write_text("a file\n")
+
+
 @pytest.mark.parametrize("setup, args, message", [
-    (lambda d: (d / "x").mkdir() or (d / "x" / "notes.txt").write_text("x"), ["init", "x"],
-     "error: x is not empty; use --force to scaffold into it anyway"),
-    (lambda d: (d / "x").mkdir() or (d / "x" / "fnctl.toml").write_text(""), ["init", "x", "--force"],
-     "error: refusing to overwrite x/fnctl.toml"),
-    (lambda d: (d / "x").write_text("a file"), ["init", "x"], "error: x exists and is not a directory"),
+    (_a_directory_with_a_file, ["init", "x"], "error: x is not empty; use --force to scaffold into it anyway"),
+    (_a_project_already, ["init", "x", "--force"], "error: refusing to overwrite x/fnctl.toml"),
+    (_a_file, ["init", "x"], "error: x exists and is not a directory"),
 ])
-def test_init_refuses_exit_2(tmp_path: Path, setup: object, args: list[str], message: str) -> None:
-    setup(tmp_path)  # type: ignore[operator]
+def test_init_refuses_exit_2(tmp_path: Path, setup: Callable[[Path], None], args: list[str], message: str) -> None:
+    setup(tmp_path)
     done = fnctl(*args, cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", message + "\n")
 

@@ -184,11 +184,12 @@ def test_find_manifest_files(tmp_path: Path) -> None:
 
 
 def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
+    dangling = tmp_path / "gone.yaml"
+    dangling.symlink_to(tmp_path / "nowhere.yaml")
     directory = tmp_path / "dir.yaml"
     directory.mkdir()
-    documents, problems = load_file(directory)
-    assert documents == [] and len(problems) == 1
-    assert problems[0].message.startswith("cannot read file: ")
+    assert [p.render() for p in load_file(dangling)[1]] == [f"{dangling}:1:1: $: cannot read file: No such file or directory"]
+    assert [p.render() for p in load_file(directory)[1]] == [f"{directory}:1:1: $: not a regular file"]
 
 
 # --- fuzzing: whatever the bytes, a diagnostic or the values PyYAML reads -----------------------------------------
@@ -242,3 +243,11 @@ def test_fuzzed_input_never_raises_and_reads_like_pyyaml(tmp_path: Path) -> None
                 assert document.data == expected[document.index], mutated
                 compared += 1
     assert compared > 200
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    assert [p.render() for p in load_file(fifo)[1]] == [f"{fifo}:1:1: $: not a regular file"]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from fnctl import schemas
+from fnctl import fastschema, schemas
 from fnctl.loader import MAX_DOCUMENTS, MAX_FILE_BYTES, load_file
 from fnctl.project import load_project
 from fnctl.validate import ValidationResult, validate_paths
@@ -378,7 +378,7 @@ def test_a_file_changed_between_two_runs_is_read_again(tmp_path: Path, monkeypat
 
 
 def test_the_compiled_checks_know_every_assertion_of_jsonschema() -> None:
-    assert schemas.ASSERTIONS == set(Draft202012Validator.VALIDATORS)
+    assert fastschema.ASSERTIONS == set(Draft202012Validator.VALIDATORS)
 
 
 @pytest.mark.parametrize("kind", [*schemas.KINDS, "project"])
@@ -427,7 +427,8 @@ def test_the_compiled_checks_agree_with_jsonschema_on_mutated_manifests(monkeypa
         kind = document["kind"]
         for candidate in [document] + [_mutate(document, rng) for _ in range(60)]:
             expected = schemas.validator(kind).is_valid(candidate)
-            assert schemas._fast(kind)(candidate) is expected, json.dumps(candidate)  # type: ignore[misc]
+            fast = schemas._fast(kind)
+            assert fast is not None and fast(candidate) is expected, json.dumps(candidate)
             valid += expected
             checked += 1
     assert checked > 2000 and valid > 100 and checked - valid > 1000  # both answers were exercised
@@ -464,3 +465,22 @@ def test_the_fnctl_toml_of_the_manifest_reference_is_valid(tmp_path: Path) -> No
     assert project.name == "my-app"
     assert project.default_limits.timeout == 10.0
     assert project.state_path == tmp_path / ".fnctl" / "state.db"
+
+
+def test_mutated_manifests_get_diagnostics_never_exceptions() -> None:
+    """Whatever a schema-checked document holds, the typed values and semantic checks cope with it."""
+    from fnctl.loader import Document
+    from fnctl.model import Limits
+    from fnctl.validate import build_state
+
+    originals = [d for f in sorted((REPO / "manifests").rglob("*.yaml")) for d in load_file(f)[0]]
+    rng = random.Random(99)
+    invalid = 0
+    for _ in range(400):
+        documents = list(originals)
+        i = rng.randrange(len(documents))
+        documents[i] = Document(documents[i].file, i, _mutate(documents[i].data, rng), documents[i].marks)
+        state, problems = build_state(documents, REPO, Limits())  # must not raise
+        invalid += bool(problems)
+        assert all(p.render() for p in problems)
+    assert 100 < invalid < 400
