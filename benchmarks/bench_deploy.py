@@ -1,7 +1,8 @@
 """Speed of the deploy commands against a real Docker engine and a real state store, as whole processes.
 
 A generated project (temporary directory, removed afterwards with every container and image it made) is
-deployed for real: N functions (default 100), each its own source directory, 1 instance each. Then:
+deployed for real: N functions (default 100), each its own source directory, 1 instance each, from a git
+work tree (so every mutating command reads the commit, as in CI). Then:
 
 - no-op `fnctl diff` and no-op `fnctl apply` with N functions deployed (medians of --runs runs), next to
   the baseline `fnctl validate` of the same manifests (what any diff must do before asking the engine);
@@ -88,7 +89,8 @@ class Bench:
                               text=True, timeout=timeout)
         elapsed = time.perf_counter() - start
         if expect is not None and done.returncode != expect:
-            raise SystemExit(f"fnctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+            raise SystemExit(f"fnctl {' '.join(args)} exited {done.returncode}; the last lines:\n{tail}")
         return elapsed, done.stdout, done.stderr
 
     def write(self, i: int, version: int = 1) -> None:
@@ -253,6 +255,9 @@ def main() -> None:
         for i in range(m):
             bench.write(i)
         bench.manifests(n)
+        git = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org"]
+        for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):  # as in CI: a work tree
+            subprocess.run(git + command, cwd=bench.root, check=True, capture_output=True)
         setup, _, _ = bench.fnctl("apply", "--lock-timeout", "5")
         say(f"setup: {n} functions deployed by one `fnctl apply` in {setup:.1f} s ({n} images built, {n} instances)")
 
@@ -314,7 +319,9 @@ def _an_image(bench: Bench) -> str:
 
     store = connect(bench.state)
     try:
-        return store.revision(name_of(0), 1).image  # type: ignore[union-attr]
+        revision = store.revision(name_of(0), 1)
+        assert revision is not None
+        return revision.image
     finally:
         store.close()
 

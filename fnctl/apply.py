@@ -24,7 +24,7 @@ from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reason
 from fnctl.project import Project
 from fnctl.revisionspec import function_from_spec
 from fnctl.secretref import resolve
-from fnctl.store import RevisionStatus, Store, connect, default_path
+from fnctl.store import Revision, RevisionStatus, Store, connect, default_path
 
 Progress = Callable[[str], None]
 
@@ -199,38 +199,43 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
 def rollback(project: Project, options: Options, name: str, to: int | None, progress: Progress) -> tuple[int, int]:
     """Switch `name` back to an earlier healthy revision (restarting its instances if needed); the current
     one is quarantined. Returns (from, to)."""
-    from fnctl import dockerio
-
     with _session(project, options, "rollback", progress) as ctx:
-        executor.recover(ctx)
+        executor.recover(ctx, orphans=())  # orphans never reach traffic: the next apply removes them
         store = ctx.store
         weights = store.routes().get(name)
         if not weights:
             raise FnctlError(f"{name} is not deployed")
         current = max(weights, key=lambda r: (weights[r], r))
         target = _rollback_target(store, name, current, to)
-        # Secret values are never stored: an old revision that needs them reads them as apply would.
-        secret_values = desired_specs(project, store, None)[1] if target.spec.get("secrets", {}).get("names") else {}
-        if dockerio.image_id(target.image) is None:  # one inspect: listing every image costs more
-            raise FnctlError(f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
-                             "deploy the old manifests with `fnctl apply` instead")
-        running = [r for r in store.instances(name) if r.revision == target.number]
-        if not running:
-            function = function_from_spec(name, target.spec, project.default_limits)
-            # Checked like a deploy's: traffic must only ever reach instances that passed.
-            executor.start_checked(ctx, function, target.number, target.image, secret_values.get(name, {}),
-                                   max(1, function.scaling.min_instances))
-        executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}")
+        if not [r for r in store.instances(name) if r.revision == target.number]:
+            _restart(ctx, project, target)
         reason = f"rolled back by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S')} (fnctl rollback)"
-        with store.transaction():
+
+        def quarantine() -> None:  # with the switch, in one transaction: a crash cannot leave one without the other
             store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
             store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
-                        detail=f"revision {current}: {reason}")
+                        git_commit=ctx.git_commit, detail=f"revision {current}: {reason}")
+
+        executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}", also=quarantine)
         executor.stop_other_revisions(ctx, name, keep={target.number})
         return current, target.number
 
 
-def _rollback_target(store: Store, name: str, current: int, to: int | None) -> Any:
+def _restart(ctx: executor.Context, project: Project, target: Revision) -> None:
+    """Start the instances of `target` again, from its image (never built here), checked like a deploy's."""
+    from fnctl import dockerio
+
+    if dockerio.image_id(target.image) is None:  # one inspect: listing every image costs more
+        raise FnctlError(f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
+                         "deploy the old manifests with `fnctl apply` instead")
+    # Secret values are never stored: an old revision that needs them reads them as apply would.
+    secrets = desired_specs(project, ctx.store, None)[1] if target.spec.get("secrets", {}).get("names") else {}
+    function = function_from_spec(target.function, target.spec, project.default_limits)
+    executor.start_checked(ctx, function, target.number, target.image, secrets.get(target.function, {}),
+                           max(1, function.scaling.min_instances))
+
+
+def _rollback_target(store: Store, name: str, current: int, to: int | None) -> Revision:
     revisions = store.revisions(name)
     if to is not None:
         chosen = next((r for r in revisions if r.number == to), None)

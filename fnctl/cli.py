@@ -55,12 +55,13 @@ def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
 
     Example: fnctl validate manifests/ -o json
     """
-    from fnctl.project import load_project
+    from fnctl.project import find_root, load_project
     from fnctl.render import render_validation
     from fnctl.validate import validate_paths
 
     # The project (its root, its defaults) is the one around the first path given, not the working directory's.
-    result = validate_paths(load_project(paths[0] if paths else None), paths)
+    hint = paths[0] if paths and find_root(paths[0]) else None
+    result = validate_paths(load_project(hint), paths)
     render_validation(result, output)
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
 

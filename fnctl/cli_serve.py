@@ -1,5 +1,62 @@
-"""`fnctl serve`: the gateway's command line (the gateway itself lives in `gateway`)."""
+"""`fnctl serve`: the gateway's command line (the gateway itself lives in `gateway`, the process in `serve`)."""
 
 from __future__ import annotations
 
-from fnctl.cli import app  # noqa: F401  (commands register on it)
+from typing import Annotated, Optional
+
+import typer
+
+from fnctl.cli import app
+from fnctl.cli_deploy import StateOpt
+
+
+@app.command()
+def serve(
+    address: Annotated[Optional[str], typer.Option("--address", "-a", help="host:port to listen on (default: fnctl.toml's gateway.address, else 127.0.0.1:8080).", show_default=False)] = None,
+    state: StateOpt = None,
+    read_timeout: Annotated[Optional[float], typer.Option("--read-timeout", help="Seconds a client may take to send its request, and to idle on keep-alive (default 10).", show_default=False)] = None,
+    max_body: Annotated[Optional[str], typer.Option("--max-body", help="Largest request body, e.g. 6Mi (default; a function's payload limit may be lower): 413 beyond.", show_default=False)] = None,
+    max_header: Annotated[Optional[str], typer.Option("--max-header", help="Largest request headers in all, e.g. 16Ki (default): 431 beyond.", show_default=False)] = None,
+    idle_timeout: Annotated[Optional[str], typer.Option("--idle-timeout", help="Stop an instance above minInstances after it idled this long (default 5m).", show_default=False)] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")] = True,
+) -> None:
+    """Run the gateway: HTTP invocations, HTTP Triggers, cron triggers, metrics; until SIGTERM or Ctrl-C.
+
+    Endpoints: POST /invoke/NAME, every HTTP Trigger route, /healthz, /readyz, /metrics (Prometheus).
+    Routing changes made by `fnctl apply`, `rollback` or a rollout are picked up within a second.
+
+    On SIGTERM the gateway stops accepting, answers the requests in flight (up to gateway.drainTimeout,
+    30 s by default) and exits 0. Settings come from the gateway section of fnctl.toml; options override them.
+    See docs/serve.md for running it under systemd.
+
+    Examples:
+      fnctl serve
+      fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
+    """
+    from dataclasses import replace
+
+    from fnctl.apply import state_path
+    from fnctl.errors import BadInput
+    from fnctl.project import load_project
+    from fnctl.serve import ServeOptions, parse_address, project_limits
+    from fnctl.serve import serve as run
+    from fnctl.units import parse_duration, parse_size
+
+    project = load_project()
+    limits, idle = project_limits(project)
+    try:
+        if read_timeout is not None:
+            limits = replace(limits, read_timeout=read_timeout)
+        if max_body is not None:
+            limits = replace(limits, max_body=parse_size(max_body))
+        if max_header is not None:
+            limits = replace(limits, max_header=parse_size(max_header))
+        if idle_timeout is not None:
+            idle = parse_duration(idle_timeout)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    host, port = parse_address(address or project.gateway)
+    options = ServeOptions(host=host, port=port, limits=limits, access_log=access_log)
+    if idle is not None:
+        options = replace(options, idle_seconds=idle)
+    run(project, state_path(project, state), options)

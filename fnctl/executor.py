@@ -219,9 +219,12 @@ def returns_problem(function: Function, result: Any) -> str | None:
     return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or '(result)'}: {error.message}"
 
 
-def switch(ctx: Context, name: str, weights: dict[int, int], what: str) -> None:
-    """One atomic change of the routing table, audited in the same transaction."""
+def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
+           also: Callable[[], None] = lambda: None) -> None:
+    """One atomic change of the routing table, audited in the same transaction (as are the writes `also`
+    makes, which must land together with it)."""
     with ctx.store.transaction():
+        also()
         for revision, weight in weights.items():
             current = ctx.store.revision(name, revision)
             if weight > 0 and current is not None and current.status is RevisionStatus.PENDING:
@@ -251,8 +254,11 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
             pass  # already gone or unresponsive: killed below either way
         finally:
             transport.close()
-    for container in dockerio.list_containers({"io.fnctl.instance": row.id}):
-        dockerio.kill(container.id)
+    # A row without its container ID (its start was interrupted) finds the container by label.
+    doomed = [row.container_id] if row.container_id else [
+        c.id for c in dockerio.list_containers({"io.fnctl.instance": row.id})]
+    for container_id in doomed:
+        dockerio.kill(container_id)
     instances.remove_socket_dir(row.socket_dir)
     ctx.store.remove_instance(row.id)
 

@@ -35,6 +35,9 @@ def actor() -> str:
 
 def git_info(path: Path) -> GitInfo | None:
     """HEAD's commit and author when `path` is inside a git work tree, else None."""
+    if "GIT_DIR" not in os.environ and not any(
+            (directory / ".git").exists() for directory in (path.resolve(), *path.resolve().parents)):
+        return None  # not a work tree: spares importing gitpython, which runs `git version` (~0.1 s)
     try:
         import git
     except ImportError:

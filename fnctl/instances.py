@@ -233,6 +233,14 @@ _KINDS = {
 
 
 def _outcome(instance: Instance, result: InvocationResult) -> Outcome:
+    outcome = outcome_of(result)
+    if outcome.failure in RECYCLE:
+        kill(instance)
+    return outcome
+
+
+def outcome_of(result: InvocationResult) -> Outcome:
+    """The typed Outcome of a runtime's reply (pure); a failure in RECYCLE means the instance must go."""
     if result.ok:
         return Outcome(True, result.result, None, "", "", result.logs, result.duration_ms)
     error = result.error
@@ -241,8 +249,6 @@ def _outcome(instance: Instance, result: InvocationResult) -> Outcome:
     text = f"{error.type}: {error.message}"
     if failure is Failure.HANDLER_ERROR:
         failure = _classify_os_error(text)
-    if failure in RECYCLE:
-        kill(instance)
     return Outcome(False, None, failure, text, error.traceback, result.logs, result.duration_ms)
 
 

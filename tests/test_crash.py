@@ -92,6 +92,27 @@ def test_apply_killed_at_step_is_completed_by_the_next_apply(deployment: Deploym
     assert project.fnctl("diff").code == 0
 
 
+def test_rollback_killed_before_the_switch_can_be_run_again(deployment: Deployment) -> None:
+    project = deployment.project
+    current = project.live_revision("hello")
+    crashed = project.fnctl("rollback", "hello", env={"FNCTL_TEST_CRASH_AT": "health-checked"})
+    assert crashed.code == -signal.SIGKILL, crashed.text
+    assert project.live_revision("hello") == current and project.invoke("hello")["version"] == deployment.version
+
+    rolled = project.ok("rollback", "hello")
+    assert f"rolled back from revision {current}" in rolled.out
+    with project.store() as store:
+        revision = store.revision("hello", current)
+        assert revision is not None and revision.status.value == "quarantined"
+        (repair,) = [e for e in store.audit_log("", limit=3) if e.command == "rollback" and e.action == "recover"]
+    assert "removed instance" in (repair.detail or ""), "the half-started instance was not cleaned up"
+    project.assert_consistent()
+    # The manifests follow the rollback (as a revert commit would), so that later applies have nothing to do.
+    deployment.next_version()
+    assert project.invoke("hello")["version"] == deployment.version
+    assert project.fnctl("diff").code == 0
+
+
 def test_first_deploy_killed_before_the_switch_is_retried(deployment: Deployment) -> None:
     project = deployment.project
     project.function("fresh", version=deployment.version)

@@ -17,7 +17,7 @@ SPEC: dict[str, Any] = {"handler": "main.handler", "env": {"GREETING": "hi"}, "l
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
-    spec = json.loads(json.dumps(SPEC))
+    spec: dict[str, Any] = json.loads(json.dumps(SPEC))
     for path, value in changes.items():
         *parents, leaf = path.split("__")
         target = spec
