@@ -17,6 +17,7 @@ from typing import Any
 
 from fnctl.diagnostics import display_path
 from fnctl.model import (
+    Isolation,
     MAX_LIMITS, MIN_MEMORY, Analysis, DesiredState, Function, Kind, Policy, Step, StepKind, Strategy, Trigger,
     TriggerType, View,
 )
@@ -24,6 +25,7 @@ from fnctl.schemas import check_json_schema
 from fnctl.units import format_duration
 
 Finding = tuple[Function | Trigger | View | Policy, tuple[str | int, ...], str]
+MIN_GVISOR_PIDS = 64
 _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
@@ -209,6 +211,10 @@ def _limits(function: Function) -> Iterator[Finding]:
         yield function, at + ("memory",), "memory must be at least 32Mi (a Python runtime needs it to start)"
     if limits.timeout <= 0:
         yield function, at + ("timeout",), "timeout must be more than 0"
+    if function.isolation is Isolation.GVISOR and limits.pids < MIN_GVISOR_PIDS:
+        # runsc's own threads count against the container's pids limit: below this it cannot even start.
+        yield (function, at + ("pids",),
+               f"isolation: gvisor needs pids of at least {MIN_GVISOR_PIDS} (gVisor's own threads count against it)")
 
 
 def _env_and_secrets(function: Function) -> Iterator[Finding]:

@@ -171,6 +171,8 @@ CASES: dict[str, list[str]] = {
         f"{F}:9:21: $.spec.limits.timeout: timeout exceeds the maximum of 15m",
         f"{F}:9:34: $.spec.limits.memory: memory exceeds the maximum of 4Gi",
     ],
+    "gvisor-pids-too-low": [f"{F}:10:18: $.spec.limits.pids: isolation: gvisor needs pids of at least 64 "
+                            "(gVisor's own threads count against it)"],
     "min-over-max-instances": [f"{F}:9:27: $.spec.scaling.minInstances: minInstances (5) exceeds maxInstances (2)"],
     "reserved-env": [f"{F}:9:35: $.spec.env.PYTHONPATH: 'PYTHONPATH' is reserved for the runtime (FNCTL_* and PYTHON*)"],
     "invalid-parameters-schema": [f"{F}:9:15: $.spec.parameters: not a valid JSON Schema: 'objekt' is not valid under "
