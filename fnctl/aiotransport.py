@@ -1,0 +1,272 @@
+"""The instance protocol of `fnctl.transport`, spoken from asyncio: one connection per instance carrying any
+number of concurrent invocations, for the gateway's instance pool.
+
+Same frames, same messages, same results and errors as the thread-based `UnixSocketTransport`; only the
+waiting differs (futures on the event loop instead of a reader thread and locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fnctl.errors import BadInput
+from fnctl.transport import (
+    DEFAULT_MAX_FRAME, HEADER, INVOKE_GRACE, PROTOCOL_VERSION, ConnectionLost, InvocationResult,
+    RuntimeStartFailed, TransportError, TransportTimeout, _read_error_file, encode_frame,
+)
+
+# (invocation_id, method, params) -> result; raising sends an error reply to the handler
+AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+CONNECT_POLL = 0.005  # seconds between attempts while the runtime's socket is not there yet
+
+
+class FrameTooLarge(TransportError):
+    """A request over the transport's `max_request`: refused before sending, the connection stays usable
+    (the runtime drops a connection whose frame is far over its payload limit, failing every caller on it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the request is {size} bytes; the limit is {limit} bytes")
+        self.size, self.limit = size, limit
+
+
+class _Protocol(asyncio.Protocol):
+    """Cuts the byte stream into frames and hands each message to its transport."""
+
+    def __init__(self, owner: AsyncTransport) -> None:
+        self.owner = owner
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            if size > self.owner.max_frame:
+                self.owner.abort(f"the runtime sent a frame of {size} bytes (limit {self.owner.max_frame})")
+                return
+            end = HEADER.size + size
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[HEADER.size:end])
+            del buffer[:end]
+            try:
+                message = json.loads(body)
+            except ValueError as exc:
+                self.owner.abort(f"the runtime sent a frame that is not JSON: {exc}")
+                return
+            if not isinstance(message, dict):
+                self.owner.abort("the runtime sent a frame that is not a JSON object")
+                return
+            self.owner.received(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.lost(f"the connection to the runtime failed: {exc}" if exc else "the runtime closed the connection")
+
+
+class AsyncTransport:
+    """One connection to a runtime. Not thread-safe: use it from the event loop that connected it.
+
+    `on_lost` is called once, on the loop, when the connection goes away for any reason but `close()`.
+    """
+
+    def __init__(self, socket_path: str, *, on_call: AsyncCallHandler | None = None,
+                 max_frame: int = DEFAULT_MAX_FRAME, max_request: int | None = None) -> None:
+        self.socket_path = socket_path
+        self.on_call = on_call
+        self.on_lost: Callable[[str], None] | None = None
+        self.ready: dict[str, Any] | None = None
+        self.max_frame = max_frame
+        self.max_request = max_request
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._transport: asyncio.Transport | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._lost: str | None = None  # why the connection is gone; None while usable
+        self._closing = False
+        self._notified = False
+        self._calls: set[asyncio.Task[None]] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and self._lost is None
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for the socket to appear and the runtime's `ready` message; returns that message."""
+        if self._transport is not None or self._closing:
+            raise TransportError("the transport is already connected, or closed: use a new one")
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        self._ready = loop.create_future()
+        await self._open(loop, deadline, timeout)
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(self._ready), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            await self.close()
+            raise TransportTimeout(f"the runtime at {self.socket_path} did not say ready within {timeout:g}s") from None
+        except BaseException:
+            await self.close()
+            raise
+        if ready.get("protocol") != PROTOCOL_VERSION:
+            await self.close()
+            raise TransportError(f"the runtime speaks protocol {ready.get('protocol')!r}, not {PROTOCOL_VERSION}")
+        self.ready = ready
+        return ready
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
+        error_file = os.path.join(os.path.dirname(self.socket_path), "error.json")
+        while True:
+            try:
+                transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), self.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass  # not listening yet: keep polling until the deadline
+            else:
+                assert isinstance(transport, asyncio.Transport)
+                self._transport = transport
+                return
+            if os.path.exists(error_file):
+                raise RuntimeStartFailed(_read_error_file(error_file))
+            if time.monotonic() >= deadline:
+                raise TransportTimeout(f"no runtime listening on {self.socket_path} after {timeout:g}s")
+            await asyncio.sleep(CONNECT_POLL)
+
+    async def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
+        await self._request({"type": "configure", "secrets": dict(secrets)}, "configured", timeout)
+
+    async def invoke(
+        self, event: Any, *, invocation_id: str, deadline: float,
+        caller: Mapping[str, Any] | None = None, timeout: float | None = None,
+    ) -> InvocationResult:
+        """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
+        if timeout is None:
+            timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
+        context = {"invocation_id": invocation_id, "deadline": deadline,
+                   "caller": dict(caller) if caller is not None else None}
+        reply = await self._request({"type": "invoke", "event": event, "context": context}, "result", timeout)
+        return InvocationResult.from_message(reply)
+
+    async def ping(self, timeout: float = 5.0) -> int:
+        """The number of invocations in flight on the instance (over every connection)."""
+        return int((await self._request({"type": "ping"}, "pong", timeout)).get("inflight", 0))
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Finish in-flight invocations, refuse new ones; the runtime exits once this returns."""
+        await self._request({"type": "drain"}, "drained", timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        self._fail_all("the transport was closed")
+        for task in list(self._calls):
+            task.cancel()
+
+    # ---- called by the protocol ----
+
+    def received(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if self._ready is not None and not self._ready.done():
+            if kind == "ready":
+                self._ready.set_result(message)
+            else:
+                self.abort(f"the runtime sent {kind!r} before it was ready")
+            return
+        if kind == "call":
+            task = asyncio.get_running_loop().create_task(self._run_callback(message))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+            return
+        request_id = message.get("id")
+        future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if future is not None and not future.done():
+            future.set_result(message)
+        # else: a reply to a request that already timed out or was cancelled
+
+    def lost(self, reason: str) -> None:
+        self._transport = None
+        self._fail_all("the transport was closed" if self._closing else reason)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ConnectionLost(f"the runtime at {self.socket_path} closed the connection "
+                                                     "before it was ready"))
+        if not self._notified and not self._closing and self.on_lost is not None:
+            self._notified = True
+            self.on_lost(self._lost or reason)
+
+    def abort(self, reason: str) -> None:
+        """A protocol violation: the connection cannot be trusted any more."""
+        transport = self._transport
+        self._fail_all(reason)
+        if transport is not None:
+            transport.abort()  # connection_lost follows, which notifies `on_lost`
+
+    # ---- request/reply plumbing ----
+
+    async def _request(self, message: dict[str, Any], expect: str, timeout: float) -> dict[str, Any]:
+        transport = self._transport
+        if transport is None or self._lost is not None:
+            raise ConnectionLost(self._lost or "the transport is not connected")
+        request_id = next(self._ids)
+        try:
+            frame = encode_frame({**message, "id": request_id})
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
+        if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
+            raise FrameTooLarge(len(frame) - HEADER.size, self.max_request)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[request_id] = future
+        # One timer per request, cheaper than asyncio.wait_for (which wraps the future in another task).
+        timer = loop.call_later(timeout, self._expire, request_id, message["type"], timeout)
+        try:
+            transport.write(frame)
+            reply = await future
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)  # cancelled by the caller: forget it, drop its late reply
+        return _expect(reply, expect)
+
+    def _expire(self, request_id: int, kind: str, timeout: float) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(TransportTimeout(f"no reply to {kind} within {timeout:g}s"))
+
+    def _fail_all(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(self._lost))
+
+    async def _run_callback(self, message: dict[str, Any]) -> None:
+        call_id = message.get("id")
+        try:
+            if self.on_call is None:
+                raise NotImplementedError("callbacks not supported")
+            params = message.get("params")
+            result = await self.on_call(str(message.get("invocation_id", "")), str(message.get("method", "")),
+                                        params if isinstance(params, dict) else {})
+            frame = encode_frame({"type": "reply", "id": call_id, "ok": True, "result": result})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
+        if self._transport is not None:
+            self._transport.write(frame)
+
+
+def _expect(message: dict[str, Any], expect: str) -> dict[str, Any]:
+    kind = message.get("type")
+    if kind == "error":
+        raise TransportError(f"the runtime refused the request: {message.get('message', '')}")
+    if kind != expect:
+        raise TransportError(f"the runtime answered {kind!r} where {expect!r} was expected")
+    return message
+

@@ -1,0 +1,221 @@
+"""The invocation audit: one append-only row in `invocations` for every invocation and every denied
+attempt, and the access log, one JSON line per request on the `fnctl.access` logger (stdlib logging).
+Both are written by a thread of their own, in batches, so that the event loop never waits on SQLite or
+on a log destination.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+from fnctl.store import Store, StoreError, connect
+
+access_logger = logging.getLogger("fnctl.access")
+log = logging.getLogger("fnctl.audit")
+_INSERT_HEAD = ("INSERT INTO invocations (at, request_id, principal, function, revision, trigger, outcome, status, "
+                "duration_ms, source) VALUES ")
+Row = tuple[float, str, str | None, str, int | None, str | None, str, int, float, str | None]
+
+
+class AuditOutcome(StrEnum):
+    """What became of a request, as the audit records it."""
+
+    OK = "ok"
+    ERROR = "error"  # the handler failed (raised, broke a limit, returned an invalid result)
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+    OVERLOADED = "overloaded"  # 429: the revision's pool and queue were full
+    UNAVAILABLE = "unavailable"  # 503: no revision could serve
+    REJECTED = "rejected"  # refused before invoking: too large, bad request, slow client
+    UNAUTHENTICATED = "unauthenticated"  # 401
+    DENIED = "denied"  # 403
+
+
+class AuditLog:
+    """Append-only audit rows and access lines, queued by `record`/`access` (a deque append: cheap on the
+    event loop) and written by a thread of its own every `interval` seconds, or sooner when `batch` wait.
+    `close` writes what is left."""
+
+    def __init__(self, store_path: Path, *, interval: float = 0.25, batch: int = 500) -> None:
+        self._store_path = store_path
+        self._interval = interval
+        self._batch = batch
+        self._rows: deque[Row] = deque()
+        self._lines: deque[tuple[Row | None, dict[str, Any]]] = deque()  # access lines still to log
+        self._lock = threading.Condition()
+        self._recorded = 0  # rows handed to `record`, and rows in the store: `flush` waits for the gap
+        self._written = 0
+        self._closing = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fnctl-audit", daemon=True)
+        self._thread.start()
+
+    def record(self, *, request_id: str, principal: str | None, function: str, revision: int | None,
+               outcome: str, status: int, duration_ms: float, source: str | None, trigger: str | None = None,
+               access: dict[str, Any] | None = None) -> None:
+        """Queue one audit row, and its access line with the `access` fields (method, path, ...)."""
+        row: Row = (time.time(), request_id, principal, function, revision, trigger, str(outcome), status,
+                    round(duration_ms, 3), source)
+        with self._lock:
+            late = self._closing
+            if not late:
+                self._rows.append(row)
+                self._recorded += 1
+            many = len(self._rows) >= self._batch
+        if access_logger.isEnabledFor(logging.INFO):
+            self._lines.append((row, access or {}))
+        if late:  # after close (a request that outlived the drain): rare, so a connection of its own
+            self._write_late(row)
+        elif many:
+            self._wake.set()
+
+    def access(self, **fields: Any) -> None:
+        """Queue an access line for a request that is no invocation (health, metrics, not found)."""
+        if access_logger.isEnabledFor(logging.INFO):
+            self._lines.append((None, {"at": time.time(), **fields}))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row recorded so far is in the store; False if that took over `timeout`."""
+        with self._lock:
+            target = self._recorded
+        self._wake.set()
+        with self._lock:
+            return self._lock.wait_for(lambda: self._written >= target or not self._thread.is_alive(), timeout) \
+                and self._written >= target
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the writer (blocking: call it off the event loop)."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self._log_lines()  # lines queued after the writer's last round
+
+    @property
+    def queued(self) -> int:
+        return len(self._rows)
+
+    def _write_late(self, row: Row) -> None:
+        try:
+            store = connect(self._store_path)
+            try:
+                _insert(store, [row])
+            finally:
+                store.close()
+        except StoreError as exc:
+            log.error("audit row of request %s lost: %s", row[1], exc)
+
+    def _run(self) -> None:
+        try:
+            store = connect(self._store_path)
+        except StoreError as exc:
+            log.error("the audit log cannot open the store; rows stay queued: %s", exc)
+            return
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                with self._lock:
+                    closing = self._closing
+                self._log_lines()
+                if not self._write(store) and closing:
+                    log.error("%d audit rows lost: the store refused them at shutdown", len(self._rows))
+                    return  # give up only when asked to stop
+                if closing and not self._rows:
+                    return
+        finally:
+            store.close()
+
+    def _write(self, store: Store) -> bool:
+        """Write every queued row in one transaction; False (rows kept, in order) when the store refuses."""
+        batch = list(self._rows)
+        if not batch:
+            return True
+        try:
+            with store.transaction():
+                _insert(store, batch)
+        except Exception as exc:  # the writer must outlive a busy store (BEGIN raises sqlite3's own errors)
+            log.warning("%d audit rows not written yet, will retry: %s", len(batch), exc)
+            return False
+        with self._lock:
+            for _ in batch:  # only this thread removes rows, so the first len(batch) are the ones written
+                self._rows.popleft()
+            self._written += len(batch)
+            self._lock.notify_all()
+        return True
+
+    def _log_lines(self) -> None:
+        for count in range(len(self._lines)):
+            try:
+                row, extra = self._lines.popleft()
+            except IndexError:  # close() after a writer that did not stop in time: it took the rest
+                break
+            fields = extra if row is None else {
+                "at": row[0], "requestId": row[1], "principal": row[2], "function": row[3], "revision": row[4],
+                "trigger": row[5], "outcome": row[6], "status": row[7], "durationMs": row[8], "source": row[9],
+                **extra}
+            log_access(**fields)
+            if count % 64 == 63:
+                time.sleep(0)  # hand the GIL back to the event loop now and then: a long batch must not stall it
+        for handler in access_logger.handlers:
+            handler.flush()
+
+
+_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
+
+
+def _insert(store: Store, rows: list[Row]) -> None:
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        store.execute(_INSERT_HEAD + values, tuple(v for row in chunk for v in row))
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def log_access(**fields: Any) -> None:
+    """Log one JSON access line now (keys in camelCase; `at`, seconds since the epoch, becomes `time` in
+    ISO 8601 UTC). On the event loop, prefer `AuditLog.access`, which logs from the writer thread."""
+    at = fields.pop("at", None) or time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+    line = _JSON.encode({"time": stamp, **fields})
+    # makeRecord + handle: the logging machinery without the caller lookup, which costs more than the rest
+    access_logger.handle(access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, line, (), None))
+
+
+class _BatchStreamHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler that leaves flushing to whoever logs a batch (a flush per line is a syscall each)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+
+def start_access_log(stream: TextIO) -> Callable[[], None]:
+    """Write access lines to `stream`, alone (they are JSON for machines: kept out of the root logger),
+    flushed after each batch; returns the function that stops it."""
+    handler = _BatchStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = access_logger.level, access_logger.propagate
+    access_logger.addHandler(handler)
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False
+
+    def stop() -> None:
+        access_logger.removeHandler(handler)
+        access_logger.setLevel(level)
+        access_logger.propagate = propagate
+        handler.flush()
+
+    return stop

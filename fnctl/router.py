@@ -1,0 +1,204 @@
+"""Routing, decided purely: which revision serves a request (weights, a pinned revision, sticky callers), which
+HTTP Trigger a method and path belong to, and the routing table the gateway builds from the store's rows.
+
+Nothing here touches the network, the store or the clock; the gateway feeds it values and a random draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import unquote
+
+
+class NoRoute(ValueError):
+    """The function has no revision with traffic (and none was pinned)."""
+
+
+def sticky_point(key: str) -> float:
+    """A stable point in [0, 1) for `key`: the same in every process and across restarts (unlike `hash()`)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def choose(weights: Mapping[int, int], *, pinned: int | None = None, sticky_key: str | None = None,
+           draw: float | None = None) -> int:
+    """The revision for one request: `pinned` when given (even at 0%: a preview), else a weighted pick, stable
+    per `sticky_key` when given, else from `draw` (a uniform number in [0, 1); random when None)."""
+    if pinned is not None:
+        return pinned
+    # Newest first: a caller's point stays in the new revision's band as its weight grows, so raising a canary
+    # from 10% to 50% only moves callers towards it, never back and forth.
+    live = sorted(((revision, weight) for revision, weight in weights.items() if weight > 0), reverse=True)
+    if not live:
+        raise NoRoute("no revision has traffic")
+    if sticky_key is not None:
+        point = sticky_point(sticky_key)
+    else:
+        point = random.random() if draw is None else draw
+    target = point * sum(weight for _, weight in live)
+    for revision, weight in live:
+        if target < weight:
+            return revision
+        target -= weight
+    return live[-1][0]  # float rounding at the very top of the range
+
+
+# ---- HTTP triggers -------------------------------------------------------------------------------
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    trigger: str
+    function: str
+    template: str  # as written: /hello/{name}
+    methods: frozenset[str] | None  # None: any method
+    pattern: re.Pattern[str] = field(compare=False)
+    params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: HttpRoute
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MethodNotAllowed:
+    allowed: frozenset[str]
+
+
+def compile_route(trigger: str, function: str, template: str, methods: list[str] | None) -> HttpRoute:
+    """A route for `template`; each `{param}` matches one non-empty path segment."""
+    parts, params, position = [], [], 0
+    for found in _PARAM.finditer(template):
+        parts.append(re.escape(template[position:found.start()]))
+        parts.append(f"(?P<{found.group(1)}>[^/]+)")
+        params.append(found.group(1))
+        position = found.end()
+    parts.append(re.escape(template[position:]))
+    return HttpRoute(trigger, function, template, frozenset(m.upper() for m in methods) if methods else None,
+                     re.compile("".join(parts) + r"\Z"), tuple(params))
+
+
+def _specificity(route: HttpRoute) -> tuple[int, int, int, str]:
+    # Literal text wins over parameters: /users/me is tried before /users/{id}, whatever their names.
+    literal = len(_PARAM.sub("", route.template))
+    return (-literal, len(route.params), -len(route.template), route.trigger)
+
+
+def http_routes(triggers: Mapping[str, Mapping[str, Any]]) -> tuple[HttpRoute, ...]:
+    """The HTTP routes of the Trigger resources (name → spec as written), most specific first."""
+    routes = []
+    for name, spec in triggers.items():
+        http = spec.get("http") if isinstance(spec, Mapping) else None
+        if not isinstance(http, Mapping) or not isinstance(http.get("path"), str):
+            continue
+        methods = http.get("methods")
+        routes.append(compile_route(name, str(spec.get("function", "")), http["path"],
+                                    list(methods) if isinstance(methods, list) else None))
+    return tuple(sorted(routes, key=_specificity))
+
+
+def match(routes: tuple[HttpRoute, ...], method: str, raw_path: str) -> RouteMatch | MethodNotAllowed | None:
+    """The route for `method` on `raw_path` (still percent-encoded, so an encoded '/' stays inside one
+    parameter); MethodNotAllowed when only other methods match the path; None when nothing does."""
+    allowed: set[str] = set()
+    for route in routes:
+        found = route.pattern.match(raw_path)
+        if found is None:
+            continue
+        if route.methods is None or method in route.methods:
+            return RouteMatch(route, {k: unquote(v) for k, v in found.groupdict().items()})
+        allowed |= route.methods
+    return MethodNotAllowed(frozenset(allowed)) if allowed else None
+
+
+# ---- the routing table ---------------------------------------------------------------------------
+
+
+class StickyBy(StrEnum):
+    CALLER = "caller"  # the authenticated principal's subject (anonymous callers are split at random)
+    HEADER = "header"  # a request header's value, e.g. X-User
+    COOKIE = "cookie"  # a cookie's value, e.g. a session id
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    """What the gateway needs of one invocable revision (from its canonical spec)."""
+
+    number: int
+    timeout: float
+    payload: int
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FunctionRoute:
+    name: str
+    weights: dict[int, int]
+    revisions: dict[int, RevisionInfo]  # every invocable revision, routed or not (pinning reaches any)
+    sticky_by: StickyBy | None = None
+    sticky_name: str | None = None  # the header or cookie
+
+    @property
+    def live(self) -> RevisionInfo | None:
+        """The revision with the most traffic (the newest on a tie): whose access rules apply by default."""
+        routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
+        return self.revisions[max(routed, key=lambda r: (self.weights[r], r))] if routed else None
+
+
+@dataclass(frozen=True)
+class Table:
+    functions: dict[str, FunctionRoute]
+    http: tuple[HttpRoute, ...]
+    policies: dict[str, dict[str, Any]]
+
+    @property
+    def routes(self) -> dict[str, dict[int, int]]:
+        return {name: dict(f.weights) for name, f in self.functions.items()}
+
+
+EMPTY = Table({}, (), {})
+
+
+def revision_info(number: int, spec: Mapping[str, Any]) -> RevisionInfo:
+    limits = spec.get("limits") or {}
+    return RevisionInfo(number, float(limits.get("timeout", 10.0)), int(limits.get("payload", 6 * 2**20)),
+                        tuple((spec.get("access") or {}).get("roles", ())))
+
+
+def stickiness(spec: Mapping[str, Any]) -> tuple[StickyBy | None, str | None]:
+    """From a revision's rollout: `stickiness: {by: caller | header | cookie, name}`; an abTest sticks by caller
+    unless told otherwise; other strategies split at random per request."""
+    rollout = spec.get("rollout") or {}
+    sticky = rollout.get("stickiness")
+    if not isinstance(sticky, Mapping):
+        return (StickyBy.CALLER, None) if rollout.get("strategy") == "abTest" else (None, None)
+    try:
+        by = StickyBy(sticky.get("by", "caller"))
+    except ValueError:
+        return None, None
+    name = sticky.get("name")
+    return by, (str(name) if by is not StickyBy.CALLER and name else None)
+
+
+def build_table(routes: Mapping[str, Mapping[int, int]], specs: Mapping[tuple[str, int], Mapping[str, Any]],
+                triggers: Mapping[str, Mapping[str, Any]], policies: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The table from the store's values: `routes` (function → {revision: weight}), the canonical `specs` of
+    the invocable revisions ((function, revision) → spec), and the Trigger and Policy resources."""
+    functions = {}
+    for name, weights in routes.items():
+        revisions = {n: revision_info(n, spec) for (f, n), spec in specs.items() if f == name}
+        routed = [n for n, w in weights.items() if w > 0 and (name, n) in specs]
+        # the newest routed revision's rollout is the one in progress: its stickiness rules
+        by, header = stickiness(specs[(name, max(routed))]) if routed else (None, None)
+        functions[name] = FunctionRoute(name, dict(weights), revisions, by, header)
+    return Table(functions, http_routes(triggers), {k: dict(v) for k, v in policies.items()})

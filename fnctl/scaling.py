@@ -1,0 +1,64 @@
+"""The instance pool's decisions, as pure functions: which instance takes a request, how many instances to
+start, which idle ones to stop, and when a refused caller should come back. No I/O, no clock: callers pass
+the time in; tests cover them without a Docker engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+from fnctl.model import Scaling
+
+
+class Candidate(Protocol):
+    """What the decisions need to know of an instance."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def order(self) -> int: ...
+
+    @property
+    def last_used(self) -> float: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def pick(candidates: Iterable[C], concurrency: int) -> C | None:
+    """The ready instance with the fewest requests in flight, if one has room under `concurrency`. Ties go to
+    the oldest: light traffic then stays on few instances and the others go idle, to be stopped."""
+    best: C | None = None
+    for c in candidates:
+        if c.ready and c.inflight < concurrency and (
+                best is None or (c.inflight, c.order) < (best.inflight, best.order)):
+            best = c
+    return best
+
+
+def to_start(*, ready: int, starting: int, inflight: int, queued: int, scaling: Scaling, keep: int) -> int:
+    """How many instances to start now: enough for every in-flight and queued request at `concurrency`
+    each, never fewer than `keep` (minInstances while routed), never more than maxInstances in all."""
+    needed = -(-(inflight + queued) // max(scaling.concurrency, 1))  # ceiling division
+    wanted = min(max(keep, needed), max(scaling.max_instances, keep))
+    return max(wanted - ready - starting, 0)
+
+
+def idle_to_stop(candidates: Iterable[C], *, now: float, idle_seconds: float, keep: int) -> list[C]:
+    """Ready instances with nothing in flight for `idle_seconds`, newest first, leaving `keep` ready ones."""
+    ready = [c for c in candidates if c.ready]
+    spare = len(ready) - keep
+    if spare <= 0:
+        return []
+    idle = [c for c in ready if c.inflight == 0 and now - c.last_used >= idle_seconds]
+    return sorted(idle, key=lambda c: c.order, reverse=True)[:spare]
+
+
+def retry_after(*, queued: int, capacity: int, latency: float) -> float:
+    """Seconds after which a refused caller may find room: the time to work off the queue, 1 to 60 s."""
+    return min(max(latency * (queued + 1) / max(capacity, 1), 1.0), 60.0)

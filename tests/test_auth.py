@@ -1,0 +1,378 @@
+"""Authentication and authorization at the module level: API keys (real SQLite), JWTs (real PyJWT and
+real RSA keys), the denial matrix and its audit, Policy grants, the `[auth]` config and `fnctl keys`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+
+from fnctl import keys
+from fnctl.audit import AuditLog, AuditOutcome, start_access_log
+from fnctl.auth import (
+    ANONYMOUS, AuthConfig, Authenticator, Principal, PrincipalKind, Unauthenticated, authorize,
+)
+from fnctl.cli import app
+from fnctl.errors import BadInput
+from fnctl.project import load_project
+from fnctl.store import Store, StoreError, connect
+
+AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
+HS_SECRET = "s" * 64
+POLICIES: dict[str, dict[str, Any]] = {
+    "shop": {"roles": {"shop-admin": {"invoke": ["*"], "read": ["*"]}, "service": {"invoke": ["orders"]},
+                       "reader": {"read": ["orders"]}}},
+}
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[rsa.RSAPrivateKey, str, rsa.RSAPrivateKey]:
+    """The issuer's private key, its public key as PEM (what the gateway holds), and a stranger's key."""
+    issuer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = issuer.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return issuer, public, stranger
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "state.db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[Store]:
+    opened = connect(store_path)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
+    (tmp_path / "jwt.pub").write_text(rsa_keys[1])
+    return AuthConfig.from_mapping({"jwt": {"algorithms": ["RS256"], "keyFile": "jwt.pub", "audience": AUDIENCE,
+                                            "issuer": ISSUER}}, tmp_path)
+
+
+@pytest.fixture
+def authenticator(store_path: Path, rs_config: AuthConfig) -> Iterator[Authenticator]:
+    auth = Authenticator(store_path, rs_config)
+    yield auth
+    auth.close()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base = {"sub": "alice", "roles": ["service"], "tenant": "acme", "aud": AUDIENCE, "iss": ISSUER,
+            "exp": int(time.time()) + 300, "iat": int(time.time())}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def rs256(private: Any, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), private, algorithm="RS256")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forged(alg: str, secret: bytes | None, **overrides: Any) -> str:
+    """A token assembled by hand, as an attacker would: any `alg`, signed with any bytes (or not at all)."""
+    head = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + "." + _b64(json.dumps(claims(**overrides)).encode())
+    signature = b"" if secret is None else hmac.new(secret, head.encode(), hashlib.sha256).digest()
+    return head + "." + _b64(signature)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# ---- the denial matrix ----------------------------------------------------------------------------------------
+
+
+def denials(store: Store, rsa_keys: tuple[Any, str, Any]) -> dict[str, dict[str, str]]:
+    """Every way in that must be refused with 401, by name."""
+    issuer, public, stranger = rsa_keys
+    _, good = keys.create(store, "ci", ("service",), None, "test")
+    _, revoked = keys.create(store, "old", ("service",), None, "test")
+    keys.revoke(store, revoked.split("_")[1])
+    key_id = good.split("_")[1]
+    return {
+        "wrong key": {"Authorization": f"Bearer fnk_{key_id}_{'A' * 43}"},
+        "unknown key id": bearer(f"fnk_{'0' * 12}_{good.split('_', 2)[2]}"),
+        "malformed key": {"X-Api-Key": "fnk_short"},
+        "revoked key": {"X-Api-Key": revoked},
+        "expired JWT": bearer(rs256(issuer, exp=int(time.time()) - 60)),
+        "JWT without exp": bearer(rs256(issuer, exp=None)),
+        "alg none": bearer(forged("none", None)),
+        "HS/RS confusion": bearer(forged("HS256", public.encode())),
+        "wrong audience": bearer(rs256(issuer, aud="someone-else")),
+        "no audience": bearer(rs256(issuer, aud=None)),
+        "wrong issuer": bearer(rs256(issuer, iss="https://evil.example.org")),
+        "signed by a stranger": bearer(rs256(stranger)),
+        "not yet valid": bearer(rs256(issuer, nbf=int(time.time()) + 600)),
+        "garbage token": bearer("not.a.jwt"),
+        "basic scheme": {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        "empty bearer": {"Authorization": "Bearer "},
+        "two credentials": {"Authorization": f"Bearer {good}", "X-Api-Key": good},
+    }
+
+
+def test_every_bad_credential_is_refused_without_detail_and_audited(
+        store: Store, store_path: Path, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+    audit = AuditLog(store_path)
+    matrix = denials(store, rsa_keys)
+    for case, headers in matrix.items():
+        with pytest.raises(Unauthenticated) as refused:
+            authenticator.authenticate(headers)
+        assert str(refused.value) == "authentication failed", case  # the reason stays in the server's logs
+        assert refused.value.reason, case
+        audit.record(request_id=f"req-{case}", principal=None, function="orders", revision=None,
+                     outcome=AuditOutcome.UNAUTHENTICATED, status=401, duration_ms=0.2, source="127.0.0.1")
+    assert audit.flush(timeout=10)
+    audit.close()
+    rows = store.query("SELECT request_id, outcome, status, function, source FROM invocations ORDER BY id")
+    assert [r[0] for r in rows] == [f"req-{case}" for case in matrix]
+    assert {(r[1], r[2], r[3], r[4]) for r in rows} == {("unauthenticated", 401, "orders", "127.0.0.1")}
+
+
+def test_a_valid_principal_without_the_role_is_denied(authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+    principal = authenticator.authenticate(bearer(rs256(rsa_keys[0], roles=["viewer"])))
+    assert principal.roles == ("viewer",)
+    assert not authorize(principal, ("service",), POLICIES, "orders")
+    assert not authorize(ANONYMOUS, ("service",), POLICIES, "orders")
+    assert not authorize(ANONYMOUS, (), {}, "orders")  # no access.roles: nobody but Policy grants
+
+
+def test_no_credentials_is_anonymous_and_reaches_public_functions_only(authenticator: Authenticator) -> None:
+    principal = authenticator.authenticate({})
+    assert principal == ANONYMOUS and principal.kind is PrincipalKind.ANONYMOUS
+    assert authorize(principal, ("public",), {}, "hello")
+    assert not authorize(principal, ("service",), {}, "orders")
+
+
+def test_bearer_jwt_without_jwt_config_is_refused(store_path: Path, rsa_keys: tuple[Any, str, Any]) -> None:
+    auth = Authenticator(store_path, AuthConfig())
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(bearer(rs256(rsa_keys[0])))
+
+
+# ---- what is let in --------------------------------------------------------------------------------------------
+
+
+def test_a_valid_jwt_gives_subject_roles_and_tenant(authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+    principal = authenticator.authenticate({"authorization": f"bearer {rs256(rsa_keys[0])}"})
+    assert principal == Principal("alice", ("service",), "acme", PrincipalKind.JWT)
+    assert principal.audit_name == "jwt:alice"
+    assert principal.as_caller() == {"subject": "alice", "roles": ["service"], "tenant": "acme", "kind": "jwt"}
+    assert authorize(principal, ("service", "shop-admin"), {}, "orders")
+
+
+def test_a_remembered_jwt_is_refused_once_it_expires(authenticator: Authenticator,
+                                                     rsa_keys: tuple[Any, str, Any]) -> None:
+    expires = int(time.time()) + 2
+    token = rs256(rsa_keys[0], exp=expires)
+    assert authenticator.authenticate(bearer(token)).subject == "alice"
+    assert authenticator.authenticate(bearer(token)).subject == "alice"  # from the cache of verified tokens
+    deadline = time.monotonic() + 10
+    while time.time() <= expires:  # the named condition: the token's exp has passed
+        assert time.monotonic() < deadline, "the clock did not pass the token's exp"
+        time.sleep(0.05)
+    with pytest.raises(Unauthenticated):
+        authenticator.authenticate(bearer(token))
+
+
+def test_roles_from_a_nested_claim_or_a_space_separated_string(tmp_path: Path, store_path: Path,
+                                                               rsa_keys: tuple[Any, str, Any]) -> None:
+    (tmp_path / "jwt.pub").write_text(rsa_keys[1])
+    config = AuthConfig.from_mapping({"jwt": {"algorithms": ["RS256", "PS256"], "keyFile": "jwt.pub",
+                                              "rolesClaim": "realm_access.roles", "tenantClaim": "org"}}, tmp_path)
+    auth = Authenticator(store_path, config)
+    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60, "org": "acme",
+                        "realm_access": {"roles": ["a", "b", 3]}}, rsa_keys[0], algorithm="PS256")
+    assert auth.authenticate(bearer(token)) == Principal("bob", ("a", "b"), "acme", PrincipalKind.JWT)
+    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60, "realm_access.roles": "x y"}, rsa_keys[0],
+                       algorithm="RS256")
+    assert auth.authenticate(bearer(token)).roles == ("x", "y")
+
+
+def test_hs256_when_configured(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_SECRET", HS_SECRET + "\n")  # a secret file's trailing newline is no part of the key
+    config = AuthConfig.from_mapping({"jwt": {"algorithms": ["HS256"], "keyEnv": "JWT_SECRET"}}, tmp_path)
+    auth = Authenticator(store_path, config)
+    good = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "roles": ["service"]}, HS_SECRET, algorithm="HS256")
+    assert auth.authenticate(bearer(good)).subject == "svc"
+    with pytest.raises(Unauthenticated):  # a token with an audience when none is configured names someone else
+        auth.authenticate(bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "aud": "x"}, HS_SECRET,
+                                            algorithm="HS256")))
+    with pytest.raises(Unauthenticated):  # HS384 is not in the list, even with the right secret
+        auth.authenticate(bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60}, HS_SECRET,
+                                            algorithm="HS384")))
+
+
+def test_api_key_principal_and_revocation_takes_effect_at_once(store: Store, authenticator: Authenticator) -> None:
+    key, raw = keys.create(store, "billing", ("service", "reader"), "acme", "ada")
+    principal = authenticator.authenticate({"X-Api-Key": raw})
+    assert principal == Principal(f"key:{key.id}", ("service", "reader"), "acme", PrincipalKind.KEY)
+    assert principal.audit_name == f"key:{key.id}"
+    assert authenticator.authenticate(bearer(raw)) == principal
+    revoked, changed = keys.revoke(store, key.id)
+    assert changed and not revoked.active
+    with pytest.raises(Unauthenticated):
+        authenticator.authenticate(bearer(raw))
+    assert keys.revoke(store, raw)[1] is False  # a pasted whole key names its id; revoking twice changes nothing
+
+
+def test_policies_grant_invoke_by_role() -> None:
+    def who(*roles: str) -> Principal:
+        return Principal("p", roles, None, PrincipalKind.KEY)
+
+    assert authorize(who("shop-admin"), (), POLICIES, "anything")  # invoke: ["*"]
+    assert authorize(who("service"), (), POLICIES, "orders")
+    assert not authorize(who("service"), (), POLICIES, "hello")
+    assert not authorize(who("reader"), (), POLICIES, "orders")  # read is not invoke
+    assert not authorize(who(), ("service",), POLICIES, "orders")
+    assert authorize(who("other", "service"), ("service",), {}, "orders")
+
+
+# ---- key storage ---------------------------------------------------------------------------------------------
+
+
+def test_keys_are_random_and_stored_only_as_hashes(store: Store, store_path: Path, authenticator: Authenticator) -> None:
+    raws = [keys.create(store, f"k{i}", ("service",), None, "test")[1] for i in range(5)]
+    assert len(set(raws)) == 5 and all(len(r.split("_", 2)[2]) == 43 for r in raws)  # 256 random bits each
+    for raw in raws:
+        authenticator.authenticate(bearer(raw))
+    store.close()
+    authenticator.close()
+    files = [p for p in store_path.parent.iterdir() if p.name.startswith(store_path.name)]
+    content = b"".join(p.read_bytes() for p in files)
+    for raw in raws:
+        assert raw.encode() not in content and raw.split("_", 2)[2].encode() not in content
+        assert keys.digest(raw).encode() in content or _hash_in_db(store_path, raw)
+
+
+def _hash_in_db(path: Path, raw: str) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        return bool(db.execute("SELECT COUNT(*) FROM api_keys WHERE key_hash = ?", (keys.digest(raw),)).fetchone()[0] == 1)
+    finally:
+        db.close()
+
+
+def test_key_creation_refuses_bad_input(store: Store) -> None:
+    for name, roles in (("", ("service",)), ("ci", ()), ("ci", ("Not A Role",))):
+        with pytest.raises(BadInput):
+            keys.create(store, name, roles, None, "test")
+    with pytest.raises(keys.UnknownKey):
+        keys.revoke(store, "000000000000")
+
+
+# ---- the [auth] config ---------------------------------------------------------------------------------------
+
+
+def test_config_from_fnctl_toml(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "jwt.pub").write_text(rsa_keys[1])
+    (tmp_path / "fnctl.toml").write_text('[project]\nname = "t"\n[auth.jwt]\nalgorithms = ["RS256"]\n'
+                                         'keyFile = "keys/jwt.pub"\naudience = ["a", "b"]\nissuer = "i"\n')
+    config = AuthConfig.from_project(load_project(tmp_path))
+    assert config.jwt is not None and config.jwt.algorithms == ("RS256",) and config.jwt.audience == ("a", "b")
+    assert config.jwt.roles_claim == "roles" and config.jwt.tenant_claim == "tenant"
+    (tmp_path / "fnctl.toml").write_text('[project]\nname = "t"\n')
+    assert AuthConfig.from_project(load_project(tmp_path)).jwt is None
+
+
+@pytest.mark.parametrize("jwt_section", [
+    {"algorithms": ["none"], "key": HS_SECRET},  # refused by the schema
+    {"algorithms": ["RS256", "HS256"], "keyFile": "jwt.pub"},  # two families: the confusion, by config
+    {"algorithms": ["HS256"], "key": "short"},
+    {"algorithms": ["HS256"], "keyFile": "jwt.pub"},  # a public key is no HMAC secret
+    {"algorithms": ["RS256"], "key": HS_SECRET},
+    {"algorithms": ["RS256"], "keyFile": "private.pem"},  # the gateway must not hold the signing key
+    {"algorithms": ["RS256"], "keyFile": "missing.pem"},
+    {"algorithms": ["RS256"], "keyFile": "jwt.pub", "key": HS_SECRET},
+])
+def test_unsafe_or_broken_configs_are_refused(tmp_path: Path, rsa_keys: tuple[Any, str, Any],
+                                              jwt_section: dict[str, Any]) -> None:
+    import tomli_w
+
+    (tmp_path / "jwt.pub").write_text(rsa_keys[1])
+    (tmp_path / "private.pem").write_bytes(rsa_keys[0].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "fnctl.toml").write_text(tomli_w.dumps({"project": {"name": "t"}, "auth": {"jwt": jwt_section}}))
+    with pytest.raises(BadInput):
+        AuthConfig.from_project(load_project(tmp_path))
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+
+
+def test_keys_commands(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FNCTL_STATE", str(store_path))
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "ci", "--role", "service", "-r", "reader", "--tenant", "acme"])
+    assert created.exit_code == 0, created.output
+    raw = created.stdout.strip()
+    assert keys.looks_like_key(raw) and raw not in created.stderr  # stdout holds the key alone
+    listed = runner.invoke(app, ["keys", "list", "-o", "json"])
+    assert listed.exit_code == 0
+    [entry] = json.loads(listed.stdout)
+    key_id = raw.split("_")[1]
+    assert entry["id"] == key_id and entry["roles"] == ["service", "reader"] and entry["tenant"] == "acme"
+    secret = raw.split("_", 2)[2]
+    for text in (listed.stdout, runner.invoke(app, ["keys", "list"]).stdout):
+        assert secret not in text and keys.digest(raw) not in text
+    assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
+    auth = Authenticator(store_path, AuthConfig())
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(bearer(raw))
+    auth.close()
+    assert json.loads(runner.invoke(app, ["keys", "list", "-o", "json"]).stdout) == []
+    assert json.loads(runner.invoke(app, ["keys", "list", "--all", "-o", "json"]).stdout)[0]["active"] is False
+
+
+# ---- the audit log -----------------------------------------------------------------------------------------------
+
+
+def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, store_path: Path) -> None:
+    stream = io.StringIO()
+    stop_logging = start_access_log(stream)
+    try:
+        audit = AuditLog(store_path, interval=60)  # a long interval: flush() must wake the writer itself
+        for n in range(3):
+            audit.record(request_id=f"r{n}", principal="key:abc", function="hello", revision=2,
+                         outcome=AuditOutcome.OK, status=200, duration_ms=1.5, source="127.0.0.1:5000",
+                         access={"method": "POST", "path": "/invoke/hello"})
+        audit.access(method="GET", path="/healthz", status=200)
+        assert audit.flush(timeout=10)
+        audit.close()
+    finally:
+        stop_logging()
+    rows = store.query("SELECT request_id, principal, function, revision, outcome, status, duration_ms, source "
+                       "FROM invocations ORDER BY id")
+    assert rows == [(f"r{n}", "key:abc", "hello", 2, "ok", 200, 1.5, "127.0.0.1:5000") for n in range(3)]
+    with pytest.raises(StoreError):
+        store.execute("UPDATE invocations SET status = 500")
+    with pytest.raises(StoreError):
+        store.execute("DELETE FROM invocations")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("requestId") for line in lines] == ["r0", "r1", "r2", None]
+    assert lines[0]["method"] == "POST" and lines[0]["status"] == 200 and lines[0]["principal"] == "key:abc"
+    assert lines[0]["time"].endswith("Z") and lines[3]["path"] == "/healthz"
+    assert not logging.getLogger("fnctl.access").handlers  # stopping restores the logger

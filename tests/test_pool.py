@@ -1,0 +1,638 @@
+"""The gateway's instance pool: its pure decisions, the asyncio transport (against the runtime run as a
+local process), and `PoolManager` against real Docker: scaling up under load and back down, scale from
+zero, crash replacement, 429-class overload, preview of a 0% revision, ready-only routing, drain on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import pytest
+
+from deploy_helpers import Project, cleanup, make_project
+from fnctl import instances
+from fnctl.aiotransport import AsyncTransport, FrameTooLarge
+from fnctl.instances import Failure
+from fnctl.model import Limits, Scaling
+from fnctl.pool import Overloaded, PoolManager, PoolResult, PoolStats, Unavailable
+from fnctl.project import load_project
+from fnctl.revisionpool import RevisionPool, Slot, Target
+from fnctl.revisionspec import function_from_spec
+from fnctl.sandbox import labels
+from fnctl.scaling import idle_to_stop, pick, retry_after, to_start
+from fnctl.store import InstanceRow, InstanceState
+from fnctl.transport import ConnectionLost, ErrorKind, TransportTimeout
+
+T = TypeVar("T")
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+
+
+async def until(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll `condition` on the loop until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def until_async(condition: Callable[[], Awaitable[T]], what: str, timeout: float = 30.0) -> T:
+    """`until` for a condition that must await (a ping, an invocation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# ---- decisions (pure, no daemon) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inst:
+    order: int
+    inflight: int = 0
+    ready: bool = True
+    last_used: float = 0.0
+
+
+def test_pick_takes_the_least_busy_ready_instance_with_room_oldest_first() -> None:
+    assert pick([], 4) is None
+    assert pick([Inst(0, ready=False), Inst(1, inflight=4)], 4) is None  # starting, or full
+    assert pick([Inst(0, inflight=2), Inst(1, inflight=1), Inst(2, inflight=1)], 4) == Inst(1, inflight=1)
+    assert pick([Inst(3), Inst(1), Inst(2)], 1) == Inst(1)  # idle ones: the oldest, so the newer go idle
+    assert pick([Inst(0, inflight=0, ready=False), Inst(1, inflight=3)], 4) == Inst(1, inflight=3)
+
+
+def test_to_start_follows_demand_within_min_and_max() -> None:
+    scaling = Scaling(min_instances=1, max_instances=3, concurrency=2)
+
+    def start(ready: int, starting: int = 0, inflight: int = 0, queued: int = 0, keep: int = 1) -> int:
+        return to_start(ready=ready, starting=starting, inflight=inflight, queued=queued, scaling=scaling, keep=keep)
+
+    assert start(ready=0) == 1  # minInstances kept warm
+    assert start(ready=0, keep=0) == 0  # scaled to zero, nothing asked
+    assert start(ready=0, keep=0, queued=1) == 1  # a cold start
+    assert start(ready=1, inflight=2) == 0  # at concurrency, nothing waiting
+    assert start(ready=1, inflight=2, queued=1) == 1  # in flight per instance exceeds concurrency
+    assert start(ready=1, starting=1, inflight=2, queued=2) == 0  # the one starting covers it
+    assert start(ready=1, inflight=2, queued=50) == 2  # capped at maxInstances
+    assert start(ready=3, inflight=6, queued=50) == 0
+
+
+def test_idle_to_stop_keeps_the_oldest_and_the_busy() -> None:
+    now = 100.0
+    old, newer, busy = Inst(0, last_used=10), Inst(1, last_used=10), Inst(2, inflight=1, last_used=10)
+    assert idle_to_stop([old, newer, busy], now=now, idle_seconds=5, keep=1) == [newer, old]
+    assert idle_to_stop([old, newer], now=now, idle_seconds=5, keep=1) == [newer]
+    assert idle_to_stop([old, newer], now=now, idle_seconds=5, keep=0) == [newer, old]
+    assert idle_to_stop([old, Inst(1, last_used=99)], now=now, idle_seconds=5, keep=0) == [old]  # recently used
+    assert idle_to_stop([old, Inst(1, ready=False)], now=now, idle_seconds=5, keep=0) == [old]  # starting
+    assert idle_to_stop([old], now=now, idle_seconds=5, keep=1) == []
+
+
+def test_retry_after_is_the_time_to_work_off_the_queue_within_bounds() -> None:
+    assert retry_after(queued=0, capacity=8, latency=0.01) == 1.0
+    assert retry_after(queued=63, capacity=8, latency=0.5) == 4.0
+    assert retry_after(queued=63, capacity=0, latency=10.0) == 60.0
+
+
+# ---- the asyncio transport, against the runtime as a local process -----------------------------
+
+HANDLER = """
+import os, time
+def handler(event, context):
+    if event.get("exit"):
+        os._exit(7)
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("call"):
+        return context.call("echo", {"n": event["n"]})
+    return {"n": event.get("n"), "caller": context.caller, "id": context.invocation_id,
+            "secret": os.environ.get("TOKEN")}
+"""
+
+
+@dataclass
+class LocalRuntime:
+    process: subprocess.Popen[bytes]
+    socket_path: str
+    transports: list[AsyncTransport] = field(default_factory=list)
+
+    def transport(self, **kwargs: Any) -> AsyncTransport:
+        transport = AsyncTransport(self.socket_path, **kwargs)
+        self.transports.append(transport)
+        return transport
+
+
+@pytest.fixture
+def local_runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "main.py").write_text(textwrap.dedent(HANDLER))
+    socket_dir = Path(tempfile.mkdtemp(prefix="fnpool-"))  # a socket path must stay under ~108 bytes
+    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(tmp_path / "code"),
+           "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET": str(socket_dir / "sock"),
+           "FNCTL_FUNCTION": "echo", "FNCTL_REVISION": "1", "FNCTL_CONCURRENCY": "16",
+           "FNCTL_PAYLOAD_LIMIT": str(64 * 1024)}
+    with (tmp_path / "runtime.log").open("wb") as out:
+        process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env, stdout=out, stderr=out)
+    runtime = LocalRuntime(process, str(socket_dir / "sock"))
+    yield runtime
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+    shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_async_transport_multiplexes_concurrent_invocations(local_runtime: LocalRuntime) -> None:
+    async def scenario() -> None:
+        transport = local_runtime.transport()
+        ready = await transport.connect(timeout=15)
+        assert ready["type"] == "ready" and ready["function"] == "echo" and ready["concurrency"] == 16
+        await transport.configure({"TOKEN": "t0ken"})
+        caller = {"subject": "ada", "roles": ["dev"]}
+        results = await asyncio.gather(*(
+            transport.invoke({"n": n, "sleep": 0.05 * (n % 3)}, invocation_id=f"inv-{n}",
+                             deadline=time.time() + 10, caller=caller) for n in range(40)))
+        assert [r.result for r in results] == [{"n": n, "caller": caller, "id": f"inv-{n}", "secret": "t0ken"}
+                                               for n in range(40)]
+        assert await transport.ping() == 0
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_transport_callbacks_timeouts_and_size_limit(local_runtime: LocalRuntime) -> None:
+    async def echo(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        return {"invocation": invocation_id, "method": method, "n": params["n"]}
+
+    async def scenario() -> None:
+        transport = local_runtime.transport(on_call=echo, max_request=64 * 1024)
+        await transport.connect(timeout=15)
+        reply = await transport.invoke({"call": True, "n": 3}, invocation_id="c1", deadline=time.time() + 10)
+        assert reply.result == {"invocation": "c1", "method": "echo", "n": 3}
+        with pytest.raises(TransportTimeout):
+            await transport.invoke({"sleep": 1.0}, invocation_id="slow", deadline=time.time() + 10, timeout=0.1)
+        with pytest.raises(FrameTooLarge, match="limit is 65536 bytes"):
+            await transport.invoke({"blob": "x" * 100_000}, invocation_id="big", deadline=time.time() + 10)
+        # Neither the timeout nor the refused request broke the connection for the next caller.
+        assert (await transport.invoke({"n": 1}, invocation_id="after", deadline=time.time() + 10)).ok
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_transport_fails_every_waiter_when_the_runtime_dies(local_runtime: LocalRuntime) -> None:
+    async def scenario() -> None:
+        transport = local_runtime.transport()
+        lost: list[str] = []
+        transport.on_lost = lost.append
+        await transport.connect(timeout=15)
+        slow = [asyncio.ensure_future(transport.invoke({"sleep": 30}, invocation_id=f"s{n}",
+                                                       deadline=time.time() + 60)) for n in range(3)]
+        await until_async(lambda: _equals(transport.ping(), 3), "three invocations in flight")
+        local_runtime.process.send_signal(signal.SIGKILL)
+        done = await asyncio.wait_for(asyncio.gather(*slow, return_exceptions=True), timeout=10)
+        assert all(isinstance(error, ConnectionLost) for error in done), done
+        assert len(lost) == 1
+        with pytest.raises(ConnectionLost):
+            await transport.ping()
+
+    asyncio.run(scenario())
+
+
+def test_async_transport_drain_finishes_in_flight_work_and_refuses_new(local_runtime: LocalRuntime) -> None:
+    async def scenario() -> None:
+        first, second = local_runtime.transport(), local_runtime.transport()
+        await first.connect(timeout=15)
+        await second.connect(timeout=5)
+        slow = asyncio.ensure_future(first.invoke({"sleep": 0.5, "n": 1}, invocation_id="s",
+                                                  deadline=time.time() + 10))
+        await until_async(lambda: _equals(second.ping(), 1), "the slow invocation to be in flight")
+        drain = asyncio.ensure_future(second.drain())
+        refused = await until_async(lambda: _draining(first), "a new invocation to be refused as draining")
+        assert refused.error is not None and "draining" in refused.error.message
+        assert (await slow).result["n"] == 1  # the in-flight one finished
+        await drain
+
+    asyncio.run(scenario())
+
+
+async def _equals(value: Awaitable[T], expected: T) -> bool:
+    return await value == expected
+
+
+async def _draining(transport: AsyncTransport) -> Any:
+    result = await transport.invoke({"n": 2}, invocation_id="late", deadline=time.time() + 10)
+    return result if result.error is not None and result.error.kind is ErrorKind.DRAINING else None
+
+
+# ---- RevisionPool with runtime processes on this machine as its instances (no daemon) -----------
+
+
+class LocalHost:
+    """A pool host whose instances are runtime processes: the pool's own logic, without Docker."""
+
+    def __init__(self, code: Path, concurrency: int) -> None:
+        self.idle_seconds, self.grace_seconds, self.queue_limit, self.closing = 300.0, 30.0, 8, False
+        self.code, self.concurrency = code, concurrency
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped: list[str] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
+        socket_dir = tempfile.mkdtemp(prefix="fnpool-")
+        env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(self.code),
+               "FNCTL_DEPS_DIR": str(self.code / "deps"), "FNCTL_SOCKET": f"{socket_dir}/sock",
+               "FNCTL_CONCURRENCY": str(self.concurrency)}
+        self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
+        probe = AsyncTransport(f"{socket_dir}/sock")
+        await probe.connect(timeout=15)  # as instances.start does: ready before it is handed over
+        await probe.close()
+        return "", socket_dir
+
+    async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
+        self.stopped.append(slot.id)
+        process = self.processes[slot.id]
+        process.kill()
+        process.wait()
+        shutil.rmtree(slot.socket_dir, ignore_errors=True)
+
+    async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
+        process = self.processes[slot.id]
+        await until(lambda: process.poll() is not None, "the runtime process to exit")
+        return (None, "drained") if process.returncode == 0 else (Failure.CRASHED, "the local runtime died")
+
+    async def close(self) -> None:
+        self.closing = True
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+        for process in self.processes.values():
+            process.kill()
+            process.wait()
+
+
+def local_pool(tmp_path: Path, *, min_instances: int, max_instances: int, concurrency: int,
+               timeout: float = 10.0) -> tuple[LocalHost, RevisionPool]:
+    (tmp_path / "code").mkdir(exist_ok=True)
+    (tmp_path / "code" / "main.py").write_text(textwrap.dedent(HANDLER))
+    spec = {"handler": "main.handler", "limits": {"timeout": timeout},
+            "scaling": {"min_instances": min_instances, "max_instances": max_instances, "concurrency": concurrency}}
+    host = LocalHost(tmp_path / "code", concurrency)
+    return host, RevisionPool(host, Target(function_from_spec("echo", spec, Limits()), 1, "local", {}), routed=True)
+
+
+def run_local(host: LocalHost, scenario: Awaitable[None]) -> None:
+    async def main() -> None:
+        try:
+            await scenario
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_a_timed_out_instance_is_replaced_and_the_next_request_succeeds(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=2, concurrency=2, timeout=0.3)
+
+    async def scenario() -> None:
+        pool.scale()
+        await until(lambda: pool.stats().ready == 1, "minInstances started")
+        slow = await pool.invoke({"sleep": 5}, None, "slow")
+        assert slow.outcome.failure is Failure.TIMEOUT and "timeout of 0.3s" in slow.outcome.message
+        await until(lambda: host.stopped == [slow.instance], "the timed-out instance stopped")
+        after = await pool.invoke({"n": 1}, None, "after")
+        assert after.outcome.ok and after.instance != slow.instance
+
+    run_local(host, scenario())
+
+
+def test_an_instance_drained_from_outside_gets_no_more_work(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=2, max_instances=2, concurrency=4)
+
+    async def scenario() -> None:
+        pool.scale()
+        await until(lambda: pool.stats().ready == 2, "two instances started")
+        first = next(iter(pool.slots.values()))
+        outside = AsyncTransport(f"{first.socket_dir}/sock")  # what `fnctl apply` does to an old instance
+        await outside.connect(timeout=5)
+        await outside.drain()
+        results = [await pool.invoke({"n": n}, None, f"r{n}") for n in range(6)]
+        assert all(r.outcome.ok for r in results), results
+        assert first.id not in {r.instance for r in results}
+        await until(lambda: first.id not in pool.slots, "the drained instance forgotten once it exits")
+
+    run_local(host, scenario())
+
+
+def test_callers_that_give_up_leave_no_slot_or_queue_entry_behind(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1)
+
+    async def scenario() -> None:
+        pool.scale()
+        await until(lambda: pool.stats().ready == 1, "the instance started")
+        running = asyncio.ensure_future(pool.invoke({"sleep": 5}, None, "running"))
+        await until(lambda: pool.stats().inflight == 1, "a request in flight")
+        queued = asyncio.ensure_future(pool.invoke({"n": 1}, None, "queued"))
+        await until(lambda: pool.stats().queued == 1, "a request queued")
+        queued.cancel()
+        running.cancel()
+        await asyncio.gather(running, queued, return_exceptions=True)
+        assert pool.stats() == PoolStats(instances=1, ready=1, inflight=0, queued=0)
+        assert (await pool.invoke({"n": 2}, None, "next")).outcome.ok
+
+    run_local(host, scenario())
+
+
+# ---- PoolManager against real Docker --------------------------------------------------------------
+
+FUNCTION_CODE = '''\
+import os
+import time
+
+time.sleep(float(os.environ.get("IMPORT_DELAY", "0")))  # a slow start: the instance is not ready meanwhile
+
+
+def handler(event, context):
+    if event.get("crash"):
+        os._exit(3)
+    if event.get("sleep"):
+        time.sleep(float(event["sleep"]))
+    return {"version": os.environ.get("VERSION", ""), "n": event.get("n"), "caller": context.caller}
+'''
+
+# name: (minInstances, maxInstances, concurrency, env); one function per test, so tests never share instances
+FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
+    "scale": (1, 3, 1, {}),
+    "zero": (0, 2, 4, {}),
+    "crash": (1, 2, 4, {}),
+    "tiny": (1, 1, 1, {}),
+    "preview": (0, 1, 4, {}),
+    "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
+    "drain": (1, 2, 1, {}),
+}
+
+
+def write_function(project: Project, name: str, version: str) -> None:
+    low, high, concurrency, env = FUNCTIONS[name]
+    env_yaml = ", ".join(f"{k}: '{v}'" for k, v in {"VERSION": version, **env}.items())
+    (project.root / "manifests" / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: fnctl/v1
+        kind: Function
+        metadata: {{name: {name}}}
+        spec:
+          runtime: python3.11
+          source: ../functions/echo
+          handler: main.handler
+          env: {{{env_yaml}}}
+          limits: {{timeout: 10s, memory: 64Mi}}
+          scaling: {{minInstances: {low}, maxInstances: {high}, concurrency: {concurrency}}}
+          healthCheck:
+            - event: {{n: 0}}
+        """), encoding="utf-8")
+
+
+@dataclass
+class Deployed:
+    project: Project
+
+    def manager(self, **options: Any) -> PoolManager:
+        return PoolManager(load_project(self.project.root), self.project.state, **options)
+
+    def rows(self, function: str, state: InstanceState | None = None) -> list[InstanceRow]:
+        with self.project.store() as store:
+            return [r for r in store.instances(function) if state is None or r.state is state]
+
+    def containers(self, function: str) -> list[Any]:
+        return self.project.containers(function)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
+             base_image: str) -> Iterator[Deployed]:
+    project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image)
+    try:
+        (project.root / "functions" / "echo").mkdir(parents=True)
+        (project.root / "functions" / "echo" / "main.py").write_text(FUNCTION_CODE, encoding="utf-8")
+        for name in FUNCTIONS:
+            write_function(project, name, "one")
+        project.ok("apply")
+        write_function(project, "preview", "two")  # revision 2, then given 0% of the traffic: a preview
+        project.ok("apply")
+        with project.store() as store:
+            store.set_route("preview", {1: 100, 2: 0})
+        yield Deployed(project)
+    finally:
+        cleanup(project)
+
+
+def with_manager(deployed: Deployed, scenario: Callable[[PoolManager], Awaitable[None]], **options: Any) -> None:
+    async def main() -> None:
+        manager = deployed.manager(**options)
+        await manager.start()
+        try:
+            await scenario(manager)
+        finally:
+            await manager.close(timeout=30)
+
+    asyncio.run(main())
+
+
+async def call(manager: PoolManager, function: str, event: dict[str, Any], revision: int = 1,
+               request_id: str = "req") -> PoolResult:
+    return await manager.invoke(function, revision, event, caller={"subject": "tester"}, request_id=request_id)
+
+
+@pytest.mark.docker
+def test_scales_up_under_load_and_back_down(deployed: Deployed) -> None:
+    key = ("scale", 1)
+
+    async def scenario(manager: PoolManager) -> None:
+        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        stop, results = asyncio.Event(), list[PoolResult]()
+
+        async def client(n: int) -> None:
+            while not stop.is_set():
+                results.append(await call(manager, "scale", {"sleep": 0.2, "n": n}, request_id=f"load-{n}"))
+
+        clients = [asyncio.ensure_future(client(n)) for n in range(6)]  # 6 in flight, concurrency 1, max 3
+        await until(lambda: len({r.instance for r in results}) == 3, "requests served by three instances", 60)
+        assert manager.stats()[key].instances == 3  # never more than maxInstances
+        assert len(deployed.rows("scale", InstanceState.READY)) == 3  # each recorded in the store
+        stop.set()
+        await asyncio.gather(*clients)
+        assert all(r.outcome.ok for r in results)
+        await until(lambda: manager.stats()[key].instances == 1, "idle instances stopped down to minInstances")
+        await until(lambda: len(deployed.rows("scale")) == 1 and len(deployed.containers("scale")) == 1,
+                    "the store and the engine back to one instance")
+
+    with_manager(deployed, scenario, idle_seconds=0.5)
+
+
+@pytest.mark.docker
+def test_scales_from_zero_with_a_cold_start_and_back_to_zero(deployed: Deployed) -> None:
+    key = ("zero", 1)
+
+    async def scenario(manager: PoolManager) -> None:
+        assert manager.stats()[key].instances == 0 and not deployed.rows("zero")
+        first = await call(manager, "zero", {"n": 1})
+        assert first.outcome.ok and first.outcome.result == {"version": "one", "n": 1, "caller": {"subject": "tester"}}
+        assert first.cold_start
+        second = await call(manager, "zero", {"n": 2})
+        assert second.outcome.ok and not second.cold_start and second.instance == first.instance
+        await until(lambda: manager.stats()[key].instances == 0 and not deployed.rows("zero")
+                    and not deployed.containers("zero"), "the idle instance stopped: scaled to zero")
+        third = await call(manager, "zero", {"n": 3})
+        assert third.outcome.ok and third.cold_start and third.instance != first.instance
+
+    with_manager(deployed, scenario, idle_seconds=0.5)
+
+
+@pytest.mark.docker
+def test_a_crash_mid_invocation_fails_its_requests_and_the_next_one_succeeds(deployed: Deployed) -> None:
+    key = ("crash", 1)
+
+    async def scenario(manager: PoolManager) -> None:
+        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        victim = (await call(manager, "crash", {"n": 0})).instance
+        slow = asyncio.ensure_future(call(manager, "crash", {"sleep": 60}, request_id="slow"))
+        await until(lambda: manager.stats()[key].inflight == 1, "a long invocation in flight")
+        crashed = await asyncio.wait_for(call(manager, "crash", {"crash": True}, request_id="boom"), 20)
+        cut = await asyncio.wait_for(slow, 20)  # failed at once, not after its 60 s
+        for result in (crashed, cut):
+            assert result.instance == victim and not result.outcome.ok
+            assert result.outcome.failure is Failure.CRASHED, result.outcome
+            assert "crashed during the invocation (exit code 3)" in result.outcome.message
+        after = await call(manager, "crash", {"n": 1})
+        assert after.outcome.ok and after.instance != victim
+        await until(lambda: victim not in {r.id for r in deployed.rows("crash")}
+                    and all(c.labels["io.fnctl.instance"] != victim for c in deployed.containers("crash")),
+                    "the crashed instance removed from the store and the engine")
+        await until(lambda: manager.stats()[key].ready == 1, "a replacement kept warm")
+
+    with_manager(deployed, scenario)
+
+
+@pytest.mark.docker
+def test_at_max_instances_with_a_full_queue_requests_are_refused_with_retry_after(deployed: Deployed) -> None:
+    key = ("tiny", 1)
+
+    async def scenario(manager: PoolManager) -> None:
+        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        busy = asyncio.ensure_future(call(manager, "tiny", {"sleep": 2}, request_id="busy"))
+        await until(lambda: manager.stats()[key].inflight == 1, "the only slot taken")
+        queued = [asyncio.ensure_future(call(manager, "tiny", {"n": n}, request_id=f"q{n}")) for n in range(2)]
+        await until(lambda: manager.stats()[key].queued == 2, "the queue full")
+        with pytest.raises(Overloaded) as refused:
+            await call(manager, "tiny", {"n": 9})
+        assert refused.value.retry_after >= 1
+        assert manager.stats()[key].instances == 1  # maxInstances: no more started
+        results = await asyncio.gather(busy, *queued)
+        assert all(r.outcome.ok for r in results)  # the queued ones were served, in turn
+
+    with_manager(deployed, scenario, queue_limit=2)
+
+
+@pytest.mark.docker
+def test_a_revision_with_no_traffic_share_is_started_on_demand_and_stopped_after_the_grace(
+        deployed: Deployed) -> None:
+    preview = ("preview", 2)
+
+    async def scenario(manager: PoolManager) -> None:
+        assert preview not in manager.stats()  # 0%: no pool, nothing kept warm
+        pinned = await call(manager, "preview", {"n": 1}, revision=2)
+        assert pinned.outcome.ok and pinned.outcome.result["version"] == "two" and pinned.cold_start
+        assert [r.revision for r in deployed.rows("preview")] == [2]
+        live = await call(manager, "preview", {"n": 2}, revision=1)
+        assert live.outcome.ok and live.outcome.result["version"] == "one"
+        await until(lambda: preview not in manager.stats() or manager.stats()[preview].instances == 0,
+                    "the preview instance stopped once idle for the grace")
+        await until(lambda: all(r.revision != 2 for r in deployed.rows("preview")), "its row removed")
+        with pytest.raises(Unavailable, match="no revision 7"):
+            await call(manager, "preview", {}, revision=7)
+
+    with_manager(deployed, scenario, grace_seconds=0.5)
+
+
+@pytest.mark.docker
+def test_requests_never_reach_an_instance_that_is_not_ready(deployed: Deployed) -> None:
+    key = ("slow", 1)
+    project = deployed.project
+    # An instance another fnctl command is still starting: running, answering, but its row says STARTING.
+    with project.store() as store:
+        revision = store.revision("slow", 1)
+        assert revision is not None
+        function = function_from_spec("slow", revision.spec, load_project(project.root).default_limits)
+        foreign = instances.start(function, image=revision.image, revision="1", secret_values={},
+                                  labels=labels(project.name, "slow", revision="1", store=store.id))
+        store.add_instance(InstanceRow(foreign.id, "slow", 1, foreign.container_id, str(foreign.socket_dir),
+                                       InstanceState.STARTING, time.time()))
+    foreign.transport.close()
+
+    async def scenario(manager: PoolManager) -> None:
+        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        assert manager.stats()[key].instances == 1  # the STARTING one was not adopted
+        busy = asyncio.ensure_future(call(manager, "slow", {"sleep": 4}, request_id="busy"))
+        await until(lambda: manager.stats()[key].inflight == 1, "the only ready slot taken")
+        waiting = asyncio.ensure_future(call(manager, "slow", {"n": 1}, request_id="waiting"))
+        # A second instance is starting (it loads for 2 s): the request waits for it rather than going there.
+        await until(lambda: (manager.stats()[key].instances, manager.stats()[key].ready,
+                             manager.stats()[key].queued) == (2, 1, 1), "a second instance starting")
+        results = await asyncio.gather(busy, waiting)
+        ready = {r.id for r in deployed.rows("slow", InstanceState.READY)}
+        assert all(r.outcome.ok and r.instance in ready and r.instance != foreign.id for r in results)
+
+    try:
+        with_manager(deployed, scenario)
+    finally:
+        instances.kill(foreign)
+        with project.store() as store:
+            store.remove_instance(foreign.id)
+
+
+@pytest.mark.docker
+def test_close_drains_in_flight_requests_and_stops_the_extra_instances(deployed: Deployed) -> None:
+    key = ("drain", 1)
+
+    async def scenario() -> None:
+        manager = deployed.manager()
+        await manager.start()
+        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        running = [asyncio.ensure_future(call(manager, "drain", {"sleep": 4, "n": n}, request_id=f"d{n}"))
+                   for n in range(2)]
+        await until(lambda: manager.stats()[key].inflight == 2, "two requests in flight on two instances", 60)
+        closing = asyncio.ensure_future(manager.close())
+        await until(lambda: manager.closing, "the manager closing")
+        with pytest.raises(Unavailable, match="shutting down"):
+            await call(manager, "drain", {"n": 9})
+        results = await asyncio.gather(*running)
+        assert [r.outcome.result["n"] for r in results] == [0, 1]  # finished, not cut
+        await closing
+        assert len(deployed.rows("drain")) == 1 and len(deployed.containers("drain")) == 1  # minInstances stay
+
+    asyncio.run(scenario())
