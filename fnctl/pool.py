@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 LOCK_TIMEOUT = 2.0  # the contract with `fnctl apply`: the gateway never waits long for the lock
 LOCK_RETRY = 0.5
+STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
 EXIT_WAIT = 2.0  # how long a dead runtime's container may take to be recorded as exited (OOM or crash)
 Rows = dict[tuple[str, int], list[tuple[str, str, str]]]  # (function, revision) → (id, container, socket dir)
 
@@ -221,7 +222,10 @@ class PoolManager:
             self._ticker.cancel()
             with suppress(asyncio.CancelledError):
                 await self._ticker
-        await self._settle(deadline)  # starts under way finish first: a container start cannot be interrupted
+        # Stopping gets its own time, however long the drain took: an extra instance left running would
+        # outlive the gateway. Starts under way finish first: a container start cannot be interrupted.
+        deadline = time.monotonic() + STOP_BUDGET
+        await self._settle(deadline)
         for pool in self._pools.values():
             await pool.close()
         await self._settle(deadline)

@@ -55,7 +55,8 @@ class PoolStats:
 
 
 class Overloaded(FnctlError):
-    """Every instance is busy and the queue is full (→ 429 with Retry-After)."""
+    """Every instance is busy and the revision's queue (`queue_limit`) is full (→ 429 with Retry-After).
+    Below maxInstances more instances are already starting; at it, this is the only relief."""
 
     def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
         super().__init__(message)

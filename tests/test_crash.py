@@ -134,11 +134,13 @@ def test_lock_holder_killed_with_sigkill_blocks_nobody(deployment: Deployment, t
     project = deployment.project
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom pathlib import Path\nfrom fnctl.lock import held\n"
+         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.lock import held\n"
          "with held(Path(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
          "    print('held', flush=True)\n"
-         "    time.sleep(600)\n",
-         str(project.state)],
+         "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"
+         "    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
+         "        time.sleep(0.02)\n",
+         str(project.state), str(tmp_path / "never-created")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -15,7 +15,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,8 +121,6 @@ def test_retry_after_is_the_time_to_work_off_the_queue_within_bounds() -> None:
 HANDLER = """
 import os, time
 def handler(event, context):
-    if event.get("exit"):
-        os._exit(7)
     if event.get("sleep"):
         time.sleep(event["sleep"])
     if event.get("call"):
@@ -136,12 +134,9 @@ def handler(event, context):
 class LocalRuntime:
     process: subprocess.Popen[bytes]
     socket_path: str
-    transports: list[AsyncTransport] = field(default_factory=list)
 
     def transport(self, **kwargs: Any) -> AsyncTransport:
-        transport = AsyncTransport(self.socket_path, **kwargs)
-        self.transports.append(transport)
-        return transport
+        return AsyncTransport(self.socket_path, **kwargs)
 
 
 @pytest.fixture
@@ -256,6 +251,7 @@ class LocalHost:
         self.idle_seconds, self.grace_seconds, self.queue_limit, self.closing = 300.0, 30.0, 8, False
         self.code, self.concurrency = code, concurrency
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.socket_dirs: list[str] = []
         self.stopped: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -267,6 +263,7 @@ class LocalHost:
 
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
         socket_dir = tempfile.mkdtemp(prefix="fnpool-")
+        self.socket_dirs.append(socket_dir)
         env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(self.code),
                "FNCTL_DEPS_DIR": str(self.code / "deps"), "FNCTL_SOCKET": f"{socket_dir}/sock",
                "FNCTL_CONCURRENCY": str(self.concurrency)}
@@ -295,6 +292,8 @@ class LocalHost:
         for process in self.processes.values():
             process.kill()
             process.wait()
+        for socket_dir in self.socket_dirs:
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def local_pool(tmp_path: Path, *, min_instances: int, max_instances: int, concurrency: int,
