@@ -21,6 +21,7 @@ from fnctl.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
 from fnctl.errors import BadInput, FnctlError
 from fnctl.identity import actor, git_info
 from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.model import DesiredState
 from fnctl.project import Project
 from fnctl.revisionspec import function_from_spec
 from fnctl.secretref import resolve
@@ -89,6 +90,13 @@ def _nothing() -> Iterator[None]:
 
 def desired_specs(project: Project, store: Store, paths: list[Path] | None) -> tuple[list[DeploySpec], dict[str, dict[str, str]]]:
     """Validated desired state as deploy specs, with each function's secret values."""
+    specs, values, _ = desired_state(project, store, paths)
+    return specs, values
+
+
+def desired_state(project: Project, store: Store, paths: list[Path] | None
+                  ) -> tuple[list[DeploySpec], dict[str, dict[str, str]], DesiredState]:
+    """As `desired_specs`, plus the whole desired state (its triggers, views and policies)."""
     from fnctl.validate import validate_paths
 
     result = validate_paths(project, paths)
@@ -99,7 +107,22 @@ def desired_specs(project: Project, store: Store, paths: list[Path] | None) -> t
     for function in result.state.functions:
         values[function.name] = resolve(function, project.root)
         specs.append(deploy_spec(function, project.base_image, values[function.name], salt))
-    return specs, values
+    return specs, values, result.state
+
+
+def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
+    """Make the store's triggers, views and policies those of the manifests (the gateway serves them);
+    returns what changed, in words. Unchanged kinds are not rewritten, so a no-op apply writes nothing."""
+    changed = []
+    for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies)):
+        wanted = {item.name: item.document.data["spec"] for item in items if item.document is not None}
+        if ctx.store.resources(kind) != wanted:
+            with ctx.store.transaction():
+                ctx.store.set_resources(kind, wanted)
+                ctx.store.audit(actor=ctx.actor, command=ctx.command, action="publish", target=kind, outcome="ok",
+                                git_commit=ctx.git_commit, detail=", ".join(sorted(wanted)) or "(none)")
+            changed.append(f"{len(wanted)} {kind.lower()}{'s' if len(wanted) != 1 else ''}")
+    return changed
 
 
 def compute_diff(project: Project, options: Options, paths: list[Path] | None,
@@ -127,7 +150,7 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
     from fnctl.live import read_live
 
     with _session(project, options, "apply", progress) as ctx:
-        specs, secret_values = desired_specs(project, ctx.store, paths)
+        specs, secret_values, state = desired_state(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
         if plan_file is not None:
             _check_plan(plan_file, project.name, live, specs)
@@ -143,6 +166,9 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
             outcome = _carry_out(ctx, change, by_name.get(change.function), secret_values, options)
             if outcome is not None:
                 report.outcomes.append(outcome)
+        published = publish_resources(ctx, state)
+        if published:
+            report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
         return report
 
 
