@@ -477,6 +477,7 @@ class Server:
             outcome = _Outcome.failed("handler_error", exc, start)
         else:
             outcome = _serialise(result, self.config.output_limit, start)
+        _echo_logs(context.invocation_id, capture)
         self.loop.call_soon_threadsafe(self.finish, conn, _result_frame(request_id, outcome, capture))
 
     async def run_async(
@@ -491,6 +492,7 @@ class Server:
             outcome = _Outcome.failed("handler_error", exc, start)
         else:
             outcome = _serialise(result, self.config.output_limit, start)
+        _echo_logs(context.invocation_id, capture)
         self.finish(conn, _result_frame(request_id, outcome, capture))
 
     def finish(self, conn: _Connection, frame: bytes) -> None:
@@ -632,6 +634,16 @@ def _json_size_floor(value: Any, limit: int) -> int:
         else:
             total += 1
     return total
+
+
+def _echo_logs(invocation_id: str, capture: _Capture) -> None:
+    """Copy an invocation's (already capped) output to the container's log, each line tagged with the
+    invocation, so that `fnctl logs` shows it; the engine caps the log file itself."""
+    text = capture.text()
+    if text:
+        tag = f"[{invocation_id[:12]}] "
+        _REAL_STDERR.write("".join(tag + line + "\n" for line in text.splitlines()))
+        _REAL_STDERR.flush()
 
 
 def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> bytes:
