@@ -235,8 +235,17 @@ def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
 
+# A running gateway reloads the routing table within this time; draining an old revision any sooner would
+# refuse requests it had already routed there. Without a gateway (no recent heartbeat) there is no wait.
+ROUTE_PICKUP = 1.0
+GATEWAY_HEARTBEAT = "gateway"  # `fnctl serve` beats every second or two while it serves
+
+
 def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
-    for row in ctx.store.instances(name):
+    rows = [row for row in ctx.store.instances(name) if row.revision not in keep]
+    if rows and ctx.store.alive(GATEWAY_HEARTBEAT, within=5.0):
+        time.sleep(ROUTE_PICKUP)
+    for row in rows:
         if row.revision not in keep:
             ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
             _remove_row(ctx, row, drain=True)
@@ -245,15 +254,21 @@ def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
 
 def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
     ctx.store.update_instance(row.id, state=InstanceState.STOPPING)
+    drained = False
     if drain and row.container_id:
         transport = UnixSocketTransport(f"{row.socket_dir}/{instances.SOCKET_NAME}")
         try:
             transport.connect(timeout=1.0)
             transport.drain(timeout=30.0)
+            drained = True
         except FnctlError:
             pass  # already gone or unresponsive: killed below either way
         finally:
             transport.close()
+    if drained and row.container_id:
+        # A drained runtime exits by itself with code 0, which tells a gateway that a request it had just
+        # sent never ran and may be retried; killing it at once would look like a crash (exit 137).
+        dockerio.stop(row.container_id, timeout=5)
     # A row without its container ID (its start was interrupted) finds the container by label.
     doomed = [row.container_id] if row.container_id else [
         c.id for c in dockerio.list_containers({"io.fnctl.instance": row.id})]

@@ -211,6 +211,16 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
+    def beat(self, name: str) -> None:
+        """Record that a long-running process (`fnctl serve`) is alive now."""
+        self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (f"heartbeat:{name}", repr(time.time())))
+
+    def alive(self, name: str, within: float) -> bool:
+        """Whether `name` beat within the last `within` seconds."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",)).fetchone()
+        return row is not None and time.time() - float(row[0]) < within
+
     # ---- triggers, views, policies: published by apply, read by the gateway ----
 
     def set_resources(self, kind: str, specs: dict[str, dict[str, Any]]) -> None:
