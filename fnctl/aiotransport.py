@@ -17,8 +17,8 @@ from typing import Any
 
 from fnctl.errors import BadInput
 from fnctl.transport import (
-    DEFAULT_MAX_FRAME, HEADER, INVOKE_GRACE, PROTOCOL_VERSION, ConnectionLost, InvocationResult,
-    RuntimeStartFailed, TransportError, TransportTimeout, _read_error_file, encode_frame,
+    DEFAULT_MAX_FRAME, HEADER, PROTOCOL_VERSION, ConnectionLost, InvocationResult,
+    RuntimeStartFailed, TransportError, TransportTimeout, _read_error_file, encode_frame, invoke_message,
 )
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
@@ -143,11 +143,8 @@ class AsyncTransport:
         caller: Mapping[str, Any] | None = None, timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
-        if timeout is None:
-            timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
-        context = {"invocation_id": invocation_id, "deadline": deadline,
-                   "caller": dict(caller) if caller is not None else None}
-        reply = await self._request({"type": "invoke", "event": event, "context": context}, "result", timeout)
+        message, timeout = invoke_message(event, invocation_id, deadline, caller, timeout)
+        reply = await self._request(message, "result", timeout)
         return InvocationResult.from_message(reply)
 
     async def ping(self, timeout: float = 5.0) -> int:

@@ -125,6 +125,16 @@ class Transport(Protocol):
 # ---- framing ---------------------------------------------------------------------------------
 
 
+def invoke_message(event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | None,
+                   timeout: float | None) -> tuple[dict[str, Any], float]:
+    """The `invoke` message, and how long to wait for its result (default: until the deadline plus a grace)."""
+    if timeout is None:
+        timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
+    context = {"invocation_id": invocation_id, "deadline": deadline,
+               "caller": dict(caller) if caller is not None else None}
+    return {"type": "invoke", "event": event, "context": context}, timeout
+
+
 class _Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
@@ -278,11 +288,8 @@ class UnixSocketTransport:
         caller: Mapping[str, Any] | None = None, timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
-        if timeout is None:
-            timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
-        context = {"invocation_id": invocation_id, "deadline": deadline,
-                   "caller": dict(caller) if caller is not None else None}
-        reply = self._request({"type": "invoke", "event": event, "context": context}, "result", timeout)
+        message, timeout = invoke_message(event, invocation_id, deadline, caller, timeout)
+        reply = self._request(message, "result", timeout)
         return InvocationResult.from_message(reply)
 
     def ping(self, timeout: float = 5.0) -> int:

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import docker
 import docker.errors
 
 from fnctl.store import Store, connect
+from polling import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,16 +50,7 @@ def handler(event, context):
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
+    return wait_until(condition, what=what, timeout=timeout)
 
 @dataclass
 class Result:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from polling import wait_until as poll
 
 from fnctl.transport import (
     CallHandler,
@@ -70,16 +71,7 @@ async def handler(event, context):
 
 
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    give_up = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-
+    return poll(condition, what=what, timeout=timeout, interval=0.01)
 
 @dataclass
 class Runtime:

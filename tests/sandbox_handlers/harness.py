@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ import docker.errors
 import yaml
 
 from fnctl.project import Project, load_project
+from polling import wait_until as poll
 
 HERE = Path(__file__).resolve().parent
 PROBES = HERE / "probes"
@@ -108,16 +108,7 @@ def run_cli(project: Project, *args: str, stdin: str | None = None,
 
 
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 15.0) -> T:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    give_up = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
+    return poll(condition, what=what, timeout=timeout)
 
 def container_gone(client: docker.DockerClient, container_id: str) -> bool:
     try:
