@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from fnctl import router
+from fnctl.executor import GATEWAY_HEARTBEAT
 from fnctl.store import RevisionStatus, Store, connect
 
 log = logging.getLogger("fnctl.gateway")
@@ -33,11 +35,16 @@ class StoreTable:
         self._store: Store | None = None
         self._version: Any = None
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
+        self._beat = 0.0
 
     def __call__(self) -> router.Table | None:
         if self._store is None:
             self._store = connect(self._path)
         store = self._store
+        if time.monotonic() - self._beat >= 1.0:
+            # Tells `fnctl apply` a gateway is routing, so it gives us time to see a switch before draining.
+            store.beat(GATEWAY_HEARTBEAT)
+            self._beat = time.monotonic()
         version = store.query("PRAGMA data_version")[0][0]
         if version == self._version:
             return None
