@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
 
 log = logging.getLogger("fnctl.gateway")
 PIN_HEADER = "X-Fnctl-Revision"
+DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
 LOG_HEADER = "X-Fnctl-Log"  # `tail`: the response carries the invocation's last log lines (like Lambda's LogType)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -93,6 +94,9 @@ class Gateway:
         self.pool_ready = False
         self.draining = False
         self._active: dict[str, int] = {}
+        self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def table(self) -> router.Table | None:
@@ -100,9 +104,12 @@ class Gateway:
 
     async def start(self) -> None:
         await self.tables.start()
+        self._watchdog = asyncio.create_task(self._watch_deadlines())
 
     async def stop(self) -> None:
         await self.tables.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     # ---- handlers ----
 
@@ -111,12 +118,17 @@ class Gateway:
         call = Call(_request_id(request), request.match_info["function"], None, request.remote)
         try:
             result, revision = await self._dispatch(request, call, None)
-            call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
-            logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
-            response = _web(invoke_response(result.outcome, logs))
-            response.headers["X-Fnctl-Revision"] = str(revision)
+            outcome = result.outcome
+            call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
+            extra = {"X-Fnctl-Revision": str(revision), "X-Request-Id": call.request_id}
             if result.cold_start:
-                response.headers["X-Fnctl-Cold-Start"] = "1"
+                extra["X-Fnctl-Cold-Start"] = "1"
+            if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
+                response = web.Response(body=_dumps(outcome.result), headers={
+                    "Content-Type": "application/json", "X-Fnctl-Duration-Ms": f"{outcome.duration_ms:.3f}", **extra})
+            else:
+                logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
+                response = _web(invoke_response(outcome, logs), extra)
         except Reject as reject:
             call.outcome = reject.outcome
             response = _reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
@@ -244,11 +256,16 @@ class Gateway:
                          caller: dict[str, Any]) -> PoolResult:
         assert call.revision is not None
         self.metrics.inflight(call.function, call.revision, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
         try:
-            async with asyncio.timeout(info.timeout + self.limits.timeout_margin):
-                return await self.pool.invoke(call.function, call.revision, event, caller=caller,
-                                              request_id=call.request_id)
-        except TimeoutError:
+            return await self.pool.invoke(call.function, call.revision, event, caller=caller,
+                                          request_id=call.request_id)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # the client went away, or the gateway is stopping
+            task.uncancel()
             raise Reject(504, "Gateway Timeout", "timeout") from None
         except Overloaded as exc:
             retry = str(max(1, math.ceil(exc.retry_after)))
@@ -257,7 +274,20 @@ class Gateway:
             log.warning("request %s: %s r%s unavailable: %s", call.request_id, call.function, call.revision, exc)
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
         finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
             self.metrics.inflight(call.function, call.revision, -1)
+
+    async def _watch_deadlines(self) -> None:
+        # One timer for all requests, every DEADLINE_TICK: a timer per request (asyncio.timeout) costs more
+        # than the rest of the gateway's own work on it.
+        while True:
+            await asyncio.sleep(DEADLINE_TICK)
+            now = time.monotonic()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def _finish(self, call: Call, request: web.Request | None, response: web.StreamResponse) -> web.StreamResponse:
         status = response.status
@@ -269,7 +299,8 @@ class Gateway:
                           function=call.function, revision=call.revision, trigger=call.trigger,
                           outcome=call.outcome, status=status, duration_ms=duration * 1000, source=call.source,
                           access={"method": request.method, "path": request.path} if request is not None else None)
-        response.headers["X-Request-Id"] = call.request_id
+        if "X-Request-Id" not in response.headers:
+            response.headers["X-Request-Id"] = call.request_id
         if status == 408 and request is not None:
             # A slow client is cut now: aiohttp would otherwise linger, reading the rest of its body.
             await response.prepare(request)
@@ -353,8 +384,11 @@ def _build_event(request: web.Request, body: bytes, call: Call, found: router.Ro
         principal.as_caller())
 
 
-def _web(mapped: HttpResponse) -> web.Response:
-    return web.Response(status=mapped.status, body=mapped.body, headers=CIMultiDict(mapped.headers))
+def _web(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> web.Response:
+    headers = CIMultiDict(mapped.headers)
+    if extra:
+        headers.update(extra)
+    return web.Response(status=mapped.status, body=mapped.body, headers=headers)
 
 
 def _reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
@@ -365,8 +399,11 @@ def _reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
     return response
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 # ---- the aiohttp application and server ----------------------------------------------------------

@@ -165,8 +165,11 @@ def _body(body: Any, is_base64: bool) -> tuple[bytes, str]:
     return _json(body), "application/json"  # lenient: an object body is sent as JSON
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 # ---- invocation outcomes as responses ----------------------------------------------------------
