@@ -103,6 +103,7 @@ def invoke(
     project at its gateway address (authentication, routing, metrics and the audit apply), else straight
     through one of its instances.
 
+    \b
     Examples:
       fnctl invoke --local hello --data '{"name": "you"}' --logs
       echo '{"name": "ci"}' | fnctl invoke --local manifests/demo/hello.yaml --keep-warm

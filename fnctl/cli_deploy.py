@@ -89,6 +89,7 @@ def apply_command(
     Idempotent: unchanged functions are left alone; drift (dead or altered instances, removed images) is healed.
     Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input or a stale plan.
 
+    \b
     Examples:
       fnctl apply
       fnctl plan -f plan.json && fnctl apply plan.json

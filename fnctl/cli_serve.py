@@ -29,6 +29,7 @@ def serve(
     30 s by default) and exits 0. Settings come from the gateway section of fnctl.toml; options override them.
     See docs/serve.md for running it under systemd.
 
+    \b
     Examples:
       fnctl serve
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
