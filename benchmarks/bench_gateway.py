@@ -1,8 +1,8 @@
 """Speed of the gateway (`fnctl serve`) in front of real instances, as a whole process, with wrk.
 
 A generated project (temporary directory; every container and image it made is removed afterwards) deploys
-N functions (default 50): `noop` (one instance, concurrency 8), `load` (up to 4 instances of concurrency 50,
-for many clients), `cold` (minInstances 0) and N - 3 others with one instance each. Then, against one
+N functions (default 50): `noop` (one instance, concurrency 8), `load` (4 instances of concurrency 50, for
+many clients), `cold` (minInstances 0) and N - 3 others with one instance each. Then, against one
 `fnctl serve` with its defaults (access log on, to /dev/null):
 
 - throughput at concurrency 8 (`wrk -t1 -c8`, POST of `{}`): a bare aiohttp "hello" server (the same
@@ -132,8 +132,13 @@ class Wrk:
     rps: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    socket_errors: int
+    non_2xx: int
     requests: int
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
 
 
 def _ms(text: str) -> float:
@@ -148,10 +153,11 @@ def wrk(port: int, path: str, script: Path, *, threads: int, connections: int, s
     out = done.stdout
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     return Wrk(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-               _ms(latency["50"]), _ms(latency["99"]), errors,
+               _ms(latency["50"]), _ms(latency["99"]),
+               sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
+               int(non_2xx.group(1)) if non_2xx else 0,
                int(re.search(r"(\d+) requests in", out).group(1)))  # type: ignore[union-attr]
 
 
@@ -222,6 +228,27 @@ def direct_latencies(socket_path: str, count: int) -> list[float]:
     return times
 
 
+def ipc_round_trip(count: int = 5000) -> tuple[float, float]:
+    """Wall and client-CPU microseconds of one 50-byte ping-pong between two processes over a socket pair:
+    the price of one hop on this machine, which the gateway pays twice per request and a bare server once."""
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        parent.close()
+        while data := child.recv(100):
+            child.send(data)
+        os._exit(0)
+    child.close()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        parent.send(b"x" * 50)
+        parent.recv(100)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    parent.close()
+    os.waitpid(pid, 0)
+    return wall / count * 1e6, cpu / count * 1e6
+
+
 # ---- the run ----
 
 @dataclass
@@ -243,7 +270,9 @@ def make_project(count: int) -> Setup:
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n'
                                      f'[gateway]\naddress = "127.0.0.1:{port}"\n')
     docs = [FUNCTION.format(name="noop", min=1, max=1, concurrency=8, pids=64),
-            FUNCTION.format(name="load", min=1, max=4, concurrency=50, pids=128),  # a worker thread per slot
+            # sized for 200 clients from the start (4 x 50 slots, a worker thread each): the figure is the
+            # gateway's, not the time the pool takes to scale up
+            FUNCTION.format(name="load", min=4, max=4, concurrency=50, pids=128),
             FUNCTION.format(name="cold", min=0, max=1, concurrency=8, pids=64)]
     docs += [FUNCTION.format(name=f"fn-{i:02d}", min=1, max=1, concurrency=8, pids=64) for i in range(3, count)]
     (root / "manifests" / "functions.yaml").write_text("".join(docs))
@@ -282,6 +311,12 @@ def cold_starts(port: int, runs: int) -> list[float]:
         if response.status != 200 or response.getheader("X-Fnctl-Cold-Start") != "1":
             raise SystemExit(f"the cold request was not a cold start: {response.status} {response.getheaders()}")
     return times
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -356,7 +391,8 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
                                env=setup.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     processes.append(gateway)
     bare_port = free_port()
-    processes.append(subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)]))
+    bare_server = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
+    processes.append(bare_server)
     until(lambda: http_get(setup.port, "/readyz")[0] == 200, "the gateway", 120)
     until(lambda: http_get(bare_port, "/")[0] == 200, "the bare server", 30)
     names = ["noop", "load", "cold"] + [f"fn-{i:02d}" for i in range(3, args.functions)]
@@ -365,22 +401,31 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         if status != 200:
             raise SystemExit(f"invoking {name} through the gateway answered {status}")
     store = connect(setup.state)
-    socket_path = next(r.socket_dir for r in store.instances("noop")) + "/sock"
+    row = next(iter(store.instances("noop")))
     store.close()
+    socket_path = row.socket_dir + "/sock"
+    runtime_pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", row.container_id or ""],
+                                     capture_output=True, text=True, check=True).stdout)
 
-    bare, through = [], []
+    bare, through, cpu = [], [], []
     for _ in range(args.rounds):  # interleaved: a noisy moment slows both alike
+        before = cpu_seconds(bare_server.pid)
         bare.append(wrk(bare_port, "/invoke/noop", script, threads=1, connections=8, seconds=args.seconds))
+        bare_cpu = cpu_seconds(bare_server.pid) - before
+        before_gw, before_rt = cpu_seconds(gateway.pid), cpu_seconds(runtime_pid)
         through.append(wrk(setup.port, "/invoke/noop", script, threads=1, connections=8, seconds=args.seconds))
+        cpu.append((bare_cpu / bare[-1].requests, (cpu_seconds(gateway.pid) - before_gw) / through[-1].requests,
+                    (cpu_seconds(runtime_pid) - before_rt) / through[-1].requests))
     direct, via = [], []
     for _ in range(args.rounds):
         direct += direct_latencies(socket_path, args.sequential)
         via += http_latencies(setup.port, args.sequential)
+    ipc = ipc_round_trip()
     load = wrk(setup.port, "/invoke/load", script, threads=2, connections=200, seconds=args.load_seconds)
     colds = cold_starts(setup.port, args.cold_runs)
     rss, peak = rss_mb(gateway.pid)
     return {"bare": bare, "gateway": through, "direct": direct, "via": via, "load": load, "cold": colds,
-            "rss": rss, "peak": peak}
+            "rss": rss, "peak": peak, "cpu": cpu, "ipc": ipc}
 
 
 def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> None:
@@ -391,14 +436,20 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
     load: Wrk = r["load"]  # type: ignore[assignment]
     cold = statistics.median(r["cold"])  # type: ignore[arg-type]
     ratio, added = gw_rps / bare_rps, via_p50 - direct_p50
+    cpu_us = [statistics.median(c[i] for c in r["cpu"]) * 1e6 for i in range(3)]  # type: ignore[attr-defined]
     rows = [
         ("throughput, wrk -t1 -c8, bare aiohttp hello", f"{bare_rps:,.0f} req/s", ""),
         ("throughput, wrk -t1 -c8, gateway -> noop (1 instance)", f"{gw_rps:,.0f} req/s",
          f"{ratio:.0%} of bare (target >= 40%)"),
+        ("  CPU per request: bare server / gateway / runtime", f"{cpu_us[0]:.0f} / {cpu_us[1]:.0f} / {cpu_us[2]:.0f} us",
+         "where the 2 cores go (wrk takes its share too)"),
+        ("  one process-to-process round trip (socketpair)", f"{r['ipc'][0]:.0f} us",  # type: ignore[index]
+         f"{r['ipc'][1]:.0f} us of the caller's CPU: a hop's price here"),  # type: ignore[index]
         ("latency p50, straight to the instance socket", f"{direct_p50:.3f} ms", ""),
         ("latency p50, through the gateway", f"{via_p50:.3f} ms", f"added {added:.3f} ms (target <= 1 ms)"),
         (f"200 keep-alive clients, {args.load_seconds} s (wrk -t2 -c200)", f"{load.rps:,.0f} req/s",
-         f"{load.errors} errors in {load.requests:,} (target 0); p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"),
+         f"{load.errors} errors in {load.requests:,} (target 0: {load.socket_errors} socket, {load.non_2xx} "
+         f"non-2xx); p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"),
         (f"cold start, minInstances 0 (median of {len(r['cold'])})", f"{cold:.3f} s",  # type: ignore[arg-type]
          "runs " + ", ".join(f"{t:.2f}" for t in r["cold"]) + " s (target <= 1.0 s)"),  # type: ignore[attr-defined]
         (f"gateway RSS, {args.functions} functions deployed", f"{r['rss']:.1f} MB",

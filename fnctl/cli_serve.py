@@ -8,6 +8,7 @@ import typer
 
 from fnctl.cli import app
 from fnctl.cli_deploy import StateOpt
+from fnctl.errors import ExitCode
 
 
 @app.command()
@@ -26,38 +27,21 @@ def serve(
     Routing changes made by `fnctl apply`, `rollback` or a rollout are picked up within a second.
 
     On SIGTERM the gateway stops accepting, answers the requests in flight (up to gateway.drainTimeout,
-    30 s by default) and exits 0. Settings come from the gateway section of fnctl.toml; options override them.
-    See docs/serve.md for running it under systemd.
+    30 s by default) and exits 0; a second signal stops at once (exit 130). Settings come from the gateway
+    section of fnctl.toml; options override them. See docs/serve.md for running it under systemd.
 
     \b
     Examples:
       fnctl serve
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
     """
-    from dataclasses import replace
-
     from fnctl.apply import state_path
-    from fnctl.errors import BadInput
     from fnctl.project import load_project
-    from fnctl.serve import ServeOptions, parse_address, project_limits
+    from fnctl.serve import options_for
     from fnctl.serve import serve as run
-    from fnctl.units import parse_duration, parse_size
 
     project = load_project()
-    limits, idle = project_limits(project)
-    try:
-        if read_timeout is not None:
-            limits = replace(limits, read_timeout=read_timeout)
-        if max_body is not None:
-            limits = replace(limits, max_body=parse_size(max_body))
-        if max_header is not None:
-            limits = replace(limits, max_header=parse_size(max_header))
-        if idle_timeout is not None:
-            idle = parse_duration(idle_timeout)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-    host, port = parse_address(address or project.gateway)
-    options = ServeOptions(host=host, port=port, limits=limits, access_log=access_log)
-    if idle is not None:
-        options = replace(options, idle_seconds=idle)
-    run(project, state_path(project, state), options)
+    options = options_for(project, address=address, read_timeout=read_timeout, max_body=max_body,
+                          max_header=max_header, idle_timeout=idle_timeout, access_log=access_log)
+    if not run(project, state_path(project, state), options):
+        raise typer.Exit(ExitCode.INTERRUPTED)  # a second signal cut the drain short

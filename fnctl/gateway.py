@@ -1,5 +1,5 @@
-"""The gateway's HTTP side (with `serve`, the only modules that import aiohttp's server): `POST /invoke/NAME`,
-the HTTP Trigger routes, /healthz, /readyz and /metrics.
+"""The gateway's HTTP side: `POST /invoke/NAME`, the HTTP Trigger routes, /healthz, /readyz and /metrics
+(aiohttp's server is imported here, in `gatewayrequest` and in `serve`, nowhere else).
 
 Every request goes: request id → function → authenticate → pick a revision (router) → authorize → per-function
 concurrency slot → body (size and read-time limits) → instance pool (with a deadline) → response; each attempt,
@@ -10,28 +10,27 @@ from the store in the background, so `fnctl apply` / `rollback` take effect with
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import logging
 import math
-import re
-import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from fnctl import router
 from fnctl.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated, authorize
-from fnctl.gatewaytable import TableFollower, TableSource
-from fnctl.httpevent import (
-    FAILURE_STATUS, HttpRequest, HttpResponse, audit_outcome, invoke_response, to_event, trigger_response,
+from fnctl.gatewayrequest import (
+    NO_HEADERS, Call, GatewayLimits, Reject, build_event, check_header_size, dumps, new_request_id, reject_response,
+    request_id, web_response,
 )
+from fnctl.gatewaytable import TableFollower, TableSource
+from fnctl.httpevent import FAILURE_STATUS, audit_outcome, invoke_response, trigger_response
 from fnctl.instances import Failure, Outcome
+from fnctl.metrics import CONTENT_TYPE as METRICS_TYPE
 from fnctl.pool import Overloaded, PoolResult, Unavailable
+
+__all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
 
 if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.audit import AuditLog
@@ -43,47 +42,11 @@ log = logging.getLogger("fnctl.gateway")
 PIN_HEADER = "X-Fnctl-Revision"
 DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
 LOG_HEADER = "X-Fnctl-Log"  # `tail`: the response carries the invocation's last log lines (like Lambda's LogType)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-@dataclass(frozen=True)
-class GatewayLimits:
-    max_body: int = 6 * 2**20  # bytes of a request body (a function's payload limit may be lower): 413
-    max_header: int = 16 * 2**10  # bytes of all request headers, and of any one header line: 431
-    read_timeout: float = 10.0  # seconds a client may take to send a request (and to idle on keep-alive)
-    timeout_margin: float = 3.0  # added to the function's timeout: queueing and a cold start; then 504
-    max_concurrent: int = 256  # requests in progress per function: 429 beyond
-    reload_interval: float = 0.25  # seconds between checks of the store's routing table
-    drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
-
-
-class Reject(Exception):
-    """A request answered by the gateway itself, before or instead of the function."""
-
-    def __init__(self, status: int, reason: str, outcome: str, *, headers: Mapping[str, str] | None = None,
-                 close: bool = False) -> None:
-        super().__init__(reason)
-        self.status, self.reason, self.outcome = status, reason, outcome
-        self.headers = dict(headers or {})
-        self.close = close
-
-
-@dataclass
-class Call:
-    """One request's bookkeeping, for the audit and the metrics."""
-
-    request_id: str
-    function: str
-    trigger: str | None
-    source: str | None
-    started: float = field(default_factory=time.monotonic)
-    principal: Principal | None = None
-    revision: int | None = None
-    outcome: str = "ok"  # ok, error (the function failed), or why the gateway answered itself
-    cold_start: bool = False
 
 
 class Gateway:
+    """The request pipeline and the endpoints; `make_app` mounts them on an aiohttp application."""
+
     def __init__(self, *, pool: PoolManager, authenticator: Authenticator, metrics: Metrics, audit: AuditLog,
                  source: TableSource, limits: GatewayLimits = GatewayLimits(),
                  identity: Mapping[str, str] | None = None) -> None:
@@ -97,10 +60,16 @@ class Gateway:
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
 
     @property
     def table(self) -> router.Table | None:
         return self.tables.table
+
+    @property
+    def inflight(self) -> int:
+        """Requests past routing, in the body read or the pool."""
+        return sum(self._active.values())
 
     async def start(self) -> None:
         await self.tables.start()
@@ -115,7 +84,7 @@ class Gateway:
 
     async def handle_invoke(self, request: web.Request) -> web.StreamResponse:
         """POST /invoke/{function}: the body is the event (JSON), the response the result (JSON)."""
-        call = Call(_request_id(request), request.match_info["function"], None, request.remote)
+        call = Call(request_id(request), request.match_info["function"], None, request.remote)
         try:
             result, revision = await self._dispatch(request, call, None)
             outcome = result.outcome
@@ -124,14 +93,14 @@ class Gateway:
             if result.cold_start:
                 extra["X-Fnctl-Cold-Start"] = "1"
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
-                response = web.Response(body=_dumps(outcome.result), headers={
+                response = web.Response(body=dumps(outcome.result), headers={
                     "Content-Type": "application/json", "X-Fnctl-Duration-Ms": f"{outcome.duration_ms:.3f}", **extra})
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
-                response = _web(invoke_response(outcome, logs), extra)
+                response = web_response(invoke_response(outcome, logs), extra)
         except Reject as reject:
             call.outcome = reject.outcome
-            response = _reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
+            response = reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
         return await self._finish(call, request, response)
 
     async def handle_trigger(self, request: web.Request) -> web.StreamResponse:
@@ -141,16 +110,16 @@ class Gateway:
         if not isinstance(found, router.RouteMatch):
             status, reason = (405, "Method Not Allowed") if found else (404, "Not Found")
             response = web.json_response({"message": reason}, status=status, headers={
-                "X-Request-Id": _request_id(request), **({"Allow": ", ".join(sorted(found.allowed))} if found else {})})
+                "X-Request-Id": request_id(request), **({"Allow": ", ".join(sorted(found.allowed))} if found else {})})
             return response
-        call = Call(_request_id(request), found.route.function, found.route.trigger, request.remote)
+        call = Call(request_id(request), found.route.function, found.route.trigger, request.remote)
         try:
             result, _ = await self._dispatch(request, call, found)
             call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
-            response = _web(trigger_response(result.outcome))
+            response = web_response(trigger_response(result.outcome))
         except Reject as reject:
             call.outcome = reject.outcome
-            response = _reject_response(reject, {"message": reject.reason})
+            response = reject_response(reject, {"message": reject.reason})
         return await self._finish(call, request, response)
 
     async def handle_health(self, request: web.Request) -> web.StreamResponse:
@@ -163,9 +132,13 @@ class Gateway:
         return web.json_response(body, status=200 if ready else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
-        for (function, revision), stats in self.pool.stats().items():
+        pools = self.pool.stats()
+        for (function, revision), stats in pools.items():
             self.metrics.set_instances(function, revision, stats.instances)
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": _PROM_TYPE})
+        for function, revision in self._measured - pools.keys():  # pools gone: their gauges go too
+            self.metrics.forget(function, revision)
+        self._measured = set(pools)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
 
     # ---- the steps of one request ----
 
@@ -174,7 +147,7 @@ class Gateway:
         function = (self.table or router.EMPTY).functions.get(call.function)
         if function is None:
             raise Reject(404, "Not Found", "not_found")
-        _check_header_size(request, self.limits.max_header)
+        check_header_size(request, self.limits.max_header)
         call.principal = principal = self._authenticate(request, call)
         revision = self._pick(function, request, principal)
         info = function.revisions.get(revision) or function.live
@@ -194,7 +167,7 @@ class Gateway:
         self._active[call.function] = active + 1
         try:
             body = await self._read_body(request, min(self.limits.max_body, info.payload))
-            event = _build_event(request, body, call, found, principal)
+            event = build_event(request, body, call, found, principal)
             return await self._call_pool(call, info, event, principal.as_caller()), revision
         finally:
             self._active[call.function] -= 1
@@ -313,14 +286,14 @@ class Gateway:
     async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
         """Run `function` for a trigger of the gateway itself (cron): routed, measured and audited like any
         request, as the principal `trigger:<name>` with no roles. Returns (status, outcome or None)."""
-        call = Call(_new_request_id(), function, trigger, None)
+        call = Call(new_request_id(), function, trigger, None)
         call.principal = Principal(f"trigger:{trigger}", (), None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
             if route is None:
                 raise Reject(404, "Not Found", "not_found")
-            call.revision = self._pick(route, _NO_HEADERS, call.principal)
+            call.revision = self._pick(route, NO_HEADERS, call.principal)
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
@@ -331,79 +304,6 @@ class Gateway:
             status, call.outcome = reject.status, reject.outcome
         await self._finish(call, None, web.Response(status=status))
         return status, outcome
-
-
-_PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class _NoHeaders:
-    """A request without headers or cookies, for invocations that do not come over HTTP."""
-
-    headers: Mapping[str, str] = {}
-    cookies: Mapping[str, str] = {}
-
-
-_NO_HEADERS: Any = _NoHeaders()
-
-
-# Unique without a system call per request: a random prefix per process, then a counter.
-_ID_PREFIX = secrets.token_hex(6)
-_ID_COUNTER = itertools.count(1)
-
-
-def _new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    return given if given is not None and _REQUEST_ID.match(given) else _new_request_id()
-
-
-def _check_header_size(request: web.Request, limit: int) -> None:
-    # aiohttp limits each line; this limits their sum (many headers each under the line limit)
-    size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
-    if size > limit:
-        raise Reject(431, "Request Header Fields Too Large", "rejected", close=True)
-
-
-def _build_event(request: web.Request, body: bytes, call: Call, found: router.RouteMatch | None,
-                 principal: Principal) -> Any:
-    if found is None:  # /invoke: the body is the event
-        if not body.strip():
-            return {}
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise Reject(400, "Bad Request: the body is not JSON", "rejected") from None
-    return to_event(HttpRequest(
-        method=request.method, path=request.path, resource=found.route.template, path_params=found.params,
-        query=request.query.items(), headers=request.headers.items(), body=body,
-        content_type=request.headers.get("Content-Type", ""), request_id=call.request_id,
-        trigger=found.route.trigger, source=request.remote, time_ms=int(time.time() * 1000)),
-        principal.as_caller())
-
-
-def _web(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> web.Response:
-    headers = CIMultiDict(mapped.headers)
-    if extra:
-        headers.update(extra)
-    return web.Response(status=mapped.status, body=mapped.body, headers=headers)
-
-
-def _reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
-    response = web.Response(body=_dumps(body), status=reject.status, content_type="application/json",
-                            headers=reject.headers)
-    if reject.close:
-        response.force_close()
-    return response
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
-
-
-def _dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
 
 
 # ---- the aiohttp application and server ----------------------------------------------------------

@@ -32,6 +32,10 @@ def choose(weights: Mapping[int, int], *, pinned: int | None = None, sticky_key:
     per `sticky_key` when given, else from `draw` (a uniform number in [0, 1); random when None)."""
     if pinned is not None:
         return pinned
+    if len(weights) == 1:  # the common case: one revision has all the traffic
+        for revision, weight in weights.items():
+            if weight > 0:
+                return revision
     # Newest first: a caller's point stays in the new revision's band as its weight grows, so raising a canary
     # from 10% to 50% only moves callers towards it, never back and forth.
     live = sorted(((revision, weight) for revision, weight in weights.items() if weight > 0), reverse=True)

@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,27 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise BadInput(f"invalid address {text!r}: use host:port, e.g. 127.0.0.1:8080")
     return host, int(port)
+
+
+def options_for(project: Project, *, address: str | None = None, read_timeout: float | None = None,
+                max_body: str | None = None, max_header: str | None = None, idle_timeout: str | None = None,
+                access_log: bool = True) -> ServeOptions:
+    """The options of `fnctl serve`: fnctl.toml's [gateway] section, overridden by the command line's."""
+    limits, idle = project_limits(project)
+    try:
+        if read_timeout is not None:
+            limits = replace(limits, read_timeout=read_timeout)
+        if max_body is not None:
+            limits = replace(limits, max_body=parse_size(max_body))
+        if max_header is not None:
+            limits = replace(limits, max_header=parse_size(max_header))
+        if idle_timeout is not None:
+            idle = parse_duration(idle_timeout)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    host, port = parse_address(address or project.gateway)
+    options = ServeOptions(host=host, port=port, limits=limits, access_log=access_log)
+    return options if idle is None else replace(options, idle_seconds=idle)
 
 
 _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -129,8 +150,8 @@ async def start_server(app: web.Application, host: str, port: int, limits: Gatew
 # ---- the process ----------------------------------------------------------------------------------
 
 
-def serve(project: Project, store_path: Path, options: ServeOptions) -> None:
-    """Run the gateway until SIGTERM or SIGINT (a second one stops without waiting for the drain)."""
+def serve(project: Project, store_path: Path, options: ServeOptions) -> bool:
+    """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
     try:
         import uvloop  # optional: a faster event loop when installed
@@ -139,51 +160,72 @@ def serve(project: Project, store_path: Path, options: ServeOptions) -> None:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(project, store_path, options))
+        try:
+            runner.run(_serve(project, store_path, options))
+        except asyncio.CancelledError:
+            _event("stopped", drained=False)
+            return False
+    _event("stopped", drained=True)
+    return True
 
 
-async def _serve(project: Project, store_path: Path, options: ServeOptions) -> None:
-    from fnctl.audit import AuditLog, start_access_log
+def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gateway:
+    """The gateway and the parts it uses (authentication, audit, metrics, table, pools), not started yet."""
+    from fnctl.audit import AuditLog
     from fnctl.auth import AuthConfig, Authenticator
-    from fnctl.cron import CronRunner
     from fnctl.metrics import Metrics
     from fnctl.pool import PoolManager
 
-    stop = _stop_on_signals()
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
     store.close()
-    authenticator = Authenticator(store_path, AuthConfig.from_project(project))
-    stop_access = start_access_log(sys.stdout) if options.access_log else None
-    audit, metrics, table = AuditLog(store_path), Metrics(), StoreTable(store_path)
     pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
-    gateway = Gateway(pool=pool, authenticator=authenticator, metrics=metrics, audit=audit, source=table,
-                      limits=options.limits, identity=identity)
+    return Gateway(pool=pool, authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
+                   metrics=Metrics(), audit=AuditLog(store_path), source=StoreTable(store_path),
+                   limits=options.limits, identity=identity)
+
+
+async def _serve(project: Project, store_path: Path, options: ServeOptions) -> None:
+    from fnctl.audit import start_access_log
+    from fnctl.cron import CronRunner
+
+    stop = _stop_on_signals()
+    gateway = _gateway(project, store_path, options)
+    stop_access = start_access_log(sys.stdout) if options.access_log else None
     flushing, cron_stop = asyncio.Event(), asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    drained = False
     try:
-        await pool.start()
+        await gateway.pool.start()
         runner, port = await start_server(make_app(gateway), options.host, options.port, options.limits)
         gateway.pool_ready = True
-        flusher = asyncio.create_task(metrics.run_flusher(store_path, flushing))
         cron = CronRunner(store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name))
-        crons = asyncio.create_task(cron.run(cron_stop))
+        tasks += [asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
+                  asyncio.create_task(cron.run(cron_stop))]
         _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path))
         await stop.wait()
-        _event("draining", inflight=sum(s.inflight for s in pool.stats().values()))
+        _event("draining", inflight=gateway.inflight)
         gateway.draining = True
         cron_stop.set()
         await runner.cleanup()  # stop listening, close idle connections, wait for requests in flight
-        await crons
-        flushing.set()
-        await flusher
-    finally:
-        await pool.close()
-        await asyncio.to_thread(audit.close)
-        authenticator.close()
-        table.close()
+        drained = True
+    finally:  # after a forced stop too (a second signal): close down, but wait for nothing long
+        cron_stop.set()
+        flushing.set()  # the flusher writes what is left, then returns
+        await gateway.pool.close(timeout=options.limits.drain_timeout if drained else 1.0)
+        if tasks:
+            await asyncio.wait(tasks, timeout=None if drained else 1.0)
+        await _close(gateway)
         if stop_access is not None:
             stop_access()
-    _event("stopped")
+
+
+async def _close(gateway: Gateway) -> None:
+    await asyncio.to_thread(gateway.audit.close)
+    gateway.authenticator.close()
+    source = gateway.tables.source
+    if isinstance(source, StoreTable):
+        source.close()
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -143,6 +143,25 @@ def test_proxy_response_to_http() -> None:
             from_result(bad)
 
 
+def test_serve_options_from_fnctl_toml_and_the_command_line(tmp_path: Any) -> None:
+    from fnctl.errors import BadInput
+    from fnctl.project import load_project
+    from fnctl.serve import options_for
+
+    (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n\n[gateway]\naddress = "0.0.0.0:9000"\n'
+                                         'readTimeout = "5s"\nmaxBodySize = "1Mi"\nidleTimeout = "1m"\n'
+                                         'maxConcurrentPerFunction = 10\n')
+    project = load_project(tmp_path)
+    options = options_for(project)
+    assert (options.host, options.port, options.idle_seconds) == ("0.0.0.0", 9000, 60.0)
+    assert (options.limits.read_timeout, options.limits.max_body, options.limits.max_concurrent) == (5.0, 2**20, 10)
+    options = options_for(project, address="127.0.0.1:0", max_body="2Mi", read_timeout=1.5, access_log=False)
+    assert (options.port, options.limits.max_body, options.limits.read_timeout, options.access_log) == \
+        (0, 2 * 2**20, 1.5, False)
+    with pytest.raises(BadInput):
+        options_for(project, max_header="lots")
+
+
 def test_parse_address() -> None:
     assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
     assert parse_address("[::1]:8080") == ("::1", 8080)
@@ -775,6 +794,26 @@ def test_e2e_slow_clients_are_cut(live: Live) -> None:
 
 
 @pytest.mark.docker
+def test_e2e_cron_trigger_runs_through_the_gateway(live: Live) -> None:
+    from deploy_helpers import until
+
+    http = {"web-http": {"function": "web", "http": {"path": "/web/{name}", "methods": ["GET", "POST"]}}}
+    with live.project.store() as store:
+        store.set_resources("Trigger", http | {"tick": {"function": "web", "cron": {"schedule": "* * * * * *"}}})
+
+    def runs() -> list[tuple[Any, ...]]:
+        with live.project.store() as store:
+            return store.query("SELECT principal, status, outcome FROM invocations WHERE trigger = 'tick'")
+
+    try:
+        found = until(lambda: len(runs()) >= 2 and runs(), "two audited cron runs", timeout=30)
+    finally:
+        with live.project.store() as store:
+            store.set_resources("Trigger", http)
+    assert all(row == ("trigger:tick", 200, "ok") for row in found), found
+
+
+@pytest.mark.docker
 def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
     """Last: it stops the module's gateway."""
     import concurrent.futures
@@ -785,12 +824,13 @@ def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
     live.route({2: 100})
     _until_all(live.url, "2", "all traffic on revision 2")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(_http, "POST", live.url + "/invoke/web", b'{"sleep": 2}')
-        until(lambda: 'fnctl_inflight_requests{function="web",revision="2"} 1.0'
+        # pinned to revision 1, which nothing else calls, so its in-flight gauge is this request's alone
+        slow = pool.submit(_http, "POST", live.url + "/invoke/web", b'{"sleep": 2}', {"X-Fnctl-Revision": "1"})
+        until(lambda: 'fnctl_inflight_requests{function="web",revision="1"} 1.0'
               in _http("GET", live.url + "/metrics")[2].decode(), "the slow request in flight")
         live.proc.send_signal(signal.SIGTERM)
         status, _, body = slow.result(timeout=30)
-    assert status == 200 and json.loads(body)["version"] == "two"  # answered, not cut
+    assert status == 200 and json.loads(body)["version"] == "one"  # answered, not cut
     assert live.proc.wait(timeout=30) == 0
     with pytest.raises(OSError):
         _http("GET", live.url + "/healthz")
