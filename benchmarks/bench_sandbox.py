@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
-from bench_transport import RawClient, echo_server, latency, throughput  # noqa: E402
+from bench_transport import echo_server, latency, measure_baseline, throughput  # noqa: E402
 
 from fnctl import images, instances  # noqa: E402
 from fnctl.instances import Instance  # noqa: E402
@@ -110,16 +110,8 @@ def round_trip(instance: Instance, args: argparse.Namespace) -> tuple[float, flo
 
 def echo_round_trip(workdir: Path, args: argparse.Namespace) -> tuple[float, float, float]:
     with echo_server(workdir) as path:
-        clients = [RawClient(path) for _ in range(args.threads)]  # one connection per caller: no multiplexing
-        try:
-            for _ in range(WARMUP):
-                clients[0].round_trip()
-            p50, p95 = latency(clients[0].round_trip, args.sequential)
-            rate = throughput([c.round_trip for c in clients], args.count)
-        finally:
-            for client in clients:
-                client.close()
-    return p50, p95, rate
+        figures = measure_baseline(path, args)
+    return figures.p50_us, figures.p95_us, figures.per_second
 
 
 # ---- 2. instance start ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from fnctl.errors import BadInput
 from fnctl.transport import (
     DEFAULT_MAX_FRAME, HEADER, PROTOCOL_VERSION, ConnectionLost, InvocationResult,
-    RuntimeStartFailed, TransportError, TransportTimeout, _read_error_file, encode_frame, invoke_message,
+    RuntimeStartFailed, TransportError, TransportTimeout, _expect, _read_error_file, encode_frame, invoke_message,
 )
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
@@ -257,13 +257,3 @@ class AsyncTransport:
             frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
         if self._transport is not None:
             self._transport.write(frame)
-
-
-def _expect(message: dict[str, Any], expect: str) -> dict[str, Any]:
-    kind = message.get("type")
-    if kind == "error":
-        raise TransportError(f"the runtime refused the request: {message.get('message', '')}")
-    if kind != expect:
-        raise TransportError(f"the runtime answered {kind!r} where {expect!r} was expected")
-    return message
-
