@@ -24,6 +24,7 @@ from fnctl.transport import (
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 CONNECT_POLL = 0.005  # seconds between attempts while the runtime's socket is not there yet
+_DECODER = json.JSONDecoder()
 
 
 class FrameTooLarge(TransportError):
@@ -53,10 +54,10 @@ class _Protocol(asyncio.Protocol):
             end = HEADER.size + size
             if len(buffer) < end:
                 return
-            body = bytes(buffer[HEADER.size:end])
+            body = buffer[HEADER.size:end]
             del buffer[:end]
-            try:
-                message = json.loads(body)
+            try:  # frames are UTF-8: no need for json.loads' encoding detection (a UnicodeError is a ValueError)
+                message = _DECODER.decode(body.decode())
             except ValueError as exc:
                 self.owner.abort(f"the runtime sent a frame that is not JSON: {exc}")
                 return

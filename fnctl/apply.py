@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnctl import executor, lock
 from fnctl.desired import DeploySpec, deploy_spec
 from fnctl.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.identity import actor, git_info
 from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.model import DesiredState
@@ -26,6 +26,9 @@ from fnctl.project import Project
 from fnctl.revisionspec import function_from_spec
 from fnctl.secretref import resolve
 from fnctl.store import Revision, RevisionStatus, Store, connect, default_path
+
+if TYPE_CHECKING:
+    from fnctl.rollouts import OnEvent, OnTick, Snapshot
 
 Progress = Callable[[str], None]
 
@@ -36,6 +39,8 @@ class Options:
     lock_timeout: float = 60.0
     prune: bool = False
     force: bool = False
+    wait: bool = True  # follow rollouts until they settle (completed, aborted, or at a gate)
+    timeout: float | None = None  # for that
 
 
 @dataclass
@@ -53,10 +58,19 @@ class ApplyReport:
     plan: Plan
     outcomes: list[Outcome] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    rollouts: list[Snapshot] = field(default_factory=list)  # as they settled (or stood, with --no-wait)
 
     @property
     def failed(self) -> bool:
         return any(not o.ok for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Failed beats rolled back beats waiting at a gate (DESIGN.md's exit codes)."""
+        codes = {s.exit_code for s in self.rollouts}
+        if self.failed:
+            return ExitCode.FAILED
+        return next((c for c in (ExitCode.ROLLED_BACK, ExitCode.WAITING) if c in codes), ExitCode.OK)
 
 
 def state_path(project: Project, option: Path | None) -> Path:
@@ -69,10 +83,11 @@ def state_path(project: Project, option: Path | None) -> Path:
 
 
 @contextmanager
-def _session(project: Project, options: Options, command: str, progress: Progress,
-             *, mutating: bool = True) -> Iterator[executor.Context]:
+def session(project: Project, options: Options, command: str, progress: Progress,
+            *, mutating: bool = True, locked: bool = False) -> Iterator[executor.Context]:
+    """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`)."""
     path = state_path(project, options.state)
-    guard = lock.held(path, options.lock_timeout, command) if mutating else _nothing()
+    guard = lock.held(path, options.lock_timeout, command) if mutating and not locked else _nothing()
     with guard:
         store = connect(path)
         try:
@@ -128,28 +143,36 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
 def compute_diff(project: Project, options: Options, paths: list[Path] | None,
                  progress: Progress = lambda _: None) -> tuple[list[Change], LiveState]:
     """`fnctl diff`: read-only, no lock."""
+    changes, live, _ = _diff_with_specs(project, options, paths, progress)
+    return changes, live
+
+
+def _diff_with_specs(project: Project, options: Options, paths: list[Path] | None,
+                     progress: Progress = lambda _: None) -> tuple[list[Change], LiveState, list[DeploySpec]]:
     from fnctl.live import read_live
 
-    with _session(project, options, "diff", progress, mutating=False) as ctx:
+    with session(project, options, "diff", progress, mutating=False) as ctx:
         specs, _ = desired_specs(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
-    return diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live
+    return diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live, specs
 
 
 def make_plan_file(project: Project, options: Options, paths: list[Path] | None) -> dict[str, Any]:
-    """`fnctl plan -o plan.json`: the plan plus what it was made against."""
-    changes, live = compute_diff(project, options, paths)
-    plan = make_plan(project.name, changes, live, prune=options.prune)
+    """`fnctl plan -o plan.json`: the plan (with each rollout's timeline) plus what it was made against."""
+    changes, live, specs = _diff_with_specs(project, options, paths)
+    plan = make_plan(project.name, changes, live, prune=options.prune,
+                     rollouts={s.name: s.function.rollout for s in specs})
     document = plan_to_json(plan, live_summary(live))
     document["paths"] = [str(p.resolve()) for p in paths] if paths else None
     return document
 
 
 def apply(project: Project, options: Options, paths: list[Path] | None, progress: Progress,
-          plan_file: dict[str, Any] | None = None) -> ApplyReport:
+          plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
+          on_tick: OnTick | None = None) -> ApplyReport:
     from fnctl.live import read_live
 
-    with _session(project, options, "apply", progress) as ctx:
+    with session(project, options, "apply", progress) as ctx:
         specs, secret_values, state = desired_state(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
         if plan_file is not None:
@@ -158,10 +181,12 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
         if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
             live = read_live(ctx.store, project.name)
         changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
-        plan = make_plan(project.name, changes, live, prune=options.prune)
+        plan = make_plan(project.name, changes, live, prune=options.prune,
+                         rollouts={s.name: s.function.rollout for s in specs})
         _refuse_quarantined(changes, live, options.force)
         report = ApplyReport(plan, recovered=recovered)
         by_name = {s.name: s for s in specs}
+        watermark = int(ctx.store.query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
         for change in changes:
             outcome = _carry_out(ctx, change, by_name.get(change.function), secret_values, options)
             if outcome is not None:
@@ -169,7 +194,26 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
         published = publish_resources(ctx, state)
         if published:
             report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
+        report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
         return report
+
+
+def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, names: set[str], watermark: int,
+                     on_event: OnEvent | None, on_tick: OnTick | None) -> list[Snapshot]:
+    """The manifests' rollouts, driven by this process (it holds the lock) until they settle; with
+    --no-wait, advanced as far as they go without waiting. Their events after `watermark` are reported."""
+    from fnctl import controller
+    from fnctl.rollouts import Follower
+
+    ids = [row.id for row in controller.unfinished(ctx.store) if row.function in names]
+    if not ids:
+        return []
+    follower = Follower(project, options, ids, held=ctx, seen={i: watermark for i in ids})
+    if on_event is not None:
+        follower.on_event = on_event
+    if on_tick is not None:
+        follower.on_tick = on_tick
+    return follower.run(options.timeout, settle=options.wait)
 
 
 def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec]) -> None:
@@ -199,8 +243,7 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
     try:
         if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
             assert spec is not None
-            revision = executor.deploy(ctx, spec, secret_values[name])
-            return Outcome(name, change.kind.value, True, revision.number, f"revision {revision.number} is live")
+            return _deploy(ctx, change, spec, secret_values[name])
         if change.kind is ChangeKind.DELETE:
             if not options.prune:
                 return Outcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
@@ -222,22 +265,43 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
     return None
 
 
+def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> Outcome:
+    """A new revision, rolled out by its strategy over the live one (a first deploy is always immediate)."""
+    from fnctl import controller
+    from fnctl.model import Strategy
+
+    name, strategy = change.function, spec.function.rollout.strategy
+    number = executor.prepare(ctx, spec, secret_values)
+    if change.kind is ChangeKind.UPDATE and change.live_revision is not None and strategy is not Strategy.IMMEDIATE:
+        row = controller.begin(ctx, spec.function, change.live_revision, number)
+        controller.advance(ctx, row)  # its first steps at once (e.g. the first setWeight), even with --no-wait
+        return Outcome(name, "rollout", True, number, f"revision {number}: {strategy.value} started")
+    executor.go_live(ctx, spec.function, number, also=lambda: controller.retire(ctx, name, f"superseded by revision {number}"))
+    return Outcome(name, change.kind.value, True, number, f"revision {number} is live")
+
+
 def rollback(project: Project, options: Options, name: str, to: int | None, progress: Progress) -> tuple[int, int]:
     """Switch `name` back to an earlier healthy revision (restarting its instances if needed); the current
     one is quarantined. Returns (from, to)."""
-    with _session(project, options, "rollback", progress) as ctx:
+    with session(project, options, "rollback", progress) as ctx:
         executor.recover(ctx, orphans=())  # orphans never reach traffic: the next apply removes them
         store = ctx.store
         weights = store.routes().get(name)
         if not weights:
             raise FnctlError(f"{name} is not deployed")
+        under_way = _abort_rollout(ctx, name)
+        if under_way is not None:
+            return under_way
         current = max(weights, key=lambda r: (weights[r], r))
         target = _rollback_target(store, name, current, to)
         if not [r for r in store.instances(name) if r.revision == target.number]:
-            _restart(ctx, project, target)
+            restart_revision(ctx, project, target)
         reason = f"rolled back by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S')} (fnctl rollback)"
 
         def quarantine() -> None:  # with the switch, in one transaction: a crash cannot leave one without the other
+            from fnctl import controller
+
+            controller.retire(ctx, name, f"rolled back to revision {target.number}")  # no scale-down of the target
             store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
             store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
                         git_commit=ctx.git_commit, detail=f"revision {current}: {reason}")
@@ -247,7 +311,20 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
         return current, target.number
 
 
-def _restart(ctx: executor.Context, project: Project, target: Revision) -> None:
+def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
+    """A rollback during a rollout is its abort: all traffic back on the stable revision in one change, the
+    canary quarantined. Returns (from, to), or None when no rollout is under way."""
+    from fnctl import controller, rollout
+
+    rows = ctx.store.rollouts(name, states=rollout.ACTIVE)
+    if not rows:
+        return None
+    record = controller.record_of(rows[-1])
+    controller.carry_out(ctx, record, rollout.abort(record, f"rolled back by {ctx.actor} (fnctl rollback)"))
+    return record.canary, record.stable
+
+
+def restart_revision(ctx: executor.Context, project: Project, target: Revision) -> None:
     """Start the instances of `target` again, from its image (never built here), checked like a deploy's."""
     from fnctl import dockerio
 
@@ -278,8 +355,12 @@ def _rollback_target(store: Store, name: str, current: int, to: int | None) -> R
 
 
 def delete(project: Project, options: Options, name: str, progress: Progress) -> None:
-    with _session(project, options, "delete", progress) as ctx:
+    with session(project, options, "delete", progress) as ctx:
         executor.recover(ctx)
         if name not in ctx.store.routes():
             raise FnctlError(f"{name} is not deployed")
+        from fnctl import controller
+
+        with ctx.store.transaction():
+            controller.retire(ctx, name, "the function was deleted")
         executor.delete(ctx, name)

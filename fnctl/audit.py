@@ -153,6 +153,8 @@ class AuditLog:
         return True
 
     def _log_lines(self) -> None:
+        direct = _direct_handler()
+        lines: list[str] = []
         for count in range(len(self._lines)):
             try:
                 row, extra = self._lines.popleft()
@@ -162,9 +164,14 @@ class AuditLog:
                 "at": row[0], "requestId": row[1], "principal": row[2], "function": row[3], "revision": row[4],
                 "trigger": row[5], "outcome": row[6], "status": row[7], "durationMs": row[8], "source": row[9],
                 **extra}
-            log_access(**fields)
+            if direct is not None:
+                lines.append(access_line(fields))
+            else:
+                log_access(**fields)
             if count % 64 == 63:
                 time.sleep(0)  # hand the GIL back to the event loop now and then: a long batch must not stall it
+        if direct is not None and lines:
+            direct.write_lines(lines)
         for handler in access_logger.handlers:
             handler.flush()
 
@@ -180,14 +187,26 @@ def _insert(store: Store, rows: list[Row]) -> None:
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+_stamps: dict[int, str] = {}  # ISO 8601 second → text: consecutive lines share their second
+
+
+def access_line(fields: dict[str, Any]) -> str:
+    """One access line: `fields` as JSON (keys in camelCase), `at` (seconds since the epoch, now when absent)
+    first as `time` in ISO 8601 UTC with milliseconds."""
+    at = fields.pop("at", None) or time.time()
+    second = int(at)
+    stamp = _stamps.get(second)
+    if stamp is None:
+        if len(_stamps) > 4:
+            _stamps.clear()
+        stamp = _stamps[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return _JSON.encode({"time": f"{stamp}.{int(at * 1000) % 1000:03d}Z", **fields})
 
 
 def log_access(**fields: Any) -> None:
-    """Log one JSON access line now (keys in camelCase; `at`, seconds since the epoch, becomes `time` in
-    ISO 8601 UTC). On the event loop, prefer `AuditLog.access`, which logs from the writer thread."""
-    at = fields.pop("at", None) or time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
-    line = _JSON.encode({"time": stamp, **fields})
+    """Log one JSON access line now. On the event loop, prefer `AuditLog.access`, which logs from the
+    writer thread."""
+    line = access_line(fields)
     # makeRecord + handle: the logging machinery without the caller lookup, which costs more than the rest
     access_logger.handle(access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, line, (), None))
 
@@ -201,12 +220,39 @@ class _BatchStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
 
+    def write_lines(self, lines: list[str]) -> None:
+        """A batch of lines in one write, as `emit` would write them one by one (see `_direct_handler`)."""
+        self.acquire()
+        try:
+            self.stream.write(self.terminator.join(lines) + self.terminator)
+        except Exception:
+            log.exception("access lines lost")
+        finally:
+            self.release()
+
+
+def _direct_handler() -> _BatchStreamHandler | None:
+    """The access log's own handler when a batch of lines may bypass the logging machinery (a LogRecord per
+    line costs more than the rest of a request): it is the logger's only destination, nothing filters,
+    and it formats a record as its bare message. Otherwise (handlers added by whoever embeds fnctl) None."""
+    logger = access_logger
+    if logger.propagate or logger.filters or logger.disabled or len(logger.handlers) != 1:
+        return None
+    handler = logger.handlers[0]
+    if (not isinstance(handler, _BatchStreamHandler) or handler.filters or handler.formatter is not _PLAIN
+            or not logger.isEnabledFor(logging.INFO) or handler.level > logging.INFO):
+        return None
+    return handler
+
+
+_PLAIN = logging.Formatter("%(message)s")
+
 
 def start_access_log(stream: TextIO) -> Callable[[], None]:
     """Write access lines to `stream`, alone (they are JSON for machines: kept out of the root logger),
     flushed after each batch; returns the function that stops it."""
     handler = _BatchStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_PLAIN)
     level, propagate = access_logger.level, access_logger.propagate
     access_logger.addHandler(handler)
     access_logger.setLevel(logging.INFO)

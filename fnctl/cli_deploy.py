@@ -6,6 +6,7 @@ Thin like `cli`: parse, call one function of `apply` or `ops`, render with `rend
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -14,6 +15,7 @@ import typer
 from fnctl.cli import PathsArg, app
 from fnctl.errors import BadInput, ExitCode
 from fnctl.render import Output, OutputOpt, Progress
+from fnctl.render_rollout import RolloutOutput, RolloutOutputOpt
 
 if TYPE_CHECKING:
     from fnctl.apply import Options
@@ -82,31 +84,43 @@ def apply_command(
     state: StateOpt = None, lock_timeout: LockOpt = 60.0,
     prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")] = False,
-    output: OutputOpt = Output.TEXT,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` or `fnctl rollout status -w` carries them on.")] = False,
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long (e.g. 15m): exit 1.", show_default=False)] = None,
+    output: RolloutOutputOpt = RolloutOutput.TEXT,
 ) -> None:
-    """Deploy the manifests: build images, start and health-check new revisions, switch traffic, stop the old.
+    """Deploy the manifests: build images, start and health-check new revisions, roll them out, stop the old.
 
     Idempotent: unchanged functions are left alone; drift (dead or altered instances, removed images) is healed.
-    Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input or a stale plan.
+    A function with a canary, blueGreen or abTest rollout is followed until it completes, rolls back or pauses
+    at a gate (a live view on a terminal; `-o ndjson` prints every rollout event as a JSON line for CI logs).
+    Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input
+    or a stale plan, 3 when a rollout was rolled back, 4 when one waits at a gate for `fnctl promote`.
 
     \b
     Examples:
       fnctl apply
+      fnctl apply --no-wait && fnctl rollout status hello -w
       fnctl plan -f plan.json && fnctl apply plan.json
     """
     from fnctl.apply import apply
+    from fnctl.cli_rollout import parse_timeout, watchers
     from fnctl.project import load_project
     from fnctl.render_deploy import render_apply
+    from fnctl.render_rollout import LiveView
 
     plan_file = None
     if paths and len(paths) == 1 and paths[0].suffix == ".json":
         plan_file = _read_plan(paths[0])
         paths = [Path(p) for p in plan_file["paths"]] if plan_file.get("paths") else None
         prune = bool(plan_file.get("prune", prune))
-    with Progress(quiet=output is Output.JSON) as progress:
-        report = apply(load_project(), _options(state, lock_timeout, prune, force), paths, progress, plan_file)
-    render_apply(report, output)
-    raise typer.Exit(ExitCode.FAILED if report.failed else ExitCode.OK)
+    options = replace(_options(state, lock_timeout, prune, force), wait=not no_wait, timeout=parse_timeout(timeout))
+    plain = output is not RolloutOutput.TEXT
+    with Progress(quiet=plain) as progress, LiveView(not plain and not no_wait) as view:
+        on_event, on_tick = watchers(output, view)
+        report = apply(load_project(), options, paths, progress, plan_file,
+                       on_event=on_event if output is RolloutOutput.NDJSON else None, on_tick=on_tick)
+    render_apply(report, Output.JSON if plain else Output.TEXT, one_line=output is RolloutOutput.NDJSON)
+    raise typer.Exit(report.exit_code)
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

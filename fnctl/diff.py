@@ -50,6 +50,7 @@ class LiveFunction:
     images_present: dict[int, bool]
     instances: tuple[LiveInstance, ...] = ()
     min_instances: int = 1
+    rollout: tuple[int, int] | None = None  # (stable, canary) of a rollout under way
 
     @property
     def stable(self) -> int | None:
@@ -111,9 +112,11 @@ def diff(desired: list[Desired], live: LiveState) -> list[Change]:
         elif have is None or have.stable is None:
             changes.append(Change(name, ChangeKind.CREATE, None, want.spec_hash, tuple(field_changes({}, want.spec))))
         else:
-            stable = have.stable
-            kind = ChangeKind.UNCHANGED if have.spec_hashes.get(stable) == want.spec_hash else ChangeKind.UPDATE
-            fields = tuple(field_changes(have.specs.get(stable, {}), want.spec)) if kind is ChangeKind.UPDATE else ()
+            # Under a rollout, the manifests are compared with the revision being rolled out (the rollout
+            # goes on when they match), and a change replaces the revision traffic came from.
+            stable, target = have.rollout if have.rollout else (have.stable, have.stable)
+            kind = ChangeKind.UNCHANGED if have.spec_hashes.get(target) == want.spec_hash else ChangeKind.UPDATE
+            fields = tuple(field_changes(have.specs.get(target, {}), want.spec)) if kind is ChangeKind.UPDATE else ()
             changes.append(Change(name, kind, stable, want.spec_hash, fields, tuple(drift_of(have))))
     return changes
 

@@ -18,7 +18,7 @@ from fnctl import dockerio, images, instances
 from fnctl.desired import DeploySpec
 from fnctl.errors import FnctlError
 from fnctl.live import unknown_containers
-from fnctl.model import NO_EXPECTATION, Function
+from fnctl.model import NO_EXPECTATION, Check, Function
 from fnctl.sandbox import labels
 from fnctl.transport import UnixSocketTransport
 from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
@@ -26,7 +26,7 @@ from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, St
 Progress = Callable[[str], None]
 
 
-def _checkpoint(step: str) -> None:
+def checkpoint(step: str) -> None:
     """Test hook: `FNCTL_TEST_CRASH_AT=<step>` makes the process SIGKILL itself right after `step`.
 
     Crash safety must hold between any two steps, and a signal sent from outside cannot aim at one; this is
@@ -70,8 +70,9 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
             done.append(f"{revision.function} revision {revision.number}: marked failed (interrupted)")
     routes = store.routes()
     for row in store.instances():
-        serving = routes.get(row.function, {}).get(row.revision, 0) > 0
-        if not serving or row.state is not InstanceState.READY:
+        # A revision in the table at 0% is kept warm (a preview, or the old one during scaleDownDelay).
+        routed = row.revision in routes.get(row.function, {})
+        if not routed or row.state is not InstanceState.READY:
             _remove_row(ctx, row)
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     done += _remove_orphans(ctx, orphans)
@@ -103,29 +104,41 @@ def _remove_socket_dir(path: str) -> None:
 
 def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Revision:
     """Build, create the revision, start its instances, check them, switch 100% of traffic, stop the old."""
+    number = prepare(ctx, spec, secret_values)
+    return go_live(ctx, spec.function, number)
+
+
+def prepare(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> int:
+    """Build, create the revision, start its instances and check them; no traffic reaches it yet."""
     store, function = ctx.store, spec.function
     number = store.next_revision_number(function.name)
     with store.transaction():
         store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", ctx.git_commit, ctx.git_author,
                                     time.time(), ctx.actor, RevisionStatus.PENDING, None))
-    _checkpoint("revision-recorded")
+    checkpoint("revision-recorded")
     try:
         ctx.progress(f"{function.name}: building image for revision {number}")
         image = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image,
                                     lambda line: ctx.progress(f"{function.name}: {line}"))
         store.set_revision_image(function.name, number, image.tag)
-        _checkpoint("image-built")
+        checkpoint("image-built")
         start_checked(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
     except FnctlError as exc:
         _fail(ctx, function.name, number, exc)
         raise DeployFailed(f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the "
                            "previous revision", detail=exc.detail) from None
-    switch(ctx, function.name, {number: 100}, f"deployed revision {number}")
-    _checkpoint("route-switched")
+    return number
+
+
+def go_live(ctx: Context, function: Function, number: int, also: Callable[[], None] = lambda: None) -> Revision:
+    """Switch 100% of traffic to a prepared revision at once (with the writes `also` makes, in the same
+    transaction), then stop the others."""
+    switch(ctx, function.name, {number: 100}, f"deployed revision {number}", also=also)
+    checkpoint("route-switched")
     stop_other_revisions(ctx, function.name, keep={number})
     if function.scaling.min_instances == 0:  # scale to zero: the checked instance is not kept
         stop_other_revisions(ctx, function.name, keep=set())
-    revision = store.revision(function.name, number)
+    revision = ctx.store.revision(function.name, number)
     assert revision is not None
     return revision
 
@@ -151,7 +164,7 @@ def start_checked(ctx: Context, function: Function, revision: int, image: str, s
         ctx.progress(f"{function.name}: health-checking revision {revision}")
         for instance in started:
             health_check(instance)
-        _checkpoint("health-checked")
+        checkpoint("health-checked")
     except FnctlError:
         fresh = {instance.id for instance in started}
         for row in ctx.store.instances(function.name):
@@ -175,7 +188,7 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
         ctx.store.add_instance(InstanceRow(instance_id, function.name, revision, None,
                                            str(instances.runtime_root() / instance_id), InstanceState.STARTING,
                                            time.time()))
-        _checkpoint("instance-recorded")
+        checkpoint("instance-recorded")
         try:
             instance = instances.start(function, image=image, revision=str(revision), secret_values=secret_values,
                                        labels=labels(ctx.project, function.name, revision=str(revision),
@@ -184,7 +197,7 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
         except BaseException:
             ctx.store.remove_instance(instance_id)
             raise
-        _checkpoint("container-started")
+        checkpoint("container-started")
         ctx.store.update_instance(instance_id, state=InstanceState.READY, container_id=instance.container_id)
         started.append(instance)
     return started
@@ -192,22 +205,30 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
 
 def health_check(instance: instances.Instance) -> None:
     """Each `healthCheck` invocation must succeed and match `expect`, or else the `returns` schema."""
-    function = instance.function
     try:
-        for index, check in enumerate(function.health_checks):
-            outcome = instances.invoke(instance, check.event)
-            where = f"healthCheck[{index}]"
-            if not outcome.ok:
-                raise FnctlError(f"{where} failed ({outcome.failure.value if outcome.failure else 'error'}): "
-                                 f"{outcome.message}", detail=(outcome.traceback + outcome.logs).strip() or None)
-            if check.expect is not NO_EXPECTATION and outcome.result != check.expect:
-                raise FnctlError(f"{where} returned an unexpected result",
-                                 detail=f"expected: {check.expect!r}\n     got: {outcome.result!r}")
-            problem = returns_problem(function, outcome.result)
-            if problem:
-                raise FnctlError(f"{where}: the result does not match `returns`: {problem}")
+        problems = check_problems(instance, instance.function.health_checks, "healthCheck")
     finally:
         instance.transport.close()
+    if problems:
+        raise FnctlError(problems[0].message, detail=problems[0].detail)
+
+
+def check_problems(instance: instances.Instance, checks: Sequence[Check], name: str = "check") -> list[FnctlError]:
+    """Run `checks` on `instance` in order, up to the first that fails: its problem (or none)."""
+    function = instance.function
+    for index, check in enumerate(checks):
+        outcome = instances.invoke(instance, check.event)
+        where = f"{name}[{index}]"
+        if not outcome.ok:
+            return [FnctlError(f"{where} failed ({outcome.failure.value if outcome.failure else 'error'}): "
+                               f"{outcome.message}", detail=(outcome.traceback + outcome.logs).strip() or None)]
+        if check.expect is not NO_EXPECTATION and outcome.result != check.expect:
+            return [FnctlError(f"{where} returned an unexpected result",
+                               detail=f"expected: {check.expect!r}\n     got: {outcome.result!r}")]
+        problem = returns_problem(function, outcome.result)
+        if problem:
+            return [FnctlError(f"{where}: the result does not match `returns`: {problem}")]
+    return []
 
 
 def returns_problem(function: Function, result: Any) -> str | None:
@@ -249,7 +270,7 @@ def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
         if row.revision not in keep:
             ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
             _remove_row(ctx, row, drain=True)
-            _checkpoint("old-instance-stopped")
+            checkpoint("old-instance-stopped")
 
 
 def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:

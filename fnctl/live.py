@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from fnctl import dockerio
 from fnctl.diff import LiveFunction, LiveInstance, LiveState
+from fnctl.rollout import ACTIVE
 from fnctl.sandbox import labels
 from fnctl.store import InstanceRow, Revision, RevisionStatus, Store
 
@@ -24,6 +25,8 @@ def read_live(store: Store, project: str) -> LiveState:
     revisions, instances = _by_function(store.revisions()), _by_function(rows)
     images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
     present = dockerio.images_present(images_needed)
+    rolling = {row.function: (row.stable if row.stable is not None else row.canary, row.canary)
+               for row in store.rollouts(states=ACTIVE)}
     functions: dict[str, LiveFunction] = {}
     for name, weights in routes.items():
         own = revisions.get(name, [])
@@ -42,6 +45,7 @@ def read_live(store: Store, project: str) -> LiveState:
             images_present={r.number: r.image in present for r in own if r.image in images_needed},
             instances=live_instances,
             min_instances=int(spec.get("scaling", {}).get("min_instances", 1)),
+            rollout=rolling.get(name),
         )
     orphans = unknown_containers(listed, rows)
     quarantined = {r.spec_hash: f"{r.function} revision {r.number}: {r.reason}"

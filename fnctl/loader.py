@@ -2,16 +2,18 @@
 
 Only YAML's core types are accepted (no Python tags, ever), duplicate keys are errors, aliases are
 bounded so that a "billion laughs" file is refused before it is expanded, and files are capped in size,
-document count and nesting. Values are built straight from the parser's events: no node graph, and no
-recursion that a deeply nested file could overflow. Bad input becomes a `Diagnostic`, never an exception.
+document count and nesting. Bad input becomes a `Diagnostic`, never an exception.
+
+Most files are plain (no anchors, aliases, merge keys or tags) and valid, and their positions are never
+asked for: they are read on a fast path that builds values only. Any other file, and the positions of any
+file once one is asked for, come from the full builder in `fnctl.yamlbuild`, from the same text.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,40 +21,16 @@ from typing import Any
 import yaml
 
 from fnctl.diagnostics import Diagnostic, JsonPath, Position
+from fnctl.yamlbuild import (
+    ALLOWED_SCALARS, MAX_DEPTH, MAX_EXPANDED_NODES, TAGS, VALUES, Builder, Built, Parser, Refused, TooManyDocuments,
+    plain_value, resolve_tag,
+)
+
+__all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "Document", "find_manifest_files", "load_file"]
 
 MAX_FILE_BYTES = 4 * 2**20
 MAX_DOCUMENTS = 1000
-# Aliases are legitimate (shared env blocks), but what they expand to must stay small: a billion-laughs file
-# is a few lines yet expands to 10^9 values. Aliased values are shared, not copied; the budget counts the
-# values reachable through aliases over the whole file (the positions of those values are recorded).
-MAX_EXPANDED_NODES = 200_000
-MAX_DEPTH = 200
 MANIFEST_SUFFIXES = (".yaml", ".yml")
-
-# libyaml's parser when available (the pure-Python one otherwise); only its event stream is used
-_Parser: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_resolve: Callable[[Any, str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
-_STR = "tag:yaml.org,2002:str"
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"  # kept as the text written: a date is just a string to fnctl
-_ALLOWED_SCALARS = {
-    _STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", _TIMESTAMP,
-}
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-_MERGE = "tag:yaml.org,2002:merge"
-_constructor = yaml.SafeLoader("")  # only its scalar constructors are used, never its object cache
-_SCALAR_CONSTRUCTORS = {
-    "tag:yaml.org,2002:int": _constructor.construct_yaml_int,
-    "tag:yaml.org,2002:float": _constructor.construct_yaml_float,
-    "tag:yaml.org,2002:bool": _constructor.construct_yaml_bool,
-    "tag:yaml.org,2002:null": _constructor.construct_yaml_null,
-}
-_TAGS: dict[str, str] = {}  # the implicit tags of (short) plain scalars seen so far
-# The resolver picks its candidate patterns by first character: a plain scalar starting with any other one
-# is a string (most names, paths and words), which needs no pattern at all.
-_IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
-_RESOLVABLE = frozenset(k for k in _IMPLICIT if k) if None not in _IMPLICIT else None
 
 
 @dataclass(frozen=True)
@@ -66,14 +44,14 @@ class Document:
     file: Path
     index: int
     data: Any
-    marks: dict[JsonPath, Any] = field(compare=False, repr=False)
+    marks: Mapping[JsonPath, Any] = field(compare=False, repr=False)
 
     def position(self, path: Iterable[str | int]) -> Position:
         """Position of the value at `path`, or of its nearest ancestor that has one."""
-        key = tuple(path)
-        while key and key not in self.marks:
+        key, marks = tuple(path), self.marks
+        while key and key not in marks:
             key = key[:-1]
-        mark = self.marks.get(key)
+        mark = marks.get(key)
         return Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
 
     @property
@@ -81,14 +59,44 @@ class Document:
         return {path: Position(m.line + 1, m.column + 1) for path, m in self.marks.items()}
 
 
-class _Refused(Exception):
-    """Raised inside conversion; carries a diagnostic's message and position."""
+class _Source:
+    """The text of a file read on the fast path, to find its positions in when the first one is asked for."""
 
-    def __init__(self, message: str, mark: Any, path: tuple[Any, ...] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.position = Position(mark.line + 1, mark.column + 1)
-        self.path: JsonPath = tuple("<<" if isinstance(part, _Merge) else part for part in path)
+    def __init__(self, text: str, max_documents: int) -> None:
+        self.text, self.max_documents = text, max_documents
+        self.marks: dict[int, dict[JsonPath, Any]] | None = None
+
+    def of(self, index: int) -> dict[JsonPath, Any]:
+        if self.marks is None:
+            builder = Builder(self.max_documents)
+            parser = Parser(self.text)
+            try:
+                builder.run(parser)
+            except (yaml.YAMLError, Refused, TooManyDocuments):
+                pass  # cannot happen: the fast path read the same text without a problem
+            finally:
+                parser.dispose()
+            self.marks = {built.number: built.marks for built in builder.documents}
+            self.text = ""
+        return self.marks.get(index, {})
+
+
+class _LazyMarks(Mapping[JsonPath, Any]):
+    """The marks of one document of a `_Source`, found on first use."""
+
+    __slots__ = ("_source", "_index")
+
+    def __init__(self, source: _Source, index: int) -> None:
+        self._source, self._index = source, index
+
+    def __getitem__(self, path: JsonPath) -> Any:
+        return self._source.of(self._index)[path]
+
+    def __iter__(self) -> Iterator[JsonPath]:
+        return iter(self._source.of(self._index))
+
+    def __len__(self) -> int:
+        return len(self._source.of(self._index))
 
 
 def find_manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]:
@@ -129,346 +137,116 @@ def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:
         return [], [_file_error(path, f"file is not UTF-8 text (byte {exc.start})")]
     if not text.strip() or all(_is_blank(line) for line in text.splitlines()):
         return [], [_file_error(path, "file is empty: expected at least one manifest document")]
+    plain = _read_plain(text, MAX_DOCUMENTS)
+    if plain:
+        source = _Source(text, MAX_DOCUMENTS)
+        return [Document(path, index, data, _LazyMarks(source, index)) for index, data in plain], []
     return _load_text(path, text)
 
 
+def _read_plain(text: str, max_documents: int) -> list[tuple[int, Any]] | None:
+    """(index, value) of each document of a plain file; None for any other (or bad) file."""
+    parser = Parser(text)
+    try:
+        return _plain_documents(parser, max_documents)
+    except (_NotPlain, ValueError, yaml.YAMLError):  # ValueError: a scalar the full builder refuses
+        return None
+    finally:
+        parser.dispose()
+
+
 def _load_text(path: Path, text: str) -> tuple[list[Document], list[Diagnostic]]:
-    builder = _Builder(path)
-    parser = _Parser(text)
+    builder = Builder(MAX_DOCUMENTS)
+    parser = Parser(text)
     try:
         builder.run(parser)
-    except _TooManyDocuments:
-        return builder.documents, [_file_error(path, f"too many documents (the limit is {MAX_DOCUMENTS})")]
-    except _Refused as exc:
-        return builder.documents, [Diagnostic(path, exc.position, exc.path, exc.message)]
+    except TooManyDocuments:
+        return _documents(path, builder), [_file_error(path, f"too many documents (the limit is {MAX_DOCUMENTS})")]
+    except Refused as exc:
+        return _documents(path, builder), [Diagnostic(path, exc.position, exc.path, exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         position = Position(mark.line + 1, mark.column + 1) if mark else Position(1, 1)
         message = " ".join(filter(None, [exc.context, exc.problem]))
-        return builder.documents, [Diagnostic(path, position, (), f"invalid YAML: {message}")]
+        return _documents(path, builder), [Diagnostic(path, position, (), f"invalid YAML: {message}")]
     except yaml.YAMLError as exc:
-        return builder.documents, [_file_error(path, f"invalid YAML: {exc}")]
+        return _documents(path, builder), [_file_error(path, f"invalid YAML: {exc}")]
     finally:
         parser.dispose()
     if not builder.documents:
         return [], [_file_error(path, "file is empty: expected at least one manifest document")]
-    return builder.documents, []
+    return _documents(path, builder), []
 
 
-class _TooManyDocuments(Exception):
-    pass
+def _documents(path: Path, builder: Builder) -> list[Document]:
+    return [Document(path, built.number, built.data, built.marks) for built in builder.documents]
 
 
-class _Merge:
-    """Stands in a path for a merge key (`<<`) until its values are merged into the mapping."""
-
-    __slots__ = ("sequence",)
-
-    def __init__(self) -> None:
-        self.sequence = False  # the merge value is a list of mappings
+class _NotPlain(Exception):
+    """The file uses more of YAML than the fast path reads (or it is bad): the full builder takes it."""
 
 
 _NO_KEY: Any = object()  # a mapping waiting for its next key
-_Path = tuple[Any, ...]  # a JsonPath, or one with a _Merge in it
+_MISSING: Any = object()
 
 
-class _Frame:
-    """An open mapping or sequence."""
-
-    __slots__ = ("value", "mapping", "path", "key", "count", "start", "anchor", "merges")
-
-    def __init__(self, value: dict[str, Any] | list[Any], path: _Path, start: int, anchor: str | None) -> None:
-        self.value, self.path, self.start, self.anchor = value, path, start, anchor
-        self.mapping = isinstance(value, dict)
-        self.key: Any = _NO_KEY
-        self.count = 0
-        self.merges: list[tuple[_Merge, Any, Any]] = []
-
-
-@dataclass(frozen=True)
-class _Anchor:
-    value: Any
-    path: _Path
-    start: int  # its positions in `_Builder.order`: [start, end)
-    end: int
-
-
-class _Builder:
-    """Plain values and their positions, from parser events; aliased values are shared, not copied.
-
-    `run` handles the common events (plain scalars, collections) inline, as this is the loop every value
-    of every manifest goes through; anchors, aliases, merge keys and explicit tags go to methods.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.documents: list[Document] = []
-        self.index = -1
-        self.expanded = 0  # values reached through aliases, over the whole file
-        self._document_start()
-
-    def run(self, parser: Any) -> None:
-        get_event, tags, frame_of, no_key, merge, text_tag = parser.get_event, _TAGS, _Frame, _NO_KEY, _Merge, _STR
-        scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
-        mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
-        mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
-        order, stack = self.order, self.stack
-        while (event := get_event()) is not None:
-            kind = type(event)
-            if kind is scalar_event or kind is mapping_start or kind is sequence_start:
-                if not stack or event.anchor is not None:
-                    self._value(event)
-                    continue
-                frame = stack[-1]
-                if frame.mapping:
-                    key = frame.key
-                    if key is no_key:
-                        if kind is scalar_event and event.tag is None and event.implicit[0]:
-                            text = event.value
-                            if (tags.get(text) or self._resolve(text)) in _ALLOWED_SCALARS and text not in frame.value:
-                                frame.key = text  # a plain key: the common case
-                                continue
-                        self._key(frame, event)
-                        continue
-                    if type(key) is merge:
-                        self._value(event)
-                        continue
-                    frame.key = no_key
-                else:
-                    key = frame.count
-                    frame.count = key + 1
-                path = frame.path + (key,)
-                order.append((path, event.start_mark))
-                if kind is scalar_event:
-                    text, tag = event.value, event.tag
-                    if tag is None or tag == "!":  # `!` too, as PyYAML does
-                        tag = (tags.get(text) or self._resolve(text)) if event.implicit[0] else text_tag
-                    value: Any = text if tag == text_tag else self._scalar(event, path, tag)
-                else:
-                    if len(stack) >= MAX_DEPTH:
-                        raise _Refused(_too_deep(), event.start_mark)
-                    if event.tag not in (None, "!", _MAP if kind is mapping_start else _SEQ):
-                        raise _Refused(_tag_message(event.tag), event.start_mark, path)
-                    value = {} if kind is mapping_start else []
-                    stack.append(frame_of(value, path, len(order) - 1, None))
-                if frame.mapping:
-                    frame.value[key] = value
-                else:
-                    frame.value.append(value)  # type: ignore[union-attr]
-            elif kind is mapping_end or kind is sequence_end:
-                self._end()
-            elif kind is alias_event:
-                self._value(event)
-            elif kind is yaml.DocumentStartEvent:
-                self.index += 1
-                if self.index >= MAX_DOCUMENTS:
-                    raise _TooManyDocuments
-                self._document_start()
-                order, stack = self.order, self.stack
-            elif kind is yaml.DocumentEndEvent:
-                self._document_end()
-
-    def _value(self, event: Any) -> None:
-        """A value off the fast path of `run`: the root, anchored, an alias, or the value of a merge key."""
-        path = self._place(event)
-        if path is None:
-            return
-        if type(event) is yaml.AliasEvent:
-            self._alias(event, path)
-        elif type(event) is yaml.ScalarEvent:
-            tag = self._tag(event)
-            start: Any = event.start_mark
-            end: Any = event.end_mark
-            if not self.stack and tag == "tag:yaml.org,2002:null" and event.value == "" and start.index == end.index:
-                self.empty = True  # an empty document: nothing between two `---`, or after a trailing one
-                return
-            value = event.value if tag == _STR else self._scalar(event, path, tag)
-            if event.anchor is not None:
-                self._anchor(event, value, path, len(self.order) - 1)
-            self._attach(path, value, event.start_mark)
+def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
+    """The values of each document, with as little work per event as can be: every value of every manifest
+    goes through this loop. Raises _NotPlain at anything but untagged scalars and collections, no anchors."""
+    get_event, tags, values, no_key, missing = parser.get_event, TAGS, VALUES, _NO_KEY, _MISSING
+    scalar, mapping_start, sequence_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    documents: list[tuple[int, Any]] = []
+    stack: list[tuple[Any, bool]] = []  # the collections that enclose `top`
+    top: Any = None  # the innermost open collection; None at the root of a document
+    in_map, key, root, index = False, no_key, None, -1
+    while (event := get_event()) is not None:
+        kind = type(event)
+        if kind is scalar:
+            if event.tag is not None or event.anchor is not None or top is None:
+                raise _NotPlain  # a scalar document (or an empty one) gets the full builder's messages
+            text = event.value
+            if key is no_key and in_map:
+                if text in top or event.implicit[0] and (tags.get(text) or resolve_tag(text)) not in ALLOWED_SCALARS:
+                    raise _NotPlain  # a duplicate key, or `<<`
+                key = text
+                continue
+            if not event.implicit[0]:
+                value = text  # quoted
+            elif (value := values.get(text, missing)) is missing:
+                value = plain_value(text)
+        elif kind is mapping_start or kind is sequence_start:
+            if event.tag is not None or event.anchor is not None or len(stack) >= MAX_DEPTH or (
+                    key is no_key and in_map):
+                raise _NotPlain
+            value = {} if kind is mapping_start else []
+        elif kind is mapping_end or kind is sequence_end:
+            top, in_map = stack.pop()
+            continue
+        elif kind is yaml.DocumentStartEvent:
+            index += 1
+            if index >= max_documents:
+                raise _NotPlain
+            root = None
+            continue
+        elif kind is yaml.DocumentEndEvent:
+            documents.append((index, root))
+            continue
+        elif kind is yaml.AliasEvent:
+            raise _NotPlain
         else:
-            self._start(event, path)
-
-    def _resolve(self, text: str) -> str:
-        """The implicit tag of a plain scalar: it depends on the text alone (no path resolvers are used)."""
-        if text and _RESOLVABLE is not None and text[0] not in _RESOLVABLE:
-            tag = _STR
+            continue
+        if in_map:
+            top[key] = value
+            key = no_key
+        elif top is None:
+            root = value
         else:
-            tag = _resolve(yaml.ScalarNode, text, (True, False))
-        if len(text) <= 64 and len(_TAGS) < 50_000:
-            _TAGS[text] = tag
-        return tag
-
-    def _document_start(self) -> None:
-        self.order: list[tuple[_Path, Any]] = []  # (path, mark) of each value, in document order
-        self.anchors: dict[str, _Anchor] = {}
-        self.open: set[str] = set()
-        self.stack: list[_Frame] = []
-        self.root: Any = None
-        self.empty = self.merged = False
-
-    def _document_end(self) -> None:
-        if self.empty:
-            return
-        order = self.order
-        if self.merged:
-            order = [(p, pos) for p, pos in order if not any(type(part) is _Merge for part in p)]
-        self.documents.append(Document(self.path, self.index, self.root, dict(order)))
-
-    def _place(self, event: Any) -> _Path | None:
-        """The path of the value `event` starts, recording its position; None when it is a mapping key."""
-        if not self.stack:
-            path: _Path = ()
-        else:
-            frame = self.stack[-1]
-            if frame.mapping:
-                if frame.key is _NO_KEY:
-                    self._key(frame, event)
-                    return None
-                path, frame.key = frame.path + (frame.key,), _NO_KEY
-            else:
-                path = frame.path + (frame.count,)
-                frame.count += 1
-        self.order.append((path, event.start_mark))
-        return path
-
-    def _attach(self, path: _Path, value: Any, mark: Any) -> None:
-        if not self.stack:
-            self.root = value
-            return
-        container, key = self.stack[-1].value, path[-1]
-        if isinstance(container, list):
-            container.append(value)
-        elif type(key) is _Merge:
-            self.stack[-1].merges.append((key, value, mark))
-        else:
-            container[key] = value
-
-    def _key(self, frame: _Frame, event: Any) -> None:
-        if type(event) is not yaml.ScalarEvent:
-            raise _Refused("mapping keys must be plain strings", event.start_mark, frame.path)
-        tag = self._tag(event)
-        if tag == _MERGE:
-            frame.key = _Merge()
-        elif tag not in _ALLOWED_SCALARS:
-            raise _Refused("mapping keys must be plain strings", event.start_mark, frame.path)
-        elif event.value in frame.value:
-            raise _Refused(f"duplicate key {event.value!r} (YAML would silently keep only the last one)",
-                           event.start_mark, frame.path + (event.value,))
-        else:
-            frame.key = event.value
-        if event.anchor is not None:
-            self._anchor(event, event.value, frame.path, len(self.order))
-
-    def _tag(self, event: Any) -> str:
-        tag = event.tag
-        if tag is not None and tag != "!":
-            return str(tag)
-        if not event.implicit[0]:
-            return _STR  # quoted
-        return _TAGS.get(event.value) or self._resolve(event.value)
-
-    def _scalar(self, event: Any, path: _Path, tag: str) -> Any:
-        """The value of a scalar whose tag is not str: a date stays text, other tags must be core ones."""
-        return event.value if tag == _TIMESTAMP else _scalar(tag, event, path)
-
-    def _start(self, event: Any, path: _Path) -> None:
-        mapping = type(event) is yaml.MappingStartEvent
-        if len(self.stack) >= MAX_DEPTH:
-            raise _Refused(_too_deep(), event.start_mark)
-        if event.tag not in (None, "!", _MAP if mapping else _SEQ):
-            raise _Refused(_tag_message(event.tag), event.start_mark, path)
-        value: dict[str, Any] | list[Any] = {} if mapping else []
-        if event.anchor is not None:
-            if event.anchor in self.anchors or event.anchor in self.open:
-                raise _Refused(f"duplicate anchor {event.anchor!r}", event.start_mark, path)
-            self.open.add(event.anchor)
-        self._attach(path, value, event.start_mark)
-        self.stack.append(_Frame(value, path, len(self.order) - 1, event.anchor))
-
-    def _end(self) -> None:
-        frame = self.stack.pop()
-        if frame.merges:
-            self._merge(frame)
-        if frame.anchor is not None:
-            self.open.discard(frame.anchor)
-            self.anchors[frame.anchor] = _Anchor(frame.value, frame.path, frame.start, len(self.order))
-
-    def _anchor(self, event: Any, value: Any, path: _Path, start: int) -> None:
-        if event.anchor in self.anchors or event.anchor in self.open:
-            raise _Refused(f"duplicate anchor {event.anchor!r}", event.start_mark, path)
-        self.anchors[event.anchor] = _Anchor(value, path, start, len(self.order))
-
-    def _alias(self, event: Any, path: _Path) -> None:
-        name = event.anchor
-        if name in self.open:
-            raise _Refused(f"alias *{name} refers to a value that contains it", event.start_mark, path)
-        anchor = self.anchors.get(name)
-        if anchor is None:
-            raise yaml.composer.ComposerError(None, None, f"found undefined alias {name!r}", event.start_mark)
-        self.expanded += max(anchor.end - anchor.start, 1)
-        if self.expanded > MAX_EXPANDED_NODES:
-            raise _Refused(f"aliases expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); "
-                           "write the values out or use fewer aliases", event.start_mark, path)
-        cut = len(anchor.path)
-        self.order.pop()  # the alias's own position is replaced by those of the values it stands for
-        self.order += [(path + p[cut:], pos) for p, pos in self.order[anchor.start:anchor.end]]
-        self._attach(path, anchor.value, event.start_mark)
-
-    def _merge(self, frame: _Frame) -> None:
-        """`<<: *base` merge keys: the mapping's own keys win, then earlier sources over later ones (YAML 1.1)."""
-        mapping = frame.value
-        assert isinstance(mapping, dict)
-        chosen: set[tuple[_Merge, int, str]] = set()
-        for merge, value, mark in frame.merges:
-            merge.sequence = isinstance(value, list)
-            for i, source in enumerate(value if merge.sequence else [value]):
-                if not isinstance(source, dict):
-                    raise _Refused("a merge key (<<) needs a mapping or a list of mappings", mark, frame.path)
-                for key, item in source.items():
-                    if key not in mapping:
-                        mapping[key] = item
-                        chosen.add((merge, i, key))
-        depth, moved = len(frame.path), list[tuple[_Path, Any]]()
-        for p, pos in self.order[frame.start:]:
-            if len(p) > depth and type(p[depth]) is _Merge:
-                merge = p[depth]
-                rest = p[depth + 2:] if merge.sequence else p[depth + 1:]
-                i = p[depth + 1] if merge.sequence and len(p) > depth + 1 else 0
-                if rest and (merge, i, rest[0]) in chosen:
-                    moved.append((frame.path + rest, pos))
-        self.order += moved
-        self.merged = True
-
-
-def _too_deep() -> str:
-    return f"document is nested too deeply (over {MAX_DEPTH} levels)"
-
-
-def _scalar(tag: str, event: Any, path: _Path) -> Any:
-    construct = _SCALAR_CONSTRUCTORS.get(tag)
-    if construct is None:
-        raise _Refused(_tag_message(tag), event.start_mark, path)
-    try:
-        value = construct(yaml.ScalarNode(tag, event.value))
-    except (yaml.YAMLError, ValueError, KeyError) as exc:  # KeyError: `!!bool maybe`
-        shown = tag.replace("tag:yaml.org,2002:", "!!")
-        reason = "it has too many digits" if "digits" in str(exc) else f"it is not a valid {shown}"
-        raise _Refused(f"invalid scalar {_shorten(event.value)}: {reason}", event.start_mark, path) from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(f"{_shorten(event.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
-                       event.start_mark, path)
-    return value
-
-
-def _shorten(text: str) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _tag_message(tag: str) -> str:
-    shown = tag.replace("tag:yaml.org,2002:", "!!")
-    return f"YAML tag {shown} is not allowed: manifests may only use plain mappings, lists, strings, numbers, booleans and null"
+            top.append(value)
+        if kind is not scalar:
+            stack.append((top, in_map))
+            top, in_map = value, kind is mapping_start
+    return documents
 
 
 def _is_blank(line: str) -> bool:

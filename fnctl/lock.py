@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,17 +29,39 @@ class LockTimeout(FnctlError):
 @contextmanager
 def held(store_path: Path, timeout: float, command: str | None = None) -> Iterator[None]:
     """Hold the store's lock for the block; wait up to `timeout` seconds for it."""
+    with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout)):
+        yield
+
+
+@contextmanager
+def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
+    """Hold the store's lock for the block if it is free now (True), else do without it (False)."""
+    def try_once(fd: int, path: Path) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    with _holding(store_path, command, try_once) as got:
+        yield got
+
+
+@contextmanager
+def _holding(store_path: Path, command: str | None, acquire: Callable[[int, Path], object]) -> Iterator[bool]:
     path = store_path.with_name(store_path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, path, timeout)
+        if acquire(fd, path) is False:
+            yield False
+            return
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                   "command": command or " ".join(["fnctl", *sys.argv[1:]])[:200]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:
-            yield
+            yield True
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

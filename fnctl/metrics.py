@@ -107,6 +107,9 @@ class Metrics:
                                ("function", "code"), registry=self.registry)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self._codes: dict[tuple[str, int, int], Any] = {}
+        # In flight per revision, copied to the gauge when scraped: a gauge update per request and answer
+        # (a label look-up and a lock each) costs more than the scrapes that read it.
+        self._inflight_now: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, int, int], _Second] = {}
         self._lock = threading.Lock()  # observe (event loop) against flush (a worker thread)
         self._last_prune = 0.0
@@ -149,13 +152,16 @@ class Metrics:
         self._denied.labels(function, str(status)).inc()
 
     def inflight(self, function: str, revision: int, delta: int) -> None:
-        self._inflight.labels(function, str(revision)).inc(delta)
+        key = (function, revision)
+        self._inflight_now[key] = self._inflight_now.get(key, 0) + delta
 
     def set_instances(self, function: str, revision: int, n: int) -> None:
         self._instances.labels(function, str(revision)).set(n)
 
     def forget(self, function: str, revision: int) -> None:
         """Drop the gauges of a revision whose pool is gone (its counters stay: they only grow)."""
+        if not self._inflight_now.get((function, revision)):
+            self._inflight_now.pop((function, revision), None)
         for gauge in (self._inflight, self._instances):
             try:
                 gauge.remove(function, str(revision))
@@ -164,6 +170,8 @@ class Metrics:
 
     def render(self) -> bytes:
         """Every series in the Prometheus text format (serve it with CONTENT_TYPE)."""
+        for (function, revision), count in list(self._inflight_now.items()):
+            self._inflight.labels(function, str(revision)).set(count)
         return generate_latest(self.registry)
 
     # ---- per-second buckets for rollout analysis ----

@@ -268,6 +268,11 @@ def _limits(raw: dict[str, Any], defaults: Limits) -> Limits:
     )
 
 
+def parse_rollout(raw: dict[str, Any]) -> Rollout:
+    """A rollout from its manifest form (also how a revision's canonical spec keeps it)."""
+    return _rollout(raw)
+
+
 def _rollout(raw: dict[str, Any]) -> Rollout:
     at = ("spec", "rollout")
     sticky = raw.get("stickiness", {})

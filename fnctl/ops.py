@@ -37,6 +37,7 @@ class FunctionStatus:
     last_deploy: float | None
     last_deploy_by: str | None
     last_commit: str | None
+    rollout: str | None = None  # a rollout under way, in words: "canary of r3: paused at step 2/3"
 
 
 def open_store(project: Project, state: Path | None) -> Store:
@@ -61,10 +62,20 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
             rows = [_instance_status(row, containers.get(row.id)) for row in store.instances(name)]
             result.append(FunctionStatus(name, live, weights, rows, current.created_at if current else None,
                                          current.created_by if current else None,
-                                         current.git_commit if current else None))
+                                         current.git_commit if current else None, _rollout_words(store, name)))
         return result
     finally:
         store.close()
+
+
+def _rollout_words(store: Store, name: str) -> str | None:
+    from fnctl.rollout import ACTIVE
+
+    rows = store.rollouts(name, states=ACTIVE)
+    if not rows:
+        return None
+    row = rows[-1]
+    return f"{row.strategy} of r{row.canary}: {row.state} at step {row.step + 1} (fnctl rollout status {name})"
 
 
 def _instance_status(row: Any, container: Any) -> InstanceStatus:

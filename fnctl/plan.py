@@ -1,18 +1,21 @@
 """From changes to an ordered plan of steps, and the plan file `fnctl plan -o plan.json` writes.
 
-Pure: the plan names what will happen, in order, and the fingerprint of the live state it was made
-against, so that `fnctl apply plan.json` can refuse a plan whose world has moved on.
+Pure: the plan names what will happen, in order, each progressive rollout's timeline, and the fingerprint of
+the live state it was made against, so that `fnctl apply plan.json` can refuse a plan whose world has moved on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from fnctl.diff import Change, ChangeKind, DriftKind, LiveState
+from fnctl.model import Rollout, Strategy
+from fnctl.timeline import Timeline, timeline, timeline_summary, timeline_to_json
 
 PLAN_FORMAT = 1
 
@@ -44,28 +47,40 @@ class Plan:
     live_fingerprint: str
     desired_hashes: dict[str, str] = field(default_factory=dict)  # function → spec hash it was planned with
     prune: bool = False
+    timelines: dict[str, Timeline] = field(default_factory=dict)  # function → its progressive rollout (updates)
 
     @property
     def empty(self) -> bool:
         return not self.steps
 
 
-def make_plan(project: str, changes: list[Change], live: LiveState, *, prune: bool) -> Plan:
+def make_plan(project: str, changes: list[Change], live: LiveState, *, prune: bool,
+              rollouts: Mapping[str, Rollout] | None = None) -> Plan:
+    """`rollouts`: each desired function's rollout; without one, a function switches all its traffic at once."""
     steps: list[Step] = []
     if live.orphans:
         steps.append(Step(StepKind.REMOVE_ORPHANS, "", f"{len(live.orphans)} container(s) unknown to the store"))
+    timelines = _timelines(changes, rollouts or {})
     for change in changes:
-        steps += _steps_for(change, prune)
+        steps += _steps_for(change, prune, timelines.get(change.function))
     desired = {c.function: c.spec_hash for c in changes if c.spec_hash is not None}
-    return Plan(project, tuple(changes), tuple(steps), live_fingerprint(live), desired, prune)
+    return Plan(project, tuple(changes), tuple(steps), live_fingerprint(live), desired, prune, timelines)
 
 
-def _steps_for(change: Change, prune: bool) -> list[Step]:
+def _timelines(changes: list[Change], rollouts: Mapping[str, Rollout]) -> dict[str, Timeline]:
+    # Only updates roll out progressively: a first deploy has nothing live to share the traffic with.
+    return {c.function: timeline(rollouts[c.function]) for c in changes
+            if c.kind is ChangeKind.UPDATE and c.function in rollouts
+            and rollouts[c.function].strategy is not Strategy.IMMEDIATE}
+
+
+def _steps_for(change: Change, prune: bool, rollout: Timeline | None) -> list[Step]:
     name = change.function
     if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
         what = "new function" if change.kind is ChangeKind.CREATE else f"replaces revision {change.live_revision}"
+        switch = timeline_summary(rollout) if rollout is not None else "100% to the new revision"
         steps = [Step(StepKind.BUILD, name), Step(StepKind.CREATE_REVISION, name, what), Step(StepKind.START, name),
-                 Step(StepKind.HEALTH_CHECK, name), Step(StepKind.SWITCH, name, "100% to the new revision")]
+                 Step(StepKind.HEALTH_CHECK, name), Step(StepKind.SWITCH, name, switch)]
         if change.kind is ChangeKind.UPDATE:
             steps.append(Step(StepKind.STOP_OLD, name, f"drain revision {change.live_revision}"))
         return steps
@@ -102,6 +117,7 @@ def plan_to_json(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
         "liveFingerprint": plan.live_fingerprint, "live": summary, "desired": plan.desired_hashes,
         "changes": [change_to_json(c) for c in plan.changes],
         "steps": [{"kind": s.kind.value, "function": s.function, "detail": s.detail} for s in plan.steps],
+        "timelines": {name: timeline_to_json(t) for name, t in plan.timelines.items()},
     }
 
 

@@ -1,5 +1,6 @@
-"""The gateway's instance pools: `PoolManager` keeps one `RevisionPool` per revision that is routed or was
-invoked on demand (a preview of a 0% revision), and does their blocking work in worker threads.
+"""The gateway's instance pools: `PoolManager` keeps one `RevisionPool` per revision that is in the routing
+table (with a share of the traffic, or kept warm at 0%) or was invoked on demand (pinned to a revision the
+table does not list), and does their blocking work in worker threads.
 
 The blocking work (`DockerActions`) goes through the sync `fnctl.instances` API and the state store, one
 store connection per action, each scale action under the store's lock (`fnctl.lock`, short timeout, retried
@@ -25,12 +26,13 @@ from fnctl.instances import Failure
 from fnctl.lock import LockTimeout
 from fnctl.project import Project
 from fnctl.revisionpool import Overloaded, PoolResult, PoolStats, RevisionPool, Slot, Target, Unavailable
+from fnctl.scaling import Routing, routing_of
 from fnctl.revisionspec import function_from_spec
 from fnctl.sandbox import labels
 from fnctl.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
 from fnctl.transport import UnixSocketTransport
 
-__all__ = ["DockerActions", "Overloaded", "PoolManager", "PoolResult", "PoolStats", "Unavailable"]
+__all__ = ["DockerActions", "Overloaded", "PoolManager", "PoolResult", "PoolStats", "Routing", "Unavailable"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,8 +148,9 @@ class DockerActions:
 
 class PoolManager:
     """Every revision's pool, on one event loop. `idle_seconds`: how long an instance beyond minInstances
-    may stay idle before it is stopped; `grace_seconds`: the same for revisions that get no traffic share
-    (previews, and revisions no longer routed); `queue_limit`: requests queued per revision at the limit."""
+    may stay idle before it is stopped; `grace_seconds`: the same for revisions the routing table does not
+    list (invoked by pinning, or no longer routed); `queue_limit`: requests queued per revision at
+    maxInstances (below it, requests wait for the instances being started)."""
 
     def __init__(self, project: Project, store_path: Path, *, idle_seconds: float = 300.0, queue_limit: int = 64,
                  grace_seconds: float = 30.0, workers: int = 8) -> None:
@@ -167,24 +170,26 @@ class PoolManager:
         self._reads = ThreadPoolExecutor(2, thread_name_prefix="fnctl-pool-read")
 
     async def start(self) -> None:
-        """Adopt the store's ready instances of routed revisions, keep minInstances, start the upkeep."""
+        """Adopt the store's ready instances of the revisions in the routing table, keep their minInstances,
+        start the upkeep."""
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def reconcile(self, routes: Mapping[str, Mapping[int, int]]) -> None:
-        """Follow a routing table: pools for every revision with weight > 0 (adopting instances `fnctl apply`
-        started), the others lose their minInstances and are drained after `grace_seconds` idle."""
+        """Follow a routing table: a pool for every revision it lists, routed (weight > 0) or kept warm
+        (weight 0), adopting the instances `fnctl apply` started and keeping minInstances; the revisions it
+        does not list lose their minInstances and are drained after `grace_seconds` idle."""
         await self._follow(routes)
 
     async def _follow(self, routes: Mapping[str, Mapping[int, int]]) -> list[asyncio.Task[Any]]:
         """`reconcile`, returning the connections to adopted instances, still under way."""
         attaching: list[asyncio.Task[Any]] = []
         self._routes = {f: {int(r): int(w) for r, w in weights.items()} for f, weights in routes.items()}
-        wanted = {(f, r) for f, weights in self._routes.items() for r, w in weights.items() if w > 0}
+        wanted = {(f, r) for f, weights in self._routes.items() for r in weights}
         for key, pool in self._pools.items():
-            pool.set_routed(key in wanted)
+            pool.set_routing(self._routing(key))
         if self.closing:
             return attaching
         rows = await self._in_thread(self.actions.ready_rows, reads=True)
@@ -194,7 +199,7 @@ class PoolManager:
             except FnctlError as exc:
                 log.warning("cannot serve %s revision %s: %s", key[0], key[1], exc.message)
                 continue
-            pool.set_routed(True)
+            pool.set_routing(self._routing(key))
             attaching += pool.adopt(rows.get(key, []))
             pool.scale()
         return attaching
@@ -212,7 +217,8 @@ class PoolManager:
 
     async def close(self, timeout: float = 30.0) -> None:
         """Drain: refuse new requests, let in-flight and queued ones finish (up to `timeout`), stop the
-        instances beyond each routed revision's minInstances and every instance of the others."""
+        instances beyond the minInstances of each revision in the routing table and every instance of the
+        others."""
         self.closing = True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(p.waiters or any(s.inflight for s in p.slots.values())
@@ -290,9 +296,12 @@ class PoolManager:
         rows = await self._in_thread(self.actions.ready_rows, reads=True)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = RevisionPool(self, target, routed=self._routes.get(key[0], {}).get(key[1], 0) > 0)
+            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key))
             pool.adopt(rows.get(key, []))
         return pool
+
+    def _routing(self, key: tuple[str, int]) -> Routing:
+        return routing_of(self._routes.get(key[0]), key[1])
 
     async def _tick_loop(self) -> None:
         interval = max(0.05, min(1.0, self.idle_seconds / 4, self.grace_seconds / 4))

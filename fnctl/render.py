@@ -39,18 +39,35 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _line(text: str, *, stderr: bool = False, styled: str | None = None) -> None:
-    """One line: as is when the stream is not a terminal (what rich would print there too, without loading
-    rich), else through rich, with `styled` (rich markup) when given."""
+def _plain(stderr: bool) -> bool:
+    """True when the stream is not a terminal: rich would print the text as is there, so rich (~40 ms of
+    imports) is not loaded at all."""
     stream: TextIO = sys.stderr if stderr else sys.stdout
     try:
-        plain = not stream.isatty() and "FORCE_COLOR" not in os.environ
+        return not stream.isatty() and "FORCE_COLOR" not in os.environ
     except (AttributeError, ValueError):
-        plain = True
-    if plain:
-        stream.write(text + "\n")
+        return True
+
+
+def _line(text: str, *, stderr: bool = False, styled: str | None = None) -> None:
+    """One line: as is when the stream is not a terminal, else through rich, with `styled` (rich markup)
+    when given."""
+    if _plain(stderr):
+        (sys.stderr if stderr else sys.stdout).write(text + "\n")
     else:
         (err_console() if stderr else console()).print(styled or text, markup=styled is not None, emoji=False)
+
+
+def _rule(title: str = "") -> None:
+    """A horizontal rule on stderr, with `title` in its middle."""
+    if not _plain(stderr=True):
+        err_console().rule(title, style="dim")
+        return
+    utf = (getattr(sys.stderr, "encoding", None) or "").lower().replace("-", "") == "utf8"
+    bar, width = ("\u2500" if utf else "-"), 80  # rich's width for a stream that is not a terminal
+    label = f" {title} " if title else ""
+    left = (width - len(label)) // 2
+    sys.stderr.write(bar * left + label + bar * (width - left - len(label)) + "\n")
 
 
 def print_json(data: Any) -> None:
@@ -89,7 +106,8 @@ class Progress:
         self._quiet = quiet
 
     def __enter__(self) -> Progress:
-        if err_console().is_terminal and not self._quiet:
+        # Not a terminal: plain lines, without loading rich (the kept-warm invoke path never prints one)
+        if not self._quiet and not _plain(stderr=True) and err_console().is_terminal:
             self._status = err_console().status("working")
             self._status.__enter__()
         return self
@@ -102,7 +120,7 @@ class Progress:
         if self._status is not None:
             self._status.update(line[:120])
         elif not self._quiet:
-            err_console().print(line, markup=False)
+            _line(line, stderr=True)
 
 
 def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool) -> None:
@@ -116,19 +134,28 @@ def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool)
         })
         return
     if show_logs and outcome.logs:
-        err_console().rule("logs", style="dim")
-        err_console().print(outcome.logs.rstrip("\n"), markup=False)
-        err_console().rule(style="dim")
+        _rule("logs")
+        _line(outcome.logs.rstrip("\n"), stderr=True)
+        _rule()
     if outcome.ok:
-        if console().is_terminal:
-            console().print_json(json.dumps(outcome.result))
-        else:
+        if _plain(stderr=False):
             sys.stdout.write(json.dumps(outcome.result) + "\n")
+        else:
+            console().print_json(json.dumps(outcome.result))
     else:
-        err_console().print(f"[red]error ({outcome.failure.value}):[/red] {outcome.message}", highlight=False)
+        error = f"error ({outcome.failure.value}):"
+        _line(f"{error} {outcome.message}", stderr=True, styled=f"[red]{error}[/red] {_escape(outcome.message)}")
         if outcome.traceback:
-            err_console().print(outcome.traceback.rstrip("\n"), markup=False)
-    err_console().print(f"[dim]{outcome.duration_ms:.1f} ms{' (warm instance)' if warm else ''}[/dim]")
+            _line(outcome.traceback.rstrip("\n"), stderr=True)
+    duration = f"{outcome.duration_ms:.1f} ms{' (warm instance)' if warm else ''}"
+    _line(duration, stderr=True, styled=f"[dim]{duration}[/dim]")
+
+
+def _escape(text: str) -> str:
+    """`text` as literal rich markup (a message may hold `[b]`)."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def render_sandbox_checks(reports: list[Any], output: Output) -> None:

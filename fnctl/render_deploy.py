@@ -14,6 +14,7 @@ from fnctl.ops import FunctionStatus, age, revision_json
 from fnctl.plan import change_to_json
 from fnctl.render import Output, console, err_console, print_json
 from fnctl.store import Revision
+from fnctl.timeline import timeline_from_json, timeline_lines
 
 _COLOURS = {ChangeKind.CREATE: "green", ChangeKind.UPDATE: "yellow", ChangeKind.DELETE: "red",
             ChangeKind.UNCHANGED: "dim"}
@@ -55,15 +56,29 @@ def render_plan(document: dict[str, Any], written: Path | None) -> None:
     for index, step in enumerate(document["steps"], 1):
         target = f"{step['function']}: " if step["function"] else ""
         out.print(f"{index:>3}. {target}{step['kind']}" + (f" ({step['detail']})" if step["detail"] else ""))
+    for name, data in document.get("timelines", {}).items():  # a plan file from an older fnctl has none
+        found = timeline_from_json(data)
+        out.print(f"[bold]{name}[/bold]: {found.strategy.value} timeline", highlight=False)
+        for line in timeline_lines(found):
+            out.print(f"    {line}", markup=False, highlight=False)
     if written is not None:
         out.print(f"plan written to {written}; apply it with `fnctl apply {written}`")
 
 
-def render_apply(report: ApplyReport, output: Output) -> None:
+def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False) -> None:
+    """`one_line`: the JSON on one line (the last of an NDJSON stream)."""
+    from fnctl.render_rollout import snapshot_json, summary
+
     if output is Output.JSON:
-        print_json({"ok": not report.failed, "recovered": report.recovered,
+        document = {"type": "apply", "ok": not report.failed, "exitCode": int(report.exit_code),
+                    "recovered": report.recovered,
                     "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
-                                 "message": o.message, "detail": o.detail} for o in report.outcomes]})
+                                 "message": o.message, "detail": o.detail} for o in report.outcomes],
+                    "rollouts": [snapshot_json(s) for s in report.rollouts]}
+        if one_line:
+            print(json.dumps(document, default=str))
+        else:
+            print_json(document)
         return
     for line in report.recovered:
         err_console().print(f"[yellow]recovered:[/yellow] {line}", highlight=False)
@@ -72,6 +87,9 @@ def render_apply(report: ApplyReport, output: Output) -> None:
     for outcome in report.outcomes:
         mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
         console().print(f"{mark} {outcome.function}: {outcome.action}: {outcome.message}", highlight=False)
+    for snapshot in report.rollouts:
+        for line in summary(snapshot):
+            console().print(line, markup=False, highlight=False)
         if outcome.detail:
             err_console().print(outcome.detail, markup=False)
 
@@ -82,7 +100,8 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
                      "weights": {str(k): v for k, v in s.weights.items()},
                      "instances": [{"id": i.id, "revision": i.revision, "container": i.container, "state": i.state,
                                     "healthy": i.healthy, "inflight": i.inflight} for i in s.instances],
-                     "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit}
+                     "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit,
+                     "rollout": s.rollout}
                     for s in statuses])
         return
     if not statuses:
@@ -99,8 +118,8 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
         weights = ", ".join(f"r{r}: {w}%" for r, w in sorted(s.weights.items()))
         who = f" by {s.last_deploy_by}" if s.last_deploy_by else ""
         commit = f" @{s.last_commit[:8]}" if s.last_commit else ""
-        table.add_row(s.name, str(s.live_revision), weights, f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]",
-                      f"{age(s.last_deploy)}{who}{commit}")
+        table.add_row(s.name, str(s.live_revision), weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""),
+                      f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]", f"{age(s.last_deploy)}{who}{commit}")
     console().print(table)
 
 

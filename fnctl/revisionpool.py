@@ -24,7 +24,7 @@ from fnctl.errors import FnctlError
 from fnctl.instances import RECYCLE, Failure, Outcome
 from fnctl.lock import LockTimeout
 from fnctl.model import Function
-from fnctl.scaling import idle_to_stop, pick, retry_after, to_start
+from fnctl.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
 from fnctl.transport import ConnectionLost, ErrorKind, TransportError, TransportTimeout
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ class PoolStats:
 
 
 class Overloaded(FnctlError):
-    """Every instance is busy and the revision's queue (`queue_limit`) is full (→ 429 with Retry-After).
-    Below maxInstances more instances are already starting; at it, this is the only relief."""
+    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
+    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
 
     def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
         super().__init__(message)
@@ -134,14 +134,14 @@ def _failed(failure: Failure, message: str, started: float) -> Outcome:
 class RevisionPool:
     """The instances of one revision and the requests queued for them. Lives on one event loop."""
 
-    def __init__(self, host: Host, target: Target, *, routed: bool) -> None:
+    def __init__(self, host: Host, target: Target, *, routing: Routing) -> None:
         self.host = host
         self.target = target
         self.name = f"{target.function.name} revision {target.revision}"
         self.concurrency = max(target.function.scaling.concurrency, 1)
         self.slots: dict[str, Slot] = {}
         self.waiters: deque[asyncio.Future[Slot]] = deque()
-        self.routed = routed
+        self.routing = routing
         self.unrouted_since = time.monotonic()
         self.start_error: tuple[float, str] | None = None
         self.latency = 0.1  # seconds, moving average: for Retry-After
@@ -150,13 +150,13 @@ class RevisionPool:
 
     @property
     def keep(self) -> int:
-        """Instances kept warm: minInstances while traffic is routed here, none for a preview."""
-        return self.target.function.scaling.min_instances if self.routed else 0
+        """Instances kept warm: minInstances while the revision is in the routing table (0% included)."""
+        return kept_warm(self.routing, self.target.function.scaling)
 
-    def set_routed(self, routed: bool) -> None:
-        if self.routed and not routed:
+    def set_routing(self, routing: Routing) -> None:
+        if routing is Routing.UNROUTED and self.routing is not Routing.UNROUTED:
             self.unrouted_since = time.monotonic()
-        self.routed = routed
+        self.routing = routing
 
     def stats(self) -> PoolStats:
         slots = self.slots.values()
@@ -164,7 +164,7 @@ class RevisionPool:
                          len(self.waiters))
 
     def disposable(self, now: float) -> bool:
-        return (not self.routed and not self.slots and not self.waiters
+        return (self.routing is Routing.UNROUTED and not self.slots and not self.waiters
                 and now - self.unrouted_since >= self.host.grace_seconds)
 
     # ---- requests ----
@@ -189,10 +189,13 @@ class RevisionPool:
         return await self._queue()
 
     async def _queue(self) -> tuple[Slot, bool]:
-        if len(self.waiters) >= self.host.queue_limit:
+        slots = self.slots.values()
+        ready, starting = sum(s.ready for s in slots), sum(s.phase is Phase.STARTING for s in slots)
+        if refuse(ready=ready, starting=starting, queued=len(self.waiters), queue_limit=self.host.queue_limit,
+                  scaling=self.target.function.scaling, can_start=not self._backing_off()):
             raise Overloaded(self._retry_after(), f"{self.name}: all instances busy and the queue is full")
-        cold = not any(s.ready for s in self.slots.values())
-        if cold and self._backing_off() and not any(s.phase is Phase.STARTING for s in self.slots.values()):
+        cold = not ready
+        if cold and self._backing_off() and not starting:
             assert self.start_error is not None
             raise Unavailable(f"{self.name} could not start an instance: {self.start_error[1]}")
         loop = asyncio.get_running_loop()
@@ -294,7 +297,8 @@ class RevisionPool:
 
     def tick(self, now: float) -> None:
         """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
-        idle = self.host.idle_seconds if self.routed else min(self.host.idle_seconds, self.host.grace_seconds)
+        idle = self.host.idle_seconds if self.routing is not Routing.UNROUTED else min(self.host.idle_seconds,
+                                                                                        self.host.grace_seconds)
         for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
             self._stop(slot, drain=True)
         self.scale()

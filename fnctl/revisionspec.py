@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fnctl.model import (
-    Check, Function, Isolation, Limits, Network, Rollout, Scaling, SecretRef, Strategy,
+    Check, Function, Isolation, Limits, Network, Scaling, SecretRef, parse_rollout,
 )
 
 
@@ -26,6 +26,6 @@ def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Fun
         parameters=spec.get("parameters"), returns=spec.get("returns"),
         health_checks=tuple(Check(c["event"], c["expect"]) if "expect" in c else Check(c["event"])
                             for c in spec.get("healthCheck") or []),
-        rollout=Rollout(strategy=Strategy((spec.get("rollout") or {}).get("strategy", "immediate"))),
+        rollout=parse_rollout(spec.get("rollout") or {"strategy": "immediate"}),
         spec=spec,
     )

@@ -1,14 +1,36 @@
-"""The instance pool's decisions, as pure functions: which instance takes a request, how many instances to
-start, which idle ones to stop, and when a refused caller should come back. No I/O, no clock: callers pass
+"""The instance pool's decisions, as pure functions: how a revision's place in the routing table sets what
+is kept warm, which instance takes a request, how many instances to start, which idle ones to stop, when a
+busy revision refuses a request, and when a refused caller should come back. No I/O, no clock: callers pass
 the time in; tests cover them without a Docker engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from fnctl.model import Scaling
+
+
+class Routing(StrEnum):
+    """A revision's place in its function's routing-table weights."""
+
+    ROUTED = "routed"  # weight > 0: takes a share of the traffic
+    WARM = "warm"  # weight 0 but listed: a blue-green preview, or the old revision during scaleDownDelay
+    UNROUTED = "unrouted"  # not listed: reached only by pinning, drained after the grace
+
+
+def routing_of(weights: Mapping[int, int] | None, revision: int) -> Routing:
+    if weights is None or revision not in weights:
+        return Routing.UNROUTED
+    return Routing.ROUTED if weights[revision] > 0 else Routing.WARM
+
+
+def kept_warm(routing: Routing, scaling: Scaling) -> int:
+    """Instances kept running however idle: minInstances for a revision in the routing table (a listed 0%
+    revision must be ready to take traffic at once when it is switched to), none for an unrouted one."""
+    return 0 if routing is Routing.UNROUTED else scaling.min_instances
 
 
 class Candidate(Protocol):
@@ -43,10 +65,22 @@ def pick(candidates: Iterable[C], concurrency: int) -> C | None:
 
 def to_start(*, ready: int, starting: int, inflight: int, queued: int, scaling: Scaling, keep: int) -> int:
     """How many instances to start now: enough for every in-flight and queued request at `concurrency`
-    each, never fewer than `keep` (minInstances while routed), never more than maxInstances in all."""
+    each, never fewer than `keep` (`kept_warm`), never more than maxInstances in all."""
     needed = -(-(inflight + queued) // max(scaling.concurrency, 1))  # ceiling division
     wanted = min(max(keep, needed), max(scaling.max_instances, keep))
     return max(wanted - ready - starting, 0)
+
+
+def refuse(*, ready: int, starting: int, queued: int, queue_limit: int, scaling: Scaling, can_start: bool) -> bool:
+    """Whether a request that finds every instance busy is refused (429) rather than queued: only when the
+    queue is full and no more instances can come, because the revision is at maxInstances (those starting
+    count) or because starts are failing (`can_start` false) and none is under way. Below maxInstances a
+    request waits for the instances being started, bounded by its timeout."""
+    if queued < queue_limit:
+        return False
+    if ready + starting >= scaling.max_instances:
+        return True
+    return not can_start and starting == 0
 
 
 def idle_to_stop(candidates: Iterable[C], *, now: float, idle_seconds: float, keep: int) -> list[C]:

@@ -18,9 +18,10 @@ from typing import Any
 from fnctl.diagnostics import display_path
 from fnctl.model import (
     Isolation,
-    MAX_LIMITS, MIN_MEMORY, Analysis, DesiredState, Function, Kind, Policy, Step, StepKind, Strategy, Trigger,
+    MAX_LIMITS, MIN_MEMORY, DesiredState, Function, Kind, Policy, Trigger,
     TriggerType, View,
 )
+from fnctl.rolloutchecks import check_rollout
 from fnctl.schemas import check_json_schema
 from fnctl.units import format_duration
 
@@ -30,7 +31,7 @@ _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
 def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
-    for cached in (_top_level_names, _escaping_symlink, _real):
+    for cached in (_top_level_names, _escaping_symlink, _real, _real_parent, _real_path):
         cached.cache_clear()  # per run: files may have changed since a previous run in this process
     yield from _unique_names(state)
     functions = {f.name: f for f in state.functions}
@@ -61,7 +62,7 @@ def check_function(function: Function, root: Path) -> Iterator[Finding]:
     if function.scaling.min_instances > function.scaling.max_instances:
         yield (function, ("spec", "scaling", "minInstances"),
                f"minInstances ({function.scaling.min_instances}) exceeds maxInstances ({function.scaling.max_instances})")
-    yield from _rollout(function)
+    yield from check_rollout(function)
 
 
 def _unique_names(state: DesiredState) -> Iterator[Finding]:
@@ -93,9 +94,9 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
         return
     # `..` is taken lexically from the manifest's real directory (a symlinked path to the project is fine);
     # paths are plain strings here: a thousand functions make pathlib's overhead count
-    base = _real(os.path.abspath(function.document.file.parent))
+    base = _real_parent(function.document.file)
     source = os.path.normpath(os.path.join(base, function.source))
-    real_root = _real(os.path.abspath(root))
+    real_root = _real_path(root)
     at = ("spec", "source")
     if os.path.isabs(function.source) or not _within(real_root, source):
         yield function, at, f"source {function.source!r} escapes the project root {root}"
@@ -110,9 +111,20 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if escaping:
         yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
         return
-    problem = handler_problem(Path(source), function.handler)
+    problem = handler_problem(source, function.handler)
     if problem:
         yield function, ("spec", "handler"), problem
+
+
+@cache
+def _real_parent(file: Path) -> str:
+    """The real directory of a manifest file: asked for once per function, computed once per file."""
+    return _real(os.path.abspath(file.parent))
+
+
+@cache
+def _real_path(path: Path) -> str:
+    return _real(os.path.abspath(path))
 
 
 @cache
@@ -132,6 +144,8 @@ def _within(base: str, path: str) -> bool:
 @cache
 def _escaping_symlink(source: str, root: str) -> str | None:
     """The first entry below `source` (in name order) that is a symlink resolving outside `root`."""
+    if not _any_escaping_symlink(source, root):
+        return None  # the common case, found without sorting every directory
     pending = deque([source])
     while pending:
         directory = pending.popleft()
@@ -148,9 +162,24 @@ def _escaping_symlink(source: str, root: str) -> str | None:
     return None
 
 
-def handler_problem(source: Path, handler: str) -> str | None:
-    """Why `handler` cannot be found in `source` (parsed, never imported), or None."""
-    base = str(source)
+def _any_escaping_symlink(source: str, root: str) -> bool:
+    pending = [source]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        if not _within(root, os.path.realpath(entry.path)):
+                            return True
+                    elif entry.is_dir():
+                        pending.append(entry.path)
+        except OSError:
+            continue
+    return False
+
+
+def handler_problem(source: str, handler: str) -> str | None:
+    """Why `handler` cannot be found in the directory `source` (parsed, never imported), or None."""
     if ":" in handler:
         file_part, attr = handler.rsplit(":", 1)
         candidates = [file_part]
@@ -160,12 +189,12 @@ def handler_problem(source: Path, handler: str) -> str | None:
         rel = os.path.join(*module.split("."))
         candidates = [rel + ".py", os.path.join(rel, "__init__.py")]
         shown = module
-    if not _within(base, os.path.normpath(os.path.join(base, candidates[0]))):
+    if not _within(source, os.path.normpath(os.path.join(source, candidates[0]))):
         return f"handler file {shown!r} is outside the source directory"
-    found = next((c for c in candidates if os.path.isfile(os.path.join(base, c))), None)
+    found = next((c for c in candidates if os.path.isfile(os.path.join(source, c))), None)
     if found is None:
         return f"handler module {shown!r} not found in the source directory (looked for {', '.join(candidates)})"
-    names, error = _top_level_names(os.path.join(base, found))
+    names, error = _top_level_names(os.path.join(source, found))
     if error:
         return f"cannot parse {found}: {error}"
     if attr not in names and "*" not in names:  # a star import may provide it: only running the code could tell
@@ -176,8 +205,7 @@ def handler_problem(source: Path, handler: str) -> str | None:
 @cache
 def _top_level_names(path: str) -> tuple[frozenset[str], str | None]:
     try:
-        with open(path, "rb") as file:
-            tree = ast.parse(file.read(), filename=path)
+        tree = ast.parse(_read(path), filename=path)
     except SyntaxError as exc:
         return frozenset(), f"line {exc.lineno}: {exc.msg}" if exc.lineno else exc.msg
     except (OSError, ValueError) as exc:
@@ -194,6 +222,17 @@ def _top_level_names(path: str) -> tuple[frozenset[str], str | None]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
     return frozenset(names), None
+
+
+def _read(path: str) -> bytes:
+    """The bytes of a file, through the system calls alone: a file object costs more than a small handler."""
+    chunks, fd = [], os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _limits(function: Function) -> Iterator[Finding]:
@@ -262,69 +301,3 @@ def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:
                 yield (trigger, ("spec", "http", "path"),
                        f"route {method} {trigger.config['path']} collides with trigger {first.name!r} ({_where(first)})")
                 break
-
-
-def _rollout(function: Function) -> Iterator[Finding]:
-    rollout, at = function.rollout, ("spec", "rollout")
-    if rollout.steps and rollout.strategy is not Strategy.CANARY:
-        yield function, at + ("steps",), f"steps apply only to the canary strategy, not {rollout.strategy.value}"
-    if rollout.strategy is Strategy.CANARY:
-        yield from _canary_steps(function, rollout.steps)
-    elif rollout.strategy is Strategy.BLUE_GREEN:
-        pre = rollout.pre_promotion_analysis
-        if pre is not None and pre.min_requests > 0 and not pre.checks:
-            yield (function, at + ("prePromotionAnalysis", "minRequests"),
-                   "a blue-green preview receives no user traffic, so minRequests can never be reached; add checks")
-    elif rollout.strategy is Strategy.AB_TEST:
-        yield from _variants(function)
-    if rollout.variants and rollout.strategy is not Strategy.AB_TEST:
-        yield function, at + ("variants",), "variants apply only to the abTest strategy"
-
-
-def _canary_steps(function: Function, steps: tuple[Step, ...]) -> Iterator[Finding]:
-    at = ("spec", "rollout", "steps")
-    if not steps:
-        yield function, at, "a canary needs at least one step (e.g. setWeight: 20)"
-        return
-    weight = 0
-    for i, step in enumerate(steps):
-        if step.kind is StepKind.SET_WEIGHT and step.weight is not None:
-            if step.weight <= weight:
-                yield (function, at + (i, "setWeight"),
-                       f"weights must increase: {step.weight} after {weight} (steps only move traffic towards the new revision)")
-            weight = max(weight, step.weight)
-        elif step.kind is StepKind.ANALYSIS and step.analysis is not None:
-            yield from _analysis_reachable(function, at + (i, "analysis"), step.analysis, weight, steps[:i])
-
-
-def _analysis_reachable(function: Function, at: tuple[str | int, ...], analysis: Analysis, weight: int,
-                        before: tuple[Step, ...]) -> Iterator[Finding]:
-    if analysis.min_requests <= 0:
-        return
-    if weight == 0 and not analysis.checks:
-        yield function, at + ("minRequests",), "this analysis runs before any traffic reaches the new revision (no setWeight > 0 before it)"
-        return
-    traffic = function.rollout.expected_traffic
-    if traffic is None:
-        return
-    window = analysis.window or sum(s.pause or 0.0 for s in before if s.kind is StepKind.PAUSE) or analysis.interval
-    reachable = traffic * weight / 100 * window
-    if reachable < analysis.min_requests:
-        yield (function, at + ("minRequests",),
-               f"at {traffic:g} requests/s and {weight}% weight, a {format_duration(window)} window collects about "
-               f"{reachable:.0f} requests, fewer than minRequests ({analysis.min_requests})")
-
-
-def _variants(function: Function) -> Iterator[Finding]:
-    variants, at = function.rollout.variants, ("spec", "rollout", "variants")
-    if len(variants) < 2:
-        yield function, at, "an A/B test needs at least two variants"
-        return
-    total = sum(v.weight for v in variants)
-    if total != 100:
-        yield function, at, f"variant weights must sum to 100, not {total}"
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names):
-        yield function, at, "variant names must be unique"
-    if "new" not in [v.revision for v in variants]:
-        yield function, at, "one variant must be the revision being deployed (revision: new)"

@@ -201,7 +201,8 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
         gateway.pool_ready = True
         cron = CronRunner(store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name))
         tasks += [asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
-                  asyncio.create_task(cron.run(cron_stop))]
+                  asyncio.create_task(cron.run(cron_stop)),
+                  asyncio.create_task(_drive_rollouts(project, store_path, cron_stop))]
         _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path))
         await stop.wait()
         _event("draining", inflight=gateway.inflight)
@@ -218,6 +219,28 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
         await _close(gateway)
         if stop_access is not None:
             stop_access()
+
+
+ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
+
+
+async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Event) -> None:
+    """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
+    the lock (one that does drives them itself)."""
+    from fnctl.controller import tick
+
+    def progress(line: str) -> None:
+        _event("rollout", detail=line)
+
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(tick, project, store_path, progress)
+        except Exception:  # a busy store or a failed stop: the next tick tries again
+            log.exception("advancing the rollouts failed")
+        try:
+            await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
+        except TimeoutError:
+            pass
 
 
 async def _close(gateway: Gateway) -> None:

@@ -93,6 +93,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (kind, name)
     );
     """,
+    # 4: progressive rollouts: one row per rollout (its progress in `detail`), and its events, append-only.
+    # Requests from other processes (promote, abort, retry) are events too: appending never races with the
+    # driver's updates of the rollout row.
+    """
+    CREATE INDEX rollouts_by_function ON rollouts (function, id);
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY, rollout INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+        step INTEGER NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL
+    );
+    CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout, id);
+    CREATE TRIGGER rollout_events_no_update BEFORE UPDATE ON rollout_events
+        BEGIN SELECT RAISE(ABORT, 'rollout events are append-only'); END;
+    CREATE TRIGGER rollout_events_no_delete BEFORE DELETE ON rollout_events
+        BEGIN SELECT RAISE(ABORT, 'rollout events are append-only'); END;
+    """,
 )
 
 
@@ -146,6 +161,31 @@ class AuditEntry:
     git_commit: str | None
     outcome: str
     detail: str | None
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    id: int
+    function: str
+    stable: int | None  # the revision traffic comes from
+    canary: int  # the revision being rolled out
+    strategy: str
+    step: int
+    state: str
+    detail: dict[str, Any]  # the progress: weights, timestamps, analysis counts (fnctl.rollout reads it)
+    started_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RolloutEventRow:
+    id: int
+    rollout: int
+    at: float
+    kind: str
+    step: int
+    message: str
+    data: dict[str, Any]
 
 
 class StoreError(FnctlError):
@@ -302,6 +342,54 @@ class Store:
         query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
         return [InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
                 for r in self._db.execute(query, (function,) if function else ())]
+
+    # ---- rollouts ----
+
+    def add_rollout(self, function: str, stable: int | None, canary: int, strategy: str, state: str,
+                    detail: dict[str, Any]) -> int:
+        now = time.time()
+        cursor = self._db.execute(
+            "INSERT INTO rollouts (function, from_revision, to_revision, strategy, step, state, detail, started_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (function, stable, canary, strategy, state, json.dumps(detail, sort_keys=True), now, now))
+        return int(cursor.lastrowid or 0)
+
+    def update_rollout(self, rollout_id: int, *, step: int, state: str, detail: dict[str, Any]) -> None:
+        self._db.execute("UPDATE rollouts SET step = ?, state = ?, detail = ?, updated_at = ? WHERE id = ?",
+                         (step, state, json.dumps(detail, sort_keys=True), time.time(), rollout_id))
+
+    def rollouts(self, function: str | None = None, *, states: tuple[str, ...] = ()) -> list[RolloutRow]:
+        """Rollouts, oldest first; of one function and in some states when asked."""
+        where, params = [], []
+        if function is not None:
+            where.append("function = ?")
+            params.append(function)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            params += list(states)
+        return self._rollout_rows(" AND ".join(where), tuple(params))
+
+    def rollout(self, rollout_id: int) -> RolloutRow | None:
+        found = self._rollout_rows("id = ?", (rollout_id,))
+        return found[0] if found else None
+
+    def _rollout_rows(self, where: str, params: tuple[Any, ...]) -> list[RolloutRow]:
+        query = ("SELECT id, function, from_revision, to_revision, strategy, step, state, detail, started_at, "
+                 "updated_at FROM rollouts" + (f" WHERE {where}" if where else "") + " ORDER BY id")
+        return [RolloutRow(int(r[0]), r[1], None if r[2] is None else int(r[2]), int(r[3]), r[4], int(r[5]), r[6],
+                           json.loads(r[7]), float(r[8]), float(r[9])) for r in self._db.execute(query, params)]
+
+    def add_rollout_event(self, rollout_id: int, kind: str, step: int, message: str,
+                          data: dict[str, Any] | None = None) -> int:
+        cursor = self._db.execute("INSERT INTO rollout_events (rollout, at, kind, step, message, data) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)",
+                                  (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)))
+        return int(cursor.lastrowid or 0)
+
+    def rollout_events(self, rollout_id: int, *, after: int = 0) -> list[RolloutEventRow]:
+        return [RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
+                for r in self._db.execute("SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
+                                          "WHERE rollout = ? AND id > ? ORDER BY id", (rollout_id, after))]
 
     # ---- audit ----
 

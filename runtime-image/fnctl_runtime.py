@@ -87,6 +87,7 @@ def _socket_path() -> str:
 # Built once: json.dumps with any option builds a new encoder per call, a measurable cost per invocation.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()  # frames are UTF-8: decoded directly, without json.loads' encoding detection
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -332,8 +333,8 @@ class _Connection(asyncio.Protocol):
             body = bytes(buf[4 : 4 + size])
             del buf[: 4 + size]
             try:
-                message = json.loads(body)
-            except ValueError:
+                message = _DECODER.decode(body.decode())
+            except ValueError:  # UnicodeDecodeError included
                 message = None
             if not isinstance(message, dict):
                 self.abort("frame is not a JSON object")
@@ -407,6 +408,9 @@ class Server:
         self.stopped = asyncio.Event()
         self.listener: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # Replies built by worker threads, handed to the loop with one wake-up for all that are ready.
+        self.replies: collections.deque[tuple[_Connection, bytes]] = collections.deque()
+        self.wake_pending = False
 
     def ready_message(self) -> dict[str, Any]:
         c = self.config
@@ -478,7 +482,13 @@ class Server:
         else:
             outcome = _serialise(result, self.config.output_limit, start)
         _echo_logs(context.invocation_id, capture)
-        self.loop.call_soon_threadsafe(self.finish, conn, _result_frame(request_id, outcome, capture))
+        self.replies.append((conn, _result_frame(request_id, outcome, capture)))
+        # Appended before the flag is read, and the loop clears the flag before it takes the replies: a
+        # reply is never left behind, and a wake-up (a write to the loop's self-pipe, a syscall and a loop
+        # round each) is saved whenever one is already on its way.
+        if not self.wake_pending:
+            self.wake_pending = True
+            self.loop.call_soon_threadsafe(self.finish_replies)
 
     async def run_async(
         self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
@@ -494,6 +504,12 @@ class Server:
             outcome = _serialise(result, self.config.output_limit, start)
         _echo_logs(context.invocation_id, capture)
         self.finish(conn, _result_frame(request_id, outcome, capture))
+
+    def finish_replies(self) -> None:
+        self.wake_pending = False
+        replies = self.replies
+        while replies:
+            self.finish(*replies.popleft())
 
     def finish(self, conn: _Connection, frame: bytes) -> None:
         conn.write(frame)

@@ -174,7 +174,8 @@ class Project:
         for row in rows:
             assert row.state.value == "ready" and row.container_id, row
             assert engine[row.id].id == row.container_id and engine[row.id].status == "running", row
-            assert routes.get(row.function, {}).get(row.revision, 0) > 0, f"instance of an unrouted revision: {row}"
+            # in the routing table: with traffic, or kept warm at 0% (a preview, or during scaleDownDelay)
+            assert row.revision in routes.get(row.function, {}), f"instance of an unrouted revision: {row}"
         for function, weights in routes.items():
             for number in weights:
                 revision = next(r for r in revisions if r.function == function and r.number == number)

@@ -8,6 +8,7 @@ process, which must also never print a traceback for bad input.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fnctl import __version__
-from fnctl.cli import app
+from fnctl.cli import _app_for, _command_name, app
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
@@ -206,3 +208,60 @@ def test_exit_codes_of_a_real_process(tmp_path: Path) -> None:
     assert fnctl("validate", cwd=REPO).returncode == 0
     assert fnctl("--version", cwd=tmp_path).stdout == f"fnctl {__version__}\n"
     assert fnctl("validate", cwd=fixture("schema-enum", tmp_path)).returncode == 2
+
+
+# --- start-up: only the command asked for, plain output without rich --------------------------------------------
+
+
+def _names(typer_app: typer.Typer) -> set[str]:
+    return {_command_name(c) for c in typer_app.registered_commands} | {g.name or "" for g in typer_app.registered_groups}
+
+
+@pytest.mark.parametrize(("args", "only"), [
+    (["invoke", "--local", "hello"], {"invoke"}),
+    (["--debug", "validate", "manifests"], {"validate"}),
+    (["sandbox", "check"], {"sandbox"}),
+    (["keys", "list", "--help"], {"keys"}),
+])
+def test_a_named_command_is_built_alone_and_app_keeps_every_command(args: list[str], only: set[str]) -> None:
+    everything = _names(app)
+    assert _names(_app_for(args)) == only
+    assert _names(app) == everything and only < everything
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["invok"], ["--debug"], ["--debug", "--help"]])
+def test_the_root_help_version_and_unknown_names_get_every_command(args: list[str]) -> None:
+    assert _app_for(args) is app
+
+
+def test_subcommands_of_groups_and_the_debug_flag_work_through_main(tmp_path: Path) -> None:
+    keys = fnctl("keys", "--help", cwd=tmp_path)
+    assert keys.returncode == 0 and {"create", "list", "revoke"} <= set(keys.stdout.split())
+    assert fnctl("--debug", "validate", cwd=REPO).returncode == 0
+    typo = fnctl("invok", cwd=tmp_path)
+    assert typo.returncode == 2 and "Did you mean 'invoke'?" in typo.stderr
+
+
+OUTCOME_SCRIPT = """
+import sys
+from fnctl.instances import Failure, Outcome
+from fnctl.render import Output, Progress, render_outcome
+with Progress() as progress:
+    progress("a [b]progress[/b] line")
+failed = Outcome(False, None, Failure.TIMEOUT, "cut at [1s]", "Traceback: [red]x[/red]", "a log [b]line[/b]\\n", 2.25)
+render_outcome(failed, output=Output.TEXT, show_logs=True, warm=True)
+render_outcome(Outcome(True, {"a": [1]}, None, "", "", "", 0.5), output=Output.TEXT, show_logs=False, warm=False)
+print("rich" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_results_in_a_pipe_are_plain_text_written_without_loading_rich(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    done = subprocess.run([sys.executable, "-c", OUTCOME_SCRIPT], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=True, env=env)
+    assert done.stdout == '{"a": [1]}\n'
+    lines = done.stderr.splitlines()
+    assert lines[0] == "a [b]progress[/b] line"  # user text is never taken as markup
+    assert " logs " in lines[1] and lines[2] == "a log [b]line[/b]" and " logs " not in lines[3]
+    assert lines[4:] == ["error (timeout): cut at [1s]", "Traceback: [red]x[/red]", "2.2 ms (warm instance)",
+                         "0.5 ms", "False"]

@@ -10,7 +10,10 @@ import pytest
 from fnctl.diff import (
     ChangeKind, Desired, DriftKind, LiveFunction, LiveInstance, LiveState, diff, field_changes, has_changes,
 )
+from fnctl.model import Rollout, Step, Strategy
+from fnctl.model import StepKind as RolloutStep
 from fnctl.plan import StepKind, live_fingerprint, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.timeline import timeline, timeline_from_json
 
 SPEC: dict[str, Any] = {"handler": "main.handler", "env": {"GREETING": "hi"}, "limits": {"memory": 128},
                         "source": {"hash": "aaa"}, "scaling": {"min_instances": 1}}
@@ -222,3 +225,53 @@ def test_the_plan_file_round_trips_through_json() -> None:
         StepKind.BUILD, StepKind.CREATE_REVISION, StepKind.START, StepKind.HEALTH_CHECK, StepKind.SWITCH,
         StepKind.STOP_OLD)]
     assert stale_reasons(document["live"], live_summary(live)) == []
+
+
+# ---- rollout timelines in the plan ----
+
+CANARY = Rollout(Strategy.CANARY, steps=(Step(RolloutStep.SET_WEIGHT, weight=10), Step(RolloutStep.PAUSE, pause=30.0),
+                                         Step(RolloutStep.SET_WEIGHT, weight=50), Step(RolloutStep.PAUSE, pause=60.0)))
+
+
+def test_an_update_with_a_progressive_rollout_carries_its_timeline() -> None:
+    live = _state(_live("canary"), _live("plain"), _live("instant"))
+    desired = [_desired(n, _spec(env={})) for n in ("added", "canary", "instant", "plain")]
+    rollouts = {"added": CANARY, "canary": CANARY, "instant": Rollout()}  # "plain": none given
+    plan = make_plan("proj", diff(desired, live), live, prune=False, rollouts=rollouts)
+    assert plan.timelines == {"canary": timeline(CANARY)}  # a first deploy is immediate, whatever the strategy
+    switch = {s.function: s.detail for s in plan.steps if s.kind is StepKind.SWITCH}
+    assert switch == {"added": "100% to the new revision", "canary": "canary: 10% → 50% → 100% over 2m",
+                      "instant": "100% to the new revision", "plain": "100% to the new revision"}
+
+
+def test_without_rollouts_nothing_changes() -> None:
+    live = _state(_live("fn"))
+    plan = make_plan("proj", diff([_desired("fn", _spec(env={}))], live), live, prune=False)
+    assert plan.timelines == {}
+    assert plan_to_json(plan, live_summary(live))["timelines"] == {}
+
+
+def test_the_plan_file_carries_the_timelines() -> None:
+    live = _state(_live("fn"))
+    plan = make_plan("proj", diff([_desired("fn", _spec(env={}))], live), live, prune=False, rollouts={"fn": CANARY})
+    document = json.loads(json.dumps(plan_to_json(plan, live_summary(live))))
+    assert list(document["timelines"]) == ["fn"]
+    assert document["timelines"]["fn"]["longestExposure"] == {"weight": 50, "duration": 90, "firstStep": 1,
+                                                              "lastStep": 4}
+    assert timeline_from_json(document["timelines"]["fn"]) == timeline(CANARY)
+
+
+def test_render_plan_prints_each_timeline_under_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    from fnctl.render_deploy import render_plan
+
+    live = _state(_live("fn"))
+    plan = make_plan("proj", diff([_desired("fn", _spec(env={}))], live), live, prune=False, rollouts={"fn": CANARY})
+    render_plan(json.loads(json.dumps(plan_to_json(plan, live_summary(live)))), None)
+    out = capsys.readouterr().out.splitlines()
+    assert "  5. fn: switch traffic (canary: 10% → 50% → 100% over 2m)" in out
+    assert out[-3:] == [
+        "fn: canary timeline",
+        "    0s 10% (setWeight) · 0s-30s pause · 30s 50% (setWeight) · 30s-1m30s pause · 1m30s 100% (promote) · "
+        "1m30s-2m old revision warm (scaleDownDelay)",
+        "    total 2m if all goes well; longest exposure: 50% for 1m30s (steps 1-4)",
+    ]

@@ -7,6 +7,8 @@ user sees: the result on stdout, logs, duration and errors on stderr, and the ex
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from sandbox_handlers.harness import (
     write_project,
 )
 
+import fnctl.validate
+from fnctl.errors import BadInput
 from fnctl.instances import Failure
 from fnctl.local import LocalResult, invoke_local
 from fnctl.project import Project
@@ -123,6 +127,93 @@ def test_warm_instance_removed_behind_fnctls_back_is_replaced(
     docker_client.api.remove_container(gone, force=True)  # its socket directory stays behind
     again = local(project, "echo", {"n": 2}, keep_warm=True)
     assert again.outcome.ok and not again.warm and again.outcome.result["echo"] == {"n": 2}
+
+
+# ---- keep-warm without validating again --------------------------------------------------------------
+
+
+@pytest.fixture
+def two_functions(tmp_path: Path, docker_client: docker.DockerClient, base_image: str) -> Iterator[Project]:
+    """`warm` (the one invoked) and `other`, whose manifest and source only validation reads."""
+    name = project_name()
+    root = tmp_path / "project"
+    (root / "functions" / "other").mkdir(parents=True)
+    (root / "functions" / "other" / "main.py").write_text(OTHER_SOURCE)
+    functions = {"warm": {"handler": "probes.echo_context"},
+                 "other": {"handler": "main.handler", "source": "../functions/other"}}
+    try:
+        yield write_project(root, name, base_image, functions)
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+OTHER_SOURCE = "def handler(event):\n    return event\n"
+
+
+def backdate(root: Path) -> None:
+    """Files just written may still be changing while validation reads them, so such a validation is not
+    recorded; these tests start from files last changed well before."""
+    past = time.time() - 3600
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (past, past), follow_symlinks=False)
+
+
+def count_validations(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    calls: list[Path] = []
+    real = fnctl.validate.validate_paths
+
+    def counting(project: Project, paths: Any = None) -> fnctl.validate.ValidationResult:
+        calls.append(project.root)
+        return real(project, paths)
+
+    monkeypatch.setattr(fnctl.validate, "validate_paths", counting)
+    return calls
+
+
+def test_keep_warm_validates_again_only_when_a_manifest_or_a_source_changed(
+    two_functions: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, root = two_functions, two_functions.root
+    validations = count_validations(monkeypatch)
+    backdate(root)
+    assert not local(project, "warm", {"n": 1}, keep_warm=True).warm
+    second = local(project, "warm", {"n": 2}, keep_warm=True)
+    assert second.warm and second.outcome.result["echo"] == {"n": 2}
+    assert len(validations) == 1  # nothing changed: the kept-warm instance answered without a validation
+
+    manifest = root / "manifests" / "warm.yaml"
+    manifest.write_text(manifest.read_text().replace("probes.echo_context", "probes.echo"))
+    changed = local(project, "warm", {"n": 3}, keep_warm=True)
+    assert changed.outcome.result == {"echo": {"n": 3}} and not changed.warm and len(validations) == 2
+    assert local(project, "warm", {"n": 4}, keep_warm=True).warm and len(validations) == 2
+
+    other = root / "manifests" / "other.yaml"
+    valid = other.read_text()
+    other.write_text(valid.replace("handler: main.handler", "handler: 42"))
+    with pytest.raises(BadInput, match="the manifests are invalid"):
+        local(project, "warm", {"n": 5}, keep_warm=True)
+    other.write_text(valid)  # the same bytes as the last validation that passed
+    assert local(project, "warm", {"n": 6}, keep_warm=True).warm and len(validations) == 3
+
+    (root / "functions" / "other" / "main.py").write_text("def handler(:\n")
+    with pytest.raises(BadInput, match="cannot parse main.py"):
+        local(project, "warm", {"n": 7}, keep_warm=True)
+    (root / "functions" / "other" / "main.py").write_text(OTHER_SOURCE)
+    again = local(project, "warm", {"n": 8}, keep_warm=True)
+    assert again.warm and again.outcome.result == {"echo": {"n": 8}} and len(validations) == 5
+
+
+def test_keep_warm_by_manifest_path_detects_an_edit_of_that_manifest(
+    two_functions: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validations = count_validations(monkeypatch)
+    backdate(two_functions.root)
+    manifest = two_functions.root / "manifests" / "warm.yaml"
+    assert not local(two_functions, str(manifest), {}, keep_warm=True).warm
+    assert local(two_functions, str(manifest), {}, keep_warm=True).warm and len(validations) == 1
+    manifest.write_text(manifest.read_text().replace("probes.echo_context", "no_such_module.handler"))
+    with pytest.raises(BadInput, match="handler module 'no_such_module' not found"):
+        local(two_functions, str(manifest), {}, keep_warm=True)
 
 
 # ---- the command line ----------------------------------------------------------------------------------

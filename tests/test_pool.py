@@ -1,6 +1,7 @@
 """The gateway's instance pool: its pure decisions, the asyncio transport (against the runtime run as a
 local process), and `PoolManager` against real Docker: scaling up under load and back down, scale from
-zero, crash replacement, 429-class overload, preview of a 0% revision, ready-only routing, drain on close.
+zero, crash replacement, 429-class overload, preview of an unlisted revision, a 0% revision kept warm,
+ready-only routing, drain on close.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fnctl.project import load_project
 from fnctl.revisionpool import RevisionPool, Slot, Target
 from fnctl.revisionspec import function_from_spec
 from fnctl.sandbox import labels
-from fnctl.scaling import idle_to_stop, pick, retry_after, to_start
+from fnctl.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
 from fnctl.store import InstanceRow, InstanceState
 from fnctl.transport import ConnectionLost, ErrorKind, TransportTimeout
 
@@ -108,6 +109,30 @@ def test_idle_to_stop_keeps_the_oldest_and_the_busy() -> None:
     assert idle_to_stop([old, Inst(1, last_used=99)], now=now, idle_seconds=5, keep=0) == [old]  # recently used
     assert idle_to_stop([old, Inst(1, ready=False)], now=now, idle_seconds=5, keep=0) == [old]  # starting
     assert idle_to_stop([old], now=now, idle_seconds=5, keep=1) == []
+
+
+def test_refuse_only_at_max_instances_with_a_full_queue() -> None:
+    scaling = Scaling(min_instances=1, max_instances=3, concurrency=2)
+
+    def refused(ready: int, starting: int = 0, queued: int = 4, can_start: bool = True) -> bool:
+        return refuse(ready=ready, starting=starting, queued=queued, queue_limit=4, scaling=scaling,
+                      can_start=can_start)
+
+    assert not refused(ready=3, queued=3)  # room in the queue
+    assert refused(ready=3)  # at maxInstances, queue full: the only relief is the instances there are
+    assert refused(ready=1, starting=2)  # the ones starting count towards maxInstances
+    assert not refused(ready=1)  # below maxInstances: wait for the instances being started
+    assert not refused(ready=1, starting=1)
+    assert not refused(ready=0, starting=1, can_start=False)  # one still starting, though starts fail
+    assert refused(ready=1, can_start=False)  # starts failing, none under way: no relief coming
+
+
+def test_a_revision_listed_at_0_percent_is_kept_warm_and_an_unlisted_one_is_not() -> None:
+    scaling = Scaling(min_instances=2, max_instances=3, concurrency=2)
+    weights = {3: 100, 4: 0}
+    assert [routing_of(weights, n) for n in (3, 4, 5)] == [Routing.ROUTED, Routing.WARM, Routing.UNROUTED]
+    assert routing_of(None, 3) is Routing.UNROUTED  # a function the table does not know
+    assert [kept_warm(r, scaling) for r in Routing] == [2, 2, 0]
 
 
 def test_retry_after_is_the_time_to_work_off_the_queue_within_bounds() -> None:
@@ -303,7 +328,8 @@ def local_pool(tmp_path: Path, *, min_instances: int, max_instances: int, concur
     spec = {"handler": "main.handler", "limits": {"timeout": timeout},
             "scaling": {"min_instances": min_instances, "max_instances": max_instances, "concurrency": concurrency}}
     host = LocalHost(tmp_path / "code", concurrency)
-    return host, RevisionPool(host, Target(function_from_spec("echo", spec, Limits()), 1, "local", {}), routed=True)
+    target = Target(function_from_spec("echo", spec, Limits()), 1, "local", {})
+    return host, RevisionPool(host, target, routing=Routing.ROUTED)
 
 
 def run_local(host: LocalHost, scenario: Awaitable[None]) -> None:
@@ -345,6 +371,69 @@ def test_an_instance_drained_from_outside_gets_no_more_work(tmp_path: Path) -> N
         assert all(r.outcome.ok for r in results), results
         assert first.id not in {r.instance for r in results}
         await until(lambda: first.id not in pool.slots, "the drained instance forgotten once it exits")
+
+    run_local(host, scenario())
+
+
+def test_below_max_instances_a_full_queue_waits_for_the_instances_starting(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=3, concurrency=1)
+    host.queue_limit = 1
+
+    async def scenario() -> None:
+        pool.scale()
+        await until(lambda: pool.stats().ready == 1, "minInstances started")
+        busy = asyncio.ensure_future(pool.invoke({"sleep": 0.5, "n": 0}, None, "busy"))
+        await until(lambda: pool.stats().inflight == 1, "the only ready slot taken")
+        # Past the queue limit at once, while the instances for them are only starting: they wait for them.
+        waiting = [asyncio.ensure_future(pool.invoke({"n": n}, None, f"w{n}")) for n in (1, 2)]
+        await until(lambda: pool.stats().instances == 3, "instances started for them, up to maxInstances")
+        results = await asyncio.gather(busy, *waiting)
+        assert [r.outcome.result["n"] for r in results] == [0, 1, 2]
+        assert all(r.outcome.ok for r in results)
+
+    run_local(host, scenario())
+
+
+def test_at_max_instances_a_full_queue_is_refused_with_retry_after(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1)
+    host.queue_limit = 1
+
+    async def scenario() -> None:
+        pool.scale()
+        await until(lambda: pool.stats().ready == 1, "the instance started")
+        busy = asyncio.ensure_future(pool.invoke({"sleep": 0.5, "n": 0}, None, "busy"))
+        await until(lambda: pool.stats().inflight == 1, "the only slot taken")
+        queued = asyncio.ensure_future(pool.invoke({"n": 1}, None, "queued"))
+        await until(lambda: pool.stats().queued == 1, "the queue full")
+        with pytest.raises(Overloaded) as refused:
+            await pool.invoke({"n": 2}, None, "refused")
+        assert refused.value.retry_after >= 1
+        assert all(r.outcome.ok for r in await asyncio.gather(busy, queued))
+        assert pool.stats().instances == 1
+
+    run_local(host, scenario())
+
+
+def test_a_warm_revision_keeps_min_instances_however_idle_until_unrouted(tmp_path: Path) -> None:
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=2, concurrency=1)
+    host.idle_seconds = host.grace_seconds = 1.0
+    pool.set_routing(Routing.WARM)
+
+    async def scenario() -> None:
+        pool.scale()  # what the manager does for a revision listed at 0%
+        await until(lambda: pool.stats().ready == 1, "minInstances of a 0% revision started")
+        both = [asyncio.ensure_future(pool.invoke({"sleep": 0.2, "n": n}, None, f"p{n}")) for n in range(2)]
+        await until(lambda: pool.stats().ready == 2, "a second instance for pinned traffic")
+        assert all(r.outcome.ok for r in await asyncio.gather(*both))
+        later = time.monotonic() + 3600  # everything long idle
+        pool.tick(later)
+        await until(lambda: len(host.stopped) == 1, "the instance beyond minInstances stopped")
+        pool.tick(later)
+        assert pool.stats().ready == 1 and len(host.stopped) == 1 and not pool.disposable(later)
+        pool.set_routing(Routing.UNROUTED)  # gone from the weights: drained after the grace
+        pool.tick(later)
+        await until(lambda: len(host.stopped) == 2 and not pool.slots, "the last instance stopped")
+        assert pool.disposable(later)
 
     run_local(host, scenario())
 
@@ -392,6 +481,7 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "crash": (1, 2, 4, {}),
     "tiny": (1, 1, 1, {}),
     "preview": (0, 1, 4, {}),
+    "warm": (1, 2, 1, {}),
     "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
     "drain": (1, 2, 1, {}),
 }
@@ -441,10 +531,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Doc
         for name in FUNCTIONS:
             write_function(project, name, "one")
         project.ok("apply")
-        write_function(project, "preview", "two")  # revision 2, then given 0% of the traffic: a preview
+        write_function(project, "preview", "two")  # revision 2, then left out of the table: reached by pinning
+        write_function(project, "warm", "two")  # revision 2, then listed at 0%: kept warm (blue-green preview)
         project.ok("apply")
         with project.store() as store:
-            store.set_route("preview", {1: 100, 2: 0})
+            store.set_route("preview", {1: 100})
+            store.set_route("warm", {1: 100, 2: 0})
         yield Deployed(project)
     finally:
         cleanup(project)
@@ -558,12 +650,12 @@ def test_at_max_instances_with_a_full_queue_requests_are_refused_with_retry_afte
 
 
 @pytest.mark.docker
-def test_a_revision_with_no_traffic_share_is_started_on_demand_and_stopped_after_the_grace(
+def test_a_revision_the_table_does_not_list_is_started_on_demand_and_stopped_after_the_grace(
         deployed: Deployed) -> None:
     preview = ("preview", 2)
 
     async def scenario(manager: PoolManager) -> None:
-        assert preview not in manager.stats()  # 0%: no pool, nothing kept warm
+        assert preview not in manager.stats()  # not in the routing table: no pool, nothing kept warm
         pinned = await call(manager, "preview", {"n": 1}, revision=2)
         assert pinned.outcome.ok and pinned.outcome.result["version"] == "two" and pinned.cold_start
         assert [r.revision for r in deployed.rows("preview")] == [2]
@@ -576,6 +668,44 @@ def test_a_revision_with_no_traffic_share_is_started_on_demand_and_stopped_after
             await call(manager, "preview", {}, revision=7)
 
     with_manager(deployed, scenario, grace_seconds=0.5)
+
+
+def count_ticks(pool: RevisionPool) -> list[float]:
+    """Record every upkeep round of `pool` (its `now`), to wait for idle time having passed."""
+    ticks: list[float] = []
+    original = pool.tick
+
+    def tick(now: float) -> None:
+        ticks.append(now)
+        original(now)
+
+    pool.tick = tick  # type: ignore[method-assign]
+    return ticks
+
+
+@pytest.mark.docker
+def test_a_revision_listed_at_0_percent_is_kept_warm_and_drained_once_unlisted(deployed: Deployed) -> None:
+    live, warm = ("warm", 1), ("warm", 2)
+    started_by_apply = {r.id for r in deployed.rows("warm", InstanceState.READY) if r.revision == 2}
+    assert started_by_apply
+
+    async def scenario(manager: PoolManager) -> None:
+        await until(lambda: all(k in manager.stats() and manager.stats()[k].ready == 1 for k in (live, warm)),
+                    "minInstances of both revisions ready, the 0% one included")
+        pinned = await call(manager, "warm", {"n": 1}, revision=2)
+        assert pinned.outcome.ok and pinned.outcome.result["version"] == "two" and not pinned.cold_start
+        assert pinned.instance in started_by_apply  # adopted, not started again
+        ticks = count_ticks(manager._pools[warm])
+        await until(lambda: len(ticks) > 1 and ticks[-1] - ticks[0] > 4 * manager.idle_seconds,
+                    "upkeep rounds over four times the idle time")
+        assert manager.stats()[warm].ready == 1  # idle, yet kept
+        assert {r.id for r in deployed.rows("warm") if r.revision == 2} == {pinned.instance}
+        await manager.reconcile({"warm": {1: 100}})  # gone from the table: drained after the grace
+        await until(lambda: warm not in manager.stats() and all(r.revision != 2 for r in deployed.rows("warm")),
+                    "the unlisted revision's pool and instance gone")
+        assert manager.stats()[live].ready == 1
+
+    with_manager(deployed, scenario, idle_seconds=0.25, grace_seconds=0.5)
 
 
 @pytest.mark.docker
