@@ -4,7 +4,10 @@
    sequential calls and throughput of 8 caller threads on one instance; baseline: a bare Unix-socket echo server
 2. instance start (container create → ready); baseline: `docker run --rm BASE true`
 3. `fnctl invoke --local` as a whole process, image cached, and with --keep-warm on a warm instance;
-   baseline: `fnctl --version`
+   baseline: `fnctl --version`. Each command runs once untimed first, and, as an installed package does,
+   with Python's bytecode cache (kept in a private temporary directory; a PYTHONDONTWRITEBYTECODE
+   environment would otherwise compile fnctl's own modules from source on every run, ~70 ms here);
+   --no-bytecode-cache measures with the environment as it is
 4. idle instance memory (the container's cgroup, as `docker stats` counts it); baseline: an idle python3
    container of the base image
 
@@ -140,14 +143,30 @@ def docker_run_true(base_image: str, runs: int) -> float:
 # ---- 3. the whole CLI process -------------------------------------------------------------------------------
 
 
-def _run(command: list[str], cwd: Path | None = None) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+def _run(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def cli(project: Project, *args: str) -> Callable[[], None]:
-    return lambda: _run([sys.executable, "-m", "fnctl", *args], cwd=project.root)
+def cli_env(pycache: Path | None) -> dict[str, str] | None:
+    """The environment of the timed CLI processes: with `pycache`, Python's bytecode cache on and kept there
+    (outside the checkout); None: this process's environment as it is."""
+    if pycache is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return env | {"PYTHONPYCACHEPREFIX": str(pycache)}
+
+
+def cli(project: Project, env: dict[str, str] | None, *args: str) -> Callable[[], None]:
+    return lambda: _run([sys.executable, "-m", "fnctl", *args], cwd=project.root, env=env)
+
+
+def cli_seconds(project: Project, env: dict[str, str] | None, runs: int, *args: str) -> float:
+    """Median of `runs` timed runs, after one untimed run (it fills the bytecode cache, or the warm instance)."""
+    command = cli(project, env, *args)
+    command()
+    return median_seconds(command, runs)
 
 
 # ---- 4. idle memory ----------------------------------------------------------------------------------------
@@ -214,10 +233,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
         start = instance_start(project, image, args.starts)
         rows.append(Row("instance start (create -> ready)", start, docker_run_true(args.base_image, args.starts), "s",
                         "<= 0.8 s", start <= 0.8))
-        floor = median_seconds(cli(project, "--version"), args.cli_runs)
-        cold = median_seconds(cli(project, "invoke", "--local", "noop", "-d", "{}"), args.cli_runs)
-        cli(project, "invoke", "--local", "noop", "-d", "{}", "--keep-warm")()  # leaves the warm instance
-        warm = median_seconds(cli(project, "invoke", "--local", "noop", "-d", "{}", "--keep-warm"), args.cli_runs)
+        env = cli_env(None if args.no_bytecode_cache else project.root.parent / "pycache")
+        floor = cli_seconds(project, env, args.cli_runs, "--version")
+        cold = cli_seconds(project, env, args.cli_runs, "invoke", "--local", "noop", "-d", "{}")
+        warm = cli_seconds(project, env, args.cli_runs, "invoke", "--local", "noop", "-d", "{}", "--keep-warm")
         rows += [
             Row("invoke --local, image cached", cold, floor, "s", "<= 1.5 s", cold <= 1.5),
             Row("invoke --local --keep-warm, warm", warm, floor, "s", "<= 0.4 s", warm <= 0.4),
@@ -228,8 +247,9 @@ def measure(args: argparse.Namespace) -> list[Row]:
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
+    cache = "without" if args.no_bytecode_cache else "with"
     print(f"sandbox figures (base {args.base_image}; {args.sequential} sequential, {args.count} with "
-          f"{args.threads} threads; {args.starts} starts; {args.cli_runs} CLI runs; medians)")
+          f"{args.threads} threads; {args.starts} starts; {args.cli_runs} CLI runs {cache} bytecode cache; medians)")
     print("baselines: echo server (round trip), `docker run --rm BASE true` (start), `fnctl --version` (CLI), "
           "idle python3 container (memory)")
     header = f"{'figure':40}{'median':>14}{'baseline':>14}{'ratio':>8}  {'target':12}{'met':>4}"
@@ -256,6 +276,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=10, help="instance starts (and docker runs) to time")
     parser.add_argument("--cli-runs", type=int, default=5, help="runs of each CLI command")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of idle memory readings")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="run the CLI with this environment as it is (it may compile every module each run)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON as well")
     args = parser.parse_args()
     rows = measure(args)

@@ -62,7 +62,7 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
         store.set_revision_status(function.name, canary, RevisionStatus.READY, None)
         store.set_route(function.name, record.weights)
         rollout_id = store.add_rollout(function.name, stable, canary, function.rollout.strategy.value,
-                                       State.PROGRESSING.value, record.detail())
+                                       State.PROGRESSING.value, record.detail(), now)
         record = replace(record, id=rollout_id)
         started = rollout.Event(EventKind.STARTED, 0, f"{function.rollout.strategy.value} of revision {canary} over "
                                 f"revision {stable}: " + " → ".join(s.label for s in plan), {"stages": len(plan)})
@@ -83,9 +83,11 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
     store, now = ctx.store, time.time()
     old = record_of(row)
     plan = rollout.stages(spec_of(store, row.function, row.canary))
+    # Requests made before the retry (even ones that arrived after the abort) are not for the new attempt.
+    handled = max((e.id for e in store.rollout_events(row.id)), default=old.handled)
     record = replace(old, state=State.PROGRESSING, step=0, started_at=now, step_started=now,
                      weights={old.stable: 100, old.canary: 0}, failures=0, next_measure=None, winner=None,
-                     scale_down_at=None, scaled_down=False, reason="")
+                     scale_down_at=None, scaled_down=False, reason="", handled=handled)
     with store.transaction():
         store.set_revision_status(row.function, row.canary, RevisionStatus.READY, None)
         store.set_route(row.function, record.weights)

@@ -188,6 +188,14 @@ class _NotPlain(Exception):
 
 _NO_KEY: Any = object()  # a mapping waiting for its next key
 _MISSING: Any = object()
+_EMPTY: Any = object()  # a document with nothing in it: between two `---`, or after a trailing one
+
+
+def _empty_document(event: Any) -> Any:
+    """The root of a document that is one untagged scalar: only an empty one is plain."""
+    if event.value == "" and event.implicit[0] and event.start_mark.index == event.end_mark.index:
+        return _EMPTY
+    raise _NotPlain  # a scalar document gets the full builder's messages
 
 
 def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
@@ -203,8 +211,11 @@ def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
     while (event := get_event()) is not None:
         kind = type(event)
         if kind is scalar:
-            if event.tag is not None or event.anchor is not None or top is None:
-                raise _NotPlain  # a scalar document (or an empty one) gets the full builder's messages
+            if event.tag is not None or event.anchor is not None:
+                raise _NotPlain
+            if top is None:
+                root = _empty_document(event)
+                continue
             text = event.value
             if key is no_key and in_map:
                 if text in top or event.implicit[0] and (tags.get(text) or resolve_tag(text)) not in ALLOWED_SCALARS:
@@ -230,7 +241,8 @@ def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
             root = None
             continue
         elif kind is yaml.DocumentEndEvent:
-            documents.append((index, root))
+            if root is not _EMPTY:
+                documents.append((index, root))
             continue
         elif kind is yaml.AliasEvent:
             raise _NotPlain

@@ -143,19 +143,21 @@ def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool)
         else:
             console().print_json(json.dumps(outcome.result))
     else:
-        error = f"error ({outcome.failure.value}):"
-        _line(f"{error} {outcome.message}", stderr=True, styled=f"[red]{error}[/red] {_escape(outcome.message)}")
+        _error_line(f"error ({outcome.failure.value}):", outcome.message)
         if outcome.traceback:
             _line(outcome.traceback.rstrip("\n"), stderr=True)
     duration = f"{outcome.duration_ms:.1f} ms{' (warm instance)' if warm else ''}"
     _line(duration, stderr=True, styled=f"[dim]{duration}[/dim]")
 
 
-def _escape(text: str) -> str:
-    """`text` as literal rich markup (a message may hold `[b]`)."""
-    from rich.markup import escape
+def _error_line(prefix: str, message: str) -> None:
+    """`prefix` in red on a terminal, then `message` as written (it may hold `[b]`, which is not markup)."""
+    if _plain(stderr=True):
+        _line(f"{prefix} {message}", stderr=True)
+    else:
+        from rich.markup import escape
 
-    return escape(text)
+        _line(f"{prefix} {message}", stderr=True, styled=f"[red]{prefix}[/red] {escape(message)}")
 
 
 def render_sandbox_checks(reports: list[Any], output: Output) -> None:

@@ -69,8 +69,8 @@ def stages(rollout: Rollout) -> tuple[Stage, ...]:
             found.append(Stage(StageKind.ANALYSIS, "pre-promotion analysis", analysis=rollout.pre_promotion_analysis))
         if rollout.auto_promotion_enabled:
             seconds = float(rollout.auto_promotion_seconds or 0)
-            found.append(Stage(StageKind.PAUSE, f"auto-promotion {format_duration(seconds)} after the preview started",
-                               seconds=seconds, from_start=True))
+            label = f"auto-promotion {format_duration(seconds)} after the preview started" if seconds else "auto-promotion"
+            found.append(Stage(StageKind.PAUSE, label, seconds=seconds, from_start=True))
         else:
             found.append(Stage(StageKind.PAUSE, "preview: promote with `fnctl promote`"))
         return tuple(found)
@@ -124,7 +124,7 @@ class Record:
         return self.state is State.ABORTED or (self.state is State.COMPLETED and self.scaled_down)
 
     def detail(self) -> dict[str, Any]:
-        return {"stepStarted": self.step_started, "weights": {str(r): w for r, w in self.weights.items()},
+        return {"startedAt": self.started_at, "stepStarted": self.step_started, "weights": {str(r): w for r, w in self.weights.items()},
                 "variants": self.variants, "failures": self.failures, "nextMeasure": self.next_measure,
                 "handled": self.handled, "winner": self.winner, "scaleDownAt": self.scale_down_at,
                 "scaledDown": self.scaled_down, "reason": self.reason}
@@ -133,7 +133,7 @@ class Record:
 def record_from(id: int, function: str, stable: int | None, canary: int, strategy: str, step: int, state: str,
                 detail: Mapping[str, Any], started_at: float) -> Record:
     return Record(id, function, stable if stable is not None else canary, canary, Strategy(strategy), State(state), step,
-                  started_at, float(detail.get("stepStarted", started_at)),
+                  float(detail.get("startedAt", started_at)), float(detail.get("stepStarted", started_at)),
                   {int(r): int(w) for r, w in (detail.get("weights") or {}).items()},
                   {str(k): int(v) for k, v in (detail.get("variants") or {}).items()},
                   int(detail.get("failures", 0)), detail.get("nextMeasure"), int(detail.get("handled", 0)),

@@ -82,7 +82,9 @@ class Follower:
         while True:
             self._drive()
             snapshots = self._look()
-            handled = all(s.record.handled >= self.waiting_for.get(s.row.id, 0) for s in snapshots)
+            # A finished rollout has no driver left to answer a request that raced its end.
+            handled = all(s.record.handled >= self.waiting_for.get(s.row.id, 0) or s.record.state in (
+                State.ABORTED, State.COMPLETED) for s in snapshots)
             if handled and (not settle or all(s.settled for s in snapshots)):
                 return snapshots
             if deadline is not None and time.monotonic() >= deadline:

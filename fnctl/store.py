@@ -346,8 +346,8 @@ class Store:
     # ---- rollouts ----
 
     def add_rollout(self, function: str, stable: int | None, canary: int, strategy: str, state: str,
-                    detail: dict[str, Any]) -> int:
-        now = time.time()
+                    detail: dict[str, Any], started_at: float) -> int:
+        now = started_at
         cursor = self._db.execute(
             "INSERT INTO rollouts (function, from_revision, to_revision, strategy, step, state, detail, started_at, "
             "updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",

@@ -245,6 +245,44 @@ def test_fuzzed_input_never_raises_and_reads_like_pyyaml(tmp_path: Path) -> None
     assert compared > 200
 
 
+def test_the_fast_path_reads_what_the_full_builder_reads(tmp_path: Path) -> None:
+    """Plain files skip the full builder (and their positions until asked for): same values, same positions."""
+    import random
+
+    from fnctl.yamlbuild import Builder, Parser
+
+    repo = Path(__file__).resolve().parent.parent
+    corpus = [p.read_text() for p in sorted((repo / "manifests").rglob("*.yaml"))]
+    rng = random.Random(11)
+    fast = 0
+    for n in range(600):
+        text = list(rng.choice(corpus))
+        for _ in range(rng.randint(0, 3)):
+            text.insert(rng.randrange(len(text)), rng.choice("-:[]{}'\"\n ,?#0123ab~"))
+        mutated = "".join(text)
+        plain = loader._read_plain(mutated, loader.MAX_DOCUMENTS)
+        if plain is None:
+            continue
+        fast += 1
+        builder, parser = Builder(loader.MAX_DOCUMENTS), Parser(mutated)
+        builder.run(parser)  # must not raise where the fast path did not
+        parser.dispose()
+        assert plain == [(b.number, b.data) for b in builder.documents], mutated
+        documents, problems = load(tmp_path, mutated, name=f"f{n}.yaml")
+        assert problems == []
+        assert [d.positions for d in documents] == [
+            {p: Position(m.line + 1, m.column + 1) for p, m in b.marks.items()} for b in builder.documents]
+    assert fast > 200
+
+
+def test_the_fast_path_leaves_every_refusal_to_the_full_builder(tmp_path: Path) -> None:
+    for text in ["a: 1\na: 2\n", "a: !!str 1\n", "a: &x 1\nb: *x\n", "<<: {a: 1}\n", "a: .nan\n", "a: =\n", "x\n",
+                 "[" * 201 + "]" * 201, "~\n", "? [a]\n: 1\n", "a: 1\n a: 2\n"]:
+        assert loader._read_plain(text, loader.MAX_DOCUMENTS) is None, text
+    assert loader._read_plain("a: 1\n---\nb: 2\n", 1) is None
+    assert loader._read_plain("---\na: 1\n---\n---\nb: 2\n...\n---\n", 9) == [(0, {"a": 1}), (2, {"b": 2})]
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     import os
 
