@@ -14,6 +14,9 @@ many clients), `cold` (minInstances 0) and N - 3 others with one instance each. 
   times its start; the median of --cold-runs;
 - the gateway's resident memory (VmRSS, and its peak VmHWM) with N functions deployed, after all the above.
 
+Both servers run on uvloop when it is importable here (the gateway's optional fast event loop), else on
+asyncio's own loop; the report says which, so that figures are compared like with like.
+
 Targets (issue): throughput >= 40% of bare aiohttp; added p50 <= 1 ms; 200 clients with zero errors; cold
 start median <= 1.0 s; RSS <= 80 MB with 50 functions.
 
@@ -428,6 +431,16 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
             "rss": rss, "peak": peak, "cpu": cpu, "ipc": ipc}
 
 
+def event_loop() -> str:
+    """The event loop both servers pick (they run with this interpreter and environment)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("uvloop") is None:
+        return "asyncio (uvloop not installed)"
+    return f"uvloop {importlib.metadata.version('uvloop')}"
+
+
 def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> None:
     bare_rps = statistics.median(w.rps for w in r["bare"])  # type: ignore[attr-defined]
     gw_rps = statistics.median(w.rps for w in r["gateway"])  # type: ignore[attr-defined]
@@ -457,7 +470,8 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
     ]
     width = max(len(name) for name, _, _ in rows)
     print(f"gateway benchmark: {args.functions} functions deployed in {deployed:.1f} s; "
-          f"medians of {args.rounds} interleaved rounds ({args.seconds} s wrk, {args.sequential} sequential)")
+          f"medians of {args.rounds} interleaved rounds ({args.seconds} s wrk, {args.sequential} sequential); "
+          f"event loop: {event_loop()}")
     print(f"| {'measure':<{width}} | {'figure':>14} | note")
     print(f"|{'-' * (width + 2)}|{'-' * 16}|------")
     for name, figure, note in rows:

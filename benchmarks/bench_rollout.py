@@ -121,7 +121,7 @@ class Bench:
 
     def fnctl(self, *args: str, expect: tuple[int, ...] | None = None, env: dict[str, str] | None = None,
               timeout: float = 180) -> Result:
-        result = self.setup.project.fnctl(*args, env=env, timeout=timeout)
+        result = self.setup.project.fnctl("--debug", *args, env=env, timeout=timeout)  # tracebacks of internal errors
         if expect is not None and result.code not in expect:
             tail = "\n".join(result.text.splitlines()[-25:])
             raise SystemExit(f"fnctl {' '.join(args)} exited {result.code}, not {expect}; the last lines:\n{tail}")
@@ -354,13 +354,14 @@ CRASHES = (
 SETTLE_TIMEOUT = 60.0  # for the gateway to stop what a revision left behind once it leaves the table
 
 
-def crashes(bench: Bench) -> None:
-    print(f"\n[4] kill -9 of the driving process at {len(CRASHES)} points, then restart, under load", flush=True)
+def crashes(bench: Bench, points: list[str]) -> None:
+    chosen = [next(c for c in CRASHES if c.point == point) for point in points]
+    print(f"\n[4] kill -9 of the driving process at {len(chosen)} points, then restart, under load", flush=True)
     setup = bench.setup
     results: list[tuple[Crash, bool, str]] = []
     phases: list[tuple[float, float, str]] = []
     with bench.load() as load:
-        for crash in CRASHES:
+        for crash in chosen:
             start = time.time()
             ok, detail = _crash_once(bench, crash)
             phases.append((start, time.time(), crash.point))
@@ -383,7 +384,7 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     killed = bench.fnctl("apply", env={"FNCTL_TEST_CRASH_AT": crash.point})
     killed_at = time.time()
     if killed.code != -9:
-        return False, f"fnctl apply was not killed at {crash.point} (exit {killed.code})"
+        return False, f"fnctl apply was not killed at {crash.point} (exit {killed.code}): {killed.text[-1500:]}"
     after_kill = setup.routes()
     restart = bench.fnctl(*crash.restart)
     left = _orphans(bench, unrouted=True)  # what the restart left for the gateway to clean up
@@ -485,7 +486,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=5, help="keep-alive connections of the load")
     parser.add_argument("--min-requests", type=int, default=300, help="the bad canary's analysis minRequests (figure 3)")
     parser.add_argument("--interval", type=float, default=2.0, help="the bad canary's analysis interval, s (figure 3)")
-    parser.add_argument("--bad-repeats", type=int, default=3, help="bad canaries rolled out (figure 3)")
+    parser.add_argument("--bad-repeats", type=int, default=5, help="bad canaries rolled out (figure 3)")
+    parser.add_argument("--crash-points", default=",".join(c.point for c in CRASHES),
+                        help="comma-separated kill points of figure 4 (default: all five)")
     parser.add_argument("--only", default="1234", help="which figures to run, e.g. 13")
     parser.add_argument("--timeout", type=int, default=600, help="bound of the whole run, s")
     args = parser.parse_args()
@@ -512,7 +515,7 @@ def main() -> int:
                 if "3" in args.only:
                     bad_canary(bench, args.min_requests, args.interval, args.bad_repeats)
                 if "4" in args.only:
-                    crashes(bench)
+                    crashes(bench, args.crash_points.split(","))
             except (OutOfTime, SystemExit, AssertionError) as exc:
                 bench.record("run", f"stopped: {type(exc).__name__}: {exc}", "runs to the end", False)
     print(f"\nsummary ({time.monotonic() - began:.0f} s)")

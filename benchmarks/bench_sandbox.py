@@ -4,10 +4,10 @@
    sequential calls and throughput of 8 caller threads on one instance; baseline: a bare Unix-socket echo server
 2. instance start (container create → ready); baseline: `docker run --rm BASE true`
 3. `fnctl invoke --local` as a whole process, image cached, and with --keep-warm on a warm instance;
-   baseline: `fnctl --version`. Each command runs once untimed first, and, as an installed package does,
-   with Python's bytecode cache (kept in a private temporary directory; a PYTHONDONTWRITEBYTECODE
-   environment would otherwise compile fnctl's own modules from source on every run, ~70 ms here);
-   --no-bytecode-cache measures with the environment as it is
+   baseline: `fnctl --version`; wall-clock and CPU time, the runs of the three interleaved. As in
+   bench_validate.py, every process has its bytecode cached as an installed package has (in a folder of
+   the run, whatever PYTHONDONTWRITEBYTECODE says: without it, every fnctl module is compiled from source
+   on every run, ~70 ms here); --no-bytecode-cache measures with the environment as it is
 4. idle instance memory (the container's cgroup, as `docker stats` counts it); baseline: an idle python3
    container of the base image
 
@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
 from bench_transport import echo_server, latency, measure_baseline, throughput  # noqa: E402
+from bench_validate import bytecode_env, medians, timed  # noqa: E402
 
 from fnctl import images, instances  # noqa: E402
 from fnctl.instances import Instance  # noqa: E402
@@ -143,30 +145,23 @@ def docker_run_true(base_image: str, runs: int) -> float:
 # ---- 3. the whole CLI process -------------------------------------------------------------------------------
 
 
-def _run(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def cli_env(pycache: Path | None) -> dict[str, str] | None:
-    """The environment of the timed CLI processes: with `pycache`, Python's bytecode cache on and kept there
-    (outside the checkout); None: this process's environment as it is."""
-    if pycache is None:
-        return None
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return env | {"PYTHONPYCACHEPREFIX": str(pycache)}
-
-
-def cli(project: Project, env: dict[str, str] | None, *args: str) -> Callable[[], None]:
-    return lambda: _run([sys.executable, "-m", "fnctl", *args], cwd=project.root, env=env)
-
-
-def cli_seconds(project: Project, env: dict[str, str] | None, runs: int, *args: str) -> float:
-    """Median of `runs` timed runs, after one untimed run (it fills the bytecode cache, or the warm instance)."""
-    command = cli(project, env, *args)
-    command()
-    return median_seconds(command, runs)
+def cli_figures(project: Project, runs: int, bytecode_cache: bool) -> dict[str, tuple[float, float]]:
+    """Median wall-clock and CPU seconds of `fnctl --version` and of both invokes, their runs interleaved (a
+    noisy machine slows all alike), after one untimed run of each: it fills the bytecode cache, and leaves
+    the kept-warm instance."""
+    fnctl = [sys.executable, "-m", "fnctl"]
+    invoke = [*fnctl, "invoke", "--local", "noop", "-d", "{}"]
+    commands = {"floor": [*fnctl, "--version"], "cold": invoke, "warm": [*invoke, "--keep-warm"]}
+    env = bytecode_env(project.root.parent) if bytecode_cache else dict(os.environ)
+    for command in commands.values():
+        timed(command, project.root, env)
+    return medians(runs, {name: partial(timed, command, project.root, env) for name, command in commands.items()})
 
 
 # ---- 4. idle memory ----------------------------------------------------------------------------------------
@@ -233,13 +228,13 @@ def measure(args: argparse.Namespace) -> list[Row]:
         start = instance_start(project, image, args.starts)
         rows.append(Row("instance start (create -> ready)", start, docker_run_true(args.base_image, args.starts), "s",
                         "<= 0.8 s", start <= 0.8))
-        env = cli_env(None if args.no_bytecode_cache else project.root.parent / "pycache")
-        floor = cli_seconds(project, env, args.cli_runs, "--version")
-        cold = cli_seconds(project, env, args.cli_runs, "invoke", "--local", "noop", "-d", "{}")
-        warm = cli_seconds(project, env, args.cli_runs, "invoke", "--local", "noop", "-d", "{}", "--keep-warm")
+        figures = cli_figures(project, args.cli_runs, bytecode_cache=not args.no_bytecode_cache)
+        (floor, floor_cpu), (cold, cold_cpu), (warm, warm_cpu) = figures["floor"], figures["cold"], figures["warm"]
         rows += [
             Row("invoke --local, image cached", cold, floor, "s", "<= 1.5 s", cold <= 1.5),
+            Row("  its CPU time (user + sys)", cold_cpu, floor_cpu, "s", "", None),
             Row("invoke --local --keep-warm, warm", warm, floor, "s", "<= 0.4 s", warm <= 0.4),
+            Row("  its CPU time (user + sys)", warm_cpu, floor_cpu, "s", "", None),
             Row("idle instance memory", idle, idle_python_mb(client, args.base_image, args.settle), "MB",
                 "<= 30 MB", idle <= 30),
         ]

@@ -209,9 +209,9 @@ class AsyncTransport:
         transport = self._transport
         if transport is None or self._lost is not None:
             raise ConnectionLost(self._lost or "the transport is not connected")
-        request_id = next(self._ids)
+        request_id = message["id"] = next(self._ids)  # every caller builds its message afresh: no copy
         try:
-            frame = encode_frame({**message, "id": request_id})
+            frame = encode_frame(message)
         except (TypeError, ValueError) as exc:
             raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:

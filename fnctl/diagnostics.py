@@ -20,6 +20,8 @@ class Position(NamedTuple):  # a tuple: a manifest has one per value, and tuples
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One problem: where it is (file, line and column, JSON path) and what it is."""
+
     file: Path
     position: Position
     path: JsonPath

@@ -25,6 +25,8 @@ _NOWHERE = Position(0, 0)  # a problem with no place in a file
 
 @dataclass(frozen=True)
 class ValidationResult:
+    """The desired state, and every problem found on the way to it (none: the manifests are valid)."""
+
     state: DesiredState
     diagnostics: list[Diagnostic]
     files: list[Path] = field(default_factory=list)

@@ -110,6 +110,8 @@ class Built(NamedTuple):
 
 @dataclass(frozen=True)
 class _Anchor:
+    """An anchored value, where it is, and the positions recorded inside it."""
+
     value: Any
     path: _Path
     start: int  # its positions in `Builder.order`: [start, end)
