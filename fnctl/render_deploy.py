@@ -87,11 +87,11 @@ def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False)
     for outcome in report.outcomes:
         mark = "[green]✓[/green]" if outcome.ok else "[red]✗[/red]"
         console().print(f"{mark} {outcome.function}: {outcome.action}: {outcome.message}", highlight=False)
+        if outcome.detail:
+            err_console().print(outcome.detail, markup=False)
     for snapshot in report.rollouts:
         for line in summary(snapshot):
             console().print(line, markup=False, highlight=False)
-        if outcome.detail:
-            err_console().print(outcome.detail, markup=False)
 
 
 def render_status(statuses: list[FunctionStatus], output: Output) -> None:
