@@ -156,7 +156,9 @@ def wrk(port: int, path: str, script: Path, *, threads: int, connections: int, s
     out = done.stdout
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk may pad "3.56s "
+    if set(latency) != {"50", "99"} or "Requests/sec:" not in out:
+        raise SystemExit(f"wrk gave no figures for {path} (exit {done.returncode}):\n{out}{done.stderr}")
     return Wrk(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
                _ms(latency["50"]), _ms(latency["99"]),
                sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,

@@ -40,6 +40,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ def blue_green(bench: Bench, repeats: int) -> None:
     print(f"\n[1] blue-green promote + rollback under load, {repeats} repeats", flush=True)
     setup = bench.setup
     phases: list[tuple[float, float, str]] = []
+    switches: list[tuple[float, int, float, int]] = []  # (promote began, new, rollback began, stable)
     promote_s: list[float] = []
     rollback_s: list[float] = []
     with bench.load() as load:
@@ -197,19 +199,20 @@ def blue_green(bench: Bench, repeats: int) -> None:
             phases.append((start, time.time(), "apply (preview)"))
             new = max(setup.routes())
             assert setup.routes() == {stable: 100, new: 0}, setup.routes()
-            start = time.time()
+            promoted = time.time()
             bench.fnctl("promote", "fn", expect=(0,))
-            promote_s.append(time.time() - start)
+            promote_s.append(time.time() - promoted)
             assert setup.routes() == {new: 100, stable: 0}, setup.routes()
-            served = wait_for(lambda: any(at > start and rev == str(new) for at, _, rev in load.answers[-50:]), 10)
-            phases.append((start, time.time(), "promote"))
-            start = time.time()
+            served = wait_for(lambda: any(at > promoted and rev == str(new) for at, _, rev in load.answers[-50:]), 10)
+            phases.append((promoted, time.time(), "promote"))
+            rolled = time.time()
             bench.fnctl("rollback", "fn", expect=(0,))
-            rollback_s.append(time.time() - start)
+            rollback_s.append(time.time() - rolled)
             assert setup.routes() == {stable: 100}, setup.routes()
-            back = wait_for(lambda: any(at > start + PICKUP and rev == str(stable) for at, _, rev in load.answers[-50:]),
+            back = wait_for(lambda: any(at > rolled + PICKUP and rev == str(stable) for at, _, rev in load.answers[-50:]),
                             10)
-            phases.append((start, time.time(), "rollback"))
+            phases.append((rolled, time.time(), "rollback"))
+            switches.append((promoted, new, rolled, stable))
             print(f"  repeat {repeat + 1}: r{new} previewed, promoted in {promote_s[-1]:.2f} s "
                   f"({'served' if served else 'NOT served'} by the gateway), rolled back to r{stable} in "
                   f"{rollback_s[-1]:.2f} s ({'served' if back else 'NOT served'}); "
@@ -218,11 +221,25 @@ def blue_green(bench: Bench, repeats: int) -> None:
     failed = load.failed()
     print(f"  load: {answers} requests in {seconds:.1f} s = {rate:.0f} requests/s over {bench.clients} keep-alive "
           f"connections; failed: {len(failed)}" + (f" ({describe(failed, phases)})" if failed else ""))
-    print(f"  promote took {min(promote_s):.2f}-{max(promote_s):.2f} s, rollback {min(rollback_s):.2f}-"
-          f"{max(rollback_s):.2f} s (whole commands)")
+    print(f"  whole commands: promote {min(promote_s):.2f}-{max(promote_s):.2f} s, rollback {min(rollback_s):.2f}-"
+          f"{max(rollback_s):.2f} s (process start, the switch, then the drain of the other revision)")
+    to_new, to_old = _switch_times(load, switches)
+    print(f"  as the load saw it: the first answer of the promoted revision {min(to_new):.2f}-{max(to_new):.2f} s "
+          f"after `fnctl promote` began; the last answer of the rolled-back revision {min(to_old):.2f}-"
+          f"{max(to_old):.2f} s after `fnctl rollback` began")
     bench.record("1. blue-green promote+rollback", f"{repeats}+{repeats} switches, {answers} requests at "
                  f"{rate:.0f}/s, {len(failed)} failed", f"0 failed at >= {MIN_RATE:.0f}/s",
                  not failed and rate >= MIN_RATE)
+
+
+def _switch_times(load: Load, switches: list[tuple[float, int, float, int]]) -> tuple[list[float], list[float]]:
+    to_new, to_old = [], []
+    for promoted, new, rolled, _ in switches:
+        to_new.append(min((at for at, _, rev in load.answers if at >= promoted and rev == str(new)), default=promoted)
+                      - promoted)
+        to_old.append(max((at for at, _, rev in load.answers if at >= rolled and rev == str(new)), default=rolled)
+                      - rolled)
+    return to_new, to_old
 
 
 # ---- figure 2: canary weights as observed ---------------------------------------------------------------
@@ -380,6 +397,8 @@ def crashes(bench: Bench, points: list[str]) -> None:
 def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     setup = bench.setup
     stable = bench.live()
+    with setup.project.store() as store:
+        newest = max(r.number for r in store.revisions("fn"))
     setup.deploy_code(bench.version("crash"), CRASH_CANARY.format(delay=crash.delay, checks=crash.checks))
     killed = bench.fnctl("apply", env={"FNCTL_TEST_CRASH_AT": crash.point})
     killed_at = time.time()
@@ -389,7 +408,7 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     restart = bench.fnctl(*crash.restart)
     left = _orphans(bench, unrouted=True)  # what the restart left for the gateway to clean up
     row = bench.latest_rollout()
-    if row is None or row.canary <= stable:
+    if row is None or row.canary <= newest:
         return False, f"no rollout of a new revision after the restart (exit {restart.code}): {restart.text[-500:]}"
     winner = row.canary if crash.outcome == "completed" else stable
     started = time.monotonic()
@@ -400,7 +419,7 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     events = bench.events(row.id)
     kinds = [e.kind for e in events]
     with setup.project.store() as store:
-        revisions = [f"r{r.number} {r.status.value}" for r in store.revisions("fn") if r.number > stable]
+        revisions = [f"r{r.number} {r.status.value}" for r in store.revisions("fn") if r.number > newest]
         drivers = sorted({e.command for e in store.audit_log("fn", limit=200)
                           if e.at > killed_at and e.action.startswith(("route", "rollout"))})
     measured = next((e.data.get("outcome") for e in events if e.kind == "measurement"), None)
@@ -410,7 +429,7 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     detail = (f"killed: traffic {rollout_text(after_kill)}"
               + (f", the first measurement {measured}" if crash.point == "rollout-measurement" else "")
               + f"; restart `fnctl {' '.join(crash.restart)}` exit {restart.code}"
-              + (f", left {len(left)} to clean up ({'; '.join(left)})" if left else "")
+              + (f"; just after it: {'; '.join(left)}" if left else "")
               + f"; driven after the kill by: {', '.join(drivers) or 'nobody'}; {row.state} "
               f"({', '.join(revisions)}), traffic {rollout_text(setup.routes())}, "
               f"{'settled' if settled else 'NOT settled'} {took:.1f} s after the restart; orphans: "
@@ -445,12 +464,14 @@ def _orphans(bench: Bench, *, unrouted: bool = False) -> list[str]:
     with project.store() as store:
         rows = store.instances()
         routes = store.routes()
-    containers = {c.labels.get("io.fnctl.instance"): c for c in project.containers()}
-    found = [f"container {c.name} unknown to the store ({c.status})" for key, c in containers.items()
-             if key not in {row.id for row in rows}]
+    # One engine call (the SDK's high-level list inspects each container, racing the removal of any of them).
+    listed = project.client.api.containers(all=True, filters={"label": f"io.fnctl.project={project.name}"})
+    containers = {(c.get("Labels") or {}).get("io.fnctl.instance"): c for c in listed}
+    found = [f"container {(c.get('Names') or ['?'])[0].lstrip('/')} unknown to the store ({c.get('State')})"
+             for key, c in containers.items() if key not in {row.id for row in rows}]
     for row in rows:
         container = containers.get(row.id)
-        if container is None or container.status != "running" or row.container_id != container.id:
+        if container is None or container.get("State") != "running" or row.container_id != container.get("Id"):
             found.append(f"row {row.id} (r{row.revision}, {row.state.value}) without its running container")
         elif unrouted and row.revision not in routes.get(row.function, {}):
             found.append(f"instance {row.id} of unrouted r{row.revision}")
@@ -464,18 +485,27 @@ class OutOfTime(Exception):
     pass
 
 
+class Stopped(Exception):
+    """SIGTERM: raised in the main thread so that the gateway, containers and images are cleaned up."""
+
+
 @contextmanager
 def deadline(seconds: int) -> Iterator[None]:
     def expire(signum: int, frame: FrameType | None) -> None:
         raise OutOfTime(f"the benchmark passed its --timeout of {seconds} s")
 
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
+
     previous = signal.signal(signal.SIGALRM, expire)
+    previous_term = signal.signal(signal.SIGTERM, terminate)
     signal.alarm(seconds)
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def main() -> int:
@@ -499,25 +529,29 @@ def main() -> int:
     base_image = os.environ.get("FNCTL_BASE_IMAGE") or "fnctl-base:bookworm"
     os.environ.setdefault("CI", "true")
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fnctl-bench-rollout-") as tmp, deadline(args.timeout):
-        with rollout_project(Path(tmp) / "project", client, base_image) as setup:
+    with tempfile.TemporaryDirectory(prefix="fnctl-bench-rollout-") as tmp:
+        with rollout_project(Path(tmp) / "project", client, base_image) as setup:  # removes what it made
             bench = Bench(setup, args.rate, args.clients)
             print(f"project {setup.project.name}: gateway on {setup.url}; load {args.rate:g} requests/s over "
                   f"{args.clients} keep-alive connections", flush=True)
-            setup.deploy_code(bench.version("base"), BLUE_GREEN)
-            bench.fnctl("apply", expect=(0,))
-            setup.start_gateway()
             try:
-                if "1" in args.only:
-                    blue_green(bench, args.repeats)
-                if "2" in args.only:
-                    canary_weights(bench, args.step_requests)
-                if "3" in args.only:
-                    bad_canary(bench, args.min_requests, args.interval, args.bad_repeats)
-                if "4" in args.only:
-                    crashes(bench, args.crash_points.split(","))
-            except (OutOfTime, SystemExit, AssertionError) as exc:
+                with deadline(args.timeout):  # off again before the clean-up
+                    setup.deploy_code(bench.version("base"), BLUE_GREEN)
+                    bench.fnctl("apply", expect=(0,))
+                    setup.start_gateway()
+                    if "1" in args.only:
+                        blue_green(bench, args.repeats)
+                    if "2" in args.only:
+                        canary_weights(bench, args.step_requests)
+                    if "3" in args.only:
+                        bad_canary(bench, args.min_requests, args.interval, args.bad_repeats)
+                    if "4" in args.only:
+                        crashes(bench, args.crash_points.split(","))
+            except Exception as exc:  # noqa: BLE001 - recorded as a missed target, the summary still prints
+                traceback.print_exc()
                 bench.record("run", f"stopped: {type(exc).__name__}: {exc}", "runs to the end", False)
+            except SystemExit as exc:
+                bench.record("run", f"stopped: {exc}", "runs to the end", False)
     print(f"\nsummary ({time.monotonic() - began:.0f} s)")
     width = max(len(f.name) for f in bench.figures)
     for figure in bench.figures:
