@@ -260,15 +260,23 @@ def window(store: Store, function: str, revision: int, seconds: float, *, now: f
     """Requests, errors, error rate and p95 latency of `revision` in the last `seconds` one-second buckets
     (the current one included). Reads what the gateway has flushed: the latest second or two may lag."""
     since = int(time.time() if now is None else now) - math.ceil(seconds) + 1
-    rows = store.query("SELECT requests, errors, histogram FROM metrics "
-                       "WHERE function = ? AND revision = ? AND second >= ?", (function, revision, since))
-    requests = sum(int(r[0]) for r in rows)
-    errors = sum(int(r[1]) for r in rows)
+    requests, errors, histogram = totals(store, function, revision, since)
+    return Window(requests, errors, errors / requests if requests else 0.0, quantile(histogram, 0.95))
+
+
+def totals(store: Store, function: str, revision: int, since: int,
+           until: int | None = None) -> tuple[int, int, dict[str, int]]:
+    """Requests, errors and the merged latency histogram of `revision` from second `since` to `until`."""
+    sql = "SELECT requests, errors, histogram FROM metrics WHERE function = ? AND revision = ? AND second >= ?"
+    params: tuple[object, ...] = (function, revision, since)
+    if until is not None:
+        sql, params = sql + " AND second <= ?", params + (until,)
+    rows = store.query(sql, params)
     histogram: dict[str, int] = {}
     for row in rows:
         for bound, count in json.loads(row[2]).items():
             histogram[bound] = histogram.get(bound, 0) + int(count)
-    return Window(requests, errors, errors / requests if requests else 0.0, quantile(histogram, 0.95))
+    return sum(int(r[0]) for r in rows), sum(int(r[1]) for r in rows), histogram
 
 
 def quantile(histogram: dict[str, int], q: float) -> float | None:

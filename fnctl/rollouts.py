@@ -7,7 +7,6 @@ A request (promote, abort) is an event appended to the rollout: the process driv
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,6 +206,7 @@ def abtest_report(project: Project, options: Options, name: str) -> AbReport:
     """`fnctl abtest report`: each variant's traffic over the test (from its start until it ended, or now),
     compared with the first variant's."""
     from fnctl.abstats import Sample, report
+    from fnctl.metrics import totals
 
     with _store(project, options) as store:
         rows = [row for row in store.rollouts(name) if row.strategy == "abTest"]
@@ -220,12 +220,6 @@ def abtest_report(project: Project, options: Options, name: str) -> AbReport:
         samples = []
         for variant in spec.variants:
             revision = record.variants[variant.name]
-            found = store.query("SELECT requests, errors, histogram FROM metrics WHERE function = ? AND revision = ? "
-                                "AND second >= ? AND second <= ?", (name, revision, int(row.started_at), int(end)))
-            histogram: dict[str, int] = {}
-            for _, _, buckets in found:
-                for bound, count in json.loads(buckets).items():
-                    histogram[bound] = histogram.get(bound, 0) + int(count)
-            samples.append((variant.name, revision, Sample(sum(int(r[0]) for r in found), sum(int(r[1]) for r in found),
-                                                          histogram)))
+            requests, errors, histogram = totals(store, name, revision, int(row.started_at), int(end))
+            samples.append((variant.name, revision, Sample(requests, errors, histogram)))
     return report(samples, confidence=spec.confidence, min_samples=spec.min_samples)
