@@ -73,7 +73,9 @@ def test_canary_good_completes_after_its_analysis_then_scales_down(setup: Rollou
     assert set(load.by_revision()) == {"1", "2"}
     # the gateway's controller loop scales the old revision down once scaleDownDelay is over
     until(lambda: setup.routes() == {2: 100}, "revision 1 to leave the routing table", timeout=30)
-    until(lambda: not [c for c in setup.project.containers("fn") if c.labels.get("io.fnctl.revision") == "1"],
+    # one listing call (no inspect of each container, which races with the ones being removed)
+    labels = [f"io.fnctl.project={setup.project.name}", "io.fnctl.function=fn", "io.fnctl.revision=1"]
+    until(lambda: not setup.project.client.api.containers(all=True, filters={"label": labels}),
           "revision 1's containers to stop", timeout=60)
     status = setup.project.fnctl("rollout", "status", "fn", "-o", "json")
     assert status.code == 0 and json.loads(status.out)["state"] == "completed", status.text
