@@ -173,7 +173,14 @@ class _Compiler:
 
     def _items(self, items: Any, schema: Any, base: str) -> Check:
         check = self.compile(items, base)
-        return lambda value: not isinstance(value, list) or all(check(i) for i in value)
+
+        def check_items(value: Any) -> bool:
+            if isinstance(value, list):
+                for item in value:
+                    if not check(item):
+                        return False
+            return True
+        return check_items
 
     def _allOf(self, subs: list[Any], schema: Any, base: str) -> Check:
         return _every([self.compile(s, base) for s in subs])
@@ -185,7 +192,16 @@ class _Compiler:
     def _oneOf(self, subs: list[Any], schema: Any, base: str) -> Check:
         self._monotone()
         checks = [self.compile(s, base) for s in subs]
-        return lambda value: sum(1 for c in checks if c(value)) == 1
+
+        def one_of(value: Any) -> bool:
+            found = False
+            for check in checks:
+                if check(value):
+                    if found:
+                        return False  # a second match: the rest need not run
+                    found = True
+            return found
+        return one_of
 
     def _not(self, sub: Any, schema: Any, base: str) -> Check:
         self._monotone()

@@ -22,11 +22,8 @@ import yaml
 
 from fnctl.diagnostics import Diagnostic, JsonPath, Position
 from fnctl.yamlbuild import (
-    ALLOWED_SCALARS, MAX_DEPTH, MAX_EXPANDED_NODES, TAGS, VALUES, Builder, Built, Parser, Refused, TooManyDocuments,
-    plain_value, resolve_tag,
+    ALLOWED_SCALARS, MAX_DEPTH, TAGS, VALUES, Builder, Parser, Refused, TooManyDocuments, plain_value, resolve_tag,
 )
-
-__all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "Document", "find_manifest_files", "load_file"]
 
 MAX_FILE_BYTES = 4 * 2**20
 MAX_DOCUMENTS = 1000
@@ -38,7 +35,8 @@ class Document:
     """One YAML document of a manifest file, as plain data, with where each value starts.
 
     `marks` holds the parser's marks (0-based line and column), made into a `Position` only when asked
-    for: most documents are valid, and their positions are never needed.
+    for: most documents are valid, and their positions are never needed. For a file read on the fast path
+    they are not even found until then.
     """
 
     file: Path
@@ -135,12 +133,12 @@ def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [], [_file_error(path, f"file is not UTF-8 text (byte {exc.start})")]
-    if not text.strip() or all(_is_blank(line) for line in text.splitlines()):
-        return [], [_file_error(path, "file is empty: expected at least one manifest document")]
     plain = _read_plain(text, MAX_DOCUMENTS)
-    if plain:
+    if plain:  # documents with something in them: the file is not empty, no need to look at every line
         source = _Source(text, MAX_DOCUMENTS)
         return [Document(path, index, data, _LazyMarks(source, index)) for index, data in plain], []
+    if not text.strip() or all(_is_blank(line) for line in text.splitlines()):
+        return [], [_file_error(path, "file is empty: expected at least one manifest document")]
     return _load_text(path, text)
 
 
@@ -191,6 +189,21 @@ _MISSING: Any = object()
 _EMPTY: Any = object()  # a document with nothing in it: between two `---`, or after a trailing one
 
 
+_PLAIN_KEYS: set[str] = set()  # (short) keys seen written plain that are keys and not a merge (`<<`)
+
+
+def _plain_key(event: Any) -> bool:
+    """Whether a key scalar is a plain key: quoted, or written plain with a core scalar tag."""
+    if not event.implicit[0]:
+        return True
+    text = event.value
+    if (TAGS.get(text) or resolve_tag(text)) not in ALLOWED_SCALARS:
+        return False
+    if len(text) <= 64 and len(_PLAIN_KEYS) < 50_000:
+        _PLAIN_KEYS.add(text)
+    return True
+
+
 def _empty_document(event: Any) -> Any:
     """The root of a document that is one untagged scalar: only an empty one is plain."""
     if event.value == "" and event.implicit[0] and event.start_mark.index == event.end_mark.index:
@@ -201,7 +214,7 @@ def _empty_document(event: Any) -> Any:
 def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
     """The values of each document, with as little work per event as can be: every value of every manifest
     goes through this loop. Raises _NotPlain at anything but untagged scalars and collections, no anchors."""
-    get_event, tags, values, no_key, missing = parser.get_event, TAGS, VALUES, _NO_KEY, _MISSING
+    get_event, plain_keys, values, no_key, missing = parser.get_event, _PLAIN_KEYS, VALUES, _NO_KEY, _MISSING
     scalar, mapping_start, sequence_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
     mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
     documents: list[tuple[int, Any]] = []
@@ -218,7 +231,7 @@ def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
                 continue
             text = event.value
             if key is no_key and in_map:
-                if text in top or event.implicit[0] and (tags.get(text) or resolve_tag(text)) not in ALLOWED_SCALARS:
+                if text in top or text not in plain_keys and not _plain_key(event):
                     raise _NotPlain  # a duplicate key, or `<<`
                 key = text
                 continue

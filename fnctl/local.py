@@ -76,9 +76,10 @@ def _by_path(target: str) -> bool:
 
 def invoke_local(project: Project, target: str, event: Any, payload_size: int, *, keep_warm: bool,
                  on_progress: Callable[[str], None]) -> LocalResult:
+    """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches."""
     tried = ""
     if keep_warm:
-        recorded = recorded_function(project, target)
+        recorded = _recorded_function(project, target)
         if recorded is not None:
             tried = warm_key(recorded, _source(recorded), project.base_image, resolve(recorded, project.root))
             warm = _invoke_warm(recorded, tried, event, payload_size)
@@ -196,7 +197,7 @@ def _local_salt() -> str:
 # matches, validation would give the same verdict and the same function, so the document is rebuilt instead.
 
 
-def recorded_function(project: Project, target: str) -> Function | None:
+def _recorded_function(project: Project, target: str) -> Function | None:
     """The function of the last passing validation of `target`, or None when anything it read has changed."""
     try:
         record = json.loads(_record_path(project, target).read_text(encoding="utf-8"))

@@ -189,16 +189,18 @@ def handler_problem(source: str, handler: str) -> str | None:
         rel = os.path.join(*module.split("."))
         candidates = [rel + ".py", os.path.join(rel, "__init__.py")]
         shown = module
-    if not _within(source, os.path.normpath(os.path.join(source, candidates[0]))):
+    paths = [os.path.join(source, c) for c in candidates]
+    if not _within(source, os.path.normpath(paths[0])):
         return f"handler file {shown!r} is outside the source directory"
-    found = next((c for c in candidates if os.path.isfile(os.path.join(source, c))), None)
+    found = next((i for i, path in enumerate(paths) if os.path.isfile(path)), None)
     if found is None:
         return f"handler module {shown!r} not found in the source directory (looked for {', '.join(candidates)})"
-    names, error = _top_level_names(os.path.join(source, found))
+    names, error = _top_level_names(paths[found])
+    found_name = candidates[found]
     if error:
-        return f"cannot parse {found}: {error}"
+        return f"cannot parse {found_name}: {error}"
     if attr not in names and "*" not in names:  # a star import may provide it: only running the code could tell
-        return f"{found} defines no top-level {attr!r}"
+        return f"{found_name} defines no top-level {attr!r}"
     return None
 
 
