@@ -88,7 +88,7 @@ def bucket_of(latency_ms: float) -> str:
 
 class Metrics:
     """Counters of the running gateway. `observe` and friends are cheap and called on the event loop;
-    `flush_sync` writes the seconds that are over to the store from another thread."""
+    `flush_sync` adds what was observed since its last call to the store, from another thread."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -176,24 +176,22 @@ class Metrics:
 
     # ---- per-second buckets for rollout analysis ----
 
-    def _take(self, final: bool) -> dict[tuple[str, int, int], _Second]:
-        """The buckets to write: the seconds that are over (all of them when `final`)."""
-        now = int(time.time())
+    def _take(self) -> dict[tuple[str, int, int], _Second]:
+        """Every bucket, the running second's too: its row is added to by the next flush, so that analysis
+        sees a request within one flush interval instead of after the second is over."""
         with self._lock:
-            done = {k: v for k, v in self._pending.items() if final or k[2] < now}
-            for key in done:
-                del self._pending[key]
-        return done
+            taken, self._pending = self._pending, {}
+        return taken
 
     def _put_back(self, buckets: dict[tuple[str, int, int], _Second]) -> None:
         with self._lock:
             for key, second in buckets.items():
                 self._pending.setdefault(key, _Second()).merge(second)
 
-    def flush_sync(self, store: Store, *, final: bool = False) -> int:
-        """Write the finished seconds (every second when `final`) to the store; returns rows written. On a
-        store error the buckets are kept for the next flush and the error is raised."""
-        buckets = self._take(final)
+    def flush_sync(self, store: Store) -> int:
+        """Add the buckets observed since the last flush to the store; returns rows written. On a store error
+        the buckets are kept for the next flush and the error is raised."""
+        buckets = self._take()
         if buckets:
             try:
                 with store.transaction():
@@ -207,11 +205,7 @@ class Metrics:
             store.execute("DELETE FROM metrics WHERE second < ?", (int(time.time()) - RETENTION_SECONDS,))
         return len(buckets)
 
-    async def flush(self, store: Store, *, final: bool = False) -> int:
-        """`flush_sync` off the event loop (the store must not be used by another thread meanwhile)."""
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.flush_sync(store, final=final))
-
-    async def run_flusher(self, store_path: Path, stop: asyncio.Event, interval: float = 1.0) -> None:
+    async def run_flusher(self, store_path: Path, stop: asyncio.Event, interval: float = 0.25) -> None:
         """Flush every `interval` seconds until `stop` is set, then flush everything, with a store
         connection of its own that only this task's worker thread uses."""
         from concurrent.futures import ThreadPoolExecutor
@@ -223,7 +217,7 @@ class Metrics:
                 while True:
                     final = stop.is_set()
                     try:
-                        await loop.run_in_executor(worker, lambda: self.flush_sync(store, final=final))
+                        await loop.run_in_executor(worker, lambda: self.flush_sync(store))
                     except Exception as exc:  # the flusher must outlive a busy or broken store
                         log.warning("metrics not written yet, will retry: %s", exc)
                     if final:

@@ -4,6 +4,7 @@ makes (count, error rate, p95), and the Prometheus text with its per-function/re
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_window_counts_errors_and_p95_from_per_second_buckets(store: Store, cloc
             if second >= 5:
                 recent.append(latency)
         m.observe("hello", 1, 404, 0.001, cold_start=False)  # another revision; a 4xx is no error
-    assert m.flush_sync(store, final=True) == 20
+    assert m.flush_sync(store) == 20
     rows = store.query("SELECT second, requests FROM metrics WHERE revision = 2 ORDER BY second")
     assert [r[1] for r in rows] == [50] * 10 and rows[-1][0] - rows[0][0] == 9
 
@@ -76,16 +77,19 @@ def test_window_counts_errors_and_p95_from_per_second_buckets(store: Store, cloc
     assert window(store, "nobody", 1, 60) == Window(0, 0, 0.0, None)
 
 
-def test_only_finished_seconds_are_flushed_unless_final(store: Store, clock: Clock) -> None:
+def test_a_running_second_is_flushed_and_added_to(store: Store, clock: Clock) -> None:
     m = Metrics()
     m.observe("hello", 1, 200, 0.002, cold_start=True)
-    assert m.flush_sync(store) == 0  # the second is still running: it stays in memory
-    clock.now += 1
+    assert m.flush_sync(store) == 1  # analysis sees it now, not once the second is over
     m.observe("hello", 1, 503, 0.004, cold_start=False)
+    assert m.flush_sync(store) == 1  # the same second: added to its row
+    clock.now += 1
+    m.observe("hello", 1, 200, 0.003, cold_start=False)
     assert m.flush_sync(store) == 1
-    assert m.flush_sync(store, final=True) == 1
-    rows = store.query("SELECT requests, errors FROM metrics ORDER BY second")
-    assert [tuple(r) for r in rows] == [(1, 0), (1, 1)]
+    assert m.flush_sync(store) == 0
+    rows = store.query("SELECT requests, errors, histogram FROM metrics ORDER BY second")
+    assert [tuple(r[:2]) for r in rows] == [(2, 1), (1, 0)]
+    assert sum(json.loads(rows[0][2]).values()) == 2
 
 
 class BrokenStore:
@@ -102,9 +106,9 @@ def test_buckets_survive_a_failed_flush(store: Store, clock: Clock) -> None:
     m = Metrics()
     m.observe("hello", 1, 200, 0.002, cold_start=False)
     with pytest.raises(StoreError):
-        m.flush_sync(BrokenStore(), final=True)  # type: ignore[arg-type]
+        m.flush_sync(BrokenStore())  # type: ignore[arg-type]
     m.observe("hello", 1, 500, 0.002, cold_start=False)
-    assert m.flush_sync(store, final=True) == 1
+    assert m.flush_sync(store) == 1
     assert window(store, "hello", 1, 10, now=clock.now).requests == 2
 
 
@@ -114,7 +118,7 @@ def test_a_second_written_twice_adds_up(store: Store, clock: Clock) -> None:
     for m, latency in ((first, 0.010), (second, 0.030)):
         m.observe("hello", 1, 200, latency, cold_start=False)
         m.observe("hello", 1, 502, latency, cold_start=False)
-        m.flush_sync(store, final=True)
+        m.flush_sync(store)
     result = window(store, "hello", 1, 10, now=clock.now)
     assert (result.requests, result.errors, result.error_rate) == (4, 2, 0.5)
     assert result.p95_ms is not None and 30 / metrics.GROWTH < result.p95_ms <= 30 * metrics.GROWTH
