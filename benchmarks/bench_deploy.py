@@ -205,7 +205,7 @@ def canary_state(bench: Bench, function: str, old: int, new: int) -> None:
     try:
         revision = store.revision(function, old)
         assert revision is not None
-        ctx = executor.Context(store, project.name, project.base_image, "bench", "bench", None, None, lambda _: None)
+        ctx = executor.Context(store, project.name, project.base_image, "bench", "bench", None, lambda _: None)
         executor.start_checked(ctx, function_from_spec(function, revision.spec, project.default_limits), old,
                                revision.image, desired_specs(project, store, None)[1].get(function, {}), 1)
         executor.switch(ctx, function, {old: 10, new: 90}, "canary at 10% (benchmark)")
@@ -255,9 +255,8 @@ def main() -> None:
         for i in range(m):
             bench.write(i)
         bench.manifests(n)
-        git = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org"]
-        for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):  # as in CI: a work tree
-            subprocess.run(git + command, cwd=bench.root, check=True, capture_output=True)
+        subprocess.run(["git", "init", "-q"], cwd=bench.root, check=True, capture_output=True)
+        commit(bench.root, "bench")  # as in CI: a clean work tree (apply refuses uncommitted changes)
         setup, _, _ = bench.fnctl("apply", "--lock-timeout", "5")
         say(f"setup: {n} functions deployed by one `fnctl apply` in {setup:.1f} s ({n} images built, {n} instances)")
 
@@ -273,6 +272,7 @@ def main() -> None:
         # Code change of one function among N.
         target = name_of(n // 2)
         bench.write(n // 2, version=2)
+        commit(bench.root, "code change")
         phases, total, progress = timed_apply(bench, target)
         builds = sum(1 for line in progress if "building image for revision" in line)
         starts = sum(1 for line in progress if "starting instance" in line)
@@ -296,6 +296,7 @@ def main() -> None:
 
         # M functions in the store: M - N seeded (see the module docstring), then the same no-op commands.
         bench.manifests(m)
+        commit(bench.root, f"{m} functions")
         seed(bench, n, m - n, _an_image(bench))
         _, diff_out, _ = bench.fnctl("diff")  # exit 0: the seeded functions are unchanged, without drift
         bench.fnctl("apply")
@@ -311,6 +312,12 @@ def main() -> None:
 
     report(lines, n, m, args.runs, at_n, at_m, phases, total, builds, starts, restarted, kept)
     print(f"`fnctl diff` with {m} functions in the store: {diff_out.strip().splitlines()[-1]}")
+
+
+def commit(root: Path, message: str) -> None:
+    git = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org"]
+    for command in (["add", "-A"], ["commit", "-q", "-m", message]):
+        subprocess.run(git + command, cwd=root, check=True, capture_output=True)
 
 
 def _an_image(bench: Bench) -> str:

@@ -19,10 +19,11 @@ from fnctl import executor, lock
 from fnctl.desired import DeploySpec, deploy_spec
 from fnctl.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
 from fnctl.errors import BadInput, ExitCode, FnctlError
-from fnctl.identity import actor, git_info
+from fnctl.gitrepo import WorkTree, work_tree
+from fnctl.identity import actor
 from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.model import DesiredState
-from fnctl.project import Project
+from fnctl.project import CONFIG_FILE, Project
 from fnctl.revisionspec import function_from_spec
 from fnctl.secretref import resolve
 from fnctl.store import Revision, RevisionStatus, Store, connect, default_path
@@ -41,6 +42,7 @@ class Options:
     force: bool = False
     wait: bool = True  # follow rollouts until they settle (completed, aborted, or at a gate)
     timeout: float | None = None  # for that
+    allow_dirty: bool = False  # deploy from a work tree with uncommitted changes
 
 
 @dataclass
@@ -84,16 +86,17 @@ def state_path(project: Project, option: Path | None) -> Path:
 
 @contextmanager
 def session(project: Project, options: Options, command: str, progress: Progress,
-            *, mutating: bool = True, locked: bool = False) -> Iterator[executor.Context]:
-    """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`)."""
+            *, mutating: bool = True, locked: bool = False, source: WorkTree | None = None) -> Iterator[executor.Context]:
+    """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`); the
+    commit recorded is `source`'s, else that of the work tree the project sits in."""
     path = state_path(project, options.state)
     guard = lock.held(path, options.lock_timeout, command) if mutating and not locked else _nothing()
     with guard:
         store = connect(path)
         try:
-            info = git_info(project.root) if mutating else None
+            tree = source or (work_tree(project.root) if mutating else None)
             yield executor.Context(store, project.name, project.base_image, actor(), command,
-                                   info.commit if info else None, info.author if info else None, progress)
+                                   tree.commit if tree else None, progress)
         finally:
             store.close()
 
@@ -135,7 +138,7 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
             with ctx.store.transaction():
                 ctx.store.set_resources(kind, wanted)
                 ctx.store.audit(actor=ctx.actor, command=ctx.command, action="publish", target=kind, outcome="ok",
-                                git_commit=ctx.git_commit, detail=", ".join(sorted(wanted)) or "(none)")
+                                **ctx.git_fields, detail=", ".join(sorted(wanted)) or "(none)")
             changed.append(f"{len(wanted)} {kind.lower()}{'s' if len(wanted) != 1 else ''}")
     return changed
 
@@ -170,32 +173,87 @@ def make_plan_file(project: Project, options: Options, paths: list[Path] | None)
 def apply(project: Project, options: Options, paths: list[Path] | None, progress: Progress,
           plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
           on_tick: OnTick | None = None) -> ApplyReport:
+    """`fnctl apply`: from a git work tree, only a committed state (unless --allow-dirty), recorded as live."""
+    tree = work_tree(project.root)
+
+    dirty: list[Path] = []
+
+    def refuse_dirty(specs: list[DeploySpec]) -> None:  # after validation: invalid manifests say more
+        if tree is not None:
+            dirty.extend(_deployed_changes(project, tree, [*(paths or project.manifest_paths), *(s.source for s in specs)]))
+        if dirty and not options.allow_dirty:
+            shown = [os.path.relpath(p, project.root) for p in dirty[:10]]
+            more = f"\n  ... and {len(dirty) - 10} more" if len(dirty) > 10 else ""
+            raise BadInput("uncommitted changes in what would be deployed:\n  " + "\n  ".join(shown) + more +
+                           "\nCommit them (every revision names its commit), or pass --allow-dirty.")
+
+    with session(project, options, "apply", progress, source=tree) as ctx:
+        started = time.time()
+        report = apply_in(ctx, project, options, paths, plan_file, on_event, on_tick, guard=refuse_dirty)
+        if tree is not None:
+            record_deploy(ctx, report, started, source=str(project.root), ref=None, dirty=bool(dirty))
+        return report
+
+
+def _deployed_changes(project: Project, tree: WorkTree, deployed: list[Path]) -> list[Path]:
+    """The uncommitted changes in what a deploy reads (manifests, function sources, fnctl.toml): with them,
+    a revision would name a commit that does not hold what runs."""
+    bases = [p.resolve() for p in (*deployed, project.root / CONFIG_FILE)]
+    return [p for p in tree.dirty if any(p == b or b in p.parents or p in b.parents for b in bases)]
+
+
+def apply_in(ctx: executor.Context, project: Project, options: Options, paths: list[Path] | None,
+             plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
+             on_tick: OnTick | None = None, preview: bool = False,
+             guard: Callable[[list[DeploySpec]], None] = lambda _: None) -> ApplyReport:
+    """Apply the manifests with the lock held: recover, diff, plan, carry out, follow the rollouts; or,
+    as a `preview`, only deploy changed functions beside the live ones at 0% of traffic. `guard` may refuse
+    once the manifests are known to be valid."""
     from fnctl.live import read_live
 
-    with session(project, options, "apply", progress) as ctx:
-        specs, secret_values, state = desired_state(project, ctx.store, paths)
+    specs, secret_values, state = desired_state(project, ctx.store, paths)
+    guard(specs)
+    live = read_live(ctx.store, project.name)
+    if plan_file is not None:
+        _check_plan(plan_file, project.name, live, specs)
+    recovered = executor.recover(ctx, live.orphans)
+    if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
         live = read_live(ctx.store, project.name)
-        if plan_file is not None:
-            _check_plan(plan_file, project.name, live, specs)
-        recovered = executor.recover(ctx, live.orphans)
-        if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
-            live = read_live(ctx.store, project.name)
-        changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
-        plan = make_plan(project.name, changes, live, prune=options.prune,
-                         rollouts={s.name: s.function.rollout for s in specs})
-        _refuse_quarantined(changes, live, options.force)
-        report = ApplyReport(plan, recovered=recovered)
-        by_name = {s.name: s for s in specs}
-        watermark = int(ctx.store.query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
-        for change in changes:
+    changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
+    plan = make_plan(project.name, changes, live, prune=options.prune,
+                     rollouts={s.name: s.function.rollout for s in specs})
+    _refuse_quarantined(changes, live, options.force)
+    report = ApplyReport(plan, recovered=recovered)
+    by_name = {s.name: s for s in specs}
+    watermark = int(ctx.store.query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
+    for change in changes:
+        if preview:
+            outcome = _preview(ctx, change, by_name.get(change.function), secret_values, live)
+        else:
             outcome = _carry_out(ctx, change, by_name.get(change.function), secret_values, options)
-            if outcome is not None:
-                report.outcomes.append(outcome)
-        published = publish_resources(ctx, state)
-        if published:
-            report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
-        report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
+        if outcome is not None:
+            report.outcomes.append(outcome)
+    if preview:  # a preview changes no trigger, view or policy, and has no rollout to follow
         return report
+    published = publish_resources(ctx, state)
+    if published:
+        report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
+    report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
+    return report
+
+
+_OUTCOMES = {ExitCode.OK: "ok", ExitCode.FAILED: "failed", ExitCode.ROLLED_BACK: "rolled-back",
+             ExitCode.WAITING: "waiting"}
+
+
+def record_deploy(ctx: executor.Context, report: ApplyReport, started: float, *, source: str, ref: str | None,
+                  dirty: bool, preview: bool = False) -> None:
+    """Record which commit this apply or sync made live (what the next sync compares with)."""
+    from fnctl import deploys
+
+    if ctx.git is not None:
+        deploys.record(ctx.store, at=started, actor=ctx.actor, command=ctx.command, source=source, ref=ref,
+                       commit=ctx.git, dirty=dirty, preview=preview, outcome=_OUTCOMES.get(report.exit_code, "failed"))
 
 
 def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, names: set[str], watermark: int,
@@ -229,12 +287,17 @@ def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs:
         raise BadInput("the plan is stale; make a new one with `fnctl plan`:\n  " + "\n  ".join(reasons))
 
 
+class Quarantined(FnctlError):
+    """The manifests ask for a spec that was rolled back: deploying it again would undo the rollback."""
+
+
 def _refuse_quarantined(changes: list[Change], live: LiveState, force: bool) -> None:
     refused = [f"{c.function}: this spec is quarantined ({live.quarantined[c.spec_hash]})"
                for c in changes if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) and c.spec_hash in live.quarantined]
     if refused and not force:
-        raise FnctlError("refusing to redeploy a rolled-back revision:\n  " + "\n  ".join(refused) +
-                         "\nFix the function and apply again, or pass --force to deploy it anyway.")
+        raise Quarantined("refusing to redeploy a rolled-back revision:\n  " + "\n  ".join(refused) +
+                          "\nRevert the commit or push a fix (a changed function deploys normally), "
+                          "or pass --force to deploy it anyway.")
 
 
 def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
@@ -263,6 +326,29 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
     except FnctlError as exc:
         return Outcome(name, change.kind.value, False, None, exc.message, exc.detail)
     return None
+
+
+def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
+             secret_values: dict[str, dict[str, str]], live: LiveState) -> Outcome | None:
+    """A changed function deployed beside the live revision at 0% of traffic: only pinned requests reach it
+    (`X-Fnctl-Revision`, `fnctl invoke --revision`), until the function's next deploy replaces it."""
+    name = change.function
+    if change.kind is not ChangeKind.UPDATE or spec is None:
+        return None if spec is None else Outcome(name, "preview", True, None, "not live yet: nothing to preview beside")
+    current = live.functions[name]
+    twin = next((n for n, h in current.spec_hashes.items() if h == spec.spec_hash), None)
+    if twin is not None:
+        return Outcome(name, "preview", True, twin, f"already previewed as revision {twin}")
+    if current.rollout is not None:
+        return Outcome(name, "preview", False, None, "a rollout is under way: preview after it ends")
+    try:
+        number = executor.prepare(ctx, spec, secret_values[name])
+    except FnctlError as exc:
+        return Outcome(name, "preview", False, None, exc.message, exc.detail)
+    executor.switch(ctx, name, {**current.weights, number: 0}, f"preview of revision {number}",
+                    also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.READY, None))
+    return Outcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
+                   f"X-Fnctl-Revision: {number}")
 
 
 def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> Outcome:
@@ -304,7 +390,7 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
             controller.retire(ctx, name, f"rolled back to revision {target.number}")  # no scale-down of the target
             store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
             store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
-                        git_commit=ctx.git_commit, detail=f"revision {current}: {reason}")
+                        **ctx.git_fields, detail=f"revision {current}: {reason}")
 
         executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}", also=quarantine)
         executor.stop_other_revisions(ctx, name, keep={target.number})

@@ -84,6 +84,7 @@ def apply_command(
     state: StateOpt = None, lock_timeout: LockOpt = 60.0,
     prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")] = False,
+    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Deploy from a git work tree with uncommitted changes (recorded as dirty).")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` or `fnctl rollout status -w` carries them on.")] = False,
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long (e.g. 15m): exit 1.", show_default=False)] = None,
     output: RolloutOutputOpt = RolloutOutput.TEXT,
@@ -93,7 +94,8 @@ def apply_command(
     Idempotent: unchanged functions are left alone; drift (dead or altered instances, removed images) is healed.
     A function with a canary, blueGreen or abTest rollout is followed until it completes, rolls back or pauses
     at a gate (a live view on a terminal; `-o ndjson` prints every rollout event as a JSON line for CI logs).
-    Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input
+    In a git work tree every revision records the commit; uncommitted changes under the project are refused
+    unless --allow-dirty. Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input
     or a stale plan, 3 when a rollout was rolled back, 4 when one waits at a gate for `fnctl promote`.
 
     \b
@@ -113,7 +115,8 @@ def apply_command(
         plan_file = _read_plan(paths[0])
         paths = [Path(p) for p in plan_file["paths"]] if plan_file.get("paths") else None
         prune = bool(plan_file.get("prune", prune))
-    options = replace(_options(state, lock_timeout, prune, force), wait=not no_wait, timeout=parse_timeout(timeout))
+    options = replace(_options(state, lock_timeout, prune, force), wait=not no_wait, timeout=parse_timeout(timeout),
+                      allow_dirty=allow_dirty)
     plain = output is not RolloutOutput.TEXT
     with Progress(quiet=plain) as progress, LiveView(not plain and not no_wait) as view:
         on_event, on_tick = watchers(output, view)

@@ -69,7 +69,7 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
         for event in (started, *rollout.entering(plan, record)):
             store.add_rollout_event(rollout_id, event.kind.value, event.step, event.message, event.data)
         store.audit(actor=ctx.actor, command=ctx.command, action="rollout start", target=function.name, outcome="ok",
-                    git_commit=ctx.git_commit, detail=started.message[:4000])
+                    **ctx.git_fields, detail=started.message[:4000])
     ctx.progress(f"{function.name}: {started.message}")
     for old in superseded:
         executor.stop_other_revisions(ctx, function.name, keep={stable, canary})
@@ -96,7 +96,7 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
         for event in (retried, *rollout.entering(plan, record)):
             store.add_rollout_event(row.id, event.kind.value, event.step, event.message, event.data)
         store.audit(actor=ctx.actor, command=ctx.command, action="rollout retry", target=row.function, outcome="ok",
-                    git_commit=ctx.git_commit, detail=retried.message)
+                    **ctx.git_fields, detail=retried.message)
     ctx.progress(f"{row.function}: {retried.message}")
 
 
@@ -164,17 +164,17 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
     if record.weights != before.weights:
         store.set_route(record.function, record.weights)
         store.audit(actor=ctx.actor, command=ctx.command, action="route", target=record.function, outcome="ok",
-                    git_commit=ctx.git_commit, detail=f"rollout {record.id}: {rollout.weights_text(record.weights)}")
+                    **ctx.git_fields, detail=f"rollout {record.id}: {rollout.weights_text(record.weights)}")
     if transition.quarantine:
         store.set_revision_status(record.function, record.canary, RevisionStatus.QUARANTINED, record.reason[:4000])
         store.audit(actor=ctx.actor, command=ctx.command, action="quarantine", target=record.function, outcome="ok",
-                    git_commit=ctx.git_commit, detail=f"revision {record.canary}: {record.reason}"[:4000])
+                    **ctx.git_fields, detail=f"revision {record.canary}: {record.reason}"[:4000])
     store.update_rollout(record.id, step=record.step, state=record.state.value, detail=record.detail())
     for event in transition.events:
         store.add_rollout_event(record.id, event.kind.value, event.step, event.message, event.data)
     if record.state is not before.state and record.state in (State.ABORTED, State.COMPLETED):
         store.audit(actor=ctx.actor, command=ctx.command, action=f"rollout {record.state.value}", target=record.function,
-                    outcome="ok", git_commit=ctx.git_commit,
+                    outcome="ok", **ctx.git_fields,
                     detail=(transition.events[-1].message if transition.events else "")[:4000])
 
 
@@ -185,15 +185,25 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
 
     store = connect(store_path)
     try:
-        if not unfinished(store):
+        stale = _stale_instances(store)
+        if not stale and not unfinished(store):
             return 0
         with lock.attempt(store_path, "fnctl serve: rollouts") as got:
             if not got:
                 return 0
-            ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, None, progress)
+            ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
+            if stale:  # a process killed between a routing change and its clean-up (an abort's canary) left them
+                executor.recover(ctx, orphans=())
             return len(advance_all(ctx))
     finally:
         store.close()
+
+
+def _stale_instances(store: Store) -> bool:
+    """Whether instance rows exist of revisions that nothing routes to (read without the lock: the holder
+    may be starting them; `recover` under the lock decides)."""
+    routes = store.routes()
+    return any(row.revision not in routes.get(row.function, {}) for row in store.instances())
 
 
 # ---- analysis ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 from fnctl import dockerio, images, instances
 from fnctl.desired import DeploySpec
 from fnctl.errors import FnctlError
+from fnctl.gitrepo import Commit
 from fnctl.live import unknown_containers
 from fnctl.model import NO_EXPECTATION, Check, Function
 from fnctl.sandbox import labels
@@ -52,9 +53,15 @@ class Context:
     base_image: str
     actor: str
     command: str
-    git_commit: str | None
-    git_author: str | None
+    git: Commit | None  # the commit of the manifests being deployed
     progress: Progress
+
+    @property
+    def git_fields(self) -> dict[str, str | None]:
+        """The commit's sha, author and subject, as the store's audit and revision columns want them."""
+        git = self.git
+        return {"git_commit": git.sha if git else None, "git_author": git.author if git else None,
+                "git_subject": git.subject if git else None}
 
 
 def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
@@ -78,7 +85,7 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
     done += _remove_orphans(ctx, orphans)
     if done:
         store.audit(actor=ctx.actor, command=ctx.command, action="recover", target="", outcome="ok",
-                    git_commit=ctx.git_commit, detail="; ".join(done)[:4000])
+                    **ctx.git_fields, detail="; ".join(done)[:4000])
     return done
 
 
@@ -113,8 +120,10 @@ def prepare(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> in
     store, function = ctx.store, spec.function
     number = store.next_revision_number(function.name)
     with store.transaction():
-        store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", ctx.git_commit, ctx.git_author,
-                                    time.time(), ctx.actor, RevisionStatus.PENDING, None))
+        git = ctx.git_fields
+        store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", git["git_commit"],
+                                    git["git_author"], time.time(), ctx.actor, RevisionStatus.PENDING, None,
+                                    git["git_subject"]))
     checkpoint("revision-recorded")
     try:
         ctx.progress(f"{function.name}: building image for revision {number}")
@@ -151,7 +160,7 @@ def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
     with ctx.store.transaction():
         ctx.store.set_revision_status(name, number, RevisionStatus.FAILED, reason[:4000])
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="deploy", target=name, outcome="failed",
-                        git_commit=ctx.git_commit, detail=f"revision {number}: {exc.message}")
+                        **ctx.git_fields, detail=f"revision {number}: {exc.message}")
 
 
 def start_checked(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
@@ -252,7 +261,7 @@ def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
                 ctx.store.set_revision_status(name, revision, RevisionStatus.READY, None)
         ctx.store.set_route(name, weights)
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="route", target=name, outcome="ok",
-                        git_commit=ctx.git_commit, detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()))
+                        **ctx.git_fields, detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()))
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
 
@@ -314,10 +323,10 @@ def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict
         return deploy(ctx, spec, secret_values)
     except FnctlError as exc:
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="failed",
-                        git_commit=ctx.git_commit, detail=f"revision {revision.number}: {exc.message}")
+                        **ctx.git_fields, detail=f"revision {revision.number}: {exc.message}")
         raise
     ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="ok",
-                    git_commit=ctx.git_commit, detail=f"revision {revision.number}: replaced {len(broken)}, "
+                    **ctx.git_fields, detail=f"revision {revision.number}: replaced {len(broken)}, "
                     f"started {started}")
     return None
 
@@ -348,5 +357,5 @@ def delete(ctx: Context, name: str) -> None:
     with ctx.store.transaction():
         ctx.store.delete_route(name)
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok",
-                        git_commit=ctx.git_commit)
+                        **ctx.git_fields)
     ctx.progress(f"{name}: deleted (its revisions stay in the history)")

@@ -38,6 +38,7 @@ class FunctionStatus:
     last_deploy_by: str | None
     last_commit: str | None
     rollout: str | None = None  # a rollout under way, in words: "canary of r3: paused at step 2/3"
+    last_subject: str | None = None  # of the live revision's commit
 
 
 def open_store(project: Project, state: Path | None) -> Store:
@@ -62,7 +63,8 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
             rows = [_instance_status(row, containers.get(row.id)) for row in store.instances(name)]
             result.append(FunctionStatus(name, live, weights, rows, current.created_at if current else None,
                                          current.created_by if current else None,
-                                         current.git_commit if current else None, _rollout_words(store, name)))
+                                         current.git_commit if current else None, _rollout_words(store, name),
+                                         current.git_subject if current else None))
         return result
     finally:
         store.close()

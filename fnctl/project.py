@@ -50,6 +50,15 @@ def load_project(start: Path | None = None) -> Project:
     return _from_config(root, read_config(root / CONFIG_FILE))
 
 
+def project_at(root: Path, default_name: str) -> Project:
+    """The project whose root is `root` (a checkout: fnctl.toml is never searched for above it), named
+    `default_name` when it has no fnctl.toml or the file names none."""
+    path = root / CONFIG_FILE
+    data = read_config(path) if path.is_file() else {}
+    data.setdefault("project", {}).setdefault("name", slug(default_name))
+    return _from_config(root, data)
+
+
 def read_config(path: Path) -> dict[str, Any]:
     from fnctl.schemas import schema_errors  # jsonschema is only needed once a config exists
 

@@ -67,14 +67,10 @@ def render_plan(document: dict[str, Any], written: Path | None) -> None:
 
 def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False) -> None:
     """`one_line`: the JSON on one line (the last of an NDJSON stream)."""
-    from fnctl.render_rollout import snapshot_json, summary
+    from fnctl.render_rollout import summary
 
     if output is Output.JSON:
-        document = {"type": "apply", "ok": not report.failed, "exitCode": int(report.exit_code),
-                    "recovered": report.recovered,
-                    "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
-                                 "message": o.message, "detail": o.detail} for o in report.outcomes],
-                    "rollouts": [snapshot_json(s) for s in report.rollouts]}
+        document = apply_json(report)
         if one_line:
             print(json.dumps(document, default=str))
         else:
@@ -94,6 +90,16 @@ def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False)
             console().print(line, markup=False, highlight=False)
 
 
+def apply_json(report: ApplyReport) -> dict[str, Any]:
+    from fnctl.render_rollout import snapshot_json
+
+    return {"type": "apply", "ok": not report.failed, "exitCode": int(report.exit_code),
+            "recovered": report.recovered,
+            "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
+                         "message": o.message, "detail": o.detail} for o in report.outcomes],
+            "rollouts": [snapshot_json(s) for s in report.rollouts]}
+
+
 def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     if output is Output.JSON:
         print_json([{"function": s.name, "liveRevision": s.live_revision,
@@ -101,25 +107,26 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
                      "instances": [{"id": i.id, "revision": i.revision, "container": i.container, "state": i.state,
                                     "healthy": i.healthy, "inflight": i.inflight} for i in s.instances],
                      "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit,
-                     "rollout": s.rollout}
+                     "gitSubject": s.last_subject, "rollout": s.rollout}
                     for s in statuses])
         return
     if not statuses:
         console().print("nothing deployed")
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table()
-    for column in ("function", "revision", "weights", "instances", "last deploy"):
+    for column in ("function", "revision", "weights", "instances", "last deploy", "commit"):
         table.add_column(column)
     for s in statuses:
         healthy = sum(1 for i in s.instances if i.healthy)
         colour = "green" if s.instances and healthy == len(s.instances) else "red" if s.instances else "dim"
         weights = ", ".join(f"r{r}: {w}%" for r, w in sorted(s.weights.items()))
         who = f" by {s.last_deploy_by}" if s.last_deploy_by else ""
-        commit = f" @{s.last_commit[:8]}" if s.last_commit else ""
+        commit = f"{s.last_commit[:8]} {escape((s.last_subject or '')[:40])}" if s.last_commit else "-"
         table.add_row(s.name, str(s.live_revision), weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""),
-                      f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]", f"{age(s.last_deploy)}{who}{commit}")
+                      f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]", f"{age(s.last_deploy)}{who}", commit)
     console().print(table)
 
 

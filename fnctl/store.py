@@ -108,6 +108,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER rollout_events_no_delete BEFORE DELETE ON rollout_events
         BEGIN SELECT RAISE(ABORT, 'rollout events are append-only'); END;
     """,
+    # 5: GitOps: every revision and audit record names its commit's author and subject, and `deploys` records
+    # which commit each apply or sync made live (append-only): what a sync compares a new commit with
+    """
+    ALTER TABLE revisions ADD COLUMN git_subject TEXT;
+    ALTER TABLE audit ADD COLUMN git_author TEXT;
+    ALTER TABLE audit ADD COLUMN git_subject TEXT;
+    DROP TRIGGER revisions_immutable;
+    CREATE TRIGGER revisions_immutable BEFORE UPDATE OF function, number, spec_hash, spec, git_commit, git_author,
+        git_subject, created_at, created_by ON revisions
+        BEGIN SELECT RAISE(ABORT, 'revisions are immutable'); END;
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, command TEXT NOT NULL, source TEXT NOT NULL,
+        ref TEXT, git_commit TEXT NOT NULL, git_author TEXT, git_subject TEXT, dirty INTEGER NOT NULL,
+        preview INTEGER NOT NULL, outcome TEXT NOT NULL, audit_mark INTEGER NOT NULL
+    );
+    CREATE TRIGGER deploys_no_update BEFORE UPDATE ON deploys
+        BEGIN SELECT RAISE(ABORT, 'the deploy record is append-only'); END;
+    CREATE TRIGGER deploys_no_delete BEFORE DELETE ON deploys
+        BEGIN SELECT RAISE(ABORT, 'the deploy record is append-only'); END;
+    """,
 )
 
 
@@ -137,6 +157,7 @@ class Revision:
     created_by: str
     status: RevisionStatus
     reason: str | None
+    git_subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,8 @@ class AuditEntry:
     git_commit: str | None
     outcome: str
     detail: str | None
+    git_author: str | None = None
+    git_subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,10 +305,10 @@ class Store:
 
     def add_revision(self, revision: Revision) -> None:
         self._db.execute(
-            "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (revision.function, revision.number, revision.spec_hash, json.dumps(revision.spec, sort_keys=True),
              revision.image, revision.git_commit, revision.git_author, revision.created_at, revision.created_by,
-             revision.status.value, revision.reason),
+             revision.status.value, revision.reason, revision.git_subject),
         )
 
     def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
@@ -394,10 +417,12 @@ class Store:
     # ---- audit ----
 
     def audit(self, *, actor: str, command: str, action: str, target: str, outcome: str,
-              git_commit: str | None = None, detail: str | None = None) -> None:
-        self._db.execute("INSERT INTO audit (at, actor, command, action, target, git_commit, outcome, detail) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (time.time(), actor, command, action, target, git_commit, outcome, detail))
+              git_commit: str | None = None, git_author: str | None = None, git_subject: str | None = None,
+              detail: str | None = None) -> None:
+        self._db.execute("INSERT INTO audit (at, actor, command, action, target, git_commit, outcome, detail, "
+                         "git_author, git_subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (time.time(), actor, command, action, target, git_commit, outcome, detail, git_author,
+                          git_subject))
 
     def audit_log(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         query = "SELECT * FROM audit" + (" WHERE target = ?" if target else "") + " ORDER BY id DESC LIMIT ?"
@@ -407,7 +432,7 @@ class Store:
 
 def _revision(row: Any) -> Revision:
     return Revision(row[0], int(row[1]), row[2], json.loads(row[3]), row[4], row[5], row[6], float(row[7]), row[8],
-                    RevisionStatus(row[9]), row[10])
+                    RevisionStatus(row[9]), row[10], row[11])
 
 
 def connect(path: Path) -> Store:

@@ -701,7 +701,7 @@ class Deployer:
 def fleet(tmp_path: Path) -> Iterator[Deployer]:
     store = connect(tmp_path / "state.db")
     progress: list[str] = []
-    ctx = executor.Context(store, "proj", "fnctl-base:test", "tester", "test", None, None, progress.append)
+    ctx = executor.Context(store, "proj", "fnctl-base:test", "tester", "test", None, progress.append)
     deployer = Deployer(store, ctx, progress)
     deployer.add(STABLE, {"strategy": "immediate"})
     store.set_route("fn", {STABLE: 100})
@@ -883,7 +883,7 @@ def observe(store: Store, revision: int, ok: int, failed: int) -> None:
         metrics.observe("fn", revision, 200, 0.01, False)
     for _ in range(failed):
         metrics.observe("fn", revision, 500, 0.01, False)
-    metrics.flush_sync(store, final=True)
+    metrics.flush_sync(store)
 
 
 MEASURED = {"strategy": "canary", "steps": [
@@ -1024,3 +1024,19 @@ def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deplo
     record, _ = fleet.advance(row.id)
     assert (record.state, record.step) == (State.PAUSED, 1)
     assert fleet.route() == {STABLE: 50, NEW: 50}
+
+
+def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet: Deployer, tmp_path: Path) -> None:
+    """A process killed between an abort's routing change and stopping the canary leaves its instance rows;
+    the controller loop of `fnctl serve` cleans them up even though no rollout is unfinished."""
+    from fnctl.project import project_at
+    from fnctl.store import InstanceRow, InstanceState
+
+    fleet.add(NEW, {"strategy": "immediate"})
+    fleet.store.add_instance(InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
+                                         time.time()))
+    assert controller.unfinished(fleet.store) == []
+    project = project_at(tmp_path, "proj")
+    assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert fleet.store.instances() == []
+    assert [a.action for a in fleet.store.audit_log()][:1] == ["recover"]
