@@ -324,7 +324,8 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
                                f"{redeployed.number}")
             return Outcome(name, "heal", True, live.number, what)
     except FnctlError as exc:
-        return Outcome(name, change.kind.value, False, None, exc.message, exc.detail)
+        action = "heal" if change.kind is ChangeKind.UNCHANGED else change.kind.value  # drift was being healed
+        return Outcome(name, action, False, None, exc.message, exc.detail)
     return None
 
 
@@ -346,7 +347,7 @@ def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
     except FnctlError as exc:
         return Outcome(name, "preview", False, None, exc.message, exc.detail)
     executor.switch(ctx, name, {**current.weights, number: 0}, f"preview of revision {number}",
-                    also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.READY, None))
+                    also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.PREVIEW, None))
     return Outcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
                    f"X-Fnctl-Revision: {number}")
 

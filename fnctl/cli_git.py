@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 hook_app = typer.Typer(help="Deploy on `git push` to a bare repository.", no_args_is_help=True)
 app.add_typer(hook_app, name="hook")
 
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` carries them on.")]
 RepoOpt = Annotated[str, typer.Option("--repo", help="The repository: a path or a URL git can fetch.", show_default=False)]
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="The manifests inside the repository (default: its fnctl.toml's, else manifests/).", show_default=False)]
 
@@ -42,6 +43,7 @@ def sync(
     prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Pull mode: sync every --interval, healing drift, until stopped.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="How often --watch polls.")] = "30s",
+    no_wait: NoWaitOpt = False,
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long: exit 1.", show_default=False)] = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
@@ -61,7 +63,7 @@ def sync(
     from fnctl.units import parse_duration
 
     options = SyncOptions(repo, ref, path, allow_rewind, apply=replace(
-        _options(state, lock_timeout, prune, force), timeout=parse_timeout(timeout)))
+        _options(state, lock_timeout, prune, force), timeout=parse_timeout(timeout), wait=not no_wait))
     if not watch:
         raise typer.Exit(_sync_once(options, output))
     try:
@@ -102,7 +104,7 @@ def _watch(options: SyncOptions, every: float, output: Output) -> None:
         if isinstance(result, FnctlError):
             render_watch_error(result, output)
         elif result.changed or result.decision is not Decision.HEAL:  # a new commit, or drift healed
-            render_sync(result, output)
+            render_sync(result, output, one_line=True)
 
     with Progress(quiet=output is Output.JSON) as progress:
         watch(options, every, progress, stop, report)
@@ -113,7 +115,7 @@ def hook_install(
     repo: Annotated[Path, typer.Option("--repo", help="The bare repository pushes go to.", show_default=False)],
     branch: Annotated[str, typer.Option("--branch", help="Pushes to this branch deploy.")] = "main",
     preview: Annotated[bool, typer.Option("--preview", help="Deploy pushes to other branches as previews that take no traffic.")] = False,
-    state: StateOpt = None, path: PathOpt = None,
+    state: StateOpt = None, path: PathOpt = None, no_wait: NoWaitOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a post-receive hook that is not fnctl's.")] = False,
 ) -> None:
     """Make `git push` to a bare repository deploy: a post-receive hook runs `fnctl sync` on the pushed
@@ -127,7 +129,7 @@ def hook_install(
     from fnctl.hooks import HookConfig, install
     from fnctl.render import console
 
-    hook = install(HookConfig(repo, branch, preview, state, path), force=force)
+    hook = install(HookConfig(repo, branch, preview, state, path, wait=not no_wait), force=force)
     console().print(f"installed {hook}: pushes to {branch} deploy" + (", other branches preview" if preview else ""))
 
 
@@ -151,12 +153,12 @@ def hook_run(
     repo: Annotated[Path, typer.Option("--repo", show_default=False)],
     branch: Annotated[str, typer.Option("--branch")] = "main",
     preview: Annotated[bool, typer.Option("--preview")] = False,
-    state: StateOpt = None, path: PathOpt = None,
+    state: StateOpt = None, path: PathOpt = None, no_wait: NoWaitOpt = False,
 ) -> None:
     """What the installed hook runs: the pushed updates on stdin, one `<old> <new> <ref>` per line."""
     from fnctl.hooks import Act, actions
     from fnctl.render_git import hook_line, render_sync
-    from fnctl.sync import SyncOptions, sync
+    from fnctl.sync import RewindRefused, SyncOptions, sync
 
     worst = 0
     for action in actions(sys.stdin.read().splitlines(), branch, preview):
@@ -165,18 +167,25 @@ def hook_run(
             hook_line(f"{short}: ignored ({action.reason})")
             continue
         options = SyncOptions(str(repo), action.sha, path, preview=action.act is Act.PREVIEW,
-                              apply=_options(state, 3600.0))  # pushes queue behind each other's deploys
+                              apply=replace(_options(state, 3600.0), wait=not no_wait))  # pushes queue in the lock
         hook_line(f"{short}: {'previewing' if options.preview else 'deploying'} {action.sha[:12]}")
         try:
             with Progress() as progress:
                 report = sync(options, progress)
+        except RewindRefused as exc:  # the pusher cannot pass --allow-rewind: say what a push can do
+            hook_line(f"{short}: REFUSED, nothing deployed: {exc.message.splitlines()[0].rstrip('.')}.\n"
+                      "To go back, push a revert on top of the live commit (or run `fnctl sync --allow-rewind` "
+                      "where fnctl runs).")
+            worst = max(worst, int(exc.exit_code))
+            continue
         except FnctlError as exc:
             hook_line(f"{short}: FAILED, nothing deployed: {exc.message}")
             worst = max(worst, int(exc.exit_code))
             continue
         render_sync(report, Output.TEXT)
         code = exit_code(report)
-        hook_line(f"{short}: " + {0: "DEPLOYED", 3: "ROLLED BACK", 4: "WAITING at a gate (fnctl promote)"}.get(
+        done = "PREVIEWED (no traffic)" if options.preview else "DEPLOYED"  # a pusher must not think it is live
+        hook_line(f"{short}: " + {0: done, 3: "ROLLED BACK", 4: "WAITING at a gate (fnctl promote)"}.get(
             code, "FAILED") + f" {action.sha[:12]}")
         worst = max(worst, code)
     raise typer.Exit(worst)

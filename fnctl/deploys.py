@@ -52,6 +52,10 @@ def decide(last: Deploy | None, sha: str, relation: Relation | None, audit_mark:
         return Decision.DEPLOY  # a rollback since: the plan decides (and refuses a quarantined spec)
     if relation is Relation.BEHIND:
         return Decision.REWIND
+    if relation is Relation.UNKNOWN:
+        # A commit applied from a work tree may never have been pushed: the repository takes over. One that
+        # was synced and is gone from the repository was rewritten away.
+        return Decision.DEPLOY if last.command == "apply" else Decision.DIVERGED
     return Decision.DIVERGED if relation is Relation.DIVERGED else Decision.DEPLOY
 
 
@@ -68,6 +72,16 @@ def last(store: Store) -> Deploy | None:
 
 def audit_mark(store: Store) -> int:
     return int(store.query("SELECT COALESCE(MAX(id), 0) FROM audit")[0][0])
+
+
+def mark_since(store: Store, last: Deploy) -> int:
+    """The audit mark as `last` sees it: the last entry written since it, previews' own entries left out (a
+    preview takes no traffic, so the live commit needs no new deploy after one); `last.audit_mark` when none.
+    A preview's own entries lie between its start (`at`) and its record (`audit_mark`)."""
+    return int(store.query(
+        "SELECT COALESCE(MAX(a.id), ?) FROM audit a WHERE a.id > ? AND NOT EXISTS (SELECT 1 FROM deploys d "
+        "WHERE d.preview = 1 AND d.id > ? AND a.id <= d.audit_mark AND a.at >= d.at)",
+        (last.audit_mark, last.audit_mark, last.id))[0][0])
 
 
 def record(store: Store, *, at: float, actor: str, command: str, source: str, ref: str | None, commit: Commit,

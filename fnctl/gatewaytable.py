@@ -17,7 +17,7 @@ from fnctl.executor import GATEWAY_HEARTBEAT
 from fnctl.store import RevisionStatus, Store, connect
 
 log = logging.getLogger("fnctl.gateway")
-INVOCABLE = (RevisionStatus.READY.value, RevisionStatus.PENDING.value)
+INVOCABLE = (RevisionStatus.READY.value, RevisionStatus.PENDING.value, RevisionStatus.PREVIEW.value)
 # Reads the store (in a worker thread): a new table, or None when nothing changed since the last call.
 TableSource = Callable[[], "router.Table | None"]
 

@@ -51,6 +51,7 @@ class Relation(StrEnum):
     AHEAD = "ahead"  # descends from the live commit: a normal deploy
     BEHIND = "behind"  # an ancestor of the live commit: deploying it would roll back
     DIVERGED = "diverged"  # neither (a force-push, or a branch switch)
+    UNKNOWN = "unknown"  # the repository does not have the live commit (gone, or never pushed)
 
 
 class GitError(FnctlError):
@@ -136,9 +137,10 @@ class Mirror:
                 self._repo = git.Repo.init(self.path, bare=True)
                 (self.path / "fnctl-source").write_text(self.url + "\n", encoding="utf-8")
 
-    def checkout(self, ref: str | None, *, history: bool) -> tuple[Path, Commit]:
+    @contextmanager
+    def checkout(self, ref: str | None, *, history: bool) -> Iterator[tuple[Path, Commit]]:
         """Fetch `ref` (the remote's default branch when None) and check its commit out into a work tree of
-        its own; `history` fetches the ancestry too (needed to compare with a live commit)."""
+        its own, kept for the block; `history` fetches the ancestry too (needed to compare with a live commit)."""
         with self._locked():
             sha = self._fetch(ref, history)
             tree = self.path / "checkouts" / sha
@@ -147,8 +149,20 @@ class Mirror:
                 self._git("worktree", "prune")
                 self._git("worktree", "add", "--detach", "--force", str(tree), sha)
             os.utime(tree)  # the newest are kept
-            self._prune(keep=tree)
-            return tree, _commit(self._repo.commit(sha))
+            # In use until the block ends: a push queued behind a long deploy reads its work tree only once it
+            # has the store's lock, by when later pushes may have checked out more than the trees kept.
+            in_use = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(in_use, fcntl.LOCK_SH)
+                self._prune(keep=tree)
+                commit = _commit(self._repo.commit(sha))
+            except BaseException:
+                os.close(in_use)
+                raise
+        try:
+            yield tree, commit
+        finally:
+            os.close(in_use)
 
     def relation(self, live: str, new: str) -> Relation:
         """How `new` stands to `live`, fetching `live` (and the history between) when the mirror lacks it."""
@@ -161,7 +175,7 @@ class Mirror:
                 self._try_git("fetch", "--quiet", "--unshallow", self.url, new)
                 self._try_git("fetch", "--quiet", self.url, live)
             if not self._has(live):
-                return Relation.DIVERGED  # the live commit is gone from the repository: history was rewritten
+                return Relation.UNKNOWN
             if self._ancestor(live, new):
                 return Relation.AHEAD
             return Relation.BEHIND if self._ancestor(new, live) else Relation.DIVERGED
@@ -170,9 +184,11 @@ class Mirror:
 
     def _fetch(self, ref: str | None, history: bool) -> str:
         if ref is not None and _SHA.fullmatch(ref) and len(ref) < 40:
-            # An abbreviated commit cannot be asked for: fetch every branch and tag, then resolve it here.
-            self._git("fetch", "--quiet", "--tags", self.url, "+refs/heads/*:refs/fnctl/heads/*")
-            return self._resolve(ref)
+            # An abbreviated commit cannot be asked for: fetch every branch and tag, then resolve it here (a
+            # branch of that name first: "c0ffee1" may be one; a tag's name wins over a commit's in rev-parse).
+            self._git("fetch", "--quiet", "--prune", "--tags", self.url, "+refs/heads/*:refs/fnctl/heads/*")
+            branch = f"refs/fnctl/heads/{ref}"
+            return self._resolve(branch if self._try_git("rev-parse", "--verify", "--quiet", branch) else ref)
         # Shallow on first contact only: later fetches are incremental and connect to what is here.
         depth = ["--depth", "1"] if not history and not (self.path / "FETCH_HEAD").exists() else []
         try:
@@ -204,7 +220,7 @@ class Mirror:
     def _prune(self, keep: Path) -> None:
         trees = sorted((self.path / "checkouts").iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in trees[_KEEP_CHECKOUTS:]:
-            if old != keep:
+            if old != keep and not _in_use(old):
                 shutil.rmtree(old, ignore_errors=True)
         self._git("worktree", "prune")
 
@@ -230,6 +246,21 @@ class Mirror:
         with open(self.path.parent / f"{self.path.name}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+def _in_use(tree: Path) -> bool:
+    """Whether a `checkout` block holds `tree` (its shared flock; taken, like this test, in the mirror's lock)."""
+    try:
+        handle = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False
 
 
 def _commit(commit: Any) -> Commit:

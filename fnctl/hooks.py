@@ -26,6 +26,7 @@ class HookConfig:
     preview: bool = False  # deploy pushes to other branches as previews that take no traffic
     state: Path | None = None
     path: str | None = None  # the manifests inside the repository
+    wait: bool = True  # follow rollouts to their end before the push returns (else `fnctl serve` drives them)
 
 
 class Act(StrEnum):
@@ -70,6 +71,8 @@ def script(config: HookConfig, python: str = sys.executable) -> str:
         command += ["--state", str(config.state)]
     if config.path is not None:
         command += ["--path", config.path]
+    if not config.wait:
+        command.append("--no-wait")
     return (f"#!/bin/sh\n{MARK}: a push to {config.branch} deploys the pushed commit with `fnctl sync`.\n"
             "# Installed by `fnctl hook install`; `fnctl hook uninstall` removes it.\n"
             "# git points GIT_DIR and friends at this repository; fnctl's own git commands must not see them.\n"
@@ -90,7 +93,7 @@ def install(config: HookConfig, *, force: bool = False) -> Path:
         raise BadInput(f"{hook} exists and is not fnctl's: remove it, or pass --force to replace it")
     hook.parent.mkdir(exist_ok=True)
     hook.write_text(script(HookConfig(repo, config.branch, config.preview,
-                                      config.state.resolve() if config.state else None, config.path)),
+                                      config.state.resolve() if config.state else None, config.path, config.wait)),
                     encoding="utf-8")
     hook.chmod(0o755)
     return hook

@@ -5,15 +5,18 @@ from __future__ import annotations
 import getpass
 import os
 
-# CI systems name the person or bot behind a run in these variables (first match wins).
-_CI_ACTORS = ("FNCTL_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CIRCLE_USERNAME")
+# Who is behind a run, as CI systems name them ("ci:<name>") and as git servers name the pusher whose push
+# runs fnctl's hook ("push:<name>": GitLab, Gitea, gitolite); the first variable set wins.
+_ACTORS = (("FNCTL_ACTOR", ""), ("GITHUB_ACTOR", "ci:"), ("GITLAB_USER_LOGIN", "ci:"),
+           ("BUILDKITE_BUILD_CREATOR", "ci:"), ("CIRCLE_USERNAME", "ci:"), ("GL_USERNAME", "push:"),
+           ("GITEA_PUSHER_NAME", "push:"), ("GL_USER", "push:"))
 
 
 def actor() -> str:
-    """`ci:<name>` inside CI when the CI says who, else the OS user."""
-    for variable in _CI_ACTORS:
+    """The person or bot named by CI or by the git server (see `_ACTORS`), else the OS user."""
+    for variable, prefix in _ACTORS:
         if os.environ.get(variable):
-            return f"ci:{os.environ[variable]}" if variable != "FNCTL_ACTOR" else os.environ[variable]
+            return prefix + os.environ[variable]
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

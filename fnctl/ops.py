@@ -122,7 +122,7 @@ def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]
 def revision_json(revision: Revision) -> dict[str, Any]:
     return {"function": revision.function, "number": revision.number, "status": revision.status.value,
             "specHash": revision.spec_hash, "image": revision.image, "gitCommit": revision.git_commit,
-            "gitAuthor": revision.git_author, "createdAt": revision.created_at, "createdBy": revision.created_by,
+            "gitAuthor": revision.git_author, "gitSubject": revision.git_subject, "createdAt": revision.created_at, "createdBy": revision.created_by,
             "reason": revision.reason}
 
 

@@ -80,7 +80,7 @@ class DockerActions:
             found = store.revision(function, revision)
         if found is None:
             raise Unavailable(f"{function} has no revision {revision}")
-        if found.status not in (RevisionStatus.READY, RevisionStatus.PENDING) or not found.image:
+        if found.status not in (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW) or not found.image:
             raise Unavailable(f"{function} revision {revision} is {found.status.value}: it cannot serve")
         spec = function_from_spec(function, found.spec, self.project.default_limits)
         try:

@@ -19,8 +19,11 @@ def sync_json(report: SyncReport) -> dict[str, Any]:
             "apply": apply_json(report.apply) if report.apply is not None else None}
 
 
-def render_sync(report: SyncReport, output: Output) -> None:
-    if output is Output.JSON:
+def render_sync(report: SyncReport, output: Output, *, one_line: bool = False) -> None:
+    """`one_line`: the JSON on one line (pull mode prints one object per line, as its errors are)."""
+    if output is Output.JSON and one_line:
+        print(json.dumps(sync_json(report), default=str), flush=True)
+    elif output is Output.JSON:
         print_json(sync_json(report))
     elif report.apply is not None:
         render_apply(report.apply, output)

@@ -136,6 +136,7 @@ class RevisionStatus(StrEnum):
     READY = "ready"  # passed its checks; may serve traffic
     FAILED = "failed"  # failed to build, start or pass checks
     QUARANTINED = "quarantined"  # rolled away from: apply refuses the same spec without --force
+    PREVIEW = "preview"  # a branch's code beside the live revision at 0%: reachable pinned, never rolled back to
 
 
 class InstanceState(StrEnum):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fnctl import deploys, gitrepo
+from fnctl import deploys
 from fnctl.apply import ApplyReport, Options, Progress, apply_in, record_deploy, session
 from fnctl.deploys import Decision
 from fnctl.errors import BadInput, FnctlError
@@ -58,33 +59,41 @@ class FailedBefore(FnctlError):
 
 def sync(options: SyncOptions, progress: Progress, on_event: OnEvent | None = None,
          on_tick: OnTick | None = None) -> SyncReport:
+    """Deploy the commit `options.ref` names, as the module says; its work tree is kept until the end."""
     started = time.monotonic()
     mirror = Mirror(options.repo, options.cache)
-    tree, commit = mirror.checkout(options.ref, history=False)
-    fetched = time.monotonic()
-    project, paths = _project(tree, options, mirror.url)
+    with mirror.checkout(options.ref, history=False) as (tree, commit):
+        report = SyncReport(mirror.url, commit, Decision.DEPLOY, timings={"fetch": time.monotonic() - started})
+        return _sync_commit(mirror, tree, report, options, progress, on_event, on_tick)
+
+
+def _sync_commit(mirror: Mirror, tree: Path, report: SyncReport, options: SyncOptions, progress: Progress,
+                 on_event: OnEvent | None, on_tick: OnTick | None) -> SyncReport:
+    """The checked-out commit, under the store's lock: decide, then refuse, do nothing, or apply."""
+    fetched, commit = time.monotonic(), report.commit
+    with _as_the_repository_names_them(tree, mirror.url):
+        project, paths = _project(tree, options, mirror.url)
     apply_options = replace(options.apply, prune=options.apply.prune and not options.preview)
     with session(project, apply_options, "sync", progress, source=WorkTree(commit, ())) as ctx:
         last, mark = deploys.last(ctx.store), deploys.audit_mark(ctx.store)
         relation = mirror.relation(last.commit.sha, commit.sha) if last is not None else None
         # A preview takes no traffic: it never rewinds the live commit.
-        decision = Decision.DEPLOY if options.preview else deploys.decide(last, commit.sha, relation, mark,
-                                                                          pulling=options.heal)
+        decision = Decision.DEPLOY if options.preview else deploys.decide(
+            last, commit.sha, relation, deploys.mark_since(ctx.store, last) if last else mark, pulling=options.heal)
         if decision is Decision.NOTHING and options.heal:
             decision = Decision.HEAL  # plan anyway; recorded only if it changed anything
-        report = SyncReport(mirror.url, commit, decision, timings={"fetch": fetched - started})
+        report.decision = decision
         _refuse(decision, options, commit, last)
         if decision is Decision.NOTHING:
             progress(f"commit {commit.sha[:12]} is already live: nothing to do")
             return report
         if decision is not Decision.HEAL:
-            progress(f"deploying commit {commit.sha[:12]} ({commit.author}): {commit.subject}")
+            verb = "previewing" if options.preview else "deploying"
+            progress(f"{verb} commit {commit.sha[:12]} ({commit.author}): {commit.subject}")
         began = time.time()
-        try:
+        with _as_the_repository_names_them(tree, mirror.url):
             report.apply = apply_in(ctx, project, apply_options, paths, on_event=on_event, on_tick=on_tick,
                                     preview=options.preview)
-        except BadInput as exc:  # name the checkout's files as the repository does, not by their cache path
-            raise type(exc)(exc.message.replace(f"{tree}{os.sep}", ""), detail=exc.detail) from None
         # Whatever changes the live state is audited: an unchanged mark means the drift check found nothing
         # (a function kept without --prune, or a rollout still at its gate, is no change to record every interval).
         report.changed = deploys.audit_mark(ctx.store) != mark
@@ -112,21 +121,36 @@ def _project(tree: Path, options: SyncOptions, url: str) -> tuple[Project, list[
         raise BadInput("the commit has symbolic links that lead out of the repository (refused):\n  " +
                        "\n  ".join(escaping[:10]))
     project = project_at(tree, default_name=Path(url.rstrip("/")).name.removesuffix(".git"))
-    if options.path is not None:
-        paths = [tree / options.path]
-        if not inside(tree, paths[0]):
-            raise BadInput(f"--path {options.path} leads out of the repository")
-    else:
-        paths = list(project.manifest_paths)
-    missing = [str(p.relative_to(tree)) for p in paths if not p.exists()]
-    if missing or not any(_has_manifests(p) for p in paths):
-        raise BadInput(f"the commit has no manifests under {', '.join(str(p.relative_to(tree)) for p in paths)} "
+    paths = [tree / options.path] if options.path is not None else list(project.manifest_paths)
+    # fnctl.toml's manifests too: out of the checkout lie the cache's other checkouts, and the host's files.
+    outside = [p for p in paths if not inside(tree, p)]
+    if outside:
+        named = f"--path {options.path}" if options.path is not None else \
+            f"{CONFIG_FILE}'s project.manifests {_as_written(tree, outside[0])}"
+        raise BadInput(f"{named} leads out of the repository")
+    if not all(p.exists() for p in paths) or not any(_has_manifests(p) for p in paths):
+        raise BadInput(f"the commit has no manifests under {', '.join(_as_written(tree, p) for p in paths)} "
                        f"(pass --path to name where they are)")
     state = project.state_path
     if options.apply.state is None and not os.environ.get("FNCTL_STATE") and state is not None and inside(tree, state):
         raise BadInput(f"{CONFIG_FILE}'s state.path lies inside the repository, which fnctl checks out afresh for "
                        "each commit: pass --state or set FNCTL_STATE")
     return project, paths
+
+
+def _as_written(tree: Path, path: Path) -> str:
+    """`path` as fnctl.toml or --path gave it: relative to the checkout (`..` kept), or absolute."""
+    return str(path.relative_to(tree)) if path.is_relative_to(tree) else str(path)
+
+
+@contextmanager
+def _as_the_repository_names_them(tree: Path, url: str) -> Iterator[None]:
+    """Bad input names the checkout's files as the repository does, not by their place in fnctl's cache."""
+    try:
+        yield
+    except BadInput as exc:
+        message = exc.message.replace(f"{tree}{os.sep}", "").replace(str(tree), url)
+        raise type(exc)(message, detail=exc.detail) from None
 
 
 def escaping_links(tree: Path) -> list[str]:
@@ -148,7 +172,9 @@ def _has_manifests(path: Path) -> bool:
 
 
 def _rewind_message(decision: Decision, commit: Commit, last: deploys.Deploy) -> str:
-    live = f"{last.commit.sha[:12]} ({last.commit.subject})"
+    # A commit made live by `fnctl apply` may be one the repository never had: say where it came from.
+    came = f", applied from {last.source}" if last.command == "apply" else ""
+    live = f"{last.commit.sha[:12]} ({last.commit.subject}{came})"
     if decision is Decision.REWIND:
         what = f"commit {commit.sha[:12]} is older than the live commit {live}: deploying it would roll production back"
     else:

@@ -177,9 +177,11 @@ class Project:
             # in the routing table: with traffic, or kept warm at 0% (a preview, or during scaleDownDelay)
             assert row.revision in routes.get(row.function, {}), f"instance of an unrouted revision: {row}"
         for function, weights in routes.items():
-            for number in weights:
+            for number, weight in weights.items():
                 revision = next(r for r in revisions if r.function == function and r.number == number)
-                assert revision.status.value == "ready" and revision.image, revision
+                # a preview (a branch's code, pinned requests only) is routed at 0%, never with traffic
+                allowed = ("ready", "preview") if weight == 0 else ("ready",)
+                assert revision.status.value in allowed and revision.image, revision
                 assert any(r.function == function and r.revision == number for r in rows), f"{function} r{number}"
         assert not [r for r in revisions if r.status.value == "pending"]
         for entry in audit:
