@@ -139,6 +139,8 @@ setup_base_image() {
 
 step "python"
 setup_python
+# git: gitpython drives the git binary (fnctl sync, push hooks, the commit every deploy records)
+command -v git >/dev/null || apt_install git
 step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"
