@@ -16,6 +16,7 @@ from typing import Any
 
 from fnctl import executor, instances, lock, rollout
 from fnctl.errors import FnctlError
+from fnctl.gitrepo import Commit
 from fnctl.model import Check, Function, Limits, Rollout, parse_rollout
 from fnctl.rollout import EventKind, Measure, Record, State, Transition, Verdict, Wait
 from fnctl.project import Project
@@ -121,6 +122,8 @@ def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] 
     """Act on a rollout until it has to wait: pending requests first, then its steps. Returns the record and
     what it waits for (None: done)."""
     record = record_of(row)
+    if ctx.git is None:  # driven by `fnctl serve` or a watcher: the audit names the commit being rolled out
+        ctx = replace(ctx, git=_commit_of(ctx.store, record.function, record.canary))
     plan_rollout = spec_of(ctx.store, record.function, record.canary)
     plan = rollout.stages(plan_rollout)
     delay = plan_rollout.scale_down_delay
@@ -137,6 +140,13 @@ def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] 
             decided = rollout.on_measurement(record, plan, verdict, now())
         record = carry_out(ctx, record, decided)
     raise FnctlError(f"{record.function}: rollout {record.id} made {MAX_TRANSITIONS} steps without waiting (a bug)")
+
+
+def _commit_of(store: Store, function: str, number: int) -> Commit | None:
+    revision = store.revision(function, number)
+    if revision is None or revision.git_commit is None:
+        return None
+    return Commit(revision.git_commit, revision.git_author or "", revision.git_subject or "")
 
 
 def advance_all(ctx: executor.Context, names: Iterable[str] | None = None) -> list[tuple[Record, Wait | None]]:

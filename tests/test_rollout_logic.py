@@ -1040,3 +1040,16 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
     assert [a.action for a in fleet.store.audit_log()][:1] == ["recover"]
+
+
+def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_commit(fleet: Deployer) -> None:
+    """`fnctl serve` drives rollouts with no work tree of its own: its audit entries name the commit that
+    made the canary revision, as every audit record must."""
+    spec = spec_with({"strategy": "canary", "steps": [{"setWeight": 50}]})
+    fleet.store.add_revision(Revision("fn", NEW, "hash-2", spec, "fnctl-fn:2", "c" * 40, "Ada <ada@example.org>",
+                                      T0, "tester", RevisionStatus.READY, None, "Greet louder"))
+    row = controller.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
+    fleet.advance(row.id)
+    driven = [a for a in fleet.store.audit_log("fn") if a.action in ("route", "rollout completed")]
+    assert len(driven) == 3 and {(a.git_commit, a.git_author, a.git_subject) for a in driven} == {
+        ("c" * 40, "Ada <ada@example.org>", "Greet louder")}
