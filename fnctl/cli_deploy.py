@@ -148,7 +148,7 @@ def rollback(
 
     Example: fnctl rollback hello --to 3
     """
-    from fnctl.apply import rollback as do_rollback
+    from fnctl.rollback import rollback as do_rollback
     from fnctl.project import load_project
     from fnctl.render import console
 
@@ -164,7 +164,7 @@ def delete(name: Annotated[str, typer.Argument(help="The function.")], state: St
 
     Example: fnctl delete hello
     """
-    from fnctl.apply import delete as do_delete
+    from fnctl.rollback import delete as do_delete
     from fnctl.project import load_project
 
     with Progress() as progress:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fnctl import controller, executor, lock, rollout
-from fnctl.apply import Options, restart_revision, session, state_path
+from fnctl.apply import Options, session, state_path
+from fnctl.rollback import restart_revision
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.identity import actor
 from fnctl.project import Project

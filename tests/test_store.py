@@ -16,9 +16,10 @@ import pytest
 
 from fnctl.apply import state_path
 from fnctl.lock import LockTimeout, held
+from fnctl.migrations import MIGRATIONS
 from fnctl.project import load_project
 from fnctl.store import (
-    MIGRATIONS, InstanceRow, InstanceState, Revision, RevisionStatus, Store, StoreError, connect, default_path,
+    InstanceRow, InstanceState, Revision, RevisionStatus, Store, StoreError, connect, default_path,
 )
 
 
