@@ -6,6 +6,7 @@ what a container must look like is decided in `sandbox`, not here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,8 +198,24 @@ def inspect_container(container_id: str) -> dict[str, Any]:
 
 def exit_state(container_id: str) -> ExitState:
     state = inspect_container(container_id).get("State", {})
-    return ExitState(bool(state.get("Running")), int(state.get("ExitCode") or 0), bool(state.get("OOMKilled")),
-                     str(state.get("Error") or ""))
+    running, code, oom = bool(state.get("Running")), int(state.get("ExitCode") or 0), bool(state.get("OOMKilled"))
+    if not running and code == 137 and not oom:
+        oom = _oom_event(container_id)
+    return ExitState(running, code, oom, str(state.get("Error") or ""))
+
+
+def _oom_event(container_id: str) -> bool:
+    """Whether the engine reported an OOM kill of the container. Its OOMKilled flag misses the kill when
+    containerd delivers the OOM event after the exit event (seen here under load); the engine still logs
+    the event, so its recent events are read, waiting up to a second for a late one."""
+    now = int(time.time())
+    with _engine_errors(f"reading events of {container_id[:12]}"):
+        events = client().events(since=now - 600, until=now + 1, decode=True,
+                                 filters={"container": container_id, "event": "oom"})
+        try:
+            return any(True for _ in events)
+        finally:
+            events.close()
 
 
 def logs(container_id: str, tail: int = 50) -> str:
