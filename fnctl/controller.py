@@ -202,7 +202,7 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
             if not got:
                 return 0
             ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
-            if stale:  # a process killed between a routing change and its clean-up (an abort's canary) left them
+            if stale:  # a process killed between an abort's routing change and its clean-up left them
                 executor.recover(ctx, orphans=())
             return len(advance_all(ctx))
     finally:
@@ -210,10 +210,16 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
 
 
 def _stale_instances(store: Store) -> bool:
-    """Whether instance rows exist of revisions that nothing routes to (read without the lock: the holder
-    may be starting them; `recover` under the lock decides)."""
+    """Whether instances run of quarantined revisions that nothing routes to: an aborted canary whose driver
+    died before stopping it. Only quarantined ones: the gateway starts instances of other unrouted revisions
+    for pinned requests, and those are not stale."""
     routes = store.routes()
-    return any(row.revision not in routes.get(row.function, {}) for row in store.instances())
+    for row in store.instances():
+        if row.revision not in routes.get(row.function, {}):
+            revision = store.revision(row.function, row.revision)
+            if revision is not None and revision.status is RevisionStatus.QUARANTINED:
+                return True
+    return False
 
 
 # ---- analysis ------------------------------------------------------------------------------------

@@ -1033,10 +1033,16 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     from fnctl.store import InstanceRow, InstanceState
 
     fleet.add(NEW, {"strategy": "immediate"})
+    fleet.store.add_instance(InstanceRow("i-pinned", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
+                                         time.time()))  # started by the gateway for a pinned request: kept
+    project = project_at(tmp_path, "proj")
+    assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert [r.id for r in fleet.store.instances()] == ["i-pinned"]
+    fleet.store.remove_instance("i-pinned")
+    fleet.store.set_revision_status("fn", NEW, RevisionStatus.QUARANTINED, "the analysis failed")
     fleet.store.add_instance(InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
                                          time.time()))
     assert controller.unfinished(fleet.store) == []
-    project = project_at(tmp_path, "proj")
     assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
     assert [a.action for a in fleet.store.audit_log()][:1] == ["recover"]
