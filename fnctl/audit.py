@@ -6,6 +6,7 @@ on a log destination.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -13,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,7 +52,8 @@ class AuditLog:
         self._batch = batch
         self._rows: deque[Row] = deque()
         self._lines: deque[tuple[Row | None, dict[str, Any]]] = deque()  # access lines still to log
-        self._lock = threading.Condition()
+        self._mutex = threading.Lock()  # taken by `record` on the event loop: a bare lock is the cheapest
+        self._lock = threading.Condition(self._mutex)
         self._recorded = 0  # rows handed to `record`, and rows in the store: `flush` waits for the gap
         self._written = 0
         self._closing = False
@@ -64,7 +67,7 @@ class AuditLog:
         """Queue one audit row, and its access line with the `access` fields (method, path, ...)."""
         row: Row = (time.time(), request_id, principal, function, revision, trigger, str(outcome), status,
                     round(duration_ms, 3), source)
-        with self._lock:
+        with self._mutex:
             late = self._closing
             if not late:
                 self._rows.append(row)
@@ -160,14 +163,10 @@ class AuditLog:
                 row, extra = self._lines.popleft()
             except IndexError:  # close() after a writer that did not stop in time: it took the rest
                 break
-            fields = extra if row is None else {
-                "at": row[0], "requestId": row[1], "principal": row[2], "function": row[3], "revision": row[4],
-                "trigger": row[5], "outcome": row[6], "status": row[7], "durationMs": row[8], "source": row[9],
-                **extra}
             if direct is not None:
-                lines.append(access_line(fields))
+                lines.append(access_line(extra) if row is None else row_line(row, extra))
             else:
-                log_access(**fields)
+                log_access(**(extra if row is None else {**_row_fields(row), **extra}))
             if count % 64 == 63:
                 time.sleep(0)  # hand the GIL back to the event loop now and then: a long batch must not stall it
         if direct is not None and lines:
@@ -183,7 +182,7 @@ def _insert(store: Store, rows: list[Row]) -> None:
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start:start + _CHUNK]
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        store.execute(_INSERT_HEAD + values, tuple(v for row in chunk for v in row))
+        store.execute(_INSERT_HEAD + values, tuple(itertools.chain.from_iterable(chunk)))
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -193,14 +192,48 @@ _stamps: dict[int, str] = {}  # ISO 8601 second → text: consecutive lines shar
 def access_line(fields: dict[str, Any]) -> str:
     """One access line: `fields` as JSON (keys in camelCase), `at` (seconds since the epoch, now when absent)
     first as `time` in ISO 8601 UTC with milliseconds."""
-    at = fields.pop("at", None) or time.time()
-    second = int(at)
+    return _JSON.encode({"time": _stamp(fields.pop("at", None) or time.time()), **fields})
+
+
+def _stamp(at: float) -> str:
+    """`at` in ISO 8601 UTC with milliseconds; lines come in bursts within one millisecond, and one second."""
+    global _last_stamp
+    millis = int(at * 1000)
+    if _last_stamp[0] == millis:
+        return _last_stamp[1]
+    second = millis // 1000
     stamp = _stamps.get(second)
     if stamp is None:
         if len(_stamps) > 4:
             _stamps.clear()
         stamp = _stamps[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return _JSON.encode({"time": f"{stamp}.{int(at * 1000) % 1000:03d}Z", **fields})
+    _last_stamp = (millis, f"{stamp}.{millis % 1000:03d}Z")
+    return _last_stamp[1]
+
+
+_last_stamp = (-1, "")
+
+
+def _row_fields(row: Row) -> dict[str, Any]:
+    return {"at": row[0], "requestId": row[1], "principal": row[2], "function": row[3], "revision": row[4],
+            "trigger": row[5], "outcome": row[6], "status": row[7], "durationMs": row[8], "source": row[9]}
+
+
+_ROW_LINE = ('{"time":"%s","requestId":%s,"principal":%s,"function":%s,"revision":%s,"trigger":%s,"outcome":%s,'
+             '"status":%d,"durationMs":%r,"source":%s')
+_q = encode_basestring_ascii  # a str as a JSON string, as `_JSON` writes it
+
+
+def row_line(row: Row, extra: dict[str, Any]) -> str:
+    """`access_line` of an audit row and its `extra` fields (other names than the row's), formatted field by
+    field: the same JSON in half the time of building a dict and encoding it, and this runs per request."""
+    at, request_id, principal, function, revision, trigger, outcome, status, duration_ms, source = row
+    line = _ROW_LINE % (_stamp(at), _q(request_id), "null" if principal is None else _q(principal), _q(function),
+                        "null" if revision is None else int(revision), "null" if trigger is None else _q(trigger),
+                        _q(outcome), status, duration_ms, "null" if source is None else _q(source))
+    for key, value in extra.items():
+        line += f",{_q(key)}:{_q(value) if isinstance(value, str) else _JSON.encode(value)}"
+    return line + "}"
 
 
 def log_access(**fields: Any) -> None:

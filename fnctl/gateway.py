@@ -93,8 +93,9 @@ class Gateway:
             if result.cold_start:
                 extra["X-Fnctl-Cold-Start"] = "1"
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
-                response = web.Response(body=dumps(outcome.result), headers={
-                    "Content-Type": "application/json", "X-Fnctl-Duration-Ms": f"{outcome.duration_ms:.3f}", **extra})
+                extra["Content-Type"] = "application/json"
+                extra["X-Fnctl-Duration-Ms"] = f"{outcome.duration_ms:.3f}"
+                response = web.Response(body=dumps(outcome.result), headers=extra)
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
                 response = web_response(invoke_response(outcome, logs), extra)
@@ -144,22 +145,22 @@ class Gateway:
 
     async def _dispatch(self, request: web.Request, call: Call,
                         found: router.RouteMatch | None) -> tuple[PoolResult, int]:
-        function = (self.table or router.EMPTY).functions.get(call.function)
+        table = self.tables.table or router.EMPTY
+        function = table.functions.get(call.function)
         if function is None:
             raise Reject(404, "Not Found", "not_found")
         check_header_size(request, self.limits.max_header)
         call.principal = principal = self._authenticate(request, call)
         revision = self._pick(function, request, principal)
         info = function.revisions.get(revision) or function.live
-        if info is None or not authorize(principal, info.roles, self.table.policies if self.table else {}, call.function):
+        if info is None or not authorize(principal, info.roles, table.policies, call.function):
             status = 401 if principal.kind is PrincipalKind.ANONYMOUS else 403
             self.metrics.denied(call.function, status)
             raise Reject(status, "Unauthorized" if status == 401 else "Forbidden",
                          "unauthenticated" if status == 401 else "denied",
                          headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None)
-        if revision not in function.revisions:
+        if info.number != revision:
             raise Reject(404, "Not Found", "not_found")  # a pinned revision that is gone or failed
-        info = function.revisions[revision]
         call.revision = revision
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
@@ -188,13 +189,8 @@ class Gateway:
             if not pinned_text.strip().isdigit():
                 raise Reject(400, f"{PIN_HEADER} must be a revision number", "rejected")
             pinned = int(pinned_text)
-        sticky = None
-        if function.sticky_by is router.StickyBy.CALLER and principal.kind is not PrincipalKind.ANONYMOUS:
-            sticky = principal.subject
-        elif function.sticky_by is router.StickyBy.HEADER and function.sticky_name:
-            sticky = request.headers.get(function.sticky_name)
-        elif function.sticky_by is router.StickyBy.COOKIE and function.sticky_name:
-            sticky = request.cookies.get(function.sticky_name)
+        # Usually no stickiness: a random split, or one revision.
+        sticky = None if function.sticky_by is None else _sticky_value(function, request, principal)
         try:
             return router.choose(function.weights, pinned=pinned,
                                  sticky_key=None if sticky is None else f"{function.name}\0{sticky}")
@@ -208,7 +204,7 @@ class Gateway:
         if length is not None and length > limit:
             raise Reject(413, "Payload Too Large", "rejected", close=True)
         if length is not None and request.content.is_eof():
-            return await request.content.readexactly(length)  # all in already: nothing to wait for
+            return request.content.read_nowait()  # all in already (the usual small body): no awaiting at all
         try:
             async with asyncio.timeout(self.limits.read_timeout):
                 if length is not None:
@@ -304,6 +300,18 @@ class Gateway:
             status, call.outcome = reject.status, reject.outcome
         await self._finish(call, None, web.Response(status=status))
         return status, outcome
+
+
+def _sticky_value(function: router.FunctionRoute, request: web.Request, principal: Principal) -> str | None:
+    """What keeps a caller on one revision of `function`: its subject, a header's or a cookie's value."""
+    by, name = function.sticky_by, function.sticky_name
+    if by is router.StickyBy.CALLER and principal.kind is not PrincipalKind.ANONYMOUS:
+        return principal.subject
+    if by is router.StickyBy.HEADER and name:
+        return request.headers.get(name)
+    if by is router.StickyBy.COOKIE and name:
+        return request.cookies.get(name)
+    return None
 
 
 # ---- the aiohttp application and server ----------------------------------------------------------

@@ -45,7 +45,7 @@ class Reject(Exception):
         self.close = close
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request's bookkeeping, for the audit and the metrics."""
 

@@ -10,17 +10,22 @@ revision did wrong, not what the caller did (4xx).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
 import threading
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from fnctl.store import Store, connect
 
@@ -36,6 +41,7 @@ _LAST_INDEX = math.ceil(math.log2(120_000 / _BASE_MS) * _STEPS_PER_DOUBLING)  # 
 _OVERFLOW = "inf"
 # Prometheus buckets (seconds): coarse on purpose, every bucket is a series per function and revision.
 _PROM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_PROM_LE = [repr(b) for b in _PROM_BUCKETS] + ["+Inf"]  # as prometheus_client writes `le` (no exponents here)
 log = logging.getLogger("fnctl.metrics")
 
 
@@ -86,47 +92,54 @@ def bucket_of(latency_ms: float) -> str:
     return _BOUNDS[_index(latency_ms)]
 
 
+class _Series:
+    """One revision's Prometheus series as plain numbers: bumped on the event loop, turned into metric
+    families only when scraped (a prometheus_client child per series costs a lock per update)."""
+
+    __slots__ = ("key", "created", "codes", "codes_created", "errors", "cold", "buckets", "latency_sum")
+
+    def __init__(self, function: str, revision: int) -> None:
+        self.key = (function, str(revision))  # the label values
+        self.created = time.time()
+        self.codes: dict[int, int] = {}  # status → responses
+        self.codes_created: dict[int, float] = {}
+        self.errors = 0
+        self.cold = 0
+        self.buckets = [0] * (len(_PROM_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.latency_sum = 0.0
+
+
 class Metrics:
     """Counters of the running gateway. `observe` and friends are cheap and called on the event loop;
     `flush_sync` adds what was observed since its last call to the store, from another thread."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("function", "revision")
-        self._requests = Counter("fnctl_requests", "Invocations answered, by status code.",
-                                 (*labels, "code"), registry=self.registry)
-        self._errors = Counter("fnctl_errors", "Invocations answered with status 500 or above.", labels,
-                               registry=self.registry)
-        self._latency = Histogram("fnctl_request_duration_seconds", "Time from request to response.", labels,
-                                  buckets=_PROM_BUCKETS, registry=self.registry)
-        self._cold = Counter("fnctl_cold_starts", "Invocations that waited for a new instance.", labels,
-                             registry=self.registry)
-        self._inflight = Gauge("fnctl_inflight_requests", "Invocations in progress.", labels, registry=self.registry)
-        self._instances = Gauge("fnctl_instances", "Instances in the pool.", labels, registry=self.registry)
-        self._denied = Counter("fnctl_denied", "Requests refused before reaching a revision (401/403).",
-                               ("function", "code"), registry=self.registry)
-        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
-        self._codes: dict[tuple[str, int, int], Any] = {}
-        # In flight per revision, copied to the gauge when scraped: a gauge update per request and answer
-        # (a label look-up and a lock each) costs more than the scrapes that read it.
-        self._inflight_now: dict[tuple[str, int], int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        self.series: dict[tuple[str, int], _Series] = {}
+        self.denials: dict[tuple[str, str], int] = {}  # (function, status) → requests refused
+        self.denials_created: dict[tuple[str, str], float] = {}
+        self.inflight_now: dict[tuple[str, int], int] = {}  # gauges, shown while their key is here
+        self.instances: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, int, int], _Second] = {}
         self._lock = threading.Lock()  # observe (event loop) against flush (a worker thread)
         self._last_prune = 0.0
 
     def observe(self, function: str, revision: int, status: int, latency_s: float, cold_start: bool) -> None:
         """One answered invocation of `revision`."""
-        errors, latency, cold = self._series(function, revision)
-        code = self._codes.get((function, revision, status))
-        if code is None:
-            code = self._codes[(function, revision, status)] = self._requests.labels(function, str(revision), str(status))
-        code.inc()
-        latency.observe(latency_s)
+        series = self.series.get((function, revision))
+        if series is None:
+            series = self.series[(function, revision)] = _Series(function, revision)
+        count = series.codes.get(status)
+        if count is None:
+            count = 0
+            series.codes_created[status] = time.time()
+        series.codes[status] = count + 1
+        series.buckets[bisect_left(_PROM_BUCKETS, latency_s)] += 1
+        series.latency_sum += latency_s
         is_error = status >= ERROR_STATUS
-        if is_error:
-            errors.inc()
-        if cold_start:
-            cold.inc()
+        series.errors += is_error
+        series.cold += cold_start
         latency_ms = latency_s * 1000.0
         bucket = _index(latency_ms)
         key = (function, revision, int(time.time()))
@@ -139,39 +152,28 @@ class Metrics:
             second.latency_ms_sum += latency_ms
             second.histogram[bucket] = second.histogram.get(bucket, 0) + 1
 
-    def _series(self, function: str, revision: int) -> tuple[Any, Any, Any]:
-        series = self._children.get((function, revision))
-        if series is None:  # prometheus_client's label lookup costs microseconds: do it once per revision
-            key = (function, str(revision))
-            series = (self._errors.labels(*key), self._latency.labels(*key), self._cold.labels(*key))
-            self._children[(function, revision)] = series
-        return series
-
     def denied(self, function: str, status: int) -> None:
         """A request refused by authentication (401) or authorization (403)."""
-        self._denied.labels(function, str(status)).inc()
+        key = (function, str(status))
+        if key not in self.denials:
+            self.denials_created[key] = time.time()
+        self.denials[key] = self.denials.get(key, 0) + 1
 
     def inflight(self, function: str, revision: int, delta: int) -> None:
         key = (function, revision)
-        self._inflight_now[key] = self._inflight_now.get(key, 0) + delta
+        self.inflight_now[key] = self.inflight_now.get(key, 0) + delta
 
     def set_instances(self, function: str, revision: int, n: int) -> None:
-        self._instances.labels(function, str(revision)).set(n)
+        self.instances[(function, revision)] = n
 
     def forget(self, function: str, revision: int) -> None:
         """Drop the gauges of a revision whose pool is gone (its counters stay: they only grow)."""
-        if not self._inflight_now.get((function, revision)):
-            self._inflight_now.pop((function, revision), None)
-        for gauge in (self._inflight, self._instances):
-            try:
-                gauge.remove(function, str(revision))
-            except KeyError:
-                pass
+        if not self.inflight_now.get((function, revision)):
+            self.inflight_now.pop((function, revision), None)
+        self.instances.pop((function, revision), None)
 
     def render(self) -> bytes:
         """Every series in the Prometheus text format (serve it with CONTENT_TYPE)."""
-        for (function, revision), count in list(self._inflight_now.items()):
-            self._inflight.labels(function, str(revision)).set(count)
         return generate_latest(self.registry)
 
     # ---- per-second buckets for rollout analysis ----
@@ -228,6 +230,45 @@ class Metrics:
                         pass
             finally:
                 await loop.run_in_executor(worker, store.close)
+
+
+class _Collector(Collector):
+    """The metric families of a `Metrics`, built from its plain numbers at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m, labels = self.metrics, ["function", "revision"]
+        requests = CounterMetricFamily("fnctl_requests", "Invocations answered, by status code.",
+                                       labels=[*labels, "code"])
+        errors = CounterMetricFamily("fnctl_errors", "Invocations answered with status 500 or above.", labels=labels)
+        latency = HistogramMetricFamily("fnctl_request_duration_seconds", "Time from request to response.",
+                                        labels=labels)
+        cold = CounterMetricFamily("fnctl_cold_starts", "Invocations that waited for a new instance.", labels=labels)
+        for series in list(m.series.values()):
+            values = list(series.key)
+            for status, count in list(series.codes.items()):
+                requests.add_metric([*values, str(status)], count, created=series.codes_created[status])
+            errors.add_metric(values, series.errors, created=series.created)
+            latency.add_metric(values, list(zip(_PROM_LE, itertools.accumulate(series.buckets))), series.latency_sum)
+            latency.add_sample(latency.name + "_created", dict(zip(labels, values)), series.created)
+            cold.add_metric(values, series.cold, created=series.created)
+        yield from (requests, errors, latency, cold)
+        yield _gauge("fnctl_inflight_requests", "Invocations in progress.", m.inflight_now)
+        yield _gauge("fnctl_instances", "Instances in the pool.", m.instances)
+        denied = CounterMetricFamily("fnctl_denied", "Requests refused before reaching a revision (401/403).",
+                                     labels=["function", "code"])
+        for key, count in list(m.denials.items()):
+            denied.add_metric(list(key), count, created=m.denials_created[key])
+        yield denied
+
+
+def _gauge(name: str, documentation: str, values: dict[tuple[str, int], int]) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, documentation, labels=["function", "revision"])
+    for (function, revision), value in list(values.items()):
+        gauge.add_metric([function, str(revision)], value)
+    return gauge
 
 
 def _write(store: Store, key: tuple[str, int, int], second: _Second) -> None:

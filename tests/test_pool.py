@@ -201,6 +201,24 @@ def test_async_transport_multiplexes_concurrent_invocations(local_runtime: Local
     asyncio.run(scenario())
 
 
+def test_async_transport_sends_the_requests_of_one_loop_round_in_one_write(local_runtime: LocalRuntime) -> None:
+    async def scenario() -> None:
+        transport = local_runtime.transport()
+        await transport.connect(timeout=15)
+        sent: list[bytes] = []
+        wire = transport._transport
+        assert wire is not None
+        write = wire.write
+        wire.write = lambda data: (sent.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        results = await asyncio.gather(*(transport.invoke({"n": n}, invocation_id=f"i{n}", deadline=time.time() + 10)
+                                         for n in range(5)))
+        assert [r.result["n"] for r in results] == list(range(5))
+        assert len(sent) == 1 and sent[0].count(b'"type":"invoke"') == 5  # one system call, one wake-up
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
 def test_async_transport_callbacks_timeouts_and_size_limit(local_runtime: LocalRuntime) -> None:
     async def echo(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
         return {"invocation": invocation_id, "method": method, "n": params["n"]}
