@@ -180,6 +180,10 @@ def test_ab_test_sticky_assignment_report_and_promote(setup: Rollouts) -> None:
     _first_two(setup, ab)
     assert setup.project.fnctl("apply").code == 4
     assert setup.routes() == {1: 50, 2: 50}
+    # The gateway reads the split within a second: until then everyone is on revision 1, stickiness or not.
+    probes = iter(range(10_000))
+    until(lambda: call(setup.port, "POST", "/invoke/fn", b"{}", {"X-User": f"probe-{next(probes)}"})[1][
+        "X-Fnctl-Revision"] == "2", "the gateway to route by the A/B split")
     picks: dict[str, set[str]] = {}
     for user in range(30):
         for _ in range(3):
