@@ -48,6 +48,8 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchcommon import remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
+
 HANDLER = '''"""{name}: a generated function."""
 
 
@@ -213,20 +215,6 @@ def canary_state(bench: Bench, function: str, old: int, new: int) -> None:
         store.close()
 
 
-def cleanup(project: str) -> None:
-    import docker
-
-    client = docker.from_env(timeout=120)
-    for container in client.containers.list(all=True, filters={"label": f"io.fnctl.project={project}"}):
-        container.remove(force=True)
-        shutil.rmtree(container.labels.get("io.fnctl.socket-dir", "/nonexistent"), ignore_errors=True)
-    for image in client.images.list(filters={"label": f"io.fnctl.project={project}"}):
-        try:
-            client.images.remove(image.id, force=True)
-        except docker.errors.APIError:
-            pass
-
-
 def _timeout(signum: int, frame: FrameType | None) -> None:
     raise TimeoutError("the benchmark ran past --timeout")
 
@@ -307,7 +295,7 @@ def main() -> None:
         })
     finally:
         signal.alarm(0)
-        cleanup(project)
+        remove_project(project)
         shutil.rmtree(workdir, ignore_errors=True)
 
     report(lines, n, m, args.runs, at_n, at_m, phases, total, builds, starts, restarted, kept)

@@ -374,7 +374,6 @@ SETTLE_TIMEOUT = 60.0  # for the gateway to stop what a revision left behind onc
 def crashes(bench: Bench, points: list[str]) -> None:
     chosen = [next(c for c in CRASHES if c.point == point) for point in points]
     print(f"\n[4] kill -9 of the driving process at {len(chosen)} points, then restart, under load", flush=True)
-    setup = bench.setup
     results: list[tuple[Crash, bool, str]] = []
     phases: list[tuple[float, float, str]] = []
     with bench.load() as load:

@@ -42,6 +42,7 @@ import docker  # noqa: E402
 import docker.errors  # noqa: E402
 from bench_transport import echo_server, latency, measure_baseline, throughput  # noqa: E402
 from bench_validate import bytecode_env, medians, timed  # noqa: E402
+from benchcommon import remove_project  # noqa: E402
 
 from fnctl import images, instances  # noqa: E402
 from fnctl.instances import Instance  # noqa: E402
@@ -82,19 +83,6 @@ def write_project(root: Path, base_image: str) -> Project:
 def start_instance(project: Project, image: str) -> Instance:
     return instances.start(find_function(project, "noop"), image=image, revision="bench",
                            labels=labels(project.name, "noop"), secret_values={})
-
-
-def cleanup(client: docker.DockerClient, project: str) -> None:
-    for container in client.api.containers(all=True, filters={"label": f"io.fnctl.project={project}"}):
-        client.api.remove_container(container["Id"], force=True)
-        socket_dir = (container.get("Labels") or {}).get("io.fnctl.socket-dir", "")
-        if socket_dir and Path(socket_dir).parent == instances.runtime_root():
-            shutil.rmtree(socket_dir, ignore_errors=True)
-    for image in client.api.images(filters={"label": f"io.fnctl.project={project}"}):
-        try:
-            client.api.remove_image(image["Id"], force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 # ---- 1. warm round trip -----------------------------------------------------------------------------------
@@ -205,7 +193,7 @@ def bench_project(client: docker.DockerClient, base_image: str) -> Iterator[tupl
         image = images.ensure_image(project.name, "noop", project.root / "functions" / "noop", base_image).tag
         yield project, image
     finally:
-        cleanup(client, project.name)
+        remove_project(project.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -55,6 +55,8 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchcommon import remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
+
 TARGET = "target"  # the function whose code changes
 HANDLER = '''"""{name}: a generated function (benchmark)."""
 
@@ -298,17 +300,7 @@ def cleanup(project: str) -> None:
         process.wait()
     if _current:
         time.sleep(1)  # an engine call the killed hook had sent (a container being created) completes first
-    import docker
-
-    client = docker.from_env(timeout=120)
-    for container in client.containers.list(all=True, filters={"label": f"io.fnctl.project={project}"}):
-        container.remove(force=True)
-        shutil.rmtree(container.labels.get("io.fnctl.socket-dir", "/nonexistent"), ignore_errors=True)
-    for image in client.images.list(filters={"label": f"io.fnctl.project={project}"}):
-        try:
-            client.images.remove(image.id, force=True)
-        except docker.errors.APIError:
-            pass
+    remove_project(project)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
