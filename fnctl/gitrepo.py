@@ -138,11 +138,11 @@ class Mirror:
                 (self.path / "fnctl-source").write_text(self.url + "\n", encoding="utf-8")
 
     @contextmanager
-    def checkout(self, ref: str | None, *, history: bool) -> Iterator[tuple[Path, Commit]]:
+    def checkout(self, ref: str | None) -> Iterator[tuple[Path, Commit]]:
         """Fetch `ref` (the remote's default branch when None) and check its commit out into a work tree of
-        its own, kept for the block; `history` fetches the ancestry too (needed to compare with a live commit)."""
+        its own, kept for the block (`relation` fetches the ancestry when a comparison needs it)."""
         with self._locked():
-            sha = self._fetch(ref, history)
+            sha = self._fetch(ref)
             tree = self.path / "checkouts" / sha
             if not (tree / ".git").exists():
                 shutil.rmtree(tree, ignore_errors=True)
@@ -182,7 +182,7 @@ class Mirror:
 
     # ---- inside the lock ----
 
-    def _fetch(self, ref: str | None, history: bool) -> str:
+    def _fetch(self, ref: str | None) -> str:
         if ref is not None and _SHA.fullmatch(ref) and len(ref) < 40:
             # An abbreviated commit cannot be asked for: fetch every branch and tag, then resolve it here (a
             # branch of that name first: "c0ffee1" may be one; a tag's name wins over a commit's in rev-parse).
@@ -190,7 +190,7 @@ class Mirror:
             branch = f"refs/fnctl/heads/{ref}"
             return self._resolve(branch if self._try_git("rev-parse", "--verify", "--quiet", branch) else ref)
         # Shallow on first contact only: later fetches are incremental and connect to what is here.
-        depth = ["--depth", "1"] if not history and not (self.path / "FETCH_HEAD").exists() else []
+        depth = ["--depth", "1"] if not (self.path / "FETCH_HEAD").exists() else []
         try:
             self._git("fetch", "--quiet", *depth, self.url, ref or "HEAD")
         except UnknownRef:

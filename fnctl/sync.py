@@ -62,7 +62,7 @@ def sync(options: SyncOptions, progress: Progress, on_event: OnEvent | None = No
     """Deploy the commit `options.ref` names, as the module says; its work tree is kept until the end."""
     started = time.monotonic()
     mirror = Mirror(options.repo, options.cache)
-    with mirror.checkout(options.ref, history=False) as (tree, commit):
+    with mirror.checkout(options.ref) as (tree, commit):
         report = SyncReport(mirror.url, commit, Decision.DEPLOY, timings={"fetch": time.monotonic() - started})
         return _sync_commit(mirror, tree, report, options, progress, on_event, on_tick)
 

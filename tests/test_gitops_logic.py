@@ -201,7 +201,7 @@ def _history(repos: Repos) -> tuple[str, str, str]:
 
 
 def _checkout(mirror: Mirror, ref: str | None) -> Commit:
-    with mirror.checkout(ref, history=False) as (_, commit):
+    with mirror.checkout(ref) as (_, commit):
         return commit
 
 
@@ -210,7 +210,7 @@ def test_mirror_checks_out_a_branch_a_tag_a_sha_and_an_abbreviated_sha(repos: Re
     mirror = Mirror(str(repos.bare), tmp_path / "cache")
     for ref, sha, content in (("main", third, "3\n"), ("v1", first, "1\n"), (second, second, "2\n"),
                               (first[:9], first, "1\n"), (None, third, "3\n")):
-        with mirror.checkout(ref, history=False) as (tree, commit):
+        with mirror.checkout(ref) as (tree, commit):
             pass
         assert commit == Commit(sha, AUTHOR, {first: "one", second: "two", third: "three"}[sha]), ref
         assert tree.name == sha and (tree / "f.txt").read_text() == content, ref
@@ -251,7 +251,7 @@ def test_mirror_keeps_the_newest_work_trees_and_those_in_use(repos: Repos, tmp_p
     git(repos.clone, "push", "-q", "origin", "main")
     cache = tmp_path / "cache"
     queued = Mirror(str(repos.bare), cache)
-    with queued.checkout(shas[0], history=False) as (held, _):
+    with queued.checkout(shas[0]) as (held, _):
         for sha in shas[1:7]:  # other syncs meanwhile, in other processes: other mirror objects
             _checkout(Mirror(str(repos.bare), cache), sha)
         assert (held / "f.txt").read_text() == "0\n", "a work tree in use was pruned"
