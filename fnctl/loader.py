@@ -153,6 +153,27 @@ def _read_plain(text: str, max_documents: int) -> list[tuple[int, Any]] | None:
         parser.dispose()
 
 
+def _refused_by_pure_parser(text: str) -> Refused | None:
+    """What fnctl's own limits say of a file libyaml rejected, read again with PyYAML's pure-Python parser.
+
+    libyaml scans a flow collection ahead before it emits its first event, and newer releases stop at their
+    own nesting limit (1000) before fnctl's 200-level check sees an event: the same file would get a
+    different message and position depending on the installed parser. Only bad files take this path.
+    """
+    if Parser is yaml.SafeLoader:
+        return None
+    builder, parser = Builder(MAX_DOCUMENTS), yaml.SafeLoader(text)
+    try:
+        builder.run(parser)
+    except Refused as exc:
+        return exc
+    except (yaml.YAMLError, TooManyDocuments):
+        pass
+    finally:
+        parser.dispose()
+    return None
+
+
 def _load_text(path: Path, text: str) -> tuple[list[Document], list[Diagnostic]]:
     builder = Builder(MAX_DOCUMENTS)
     parser = Parser(text)
@@ -163,6 +184,9 @@ def _load_text(path: Path, text: str) -> tuple[list[Document], list[Diagnostic]]
     except Refused as exc:
         return _documents(path, builder), [Diagnostic(path, exc.position, exc.path, exc.message)]
     except yaml.MarkedYAMLError as exc:
+        refused = _refused_by_pure_parser(text)
+        if refused is not None:
+            return _documents(path, builder), [Diagnostic(path, refused.position, refused.path, refused.message)]
         mark = exc.problem_mark or exc.context_mark
         position = Position(mark.line + 1, mark.column + 1) if mark else Position(1, 1)
         message = " ".join(filter(None, [exc.context, exc.problem]))
