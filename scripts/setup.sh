@@ -13,7 +13,7 @@ FNCTL_BASE_IMAGE="${FNCTL_BASE_IMAGE:-$(sed -n 's/^FNCTL_BASE_IMAGE=//p' scripts
 export FNCTL_BASE_IMAGE
 DOCKERD_LOG=/var/log/fnctl-dockerd.log
 DAEMON_JSON=/etc/docker/daemon.json
-STAMP=.venv/.fnctl-pyproject.sha256
+STAMP=.venv/.fnctl-lock.sha256
 # gVisor as the engine reports it once registered (compact JSON, as `docker info` prints it). No KVM platform.
 RUNSC='{"path":"/usr/bin/runsc","runtimeArgs":["--network=none","--host-uds=all"]}'
 
@@ -41,11 +41,18 @@ setup_python() {
         python3 -m venv .venv
     fi
     local want have=""
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
     [ -f "$STAMP" ] && have="$(cat "$STAMP")"
     if [ "$want" != "$have" ]; then
-        step "pip install -e '.[test]'"
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        # Exactly the locked versions, each checked against its hash; then fnctl itself, without resolving
+        # anything (its build backend, hatchling, is in the lock too, hence no build isolation).
+        step "pip install -r requirements.lock (hashes required)"
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+            -r requirements.lock
+        step "pip install -e . (from the lock: no dependency resolution)"
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+        .venv/bin/python -m pip check --disable-pip-version-check >/dev/null \
+            || die "the installed packages do not fit together: re-resolve with scripts/relock.sh"
         echo "$want" > "$STAMP"
     fi
 }
