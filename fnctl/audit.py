@@ -1,12 +1,12 @@
 """The invocation audit: one append-only row in `invocations` for every invocation and every denied
-attempt, and the access log, one JSON line per request on the `fnctl.access` logger (stdlib logging).
+attempt, hash-chained (fnctl.auditchain), and the access log, one JSON line per request on the
+`fnctl.access` logger (stdlib logging).
 Both are written by a thread of their own, in batches, so that the event loop never waits on SQLite or
 on a log destination.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -22,8 +22,6 @@ from fnctl.store import Store, StoreError, connect
 
 access_logger = logging.getLogger("fnctl.access")
 log = logging.getLogger("fnctl.audit")
-_INSERT_HEAD = ("INSERT INTO invocations (at, request_id, principal, function, revision, trigger, outcome, status, "
-                "duration_ms, source) VALUES ")
 Row = tuple[float, str, str | None, str, int | None, str | None, str, int, float, str | None]
 
 
@@ -110,7 +108,8 @@ class AuditLog:
         try:
             store = connect(self._store_path)
             try:
-                _insert(store, [row])
+                with store.transaction():
+                    _insert(store, [row])
             finally:
                 store.close()
         except StoreError as exc:
@@ -175,14 +174,10 @@ class AuditLog:
             handler.flush()
 
 
-_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
-
-
 def _insert(store: Store, rows: list[Row]) -> None:
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start:start + _CHUNK]
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        store.execute(_INSERT_HEAD + values, tuple(itertools.chain.from_iterable(chunk)))
+    """Append `rows` to the invocation audit's hash chain (inside the caller's write transaction: this thread
+    is the chain's only writer in the gateway, but a late row or another gateway process may append too)."""
+    store.append_chained("invocations", list(rows))
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)

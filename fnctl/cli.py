@@ -152,7 +152,7 @@ def sandbox_check(
     raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
 
 
-from fnctl import cli_deploy, cli_git, cli_keys, cli_rollout, cli_serve  # noqa: E402,F401  (register their commands on `app`)
+from fnctl import cli_audit, cli_deploy, cli_git, cli_keys, cli_rollout, cli_serve  # noqa: E402,F401  (register their commands on `app`)
 
 
 def _app_for(args: list[str]) -> typer.Typer:

@@ -44,7 +44,8 @@ def create(
 ) -> None:
     """Create an API key and print it once: only its hash is kept, so copy it now.
 
-    The key goes to stdout alone (the rest to stderr), so it can be captured.
+    The key goes to stdout alone (the rest to stderr), so it can be captured. The audit log records who
+    created it (never the key).
 
     Example: KEY=$(fnctl keys create ci --role service --tenant acme)
     """
@@ -117,15 +118,16 @@ def revoke(
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
-    """Revoke an API key: the gateway refuses it from the next request on.
+    """Revoke an API key: the gateway refuses it from the next request on. Audited with who revoked it.
 
     Example: fnctl keys revoke 3f9a1c0b7e22
     """
+    from fnctl.identity import actor
     from fnctl.keys import revoke as revoke_key
 
     store = _store(state, create=False)
     try:
-        key, changed = revoke_key(store, key_id)
+        key, changed = revoke_key(store, key_id, actor())
     finally:
         store.close()
     if output is Output.JSON:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fnctl.errors import BadInput, FnctlError
+from fnctl.identity import actor
 from fnctl.store import Store
 
 PREFIX = "fnk"
@@ -62,7 +63,8 @@ def digest(raw: str) -> str:
 
 
 def create(store: Store, name: str, roles: tuple[str, ...], tenant: str | None, created_by: str) -> tuple[ApiKey, str]:
-    """A new key and its raw value; the raw value is returned here once and cannot be recovered later."""
+    """A new key and its raw value; the raw value is returned here once and cannot be recovered later.
+    Audited with `created_by` as the actor (the key's id, name, roles and tenant: never its secret)."""
     if not name.strip():
         raise BadInput("a key needs a name (what or who uses it)")
     bad = [r for r in roles if not _ROLE.match(r)]
@@ -73,11 +75,18 @@ def create(store: Store, name: str, roles: tuple[str, ...], tenant: str | None, 
     key_id = secrets.token_hex(_ID_BYTES)
     raw = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
     key = ApiKey(key_id, name, tuple(dict.fromkeys(roles)), tenant or None, time.time(), created_by, None)
-    store.execute("INSERT INTO api_keys (id, name, key_hash, roles, tenant, created_at, created_by, revoked_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                  (key.id, key.name, digest(raw), json.dumps(list(key.roles)), key.tenant, key.created_at,
-                   key.created_by))
+    with store.transaction():  # the key and its audit record land together
+        store.execute("INSERT INTO api_keys (id, name, key_hash, roles, tenant, created_at, created_by, revoked_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                      (key.id, key.name, digest(raw), json.dumps(list(key.roles)), key.tenant, key.created_at,
+                       key.created_by))
+        store.audit(actor=created_by, command="keys create", action="create key", target=key.id, outcome="ok",
+                    detail=_describe(key))
     return key, raw
+
+
+def _describe(key: ApiKey) -> str:
+    return f"name {key.name}; roles {','.join(key.roles)}" + (f"; tenant {key.tenant}" if key.tenant else "")
 
 
 def list_keys(store: Store, include_revoked: bool = True) -> list[ApiKey]:
@@ -87,16 +96,23 @@ def list_keys(store: Store, include_revoked: bool = True) -> list[ApiKey]:
     return keys if include_revoked else [k for k in keys if k.active]
 
 
-def revoke(store: Store, key_id: str) -> tuple[ApiKey, bool]:
-    """Revoke the key with this id (or the key given whole); returns it and whether this call revoked it."""
+def revoke(store: Store, key_id: str, revoked_by: str | None = None) -> tuple[ApiKey, bool]:
+    """Revoke the key with this id (or the key given whole); returns it and whether this call revoked it.
+    Audited with `revoked_by` as the actor (default: `identity.actor()`), a revocation that changed nothing too."""
     key_id = _id_of(key_id)
-    changed = store.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                            (time.time(), key_id))
-    rows = store.query("SELECT id, name, roles, tenant, created_at, created_by, revoked_at FROM api_keys "
-                       "WHERE id = ?", (key_id,))
+    with store.transaction():
+        changed = store.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                (time.time(), key_id))
+        rows = store.query("SELECT id, name, roles, tenant, created_at, created_by, revoked_at FROM api_keys "
+                           "WHERE id = ?", (key_id,))
+        if rows:
+            key = _key(rows[0])
+            store.audit(actor=revoked_by or actor(), command="keys revoke", action="revoke key", target=key.id,
+                        outcome="ok" if changed == 1 else "unchanged",
+                        detail=_describe(key) + ("" if changed == 1 else "; already revoked"))
     if not rows:
         raise UnknownKey(f"no API key has the id {key_id!r} (see `fnctl keys list`)")
-    return _key(rows[0]), changed == 1
+    return key, changed == 1
 
 
 def verify(store: Store, raw: str) -> ApiKey | None:

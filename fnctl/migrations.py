@@ -4,7 +4,47 @@ and never edited once released (a store records how many it has: PRAGMA user_ver
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[str, ...] = (
+import sqlite3
+from collections.abc import Callable
+
+from fnctl import auditchain
+
+# A migration is SQL, or a function of the connection for steps SQL cannot express (hashing); both run inside
+# the migration's transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+def _chain_audit_logs(connection: sqlite3.Connection) -> None:
+    """6: the audit logs become hash chains (issue: an `INSERT OR REPLACE` or a `DROP TRIGGER` rewrote them
+    unseen). Existing records are chained here, from GENESIS, so `fnctl audit verify` covers history too (it
+    attests them from now on: what was done to them before the upgrade cannot be known). New records must
+    take the next id: an `INSERT OR REPLACE` over an existing one is refused (by a trigger, which only stops
+    honest mistakes; the chain is what shows a dishonest one)."""
+    for table, fields in auditchain.CHAINS.items():
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN prev_hash TEXT")
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN hash TEXT")
+        names = ", ".join(name for name, _ in fields)
+        prev, last = auditchain.GENESIS, 0
+        # The update triggers stay in place: dropped for the one-time fill, then created again as they were.
+        connection.execute(f"DROP TRIGGER {table}_no_update")
+        rows = connection.execute(f"SELECT {names} FROM {table} ORDER BY id").fetchall()
+        for row in rows:
+            values = auditchain.normalise(table, row)
+            digest = auditchain.record_hash(table, values, prev)
+            connection.execute(f"UPDATE {table} SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, values[0]))
+            prev, last = digest, int(values[0])
+        what = "the audit log" if table == "audit" else "the invocation audit"
+        connection.execute(f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+                           f"BEGIN SELECT RAISE(ABORT, '{what} is append-only'); END")
+        connection.execute(f"CREATE TRIGGER {table}_next_id BEFORE INSERT ON {table} "
+                           f"WHEN NEW.id IS NULL OR NEW.id <= (SELECT COALESCE(MAX(id), 0) FROM {table}) "
+                           f"OR NEW.hash IS NULL BEGIN SELECT RAISE(ABORT, '{what} is append-only: records "
+                           f"take the next id and are chained by fnctl'); END")
+        if last:
+            connection.execute("INSERT INTO settings VALUES (?, ?)", (auditchain.head_setting(table), f"{last} {prev}"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema
     """
     CREATE TABLE revisions (
@@ -111,4 +151,5 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER deploys_no_delete BEFORE DELETE ON deploys
         BEGIN SELECT RAISE(ABORT, 'the deploy record is append-only'); END;
     """,
+    _chain_audit_logs,
 )

@@ -161,7 +161,11 @@ def request(project: Project, options: Options, name: str, kind: EventKind, data
         _check_request(row, kind, data)
         words = "promote" + (" fully" if data.get("full") else "") + (f" variant {data['variant']}" if data.get("variant") else "") \
             if kind is EventKind.PROMOTE_REQUESTED else "abort"
-        request_id = controller.request(store, row.id, kind, f"{words} requested by {who}", {**data, "by": who})
+        with store.transaction():  # the request and its audit record land together
+            request_id = controller.request(store, row.id, kind, f"{words} requested by {who}", {**data, "by": who})
+            store.audit(actor=who, command="promote" if kind is EventKind.PROMOTE_REQUESTED else "abort",
+                        action=f"{words} requested", target=name, outcome="ok",
+                        detail=f"rollout {row.id} of revision {row.canary} at step {row.step}")
         seen = max((e.id for e in store.rollout_events(row.id) if e.id < request_id), default=0)
     follower = Follower(project, options, [row.id], on_event, on_tick, waiting_for={row.id: request_id},
                         seen={row.id: seen})

@@ -1,13 +1,15 @@
 """The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
 
 It holds revisions (immutable but for their status), the routing table, instances, rollouts, and the
-append-only audit log. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
-implement the same `Store` methods later. Secret values never reach it: specs carry a salted fingerprint.
+append-only, hash-chained audit log. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
+implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC
+fingerprint keyed by a host-local key that is not in the store (fnctl.secretref).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import sqlite3
@@ -19,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fnctl import auditchain
 from fnctl.errors import FnctlError
 from fnctl.migrations import MIGRATIONS
 
@@ -76,6 +79,47 @@ class AuditEntry:
     detail: str | None
     git_author: str | None = None
     git_subject: str | None = None
+    hash: str | None = None  # its link in the hash chain (fnctl.auditchain)
+
+
+_AUDIT_COLUMNS = "id, at, actor, command, action, target, git_commit, outcome, detail, git_author, git_subject, hash"
+_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
+
+
+@dataclass(frozen=True)
+class InvocationEntry:
+    id: int
+    at: float
+    request_id: str
+    principal: str | None
+    function: str
+    revision: int | None
+    trigger: str | None
+    outcome: str
+    status: int
+    duration_ms: float
+    source: str | None
+    hash: str | None
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit records to list: `since` (seconds since the epoch), `target` (the function, or the key
+    id of a key's records), `actor` (exact)."""
+
+    since: float | None = None
+    target: str | None = None
+    actor: str | None = None
+
+    def sql(self, *, target_column: str, actor_column: str) -> tuple[str, tuple[Any, ...]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("at >= ?", self.since), (f"{target_column} = ?", self.target),
+                              (f"{actor_column} = ?", self.actor)):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        return (" WHERE " + " AND ".join(where) if where else ""), tuple(params)
 
 
 @dataclass(frozen=True)
@@ -311,15 +355,77 @@ class Store:
     def audit(self, *, actor: str, command: str, action: str, target: str, outcome: str,
               git_commit: str | None = None, git_author: str | None = None, git_subject: str | None = None,
               detail: str | None = None) -> None:
-        self._db.execute("INSERT INTO audit (at, actor, command, action, target, git_commit, outcome, detail, "
-                         "git_author, git_subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (time.time(), actor, command, action, target, git_commit, outcome, detail, git_author,
-                          git_subject))
+        """Append a record to the deploy audit's hash chain (never a secret in any field)."""
+        with self._writing():
+            self.append_chained("audit", [(time.time(), actor, command, action, target, git_commit, outcome, detail,
+                                           git_author, git_subject)])
+
+    def append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Append `rows` (a chained table's fields after the id, in auditchain.CHAINS order) to `table`'s
+        chain, with the next ids, and move its head marker. Call inside a write transaction: reading the head
+        and appending must not interleave with another writer's."""
+        try:
+            self._append_chained(table, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
+
+    def _append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        fields = auditchain.CHAINS[table]
+        head = self._db.execute(f"SELECT id, hash FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
+        last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
+        linked = auditchain.link(table, (auditchain.normalise(table, (last + n, *row))
+                                         for n, row in enumerate(rows, 1)), prev)
+        columns = ", ".join(name for name, _ in fields) + ", prev_hash, hash"
+        marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
+        for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
+            chunk = linked[start:start + _CHUNK]
+            self._db.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
+                             tuple(itertools.chain.from_iterable(chunk)))
+        if linked:
+            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                             "excluded.value", (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"))
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The caller's transaction, or one of its own when there is none."""
+        if self._db.in_transaction:
+            yield
+        else:
+            with self.transaction():
+                yield
 
     def audit_log(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        query = "SELECT * FROM audit" + (" WHERE target = ?" if target else "") + " ORDER BY id DESC LIMIT ?"
-        rows = self._db.execute(query, ((target,) if target else ()) + (limit,))
+        return self.audit_records(AuditFilter(target=target), limit)
+
+    def audit_records(self, where: AuditFilter, limit: int = 100) -> list[AuditEntry]:
+        """Deploy audit records matching `where`, newest first."""
+        sql, params = where.sql(target_column="target", actor_column="actor")
+        rows = self._db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [AuditEntry(*r) for r in rows]
+
+    def invocation_records(self, where: AuditFilter, limit: int = 100) -> list[InvocationEntry]:
+        """Invocation audit records matching `where` (actor: the principal), newest first."""
+        sql, params = where.sql(target_column="function", actor_column="principal")
+        columns = ", ".join(name for name, _ in auditchain.INVOCATION_FIELDS) + ", hash"
+        rows = self._db.execute(f"SELECT {columns} FROM invocations{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [InvocationEntry(*r) for r in rows]
+
+    def audit_chain(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """Every record of a chained table with its links, by id (for auditchain.verify), streamed."""
+        columns = ", ".join(name for name, _ in auditchain.CHAINS[table]) + ", prev_hash, hash"
+        try:
+            yield from self._db.execute(f"SELECT {columns} FROM {table} ORDER BY id")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the {table} chain: {exc}") from None
+
+    def audit_head(self, table: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (auditchain.head_setting(table),)).fetchone()
+        return None if row is None else str(row[0])
+
+    def audit_hash_known(self, digest: str) -> bool:
+        """Whether any chained record has this hash (an anchor kept outside the store)."""
+        return any(self._db.execute(f"SELECT 1 FROM {table} WHERE hash = ? LIMIT 1", (digest,)).fetchone()
+                   for table in auditchain.CHAINS)
 
 
 def _revision(row: Any) -> Revision:
@@ -354,13 +460,22 @@ def _migrate(connection: sqlite3.Connection) -> None:
             if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
                 connection.execute("ROLLBACK")  # another process migrated meanwhile
                 continue
-            for statement in _statements(MIGRATIONS[number]):
-                connection.execute(statement)
+            migration = MIGRATIONS[number]
+            if callable(migration):
+                migration(connection)
+            else:
+                for statement in _statements(migration):
+                    connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number + 1}")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+    if version < len(MIGRATIONS):
+        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
+        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
+        # snapshot delays it to the next checkpoint.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _statements(script: str) -> list[str]:
