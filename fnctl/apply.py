@@ -25,7 +25,7 @@ from fnctl.identity import actor
 from fnctl.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.model import DesiredState
 from fnctl.project import CONFIG_FILE, Project
-from fnctl.secretref import resolve
+from fnctl.secretref import fingerprint_key, keyed_fingerprint, resolve
 from fnctl.store import RevisionStatus, Store, connect, default_path
 
 if TYPE_CHECKING:
@@ -120,11 +120,18 @@ def desired_state(project: Project, store: Store, paths: list[Path] | None
     result = validate_paths(project, paths)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
-    salt = store.setting("secret-salt", _secrets.token_hex(16))
+    # Functions without secrets carry a per-store constant (what the salt's hash was, before the salt left the
+    # store); those with secrets an HMAC under the host-local key (read only when some function has secrets).
+    none_hash = store.setting("secrets-none-hash", _secrets.token_hex(8))
+    key: bytes | None = None
     specs, values = [], {}
     for function in result.state.functions:
         values[function.name] = resolve(function, project.root)
-        specs.append(deploy_spec(function, project.base_image, values[function.name], salt))
+        fingerprint = none_hash
+        if function.secrets:
+            key = key or fingerprint_key()
+            fingerprint = keyed_fingerprint(values[function.name], key)
+        specs.append(deploy_spec(function, project.base_image, fingerprint))
     return specs, values, result.state
 
 

@@ -1,5 +1,5 @@
 """What each function should be deployed as: its canonical spec (defaults applied, code hashed, secrets
-fingerprinted) and that spec's hash, the identity of a revision.
+fingerprinted with a host-local key) and that spec's hash, the identity of a revision.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 from fnctl.images import code_hash
 from fnctl.model import NO_EXPECTATION, Function
-from fnctl.secretref import fingerprint
 
 
 @dataclass(frozen=True)
@@ -27,15 +26,21 @@ class DeploySpec:
         return self.function.name
 
 
-def deploy_spec(function: Function, base_image: str, secret_values: dict[str, str], salt: str) -> DeploySpec:
+def deploy_spec(function: Function, base_image: str, secrets_hash: str) -> DeploySpec:
+    """`secrets_hash`: the keyed fingerprint of the function's secret values (`secretref.keyed_fingerprint`),
+    or for a function without secrets the store's `secrets-none-hash` (see `canonical_spec`)."""
     assert function.document is not None
     source = function.document.file.parent / function.source
-    spec = canonical_spec(function, code_hash(source), base_image, fingerprint(secret_values, salt))
+    spec = canonical_spec(function, code_hash(source), base_image, secrets_hash)
     return DeploySpec(function, source, spec, spec_hash(spec))
 
 
 def canonical_spec(function: Function, code: str, base_image: str, secrets: str) -> dict[str, Any]:
-    """Everything that defines a revision, with effective values (so a changed default changes it too)."""
+    """Everything that defines a revision, with effective values (so a changed default changes it too).
+
+    `secrets` is in the revision's identity: a changed secret value is a new revision. Its first 16 hex
+    digits are kept, as before fnctl stopped salting them: for a function without secrets that value (once
+    the hash of the store's salt, now kept in its place) leaves the spec hash, so the revision, unchanged."""
     raw = function.spec
     return {
         "runtime": function.runtime,

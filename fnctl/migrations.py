@@ -4,6 +4,7 @@ and never edited once released (a store records how many it has: PRAGMA user_ver
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable
 
@@ -42,6 +43,24 @@ def _chain_audit_logs(connection: sqlite3.Connection) -> None:
                            f"take the next id and are chained by fnctl'); END")
         if last:
             connection.execute("INSERT INTO settings VALUES (?, ?)", (auditchain.head_setting(table), f"{last} {prev}"))
+
+
+def _drop_secret_salt(connection: sqlite3.Connection) -> None:
+    """7: the store no longer holds the salt of secret fingerprints (issue: a copy of the store let anyone test
+    guesses of a secret against a revision's 64-bit salted fingerprint). New fingerprints are HMACs keyed by a
+    host-local key that is never stored (fnctl.secretref). Old revisions keep their salted fingerprints
+    (revisions are immutable, and their spec hashes are their identity): without the salt, 128 random bits,
+    they cannot be tested against guesses. A function without secrets hashed the salt alone into its spec;
+    that value (which does not give the salt back) is kept so that its spec hash, and its revision, stay the
+    same. `secure_delete` overwrites the salt's bytes in the page instead of leaving them in free space."""
+    row = connection.execute("SELECT value FROM settings WHERE key = 'secret-salt'").fetchone()
+    if row is None:
+        return
+    none_hash = hashlib.sha256(str(row[0]).encode()).hexdigest()[:16]
+    connection.execute("INSERT INTO settings VALUES ('secrets-none-hash', ?) ON CONFLICT (key) DO NOTHING",
+                       (none_hash,))
+    connection.execute("PRAGMA secure_delete = ON")
+    connection.execute("DELETE FROM settings WHERE key = 'secret-salt'")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -152,4 +171,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         BEGIN SELECT RAISE(ABORT, 'the deploy record is append-only'); END;
     """,
     _chain_audit_logs,
+    _drop_secret_salt,
 )
