@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fnctl import executor, lock
+from fnctl import executor, lock, pickup
 from fnctl.desired import DeploySpec, deploy_spec
 from fnctl.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
 from fnctl.errors import BadInput, ExitCode, FnctlError
@@ -43,6 +43,7 @@ class Options:
     wait: bool = True  # follow rollouts until they settle (completed, aborted, or at a gate)
     timeout: float | None = None  # for that
     allow_dirty: bool = False  # deploy from a work tree with uncommitted changes
+    on_lock_wait: lock.OnWait | None = None  # shows whom a command waits for when the lock is held (the CLI's)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def session(project: Project, options: Options, command: str, progress: Progress
     """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`); the
     commit recorded is `source`'s, else that of the work tree the project sits in."""
     path = state_path(project, options.state)
-    guard = lock.held(path, options.lock_timeout, command) if mutating and not locked else _nothing()
+    guard = lock.held(path, options.lock_timeout, command, options.on_lock_wait) if mutating and not locked else _nothing()
     with guard:
         store = connect(path)
         try:
@@ -220,6 +221,7 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
 
     specs, secret_values, state = desired_state(project, ctx.store, paths)
     guard(specs)
+    before = pickup.change_mark(ctx.store)
     live = read_live(ctx.store, project.name)
     if plan_file is not None:
         _check_plan(plan_file, project.name, live, specs)
@@ -241,12 +243,21 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
         if outcome is not None:
             report.outcomes.append(outcome)
     if preview:  # a preview changes no trigger, view or policy, and has no rollout to follow
+        _routable(ctx, before)
         return report
     published = publish_resources(ctx, state)
     if published:
         report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
+    _routable(ctx, before)
     report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
     return report
+
+
+def _routable(ctx: executor.Context, before: int) -> None:
+    """When this apply changed the store (new functions, revisions, triggers...), wait (bounded) until a
+    running gateway routes by it: a request sent once apply returns must not find a 404 or an old route."""
+    if pickup.change_mark(ctx.store) > before:
+        pickup.wait_for_gateway(ctx.store)
 
 
 _OUTCOMES = {ExitCode.OK: "ok", ExitCode.FAILED: "failed", ExitCode.ROLLED_BACK: "rolled-back",

@@ -18,7 +18,10 @@ from fnctl.render import Output, OutputOpt, Progress
 from fnctl.render_rollout import RolloutOutput, RolloutOutputOpt
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from fnctl.apply import Options
+    from fnctl.lock import Holder, OnWait
 
 StateOpt = Annotated[Optional[Path], typer.Option("--state", help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).", show_default=False)]
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
@@ -27,7 +30,19 @@ LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait 
 def _options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> Options:
     from fnctl.apply import Options
 
-    return Options(state=state, lock_timeout=lock_timeout, prune=prune, force=force)
+    return Options(state=state, lock_timeout=lock_timeout, prune=prune, force=force,
+                   on_lock_wait=_lock_wait_display(lock_timeout))
+
+
+def _lock_wait_display(timeout: float) -> OnWait:
+    """Every command that takes the lock (apply, rollback, delete, retry, sync, the push hook) says at once
+    whom it waits for, on stderr; the display's code is loaded only when a command does wait."""
+    def on_wait(holder: Holder) -> AbstractContextManager[object]:
+        from fnctl.render_deploy import lock_waiting
+
+        return lock_waiting(holder, timeout)
+
+    return on_wait
 
 
 @app.command("diff")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fnctl import dockerio, images, instances
+from fnctl import dockerio, images, instances, pickup
 from fnctl.desired import DeploySpec
 from fnctl.errors import FnctlError
 from fnctl.gitrepo import Commit
@@ -265,16 +265,10 @@ def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
 
-# A running gateway reloads the routing table within this time; draining an old revision any sooner would
-# refuse requests it had already routed there. Without a gateway (no recent heartbeat) there is no wait.
-ROUTE_PICKUP = 1.0
-GATEWAY_HEARTBEAT = "gateway"  # `fnctl serve` beats every second or two while it serves
-
-
 def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
     rows = [row for row in ctx.store.instances(name) if row.revision not in keep]
-    if rows and ctx.store.alive(GATEWAY_HEARTBEAT, within=5.0):
-        time.sleep(ROUTE_PICKUP)
+    if rows:  # draining before a running gateway routes by the switch would refuse requests it sent there
+        pickup.wait_for_gateway(ctx.store)
     for row in rows:
         if row.revision not in keep:
             ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
@@ -352,10 +346,14 @@ def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dic
 
 
 def delete(ctx: Context, name: str) -> None:
-    for row in ctx.store.instances(name):
-        _remove_row(ctx, row, drain=True)
+    # Out of the routing table first, and seen so by a running gateway, then the instances stop: a gateway
+    # that saw them go while the function was still routed would start replacements (issue: they then ran
+    # unrouted, unseen by `status`). A crash in between leaves unrouted instances, which `recover` removes.
     with ctx.store.transaction():
         ctx.store.delete_route(name)
         ctx.store.audit(actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok",
                         **ctx.git_fields)
+    pickup.wait_for_gateway(ctx.store)
+    for row in ctx.store.instances(name):
+        _remove_row(ctx, row, drain=True)
     ctx.progress(f"{name}: deleted (its revisions stay in the history)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fnctl import router
-from fnctl.executor import GATEWAY_HEARTBEAT
+from fnctl.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.store import RevisionStatus, Store, connect
 
 log = logging.getLogger("fnctl.gateway")
@@ -36,6 +36,8 @@ class StoreTable:
         self._version: Any = None
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
         self._beat = 0.0
+        self._mark: int | None = None  # the change mark of the last table returned
+        self._confirmed: int | None = None  # the mark last recorded as routed by
 
     def __call__(self) -> router.Table | None:
         if self._store is None:
@@ -48,6 +50,7 @@ class StoreTable:
         version = store.query("PRAGMA data_version")[0][0]
         if version == self._version:
             return None
+        mark = change_mark(store)  # read first: the table read next includes at least every change up to it
         routes = store.routes()
         specs = {}
         for function, number, status in store.query("SELECT function, number, status FROM revisions"):
@@ -59,7 +62,16 @@ class StoreTable:
                 specs[key] = self._specs[key]
         table = router.build_table(routes, specs, store.resources("Trigger"), store.resources("Policy"))
         self._version = version  # only once all of it was read: a failed read is retried next time
+        self._mark = mark
         return table
+
+    def confirm(self) -> None:
+        """The last table returned is the one routed by now: tell the commands waiting for it
+        (`fnctl.pickup`). Written only when the mark moved: the metrics flusher's commits alone make the
+        table be re-read every interval."""
+        if self._store is not None and self._mark is not None and self._mark != self._confirmed:
+            record_loaded(self._store, self._mark)
+            self._confirmed = self._mark
 
     def close(self) -> None:
         if self._store is not None:
@@ -86,6 +98,10 @@ class TableFollower:
             return False
         routes_changed = self.table is None or table.routes != self.table.routes
         self.table = table
+        # Only now, with requests routed by the new table, may a waiting `fnctl apply` or `delete` go on.
+        confirm: Callable[[], None] | None = getattr(self.source, "confirm", None)
+        if confirm is not None:
+            await asyncio.to_thread(confirm)
         if routes_changed:
             self._reconcile()
         return True

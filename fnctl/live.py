@@ -5,7 +5,7 @@ number of functions, matched to the store's instances by their io.fnctl.instance
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from fnctl import dockerio
@@ -61,6 +61,26 @@ def unknown_containers(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[
     return tuple(sorted(c.id for c in listed
                         if not {(c.labels.get("io.fnctl.instance", ""), c.id),
                                 (c.labels.get("io.fnctl.instance", ""), None)} & accounted))
+
+
+def orphan_reasons(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[InstanceRow],
+                   routes: Mapping[str, Mapping[int, int]]) -> dict[str, str]:
+    """Container ID → why it is an orphan, for each of fnctl's containers that is no instance of a revision
+    in the routing table: unknown to the store, of a function that is not deployed (deleted), or of a
+    revision the table no longer lists (the gateway's for pinned requests, stopped once idle). Pure."""
+    rows = list(rows)
+    unknown = set(unknown_containers(listed, rows))
+    by_instance = {row.id: row for row in rows}
+    reasons: dict[str, str] = {}
+    for container in listed:
+        row = by_instance.get(container.labels.get("io.fnctl.instance", ""))
+        if container.id in unknown or row is None:
+            reasons[container.id] = "unknown to the state store"
+        elif row.function not in routes:
+            reasons[container.id] = f"{row.function} is not deployed (deleted)"
+        elif row.revision not in routes[row.function]:
+            reasons[container.id] = f"revision {row.revision} is not in the routing table"
+    return reasons
 
 
 def _containers_of(listed: list[dockerio.ContainerInfo], rows: list[InstanceRow]) -> dict[str, dockerio.ContainerInfo]:

@@ -14,22 +14,44 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fnctl.errors import FnctlError
 
 POLL = 0.05
+RECHECK = 1.0  # seconds between looks at who holds the lock while waiting (the holder may change)
 
 
 class LockTimeout(FnctlError):
     """Another fnctl command holds the lock; the message names it."""
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the lock, as it wrote itself into the lock file; None fields when it could not be read
+    (the holder is between taking the lock and writing its name, or is not fnctl)."""
+
+    pid: int | None = None
+    host: str | None = None
+    command: str | None = None
+    since: float | None = None
+
+
+# Called once the lock is found held, with its holder; the context it returns is entered while this
+# command waits (a spinner, a line) and left when the wait ends, by getting the lock or by timing out.
+# Entered again with the new holder when the lock changes hands meanwhile. Core code never prints: the CLI
+# passes the display.
+OnWait = Callable[[Holder], AbstractContextManager[object]]
+
+
 @contextmanager
-def held(store_path: Path, timeout: float, command: str | None = None) -> Iterator[None]:
-    """Hold the store's lock for the block; wait up to `timeout` seconds for it."""
-    with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout)):
+def held(store_path: Path, timeout: float, command: str | None = None,
+         on_wait: OnWait | None = None) -> Iterator[None]:
+    """Hold the store's lock for the block; wait up to `timeout` seconds for it, telling `on_wait` whom
+    it waits for."""
+    with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout, on_wait)):
         yield
 
 
@@ -69,25 +91,62 @@ def _holding(store_path: Path, command: str | None, acquire: Callable[[int, Path
         os.close(fd)
 
 
-def _acquire(fd: int, path: Path, timeout: float) -> None:
+def _acquire(fd: int, path: Path, timeout: float, on_wait: OnWait | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockTimeout(f"the state store is locked by {describe_holder(path)}; waited {timeout:g}s "
-                                  "(raise --lock-timeout to wait longer)") from None
-            time.sleep(POLL)
+    with ExitStack() as display:  # the waiting display, left however the wait ends
+        shown: Holder | None = None
+        looked = float("-inf")
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                now = time.monotonic()
+                if now >= deadline:
+                    display.close()  # the display goes before the error is shown
+                    raise LockTimeout(f"the state store is locked by {describe_holder(path)}; waited {timeout:g}s "
+                                      "(raise --lock-timeout to wait longer)") from None
+                if on_wait is not None and now - looked >= RECHECK:
+                    looked = now
+                    holder = read_holder(path)
+                    if holder != shown:  # at once on the first miss, then whenever the lock changed hands
+                        display.close()
+                        display.enter_context(on_wait(holder))
+                        shown = holder
+                time.sleep(POLL)
+
+
+def read_holder(path: Path) -> Holder:
+    """The lock file's holder record (empty fields when it cannot be read)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+
+    pid, host, command, since = (data.get(k) for k in ("pid", "host", "command", "since"))
+    return Holder(pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                  host if isinstance(host, str) else None, command if isinstance(command, str) else None,
+                  float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None)
 
 
 def describe_holder(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
-    if not holder:
+    holder = read_holder(path)
+    if holder.pid is None:
         return "another fnctl command"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-    return f"pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')!r}, since {since})"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since or 0))
+    return f"pid {holder.pid} on {holder.host} ({holder.command!r}, since {since})"
+
+
+def waiting_words(holder: Holder, now: float, local_host: str | None = None) -> str:
+    """What a waiting command says, e.g. "waiting for the lock held by pid 42 (`fnctl apply`, since
+    10:04:05, 12s ago)"; the holder's host only when it is not `local_host`. Pure, for the CLI to render."""
+    if holder.pid is None:
+        return "waiting for the lock held by another fnctl command"
+    where = "" if holder.host in (None, local_host) else f" on {holder.host}"
+    parts = [f"`{holder.command}`"] if holder.command else []
+    if holder.since is not None:
+        ago = max(int(now - holder.since), 0)
+        parts.append(f"since {time.strftime('%H:%M:%S', time.localtime(holder.since))}, {ago}s ago")
+    return f"waiting for the lock held by pid {holder.pid}{where}" + (f" ({', '.join(parts)})" if parts else "")

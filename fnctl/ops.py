@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class InstanceStatus:
     state: str  # the engine's view: running / exited / missing
     healthy: bool  # answered a ping just now
     inflight: int
+    orphan: str | None = None  # why it is no instance of a routed revision (see `live.orphan_reasons`)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class FunctionStatus:
     last_commit: str | None
     rollout: str | None = None  # a rollout under way, in words: "canary of r3: paused at step 2/3"
     last_subject: str | None = None  # of the live revision's commit
+    deployed: bool = True  # False: not in the routing table, listed for its orphan containers
 
 
 def open_store(project: Project, state: Path | None) -> Store:
@@ -51,20 +53,46 @@ def open_store(project: Project, state: Path | None) -> Store:
 
 
 def status(project: Project, state: Path | None) -> list[FunctionStatus]:
+    """Every deployed function, then every running or stopped container fnctl owns in this project and store
+    that is no instance of a routed revision, flagged orphan (with why), under its function's name."""
+    from fnctl.live import orphan_reasons
+
     store = open_store(project, state)
     try:
-        containers = {c.labels.get("io.fnctl.instance"): c for c in dockerio.list_containers(
-            {"io.fnctl.project": project.name, "io.fnctl.store": store.id})}
-        revisions = store.revisions()
+        listed = dockerio.list_containers({"io.fnctl.project": project.name, "io.fnctl.store": store.id})
+        rows, routes, revisions = store.instances(), store.routes(), store.revisions()
+        orphans = orphan_reasons(listed, rows, routes)
+        recorded = {row.id: row.container_id for row in rows}
+        containers: dict[str, dockerio.ContainerInfo] = {}
+        for c in listed:  # an instance's own container, when copies carry its label
+            instance = c.labels.get("io.fnctl.instance", "")
+            if instance not in containers or c.id == recorded.get(instance):
+                containers[instance] = c
+        shown: dict[str, list[InstanceStatus]] = {}
+        for row in rows:
+            container = containers.get(row.id)
+            reason = orphans.get(container.id) if container is not None else None
+            if reason is None and row.function not in routes:
+                reason = f"{row.function} is not deployed (deleted)"
+            shown.setdefault(row.function, []).append(replace(_instance_status(row, container), orphan=reason))
+        accounted = {row.container_id for row in rows} | {containers[r.id].id for r in rows if r.id in containers}
+        for c in listed:
+            if c.id not in accounted:  # unknown to the store: named only by its labels
+                revision = c.labels.get("io.fnctl.revision", "")
+                shown.setdefault(c.labels.get("io.fnctl.function") or "?", []).append(InstanceStatus(
+                    c.labels.get("io.fnctl.instance", "?"), int(revision) if revision.isdigit() else 0, c.id[:12],
+                    c.status, False, 0, orphans.get(c.id, "unknown to the state store")))
         result = []
-        for name, weights in store.routes().items():
+        for name, weights in routes.items():
             live = max(weights, key=lambda r: (weights[r], r)) if weights else None
             current = next((r for r in revisions if r.function == name and r.number == live), None)
-            rows = [_instance_status(row, containers.get(row.id)) for row in store.instances(name)]
-            result.append(FunctionStatus(name, live, weights, rows, current.created_at if current else None,
+            result.append(FunctionStatus(name, live, weights, shown.pop(name, []),
+                                         current.created_at if current else None,
                                          current.created_by if current else None,
                                          current.git_commit if current else None, _rollout_words(store, name),
                                          current.git_subject if current else None))
+        result += [FunctionStatus(name, None, {}, found, None, None, None, deployed=False)
+                   for name, found in sorted(shown.items())]
         return result
     finally:
         store.close()

@@ -26,7 +26,7 @@ from fnctl.instances import Failure
 from fnctl.lock import LockTimeout
 from fnctl.project import Project
 from fnctl.revisionpool import Overloaded, PoolResult, PoolStats, RevisionPool, Slot, Target, Unavailable
-from fnctl.scaling import Routing, routing_of
+from fnctl.scaling import Routing, discard_now, may_start, routing_of
 from fnctl.revisionspec import function_from_spec
 from fnctl.sandbox import labels
 from fnctl.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
@@ -93,6 +93,10 @@ class DockerActions:
         """Start and record one instance: (container id, socket dir). LockTimeout when apply holds the lock."""
         function = target.function
         with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), _store(self.store_path) as store:
+            # Decided again under the lock: a start asked for before `fnctl delete` took the lock must not
+            # bring the deleted function back once it releases it.
+            if not may_start(store.routes().get(function.name)):
+                raise Unavailable(f"{function.name} is not deployed (deleted): no instance is started")
             socket_dir = str(instances.runtime_root() / instance_id)
             # Recorded first, as apply does: a crash from here on leaves a row that `recover` cleans up.
             store.add_instance(InstanceRow(instance_id, function.name, target.revision, None, socket_dir,
@@ -313,7 +317,8 @@ class PoolManager:
                     pool.tick(now)
                 except Exception:  # one pool's bug must not stop the upkeep of the others
                     log.exception("upkeep of %s revision %s failed", *key)
-                if pool.disposable(now):
+                if pool.disposable(now) or discard_now(self._routes.get(key[0]), instances=len(pool.slots),
+                                                       queued=len(pool.waiters)):
                     del self._pools[key]
 
     async def _settle(self, deadline: float) -> None:

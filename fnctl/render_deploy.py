@@ -4,12 +4,16 @@ otherwise, JSON with `-o json`."""
 from __future__ import annotations
 
 import json
+import socket
+import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from fnctl.apply import ApplyReport
 from fnctl.diff import Change, ChangeKind, LiveState
+from fnctl.lock import Holder, waiting_words
 from fnctl.ops import FunctionStatus, age, revision_json
 from fnctl.plan import change_to_json
 from fnctl.render import Output, console, err_console, print_json
@@ -102,10 +106,11 @@ def apply_json(report: ApplyReport) -> dict[str, Any]:
 
 def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     if output is Output.JSON:
-        print_json([{"function": s.name, "liveRevision": s.live_revision,
+        print_json([{"function": s.name, "deployed": s.deployed, "liveRevision": s.live_revision,
                      "weights": {str(k): v for k, v in s.weights.items()},
                      "instances": [{"id": i.id, "revision": i.revision, "container": i.container, "state": i.state,
-                                    "healthy": i.healthy, "inflight": i.inflight} for i in s.instances],
+                                    "healthy": i.healthy, "inflight": i.inflight, "orphan": i.orphan is not None,
+                                    "orphanReason": i.orphan} for i in s.instances],
                      "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit,
                      "gitSubject": s.last_subject, "rollout": s.rollout}
                     for s in statuses])
@@ -120,14 +125,24 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     for column in ("function", "revision", "weights", "instances", "last deploy", "commit"):
         table.add_column(column)
     for s in statuses:
-        healthy = sum(1 for i in s.instances if i.healthy)
-        colour = "green" if s.instances and healthy == len(s.instances) else "red" if s.instances else "dim"
+        serving = [i for i in s.instances if i.orphan is None]
+        healthy = sum(1 for i in serving if i.healthy)
+        colour = "green" if serving and healthy == len(serving) else "red" if serving else "dim"
         weights = ", ".join(f"r{r}: {w}%" for r, w in sorted(s.weights.items()))
         who = f" by {s.last_deploy_by}" if s.last_deploy_by else ""
         commit = f"{s.last_commit[:8]} {escape((s.last_subject or '')[:40])}" if s.last_commit else "-"
-        table.add_row(s.name, str(s.live_revision), weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""),
-                      f"[{colour}]{healthy}/{len(s.instances)} healthy[/{colour}]", f"{age(s.last_deploy)}{who}", commit)
+        counts = f"[{colour}]{healthy}/{len(serving)} healthy[/{colour}]" if s.deployed else ""
+        for orphan in (i for i in s.instances if i.orphan is not None):  # each one, with why: to be removed
+            counts += (f"\n" if counts else "") + (f"[magenta]orphan {escape(orphan.container or orphan.id)} "
+                                                    f"({orphan.state}): {escape(orphan.orphan or '')}[/magenta]")
+        name = s.name if s.deployed else f"{escape(s.name)} [magenta](not deployed)[/magenta]"
+        table.add_row(name, str(s.live_revision) if s.deployed else "-",
+                      weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""), counts,
+                      f"{age(s.last_deploy)}{who}" if s.deployed else "-", commit)
     console().print(table)
+    if any(i.orphan is not None for s in statuses for i in s.instances):
+        console().print("orphans: fnctl's containers that serve no routed revision (the gateway's for pinned "
+                        "requests stop once idle); the next `fnctl apply` removes them")
 
 
 def render_history(revisions: list[Revision], output: Output) -> None:
@@ -144,3 +159,29 @@ def render_history(revisions: list[Revision], output: Output) -> None:
         reason = (r.reason or "").splitlines()[0] if r.reason else ""
         table.add_row(str(r.number), r.status.value, created, r.created_by, (r.git_commit or "")[:8], reason)
     console().print(table)
+
+
+class _Waiting:
+    """The spinner's text while waiting for the lock, worked out at each refresh so that the holder's age
+    and the time waited keep counting."""
+
+    def __init__(self, holder: Holder, timeout: float) -> None:
+        self.holder, self.timeout, self.started = holder, timeout, time.monotonic()
+
+    def __rich__(self) -> str:
+        from rich.markup import escape
+
+        waited = int(time.monotonic() - self.started)
+        return escape(f"{waiting_words(self.holder, time.time(), socket.gethostname())}… "
+                      f"waited {waited}s of {self.timeout:g}s (--lock-timeout)")
+
+
+def lock_waiting(holder: Holder, timeout: float) -> AbstractContextManager[object]:
+    """Shown on stderr while a command waits for the lock: a spinner counting the wait on a terminal, one
+    line otherwise (logs and CI output must not fill with progress)."""
+    if err_console().is_terminal:
+        return err_console().status(_Waiting(holder, timeout))
+    words = waiting_words(holder, time.time(), socket.gethostname())
+    sys.stderr.write(f"{words}… (waiting up to {timeout:g}s, --lock-timeout)\n")
+    sys.stderr.flush()
+    return nullcontext()

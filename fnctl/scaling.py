@@ -33,6 +33,20 @@ def kept_warm(routing: Routing, scaling: Scaling) -> int:
     return 0 if routing is Routing.UNROUTED else scaling.min_instances
 
 
+def may_start(weights: Mapping[int, int] | None) -> bool:
+    """Whether the gateway may start an instance of a function whose routing-table entry is `weights`
+    (None: not listed). Never for a function the table does not list, deleted or never deployed, whatever a
+    pool, its upkeep or a request asks for: such an instance would serve nobody and run unseen. A listed
+    function's unrouted revisions may still start, for pinned requests."""
+    return weights is not None
+
+
+def discard_now(weights: Mapping[int, int] | None, *, instances: int, queued: int) -> bool:
+    """Whether a revision's pool can go at once rather than after the grace: its function is gone from the
+    table (nothing can ask for it again) and it holds no instance and no request."""
+    return weights is None and instances == 0 and queued == 0
+
+
 class Candidate(Protocol):
     """What the decisions need to know of an instance."""
 
