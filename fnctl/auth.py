@@ -267,3 +267,22 @@ def authorize(principal: Principal, function_roles: tuple[str, ...], policies: M
                 if function in targets or ANY_FUNCTION in targets:
                     return True
     return False
+
+
+PIN = "pin"  # the Policy grant that allows `X-Fnctl-Revision` (pinning a revision) on the functions it names
+
+
+def may_pin(principal: Principal, policies: Mapping[str, Mapping[str, Any]], function: str) -> bool:
+    """May `principal` choose the revision of `function` (`X-Fnctl-Revision`)? Only when a Policy grants one
+    of its roles `pin` on the function (or on `*`): reaching a revision without traffic (a preview, a canary
+    at 0%) is a privilege of its own, never implied by being allowed to invoke. Anonymous callers never may."""
+    if principal.kind is PrincipalKind.ANONYMOUS:
+        return False
+    held = set(principal.roles)
+    for policy in policies.values():
+        for role, grant in policy.get("roles", {}).items():
+            if role in held and isinstance(grant, Mapping):
+                targets = grant.get(PIN, ())
+                if function in targets or ANY_FUNCTION in targets:
+                    return True
+    return False

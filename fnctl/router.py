@@ -148,7 +148,10 @@ class RevisionInfo:
 class FunctionRoute:
     name: str
     weights: dict[int, int]
-    revisions: dict[int, RevisionInfo]  # every invocable revision, routed or not (pinning reaches any)
+    # The invocable revisions the routing table holds: routed, canary, preview or warm (weight 0 but listed,
+    # e.g. within scaleDownDelay). Pinning reaches these and nothing else: an old revision that left the
+    # table (or a function deleted and created again) can never be resurrected by a header.
+    revisions: dict[int, RevisionInfo]
     sticky_by: StickyBy | None = None
     sticky_name: str | None = None  # the header or cookie
 
@@ -157,6 +160,18 @@ class FunctionRoute:
         """The revision with the most traffic (the newest on a tie): whose access rules apply by default."""
         routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
         return self.revisions[max(routed, key=lambda r: (self.weights[r], r))] if routed else None
+
+    @property
+    def access(self) -> RevisionInfo | None:
+        """The revision whose `access.roles` govern every request, pinned or not: the newest one with traffic,
+        i.e. the function as declared now (a canary that tightens access applies at once; a rollback
+        returns to the rules of the revision rolled back to). None: nothing has traffic, nobody gets in."""
+        routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
+        return self.revisions[max(routed)] if routed else None
+
+    def holds(self, revision: int) -> bool:
+        """May `revision` be pinned: does the routing table still list it (with or without traffic)?"""
+        return revision in self.weights and revision in self.revisions
 
 
 @dataclass(frozen=True)
@@ -197,10 +212,11 @@ def stickiness(spec: Mapping[str, Any]) -> tuple[StickyBy | None, str | None]:
 def build_table(routes: Mapping[str, Mapping[int, int]], specs: Mapping[tuple[str, int], Mapping[str, Any]],
                 triggers: Mapping[str, Mapping[str, Any]], policies: Mapping[str, Mapping[str, Any]]) -> Table:
     """The table from the store's values: `routes` (function → {revision: weight}), the canonical `specs` of
-    the invocable revisions ((function, revision) → spec), and the Trigger and Policy resources."""
+    the invocable revisions ((function, revision) → spec), and the Trigger and Policy resources. Only the
+    revisions `routes` lists are kept: the others are history, not targets."""
     functions = {}
     for name, weights in routes.items():
-        revisions = {n: revision_info(n, spec) for (f, n), spec in specs.items() if f == name}
+        revisions = {n: revision_info(n, spec) for (f, n), spec in specs.items() if f == name and n in weights}
         routed = [n for n, w in weights.items() if w > 0 and (name, n) in specs]
         # the newest routed revision's rollout is the one in progress: its stickiness rules
         by, header = stickiness(specs[(name, max(routed))]) if routed else (None, None)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from fnctl import keys
 from fnctl.audit import AuditLog, AuditOutcome, start_access_log
 from fnctl.auth import (
-    ANONYMOUS, AuthConfig, Authenticator, Principal, PrincipalKind, Unauthenticated, authorize,
+    ANONYMOUS, AuthConfig, Authenticator, Principal, PrincipalKind, Unauthenticated, authorize, may_pin,
 )
 from fnctl.cli import app
 from fnctl.errors import BadInput
@@ -247,6 +247,37 @@ def test_policies_grant_invoke_by_role() -> None:
     assert not authorize(who("reader"), (), POLICIES, "orders")  # read is not invoke
     assert not authorize(who(), ("service",), POLICIES, "orders")
     assert authorize(who("other", "service"), ("service",), {}, "orders")
+
+
+def test_pinning_needs_an_explicit_pin_grant() -> None:
+    """Being allowed to invoke a function (a role in its access.roles, `public`, an `invoke` grant) never
+    implies choosing its revision: only a Policy's `pin` grant does, and never for an anonymous caller."""
+    def who(*roles: str, kind: PrincipalKind = PrincipalKind.KEY) -> Principal:
+        return Principal("p", roles, None, kind)
+
+    policies = {"release": {"roles": {"releaser": {"pin": ["orders"]}, "ops": {"pin": ["*"], "invoke": ["*"]},
+                                      "shop-admin": {"invoke": ["*"]}}}}
+    assert may_pin(who("releaser"), policies, "orders")
+    assert not may_pin(who("releaser"), policies, "hello")
+    assert may_pin(who("ops"), policies, "hello")  # pin: ["*"]
+    assert not may_pin(who("shop-admin"), policies, "orders")  # invoke is not pin
+    assert not may_pin(who(), policies, "orders")
+    assert not may_pin(ANONYMOUS, policies, "orders")
+    assert not may_pin(who("ops", kind=PrincipalKind.ANONYMOUS), policies, "orders")
+
+
+def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
+    from fnctl.validate import validate_paths
+
+    (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n')
+    (tmp_path / "p.yaml").write_text("apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: release}\n"
+                                     "spec: {roles: {releaser: {pin: ['*'], invoke: ['*']}}}\n")
+    (tmp_path / "bad.yaml").write_text("apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: bad}\n"
+                                       "spec: {roles: {releaser: {pin: orders}}}\n")
+    project = load_project(tmp_path)
+    good = validate_paths(project, [tmp_path / "p.yaml"])
+    assert good.ok, good.diagnostics
+    assert not validate_paths(project, [tmp_path / "bad.yaml"]).ok  # a list of functions, not a name
 
 
 # ---- key storage ---------------------------------------------------------------------------------------------
