@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from fnctl import strictjson
 from fnctl.errors import BadInput
 
 MAX_EVENT_BYTES = 64 * 2**20  # far above any payload limit: the function's own limit is checked later
@@ -30,10 +30,13 @@ def read_event(data: str | None) -> tuple[Any, int]:
         text, origin = data, "--data"
     if not text.strip():
         return {}, 2
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # an argument that is no UTF-8 (the OS hands it over as surrogate escapes)
+        raise BadInput(f"the event from {origin} is not valid JSON: not UTF-8") from None
     if size > MAX_EVENT_BYTES:
         raise BadInput(f"the event from {origin} is larger than {MAX_EVENT_BYTES // 2**20} MiB")
     try:
-        return json.loads(text), size
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"the event from {origin} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return strictjson.loads(text), size  # the same strict JSON as the gateway takes
+    except strictjson.NotJson as exc:
+        raise BadInput(f"the event from {origin} is not valid JSON: {exc}") from None

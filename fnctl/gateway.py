@@ -1,25 +1,32 @@
 """The gateway's HTTP side: `POST /invoke/NAME`, the HTTP Trigger routes, /healthz, /readyz and /metrics
 (aiohttp's server is imported here, in `gatewayrequest` and in `serve`, nowhere else).
 
-Every request goes: request id → function → authenticate → pick a revision (router) → authorize → per-function
-concurrency slot → body (size and read-time limits) → instance pool (with a deadline) → response; each attempt,
-denied or not, is audited, and each one that reached a revision is measured. The routing table is re-read
+Every request goes: request id → function → authenticate → authorize (by the function's live access rules) →
+pick a revision (router; pinning is a privilege of its own) → body, read in full (size limit, own deadline) →
+per-function concurrency unit → instance pool (with a deadline) → response. Each request, refused or not (an
+unknown route and a wrong method included), is audited exactly once, and each one that reached a revision is
+measured. Nothing a client sends ends in a traceback: bad input is a 4xx with a one-line reason, and an
+unexpected failure a 500 logged as one line. The routing table is re-read
 from the store in the background, so `fnctl apply` / `rollback` take effect without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
 
 from fnctl import router
-from fnctl.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated, authorize
+from fnctl.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated, authorize, may_pin
 from fnctl.gatewayrequest import (
     NO_HEADERS, Call, GatewayLimits, Reject, build_event, check_header_size, dumps, new_request_id, reject_response,
     request_id, web_response,
@@ -40,6 +47,11 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
 
 log = logging.getLogger("fnctl.gateway")
 PIN_HEADER = "X-Fnctl-Revision"
+_REVISION_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: str.isdigit() takes "²", int() does not
+PIN_DENIED = (f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles "
+              "`pin` on this function")
+# Fixed endpoints and the methods they answer: another method on them is a 405, not a 404.
+_FIXED = {"/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"}
 DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
 LOG_HEADER = "X-Fnctl-Log"  # `tail`: the response carries the invocation's last log lines (like Lambda's LogType)
 
@@ -68,7 +80,7 @@ class Gateway:
 
     @property
     def inflight(self) -> int:
-        """Requests past routing, in the body read or the pool."""
+        """Requests holding a concurrency unit: their body is in, they are in the pool."""
         return sum(self._active.values())
 
     async def start(self) -> None:
@@ -95,24 +107,33 @@ class Gateway:
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
                 extra["Content-Type"] = "application/json"
                 extra["X-Fnctl-Duration-Ms"] = f"{outcome.duration_ms:.3f}"
-                response = web.Response(body=dumps(outcome.result), headers=extra)
+                response = web.Response(body=_encode_result(outcome.result), headers=extra)
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
                 response = web_response(invoke_response(outcome, logs), extra)
         except Reject as reject:
             call.outcome = reject.outcome
             response = reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
+        except Exception as exc:  # a bug, or a result no encoder takes: one line in the log, never a traceback
+            response = self._internal_error(call, exc, {"error": "Internal Server Error", "requestId": call.request_id})
         return await self._finish(call, request, response)
 
     async def handle_trigger(self, request: web.Request) -> web.StreamResponse:
         """Any other path: the HTTP Trigger whose method and path match, as a proxy event and back."""
         table = self.table or router.EMPTY
-        found = router.match(table.http, request.method, request.raw_path.partition("?")[0])
+        path = request.raw_path.partition("?")[0]
+        found = router.match(table.http, request.method, path)
         if not isinstance(found, router.RouteMatch):
-            status, reason = (405, "Method Not Allowed") if found else (404, "Not Found")
-            response = web.json_response({"message": reason}, status=status, headers={
-                "X-Request-Id": request_id(request), **({"Allow": ", ".join(sorted(found.allowed))} if found else {})})
-            return response
+            # No function: audited under the empty name, like any other request (a scan shows up in the audit).
+            call = Call(request_id(request), "", None, request.remote)
+            allowed = ", ".join(sorted(found.allowed)) if found else _fixed_methods(path)
+            if allowed:
+                call.outcome, status, reason = "not_allowed", 405, "Method Not Allowed"
+            else:
+                call.outcome, status, reason = "not_found", 404, "Not Found"
+            response = web.json_response({"message": reason}, status=status,
+                                         headers={"Allow": allowed} if allowed else None)
+            return await self._finish(call, request, response)
         call = Call(request_id(request), found.route.function, found.route.trigger, request.remote)
         try:
             result, _ = await self._dispatch(request, call, found)
@@ -121,7 +142,18 @@ class Gateway:
         except Reject as reject:
             call.outcome = reject.outcome
             response = reject_response(reject, {"message": reject.reason})
+        except Exception as exc:
+            response = self._internal_error(call, exc, {"message": "Internal server error"})
         return await self._finish(call, request, response)
+
+    def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response:
+        """A 500 for what no check foresaw: logged as one line (type and message), no traceback anywhere."""
+        log.error("request %s: internal error: %s: %s", call.request_id, type(exc).__name__,
+                  str(exc).splitlines()[0][:200] if str(exc) else "")
+        call.outcome = "internal"
+        response = web.Response(body=dumps(body), status=500, content_type="application/json")
+        response.force_close()
+        return response
 
     async def handle_health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "draining" if self.draining else "ok", **self.identity})
@@ -151,27 +183,39 @@ class Gateway:
             raise Reject(404, "Not Found", "not_found")
         check_header_size(request, self.limits.max_header)
         call.principal = principal = self._authenticate(request, call)
-        revision = self._pick(function, request, principal)
-        info = function.revisions.get(revision) or function.live
-        if info is None or not authorize(principal, info.roles, table.policies, call.function):
-            status = 401 if principal.kind is PrincipalKind.ANONYMOUS else 403
-            self.metrics.denied(call.function, status)
-            raise Reject(status, "Unauthorized" if status == 401 else "Forbidden",
-                         "unauthenticated" if status == 401 else "denied",
-                         headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None)
-        if info.number != revision:
-            raise Reject(404, "Not Found", "not_found")  # a pinned revision that is gone or failed
+        # Access is the function's as declared now (its newest revision with traffic, and the live Policies),
+        # whichever revision serves: an old revision's looser rules never come back through a pin.
+        governing = function.access
+        if governing is None:
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
+        if not authorize(principal, governing.roles, table.policies, call.function):
+            raise self._denied(call, principal)
+        revision = self._pick(function, request, principal, table.policies, call)
+        info = function.revisions.get(revision)
+        if info is None:  # a weight on a revision that is no longer invocable (failed, quarantined)
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
         call.revision = revision
+        # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
+        # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
+        # and only until bodyTimeout.
+        body = await self._read_body(request, min(self.limits.max_body, info.payload))
+        event = build_event(request, body, call, found, principal)
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
             raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": "1"})
         self._active[call.function] = active + 1
         try:
-            body = await self._read_body(request, min(self.limits.max_body, info.payload))
-            event = build_event(request, body, call, found, principal)
             return await self._call_pool(call, info, event, principal.as_caller()), revision
         finally:
             self._active[call.function] -= 1
+
+    def _denied(self, call: Call, principal: Principal, why: str | None = None) -> Reject:
+        """401 for an anonymous caller, else 403; `why` is said only where it reveals nothing (pinning)."""
+        status = 401 if principal.kind is PrincipalKind.ANONYMOUS else 403
+        self.metrics.denied(call.function, status)
+        reason = "Unauthorized" if status == 401 else "Forbidden"
+        return Reject(status, f"{reason}: {why}" if why else reason, "unauthenticated" if status == 401 else "denied",
+                      headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None)
 
     def _authenticate(self, request: web.Request, call: Call) -> Principal:
         try:
@@ -182,13 +226,19 @@ class Gateway:
             self.metrics.denied(call.function, 401)
             raise Reject(401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
 
-    def _pick(self, function: router.FunctionRoute, request: web.Request, principal: Principal) -> int:
+    def _pick(self, function: router.FunctionRoute, request: web.Request, principal: Principal,
+              policies: Mapping[str, Mapping[str, Any]], call: Call) -> int:
         pinned_text = request.headers.get(PIN_HEADER)
         pinned = None
         if pinned_text is not None:
-            if not pinned_text.strip().isdigit():
-                raise Reject(400, f"{PIN_HEADER} must be a revision number", "rejected")
+            if not _REVISION_NUMBER.match(pinned_text.strip()):
+                raise Reject(400, f"Bad Request: {PIN_HEADER} must be a revision number", "rejected")
+            if not may_pin(principal, policies, function.name):
+                raise self._denied(call, principal, PIN_DENIED)
             pinned = int(pinned_text)
+            if not function.holds(pinned):  # gone from the routing table (or never there): history only
+                raise Reject(404, f"Not Found: {function.name} has no revision {pinned} in its routing table",
+                             "not_found")
         # Usually no stickiness: a random split, or one revision.
         sticky = None if function.sticky_by is None else _sticky_value(function, request, principal)
         try:
@@ -206,7 +256,7 @@ class Gateway:
         if length is not None and request.content.is_eof():
             return request.content.read_nowait()  # all in already (the usual small body): no awaiting at all
         try:
-            async with asyncio.timeout(self.limits.read_timeout):
+            async with asyncio.timeout(self.limits.body_timeout):
                 if length is not None:
                     return await request.content.readexactly(length)
                 chunks, size = [], 0
@@ -217,9 +267,11 @@ class Gateway:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except TimeoutError:
-            raise Reject(408, "Request Timeout", "rejected", close=True) from None
-        except asyncio.IncompleteReadError:
-            raise Reject(400, "Bad Request", "rejected", close=True) from None
+            raise Reject(408, "Request Timeout: the body did not arrive within the gateway's bodyTimeout", "rejected",
+                         close=True) from None
+        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
+            # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
+            raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
 
     async def _call_pool(self, call: Call, info: router.RevisionInfo, event: Any,
                          caller: dict[str, Any]) -> PoolResult:
@@ -277,6 +329,12 @@ class Gateway:
             request.protocol.force_close()
         return response
 
+    def refused(self, request: BaseRequest, status: int, outcome: str) -> None:
+        """Audit a request the HTTP server refused before any handler saw it (it is not valid HTTP)."""
+        self.audit.record(request_id=new_request_id(), principal=None, function="", revision=None, outcome=outcome,
+                          status=status, duration_ms=0.0, source=request.remote,
+                          access={"method": request.method, "path": request.path})
+
     # ---- invocations that do not come over HTTP (cron) ----
 
     async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
@@ -289,7 +347,7 @@ class Gateway:
             route = (self.table or router.EMPTY).functions.get(function)
             if route is None:
                 raise Reject(404, "Not Found", "not_found")
-            call.revision = self._pick(route, NO_HEADERS, call.principal)
+            call.revision = self._pick(route, NO_HEADERS, call.principal, {}, call)
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
@@ -300,6 +358,24 @@ class Gateway:
             status, call.outcome = reject.status, reject.outcome
         await self._finish(call, None, web.Response(status=status))
         return status, outcome
+
+
+def _fixed_methods(path: str) -> str:
+    """The methods a fixed endpoint answers ("" when `path` is none): for the Allow of a 405."""
+    return "POST" if path.startswith("/invoke/") and path.count("/") == 2 else _FIXED.get(path, "")
+
+
+def _encode_result(result: Any) -> bytes:
+    """A handler's result as the response body. The runtime encodes results as ASCII JSON, so a lone
+    surrogate escape (`"\\ud800"`) decodes here into a str that UTF-8 refuses: sent as ASCII escapes instead
+    (valid JSON text, the handler's value as it gave it), never a 500."""
+    try:
+        return dumps(result)
+    except UnicodeEncodeError:
+        return _ASCII.encode(result).encode("ascii")
+
+
+_ASCII = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii: escapes whatever UTF-8 cannot carry
 
 
 def _sticky_value(function: router.FunctionRoute, request: web.Request, principal: Principal) -> str | None:

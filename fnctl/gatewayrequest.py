@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from fnctl import router
+from fnctl import router, strictjson
 from fnctl.auth import Principal
 from fnctl.httpevent import HttpRequest, HttpResponse, to_event
 
@@ -27,11 +27,13 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class GatewayLimits:
     max_body: int = 6 * 2**20  # bytes of a request body (a function's payload limit may be lower): 413
     max_header: int = 16 * 2**10  # bytes of all request headers, and of any one header line: 431
-    read_timeout: float = 10.0  # seconds a client may take to send a request (and to idle on keep-alive)
+    read_timeout: float = 10.0  # seconds a client may take to send its request line and headers (and to idle)
+    body_timeout: float = 5.0  # seconds a client may take to send its body, once its headers are in: 408
     timeout_margin: float = 3.0  # added to the function's timeout: queueing and a cold start; then 504
     max_concurrent: int = 256  # requests in progress per function: 429 beyond
     reload_interval: float = 0.25  # seconds between checks of the store's routing table
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
+    max_connections_per_client: int = 128  # open connections per client address; more are refused (429)
 
 
 class Reject(Exception):
@@ -98,9 +100,9 @@ def build_event(request: web.Request, body: bytes, call: Call, found: router.Rou
         if not body.strip():
             return {}
         try:
-            return _DECODER.decode(body.decode("utf-8"))  # JSON is UTF-8 (RFC 8259)
-        except ValueError:  # UnicodeDecodeError included
-            raise Reject(400, "Bad Request: the body is not JSON", "rejected") from None
+            return strictjson.loads(body)  # UTF-8 (RFC 8259), no NaN, no lone surrogates, bounded nesting
+        except strictjson.NotJson as exc:
+            raise Reject(400, f"Bad Request: the body is not JSON: {exc}", "rejected") from None
     return to_event(HttpRequest(
         method=request.method, path=request.path, resource=found.route.template, path_params=found.params,
         query=request.query.items(), headers=request.headers.items(), body=body,
@@ -125,7 +127,6 @@ def reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
-_DECODER = json.JSONDecoder()
 
 
 def dumps(value: Any) -> bytes:

@@ -66,11 +66,22 @@ class BadResult(ValueError):
 def _multi(pairs: Iterable[tuple[str, str]], lower: bool) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for key, value in pairs:
+        if not (key.isascii() and value.isascii()):
+            key, value = _text(key), _text(value)
         name = key.lower() if lower else key
         if lower and name in CREDENTIAL_HEADERS:
             continue
         result.setdefault(name, []).append(value)
     return result
+
+
+def _text(value: str) -> str:
+    """A header or query value as Unicode text for the event: bytes that are no UTF-8 (aiohttp keeps them as
+    surrogate escapes, which no JSON encoder takes) become U+FFFD."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from surrogateescape
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _is_text(content_type: str) -> bool:
@@ -141,7 +152,8 @@ def _headers(single: Any, multi: Any) -> list[tuple[str, str]]:
     seen = {name.lower() for name, _ in pairs}
     pairs += [(str(name), _scalar(value)) for name, value in (single or {}).items() if str(name).lower() not in seen]
     for name, value in pairs:
-        if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value:
+        if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value \
+                or not (name.isascii() and _encodable(value)):
             raise BadResult(f"invalid response header {name!r}")
     return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP]
 
@@ -161,6 +173,8 @@ def _body(body: Any, is_base64: bool) -> tuple[bytes, str]:
                 return base64.b64decode(body, validate=True), "application/octet-stream"
             except (binascii.Error, ValueError):
                 raise BadResult("body is not valid base64 although isBase64Encoded is true") from None
+        if not _encodable(body):
+            raise BadResult("body holds a lone surrogate: not Unicode text")
         return body.encode("utf-8"), "text/plain; charset=utf-8"
     return _json(body), "application/json"  # lenient: an object body is sent as JSON
 
@@ -168,8 +182,25 @@ def _body(body: Any, is_base64: bool) -> tuple[bytes, str]:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
 
 
+_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
+    try:
+        return _ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from the handler: as an ASCII escape, not a crash
+        return _ASCII.encode(value).encode("ascii")
+
+
+def _encodable(text: str) -> bool:
+    """Can `text` go on the wire as UTF-8 (no lone surrogates)?"""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---- invocation outcomes as responses ----------------------------------------------------------

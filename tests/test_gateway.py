@@ -180,7 +180,8 @@ class FakeResult:
 
 @dataclass
 class FakePool:
-    """Answers from the event: {"echo": x} → x, {"fail": kind}, {"sleep": s}, {"raise": "overloaded"}."""
+    """Answers from the event: {"echo": x} → x, {"frame": json} → json decoded as the transport decodes a
+    result frame, {"fail": kind}, {"sleep": s}, {"raise": "overloaded"}."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, dict[int, int]]] = field(default_factory=list)
@@ -205,6 +206,8 @@ class FakePool:
             failure = Failure(command["fail"])
             return FakeResult(Outcome(False, None, failure, f"it failed: {failure.value}", "Traceback: x", "", 1.0))
         result = command.get("echo", {"revision": revision, "event": event})
+        if "frame" in command:  # a result as the runtime's frame carries it, decoded as the transport does
+            result = json.loads(command["frame"])
         return FakeResult(Outcome(True, result, None, "", "", "line one\nline two\n", 1.5), cold_start=revision == 9)
 
     async def reconcile(self, routes: dict[str, dict[int, int]]) -> None:
@@ -242,7 +245,8 @@ def _spec(roles: list[str], timeout: float = 5.0, payload: int = 1000, **rollout
 
 
 TRIGGERS = {"hello-http": {"function": "pub", "http": {"path": "/hello/{name}", "methods": ["GET", "POST"]}}}
-POLICIES = {"ops": {"roles": {"ops": {"invoke": ["*"]}}}}
+POLICIES = {"ops": {"roles": {"ops": {"invoke": ["*"]}, "release": {"pin": ["pub", "priv", "tight"]}}}}
+PINNER = {"Authorization": "Bearer ok:rel:release"}  # may pin revisions of pub, priv and tight
 
 
 def _table(routes: dict[str, dict[int, int]] | None = None, **extra_specs: dict[str, Any]) -> router.Table:
@@ -266,6 +270,7 @@ class Harness:
     gateway: Gateway
     tables: list[router.Table]
     session: aiohttp.ClientSession
+    runner: Any = None  # serve.GatewayRunner
 
 
 @asynccontextmanager
@@ -276,7 +281,7 @@ async def running(limits: GatewayLimits | None = None) -> AsyncIterator[Harness]
         return tables.pop() if tables else None
 
     pool, audit = FakePool(), FakeAudit()
-    limits = limits or GatewayLimits(timeout_margin=0.1, read_timeout=0.5, max_body=10_000, max_header=2048,
+    limits = limits or GatewayLimits(timeout_margin=0.1, read_timeout=0.5, body_timeout=0.5, max_body=10_000, max_header=2048,
                                      max_concurrent=3, reload_interval=0.02, drain_timeout=5)
     gateway = Gateway(pool=pool, authenticator=FakeAuth(), metrics=Metrics(), audit=audit, source=source,
                       limits=limits, identity={"project": "p", "store": "s"})
@@ -284,7 +289,7 @@ async def running(limits: GatewayLimits | None = None) -> AsyncIterator[Harness]
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Harness(f"http://127.0.0.1:{port}", port, pool, audit, gateway, tables, session)
+            yield Harness(f"http://127.0.0.1:{port}", port, pool, audit, gateway, tables, session, runner)
     finally:
         await runner.cleanup()
 
@@ -354,10 +359,10 @@ def test_auth_denials_say_nothing_and_are_audited() -> None:
 
 def test_pinning_stickiness_and_bad_pins() -> None:
     async def check(h: Harness) -> None:
-        async with h.session.post(h.url + "/invoke/pub", json={}, headers={"X-Fnctl-Revision": "2"}) as r:
+        async with h.session.post(h.url + "/invoke/pub", json={}, headers={"X-Fnctl-Revision": "2", **PINNER}) as r:
             assert r.status == 200 and r.headers["X-Fnctl-Revision"] == "2"  # 0% of traffic, reached
-        for pin, status in (("abc", 400), ("7", 404)):
-            async with h.session.post(h.url + "/invoke/pub", json={}, headers={"X-Fnctl-Revision": pin}) as r:
+        for pin, status in (("abc", 400), ("7", 404), ("²", 400)):
+            async with h.session.post(h.url + "/invoke/pub", json={}, headers={"X-Fnctl-Revision": pin, **PINNER}) as r:
                 assert r.status == status
         seen: dict[str, set[str]] = {}
         for i in range(60):
@@ -375,6 +380,84 @@ def test_pinning_stickiness_and_bad_pins() -> None:
                     seen.setdefault(user, set()).add(r.headers["X-Fnctl-Revision"])
             assert all(len(revisions) == 1 for revisions in seen.values()), function
             assert set().union(*seen.values()) == {"1", "2"}, function
+
+    run(check)
+
+
+def _tight(routes: dict[int, int]) -> router.Table:
+    """`tight` as in the issue: revision 1 was public, revision 2 (the live declaration) allows only admin."""
+    specs = {("tight", 1): _spec(["public"]), ("tight", 2): _spec(["admin"]), ("tight", 3): _spec(["admin"])}
+    return router.build_table({"tight": routes}, specs, {}, POLICIES)
+
+
+async def _switch(h: Harness, table: router.Table) -> None:
+    h.tables.append(table)
+    await _poll(lambda: h.gateway.table is table, "the gateway to read the new table")
+
+
+async def _pin(h: Harness, revision: int, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    async with h.session.post(h.url + "/invoke/tight", json={},
+                              headers={"X-Fnctl-Revision": str(revision), **(headers or {})}) as r:
+        return r.status, r.headers.get("X-Fnctl-Revision", ""), (await r.json())["error"] if r.status != 200 else ""
+
+
+def test_pinning_never_applies_an_old_revisions_access_rules() -> None:
+    """Issue item 2: `X-Fnctl-Revision: 1` reached revision 1 of `tight` with revision 1's `public` although the
+    live spec allows only admin. Access is the live spec's, pinned or not; pinning needs a `pin` grant."""
+    async def check(h: Harness) -> None:
+        await _switch(h, _tight({1: 0, 2: 100}))  # revision 1 still warm (scaleDownDelay), so pinnable
+        admin, pinner = {"Authorization": "Bearer ok:ann:admin"}, {"Authorization": "Bearer ok:bo:admin,release"}
+        before = len(h.audit.rows)
+        assert (await _pin(h, 1))[0] == 401  # anonymous: revision 1's `public` does not count
+        assert (await _pin(h, 1, {"Authorization": "Bearer ok:eve:release"}))[0] == 403  # may pin, may not invoke
+        status, _, error = await _pin(h, 1, admin)  # may invoke, may not pin: and the 403 says why
+        assert status == 403 and "pin" in error and "Policy" in error and "X-Fnctl-Revision" in error
+        assert (await _pin(h, 1, pinner))[:2] == (200, "1")  # both: the warm revision is reached
+        assert (await _pin(h, 2, pinner))[:2] == (200, "2")
+        rows = h.audit.rows[before:]
+        assert [(r["status"], r["outcome"]) for r in rows] == [(401, "unauthenticated"), (403, "denied"),
+                                                               (403, "denied"), (200, "ok"), (200, "ok")]
+        assert [c["revision"] for c in h.pool.calls] == [1, 2]  # nothing refused reached an instance
+        async with h.session.post(h.url + "/invoke/tight", json={}) as r:
+            assert r.status == 401  # unpinned, anonymous: the live rules as before
+
+    run(check)
+
+
+def test_only_revisions_in_the_routing_table_can_be_pinned() -> None:
+    async def check(h: Harness) -> None:
+        pinner = {"Authorization": "Bearer ok:bo:admin,release"}
+        await _switch(h, _tight({2: 100}))  # revision 1 left the table (its scaleDownDelay is over)
+        status, _, error = await _pin(h, 1, pinner)
+        assert status == 404 and "routing table" in error
+        assert h.gateway.table is not None and 1 not in h.gateway.table.functions["tight"].revisions
+        await _switch(h, router.build_table({}, {}, {}, POLICIES))  # `fnctl delete tight`
+        assert (await _pin(h, 1, pinner))[0] == 404
+        await _switch(h, _tight({3: 100}))  # created again: revision 1 is history, never resurrected
+        assert (await _pin(h, 1, pinner))[0] == 404
+        assert (await _pin(h, 2, pinner))[0] == 404
+        assert (await _pin(h, 3, pinner))[:2] == (200, "3")
+        assert (await _pin(h, 1))[0] == 401  # and anonymous callers learn nothing about revisions
+        assert [c["revision"] for c in h.pool.calls] == [3]
+
+    run(check)
+
+
+def test_a_canary_that_tightens_access_applies_to_every_request() -> None:
+    """The newest revision with traffic is the function as declared now: its rules govern all traffic, also
+    the requests the split sends to the older revision."""
+    async def check(h: Harness) -> None:
+        await _switch(h, _tight({1: 90, 2: 10}))
+        statuses = set()
+        for _ in range(30):
+            async with h.session.post(h.url + "/invoke/tight", json={}) as r:
+                statuses.add(r.status)
+        assert statuses == {401} and not h.pool.calls
+        async with h.session.post(h.url + "/invoke/tight", json={}, headers={"Authorization": "Bearer ok:a:admin"}) as r:
+            assert r.status == 200
+        await _switch(h, _tight({1: 100, 2: 0}))  # rolled back: revision 1's rules are the live ones again
+        async with h.session.post(h.url + "/invoke/tight", json={}) as r:
+            assert r.status == 200 and r.headers["X-Fnctl-Revision"] == "1"
 
     run(check)
 
