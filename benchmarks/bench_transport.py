@@ -3,7 +3,7 @@
 Both figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, measured in the
 same run (these machines are noisy: each figure is the median over rounds, and the ratio is what to watch).
 
-    python benchmarks/bench_transport.py [--rounds 3] [--sequential 2000] [--count 20000] [--socket PATH]
+    python benchmarks/bench_transport.py [--rounds 3] [--sequential 2000] [--count 20000] [--socket-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fnctl.instances import host_transport  # noqa: E402
 from fnctl.transport import UnixSocketTransport, encode_frame  # noqa: E402
 
 RUNTIME = ROOT / "runtime-image" / "fnctl_runtime.py"
@@ -116,18 +117,18 @@ def echo_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def runtime_instance(workdir: Path) -> Iterator[str]:
+def runtime_instance(workdir: Path) -> Iterator[Callable[[], UnixSocketTransport]]:
+    """The runtime as a subprocess; yields a maker of transports that accept only that process."""
     code = workdir / "code"
     code.mkdir()
     (code / "main.py").write_text("def handler(event, context):\n    return event\n")
     (workdir / "run").mkdir()
-    path = workdir / "run" / "sock"
-    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(code), "FNCTL_SOCKET": str(path),
+    directory = str(workdir / "run")
+    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(code), "FNCTL_SOCKET_DIR": directory,
            "FNCTL_FUNCTION": "bench", "FNCTL_REVISION": "bench"}
     process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
     try:
-        _wait_for(path, process)
-        yield str(path)
+        yield lambda: UnixSocketTransport(directory, peer=lambda pid: pid == process.pid)
     finally:
         process.terminate()  # SIGTERM drains: nothing is in flight by now
         try:
@@ -171,8 +172,8 @@ def throughput(calls: list[Callable[[], None]], count: int) -> float:
     return share * len(calls) / (time.perf_counter() - start)
 
 
-def measure_runtime(path: str, args: argparse.Namespace) -> Figures:
-    with UnixSocketTransport(path) as transport:
+def measure_runtime(make: Callable[[], UnixSocketTransport], args: argparse.Namespace) -> Figures:
+    with make() as transport:
         transport.connect(timeout=15)
         ids = iter(range(1 << 62))
 
@@ -226,12 +227,12 @@ def run(args: argparse.Namespace) -> dict[str, Figures]:
 
 
 @contextmanager
-def _target(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
-    if args.socket:
-        yield args.socket
+def _target(args: argparse.Namespace, workdir: Path) -> Iterator[Callable[[], UnixSocketTransport]]:
+    if args.socket_dir:  # a running instance: its peer check reads the container ID kept in the directory
+        yield lambda: host_transport(args.socket_dir, "")
     else:
-        with runtime_instance(workdir) as path:
-            yield path
+        with runtime_instance(workdir) as make:
+            yield make
 
 
 def _row(f: Figures) -> str:
@@ -240,7 +241,7 @@ def _row(f: Figures) -> str:
 
 def report(figures: dict[str, Figures], args: argparse.Namespace) -> None:
     rt, base = figures["runtime"], figures["baseline"]
-    target = args.socket or "runtime subprocess"
+    target = args.socket_dir or "runtime subprocess"
     print(f"no-op invoke, median of {args.rounds} rounds: {args.sequential} sequential, "
           f"{args.count} with {args.threads} threads; target: {target}")
     print(f"{'':26}{'p50 µs':>10}{'p95 µs':>10}{'invokes/s':>12}")
@@ -252,7 +253,8 @@ def report(figures: dict[str, Figures], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--socket", help="measure an already running instance's socket instead of a subprocess")
+    parser.add_argument("--socket-dir", help="measure an already running instance (its socket directory) instead "
+                        "of a subprocess")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=2000, help="invocations for the latency figures")
     parser.add_argument("--count", type=int, default=20000, help="invocations for the throughput figure")

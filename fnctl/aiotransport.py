@@ -1,8 +1,10 @@
 """The instance protocol of `fnctl.transport`, spoken from asyncio: one connection per instance carrying any
 number of concurrent invocations, for the gateway's instance pool.
 
-Same frames, same messages, same results and errors as the thread-based `UnixSocketTransport`; only the
-waiting differs (futures on the event loop instead of a reader thread and locks).
+Same frames, same messages, same results and errors as the thread-based `UnixSocketTransport`, and the same
+way in (`fnctl.transport`'s docstring): the runtime connects to this transport's own listener in the instance
+directory, and only a peer that passes the check is accepted. Only the waiting differs (futures on the event
+loop instead of a reader thread and locks).
 """
 
 from __future__ import annotations
@@ -10,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fnctl.errors import BadInput
 from fnctl.transport import (
-    DEFAULT_MAX_FRAME, HEADER, INVOKE_GRACE, PROTOCOL_VERSION, ConnectionLost, InvocationResult,
-    RuntimeStartFailed, TransportError, TransportTimeout, _expect, _read_error_file, encode_frame,
+    DEFAULT_MAX_FRAME, HEADER, INVOKE_GRACE, ConnectionLost, InvocationResult, PeerCheck, Rendezvous,
+    TransportError, TransportTimeout, _expect, check_first_frame, encode_frame,
 )
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
-CONNECT_POLL = 0.005  # seconds between attempts while the runtime's socket is not there yet
 # Replies overdue are failed by one sweep every SWEEP seconds (so up to that late), not by a timer per request:
 # asyncio keeps a cancelled timer in its heap until it would have fired, and at thousands of requests a
 # second pushing and sifting those costs more than the rest of a request's round trip here.
@@ -84,9 +84,10 @@ class AsyncTransport:
     `on_lost` is called once, on the loop, when the connection goes away for any reason but `close()`.
     """
 
-    def __init__(self, socket_path: str, *, on_call: AsyncCallHandler | None = None,
+    def __init__(self, socket_dir: str, *, peer: PeerCheck, on_call: AsyncCallHandler | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, max_request: int | None = None) -> None:
-        self.socket_path = socket_path
+        self.socket_dir = socket_dir
+        self.peer = peer
         self.on_call = on_call
         self.on_lost: Callable[[str], None] | None = None
         self.ready: dict[str, Any] | None = None
@@ -102,49 +103,58 @@ class AsyncTransport:
         self._closing = False
         self._notified = False
         self._calls: set[asyncio.Task[None]] = set()
+        self._rendezvous: Rendezvous | None = None
 
     @property
     def connected(self) -> bool:
         return self._transport is not None and self._lost is None
 
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait for the socket to appear and the runtime's `ready` message; returns that message."""
+        """Put up this process's listener, wait for the runtime to connect (checked by `peer`) and say ready;
+        returns that message (RuntimeStartFailed when it reports that its handler failed to load)."""
         if self._transport is not None or self._closing:
             raise TransportError("the transport is already connected, or closed: use a new one")
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
         self._ready = loop.create_future()
-        await self._open(loop, deadline, timeout)
         try:
+            await self._accept(loop, deadline, timeout)
             ready = await asyncio.wait_for(asyncio.shield(self._ready), max(deadline - time.monotonic(), 0.001))
         except TimeoutError:
             await self.close()
-            raise TransportTimeout(f"the runtime at {self.socket_path} did not say ready within {timeout:g}s") from None
+            raise TransportTimeout(f"the runtime in {self.socket_dir} did not say ready within {timeout:g}s") from None
         except BaseException:
             await self.close()
             raise
-        if ready.get("protocol") != PROTOCOL_VERSION:
-            await self.close()
-            raise TransportError(f"the runtime speaks protocol {ready.get('protocol')!r}, not {PROTOCOL_VERSION}")
         self.ready = ready
         return ready
 
-    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
-        error_file = os.path.join(os.path.dirname(self.socket_path), "error.json")
-        while True:
-            try:
-                transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), self.socket_path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass  # not listening yet: keep polling until the deadline
-            else:
-                # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
-                self._transport = transport
-                return
-            if os.path.exists(error_file):
-                raise RuntimeStartFailed(_read_error_file(error_file))
-            if time.monotonic() >= deadline:
-                raise TransportTimeout(f"no runtime listening on {self.socket_path} after {timeout:g}s")
-            await asyncio.sleep(CONNECT_POLL)
+    async def _accept(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
+        rendezvous = self._rendezvous = Rendezvous(self.socket_dir)
+        listener = rendezvous.sock
+        assert listener is not None
+        listener.setblocking(False)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransportTimeout(f"no runtime connected to {rendezvous.path} within {timeout:g}s")
+                try:
+                    conn, _ = await asyncio.wait_for(loop.sock_accept(listener), remaining)
+                except TimeoutError:
+                    continue  # the deadline check above says so
+                if rendezvous.admit(conn, self.peer):
+                    break
+        finally:
+            self._rendezvous = None
+            rendezvous.close()  # connected or given up: the name goes at once
+        try:
+            # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
+            transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._transport = transport
 
     async def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
         await self._request({"type": "configure", "secrets": dict(secrets)}, "configured", timeout)
@@ -176,6 +186,9 @@ class AsyncTransport:
 
     async def close(self) -> None:
         self._closing = True
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = None
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -191,10 +204,11 @@ class AsyncTransport:
     def received(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if self._ready is not None and not self._ready.done():
-            if kind == "ready":
-                self._ready.set_result(message)
-            else:
-                self.abort(f"the runtime sent {kind!r} before it was ready")
+            try:
+                self._ready.set_result(check_first_frame(message, self.socket_dir))
+            except TransportError as exc:  # startup_failed, another protocol, or a frame out of turn
+                self._ready.set_exception(exc)
+                self.abort(exc.message)
             return
         if kind == "call":
             task = asyncio.get_running_loop().create_task(self._run_callback(message))
@@ -211,7 +225,7 @@ class AsyncTransport:
         self._transport = None
         self._fail_all("the transport was closed" if self._closing else reason)
         if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(ConnectionLost(f"the runtime at {self.socket_path} closed the connection "
+            self._ready.set_exception(ConnectionLost(f"the runtime in {self.socket_dir} closed the connection "
                                                      "before it was ready"))
         if not self._notified and not self._closing and self.on_lost is not None:
             self._notified = True

@@ -156,7 +156,8 @@ def run_container(spec: ContainerSpec) -> str:
     """Create and start the container; returns its ID."""
     types = _sdk().types
     host_config = client().api.create_host_config(
-        mounts=[types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind", read_only=False)],
+        mounts=[types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind",
+                            read_only=spec.socket_read_only)],
         read_only=spec.read_only, cap_drop=list(spec.cap_drop), security_opt=list(spec.security_opt),
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
         mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=spec.nano_cpus, pids_limit=spec.pids,

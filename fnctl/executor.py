@@ -21,7 +21,6 @@ from fnctl.gitrepo import Commit
 from fnctl.live import unknown_containers
 from fnctl.model import NO_EXPECTATION, Check, Function
 from fnctl.sandbox import labels
-from fnctl.transport import UnixSocketTransport
 from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
 
 Progress = Callable[[str], None]
@@ -280,7 +279,7 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
     ctx.store.update_instance(row.id, state=InstanceState.STOPPING)
     drained = False
     if drain and row.container_id:
-        transport = UnixSocketTransport(f"{row.socket_dir}/{instances.SOCKET_NAME}")
+        transport = instances.host_transport(row.socket_dir, row.container_id)
         try:
             transport.connect(timeout=1.0)
             transport.drain(timeout=30.0)

@@ -1,6 +1,11 @@
 """One sandboxed instance: its socket directory, its container, its connection, and the typed failures of
 an invocation (timeout, out of memory, too large, process limit, disk full, crash, import error).
 
+The socket directory is the sandbox's only host path, and it is read-only inside the sandbox: made here
+(mode 0755, owned by the host user, inside the private `runtime_root`), holding only the host processes'
+listeners (`fnctl.transport.Rendezvous`) and the container's ID (`CONTAINER_FILE`, written once the container
+exists, so that a later process can check its peer without asking the engine).
+
 An instance whose invocation hit a limit that can leave it broken (timeout, crash, OOM, process limit) is
 killed; the caller replaces it.
 """
@@ -25,10 +30,12 @@ from fnctl.model import Function, Isolation
 from fnctl.sandbox import GVISOR_RUNTIME, container_spec
 from fnctl.transport import (
     ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed, TransportTimeout, UnixSocketTransport,
+    container_peer,
 )
 
 START_TIMEOUT = 30.0
-SOCKET_NAME = "sock"
+CONTAINER_FILE = "container-id"  # in the socket directory: the container the runtime must connect from
+SOCKET_DIR_MODE = 0o755  # the sandbox's uid lists it (to find listeners) and connects; it writes nothing
 
 
 class Failure(StrEnum):
@@ -75,6 +82,27 @@ def runtime_root() -> Path:
     return base
 
 
+def make_socket_dir(path: Path) -> None:
+    """An instance's socket directory, owned by this user; mounted read-only into the sandbox."""
+    path.mkdir(mode=0o700)
+    os.chmod(path, SOCKET_DIR_MODE)  # mkdir's mode is cut by the umask
+
+
+def recorded_container(socket_dir: Path) -> str:
+    """The container ID written when the instance started ("" when there is none to read)."""
+    try:
+        return (socket_dir / CONTAINER_FILE).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def host_transport(socket_dir: str | Path, container_id: str) -> UnixSocketTransport:
+    """A transport that accepts only the runtime of `container_id` (read from the socket directory when the
+    caller does not know it: the warm path of `invoke --local` never asks the engine)."""
+    container_id = container_id or recorded_container(Path(socket_dir))
+    return UnixSocketTransport(str(socket_dir), peer=container_peer(container_id))
+
+
 @dataclass
 class Instance:
     id: str
@@ -82,10 +110,6 @@ class Instance:
     socket_dir: Path
     transport: UnixSocketTransport
     function: Function
-
-    @property
-    def socket_path(self) -> str:
-        return str(self.socket_dir / SOCKET_NAME)
 
     def container(self) -> str:
         """The container's ID; an instance reached through its socket alone looks it up by label."""
@@ -110,26 +134,38 @@ def start(function: Function, *, image: str, revision: str, labels: Mapping[str,
             "`kill -HUP $(pidof dockerd)` (scripts/setup.sh does all of this)")
     instance_id = instance_id or new_instance_id()
     socket_dir = runtime_root() / instance_id
-    socket_dir.mkdir(mode=0o700)
-    os.chmod(socket_dir, 0o777)  # the sandbox's uid creates its socket here; the parent keeps others out
+    make_socket_dir(socket_dir)
     spec = container_spec(function, image=image, name=f"fnctl-{function.name}-{instance_id}",
                           socket_dir=str(socket_dir), revision=revision,
                           container_labels=dict(labels) | {"io.fnctl.instance": instance_id,
                                                            "io.fnctl.socket-dir": str(socket_dir)})
+    # Listening before the container exists: the runtime finds the listener at once, and a handler that
+    # fails to load is reported over it. Nobody is accepted before the container's ID is known.
+    transport = UnixSocketTransport(str(socket_dir), peer=lambda pid: False)
     try:
+        transport.listen()
         container_id = dockerio.run_container(spec)
     except BaseException:
+        transport.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
         raise
-    instance = Instance(instance_id, container_id, socket_dir, UnixSocketTransport(str(socket_dir / SOCKET_NAME)),
-                        function)
+    transport.peer = container_peer(container_id)
+    instance = Instance(instance_id, container_id, socket_dir, transport, function)
     try:
+        _record_container(socket_dir, container_id)
         _wait_ready(instance)
         instance.transport.configure(secret_values)
     except BaseException:
         remove(instance)
         raise
     return instance
+
+
+def _record_container(socket_dir: Path, container_id: str) -> None:
+    # O_EXCL | O_NOFOLLOW: a fresh file of our own, never through a name someone else made.
+    fd = os.open(socket_dir / CONTAINER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(container_id)
 
 
 def _wait_ready(instance: Instance) -> None:
@@ -160,7 +196,7 @@ def _start_failure(instance: Instance, state: dockerio.ExitState) -> str:
 
 def connect_existing(function: Function, container_id: str, socket_dir: Path, instance_id: str) -> Instance | None:
     """An already running instance (e.g. kept warm), or None when its runtime no longer answers."""
-    transport = UnixSocketTransport(str(socket_dir / SOCKET_NAME))
+    transport = host_transport(socket_dir, container_id)
     try:
         transport.connect(timeout=1.0)
     except FnctlError:

@@ -104,19 +104,19 @@ def _source(function: Function) -> Path:
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int) -> Any:
     from fnctl import instances
-    from fnctl.transport import UnixSocketTransport
 
     socket_dir = instances.runtime_root() / f"w{key[:11]}"
-    if not (socket_dir / instances.SOCKET_NAME).exists():
+    container_id = instances.recorded_container(socket_dir)
+    if not container_id:
         return None
-    transport = UnixSocketTransport(str(socket_dir / instances.SOCKET_NAME))
+    transport = instances.host_transport(socket_dir, container_id)
     try:
-        transport.connect(timeout=0.3)  # a live runtime answers in about a millisecond; a stale socket never
+        # A live runtime connects within its scan interval (~20 ms); a gone one never.
+        transport.connect(timeout=0.3)
     except FnctlError:
         transport.close()
         return None
-    # The container id is only needed to kill the instance after a limit; it is looked up then.
-    instance = instances.Instance(f"w{key[:11]}", "", socket_dir, transport, function)
+    instance = instances.Instance(f"w{key[:11]}", container_id, socket_dir, transport, function)
     try:
         outcome = instances.invoke(instance, event, payload_size=payload_size)
     finally:
@@ -268,8 +268,8 @@ def _prune_records(directory: Path) -> None:
 
 
 def _record_path(project: Project, target: str) -> Path:
-    """Beside the warm instances' socket directories (private to the user), never inside one: a sandbox can
-    write to its own directory, and must not be able to forge a record."""
+    """Beside the warm instances' socket directories (private to the user), never inside one: what is in
+    those is mounted into a sandbox, and a record is not the sandbox's business."""
     from fnctl.instances import runtime_root
 
     where = hashlib.sha256(f"{project.root}\0{Path.cwd()}\0{target}".encode()).hexdigest()[:24]

@@ -15,7 +15,7 @@ from fnctl import dockerio
 from fnctl.errors import BadInput, FnctlError
 from fnctl.project import Project
 from fnctl.store import InstanceState, Revision, RevisionStatus, Store, connect
-from fnctl.transport import UnixSocketTransport
+from fnctl import instances
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _instance_status(row: Any, container: Any) -> InstanceStatus:
     state = container.status if container is not None else "missing"
     healthy, inflight = False, 0
     if state == "running" and row.state is InstanceState.READY:
-        transport = UnixSocketTransport(f"{row.socket_dir}/sock")
+        transport = instances.host_transport(row.socket_dir, row.container_id or "")
         try:
             transport.connect(timeout=1.0)
             inflight, healthy = transport.ping(timeout=1.0), True

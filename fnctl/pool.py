@@ -30,7 +30,7 @@ from fnctl.scaling import Routing, discard_now, may_start, routing_of
 from fnctl.revisionspec import function_from_spec
 from fnctl.sandbox import labels
 from fnctl.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
-from fnctl.transport import UnixSocketTransport
+from fnctl.transport import PeerCheck, container_peer
 
 __all__ = ["DockerActions", "Overloaded", "PoolManager", "PoolResult", "PoolStats", "Routing", "Unavailable"]
 
@@ -122,7 +122,7 @@ class DockerActions:
                 store.update_instance(instance_id, state=InstanceState.STOPPING)
             instance = instances.connect_existing(function, container_id, Path(socket_dir), instance_id) if drain else None
             if instance is None:  # dead, or not worth waiting for: no drain
-                transport = UnixSocketTransport(f"{socket_dir}/{instances.SOCKET_NAME}")
+                transport = instances.host_transport(socket_dir, container_id)
                 instance = instances.Instance(instance_id, container_id, Path(socket_dir), transport, function)
             instances.remove(instance, drain=drain)
             if known:
@@ -266,6 +266,9 @@ class PoolManager:
             except FnctlError as exc:
                 log.warning("stopping instance %s of %s: %s", slot.id, target.function.name, exc.message)
                 return
+
+    def peer_check(self, slot: Slot) -> PeerCheck:
+        return container_peer(slot.container_id)
 
     async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
         try:

@@ -25,7 +25,7 @@ from fnctl.instances import RECYCLE, Failure, Outcome
 from fnctl.lock import LockTimeout
 from fnctl.model import Function
 from fnctl.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
-from fnctl.transport import ConnectionLost, ErrorKind, TransportError, TransportTimeout
+from fnctl.transport import ConnectionLost, ErrorKind, PeerCheck, TransportError, TransportTimeout
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,9 @@ class Host(Protocol):
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
+
+    def peer_check(self, slot: Slot) -> PeerCheck:
+        """Who may connect as `slot`'s runtime (its container's processes)."""
 
     async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
         """Why the runtime went away; None when it exited cleanly after a drain, which waits for every
@@ -328,7 +331,7 @@ class RevisionPool:
         return tasks
 
     async def _attach(self, slot: Slot) -> None:
-        transport = AsyncTransport(f"{slot.socket_dir}/{instances.SOCKET_NAME}",
+        transport = AsyncTransport(slot.socket_dir, peer=self.host.peer_check(slot),
                                    max_request=self.target.function.limits.payload)
         try:
             await transport.connect(timeout=ATTACH_TIMEOUT)

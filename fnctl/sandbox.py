@@ -4,7 +4,6 @@ container's `docker inspect` → pass/fail for each hardening property (`fnctl s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ class ContainerSpec:
     user: str
     environment: dict[str, str]
     labels: dict[str, str]
-    socket_dir: str  # host directory bind-mounted at `socket_target`
+    socket_dir: str  # host directory bind-mounted (read-only) at `socket_target`
     socket_target: str
     memory: int
     nano_cpus: int
@@ -39,6 +38,9 @@ class ContainerSpec:
     runtime: str | None  # None = the engine's default (runc)
     log_max_size: str
     read_only: bool = True
+    # No writable host path at all: the runtime connects out to the host's listeners in this directory,
+    # which needs no write access to it.
+    socket_read_only: bool = True
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
 
@@ -51,7 +53,7 @@ def labels(project: str, function: str, **extra: str) -> dict[str, str]:
 def container_spec(function: Function, *, image: str, name: str, socket_dir: str, revision: str,
                    container_labels: dict[str, str]) -> ContainerSpec:
     """The one way an instance container is configured: non-root, no capabilities, read-only root,
-    bounded memory/CPU/pids/files, no network unless asked, capped logs, only its own socket directory."""
+    bounded memory/CPU/pids/files, no network unless asked, capped logs, only its own socket directory, read-only."""
     limits = function.limits
     environment = dict(function.env) | {
         "FNCTL_HANDLER": function.handler,
@@ -60,8 +62,7 @@ def container_spec(function: Function, *, image: str, name: str, socket_dir: str
         "FNCTL_CONCURRENCY": str(function.scaling.concurrency),
         "FNCTL_PAYLOAD_LIMIT": str(limits.payload),
         "FNCTL_OUTPUT_LIMIT": str(limits.output),
-        # The host connects as root; a non-root host user relies on its private parent directory instead.
-        "FNCTL_SOCKET_MODE": "600" if os.geteuid() == 0 else "666",
+        "FNCTL_SOCKET_DIR": SOCKET_TARGET,
     }
     return ContainerSpec(
         name=name, image=image, user=SANDBOX_USER, environment=environment,
@@ -95,6 +96,7 @@ def check_container(inspect: dict[str, Any]) -> list[Check]:
     want_network = "bridge" if labels_.get(f"{LABEL}.network") == Network.EGRESS.value else "none"
     want_runtime = GVISOR_RUNTIME if labels_.get(f"{LABEL}.isolation") == Isolation.GVISOR.value else "runc"
     user = str(config.get("User") or "")
+    socket_dir = str(labels_.get(f"{LABEL}.socket-dir", ""))  # set by `instances.start`
     return [
         Check("non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"),
         Check("capabilities dropped", "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
@@ -114,15 +116,21 @@ def check_container(inspect: dict[str, Any]) -> list[Check]:
         Check(f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))),
         Check("capped logs", (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
               str((host.get("LogConfig") or {}).get("Config"))),
-        Check("only its socket directory mounted", _only_socket_mount(mounts), ", ".join(
-            f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)"),
+        Check("only its socket directory mounted", _only_socket_mount(mounts, socket_dir),
+              ", ".join(f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)"),
+        # The sandbox can create, replace or fill nothing on the host: every mount is read-only.
+        Check("no writable host path", all(m.get("RW", True) is False for m in mounts),
+              ", ".join(f"{m.get('Destination')}:{'rw' if m.get('RW', True) is not False else 'ro'}" for m in mounts)
+              or "(none)"),
         Check(f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))),
     ]
 
 
-def _only_socket_mount(mounts: list[dict[str, Any]]) -> bool:
+def _only_socket_mount(mounts: list[dict[str, Any]], socket_dir: str) -> bool:
+    """One bind mount: the instance's own socket directory (the one its label names) at SOCKET_TARGET."""
     if len(mounts) != 1:
         return False
     mount = mounts[0]
     return (mount.get("Destination") == SOCKET_TARGET and mount.get("Type") == "bind"
+            and bool(socket_dir) and mount.get("Source") == socket_dir
             and "docker.sock" not in str(mount.get("Source")))

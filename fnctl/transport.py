@@ -1,7 +1,23 @@
 """Host side of the instance protocol: length-prefixed JSON frames to the in-container runtime.
 
-`Transport` is the one interface the instance pool talks to; `UnixSocketTransport` implements it over the
-instance's Unix socket, multiplexing any number of calling threads over one connection.
+`Transport` is the one interface the instance pool talks to; `UnixSocketTransport` implements it over a Unix
+socket connection, multiplexing any number of calling threads over one connection.
+
+Who connects to whom (protocol 1, since the socket-directory escape was closed): the instance's directory is
+made by the host and mounted read-only into the sandbox, so a sandbox can create, replace or fill nothing
+there. Each host process that wants to talk to an instance puts up its OWN listening socket in that
+directory (`Rendezvous`: a fresh name `h-<pid>-<random>.sock`, never shared, unlinked once the runtime has
+connected or the process gives up); the runtime watches the directory and connects out to each listener
+once (connecting to a Unix socket needs no write access to its directory). The host accepts a connection only
+from the process it expects (`peer`, checked with SO_PEERCRED: for a container, a process in that container's
+cgroup, which under gVisor is the sandbox's gofer), and closes any other, still listening.
+
+Frames, each way a 4-byte big-endian length then a JSON object. The runtime speaks first, on every
+connection: `{"type": "ready", "protocol": 1, ...}`, or, when the handler failed to load,
+`{"type": "startup_failed", "protocol": 1, "error": {"type", "message", "traceback"}}` (then it waits for the
+host to hang up and exits with code 3; no file is ever written for it). After `ready`: host requests
+`configure`, `invoke`, `ping`, `drain` (each with an integer `id`) and `reply` (to a runtime `call`); runtime
+frames `configured`, `result`, `pong`, `drained`, `error` (echoing the `id`) and `call`.
 """
 
 from __future__ import annotations
@@ -9,6 +25,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import secrets
 import socket
 import struct
 import threading
@@ -28,6 +46,13 @@ INVOKE_GRACE = 1.0  # seconds past the deadline a reply may still arrive (queuei
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 CallHandler = Callable[[str, str, dict[str, Any]], Any]
+# Whether the process with this pid (the connecting peer, from SO_PEERCRED) is the runtime we mean to talk to.
+PeerCheck = Callable[[int], bool]
+
+LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the only names the runtime connects to
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+_LISTENER_NAME = re.compile(r"^(?:h-|\.)(\d+)-[0-9a-f]+(?:\.sock|\.bind)$")
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TransportError(FnctlError):
@@ -43,7 +68,8 @@ class ConnectionLost(TransportError):
 
 
 class RuntimeStartFailed(TransportError):
-    """The runtime could not load the handler: `error` is its error.json, `detail` the user's traceback."""
+    """The runtime could not load the handler: `error` is its `startup_failed` report (type, message,
+    traceback), `detail` the user's traceback."""
 
     def __init__(self, error: Mapping[str, Any]) -> None:
         super().__init__(
@@ -173,6 +199,143 @@ def read_frame(stream: _Readable, max_size: int = DEFAULT_MAX_FRAME) -> dict[str
     return message
 
 
+# ---- who may connect: the peer check and the listener --------------------------------------------
+
+
+def cgroup_names_container(cgroup: str, container_id: str) -> bool:
+    """Whether a `/proc/<pid>/cgroup` text puts the process inside the container `container_id` (its full
+    64-hex ID): a path component is the ID itself (cgroupfs driver: `/docker/<id>`) or its systemd scope
+    (`docker-<id>.scope`). Pure."""
+    if not _CONTAINER_ID.match(container_id):
+        return False  # an abbreviated or empty ID could match more than one container
+    scope = f"-{container_id}.scope"
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        if any(part == container_id or part.endswith(scope) for part in path.split("/")):
+            return True
+    return False
+
+
+def container_peer(container_id: str) -> PeerCheck:
+    """A peer check that accepts only processes of the container `container_id` (runc: the runtime itself;
+    gVisor: the sandbox's gofer, which makes the host-side connection for the sandbox)."""
+
+    def check(pid: int) -> bool:
+        if pid <= 0:  # 0: the peer is in a PID namespace this process cannot see
+            return False
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
+                return cgroup_names_container(fh.read(), container_id)
+        except OSError:
+            return False  # gone already, or not ours to read
+
+    return check
+
+
+def peer_pid(conn: socket.socket) -> int:
+    """The pid of the process that connected `conn` (SO_PEERCRED: fixed by the kernel at connect time)."""
+    pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid)
+
+
+class Rendezvous:
+    """This process's own listening socket in an instance's directory, where the runtime connects to it.
+
+    The name is fresh (`h-<pid>-<random>.sock`): no two host processes ever share or replace one, and the host
+    only ever binds and unlinks names it made itself, in a directory the sandbox cannot write. The socket is
+    bound under a staging name, given its mode, listening, and only then renamed into place, so that the
+    runtime (which tries each name once) never meets a half-made listener.
+    """
+
+    def __init__(self, socket_dir: str) -> None:
+        token = f"{os.getpid()}-{secrets.token_hex(8)}"
+        self.socket_dir = socket_dir
+        self.path = os.path.join(socket_dir, f"{LISTENER_PREFIX}{token}{LISTENER_SUFFIX}")
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise TransportError(f"the instance directory {socket_dir} is too long for a Unix socket path")
+        _remove_stale_listeners(socket_dir)
+        staging = os.path.join(socket_dir, f".{token}.bind")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(staging)
+            try:
+                # The sandbox's uid must be able to connect; the instance directory's private parent keeps every
+                # other local user out, and the peer check refuses any other process that gets in anyway.
+                os.chmod(staging, 0o666)
+                sock.listen(16)
+                os.rename(staging, self.path)
+            except BaseException:
+                _unlink(staging)
+                raise
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot listen in the instance directory {socket_dir}: {exc}") from None
+        self.sock: socket.socket | None = sock
+        self.refused = 0  # connections closed by the peer check
+
+    def accept(self, deadline: float, peer: PeerCheck) -> socket.socket:
+        """The first connection whose peer passes `peer`, others closed; TimeoutError at `deadline`."""
+        while True:
+            sock = self.sock
+            if sock is None:
+                raise ConnectionLost("the listener was closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            conn, _ = sock.accept()
+            if self.admit(conn, peer):
+                conn.settimeout(None)
+                return conn
+
+    def admit(self, conn: socket.socket, peer: PeerCheck) -> bool:
+        """Keep `conn` when its peer passes `peer`; close it otherwise (nothing is read from it or sent)."""
+        try:
+            allowed = peer(peer_pid(conn))
+        except OSError:
+            allowed = False
+        if not allowed:
+            self.refused += 1
+            conn.close()
+        return allowed
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+            _unlink(self.path)
+
+
+def _remove_stale_listeners(socket_dir: str) -> None:
+    """Unlink the listeners (and staging names) of host processes that died without doing it (`kill -9`):
+    each name carries its creator's pid, and a pid that no longer runs listens on nothing."""
+    try:
+        entries = os.listdir(socket_dir)
+    except OSError:
+        return  # the bind reports a missing directory
+    for name in entries:
+        match = _LISTENER_NAME.match(name)
+        if match is not None and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            _unlink(os.path.join(socket_dir, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 # ---- Unix socket transport -------------------------------------------------------------------
 
 
@@ -202,14 +365,17 @@ class _Waiter:
 class UnixSocketTransport:
     """One connection to a runtime; a reader thread routes replies to the waiting callers by id.
 
-    Whoever pops a waiter from `_pending` (reader, timeout or failure path) is the only one to release it.
+    The runtime of the instance directory `socket_dir` connects to this transport's own listener; only a peer
+    that passes `peer` is accepted. Whoever pops a waiter from `_pending` (reader, timeout or failure path) is
+    the only one to release it.
     """
 
     def __init__(
-        self, socket_path: str, *, on_call: CallHandler | None = None,
+        self, socket_dir: str, *, peer: PeerCheck, on_call: CallHandler | None = None,
         max_frame: int = DEFAULT_MAX_FRAME, callback_workers: int = 16,
     ) -> None:
-        self.socket_path = socket_path
+        self.socket_dir = socket_dir
+        self.peer = peer  # read at each accept: `instances.start` sets it once the container exists
         self.on_call = on_call
         self.ready: dict[str, Any] | None = None
         self._max_frame = max_frame
@@ -222,6 +388,7 @@ class UnixSocketTransport:
         self._callbacks: ThreadPoolExecutor | None = None
         self._lost: str | None = None  # why the connection is gone; None while it is usable
         self._closing = False
+        self._rendezvous: Rendezvous | None = None
 
     def __enter__(self) -> UnixSocketTransport:
         return self
@@ -229,12 +396,33 @@ class UnixSocketTransport:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def listen(self) -> None:
+        """Put up this process's listener now: before the container starts, so that its runtime finds it at
+        once (and can report a failed start over it)."""
+        if self._rendezvous is None:
+            self._rendezvous = Rendezvous(self.socket_dir)
+
     def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait for the socket to appear and the runtime's `ready` message; returns that message."""
+        """Wait for the runtime to connect (checked by `peer`) and say ready; returns that message.
+
+        RuntimeStartFailed when it reports that the handler failed to load. On a TransportTimeout with nobody
+        connected, the listener stays up and `connect` may be called again (`instances.start` looks at the
+        container's state in between); `close` takes it down.
+        """
         if self._sock is not None or self._closing:
             raise TransportError("the transport is already connected, or closed: use a new one")
         deadline = time.monotonic() + timeout
-        sock = self._open(deadline, timeout)
+        self.listen()
+        rendezvous = self._rendezvous
+        assert rendezvous is not None
+        try:
+            sock = rendezvous.accept(deadline, self.peer)
+        except TimeoutError:
+            raise TransportTimeout(f"no runtime connected to {rendezvous.path} within {timeout:g}s") from None
+        except BaseException:
+            self._close_rendezvous()
+            raise
+        self._close_rendezvous()  # connected: the name goes at once, the runtime never connects to it again
         stream = sock.makefile("rb")
         try:
             ready = self._handshake(sock, stream, deadline, timeout)
@@ -249,36 +437,22 @@ class UnixSocketTransport:
         self._reader.start()
         return ready
 
+    def _close_rendezvous(self) -> None:
+        rendezvous, self._rendezvous = self._rendezvous, None
+        if rendezvous is not None:
+            rendezvous.close()
+
     def _handshake(
         self, sock: socket.socket, stream: _Readable, deadline: float, timeout: float
     ) -> dict[str, Any]:
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            ready = read_frame(stream, self._max_frame)
+            first = read_frame(stream, self._max_frame)
             sock.settimeout(None)
         except TimeoutError:
-            message = f"the runtime at {self.socket_path} did not say ready within {timeout:g}s"
+            message = f"the runtime in {self.socket_dir} did not say ready within {timeout:g}s"
             raise TransportTimeout(message) from None
-        if ready is None or ready.get("type") != "ready":
-            raise ConnectionLost(f"the runtime at {self.socket_path} closed the connection before it was ready")
-        if ready.get("protocol") != PROTOCOL_VERSION:
-            raise TransportError(f"the runtime speaks protocol {ready.get('protocol')!r}, not {PROTOCOL_VERSION}")
-        return ready
-
-    def _open(self, deadline: float, timeout: float) -> socket.socket:
-        error_file = os.path.join(os.path.dirname(self.socket_path), "error.json")
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.socket_path)
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()  # not listening yet: keep polling until the deadline
-            if os.path.exists(error_file):
-                raise RuntimeStartFailed(_read_error_file(error_file))
-            if time.monotonic() >= deadline:
-                raise TransportTimeout(f"no runtime listening on {self.socket_path} after {timeout:g}s")
-            time.sleep(0.005)
+        return check_first_frame(first, self.socket_dir)
 
     def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
         self._request({"type": "configure", "secrets": dict(secrets)}, "configured", timeout)
@@ -302,6 +476,7 @@ class UnixSocketTransport:
 
     def close(self) -> None:
         self._closing = True
+        self._close_rendezvous()
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -414,10 +589,18 @@ def _expect(message: dict[str, Any] | None, expect: str) -> dict[str, Any]:
     return message
 
 
-def _read_error_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        return {"type": "Error", "message": f"unreadable {path}: {exc}", "traceback": ""}
-    return data if isinstance(data, dict) else {"type": "Error", "message": str(data), "traceback": ""}
+def check_first_frame(message: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """The runtime's first frame on a connection: its `ready` message, or RuntimeStartFailed for its
+    `startup_failed` report; anything else breaks the protocol."""
+    kind = message.get("type") if message is not None else None
+    if kind == "startup_failed":
+        assert message is not None
+        error = message.get("error")
+        raise RuntimeStartFailed(error if isinstance(error, dict) else {"type": "Error", "message": str(error)})
+    if message is None:
+        raise ConnectionLost(f"the runtime in {where} closed the connection before it was ready")
+    if kind != "ready":
+        raise TransportError(f"the runtime in {where} sent {kind!r} before it was ready")
+    if message.get("protocol") != PROTOCOL_VERSION:
+        raise TransportError(f"the runtime speaks protocol {message.get('protocol')!r}, not {PROTOCOL_VERSION}")
+    return message

@@ -1,7 +1,19 @@
 #!/usr/bin/env python3
-"""fnctl's in-container runtime: loads the function's handler and serves invocations on a Unix socket.
+"""fnctl's in-container runtime: loads the function's handler and serves invocations over Unix sockets.
 
 Standard library only: it runs inside the sandbox image, which holds nothing but python3; never imports fnctl.
+
+The runtime connects OUT to the host; it never creates a file. Its socket directory (/run/fnctl) is made by
+the host and mounted read-only: each host process that wants to talk to this instance puts up its own
+listening socket there, named `h-<pid>-<random>.sock`. The runtime looks at the directory every SCAN_INTERVAL
+(a scandir: cheap, and it sees the host's changes under gVisor too, where an inotify watch does not), connects
+once to each such name that is a socket file (never a symlink), and serves every connection at once. A name
+that refuses (a host process that died) is not tried again while it stays there.
+
+Protocol 1 (the frames are documented with `fnctl.transport`): on every connection the runtime speaks first,
+`ready`; when the handler fails to load it sends `startup_failed` with the error's type, message and the
+user's traceback instead, waits for the host to hang up (the host checks who connected while this process
+still runs), and exits with code 3; the same report goes to the container's log.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import os
 import queue
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -32,6 +45,9 @@ from typing import Any, Callable
 PROTOCOL = 1
 MIB = 1 << 20
 FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
+LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the host's listeners; every other name is ignored
+SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners: what a new host connection may wait
+STARTUP_REPORT_WAIT = 10.0  # how long a failed start waits for a host to listen, then to read the report
 _THIS_FILE = os.path.abspath(__file__)
 _IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
 _REAL_STDERR = sys.stderr
@@ -51,14 +67,13 @@ class Config:
     handler: str
     code_dir: str
     deps_dir: str
-    socket_path: str
+    socket_dir: str
     function: str
     revision: str
     concurrency: int
     payload_limit: int
     output_limit: int
     log_limit: int
-    socket_mode: int
 
     @classmethod
     def from_env(cls) -> Config:
@@ -69,19 +84,20 @@ class Config:
             handler=env["FNCTL_HANDLER"],
             code_dir=os.path.abspath(env.get("FNCTL_CODE_DIR", "/var/task")),
             deps_dir=os.path.abspath(env.get("FNCTL_DEPS_DIR", "/opt/fnctl/deps")),
-            socket_path=_socket_path(),
+            socket_dir=_socket_dir(),
             function=env.get("FNCTL_FUNCTION", ""),
             revision=env.get("FNCTL_REVISION", ""),
             concurrency=max(1, int(env.get("FNCTL_CONCURRENCY", "8"))),
             payload_limit=int(env.get("FNCTL_PAYLOAD_LIMIT", str(6 * MIB))),
             output_limit=int(env.get("FNCTL_OUTPUT_LIMIT", str(6 * MIB))),
             log_limit=int(env.get("FNCTL_LOG_LIMIT", str(64 * 1024))),
-            socket_mode=int(env.get("FNCTL_SOCKET_MODE", "600"), 8),
         )
 
 
-def _socket_path() -> str:
-    return os.path.abspath(os.environ.get("FNCTL_SOCKET", "/run/fnctl/sock"))
+def _socket_dir() -> str:
+    # FNCTL_SOCKET (the socket path of older images) names a file in the same directory.
+    env = os.environ
+    return os.path.abspath(env.get("FNCTL_SOCKET_DIR") or os.path.dirname(env.get("FNCTL_SOCKET", "/run/fnctl/sock")))
 
 
 # Built once: json.dumps with any option builds a new encoder per call, a measurable cost per invocation.
@@ -249,17 +265,62 @@ def _is_user_frame(filename: str) -> bool:
     return path != _THIS_FILE and os.path.dirname(path) != _IMPORTLIB_DIR
 
 
-def _startup_failed(socket_path: str, exc: BaseException) -> int:
+def _startup_failed(directory: str, exc: BaseException) -> int:
     tb = user_traceback(exc)
-    report = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
-    target = os.path.join(os.path.dirname(socket_path), "error.json")
-    with contextlib.suppress(OSError):  # a read-only directory must not hide the stderr copy
-        with open(target + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(report, fh)
-        os.replace(target + ".tmp", target)
+    report = {"type": type(exc).__name__, "message": _message(exc), "traceback": tb}
     _REAL_STDERR.write(f"fnctl-runtime: cannot load the handler\n{tb}")
     _REAL_STDERR.flush()
+    _report_to_hosts(directory, encode({"type": "startup_failed", "protocol": PROTOCOL, "error": report}))
     return 3
+
+
+def _report_to_hosts(directory: str, frame: bytes) -> None:
+    """Send `frame` to the host processes listening in `directory` (waiting a while for a first one), then
+    wait until each has hung up: a host checks who connected while that process still runs. Bounded: with no
+    listener at all, the exit code and the container's log carry the error."""
+    give_up = time.monotonic() + STARTUP_REPORT_WAIT
+    tried: set[str] = set()
+    told: list[socket.socket] = []
+    while not told and time.monotonic() < give_up:
+        for path in host_listeners(directory, tried):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(1.0)
+                sock.connect(path)
+                sock.sendall(frame)
+                sock.shutdown(socket.SHUT_WR)
+                told.append(sock)
+            except OSError:
+                sock.close()
+        if not told:
+            time.sleep(SCAN_INTERVAL)
+    for sock in told:
+        with contextlib.suppress(OSError):
+            sock.settimeout(max(give_up - time.monotonic(), 0.1))
+            while sock.recv(4096):
+                pass
+        sock.close()
+
+
+def host_listeners(directory: str, tried: set[str]) -> list[str]:
+    """Paths of the host listeners in `directory` not in `tried` (which this adds them to, and from which it
+    drops the names that are gone): socket files named h-*.sock, never a symlink or anything else."""
+    try:
+        with os.scandir(directory) as entries:
+            names = {e.name for e in entries if e.name.startswith(LISTENER_PREFIX) and e.name.endswith(LISTENER_SUFFIX)}
+    except OSError:
+        return []
+    tried.intersection_update(names)  # forgotten once gone: the set never grows past what is there
+    found = []
+    for name in names - tried:
+        tried.add(name)  # tried once, whatever happens: a stale listener is not retried every scan
+        path = os.path.join(directory, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                found.append(path)
+        except OSError:
+            pass  # gone meanwhile
+    return found
 
 
 # ---- invocation context -----------------------------------------------------------------------
@@ -406,7 +467,6 @@ class Server:
         self.idle.set()
         self.draining = False
         self.stopped = asyncio.Event()
-        self.listener: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # Replies built by worker threads, handed to the loop with one wake-up for all that are ready.
         self.replies: collections.deque[tuple[_Connection, bytes]] = collections.deque()
@@ -520,10 +580,23 @@ class Server:
         elif self.inflight == 0:
             self.idle.set()
 
+    async def watch(self) -> None:
+        """Connect out to each host listener as it appears in the socket directory, until draining."""
+        tried: set[str] = set()
+        directory = self.config.socket_dir
+        while not self.draining:  # a draining instance takes no new connections either
+            for path in host_listeners(directory, tried):
+                self.spawn(self.connect_out(path))
+            await asyncio.sleep(SCAN_INTERVAL)
+
+    async def connect_out(self, path: str) -> None:
+        try:
+            await self.loop.create_unix_connection(lambda: _Connection(self), path)
+        except OSError:
+            pass  # the listener of a host process that died or gave up: not tried again
+
     async def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
-        if self.listener is not None:
-            self.listener.close()  # no new connections either
         await self.idle.wait()
         if conn is not None:
             conn.send({"type": "drained", "id": request_id})
@@ -683,28 +756,13 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 # ---- entry point ------------------------------------------------------------------------------
 
 
-def _bind(path: str, mode: int) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket from an earlier run
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)  # born with the final mode: no window where it is wider
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    return sock
-
-
 async def serve(config: Config, handler: Handler) -> int:
     loop = asyncio.get_running_loop()
     server = Server(config, handler, loop)
-    sock = _bind(config.socket_path, config.socket_mode)
-    server.listener = await loop.create_unix_server(lambda: _Connection(server), sock=sock)
+    server.spawn(server.watch())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
     await server.stopped.wait()
-    server.listener.close()
     conns = list(server.connections)
     for conn in conns:
         if conn.transport is not None:
@@ -712,8 +770,6 @@ async def serve(config: Config, handler: Handler) -> int:
     if conns:
         await asyncio.wait([c.closed for c in conns], timeout=5)
     server.pool.stop()
-    with contextlib.suppress(OSError):
-        os.unlink(config.socket_path)
     return 0
 
 
@@ -722,15 +778,13 @@ def main() -> int:
         # `from fnctl_runtime import CallbackError` in a handler must see this module, not a second copy.
         sys.modules.setdefault("fnctl_runtime", sys.modules[__name__])
     sys.stdout, sys.stderr = _Stream(_REAL_STDERR), _Stream(_REAL_STDERR)
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(os.path.dirname(_socket_path()), "error.json"))  # from an earlier run
     try:
         config = Config.from_env()
         if os.path.isdir(config.code_dir):
             os.chdir(config.code_dir)  # relative paths in handlers resolve against their code, as on Lambda
         handler = load_handler(config)
     except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import fails the load too
-        return _startup_failed(_socket_path(), exc)
+        return _startup_failed(_socket_dir(), exc)
     return asyncio.run(serve(config, handler))
 
 

@@ -35,7 +35,7 @@ from fnctl.revisionspec import function_from_spec
 from fnctl.sandbox import labels
 from fnctl.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
 from fnctl.store import InstanceRow, InstanceState
-from fnctl.transport import ConnectionLost, ErrorKind, TransportTimeout
+from fnctl.transport import ConnectionLost, ErrorKind, PeerCheck, TransportTimeout
 
 T = TypeVar("T")
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
@@ -158,10 +158,10 @@ def handler(event, context):
 @dataclass
 class LocalRuntime:
     process: subprocess.Popen[bytes]
-    socket_path: str
+    socket_dir: str
 
     def transport(self, **kwargs: Any) -> AsyncTransport:
-        return AsyncTransport(self.socket_path, **kwargs)
+        return AsyncTransport(self.socket_dir, peer=lambda pid: pid == self.process.pid, **kwargs)
 
 
 @pytest.fixture
@@ -170,12 +170,12 @@ def local_runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
     (tmp_path / "code" / "main.py").write_text(textwrap.dedent(HANDLER))
     socket_dir = Path(tempfile.mkdtemp(prefix="fnpool-"))  # a socket path must stay under ~108 bytes
     env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(tmp_path / "code"),
-           "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET": str(socket_dir / "sock"),
+           "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET_DIR": str(socket_dir),
            "FNCTL_FUNCTION": "echo", "FNCTL_REVISION": "1", "FNCTL_CONCURRENCY": "16",
            "FNCTL_PAYLOAD_LIMIT": str(64 * 1024)}
     with (tmp_path / "runtime.log").open("wb") as out:
         process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env, stdout=out, stderr=out)
-    runtime = LocalRuntime(process, str(socket_dir / "sock"))
+    runtime = LocalRuntime(process, str(socket_dir))
     yield runtime
     if process.poll() is None:
         process.kill()
@@ -308,13 +308,17 @@ class LocalHost:
         socket_dir = tempfile.mkdtemp(prefix="fnpool-")
         self.socket_dirs.append(socket_dir)
         env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(self.code),
-               "FNCTL_DEPS_DIR": str(self.code / "deps"), "FNCTL_SOCKET": f"{socket_dir}/sock",
+               "FNCTL_DEPS_DIR": str(self.code / "deps"), "FNCTL_SOCKET_DIR": socket_dir,
                "FNCTL_CONCURRENCY": str(self.concurrency)}
-        self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
-        probe = AsyncTransport(f"{socket_dir}/sock")
+        process = self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
+        probe = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
         await probe.connect(timeout=15)  # as instances.start does: ready before it is handed over
         await probe.close()
         return "", socket_dir
+
+    def peer_check(self, slot: Slot) -> PeerCheck:
+        process = self.processes[slot.id]
+        return lambda pid: pid == process.pid
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
         self.stopped.append(slot.id)
@@ -382,7 +386,7 @@ def test_an_instance_drained_from_outside_gets_no_more_work(tmp_path: Path) -> N
         pool.scale()
         await until(lambda: pool.stats().ready == 2, "two instances started")
         first = next(iter(pool.slots.values()))
-        outside = AsyncTransport(f"{first.socket_dir}/sock")  # what `fnctl apply` does to an old instance
+        outside = AsyncTransport(first.socket_dir, peer=host.peer_check(first))  # as `fnctl apply` does to an old one
         await outside.connect(timeout=5)
         await outside.drain()
         results = [await pool.invoke({"n": n}, None, f"r{n}") for n in range(6)]

@@ -1,14 +1,18 @@
-"""The in-container runtime run as a local process (no Docker), driven through UnixSocketTransport."""
+"""The in-container runtime run as a local process (no Docker), driven through UnixSocketTransport.
+
+As in production, the host listens in the instance's directory and the runtime connects out; the peer check
+accepts exactly the runtime's process.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ from fnctl.transport import (
     TransportError,
     TransportTimeout,
     UnixSocketTransport,
+    cgroup_names_container,
     encode_frame,
     read_frame,
 )
@@ -76,7 +81,7 @@ def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float =
 @dataclass
 class Runtime:
     process: subprocess.Popen[bytes]
-    socket_path: Path
+    socket_dir: Path
     output_path: Path
     transport: UnixSocketTransport = field(init=False)
 
@@ -130,14 +135,18 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
             (code / name).write_text(textwrap.dedent(source))
         instance_dir = socket_dir / str(len(started))  # one directory per instance, as in production
         instance_dir.mkdir()
+        # Listening before the runtime starts, as `instances.start` does; nobody is accepted until it runs.
+        transport = UnixSocketTransport(str(instance_dir), peer=lambda pid: False, on_call=on_call)
+        transport.listen()
         environment = {**os.environ, "FNCTL_HANDLER": handler, "FNCTL_CODE_DIR": str(code),
-                       "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET": str(instance_dir / "sock"),
+                       "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET_DIR": str(instance_dir),
                        "FNCTL_FUNCTION": "hello", "FNCTL_REVISION": "r1", **env}
         output_path = tmp_path / f"runtime-output-{len(started)}.log"
         with output_path.open("wb") as out:
             process = subprocess.Popen([sys.executable, str(RUNTIME)], env=environment, stdout=out, stderr=out)
-        runtime = Runtime(process, instance_dir / "sock", output_path)
-        runtime.transport = UnixSocketTransport(str(runtime.socket_path), on_call=on_call)
+        runtime = Runtime(process, instance_dir, output_path)
+        runtime.transport = transport
+        transport.peer = lambda pid: pid == process.pid
         started.append(runtime)
         if connect:
             runtime.transport.connect(timeout=15)
@@ -169,7 +178,8 @@ def test_ready_message_describes_the_instance(start_runtime: StartRuntime) -> No
     assert transport.ping() == 0
     assert rt.transport.ready == {"type": "ready", "protocol": 1, "function": "hello", "revision": "r1",
                                   "pid": rt.process.pid, "concurrency": 3}
-    assert rt.socket_path.stat().st_mode & 0o777 == 0o600
+    # The runtime created nothing, and the host's listener went as soon as the runtime was connected.
+    assert os.listdir(rt.socket_dir) == []
 
 
 def test_two_argument_handler_sees_its_context(start_runtime: StartRuntime) -> None:
@@ -306,19 +316,19 @@ def test_payload_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
         rt.invoke("x" * 70_000)
 
 
-def test_syntax_error_at_import_exits_3_with_error_json(start_runtime: StartRuntime) -> None:
+def test_syntax_error_at_import_is_reported_over_the_connection_then_exits_3(start_runtime: StartRuntime) -> None:
     rt = start_runtime({"main.py": "x = 1\ndef handler(event context):\n    return x\n"}, connect=False)
-    assert rt.exit_code() == 3
-    report = json.loads((rt.socket_path.parent / "error.json").read_text())
+    with pytest.raises(RuntimeStartFailed) as failed:
+        rt.transport.connect(timeout=15)
+    report = failed.value.error
     assert report["type"] == "SyntaxError"
     assert "main.py" in report["traceback"] and "line 2" in report["traceback"]
     assert "def handler(event context)" in report["traceback"]
     assert "fnctl_runtime.py" not in report["traceback"] and "importlib" not in report["traceback"]
-    assert not rt.socket_path.exists()
+    assert "line 2" in (failed.value.detail or "")
+    assert rt.exit_code() == 3  # once the host has hung up
+    assert os.listdir(rt.socket_dir) == []  # no error file, no socket: the runtime writes nothing there
     assert "def handler(event context)" in rt.output()
-    with pytest.raises(RuntimeStartFailed) as failed:
-        rt.transport.connect(timeout=5)
-    assert failed.value.error["type"] == "SyntaxError" and "line 2" in (failed.value.detail or "")
 
 
 @pytest.mark.parametrize("source,handler,error_type", [
@@ -328,11 +338,13 @@ def test_syntax_error_at_import_exits_3_with_error_json(start_runtime: StartRunt
 ])
 def test_failed_imports_exit_3(start_runtime: StartRuntime, source: str, handler: str, error_type: str) -> None:
     rt = start_runtime({"main.py": source}, handler=handler, connect=False)
-    assert rt.exit_code() == 3
-    report = json.loads((rt.socket_path.parent / "error.json").read_text())
+    with pytest.raises(RuntimeStartFailed) as failed:
+        rt.transport.connect(timeout=15)
+    report = failed.value.error
     assert report["type"] == error_type and "fnctl_runtime.py" not in report["traceback"]
     if error_type == "RuntimeError":
         assert "main.py\", line 2" in report["traceback"] and report["message"] == "boom at import"
+    assert rt.exit_code() == 3
 
 
 def test_configured_secrets_reach_the_environment_only(start_runtime: StartRuntime) -> None:
@@ -424,7 +436,7 @@ def test_drain_waits_for_in_flight_invocations_then_exits_0(start_runtime: Start
     drain.join()
     assert slow.result.result == "released" and drain.error is None
     assert rt.exit_code() == 0
-    assert not rt.socket_path.exists()
+    assert os.listdir(rt.socket_dir) == []
 
 
 def _draining(reply: InvocationResult) -> InvocationResult | None:
@@ -482,3 +494,102 @@ def test_timeout_leaves_the_connection_usable(start_runtime: StartRuntime, tmp_p
     release.touch()
     wait_until(lambda: rt.transport.ping() == 0, what="the abandoned invocation to finish")
     assert rt.invoke({"release": str(release)}).result == "released"
+
+
+# ---- the way in: host listeners, the peer check, names the runtime must not follow ---------------------
+
+
+def test_each_host_process_gets_its_own_connection_and_both_are_served(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return event\n"})
+    second = UnixSocketTransport(str(rt.socket_dir), peer=lambda pid: pid == rt.process.pid)
+    try:
+        assert second.connect(timeout=10)["pid"] == rt.process.pid
+        assert second.invoke("two", invocation_id="b", deadline=time.time() + 10).result == "two"
+        assert rt.invoke("one").result == "one"  # the first connection is still served
+        assert os.listdir(rt.socket_dir) == []
+    finally:
+        second.close()
+
+
+def test_a_peer_that_fails_the_check_is_closed_unserved(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return event\n"})
+    checked: list[int] = []
+
+    def only_the_runtime(pid: int) -> bool:
+        checked.append(pid)
+        return pid == rt.process.pid
+
+    transport = UnixSocketTransport(str(rt.socket_dir), peer=only_the_runtime)
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # this test process: not the runtime
+    rt.process.send_signal(signal.SIGSTOP)  # the foreign connection is queued first, whatever the scan timing
+    try:
+        transport.listen()
+        [name] = os.listdir(rt.socket_dir)
+        foreign.connect(str(rt.socket_dir / name))
+        rt.process.send_signal(signal.SIGCONT)
+        transport.connect(timeout=10)
+        foreign.settimeout(10)
+        assert foreign.recv(1024) == b""  # closed without a byte: no ready, nothing served
+        assert os.getpid() in checked and checked[-1] == rt.process.pid
+        assert transport.ping() == 0
+    finally:
+        rt.process.send_signal(signal.SIGCONT)
+        foreign.close()
+        transport.close()
+
+
+def test_the_runtime_never_follows_a_symlink_or_connects_to_a_non_socket(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    rt = start_runtime({"main.py": "def handler(event):\n    return event\n"})
+    elsewhere = Path(tempfile.mkdtemp(prefix="fnrt-x-"))
+    decoy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # what a planted link would lead to
+    try:
+        decoy.bind(str(elsewhere / "decoy"))
+        decoy.listen(4)
+        decoy.setblocking(False)
+        (rt.socket_dir / "h-1-1.sock").symlink_to(elsewhere / "decoy")
+        (rt.socket_dir / "h-1-2.sock").write_text("not a socket")
+        later = UnixSocketTransport(str(rt.socket_dir), peer=lambda pid: pid == rt.process.pid)
+        try:
+            later.connect(timeout=10)  # the runtime has scanned the directory with both names in it
+            assert later.ping() == 0
+        finally:
+            later.close()
+        with pytest.raises(BlockingIOError):
+            decoy.accept()  # nobody ever connected to the decoy
+    finally:
+        decoy.close()
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_a_new_listener_removes_those_of_dead_host_processes_only(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="fnrt-s-"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        stale, live = directory / f"h-{dead.pid}-00ff.sock", directory / f"h-{os.getppid()}-00ff.sock"
+        for path in (stale, live):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            sock.close()  # the name stays behind, as after a kill -9
+        with UnixSocketTransport(str(directory), peer=lambda pid: False) as transport:
+            transport.listen()
+            names = sorted(os.listdir(directory))
+            assert stale.name not in names and live.name in names and len(names) == 2
+        assert os.listdir(directory) == [live.name]  # its own name went with close
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_cgroup_check_matches_the_container_and_nothing_else() -> None:
+    cid = "a" * 64
+    cgroupfs = f"12:memory:/docker/{cid}\n0::/docker/{cid}\n"
+    systemd = f"0::/system.slice/docker-{cid}.scope\n"
+    assert cgroup_names_container(cgroupfs, cid) and cgroup_names_container(systemd, cid)
+    assert cgroup_names_container(f"9:name=systemd:/docker/{cid}\n0::/\n", cid)  # runsc's gofer
+    assert not cgroup_names_container(f"0::/docker/{'b' * 64}\n", cid)
+    assert not cgroup_names_container("0::/user.slice/user-0.slice/session-1.scope\n", cid)
+    assert not cgroup_names_container(f"0::/docker/{cid}x\n", cid)
+    assert not cgroup_names_container(cgroupfs, cid[:12])  # an abbreviated ID is never enough
+    assert not cgroup_names_container(cgroupfs, "")

@@ -69,7 +69,8 @@ def hardened_inspect() -> dict[str, Any]:
     """What `docker inspect` reports for a container started the way DESIGN.md's table says."""
     return {
         "Config": {"User": "65534:65534",
-                   "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container"}},
+                   "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container",
+                              "io.fnctl.socket-dir": "/run/fnctl/0123abcd"}},
         "HostConfig": {
             "CapDrop": ["ALL"], "CapAdd": None, "SecurityOpt": ["no-new-privileges:true"], "Privileged": False,
             "ReadonlyRootfs": True, "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=16777216,mode=1777"},
@@ -79,7 +80,7 @@ def hardened_inspect() -> dict[str, Any]:
             "NetworkMode": "none", "Runtime": "runc",
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         },
-        "Mounts": [{"Type": "bind", "Source": "/run/fnctl/0123abcd", "Destination": "/run/fnctl", "RW": True}],
+        "Mounts": [{"Type": "bind", "Source": "/run/fnctl/0123abcd", "Destination": "/run/fnctl", "RW": False}],
     }
 
 
@@ -101,7 +102,14 @@ def _gvisor_label(data: dict[str, Any]) -> None:
     data["Config"]["Labels"]["io.fnctl.isolation"] = "gvisor"
 
 
-DOCKER_SOCK = {"Type": "bind", "Source": "/var/run/docker.sock", "Destination": "/run/fnctl", "RW": True}
+# Read-only, so that only the mount check fails: the engine's API answers over a read-only socket all the same.
+DOCKER_SOCK = {"Type": "bind", "Source": "/var/run/docker.sock", "Destination": "/run/fnctl", "RW": False}
+
+
+def _own_mount(**values: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data["Mounts"][0].update(values)
+
+
 HOLES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("no CapDrop", "capabilities dropped", _host(CapDrop=None)),
     ("a capability added back", "capabilities dropped", _host(CapAdd=["NET_ADMIN"])),
@@ -126,6 +134,9 @@ HOLES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("the Docker socket mounted", "only its socket directory mounted", _mounts(DOCKER_SOCK, replace=True)),
     ("a host path mounted", "only its socket directory mounted",
      _mounts({"Type": "bind", "Source": "/etc", "Destination": "/host-etc", "RW": False})),
+    ("another instance's socket directory", "only its socket directory mounted", _own_mount(Source="/run/fnctl/other")),
+    ("the socket directory writable", "no writable host path", _own_mount(RW=True)),
+    ("the socket directory with no RW flag", "no writable host path", lambda data: data["Mounts"][0].pop("RW")),
     ("gvisor asked, runc used", "runtime runsc", _gvisor_label),
 ]
 
@@ -136,7 +147,7 @@ def test_check_container_passes_the_hardened_profile() -> None:
 
 def test_check_container_passes_egress_and_gvisor_when_asked() -> None:
     data = hardened_inspect()
-    data["Config"]["Labels"] = {"io.fnctl.network": "egress", "io.fnctl.isolation": "gvisor"}
+    data["Config"]["Labels"].update({"io.fnctl.network": "egress", "io.fnctl.isolation": "gvisor"})
     data["HostConfig"].update(NetworkMode="bridge", Runtime="runsc")
     assert [c.name for c in check_container(data) if not c.ok] == []
 
