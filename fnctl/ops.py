@@ -196,10 +196,38 @@ def invoke_live(project: Project, state: Path | None, name: str, event: Any, pay
     instance = instances.connect_existing(function, row.container_id or "", Path(row.socket_dir), row.id)
     if instance is None:
         raise FnctlError(f"instance {row.id} of {name} does not answer (run `fnctl apply` to heal)")
+    started = time.monotonic()
+    outcome = None
     try:
-        return chosen, instances.invoke(instance, event, payload_size=payload_size)
+        outcome = instances.invoke(instance, event, payload_size=payload_size)
+        return chosen, outcome
     finally:
         instance.transport.close()
+        _audit_direct(project, state, name, chosen, outcome, time.monotonic() - started)
+
+
+def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any,
+                  seconds: float) -> None:
+    """An invocation that bypassed the gateway (`fnctl invoke --direct`, or no gateway running) skips its
+    authentication, never its audit: one row, with the operator (fnctl.identity) as the principal."""
+    from fnctl.apply import state_path
+    from fnctl.audit import AuditLog
+    from fnctl.gatewayrequest import new_request_id
+    from fnctl.httpevent import FAILURE_STATUS, audit_outcome
+    from fnctl.identity import actor
+    from fnctl.instances import Failure
+
+    if outcome is None:  # the invocation itself raised (the instance went away)
+        word, status = "error", 502
+    else:
+        word = audit_outcome(outcome)
+        status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
+    audit = AuditLog(state_path(project, state))
+    try:
+        audit.record(request_id=new_request_id(), principal=f"operator:{actor()}", function=name, revision=revision,
+                     outcome=word, status=status, duration_ms=seconds * 1000, source="cli --direct")
+    finally:
+        audit.close()
 
 
 def _pick(weights: dict[int, int]) -> int:

@@ -691,6 +691,7 @@ class Live:
     proc: Any  # subprocess.Popen
     keys: list[str]
     err: Any
+    pinner: str = ""  # a key whose role a Policy grants `pin` on web
 
     @property
     def url(self) -> str:
@@ -769,12 +770,15 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             store.set_resources("Trigger", {"web-http": {"function": "web",
                                                          "http": {"path": "/web/{name}", "methods": ["GET", "POST"]}}})
             made = [keys.create(store, f"caller-{i}", ("dev",), "acme", "test")[1] for i in range(20)]
+            store.set_resources("Policy", {"release": {"roles": {"releaser": {"pin": ["web"]}}}})
+            pinner = keys.create(store, "release-bot", ("releaser",), None, "test")[1]
         err = (project.root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--read-timeout", "1"], cwd=project.root,
+        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--read-timeout", "1", "--body-timeout", "1"],
+                                cwd=project.root,
                                 env=project.environ(), stdout=subprocess.DEVNULL, stderr=err)
         until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=60)
         assert proc.poll() is None, (project.root.parent / "serve.err").read_text()
-        yield Live(project, port, proc, made, err)
+        yield Live(project, port, proc, made, err, pinner)
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -825,16 +829,32 @@ def test_e2e_weights_within_5_points_over_2000_requests(live: Live) -> None:
 
 @pytest.mark.docker
 def test_e2e_pinning_reaches_a_revision_without_traffic(live: Live) -> None:
-    live.route({2: 100})
+    from deploy_helpers import until
+
+    pin = {"X-Fnctl-Revision": "1", "Authorization": f"Bearer {live.pinner}"}
+    live.route({2: 100})  # revision 1 is history: not in the routing table, so not pinnable
     _until_all(live.url, "2", "all traffic on revision 2")
-    status, headers, body = _http("POST", live.url + "/invoke/web", body=b"{}", headers={"X-Fnctl-Revision": "1"})
+    assert _http("POST", live.url + "/invoke/web", body=b"{}", headers=pin)[0] == 404
+    live.route({2: 100, 1: 0})  # listed at 0%: warm (a preview, or within scaleDownDelay), so pinnable
+    until(lambda: _http("POST", live.url + "/invoke/web", body=b"{}", headers=pin)[0] == 200,
+          "the gateway to read revision 1 back into its table")
+    status, headers, body = _http("POST", live.url + "/invoke/web", body=b"{}",
+                                  headers={"X-Fnctl-Revision": "1", "Authorization": f"Bearer {live.pinner}"})
     assert status == 200 and headers["X-Fnctl-Revision"] == "1" and json.loads(body)["version"] == "one"
+    # pinning is a privilege (a Policy's `pin` grant): anonymous and ordinary callers are refused, and told why
+    assert _http("POST", live.url + "/invoke/web", body=b"{}", headers={"X-Fnctl-Revision": "1"})[0] == 401
+    refused = live.project.fnctl("invoke", "web", "--revision", "1", "--key", live.keys[1], "-d", "{}")
+    assert refused.code == 1 and "403" in refused.err and "pin" in refused.err, refused.text
     # `fnctl invoke --revision` goes through the running gateway: the caller (the key) reaches the handler
-    result = live.project.ok("invoke", "web", "--revision", "1", "--key", live.keys[1], "-d", "{}")
+    result = live.project.ok("invoke", "web", "--revision", "1", "--key", live.pinner, "-d", "{}")
     answer = json.loads(result.out)
     assert answer["version"] == "one" and answer["caller"]["subject"].startswith("key:")
     direct = live.project.ok("invoke", "web", "--direct", "-d", "{}")
     assert json.loads(direct.out) == {"version": "two", "caller": None}
+    with live.project.store() as store:  # --direct skips the gateway's auth, never the audit: the operator
+        rows = store.query("SELECT principal, function, revision, status, source FROM invocations "
+                           "WHERE source = 'cli --direct'")
+    assert len(rows) == 1 and rows[0][0].startswith("operator:") and tuple(rows[0][1:]) == ("web", 2, 200, "cli --direct")
     refused = live.project.fnctl("invoke", "web", "--key", "fnk_000000000000_" + "x" * 43, "-d", "{}")
     assert refused.code == 1 and "401" in refused.err
 
@@ -897,6 +917,74 @@ def test_e2e_cron_trigger_runs_through_the_gateway(live: Live) -> None:
 
 
 @pytest.mark.docker
+def test_e2e_slow_bodies_do_not_starve_a_function(live: Live) -> None:
+    """Issue item 3 against a real `fnctl serve` and real instances: 300 connections from 127.0.0.2-4 send
+    chunked bodies that never end (each cut by --body-timeout 1, and opened again) while a good client from
+    127.0.0.1 calls web; it keeps >= 99 %. Before, they held its 256 concurrency units: 5.9 % got through."""
+    from test_gateway_hostile import CHUNKED, Attack
+
+    live.route({2: 100})
+    _until_all(live.url, "2", "all traffic on revision 2")
+    opening = CHUNKED.replace(b"/invoke/pub", b"/invoke/web")
+
+    async def main() -> tuple[list[int], int]:
+        attack = Attack(live.port, opening, b"1\r\n1\r\n")
+        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+        tasks = [asyncio.create_task(attack.connection(source)) for source in sources for _ in range(100)]
+        statuses: list[int] = []
+        try:
+            await _poll(lambda: attack.open >= len(tasks), "every attacker connection to be open", timeout=30)
+            async with aiohttp.ClientSession() as session:
+                while len(statuses) < 200 or attack.cuts < len(tasks):  # through a whole attack cycle
+                    assert len(statuses) < 20_000, f"the gateway cut only {attack.cuts} attacker connections"
+                    async with session.post(live.url + "/invoke/web", data=b"{}") as r:
+                        statuses.append(r.status)
+                        await r.read()
+        finally:
+            attack.stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return statuses, attack.cuts
+
+    statuses, cuts = asyncio.run(asyncio.wait_for(main(), timeout=120))
+    assert sum(1 for s in statuses if s == 200) / len(statuses) >= 0.99, Counter(statuses)
+    assert cuts >= 300
+
+
+@pytest.mark.docker
+def test_e2e_malformed_input_is_4xx_audited_and_leaves_no_traceback(live: Live) -> None:
+    """Issue item 4 against the real process: every malformed request is a 4xx with one line, one audit row
+    each, and the gateway's stderr holds no traceback."""
+    from deploy_helpers import until
+    from test_gateway_hostile import BAD_BODIES, MALFORMED_HTTP
+
+    started = time.time()
+
+    def audited() -> int:  # from this test's own address and time: the attack's rows come from 127.0.0.2-4
+        with live.project.store() as store:
+            return int(store.query("SELECT count(*) FROM invocations WHERE status >= 400 AND status < 500 "
+                                   "AND source = '127.0.0.1' AND at >= ?", (started,))[0][0])
+
+    before = audited()
+    sent = 0
+    for name, (body, _) in BAD_BODIES.items():
+        status, _, answer = _http("POST", live.url + "/invoke/web", body=body)
+        assert status == 400 and b"\n" not in answer.strip(), (name, status, answer)
+        sent += 1
+    for name, data in MALFORMED_HTTP.items():
+        assert _raw(live.port, data.replace(b"/invoke/pub", b"/invoke/web")).split(b" ")[1] == b"400", name
+        sent += 1
+    for method, path, status in (("GET", "/nothing", 404), ("GET", "/invoke/web", 405), ("PUT", "/web/x", 405),
+                                 ("POST", "/healthz", 405)):
+        assert _http(method, live.url + path, body=b"{}")[0] == status, (method, path)
+        sent += 1
+    until(lambda: audited() >= before + sent, f"{sent} audit rows of the bad requests", timeout=20)
+    assert audited() == before + sent  # exactly one each
+    live.err.flush()
+    live.err.seek(0)
+    assert "Traceback" not in live.err.read()
+
+
+@pytest.mark.docker
 def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
     """Last: it stops the module's gateway."""
     import concurrent.futures
@@ -904,11 +992,13 @@ def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
 
     from deploy_helpers import until
 
-    live.route({2: 100})
+    live.route({2: 100, 1: 0})  # revision 1 warm, so pinnable
     _until_all(live.url, "2", "all traffic on revision 2")
+    pin = {"X-Fnctl-Revision": "1", "Authorization": f"Bearer {live.pinner}"}
+    until(lambda: _http("POST", live.url + "/invoke/web", b"{}", pin)[0] == 200, "revision 1 pinnable")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # pinned to revision 1, which nothing else calls, so its in-flight gauge is this request's alone
-        slow = pool.submit(_http, "POST", live.url + "/invoke/web", b'{"sleep": 2}', {"X-Fnctl-Revision": "1"})
+        slow = pool.submit(_http, "POST", live.url + "/invoke/web", b'{"sleep": 2}', pin)
         until(lambda: 'fnctl_inflight_requests{function="web",revision="1"} 1.0'
               in _http("GET", live.url + "/metrics")[2].decode(), "the slow request in flight")
         live.proc.send_signal(signal.SIGTERM)

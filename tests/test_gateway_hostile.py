@@ -32,9 +32,9 @@ def run(test: Callable[[Harness], Awaitable[None]], **limits: Any) -> None:
     asyncio.run(asyncio.wait_for(main(), timeout=90))
 
 
-async def _connect(h: Harness, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the gateway from `source`, another address of the loopback network."""
-    return await asyncio.open_connection("127.0.0.1", h.port, local_addr=(source, 0))
+async def _connect(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the gateway on 127.0.0.1:`port` from `source`, another address of the loopback network."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
 CHUNKED = (b"POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -45,8 +45,8 @@ class Attack:
     """Connections from other loopback addresses that never finish their request: each sends `opening`, then
     `trickle` now and then; whenever the gateway cuts one, it is opened again, until `stop`."""
 
-    def __init__(self, h: Harness, opening: bytes, trickle: bytes) -> None:
-        self.h, self.opening, self.trickle = h, opening, trickle
+    def __init__(self, port: int, opening: bytes, trickle: bytes) -> None:
+        self.port, self.opening, self.trickle = port, opening, trickle
         self.cuts = 0  # connections the gateway closed on the attacker (it bounded them; we never give up)
         self.open = 0  # connections that sent their opening and are not cut yet
         self.stop = asyncio.Event()
@@ -54,7 +54,7 @@ class Attack:
     async def connection(self, source: str) -> None:
         while not self.stop.is_set():
             try:
-                reader, writer = await _connect(self.h, source)
+                reader, writer = await _connect(self.port, source)
             except OSError:
                 continue
             try:
@@ -80,7 +80,7 @@ async def _under_attack(h: Harness, opening: bytes, trickle: bytes, sources: tup
     """The statuses a well-behaved client from 127.0.0.1 gets, one request at a time on keep-alive, while
     `per_source` attacker connections from each of `sources` are open; it keeps calling until it made 200
     requests AND the gateway cut every attacker connection once (so it called through whole attack cycles)."""
-    attack = Attack(h, opening, trickle)
+    attack = Attack(h.port, opening, trickle)
     tasks = [asyncio.create_task(attack.connection(source)) for source in sources for _ in range(per_source)]
     statuses: list[int] = []
     try:
@@ -141,9 +141,9 @@ def test_slowloris_headers_are_cut_and_do_not_starve_a_function() -> None:
 
 def test_connections_per_client_address_are_capped() -> None:
     async def check(h: Harness) -> None:
-        held = [await _connect(h, "127.0.0.5") for _ in range(5)]
+        held = [await _connect(h.port, "127.0.0.5") for _ in range(5)]
         await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 5, "five connections from 127.0.0.5")
-        reader, writer = await _connect(h, "127.0.0.5")  # the sixth: answered at once, then closed
+        reader, writer = await _connect(h.port, "127.0.0.5")  # the sixth: answered at once, then closed
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 429 ") and b"too many connections from your address" in answer
@@ -151,7 +151,7 @@ def test_connections_per_client_address_are_capped() -> None:
             assert r.status == 200
         held.pop()[1].close()
         await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 4, "the gateway to see one closed")
-        reader, writer = await _connect(h, "127.0.0.5")
+        reader, writer = await _connect(h.port, "127.0.0.5")
         writer.write(b"POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
                      b'{"echo":2}')
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 ")  # a free place again
