@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from fnctl import keys
+
 from deploy_helpers import until
 from rollout_helpers import Load, Rollouts, call, parse_ndjson, rollout_project
 
@@ -154,7 +156,12 @@ def test_blue_green_preview_is_reachable_only_by_pinning(setup: Rollouts) -> Non
     assert setup.routes() == {1: 100, 2: 0}
     seen = {json.loads(call(setup.port, "POST", "/invoke/fn", b"{}")[2])["version"] for _ in range(40)}
     assert seen == {"one"}
-    status, headers, body = call(setup.port, "POST", "/invoke/fn", b"{}", {"X-Fnctl-Revision": "2"})
+    with setup.project.store() as store:  # pinning is a privilege: a Policy's `pin` grant (docs/auth.md)
+        store.set_resources("Policy", {"release": {"roles": {"releaser": {"pin": ["fn"]}}}})
+        pin = {"X-Fnctl-Revision": "2", "Authorization": f"Bearer {keys.create(store, 'r', ('releaser',), None, 't')[1]}"}
+    assert call(setup.port, "POST", "/invoke/fn", b"{}", {"X-Fnctl-Revision": "2"})[0] == 401  # anonymous
+    until(lambda: call(setup.port, "POST", "/invoke/fn", b"{}", pin)[0] == 200, "the gateway to read the Policy")
+    status, headers, body = call(setup.port, "POST", "/invoke/fn", b"{}", pin)
     assert status == 200 and json.loads(body)["version"] == "two" and headers["X-Fnctl-Revision"] == "2"
     with Load(setup.port, rate=200) as load:
         assert setup.project.fnctl("promote", "fn").code == 0
