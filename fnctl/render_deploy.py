@@ -133,7 +133,7 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
         commit = f"{s.last_commit[:8]} {escape((s.last_subject or '')[:40])}" if s.last_commit else "-"
         counts = f"[{colour}]{healthy}/{len(serving)} healthy[/{colour}]" if s.deployed else ""
         for orphan in (i for i in s.instances if i.orphan is not None):  # each one, with why: to be removed
-            counts += (f"\n" if counts else "") + (f"[magenta]orphan {escape(orphan.container or orphan.id)} "
+            counts += ("\n" if counts else "") + (f"[magenta]orphan {escape(orphan.container or orphan.id)} "
                                                     f"({orphan.state}): {escape(orphan.orphan or '')}[/magenta]")
         name = s.name if s.deployed else f"{escape(s.name)} [magenta](not deployed)[/magenta]"
         table.add_row(name, str(s.live_revision) if s.deployed else "-",

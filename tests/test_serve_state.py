@@ -19,8 +19,8 @@ from typing import Any
 
 import docker
 import pytest
-
 from deploy_helpers import HANDLER, Project, cleanup, make_project, until
+
 from fnctl import pickup
 from fnctl.dockerio import ContainerInfo
 from fnctl.live import orphan_reasons
