@@ -213,10 +213,15 @@ def _read_frame(sock: socket.socket, buffer: bytearray) -> dict[str, object]:
     return message  # type: ignore[no-any-return]
 
 
-def direct_latencies(socket_path: str, count: int) -> list[float]:
+def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[float]:
     """Sequential invocations straight to the instance's runtime; seconds each."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(socket_path)
+    from fnctl.transport import Rendezvous, container_peer
+
+    rendezvous = Rendezvous(socket_dir)  # the runtime connects out to a listener of ours, checked as the host does
+    try:
+        sock = rendezvous.accept(time.monotonic() + 10, container_peer(container_id))
+    finally:
+        rendezvous.close()
     buffer = bytearray()
     times = []
     try:
@@ -408,7 +413,6 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     store = connect(setup.state)
     row = next(iter(store.instances("noop")))
     store.close()
-    socket_path = row.socket_dir + "/sock"
     runtime_pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", row.container_id or ""],
                                      capture_output=True, text=True, check=True).stdout)
 
@@ -423,7 +427,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
                     (cpu_seconds(runtime_pid) - before_rt) / through[-1].requests))
     direct, via = [], []
     for _ in range(args.rounds):
-        direct += direct_latencies(socket_path, args.sequential)
+        direct += direct_latencies(row.socket_dir, row.container_id or "", args.sequential)
         via += http_latencies(setup.port, args.sequential)
     ipc = ipc_round_trip()
     load = wrk(setup.port, "/invoke/load", script, threads=2, connections=200, seconds=args.load_seconds)
