@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -271,6 +272,36 @@ def test_async_transport_drain_finishes_in_flight_work_and_refuses_new(local_run
         assert refused.error is not None and "draining" in refused.error.message
         assert (await slow).result["n"] == 1  # the in-flight one finished
         await drain
+
+    asyncio.run(scenario())
+
+
+def test_async_transport_closes_a_foreign_peer_unserved(local_runtime: LocalRuntime) -> None:
+    async def scenario() -> None:
+        checked: list[int] = []
+
+        def only_the_runtime(pid: int) -> bool:
+            checked.append(pid)
+            return pid == local_runtime.process.pid
+
+        transport = AsyncTransport(local_runtime.socket_dir, peer=only_the_runtime)
+        foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # this test process: not the runtime
+        local_runtime.process.send_signal(signal.SIGSTOP)  # so that the foreign connection is queued first
+        try:
+            connecting = asyncio.ensure_future(transport.connect(timeout=15))
+            [name] = await until(lambda: os.listdir(local_runtime.socket_dir), "the transport's listener")
+            foreign.connect(os.path.join(local_runtime.socket_dir, name))
+            local_runtime.process.send_signal(signal.SIGCONT)
+            ready = await connecting
+            foreign.settimeout(10)
+            assert await asyncio.get_running_loop().run_in_executor(None, foreign.recv, 1024) == b""
+            assert checked == [os.getpid(), local_runtime.process.pid] and ready["function"] == "echo"
+            assert (await transport.invoke({"n": 5}, invocation_id="after", deadline=time.time() + 10)).ok
+            assert os.listdir(local_runtime.socket_dir) == []  # the listener went once the runtime was in
+        finally:
+            local_runtime.process.send_signal(signal.SIGCONT)
+            foreign.close()
+            await transport.close()
 
     asyncio.run(scenario())
 
