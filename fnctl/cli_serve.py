@@ -20,7 +20,7 @@ def serve(
     max_header: Annotated[Optional[str], typer.Option("--max-header", help="Largest request headers in all, e.g. 16Ki (default): 431 beyond.", show_default=False)] = None,
     idle_timeout: Annotated[Optional[str], typer.Option("--idle-timeout", help="Stop an instance above minInstances after it idled this long (default 5m).", show_default=False)] = None,
     body_timeout: Annotated[Optional[float], typer.Option("--body-timeout", help="Seconds a client may take to send its request body (default 5): 408 beyond.", show_default=False)] = None,
-    max_connections_per_client: Annotated[Optional[int], typer.Option("--max-connections-per-client", help="Open connections per client address (default 128): 429 and closed beyond.", show_default=False)] = None,
+    max_connections_per_client: Annotated[Optional[int], typer.Option("--max-connections-per-client", help="Open connections per client address (default 256): 429 and closed beyond.", show_default=False)] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")] = True,
 ) -> None:
     """Run the gateway: HTTP invocations, HTTP Triggers, cron triggers, metrics; until SIGTERM or Ctrl-C.

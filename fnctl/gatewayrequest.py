@@ -33,7 +33,7 @@ class GatewayLimits:
     max_concurrent: int = 256  # requests in progress per function: 429 beyond
     reload_interval: float = 0.25  # seconds between checks of the store's routing table
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
-    max_connections_per_client: int = 128  # open connections per client address; more are refused (429)
+    max_connections_per_client: int = 256  # open connections per client address; more are refused (429)
 
 
 class Reject(Exception):

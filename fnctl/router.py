@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -155,13 +156,13 @@ class FunctionRoute:
     sticky_by: StickyBy | None = None
     sticky_name: str | None = None  # the header or cookie
 
-    @property
+    @cached_property  # a table is immutable and asked on every request: computed once per table
     def live(self) -> RevisionInfo | None:
         """The revision with the most traffic (the newest on a tie): whose access rules apply by default."""
         routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
         return self.revisions[max(routed, key=lambda r: (self.weights[r], r))] if routed else None
 
-    @property
+    @cached_property
     def access(self) -> RevisionInfo | None:
         """The revision whose `access.roles` govern every request, pinned or not: the newest one with traffic,
         i.e. the function as declared now (a canary that tightens access applies at once; a rollback
