@@ -26,13 +26,35 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
 from fnctl import router
-from fnctl.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated, authorize, may_pin
+from fnctl.auth import (
+    ANONYMOUS,
+    WWW_AUTHENTICATE,
+    Principal,
+    PrincipalKind,
+    Unauthenticated,
+    authorize,
+    may_pin,
+)
 from fnctl.gatewayrequest import (
-    NO_HEADERS, Call, GatewayLimits, Reject, build_event, check_header_size, dumps, new_request_id, reject_response,
-    request_id, web_response,
+    NO_HEADERS,
+    Call,
+    GatewayLimits,
+    Reject,
+    build_event,
+    check_header_size,
+    dumps,
+    new_request_id,
+    reject_response,
+    request_id,
+    web_response,
 )
 from fnctl.gatewaytable import TableFollower, TableSource
-from fnctl.httpevent import FAILURE_STATUS, audit_outcome, invoke_response, trigger_response
+from fnctl.httpevent import (
+    FAILURE_STATUS,
+    audit_outcome,
+    invoke_response,
+    trigger_response,
+)
 from fnctl.instances import Failure, Outcome
 from fnctl.metrics import CONTENT_TYPE as METRICS_TYPE
 from fnctl.pool import Overloaded, PoolResult, Unavailable
@@ -114,7 +136,7 @@ class Gateway:
         except Reject as reject:
             call.outcome = reject.outcome
             response = reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
-        except Exception as exc:  # a bug, or a result no encoder takes: one line in the log, never a traceback
+        except Exception as exc:  # noqa: BLE001 -- a bug must cost one request a 500 and one log line, never a traceback
             response = self._internal_error(call, exc, {"error": "Internal Server Error", "requestId": call.request_id})
         return await self._finish(call, request, response)
 
@@ -142,7 +164,7 @@ class Gateway:
         except Reject as reject:
             call.outcome = reject.outcome
             response = reject_response(reject, {"message": reject.reason})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- as in handle_invoke
             response = self._internal_error(call, exc, {"message": "Internal server error"})
         return await self._finish(call, request, response)
 
