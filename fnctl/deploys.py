@@ -74,13 +74,18 @@ def audit_mark(store: Store) -> int:
     return int(store.query("SELECT COALESCE(MAX(id), 0) FROM audit")[0][0])
 
 
+# Audited actions that leave the deployment as it was: API keys, and promote/abort requests (the weight change
+# a request leads to is audited by itself, as a route).
+_NOT_DEPLOYMENT_SQL = "a.action NOT IN ('create key', 'revoke key') AND a.action NOT LIKE '% requested'"
+
+
 def mark_since(store: Store, last: Deploy) -> int:
-    """The audit mark as `last` sees it: the last entry written since it, previews' own entries left out (a
-    preview takes no traffic, so the live commit needs no new deploy after one); `last.audit_mark` when none.
-    A preview's own entries lie between its start (`at`) and its record (`audit_mark`)."""
+    """The audit mark as `last` sees it: the last entry written since it that changed the deployment, previews'
+    own entries left out (a preview takes no traffic, so the live commit needs no new deploy after one);
+    `last.audit_mark` when none. A preview's own entries lie between its start (`at`) and its record."""
     return int(store.query(
-        "SELECT COALESCE(MAX(a.id), ?) FROM audit a WHERE a.id > ? AND NOT EXISTS (SELECT 1 FROM deploys d "
-        "WHERE d.preview = 1 AND d.id > ? AND a.id <= d.audit_mark AND a.at >= d.at)",
+        f"SELECT COALESCE(MAX(a.id), ?) FROM audit a WHERE a.id > ? AND {_NOT_DEPLOYMENT_SQL} AND NOT EXISTS ("
+        "SELECT 1 FROM deploys d WHERE d.preview = 1 AND d.id > ? AND a.id <= d.audit_mark AND a.at >= d.at)",
         (last.audit_mark, last.audit_mark, last.id))[0][0])
 
 

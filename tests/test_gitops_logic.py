@@ -484,3 +484,21 @@ def test_watch_reports_a_repeated_error_once(monkeypatch: pytest.MonkeyPatch) ->
     assert len(calls) == len(results) and all(options.heal for options in calls)
     assert [r.message if isinstance(r, FnctlError) else "report" for r in reported] == [
         "unreachable", "report", "unreachable", "other"]
+
+def test_mark_since_leaves_out_keys_and_rollout_requests(tmp_path: Path) -> None:
+    """A key made or revoked, or a promote/abort request, leaves the deployment as it was: the next sync of the
+    live commit has nothing to do. The route a promotion leads to does count."""
+    store = connect(tmp_path / "state.db")
+    try:
+        store.audit(actor="ada", command="sync", action="route", target="hello", outcome="ok")
+        deploys.record(store, at=1.0, actor="ada", command="sync", source="/r.git", ref=None,
+                       commit=Commit("1" * 40, AUTHOR, "s"), dirty=False, preview=False, outcome="ok")
+        last = deploys.last(store)
+        assert last is not None
+        for action in ("create key", "revoke key", "promote requested", "abort requested"):
+            store.audit(actor="ada", command="keys", action=action, target="k", outcome="ok")
+        assert deploys.mark_since(store, last) == last.audit_mark
+        store.audit(actor="ada", command="promote", action="route", target="hello", outcome="ok")
+        assert deploys.mark_since(store, last) > last.audit_mark
+    finally:
+        store.close()
