@@ -155,11 +155,11 @@ def seed(bench: Bench, first: int, count: int, image: str) -> None:
     """Functions first..first+count-1 in the store as if deployed, each with one running container."""
     import docker
 
-    from fnctl import instances
-    from fnctl.apply import desired_specs
-    from fnctl.project import load_project
-    from fnctl.sandbox import labels
-    from fnctl.store import InstanceRow, InstanceState, Revision, RevisionStatus, connect
+    from fnctl.deploy.session import desired_specs
+    from fnctl.engine import instances
+    from fnctl.engine.sandbox import labels
+    from fnctl.manifest.project import load_project
+    from fnctl.state.store import InstanceRow, InstanceState, Revision, RevisionStatus, connect
 
     os.environ.update(bench.env)
     project = load_project(bench.root)
@@ -195,11 +195,11 @@ def seed(bench: Bench, first: int, count: int, image: str) -> None:
 
 def canary_state(bench: Bench, function: str, old: int, new: int) -> None:
     """The state a canary at 10% leaves: `old` keeps a checked instance and 10% of the traffic."""
-    from fnctl import executor
-    from fnctl.apply import desired_specs
-    from fnctl.project import load_project
-    from fnctl.revisionspec import function_from_spec
-    from fnctl.store import connect
+    from fnctl.deploy import executor
+    from fnctl.deploy.revisionspec import function_from_spec
+    from fnctl.deploy.session import desired_specs
+    from fnctl.manifest.project import load_project
+    from fnctl.state.store import connect
 
     os.environ.update(bench.env)
     project = load_project(bench.root)
@@ -273,7 +273,7 @@ def main() -> None:
         # Rollback, instances still there (a canary at 10%).
         kept = []
         for _ in range(3):
-            from fnctl.store import connect
+            from fnctl.state.store import connect
 
             store = connect(bench.state)
             live = next(iter(store.routes()[target]))
@@ -310,7 +310,7 @@ def commit(root: Path, message: str) -> None:
 
 def _an_image(bench: Bench) -> str:
     """A real revision image of the project, shared by the seeded instances."""
-    from fnctl.store import connect
+    from fnctl.state.store import connect
 
     store = connect(bench.state)
     try:

@@ -215,7 +215,7 @@ def _read_frame(sock: socket.socket, buffer: bytearray) -> dict[str, object]:
 
 def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[float]:
     """Sequential invocations straight to the instance's runtime; seconds each."""
-    from fnctl.transport import Rendezvous, container_peer
+    from fnctl.invocation.transport import Rendezvous, container_peer
 
     rendezvous = Rendezvous(socket_dir)  # the runtime connects out to a listener of ours, checked as the host does
     try:
@@ -393,7 +393,7 @@ def main() -> None:
 
 
 def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen[bytes]]) -> dict[str, object]:
-    from fnctl.store import connect
+    from fnctl.state.store import connect
 
     script = setup.root / "post.lua"
     script.write_text(POST_LUA)

@@ -44,11 +44,11 @@ from bench_transport import echo_server, latency, measure_baseline, throughput  
 from bench_validate import bytecode_env, medians, timed  # noqa: E402
 from benchcommon import remove_project  # noqa: E402
 
-from fnctl import images, instances  # noqa: E402
-from fnctl.instances import Instance  # noqa: E402
-from fnctl.local import find_function  # noqa: E402
-from fnctl.project import Project, load_project  # noqa: E402
-from fnctl.sandbox import labels  # noqa: E402
+from fnctl.commands.local import find_function  # noqa: E402
+from fnctl.engine import images, instances
+from fnctl.engine.instances import Instance  # noqa: E402
+from fnctl.engine.sandbox import labels  # noqa: E402
+from fnctl.manifest.project import Project, load_project  # noqa: E402
 
 EVENT = {"n": 1}
 WARMUP = 200

@@ -206,8 +206,8 @@ class Poller:
 
     def _poll(self) -> None:
         from fnctl.errors import FnctlError
-        from fnctl.gatewayclient import invoke_deployed
-        from fnctl.project import load_project
+        from fnctl.gateway.client import invoke_deployed
+        from fnctl.manifest.project import load_project
 
         project = load_project(self.bench.clone)
         state = Path(self.bench.env["FNCTL_STATE"])

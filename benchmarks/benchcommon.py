@@ -11,7 +11,7 @@ def remove_project(project: str) -> None:
     fnctl creates them)."""
     import docker
 
-    from fnctl.instances import runtime_root
+    from fnctl.engine.instances import runtime_root
 
     client = docker.from_env(timeout=120)
     for container in client.api.containers(all=True, filters={"label": f"io.fnctl.project={project}"}):

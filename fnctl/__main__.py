@@ -1,5 +1,5 @@
 """`python -m fnctl` entry point."""
 
-from fnctl.cli import main
+from fnctl.cli.app import main
 
 main()

@@ -22,9 +22,9 @@ from typing import Any
 
 import docker
 import docker.errors
-
-from fnctl.store import Store, connect
 from polling import wait_until
+
+from fnctl.state.store import Store, connect
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.scaffold import scaffold
+from fnctl.commands.init import scaffold
 
 AUTHOR = "Ada Lovelace <ada@example.org>"
 _IDENTITY = ("-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", "-c", "commit.gpgsign=false",

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from fnctl.abstats import Sample, mann_whitney_u, report, report_to_json, two_proportion_z
-from fnctl.metrics import bucket_of
+from fnctl.rollout.abstats import Sample, mann_whitney_u, report, report_to_json, two_proportion_z
+from fnctl.rollout.latency import bucket_of
 
 
 def histogram(latencies_ms: list[float]) -> dict[str, int]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fnctl import auditchain
-from fnctl.audit import AuditLog
-from fnctl.migrations import MIGRATIONS
-from fnctl.store import Store, _statements, connect
+from fnctl.gateway.audit import AuditLog
+from fnctl.state import auditchain
+from fnctl.state.migrations import MIGRATIONS
+from fnctl.state.store import Store, _statements, connect
 
 NOW = time.time()
 
@@ -283,10 +283,10 @@ def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(s
 def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`fnctl promote` / `abort` record their request with the requester (rollouts.request), before the
     driver acts on it (its routing changes are audited by the controller)."""
-    import fnctl.rollouts as rollouts
-    from fnctl.apply import Options
-    from fnctl.project import load_project
-    from fnctl.rollout import EventKind
+    import fnctl.commands.rollouts as rollouts
+    from fnctl.deploy.session import Options
+    from fnctl.manifest.project import load_project
+    from fnctl.rollout.machine import EventKind
 
     state = tmp_path / "state.db"
     store = connect(state)

@@ -21,15 +21,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from fnctl import keys
-from fnctl.audit import AuditLog, AuditOutcome, start_access_log
-from fnctl.auth import (
-    ANONYMOUS, AuthConfig, Authenticator, Principal, PrincipalKind, Unauthenticated, authorize, may_pin,
-)
-from fnctl.cli import app
+from fnctl.cli.app import app
 from fnctl.errors import BadInput
-from fnctl.project import load_project
-from fnctl.store import Store, StoreError, connect
+from fnctl.gateway import keys
+from fnctl.gateway.audit import AuditLog, AuditOutcome, start_access_log
+from fnctl.gateway.auth import (
+    ANONYMOUS,
+    AuthConfig,
+    Authenticator,
+    Principal,
+    PrincipalKind,
+    Unauthenticated,
+    authorize,
+    may_pin,
+)
+from fnctl.manifest.project import load_project
+from fnctl.state.store import Store, StoreError, connect
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
 HS_SECRET = "s" * 64
@@ -267,7 +274,7 @@ def test_pinning_needs_an_explicit_pin_grant() -> None:
 
 
 def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
-    from fnctl.validate import validate_paths
+    from fnctl.manifest.validate import validate_paths
 
     (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n')
     (tmp_path / "p.yaml").write_text("apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: release}\n"

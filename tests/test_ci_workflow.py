@@ -24,7 +24,6 @@ from typing import Any
 import docker
 import pytest
 import yaml
-
 from deploy_helpers import Project, cleanup
 
 REPO = Path(__file__).resolve().parents[1]

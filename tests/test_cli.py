@@ -1,6 +1,6 @@
 """The command line of `validate` and `init`: output, `-o json` and exit codes.
 
-typer's CliRunner calls `fnctl.cli.app` directly, so fnctl's own errors (FnctlError) reach the runner as
+typer's CliRunner calls `fnctl.cli.app.app` directly, so fnctl's own errors (FnctlError) reach the runner as
 exceptions; the exit codes of those paths, which `main()` maps, are checked on a real `python -m fnctl`
 process, which must also never print a traceback for bad input.
 """
@@ -20,7 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from fnctl import __version__
-from fnctl.cli import _app_for, _command_name, app
+from fnctl.cli.app import _app_for, _command_name, app
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
@@ -214,7 +214,14 @@ def test_exit_codes_of_a_real_process(tmp_path: Path) -> None:
 
 
 def _names(typer_app: typer.Typer) -> set[str]:
-    return {_command_name(c) for c in typer_app.registered_commands} | {g.name or "" for g in typer_app.registered_groups}
+    """The commands and groups `typer_app` would build, those of its parts merged in without a name included."""
+    names = {_command_name(c) for c in typer_app.registered_commands}
+    for group in typer_app.registered_groups:
+        if not isinstance(group.name, str) and group.typer_instance is not None:  # merged without a name
+            names |= _names(group.typer_instance)
+        else:
+            names.add(group.name or "")
+    return names
 
 
 @pytest.mark.parametrize(("args", "only"), [
@@ -244,8 +251,8 @@ def test_subcommands_of_groups_and_the_debug_flag_work_through_main(tmp_path: Pa
 
 OUTCOME_SCRIPT = """
 import sys
-from fnctl.instances import Failure, Outcome
-from fnctl.render import Output, Progress, render_outcome
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.cli.render import Output, Progress, render_outcome
 with Progress() as progress:
     progress("a [b]progress[/b] line")
 failed = Outcome(False, None, Failure.TIMEOUT, "cut at [1s]", "Traceback: [red]x[/red]", "a log [b]line[/b]\\n", 2.25)

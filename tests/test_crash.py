@@ -15,7 +15,6 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from deploy_helpers import Project, cleanup, make_project
 
 pytestmark = pytest.mark.docker
@@ -134,7 +133,7 @@ def test_lock_holder_killed_with_sigkill_blocks_nobody(deployment: Deployment, t
     project = deployment.project
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.lock import held\n"
+         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
          "with held(Path(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
          "    print('held', flush=True)\n"
          "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fnctl.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
-from fnctl.store import Store, connect
+from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
+from fnctl.state.store import Store, connect
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 
@@ -125,7 +125,7 @@ def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: P
 
 def daily_far_from_now() -> str:
     """A daily schedule whose latest tick was ~6 h ago: no tick falls due while a test runs."""
-    return f"0 {datetime.fromtimestamp(time.time() - 6 * 3600, timezone.utc).hour} * * *"
+    return f"0 {datetime.fromtimestamp(time.time() - 6 * 3600, UTC).hour} * * *"
 
 
 def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, store_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, s
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 def test_schedules_follow_the_trigger_time_zone_across_daylight_saving() -> None:
@@ -180,7 +180,7 @@ def test_schedules_follow_the_trigger_time_zone_across_daylight_saving() -> None
     assert paris.latest_tick(utc(2024, 1, 16, 1)) == utc(2024, 1, 16, 1)  # a tick is its own latest
     assert paris.latest_tick(utc(2024, 1, 16, 0, 59)) == utc(2024, 1, 15, 1)
     kathmandu = CronTrigger("k", "f", "0 * * * *", "Asia/Kathmandu", Missed.SKIP, {})  # UTC+05:45
-    assert datetime.fromtimestamp(kathmandu.next_tick(utc(2024, 3, 1)), timezone.utc).minute == 15
+    assert datetime.fromtimestamp(kathmandu.next_tick(utc(2024, 3, 1)), UTC).minute == 15
     seconds = CronTrigger("s", "f", "* * * * * */10", "UTC", Missed.SKIP, {})
     assert seconds.next_tick(utc(2024, 3, 1, 0, 0, 3)) == utc(2024, 3, 1, 0, 0, 10)
 

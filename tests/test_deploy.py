@@ -13,7 +13,6 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from deploy_helpers import Project, cleanup, make_project, until
 
 pytestmark = pytest.mark.docker
@@ -231,8 +230,8 @@ def test_drift_is_shown_and_healed(project: Project, docker_client: docker.Docke
     with project.store() as store:
         store_id = store.id
     docker_client.containers.run(project.base_image, ["sleep", "300"], detach=True, network_mode="none",
-                                 labels={"io.fnctl.project": project.name, "io.fnctl.function": "hello",
-                                         "io.fnctl.store": store_id, "io.fnctl.instance": "intruder"})
+                                 labels={"io.fnctl.manifest.project": project.name, "io.fnctl.function": "hello",
+                                         "io.fnctl.state.store": store_id, "io.fnctl.instance": "intruder"})
     diff = project.fnctl("diff", "-o", "json")
     assert diff.code == 1 and len(diff.json()["orphans"]) == 1
     removed = project.ok("apply")
@@ -303,7 +302,7 @@ def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> N
     release = tmp_path / "release"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.lock import held\n"
+         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
          "with held(Path(sys.argv[1]), 5, 'fnctl apply (held by the test)'):\n"
          "    print('held', flush=True)\n"
          "    while not os.path.exists(sys.argv[2]):\n"

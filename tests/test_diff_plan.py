@@ -7,13 +7,21 @@ from typing import Any
 
 import pytest
 
-from fnctl.diff import (
-    ChangeKind, Desired, DriftKind, LiveFunction, LiveInstance, LiveState, diff, field_changes, has_changes,
+from fnctl.deploy.diff import (
+    ChangeKind,
+    Desired,
+    DriftKind,
+    LiveFunction,
+    LiveInstance,
+    LiveState,
+    diff,
+    field_changes,
+    has_changes,
 )
-from fnctl.model import Rollout, Step, Strategy
-from fnctl.model import StepKind as RolloutStep
-from fnctl.plan import StepKind, live_fingerprint, live_summary, make_plan, plan_to_json, stale_reasons
-from fnctl.timeline import timeline, timeline_from_json
+from fnctl.deploy.plan import StepKind, live_fingerprint, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.manifest.model import Rollout, Step, Strategy
+from fnctl.manifest.model import StepKind as RolloutStep
+from fnctl.rollout.timeline import timeline, timeline_from_json
 
 SPEC: dict[str, Any] = {"handler": "main.handler", "env": {"GREETING": "hi"}, "limits": {"memory": 128},
                         "source": {"hash": "aaa"}, "scaling": {"min_instances": 1}}
@@ -262,7 +270,7 @@ def test_the_plan_file_carries_the_timelines() -> None:
 
 
 def test_render_plan_prints_each_timeline_under_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
-    from fnctl.render_deploy import render_plan
+    from fnctl.cli.render_deploy import render_plan
 
     live = _state(_live("fn"))
     plan = make_plan("proj", diff([_desired("fn", _spec(env={}))], live), live, prune=False, rollouts={"fn": CANARY})

@@ -19,14 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fnctl import router
-from fnctl.auth import Principal, PrincipalKind, Unauthenticated
-from fnctl.gateway import Gateway, GatewayLimits, make_app
-from fnctl.httpevent import BadResult, HttpRequest, from_result, to_event
-from fnctl.instances import Failure, Outcome
-from fnctl.metrics import Metrics
-from fnctl.pool import Overloaded, Unavailable
-from fnctl.serve import parse_address, start_server
+from fnctl.gateway import router
+from fnctl.gateway.app import Gateway, GatewayLimits, make_app
+from fnctl.gateway.auth import Principal, PrincipalKind, Unauthenticated
+from fnctl.gateway.httpevent import BadResult, HttpRequest, from_result, to_event
+from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.pools import Overloaded, Unavailable
+from fnctl.gateway.serve import parse_address, start_server
+from fnctl.invocation.outcome import Failure, Outcome
 
 # ---- router: pure decisions --------------------------------------------------------------------------
 
@@ -145,8 +145,8 @@ def test_proxy_response_to_http() -> None:
 
 def test_serve_options_from_fnctl_toml_and_the_command_line(tmp_path: Any) -> None:
     from fnctl.errors import BadInput
-    from fnctl.project import load_project
-    from fnctl.serve import options_for
+    from fnctl.gateway.serve import options_for
+    from fnctl.manifest.project import load_project
 
     (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n\n[gateway]\naddress = "0.0.0.0:9000"\n'
                                          'readTimeout = "5s"\nmaxBodySize = "1Mi"\nidleTimeout = "1m"\n'
@@ -750,7 +750,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
 
     from deploy_helpers import cleanup, make_project, until
 
-    from fnctl import keys
+    from fnctl.gateway import keys
 
     project = make_project(tmp_path_factory.mktemp("gw") / "project", docker_client, base_image)
     port = _free_port()

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from test_gateway import Harness, _poll, _spec, _switch, running
 
-from fnctl import router
-from fnctl.gateway import GatewayLimits
+from fnctl.gateway import router
+from fnctl.gateway.app import GatewayLimits
 
 LIMITS: dict[str, Any] = {"timeout_margin": 0.5, "read_timeout": 1.0, "body_timeout": 1.0, "max_body": 10_000,
                           "max_header": 2048, "max_concurrent": 3, "reload_interval": 0.02, "drain_timeout": 5}
@@ -108,7 +108,7 @@ def _open_from(h: Harness, sources: tuple[str, ...]) -> int:
 
 
 def _server(h: Harness) -> Any:
-    from fnctl.serve import _Server
+    from fnctl.gateway.serve import _Server
 
     server = h.runner.server
     assert isinstance(server, _Server)
@@ -165,8 +165,8 @@ def test_connections_per_client_address_are_capped() -> None:
 
 def test_cap_and_body_timeout_settings(tmp_path: Any) -> None:
     from fnctl.errors import BadInput
-    from fnctl.project import load_project
-    from fnctl.serve import options_for
+    from fnctl.gateway.serve import options_for
+    from fnctl.manifest.project import load_project
 
     (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n\n[gateway]\nbodyTimeout = "2s"\n'
                                          'maxConnectionsPerClient = 16\n')

@@ -22,10 +22,10 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-
 from deploy_helpers import Project, Result, cleanup, until
-from fnctl.gitrepo import Mirror
 from gitops_helpers import AUTHOR, Repos, git, git_environ, hello_manifest, make_repos, run_git
+
+from fnctl.gitops.gitrepo import Mirror
 
 pytestmark = pytest.mark.docker
 

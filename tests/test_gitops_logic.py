@@ -11,16 +11,16 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from fnctl import deploys, hooks
-from fnctl.deploys import Decision, Deploy
-from fnctl.errors import ExitCode, FnctlError
-from fnctl.gitrepo import Commit, GitError, Mirror, Relation, UnknownRef, work_tree
-from fnctl.hooks import Act, HookConfig
-from fnctl.store import connect
-from fnctl.apply import Options
-from fnctl.sync import RewindRefused, SyncOptions, SyncReport, sync, watch
 from gitops_helpers import AUTHOR, Repos, fnctl, git, make_repos
+
+from fnctl.commands.sync import RewindRefused, SyncOptions, SyncReport, sync, watch
+from fnctl.deploy.session import Options
+from fnctl.errors import ExitCode, FnctlError
+from fnctl.gitops import deploys, hooks
+from fnctl.gitops.deploys import Decision, Deploy
+from fnctl.gitops.gitrepo import Commit, GitError, Mirror, Relation, UnknownRef, work_tree
+from fnctl.gitops.hooks import Act, HookConfig
+from fnctl.state.store import connect
 
 # ---- deploys.decide ---------------------------------------------------------------------------------------------
 
@@ -461,7 +461,7 @@ def test_apply_refuses_a_dirty_work_tree_naming_the_files(repos: Repos, tmp_path
 # ---- pull mode's loop -------------------------------------------------------------------------------------------
 
 def test_watch_reports_a_repeated_error_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fnctl import sync as sync_module
+    from fnctl.commands import sync as sync_module
 
     stop = threading.Event()
     results: list[SyncReport | FnctlError] = [GitError("unreachable"), GitError("unreachable"),

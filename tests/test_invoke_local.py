@@ -25,11 +25,11 @@ from sandbox_handlers.harness import (
     write_project,
 )
 
-import fnctl.validate
+import fnctl.manifest.validate
+from fnctl.commands.local import LocalResult, invoke_local
 from fnctl.errors import BadInput
-from fnctl.instances import Failure
-from fnctl.local import LocalResult, invoke_local
-from fnctl.project import Project
+from fnctl.invocation.outcome import Failure
+from fnctl.manifest.project import Project
 
 pytestmark = pytest.mark.docker
 
@@ -160,13 +160,13 @@ def backdate(root: Path) -> None:
 
 def count_validations(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real = fnctl.validate.validate_paths
+    real = fnctl.manifest.validate.validate_paths
 
-    def counting(project: Project, paths: Any = None) -> fnctl.validate.ValidationResult:
+    def counting(project: Project, paths: Any = None) -> fnctl.manifest.validate.ValidationResult:
         calls.append(project.root)
         return real(project, paths)
 
-    monkeypatch.setattr(fnctl.validate, "validate_paths", counting)
+    monkeypatch.setattr(fnctl.manifest.validate, "validate_paths", counting)
     return calls
 
 
@@ -317,7 +317,7 @@ def test_cli_sandbox_check_fails_a_container_started_without_the_profile(
 ) -> None:
     docker_client.containers.run(  # plain `docker run`: root, all default capabilities, writable root
         base_image, ["python3", "-c", "import sys; sys.stdin.read()"], detach=True, stdin_open=True,
-        network_mode="none", labels={"io.fnctl.project": project.name, "io.fnctl.function": "rogue",
+        network_mode="none", labels={"io.fnctl.manifest.project": project.name, "io.fnctl.function": "rogue",
                                      "io.fnctl.instance": "rogue"})
     text = run_cli(project, "sandbox", "check", "rogue")
     assert text.returncode == 1 and "FAIL" in text.stdout

@@ -1,4 +1,4 @@
-"""The safe YAML loader (fnctl.loader): plain values with positions, and a clear diagnostic for bad input."""
+"""The safe YAML loader (fnctl.manifest.loader): plain values with positions, and a clear diagnostic for bad input."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fnctl import loader
-from fnctl.diagnostics import Position
-from fnctl.loader import Document, find_manifest_files, load_file
+from fnctl.manifest import loader
+from fnctl.manifest.diagnostics import Position
+from fnctl.manifest.loader import Document, find_manifest_files, load_file
 
 
 def load(tmp_path: Path, text: str | bytes, name: str = "m.yaml") -> tuple[list[Document], list[str]]:
@@ -249,7 +249,7 @@ def test_the_fast_path_reads_what_the_full_builder_reads(tmp_path: Path) -> None
     """Plain files skip the full builder (and their positions until asked for): same values, same positions."""
     import random
 
-    from fnctl.yamlbuild import Builder, Parser
+    from fnctl.manifest.yamlbuild import Builder, Parser
 
     repo = Path(__file__).resolve().parent.parent
     corpus = [p.read_text() for p in sorted((repo / "manifests").rglob("*.yaml"))]

@@ -21,8 +21,8 @@ import pytest
 from deploy_helpers import cleanup, make_project
 from polling import wait_until
 
-from fnctl import lock
-from fnctl.lock import Holder, waiting_words
+from fnctl.deploy import lock
+from fnctl.deploy.lock import Holder, waiting_words
 
 HOLDER_COMMAND = "fnctl apply (held by the test)"
 

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fnctl import metrics
-from fnctl.metrics import Metrics, Window, bucket_of, quantile, window
-from fnctl.store import Store, StoreError, connect
+from fnctl.gateway import metrics
+from fnctl.gateway.metrics import Metrics
+from fnctl.rollout.latency import GROWTH, Window, bucket_of, quantile
+from fnctl.state.metricstore import window
+from fnctl.state.store import Store, StoreError, connect
 
 
 @pytest.fixture
@@ -121,7 +123,7 @@ def test_a_second_written_twice_adds_up(store: Store, clock: Clock) -> None:
         m.flush_sync(store)
     result = window(store, "hello", 1, 10, now=clock.now)
     assert (result.requests, result.errors, result.error_rate) == (4, 2, 0.5)
-    assert result.p95_ms is not None and 30 / metrics.GROWTH < result.p95_ms <= 30 * metrics.GROWTH
+    assert result.p95_ms is not None and 30 / GROWTH < result.p95_ms <= 30 * GROWTH
 
 
 def test_quantiles_of_known_distributions() -> None:
@@ -138,7 +140,7 @@ def test_quantiles_of_known_distributions() -> None:
     assert quantile({}, 0.95) is None
     assert quantile(histogram([0.01] * 10), 0.95) == pytest.approx(0.095)  # the first bucket starts at 0
     assert quantile(histogram([10 ** 7]), 0.5) == pytest.approx(120_000, rel=0.1)  # overflow: the top bound
-    assert float(bucket_of(1.0)) >= 1.0 > float(bucket_of(1.0)) / metrics.GROWTH
+    assert float(bucket_of(1.0)) >= 1.0 > float(bucket_of(1.0)) / GROWTH
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -23,20 +23,20 @@ from typing import Any, TypeVar
 
 import docker
 import pytest
-
 from deploy_helpers import Project, cleanup, make_project
-from fnctl import instances
-from fnctl.aiotransport import AsyncTransport, FrameTooLarge
-from fnctl.instances import Failure
-from fnctl.model import Limits, Scaling
-from fnctl.pool import Overloaded, PoolManager, PoolResult, PoolStats, Unavailable
-from fnctl.project import load_project
-from fnctl.revisionpool import RevisionPool, Slot, Target
-from fnctl.revisionspec import function_from_spec
-from fnctl.sandbox import labels
-from fnctl.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
-from fnctl.store import InstanceRow, InstanceState
-from fnctl.transport import ConnectionLost, ErrorKind, PeerCheck, TransportTimeout
+
+from fnctl.deploy.revisionspec import function_from_spec
+from fnctl.engine import instances
+from fnctl.engine.sandbox import labels
+from fnctl.gateway.pools import Overloaded, PoolManager, PoolResult, PoolStats, Unavailable
+from fnctl.gateway.revisionpool import RevisionPool, Slot, Target
+from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
+from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
+from fnctl.invocation.outcome import Failure
+from fnctl.invocation.transport import ConnectionLost, ErrorKind, PeerCheck, TransportTimeout
+from fnctl.manifest.model import Limits, Scaling
+from fnctl.manifest.project import load_project
+from fnctl.state.store import InstanceRow, InstanceState
 
 T = TypeVar("T")
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"

@@ -1,7 +1,7 @@
-"""Rollout logic without Docker. Part one pins `fnctl.rollout` on plain values: a strategy's stages, the
+"""Rollout logic without Docker. Part one pins `fnctl.rollout.machine` on plain values: a strategy's stages, the
 transitions of a progress record under a fake clock (plain floats), analysis verdicts on fake traffic
 windows, requests, and whole walks driven by a small loop that feeds each transition back in. Part two
-drives `fnctl.controller` against a real SQLite store in tmp_path, with no instance rows (so nothing is
+drives `fnctl.deploy.rolloutdriver` against a real SQLite store in tmp_path, with no instance rows (so nothing is
 ever stopped through the engine), checking routes, rollout rows, events and resumption.
 """
 
@@ -16,27 +16,47 @@ from typing import Any
 
 import pytest
 
-from fnctl import controller, executor
-from fnctl.metrics import Metrics
-from fnctl.model import Analysis, Inconclusive, Limits, Rollout, Strategy, parse_rollout
-from fnctl.revisionspec import function_from_spec
-from fnctl.rollout import (
-    Event, EventKind, Measure, Outcome, Record, Stage, StageKind, State, Transition, Verdict, Wait, abort,
-    complete, entering, evaluate, on_measurement, on_request, record_from, resolve, stages, step, weights_text,
+from fnctl.deploy import executor, rolloutdriver
+from fnctl.deploy.revisionspec import function_from_spec
+from fnctl.gateway.metrics import Metrics
+from fnctl.manifest.model import Analysis, Limits, Strategy, parse_rollout
+from fnctl.rollout.machine import (
+    Event,
+    EventKind,
+    Measure,
+    Outcome,
+    Record,
+    Stage,
+    StageKind,
+    State,
+    Transition,
+    Verdict,
+    Wait,
+    abort,
+    complete,
+    entering,
+    evaluate,
+    on_measurement,
+    on_request,
+    record_from,
+    resolve,
+    stages,
+    step,
+    weights_text,
 )
-from fnctl.store import Revision, RevisionStatus, RolloutRow, Store, connect
+from fnctl.state.store import Revision, RevisionStatus, RolloutRow, Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
 DELAY = 30.0  # scaleDownDelay of the pure tests
 
 
-# ---- part one: fnctl.rollout on values ------------------------------------------------------------
+# ---- part one: fnctl.rollout.machine on values ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Traffic:
-    """A fake measurement window (the `fnctl.rollout.Window` protocol)."""
+    """A fake measurement window (the `fnctl.rollout.machine.Window` protocol)."""
 
     requests: int
     errors: int = 0
@@ -641,7 +661,7 @@ def test_an_ab_walk_sets_the_variants_then_waits_for_one() -> None:
     assert rest.stops == [(T0 + 60 + DELAY, frozenset({NEW}))]
 
 
-# ---- part two: fnctl.controller against a real store ----------------------------------------------
+# ---- part two: fnctl.deploy.rolloutdriver against a real store ----------------------------------------------
 
 
 def spec_with(rollout: dict[str, Any]) -> dict[str, Any]:
@@ -670,7 +690,7 @@ class Deployer:
     def begin(self, rollout: dict[str, Any], *, stable: int = STABLE, canary: int = NEW) -> RolloutRow:
         self.add(canary, rollout)
         function = function_from_spec("fn", spec_with(rollout), Limits())
-        return controller.begin(self.ctx, function, stable, canary)
+        return rolloutdriver.begin(self.ctx, function, stable, canary)
 
     def row(self, rollout_id: int) -> RolloutRow:
         found = self.store.rollout(rollout_id)
@@ -680,7 +700,7 @@ class Deployer:
     def advance(self, rollout_id: int, at: float | None = None) -> tuple[Record, Wait | None]:
         """Advance a freshly read row, at the fake time `at` (the real clock when None)."""
         clock: Callable[[], float] = time.time if at is None else (lambda: at)
-        return controller.advance(self.ctx, self.row(rollout_id), now=clock)
+        return rolloutdriver.advance(self.ctx, self.row(rollout_id), now=clock)
 
     def events(self, rollout_id: int) -> list[str]:
         return [e.kind for e in self.store.rollout_events(rollout_id)]
@@ -694,7 +714,7 @@ class Deployer:
         return found.status
 
     def request(self, rollout_id: int, kind: EventKind, data: dict[str, Any]) -> int:
-        return controller.request(self.store, rollout_id, kind, f"{kind.value} by test", data)
+        return rolloutdriver.request(self.store, rollout_id, kind, f"{kind.value} by test", data)
 
 
 @pytest.fixture
@@ -722,7 +742,7 @@ def test_begin_puts_the_canary_at_zero_percent_and_records_the_start(fleet: Depl
     assert (started.kind, started.step, started.message, started.data) == (
         "started", 0, "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)", {"stages": 2})
     assert [a.action for a in fleet.store.audit_log("fn")] == ["rollout start"]
-    assert controller.record_of(row).weights == {STABLE: 100, NEW: 0}
+    assert rolloutdriver.record_of(row).weights == {STABLE: 100, NEW: 0}
 
 
 def test_begin_records_the_first_stage_when_it_takes_time(fleet: Deployer) -> None:
@@ -737,7 +757,7 @@ def test_advance_runs_the_steps_until_a_gate_and_a_second_advance_repeats_nothin
     assert fleet.route() == {STABLE: 50, NEW: 50}
     assert fleet.events(row.id) == ["started", "weight", "paused"]
     stored = fleet.row(row.id)
-    assert (stored.step, stored.state, controller.record_of(stored)) == (1, "paused", record)
+    assert (stored.step, stored.state, rolloutdriver.record_of(stored)) == (1, "paused", record)
     again, waiting = fleet.advance(row.id)
     assert (again, waiting) == (record, Wait(None))
     assert fleet.events(row.id) == ["started", "weight", "paused"]
@@ -755,13 +775,13 @@ def test_promote_then_the_scale_down(fleet: Deployer) -> None:
     assert waiting == Wait(at + 30)
     assert fleet.route() == {NEW: 100, STABLE: 0}
     assert fleet.events(row.id) == ["started", "weight", "paused", "promote-requested", "promoted", "completed"]
-    assert [r.id for r in controller.unfinished(fleet.store)] == [row.id]  # the old revision is still warm
+    assert [r.id for r in rolloutdriver.unfinished(fleet.store)] == [row.id]  # the old revision is still warm
     assert fleet.advance(row.id, at + 29)[1] == Wait(at + 30)
     record, waiting = fleet.advance(row.id, at + 30)
     assert (record.scaled_down, waiting) == (True, None)
     assert fleet.route() == {NEW: 100}
     assert fleet.events(row.id)[-1] == "scaled-down"
-    assert controller.unfinished(fleet.store) == []
+    assert rolloutdriver.unfinished(fleet.store) == []
     assert fleet.advance(row.id, at + 1_000) == (record, None)
     assert fleet.events(row.id)[-1] == "scaled-down"
     assert {"rollout completed", "route"} <= {a.action for a in fleet.store.audit_log("fn")}
@@ -790,7 +810,7 @@ def test_abort_goes_back_to_stable_and_quarantines_and_a_second_abort_is_ignored
     assert revision is not None and revision.reason == "aborted by alice"
     assert fleet.events(row.id) == ["started", "weight", "paused", "abort-requested", "aborted"]
     assert {"quarantine", "rollout aborted"} <= {a.action for a in fleet.store.audit_log("fn")}
-    assert controller.unfinished(fleet.store) == []
+    assert rolloutdriver.unfinished(fleet.store) == []
     late = fleet.request(row.id, EventKind.ABORT_REQUESTED, {"by": "bob"})
     record, _ = fleet.advance(row.id)
     assert (record.state, record.handled, record.reason) == (State.ABORTED, late, "aborted by alice")
@@ -815,10 +835,10 @@ def test_a_timed_pause_waits_on_the_callers_clock(fleet: Deployer) -> None:
 def test_resuming_after_a_crash_never_repeats_a_finished_step(fleet: Deployer) -> None:
     row = fleet.begin({"strategy": "canary", "steps": [{"setWeight": 20}, {"setWeight": 40}, {"pause": {}}]})
     # a driver commits the first transition, then dies before the next one
-    plan = stages(controller.spec_of(fleet.store, "fn", NEW))
-    first = step(controller.record_of(row), plan, 30.0, row.started_at)
+    plan = stages(rolloutdriver.spec_of(fleet.store, "fn", NEW))
+    first = step(rolloutdriver.record_of(row), plan, 30.0, row.started_at)
     assert isinstance(first, Transition)
-    controller.carry_out(fleet.ctx, controller.record_of(row), first)
+    rolloutdriver.carry_out(fleet.ctx, rolloutdriver.record_of(row), first)
     assert fleet.route() == {STABLE: 80, NEW: 20}
     # the next driver reads the row afresh and carries on from the second step
     record, waiting = fleet.advance(row.id)
@@ -859,7 +879,7 @@ def test_a_manual_blue_green_waits_at_its_gate_for_promote(fleet: Deployer) -> N
 def test_an_ab_test_promotes_the_named_variant(fleet: Deployer) -> None:
     row = fleet.begin({"strategy": "abTest", "variants": [{"name": "a", "weight": 60, "revision": "stable"},
                                                           {"name": "b", "weight": 40, "revision": "new"}]})
-    assert controller.record_of(row).variants == {"a": STABLE, "b": NEW}
+    assert rolloutdriver.record_of(row).variants == {"a": STABLE, "b": NEW}
     fleet.advance(row.id)
     assert fleet.route() == {STABLE: 60, NEW: 40}
     fleet.request(row.id, EventKind.PROMOTE_REQUESTED, {"variant": "nope"})
@@ -944,11 +964,11 @@ def test_a_new_rollout_supersedes_the_one_under_way_without_quarantine(fleet: De
     fleet.advance(first.id)
     second = fleet.begin(GATE, canary=3)
     old = fleet.row(first.id)
-    assert (old.state, controller.record_of(old).reason) == ("aborted", "superseded by revision 3")
+    assert (old.state, rolloutdriver.record_of(old).reason) == ("aborted", "superseded by revision 3")
     assert fleet.status(NEW) is RevisionStatus.READY
     assert fleet.route() == {STABLE: 100, 3: 0}
     assert fleet.events(first.id)[-1] == "aborted"
-    assert [r.id for r in controller.unfinished(fleet.store)] == [second.id]
+    assert [r.id for r in rolloutdriver.unfinished(fleet.store)] == [second.id]
 
 
 def test_retry_starts_an_aborted_rollout_again_from_its_first_step(fleet: Deployer) -> None:
@@ -956,11 +976,11 @@ def test_retry_starts_an_aborted_rollout_again_from_its_first_step(fleet: Deploy
     fleet.advance(row.id)
     fleet.request(row.id, EventKind.ABORT_REQUESTED, {})
     fleet.advance(row.id)
-    controller.restart(fleet.ctx, fleet.row(row.id))
+    rolloutdriver.restart(fleet.ctx, fleet.row(row.id))
     assert fleet.status(NEW) is RevisionStatus.READY
     assert fleet.route() == {STABLE: 100, NEW: 0}
     retried = fleet.row(row.id)
-    assert (retried.step, retried.state, controller.record_of(retried).reason) == (0, "progressing", "")
+    assert (retried.step, retried.state, rolloutdriver.record_of(retried).reason) == (0, "progressing", "")
     record, waiting = fleet.advance(row.id)
     assert (record.state, record.step, waiting) == (State.PAUSED, 1, Wait(None))
     assert fleet.route() == {STABLE: 50, NEW: 50}
@@ -972,8 +992,8 @@ def test_retire_ends_unfinished_rollouts_without_touching_the_routes(fleet: Depl
     under_way = fleet.begin(GATE)
     fleet.advance(under_way.id)
     with fleet.store.transaction():
-        controller.retire(fleet.ctx, "fn", "rolled back to revision 1")
-    ended = controller.record_of(fleet.row(under_way.id))
+        rolloutdriver.retire(fleet.ctx, "fn", "rolled back to revision 1")
+    ended = rolloutdriver.record_of(fleet.row(under_way.id))
     assert (ended.state, ended.scaled_down, ended.reason) == (State.ABORTED, True, "rolled back to revision 1")
     assert fleet.route() == {STABLE: 50, NEW: 50}  # the caller moves the traffic itself
     assert fleet.events(under_way.id)[-1] == "aborted"
@@ -982,11 +1002,11 @@ def test_retire_ends_unfinished_rollouts_without_touching_the_routes(fleet: Depl
     fleet.request(warm.id, EventKind.PROMOTE_REQUESTED, {"full": True})
     fleet.advance(warm.id)
     with fleet.store.transaction():
-        controller.retire(fleet.ctx, "fn", "deleted")
-    kept = controller.record_of(fleet.row(warm.id))
+        rolloutdriver.retire(fleet.ctx, "fn", "deleted")
+    kept = rolloutdriver.record_of(fleet.row(warm.id))
     assert (kept.state, kept.scaled_down, kept.done) == (State.COMPLETED, True, True)
     assert fleet.events(warm.id)[-1] == "scaled-down"
-    assert controller.unfinished(fleet.store) == []
+    assert rolloutdriver.unfinished(fleet.store) == []
 
 
 # ---- bugs found: each test below fails against the code as it is, and says why ----------------------
@@ -1004,7 +1024,7 @@ def test_a_retried_blue_green_counts_auto_promotion_from_the_retry(fleet: Deploy
     later = row.started_at + 3600  # `fnctl retry` an hour after the abort
     with monkeypatch.context() as clock:
         clock.setattr(time, "time", lambda: later)
-        controller.restart(fleet.ctx, fleet.row(row.id))
+        rolloutdriver.restart(fleet.ctx, fleet.row(row.id))
     record, waiting = fleet.advance(row.id, later + 1)
     assert fleet.route() == {STABLE: 100, NEW: 0}  # the preview, as after the first start
     assert (record.state, waiting) == (State.PROGRESSING, Wait(later + 60))
@@ -1020,7 +1040,7 @@ def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deplo
     fleet.request(row.id, EventKind.ABORT_REQUESTED, {"by": "alice"})
     fleet.advance(row.id)  # aborted by alice
     fleet.request(row.id, EventKind.ABORT_REQUESTED, {"by": "bob"})  # bob's abort lands just after: never driven
-    controller.restart(fleet.ctx, fleet.row(row.id))
+    rolloutdriver.restart(fleet.ctx, fleet.row(row.id))
     record, _ = fleet.advance(row.id)
     assert (record.state, record.step) == (State.PAUSED, 1)
     assert fleet.route() == {STABLE: 50, NEW: 50}
@@ -1029,21 +1049,21 @@ def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deplo
 def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet: Deployer, tmp_path: Path) -> None:
     """A process killed between an abort's routing change and stopping the canary leaves its instance rows;
     the controller loop of `fnctl serve` cleans them up even though no rollout is unfinished."""
-    from fnctl.project import project_at
-    from fnctl.store import InstanceRow, InstanceState
+    from fnctl.manifest.project import project_at
+    from fnctl.state.store import InstanceRow, InstanceState
 
     fleet.add(NEW, {"strategy": "immediate"})
     fleet.store.add_instance(InstanceRow("i-pinned", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
                                          time.time()))  # started by the gateway for a pinned request: kept
     project = project_at(tmp_path, "proj")
-    assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert [r.id for r in fleet.store.instances()] == ["i-pinned"]
     fleet.store.remove_instance("i-pinned")
     fleet.store.set_revision_status("fn", NEW, RevisionStatus.QUARANTINED, "the analysis failed")
     fleet.store.add_instance(InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
                                          time.time()))
-    assert controller.unfinished(fleet.store) == []
-    assert controller.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert rolloutdriver.unfinished(fleet.store) == []
+    assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
     assert [a.action for a in fleet.store.audit_log()][:1] == ["recover"]
 
@@ -1054,7 +1074,7 @@ def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_com
     spec = spec_with({"strategy": "canary", "steps": [{"setWeight": 50}]})
     fleet.store.add_revision(Revision("fn", NEW, "hash-2", spec, "fnctl-fn:2", "c" * 40, "Ada <ada@example.org>",
                                       T0, "tester", RevisionStatus.READY, None, "Greet louder"))
-    row = controller.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
+    row = rolloutdriver.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
     fleet.advance(row.id)
     driven = [a for a in fleet.store.audit_log("fn") if a.action in ("route", "rollout completed")]
     assert len(driven) == 3 and {(a.git_commit, a.git_author, a.git_subject) for a in driven} == {

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from fnctl import keys
-
 from deploy_helpers import until
 from rollout_helpers import Load, Rollouts, call, parse_ndjson, rollout_project
 
-
+from fnctl.gateway import keys
 
 CANARY = """\
 rollout:

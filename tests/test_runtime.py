@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from polling import wait_until as poll
 
-from fnctl.transport import (
+from fnctl.invocation.transport import (
     CallHandler,
     ConnectionLost,
     ErrorKind,

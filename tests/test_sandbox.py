@@ -1,7 +1,7 @@
 """The sandbox from the inside and at its limits: real containers on the local Docker engine.
 
 Most tests start instances of one shared revision image (tests/sandbox_handlers/probes) through
-`fnctl.instances`, each under the limits of its own manifest, and look at what the handler can do and at the
+`fnctl.engine.instances`, each under the limits of its own manifest, and look at what the handler can do and at the
 typed failure each limit produces. `check_container` is also tested on hand-made `docker inspect` data.
 """
 
@@ -33,12 +33,13 @@ from sandbox_handlers.harness import (
     write_project,
 )
 
-from fnctl import dockerio, images, instances
+from fnctl.commands.local import find_function, invoke_local
+from fnctl.engine import dockerio, images, instances
+from fnctl.engine.instances import Instance, StartFailed
+from fnctl.engine.sandbox import check_container, labels
 from fnctl.errors import BuildFailed
-from fnctl.instances import Failure, Instance, StartFailed
-from fnctl.local import find_function, invoke_local
-from fnctl.project import Project
-from fnctl.sandbox import check_container, labels
+from fnctl.invocation.outcome import Failure
+from fnctl.manifest.project import Project
 
 SECRET_ENV = "FNCTL_TEST_SANDBOX_TOKEN"  # the deployer's variable; the handler sees it as API_TOKEN
 

@@ -17,21 +17,20 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 from sandbox_handlers.harness import cleanup, project_name, write_project
 
-from fnctl import dockerio, images, instances
-from fnctl.aiotransport import AsyncTransport
-from fnctl.inspection import check_instances
-from fnctl.instances import Instance
-from fnctl.local import find_function
-from fnctl.project import Project
-from fnctl.sandbox import labels
-from fnctl.transport import UnixSocketTransport, container_peer
+from fnctl.commands.local import find_function
+from fnctl.engine import dockerio, images, instances
+from fnctl.engine.inspection import check_instances
+from fnctl.engine.instances import Instance
+from fnctl.engine.sandbox import labels
+from fnctl.invocation.aiotransport import AsyncTransport
+from fnctl.invocation.transport import UnixSocketTransport, container_peer
+from fnctl.manifest.project import Project
 
 MIB = 1 << 20
 # Handlers that attack the socket directory from inside; each reports the errno of every attempt (None: it
@@ -248,7 +247,7 @@ def test_a_host_process_killed_while_listening_leaves_the_instance_reachable(sta
     """A `kill -9` leaves a listener name behind: the runtime tries it once, and the next host process still
     connects (and removes the dead process's name)."""
     instance = start("vault")
-    script = ("import sys, time; from fnctl.transport import UnixSocketTransport; "
+    script = ("import sys, time; from fnctl.invocation.transport import UnixSocketTransport; "
               "t = UnixSocketTransport(sys.argv[1], peer=lambda pid: False); t.listen(); print('up', flush=True); "
               "time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", script, str(instance.socket_dir)], stdout=subprocess.PIPE)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fnctl.apply import desired_specs
+from fnctl.deploy.secrets import fingerprint_key, keyed_fingerprint
+from fnctl.deploy.session import desired_specs
 from fnctl.errors import BadInput
-from fnctl.migrations import MIGRATIONS
-from fnctl.project import load_project
-from fnctl.secretref import fingerprint_key, keyed_fingerprint
-from fnctl.store import Store, _statements, connect
+from fnctl.manifest.project import load_project
+from fnctl.state.migrations import MIGRATIONS
+from fnctl.state.store import Store, _statements, connect
 
 # The salt of a store made by fnctl before this change, and what that fnctl computed from it for the
 # project below (`plain` has no secrets; `secretive` reads API_TOKEN="tok").

@@ -21,11 +21,11 @@ import docker
 import pytest
 from deploy_helpers import HANDLER, Project, cleanup, make_project, until
 
-from fnctl import pickup
-from fnctl.dockerio import ContainerInfo
-from fnctl.live import orphan_reasons
-from fnctl.scaling import discard_now, may_start
-from fnctl.store import InstanceRow, InstanceState, connect
+from fnctl.deploy import pickup
+from fnctl.deploy.live import orphan_reasons
+from fnctl.engine.dockerio import ContainerInfo
+from fnctl.gateway.scaling import discard_now, may_start
+from fnctl.state.store import InstanceRow, InstanceState, connect
 
 MANIFEST = """\
 apiVersion: fnctl/v1
@@ -212,7 +212,7 @@ def test_status_lists_a_container_the_store_does_not_know_as_an_orphan(served: S
         store_id = store.id
     stray = project.client.containers.run(
         project.base_image, ["sleep", "300"], detach=True, network_mode="none", read_only=True,
-        labels={"io.fnctl.project": project.name, "io.fnctl.store": store_id, "io.fnctl.function": "ghost",
+        labels={"io.fnctl.manifest.project": project.name, "io.fnctl.state.store": store_id, "io.fnctl.function": "ghost",
                 "io.fnctl.revision": "7", "io.fnctl.instance": "i-ghost"})
     try:
         shown = served.status()

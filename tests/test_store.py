@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from fnctl.apply import state_path
-from fnctl.lock import LockTimeout, held
-from fnctl.migrations import MIGRATIONS
-from fnctl.project import load_project
-from fnctl.store import (
-    InstanceRow, InstanceState, Revision, RevisionStatus, Store, StoreError, connect, default_path,
+from fnctl.deploy.lock import LockTimeout, held
+from fnctl.deploy.session import state_path
+from fnctl.manifest.project import load_project
+from fnctl.state.migrations import MIGRATIONS
+from fnctl.state.store import (
+    InstanceRow,
+    InstanceState,
+    Revision,
+    RevisionStatus,
+    Store,
+    StoreError,
+    connect,
+    default_path,
 )
 
 
@@ -193,7 +200,7 @@ def test_state_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 _HOLDER = """
 import os, sys, time
 from pathlib import Path
-from fnctl.lock import held
+from fnctl.deploy.lock import held
 with held(Path(sys.argv[1]), 5, "fnctl apply (test holder)"):
     print("held", flush=True)
     while not os.path.exists(sys.argv[2]):

@@ -9,9 +9,16 @@ from typing import Any
 
 import pytest
 
-from fnctl.model import Analysis, Inconclusive, Rollout, Step, StepKind, Strategy, Variant
-from fnctl.timeline import (
-    Exposure, Gate, PhaseKind, analysis_seconds, timeline, timeline_from_json, timeline_lines, timeline_summary,
+from fnctl.manifest.model import Analysis, Inconclusive, Rollout, Step, StepKind, Strategy, Variant
+from fnctl.rollout.timeline import (
+    Exposure,
+    Gate,
+    PhaseKind,
+    analysis_seconds,
+    timeline,
+    timeline_from_json,
+    timeline_lines,
+    timeline_summary,
     timeline_to_json,
 )
 

@@ -1,4 +1,4 @@
-"""The pure helpers: durations and sizes (fnctl.units), diagnostics and their rendering, project names."""
+"""The pure helpers: durations and sizes (fnctl.manifest.units), diagnostics and their rendering, project names."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fnctl.diagnostics import Diagnostic, Position, display_path, json_path, sorted_diagnostics
-from fnctl.project import inside, slug
-from fnctl.units import format_duration, parse_duration, parse_size
+from fnctl.manifest.diagnostics import Diagnostic, Position, display_path, json_path, sorted_diagnostics
+from fnctl.manifest.project import inside, slug
+from fnctl.manifest.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from fnctl import fastschema, schemas
-from fnctl.loader import MAX_DOCUMENTS, MAX_FILE_BYTES, load_file
-from fnctl.project import load_project
-from fnctl.validate import ValidationResult, validate_paths
+from fnctl.manifest import fastschema, schemas
+from fnctl.manifest.loader import MAX_DOCUMENTS, MAX_FILE_BYTES, load_file
+from fnctl.manifest.project import load_project
+from fnctl.manifest.validate import ValidationResult, validate_paths
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
@@ -471,9 +471,9 @@ def test_the_fnctl_toml_of_the_manifest_reference_is_valid(tmp_path: Path) -> No
 
 def test_mutated_manifests_get_diagnostics_never_exceptions() -> None:
     """Whatever a schema-checked document holds, the typed values and semantic checks cope with it."""
-    from fnctl.loader import Document
-    from fnctl.model import Limits
-    from fnctl.validate import build_state
+    from fnctl.manifest.loader import Document
+    from fnctl.manifest.model import Limits
+    from fnctl.manifest.validate import build_state
 
     originals = [d for f in sorted((REPO / "manifests").rglob("*.yaml")) for d in load_file(f)[0]]
     rng = random.Random(99)

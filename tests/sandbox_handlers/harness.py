@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import yaml
-
-from fnctl.project import Project, load_project
 from polling import wait_until as poll
+
+from fnctl.manifest.project import Project, load_project
 
 HERE = Path(__file__).resolve().parent
 PROBES = HERE / "probes"

@@ -1,0 +1,118 @@
+"""The inner loop of a function's author: init, validate, invoke (locally or deployed) and sandbox check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fnctl.cli.options import PathsArg
+from fnctl.cli.render import Output, OutputOpt, console
+from fnctl.errors import ExitCode
+
+app = typer.Typer()
+
+
+@app.command()
+def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
+    """Check manifests against the schemas and the semantic rules; report every problem at once.
+
+    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message.
+
+    Example: fnctl validate manifests/ -o json
+    """
+    from fnctl.cli.render import render_validation
+    from fnctl.manifest.project import find_root, load_project
+    from fnctl.manifest.validate import validate_paths
+
+    # The project (its root, its defaults) is the one around the first path given, not the working directory's.
+    hint = paths[0] if paths and find_root(paths[0]) else None
+    result = validate_paths(load_project(hint), paths)
+    render_validation(result, output)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option(help="Project name (default: the directory's name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write even into a directory that has files.")] = False,
+) -> None:
+    """Scaffold a project: fnctl.toml, one Python function, its manifest and an HTTP trigger.
+
+    Example: fnctl init my-project && cd my-project && fnctl validate
+    """
+    from fnctl.commands.init import scaffold
+
+    created = scaffold(directory, name, force=force)
+    for path in created:
+        console().print(f"created {path}")
+    console().print(f"\nNext: cd {directory} && fnctl validate")
+
+
+@app.command()
+def invoke(
+    target: Annotated[str, typer.Argument(metavar="NAME|PATH", help="A function name, or a manifest file with one function.")],
+    local: Annotated[bool, typer.Option("--local", help="Build and run the function in a fresh local sandbox.")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="The event: JSON, or @file.json; default: stdin when piped, else {}.")] = None,
+    logs: Annotated[bool, typer.Option("--logs", help="Print the invocation's captured output.")] = False,
+    keep_warm: Annotated[bool, typer.Option("--keep-warm", help="Keep the sandbox for the next --local call.")] = False,
+    revision: Annotated[Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")] = None,
+    state: Annotated[Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)] = None,
+    key: Annotated[Optional[str], typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False)] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")] = False,
+    output: OutputOpt = Output.TEXT,
+) -> None:
+    """Invoke a function and print its result; exit 0 on success, 1 on a function error or limit.
+
+    Without --local, the deployed function is invoked through the gateway when `fnctl serve` runs for this
+    project at its gateway address (authentication, routing, metrics and the audit apply), else straight
+    through one of its instances.
+
+    \b
+    Examples:
+      fnctl invoke --local hello --data '{"name": "you"}' --logs
+      echo '{"name": "ci"}' | fnctl invoke --local manifests/demo/hello.yaml --keep-warm
+      fnctl invoke hello --revision 3 -d @event.json --key "$FNCTL_KEY"
+    """
+    from fnctl.cli.render import Progress, render_outcome
+    from fnctl.commands.local import invoke_local
+    from fnctl.invocation.payload import read_event
+    from fnctl.manifest.project import load_project
+
+    event, size = read_event(data)
+    if not local:
+        from fnctl.commands.invoke import invoke_deployed
+
+        outcome, warm = invoke_deployed(load_project(), state, target, event, size, revision, key=key,
+                                        logs=logs, direct=direct)
+        render_outcome(outcome, output=output, show_logs=logs, warm=warm)
+        raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
+    with Progress(quiet=output is Output.JSON) as progress:
+        result = invoke_local(load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress)
+    render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
+    raise typer.Exit(ExitCode.OK if result.outcome.ok else ExitCode.FAILED)
+
+
+sandbox_app = typer.Typer(help="Inspect the sandboxes of running instances.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("check")
+def sandbox_check(
+    name: Annotated[Optional[str], typer.Argument(help="Only this function's instances.")] = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
+    """Print each hardening property of every running instance as pass/fail; exit 1 on any fail.
+
+    Example: fnctl sandbox check hello
+    """
+    from fnctl.cli.render import render_sandbox_checks
+    from fnctl.engine.inspection import check_instances
+    from fnctl.manifest.project import load_project
+
+    reports = check_instances(load_project().name, name)
+    render_sandbox_checks(reports, output)
+    failed = not reports or any(not c.ok for r in reports for c in r.checks)
+    raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)

@@ -1,0 +1,309 @@
+"""The deploy commands end to end: `diff`, `plan`, `apply` (and `sync`'s apply; `rollback` and `delete` are
+in fnctl.commands.rollback).
+
+Each takes the store's lock, repairs what a dead process left (`executor.recover`), then decides purely
+(`diff`, `plan`) and acts (`executor`), auditing every change.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fnctl.deploy import executor, pickup
+from fnctl.deploy.desired import DeploySpec
+from fnctl.deploy.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
+from fnctl.deploy.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.deploy.session import Options, Progress, desired_specs, desired_state, session
+from fnctl.errors import BadInput, ExitCode, FnctlError
+from fnctl.gitops.gitrepo import WorkTree, work_tree
+from fnctl.manifest.model import DesiredState
+from fnctl.manifest.project import CONFIG_FILE, Project
+from fnctl.state.store import RevisionStatus
+
+if TYPE_CHECKING:
+    from fnctl.commands.rollouts import OnEvent, OnTick, Snapshot
+
+
+
+@dataclass
+class Outcome:
+    function: str
+    action: str
+    ok: bool
+    revision: int | None = None
+    message: str = ""
+    detail: str | None = None
+
+
+@dataclass
+class ApplyReport:
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    rollouts: list[Snapshot] = field(default_factory=list)  # as they settled (or stood, with --no-wait)
+
+    @property
+    def failed(self) -> bool:
+        return any(not o.ok for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Failed beats rolled back beats waiting at a gate (DESIGN.md's exit codes)."""
+        codes = {s.exit_code for s in self.rollouts}
+        if self.failed:
+            return ExitCode.FAILED
+        return next((c for c in (ExitCode.ROLLED_BACK, ExitCode.WAITING) if c in codes), ExitCode.OK)
+
+
+def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
+    """Make the store's triggers, views and policies those of the manifests (the gateway serves them);
+    returns what changed, in words. Unchanged kinds are not rewritten, so a no-op apply writes nothing."""
+    changed = []
+    for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies)):
+        wanted = {item.name: item.document.data["spec"] for item in items if item.document is not None}
+        if ctx.store.resources(kind) != wanted:
+            with ctx.store.transaction():
+                ctx.store.set_resources(kind, wanted)
+                ctx.store.audit(actor=ctx.actor, command=ctx.command, action="publish", target=kind, outcome="ok",
+                                **ctx.git_fields, detail=", ".join(sorted(wanted)) or "(none)")
+            changed.append(f"{len(wanted)} {kind.lower()}{'s' if len(wanted) != 1 else ''}")
+    return changed
+
+
+def compute_diff(project: Project, options: Options, paths: list[Path] | None,
+                 progress: Progress = lambda _: None) -> tuple[list[Change], LiveState]:
+    """`fnctl diff`: read-only, no lock."""
+    changes, live, _ = _diff_with_specs(project, options, paths, progress)
+    return changes, live
+
+
+def _diff_with_specs(project: Project, options: Options, paths: list[Path] | None,
+                     progress: Progress = lambda _: None) -> tuple[list[Change], LiveState, list[DeploySpec]]:
+    from fnctl.deploy.live import read_live
+
+    with session(project, options, "diff", progress, mutating=False) as ctx:
+        specs, _ = desired_specs(project, ctx.store, paths)
+        live = read_live(ctx.store, project.name)
+    return diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live, specs
+
+
+def make_plan_file(project: Project, options: Options, paths: list[Path] | None) -> dict[str, Any]:
+    """`fnctl plan -o plan.json`: the plan (with each rollout's timeline) plus what it was made against."""
+    changes, live, specs = _diff_with_specs(project, options, paths)
+    plan = make_plan(project.name, changes, live, prune=options.prune,
+                     rollouts={s.name: s.function.rollout for s in specs})
+    document = plan_to_json(plan, live_summary(live))
+    document["paths"] = [str(p.resolve()) for p in paths] if paths else None
+    return document
+
+
+def apply(project: Project, options: Options, paths: list[Path] | None, progress: Progress,
+          plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
+          on_tick: OnTick | None = None) -> ApplyReport:
+    """`fnctl apply`: from a git work tree, only a committed state (unless --allow-dirty), recorded as live."""
+    tree = work_tree(project.root)
+
+    dirty: list[Path] = []
+
+    def refuse_dirty(specs: list[DeploySpec]) -> None:  # after validation: invalid manifests say more
+        if tree is not None:
+            dirty.extend(_deployed_changes(project, tree, [*(paths or project.manifest_paths), *(s.source for s in specs)]))
+        if dirty and not options.allow_dirty:
+            shown = [os.path.relpath(p, project.root) for p in dirty[:10]]
+            more = f"\n  ... and {len(dirty) - 10} more" if len(dirty) > 10 else ""
+            raise BadInput("uncommitted changes in what would be deployed:\n  " + "\n  ".join(shown) + more +
+                           "\nCommit them (every revision names its commit), or pass --allow-dirty.")
+
+    with session(project, options, "apply", progress, source=tree) as ctx:
+        started = time.time()
+        report = apply_in(ctx, project, options, paths, plan_file, on_event, on_tick, guard=refuse_dirty)
+        if tree is not None:
+            record_deploy(ctx, report, started, source=str(project.root), ref=None, dirty=bool(dirty))
+        return report
+
+
+def _deployed_changes(project: Project, tree: WorkTree, deployed: list[Path]) -> list[Path]:
+    """The uncommitted changes in what a deploy reads (manifests, function sources, fnctl.toml): with them,
+    a revision would name a commit that does not hold what runs."""
+    bases = [p.resolve() for p in (*deployed, project.root / CONFIG_FILE)]
+    return [p for p in tree.dirty if any(p == b or b in p.parents or p in b.parents for b in bases)]
+
+
+def apply_in(ctx: executor.Context, project: Project, options: Options, paths: list[Path] | None,
+             plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
+             on_tick: OnTick | None = None, preview: bool = False,
+             guard: Callable[[list[DeploySpec]], None] = lambda _: None) -> ApplyReport:
+    """Apply the manifests with the lock held: recover, diff, plan, carry out, follow the rollouts; or,
+    as a `preview`, only deploy changed functions beside the live ones at 0% of traffic. `guard` may refuse
+    once the manifests are known to be valid."""
+    from fnctl.deploy.live import read_live
+
+    specs, secret_values, state = desired_state(project, ctx.store, paths)
+    guard(specs)
+    before = pickup.change_mark(ctx.store)
+    live = read_live(ctx.store, project.name)
+    if plan_file is not None:
+        _check_plan(plan_file, project.name, live, specs)
+    recovered = executor.recover(ctx, live.orphans)
+    if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
+        live = read_live(ctx.store, project.name)
+    changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
+    plan = make_plan(project.name, changes, live, prune=options.prune,
+                     rollouts={s.name: s.function.rollout for s in specs})
+    _refuse_quarantined(changes, live, options.force)
+    report = ApplyReport(plan, recovered=recovered)
+    by_name = {s.name: s for s in specs}
+    watermark = int(ctx.store.query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
+    for change in changes:
+        if preview:
+            outcome = _preview(ctx, change, by_name.get(change.function), secret_values, live)
+        else:
+            outcome = _carry_out(ctx, change, by_name.get(change.function), secret_values, options)
+        if outcome is not None:
+            report.outcomes.append(outcome)
+    if preview:  # a preview changes no trigger, view or policy, and has no rollout to follow
+        _routable(ctx, before)
+        return report
+    published = publish_resources(ctx, state)
+    if published:
+        report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
+    _routable(ctx, before)
+    report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
+    return report
+
+
+def _routable(ctx: executor.Context, before: int) -> None:
+    """When this apply changed the store (new functions, revisions, triggers...), wait (bounded) until a
+    running gateway routes by it: a request sent once apply returns must not find a 404 or an old route."""
+    if pickup.change_mark(ctx.store) > before:
+        pickup.wait_for_gateway(ctx.store)
+
+
+_OUTCOMES = {ExitCode.OK: "ok", ExitCode.FAILED: "failed", ExitCode.ROLLED_BACK: "rolled-back",
+             ExitCode.WAITING: "waiting"}
+
+
+def record_deploy(ctx: executor.Context, report: ApplyReport, started: float, *, source: str, ref: str | None,
+                  dirty: bool, preview: bool = False) -> None:
+    """Record which commit this apply or sync made live (what the next sync compares with)."""
+    from fnctl.gitops import deploys
+
+    if ctx.git is not None:
+        deploys.record(ctx.store, at=started, actor=ctx.actor, command=ctx.command, source=source, ref=ref,
+                       commit=ctx.git, dirty=dirty, preview=preview, outcome=_OUTCOMES.get(report.exit_code, "failed"))
+
+
+def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, names: set[str], watermark: int,
+                     on_event: OnEvent | None, on_tick: OnTick | None) -> list[Snapshot]:
+    """The manifests' rollouts, driven by this process (it holds the lock) until they settle; with
+    --no-wait, advanced as far as they go without waiting. Their events after `watermark` are reported."""
+    from fnctl.commands.rollouts import Follower
+    from fnctl.deploy import rolloutdriver
+
+    ids = [row.id for row in rolloutdriver.unfinished(ctx.store) if row.function in names]
+    if not ids:
+        return []
+    follower = Follower(project, options, ids, held=ctx, seen={i: watermark for i in ids})
+    if on_event is not None:
+        follower.on_event = on_event
+    if on_tick is not None:
+        follower.on_tick = on_tick
+    return follower.run(options.timeout, settle=options.wait)
+
+
+def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec]) -> None:
+    if plan_file.get("project") != project:
+        raise BadInput(f"the plan was made for project {plan_file.get('project')!r}, not {project!r}")
+    reasons = stale_reasons(plan_file.get("live", {}), live_summary(live))
+    wanted = {s.name: s.spec_hash for s in specs}
+    if wanted != plan_file.get("desired", {}):
+        changed = sorted(n for n in set(wanted) | set(plan_file.get("desired", {}))
+                         if wanted.get(n) != plan_file.get("desired", {}).get(n))
+        reasons.append("the manifests changed since the plan was made: " + ", ".join(changed))
+    if reasons:
+        raise BadInput("the plan is stale; make a new one with `fnctl plan`:\n  " + "\n  ".join(reasons))
+
+
+class Quarantined(FnctlError):
+    """The manifests ask for a spec that was rolled back: deploying it again would undo the rollback."""
+
+
+def _refuse_quarantined(changes: list[Change], live: LiveState, force: bool) -> None:
+    refused = [f"{c.function}: this spec is quarantined ({live.quarantined[c.spec_hash]})"
+               for c in changes if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) and c.spec_hash in live.quarantined]
+    if refused and not force:
+        raise Quarantined("refusing to redeploy a rolled-back revision:\n  " + "\n  ".join(refused) +
+                          "\nRevert the commit or push a fix (a changed function deploys normally), "
+                          "or pass --force to deploy it anyway.")
+
+
+def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
+               secret_values: dict[str, dict[str, str]], options: Options) -> Outcome | None:
+    name = change.function
+    try:
+        if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
+            assert spec is not None
+            return _deploy(ctx, change, spec, secret_values[name])
+        if change.kind is ChangeKind.DELETE:
+            if not options.prune:
+                return Outcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
+            executor.delete(ctx, name)
+            return Outcome(name, "delete", True, change.live_revision, "deleted")
+        if change.drift and spec is not None and change.live_revision is not None:
+            live = ctx.store.revision(name, change.live_revision)
+            assert live is not None
+            broken = {d.instance for d in change.drift if d.instance}
+            image_removed = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
+            redeployed = executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
+            what = "; ".join(d.detail for d in change.drift)
+            if redeployed is not None:
+                return Outcome(name, "heal", True, redeployed.number, f"{what}; redeployed as revision "
+                               f"{redeployed.number}")
+            return Outcome(name, "heal", True, live.number, what)
+    except FnctlError as exc:
+        action = "heal" if change.kind is ChangeKind.UNCHANGED else change.kind.value  # drift was being healed
+        return Outcome(name, action, False, None, exc.message, exc.detail)
+    return None
+
+
+def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
+             secret_values: dict[str, dict[str, str]], live: LiveState) -> Outcome | None:
+    """A changed function deployed beside the live revision at 0% of traffic: only pinned requests reach it
+    (`X-Fnctl-Revision`, `fnctl invoke --revision`), until the function's next deploy replaces it."""
+    name = change.function
+    if change.kind is not ChangeKind.UPDATE or spec is None:
+        return None if spec is None else Outcome(name, "preview", True, None, "not live yet: nothing to preview beside")
+    current = live.functions[name]
+    twin = next((n for n, h in current.spec_hashes.items() if h == spec.spec_hash), None)
+    if twin is not None:
+        return Outcome(name, "preview", True, twin, f"already previewed as revision {twin}")
+    if current.rollout is not None:
+        return Outcome(name, "preview", False, None, "a rollout is under way: preview after it ends")
+    try:
+        number = executor.prepare(ctx, spec, secret_values[name])
+    except FnctlError as exc:
+        return Outcome(name, "preview", False, None, exc.message, exc.detail)
+    executor.switch(ctx, name, {**current.weights, number: 0}, f"preview of revision {number}",
+                    also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.PREVIEW, None))
+    return Outcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
+                   f"X-Fnctl-Revision: {number}")
+
+
+def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> Outcome:
+    """A new revision, rolled out by its strategy over the live one (a first deploy is always immediate)."""
+    from fnctl.deploy import rolloutdriver
+    from fnctl.manifest.model import Strategy
+
+    name, strategy = change.function, spec.function.rollout.strategy
+    number = executor.prepare(ctx, spec, secret_values)
+    if change.kind is ChangeKind.UPDATE and change.live_revision is not None and strategy is not Strategy.IMMEDIATE:
+        row = rolloutdriver.begin(ctx, spec.function, change.live_revision, number)
+        rolloutdriver.advance(ctx, row)  # its first steps at once (e.g. the first setWeight), even with --no-wait
+        return Outcome(name, "rollout", True, number, f"revision {number}: {strategy.value} started")
+    executor.go_live(ctx, spec.function, number, also=lambda: rolloutdriver.retire(ctx, name, f"superseded by revision {number}"))
+    return Outcome(name, change.kind.value, True, number, f"revision {number} is live")

@@ -1,0 +1,61 @@
+"""The `fnctl audit` verbs over an open store: list records by filter, and verify the hash chains (the
+walk itself is pure: fnctl.state.auditchain)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fnctl.errors import BadInput
+from fnctl.manifest.units import parse_duration
+from fnctl.state import auditchain
+from fnctl.state.store import AuditEntry, AuditFilter, InvocationEntry, Store
+
+
+def parse_since(text: str, now: float) -> float:
+    """Seconds since the epoch from `--since`: a duration back from `now` (`90m`, `1h`, `2h30m`) or an ISO 8601
+    time (`2024-05-01`, `2024-05-01T12:00:00+02:00`; without a zone: local time)."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"--since: {text!r} is neither a duration (e.g. 1h, 30m) nor an ISO time "
+                       "(e.g. 2024-05-01T12:00:00Z)") from None
+    return when.timestamp() if when.tzinfo else when.astimezone(UTC).timestamp()
+
+
+def records(store: Store, where: AuditFilter, *, invocations: bool, limit: int
+            ) -> list[AuditEntry] | list[InvocationEntry]:
+    """The newest `limit` records of the deploy audit (or of the invocation audit) matching `where`."""
+    if limit < 1:
+        raise BadInput("--limit must be at least 1")
+    return store.invocation_records(where, limit) if invocations else store.audit_records(where, limit)
+
+
+@dataclass(frozen=True)
+class Verification:
+    chains: tuple[auditchain.ChainReport, ...]
+    anchors: tuple[auditchain.Finding, ...]  # anchors given that no chain holds
+    checked_at: float
+
+    @property
+    def intact(self) -> bool:
+        return not self.anchors and all(c.intact for c in self.chains)
+
+    def as_json(self) -> dict[str, object]:
+        return {"intact": self.intact, "checkedAt": self.checked_at, "format": auditchain.FORMAT,
+                "chains": [c.as_json() for c in self.chains], "anchors": [f.as_json() for f in self.anchors]}
+
+
+def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
+    """Walk every chain in the store; an anchor is a head hash recorded outside the store earlier."""
+    bad = [a for a in anchors if len(a.strip()) != 64 or any(c not in "0123456789abcdef" for c in a.strip().lower())]
+    if bad:
+        raise BadInput(f"--anchor {bad[0]!r} is not a record hash (64 hex digits, as `fnctl audit verify` prints)")
+    chains = tuple(auditchain.verify(table, store.audit_chain(table), store.audit_head(table))
+                   for table in auditchain.CHAINS)
+    return Verification(chains, tuple(auditchain.check_anchors(chains, anchors, store.audit_hash_known)), time.time())

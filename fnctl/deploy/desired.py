@@ -1,0 +1,71 @@
+"""What each function should be deployed as: its canonical spec (defaults applied, code hashed, secrets
+fingerprinted with a host-local key) and that spec's hash, the identity of a revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fnctl.manifest.model import NO_EXPECTATION, Function
+from fnctl.manifest.source import code_hash
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    function: Function
+    source: Path
+    spec: dict[str, Any]
+    spec_hash: str
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+
+def deploy_spec(function: Function, base_image: str, secrets_hash: str) -> DeploySpec:
+    """`secrets_hash`: the keyed fingerprint of the function's secret values (`secretref.keyed_fingerprint`),
+    or for a function without secrets the store's `secrets-none-hash` (see `canonical_spec`)."""
+    assert function.document is not None
+    source = function.document.file.parent / function.source
+    spec = canonical_spec(function, code_hash(source), base_image, secrets_hash)
+    return DeploySpec(function, source, spec, spec_hash(spec))
+
+
+def canonical_spec(function: Function, code: str, base_image: str, secrets: str) -> dict[str, Any]:
+    """Everything that defines a revision, with effective values (so a changed default changes it too).
+
+    `secrets` is in the revision's identity: a changed secret value is a new revision. Its first 16 hex
+    digits are kept, as before fnctl stopped salting them: for a function without secrets that value (once
+    the hash of the store's salt, now kept in its place) leaves the spec hash, so the revision, unchanged."""
+    raw = function.spec
+    return {
+        "runtime": function.runtime,
+        "handler": function.handler,
+        "source": {"path": function.source, "hash": code},
+        "baseImage": base_image,
+        "labels": dict(sorted(function.labels.items())),
+        "env": dict(sorted(function.env.items())),
+        # Where each value comes from (never the value): the gateway reads them itself to start instances.
+        "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16],
+                    "sources": [{"name": s.name, **({"fromEnv": s.from_env} if s.from_env else {"fromFile": s.from_file})}
+                                for s in function.secrets]},
+        "limits": asdict(function.limits),
+        "network": function.network.value,
+        "isolation": function.isolation.value,
+        "scaling": asdict(function.scaling),
+        "access": {"roles": list(function.roles)},
+        "parameters": function.parameters,
+        "returns": function.returns,
+        "healthCheck": [{"event": c.event, **({"expect": c.expect} if c.expect is not NO_EXPECTATION else {})}
+                        for c in function.health_checks],
+        "rollout": raw.get("rollout", {"strategy": "immediate"}),
+    }
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+

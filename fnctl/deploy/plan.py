@@ -1,0 +1,151 @@
+"""From changes to an ordered plan of steps, and the plan file `fnctl plan -o plan.json` writes.
+
+Pure: the plan names what will happen, in order, each progressive rollout's timeline, and the fingerprint of
+the live state it was made against, so that `fnctl apply plan.json` can refuse a plan whose world has moved on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fnctl.deploy.diff import Change, ChangeKind, DriftKind, LiveState
+from fnctl.manifest.model import Rollout, Strategy
+from fnctl.rollout.timeline import Timeline, timeline, timeline_summary, timeline_to_json
+
+PLAN_FORMAT = 1
+
+
+class StepKind(StrEnum):
+    BUILD = "build image"
+    CREATE_REVISION = "create revision"
+    START = "start instances"
+    HEALTH_CHECK = "health check"
+    SWITCH = "switch traffic"
+    STOP_OLD = "stop old instances"
+    HEAL = "heal"
+    REMOVE_ORPHANS = "remove orphan containers"
+    DELETE = "delete function"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    function: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: str
+    changes: tuple[Change, ...]
+    steps: tuple[Step, ...]
+    live_fingerprint: str
+    desired_hashes: dict[str, str] = field(default_factory=dict)  # function → spec hash it was planned with
+    prune: bool = False
+    timelines: dict[str, Timeline] = field(default_factory=dict)  # function → its progressive rollout (updates)
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+
+def make_plan(project: str, changes: list[Change], live: LiveState, *, prune: bool,
+              rollouts: Mapping[str, Rollout] | None = None) -> Plan:
+    """`rollouts`: each desired function's rollout; without one, a function switches all its traffic at once."""
+    steps: list[Step] = []
+    if live.orphans:
+        steps.append(Step(StepKind.REMOVE_ORPHANS, "", f"{len(live.orphans)} container(s) unknown to the store"))
+    timelines = _timelines(changes, rollouts or {})
+    for change in changes:
+        steps += _steps_for(change, prune, timelines.get(change.function))
+    desired = {c.function: c.spec_hash for c in changes if c.spec_hash is not None}
+    return Plan(project, tuple(changes), tuple(steps), live_fingerprint(live), desired, prune, timelines)
+
+
+def _timelines(changes: list[Change], rollouts: Mapping[str, Rollout]) -> dict[str, Timeline]:
+    # Only updates roll out progressively: a first deploy has nothing live to share the traffic with.
+    return {c.function: timeline(rollouts[c.function]) for c in changes
+            if c.kind is ChangeKind.UPDATE and c.function in rollouts
+            and rollouts[c.function].strategy is not Strategy.IMMEDIATE}
+
+
+def _steps_for(change: Change, prune: bool, rollout: Timeline | None) -> list[Step]:
+    name = change.function
+    if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
+        what = "new function" if change.kind is ChangeKind.CREATE else f"replaces revision {change.live_revision}"
+        switch = timeline_summary(rollout) if rollout is not None else "100% to the new revision"
+        steps = [Step(StepKind.BUILD, name), Step(StepKind.CREATE_REVISION, name, what), Step(StepKind.START, name),
+                 Step(StepKind.HEALTH_CHECK, name), Step(StepKind.SWITCH, name, switch)]
+        if change.kind is ChangeKind.UPDATE:
+            steps.append(Step(StepKind.STOP_OLD, name, f"drain revision {change.live_revision}"))
+        return steps
+    if change.kind is ChangeKind.DELETE:
+        return [Step(StepKind.DELETE, name, "stop instances, remove routes")] if prune else []
+    if change.drift:
+        kinds = sorted({d.kind.value for d in change.drift})
+        rebuild = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
+        return [Step(StepKind.HEAL, name, ", ".join(kinds) + ("; rebuild image" if rebuild else ""))]
+    return []
+
+
+def live_fingerprint(live: LiveState) -> str:
+    """Changes whenever anything a plan depends on changes: revisions, weights, instances, quarantines."""
+    return hashlib.sha256(json.dumps(live_summary(live), sort_keys=True).encode()).hexdigest()
+
+
+def live_summary(live: LiveState) -> dict[str, Any]:
+    return {
+        "functions": {
+            name: {"weights": {str(r): w for r, w in f.weights.items()},
+                   "specs": {str(r): h for r, h in f.spec_hashes.items()},
+                   "instances": sorted(f"{i.id}:{i.revision}:{i.status}" for i in f.instances)}
+            for name, f in sorted(live.functions.items())
+        },
+        "orphans": sorted(live.orphans),
+        "quarantined": sorted(live.quarantined),
+    }
+
+
+def plan_to_json(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": PLAN_FORMAT, "project": plan.project, "prune": plan.prune,
+        "liveFingerprint": plan.live_fingerprint, "live": summary, "desired": plan.desired_hashes,
+        "changes": [change_to_json(c) for c in plan.changes],
+        "steps": [{"kind": s.kind.value, "function": s.function, "detail": s.detail} for s in plan.steps],
+        "timelines": {name: timeline_to_json(t) for name, t in plan.timelines.items()},
+    }
+
+
+def change_to_json(change: Change) -> dict[str, Any]:
+    return {
+        "function": change.function, "change": change.kind.value, "liveRevision": change.live_revision,
+        "specHash": change.spec_hash,
+        "fields": [{"path": f.path, "old": f.old, "new": f.new} for f in change.fields],
+        "drift": [{"kind": d.kind.value, "detail": d.detail} for d in change.drift],
+    }
+
+
+def stale_reasons(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What changed in the live state between a plan's recording and now, in words."""
+    reasons: list[str] = []
+    old_fns, new_fns = recorded.get("functions", {}), current.get("functions", {})
+    for name in sorted(set(old_fns) | set(new_fns)):
+        before, after = old_fns.get(name), new_fns.get(name)
+        if before is None:
+            reasons.append(f"{name} was deployed since")
+        elif after is None:
+            reasons.append(f"{name} was deleted since")
+        else:
+            for key in ("weights", "specs", "instances"):
+                if before.get(key) != after.get(key):
+                    reasons.append(f"{name}: {key} changed ({before.get(key)} → {after.get(key)})")
+    if recorded.get("orphans") != current.get("orphans"):
+        reasons.append("orphan containers changed")
+    if recorded.get("quarantined") != current.get("quarantined"):
+        reasons.append("quarantined revisions changed")
+    return reasons

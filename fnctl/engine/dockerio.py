@@ -1,0 +1,265 @@
+"""The Docker engine boundary: the only module that imports the docker SDK.
+
+It speaks in fnctl's terms (ContainerSpec, ContainerInfo) and turns the SDK's exceptions into fnctl errors;
+what a container must look like is decided in `sandbox`, not here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fnctl.engine.sandbox import ContainerSpec
+from fnctl.errors import BuildFailed, EngineUnavailable, FnctlError
+
+if TYPE_CHECKING:
+    import docker
+
+
+@cache
+def _sdk() -> Any:
+    """The docker SDK, imported on first use: it costs ~0.3 s, which `fnctl --help` must not pay."""
+    import docker
+    import docker.errors
+    import docker.types
+
+    return docker
+
+SETUP_HINT = "start one with `bash scripts/setup.sh` (or `dockerd &`), or point DOCKER_HOST at an engine"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    status: str  # created | running | exited | dead | ...
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class ExitState:
+    running: bool
+    exit_code: int
+    oom_killed: bool
+    error: str
+
+
+@contextmanager
+def _engine_errors(action: str) -> Iterator[None]:
+    errors = _sdk().errors
+    try:
+        yield
+    except errors.NotFound as exc:
+        raise FnctlError(f"{action}: not found: {_explain(exc)}") from None
+    except errors.APIError as exc:
+        raise FnctlError(f"{action}: the Docker engine refused: {_explain(exc)}") from None
+    except errors.DockerException as exc:
+        raise EngineUnavailable(f"{action}: no Docker engine answers ({exc}); {SETUP_HINT}") from None
+    except OSError as exc:  # the socket vanished mid-call
+        raise EngineUnavailable(f"{action}: lost the Docker engine ({exc}); {SETUP_HINT}") from None
+
+
+def _explain(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+@cache
+def client() -> docker.DockerClient:
+    sdk = _sdk()
+    try:
+        engine = sdk.from_env(timeout=60)
+        engine.ping()
+    except sdk.errors.DockerException as exc:
+        raise EngineUnavailable(f"no Docker engine answers ({exc}); {SETUP_HINT}") from None
+    return engine
+
+
+def runtimes() -> set[str]:
+    with _engine_errors("reading the engine's runtimes"):
+        return set(client().info().get("Runtimes", {}))
+
+
+def image_id(tag: str) -> str | None:
+    """The image's ID, or None when the engine does not have it."""
+    try:
+        with _engine_errors(f"inspecting image {tag}"):
+            return str(client().api.inspect_image(tag)["Id"])
+    except FnctlError as exc:
+        if "not found" in exc.message:
+            return None
+        raise
+
+
+# What the engine says when a cached layer this build stands on was pruned meanwhile by a `docker rmi` of
+# another image sharing it (the classic builder's cache is made of those untagged parent images).
+_VANISHED_LAYER = ("No such image: sha256:", "failed to get digest sha256:", "unknown parent image ID sha256:")
+BUILD_ATTEMPTS = 3
+
+
+def build_image(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
+                on_line: Callable[[str], None]) -> None:
+    """Build `context` as `tag` with no network; `on_line` receives each line of output as it comes."""
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        try:
+            _build(context, tag, buildargs, labels, on_line)
+            return
+        except BuildFailed as exc:
+            if attempt == BUILD_ATTEMPTS or not any(m in (exc.detail or "") for m in _VANISHED_LAYER):
+                raise
+        # The cache is looked up afresh on the next attempt: the vanished layer is simply built again.
+        on_line(f"{tag}: a cached layer was removed during the build; building again")
+
+
+def _build(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
+           on_line: Callable[[str], None]) -> None:
+    output: list[str] = []
+    with _engine_errors(f"building {tag}"):
+        stream = client().api.build(path=str(context), tag=tag, buildargs=dict(buildargs), labels=dict(labels),
+                                    rm=True, forcerm=True, network_mode="none", decode=True, pull=False)
+        for chunk in stream:
+            if "error" in chunk:
+                step = next((line for line in reversed(output) if line.startswith("Step ")), "")
+                raise BuildFailed(f"image build failed at {step or 'the first step'}",
+                                  detail="\n".join(output[-20:] + [str(chunk["error"]).strip()]))
+            for line in str(chunk.get("stream", "")).splitlines():
+                if line.strip():
+                    output.append(line.strip())
+                    if line.startswith("Step "):
+                        on_line(f"{tag}: {line.strip()}")
+
+
+def images_present(tags: set[str]) -> set[str]:
+    """Which of `tags` the engine has: one call, whatever their number."""
+    if not tags:
+        return set()
+    with _engine_errors("listing images"):
+        found = client().api.images()
+    have = {tag for image in found for tag in image.get("RepoTags") or []}
+    return tags & have
+
+
+def remove_image(tag: str) -> None:
+    with _engine_errors(f"removing image {tag}"):
+        try:
+            client().api.remove_image(tag, force=True)
+        except _sdk().errors.NotFound:
+            pass
+
+
+def run_container(spec: ContainerSpec) -> str:
+    """Create and start the container; returns its ID."""
+    types = _sdk().types
+    host_config = client().api.create_host_config(
+        mounts=[types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind",
+                            read_only=spec.socket_read_only)],
+        read_only=spec.read_only, cap_drop=list(spec.cap_drop), security_opt=list(spec.security_opt),
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
+        mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=spec.nano_cpus, pids_limit=spec.pids,
+        ulimits=[types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
+                 types.Ulimit(name="fsize", soft=spec.fsize, hard=spec.fsize)],
+        network_mode=spec.network, runtime=spec.runtime, privileged=False,
+        log_config=types.LogConfig(type="json-file", config={"max-size": spec.log_max_size, "max-file": "1"}),
+    )
+    with _engine_errors(f"starting container {spec.name}"):
+        created = client().api.create_container(
+            spec.image, name=spec.name, user=spec.user, environment=spec.environment, labels=spec.labels,
+            host_config=host_config, network_disabled=spec.network == "none",
+        )
+        container_id = str(created["Id"])
+        try:
+            client().api.start(container_id)
+        except _sdk().errors.APIError:
+            client().api.remove_container(container_id, force=True)
+            raise
+    return container_id
+
+
+def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:
+    """Containers carrying every label in `labels` (a value of "" matches any value): one engine call."""
+    filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
+    with _engine_errors("listing containers"):
+        found = client().api.containers(all=all_states, filters=filters)
+    return [
+        ContainerInfo(c["Id"], c["Names"][0].lstrip("/") if c.get("Names") else "", c.get("State", ""),
+                      dict(c.get("Labels") or {}), c.get("Image", ""))
+        for c in found
+    ]
+
+
+def inspect_container(container_id: str) -> dict[str, Any]:
+    with _engine_errors(f"inspecting container {container_id[:12]}"):
+        return dict(client().api.inspect_container(container_id))
+
+
+def exit_state(container_id: str) -> ExitState:
+    state = inspect_container(container_id).get("State", {})
+    running, code, oom = bool(state.get("Running")), int(state.get("ExitCode") or 0), bool(state.get("OOMKilled"))
+    if not running and code == 137 and not oom:
+        oom = _oom_event(container_id)
+    return ExitState(running, code, oom, str(state.get("Error") or ""))
+
+
+def _oom_event(container_id: str) -> bool:
+    """Whether the engine reported an OOM kill of the container. Its OOMKilled flag misses the kill when
+    containerd delivers the OOM event after the exit event (seen here under load); the engine still logs
+    the event, so its recent events are read, waiting up to a second for a late one."""
+    now = int(time.time())
+    with _engine_errors(f"reading events of {container_id[:12]}"):
+        events = client().events(since=now - 600, until=now + 1, decode=True,
+                                 filters={"container": container_id, "event": "oom"})
+        try:
+            return any(True for _ in events)
+        finally:
+            events.close()
+
+
+def logs(container_id: str, tail: int = 50) -> str:
+    with _engine_errors(f"reading logs of {container_id[:12]}"):
+        raw = client().api.logs(container_id, stdout=True, stderr=True, tail=tail)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iterator[str]:
+    """The container's log lines (stdout and stderr), optionally following new ones."""
+    with _engine_errors(f"reading logs of {container_id[:12]}"):
+        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "stream": True, "follow": follow}
+        if since is not None:
+            kwargs["since"] = int(since)
+        pending = ""
+        for chunk in client().api.logs(container_id, **kwargs):
+            pending += chunk.decode("utf-8", "replace")
+            *lines, pending = pending.split("\n")
+            yield from lines
+        if pending:
+            yield pending
+
+
+def kill(container_id: str) -> None:
+    """Kill and remove; a container already gone is fine."""
+    errors = _sdk().errors
+    try:
+        client().api.remove_container(container_id, force=True)
+    except errors.NotFound:
+        pass
+    except errors.APIError as exc:
+        if "already in progress" not in _explain(exc):
+            raise FnctlError(f"removing container {container_id[:12]}: {_explain(exc)}") from None
+
+
+def stop(container_id: str, timeout: int = 10) -> None:
+    """Stop gracefully (SIGTERM: the runtime drains), then remove."""
+    errors = _sdk().errors
+    try:
+        client().api.stop(container_id, timeout=timeout)
+    except errors.NotFound:
+        return
+    except errors.APIError:
+        pass
+    kill(container_id)
+

@@ -1,0 +1,136 @@
+"""The sandbox profile of DESIGN.md, as pure functions: a function's limits → a ContainerSpec, and a
+container's `docker inspect` → pass/fail for each hardening property (`fnctl sandbox check`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fnctl.manifest.model import Function, Isolation, Network
+
+SANDBOX_USER = "65534:65534"  # nobody:nogroup; the image needs no user database for a numeric id
+SOCKET_TARGET = "/run/fnctl"
+NOFILE = 1024
+LOG_MAX_SIZE = "1m"
+GVISOR_RUNTIME = "runsc"
+LABEL = "io.fnctl"  # prefix of every label fnctl sets
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one instance container; built by `sandbox.container_spec`."""
+
+    name: str
+    image: str
+    user: str
+    environment: dict[str, str]
+    labels: dict[str, str]
+    socket_dir: str  # host directory bind-mounted (read-only) at `socket_target`
+    socket_target: str
+    memory: int
+    nano_cpus: int
+    pids: int
+    tmp_size: int
+    nofile: int
+    fsize: int
+    network: str  # "none" | "bridge"
+    runtime: str | None  # None = the engine's default (runc)
+    log_max_size: str
+    read_only: bool = True
+    # No writable host path at all: the runtime connects out to the host's listeners in this directory,
+    # which needs no write access to it.
+    socket_read_only: bool = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    security_opt: tuple[str, ...] = ("no-new-privileges:true",)
+
+
+def labels(project: str, function: str, **extra: str) -> dict[str, str]:
+    base = {f"{LABEL}.project": project, f"{LABEL}.function": function}
+    return base | {f"{LABEL}.{k.replace('_', '-')}": v for k, v in extra.items()}
+
+
+def container_spec(function: Function, *, image: str, name: str, socket_dir: str, revision: str,
+                   container_labels: dict[str, str]) -> ContainerSpec:
+    """The one way an instance container is configured: non-root, no capabilities, read-only root,
+    bounded memory/CPU/pids/files, no network unless asked, capped logs, only its own socket directory, read-only."""
+    limits = function.limits
+    environment = dict(function.env) | {
+        "FNCTL_HANDLER": function.handler,
+        "FNCTL_FUNCTION": function.name,
+        "FNCTL_REVISION": revision,
+        "FNCTL_CONCURRENCY": str(function.scaling.concurrency),
+        "FNCTL_PAYLOAD_LIMIT": str(limits.payload),
+        "FNCTL_OUTPUT_LIMIT": str(limits.output),
+        "FNCTL_SOCKET_DIR": SOCKET_TARGET,
+    }
+    return ContainerSpec(
+        name=name, image=image, user=SANDBOX_USER, environment=environment,
+        labels=container_labels | {f"{LABEL}.network": function.network.value,
+                                   f"{LABEL}.isolation": function.isolation.value},
+        socket_dir=socket_dir, socket_target=SOCKET_TARGET,
+        memory=limits.memory, nano_cpus=int(limits.cpu * 1e9), pids=limits.pids, tmp_size=limits.tmp,
+        nofile=NOFILE, fsize=max(limits.tmp, limits.output),
+        network="bridge" if function.network is Network.EGRESS else "none",
+        runtime=GVISOR_RUNTIME if function.isolation is Isolation.GVISOR else None,
+        log_max_size=LOG_MAX_SIZE,
+    )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_container(inspect: dict[str, Any]) -> list[Check]:
+    """Each hardening property of DESIGN.md's table, read from what the engine reports."""
+    config, host = inspect.get("Config") or {}, inspect.get("HostConfig") or {}
+    labels_ = config.get("Labels") or {}
+    security = [str(s) for s in host.get("SecurityOpt") or []]
+    ulimits = {u.get("Name"): u for u in host.get("Ulimits") or []}
+    tmpfs = (host.get("Tmpfs") or {}).get("/tmp", "")
+    mounts = inspect.get("Mounts") or []
+    memory, swap = int(host.get("Memory") or 0), int(host.get("MemorySwap") or 0)
+    want_network = "bridge" if labels_.get(f"{LABEL}.network") == Network.EGRESS.value else "none"
+    want_runtime = GVISOR_RUNTIME if labels_.get(f"{LABEL}.isolation") == Isolation.GVISOR.value else "runc"
+    user = str(config.get("User") or "")
+    socket_dir = str(labels_.get(f"{LABEL}.socket-dir", ""))  # set by `instances.start`
+    return [
+        Check("non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"),
+        Check("capabilities dropped", "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
+              f"drop={host.get('CapDrop')} add={host.get('CapAdd')}"),
+        Check("no-new-privileges", any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
+              ", ".join(security) or "(none)"),
+        Check("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
+        Check("seccomp profile", not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
+              "default" if want_runtime == "runc" else "gVisor"),
+        Check("read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"),
+        Check("/tmp size-limited tmpfs", "size=" in tmpfs, tmpfs or "(no tmpfs)"),
+        Check("memory limit, no swap", memory > 0 and swap == memory, f"memory={memory} swap={swap}"),
+        Check("cpu quota", int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
+              f"NanoCpus={host.get('NanoCpus')}"),
+        Check("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
+        Check("nofile/fsize ulimits", "nofile" in ulimits and "fsize" in ulimits, ", ".join(sorted(ulimits)) or "(none)"),
+        Check(f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))),
+        Check("capped logs", (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
+              str((host.get("LogConfig") or {}).get("Config"))),
+        Check("only its socket directory mounted", _only_socket_mount(mounts, socket_dir),
+              ", ".join(f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)"),
+        # The sandbox can create, replace or fill nothing on the host: every mount is read-only.
+        Check("no writable host path", all(m.get("RW", True) is False for m in mounts),
+              ", ".join(f"{m.get('Destination')}:{'rw' if m.get('RW', True) is not False else 'ro'}" for m in mounts)
+              or "(none)"),
+        Check(f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))),
+    ]
+
+
+def _only_socket_mount(mounts: list[dict[str, Any]], socket_dir: str) -> bool:
+    """One bind mount: the instance's own socket directory (the one its label names) at SOCKET_TARGET."""
+    if len(mounts) != 1:
+        return False
+    mount = mounts[0]
+    return (mount.get("Destination") == SOCKET_TARGET and mount.get("Type") == "bind"
+            and bool(socket_dir) and mount.get("Source") == socket_dir
+            and "docker.sock" not in str(mount.get("Source")))

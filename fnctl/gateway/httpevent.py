@@ -1,0 +1,242 @@
+"""HTTP Trigger requests as API-gateway proxy events, and handler results back as HTTP responses (pure).
+
+The event follows the API Gateway REST "proxy" format users of AWS SAM know (httpMethod, path,
+pathParameters, queryStringParameters, headers, body, isBase64Encoded, requestContext), plus `caller`: the
+authenticated identity. Header names are lower-cased; credentials (Authorization, X-Api-Key) are removed
+before the event reaches the function: the handler gets the caller's identity, never its secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fnctl.invocation.outcome import Failure, Outcome
+
+log = logging.getLogger("fnctl.gateway.app")
+# Never handed to user code: the gateway already turned them into `caller`.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
+# Set by the server for the response it writes; a handler's value would corrupt the framing.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te",
+                        "trailer", "proxy-connection"})
+# A failed invocation as an HTTP status: the caller's fault is 4xx, the instance's is 5xx.
+FAILURE_STATUS = {
+    Failure.HANDLER_ERROR: 500, Failure.TIMEOUT: 504, Failure.OUT_OF_MEMORY: 502, Failure.PAYLOAD_TOO_LARGE: 413,
+    Failure.OUTPUT_TOO_LARGE: 502, Failure.NOT_SERIALISABLE: 502, Failure.PROCESS_LIMIT: 502,
+    Failure.DISK_FULL: 500, Failure.CRASHED: 502,
+}
+_PUBLIC_REASONS = {413: "Payload Too Large", 502: "Internal server error", 504: "Gateway Timeout"}
+LOG_TAIL_BYTES = 4096
+_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml",
+               "application/javascript", "+json", "+xml")
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str  # decoded
+    resource: str  # the Trigger's path template
+    path_params: Mapping[str, str]
+    query: Iterable[tuple[str, str]]
+    headers: Iterable[tuple[str, str]]
+    body: bytes
+    content_type: str
+    request_id: str
+    trigger: str
+    source: str | None
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class BadResult(ValueError):
+    """The handler returned something shaped like a proxy response that is not one (→ 502)."""
+
+
+def _multi(pairs: Iterable[tuple[str, str]], lower: bool) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if not (key.isascii() and value.isascii()):
+            key, value = _text(key), _text(value)
+        name = key.lower() if lower else key
+        if lower and name in CREDENTIAL_HEADERS:
+            continue
+        result.setdefault(name, []).append(value)
+    return result
+
+
+def _text(value: str) -> str:
+    """A header or query value as Unicode text for the event: bytes that are no UTF-8 (aiohttp keeps them as
+    surrogate escapes, which no JSON encoder takes) become U+FFFD."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from surrogateescape
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _is_text(content_type: str) -> bool:
+    lowered = content_type.lower()
+    return not lowered or any(marker in lowered for marker in _TEXT_TYPES)
+
+
+def encode_body(body: bytes, content_type: str) -> tuple[str | None, bool]:
+    """The body as the event carries it: text when it is text, base64 otherwise (isBase64Encoded)."""
+    if not body:
+        return None, False
+    if _is_text(content_type):
+        try:
+            return body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode("ascii"), True
+
+
+def to_event(request: HttpRequest, caller: Mapping[str, Any] | None) -> dict[str, Any]:
+    headers = _multi(request.headers, lower=True)
+    query = _multi(request.query, lower=False)
+    body, encoded = encode_body(request.body, request.content_type)
+    return {
+        "resource": request.resource,
+        "path": request.path,
+        "httpMethod": request.method,
+        "headers": {k: ",".join(v) for k, v in headers.items()},
+        "multiValueHeaders": headers,
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": dict(request.path_params) or None,
+        "body": body,
+        "isBase64Encoded": encoded,
+        "requestContext": {
+            "requestId": request.request_id, "trigger": request.trigger, "resourcePath": request.resource,
+            "httpMethod": request.method, "path": request.path, "requestTimeEpoch": request.time_ms,
+            "identity": {"sourceIp": request.source},
+        },
+        "caller": dict(caller) if caller is not None else None,
+    }
+
+
+def from_result(result: Any) -> HttpResponse:
+    """A handler's result as a response: a proxy response ({statusCode, headers, multiValueHeaders, body,
+    isBase64Encoded}) as it says, anything else as a 200 with the result as JSON."""
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return HttpResponse(200, [("Content-Type", "application/json")], _json(result))
+    status = result["statusCode"]
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise BadResult(f"statusCode must be an integer from 100 to 599, not {status!r}")
+    headers = _headers(result.get("headers"), result.get("multiValueHeaders"))
+    body, default_type = _body(result.get("body"), bool(result.get("isBase64Encoded")))
+    if body and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", default_type))
+    return HttpResponse(status, headers, body)
+
+
+def _headers(single: Any, multi: Any) -> list[tuple[str, str]]:
+    if single is not None and not isinstance(single, dict) or multi is not None and not isinstance(multi, dict):
+        raise BadResult("headers and multiValueHeaders must be objects")
+    pairs: list[tuple[str, str]] = []
+    for name, values in (multi or {}).items():
+        for value in values if isinstance(values, list) else [values]:
+            pairs.append((str(name), _scalar(value)))
+    seen = {name.lower() for name, _ in pairs}
+    pairs += [(str(name), _scalar(value)) for name, value in (single or {}).items() if str(name).lower() not in seen]
+    for name, value in pairs:
+        if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value \
+                or not (name.isascii() and _encodable(value)):
+            raise BadResult(f"invalid response header {name!r}")
+    return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP]
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _body(body: Any, is_base64: bool) -> tuple[bytes, str]:
+    if body is None:
+        return b"", "application/json"
+    if isinstance(body, str):
+        if is_base64:
+            try:
+                return base64.b64decode(body, validate=True), "application/octet-stream"
+            except (binascii.Error, ValueError):
+                raise BadResult("body is not valid base64 although isBase64Encoded is true") from None
+        if not _encodable(body):
+            raise BadResult("body holds a lone surrogate: not Unicode text")
+        return body.encode("utf-8"), "text/plain; charset=utf-8"
+    return _json(body), "application/json"  # lenient: an object body is sent as JSON
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
+
+
+_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return _ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from the handler: as an ASCII escape, not a crash
+        return _ASCII.encode(value).encode("ascii")
+
+
+def _encodable(text: str) -> bool:
+    """Can `text` go on the wire as UTF-8 (no lone surrogates)?"""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---- invocation outcomes as responses ----------------------------------------------------------
+
+
+def audit_outcome(outcome: Outcome) -> str:
+    """The audit's word for an invocation's outcome."""
+    if outcome.ok:
+        return "ok"
+    return {Failure.TIMEOUT: "timeout", Failure.CRASHED: "crashed"}.get(outcome.failure or Failure.HANDLER_ERROR,
+                                                                         "error")
+
+
+def invoke_response(outcome: Outcome, with_logs: bool) -> HttpResponse:
+    """`POST /invoke`: the result as JSON, or the typed error (kind, message, the handler's traceback)."""
+    headers = [("Content-Type", "application/json"), ("X-Fnctl-Duration-Ms", f"{outcome.duration_ms:.3f}")]
+    if with_logs and outcome.logs:
+        tail = outcome.logs.encode("utf-8")[-LOG_TAIL_BYTES:]
+        headers.append(("X-Fnctl-Log-Result", base64.b64encode(tail).decode("ascii")))
+    if outcome.ok:
+        return HttpResponse(200, headers, _json(outcome.result))
+    failure = outcome.failure or Failure.HANDLER_ERROR
+    error = {"kind": failure.value, "message": outcome.message, "traceback": outcome.traceback}
+    return HttpResponse(FAILURE_STATUS.get(failure, 500), headers,
+                        _json({"error": error, "durationMs": round(outcome.duration_ms, 3)}))
+
+
+def trigger_response(outcome: Outcome) -> HttpResponse:
+    """An HTTP Trigger: the handler's proxy response; a failure as its class only (a public route must not
+    show the handler's message or traceback), 502 for a failed function as API gateways answer."""
+    if outcome.ok:
+        try:
+            return from_result(outcome.result)
+        except BadResult as exc:
+            log.warning("an HTTP trigger's handler returned a bad response: %s", exc)
+    status = FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500) if not outcome.ok else 502
+    status = 502 if status == 500 else status
+    return HttpResponse(status, [("Content-Type", "application/json")],
+                        _json({"message": _PUBLIC_REASONS.get(status, _PUBLIC_REASONS[502])}))

@@ -1,0 +1,134 @@
+"""One gateway request's plumbing: its bookkeeping (`Call`), the answers the gateway gives itself (`Reject`),
+request ids, the header-size check, the event built from the body, and responses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from fnctl.gateway import router
+from fnctl.gateway.auth import Principal
+from fnctl.gateway.httpevent import HttpRequest, HttpResponse, to_event
+from fnctl.invocation import strictjson
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    max_body: int = 6 * 2**20  # bytes of a request body (a function's payload limit may be lower): 413
+    max_header: int = 16 * 2**10  # bytes of all request headers, and of any one header line: 431
+    read_timeout: float = 10.0  # seconds a client may take to send its request line and headers (and to idle)
+    body_timeout: float = 5.0  # seconds a client may take to send its body, once its headers are in: 408
+    timeout_margin: float = 3.0  # added to the function's timeout: queueing and a cold start; then 504
+    max_concurrent: int = 256  # requests in progress per function: 429 beyond
+    reload_interval: float = 0.25  # seconds between checks of the store's routing table
+    drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
+    max_connections_per_client: int = 256  # open connections per client address; more are refused (429)
+
+
+class Reject(Exception):
+    """A request answered by the gateway itself, before or instead of the function."""
+
+    def __init__(self, status: int, reason: str, outcome: str, *, headers: Mapping[str, str] | None = None,
+                 close: bool = False) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.outcome = status, reason, outcome
+        self.headers = dict(headers or {})
+        self.close = close
+
+
+@dataclass(slots=True)
+class Call:
+    """One request's bookkeeping, for the audit and the metrics."""
+
+    request_id: str
+    function: str
+    trigger: str | None
+    source: str | None
+    started: float = field(default_factory=time.monotonic)
+    principal: Principal | None = None
+    revision: int | None = None
+    outcome: str = "ok"  # ok, error (the function failed), or why the gateway answered itself
+    cold_start: bool = False
+
+
+class _NoHeaders:
+    """A request without headers or cookies, for invocations that do not come over HTTP."""
+
+    headers: Mapping[str, str] = {}
+    cookies: Mapping[str, str] = {}
+
+
+NO_HEADERS: Any = _NoHeaders()
+
+
+# Unique without a system call per request: a random prefix per process, then a counter.
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id")
+    return given if given is not None and _REQUEST_ID.match(given) else new_request_id()
+
+
+def check_header_size(request: web.Request, limit: int) -> None:
+    # aiohttp limits each line; this limits their sum (many headers each under the line limit)
+    raw = request.raw_headers
+    size = sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)  # ": " and CRLF of each line
+    if size > limit:
+        raise Reject(431, "Request Header Fields Too Large", "rejected", close=True)
+
+
+def build_event(request: web.Request, body: bytes, call: Call, found: router.RouteMatch | None,
+                 principal: Principal) -> Any:
+    if found is None:  # /invoke: the body is the event
+        if not body.strip():
+            return {}
+        try:
+            return strictjson.loads(body)  # UTF-8 (RFC 8259), no NaN, no lone surrogates, bounded nesting
+        except strictjson.NotJson as exc:
+            raise Reject(400, f"Bad Request: the body is not JSON: {exc}", "rejected") from None
+    return to_event(HttpRequest(
+        method=request.method, path=request.path, resource=found.route.template, path_params=found.params,
+        query=request.query.items(), headers=request.headers.items(), body=body,
+        content_type=request.headers.get("Content-Type", ""), request_id=call.request_id,
+        trigger=found.route.trigger, source=request.remote, time_ms=int(time.time() * 1000)),
+        principal.as_caller())
+
+
+def web_response(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> web.Response:
+    headers = CIMultiDict(mapped.headers)
+    if extra:
+        headers.update(extra)
+    return web.Response(status=mapped.status, body=mapped.body, headers=headers)
+
+
+def reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
+    response = web.Response(body=dumps(body), status=reject.status, content_type="application/json",
+                            headers=reject.headers)
+    if reject.close:
+        response.force_close()
+    return response
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
+
+
+def dumps(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")

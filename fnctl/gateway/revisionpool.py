@@ -1,0 +1,410 @@
+"""One revision's instance pool: its instances (starting, ready, retiring), the requests queued for them,
+and the upkeep that keeps minInstances warm, scales with load up to maxInstances, stops idle instances and
+replaces crashed ones.
+
+It lives on the gateway's event loop and acts through its `Host` (fnctl.gateway.pools.PoolManager), which runs the
+container starts and stops in worker threads; what to do is decided by the pure functions of `scaling`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from fnctl.deploy.lock import LockTimeout
+from fnctl.engine import instances
+from fnctl.errors import FnctlError
+from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
+from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
+from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
+from fnctl.invocation.transport import ConnectionLost, ErrorKind, PeerCheck, TransportError, TransportTimeout
+from fnctl.manifest.model import Function
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_GRACE = 0.5  # seconds past the function's timeout before an invocation counts as timed out
+START_BACKOFF = 5.0  # after a failed start, requests meeting no ready instance fail fast for this long
+ATTACH_TIMEOUT = 2.0  # a running runtime says ready as soon as it is connected to
+DRAIN_RETRIES = 3  # an instance being drained by `fnctl apply` refuses work: try another this many times
+REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read of the store never revives one
+
+
+# ---- values and errors -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    outcome: Outcome
+    instance: str
+    cold_start: bool  # the request found no ready instance and waited for one to start
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    instances: int  # starting, ready and retiring
+    ready: int
+    inflight: int
+    queued: int = 0
+
+
+class Overloaded(FnctlError):
+    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
+    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
+
+    def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(FnctlError):
+    """The revision cannot serve: unknown, failed, failed to start, or the gateway is closing (→ 503)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A revision as the pool runs it: its function (limits, scaling), image and secret values."""
+
+    function: Function
+    revision: int
+    image: str
+    secrets: dict[str, str]
+
+
+class Phase(StrEnum):
+    STARTING = "starting"  # container starting, or an adopted runtime being connected to
+    READY = "ready"  # connected and configured: the only phase that receives requests
+    RETIRING = "retiring"  # no new requests; stopped once its last one ends
+    DRAINING = "draining"  # `fnctl apply` is draining it: no new requests; it goes away by itself
+    GONE = "gone"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One instance of a revision as the pool sees it."""
+
+    id: str
+    order: int
+    container_id: str = ""
+    socket_dir: str = ""
+    phase: Phase = Phase.STARTING
+    inflight: int = 0
+    last_used: float = 0.0
+    transport: AsyncTransport | None = None
+    death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
+    retire_reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+
+class Host(Protocol):
+    """What a RevisionPool needs from its manager."""
+
+    idle_seconds: float
+    grace_seconds: float
+    queue_limit: int
+    closing: bool
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
+
+    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
+
+    async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
+
+    def peer_check(self, slot: Slot) -> PeerCheck:
+        """Who may connect as `slot`'s runtime (its container's processes)."""
+
+    async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
+        """Why the runtime went away; None when it exited cleanly after a drain, which waits for every
+        invocation it accepted: a request cut by that exit never ran and may be sent elsewhere."""
+
+
+def _failed(failure: Failure, message: str, started: float) -> Outcome:
+    return Outcome(False, None, failure, message, "", "", (time.monotonic() - started) * 1000)
+
+
+# ---- one revision's pool -----------------------------------------------------------------------
+
+
+class RevisionPool:
+    """The instances of one revision and the requests queued for them. Lives on one event loop."""
+
+    def __init__(self, host: Host, target: Target, *, routing: Routing) -> None:
+        self.host = host
+        self.target = target
+        self.name = f"{target.function.name} revision {target.revision}"
+        self.concurrency = max(target.function.scaling.concurrency, 1)
+        self.slots: dict[str, Slot] = {}
+        self.waiters: deque[asyncio.Future[Slot]] = deque()
+        self.routing = routing
+        self.unrouted_since = time.monotonic()
+        self.start_error: tuple[float, str] | None = None
+        self.latency = 0.1  # seconds, moving average: for Retry-After
+        self.gone: OrderedDict[str, None] = OrderedDict()  # instances stopped or lost: never adopted again
+        self._orders = itertools.count()
+
+    @property
+    def keep(self) -> int:
+        """Instances kept warm: minInstances while the revision is in the routing table (0% included)."""
+        return kept_warm(self.routing, self.target.function.scaling)
+
+    def set_routing(self, routing: Routing) -> None:
+        if routing is Routing.UNROUTED and self.routing is not Routing.UNROUTED:
+            self.unrouted_since = time.monotonic()
+        self.routing = routing
+
+    def stats(self) -> PoolStats:
+        slots = self.slots.values()
+        return PoolStats(len(self.slots), sum(s.ready for s in slots), sum(s.inflight for s in slots),
+                         len(self.waiters))
+
+    def disposable(self, now: float) -> bool:
+        return (self.routing is Routing.UNROUTED and not self.slots and not self.waiters
+                and now - self.unrouted_since >= self.host.grace_seconds)
+
+    # ---- requests ----
+
+    async def invoke(self, event: Any, caller: dict[str, Any] | None, request_id: str) -> PoolResult:
+        for _ in range(DRAIN_RETRIES):
+            slot, cold = await self._acquire()
+            try:
+                outcome = await self._run(slot, event, caller, request_id)
+            finally:
+                self._release(slot)
+            if outcome is not None:
+                return PoolResult(outcome, slot.id, cold)
+        raise Unavailable(f"{self.name}: every instance tried is being drained")
+
+    async def _acquire(self) -> tuple[Slot, bool]:
+        if not self.waiters:  # first come, first served: nobody overtakes a queued request
+            slot = pick(self.slots.values(), self.concurrency)
+            if slot is not None:
+                slot.inflight += 1
+                return slot, False
+        return await self._queue()
+
+    async def _queue(self) -> tuple[Slot, bool]:
+        slots = self.slots.values()
+        ready, starting = sum(s.ready for s in slots), sum(s.phase is Phase.STARTING for s in slots)
+        if refuse(ready=ready, starting=starting, queued=len(self.waiters), queue_limit=self.host.queue_limit,
+                  scaling=self.target.function.scaling, can_start=not self._backing_off()):
+            raise Overloaded(self._retry_after(), f"{self.name}: all instances busy and the queue is full")
+        cold = not ready
+        if cold and self._backing_off() and not starting:
+            assert self.start_error is not None
+            raise Unavailable(f"{self.name} could not start an instance: {self.start_error[1]}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Slot] = loop.create_future()
+        self.waiters.append(future)
+        self.scale()
+        limit = self.target.function.limits.timeout + instances.START_TIMEOUT
+        timer = loop.call_later(limit, self._expire, future, limit)
+        try:
+            return await future, cold
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._release(future.result())  # served just as the caller gave up: hand the slot back
+            raise
+        finally:
+            timer.cancel()
+            if future in self.waiters:
+                self.waiters.remove(future)
+
+    def _expire(self, future: asyncio.Future[Slot], limit: float) -> None:
+        if not future.done():
+            future.set_exception(Unavailable(f"{self.name}: no instance became available within {limit:g}s"))
+
+    def _release(self, slot: Slot) -> None:
+        slot.inflight -= 1
+        slot.last_used = time.monotonic()
+        if slot.phase is Phase.RETIRING and slot.inflight == 0:
+            self._stop(slot, drain=not slot.retire_reason)  # retired for a failure: no waiting for it
+        elif self.waiters:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free capacity to queued requests, oldest first."""
+        while self.waiters:
+            slot = pick(self.slots.values(), self.concurrency)
+            if slot is None:
+                return
+            future = self.waiters.popleft()
+            if not future.done():  # else its caller gave up meanwhile
+                slot.inflight += 1
+                future.set_result(slot)
+
+    async def _run(self, slot: Slot, event: Any, caller: dict[str, Any] | None, request_id: str) -> Outcome | None:
+        """One invocation on `slot`; None when the instance is being drained and another must be tried."""
+        limits, started = self.target.function.limits, time.monotonic()
+        assert slot.transport is not None
+        try:
+            result = await slot.transport.invoke(event, invocation_id=request_id, deadline=time.time() + limits.timeout,
+                                                 caller=caller, timeout=limits.timeout + TIMEOUT_GRACE)
+        except FrameTooLarge as exc:
+            return _failed(Failure.PAYLOAD_TOO_LARGE, f"the event is too large: {exc.message}", started)
+        except TransportTimeout:
+            self._retire(slot, "another invocation on it timed out")
+            return _failed(Failure.TIMEOUT, f"the function did not finish within its timeout of {limits.timeout:g}s; "
+                           "the instance is being replaced", started)
+        except ConnectionLost:
+            return await self._crash_outcome(slot, started)
+        except TransportError as exc:
+            self._retire(slot, "it broke the protocol")
+            return _failed(Failure.CRASHED, f"the instance broke the protocol: {exc.message}", started)
+        if result.error is not None and result.error.kind is ErrorKind.DRAINING:
+            slot.phase = Phase.DRAINING if slot.phase is Phase.READY else slot.phase
+            return None
+        self.latency += ((time.monotonic() - started) - self.latency) * 0.2
+        outcome = instances.outcome_of(result)
+        if outcome.failure in RECYCLE:
+            self._retire(slot, f"another invocation on it failed: {outcome.failure}")
+        return outcome
+
+    async def _crash_outcome(self, slot: Slot, started: float) -> Outcome | None:
+        """The outcome of a request whose connection broke; None when it never ran (drained: try elsewhere)."""
+        if slot.death is None:  # closed on purpose (retired, or the gateway is stopping)
+            reason = slot.retire_reason or "the gateway stopped it"
+            return _failed(Failure.CRASHED, f"the instance was stopped during the invocation ({reason})", started)
+        failure, message = await asyncio.shield(slot.death)
+        return None if failure is None else _failed(failure, message, started)
+
+    def _retry_after(self) -> float:
+        capacity = sum(s.ready for s in self.slots.values()) * self.concurrency
+        return retry_after(queued=len(self.waiters), capacity=capacity, latency=self.latency)
+
+    # ---- scaling ----
+
+    def scale(self) -> None:
+        """Start what the load and minInstances call for (nothing while backing off or closing)."""
+        if (self.host.closing and not self.waiters) or self._backing_off():
+            return  # closing: only what already-queued requests need
+        slots = self.slots.values()
+        count = to_start(ready=sum(s.ready for s in slots), starting=sum(s.phase is Phase.STARTING for s in slots),
+                         inflight=sum(s.inflight for s in slots if s.ready), queued=len(self.waiters),
+                         scaling=self.target.function.scaling, keep=self.keep)
+        for _ in range(count):
+            slot = Slot(instances.new_instance_id(), next(self._orders))
+            self.slots[slot.id] = slot
+            self.host.spawn(self._bring_up(slot))
+
+    def _backing_off(self) -> bool:
+        return self.start_error is not None and time.monotonic() - self.start_error[0] < START_BACKOFF
+
+    def tick(self, now: float) -> None:
+        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
+        idle = self.host.idle_seconds if self.routing is not Routing.UNROUTED else min(self.host.idle_seconds,
+                                                                                        self.host.grace_seconds)
+        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
+            self._stop(slot, drain=True)
+        self.scale()
+
+    async def _bring_up(self, slot: Slot) -> None:
+        try:
+            slot.container_id, slot.socket_dir = await self.host.start_instance(self.target, slot.id)
+        except LockTimeout:
+            self.slots.pop(slot.id, None)  # `fnctl apply` holds the lock: the next tick tries again
+            return
+        except Exception as exc:  # whatever it was, the slot must not stay "starting" for ever
+            self.slots.pop(slot.id, None)
+            self._start_failed(exc if isinstance(exc, FnctlError) else FnctlError(f"{type(exc).__name__}: {exc}"))
+            return
+        await self._attach(slot)
+
+    def adopt(self, rows: Sequence[tuple[str, str, str]]) -> list[asyncio.Task[Any]]:
+        """Take over running instances recorded READY in the store: (id, container id, socket dir). They
+        count as starting at once (so nothing more is started for them) and serve once connected to; the
+        connections are the tasks returned."""
+        tasks = []
+        for instance_id, container_id, socket_dir in rows:
+            if instance_id not in self.slots and instance_id not in self.gone:
+                slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
+                self.slots[instance_id] = slot
+                tasks.append(self.host.spawn(self._attach(slot)))
+        return tasks
+
+    async def _attach(self, slot: Slot) -> None:
+        transport = AsyncTransport(slot.socket_dir, peer=self.host.peer_check(slot),
+                                   max_request=self.target.function.limits.payload)
+        try:
+            await transport.connect(timeout=ATTACH_TIMEOUT)
+        except (FnctlError, OSError) as exc:
+            log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
+            self._bury(slot)
+            return
+        slot.transport, slot.last_used = transport, time.monotonic()
+        transport.on_lost = lambda reason: self._lost(slot, reason)
+        if slot.phase is not Phase.STARTING:
+            self._stop(slot, drain=True)  # retired while it started
+            return
+        slot.phase = Phase.READY
+        self.start_error = None
+        self._dispatch()
+
+    def _start_failed(self, exc: FnctlError) -> None:
+        message = exc.message + (f"\n{exc.detail}" if exc.detail else "")
+        log.warning("%s: an instance failed to start: %s", self.name, message)
+        self.start_error = (time.monotonic(), exc.message)
+        if not any(s.phase in (Phase.READY, Phase.STARTING) for s in self.slots.values()):
+            error = Unavailable(f"{self.name} could not start an instance: {exc.message}")
+            while self.waiters:
+                future = self.waiters.popleft()
+                if not future.done():
+                    future.set_exception(error)
+
+    def _retire(self, slot: Slot, reason: str) -> None:
+        """No new requests for `slot`; it stops once its in-flight ones end. A replacement starts now."""
+        if slot.phase in (Phase.READY, Phase.STARTING):
+            slot.phase, slot.retire_reason = Phase.RETIRING, reason
+            self.scale()
+
+    def _stop(self, slot: Slot, *, drain: bool) -> None:
+        self._forget(slot)
+        self.host.spawn(self._close_and_stop(slot, drain))
+        self.scale()
+
+    async def _close_and_stop(self, slot: Slot, drain: bool) -> None:
+        if slot.transport is not None:
+            await slot.transport.close()
+        await self.host.stop_instance(self.target, slot, drain=drain)
+
+    def _lost(self, slot: Slot, reason: str) -> None:
+        """The runtime went away: its in-flight requests learn why, the instance is removed and replaced."""
+        log.warning("%s: lost instance %s: %s", self.name, slot.id, reason)
+        if slot.inflight:
+            slot.death = asyncio.ensure_future(self.host.death_cause(self.target, slot))
+        self._bury(slot)
+
+    def _bury(self, slot: Slot) -> None:
+        self._forget(slot)
+        self.host.spawn(self._after_death(slot))
+        self.scale()
+
+    def _forget(self, slot: Slot) -> None:
+        slot.phase = Phase.GONE
+        self.slots.pop(slot.id, None)
+        self.gone[slot.id] = None
+        while len(self.gone) > REMEMBERED:
+            self.gone.popitem(last=False)
+
+    async def _after_death(self, slot: Slot) -> None:
+        if slot.death is not None:
+            await asyncio.wait([slot.death])  # read the exit state before the container is removed
+        await self.host.stop_instance(self.target, slot, drain=False)
+
+    async def close(self) -> None:
+        """Stop every instance beyond `keep` (the gateway's extras), detach from the rest."""
+        ready = sorted((s for s in self.slots.values() if s.ready), key=lambda s: s.order)
+        for slot in list(self.slots.values()):
+            if slot not in ready[:self.keep] and slot.phase is not Phase.STARTING:
+                self._stop(slot, drain=not slot.retire_reason)
+        for slot in ready[:self.keep]:
+            if slot.transport is not None:
+                await slot.transport.close()

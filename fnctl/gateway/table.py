@@ -1,0 +1,144 @@
+"""The gateway's routing table, kept current: `StoreTable` reads it from the store when the store changed,
+and `TableFollower` re-reads it every fraction of a second and has the instance pools follow a change of the
+routes, so that `fnctl apply`, `rollback` and rollouts take effect without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
+from fnctl.gateway import router
+from fnctl.state.store import RevisionStatus, Store, connect
+
+log = logging.getLogger("fnctl.gateway.app")
+INVOCABLE = (RevisionStatus.READY.value, RevisionStatus.PENDING.value, RevisionStatus.PREVIEW.value)
+# Reads the store (in a worker thread): a new table, or None when nothing changed since the last call.
+TableSource = Callable[[], "router.Table | None"]
+
+
+class Reconciler(Protocol):
+    def reconcile(self, routes: Mapping[str, Mapping[int, int]]) -> Awaitable[None]: ...
+
+
+class StoreTable:
+    """The gateway's table source: re-reads routes, revisions, Triggers and Policies when the store changed
+    (SQLite's data_version: one cheap query when nothing did). Called from one worker thread at a time."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._path = store_path
+        self._store: Store | None = None
+        self._version: Any = None
+        self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
+        self._beat = 0.0
+        self._mark: int | None = None  # the change mark of the last table returned
+        self._confirmed: int | None = None  # the mark last recorded as routed by
+
+    def __call__(self) -> router.Table | None:
+        if self._store is None:
+            self._store = connect(self._path)
+        store = self._store
+        if time.monotonic() - self._beat >= 1.0:
+            # Tells `fnctl apply` a gateway is routing, so it gives us time to see a switch before draining.
+            store.beat(GATEWAY_HEARTBEAT)
+            self._beat = time.monotonic()
+        version = store.query("PRAGMA data_version")[0][0]
+        if version == self._version:
+            return None
+        mark = change_mark(store)  # read first: the table read next includes at least every change up to it
+        routes = store.routes()
+        specs = {}
+        for function, number, status in store.query("SELECT function, number, status FROM revisions"):
+            key = (str(function), int(number))
+            if key[0] in routes and status in INVOCABLE:
+                if key not in self._specs:
+                    revision = store.revision(*key)
+                    self._specs[key] = revision.spec if revision else {}
+                specs[key] = self._specs[key]
+        table = router.build_table(routes, specs, store.resources("Trigger"), store.resources("Policy"))
+        self._version = version  # only once all of it was read: a failed read is retried next time
+        self._mark = mark
+        return table
+
+    def confirm(self) -> None:
+        """The last table returned is the one routed by now: tell the commands waiting for it
+        (`fnctl.deploy.pickup`). Written only when the mark moved: the metrics flusher's commits alone make the
+        table be re-read every interval."""
+        if self._store is not None and self._mark is not None and self._mark != self._confirmed:
+            record_loaded(self._store, self._mark)
+            self._confirmed = self._mark
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+
+class TableFollower:
+    """The current table, re-read every `interval` seconds; one pool reconcile at a time (it may start
+    containers), run once more afterwards when the routes changed meanwhile."""
+
+    def __init__(self, source: TableSource, pool: Reconciler, interval: float) -> None:
+        self.source, self.pool, self.interval = source, pool, interval
+        self.table: router.Table | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
+        self._again = False
+
+    async def reload(self) -> bool:
+        """Read the table now; True when it changed."""
+        table = await asyncio.to_thread(self.source)
+        if table is None:
+            return False
+        routes_changed = self.table is None or table.routes != self.table.routes
+        self.table = table
+        # Only now, with requests routed by the new table, may a waiting `fnctl apply` or `delete` go on.
+        confirm: Callable[[], None] | None = getattr(self.source, "confirm", None)
+        if confirm is not None:
+            await asyncio.to_thread(confirm)
+        if routes_changed:
+            self._reconcile()
+        return True
+
+    def _reconcile(self) -> None:
+        if self._reconciling is not None and not self._reconciling.done():
+            self._again = True
+            return
+        self._reconciling = asyncio.create_task(self._reconcile_loop())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.pool.reconcile(self.table.routes if self.table else {})
+            except Exception:  # a pool failure must not stop routing; the next change retries
+                log.exception("reconciling the instance pools failed")
+            if not self._again:
+                return
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.reload()
+            except Exception:  # a busy or broken store: keep serving the last table
+                log.exception("reading the routing table failed; serving the previous one")
+
+    async def start(self) -> None:
+        await self.reload()
+        self._reloader = asyncio.create_task(self._reload_loop())
+
+    async def stop(self) -> None:
+        for task in (self._reloader, self._reconciling):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass

@@ -1,0 +1,340 @@
+"""The desired state: typed, frozen values built from schema-valid manifest documents.
+
+Defaults are applied here, once, so that every later stage (semantic checks, diff, plan, sandbox) reads
+the same numbers. Parsing never touches the filesystem; `semantics` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fnctl.manifest.loader import Document
+from fnctl.manifest.units import parse_duration, parse_size
+
+
+class Kind(StrEnum):
+    FUNCTION = "Function"
+    VIEW = "View"
+    TRIGGER = "Trigger"
+    POLICY = "Policy"
+
+
+class Strategy(StrEnum):
+    IMMEDIATE = "immediate"
+    CANARY = "canary"
+    BLUE_GREEN = "blueGreen"
+    AB_TEST = "abTest"
+
+
+class Network(StrEnum):
+    NONE = "none"
+    EGRESS = "egress"
+
+
+class Isolation(StrEnum):
+    CONTAINER = "container"
+    GVISOR = "gvisor"
+
+
+class StepKind(StrEnum):
+    SET_WEIGHT = "setWeight"
+    PAUSE = "pause"
+    ANALYSIS = "analysis"
+
+
+class Inconclusive(StrEnum):
+    WAIT = "wait"
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class TriggerType(StrEnum):
+    HTTP = "http"
+    CRON = "cron"
+    DATA = "on"
+    MANUAL = "manual"
+
+
+NO_EXPECTATION: Any = object()  # a check without `expect`: only success and `returns` are checked
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float = 10.0  # seconds
+    memory: int = 128 * 2**20  # bytes
+    cpu: float = 0.5
+    pids: int = 64
+    tmp: int = 16 * 2**20
+    payload: int = 6 * 2**20
+    output: int = 6 * 2**20
+
+
+# Documented maxima (docs/manifest.md): beyond these a sandbox stops being a sandbox for one machine.
+MAX_LIMITS = Limits(timeout=900.0, memory=4 * 2**30, cpu=4.0, pids=4096, tmp=2**30, payload=32 * 2**20,
+                    output=32 * 2**20)
+MIN_MEMORY = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_instances: int = 1
+    max_instances: int = 4
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    from_env: str | None
+    from_file: str | None
+
+
+@dataclass(frozen=True)
+class Check:
+    event: Any
+    expect: Any = NO_EXPECTATION
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    max_error_rate: float | None = None
+    max_error_rate_increase: float | None = None
+    max_p95_latency: float | None = None
+    max_p95_latency_ratio: float | None = None
+    min_requests: int = 0
+    interval: float = 10.0
+    window: float | None = None  # default: the time since the step began
+    failure_limit: int = 1
+    inconclusive: Inconclusive = Inconclusive.WAIT
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    weight: int | None = None
+    pause: float | None = None  # seconds; None on a pause step means "until promoted"
+    analysis: Analysis | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    weight: int
+    revision: str | int  # "stable", "new" or a revision number
+
+
+@dataclass(frozen=True)
+class Rollout:
+    strategy: Strategy = Strategy.IMMEDIATE
+    steps: tuple[Step, ...] = ()
+    scale_down_delay: float = 30.0
+    auto_promotion_seconds: int | None = None
+    auto_promotion_enabled: bool = True
+    pre_promotion_analysis: Analysis | None = None
+    variants: tuple[Variant, ...] = ()
+    stickiness_by: str = "caller"
+    stickiness_name: str | None = None
+    confidence: float = 0.95
+    min_samples: int = 100
+    expected_traffic: float | None = None
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    labels: dict[str, str]
+    runtime: str
+    source: str  # as written, relative to the manifest file
+    handler: str
+    env: dict[str, str]
+    secrets: tuple[SecretRef, ...]
+    limits: Limits
+    network: Network
+    isolation: Isolation
+    scaling: Scaling
+    roles: tuple[str, ...]
+    parameters: Any
+    returns: Any
+    health_checks: tuple[Check, ...]
+    rollout: Rollout
+    spec: dict[str, Any] = field(compare=False, repr=False)  # as written, for field-level diffs
+    document: Document | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    function: str
+    type: TriggerType
+    config: dict[str, Any]  # the spec of its one type: {path, methods} | {schedule, timezone, ...} | ...
+    document: Document | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    function: str
+    ttl: float | None
+    per_caller: bool
+    depends_on: tuple[str, ...]
+    document: Document | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Grant:
+    invoke: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    roles: dict[str, Grant]
+    document: Document | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    functions: tuple[Function, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
+    views: tuple[View, ...] = ()
+    policies: tuple[Policy, ...] = ()
+
+
+# A problem that a semantic check found in a value: the value, the JSON path inside its document, the message.
+Finding = tuple[Function | Trigger | View | Policy, tuple[str | int, ...], str]
+
+
+class ParseError(ValueError):
+    """A value that the schema let through but that does not parse; `path` is relative to the document."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def build(doc: Document, defaults: Limits) -> Function | Trigger | View | Policy:
+    """The typed value of one schema-valid document. Raises ParseError for unparsable durations or sizes."""
+    data = doc.data
+    name, spec, kind = data["metadata"]["name"], data["spec"], Kind(data["kind"])
+    if kind is Kind.FUNCTION:
+        return _function(name, data["metadata"].get("labels", {}), spec, defaults, doc)
+    if kind is Kind.TRIGGER:
+        ttype = next(t for t in TriggerType if t.value in spec)
+        return Trigger(name, spec["function"], ttype, dict(spec[ttype.value]), doc)
+    if kind is Kind.VIEW:
+        cache = spec.get("cache", {})
+        ttl = _duration(cache["ttl"], ("spec", "cache", "ttl")) if "ttl" in cache else None
+        return View(name, spec["function"], ttl, bool(cache.get("perCaller", False)),
+                    tuple(spec.get("dependsOn", ())), doc)
+    roles = {role: Grant(tuple(g.get("invoke", ())), tuple(g.get("read", ())), tuple(g.get("write", ())))
+             for role, g in spec["roles"].items()}
+    return Policy(name, roles, doc)
+
+
+def _function(name: str, labels: dict[str, str], spec: dict[str, Any], defaults: Limits,
+              doc: Document) -> Function:
+    scaling = spec.get("scaling", {})
+    base = Scaling()
+    return Function(
+        name=name, labels=dict(labels), runtime=spec["runtime"], source=spec["source"], handler=spec["handler"],
+        env=dict(spec.get("env", {})),
+        secrets=tuple(SecretRef(s["name"], s.get("fromEnv"), s.get("fromFile")) for s in spec.get("secrets", ())),
+        limits=_limits(spec.get("limits", {}), defaults),
+        network=Network(spec.get("network", "none")),
+        isolation=Isolation(spec.get("isolation", "container")),
+        scaling=Scaling(scaling.get("minInstances", base.min_instances),
+                        scaling.get("maxInstances", max(base.max_instances, scaling.get("minInstances", 0))),
+                        scaling.get("concurrency", base.concurrency)),
+        roles=tuple(spec.get("access", {}).get("roles", ())),
+        parameters=spec.get("parameters"), returns=spec.get("returns"),
+        health_checks=tuple(_check(c, ("spec", "healthCheck", i)) for i, c in enumerate(spec.get("healthCheck", ()))),
+        rollout=_rollout(spec.get("rollout", {"strategy": "immediate"})),
+        spec=spec, document=doc,
+    )
+
+
+def _limits(raw: dict[str, Any], defaults: Limits) -> Limits:
+    at = ("spec", "limits")
+    return Limits(
+        timeout=_duration(raw["timeout"], at + ("timeout",)) if "timeout" in raw else defaults.timeout,
+        memory=_size(raw["memory"], at + ("memory",)) if "memory" in raw else defaults.memory,
+        cpu=float(raw.get("cpu", defaults.cpu)),
+        pids=int(raw.get("pids", defaults.pids)),
+        tmp=_size(raw["tmp"], at + ("tmp",)) if "tmp" in raw else defaults.tmp,
+        payload=_size(raw["payload"], at + ("payload",)) if "payload" in raw else defaults.payload,
+        output=_size(raw["output"], at + ("output",)) if "output" in raw else defaults.output,
+    )
+
+
+def parse_rollout(raw: dict[str, Any]) -> Rollout:
+    """A rollout from its manifest form (also how a revision's canonical spec keeps it)."""
+    return _rollout(raw)
+
+
+def _rollout(raw: dict[str, Any]) -> Rollout:
+    at = ("spec", "rollout")
+    sticky = raw.get("stickiness", {})
+    pre = raw.get("prePromotionAnalysis")
+    return Rollout(
+        strategy=Strategy(raw["strategy"]),
+        steps=tuple(_step(s, at + ("steps", i)) for i, s in enumerate(raw.get("steps", ()))),
+        scale_down_delay=_duration(raw["scaleDownDelay"], at + ("scaleDownDelay",)) if "scaleDownDelay" in raw else 30.0,
+        auto_promotion_seconds=raw.get("autoPromotionSeconds"),
+        auto_promotion_enabled=raw.get("autoPromotionEnabled", True),
+        pre_promotion_analysis=_analysis(pre, at + ("prePromotionAnalysis",)) if pre is not None else None,
+        variants=tuple(Variant(v["name"], v["weight"], v["revision"]) for v in raw.get("variants", ())),
+        stickiness_by=sticky.get("by", "caller"), stickiness_name=sticky.get("name"),
+        confidence=raw.get("confidence", 0.95), min_samples=raw.get("minSamples", 100),
+        expected_traffic=raw.get("expectedTraffic"),
+    )
+
+
+def _step(raw: dict[str, Any], at: tuple[str | int, ...]) -> Step:
+    if "setWeight" in raw:
+        return Step(StepKind.SET_WEIGHT, weight=raw["setWeight"])
+    if "pause" in raw:
+        pause = raw["pause"]
+        if isinstance(pause, dict):
+            seconds = _duration(pause["duration"], at + ("pause", "duration")) if "duration" in pause else None
+        else:
+            seconds = _duration(pause, at + ("pause",))
+        return Step(StepKind.PAUSE, pause=seconds)
+    return Step(StepKind.ANALYSIS, analysis=_analysis(raw["analysis"], at + ("analysis",)))
+
+
+def _analysis(raw: dict[str, Any], at: tuple[str | int, ...]) -> Analysis:
+    def seconds(key: str) -> float | None:
+        return _duration(raw[key], at + (key,)) if key in raw else None
+
+    return Analysis(
+        max_error_rate=raw.get("maxErrorRate"), max_error_rate_increase=raw.get("maxErrorRateIncrease"),
+        max_p95_latency=seconds("maxP95Latency"), max_p95_latency_ratio=raw.get("maxP95LatencyRatio"),
+        min_requests=raw.get("minRequests", 0), interval=seconds("interval") or 10.0, window=seconds("window"),
+        failure_limit=raw.get("failureLimit", 1), inconclusive=Inconclusive(raw.get("inconclusive", "wait")),
+        checks=tuple(_check(c, at + ("checks", i)) for i, c in enumerate(raw.get("checks", ()))),
+    )
+
+
+def _check(raw: dict[str, Any], at: tuple[str | int, ...]) -> Check:
+    timeout = _duration(raw["timeout"], at + ("timeout",)) if "timeout" in raw else None
+    return Check(raw["event"], raw.get("expect", NO_EXPECTATION), timeout)
+
+
+def _duration(value: Any, at: tuple[str | int, ...]) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ParseError(at, str(exc)) from None
+
+
+def _size(value: Any, at: tuple[str | int, ...]) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ParseError(at, str(exc)) from None

@@ -1,0 +1,490 @@
+"""The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
+
+It holds revisions (immutable but for their status), the routing table, instances, rollouts, and the
+append-only, hash-chained audit log. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
+implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC
+fingerprint keyed by a host-local key that is not in the store (fnctl.deploy.secrets).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fnctl.errors import FnctlError
+from fnctl.state import auditchain
+from fnctl.state.migrations import MIGRATIONS
+
+
+class RevisionStatus(StrEnum):
+    PENDING = "pending"  # being built / started / checked
+    READY = "ready"  # passed its checks; may serve traffic
+    FAILED = "failed"  # failed to build, start or pass checks
+    QUARANTINED = "quarantined"  # rolled away from: apply refuses the same spec without --force
+    PREVIEW = "preview"  # a branch's code beside the live revision at 0%: reachable pinned, never rolled back to
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Revision:
+    function: str
+    number: int
+    spec_hash: str
+    spec: dict[str, Any]
+    image: str
+    git_commit: str | None
+    git_author: str | None
+    created_at: float
+    created_by: str
+    status: RevisionStatus
+    reason: str | None
+    git_subject: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    id: str
+    function: str
+    revision: int
+    container_id: str | None
+    socket_dir: str
+    state: InstanceState
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    command: str
+    action: str
+    target: str
+    git_commit: str | None
+    outcome: str
+    detail: str | None
+    git_author: str | None = None
+    git_subject: str | None = None
+    hash: str | None = None  # its link in the hash chain (fnctl.state.auditchain)
+
+
+_AUDIT_COLUMNS = "id, at, actor, command, action, target, git_commit, outcome, detail, git_author, git_subject, hash"
+_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
+
+
+@dataclass(frozen=True)
+class InvocationEntry:
+    id: int
+    at: float
+    request_id: str
+    principal: str | None
+    function: str
+    revision: int | None
+    trigger: str | None
+    outcome: str
+    status: int
+    duration_ms: float
+    source: str | None
+    hash: str | None
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit records to list: `since` (seconds since the epoch), `target` (the function, or the key
+    id of a key's records), `actor` (exact)."""
+
+    since: float | None = None
+    target: str | None = None
+    actor: str | None = None
+
+    def sql(self, *, target_column: str, actor_column: str) -> tuple[str, tuple[Any, ...]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("at >= ?", self.since), (f"{target_column} = ?", self.target),
+                              (f"{actor_column} = ?", self.actor)):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        return (" WHERE " + " AND ".join(where) if where else ""), tuple(params)
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    id: int
+    function: str
+    stable: int | None  # the revision traffic comes from
+    canary: int  # the revision being rolled out
+    strategy: str
+    step: int
+    state: str
+    detail: dict[str, Any]  # the progress: weights, timestamps, analysis counts (fnctl.rollout.machine reads it)
+    started_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RolloutEventRow:
+    id: int
+    rollout: int
+    at: float
+    kind: str
+    step: int
+    message: str
+    data: dict[str, Any]
+
+
+class StoreError(FnctlError):
+    """The state store cannot be opened or used."""
+
+
+def default_path(project: str) -> Path:
+    """$XDG_STATE_HOME/fnctl/<project>/state.db: per user and project, outside the checkout, so it survives
+    both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fnctl" / project / "state.db"
+
+
+class Store:
+    """Typed access to the state; each method is one short transaction."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes that land together or not at all (`BEGIN IMMEDIATE`: writers queue, never deadlock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def setting(self, key: str, default: str) -> str:
+        """A store-wide value, created with `default` the first time it is asked for."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if row is None:  # written once: read-only commands then never wait for a writer's transaction
+            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    @functools.cached_property
+    def id(self) -> str:
+        """This store's random identity, carried by every container it deploys (label io.fnctl.state.store), so
+        that two stores deploying the same project to one engine never take each other's containers for
+        orphans."""
+        import secrets
+
+        return self.setting("store-id", secrets.token_hex(8))
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read, for the gateway's own tables (keys, metrics, cron); SQL stays portable."""
+        try:
+            return [tuple(r) for r in self._db.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store query failed: {exc}") from None
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write; returns the number of rows changed."""
+        try:
+            return self._db.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
+
+    def beat(self, name: str) -> None:
+        """Record that a long-running process (`fnctl serve`) is alive now."""
+        self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (f"heartbeat:{name}", repr(time.time())))
+
+    def alive(self, name: str, within: float) -> bool:
+        """Whether `name` beat within the last `within` seconds."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",)).fetchone()
+        return row is not None and time.time() - float(row[0]) < within
+
+    # ---- triggers, views, policies: published by apply, read by the gateway ----
+
+    def set_resources(self, kind: str, specs: dict[str, dict[str, Any]]) -> None:
+        """Replace every resource of `kind` (Trigger, View, Policy) with `specs` (name → spec)."""
+        self._db.execute("DELETE FROM resources WHERE kind = ?", (kind,))
+        now = time.time()
+        for name, spec in sorted(specs.items()):
+            self._db.execute("INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now))
+
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {r[0]: json.loads(r[1]) for r in self._db.execute(
+            "SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))}
+
+    # ---- revisions ----
+
+    def next_revision_number(self, function: str) -> int:
+        row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (function,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_revision(self, revision: Revision) -> None:
+        self._db.execute(
+            "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (revision.function, revision.number, revision.spec_hash, json.dumps(revision.spec, sort_keys=True),
+             revision.image, revision.git_commit, revision.git_author, revision.created_at, revision.created_by,
+             revision.status.value, revision.reason, revision.git_subject),
+        )
+
+    def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
+        self._db.execute("UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
+                         (status.value, reason, function, number))
+
+    def set_revision_image(self, function: str, number: int, image: str) -> None:
+        self._db.execute("UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''",
+                         (image, function, number))
+
+    def revisions(self, function: str | None = None) -> list[Revision]:
+        query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
+        return [_revision(r) for r in self._db.execute(query, (function,) if function else ())]
+
+    def revision(self, function: str, number: int) -> Revision | None:
+        row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)).fetchone()
+        return _revision(row) if row else None
+
+    # ---- routing ----
+
+    def routes(self) -> dict[str, dict[int, int]]:
+        """function → {revision number: weight percent}."""
+        return {r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
+                for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")}
+
+    def set_route(self, function: str, weights: dict[int, int]) -> None:
+        """One atomic change of a function's weights."""
+        if sum(weights.values()) != 100 and weights:
+            raise StoreError(f"weights of {function} must sum to 100, not {sum(weights.values())}")
+        self._db.execute(
+            "INSERT INTO routes VALUES (?, ?, ?) ON CONFLICT (function) DO UPDATE SET weights = excluded.weights, "
+            "updated_at = excluded.updated_at",
+            (function, json.dumps({str(k): v for k, v in sorted(weights.items())}), time.time()),
+        )
+
+    def delete_route(self, function: str) -> None:
+        self._db.execute("DELETE FROM routes WHERE function = ?", (function,))
+
+    # ---- instances ----
+
+    def add_instance(self, row: InstanceRow) -> None:
+        self._db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value,
+                          row.created_at))
+
+    def update_instance(self, instance_id: str, *, state: InstanceState, container_id: str | None = None) -> None:
+        self._db.execute("UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
+                         (state.value, container_id, instance_id))
+
+    def remove_instance(self, instance_id: str) -> None:
+        self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def instances(self, function: str | None = None) -> list[InstanceRow]:
+        query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
+        return [InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
+                for r in self._db.execute(query, (function,) if function else ())]
+
+    # ---- rollouts ----
+
+    def add_rollout(self, function: str, stable: int | None, canary: int, strategy: str, state: str,
+                    detail: dict[str, Any], started_at: float) -> int:
+        now = started_at
+        cursor = self._db.execute(
+            "INSERT INTO rollouts (function, from_revision, to_revision, strategy, step, state, detail, started_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (function, stable, canary, strategy, state, json.dumps(detail, sort_keys=True), now, now))
+        return int(cursor.lastrowid or 0)
+
+    def update_rollout(self, rollout_id: int, *, step: int, state: str, detail: dict[str, Any]) -> None:
+        self._db.execute("UPDATE rollouts SET step = ?, state = ?, detail = ?, updated_at = ? WHERE id = ?",
+                         (step, state, json.dumps(detail, sort_keys=True), time.time(), rollout_id))
+
+    def rollouts(self, function: str | None = None, *, states: tuple[str, ...] = ()) -> list[RolloutRow]:
+        """Rollouts, oldest first; of one function and in some states when asked."""
+        where, params = [], []
+        if function is not None:
+            where.append("function = ?")
+            params.append(function)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            params += list(states)
+        return self._rollout_rows(" AND ".join(where), tuple(params))
+
+    def rollout(self, rollout_id: int) -> RolloutRow | None:
+        found = self._rollout_rows("id = ?", (rollout_id,))
+        return found[0] if found else None
+
+    def _rollout_rows(self, where: str, params: tuple[Any, ...]) -> list[RolloutRow]:
+        query = ("SELECT id, function, from_revision, to_revision, strategy, step, state, detail, started_at, "
+                 "updated_at FROM rollouts" + (f" WHERE {where}" if where else "") + " ORDER BY id")
+        return [RolloutRow(int(r[0]), r[1], None if r[2] is None else int(r[2]), int(r[3]), r[4], int(r[5]), r[6],
+                           json.loads(r[7]), float(r[8]), float(r[9])) for r in self._db.execute(query, params)]
+
+    def add_rollout_event(self, rollout_id: int, kind: str, step: int, message: str,
+                          data: dict[str, Any] | None = None) -> int:
+        cursor = self._db.execute("INSERT INTO rollout_events (rollout, at, kind, step, message, data) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)",
+                                  (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)))
+        return int(cursor.lastrowid or 0)
+
+    def rollout_events(self, rollout_id: int, *, after: int = 0) -> list[RolloutEventRow]:
+        return [RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
+                for r in self._db.execute("SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
+                                          "WHERE rollout = ? AND id > ? ORDER BY id", (rollout_id, after))]
+
+    # ---- audit ----
+
+    def audit(self, *, actor: str, command: str, action: str, target: str, outcome: str,
+              git_commit: str | None = None, git_author: str | None = None, git_subject: str | None = None,
+              detail: str | None = None) -> None:
+        """Append a record to the deploy audit's hash chain (never a secret in any field)."""
+        with self._writing():
+            self.append_chained("audit", [(time.time(), actor, command, action, target, git_commit, outcome, detail,
+                                           git_author, git_subject)])
+
+    def append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Append `rows` (a chained table's fields after the id, in auditchain.CHAINS order) to `table`'s
+        chain, with the next ids, and move its head marker. Call inside a write transaction: reading the head
+        and appending must not interleave with another writer's."""
+        try:
+            self._append_chained(table, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
+
+    def _append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        fields = auditchain.CHAINS[table]
+        head = self._db.execute(f"SELECT id, hash FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
+        last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
+        linked = auditchain.link(table, (auditchain.normalise(table, (last + n, *row))
+                                         for n, row in enumerate(rows, 1)), prev)
+        columns = ", ".join(name for name, _ in fields) + ", prev_hash, hash"
+        marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
+        for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
+            chunk = linked[start:start + _CHUNK]
+            self._db.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
+                             tuple(itertools.chain.from_iterable(chunk)))
+        if linked:
+            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                             "excluded.value", (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"))
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The caller's transaction, or one of its own when there is none."""
+        if self._db.in_transaction:
+            yield
+        else:
+            with self.transaction():
+                yield
+
+    def audit_log(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        return self.audit_records(AuditFilter(target=target), limit)
+
+    def audit_records(self, where: AuditFilter, limit: int = 100) -> list[AuditEntry]:
+        """Deploy audit records matching `where`, newest first."""
+        sql, params = where.sql(target_column="target", actor_column="actor")
+        rows = self._db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [AuditEntry(*r) for r in rows]
+
+    def invocation_records(self, where: AuditFilter, limit: int = 100) -> list[InvocationEntry]:
+        """Invocation audit records matching `where` (actor: the principal), newest first."""
+        sql, params = where.sql(target_column="function", actor_column="principal")
+        columns = ", ".join(name for name, _ in auditchain.INVOCATION_FIELDS) + ", hash"
+        rows = self._db.execute(f"SELECT {columns} FROM invocations{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [InvocationEntry(*r) for r in rows]
+
+    def audit_chain(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """Every record of a chained table with its links, by id (for auditchain.verify), streamed."""
+        columns = ", ".join(name for name, _ in auditchain.CHAINS[table]) + ", prev_hash, hash"
+        try:
+            yield from self._db.execute(f"SELECT {columns} FROM {table} ORDER BY id")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the {table} chain: {exc}") from None
+
+    def audit_head(self, table: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (auditchain.head_setting(table),)).fetchone()
+        return None if row is None else str(row[0])
+
+    def audit_hash_known(self, digest: str) -> bool:
+        """Whether any chained record has this hash (an anchor kept outside the store)."""
+        return any(self._db.execute(f"SELECT 1 FROM {table} WHERE hash = ? LIMIT 1", (digest,)).fetchone()
+                   for table in auditchain.CHAINS)
+
+
+def _revision(row: Any) -> Revision:
+    return Revision(row[0], int(row[1]), row[2], json.loads(row[3]), row[4], row[5], row[6], float(row[7]), row[8],
+                    RevisionStatus(row[9]), row[10], row[11])
+
+
+def connect(path: Path) -> Store:
+    """Open (creating and migrating as needed) the store at `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        _migrate(connection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state store {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
+    return Store(connection, path)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(f"the state store has schema version {version}, newer than this fnctl knows "
+                         f"({len(MIGRATIONS)}); upgrade fnctl")
+    for number in range(version, len(MIGRATIONS)):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
+                connection.execute("ROLLBACK")  # another process migrated meanwhile
+                continue
+            migration = MIGRATIONS[number]
+            if callable(migration):
+                migration(connection)
+            else:
+                for statement in _statements(migration):
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    if version < len(MIGRATIONS):
+        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
+        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
+        # snapshot delays it to the next checkpoint.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers contain `;` inside BEGIN … END)."""
+    statements, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
