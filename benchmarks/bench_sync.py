@@ -206,7 +206,7 @@ class Poller:
 
     def _poll(self) -> None:
         from fnctl.errors import FnctlError
-        from fnctl.gateway.client import invoke_deployed
+        from fnctl.commands.invoke import invoke_deployed
         from fnctl.manifest.project import load_project
 
         project = load_project(self.bench.clone)

@@ -188,14 +188,14 @@ def main() -> None:
         project.mkdir(parents=True)
         generate(project, args.functions)
         fnctl = fnctl_command()
-        baseline = [sys.executable, "-c", BASELINE, str(REPO / "schemas"), str(project / "manifests")]
+        baseline_command = [sys.executable, "-c", BASELINE, str(REPO / "schemas"), str(project / "manifests")]
         env = bytecode_env(workdir)
         timed(fnctl + ["validate"], project, env)  # warm the file cache and the bytecode of all three
-        timed(baseline, project, env)
+        timed(baseline_command, project, env)
         timed(fnctl + ["--help"], project, env)
         figures = medians(args.runs, {
             "validate": lambda: timed(fnctl + ["validate"], project, env),
-            "baseline": lambda: timed(baseline, project, env),
+            "baseline": lambda: timed(baseline_command, project, env),
             "help": lambda: timed(fnctl + ["--help"], project, env),
         })
     finally:

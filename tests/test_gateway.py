@@ -14,17 +14,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
-from fnctl.gateway.auth import Principal, PrincipalKind, Unauthenticated
+from fnctl.gateway.audit import AuditLog
+from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.httpevent import BadResult, HttpRequest, from_result, to_event
 from fnctl.gateway.metrics import Metrics
-from fnctl.gateway.pools import Overloaded, Unavailable
+from fnctl.gateway.pools import Overloaded, PoolManager, Unavailable
 from fnctl.gateway.serve import parse_address, start_server
 from fnctl.invocation.outcome import Failure, Outcome
 
@@ -283,8 +284,8 @@ async def running(limits: GatewayLimits | None = None) -> AsyncIterator[Harness]
     pool, audit = FakePool(), FakeAudit()
     limits = limits or GatewayLimits(timeout_margin=0.1, read_timeout=0.5, body_timeout=0.5, max_body=10_000, max_header=2048,
                                      max_concurrent=3, reload_interval=0.02, drain_timeout=5)
-    gateway = Gateway(pool=pool, authenticator=FakeAuth(), metrics=Metrics(), audit=audit, source=source,
-                      limits=limits, identity={"project": "p", "store": "s"})
+    gateway = Gateway(pool=cast(PoolManager, pool), authenticator=cast(Authenticator, FakeAuth()), metrics=Metrics(),
+                      audit=cast(AuditLog, audit), source=source, limits=limits, identity={"project": "p", "store": "s"})
     gateway.pool_ready = True
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
     try:
@@ -623,8 +624,8 @@ def test_graceful_drain_answers_in_flight_requests() -> None:
         limits = GatewayLimits(reload_interval=0.02, drain_timeout=10)
         pool, audit = FakePool(), FakeAudit()
         pool.release = asyncio.Event()
-        gateway = Gateway(pool=pool, authenticator=FakeAuth(), metrics=Metrics(), audit=audit,
-                          source=lambda: _table(), limits=limits)
+        gateway = Gateway(pool=cast(PoolManager, pool), authenticator=cast(Authenticator, FakeAuth()),
+                          metrics=Metrics(), audit=cast(AuditLog, audit), source=lambda: _table(), limits=limits)
         runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
         async with aiohttp.ClientSession() as session:
             inflight = asyncio.create_task(session.post(f"http://127.0.0.1:{port}/invoke/pub", json={"wait": True}))
@@ -714,6 +715,7 @@ def _http(method: str, url: str, body: bytes | None = None,
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    assert parts.hostname is not None
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
@@ -906,7 +908,7 @@ def test_e2e_cron_trigger_runs_through_the_gateway(live: Live) -> None:
 
     def runs() -> list[tuple[Any, ...]]:
         with live.project.store() as store:
-            return store.query("SELECT principal, status, outcome FROM invocations WHERE trigger = 'tick'")
+            return list(store.query("SELECT principal, status, outcome FROM invocations WHERE trigger = 'tick'"))
 
     try:
         found = until(lambda: len(runs()) >= 2 and runs(), "two audited cron runs", timeout=30)

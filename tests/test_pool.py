@@ -210,7 +210,11 @@ def test_async_transport_sends_the_requests_of_one_loop_round_in_one_write(local
         wire = transport._transport
         assert wire is not None
         write = wire.write
-        wire.write = lambda data: (sent.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        def recording(data: Any) -> None:
+            sent.append(bytes(data))
+            write(data)
+
+        wire.write = recording  # type: ignore[method-assign]
         results = await asyncio.gather(*(transport.invoke({"n": n}, invocation_id=f"i{n}", deadline=time.time() + 10)
                                          for n in range(5)))
         assert [r.result["n"] for r in results] == list(range(5))
