@@ -205,8 +205,8 @@ class Poller:
             self.thread.start()
 
     def _poll(self) -> None:
-        from fnctl.errors import FnctlError
         from fnctl.commands.invoke import invoke_deployed
+        from fnctl.errors import FnctlError
         from fnctl.manifest.project import load_project
 
         project = load_project(self.bench.clone)
