@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.pools import PoolManager
 
-log = logging.getLogger("fnctl.gateway.app")
+log = logging.getLogger("fnctl.gateway")
 PIN_HEADER = "X-Fnctl-Revision"
 _REVISION_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: str.isdigit() takes "²", int() does not
 PIN_DENIED = (f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles "

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from fnctl.state.store import Store, StoreError, connect
 
 access_logger = logging.getLogger("fnctl.access")
-log = logging.getLogger("fnctl.gateway.audit")
+log = logging.getLogger("fnctl.audit")
 Row = tuple[float, str, str | None, str, int | None, str | None, str, int, float, str | None]
 
 

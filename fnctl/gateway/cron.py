@@ -27,7 +27,7 @@ from croniter import croniter
 
 from fnctl.state.store import Store, StoreError, connect
 
-log = logging.getLogger("fnctl.gateway.cron")
+log = logging.getLogger("fnctl.cron")
 T = TypeVar("T")
 Invoke = Callable[[str, str, Any], Awaitable[Any]]  # (trigger name, function, event) → the gateway's invoke
 # The tick (seconds since the epoch) a run is for, readable inside `invoke`: one id per run, e.g. for the

@@ -18,7 +18,7 @@ from typing import Any
 
 from fnctl.invocation.outcome import Failure, Outcome
 
-log = logging.getLogger("fnctl.gateway.app")
+log = logging.getLogger("fnctl.gateway")
 # Never handed to user code: the gateway already turned them into `caller`.
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
 # Set by the server for the response it writes; a handler's value would corrupt the framing.

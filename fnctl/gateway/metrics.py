@@ -32,7 +32,7 @@ ERROR_STATUS = 500
 # Prometheus buckets (seconds): coarse on purpose, every bucket is a series per function and revision.
 _PROM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PROM_LE = [repr(b) for b in _PROM_BUCKETS] + ["+Inf"]  # as prometheus_client writes `le` (no exponents here)
-log = logging.getLogger("fnctl.gateway.metrics")
+log = logging.getLogger("fnctl.metrics")
 
 
 class _Series:

@@ -27,7 +27,7 @@ from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state.store import connect
 
-log = logging.getLogger("fnctl.gateway.serve")
+log = logging.getLogger("fnctl.serve")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
 from fnctl.state.store import RevisionStatus, Store, connect
 
-log = logging.getLogger("fnctl.gateway.app")
+log = logging.getLogger("fnctl.gateway")
 INVOCABLE = (RevisionStatus.READY.value, RevisionStatus.PENDING.value, RevisionStatus.PREVIEW.value)
 # Reads the store (in a worker thread): a new table, or None when nothing changed since the last call.
 TableSource = Callable[[], "router.Table | None"]
