@@ -5,7 +5,7 @@ number of functions, matched to the store's instances by their io.fnctl.instance
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from fnctl.deploy.diff import LiveFunction, LiveInstance, LiveState
@@ -19,12 +19,19 @@ Row = TypeVar("Row", Revision, InstanceRow)
 
 def read_live(store: Store, project: str) -> LiveState:
     listed = dockerio.list_containers(labels(project, "", store=store.id))
+    return live_from_store(store, listed, dockerio.images_present)
+
+
+def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
+                    images_present: Callable[[set[str]], set[str]]) -> LiveState:
+    """The live state from the store's rows and what the engine showed: its containers (`listed`) and which
+    of the images asked for it has. Apart so that tests can build it without a daemon."""
     rows = store.instances()
     containers = _containers_of(listed, rows)
     routes = store.routes()
     revisions, instances = _by_function(store.revisions()), _by_function(rows)
     images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
-    present = dockerio.images_present(images_needed)
+    present = images_present(images_needed)
     rolling = {row.function: (row.stable if row.stable is not None else row.canary, row.canary)
                for row in store.rollouts(states=ACTIVE)}
     functions: dict[str, LiveFunction] = {}
