@@ -25,7 +25,7 @@ from fnctl.deploy.desired import DeploySpec, spec_hash
 from fnctl.deploy.diff import ChangeKind, Desired, LiveFunction, LiveInstance, LiveState, diff
 from fnctl.deploy.live import live_from_store
 from fnctl.deploy.plan import live_summary, make_plan, plan_to_json
-from fnctl.deploy.revisionspec import function_from_spec
+from fnctl.deploy.revisionspec import SpecFormatError, function_from_spec, spec_version
 from fnctl.deploy.session import desired_state
 from fnctl.manifest.model import DesiredState, Strategy
 from fnctl.manifest.project import load_project
@@ -94,6 +94,14 @@ def test_a_function_read_back_from_its_stored_spec_is_the_one_deployed(specs: li
     for spec in specs:
         stored = json.loads(json.dumps(spec.spec, sort_keys=True))  # as the store gives it back
         assert function_from_spec(spec.name, stored, defaults) == spec.function, spec.name
+
+
+def test_format_1_has_no_version_key_and_a_newer_format_is_refused(specs: list[DeploySpec]) -> None:
+    # Version 1 is marked by the key's absence: adding it would change every existing spec hash.
+    assert all(spec_version(s.spec) == 1 and "specVersion" not in s.spec for s in specs)
+    newer = dict(specs[0].spec, specVersion=2)
+    with pytest.raises(SpecFormatError, match="spec format 2"):
+        function_from_spec(specs[0].name, newer, load_project(PROJECT).default_limits)
 
 
 # ---- the plan file ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from fnctl.deploy.diff import LiveFunction, LiveInstance, LiveState
+from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
 from fnctl.rollout.machine import ACTIVE
@@ -51,7 +52,7 @@ def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
             images={r.number: r.image for r in own},
             images_present={r.number: r.image in present for r in own if r.image in images_needed},
             instances=live_instances,
-            min_instances=int(spec.get("scaling", {}).get("min_instances", 1)),
+            min_instances=min_instances(spec),
             rollout=rolling.get(name),
         )
     orphans = unknown_containers(listed, rows)
