@@ -24,7 +24,7 @@ from fnctl.deploy import executor
 from fnctl.deploy.desired import DeploySpec, spec_hash
 from fnctl.deploy.diff import ChangeKind, Desired, LiveFunction, LiveInstance, LiveState, diff
 from fnctl.deploy.live import live_from_store
-from fnctl.deploy.plan import live_summary, make_plan, plan_to_json
+from fnctl.deploy.plan import is_plan_file, live_summary, make_plan, plan_to_json
 from fnctl.deploy.revisionspec import SpecFormatError, function_from_spec, spec_version
 from fnctl.deploy.session import desired_state
 from fnctl.manifest.model import DesiredState, Strategy
@@ -130,6 +130,8 @@ def test_the_plan_file_is_the_golden_one(specs: list[DeploySpec]) -> None:
     assert {c.function: c.kind for c in changes} == {"full": ChangeKind.UPDATE, "gone": ChangeKind.DELETE,
                                                      "plain": ChangeKind.UNCHANGED, "secret": ChangeKind.CREATE}
     _compare_text(GOLDEN / "plan" / "plan.json", _pretty(document))
+    assert is_plan_file(json.loads((GOLDEN / "plan" / "plan.json").read_text(encoding="utf-8")))
+    assert not is_plan_file(dict(document, format=2)) and not is_plan_file([document])
 
 
 # ---- store records ---------------------------------------------------------------------------------
