@@ -118,11 +118,13 @@ def apply_command(
 
 
 def _read_plan(path: Path) -> dict[str, Any]:
+    from fnctl.deploy.plan import is_plan_file  # in the command, as the CLI's other imports: start-up time
+
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read the plan {path}: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != 1:
+    if not is_plan_file(document):
         raise BadInput(f"{path} is not a plan made by `fnctl plan -f`")
     return document
 

@@ -65,6 +65,8 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
     returns what changed, in words. Unchanged kinds are not rewritten, so a no-op apply writes nothing."""
     changed = []
     for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies)):
+        # Stored as the manifest's spec, as written: its shape is the manifest format's (schemas/, apiVersion
+        # fnctl/v1), never a Python value's, and the gateway reads it as such.
         wanted = {item.name: item.document.data["spec"] for item in items if item.document is not None}
         if ctx.store.resources(kind) != wanted:
             with ctx.store.transaction():

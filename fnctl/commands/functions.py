@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +138,18 @@ def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]
     try:
         if what in ("functions", "function"):
             return [{"name": s.name, "liveRevision": s.live_revision, "weights": {str(k): v for k, v in s.weights.items()},
-                     "instances": [asdict(i) for i in s.instances]} for s in status(project, state)]
+                     "instances": [instance_json(i) for i in s.instances]} for s in status(project, state)]
         if what in ("revisions", "revision"):
             return [revision_json(r) for r in store.revisions()]
     finally:
         store.close()
     raise BadInput(f"unknown resource {what!r}: use functions or revisions")
+
+
+def instance_json(instance: InstanceStatus) -> dict[str, Any]:
+    """`get functions -o json`'s instance: its keys are an interface (scripts read them), not field names."""
+    return {"id": instance.id, "revision": instance.revision, "container": instance.container, "state": instance.state,
+            "healthy": instance.healthy, "inflight": instance.inflight, "orphan": instance.orphan}
 
 
 def revision_json(revision: Revision) -> dict[str, Any]:

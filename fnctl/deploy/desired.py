@@ -1,17 +1,29 @@
 """What each function should be deployed as: its canonical spec (defaults applied, code hashed, secrets
 fingerprinted with a host-local key) and that spec's hash, the identity of a revision.
+
+The canonical spec is persisted (every revision's row keeps it, `fnctl.deploy.revisionspec` reads it back) and
+hashed, so its shape is a format of its own, written out key by key here: never derived from Python names,
+since renaming a field would then change every spec hash and redeploy every function on upgrade.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnctl.manifest.model import NO_EXPECTATION, Function
+from fnctl.manifest.model import NO_EXPECTATION, Function, Limits, Scaling
 from fnctl.manifest.source import code_hash
+
+# The canonical spec's format. Version 1 carries no version key: adding one would change the hash of every
+# revision deployed before formats were numbered. A later version must write `"specVersion": N` (and keep
+# reading version 1); `revisionspec.spec_version` reads it. Its keys are frozen as they are, including the
+# snake_case ones inside "scaling" (written by `asdict()` once): tests/golden/spec/ holds the exact JSON and
+# hashes, recorded before this writer existed.
+SPEC_FORMAT = 1
+SPEC_VERSION_KEY = "specVersion"
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,8 @@ def deploy_spec(function: Function, base_image: str, secrets_hash: str) -> Deplo
 
 
 def canonical_spec(function: Function, code: str, base_image: str, secrets: str) -> dict[str, Any]:
-    """Everything that defines a revision, with effective values (so a changed default changes it too).
+    """Everything that defines a revision, with effective values (so a changed default changes it too), in
+    format version 1 (`SPEC_FORMAT`).
 
     `secrets` is in the revision's identity: a changed secret value is a new revision. Its first 16 hex
     digits are kept, as before fnctl stopped salting them: for a function without secrets that value (once
@@ -53,10 +66,10 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
         "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16],
                     "sources": [{"name": s.name, **({"fromEnv": s.from_env} if s.from_env else {"fromFile": s.from_file})}
                                 for s in function.secrets]},
-        "limits": asdict(function.limits),
+        "limits": _limits_v1(function.limits),
         "network": function.network.value,
         "isolation": function.isolation.value,
-        "scaling": asdict(function.scaling),
+        "scaling": _scaling_v1(function.scaling),
         "access": {"roles": list(function.roles)},
         "parameters": function.parameters,
         "returns": function.returns,
@@ -66,6 +79,19 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
     }
 
 
+def _limits_v1(limits: Limits) -> dict[str, Any]:
+    # The values as they are (no int/float coercion): the JSON text of each number is in the hash.
+    return {"timeout": limits.timeout, "memory": limits.memory, "cpu": limits.cpu, "pids": limits.pids,
+            "tmp": limits.tmp, "payload": limits.payload, "output": limits.output}
+
+
+def _scaling_v1(scaling: Scaling) -> dict[str, Any]:
+    # snake_case inside a camelCase document, frozen: these keys are in the hash of every revision.
+    return {"min_instances": scaling.min_instances, "max_instances": scaling.max_instances,
+            "concurrency": scaling.concurrency}
+
+
 def spec_hash(spec: dict[str, Any]) -> str:
+    """Of the spec's JSON with sorted keys and no spaces: this exact text is what identifies a revision."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -5,10 +5,11 @@ number of functions, matched to the store's instances by their io.fnctl.instance
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from fnctl.deploy.diff import LiveFunction, LiveInstance, LiveState
+from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
 from fnctl.rollout.machine import ACTIVE
@@ -19,12 +20,19 @@ Row = TypeVar("Row", Revision, InstanceRow)
 
 def read_live(store: Store, project: str) -> LiveState:
     listed = dockerio.list_containers(labels(project, "", store=store.id))
+    return live_from_store(store, listed, dockerio.images_present)
+
+
+def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
+                    images_present: Callable[[set[str]], set[str]]) -> LiveState:
+    """The live state from the store's rows and what the engine showed: its containers (`listed`) and which
+    of the images asked for it has. Apart so that tests can build it without a daemon."""
     rows = store.instances()
     containers = _containers_of(listed, rows)
     routes = store.routes()
     revisions, instances = _by_function(store.revisions()), _by_function(rows)
     images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
-    present = dockerio.images_present(images_needed)
+    present = images_present(images_needed)
     rolling = {row.function: (row.stable if row.stable is not None else row.canary, row.canary)
                for row in store.rollouts(states=ACTIVE)}
     functions: dict[str, LiveFunction] = {}
@@ -44,7 +52,7 @@ def read_live(store: Store, project: str) -> LiveState:
             images={r.number: r.image for r in own},
             images_present={r.number: r.image in present for r in own if r.image in images_needed},
             instances=live_instances,
-            min_instances=int(spec.get("scaling", {}).get("min_instances", 1)),
+            min_instances=min_instances(spec),
             rollout=rolling.get(name),
         )
     orphans = unknown_containers(listed, rows)

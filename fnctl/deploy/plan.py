@@ -11,12 +11,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from fnctl.deploy.diff import Change, ChangeKind, DriftKind, LiveState
 from fnctl.manifest.model import Rollout, Strategy
 from fnctl.rollout.timeline import Timeline, timeline, timeline_summary, timeline_to_json
 
+# The plan file's format (its "format" key). Its keys are frozen for a version: `fnctl apply plan.json` may
+# run with a newer fnctl than `fnctl plan` did; tests/golden/plan/ holds an exact example.
 PLAN_FORMAT = 1
 
 
@@ -112,6 +114,7 @@ def live_summary(live: LiveState) -> dict[str, Any]:
 
 
 def plan_to_json(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
+    """The plan file, format `PLAN_FORMAT`: `summary` is `live_summary` of the live state it was made against."""
     return {
         "format": PLAN_FORMAT, "project": plan.project, "prune": plan.prune,
         "liveFingerprint": plan.live_fingerprint, "live": summary, "desired": plan.desired_hashes,
@@ -119,6 +122,11 @@ def plan_to_json(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
         "steps": [{"kind": s.kind.value, "function": s.function, "detail": s.detail} for s in plan.steps],
         "timelines": {name: timeline_to_json(t) for name, t in plan.timelines.items()},
     }
+
+
+def is_plan_file(document: object) -> TypeGuard[dict[str, Any]]:
+    """Whether `document` is a plan file in the format this fnctl reads."""
+    return isinstance(document, dict) and document.get("format") == PLAN_FORMAT
 
 
 def change_to_json(change: Change) -> dict[str, Any]:

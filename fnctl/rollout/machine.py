@@ -124,6 +124,8 @@ class Record:
         return self.state is State.ABORTED or (self.state is State.COMPLETED and self.scaled_down)
 
     def detail(self) -> dict[str, Any]:
+        """The store's form of the progress (rollouts.detail), read back by `record_from`. Its keys are frozen:
+        a store keeps them across upgrades, so a change needs a store migration (tests/golden/store/)."""
         return {"startedAt": self.started_at, "stepStarted": self.step_started, "weights": {str(r): w for r, w in self.weights.items()},
                 "variants": self.variants, "failures": self.failures, "nextMeasure": self.next_measure,
                 "handled": self.handled, "winner": self.winner, "scaleDownAt": self.scale_down_at,

@@ -1,0 +1,2 @@
+def handler(event, context=None):
+    return {"echo": event}
