@@ -11,6 +11,6 @@ step "ruff check"
 step "mypy (package)"
 .venv/bin/python -m mypy
 step "mypy (tests and benchmarks)"
-.venv/bin/python -m mypy --strict tests benchmarks --exclude 'tests/fixtures' --exclude 'tests/sandbox_handlers'
+.venv/bin/python -m mypy --strict tests benchmarks --exclude 'tests/fixtures' --exclude 'tests/sandbox_handlers' --exclude 'tests/golden'
 step "import-linter"
 .venv/bin/lint-imports --no-cache

@@ -152,7 +152,7 @@ def test_every_bad_credential_is_refused_without_detail_and_audited(
                      outcome=AuditOutcome.UNAUTHENTICATED, status=401, duration_ms=0.2, source="127.0.0.1")
     assert audit.flush(timeout=10)
     audit.close()
-    rows = store.query("SELECT request_id, outcome, status, function, source FROM invocations ORDER BY id")
+    rows = store.raw().query("SELECT request_id, outcome, status, function, source FROM invocations ORDER BY id")
     assert [r[0] for r in rows] == [f"req-{case}" for case in matrix]
     assert {(r[1], r[2], r[3], r[4]) for r in rows} == {("unauthenticated", 401, "orders", "127.0.0.1")}
 
@@ -402,13 +402,13 @@ def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, stor
         audit.close()
     finally:
         stop_logging()
-    rows = store.query("SELECT request_id, principal, function, revision, outcome, status, duration_ms, source "
+    rows = store.raw().query("SELECT request_id, principal, function, revision, outcome, status, duration_ms, source "
                        "FROM invocations ORDER BY id")
     assert rows == [(f"r{n}", "key:abc", "hello", 2, "ok", 200, 1.5, "127.0.0.1:5000") for n in range(3)]
     with pytest.raises(StoreError):
-        store.execute("UPDATE invocations SET status = 500")
+        store.raw().execute("UPDATE invocations SET status = 500")
     with pytest.raises(StoreError):
-        store.execute("DELETE FROM invocations")
+        store.raw().execute("DELETE FROM invocations")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line.get("requestId") for line in lines] == ["r0", "r1", "r2", None]
     assert lines[0]["method"] == "POST" and lines[0]["status"] == 200 and lines[0]["principal"] == "key:abc"

@@ -107,7 +107,7 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: Path) -> 
     before, after = first.ticks(), second.ticks()
     assert not set(before) & set(after), (before, after)
     assert min(after) > max(before)  # the restart went on from the last claimed tick
-    last = store.query("SELECT last_tick FROM cron_state WHERE trigger = 'tick'")[0][0]
+    last = store.raw().query("SELECT last_tick FROM cron_state WHERE trigger = 'tick'")[0][0]
     assert last == max(after)
 
 
@@ -135,7 +135,7 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
                                     "default": cron_spec(daily)})
     latest = CronTrigger("x", "f", daily, "UTC", Missed.SKIP, {}).latest_tick(time.time())
     for name in ("catch-up", "skipper", "default"):  # the gateway was down for the last three days
-        store.execute("INSERT INTO cron_state VALUES (?, ?, ?)", (name, latest - 3 * 86400, time.time()))
+        store.raw().execute("INSERT INTO cron_state VALUES (?, ?, ?)", (name, latest - 3 * 86400, time.time()))
     first = Recorder()
 
     async def body_first(runner: CronRunner) -> None:
@@ -151,7 +151,7 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
     second = Recorder()
     asyncio.run(scenario())
     assert first.runs == [("catch-up", "report", {"n": 1}, latest)]  # once, for the latest missed tick
-    state = dict(store.query("SELECT trigger, last_tick FROM cron_state"))
+    state = dict(store.raw().query("SELECT trigger, last_tick FROM cron_state"))
     assert state == {"catch-up": latest, "skipper": latest, "default": latest}  # skipped ticks are claimed too
     assert second.runs == []
 
@@ -166,7 +166,7 @@ def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, s
 
     asyncio.run(scenario())
     assert recorder.runs == []
-    assert store.query("SELECT COUNT(*) FROM cron_state")[0][0] == 1
+    assert store.raw().query("SELECT COUNT(*) FROM cron_state")[0][0] == 1
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:

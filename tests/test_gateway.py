@@ -854,7 +854,7 @@ def test_e2e_pinning_reaches_a_revision_without_traffic(live: Live) -> None:
     direct = live.project.ok("invoke", "web", "--direct", "-d", "{}")
     assert json.loads(direct.out) == {"version": "two", "caller": None}
     with live.project.store() as store:  # --direct skips the gateway's auth, never the audit: the operator
-        rows = store.query("SELECT principal, function, revision, status, source FROM invocations "
+        rows = store.raw().query("SELECT principal, function, revision, status, source FROM invocations "
                            "WHERE source = 'cli --direct'")
     assert len(rows) == 1 and rows[0][0].startswith("operator:") and tuple(rows[0][1:]) == ("web", 2, 200, "cli --direct")
     refused = live.project.fnctl("invoke", "web", "--key", "fnk_000000000000_" + "x" * 43, "-d", "{}")
@@ -908,7 +908,7 @@ def test_e2e_cron_trigger_runs_through_the_gateway(live: Live) -> None:
 
     def runs() -> list[tuple[Any, ...]]:
         with live.project.store() as store:
-            return list(store.query("SELECT principal, status, outcome FROM invocations WHERE trigger = 'tick'"))
+            return list(store.raw().query("SELECT principal, status, outcome FROM invocations WHERE trigger = 'tick'"))
 
     try:
         found = until(lambda: len(runs()) >= 2 and runs(), "two audited cron runs", timeout=30)
@@ -963,7 +963,7 @@ def test_e2e_malformed_input_is_4xx_audited_and_leaves_no_traceback(live: Live) 
 
     def audited() -> int:  # from this test's own address and time: the attack's rows come from 127.0.0.2-4
         with live.project.store() as store:
-            return int(store.query("SELECT count(*) FROM invocations WHERE status >= 400 AND status < 500 "
+            return int(store.raw().query("SELECT count(*) FROM invocations WHERE status >= 400 AND status < 500 "
                                    "AND source = '127.0.0.1' AND at >= ?", (started,))[0][0])
 
     before = audited()

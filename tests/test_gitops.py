@@ -63,7 +63,7 @@ class Remote:
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.project.store() as store:
-            return store.query(sql, params)
+            return store.raw().query(sql, params)
 
     def deploys(self) -> list[tuple[Any, ...]]:
         """(command, commit, outcome, dirty) of every deploy recorded, oldest first."""

@@ -75,9 +75,9 @@ def test_deploy_record_last_ignores_previews_and_is_append_only(tmp_path: Path) 
         assert last is not None and last.commit == main and last.audit_mark == deploys.audit_mark(store) == 1
         assert (last.command, last.ref, last.outcome, last.dirty, last.preview) == ("sync", "main", "ok", False, False)
         with pytest.raises(FnctlError, match="append-only"):
-            store.execute("UPDATE deploys SET outcome = 'failed'")
+            store.raw().execute("UPDATE deploys SET outcome = 'failed'")
         with pytest.raises(FnctlError, match="append-only"):
-            store.execute("DELETE FROM deploys")
+            store.raw().execute("DELETE FROM deploys")
     finally:
         store.close()
 
@@ -87,7 +87,7 @@ def test_mark_since_leaves_out_what_previews_wrote(tmp_path: Path) -> None:
 
     def audit(what: str) -> float:
         store.audit(actor="ada", command="sync", action=what, target="hello", outcome="ok")
-        return float(store.query("SELECT at FROM audit ORDER BY id DESC LIMIT 1")[0][0])
+        return float(store.raw().query("SELECT at FROM audit ORDER BY id DESC LIMIT 1")[0][0])
 
     def record(preview: bool, at: float) -> None:
         deploys.record(store, at=at, actor="ada", command="sync", source="/r.git", ref=None,
@@ -305,7 +305,7 @@ def _deploy_rows(tmp_path: Path) -> int:
         return 0
     store = connect(path)
     try:
-        return int(store.query("SELECT COUNT(*) FROM deploys")[0][0])
+        return int(store.raw().query("SELECT COUNT(*) FROM deploys")[0][0])
     finally:
         store.close()
 

@@ -64,7 +64,7 @@ def test_window_counts_errors_and_p95_from_per_second_buckets(store: Store, cloc
                 recent.append(latency)
         m.observe("hello", 1, 404, 0.001, cold_start=False)  # another revision; a 4xx is no error
     assert m.flush_sync(store) == 20
-    rows = store.query("SELECT second, requests FROM metrics WHERE revision = 2 ORDER BY second")
+    rows = store.raw().query("SELECT second, requests FROM metrics WHERE revision = 2 ORDER BY second")
     assert [r[1] for r in rows] == [50] * 10 and rows[-1][0] - rows[0][0] == 9
 
     result = window(store, "hello", 2, 5, now=1_700_000_009.9)
@@ -89,7 +89,7 @@ def test_a_running_second_is_flushed_and_added_to(store: Store, clock: Clock) ->
     m.observe("hello", 1, 200, 0.003, cold_start=False)
     assert m.flush_sync(store) == 1
     assert m.flush_sync(store) == 0
-    rows = store.query("SELECT requests, errors, histogram FROM metrics ORDER BY second")
+    rows = store.raw().query("SELECT requests, errors, histogram FROM metrics ORDER BY second")
     assert [tuple(r[:2]) for r in rows] == [(2, 1), (1, 0)]
     assert sum(json.loads(rows[0][2]).values()) == 2
 

@@ -191,7 +191,7 @@ def test_an_upgrade_redeploys_nothing(tmp_path: Path) -> None:
             raw.executescript(rows)
         raw.close()
         specs, state = _desired(store)
-        stored = {r[0]: r[1] for r in store.query("SELECT function, spec FROM revisions")}
+        stored = {r[0]: r[1] for r in store.raw().query("SELECT function, spec FROM revisions")}
         assert set(stored) == set(FUNCTIONS)
         for spec in specs:  # a revision written now would be byte for byte the stored one
             assert json.dumps(spec.spec, sort_keys=True) == stored[spec.name], spec.name

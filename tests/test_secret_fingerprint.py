@@ -79,7 +79,7 @@ def test_upgrading_keeps_a_secret_less_functions_spec_hash_and_drops_the_salt(tm
     try:
         found = hashes(project, store)
         assert found["plain"][0] == GOLDEN_PLAIN_SPEC_HASH  # no redeploy of a function without secrets
-        assert store.query("SELECT value FROM settings WHERE key = 'secret-salt'") == []
+        assert store.raw().query("SELECT value FROM settings WHERE key = 'secret-salt'") == []
         # a function with secrets is redeployed once: its fingerprint is now keyed, not salted
         assert found["secretive"][1] != OLD_SECRETIVE_VALUES_HASH
         assert found["secretive"][1] == keyed_fingerprint({"API_TOKEN": "tok"}, host.read_text().strip().encode())[:16]
@@ -122,7 +122,7 @@ def test_the_store_holds_nothing_that_reproduces_a_fingerprint_without_the_host_
     store = connect(path)
     try:
         before = hashes(project, store)["secretive"]
-        stored = [str(v) for (v,) in store.query("SELECT value FROM settings")]
+        stored = [str(v) for (v,) in store.raw().query("SELECT value FROM settings")]
         # everything in the store, tried as key or salt, fails to turn the right guess into the fingerprint
         for candidate in stored:
             assert keyed_fingerprint({"API_TOKEN": "tok"}, candidate.encode())[:16] != before[1]

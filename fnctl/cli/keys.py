@@ -13,7 +13,7 @@ from fnctl.cli.render import Output, OutputOpt, console, err_console, print_json
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fnctl.gateway.keys import ApiKey
+    from fnctl.state.keystore import ApiKey
     from fnctl.state.store import Store
 
 app = typer.Typer()

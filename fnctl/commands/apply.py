@@ -160,7 +160,7 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
     _refuse_quarantined(changes, live, options.force)
     report = ApplyReport(plan, recovered=recovered)
     by_name = {s.name: s for s in specs}
-    watermark = int(ctx.store.query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
+    watermark = ctx.store.last_rollout_event_id()
     for change in changes:
         if preview:
             outcome = _preview(ctx, change, by_name.get(change.function), secret_values, live)

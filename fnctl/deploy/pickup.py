@@ -25,18 +25,17 @@ POLL = 0.02
 
 def change_mark(store: Store) -> int:
     """The mark of the store's latest state change."""
-    return int(store.query("SELECT COALESCE(MAX(id), 0) FROM audit")[0][0])
+    return store.audit_mark()
 
 
 def record_loaded(store: Store, mark: int) -> None:
     """Said by the gateway once it routes by a table read after `mark`."""
-    store.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                  (LOADED_KEY, str(mark)))
+    store.write_setting(LOADED_KEY, str(mark))
 
 
 def loaded_mark(store: Store) -> int | None:
-    rows = store.query("SELECT value FROM settings WHERE key = ?", (LOADED_KEY,))
-    return int(rows[0][0]) if rows and str(rows[0][0]).isdigit() else None
+    value = store.read_setting(LOADED_KEY)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def picked_up(loaded: int | None, mark: int) -> bool:

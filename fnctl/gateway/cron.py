@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from fnctl.state import cronstate
 from fnctl.state.store import Store, StoreError, connect
 
 log = logging.getLogger("fnctl.cron")
@@ -157,9 +158,9 @@ class CronRunner:
         assert self._store is not None
         now = time.time()
         latest = trigger.latest_tick(now)
-        last = await self._db(_last_tick, self._store, trigger.name, latest)
+        last = await self._db(cronstate.last_tick, self._store, trigger.name, latest)
         if first and latest > last:
-            claimed = await self._db(_claim, self._store, trigger.name, latest)
+            claimed = await self._db(cronstate.claim, self._store, trigger.name, latest)
             if claimed and trigger.missed is Missed.RUN_ONCE:
                 log.info("cron %s: running the missed tick %s once", trigger.name, _iso(latest))
                 self._start(trigger, latest)
@@ -177,7 +178,7 @@ class CronRunner:
             trigger = self._triggers[name]
             tick = trigger.latest_tick(now)  # after a stall, one run for the latest tick, never a backlog
             try:
-                claimed = await self._db(_claim, self._store, name, tick)
+                claimed = await self._db(cronstate.claim, self._store, name, tick)
             except StoreError as exc:
                 log.warning("cron %s: tick %s not claimed, will retry: %s", name, _iso(tick), exc)
                 continue
@@ -207,19 +208,6 @@ class CronRunner:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-
-
-def _last_tick(store: Store, trigger: str, default: float) -> float:
-    """The trigger's last claimed tick, recording `default` when it has none yet."""
-    store.execute("INSERT INTO cron_state (trigger, last_tick, updated_at) VALUES (?, ?, ?) "
-                  "ON CONFLICT (trigger) DO NOTHING", (trigger, default, time.time()))
-    return float(store.query("SELECT last_tick FROM cron_state WHERE trigger = ?", (trigger,))[0][0])
-
-
-def _claim(store: Store, trigger: str, tick: float) -> bool:
-    """Atomically take `tick` for this process: true for exactly one claimant, ever. last_tick only grows."""
-    return store.execute("UPDATE cron_state SET last_tick = ?, updated_at = ? WHERE trigger = ? AND last_tick < ?",
-                         (tick, time.time(), trigger, tick)) == 1
 
 
 def _iso(at: float) -> str:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from fnctl.deploy.actor import actor
 from fnctl.errors import BadInput, FnctlError
+from fnctl.state import keystore
+from fnctl.state.keystore import ApiKey
 from fnctl.state.store import Store
 
 PREFIX = "fnk"
@@ -25,28 +24,6 @@ _ID_BYTES = 6  # 12 hex digits: unique enough to name a key, and short enough to
 _SECRET_BYTES = 32
 _KEY = re.compile(r"^fnk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _ROLE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # the manifests' role names (DNS labels)
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """What is known about a key besides its secret (which is never kept)."""
-
-    id: str
-    name: str
-    roles: tuple[str, ...]
-    tenant: str | None
-    created_at: float
-    created_by: str
-    revoked_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "roles": list(self.roles), "tenant": self.tenant,
-                "createdAt": self.created_at, "createdBy": self.created_by, "revokedAt": self.revoked_at,
-                "active": self.active}
 
 
 class UnknownKey(FnctlError):
@@ -76,10 +53,7 @@ def create(store: Store, name: str, roles: tuple[str, ...], tenant: str | None, 
     raw = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
     key = ApiKey(key_id, name, tuple(dict.fromkeys(roles)), tenant or None, time.time(), created_by, None)
     with store.transaction():  # the key and its audit record land together
-        store.execute("INSERT INTO api_keys (id, name, key_hash, roles, tenant, created_at, created_by, revoked_at) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                      (key.id, key.name, digest(raw), json.dumps(list(key.roles)), key.tenant, key.created_at,
-                       key.created_by))
+        keystore.add(store, key, digest(raw))
         store.audit(actor=created_by, command="keys create", action="create key", target=key.id, outcome="ok",
                     detail=_describe(key))
     return key, raw
@@ -90,9 +64,7 @@ def _describe(key: ApiKey) -> str:
 
 
 def list_keys(store: Store, include_revoked: bool = True) -> list[ApiKey]:
-    rows = store.query("SELECT id, name, roles, tenant, created_at, created_by, revoked_at FROM api_keys "
-                       "ORDER BY created_at, id")
-    keys = [_key(row) for row in rows]
+    keys = keystore.all_keys(store)
     return keys if include_revoked else [k for k in keys if k.active]
 
 
@@ -101,18 +73,15 @@ def revoke(store: Store, key_id: str, revoked_by: str | None = None) -> tuple[Ap
     Audited with `revoked_by` as the actor (default: `identity.actor()`), a revocation that changed nothing too."""
     key_id = _id_of(key_id)
     with store.transaction():
-        changed = store.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                                (time.time(), key_id))
-        rows = store.query("SELECT id, name, roles, tenant, created_at, created_by, revoked_at FROM api_keys "
-                           "WHERE id = ?", (key_id,))
-        if rows:
-            key = _key(rows[0])
-            store.audit(actor=revoked_by or actor(), command="keys revoke", action="revoke key", target=key.id,
-                        outcome="ok" if changed == 1 else "unchanged",
-                        detail=_describe(key) + ("" if changed == 1 else "; already revoked"))
-    if not rows:
-        raise UnknownKey(f"no API key has the id {key_id!r} (see `fnctl keys list`)")
-    return key, changed == 1
+        changed = keystore.mark_revoked(store, key_id)
+        found = keystore.find(store, key_id)
+        if found is None:  # nothing was changed: the transaction ends empty
+            raise UnknownKey(f"no API key has the id {key_id!r} (see `fnctl keys list`)")
+        key = found[0]
+        store.audit(actor=revoked_by or actor(), command="keys revoke", action="revoke key", target=key.id,
+                    outcome="ok" if changed else "unchanged",
+                    detail=_describe(key) + ("" if changed else "; already revoked"))
+    return key, changed
 
 
 def verify(store: Store, raw: str) -> ApiKey | None:
@@ -120,12 +89,11 @@ def verify(store: Store, raw: str) -> ApiKey | None:
     match = _KEY.match(raw)
     if match is None:
         return None
-    rows = store.query("SELECT id, name, roles, tenant, created_at, created_by, revoked_at, key_hash "
-                       "FROM api_keys WHERE id = ?", (match.group(1),))
+    found = keystore.find(store, match.group(1))
     # compare in constant time: the id is public, so only the secret's hash must not leak through timing
-    if not rows or not hmac.compare_digest(str(rows[0][7]), digest(raw)):
+    if found is None or not hmac.compare_digest(found[1], digest(raw)):
         return None
-    key = _key(rows[0][:7])
+    key = found[0]
     return key if key.active else None
 
 
@@ -136,7 +104,3 @@ def _id_of(given: str) -> str:
         return match.group(1)
     return given.removeprefix(PREFIX + "_").strip()
 
-
-def _key(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(row[0], row[1], tuple(json.loads(row[2])), row[3], float(row[4]), row[5],
-                  None if row[6] is None else float(row[6]))

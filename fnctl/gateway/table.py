@@ -17,7 +17,7 @@ from fnctl.gateway import router
 from fnctl.state.store import RevisionStatus, Store, connect
 
 log = logging.getLogger("fnctl.gateway")
-INVOCABLE = (RevisionStatus.READY.value, RevisionStatus.PENDING.value, RevisionStatus.PREVIEW.value)
+INVOCABLE = (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)
 # Reads the store (in a worker thread): a new table, or None when nothing changed since the last call.
 TableSource = Callable[[], "router.Table | None"]
 
@@ -33,7 +33,7 @@ class StoreTable:
     def __init__(self, store_path: Path) -> None:
         self._path = store_path
         self._store: Store | None = None
-        self._version: Any = None
+        self._version: int | None = None
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
         self._beat = 0.0
         self._mark: int | None = None  # the change mark of the last table returned
@@ -47,14 +47,13 @@ class StoreTable:
             # Tells `fnctl apply` a gateway is routing, so it gives us time to see a switch before draining.
             store.beat(GATEWAY_HEARTBEAT)
             self._beat = time.monotonic()
-        version = store.query("PRAGMA data_version")[0][0]
+        version = store.data_version()
         if version == self._version:
             return None
         mark = change_mark(store)  # read first: the table read next includes at least every change up to it
         routes = store.routes()
         specs = {}
-        for function, number, status in store.query("SELECT function, number, status FROM revisions"):
-            key = (str(function), int(number))
+        for key, status in store.revision_statuses().items():
             if key[0] in routes and status in INVOCABLE:
                 if key not in self._specs:
                     revision = store.revision(*key)

@@ -1,5 +1,6 @@
-"""Which commit each `apply` and `sync` made live (the store's append-only `deploys` table), and the pure rule
-a sync follows with it: nothing to do, deploy, or refuse a commit that would roll production back.
+"""Which commit each `apply` and `sync` made live (the store's append-only `deploys` table, kept by
+fnctl.state.deploylog), and the pure rule a sync follows with it: nothing to do, deploy, or refuse a commit that
+would roll production back.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fnctl.gitops.gitrepo import Commit, Relation
+from fnctl.state import deploylog
 from fnctl.state.store import Store
 
 
@@ -61,39 +63,29 @@ def decide(last: Deploy | None, sha: str, relation: Relation | None, audit_mark:
 
 def last(store: Store) -> Deploy | None:
     """The latest deploy of the main line (previews take no traffic, so they never count)."""
-    rows = store.query("SELECT id, at, actor, command, source, ref, git_commit, git_author, git_subject, dirty, "
-                       "preview, outcome, audit_mark FROM deploys WHERE preview = 0 ORDER BY id DESC LIMIT 1")
-    if not rows:
+    r = deploylog.last(store)
+    if r is None:
         return None
-    r = rows[0]
-    return Deploy(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], Commit(r[6], r[7] or "", r[8] or ""), bool(r[9]),
-                  bool(r[10]), r[11], int(r[12]))
+    return Deploy(r.id, r.at, r.actor, r.command, r.source, r.ref, Commit(r.git_commit, r.git_author, r.git_subject),
+                  r.dirty, r.preview, r.outcome, r.audit_mark)
 
 
 def audit_mark(store: Store) -> int:
-    return int(store.query("SELECT COALESCE(MAX(id), 0) FROM audit")[0][0])
-
-
-# Audited actions that leave the deployment as it was: API keys, and promote/abort requests (the weight change
-# a request leads to is audited by itself, as a route).
-_NOT_DEPLOYMENT_SQL = "a.action NOT IN ('create key', 'revoke key') AND a.action NOT LIKE '% requested'"
+    return store.audit_mark()
 
 
 def mark_since(store: Store, last: Deploy) -> int:
     """The audit mark as `last` sees it: the last entry written since it that changed the deployment, previews'
     own entries left out (a preview takes no traffic, so the live commit needs no new deploy after one);
-    `last.audit_mark` when none. A preview's own entries lie between its start (`at`) and its record."""
-    return int(store.query(
-        f"SELECT COALESCE(MAX(a.id), ?) FROM audit a WHERE a.id > ? AND {_NOT_DEPLOYMENT_SQL} AND NOT EXISTS ("
-        "SELECT 1 FROM deploys d WHERE d.preview = 1 AND d.id > ? AND a.id <= d.audit_mark AND a.at >= d.at)",
-        (last.audit_mark, last.audit_mark, last.id))[0][0])
+    `last.audit_mark` when none. Which audited actions change no deployment (keys, promote/abort requests):
+    fnctl.state.deploylog."""
+    return deploylog.mark_since(store, last.id, last.audit_mark)
 
 
 def record(store: Store, *, at: float, actor: str, command: str, source: str, ref: str | None, commit: Commit,
            dirty: bool, preview: bool, outcome: str) -> None:
     """Append the deploy of `commit`, marked with the audit log as it stands now (after the deploy's own
     entries), so that the next sync of the same commit can tell whether anything changed since."""
-    store.execute("INSERT INTO deploys (at, actor, command, source, ref, git_commit, git_author, git_subject, dirty, "
-                  "preview, outcome, audit_mark) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (at, actor, command, source, ref, commit.sha, commit.author, commit.subject, int(dirty), int(preview),
-                   outcome, audit_mark(store)))
+    deploylog.add(store, at=at, actor=actor, command=command, source=source, ref=ref, git_commit=commit.sha,
+                  git_author=commit.author, git_subject=commit.subject, dirty=dirty, preview=preview,
+                  outcome=outcome)

@@ -16,22 +16,22 @@ RETENTION_SECONDS = 86_400  # per-second buckets older than this are pruned: ana
 def add_second(store: Store, key: tuple[str, int, int], second: Second) -> None:
     """Insert one bucket (function, revision, second), or add it to the row already there (a restart within
     the same second). `second` is updated to the stored total."""
-    rows = store.query("SELECT requests, errors, latency_ms_sum, histogram FROM metrics "
+    rows = store._query("SELECT requests, errors, latency_ms_sum, histogram FROM metrics "
                        "WHERE function = ? AND revision = ? AND second = ?", key)
     if rows:
         stored = {INDEX_OF[b]: int(c) for b, c in json.loads(rows[0][3]).items() if b in INDEX_OF}
         second.merge(Second(int(rows[0][0]), int(rows[0][1]), float(rows[0][2]), stored))
-        store.execute("UPDATE metrics SET requests = ?, errors = ?, latency_ms_sum = ?, histogram = ? "
+        store._execute("UPDATE metrics SET requests = ?, errors = ?, latency_ms_sum = ?, histogram = ? "
                       "WHERE function = ? AND revision = ? AND second = ?",
                       (second.requests, second.errors, second.latency_ms_sum, _histogram_json(second), *key))
     else:
-        store.execute("INSERT INTO metrics (function, revision, second, requests, errors, latency_ms_sum, histogram) "
+        store._execute("INSERT INTO metrics (function, revision, second, requests, errors, latency_ms_sum, histogram) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (*key, second.requests, second.errors, second.latency_ms_sum, _histogram_json(second)))
 
 
 def prune(store: Store, now: float) -> None:
-    store.execute("DELETE FROM metrics WHERE second < ?", (int(now) - RETENTION_SECONDS,))
+    store._execute("DELETE FROM metrics WHERE second < ?", (int(now) - RETENTION_SECONDS,))
 
 
 def _histogram_json(second: Second) -> str:
@@ -52,7 +52,7 @@ def totals(store: Store, function: str, revision: int, since: int,
     params: tuple[object, ...] = (function, revision, since)
     if until is not None:
         sql, params = sql + " AND second <= ?", params + (until,)
-    rows = store.query(sql, params)
+    rows = store._query(sql, params)
     histogram: dict[str, int] = {}
     for row in rows:
         for bound, count in json.loads(row[2]).items():

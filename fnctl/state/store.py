@@ -197,24 +197,55 @@ class Store:
 
         return self.setting("store-id", secrets.token_hex(8))
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read, for the gateway's own tables (keys, metrics, cron); SQL stays portable."""
+    # ---- SQL: the one primitive of this package's modules (metricstore, keystore, cronstate, deploylog) ----
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read in portable SQL (`?` placeholders). Only modules of fnctl.state call it: code elsewhere
+        speaks through their named functions, so that another backend needs to implement only this package
+        (tests/test_sql_boundary.py keeps SQL out of the rest of fnctl)."""
         try:
             return [tuple(r) for r in self._db.execute(sql, params)]
         except sqlite3.Error as exc:
             raise StoreError(f"state store query failed: {exc}") from None
 
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        """One write; returns the number of rows changed."""
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write in portable SQL; returns the number of rows changed. Only modules of fnctl.state call it."""
         try:
             return self._db.execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
+    def raw(self) -> RawSql:
+        """Direct SQL on this store's own connection (inside its transactions), for tests that set up, inspect
+        or tamper with tables. fnctl's code never uses it."""
+        return RawSql(self)
+
+    # ---- settings: store-wide values by key ----
+
+    def read_setting(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def write_setting(self, key: str, value: str) -> None:
+        self._execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                      (key, value))
+
+    # ---- change checks ----
+
+    def data_version(self) -> int:
+        """A number that moves whenever another connection committed to the store since this one last asked
+        (SQLite's `PRAGMA data_version`): one cheap read that tells a poller whether to read anything else.
+        Compare it for equality only; this connection's own commits do not move it."""
+        return int(self._query("PRAGMA data_version")[0][0])
+
+    def audit_mark(self) -> int:
+        """The id of the latest audit record (0 when none): every state change is audited in its own
+        transaction, so this marks how new the state is (fnctl.deploy.pickup, fnctl.gitops.deploys)."""
+        return int(self._query("SELECT COALESCE(MAX(id), 0) FROM audit")[0][0])
+
     def beat(self, name: str) -> None:
         """Record that a long-running process (`fnctl serve`) is alive now."""
-        self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                         (f"heartbeat:{name}", repr(time.time())))
+        self.write_setting(f"heartbeat:{name}", repr(time.time()))
 
     def alive(self, name: str, within: float) -> bool:
         """Whether `name` beat within the last `within` seconds."""
@@ -259,6 +290,11 @@ class Store:
     def revisions(self, function: str | None = None) -> list[Revision]:
         query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
         return [_revision(r) for r in self._db.execute(query, (function,) if function else ())]
+
+    def revision_statuses(self) -> dict[tuple[str, int], RevisionStatus]:
+        """(function, number) → status of every revision, without the specs (the gateway reads each spec once)."""
+        return {(str(f), int(n)): RevisionStatus(status)
+                for f, n, status in self._query("SELECT function, number, status FROM revisions")}
 
     def revision(self, function: str, number: int) -> Revision | None:
         row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)).fetchone()
@@ -346,6 +382,10 @@ class Store:
                                   (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)))
         return int(cursor.lastrowid or 0)
 
+    def last_rollout_event_id(self) -> int:
+        """The id of the latest rollout event of any rollout (0 when none): follow new ones with `after=`."""
+        return int(self._query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
+
     def rollout_events(self, rollout_id: int, *, after: int = 0) -> list[RolloutEventRow]:
         return [RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
                 for r in self._db.execute("SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
@@ -427,6 +467,20 @@ class Store:
         """Whether any chained record has this hash (an anchor kept outside the store)."""
         return any(self._db.execute(f"SELECT 1 FROM {table} WHERE hash = ? LIMIT 1", (digest,)).fetchone()
                    for table in auditchain.CHAINS)
+
+
+class RawSql:
+    """SQL straight onto a store's connection, for tests (`store.raw().query(...)`): they set up states fnctl
+    never writes itself, read columns no method returns, and tamper with records to check they are caught."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._store._query(sql, params)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        return self._store._execute(sql, params)
 
 
 def _revision(row: Any) -> Revision:
