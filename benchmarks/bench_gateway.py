@@ -29,7 +29,6 @@ Needs a Docker engine, wrk, and FNCTL_BASE_IMAGE (default fnctl-base:bookworm). 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
@@ -37,7 +36,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -196,41 +194,30 @@ def http_latencies(port: int, count: int) -> list[float]:
     return times
 
 
-def _frame(message: dict[str, object]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return struct.pack(">I", len(body)) + body
-
-
-def _read_frame(sock: socket.socket, buffer: bytearray) -> dict[str, object]:
-    while len(buffer) < 4 or len(buffer) < 4 + struct.unpack_from(">I", buffer)[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise SystemExit("the instance closed the connection")
-        buffer += chunk
-    size = struct.unpack_from(">I", buffer)[0]
-    message = json.loads(bytes(buffer[4:4 + size]))
-    del buffer[:4 + size]
-    return message  # type: ignore[no-any-return]
-
-
 def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[float]:
     """Sequential invocations straight to the instance's runtime; seconds each."""
+    from fnctl.invocation.protocol import FrameDecoder, invoke_frame
     from fnctl.invocation.transport import Rendezvous, container_peer
+
+    def receive() -> dict[str, object]:
+        message = decoder.read_from(sock.recv)
+        if message is None:
+            raise SystemExit("the instance closed the connection")
+        return message
 
     rendezvous = Rendezvous(socket_dir)  # the runtime connects out to a listener of ours, checked as the host does
     try:
         sock = rendezvous.accept(time.monotonic() + 10, container_peer(container_id))
     finally:
         rendezvous.close()
-    buffer = bytearray()
+    decoder = FrameDecoder()  # the host's own codec: the same frames the gateway sends, without the gateway
     times = []
     try:
-        assert _read_frame(sock, buffer).get("type") == "ready"
+        assert receive().get("type") == "ready"
         for n in range(count):
             start = time.perf_counter()
-            sock.sendall(_frame({"type": "invoke", "id": n + 1, "event": {},
-                                 "context": {"invocation_id": f"b{n}", "deadline": time.time() + 5, "caller": None}}))
-            reply = _read_frame(sock, buffer)
+            sock.sendall(invoke_frame(n + 1, {}, f"b{n}", time.time() + 5, None))
+            reply = receive()
             times.append(time.perf_counter() - start)
             assert reply.get("type") == "result" and reply.get("ok"), reply
     finally:

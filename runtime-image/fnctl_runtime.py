@@ -10,10 +10,12 @@ listening socket there, named `h-<pid>-<random>.sock`. The runtime looks at the 
 once to each such name that is a socket file (never a symlink), and serves every connection at once. A name
 that refuses (a host process that died) is not tried again while it stays there.
 
-Protocol 1 (the frames are documented with `fnctl.transport`): on every connection the runtime speaks first,
-`ready`; when the handler fails to load it sends `startup_failed` with the error's type, message and the
-user's traceback instead, waits for the host to hang up (the host checks who connected while this process
-still runs), and exits with code 3; the same report goes to the container's log.
+Protocol 1, documented in docs/protocol.md. This file is the runtime side, its own standard-library copy;
+the host's codec is fnctl/invocation/protocol.py, and tests/test_protocol.py holds both to the same golden
+frames. On every connection the runtime speaks first, `ready`; when the handler fails to load it sends
+`startup_failed` with the error's type, message and the user's traceback instead, waits for the host to hang
+up (the host checks who connected while this process still runs), and exits with code 3; the same report
+goes to the container's log.
 """
 
 from __future__ import annotations

@@ -27,19 +27,21 @@ from typing import Any, TypeVar
 import pytest
 from polling import wait_until as poll
 
-from fnctl.invocation.transport import (
-    CallHandler,
+from fnctl.invocation.protocol import (
     ConnectionLost,
     ErrorKind,
+    FrameDecoder,
     InvocationResult,
     RuntimeStartFailed,
-    Transport,
     TransportError,
+    encode_frame,
+)
+from fnctl.invocation.transport import (
+    CallHandler,
+    Transport,
     TransportTimeout,
     UnixSocketTransport,
     cgroup_names_container,
-    encode_frame,
-    read_frame,
 )
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
@@ -159,6 +161,12 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
             runtime.process.kill()
         runtime.process.wait(timeout=10)
     shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def read_frame(stream: io.BytesIO, max_size: int | None = None) -> dict[str, Any] | None:
+    """One message read from `stream` the way the blocking client reads its socket."""
+    decoder = FrameDecoder() if max_size is None else FrameDecoder(max_size)
+    return decoder.read_from(stream.read)
 
 
 def test_frames_round_trip_and_reject_truncation() -> None:

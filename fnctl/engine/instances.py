@@ -27,15 +27,8 @@ from fnctl.engine import dockerio
 from fnctl.engine.sandbox import GVISOR_RUNTIME, container_spec
 from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
-from fnctl.invocation.transport import (
-    ConnectionLost,
-    ErrorKind,
-    InvocationResult,
-    RuntimeStartFailed,
-    TransportTimeout,
-    UnixSocketTransport,
-    container_peer,
-)
+from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
+from fnctl.invocation.transport import TransportTimeout, UnixSocketTransport, container_peer
 from fnctl.manifest.model import Function, Isolation
 
 START_TIMEOUT = 30.0

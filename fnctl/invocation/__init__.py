@@ -1,2 +1,4 @@
-"""Invoking an instance: the wire protocol between the host and the in-container runtime (length-prefixed JSON frames, see docs/protocol.md) and its blocking and asyncio clients.
+"""Invoking an instance: the wire protocol between the host and the in-container runtime (`protocol`: the one
+codec of its length-prefixed JSON frames, see docs/protocol.md), its blocking and asyncio clients (`transport`,
+`aiotransport`), and what an invocation came to (`outcome`).
 """

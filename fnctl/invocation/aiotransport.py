@@ -1,36 +1,42 @@
-"""The instance protocol of `fnctl.invocation.transport`, spoken from asyncio: one connection per instance carrying any
-number of concurrent invocations, for the gateway's instance pool.
+"""The instance protocol (`fnctl.invocation.protocol`, docs/protocol.md) spoken from asyncio: one connection per
+instance carrying any number of concurrent invocations, for the gateway's instance pool.
 
-Same frames, same messages, same results and errors as the thread-based `UnixSocketTransport`, and the same
-way in (`fnctl.invocation.transport`'s docstring): the runtime connects to this transport's own listener in the instance
-directory, and only a peer that passes the check is accepted. Only the waiting differs (futures on the event
-loop instead of a reader thread and locks).
+Same codec, same messages, same results and errors as the thread-based `UnixSocketTransport`, and the same
+way in (`fnctl.invocation.transport`'s docstring): the runtime connects to this transport's own listener in the
+instance directory, and only a peer that passes the check is accepted. Only the waiting differs (futures on
+the event loop instead of a reader thread and locks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fnctl.errors import BadInput
-from fnctl.invocation.transport import (
+from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
-    INVOKE_GRACE,
+    Call,
     ConnectionLost,
+    FrameDecoder,
     InvocationResult,
-    PeerCheck,
-    Rendezvous,
+    MessageType,
     TransportError,
-    TransportTimeout,
-    _expect,
     check_first_frame,
-    encode_frame,
+    configure_frame,
+    drain_frame,
+    expect_reply,
+    invoke_frame,
+    parse_pong,
+    parse_result,
+    ping_frame,
+    reply_error_frame,
+    reply_frame,
+    reply_timeout,
 )
+from fnctl.invocation.transport import PeerCheck, Rendezvous, TransportTimeout
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
@@ -39,10 +45,7 @@ AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 # second pushing and sifting those costs more than the rest of a request's round trip here.
 SWEEP = 0.05
 # A request waiting for its reply: (future, deadline on the loop's clock, message type, timeout given).
-_Pending = tuple["asyncio.Future[dict[str, Any]]", float, str, float]
-_DECODER = json.JSONDecoder()
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # as `encode_frame`'s
-_INVOKE = '{"type":"invoke","event":%s,"context":{"invocation_id":%s,"deadline":%r,"caller":%s},"id":%d}'
+_Pending = tuple["asyncio.Future[dict[str, Any]]", float, MessageType, float]
 
 
 class FrameTooLarge(TransportError):
@@ -55,34 +58,20 @@ class FrameTooLarge(TransportError):
 
 
 class _Protocol(asyncio.Protocol):
-    """Cuts the byte stream into frames and hands each message to its transport."""
+    """Feeds the byte stream to the connection's decoder and hands each message to its transport."""
 
     def __init__(self, owner: AsyncTransport) -> None:
         self.owner = owner
-        self.buffer = bytearray()
+        self.decoder = FrameDecoder(owner.max_frame)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while len(buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer)
-            if size > self.owner.max_frame:
-                self.owner.abort(f"the runtime sent a frame of {size} bytes (limit {self.owner.max_frame})")
-                return
-            end = HEADER.size + size
-            if len(buffer) < end:
-                return
-            body = buffer[HEADER.size:end]
-            del buffer[:end]
-            try:  # frames are UTF-8: no need for json.loads' encoding detection (a UnicodeError is a ValueError)
-                message = _DECODER.decode(body.decode())
-            except ValueError as exc:
-                self.owner.abort(f"the runtime sent a frame that is not JSON: {exc}")
-                return
-            if not isinstance(message, dict):
-                self.owner.abort("the runtime sent a frame that is not a JSON object")
-                return
-            self.owner.received(message)
+        decoder, received = self.decoder, self.owner.received
+        decoder.feed(data)
+        try:
+            while (message := decoder.next_message()) is not None:
+                received(message)
+        except TransportError as exc:  # a frame over the limit or not a JSON object: nothing after it is trusted
+            self.owner.abort(exc.message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.lost(f"the connection to the runtime failed: {exc}" if exc else "the runtime closed the connection")
@@ -167,32 +156,30 @@ class AsyncTransport:
         self._transport = transport
 
     async def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
-        await self._request({"type": "configure", "secrets": dict(secrets)}, "configured", timeout)
+        request_id = next(self._ids)
+        reply = await self._send(request_id, configure_frame(request_id, secrets), MessageType.CONFIGURE, timeout)
+        expect_reply(reply, MessageType.CONFIGURED)
 
     async def invoke(
         self, event: Any, *, invocation_id: str, deadline: float,
         caller: Mapping[str, Any] | None = None, timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
-        if timeout is None:
-            timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
         request_id = next(self._ids)
-        try:  # `invoke_message` as `encode_frame` would write it, put together here: at a third of the cost
-            body = _INVOKE % (_ENCODER.encode(event), _ENCODER.encode(invocation_id), float(deadline),
-                              _ENCODER.encode(caller), request_id)
-            frame = body.encode()
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"cannot send invoke: not JSON-serialisable: {exc}") from None
-        reply = await self._send(request_id, HEADER.pack(len(frame)) + frame, "invoke", timeout)
-        return InvocationResult.from_message(_expect(reply, "result"))
+        frame = invoke_frame(request_id, event, invocation_id, deadline, caller)
+        wait = reply_timeout(deadline) if timeout is None else timeout
+        return parse_result(await self._send(request_id, frame, MessageType.INVOKE, wait))
 
     async def ping(self, timeout: float = 5.0) -> int:
         """The number of invocations in flight on the instance (over every connection)."""
-        return int((await self._request({"type": "ping"}, "pong", timeout)).get("inflight", 0))
+        request_id = next(self._ids)
+        return parse_pong(await self._send(request_id, ping_frame(request_id), MessageType.PING, timeout))
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Finish in-flight invocations, refuse new ones; the runtime exits once this returns."""
-        await self._request({"type": "drain"}, "drained", timeout)
+        request_id = next(self._ids)
+        reply = await self._send(request_id, drain_frame(request_id), MessageType.DRAIN, timeout)
+        expect_reply(reply, MessageType.DRAINED)
 
     async def close(self) -> None:
         self._closing = True
@@ -220,7 +207,7 @@ class AsyncTransport:
                 self._ready.set_exception(exc)
                 self.abort(exc.message)
             return
-        if kind == "call":
+        if kind == MessageType.CALL:
             task = asyncio.get_running_loop().create_task(self._run_callback(message))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
@@ -250,16 +237,8 @@ class AsyncTransport:
 
     # ---- request/reply plumbing ----
 
-    async def _request(self, message: dict[str, Any], expect: str, timeout: float) -> dict[str, Any]:
-        request_id = message["id"] = next(self._ids)  # every caller builds its message afresh: no copy
-        try:
-            frame = encode_frame(message)
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
-        return _expect(await self._send(request_id, frame, message["type"], timeout), expect)
-
-    async def _send(self, request_id: int, frame: bytes, kind: str, timeout: float) -> dict[str, Any]:
-        """Send one request frame and wait for the reply with its id."""
+    async def _send(self, request_id: int, frame: bytes, kind: MessageType, timeout: float) -> dict[str, Any]:
+        """Send one request frame (built with `request_id`) and wait for the runtime frame with that id."""
         if self._transport is None or self._lost is not None:
             raise ConnectionLost(self._lost or "the transport is not connected")
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
@@ -306,18 +285,14 @@ class AsyncTransport:
                 future.set_exception(ConnectionLost(self._lost))
 
     async def _run_callback(self, message: dict[str, Any]) -> None:
-        call_id = message.get("id")
+        call = Call.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")
-            params = message.get("params")
-            result = await self.on_call(str(message.get("invocation_id", "")), str(message.get("method", "")),
-                                        params if isinstance(params, dict) else {})
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": True, "result": result})
+            frame = reply_frame(call.id, await self.on_call(call.invocation_id, call.method, call.params))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
+            frame = reply_error_frame(call.id, exc)
         if self._transport is not None:
             self._transport.write(frame)

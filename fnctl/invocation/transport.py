@@ -12,18 +12,13 @@ once (connecting to a Unix socket needs no write access to its directory). The h
 from the process it expects (`peer`, checked with SO_PEERCRED: for a container, a process in that container's
 cgroup, which under gVisor is the sandbox's gofer), and closes any other, still listening.
 
-Frames, each way a 4-byte big-endian length then a JSON object. The runtime speaks first, on every
-connection: `{"type": "ready", "protocol": 1, ...}`, or, when the handler failed to load,
-`{"type": "startup_failed", "protocol": 1, "error": {"type", "message", "traceback"}}` (then it waits for the
-host to hang up and exits with code 3; no file is ever written for it). After `ready`: host requests
-`configure`, `invoke`, `ping`, `drain` (each with an integer `id`) and `reply` (to a runtime `call`); runtime
-frames `configured`, `result`, `pong`, `drained`, `error` (echoing the `id`) and `call`.
+The frames and messages, their builders and parsers, live in `fnctl.invocation.protocol` (docs/protocol.md);
+this module owns the connection: the listener, the peer check, and the waiting of concurrent callers.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import secrets
@@ -33,16 +28,29 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
-from fnctl.errors import BadInput, FnctlError
-
-PROTOCOL_VERSION = 1
-HEADER = struct.Struct(">I")  # 4-byte big-endian body length
-DEFAULT_MAX_FRAME = 64 * 2**20  # a reply bigger than this is a broken runtime, not a result
-INVOKE_GRACE = 1.0  # seconds past the deadline a reply may still arrive (queueing, serialisation)
+from fnctl.invocation.protocol import (
+    DEFAULT_MAX_FRAME,
+    Call,
+    ConnectionLost,
+    FrameDecoder,
+    InvocationResult,
+    MessageType,
+    TransportError,
+    check_first_frame,
+    configure_frame,
+    drain_frame,
+    expect_reply,
+    invoke_frame,
+    parse_pong,
+    parse_result,
+    ping_frame,
+    reply_error_frame,
+    reply_frame,
+    reply_id,
+    reply_timeout,
+)
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 CallHandler = Callable[[str, str, dict[str, Any]], Any]
@@ -55,76 +63,8 @@ _LISTENER_NAME = re.compile(r"^(?:h-|\.)(\d+)-[0-9a-f]+(?:\.sock|\.bind)$")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
-class TransportError(FnctlError):
-    """The runtime could not be reached or broke the protocol."""
-
-
 class TransportTimeout(TransportError):
     """No reply came before the timeout; the connection itself may still be fine."""
-
-
-class ConnectionLost(TransportError):
-    """The connection dropped (or was closed); every request waiting on it gets this."""
-
-
-class RuntimeStartFailed(TransportError):
-    """The runtime could not load the handler: `error` is its `startup_failed` report (type, message,
-    traceback), `detail` the user's traceback."""
-
-    def __init__(self, error: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"the handler failed to load: {error.get('type', 'Error')}: {error.get('message', '')}",
-            detail=str(error.get("traceback", "")),
-        )
-        self.error = dict(error)
-
-
-class ErrorKind(StrEnum):
-    HANDLER_ERROR = "handler_error"
-    OUTPUT_TOO_LARGE = "output_too_large"
-    NOT_SERIALISABLE = "not_serialisable"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    DRAINING = "draining"
-
-
-@dataclass(frozen=True)
-class InvocationError:
-    kind: ErrorKind
-    type: str
-    message: str
-    traceback: str
-
-
-@dataclass(frozen=True)
-class InvocationResult:
-    ok: bool
-    result: Any
-    error: InvocationError | None
-    logs: str
-    logs_truncated: bool
-    duration_ms: float
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> InvocationResult:
-        error: InvocationError | None = None
-        if not message.get("ok"):
-            raw = message.get("error")
-            if not isinstance(raw, dict):
-                raise TransportError("the runtime sent a failed result without an error")
-            try:
-                kind = ErrorKind(str(raw.get("kind")))
-            except ValueError:
-                raise TransportError(f"the runtime sent an unknown error kind {raw.get('kind')!r}") from None
-            error = InvocationError(kind, str(raw.get("type", "")), str(raw.get("message", "")),
-                                    str(raw.get("traceback", "")))
-        return cls(
-            ok=error is None,
-            result=message.get("result"),
-            error=error,
-            logs=str(message.get("logs", "")),
-            logs_truncated=bool(message.get("logs_truncated", False)),
-            duration_ms=float(message.get("duration_ms", 0.0)),
-        )
 
 
 class Transport(Protocol):
@@ -146,57 +86,6 @@ class Transport(Protocol):
     def drain(self, timeout: float = 30.0) -> None: ...
 
     def close(self) -> None: ...
-
-
-# ---- framing ---------------------------------------------------------------------------------
-
-
-def invoke_message(event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | None,
-                   timeout: float | None) -> tuple[dict[str, Any], float]:
-    """The `invoke` message, and how long to wait for its result (default: until the deadline plus a grace)."""
-    if timeout is None:
-        timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
-    context = {"invocation_id": invocation_id, "deadline": deadline,
-               "caller": dict(caller) if caller is not None else None}
-    return {"type": "invoke", "event": event, "context": context}, timeout
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-# Built once: json.dumps with options builds a new encoder per call, a measurable cost per invocation.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def encode_frame(message: Mapping[str, Any]) -> bytes:
-    """Raises TypeError/ValueError when the message is not JSON-serialisable."""
-    body = _ENCODER.encode(message).encode()
-    return HEADER.pack(len(body)) + body
-
-
-def read_frame(stream: _Readable, max_size: int = DEFAULT_MAX_FRAME) -> dict[str, Any] | None:
-    """The next message, or None at a clean end of stream."""
-    header = stream.read(HEADER.size)
-    if not header:
-        return None
-    if len(header) < HEADER.size:
-        raise ConnectionLost("the connection closed in the middle of a frame")
-    (size,) = HEADER.unpack(header)
-    if size > max_size:
-        raise TransportError(f"the runtime sent a frame of {size} bytes (limit {max_size})")
-    body = stream.read(size)
-    if len(body) < size:
-        raise ConnectionLost("the connection closed in the middle of a frame")
-    try:
-        message = json.loads(body)
-    except ValueError as exc:
-        raise TransportError(f"the runtime sent a frame that is not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise TransportError("the runtime sent a frame that is not a JSON object")
-    return message
 
 
 # ---- who may connect: the peer check and the listener --------------------------------------------
@@ -423,16 +312,15 @@ class UnixSocketTransport:
             self._close_rendezvous()
             raise
         self._close_rendezvous()  # connected: the name goes at once, the runtime never connects to it again
-        stream = sock.makefile("rb")
+        decoder = FrameDecoder(self._max_frame)  # the connection's one decoder: keeps what followed `ready`
         try:
-            ready = self._handshake(sock, stream, deadline, timeout)
+            ready = self._handshake(sock, decoder, deadline, timeout)
         except BaseException:
-            stream.close()  # the descriptor is only released once both are closed
             sock.close()
             raise
         self._sock, self.ready = sock, ready
         self._callbacks = ThreadPoolExecutor(self._callback_workers, thread_name_prefix="fnctl-callback")
-        self._reader = threading.Thread(target=self._read_loop, args=(stream,), name="fnctl-transport",
+        self._reader = threading.Thread(target=self._read_loop, args=(sock, decoder), name="fnctl-transport",
                                         daemon=True)
         self._reader.start()
         return ready
@@ -443,11 +331,11 @@ class UnixSocketTransport:
             rendezvous.close()
 
     def _handshake(
-        self, sock: socket.socket, stream: _Readable, deadline: float, timeout: float
+        self, sock: socket.socket, decoder: FrameDecoder, deadline: float, timeout: float
     ) -> dict[str, Any]:
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            first = read_frame(stream, self._max_frame)
+            first = decoder.read_from(sock.recv)
             sock.settimeout(None)
         except TimeoutError:
             message = f"the runtime in {self.socket_dir} did not say ready within {timeout:g}s"
@@ -455,24 +343,30 @@ class UnixSocketTransport:
         return check_first_frame(first, self.socket_dir)
 
     def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
-        self._request({"type": "configure", "secrets": dict(secrets)}, "configured", timeout)
+        request_id = next(self._ids)
+        reply = self._request(request_id, configure_frame(request_id, secrets), MessageType.CONFIGURE, timeout)
+        expect_reply(reply, MessageType.CONFIGURED)
 
     def invoke(
         self, event: Any, *, invocation_id: str, deadline: float,
         caller: Mapping[str, Any] | None = None, timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
-        message, timeout = invoke_message(event, invocation_id, deadline, caller, timeout)
-        reply = self._request(message, "result", timeout)
-        return InvocationResult.from_message(reply)
+        request_id = next(self._ids)
+        frame = invoke_frame(request_id, event, invocation_id, deadline, caller)
+        wait = reply_timeout(deadline) if timeout is None else timeout
+        return parse_result(self._request(request_id, frame, MessageType.INVOKE, wait))
 
     def ping(self, timeout: float = 5.0) -> int:
         """The number of invocations in flight on the instance."""
-        return int(self._request({"type": "ping"}, "pong", timeout).get("inflight", 0))
+        request_id = next(self._ids)
+        return parse_pong(self._request(request_id, ping_frame(request_id), MessageType.PING, timeout))
 
     def drain(self, timeout: float = 30.0) -> None:
         """Finish in-flight invocations, refuse new ones; the runtime exits once this returns."""
-        self._request({"type": "drain"}, "drained", timeout)
+        request_id = next(self._ids)
+        reply = self._request(request_id, drain_frame(request_id), MessageType.DRAIN, timeout)
+        expect_reply(reply, MessageType.DRAINED)
 
     def close(self) -> None:
         self._closing = True
@@ -492,12 +386,8 @@ class UnixSocketTransport:
 
     # ---- request/reply plumbing ----
 
-    def _request(self, message: dict[str, Any], expect: str, timeout: float) -> dict[str, Any]:
-        request_id = next(self._ids)
-        try:
-            frame = encode_frame({**message, "id": request_id})
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
+    def _request(self, request_id: int, frame: bytes, kind: MessageType, timeout: float) -> dict[str, Any] | None:
+        """Send one request frame (built with `request_id`) and wait for the runtime frame with that id."""
         waiter = _Waiter()
         self._pending[request_id] = waiter
         # Checked after registering: either this sees the loss or _fail_all sees the waiter.
@@ -510,11 +400,11 @@ class UnixSocketTransport:
                 raise ConnectionLost(f"cannot send to the runtime: {exc}") from None
         if not waiter.wait(timeout):
             if self._pending.pop(request_id, None) is not None:
-                raise TransportTimeout(f"no reply to {message['type']} within {timeout:g}s")
+                raise TransportTimeout(f"no reply to {kind} within {timeout:g}s")
             waiter.wait(None)  # the reply won the race against the timeout: it is being delivered
         if waiter.error is not None:
             raise waiter.error
-        return _expect(waiter.message, expect)
+        return waiter.message
 
     def _send(self, frame: bytes) -> None:
         sock = self._sock
@@ -523,19 +413,18 @@ class UnixSocketTransport:
         with self._send_lock:  # frames from different threads must not interleave
             sock.sendall(frame)
 
-    def _read_loop(self, stream: _Readable) -> None:
+    def _read_loop(self, sock: socket.socket, decoder: FrameDecoder) -> None:
         reason = "the runtime closed the connection"
         try:
-            while (message := read_frame(stream, self._max_frame)) is not None:
-                if message.get("type") == "call":
+            while (message := decoder.read_from(sock.recv)) is not None:
+                if message.get("type") == MessageType.CALL:
                     self._start_callback(message)
-                elif (waiter := self._pending.pop(_int_id(message), None)) is not None:
+                elif (waiter := self._pending.pop(reply_id(message), None)) is not None:
                     waiter.deliver(message)
                 # else: a reply to a request that already timed out
         except (OSError, ValueError, TransportError) as exc:
             reason = f"the connection to the runtime failed: {exc}"
         finally:
-            stream.close()  # the socket's descriptor is only released once its file object is closed too
             self._fail_all("the transport was closed" if self._closing else reason)
 
     def _fail_all(self, reason: str) -> None:
@@ -556,51 +445,14 @@ class UnixSocketTransport:
                 pass  # the pool is shut down: the transport is closing
 
     def _run_callback(self, message: dict[str, Any]) -> None:
-        call_id = message.get("id")
+        call = Call.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")
-            params = message.get("params")
-            result = self.on_call(str(message.get("invocation_id", "")), str(message.get("method", "")),
-                                  params if isinstance(params, dict) else {})
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": True, "result": result})
+            frame = reply_frame(call.id, self.on_call(call.invocation_id, call.method, call.params))
         except Exception as exc:  # any failure of the handler is the caller's error, never the reader's
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
+            frame = reply_error_frame(call.id, exc)
         try:
             self._send(frame)
         except OSError:
             pass  # the connection is gone; the invocation fails with ConnectionLost anyway
-
-
-def _int_id(message: Mapping[str, Any]) -> int:
-    value = message.get("id")
-    return value if isinstance(value, int) else -1  # -1 is never issued: the reply is dropped
-
-
-def _expect(message: dict[str, Any] | None, expect: str) -> dict[str, Any]:
-    if message is None:
-        raise TransportError("no reply")
-    kind = message.get("type")
-    if kind == "error":
-        raise TransportError(f"the runtime refused the request: {message.get('message', '')}")
-    if kind != expect:
-        raise TransportError(f"the runtime answered {kind!r} where {expect!r} was expected")
-    return message
-
-
-def check_first_frame(message: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    """The runtime's first frame on a connection: its `ready` message, or RuntimeStartFailed for its
-    `startup_failed` report; anything else breaks the protocol."""
-    kind = message.get("type") if message is not None else None
-    if kind == "startup_failed":
-        assert message is not None
-        error = message.get("error")
-        raise RuntimeStartFailed(error if isinstance(error, dict) else {"type": "Error", "message": str(error)})
-    if message is None:
-        raise ConnectionLost(f"the runtime in {where} closed the connection before it was ready")
-    if kind != "ready":
-        raise TransportError(f"the runtime in {where} sent {kind!r} before it was ready")
-    if message.get("protocol") != PROTOCOL_VERSION:
-        raise TransportError(f"the runtime speaks protocol {message.get('protocol')!r}, not {PROTOCOL_VERSION}")
-    return message
