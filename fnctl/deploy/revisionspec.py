@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from fnctl.manifest.model import (
-    Check,
     Function,
+    HealthCheck,
     Isolation,
     Limits,
     Network,
@@ -31,7 +31,7 @@ def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Fun
         scaling=Scaling(**{k: scaling.get(k, getattr(Scaling(), k)) for k in Scaling.__dataclass_fields__}),
         roles=tuple((spec.get("access") or {}).get("roles", [])),
         parameters=spec.get("parameters"), returns=spec.get("returns"),
-        health_checks=tuple(Check(c["event"], c["expect"]) if "expect" in c else Check(c["event"])
+        health_checks=tuple(HealthCheck(c["event"], c["expect"]) if "expect" in c else HealthCheck(c["event"])
                             for c in spec.get("healthCheck") or []),
         rollout=parse_rollout(spec.get("rollout") or {"strategy": "immediate"}),
         spec=spec,

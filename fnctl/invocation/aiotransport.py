@@ -54,7 +54,7 @@ class FrameTooLarge(TransportError):
         self.size, self.limit = size, limit
 
 
-class _Protocol(asyncio.Protocol):
+class _FrameProtocol(asyncio.Protocol):
     """Cuts the byte stream into frames and hands each message to its transport."""
 
     def __init__(self, owner: AsyncTransport) -> None:
@@ -160,7 +160,7 @@ class AsyncTransport:
             rendezvous.close()  # connected or given up: the name goes at once
         try:
             # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
-            transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=conn)
+            transport, _ = await loop.create_unix_connection(lambda: _FrameProtocol(self), sock=conn)
         except BaseException:
             conn.close()
             raise
