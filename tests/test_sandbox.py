@@ -27,13 +27,14 @@ from sandbox_handlers.harness import (
     build_wheel,
     cleanup,
     container_gone,
+    find_function,
     project_containers,
     project_name,
     wait_until,
     write_project,
 )
 
-from fnctl.commands.local import find_function, invoke_local
+from fnctl.commands.local import invoke_local
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
 from fnctl.engine.sandbox import check_container, labels

@@ -21,9 +21,8 @@ from typing import Any
 
 import docker
 import pytest
-from sandbox_handlers.harness import cleanup, project_name, write_project
+from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
 
-from fnctl.commands.local import find_function
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.inspection import check_instances
 from fnctl.engine.instances import Instance

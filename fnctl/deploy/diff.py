@@ -27,7 +27,6 @@ class DriftKind(StrEnum):
     INSTANCE_CHANGED = "instance changed outside fnctl"  # image or labels differ from its revision
     TOO_FEW_INSTANCES = "too few instances"
     IMAGE_REMOVED = "image removed"
-    ORPHAN_CONTAINER = "orphan container"  # the engine has it, the store does not
 
 
 @dataclass(frozen=True)
