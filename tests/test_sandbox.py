@@ -68,7 +68,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
 
 
 def hardened_inspect() -> dict[str, Any]:
-    """What `docker inspect` reports for a container started the way DESIGN.md's table says."""
+    """What `docker inspect` reports for a container started the way the sandbox profile says (docs/security.md)."""
     return {
         "Config": {"User": "65534:65534",
                    "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container",

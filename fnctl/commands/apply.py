@@ -53,7 +53,7 @@ class ApplyReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        """Failed beats rolled back beats waiting at a gate (DESIGN.md's exit codes)."""
+        """Failed beats rolled back beats waiting at a gate (the exit codes of docs/ci.md)."""
         codes = {s.exit_code for s in self.rollouts}
         if self.failed:
             return ExitCode.FAILED

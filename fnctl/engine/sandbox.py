@@ -1,4 +1,4 @@
-"""The sandbox profile of DESIGN.md, as pure functions: a function's limits → a ContainerSpec, and a
+"""The sandbox profile (docs/security.md, "Which layer stops what"), as pure functions: a function's limits → a ContainerSpec, and a
 container's `docker inspect` → pass/fail for each hardening property (`fnctl sandbox check`).
 """
 
@@ -85,7 +85,7 @@ class HardeningCheck:
 
 
 def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
-    """Each hardening property of DESIGN.md's table, read from what the engine reports."""
+    """Each hardening property of the sandbox profile (docs/security.md), read from what the engine reports."""
     config, host = inspect.get("Config") or {}, inspect.get("HostConfig") or {}
     labels_ = config.get("Labels") or {}
     security = [str(s) for s in host.get("SecurityOpt") or []]
