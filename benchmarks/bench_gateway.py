@@ -215,7 +215,7 @@ def _read_frame(sock: socket.socket, buffer: bytearray) -> dict[str, object]:
 
 def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[float]:
     """Sequential invocations straight to the instance's runtime; seconds each."""
-    from fnctl.invocation.transport import Rendezvous, container_peer
+    from fnctl.invocation.rendezvous import Rendezvous, container_peer
 
     rendezvous = Rendezvous(socket_dir)  # the runtime connects out to a listener of ours, checked as the host does
     try:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fnctl.engine.instances import host_transport  # noqa: E402
-from fnctl.invocation.transport import UnixSocketTransport, encode_frame  # noqa: E402
+from fnctl.invocation.protocol import encode_frame  # noqa: E402
+from fnctl.invocation.transport import UnixSocketTransport  # noqa: E402
 
 RUNTIME = ROOT / "runtime-image" / "fnctl_runtime.py"
 EVENT = {"n": 1}

@@ -33,7 +33,8 @@ from fnctl.gateway.revisionpool import RevisionPool, Slot, Target
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import Failure
-from fnctl.invocation.transport import ConnectionLost, ErrorKind, PeerCheck, TransportTimeout
+from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportTimeout
+from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
 from fnctl.state.store import InstanceRow, InstanceState

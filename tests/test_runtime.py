@@ -27,20 +27,18 @@ from typing import Any, TypeVar
 import pytest
 from polling import wait_until as poll
 
-from fnctl.invocation.transport import (
-    CallHandler,
+from fnctl.invocation.protocol import (
     ConnectionLost,
     ErrorKind,
     InvocationResult,
     RuntimeStartFailed,
-    Transport,
     TransportError,
     TransportTimeout,
-    UnixSocketTransport,
-    cgroup_names_container,
     encode_frame,
     read_frame,
 )
+from fnctl.invocation.rendezvous import cgroup_names_container
+from fnctl.invocation.transport import CallHandler, Transport, UnixSocketTransport
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
 T = TypeVar("T")

@@ -24,7 +24,8 @@ from fnctl.errors import FnctlError
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
-from fnctl.invocation.transport import ConnectionLost, ErrorKind, PeerCheck, TransportError, TransportTimeout
+from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError, TransportTimeout
+from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.manifest.model import Function
 
 log = logging.getLogger(__name__)

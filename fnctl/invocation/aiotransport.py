@@ -17,20 +17,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fnctl.errors import BadInput
-from fnctl.invocation.transport import (
+from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
     INVOKE_GRACE,
     ConnectionLost,
     InvocationResult,
-    PeerCheck,
-    Rendezvous,
     TransportError,
     TransportTimeout,
-    _expect,
     check_first_frame,
     encode_frame,
+    expect_reply,
 )
+from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
@@ -184,7 +183,7 @@ class AsyncTransport:
         except (TypeError, ValueError) as exc:
             raise BadInput(f"cannot send invoke: not JSON-serialisable: {exc}") from None
         reply = await self._send(request_id, HEADER.pack(len(frame)) + frame, "invoke", timeout)
-        return InvocationResult.from_message(_expect(reply, "result"))
+        return InvocationResult.from_message(expect_reply(reply, "result"))
 
     async def ping(self, timeout: float = 5.0) -> int:
         """The number of invocations in flight on the instance (over every connection)."""
@@ -256,7 +255,7 @@ class AsyncTransport:
             frame = encode_frame(message)
         except (TypeError, ValueError) as exc:
             raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
-        return _expect(await self._send(request_id, frame, message["type"], timeout), expect)
+        return expect_reply(await self._send(request_id, frame, message["type"], timeout), expect)
 
     async def _send(self, request_id: int, frame: bytes, kind: str, timeout: float) -> dict[str, Any]:
         """Send one request frame and wait for the reply with its id."""

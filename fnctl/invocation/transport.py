@@ -1,130 +1,38 @@
-"""Host side of the instance protocol: length-prefixed JSON frames to the in-container runtime.
+"""Host side of the instance protocol over a Unix socket, for threaded callers.
 
 `Transport` is the one interface the instance pool talks to; `UnixSocketTransport` implements it over a Unix
-socket connection, multiplexing any number of calling threads over one connection.
-
-Who connects to whom (protocol 1, since the socket-directory escape was closed): the instance's directory is
-made by the host and mounted read-only into the sandbox, so a sandbox can create, replace or fill nothing
-there. Each host process that wants to talk to an instance puts up its OWN listening socket in that
-directory (`Rendezvous`: a fresh name `h-<pid>-<random>.sock`, never shared, unlinked once the runtime has
-connected or the process gives up); the runtime watches the directory and connects out to each listener
-once (connecting to a Unix socket needs no write access to its directory). The host accepts a connection only
-from the process it expects (`peer`, checked with SO_PEERCRED: for a container, a process in that container's
-cgroup, which under gVisor is the sandbox's gofer), and closes any other, still listening.
-
-Frames, each way a 4-byte big-endian length then a JSON object. The runtime speaks first, on every
-connection: `{"type": "ready", "protocol": 1, ...}`, or, when the handler failed to load,
-`{"type": "startup_failed", "protocol": 1, "error": {"type", "message", "traceback"}}` (then it waits for the
-host to hang up and exits with code 3; no file is ever written for it). After `ready`: host requests
-`configure`, `invoke`, `ping`, `drain` (each with an integer `id`) and `reply` (to a runtime `call`); runtime
-frames `configured`, `result`, `pong`, `drained`, `error` (echoing the `id`) and `call`.
+socket connection, multiplexing any number of calling threads over one connection. The frames and messages are
+`fnctl.invocation.protocol`'s; who may connect is `fnctl.invocation.rendezvous`'s.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import re
-import secrets
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
-from fnctl.errors import BadInput, FnctlError
-
-PROTOCOL_VERSION = 1
-HEADER = struct.Struct(">I")  # 4-byte big-endian body length
-DEFAULT_MAX_FRAME = 64 * 2**20  # a reply bigger than this is a broken runtime, not a result
-INVOKE_GRACE = 1.0  # seconds past the deadline a reply may still arrive (queueing, serialisation)
+from fnctl.errors import BadInput
+from fnctl.invocation.protocol import (
+    DEFAULT_MAX_FRAME,
+    ConnectionLost,
+    InvocationResult,
+    Readable,
+    TransportError,
+    TransportTimeout,
+    check_first_frame,
+    encode_frame,
+    expect_reply,
+    invoke_message,
+    read_frame,
+)
+from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 CallHandler = Callable[[str, str, dict[str, Any]], Any]
-# Whether the process with this pid (the connecting peer, from SO_PEERCRED) is the runtime we mean to talk to.
-PeerCheck = Callable[[int], bool]
-
-LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the only names the runtime connects to
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-_LISTENER_NAME = re.compile(r"^(?:h-|\.)(\d+)-[0-9a-f]+(?:\.sock|\.bind)$")
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-class TransportError(FnctlError):
-    """The runtime could not be reached or broke the protocol."""
-
-
-class TransportTimeout(TransportError):
-    """No reply came before the timeout; the connection itself may still be fine."""
-
-
-class ConnectionLost(TransportError):
-    """The connection dropped (or was closed); every request waiting on it gets this."""
-
-
-class RuntimeStartFailed(TransportError):
-    """The runtime could not load the handler: `error` is its `startup_failed` report (type, message,
-    traceback), `detail` the user's traceback."""
-
-    def __init__(self, error: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"the handler failed to load: {error.get('type', 'Error')}: {error.get('message', '')}",
-            detail=str(error.get("traceback", "")),
-        )
-        self.error = dict(error)
-
-
-class ErrorKind(StrEnum):
-    HANDLER_ERROR = "handler_error"
-    OUTPUT_TOO_LARGE = "output_too_large"
-    NOT_SERIALISABLE = "not_serialisable"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    DRAINING = "draining"
-
-
-@dataclass(frozen=True)
-class InvocationError:
-    kind: ErrorKind
-    type: str
-    message: str
-    traceback: str
-
-
-@dataclass(frozen=True)
-class InvocationResult:
-    ok: bool
-    result: Any
-    error: InvocationError | None
-    logs: str
-    logs_truncated: bool
-    duration_ms: float
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> InvocationResult:
-        error: InvocationError | None = None
-        if not message.get("ok"):
-            raw = message.get("error")
-            if not isinstance(raw, dict):
-                raise TransportError("the runtime sent a failed result without an error")
-            try:
-                kind = ErrorKind(str(raw.get("kind")))
-            except ValueError:
-                raise TransportError(f"the runtime sent an unknown error kind {raw.get('kind')!r}") from None
-            error = InvocationError(kind, str(raw.get("type", "")), str(raw.get("message", "")),
-                                    str(raw.get("traceback", "")))
-        return cls(
-            ok=error is None,
-            result=message.get("result"),
-            error=error,
-            logs=str(message.get("logs", "")),
-            logs_truncated=bool(message.get("logs_truncated", False)),
-            duration_ms=float(message.get("duration_ms", 0.0)),
-        )
 
 
 class Transport(Protocol):
@@ -147,193 +55,6 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
-
-# ---- framing ---------------------------------------------------------------------------------
-
-
-def invoke_message(event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | None,
-                   timeout: float | None) -> tuple[dict[str, Any], float]:
-    """The `invoke` message, and how long to wait for its result (default: until the deadline plus a grace)."""
-    if timeout is None:
-        timeout = max(deadline - time.time(), 0.0) + INVOKE_GRACE
-    context = {"invocation_id": invocation_id, "deadline": deadline,
-               "caller": dict(caller) if caller is not None else None}
-    return {"type": "invoke", "event": event, "context": context}, timeout
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-# Built once: json.dumps with options builds a new encoder per call, a measurable cost per invocation.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def encode_frame(message: Mapping[str, Any]) -> bytes:
-    """Raises TypeError/ValueError when the message is not JSON-serialisable."""
-    body = _ENCODER.encode(message).encode()
-    return HEADER.pack(len(body)) + body
-
-
-def read_frame(stream: _Readable, max_size: int = DEFAULT_MAX_FRAME) -> dict[str, Any] | None:
-    """The next message, or None at a clean end of stream."""
-    header = stream.read(HEADER.size)
-    if not header:
-        return None
-    if len(header) < HEADER.size:
-        raise ConnectionLost("the connection closed in the middle of a frame")
-    (size,) = HEADER.unpack(header)
-    if size > max_size:
-        raise TransportError(f"the runtime sent a frame of {size} bytes (limit {max_size})")
-    body = stream.read(size)
-    if len(body) < size:
-        raise ConnectionLost("the connection closed in the middle of a frame")
-    try:
-        message = json.loads(body)
-    except ValueError as exc:
-        raise TransportError(f"the runtime sent a frame that is not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise TransportError("the runtime sent a frame that is not a JSON object")
-    return message
-
-
-# ---- who may connect: the peer check and the listener --------------------------------------------
-
-
-def cgroup_names_container(cgroup: str, container_id: str) -> bool:
-    """Whether a `/proc/<pid>/cgroup` text puts the process inside the container `container_id` (its full
-    64-hex ID): a path component is the ID itself (cgroupfs driver: `/docker/<id>`) or its systemd scope
-    (`docker-<id>.scope`). Pure."""
-    if not _CONTAINER_ID.match(container_id):
-        return False  # an abbreviated or empty ID could match more than one container
-    scope = f"-{container_id}.scope"
-    for line in cgroup.splitlines():
-        path = line.split(":", 2)[-1]
-        if any(part == container_id or part.endswith(scope) for part in path.split("/")):
-            return True
-    return False
-
-
-def container_peer(container_id: str) -> PeerCheck:
-    """A peer check that accepts only processes of the container `container_id` (runc: the runtime itself;
-    gVisor: the sandbox's gofer, which makes the host-side connection for the sandbox)."""
-
-    def check(pid: int) -> bool:
-        if pid <= 0:  # 0: the peer is in a PID namespace this process cannot see
-            return False
-        try:
-            with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
-                return cgroup_names_container(fh.read(), container_id)
-        except OSError:
-            return False  # gone already, or not ours to read
-
-    return check
-
-
-def peer_pid(conn: socket.socket) -> int:
-    """The pid of the process that connected `conn` (SO_PEERCRED: fixed by the kernel at connect time)."""
-    pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return int(pid)
-
-
-class Rendezvous:
-    """This process's own listening socket in an instance's directory, where the runtime connects to it.
-
-    The name is fresh (`h-<pid>-<random>.sock`): no two host processes ever share or replace one, and the host
-    only ever binds and unlinks names it made itself, in a directory the sandbox cannot write. The socket is
-    bound under a staging name, given its mode, listening, and only then renamed into place, so that the
-    runtime (which tries each name once) never meets a half-made listener.
-    """
-
-    def __init__(self, socket_dir: str) -> None:
-        token = f"{os.getpid()}-{secrets.token_hex(8)}"
-        self.socket_dir = socket_dir
-        self.path = os.path.join(socket_dir, f"{LISTENER_PREFIX}{token}{LISTENER_SUFFIX}")
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise TransportError(f"the instance directory {socket_dir} is too long for a Unix socket path")
-        _remove_stale_listeners(socket_dir)
-        staging = os.path.join(socket_dir, f".{token}.bind")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(staging)
-            try:
-                # The sandbox's uid must be able to connect; the instance directory's private parent keeps every
-                # other local user out, and the peer check refuses any other process that gets in anyway.
-                os.chmod(staging, 0o666)
-                sock.listen(16)
-                os.rename(staging, self.path)
-            except BaseException:
-                _unlink(staging)
-                raise
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"cannot listen in the instance directory {socket_dir}: {exc}") from None
-        self.sock: socket.socket | None = sock
-        self.refused = 0  # connections closed by the peer check
-
-    def accept(self, deadline: float, peer: PeerCheck) -> socket.socket:
-        """The first connection whose peer passes `peer`, others closed; TimeoutError at `deadline`."""
-        while True:
-            sock = self.sock
-            if sock is None:
-                raise ConnectionLost("the listener was closed")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            conn, _ = sock.accept()
-            if self.admit(conn, peer):
-                conn.settimeout(None)
-                return conn
-
-    def admit(self, conn: socket.socket, peer: PeerCheck) -> bool:
-        """Keep `conn` when its peer passes `peer`; close it otherwise (nothing is read from it or sent)."""
-        try:
-            allowed = peer(peer_pid(conn))
-        except OSError:
-            allowed = False
-        if not allowed:
-            self.refused += 1
-            conn.close()
-        return allowed
-
-    def close(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            sock.close()
-            _unlink(self.path)
-
-
-def _remove_stale_listeners(socket_dir: str) -> None:
-    """Unlink the listeners (and staging names) of host processes that died without doing it (`kill -9`):
-    each name carries its creator's pid, and a pid that no longer runs listens on nothing."""
-    try:
-        entries = os.listdir(socket_dir)
-    except OSError:
-        return  # the bind reports a missing directory
-    for name in entries:
-        match = _LISTENER_NAME.match(name)
-        if match is not None and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            _unlink(os.path.join(socket_dir, name))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, owned by another user
-    return True
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # ---- Unix socket transport -------------------------------------------------------------------
@@ -443,7 +164,7 @@ class UnixSocketTransport:
             rendezvous.close()
 
     def _handshake(
-        self, sock: socket.socket, stream: _Readable, deadline: float, timeout: float
+        self, sock: socket.socket, stream: Readable, deadline: float, timeout: float
     ) -> dict[str, Any]:
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -514,7 +235,7 @@ class UnixSocketTransport:
             waiter.wait(None)  # the reply won the race against the timeout: it is being delivered
         if waiter.error is not None:
             raise waiter.error
-        return _expect(waiter.message, expect)
+        return expect_reply(waiter.message, expect)
 
     def _send(self, frame: bytes) -> None:
         sock = self._sock
@@ -523,7 +244,7 @@ class UnixSocketTransport:
         with self._send_lock:  # frames from different threads must not interleave
             sock.sendall(frame)
 
-    def _read_loop(self, stream: _Readable) -> None:
+    def _read_loop(self, stream: Readable) -> None:
         reason = "the runtime closed the connection"
         try:
             while (message := read_frame(stream, self._max_frame)) is not None:
@@ -576,31 +297,3 @@ class UnixSocketTransport:
 def _int_id(message: Mapping[str, Any]) -> int:
     value = message.get("id")
     return value if isinstance(value, int) else -1  # -1 is never issued: the reply is dropped
-
-
-def _expect(message: dict[str, Any] | None, expect: str) -> dict[str, Any]:
-    if message is None:
-        raise TransportError("no reply")
-    kind = message.get("type")
-    if kind == "error":
-        raise TransportError(f"the runtime refused the request: {message.get('message', '')}")
-    if kind != expect:
-        raise TransportError(f"the runtime answered {kind!r} where {expect!r} was expected")
-    return message
-
-
-def check_first_frame(message: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    """The runtime's first frame on a connection: its `ready` message, or RuntimeStartFailed for its
-    `startup_failed` report; anything else breaks the protocol."""
-    kind = message.get("type") if message is not None else None
-    if kind == "startup_failed":
-        assert message is not None
-        error = message.get("error")
-        raise RuntimeStartFailed(error if isinstance(error, dict) else {"type": "Error", "message": str(error)})
-    if message is None:
-        raise ConnectionLost(f"the runtime in {where} closed the connection before it was ready")
-    if kind != "ready":
-        raise TransportError(f"the runtime in {where} sent {kind!r} before it was ready")
-    if message.get("protocol") != PROTOCOL_VERSION:
-        raise TransportError(f"the runtime speaks protocol {message.get('protocol')!r}, not {PROTOCOL_VERSION}")
-    return message
