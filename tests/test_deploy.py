@@ -232,8 +232,8 @@ def test_drift_is_shown_and_healed(project: Project, docker_client: docker.Docke
     with project.store() as store:
         store_id = store.id
     docker_client.containers.run(project.base_image, ["sleep", "300"], detach=True, network_mode="none",
-                                 labels={"io.fnctl.manifest.project": project.name, "io.fnctl.function": "hello",
-                                         "io.fnctl.state.store": store_id, "io.fnctl.instance": "intruder"})
+                                 labels={"io.fnctl.project": project.name, "io.fnctl.function": "hello",
+                                         "io.fnctl.store": store_id, "io.fnctl.instance": "intruder"})
     diff = project.fnctl("diff", "-o", "json")
     assert diff.code == 1 and len(diff.json()["orphans"]) == 1
     removed = project.ok("apply")

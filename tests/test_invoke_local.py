@@ -317,7 +317,7 @@ def test_cli_sandbox_check_fails_a_container_started_without_the_profile(
 ) -> None:
     docker_client.containers.run(  # plain `docker run`: root, all default capabilities, writable root
         base_image, ["python3", "-c", "import sys; sys.stdin.read()"], detach=True, stdin_open=True,
-        network_mode="none", labels={"io.fnctl.manifest.project": project.name, "io.fnctl.function": "rogue",
+        network_mode="none", labels={"io.fnctl.project": project.name, "io.fnctl.function": "rogue",
                                      "io.fnctl.instance": "rogue"})
     text = run_cli(project, "sandbox", "check", "rogue")
     assert text.returncode == 1 and "FAIL" in text.stdout

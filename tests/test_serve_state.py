@@ -212,7 +212,7 @@ def test_status_lists_a_container_the_store_does_not_know_as_an_orphan(served: S
         store_id = store.id
     stray = project.client.containers.run(
         project.base_image, ["sleep", "300"], detach=True, network_mode="none", read_only=True,
-        labels={"io.fnctl.manifest.project": project.name, "io.fnctl.state.store": store_id, "io.fnctl.function": "ghost",
+        labels={"io.fnctl.project": project.name, "io.fnctl.store": store_id, "io.fnctl.function": "ghost",
                 "io.fnctl.revision": "7", "io.fnctl.instance": "i-ghost"})
     try:
         shown = served.status()

@@ -59,7 +59,7 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
 
     store = open_store(project, state)
     try:
-        listed = dockerio.list_containers({"io.fnctl.manifest.project": project.name, "io.fnctl.state.store": store.id})
+        listed = dockerio.list_containers({"io.fnctl.project": project.name, "io.fnctl.store": store.id})
         rows, routes, revisions = store.instances(), store.routes(), store.revisions()
         orphans = orphan_reasons(listed, rows, routes)
         recorded = {row.id: row.container_id for row in rows}

@@ -190,7 +190,7 @@ class Store:
 
     @functools.cached_property
     def id(self) -> str:
-        """This store's random identity, carried by every container it deploys (label io.fnctl.state.store), so
+        """This store's random identity, carried by every container it deploys (label io.fnctl.store), so
         that two stores deploying the same project to one engine never take each other's containers for
         orphans."""
         import secrets
