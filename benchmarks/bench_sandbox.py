@@ -44,11 +44,12 @@ from bench_transport import echo_server, latency, measure_baseline, throughput  
 from bench_validate import bytecode_env, medians, timed  # noqa: E402
 from benchcommon import remove_project  # noqa: E402
 
-from fnctl.commands.local import find_function  # noqa: E402
 from fnctl.engine import images, instances
 from fnctl.engine.instances import Instance  # noqa: E402
 from fnctl.engine.sandbox import labels  # noqa: E402
+from fnctl.manifest.model import Function  # noqa: E402
 from fnctl.manifest.project import Project, load_project  # noqa: E402
+from fnctl.manifest.validate import validate_paths  # noqa: E402
 
 EVENT = {"n": 1}
 WARMUP = 200
@@ -68,6 +69,14 @@ class Row:
 # ---- the project under test ---------------------------------------------------------------------------
 
 
+
+def _find_function(project: Project, name: str) -> Function:
+    """The function `name` of the project's manifests, validated as `fnctl apply` would."""
+    result = validate_paths(project)
+    if not result.ok:
+        raise SystemExit("\n".join(d.render() for d in result.diagnostics))
+    return next(f for f in result.state.functions if f.name == name)
+
 def write_project(root: Path, base_image: str) -> Project:
     name = f"bench-{secrets.token_hex(4)}"
     (root / "functions" / "noop").mkdir(parents=True)
@@ -81,7 +90,7 @@ def write_project(root: Path, base_image: str) -> Project:
 
 
 def start_instance(project: Project, image: str) -> Instance:
-    return instances.start(find_function(project, "noop"), image=image, revision="bench",
+    return instances.start(_find_function(project, "noop"), image=image, revision="bench",
                            labels=labels(project.name, "noop"), secret_values={})
 
 

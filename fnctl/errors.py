@@ -1,4 +1,4 @@
-"""fnctl's own error types and the exit codes of the CLI contract (DESIGN.md).
+"""fnctl's own error types and the exit codes of the CLI contract (README.md "Exit codes", docs/ci.md).
 
 Boundary modules translate library errors into these; the CLI maps them to exit codes.
 """

@@ -10,12 +10,12 @@ from collections import Counter
 import pytest
 
 from fnctl.rollout.abstats import Sample, mann_whitney_u, report, report_to_json, two_proportion_z
-from fnctl.rollout.latency import bucket_of
+from fnctl.rollout.latency import BOUNDS, bucket_index
 
 
 def histogram(latencies_ms: list[float]) -> dict[str, int]:
     """A store histogram of these latencies, bucketed as the gateway does."""
-    return dict(Counter(bucket_of(ms) for ms in latencies_ms))
+    return dict(Counter(BOUNDS[bucket_index(ms)] for ms in latencies_ms))
 
 
 def spread(low_ms: float, high_ms: float, n: int) -> list[float]:

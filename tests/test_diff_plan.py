@@ -18,9 +18,8 @@ from fnctl.deploy.diff import (
     field_changes,
     has_changes,
 )
-from fnctl.deploy.plan import StepKind, live_fingerprint, live_summary, make_plan, plan_to_json, stale_reasons
-from fnctl.manifest.model import Rollout, Step, Strategy
-from fnctl.manifest.model import StepKind as RolloutStep
+from fnctl.deploy.plan import PlanStepKind, live_fingerprint, live_summary, make_plan, plan_to_json, stale_reasons
+from fnctl.manifest.model import Rollout, RolloutStep, RolloutStepKind, Strategy
 from fnctl.rollout.timeline import timeline, timeline_from_json
 
 SPEC: dict[str, Any] = {"handler": "main.handler", "env": {"GREETING": "hi"}, "limits": {"memory": 128},
@@ -168,11 +167,11 @@ def test_plan_orders_the_steps_of_each_change() -> None:
     desired = [_desired("added"), _desired("changed", _spec(env={})), _desired("drifted")]
     plan = make_plan("proj", diff(desired, live), live, prune=True)
     steps = [(s.kind, s.function) for s in plan.steps]
-    deploy = [StepKind.BUILD, StepKind.CREATE_REVISION, StepKind.START, StepKind.HEALTH_CHECK, StepKind.SWITCH]
-    assert steps == [(StepKind.REMOVE_ORPHANS, "")] + [(k, "added") for k in deploy] + \
-        [(k, "changed") for k in deploy + [StepKind.STOP_OLD]] + [(StepKind.HEAL, "drifted"), (StepKind.DELETE, "removed")]
+    deploy = [PlanStepKind.BUILD, PlanStepKind.CREATE_REVISION, PlanStepKind.START, PlanStepKind.HEALTH_CHECK, PlanStepKind.SWITCH]
+    assert steps == [(PlanStepKind.REMOVE_ORPHANS, "")] + [(k, "added") for k in deploy] + \
+        [(k, "changed") for k in deploy + [PlanStepKind.STOP_OLD]] + [(PlanStepKind.HEAL, "drifted"), (PlanStepKind.DELETE, "removed")]
     assert plan.desired_hashes == {"added": _hash(SPEC), "changed": _hash(_spec(env={})), "drifted": _hash(SPEC)}
-    assert "replaces revision 1" in next(s.detail for s in plan.steps if s.kind is StepKind.CREATE_REVISION
+    assert "replaces revision 1" in next(s.detail for s in plan.steps if s.kind is PlanStepKind.CREATE_REVISION
                                          and s.function == "changed")
 
 
@@ -185,7 +184,7 @@ def test_without_prune_a_removed_function_has_no_step() -> None:
 def test_heal_step_says_when_the_image_is_rebuilt() -> None:
     live = _state(_live(image_present=False))
     (step,) = make_plan("proj", diff([_desired("fn")], live), live, prune=False).steps
-    assert step.kind is StepKind.HEAL and "image removed" in step.detail and "rebuild image" in step.detail
+    assert step.kind is PlanStepKind.HEAL and "image removed" in step.detail and "rebuild image" in step.detail
 
 
 def test_a_no_op_plan_is_empty() -> None:
@@ -230,15 +229,15 @@ def test_the_plan_file_round_trips_through_json() -> None:
     assert document["desired"] == {"fn": _hash(_spec(env={}))}
     assert document["changes"][0]["fields"] == [{"path": "env.GREETING", "old": "hi", "new": None}]
     assert [s["kind"] for s in document["steps"]] == [k.value for k in (
-        StepKind.BUILD, StepKind.CREATE_REVISION, StepKind.START, StepKind.HEALTH_CHECK, StepKind.SWITCH,
-        StepKind.STOP_OLD)]
+        PlanStepKind.BUILD, PlanStepKind.CREATE_REVISION, PlanStepKind.START, PlanStepKind.HEALTH_CHECK, PlanStepKind.SWITCH,
+        PlanStepKind.STOP_OLD)]
     assert stale_reasons(document["live"], live_summary(live)) == []
 
 
 # ---- rollout timelines in the plan ----
 
-CANARY = Rollout(Strategy.CANARY, steps=(Step(RolloutStep.SET_WEIGHT, weight=10), Step(RolloutStep.PAUSE, pause=30.0),
-                                         Step(RolloutStep.SET_WEIGHT, weight=50), Step(RolloutStep.PAUSE, pause=60.0)))
+CANARY = Rollout(Strategy.CANARY, steps=(RolloutStep(RolloutStepKind.SET_WEIGHT, weight=10), RolloutStep(RolloutStepKind.PAUSE, pause=30.0),
+                                         RolloutStep(RolloutStepKind.SET_WEIGHT, weight=50), RolloutStep(RolloutStepKind.PAUSE, pause=60.0)))
 
 
 def test_an_update_with_a_progressive_rollout_carries_its_timeline() -> None:
@@ -247,7 +246,7 @@ def test_an_update_with_a_progressive_rollout_carries_its_timeline() -> None:
     rollouts = {"added": CANARY, "canary": CANARY, "instant": Rollout()}  # "plain": none given
     plan = make_plan("proj", diff(desired, live), live, prune=False, rollouts=rollouts)
     assert plan.timelines == {"canary": timeline(CANARY)}  # a first deploy is immediate, whatever the strategy
-    switch = {s.function: s.detail for s in plan.steps if s.kind is StepKind.SWITCH}
+    switch = {s.function: s.detail for s in plan.steps if s.kind is PlanStepKind.SWITCH}
     assert switch == {"added": "100% to the new revision", "canary": "canary: 10% → 50% → 100% over 2m",
                       "instant": "100% to the new revision", "plain": "100% to the new revision"}
 

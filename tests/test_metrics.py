@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fnctl.gateway import metrics
 from fnctl.gateway.metrics import Metrics
-from fnctl.rollout.latency import GROWTH, Window, bucket_of, quantile
+from fnctl.rollout.latency import BOUNDS, GROWTH, Window, bucket_index, quantile
 from fnctl.state.metricstore import window
 from fnctl.state.store import Store, StoreError, connect
 
@@ -130,7 +130,7 @@ def test_quantiles_of_known_distributions() -> None:
     def histogram(latencies: list[float]) -> dict[str, int]:
         counts: dict[str, int] = {}
         for latency in latencies:
-            counts[bucket_of(latency)] = counts.get(bucket_of(latency), 0) + 1
+            counts[BOUNDS[bucket_index(latency)]] = counts.get(BOUNDS[bucket_index(latency)], 0) + 1
         return counts
 
     uniform = [float(n) for n in range(1, 1001)]  # 1..1000 ms
@@ -140,7 +140,7 @@ def test_quantiles_of_known_distributions() -> None:
     assert quantile({}, 0.95) is None
     assert quantile(histogram([0.01] * 10), 0.95) == pytest.approx(0.095)  # the first bucket starts at 0
     assert quantile(histogram([10 ** 7]), 0.5) == pytest.approx(120_000, rel=0.1)  # overflow: the top bound
-    assert float(bucket_of(1.0)) >= 1.0 > float(bucket_of(1.0)) / GROWTH
+    assert float(BOUNDS[bucket_index(1.0)]) >= 1.0 > float(BOUNDS[bucket_index(1.0)]) / GROWTH
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -38,7 +38,7 @@ import pytest
 from fnctl.invocation.protocol import (
     HEADER,
     PROTOCOL_VERSION,
-    Call,
+    CallRequest,
     ErrorKind,
     FrameDecoder,
     MessageType,
@@ -234,7 +234,7 @@ def parse_runtime_frame(message: dict[str, Any]) -> None:
         with pytest.raises(TransportError, match="refused the request"):
             expect_reply(message, MessageType.PONG)
     elif kind == MessageType.CALL:
-        call = Call.from_message(message)
+        call = CallRequest.from_message(message)
         assert (call.id, call.invocation_id, call.method, call.params) == (
             message["id"], message["invocation_id"], message["method"], message["params"])
     else:

@@ -21,10 +21,10 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.gateway.metrics import Metrics
 from fnctl.manifest.model import Analysis, Limits, Strategy, parse_rollout
 from fnctl.rollout.machine import (
+    AnalysisOutcome,
     Event,
     EventKind,
     Measure,
-    Outcome,
     Record,
     Stage,
     StageKind,
@@ -44,7 +44,7 @@ from fnctl.rollout.machine import (
     step,
     weights_text,
 )
-from fnctl.state.store import Revision, RevisionStatus, RolloutRow, Store, connect
+from fnctl.state.store import AuditFilter, Revision, RevisionStatus, RolloutRow, Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
@@ -56,7 +56,7 @@ DELAY = 30.0  # scaleDownDelay of the pure tests
 
 @dataclass(frozen=True)
 class Traffic:
-    """A fake measurement window (the `fnctl.rollout.machine.Window` protocol)."""
+    """A fake measurement window (the `fnctl.rollout.machine.TrafficFigures` protocol)."""
 
     requests: int
     errors: int = 0
@@ -82,7 +82,7 @@ def record(strategy: Strategy = Strategy.CANARY, **changes: Any) -> Record:
                    **changes)
 
 
-def verdict(outcome: Outcome, reason: str = "fake") -> Verdict:
+def verdict(outcome: AnalysisOutcome, reason: str = "fake") -> Verdict:
     return Verdict(outcome, reason, {"requests": 1})
 
 
@@ -104,7 +104,7 @@ class Walk:
     gate: bool = False  # stopped at a gate (Wait(None)) rather than at the end (None)
 
 
-def walk(start: Record, plan: tuple[Stage, ...], outcomes: Iterable[Outcome] = (), *, now: float = T0,
+def walk(start: Record, plan: tuple[Stage, ...], outcomes: Iterable[AnalysisOutcome] = (), *, now: float = T0,
          delay: float = DELAY) -> Walk:
     """Drive `start` the way the controller does: step, wait by jumping the clock to the wait's end,
     measure with the next of `outcomes`, and feed every transition back in, until a gate or the end."""
@@ -314,7 +314,7 @@ def measuring(**changes: Any) -> Record:
 
 def test_a_passing_measurement_completes_the_analysis_step() -> None:
     plan = canary(*ANALYSIS_THEN_WEIGHT)
-    passed = on_measurement(measuring(failures=2, next_measure=T0 + 30), plan, verdict(Outcome.PASS, "fine"), T0 + 30)
+    passed = on_measurement(measuring(failures=2, next_measure=T0 + 30), plan, verdict(AnalysisOutcome.PASS, "fine"), T0 + 30)
     assert (passed.record.step, passed.record.step_started, passed.record.failures, passed.record.next_measure) == (
         2, T0 + 30, 0, None)
     assert [(e.kind, e.step, e.message, e.data) for e in passed.events] == [
@@ -324,14 +324,14 @@ def test_a_passing_measurement_completes_the_analysis_step() -> None:
 
 def test_failed_measurements_count_up_to_the_failure_limit_then_abort_and_quarantine() -> None:
     plan = canary(*ANALYSIS_THEN_WEIGHT)
-    once = on_measurement(measuring(), plan, verdict(Outcome.FAIL, "too many errors"), T0 + 10)
+    once = on_measurement(measuring(), plan, verdict(AnalysisOutcome.FAIL, "too many errors"), T0 + 10)
     assert (once.record.state, once.record.failures, once.record.next_measure, once.record.step) == (
         State.PROGRESSING, 1, T0 + 20, 1)
     assert kinds(once.events) == ["measurement"] and once.events[0].data["outcome"] == "fail"
     assert (once.stop, once.quarantine, once.record.weights) == (frozenset(), False, {NEW: 20, STABLE: 80})
-    twice = on_measurement(once.record, plan, verdict(Outcome.FAIL, "too many errors"), T0 + 20)
+    twice = on_measurement(once.record, plan, verdict(AnalysisOutcome.FAIL, "too many errors"), T0 + 20)
     assert (twice.record.state, twice.record.failures) == (State.PROGRESSING, 2)
-    third = on_measurement(twice.record, plan, verdict(Outcome.FAIL, "too many errors"), T0 + 30)
+    third = on_measurement(twice.record, plan, verdict(AnalysisOutcome.FAIL, "too many errors"), T0 + 30)
     assert (third.record.state, third.record.failures, third.record.weights) == (State.ABORTED, 3, {STABLE: 100})
     assert third.record.reason == "analysis failed: too many errors"
     assert (third.stop, third.quarantine) == (frozenset({NEW}), True)
@@ -341,16 +341,16 @@ def test_failed_measurements_count_up_to_the_failure_limit_then_abort_and_quaran
 
 def test_a_pass_between_failures_resets_the_count_when_its_step_completes() -> None:
     plan = canary({"setWeight": 20}, {"analysis": {"failureLimit": 2}}, {"analysis": {"failureLimit": 2}})
-    failed = on_measurement(measuring(), plan, verdict(Outcome.FAIL), T0 + 10)
-    passed = on_measurement(failed.record, plan, verdict(Outcome.PASS), T0 + 20)
+    failed = on_measurement(measuring(), plan, verdict(AnalysisOutcome.FAIL), T0 + 10)
+    passed = on_measurement(failed.record, plan, verdict(AnalysisOutcome.PASS), T0 + 20)
     assert (failed.record.failures, passed.record.failures, passed.record.step) == (1, 0, 2)
-    failed_again = on_measurement(passed.record, plan, verdict(Outcome.FAIL), T0 + 30)
+    failed_again = on_measurement(passed.record, plan, verdict(AnalysisOutcome.FAIL), T0 + 30)
     assert (failed_again.record.state, failed_again.record.failures) == (State.PROGRESSING, 1)
 
 
 def test_inconclusive_with_wait_measures_again_without_counting() -> None:
     plan = canary(*ANALYSIS_THEN_WEIGHT)
-    waited = on_measurement(measuring(failures=1), plan, verdict(Outcome.INCONCLUSIVE, "3 of 50 requests"), T0 + 10)
+    waited = on_measurement(measuring(failures=1), plan, verdict(AnalysisOutcome.INCONCLUSIVE, "3 of 50 requests"), T0 + 10)
     assert (waited.record.step, waited.record.failures, waited.record.next_measure, waited.record.state) == (
         1, 1, T0 + 20, State.PROGRESSING)
     assert [(e.kind, e.message, e.data["outcome"]) for e in waited.events] == [
@@ -359,21 +359,21 @@ def test_inconclusive_with_wait_measures_again_without_counting() -> None:
 
 def test_inconclusive_with_wait_neither_counts_nor_breaks_a_run_of_failures() -> None:
     plan = canary({"setWeight": 20}, {"analysis": {"failureLimit": 2}})
-    failed = on_measurement(measuring(), plan, verdict(Outcome.FAIL), T0 + 10)
-    waited = on_measurement(failed.record, plan, verdict(Outcome.INCONCLUSIVE), T0 + 20)
-    aborted = on_measurement(waited.record, plan, verdict(Outcome.FAIL), T0 + 30)
+    failed = on_measurement(measuring(), plan, verdict(AnalysisOutcome.FAIL), T0 + 10)
+    waited = on_measurement(failed.record, plan, verdict(AnalysisOutcome.INCONCLUSIVE), T0 + 20)
+    aborted = on_measurement(waited.record, plan, verdict(AnalysisOutcome.FAIL), T0 + 30)
     assert (failed.record.failures, waited.record.failures) == (1, 1)
     assert aborted.record.state is State.ABORTED
 
 
 def test_inconclusive_counts_as_a_pass_or_a_failure_when_the_analysis_says_so() -> None:
     passing = canary({"setWeight": 20}, {"analysis": {"inconclusive": "pass"}}, {"setWeight": 60})
-    passed = on_measurement(measuring(), passing, verdict(Outcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
+    passed = on_measurement(measuring(), passing, verdict(AnalysisOutcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
     assert passed.record.step == 2
     assert [(e.message, e.data["outcome"]) for e in passed.events] == [
         ("step 2: analysis: inconclusive (counted as pass): 0 of 9 requests", "pass")]
     failing = canary({"setWeight": 20}, {"analysis": {"inconclusive": "fail"}})
-    failed = on_measurement(measuring(), failing, verdict(Outcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
+    failed = on_measurement(measuring(), failing, verdict(AnalysisOutcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
     assert (failed.record.state, failed.quarantine, failed.record.reason) == (
         State.ABORTED, True, "analysis failed: 0 of 9 requests")
     assert failed.events[0].data["outcome"] == "fail"
@@ -386,9 +386,9 @@ def test_inconclusive_counts_as_a_pass_or_a_failure_when_the_analysis_says_so() 
 def test_too_few_requests_is_inconclusive_and_enough_passes() -> None:
     analysis = Analysis(max_error_rate=0.5, min_requests=50)
     short = evaluate(analysis, Traffic(49, 49), Traffic(100))
-    assert (short.outcome, short.reason) == (Outcome.INCONCLUSIVE, "49 of 50 requests")
+    assert (short.outcome, short.reason) == (AnalysisOutcome.INCONCLUSIVE, "49 of 50 requests")
     enough = evaluate(analysis, Traffic(50, 5, p95_ms=12.25), Traffic(100))
-    assert (enough.outcome, enough.reason) == (Outcome.PASS, "50 requests, 10.0% errors, p95 12.2 ms")
+    assert (enough.outcome, enough.reason) == (AnalysisOutcome.PASS, "50 requests, 10.0% errors, p95 12.2 ms")
     assert enough.figures == {"requests": 50, "errors": 5, "errorRate": 0.1, "p95Ms": 12.25,
                               "stable": {"requests": 100, "errorRate": 0.0, "p95Ms": None}}
     assert evaluate(analysis, Traffic(50), None).figures["stable"] is None
@@ -396,48 +396,48 @@ def test_too_few_requests_is_inconclusive_and_enough_passes() -> None:
 
 def test_max_error_rate_is_an_upper_bound() -> None:
     analysis = Analysis(max_error_rate=0.1)
-    assert evaluate(analysis, Traffic(100, 10), None).outcome is Outcome.PASS
+    assert evaluate(analysis, Traffic(100, 10), None).outcome is AnalysisOutcome.PASS
     over = evaluate(analysis, Traffic(100, 11), None)
-    assert (over.outcome, over.reason) == (Outcome.FAIL, "error rate 11.0% > 10.0%")
+    assert (over.outcome, over.reason) == (AnalysisOutcome.FAIL, "error rate 11.0% > 10.0%")
 
 
 def test_max_error_rate_increase_is_relative_to_stable() -> None:
     analysis = Analysis(max_error_rate_increase=0.05)
-    assert evaluate(analysis, Traffic(100, 8), Traffic(100, 4)).outcome is Outcome.PASS
+    assert evaluate(analysis, Traffic(100, 8), Traffic(100, 4)).outcome is AnalysisOutcome.PASS
     worse = evaluate(analysis, Traffic(100, 12), Traffic(100, 4))
-    assert (worse.outcome, worse.reason) == (Outcome.FAIL, "error rate 12.0% is more than 5.0% above stable's 4.0%")
-    assert evaluate(analysis, Traffic(100, 90), None).outcome is Outcome.PASS  # nothing to compare with
+    assert (worse.outcome, worse.reason) == (AnalysisOutcome.FAIL, "error rate 12.0% is more than 5.0% above stable's 4.0%")
+    assert evaluate(analysis, Traffic(100, 90), None).outcome is AnalysisOutcome.PASS  # nothing to compare with
 
 
 def test_max_p95_latency_is_in_seconds_in_the_model_and_in_ms_in_windows() -> None:
     written = {"strategy": "canary", "steps": [{"analysis": {"maxP95Latency": "200ms"}}]}
     analysis = parse_rollout(written).steps[0].analysis
     assert analysis is not None and analysis.max_p95_latency == 0.2
-    assert evaluate(analysis, Traffic(10, p95_ms=200.0), None).outcome is Outcome.PASS
+    assert evaluate(analysis, Traffic(10, p95_ms=200.0), None).outcome is AnalysisOutcome.PASS
     slow = evaluate(analysis, Traffic(10, p95_ms=250.0), None)
-    assert (slow.outcome, slow.reason) == (Outcome.FAIL, "p95 latency 250.0 ms > 200 ms")
-    assert evaluate(analysis, Traffic(0), None).outcome is Outcome.PASS  # no requests: no latency to judge
+    assert (slow.outcome, slow.reason) == (AnalysisOutcome.FAIL, "p95 latency 250.0 ms > 200 ms")
+    assert evaluate(analysis, Traffic(0), None).outcome is AnalysisOutcome.PASS  # no requests: no latency to judge
 
 
 def test_max_p95_latency_ratio_is_relative_to_stable() -> None:
     analysis = Analysis(max_p95_latency_ratio=1.5)
-    assert evaluate(analysis, Traffic(10, p95_ms=150.0), Traffic(10, p95_ms=100.0)).outcome is Outcome.PASS
+    assert evaluate(analysis, Traffic(10, p95_ms=150.0), Traffic(10, p95_ms=100.0)).outcome is AnalysisOutcome.PASS
     slow = evaluate(analysis, Traffic(10, p95_ms=160.0), Traffic(10, p95_ms=100.0))
     assert (slow.outcome, slow.reason) == (
-        Outcome.FAIL, "p95 latency 160.0 ms is 1.60x stable's 100.0 ms (at most 1.5x)")
-    assert evaluate(analysis, Traffic(10, p95_ms=900.0), Traffic(0)).outcome is Outcome.PASS  # stable has no p95
+        AnalysisOutcome.FAIL, "p95 latency 160.0 ms is 1.60x stable's 100.0 ms (at most 1.5x)")
+    assert evaluate(analysis, Traffic(10, p95_ms=900.0), Traffic(0)).outcome is AnalysisOutcome.PASS  # stable has no p95
 
 
 def test_every_broken_threshold_is_named() -> None:
     analysis = Analysis(max_error_rate=0.1, max_p95_latency=0.1)
     both = evaluate(analysis, Traffic(10, 5, p95_ms=300.0), None)
-    assert (both.outcome, both.reason) == (Outcome.FAIL, "error rate 50.0% > 10.0%; p95 latency 300.0 ms > 100 ms")
+    assert (both.outcome, both.reason) == (AnalysisOutcome.FAIL, "error rate 50.0% > 10.0%; p95 latency 300.0 ms > 100 ms")
 
 
 def test_failing_synthetic_checks_fail_before_anything_is_counted() -> None:
     analysis = Analysis(max_error_rate=0.1, min_requests=100)
     failed = evaluate(analysis, Traffic(3), Traffic(100), ("check[0] failed (error): boom", "check[1] timed out"))
-    assert (failed.outcome, failed.reason) == (Outcome.FAIL, "check[0] failed (error): boom; check[1] timed out")
+    assert (failed.outcome, failed.reason) == (AnalysisOutcome.FAIL, "check[0] failed (error): boom; check[1] timed out")
     assert failed.figures["requests"] == 3
 
 
@@ -603,7 +603,7 @@ def test_a_canary_walk_records_its_events_in_order() -> None:
     plan = canary({"setWeight": 20}, {"pause": "10s"}, {"analysis": {"maxErrorRate": 0.05, "interval": "5s"}},
                   {"setWeight": 60})
     start = record()
-    seen = walk(start, plan, [Outcome.PASS])
+    seen = walk(start, plan, [AnalysisOutcome.PASS])
     assert entering(plan, start) == ()
     assert seen.events == [
         (T0, "weight", 0), (T0, "pause", 1),
@@ -619,7 +619,7 @@ def test_a_canary_walk_records_its_events_in_order() -> None:
 
 def test_a_canary_walk_that_fails_its_analysis_rolls_back() -> None:
     plan = canary({"setWeight": 10}, {"analysis": {"interval": "10s", "failureLimit": 2}}, {"setWeight": 50})
-    seen = walk(record(), plan, [Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.FAIL])
+    seen = walk(record(), plan, [AnalysisOutcome.FAIL, AnalysisOutcome.INCONCLUSIVE, AnalysisOutcome.FAIL])
     assert seen.events == [(T0, "weight", 0), (T0, "analysis", 1), (T0 + 10, "measurement", 1),
                            (T0 + 20, "measurement", 1), (T0 + 30, "measurement", 1), (T0 + 30, "aborted", 1)]
     assert seen.weights == [{NEW: 10, STABLE: 90}, {STABLE: 100}]
@@ -642,7 +642,7 @@ def test_a_blue_green_walk_never_promotes_before_its_analysis_passed() -> None:
     plan = plan_of({"strategy": "blueGreen", "autoPromotionSeconds": 15,
                     "prePromotionAnalysis": {"interval": "20s", "minRequests": 1}})
     start = record(Strategy.BLUE_GREEN)
-    seen = walk(start, plan, [Outcome.INCONCLUSIVE, Outcome.PASS])
+    seen = walk(start, plan, [AnalysisOutcome.INCONCLUSIVE, AnalysisOutcome.PASS])
     assert kinds(entering(plan, start)) == ["analysis"]
     assert seen.events == [(T0 + 20, "measurement", 0), (T0 + 40, "measurement", 0), (T0 + 40, "pause", 1),
                            (T0 + 40, "completed", 2), (T0 + 40 + DELAY, "scaled-down", 2)]
@@ -741,7 +741,7 @@ def test_begin_puts_the_canary_at_zero_percent_and_records_the_start(fleet: Depl
     (started,) = fleet.store.rollout_events(row.id)
     assert (started.kind, started.step, started.message, started.data) == (
         "started", 0, "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)", {"stages": 2})
-    assert [a.action for a in fleet.store.audit_log("fn")] == ["rollout start"]
+    assert [a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))] == ["rollout start"]
     assert rolloutdriver.record_of(row).weights == {STABLE: 100, NEW: 0}
 
 
@@ -784,7 +784,7 @@ def test_promote_then_the_scale_down(fleet: Deployer) -> None:
     assert rolloutdriver.unfinished(fleet.store) == []
     assert fleet.advance(row.id, at + 1_000) == (record, None)
     assert fleet.events(row.id)[-1] == "scaled-down"
-    assert {"rollout completed", "route"} <= {a.action for a in fleet.store.audit_log("fn")}
+    assert {"rollout completed", "route"} <= {a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))}
 
 
 def test_promote_full_from_a_gate_completes_at_once(fleet: Deployer) -> None:
@@ -809,7 +809,7 @@ def test_abort_goes_back_to_stable_and_quarantines_and_a_second_abort_is_ignored
     revision = fleet.store.revision("fn", NEW)
     assert revision is not None and revision.reason == "aborted by alice"
     assert fleet.events(row.id) == ["started", "weight", "paused", "abort-requested", "aborted"]
-    assert {"quarantine", "rollout aborted"} <= {a.action for a in fleet.store.audit_log("fn")}
+    assert {"quarantine", "rollout aborted"} <= {a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))}
     assert rolloutdriver.unfinished(fleet.store) == []
     late = fleet.request(row.id, EventKind.ABORT_REQUESTED, {"by": "bob"})
     record, _ = fleet.advance(row.id)
@@ -1065,7 +1065,7 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     assert rolloutdriver.unfinished(fleet.store) == []
     assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
-    assert [a.action for a in fleet.store.audit_log()][:1] == ["recover"]
+    assert [a.action for a in fleet.store.audit_records(AuditFilter())][:1] == ["recover"]
 
 
 def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_commit(fleet: Deployer) -> None:
@@ -1076,6 +1076,6 @@ def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_com
                                       T0, "tester", RevisionStatus.READY, None, "Greet louder"))
     row = rolloutdriver.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
     fleet.advance(row.id)
-    driven = [a for a in fleet.store.audit_log("fn") if a.action in ("route", "rollout completed")]
+    driven = [a for a in fleet.store.audit_records(AuditFilter(target="fn")) if a.action in ("route", "rollout completed")]
     assert len(driven) == 3 and {(a.git_commit, a.git_author, a.git_subject) for a in driven} == {
         ("c" * 40, "Ada <ada@example.org>", "Greet louder")}

@@ -27,13 +27,14 @@ from sandbox_handlers.harness import (
     build_wheel,
     cleanup,
     container_gone,
+    find_function,
     project_containers,
     project_name,
     wait_until,
     write_project,
 )
 
-from fnctl.commands.local import find_function, invoke_local
+from fnctl.commands.local import invoke_local
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
 from fnctl.engine.sandbox import check_container, labels
@@ -67,7 +68,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
 
 
 def hardened_inspect() -> dict[str, Any]:
-    """What `docker inspect` reports for a container started the way DESIGN.md's table says."""
+    """What `docker inspect` reports for a container started the way the sandbox profile says (docs/security.md)."""
     return {
         "Config": {"User": "65534:65534",
                    "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container",

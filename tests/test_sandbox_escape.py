@@ -21,15 +21,15 @@ from typing import Any
 
 import docker
 import pytest
-from sandbox_handlers.harness import cleanup, project_name, write_project
+from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
 
-from fnctl.commands.local import find_function
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.inspection import check_instances
 from fnctl.engine.instances import Instance
 from fnctl.engine.sandbox import labels
 from fnctl.invocation.aiotransport import AsyncTransport
-from fnctl.invocation.transport import UnixSocketTransport, container_peer
+from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.transport import UnixSocketTransport
 from fnctl.manifest.project import Project
 
 MIB = 1 << 20
@@ -214,7 +214,7 @@ def test_a_foreign_process_connecting_to_the_listener_is_refused(
 
     def peer(pid: int) -> bool:
         checked.append(pid)
-        return in_container(pid)
+        return bool(in_container(pid))
 
     transport = UnixSocketTransport(str(instance.socket_dir), peer=peer)
     foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # this test process, on the host

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fnctl.manifest.model import Analysis, Inconclusive, Rollout, Step, StepKind, Strategy, Variant
+from fnctl.manifest.model import Analysis, Inconclusive, Rollout, RolloutStep, RolloutStepKind, Strategy, Variant
 from fnctl.rollout.timeline import (
     Exposure,
     Gate,
@@ -23,16 +23,16 @@ from fnctl.rollout.timeline import (
 )
 
 
-def weight(n: int) -> Step:
-    return Step(StepKind.SET_WEIGHT, weight=n)
+def weight(n: int) -> RolloutStep:
+    return RolloutStep(RolloutStepKind.SET_WEIGHT, weight=n)
 
 
-def pause(seconds: float | None = None) -> Step:
-    return Step(StepKind.PAUSE, pause=seconds)
+def pause(seconds: float | None = None) -> RolloutStep:
+    return RolloutStep(RolloutStepKind.PAUSE, pause=seconds)
 
 
-def analysis(**fields: Any) -> Step:
-    return Step(StepKind.ANALYSIS, analysis=Analysis(max_error_rate=0.01, **fields))
+def analysis(**fields: Any) -> RolloutStep:
+    return RolloutStep(RolloutStepKind.ANALYSIS, analysis=Analysis(max_error_rate=0.01, **fields))
 
 
 # the canary of manifests/rollouts/progressive.yaml

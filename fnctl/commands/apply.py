@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Outcome:
+class FunctionOutcome:
     function: str
     action: str
     ok: bool
@@ -43,7 +43,7 @@ class Outcome:
 @dataclass
 class ApplyReport:
     plan: Plan
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[FunctionOutcome] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     rollouts: list[Snapshot] = field(default_factory=list)  # as they settled (or stood, with --no-wait)
 
@@ -53,7 +53,7 @@ class ApplyReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        """Failed beats rolled back beats waiting at a gate (DESIGN.md's exit codes)."""
+        """Failed beats rolled back beats waiting at a gate (the exit codes of docs/ci.md)."""
         codes = {s.exit_code for s in self.rollouts}
         if self.failed:
             return ExitCode.FAILED
@@ -173,7 +173,7 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
         return report
     published = publish_resources(ctx, state)
     if published:
-        report.outcomes.append(Outcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
+        report.outcomes.append(FunctionOutcome("(gateway)", "publish", True, None, "published " + ", ".join(published)))
     _routable(ctx, before)
     report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
     return report
@@ -245,7 +245,7 @@ def _refuse_quarantined(changes: list[Change], live: LiveState, force: bool) -> 
 
 
 def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
-               secret_values: dict[str, dict[str, str]], options: Options) -> Outcome | None:
+               secret_values: dict[str, dict[str, str]], options: Options) -> FunctionOutcome | None:
     name = change.function
     try:
         if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
@@ -253,9 +253,9 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             return _deploy(ctx, change, spec, secret_values[name])
         if change.kind is ChangeKind.DELETE:
             if not options.prune:
-                return Outcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
+                return FunctionOutcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
             executor.delete(ctx, name)
-            return Outcome(name, "delete", True, change.live_revision, "deleted")
+            return FunctionOutcome(name, "delete", True, change.live_revision, "deleted")
         if change.drift and spec is not None and change.live_revision is not None:
             live = ctx.store.revision(name, change.live_revision)
             assert live is not None
@@ -264,39 +264,39 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             redeployed = executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
             what = "; ".join(d.detail for d in change.drift)
             if redeployed is not None:
-                return Outcome(name, "heal", True, redeployed.number, f"{what}; redeployed as revision "
+                return FunctionOutcome(name, "heal", True, redeployed.number, f"{what}; redeployed as revision "
                                f"{redeployed.number}")
-            return Outcome(name, "heal", True, live.number, what)
+            return FunctionOutcome(name, "heal", True, live.number, what)
     except FnctlError as exc:
         action = "heal" if change.kind is ChangeKind.UNCHANGED else change.kind.value  # drift was being healed
-        return Outcome(name, action, False, None, exc.message, exc.detail)
+        return FunctionOutcome(name, action, False, None, exc.message, exc.detail)
     return None
 
 
 def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
-             secret_values: dict[str, dict[str, str]], live: LiveState) -> Outcome | None:
+             secret_values: dict[str, dict[str, str]], live: LiveState) -> FunctionOutcome | None:
     """A changed function deployed beside the live revision at 0% of traffic: only pinned requests reach it
     (`X-Fnctl-Revision`, `fnctl invoke --revision`), until the function's next deploy replaces it."""
     name = change.function
     if change.kind is not ChangeKind.UPDATE or spec is None:
-        return None if spec is None else Outcome(name, "preview", True, None, "not live yet: nothing to preview beside")
+        return None if spec is None else FunctionOutcome(name, "preview", True, None, "not live yet: nothing to preview beside")
     current = live.functions[name]
     twin = next((n for n, h in current.spec_hashes.items() if h == spec.spec_hash), None)
     if twin is not None:
-        return Outcome(name, "preview", True, twin, f"already previewed as revision {twin}")
+        return FunctionOutcome(name, "preview", True, twin, f"already previewed as revision {twin}")
     if current.rollout is not None:
-        return Outcome(name, "preview", False, None, "a rollout is under way: preview after it ends")
+        return FunctionOutcome(name, "preview", False, None, "a rollout is under way: preview after it ends")
     try:
         number = executor.prepare(ctx, spec, secret_values[name])
     except FnctlError as exc:
-        return Outcome(name, "preview", False, None, exc.message, exc.detail)
+        return FunctionOutcome(name, "preview", False, None, exc.message, exc.detail)
     executor.switch(ctx, name, {**current.weights, number: 0}, f"preview of revision {number}",
                     also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.PREVIEW, None))
-    return Outcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
+    return FunctionOutcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
                    f"X-Fnctl-Revision: {number}")
 
 
-def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> Outcome:
+def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> FunctionOutcome:
     """A new revision, rolled out by its strategy over the live one (a first deploy is always immediate)."""
     from fnctl.deploy import rolloutdriver
     from fnctl.manifest.model import Strategy
@@ -306,6 +306,6 @@ def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_valu
     if change.kind is ChangeKind.UPDATE and change.live_revision is not None and strategy is not Strategy.IMMEDIATE:
         row = rolloutdriver.begin(ctx, spec.function, change.live_revision, number)
         rolloutdriver.advance(ctx, row)  # its first steps at once (e.g. the first setWeight), even with --no-wait
-        return Outcome(name, "rollout", True, number, f"revision {number}: {strategy.value} started")
+        return FunctionOutcome(name, "rollout", True, number, f"revision {number}: {strategy.value} started")
     executor.go_live(ctx, spec.function, number, also=lambda: rolloutdriver.retire(ctx, name, f"superseded by revision {number}"))
-    return Outcome(name, change.kind.value, True, number, f"revision {number} is live")
+    return FunctionOutcome(name, change.kind.value, True, number, f"revision {number} is live")

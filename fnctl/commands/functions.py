@@ -14,6 +14,7 @@ from typing import Any
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.rollout.weights import stable_revision
 from fnctl.state.store import InstanceState, Revision, RevisionStatus, Store, connect
 
 
@@ -83,7 +84,7 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
                     c.status, False, 0, orphans.get(c.id, "unknown to the state store")))
         result = []
         for name, weights in routes.items():
-            live = max(weights, key=lambda r: (weights[r], r)) if weights else None
+            live = stable_revision(weights)
             current = next((r for r in revisions if r.function == name and r.number == live), None)
             result.append(FunctionStatus(name, live, weights, shown.pop(name, []),
                                          current.created_at if current else None,

@@ -30,7 +30,6 @@ from fnctl.manifest.project import Project
 if TYPE_CHECKING:
     from fnctl.manifest.model import DesiredState
 
-WARM_LABEL = "io.fnctl.local-warm"
 RECORD_FORMAT = 1
 # A source file changed this close to (or after) the start of a validation may have changed while it ran,
 # after being read: such a validation is not recorded. 2 s covers the coarsest file timestamps (FAT).
@@ -43,11 +42,6 @@ class LocalResult:
     function: str
     outcome: Any  # instances.Outcome
     warm: bool  # True when a kept-warm instance answered
-
-
-def find_function(project: Project, target: str) -> Function:
-    """`target` is a function name in the project's manifests, or a manifest file holding one function."""
-    return _validate(project, target)[0]
 
 
 def _validate(project: Project, target: str) -> tuple[Function, DesiredState]:

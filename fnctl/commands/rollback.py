@@ -11,6 +11,7 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.deploy.session import Options, Progress, desired_specs, session
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.rollout.weights import stable_revision
 from fnctl.state.store import Revision, RevisionStatus, Store
 
 
@@ -26,7 +27,8 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
         under_way = _abort_rollout(ctx, name)
         if under_way is not None:
             return under_way
-        current = max(weights, key=lambda r: (weights[r], r))
+        current = stable_revision(weights)
+        assert current is not None  # `weights` is not empty
         target = _rollback_target(store, name, current, to)
         if not [r for r in store.instances(name) if r.revision == target.number]:
             restart_revision(ctx, project, target)

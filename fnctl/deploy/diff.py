@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fnctl.rollout.weights import stable_revision
+
 
 class ChangeKind(StrEnum):
     CREATE = "create"
@@ -25,7 +27,6 @@ class DriftKind(StrEnum):
     INSTANCE_CHANGED = "instance changed outside fnctl"  # image or labels differ from its revision
     TOO_FEW_INSTANCES = "too few instances"
     IMAGE_REMOVED = "image removed"
-    ORPHAN_CONTAINER = "orphan container"  # the engine has it, the store does not
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class LiveFunction:
     @property
     def stable(self) -> int | None:
         """The revision taking most traffic (the only one, outside a rollout)."""
-        return max(self.weights, key=lambda r: (self.weights[r], r)) if self.weights else None
+        return stable_revision(self.weights)
 
 
 @dataclass(frozen=True)

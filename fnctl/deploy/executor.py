@@ -21,7 +21,7 @@ from fnctl.engine import dockerio, images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
 from fnctl.gitops.gitrepo import Commit
-from fnctl.manifest.model import NO_EXPECTATION, Check, Function
+from fnctl.manifest.model import NO_EXPECTATION, Function, HealthCheck
 from fnctl.state.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
 
 Progress = Callable[[str], None]
@@ -222,7 +222,7 @@ def health_check(instance: instances.Instance) -> None:
         raise FnctlError(problems[0].message, detail=problems[0].detail)
 
 
-def check_problems(instance: instances.Instance, checks: Sequence[Check], name: str = "check") -> list[FnctlError]:
+def check_problems(instance: instances.Instance, checks: Sequence[HealthCheck], name: str = "check") -> list[FnctlError]:
     """Run `checks` on `instance` in order, up to the first that fails: its problem (or none)."""
     function = instance.function
     for index, check in enumerate(checks):

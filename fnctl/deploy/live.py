@@ -13,6 +13,7 @@ from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
 from fnctl.rollout.machine import ACTIVE
+from fnctl.rollout.weights import stable_revision
 from fnctl.state.store import InstanceRow, Revision, RevisionStatus, Store
 
 Row = TypeVar("Row", Revision, InstanceRow)
@@ -43,7 +44,7 @@ def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
                          containers[i.id].image if i.id in containers else "",
                          containers[i.id].id if i.id in containers else "")
             for i in instances.get(name, []))
-        stable = max(weights, key=lambda r: (weights[r], r)) if weights else None
+        stable = stable_revision(weights)
         spec = next((r.spec for r in own if r.number == stable), {})
         functions[name] = LiveFunction(
             name=name, weights=weights,

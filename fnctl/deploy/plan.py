@@ -22,7 +22,7 @@ from fnctl.rollout.timeline import Timeline, timeline, timeline_summary, timelin
 PLAN_FORMAT = 1
 
 
-class StepKind(StrEnum):
+class PlanStepKind(StrEnum):
     BUILD = "build image"
     CREATE_REVISION = "create revision"
     START = "start instances"
@@ -35,8 +35,8 @@ class StepKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class Step:
-    kind: StepKind
+class PlanStep:
+    kind: PlanStepKind
     function: str
     detail: str = ""
 
@@ -45,7 +45,7 @@ class Step:
 class Plan:
     project: str
     changes: tuple[Change, ...]
-    steps: tuple[Step, ...]
+    steps: tuple[PlanStep, ...]
     live_fingerprint: str
     desired_hashes: dict[str, str] = field(default_factory=dict)  # function → spec hash it was planned with
     prune: bool = False
@@ -59,9 +59,9 @@ class Plan:
 def make_plan(project: str, changes: list[Change], live: LiveState, *, prune: bool,
               rollouts: Mapping[str, Rollout] | None = None) -> Plan:
     """`rollouts`: each desired function's rollout; without one, a function switches all its traffic at once."""
-    steps: list[Step] = []
+    steps: list[PlanStep] = []
     if live.orphans:
-        steps.append(Step(StepKind.REMOVE_ORPHANS, "", f"{len(live.orphans)} container(s) unknown to the store"))
+        steps.append(PlanStep(PlanStepKind.REMOVE_ORPHANS, "", f"{len(live.orphans)} container(s) unknown to the store"))
     timelines = _timelines(changes, rollouts or {})
     for change in changes:
         steps += _steps_for(change, prune, timelines.get(change.function))
@@ -76,22 +76,22 @@ def _timelines(changes: list[Change], rollouts: Mapping[str, Rollout]) -> dict[s
             and rollouts[c.function].strategy is not Strategy.IMMEDIATE}
 
 
-def _steps_for(change: Change, prune: bool, rollout: Timeline | None) -> list[Step]:
+def _steps_for(change: Change, prune: bool, rollout: Timeline | None) -> list[PlanStep]:
     name = change.function
     if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
         what = "new function" if change.kind is ChangeKind.CREATE else f"replaces revision {change.live_revision}"
         switch = timeline_summary(rollout) if rollout is not None else "100% to the new revision"
-        steps = [Step(StepKind.BUILD, name), Step(StepKind.CREATE_REVISION, name, what), Step(StepKind.START, name),
-                 Step(StepKind.HEALTH_CHECK, name), Step(StepKind.SWITCH, name, switch)]
+        steps = [PlanStep(PlanStepKind.BUILD, name), PlanStep(PlanStepKind.CREATE_REVISION, name, what), PlanStep(PlanStepKind.START, name),
+                 PlanStep(PlanStepKind.HEALTH_CHECK, name), PlanStep(PlanStepKind.SWITCH, name, switch)]
         if change.kind is ChangeKind.UPDATE:
-            steps.append(Step(StepKind.STOP_OLD, name, f"drain revision {change.live_revision}"))
+            steps.append(PlanStep(PlanStepKind.STOP_OLD, name, f"drain revision {change.live_revision}"))
         return steps
     if change.kind is ChangeKind.DELETE:
-        return [Step(StepKind.DELETE, name, "stop instances, remove routes")] if prune else []
+        return [PlanStep(PlanStepKind.DELETE, name, "stop instances, remove routes")] if prune else []
     if change.drift:
         kinds = sorted({d.kind.value for d in change.drift})
         rebuild = any(d.kind is DriftKind.IMAGE_REMOVED for d in change.drift)
-        return [Step(StepKind.HEAL, name, ", ".join(kinds) + ("; rebuild image" if rebuild else ""))]
+        return [PlanStep(PlanStepKind.HEAL, name, ", ".join(kinds) + ("; rebuild image" if rebuild else ""))]
     return []
 
 

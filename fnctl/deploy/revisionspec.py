@@ -12,8 +12,8 @@ from typing import Any
 from fnctl.deploy.desired import SPEC_FORMAT, SPEC_VERSION_KEY
 from fnctl.errors import FnctlError
 from fnctl.manifest.model import (
-    Check,
     Function,
+    HealthCheck,
     Isolation,
     Limits,
     Network,
@@ -47,7 +47,7 @@ def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Fun
         scaling=_scaling_v1(spec.get("scaling") or {}),
         roles=tuple((spec.get("access") or {}).get("roles", [])),
         parameters=spec.get("parameters"), returns=spec.get("returns"),
-        health_checks=tuple(Check(c["event"], c["expect"]) if "expect" in c else Check(c["event"])
+        health_checks=tuple(HealthCheck(c["event"], c["expect"]) if "expect" in c else HealthCheck(c["event"])
                             for c in spec.get("healthCheck") or []),
         rollout=parse_rollout(spec.get("rollout") or {"strategy": "immediate"}),
         spec=spec,

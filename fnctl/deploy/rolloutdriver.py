@@ -18,7 +18,7 @@ from fnctl.deploy import executor, lock
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
 from fnctl.gitops.gitrepo import Commit
-from fnctl.manifest.model import Check, Function, Limits, Rollout, parse_rollout
+from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout, parse_rollout
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
 from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait
@@ -236,7 +236,7 @@ def measure(ctx: executor.Context, record: Record, due: Measure, now: float) -> 
     return machine.evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
 
 
-def run_checks(store: Store, record: Record, checks: tuple[Check, ...]) -> tuple[str, ...]:
+def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) -> tuple[str, ...]:
     """Synthetic invocations of the canary, straight to one of its instances: what went wrong, in words."""
     if not checks:
         return ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fnctl.engine import dockerio
-from fnctl.engine.sandbox import Check, check_container, labels
+from fnctl.engine.sandbox import HardeningCheck, check_container, labels
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class InstanceReport:
     function: str
     instance: str
     container: str
-    checks: list[Check]
+    checks: list[HardeningCheck]
 
 
 def check_instances(project: str, function: str | None) -> list[InstanceReport]:

@@ -1,4 +1,4 @@
-"""The sandbox profile of DESIGN.md, as pure functions: a function's limits → a ContainerSpec, and a
+"""The sandbox profile (docs/security.md, "Which layer stops what"), as pure functions: a function's limits → a ContainerSpec, and a
 container's `docker inspect` → pass/fail for each hardening property (`fnctl sandbox check`).
 """
 
@@ -78,14 +78,14 @@ def container_spec(function: Function, *, image: str, name: str, socket_dir: str
 
 
 @dataclass(frozen=True)
-class Check:
+class HardeningCheck:
     name: str
     ok: bool
     detail: str
 
 
-def check_container(inspect: dict[str, Any]) -> list[Check]:
-    """Each hardening property of DESIGN.md's table, read from what the engine reports."""
+def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
+    """Each hardening property of the sandbox profile (docs/security.md), read from what the engine reports."""
     config, host = inspect.get("Config") or {}, inspect.get("HostConfig") or {}
     labels_ = config.get("Labels") or {}
     security = [str(s) for s in host.get("SecurityOpt") or []]
@@ -98,31 +98,31 @@ def check_container(inspect: dict[str, Any]) -> list[Check]:
     user = str(config.get("User") or "")
     socket_dir = str(labels_.get(f"{LABEL}.socket-dir", ""))  # set by `instances.start`
     return [
-        Check("non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"),
-        Check("capabilities dropped", "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
+        HardeningCheck("non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"),
+        HardeningCheck("capabilities dropped", "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
               f"drop={host.get('CapDrop')} add={host.get('CapAdd')}"),
-        Check("no-new-privileges", any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
+        HardeningCheck("no-new-privileges", any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
               ", ".join(security) or "(none)"),
-        Check("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
-        Check("seccomp profile", not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
+        HardeningCheck("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
+        HardeningCheck("seccomp profile", not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
               "default" if want_runtime == "runc" else "gVisor"),
-        Check("read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"),
-        Check("/tmp size-limited tmpfs", "size=" in tmpfs, tmpfs or "(no tmpfs)"),
-        Check("memory limit, no swap", memory > 0 and swap == memory, f"memory={memory} swap={swap}"),
-        Check("cpu quota", int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
+        HardeningCheck("read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"),
+        HardeningCheck("/tmp size-limited tmpfs", "size=" in tmpfs, tmpfs or "(no tmpfs)"),
+        HardeningCheck("memory limit, no swap", memory > 0 and swap == memory, f"memory={memory} swap={swap}"),
+        HardeningCheck("cpu quota", int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
               f"NanoCpus={host.get('NanoCpus')}"),
-        Check("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
-        Check("nofile/fsize ulimits", "nofile" in ulimits and "fsize" in ulimits, ", ".join(sorted(ulimits)) or "(none)"),
-        Check(f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))),
-        Check("capped logs", (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
+        HardeningCheck("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
+        HardeningCheck("nofile/fsize ulimits", "nofile" in ulimits and "fsize" in ulimits, ", ".join(sorted(ulimits)) or "(none)"),
+        HardeningCheck(f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))),
+        HardeningCheck("capped logs", (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
               str((host.get("LogConfig") or {}).get("Config"))),
-        Check("only its socket directory mounted", _only_socket_mount(mounts, socket_dir),
+        HardeningCheck("only its socket directory mounted", _only_socket_mount(mounts, socket_dir),
               ", ".join(f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)"),
         # The sandbox can create, replace or fill nothing on the host: every mount is read-only.
-        Check("no writable host path", all(m.get("RW", True) is False for m in mounts),
+        HardeningCheck("no writable host path", all(m.get("RW", True) is False for m in mounts),
               ", ".join(f"{m.get('Destination')}:{'rw' if m.get('RW', True) is not False else 'ro'}" for m in mounts)
               or "(none)"),
-        Check(f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))),
+        HardeningCheck(f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))),
     ]
 
 

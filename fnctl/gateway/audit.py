@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from enum import StrEnum
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,20 +22,6 @@ from fnctl.state.store import Store, StoreError, connect
 access_logger = logging.getLogger("fnctl.access")
 log = logging.getLogger("fnctl.audit")
 Row = tuple[float, str, str | None, str, int | None, str | None, str, int, float, str | None]
-
-
-class AuditOutcome(StrEnum):
-    """What became of a request, as the audit records it."""
-
-    OK = "ok"
-    ERROR = "error"  # the handler failed (raised, broke a limit, returned an invalid result)
-    TIMEOUT = "timeout"
-    CRASHED = "crashed"
-    OVERLOADED = "overloaded"  # 429: the revision's pool and queue were full
-    UNAVAILABLE = "unavailable"  # 503: no revision could serve
-    REJECTED = "rejected"  # refused before invoking: too large, bad request, slow client
-    UNAUTHENTICATED = "unauthenticated"  # 401
-    DENIED = "denied"  # 403
 
 
 class AuditLog:

@@ -78,7 +78,7 @@ class Target:
     secrets: dict[str, str]
 
 
-class Phase(StrEnum):
+class SlotPhase(StrEnum):
     STARTING = "starting"  # container starting, or an adopted runtime being connected to
     READY = "ready"  # connected and configured: the only phase that receives requests
     RETIRING = "retiring"  # no new requests; stopped once its last one ends
@@ -94,7 +94,7 @@ class Slot:
     order: int
     container_id: str = ""
     socket_dir: str = ""
-    phase: Phase = Phase.STARTING
+    phase: SlotPhase = SlotPhase.STARTING
     inflight: int = 0
     last_used: float = 0.0
     transport: AsyncTransport | None = None
@@ -103,7 +103,7 @@ class Slot:
 
     @property
     def ready(self) -> bool:
-        return self.phase is Phase.READY
+        return self.phase is SlotPhase.READY
 
 
 class Host(Protocol):
@@ -194,7 +194,7 @@ class RevisionPool:
 
     async def _queue(self) -> tuple[Slot, bool]:
         slots = self.slots.values()
-        ready, starting = sum(s.ready for s in slots), sum(s.phase is Phase.STARTING for s in slots)
+        ready, starting = sum(s.ready for s in slots), sum(s.phase is SlotPhase.STARTING for s in slots)
         if refuse(ready=ready, starting=starting, queued=len(self.waiters), queue_limit=self.host.queue_limit,
                   scaling=self.target.function.scaling, can_start=not self._backing_off()):
             raise Overloaded(self._retry_after(), f"{self.name}: all instances busy and the queue is full")
@@ -226,7 +226,7 @@ class RevisionPool:
     def _release(self, slot: Slot) -> None:
         slot.inflight -= 1
         slot.last_used = time.monotonic()
-        if slot.phase is Phase.RETIRING and slot.inflight == 0:
+        if slot.phase is SlotPhase.RETIRING and slot.inflight == 0:
             self._stop(slot, drain=not slot.retire_reason)  # retired for a failure: no waiting for it
         elif self.waiters:
             self._dispatch()
@@ -261,7 +261,7 @@ class RevisionPool:
             self._retire(slot, "it broke the protocol")
             return _failed(Failure.CRASHED, f"the instance broke the protocol: {exc.message}", started)
         if result.error is not None and result.error.kind is ErrorKind.DRAINING:
-            slot.phase = Phase.DRAINING if slot.phase is Phase.READY else slot.phase
+            slot.phase = SlotPhase.DRAINING if slot.phase is SlotPhase.READY else slot.phase
             return None
         self.latency += ((time.monotonic() - started) - self.latency) * 0.2
         outcome = instances.outcome_of(result)
@@ -288,7 +288,7 @@ class RevisionPool:
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
         slots = self.slots.values()
-        count = to_start(ready=sum(s.ready for s in slots), starting=sum(s.phase is Phase.STARTING for s in slots),
+        count = to_start(ready=sum(s.ready for s in slots), starting=sum(s.phase is SlotPhase.STARTING for s in slots),
                          inflight=sum(s.inflight for s in slots if s.ready), queued=len(self.waiters),
                          scaling=self.target.function.scaling, keep=self.keep)
         for _ in range(count):
@@ -342,10 +342,10 @@ class RevisionPool:
             return
         slot.transport, slot.last_used = transport, time.monotonic()
         transport.on_lost = lambda reason: self._lost(slot, reason)
-        if slot.phase is not Phase.STARTING:
+        if slot.phase is not SlotPhase.STARTING:
             self._stop(slot, drain=True)  # retired while it started
             return
-        slot.phase = Phase.READY
+        slot.phase = SlotPhase.READY
         self.start_error = None
         self._dispatch()
 
@@ -353,7 +353,7 @@ class RevisionPool:
         message = exc.message + (f"\n{exc.detail}" if exc.detail else "")
         log.warning("%s: an instance failed to start: %s", self.name, message)
         self.start_error = (time.monotonic(), exc.message)
-        if not any(s.phase in (Phase.READY, Phase.STARTING) for s in self.slots.values()):
+        if not any(s.phase in (SlotPhase.READY, SlotPhase.STARTING) for s in self.slots.values()):
             error = Unavailable(f"{self.name} could not start an instance: {exc.message}")
             while self.waiters:
                 future = self.waiters.popleft()
@@ -362,8 +362,8 @@ class RevisionPool:
 
     def _retire(self, slot: Slot, reason: str) -> None:
         """No new requests for `slot`; it stops once its in-flight ones end. A replacement starts now."""
-        if slot.phase in (Phase.READY, Phase.STARTING):
-            slot.phase, slot.retire_reason = Phase.RETIRING, reason
+        if slot.phase in (SlotPhase.READY, SlotPhase.STARTING):
+            slot.phase, slot.retire_reason = SlotPhase.RETIRING, reason
             self.scale()
 
     def _stop(self, slot: Slot, *, drain: bool) -> None:
@@ -389,7 +389,7 @@ class RevisionPool:
         self.scale()
 
     def _forget(self, slot: Slot) -> None:
-        slot.phase = Phase.GONE
+        slot.phase = SlotPhase.GONE
         self.slots.pop(slot.id, None)
         self.gone[slot.id] = None
         while len(self.gone) > REMEMBERED:
@@ -404,7 +404,7 @@ class RevisionPool:
         """Stop every instance beyond `keep` (the gateway's extras), detach from the rest."""
         ready = sorted((s for s in self.slots.values() if s.ready), key=lambda s: s.order)
         for slot in list(self.slots.values()):
-            if slot not in ready[:self.keep] and slot.phase is not Phase.STARTING:
+            if slot not in ready[:self.keep] and slot.phase is not SlotPhase.STARTING:
                 self._stop(slot, drain=not slot.retire_reason)
         for slot in ready[:self.keep]:
             if slot.transport is not None:

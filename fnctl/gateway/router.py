@@ -16,6 +16,8 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
+from fnctl.rollout.weights import stable_revision
+
 
 class NoRoute(ValueError):
     """The function has no revision with traffic (and none was pinned)."""
@@ -159,8 +161,8 @@ class FunctionRoute:
     @cached_property  # a table is immutable and asked on every request: computed once per table
     def live(self) -> RevisionInfo | None:
         """The revision with the most traffic (the newest on a tie): whose access rules apply by default."""
-        routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
-        return self.revisions[max(routed, key=lambda r: (self.weights[r], r))] if routed else None
+        live = stable_revision({r: w for r, w in self.weights.items() if w > 0 and r in self.revisions})
+        return self.revisions[live] if live is not None else None
 
     @cached_property
     def access(self) -> RevisionInfo | None:

@@ -112,7 +112,7 @@ def project_limits(project: Project) -> tuple[GatewayLimits, float | None]:
 # ---- the HTTP server ------------------------------------------------------------------------------
 
 
-class _Protocol(web_protocol.RequestHandler):
+class _RequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler, with three changes:
 
     - at most `maxConnectionsPerClient` open connections per client address: one more is answered 429 and
@@ -217,11 +217,11 @@ class _Server(web.Server):
     gateway: Gateway | None = None
 
     def __call__(self) -> web_protocol.RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class GatewayRunner(web.AppRunner):
-    """An AppRunner whose connections use `_Protocol` (aiohttp has no public hook for the handler class)."""
+    """An AppRunner whose connections use `_RequestHandler` (aiohttp has no public hook for the handler class)."""
 
     def __init__(self, app: web.Application, *, max_connections_per_client: int = 0, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)

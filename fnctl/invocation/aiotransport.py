@@ -18,7 +18,7 @@ from typing import Any
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
-    Call,
+    CallRequest,
     ConnectionLost,
     FrameDecoder,
     InvocationResult,
@@ -285,7 +285,7 @@ class AsyncTransport:
                 future.set_exception(ConnectionLost(self._lost))
 
     async def _run_callback(self, message: dict[str, Any]) -> None:
-        call = Call.from_message(message)
+        call = CallRequest.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")

@@ -132,7 +132,7 @@ class InvocationResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
+class CallRequest:
     """A `call` frame: a handler asks the host to run `method` for the invocation `invocation_id`; the host
     answers with a `reply` carrying the same `id` (a string the runtime chose)."""
 
@@ -142,7 +142,7 @@ class Call:
     params: dict[str, Any]
 
     @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> Call:
+    def from_message(cls, message: Mapping[str, Any]) -> CallRequest:
         params = message.get("params")
         return cls(message.get("id"), str(message.get("invocation_id", "")), str(message.get("method", "")),
                    params if isinstance(params, dict) else {})

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
-    Call,
+    CallRequest,
     ConnectionLost,
     FrameDecoder,
     InvocationResult,
@@ -445,7 +445,7 @@ class UnixSocketTransport:
                 pass  # the pool is shut down: the transport is closing
 
     def _run_callback(self, message: dict[str, Any]) -> None:
-        call = Call.from_message(message)
+        call = CallRequest.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")

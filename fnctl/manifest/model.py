@@ -38,7 +38,7 @@ class Isolation(StrEnum):
     GVISOR = "gvisor"
 
 
-class StepKind(StrEnum):
+class RolloutStepKind(StrEnum):
     SET_WEIGHT = "setWeight"
     PAUSE = "pause"
     ANALYSIS = "analysis"
@@ -92,7 +92,7 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
-class Check:
+class HealthCheck:
     event: Any
     expect: Any = NO_EXPECTATION
     timeout: float | None = None
@@ -109,12 +109,12 @@ class Analysis:
     window: float | None = None  # default: the time since the step began
     failure_limit: int = 1
     inconclusive: Inconclusive = Inconclusive.WAIT
-    checks: tuple[Check, ...] = ()
+    checks: tuple[HealthCheck, ...] = ()
 
 
 @dataclass(frozen=True)
-class Step:
-    kind: StepKind
+class RolloutStep:
+    kind: RolloutStepKind
     weight: int | None = None
     pause: float | None = None  # seconds; None on a pause step means "until promoted"
     analysis: Analysis | None = None
@@ -130,7 +130,7 @@ class Variant:
 @dataclass(frozen=True)
 class Rollout:
     strategy: Strategy = Strategy.IMMEDIATE
-    steps: tuple[Step, ...] = ()
+    steps: tuple[RolloutStep, ...] = ()
     scale_down_delay: float = 30.0
     auto_promotion_seconds: int | None = None
     auto_promotion_enabled: bool = True
@@ -159,7 +159,7 @@ class Function:
     roles: tuple[str, ...]
     parameters: Any
     returns: Any
-    health_checks: tuple[Check, ...]
+    health_checks: tuple[HealthCheck, ...]
     rollout: Rollout
     spec: dict[str, Any] = field(compare=False, repr=False)  # as written, for field-level diffs
     document: Document | None = field(default=None, compare=False, repr=False)
@@ -295,17 +295,17 @@ def _rollout(raw: dict[str, Any]) -> Rollout:
     )
 
 
-def _step(raw: dict[str, Any], at: tuple[str | int, ...]) -> Step:
+def _step(raw: dict[str, Any], at: tuple[str | int, ...]) -> RolloutStep:
     if "setWeight" in raw:
-        return Step(StepKind.SET_WEIGHT, weight=raw["setWeight"])
+        return RolloutStep(RolloutStepKind.SET_WEIGHT, weight=raw["setWeight"])
     if "pause" in raw:
         pause = raw["pause"]
         if isinstance(pause, dict):
             seconds = _duration(pause["duration"], at + ("pause", "duration")) if "duration" in pause else None
         else:
             seconds = _duration(pause, at + ("pause",))
-        return Step(StepKind.PAUSE, pause=seconds)
-    return Step(StepKind.ANALYSIS, analysis=_analysis(raw["analysis"], at + ("analysis",)))
+        return RolloutStep(RolloutStepKind.PAUSE, pause=seconds)
+    return RolloutStep(RolloutStepKind.ANALYSIS, analysis=_analysis(raw["analysis"], at + ("analysis",)))
 
 
 def _analysis(raw: dict[str, Any], at: tuple[str | int, ...]) -> Analysis:
@@ -321,9 +321,9 @@ def _analysis(raw: dict[str, Any], at: tuple[str | int, ...]) -> Analysis:
     )
 
 
-def _check(raw: dict[str, Any], at: tuple[str | int, ...]) -> Check:
+def _check(raw: dict[str, Any], at: tuple[str | int, ...]) -> HealthCheck:
     timeout = _duration(raw["timeout"], at + ("timeout",)) if "timeout" in raw else None
-    return Check(raw["event"], raw.get("expect", NO_EXPECTATION), timeout)
+    return HealthCheck(raw["event"], raw.get("expect", NO_EXPECTATION), timeout)
 
 
 def _duration(value: Any, at: tuple[str | int, ...]) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fnctl.manifest.model import Analysis, Finding, Function, Inconclusive, Step, StepKind, Strategy
+from fnctl.manifest.model import Analysis, Finding, Function, Inconclusive, RolloutStep, RolloutStepKind, Strategy
 from fnctl.manifest.units import format_duration
 
 JsonPath = tuple[str | int, ...]
@@ -58,18 +58,18 @@ def _canary(function: Function) -> Iterator[Finding]:
         return
     weight = 0
     for i, step in enumerate(steps):
-        if step.kind is StepKind.SET_WEIGHT and step.weight is not None:
+        if step.kind is RolloutStepKind.SET_WEIGHT and step.weight is not None:
             yield from _set_weight(function, at + (i, "setWeight"), step.weight, weight)
             weight = max(weight, step.weight)
-        elif step.kind is StepKind.PAUSE and weight == 100 and not _windowed_analysis(steps[i + 1:]):
+        elif step.kind is RolloutStepKind.PAUSE and weight == 100 and not _windowed_analysis(steps[i + 1:]):
             yield (function, at + (i, "pause"),
                    "this pause comes after setWeight: 100: all traffic is already on the new revision, so it only "
                    "delays the end of the rollout (scaleDownDelay keeps the old revision warm); remove it, or "
                    "follow it with an analysis whose window covers it")
-        elif step.kind is StepKind.ANALYSIS and step.analysis is not None:
+        elif step.kind is RolloutStepKind.ANALYSIS and step.analysis is not None:
             yield from _analysis(function, at + (i, "analysis"), step.analysis, weight)
-    partial = any(s.kind is StepKind.SET_WEIGHT and 0 < (s.weight or 0) < 100 for s in steps)
-    if not partial and not any(s.kind is StepKind.ANALYSIS for s in steps):
+    partial = any(s.kind is RolloutStepKind.SET_WEIGHT and 0 < (s.weight or 0) < 100 for s in steps)
+    if not partial and not any(s.kind is RolloutStepKind.ANALYSIS for s in steps):
         # Nothing is learnt before the switch: a canary in name only. An analysis at 100% still earns its place:
         # a failure there moves all traffic back to the old revision at once.
         yield (function, at, "this canary never sends part of the traffic to the new revision (no setWeight "
@@ -77,7 +77,7 @@ def _canary(function: Function) -> Iterator[Finding]:
                "or blueGreen to check a preview first")
 
 
-def _windowed_analysis(steps: tuple[Step, ...]) -> bool:
+def _windowed_analysis(steps: tuple[RolloutStep, ...]) -> bool:
     """Whether an analysis with a `window` follows: its measurements then look back over the pause's traffic."""
     return any(s.analysis is not None and s.analysis.window is not None for s in steps)
 

@@ -32,11 +32,6 @@ def bucket_index(latency_ms: float) -> int:
     return min(math.ceil(math.log2(latency_ms / _BASE_MS) * _STEPS_PER_DOUBLING - 1e-9), _LAST_INDEX + 1)
 
 
-def bucket_of(latency_ms: float) -> str:
-    """The store histogram bucket (its upper bound in ms, as text) holding `latency_ms`."""
-    return BOUNDS[bucket_index(latency_ms)]
-
-
 @dataclass
 class Second:
     """One function-revision-second, accumulated in memory until the second is over."""

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from fnctl.manifest.model import Analysis, Inconclusive, Rollout, StepKind, Strategy
+from fnctl.manifest.model import Analysis, Inconclusive, Rollout, RolloutStepKind, Strategy
 from fnctl.manifest.units import format_duration
 
 
-class Window(Protocol):
+class TrafficFigures(Protocol):
     """A revision's traffic over a measurement window (fnctl.rollout.latency.Window)."""
 
     @property
@@ -82,11 +82,11 @@ def stages(rollout: Rollout) -> tuple[Stage, ...]:
     return ()
 
 
-def _canary_stage(kind: StepKind, weight: int | None, pause: float | None, analysis: Analysis | None) -> Stage:
-    if kind is StepKind.SET_WEIGHT:
+def _canary_stage(kind: RolloutStepKind, weight: int | None, pause: float | None, analysis: Analysis | None) -> Stage:
+    if kind is RolloutStepKind.SET_WEIGHT:
         assert weight is not None
         return Stage(StageKind.WEIGHTS, f"setWeight {weight}", weights=(("new", weight), ("stable", 100 - weight)))
-    if kind is StepKind.PAUSE:
+    if kind is RolloutStepKind.PAUSE:
         return Stage(StageKind.PAUSE, f"pause {format_duration(pause)}" if pause is not None else "pause (until promoted)",
                      seconds=pause)
     return Stage(StageKind.ANALYSIS, "analysis", analysis=analysis)
@@ -304,7 +304,7 @@ def _ignored(record: Record, why: str) -> Transition:
 # ---- analysis ------------------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class AnalysisOutcome(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
@@ -312,28 +312,28 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: Outcome
+    outcome: AnalysisOutcome
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate(analysis: Analysis, canary: Window, stable: Window | None, check_failures: tuple[str, ...] = ()) -> Verdict:
+def evaluate(analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures | None, check_failures: tuple[str, ...] = ()) -> Verdict:
     """One measurement: the synthetic checks, then the thresholds, absolute or relative to stable."""
     figures = {"requests": canary.requests, "errors": canary.errors, "errorRate": canary.error_rate,
                "p95Ms": canary.p95_ms, "stable": None if stable is None else {
                    "requests": stable.requests, "errorRate": stable.error_rate, "p95Ms": stable.p95_ms}}
     if check_failures:
-        return Verdict(Outcome.FAIL, "; ".join(check_failures), figures)
+        return Verdict(AnalysisOutcome.FAIL, "; ".join(check_failures), figures)
     if canary.requests < analysis.min_requests:
-        return Verdict(Outcome.INCONCLUSIVE, f"{canary.requests} of {analysis.min_requests} requests", figures)
+        return Verdict(AnalysisOutcome.INCONCLUSIVE, f"{canary.requests} of {analysis.min_requests} requests", figures)
     problems = _threshold_problems(analysis, canary, stable)
     if problems:
-        return Verdict(Outcome.FAIL, "; ".join(problems), figures)
-    return Verdict(Outcome.PASS, f"{canary.requests} requests, {canary.error_rate:.1%} errors"
+        return Verdict(AnalysisOutcome.FAIL, "; ".join(problems), figures)
+    return Verdict(AnalysisOutcome.PASS, f"{canary.requests} requests, {canary.error_rate:.1%} errors"
                    + (f", p95 {canary.p95_ms:.1f} ms" if canary.p95_ms is not None else ""), figures)
 
 
-def _threshold_problems(analysis: Analysis, canary: Window, stable: Window | None) -> list[str]:
+def _threshold_problems(analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures | None) -> list[str]:
     problems = []
     if analysis.max_error_rate is not None and canary.error_rate > analysis.max_error_rate:
         problems.append(f"error rate {canary.error_rate:.1%} > {analysis.max_error_rate:.1%}")
@@ -357,14 +357,14 @@ def on_measurement(record: Record, plan: tuple[Stage, ...], verdict: Verdict, no
     stage = plan[record.step]
     assert stage.analysis is not None
     outcome = verdict.outcome
-    if outcome is Outcome.INCONCLUSIVE and stage.analysis.inconclusive is not Inconclusive.WAIT:
-        outcome = Outcome.PASS if stage.analysis.inconclusive is Inconclusive.PASS else Outcome.FAIL
+    if outcome is AnalysisOutcome.INCONCLUSIVE and stage.analysis.inconclusive is not Inconclusive.WAIT:
+        outcome = AnalysisOutcome.PASS if stage.analysis.inconclusive is Inconclusive.PASS else AnalysisOutcome.FAIL
     measured = Event(EventKind.MEASUREMENT, record.step, f"step {record.step + 1}: {stage.label}: {verdict.outcome.value}"
                      f"{'' if outcome is verdict.outcome else f' (counted as {outcome.value})'}: {verdict.reason}",
                      {"outcome": outcome.value, **verdict.figures})
-    if outcome is Outcome.PASS:
+    if outcome is AnalysisOutcome.PASS:
         return _next(record, plan, now, measured)
-    if outcome is Outcome.FAIL:
+    if outcome is AnalysisOutcome.FAIL:
         failures = record.failures + 1
         if failures >= stage.analysis.failure_limit:
             aborted = abort(replace(record, failures=failures), f"analysis failed: {verdict.reason}")

@@ -1,8 +1,9 @@
 """A rollout's timeline if all goes well: the new revision's weight over time, the total duration, the manual
 gates and the longest exposure of users to an unchecked new revision. Pure; shown by `fnctl plan`.
 
-It follows the controller's semantics (fnctl.rollout.machine): times are offsets from the rollout's start, manual gates
-count as 0 s, and an analysis lasts until its first passing measurement (estimated from `expectedTraffic`).
+It is derived from the controller's own stages (`fnctl.rollout.machine.stages`), so it cannot read a strategy
+differently: times are offsets from the rollout's start, manual gates count as 0 s, and an analysis lasts until its
+first passing measurement (estimated from `expectedTraffic`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fnctl.manifest.model import Analysis, Inconclusive, Rollout, Step, StepKind, Strategy
+from fnctl.manifest.model import Analysis, Inconclusive, Rollout, Strategy
 from fnctl.manifest.units import format_duration
+from fnctl.rollout.machine import Stage, StageKind, stages
 
 
 class PhaseKind(StrEnum):
@@ -69,14 +71,10 @@ class Timeline:
 
 
 def timeline(rollout: Rollout) -> Timeline:
-    if rollout.strategy is Strategy.CANARY:
-        phases = _canary(rollout)
-    elif rollout.strategy is Strategy.BLUE_GREEN:
-        phases = _blue_green(rollout)
-    elif rollout.strategy is Strategy.AB_TEST:
-        phases = _ab_test(rollout)
-    else:
+    if rollout.strategy is Strategy.IMMEDIATE:
         phases = [Phase(PhaseKind.PROMOTE, 0.0, 0.0, 100, "switch")]
+    else:
+        phases = _phases(rollout, stages(rollout))
     if rollout.strategy is not Strategy.AB_TEST:  # an A/B test ends with a gate: its winner is not known yet
         end = phases[-1].end
         phases.append(Phase(PhaseKind.SCALE_DOWN, end, rollout.scale_down_delay, 100, "old revision warm (scaleDownDelay)"))
@@ -85,53 +83,59 @@ def timeline(rollout: Rollout) -> Timeline:
     return Timeline(rollout.strategy, tuple(phases), phases[-1].end, gates, _longest_exposure(phases))
 
 
-def _canary(rollout: Rollout) -> list[Phase]:
-    phases: list[Phase] = []
+def _phases(rollout: Rollout, plan: tuple[Stage, ...]) -> list[Phase]:
+    """The controller's stages laid out in time: each one starts where the previous one ended."""
+    strategy = rollout.strategy
+    canary = strategy is Strategy.CANARY  # only a canary's stages are the manifest's steps, one for one
+    words = _WORDS[strategy]
+    phases = [Phase(PhaseKind.PREVIEW, 0.0, 0.0, 0, "preview")] if strategy is Strategy.BLUE_GREEN else []
     at, weight = 0.0, 0
-    for number, step in enumerate(rollout.steps, 1):
-        phase = _canary_phase(step, number, at, weight, rollout.expected_traffic)
-        weight = phase.weight
-        at = phase.end
+    for index, stage in enumerate(plan):
+        number = index + 1 if canary else None
+        if stage.kind is StageKind.WEIGHTS:
+            weight = sum(percent for ref, percent in stage.weights if ref == "new")
+            if canary:  # an A/B test's variants show in its gate, which names them
+                phases.append(Phase(PhaseKind.SET_WEIGHT, at, 0.0, weight, "setWeight", step=number))
+            continue
+        if stage.kind is StageKind.ANALYSIS:
+            assert stage.analysis is not None
+            phase = Phase(PhaseKind.ANALYSIS, at, analysis_seconds(stage.analysis, weight, rollout.expected_traffic),
+                          weight, words.analysis, step=number)
+        elif stage.seconds is None:
+            gate_kind = PhaseKind.VARIANTS if strategy is Strategy.AB_TEST else PhaseKind.PAUSE
+            phase = Phase(gate_kind, at, None, weight, words.gate or _variants_what(rollout), gate=True, step=number)
+        elif not stage.from_start:
+            phase = Phase(PhaseKind.PAUSE, at, stage.seconds, weight, "pause", step=number)
+        elif stage.seconds > at:  # counted from the rollout's start, and never ends before the stages before it
+            phase = Phase(PhaseKind.PAUSE, at, stage.seconds - at, weight, words.pause, step=number)
+        else:
+            continue
         phases.append(phase)
-    if weight < 100:  # after the last step the new revision takes 100%, whatever the last setWeight said
+        at = phase.end
+    if strategy is not Strategy.AB_TEST and weight < 100:
+        # after the last stage the new revision takes 100%, whatever the last setWeight said
         phases.append(Phase(PhaseKind.PROMOTE, at, 0.0, 100, "promote"))
     return phases
 
 
-def _canary_phase(step: Step, number: int, at: float, weight: int, traffic: float | None) -> Phase:
-    if step.kind is StepKind.SET_WEIGHT:
-        return Phase(PhaseKind.SET_WEIGHT, at, 0.0, step.weight or 0, "setWeight", step=number)
-    if step.kind is StepKind.PAUSE:
-        if step.pause is None:
-            return Phase(PhaseKind.PAUSE, at, None, weight, "pause: promote", gate=True, step=number)
-        return Phase(PhaseKind.PAUSE, at, step.pause, weight, "pause", step=number)
-    assert step.analysis is not None
-    return Phase(PhaseKind.ANALYSIS, at, analysis_seconds(step.analysis, weight, traffic), weight, "analysis",
-                 step=number)
+@dataclass(frozen=True)
+class _Words:
+    """How a strategy's manifest names its stages, for the phases' `what`."""
+
+    analysis: str = "analysis"
+    gate: str = ""  # "": the A/B test's gate, which names its variants
+    pause: str = "pause"  # a pause counted from the rollout's start
 
 
-def _blue_green(rollout: Rollout) -> list[Phase]:
-    phases = [Phase(PhaseKind.PREVIEW, 0.0, 0.0, 0, "preview")]
-    at = 0.0
-    if rollout.pre_promotion_analysis is not None:  # the preview gets pinned traffic only: one interval
-        seconds = analysis_seconds(rollout.pre_promotion_analysis, 0, None)
-        phases.append(Phase(PhaseKind.ANALYSIS, at, seconds, 0, "prePromotionAnalysis"))
-        at += seconds
-    if not rollout.auto_promotion_enabled:
-        phases.append(Phase(PhaseKind.PAUSE, at, None, 0, "preview: promote", gate=True))
-    else:  # autoPromotionSeconds counts from the preview's start, and never before the analysis passed
-        promote_at = max(at, float(rollout.auto_promotion_seconds or 0))
-        if promote_at > at:
-            phases.append(Phase(PhaseKind.PAUSE, at, promote_at - at, 0, "autoPromotionSeconds"))
-        at = promote_at
-    phases.append(Phase(PhaseKind.PROMOTE, at, 0.0, 100, "promote"))
-    return phases
+_WORDS = {
+    Strategy.CANARY: _Words(gate="pause: promote"),
+    Strategy.BLUE_GREEN: _Words("prePromotionAnalysis", "preview: promote", "autoPromotionSeconds"),
+    Strategy.AB_TEST: _Words(),
+}
 
 
-def _ab_test(rollout: Rollout) -> list[Phase]:
-    weight = sum(v.weight for v in rollout.variants if v.revision == "new")
-    shares = ", ".join(f"{v.name} {v.weight}% ({v.revision})" for v in rollout.variants)
-    return [Phase(PhaseKind.VARIANTS, 0.0, None, weight, f"A/B test: {shares}", gate=True)]
+def _variants_what(rollout: Rollout) -> str:
+    return "A/B test: " + ", ".join(f"{v.name} {v.weight}% ({v.revision})" for v in rollout.variants)
 
 
 def analysis_seconds(analysis: Analysis, weight: int, traffic: float | None) -> float:

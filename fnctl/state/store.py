@@ -435,9 +435,6 @@ class Store:
             with self.transaction():
                 yield
 
-    def audit_log(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        return self.audit_records(AuditFilter(target=target), limit)
-
     def audit_records(self, where: AuditFilter, limit: int = 100) -> list[AuditEntry]:
         """Deploy audit records matching `where`, newest first."""
         sql, params = where.sql(target_column="target", actor_column="actor")

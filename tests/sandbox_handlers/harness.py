@@ -21,7 +21,9 @@ import docker.errors
 import yaml
 from polling import wait_until as poll
 
+from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project, load_project
+from fnctl.manifest.validate import validate_paths
 
 HERE = Path(__file__).resolve().parent
 PROBES = HERE / "probes"
@@ -50,6 +52,13 @@ def write_project(root: Path, name: str, base_image: str, functions: Mapping[str
         document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": function}, "spec": spec}
         (manifests / f"{function}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return load_project(root)
+
+
+def find_function(project: Project, name: str) -> Function:
+    """The function `name` of the project's manifests, validated as `fnctl apply` would."""
+    result = validate_paths(project)
+    assert result.ok, [d.render() for d in result.diagnostics]
+    return next(f for f in result.state.functions if f.name == name)
 
 
 def build_wheel(workdir: Path) -> Path:
