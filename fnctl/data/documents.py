@@ -804,3 +804,8 @@ def _decode_cursor(cursor: str, keys: tuple[tuple[str, bool], ...]) -> tuple[Any
         raise BadFilter("the cursor is not one this API gave")
     return tuple(values)
 
+
+
+def stored_spec(collection: Collection) -> dict[str, Any]:
+    """A Collection's spec as the data store keeps it (what `apply`'s diff compares with the live one)."""
+    return _stored_spec(collection)
