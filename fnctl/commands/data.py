@@ -181,14 +181,24 @@ def _current(txn: Txn, collection: str, id: str) -> Document | None:
 
 def patch(s: Session, collection: str, id: str, merge: Any, *, if_match: int | None, force: bool) -> Document:
     known(s, collection)
+    if not isinstance(merge, dict):
+        raise BadInput("a merge patch is a JSON object")
+    _need_version(if_match, force, "patch")
     with reported():
-        return s.plane.patch(s.caller, collection, id, merge, if_match=if_match, require_if_match=not force)
+        return s.plane.patch(s.caller, collection, id, merge, if_match=if_match)
 
 
 def remove(s: Session, collection: str, id: str, *, if_match: int | None, force: bool) -> None:
     known(s, collection)
+    _need_version(if_match, force, "delete")
     with reported():
-        s.plane.delete(s.caller, collection, id, if_match=if_match, require_if_match=not force)
+        s.plane.delete(s.caller, collection, id, if_match=if_match)
+
+
+def _need_version(if_match: int | None, force: bool, verb: str) -> None:
+    if if_match is None and not force:
+        raise BadInput(f"to {verb} a document, pass --if-match VERSION (its current version: `fnctl data get`), "
+                       "or --force")
 
 
 # -- NDJSON --------------------------------------------------------------------------------------------------
@@ -271,9 +281,9 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
                        detail="\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])))
     for items, done in _batches(lines if lines is not None else _lines(source), batch):
         txn = s.plane.transaction(s.caller)
+        if not check_first:
+            _stage_batch(txn, collection, items, bare, report)
         try:
-            if not check_first:
-                _stage_batch(txn, collection, items, bare, report)
             with reported():
                 if check_first:
                     for _, line in items:
