@@ -155,7 +155,7 @@ class Collection:
 
     def find(self, filter: Any = None, *, order: Any = None, limit: int | None = None,
              cursor: str | None = None) -> dict[str, Any]:
-        """`{"items": [documents], "cursor": "..." | None}`: pass the cursor back for the next page."""
+        """`{"documents": [documents], "cursor": "..." | None}`: pass the cursor back for the next page."""
         return self._call("db.find", self._query(filter, order, limit, cursor))  # type: ignore[no-any-return]
 
     async def afind(self, filter: Any = None, *, order: Any = None, limit: int | None = None,

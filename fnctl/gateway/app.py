@@ -36,7 +36,7 @@ from fnctl.gateway.auth import (
     authorize,
     may_pin,
 )
-from fnctl.gateway.broker import caller_of
+from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,

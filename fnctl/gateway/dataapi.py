@@ -20,7 +20,7 @@ from fnctl.data.caller import Caller
 from fnctl.data.documents import DEFAULT_LIMIT, MAX_LIMIT, Document, WriteOp
 from fnctl.data.errors import PROBLEM_BASE, DataError
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
-from fnctl.gateway.broker import caller_of
+from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.request import Call, Reject, check_header_size, dumps, request_id
 from fnctl.invocation import strictjson
 
