@@ -394,7 +394,10 @@ class Txn:
                              now, self.caller.subject, pending.text)
         row = self.plane.store.get(collection, self.caller.tenant, id)
         if self.record:
-            self.reads.setdefault((collection, id), row.version if row else 0)
+            version = row.version if row else 0
+            if self.reads.setdefault((collection, id), version) != version:
+                # Read twice, changed between: what this transaction decided on is stale already.
+                raise Conflict("a concurrent write changed what this transaction read; retry it")
         return row
 
     def get(self, collection: str, id: str) -> Document:
