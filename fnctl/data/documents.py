@@ -394,7 +394,10 @@ class Txn:
                              now, self.caller.subject, pending.text)
         row = self.plane.store.get(collection, self.caller.tenant, id)
         if self.record:
-            self.reads.setdefault((collection, id), row.version if row else 0)
+            version = row.version if row else 0
+            if self.reads.setdefault((collection, id), version) != version:
+                # Read twice, changed between: what this transaction decided on is stale already.
+                raise Conflict("a concurrent write changed what this transaction read; retry it")
         return row
 
     def get(self, collection: str, id: str) -> Document:
@@ -577,7 +580,10 @@ class Txn:
         if not self.writes:
             return []
         caller = self.caller
-        reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items() if (c, i) not in self.writes]
+        # A written document's read is checked too when the write is based on a later version than the one
+        # first read (read at v1, changed meanwhile, patched at v2): else that write would silently lose an update.
+        reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items()
+                 if (c, i) not in self.writes or self.writes[(c, i)].expected != v]
         writes = [StoredWrite(p.op, p.collection, p.id, p.expected, p.text,
                               p.before, p.idempotency_key) for p in self.writes.values()]
         try:

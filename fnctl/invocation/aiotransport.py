@@ -28,6 +28,7 @@ from fnctl.invocation.transport import (
     TransportError,
     TransportTimeout,
     _expect,
+    call_error,
     check_first_frame,
     encode_frame,
 )
@@ -317,7 +318,6 @@ class AsyncTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
+            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": call_error(exc)})
         if self._transport is not None:
             self._transport.write(frame)

@@ -46,6 +46,23 @@ INVOKE_GRACE = 1.0  # seconds past the deadline a reply may still arrive (queuei
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 CallHandler = Callable[[str, str, dict[str, Any]], Any]
+
+
+class CallFailed(Exception):
+    """Raised by an `on_call` handler to answer a `call` with a typed error: the reply's `error` is
+    `{"type": type_, "message": message, **fields}` (e.g. a data error's status and problem details)."""
+
+    def __init__(self, type_: str, message: str, fields: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.type, self.message, self.fields = type_, message, dict(fields or {})
+
+    def reply_error(self) -> dict[str, Any]:
+        return {**self.fields, "type": self.type, "message": self.message}
+
+
+def call_error(exc: Exception) -> dict[str, Any]:
+    """The `error` of a failed `call`'s reply."""
+    return exc.reply_error() if isinstance(exc, CallFailed) else {"type": type(exc).__name__, "message": str(exc)}
 # Whether the process with this pid (the connecting peer, from SO_PEERCRED) is the runtime we mean to talk to.
 PeerCheck = Callable[[int], bool]
 
@@ -565,8 +582,7 @@ class UnixSocketTransport:
                                   params if isinstance(params, dict) else {})
             frame = encode_frame({"type": "reply", "id": call_id, "ok": True, "result": result})
         except Exception as exc:  # any failure of the handler is the caller's error, never the reader's
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": error})
+            frame = encode_frame({"type": "reply", "id": call_id, "ok": False, "error": call_error(exc)})
         try:
             self._send(frame)
         except OSError:

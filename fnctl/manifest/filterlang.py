@@ -32,6 +32,7 @@ MAX_NODES = 256
 MAX_IN = 1000
 MAX_FIELD_LENGTH = 256
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLAIN = re.compile(r"\$?[A-Za-z0-9_-]+")
 
 
 class Op(StrEnum):
@@ -113,7 +114,7 @@ class FilterError(ValueError):
 def render_path(path: Path) -> str:
     out = "$"
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if _SEGMENT.fullmatch(part) else f"[{part!r}]")
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if _PLAIN.fullmatch(part) else f"[{part!r}]")
     return out
 
 

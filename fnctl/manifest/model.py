@@ -295,6 +295,15 @@ def build(doc: Document, defaults: Limits) -> Item:
     return Policy(name, roles, doc)
 
 
+def parse_policy(name: str, spec: dict[str, Any], doc: Document | None = None) -> Policy:
+    """A Policy from its spec (as the store keeps the live resources). Raises ParseError."""
+    roles = {role: Grant(tuple(g.get("invoke", ())),
+                         _targets(g.get("read", ()), ("spec", "roles", role, "read")),
+                         _targets(g.get("write", ()), ("spec", "roles", role, "write")))
+             for role, g in spec.get("roles", {}).items()}
+    return Policy(name, roles, doc)
+
+
 def _targets(raw: Any, at: tuple[str | int, ...]) -> tuple[str | RowRule, ...]:
     out: list[str | RowRule] = []
     for i, item in enumerate(raw):
