@@ -41,8 +41,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PROTOCOL = 1
 MIB = 1 << 20
@@ -58,10 +59,163 @@ _REAL_STDERR = sys.stderr
 class CallbackError(Exception):
     """The host answered a `context.call` / `context.acall` with an error."""
 
-    def __init__(self, type: str, message: str) -> None:
+    def __init__(self, type: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message
+        self.details: dict[str, Any] = details or {}  # the reply's whole error object (status, problem...)
+
+
+# ---- context.db: the data plane, over `call` frames --------------------------------------------
+
+
+class DataError(CallbackError):
+    """A data-plane call failed; `status` is the HTTP status the REST API would answer, `problem` the RFC 9457
+    problem details (`violations`: each schema violation with its JSON path)."""
+
+    def __init__(self, type: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(type, message, details)
+        status = self.details.get("status")
+        self.status = status if isinstance(status, int) else 500
+        problem = self.details.get("problem")
+        self.problem: dict[str, Any] = problem if isinstance(problem, dict) else {}
+        violations = self.problem.get("violations")
+        self.violations: list[Any] = violations if isinstance(violations, list) else []
+
+
+class NotFound(DataError):
+    """No such document, or one the caller may not read (the two are never told apart)."""
+
+
+class Conflict(DataError):
+    """A version changed under us: a stale `if_version`, a unique index, or a procedure's conflict."""
+
+
+class LimitExceeded(DataError):
+    """Over the invocation's limits (`limits.dbOperations`, documents scanned, bytes)."""
+
+
+class Forbidden(DataError):
+    """The caller may not write this collection at all."""
+
+
+class Invalid(DataError):
+    """Bad input: a schema violation, a bad filter or id, an unknown collection, a document too large."""
+
+
+_DATA_ERRORS: dict[str, type[DataError]] = {
+    "NotFound": NotFound, "Conflict": Conflict, "PreconditionFailed": Conflict, "LimitExceeded": LimitExceeded,
+    "Forbidden": Forbidden, "Invalid": Invalid,
+}
+_DATA_STATUS: dict[int, type[DataError]] = {404: NotFound, 409: Conflict, 412: Conflict, 429: LimitExceeded,
+                                             403: Forbidden}
+
+
+def _data_error(exc: CallbackError) -> CallbackError:
+    """The typed error of a failed `db.*` call (a connection lost or a timeout stays a CallbackError)."""
+    status = exc.details.get("status")
+    if not isinstance(status, int):
+        return exc
+    cls = _DATA_ERRORS.get(exc.type) or _DATA_STATUS.get(status) or (Invalid if 400 <= status < 500 else DataError)
+    return cls(exc.type, exc.message, exc.details)
+
+
+def _version(if_version: Any) -> dict[str, Any]:
+    return {} if if_version is None else {"if_version": if_version}
+
+
+class Collection:
+    """`context.db["orders"]`: one collection, read and written with the caller's rights. Each method has an
+    async form, prefixed with `a` (`await context.db["orders"].aget(id)`). Documents come back as
+    `{"id", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "data"}`."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self._db, self.name = db, name
+
+    def _call(self, method: str, params: dict[str, Any]) -> Any:
+        return self._db._call(method, {"collection": self.name, **params})
+
+    async def _acall(self, method: str, params: dict[str, Any]) -> Any:
+        return await self._db._acall(method, {"collection": self.name, **params})
+
+    def get(self, id: str) -> dict[str, Any]:
+        return self._call("db.get", {"id": id})  # type: ignore[no-any-return]
+
+    async def aget(self, id: str) -> dict[str, Any]:
+        return await self._acall("db.get", {"id": id})  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _query(filter: Any, order: Any, limit: Any, cursor: Any) -> dict[str, Any]:
+        query: dict[str, Any] = {"filter": filter if filter is not None else {}}
+        if order is not None:
+            query["order"] = order
+        if limit is not None:
+            query["limit"] = limit
+        if cursor is not None:
+            query["cursor"] = cursor
+        return query
+
+    def find(self, filter: Any = None, *, order: Any = None, limit: int | None = None,
+             cursor: str | None = None) -> dict[str, Any]:
+        """`{"documents": [documents], "cursor": "..." | None}`: pass the cursor back for the next page."""
+        return self._call("db.find", self._query(filter, order, limit, cursor))  # type: ignore[no-any-return]
+
+    async def afind(self, filter: Any = None, *, order: Any = None, limit: int | None = None,
+                    cursor: str | None = None) -> dict[str, Any]:
+        return await self._acall("db.find", self._query(filter, order, limit, cursor))  # type: ignore[no-any-return]
+
+    def insert(self, doc: Any, *, id: str | None = None) -> dict[str, Any]:
+        return self._call("db.insert", {"document": doc, **({} if id is None else {"id": id})})  # type: ignore[no-any-return]
+
+    async def ainsert(self, doc: Any, *, id: str | None = None) -> dict[str, Any]:
+        return await self._acall("db.insert", {"document": doc, **({} if id is None else {"id": id})})  # type: ignore[no-any-return]
+
+    def update(self, id: str, patch: Any, *, if_version: int | None = None) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7396): `null` removes a field."""
+        return self._call("db.update", {"id": id, "patch": patch, **_version(if_version)})  # type: ignore[no-any-return]
+
+    async def aupdate(self, id: str, patch: Any, *, if_version: int | None = None) -> dict[str, Any]:
+        return await self._acall("db.update", {"id": id, "patch": patch, **_version(if_version)})  # type: ignore[no-any-return]
+
+    def replace(self, id: str, doc: Any, *, if_version: int | None = None) -> dict[str, Any]:
+        return self._call("db.replace", {"id": id, "document": doc, **_version(if_version)})  # type: ignore[no-any-return]
+
+    async def areplace(self, id: str, doc: Any, *, if_version: int | None = None) -> dict[str, Any]:
+        return await self._acall("db.replace", {"id": id, "document": doc, **_version(if_version)})  # type: ignore[no-any-return]
+
+    def delete(self, id: str, *, if_version: int | None = None) -> None:
+        self._call("db.delete", {"id": id, **_version(if_version)})
+
+    async def adelete(self, id: str, *, if_version: int | None = None) -> None:
+        await self._acall("db.delete", {"id": id, **_version(if_version)})
+
+
+class Database:
+    """`context.db`: `context.db["orders"]` is a Collection; the error types are its attributes too
+    (`except context.db.NotFound:`)."""
+
+    DataError, NotFound, Conflict, LimitExceeded, Forbidden, Invalid = (
+        DataError, NotFound, Conflict, LimitExceeded, Forbidden, Invalid)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def __getitem__(self, name: str) -> Collection:
+        if not isinstance(name, str) or not name:
+            raise TypeError("a collection name is a non-empty string")
+        return Collection(self, name)
+
+    def _call(self, method: str, params: dict[str, Any]) -> Any:
+        try:
+            return self._context.call(method, params)
+        except CallbackError as exc:
+            raise _data_error(exc) from None
+
+    async def _acall(self, method: str, params: dict[str, Any]) -> Any:
+        try:
+            return await self._context.acall(method, params)
+        except CallbackError as exc:
+            raise _data_error(exc) from None
 
 
 @dataclass(frozen=True)
@@ -339,6 +493,7 @@ class Context:
         self.deadline = deadline
         self.caller: dict[str, Any] | None = caller if isinstance(caller, dict) else None
         self.logger = server.logger
+        self.db = Database(self)
         self._conn = conn
 
     def remaining_time(self) -> float:
@@ -357,7 +512,7 @@ class Context:
         try:
             return future.result()
         except CallbackError as exc:
-            raise CallbackError(exc.type, exc.message) from None  # a fresh traceback: no runtime frames
+            raise CallbackError(exc.type, exc.message, exc.details) from None  # a fresh traceback: no runtime frames
 
     async def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await self._conn.call(self.invocation_id, method, params or {}, self.deadline)
@@ -450,7 +605,7 @@ class _Connection(asyncio.Protocol):
         else:
             error = message.get("error")
             error = error if isinstance(error, dict) else {}
-            future.set_exception(CallbackError(str(error.get("type", "Error")), str(error.get("message", ""))))
+            future.set_exception(CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error))
 
 
 class Server:

@@ -1012,3 +1012,16 @@ def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
     live.err.seek(0)
     events = [json.loads(line).get("message") for line in live.err.read().splitlines() if line.startswith("{")]
     assert [e for e in events if e in ("listening", "draining", "stopped")] == ["listening", "draining", "stopped"]
+
+
+def test_revision_info_reads_the_data_settings_of_a_spec() -> None:
+    from fnctl.gateway.router import DataSettings, revision_info
+
+    plain = revision_info(1, {"limits": {"timeout": 2}})
+    assert plain.data == DataSettings() and plain.data.db_operations == 1000 and not plain.data.rerunnable
+    procedure = revision_info(2, {"runAs": "function", "transaction": {"retries": 5},
+                                  "limits": {"dbOperations": 10}})
+    assert procedure.data == DataSettings(run_as_function=True, transaction=True, retries=5, db_operations=10)
+    assert procedure.data.rerunnable
+    default_retries = revision_info(3, {"transaction": {}, "network": "egress"}).data
+    assert default_retries.retries == 3 and default_retries.egress and not default_retries.rerunnable

@@ -356,6 +356,9 @@ class LocalHost:
         process = self.processes[slot.id]
         return lambda pid: pid == process.pid
 
+    def on_call(self, function: str, revision: int) -> None:
+        return None  # no data plane: a handler's `context.call` is answered "callbacks not supported"
+
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
         self.stopped.append(slot.id)
         process = self.processes[slot.id]

@@ -405,6 +405,79 @@ def test_callbacks_round_trip_to_the_host(start_runtime: StartRuntime, source: s
                                    + [(f"inv-{n}", "fail", {}) for n in range(8)])
 
 
+DB_SYNC = """
+def handler(event, context):
+    orders = context.db["orders"]
+    made = orders.insert({"total": 3}, id="o1")
+    page = orders.find({"total": {"$gt": 1}}, order=["total"], limit=5)
+    orders.update("o1", {"total": 4}, if_version=1)
+    orders.replace("o1", {"total": 5})
+    orders.delete("o1", if_version=3)
+    caught = []
+    for kind in ("NotFound", "Conflict", "PreconditionFailed", "LimitExceeded", "Forbidden", "Invalid", "Odd"):
+        try:
+            orders.get(kind)
+        except context.db.DataError as exc:
+            caught.append([type(exc).__name__, exc.status, exc.violations,
+                           isinstance(exc, (context.db.NotFound, context.db.Conflict, context.db.LimitExceeded,
+                                            context.db.Forbidden, context.db.Invalid))])
+    return {"made": made, "page": page, "caught": caught}
+"""
+DB_ASYNC = DB_SYNC.replace("def handler", "async def handler").replace("orders.", "await orders.a").replace(
+    "await orders.afind", "await orders.afind")
+
+
+@pytest.mark.parametrize("source", [DB_SYNC, DB_ASYNC], ids=["sync", "async"])
+def test_context_db_sends_call_frames_and_raises_typed_errors(start_runtime: StartRuntime, source: str) -> None:
+    from fnctl.invocation.protocol import CallFailed
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    statuses = {"NotFound": 404, "Conflict": 409, "PreconditionFailed": 412, "LimitExceeded": 429,
+                "Forbidden": 403, "Invalid": 400, "Odd": 422}
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        calls.append((method, params))
+        if method == "db.get":
+            kind = params["id"]
+            problem = {"status": statuses[kind], "violations": [{"path": "$.total"}] if kind == "Invalid" else []}
+            raise CallFailed(kind, f"{kind} happened", {"status": statuses[kind], "problem": problem})
+        if method == "db.find":
+            return {"items": [], "cursor": None}
+        return {"id": "o1", "version": 1, "data": params.get("document")}
+
+    rt = start_runtime({"main.py": source}, on_call=on_call)
+    reply = rt.invoke({})
+    assert reply.error is None, reply.error
+    assert reply.result["made"] == {"id": "o1", "version": 1, "data": {"total": 3}}
+    assert reply.result["page"] == {"items": [], "cursor": None}
+    assert reply.result["caught"] == [
+        ["NotFound", 404, [], True], ["Conflict", 409, [], True], ["Conflict", 412, [], True],
+        ["LimitExceeded", 429, [], True], ["Forbidden", 403, [], True],
+        ["Invalid", 400, [{"path": "$.total"}], True], ["Invalid", 422, [], True]]
+    assert calls[:5] == [
+        ("db.insert", {"collection": "orders", "document": {"total": 3}, "id": "o1"}),
+        ("db.find", {"collection": "orders", "filter": {"total": {"$gt": 1}}, "order": ["total"], "limit": 5}),
+        ("db.update", {"collection": "orders", "id": "o1", "patch": {"total": 4}, "if_version": 1}),
+        ("db.replace", {"collection": "orders", "id": "o1", "document": {"total": 5}}),
+        ("db.delete", {"collection": "orders", "id": "o1", "if_version": 3}),
+    ]
+
+
+def test_uncaught_data_errors_name_their_type(start_runtime: StartRuntime) -> None:
+    from fnctl.invocation.protocol import CallFailed
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        raise CallFailed("NotFound", "no document orders/x", {"status": 404})
+
+    rt = start_runtime({"main.py": "def handler(event, context):\n    return context.db['orders'].get('x')\n"},
+                       on_call=on_call)
+    reply = rt.invoke({})
+    assert reply.error is not None
+    assert (reply.error.kind, reply.error.type) == (ErrorKind.HANDLER_ERROR, "NotFound")
+    assert "no document orders/x" in reply.error.message
+    assert "fnctl_runtime.py" not in reply.error.traceback
+
+
 def test_uncaught_callback_errors_and_missing_host_handler(start_runtime: StartRuntime) -> None:
     rt = start_runtime({"main.py": "def handler(event, context):\n    return context.call('db.get', {'k': 1})\n"})
     reply = rt.invoke({})

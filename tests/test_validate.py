@@ -127,7 +127,7 @@ CASES: dict[str, list[str]] = {
     "envelope-binary-file": ["manifests/logo.yaml:1:1: $: file is binary, not YAML text"],
     "envelope-wrong-api-version": [f"{F}:1:13: $.apiVersion: unsupported apiVersion 'apps/v1' (expected fnctl/v1)"],
     "envelope-unknown-kind": [f"{F}:2:7: $.kind: unknown kind 'Deployment' (expected one of Function, View, Trigger, "
-                              "Policy)"],
+                              "Policy, Collection)"],
     # YAML itself
     "yaml-python-tag": [f"{F}:10:15: $.spec.env.GREETING: YAML tag !!python/object/apply:os.system is not allowed: "
                         "manifests may only use plain mappings, lists, strings, numbers, booleans and null"],

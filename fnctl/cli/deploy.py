@@ -26,7 +26,7 @@ def diff_command(
     prune: Annotated[bool, typer.Option("--prune", help="Count functions no longer in the manifests as changes (as `apply --prune` would delete them).")] = False,
     output: OutputOpt = Output.TEXT,
 ) -> None:
-    """Show what apply would change: per function create / update / delete / unchanged, field by field, and drift.
+    """Show what apply would change: per function and per Collection create / update / delete / unchanged, field by field, and drift.
 
     Exit 0 when nothing would change, 1 when something would, 2 on bad input. A function no longer in the
     manifests is shown as a delete, which counts as a change only with --prune (apply keeps it otherwise).
@@ -38,9 +38,10 @@ def diff_command(
     from fnctl.deploy.diff import has_changes
     from fnctl.manifest.project import load_project
 
-    changes, live = compute_diff(load_project(), deploy_options(state), paths)
-    render_diff(changes, live, output, prune=prune)
-    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=prune) else ExitCode.OK)
+    changes, live, collections = compute_diff(load_project(), deploy_options(state), paths)
+    render_diff(changes, live, output, prune=prune, collections=collections)
+    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=prune, collections=collections)
+                     else ExitCode.OK)
 
 
 @app.command("plan")
@@ -72,8 +73,8 @@ def plan_command(
 def apply_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Manifests, or one plan file made by `fnctl plan -f`.", show_default=False)] = None,
     state: StateOpt = None, lock_timeout: LockOpt = 60.0,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions and drop collections that are no longer in the manifests (a collection that holds documents also needs --force).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined); with --prune, drop collections that still hold documents.")] = False,
     allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Deploy from a git work tree with uncommitted changes (recorded as dirty).")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` or `fnctl rollout status -w` carries them on.")] = False,
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long (e.g. 15m): exit 1.", show_default=False)] = None,
@@ -81,6 +82,9 @@ def apply_command(
 ) -> None:
     """Deploy the manifests: build images, start and health-check new revisions, roll them out, stop the old.
 
+    Collections are created or updated (indexes added or dropped; a schema change applies to new writes) before
+    any function deploys; one that is no longer declared is kept unless --prune, and one that still holds
+    documents is dropped only with --prune --force (else exit 2, nothing changed).
     Idempotent: unchanged functions are left alone; drift (dead or altered instances, removed images) is healed.
     A function with a canary, blueGreen or abTest rollout is followed until it completes, rolls back or pauses
     at a gate (a live view on a terminal; `-o ndjson` prints every rollout event as a JSON line for CI logs).

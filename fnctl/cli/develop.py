@@ -9,7 +9,7 @@ import typer
 
 from fnctl.cli.options import PathsArg
 from fnctl.cli.render import Output, OutputOpt, console
-from fnctl.errors import ExitCode
+from fnctl.errors import BadInput, ExitCode
 
 app = typer.Typer()
 
@@ -62,6 +62,7 @@ def invoke(
     state: Annotated[Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)] = None,
     key: Annotated[Optional[str], typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False)] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")] = False,
+    data_from: Annotated[Optional[Path], typer.Option("--data-from", metavar="STATE", help="With --local: context.db uses this state store's data (default: the project's local data file).", show_default=False)] = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Invoke a function and print its result; exit 0 on success, 1 on a function error or limit.
@@ -75,6 +76,7 @@ def invoke(
       fnctl invoke --local hello --data '{"name": "you"}' --logs
       echo '{"name": "ci"}' | fnctl invoke --local manifests/demo/hello.yaml --keep-warm
       fnctl invoke hello --revision 3 -d @event.json --key "$FNCTL_KEY"
+      fnctl invoke --local orders-report --data-from ~/.local/state/fnctl/shop.db
     """
     from fnctl.cli.render import Progress, render_outcome
     from fnctl.commands.local import invoke_local
@@ -82,6 +84,8 @@ def invoke(
     from fnctl.manifest.project import load_project
 
     event, size = read_event(data)
+    if data_from is not None and not local:
+        raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
     if not local:
         from fnctl.commands.invoke import invoke_deployed
 
@@ -90,7 +94,8 @@ def invoke(
         render_outcome(outcome, output=output, show_logs=logs, warm=warm)
         raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
     with Progress(quiet=output is Output.JSON) as progress:
-        result = invoke_local(load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress)
+        result = invoke_local(load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress,
+                              data_from=data_from)
     render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
     raise typer.Exit(ExitCode.OK if result.outcome.ok else ExitCode.FAILED)
 

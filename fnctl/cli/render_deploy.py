@@ -14,9 +14,9 @@ from typing import Any
 from fnctl.cli.render import Output, console, err_console, print_json
 from fnctl.commands.apply import ApplyReport
 from fnctl.commands.functions import FunctionStatus, age, revision_json
-from fnctl.deploy.diff import Change, ChangeKind, LiveState
+from fnctl.deploy.diff import Change, ChangeKind, CollectionChange, LiveState
 from fnctl.deploy.lock import Holder, waiting_words
-from fnctl.deploy.plan import change_to_json
+from fnctl.deploy.plan import change_to_json, collection_change_to_json
 from fnctl.rollout.timeline import timeline_from_json, timeline_lines
 from fnctl.state.store import Revision
 
@@ -30,9 +30,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune: bool = False) -> None:
+def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune: bool = False,
+                collections: list[CollectionChange] | None = None) -> None:
+    collections = collections or []
     if output is Output.JSON:
-        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans), "prune": prune})
+        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans), "prune": prune,
+                    "collections": [collection_change_to_json(c) for c in collections]})
         return
     out = console()
     for change in changes:
@@ -49,8 +52,24 @@ def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune
             out.print(f"    [magenta]drift: {drift.kind.value}: {drift.detail}[/magenta]")
     for orphan in live.orphans:
         out.print(f"[magenta]drift: orphan container {orphan[:12]} (labelled for this project, unknown to the store)[/magenta]")
+    for coll in collections:
+        colour, sign = _COLOURS[coll.kind], _SIGNS[coll.kind]
+        held = f"{coll.documents} document{'s' if coll.documents != 1 else ''}"
+        where = ""
+        if coll.kind is ChangeKind.DELETE:
+            where = f" ({held}): not in the manifests; " + (
+                "kept unless --prune" if not prune else "dropped with --prune" + (" --force" if coll.documents else ""))
+        out.print(f"[{colour}]{sign} collection {coll.name}: {coll.kind.value}{where}[/{colour}]", highlight=False)
+        if coll.kind is ChangeKind.UPDATE or (coll.kind is ChangeKind.CREATE and out.is_terminal):
+            for field in coll.fields:
+                out.print(f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
+                          markup=True, highlight=False)
     counts = {k: sum(1 for c in changes if c.kind is k) for k in ChangeKind}
-    out.print(", ".join(f"{n} {k.value}" for k, n in counts.items()))
+    line = ", ".join(f"{n} {k.value}" for k, n in counts.items())
+    if collections:
+        kinds = {k: sum(1 for c in collections if c.kind is k) for k in ChangeKind}
+        line += "; collections: " + ", ".join(f"{n} {k.value}" for k, n in kinds.items())
+    out.print(line)
 
 
 def render_plan(document: dict[str, Any], written: Path | None) -> None:
@@ -58,7 +77,8 @@ def render_plan(document: dict[str, Any], written: Path | None) -> None:
     if not document["steps"]:
         out.print("nothing to do: the live state matches the manifests")
     for index, step in enumerate(document["steps"], 1):
-        target = f"{step['function']}: " if step["function"] else ""
+        name = step.get("collection") or step["function"]
+        target = f"{name}: " if name else ""
         out.print(f"{index:>3}. {target}{step['kind']}" + (f" ({step['detail']})" if step["detail"] else ""))
     for name, data in document.get("timelines", {}).items():  # a plan file from an older fnctl has none
         found = timeline_from_json(data)
@@ -100,7 +120,7 @@ def apply_json(report: ApplyReport) -> dict[str, Any]:
     return {"type": "apply", "ok": not report.failed, "exitCode": int(report.exit_code),
             "recovered": report.recovered,
             "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
-                         "message": o.message, "detail": o.detail} for o in report.outcomes],
+                         "message": o.message, "detail": o.detail, "kind": o.kind} for o in report.outcomes],
             "rollouts": [snapshot_json(s) for s in report.rollouts]}
 
 

@@ -16,9 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from fnctl.deploy import executor, pickup
 from fnctl.deploy.desired import DeploySpec
-from fnctl.deploy.diff import Change, ChangeKind, Desired, DriftKind, LiveState, diff
+from fnctl.deploy.diff import (
+    Change,
+    ChangeKind,
+    CollectionChange,
+    Desired,
+    DriftKind,
+    LiveState,
+    diff,
+    diff_collections,
+    refused_drops,
+)
 from fnctl.deploy.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
-from fnctl.deploy.session import Options, Progress, desired_specs, desired_state, session
+from fnctl.deploy.session import Options, Progress, desired_state, session
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.gitops.gitrepo import WorkTree, work_tree
 from fnctl.manifest.model import DesiredState
@@ -38,6 +48,7 @@ class FunctionOutcome:
     revision: int | None = None
     message: str = ""
     detail: str | None = None
+    kind: str = "function"  # or "collection" (then `function` holds the collection's name)
 
 
 @dataclass
@@ -61,10 +72,11 @@ class ApplyReport:
 
 
 def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
-    """Make the store's triggers, views and policies those of the manifests (the gateway serves them);
+    """Make the store's triggers, views, policies and collections those of the manifests (the gateway serves them);
     returns what changed, in words. Unchanged kinds are not rewritten, so a no-op apply writes nothing."""
     changed = []
-    for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies)):
+    for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies),
+                        ("Collection", state.collections)):
         # Stored as the manifest's spec, as written: its shape is the manifest format's (schemas/, apiVersion
         # fnctl/v1), never a Python value's, and the gateway reads it as such.
         wanted = {item.name: item.document.data["spec"] for item in items if item.document is not None}
@@ -78,27 +90,36 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
 
 
 def compute_diff(project: Project, options: Options, paths: list[Path] | None,
-                 progress: Progress = lambda _: None) -> tuple[list[Change], LiveState]:
-    """`fnctl diff`: read-only, no lock."""
-    changes, live, _ = _diff_with_specs(project, options, paths, progress)
-    return changes, live
+                 progress: Progress = lambda _: None) -> tuple[list[Change], LiveState, list[CollectionChange]]:
+    """`fnctl diff`: read-only, no lock (and no data file created)."""
+    changes, live, _, collections = _diff_with_specs(project, options, paths, progress)
+    return changes, live, collections
 
 
 def _diff_with_specs(project: Project, options: Options, paths: list[Path] | None,
-                     progress: Progress = lambda _: None) -> tuple[list[Change], LiveState, list[DeploySpec]]:
+                     progress: Progress = lambda _: None
+                     ) -> tuple[list[Change], LiveState, list[DeploySpec], list[CollectionChange]]:
     from fnctl.deploy.live import read_live
 
     with session(project, options, "diff", progress, mutating=False) as ctx:
-        specs, _ = desired_specs(project, ctx.store, paths)
+        specs, _, state = desired_state(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
-    return diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live, specs
+    return (diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live, specs,
+            diff_collections(desired_collections(state), live))
+
+
+def desired_collections(state: DesiredState) -> dict[str, dict[str, Any]]:
+    """The manifests' collections as the data store keeps their specs."""
+    from fnctl.data.documents import stored_spec
+
+    return {c.name: stored_spec(c) for c in state.collections}
 
 
 def make_plan_file(project: Project, options: Options, paths: list[Path] | None) -> dict[str, Any]:
     """`fnctl plan -o plan.json`: the plan (with each rollout's timeline) plus what it was made against."""
-    changes, live, specs = _diff_with_specs(project, options, paths)
+    changes, live, specs, collections = _diff_with_specs(project, options, paths)
     plan = make_plan(project.name, changes, live, prune=options.prune,
-                     rollouts={s.name: s.function.rollout for s in specs})
+                     rollouts={s.name: s.function.rollout for s in specs}, collections=collections)
     document = plan_to_json(plan, live_summary(live))
     document["paths"] = [str(p.resolve()) for p in paths] if paths else None
     return document
@@ -150,15 +171,18 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
     before = pickup.change_mark(ctx.store)
     live = read_live(ctx.store, project.name)
     if plan_file is not None:
-        _check_plan(plan_file, project.name, live, specs)
+        _check_plan(plan_file, project.name, live, specs, state)
     recovered = executor.recover(ctx, live.orphans)
     if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
         live = read_live(ctx.store, project.name)
     changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
+    collections = [] if preview else diff_collections(desired_collections(state), live)
     plan = make_plan(project.name, changes, live, prune=options.prune,
-                     rollouts={s.name: s.function.rollout for s in specs})
+                     rollouts={s.name: s.function.rollout for s in specs}, collections=collections)
     _refuse_quarantined(changes, live, options.force)
+    _refuse_drops(collections, options)
     report = ApplyReport(plan, recovered=recovered)
+    report.outcomes += sync_collections(ctx, state, collections, options)
     by_name = {s.name: s for s in specs}
     watermark = ctx.store.last_rollout_event_id()
     for change in changes:
@@ -177,6 +201,58 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
     _routable(ctx, before)
     report.rollouts = _follow_rollouts(ctx, project, options, set(by_name), watermark, on_event, on_tick)
     return report
+
+
+class NonEmptyCollection(BadInput):
+    """apply --prune would drop collections that still hold documents, without --force."""
+
+
+def _refuse_drops(collections: list[CollectionChange], options: Options) -> None:
+    refused = refused_drops(collections, prune=options.prune, force=options.force)
+    if refused:
+        raise NonEmptyCollection(
+            "refusing to drop collections that still hold documents: " +
+            ", ".join(f"{c.name} ({c.documents} document{'s' if c.documents != 1 else ''})" for c in refused) +
+            "\nData is never dropped silently: export it first (`fnctl data export NAME`), or pass "
+            "--prune --force to drop the collections with their documents.")
+
+
+def sync_collections(ctx: executor.Context, state: DesiredState, collections: list[CollectionChange],
+                     options: Options) -> list[FunctionOutcome]:
+    """Create, update and (with --prune) drop the data store's collections, in one transaction of the data
+    file, each audited. Nothing to do (and no data file created) when no collection changes."""
+    from fnctl.data.documents import DataPlane
+    from fnctl.state import docstore
+
+    acting = [c for c in collections if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE)
+              or (c.kind is ChangeKind.DELETE and options.prune)]
+    if not acting:
+        return []
+    store = docstore.connect(docstore.data_path(ctx.store.path))
+    try:
+        result = DataPlane(store, lambda: ()).sync_collections(state.collections, options.prune, options.force)
+    except FnctlError as exc:
+        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="collections", target="(collections)",
+                        outcome="failed", **ctx.git_fields, detail=exc.message)
+        return [FunctionOutcome("(collections)", "sync", False, None, exc.message, kind="collection")]
+    finally:
+        store.close()
+    by_name = {c.name: c for c in collections}
+    outcomes = []
+    for action, names in (("create", result.created), ("update", result.updated), ("drop", result.dropped)):
+        for name in names:
+            change = by_name.get(name)
+            if action == "update" and change is not None:
+                message = "updated " + ", ".join(sorted({f.path.split(".")[0] for f in change.fields}))
+            elif action == "drop":
+                held = change.documents if change is not None else 0
+                message = f"dropped with its {held} document{'s' if held != 1 else ''}" if held else "dropped (empty)"
+            else:
+                message = "created"
+            ctx.store.audit(actor=ctx.actor, command=ctx.command, action=f"collection-{action}", target=name,
+                            outcome="ok", **ctx.git_fields, detail=message)
+            outcomes.append(FunctionOutcome(name, f"{action} collection", True, None, message, kind="collection"))
+    return outcomes
 
 
 def _routable(ctx: executor.Context, before: int) -> None:
@@ -218,10 +294,15 @@ def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, 
     return follower.run(options.timeout, settle=options.wait)
 
 
-def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec]) -> None:
+def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec],
+                state: DesiredState) -> None:
     if plan_file.get("project") != project:
         raise BadInput(f"the plan was made for project {plan_file.get('project')!r}, not {project!r}")
     reasons = stale_reasons(plan_file.get("live", {}), live_summary(live))
+    planned = {c["collection"]: c["change"] for c in plan_file.get("collections", [])}  # absent: none
+    now = {c.name: c.kind.value for c in diff_collections(desired_collections(state), live)}
+    if planned != now:
+        reasons.append("the collections to create, update or drop changed since the plan was made")
     wanted = {s.name: s.spec_hash for s in specs}
     if wanted != plan_file.get("desired", {}):
         changed = sorted(n for n in set(wanted) | set(plan_file.get("desired", {}))

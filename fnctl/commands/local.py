@@ -14,18 +14,30 @@ import os
 import secrets as _secrets
 import shutil
 import stat
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fnctl import __version__
+from fnctl.data.caller import Caller
+from fnctl.data.documents import DataPlane
+from fnctl.data.errors import DataError
+from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.errors import BadInput, FnctlError
+from fnctl.gateway.datacalls import Session, answer, call_failed, open_session, parse_policies
+from fnctl.gateway.router import DataSettings
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.loader import MAX_FILE_BYTES, Document, find_manifest_files
-from fnctl.manifest.model import Function, build
+from fnctl.manifest.model import Function, Policy, RunAs, build
 from fnctl.manifest.project import Project
+from fnctl.state import docstore
+from fnctl.state.store import connect as connect_store
 
 if TYPE_CHECKING:
     from fnctl.manifest.model import DesiredState
@@ -69,26 +81,115 @@ def _by_path(target: str) -> bool:
 
 
 def invoke_local(project: Project, target: str, event: Any, payload_size: int, *, keep_warm: bool,
-                 on_progress: Callable[[str], None]) -> LocalResult:
-    """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches."""
+                 on_progress: Callable[[str], None], data_from: Path | None = None) -> LocalResult:
+    """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
+    The handler's `context.db` works on the project's local data file (its collections follow the manifests),
+    or with `data_from` on the data file of that state store (a running one's: its collections and Policies)."""
     tried = ""
     if keep_warm:
         recorded = _recorded_function(project, target)
         if recorded is not None:
             tried = warm_key(recorded, _source(recorded), project.base_image, resolve(recorded, project.root))
-            warm = _invoke_warm(recorded, tried, event, payload_size)
+            with LocalData.open(project, data_from, None) as data:
+                warm = _invoke_warm(recorded, tried, event, payload_size, data)
             if warm is not None:
                 return LocalResult(recorded.name, warm, warm=True)
-    function = _validated_function(project, target, record=keep_warm)
+    function, state = _validated_function(project, target, record=keep_warm)
     source = _source(function)
     secret_values = resolve(function, project.root)
     key = warm_key(function, source, project.base_image, secret_values)
-    if keep_warm and key != tried:  # not twice: a socket that never answers costs its connect timeout
-        warm = _invoke_warm(function, key, event, payload_size)
-        if warm is not None:
-            return LocalResult(function.name, warm, warm=True)
-    return _invoke_cold(project, function, source, secret_values, key, event, payload_size,
-                        keep_warm=keep_warm, on_progress=on_progress)
+    with LocalData.open(project, data_from, state) as data:
+        if keep_warm and key != tried:  # not twice: a socket that never answers costs its connect timeout
+            warm = _invoke_warm(function, key, event, payload_size, data)
+            if warm is not None:
+                return LocalResult(function.name, warm, warm=True)
+        return _invoke_cold(project, function, source, secret_values, key, event, payload_size, data,
+                            keep_warm=keep_warm, on_progress=on_progress)
+
+
+class LocalData:
+    """`context.db` for `invoke --local`: the data file (the project's own under the user's cache, or a state
+    store's with `--data-from`), the Policies that apply (the manifests', or the store's live ones), and the
+    calls of one invocation at a time, answered by the gateway broker's `answer` with the same rights,
+    budget and procedure semantics. The caller is the operator running the command (every write is in the
+    change log as `operator:<user>`); under `runAs: function` the function's own role."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.session: Session | None = None
+        self._lock = threading.Lock()  # the transport answers calls on a pool of threads: one at a time here
+
+    @classmethod
+    @contextmanager
+    def open(cls, project: Project, data_from: Path | None, state: DesiredState | None) -> Iterator[LocalData]:
+        if data_from is not None:
+            if not data_from.exists():
+                raise BadInput(f"--data-from {data_from}: no state store there")
+            documents = docstore.connect(docstore.data_path(data_from))
+            plane = DataPlane(documents, _store_policies(data_from))
+        else:
+            documents = docstore.connect(local_data_path(project))
+            policies = state.policies if state is not None else ()
+            plane = DataPlane(documents, lambda: policies)
+            if state is not None:  # the local file's collections follow the manifests (never dropping data)
+                plane.sync_collections(state.collections, prune=False, force=False)
+        try:
+            yield cls(plane)
+        finally:
+            documents.close()
+
+    def begin(self, function: Function) -> None:
+        settings = DataSettings(run_as_function=function.run_as is RunAs.FUNCTION,
+                                transaction=function.transaction is not None,
+                                retries=0, db_operations=function.db_operations)
+        self.session = open_session(self.plane, Caller.operator(actor()), function.name, None, settings)
+
+    def on_call(self, invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        with self._lock:
+            if self.session is None:
+                raise CallFailed("NoInvocation", "no invocation is in flight")
+            try:
+                return answer(self.plane, self.session, method, params)
+            except DataError as error:
+                raise call_failed(error) from None
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """The invocation's outcome after its data: a limit it hit fails it; a procedure commits only when
+        the handler returned ok (a conflict fails it: nothing is re-run locally)."""
+        session, self.session = self.session, None
+        if session is None:
+            return outcome
+        if session.exceeded is not None:
+            return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
+                           message=f"LimitExceeded: {session.exceeded.detail_text}")
+        if session.txn is not None:
+            if not outcome.ok:
+                session.txn.rollback()
+                return outcome
+            try:
+                session.txn.commit()
+            except DataError as error:
+                return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
+                               message=f"{type(error).__name__}: {error.detail_text} (nothing was written)")
+        return outcome
+
+
+def local_data_path(project: Project) -> Path:
+    """The project's local data file for `invoke --local`, under the user's cache (one per project root)."""
+    from fnctl.engine.images import cache_dir
+
+    where = hashlib.sha256(os.path.realpath(project.root).encode()).hexdigest()[:16]
+    return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
+
+
+def _store_policies(state_file: Path) -> Callable[[], tuple[Policy, ...]]:
+    """The live Policies of the state store at `state_file`, read once."""
+    store = connect_store(state_file)
+    try:
+        policies = parse_policies(store.resources("Policy"))
+    finally:
+        store.close()
+    return lambda: policies
 
 
 def _source(function: Function) -> Path:
@@ -96,7 +197,7 @@ def _source(function: Function) -> Path:
     return function.document.file.parent / function.source
 
 
-def _invoke_warm(function: Function, key: str, event: Any, payload_size: int) -> Any:
+def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:
     from fnctl.engine import instances
 
     socket_dir = instances.runtime_root() / f"w{key[:11]}"
@@ -111,15 +212,18 @@ def _invoke_warm(function: Function, key: str, event: Any, payload_size: int) ->
         transport.close()
         return None
     instance = instances.Instance(f"w{key[:11]}", container_id, socket_dir, transport, function)
+    transport.on_call = data.on_call
+    data.begin(function)
     try:
-        outcome = instances.invoke(instance, event, payload_size=payload_size)
+        outcome = data.finish(instances.invoke(instance, event, payload_size=payload_size))
     finally:
         transport.close()
     return outcome
 
 
 def _invoke_cold(project: Project, function: Function, source: Path, secret_values: dict[str, str], key: str,
-                 event: Any, payload_size: int, *, keep_warm: bool, on_progress: Callable[[str], None]) -> LocalResult:
+                 event: Any, payload_size: int, data: LocalData, *, keep_warm: bool,
+                 on_progress: Callable[[str], None]) -> LocalResult:
     from fnctl.engine import dockerio, images, instances
     from fnctl.engine.sandbox import labels
 
@@ -137,8 +241,10 @@ def _invoke_cold(project: Project, function: Function, source: Path, secret_valu
     instance = instances.start(function, image=image.tag, revision="local", secret_values=secret_values,
                                labels=labels(project.name, function.name, **extra),
                                instance_id=f"w{key[:11]}" if keep_warm else None)
+    instance.transport.on_call = data.on_call
+    data.begin(function)
     try:
-        outcome = instances.invoke(instance, event, payload_size=payload_size)
+        outcome = data.finish(instances.invoke(instance, event, payload_size=payload_size))
     finally:
         if keep_warm:
             instance.transport.close()
@@ -209,8 +315,9 @@ def _recorded_function(project: Project, target: str) -> Function | None:
     return function
 
 
-def _validated_function(project: Project, target: str, *, record: bool) -> Function:
-    """The function, validated; with `record`, the passing validation is recorded for the next calls."""
+def _validated_function(project: Project, target: str, *, record: bool) -> tuple[Function, DesiredState]:
+    """The function and the desired state, validated; with `record`, the passing validation is recorded for
+    the next calls."""
     manifests = _manifests_digest(project, target) if record else None
     started = time.time_ns()
     function, state = _validate(project, target)
@@ -219,7 +326,7 @@ def _validated_function(project: Project, target: str, *, record: bool) -> Funct
             _write_record(project, target, manifests, function, state, started)
         except OSError:
             pass  # the record only saves time: the next call validates again
-    return function
+    return function, state
 
 
 def _write_record(project: Project, target: str, manifests: str, function: Function, state: DesiredState,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnctl.manifest.model import NO_EXPECTATION, Function, Limits, Scaling
+from fnctl.manifest.model import DEFAULT_DB_OPERATIONS, NO_EXPECTATION, Function, Limits, RunAs, Scaling
 from fnctl.manifest.source import code_hash
 
 # The canonical spec's format. Version 1 carries no version key: adding one would change the hash of every
@@ -55,7 +55,7 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
     digits are kept, as before fnctl stopped salting them: for a function without secrets that value (once
     the hash of the store's salt, now kept in its place) leaves the spec hash, so the revision, unchanged."""
     raw = function.spec
-    return {
+    spec = {
         "runtime": function.runtime,
         "handler": function.handler,
         "source": {"path": function.source, "hash": code},
@@ -77,6 +77,15 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
                         for c in function.health_checks],
         "rollout": raw.get("rollout", {"strategy": "immediate"}),
     }
+    # The data plane's fields join the spec only when set to something else than their default: a function
+    # that does not use them keeps the spec hash, so the revision, it had before they existed.
+    if function.db_operations != DEFAULT_DB_OPERATIONS:
+        spec["limits"]["dbOperations"] = function.db_operations
+    if function.run_as is not RunAs.CALLER:
+        spec["runAs"] = function.run_as.value
+    if function.transaction is not None:
+        spec["transaction"] = {"retries": function.transaction.retries}
+    return spec
 
 
 def _limits_v1(limits: Limits) -> dict[str, Any]:

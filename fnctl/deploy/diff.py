@@ -1,12 +1,13 @@
 """Desired vs live, as pure values: per function create / update / delete / unchanged, the field-level
-changes of its spec, and drift (what the engine shows that the store did not expect).
+changes of its spec, and drift (what the engine shows that the store did not expect); per Collection
+create / update (schema, indexes, limits) / delete, with the documents a delete would drop.
 
 Takes values, returns values: no Docker, no SQLite, no git.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -60,10 +61,20 @@ class LiveFunction:
 
 
 @dataclass(frozen=True)
+class LiveCollection:
+    """A collection as the data store holds it: its stored spec and how many documents it has (all tenants)."""
+
+    name: str
+    spec: dict[str, Any]  # {schema, indexes: [{fields, unique}], limits: {documentSize}}
+    documents: int
+
+
+@dataclass(frozen=True)
 class LiveState:
     functions: dict[str, LiveFunction]
     orphans: tuple[str, ...] = ()  # container IDs labelled for this project but unknown to the store
     quarantined: dict[str, str] = field(default_factory=dict)  # spec hash → why
+    collections: dict[str, LiveCollection] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,14 @@ class Change:
     spec_hash: str | None
     fields: tuple[FieldChange, ...] = ()
     drift: tuple[Drift, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectionChange:
+    name: str
+    kind: ChangeKind
+    fields: tuple[FieldChange, ...] = ()  # schema.*, indexes, limits.documentSize
+    documents: int = 0  # the live collection's documents (what a delete would drop)
 
 
 _MISSING: Any = object()
@@ -158,6 +177,35 @@ def drift_of(function: LiveFunction) -> Iterator[Drift]:
         yield Drift(DriftKind.TOO_FEW_INSTANCES, f"{healthy} of {wanted} instances running", revision=function.stable)
 
 
-def has_changes(changes: list[Change], live: LiveState, *, prune: bool = True) -> bool:
+def diff_collections(desired: Mapping[str, dict[str, Any]], live: LiveState) -> list[CollectionChange]:
+    """One CollectionChange per collection on either side, sorted by name. `desired`: name → the spec as the
+    data store keeps it (`fnctl.data.documents.stored_spec`), so that equal means unchanged."""
+    changes: list[CollectionChange] = []
+    for name in sorted(set(desired) | set(live.collections)):
+        want, have = desired.get(name), live.collections.get(name)
+        if want is None:
+            assert have is not None
+            changes.append(CollectionChange(name, ChangeKind.DELETE, (), have.documents))
+        elif have is None:
+            changes.append(CollectionChange(name, ChangeKind.CREATE, tuple(field_changes({}, want))))
+        elif have.spec == want:
+            changes.append(CollectionChange(name, ChangeKind.UNCHANGED, (), have.documents))
+        else:
+            changes.append(CollectionChange(name, ChangeKind.UPDATE, tuple(field_changes(have.spec, want)),
+                                            have.documents))
+    return changes
+
+
+def refused_drops(collections: list[CollectionChange], *, prune: bool, force: bool) -> list[CollectionChange]:
+    """The deletes an apply must refuse: collections that still hold documents, unless --prune --force."""
+    if not prune or force:
+        return []
+    return [c for c in collections if c.kind is ChangeKind.DELETE and c.documents > 0]
+
+
+def has_changes(changes: list[Change], live: LiveState, *, prune: bool = True,
+                collections: list[CollectionChange] | None = None) -> bool:
     return bool(live.orphans) or any(
-        (c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)) or c.drift for c in changes)
+        (c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)) or c.drift for c in changes
+    ) or any(c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)
+             for c in collections or ())

@@ -8,12 +8,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-from fnctl.deploy.diff import LiveFunction, LiveInstance, LiveState
+from fnctl.deploy.diff import LiveCollection, LiveFunction, LiveInstance, LiveState
 from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
 from fnctl.rollout.machine import ACTIVE
 from fnctl.rollout.weights import stable_revision
+from fnctl.state import docstore
 from fnctl.state.store import InstanceRow, Revision, RevisionStatus, Store
 
 Row = TypeVar("Row", Revision, InstanceRow)
@@ -59,7 +60,20 @@ def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
     orphans = unknown_containers(listed, rows)
     quarantined = {r.spec_hash: f"{r.function} revision {r.number}: {r.reason}"
                    for rs in revisions.values() for r in rs if r.status is RevisionStatus.QUARANTINED}
-    return LiveState(functions, orphans, quarantined)
+    return LiveState(functions, orphans, quarantined, read_collections(store))
+
+
+def read_collections(store: Store) -> dict[str, LiveCollection]:
+    """The collections of the data file beside the store, with their document counts; none when there is no
+    data file yet (reading does not create one)."""
+    path = docstore.data_path(store.path)
+    if not path.exists():
+        return {}
+    data = docstore.connect(path)
+    try:
+        return {name: LiveCollection(name, row.spec, data.count(name)) for name, row in data.collections().items()}
+    finally:
+        data.close()
 
 
 def unknown_containers(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[InstanceRow]) -> tuple[str, ...]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeGuard
 
-from fnctl.deploy.diff import Change, ChangeKind, DriftKind, LiveState
+from fnctl.deploy.diff import Change, ChangeKind, CollectionChange, DriftKind, LiveState
 from fnctl.manifest.model import Rollout, Strategy
 from fnctl.rollout.timeline import Timeline, timeline, timeline_summary, timeline_to_json
 
@@ -32,6 +32,9 @@ class PlanStepKind(StrEnum):
     HEAL = "heal"
     REMOVE_ORPHANS = "remove orphan containers"
     DELETE = "delete function"
+    CREATE_COLLECTION = "create collection"
+    UPDATE_COLLECTION = "update collection"
+    DROP_COLLECTION = "drop collection"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class PlanStep:
     kind: PlanStepKind
     function: str
     detail: str = ""
+    collection: str = ""  # the collection a collection step acts on (function is then "")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Plan:
     desired_hashes: dict[str, str] = field(default_factory=dict)  # function → spec hash it was planned with
     prune: bool = False
     timelines: dict[str, Timeline] = field(default_factory=dict)  # function → its progressive rollout (updates)
+    collections: tuple[CollectionChange, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -57,16 +62,35 @@ class Plan:
 
 
 def make_plan(project: str, changes: list[Change], live: LiveState, *, prune: bool,
-              rollouts: Mapping[str, Rollout] | None = None) -> Plan:
-    """`rollouts`: each desired function's rollout; without one, a function switches all its traffic at once."""
+              rollouts: Mapping[str, Rollout] | None = None, collections: Sequence[CollectionChange] = ()) -> Plan:
+    """`rollouts`: each desired function's rollout; without one, a function switches all its traffic at once.
+    Collections are created and updated before any function deploys (a health check may read them) and
+    dropped (with --prune) after."""
     steps: list[PlanStep] = []
     if live.orphans:
         steps.append(PlanStep(PlanStepKind.REMOVE_ORPHANS, "", f"{len(live.orphans)} container(s) unknown to the store"))
+    steps += [s for c in collections if c.kind is not ChangeKind.DELETE for s in _collection_steps(c, prune)]
     timelines = _timelines(changes, rollouts or {})
     for change in changes:
         steps += _steps_for(change, prune, timelines.get(change.function))
+    steps += [s for c in collections if c.kind is ChangeKind.DELETE for s in _collection_steps(c, prune)]
     desired = {c.function: c.spec_hash for c in changes if c.spec_hash is not None}
-    return Plan(project, tuple(changes), tuple(steps), live_fingerprint(live), desired, prune, timelines)
+    return Plan(project, tuple(changes), tuple(steps), live_fingerprint(live), desired, prune, timelines,
+                tuple(collections))
+
+
+def _collection_steps(change: CollectionChange, prune: bool) -> list[PlanStep]:
+    name = change.name
+    if change.kind is ChangeKind.CREATE:
+        return [PlanStep(PlanStepKind.CREATE_COLLECTION, "", "table and indexes", name)]
+    if change.kind is ChangeKind.UPDATE:
+        what = sorted({f.path.split(".")[0] for f in change.fields})
+        return [PlanStep(PlanStepKind.UPDATE_COLLECTION, "", ", ".join(what) + " (a schema change applies to new writes)"
+                     if "schema" in what else ", ".join(what), name)]
+    if change.kind is ChangeKind.DELETE and prune:
+        held = f"{change.documents} document{'s' if change.documents != 1 else ''}"
+        return [PlanStep(PlanStepKind.DROP_COLLECTION, "", f"{held}; needs --force" if change.documents else "empty", name)]
+    return []
 
 
 def _timelines(changes: list[Change], rollouts: Mapping[str, Rollout]) -> dict[str, Timeline]:
@@ -110,6 +134,9 @@ def live_summary(live: LiveState) -> dict[str, Any]:
         },
         "orphans": sorted(live.orphans),
         "quarantined": sorted(live.quarantined),
+        # Only when there are collections: the plan file of a project without any keeps its format-1 shape.
+        **({"collections": {name: hashlib.sha256(json.dumps(c.spec, sort_keys=True).encode()).hexdigest()[:16]
+                            for name, c in sorted(live.collections.items())}} if live.collections else {}),
     }
 
 
@@ -119,14 +146,21 @@ def plan_to_json(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
         "format": PLAN_FORMAT, "project": plan.project, "prune": plan.prune,
         "liveFingerprint": plan.live_fingerprint, "live": summary, "desired": plan.desired_hashes,
         "changes": [change_to_json(c) for c in plan.changes],
-        "steps": [{"kind": s.kind.value, "function": s.function, "detail": s.detail} for s in plan.steps],
+        "steps": [{"kind": s.kind.value, "function": s.function, "detail": s.detail,
+                   **({"collection": s.collection} if s.collection else {})} for s in plan.steps],
         "timelines": {name: timeline_to_json(t) for name, t in plan.timelines.items()},
+        **({"collections": [collection_change_to_json(c) for c in plan.collections]} if plan.collections else {}),
     }
 
 
 def is_plan_file(document: object) -> TypeGuard[dict[str, Any]]:
     """Whether `document` is a plan file in the format this fnctl reads."""
     return isinstance(document, dict) and document.get("format") == PLAN_FORMAT
+
+
+def collection_change_to_json(change: CollectionChange) -> dict[str, Any]:
+    return {"collection": change.name, "change": change.kind.value, "documents": change.documents,
+            "fields": [{"path": f.path, "old": f.old, "new": f.new} for f in change.fields]}
 
 
 def change_to_json(change: Change) -> dict[str, Any]:
@@ -156,4 +190,6 @@ def stale_reasons(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
         reasons.append("orphan containers changed")
     if recorded.get("quarantined") != current.get("quarantined"):
         reasons.append("quarantined revisions changed")
+    if recorded.get("collections", {}) != current.get("collections", {}):
+        reasons.append("collections changed in the data store")
     return reasons

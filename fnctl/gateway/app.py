@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
+from fnctl.data.errors import DataError
 from fnctl.gateway import router
 from fnctl.gateway.auth import (
     ANONYMOUS,
@@ -35,6 +36,7 @@ from fnctl.gateway.auth import (
     authorize,
     may_pin,
 )
+from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -64,6 +66,7 @@ __all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
 if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.gateway.audit import AuditLog
     from fnctl.gateway.auth import Authenticator
+    from fnctl.gateway.broker import Broker
     from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.pools import PoolManager
 
@@ -83,8 +86,9 @@ class Gateway:
 
     def __init__(self, *, pool: PoolManager, authenticator: Authenticator, metrics: Metrics, audit: AuditLog,
                  source: TableSource, limits: GatewayLimits = GatewayLimits(),
-                 identity: Mapping[str, str] | None = None) -> None:
+                 identity: Mapping[str, str] | None = None, broker: Broker | None = None) -> None:
         self.pool, self.authenticator, self.metrics, self.audit = pool, authenticator, metrics, audit
+        self.broker = broker  # the data plane's side of the instances' `call` frames (None: no data plane)
         self.limits = limits
         self.tables = TableFollower(source, pool, limits.reload_interval)
         self.identity = dict(identity or {})
@@ -227,7 +231,7 @@ class Gateway:
             raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": "1"})
         self._active[call.function] = active + 1
         try:
-            return await self._call_pool(call, info, event, principal.as_caller()), revision
+            return await self._run(call, info, event, principal), revision
         finally:
             self._active[call.function] -= 1
 
@@ -295,8 +299,44 @@ class Gateway:
             # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
             raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
 
+    async def _run(self, call: Call, info: router.RevisionInfo, event: Any, principal: Principal) -> PoolResult:
+        """One invocation, with its data session when the gateway serves data: the caller, budget and (for a
+        procedure) transaction its `context.db` calls use. A procedure's writes are committed when the handler
+        returned ok, and dropped when it failed, timed out or went over a limit; on a conflict it is run again
+        when that is safe (no egress), up to `retries` times, else answered 409."""
+        broker = self.broker
+        if broker is None:
+            return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
+        settings = info.data
+        caller = caller_of(principal)
+        attempts = 1 + (settings.retries if settings.rerunnable else 0)
+        for attempt in range(attempts):
+            # The request id, unless a request in flight already uses it (a client may choose it) or this is a
+            # re-run: a session is found by its invocation id, which must name one invocation only.
+            invocation = call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
+            assert call.revision is not None
+            session = broker.open(invocation, call.function, call.revision, caller, settings)
+            try:
+                result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
+                if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
+                    raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}",
+                                 "error")
+                if session.txn is None or not result.outcome.ok:
+                    return result  # a failed procedure's buffered writes are dropped with its session
+                try:
+                    await broker.commit(session)
+                except DataError as error:
+                    if error.status == 409 and attempt + 1 < attempts:
+                        continue
+                    raise Reject(error.status, f"{error.title}: {error.detail_text}",
+                                 "error") from None
+                return result
+            finally:
+                broker.close(invocation)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def _call_pool(self, call: Call, info: router.RevisionInfo, event: Any,
-                         caller: dict[str, Any]) -> PoolResult:
+                         caller: dict[str, Any], invocation: str) -> PoolResult:
         assert call.revision is not None
         self.metrics.inflight(call.function, call.revision, 1)
         task = asyncio.current_task()
@@ -304,7 +344,7 @@ class Gateway:
         self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
         try:
             return await self.pool.invoke(call.function, call.revision, event, caller=caller,
-                                          request_id=call.request_id)
+                                          request_id=invocation)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the client went away, or the gateway is stopping
@@ -373,7 +413,7 @@ class Gateway:
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
-            outcome = (await self._call_pool(call, info, event, call.principal.as_caller())).outcome
+            outcome = (await self._run(call, info, event, call.principal)).outcome
             status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
             call.outcome = audit_outcome(outcome)
         except Reject as reject:
@@ -426,6 +466,10 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", gateway.handle_health)
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
+    if gateway.broker is not None:
+        from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
+
+        DataApi(gateway, gateway.broker).add_routes(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)
 
     async def started(_: web.Application) -> None:

@@ -29,6 +29,7 @@ from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
 from fnctl.gateway.revisionpool import Overloaded, PoolResult, PoolStats, RevisionPool, Slot, Target, Unavailable
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
+from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.transport import PeerCheck, container_peer
 from fnctl.manifest.project import Project
@@ -166,6 +167,8 @@ class PoolManager:
         self.grace_seconds = grace_seconds
         self.queue_limit = queue_limit
         self.closing = False
+        # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
+        self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
         self.actions = DockerActions(store_path, project)
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
@@ -271,6 +274,9 @@ class PoolManager:
 
     def peer_check(self, slot: Slot) -> PeerCheck:
         return container_peer(slot.container_id)
+
+    def on_call(self, function: str, revision: int) -> AsyncCallHandler | None:
+        return None if self.call_handler is None else self.call_handler(function, revision)
 
     async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
         try:

@@ -22,7 +22,7 @@ from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
-from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
+from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
 from fnctl.invocation.transport import PeerCheck, TransportTimeout
@@ -119,6 +119,8 @@ class Host(Protocol):
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
+
+    def on_call(self, function: str, revision: int) -> AsyncCallHandler | None: ...
 
     def peer_check(self, slot: Slot) -> PeerCheck:
         """Who may connect as `slot`'s runtime (its container's processes)."""
@@ -333,6 +335,7 @@ class RevisionPool:
 
     async def _attach(self, slot: Slot) -> None:
         transport = AsyncTransport(slot.socket_dir, peer=self.host.peer_check(slot),
+                                   on_call=self.host.on_call(self.target.function.name, self.target.revision),
                                    max_request=self.target.function.limits.payload)
         try:
             await transport.connect(timeout=ATTACH_TIMEOUT)

@@ -138,6 +138,34 @@ class StickyBy(StrEnum):
 
 
 @dataclass(frozen=True)
+class DataSettings:
+    """How a revision's invocations use the data plane: `runAs`, `transaction`, `limits.dbOperations`, and
+    whether it has egress (a procedure that met a conflict is re-run only without it)."""
+
+    run_as_function: bool = False
+    transaction: bool = False
+    retries: int = 0
+    db_operations: int = 1000
+    egress: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> DataSettings:
+        txn = spec.get("transaction")
+        limits = spec.get("limits") or {}
+        return cls(run_as_function=spec.get("runAs") == "function", transaction=isinstance(txn, Mapping),
+                   retries=int(txn.get("retries", 3)) if isinstance(txn, Mapping) else 0,
+                   db_operations=int(limits.get("dbOperations", 1000)), egress=spec.get("network") == "egress")
+
+    @property
+    def rerunnable(self) -> bool:
+        """May a procedure that met a conflict run again? Only when it cannot have acted outside."""
+        return self.transaction and not self.egress
+
+
+NO_DATA_SETTINGS = DataSettings()
+
+
+@dataclass(frozen=True)
 class RevisionInfo:
     """What the gateway needs of one invocable revision (from its canonical spec)."""
 
@@ -145,6 +173,7 @@ class RevisionInfo:
     timeout: float
     payload: int
     roles: tuple[str, ...]
+    data: DataSettings = NO_DATA_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -194,7 +223,7 @@ EMPTY = Table({}, (), {})
 def revision_info(number: int, spec: Mapping[str, Any]) -> RevisionInfo:
     limits = spec.get("limits") or {}
     return RevisionInfo(number, float(limits.get("timeout", 10.0)), int(limits.get("payload", 6 * 2**20)),
-                        tuple((spec.get("access") or {}).get("roles", ())))
+                        tuple((spec.get("access") or {}).get("roles", ())), DataSettings.from_spec(spec))
 
 
 def stickiness(spec: Mapping[str, Any]) -> tuple[StickyBy | None, str | None]:

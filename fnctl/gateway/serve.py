@@ -20,11 +20,14 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_request import BaseRequest
 
+from fnctl.data.documents import DataPlane
 from fnctl.errors import BadInput
 from fnctl.gateway.app import GATEWAY, Gateway, GatewayLimits, make_app
+from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
 from fnctl.gateway.table import StoreTable
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
+from fnctl.state import docstore
 from fnctl.state.store import connect
 
 log = logging.getLogger("fnctl.serve")
@@ -288,9 +291,21 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     identity = {"project": project.name, "store": store.id}
     store.close()
     pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
-    return Gateway(pool=pool, authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
-                   metrics=Metrics(), audit=AuditLog(store_path), source=StoreTable(store_path),
-                   limits=options.limits, identity=identity)
+    gateway = Gateway(pool=pool, authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
+                      metrics=Metrics(), audit=AuditLog(store_path), source=StoreTable(store_path),
+                      limits=options.limits, identity=identity)
+    gateway.broker = data_broker(store_path, gateway)
+    pool.call_handler = gateway.broker.handler_for
+    return gateway
+
+
+def data_broker(store_path: Path, gateway: Gateway) -> Broker:
+    """The data plane the gateway serves (REST under /v1/, the instances' `context.db` calls): the data file
+    beside the state store, the collections `apply` put there, and the live Policies of the routing table."""
+    plane = DataPlane(docstore.connect(docstore.data_path(store_path)),
+                      LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
+                      StateAudit(store_path))
+    return Broker(plane)
 
 
 async def _serve(project: Project, store_path: Path, options: ServeOptions) -> None:
@@ -354,6 +369,8 @@ async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Even
 async def _close(gateway: Gateway) -> None:
     await asyncio.to_thread(gateway.audit.close)
     gateway.authenticator.close()
+    if gateway.broker is not None:
+        await asyncio.to_thread(gateway.broker.close_all)
     source = gateway.tables.source
     if isinstance(source, StoreTable):
         source.close()

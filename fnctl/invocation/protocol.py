@@ -205,9 +205,22 @@ def reply_frame(call_id: Any, result: Any) -> bytes:
     return encode_frame({"type": MessageType.REPLY, "id": call_id, "ok": True, "result": result})
 
 
+class CallFailed(Exception):
+    """Raised by an `on_call` handler to answer a `call` with a typed error: the reply's `error` is
+    `{"type": type_, "message": message, **fields}` (e.g. a data error's status and problem details)."""
+
+    def __init__(self, type_: str, message: str, fields: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.type, self.message, self.fields = type_, message, dict(fields or {})
+
+    def reply_error(self) -> dict[str, Any]:
+        return {**self.fields, "type": self.type, "message": self.message}
+
+
 def reply_error_frame(call_id: Any, exc: BaseException) -> bytes:
-    """A `call` that failed: the handler sees an error of this type and message (never a traceback)."""
-    error = {"type": type(exc).__name__, "message": str(exc)}
+    """A `call` that failed: the handler sees an error of this type and message (never a traceback), with a
+    `CallFailed`'s fields (e.g. a data error's status and problem details)."""
+    error = exc.reply_error() if isinstance(exc, CallFailed) else {"type": type(exc).__name__, "message": str(exc)}
     return encode_frame({"type": MessageType.REPLY, "id": call_id, "ok": False, "error": error})
 
 

@@ -54,6 +54,8 @@ from fnctl.invocation.protocol import (
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 CallHandler = Callable[[str, str, dict[str, Any]], Any]
+
+
 # Whether the process with this pid (the connecting peer, from SO_PEERCRED) is the runtime we mean to talk to.
 PeerCheck = Callable[[int], bool]
 

@@ -17,14 +17,17 @@ from typing import Any
 
 from fnctl.manifest.diagnostics import display_path
 from fnctl.manifest.model import (
+    MAX_DOCUMENT_SIZE,
     MAX_LIMITS,
     MIN_MEMORY,
+    Collection,
     DesiredState,
     Finding,
     Function,
     Isolation,
     Kind,
     Policy,
+    RowRule,
     Trigger,
     TriggerType,
     View,
@@ -54,7 +57,39 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
             for i, target in enumerate(grant.invoke):
                 if target != "*":
                     yield from _reference(policy, ("spec", "roles", role, "invoke", i), target, functions)
+    collections = {c.name for c in state.collections}
+    for collection in state.collections:
+        yield from check_collection(collection)
+    if state.collections:  # references are checked once the project declares collections at all
+        for policy in state.policies:
+            for role, grant in policy.roles.items():
+                for key in ("read", "write"):
+                    for i, item in enumerate(getattr(grant, key)):
+                        name = item.collection if isinstance(item, RowRule) else item
+                        if name != "*" and name not in collections:
+                            where: tuple[str | int, ...] = ("spec", "roles", role, key, i)
+                            if isinstance(item, RowRule):
+                                where += ("collection",)
+                            yield policy, where, f"collection {name!r} is not defined in these manifests"
     yield from _route_collisions(state.triggers)
+
+
+def check_collection(collection: Collection) -> Iterator[Finding]:
+    """Its schema is a JSON Schema; index fields are dotted paths (checked when parsed), no index twice."""
+    if collection.schema is not None:
+        problem = check_json_schema(collection.schema)
+        if problem:
+            yield collection, ("spec", "schema"), problem
+    seen: dict[tuple[str, ...], int] = {}
+    for i, index in enumerate(collection.indexes):
+        if index.fields in seen:
+            yield collection, ("spec", "indexes", i), f"duplicate index on {', '.join(index.fields)} (same as index {seen[index.fields]})"
+        seen.setdefault(index.fields, i)
+        if len(set(index.fields)) != len(index.fields):
+            yield collection, ("spec", "indexes", i, "fields"), "an index names each field once"
+    if collection.document_size > MAX_DOCUMENT_SIZE:
+        yield (collection, ("spec", "limits", "documentSize"),
+               f"documentSize is at most {MAX_DOCUMENT_SIZE // 2**20}Mi")
 
 
 def check_function(function: Function, root: Path) -> Iterator[Finding]:
@@ -74,7 +109,8 @@ def check_function(function: Function, root: Path) -> Iterator[Finding]:
 
 def _unique_names(state: DesiredState) -> Iterator[Finding]:
     for kind, items in ((Kind.FUNCTION, state.functions), (Kind.TRIGGER, state.triggers),
-                        (Kind.VIEW, state.views), (Kind.POLICY, state.policies)):
+                        (Kind.VIEW, state.views), (Kind.POLICY, state.policies),
+                        (Kind.COLLECTION, state.collections)):
         seen: dict[str, Any] = {}
         for item in items:
             first = seen.setdefault(item.name, item)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fnctl.manifest.filterlang import Filter, FilterError, render_path, valid_field
+from fnctl.manifest.filterlang import parse as parse_filter
 from fnctl.manifest.loader import Document
 from fnctl.manifest.units import parse_duration, parse_size
 
@@ -19,6 +21,7 @@ class Kind(StrEnum):
     VIEW = "View"
     TRIGGER = "Trigger"
     POLICY = "Policy"
+    COLLECTION = "Collection"
 
 
 class Strategy(StrEnum):
@@ -48,6 +51,11 @@ class Inconclusive(StrEnum):
     WAIT = "wait"
     PASS = "pass"
     FAIL = "fail"
+
+
+class RunAs(StrEnum):
+    CALLER = "caller"
+    FUNCTION = "function"
 
 
 class TriggerType(StrEnum):
@@ -143,6 +151,19 @@ class Rollout:
     expected_traffic: float | None = None
 
 
+DEFAULT_DB_OPERATIONS = 1000
+DEFAULT_TRANSACTION_RETRIES = 3
+DEFAULT_DOCUMENT_SIZE = 2**20
+MAX_DOCUMENT_SIZE = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A procedure: all of one invocation's writes commit when the handler returns, none when it fails."""
+
+    retries: int = DEFAULT_TRANSACTION_RETRIES
+
+
 @dataclass(frozen=True)
 class Function:
     name: str
@@ -163,6 +184,9 @@ class Function:
     rollout: Rollout
     spec: dict[str, Any] = field(compare=False, repr=False)  # as written, for field-level diffs
     document: Document | None = field(default=None, compare=False, repr=False)
+    run_as: RunAs = RunAs.CALLER
+    transaction: Transaction | None = None
+    db_operations: int = DEFAULT_DB_OPERATIONS  # limits.dbOperations (kept out of Limits: see desired.py)
 
 
 @dataclass(frozen=True)
@@ -185,10 +209,38 @@ class View:
 
 
 @dataclass(frozen=True)
+class RowRule:
+    """A `{collection, where}` grant: the rows of `collection` ("*": any) that pass `where` ($caller.* unbound)."""
+
+    collection: str
+    where: Filter
+
+
+@dataclass(frozen=True)
 class Grant:
     invoke: tuple[str, ...] = ()
-    read: tuple[str, ...] = ()
-    write: tuple[str, ...] = ()
+    read: tuple[str | RowRule, ...] = ()
+    write: tuple[str | RowRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Index:
+    fields: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    schema: Any  # a JSON Schema, checked on every write (None: any object)
+    indexes: tuple[Index, ...] = ()
+    document_size: int = DEFAULT_DOCUMENT_SIZE  # limits.documentSize, bytes of the encoded data
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    document: Document | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return {"documentSize": self.document_size}
 
 
 @dataclass(frozen=True)
@@ -204,10 +256,12 @@ class DesiredState:
     triggers: tuple[Trigger, ...] = ()
     views: tuple[View, ...] = ()
     policies: tuple[Policy, ...] = ()
+    collections: tuple[Collection, ...] = ()
 
 
+Item = Function | Trigger | View | Policy | Collection
 # A problem that a semantic check found in a value: the value, the JSON path inside its document, the message.
-Finding = tuple[Function | Trigger | View | Policy, tuple[str | int, ...], str]
+Finding = tuple[Item, tuple[str | int, ...], str]
 
 
 class ParseError(ValueError):
@@ -218,7 +272,7 @@ class ParseError(ValueError):
         self.path = path
 
 
-def build(doc: Document, defaults: Limits) -> Function | Trigger | View | Policy:
+def build(doc: Document, defaults: Limits) -> Item:
     """The typed value of one schema-valid document. Raises ParseError for unparsable durations or sizes."""
     data = doc.data
     name, spec, kind = data["metadata"]["name"], data["spec"], Kind(data["kind"])
@@ -232,9 +286,60 @@ def build(doc: Document, defaults: Limits) -> Function | Trigger | View | Policy
         ttl = _duration(cache["ttl"], ("spec", "cache", "ttl")) if "ttl" in cache else None
         return View(name, spec["function"], ttl, bool(cache.get("perCaller", False)),
                     tuple(spec.get("dependsOn", ())), doc)
-    roles = {role: Grant(tuple(g.get("invoke", ())), tuple(g.get("read", ())), tuple(g.get("write", ())))
+    if kind is Kind.COLLECTION:
+        return parse_collection(name, spec, doc)
+    roles = {role: Grant(tuple(g.get("invoke", ())),
+                         _targets(g.get("read", ()), ("spec", "roles", role, "read")),
+                         _targets(g.get("write", ()), ("spec", "roles", role, "write")))
              for role, g in spec["roles"].items()}
     return Policy(name, roles, doc)
+
+
+def parse_policy(name: str, spec: dict[str, Any], doc: Document | None = None) -> Policy:
+    """A Policy from its spec (as the store keeps the live resources). Raises ParseError."""
+    roles = {role: Grant(tuple(g.get("invoke", ())),
+                         _targets(g.get("read", ()), ("spec", "roles", role, "read")),
+                         _targets(g.get("write", ()), ("spec", "roles", role, "write")))
+             for role, g in spec.get("roles", {}).items()}
+    return Policy(name, roles, doc)
+
+
+def _targets(raw: Any, at: tuple[str | int, ...]) -> tuple[str | RowRule, ...]:
+    out: list[str | RowRule] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict):
+            try:
+                where = parse_filter(item.get("where", {}), caller_refs=True)
+            except FilterError as exc:
+                raise ParseError((*at, i, "where", *exc.path), f"not a filter: {exc.message}") from None
+            out.append(RowRule(item["collection"], where))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def parse_collection(name: str, spec: dict[str, Any], doc: Document | None = None) -> Collection:
+    """A Collection from its spec (also how the data store keeps it). Raises ParseError."""
+    indexes = []
+    for i, raw in enumerate(spec.get("indexes", ())):
+        for j, name_ in enumerate(raw["fields"]):
+            problem = valid_field(name_)
+            if problem:
+                raise ParseError(("spec", "indexes", i, "fields", j), problem)
+        indexes.append(Index(tuple(raw["fields"]), bool(raw.get("unique", False))))
+    limits = spec.get("limits", {})
+    size = (_size(limits["documentSize"], ("spec", "limits", "documentSize")) if "documentSize" in limits
+            else DEFAULT_DOCUMENT_SIZE)
+    return Collection(name, spec.get("schema"), tuple(indexes), size, spec, doc)
+
+
+def filter_problem(raw: Any) -> str | None:
+    """Why `raw` is not a row-rule filter (`$.path: message`), or None."""
+    try:
+        parse_filter(raw, caller_refs=True)
+    except FilterError as exc:
+        return f"{render_path(exc.path)}: {exc.message}"
+    return None
 
 
 def _function(name: str, labels: dict[str, str], spec: dict[str, Any], defaults: Limits,
@@ -256,6 +361,10 @@ def _function(name: str, labels: dict[str, str], spec: dict[str, Any], defaults:
         health_checks=tuple(_check(c, ("spec", "healthCheck", i)) for i, c in enumerate(spec.get("healthCheck", ()))),
         rollout=_rollout(spec.get("rollout", {"strategy": "immediate"})),
         spec=spec, document=doc,
+        run_as=RunAs(spec.get("runAs", "caller")),
+        transaction=(Transaction(spec["transaction"].get("retries", DEFAULT_TRANSACTION_RETRIES))
+                     if "transaction" in spec else None),
+        db_operations=int(spec.get("limits", {}).get("dbOperations", DEFAULT_DB_OPERATIONS)),
     )
 
 

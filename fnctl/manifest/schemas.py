@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # jsonschema is imported only when a value fails its compiled
     from jsonschema.exceptions import ValidationError
     from referencing import Registry
 
-KINDS = ("Function", "View", "Trigger", "Policy")
+KINDS = ("Function", "View", "Trigger", "Policy", "Collection")
 API_VERSION = "fnctl/v1"
 _PLAIN_KEYWORDS = {"additionalProperties", "required"}  # their own message beats a schema's errorMessage
 

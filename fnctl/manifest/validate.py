@@ -16,7 +16,18 @@ from typing import Any
 from fnctl.manifest.checks import check_state
 from fnctl.manifest.diagnostics import Diagnostic, Position, sorted_diagnostics
 from fnctl.manifest.loader import Document, find_manifest_files, load_file
-from fnctl.manifest.model import DesiredState, Function, Limits, ParseError, Policy, Trigger, View, build
+from fnctl.manifest.model import (
+    Collection,
+    DesiredState,
+    Function,
+    Item,
+    Limits,
+    ParseError,
+    Policy,
+    Trigger,
+    View,
+    build,
+)
 from fnctl.manifest.project import Project
 from fnctl.manifest.schemas import API_VERSION, KINDS, schema_errors
 
@@ -75,7 +86,7 @@ def _validate_paths(project: Project, paths: Iterable[Path] | None) -> Validatio
 
 def build_state(documents: list[Document], root: Path, defaults: Limits) -> tuple[DesiredState, list[Diagnostic]]:
     diagnostics: list[Diagnostic] = []
-    values: list[Function | Trigger | View | Policy] = []
+    values: list[Item] = []
     for doc in documents:
         problems = envelope_problems(doc.data)
         if not problems:
@@ -91,6 +102,7 @@ def build_state(documents: list[Document], root: Path, defaults: Limits) -> tupl
         triggers=tuple(v for v in values if isinstance(v, Trigger)),
         views=tuple(v for v in values if isinstance(v, View)),
         policies=tuple(v for v in values if isinstance(v, Policy)),
+        collections=tuple(v for v in values if isinstance(v, Collection)),
     )
     for item, path, message in check_state(state, root):
         assert item.document is not None

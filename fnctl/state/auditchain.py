@@ -30,6 +30,11 @@ INVOCATION_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("trigger", str), ("outcome", str), ("status", int), ("duration_ms", float), ("source", str))
 CHAINS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {
     "audit": AUDIT_FIELDS, "invocations": INVOCATION_FIELDS}
+# The data plane's change log, in its own file (fnctl.state.docstore): the audit of every data write.
+CHANGE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("seq", int), ("txn", str), ("at", str), ("collection", str), ("tenant", str), ("id", str), ("op", str),
+    ("before", str), ("after", str), ("actor", str), ("function", str), ("revision", int))
+DATA_CHAINS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {"changes": CHANGE_FIELDS}
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
 
@@ -40,9 +45,14 @@ def head_setting(table: str) -> str:
     return f"audit-head:{table}"
 
 
+def fields(table: str) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """The fields a chain covers: the state store's (CHAINS) or the data file's (DATA_CHAINS)."""
+    return CHAINS[table] if table in CHAINS else DATA_CHAINS[table]
+
+
 def normalise(table: str, values: Sequence[Any]) -> tuple[Any, ...]:
     """`values` (a record's fields in CHAINS order) as the store keeps and returns them."""
-    return tuple(None if v is None else convert(v) for (_, convert), v in zip(CHAINS[table], values, strict=True))
+    return tuple(None if v is None else convert(v) for (_, convert), v in zip(fields(table), values, strict=True))
 
 
 def record_hash(table: str, values: Sequence[Any], prev_hash: str) -> str:
@@ -105,7 +115,7 @@ def verify(table: str, rows: Iterable[Sequence[Any]], head: str | None, *, limit
     findings: list[Finding] = []
     by_hash: dict[str, int] = {}
     count, prev_id, prev_hash = 0, 0, GENESIS
-    width = len(CHAINS[table])
+    width = len(fields(table))
 
     def found(problem: Problem, record: int | None, message: str) -> None:
         if len(findings) < limit:

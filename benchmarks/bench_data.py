@@ -1,0 +1,305 @@
+"""Speed of the data plane, each figure beside a baseline measured in the same run (medians; these machines are
+noisy, so read the ratios), each with the issue's target:
+
+- import of 100,000 documents with `fnctl data import` (check-first, the default, and one pass) — target ≤ 10 s;
+  baseline: raw sqlite3 `executemany` of the same JSON in one transaction
+- service-level inserts (`DataPlane.insert`, one transaction each: rights, schema, change log) vs raw sqlite3
+  inserts of the same JSON, one transaction each (WAL, synchronous=NORMAL)
+- a procedure of 10 reads + 10 writes through the service (one Txn, one commit) — target p50 ≤ 5 ms;
+  baseline: the same 10 reads + 10 writes as raw sqlite3 in one transaction
+- through a real `fnctl serve`: REST GET of one document, p50 (sequential keep-alive client) — target ≤ 1 ms,
+  and throughput (wrk) beside `/healthz`'s — target ≥ 50 %; REST inserts/s (wrk POST) — target ≥ 3,000/s,
+  beside raw sqlite3 inserts/s
+
+Needs wrk and a Docker engine (`fnctl apply` lists the engine's containers; no container is started).
+Not measured here (they need deployed handlers): context.db get from a warm handler, and the 50 concurrent
+money-moving procedures (tests/test_data_handlers.py checks that invariant).
+
+    .venv/bin/python benchmarks/bench_data.py [--docs 100000] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import DataPlane
+from fnctl.manifest.model import parse_collection
+from fnctl.state import docstore
+
+SCHEMA = {"type": "object", "required": ["customer", "total"],
+          "properties": {"customer": {"type": "string"}, "total": {"type": "number"},
+                         "items": {"type": "array", "items": {"type": "object"}}}}
+SPEC = {"schema": SCHEMA, "indexes": [{"fields": ["customer"]}]}
+MANIFESTS = """apiVersion: fnctl/v1
+kind: Collection
+metadata: {name: bench}
+spec:
+  schema: {type: object, required: [customer, total], properties: {customer: {type: string}, total: {type: number}}}
+  indexes: [{fields: [customer]}]
+---
+apiVersion: fnctl/v1
+kind: Policy
+metadata: {name: bench}
+spec:
+  roles:
+    bench: {read: [bench], write: [bench]}
+"""
+
+
+def doc(i: int) -> dict[str, object]:
+    return {"customer": f"c{i % 100}", "total": i, "items": [{"sku": "a", "qty": 1, "price": 2.5}]}
+
+
+def line(target: str, figure: str, baseline: str, ok: bool | None = None) -> None:
+    verdict = "" if ok is None else ("  [meets target]" if ok else "  [MISSES target]")
+    print(f"{figure:<58} | baseline: {baseline:<42} | target: {target}{verdict}", flush=True)
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+# ---- in-process ------------------------------------------------------------------------------------------
+
+
+def plane_at(path: Path) -> DataPlane:
+    store = docstore.connect(path)
+    plane = DataPlane(store, lambda: ())
+    plane.sync_collections([parse_collection("bench", SPEC)], prune=False, force=False)
+    return plane
+
+
+def raw_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE docs (tenant TEXT, id TEXT, version INTEGER, data TEXT, PRIMARY KEY (tenant, id))")
+    return db
+
+
+def bench_import(work: Path, count: int) -> None:
+    source = work / "import.ndjson"
+    with source.open("w", encoding="utf-8") as out:
+        for i in range(count):
+            out.write(json.dumps({"id": f"d{i:07d}", "data": doc(i)}) + "\n")
+    db = raw_db(work / "raw-import.db")
+    started = time.perf_counter()
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO docs VALUES ('', ?, 1, ?)", ((f"d{i:07d}", json.dumps(doc(i))) for i in range(count)))
+    db.execute("COMMIT")
+    raw = time.perf_counter() - started
+    db.close()
+    times = {}
+    for mode in ("--check-first", "--no-check-first"):
+        state = work / f"import{mode}" / "state.db"
+        state.parent.mkdir()
+        plane_at(docstore.data_path(state)).store.close()
+        (work / "fnctl.toml").write_text('[project]\nname = "benchdata"\n', encoding="utf-8")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "fnctl", "data", "import", "bench", str(source), mode],
+                              cwd=work, env={**os.environ, "FNCTL_STATE": str(state)}, capture_output=True, text=True,
+                              timeout=600, check=False)
+        times[mode] = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"fnctl data import failed: {done.stderr}")
+    for mode, seconds in times.items():
+        line("≤ 10 s", f"import {count:,} docs (fnctl data import {mode}): {seconds:.1f} s",
+             f"raw sqlite3 executemany {raw:.2f} s ({seconds / raw:.0f}x)", seconds <= 10)
+
+
+def bench_inserts(work: Path, count: int) -> float:
+    plane = plane_at(work / "inserts.data.db")
+    operator = Caller.operator("bench")
+    started = time.perf_counter()
+    for i in range(count):
+        plane.insert(operator, "bench", doc(i))
+    service = count / (time.perf_counter() - started)
+    db = raw_db(work / "raw-inserts.db")
+    started = time.perf_counter()
+    for i in range(count):
+        db.execute("INSERT INTO docs VALUES ('', ?, 1, ?)", (f"r{i}", json.dumps(doc(i))))  # autocommit: one txn each
+    raw = count / (time.perf_counter() - started)
+    line("(none: the price of the service)", f"service inserts (DataPlane.insert): {service:,.0f}/s",
+         f"raw sqlite3 one txn each {raw:,.0f}/s ({service / raw:.0%})")
+    plane.store.close()
+    db.close()
+    return raw
+
+
+def bench_procedure(work: Path, rounds: int) -> None:
+    plane = plane_at(work / "procedure.data.db")
+    operator = Caller.operator("bench")
+    for i in range(20):
+        plane.insert(operator, "bench", {"customer": "a", "total": 100}, id=f"acct{i}")
+    samples = []
+    for r in range(rounds):
+        started = time.perf_counter()
+        txn = plane.transaction(operator)
+        for i in range(10):
+            txn.get("bench", f"acct{(r + i) % 20}")
+        for i in range(10):
+            txn.patch("bench", f"acct{(r + i + 10) % 20}", {"total": r})
+        txn.commit()
+        samples.append(time.perf_counter() - started)
+    db = raw_db(work / "raw-procedure.db")
+    for i in range(20):
+        db.execute("INSERT INTO docs VALUES ('', ?, 1, ?)", (f"acct{i}", json.dumps({"customer": "a", "total": 100})))
+    raw = []
+    for r in range(rounds):
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        for i in range(10):
+            db.execute("SELECT version, data FROM docs WHERE tenant = '' AND id = ?", (f"acct{(r + i) % 20}",)).fetchone()
+        for i in range(10):
+            db.execute("UPDATE docs SET version = version + 1, data = ? WHERE tenant = '' AND id = ?",
+                       (json.dumps({"customer": "a", "total": r}), f"acct{(r + i + 10) % 20}"))
+        db.execute("COMMIT")
+        raw.append(time.perf_counter() - started)
+    p50 = median_ms(samples)
+    line("p50 ≤ 5 ms", f"procedure 10 reads + 10 writes (service): p50 {p50:.2f} ms",
+         f"raw sqlite3 same in one txn p50 {median_ms(raw):.2f} ms", p50 <= 5)
+    plane.store.close()
+    db.close()
+
+
+# ---- through fnctl serve ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wrk(port: int, path: str, script: Path, seconds: int) -> tuple[float, int]:
+    """(requests/s, non-2xx + socket errors) of `wrk -t1 -c8`."""
+    done = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
+                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
+                          check=False)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    if rps is None:
+        raise SystemExit(f"wrk gave no figures for {path}: {done.stdout}{done.stderr}")
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)",
+                                            done.stdout))
+    return float(rps.group(1)), errors
+
+
+def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
+    root = work / "serve"
+    (root / "manifests").mkdir(parents=True)
+    (root / "fnctl.toml").write_text('[project]\nname = "benchdata-serve"\nmanifests = ["manifests"]\n')
+    (root / "manifests" / "bench.yaml").write_text(MANIFESTS)
+    env = {**os.environ, "FNCTL_STATE": str(root / "state" / "state.db")}
+
+    def fnctl(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    fnctl("apply")
+    key = fnctl("keys", "create", "bench", "--role", "bench").strip()
+    fnctl("data", "put", "bench", "one", "-d", json.dumps({"customer": "c", "total": 1}))
+    port = free_port()
+    gateway = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--address", f"127.0.0.1:{port}"], cwd=root,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("fnctl serve did not listen within 30 s") from None
+                time.sleep(0.05)
+        headers = {"Authorization": f"Bearer {key}"}
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        samples = []
+        for i in range(2200):
+            started = time.perf_counter()
+            connection.request("GET", "/v1/collections/bench/docs/one", headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"GET answered {response.status}")
+            if i >= 200:
+                samples.append(time.perf_counter() - started)
+        health = []
+        for i in range(2200):
+            started = time.perf_counter()
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            if i >= 200:
+                health.append(time.perf_counter() - started)
+        connection.close()
+        p50 = median_ms(samples)
+        line("p50 ≤ 1 ms", f"REST GET one document: p50 {p50:.2f} ms", f"/healthz p50 {median_ms(health):.2f} ms",
+             p50 <= 1)
+        get_lua, health_lua, post_lua = root / "get.lua", root / "health.lua", root / "post.lua"
+        get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+        health_lua.write_text("")
+        body = json.dumps({"customer": "c", "total": 1}).replace('"', '\\"')
+        post_lua.write_text(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
+                            f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n')
+        get_rps, get_errors = wrk(port, "/v1/collections/bench/docs/one", get_lua, seconds)
+        health_rps, _ = wrk(port, "/healthz", health_lua, seconds)
+        line("≥ 50 % of /healthz", f"REST GET throughput: {get_rps:,.0f}/s ({get_errors} errors)",
+             f"/healthz {health_rps:,.0f}/s ({get_rps / health_rps:.0%})", get_rps >= health_rps / 2)
+        post_rps, post_errors = wrk(port, "/v1/collections/bench/docs", post_lua, seconds)
+        line("≥ 3,000/s", f"REST inserts: {post_rps:,.0f} docs/s ({post_errors} errors)",
+             f"raw sqlite3 one txn each {raw_inserts:,.0f}/s", post_rps >= 3000)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+
+
+def _timeout(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit("bench_data: timed out")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--docs", type=int, default=100_000, help="documents to import")
+    parser.add_argument("--inserts", type=int, default=5_000, help="service-level inserts")
+    parser.add_argument("--rounds", type=int, default=1_000, help="procedures")
+    parser.add_argument("--seconds", type=int, default=5, help="each wrk round")
+    parser.add_argument("--timeout", type=int, default=900, help="give up after this many seconds")
+    args = parser.parse_args()
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(args.timeout)
+    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    try:
+        bench_import(work, args.docs)
+        raw = bench_inserts(work, args.inserts)
+        bench_procedure(work, args.rounds)
+        if shutil.which("wrk") is None:
+            print("wrk is not installed: REST figures skipped (apt-get install -y wrk)")
+        else:
+            bench_rest(work, args.seconds, raw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""`fnctl data ...`: the collections' documents, as the operator (every write in the change log)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from fnctl.cli.options import StateOpt
+from fnctl.cli.render import Output, OutputOpt, print_json
+from fnctl.errors import BadInput, ExitCode
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from fnctl.commands.data import OnProgress, Session
+    from fnctl.data.documents import Document
+
+app = typer.Typer()
+data_app = typer.Typer(help="Read and write the collections' documents as the operator (every write is in the "
+                            "change log). See docs/data.md.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+CollectionArg = Annotated[str, typer.Argument(metavar="COLLECTION", help="The collection.")]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="The document's id.")]
+TenantOpt = Annotated[Optional[str], typer.Option("--tenant", help="Act in this tenant (default: the default tenant, \"\").", show_default=False)]
+IfMatchOpt = Annotated[Optional[int], typer.Option("--if-match", help="The version the document must be at (else exit 1, nothing written).", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Act on an existing document without --if-match (last writer wins).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="JSON, @file.json, or standard input when absent.", show_default=False)]
+
+
+def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[Session]:
+    from fnctl.commands.data import session
+    from fnctl.manifest.project import load_project
+
+    return session(load_project(), state, tenant, command)
+
+
+def _body(data: str | None, what: str) -> Any:
+    from fnctl.invocation.payload import read_event
+
+    if data is None and (sys.stdin is None or sys.stdin.isatty()):
+        raise BadInput(f"give the {what} with --data JSON, --data @file.json, or on standard input")
+    value, _ = read_event(data)
+    return value
+
+
+def _show(doc: Document, output: Output) -> None:
+    if output is Output.JSON:
+        print_json(doc.as_json())
+    else:
+        sys.stdout.write(f"{doc.id}  version {doc.version}  updated {doc.updated_at} by {doc.updated_by}\n"
+                         + json.dumps(doc.data, indent=2, ensure_ascii=False) + "\n")
+
+
+@data_app.command("ls")
+def ls(collection: Annotated[Optional[str], typer.Argument(metavar="[COLLECTION]", help="List this collection's documents (ids and versions) instead of the collections.", show_default=False)] = None,
+       limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
+       cursor: Annotated[Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)] = None,
+       tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """List the collections (documents, indexes), or the ids and versions of one collection's documents.
+
+    \b
+    Examples:
+      fnctl data ls
+      fnctl data ls orders --limit 20 -o json
+    """
+    from fnctl.commands.data import collections, find
+
+    with _session(state, tenant, "ls") as s:
+        if collection is None:
+            infos = collections(s)
+            if output is Output.JSON:
+                print_json([i.as_json() for i in infos])
+                return
+            if not infos:
+                sys.stdout.write("no collections\n")
+            for info in infos:
+                indexes = "; ".join(("unique " if u else "") + ", ".join(f) for f, u in info.indexes) or "none"
+                sys.stdout.write(f"{info.name}  {info.documents} documents  indexes: {indexes}\n")
+            return
+        page = find(s, collection, None, ["id"], limit, cursor)
+    if output is Output.JSON:
+        print_json({"documents": [{"id": d.id, "version": d.version, "updatedAt": d.updated_at}
+                                  for d in page.documents], "cursor": page.cursor})
+        return
+    for doc in page.documents:
+        sys.stdout.write(f"{doc.id}  version {doc.version}  updated {doc.updated_at}\n")
+    if page.cursor:
+        sys.stderr.write(f"more: fnctl data ls {collection} --cursor {page.cursor}\n")
+
+
+@data_app.command("get")
+def get(collection: CollectionArg, id: IdArg, tenant: TenantOpt = None, state: StateOpt = None,
+        output: OutputOpt = Output.TEXT) -> None:
+    """Print one document: its id, version, who changed it when, and its data.
+
+    Exit 1 when there is no such document, 2 for an unknown collection or a bad id.
+
+    Example: fnctl data get orders o-1001 -o json
+    """
+    from fnctl.commands.data import get as read
+
+    with _session(state, tenant, "get") as s:
+        doc = read(s, collection, id)
+    _show(doc, output)
+
+
+@data_app.command("find")
+def find(collection: CollectionArg,
+         filter: Annotated[Optional[str], typer.Argument(metavar="[FILTER]", help='A JSON filter, e.g. \'{"total": {"$gt": 10}}\' (docs/data.md).', show_default=False)] = None,
+         order: Annotated[Optional[str], typer.Option("--order", help="Indexed fields, comma-separated; '-' before one for descending.", show_default=False)] = None,
+         limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
+         cursor: Annotated[Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)] = None,
+         tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """Find documents with the filter language; one page at a time (the next page's cursor goes to stderr).
+
+    \b
+    Examples:
+      fnctl data find orders '{"status": {"$in": ["new", "paid"]}}' --order -createdAt --limit 10
+      fnctl data find orders '{"customer.id": "c-7"}' -o json
+    """
+    from fnctl.commands.data import find as search
+
+    with _session(state, tenant, "find") as s:
+        page = search(s, collection, filter, [o for o in (order or "").split(",") if o], limit, cursor)
+    if output is Output.JSON:
+        print_json(page.as_json())
+        return
+    for doc in page.documents:
+        sys.stdout.write(f"{doc.id}  version {doc.version}  "
+                         f"{json.dumps(doc.data, ensure_ascii=False, separators=(',', ':'))}\n")
+    if page.cursor:
+        sys.stderr.write(f"more: --cursor {page.cursor}\n")
+
+
+@data_app.command("put")
+def put(collection: CollectionArg,
+        id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="The id (default: a new UUIDv7).", show_default=False)] = None,
+        data: DataOpt = None, if_match: IfMatchOpt = None, force: ForceOpt = False,
+        tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """Insert a document, or replace an existing one (which needs --if-match VERSION or --force).
+
+    The document is checked against the collection's schema (every violation with its JSON path, exit 2).
+
+    \b
+    Examples:
+      fnctl data put orders o-1001 -d '{"customer": "c-7", "items": [{"sku": "a", "qty": 1}]}'
+      fnctl data put orders o-1001 -d @order.json --if-match 3
+    """
+    from fnctl.commands.data import put as write
+
+    body = _body(data, "document")
+    with _session(state, tenant, "put") as s:
+        doc = write(s, collection, id, body, if_match=if_match, force=force)
+    _show(doc, output)
+
+
+@data_app.command("patch")
+def patch(collection: CollectionArg, id: IdArg, data: DataOpt = None, if_match: IfMatchOpt = None,
+          force: ForceOpt = False, tenant: TenantOpt = None, state: StateOpt = None,
+          output: OutputOpt = Output.TEXT) -> None:
+    """Change a document with a JSON merge patch (RFC 7396: null removes a field); needs --if-match or --force.
+
+    Example: fnctl data patch orders o-1001 -d '{"status": "paid", "note": null}' --if-match 2
+    """
+    from fnctl.commands.data import patch as change
+
+    body = _body(data, "merge patch")
+    with _session(state, tenant, "patch") as s:
+        doc = change(s, collection, id, body, if_match=if_match, force=force)
+    _show(doc, output)
+
+
+@data_app.command("rm")
+def rm(collection: CollectionArg, id: IdArg, if_match: IfMatchOpt = None, force: ForceOpt = False,
+       tenant: TenantOpt = None, state: StateOpt = None) -> None:
+    """Delete a document; needs --if-match VERSION or --force.
+
+    Example: fnctl data rm orders o-1001 --if-match 4
+    """
+    from fnctl.commands.data import remove
+
+    with _session(state, tenant, "rm") as s:
+        remove(s, collection, id, if_match=if_match, force=force)
+    sys.stderr.write(f"deleted {collection}/{id}\n")
+
+
+class _Meter:
+    """A progress bar on a terminal (stderr), else a plain line every ~10% (or every 10 batches)."""
+
+    def __init__(self, verb: str, unit: str) -> None:
+        self.verb, self.unit = verb, unit
+        self.bar: Any = None
+        self.calls = 0
+        self.shown = -1
+
+    def __enter__(self) -> OnProgress:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
+                                TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.verb, total=None)
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        self.calls += 1
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total or None)
+            return
+        step = done * 10 // total if total else self.calls // 10
+        if step != self.shown:
+            self.shown = step
+            sys.stderr.write(f"{self.verb}: {done}{f' of {total}' if total else ''} {self.unit}\n")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@data_app.command("import")
+def import_command(collection: CollectionArg,
+                   file: Annotated[Optional[Path], typer.Argument(metavar="[FILE]", help="NDJSON (default: standard input).", show_default=False)] = None,
+                   batch: Annotated[int, typer.Option("--batch", help="Documents per transaction.")] = 1000,
+                   bare: Annotated[bool, typer.Option("--bare", help="Each line is a document, even one shaped like an exported envelope.")] = False,
+                   check_first: Annotated[bool, typer.Option("--check-first/--no-check-first", help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.")] = True,
+                   tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """Import NDJSON: one document per line, or the envelopes `export` writes (their id and data are kept).
+
+    Every line is checked first (JSON object, id, schema, size, id already taken or repeated): any bad line
+    → exit 2 listing the bad lines by number, nothing imported. Then each --batch lines are one transaction.
+
+    \b
+    Examples:
+      fnctl data import orders orders.ndjson --tenant acme
+      fnctl data export orders | fnctl data import orders-copy
+    """
+    from fnctl.commands.data import import_ndjson
+
+    with _session(state, tenant, "import") as s, _Meter("importing", "bytes") as progress:
+        report = import_ndjson(s, collection, None if file is None or str(file) == "-" else file, batch=batch,
+                               bare=bare, check_first=check_first, on_progress=progress)
+    if output is Output.JSON:
+        print_json({"collection": collection, "imported": report.imported, "batches": report.batches})
+    else:
+        sys.stderr.write(f"imported {report.imported} documents into {collection} in {report.batches} "
+                         f"transaction{'s' if report.batches != 1 else ''}\n")
+
+
+@data_app.command("export")
+def export_command(collection: CollectionArg,
+                   file: Annotated[Optional[Path], typer.Argument(metavar="[FILE]", help="Write here (default: standard output).", show_default=False)] = None,
+                   filter: Annotated[Optional[str], typer.Option("--filter", help="Only the documents this JSON filter matches.", show_default=False)] = None,
+                   tenant: TenantOpt = None, state: StateOpt = None) -> None:
+    """Export a tenant's documents as NDJSON envelopes ({id, version, createdAt, ..., data}), by id.
+
+    \b
+    Examples:
+      fnctl data export orders orders.ndjson
+      fnctl data export orders --filter '{"status": "paid"}' --tenant acme > paid.ndjson
+    """
+    from fnctl.commands.data import export_ndjson
+
+    with _session(state, tenant, "export") as s, _Meter("exporting", "documents") as progress:
+        if file is None or str(file) == "-":
+            count = export_ndjson(s, collection, sys.stdout, filter_text=filter, on_progress=progress)
+        else:
+            try:
+                handle = file.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise BadInput(f"cannot write {file}: {exc.strerror or exc}") from None
+            with handle:
+                count = export_ndjson(s, collection, handle, filter_text=filter, on_progress=progress)
+    sys.stderr.write(f"exported {count} documents of {collection}\n")
+
+
+@data_app.command("check")
+def check(collection: CollectionArg, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """List the documents (all tenants) that no longer conform to the collection's schema: exit 1 when any.
+
+    A schema change applies to new writes; this finds the documents written before it.
+
+    Example: fnctl data check orders -o json
+    """
+    from fnctl.commands.data import check as run_check
+
+    with _session(state, None, "check") as s:
+        found = run_check(s, collection)
+    if output is Output.JSON:
+        print_json({"collection": collection, "nonconforming": [n.as_json() for n in found]})
+    else:
+        for item in found:
+            where = f"{item.tenant}/" if item.tenant else ""
+            for path, message in item.violations:
+                sys.stdout.write(f"{where}{item.id}: {path}: {message}\n")
+        sys.stderr.write(f"{len(found)} document{'s' if len(found) != 1 else ''} of {collection} "
+                         f"do{'es' if len(found) == 1 else ''} not conform to its schema\n")
+    raise typer.Exit(ExitCode.FAILED if found else ExitCode.OK)

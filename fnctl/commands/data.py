@@ -1,0 +1,360 @@
+"""`fnctl data ls|get|find|put|patch|rm|import|export|check`: the operator's access to the collections.
+
+Every call goes through `fnctl.data.documents.DataPlane` as `Caller.operator(actor)` (which may read and write
+everything, in one tenant at a time): writes land in the hash-chained change log with the operator as their
+actor, reads are recorded in the audit log. Replacing, patching or deleting an existing document needs its
+version (`--if-match N`, as REST needs If-Match) or an explicit `--force`.
+
+NDJSON import is checked whole before anything is written (every bad line reported with its number, nothing
+written), then written in batches, each batch one transaction (all or nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import DataPlane, Document, Nonconforming, Page, Txn
+from fnctl.data.errors import DataError, Invalid, NotFound, PreconditionRequired
+from fnctl.deploy.actor import actor
+from fnctl.deploy.session import state_path
+from fnctl.errors import BadInput, ExitCode, FnctlError
+from fnctl.invocation import strictjson
+from fnctl.manifest.project import Project
+from fnctl.state import docstore
+from fnctl.state.store import Store, connect
+
+ENVELOPE_FIELDS = frozenset({"id", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "tenant", "data"})
+DEFAULT_BATCH = 1000
+MAX_LINE_ERRORS = 20  # bad lines listed one by one; the rest are counted
+
+OnProgress = Callable[[int, int], None]  # (done, total): bytes of an import, documents of an export
+
+
+class DataCommandError(FnctlError):
+    """A data-plane error as the CLI reports it: 2 for bad input, 1 otherwise; violations in the detail."""
+
+
+@dataclass
+class Session:
+    plane: DataPlane
+    caller: Caller
+    store: Store  # the deployment store: its audit log records the operator's reads
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    indexes: tuple[tuple[tuple[str, ...], bool], ...]  # (fields, unique)
+    version: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "documents": self.documents, "version": self.version,
+                "indexes": [{"fields": list(f), "unique": u} for f, u in self.indexes]}
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    batches: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, message)
+
+
+@contextmanager
+def session(project: Project, state: Path | None, tenant: str | None, command: str) -> Iterator[Session]:
+    """The data plane of the project's store, acting as the operator in `tenant` (default: the default one)."""
+    path = state_path(project, state)
+    data = docstore.data_path(path)
+    if not data.exists():
+        raise BadInput(f"no data store at {data}: declare a Collection in the manifests and run `fnctl apply`")
+    store = connect(path)
+    docs = docstore.connect(data)
+    who = actor()
+
+    def audit(caller: Caller, action: str, target: str) -> None:
+        store.audit(actor=who, command=f"data {command}", action=action, target=target, outcome="ok",
+                    detail=f"tenant {caller.tenant!r}" if caller.tenant else None)
+
+    try:
+        yield Session(DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store)
+    finally:
+        docs.close()
+        store.close()
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """DataErrors as the CLI's errors: bad input (400, 413, 428) exits 2, the rest 1; violations listed."""
+    try:
+        yield
+    except DataError as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: DataError) -> FnctlError:
+    detail = "\n".join(f"  {path}: {message}" for path, message in exc.violations) or None
+    error = DataCommandError(exc.detail_text, detail=detail)
+    error.exit_code = ExitCode.BAD_INPUT if exc.status in (400, 413, 428) else ExitCode.FAILED
+    return error
+
+
+def known(s: Session, collection: str) -> None:
+    """Unknown collection → bad input, naming the ones there are."""
+    names = s.plane.collection_names()
+    if collection not in names:
+        raise BadInput(f"no collection {collection!r} (collections: {', '.join(names) or 'none'})")
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+
+def collections(s: Session) -> list[CollectionInfo]:
+    rows = s.plane.store.collections()
+    result = []
+    for name in sorted(rows):
+        model = s.plane.collection(name).model
+        result.append(CollectionInfo(name, s.plane.store.count(name),
+                                     tuple((tuple(i.fields), i.unique) for i in model.indexes), rows[name].version))
+    return result
+
+
+def get(s: Session, collection: str, id: str) -> Document:
+    known(s, collection)
+    with reported():
+        return s.plane.get(s.caller, collection, id)
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return strictjson.loads(text)
+    except strictjson.NotJson as exc:
+        raise BadInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def find(s: Session, collection: str, filter_text: str | None, order: Sequence[str], limit: int,
+         cursor: str | None) -> Page:
+    known(s, collection)
+    query = parse_json(filter_text, "the filter") if filter_text else None
+    with reported():
+        return s.plane.find(s.caller, collection, query, order=order, limit=limit, cursor=cursor)
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+
+
+def put(s: Session, collection: str, id: str | None, data: Any, *, if_match: int | None, force: bool) -> Document:
+    """Insert (a new id, or none: a UUIDv7), or replace an existing document (needs --if-match or --force)."""
+    known(s, collection)
+    with reported():
+        if id is None:
+            if if_match is not None:
+                raise Invalid("--if-match needs the id of the document to replace")
+            return s.plane.insert(s.caller, collection, data)
+        txn = s.plane.transaction(s.caller)
+        current = _current(txn, collection, id)
+        if current is None:
+            if if_match is not None:
+                raise NotFound(f"no document {id!r} in {collection!r} (--if-match names a version of one)")
+            doc = txn.insert(collection, data, id=id)
+        else:
+            if if_match is None and not force:
+                raise PreconditionRequired(f"document {id!r} exists (version {current.version}): pass --if-match "
+                                           f"{current.version} to replace it, or --force")
+            doc = txn.replace(collection, id, data, if_match=if_match)
+        results = txn.commit()
+        return results[0] or doc if results else doc
+
+
+def _current(txn: Txn, collection: str, id: str) -> Document | None:
+    try:
+        return txn.get(collection, id)
+    except NotFound:
+        return None
+
+
+def patch(s: Session, collection: str, id: str, merge: Any, *, if_match: int | None, force: bool) -> Document:
+    known(s, collection)
+    if not isinstance(merge, dict):
+        raise BadInput("a merge patch is a JSON object")
+    _need_version(if_match, force, "patch")
+    with reported():
+        return s.plane.patch(s.caller, collection, id, merge, if_match=if_match)
+
+
+def remove(s: Session, collection: str, id: str, *, if_match: int | None, force: bool) -> None:
+    known(s, collection)
+    _need_version(if_match, force, "delete")
+    with reported():
+        s.plane.delete(s.caller, collection, id, if_match=if_match)
+
+
+def _need_version(if_match: int | None, force: bool, verb: str) -> None:
+    if if_match is None and not force:
+        raise BadInput(f"to {verb} a document, pass --if-match VERSION (its current version: `fnctl data get`), "
+                       "or --force")
+
+
+# -- NDJSON --------------------------------------------------------------------------------------------------
+
+
+def _lines(source: Path | None) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line, bytes consumed so far) of a file, or standard input when `source` is None."""
+    handle: IO[bytes]
+    try:
+        handle = sys.stdin.buffer if source is None else source.open("rb")
+    except OSError as exc:
+        raise BadInput(f"cannot read {source}: {exc.strerror or exc}") from None
+    done = 0
+    try:
+        for number, line in enumerate(handle, 1):
+            done += len(line)
+            yield number, line, done
+    finally:
+        if source is not None:
+            handle.close()
+
+
+def _record(line: bytes, bare: bool) -> tuple[str | None, Any]:
+    """(id or None, document) of one NDJSON line: an envelope as `export` writes it (`{"id", "data", ...}`,
+    only envelope fields), else the whole line is the document (always with `bare`)."""
+    try:
+        value = strictjson.loads(line)
+    except strictjson.NotJson as exc:
+        raise Invalid(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise Invalid("not a JSON object")
+    if not bare and isinstance(value.get("data"), dict) and value.keys() <= ENVELOPE_FIELDS:
+        id = value.get("id")
+        if id is not None and not isinstance(id, str):
+            raise Invalid("the id is not a string")
+        return id, value["data"]
+    return None, value
+
+
+def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: int = DEFAULT_BATCH,
+                  bare: bool = False, check_first: bool = True,
+                  on_progress: OnProgress = lambda done, total: None) -> ImportReport:
+    """Check every line (JSON object, id, schema, size, ids not already taken nor repeated), and only when all
+    are good write them, `batch` lines per transaction. Bad lines: BadInput listing them, nothing written.
+    Without `check_first` (one pass, about twice as fast): each batch is checked, then committed or not at
+    all; at the first bad batch the import stops (BadInput listing its bad lines and what was committed)."""
+    known(s, collection)
+    if batch < 1:
+        raise BadInput("--batch must be at least 1")
+    lines: list[tuple[int, bytes, int]] | None = None
+    if source is None:  # standard input is read once: keep it for the second pass
+        lines = list(_lines(None))
+    total = source.stat().st_size if source is not None and source.is_file() else 0
+    report = ImportReport()
+    seen: set[str] = set()
+
+    def check_batch(items: list[tuple[int, bytes]]) -> None:
+        txn = s.plane.transaction(s.caller)
+        for number, line in items:
+            try:
+                id, data = _record(line, bare)
+                if id is not None and id in seen:
+                    raise Invalid(f"id {id!r} appears twice in the file")
+                txn.insert(collection, data, id=id)
+                if id is not None:
+                    seen.add(id)
+            except DataError as exc:
+                where = "; ".join(f"{p}: {m}" for p, m in exc.violations)
+                report.errors.append((number, exc.detail_text + (f" ({where})" if where else "")))
+        txn.rollback()
+
+    if check_first:
+        for items, _ in _batches(lines if lines is not None else _lines(source), batch):
+            check_batch(items)
+    if report.errors:
+        shown = [f"  line {n}: {m}" for n, m in report.errors[:MAX_LINE_ERRORS]]
+        more = len(report.errors) - MAX_LINE_ERRORS
+        raise BadInput(f"{len(report.errors)} bad line{'s' if len(report.errors) != 1 else ''} in "
+                       f"{source or 'standard input'}; nothing was imported",
+                       detail="\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])))
+    for items, done in _batches(lines if lines is not None else _lines(source), batch):
+        txn = s.plane.transaction(s.caller)
+        if not check_first:
+            _stage_batch(txn, collection, items, bare, report)
+        try:
+            with reported():
+                if check_first:
+                    for _, line in items:
+                        id, data = _record(line, bare)
+                        txn.insert(collection, data, id=id)
+                txn.commit()
+        except FnctlError as exc:
+            first, last = items[0][0], items[-1][0]
+            raise FnctlError(f"lines {first}-{last} were not imported ({exc.message}); the {report.imported} "
+                             f"documents of the lines before them were", detail=exc.detail) from None
+        report.imported += len(items)
+        report.batches += 1
+        on_progress(done, total)
+    return report
+
+
+def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool,
+                 report: ImportReport) -> None:
+    """One pass: stage a batch's lines, and refuse the whole batch (BadInput) when any is bad."""
+    errors = []
+    for number, line in items:
+        try:
+            id, data = _record(line, bare)
+            txn.insert(collection, data, id=id)
+        except DataError as exc:
+            where = "; ".join(f"{p}: {m}" for p, m in exc.violations)
+            errors.append(f"  line {number}: {exc.detail_text}" + (f" ({where})" if where else ""))
+    if errors:
+        txn.rollback()
+        raise BadInput(f"{len(errors)} bad line{'s' if len(errors) != 1 else ''} in lines {items[0][0]}-"
+                       f"{items[-1][0]}: that batch and the rest were not imported; the {report.imported} "
+                       "documents of the lines before it were", detail="\n".join(errors[:MAX_LINE_ERRORS]))
+
+
+def _batches(lines: Iterator[tuple[int, bytes, int]] | list[tuple[int, bytes, int]], size: int
+             ) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+    """Non-blank lines in groups of `size`, with the bytes consumed once the group was read."""
+    items: list[tuple[int, bytes]] = []
+    done = 0
+    for number, line, done in lines:
+        if line.strip():
+            items.append((number, line))
+            if len(items) == size:
+                yield items, done
+                items = []
+    if items:
+        yield items, done
+
+
+def export_ndjson(s: Session, collection: str, out: IO[str], *, filter_text: str | None = None,
+                  on_progress: OnProgress = lambda done, total: None) -> int:
+    """Every document of the tenant (that matches the filter) as one envelope per line, by id."""
+    known(s, collection)
+    query = parse_json(filter_text, "the filter") if filter_text else None
+    total = s.plane.store.count(collection)
+    cursor: str | None = None
+    written = 0
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    with reported():
+        while True:
+            page = s.plane.find(s.caller, collection, query, order=["id"], limit=1000, cursor=cursor)
+            for doc in page.documents:
+                out.write(encode(doc.as_json()) + "\n")
+            written += len(page.documents)
+            on_progress(written, max(total, written))
+            if page.cursor is None:
+                return written
+            cursor = page.cursor
+
+
+def check(s: Session, collection: str) -> list[Nonconforming]:
+    known(s, collection)
+    with reported():
+        return s.plane.check(collection)

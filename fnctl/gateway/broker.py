@@ -1,0 +1,132 @@
+"""The data broker: answers the `call` frames (`db.get`, `db.find`, `db.insert`, `db.update`, `db.replace`,
+`db.delete`) that handlers send through `context.db`.
+
+Per invocation in flight it holds a `Session`: the function and revision it runs on, its caller (the gateway's
+principal, or the function's own role `function:NAME` under `runAs: function`), its `Budget`
+(`limits.dbOperations`, documents scanned, bytes) and, for a procedure (`transaction: {...}`), its `Txn`, which
+the gateway commits when the handler returned ok and discards otherwise. A call is answered only for the
+invocation it names, and only when it comes from an instance of that invocation's own function and revision:
+one sandbox can never act under another invocation's caller.
+
+The calls are answered by `fnctl.gateway.datacalls.answer` (`fnctl invoke --local` uses it too), on one
+worker thread of the broker's own, in order, off the event loop (the REST API's data work too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import DataPlane
+from fnctl.data.errors import DataError
+from fnctl.gateway.datacalls import Session, answer, call_failed, caller_of, open_session, parse_policies
+from fnctl.gateway.router import DataSettings
+from fnctl.invocation.protocol import CallFailed
+from fnctl.manifest.model import Policy
+from fnctl.state.store import Store
+from fnctl.state.store import connect as connect_store
+
+T = TypeVar("T")
+__all__ = ["Broker", "LivePolicies", "Session", "StateAudit", "caller_of"]
+
+
+class LivePolicies:
+    """The policies source of the gateway's DataPlane: the routing table's Policy resources (re-read by the
+    table follower when `apply` changes them), parsed once per table."""
+
+    def __init__(self, table: Callable[[], Mapping[str, Mapping[str, Any]] | None]) -> None:
+        self._table = table
+        self._seen: Mapping[str, Mapping[str, Any]] | None = None
+        self._parsed: tuple[Policy, ...] = ()
+
+    def __call__(self) -> tuple[Policy, ...]:
+        current = self._table()
+        if current is None:
+            return ()
+        if current is not self._seen:
+            self._parsed, self._seen = parse_policies(current), current
+        return self._parsed
+
+
+class StateAudit:
+    """The DataPlane's audit sink in the gateway: the reads a function makes with its own rights (`runAs:
+    function`) go into the deploy audit's hash chain (its writes are in the data file's change log). Called on
+    the broker's data thread only, which owns the connection."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._path = store_path
+        self._store: Store | None = None
+
+    def __call__(self, caller: Caller, action: str, target: str) -> None:
+        if self._store is None:
+            self._store = connect_store(self._path)
+        revision = "" if caller.revision is None else f" r{caller.revision}"
+        self._store.audit(actor=caller.subject, command="data", action=action, target=target, outcome="ok",
+                          detail=f"runAs: function ({caller.function}{revision}), tenant {caller.tenant!r}")
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class Broker:
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.sessions: dict[str, Session] = {}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the data plane's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def open(self, invocation_id: str, function: str, revision: int, caller: Caller,
+             settings: DataSettings) -> Session:
+        if invocation_id in self.sessions:
+            raise ValueError(f"invocation {invocation_id} is in flight already")
+        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings)
+        return session
+
+    def close(self, invocation_id: str) -> Session | None:
+        session = self.sessions.pop(invocation_id, None)
+        if session is not None and session.txn is not None and not session.txn.closed:
+            session.txn.rollback()  # a failed procedure's buffered writes go with it
+        return session
+
+    def handler_for(self, function: str, revision: int) -> Callable[[str, str, dict[str, Any]], Any]:
+        """The `on_call` of the transports to instances of (function, revision)."""
+
+        async def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+            return await self.call(function, revision, invocation_id, method, params)
+
+        return on_call
+
+    async def call(self, function: str, revision: int, invocation_id: str, method: str,
+                   params: Mapping[str, Any]) -> Any:
+        session = self.sessions.get(invocation_id)
+        if session is None or (session.function, session.revision) != (function, revision):
+            raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
+        try:
+            return await self.run(lambda: answer(self.plane, session, method, params))
+        except DataError as error:
+            raise call_failed(error) from None
+
+    async def commit(self, session: Session) -> None:
+        """Commit a procedure's writes (raises Conflict when what it read changed meanwhile)."""
+        txn = session.txn
+        if txn is not None and not txn.closed:
+            await self.run(txn.commit)
+
+    def close_all(self) -> None:
+        """Stop the data thread (after what it is running), close the audit's and the data file's connections."""
+        self.sessions.clear()
+        self._worker.shutdown(wait=True)
+        audit = self.plane.audit
+        if isinstance(audit, StateAudit):
+            audit.close()
+        self.plane.store.close()
+

@@ -1,0 +1,50 @@
+"""The data file's schema (`<state>.data.db`, fnctl.state.docstore), as migrations applied in order, each once,
+never edited once released (PRAGMA user_version). Collection tables (`docs_<name>`) are not migrations: they
+follow the declared Collections (`DocStore.sync_collections`).
+"""
+
+from __future__ import annotations
+
+DATA_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE collections (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY,
+        txn TEXT NOT NULL,
+        at TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        actor TEXT NOT NULL,
+        function TEXT,
+        revision INTEGER,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX changes_by_tenant ON changes (tenant, seq);
+    CREATE TRIGGER changes_no_update BEFORE UPDATE ON changes
+    BEGIN SELECT RAISE(ABORT, 'the change log is append-only'); END;
+    CREATE TRIGGER changes_next_seq BEFORE INSERT ON changes
+    WHEN NEW.seq IS NULL OR NEW.seq <= (SELECT COALESCE(MAX(seq), 0) FROM changes)
+    BEGIN SELECT RAISE(ABORT, 'the change log is append-only: records take the next seq and are chained by fnctl'); END;
+    CREATE TABLE idempotency (
+        tenant TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        response TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (tenant, collection, key)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)

@@ -1,0 +1,120 @@
+"""The filter language: parsing, every bad-filter case, the pure evaluator, caller binding, and agreement
+between the evaluator and the SQL the document store compiles (the same documents match both ways)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+
+from fnctl.data.caller import Caller
+from fnctl.data.errors import BadFilter
+from fnctl.data.filters import ALL, And, Compare, Not, Op, Or, bind, matches, parse
+from fnctl.state.docstore import compile_filter
+
+
+def env(data: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {"id": meta.get("id", "d1"), "version": 1, "createdAt": "2026-01-01T00:00:00.000000Z",
+            "createdBy": "key:a", "updatedAt": "2026-01-01T00:00:00.000000Z", "updatedBy": "key:a", "data": data}
+
+
+def test_parsing_builds_the_ast() -> None:
+    assert parse({}) == ALL
+    assert parse({"status": "paid"}) == Compare("status", Op.EQ, "paid")
+    assert parse({"total": {"$gt": 10, "$lte": 20}}) == And((Compare("total", Op.GT, 10), Compare("total", Op.LTE, 20)))
+    assert parse({"$or": [{"a": 1}, {"b": {"$in": [1, "x", None]}}]}) == Or(
+        (Compare("a", Op.EQ, 1), Compare("b", Op.IN, (1, "x", None))))
+    assert parse({"$not": {"customer.id": {"$exists": True}}}) == Not(Compare("customer.id", Op.EXISTS, True))
+
+
+@pytest.mark.parametrize(("raw", "where"), [
+    ([], "$"), ("x", "$"), ({"a": {"$regex": "x"}}, "$.a.$regex"), ({"$where": "1"}, "$.$where"),
+    ({"a": {"$in": 3}}, "$.a.$in"), ({"a": {"$nin": "x"}}, "$.a.$nin"), ({"a": {"$gt": [1]}}, "$.a.$gt"),
+    ({"a": {"$gt": None}}, "$.a.$gt"), ({"a": {"$gt": True}}, "$.a.$gt"), ({"a": {"$eq": {"b": 1}}}, "$.a.$eq"),
+    ({"a": [1, 2]}, "$.a"), ({"a": {"b": 1}}, "$.a"), ({"a": {}}, "$.a"), ({"$and": []}, "$.$and"),
+    ({"$or": {}}, "$.$or"), ({"$not": []}, "$.$not"), ({"$and": [{"a": {"$bad": 1}}]}, "$.$and[0].a.$bad"),
+    ({"a..b": 1}, "$['a..b']"), ({"": 1}, "$['']"), ({"a b": 1}, "$['a b']"), ({"a": {"$exists": 1}}, "$.a.$exists"),
+    ({"a": float("nan")}, "$.a"), ({"a": {"$in": [[1]]}}, "$.a.$in[0]"),
+])
+def test_bad_filters_are_400_naming_the_json_path(raw: Any, where: str) -> None:
+    with pytest.raises(BadFilter) as caught:
+        parse(raw)
+    assert caught.value.status == 400
+    assert caught.value.violations[0][0] == where, caught.value.violations
+
+
+def test_too_deep_or_too_large_filters_are_refused() -> None:
+    deep: dict[str, Any] = {"a": 1}
+    for _ in range(40):
+        deep = {"$not": deep}
+    with pytest.raises(BadFilter, match="nests deeper"):
+        parse(deep)
+    with pytest.raises(BadFilter, match="more than"):
+        parse({"$or": [{"a": i} for i in range(300)]})
+
+
+def test_caller_references_only_in_row_rules() -> None:
+    assert parse({"owner": "$caller.id"}) == Compare("owner", Op.EQ, "$caller.id")  # a query: a plain string
+    rule = parse({"owner": "$caller.id", "org": "$caller.tenant", "role": {"$in": "$caller.roles"}}, caller_refs=True)
+    caller = Caller("jwt:alice", "jwt", frozenset({"b", "a"}), "acme")
+    assert bind(rule, caller) == And((Compare("owner", Op.EQ, "jwt:alice"), Compare("org", Op.EQ, "acme"),
+                                      Compare("role", Op.IN, ("a", "b"))))
+    with pytest.raises(BadFilter, match="unknown reference"):
+        parse({"owner": "$caller.email"}, caller_refs=True)
+    with pytest.raises(BadFilter, match="cannot be used here"):
+        parse({"n": {"$gt": "$caller.roles"}}, caller_refs=True)
+
+
+CASES: list[tuple[dict[str, Any], dict[str, Any], bool]] = [
+    ({"status": "paid"}, {"status": "paid"}, True),
+    ({"status": "paid"}, {"status": "new"}, False),
+    ({"status": "paid"}, {}, False),
+    ({"n": 1}, {"n": 1.0}, True),
+    ({"n": "1"}, {"n": 1}, False),
+    ({"n": None}, {}, True),
+    ({"n": None}, {"n": None}, True),
+    ({"n": None}, {"n": 0}, False),
+    ({"n": {"$ne": 1}}, {}, True),
+    ({"n": {"$ne": 1}}, {"n": 1}, False),
+    ({"n": {"$gt": 5}}, {"n": 6}, True),
+    ({"n": {"$gt": 5}}, {"n": "7"}, False),
+    ({"n": {"$gt": "a"}}, {"n": 7}, False),
+    ({"n": {"$gt": "a"}}, {"n": "b"}, True),
+    ({"n": {"$gt": "a"}}, {"n": {"x": "b"}}, False),
+    ({"n": {"$lte": 5}}, {}, False),
+    ({"n": {"$gte": 5, "$lt": 9}}, {"n": 5}, True),
+    ({"n": {"$in": [1, 2]}}, {"n": 2}, True),
+    ({"n": {"$in": [1, None]}}, {}, True),
+    ({"n": {"$in": []}}, {"n": 1}, False),
+    ({"n": {"$nin": [1, 2]}}, {}, True),
+    ({"n": {"$nin": [1, 2]}}, {"n": 1}, False),
+    ({"n": {"$exists": True}}, {"n": None}, True),
+    ({"n": {"$exists": False}}, {"n": None}, False),
+    ({"n": {"$exists": False}}, {}, True),
+    ({"c.id": "x"}, {"c": {"id": "x"}}, True),
+    ({"c.id": "x"}, {"c": "x"}, False),
+    ({"$not": {"n": {"$gt": 1}}}, {}, True),
+    ({"$or": [{"a": 1}, {"b": 1}]}, {"b": 1}, True),
+    ({"$and": [{"a": 1}, {"b": 1}]}, {"b": 1}, False),
+    ({"flag": True}, {"flag": True}, True),
+    ({"id": "d1"}, {"id": "other"}, True),  # id addresses the envelope, not data
+    ({"version": {"$gte": 1}}, {}, True),
+    ({"createdBy": "key:a"}, {}, True),
+    ({"s": {"$lt": "é"}}, {"s": "z"}, True),
+]
+
+
+@pytest.mark.parametrize(("raw", "data", "expected"), CASES)
+def test_the_evaluator_and_the_compiled_sql_agree(raw: dict[str, Any], data: dict[str, Any], expected: bool) -> None:
+    ast = parse(raw)
+    assert matches(ast, env(data)) is expected
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (id TEXT, version INTEGER, created_at TEXT, created_by TEXT, updated_at TEXT, "
+               "updated_by TEXT, data TEXT)")
+    db.execute("INSERT INTO t VALUES ('d1', 1, '2026-01-01T00:00:00.000000Z', 'key:a', '2026-01-01T00:00:00.000000Z', "
+               "'key:a', ?)", (json.dumps(data),))
+    sql, params = compile_filter(ast)
+    assert "'" not in sql.replace("'integer'", "").replace("'real'", "").replace("'text'", "")  # values are parameters
+    assert db.execute(f"SELECT COUNT(*) FROM t WHERE {sql}", params).fetchone()[0] == int(expected), (sql, params)
