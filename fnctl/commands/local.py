@@ -163,6 +163,10 @@ class LocalData:
             return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
                            message=f"LimitExceeded: {session.exceeded.detail_text}")
         if session.txn is not None:
+            if session.conflict is not None:
+                session.txn.rollback()
+                return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
+                               message=f"Conflict: {session.conflict.detail_text} (nothing was written)")
             if not outcome.ok:
                 session.txn.rollback()
                 return outcome

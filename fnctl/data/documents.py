@@ -581,10 +581,7 @@ class Txn:
         if not self.writes:
             return []
         caller = self.caller
-        # A written document's read is checked too when the write is based on a later version than the one
-        # first read (read at v1, changed meanwhile, patched at v2): else that write would silently lose an update.
-        reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items()
-                 if (c, i) not in self.writes or self.writes[(c, i)].expected != v]
+        reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items() if (c, i) not in self.writes]
         writes = [StoredWrite(p.op, p.collection, p.id, p.expected, p.text,
                               p.before, p.idempotency_key) for p in self.writes.values()]
         try:

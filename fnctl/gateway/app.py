@@ -321,9 +321,13 @@ class Gateway:
                 if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
                     raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}",
                                  "error")
-                if session.txn is None or not result.outcome.ok:
-                    return result  # a failed procedure's buffered writes are dropped with its session
+                if session.txn is None:
+                    return result
                 try:
+                    if session.conflict is not None:  # a read went stale during the run: it cannot commit
+                        raise session.conflict
+                    if not result.outcome.ok:
+                        return result  # a failed procedure's buffered writes are dropped with its session
                     await broker.commit(session)
                 except DataError as error:
                     if error.status == 409 and attempt + 1 < attempts:

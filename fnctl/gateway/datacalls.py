@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataPlane, Document, Page, Txn
-from fnctl.data.errors import DataError, Invalid
+from fnctl.data.errors import Conflict, DataError, Invalid
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import ParseError, Policy, parse_policy
@@ -33,6 +33,7 @@ class Session:
     budget: Budget
     txn: Txn | None
     exceeded: DataError | None = None  # a limit was hit: the invocation fails, whatever the handler returns
+    conflict: DataError | None = None  # a procedure's read went stale: it cannot commit (re-run it, or 409)
     calls: int = 0
 
 
@@ -106,6 +107,9 @@ def answer(plane: DataPlane, session: Session, method: str, params: Mapping[str,
     except DataError as error:
         if error.status == 429 and session.exceeded is None:
             session.exceeded = error
+        if isinstance(error, Conflict) and session.txn is not None and session.conflict is None and \
+                not (method == "db.insert" and "already exists" in error.detail_text):
+            session.conflict = error  # a stale read: caught by the handler or not, this transaction cannot commit
         raise
 
 
