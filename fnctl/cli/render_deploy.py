@@ -34,8 +34,9 @@ def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune
                 collections: list[CollectionChange] | None = None) -> None:
     collections = collections or []
     if output is Output.JSON:
+        # `collections` only in projects that have some: the JSON other projects' CI reads keeps its shape.
         print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans), "prune": prune,
-                    "collections": [collection_change_to_json(c) for c in collections]})
+                    **({"collections": [collection_change_to_json(c) for c in collections]} if collections else {})})
         return
     out = console()
     for change in changes:
