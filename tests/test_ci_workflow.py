@@ -32,7 +32,7 @@ FNCTL_BIN = Path(sys.executable).parent  # the virtualenv running the tests hold
 ACTOR = "octo-merger"
 
 PLAN_FIELDS = {"format", "project", "prune", "liveFingerprint", "live", "desired", "changes", "steps", "timelines",
-               "paths"}
+               "paths", "collections"}  # collections: the demo project declares one
 CHANGE_FIELDS = {"function", "change", "liveRevision", "specHash", "fields", "drift"}
 
 
@@ -230,7 +230,8 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
 
     assert pr.outputs["diff"] == {"changes": "true"}
     diff = json.loads((pr.temp / "diff.json").read_text())
-    assert set(diff) == {"changes", "orphans", "prune"}
+    assert set(diff) == {"changes", "orphans", "prune", "collections"}
+    assert [(c["collection"], c["change"]) for c in diff["collections"]] == [("orders", "create")]
     assert [(c["function"], c["change"]) for c in diff["changes"]] == [
         ("hello", "create"), ("order-book", "create"), ("orders", "create")]
     assert all(set(c) == CHANGE_FIELDS for c in diff["changes"])
