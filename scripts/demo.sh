@@ -17,3 +17,24 @@ show invoke --local hello --data '{"name": "local sandbox"}'
 show status
 show sandbox check hello
 show history hello
+
+# Data: orders created through the REST API (curl), read back by a function with context.db, under the rights
+# of the API key that calls it. Re-runnable: the inserts carry Idempotency-Keys (a re-run replays them).
+PORT="${DEMO_PORT:-$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+fnctl serve --address "127.0.0.1:$PORT" >/tmp/fnctl-demo-serve.log 2>&1 &
+SERVE=$!
+trap 'kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat /tmp/fnctl-demo-serve.log; exit 1; }
+printf '\n\033[1m$ KEY=$(fnctl keys create demo-shop --role shop-admin)\033[0m\n'
+KEY=$(fnctl keys create "demo-shop-$(date +%s)" --role shop-admin)
+api() { printf '\n\033[1m$ curl %s\033[0m\n' "$*"; curl -sS -H "Authorization: Bearer $KEY" "$@"; echo; }
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -H 'Idempotency-Key: demo-order-1' -d '{"customer": "ada", "items": [{"sku": "a", "qty": 2, "price": 4.5}]}'
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -H 'Idempotency-Key: demo-order-2' -d '{"customer": "ada", "items": [{"sku": "b", "qty": 1, "price": 12}]}'
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -d '{"customer": "ada", "items": []}'              # bad input: 400 with the schema violation's JSON path
+api "http://127.0.0.1:$PORT/v1/collections/orders/docs?filter=%7B%22customer%22%3A%22ada%22%7D&order=customer,createdAt"
+api -X POST "http://127.0.0.1:$PORT/invoke/order-book" -H 'Content-Type: application/json' -d '{"customer": "ada"}'
+show data find orders '{"customer": "ada"}'

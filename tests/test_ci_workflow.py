@@ -32,7 +32,7 @@ FNCTL_BIN = Path(sys.executable).parent  # the virtualenv running the tests hold
 ACTOR = "octo-merger"
 
 PLAN_FIELDS = {"format", "project", "prune", "liveFingerprint", "live", "desired", "changes", "steps", "timelines",
-               "paths"}
+               "paths", "collections"}  # collections: the demo project declares one
 CHANGE_FIELDS = {"function", "change", "liveRevision", "specHash", "fields", "drift"}
 
 
@@ -230,21 +230,24 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
 
     assert pr.outputs["diff"] == {"changes": "true"}
     diff = json.loads((pr.temp / "diff.json").read_text())
-    assert set(diff) == {"changes", "orphans", "prune"}
-    assert [(c["function"], c["change"]) for c in diff["changes"]] == [("hello", "create"), ("orders", "create")]
+    assert set(diff) == {"changes", "orphans", "prune", "collections"}
+    assert [(c["collection"], c["change"]) for c in diff["collections"]] == [("orders", "create")]
+    assert [(c["function"], c["change"]) for c in diff["changes"]] == [
+        ("hello", "create"), ("order-book", "create"), ("orders", "create")]
     assert all(set(c) == CHANGE_FIELDS for c in diff["changes"])
     assert {f["path"]: f["new"] for f in diff["changes"][0]["fields"]}["env"] == {"GREETING": "hi"}
 
     plan = json.loads((pr.temp / "plan.json").read_text())
     assert set(plan) == PLAN_FIELDS, set(plan) ^ PLAN_FIELDS
     assert plan["format"] == 1 and plan["project"] == workspace.project.name and plan["timelines"] == {}
-    assert set(plan["desired"]) == {"hello", "orders"} and plan["live"]["functions"] == {}
+    assert set(plan["desired"]) == {"hello", "order-book", "orders"} and plan["live"]["functions"] == {}
     assert [s["kind"] for s in plan["steps"] if s["function"] == "hello"] == [
         "build image", "create revision", "start instances", "health check", "switch traffic"]
 
     comment = (pr.temp / "plan.md").read_text()
     assert comment.startswith("<!-- fnctl-plan -->\n### fnctl plan for `" + workspace.sha[:12]), comment
-    assert "2 to create" in comment and "| hello | create | – |" in comment and "10 steps" in comment, comment
+    # 3 functions, 5 steps each, and the orders collection's
+    assert "3 to create" in comment and "| hello | create | – |" in comment and "16 steps" in comment, comment
     assert comment in (pr.temp / "summary.md").read_text()
     assert _git(workspace.root, "status", "--porcelain") == "", "the steps left files in the checkout"
 
@@ -254,8 +257,10 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert push.outputs["head"] == {"current": "true"}
     applied = json.loads((push.temp / "apply.json").read_text())
     assert applied["ok"] and applied["exitCode"] == 0, applied
-    assert [(r["function"], r["action"], r["revision"]) for r in applied["results"][:2]] == [
-        ("hello", "create", 1), ("orders", "create", 1)]
+    assert [(r["function"], r["action"], r["revision"]) for r in applied["results"] if r["kind"] == "function"][:3] == [
+        ("hello", "create", 1), ("order-book", "create", 1), ("orders", "create", 1)]
+    assert [(r["function"], r["kind"]) for r in applied["results"] if r["kind"] == "collection"] == [
+        ("orders", "collection")]
     assert "### fnctl apply: ok (exit 0)" in (push.temp / "summary.md").read_text()
     revision = workspace.project.ok("history", "hello", "-o", "json").json()[0]
     assert (revision["gitCommit"], revision["createdBy"]) == (workspace.sha, f"ci:{ACTOR}")

@@ -150,3 +150,38 @@ def test_policies_must_name_declared_collections_once_there_are_any(tmp_path: Pa
     assert problems[0].split(": ")[0].endswith("spec.roles.customer.read.1")
     _, problems = load(tmp_path, POLICY.replace("WHERE", "{}"))
     assert problems == []  # no Collection declared at all: nothing to check references against
+
+
+FUNCTION_ROLE_POLICY = """\
+apiVersion: fnctl/v1
+kind: Policy
+metadata: {name: own-rights}
+spec:
+  roles:
+    ROLE:
+      read: [orders]
+      write: [orders]
+"""
+
+
+def test_a_policy_grants_the_role_of_a_run_as_function_function(tmp_path: Path) -> None:
+    text = FUNCTION + "  runAs: function\n---\n" + COLLECTION + "---\n" + FUNCTION_ROLE_POLICY.replace("ROLE", "function:hello")
+    state, problems = load(tmp_path, text)
+    assert problems == []
+    assert state.policies[0].roles["function:hello"].write == ("orders",)
+
+
+@pytest.mark.parametrize(("role", "runas", "message"), [
+    ("function:goodbye", "  runAs: function\n", "function 'goodbye' is not defined in these manifests"),
+    ("function:hello", "", "function 'hello' does not declare runAs: function"),
+    ("function:Hello", "  runAs: function\n", "a role name is a DNS label"),  # NAME is a function name
+    ("function:", "  runAs: function\n", "a role name is a DNS label"),
+    ("service:hello", "  runAs: function\n", "a role name is a DNS label"),  # only the function: prefix is allowed
+    ("function:hello:x", "  runAs: function\n", "a role name is a DNS label"),
+])
+def test_a_function_role_must_name_a_declared_run_as_function_function(tmp_path: Path, role: str, runas: str,
+                                                                       message: str) -> None:
+    text = FUNCTION + runas + "---\n" + COLLECTION + "---\n" + FUNCTION_ROLE_POLICY.replace("ROLE", f'"{role}"')
+    _, problems = load(tmp_path, text)
+    assert len(problems) == 1 and message in problems[0], problems
+    assert "spec.roles" in problems[0].split(": ")[0], problems

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from fnctl.errors import BadInput
 from fnctl.manifest.units import parse_duration
-from fnctl.state import auditchain
+from fnctl.state import auditchain, docstore
 from fnctl.state.store import AuditEntry, AuditFilter, InvocationEntry, Store
 
 
@@ -52,10 +52,21 @@ class Verification:
 
 
 def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
-    """Walk every chain in the store; an anchor is a head hash recorded outside the store earlier."""
+    """Walk every chain in the store, and the data file's change log beside it when there is one; an anchor is
+    a head hash recorded outside the store earlier (of any of these chains)."""
     bad = [a for a in anchors if len(a.strip()) != 64 or any(c not in "0123456789abcdef" for c in a.strip().lower())]
     if bad:
         raise BadInput(f"--anchor {bad[0]!r} is not a record hash (64 hex digits, as `fnctl audit verify` prints)")
-    chains = tuple(auditchain.verify(table, store.audit_chain(table), store.audit_head(table))
-                   for table in auditchain.CHAINS)
-    return Verification(chains, tuple(auditchain.check_anchors(chains, anchors, store.audit_hash_known)), time.time())
+    chains = [auditchain.verify(table, store.audit_chain(table), store.audit_head(table))
+              for table in auditchain.CHAINS]
+    known = store.audit_hash_known
+    data_file = docstore.data_path(store.path)
+    if not data_file.exists():  # nothing was ever written to the data plane: no change log to check
+        return Verification(tuple(chains), tuple(auditchain.check_anchors(chains, anchors, known)), time.time())
+    documents = docstore.connect(data_file)
+    try:
+        chains.append(documents.verify_changes())  # the data plane's change log: the audit of every data write
+        found = auditchain.check_anchors(chains, anchors, lambda h: known(h) or documents.change_hash_known(h))
+    finally:
+        documents.close()
+    return Verification(tuple(chains), tuple(found), time.time())

@@ -28,6 +28,7 @@ from fnctl.manifest.model import (
     Kind,
     Policy,
     RowRule,
+    RunAs,
     Trigger,
     TriggerType,
     View,
@@ -37,6 +38,7 @@ from fnctl.manifest.schemas import check_json_schema
 from fnctl.manifest.units import format_duration
 
 MIN_GVISOR_PIDS = 64
+FUNCTION_ROLE_PREFIX = "function:"  # the role of a `runAs: function` Function (fnctl.data.Caller.for_function)
 _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
@@ -54,6 +56,7 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
         yield from _reference(view, ("spec", "function"), view.function, functions)
     for policy in state.policies:
         for role, grant in policy.roles.items():
+            yield from _function_role(policy, role, functions)
             for i, target in enumerate(grant.invoke):
                 if target != "*":
                     yield from _reference(policy, ("spec", "roles", role, "invoke", i), target, functions)
@@ -122,6 +125,20 @@ def _reference(item: Trigger | View | Policy, path: tuple[str | int, ...], name:
                functions: dict[str, Function]) -> Iterator[Finding]:
     if name not in functions:
         yield item, path, f"function {name!r} is not defined in these manifests"
+
+
+def _function_role(policy: Policy, role: str, functions: dict[str, Function]) -> Iterator[Finding]:
+    """`function:NAME` is the role of a Function running with its own rights: NAME must be declared, with
+    `runAs: function` (else the grant would never apply)."""
+    if not role.startswith(FUNCTION_ROLE_PREFIX):
+        return
+    name = role.removeprefix(FUNCTION_ROLE_PREFIX)
+    where: tuple[str | int, ...] = ("spec", "roles", role)
+    if name not in functions:
+        yield policy, where, f"role {role!r}: function {name!r} is not defined in these manifests"
+    elif functions[name].run_as is not RunAs.FUNCTION:
+        yield policy, where, (f"role {role!r}: function {name!r} does not declare runAs: function, "
+                              "so it never acts with this role")
 
 
 def _where(item: Any) -> str:

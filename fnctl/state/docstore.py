@@ -364,6 +364,10 @@ class DocStore:
     def verify_changes(self) -> auditchain.ChainReport:
         return auditchain.verify(CHAIN, self.change_chain(), self.change_head())
 
+    def change_hash_known(self, digest: str) -> bool:
+        """Whether a change has this hash (an anchor kept outside the data file)."""
+        return self._db().execute("SELECT 1 FROM changes WHERE hash = ? LIMIT 1", (digest,)).fetchone() is not None
+
     # -- the write path ---------------------------------------------------------------------------------
 
     def commit(self, tenant: str, reads: Sequence[ReadCheck], finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],

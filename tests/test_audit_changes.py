@@ -1,0 +1,108 @@
+"""`fnctl audit verify` checks the data plane's change log (the audit of every data write, hash-chained in the
+data file beside the state store): intact → exit 0 and its head shown; a change edited, removed or reordered,
+or the tail cut → exit 1 naming the record; an anchor from the change log is found. Real SQLite files in
+tmp_path, the CLI as a real `python -m fnctl` process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_audit import _findings, _verify, fnctl
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import DataPlane
+from fnctl.manifest.model import parse_collection
+from fnctl.state import docstore
+from fnctl.state.store import connect
+
+OPERATOR = Caller.operator("alice")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state" / "state.db"
+    connect(path).close()
+    yield path
+
+
+def _write_changes(state: Path) -> None:
+    """Five changes: four inserts and a patch."""
+    documents = docstore.connect(docstore.data_path(state))
+    try:
+        plane = DataPlane(documents, lambda: ())
+        plane.sync_collections([parse_collection("notes", {"schema": {"type": "object"}})], prune=False, force=False)
+        for i in range(4):
+            plane.insert(OPERATOR, "notes", {"n": i}, id=f"n{i}")
+        plane.patch(OPERATOR, "notes", "n0", {"n": 10}, if_match=1)
+    finally:
+        documents.close()
+
+
+def _raw(state: Path) -> sqlite3.Connection:
+    raw = sqlite3.connect(docstore.data_path(state), isolation_level=None)
+    for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'changes'").fetchall():
+        raw.execute(f"DROP TRIGGER {name}")  # what someone who can write the file can do
+    return raw
+
+
+def _changes(report: dict[str, object]) -> dict[str, object]:
+    chains = report["chains"]
+    assert isinstance(chains, list)
+    return next(c for c in chains if c["table"] == "changes")
+
+
+def test_without_a_data_file_only_the_audit_chains_are_checked(state: Path, tmp_path: Path) -> None:
+    code, report = _verify(state, tmp_path)
+    assert code == 0 and [c["table"] for c in report["chains"]] == ["audit", "invocations"]  # type: ignore[attr-defined]
+    assert not docstore.data_path(state).exists()  # verify never creates the data file
+
+
+def test_an_intact_change_log_verifies_with_its_head(state: Path, tmp_path: Path) -> None:
+    _write_changes(state)
+    code, report = _verify(state, tmp_path)
+    changes = _changes(report)
+    assert code == 0 and report["intact"] is True and changes["records"] == 5 and changes["headId"] == 5, report
+    text = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
+    assert text.returncode == 0 and "changes: 5 records, intact; head 5 " in text.stdout, text.stdout
+    assert f"--anchor {changes['headHash']}" in text.stderr
+    assert _verify(state, tmp_path, "--anchor", str(changes["headHash"]))[0] == 0  # an anchor of the change log
+
+
+def test_a_changed_change_is_detected_and_named(state: Path, tmp_path: Path) -> None:
+    _write_changes(state)
+    raw = _raw(state)
+    after = json.dumps({"n": 999})
+    raw.execute("UPDATE changes SET after = json_set(after, '$.data', json(?)) WHERE seq = 3", (after,))
+    raw.execute("UPDATE changes SET actor = 'operator:mallory' WHERE seq = 4")
+    code, report = _verify(state, tmp_path)
+    assert code == 1 and report["intact"] is False
+    assert _findings(report) == [("changes", "changed", 3), ("changes", "changed", 4)]
+    text = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
+    assert text.returncode == 1 and "changes record 3: changed" in text.stdout and "TAMPERED" in text.stdout
+
+
+def test_a_removed_change_is_detected_in_the_middle_and_at_the_end(state: Path, tmp_path: Path) -> None:
+    _write_changes(state)
+    raw = _raw(state)
+    raw.execute("DELETE FROM changes WHERE seq = 2")
+    code, report = _verify(state, tmp_path)
+    assert code == 1 and _findings(report) == [("changes", "removed", 3)]
+    raw.execute("DELETE FROM changes WHERE seq = 5")  # the tail: the head marker still names change 5
+    code, report = _verify(state, tmp_path)
+    assert code == 1 and ("changes", "truncated", 5) in _findings(report)
+
+
+def test_reordered_changes_are_detected(state: Path, tmp_path: Path) -> None:
+    _write_changes(state)
+    raw = _raw(state)
+    # changes 2 and 3 exchange places, each with its own links: their content moves to the other's seq
+    raw.execute("UPDATE changes SET seq = -2 WHERE seq = 2")
+    raw.execute("UPDATE changes SET seq = 2 WHERE seq = 3")
+    raw.execute("UPDATE changes SET seq = 3 WHERE seq = -2")
+    code, report = _verify(state, tmp_path)
+    assert code == 1
+    assert {(t, r) for t, _, r in _findings(report)} >= {("changes", 2), ("changes", 3)}
