@@ -146,7 +146,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         cleanup(project)
 
 
-def _changes(live: Live, collection: str) -> list[docstore.Change]:
+def _changes(live: Live, collection: str) -> list[docstore.ChangeRow]:
     documents = docstore.connect(docstore.data_path(live.project.state))
     try:
         return [c for c in documents.changes(0, "", [collection], 100_000)]

@@ -78,7 +78,7 @@ def test_the_repository_examples_validate(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(REPO)
     result = validate_paths(load_project(), [REPO / "manifests"])
     assert lines(result) == []
-    assert {f.name for f in result.state.functions} == {"hello", "orders", "stats-canary", "stats-bluegreen", "stats-ab"}
+    assert {f.name for f in result.state.functions} == {"hello", "orders", "order-book", "stats-canary", "stats-bluegreen", "stats-ab"}
     assert len(result.files) == 3
 
 
