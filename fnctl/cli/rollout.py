@@ -16,6 +16,7 @@ from fnctl.errors import ExitCode
 
 if TYPE_CHECKING:
     from fnctl.commands.rollouts import OnEvent, OnTick, Snapshot
+    from fnctl.rollout.machine import EventKind
 
 app = typer.Typer()
 rollout_app = typer.Typer(help="Follow progressive rollouts (canary, blue-green, A/B).", no_args_is_help=True)
@@ -113,7 +114,7 @@ def abort(name: NameArg, state: StateOpt = None, output: RolloutOutputOpt = Roll
     _request(name, state, EventKind.ABORT_REQUESTED, {}, False, None, output, exit_code=ExitCode.OK)
 
 
-def _request(name: str, state: Path | None, kind: object, data: dict[str, object], wait: bool, timeout: str | None,
+def _request(name: str, state: Path | None, kind: EventKind, data: dict[str, object], wait: bool, timeout: str | None,
              output: RolloutOutput, exit_code: ExitCode | None = None) -> None:
     from fnctl.cli.render_rollout import LiveView
     from fnctl.commands.rollouts import request
@@ -121,7 +122,7 @@ def _request(name: str, state: Path | None, kind: object, data: dict[str, object
 
     with LiveView(wait and output is RolloutOutput.TEXT) as view:
         on_event, on_tick = watchers(output, view)
-        snapshot = request(load_project(), deploy_options(state), name, kind, data, wait=wait,  # type: ignore[arg-type]
+        snapshot = request(load_project(), deploy_options(state), name, kind, data, wait=wait,
                            timeout=parse_timeout(timeout), on_event=on_event, on_tick=on_tick)
     _finish(snapshot, output, exit_code=exit_code)
 
