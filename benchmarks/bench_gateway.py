@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -157,11 +158,17 @@ def wrk(port: int, path: str, script: Path, *, threads: int, connections: int, s
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk may pad "3.56s "
     if set(latency) != {"50", "99"} or "Requests/sec:" not in out:
         raise SystemExit(f"wrk gave no figures for {path} (exit {done.returncode}):\n{out}{done.stderr}")
-    return Wrk(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-               _ms(latency["50"]), _ms(latency["99"]),
+    return Wrk(float(_first(r"Requests/sec:\s+([\d.]+)", out)), _ms(latency["50"]), _ms(latency["99"]),
                sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
-               int(non_2xx.group(1)) if non_2xx else 0,
-               int(re.search(r"(\d+) requests in", out).group(1)))  # type: ignore[union-attr]
+               int(non_2xx.group(1)) if non_2xx else 0, int(_first(r"(\d+) requests in", out)))
+
+
+def _first(pattern: str, text: str) -> str:
+    """The first group of `pattern` in wrk's output, which has it (checked above)."""
+    found = re.search(pattern, text)
+    if found is None:
+        raise SystemExit(f"wrk's output lacks {pattern!r}:\n{text}")
+    return found.group(1)
 
 
 # ---- raw sequential clients, for latency ----
@@ -440,7 +447,9 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
     direct_p50 = statistics.median(r["direct"]) * 1000  # type: ignore[arg-type]
     via_p50 = statistics.median(r["via"]) * 1000  # type: ignore[arg-type]
     load: Wrk = r["load"]  # type: ignore[assignment]
-    cold = statistics.median(r["cold"])  # type: ignore[arg-type]
+    cold_runs = cast(list[float], r["cold"])
+    cold = statistics.median(cold_runs)
+    ipc = cast(tuple[float, float], r["ipc"])
     ratio, added = gw_rps / bare_rps, via_p50 - direct_p50
     cpu_us = [statistics.median(c[i] for c in r["cpu"]) * 1e6 for i in range(3)]  # type: ignore[attr-defined]
     rows = [
@@ -449,15 +458,15 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
          f"{ratio:.0%} of bare (target >= 40%)"),
         ("  CPU per request: bare server / gateway / runtime", f"{cpu_us[0]:.0f} / {cpu_us[1]:.0f} / {cpu_us[2]:.0f} us",
          "where the 2 cores go (wrk takes its share too)"),
-        ("  one process-to-process round trip (socketpair)", f"{r['ipc'][0]:.0f} us",  # type: ignore[index]
-         f"{r['ipc'][1]:.0f} us of the caller's CPU: a hop's price here"),  # type: ignore[index]
+        ("  one process-to-process round trip (socketpair)", f"{ipc[0]:.0f} us",
+         f"{ipc[1]:.0f} us of the caller's CPU: a hop's price here"),
         ("latency p50, straight to the instance socket", f"{direct_p50:.3f} ms", ""),
         ("latency p50, through the gateway", f"{via_p50:.3f} ms", f"added {added:.3f} ms (target <= 1 ms)"),
         (f"200 keep-alive clients, {args.load_seconds} s (wrk -t2 -c200)", f"{load.rps:,.0f} req/s",
          f"{load.errors} errors in {load.requests:,} (target 0: {load.socket_errors} socket, {load.non_2xx} "
          f"non-2xx); p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"),
-        (f"cold start, minInstances 0 (median of {len(r['cold'])})", f"{cold:.3f} s",  # type: ignore[arg-type]
-         "runs " + ", ".join(f"{t:.2f}" for t in r["cold"]) + " s (target <= 1.0 s)"),  # type: ignore[attr-defined]
+        (f"cold start, minInstances 0 (median of {len(cold_runs)})", f"{cold:.3f} s",
+         "runs " + ", ".join(f"{t:.2f}" for t in cold_runs) + " s (target <= 1.0 s)"),
         (f"gateway RSS, {args.functions} functions deployed", f"{r['rss']:.1f} MB",
          f"peak {r['peak']:.1f} MB (target <= 80 MB)"),
     ]
