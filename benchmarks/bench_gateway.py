@@ -480,7 +480,7 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
         print(f"| {name:<{width}} | {figure:>14} | {note}")
     missed = [m for m, bad in (("throughput", ratio < 0.40), ("added latency", added > 1.0),
                                ("load errors", load.errors > 0), ("cold start", cold > 1.0),
-                               ("RSS", float(r["rss"]) > 80)) if bad]  # type: ignore[arg-type]
+                               ("RSS", cast(float, r["rss"]) > 80)) if bad]
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 
