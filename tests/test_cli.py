@@ -44,7 +44,7 @@ def test_validate_the_project_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "valid: 2 files, 2 functions, 3 triggers, 1 view, 1 policy\n"
+    assert result.stdout == "valid: 2 files, 3 functions, 3 triggers, 1 view, 1 policy, 1 collection\n"
     assert result.stderr == ""
 
 
@@ -92,8 +92,8 @@ def test_validate_json_of_a_valid_project(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate", "manifests", "--output", "json"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"valid": True, "files": 3, "functions": 5, "triggers": 3, "views": 1,
-                                         "policies": 1, "errors": []}
+    assert json.loads(result.stdout) == {"valid": True, "files": 3, "functions": 6, "triggers": 3, "views": 1,
+                                         "policies": 1, "collections": 1, "errors": []}
 
 
 def test_version_and_help() -> None:

@@ -78,6 +78,8 @@ def render_validation(result: ValidationResult, output: Output) -> None:
     state = result.state
     counts = {"functions": len(state.functions), "triggers": len(state.triggers),
               "views": len(state.views), "policies": len(state.policies)}
+    if state.collections:  # counted only where there are some: other projects' output keeps its shape
+        counts["collections"] = len(state.collections)
     if output is Output.JSON:
         print_json({"valid": result.ok, "files": len(result.files), **counts,
                     "errors": [d.as_json() for d in result.diagnostics]})
@@ -86,7 +88,8 @@ def render_validation(result: ValidationResult, output: Output) -> None:
         _line(diagnostic.render(), stderr=True)  # verbatim, never markup or emoji: `[b]`, `:smile:` are user text
     files = _count(len(result.files), "file", "files")
     if result.ok:
-        singular = {"functions": "function", "triggers": "trigger", "views": "view", "policies": "policy"}
+        singular = {"functions": "function", "triggers": "trigger", "views": "view", "policies": "policy",
+                    "collections": "collection"}
         summary = ", ".join(_count(n, singular[k], k) for k, n in counts.items())
         _line(f"valid: {files}, {summary}", styled=f"[green]valid[/green]: {files}, {summary}")
     else:
