@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from deploy_helpers import Result  # noqa: E402
 from rollout_helpers import Load, Rollouts, rollout_project  # noqa: E402
 
-from fnctl.state.store import AuditFilter  # noqa: E402
+from fnctl.state.auditlog import AuditFilter, audit_records  # noqa: E402
 
 PICKUP = 1.0  # the gateway reloads the routing table every 0.25 s; counting starts this long after a change
 FLUSH_LAG = 1.0  # the metrics flush lag allowed on top of one analysis interval (figure 3)
@@ -421,7 +421,7 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     kinds = [e.kind for e in events]
     with setup.project.store() as store:
         revisions = [f"r{r.number} {r.status.value}" for r in store.revisions("fn") if r.number > newest]
-        drivers = sorted({e.command for e in store.audit_records(AuditFilter(target="fn"), limit=200)
+        drivers = sorted({e.command for e in audit_records(store, AuditFilter(target="fn"), limit=200)
                           if e.at > killed_at and e.action.startswith(("route", "rollout"))})
     measured = next((e.data.get("outcome") for e in events if e.kind == "measurement"), None)
     repeated = [k for k in ("started", "completed", "aborted", "scaled-down") if kinds.count(k) > 1]

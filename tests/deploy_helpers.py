@@ -24,7 +24,8 @@ import docker
 import docker.errors
 from polling import wait_until
 
-from fnctl.state.store import AuditFilter, Store, connect
+from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.store import Store, connect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,7 +169,7 @@ class Project:
         container the store does not know, no pending revision, no instance row half-way."""
         with self.store() as store:
             routes, rows, revisions = store.routes(), store.instances(), store.revisions()
-            audit = store.audit_records(AuditFilter(), limit=10_000)
+            audit = audit_records(store, AuditFilter(), limit=10_000)
         engine = {c.labels.get("io.fnctl.instance"): c for c in self.containers()}
         assert set(engine) == {row.id for row in rows}, "containers and instance rows differ"
         for row in rows:

@@ -19,8 +19,10 @@ import pytest
 
 from fnctl.gateway.audit import AuditLog
 from fnctl.state import auditchain
+from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.migrations import MIGRATIONS
-from fnctl.state.store import AuditFilter, Store, _statements, connect
+from fnctl.state.migrations import statements as _statements
+from fnctl.state.store import Store, connect
 
 NOW = time.time()
 
@@ -79,7 +81,7 @@ def test_an_intact_log_verifies_with_exit_0_and_shows_the_heads(store: Store, st
     assert code == 0 and report["intact"] is True, report
     audit = next(c for c in report["chains"] if c["table"] == "audit")  # type: ignore[attr-defined]
     assert audit["records"] == 5 and audit["headId"] == 5
-    assert audit["headHash"] == store.audit_records(AuditFilter(), limit=1)[0].hash
+    assert audit["headHash"] == audit_records(store, AuditFilter(), limit=1)[0].hash
     text = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
     assert text.returncode == 0 and "audit: 5 records, intact; head 5 " in text.stdout
     assert f"--anchor {audit['headHash']}" in text.stderr  # how to keep an anchor outside the store
@@ -144,7 +146,7 @@ def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store
     """What an attacker who can write the store can hide: a chain recomputed whole (head marker too) is
     consistent; only a head hash recorded outside the store shows it (documented in docs/audit.md)."""
     _fill(store)
-    anchor = store.audit_records(AuditFilter(), limit=1)[0].hash
+    anchor = audit_records(store, AuditFilter(), limit=1)[0].hash
     assert anchor is not None
     raw = _raw(state)
     for trigger in ("audit_no_update", "audit_no_delete", "audit_next_id"):
@@ -206,7 +208,7 @@ def test_existing_records_are_chained_by_the_migration(tmp_path: Path) -> None:
     upgraded = connect(path)
     try:
         upgraded.audit(actor="bob", command="keys create", action="create key", target="k", outcome="ok")
-        entries = upgraded.audit_records(AuditFilter())
+        entries = audit_records(upgraded, AuditFilter())
         assert [e.id for e in entries] == [3, 2, 1] and all(e.hash for e in entries)
     finally:
         upgraded.close()
@@ -300,7 +302,7 @@ def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pyte
                      wait=False, timeout=0.01, on_event=lambda *_: None, on_tick=lambda *_: None)
     store = connect(state)
     try:
-        entries = store.audit_records(AuditFilter(target="hello"))
+        entries = audit_records(store, AuditFilter(target="hello"))
     finally:
         store.close()
     (entry,) = [e for e in entries if e.action == "abort requested"]  # the driver may have acted and audited too

@@ -17,7 +17,7 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
 
-from fnctl.state.store import AuditFilter
+from fnctl.state.auditlog import AuditFilter, audit_records
 
 pytestmark = pytest.mark.docker
 
@@ -85,7 +85,7 @@ def test_apply_killed_at_step_is_completed_by_the_next_apply(deployment: Deploym
     project.assert_consistent()
     with project.store() as store:
         revisions = store.revisions("hello")
-        recovered = [e for e in store.audit_records(AuditFilter(), limit=5) if e.action == "recover"]
+        recovered = [e for e in audit_records(store, AuditFilter(), limit=5) if e.action == "recover"]
     if routed == before:  # the crash came before the switch: the interrupted revision is failed, with why
         interrupted = revisions[before]  # numbering starts at 1: this is revision before + 1
         assert interrupted.status.value == "failed" and "interrupted" in (interrupted.reason or "")
@@ -105,7 +105,7 @@ def test_rollback_killed_before_the_switch_can_be_run_again(deployment: Deployme
     with project.store() as store:
         revision = store.revision("hello", current)
         assert revision is not None and revision.status.value == "quarantined"
-        (repair,) = [e for e in store.audit_records(AuditFilter(target=""), limit=3) if e.command == "rollback" and e.action == "recover"]
+        (repair,) = [e for e in audit_records(store, AuditFilter(target=""), limit=3) if e.command == "rollback" and e.action == "recover"]
     assert "removed instance" in (repair.detail or ""), "the half-started instance was not cleaned up"
     project.assert_consistent()
     # The manifests follow the rollback (as a revert commit would), so that later applies have nothing to do.

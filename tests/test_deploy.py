@@ -15,7 +15,7 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 
-from fnctl.state.store import AuditFilter
+from fnctl.state.auditlog import AuditFilter, audit_records
 
 pytestmark = pytest.mark.docker
 
@@ -74,7 +74,7 @@ def test_first_apply_then_no_op(project: Project) -> None:
     assert "hello" in project.ok("status").out
     assert [r["number"] for r in project.ok("history", "hello", "-o", "json").json()] == [1]
     with project.store() as store:
-        routed = [e for e in store.audit_records(AuditFilter(target="hello")) if e.action == "route"]
+        routed = [e for e in audit_records(store, AuditFilter(target="hello")) if e.action == "route"]
     assert routed and routed[0].git_commit == head and routed[0].outcome == "ok"
 
     containers = project.instance_containers("hello")
@@ -141,7 +141,7 @@ def test_failed_deploys_change_nothing_users_see(project: Project) -> None:
     assert project.live_revision("hello") == 1 and project.instance_containers("hello") == serving
     assert project.ok("history", "hello", "-o", "json").json()[2]["status"] == "failed"
     with project.store() as store:
-        outcomes = [e.outcome for e in store.audit_records(AuditFilter(target="hello")) if e.action == "deploy"]
+        outcomes = [e.outcome for e in audit_records(store, AuditFilter(target="hello")) if e.action == "deploy"]
     assert outcomes == ["failed", "failed"]
     project.assert_consistent()
 
@@ -172,7 +172,7 @@ def test_rollback_and_quarantine(project: Project) -> None:
     assert "revision 3 is live" in forced.out
     assert project.invoke("hello")["version"] == "two"
     with project.store() as store:
-        actions = [(e.command, e.action) for e in reversed(store.audit_records(AuditFilter(target="hello")))]
+        actions = [(e.command, e.action) for e in reversed(audit_records(store, AuditFilter(target="hello")))]
     assert ("rollback", "quarantine") in actions and ("rollback", "route") in actions
     project.assert_consistent()
 
@@ -196,7 +196,7 @@ def test_prune_deletes_only_when_asked(project: Project) -> None:
     assert [s["function"] for s in project.ok("status", "-o", "json").json()] == ["keep"]
     assert project.ok("history", "gone", "-o", "json").json()[0]["status"] == "ready"  # history stays
     with project.store() as store:
-        assert [e.outcome for e in store.audit_records(AuditFilter(target="gone")) if e.action == "delete"] == ["ok"]
+        assert [e.outcome for e in audit_records(store, AuditFilter(target="gone")) if e.action == "delete"] == ["ok"]
     assert project.fnctl("invoke", "gone").code == 1
     project.assert_consistent()
 

@@ -44,7 +44,8 @@ from fnctl.rollout.machine import (
     step,
     weights_text,
 )
-from fnctl.state.store import AuditFilter, Revision, RevisionStatus, RolloutRow, Store, connect
+from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.store import Revision, RevisionStatus, RolloutRow, Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
@@ -741,7 +742,7 @@ def test_begin_puts_the_canary_at_zero_percent_and_records_the_start(fleet: Depl
     (started,) = fleet.store.rollout_events(row.id)
     assert (started.kind, started.step, started.message, started.data) == (
         "started", 0, "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)", {"stages": 2})
-    assert [a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))] == ["rollout start"]
+    assert [a.action for a in audit_records(fleet.store, AuditFilter(target="fn"))] == ["rollout start"]
     assert rolloutdriver.record_of(row).weights == {STABLE: 100, NEW: 0}
 
 
@@ -784,7 +785,7 @@ def test_promote_then_the_scale_down(fleet: Deployer) -> None:
     assert rolloutdriver.unfinished(fleet.store) == []
     assert fleet.advance(row.id, at + 1_000) == (record, None)
     assert fleet.events(row.id)[-1] == "scaled-down"
-    assert {"rollout completed", "route"} <= {a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))}
+    assert {"rollout completed", "route"} <= {a.action for a in audit_records(fleet.store, AuditFilter(target="fn"))}
 
 
 def test_promote_full_from_a_gate_completes_at_once(fleet: Deployer) -> None:
@@ -809,7 +810,7 @@ def test_abort_goes_back_to_stable_and_quarantines_and_a_second_abort_is_ignored
     revision = fleet.store.revision("fn", NEW)
     assert revision is not None and revision.reason == "aborted by alice"
     assert fleet.events(row.id) == ["started", "weight", "paused", "abort-requested", "aborted"]
-    assert {"quarantine", "rollout aborted"} <= {a.action for a in fleet.store.audit_records(AuditFilter(target="fn"))}
+    assert {"quarantine", "rollout aborted"} <= {a.action for a in audit_records(fleet.store, AuditFilter(target="fn"))}
     assert rolloutdriver.unfinished(fleet.store) == []
     late = fleet.request(row.id, EventKind.ABORT_REQUESTED, {"by": "bob"})
     record, _ = fleet.advance(row.id)
@@ -1065,7 +1066,7 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     assert rolloutdriver.unfinished(fleet.store) == []
     assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
-    assert [a.action for a in fleet.store.audit_records(AuditFilter())][:1] == ["recover"]
+    assert [a.action for a in audit_records(fleet.store, AuditFilter())][:1] == ["recover"]
 
 
 def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_commit(fleet: Deployer) -> None:
@@ -1076,6 +1077,6 @@ def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_com
                                       T0, "tester", RevisionStatus.READY, None, "Greet louder"))
     row = rolloutdriver.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
     fleet.advance(row.id)
-    driven = [a for a in fleet.store.audit_records(AuditFilter(target="fn")) if a.action in ("route", "rollout completed")]
+    driven = [a for a in audit_records(fleet.store, AuditFilter(target="fn")) if a.action in ("route", "rollout completed")]
     assert len(driven) == 3 and {(a.git_commit, a.git_author, a.git_subject) for a in driven} == {
         ("c" * 40, "Ada <ada@example.org>", "Greet louder")}

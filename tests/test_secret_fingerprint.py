@@ -21,7 +21,8 @@ from fnctl.deploy.session import desired_specs
 from fnctl.errors import BadInput
 from fnctl.manifest.project import load_project
 from fnctl.state.migrations import MIGRATIONS
-from fnctl.state.store import Store, _statements, connect
+from fnctl.state.migrations import statements as _statements
+from fnctl.state.store import Store, connect
 
 # The salt of a store made by fnctl before this change, and what that fnctl computed from it for the
 # project below (`plain` has no secrets; `secretive` reads API_TOKEN="tok").

@@ -17,9 +17,9 @@ import pytest
 from fnctl.deploy.lock import LockTimeout, held
 from fnctl.deploy.session import state_path
 from fnctl.manifest.project import load_project
+from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.store import (
-    AuditFilter,
     InstanceRow,
     InstanceState,
     Revision,
@@ -121,7 +121,7 @@ def test_the_audit_log_is_append_only(store: Store) -> None:
     store.audit(actor="ada", command="apply", action="route", target="hello", outcome="ok", git_commit="abc",
                 detail="r1=100%")
     store.audit(actor="bob", command="rollback", action="quarantine", target="hello", outcome="ok")
-    entries = store.audit_records(AuditFilter(target="hello"))
+    entries = audit_records(store, AuditFilter(target="hello"))
     assert [(e.actor, e.command, e.action, e.outcome, e.git_commit) for e in entries] == [
         ("bob", "rollback", "quarantine", "ok", None), ("ada", "apply", "route", "ok", "abc")]
     assert entries[0].at >= entries[1].at > 0
@@ -129,7 +129,7 @@ def test_the_audit_log_is_append_only(store: Store) -> None:
     for statement in ("UPDATE audit SET outcome = 'failed'", "DELETE FROM audit"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             raw.execute(statement)
-    assert len(store.audit_records(AuditFilter())) == 2
+    assert len(audit_records(store, AuditFilter())) == 2
 
 
 def test_routes_change_atomically_and_must_sum_to_100(store: Store) -> None:

@@ -61,7 +61,7 @@ def audit(
 
     from fnctl.cli.render_audit import render_records
     from fnctl.commands.audit import parse_since, records
-    from fnctl.state.store import AuditFilter
+    from fnctl.state.auditlog import AuditFilter
 
     where = AuditFilter(since=parse_since(since, time.time()) if since else None, target=function, actor=actor)
     store = _store(state)

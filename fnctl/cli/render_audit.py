@@ -12,7 +12,7 @@ from fnctl.cli.render import Output, _line, _plain, console, print_json
 
 if TYPE_CHECKING:
     from fnctl.commands.audit import Verification
-    from fnctl.state.store import AuditEntry, InvocationEntry
+    from fnctl.state.auditlog import AuditEntry, InvocationEntry
 
 
 def _when(at: float) -> str:
@@ -21,7 +21,7 @@ def _when(at: float) -> str:
 
 def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Output) -> None:
     """Newest first, as the store returns them."""
-    from fnctl.state.store import AuditEntry
+    from fnctl.state.auditlog import AuditEntry
 
     if output is Output.JSON:
         print_json([_json(r) for r in rows])
@@ -48,7 +48,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
 
 
 def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
-    from fnctl.state.store import AuditEntry
+    from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):
         return [str(row.id), _when(row.at), row.actor, row.command, row.action, row.target or "-", row.outcome,
@@ -58,7 +58,7 @@ def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
 
 
 def _json(row: AuditEntry | InvocationEntry) -> dict[str, object]:
-    from fnctl.state.store import AuditEntry
+    from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):
         return {"id": row.id, "at": row.at, "actor": row.actor, "command": row.command, "action": row.action,

@@ -3,6 +3,7 @@ walk itself is pure: fnctl.state.auditchain)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +11,17 @@ from datetime import UTC, datetime
 from fnctl.errors import BadInput
 from fnctl.manifest.units import parse_duration
 from fnctl.state import auditchain, docstore
-from fnctl.state.store import AuditEntry, AuditFilter, InvocationEntry, Store
+from fnctl.state.auditlog import (
+    AuditEntry,
+    AuditFilter,
+    InvocationEntry,
+    audit_chain,
+    audit_hash_known,
+    audit_head,
+    audit_records,
+    invocation_records,
+)
+from fnctl.state.store import Store
 
 
 def parse_since(text: str, now: float) -> float:
@@ -33,7 +44,7 @@ def records(store: Store, where: AuditFilter, *, invocations: bool, limit: int
     """The newest `limit` records of the deploy audit (or of the invocation audit) matching `where`."""
     if limit < 1:
         raise BadInput("--limit must be at least 1")
-    return store.invocation_records(where, limit) if invocations else store.audit_records(where, limit)
+    return invocation_records(store, where, limit) if invocations else audit_records(store, where, limit)
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,9 @@ def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
     bad = [a for a in anchors if len(a.strip()) != 64 or any(c not in "0123456789abcdef" for c in a.strip().lower())]
     if bad:
         raise BadInput(f"--anchor {bad[0]!r} is not a record hash (64 hex digits, as `fnctl audit verify` prints)")
-    chains = [auditchain.verify(table, store.audit_chain(table), store.audit_head(table))
+    chains = [auditchain.verify(table, audit_chain(store, table), audit_head(store, table))
               for table in auditchain.CHAINS]
-    known = store.audit_hash_known
+    known = functools.partial(audit_hash_known, store)
     data_file = docstore.data_path(store.path)
     if not data_file.exists():  # nothing was ever written to the data plane: no change log to check
         return Verification(tuple(chains), tuple(auditchain.check_anchors(chains, anchors, known)), time.time())

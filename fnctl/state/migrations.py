@@ -1,4 +1,4 @@
-"""The state store's schema, as the migrations that build it: applied in order by `store.connect`, each once,
+"""The state store's schema, as the migrations that build it: applied in order (`upgrade`, called by `store.connect`), each once,
 and never edited once released (a store records how many it has: PRAGMA user_version).
 """
 
@@ -173,3 +173,41 @@ MIGRATIONS: tuple[Migration, ...] = (
     _chain_audit_logs,
     _drop_secret_salt,
 )
+
+
+def upgrade(connection: sqlite3.Connection, version: int) -> None:
+    """Apply the migrations after `version` (the store's PRAGMA user_version, checked by the caller not to be
+    newer than this fnctl), each in its own transaction."""
+    for number in range(version, len(MIGRATIONS)):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
+                connection.execute("ROLLBACK")  # another process migrated meanwhile
+                continue
+            migration = MIGRATIONS[number]
+            if callable(migration):
+                migration(connection)
+            else:
+                for statement in statements(migration):
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    if version < len(MIGRATIONS):
+        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
+        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
+        # snapshot delays it to the next checkpoint.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers contain `;` inside BEGIN … END)."""
+    found, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            found.append(current.strip())
+            current = ""
+    return found

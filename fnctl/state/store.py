@@ -23,7 +23,7 @@ from typing import Any
 
 from fnctl.errors import FnctlError
 from fnctl.state import auditchain
-from fnctl.state.migrations import MIGRATIONS
+from fnctl.state.migrations import MIGRATIONS, upgrade
 
 
 class RevisionStatus(StrEnum):
@@ -67,60 +67,7 @@ class InstanceRow:
     created_at: float
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: float
-    actor: str
-    command: str
-    action: str
-    target: str
-    git_commit: str | None
-    outcome: str
-    detail: str | None
-    git_author: str | None = None
-    git_subject: str | None = None
-    hash: str | None = None  # its link in the hash chain (fnctl.state.auditchain)
-
-
-_AUDIT_COLUMNS = "id, at, actor, command, action, target, git_commit, outcome, detail, git_author, git_subject, hash"
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
-
-
-@dataclass(frozen=True)
-class InvocationEntry:
-    id: int
-    at: float
-    request_id: str
-    principal: str | None
-    function: str
-    revision: int | None
-    trigger: str | None
-    outcome: str
-    status: int
-    duration_ms: float
-    source: str | None
-    hash: str | None
-
-
-@dataclass(frozen=True)
-class AuditFilter:
-    """Which audit records to list: `since` (seconds since the epoch), `target` (the function, or the key
-    id of a key's records), `actor` (exact)."""
-
-    since: float | None = None
-    target: str | None = None
-    actor: str | None = None
-
-    def sql(self, *, target_column: str, actor_column: str) -> tuple[str, tuple[Any, ...]]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("at >= ?", self.since), (f"{target_column} = ?", self.target),
-                              (f"{actor_column} = ?", self.actor)):
-            if value is not None:
-                where.append(column)
-                params.append(value)
-        return (" WHERE " + " AND ".join(where) if where else ""), tuple(params)
 
 
 @dataclass(frozen=True)
@@ -207,6 +154,14 @@ class Store:
             return [tuple(r) for r in self._db.execute(sql, params)]
         except sqlite3.Error as exc:
             raise StoreError(f"state store query failed: {exc}") from None
+
+    def _stream(self, sql: str, failure: str) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read one at a time (a whole audit chain need not fit in memory); a failure is a StoreError
+        that starts with `failure`. Only modules of fnctl.state call it."""
+        try:
+            yield from self._db.execute(sql)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{failure}: {exc}") from None
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write in portable SQL; returns the number of rows changed. Only modules of fnctl.state call it."""
@@ -435,36 +390,6 @@ class Store:
             with self.transaction():
                 yield
 
-    def audit_records(self, where: AuditFilter, limit: int = 100) -> list[AuditEntry]:
-        """Deploy audit records matching `where`, newest first."""
-        sql, params = where.sql(target_column="target", actor_column="actor")
-        rows = self._db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [AuditEntry(*r) for r in rows]
-
-    def invocation_records(self, where: AuditFilter, limit: int = 100) -> list[InvocationEntry]:
-        """Invocation audit records matching `where` (actor: the principal), newest first."""
-        sql, params = where.sql(target_column="function", actor_column="principal")
-        columns = ", ".join(name for name, _ in auditchain.INVOCATION_FIELDS) + ", hash"
-        rows = self._db.execute(f"SELECT {columns} FROM invocations{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [InvocationEntry(*r) for r in rows]
-
-    def audit_chain(self, table: str) -> Iterator[tuple[Any, ...]]:
-        """Every record of a chained table with its links, by id (for auditchain.verify), streamed."""
-        columns = ", ".join(name for name, _ in auditchain.CHAINS[table]) + ", prev_hash, hash"
-        try:
-            yield from self._db.execute(f"SELECT {columns} FROM {table} ORDER BY id")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the {table} chain: {exc}") from None
-
-    def audit_head(self, table: str) -> str | None:
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (auditchain.head_setting(table),)).fetchone()
-        return None if row is None else str(row[0])
-
-    def audit_hash_known(self, digest: str) -> bool:
-        """Whether any chained record has this hash (an anchor kept outside the store)."""
-        return any(self._db.execute(f"SELECT 1 FROM {table} WHERE hash = ? LIMIT 1", (digest,)).fetchone()
-                   for table in auditchain.CHAINS)
-
 
 class RawSql:
     """SQL straight onto a store's connection, for tests (`store.raw().query(...)`): they set up states fnctl
@@ -493,49 +418,13 @@ def connect(path: Path) -> Store:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA foreign_keys = ON")
-        _migrate(connection)
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StoreError(f"the state store has schema version {version}, newer than this fnctl knows "
+                             f"({len(MIGRATIONS)}); upgrade fnctl")
+        upgrade(connection, version)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the state store {path}: {exc}") from None
     except OSError as exc:
         raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
     return Store(connection, path)
-
-
-def _migrate(connection: sqlite3.Connection) -> None:
-    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-    if version > len(MIGRATIONS):
-        raise StoreError(f"the state store has schema version {version}, newer than this fnctl knows "
-                         f"({len(MIGRATIONS)}); upgrade fnctl")
-    for number in range(version, len(MIGRATIONS)):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
-                connection.execute("ROLLBACK")  # another process migrated meanwhile
-                continue
-            migration = MIGRATIONS[number]
-            if callable(migration):
-                migration(connection)
-            else:
-                for statement in _statements(migration):
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {number + 1}")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-    if version < len(MIGRATIONS):
-        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
-        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
-        # snapshot delays it to the next checkpoint.
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements (triggers contain `;` inside BEGIN … END)."""
-    statements, current = [], ""
-    for line in script.strip().splitlines():
-        current += line + "\n"
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return statements
