@@ -204,7 +204,7 @@ def http_latencies(port: int, count: int) -> list[float]:
 def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[float]:
     """Sequential invocations straight to the instance's runtime; seconds each."""
     from fnctl.invocation.protocol import FrameDecoder, invoke_frame
-    from fnctl.invocation.transport import Rendezvous, container_peer
+    from fnctl.invocation.rendezvous import Rendezvous, container_peer
 
     def receive() -> dict[str, object]:
         message = decoder.read_from(sock.recv)

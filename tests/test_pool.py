@@ -34,7 +34,8 @@ from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind
-from fnctl.invocation.transport import PeerCheck, TransportTimeout
+from fnctl.invocation.rendezvous import PeerCheck
+from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
 from fnctl.state.store import InstanceRow, InstanceState

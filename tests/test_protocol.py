@@ -56,7 +56,7 @@ from fnctl.invocation.protocol import (
     reply_error_frame,
     reply_frame,
 )
-from fnctl.invocation.transport import Rendezvous
+from fnctl.invocation.rendezvous import Rendezvous
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden" / "protocol"

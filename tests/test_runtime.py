@@ -36,12 +36,12 @@ from fnctl.invocation.protocol import (
     TransportError,
     encode_frame,
 )
+from fnctl.invocation.rendezvous import cgroup_names_container
 from fnctl.invocation.transport import (
     CallHandler,
     Transport,
     TransportTimeout,
     UnixSocketTransport,
-    cgroup_names_container,
 )
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"

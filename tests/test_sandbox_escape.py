@@ -28,7 +28,8 @@ from fnctl.engine.inspection import check_instances
 from fnctl.engine.instances import Instance
 from fnctl.engine.sandbox import labels
 from fnctl.invocation.aiotransport import AsyncTransport
-from fnctl.invocation.transport import UnixSocketTransport, container_peer
+from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.transport import UnixSocketTransport
 from fnctl.manifest.project import Project
 
 MIB = 1 << 20

@@ -3,7 +3,7 @@ an invocation (timeout, out of memory, too large, process limit, disk full, cras
 
 The socket directory is the sandbox's only host path, and it is read-only inside the sandbox: made here
 (mode 0755, owned by the host user, inside the private `runtime_root`), holding only the host processes'
-listeners (`fnctl.invocation.transport.Rendezvous`) and the container's ID (`CONTAINER_FILE`, written once the container
+listeners (`fnctl.invocation.rendezvous.Rendezvous`) and the container's ID (`CONTAINER_FILE`, written once the container
 exists, so that a later process can check its peer without asking the engine).
 
 An instance whose invocation hit a limit that can leave it broken (timeout, crash, OOM, process limit) is
@@ -28,7 +28,8 @@ from fnctl.engine.sandbox import GVISOR_RUNTIME, container_spec
 from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
-from fnctl.invocation.transport import TransportTimeout, UnixSocketTransport, container_peer
+from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.transport import TransportTimeout, UnixSocketTransport
 from fnctl.manifest.model import Function, Isolation
 
 START_TIMEOUT = 30.0

@@ -31,7 +31,7 @@ from fnctl.gateway.revisionpool import Overloaded, PoolResult, PoolStats, Revisi
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
 from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
-from fnctl.invocation.transport import PeerCheck, container_peer
+from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.manifest.project import Project
 from fnctl.state.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
 

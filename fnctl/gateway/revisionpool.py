@@ -25,7 +25,8 @@ from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse
 from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
-from fnctl.invocation.transport import PeerCheck, TransportTimeout
+from fnctl.invocation.rendezvous import PeerCheck
+from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Function
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 instance carrying any number of concurrent invocations, for the gateway's instance pool.
 
 Same codec, same messages, same results and errors as the thread-based `UnixSocketTransport`, and the same
-way in (`fnctl.invocation.transport`'s docstring): the runtime connects to this transport's own listener in the
+way in (`fnctl.invocation.rendezvous`'s docstring): the runtime connects to this transport's own listener in the
 instance directory, and only a peer that passes the check is accepted. Only the waiting differs (futures on
 the event loop instead of a reader thread and locks).
 """
@@ -36,7 +36,8 @@ from fnctl.invocation.protocol import (
     reply_frame,
     reply_timeout,
 )
-from fnctl.invocation.transport import PeerCheck, Rendezvous, TransportTimeout
+from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
+from fnctl.invocation.transport import TransportTimeout
 
 # (invocation_id, method, params) -> result; raising sends an error reply to the handler
 AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
