@@ -19,7 +19,8 @@ import pytest
 from fnctl.deploy import executor, rolloutdriver
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.gateway.metrics import Metrics
-from fnctl.manifest.model import Analysis, Limits, Strategy, parse_rollout
+from fnctl.manifest.kinds import parse_rollout
+from fnctl.manifest.model import Analysis, Limits, Strategy
 from fnctl.rollout.machine import (
     AnalysisOutcome,
     Event,

@@ -33,8 +33,9 @@ from fnctl.gateway.datacalls import Session, answer, call_failed, open_session, 
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
+from fnctl.manifest.kinds import build
 from fnctl.manifest.loader import MAX_FILE_BYTES, Document, find_manifest_files
-from fnctl.manifest.model import Function, Policy, RunAs, build
+from fnctl.manifest.model import Function, Policy, RunAs
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
 from fnctl.state.store import connect as connect_store

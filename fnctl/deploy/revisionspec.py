@@ -11,6 +11,7 @@ from typing import Any
 
 from fnctl.deploy.desired import SPEC_FORMAT, SPEC_VERSION_KEY
 from fnctl.errors import FnctlError
+from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import (
     Function,
     HealthCheck,
@@ -19,7 +20,6 @@ from fnctl.manifest.model import (
     Network,
     Scaling,
     SecretRef,
-    parse_rollout,
 )
 
 

@@ -18,7 +18,8 @@ from fnctl.deploy import executor, lock
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
 from fnctl.gitops.gitrepo import Commit
-from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout, parse_rollout
+from fnctl.manifest.kinds import parse_rollout
+from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
 from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait

@@ -15,6 +15,7 @@ from typing import Any
 
 from fnctl.manifest.checks import check_state
 from fnctl.manifest.diagnostics import Diagnostic, Position, sorted_diagnostics
+from fnctl.manifest.kinds import build
 from fnctl.manifest.loader import Document, find_manifest_files, load_file
 from fnctl.manifest.model import (
     Collection,
@@ -26,7 +27,6 @@ from fnctl.manifest.model import (
     Policy,
     Trigger,
     View,
-    build,
 )
 from fnctl.manifest.project import Project
 from fnctl.manifest.schemas import API_VERSION, KINDS, schema_errors
