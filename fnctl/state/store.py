@@ -180,15 +180,6 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
-    def data_version(self) -> int:
-        """SQLite's `PRAGMA data_version` of this connection: it changes whenever another connection (another
-        thread or process) commits to the store, and costs no read of the file. Equal twice: nothing else wrote
-        in between, so what this connection read then is still current (the gateway's key cache)."""
-        try:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store query failed: {exc}") from None
-
     def setting(self, key: str, default: str) -> str:
         """A store-wide value, created with `default` the first time it is asked for."""
         row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
