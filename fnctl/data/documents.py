@@ -255,6 +255,10 @@ class DataPlane:
     def get(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> Document:
         return Txn(self, caller, budget, record=False).get(collection, id)
 
+    def get_text(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> tuple[int, str]:
+        """`get` as (version, the envelope as JSON text), for a caller that sends it on as it is."""
+        return Txn(self, caller, budget, record=False).get_text(collection, id)
+
     def find(self, caller: Caller, collection: str, filter: Any = None, *, order: Sequence[str] = (),
              limit: int = DEFAULT_LIMIT, cursor: str | None = None, budget: Budget | None = None) -> Page:
         return Txn(self, caller, budget, record=False).find(collection, filter, order=order, limit=limit,
@@ -423,6 +427,17 @@ class Txn:
             self._preloaded[(collection, id)] = row
 
     def get(self, collection: str, id: str) -> Document:
+        row, doc = self._get(collection, id)
+        return doc if doc is not None else _document(row)
+
+    def get_text(self, collection: str, id: str) -> tuple[int, str]:
+        """`get`, as (version, the envelope's JSON text): the stored text is spliced in, and decoded only when
+        a row rule has to look at it (a REST GET encodes nothing)."""
+        row, _ = self._get(collection, id)
+        return row.version, row.envelope_text()
+
+    def _get(self, collection: str, id: str) -> tuple[StoredDoc, Document | None]:
+        """The row the caller may read (NotFound otherwise), with its decoded document when a rule needed it."""
         self._open()
         self.plane.collection(collection)
         _check_id(id)
@@ -434,11 +449,13 @@ class Txn:
         if row is None:
             raise NotFound(f"no document {id!r} in {collection!r}")
         self._charge(scanned=1, read=len(row.data))
-        doc = _document(row)
-        if not is_always(rule) and not matches(rule, doc.as_json()):
-            raise NotFound(f"no document {id!r} in {collection!r}")
+        doc = None
+        if not is_always(rule):
+            doc = _document(row)
+            if not matches(rule, doc.as_json()):
+                raise NotFound(f"no document {id!r} in {collection!r}")
         self.plane._audit(self.caller, "data.get", f"{collection}/{id}")
-        return doc
+        return row, doc
 
     def find(self, collection: str, filter: Any = None, *, order: Sequence[str] = (), limit: int = DEFAULT_LIMIT,
              cursor: str | None = None) -> Page:

@@ -81,6 +81,10 @@ class StoredDoc:
     updated_by: str
     data: str  # the JSON text
 
+    def envelope_text(self) -> str:
+        """`_JSON(self.envelope())`, without decoding and encoding the data again."""
+        return _envelope(self)
+
     def envelope(self) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "createdAt": self.created_at, "createdBy": self.created_by,
                 "updatedAt": self.updated_at, "updatedBy": self.updated_by, "data": json.loads(self.data)}
