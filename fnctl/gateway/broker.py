@@ -9,7 +9,8 @@ invocation it names, and only when it comes from an instance of that invocation'
 one sandbox can never act under another invocation's caller.
 
 The calls are answered by `fnctl.gateway.datacalls.answer` (`fnctl invoke --local` uses it too), on one
-worker thread of the broker's own, in order, off the event loop (the REST API's data work too).
+worker thread of the broker's own, in order, off the event loop (the REST API's data work too); a `db.get`
+(one primary-key read) is answered on the event loop itself when no other call of its invocation is running.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fnctl.state.store import Store
 from fnctl.state.store import connect as connect_store
 
 T = TypeVar("T")
+_AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "Session", "StateAudit", "caller_of"]
 
 
@@ -111,7 +113,16 @@ class Broker:
         if session is None or (session.function, session.revision) != (function, revision):
             raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
         try:
-            return await self.run(lambda: answer(self.plane, session, method, params))
+            if method == "db.get" and session.busy == 0 and session.caller.kind not in _AUDITED:
+                # One primary-key read: answered on the event loop (its own connection; WAL readers never
+                # wait), with the same checks, rather than a hop to the data thread and back. Only when none
+                # of the session's calls is on the data thread: a Txn is used by one thread at a time.
+                return answer(self.plane, session, method, params)
+            session.busy += 1
+            try:
+                return await self.run(lambda: answer(self.plane, session, method, params))
+            finally:
+                session.busy -= 1
         except DataError as error:
             raise call_failed(error) from None
 
