@@ -292,6 +292,27 @@ class DataPlane:
         txn.delete(collection, id, if_match=if_match)
         txn.commit()
 
+    def stage(self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None,
+              require_if_match: bool = False) -> Txn:
+        """One write checked and staged (what insert / replace / patch / delete do before committing), as a
+        one-call transaction to commit alone or with others (`commit_group`)."""
+        if op.op != "insert":
+            _require(op.if_match, require_if_match)
+        txn = Txn(self, caller, None, single=True)
+        if op.op == "insert":
+            txn.insert(op.collection, op.data, id=op.id, idempotency_key=idempotency_key)
+        elif op.id is None:
+            raise Invalid(f"a {op.op} needs the document's id")
+        elif op.op == "replace":
+            txn.replace(op.collection, op.id, op.data, if_match=op.if_match)
+        elif op.op == "patch":
+            txn.patch(op.collection, op.id, op.data, if_match=op.if_match)
+        elif op.op == "delete":
+            txn.delete(op.collection, op.id, if_match=op.if_match)
+        else:
+            raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
+        return txn
+
     def batch(self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None
               ) -> list[Document | None]:
         """Several writes, all or nothing; a result per op (None for a delete)."""
@@ -310,6 +331,21 @@ class DataPlane:
             else:
                 raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
         return txn.commit()
+
+    def commit_group(self, txns: Sequence[Txn]) -> list[list[Document | None] | DataError]:
+        """Commit independent transactions (concurrent single writes) in one write transaction of the store:
+        each still all or nothing, its results or its own error (Conflict, PreconditionFailed, ...) in its
+        place. What a busy gateway does with the writes that queued up while it committed the previous ones."""
+        prepared = [(txn, txn._prepare()) for txn in txns]
+        items = [item for _, item in prepared if item is not None]
+        stored = iter(self.store.commit_group(items) if items else ())
+        out: list[list[Document | None] | DataError] = []
+        for txn, item in prepared:
+            try:
+                out.append(txn._finish(next(stored)) if item is not None else list(txn.replayed))
+            except DataError as error:
+                out.append(error)
+        return out
 
     def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[Change]:
         """The change feed after sequence `since`: what the caller may read, in its tenant."""
@@ -359,6 +395,7 @@ class Txn:
         self.writes: dict[tuple[str, str], _Pending] = {}
         self._policies: Sequence[Policy] | None = None
         self._preloaded: dict[tuple[str, str], StoredDoc | None] = {}
+        self.replayed: list[Document] = []  # inserts answered from their Idempotency-Key (nothing to write)
         self.closed = False
 
     # -- rights ----------------------------------------------------------------------------------------
@@ -514,7 +551,8 @@ class Txn:
                 raise Invalid("an Idempotency-Key has 1 to 255 characters")
             stored = self.plane.store.idempotent(self.caller.tenant, collection, idempotency_key)
             if stored is not None:
-                return _from_json(json.loads(stored))
+                self.replayed.append(_from_json(json.loads(stored)))
+                return self.replayed[-1]
         if id is None:
             id = uuid7()
         else:
@@ -614,17 +652,33 @@ class Txn:
         """Validate what was read and apply the writes in one short write transaction; a result per buffered
         write (None: deleted). Conflict (409) when something read changed; a one-call transaction's stale
         If-Match is PreconditionFailed (412)."""
+        item = self._prepare()
+        if item is None:
+            return []
+        try:
+            stored = self.plane.store.commit(item.tenant, item.reads, item.finds, item.writes, item.meta)
+        except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
+            return self._finish(exc)
+        return self._finish(stored)
+
+    def _prepare(self) -> docstore.GroupItem | None:
+        """Close the transaction; what the store must check and write (None: nothing to write)."""
         self._open()
         self.closed = True
         if not self.writes:
-            return []
+            return None
         caller = self.caller
         reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items() if (c, i) not in self.writes]
         writes = [StoredWrite(p.op, p.collection, p.id, p.expected, p.text,
                               p.before, p.idempotency_key) for p in self.writes.values()]
+        return docstore.GroupItem(caller.tenant, reads, self.finds, writes,
+                                  docstore.ChangeMeta(caller.subject, caller.function, caller.revision))
+
+    def _finish(self, stored: list[StoredDoc | None] | Exception) -> list[Document | None]:
+        """The results of a commit, or its failure as the data plane's error."""
         try:
-            stored = self.plane.store.commit(caller.tenant, reads, self.finds, writes,
-                                             docstore.ChangeMeta(caller.subject, caller.function, caller.revision))
+            if isinstance(stored, Exception):
+                raise stored
         except docstore.StaleWrite as exc:
             pending = list(self.writes.values())[exc.index] if exc.index is not None else None
             if self.single and pending is not None and pending.precondition:
@@ -637,6 +691,7 @@ class Txn:
                            "(unique index)") from None
         except docstore.IdempotentReplay as exc:
             return [_from_json(json.loads(exc.response))]
+        assert not isinstance(stored, Exception)
         # The new envelopes, around the data this transaction already holds (no decoding of what it encoded).
         return [None if row is None else _document(row, p.data) for row, p in zip(stored, self.writes.values(),
                                                                                    strict=True)]

@@ -222,7 +222,8 @@ class DataApi:
         if key is not None and not 1 <= len(key) <= 255:
             raise Problem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
         id_ = request.query.get("id")
-        made = await self._run(lambda: self.plane.insert(caller, collection, document, id=id_, idempotency_key=key))
+        made = _one(await self.broker.write(lambda: self.plane.stage(caller, WriteOp("insert", collection, id_, document),
+                                                                      idempotency_key=key)))
         return self._document(made, 201, {"Location": f"/v1/collections/{collection}/docs/{made.id}"})
 
     @staticmethod
@@ -237,23 +238,23 @@ class DataApi:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
         document = await self._body(request)
-        made = await self._run(lambda: self.plane.replace(caller, collection, id_, document, if_match=version,
-                                                          require_if_match=required))
+        made = _one(await self.broker.write(lambda: self.plane.stage(
+            caller, WriteOp("replace", collection, id_, document, version), require_if_match=required)))
         return self._document(made)
 
     async def patch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
         patch = await self._body(request, media=(MERGE_PATCH, "application/json"))
-        made = await self._run(lambda: self.plane.patch(caller, collection, id_, patch, if_match=version,
-                                                        require_if_match=required))
+        made = _one(await self.broker.write(lambda: self.plane.stage(
+            caller, WriteOp("patch", collection, id_, patch, version), require_if_match=required)))
         return self._document(made)
 
     async def delete(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
-        await self._run(lambda: self.plane.delete(caller, collection, id_, if_match=version,
-                                                  require_if_match=required))
+        await self.broker.write(lambda: self.plane.stage(caller, WriteOp("delete", collection, id_, None, version),
+                                                         require_if_match=required))
         return web.Response(status=204)
 
     async def batch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -276,6 +277,14 @@ class DataApi:
 
         return web.Response(body=dumps(openapi_document(await self._run(collections))),
                             content_type="application/json")
+
+
+def _one(results: list[Document | None]) -> Document:
+    """The document a one-call insert / replace / patch made (an idempotent replay's too)."""
+    made = results[0] if results else None
+    if made is None:
+        raise AssertionError("a write that made no document")
+    return made
 
 
 _BATCH_OPS = ("insert", "replace", "patch", "delete")

@@ -134,6 +134,17 @@ class ChangeMeta:
 
 
 @dataclass(frozen=True)
+class GroupItem:
+    """One transaction of a group commit (`DocStore.commit_group`): `commit`'s arguments."""
+
+    tenant: str
+    reads: Sequence[ReadCheck]
+    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]]
+    writes: Sequence[StoredWrite]
+    meta: ChangeMeta
+
+
+@dataclass(frozen=True)
 class ChangeRow:
     seq: int
     txn: str
@@ -405,9 +416,49 @@ class DocStore:
             db.execute("ROLLBACK")
             raise
 
+    def commit_group(self, items: Sequence[GroupItem]) -> list[list[StoredDoc | None] | Exception]:
+        """Several independent transactions in ONE write transaction (what concurrent single writes share:
+        one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
+        still all or nothing and fails alone (StaleWrite, UniqueViolation, IdempotentReplay: its exception in
+        its place); the others commit. Every change is chained as with `commit`."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot write the data file: {exc}") from None
+        out: list[list[StoredDoc | None] | Exception] = []
+        changes: list[tuple[Any, ...]] = []
+        try:
+            for item in items:
+                db.execute("SAVEPOINT grouped")
+                mark = len(changes)
+                try:
+                    out.append(self._commit(db, item.tenant, item.reads, item.finds, item.writes, item.meta,
+                                            into=changes))
+                except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
+                    db.execute("ROLLBACK TO grouped")
+                    del changes[mark:]
+                    message = str(exc)
+                    out.append(UniqueViolation(*self._unique_fields(message))
+                               if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message else
+                               DataStoreError(f"cannot write the data file: {exc}")
+                               if isinstance(exc, sqlite3.IntegrityError) else exc)
+                db.execute("RELEASE grouped")
+            self._append_changes(db, changes)
+            db.execute("COMMIT")
+            return out
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise DataStoreError(f"cannot write the data file: {exc}") from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def _commit(self, db: sqlite3.Connection, tenant: str, reads: Sequence[ReadCheck],
                 finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]], writes: Sequence[StoredWrite],
-                meta: ChangeMeta) -> list[StoredDoc | None]:
+                meta: ChangeMeta, into: list[tuple[Any, ...]] | None = None) -> list[StoredDoc | None]:
+        """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
+        (a group commit appends all its transactions' rows at once, in order)."""
         # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
         read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
         for read in reads:
@@ -474,9 +525,12 @@ class DocStore:
                            "WHERE tenant = ? AND id = ?", rows)
         for collection, rows in inserts.items():
             db.executemany(f"INSERT INTO {table(collection)} ({_DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        self._append_changes(db, changes)
         for collection, key, response in keys:
             db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
+        if into is None:
+            self._append_changes(db, changes)
+        else:
+            into.extend(changes)
         return results
 
     def _append_changes(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
