@@ -244,7 +244,7 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
                   on_progress: OnProgress = lambda done, total: None) -> ImportReport:
     """Check every line (JSON object, id, schema, size, ids not already taken nor repeated), and only when all
     are good write them, `batch` lines per transaction. Bad lines: BadInput listing them, nothing written.
-    Without `check_first` (one pass, about twice as fast): each batch is checked, then committed or not at
+    Without `check_first` (one pass, nothing kept): each batch is checked, then committed or not at
     all; at the first bad batch the import stops (BadInput listing its bad lines and what was committed)."""
     known(s, collection)
     if batch < 1:
