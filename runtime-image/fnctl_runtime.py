@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -508,9 +509,8 @@ class Context:
             running = None
         if running is loop:
             raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
-        future = asyncio.run_coroutine_threadsafe(self.acall(method, params), loop)
         try:
-            return future.result()
+            return self._conn.call_from_thread(self.invocation_id, method, params or {}, self.deadline)
         except CallbackError as exc:
             raise CallbackError(exc.type, exc.message, exc.details) from None  # a fresh traceback: no runtime frames
 
@@ -528,8 +528,11 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.calls: dict[str, asyncio.Future[Any]] = {}
+        # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call, from a worker
+        # thread, which waits on it directly); both are resolved on the loop by `resolve`.
+        self.calls: dict[str, Any] = {}
         self.next_call = 0
+        self.thread_calls = itertools.count(1)  # ids of calls from worker threads ("t1", ...): next() is atomic
         self.closed: asyncio.Future[None] = server.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -561,7 +564,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        for future in self.calls.values():
+        for future in list(self.calls.values()):  # a copy: worker threads add and remove calls
             if not future.done():
                 future.set_exception(CallbackError("ConnectionLost", "the host connection closed"))
         if not self.closed.done():
@@ -592,6 +595,35 @@ class _Connection(asyncio.Protocol):
             timeout = max(0.0, deadline - time.time()) if deadline else None
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
+            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+        finally:
+            self.calls.pop(call_id, None)
+
+    def call_from_thread(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        """`call` for a worker thread: the frame is sent by one callback on the loop and the thread waits on a
+        concurrent future that `resolve` completes (no task, no timer on the loop: a context.db call's round
+        trip is two thread wake-ups, not five)."""
+        reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        call_id = f"t{next(self.thread_calls)}"
+        self.calls[call_id] = reply
+        frame = {"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method, "params": params}
+
+        def send() -> None:
+            if self.transport is None or self.transport.is_closing():
+                if not reply.done():
+                    reply.set_exception(CallbackError("ConnectionLost", "the host connection is closed"))
+                return
+            try:
+                self.send(frame)
+            except Exception as exc:  # noqa: BLE001 -- e.g. params that are not JSON: the caller's error
+                if not reply.done():
+                    reply.set_exception(exc)
+
+        try:
+            self.server.loop.call_soon_threadsafe(send)
+            timeout = max(0.0, deadline - time.time()) if deadline else None
+            return reply.result(timeout)
+        except concurrent.futures.TimeoutError:
             raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
         finally:
             self.calls.pop(call_id, None)

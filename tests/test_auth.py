@@ -385,6 +385,24 @@ def test_keys_commands(store_path: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert json.loads(runner.invoke(app, ["keys", "list", "--all", "-o", "json"]).stdout)[0]["active"] is False
 
 
+def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(store: Store, store_path: Path) -> None:
+    # The authenticator remembers verified keys while the store is unchanged; a revocation committed by another
+    # connection (here: `store`, as `fnctl keys revoke` would) must end that at once.
+    key, raw = keys.create(store, "ci", ("service",), "acme", "test")
+    auth = Authenticator(store_path, AuthConfig())
+    try:
+        first = auth.authenticate(bearer(raw))
+        assert auth.authenticate(bearer(raw)) == first  # the remembered principal
+        assert first.roles == ("service",) and first.tenant == "acme"
+        keys.revoke(store, key.id)
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(bearer(raw))
+        with pytest.raises(Unauthenticated):  # a wrong secret for a remembered key's id is never taken
+            auth.authenticate(bearer(f"fnk_{key.id}_{'A' * 43}"))
+    finally:
+        auth.close()
+
+
 # ---- the audit log -----------------------------------------------------------------------------------------------
 
 

@@ -426,3 +426,34 @@ def test_an_index_added_later_is_usable_for_ordering(plane: DataPlane) -> None:
     plane.insert(CLERK, "notes", {"n": 1})
     plane.sync_collections([ORDERS, Collection("notes", None, (Index(("n",)),))], prune=False, force=False)
     assert [d.data["n"] for d in plane.find(CLERK, "notes", order=["n"]).documents] == [1, 2]
+
+
+def test_a_group_commit_keeps_each_write_all_or_nothing_and_fails_them_alone(plane: DataPlane) -> None:
+    # What the gateway does with concurrent single writes: one store transaction for all, each in a savepoint
+    plane.insert(CLERK, "orders", {"customer": "a", "number": 1}, id="taken")
+    seen = plane.insert(CLERK, "orders", {"customer": "a", "total": 1}, id="stale")
+    txns = [
+        plane.stage(CLERK, WriteOp("insert", "orders", "new-1", {"customer": "b", "number": 2})),
+        plane.stage(CLERK, WriteOp("insert", "orders", "dup-number", {"customer": "c", "number": 1})),  # unique
+        plane.stage(CLERK, WriteOp("patch", "orders", "stale", {"total": 2}, seen.version), require_if_match=True),
+        plane.stage(CLERK, WriteOp("insert", "orders", "new-2", {"customer": "d", "number": 3}),
+                    idempotency_key="k-1"),
+        plane.stage(CLERK, WriteOp("insert", "orders", "new-3", {"customer": "e", "number": 2})),  # dup of new-1
+    ]
+    plane.patch(CLERK, "orders", "stale", {"total": 9}, if_match=seen.version)  # moves under the staged patch
+    results = plane.commit_group(txns)
+    assert [type(r).__name__ for r in results] == ["list", "Conflict", "PreconditionFailed", "list", "Conflict"]
+    assert isinstance(results[0], list) and results[0][0] is not None and results[0][0].version == 1
+    assert plane.get(CLERK, "orders", "stale").data["total"] == 9  # the stale patch wrote nothing
+    for missing in ("dup-number", "new-3"):
+        with pytest.raises(NotFound):
+            plane.get(CLERK, "orders", missing)
+    assert plane.get(CLERK, "orders", "new-2").data["customer"] == "d"
+    # the idempotency key was recorded by the group: a retry answers the same document, writes nothing
+    again = plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": "d", "number": 3}), idempotency_key="k-1")
+    replay = plane.commit_group([again])
+    assert isinstance(replay[0], list) and replay[0][0] is not None and replay[0][0].id == "new-2"
+    changes = plane.store.changes(0, "acme", ["orders"], 100)
+    assert [c.id for c in changes] == ["taken", "stale", "stale", "new-1", "new-2"]  # only what committed
+    assert len({c.txn for c in changes[-2:]}) == 2  # one transaction id per write, though one commit
+    assert plane.store.verify_changes().intact

@@ -32,6 +32,7 @@ from fnctl.state.store import Store, connect
 
 ENVELOPE_FIELDS = frozenset({"id", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "tenant", "data"})
 DEFAULT_BATCH = 1000
+KEEP_BYTES = 32 * 2**20  # documents of the check pass kept staged for the write pass (import_ndjson)
 MAX_LINE_ERRORS = 20  # bad lines listed one by one; the rest are counted
 
 OnProgress = Callable[[int, int], None]  # (done, total): bytes of an import, documents of an export
@@ -243,7 +244,7 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
                   on_progress: OnProgress = lambda done, total: None) -> ImportReport:
     """Check every line (JSON object, id, schema, size, ids not already taken nor repeated), and only when all
     are good write them, `batch` lines per transaction. Bad lines: BadInput listing them, nothing written.
-    Without `check_first` (one pass, about twice as fast): each batch is checked, then committed or not at
+    Without `check_first` (one pass, nothing kept): each batch is checked, then committed or not at
     all; at the first bad batch the import stops (BadInput listing its bad lines and what was committed)."""
     known(s, collection)
     if batch < 1:
@@ -254,12 +255,21 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
     total = source.stat().st_size if source is not None and source.is_file() else 0
     report = ImportReport()
     seen: set[str] = set()
+    # The check pass's transactions, staged and checked, kept for the write pass while their documents take at
+    # most KEEP_BYTES (the later batches are staged and checked again then): each line parsed and checked once.
+    kept: list[Txn] = []
+    kept_bytes = 0
 
     def check_batch(items: list[tuple[int, bytes]]) -> None:
+        nonlocal kept_bytes
+        errors = len(report.errors)
         txn = s.plane.transaction(s.caller)
-        for number, line in items:
+        records = _preloaded(txn, collection, items, bare)
+        for number, record in records:
             try:
-                id, data = _record(line, bare)
+                if isinstance(record, DataError):
+                    raise record
+                id, data = record
                 if id is not None and id in seen:
                     raise Invalid(f"id {id!r} appears twice in the file")
                 txn.insert(collection, data, id=id)
@@ -268,27 +278,38 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
             except DataError as exc:
                 where = "; ".join(f"{p}: {m}" for p, m in exc.violations)
                 report.errors.append((number, exc.detail_text + (f" ({where})" if where else "")))
-        txn.rollback()
+        size = txn.staged_bytes()
+        if len(report.errors) == errors and len(kept) == report.batches and kept_bytes + size <= KEEP_BYTES:
+            kept.append(txn)
+            kept_bytes += size
+        else:
+            txn.rollback()
+        report.batches += 1
 
     if check_first:
         for items, _ in _batches(lines if lines is not None else _lines(source), batch):
             check_batch(items)
+        report.batches = 0
     if report.errors:
+        for txn in kept:
+            txn.rollback()
         shown = [f"  line {n}: {m}" for n, m in report.errors[:MAX_LINE_ERRORS]]
         more = len(report.errors) - MAX_LINE_ERRORS
         raise BadInput(f"{len(report.errors)} bad line{'s' if len(report.errors) != 1 else ''} in "
                        f"{source or 'standard input'}; nothing was imported",
                        detail="\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])))
-    for items, done in _batches(lines if lines is not None else _lines(source), batch):
-        txn = s.plane.transaction(s.caller)
+    for index, (items, done) in enumerate(_batches(lines if lines is not None else _lines(source), batch)):
+        staged = index < len(kept)
+        txn = kept[index] if staged else s.plane.transaction(s.caller)
         if not check_first:
             _stage_batch(txn, collection, items, bare, report)
         try:
             with reported():
-                if check_first:
-                    for _, line in items:
-                        id, data = _record(line, bare)
-                        txn.insert(collection, data, id=id)
+                if check_first and not staged:
+                    for _, record in _preloaded(txn, collection, items, bare):
+                        if isinstance(record, DataError):
+                            raise record
+                        txn.insert(collection, record[1], id=record[0])
                 txn.commit()
         except FnctlError as exc:
             first, last = items[0][0], items[-1][0]
@@ -304,10 +325,11 @@ def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare
                  report: ImportReport) -> None:
     """One pass: stage a batch's lines, and refuse the whole batch (BadInput) when any is bad."""
     errors = []
-    for number, line in items:
+    for number, record in _preloaded(txn, collection, items, bare):
         try:
-            id, data = _record(line, bare)
-            txn.insert(collection, data, id=id)
+            if isinstance(record, DataError):
+                raise record
+            txn.insert(collection, record[1], id=record[0])
         except DataError as exc:
             where = "; ".join(f"{p}: {m}" for p, m in exc.violations)
             errors.append(f"  line {number}: {exc.detail_text}" + (f" ({where})" if where else ""))
@@ -316,6 +338,20 @@ def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare
         raise BadInput(f"{len(errors)} bad line{'s' if len(errors) != 1 else ''} in lines {items[0][0]}-"
                        f"{items[-1][0]}: that batch and the rest were not imported; the {report.imported} "
                        "documents of the lines before it were", detail="\n".join(errors[:MAX_LINE_ERRORS]))
+
+
+def _preloaded(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool
+               ) -> list[tuple[int, tuple[str | None, Any] | DataError]]:
+    """A batch's lines parsed (a DataError for a line that is not a document), with the documents their ids
+    name read in one query (`Txn.preload`) rather than one each."""
+    records: list[tuple[int, tuple[str | None, Any] | DataError]] = []
+    for number, line in items:
+        try:
+            records.append((number, _record(line, bare)))
+        except DataError as exc:
+            records.append((number, exc))
+    txn.preload(collection, [r[0] for _, r in records if not isinstance(r, DataError) and isinstance(r[0], str)])
+    return records
 
 
 def _batches(lines: Iterator[tuple[int, bytes, int]] | list[tuple[int, bytes, int]], size: int

@@ -15,10 +15,11 @@ import base64
 import binascii
 import json
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -254,6 +255,10 @@ class DataPlane:
     def get(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> Document:
         return Txn(self, caller, budget, record=False).get(collection, id)
 
+    def get_text(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> tuple[int, str]:
+        """`get` as (version, the envelope as JSON text), for a caller that sends it on as it is."""
+        return Txn(self, caller, budget, record=False).get_text(collection, id)
+
     def find(self, caller: Caller, collection: str, filter: Any = None, *, order: Sequence[str] = (),
              limit: int = DEFAULT_LIMIT, cursor: str | None = None, budget: Budget | None = None) -> Page:
         return Txn(self, caller, budget, record=False).find(collection, filter, order=order, limit=limit,
@@ -287,6 +292,27 @@ class DataPlane:
         txn.delete(collection, id, if_match=if_match)
         txn.commit()
 
+    def stage(self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None,
+              require_if_match: bool = False) -> Txn:
+        """One write checked and staged (what insert / replace / patch / delete do before committing), as a
+        one-call transaction to commit alone or with others (`commit_group`)."""
+        if op.op != "insert":
+            _require(op.if_match, require_if_match)
+        txn = Txn(self, caller, None, single=True)
+        if op.op == "insert":
+            txn.insert(op.collection, op.data, id=op.id, idempotency_key=idempotency_key)
+        elif op.id is None:
+            raise Invalid(f"a {op.op} needs the document's id")
+        elif op.op == "replace":
+            txn.replace(op.collection, op.id, op.data, if_match=op.if_match)
+        elif op.op == "patch":
+            txn.patch(op.collection, op.id, op.data, if_match=op.if_match)
+        elif op.op == "delete":
+            txn.delete(op.collection, op.id, if_match=op.if_match)
+        else:
+            raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
+        return txn
+
     def batch(self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None
               ) -> list[Document | None]:
         """Several writes, all or nothing; a result per op (None for a delete)."""
@@ -305,6 +331,21 @@ class DataPlane:
             else:
                 raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
         return txn.commit()
+
+    def commit_group(self, txns: Sequence[Txn]) -> list[list[Document | None] | DataError]:
+        """Commit independent transactions (concurrent single writes) in one write transaction of the store:
+        each still all or nothing, its results or its own error (Conflict, PreconditionFailed, ...) in its
+        place. What a busy gateway does with the writes that queued up while it committed the previous ones."""
+        prepared = [(txn, txn._prepare()) for txn in txns]
+        items = [item for _, item in prepared if item is not None]
+        stored = iter(self.store.commit_group(items) if items else ())
+        out: list[list[Document | None] | DataError] = []
+        for txn, item in prepared:
+            try:
+                out.append(txn._finish(next(stored)) if item is not None else list(txn.replayed))
+            except DataError as error:
+                out.append(error)
+        return out
 
     def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[Change]:
         """The change feed after sequence `since`: what the caller may read, in its tenant."""
@@ -353,6 +394,8 @@ class Txn:
         self.finds: list[tuple[Query, tuple[tuple[str, int], ...]]] = []
         self.writes: dict[tuple[str, str], _Pending] = {}
         self._policies: Sequence[Policy] | None = None
+        self._preloaded: dict[tuple[str, str], StoredDoc | None] = {}
+        self.replayed: list[Document] = []  # inserts answered from their Idempotency-Key (nothing to write)
         self.closed = False
 
     # -- rights ----------------------------------------------------------------------------------------
@@ -393,6 +436,9 @@ class Txn:
             return StoredDoc(self.caller.tenant, id, pending.expected + 1,
                              before.created_at if before else now, before.created_by if before else self.caller.subject,
                              now, self.caller.subject, pending.text)
+        key = (collection, id)
+        if key in self._preloaded:
+            return self._preloaded[key]  # its version is recorded already
         row = self.plane.store.get(collection, self.caller.tenant, id)
         if self.record:
             version = row.version if row else 0
@@ -401,7 +447,34 @@ class Txn:
                 raise Conflict("a concurrent write changed what this transaction read; retry it")
         return row
 
+    def preload(self, collection: str, ids: Iterable[str]) -> None:
+        """Read the documents `ids` of `collection` (absent ones too) in one query, recording their versions as
+        this transaction's reads, so that the gets and writes that follow need no lookup each (an import's
+        batch). Rights, limits and ids are checked by those calls, as always."""
+        self._open()
+        self.plane.collection(collection)
+        wanted = [i for i in dict.fromkeys(ids) if (collection, i) not in self.writes]
+        found = self.plane.store.get_many(collection, self.caller.tenant, wanted)
+        for id in wanted:
+            row = found.get(id)
+            if self.record:
+                version = row.version if row else 0
+                if self.reads.setdefault((collection, id), version) != version:
+                    raise Conflict("a concurrent write changed what this transaction read; retry it")
+            self._preloaded[(collection, id)] = row
+
     def get(self, collection: str, id: str) -> Document:
+        row, doc = self._get(collection, id)
+        return doc if doc is not None else _document(row)
+
+    def get_text(self, collection: str, id: str) -> tuple[int, str]:
+        """`get`, as (version, the envelope's JSON text): the stored text is spliced in, and decoded only when
+        a row rule has to look at it (a REST GET encodes nothing)."""
+        row, _ = self._get(collection, id)
+        return row.version, row.envelope_text()
+
+    def _get(self, collection: str, id: str) -> tuple[StoredDoc, Document | None]:
+        """The row the caller may read (NotFound otherwise), with its decoded document when a rule needed it."""
         self._open()
         self.plane.collection(collection)
         _check_id(id)
@@ -413,11 +486,13 @@ class Txn:
         if row is None:
             raise NotFound(f"no document {id!r} in {collection!r}")
         self._charge(scanned=1, read=len(row.data))
-        doc = _document(row)
-        if not is_always(rule) and not matches(rule, doc.as_json()):
-            raise NotFound(f"no document {id!r} in {collection!r}")
+        doc = None
+        if not is_always(rule):
+            doc = _document(row)
+            if not matches(rule, doc.as_json()):
+                raise NotFound(f"no document {id!r} in {collection!r}")
         self.plane._audit(self.caller, "data.get", f"{collection}/{id}")
-        return doc
+        return row, doc
 
     def find(self, collection: str, filter: Any = None, *, order: Sequence[str] = (), limit: int = DEFAULT_LIMIT,
              cursor: str | None = None) -> Page:
@@ -476,7 +551,8 @@ class Txn:
                 raise Invalid("an Idempotency-Key has 1 to 255 characters")
             stored = self.plane.store.idempotent(self.caller.tenant, collection, idempotency_key)
             if stored is not None:
-                return _from_json(json.loads(stored))
+                self.replayed.append(_from_json(json.loads(stored)))
+                return self.replayed[-1]
         if id is None:
             id = uuid7()
         else:
@@ -576,17 +652,33 @@ class Txn:
         """Validate what was read and apply the writes in one short write transaction; a result per buffered
         write (None: deleted). Conflict (409) when something read changed; a one-call transaction's stale
         If-Match is PreconditionFailed (412)."""
+        item = self._prepare()
+        if item is None:
+            return []
+        try:
+            stored = self.plane.store.commit(item.tenant, item.reads, item.finds, item.writes, item.meta)
+        except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
+            return self._finish(exc)
+        return self._finish(stored)
+
+    def _prepare(self) -> docstore.GroupItem | None:
+        """Close the transaction; what the store must check and write (None: nothing to write)."""
         self._open()
         self.closed = True
         if not self.writes:
-            return []
+            return None
         caller = self.caller
         reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items() if (c, i) not in self.writes]
         writes = [StoredWrite(p.op, p.collection, p.id, p.expected, p.text,
                               p.before, p.idempotency_key) for p in self.writes.values()]
+        return docstore.GroupItem(caller.tenant, reads, self.finds, writes,
+                                  docstore.ChangeMeta(caller.subject, caller.function, caller.revision))
+
+    def _finish(self, stored: list[StoredDoc | None] | Exception) -> list[Document | None]:
+        """The results of a commit, or its failure as the data plane's error."""
         try:
-            stored = self.plane.store.commit(caller.tenant, reads, self.finds, writes,
-                                             docstore.ChangeMeta(caller.subject, caller.function, caller.revision))
+            if isinstance(stored, Exception):
+                raise stored
         except docstore.StaleWrite as exc:
             pending = list(self.writes.values())[exc.index] if exc.index is not None else None
             if self.single and pending is not None and pending.precondition:
@@ -599,7 +691,14 @@ class Txn:
                            "(unique index)") from None
         except docstore.IdempotentReplay as exc:
             return [_from_json(json.loads(exc.response))]
-        return [None if row is None else _document(row) for row in stored]
+        assert not isinstance(stored, Exception)
+        # The new envelopes, around the data this transaction already holds (no decoding of what it encoded).
+        return [None if row is None else _document(row, p.data) for row, p in zip(stored, self.writes.values(),
+                                                                                   strict=True)]
+
+    def staged_bytes(self) -> int:
+        """The size of the documents this transaction would write (what keeping it costs)."""
+        return sum(len(p.text) for p in self.writes.values() if p.text is not None)
 
     def rollback(self) -> None:
         self.closed = True
@@ -620,15 +719,19 @@ def _only(results: list[Document | None]) -> Document:
     return doc
 
 
+_BAD_ID = re.compile(r"[/\x00-\x1f\x7f-\x9f]")
+
+
 def _check_id(id: Any) -> None:
     if not isinstance(id, str) or not 1 <= len(id) <= MAX_ID:
         raise Invalid(f"a document id has 1 to {MAX_ID} characters")
-    if "/" in id or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in id):
+    if _BAD_ID.search(id) is not None:
         raise Invalid("a document id cannot contain '/' or control characters")
-    try:
-        id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid("a document id must be valid UTF-8") from None
+    if not id.isascii():
+        try:
+            id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid("a document id must be valid UTF-8") from None
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -642,7 +745,7 @@ def _validate(info: _Collection, data: Any) -> str:
         text = _ENCODE(data)
     except (ValueError, TypeError) as exc:
         raise Invalid(f"the document is not JSON: {exc}") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     if size > info.model.document_size:
         raise PayloadTooLarge(f"the document is {size} bytes; collection {info.model.name!r} takes at most "
                               f"{info.model.document_size}")
@@ -666,8 +769,19 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted: (seconds, "YYYY-MM-DDTHH:MM:SS")
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, as `datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")` gives it, with
+    the seconds part formatted once per second (strftime was a tenth of an insert's time). The cache is one
+    tuple, replaced whole, so threads never see a second's text with another second's number."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != seconds:
+        cached = _second = (seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def uuid7() -> str:
@@ -678,9 +792,10 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
-def _document(row: StoredDoc) -> Document:
+def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> Document:
+    """The document of a stored row; `data`: its data already decoded (row.data is its encoding)."""
     return Document(row.id, row.version, row.created_at, row.created_by, row.updated_at, row.updated_by,
-                    json.loads(row.data))
+                    json.loads(row.data) if data is None else data)
 
 
 def _from_json(raw: dict[str, Any]) -> Document:

@@ -145,14 +145,18 @@ def _verification_key(section: Mapping[str, Any], root: Path, algorithm: str, wh
 
 
 class Authenticator:
-    """Credentials in request headers to a Principal. Keys are looked up in the store on every request, so
-    a revocation takes effect at once; the store connection stays on the thread that calls."""
+    """Credentials in request headers to a Principal. A key verified once is remembered (by its hash, never
+    the key itself) only while the store is unchanged: any commit to it by another connection (a revocation,
+    or anything else) empties that memory before the next request is checked, so a revocation still takes
+    effect at once. The store connection stays on the thread that calls."""
 
     def __init__(self, store_path: Path, config: AuthConfig) -> None:
         self._store_path = store_path
         self._config = config
         self._store: Store | None = None
         self._tokens: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._keys: dict[str, Principal] = {}  # digest of a verified key → its principal
+        self._keys_version: int | None = None  # the store's data_version when _keys was last valid
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """Anonymous without credentials; raises Unauthenticated for any credential that does not check out."""
@@ -182,10 +186,22 @@ class Authenticator:
     def _from_key(self, raw: str) -> Principal:
         if self._store is None:
             self._store = connect(self._store_path)
+        version = self._store.data_version()
+        if version != self._keys_version:
+            self._keys.clear()
+            self._keys_version = version
+        hashed = keys.digest(raw)
+        known = self._keys.get(hashed)
+        if known is not None:
+            return known
         key = keys.verify(self._store, raw)
         if key is None:
             raise Unauthenticated("unknown, revoked or wrong API key")
-        return Principal(f"key:{key.id}", key.roles, key.tenant, PrincipalKind.KEY)
+        principal = Principal(f"key:{key.id}", key.roles, key.tenant, PrincipalKind.KEY)
+        if len(self._keys) >= _TOKEN_CACHE:
+            self._keys.clear()
+        self._keys[hashed] = principal
+        return principal
 
     def close(self) -> None:
         if self._store is not None:

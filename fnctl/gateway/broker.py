@@ -9,7 +9,8 @@ invocation it names, and only when it comes from an instance of that invocation'
 one sandbox can never act under another invocation's caller.
 
 The calls are answered by `fnctl.gateway.datacalls.answer` (`fnctl invoke --local` uses it too), on one
-worker thread of the broker's own, in order, off the event loop (the REST API's data work too).
+worker thread of the broker's own, in order, off the event loop (the REST API's data work too); a `db.get`
+(one primary-key read) is answered on the event loop itself when no other call of its invocation is running.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane
+from fnctl.data.documents import DataPlane, Document, Txn
 from fnctl.data.errors import DataError
 from fnctl.gateway.datacalls import Session, answer, call_failed, caller_of, open_session, parse_policies
 from fnctl.gateway.router import DataSettings
@@ -31,6 +32,7 @@ from fnctl.state.store import Store
 from fnctl.state.store import connect as connect_store
 
 T = TypeVar("T")
+_AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "Session", "StateAudit", "caller_of"]
 
 
@@ -79,10 +81,54 @@ class Broker:
         self.plane = plane
         self.sessions: dict[str, Session] = {}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
+        # Writes staged and waiting for the next group commit (data thread only), and whether one is queued.
+        self._group: list[tuple[Txn, asyncio.AbstractEventLoop, Callable[[Any], None]]] = []
+        self._flushing = False
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the data plane's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    async def write(self, stage: Callable[[], Txn]) -> list[Document | None]:
+        """Stage a one-call write on the data thread (every check: rights, schema, versions), then commit it
+        with the other writes staged meanwhile in ONE store transaction (`DataPlane.commit_group`): under
+        concurrent writes, one BEGIN/COMMIT and one change-log append serve them all. Each write is still all
+        or nothing and gets its own result or error."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Document | None]] = loop.create_future()
+
+        def settle(result: list[Document | None] | BaseException) -> None:
+            if not done.done():
+                if isinstance(result, BaseException):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
+
+        def staged() -> None:  # on the data thread
+            try:
+                txn = stage()
+            except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting request
+                loop.call_soon_threadsafe(settle, exc)
+                return
+            self._group.append((txn, loop, settle))
+            if not self._flushing:
+                self._flushing = True
+                self._worker.submit(self._flush)  # after every stage already queued: they join this group
+
+        self._worker.submit(staged)
+        return await done
+
+    def _flush(self) -> None:
+        """Commit the staged group (on the data thread)."""
+        group, self._group, self._flushing = self._group, [], False
+        try:
+            results: list[list[Document | None] | DataError] | BaseException = \
+                self.plane.commit_group([txn for txn, _, _ in group])
+        except BaseException as exc:  # noqa: BLE001 -- the store failed: every write of the group learns it
+            results = exc
+        for i, (_, loop, settle) in enumerate(group):
+            outcome = results if isinstance(results, BaseException) else results[i]
+            loop.call_soon_threadsafe(settle, outcome)
 
     def open(self, invocation_id: str, function: str, revision: int, caller: Caller,
              settings: DataSettings) -> Session:
@@ -111,7 +157,16 @@ class Broker:
         if session is None or (session.function, session.revision) != (function, revision):
             raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
         try:
-            return await self.run(lambda: answer(self.plane, session, method, params))
+            if method == "db.get" and session.busy == 0 and session.caller.kind not in _AUDITED:
+                # One primary-key read: answered on the event loop (its own connection; WAL readers never
+                # wait), with the same checks, rather than a hop to the data thread and back. Only when none
+                # of the session's calls is on the data thread: a Txn is used by one thread at a time.
+                return answer(self.plane, session, method, params)
+            session.busy += 1
+            try:
+                return await self.run(lambda: answer(self.plane, session, method, params))
+            finally:
+                session.busy -= 1
         except DataError as error:
             raise call_failed(error) from None
 

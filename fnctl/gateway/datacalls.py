@@ -35,6 +35,7 @@ class Session:
     exceeded: DataError | None = None  # a limit was hit: the invocation fails, whatever the handler returns
     conflict: DataError | None = None  # a procedure's read went stale: it cannot commit (re-run it, or 409)
     calls: int = 0
+    busy: int = 0  # calls of this session running on the broker's data thread now
 
 
 def caller_of(principal: Principal) -> Caller:

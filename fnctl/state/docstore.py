@@ -14,15 +14,15 @@ its writes and appends their changes.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ _META_COLUMNS = {"id": "id", "version": "version", "createdAt": "created_at", "c
 _DOC_COLUMNS = "tenant, id, version, created_at, created_by, updated_at, updated_by, data"
 _CHANGE_COLUMNS = ", ".join(n for n, _ in auditchain.CHANGE_FIELDS) + ", prev_hash, hash"
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_quote: Callable[[str], str] = encode_basestring  # what _JSON does to a str (ensure_ascii=False)
 
 
 class DataStoreError(FnctlError):
@@ -79,6 +80,10 @@ class StoredDoc:
     updated_at: str
     updated_by: str
     data: str  # the JSON text
+
+    def envelope_text(self) -> str:
+        """`_JSON(self.envelope())`, without decoding and encoding the data again."""
+        return _envelope(self)
 
     def envelope(self) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "createdAt": self.created_at, "createdBy": self.created_by,
@@ -126,6 +131,17 @@ class ChangeMeta:
     actor: str
     function: str | None = None
     revision: int | None = None
+
+
+@dataclass(frozen=True)
+class GroupItem:
+    """One transaction of a group commit (`DocStore.commit_group`): `commit`'s arguments."""
+
+    tenant: str
+    reads: Sequence[ReadCheck]
+    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]]
+    writes: Sequence[StoredWrite]
+    meta: ChangeMeta
 
 
 @dataclass(frozen=True)
@@ -299,6 +315,13 @@ class DocStore:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
         return None if row is None else StoredDoc(*row)
 
+    def get_many(self, collection: str, tenant: str, ids: Sequence[str]) -> dict[str, StoredDoc]:
+        """The documents of `ids` that exist, by id, in one query per CHUNK ids."""
+        try:
+            return {row.id: row for row in _rows_by_id(self._db(), collection, tenant, ids)}
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot read {collection}: {exc}") from None
+
     def find(self, query: Query) -> list[StoredDoc]:
         try:
             return self._find(self._db(), query)
@@ -397,73 +420,132 @@ class DocStore:
             db.execute("ROLLBACK")
             raise
 
+    def commit_group(self, items: Sequence[GroupItem]) -> list[list[StoredDoc | None] | Exception]:
+        """Several independent transactions in ONE write transaction (what concurrent single writes share:
+        one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
+        still all or nothing and fails alone (StaleWrite, UniqueViolation, IdempotentReplay: its exception in
+        its place); the others commit. Every change is chained as with `commit`."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot write the data file: {exc}") from None
+        out: list[list[StoredDoc | None] | Exception] = []
+        changes: list[tuple[Any, ...]] = []
+        try:
+            for item in items:
+                db.execute("SAVEPOINT grouped")
+                mark = len(changes)
+                try:
+                    out.append(self._commit(db, item.tenant, item.reads, item.finds, item.writes, item.meta,
+                                            into=changes))
+                except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
+                    db.execute("ROLLBACK TO grouped")
+                    del changes[mark:]
+                    message = str(exc)
+                    out.append(UniqueViolation(*self._unique_fields(message))
+                               if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message else
+                               DataStoreError(f"cannot write the data file: {exc}")
+                               if isinstance(exc, sqlite3.IntegrityError) else exc)
+                db.execute("RELEASE grouped")
+            self._append_changes(db, changes)
+            db.execute("COMMIT")
+            return out
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise DataStoreError(f"cannot write the data file: {exc}") from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def _commit(self, db: sqlite3.Connection, tenant: str, reads: Sequence[ReadCheck],
                 finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]], writes: Sequence[StoredWrite],
-                meta: ChangeMeta) -> list[StoredDoc | None]:
+                meta: ChangeMeta, into: list[tuple[Any, ...]] | None = None) -> list[StoredDoc | None]:
+        """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
+        (a group commit appends all its transactions' rows at once, in order)."""
+        # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
+        read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
         for read in reads:
-            row = db.execute(f"SELECT version FROM {table(read.collection)} WHERE tenant = ? AND id = ?",
-                             (read.tenant, read.id)).fetchone()
-            if (int(row[0]) if row else 0) != read.version:
+            read_ids.setdefault((read.collection, read.tenant), []).append(read)
+        for (collection, read_tenant), checks in read_ids.items():
+            versions = _versions(db, collection, read_tenant, [r.id for r in checks])
+            if any(versions.get(r.id, 0) != r.version for r in checks):
                 raise StaleWrite(None)
         for query, seen in finds:
             if tuple((r.id, r.version) for r in self._find(db, query)) != seen:
                 raise StaleWrite(None)
-        now, txn = _now(), uuid.uuid4().hex
-        results: list[StoredDoc | None] = []
-        changes: list[tuple[Any, ...]] = []
-        keys: list[tuple[str, str, str]] = []
+        # What is written on: at the version each write is based on? Again one query per collection.
+        by_collection: dict[str, list[str]] = {}
+        for write in writes:
+            by_collection.setdefault(write.collection, []).append(write.id)
+        current = {(c, row.id): row for c, ids in by_collection.items() for row in _rows_by_id(db, c, tenant, ids)}
         for i, write in enumerate(writes):
-            tbl = table(write.collection)
             if write.idempotency_key is not None:
                 row = db.execute("SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
                                  (tenant, write.collection, write.idempotency_key)).fetchone()
                 if row is not None:
                     raise IdempotentReplay(str(row[0]))
-            current = db.execute(f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE tenant = ? AND id = ?",
-                                 (tenant, write.id)).fetchone()
-            before = StoredDoc(*current) if current else None
+            before = current.get((write.collection, write.id))
             if (before.version if before else 0) != write.expected:
                 raise StaleWrite(i)
+        now, txn = _now(), uuid.uuid4().hex
+        actor, function = meta.actor, meta.function
+        revision = None if meta.revision is None else int(meta.revision)
+        results: list[StoredDoc | None] = []
+        changes: list[tuple[Any, ...]] = []
+        keys: list[tuple[str, str, str]] = []
+        deletes: dict[str, list[tuple[str, str]]] = {}
+        updates: dict[str, list[tuple[Any, ...]]] = {}
+        inserts: dict[str, list[tuple[Any, ...]]] = {}
+        for write in writes:
+            before = current.get((write.collection, write.id))
             after: StoredDoc | None = None
             if write.op == "delete":
-                db.execute(f"DELETE FROM {tbl} WHERE tenant = ? AND id = ?", (tenant, write.id))
+                deletes.setdefault(write.collection, []).append((tenant, write.id))
             else:
                 assert write.data is not None
                 if before is None:
-                    after = StoredDoc(tenant, write.id, 1, now, meta.actor, now, meta.actor, write.data)
-                    db.execute(f"INSERT INTO {tbl} ({_DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               (after.tenant, after.id, after.version, after.created_at, after.created_by,
-                                after.updated_at, after.updated_by, after.data))
+                    after = StoredDoc(tenant, write.id, 1, now, actor, now, actor, write.data)
+                    inserts.setdefault(write.collection, []).append(
+                        (tenant, write.id, 1, now, actor, now, actor, write.data))
                 else:
                     after = StoredDoc(tenant, write.id, before.version + 1, before.created_at, before.created_by,
-                                      now, meta.actor, write.data)
-                    db.execute(f"UPDATE {tbl} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
-                               "WHERE tenant = ? AND id = ?",
-                               (after.version, now, meta.actor, write.data, tenant, write.id))
+                                      now, actor, write.data)
+                    updates.setdefault(write.collection, []).append(
+                        (after.version, now, actor, write.data, tenant, write.id))
             op = "delete" if write.op == "delete" else ("insert" if before is None else "replace")
+            after_text = _envelope(after) if after else None
+            # Already as SQLite gives them back (auditchain.normalise), so writer and verifier hash the same.
             changes.append((txn, now, write.collection, tenant, write.id, op,
-                            _JSON(before.envelope()) if before else None, _JSON(after.envelope()) if after else None,
-                            meta.actor, meta.function, meta.revision))
-            if write.idempotency_key is not None and after is not None:
-                keys.append((write.collection, write.idempotency_key, _JSON(after.envelope())))
+                            _envelope(before) if before else None, after_text, actor, function, revision))
+            if write.idempotency_key is not None and after_text is not None:
+                keys.append((write.collection, write.idempotency_key, after_text))
             results.append(after)
-        self._append_changes(db, changes)
+        # Deletes, then replaces, then inserts (a unique value freed by one write can be taken by another).
+        for collection, rows in deletes.items():
+            db.executemany(f"DELETE FROM {table(collection)} WHERE tenant = ? AND id = ?", rows)
+        for collection, rows in updates.items():
+            db.executemany(f"UPDATE {table(collection)} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
+                           "WHERE tenant = ? AND id = ?", rows)
+        for collection, rows in inserts.items():
+            db.executemany(f"INSERT INTO {table(collection)} ({_DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         for collection, key, response in keys:
             db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
+        if into is None:
+            self._append_changes(db, changes)
+        else:
+            into.extend(changes)
         return results
 
     def _append_changes(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Chain and append change rows whose fields (after seq) are already normalised: one hash each."""
         if not rows:
             return
         head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
         last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
-        linked = auditchain.link(CHAIN, (auditchain.normalise(CHAIN, (last + n, *row)) for n, row in enumerate(rows, 1)),
-                                 prev)
-        marks = "(" + ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2)) + ")"
-        for start in range(0, len(linked), 50):
-            chunk = linked[start:start + 50]
-            db.execute(f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES " + ", ".join([marks] * len(chunk)),
-                       tuple(itertools.chain.from_iterable(chunk)))
+        linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
+        marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
+        db.executemany(f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES ({marks})", linked)
         db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                    (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"))
 
@@ -477,6 +559,39 @@ class DocStore:
                 cols = [n.split(".")[-1] for n in names]
                 return name, ", ".join(by_column.get(c, c) for c in cols if c != "tenant")
         return tbl, ", ".join(names)
+
+
+CHUNK = 500  # ids per `IN (...)` (SQLite's default limit of host parameters is 32,766)
+
+
+def _rows_by_id(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> Iterator[StoredDoc]:
+    tbl = table(collection)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in db.execute(f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE tenant = ? AND id IN ({marks})",
+                              (tenant, *chunk)):
+            yield StoredDoc(*row)
+
+
+def _versions(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> dict[str, int]:
+    tbl = table(collection)
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        found.update(db.execute(f"SELECT id, version FROM {tbl} WHERE tenant = ? AND id IN ({marks})",
+                                (tenant, *chunk)).fetchall())
+    return found
+
+
+def _envelope(doc: StoredDoc) -> str:
+    """`_JSON(doc.envelope())` without decoding and encoding the document again: its stored text is already
+    the compact JSON this encoder writes, so it is spliced in as it is."""
+    q = _quote
+    return (f'{{"id":{q(doc.id)},"version":{doc.version},"createdAt":{q(doc.created_at)},'
+            f'"createdBy":{q(doc.created_by)},"updatedAt":{q(doc.updated_at)},'
+            f'"updatedBy":{q(doc.updated_by)},"data":{doc.data}}}')
 
 
 def _index_fields(spec: dict[str, Any]) -> frozenset[str]:
