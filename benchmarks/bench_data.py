@@ -477,7 +477,7 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
             thread.join()
         after = _balances(port, key)
         status, runs = _post(port, key, "/invoke/transfer", {"op": "runs"})
-        handler_runs = int(runs["runs"]) if isinstance(runs, dict) else -1  # type: ignore[call-overload]
+        handler_runs = int(runs["runs"]) if isinstance(runs, dict) else -1
         committed, refused = statuses.get(200, 0), statuses.get(409, 0)
         answered = sum(statuses.values())
         data = docstore.connect(docstore.data_path(root / "state" / "state.db"))
