@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from deploy_helpers import Result  # noqa: E402
 from rollout_helpers import Load, Rollouts, rollout_project  # noqa: E402
 
+from fnctl.state import rolloutstore  # noqa: E402
 from fnctl.state.auditlog import AuditFilter, audit_records  # noqa: E402
 
 PICKUP = 1.0  # the gateway reloads the routing table every 0.25 s; counting starts this long after a change
@@ -141,12 +142,12 @@ class Bench:
 
     def latest_rollout(self) -> Any:
         with self.setup.project.store() as store:
-            rows = store.rollouts("fn")
+            rows = rolloutstore.rollouts(store, "fn")
             return rows[-1] if rows else None
 
     def events(self, rollout_id: int) -> list[Any]:
         with self.setup.project.store() as store:
-            return list(store.rollout_events(rollout_id))
+            return list(rolloutstore.events(store, rollout_id))
 
     def live(self) -> int:
         weights = self.setup.routes()

@@ -22,6 +22,8 @@ from typing import Any
 
 from deploy_helpers import Project, cleanup, make_project, until
 
+from fnctl.state import rolloutstore
+
 # Health checks send {"name": "probe"}, which always succeeds: a bad version passes its checks and fails
 # only real traffic, as bad releases do.
 HANDLER = '''\
@@ -98,8 +100,8 @@ class Rollouts:
     def events(self) -> list[str]:
         """The kinds of the latest rollout's events, in order."""
         with self.project.store() as store:
-            rows = store.rollouts("fn")
-            return [e.kind for e in store.rollout_events(rows[-1].id)] if rows else []
+            rows = rolloutstore.rollouts(store, "fn")
+            return [e.kind for e in rolloutstore.events(store, rows[-1].id)] if rows else []
 
     def status(self, revision: int) -> str:
         with self.project.store() as store:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fnctl.gateway.audit import AuditLog
-from fnctl.state import auditchain
+from fnctl.state import auditchain, rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.migrations import statements as _statements
@@ -293,7 +293,7 @@ def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pyte
     state = tmp_path / "state.db"
     store = connect(state)
     try:
-        rollout = store.add_rollout("hello", 1, 2, "canary", "paused", {}, NOW)
+        rollout = rolloutstore.add(store, "hello", 1, 2, "canary", "paused", {}, NOW)
     finally:
         store.close()
     monkeypatch.setenv("FNCTL_ACTOR", "dave")

@@ -45,8 +45,10 @@ from fnctl.rollout.machine import (
     step,
     weights_text,
 )
+from fnctl.state import rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
-from fnctl.state.store import Revision, RevisionStatus, RolloutRow, Store, connect
+from fnctl.state.rolloutstore import RolloutRow
+from fnctl.state.store import Revision, RevisionStatus, Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
@@ -695,7 +697,7 @@ class Deployer:
         return rolloutdriver.begin(self.ctx, function, stable, canary)
 
     def row(self, rollout_id: int) -> RolloutRow:
-        found = self.store.rollout(rollout_id)
+        found = rolloutstore.rollout(self.store, rollout_id)
         assert found is not None
         return found
 
@@ -705,7 +707,7 @@ class Deployer:
         return rolloutdriver.advance(self.ctx, self.row(rollout_id), now=clock)
 
     def events(self, rollout_id: int) -> list[str]:
-        return [e.kind for e in self.store.rollout_events(rollout_id)]
+        return [e.kind for e in rolloutstore.events(self.store, rollout_id)]
 
     def route(self) -> dict[int, int]:
         return self.store.routes()["fn"]
@@ -740,7 +742,7 @@ def test_begin_puts_the_canary_at_zero_percent_and_records_the_start(fleet: Depl
     assert (row.function, row.stable, row.canary, row.strategy, row.step, row.state) == (
         "fn", STABLE, NEW, "canary", 0, "progressing")
     assert fleet.route() == {STABLE: 100, NEW: 0}
-    (started,) = fleet.store.rollout_events(row.id)
+    (started,) = rolloutstore.events(fleet.store, row.id)
     assert (started.kind, started.step, started.message, started.data) == (
         "started", 0, "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)", {"stages": 2})
     assert [a.action for a in audit_records(fleet.store, AuditFilter(target="fn"))] == ["rollout start"]
@@ -845,7 +847,7 @@ def test_resuming_after_a_crash_never_repeats_a_finished_step(fleet: Deployer) -
     # the next driver reads the row afresh and carries on from the second step
     record, waiting = fleet.advance(row.id)
     assert (record.state, record.step, waiting) == (State.PAUSED, 2, Wait(None))
-    weights = [e.data["weights"] for e in fleet.store.rollout_events(row.id) if e.kind == "weight"]
+    weights = [e.data["weights"] for e in rolloutstore.events(fleet.store, row.id) if e.kind == "weight"]
     assert weights == [{"2": 20, "1": 80}, {"2": 40, "1": 60}]
     # a handled request is never acted on twice
     fleet.request(row.id, EventKind.PROMOTE_REQUESTED, {})
@@ -921,7 +923,7 @@ def test_an_analysis_passes_on_good_traffic_from_the_store(fleet: Deployer) -> N
     observe(fleet.store, STABLE, ok=20, failed=1)
     record, _ = fleet.advance(row.id, t + 10)
     assert record.state is State.COMPLETED
-    measured = [e for e in fleet.store.rollout_events(row.id) if e.kind == "measurement"]
+    measured = [e for e in rolloutstore.events(fleet.store, row.id) if e.kind == "measurement"]
     assert [(e.data["outcome"], e.data["requests"], e.data["errors"], e.data["stable"]["requests"])
             for e in measured] == [("pass", 20, 0, 21)]
 
@@ -945,7 +947,7 @@ def test_an_analysis_without_traffic_waits_for_enough_requests(fleet: Deployer) 
     fleet.advance(row.id, t)
     record, waiting = fleet.advance(row.id, t + 10)
     assert (record.state, record.next_measure, waiting) == (State.PROGRESSING, t + 20, Wait(t + 20))
-    measured = [e for e in fleet.store.rollout_events(row.id) if e.kind == "measurement"]
+    measured = [e for e in rolloutstore.events(fleet.store, row.id) if e.kind == "measurement"]
     assert [(e.data["outcome"], e.message) for e in measured] == [
         ("inconclusive", "step 2: analysis: inconclusive: 0 of 10 requests")]
 

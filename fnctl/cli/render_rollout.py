@@ -16,7 +16,7 @@ from fnctl.cli.render import _line, _plain, err_console, print_json
 if TYPE_CHECKING:
     from fnctl.commands.rollouts import Snapshot
     from fnctl.rollout.abstats import AbReport
-    from fnctl.state.store import RolloutEventRow, RolloutRow
+    from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
 
 
 class RolloutOutput(StrEnum):

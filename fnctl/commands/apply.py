@@ -33,6 +33,7 @@ from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.gitops.gitrepo import WorkTree, work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import CONFIG_FILE, Project
+from fnctl.state import rolloutstore
 from fnctl.state.store import RevisionStatus
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
     report = ApplyReport(plan, recovered=recovered)
     report.outcomes += sync_collections(ctx, state, collections, options)
     by_name = {s.name: s for s in specs}
-    watermark = ctx.store.last_rollout_event_id()
+    watermark = rolloutstore.last_event_id(ctx.store)
     for change in changes:
         if preview:
             outcome = _preview(ctx, change, by_name.get(change.function), secret_values, live)

@@ -15,6 +15,7 @@ from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout.weights import stable_revision
+from fnctl.state import rolloutstore
 from fnctl.state.store import InstanceState, Revision, RevisionStatus, Store, connect
 
 
@@ -101,7 +102,7 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
 def _rollout_words(store: Store, name: str) -> str | None:
     from fnctl.rollout.machine import ACTIVE
 
-    rows = store.rollouts(name, states=ACTIVE)
+    rows = rolloutstore.rollouts(store, name, states=ACTIVE)
     if not rows:
         return None
     row = rows[-1]

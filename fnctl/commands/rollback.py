@@ -12,6 +12,7 @@ from fnctl.deploy.session import Options, Progress, desired_specs, session
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout.weights import stable_revision
+from fnctl.state import rolloutstore
 from fnctl.state.store import Revision, RevisionStatus, Store
 
 
@@ -53,7 +54,7 @@ def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
     from fnctl.deploy import rolloutdriver
     from fnctl.rollout import machine
 
-    rows = ctx.store.rollouts(name, states=machine.ACTIVE)
+    rows = rolloutstore.rollouts(ctx.store, name, states=machine.ACTIVE)
     if not rows:
         return None
     record = rolloutdriver.record_of(rows[-1])

@@ -21,7 +21,9 @@ from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
 from fnctl.rollout.machine import EventKind, Record, State
-from fnctl.state.store import RolloutEventRow, RolloutRow, Store, connect
+from fnctl.state import rolloutstore
+from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
+from fnctl.state.store import Store, connect
 
 if TYPE_CHECKING:
     from fnctl.rollout.abstats import AbReport
@@ -59,7 +61,7 @@ class Snapshot:
 
 
 def snapshot(store: Store, row: RolloutRow) -> Snapshot:
-    measured = [e for e in store.rollout_events(row.id) if e.kind == EventKind.MEASUREMENT.value]
+    measured = [e for e in rolloutstore.events(store, row.id) if e.kind == EventKind.MEASUREMENT.value]
     plan = machine.stages(rolloutdriver.spec_of(store, row.function, row.canary))
     return Snapshot(row, rolloutdriver.record_of(row), plan, measured[-1] if measured else None)
 
@@ -104,7 +106,7 @@ class Follower:
 
     def _advance(self, ctx: executor.Context) -> None:
         for rollout_id in self.ids:
-            row = ctx.store.rollout(rollout_id)
+            row = rolloutstore.rollout(ctx.store, rollout_id)
             if row is not None and not rolloutdriver.record_of(row).done:
                 rolloutdriver.advance(ctx, row)
 
@@ -112,9 +114,9 @@ class Follower:
         with _store(self.project, self.options) as store:
             snapshots = []
             for rollout_id in self.ids:
-                row = store.rollout(rollout_id)
+                row = rolloutstore.rollout(store, rollout_id)
                 assert row is not None
-                for event in store.rollout_events(rollout_id, after=self.seen.get(rollout_id, 0)):
+                for event in rolloutstore.events(store, rollout_id, after=self.seen.get(rollout_id, 0)):
                     self.on_event(event, row)
                     self.seen[rollout_id] = event.id
                 snapshots.append(snapshot(store, row))
@@ -167,7 +169,7 @@ def request(project: Project, options: Options, name: str, kind: EventKind, data
             store.audit(actor=who, command="promote" if kind is EventKind.PROMOTE_REQUESTED else "abort",
                         action=f"{words} requested", target=name, outcome="ok",
                         detail=f"rollout {row.id} of revision {row.canary} at step {row.step}")
-        seen = max((e.id for e in store.rollout_events(row.id) if e.id < request_id), default=0)
+        seen = max((e.id for e in rolloutstore.events(store, row.id) if e.id < request_id), default=0)
     follower = Follower(project, options, [row.id], on_event, on_tick, waiting_for={row.id: request_id},
                         seen={row.id: seen})
     return follower.run(timeout, settle=wait)[0]
@@ -201,9 +203,9 @@ def retry(project: Project, options: Options, name: str, progress: Callable[[str
         target = ctx.store.revision(name, record.canary)
         assert target is not None
         restart_revision(ctx, project, target)
-        before = max((e.id for e in ctx.store.rollout_events(row.id)), default=0)
+        before = max((e.id for e in rolloutstore.events(ctx.store, row.id)), default=0)
         rolloutdriver.restart(ctx, row)
-        found = ctx.store.rollout(row.id)
+        found = rolloutstore.rollout(ctx.store, row.id)
         assert found is not None
         return found, before
 
@@ -215,12 +217,12 @@ def abtest_report(project: Project, options: Options, name: str) -> AbReport:
     from fnctl.state.metricstore import totals
 
     with _store(project, options) as store:
-        rows = [row for row in store.rollouts(name) if row.strategy == "abTest"]
+        rows = [row for row in rolloutstore.rollouts(store, name) if row.strategy == "abTest"]
         if not rows:
             raise NoRollout(f"{name} has had no A/B test")
         row, record = rows[-1], rolloutdriver.record_of(rows[-1])
         spec = rolloutdriver.spec_of(store, name, row.canary)
-        ended = [e.at for e in store.rollout_events(row.id)
+        ended = [e.at for e in rolloutstore.events(store, row.id)
                  if e.kind in (EventKind.COMPLETED.value, EventKind.ABORTED.value)]
         end = ended[-1] if ended else time.time()
         samples = []

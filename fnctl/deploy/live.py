@@ -14,7 +14,7 @@ from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
 from fnctl.rollout.machine import ACTIVE
 from fnctl.rollout.weights import stable_revision
-from fnctl.state import docstore
+from fnctl.state import docstore, rolloutstore
 from fnctl.state.store import InstanceRow, Revision, RevisionStatus, Store
 
 Row = TypeVar("Row", Revision, InstanceRow)
@@ -36,7 +36,7 @@ def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
     images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
     present = images_present(images_needed)
     rolling = {row.function: (row.stable if row.stable is not None else row.canary, row.canary)
-               for row in store.rollouts(states=ACTIVE)}
+               for row in rolloutstore.rollouts(store, states=ACTIVE)}
     functions: dict[str, LiveFunction] = {}
     for name, weights in routes.items():
         own = revisions.get(name, [])

@@ -23,8 +23,9 @@ from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
 from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait
-from fnctl.state import metricstore
-from fnctl.state.store import RevisionStatus, RolloutRow, Store, connect
+from fnctl.state import metricstore, rolloutstore
+from fnctl.state.rolloutstore import RolloutRow
+from fnctl.state.store import RevisionStatus, Store, connect
 
 MAX_TRANSITIONS = 100  # per call of `advance`: a loop of instant transitions is a bug, not a rollout
 # Rows that still need a driver: under way, or completed with the old revisions still warm.
@@ -42,11 +43,11 @@ def spec_of(store: Store, function: str, revision: int) -> Rollout:
 
 
 def unfinished(store: Store, function: str | None = None) -> list[RolloutRow]:
-    return [row for row in store.rollouts(function, states=UNFINISHED) if not record_of(row).done]
+    return [row for row in rolloutstore.rollouts(store, function, states=UNFINISHED) if not record_of(row).done]
 
 
 def latest(store: Store, function: str) -> RolloutRow | None:
-    rows = store.rollouts(function)
+    rows = rolloutstore.rollouts(store, function)
     return rows[-1] if rows else None
 
 
@@ -56,7 +57,7 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
     the function is superseded (its canary was not proven bad: it is not quarantined)."""
     store, now = ctx.store, time.time()
     plan = machine.stages(function.rollout)
-    superseded = [record_of(row) for row in store.rollouts(function.name, states=machine.ACTIVE)]
+    superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=machine.ACTIVE)]
     variants = {v.name: (canary if v.revision == "new" else stable if v.revision == "stable" else int(v.revision))
                 for v in function.rollout.variants}
     record = Record(0, function.name, stable, canary, function.rollout.strategy, State.PROGRESSING, 0, now, now,
@@ -66,19 +67,19 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
             _write(ctx, old, machine.abort(old, f"superseded by revision {canary}", quarantine=False))
         store.set_revision_status(function.name, canary, RevisionStatus.READY, None)
         store.set_route(function.name, record.weights)
-        rollout_id = store.add_rollout(function.name, stable, canary, function.rollout.strategy.value,
+        rollout_id = rolloutstore.add(store, function.name, stable, canary, function.rollout.strategy.value,
                                        State.PROGRESSING.value, record.detail(), now)
         record = replace(record, id=rollout_id)
         started = machine.Event(EventKind.STARTED, 0, f"{function.rollout.strategy.value} of revision {canary} over "
                                 f"revision {stable}: " + " → ".join(s.label for s in plan), {"stages": len(plan)})
         for event in (started, *machine.entering(plan, record)):
-            store.add_rollout_event(rollout_id, event.kind.value, event.step, event.message, event.data)
+            rolloutstore.add_event(store, rollout_id, event.kind.value, event.step, event.message, event.data)
         store.audit(actor=ctx.actor, command=ctx.command, action="rollout start", target=function.name, outcome="ok",
                     **ctx.git_fields, detail=started.message[:4000])
     ctx.progress(f"{function.name}: {started.message}")
     if superseded:  # their canaries leave with one stop: nothing but stable and the new canary stays
         executor.stop_other_revisions(ctx, function.name, keep={stable, canary})
-    row = store.rollout(rollout_id)
+    row = rolloutstore.rollout(store, rollout_id)
     assert row is not None
     return row
 
@@ -89,17 +90,17 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
     old = record_of(row)
     plan = machine.stages(spec_of(store, row.function, row.canary))
     # Requests made before the retry (even ones that arrived after the abort) are not for the new attempt.
-    handled = max((e.id for e in store.rollout_events(row.id)), default=old.handled)
+    handled = max((e.id for e in rolloutstore.events(store, row.id)), default=old.handled)
     record = replace(old, state=State.PROGRESSING, step=0, started_at=now, step_started=now,
                      weights={old.stable: 100, old.canary: 0}, failures=0, next_measure=None, winner=None,
                      scale_down_at=None, scaled_down=False, reason="", handled=handled)
     with store.transaction():
         store.set_revision_status(row.function, row.canary, RevisionStatus.READY, None)
         store.set_route(row.function, record.weights)
-        store.update_rollout(row.id, step=0, state=record.state.value, detail=record.detail())
+        rolloutstore.update(store, row.id, step=0, state=record.state.value, detail=record.detail())
         retried = machine.Event(EventKind.RETRIED, 0, f"retried by {ctx.actor}: revision {row.canary} from step 1")
         for event in (retried, *machine.entering(plan, record)):
-            store.add_rollout_event(row.id, event.kind.value, event.step, event.message, event.data)
+            rolloutstore.add_event(store, row.id, event.kind.value, event.step, event.message, event.data)
         store.audit(actor=ctx.actor, command=ctx.command, action="rollout retry", target=row.function, outcome="ok",
                     **ctx.git_fields, detail=retried.message)
     ctx.progress(f"{row.function}: {retried.message}")
@@ -112,14 +113,14 @@ def retire(ctx: executor.Context, function: str, why: str) -> None:
         record = record_of(row)
         ended = replace(record, state=State.ABORTED if record.state.value in machine.ACTIVE else record.state,
                         scaled_down=True, reason=why)
-        ctx.store.update_rollout(row.id, step=ended.step, state=ended.state.value, detail=ended.detail())
-        ctx.store.add_rollout_event(row.id, EventKind.ABORTED.value if ended.state is State.ABORTED
+        rolloutstore.update(ctx.store, row.id, step=ended.step, state=ended.state.value, detail=ended.detail())
+        rolloutstore.add_event(ctx.store, row.id, EventKind.ABORTED.value if ended.state is State.ABORTED
                                     else EventKind.SCALED_DOWN.value, ended.step, why)
 
 
 def request(store: Store, rollout_id: int, kind: EventKind, message: str, data: dict[str, Any]) -> int:
     """Record a request (promote, abort) for the driver: an appended event, so it never races its updates."""
-    return store.add_rollout_event(rollout_id, kind.value, 0, message, data)
+    return rolloutstore.add_event(store, rollout_id, kind.value, 0, message, data)
 
 
 def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] = time.time) -> tuple[Record, Wait | None]:
@@ -131,7 +132,7 @@ def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] 
     plan_rollout = spec_of(ctx.store, record.function, record.canary)
     plan = machine.stages(plan_rollout)
     delay = plan_rollout.scale_down_delay
-    for event in ctx.store.rollout_events(record.id, after=record.handled):
+    for event in rolloutstore.events(ctx.store, record.id, after=record.handled):
         if event.kind in machine.REQUESTS:
             record = carry_out(ctx, record, machine.on_request(record, plan, event.kind, event.data, delay, now()),
                                 handled=event.id)
@@ -183,9 +184,9 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
         store.set_revision_status(record.function, record.canary, RevisionStatus.QUARANTINED, record.reason[:4000])
         store.audit(actor=ctx.actor, command=ctx.command, action="quarantine", target=record.function, outcome="ok",
                     **ctx.git_fields, detail=f"revision {record.canary}: {record.reason}"[:4000])
-    store.update_rollout(record.id, step=record.step, state=record.state.value, detail=record.detail())
+    rolloutstore.update(store, record.id, step=record.step, state=record.state.value, detail=record.detail())
     for event in transition.events:
-        store.add_rollout_event(record.id, event.kind.value, event.step, event.message, event.data)
+        rolloutstore.add_event(store, record.id, event.kind.value, event.step, event.message, event.data)
     if record.state is not before.state and record.state in (State.ABORTED, State.COMPLETED):
         store.audit(actor=ctx.actor, command=ctx.command, action=f"rollout {record.state.value}", target=record.function,
                     outcome="ok", **ctx.git_fields,

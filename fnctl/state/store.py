@@ -1,8 +1,8 @@
 """The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
 
-It holds revisions (immutable but for their status), the routing table, instances, rollouts, and the
-append-only, hash-chained audit log. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
-implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC
+It holds revisions (immutable but for their status), the routing table, instances and the append-only,
+hash-chained audit log; rollouts and their events are fnctl.state.rolloutstore's. SQL is kept portable (no
+SQLite-only types) so that a PostgreSQL backend can implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC
 fingerprint keyed by a host-local key that is not in the store (fnctl.deploy.secrets).
 """
 
@@ -70,31 +70,6 @@ class InstanceRow:
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
-@dataclass(frozen=True)
-class RolloutRow:
-    id: int
-    function: str
-    stable: int | None  # the revision traffic comes from
-    canary: int  # the revision being rolled out
-    strategy: str
-    step: int
-    state: str
-    detail: dict[str, Any]  # the progress: weights, timestamps, analysis counts (fnctl.rollout.machine reads it)
-    started_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class RolloutEventRow:
-    id: int
-    rollout: int
-    at: float
-    kind: str
-    step: int
-    message: str
-    data: dict[str, Any]
-
-
 class StoreError(FnctlError):
     """The state store cannot be opened or used."""
 
@@ -144,7 +119,7 @@ class Store:
 
         return self.setting("store-id", secrets.token_hex(8))
 
-    # ---- SQL: the one primitive of this package's modules (metricstore, keystore, cronstate, deploylog) ----
+    # ---- SQL: the one primitive of this package's modules (metricstore, keystore, rolloutstore, ...) ----
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read in portable SQL (`?` placeholders). Only modules of fnctl.state call it: code elsewhere
@@ -167,6 +142,13 @@ class Store:
         """One write in portable SQL; returns the number of rows changed. Only modules of fnctl.state call it."""
         try:
             return self._db.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
+
+    def _insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One INSERT in portable SQL; returns the new row's id. Only modules of fnctl.state call it."""
+        try:
+            return int(self._db.execute(sql, params).lastrowid or 0)
         except sqlite3.Error as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
@@ -293,58 +275,6 @@ class Store:
         query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
         return [InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
                 for r in self._db.execute(query, (function,) if function else ())]
-
-    # ---- rollouts ----
-
-    def add_rollout(self, function: str, stable: int | None, canary: int, strategy: str, state: str,
-                    detail: dict[str, Any], started_at: float) -> int:
-        now = started_at
-        cursor = self._db.execute(
-            "INSERT INTO rollouts (function, from_revision, to_revision, strategy, step, state, detail, started_at, "
-            "updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
-            (function, stable, canary, strategy, state, json.dumps(detail, sort_keys=True), now, now))
-        return int(cursor.lastrowid or 0)
-
-    def update_rollout(self, rollout_id: int, *, step: int, state: str, detail: dict[str, Any]) -> None:
-        self._db.execute("UPDATE rollouts SET step = ?, state = ?, detail = ?, updated_at = ? WHERE id = ?",
-                         (step, state, json.dumps(detail, sort_keys=True), time.time(), rollout_id))
-
-    def rollouts(self, function: str | None = None, *, states: tuple[str, ...] = ()) -> list[RolloutRow]:
-        """Rollouts, oldest first; of one function and in some states when asked."""
-        where, params = [], []
-        if function is not None:
-            where.append("function = ?")
-            params.append(function)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            params += list(states)
-        return self._rollout_rows(" AND ".join(where), tuple(params))
-
-    def rollout(self, rollout_id: int) -> RolloutRow | None:
-        found = self._rollout_rows("id = ?", (rollout_id,))
-        return found[0] if found else None
-
-    def _rollout_rows(self, where: str, params: tuple[Any, ...]) -> list[RolloutRow]:
-        query = ("SELECT id, function, from_revision, to_revision, strategy, step, state, detail, started_at, "
-                 "updated_at FROM rollouts" + (f" WHERE {where}" if where else "") + " ORDER BY id")
-        return [RolloutRow(int(r[0]), r[1], None if r[2] is None else int(r[2]), int(r[3]), r[4], int(r[5]), r[6],
-                           json.loads(r[7]), float(r[8]), float(r[9])) for r in self._db.execute(query, params)]
-
-    def add_rollout_event(self, rollout_id: int, kind: str, step: int, message: str,
-                          data: dict[str, Any] | None = None) -> int:
-        cursor = self._db.execute("INSERT INTO rollout_events (rollout, at, kind, step, message, data) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)",
-                                  (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)))
-        return int(cursor.lastrowid or 0)
-
-    def last_rollout_event_id(self) -> int:
-        """The id of the latest rollout event of any rollout (0 when none): follow new ones with `after=`."""
-        return int(self._query("SELECT COALESCE(MAX(id), 0) FROM rollout_events")[0][0])
-
-    def rollout_events(self, rollout_id: int, *, after: int = 0) -> list[RolloutEventRow]:
-        return [RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
-                for r in self._db.execute("SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
-                                          "WHERE rollout = ? AND id > ? ORDER BY id", (rollout_id, after))]
 
     # ---- audit ----
 
