@@ -1,0 +1,274 @@
+"""The gateway's request pipeline: from a request's function to its instance pool (authenticate, authorize,
+pick a revision, read the body, a per-function concurrency unit, a data session, a deadline), each step
+raising `Reject` with the answer when it refuses. `fnctl.gateway.app` builds the endpoints on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from fnctl.data.errors import DataError
+from fnctl.gateway import router
+from fnctl.gateway.auth import (
+    ANONYMOUS,
+    WWW_AUTHENTICATE,
+    Principal,
+    PrincipalKind,
+    Unauthenticated,
+    authorize,
+    may_pin,
+)
+from fnctl.gateway.datacalls import caller_of
+from fnctl.gateway.pools import Overloaded, PoolResult, Unavailable
+from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
+from fnctl.gateway.table import TableFollower, TableSource
+
+__all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
+
+if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
+    from fnctl.gateway.auth import Authenticator
+    from fnctl.gateway.broker import Broker
+    from fnctl.gateway.metrics import Metrics
+    from fnctl.gateway.pools import PoolManager
+
+log = logging.getLogger("fnctl.gateway")
+PIN_HEADER = "X-Fnctl-Revision"
+_REVISION_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: str.isdigit() takes "²", int() does not
+PIN_DENIED = (f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles "
+              "`pin` on this function")
+DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
+
+
+class RequestPipeline:
+    """The steps of one request, and what they share: the routing table, the per-function concurrency units and
+    the requests waiting on the pool with their deadlines (one watchdog timer for all of them)."""
+
+    def __init__(self, *, pool: PoolManager, authenticator: Authenticator, metrics: Metrics, source: TableSource,
+                 limits: GatewayLimits, broker: Broker | None) -> None:
+        self.pool, self.authenticator, self.metrics = pool, authenticator, metrics
+        self.broker = broker  # the data plane's side of the instances' `call` frames (None: no data plane)
+        self.limits = limits
+        self.tables = TableFollower(source, pool, limits.reload_interval)
+        self._active: dict[str, int] = {}
+        self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def table(self) -> router.Table | None:
+        return self.tables.table
+
+    @property
+    def inflight(self) -> int:
+        """Requests holding a concurrency unit: their body is in, they are in the pool."""
+        return sum(self._active.values())
+
+    async def start(self) -> None:
+        await self.tables.start()
+        self._watchdog = asyncio.create_task(self._watch_deadlines())
+
+    async def stop(self) -> None:
+        await self.tables.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    # ---- the steps of one request ----
+
+    async def _dispatch(self, request: web.Request, call: Call,
+                        found: router.RouteMatch | None) -> tuple[PoolResult, int]:
+        table = self.tables.table or router.EMPTY
+        function = table.functions.get(call.function)
+        if function is None:
+            raise Reject(404, "Not Found", "not_found")
+        check_header_size(request, self.limits.max_header)
+        call.principal = principal = self._authenticate(request, call)
+        # Access is the function's as declared now (its newest revision with traffic, and the live Policies),
+        # whichever revision serves: an old revision's looser rules never come back through a pin.
+        governing = function.access
+        if governing is None:
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
+        if not authorize(principal, governing.roles, table.policies, call.function):
+            raise self._denied(call, principal)
+        revision = self._pick(function, request, principal, table.policies, call)
+        info = function.revisions.get(revision)
+        if info is None:  # a weight on a revision that is no longer invocable (failed, quarantined)
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
+        call.revision = revision
+        # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
+        # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
+        # and only until bodyTimeout.
+        body = await self._read_body(request, min(self.limits.max_body, info.payload))
+        event = build_event(request, body, call, found, principal)
+        active = self._active.get(call.function, 0)
+        if active >= self.limits.max_concurrent:
+            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": "1"})
+        self._active[call.function] = active + 1
+        try:
+            return await self._run(call, info, event, principal), revision
+        finally:
+            self._active[call.function] -= 1
+
+    def _denied(self, call: Call, principal: Principal, why: str | None = None) -> Reject:
+        """401 for an anonymous caller, else 403; `why` is said only where it reveals nothing (pinning)."""
+        status = 401 if principal.kind is PrincipalKind.ANONYMOUS else 403
+        self.metrics.denied(call.function, status)
+        reason = "Unauthorized" if status == 401 else "Forbidden"
+        return Reject(status, f"{reason}: {why}" if why else reason, "unauthenticated" if status == 401 else "denied",
+                      headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None)
+
+    def _authenticate(self, request: web.Request, call: Call) -> Principal:
+        try:
+            return self.authenticator.authenticate(request.headers)
+        except Unauthenticated as exc:
+            log.debug("request %s: authentication failed: %s", call.request_id, exc.reason)
+            call.principal = ANONYMOUS
+            self.metrics.denied(call.function, 401)
+            raise Reject(401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
+
+    def _pick(self, function: router.FunctionRoute, request: web.Request, principal: Principal,
+              policies: Mapping[str, Mapping[str, Any]], call: Call) -> int:
+        pinned_text = request.headers.get(PIN_HEADER)
+        pinned = None
+        if pinned_text is not None:
+            if not _REVISION_NUMBER.match(pinned_text.strip()):
+                raise Reject(400, f"Bad Request: {PIN_HEADER} must be a revision number", "rejected")
+            if not may_pin(principal, policies, function.name):
+                raise self._denied(call, principal, PIN_DENIED)
+            pinned = int(pinned_text)
+            if not function.holds(pinned):  # gone from the routing table (or never there): history only
+                raise Reject(404, f"Not Found: {function.name} has no revision {pinned} in its routing table",
+                             "not_found")
+        # Usually no stickiness: a random split, or one revision.
+        sticky = None if function.sticky_by is None else _sticky_value(function, request, principal)
+        try:
+            return router.choose(function.weights, pinned=pinned,
+                                 sticky_key=None if sticky is None else f"{function.name}\0{sticky}")
+        except router.NoRoute:
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        if not request.body_exists:
+            return b""
+        length = request.content_length
+        if length is not None and length > limit:
+            raise Reject(413, "Payload Too Large", "rejected", close=True)
+        if length is not None and request.content.is_eof():
+            return request.content.read_nowait()  # all in already (the usual small body): no awaiting at all
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                if length is not None:
+                    return await request.content.readexactly(length)
+                chunks, size = [], 0
+                async for chunk in request.content.iter_any():  # chunked: no length to check up front
+                    size += len(chunk)
+                    if size > limit:
+                        raise Reject(413, "Payload Too Large", "rejected", close=True)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except TimeoutError:
+            raise Reject(408, "Request Timeout: the body did not arrive within the gateway's bodyTimeout", "rejected",
+                         close=True) from None
+        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
+            # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
+            raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
+
+    async def _run(self, call: Call, info: router.RevisionInfo, event: Any, principal: Principal) -> PoolResult:
+        """One invocation, with its data session when the gateway serves data: the caller, budget and (for a
+        procedure) transaction its `context.db` calls use. A procedure's writes are committed when the handler
+        returned ok, and dropped when it failed, timed out or went over a limit; on a conflict it is run again
+        when that is safe (no egress), up to `retries` times, else answered 409."""
+        broker = self.broker
+        if broker is None:
+            return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
+        settings = info.data
+        caller = caller_of(principal)
+        attempts = 1 + (settings.retries if settings.rerunnable else 0)
+        for attempt in range(attempts):
+            # The request id, unless a request in flight already uses it (a client may choose it) or this is a
+            # re-run: a session is found by its invocation id, which must name one invocation only.
+            invocation = call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
+            assert call.revision is not None
+            session = broker.open(invocation, call.function, call.revision, caller, settings)
+            try:
+                result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
+                if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
+                    raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}",
+                                 "error")
+                if session.txn is None:
+                    return result
+                try:
+                    if session.conflict is not None:  # a read went stale during the run: it cannot commit
+                        raise session.conflict
+                    if not result.outcome.ok:
+                        return result  # a failed procedure's buffered writes are dropped with its session
+                    await broker.commit(session)
+                except DataError as error:
+                    if error.status == 409 and attempt + 1 < attempts:
+                        continue
+                    raise Reject(error.status, f"{error.title}: {error.detail_text}",
+                                 "error") from None
+                return result
+            finally:
+                broker.close(invocation)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _call_pool(self, call: Call, info: router.RevisionInfo, event: Any,
+                         caller: dict[str, Any], invocation: str) -> PoolResult:
+        assert call.revision is not None
+        self.metrics.inflight(call.function, call.revision, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
+        try:
+            return await self.pool.invoke(call.function, call.revision, event, caller=caller,
+                                          request_id=invocation)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # the client went away, or the gateway is stopping
+            task.uncancel()
+            raise Reject(504, "Gateway Timeout", "timeout") from None
+        except Overloaded as exc:
+            retry = str(max(1, math.ceil(exc.retry_after)))
+            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": retry}) from None
+        except Unavailable as exc:
+            log.warning("request %s: %s r%s unavailable: %s", call.request_id, call.function, call.revision, exc)
+            raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
+        finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
+            self.metrics.inflight(call.function, call.revision, -1)
+
+    async def _watch_deadlines(self) -> None:
+        # One timer for all requests, every DEADLINE_TICK: a timer per request (asyncio.timeout) costs more
+        # than the rest of the gateway's own work on it.
+        while True:
+            await asyncio.sleep(DEADLINE_TICK)
+            now = time.monotonic()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+
+def _sticky_value(function: router.FunctionRoute, request: web.Request, principal: Principal) -> str | None:
+    """What keeps a caller on one revision of `function`: its subject, a header's or a cookie's value."""
+    by, name = function.sticky_by, function.sticky_name
+    if by is router.StickyBy.CALLER and principal.kind is not PrincipalKind.ANONYMOUS:
+        return principal.subject
+    if by is router.StickyBy.HEADER and name:
+        return request.headers.get(name)
+    if by is router.StickyBy.COOKIE and name:
+        return request.cookies.get(name)
+    return None
+
+
+# ---- the aiohttp application and server ----------------------------------------------------------
