@@ -22,7 +22,8 @@ from fnctl.gateway.auth import AuthConfig, Authenticator
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.request import GatewayLimits
-from fnctl.gateway.serve import data_broker, start_server
+from fnctl.gateway.serve import data_broker
+from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore

@@ -26,7 +26,8 @@ from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind, Unauthen
 from fnctl.gateway.httpevent import BadResult, HttpRequest, from_result, to_event
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import Overloaded, PoolManager, Unavailable
-from fnctl.gateway.serve import parse_address, start_server
+from fnctl.gateway.serve import parse_address
+from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome
 
 # ---- router: pure decisions --------------------------------------------------------------------------
@@ -271,7 +272,7 @@ class Harness:
     gateway: Gateway
     tables: list[router.Table]
     session: aiohttp.ClientSession
-    runner: Any = None  # serve.GatewayRunner
+    runner: Any = None  # server.GatewayRunner
 
 
 @asynccontextmanager

@@ -108,7 +108,7 @@ def _open_from(h: Harness, sources: tuple[str, ...]) -> int:
 
 
 def _server(h: Harness) -> Any:
-    from fnctl.gateway.serve import _Server
+    from fnctl.gateway.server import _Server
 
     server = h.runner.server
     assert isinstance(server, _Server)

@@ -1,5 +1,5 @@
 """The gateway's HTTP side: `POST /invoke/NAME`, the HTTP Trigger routes, /healthz, /readyz and /metrics
-(aiohttp's server is imported here, in `request`, `pipeline` and `serve`, nowhere else).
+(aiohttp's server is imported here, in `request`, `pipeline` and `server`, nowhere else).
 
 Every request goes (the steps are `fnctl.gateway.pipeline`'s): request id → function → authenticate → authorize (by the function's live access rules) →
 pick a revision (router; pinning is a privilege of its own) → body, read in full (size limit, own deadline) →
