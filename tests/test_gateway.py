@@ -25,7 +25,8 @@ from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.httpevent import BadResult, HttpRequest, from_result, to_event
 from fnctl.gateway.metrics import Metrics
-from fnctl.gateway.pools import Overloaded, PoolManager, Unavailable
+from fnctl.gateway.poolhost import Overloaded, Unavailable
+from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.serve import parse_address
 from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome

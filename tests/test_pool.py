@@ -28,8 +28,9 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.engine.sandbox import labels
-from fnctl.gateway.pools import Overloaded, PoolManager, PoolResult, PoolStats, Unavailable
-from fnctl.gateway.revisionpool import RevisionPool, Slot, Target
+from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import Failure

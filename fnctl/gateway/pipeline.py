@@ -28,7 +28,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.gateway.datacalls import caller_of
-from fnctl.gateway.pools import Overloaded, PoolResult, Unavailable
+from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
 from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
 from fnctl.gateway.table import TableFollower, TableSource
 

@@ -27,7 +27,8 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import dockerio, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
-from fnctl.gateway.revisionpool import Overloaded, PoolResult, PoolStats, RevisionPool, Slot, Target, Unavailable
+from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
 from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
@@ -35,7 +36,7 @@ from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.manifest.project import Project
 from fnctl.state.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
 
-__all__ = ["DockerActions", "Overloaded", "PoolManager", "PoolResult", "PoolStats", "Routing", "Unavailable"]
+__all__ = ["DockerActions", "PoolManager", "Routing"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

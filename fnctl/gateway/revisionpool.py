@@ -3,7 +3,8 @@ and the upkeep that keeps minInstances warm, scales with load up to maxInstances
 replaces crashed ones.
 
 It lives on the gateway's event loop and acts through its `Host` (fnctl.gateway.pools.PoolManager), which runs the
-container starts and stops in worker threads; what to do is decided by the pure functions of `scaling`.
+container starts and stops in worker threads; what to do is decided by the pure functions of `scaling`. The
+values they exchange are fnctl.gateway.poolhost's.
 """
 
 from __future__ import annotations
@@ -14,20 +15,17 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
+from fnctl.gateway.poolhost import Host, Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
-from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport, FrameTooLarge
+from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
-from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.invocation.transport import TransportTimeout
-from fnctl.manifest.model import Function
 
 log = logging.getLogger(__name__)
 
@@ -36,99 +34,6 @@ START_BACKOFF = 5.0  # after a failed start, requests meeting no ready instance 
 ATTACH_TIMEOUT = 2.0  # a running runtime says ready as soon as it is connected to
 DRAIN_RETRIES = 3  # an instance being drained by `fnctl apply` refuses work: try another this many times
 REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read of the store never revives one
-
-
-# ---- values and errors -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoolResult:
-    outcome: Outcome
-    instance: str
-    cold_start: bool  # the request found no ready instance and waited for one to start
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    instances: int  # starting, ready and retiring
-    ready: int
-    inflight: int
-    queued: int = 0
-
-
-class Overloaded(FnctlError):
-    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
-    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
-
-    def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Unavailable(FnctlError):
-    """The revision cannot serve: unknown, failed, failed to start, or the gateway is closing (→ 503)."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A revision as the pool runs it: its function (limits, scaling), image and secret values."""
-
-    function: Function
-    revision: int
-    image: str
-    secrets: dict[str, str]
-
-
-class SlotPhase(StrEnum):
-    STARTING = "starting"  # container starting, or an adopted runtime being connected to
-    READY = "ready"  # connected and configured: the only phase that receives requests
-    RETIRING = "retiring"  # no new requests; stopped once its last one ends
-    DRAINING = "draining"  # `fnctl apply` is draining it: no new requests; it goes away by itself
-    GONE = "gone"
-
-
-@dataclass(eq=False)
-class Slot:
-    """One instance of a revision as the pool sees it."""
-
-    id: str
-    order: int
-    container_id: str = ""
-    socket_dir: str = ""
-    phase: SlotPhase = SlotPhase.STARTING
-    inflight: int = 0
-    last_used: float = 0.0
-    transport: AsyncTransport | None = None
-    death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
-    retire_reason: str = ""
-
-    @property
-    def ready(self) -> bool:
-        return self.phase is SlotPhase.READY
-
-
-class Host(Protocol):
-    """What a RevisionPool needs from its manager."""
-
-    idle_seconds: float
-    grace_seconds: float
-    queue_limit: int
-    closing: bool
-
-    def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
-
-    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
-
-    async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
-
-    def on_call(self, function: str, revision: int) -> AsyncCallHandler | None: ...
-
-    def peer_check(self, slot: Slot) -> PeerCheck:
-        """Who may connect as `slot`'s runtime (its container's processes)."""
-
-    async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
-        """Why the runtime went away; None when it exited cleanly after a drain, which waits for every
-        invocation it accepted: a request cut by that exit never ran and may be sent elsewhere."""
 
 
 def _failed(failure: Failure, message: str, started: float) -> Outcome:

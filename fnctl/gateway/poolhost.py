@@ -1,0 +1,106 @@
+"""What a revision pool and its host (fnctl.gateway.pools.PoolManager) exchange: the `Host` protocol, the
+`Target` revision it runs and the `Slot` of each instance; and what a pool answers the gateway (`PoolResult`,
+`PoolStats`, `Overloaded`, `Unavailable`)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from fnctl.errors import FnctlError
+from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.rendezvous import PeerCheck
+from fnctl.manifest.model import Function
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    outcome: Outcome
+    instance: str
+    cold_start: bool  # the request found no ready instance and waited for one to start
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    instances: int  # starting, ready and retiring
+    ready: int
+    inflight: int
+    queued: int = 0
+
+
+class Overloaded(FnctlError):
+    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
+    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
+
+    def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(FnctlError):
+    """The revision cannot serve: unknown, failed, failed to start, or the gateway is closing (→ 503)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A revision as the pool runs it: its function (limits, scaling), image and secret values."""
+
+    function: Function
+    revision: int
+    image: str
+    secrets: dict[str, str]
+
+
+class SlotPhase(StrEnum):
+    STARTING = "starting"  # container starting, or an adopted runtime being connected to
+    READY = "ready"  # connected and configured: the only phase that receives requests
+    RETIRING = "retiring"  # no new requests; stopped once its last one ends
+    DRAINING = "draining"  # `fnctl apply` is draining it: no new requests; it goes away by itself
+    GONE = "gone"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One instance of a revision as the pool sees it."""
+
+    id: str
+    order: int
+    container_id: str = ""
+    socket_dir: str = ""
+    phase: SlotPhase = SlotPhase.STARTING
+    inflight: int = 0
+    last_used: float = 0.0
+    transport: AsyncTransport | None = None
+    death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
+    retire_reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is SlotPhase.READY
+
+
+class Host(Protocol):
+    """What a RevisionPool needs from its manager."""
+
+    idle_seconds: float
+    grace_seconds: float
+    queue_limit: int
+    closing: bool
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
+
+    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
+
+    async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
+
+    def on_call(self, function: str, revision: int) -> AsyncCallHandler | None: ...
+
+    def peer_check(self, slot: Slot) -> PeerCheck:
+        """Who may connect as `slot`'s runtime (its container's processes)."""
+
+    async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
+        """Why the runtime went away; None when it exited cleanly after a drain, which waits for every
+        invocation it accepted: a request cut by that exit never ran and may be sent elsewhere."""
