@@ -21,18 +21,8 @@ from typing import Any
 import yaml
 
 from fnctl.manifest.diagnostics import Diagnostic, JsonPath, Position
-from fnctl.manifest.yamlbuild import (
-    ALLOWED_SCALARS,
-    MAX_DEPTH,
-    TAGS,
-    VALUES,
-    Builder,
-    Parser,
-    Refused,
-    TooManyDocuments,
-    plain_value,
-    resolve_tag,
-)
+from fnctl.manifest.yamlbuild import MAX_DEPTH, Builder, Parser, Refused, TooManyDocuments
+from fnctl.manifest.yamlscalars import ALLOWED_SCALARS, TAGS, VALUES, plain_value, resolve_tag
 
 MAX_FILE_BYTES = 4 * 2**20
 MAX_DOCUMENTS = 1000

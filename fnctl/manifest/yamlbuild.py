@@ -4,18 +4,19 @@ It handles everything the safe subset of YAML allows (anchors, aliases, merge ke
 refuses the rest with a message and a position: Python tags, duplicate keys, alias bombs, deep nesting. No
 node graph is built and nothing recurses, so a deeply nested file cannot overflow the stack.
 `fnctl.manifest.loader` reads plain files faster without positions, and comes here for the others and for positions.
+Plain scalars' tags and values are `fnctl.manifest.yamlscalars`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import yaml
 
 from fnctl.manifest.diagnostics import JsonPath, Position
+from fnctl.manifest.yamlscalars import ALLOWED_SCALARS, SCALAR_CONSTRUCTORS, STR, TAGS, TIMESTAMP, resolve_tag
 
 # Aliases are legitimate (shared env blocks), but what they expand to must stay small: a billion-laughs file
 # is a few lines yet expands to 10^9 values. Aliased values are shared, not copied; the budget counts the
@@ -25,39 +26,9 @@ MAX_DEPTH = 200
 
 # libyaml's parser when available (the pure-Python one otherwise); only its event stream is used
 Parser: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_resolve: Callable[[Any, str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
-STR = "tag:yaml.org,2002:str"
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"  # kept as the text written: a date is just a string to fnctl
-ALLOWED_SCALARS = frozenset({
-    STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", _TIMESTAMP,
-})
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
-_constructor = yaml.SafeLoader("")  # only its scalar constructors are used, never its object cache
-_SCALAR_CONSTRUCTORS = {
-    "tag:yaml.org,2002:int": _constructor.construct_yaml_int,
-    "tag:yaml.org,2002:float": _constructor.construct_yaml_float,
-    "tag:yaml.org,2002:bool": _constructor.construct_yaml_bool,
-    "tag:yaml.org,2002:null": _constructor.construct_yaml_null,
-}
-TAGS: dict[str, str] = {}  # the implicit tags of (short) plain scalars seen so far
-# The resolver picks its candidate patterns by first character: a plain scalar starting with any other one
-# is a string (most names, paths and words), which needs no pattern at all.
-_IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
-_RESOLVABLE = frozenset(k for k in _IMPLICIT if k) if None not in _IMPLICIT else None
-
-
-def resolve_tag(text: str) -> str:
-    """The implicit tag of a plain scalar: it depends on the text alone (no path resolvers are used)."""
-    if text and _RESOLVABLE is not None and text[0] not in _RESOLVABLE:
-        tag = STR
-    else:
-        tag = _resolve(yaml.ScalarNode, text, (True, False))
-    if len(text) <= 64 and len(TAGS) < 50_000:
-        TAGS[text] = tag
-    return tag
 
 
 class Refused(Exception):
@@ -285,7 +256,7 @@ class Builder:
 
     def _scalar(self, event: Any, path: _Path, tag: str) -> Any:
         """The value of a scalar whose tag is not str: a date stays text, other tags must be core ones."""
-        return event.value if tag == _TIMESTAMP else _scalar(tag, event, path)
+        return event.value if tag == TIMESTAMP else _scalar(tag, event, path)
 
     def _start(self, event: Any, path: _Path) -> None:
         mapping = type(event) is yaml.MappingStartEvent
@@ -356,35 +327,12 @@ class Builder:
         self.merged = True
 
 
-VALUES: dict[str, Any] = {}  # the values of (short) plain scalars seen so far: all immutable, so shared
-
-
-def plain_value(text: str) -> Any:
-    """The value of an untagged plain scalar. Raises ValueError where `Builder` refuses it (with a message)."""
-    tag = TAGS.get(text) or resolve_tag(text)
-    if tag == STR or tag == _TIMESTAMP:
-        value: Any = text
-    else:
-        construct = _SCALAR_CONSTRUCTORS.get(tag)
-        if construct is None:
-            raise ValueError(tag)  # `<<` or `=` as a value
-        try:
-            value = construct(yaml.ScalarNode(tag, text))
-        except (yaml.YAMLError, KeyError) as exc:
-            raise ValueError(text) from exc
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(text)
-    if len(text) <= 64 and len(VALUES) < 50_000:
-        VALUES[text] = value
-    return value
-
-
 def _too_deep() -> str:
     return f"document is nested too deeply (over {MAX_DEPTH} levels)"
 
 
 def _scalar(tag: str, event: Any, path: _Path) -> Any:
-    construct = _SCALAR_CONSTRUCTORS.get(tag)
+    construct = SCALAR_CONSTRUCTORS.get(tag)
     if construct is None:
         raise Refused(_tag_message(tag), event.start_mark, path)
     try:
