@@ -553,13 +553,16 @@ class Txn:
             if stored is not None:
                 self.replayed.append(_from_json(json.loads(stored)))
                 return self.replayed[-1]
+        generated = id is None
         if id is None:
             id = uuid7()
         else:
             _check_id(id)
         text = _validate(info, data)
         self._charge(operations=1, written=len(text))
-        existing = self._current(collection, id)
+        # A fresh UUIDv7 names no document yet: no read to make (were one there, the primary key would refuse
+        # the commit of this write, alone).
+        existing = None if generated else self._current(collection, id)
         if existing is not None:
             raise Conflict(f"a document {id!r} already exists in {collection!r}")
         doc = self._stage(collection, id, "insert", data, text, None, 0, False, rule)
