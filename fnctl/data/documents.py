@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from fnctl.data.caller import Caller
@@ -432,7 +431,7 @@ class Txn:
                 return None
             before = pending.before
             assert pending.text is not None
-            now = _now()
+            now = docstore.timestamp()
             return StoredDoc(self.caller.tenant, id, pending.expected + 1,
                              before.created_at if before else now, before.created_by if before else self.caller.subject,
                              now, self.caller.subject, pending.text)
@@ -621,7 +620,7 @@ class Txn:
 
     def _stage(self, collection: str, id: str, op: Literal["insert", "replace"], data: dict[str, Any], text: str,
                before: StoredDoc | None, expected: int, precondition: bool, rule: Filter) -> Document:
-        now = _now()
+        now = docstore.timestamp()
         doc = Document(id, expected + 1, before.created_at if before else now,
                        before.created_by if before else self.caller.subject, now, self.caller.subject, data)
         if not is_always(rule):
@@ -770,21 +769,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted: (seconds, "YYYY-MM-DDTHH:MM:SS")
-
-
-def _now() -> str:
-    """RFC 3339 UTC with microseconds, as `datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")` gives it, with
-    the seconds part formatted once per second (strftime was a tenth of an insert's time). The cache is one
-    tuple, replaced whole, so threads never see a second's text with another second's number."""
-    global _second
-    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
-    cached = _second
-    if cached[0] != seconds:
-        cached = _second = (seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{micros:06d}Z"
 
 
 def uuid7() -> str:
