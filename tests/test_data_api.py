@@ -371,3 +371,40 @@ def test_requests_are_audited_and_writes_are_in_the_change_log(tmp_path: Path) -
         assert [c.op for c in documents.changes(0, "acme", ["orders"], 10)] == ["insert"]
     finally:
         documents.close()
+
+
+def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Writes committed together (one group on the data thread) still fail alone and answer their own request:
+    a schema error, a forbidden write and a unique clash among good inserts change nothing but themselves."""
+    async def test(api: Api) -> None:
+        docs = "/v1/collections/orders/docs"
+
+        async def insert(i: int) -> tuple[int, int, Any]:
+            kind = i % 4
+            who = "nobody" if kind == 2 else "alice"
+            body: dict[str, Any] = {"customer": f"c{i}", "total": -1 if kind == 1 else i,
+                                    "number": 7 if kind == 3 else 1000 + i}
+            status, _, answer = await api.call("POST", f"{docs}?id=d{i}", who, body=body)
+            return i, status, answer
+
+        answers = await asyncio.gather(*(insert(i) for i in range(48)))
+        created = sorted(i for i, status, _ in answers if status == 201)
+        for i, status, answer in answers:
+            kind = i % 4
+            if kind == 0:
+                assert status == 201 and answer["id"] == f"d{i}" and answer["data"]["number"] == 1000 + i, answer
+            elif kind == 1:
+                _problem(status, {"content-type": PROBLEM}, answer, 400, "invalid")
+            elif kind == 2:
+                assert status in (401, 403), answer
+        clashes = [status for i, status, _ in answers if i % 4 == 3]
+        assert clashes.count(201) == 1 and clashes.count(409) == len(clashes) - 1, clashes
+        documents = docstore.connect(docstore.data_path(api.store_path))
+        try:
+            assert documents.verify_changes().intact
+            logged = sorted(int(c.id[1:]) for c in documents.changes(0, "acme", ["orders"], 100))
+        finally:
+            documents.close()
+        assert logged == created
+
+    run(tmp_path, test)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def test_bad_ids_are_refused(plane: DataPlane, bad: str) -> None:
 def test_generated_ids_are_uuid7_and_existing_ids_conflict(plane: DataPlane) -> None:
     doc = plane.insert(CLERK, "orders", {"customer": "a"})
     assert len(doc.id) == 36 and doc.id[14] == "7"
+    parsed = uuid.UUID(doc.id)
+    assert str(parsed) == doc.id and parsed.version == 7 and parsed.variant == uuid.RFC_4122
     plane.insert(CLERK, "orders", {"customer": "a"}, id="fixed")
     with pytest.raises(Conflict):
         plane.insert(CLERK, "orders", {"customer": "b"}, id="fixed")

@@ -18,10 +18,8 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from fnctl.data.caller import Caller
@@ -432,7 +430,7 @@ class Txn:
                 return None
             before = pending.before
             assert pending.text is not None
-            now = _now()
+            now = docstore.timestamp()
             return StoredDoc(self.caller.tenant, id, pending.expected + 1,
                              before.created_at if before else now, before.created_by if before else self.caller.subject,
                              now, self.caller.subject, pending.text)
@@ -553,13 +551,16 @@ class Txn:
             if stored is not None:
                 self.replayed.append(_from_json(json.loads(stored)))
                 return self.replayed[-1]
+        generated = id is None
         if id is None:
             id = uuid7()
         else:
             _check_id(id)
         text = _validate(info, data)
         self._charge(operations=1, written=len(text))
-        existing = self._current(collection, id)
+        # A fresh UUIDv7 names no document yet: no read to make (were one there, the primary key would refuse
+        # the commit of this write, alone).
+        existing = None if generated else self._current(collection, id)
         if existing is not None:
             raise Conflict(f"a document {id!r} already exists in {collection!r}")
         doc = self._stage(collection, id, "insert", data, text, None, 0, False, rule)
@@ -618,7 +619,7 @@ class Txn:
 
     def _stage(self, collection: str, id: str, op: Literal["insert", "replace"], data: dict[str, Any], text: str,
                before: StoredDoc | None, expected: int, precondition: bool, rule: Filter) -> Document:
-        now = _now()
+        now = docstore.timestamp()
         doc = Document(id, expected + 1, before.created_at if before else now,
                        before.created_by if before else self.caller.subject, now, self.caller.subject, data)
         if not is_always(rule):
@@ -769,27 +770,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted: (seconds, "YYYY-MM-DDTHH:MM:SS")
-
-
-def _now() -> str:
-    """RFC 3339 UTC with microseconds, as `datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")` gives it, with
-    the seconds part formatted once per second (strftime was a tenth of an insert's time). The cache is one
-    tuple, replaced whole, so threads never see a second's text with another second's number."""
-    global _second
-    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
-    cached = _second
-    if cached[0] != seconds:
-        cached = _second = (seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{micros:06d}Z"
-
-
 def uuid7() -> str:
     """A UUIDv7 (RFC 9562): 48 bits of milliseconds, then randomness; ids sort by creation time."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, without building the UUID object
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> Document:

@@ -16,6 +16,7 @@ worker thread of the broker's own, in order, off the event loop (the REST API's 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,9 +82,10 @@ class Broker:
         self.plane = plane
         self.sessions: dict[str, Session] = {}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
-        # Writes staged and waiting for the next group commit (data thread only), and whether one is queued.
-        self._group: list[tuple[Txn, asyncio.AbstractEventLoop, Callable[[Any], None]]] = []
-        self._flushing = False
+        # Writes waiting for the data thread (see `write`), and whether a `_drain` is queued for them.
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[], Txn], asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        self._scheduled = False
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the data plane's thread."""
@@ -93,42 +95,42 @@ class Broker:
         """Stage a one-call write on the data thread (every check: rights, schema, versions), then commit it
         with the other writes staged meanwhile in ONE store transaction (`DataPlane.commit_group`): under
         concurrent writes, one BEGIN/COMMIT and one change-log append serve them all. Each write is still all
-        or nothing and gets its own result or error."""
+        or nothing and gets its own result or error.
+
+        The writes that arrive while the data thread is busy wait in `_pending` and are handed over together:
+        one job on the data thread stages and commits them all, and one wake-up of the event loop settles
+        them (a thread hop each way per group rather than per write)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Document | None]] = loop.create_future()
-
-        def settle(result: list[Document | None] | BaseException) -> None:
-            if not done.done():
-                if isinstance(result, BaseException):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
-
-        def staged() -> None:  # on the data thread
-            try:
-                txn = stage()
-            except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting request
-                loop.call_soon_threadsafe(settle, exc)
-                return
-            self._group.append((txn, loop, settle))
-            if not self._flushing:
-                self._flushing = True
-                self._worker.submit(self._flush)  # after every stage already queued: they join this group
-
-        self._worker.submit(staged)
+        with self._lock:
+            self._pending.append((stage, loop, done))
+            scheduled, self._scheduled = self._scheduled, True
+        if not scheduled:
+            self._worker.submit(self._drain)
         return await done
 
-    def _flush(self) -> None:
-        """Commit the staged group (on the data thread)."""
-        group, self._group, self._flushing = self._group, [], False
-        try:
-            results: list[list[Document | None] | DataError] | BaseException = \
-                self.plane.commit_group([txn for txn, _, _ in group])
-        except BaseException as exc:  # noqa: BLE001 -- the store failed: every write of the group learns it
-            results = exc
-        for i, (_, loop, settle) in enumerate(group):
-            outcome = results if isinstance(results, BaseException) else results[i]
-            loop.call_soon_threadsafe(settle, outcome)
+    def _drain(self) -> None:
+        """Stage every pending write and commit those staged as one group (on the data thread)."""
+        with self._lock:
+            batch, self._pending, self._scheduled = self._pending, [], False
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        group: list[tuple[Txn, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        for stage, loop, done in batch:
+            try:
+                group.append((stage(), loop, done))
+            except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting request
+                answers.setdefault(loop, []).append((done, exc))
+        if group:
+            try:
+                results: list[list[Document | None] | DataError] | BaseException = \
+                    self.plane.commit_group([txn for txn, _, _ in group])
+            except BaseException as exc:  # noqa: BLE001 -- the store failed: every write of the group learns it
+                results = exc
+            for i, (_, loop, done) in enumerate(group):
+                answers.setdefault(loop, []).append((done, results if isinstance(results, BaseException)
+                                                     else results[i]))
+        for loop, settled in answers.items():
+            loop.call_soon_threadsafe(_settle, settled)
 
     def open(self, invocation_id: str, function: str, revision: int, caller: Caller,
              settings: DataSettings) -> Session:
@@ -185,3 +187,15 @@ class Broker:
             audit.close()
         self.plane.store.close()
 
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    """Hand each write of a group its result or exception (on the event loop; a request gone meanwhile is
+    skipped)."""
+    for done, outcome in settled:
+        if done.done():
+            continue
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
