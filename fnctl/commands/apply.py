@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fnctl.deploy import executor, pickup
+from fnctl.commands.rollouts import Follower, OnEvent, OnTick, Snapshot
+from fnctl.data.documents import DataPlane, stored_spec
+from fnctl.deploy import executor, pickup, rolloutdriver
 from fnctl.deploy.desired import DeploySpec
 from fnctl.deploy.diff import (
     Change,
@@ -27,18 +29,16 @@ from fnctl.deploy.diff import (
     diff_collections,
     refused_drops,
 )
+from fnctl.deploy.live import read_live
 from fnctl.deploy.plan import Plan, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.deploy.session import Options, Progress, desired_state, session
 from fnctl.errors import BadInput, ExitCode, FnctlError
+from fnctl.gitops import deploys
 from fnctl.gitops.gitrepo import WorkTree, work_tree
-from fnctl.manifest.model import DesiredState
+from fnctl.manifest.model import DesiredState, Strategy
 from fnctl.manifest.project import CONFIG_FILE, Project
-from fnctl.state import rolloutstore
+from fnctl.state import docstore, rolloutstore
 from fnctl.state.store import RevisionStatus
-
-if TYPE_CHECKING:
-    from fnctl.commands.rollouts import OnEvent, OnTick, Snapshot
-
 
 
 @dataclass
@@ -100,8 +100,6 @@ def compute_diff(project: Project, options: Options, paths: list[Path] | None,
 def _diff_with_specs(project: Project, options: Options, paths: list[Path] | None,
                      progress: Progress = lambda _: None
                      ) -> tuple[list[Change], LiveState, list[DeploySpec], list[CollectionChange]]:
-    from fnctl.deploy.live import read_live
-
     with session(project, options, "diff", progress, mutating=False) as ctx:
         specs, _, state = desired_state(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
@@ -111,8 +109,6 @@ def _diff_with_specs(project: Project, options: Options, paths: list[Path] | Non
 
 def desired_collections(state: DesiredState) -> dict[str, dict[str, Any]]:
     """The manifests' collections as the data store keeps their specs."""
-    from fnctl.data.documents import stored_spec
-
     return {c.name: stored_spec(c) for c in state.collections}
 
 
@@ -165,8 +161,6 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
     """Apply the manifests with the lock held: recover, diff, plan, carry out, follow the rollouts; or,
     as a `preview`, only deploy changed functions beside the live ones at 0% of traffic. `guard` may refuse
     once the manifests are known to be valid."""
-    from fnctl.deploy.live import read_live
-
     specs, secret_values, state = desired_state(project, ctx.store, paths)
     guard(specs)
     before = pickup.change_mark(ctx.store)
@@ -222,9 +216,6 @@ def sync_collections(ctx: executor.Context, state: DesiredState, collections: li
                      options: Options) -> list[FunctionOutcome]:
     """Create, update and (with --prune) drop the data store's collections, in one transaction of the data
     file, each audited. Nothing to do (and no data file created) when no collection changes."""
-    from fnctl.data.documents import DataPlane
-    from fnctl.state import docstore
-
     acting = [c for c in collections if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE)
               or (c.kind is ChangeKind.DELETE and options.prune)]
     if not acting:
@@ -270,8 +261,6 @@ _OUTCOMES = {ExitCode.OK: "ok", ExitCode.FAILED: "failed", ExitCode.ROLLED_BACK:
 def record_deploy(ctx: executor.Context, report: ApplyReport, started: float, *, source: str, ref: str | None,
                   dirty: bool, preview: bool = False) -> None:
     """Record which commit this apply or sync made live (what the next sync compares with)."""
-    from fnctl.gitops import deploys
-
     if ctx.git is not None:
         deploys.record(ctx.store, at=started, actor=ctx.actor, command=ctx.command, source=source, ref=ref,
                        commit=ctx.git, dirty=dirty, preview=preview, outcome=_OUTCOMES.get(report.exit_code, "failed"))
@@ -281,9 +270,6 @@ def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, 
                      on_event: OnEvent | None, on_tick: OnTick | None) -> list[Snapshot]:
     """The manifests' rollouts, driven by this process (it holds the lock) until they settle; with
     --no-wait, advanced as far as they go without waiting. Their events after `watermark` are reported."""
-    from fnctl.commands.rollouts import Follower
-    from fnctl.deploy import rolloutdriver
-
     ids = [row.id for row in rolloutdriver.unfinished(ctx.store) if row.function in names]
     if not ids:
         return []
@@ -380,9 +366,6 @@ def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
 
 def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> FunctionOutcome:
     """A new revision, rolled out by its strategy over the live one (a first deploy is always immediate)."""
-    from fnctl.deploy import rolloutdriver
-    from fnctl.manifest.model import Strategy
-
     name, strategy = change.function, spec.function.rollout.strategy
     number = executor.prepare(ctx, spec, secret_values)
     if change.kind is ChangeKind.UPDATE and change.live_revision is not None and strategy is not Strategy.IMMEDIATE:

@@ -1,22 +1,24 @@
-"""Read-mostly operations on deployed functions: status, history, get, logs, and invoking a live revision
-through its instances.
+"""Read-mostly operations on deployed functions: status, history, get, logs (invoking a live revision
+through its instances is in fnctl.commands.invoke).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fnctl.deploy.live import orphan_reasons
+from fnctl.deploy.session import state_path
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.rollout.machine import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
-from fnctl.state.store import InstanceState, Revision, RevisionStatus, Store, connect
+from fnctl.state.store import InstanceState, Revision, Store, connect
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,6 @@ class FunctionStatus:
 
 
 def open_store(project: Project, state: Path | None) -> Store:
-    from fnctl.deploy.session import state_path
-
     path = state_path(project, state)
     if not path.exists():
         raise FnctlError(f"nothing is deployed yet: no state store at {path} (run `fnctl apply`)")
@@ -56,8 +56,6 @@ def open_store(project: Project, state: Path | None) -> Store:
 def status(project: Project, state: Path | None) -> list[FunctionStatus]:
     """Every deployed function, then every running or stopped container fnctl owns in this project and store
     that is no instance of a routed revision, flagged orphan (with why), under its function's name."""
-    from fnctl.deploy.live import orphan_reasons
-
     store = open_store(project, state)
     try:
         listed = dockerio.list_containers({"io.fnctl.project": project.name, "io.fnctl.store": store.id})
@@ -100,8 +98,6 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
 
 
 def _rollout_words(store: Store, name: str) -> str | None:
-    from fnctl.rollout.machine import ACTIVE
-
     rows = rolloutstore.rollouts(store, name, states=ACTIVE)
     if not rows:
         return None
@@ -175,71 +171,6 @@ def logs(project: Project, state: Path | None, name: str, revision: int | None, 
         if row.container_id:
             for line in dockerio.stream_logs(row.container_id, since=since, follow=follow and len(rows) == 1):
                 yield f"[{row.id} r{row.revision}] {line}"
-
-
-def invoke_live(project: Project, state: Path | None, name: str, event: Any, payload_size: int,
-                revision: int | None) -> tuple[int, Any]:
-    """Invoke a deployed function through one of its ready instances (weighted like the routing table, or
-    pinned to `revision`). Returns (revision, instances.Outcome)."""
-    from fnctl.deploy.revisionspec import function_from_spec
-    from fnctl.engine import instances
-
-    store = open_store(project, state)
-    try:
-        weights = store.routes().get(name)
-        if not weights:
-            raise FnctlError(f"{name} is not deployed (run `fnctl apply`)")
-        chosen = revision if revision is not None else _pick(weights)
-        target = store.revision(name, chosen)
-        if target is None or target.status is RevisionStatus.FAILED:
-            raise BadInput(f"{name} has no usable revision {chosen}")
-        rows = [r for r in store.instances(name) if r.revision == chosen and r.state is InstanceState.READY]
-    finally:
-        store.close()
-    if not rows:
-        raise FnctlError(f"{name} revision {chosen} has no ready instance (minInstances 0 or drift: run `fnctl apply`)")
-    row = random.choice(rows)
-    function = function_from_spec(name, target.spec, project.default_limits)
-    instance = instances.connect_existing(function, row.container_id or "", Path(row.socket_dir), row.id)
-    if instance is None:
-        raise FnctlError(f"instance {row.id} of {name} does not answer (run `fnctl apply` to heal)")
-    started = time.monotonic()
-    outcome = None
-    try:
-        outcome = instances.invoke(instance, event, payload_size=payload_size)
-        return chosen, outcome
-    finally:
-        instance.transport.close()
-        _audit_direct(project, state, name, chosen, outcome, time.monotonic() - started)
-
-
-def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any,
-                  seconds: float) -> None:
-    """An invocation that bypassed the gateway (`fnctl invoke --direct`, or no gateway running) skips its
-    authentication, never its audit: one row, with the operator (fnctl.deploy.actor) as the principal."""
-    from fnctl.deploy.actor import actor
-    from fnctl.deploy.session import state_path
-    from fnctl.gateway.audit import AuditLog
-    from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
-    from fnctl.gateway.request import new_request_id
-    from fnctl.invocation.outcome import Failure
-
-    if outcome is None:  # the invocation itself raised (the instance went away)
-        word, status = "error", 502
-    else:
-        word = audit_outcome(outcome)
-        status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
-    audit = AuditLog(state_path(project, state))
-    try:
-        audit.record(request_id=new_request_id(), principal=f"operator:{actor()}", function=name, revision=revision,
-                     outcome=word, status=status, duration_ms=seconds * 1000, source="cli --direct")
-    finally:
-        audit.close()
-
-
-def _pick(weights: dict[int, int]) -> int:
-    revisions = [r for r, w in weights.items() if w > 0]
-    return random.choices(revisions, weights=[weights[r] for r in revisions])[0]
 
 
 def age(timestamp: float | None) -> str:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 
-from fnctl.deploy import executor
+from fnctl.deploy import executor, rolloutdriver
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.deploy.session import Options, Progress, desired_specs, session
+from fnctl.engine import dockerio
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.rollout import machine
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
 from fnctl.state.store import Revision, RevisionStatus, Store
@@ -36,8 +38,6 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
         reason = f"rolled back by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S')} (fnctl rollback)"
 
         def quarantine() -> None:  # with the switch, in one transaction: a crash cannot leave one without the other
-            from fnctl.deploy import rolloutdriver
-
             rolloutdriver.retire(ctx, name, f"rolled back to revision {target.number}")  # no scale-down of the target
             store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
             store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
@@ -51,9 +51,6 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
 def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
     """A rollback during a rollout is its abort: all traffic back on the stable revision in one change, the
     canary quarantined. Returns (from, to), or None when no rollout is under way."""
-    from fnctl.deploy import rolloutdriver
-    from fnctl.rollout import machine
-
     rows = rolloutstore.rollouts(ctx.store, name, states=machine.ACTIVE)
     if not rows:
         return None
@@ -64,8 +61,6 @@ def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
 
 def restart_revision(ctx: executor.Context, project: Project, target: Revision) -> None:
     """Start the instances of `target` again, from its image (never built here), checked like a deploy's."""
-    from fnctl.engine import dockerio
-
     if dockerio.image_id(target.image) is None:  # one inspect: listing every image costs more
         raise FnctlError(f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
                          "deploy the old manifests with `fnctl apply` instead")
@@ -97,8 +92,6 @@ def delete(project: Project, options: Options, name: str, progress: Progress) ->
         executor.recover(ctx)
         if name not in ctx.store.routes():
             raise FnctlError(f"{name} is not deployed")
-        from fnctl.deploy import rolloutdriver
-
         with ctx.store.transaction():
             rolloutdriver.retire(ctx, name, "the function was deleted")
         executor.delete(ctx, name)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fnctl.commands.rollback import restart_revision
 from fnctl.deploy import executor, lock, rolloutdriver
@@ -20,13 +20,12 @@ from fnctl.deploy.session import Options, session, state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
+from fnctl.rollout.abstats import AbReport, Sample, report
 from fnctl.rollout.machine import EventKind, Record, State
 from fnctl.state import rolloutstore
+from fnctl.state.metricstore import totals
 from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
 from fnctl.state.store import Store, connect
-
-if TYPE_CHECKING:
-    from fnctl.rollout.abstats import AbReport
 
 POLL = 0.2  # seconds between looks at a rollout: how soon a request from elsewhere is acted on
 OnEvent = Callable[[RolloutEventRow, RolloutRow], None]
@@ -213,9 +212,6 @@ def retry(project: Project, options: Options, name: str, progress: Callable[[str
 def abtest_report(project: Project, options: Options, name: str) -> AbReport:
     """`fnctl abtest report`: each variant's traffic over the test (from its start until it ended, or now),
     compared with the first variant's."""
-    from fnctl.rollout.abstats import Sample, report
-    from fnctl.state.metricstore import totals
-
     with _store(project, options) as store:
         rows = [row for row in rolloutstore.rollouts(store, name) if row.strategy == "abTest"]
         if not rows:

@@ -14,18 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fnctl.commands.apply import ApplyReport, apply_in, record_deploy
+from fnctl.commands.rollouts import OnEvent, OnTick
 from fnctl.deploy.session import Options, Progress, session
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gitops import deploys
 from fnctl.gitops.deploys import Decision
 from fnctl.gitops.gitrepo import Commit, Mirror, WorkTree
+from fnctl.manifest.loader import find_manifest_files
 from fnctl.manifest.project import CONFIG_FILE, Project, inside, project_at
-
-if TYPE_CHECKING:
-    from fnctl.commands.rollouts import OnEvent, OnTick
 
 
 @dataclass(frozen=True)
@@ -167,8 +165,6 @@ def escaping_links(tree: Path) -> list[str]:
 
 
 def _has_manifests(path: Path) -> bool:
-    from fnctl.manifest.loader import find_manifest_files
-
     return bool(find_manifest_files([path])[0])
 
 

@@ -22,6 +22,7 @@ from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
 from fnctl.gitops.gitrepo import Commit
 from fnctl.manifest.model import NO_EXPECTATION, Function, HealthCheck
+from fnctl.manifest.schemas import instance_error
 from fnctl.state.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
 
 Progress = Callable[[str], None]
@@ -243,10 +244,8 @@ def check_problems(instance: instances.Instance, checks: Sequence[HealthCheck], 
 def returns_problem(function: Function, result: Any) -> str | None:
     if function.returns is None:
         return None
-    from jsonschema import Draft202012Validator
-
-    error = next(iter(Draft202012Validator(function.returns).iter_errors(result)), None)
-    return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or '(result)'}: {error.message}"
+    error = instance_error(function.returns, result)  # jsonschema, imported only when there is a `returns`
+    return None if error is None else f"{'/'.join(map(str, error[0])) or '(result)'}: {error[1]}"
 
 
 def switch(ctx: Context, name: str, weights: dict[int, int], what: str,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.deploy import executor, lock
+from fnctl.deploy.actor import actor
+from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
 from fnctl.gitops.gitrepo import Commit
@@ -196,8 +198,6 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
 def tick(project: Project, store_path: Path, progress: executor.Progress) -> int:
     """One pass of `fnctl serve`'s controller loop: advance the rollouts that need a driver, if the lock is
     free (else the process holding it drives them). Returns how many it advanced."""
-    from fnctl.deploy.actor import actor
-
     store = connect(store_path)
     try:
         stale = _stale_instances(store)
@@ -242,8 +242,6 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     """Synthetic invocations of the canary, straight to one of its instances: what went wrong, in words."""
     if not checks:
         return ()
-    from fnctl.deploy.revisionspec import function_from_spec
-
     revision = store.revision(record.function, record.canary)
     rows = [r for r in store.instances(record.function) if r.revision == record.canary and r.container_id]
     if revision is None or not rows:

@@ -21,6 +21,10 @@ from typing import Any
 
 from fnctl.errors import BadInput, FnctlError
 
+# gitpython is imported inside the functions that call git, not here: importing it costs ~0.12 s (measured)
+# and runs `git version`, and this module, which also holds the values Commit, WorkTree and Relation, is
+# imported by every deploy command (deploy.session, executor, rolloutdriver), among them `fnctl status` and
+# `history`, and by `diff`/`apply` outside a git work tree: none of those run git.
 _SHA = re.compile(r"[0-9a-f]{7,40}")
 _FETCH_TIMEOUT = 120.0  # seconds: an unreachable server must end in an error, never a hang
 _KEEP_CHECKOUTS = 5  # the newest work trees kept in a mirror (the live commit's among them)
@@ -73,7 +77,7 @@ def work_tree(path: Path) -> WorkTree | None:
     """HEAD's commit and the uncommitted changes below `path`, when `path` is inside a git work tree."""
     if not any((directory / ".git").exists() for directory in (path.resolve(), *path.resolve().parents)):
         return None  # not a work tree: spares importing gitpython, which runs `git version` (~0.1 s)
-    import git
+    import git  # lazy: see the note at the top (~0.12 s)
 
     try:
         repo = git.Repo(path, search_parent_directories=True)
@@ -99,7 +103,7 @@ def _changed(root: Path, porcelain: str) -> tuple[Path, ...]:
 
 def is_bare(path: Path) -> bool:
     """Whether `path` is a bare git repository (where a push lands and its hooks run)."""
-    import git
+    import git  # lazy: see the note at the top (~0.12 s)
 
     try:
         return bool(git.Repo(path).bare)
@@ -124,7 +128,7 @@ class Mirror:
     """fnctl's bare copy of one remote repository, with a work tree per deployed commit."""
 
     def __init__(self, url: str, root: Path | None = None) -> None:
-        import git
+        import git  # lazy: see the note at the top (~0.12 s)
 
         self.url = location(url)
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
@@ -232,7 +236,7 @@ class Mirror:
         return True
 
     def _git(self, *args: str) -> str:
-        import git
+        import git  # lazy: see the note at the top (~0.12 s)
 
         try:
             return str(self._repo.git.execute(["git", *args], env=clean_environment(),

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fnctl.errors import BadInput
+from fnctl.gitops.gitrepo import is_bare
 
 MARK = "# fnctl post-receive hook"
 _DELETED = "0" * 40
@@ -82,8 +83,6 @@ def script(config: HookConfig, python: str = sys.executable) -> str:
 
 def install(config: HookConfig, *, force: bool = False) -> Path:
     """Write the hook into the bare repository `config.repo`; returns its path."""
-    from fnctl.gitops.gitrepo import is_bare
-
     repo = config.repo.resolve()
     if not is_bare(repo):
         raise BadInput(f"{config.repo} is not a bare git repository (the hook goes where pushes land: "

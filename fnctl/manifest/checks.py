@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fnctl.manifest.diagnostics import display_path
 from fnctl.manifest.model import (
@@ -335,15 +336,15 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
     if trigger.type is not TriggerType.CRON:
         return
     at = ("spec", "cron")
-    from croniter import croniter  # imported only when a manifest has a cron trigger
+    # Imported here, only for a cron trigger: croniter costs ~0.07 s to import (measured), which `validate`
+    # (1 s budget for 1,000 functions) and every deploy command would pay for projects without cron.
+    from croniter import croniter
 
     schedule = trigger.config["schedule"]
     if not croniter.is_valid(schedule):
         yield trigger, at + ("schedule",), f"invalid cron expression {schedule!r} (expected e.g. '*/5 * * * *')"
     zone = trigger.config.get("timezone")
     if zone is not None:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only when a manifest has a cron trigger
-
         try:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America

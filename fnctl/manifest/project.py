@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fnctl.errors import BadInput
 from fnctl.manifest.model import Limits
+from fnctl.manifest.schemas import schema_errors
 from fnctl.manifest.units import parse_duration, parse_size
 
 CONFIG_FILE = "fnctl.toml"
@@ -60,8 +63,6 @@ def project_at(root: Path, default_name: str) -> Project:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    from fnctl.manifest.schemas import schema_errors  # jsonschema is only needed once a config exists
-
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,8 +81,6 @@ def write_config(path: Path, name: str) -> None:
         "gateway": {"address": DEFAULT_GATEWAY},
         "defaults": {"limits": {"timeout": "10s", "memory": "128Mi", "cpu": 0.5}},
     }
-    import tomli_w  # only `init` writes a config
-
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
 
 
