@@ -32,7 +32,7 @@ def checkpoint(step: str) -> None:
     """Test hook: `FNCTL_TEST_CRASH_AT=<step>` makes the process SIGKILL itself right after `step`.
 
     Crash safety must hold between any two steps, and a signal sent from outside cannot aim at one; this is
-    the only way the crash tests (tests/test_crash.py) can stop `fnctl apply` exactly there. Unset, it costs
+    the only way the crash tests (tests/deploy/test_crash.py) can stop `fnctl apply` exactly there. Unset, it costs
     one environment lookup per step.
     """
     if os.environ.get("FNCTL_TEST_CRASH_AT") == step:

@@ -7,7 +7,7 @@ feed, a builder for every frame the host sends, a parser for every frame a runti
 version, the error kinds of a failed invocation and the errors of a broken exchange.
 
 Pure: no sockets, threads or event loops; the clients own the waiting. The in-container runtime keeps its
-own standard-library copy of the runtime side (it never imports fnctl); tests/test_protocol.py runs the same
+own standard-library copy of the runtime side (it never imports fnctl); tests/invocation/test_protocol.py runs the same
 golden frames (tests/golden/protocol/) through this codec and against every runtime.
 """
 

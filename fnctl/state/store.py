@@ -124,7 +124,7 @@ class Store:
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read in portable SQL (`?` placeholders). Only modules of fnctl.state call it: code elsewhere
         speaks through their named functions, so that another backend needs to implement only this package
-        (tests/test_sql_boundary.py keeps SQL out of the rest of fnctl)."""
+        (tests/state/test_sql_boundary.py keeps SQL out of the rest of fnctl)."""
         try:
             return [tuple(r) for r in self._db.execute(sql, params)]
         except sqlite3.Error as exc:

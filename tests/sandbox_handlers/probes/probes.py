@@ -1,6 +1,6 @@
 """Handlers that probe the sandbox from inside: what the process is allowed, and what happens at each limit.
 
-Run only inside fnctl's test containers (tests/test_sandbox.py, tests/test_invoke_local.py).
+Run only inside fnctl's test containers (tests/engine/test_sandbox.py, tests/commands/test_invoke_local.py).
 """
 
 import asyncio

@@ -1,5 +1,5 @@
 """The conformance handler of the Python runtime: what every runtime's copy does (docs/protocol.md, "A new
-runtime"), driven by the golden exchanges in tests/golden/protocol/ through tests/test_protocol.py."""
+runtime"), driven by the golden exchanges in tests/golden/protocol/ through tests/invocation/test_protocol.py."""
 
 import os
 

@@ -27,8 +27,8 @@ from fnctl.manifest.loader import MAX_DOCUMENTS, MAX_FILE_BYTES, load_file
 from fnctl.manifest.project import load_project
 from fnctl.manifest.validate import ValidationResult, validate_paths
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invalid"
 HANDLER = "def handler(event, context):\n    return {'ok': True}\n"
 FUNCTION = """\
 apiVersion: fnctl/v1

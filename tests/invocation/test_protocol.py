@@ -58,8 +58,8 @@ from fnctl.invocation.protocol import (
 )
 from fnctl.invocation.rendezvous import Rendezvous
 
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).resolve().parent / "golden" / "protocol"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "protocol"
 FRAME_TIMEOUT = 15.0  # seconds for one runtime frame: a start under load, never a measure of speed
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "fnctl"
+PACKAGE = Path(__file__).resolve().parents[2] / "fnctl"
 STATE = PACKAGE / "state"
 
 # Statements as fnctl writes them (upper-case keywords), and the placeholders of a parameterised one.

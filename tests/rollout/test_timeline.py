@@ -161,6 +161,6 @@ def test_the_exposure_in_json() -> None:
 
 
 def test_the_manifest_reference_shows_the_example_as_plan_prints_it() -> None:
-    text = (Path(__file__).resolve().parent.parent / "docs" / "manifest.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "manifest.md").read_text()
     assert "\n".join(["stats-canary: canary timeline", *(f"    {line}" for line in timeline_lines(timeline(EXAMPLE)))]) \
         in text

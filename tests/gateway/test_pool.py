@@ -42,7 +42,7 @@ from fnctl.manifest.project import load_project
 from fnctl.state.store import InstanceRow, InstanceState
 
 T = TypeVar("T")
-RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
 
 
 async def until(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:

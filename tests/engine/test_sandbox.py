@@ -165,7 +165,7 @@ def test_check_container_fails_exactly_the_check_with_a_hole(
 
 
 def _runtime_module() -> Any:
-    path = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+    path = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
     spec = importlib.util.spec_from_file_location("fnctl_runtime_under_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -44,7 +44,7 @@ from fnctl.invocation.transport import (
     UnixSocketTransport,
 )
 
-RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
 T = TypeVar("T")
 
 # Blocks until the file named by event["release"] exists: lets a test hold an invocation in flight.

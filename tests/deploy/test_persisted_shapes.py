@@ -32,7 +32,7 @@ from fnctl.manifest.project import load_project
 from fnctl.rollout.machine import Record, State, record_from
 from fnctl.state.store import Revision, RevisionStatus, Store, connect
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 PROJECT = GOLDEN / "project"
 RECORDING = os.environ.get("FNCTL_RECORD_GOLDENS") == "1"
 FINGERPRINT_KEY = "6f1d2c3b4a5968778695a4b3c2d1e0f0112233445566778899aabbccddeeff00"  # a fixed host-local key
@@ -169,7 +169,7 @@ def _record_store_rows(tmp_path: Path) -> None:
     finally:
         store.close()
     lines = ["-- Rows of a store left by `fnctl apply` of tests/golden/project before the persisted shapes had",
-             "-- explicit serializers (recorded by tests/test_persisted_shapes.py; do not edit by hand)."]
+             "-- explicit serializers (recorded by tests/deploy/test_persisted_shapes.py; do not edit by hand)."]
     with sqlite3.connect(tmp_path / "recorded.db") as connection:
         for line in connection.iterdump():
             table = line.split('"')[1] if line.startswith('INSERT INTO "') else None

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from fnctl import __version__
 from fnctl.cli.app import _app_for, _command_name, app
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "invalid"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invalid"
 runner = CliRunner()
 
 

@@ -218,7 +218,7 @@ def _comparable(value: Any) -> bool:
 def test_fuzzed_input_never_raises_and_reads_like_pyyaml(tmp_path: Path) -> None:
     import random
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     corpus = [p.read_text() for p in sorted((repo / "manifests").rglob("*.yaml"))] + [_FEATURES]
     rng = random.Random(7)
     compared = 0
@@ -251,7 +251,7 @@ def test_the_fast_path_reads_what_the_full_builder_reads(tmp_path: Path) -> None
 
     from fnctl.manifest.yamlbuild import Builder, Parser
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     corpus = [p.read_text() for p in sorted((repo / "manifests").rglob("*.yaml"))]
     rng = random.Random(11)
     fast = 0

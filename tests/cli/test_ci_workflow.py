@@ -26,7 +26,7 @@ import pytest
 import yaml
 from deploy_helpers import Project, cleanup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "docs" / "examples" / "github-actions.yml"
 FNCTL_BIN = Path(sys.executable).parent  # the virtualenv running the tests holds the fnctl under test
 ACTOR = "octo-merger"
