@@ -47,9 +47,15 @@ from fnctl.data.documents import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 
-SCHEMA = {"type": "object", "required": ["customer", "total"],
-          "properties": {"customer": {"type": "string"}, "total": {"type": "number"},
-                         "items": {"type": "array", "items": {"type": "object"}}}}
+SCHEMA = {
+    "type": "object",
+    "required": ["customer", "total"],
+    "properties": {
+        "customer": {"type": "string"},
+        "total": {"type": "number"},
+        "items": {"type": "array", "items": {"type": "object"}},
+    },
+}
 SPEC = {"schema": SCHEMA, "indexes": [{"fields": ["customer"]}]}
 MANIFESTS = """apiVersion: fnctl/v1
 kind: Collection
@@ -117,15 +123,25 @@ def bench_import(work: Path, count: int) -> None:
         plane_at(docstore.data_path(state)).store.close()
         (work / "fnctl.toml").write_text('[project]\nname = "benchdata"\n', encoding="utf-8")
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "fnctl", "data", "import", "bench", str(source), mode],
-                              cwd=work, env={**os.environ, "FNCTL_STATE": str(state)}, capture_output=True, text=True,
-                              timeout=600, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", "data", "import", "bench", str(source), mode],
+            cwd=work,
+            env={**os.environ, "FNCTL_STATE": str(state)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         times[mode] = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"fnctl data import failed: {done.stderr}")
     for mode, seconds in times.items():
-        line("≤ 10 s", f"import {count:,} docs (fnctl data import {mode}): {seconds:.1f} s",
-             f"raw sqlite3 executemany {raw:.2f} s ({seconds / raw:.0f}x)", seconds <= 10)
+        line(
+            "≤ 10 s",
+            f"import {count:,} docs (fnctl data import {mode}): {seconds:.1f} s",
+            f"raw sqlite3 executemany {raw:.2f} s ({seconds / raw:.0f}x)",
+            seconds <= 10,
+        )
 
 
 def bench_inserts(work: Path, count: int) -> float:
@@ -140,8 +156,11 @@ def bench_inserts(work: Path, count: int) -> float:
     for i in range(count):
         db.execute("INSERT INTO docs VALUES ('', ?, 1, ?)", (f"r{i}", json.dumps(doc(i))))  # autocommit: one txn each
     raw = count / (time.perf_counter() - started)
-    line("(none: the price of the service)", f"service inserts (DataPlane.insert): {service:,.0f}/s",
-         f"raw sqlite3 one txn each {raw:,.0f}/s ({service / raw:.0%})")
+    line(
+        "(none: the price of the service)",
+        f"service inserts (DataPlane.insert): {service:,.0f}/s",
+        f"raw sqlite3 one txn each {raw:,.0f}/s ({service / raw:.0%})",
+    )
     plane.store.close()
     db.close()
     return raw
@@ -170,15 +189,23 @@ def bench_procedure(work: Path, rounds: int) -> None:
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         for i in range(10):
-            db.execute("SELECT version, data FROM docs WHERE tenant = '' AND id = ?", (f"acct{(r + i) % 20}",)).fetchone()
+            db.execute(
+                "SELECT version, data FROM docs WHERE tenant = '' AND id = ?", (f"acct{(r + i) % 20}",)
+            ).fetchone()
         for i in range(10):
-            db.execute("UPDATE docs SET version = version + 1, data = ? WHERE tenant = '' AND id = ?",
-                       (json.dumps({"customer": "a", "total": r}), f"acct{(r + i + 10) % 20}"))
+            db.execute(
+                "UPDATE docs SET version = version + 1, data = ? WHERE tenant = '' AND id = ?",
+                (json.dumps({"customer": "a", "total": r}), f"acct{(r + i + 10) % 20}"),
+            )
         db.execute("COMMIT")
         raw.append(time.perf_counter() - started)
     p50 = median_ms(samples)
-    line("p50 ≤ 5 ms", f"procedure 10 reads + 10 writes (service): p50 {p50:.2f} ms",
-         f"raw sqlite3 same in one txn p50 {median_ms(raw):.2f} ms", p50 <= 5)
+    line(
+        "p50 ≤ 5 ms",
+        f"procedure 10 reads + 10 writes (service): p50 {p50:.2f} ms",
+        f"raw sqlite3 same in one txn p50 {median_ms(raw):.2f} ms",
+        p50 <= 5,
+    )
     plane.store.close()
     db.close()
 
@@ -194,14 +221,19 @@ def free_port() -> int:
 
 def wrk(port: int, path: str, script: Path, seconds: int) -> tuple[float, int]:
     """(requests/s, non-2xx + socket errors) of `wrk -t1 -c8`."""
-    done = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60,
-                          check=False)
+    done = subprocess.run(
+        ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
     rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
     if rps is None:
         raise SystemExit(f"wrk gave no figures for {path}: {done.stdout}{done.stderr}")
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)",
-                                            done.stdout))
+    errors = sum(
+        int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)", done.stdout)
+    )
     return float(rps.group(1)), errors
 
 
@@ -213,8 +245,15 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
     env = {**os.environ, "FNCTL_STATE": str(root / "state" / "state.db")}
 
     def fnctl(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if done.returncode != 0:
             raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stderr}")
         return done.stdout
@@ -223,8 +262,13 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
     key = fnctl("keys", "create", "bench", "--role", "bench").strip()
     fnctl("data", "put", "bench", "one", "-d", json.dumps({"customer": "c", "total": 1}))
     port = free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--address", f"127.0.0.1:{port}"], cwd=root,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", "--address", f"127.0.0.1:{port}"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -256,21 +300,35 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
                 health.append(time.perf_counter() - started)
         connection.close()
         p50 = median_ms(samples)
-        line("p50 ≤ 1 ms", f"REST GET one document: p50 {p50:.2f} ms", f"/healthz p50 {median_ms(health):.2f} ms",
-             p50 <= 1)
+        line(
+            "p50 ≤ 1 ms",
+            f"REST GET one document: p50 {p50:.2f} ms",
+            f"/healthz p50 {median_ms(health):.2f} ms",
+            p50 <= 1,
+        )
         get_lua, health_lua, post_lua = root / "get.lua", root / "health.lua", root / "post.lua"
         get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
         health_lua.write_text("")
         body = json.dumps({"customer": "c", "total": 1}).replace('"', '\\"')
-        post_lua.write_text(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
-                            f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n')
+        post_lua.write_text(
+            f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
+            f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n'
+        )
         get_rps, get_errors = wrk(port, "/v1/collections/bench/docs/one", get_lua, seconds)
         health_rps, _ = wrk(port, "/healthz", health_lua, seconds)
-        line("≥ 50 % of /healthz", f"REST GET throughput: {get_rps:,.0f}/s ({get_errors} errors)",
-             f"/healthz {health_rps:,.0f}/s ({get_rps / health_rps:.0%})", get_rps >= health_rps / 2)
+        line(
+            "≥ 50 % of /healthz",
+            f"REST GET throughput: {get_rps:,.0f}/s ({get_errors} errors)",
+            f"/healthz {health_rps:,.0f}/s ({get_rps / health_rps:.0%})",
+            get_rps >= health_rps / 2,
+        )
         post_rps, post_errors = wrk(port, "/v1/collections/bench/docs", post_lua, seconds)
-        line("≥ 3,000/s", f"REST inserts: {post_rps:,.0f} docs/s ({post_errors} errors)",
-             f"raw sqlite3 one txn each {raw_inserts:,.0f}/s", post_rps >= 3000)
+        line(
+            "≥ 3,000/s",
+            f"REST inserts: {post_rps:,.0f} docs/s ({post_errors} errors)",
+            f"raw sqlite3 one txn each {raw_inserts:,.0f}/s",
+            post_rps >= 3000,
+        )
     finally:
         gateway.send_signal(signal.SIGTERM)
         try:
@@ -365,13 +423,18 @@ spec:
 """
 
 
-def _post(port: int, key: str, path: str, body: object, connection: http.client.HTTPConnection | None = None
-          ) -> tuple[int, object]:
+def _post(
+    port: int, key: str, path: str, body: object, connection: http.client.HTTPConnection | None = None
+) -> tuple[int, object]:
     own = connection is None
     conn = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request("POST", path, body=json.dumps(body).encode(),
-                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
@@ -383,7 +446,9 @@ def _post(port: int, key: str, path: str, body: object, connection: http.client.
 def _balances(port: int, key: str) -> dict[str, int]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        connection.request("GET", "/v1/collections/accounts/docs?limit=1000", headers={"Authorization": f"Bearer {key}"})
+        connection.request(
+            "GET", "/v1/collections/accounts/docs?limit=1000", headers={"Authorization": f"Bearer {key}"}
+        )
         page = json.loads(connection.getresponse().read())
     finally:
         connection.close()
@@ -402,15 +467,26 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
     (root / "manifests").mkdir(parents=True)
     (root / "functions" / "bank").mkdir(parents=True)
     (root / "functions" / "bank" / "main.py").write_text(HANDLER)
-    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n'
-                                     f'[gateway]\naddress = "127.0.0.1:{port}"\n')
+    (root / "fnctl.toml").write_text(
+        f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n[gateway]\naddress = "127.0.0.1:{port}"\n'
+    )
     (root / "manifests" / "bank.yaml").write_text(HANDLER_MANIFESTS.format(retries=retries))
-    env = {**os.environ, "FNCTL_STATE": str(root / "state" / "state.db"),
-           "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm")}
+    env = {
+        **os.environ,
+        "FNCTL_STATE": str(root / "state" / "state.db"),
+        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
+    }
 
     def fnctl(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=600, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if done.returncode != 0:
             raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
         return done.stdout
@@ -419,8 +495,13 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
     try:
         fnctl("apply")
         key = fnctl("keys", "create", "bench", "--role", "clerk").strip()
-        gateway = subprocess.Popen([sys.executable, "-m", "fnctl", "serve"], cwd=root, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -433,8 +514,9 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
             if time.monotonic() > deadline or gateway.poll() is not None:
                 raise SystemExit("fnctl serve was not ready within 120 s")
             time.sleep(0.2)
-        accounts = [{"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 1000}}
-                    for i in range(20)]
+        accounts = [
+            {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 1000}} for i in range(20)
+        ]
         status, body = _post(port, key, "/v1/batch", {"operations": accounts})
         if status != 200:
             raise SystemExit(f"seeding the accounts answered {status}: {body}")
@@ -443,8 +525,12 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
         if status != 200 or not isinstance(body, dict):
             raise SystemExit(f"the context.db round answered {status}: {body}")
         p50, bare = median_ms(body["gets"]), median_ms(body["bare"])
-        line("p50 ≤ 0.3 ms", f"context.db get, warm handler: p50 {p50:.3f} ms",
-             f"bare call frame round trip p50 {bare:.3f} ms", p50 <= 0.3)
+        line(
+            "p50 ≤ 0.3 ms",
+            f"context.db get, warm handler: p50 {p50:.3f} ms",
+            f"bare call frame round trip p50 {bare:.3f} ms",
+            p50 <= 0.3,
+        )
 
         before = _balances(port, key)
         statuses: dict[int, int] = {}
@@ -459,9 +545,13 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
             while time.monotonic() < stop:
                 a, b = rng.sample(range(20), 2)
                 try:
-                    status, _ = _post(port, key, "/invoke/transfer", {"op": "transfer", "from": f"a{a}",
-                                                                      "to": f"a{b}", "amount": rng.randint(1, 10)},
-                                      connection)
+                    status, _ = _post(
+                        port,
+                        key,
+                        "/invoke/transfer",
+                        {"op": "transfer", "from": f"a{a}", "to": f"a{b}", "amount": rng.randint(1, 10)},
+                        connection,
+                    )
                 except (OSError, http.client.HTTPException):
                     status = -1
                     connection.close()
@@ -487,11 +577,14 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
             data.close()
         others = {k: v for k, v in statuses.items() if k not in (200, 409)}
         intact = sum(before.values()) == sum(after.values()) == 20_000 and not others and logged == 2 * committed
-        line("total unchanged, none lost",
-             f"50 concurrent transfers {transfer_seconds} s: total {sum(before.values())} → {sum(after.values())}",
-             f"{committed} committed ({committed / transfer_seconds:,.0f}/s), {handler_runs - answered} conflicts "
-             f"retried, {refused} answered 409, other answers {others or 'none'}, change log {logged} writes "
-             f"(= 2 x committed: {logged == 2 * committed})", intact)
+        line(
+            "total unchanged, none lost",
+            f"50 concurrent transfers {transfer_seconds} s: total {sum(before.values())} → {sum(after.values())}",
+            f"{committed} committed ({committed / transfer_seconds:,.0f}/s), {handler_runs - answered} conflicts "
+            f"retried, {refused} answered 409, other answers {others or 'none'}, change log {logged} writes "
+            f"(= 2 x committed: {logged == 2 * committed})",
+            intact,
+        )
     finally:
         if gateway is not None:
             gateway.send_signal(signal.SIGTERM)

@@ -87,8 +87,9 @@ class Bench:
 
     def fnctl(self, *args: str, expect: int | None = 0, timeout: float = 600) -> tuple[float, str, str]:
         start = time.perf_counter()
-        done = subprocess.run(fnctl_command() + list(args), cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            fnctl_command() + list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         elapsed = time.perf_counter() - start
         if expect is not None and done.returncode != expect:
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
@@ -103,7 +104,7 @@ class Bench:
     def manifests(self, count: int) -> None:
         docs = [FUNCTION.format(name=name_of(i)) for i in range(count)]
         for part in range(0, count, 50):  # 50 functions a file
-            (self.root / "manifests" / f"part-{part // 50:02d}.yaml").write_text("".join(docs[part:part + 50]))
+            (self.root / "manifests" / f"part-{part // 50:02d}.yaml").write_text("".join(docs[part : part + 50]))
 
 
 def fnctl_command() -> list[str]:
@@ -122,15 +123,26 @@ def interleaved(runs: int, commands: dict[str, Callable[[], float]]) -> dict[str
 
 # ---- the code change, timed by the progress lines apply prints ----
 
-PHASES = (("startup + diff", "building image for revision"), ("build", "starting instance"),
-          ("start", "health-checking revision"), ("health check", "traffic →"))
+PHASES = (
+    ("startup + diff", "building image for revision"),
+    ("build", "starting instance"),
+    ("start", "health-checking revision"),
+    ("health check", "traffic →"),
+)
 
 
 def timed_apply(bench: Bench, function: str) -> tuple[dict[str, float], float, list[str]]:
     """`fnctl apply`, each stderr line stamped on arrival: phase durations, total, and the lines."""
     start = time.perf_counter()
-    process = subprocess.Popen(fnctl_command() + ["apply"], cwd=bench.root, env=bench.env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
+    process = subprocess.Popen(
+        fnctl_command() + ["apply"],
+        cwd=bench.root,
+        env=bench.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=1,
+    )
     stamped: list[tuple[float, str]] = []
     assert process.stderr is not None and process.stdout is not None
     for line in process.stderr:
@@ -150,6 +162,7 @@ def timed_apply(bench: Bench, function: str) -> tuple[dict[str, float], float, l
 
 
 # ---- seeding functions into the store ----
+
 
 def seed(bench: Bench, first: int, count: int, image: str) -> None:
     """Functions first..first+count-1 in the store as if deployed, each with one running container."""
@@ -173,10 +186,16 @@ def seed(bench: Bench, first: int, count: int, image: str) -> None:
         instance_id = instances.new_instance_id()
         socket_dir = str(instances.runtime_root() / instance_id)
         container = client.containers.run(
-            image, ["-c", "import time; time.sleep(100000)"], entrypoint=["python3"], detach=True,
-            network_mode="none", mem_limit="16m", name=f"fnctl-{spec_name}-{instance_id}",
+            image,
+            ["-c", "import time; time.sleep(100000)"],
+            entrypoint=["python3"],
+            detach=True,
+            network_mode="none",
+            mem_limit="16m",
+            name=f"fnctl-{spec_name}-{instance_id}",
             labels=labels(project.name, spec_name, revision="1", store=store.id)
-            | {"io.fnctl.instance": instance_id, "io.fnctl.socket-dir": socket_dir})
+            | {"io.fnctl.instance": instance_id, "io.fnctl.socket-dir": socket_dir},
+        )
         return spec_name, instance_id, str(container.id)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -184,12 +203,33 @@ def seed(bench: Bench, first: int, count: int, image: str) -> None:
     with store.transaction():
         for spec in specs:
             instance_id, container_id = started[spec.name]
-            store.add_revision(Revision(spec.name, 1, spec.spec_hash, spec.spec, image, None, None, time.time(),
-                                        "bench-seed", RevisionStatus.READY, None))
+            store.add_revision(
+                Revision(
+                    spec.name,
+                    1,
+                    spec.spec_hash,
+                    spec.spec,
+                    image,
+                    None,
+                    None,
+                    time.time(),
+                    "bench-seed",
+                    RevisionStatus.READY,
+                    None,
+                )
+            )
             store.set_route(spec.name, {1: 100})
-            store.add_instance(InstanceRow(instance_id, spec.name, 1, container_id,
-                                           str(instances.runtime_root() / instance_id), InstanceState.READY,
-                                           time.time()))
+            store.add_instance(
+                InstanceRow(
+                    instance_id,
+                    spec.name,
+                    1,
+                    container_id,
+                    str(instances.runtime_root() / instance_id),
+                    InstanceState.READY,
+                    time.time(),
+                )
+            )
     store.close()
 
 
@@ -208,8 +248,14 @@ def canary_state(bench: Bench, function: str, old: int, new: int) -> None:
         revision = store.revision(function, old)
         assert revision is not None
         ctx = executor.Context(store, project.name, project.base_image, "bench", "bench", None, lambda _: None)
-        executor.start_checked(ctx, function_from_spec(function, revision.spec, project.default_limits), old,
-                               revision.image, desired_specs(project, store, None)[1].get(function, {}), 1)
+        executor.start_checked(
+            ctx,
+            function_from_spec(function, revision.spec, project.default_limits),
+            old,
+            revision.image,
+            desired_specs(project, store, None)[1].get(function, {}),
+            1,
+        )
         executor.switch(ctx, function, {old: 10, new: 90}, "canary at 10% (benchmark)")
     finally:
         store.close()
@@ -230,8 +276,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="fnctl-bench-deploy-"))
     project = f"bench-{secrets.token_hex(3)}"
-    env = os.environ | {"FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
-                        "FNCTL_STATE": str(workdir / "state" / "state.db"), "NO_COLOR": "1"}
+    env = os.environ | {
+        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
+        "FNCTL_STATE": str(workdir / "state" / "state.db"),
+        "NO_COLOR": "1",
+    }
     bench = Bench(workdir / "project", project, workdir / "state" / "state.db", env)
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.timeout)
@@ -250,12 +299,15 @@ def main() -> None:
 
         for _ in range(2):  # warm the file cache and the bytecode
             bench.fnctl("diff"), bench.fnctl("apply")
-        at_n = interleaved(args.runs, {
-            "version": lambda: bench.fnctl("--version")[0],
-            "validate": lambda: bench.fnctl("validate")[0],
-            "diff": lambda: bench.fnctl("diff")[0],
-            "apply": lambda: bench.fnctl("apply")[0],
-        })
+        at_n = interleaved(
+            args.runs,
+            {
+                "version": lambda: bench.fnctl("--version")[0],
+                "validate": lambda: bench.fnctl("validate")[0],
+                "diff": lambda: bench.fnctl("diff")[0],
+                "apply": lambda: bench.fnctl("apply")[0],
+            },
+        )
 
         # Code change of one function among N.
         target = name_of(n // 2)
@@ -288,11 +340,14 @@ def main() -> None:
         seed(bench, n, m - n, _an_image(bench))
         _, diff_out, _ = bench.fnctl("diff")  # exit 0: the seeded functions are unchanged, without drift
         bench.fnctl("apply")
-        at_m = interleaved(args.runs, {
-            "validate": lambda: bench.fnctl("validate")[0],
-            "diff": lambda: bench.fnctl("diff")[0],
-            "apply": lambda: bench.fnctl("apply")[0],
-        })
+        at_m = interleaved(
+            args.runs,
+            {
+                "validate": lambda: bench.fnctl("validate")[0],
+                "diff": lambda: bench.fnctl("diff")[0],
+                "apply": lambda: bench.fnctl("apply")[0],
+            },
+        )
     finally:
         signal.alarm(0)
         remove_project(project)
@@ -321,9 +376,20 @@ def _an_image(bench: Bench) -> str:
         store.close()
 
 
-def report(lines: list[str], n: int, m: int, runs: int, at_n: dict[str, float], at_m: dict[str, float],
-           phases: dict[str, float], total: float, builds: int, starts: int, restarted: list[float],
-           kept: list[float]) -> None:
+def report(
+    lines: list[str],
+    n: int,
+    m: int,
+    runs: int,
+    at_n: dict[str, float],
+    at_m: dict[str, float],
+    phases: dict[str, float],
+    total: float,
+    builds: int,
+    starts: int,
+    restarted: list[float],
+    kept: list[float],
+) -> None:
     for line in lines:
         print(line)
     print(f"\nno-op commands, whole processes, medians of {runs} runs:")
@@ -333,13 +399,17 @@ def report(lines: list[str], n: int, m: int, runs: int, at_n: dict[str, float], 
         print(f"  fnctl {name:22} {at_n[name]:>8.3f} s   {at_m[name]:>10.3f} s   {growth:>8.2f} ms")
     print(f"  fnctl --version (baseline) {at_n['version']:>8.3f} s")
     linear = {name: at_m[name] <= at_n[name] * m / n for name in ("diff", "apply")}
-    print(f"  {m}/{n} = {m / n:.1f}x functions; time x{at_m['diff'] / at_n['diff']:.2f} (diff), "
-          f"x{at_m['apply'] / at_n['apply']:.2f} (apply)")
+    print(
+        f"  {m}/{n} = {m / n:.1f}x functions; time x{at_m['diff'] / at_n['diff']:.2f} (diff), "
+        f"x{at_m['apply'] / at_n['apply']:.2f} (apply)"
+    )
     print(f"\ncode change of one function among {n}, `fnctl apply` ({builds} image built, {starts} instance started):")
     for name, value in phases.items():
         if name != "switched at":
             print(f"  {name:16} {value:6.3f} s")
-    print(f"  healthy and switched at {phases['switched at']:.3f} s; process done (old instance drained) at {total:.3f} s")
+    print(
+        f"  healthy and switched at {phases['switched at']:.3f} s; process done (old instance drained) at {total:.3f} s"
+    )
     print("\nrollback, whole process (median of 3):")
     print(f"  old instances still there (canary at 10%)   {statistics.median(kept):.3f} s   {_fmt(kept)}")
     print(f"  old instances gone: restarted and checked   {statistics.median(restarted):.3f} s   {_fmt(restarted)}")

@@ -129,6 +129,7 @@ def http_post(port: int, path: str) -> int:
 
 # ---- wrk ----
 
+
 @dataclass(frozen=True)
 class Wrk:
     rps: float
@@ -149,18 +150,37 @@ def _ms(text: str) -> float:
 
 
 def wrk(port: int, path: str, script: Path, *, threads: int, connections: int, seconds: int) -> Wrk:
-    done = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-                           "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-                          capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     out = done.stdout
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk may pad "3.56s "
     if set(latency) != {"50", "99"} or "Requests/sec:" not in out:
         raise SystemExit(f"wrk gave no figures for {path} (exit {done.returncode}):\n{out}{done.stderr}")
-    return Wrk(float(_first(r"Requests/sec:\s+([\d.]+)", out)), _ms(latency["50"]), _ms(latency["99"]),
-               sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
-               int(non_2xx.group(1)) if non_2xx else 0, int(_first(r"(\d+) requests in", out)))
+    return Wrk(
+        float(_first(r"Requests/sec:\s+([\d.]+)", out)),
+        _ms(latency["50"]),
+        _ms(latency["99"]),
+        sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
+        int(non_2xx.group(1)) if non_2xx else 0,
+        int(_first(r"(\d+) requests in", out)),
+    )
 
 
 def _first(pattern: str, text: str) -> str:
@@ -173,8 +193,7 @@ def _first(pattern: str, text: str) -> str:
 
 # ---- raw sequential clients, for latency ----
 
-REQUEST = (b"POST /invoke/noop HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-           b"Content-Length: 2\r\n\r\n{}")
+REQUEST = b"POST /invoke/noop HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
 def http_latencies(port: int, count: int) -> list[float]:
@@ -255,6 +274,7 @@ def ipc_round_trip(count: int = 5000) -> tuple[float, float]:
 
 # ---- the run ----
 
+
 @dataclass
 class Setup:
     root: Path
@@ -271,23 +291,34 @@ def make_project(count: int) -> Setup:
     (root / "manifests").mkdir()
     (root / "functions" / "noop").mkdir(parents=True)
     (root / "functions" / "noop" / "main.py").write_text(NOOP)
-    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n'
-                                     f'[gateway]\naddress = "127.0.0.1:{port}"\n')
-    docs = [FUNCTION.format(name="noop", min=1, max=1, concurrency=8, pids=64),
-            # sized for 200 clients from the start (4 x 50 slots, a worker thread each): the figure is the
-            # gateway's, not the time the pool takes to scale up
-            FUNCTION.format(name="load", min=4, max=4, concurrency=50, pids=128),
-            FUNCTION.format(name="cold", min=0, max=1, concurrency=8, pids=64)]
+    (root / "fnctl.toml").write_text(
+        f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n[gateway]\naddress = "127.0.0.1:{port}"\n'
+    )
+    docs = [
+        FUNCTION.format(name="noop", min=1, max=1, concurrency=8, pids=64),
+        # sized for 200 clients from the start (4 x 50 slots, a worker thread each): the figure is the
+        # gateway's, not the time the pool takes to scale up
+        FUNCTION.format(name="load", min=4, max=4, concurrency=50, pids=128),
+        FUNCTION.format(name="cold", min=0, max=1, concurrency=8, pids=64),
+    ]
     docs += [FUNCTION.format(name=f"fn-{i:02d}", min=1, max=1, concurrency=8, pids=64) for i in range(3, count)]
     (root / "manifests" / "functions.yaml").write_text("".join(docs))
-    env = os.environ | {"FNCTL_STATE": str(root / "state" / "state.db"),
-                        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm")}
+    env = os.environ | {
+        "FNCTL_STATE": str(root / "state" / "state.db"),
+        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
+    }
     return Setup(root, name, root / "state" / "state.db", env, port)
 
 
 def fnctl(setup: Setup, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=setup.root, env=setup.env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "fnctl", *args],
+        cwd=setup.root,
+        env=setup.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise SystemExit(f"fnctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done
@@ -391,8 +422,13 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
 
     script = setup.root / "post.lua"
     script.write_text(POST_LUA)
-    gateway = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--idle-timeout", "2s"], cwd=setup.root,
-                               env=setup.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", "--idle-timeout", "2s"],
+        cwd=setup.root,
+        env=setup.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     processes.append(gateway)
     bare_port = free_port()
     bare_server = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
@@ -407,8 +443,14 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     store = connect(setup.state)
     row = next(iter(store.instances("noop")))
     store.close()
-    runtime_pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", row.container_id or ""],
-                                     capture_output=True, text=True, check=True).stdout)
+    runtime_pid = int(
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Pid}}", row.container_id or ""],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
 
     bare, through, cpu = [], [], []
     for _ in range(args.rounds):  # interleaved: a noisy moment slows both alike
@@ -417,8 +459,13 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         bare_cpu = cpu_seconds(bare_server.pid) - before
         before_gw, before_rt = cpu_seconds(gateway.pid), cpu_seconds(runtime_pid)
         through.append(wrk(setup.port, "/invoke/noop", script, threads=1, connections=8, seconds=args.seconds))
-        cpu.append((bare_cpu / bare[-1].requests, (cpu_seconds(gateway.pid) - before_gw) / through[-1].requests,
-                    (cpu_seconds(runtime_pid) - before_rt) / through[-1].requests))
+        cpu.append(
+            (
+                bare_cpu / bare[-1].requests,
+                (cpu_seconds(gateway.pid) - before_gw) / through[-1].requests,
+                (cpu_seconds(runtime_pid) - before_rt) / through[-1].requests,
+            )
+        )
     direct, via = [], []
     for _ in range(args.rounds):
         direct += direct_latencies(row.socket_dir, row.container_id or "", args.sequential)
@@ -427,8 +474,18 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     load = wrk(setup.port, "/invoke/load", script, threads=2, connections=200, seconds=args.load_seconds)
     colds = cold_starts(setup.port, args.cold_runs)
     rss, peak = rss_mb(gateway.pid)
-    return {"bare": bare, "gateway": through, "direct": direct, "via": via, "load": load, "cold": colds,
-            "rss": rss, "peak": peak, "cpu": cpu, "ipc": ipc}
+    return {
+        "bare": bare,
+        "gateway": through,
+        "direct": direct,
+        "via": via,
+        "load": load,
+        "cold": colds,
+        "rss": rss,
+        "peak": peak,
+        "cpu": cpu,
+        "ipc": ipc,
+    }
 
 
 def event_loop() -> str:
@@ -454,33 +511,61 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float) -> N
     cpu_us = [statistics.median(c[i] for c in r["cpu"]) * 1e6 for i in range(3)]  # type: ignore[attr-defined]
     rows = [
         ("throughput, wrk -t1 -c8, bare aiohttp hello", f"{bare_rps:,.0f} req/s", ""),
-        ("throughput, wrk -t1 -c8, gateway -> noop (1 instance)", f"{gw_rps:,.0f} req/s",
-         f"{ratio:.0%} of bare (target >= 40%)"),
-        ("  CPU per request: bare server / gateway / runtime", f"{cpu_us[0]:.0f} / {cpu_us[1]:.0f} / {cpu_us[2]:.0f} us",
-         "where the 2 cores go (wrk takes its share too)"),
-        ("  one process-to-process round trip (socketpair)", f"{ipc[0]:.0f} us",
-         f"{ipc[1]:.0f} us of the caller's CPU: a hop's price here"),
+        (
+            "throughput, wrk -t1 -c8, gateway -> noop (1 instance)",
+            f"{gw_rps:,.0f} req/s",
+            f"{ratio:.0%} of bare (target >= 40%)",
+        ),
+        (
+            "  CPU per request: bare server / gateway / runtime",
+            f"{cpu_us[0]:.0f} / {cpu_us[1]:.0f} / {cpu_us[2]:.0f} us",
+            "where the 2 cores go (wrk takes its share too)",
+        ),
+        (
+            "  one process-to-process round trip (socketpair)",
+            f"{ipc[0]:.0f} us",
+            f"{ipc[1]:.0f} us of the caller's CPU: a hop's price here",
+        ),
         ("latency p50, straight to the instance socket", f"{direct_p50:.3f} ms", ""),
         ("latency p50, through the gateway", f"{via_p50:.3f} ms", f"added {added:.3f} ms (target <= 1 ms)"),
-        (f"200 keep-alive clients, {args.load_seconds} s (wrk -t2 -c200)", f"{load.rps:,.0f} req/s",
-         f"{load.errors} errors in {load.requests:,} (target 0: {load.socket_errors} socket, {load.non_2xx} "
-         f"non-2xx); p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"),
-        (f"cold start, minInstances 0 (median of {len(cold_runs)})", f"{cold:.3f} s",
-         "runs " + ", ".join(f"{t:.2f}" for t in cold_runs) + " s (target <= 1.0 s)"),
-        (f"gateway RSS, {args.functions} functions deployed", f"{r['rss']:.1f} MB",
-         f"peak {r['peak']:.1f} MB (target <= 80 MB)"),
+        (
+            f"200 keep-alive clients, {args.load_seconds} s (wrk -t2 -c200)",
+            f"{load.rps:,.0f} req/s",
+            f"{load.errors} errors in {load.requests:,} (target 0: {load.socket_errors} socket, {load.non_2xx} "
+            f"non-2xx); p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms",
+        ),
+        (
+            f"cold start, minInstances 0 (median of {len(cold_runs)})",
+            f"{cold:.3f} s",
+            "runs " + ", ".join(f"{t:.2f}" for t in cold_runs) + " s (target <= 1.0 s)",
+        ),
+        (
+            f"gateway RSS, {args.functions} functions deployed",
+            f"{r['rss']:.1f} MB",
+            f"peak {r['peak']:.1f} MB (target <= 80 MB)",
+        ),
     ]
     width = max(len(name) for name, _, _ in rows)
-    print(f"gateway benchmark: {args.functions} functions deployed in {deployed:.1f} s; "
-          f"medians of {args.rounds} interleaved rounds ({args.seconds} s wrk, {args.sequential} sequential); "
-          f"event loop: {event_loop()}")
+    print(
+        f"gateway benchmark: {args.functions} functions deployed in {deployed:.1f} s; "
+        f"medians of {args.rounds} interleaved rounds ({args.seconds} s wrk, {args.sequential} sequential); "
+        f"event loop: {event_loop()}"
+    )
     print(f"| {'measure':<{width}} | {'figure':>14} | note")
     print(f"|{'-' * (width + 2)}|{'-' * 16}|------")
     for name, figure, note in rows:
         print(f"| {name:<{width}} | {figure:>14} | {note}")
-    missed = [m for m, bad in (("throughput", ratio < 0.40), ("added latency", added > 1.0),
-                               ("load errors", load.errors > 0), ("cold start", cold > 1.0),
-                               ("RSS", cast(float, r["rss"]) > 80)) if bad]
+    missed = [
+        m
+        for m, bad in (
+            ("throughput", ratio < 0.40),
+            ("added latency", added > 1.0),
+            ("load errors", load.errors > 0),
+            ("cold start", cold > 1.0),
+            ("RSS", cast(float, r["rss"]) > 80),
+        )
+        if bad
+    ]
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 

@@ -123,8 +123,9 @@ class Bench:
         self.serial += 1
         return f"{tag}-{self.serial}"
 
-    def fnctl(self, *args: str, expect: tuple[int, ...] | None = None, env: dict[str, str] | None = None,
-              timeout: float = 180) -> Result:
+    def fnctl(
+        self, *args: str, expect: tuple[int, ...] | None = None, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> Result:
         result = self.setup.project.fnctl("--debug", *args, env=env, timeout=timeout)  # tracebacks of internal errors
         if expect is not None and result.code not in expect:
             tail = "\n".join(result.text.splitlines()[-25:])
@@ -212,36 +213,51 @@ def blue_green(bench: Bench, repeats: int) -> None:
             bench.fnctl("rollback", "fn", expect=(0,))
             rollback_s.append(time.time() - rolled)
             assert setup.routes() == {stable: 100}, setup.routes()
-            back = wait_for(lambda: any(at > rolled + PICKUP and rev == str(stable) for at, _, rev in load.answers[-50:]),
-                            10)
+            back = wait_for(
+                lambda: any(at > rolled + PICKUP and rev == str(stable) for at, _, rev in load.answers[-50:]), 10
+            )
             phases.append((rolled, time.time(), "rollback"))
             switches.append((promoted, new, rolled, stable))
-            print(f"  repeat {repeat + 1}: r{new} previewed, promoted in {promote_s[-1]:.2f} s "
-                  f"({'served' if served else 'NOT served'} by the gateway), rolled back to r{stable} in "
-                  f"{rollback_s[-1]:.2f} s ({'served' if back else 'NOT served'}); "
-                  f"{len(load.answers)} answers, {len(load.failed())} failed so far", flush=True)
+            print(
+                f"  repeat {repeat + 1}: r{new} previewed, promoted in {promote_s[-1]:.2f} s "
+                f"({'served' if served else 'NOT served'} by the gateway), rolled back to r{stable} in "
+                f"{rollback_s[-1]:.2f} s ({'served' if back else 'NOT served'}); "
+                f"{len(load.answers)} answers, {len(load.failed())} failed so far",
+                flush=True,
+            )
     answers, seconds, rate = rate_of(load)
     failed = load.failed()
-    print(f"  load: {answers} requests in {seconds:.1f} s = {rate:.0f} requests/s over {bench.clients} keep-alive "
-          f"connections; failed: {len(failed)}" + (f" ({describe(failed, phases)})" if failed else ""))
-    print(f"  whole commands: promote {min(promote_s):.2f}-{max(promote_s):.2f} s, rollback {min(rollback_s):.2f}-"
-          f"{max(rollback_s):.2f} s (process start, the switch, then the drain of the other revision)")
+    print(
+        f"  load: {answers} requests in {seconds:.1f} s = {rate:.0f} requests/s over {bench.clients} keep-alive "
+        f"connections; failed: {len(failed)}" + (f" ({describe(failed, phases)})" if failed else "")
+    )
+    print(
+        f"  whole commands: promote {min(promote_s):.2f}-{max(promote_s):.2f} s, rollback {min(rollback_s):.2f}-"
+        f"{max(rollback_s):.2f} s (process start, the switch, then the drain of the other revision)"
+    )
     to_new, to_old = _switch_times(load, switches)
-    print(f"  as the load saw it: the first answer of the promoted revision {min(to_new):.2f}-{max(to_new):.2f} s "
-          f"after `fnctl promote` began; the last answer of the rolled-back revision {min(to_old):.2f}-"
-          f"{max(to_old):.2f} s after `fnctl rollback` began")
-    bench.record("1. blue-green promote+rollback", f"{repeats}+{repeats} switches, {answers} requests at "
-                 f"{rate:.0f}/s, {len(failed)} failed", f"0 failed at >= {MIN_RATE:.0f}/s",
-                 not failed and rate >= MIN_RATE)
+    print(
+        f"  as the load saw it: the first answer of the promoted revision {min(to_new):.2f}-{max(to_new):.2f} s "
+        f"after `fnctl promote` began; the last answer of the rolled-back revision {min(to_old):.2f}-"
+        f"{max(to_old):.2f} s after `fnctl rollback` began"
+    )
+    bench.record(
+        "1. blue-green promote+rollback",
+        f"{repeats}+{repeats} switches, {answers} requests at {rate:.0f}/s, {len(failed)} failed",
+        f"0 failed at >= {MIN_RATE:.0f}/s",
+        not failed and rate >= MIN_RATE,
+    )
 
 
 def _switch_times(load: Load, switches: list[tuple[float, int, float, int]]) -> tuple[list[float], list[float]]:
     to_new, to_old = [], []
     for promoted, new, rolled, _ in switches:
-        to_new.append(min((at for at, _, rev in load.answers if at >= promoted and rev == str(new)), default=promoted)
-                      - promoted)
-        to_old.append(max((at for at, _, rev in load.answers if at >= rolled and rev == str(new)), default=rolled)
-                      - rolled)
+        to_new.append(
+            min((at for at, _, rev in load.answers if at >= promoted and rev == str(new)), default=promoted) - promoted
+        )
+        to_old.append(
+            max((at for at, _, rev in load.answers if at >= rolled and rev == str(new)), default=rolled) - rolled
+        )
     return to_new, to_old
 
 
@@ -270,19 +286,24 @@ def canary_weights(bench: Bench, per_step: int) -> None:
             share = 100.0 * counts.get(str(new), 0) / total
             observed.append((wanted, total, counts.get(str(new), 0), share))
             others = {r: n for r, n in counts.items() if r not in (str(new), str(stable))}
-            print(f"  step setWeight {wanted}: r{new} answered {counts.get(str(new), 0)} of {total} = {share:.1f}% "
-                  f"(wanted {wanted}%, off by {share - wanted:+.1f} pp)" + (f"; other revisions: {others}" if others else ""),
-                  flush=True)
+            print(
+                f"  step setWeight {wanted}: r{new} answered {counts.get(str(new), 0)} of {total} = {share:.1f}% "
+                f"(wanted {wanted}%, off by {share - wanted:+.1f} pp)"
+                + (f"; other revisions: {others}" if others else ""),
+                flush=True,
+            )
             if promote is not None:
                 bench.fnctl(*promote, expect=(0, 4))
         failed = load.failed()
     worst = max(abs(share - wanted) for wanted, _, _, share in observed)
     enough = all(total >= per_step for _, total, _, _ in observed)
-    bench.record("2. canary weights", ", ".join(f"{share:.1f}% for {wanted}% (n={total})"
-                                                 for wanted, total, _, share in observed)
-                 + f"; worst {worst:.1f} pp; {len(failed)} failed",
-                 f"+/-{WEIGHT_TOLERANCE:g} pp over >= {per_step} requests per step",
-                 worst <= WEIGHT_TOLERANCE and enough and not failed)
+    bench.record(
+        "2. canary weights",
+        ", ".join(f"{share:.1f}% for {wanted}% (n={total})" for wanted, total, _, share in observed)
+        + f"; worst {worst:.1f} pp; {len(failed)} failed",
+        f"+/-{WEIGHT_TOLERANCE:g} pp over >= {per_step} requests per step",
+        worst <= WEIGHT_TOLERANCE and enough and not failed,
+    )
 
 
 def _window(load: Load, since: float, count: int) -> bool:
@@ -293,16 +314,24 @@ def _window(load: Load, since: float, count: int) -> bool:
 
 
 def bad_canary(bench: Bench, min_requests: int, interval: float, repeats: int) -> None:
-    print(f"\n[3] canary failing 20% of requests: analysis maxErrorRate 5%, minRequests {min_requests}, "
-          f"interval {interval:g}s; {repeats} runs", flush=True)
+    print(
+        f"\n[3] canary failing 20% of requests: analysis maxErrorRate 5%, minRequests {min_requests}, "
+        f"interval {interval:g}s; {repeats} runs",
+        flush=True,
+    )
     runs = [_bad_canary_once(bench, min_requests, interval) for _ in range(repeats)]
     bound = interval + FLUSH_LAG
     worst = max(runs, key=lambda run: run[1])
-    bench.record("3. bad canary rolled back", "; ".join(
-        f"{after_failure:.2f} s after 1st failure, {after_reached:.2f} s after minRequests, bad revision served "
-        f"{served} ({failed} failed)" for after_failure, after_reached, served, failed in runs),
+    bench.record(
+        "3. bad canary rolled back",
+        "; ".join(
+            f"{after_failure:.2f} s after 1st failure, {after_reached:.2f} s after minRequests, bad revision served "
+            f"{served} ({failed} failed)"
+            for after_failure, after_reached, served, failed in runs
+        ),
         f"<= {interval:g} s interval + {FLUSH_LAG:g} s flush lag = {bound:g} s after minRequests",
-        worst[1] <= bound)
+        worst[1] <= bound,
+    )
 
 
 def _bad_canary_once(bench: Bench, min_requests: int, interval: float) -> tuple[float, float, int, int]:
@@ -310,8 +339,9 @@ def _bad_canary_once(bench: Bench, min_requests: int, interval: float) -> tuple[
     from minRequests to the rollback, requests the bad revision served, of which failed)."""
     setup = bench.setup
     stable = bench.live()
-    setup.deploy_code(bench.version("bad"), BAD_CANARY.format(min_requests=min_requests, interval=f"{interval:g}"),
-                      fail_rate=0.2)
+    setup.deploy_code(
+        bench.version("bad"), BAD_CANARY.format(min_requests=min_requests, interval=f"{interval:g}"), fail_rate=0.2
+    )
     with bench.load() as load:
         applied = bench.fnctl("apply", expect=(3,))
         time.sleep(PICKUP + 0.5)  # answers still under way to the canary arrive
@@ -325,24 +355,33 @@ def _bad_canary_once(bench: Bench, min_requests: int, interval: float) -> tuple[
     canary = sorted((at, status) for at, status, rev in load.answers if rev == str(new))
     failures = [at for at, status in canary if status != 200]
     if aborted is None or not failures or len(canary) < min_requests:
-        raise SystemExit(f"figure 3 did not run as planned: aborted={aborted}, canary answers {len(canary)}, "
-                         f"failures {len(failures)}\n{applied.text[-2000:]}")
+        raise SystemExit(
+            f"figure 3 did not run as planned: aborted={aborted}, canary answers {len(canary)}, "
+            f"failures {len(failures)}\n{applied.text[-2000:]}"
+        )
     first_failure = failures[0]
     reached = canary[min_requests - 1][0]
     by_abort = sum(1 for at, _ in canary if at <= aborted.at)
-    print(f"  r{new} took traffic at t=0 (setWeight 50); first failed request at +{first_failure - weight_at:.2f} s; "
-          f"minRequests ({min_requests}) reached at +{reached - weight_at:.2f} s; rolled back at "
-          f"+{aborted.at - weight_at:.2f} s")
+    print(
+        f"  r{new} took traffic at t=0 (setWeight 50); first failed request at +{first_failure - weight_at:.2f} s; "
+        f"minRequests ({min_requests}) reached at +{reached - weight_at:.2f} s; rolled back at "
+        f"+{aborted.at - weight_at:.2f} s"
+    )
     for event in measurements:
         seen = event.data.get("requests", 0)
         sent = sum(1 for at, _ in canary if at <= event.at)
         lag = f"{event.at - canary[seen - 1][0]:.2f} s" if 0 < seen <= len(canary) else "?"
-        print(f"    measurement at +{event.at - weight_at:.2f} s: {event.data.get('outcome')}: {seen} requests seen "
-              f"({event.data.get('errors')} errors) of {sent} answered by then: it saw the traffic up to {lag} "
-              "before it (flush lag)")
-    print(f"  the bad revision served {len(canary)} requests ({len(failures)} failed), {by_abort} of them before "
-          f"the rollback was recorded; rollback {aborted.at - first_failure:.2f} s after the first failure, "
-          f"{aborted.at - reached:.2f} s after minRequests was reached", flush=True)
+        print(
+            f"    measurement at +{event.at - weight_at:.2f} s: {event.data.get('outcome')}: {seen} requests seen "
+            f"({event.data.get('errors')} errors) of {sent} answered by then: it saw the traffic up to {lag} "
+            "before it (flush lag)"
+        )
+    print(
+        f"  the bad revision served {len(canary)} requests ({len(failures)} failed), {by_abort} of them before "
+        f"the rollback was recorded; rollback {aborted.at - first_failure:.2f} s after the first failure, "
+        f"{aborted.at - reached:.2f} s after minRequests was reached",
+        flush=True,
+    )
     return aborted.at - first_failure, aborted.at - reached, len(canary), len(failures)
 
 
@@ -360,16 +399,38 @@ class Crash:
 
 
 CRASHES = (
-    Crash("container-started", "deploy: the canary's container runs, its row has no container ID yet",
-          ("apply",), "completed"),
-    Crash("rollout-weight", "rollout: setWeight 50 committed", ("rollout", "status", "fn", "-w", "--timeout", "120"),
-          "completed"),
-    Crash("rollout-measurement", "rollout: the analysis' first measurement recorded, at 50%",
-          ("rollout", "status", "fn", "-w", "--timeout", "120"), "completed"),
-    Crash("rollout-aborted", "rollout: the analysis' synthetic check failed, traffic back on stable, canary not stopped yet",
-          ("rollout", "status", "fn", "-w", "--timeout", "120"), "aborted", checks=FAILING_CHECK),
-    Crash("rollout-scaled-down", "rollout: completed, scale-down committed, old instance not stopped yet",
-          ("apply",), "completed", delay="0s"),
+    Crash(
+        "container-started",
+        "deploy: the canary's container runs, its row has no container ID yet",
+        ("apply",),
+        "completed",
+    ),
+    Crash(
+        "rollout-weight",
+        "rollout: setWeight 50 committed",
+        ("rollout", "status", "fn", "-w", "--timeout", "120"),
+        "completed",
+    ),
+    Crash(
+        "rollout-measurement",
+        "rollout: the analysis' first measurement recorded, at 50%",
+        ("rollout", "status", "fn", "-w", "--timeout", "120"),
+        "completed",
+    ),
+    Crash(
+        "rollout-aborted",
+        "rollout: the analysis' synthetic check failed, traffic back on stable, canary not stopped yet",
+        ("rollout", "status", "fn", "-w", "--timeout", "120"),
+        "aborted",
+        checks=FAILING_CHECK,
+    ),
+    Crash(
+        "rollout-scaled-down",
+        "rollout: completed, scale-down committed, old instance not stopped yet",
+        ("apply",),
+        "completed",
+        delay="0s",
+    ),
 )
 SETTLE_TIMEOUT = 60.0  # for the gateway to stop what a revision left behind once it leaves the table
 
@@ -385,12 +446,17 @@ def crashes(bench: Bench, points: list[str]) -> None:
             ok, detail = _crash_once(bench, crash)
             phases.append((start, time.time(), crash.point))
             results.append((crash, ok, detail))
-            print(f"  {crash.point} ({crash.what}): {'OK' if ok else 'FAILED'}: {detail}; "
-                  f"{len(load.failed())} failed requests so far", flush=True)
+            print(
+                f"  {crash.point} ({crash.what}): {'OK' if ok else 'FAILED'}: {detail}; "
+                f"{len(load.failed())} failed requests so far",
+                flush=True,
+            )
     failed = load.failed()
     answers, seconds, rate = rate_of(load)
-    print(f"  load: {answers} requests in {seconds:.1f} s = {rate:.0f}/s; failed: {len(failed)}"
-          + (f" ({describe(failed, phases)})" if failed else ""))
+    print(
+        f"  load: {answers} requests in {seconds:.1f} s = {rate:.0f}/s; failed: {len(failed)}"
+        + (f" ({describe(failed, phases)})" if failed else "")
+    )
     for crash, ok, detail in results:
         bench.record(f"4. kill -9 at {crash.point}", detail, f"{crash.outcome}, 0 orphans", ok)
     bench.record("4. requests during the crashes", f"{answers} requests, {len(failed)} failed", "0 failed", not failed)
@@ -422,23 +488,37 @@ def _crash_once(bench: Bench, crash: Crash) -> tuple[bool, str]:
     kinds = [e.kind for e in events]
     with setup.project.store() as store:
         revisions = [f"r{r.number} {r.status.value}" for r in store.revisions("fn") if r.number > newest]
-        drivers = sorted({e.command for e in audit_records(store, AuditFilter(target="fn"), limit=200)
-                          if e.at > killed_at and e.action.startswith(("route", "rollout"))})
+        drivers = sorted(
+            {
+                e.command
+                for e in audit_records(store, AuditFilter(target="fn"), limit=200)
+                if e.at > killed_at and e.action.startswith(("route", "rollout"))
+            }
+        )
     measured = next((e.data.get("outcome") for e in events if e.kind == "measurement"), None)
     repeated = [k for k in ("started", "completed", "aborted", "scaled-down") if kinds.count(k) > 1]
     repeated += ["weight"] if kinds.count("weight") > 2 else []
     half = sum(after_kill.values()) != 100
-    detail = (f"killed: traffic {rollout_text(after_kill)}"
-              + (f", the first measurement {measured}" if crash.point == "rollout-measurement" else "")
-              + f"; restart `fnctl {' '.join(crash.restart)}` exit {restart.code}"
-              + (f"; just after it: {'; '.join(left)}" if left else "")
-              + f"; driven after the kill by: {', '.join(drivers) or 'nobody'}; {row.state} "
-              f"({', '.join(revisions)}), traffic {rollout_text(setup.routes())}, "
-              f"{'settled' if settled else 'NOT settled'} {took:.1f} s after the restart; orphans: "
-              f"{'; '.join(orphans) if orphans else 0}; events: {' '.join(kinds)}"
-              + (f"; REPEATED: {repeated}" if repeated else "") + ("; HALF-APPLIED WEIGHTS" if half else ""))
-    ok = (settled and not orphans and row.state == crash.outcome and not repeated and not half
-          and restart.code in ((0,) if crash.outcome == "completed" else (3,)))
+    detail = (
+        f"killed: traffic {rollout_text(after_kill)}"
+        + (f", the first measurement {measured}" if crash.point == "rollout-measurement" else "")
+        + f"; restart `fnctl {' '.join(crash.restart)}` exit {restart.code}"
+        + (f"; just after it: {'; '.join(left)}" if left else "")
+        + f"; driven after the kill by: {', '.join(drivers) or 'nobody'}; {row.state} "
+        f"({', '.join(revisions)}), traffic {rollout_text(setup.routes())}, "
+        f"{'settled' if settled else 'NOT settled'} {took:.1f} s after the restart; orphans: "
+        f"{'; '.join(orphans) if orphans else 0}; events: {' '.join(kinds)}"
+        + (f"; REPEATED: {repeated}" if repeated else "")
+        + ("; HALF-APPLIED WEIGHTS" if half else "")
+    )
+    ok = (
+        settled
+        and not orphans
+        and row.state == crash.outcome
+        and not repeated
+        and not half
+        and restart.code in ((0,) if crash.outcome == "completed" else (3,))
+    )
     return ok, detail
 
 
@@ -469,8 +549,11 @@ def _orphans(bench: Bench, *, unrouted: bool = False) -> list[str]:
     # One engine call (the SDK's high-level list inspects each container, racing the removal of any of them).
     listed = project.client.api.containers(all=True, filters={"label": f"io.fnctl.project={project.name}"})
     containers = {(c.get("Labels") or {}).get("io.fnctl.instance"): c for c in listed}
-    found = [f"container {(c.get('Names') or ['?'])[0].lstrip('/')} unknown to the store ({c.get('State')})"
-             for key, c in containers.items() if key not in {row.id for row in rows}]
+    found = [
+        f"container {(c.get('Names') or ['?'])[0].lstrip('/')} unknown to the store ({c.get('State')})"
+        for key, c in containers.items()
+        if key not in {row.id for row in rows}
+    ]
     for row in rows:
         container = containers.get(row.id)
         if container is None or container.get("State") != "running" or row.container_id != container.get("Id"):
@@ -516,11 +599,16 @@ def main() -> int:
     parser.add_argument("--step-requests", type=int, default=1000, help="answers counted per canary step (figure 2)")
     parser.add_argument("--rate", type=float, default=250.0, help="load in requests/s through the gateway")
     parser.add_argument("--clients", type=int, default=5, help="keep-alive connections of the load")
-    parser.add_argument("--min-requests", type=int, default=300, help="the bad canary's analysis minRequests (figure 3)")
+    parser.add_argument(
+        "--min-requests", type=int, default=300, help="the bad canary's analysis minRequests (figure 3)"
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="the bad canary's analysis interval, s (figure 3)")
     parser.add_argument("--bad-repeats", type=int, default=5, help="bad canaries rolled out (figure 3)")
-    parser.add_argument("--crash-points", default=",".join(c.point for c in CRASHES),
-                        help="comma-separated kill points of figure 4 (default: all five)")
+    parser.add_argument(
+        "--crash-points",
+        default=",".join(c.point for c in CRASHES),
+        help="comma-separated kill points of figure 4 (default: all five)",
+    )
     parser.add_argument("--only", default="1234", help="which figures to run, e.g. 13")
     parser.add_argument("--timeout", type=int, default=600, help="bound of the whole run, s")
     args = parser.parse_args()
@@ -534,8 +622,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fnctl-bench-rollout-") as tmp:
         with rollout_project(Path(tmp) / "project", client, base_image) as setup:  # removes what it made
             bench = Bench(setup, args.rate, args.clients)
-            print(f"project {setup.project.name}: gateway on {setup.url}; load {args.rate:g} requests/s over "
-                  f"{args.clients} keep-alive connections", flush=True)
+            print(
+                f"project {setup.project.name}: gateway on {setup.url}; load {args.rate:g} requests/s over "
+                f"{args.clients} keep-alive connections",
+                flush=True,
+            )
             try:
                 with deadline(args.timeout):  # off again before the clean-up
                     setup.deploy_code(bench.version("base"), BLUE_GREEN)
@@ -557,8 +648,10 @@ def main() -> int:
     print(f"\nsummary ({time.monotonic() - began:.0f} s)")
     width = max(len(f.name) for f in bench.figures)
     for figure in bench.figures:
-        print(f"  {'MET   ' if figure.met else 'MISSED'} {figure.name.ljust(width)}  {figure.measured}  "
-              f"[target: {figure.target}]")
+        print(
+            f"  {'MET   ' if figure.met else 'MISSED'} {figure.name.ljust(width)}  {figure.measured}  "
+            f"[target: {figure.target}]"
+        )
     return 0 if all(f.met for f in bench.figures) else 1
 
 

@@ -69,13 +69,13 @@ class Row:
 # ---- the project under test ---------------------------------------------------------------------------
 
 
-
 def _find_function(project: Project, name: str) -> Function:
     """The function `name` of the project's manifests, validated as `fnctl apply` would."""
     result = validate_paths(project)
     if not result.ok:
         raise SystemExit("\n".join(d.render() for d in result.diagnostics))
     return next(f for f in result.state.functions if f.name == name)
+
 
 def write_project(root: Path, base_image: str) -> Project:
     name = f"bench-{secrets.token_hex(4)}"
@@ -84,14 +84,20 @@ def write_project(root: Path, base_image: str) -> Project:
     (root / "manifests").mkdir()
     (root / "manifests" / "noop.yaml").write_text(
         "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: noop}\n"
-        "spec: {runtime: python3.11, source: ../functions/noop, handler: main.handler}\n")
+        "spec: {runtime: python3.11, source: ../functions/noop, handler: main.handler}\n"
+    )
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\n\n[build]\nbaseImage = "{base_image}"\n')
     return load_project(root)
 
 
 def start_instance(project: Project, image: str) -> Instance:
-    return instances.start(_find_function(project, "noop"), image=image, revision="bench",
-                           labels=labels(project.name, "noop"), secret_values={})
+    return instances.start(
+        _find_function(project, "noop"),
+        image=image,
+        revision="bench",
+        labels=labels(project.name, "noop"),
+        secret_values={},
+    )
 
 
 # ---- 1. warm round trip -----------------------------------------------------------------------------------
@@ -99,6 +105,7 @@ def start_instance(project: Project, image: str) -> Instance:
 
 def round_trip(instance: Instance, args: argparse.Namespace) -> tuple[float, float, float]:
     """p50 and p95 in µs, and invocations per second with `args.threads` callers on one instance."""
+
     def invoke() -> None:
         outcome = instances.invoke(instance, EVENT)
         if not outcome.ok:
@@ -131,8 +138,9 @@ def median_seconds(action: Callable[[], None], runs: int, after: Callable[[], No
 
 def instance_start(project: Project, image: str, runs: int) -> float:
     started: list[Instance] = []
-    return median_seconds(lambda: started.append(start_instance(project, image)), runs,
-                          after=lambda: instances.kill(started.pop()))
+    return median_seconds(
+        lambda: started.append(start_instance(project, image)), runs, after=lambda: instances.kill(started.pop())
+    )
 
 
 def docker_run_true(base_image: str, runs: int) -> float:
@@ -173,9 +181,15 @@ def memory_mb(client: docker.DockerClient, container_id: str) -> float:
 
 
 def idle_python_mb(client: docker.DockerClient, base_image: str, settle: float) -> float:
-    container = client.containers.run(base_image, ["python3", "-c", "import sys; sys.stdin.read()"], detach=True,
-                                      stdin_open=True, network_mode="none", user="65534:65534",
-                                      labels={"io.fnctl.bench": "true"})
+    container = client.containers.run(
+        base_image,
+        ["python3", "-c", "import sys; sys.stdin.read()"],
+        detach=True,
+        stdin_open=True,
+        network_mode="none",
+        user="65534:65534",
+        labels={"io.fnctl.bench": "true"},
+    )
     try:
         return settled_memory(client, container.id, settle)
     finally:
@@ -223,8 +237,16 @@ def measure(args: argparse.Namespace) -> list[Row]:
             Row(f"throughput, {args.threads} callers, 1 instance", rate, echo_rate, "/s", ">= 2,000/s", rate >= 2000),
         ]
         start = instance_start(project, image, args.starts)
-        rows.append(Row("instance start (create -> ready)", start, docker_run_true(args.base_image, args.starts), "s",
-                        "<= 0.8 s", start <= 0.8))
+        rows.append(
+            Row(
+                "instance start (create -> ready)",
+                start,
+                docker_run_true(args.base_image, args.starts),
+                "s",
+                "<= 0.8 s",
+                start <= 0.8,
+            )
+        )
         figures = cli_figures(project, args.cli_runs, bytecode_cache=not args.no_bytecode_cache)
         (floor, floor_cpu), (cold, cold_cpu), (warm, warm_cpu) = figures["floor"], figures["cold"], figures["warm"]
         rows += [
@@ -232,25 +254,37 @@ def measure(args: argparse.Namespace) -> list[Row]:
             Row("  its CPU time (user + sys)", cold_cpu, floor_cpu, "s", "", None),
             Row("invoke --local --keep-warm, warm", warm, floor, "s", "<= 0.4 s", warm <= 0.4),
             Row("  its CPU time (user + sys)", warm_cpu, floor_cpu, "s", "", None),
-            Row("idle instance memory", idle, idle_python_mb(client, args.base_image, args.settle), "MB",
-                "<= 30 MB", idle <= 30),
+            Row(
+                "idle instance memory",
+                idle,
+                idle_python_mb(client, args.base_image, args.settle),
+                "MB",
+                "<= 30 MB",
+                idle <= 30,
+            ),
         ]
     return rows
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
     cache = "without" if args.no_bytecode_cache else "with"
-    print(f"sandbox figures (base {args.base_image}; {args.sequential} sequential, {args.count} with "
-          f"{args.threads} threads; {args.starts} starts; {args.cli_runs} CLI runs {cache} bytecode cache; medians)")
-    print("baselines: echo server (round trip), `docker run --rm BASE true` (start), `fnctl --version` (CLI), "
-          "idle python3 container (memory)")
+    print(
+        f"sandbox figures (base {args.base_image}; {args.sequential} sequential, {args.count} with "
+        f"{args.threads} threads; {args.starts} starts; {args.cli_runs} CLI runs {cache} bytecode cache; medians)"
+    )
+    print(
+        "baselines: echo server (round trip), `docker run --rm BASE true` (start), `fnctl --version` (CLI), "
+        "idle python3 container (memory)"
+    )
     header = f"{'figure':40}{'median':>14}{'baseline':>14}{'ratio':>8}  {'target':12}{'met':>4}"
     print(header)
     print("-" * len(header))
     for row in rows:
         met = "" if row.meets is None else ("yes" if row.meets else "NO")
-        print(f"{row.figure:40}{_value(row.value, row.unit):>14}{_value(row.baseline, row.unit):>14}"
-              f"{row.value / row.baseline:>7.2f}x  {row.target:12}{met:>4}")
+        print(
+            f"{row.figure:40}{_value(row.value, row.unit):>14}{_value(row.baseline, row.unit):>14}"
+            f"{row.value / row.baseline:>7.2f}x  {row.target:12}{met:>4}"
+        )
 
 
 def _value(value: float, unit: str) -> str:
@@ -268,8 +302,11 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=10, help="instance starts (and docker runs) to time")
     parser.add_argument("--cli-runs", type=int, default=5, help="runs of each CLI command")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of idle memory readings")
-    parser.add_argument("--no-bytecode-cache", action="store_true",
-                        help="run the CLI with this environment as it is (it may compile every module each run)")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run the CLI with this environment as it is (it may compile every module each run)",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON as well")
     args = parser.parse_args()
     rows = measure(args)

@@ -84,9 +84,14 @@ spec:
 """
 GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org", "-c", "init.defaultBranch=main"]
 # (phase, the line that ends it); `{fn}` is the changed function
-PHASES = (("fetch", "deploying commit "), ("validate+plan", "{fn}: building image for revision"),
-          ("build", "{fn}: starting instance"), ("start", "{fn}: health-checking revision"),
-          ("health", "{fn}: traffic → "), ("switch+drain", "✓ {fn}: "))
+PHASES = (
+    ("fetch", "deploying commit "),
+    ("validate+plan", "{fn}: building image for revision"),
+    ("build", "{fn}: starting instance"),
+    ("start", "{fn}: health-checking revision"),
+    ("health", "{fn}: traffic → "),
+    ("switch+drain", "✓ {fn}: "),
+)
 _current: list[subprocess.Popen[str]] = []  # the process under way, killed when the run is cut short
 
 
@@ -104,8 +109,15 @@ class Bench:
 
     def run(self, command: list[str], cwd: Path | None = None, timeout: float = 300) -> tuple[float, str]:
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd or self.root, env=self.env, text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd or self.root,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _current.append(process)
         out, _ = process.communicate(timeout=timeout)
         _current.remove(process)  # still listed when cut short: cleanup kills it
@@ -151,6 +163,7 @@ def setup(bench: Bench, functions: int) -> None:
 
 # ---- a push, its remote lines stamped on arrival ----
 
+
 @dataclass
 class Push:
     total: float  # push start -> the `git push` process exited
@@ -171,8 +184,16 @@ class Push:
 
 def push(bench: Bench, remote: str, on_line: Callable[[str, float], None] = lambda _l, _t: None) -> Push:
     start = time.perf_counter()
-    process = subprocess.Popen(GIT + ["push", remote, "HEAD:main"], cwd=bench.clone, env=bench.env, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, bufsize=1, start_new_session=True)
+    process = subprocess.Popen(
+        GIT + ["push", remote, "HEAD:main"],
+        cwd=bench.clone,
+        env=bench.env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        bufsize=1,
+        start_new_session=True,
+    )
     _current.append(process)
     lines: list[tuple[float, str]] = []
     assert process.stderr is not None
@@ -214,8 +235,9 @@ class Poller:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                outcome, _ = invoke_deployed(project, state, TARGET, {"name": "bench"}, 20, None, key=None,
-                                             logs=False, direct=True)
+                outcome, _ = invoke_deployed(
+                    project, state, TARGET, {"name": "bench"}, 20, None, key=None, logs=False, direct=True
+                )
                 if outcome.ok and isinstance(outcome.result, dict) and outcome.result.get("version") == self.version:
                     assert self.start is not None
                     self.answered = time.perf_counter() - self.start
@@ -238,8 +260,9 @@ def change(bench: Bench, version: str) -> tuple[Push, Push]:
     poller = Poller(bench, version)
     hooked = push(bench, "hooked", poller.on_line)
     hooked.answered = poller.wait()
-    hooked.cli_invoke, out = bench.fnctl("invoke", TARGET, "--direct", "-d", '{"name": "cli"}', "-o", "json",
-                                        cwd=bench.clone)
+    hooked.cli_invoke, out = bench.fnctl(
+        "invoke", TARGET, "--direct", "-d", '{"name": "cli"}', "-o", "json", cwd=bench.clone
+    )
     if f'"version": "{version}"' not in out:
         raise SystemExit(f"after the push, `fnctl invoke {TARGET}` did not answer version {version}:\n{out}")
     if hooked.answered is None:
@@ -250,6 +273,7 @@ def change(bench: Bench, version: str) -> tuple[Push, Push]:
 
 
 # ---- no-op sync ----
+
 
 def noop(bench: Bench, runs: int, uncached: Bench | None) -> tuple[dict[str, float], float]:
     """Interleaved, so that a noisy moment slows all alike: medians; and the median fetch sync reports.
@@ -291,6 +315,7 @@ def _noop_sync(bench: Bench, sync: list[str]) -> float:
 
 # ---- cleanup, bounds ----
 
+
 def cleanup(project: str) -> None:
     for process in list(_current):  # a push under way (and its hook: same session), killed by its group id
         try:
@@ -314,16 +339,23 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=5, help="functions in the project (>= 2)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=600)
-    parser.add_argument("--no-bytecode-cache", action="store_true",
-                        help="run fnctl with the environment's bytecode settings as they are")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run fnctl with the environment's bytecode settings as they are",
+    )
     args = parser.parse_args()
 
     load_at_start = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="fnctl-bench-sync-"))
     project = f"bench-sync-{secrets.token_hex(3)}"
-    env = os.environ | {"FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
-                        "FNCTL_STATE": str(workdir / "state" / "state.db"), "XDG_CACHE_HOME": str(workdir / "cache"),
-                        "NO_COLOR": "1", "GIT_TERMINAL_PROMPT": "0"}
+    env = os.environ | {
+        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
+        "FNCTL_STATE": str(workdir / "state" / "state.db"),
+        "XDG_CACHE_HOME": str(workdir / "cache"),
+        "NO_COLOR": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
     inherited = dict(env)  # the environment's own bytecode settings
     if not args.no_bytecode_cache:  # as installed: bytecode compiled once, here in the temporary directory
         env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -353,29 +385,49 @@ def main() -> None:
         cleanup(project)
         shutil.rmtree(workdir, ignore_errors=True)
     report(args, first, warm, built, noops, fetch)
-    python_cache = "the environment's bytecode settings" if args.no_bytecode_cache else \
-        "fnctl's bytecode cached (PYTHONPYCACHEPREFIX in the temporary directory), as an installed fnctl has it"
-    print(f"\n(fnctl ran with {python_cache}; the machine has {os.cpu_count()} cores, shared with other work: "
-          f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
+    python_cache = (
+        "the environment's bytecode settings"
+        if args.no_bytecode_cache
+        else "fnctl's bytecode cached (PYTHONPYCACHEPREFIX in the temporary directory), as an installed fnctl has it"
+    )
+    print(
+        f"\n(fnctl ran with {python_cache}; the machine has {os.cpu_count()} cores, shared with other work: "
+        f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
+    )
 
 
 # ---- the report ----
 
-def report(args: argparse.Namespace, first: Push, warm: list[tuple[Push, Push]], built: list[tuple[Push, Push]],
-           noops: dict[str, float], fetch: float) -> None:
+
+def report(
+    args: argparse.Namespace,
+    first: Push,
+    warm: list[tuple[Push, Push]],
+    built: list[tuple[Push, Push]],
+    noops: dict[str, float],
+    fetch: float,
+) -> None:
     functions = max(args.functions, 2)
-    print(f"setup: {functions} functions deployed by the first `git push` in {first.total:.1f} s "
-          f"({functions} images built, {functions} instances)")
-    print(f"\none function's code changed among {functions}, `git push` to the hooked repository, "
-          f"medians of {args.runs} runs (seconds):")
+    print(
+        f"setup: {functions} functions deployed by the first `git push` in {first.total:.1f} s "
+        f"({functions} images built, {functions} instances)"
+    )
+    print(
+        f"\none function's code changed among {functions}, `git push` to the hooked repository, "
+        f"medians of {args.runs} runs (seconds):"
+    )
     print(f"  {'':34} {'warm cache':>10}  {'built':>8}")
     for name, _ in PHASES:
-        print(f"  {name:34} {_median(warm, lambda p: p.phases(TARGET)[name]):10.3f}  "
-              f"{_median(built, lambda p: p.phases(TARGET)[name]):8.3f}")
+        print(
+            f"  {name:34} {_median(warm, lambda p: p.phases(TARGET)[name]):10.3f}  "
+            f"{_median(built, lambda p: p.phases(TARGET)[name]):8.3f}"
+        )
         if name == "fetch":
             hook_up: Callable[[Push], float] = lambda p: p.at("fnctl: main: deploying")
-            print(f"  {'  of which receive + hook start-up':34} {_median(warm, hook_up):10.3f}  "
-                  f"{_median(built, hook_up):8.3f}")
+            print(
+                f"  {'  of which receive + hook start-up':34} {_median(warm, hook_up):10.3f}  "
+                f"{_median(built, hook_up):8.3f}"
+            )
     rows: list[tuple[str, Callable[[Push], float]]] = [
         ("traffic switched at", lambda p: p.at(f"{TARGET}: traffic → ")),
         ("new version first answered at", lambda p: p.answered or 0.0),
@@ -390,8 +442,12 @@ def report(args: argparse.Namespace, first: Push, warm: list[tuple[Push, Push]],
     print(f"  {'baseline: `git push`, no hook':34} {plain_warm:10.3f}  {plain_built:8.3f}")
     hooked = statistics.median(h.total for _, h in warm)
     print(f"  push with hook / without: x{hooked / plain_warm:.1f} (warm)")
-    print("  per run, warm: push returned " + _fmt([h.total for _, h in warm]) +
-          "; built: " + _fmt([h.total for _, h in built]))
+    print(
+        "  per run, warm: push returned "
+        + _fmt([h.total for _, h in warm])
+        + "; built: "
+        + _fmt([h.total for _, h in built])
+    )
     print(f"  (fnctl invoke --direct alone, whole process: {_median(warm, lambda p: p.cli_invoke or 0.0):.3f} s)")
 
     print(f"\nno-op sync (the live commit), whole processes, medians of {args.runs} runs:")
@@ -405,9 +461,12 @@ def report(args: argparse.Namespace, first: Push, warm: list[tuple[Push, Push]],
     targets = {
         f"push -> new revision serving <= 10 s (warm; answered at {answered:.2f} s, push + CLI invoke "
         f"{serving:.2f} s)": max(serving, answered) <= 10.0,
-        f"no-op sync <= 1.5 s ({noops['fnctl sync (no-op)']:.2f} s" +
-        (f"; {noops['fnctl sync (no-op), no bytecode']:.2f} s without bytecode cache)"
-         if "fnctl sync (no-op), no bytecode" in noops else ")"): noops["fnctl sync (no-op)"] <= 1.5,
+        f"no-op sync <= 1.5 s ({noops['fnctl sync (no-op)']:.2f} s"
+        + (
+            f"; {noops['fnctl sync (no-op), no bytecode']:.2f} s without bytecode cache)"
+            if "fnctl sync (no-op), no bytecode" in noops
+            else ")"
+        ): noops["fnctl sync (no-op)"] <= 1.5,
     }
     print()
     for name, ok in targets.items():

@@ -125,8 +125,14 @@ def runtime_instance(workdir: Path) -> Iterator[Callable[[], UnixSocketTransport
     (code / "main.py").write_text("def handler(event, context):\n    return event\n")
     (workdir / "run").mkdir()
     directory = str(workdir / "run")
-    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(code), "FNCTL_SOCKET_DIR": directory,
-           "FNCTL_FUNCTION": "bench", "FNCTL_REVISION": "bench"}
+    env = {
+        **os.environ,
+        "FNCTL_HANDLER": "main.handler",
+        "FNCTL_CODE_DIR": str(code),
+        "FNCTL_SOCKET_DIR": directory,
+        "FNCTL_FUNCTION": "bench",
+        "FNCTL_REVISION": "bench",
+    }
     process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
     try:
         yield lambda: UnixSocketTransport(directory, peer=lambda pid: pid == process.pid)
@@ -217,8 +223,10 @@ def run(args: argparse.Namespace) -> dict[str, Figures]:
             for n in range(args.rounds):
                 results["runtime"].append(measure_runtime(target, args))
                 results["baseline"].append(measure_baseline(echo, args))
-                print(f"round {n + 1}: runtime {_row(results['runtime'][-1])} | "
-                      f"baseline {_row(results['baseline'][-1])}", file=sys.stderr)
+                print(
+                    f"round {n + 1}: runtime {_row(results['runtime'][-1])} | baseline {_row(results['baseline'][-1])}",
+                    file=sys.stderr,
+                )
                 if time.monotonic() > give_up:
                     print("time budget spent: stopping early", file=sys.stderr)
                     break
@@ -243,19 +251,24 @@ def _row(f: Figures) -> str:
 def report(figures: dict[str, Figures], args: argparse.Namespace) -> None:
     rt, base = figures["runtime"], figures["baseline"]
     target = args.socket_dir or "runtime subprocess"
-    print(f"no-op invoke, median of {args.rounds} rounds: {args.sequential} sequential, "
-          f"{args.count} with {args.threads} threads; target: {target}")
+    print(
+        f"no-op invoke, median of {args.rounds} rounds: {args.sequential} sequential, "
+        f"{args.count} with {args.threads} threads; target: {target}"
+    )
     print(f"{'':26}{'p50 µs':>10}{'p95 µs':>10}{'invokes/s':>12}")
     for name, f in (("fnctl runtime", rt), ("bare echo (baseline)", base)):
         print(f"{name:26}{f.p50_us:>10.1f}{f.p95_us:>10.1f}{f.per_second:>12,.0f}")
-    print(f"{'ratio runtime/baseline':26}{rt.p50_us / base.p50_us:>9.2f}x{rt.p95_us / base.p95_us:>9.2f}x"
-          f"{rt.per_second / base.per_second:>11.2f}x")
+    print(
+        f"{'ratio runtime/baseline':26}{rt.p50_us / base.p50_us:>9.2f}x{rt.p95_us / base.p95_us:>9.2f}x"
+        f"{rt.per_second / base.per_second:>11.2f}x"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--socket-dir", help="measure an already running instance (its socket directory) instead "
-                        "of a subprocess")
+    parser.add_argument(
+        "--socket-dir", help="measure an already running instance (its socket directory) instead of a subprocess"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=2000, help="invocations for the latency figures")
     parser.add_argument("--count", type=int, default=20000, help="invocations for the throughput figure")

@@ -137,7 +137,8 @@ def generate(root: Path, functions: int) -> None:
             part.append(VIEW.format(i=i, per_caller=str(i % 2 == 0).lower()))
     for n, docs in enumerate(parts):
         (root / "manifests" / f"part-{n:02d}.yaml").write_text(
-            "# yaml-language-server: $schema=../schemas/manifest.schema.json\n" + "".join(docs))
+            "# yaml-language-server: $schema=../schemas/manifest.schema.json\n" + "".join(docs)
+        )
 
 
 def bytecode_env(workdir: Path) -> dict[str, str]:
@@ -166,8 +167,10 @@ def medians(runs: int, commands: dict[str, Callable[[], tuple[float, float]]]) -
     for _ in range(runs):
         for name, run in commands.items():
             times[name].append(run())
-    return {name: (statistics.median(t[0] for t in values), statistics.median(t[1] for t in values))
-            for name, values in times.items()}
+    return {
+        name: (statistics.median(t[0] for t in values), statistics.median(t[1] for t in values))
+        for name, values in times.items()
+    }
 
 
 def fnctl_command() -> list[str]:
@@ -193,16 +196,22 @@ def main() -> None:
         timed(fnctl + ["validate"], project, env)  # warm the file cache and the bytecode of all three
         timed(baseline_command, project, env)
         timed(fnctl + ["--help"], project, env)
-        figures = medians(args.runs, {
-            "validate": lambda: timed(fnctl + ["validate"], project, env),
-            "baseline": lambda: timed(baseline_command, project, env),
-            "help": lambda: timed(fnctl + ["--help"], project, env),
-        })
+        figures = medians(
+            args.runs,
+            {
+                "validate": lambda: timed(fnctl + ["validate"], project, env),
+                "baseline": lambda: timed(baseline_command, project, env),
+                "help": lambda: timed(fnctl + ["--help"], project, env),
+            },
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     (validate, validate_cpu), (baseline, baseline_cpu), (help_, help_cpu) = (
-        figures["validate"], figures["baseline"], figures["help"])
+        figures["validate"],
+        figures["baseline"],
+        figures["help"],
+    )
     ratio = validate / baseline
     views = (args.functions + 4) // 5
     print(f"project: {args.functions} functions, {args.functions} HTTP triggers, {views} views in {FILES} files")
@@ -211,8 +220,15 @@ def main() -> None:
     print(f"  baseline         {baseline:6.3f} s  (CPU {baseline_cpu:.3f} s)  yaml + jsonschema only")
     print(f"  ratio            {ratio:6.2f}x  (CPU {validate_cpu / baseline_cpu:.2f}x)  target <= {TARGET_RATIO}x")
     print(f"  fnctl --help     {help_:6.3f} s  (CPU {help_cpu:.3f} s)  target <= {TARGET_HELP} s")
-    missed = [name for name, ok in (("validate", validate <= TARGET_SECONDS), ("ratio", ratio <= TARGET_RATIO),
-                                    ("help", help_ <= TARGET_HELP)) if not ok]
+    missed = [
+        name
+        for name, ok in (
+            ("validate", validate <= TARGET_SECONDS),
+            ("ratio", ratio <= TARGET_RATIO),
+            ("help", help_ <= TARGET_HELP),
+        )
+        if not ok
+    ]
     print("all targets met" if not missed else f"missed: {', '.join(missed)}")
 
 

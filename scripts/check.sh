@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { echo "==> $*" >&2; }
 step "ruff check"
 .venv/bin/ruff check fnctl tests benchmarks
+step "ruff format --check"
+.venv/bin/ruff format --check fnctl tests benchmarks
 step "mypy (package)"
 .venv/bin/python -m mypy
 step "mypy (tests and benchmarks)"

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # One handler source for every test: the image of a function is content-addressed, so equal code means
 # the engine's build cache answers. `VERSION` is the only line that changes between "code versions".
-HANDLER = '''\
+HANDLER = """\
 import hashlib
 import os
 
@@ -47,11 +47,12 @@ def handler(event, context):
     token = os.environ.get("API_TOKEN", "")
     return {{"version": VERSION, "greeting": os.environ.get("GREETING", ""), "name": event.get("name"),
             "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None}}
-'''
+"""
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     return wait_until(condition, what=what, timeout=timeout)
+
 
 @dataclass
 class Result:
@@ -80,9 +81,18 @@ class Project:
 
     # ---- writing the project ----
 
-    def function(self, name: str, *, version: str = "one", env: dict[str, str] | None = None,
-                 min_instances: int = 1, memory: str = "64Mi", secret: bool = False,
-                 requirements: str | None = None, source: str | None = None) -> None:
+    def function(
+        self,
+        name: str,
+        *,
+        version: str = "one",
+        env: dict[str, str] | None = None,
+        min_instances: int = 1,
+        memory: str = "64Mi",
+        secret: bool = False,
+        requirements: str | None = None,
+        source: str | None = None,
+    ) -> None:
         """Write (or rewrite) function `name`: its code directory and its manifest."""
         code = self.root / "functions" / (source or name)
         code.mkdir(parents=True, exist_ok=True)
@@ -93,7 +103,8 @@ class Project:
             (code / "requirements.txt").unlink()
         env_yaml = json.dumps(env if env is not None else {"GREETING": "hi"})
         secrets_yaml = "\n  secrets: [{name: API_TOKEN, fromEnv: TEST_API_TOKEN}]" if secret else ""
-        manifest = textwrap.dedent(f"""\
+        manifest = (
+            textwrap.dedent(f"""\
             apiVersion: fnctl/v1
             kind: Function
             metadata: {{name: {name}}}
@@ -106,7 +117,10 @@ class Project:
               scaling: {{minInstances: {min_instances}, maxInstances: 2}}
               healthCheck:
                 - event: {{name: probe}}
-            """) + secrets_yaml + "\n"
+            """)
+            + secrets_yaml
+            + "\n"
+        )
         (self.root / "manifests" / f"{name}.yaml").write_text(manifest, encoding="utf-8")
 
     def remove_function(self, name: str) -> None:
@@ -115,13 +129,23 @@ class Project:
     # ---- running fnctl ----
 
     def fnctl(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Result:
-        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=self.root, env=self.environ(env),
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", *args],
+            cwd=self.root,
+            env=self.environ(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return Result(done.returncode, done.stdout, done.stderr)
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return os.environ | {"FNCTL_BASE_IMAGE": self.base_image, "FNCTL_STATE": str(self.state),
-                             "COLUMNS": "200", "NO_COLOR": "1"} | self.env | (extra or {})
+        return (
+            os.environ
+            | {"FNCTL_BASE_IMAGE": self.base_image, "FNCTL_STATE": str(self.state), "COLUMNS": "200", "NO_COLOR": "1"}
+            | self.env
+            | (extra or {})
+        )
 
     def ok(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """Run fnctl and require exit 0."""

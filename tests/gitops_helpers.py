@@ -13,35 +13,57 @@ from pathlib import Path
 from fnctl.commands.init import scaffold
 
 AUTHOR = "Ada Lovelace <ada@example.org>"
-_IDENTITY = ("-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", "-c", "commit.gpgsign=false",
-             "-c", "init.defaultBranch=main", "-c", "advice.detachedHead=false")
+_IDENTITY = (
+    "-c",
+    "user.name=Ada Lovelace",
+    "-c",
+    "user.email=ada@example.org",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "init.defaultBranch=main",
+    "-c",
+    "advice.detachedHead=false",
+)
 
 
 def git_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the git commands the tests run: the user's and the system's git config ignored."""
-    return os.environ | {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"} | (
-        extra or {})
+    return (
+        os.environ
+        | {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
+        | (extra or {})
+    )
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run git in `cwd` (failing the test on an error); its standard output, stripped."""
-    done = subprocess.run(["git", *_IDENTITY, *args], cwd=cwd, env=git_environ(env), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["git", *_IDENTITY, *args], cwd=cwd, env=git_environ(env), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, f"git {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
     return done.stdout.strip()
 
 
-def run_git(cwd: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_git(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run git without checking its exit (a push: what the hook said is on stderr, after `remote: `)."""
-    return subprocess.run(["git", *_IDENTITY, *args], cwd=cwd, env=git_environ(env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["git", *_IDENTITY, *args], cwd=cwd, env=git_environ(env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def fnctl(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`python -m fnctl ARGS` as a user runs it (through main(): exit codes, no traceback for bad input)."""
-    return subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=cwd, env=os.environ | {"NO_COLOR": "1",
-                          "COLUMNS": "200"} | env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fnctl", *args],
+        cwd=cwd,
+        env=os.environ | {"NO_COLOR": "1", "COLUMNS": "200"} | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,4 +107,4 @@ def hello_manifest(clone: Path, *, greeting: str = "hello", version: str | None 
     text = (clone / "manifests" / "hello.yaml").read_text(encoding="utf-8")
     env = f"GREETING: {greeting}" + (f", VERSION: '{version}'" if version is not None else "")
     start = text.index("  env: {") + len("  env: {")
-    return text[:start] + env + text[text.index("}", start):]
+    return text[:start] + env + text[text.index("}", start) :]

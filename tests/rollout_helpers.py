@@ -26,7 +26,7 @@ from fnctl.state import rolloutstore
 
 # Health checks send {"name": "probe"}, which always succeeds: a bad version passes its checks and fails
 # only real traffic, as bad releases do.
-HANDLER = '''\
+HANDLER = """\
 import random
 
 VERSION = {version!r}
@@ -37,7 +37,7 @@ def handler(event, context):
     if event.get("name") != "probe" and random.random() < FAIL_RATE:
         raise RuntimeError("version " + VERSION + " fails this request")
     return {{"version": VERSION}}
-'''
+"""
 
 
 def free_port() -> int:
@@ -59,7 +59,8 @@ class Rollouts:
         code = self.project.root / "functions" / "fn"
         code.mkdir(parents=True, exist_ok=True)
         (code / "main.py").write_text(HANDLER.format(version=version, fail_rate=fail_rate), encoding="utf-8")
-        manifest = textwrap.dedent(f"""\
+        manifest = (
+            textwrap.dedent(f"""\
             apiVersion: fnctl/v1
             kind: Function
             metadata: {{name: fn}}
@@ -72,7 +73,10 @@ class Rollouts:
               access: {{roles: [public]}}
               healthCheck:
                 - event: {{name: probe}}
-            """) + textwrap.indent(textwrap.dedent(rollout).strip("\n"), "  ") + "\n"
+            """)
+            + textwrap.indent(textwrap.dedent(rollout).strip("\n"), "  ")
+            + "\n"
+        )
         (self.project.root / "manifests" / "fn.yaml").write_text(manifest, encoding="utf-8")
 
     @property
@@ -81,10 +85,18 @@ class Rollouts:
 
     def start_gateway(self) -> None:
         err = (self.project.root.parent / "serve.err").open("ab")
-        self.gateway = subprocess.Popen([sys.executable, "-m", "fnctl", "serve"], cwd=self.project.root,
-                                        env=self.project.environ(), stdout=subprocess.DEVNULL, stderr=err)
-        until(lambda: ready(self.port) or self.gateway is None or self.gateway.poll() is not None,
-              "the gateway to be ready", timeout=60)
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve"],
+            cwd=self.project.root,
+            env=self.project.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        until(
+            lambda: ready(self.port) or self.gateway is None or self.gateway.poll() is not None,
+            "the gateway to be ready",
+            timeout=60,
+        )
         assert self.gateway.poll() is None, (self.project.root.parent / "serve.err").read_text()
 
     def stop_gateway(self) -> None:
@@ -117,8 +129,9 @@ def ready(port: int) -> bool:
         return False
 
 
-def call(port: int, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def call(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers or {})

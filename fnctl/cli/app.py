@@ -31,7 +31,6 @@ app = typer.Typer(
 _debug = False
 
 
-
 def _version(value: bool) -> None:
     if value:
         console().print(f"fnctl {__version__}")
@@ -40,7 +39,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
 ) -> None:
     global _debug
@@ -100,7 +101,10 @@ def main() -> NoReturn:
             sys.exit(ExitCode.BAD_INPUT)
         if _debug:
             raise
-        err_console().print(f"[red]internal error (a bug in fnctl):[/red] {type(exc).__name__}: {exc}\n"
-                            "Run again with --debug for the traceback.", highlight=False)
+        err_console().print(
+            f"[red]internal error (a bug in fnctl):[/red] {type(exc).__name__}: {exc}\n"
+            "Run again with --debug for the traceback.",
+            highlight=False,
+        )
         sys.exit(ExitCode.INTERNAL)
     sys.exit(code if isinstance(code, int) else ExitCode.OK)

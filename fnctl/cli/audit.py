@@ -37,10 +37,18 @@ def _store(state: Path | None) -> Store:
 @audit_app.callback()
 def audit(
     ctx: typer.Context,
-    since: Annotated[Optional[str], typer.Option("--since", help="Only records since: a duration back (1h, 30m) or an ISO time.")] = None,
-    function: Annotated[Optional[str], typer.Option("--function", "-f", help="Only records about this function (or API key id).")] = None,
-    actor: Annotated[Optional[str], typer.Option("--actor", help="Only records by this actor (the principal, with --invocations).")] = None,
-    invocations: Annotated[bool, typer.Option("--invocations", help="List the invocation audit instead of the deploy audit.")] = False,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Only records since: a duration back (1h, 30m) or an ISO time.")
+    ] = None,
+    function: Annotated[
+        Optional[str], typer.Option("--function", "-f", help="Only records about this function (or API key id).")
+    ] = None,
+    actor: Annotated[
+        Optional[str], typer.Option("--actor", help="Only records by this actor (the principal, with --invocations).")
+    ] = None,
+    invocations: Annotated[
+        bool, typer.Option("--invocations", help="List the invocation audit instead of the deploy audit.")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many records, newest first.")] = 100,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -74,7 +82,12 @@ def audit(
 
 @audit_app.command("verify")
 def verify(
-    anchor: Annotated[Optional[list[str]], typer.Option("--anchor", help="A head hash recorded earlier, outside the store (repeat for several).", show_default=False)] = None,
+    anchor: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--anchor", help="A head hash recorded earlier, outside the store (repeat for several).", show_default=False
+        ),
+    ] = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:

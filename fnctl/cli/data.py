@@ -20,16 +20,32 @@ if TYPE_CHECKING:
     from fnctl.data.documents import Document
 
 app = typer.Typer()
-data_app = typer.Typer(help="Read and write the collections' documents as the operator (every write is in the "
-                            "change log). See docs/data.md.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Read and write the collections' documents as the operator (every write is in the "
+    "change log). See docs/data.md.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 
 CollectionArg = Annotated[str, typer.Argument(metavar="COLLECTION", help="The collection.")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="The document's id.")]
-TenantOpt = Annotated[Optional[str], typer.Option("--tenant", help="Act in this tenant (default: the default tenant, \"\").", show_default=False)]
-IfMatchOpt = Annotated[Optional[int], typer.Option("--if-match", help="The version the document must be at (else exit 1, nothing written).", show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Act on an existing document without --if-match (last writer wins).")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="JSON, @file.json, or standard input when absent.", show_default=False)]
+TenantOpt = Annotated[
+    Optional[str],
+    typer.Option("--tenant", help='Act in this tenant (default: the default tenant, "").', show_default=False),
+]
+IfMatchOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--if-match", help="The version the document must be at (else exit 1, nothing written).", show_default=False
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Act on an existing document without --if-match (last writer wins).")
+]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option("--data", "-d", help="JSON, @file.json, or standard input when absent.", show_default=False),
+]
 
 
 def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[Session]:
@@ -52,15 +68,31 @@ def _show(doc: Document, output: Output) -> None:
     if output is Output.JSON:
         print_json(doc.as_json())
     else:
-        sys.stdout.write(f"{doc.id}  version {doc.version}  updated {doc.updated_at} by {doc.updated_by}\n"
-                         + json.dumps(doc.data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(
+            f"{doc.id}  version {doc.version}  updated {doc.updated_at} by {doc.updated_by}\n"
+            + json.dumps(doc.data, indent=2, ensure_ascii=False)
+            + "\n"
+        )
 
 
 @data_app.command("ls")
-def ls(collection: Annotated[Optional[str], typer.Argument(metavar="[COLLECTION]", help="List this collection's documents (ids and versions) instead of the collections.", show_default=False)] = None,
-       limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
-       cursor: Annotated[Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)] = None,
-       tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+def ls(
+    collection: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[COLLECTION]",
+            help="List this collection's documents (ids and versions) instead of the collections.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
+    cursor: Annotated[
+        Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)
+    ] = None,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """List the collections (documents, indexes), or the ids and versions of one collection's documents.
 
     \b
@@ -84,8 +116,12 @@ def ls(collection: Annotated[Optional[str], typer.Argument(metavar="[COLLECTION]
             return
         page = find(s, collection, None, ["id"], limit, cursor)
     if output is Output.JSON:
-        print_json({"documents": [{"id": d.id, "version": d.version, "updatedAt": d.updated_at}
-                                  for d in page.documents], "cursor": page.cursor})
+        print_json(
+            {
+                "documents": [{"id": d.id, "version": d.version, "updatedAt": d.updated_at} for d in page.documents],
+                "cursor": page.cursor,
+            }
+        )
         return
     for doc in page.documents:
         sys.stdout.write(f"{doc.id}  version {doc.version}  updated {doc.updated_at}\n")
@@ -94,8 +130,13 @@ def ls(collection: Annotated[Optional[str], typer.Argument(metavar="[COLLECTION]
 
 
 @data_app.command("get")
-def get(collection: CollectionArg, id: IdArg, tenant: TenantOpt = None, state: StateOpt = None,
-        output: OutputOpt = Output.TEXT) -> None:
+def get(
+    collection: CollectionArg,
+    id: IdArg,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Print one document: its id, version, who changed it when, and its data.
 
     Exit 1 when there is no such document, 2 for an unknown collection or a bad id.
@@ -110,12 +151,30 @@ def get(collection: CollectionArg, id: IdArg, tenant: TenantOpt = None, state: S
 
 
 @data_app.command("find")
-def find(collection: CollectionArg,
-         filter: Annotated[Optional[str], typer.Argument(metavar="[FILTER]", help='A JSON filter, e.g. \'{"total": {"$gt": 10}}\' (docs/data.md).', show_default=False)] = None,
-         order: Annotated[Optional[str], typer.Option("--order", help="Indexed fields, comma-separated; '-' before one for descending.", show_default=False)] = None,
-         limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
-         cursor: Annotated[Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)] = None,
-         tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+def find(
+    collection: CollectionArg,
+    filter: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[FILTER]",
+            help='A JSON filter, e.g. \'{"total": {"$gt": 10}}\' (docs/data.md).',
+            show_default=False,
+        ),
+    ] = None,
+    order: Annotated[
+        Optional[str],
+        typer.Option(
+            "--order", help="Indexed fields, comma-separated; '-' before one for descending.", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
+    cursor: Annotated[
+        Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)
+    ] = None,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Find documents with the filter language; one page at a time (the next page's cursor goes to stderr).
 
     \b
@@ -131,17 +190,26 @@ def find(collection: CollectionArg,
         print_json(page.as_json())
         return
     for doc in page.documents:
-        sys.stdout.write(f"{doc.id}  version {doc.version}  "
-                         f"{json.dumps(doc.data, ensure_ascii=False, separators=(',', ':'))}\n")
+        sys.stdout.write(
+            f"{doc.id}  version {doc.version}  {json.dumps(doc.data, ensure_ascii=False, separators=(',', ':'))}\n"
+        )
     if page.cursor:
         sys.stderr.write(f"more: --cursor {page.cursor}\n")
 
 
 @data_app.command("put")
-def put(collection: CollectionArg,
-        id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="The id (default: a new UUIDv7).", show_default=False)] = None,
-        data: DataOpt = None, if_match: IfMatchOpt = None, force: ForceOpt = False,
-        tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+def put(
+    collection: CollectionArg,
+    id: Annotated[
+        Optional[str], typer.Argument(metavar="[ID]", help="The id (default: a new UUIDv7).", show_default=False)
+    ] = None,
+    data: DataOpt = None,
+    if_match: IfMatchOpt = None,
+    force: ForceOpt = False,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Insert a document, or replace an existing one (which needs --if-match VERSION or --force).
 
     The document is checked against the collection's schema (every violation with its JSON path, exit 2).
@@ -160,9 +228,16 @@ def put(collection: CollectionArg,
 
 
 @data_app.command("patch")
-def patch(collection: CollectionArg, id: IdArg, data: DataOpt = None, if_match: IfMatchOpt = None,
-          force: ForceOpt = False, tenant: TenantOpt = None, state: StateOpt = None,
-          output: OutputOpt = Output.TEXT) -> None:
+def patch(
+    collection: CollectionArg,
+    id: IdArg,
+    data: DataOpt = None,
+    if_match: IfMatchOpt = None,
+    force: ForceOpt = False,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Change a document with a JSON merge patch (RFC 7396: null removes a field); needs --if-match or --force.
 
     Example: fnctl data patch orders o-1001 -d '{"status": "paid", "note": null}' --if-match 2
@@ -176,8 +251,14 @@ def patch(collection: CollectionArg, id: IdArg, data: DataOpt = None, if_match: 
 
 
 @data_app.command("rm")
-def rm(collection: CollectionArg, id: IdArg, if_match: IfMatchOpt = None, force: ForceOpt = False,
-       tenant: TenantOpt = None, state: StateOpt = None) -> None:
+def rm(
+    collection: CollectionArg,
+    id: IdArg,
+    if_match: IfMatchOpt = None,
+    force: ForceOpt = False,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+) -> None:
     """Delete a document; needs --if-match VERSION or --force.
 
     Example: fnctl data rm orders o-1001 --if-match 4
@@ -202,8 +283,13 @@ class _Meter:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
-                                TimeRemainingColumn(), transient=True)
+            self.bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(self.verb, total=None)
         return self.update
@@ -224,12 +310,26 @@ class _Meter:
 
 
 @data_app.command("import")
-def import_command(collection: CollectionArg,
-                   file: Annotated[Optional[Path], typer.Argument(metavar="[FILE]", help="NDJSON (default: standard input).", show_default=False)] = None,
-                   batch: Annotated[int, typer.Option("--batch", help="Documents per transaction.")] = 1000,
-                   bare: Annotated[bool, typer.Option("--bare", help="Each line is a document, even one shaped like an exported envelope.")] = False,
-                   check_first: Annotated[bool, typer.Option("--check-first/--no-check-first", help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.")] = True,
-                   tenant: TenantOpt = None, state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
+def import_command(
+    collection: CollectionArg,
+    file: Annotated[
+        Optional[Path], typer.Argument(metavar="[FILE]", help="NDJSON (default: standard input).", show_default=False)
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Documents per transaction.")] = 1000,
+    bare: Annotated[
+        bool, typer.Option("--bare", help="Each line is a document, even one shaped like an exported envelope.")
+    ] = False,
+    check_first: Annotated[
+        bool,
+        typer.Option(
+            "--check-first/--no-check-first",
+            help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.",
+        ),
+    ] = True,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
     """Import NDJSON: one document per line, or the envelopes `export` writes (their id and data are kept).
 
     Every line is checked first (JSON object, id, schema, size, id already taken or repeated): any bad line
@@ -243,20 +343,37 @@ def import_command(collection: CollectionArg,
     from fnctl.commands.data import import_ndjson
 
     with _session(state, tenant, "import") as s, _Meter("importing", "bytes") as progress:
-        report = import_ndjson(s, collection, None if file is None or str(file) == "-" else file, batch=batch,
-                               bare=bare, check_first=check_first, on_progress=progress)
+        report = import_ndjson(
+            s,
+            collection,
+            None if file is None or str(file) == "-" else file,
+            batch=batch,
+            bare=bare,
+            check_first=check_first,
+            on_progress=progress,
+        )
     if output is Output.JSON:
         print_json({"collection": collection, "imported": report.imported, "batches": report.batches})
     else:
-        sys.stderr.write(f"imported {report.imported} documents into {collection} in {report.batches} "
-                         f"transaction{'s' if report.batches != 1 else ''}\n")
+        sys.stderr.write(
+            f"imported {report.imported} documents into {collection} in {report.batches} "
+            f"transaction{'s' if report.batches != 1 else ''}\n"
+        )
 
 
 @data_app.command("export")
-def export_command(collection: CollectionArg,
-                   file: Annotated[Optional[Path], typer.Argument(metavar="[FILE]", help="Write here (default: standard output).", show_default=False)] = None,
-                   filter: Annotated[Optional[str], typer.Option("--filter", help="Only the documents this JSON filter matches.", show_default=False)] = None,
-                   tenant: TenantOpt = None, state: StateOpt = None) -> None:
+def export_command(
+    collection: CollectionArg,
+    file: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="[FILE]", help="Write here (default: standard output).", show_default=False),
+    ] = None,
+    filter: Annotated[
+        Optional[str], typer.Option("--filter", help="Only the documents this JSON filter matches.", show_default=False)
+    ] = None,
+    tenant: TenantOpt = None,
+    state: StateOpt = None,
+) -> None:
     """Export a tenant's documents as NDJSON envelopes ({id, version, createdAt, ..., data}), by id.
 
     \b
@@ -298,6 +415,8 @@ def check(collection: CollectionArg, state: StateOpt = None, output: OutputOpt =
             where = f"{item.tenant}/" if item.tenant else ""
             for path, message in item.violations:
                 sys.stdout.write(f"{where}{item.id}: {path}: {message}\n")
-        sys.stderr.write(f"{len(found)} document{'s' if len(found) != 1 else ''} of {collection} "
-                         f"do{'es' if len(found) == 1 else ''} not conform to its schema\n")
+        sys.stderr.write(
+            f"{len(found)} document{'s' if len(found) != 1 else ''} of {collection} "
+            f"do{'es' if len(found) == 1 else ''} not conform to its schema\n"
+        )
     raise typer.Exit(ExitCode.FAILED if found else ExitCode.OK)

@@ -22,8 +22,15 @@ app = typer.Typer()
 
 @app.command("diff")
 def diff_command(
-    paths: PathsArg = None, state: StateOpt = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Count functions no longer in the manifests as changes (as `apply --prune` would delete them).")] = False,
+    paths: PathsArg = None,
+    state: StateOpt = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Count functions no longer in the manifests as changes (as `apply --prune` would delete them).",
+        ),
+    ] = False,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Show what apply would change: per function and per Collection create / update / delete / unchanged, field by field, and drift.
@@ -40,15 +47,21 @@ def diff_command(
 
     changes, live, collections = compute_diff(load_project(), deploy_options(state), paths)
     render_diff(changes, live, output, prune=prune, collections=collections)
-    raise typer.Exit(ExitCode.FAILED if has_changes(changes, live, prune=prune, collections=collections)
-                     else ExitCode.OK)
+    raise typer.Exit(
+        ExitCode.FAILED if has_changes(changes, live, prune=prune, collections=collections) else ExitCode.OK
+    )
 
 
 @app.command("plan")
 def plan_command(
-    paths: PathsArg = None, state: StateOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-f", help="Write the plan here, for `fnctl apply PLAN.json`.")] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Plan to delete functions no longer in the manifests.")] = False,
+    paths: PathsArg = None,
+    state: StateOpt = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-f", help="Write the plan here, for `fnctl apply PLAN.json`.")
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Plan to delete functions no longer in the manifests.")
+    ] = False,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Show the ordered steps apply would take, and save them for review.
@@ -71,13 +84,42 @@ def plan_command(
 
 @app.command("apply")
 def apply_command(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Manifests, or one plan file made by `fnctl plan -f`.", show_default=False)] = None,
-    state: StateOpt = None, lock_timeout: LockOpt = 60.0,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions and drop collections that are no longer in the manifests (a collection that holds documents also needs --force).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined); with --prune, drop collections that still hold documents.")] = False,
-    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="Deploy from a git work tree with uncommitted changes (recorded as dirty).")] = False,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` or `fnctl rollout status -w` carries them on.")] = False,
-    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long (e.g. 15m): exit 1.", show_default=False)] = None,
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Manifests, or one plan file made by `fnctl plan -f`.", show_default=False),
+    ] = None,
+    state: StateOpt = None,
+    lock_timeout: LockOpt = 60.0,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete deployed functions and drop collections that are no longer in the manifests (a collection that holds documents also needs --force).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Deploy a spec even though it was rolled back (quarantined); with --prune, drop collections that still hold documents.",
+        ),
+    ] = False,
+    allow_dirty: Annotated[
+        bool,
+        typer.Option("--allow-dirty", help="Deploy from a git work tree with uncommitted changes (recorded as dirty)."),
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait", help="Start rollouts and return: `fnctl serve` or `fnctl rollout status -w` carries them on."
+        ),
+    ] = False,
+    timeout: Annotated[
+        Optional[str],
+        typer.Option(
+            "--timeout", help="Stop following rollouts after this long (e.g. 15m): exit 1.", show_default=False
+        ),
+    ] = None,
     output: RolloutOutputOpt = RolloutOutput.TEXT,
 ) -> None:
     """Deploy the manifests: build images, start and health-check new revisions, roll them out, stop the old.
@@ -110,13 +152,24 @@ def apply_command(
         plan_file = _read_plan(paths[0])
         paths = [Path(p) for p in plan_file["paths"]] if plan_file.get("paths") else None
         prune = bool(plan_file.get("prune", prune))
-    options = replace(deploy_options(state, lock_timeout, prune, force), wait=not no_wait, timeout=parse_timeout(timeout),
-                      allow_dirty=allow_dirty)
+    options = replace(
+        deploy_options(state, lock_timeout, prune, force),
+        wait=not no_wait,
+        timeout=parse_timeout(timeout),
+        allow_dirty=allow_dirty,
+    )
     plain = output is not RolloutOutput.TEXT
     with Progress(quiet=plain) as progress, LiveView(not plain and not no_wait) as view:
         on_event, on_tick = watchers(output, view)
-        report = apply(load_project(), options, paths, progress, plan_file,
-                       on_event=on_event if output is RolloutOutput.NDJSON else None, on_tick=on_tick)
+        report = apply(
+            load_project(),
+            options,
+            paths,
+            progress,
+            plan_file,
+            on_event=on_event if output is RolloutOutput.NDJSON else None,
+            on_tick=on_tick,
+        )
     render_apply(report, Output.JSON if plain else Output.TEXT, one_line=output is RolloutOutput.NDJSON)
     raise typer.Exit(report.exit_code)
 
@@ -136,8 +189,11 @@ def _read_plan(path: Path) -> dict[str, Any]:
 @app.command()
 def rollback(
     name: Annotated[str, typer.Argument(help="The function.")],
-    to: Annotated[Optional[int], typer.Option("--to", help="The revision to go back to (default: the previous healthy one).")] = None,
-    state: StateOpt = None, lock_timeout: LockOpt = 60.0,
+    to: Annotated[
+        Optional[int], typer.Option("--to", help="The revision to go back to (default: the previous healthy one).")
+    ] = None,
+    state: StateOpt = None,
+    lock_timeout: LockOpt = 60.0,
 ) -> None:
     """Switch a function back to an earlier healthy revision at once: no build, no steps.
 
@@ -155,8 +211,9 @@ def rollback(
 
 
 @app.command()
-def delete(name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None,
-           lock_timeout: LockOpt = 60.0) -> None:
+def delete(
+    name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None, lock_timeout: LockOpt = 60.0
+) -> None:
     """Stop a function's instances and remove it from routing (its history stays).
 
     Example: fnctl delete hello
@@ -182,8 +239,9 @@ def status(state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
 
 
 @app.command()
-def history(name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None,
-            output: OutputOpt = Output.TEXT) -> None:
+def history(
+    name: Annotated[str, typer.Argument(help="The function.")], state: StateOpt = None, output: OutputOpt = Output.TEXT
+) -> None:
     """A function's revisions: status, when, by whom, from which commit, and why they failed.
 
     Example: fnctl history hello

@@ -53,16 +53,40 @@ def init(
 
 @app.command()
 def invoke(
-    target: Annotated[str, typer.Argument(metavar="NAME|PATH", help="A function name, or a manifest file with one function.")],
-    local: Annotated[bool, typer.Option("--local", help="Build and run the function in a fresh local sandbox.")] = False,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="The event: JSON, or @file.json; default: stdin when piped, else {}.")] = None,
+    target: Annotated[
+        str, typer.Argument(metavar="NAME|PATH", help="A function name, or a manifest file with one function.")
+    ],
+    local: Annotated[
+        bool, typer.Option("--local", help="Build and run the function in a fresh local sandbox.")
+    ] = False,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", "-d", help="The event: JSON, or @file.json; default: stdin when piped, else {}."),
+    ] = None,
     logs: Annotated[bool, typer.Option("--logs", help="Print the invocation's captured output.")] = False,
     keep_warm: Annotated[bool, typer.Option("--keep-warm", help="Keep the sandbox for the next --local call.")] = False,
-    revision: Annotated[Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")] = None,
-    state: Annotated[Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)] = None,
-    key: Annotated[Optional[str], typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False)] = None,
-    direct: Annotated[bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")] = False,
-    data_from: Annotated[Optional[Path], typer.Option("--data-from", metavar="STATE", help="With --local: context.db uses this state store's data (default: the project's local data file).", show_default=False)] = None,
+    revision: Annotated[
+        Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")
+    ] = None,
+    state: Annotated[
+        Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)
+    ] = None,
+    key: Annotated[
+        Optional[str],
+        typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),
+    ] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")
+    ] = False,
+    data_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-from",
+            metavar="STATE",
+            help="With --local: context.db uses this state store's data (default: the project's local data file).",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Invoke a function and print its result; exit 0 on success, 1 on a function error or limit.
@@ -89,13 +113,15 @@ def invoke(
     if not local:
         from fnctl.commands.invoke import invoke_deployed
 
-        outcome, warm = invoke_deployed(load_project(), state, target, event, size, revision, key=key,
-                                        logs=logs, direct=direct)
+        outcome, warm = invoke_deployed(
+            load_project(), state, target, event, size, revision, key=key, logs=logs, direct=direct
+        )
         render_outcome(outcome, output=output, show_logs=logs, warm=warm)
         raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
     with Progress(quiet=output is Output.JSON) as progress:
-        result = invoke_local(load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress,
-                              data_from=data_from)
+        result = invoke_local(
+            load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
+        )
     render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
     raise typer.Exit(ExitCode.OK if result.outcome.ok else ExitCode.FAILED)
 

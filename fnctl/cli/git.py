@@ -29,23 +29,49 @@ hook_app = typer.Typer(help="Deploy on `git push` to a bare repository.", no_arg
 app.add_typer(hook_app, name="hook")
 
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` carries them on.")]
-RepoOpt = Annotated[str, typer.Option("--repo", help="The repository: a path or a URL git can fetch.", show_default=False)]
-PathOpt = Annotated[Optional[str], typer.Option("--path", help="The manifests inside the repository (default: its fnctl.toml's, else manifests/).", show_default=False)]
+RepoOpt = Annotated[
+    str, typer.Option("--repo", help="The repository: a path or a URL git can fetch.", show_default=False)
+]
+PathOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--path",
+        help="The manifests inside the repository (default: its fnctl.toml's, else manifests/).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
 def sync(
     repo: RepoOpt,
-    ref: Annotated[Optional[str], typer.Option("--ref", help="Branch, tag or commit (default: the repository's default branch).", show_default=False)] = None,
+    ref: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ref", help="Branch, tag or commit (default: the repository's default branch).", show_default=False
+        ),
+    ] = None,
     path: PathOpt = None,
-    state: StateOpt = None, lock_timeout: LockOpt = 600.0,
-    allow_rewind: Annotated[bool, typer.Option("--allow-rewind", help="Deploy a commit older than the live one, or not descending from it.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Pull mode: sync every --interval, healing drift, until stopped.")] = False,
+    state: StateOpt = None,
+    lock_timeout: LockOpt = 600.0,
+    allow_rewind: Annotated[
+        bool, typer.Option("--allow-rewind", help="Deploy a commit older than the live one, or not descending from it.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Deploy a spec even though it was rolled back (quarantined).")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete deployed functions that are no longer in the manifests.")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Pull mode: sync every --interval, healing drift, until stopped.")
+    ] = False,
     interval: Annotated[str, typer.Option("--interval", help="How often --watch polls.")] = "30s",
     no_wait: NoWaitOpt = False,
-    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Stop following rollouts after this long: exit 1.", show_default=False)] = None,
+    timeout: Annotated[
+        Optional[str],
+        typer.Option("--timeout", help="Stop following rollouts after this long: exit 1.", show_default=False),
+    ] = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Deploy a commit of a git repository: fetch it, then plan and apply it as `fnctl apply` would.
@@ -63,8 +89,15 @@ def sync(
     from fnctl.commands.sync import SyncOptions
     from fnctl.manifest.units import parse_duration
 
-    options = SyncOptions(repo, ref, path, allow_rewind, apply=replace(
-        deploy_options(state, lock_timeout, prune, force), timeout=parse_timeout(timeout), wait=not no_wait))
+    options = SyncOptions(
+        repo,
+        ref,
+        path,
+        allow_rewind,
+        apply=replace(
+            deploy_options(state, lock_timeout, prune, force), timeout=parse_timeout(timeout), wait=not no_wait
+        ),
+    )
     if not watch:
         raise typer.Exit(_sync_once(options, output))
     try:
@@ -115,8 +148,12 @@ def _watch(options: SyncOptions, every: float, output: Output) -> None:
 def hook_install(
     repo: Annotated[Path, typer.Option("--repo", help="The bare repository pushes go to.", show_default=False)],
     branch: Annotated[str, typer.Option("--branch", help="Pushes to this branch deploy.")] = "main",
-    preview: Annotated[bool, typer.Option("--preview", help="Deploy pushes to other branches as previews that take no traffic.")] = False,
-    state: StateOpt = None, path: PathOpt = None, no_wait: NoWaitOpt = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Deploy pushes to other branches as previews that take no traffic.")
+    ] = False,
+    state: StateOpt = None,
+    path: PathOpt = None,
+    no_wait: NoWaitOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a post-receive hook that is not fnctl's.")] = False,
 ) -> None:
     """Make `git push` to a bare repository deploy: a post-receive hook runs `fnctl sync` on the pushed
@@ -154,7 +191,9 @@ def hook_run(
     repo: Annotated[Path, typer.Option("--repo", show_default=False)],
     branch: Annotated[str, typer.Option("--branch")] = "main",
     preview: Annotated[bool, typer.Option("--preview")] = False,
-    state: StateOpt = None, path: PathOpt = None, no_wait: NoWaitOpt = False,
+    state: StateOpt = None,
+    path: PathOpt = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """What the installed hook runs: the pushed updates on stdin, one `<old> <new> <ref>` per line."""
     from fnctl.cli.render_git import hook_line, render_sync
@@ -167,16 +206,23 @@ def hook_run(
         if action.act is Act.IGNORE:
             hook_line(f"{short}: ignored ({action.reason})")
             continue
-        options = SyncOptions(str(repo), action.sha, path, preview=action.act is Act.PREVIEW,
-                              apply=replace(deploy_options(state, 3600.0), wait=not no_wait))  # pushes queue in the lock
+        options = SyncOptions(
+            str(repo),
+            action.sha,
+            path,
+            preview=action.act is Act.PREVIEW,
+            apply=replace(deploy_options(state, 3600.0), wait=not no_wait),
+        )  # pushes queue in the lock
         hook_line(f"{short}: {'previewing' if options.preview else 'deploying'} {action.sha[:12]}")
         try:
             with Progress() as progress:
                 report = sync(options, progress)
         except RewindRefused as exc:  # the pusher cannot pass --allow-rewind: say what a push can do
-            hook_line(f"{short}: REFUSED, nothing deployed: {exc.message.splitlines()[0].rstrip('.')}.\n"
-                      "To go back, push a revert on top of the live commit (or run `fnctl sync --allow-rewind` "
-                      "where fnctl runs).")
+            hook_line(
+                f"{short}: REFUSED, nothing deployed: {exc.message.splitlines()[0].rstrip('.')}.\n"
+                "To go back, push a revert on top of the live commit (or run `fnctl sync --allow-rewind` "
+                "where fnctl runs)."
+            )
             worst = max(worst, int(exc.exit_code))
             continue
         except FnctlError as exc:
@@ -186,7 +232,10 @@ def hook_run(
         render_sync(report, Output.TEXT)
         code = exit_code(report)
         done = "PREVIEWED (no traffic)" if options.preview else "DEPLOYED"  # a pusher must not think it is live
-        hook_line(f"{short}: " + {0: done, 3: "ROLLED BACK", 4: "WAITING at a gate (fnctl promote)"}.get(
-            code, "FAILED") + f" {action.sha[:12]}")
+        hook_line(
+            f"{short}: "
+            + {0: done, 3: "ROLLED BACK", 4: "WAITING at a gate (fnctl promote)"}.get(code, "FAILED")
+            + f" {action.sha[:12]}"
+        )
         worst = max(worst, code)
     raise typer.Exit(worst)

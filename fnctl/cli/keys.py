@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-keys_app = typer.Typer(help="API keys for calling functions through the gateway (`fnctl serve`).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for calling functions through the gateway (`fnctl serve`).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
@@ -62,11 +61,15 @@ def create(
     if output is Output.JSON:
         print_json({**key.as_json(), "key": raw})
         return
-    err_console().print(f"created API key [bold]{key.id}[/bold] ({key.name}; roles {', '.join(key.roles)}"
-                        + (f"; tenant {key.tenant}" if key.tenant else "") + "). It is shown only this once:")
+    err_console().print(
+        f"created API key [bold]{key.id}[/bold] ({key.name}; roles {', '.join(key.roles)}"
+        + (f"; tenant {key.tenant}" if key.tenant else "")
+        + "). It is shown only this once:"
+    )
     typer.echo(raw)
-    err_console().print("Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`; "
-                        f"revoke it with `fnctl keys revoke {key.id}`.")
+    err_console().print(
+        f"Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`; revoke it with `fnctl keys revoke {key.id}`."
+    )
 
 
 @keys_app.command("list")
@@ -94,8 +97,19 @@ def list_command(
         _table(keys)
     else:
         for k in keys:
-            typer.echo("\t".join((k.id, k.name, ",".join(k.roles), k.tenant or "-", _when(k.created_at),
-                                  k.created_by, "active" if k.active else f"revoked {_when(k.revoked_at)}")))
+            typer.echo(
+                "\t".join(
+                    (
+                        k.id,
+                        k.name,
+                        ",".join(k.roles),
+                        k.tenant or "-",
+                        _when(k.created_at),
+                        k.created_by,
+                        "active" if k.active else f"revoked {_when(k.revoked_at)}",
+                    )
+                )
+            )
 
 
 def _table(keys: list[ApiKey]) -> None:

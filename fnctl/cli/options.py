@@ -15,21 +15,33 @@ if TYPE_CHECKING:
     from fnctl.deploy.lock import Holder, OnWait
     from fnctl.deploy.session import Options
 
-PathsArg = Annotated[Optional[list[Path]], typer.Argument(help="Manifest files or directories (default: the project's manifests).", show_default=False)]
-StateOpt = Annotated[Optional[Path], typer.Option("--state", help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).", show_default=False)]
+PathsArg = Annotated[
+    Optional[list[Path]],
+    typer.Argument(help="Manifest files or directories (default: the project's manifests).", show_default=False),
+]
+StateOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--state",
+        help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).",
+        show_default=False,
+    ),
+]
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
 
 
 def deploy_options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> Options:
     from fnctl.deploy.session import Options
 
-    return Options(state=state, lock_timeout=lock_timeout, prune=prune, force=force,
-                   on_lock_wait=_lock_wait_display(lock_timeout))
+    return Options(
+        state=state, lock_timeout=lock_timeout, prune=prune, force=force, on_lock_wait=_lock_wait_display(lock_timeout)
+    )
 
 
 def _lock_wait_display(timeout: float) -> OnWait:
     """Every command that takes the lock (apply, rollback, delete, retry, sync, the push hook) says at once
     whom it waits for, on stderr; the display's code is loaded only when a command does wait."""
+
     def on_wait(holder: Holder) -> AbstractContextManager[object]:
         from fnctl.cli.render_deploy import lock_waiting
 

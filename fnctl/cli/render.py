@@ -76,20 +76,35 @@ def print_json(data: Any) -> None:
 
 def render_validation(result: ValidationResult, output: Output) -> None:
     state = result.state
-    counts = {"functions": len(state.functions), "triggers": len(state.triggers),
-              "views": len(state.views), "policies": len(state.policies)}
+    counts = {
+        "functions": len(state.functions),
+        "triggers": len(state.triggers),
+        "views": len(state.views),
+        "policies": len(state.policies),
+    }
     if state.collections:  # counted only where there are some: other projects' output keeps its shape
         counts["collections"] = len(state.collections)
     if output is Output.JSON:
-        print_json({"valid": result.ok, "files": len(result.files), **counts,
-                    "errors": [d.as_json() for d in result.diagnostics]})
+        print_json(
+            {
+                "valid": result.ok,
+                "files": len(result.files),
+                **counts,
+                "errors": [d.as_json() for d in result.diagnostics],
+            }
+        )
         return
     for diagnostic in result.diagnostics:
         _line(diagnostic.render(), stderr=True)  # verbatim, never markup or emoji: `[b]`, `:smile:` are user text
     files = _count(len(result.files), "file", "files")
     if result.ok:
-        singular = {"functions": "function", "triggers": "trigger", "views": "view", "policies": "policy",
-                    "collections": "collection"}
+        singular = {
+            "functions": "function",
+            "triggers": "trigger",
+            "views": "view",
+            "policies": "policy",
+            "collections": "collection",
+        }
         summary = ", ".join(_count(n, singular[k], k) for k, n in counts.items())
         _line(f"valid: {files}, {summary}", styled=f"[green]valid[/green]: {files}, {summary}")
     else:
@@ -129,12 +144,18 @@ class Progress:
 def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool) -> None:
     """An invocation's result (stdout) and its logs, duration and error (stderr)."""
     if output is Output.JSON:
-        print_json({
-            "ok": outcome.ok, "result": outcome.result,
-            "error": None if outcome.ok else {"kind": outcome.failure.value, "message": outcome.message,
-                                              "traceback": outcome.traceback},
-            "logs": outcome.logs, "durationMs": round(outcome.duration_ms, 3), "warm": warm,
-        })
+        print_json(
+            {
+                "ok": outcome.ok,
+                "result": outcome.result,
+                "error": None
+                if outcome.ok
+                else {"kind": outcome.failure.value, "message": outcome.message, "traceback": outcome.traceback},
+                "logs": outcome.logs,
+                "durationMs": round(outcome.duration_ms, 3),
+                "warm": warm,
+            }
+        )
         return
     if show_logs and outcome.logs:
         _rule("logs")
@@ -165,9 +186,17 @@ def _error_line(prefix: str, message: str) -> None:
 
 def render_sandbox_checks(reports: list[Any], output: Output) -> None:
     if output is Output.JSON:
-        print_json([{"function": r.function, "instance": r.instance, "container": r.container,
-                     "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.checks]}
-                    for r in reports])
+        print_json(
+            [
+                {
+                    "function": r.function,
+                    "instance": r.instance,
+                    "container": r.container,
+                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.checks],
+                }
+                for r in reports
+            ]
+        )
         return
     if not reports:
         err_console().print("no running instances")

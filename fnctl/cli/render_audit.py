@@ -29,9 +29,11 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
     if not rows:
         _line("no audit records match")
         return
-    header = (("id", "time", "actor", "command", "action", "target", "outcome", "commit", "detail")
-              if isinstance(rows[0], AuditEntry) else
-              ("id", "time", "principal", "function", "revision", "trigger", "outcome", "status", "ms", "request"))
+    header = (
+        ("id", "time", "actor", "command", "action", "target", "outcome", "commit", "detail")
+        if isinstance(rows[0], AuditEntry)
+        else ("id", "time", "principal", "function", "revision", "trigger", "outcome", "status", "ms", "request")
+    )
     cells = [_cells(r) for r in rows]
     if _plain(stderr=False):
         for row in cells:
@@ -51,22 +53,63 @@ def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
     from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):
-        return [str(row.id), _when(row.at), row.actor, row.command, row.action, row.target or "-", row.outcome,
-                (row.git_commit or "-")[:12], row.detail or ""]
-    return [str(row.id), _when(row.at), row.principal or "-", row.function, "-" if row.revision is None else
-            str(row.revision), row.trigger or "-", row.outcome, str(row.status), f"{row.duration_ms:g}", row.request_id]
+        return [
+            str(row.id),
+            _when(row.at),
+            row.actor,
+            row.command,
+            row.action,
+            row.target or "-",
+            row.outcome,
+            (row.git_commit or "-")[:12],
+            row.detail or "",
+        ]
+    return [
+        str(row.id),
+        _when(row.at),
+        row.principal or "-",
+        row.function,
+        "-" if row.revision is None else str(row.revision),
+        row.trigger or "-",
+        row.outcome,
+        str(row.status),
+        f"{row.duration_ms:g}",
+        row.request_id,
+    ]
 
 
 def _json(row: AuditEntry | InvocationEntry) -> dict[str, object]:
     from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):
-        return {"id": row.id, "at": row.at, "actor": row.actor, "command": row.command, "action": row.action,
-                "target": row.target, "outcome": row.outcome, "detail": row.detail, "gitCommit": row.git_commit,
-                "gitAuthor": row.git_author, "gitSubject": row.git_subject, "hash": row.hash}
-    return {"id": row.id, "at": row.at, "principal": row.principal, "function": row.function,
-            "revision": row.revision, "trigger": row.trigger, "outcome": row.outcome, "status": row.status,
-            "durationMs": row.duration_ms, "requestId": row.request_id, "source": row.source, "hash": row.hash}
+        return {
+            "id": row.id,
+            "at": row.at,
+            "actor": row.actor,
+            "command": row.command,
+            "action": row.action,
+            "target": row.target,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "gitCommit": row.git_commit,
+            "gitAuthor": row.git_author,
+            "gitSubject": row.git_subject,
+            "hash": row.hash,
+        }
+    return {
+        "id": row.id,
+        "at": row.at,
+        "principal": row.principal,
+        "function": row.function,
+        "revision": row.revision,
+        "trigger": row.trigger,
+        "outcome": row.outcome,
+        "status": row.status,
+        "durationMs": row.duration_ms,
+        "requestId": row.request_id,
+        "source": row.source,
+        "hash": row.hash,
+    }
 
 
 def render_verification(result: Verification, output: Output) -> None:
@@ -77,14 +120,22 @@ def render_verification(result: Verification, output: Output) -> None:
         state = "intact" if chain.intact else f"TAMPERED ({len(chain.findings)} finding(s))"
         styled = "[green]intact[/green]" if chain.intact else f"[red]{state}[/red]"
         head = f"head {chain.head_id} {chain.head_hash}" if chain.head_id else "empty"
-        _line(f"{chain.table}: {chain.records} records, {state}; {head}",
-              styled=f"{chain.table}: {chain.records} records, {styled}; {head}")
+        _line(
+            f"{chain.table}: {chain.records} records, {state}; {head}",
+            styled=f"{chain.table}: {chain.records} records, {styled}; {head}",
+        )
         for finding in chain.findings:
-            _line(f"  {chain.table} record {finding.record if finding.record is not None else '-'}: "
-                  f"{finding.problem.value}: {finding.message}")
+            _line(
+                f"  {chain.table} record {finding.record if finding.record is not None else '-'}: "
+                f"{finding.problem.value}: {finding.message}"
+            )
     for finding in result.anchors:
         _line(f"  {finding.problem.value}: {finding.message}")
     if result.intact:
         heads = " ".join(f"--anchor {c.head_hash}" for c in result.chains if c.head_id)
-        _line("Record the head hashes outside this host: a later `fnctl audit verify " + (heads or "--anchor HASH")
-              + "` then also shows a truncated or rewritten log.", stderr=True)
+        _line(
+            "Record the head hashes outside this host: a later `fnctl audit verify "
+            + (heads or "--anchor HASH")
+            + "` then also shows a truncated or rewritten log.",
+            stderr=True,
+        )

@@ -20,8 +20,12 @@ from fnctl.deploy.plan import change_to_json, collection_change_to_json
 from fnctl.rollout.timeline import timeline_from_json, timeline_lines
 from fnctl.state.store import Revision
 
-_COLOURS = {ChangeKind.CREATE: "green", ChangeKind.UPDATE: "yellow", ChangeKind.DELETE: "red",
-            ChangeKind.UNCHANGED: "dim"}
+_COLOURS = {
+    ChangeKind.CREATE: "green",
+    ChangeKind.UPDATE: "yellow",
+    ChangeKind.DELETE: "red",
+    ChangeKind.UNCHANGED: "dim",
+}
 _SIGNS = {ChangeKind.CREATE: "+", ChangeKind.UPDATE: "~", ChangeKind.DELETE: "-", ChangeKind.UNCHANGED: "="}
 
 
@@ -30,13 +34,25 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune: bool = False,
-                collections: list[CollectionChange] | None = None) -> None:
+def render_diff(
+    changes: list[Change],
+    live: LiveState,
+    output: Output,
+    *,
+    prune: bool = False,
+    collections: list[CollectionChange] | None = None,
+) -> None:
     collections = collections or []
     if output is Output.JSON:
         # `collections` only in projects that have some: the JSON other projects' CI reads keeps its shape.
-        print_json({"changes": [change_to_json(c) for c in changes], "orphans": list(live.orphans), "prune": prune,
-                    **({"collections": [collection_change_to_json(c) for c in collections]} if collections else {})})
+        print_json(
+            {
+                "changes": [change_to_json(c) for c in changes],
+                "orphans": list(live.orphans),
+                "prune": prune,
+                **({"collections": [collection_change_to_json(c) for c in collections]} if collections else {}),
+            }
+        )
         return
     out = console()
     for change in changes:
@@ -47,24 +63,33 @@ def render_diff(changes: list[Change], live: LiveState, output: Output, *, prune
         out.print(f"[{colour}]{sign} {change.function}: {change.kind.value}{where}[/{colour}]")
         if change.kind is ChangeKind.UPDATE or (change.kind is ChangeKind.CREATE and out.is_terminal):
             for field in change.fields:
-                out.print(f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
-                          markup=True, highlight=False)
+                out.print(
+                    f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
+                    markup=True,
+                    highlight=False,
+                )
         for drift in change.drift:
             out.print(f"    [magenta]drift: {drift.kind.value}: {drift.detail}[/magenta]")
     for orphan in live.orphans:
-        out.print(f"[magenta]drift: orphan container {orphan[:12]} (labelled for this project, unknown to the store)[/magenta]")
+        out.print(
+            f"[magenta]drift: orphan container {orphan[:12]} (labelled for this project, unknown to the store)[/magenta]"
+        )
     for coll in collections:
         colour, sign = _COLOURS[coll.kind], _SIGNS[coll.kind]
         held = f"{coll.documents} document{'s' if coll.documents != 1 else ''}"
         where = ""
         if coll.kind is ChangeKind.DELETE:
             where = f" ({held}): not in the manifests; " + (
-                "kept unless --prune" if not prune else "dropped with --prune" + (" --force" if coll.documents else ""))
+                "kept unless --prune" if not prune else "dropped with --prune" + (" --force" if coll.documents else "")
+            )
         out.print(f"[{colour}]{sign} collection {coll.name}: {coll.kind.value}{where}[/{colour}]", highlight=False)
         if coll.kind is ChangeKind.UPDATE or (coll.kind is ChangeKind.CREATE and out.is_terminal):
             for field in coll.fields:
-                out.print(f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
-                          markup=True, highlight=False)
+                out.print(
+                    f"    {field.path}: [red]{_short(field.old)}[/red] → [green]{_short(field.new)}[/green]",
+                    markup=True,
+                    highlight=False,
+                )
     counts = {k: sum(1 for c in changes if c.kind is k) for k in ChangeKind}
     line = ", ".join(f"{n} {k.value}" for k, n in counts.items())
     if collections:
@@ -118,23 +143,58 @@ def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False)
 def apply_json(report: ApplyReport) -> dict[str, Any]:
     from fnctl.cli.render_rollout import snapshot_json
 
-    return {"type": "apply", "ok": not report.failed, "exitCode": int(report.exit_code),
-            "recovered": report.recovered,
-            "results": [{"function": o.function, "action": o.action, "ok": o.ok, "revision": o.revision,
-                         "message": o.message, "detail": o.detail, "kind": o.kind} for o in report.outcomes],
-            "rollouts": [snapshot_json(s) for s in report.rollouts]}
+    return {
+        "type": "apply",
+        "ok": not report.failed,
+        "exitCode": int(report.exit_code),
+        "recovered": report.recovered,
+        "results": [
+            {
+                "function": o.function,
+                "action": o.action,
+                "ok": o.ok,
+                "revision": o.revision,
+                "message": o.message,
+                "detail": o.detail,
+                "kind": o.kind,
+            }
+            for o in report.outcomes
+        ],
+        "rollouts": [snapshot_json(s) for s in report.rollouts],
+    }
 
 
 def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     if output is Output.JSON:
-        print_json([{"function": s.name, "deployed": s.deployed, "liveRevision": s.live_revision,
-                     "weights": {str(k): v for k, v in s.weights.items()},
-                     "instances": [{"id": i.id, "revision": i.revision, "container": i.container, "state": i.state,
-                                    "healthy": i.healthy, "inflight": i.inflight, "orphan": i.orphan is not None,
-                                    "orphanReason": i.orphan} for i in s.instances],
-                     "lastDeploy": s.last_deploy, "lastDeployBy": s.last_deploy_by, "gitCommit": s.last_commit,
-                     "gitSubject": s.last_subject, "rollout": s.rollout}
-                    for s in statuses])
+        print_json(
+            [
+                {
+                    "function": s.name,
+                    "deployed": s.deployed,
+                    "liveRevision": s.live_revision,
+                    "weights": {str(k): v for k, v in s.weights.items()},
+                    "instances": [
+                        {
+                            "id": i.id,
+                            "revision": i.revision,
+                            "container": i.container,
+                            "state": i.state,
+                            "healthy": i.healthy,
+                            "inflight": i.inflight,
+                            "orphan": i.orphan is not None,
+                            "orphanReason": i.orphan,
+                        }
+                        for i in s.instances
+                    ],
+                    "lastDeploy": s.last_deploy,
+                    "lastDeployBy": s.last_deploy_by,
+                    "gitCommit": s.last_commit,
+                    "gitSubject": s.last_subject,
+                    "rollout": s.rollout,
+                }
+                for s in statuses
+            ]
+        )
         return
     if not statuses:
         console().print("nothing deployed")
@@ -154,16 +214,25 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
         commit = f"{s.last_commit[:8]} {escape((s.last_subject or '')[:40])}" if s.last_commit else "-"
         counts = f"[{colour}]{healthy}/{len(serving)} healthy[/{colour}]" if s.deployed else ""
         for orphan in (i for i in s.instances if i.orphan is not None):  # each one, with why: to be removed
-            counts += ("\n" if counts else "") + (f"[magenta]orphan {escape(orphan.container or orphan.id)} "
-                                                    f"({orphan.state}): {escape(orphan.orphan or '')}[/magenta]")
+            counts += ("\n" if counts else "") + (
+                f"[magenta]orphan {escape(orphan.container or orphan.id)} "
+                f"({orphan.state}): {escape(orphan.orphan or '')}[/magenta]"
+            )
         name = s.name if s.deployed else f"{escape(s.name)} [magenta](not deployed)[/magenta]"
-        table.add_row(name, str(s.live_revision) if s.deployed else "-",
-                      weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""), counts,
-                      f"{age(s.last_deploy)}{who}" if s.deployed else "-", commit)
+        table.add_row(
+            name,
+            str(s.live_revision) if s.deployed else "-",
+            weights + (f"\n[yellow]{s.rollout}[/yellow]" if s.rollout else ""),
+            counts,
+            f"{age(s.last_deploy)}{who}" if s.deployed else "-",
+            commit,
+        )
     console().print(table)
     if any(i.orphan is not None for s in statuses for i in s.instances):
-        console().print("orphans: fnctl's containers that serve no routed revision (the gateway's for pinned "
-                        "requests stop once idle); the next `fnctl apply` removes them")
+        console().print(
+            "orphans: fnctl's containers that serve no routed revision (the gateway's for pinned "
+            "requests stop once idle); the next `fnctl apply` removes them"
+        )
 
 
 def render_history(revisions: list[Revision], output: Output) -> None:
@@ -193,8 +262,10 @@ class _Waiting:
         from rich.markup import escape
 
         waited = int(time.monotonic() - self.started)
-        return escape(f"{waiting_words(self.holder, time.time(), socket.gethostname())}… "
-                      f"waited {waited}s of {self.timeout:g}s (--lock-timeout)")
+        return escape(
+            f"{waiting_words(self.holder, time.time(), socket.gethostname())}… "
+            f"waited {waited}s of {self.timeout:g}s (--lock-timeout)"
+        )
 
 
 def lock_waiting(holder: Holder, timeout: float) -> AbstractContextManager[object]:

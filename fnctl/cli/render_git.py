@@ -13,10 +13,14 @@ from fnctl.errors import FnctlError
 
 def sync_json(report: SyncReport) -> dict[str, Any]:
     commit = report.commit
-    return {"type": "sync", "repo": report.repo,
-            "commit": {"sha": commit.sha, "author": commit.author, "subject": commit.subject},
-            "decision": report.decision.value, "timings": {k: round(v, 3) for k, v in report.timings.items()},
-            "apply": apply_json(report.apply) if report.apply is not None else None}
+    return {
+        "type": "sync",
+        "repo": report.repo,
+        "commit": {"sha": commit.sha, "author": commit.author, "subject": commit.subject},
+        "decision": report.decision.value,
+        "timings": {k: round(v, 3) for k, v in report.timings.items()},
+        "apply": apply_json(report.apply) if report.apply is not None else None,
+    }
 
 
 def render_sync(report: SyncReport, output: Output, *, one_line: bool = False) -> None:

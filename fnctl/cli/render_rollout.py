@@ -25,15 +25,30 @@ class RolloutOutput(StrEnum):
     NDJSON = "ndjson"  # one JSON object per event as it happens, then the final state: for CI logs
 
 
-RolloutOutputOpt = Annotated[RolloutOutput, typer.Option(
-    "--output", "-o", case_sensitive=False,
-    help="Output format: text, json (the final state), ndjson (every event as it happens, then the final state).")]
+RolloutOutputOpt = Annotated[
+    RolloutOutput,
+    typer.Option(
+        "--output",
+        "-o",
+        case_sensitive=False,
+        help="Output format: text, json (the final state), ndjson (every event as it happens, then the final state).",
+    ),
+]
 
 
 def event_json(event: RolloutEventRow, row: RolloutRow) -> dict[str, Any]:
-    return {"type": "event", "function": row.function, "rollout": row.id, "revision": row.canary, "id": event.id,
-            "at": round(event.at, 3), "event": event.kind, "step": event.step + 1, "message": event.message,
-            "data": event.data}
+    return {
+        "type": "event",
+        "function": row.function,
+        "rollout": row.id,
+        "revision": row.canary,
+        "id": event.id,
+        "at": round(event.at, 3),
+        "event": event.kind,
+        "step": event.step + 1,
+        "message": event.message,
+        "data": event.data,
+    }
 
 
 def print_event(event: RolloutEventRow, row: RolloutRow, output: RolloutOutput) -> None:
@@ -49,12 +64,23 @@ def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     record, row = snapshot.record, snapshot.row
     stage = snapshot.stages[record.step].label if record.step < len(snapshot.stages) else None
     return {
-        "type": "rollout", "function": row.function, "rollout": row.id, "strategy": row.strategy,
-        "state": record.state.value, "stable": record.stable, "canary": record.canary,
-        "step": min(record.step + 1, len(snapshot.stages)), "steps": len(snapshot.stages), "stage": stage,
-        "weights": {str(r): w for r, w in record.weights.items()}, "winner": record.winner,
-        "scaleDownAt": record.scale_down_at, "scaledDown": record.scaled_down, "reason": record.reason or None,
-        "startedAt": row.started_at, "updatedAt": row.updated_at,
+        "type": "rollout",
+        "function": row.function,
+        "rollout": row.id,
+        "strategy": row.strategy,
+        "state": record.state.value,
+        "stable": record.stable,
+        "canary": record.canary,
+        "step": min(record.step + 1, len(snapshot.stages)),
+        "steps": len(snapshot.stages),
+        "stage": stage,
+        "weights": {str(r): w for r, w in record.weights.items()},
+        "winner": record.winner,
+        "scaleDownAt": record.scale_down_at,
+        "scaledDown": record.scaled_down,
+        "reason": record.reason or None,
+        "startedAt": row.started_at,
+        "updatedAt": row.updated_at,
         "lastMeasurement": None if snapshot.last is None else {"message": snapshot.last.message, **snapshot.last.data},
         "exitCode": int(snapshot.exit_code),
     }
@@ -65,11 +91,16 @@ def summary(snapshot: Snapshot) -> list[str]:
     from fnctl.rollout.machine import weights_text
 
     record, row = snapshot.record, snapshot.row
-    where = (f"step {record.step + 1}/{len(snapshot.stages)} ({snapshot.stages[record.step].label})"
-             if record.step < len(snapshot.stages) else "all steps done")
-    lines = [f"{row.function}: {row.strategy} of revision {row.canary} over revision {record.stable}: "
-             f"{record.state.value}" + ("" if record.done or record.state.value == "completed" else f" at {where}"),
-             f"  traffic: {weights_text(record.weights)}"]
+    where = (
+        f"step {record.step + 1}/{len(snapshot.stages)} ({snapshot.stages[record.step].label})"
+        if record.step < len(snapshot.stages)
+        else "all steps done"
+    )
+    lines = [
+        f"{row.function}: {row.strategy} of revision {row.canary} over revision {record.stable}: "
+        f"{record.state.value}" + ("" if record.done or record.state.value == "completed" else f" at {where}"),
+        f"  traffic: {weights_text(record.weights)}",
+    ]
     if snapshot.last is not None:
         lines.append(f"  last analysis: {snapshot.last.message}")
     if record.reason:
@@ -77,7 +108,9 @@ def summary(snapshot: Snapshot) -> list[str]:
     if record.state.value == "paused":
         lines.append(f"  waiting for `fnctl promote {row.function}` (or `fnctl abort {row.function}`)")
     if record.state.value == "completed" and not record.scaled_down and record.scale_down_at:
-        lines.append("  old revisions stay warm until " + time.strftime("%H:%M:%S", time.localtime(record.scale_down_at)))
+        lines.append(
+            "  old revisions stay warm until " + time.strftime("%H:%M:%S", time.localtime(record.scale_down_at))
+        )
     return lines
 
 
@@ -126,8 +159,13 @@ class LiveView:
             lines = summary(snapshot)
             record = snapshot.record
             step = f"{min(record.step + 1, len(snapshot.stages))}/{len(snapshot.stages)}"
-            table.add_row(snapshot.row.function, record.state.value, step, lines[1].split(": ", 1)[1],
-                          snapshot.last.message.split(": ", 2)[-1] if snapshot.last else "")
+            table.add_row(
+                snapshot.row.function,
+                record.state.value,
+                step,
+                lines[1].split(": ", 1)[1],
+                snapshot.last.message.split(": ", 2)[-1] if snapshot.last else "",
+            )
         self._live.update(table)
 
 
@@ -141,10 +179,16 @@ def render_abtest(report: AbReport, output: RolloutOutput, function: str) -> Non
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    _line(f"{function}: A/B test at {report.confidence:.0%} confidence (at least {report.min_samples} requests per variant)")
-    _line(f"  {'variant':<12} {'revision':>8} {'requests':>9} {'errors':>7} {'error %':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    _line(
+        f"{function}: A/B test at {report.confidence:.0%} confidence (at least {report.min_samples} requests per variant)"
+    )
+    _line(
+        f"  {'variant':<12} {'revision':>8} {'requests':>9} {'errors':>7} {'error %':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    )
     for v in report.variants:
-        _line(f"  {v.name:<12} {v.revision:>8} {v.requests:>9} {v.errors:>7} {v.error_rate:>8.2%} {ms(v.p50_ms):>8} "
-              f"{ms(v.p95_ms):>8} {ms(v.p99_ms):>8}")
+        _line(
+            f"  {v.name:<12} {v.revision:>8} {v.requests:>9} {v.errors:>7} {v.error_rate:>8.2%} {ms(v.p50_ms):>8} "
+            f"{ms(v.p95_ms):>8} {ms(v.p99_ms):>8}"
+        )
     for c in report.comparisons:
         _line(f"  {c.variant} vs {c.control}: {c.verdict}")

@@ -25,8 +25,13 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(abtest_app, name="abtest")
 
 NameArg = Annotated[str, typer.Argument(help="The function.", show_default=False)]
-TimeoutOpt = Annotated[Optional[str], typer.Option("--timeout", help="Give up after this long (e.g. 90s, 10m): exit 1.", show_default=False)]
-NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Return once the request is acted on, without following the rollout.")]
+TimeoutOpt = Annotated[
+    Optional[str],
+    typer.Option("--timeout", help="Give up after this long (e.g. 90s, 10m): exit 1.", show_default=False),
+]
+NoWaitOpt = Annotated[
+    bool, typer.Option("--no-wait", help="Return once the request is acted on, without following the rollout.")
+]
 
 
 def watchers(output: RolloutOutput, view: object | None = None) -> tuple[OnEvent, OnTick]:
@@ -53,9 +58,18 @@ def _finish(snapshot: Snapshot, output: RolloutOutput, *, exit_code: ExitCode | 
 
 @rollout_app.command("status")
 def status_command(
-    name: NameArg, state: StateOpt = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow the rollout until it completes, rolls back or pauses at a gate (driving it when no other fnctl process does).")] = False,
-    timeout: TimeoutOpt = None, output: RolloutOutputOpt = RolloutOutput.TEXT,
+    name: NameArg,
+    state: StateOpt = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow the rollout until it completes, rolls back or pauses at a gate (driving it when no other fnctl process does).",
+        ),
+    ] = False,
+    timeout: TimeoutOpt = None,
+    output: RolloutOutputOpt = RolloutOutput.TEXT,
 ) -> None:
     """Show a function's latest rollout: strategy, state, step, traffic weights, latest analysis.
 
@@ -73,17 +87,32 @@ def status_command(
 
     with LiveView(watch and output is RolloutOutput.TEXT) as view:
         on_event, on_tick = watchers(output, view)
-        snapshot = status(load_project(), deploy_options(state), name, watch=watch, timeout=parse_timeout(timeout),
-                          on_event=on_event, on_tick=on_tick)
+        snapshot = status(
+            load_project(),
+            deploy_options(state),
+            name,
+            watch=watch,
+            timeout=parse_timeout(timeout),
+            on_event=on_event,
+            on_tick=on_tick,
+        )
     _finish(snapshot, output)
 
 
 @app.command()
 def promote(
-    name: NameArg, state: StateOpt = None,
-    full: Annotated[bool, typer.Option("--full", help="Skip the remaining steps: the new revision takes 100% now.")] = False,
-    variant: Annotated[Optional[str], typer.Option("--variant", help="A/B test: the variant that wins and takes 100%.", show_default=False)] = None,
-    no_wait: NoWaitOpt = False, timeout: TimeoutOpt = None, output: RolloutOutputOpt = RolloutOutput.TEXT,
+    name: NameArg,
+    state: StateOpt = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Skip the remaining steps: the new revision takes 100% now.")
+    ] = False,
+    variant: Annotated[
+        Optional[str],
+        typer.Option("--variant", help="A/B test: the variant that wins and takes 100%.", show_default=False),
+    ] = None,
+    no_wait: NoWaitOpt = False,
+    timeout: TimeoutOpt = None,
+    output: RolloutOutputOpt = RolloutOutput.TEXT,
 ) -> None:
     """Move a rollout past its current pause, gate or analysis (--full: past all of them), then follow it.
 
@@ -114,23 +143,44 @@ def abort(name: NameArg, state: StateOpt = None, output: RolloutOutputOpt = Roll
     _request(name, state, EventKind.ABORT_REQUESTED, {}, False, None, output, exit_code=ExitCode.OK)
 
 
-def _request(name: str, state: Path | None, kind: EventKind, data: dict[str, object], wait: bool, timeout: str | None,
-             output: RolloutOutput, exit_code: ExitCode | None = None) -> None:
+def _request(
+    name: str,
+    state: Path | None,
+    kind: EventKind,
+    data: dict[str, object],
+    wait: bool,
+    timeout: str | None,
+    output: RolloutOutput,
+    exit_code: ExitCode | None = None,
+) -> None:
     from fnctl.cli.render_rollout import LiveView
     from fnctl.commands.rollouts import request
     from fnctl.manifest.project import load_project
 
     with LiveView(wait and output is RolloutOutput.TEXT) as view:
         on_event, on_tick = watchers(output, view)
-        snapshot = request(load_project(), deploy_options(state), name, kind, data, wait=wait,
-                           timeout=parse_timeout(timeout), on_event=on_event, on_tick=on_tick)
+        snapshot = request(
+            load_project(),
+            deploy_options(state),
+            name,
+            kind,
+            data,
+            wait=wait,
+            timeout=parse_timeout(timeout),
+            on_event=on_event,
+            on_tick=on_tick,
+        )
     _finish(snapshot, output, exit_code=exit_code)
 
 
 @app.command()
 def retry(
-    name: NameArg, state: StateOpt = None, lock_timeout: LockOpt = 60.0, no_wait: NoWaitOpt = False,
-    timeout: TimeoutOpt = None, output: RolloutOutputOpt = RolloutOutput.TEXT,
+    name: NameArg,
+    state: StateOpt = None,
+    lock_timeout: LockOpt = 60.0,
+    no_wait: NoWaitOpt = False,
+    timeout: TimeoutOpt = None,
+    output: RolloutOutputOpt = RolloutOutput.TEXT,
 ) -> None:
     """Roll an aborted revision out again from the first step (lifting its quarantine), then follow it.
 

@@ -14,15 +14,65 @@ app = typer.Typer()
 
 @app.command()
 def serve(
-    address: Annotated[Optional[str], typer.Option("--address", "-a", help="host:port to listen on (default: fnctl.toml's gateway.address, else 127.0.0.1:8080).", show_default=False)] = None,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            "-a",
+            help="host:port to listen on (default: fnctl.toml's gateway.address, else 127.0.0.1:8080).",
+            show_default=False,
+        ),
+    ] = None,
     state: StateOpt = None,
-    read_timeout: Annotated[Optional[float], typer.Option("--read-timeout", help="Seconds a client may take to send its request line and headers, and to idle on keep-alive (default 10).", show_default=False)] = None,
-    max_body: Annotated[Optional[str], typer.Option("--max-body", help="Largest request body, e.g. 6Mi (default; a function's payload limit may be lower): 413 beyond.", show_default=False)] = None,
-    max_header: Annotated[Optional[str], typer.Option("--max-header", help="Largest request headers in all, e.g. 16Ki (default): 431 beyond.", show_default=False)] = None,
-    idle_timeout: Annotated[Optional[str], typer.Option("--idle-timeout", help="Stop an instance above minInstances after it idled this long (default 5m).", show_default=False)] = None,
-    body_timeout: Annotated[Optional[float], typer.Option("--body-timeout", help="Seconds a client may take to send its request body (default 5): 408 beyond.", show_default=False)] = None,
-    max_connections_per_client: Annotated[Optional[int], typer.Option("--max-connections-per-client", help="Open connections per client address (default 256): 429 and closed beyond.", show_default=False)] = None,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")] = True,
+    read_timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--read-timeout",
+            help="Seconds a client may take to send its request line and headers, and to idle on keep-alive (default 10).",
+            show_default=False,
+        ),
+    ] = None,
+    max_body: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-body",
+            help="Largest request body, e.g. 6Mi (default; a function's payload limit may be lower): 413 beyond.",
+            show_default=False,
+        ),
+    ] = None,
+    max_header: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-header", help="Largest request headers in all, e.g. 16Ki (default): 431 beyond.", show_default=False
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        Optional[str],
+        typer.Option(
+            "--idle-timeout",
+            help="Stop an instance above minInstances after it idled this long (default 5m).",
+            show_default=False,
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--body-timeout",
+            help="Seconds a client may take to send its request body (default 5): 408 beyond.",
+            show_default=False,
+        ),
+    ] = None,
+    max_connections_per_client: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-connections-per-client",
+            help="Open connections per client address (default 256): 429 and closed beyond.",
+            show_default=False,
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")
+    ] = True,
 ) -> None:
     """Run the gateway: HTTP invocations, HTTP Triggers, cron triggers, metrics; until SIGTERM or Ctrl-C.
 
@@ -44,8 +94,16 @@ def serve(
     from fnctl.manifest.project import load_project
 
     project = load_project()
-    options = options_for(project, address=address, read_timeout=read_timeout, max_body=max_body,
-                          max_header=max_header, idle_timeout=idle_timeout, access_log=access_log,
-                          body_timeout=body_timeout, max_connections_per_client=max_connections_per_client)
+    options = options_for(
+        project,
+        address=address,
+        read_timeout=read_timeout,
+        max_body=max_body,
+        max_header=max_header,
+        idle_timeout=idle_timeout,
+        access_log=access_log,
+        body_timeout=body_timeout,
+        max_connections_per_client=max_connections_per_client,
+    )
     if not run(project, state_path(project, state), options):
         raise typer.Exit(ExitCode.INTERRUPTED)  # a second signal cut the drain short

@@ -76,35 +76,51 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
     """Make the store's triggers, views, policies and collections those of the manifests (the gateway serves them);
     returns what changed, in words. Unchanged kinds are not rewritten, so a no-op apply writes nothing."""
     changed = []
-    for kind, items in (("Trigger", state.triggers), ("View", state.views), ("Policy", state.policies),
-                        ("Collection", state.collections)):
+    for kind, items in (
+        ("Trigger", state.triggers),
+        ("View", state.views),
+        ("Policy", state.policies),
+        ("Collection", state.collections),
+    ):
         # Stored as the manifest's spec, as written: its shape is the manifest format's (schemas/, apiVersion
         # fnctl/v1), never a Python value's, and the gateway reads it as such.
         wanted = {item.name: item.document.data["spec"] for item in items if item.document is not None}
         if ctx.store.resources(kind) != wanted:
             with ctx.store.transaction():
                 ctx.store.set_resources(kind, wanted)
-                ctx.store.audit(actor=ctx.actor, command=ctx.command, action="publish", target=kind, outcome="ok",
-                                **ctx.git_fields, detail=", ".join(sorted(wanted)) or "(none)")
+                ctx.store.audit(
+                    actor=ctx.actor,
+                    command=ctx.command,
+                    action="publish",
+                    target=kind,
+                    outcome="ok",
+                    **ctx.git_fields,
+                    detail=", ".join(sorted(wanted)) or "(none)",
+                )
             changed.append(f"{len(wanted)} {kind.lower()}{'s' if len(wanted) != 1 else ''}")
     return changed
 
 
-def compute_diff(project: Project, options: Options, paths: list[Path] | None,
-                 progress: Progress = lambda _: None) -> tuple[list[Change], LiveState, list[CollectionChange]]:
+def compute_diff(
+    project: Project, options: Options, paths: list[Path] | None, progress: Progress = lambda _: None
+) -> tuple[list[Change], LiveState, list[CollectionChange]]:
     """`fnctl diff`: read-only, no lock (and no data file created)."""
     changes, live, _, collections = _diff_with_specs(project, options, paths, progress)
     return changes, live, collections
 
 
-def _diff_with_specs(project: Project, options: Options, paths: list[Path] | None,
-                     progress: Progress = lambda _: None
-                     ) -> tuple[list[Change], LiveState, list[DeploySpec], list[CollectionChange]]:
+def _diff_with_specs(
+    project: Project, options: Options, paths: list[Path] | None, progress: Progress = lambda _: None
+) -> tuple[list[Change], LiveState, list[DeploySpec], list[CollectionChange]]:
     with session(project, options, "diff", progress, mutating=False) as ctx:
         specs, _, state = desired_state(project, ctx.store, paths)
         live = read_live(ctx.store, project.name)
-    return (diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live), live, specs,
-            diff_collections(desired_collections(state), live))
+    return (
+        diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live),
+        live,
+        specs,
+        diff_collections(desired_collections(state), live),
+    )
 
 
 def desired_collections(state: DesiredState) -> dict[str, dict[str, Any]]:
@@ -115,16 +131,28 @@ def desired_collections(state: DesiredState) -> dict[str, dict[str, Any]]:
 def make_plan_file(project: Project, options: Options, paths: list[Path] | None) -> dict[str, Any]:
     """`fnctl plan -o plan.json`: the plan (with each rollout's timeline) plus what it was made against."""
     changes, live, specs, collections = _diff_with_specs(project, options, paths)
-    plan = make_plan(project.name, changes, live, prune=options.prune,
-                     rollouts={s.name: s.function.rollout for s in specs}, collections=collections)
+    plan = make_plan(
+        project.name,
+        changes,
+        live,
+        prune=options.prune,
+        rollouts={s.name: s.function.rollout for s in specs},
+        collections=collections,
+    )
     document = plan_to_json(plan, live_summary(live))
     document["paths"] = [str(p.resolve()) for p in paths] if paths else None
     return document
 
 
-def apply(project: Project, options: Options, paths: list[Path] | None, progress: Progress,
-          plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
-          on_tick: OnTick | None = None) -> ApplyReport:
+def apply(
+    project: Project,
+    options: Options,
+    paths: list[Path] | None,
+    progress: Progress,
+    plan_file: dict[str, Any] | None = None,
+    on_event: OnEvent | None = None,
+    on_tick: OnTick | None = None,
+) -> ApplyReport:
     """`fnctl apply`: from a git work tree, only a committed state (unless --allow-dirty), recorded as live."""
     tree = work_tree(project.root)
 
@@ -132,12 +160,18 @@ def apply(project: Project, options: Options, paths: list[Path] | None, progress
 
     def refuse_dirty(specs: list[DeploySpec]) -> None:  # after validation: invalid manifests say more
         if tree is not None:
-            dirty.extend(_deployed_changes(project, tree, [*(paths or project.manifest_paths), *(s.source for s in specs)]))
+            dirty.extend(
+                _deployed_changes(project, tree, [*(paths or project.manifest_paths), *(s.source for s in specs)])
+            )
         if dirty and not options.allow_dirty:
             shown = [os.path.relpath(p, project.root) for p in dirty[:10]]
             more = f"\n  ... and {len(dirty) - 10} more" if len(dirty) > 10 else ""
-            raise BadInput("uncommitted changes in what would be deployed:\n  " + "\n  ".join(shown) + more +
-                           "\nCommit them (every revision names its commit), or pass --allow-dirty.")
+            raise BadInput(
+                "uncommitted changes in what would be deployed:\n  "
+                + "\n  ".join(shown)
+                + more
+                + "\nCommit them (every revision names its commit), or pass --allow-dirty."
+            )
 
     with session(project, options, "apply", progress, source=tree) as ctx:
         started = time.time()
@@ -154,10 +188,17 @@ def _deployed_changes(project: Project, tree: WorkTree, deployed: list[Path]) ->
     return [p for p in tree.dirty if any(p == b or b in p.parents or p in b.parents for b in bases)]
 
 
-def apply_in(ctx: executor.Context, project: Project, options: Options, paths: list[Path] | None,
-             plan_file: dict[str, Any] | None = None, on_event: OnEvent | None = None,
-             on_tick: OnTick | None = None, preview: bool = False,
-             guard: Callable[[list[DeploySpec]], None] = lambda _: None) -> ApplyReport:
+def apply_in(
+    ctx: executor.Context,
+    project: Project,
+    options: Options,
+    paths: list[Path] | None,
+    plan_file: dict[str, Any] | None = None,
+    on_event: OnEvent | None = None,
+    on_tick: OnTick | None = None,
+    preview: bool = False,
+    guard: Callable[[list[DeploySpec]], None] = lambda _: None,
+) -> ApplyReport:
     """Apply the manifests with the lock held: recover, diff, plan, carry out, follow the rollouts; or,
     as a `preview`, only deploy changed functions beside the live ones at 0% of traffic. `guard` may refuse
     once the manifests are known to be valid."""
@@ -172,8 +213,14 @@ def apply_in(ctx: executor.Context, project: Project, options: Options, paths: l
         live = read_live(ctx.store, project.name)
     changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
     collections = [] if preview else diff_collections(desired_collections(state), live)
-    plan = make_plan(project.name, changes, live, prune=options.prune,
-                     rollouts={s.name: s.function.rollout for s in specs}, collections=collections)
+    plan = make_plan(
+        project.name,
+        changes,
+        live,
+        prune=options.prune,
+        rollouts={s.name: s.function.rollout for s in specs},
+        collections=collections,
+    )
     _refuse_quarantined(changes, live, options.force)
     _refuse_drops(collections, options)
     report = ApplyReport(plan, recovered=recovered)
@@ -206,26 +253,38 @@ def _refuse_drops(collections: list[CollectionChange], options: Options) -> None
     refused = refused_drops(collections, prune=options.prune, force=options.force)
     if refused:
         raise NonEmptyCollection(
-            "refusing to drop collections that still hold documents: " +
-            ", ".join(f"{c.name} ({c.documents} document{'s' if c.documents != 1 else ''})" for c in refused) +
-            "\nData is never dropped silently: export it first (`fnctl data export NAME`), or pass "
-            "--prune --force to drop the collections with their documents.")
+            "refusing to drop collections that still hold documents: "
+            + ", ".join(f"{c.name} ({c.documents} document{'s' if c.documents != 1 else ''})" for c in refused)
+            + "\nData is never dropped silently: export it first (`fnctl data export NAME`), or pass "
+            "--prune --force to drop the collections with their documents."
+        )
 
 
-def sync_collections(ctx: executor.Context, state: DesiredState, collections: list[CollectionChange],
-                     options: Options) -> list[FunctionOutcome]:
+def sync_collections(
+    ctx: executor.Context, state: DesiredState, collections: list[CollectionChange], options: Options
+) -> list[FunctionOutcome]:
     """Create, update and (with --prune) drop the data store's collections, in one transaction of the data
     file, each audited. Nothing to do (and no data file created) when no collection changes."""
-    acting = [c for c in collections if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE)
-              or (c.kind is ChangeKind.DELETE and options.prune)]
+    acting = [
+        c
+        for c in collections
+        if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) or (c.kind is ChangeKind.DELETE and options.prune)
+    ]
     if not acting:
         return []
     store = docstore.connect(docstore.data_path(ctx.store.path))
     try:
         result = DataPlane(store, lambda: ()).sync_collections(state.collections, options.prune, options.force)
     except FnctlError as exc:
-        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="collections", target="(collections)",
-                        outcome="failed", **ctx.git_fields, detail=exc.message)
+        ctx.store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="collections",
+            target="(collections)",
+            outcome="failed",
+            **ctx.git_fields,
+            detail=exc.message,
+        )
         return [FunctionOutcome("(collections)", "sync", False, None, exc.message, kind="collection")]
     finally:
         store.close()
@@ -241,8 +300,15 @@ def sync_collections(ctx: executor.Context, state: DesiredState, collections: li
                 message = f"dropped with its {held} document{'s' if held != 1 else ''}" if held else "dropped (empty)"
             else:
                 message = "created"
-            ctx.store.audit(actor=ctx.actor, command=ctx.command, action=f"collection-{action}", target=name,
-                            outcome="ok", **ctx.git_fields, detail=message)
+            ctx.store.audit(
+                actor=ctx.actor,
+                command=ctx.command,
+                action=f"collection-{action}",
+                target=name,
+                outcome="ok",
+                **ctx.git_fields,
+                detail=message,
+            )
             outcomes.append(FunctionOutcome(name, f"{action} collection", True, None, message, kind="collection"))
     return outcomes
 
@@ -254,20 +320,49 @@ def _routable(ctx: executor.Context, before: int) -> None:
         pickup.wait_for_gateway(ctx.store)
 
 
-_OUTCOMES = {ExitCode.OK: "ok", ExitCode.FAILED: "failed", ExitCode.ROLLED_BACK: "rolled-back",
-             ExitCode.WAITING: "waiting"}
+_OUTCOMES = {
+    ExitCode.OK: "ok",
+    ExitCode.FAILED: "failed",
+    ExitCode.ROLLED_BACK: "rolled-back",
+    ExitCode.WAITING: "waiting",
+}
 
 
-def record_deploy(ctx: executor.Context, report: ApplyReport, started: float, *, source: str, ref: str | None,
-                  dirty: bool, preview: bool = False) -> None:
+def record_deploy(
+    ctx: executor.Context,
+    report: ApplyReport,
+    started: float,
+    *,
+    source: str,
+    ref: str | None,
+    dirty: bool,
+    preview: bool = False,
+) -> None:
     """Record which commit this apply or sync made live (what the next sync compares with)."""
     if ctx.git is not None:
-        deploys.record(ctx.store, at=started, actor=ctx.actor, command=ctx.command, source=source, ref=ref,
-                       commit=ctx.git, dirty=dirty, preview=preview, outcome=_OUTCOMES.get(report.exit_code, "failed"))
+        deploys.record(
+            ctx.store,
+            at=started,
+            actor=ctx.actor,
+            command=ctx.command,
+            source=source,
+            ref=ref,
+            commit=ctx.git,
+            dirty=dirty,
+            preview=preview,
+            outcome=_OUTCOMES.get(report.exit_code, "failed"),
+        )
 
 
-def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, names: set[str], watermark: int,
-                     on_event: OnEvent | None, on_tick: OnTick | None) -> list[Snapshot]:
+def _follow_rollouts(
+    ctx: executor.Context,
+    project: Project,
+    options: Options,
+    names: set[str],
+    watermark: int,
+    on_event: OnEvent | None,
+    on_tick: OnTick | None,
+) -> list[Snapshot]:
     """The manifests' rollouts, driven by this process (it holds the lock) until they settle; with
     --no-wait, advanced as far as they go without waiting. Their events after `watermark` are reported."""
     ids = [row.id for row in rolloutdriver.unfinished(ctx.store) if row.function in names]
@@ -281,8 +376,9 @@ def _follow_rollouts(ctx: executor.Context, project: Project, options: Options, 
     return follower.run(options.timeout, settle=options.wait)
 
 
-def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec],
-                state: DesiredState) -> None:
+def _check_plan(
+    plan_file: dict[str, Any], project: str, live: LiveState, specs: list[DeploySpec], state: DesiredState
+) -> None:
     if plan_file.get("project") != project:
         raise BadInput(f"the plan was made for project {plan_file.get('project')!r}, not {project!r}")
     reasons = stale_reasons(plan_file.get("live", {}), live_summary(live))
@@ -292,8 +388,11 @@ def _check_plan(plan_file: dict[str, Any], project: str, live: LiveState, specs:
         reasons.append("the collections to create, update or drop changed since the plan was made")
     wanted = {s.name: s.spec_hash for s in specs}
     if wanted != plan_file.get("desired", {}):
-        changed = sorted(n for n in set(wanted) | set(plan_file.get("desired", {}))
-                         if wanted.get(n) != plan_file.get("desired", {}).get(n))
+        changed = sorted(
+            n
+            for n in set(wanted) | set(plan_file.get("desired", {}))
+            if wanted.get(n) != plan_file.get("desired", {}).get(n)
+        )
         reasons.append("the manifests changed since the plan was made: " + ", ".join(changed))
     if reasons:
         raise BadInput("the plan is stale; make a new one with `fnctl plan`:\n  " + "\n  ".join(reasons))
@@ -304,16 +403,27 @@ class Quarantined(FnctlError):
 
 
 def _refuse_quarantined(changes: list[Change], live: LiveState, force: bool) -> None:
-    refused = [f"{c.function}: this spec is quarantined ({live.quarantined[c.spec_hash]})"
-               for c in changes if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) and c.spec_hash in live.quarantined]
+    refused = [
+        f"{c.function}: this spec is quarantined ({live.quarantined[c.spec_hash]})"
+        for c in changes
+        if c.kind in (ChangeKind.CREATE, ChangeKind.UPDATE) and c.spec_hash in live.quarantined
+    ]
     if refused and not force:
-        raise Quarantined("refusing to redeploy a rolled-back revision:\n  " + "\n  ".join(refused) +
-                          "\nRevert the commit or push a fix (a changed function deploys normally), "
-                          "or pass --force to deploy it anyway.")
+        raise Quarantined(
+            "refusing to redeploy a rolled-back revision:\n  "
+            + "\n  ".join(refused)
+            + "\nRevert the commit or push a fix (a changed function deploys normally), "
+            "or pass --force to deploy it anyway."
+        )
 
 
-def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
-               secret_values: dict[str, dict[str, str]], options: Options) -> FunctionOutcome | None:
+def _carry_out(
+    ctx: executor.Context,
+    change: Change,
+    spec: DeploySpec | None,
+    secret_values: dict[str, dict[str, str]],
+    options: Options,
+) -> FunctionOutcome | None:
     name = change.function
     try:
         if change.kind in (ChangeKind.CREATE, ChangeKind.UPDATE):
@@ -321,7 +431,9 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             return _deploy(ctx, change, spec, secret_values[name])
         if change.kind is ChangeKind.DELETE:
             if not options.prune:
-                return FunctionOutcome(name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it")
+                return FunctionOutcome(
+                    name, "kept", True, change.live_revision, "not in the manifests; --prune deletes it"
+                )
             executor.delete(ctx, name)
             return FunctionOutcome(name, "delete", True, change.live_revision, "deleted")
         if change.drift and spec is not None and change.live_revision is not None:
@@ -332,8 +444,9 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
             redeployed = executor.heal(ctx, spec, live, secret_values[name], broken, image_removed)
             what = "; ".join(d.detail for d in change.drift)
             if redeployed is not None:
-                return FunctionOutcome(name, "heal", True, redeployed.number, f"{what}; redeployed as revision "
-                               f"{redeployed.number}")
+                return FunctionOutcome(
+                    name, "heal", True, redeployed.number, f"{what}; redeployed as revision {redeployed.number}"
+                )
             return FunctionOutcome(name, "heal", True, live.number, what)
     except FnctlError as exc:
         action = "heal" if change.kind is ChangeKind.UNCHANGED else change.kind.value  # drift was being healed
@@ -341,13 +454,22 @@ def _carry_out(ctx: executor.Context, change: Change, spec: DeploySpec | None,
     return None
 
 
-def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
-             secret_values: dict[str, dict[str, str]], live: LiveState) -> FunctionOutcome | None:
+def _preview(
+    ctx: executor.Context,
+    change: Change,
+    spec: DeploySpec | None,
+    secret_values: dict[str, dict[str, str]],
+    live: LiveState,
+) -> FunctionOutcome | None:
     """A changed function deployed beside the live revision at 0% of traffic: only pinned requests reach it
     (`X-Fnctl-Revision`, `fnctl invoke --revision`), until the function's next deploy replaces it."""
     name = change.function
     if change.kind is not ChangeKind.UPDATE or spec is None:
-        return None if spec is None else FunctionOutcome(name, "preview", True, None, "not live yet: nothing to preview beside")
+        return (
+            None
+            if spec is None
+            else FunctionOutcome(name, "preview", True, None, "not live yet: nothing to preview beside")
+        )
     current = live.functions[name]
     twin = next((n for n, h in current.spec_hashes.items() if h == spec.spec_hash), None)
     if twin is not None:
@@ -358,10 +480,20 @@ def _preview(ctx: executor.Context, change: Change, spec: DeploySpec | None,
         number = executor.prepare(ctx, spec, secret_values[name])
     except FnctlError as exc:
         return FunctionOutcome(name, "preview", False, None, exc.message, exc.detail)
-    executor.switch(ctx, name, {**current.weights, number: 0}, f"preview of revision {number}",
-                    also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.PREVIEW, None))
-    return FunctionOutcome(name, "preview", True, number, f"revision {number} takes no traffic; reach it with the header "
-                   f"X-Fnctl-Revision: {number}")
+    executor.switch(
+        ctx,
+        name,
+        {**current.weights, number: 0},
+        f"preview of revision {number}",
+        also=lambda: ctx.store.set_revision_status(name, number, RevisionStatus.PREVIEW, None),
+    )
+    return FunctionOutcome(
+        name,
+        "preview",
+        True,
+        number,
+        f"revision {number} takes no traffic; reach it with the header X-Fnctl-Revision: {number}",
+    )
 
 
 def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_values: dict[str, str]) -> FunctionOutcome:
@@ -372,5 +504,7 @@ def _deploy(ctx: executor.Context, change: Change, spec: DeploySpec, secret_valu
         row = rolloutdriver.begin(ctx, spec.function, change.live_revision, number)
         rolloutdriver.advance(ctx, row)  # its first steps at once (e.g. the first setWeight), even with --no-wait
         return FunctionOutcome(name, "rollout", True, number, f"revision {number}: {strategy.value} started")
-    executor.go_live(ctx, spec.function, number, also=lambda: rolloutdriver.retire(ctx, name, f"superseded by revision {number}"))
+    executor.go_live(
+        ctx, spec.function, number, also=lambda: rolloutdriver.retire(ctx, name, f"superseded by revision {number}")
+    )
     return FunctionOutcome(name, change.kind.value, True, number, f"revision {number} is live")

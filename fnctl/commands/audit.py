@@ -34,13 +34,15 @@ def parse_since(text: str, now: float) -> float:
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadInput(f"--since: {text!r} is neither a duration (e.g. 1h, 30m) nor an ISO time "
-                       "(e.g. 2024-05-01T12:00:00Z)") from None
+        raise BadInput(
+            f"--since: {text!r} is neither a duration (e.g. 1h, 30m) nor an ISO time (e.g. 2024-05-01T12:00:00Z)"
+        ) from None
     return when.timestamp() if when.tzinfo else when.astimezone(UTC).timestamp()
 
 
-def records(store: Store, where: AuditFilter, *, invocations: bool, limit: int
-            ) -> list[AuditEntry] | list[InvocationEntry]:
+def records(
+    store: Store, where: AuditFilter, *, invocations: bool, limit: int
+) -> list[AuditEntry] | list[InvocationEntry]:
     """The newest `limit` records of the deploy audit (or of the invocation audit) matching `where`."""
     if limit < 1:
         raise BadInput("--limit must be at least 1")
@@ -58,8 +60,13 @@ class Verification:
         return not self.anchors and all(c.intact for c in self.chains)
 
     def as_json(self) -> dict[str, object]:
-        return {"intact": self.intact, "checkedAt": self.checked_at, "format": auditchain.FORMAT,
-                "chains": [c.as_json() for c in self.chains], "anchors": [f.as_json() for f in self.anchors]}
+        return {
+            "intact": self.intact,
+            "checkedAt": self.checked_at,
+            "format": auditchain.FORMAT,
+            "chains": [c.as_json() for c in self.chains],
+            "anchors": [f.as_json() for f in self.anchors],
+        }
 
 
 def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
@@ -68,8 +75,9 @@ def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
     bad = [a for a in anchors if len(a.strip()) != 64 or any(c not in "0123456789abcdef" for c in a.strip().lower())]
     if bad:
         raise BadInput(f"--anchor {bad[0]!r} is not a record hash (64 hex digits, as `fnctl audit verify` prints)")
-    chains = [auditchain.verify(table, audit_chain(store, table), audit_head(store, table))
-              for table in auditchain.CHAINS]
+    chains = [
+        auditchain.verify(table, audit_chain(store, table), audit_head(store, table)) for table in auditchain.CHAINS
+    ]
     known = functools.partial(audit_hash_known, store)
     data_file = docstore.data_path(store.path)
     if not data_file.exists():  # nothing was ever written to the data plane: no change log to check

@@ -57,8 +57,12 @@ class CollectionInfo:
     version: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "documents": self.documents, "version": self.version,
-                "indexes": [{"fields": list(f), "unique": u} for f, u in self.indexes]}
+        return {
+            "name": self.name,
+            "documents": self.documents,
+            "version": self.version,
+            "indexes": [{"fields": list(f), "unique": u} for f, u in self.indexes],
+        }
 
 
 @dataclass
@@ -80,8 +84,14 @@ def session(project: Project, state: Path | None, tenant: str | None, command: s
     who = actor()
 
     def audit(caller: Caller, action: str, target: str) -> None:
-        store.audit(actor=who, command=f"data {command}", action=action, target=target, outcome="ok",
-                    detail=f"tenant {caller.tenant!r}" if caller.tenant else None)
+        store.audit(
+            actor=who,
+            command=f"data {command}",
+            action=action,
+            target=target,
+            outcome="ok",
+            detail=f"tenant {caller.tenant!r}" if caller.tenant else None,
+        )
 
     try:
         yield Session(DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store)
@@ -121,8 +131,14 @@ def collections(s: Session) -> list[CollectionInfo]:
     result = []
     for name in sorted(rows):
         model = s.plane.collection(name).model
-        result.append(CollectionInfo(name, s.plane.store.count(name),
-                                     tuple((tuple(i.fields), i.unique) for i in model.indexes), rows[name].version))
+        result.append(
+            CollectionInfo(
+                name,
+                s.plane.store.count(name),
+                tuple((tuple(i.fields), i.unique) for i in model.indexes),
+                rows[name].version,
+            )
+        )
     return result
 
 
@@ -139,8 +155,9 @@ def parse_json(text: str, what: str) -> Any:
         raise BadInput(f"{what} is not valid JSON: {exc}") from None
 
 
-def find(s: Session, collection: str, filter_text: str | None, order: Sequence[str], limit: int,
-         cursor: str | None) -> Page:
+def find(
+    s: Session, collection: str, filter_text: str | None, order: Sequence[str], limit: int, cursor: str | None
+) -> Page:
     known(s, collection)
     query = parse_json(filter_text, "the filter") if filter_text else None
     with reported():
@@ -166,8 +183,10 @@ def put(s: Session, collection: str, id: str | None, data: Any, *, if_match: int
             doc = txn.insert(collection, data, id=id)
         else:
             if if_match is None and not force:
-                raise PreconditionRequired(f"document {id!r} exists (version {current.version}): pass --if-match "
-                                           f"{current.version} to replace it, or --force")
+                raise PreconditionRequired(
+                    f"document {id!r} exists (version {current.version}): pass --if-match "
+                    f"{current.version} to replace it, or --force"
+                )
             doc = txn.replace(collection, id, data, if_match=if_match)
         results = txn.commit()
         return results[0] or doc if results else doc
@@ -198,8 +217,9 @@ def remove(s: Session, collection: str, id: str, *, if_match: int | None, force:
 
 def _need_version(if_match: int | None, force: bool, verb: str) -> None:
     if if_match is None and not force:
-        raise BadInput(f"to {verb} a document, pass --if-match VERSION (its current version: `fnctl data get`), "
-                       "or --force")
+        raise BadInput(
+            f"to {verb} a document, pass --if-match VERSION (its current version: `fnctl data get`), or --force"
+        )
 
 
 # -- NDJSON --------------------------------------------------------------------------------------------------
@@ -239,9 +259,16 @@ def _record(line: bytes, bare: bool) -> tuple[str | None, Any]:
     return None, value
 
 
-def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: int = DEFAULT_BATCH,
-                  bare: bool = False, check_first: bool = True,
-                  on_progress: OnProgress = lambda done, total: None) -> ImportReport:
+def import_ndjson(
+    s: Session,
+    collection: str,
+    source: Path | None,
+    *,
+    batch: int = DEFAULT_BATCH,
+    bare: bool = False,
+    check_first: bool = True,
+    on_progress: OnProgress = lambda done, total: None,
+) -> ImportReport:
     """Check every line (JSON object, id, schema, size, ids not already taken nor repeated), and only when all
     are good write them, `batch` lines per transaction. Bad lines: BadInput listing them, nothing written.
     Without `check_first` (one pass, nothing kept): each batch is checked, then committed or not at
@@ -295,9 +322,11 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
             txn.rollback()
         shown = [f"  line {n}: {m}" for n, m in report.errors[:MAX_LINE_ERRORS]]
         more = len(report.errors) - MAX_LINE_ERRORS
-        raise BadInput(f"{len(report.errors)} bad line{'s' if len(report.errors) != 1 else ''} in "
-                       f"{source or 'standard input'}; nothing was imported",
-                       detail="\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])))
+        raise BadInput(
+            f"{len(report.errors)} bad line{'s' if len(report.errors) != 1 else ''} in "
+            f"{source or 'standard input'}; nothing was imported",
+            detail="\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])),
+        )
     for index, (items, done) in enumerate(_batches(lines if lines is not None else _lines(source), batch)):
         staged = index < len(kept)
         txn = kept[index] if staged else s.plane.transaction(s.caller)
@@ -313,16 +342,18 @@ def import_ndjson(s: Session, collection: str, source: Path | None, *, batch: in
                 txn.commit()
         except FnctlError as exc:
             first, last = items[0][0], items[-1][0]
-            raise FnctlError(f"lines {first}-{last} were not imported ({exc.message}); the {report.imported} "
-                             f"documents of the lines before them were", detail=exc.detail) from None
+            raise FnctlError(
+                f"lines {first}-{last} were not imported ({exc.message}); the {report.imported} "
+                f"documents of the lines before them were",
+                detail=exc.detail,
+            ) from None
         report.imported += len(items)
         report.batches += 1
         on_progress(done, total)
     return report
 
 
-def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool,
-                 report: ImportReport) -> None:
+def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool, report: ImportReport) -> None:
     """One pass: stage a batch's lines, and refuse the whole batch (BadInput) when any is bad."""
     errors = []
     for number, record in _preloaded(txn, collection, items, bare):
@@ -335,13 +366,17 @@ def _stage_batch(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare
             errors.append(f"  line {number}: {exc.detail_text}" + (f" ({where})" if where else ""))
     if errors:
         txn.rollback()
-        raise BadInput(f"{len(errors)} bad line{'s' if len(errors) != 1 else ''} in lines {items[0][0]}-"
-                       f"{items[-1][0]}: that batch and the rest were not imported; the {report.imported} "
-                       "documents of the lines before it were", detail="\n".join(errors[:MAX_LINE_ERRORS]))
+        raise BadInput(
+            f"{len(errors)} bad line{'s' if len(errors) != 1 else ''} in lines {items[0][0]}-"
+            f"{items[-1][0]}: that batch and the rest were not imported; the {report.imported} "
+            "documents of the lines before it were",
+            detail="\n".join(errors[:MAX_LINE_ERRORS]),
+        )
 
 
-def _preloaded(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool
-               ) -> list[tuple[int, tuple[str | None, Any] | DataError]]:
+def _preloaded(
+    txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: bool
+) -> list[tuple[int, tuple[str | None, Any] | DataError]]:
     """A batch's lines parsed (a DataError for a line that is not a document), with the documents their ids
     name read in one query (`Txn.preload`) rather than one each."""
     records: list[tuple[int, tuple[str | None, Any] | DataError]] = []
@@ -354,8 +389,9 @@ def _preloaded(txn: Txn, collection: str, items: list[tuple[int, bytes]], bare: 
     return records
 
 
-def _batches(lines: Iterator[tuple[int, bytes, int]] | list[tuple[int, bytes, int]], size: int
-             ) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+def _batches(
+    lines: Iterator[tuple[int, bytes, int]] | list[tuple[int, bytes, int]], size: int
+) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
     """Non-blank lines in groups of `size`, with the bytes consumed once the group was read."""
     items: list[tuple[int, bytes]] = []
     done = 0
@@ -369,8 +405,14 @@ def _batches(lines: Iterator[tuple[int, bytes, int]] | list[tuple[int, bytes, in
         yield items, done
 
 
-def export_ndjson(s: Session, collection: str, out: IO[str], *, filter_text: str | None = None,
-                  on_progress: OnProgress = lambda done, total: None) -> int:
+def export_ndjson(
+    s: Session,
+    collection: str,
+    out: IO[str],
+    *,
+    filter_text: str | None = None,
+    on_progress: OnProgress = lambda done, total: None,
+) -> int:
     """Every document of the tenant (that matches the filter) as one envelope per line, by id."""
     known(s, collection)
     query = parse_json(filter_text, "the filter") if filter_text else None

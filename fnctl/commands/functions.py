@@ -78,20 +78,38 @@ def status(project: Project, state: Path | None) -> list[FunctionStatus]:
         for c in listed:
             if c.id not in accounted:  # unknown to the store: named only by its labels
                 revision = c.labels.get("io.fnctl.revision", "")
-                shown.setdefault(c.labels.get("io.fnctl.function") or "?", []).append(InstanceStatus(
-                    c.labels.get("io.fnctl.instance", "?"), int(revision) if revision.isdigit() else 0, c.id[:12],
-                    c.status, False, 0, orphans.get(c.id, "unknown to the state store")))
+                shown.setdefault(c.labels.get("io.fnctl.function") or "?", []).append(
+                    InstanceStatus(
+                        c.labels.get("io.fnctl.instance", "?"),
+                        int(revision) if revision.isdigit() else 0,
+                        c.id[:12],
+                        c.status,
+                        False,
+                        0,
+                        orphans.get(c.id, "unknown to the state store"),
+                    )
+                )
         result = []
         for name, weights in routes.items():
             live = stable_revision(weights)
             current = next((r for r in revisions if r.function == name and r.number == live), None)
-            result.append(FunctionStatus(name, live, weights, shown.pop(name, []),
-                                         current.created_at if current else None,
-                                         current.created_by if current else None,
-                                         current.git_commit if current else None, _rollout_words(store, name),
-                                         current.git_subject if current else None))
-        result += [FunctionStatus(name, None, {}, found, None, None, None, deployed=False)
-                   for name, found in sorted(shown.items())]
+            result.append(
+                FunctionStatus(
+                    name,
+                    live,
+                    weights,
+                    shown.pop(name, []),
+                    current.created_at if current else None,
+                    current.created_by if current else None,
+                    current.git_commit if current else None,
+                    _rollout_words(store, name),
+                    current.git_subject if current else None,
+                )
+            )
+        result += [
+            FunctionStatus(name, None, {}, found, None, None, None, deployed=False)
+            for name, found in sorted(shown.items())
+        ]
         return result
     finally:
         store.close()
@@ -135,8 +153,15 @@ def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]
     store = open_store(project, state)
     try:
         if what in ("functions", "function"):
-            return [{"name": s.name, "liveRevision": s.live_revision, "weights": {str(k): v for k, v in s.weights.items()},
-                     "instances": [instance_json(i) for i in s.instances]} for s in status(project, state)]
+            return [
+                {
+                    "name": s.name,
+                    "liveRevision": s.live_revision,
+                    "weights": {str(k): v for k, v in s.weights.items()},
+                    "instances": [instance_json(i) for i in s.instances],
+                }
+                for s in status(project, state)
+            ]
         if what in ("revisions", "revision"):
             return [revision_json(r) for r in store.revisions()]
     finally:
@@ -146,19 +171,36 @@ def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]
 
 def instance_json(instance: InstanceStatus) -> dict[str, Any]:
     """`get functions -o json`'s instance: its keys are an interface (scripts read them), not field names."""
-    return {"id": instance.id, "revision": instance.revision, "container": instance.container, "state": instance.state,
-            "healthy": instance.healthy, "inflight": instance.inflight, "orphan": instance.orphan}
+    return {
+        "id": instance.id,
+        "revision": instance.revision,
+        "container": instance.container,
+        "state": instance.state,
+        "healthy": instance.healthy,
+        "inflight": instance.inflight,
+        "orphan": instance.orphan,
+    }
 
 
 def revision_json(revision: Revision) -> dict[str, Any]:
-    return {"function": revision.function, "number": revision.number, "status": revision.status.value,
-            "specHash": revision.spec_hash, "image": revision.image, "gitCommit": revision.git_commit,
-            "gitAuthor": revision.git_author, "gitSubject": revision.git_subject, "createdAt": revision.created_at, "createdBy": revision.created_by,
-            "reason": revision.reason}
+    return {
+        "function": revision.function,
+        "number": revision.number,
+        "status": revision.status.value,
+        "specHash": revision.spec_hash,
+        "image": revision.image,
+        "gitCommit": revision.git_commit,
+        "gitAuthor": revision.git_author,
+        "gitSubject": revision.git_subject,
+        "createdAt": revision.created_at,
+        "createdBy": revision.created_by,
+        "reason": revision.reason,
+    }
 
 
-def logs(project: Project, state: Path | None, name: str, revision: int | None, since: float | None,
-         follow: bool) -> Iterator[str]:
+def logs(
+    project: Project, state: Path | None, name: str, revision: int | None, since: float | None, follow: bool
+) -> Iterator[str]:
     """Lines of the function's instances' logs, each prefixed with its instance."""
     store = open_store(project, state)
     try:

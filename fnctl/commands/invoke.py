@@ -22,8 +22,18 @@ from fnctl.manifest.project import Project
 from fnctl.state.store import InstanceState, RevisionStatus, connect
 
 
-def invoke_deployed(project: Project, state: Path | None, name: str, event: Any, payload_size: int,
-                    revision: int | None, *, key: str | None, logs: bool, direct: bool) -> tuple[Outcome, bool]:
+def invoke_deployed(
+    project: Project,
+    state: Path | None,
+    name: str,
+    event: Any,
+    payload_size: int,
+    revision: int | None,
+    *,
+    key: str | None,
+    logs: bool,
+    direct: bool,
+) -> tuple[Outcome, bool]:
     """`fnctl invoke NAME`: through the project's gateway when it runs (and not `direct`), else straight to an
     instance. Returns the outcome and whether a warm instance served it."""
     path = state_path(project, state)
@@ -40,8 +50,9 @@ def invoke_deployed(project: Project, state: Path | None, name: str, event: Any,
     return outcome, True
 
 
-def invoke_live(project: Project, state: Path | None, name: str, event: Any, payload_size: int,
-                revision: int | None) -> tuple[int, Any]:
+def invoke_live(
+    project: Project, state: Path | None, name: str, event: Any, payload_size: int, revision: int | None
+) -> tuple[int, Any]:
     """Invoke a deployed function through one of its ready instances (weighted like the routing table, or
     pinned to `revision`). Returns (revision, instances.Outcome)."""
     store = open_store(project, state)
@@ -73,8 +84,7 @@ def invoke_live(project: Project, state: Path | None, name: str, event: Any, pay
         _audit_direct(project, state, name, chosen, outcome, time.monotonic() - started)
 
 
-def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any,
-                  seconds: float) -> None:
+def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any, seconds: float) -> None:
     """An invocation that bypassed the gateway (`fnctl invoke --direct`, or no gateway running) skips its
     authentication, never its audit: one row, with the operator (fnctl.deploy.actor) as the principal."""
     # Imported here, only on this path: fnctl.gateway.request imports aiohttp (~0.4 s, 200+ modules, measured),
@@ -88,8 +98,16 @@ def _audit_direct(project: Project, state: Path | None, name: str, revision: int
         status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
     audit = AuditLog(state_path(project, state))
     try:
-        audit.record(request_id=new_request_id(), principal=f"operator:{actor()}", function=name, revision=revision,
-                     outcome=word, status=status, duration_ms=seconds * 1000, source="cli --direct")
+        audit.record(
+            request_id=new_request_id(),
+            principal=f"operator:{actor()}",
+            function=name,
+            revision=revision,
+            outcome=word,
+            status=status,
+            duration_ms=seconds * 1000,
+            source="cli --direct",
+        )
     finally:
         audit.close()
 

@@ -48,8 +48,16 @@ class LocalResult:
     warm: bool  # True when a kept-warm instance answered
 
 
-def invoke_local(project: Project, target: str, event: Any, payload_size: int, *, keep_warm: bool,
-                 on_progress: Callable[[str], None], data_from: Path | None = None) -> LocalResult:
+def invoke_local(
+    project: Project,
+    target: str,
+    event: Any,
+    payload_size: int,
+    *,
+    keep_warm: bool,
+    on_progress: Callable[[str], None],
+    data_from: Path | None = None,
+) -> LocalResult:
     """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
     The handler's `context.db` works on the project's local data file (its collections follow the manifests),
     or with `data_from` on the data file of that state store (a running one's: its collections and Policies)."""
@@ -71,8 +79,18 @@ def invoke_local(project: Project, target: str, event: Any, payload_size: int, *
             warm = _invoke_warm(function, key, event, payload_size, data)
             if warm is not None:
                 return LocalResult(function.name, warm, warm=True)
-        return _invoke_cold(project, function, source, secret_values, key, event, payload_size, data,
-                            keep_warm=keep_warm, on_progress=on_progress)
+        return _invoke_cold(
+            project,
+            function,
+            source,
+            secret_values,
+            key,
+            event,
+            payload_size,
+            data,
+            keep_warm=keep_warm,
+            on_progress=on_progress,
+        )
 
 
 class LocalData:
@@ -107,9 +125,12 @@ class LocalData:
             documents.close()
 
     def begin(self, function: Function) -> None:
-        settings = DataSettings(run_as_function=function.run_as is RunAs.FUNCTION,
-                                transaction=function.transaction is not None,
-                                retries=0, db_operations=function.db_operations)
+        settings = DataSettings(
+            run_as_function=function.run_as is RunAs.FUNCTION,
+            transaction=function.transaction is not None,
+            retries=0,
+            db_operations=function.db_operations,
+        )
         self.session = open_session(self.plane, Caller.operator(actor()), function.name, None, settings)
 
     def on_call(self, invocation_id: str, method: str, params: dict[str, Any]) -> Any:
@@ -128,21 +149,36 @@ class LocalData:
         if session is None:
             return outcome
         if session.exceeded is not None:
-            return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
-                           message=f"LimitExceeded: {session.exceeded.detail_text}")
+            return replace(
+                outcome,
+                ok=False,
+                result=None,
+                failure=Failure.HANDLER_ERROR,
+                message=f"LimitExceeded: {session.exceeded.detail_text}",
+            )
         if session.txn is not None:
             if session.conflict is not None:
                 session.txn.rollback()
-                return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
-                               message=f"Conflict: {session.conflict.detail_text} (nothing was written)")
+                return replace(
+                    outcome,
+                    ok=False,
+                    result=None,
+                    failure=Failure.HANDLER_ERROR,
+                    message=f"Conflict: {session.conflict.detail_text} (nothing was written)",
+                )
             if not outcome.ok:
                 session.txn.rollback()
                 return outcome
             try:
                 session.txn.commit()
             except DataError as error:
-                return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR,
-                               message=f"{type(error).__name__}: {error.detail_text} (nothing was written)")
+                return replace(
+                    outcome,
+                    ok=False,
+                    result=None,
+                    failure=Failure.HANDLER_ERROR,
+                    message=f"{type(error).__name__}: {error.detail_text} (nothing was written)",
+                )
         return outcome
 
 
@@ -188,9 +224,19 @@ def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, da
     return outcome
 
 
-def _invoke_cold(project: Project, function: Function, source: Path, secret_values: dict[str, str], key: str,
-                 event: Any, payload_size: int, data: LocalData, *, keep_warm: bool,
-                 on_progress: Callable[[str], None]) -> LocalResult:
+def _invoke_cold(
+    project: Project,
+    function: Function,
+    source: Path,
+    secret_values: dict[str, str],
+    key: str,
+    event: Any,
+    payload_size: int,
+    data: LocalData,
+    *,
+    keep_warm: bool,
+    on_progress: Callable[[str], None],
+) -> LocalResult:
     from fnctl.engine import dockerio, images, instances
     from fnctl.engine.sandbox import labels
 
@@ -205,9 +251,14 @@ def _invoke_cold(project: Project, function: Function, source: Path, secret_valu
             _remove_socket_dir(root, stale.labels.get("io.fnctl.socket-dir", ""))
         # Also left behind when the container went without fnctl (`docker rm -f`, an engine restart).
         _remove_socket_dir(root, str(root / f"w{key[:11]}"))
-    instance = instances.start(function, image=image.tag, revision="local", secret_values=secret_values,
-                               labels=labels(project.name, function.name, **extra),
-                               instance_id=f"w{key[:11]}" if keep_warm else None)
+    instance = instances.start(
+        function,
+        image=image.tag,
+        revision="local",
+        secret_values=secret_values,
+        labels=labels(project.name, function.name, **extra),
+        instance_id=f"w{key[:11]}" if keep_warm else None,
+    )
     instance.transport.on_call = data.on_call
     data.begin(function)
     try:
@@ -256,5 +307,3 @@ def _local_salt() -> str:
         with os.fdopen(fd, "w") as out:
             out.write(salt)
         return salt
-
-

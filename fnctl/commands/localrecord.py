@@ -96,16 +96,24 @@ def validated_function(project: Project, target: str, *, record: bool) -> tuple[
     return function, state
 
 
-def _write_record(project: Project, target: str, manifests: str, function: Function, state: DesiredState,
-                  started: int) -> None:
+def _write_record(
+    project: Project, target: str, manifests: str, function: Function, state: DesiredState, started: int
+) -> None:
     assert function.document is not None
     directories = sorted({os.path.normpath(os.path.abspath(function_source(f))) for f in state.functions})
     signature, newest = _sources_signature(directories)
     data = function.document.data
     if newest >= started - RACY_NS or not _json_exact(data):
         return  # a source may have changed while validation read it, or the record could not hold the document
-    record = {"format": RECORD_FORMAT, "manifests": manifests, "sources": signature, "sourceDirs": directories,
-              "file": str(function.document.file), "index": function.document.index, "document": data}
+    record = {
+        "format": RECORD_FORMAT,
+        "manifests": manifests,
+        "sources": signature,
+        "sourceDirs": directories,
+        "file": str(function.document.file),
+        "index": function.document.index,
+        "document": data,
+    }
     path = _record_path(project, target)
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -151,8 +159,9 @@ def _manifests_digest(project: Project, target: str) -> str | None:
     files, missing = find_manifest_files([Path(target)] if by_path else list(project.manifest_paths))
     if missing or not files:
         return None
-    digest = hashlib.sha256(f"{RECORD_FORMAT}\0{__version__}\0{project!r}\0{os.path.realpath(project.root)}\0"
-                            f"{target}\0{by_path}\0".encode())
+    digest = hashlib.sha256(
+        f"{RECORD_FORMAT}\0{__version__}\0{project!r}\0{os.path.realpath(project.root)}\0{target}\0{by_path}\0".encode()
+    )
     for path in files:
         with path.open("rb") as file:
             status = os.fstat(file.fileno())
@@ -184,8 +193,10 @@ def _sources_signature(directories: list[str]) -> tuple[str, int]:
             for entry in entries:
                 info = entry.stat(follow_symlinks=False)
                 newest = max(newest, info.st_mtime_ns)
-                digest.update(f"{entry.path}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\0"
-                              f"{info.st_ctime_ns}\0{info.st_ino}\0".encode())
+                digest.update(
+                    f"{entry.path}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\0"
+                    f"{info.st_ctime_ns}\0{info.st_ino}\0".encode()
+                )
                 if entry.is_symlink():
                     digest.update(f"->{os.path.realpath(entry.path)}\0".encode())
                 elif entry.is_dir(follow_symlinks=False):

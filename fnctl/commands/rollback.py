@@ -40,8 +40,15 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
         def quarantine() -> None:  # with the switch, in one transaction: a crash cannot leave one without the other
             rolloutdriver.retire(ctx, name, f"rolled back to revision {target.number}")  # no scale-down of the target
             store.set_revision_status(name, current, RevisionStatus.QUARANTINED, reason)
-            store.audit(actor=ctx.actor, command="rollback", action="quarantine", target=name, outcome="ok",
-                        **ctx.git_fields, detail=f"revision {current}: {reason}")
+            store.audit(
+                actor=ctx.actor,
+                command="rollback",
+                action="quarantine",
+                target=name,
+                outcome="ok",
+                **ctx.git_fields,
+                detail=f"revision {current}: {reason}",
+            )
 
         executor.switch(ctx, name, {target.number: 100}, f"rollback from revision {current}", also=quarantine)
         executor.stop_other_revisions(ctx, name, keep={target.number})
@@ -62,13 +69,21 @@ def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
 def restart_revision(ctx: executor.Context, project: Project, target: Revision) -> None:
     """Start the instances of `target` again, from its image (never built here), checked like a deploy's."""
     if dockerio.image_id(target.image) is None:  # one inspect: listing every image costs more
-        raise FnctlError(f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
-                         "deploy the old manifests with `fnctl apply` instead")
+        raise FnctlError(
+            f"the image {target.image} of revision {target.number} is gone; rollback never builds: "
+            "deploy the old manifests with `fnctl apply` instead"
+        )
     # Secret values are never stored: an old revision that needs them reads them as apply would.
     secrets = desired_specs(project, ctx.store, None)[1] if target.spec.get("secrets", {}).get("names") else {}
     function = function_from_spec(target.function, target.spec, project.default_limits)
-    executor.start_checked(ctx, function, target.number, target.image, secrets.get(target.function, {}),
-                           max(1, function.scaling.min_instances))
+    executor.start_checked(
+        ctx,
+        function,
+        target.number,
+        target.image,
+        secrets.get(target.function, {}),
+        max(1, function.scaling.min_instances),
+    )
 
 
 def _rollback_target(store: Store, name: str, current: int, to: int | None) -> Revision:
@@ -78,8 +93,10 @@ def _rollback_target(store: Store, name: str, current: int, to: int | None) -> R
         if chosen is None:
             raise BadInput(f"{name} has no revision {to}")
         if chosen.status is not RevisionStatus.READY or chosen.number == current:
-            raise BadInput(f"revision {to} of {name} is {'live' if chosen.number == current else chosen.status.value}; "
-                           "pick a healthy earlier revision (see `fnctl history`)")
+            raise BadInput(
+                f"revision {to} of {name} is {'live' if chosen.number == current else chosen.status.value}; "
+                "pick a healthy earlier revision (see `fnctl history`)"
+            )
         return chosen
     earlier = [r for r in revisions if r.number < current and r.status is RevisionStatus.READY]
     if not earlier:

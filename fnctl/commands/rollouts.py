@@ -85,13 +85,20 @@ class Follower:
             self._drive()
             snapshots = self._look()
             # A finished rollout has no driver left to answer a request that raced its end.
-            handled = all(s.record.handled >= self.waiting_for.get(s.row.id, 0) or s.record.state in (
-                State.ABORTED, State.COMPLETED) for s in snapshots)
+            handled = all(
+                s.record.handled >= self.waiting_for.get(s.row.id, 0)
+                or s.record.state in (State.ABORTED, State.COMPLETED)
+                for s in snapshots
+            )
             if handled and (not settle or all(s.settled for s in snapshots)):
                 return snapshots
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimedOut(f"timed out after {timeout:g}s: " + "; ".join(
-                    f"{s.row.function} is {s.record.state.value} at step {s.record.step + 1}" for s in snapshots))
+                raise TimedOut(
+                    f"timed out after {timeout:g}s: "
+                    + "; ".join(
+                        f"{s.row.function} is {s.record.state.value} at step {s.record.step + 1}" for s in snapshots
+                    )
+                )
             time.sleep(POLL)
 
     def _drive(self) -> None:
@@ -142,8 +149,16 @@ def current(store: Store, name: str, *, active: bool = False) -> RolloutRow:
     return row
 
 
-def status(project: Project, options: Options, name: str, *, watch: bool, timeout: float | None,
-           on_event: OnEvent, on_tick: OnTick) -> Snapshot:
+def status(
+    project: Project,
+    options: Options,
+    name: str,
+    *,
+    watch: bool,
+    timeout: float | None,
+    on_event: OnEvent,
+    on_tick: OnTick,
+) -> Snapshot:
     """`fnctl rollout status`: the latest rollout; with `watch`, followed (and driven) until it settles."""
     with _store(project, options) as store:
         row = current(store, name)
@@ -153,24 +168,45 @@ def status(project: Project, options: Options, name: str, *, watch: bool, timeou
     return follower.run(timeout)[0]
 
 
-def request(project: Project, options: Options, name: str, kind: EventKind, data: dict[str, Any], *,
-            wait: bool, timeout: float | None, on_event: OnEvent, on_tick: OnTick) -> Snapshot:
+def request(
+    project: Project,
+    options: Options,
+    name: str,
+    kind: EventKind,
+    data: dict[str, Any],
+    *,
+    wait: bool,
+    timeout: float | None,
+    on_event: OnEvent,
+    on_tick: OnTick,
+) -> Snapshot:
     """`fnctl promote` / `abort`: record the request, see it acted on, and (with `wait`) follow the rollout
     until it settles again."""
     who = actor()
     with _store(project, options) as store:
         row = current(store, name, active=True)
         _check_request(row, kind, data)
-        words = "promote" + (" fully" if data.get("full") else "") + (f" variant {data['variant']}" if data.get("variant") else "") \
-            if kind is EventKind.PROMOTE_REQUESTED else "abort"
+        words = (
+            "promote"
+            + (" fully" if data.get("full") else "")
+            + (f" variant {data['variant']}" if data.get("variant") else "")
+            if kind is EventKind.PROMOTE_REQUESTED
+            else "abort"
+        )
         with store.transaction():  # the request and its audit record land together
             request_id = rolloutdriver.request(store, row.id, kind, f"{words} requested by {who}", {**data, "by": who})
-            store.audit(actor=who, command="promote" if kind is EventKind.PROMOTE_REQUESTED else "abort",
-                        action=f"{words} requested", target=name, outcome="ok",
-                        detail=f"rollout {row.id} of revision {row.canary} at step {row.step}")
+            store.audit(
+                actor=who,
+                command="promote" if kind is EventKind.PROMOTE_REQUESTED else "abort",
+                action=f"{words} requested",
+                target=name,
+                outcome="ok",
+                detail=f"rollout {row.id} of revision {row.canary} at step {row.step}",
+            )
         seen = max((e.id for e in rolloutstore.events(store, row.id) if e.id < request_id), default=0)
-    follower = Follower(project, options, [row.id], on_event, on_tick, waiting_for={row.id: request_id},
-                        seen={row.id: seen})
+    follower = Follower(
+        project, options, [row.id], on_event, on_tick, waiting_for={row.id: request_id}, seen={row.id: seen}
+    )
     return follower.run(timeout, settle=wait)[0]
 
 
@@ -179,8 +215,9 @@ def _check_request(row: RolloutRow, kind: EventKind, data: dict[str, Any]) -> No
         return
     variants = rolloutdriver.record_of(row).variants
     if row.strategy == "abTest" and data.get("variant") not in variants:
-        raise BadInput(f"{row.function} is an A/B test: name the variant to promote with --variant "
-                       f"({', '.join(variants)})")
+        raise BadInput(
+            f"{row.function} is an A/B test: name the variant to promote with --variant ({', '.join(variants)})"
+        )
     if row.strategy != "abTest" and data.get("variant"):
         raise BadInput(f"{row.function}'s rollout is a {row.strategy}, not an A/B test: --variant does not apply")
 
@@ -197,8 +234,10 @@ def retry(project: Project, options: Options, name: str, progress: Callable[[str
             raise BadInput(f"{name}'s latest rollout is {record.state.value}: only an aborted one can be retried")
         weights = ctx.store.routes().get(name, {})
         if weights != {record.stable: 100}:
-            raise BadInput(f"{name}'s traffic moved since the rollout was aborted ({machine.weights_text(weights)}); "
-                           "deploy again with `fnctl apply` instead")
+            raise BadInput(
+                f"{name}'s traffic moved since the rollout was aborted ({machine.weights_text(weights)}); "
+                "deploy again with `fnctl apply` instead"
+            )
         target = ctx.store.revision(name, record.canary)
         assert target is not None
         restart_revision(ctx, project, target)
@@ -218,8 +257,11 @@ def abtest_report(project: Project, options: Options, name: str) -> AbReport:
             raise NoRollout(f"{name} has had no A/B test")
         row, record = rows[-1], rolloutdriver.record_of(rows[-1])
         spec = rolloutdriver.spec_of(store, name, row.canary)
-        ended = [e.at for e in rolloutstore.events(store, row.id)
-                 if e.kind in (EventKind.COMPLETED.value, EventKind.ABORTED.value)]
+        ended = [
+            e.at
+            for e in rolloutstore.events(store, row.id)
+            if e.kind in (EventKind.COMPLETED.value, EventKind.ABORTED.value)
+        ]
         end = ended[-1] if ended else time.time()
         samples = []
         for variant in spec.variants:

@@ -56,8 +56,9 @@ class FailedBefore(FnctlError):
     """Pull mode: the commit's deploy failed and nothing changed since, so it is not tried again by itself."""
 
 
-def sync(options: SyncOptions, progress: Progress, on_event: OnEvent | None = None,
-         on_tick: OnTick | None = None) -> SyncReport:
+def sync(
+    options: SyncOptions, progress: Progress, on_event: OnEvent | None = None, on_tick: OnTick | None = None
+) -> SyncReport:
     """Deploy the commit `options.ref` names, as the module says; its work tree is kept until the end."""
     started = time.monotonic()
     mirror = Mirror(options.repo, options.cache)
@@ -66,8 +67,15 @@ def sync(options: SyncOptions, progress: Progress, on_event: OnEvent | None = No
         return _sync_commit(mirror, tree, report, options, progress, on_event, on_tick)
 
 
-def _sync_commit(mirror: Mirror, tree: Path, report: SyncReport, options: SyncOptions, progress: Progress,
-                 on_event: OnEvent | None, on_tick: OnTick | None) -> SyncReport:
+def _sync_commit(
+    mirror: Mirror,
+    tree: Path,
+    report: SyncReport,
+    options: SyncOptions,
+    progress: Progress,
+    on_event: OnEvent | None,
+    on_tick: OnTick | None,
+) -> SyncReport:
     """The checked-out commit, under the store's lock: decide, then refuse, do nothing, or apply."""
     fetched, commit = time.monotonic(), report.commit
     with _as_the_repository_names_them(tree, mirror.url):
@@ -77,8 +85,13 @@ def _sync_commit(mirror: Mirror, tree: Path, report: SyncReport, options: SyncOp
         last, mark = deploys.last(ctx.store), deploys.audit_mark(ctx.store)
         relation = mirror.relation(last.commit.sha, commit.sha) if last is not None else None
         # A preview takes no traffic: it never rewinds the live commit.
-        decision = Decision.DEPLOY if options.preview else deploys.decide(
-            last, commit.sha, relation, deploys.mark_since(ctx.store, last) if last else mark, pulling=options.heal)
+        decision = (
+            Decision.DEPLOY
+            if options.preview
+            else deploys.decide(
+                last, commit.sha, relation, deploys.mark_since(ctx.store, last) if last else mark, pulling=options.heal
+            )
+        )
         if decision is Decision.NOTHING and options.heal:
             decision = Decision.HEAL  # plan anyway; recorded only if it changed anything
         report.decision = decision
@@ -91,14 +104,16 @@ def _sync_commit(mirror: Mirror, tree: Path, report: SyncReport, options: SyncOp
             progress(f"{verb} commit {commit.sha[:12]} ({commit.author}): {commit.subject}")
         began = time.time()
         with _as_the_repository_names_them(tree, mirror.url):
-            report.apply = apply_in(ctx, project, apply_options, paths, on_event=on_event, on_tick=on_tick,
-                                    preview=options.preview)
+            report.apply = apply_in(
+                ctx, project, apply_options, paths, on_event=on_event, on_tick=on_tick, preview=options.preview
+            )
         # Whatever changes the live state is audited: an unchanged mark means the drift check found nothing
         # (a function kept without --prune, or a rollout still at its gate, is no change to record every interval).
         report.changed = deploys.audit_mark(ctx.store) != mark
         if decision is not Decision.HEAL or report.changed:
-            record_deploy(ctx, report.apply, began, source=mirror.url, ref=options.ref, dirty=False,
-                          preview=options.preview)
+            record_deploy(
+                ctx, report.apply, began, source=mirror.url, ref=options.ref, dirty=False, preview=options.preview
+            )
         report.timings["apply"] = time.monotonic() - fetched
         return report
 
@@ -108,32 +123,42 @@ def _refuse(decision: Decision, options: SyncOptions, commit: Commit, last: depl
         assert last is not None
         raise RewindRefused(_rewind_message(decision, commit, last))
     if decision is Decision.FAILED:
-        raise FailedBefore(f"the last deploy of commit {commit.sha[:12]} ({commit.subject}) failed; pull mode does not "
-                           "retry it by itself (each try would build, start and fail again): push a fix, or run "
-                           "`fnctl sync` once to retry (`fnctl history NAME` says what failed)")
+        raise FailedBefore(
+            f"the last deploy of commit {commit.sha[:12]} ({commit.subject}) failed; pull mode does not "
+            "retry it by itself (each try would build, start and fail again): push a fix, or run "
+            "`fnctl sync` once to retry (`fnctl history NAME` says what failed)"
+        )
 
 
 def _project(tree: Path, options: SyncOptions, url: str) -> tuple[Project, list[Path]]:
     """The project a checkout holds, and its manifest paths, refusing anything that leads out of it."""
     escaping = escaping_links(tree)
     if escaping:
-        raise BadInput("the commit has symbolic links that lead out of the repository (refused):\n  " +
-                       "\n  ".join(escaping[:10]))
+        raise BadInput(
+            "the commit has symbolic links that lead out of the repository (refused):\n  " + "\n  ".join(escaping[:10])
+        )
     project = project_at(tree, default_name=Path(url.rstrip("/")).name.removesuffix(".git"))
     paths = [tree / options.path] if options.path is not None else list(project.manifest_paths)
     # fnctl.toml's manifests too: out of the checkout lie the cache's other checkouts, and the host's files.
     outside = [p for p in paths if not inside(tree, p)]
     if outside:
-        named = f"--path {options.path}" if options.path is not None else \
-            f"{CONFIG_FILE}'s project.manifests {_as_written(tree, outside[0])}"
+        named = (
+            f"--path {options.path}"
+            if options.path is not None
+            else f"{CONFIG_FILE}'s project.manifests {_as_written(tree, outside[0])}"
+        )
         raise BadInput(f"{named} leads out of the repository")
     if not all(p.exists() for p in paths) or not any(_has_manifests(p) for p in paths):
-        raise BadInput(f"the commit has no manifests under {', '.join(_as_written(tree, p) for p in paths)} "
-                       f"(pass --path to name where they are)")
+        raise BadInput(
+            f"the commit has no manifests under {', '.join(_as_written(tree, p) for p in paths)} "
+            f"(pass --path to name where they are)"
+        )
     state = project.state_path
     if options.apply.state is None and not os.environ.get("FNCTL_STATE") and state is not None and inside(tree, state):
-        raise BadInput(f"{CONFIG_FILE}'s state.path lies inside the repository, which fnctl checks out afresh for "
-                       "each commit: pass --state or set FNCTL_STATE")
+        raise BadInput(
+            f"{CONFIG_FILE}'s state.path lies inside the repository, which fnctl checks out afresh for "
+            "each commit: pass --state or set FNCTL_STATE"
+        )
     return project, paths
 
 
@@ -175,14 +200,23 @@ def _rewind_message(decision: Decision, commit: Commit, last: deploys.Deploy) ->
     if decision is Decision.REWIND:
         what = f"commit {commit.sha[:12]} is older than the live commit {live}: deploying it would roll production back"
     else:
-        what = (f"commit {commit.sha[:12]} does not descend from the live commit {live}: the branch was rewritten "
-                "(force-push?) or another branch was given")
-    return (f"{what}.\nTo go back on purpose, revert the change and push (or `fnctl rollback` a function); "
-            "to deploy this commit anyway, pass --allow-rewind.")
+        what = (
+            f"commit {commit.sha[:12]} does not descend from the live commit {live}: the branch was rewritten "
+            "(force-push?) or another branch was given"
+        )
+    return (
+        f"{what}.\nTo go back on purpose, revert the change and push (or `fnctl rollback` a function); "
+        "to deploy this commit anyway, pass --allow-rewind."
+    )
 
 
-def watch(options: SyncOptions, interval: float, progress: Progress, stop: threading.Event,
-          on_report: Callable[[SyncReport | FnctlError], None]) -> None:
+def watch(
+    options: SyncOptions,
+    interval: float,
+    progress: Progress,
+    stop: threading.Event,
+    on_report: Callable[[SyncReport | FnctlError], None],
+) -> None:
     """Pull mode: sync the ref every `interval` seconds until `stop` is set. A new commit deploys; the same
     commit is planned again, so that drift (a dead instance, a change made by hand) is healed. The store
     records what is live, so a restarted watcher never deploys a commit twice."""

@@ -44,9 +44,27 @@ from fnctl.state import docstore
 from fnctl.state.docstore import DocStore, Query, ReadCheck, StoredDoc, StoredWrite
 
 __all__ = [
-    "BadFilter", "Budget", "Caller", "Change", "Conflict", "DataError", "DataPlane", "DataUnavailable", "Document",
-    "Forbidden", "Invalid", "LimitExceeded", "Nonconforming", "NotFound", "Page", "PayloadTooLarge",
-    "PreconditionFailed", "PreconditionRequired", "SyncReport", "Txn", "WriteOp",
+    "BadFilter",
+    "Budget",
+    "Caller",
+    "Change",
+    "Conflict",
+    "DataError",
+    "DataPlane",
+    "DataUnavailable",
+    "Document",
+    "Forbidden",
+    "Invalid",
+    "LimitExceeded",
+    "Nonconforming",
+    "NotFound",
+    "Page",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "PreconditionRequired",
+    "SyncReport",
+    "Txn",
+    "WriteOp",
 ]
 
 DEFAULT_LIMIT = 100
@@ -72,8 +90,15 @@ class Document:
         return f'"{self.version}"'
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "version": self.version, "createdAt": self.created_at, "createdBy": self.created_by,
-                "updatedAt": self.updated_at, "updatedBy": self.updated_by, "data": self.data}
+        return {
+            "id": self.id,
+            "version": self.version,
+            "createdAt": self.created_at,
+            "createdBy": self.created_by,
+            "updatedAt": self.updated_at,
+            "updatedBy": self.updated_by,
+            "data": self.data,
+        }
 
 
 @dataclass(frozen=True)
@@ -100,9 +125,19 @@ class Change:
     revision: int | None
 
     def as_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "txn": self.txn, "at": self.at, "collection": self.collection, "id": self.id,
-                "op": self.op, "before": self.before, "after": self.after, "actor": self.actor,
-                "function": self.function, "revision": self.revision}
+        return {
+            "seq": self.seq,
+            "txn": self.txn,
+            "at": self.at,
+            "collection": self.collection,
+            "id": self.id,
+            "op": self.op,
+            "before": self.before,
+            "after": self.after,
+            "actor": self.actor,
+            "function": self.function,
+            "revision": self.revision,
+        }
 
 
 @dataclass(frozen=True)
@@ -123,8 +158,11 @@ class Nonconforming:
     violations: tuple[tuple[str, str], ...]
 
     def as_json(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "id": self.id,
-                "violations": [{"path": p, "message": m} for p, m in self.violations]}
+        return {
+            "tenant": self.tenant,
+            "id": self.id,
+            "violations": [{"path": p, "message": m} for p, m in self.violations],
+        }
 
 
 @dataclass(frozen=True)
@@ -154,10 +192,12 @@ class Budget:
         self.used_scanned += scanned
         self.used_read += read
         self.used_written += written
-        for used, limit, what in ((self.used_operations, self.operations, "database operations"),
-                                  (self.used_scanned, self.scanned, "documents scanned"),
-                                  (self.used_read, self.bytes_read, "bytes read"),
-                                  (self.used_written, self.bytes_written, "bytes written")):
+        for used, limit, what in (
+            (self.used_operations, self.operations, "database operations"),
+            (self.used_scanned, self.scanned, "documents scanned"),
+            (self.used_read, self.bytes_read, "bytes read"),
+            (self.used_written, self.bytes_written, "bytes written"),
+        ):
             if used > limit:
                 raise LimitExceeded(f"this invocation exceeded its limit of {limit} {what}")
 
@@ -191,8 +231,9 @@ class _Pending:
 
 
 class DataPlane:
-    def __init__(self, store: DocStore, policies: Callable[[], Sequence[Policy]],
-                 audit: AuditSink | None = None) -> None:
+    def __init__(
+        self, store: DocStore, policies: Callable[[], Sequence[Policy]], audit: AuditSink | None = None
+    ) -> None:
         self.store = store
         self.policies = policies
         self.audit = audit
@@ -232,8 +273,7 @@ class DataPlane:
         changed)."""
         result = self.store.sync_collections({c.name: _stored_spec(c) for c in collections}, prune, force)
         self.reload()
-        return SyncReport(tuple(result.created), tuple(result.updated), tuple(result.dropped),
-                          tuple(result.unchanged))
+        return SyncReport(tuple(result.created), tuple(result.updated), tuple(result.dropped), tuple(result.unchanged))
 
     def check(self, collection: str) -> list[Nonconforming]:
         """The documents (all tenants) that no longer conform to the collection's schema."""
@@ -257,41 +297,84 @@ class DataPlane:
         """`get` as (version, the envelope as JSON text), for a caller that sends it on as it is."""
         return Txn(self, caller, budget, record=False).get_text(collection, id)
 
-    def find(self, caller: Caller, collection: str, filter: Any = None, *, order: Sequence[str] = (),
-             limit: int = DEFAULT_LIMIT, cursor: str | None = None, budget: Budget | None = None) -> Page:
-        return Txn(self, caller, budget, record=False).find(collection, filter, order=order, limit=limit,
-                                                            cursor=cursor)
+    def find(
+        self,
+        caller: Caller,
+        collection: str,
+        filter: Any = None,
+        *,
+        order: Sequence[str] = (),
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        budget: Budget | None = None,
+    ) -> Page:
+        return Txn(self, caller, budget, record=False).find(collection, filter, order=order, limit=limit, cursor=cursor)
 
-    def insert(self, caller: Caller, collection: str, data: Any, *, id: str | None = None,
-               idempotency_key: str | None = None, budget: Budget | None = None) -> Document:
+    def insert(
+        self,
+        caller: Caller,
+        collection: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        idempotency_key: str | None = None,
+        budget: Budget | None = None,
+    ) -> Document:
         txn = Txn(self, caller, budget, single=True)
         doc = txn.insert(collection, data, id=id, idempotency_key=idempotency_key)
         results = txn.commit()
         return results[0] or doc if results else doc
 
-    def replace(self, caller: Caller, collection: str, id: str, data: Any, *, if_match: int | None = None,
-                require_if_match: bool = False, budget: Budget | None = None) -> Document:
+    def replace(
+        self,
+        caller: Caller,
+        collection: str,
+        id: str,
+        data: Any,
+        *,
+        if_match: int | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> Document:
         _require(if_match, require_if_match)
         txn = Txn(self, caller, budget, single=True)
         txn.replace(collection, id, data, if_match=if_match)
         return _only(txn.commit())
 
-    def patch(self, caller: Caller, collection: str, id: str, patch: Any, *, if_match: int | None = None,
-              require_if_match: bool = False, budget: Budget | None = None) -> Document:
+    def patch(
+        self,
+        caller: Caller,
+        collection: str,
+        id: str,
+        patch: Any,
+        *,
+        if_match: int | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> Document:
         _require(if_match, require_if_match)
         txn = Txn(self, caller, budget, single=True)
         txn.patch(collection, id, patch, if_match=if_match)
         return _only(txn.commit())
 
-    def delete(self, caller: Caller, collection: str, id: str, *, if_match: int | None = None,
-               require_if_match: bool = False, budget: Budget | None = None) -> None:
+    def delete(
+        self,
+        caller: Caller,
+        collection: str,
+        id: str,
+        *,
+        if_match: int | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> None:
         _require(if_match, require_if_match)
         txn = Txn(self, caller, budget, single=True)
         txn.delete(collection, id, if_match=if_match)
         txn.commit()
 
-    def stage(self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None,
-              require_if_match: bool = False) -> Txn:
+    def stage(
+        self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None, require_if_match: bool = False
+    ) -> Txn:
         """One write checked and staged (what insert / replace / patch / delete do before committing), as a
         one-call transaction to commit alone or with others (`commit_group`)."""
         if op.op != "insert":
@@ -311,8 +394,7 @@ class DataPlane:
             raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
         return txn
 
-    def batch(self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None
-              ) -> list[Document | None]:
+    def batch(self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None) -> list[Document | None]:
         """Several writes, all or nothing; a result per op (None for a delete)."""
         txn = Txn(self, caller, budget, single=True)
         for op in ops:
@@ -365,8 +447,21 @@ class DataPlane:
                 rule = rules[row.collection]
                 if rule is None or not any(d is not None and matches(rule, d) for d in (before, after)):
                     continue
-                out.append(Change(row.seq, row.txn, row.at, row.collection, row.id, row.op, before, after,
-                                  row.actor, row.function, row.revision))
+                out.append(
+                    Change(
+                        row.seq,
+                        row.txn,
+                        row.at,
+                        row.collection,
+                        row.id,
+                        row.op,
+                        before,
+                        after,
+                        row.actor,
+                        row.function,
+                        row.revision,
+                    )
+                )
                 if len(out) == limit:
                     break
         return out
@@ -381,8 +476,9 @@ class DataPlane:
 class Txn:
     """One transaction of one caller. Reads see the transaction's own writes."""
 
-    def __init__(self, plane: DataPlane, caller: Caller, budget: Budget | None, *, record: bool = True,
-                 single: bool = False) -> None:
+    def __init__(
+        self, plane: DataPlane, caller: Caller, budget: Budget | None, *, record: bool = True, single: bool = False
+    ) -> None:
         self.plane = plane
         self.caller = caller
         self.budget = budget
@@ -431,9 +527,16 @@ class Txn:
             before = pending.before
             assert pending.text is not None
             now = docstore.timestamp()
-            return StoredDoc(self.caller.tenant, id, pending.expected + 1,
-                             before.created_at if before else now, before.created_by if before else self.caller.subject,
-                             now, self.caller.subject, pending.text)
+            return StoredDoc(
+                self.caller.tenant,
+                id,
+                pending.expected + 1,
+                before.created_at if before else now,
+                before.created_by if before else self.caller.subject,
+                now,
+                self.caller.subject,
+                pending.text,
+            )
         key = (collection, id)
         if key in self._preloaded:
             return self._preloaded[key]  # its version is recorded already
@@ -492,8 +595,15 @@ class Txn:
         self.plane._audit(self.caller, "data.get", f"{collection}/{id}")
         return row, doc
 
-    def find(self, collection: str, filter: Any = None, *, order: Sequence[str] = (), limit: int = DEFAULT_LIMIT,
-             cursor: str | None = None) -> Page:
+    def find(
+        self,
+        collection: str,
+        filter: Any = None,
+        *,
+        order: Sequence[str] = (),
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> Page:
         self._open()
         info = self.plane.collection(collection)
         ast = parse(filter if filter is not None else {})
@@ -521,8 +631,14 @@ class Txn:
         self.plane._audit(self.caller, "data.find", collection)
         return Page(tuple(docs), next_cursor)
 
-    def _overlay(self, collection: str, ast: Filter, keys: tuple[tuple[str, bool], ...],
-                 after: tuple[Any, ...] | None, docs: list[Document]) -> list[Document]:
+    def _overlay(
+        self,
+        collection: str,
+        ast: Filter,
+        keys: tuple[tuple[str, bool], ...],
+        after: tuple[Any, ...] | None,
+        docs: list[Document],
+    ) -> list[Document]:
         """A find's rows with this transaction's own writes applied (re-sorted, so a page may shift)."""
         by_id = {d.id: d for d in docs}
         for name, id in list(self.writes):
@@ -539,8 +655,9 @@ class Txn:
 
     # -- writes ----------------------------------------------------------------------------------------
 
-    def insert(self, collection: str, data: Any, *, id: str | None = None,
-               idempotency_key: str | None = None) -> Document:
+    def insert(
+        self, collection: str, data: Any, *, id: str | None = None, idempotency_key: str | None = None
+    ) -> Document:
         self._open()
         info = self.plane.collection(collection)
         rule = self._write_rule(collection)
@@ -599,8 +716,18 @@ class Txn:
         before = self._existing(collection, id, if_match)
         if not is_always(rule) and not matches(rule, _document(before).as_json()):
             raise Forbidden(f"you may not delete document {id!r} of {collection!r}")
-        self._put(_Pending("delete", collection, id, before.version, None, None, self._original(collection, id, before),
-                           if_match is not None))
+        self._put(
+            _Pending(
+                "delete",
+                collection,
+                id,
+                before.version,
+                None,
+                None,
+                self._original(collection, id, before),
+                if_match is not None,
+            )
+        )
 
     def _existing(self, collection: str, id: str, if_match: int | None) -> StoredDoc:
         """The document a replace/patch/delete acts on: readable by the caller, at the If-Match version."""
@@ -617,11 +744,28 @@ class Txn:
         pending = self.writes.get((collection, id))
         return pending.before if pending is not None else before
 
-    def _stage(self, collection: str, id: str, op: Literal["insert", "replace"], data: dict[str, Any], text: str,
-               before: StoredDoc | None, expected: int, precondition: bool, rule: Filter) -> Document:
+    def _stage(
+        self,
+        collection: str,
+        id: str,
+        op: Literal["insert", "replace"],
+        data: dict[str, Any],
+        text: str,
+        before: StoredDoc | None,
+        expected: int,
+        precondition: bool,
+        rule: Filter,
+    ) -> Document:
         now = docstore.timestamp()
-        doc = Document(id, expected + 1, before.created_at if before else now,
-                       before.created_by if before else self.caller.subject, now, self.caller.subject, data)
+        doc = Document(
+            id,
+            expected + 1,
+            before.created_at if before else now,
+            before.created_by if before else self.caller.subject,
+            now,
+            self.caller.subject,
+            data,
+        )
         if not is_always(rule):
             if before is not None and not matches(rule, _document(before).as_json()):
                 raise Forbidden(f"you may not change document {id!r} of {collection!r}")
@@ -630,8 +774,9 @@ class Txn:
         pending = self.writes.get((collection, id))
         if pending is not None and pending.op == "insert" and pending.before is None:
             op = "insert"  # inserted then replaced in the same transaction: still an insert
-        self._put(_Pending(op, collection, id, expected, data, text, self._original(collection, id, before),
-                           precondition))
+        self._put(
+            _Pending(op, collection, id, expected, data, text, self._original(collection, id, before), precondition)
+        )
         return doc
 
     def _put(self, pending: _Pending) -> None:
@@ -670,10 +815,17 @@ class Txn:
             return None
         caller = self.caller
         reads = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in self.reads.items() if (c, i) not in self.writes]
-        writes = [StoredWrite(p.op, p.collection, p.id, p.expected, p.text,
-                              p.before, p.idempotency_key) for p in self.writes.values()]
-        return docstore.GroupItem(caller.tenant, reads, self.finds, writes,
-                                  docstore.ChangeMeta(caller.subject, caller.function, caller.revision))
+        writes = [
+            StoredWrite(p.op, p.collection, p.id, p.expected, p.text, p.before, p.idempotency_key)
+            for p in self.writes.values()
+        ]
+        return docstore.GroupItem(
+            caller.tenant,
+            reads,
+            self.finds,
+            writes,
+            docstore.ChangeMeta(caller.subject, caller.function, caller.revision),
+        )
 
     def _finish(self, stored: list[StoredDoc | None] | Exception) -> list[Document | None]:
         """The results of a commit, or its failure as the data plane's error."""
@@ -688,14 +840,16 @@ class Txn:
                 raise Conflict(f"a document {pending.id!r} already exists in {pending.collection!r}") from None
             raise Conflict("a concurrent write changed what this transaction read; retry it") from None
         except docstore.UniqueViolation as exc:
-            raise Conflict(f"a document with the same {exc.fields} already exists in {exc.collection!r} "
-                           "(unique index)") from None
+            raise Conflict(
+                f"a document with the same {exc.fields} already exists in {exc.collection!r} (unique index)"
+            ) from None
         except docstore.IdempotentReplay as exc:
             return [_from_json(json.loads(exc.response))]
         assert not isinstance(stored, Exception)
         # The new envelopes, around the data this transaction already holds (no decoding of what it encoded).
-        return [None if row is None else _document(row, p.data) for row, p in zip(stored, self.writes.values(),
-                                                                                   strict=True)]
+        return [
+            None if row is None else _document(row, p.data) for row, p in zip(stored, self.writes.values(), strict=True)
+        ]
 
     def staged_bytes(self) -> int:
         """The size of the documents this transaction would write (what keeping it costs)."""
@@ -748,12 +902,16 @@ def _validate(info: _Collection, data: Any) -> str:
         raise Invalid(f"the document is not JSON: {exc}") from None
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     if size > info.model.document_size:
-        raise PayloadTooLarge(f"the document is {size} bytes; collection {info.model.name!r} takes at most "
-                              f"{info.model.document_size}")
+        raise PayloadTooLarge(
+            f"the document is {size} bytes; collection {info.model.name!r} takes at most {info.model.document_size}"
+        )
     violations = tuple(info.check(data))
     if violations:
-        raise Invalid(f"the document does not match the schema of {info.model.name!r} "
-                      f"({len(violations)} problem{'s' if len(violations) > 1 else ''})", violations=violations)
+        raise Invalid(
+            f"the document does not match the schema of {info.model.name!r} "
+            f"({len(violations)} problem{'s' if len(violations) > 1 else ''})",
+            violations=violations,
+        )
     return text
 
 
@@ -781,19 +939,29 @@ def uuid7() -> str:
 
 def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> Document:
     """The document of a stored row; `data`: its data already decoded (row.data is its encoding)."""
-    return Document(row.id, row.version, row.created_at, row.created_by, row.updated_at, row.updated_by,
-                    json.loads(row.data) if data is None else data)
+    return Document(
+        row.id,
+        row.version,
+        row.created_at,
+        row.created_by,
+        row.updated_at,
+        row.updated_by,
+        json.loads(row.data) if data is None else data,
+    )
 
 
 def _from_json(raw: dict[str, Any]) -> Document:
-    return Document(raw["id"], raw["version"], raw["createdAt"], raw["createdBy"], raw["updatedAt"],
-                    raw["updatedBy"], raw["data"])
+    return Document(
+        raw["id"], raw["version"], raw["createdAt"], raw["createdBy"], raw["updatedAt"], raw["updatedBy"], raw["data"]
+    )
 
 
 def _stored_spec(collection: Collection) -> dict[str, Any]:
-    return {"schema": collection.schema, "indexes": [{"fields": list(i.fields), "unique": i.unique}
-                                                     for i in collection.indexes],
-            "limits": {"documentSize": collection.document_size}}
+    return {
+        "schema": collection.schema,
+        "indexes": [{"fields": list(i.fields), "unique": i.unique} for i in collection.indexes],
+        "limits": {"documentSize": collection.document_size},
+    }
 
 
 def _compile(row: docstore.CollectionRow) -> _Collection:
@@ -839,8 +1007,10 @@ def _order(order: Sequence[str] | str, info: _Collection) -> tuple[tuple[str, bo
         name = raw[1:] if desc else raw
         if name not in info.indexed:
             indexed = ", ".join(sorted(info.indexed))
-            raise BadFilter(f"cannot order by {name!r}: it is not indexed (order by one of: {indexed}; or add an "
-                            "index to the collection)")
+            raise BadFilter(
+                f"cannot order by {name!r}: it is not indexed (order by one of: {indexed}; or add an "
+                "index to the collection)"
+            )
         keys.append((name, desc))
     if not any(k == "id" for k, _ in keys):
         keys.append(("id", keys[-1][1] if keys else False))
@@ -909,7 +1079,6 @@ def _decode_cursor(cursor: str, keys: tuple[tuple[str, bool], ...]) -> tuple[Any
     if any(isinstance(v, dict | list | bool) for v in values):
         raise BadFilter("the cursor is not one this API gave")
     return tuple(values)
-
 
 
 def stored_spec(collection: Collection) -> dict[str, Any]:

@@ -22,8 +22,12 @@ class DataError(FnctlError):
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document."""
-        body: dict[str, Any] = {"type": PROBLEM_BASE + self.type, "title": self.title, "status": self.status,
-                                "detail": self.detail_text}
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail_text,
+        }
         if self.violations:
             body["violations"] = [{"path": p, "message": m} for p, m in self.violations]
         return body
@@ -83,7 +87,20 @@ class DataUnavailable(DataError):
     status, type, title = 503, "unavailable", "Data store unavailable"
 
 
-ERRORS: dict[str, type[DataError]] = {c.type: c for c in (
-    DataError, Invalid, BadFilter, NotFound, Forbidden, Conflict, PreconditionFailed, PayloadTooLarge,
-    PreconditionRequired, LimitExceeded, DataUnavailable)}
+ERRORS: dict[str, type[DataError]] = {
+    c.type: c
+    for c in (
+        DataError,
+        Invalid,
+        BadFilter,
+        NotFound,
+        Forbidden,
+        Conflict,
+        PreconditionFailed,
+        PayloadTooLarge,
+        PreconditionRequired,
+        LimitExceeded,
+        DataUnavailable,
+    )
+}
 ERRORS["invalid"] = Invalid

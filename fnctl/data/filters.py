@@ -23,12 +23,17 @@ from fnctl.manifest.filterlang import (
     render_path,
 )
 
-__all__ = ["ALL", "Always", "And", "Compare", "Filter", "Not", "Op", "Or", "bind", "matches", "parse",
-           "is_always"]
+__all__ = ["ALL", "Always", "And", "Compare", "Filter", "Not", "Op", "Or", "bind", "matches", "parse", "is_always"]
 
 _MISSING: Any = object()
-_META = {"id": "id", "version": "version", "createdAt": "createdAt", "createdBy": "createdBy",
-         "updatedAt": "updatedAt", "updatedBy": "updatedBy"}
+_META = {
+    "id": "id",
+    "version": "version",
+    "createdAt": "createdAt",
+    "createdBy": "createdBy",
+    "updatedAt": "updatedAt",
+    "updatedBy": "updatedBy",
+}
 
 
 def parse(raw: Any, *, caller_refs: bool = False) -> Filter:
@@ -36,8 +41,9 @@ def parse(raw: Any, *, caller_refs: bool = False) -> Filter:
     try:
         return _parse(raw, caller_refs)
     except FilterError as exc:
-        raise BadFilter(f"bad filter at {render_path(exc.path)}: {exc.message}",
-                        violations=((render_path(exc.path), exc.message),)) from None
+        raise BadFilter(
+            f"bad filter at {render_path(exc.path)}: {exc.message}", violations=((render_path(exc.path), exc.message),)
+        ) from None
 
 
 def _parse(raw: Any, caller_refs: bool) -> Filter:

@@ -36,7 +36,7 @@ def _rule(caller: Caller, policies: Iterable[Policy], collection: str, *, write:
         for role, grant in policy.roles.items():
             if role not in caller.roles:
                 continue
-            for item in (grant.write if write else grant.read):
+            for item in grant.write if write else grant.read:
                 if isinstance(item, RowRule):
                     if item.collection in ("*", collection):
                         rules.append(bind(item.where, caller))

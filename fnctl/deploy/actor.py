@@ -7,9 +7,16 @@ import os
 
 # Who is behind a run, as CI systems name them ("ci:<name>") and as git servers name the pusher whose push
 # runs fnctl's hook ("push:<name>": GitLab, Gitea, gitolite); the first variable set wins.
-_ACTORS = (("FNCTL_ACTOR", ""), ("GITHUB_ACTOR", "ci:"), ("GITLAB_USER_LOGIN", "ci:"),
-           ("BUILDKITE_BUILD_CREATOR", "ci:"), ("CIRCLE_USERNAME", "ci:"), ("GL_USERNAME", "push:"),
-           ("GITEA_PUSHER_NAME", "push:"), ("GL_USER", "push:"))
+_ACTORS = (
+    ("FNCTL_ACTOR", ""),
+    ("GITHUB_ACTOR", "ci:"),
+    ("GITLAB_USER_LOGIN", "ci:"),
+    ("BUILDKITE_BUILD_CREATOR", "ci:"),
+    ("CIRCLE_USERNAME", "ci:"),
+    ("GL_USERNAME", "push:"),
+    ("GITEA_PUSHER_NAME", "push:"),
+    ("GL_USER", "push:"),
+)
 
 
 def actor() -> str:

@@ -63,9 +63,14 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
         "labels": dict(sorted(function.labels.items())),
         "env": dict(sorted(function.env.items())),
         # Where each value comes from (never the value): the gateway reads them itself to start instances.
-        "secrets": {"names": [s.name for s in function.secrets], "valuesHash": secrets[:16],
-                    "sources": [{"name": s.name, **({"fromEnv": s.from_env} if s.from_env else {"fromFile": s.from_file})}
-                                for s in function.secrets]},
+        "secrets": {
+            "names": [s.name for s in function.secrets],
+            "valuesHash": secrets[:16],
+            "sources": [
+                {"name": s.name, **({"fromEnv": s.from_env} if s.from_env else {"fromFile": s.from_file})}
+                for s in function.secrets
+            ],
+        },
         "limits": _limits_v1(function.limits),
         "network": function.network.value,
         "isolation": function.isolation.value,
@@ -73,8 +78,10 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
         "access": {"roles": list(function.roles)},
         "parameters": function.parameters,
         "returns": function.returns,
-        "healthCheck": [{"event": c.event, **({"expect": c.expect} if c.expect is not NO_EXPECTATION else {})}
-                        for c in function.health_checks],
+        "healthCheck": [
+            {"event": c.event, **({"expect": c.expect} if c.expect is not NO_EXPECTATION else {})}
+            for c in function.health_checks
+        ],
         "rollout": raw.get("rollout", {"strategy": "immediate"}),
     }
     # The data plane's fields join the spec only when set to something else than their default: a function
@@ -90,17 +97,26 @@ def canonical_spec(function: Function, code: str, base_image: str, secrets: str)
 
 def _limits_v1(limits: Limits) -> dict[str, Any]:
     # The values as they are (no int/float coercion): the JSON text of each number is in the hash.
-    return {"timeout": limits.timeout, "memory": limits.memory, "cpu": limits.cpu, "pids": limits.pids,
-            "tmp": limits.tmp, "payload": limits.payload, "output": limits.output}
+    return {
+        "timeout": limits.timeout,
+        "memory": limits.memory,
+        "cpu": limits.cpu,
+        "pids": limits.pids,
+        "tmp": limits.tmp,
+        "payload": limits.payload,
+        "output": limits.output,
+    }
 
 
 def _scaling_v1(scaling: Scaling) -> dict[str, Any]:
     # snake_case inside a camelCase document, frozen: these keys are in the hash of every revision.
-    return {"min_instances": scaling.min_instances, "max_instances": scaling.max_instances,
-            "concurrency": scaling.concurrency}
+    return {
+        "min_instances": scaling.min_instances,
+        "max_instances": scaling.max_instances,
+        "concurrency": scaling.concurrency,
+    }
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
     """Of the spec's JSON with sorted keys and no spaces: this exact text is what identifies a revision."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-

@@ -156,20 +156,39 @@ def drift_of(function: LiveFunction) -> Iterator[Drift]:
     serving = {r for r, w in function.weights.items() if w > 0}
     for revision in sorted(serving):
         if not function.images_present.get(revision, True):
-            yield Drift(DriftKind.IMAGE_REMOVED, f"image {function.images.get(revision)} of revision {revision} is gone",
-                        revision=revision)
+            yield Drift(
+                DriftKind.IMAGE_REMOVED,
+                f"image {function.images.get(revision)} of revision {revision} is gone",
+                revision=revision,
+            )
     healthy = 0
     for instance in function.instances:
         if instance.status == "missing":
-            yield Drift(DriftKind.INSTANCE_MISSING, f"instance {instance.id} has no container", instance.id, instance.revision)
+            yield Drift(
+                DriftKind.INSTANCE_MISSING, f"instance {instance.id} has no container", instance.id, instance.revision
+            )
         elif instance.status != "running":
-            yield Drift(DriftKind.INSTANCE_EXITED, f"instance {instance.id} is {instance.status}", instance.id, instance.revision)
+            yield Drift(
+                DriftKind.INSTANCE_EXITED,
+                f"instance {instance.id} is {instance.status}",
+                instance.id,
+                instance.revision,
+            )
         elif function.images.get(instance.revision) not in (instance.image, None):
-            yield Drift(DriftKind.INSTANCE_CHANGED, f"instance {instance.id} runs {instance.image}, not "
-                        f"{function.images.get(instance.revision)}", instance.id, instance.revision)
+            yield Drift(
+                DriftKind.INSTANCE_CHANGED,
+                f"instance {instance.id} runs {instance.image}, not {function.images.get(instance.revision)}",
+                instance.id,
+                instance.revision,
+            )
         elif instance.container_id and instance.engine_id and instance.engine_id != instance.container_id:
-            yield Drift(DriftKind.INSTANCE_CHANGED, f"instance {instance.id} is container {instance.engine_id[:12]}, "
-                        f"not the {instance.container_id[:12]} fnctl started", instance.id, instance.revision)
+            yield Drift(
+                DriftKind.INSTANCE_CHANGED,
+                f"instance {instance.id} is container {instance.engine_id[:12]}, "
+                f"not the {instance.container_id[:12]} fnctl started",
+                instance.id,
+                instance.revision,
+            )
         elif instance.revision in serving:
             healthy += 1
     wanted = function.min_instances * len(serving)
@@ -191,8 +210,9 @@ def diff_collections(desired: Mapping[str, dict[str, Any]], live: LiveState) -> 
         elif have.spec == want:
             changes.append(CollectionChange(name, ChangeKind.UNCHANGED, (), have.documents))
         else:
-            changes.append(CollectionChange(name, ChangeKind.UPDATE, tuple(field_changes(have.spec, want)),
-                                            have.documents))
+            changes.append(
+                CollectionChange(name, ChangeKind.UPDATE, tuple(field_changes(have.spec, want)), have.documents)
+            )
     return changes
 
 
@@ -203,9 +223,16 @@ def refused_drops(collections: list[CollectionChange], *, prune: bool, force: bo
     return [c for c in collections if c.kind is ChangeKind.DELETE and c.documents > 0]
 
 
-def has_changes(changes: list[Change], live: LiveState, *, prune: bool = True,
-                collections: list[CollectionChange] | None = None) -> bool:
-    return bool(live.orphans) or any(
-        (c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)) or c.drift for c in changes
-    ) or any(c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)
-             for c in collections or ())
+def has_changes(
+    changes: list[Change], live: LiveState, *, prune: bool = True, collections: list[CollectionChange] | None = None
+) -> bool:
+    return (
+        bool(live.orphans)
+        or any(
+            (c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE)) or c.drift
+            for c in changes
+        )
+        or any(
+            c.kind is not ChangeKind.UNCHANGED and (prune or c.kind is not ChangeKind.DELETE) for c in collections or ()
+        )
+    )

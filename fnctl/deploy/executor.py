@@ -61,8 +61,11 @@ class Context:
     def git_fields(self) -> dict[str, str | None]:
         """The commit's sha, author and subject, as the store's audit and revision columns want them."""
         git = self.git
-        return {"git_commit": git.sha if git else None, "git_author": git.author if git else None,
-                "git_subject": git.subject if git else None}
+        return {
+            "git_commit": git.sha if git else None,
+            "git_author": git.author if git else None,
+            "git_subject": git.subject if git else None,
+        }
 
 
 def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
@@ -73,8 +76,12 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
     store = ctx.store
     for revision in store.revisions():
         if revision.status is RevisionStatus.PENDING:
-            store.set_revision_status(revision.function, revision.number, RevisionStatus.FAILED,
-                                      "interrupted: the deploying process stopped before it finished")
+            store.set_revision_status(
+                revision.function,
+                revision.number,
+                RevisionStatus.FAILED,
+                "interrupted: the deploying process stopped before it finished",
+            )
             done.append(f"{revision.function} revision {revision.number}: marked failed (interrupted)")
     routes = store.routes()
     for row in store.instances():
@@ -85,8 +92,15 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     done += _remove_orphans(ctx, orphans)
     if done:
-        store.audit(actor=ctx.actor, command=ctx.command, action="recover", target="", outcome="ok",
-                    **ctx.git_fields, detail="; ".join(done)[:4000])
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="recover",
+            target="",
+            outcome="ok",
+            **ctx.git_fields,
+            detail="; ".join(done)[:4000],
+        )
     return done
 
 
@@ -122,21 +136,41 @@ def prepare(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> in
     number = store.next_revision_number(function.name)
     with store.transaction():
         git = ctx.git_fields
-        store.add_revision(Revision(function.name, number, spec.spec_hash, spec.spec, "", git["git_commit"],
-                                    git["git_author"], time.time(), ctx.actor, RevisionStatus.PENDING, None,
-                                    git["git_subject"]))
+        store.add_revision(
+            Revision(
+                function.name,
+                number,
+                spec.spec_hash,
+                spec.spec,
+                "",
+                git["git_commit"],
+                git["git_author"],
+                time.time(),
+                ctx.actor,
+                RevisionStatus.PENDING,
+                None,
+                git["git_subject"],
+            )
+        )
     checkpoint("revision-recorded")
     try:
         ctx.progress(f"{function.name}: building image for revision {number}")
-        image = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image,
-                                    lambda line: ctx.progress(f"{function.name}: {line}"))
+        image = images.ensure_image(
+            ctx.project,
+            function.name,
+            spec.source,
+            ctx.base_image,
+            lambda line: ctx.progress(f"{function.name}: {line}"),
+        )
         store.set_revision_image(function.name, number, image.tag)
         checkpoint("image-built")
         start_checked(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
     except FnctlError as exc:
         _fail(ctx, function.name, number, exc)
-        raise DeployFailed(f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the "
-                           "previous revision", detail=exc.detail) from None
+        raise DeployFailed(
+            f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the previous revision",
+            detail=exc.detail,
+        ) from None
     return number
 
 
@@ -160,12 +194,20 @@ def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
     reason = exc.message + (f"\n{exc.detail}" if exc.detail else "")
     with ctx.store.transaction():
         ctx.store.set_revision_status(name, number, RevisionStatus.FAILED, reason[:4000])
-        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="deploy", target=name, outcome="failed",
-                        **ctx.git_fields, detail=f"revision {number}: {exc.message}")
+        ctx.store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="deploy",
+            target=name,
+            outcome="failed",
+            **ctx.git_fields,
+            detail=f"revision {number}: {exc.message}",
+        )
 
 
-def start_checked(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
-                  count: int) -> None:
+def start_checked(
+    ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str], count: int
+) -> None:
     """Start `count` instances and health-check each; on any failure the ones started here are removed
     (so nothing unchecked is left behind for traffic to reach) and the error propagates."""
     started: list[instances.Instance] = []
@@ -186,8 +228,9 @@ def start_checked(ctx: Context, function: Function, revision: int, image: str, s
             instance.transport.close()
 
 
-def start_instances(ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str],
-                    count: int) -> list[instances.Instance]:
+def start_instances(
+    ctx: Context, function: Function, revision: int, image: str, secret_values: dict[str, str], count: int
+) -> list[instances.Instance]:
     """Start `count` instances, each recorded before its container exists; a failure removes the one
     being started and propagates (those already started stay, for the caller to keep or remove)."""
     started: list[instances.Instance] = []
@@ -195,15 +238,27 @@ def start_instances(ctx: Context, function: Function, revision: int, image: str,
         instance_id = instances.new_instance_id()
         ctx.progress(f"{function.name}: starting instance {instance_id} of revision {revision}")
         # Recorded first: a crash from here on leaves a row that `recover` cleans up by label.
-        ctx.store.add_instance(InstanceRow(instance_id, function.name, revision, None,
-                                           str(instances.runtime_root() / instance_id), InstanceState.STARTING,
-                                           time.time()))
+        ctx.store.add_instance(
+            InstanceRow(
+                instance_id,
+                function.name,
+                revision,
+                None,
+                str(instances.runtime_root() / instance_id),
+                InstanceState.STARTING,
+                time.time(),
+            )
+        )
         checkpoint("instance-recorded")
         try:
-            instance = instances.start(function, image=image, revision=str(revision), secret_values=secret_values,
-                                       labels=labels(ctx.project, function.name, revision=str(revision),
-                                                     store=ctx.store.id),
-                                       instance_id=instance_id)
+            instance = instances.start(
+                function,
+                image=image,
+                revision=str(revision),
+                secret_values=secret_values,
+                labels=labels(ctx.project, function.name, revision=str(revision), store=ctx.store.id),
+                instance_id=instance_id,
+            )
         except BaseException:
             ctx.store.remove_instance(instance_id)
             raise
@@ -223,18 +278,28 @@ def health_check(instance: instances.Instance) -> None:
         raise FnctlError(problems[0].message, detail=problems[0].detail)
 
 
-def check_problems(instance: instances.Instance, checks: Sequence[HealthCheck], name: str = "check") -> list[FnctlError]:
+def check_problems(
+    instance: instances.Instance, checks: Sequence[HealthCheck], name: str = "check"
+) -> list[FnctlError]:
     """Run `checks` on `instance` in order, up to the first that fails: its problem (or none)."""
     function = instance.function
     for index, check in enumerate(checks):
         outcome = instances.invoke(instance, check.event)
         where = f"{name}[{index}]"
         if not outcome.ok:
-            return [FnctlError(f"{where} failed ({outcome.failure.value if outcome.failure else 'error'}): "
-                               f"{outcome.message}", detail=(outcome.traceback + outcome.logs).strip() or None)]
+            return [
+                FnctlError(
+                    f"{where} failed ({outcome.failure.value if outcome.failure else 'error'}): {outcome.message}",
+                    detail=(outcome.traceback + outcome.logs).strip() or None,
+                )
+            ]
         if check.expect is not NO_EXPECTATION and outcome.result != check.expect:
-            return [FnctlError(f"{where} returned an unexpected result",
-                               detail=f"expected: {check.expect!r}\n     got: {outcome.result!r}")]
+            return [
+                FnctlError(
+                    f"{where} returned an unexpected result",
+                    detail=f"expected: {check.expect!r}\n     got: {outcome.result!r}",
+                )
+            ]
         problem = returns_problem(function, outcome.result)
         if problem:
             return [FnctlError(f"{where}: the result does not match `returns`: {problem}")]
@@ -248,8 +313,9 @@ def returns_problem(function: Function, result: Any) -> str | None:
     return None if error is None else f"{'/'.join(map(str, error[0])) or '(result)'}: {error[1]}"
 
 
-def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
-           also: Callable[[], None] = lambda: None) -> None:
+def switch(
+    ctx: Context, name: str, weights: dict[int, int], what: str, also: Callable[[], None] = lambda: None
+) -> None:
     """One atomic change of the routing table, audited in the same transaction (as are the writes `also`
     makes, which must land together with it)."""
     with ctx.store.transaction():
@@ -259,8 +325,15 @@ def switch(ctx: Context, name: str, weights: dict[int, int], what: str,
             if weight > 0 and current is not None and current.status is RevisionStatus.PENDING:
                 ctx.store.set_revision_status(name, revision, RevisionStatus.READY, None)
         ctx.store.set_route(name, weights)
-        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="route", target=name, outcome="ok",
-                        **ctx.git_fields, detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()))
+        ctx.store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="route",
+            target=name,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()),
+        )
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
 
@@ -293,16 +366,25 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
         # sent never ran and may be retried; killing it at once would look like a crash (exit 137).
         dockerio.stop(row.container_id, timeout=5)
     # A row without its container ID (its start was interrupted) finds the container by label.
-    doomed = [row.container_id] if row.container_id else [
-        c.id for c in dockerio.list_containers({"io.fnctl.instance": row.id})]
+    doomed = (
+        [row.container_id]
+        if row.container_id
+        else [c.id for c in dockerio.list_containers({"io.fnctl.instance": row.id})]
+    )
     for container_id in doomed:
         dockerio.kill(container_id)
     instances.remove_socket_dir(row.socket_dir)
     ctx.store.remove_instance(row.id)
 
 
-def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
-         broken: set[str], image_removed: bool) -> Revision | None:
+def heal(
+    ctx: Context,
+    spec: DeploySpec,
+    revision: Revision,
+    secret_values: dict[str, str],
+    broken: set[str],
+    image_removed: bool,
+) -> Revision | None:
     """Bring a serving revision back to its instance count: replace the `broken` instances (dead, missing
     or altered outside fnctl) and rebuild a removed image (same content, same tag). Audited either way.
 
@@ -315,17 +397,36 @@ def heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict
         ctx.progress(f"{spec.name}: {exc.message}; deploying the same spec as a new revision")
         return deploy(ctx, spec, secret_values)
     except FnctlError as exc:
-        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="failed",
-                        **ctx.git_fields, detail=f"revision {revision.number}: {exc.message}")
+        ctx.store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="heal",
+            target=spec.name,
+            outcome="failed",
+            **ctx.git_fields,
+            detail=f"revision {revision.number}: {exc.message}",
+        )
         raise
-    ctx.store.audit(actor=ctx.actor, command=ctx.command, action="heal", target=spec.name, outcome="ok",
-                    **ctx.git_fields, detail=f"revision {revision.number}: replaced {len(broken)}, "
-                    f"started {started}")
+    ctx.store.audit(
+        actor=ctx.actor,
+        command=ctx.command,
+        action="heal",
+        target=spec.name,
+        outcome="ok",
+        **ctx.git_fields,
+        detail=f"revision {revision.number}: replaced {len(broken)}, started {started}",
+    )
     return None
 
 
-def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dict[str, str],
-          broken: set[str], image_removed: bool) -> int:
+def _heal(
+    ctx: Context,
+    spec: DeploySpec,
+    revision: Revision,
+    secret_values: dict[str, str],
+    broken: set[str],
+    image_removed: bool,
+) -> int:
     function = spec.function
     for row in ctx.store.instances(function.name):
         if row.id in broken:
@@ -335,8 +436,10 @@ def _heal(ctx: Context, spec: DeploySpec, revision: Revision, secret_values: dic
         ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
         rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
         if rebuilt.tag != revision.image:
-            raise ImageNotReproducible(f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "
-                                       f"{revision.image} (the base image or fnctl's runtime changed)")
+            raise ImageNotReproducible(
+                f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "
+                f"{revision.image} (the base image or fnctl's runtime changed)"
+            )
     running = [r for r in ctx.store.instances(function.name) if r.revision == revision.number]
     missing = max(function.scaling.min_instances - len(running), 0)
     if missing:
@@ -350,8 +453,9 @@ def delete(ctx: Context, name: str) -> None:
     # unrouted, unseen by `status`). A crash in between leaves unrouted instances, which `recover` removes.
     with ctx.store.transaction():
         ctx.store.delete_route(name)
-        ctx.store.audit(actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok",
-                        **ctx.git_fields)
+        ctx.store.audit(
+            actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok", **ctx.git_fields
+        )
     pickup.wait_for_gateway(ctx.store)
     for row in ctx.store.instances(name):
         _remove_row(ctx, row, drain=True)

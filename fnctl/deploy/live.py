@@ -25,30 +25,42 @@ def read_live(store: Store, project: str) -> LiveState:
     return live_from_store(store, listed, dockerio.images_present)
 
 
-def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
-                    images_present: Callable[[set[str]], set[str]]) -> LiveState:
+def live_from_store(
+    store: Store, listed: list[dockerio.ContainerInfo], images_present: Callable[[set[str]], set[str]]
+) -> LiveState:
     """The live state from the store's rows and what the engine showed: its containers (`listed`) and which
     of the images asked for it has. Apart so that tests can build it without a daemon."""
     rows = store.instances()
     containers = _containers_of(listed, rows)
     routes = store.routes()
     revisions, instances = _by_function(store.revisions()), _by_function(rows)
-    images_needed = {r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0}
+    images_needed = {
+        r.image for rs in revisions.values() for r in rs if routes.get(r.function, {}).get(r.number, 0) > 0
+    }
     present = images_present(images_needed)
-    rolling = {row.function: (row.stable if row.stable is not None else row.canary, row.canary)
-               for row in rolloutstore.rollouts(store, states=ACTIVE)}
+    rolling = {
+        row.function: (row.stable if row.stable is not None else row.canary, row.canary)
+        for row in rolloutstore.rollouts(store, states=ACTIVE)
+    }
     functions: dict[str, LiveFunction] = {}
     for name, weights in routes.items():
         own = revisions.get(name, [])
         live_instances = tuple(
-            LiveInstance(i.id, i.revision, i.container_id, containers[i.id].status if i.id in containers else "missing",
-                         containers[i.id].image if i.id in containers else "",
-                         containers[i.id].id if i.id in containers else "")
-            for i in instances.get(name, []))
+            LiveInstance(
+                i.id,
+                i.revision,
+                i.container_id,
+                containers[i.id].status if i.id in containers else "missing",
+                containers[i.id].image if i.id in containers else "",
+                containers[i.id].id if i.id in containers else "",
+            )
+            for i in instances.get(name, [])
+        )
         stable = stable_revision(weights)
         spec = next((r.spec for r in own if r.number == stable), {})
         functions[name] = LiveFunction(
-            name=name, weights=weights,
+            name=name,
+            weights=weights,
             specs={r.number: r.spec for r in own if r.number in weights},
             spec_hashes={r.number: r.spec_hash for r in own},
             images={r.number: r.image for r in own},
@@ -58,8 +70,12 @@ def live_from_store(store: Store, listed: list[dockerio.ContainerInfo],
             rollout=rolling.get(name),
         )
     orphans = unknown_containers(listed, rows)
-    quarantined = {r.spec_hash: f"{r.function} revision {r.number}: {r.reason}"
-                   for rs in revisions.values() for r in rs if r.status is RevisionStatus.QUARANTINED}
+    quarantined = {
+        r.spec_hash: f"{r.function} revision {r.number}: {r.reason}"
+        for rs in revisions.values()
+        for r in rs
+        if r.status is RevisionStatus.QUARANTINED
+    }
     return LiveState(functions, orphans, quarantined, read_collections(store))
 
 
@@ -81,13 +97,19 @@ def unknown_containers(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[
     label: a copy of an instance carrying its labels is unknown too. A row still without its container ID
     (being started) accounts for the container its label names."""
     accounted = {(row.id, row.container_id) for row in rows}
-    return tuple(sorted(c.id for c in listed
-                        if not {(c.labels.get("io.fnctl.instance", ""), c.id),
-                                (c.labels.get("io.fnctl.instance", ""), None)} & accounted))
+    return tuple(
+        sorted(
+            c.id
+            for c in listed
+            if not {(c.labels.get("io.fnctl.instance", ""), c.id), (c.labels.get("io.fnctl.instance", ""), None)}
+            & accounted
+        )
+    )
 
 
-def orphan_reasons(listed: Iterable[dockerio.ContainerInfo], rows: Iterable[InstanceRow],
-                   routes: Mapping[str, Mapping[int, int]]) -> dict[str, str]:
+def orphan_reasons(
+    listed: Iterable[dockerio.ContainerInfo], rows: Iterable[InstanceRow], routes: Mapping[str, Mapping[int, int]]
+) -> dict[str, str]:
     """Container ID → why it is an orphan, for each of fnctl's containers that is no instance of a revision
     in the routing table: unknown to the store, of a function that is not deployed (deleted), or of a
     revision the table no longer lists (the gateway's for pinned requests, stopped once idle). Pure."""

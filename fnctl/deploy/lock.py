@@ -47,8 +47,7 @@ OnWait = Callable[[Holder], AbstractContextManager[object]]
 
 
 @contextmanager
-def held(store_path: Path, timeout: float, command: str | None = None,
-         on_wait: OnWait | None = None) -> Iterator[None]:
+def held(store_path: Path, timeout: float, command: str | None = None, on_wait: OnWait | None = None) -> Iterator[None]:
     """Hold the store's lock for the block; wait up to `timeout` seconds for it, telling `on_wait` whom
     it waits for."""
     with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout, on_wait)):
@@ -58,6 +57,7 @@ def held(store_path: Path, timeout: float, command: str | None = None,
 @contextmanager
 def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
     """Hold the store's lock for the block if it is free now (True), else do without it (False)."""
+
     def try_once(fd: int, path: Path) -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,8 +78,12 @@ def _holding(store_path: Path, command: str | None, acquire: Callable[[int, Path
         if acquire(fd, path) is False:
             yield False
             return
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                  "command": command or " ".join(["fnctl", *sys.argv[1:]])[:200]}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "command": command or " ".join(["fnctl", *sys.argv[1:]])[:200],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:
@@ -104,8 +108,10 @@ def _acquire(fd: int, path: Path, timeout: float, on_wait: OnWait | None = None)
                 now = time.monotonic()
                 if now >= deadline:
                     display.close()  # the display goes before the error is shown
-                    raise LockTimeout(f"the state store is locked by {describe_holder(path)}; waited {timeout:g}s "
-                                      "(raise --lock-timeout to wait longer)") from None
+                    raise LockTimeout(
+                        f"the state store is locked by {describe_holder(path)}; waited {timeout:g}s "
+                        "(raise --lock-timeout to wait longer)"
+                    ) from None
                 if on_wait is not None and now - looked >= RECHECK:
                     looked = now
                     holder = read_holder(path)
@@ -126,9 +132,12 @@ def read_holder(path: Path) -> Holder:
         data = {}
 
     pid, host, command, since = (data.get(k) for k in ("pid", "host", "command", "since"))
-    return Holder(pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-                  host if isinstance(host, str) else None, command if isinstance(command, str) else None,
-                  float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None)
+    return Holder(
+        pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        host if isinstance(host, str) else None,
+        command if isinstance(command, str) else None,
+        float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None,
+    )
 
 
 def describe_holder(path: Path) -> str:

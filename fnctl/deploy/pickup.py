@@ -43,8 +43,13 @@ def picked_up(loaded: int | None, mark: int) -> bool:
     return loaded is not None and loaded >= mark
 
 
-def wait_for_gateway(store: Store, timeout: float = PICKUP_TIMEOUT, *,
-                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+def wait_for_gateway(
+    store: Store,
+    timeout: float = PICKUP_TIMEOUT,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """Wait until a running gateway routes by the store as it is now (its latest change included). True
     when it does, or when no gateway runs; False when `timeout` passed first (the caller goes on: a gateway
     that stopped reading the store cannot hold deploys up)."""

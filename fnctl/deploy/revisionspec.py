@@ -35,20 +35,32 @@ def spec_version(spec: dict[str, Any]) -> int:
 def function_from_spec(name: str, spec: dict[str, Any], defaults: Limits) -> Function:
     version = spec_version(spec)
     if version != SPEC_FORMAT:
-        raise SpecFormatError(f"a revision of {name} has spec format {version}, which this fnctl does not know "
-                              f"(it reads {SPEC_FORMAT}); upgrade fnctl")
+        raise SpecFormatError(
+            f"a revision of {name} has spec format {version}, which this fnctl does not know "
+            f"(it reads {SPEC_FORMAT}); upgrade fnctl"
+        )
     return Function(
-        name=name, labels=dict(spec.get("labels") or {}), runtime=spec.get("runtime", "python3.11"),
-        source=(spec.get("source") or {}).get("path", ""), handler=spec["handler"], env=dict(spec.get("env") or {}),
-        secrets=tuple(SecretRef(src["name"], src.get("fromEnv"), src.get("fromFile"))
-                      for src in (spec.get("secrets") or {}).get("sources", [])),
+        name=name,
+        labels=dict(spec.get("labels") or {}),
+        runtime=spec.get("runtime", "python3.11"),
+        source=(spec.get("source") or {}).get("path", ""),
+        handler=spec["handler"],
+        env=dict(spec.get("env") or {}),
+        secrets=tuple(
+            SecretRef(src["name"], src.get("fromEnv"), src.get("fromFile"))
+            for src in (spec.get("secrets") or {}).get("sources", [])
+        ),
         limits=_limits_v1(spec.get("limits") or {}, defaults),
-        network=Network(spec.get("network", "none")), isolation=Isolation(spec.get("isolation", "container")),
+        network=Network(spec.get("network", "none")),
+        isolation=Isolation(spec.get("isolation", "container")),
         scaling=_scaling_v1(spec.get("scaling") or {}),
         roles=tuple((spec.get("access") or {}).get("roles", [])),
-        parameters=spec.get("parameters"), returns=spec.get("returns"),
-        health_checks=tuple(HealthCheck(c["event"], c["expect"]) if "expect" in c else HealthCheck(c["event"])
-                            for c in spec.get("healthCheck") or []),
+        parameters=spec.get("parameters"),
+        returns=spec.get("returns"),
+        health_checks=tuple(
+            HealthCheck(c["event"], c["expect"]) if "expect" in c else HealthCheck(c["event"])
+            for c in spec.get("healthCheck") or []
+        ),
         rollout=parse_rollout(spec.get("rollout") or {"strategy": "immediate"}),
         spec=spec,
     )
@@ -60,13 +72,21 @@ def min_instances(spec: dict[str, Any]) -> int:
 
 
 def _limits_v1(raw: dict[str, Any], defaults: Limits) -> Limits:
-    return Limits(timeout=raw.get("timeout", defaults.timeout), memory=raw.get("memory", defaults.memory),
-                  cpu=raw.get("cpu", defaults.cpu), pids=raw.get("pids", defaults.pids), tmp=raw.get("tmp", defaults.tmp),
-                  payload=raw.get("payload", defaults.payload), output=raw.get("output", defaults.output))
+    return Limits(
+        timeout=raw.get("timeout", defaults.timeout),
+        memory=raw.get("memory", defaults.memory),
+        cpu=raw.get("cpu", defaults.cpu),
+        pids=raw.get("pids", defaults.pids),
+        tmp=raw.get("tmp", defaults.tmp),
+        payload=raw.get("payload", defaults.payload),
+        output=raw.get("output", defaults.output),
+    )
 
 
 def _scaling_v1(raw: dict[str, Any]) -> Scaling:
     base = Scaling()  # version 1's snake_case keys (see `desired._scaling_v1`)
-    return Scaling(min_instances=raw.get("min_instances", base.min_instances),
-                   max_instances=raw.get("max_instances", base.max_instances),
-                   concurrency=raw.get("concurrency", base.concurrency))
+    return Scaling(
+        min_instances=raw.get("min_instances", base.min_instances),
+        max_instances=raw.get("max_instances", base.max_instances),
+        concurrency=raw.get("concurrency", base.concurrency),
+    )

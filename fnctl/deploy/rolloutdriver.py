@@ -35,8 +35,9 @@ UNFINISHED = (*machine.ACTIVE, State.COMPLETED.value)
 
 
 def record_of(row: RolloutRow) -> Record:
-    return machine.record_from(row.id, row.function, row.stable, row.canary, row.strategy, row.step, row.state,
-                               row.detail, row.started_at)
+    return machine.record_from(
+        row.id, row.function, row.stable, row.canary, row.strategy, row.step, row.state, row.detail, row.started_at
+    )
 
 
 def spec_of(store: Store, function: str, revision: int) -> Rollout:
@@ -60,24 +61,57 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
     store, now = ctx.store, time.time()
     plan = machine.stages(function.rollout)
     superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=machine.ACTIVE)]
-    variants = {v.name: (canary if v.revision == "new" else stable if v.revision == "stable" else int(v.revision))
-                for v in function.rollout.variants}
-    record = Record(0, function.name, stable, canary, function.rollout.strategy, State.PROGRESSING, 0, now, now,
-                    {stable: 100, canary: 0}, variants)
+    variants = {
+        v.name: (canary if v.revision == "new" else stable if v.revision == "stable" else int(v.revision))
+        for v in function.rollout.variants
+    }
+    record = Record(
+        0,
+        function.name,
+        stable,
+        canary,
+        function.rollout.strategy,
+        State.PROGRESSING,
+        0,
+        now,
+        now,
+        {stable: 100, canary: 0},
+        variants,
+    )
     with store.transaction():
         for old in superseded:
             _write(ctx, old, machine.abort(old, f"superseded by revision {canary}", quarantine=False))
         store.set_revision_status(function.name, canary, RevisionStatus.READY, None)
         store.set_route(function.name, record.weights)
-        rollout_id = rolloutstore.add(store, function.name, stable, canary, function.rollout.strategy.value,
-                                       State.PROGRESSING.value, record.detail(), now)
+        rollout_id = rolloutstore.add(
+            store,
+            function.name,
+            stable,
+            canary,
+            function.rollout.strategy.value,
+            State.PROGRESSING.value,
+            record.detail(),
+            now,
+        )
         record = replace(record, id=rollout_id)
-        started = machine.Event(EventKind.STARTED, 0, f"{function.rollout.strategy.value} of revision {canary} over "
-                                f"revision {stable}: " + " → ".join(s.label for s in plan), {"stages": len(plan)})
+        started = machine.Event(
+            EventKind.STARTED,
+            0,
+            f"{function.rollout.strategy.value} of revision {canary} over "
+            f"revision {stable}: " + " → ".join(s.label for s in plan),
+            {"stages": len(plan)},
+        )
         for event in (started, *machine.entering(plan, record)):
             rolloutstore.add_event(store, rollout_id, event.kind.value, event.step, event.message, event.data)
-        store.audit(actor=ctx.actor, command=ctx.command, action="rollout start", target=function.name, outcome="ok",
-                    **ctx.git_fields, detail=started.message[:4000])
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="rollout start",
+            target=function.name,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=started.message[:4000],
+        )
     ctx.progress(f"{function.name}: {started.message}")
     if superseded:  # their canaries leave with one stop: nothing but stable and the new canary stays
         executor.stop_other_revisions(ctx, function.name, keep={stable, canary})
@@ -93,9 +127,21 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
     plan = machine.stages(spec_of(store, row.function, row.canary))
     # Requests made before the retry (even ones that arrived after the abort) are not for the new attempt.
     handled = max((e.id for e in rolloutstore.events(store, row.id)), default=old.handled)
-    record = replace(old, state=State.PROGRESSING, step=0, started_at=now, step_started=now,
-                     weights={old.stable: 100, old.canary: 0}, failures=0, next_measure=None, winner=None,
-                     scale_down_at=None, scaled_down=False, reason="", handled=handled)
+    record = replace(
+        old,
+        state=State.PROGRESSING,
+        step=0,
+        started_at=now,
+        step_started=now,
+        weights={old.stable: 100, old.canary: 0},
+        failures=0,
+        next_measure=None,
+        winner=None,
+        scale_down_at=None,
+        scaled_down=False,
+        reason="",
+        handled=handled,
+    )
     with store.transaction():
         store.set_revision_status(row.function, row.canary, RevisionStatus.READY, None)
         store.set_route(row.function, record.weights)
@@ -103,8 +149,15 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
         retried = machine.Event(EventKind.RETRIED, 0, f"retried by {ctx.actor}: revision {row.canary} from step 1")
         for event in (retried, *machine.entering(plan, record)):
             rolloutstore.add_event(store, row.id, event.kind.value, event.step, event.message, event.data)
-        store.audit(actor=ctx.actor, command=ctx.command, action="rollout retry", target=row.function, outcome="ok",
-                    **ctx.git_fields, detail=retried.message)
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="rollout retry",
+            target=row.function,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=retried.message,
+        )
     ctx.progress(f"{row.function}: {retried.message}")
 
 
@@ -113,11 +166,20 @@ def retire(ctx: executor.Context, function: str, why: str) -> None:
     end without touching the routes: under way ones are aborted, completed ones keep their revisions."""
     for row in unfinished(ctx.store, function):
         record = record_of(row)
-        ended = replace(record, state=State.ABORTED if record.state.value in machine.ACTIVE else record.state,
-                        scaled_down=True, reason=why)
+        ended = replace(
+            record,
+            state=State.ABORTED if record.state.value in machine.ACTIVE else record.state,
+            scaled_down=True,
+            reason=why,
+        )
         rolloutstore.update(ctx.store, row.id, step=ended.step, state=ended.state.value, detail=ended.detail())
-        rolloutstore.add_event(ctx.store, row.id, EventKind.ABORTED.value if ended.state is State.ABORTED
-                                    else EventKind.SCALED_DOWN.value, ended.step, why)
+        rolloutstore.add_event(
+            ctx.store,
+            row.id,
+            EventKind.ABORTED.value if ended.state is State.ABORTED else EventKind.SCALED_DOWN.value,
+            ended.step,
+            why,
+        )
 
 
 def request(store: Store, rollout_id: int, kind: EventKind, message: str, data: dict[str, Any]) -> int:
@@ -125,7 +187,9 @@ def request(store: Store, rollout_id: int, kind: EventKind, message: str, data: 
     return rolloutstore.add_event(store, rollout_id, kind.value, 0, message, data)
 
 
-def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] = time.time) -> tuple[Record, Wait | None]:
+def advance(
+    ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] = time.time
+) -> tuple[Record, Wait | None]:
     """Act on a rollout until it has to wait: pending requests first, then its steps. Returns the record and
     what it waits for (None: done)."""
     record = record_of(row)
@@ -136,8 +200,9 @@ def advance(ctx: executor.Context, row: RolloutRow, *, now: Callable[[], float] 
     delay = plan_rollout.scale_down_delay
     for event in rolloutstore.events(ctx.store, record.id, after=record.handled):
         if event.kind in machine.REQUESTS:
-            record = carry_out(ctx, record, machine.on_request(record, plan, event.kind, event.data, delay, now()),
-                                handled=event.id)
+            record = carry_out(
+                ctx, record, machine.on_request(record, plan, event.kind, event.data, delay, now()), handled=event.id
+            )
     for _ in range(MAX_TRANSITIONS):
         decided = machine.step(record, plan, delay, now())
         if decided is None or isinstance(decided, Wait):
@@ -180,19 +245,39 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
     store, record = ctx.store, transition.record
     if record.weights != before.weights:
         store.set_route(record.function, record.weights)
-        store.audit(actor=ctx.actor, command=ctx.command, action="route", target=record.function, outcome="ok",
-                    **ctx.git_fields, detail=f"rollout {record.id}: {machine.weights_text(record.weights)}")
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="route",
+            target=record.function,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=f"rollout {record.id}: {machine.weights_text(record.weights)}",
+        )
     if transition.quarantine:
         store.set_revision_status(record.function, record.canary, RevisionStatus.QUARANTINED, record.reason[:4000])
-        store.audit(actor=ctx.actor, command=ctx.command, action="quarantine", target=record.function, outcome="ok",
-                    **ctx.git_fields, detail=f"revision {record.canary}: {record.reason}"[:4000])
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action="quarantine",
+            target=record.function,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=f"revision {record.canary}: {record.reason}"[:4000],
+        )
     rolloutstore.update(store, record.id, step=record.step, state=record.state.value, detail=record.detail())
     for event in transition.events:
         rolloutstore.add_event(store, record.id, event.kind.value, event.step, event.message, event.data)
     if record.state is not before.state and record.state in (State.ABORTED, State.COMPLETED):
-        store.audit(actor=ctx.actor, command=ctx.command, action=f"rollout {record.state.value}", target=record.function,
-                    outcome="ok", **ctx.git_fields,
-                    detail=(transition.events[-1].message if transition.events else "")[:4000])
+        store.audit(
+            actor=ctx.actor,
+            command=ctx.command,
+            action=f"rollout {record.state.value}",
+            target=record.function,
+            outcome="ok",
+            **ctx.git_fields,
+            detail=(transition.events[-1].message if transition.events else "")[:4000],
+        )
 
 
 def tick(project: Project, store_path: Path, progress: executor.Progress) -> int:
@@ -251,6 +336,8 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     if instance is None:
         return (f"instance {rows[0].id} of revision {record.canary} does not answer",)
     try:
-        return tuple(p.message + (f" ({p.detail})" if p.detail else "") for p in executor.check_problems(instance, checks))
+        return tuple(
+            p.message + (f" ({p.detail})" if p.detail else "") for p in executor.check_problems(instance, checks)
+        )
     finally:
         instance.transport.close()

@@ -25,16 +25,19 @@ def resolve(function: Function, root: Path) -> dict[str, str]:
         if secret.from_env is not None:
             value = os.environ.get(secret.from_env)
             if value is None:
-                raise BadInput(f"function {function.name!r}: secret {secret.name} reads the environment variable "
-                               f"{secret.from_env}, which is not set")
+                raise BadInput(
+                    f"function {function.name!r}: secret {secret.name} reads the environment variable "
+                    f"{secret.from_env}, which is not set"
+                )
         else:
             assert secret.from_file is not None
             path = (root / secret.from_file) if not os.path.isabs(secret.from_file) else Path(secret.from_file)
             try:
                 value = path.read_text(encoding="utf-8").rstrip("\n")
             except OSError as exc:
-                raise BadInput(f"function {function.name!r}: secret {secret.name}: cannot read {path}: "
-                               f"{exc.strerror or exc}") from None
+                raise BadInput(
+                    f"function {function.name!r}: secret {secret.name}: cannot read {path}: {exc.strerror or exc}"
+                ) from None
         values[secret.name] = value
     return values
 
@@ -97,10 +100,13 @@ def fingerprint_key() -> bytes:
 def _read_key(path: Path) -> bytes:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise BadInput(f"the secret fingerprint key {path} is readable by others (mode {stat.S_IMODE(mode):o}): "
-                       f"chmod 600 {path}")
+        raise BadInput(
+            f"the secret fingerprint key {path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}"
+        )
     key = path.read_text(encoding="utf-8").strip()
     if len(key) < _MIN_KEY:  # a writer that died mid-way, or a file truncated by hand
-        raise BadInput(f"the secret fingerprint key {path} holds fewer than {_MIN_KEY} characters: remove it "
-                       "to have a new one made (functions with secrets will be redeployed once)")
+        raise BadInput(
+            f"the secret fingerprint key {path} holds fewer than {_MIN_KEY} characters: remove it "
+            "to have a new one made (functions with secrets will be redeployed once)"
+        )
     return key.encode()

@@ -46,18 +46,29 @@ def state_path(project: Project, option: Path | None) -> Path:
 
 
 @contextmanager
-def session(project: Project, options: Options, command: str, progress: Progress,
-            *, mutating: bool = True, locked: bool = False, source: WorkTree | None = None) -> Iterator[executor.Context]:
+def session(
+    project: Project,
+    options: Options,
+    command: str,
+    progress: Progress,
+    *,
+    mutating: bool = True,
+    locked: bool = False,
+    source: WorkTree | None = None,
+) -> Iterator[executor.Context]:
     """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`); the
     commit recorded is `source`'s, else that of the work tree the project sits in."""
     path = state_path(project, options.state)
-    guard = lock.held(path, options.lock_timeout, command, options.on_lock_wait) if mutating and not locked else _nothing()
+    guard = (
+        lock.held(path, options.lock_timeout, command, options.on_lock_wait) if mutating and not locked else _nothing()
+    )
     with guard:
         store = connect(path)
         try:
             tree = source or (work_tree(project.root) if mutating else None)
-            yield executor.Context(store, project.name, project.base_image, actor(), command,
-                                   tree.commit if tree else None, progress)
+            yield executor.Context(
+                store, project.name, project.base_image, actor(), command, tree.commit if tree else None, progress
+            )
         finally:
             store.close()
 
@@ -67,14 +78,17 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def desired_specs(project: Project, store: Store, paths: list[Path] | None) -> tuple[list[DeploySpec], dict[str, dict[str, str]]]:
+def desired_specs(
+    project: Project, store: Store, paths: list[Path] | None
+) -> tuple[list[DeploySpec], dict[str, dict[str, str]]]:
     """Validated desired state as deploy specs, with each function's secret values."""
     specs, values, _ = desired_state(project, store, paths)
     return specs, values
 
 
-def desired_state(project: Project, store: Store, paths: list[Path] | None
-                  ) -> tuple[list[DeploySpec], dict[str, dict[str, str]], DesiredState]:
+def desired_state(
+    project: Project, store: Store, paths: list[Path] | None
+) -> tuple[list[DeploySpec], dict[str, dict[str, str]], DesiredState]:
     """As `desired_specs`, plus the whole desired state (its triggers, views and policies)."""
     result = validate_paths(project, paths)
     if not result.ok:

@@ -1,2 +1,1 @@
-"""The container engine: the Docker boundary (`dockerio`, the only importer of the docker SDK), revision images, sandboxed instances and the sandbox profile they run under, and `fnctl sandbox check`.
-"""
+"""The container engine: the Docker boundary (`dockerio`, the only importer of the docker SDK), revision images, sandboxed instances and the sandbox profile they run under, and `fnctl sandbox check`."""

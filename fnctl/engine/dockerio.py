@@ -33,6 +33,7 @@ def _sdk() -> Any:
 
     return docker
 
+
 SETUP_HINT = "start one with `bash scripts/setup.sh` (or `dockerd &`), or point DOCKER_HOST at an engine"
 
 
@@ -105,8 +106,9 @@ _VANISHED_LAYER = ("No such image: sha256:", "failed to get digest sha256:", "un
 BUILD_ATTEMPTS = 3
 
 
-def build_image(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
-                on_line: Callable[[str], None]) -> None:
+def build_image(
+    context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
+) -> None:
     """Build `context` as `tag` with no network; `on_line` receives each line of output as it comes."""
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         try:
@@ -119,17 +121,29 @@ def build_image(context: Path, tag: str, buildargs: Mapping[str, str], labels: M
         on_line(f"{tag}: a cached layer was removed during the build; building again")
 
 
-def _build(context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str],
-           on_line: Callable[[str], None]) -> None:
+def _build(
+    context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
+) -> None:
     output: list[str] = []
     with _engine_errors(f"building {tag}"):
-        stream = client().api.build(path=str(context), tag=tag, buildargs=dict(buildargs), labels=dict(labels),
-                                    rm=True, forcerm=True, network_mode="none", decode=True, pull=False)
+        stream = client().api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=dict(buildargs),
+            labels=dict(labels),
+            rm=True,
+            forcerm=True,
+            network_mode="none",
+            decode=True,
+            pull=False,
+        )
         for chunk in stream:
             if "error" in chunk:
                 step = next((line for line in reversed(output) if line.startswith("Step ")), "")
-                raise BuildFailed(f"image build failed at {step or 'the first step'}",
-                                  detail="\n".join(output[-20:] + [str(chunk["error"]).strip()]))
+                raise BuildFailed(
+                    f"image build failed at {step or 'the first step'}",
+                    detail="\n".join(output[-20:] + [str(chunk["error"]).strip()]),
+                )
             for line in str(chunk.get("stream", "")).splitlines():
                 if line.strip():
                     output.append(line.strip())
@@ -159,20 +173,35 @@ def run_container(spec: ContainerSpec) -> str:
     """Create and start the container; returns its ID."""
     types = _sdk().types
     host_config = client().api.create_host_config(
-        mounts=[types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind",
-                            read_only=spec.socket_read_only)],
-        read_only=spec.read_only, cap_drop=list(spec.cap_drop), security_opt=list(spec.security_opt),
+        mounts=[
+            types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind", read_only=spec.socket_read_only)
+        ],
+        read_only=spec.read_only,
+        cap_drop=list(spec.cap_drop),
+        security_opt=list(spec.security_opt),
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
-        mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=spec.nano_cpus, pids_limit=spec.pids,
-        ulimits=[types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
-                 types.Ulimit(name="fsize", soft=spec.fsize, hard=spec.fsize)],
-        network_mode=spec.network, runtime=spec.runtime, privileged=False,
+        mem_limit=spec.memory,
+        memswap_limit=spec.memory,
+        nano_cpus=spec.nano_cpus,
+        pids_limit=spec.pids,
+        ulimits=[
+            types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
+            types.Ulimit(name="fsize", soft=spec.fsize, hard=spec.fsize),
+        ],
+        network_mode=spec.network,
+        runtime=spec.runtime,
+        privileged=False,
         log_config=types.LogConfig(type="json-file", config={"max-size": spec.log_max_size, "max-file": "1"}),
     )
     with _engine_errors(f"starting container {spec.name}"):
         created = client().api.create_container(
-            spec.image, name=spec.name, user=spec.user, environment=spec.environment, labels=spec.labels,
-            host_config=host_config, network_disabled=spec.network == "none",
+            spec.image,
+            name=spec.name,
+            user=spec.user,
+            environment=spec.environment,
+            labels=spec.labels,
+            host_config=host_config,
+            network_disabled=spec.network == "none",
         )
         container_id = str(created["Id"])
         try:
@@ -189,8 +218,13 @@ def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> li
     with _engine_errors("listing containers"):
         found = client().api.containers(all=all_states, filters=filters)
     return [
-        ContainerInfo(c["Id"], c["Names"][0].lstrip("/") if c.get("Names") else "", c.get("State", ""),
-                      dict(c.get("Labels") or {}), c.get("Image", ""))
+        ContainerInfo(
+            c["Id"],
+            c["Names"][0].lstrip("/") if c.get("Names") else "",
+            c.get("State", ""),
+            dict(c.get("Labels") or {}),
+            c.get("Image", ""),
+        )
         for c in found
     ]
 
@@ -214,8 +248,9 @@ def _oom_event(container_id: str) -> bool:
     the event, so its recent events are read, waiting up to a second for a late one."""
     now = int(time.time())
     with _engine_errors(f"reading events of {container_id[:12]}"):
-        events = client().events(since=now - 600, until=now + 1, decode=True,
-                                 filters={"container": container_id, "event": "oom"})
+        events = client().events(
+            since=now - 600, until=now + 1, decode=True, filters={"container": container_id, "event": "oom"}
+        )
         try:
             return any(True for _ in events)
         finally:
@@ -265,4 +300,3 @@ def stop(container_id: str, timeout: int = 10) -> None:
     except errors.APIError:
         pass
     kill(container_id)
-

@@ -57,15 +57,17 @@ def image_tag(project: str, function: str, digest: str) -> str:
     return f"fnctl/{project}-{function}:{digest[:16]}"
 
 
-def ensure_image(project: str, function: str, source: Path, base_image: str,
-                 on_line: Callable[[str], None] = lambda _: None) -> ImageRef:
+def ensure_image(
+    project: str, function: str, source: Path, base_image: str, on_line: Callable[[str], None] = lambda _: None
+) -> ImageRef:
     """The revision image for `source`, built only if no image with the same content exists."""
     base_id = dockerio.image_id(base_image)
     if base_id is None:
         raise EngineUnavailable(
             f"the base image {base_image!r} is not in the engine and cannot be pulled here; build it offline "
             "with `bash scripts/build-base-image.sh` (then FNCTL_BASE_IMAGE=fnctl-base:bookworm), or set "
-            "build.baseImage in fnctl.toml")
+            "build.baseImage in fnctl.toml"
+        )
     runtime = ensure_runtime_image(base_image, base_id, on_line)
     digest = content_hash(source, runtime)
     tag = image_tag(project, function, digest)
@@ -75,7 +77,9 @@ def ensure_image(project: str, function: str, source: Path, base_image: str,
         context = Path(tmp)
         _stage(source, context, on_line)
         dockerio.build_image(
-            context, tag, {"RUNTIME": runtime},
+            context,
+            tag,
+            {"RUNTIME": runtime},
             {f"{LABEL}.project": project, f"{LABEL}.function": function, f"{LABEL}.content-hash": digest},
             on_line,
         )
@@ -118,17 +122,35 @@ def install_requirements(requirements: Path, on_line: Callable[[str], None]) -> 
         return target
     staging = Path(tempfile.mkdtemp(prefix="deps-", dir=_ensure(cache_dir() / "deps")))
     command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-        "--target", str(staging), "--only-binary=:all:", "--implementation", "cp",
-        "--python-version", PYTHON_VERSION, "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
-        "-r", str(requirements),
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(staging),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "linux_x86_64",
+        "-r",
+        str(requirements),
     ]
     on_line(f"pip install -r {requirements.name} (for Python {PYTHON_VERSION}, cached by hash)")
     done = subprocess.run(command, capture_output=True, text=True, cwd=requirements.parent)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BuildFailed(f"installing {requirements} failed (pip exit {done.returncode})",
-                          detail=(done.stdout + done.stderr).strip()[-4000:])
+        raise BuildFailed(
+            f"installing {requirements} failed (pip exit {done.returncode})",
+            detail=(done.stdout + done.stderr).strip()[-4000:],
+        )
     try:
         staging.rename(target)
     except OSError:  # another build installed the same requirements meanwhile

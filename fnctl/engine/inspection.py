@@ -21,6 +21,12 @@ def check_instances(project: str, function: str | None) -> list[InstanceReport]:
     reports = []
     for info in dockerio.list_containers(selector, all_states=False):
         data = dockerio.inspect_container(info.id)
-        reports.append(InstanceReport(info.labels.get("io.fnctl.function", "?"), info.labels.get("io.fnctl.instance", "?"),
-                                      info.name, check_container(data)))
+        reports.append(
+            InstanceReport(
+                info.labels.get("io.fnctl.function", "?"),
+                info.labels.get("io.fnctl.instance", "?"),
+                info.name,
+                check_container(data),
+            )
+        )
     return sorted(reports, key=lambda r: (r.function, r.instance))

@@ -92,22 +92,34 @@ def new_instance_id() -> str:
     return _secrets.token_hex(6)
 
 
-def start(function: Function, *, image: str, revision: str, labels: Mapping[str, str],
-          secret_values: Mapping[str, str], instance_id: str | None = None) -> Instance:
+def start(
+    function: Function,
+    *,
+    image: str,
+    revision: str,
+    labels: Mapping[str, str],
+    secret_values: Mapping[str, str],
+    instance_id: str | None = None,
+) -> Instance:
     """Start one instance of `function` from `image` and wait until it is ready and configured."""
     if function.isolation is Isolation.GVISOR and GVISOR_RUNTIME not in dockerio.runtimes():
         raise EngineUnavailable(
             "isolation: gvisor needs the runsc runtime, which this Docker engine does not have. Register it: "
-            "`apt-get install -y runsc`, add {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", "
-            "\"runtimeArgs\": [\"--network=none\", \"--host-uds=all\"]}}} to /etc/docker/daemon.json, then "
-            "`kill -HUP $(pidof dockerd)` (scripts/setup.sh does all of this)")
+            '`apt-get install -y runsc`, add {"runtimes": {"runsc": {"path": "/usr/bin/runsc", '
+            '"runtimeArgs": ["--network=none", "--host-uds=all"]}}} to /etc/docker/daemon.json, then '
+            "`kill -HUP $(pidof dockerd)` (scripts/setup.sh does all of this)"
+        )
     instance_id = instance_id or new_instance_id()
     socket_dir = runtime_root() / instance_id
     make_socket_dir(socket_dir)
-    spec = container_spec(function, image=image, name=f"fnctl-{function.name}-{instance_id}",
-                          socket_dir=str(socket_dir), revision=revision,
-                          container_labels=dict(labels) | {"io.fnctl.instance": instance_id,
-                                                           "io.fnctl.socket-dir": str(socket_dir)})
+    spec = container_spec(
+        function,
+        image=image,
+        name=f"fnctl-{function.name}-{instance_id}",
+        socket_dir=str(socket_dir),
+        revision=revision,
+        container_labels=dict(labels) | {"io.fnctl.instance": instance_id, "io.fnctl.socket-dir": str(socket_dir)},
+    )
     # Listening before the container exists: the runtime finds the listener at once, and a handler that
     # fails to load is reported over it. Nobody is accepted before the container's ID is known.
     transport = UnixSocketTransport(str(socket_dir), peer=lambda pid: False)
@@ -153,8 +165,10 @@ def _wait_ready(instance: Instance) -> None:
         if not state.running:
             raise StartFailed(_start_failure(instance, state), detail=dockerio.logs(instance.container_id, 30))
         if time.monotonic() > deadline:
-            raise StartFailed(f"the instance did not become ready within {START_TIMEOUT:g}s",
-                              detail=dockerio.logs(instance.container_id, 30))
+            raise StartFailed(
+                f"the instance did not become ready within {START_TIMEOUT:g}s",
+                detail=dockerio.logs(instance.container_id, 30),
+            )
 
 
 def _start_failure(instance: Instance, state: dockerio.ExitState) -> str:
@@ -174,23 +188,33 @@ def connect_existing(function: Function, container_id: str, socket_dir: Path, in
     return Instance(instance_id, container_id, socket_dir, transport, function)
 
 
-def invoke(instance: Instance, event: Any, *, caller: Mapping[str, Any] | None = None,
-           payload_size: int | None = None) -> Outcome:
+def invoke(
+    instance: Instance, event: Any, *, caller: Mapping[str, Any] | None = None, payload_size: int | None = None
+) -> Outcome:
     """Run one invocation with the function's limits; a limit hit comes back as a typed Outcome."""
     limits = instance.function.limits
     if payload_size is None:  # measured here: the runtime drops a connection whose frame is far over the limit
         payload_size = _encoded_size(event)
     if payload_size > limits.payload:
-        return _failed(Failure.PAYLOAD_TOO_LARGE,
-                       f"the event is {payload_size} bytes; the limit is {limits.payload} bytes", 0.0)
+        return _failed(
+            Failure.PAYLOAD_TOO_LARGE, f"the event is {payload_size} bytes; the limit is {limits.payload} bytes", 0.0
+        )
     started = time.monotonic()
     try:
-        result = instance.transport.invoke(event, invocation_id=uuid.uuid4().hex, deadline=time.time() + limits.timeout,
-                                           caller=caller, timeout=limits.timeout + 0.5)
+        result = instance.transport.invoke(
+            event,
+            invocation_id=uuid.uuid4().hex,
+            deadline=time.time() + limits.timeout,
+            caller=caller,
+            timeout=limits.timeout + 0.5,
+        )
     except TransportTimeout:
         kill(instance)
-        return _failed(Failure.TIMEOUT, f"the function did not finish within its timeout of {limits.timeout:g}s; "
-                       "the instance was stopped", _since(started))
+        return _failed(
+            Failure.TIMEOUT,
+            f"the function did not finish within its timeout of {limits.timeout:g}s; the instance was stopped",
+            _since(started),
+        )
     except ConnectionLost:
         return _lost(instance, started)
     return _outcome(instance, result)
@@ -207,8 +231,11 @@ def _lost(instance: Instance, started: float) -> Outcome:
     state = _wait_exited(instance.container())
     kill(instance)
     if state is not None and state.oom_killed:
-        return _failed(Failure.OUT_OF_MEMORY,
-                       f"the function ran out of memory (limit {instance.function.limits.memory // 2**20}Mi)", _since(started))
+        return _failed(
+            Failure.OUT_OF_MEMORY,
+            f"the function ran out of memory (limit {instance.function.limits.memory // 2**20}Mi)",
+            _since(started),
+        )
     code = f" (exit code {state.exit_code})" if state is not None and not state.running else ""
     return _failed(Failure.CRASHED, f"the instance crashed during the invocation{code}", _since(started))
 

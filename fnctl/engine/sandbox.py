@@ -50,8 +50,9 @@ def labels(project: str, function: str, **extra: str) -> dict[str, str]:
     return base | {f"{LABEL}.{k.replace('_', '-')}": v for k, v in extra.items()}
 
 
-def container_spec(function: Function, *, image: str, name: str, socket_dir: str, revision: str,
-                   container_labels: dict[str, str]) -> ContainerSpec:
+def container_spec(
+    function: Function, *, image: str, name: str, socket_dir: str, revision: str, container_labels: dict[str, str]
+) -> ContainerSpec:
     """The one way an instance container is configured: non-root, no capabilities, read-only root,
     bounded memory/CPU/pids/files, no network unless asked, capped logs, only its own socket directory, read-only."""
     limits = function.limits
@@ -65,12 +66,20 @@ def container_spec(function: Function, *, image: str, name: str, socket_dir: str
         "FNCTL_SOCKET_DIR": SOCKET_TARGET,
     }
     return ContainerSpec(
-        name=name, image=image, user=SANDBOX_USER, environment=environment,
-        labels=container_labels | {f"{LABEL}.network": function.network.value,
-                                   f"{LABEL}.isolation": function.isolation.value},
-        socket_dir=socket_dir, socket_target=SOCKET_TARGET,
-        memory=limits.memory, nano_cpus=int(limits.cpu * 1e9), pids=limits.pids, tmp_size=limits.tmp,
-        nofile=NOFILE, fsize=max(limits.tmp, limits.output),
+        name=name,
+        image=image,
+        user=SANDBOX_USER,
+        environment=environment,
+        labels=container_labels
+        | {f"{LABEL}.network": function.network.value, f"{LABEL}.isolation": function.isolation.value},
+        socket_dir=socket_dir,
+        socket_target=SOCKET_TARGET,
+        memory=limits.memory,
+        nano_cpus=int(limits.cpu * 1e9),
+        pids=limits.pids,
+        tmp_size=limits.tmp,
+        nofile=NOFILE,
+        fsize=max(limits.tmp, limits.output),
         network="bridge" if function.network is Network.EGRESS else "none",
         runtime=GVISOR_RUNTIME if function.isolation is Isolation.GVISOR else None,
         log_max_size=LOG_MAX_SIZE,
@@ -98,31 +107,62 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
     user = str(config.get("User") or "")
     socket_dir = str(labels_.get(f"{LABEL}.socket-dir", ""))  # set by `instances.start`
     return [
-        HardeningCheck("non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"),
-        HardeningCheck("capabilities dropped", "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
-              f"drop={host.get('CapDrop')} add={host.get('CapAdd')}"),
-        HardeningCheck("no-new-privileges", any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
-              ", ".join(security) or "(none)"),
+        HardeningCheck(
+            "non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"
+        ),
+        HardeningCheck(
+            "capabilities dropped",
+            "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
+            f"drop={host.get('CapDrop')} add={host.get('CapAdd')}",
+        ),
+        HardeningCheck(
+            "no-new-privileges",
+            any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
+            ", ".join(security) or "(none)",
+        ),
         HardeningCheck("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
-        HardeningCheck("seccomp profile", not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
-              "default" if want_runtime == "runc" else "gVisor"),
-        HardeningCheck("read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"),
+        HardeningCheck(
+            "seccomp profile",
+            not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
+            "default" if want_runtime == "runc" else "gVisor",
+        ),
+        HardeningCheck(
+            "read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"
+        ),
         HardeningCheck("/tmp size-limited tmpfs", "size=" in tmpfs, tmpfs or "(no tmpfs)"),
         HardeningCheck("memory limit, no swap", memory > 0 and swap == memory, f"memory={memory} swap={swap}"),
-        HardeningCheck("cpu quota", int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
-              f"NanoCpus={host.get('NanoCpus')}"),
+        HardeningCheck(
+            "cpu quota",
+            int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
+            f"NanoCpus={host.get('NanoCpus')}",
+        ),
         HardeningCheck("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
-        HardeningCheck("nofile/fsize ulimits", "nofile" in ulimits and "fsize" in ulimits, ", ".join(sorted(ulimits)) or "(none)"),
-        HardeningCheck(f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))),
-        HardeningCheck("capped logs", (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
-              str((host.get("LogConfig") or {}).get("Config"))),
-        HardeningCheck("only its socket directory mounted", _only_socket_mount(mounts, socket_dir),
-              ", ".join(f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)"),
+        HardeningCheck(
+            "nofile/fsize ulimits", "nofile" in ulimits and "fsize" in ulimits, ", ".join(sorted(ulimits)) or "(none)"
+        ),
+        HardeningCheck(
+            f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))
+        ),
+        HardeningCheck(
+            "capped logs",
+            (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
+            str((host.get("LogConfig") or {}).get("Config")),
+        ),
+        HardeningCheck(
+            "only its socket directory mounted",
+            _only_socket_mount(mounts, socket_dir),
+            ", ".join(f"{m.get('Source')}:{m.get('Destination')}" for m in mounts) or "(none)",
+        ),
         # The sandbox can create, replace or fill nothing on the host: every mount is read-only.
-        HardeningCheck("no writable host path", all(m.get("RW", True) is False for m in mounts),
-              ", ".join(f"{m.get('Destination')}:{'rw' if m.get('RW', True) is not False else 'ro'}" for m in mounts)
-              or "(none)"),
-        HardeningCheck(f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))),
+        HardeningCheck(
+            "no writable host path",
+            all(m.get("RW", True) is False for m in mounts),
+            ", ".join(f"{m.get('Destination')}:{'rw' if m.get('RW', True) is not False else 'ro'}" for m in mounts)
+            or "(none)",
+        ),
+        HardeningCheck(
+            f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))
+        ),
     ]
 
 
@@ -131,6 +171,10 @@ def _only_socket_mount(mounts: list[dict[str, Any]], socket_dir: str) -> bool:
     if len(mounts) != 1:
         return False
     mount = mounts[0]
-    return (mount.get("Destination") == SOCKET_TARGET and mount.get("Type") == "bind"
-            and bool(socket_dir) and mount.get("Source") == socket_dir
-            and "docker.sock" not in str(mount.get("Source")))
+    return (
+        mount.get("Destination") == SOCKET_TARGET
+        and mount.get("Type") == "bind"
+        and bool(socket_dir)
+        and mount.get("Source") == socket_dir
+        and "docker.sock" not in str(mount.get("Source"))
+    )

@@ -64,11 +64,21 @@ class Gateway(RequestPipeline):
     """The endpoints on the request pipeline, and what every request ends with (audit, metrics);
     `make_app` mounts them on an aiohttp application."""
 
-    def __init__(self, *, pool: PoolManager, authenticator: Authenticator, metrics: Metrics, audit: AuditLog,
-                 source: TableSource, limits: GatewayLimits = GatewayLimits(),
-                 identity: Mapping[str, str] | None = None, broker: Broker | None = None) -> None:
-        super().__init__(pool=pool, authenticator=authenticator, metrics=metrics, source=source, limits=limits,
-                         broker=broker)
+    def __init__(
+        self,
+        *,
+        pool: PoolManager,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        audit: AuditLog,
+        source: TableSource,
+        limits: GatewayLimits = GatewayLimits(),
+        identity: Mapping[str, str] | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        super().__init__(
+            pool=pool, authenticator=authenticator, metrics=metrics, source=source, limits=limits, broker=broker
+        )
         self.audit = audit
         self.identity = dict(identity or {})
         self.pool_ready = False
@@ -114,8 +124,9 @@ class Gateway(RequestPipeline):
                 call.outcome, status, reason = "not_allowed", 405, "Method Not Allowed"
             else:
                 call.outcome, status, reason = "not_found", 404, "Not Found"
-            response = web.json_response({"message": reason}, status=status,
-                                         headers={"Allow": allowed} if allowed else None)
+            response = web.json_response(
+                {"message": reason}, status=status, headers={"Allow": allowed} if allowed else None
+            )
             return await self._finish(call, request, response)
         call = Call(request_id(request), found.route.function, found.route.trigger, request.remote)
         try:
@@ -131,8 +142,12 @@ class Gateway(RequestPipeline):
 
     def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response:
         """A 500 for what no check foresaw: logged as one line (type and message), no traceback anywhere."""
-        log.error("request %s: internal error: %s: %s", call.request_id, type(exc).__name__,
-                  str(exc).splitlines()[0][:200] if str(exc) else "")
+        log.error(
+            "request %s: internal error: %s: %s",
+            call.request_id,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
         call.outcome = "internal"
         response = web.Response(body=dumps(body), status=500, content_type="application/json")
         response.force_close()
@@ -143,8 +158,10 @@ class Gateway(RequestPipeline):
 
     async def handle_ready(self, request: web.Request) -> web.StreamResponse:
         ready = self.table is not None and self.pool_ready and not self.draining
-        body = {"status": "ready" if ready else "draining" if self.draining else "starting",
-                "functions": len(self.table.functions) if self.table else 0}
+        body = {
+            "status": "ready" if ready else "draining" if self.draining else "starting",
+            "functions": len(self.table.functions) if self.table else 0,
+        }
         return web.json_response(body, status=200 if ready else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
@@ -156,16 +173,25 @@ class Gateway(RequestPipeline):
         self._measured = set(pools)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
 
-    async def _finish(self, call: Call, request: web.Request | None, response: web.StreamResponse) -> web.StreamResponse:
+    async def _finish(
+        self, call: Call, request: web.Request | None, response: web.StreamResponse
+    ) -> web.StreamResponse:
         status = response.status
         duration = time.monotonic() - call.started
         if call.revision is not None:
             self.metrics.observe(call.function, call.revision, status, duration, call.cold_start)
-        self.audit.record(request_id=call.request_id,
-                          principal=call.principal.audit_name if call.principal else None,
-                          function=call.function, revision=call.revision, trigger=call.trigger,
-                          outcome=call.outcome, status=status, duration_ms=duration * 1000, source=call.source,
-                          access={"method": request.method, "path": request.path} if request is not None else None)
+        self.audit.record(
+            request_id=call.request_id,
+            principal=call.principal.audit_name if call.principal else None,
+            function=call.function,
+            revision=call.revision,
+            trigger=call.trigger,
+            outcome=call.outcome,
+            status=status,
+            duration_ms=duration * 1000,
+            source=call.source,
+            access={"method": request.method, "path": request.path} if request is not None else None,
+        )
         if "X-Request-Id" not in response.headers:
             response.headers["X-Request-Id"] = call.request_id
         if status == 408 and request is not None:
@@ -177,9 +203,17 @@ class Gateway(RequestPipeline):
 
     def refused(self, request: BaseRequest, status: int, outcome: str) -> None:
         """Audit a request the HTTP server refused before any handler saw it (it is not valid HTTP)."""
-        self.audit.record(request_id=new_request_id(), principal=None, function="", revision=None, outcome=outcome,
-                          status=status, duration_ms=0.0, source=request.remote,
-                          access={"method": request.method, "path": request.path})
+        self.audit.record(
+            request_id=new_request_id(),
+            principal=None,
+            function="",
+            revision=None,
+            outcome=outcome,
+            status=status,
+            duration_ms=0.0,
+            source=request.remote,
+            access={"method": request.method, "path": request.path},
+        )
 
     # ---- invocations that do not come over HTTP (cron) ----
 

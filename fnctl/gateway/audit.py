@@ -44,12 +44,33 @@ class AuditLog:
         self._thread = threading.Thread(target=self._run, name="fnctl-audit", daemon=True)
         self._thread.start()
 
-    def record(self, *, request_id: str, principal: str | None, function: str, revision: int | None,
-               outcome: str, status: int, duration_ms: float, source: str | None, trigger: str | None = None,
-               access: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        *,
+        request_id: str,
+        principal: str | None,
+        function: str,
+        revision: int | None,
+        outcome: str,
+        status: int,
+        duration_ms: float,
+        source: str | None,
+        trigger: str | None = None,
+        access: dict[str, Any] | None = None,
+    ) -> None:
         """Queue one audit row, and its access line with the `access` fields (method, path, ...)."""
-        row: Row = (time.time(), request_id, principal, function, revision, trigger, str(outcome), status,
-                    round(duration_ms, 3), source)
+        row: Row = (
+            time.time(),
+            request_id,
+            principal,
+            function,
+            revision,
+            trigger,
+            str(outcome),
+            status,
+            round(duration_ms, 3),
+            source,
+        )
         with self._mutex:
             late = self._closing
             if not late:
@@ -74,8 +95,10 @@ class AuditLog:
             target = self._recorded
         self._wake.set()
         with self._lock:
-            return self._lock.wait_for(lambda: self._written >= target or not self._thread.is_alive(), timeout) \
+            return (
+                self._lock.wait_for(lambda: self._written >= target or not self._thread.is_alive(), timeout)
                 and self._written >= target
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the writer (blocking: call it off the event loop)."""
@@ -195,12 +218,24 @@ _last_stamp = (-1, "")
 
 
 def _row_fields(row: Row) -> dict[str, Any]:
-    return {"at": row[0], "requestId": row[1], "principal": row[2], "function": row[3], "revision": row[4],
-            "trigger": row[5], "outcome": row[6], "status": row[7], "durationMs": row[8], "source": row[9]}
+    return {
+        "at": row[0],
+        "requestId": row[1],
+        "principal": row[2],
+        "function": row[3],
+        "revision": row[4],
+        "trigger": row[5],
+        "outcome": row[6],
+        "status": row[7],
+        "durationMs": row[8],
+        "source": row[9],
+    }
 
 
-_ROW_LINE = ('{"time":"%s","requestId":%s,"principal":%s,"function":%s,"revision":%s,"trigger":%s,"outcome":%s,'
-             '"status":%d,"durationMs":%r,"source":%s')
+_ROW_LINE = (
+    '{"time":"%s","requestId":%s,"principal":%s,"function":%s,"revision":%s,"trigger":%s,"outcome":%s,'
+    '"status":%d,"durationMs":%r,"source":%s'
+)
 _q = encode_basestring_ascii  # a str as a JSON string, as `_JSON` writes it
 
 
@@ -208,9 +243,18 @@ def row_line(row: Row, extra: dict[str, Any]) -> str:
     """`access_line` of an audit row and its `extra` fields (other names than the row's), formatted field by
     field: the same JSON in half the time of building a dict and encoding it, and this runs per request."""
     at, request_id, principal, function, revision, trigger, outcome, status, duration_ms, source = row
-    line = _ROW_LINE % (_stamp(at), _q(request_id), "null" if principal is None else _q(principal), _q(function),
-                        "null" if revision is None else int(revision), "null" if trigger is None else _q(trigger),
-                        _q(outcome), status, duration_ms, "null" if source is None else _q(source))
+    line = _ROW_LINE % (
+        _stamp(at),
+        _q(request_id),
+        "null" if principal is None else _q(principal),
+        _q(function),
+        "null" if revision is None else int(revision),
+        "null" if trigger is None else _q(trigger),
+        _q(outcome),
+        status,
+        duration_ms,
+        "null" if source is None else _q(source),
+    )
     for key, value in extra.items():
         line += f",{_q(key)}:{_q(value) if isinstance(value, str) else _JSON.encode(value)}"
     return line + "}"
@@ -252,8 +296,13 @@ def _direct_handler() -> _BatchStreamHandler | None:
     if logger.propagate or logger.filters or logger.disabled or len(logger.handlers) != 1:
         return None
     handler = logger.handlers[0]
-    if (not isinstance(handler, _BatchStreamHandler) or handler.filters or handler.formatter is not _PLAIN
-            or not logger.isEnabledFor(logging.INFO) or handler.level > logging.INFO):
+    if (
+        not isinstance(handler, _BatchStreamHandler)
+        or handler.filters
+        or handler.formatter is not _PLAIN
+        or not logger.isEnabledFor(logging.INFO)
+        or handler.level > logging.INFO
+    ):
         return None
     return handler
 

@@ -29,8 +29,12 @@ _TOKEN_CACHE = 4096  # verified JWTs remembered (each until its exp)
 WWW_AUTHENTICATE = 'Bearer realm="fnctl"'  # what a 401 answers with: no reason, no detail
 # Algorithms that share a key type: a config may list several of one family, never two families, so a
 # public key can never be taken for an HMAC secret (the classic RS256/HS256 confusion).
-_FAMILIES = {"HS": ("HS256", "HS384", "HS512"), "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
-             "EC": ("ES256", "ES256K", "ES384", "ES512"), "OKP": ("EdDSA",)}
+_FAMILIES = {
+    "HS": ("HS256", "HS384", "HS512"),
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES256K", "ES384", "ES512"),
+    "OKP": ("EdDSA",),
+}
 
 
 class PrincipalKind(StrEnum):
@@ -56,7 +60,12 @@ class Principal:
         and a cached JWT's serve many requests); only ever encoded, never changed."""
         caller: dict[str, Any] | None = self.__dict__.get("_caller")
         if caller is None:
-            caller = {"subject": self.subject, "roles": list(self.roles), "tenant": self.tenant, "kind": self.kind.value}
+            caller = {
+                "subject": self.subject,
+                "roles": list(self.roles),
+                "tenant": self.tenant,
+                "kind": self.kind.value,
+            }
             object.__setattr__(self, "_caller", caller)  # a cache on a frozen value, outside its fields
         return caller
 
@@ -107,14 +116,19 @@ def _jwt_config(section: Mapping[str, Any], root: Path) -> JwtConfig:
     algorithms = tuple(section.get("algorithms", ()))
     families = {f for f, members in _FAMILIES.items() for a in algorithms if a in members}
     if not algorithms or len(families) != 1 or not all(a in _FAMILIES[next(iter(families))] for a in algorithms):
-        raise BadInput(f"{where}.algorithms: list one or more algorithms of one family "
-                       "(HS*, RS*/PS*, ES* or EdDSA), e.g. [\"RS256\"]")
+        raise BadInput(
+            f"{where}.algorithms: list one or more algorithms of one family "
+            '(HS*, RS*/PS*, ES* or EdDSA), e.g. ["RS256"]'
+        )
     audience = section.get("audience")
     return JwtConfig(
-        algorithms=algorithms, key=_verification_key(section, root, algorithms[0], where),
+        algorithms=algorithms,
+        key=_verification_key(section, root, algorithms[0], where),
         audience=None if audience is None else ((audience,) if isinstance(audience, str) else tuple(audience)),
-        issuer=section.get("issuer"), roles_claim=section.get("rolesClaim", "roles"),
-        tenant_claim=section.get("tenantClaim", "tenant"), leeway=float(section.get("leeway", 0)),
+        issuer=section.get("issuer"),
+        roles_claim=section.get("rolesClaim", "roles"),
+        tenant_claim=section.get("tenantClaim", "tenant"),
+        leeway=float(section.get("leeway", 0)),
     )
 
 
@@ -236,18 +250,27 @@ def _verify_jwt(token: str, config: JwtConfig) -> tuple[Principal, float]:
     """The token's principal and its expiry time; raises Unauthenticated."""
     required = ["exp", "sub"] + (["aud"] if config.audience else []) + (["iss"] if config.issuer else [])
     try:
-        claims = jwt.decode(token, config.key, algorithms=list(config.algorithms),
-                            audience=list(config.audience) if config.audience else None, issuer=config.issuer,
-                            leeway=config.leeway, options={"require": required})
+        claims = jwt.decode(
+            token,
+            config.key,
+            algorithms=list(config.algorithms),
+            audience=list(config.audience) if config.audience else None,
+            issuer=config.issuer,
+            leeway=config.leeway,
+            options={"require": required},
+        )
     except (jwt.PyJWTError, ValueError) as exc:
         raise Unauthenticated(f"invalid JWT: {type(exc).__name__}: {exc}") from None
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Unauthenticated("invalid JWT: `sub` is not a non-empty string")
     tenant = _claim(claims, config.tenant_claim)
-    principal = Principal(subject, _roles(_claim(claims, config.roles_claim)),
-                          str(tenant) if isinstance(tenant, (str, int)) and not isinstance(tenant, bool) else None,
-                          PrincipalKind.JWT)
+    principal = Principal(
+        subject,
+        _roles(_claim(claims, config.roles_claim)),
+        str(tenant) if isinstance(tenant, (str, int)) and not isinstance(tenant, bool) else None,
+        PrincipalKind.JWT,
+    )
     return principal, float(claims["exp"])
 
 
@@ -267,8 +290,9 @@ def _roles(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for r in items if isinstance(r, str) and r))
 
 
-def authorize(principal: Principal, function_roles: tuple[str, ...], policies: Mapping[str, Mapping[str, Any]],
-              function: str) -> bool:
+def authorize(
+    principal: Principal, function_roles: tuple[str, ...], policies: Mapping[str, Mapping[str, Any]], function: str
+) -> bool:
     """May `principal` invoke `function`? Yes when its access.roles has `public` or one of the principal's
     roles, or when a Policy grants one of the principal's roles `invoke` on the function (or on `*`)."""
     if PUBLIC in function_roles:

@@ -68,8 +68,14 @@ class StateAudit:
         if self._store is None:
             self._store = connect_store(self._path)
         revision = "" if caller.revision is None else f" r{caller.revision}"
-        self._store.audit(actor=caller.subject, command="data", action=action, target=target, outcome="ok",
-                          detail=f"runAs: function ({caller.function}{revision}), tenant {caller.tenant!r}")
+        self._store.audit(
+            actor=caller.subject,
+            command="data",
+            action=action,
+            target=target,
+            outcome="ok",
+            detail=f"runAs: function ({caller.function}{revision}), tenant {caller.tenant!r}",
+        )
 
     def close(self) -> None:
         if self._store is not None:
@@ -122,18 +128,19 @@ class Broker:
                 answers.setdefault(loop, []).append((done, exc))
         if group:
             try:
-                results: list[list[Document | None] | DataError] | BaseException = \
-                    self.plane.commit_group([txn for txn, _, _ in group])
+                results: list[list[Document | None] | DataError] | BaseException = self.plane.commit_group(
+                    [txn for txn, _, _ in group]
+                )
             except BaseException as exc:  # noqa: BLE001 -- the store failed: every write of the group learns it
                 results = exc
             for i, (_, loop, done) in enumerate(group):
-                answers.setdefault(loop, []).append((done, results if isinstance(results, BaseException)
-                                                     else results[i]))
+                answers.setdefault(loop, []).append(
+                    (done, results if isinstance(results, BaseException) else results[i])
+                )
         for loop, settled in answers.items():
             loop.call_soon_threadsafe(_settle, settled)
 
-    def open(self, invocation_id: str, function: str, revision: int, caller: Caller,
-             settings: DataSettings) -> Session:
+    def open(self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings) -> Session:
         if invocation_id in self.sessions:
             raise ValueError(f"invocation {invocation_id} is in flight already")
         session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings)
@@ -153,8 +160,9 @@ class Broker:
 
         return on_call
 
-    async def call(self, function: str, revision: int, invocation_id: str, method: str,
-                   params: Mapping[str, Any]) -> Any:
+    async def call(
+        self, function: str, revision: int, invocation_id: str, method: str, params: Mapping[str, Any]
+    ) -> Any:
         session = self.sessions.get(invocation_id)
         if session is None or (session.function, session.revision) != (function, revision):
             raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
@@ -186,7 +194,6 @@ class Broker:
         if isinstance(audit, StateAudit):
             audit.close()
         self.plane.store.close()
-
 
 
 def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:

@@ -50,8 +50,12 @@ def find(address: str, project: str, store_id: str) -> bool:
             connection.close()
     except (OSError, ValueError, http.client.HTTPException):
         return False
-    return (response.status == 200 and isinstance(body, dict) and body.get("project") == project
-            and body.get("store") == store_id)
+    return (
+        response.status == 200
+        and isinstance(body, dict)
+        and body.get("project") == project
+        and body.get("store") == store_id
+    )
 
 
 def invoke(address: str, name: str, event: Any, *, key: str | None, revision: int | None, logs: bool) -> GatewayCall:
@@ -91,15 +95,27 @@ def _call(status: int, body: bytes, headers: dict[str, str], address: str, name:
         return GatewayCall(Outcome(True, data, None, "", "", logs, duration), revision, cold, request_id)
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and error.get("kind") in {f.value for f in Failure}:
-        outcome = Outcome(False, None, Failure(error["kind"]), str(error.get("message", "")),
-                          str(error.get("traceback", "")), logs, duration)
+        outcome = Outcome(
+            False,
+            None,
+            Failure(error["kind"]),
+            str(error.get("message", "")),
+            str(error.get("traceback", "")),
+            logs,
+            duration,
+        )
         return GatewayCall(outcome, revision, cold, request_id)
     reason = error if isinstance(error, str) else http.client.responses.get(status, "error")
-    hint = {401: " (give an API key with --key or FNCTL_KEY)", 403: " (the key's roles may not invoke it)",
-            404: f" ({name} is not deployed, or has no such revision)",
-            429: f" (retry after {headers.get('retry-after', '1')} s)"}.get(status, "")
-    raise FnctlError(f"the gateway at {address} answered {status} {reason}{hint}",
-                     detail=f"request id {request_id}" if request_id else None)
+    hint = {
+        401: " (give an API key with --key or FNCTL_KEY)",
+        403: " (the key's roles may not invoke it)",
+        404: f" ({name} is not deployed, or has no such revision)",
+        429: f" (retry after {headers.get('retry-after', '1')} s)",
+    }.get(status, "")
+    raise FnctlError(
+        f"the gateway at {address} answered {status} {reason}{hint}",
+        detail=f"request id {request_id}" if request_id else None,
+    )
 
 
 def _logs(encoded: str | None) -> str:

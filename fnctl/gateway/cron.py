@@ -71,8 +71,14 @@ def cron_triggers(resources: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str,
         if not isinstance(cron, Mapping):
             continue
         try:
-            trigger = CronTrigger(name, str(spec["function"]), str(cron["schedule"]), str(cron.get("timezone", "UTC")),
-                                  Missed(cron.get("missed", Missed.SKIP.value)), cron.get("event", {}))
+            trigger = CronTrigger(
+                name,
+                str(spec["function"]),
+                str(cron["schedule"]),
+                str(cron.get("timezone", "UTC")),
+                Missed(cron.get("missed", Missed.SKIP.value)),
+                cron.get("event", {}),
+            )
             trigger.next_tick(time.time())  # an invalid schedule or zone fails here, not at its first tick
         except (KeyError, ValueError, OSError) as exc:  # croniter's and zoneinfo's errors are ValueErrors/OSErrors
             problems[name] = f"{type(exc).__name__}: {exc}"
@@ -85,8 +91,9 @@ class CronRunner:
     """Runs every cron trigger of a store until stopped; picks up changed Trigger resources within
     `reload_interval` seconds. Store access happens on one worker thread of its own."""
 
-    def __init__(self, store_path: Path, invoke: Invoke, *, reload_interval: float = 1.0,
-                 drain_timeout: float = 30.0) -> None:
+    def __init__(
+        self, store_path: Path, invoke: Invoke, *, reload_interval: float = 1.0, drain_timeout: float = 30.0
+    ) -> None:
         self._store_path = store_path
         self._invoke = invoke
         self._reload = reload_interval

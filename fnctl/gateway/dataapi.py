@@ -42,8 +42,10 @@ class Gateway(Protocol):
 
     def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response: ...
 
-    async def _finish(self, call: Call, request: web.Request | None,
-                      response: web.StreamResponse) -> web.StreamResponse: ...
+    async def _finish(
+        self, call: Call, request: web.Request | None, response: web.StreamResponse
+    ) -> web.StreamResponse: ...
+
 
 PROBLEM_TYPE = "application/problem+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -72,7 +74,7 @@ def parse_version(text: str | None, header: str) -> int | None:
         return None
     match = _VERSION.match(text.strip())
     if match is None:
-        raise Problem(400, "Bad Request", f"{header} must be a document version (an ETag such as \"3\")")
+        raise Problem(400, "Bad Request", f'{header} must be a document version (an ETag such as "3")')
     return int(match.group(1))
 
 
@@ -139,9 +141,16 @@ class DataApi:
                 if error.status == 403 and principal.kind is PrincipalKind.ANONYMOUS:
                     # as for invocations: an anonymous caller is told to authenticate, not that it may not
                     call.outcome = "unauthenticated"
-                    response = problem_response(401, {"type": PROBLEM_BASE + "unauthenticated", "title": "Unauthorized",
-                                                      "status": 401, "detail": "authenticate to write here"},
-                                                {"WWW-Authenticate": WWW_AUTHENTICATE})
+                    response = problem_response(
+                        401,
+                        {
+                            "type": PROBLEM_BASE + "unauthenticated",
+                            "title": "Unauthorized",
+                            "status": 401,
+                            "detail": "authenticate to write here",
+                        },
+                        {"WWW-Authenticate": WWW_AUTHENTICATE},
+                    )
                 else:
                     call.outcome = "rejected" if error.status < 500 else "unavailable"
                     response = problem_response(error.status, error.problem())
@@ -150,14 +159,17 @@ class DataApi:
                 response = problem_response(problem.status, problem.body())
             except Reject as reject:
                 call.outcome = reject.outcome
-                response = problem_response(reject.status, {"type": PROBLEM_BASE + reject.outcome,
-                                                            "title": reject.reason, "status": reject.status},
-                                            reject.headers)
+                response = problem_response(
+                    reject.status,
+                    {"type": PROBLEM_BASE + reject.outcome, "title": reject.reason, "status": reject.status},
+                    reject.headers,
+                )
                 if reject.close:
                     response.force_close()
             except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
-                response = self.gateway._internal_error(call, exc, {"type": PROBLEM_BASE + "internal",
-                                                                    "title": "Internal Server Error", "status": 500})
+                response = self.gateway._internal_error(
+                    call, exc, {"type": PROBLEM_BASE + "internal", "title": "Internal Server Error", "status": 500}
+                )
                 response.content_type = PROBLEM_TYPE
             return await self.gateway._finish(call, request, response)
 
@@ -168,14 +180,17 @@ class DataApi:
             principal = self.gateway.authenticator.authenticate(request.headers)
         except Unauthenticated:
             call.principal = ANONYMOUS
-            raise Reject(401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
+            raise Reject(
+                401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}
+            ) from None
         call.principal = principal
         return principal
 
     async def _body(self, request: web.Request, *, media: tuple[str, ...] = ("application/json",)) -> Any:
         if request.content_type not in media and request.body_exists:
-            raise Problem(415, "Unsupported Media Type", f"the body must be {' or '.join(media)}",
-                          "unsupported-media-type")
+            raise Problem(
+                415, "Unsupported Media Type", f"the body must be {' or '.join(media)}", "unsupported-media-type"
+            )
         body = await self.gateway._read_body(request, self.gateway.limits.max_body)
         return parse_json(body)
 
@@ -184,8 +199,12 @@ class DataApi:
 
     @staticmethod
     def _document(document: Document, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-        return web.Response(body=dumps(document.as_json()), status=status, content_type="application/json",
-                            headers={"ETag": document.etag, **(headers or {})})
+        return web.Response(
+            body=dumps(document.as_json()),
+            status=status,
+            content_type="application/json",
+            headers={"ETag": document.etag, **(headers or {})},
+        )
 
     # ---- endpoints ----
 
@@ -211,8 +230,9 @@ class DataApi:
         limit = parse_int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert limit is not None
         cursor = query.get("cursor") or None
-        page = await self._run(lambda: self.plane.find(caller, collection, filter_, order=order, limit=limit,
-                                                       cursor=cursor))
+        page = await self._run(
+            lambda: self.plane.find(caller, collection, filter_, order=order, limit=limit, cursor=cursor)
+        )
         return web.Response(body=dumps(page.as_json()), content_type="application/json")
 
     async def insert(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -222,8 +242,11 @@ class DataApi:
         if key is not None and not 1 <= len(key) <= 255:
             raise Problem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
         id_ = request.query.get("id")
-        made = _one(await self.broker.write(lambda: self.plane.stage(caller, WriteOp("insert", collection, id_, document),
-                                                                      idempotency_key=key)))
+        made = _one(
+            await self.broker.write(
+                lambda: self.plane.stage(caller, WriteOp("insert", collection, id_, document), idempotency_key=key)
+            )
+        )
         return self._document(made, 201, {"Location": f"/v1/collections/{collection}/docs/{made.id}"})
 
     @staticmethod
@@ -238,30 +261,45 @@ class DataApi:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
         document = await self._body(request)
-        made = _one(await self.broker.write(lambda: self.plane.stage(
-            caller, WriteOp("replace", collection, id_, document, version), require_if_match=required)))
+        made = _one(
+            await self.broker.write(
+                lambda: self.plane.stage(
+                    caller, WriteOp("replace", collection, id_, document, version), require_if_match=required
+                )
+            )
+        )
         return self._document(made)
 
     async def patch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
         patch = await self._body(request, media=(MERGE_PATCH, "application/json"))
-        made = _one(await self.broker.write(lambda: self.plane.stage(
-            caller, WriteOp("patch", collection, id_, patch, version), require_if_match=required)))
+        made = _one(
+            await self.broker.write(
+                lambda: self.plane.stage(
+                    caller, WriteOp("patch", collection, id_, patch, version), require_if_match=required
+                )
+            )
+        )
         return self._document(made)
 
     async def delete(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
-        await self.broker.write(lambda: self.plane.stage(caller, WriteOp("delete", collection, id_, None, version),
-                                                         require_if_match=required))
+        await self.broker.write(
+            lambda: self.plane.stage(
+                caller, WriteOp("delete", collection, id_, None, version), require_if_match=required
+            )
+        )
         return web.Response(status=204)
 
     async def batch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         ops = parse_batch(await self._body(request))
         results = await self._run(lambda: self.plane.batch(caller, ops))
-        return web.Response(body=dumps({"results": [None if r is None else r.as_json() for r in results]}),
-                            content_type="application/json")
+        return web.Response(
+            body=dumps({"results": [None if r is None else r.as_json() for r in results]}),
+            content_type="application/json",
+        )
 
     async def changes(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         since = parse_int(request.query, "since", 0, 0, 2**62)
@@ -275,8 +313,7 @@ class DataApi:
         def collections() -> dict[str, Any]:
             return {name: self.plane.collection(name).model.schema for name in self.plane.collection_names()}
 
-        return web.Response(body=dumps(openapi_document(await self._run(collections))),
-                            content_type="application/json")
+        return web.Response(body=dumps(openapi_document(await self._run(collections))), content_type="application/json")
 
 
 def _one(results: list[Document | None]) -> Document:
@@ -321,19 +358,33 @@ def parse_batch(body: Any) -> list[WriteOp]:
 
 
 def _problem_ref() -> dict[str, Any]:
-    return {"description": "a problem (RFC 9457)",
-            "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    return {
+        "description": "a problem (RFC 9457)",
+        "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
 
 
 def openapi_document(collections: Mapping[str, Any]) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the API, with each collection's JSON Schema (collection → its schema;
     None: any object)."""
     schemas: dict[str, Any] = {
-        "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
-            "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "violations": {"type": "array", "items": {"type": "object", "properties": {
-                "path": {"type": "string"}, "message": {"type": "string"}}}}}},
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "violations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
+            },
+        },
     }
     paths: dict[str, Any] = {}
     errors = {str(code): _problem_ref() for code in (400, 401, 403, 404, 409, 412, 428, 429)}
@@ -341,39 +392,80 @@ def openapi_document(collections: Mapping[str, Any]) -> dict[str, Any]:
     for name, spec in sorted(collections.items()):  # spec: the collection's JSON Schema
         data_ref = f"#/components/schemas/{name}"
         schemas[name] = spec if isinstance(spec, dict) and spec else {"type": "object"}
-        schemas[f"{name}.document"] = {"type": "object", "required": ["id", "version", "data"], "properties": {
-            "id": {"type": "string"}, "version": {"type": "integer"}, "createdAt": {"type": "string"},
-            "createdBy": {"type": "string"}, "updatedAt": {"type": "string"}, "updatedBy": {"type": "string"},
-            "data": {"$ref": data_ref}}}
-        doc = {"description": "the document (ETag: its version)",
-               "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}.document"}}}}
+        schemas[f"{name}.document"] = {
+            "type": "object",
+            "required": ["id", "version", "data"],
+            "properties": {
+                "id": {"type": "string"},
+                "version": {"type": "integer"},
+                "createdAt": {"type": "string"},
+                "createdBy": {"type": "string"},
+                "updatedAt": {"type": "string"},
+                "updatedBy": {"type": "string"},
+                "data": {"$ref": data_ref},
+            },
+        }
+        doc = {
+            "description": "the document (ETag: its version)",
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}.document"}}},
+        }
         body = {"required": True, "content": {"application/json": {"schema": {"$ref": data_ref}}}}
         id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
         paths[f"/v1/collections/{name}/docs"] = {
-            "get": {"operationId": f"find_{name}", "parameters": [
-                {"name": n, "in": "query", "schema": {"type": t}} for n, t in
-                (("filter", "string"), ("order", "string"), ("limit", "integer"), ("cursor", "string"))],
-                "responses": {"200": {"description": "a page: documents and the next cursor"}, **errors}},
-            "post": {"operationId": f"insert_{name}", "requestBody": body,
-                     "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
-                     "responses": {"201": doc, **errors}},
+            "get": {
+                "operationId": f"find_{name}",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (("filter", "string"), ("order", "string"), ("limit", "integer"), ("cursor", "string"))
+                ],
+                "responses": {"200": {"description": "a page: documents and the next cursor"}, **errors},
+            },
+            "post": {
+                "operationId": f"insert_{name}",
+                "requestBody": body,
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
+                "responses": {"201": doc, **errors},
+            },
         }
         paths[f"/v1/collections/{name}/docs/{{id}}"] = {
             "get": {"operationId": f"get_{name}", "parameters": [id_param], "responses": {"200": doc, **errors}},
-            "put": {"operationId": f"replace_{name}", "parameters": [id_param, if_match], "requestBody": body,
-                    "responses": {"200": doc, **errors}},
-            "patch": {"operationId": f"patch_{name}", "parameters": [id_param, if_match],
-                      "requestBody": {"required": True, "content": {MERGE_PATCH: {"schema": {"type": "object"}}}},
-                      "responses": {"200": doc, **errors}},
-            "delete": {"operationId": f"delete_{name}", "parameters": [id_param, if_match],
-                       "responses": {"204": {"description": "deleted"}, **errors}},
+            "put": {
+                "operationId": f"replace_{name}",
+                "parameters": [id_param, if_match],
+                "requestBody": body,
+                "responses": {"200": doc, **errors},
+            },
+            "patch": {
+                "operationId": f"patch_{name}",
+                "parameters": [id_param, if_match],
+                "requestBody": {"required": True, "content": {MERGE_PATCH: {"schema": {"type": "object"}}}},
+                "responses": {"200": doc, **errors},
+            },
+            "delete": {
+                "operationId": f"delete_{name}",
+                "parameters": [id_param, if_match],
+                "responses": {"204": {"description": "deleted"}, **errors},
+            },
         }
-    paths["/v1/batch"] = {"post": {"operationId": "batch", "responses": {"200": {"description": "all applied"},
-                                                                        **errors}}}
-    paths["/v1/changes"] = {"get": {"operationId": "changes", "parameters": [
-        {"name": "since", "in": "query", "schema": {"type": "integer"}}],
-        "responses": {"200": {"description": "the changes the caller may read, after `since`"}, **errors}}}
-    return {"openapi": "3.1.0", "info": {"title": "fnctl data API", "version": "1"}, "paths": paths,
-            "components": {"schemas": schemas, "securitySchemes": {
+    paths["/v1/batch"] = {
+        "post": {"operationId": "batch", "responses": {"200": {"description": "all applied"}, **errors}}
+    }
+    paths["/v1/changes"] = {
+        "get": {
+            "operationId": "changes",
+            "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "the changes the caller may read, after `since`"}, **errors},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fnctl data API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}}}
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+    }

@@ -51,8 +51,9 @@ def session_caller(caller: Caller, function: str, revision: int | None, settings
     return caller.calling_from(function, revision)
 
 
-def open_session(plane: DataPlane, caller: Caller, function: str, revision: int | None,
-                 settings: DataSettings) -> Session:
+def open_session(
+    plane: DataPlane, caller: Caller, function: str, revision: int | None, settings: DataSettings
+) -> Session:
     acting = session_caller(caller, function, revision, settings)
     txn = plane.transaction(acting, Budget(operations=settings.db_operations)) if settings.transaction else None
     budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
@@ -108,8 +109,12 @@ def answer(plane: DataPlane, session: Session, method: str, params: Mapping[str,
     except DataError as error:
         if error.status == 429 and session.exceeded is None:
             session.exceeded = error
-        if isinstance(error, Conflict) and session.txn is not None and session.conflict is None and \
-                not (method == "db.insert" and "already exists" in error.detail_text):
+        if (
+            isinstance(error, Conflict)
+            and session.txn is not None
+            and session.conflict is None
+            and not (method == "db.insert" and "already exists" in error.detail_text)
+        ):
             session.conflict = error  # a stale read: caught by the handler or not, this transaction cannot commit
         raise
 
@@ -128,21 +133,33 @@ def _answer(plane: DataPlane, session: Session, method: str, params: Mapping[str
     if method == "db.find":
         filter_, order, limit = params.get("filter"), _order(params), _limit(params)
         cursor = _str(params, "cursor", optional=True)
-        return _result(txn.find(collection, filter_, order=order, limit=limit, cursor=cursor) if txn else
-                       plane.find(caller, collection, filter_, order=order, limit=limit, cursor=cursor, budget=budget))
+        return _result(
+            txn.find(collection, filter_, order=order, limit=limit, cursor=cursor)
+            if txn
+            else plane.find(caller, collection, filter_, order=order, limit=limit, cursor=cursor, budget=budget)
+        )
     if method == "db.insert":
         id_, document = _str(params, "id", optional=True), params.get("document")
-        return _result(txn.insert(collection, document, id=id_) if txn else
-                       plane.insert(caller, collection, document, id=id_, budget=budget))
+        return _result(
+            txn.insert(collection, document, id=id_)
+            if txn
+            else plane.insert(caller, collection, document, id=id_, budget=budget)
+        )
     id_, version = _str(params, "id"), _version(params)
     if method == "db.update":
         patch = params.get("patch")
-        return _result(txn.patch(collection, id_, patch, if_match=version) if txn else
-                       plane.patch(caller, collection, id_, patch, if_match=version, budget=budget))
+        return _result(
+            txn.patch(collection, id_, patch, if_match=version)
+            if txn
+            else plane.patch(caller, collection, id_, patch, if_match=version, budget=budget)
+        )
     if method == "db.replace":
         document = params.get("document")
-        return _result(txn.replace(collection, id_, document, if_match=version) if txn else
-                       plane.replace(caller, collection, id_, document, if_match=version, budget=budget))
+        return _result(
+            txn.replace(collection, id_, document, if_match=version)
+            if txn
+            else plane.replace(caller, collection, id_, document, if_match=version, budget=budget)
+        )
     if txn:
         txn.delete(collection, id_, if_match=version)
     else:
@@ -152,8 +169,9 @@ def _answer(plane: DataPlane, session: Session, method: str, params: Mapping[str
 
 def call_failed(error: DataError) -> CallFailed:
     """A data error as the reply to a handler's call: its type, status and problem details."""
-    return CallFailed(type(error).__name__, error.detail_text or error.title,
-                      {"status": error.status, "problem": error.problem()})
+    return CallFailed(
+        type(error).__name__, error.detail_text or error.title, {"status": error.status, "problem": error.problem()}
+    )
 
 
 def parse_policies(specs: Mapping[str, Mapping[str, Any]]) -> tuple[Policy, ...]:

@@ -22,18 +22,32 @@ log = logging.getLogger("fnctl.gateway")
 # Never handed to user code: the gateway already turned them into `caller`.
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
 # Set by the server for the response it writes; a handler's value would corrupt the framing.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te",
-                        "trailer", "proxy-connection"})
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
+)
 # A failed invocation as an HTTP status: the caller's fault is 4xx, the instance's is 5xx.
 FAILURE_STATUS = {
-    Failure.HANDLER_ERROR: 500, Failure.TIMEOUT: 504, Failure.OUT_OF_MEMORY: 502, Failure.PAYLOAD_TOO_LARGE: 413,
-    Failure.OUTPUT_TOO_LARGE: 502, Failure.NOT_SERIALISABLE: 502, Failure.PROCESS_LIMIT: 502,
-    Failure.DISK_FULL: 500, Failure.CRASHED: 502,
+    Failure.HANDLER_ERROR: 500,
+    Failure.TIMEOUT: 504,
+    Failure.OUT_OF_MEMORY: 502,
+    Failure.PAYLOAD_TOO_LARGE: 413,
+    Failure.OUTPUT_TOO_LARGE: 502,
+    Failure.NOT_SERIALISABLE: 502,
+    Failure.PROCESS_LIMIT: 502,
+    Failure.DISK_FULL: 500,
+    Failure.CRASHED: 502,
 }
 _PUBLIC_REASONS = {413: "Payload Too Large", 502: "Internal server error", 504: "Gateway Timeout"}
 LOG_TAIL_BYTES = 4096
-_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml",
-               "application/javascript", "+json", "+xml")
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "application/xml",
+    "application/javascript",
+    "+json",
+    "+xml",
+)
 
 
 @dataclass(frozen=True)
@@ -117,8 +131,12 @@ def to_event(request: HttpRequest, caller: Mapping[str, Any] | None) -> dict[str
         "body": body,
         "isBase64Encoded": encoded,
         "requestContext": {
-            "requestId": request.request_id, "trigger": request.trigger, "resourcePath": request.resource,
-            "httpMethod": request.method, "path": request.path, "requestTimeEpoch": request.time_ms,
+            "requestId": request.request_id,
+            "trigger": request.trigger,
+            "resourcePath": request.resource,
+            "httpMethod": request.method,
+            "path": request.path,
+            "requestTimeEpoch": request.time_ms,
             "identity": {"sourceIp": request.source},
         },
         "caller": dict(caller) if caller is not None else None,
@@ -152,8 +170,13 @@ def _headers(single: Any, multi: Any) -> list[tuple[str, str]]:
     seen = {name.lower() for name, _ in pairs}
     pairs += [(str(name), _scalar(value)) for name, value in (single or {}).items() if str(name).lower() not in seen]
     for name, value in pairs:
-        if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value \
-                or not (name.isascii() and _encodable(value)):
+        if (
+            not name
+            or any(c in name for c in "\r\n: ")
+            or "\r" in value
+            or "\n" in value
+            or not (name.isascii() and _encodable(value))
+        ):
             raise BadResult(f"invalid response header {name!r}")
     return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP]
 
@@ -210,8 +233,9 @@ def audit_outcome(outcome: Outcome) -> str:
     """The audit's word for an invocation's outcome."""
     if outcome.ok:
         return "ok"
-    return {Failure.TIMEOUT: "timeout", Failure.CRASHED: "crashed"}.get(outcome.failure or Failure.HANDLER_ERROR,
-                                                                         "error")
+    return {Failure.TIMEOUT: "timeout", Failure.CRASHED: "crashed"}.get(
+        outcome.failure or Failure.HANDLER_ERROR, "error"
+    )
 
 
 def invoke_response(outcome: Outcome, with_logs: bool) -> HttpResponse:
@@ -224,8 +248,9 @@ def invoke_response(outcome: Outcome, with_logs: bool) -> HttpResponse:
         return HttpResponse(200, headers, _json(outcome.result))
     failure = outcome.failure or Failure.HANDLER_ERROR
     error = {"kind": failure.value, "message": outcome.message, "traceback": outcome.traceback}
-    return HttpResponse(FAILURE_STATUS.get(failure, 500), headers,
-                        _json({"error": error, "durationMs": round(outcome.duration_ms, 3)}))
+    return HttpResponse(
+        FAILURE_STATUS.get(failure, 500), headers, _json({"error": error, "durationMs": round(outcome.duration_ms, 3)})
+    )
 
 
 def trigger_response(outcome: Outcome) -> HttpResponse:
@@ -238,5 +263,8 @@ def trigger_response(outcome: Outcome) -> HttpResponse:
             log.warning("an HTTP trigger's handler returned a bad response: %s", exc)
     status = FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500) if not outcome.ok else 502
     status = 502 if status == 500 else status
-    return HttpResponse(status, [("Content-Type", "application/json")],
-                        _json({"message": _PUBLIC_REASONS.get(status, _PUBLIC_REASONS[502])}))
+    return HttpResponse(
+        status,
+        [("Content-Type", "application/json")],
+        _json({"message": _PUBLIC_REASONS.get(status, _PUBLIC_REASONS[502])}),
+    )

@@ -54,8 +54,14 @@ def create(store: Store, name: str, roles: tuple[str, ...], tenant: str | None, 
     key = ApiKey(key_id, name, tuple(dict.fromkeys(roles)), tenant or None, time.time(), created_by, None)
     with store.transaction():  # the key and its audit record land together
         keystore.add(store, key, digest(raw))
-        store.audit(actor=created_by, command="keys create", action="create key", target=key.id, outcome="ok",
-                    detail=_describe(key))
+        store.audit(
+            actor=created_by,
+            command="keys create",
+            action="create key",
+            target=key.id,
+            outcome="ok",
+            detail=_describe(key),
+        )
     return key, raw
 
 
@@ -78,9 +84,14 @@ def revoke(store: Store, key_id: str, revoked_by: str | None = None) -> tuple[Ap
         if found is None:  # nothing was changed: the transaction ends empty
             raise UnknownKey(f"no API key has the id {key_id!r} (see `fnctl keys list`)")
         key = found[0]
-        store.audit(actor=revoked_by or actor(), command="keys revoke", action="revoke key", target=key.id,
-                    outcome="ok" if changed else "unchanged",
-                    detail=_describe(key) + ("" if changed else "; already revoked"))
+        store.audit(
+            actor=revoked_by or actor(),
+            command="keys revoke",
+            action="revoke key",
+            target=key.id,
+            outcome="ok" if changed else "unchanged",
+            detail=_describe(key) + ("" if changed else "; already revoked"),
+        )
     return key, changed
 
 
@@ -103,4 +114,3 @@ def _id_of(given: str) -> str:
     if match:
         return match.group(1)
     return given.removeprefix(PREFIX + "_").strip()
-

@@ -183,25 +183,30 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m, labels = self.metrics, ["function", "revision"]
-        requests = CounterMetricFamily("fnctl_requests", "Invocations answered, by status code.",
-                                       labels=[*labels, "code"])
+        requests = CounterMetricFamily(
+            "fnctl_requests", "Invocations answered, by status code.", labels=[*labels, "code"]
+        )
         errors = CounterMetricFamily("fnctl_errors", "Invocations answered with status 500 or above.", labels=labels)
-        latency = HistogramMetricFamily("fnctl_request_duration_seconds", "Time from request to response.",
-                                        labels=labels)
+        latency = HistogramMetricFamily(
+            "fnctl_request_duration_seconds", "Time from request to response.", labels=labels
+        )
         cold = CounterMetricFamily("fnctl_cold_starts", "Invocations that waited for a new instance.", labels=labels)
         for series in list(m.series.values()):
             values = list(series.key)
             for status, count in list(series.codes.items()):
                 requests.add_metric([*values, str(status)], count, created=series.codes_created[status])
             errors.add_metric(values, series.errors, created=series.created)
-            latency.add_metric(values, list(zip(_PROM_LE, itertools.accumulate(series.buckets), strict=True)), series.latency_sum)
+            latency.add_metric(
+                values, list(zip(_PROM_LE, itertools.accumulate(series.buckets), strict=True)), series.latency_sum
+            )
             latency.add_sample(latency.name + "_created", dict(zip(labels, values, strict=True)), series.created)
             cold.add_metric(values, series.cold, created=series.created)
         yield from (requests, errors, latency, cold)
         yield _gauge("fnctl_inflight_requests", "Invocations in progress.", m.inflight_now)
         yield _gauge("fnctl_instances", "Instances in the pool.", m.instances)
-        denied = CounterMetricFamily("fnctl_denied", "Requests refused before reaching a revision (401/403).",
-                                     labels=["function", "code"])
+        denied = CounterMetricFamily(
+            "fnctl_denied", "Requests refused before reaching a revision (401/403).", labels=["function", "code"]
+        )
         for key, count in list(m.denials.items()):
             denied.add_metric(list(key), count, created=m.denials_created[key])
         yield denied

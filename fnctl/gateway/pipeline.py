@@ -43,8 +43,9 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
 log = logging.getLogger("fnctl.gateway")
 PIN_HEADER = "X-Fnctl-Revision"
 _REVISION_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: str.isdigit() takes "²", int() does not
-PIN_DENIED = (f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles "
-              "`pin` on this function")
+PIN_DENIED = (
+    f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles `pin` on this function"
+)
 DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
 
 
@@ -52,8 +53,16 @@ class RequestPipeline:
     """The steps of one request, and what they share: the routing table, the per-function concurrency units and
     the requests waiting on the pool with their deadlines (one watchdog timer for all of them)."""
 
-    def __init__(self, *, pool: PoolManager, authenticator: Authenticator, metrics: Metrics, source: TableSource,
-                 limits: GatewayLimits, broker: Broker | None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: PoolManager,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        source: TableSource,
+        limits: GatewayLimits,
+        broker: Broker | None,
+    ) -> None:
         self.pool, self.authenticator, self.metrics = pool, authenticator, metrics
         self.broker = broker  # the data plane's side of the instances' `call` frames (None: no data plane)
         self.limits = limits
@@ -83,8 +92,9 @@ class RequestPipeline:
 
     # ---- the steps of one request ----
 
-    async def _dispatch(self, request: web.Request, call: Call,
-                        found: router.RouteMatch | None) -> tuple[PoolResult, int]:
+    async def _dispatch(
+        self, request: web.Request, call: Call, found: router.RouteMatch | None
+    ) -> tuple[PoolResult, int]:
         table = self.tables.table or router.EMPTY
         function = table.functions.get(call.function)
         if function is None:
@@ -122,8 +132,12 @@ class RequestPipeline:
         status = 401 if principal.kind is PrincipalKind.ANONYMOUS else 403
         self.metrics.denied(call.function, status)
         reason = "Unauthorized" if status == 401 else "Forbidden"
-        return Reject(status, f"{reason}: {why}" if why else reason, "unauthenticated" if status == 401 else "denied",
-                      headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None)
+        return Reject(
+            status,
+            f"{reason}: {why}" if why else reason,
+            "unauthenticated" if status == 401 else "denied",
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None,
+        )
 
     def _authenticate(self, request: web.Request, call: Call) -> Principal:
         try:
@@ -132,10 +146,18 @@ class RequestPipeline:
             log.debug("request %s: authentication failed: %s", call.request_id, exc.reason)
             call.principal = ANONYMOUS
             self.metrics.denied(call.function, 401)
-            raise Reject(401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
+            raise Reject(
+                401, "Unauthorized", "unauthenticated", headers={"WWW-Authenticate": WWW_AUTHENTICATE}
+            ) from None
 
-    def _pick(self, function: router.FunctionRoute, request: web.Request, principal: Principal,
-              policies: Mapping[str, Mapping[str, Any]], call: Call) -> int:
+    def _pick(
+        self,
+        function: router.FunctionRoute,
+        request: web.Request,
+        principal: Principal,
+        policies: Mapping[str, Mapping[str, Any]],
+        call: Call,
+    ) -> int:
         pinned_text = request.headers.get(PIN_HEADER)
         pinned = None
         if pinned_text is not None:
@@ -145,13 +167,15 @@ class RequestPipeline:
                 raise self._denied(call, principal, PIN_DENIED)
             pinned = int(pinned_text)
             if not function.holds(pinned):  # gone from the routing table (or never there): history only
-                raise Reject(404, f"Not Found: {function.name} has no revision {pinned} in its routing table",
-                             "not_found")
+                raise Reject(
+                    404, f"Not Found: {function.name} has no revision {pinned} in its routing table", "not_found"
+                )
         # Usually no stickiness: a random split, or one revision.
         sticky = None if function.sticky_by is None else _sticky_value(function, request, principal)
         try:
-            return router.choose(function.weights, pinned=pinned,
-                                 sticky_key=None if sticky is None else f"{function.name}\0{sticky}")
+            return router.choose(
+                function.weights, pinned=pinned, sticky_key=None if sticky is None else f"{function.name}\0{sticky}"
+            )
         except router.NoRoute:
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
 
@@ -175,8 +199,9 @@ class RequestPipeline:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except TimeoutError:
-            raise Reject(408, "Request Timeout: the body did not arrive within the gateway's bodyTimeout", "rejected",
-                         close=True) from None
+            raise Reject(
+                408, "Request Timeout: the body did not arrive within the gateway's bodyTimeout", "rejected", close=True
+            ) from None
         except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
             # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
             raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
@@ -195,14 +220,15 @@ class RequestPipeline:
         for attempt in range(attempts):
             # The request id, unless a request in flight already uses it (a client may choose it) or this is a
             # re-run: a session is found by its invocation id, which must name one invocation only.
-            invocation = call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
+            invocation = (
+                call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
+            )
             assert call.revision is not None
             session = broker.open(invocation, call.function, call.revision, caller, settings)
             try:
                 result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
                 if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
-                    raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}",
-                                 "error")
+                    raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}", "error")
                 if session.txn is None:
                     return result
                 try:
@@ -214,23 +240,22 @@ class RequestPipeline:
                 except DataError as error:
                     if error.status == 409 and attempt + 1 < attempts:
                         continue
-                    raise Reject(error.status, f"{error.title}: {error.detail_text}",
-                                 "error") from None
+                    raise Reject(error.status, f"{error.title}: {error.detail_text}", "error") from None
                 return result
             finally:
                 broker.close(invocation)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _call_pool(self, call: Call, info: router.RevisionInfo, event: Any,
-                         caller: dict[str, Any], invocation: str) -> PoolResult:
+    async def _call_pool(
+        self, call: Call, info: router.RevisionInfo, event: Any, caller: dict[str, Any], invocation: str
+    ) -> PoolResult:
         assert call.revision is not None
         self.metrics.inflight(call.function, call.revision, 1)
         task = asyncio.current_task()
         assert task is not None
         self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
         try:
-            return await self.pool.invoke(call.function, call.revision, event, caller=caller,
-                                          request_id=invocation)
+            return await self.pool.invoke(call.function, call.revision, event, caller=caller, request_id=invocation)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the client went away, or the gateway is stopping

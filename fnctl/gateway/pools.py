@@ -74,8 +74,7 @@ class DockerActions:
         with _store(self.store_path) as store:
             for row in store.instances():
                 if row.state is InstanceState.READY and row.container_id:
-                    rows.setdefault((row.function, row.revision), []).append(
-                        (row.id, row.container_id, row.socket_dir))
+                    rows.setdefault((row.function, row.revision), []).append((row.id, row.container_id, row.socket_dir))
         return rows
 
     def load(self, function: str, revision: int) -> Target:
@@ -84,7 +83,10 @@ class DockerActions:
             found = store.revision(function, revision)
         if found is None:
             raise Unavailable(f"{function} has no revision {revision}")
-        if found.status not in (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW) or not found.image:
+        if (
+            found.status not in (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)
+            or not found.image
+        ):
             raise Unavailable(f"{function} revision {revision} is {found.status.value}: it cannot serve")
         spec = function_from_spec(function, found.spec, self.project.default_limits)
         try:
@@ -103,13 +105,20 @@ class DockerActions:
                 raise Unavailable(f"{function.name} is not deployed (deleted): no instance is started")
             socket_dir = str(instances.runtime_root() / instance_id)
             # Recorded first, as apply does: a crash from here on leaves a row that `recover` cleans up.
-            store.add_instance(InstanceRow(instance_id, function.name, target.revision, None, socket_dir,
-                                           InstanceState.STARTING, time.time()))
+            store.add_instance(
+                InstanceRow(
+                    instance_id, function.name, target.revision, None, socket_dir, InstanceState.STARTING, time.time()
+                )
+            )
             try:
                 instance = instances.start(
-                    function, image=target.image, revision=str(target.revision), secret_values=target.secrets,
+                    function,
+                    image=target.image,
+                    revision=str(target.revision),
+                    secret_values=target.secrets,
                     labels=labels(self.project.name, function.name, revision=str(target.revision), store=store.id),
-                    instance_id=instance_id)
+                    instance_id=instance_id,
+                )
             except BaseException:
                 store.remove_instance(instance_id)
                 raise
@@ -124,7 +133,9 @@ class DockerActions:
             known = any(row.id == instance_id for row in store.instances(function.name))
             if known:
                 store.update_instance(instance_id, state=InstanceState.STOPPING)
-            instance = instances.connect_existing(function, container_id, Path(socket_dir), instance_id) if drain else None
+            instance = (
+                instances.connect_existing(function, container_id, Path(socket_dir), instance_id) if drain else None
+            )
             if instance is None:  # dead, or not worth waiting for: no drain
                 transport = instances.host_transport(socket_dir, container_id)
                 instance = instances.Instance(instance_id, container_id, Path(socket_dir), transport, function)
@@ -160,8 +171,16 @@ class PoolManager:
     list (invoked by pinning, or no longer routed); `queue_limit`: requests queued per revision at
     maxInstances (below it, requests wait for the instances being started)."""
 
-    def __init__(self, project: Project, store_path: Path, *, idle_seconds: float = 300.0, queue_limit: int = 64,
-                 grace_seconds: float = 30.0, workers: int = 8) -> None:
+    def __init__(
+        self,
+        project: Project,
+        store_path: Path,
+        *,
+        idle_seconds: float = 300.0,
+        queue_limit: int = 64,
+        grace_seconds: float = 30.0,
+        workers: int = 8,
+    ) -> None:
         self.project = project
         self.store_path = store_path
         self.idle_seconds = idle_seconds
@@ -214,8 +233,9 @@ class PoolManager:
             pool.scale()
         return attaching
 
-    async def invoke(self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None,
-                     request_id: str) -> PoolResult:
+    async def invoke(
+        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+    ) -> PoolResult:
         """Run one invocation on an instance of `revision` (started on demand when there is none)."""
         if self.closing:
             raise Unavailable("the gateway is shutting down")
@@ -231,8 +251,9 @@ class PoolManager:
         others."""
         self.closing = True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(p.waiters or any(s.inflight for s in p.slots.values())
-                                                  for p in self._pools.values()):
+        while time.monotonic() < deadline and any(
+            p.waiters or any(s.inflight for s in p.slots.values()) for p in self._pools.values()
+        ):
             await asyncio.sleep(0.02)
         if self._ticker is not None:
             self._ticker.cancel()
@@ -329,8 +350,9 @@ class PoolManager:
                     pool.tick(now)
                 except Exception:  # one pool's bug must not stop the upkeep of the others
                     log.exception("upkeep of %s revision %s failed", *key)
-                if pool.disposable(now) or discard_now(self._routes.get(key[0]), instances=len(pool.slots),
-                                                       queued=len(pool.waiters)):
+                if pool.disposable(now) or discard_now(
+                    self._routes.get(key[0]), instances=len(pool.slots), queued=len(pool.waiters)
+                ):
                     del self._pools[key]
 
     async def _settle(self, deadline: float) -> None:

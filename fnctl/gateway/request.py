@@ -40,8 +40,9 @@ class GatewayLimits:
 class Reject(Exception):
     """A request answered by the gateway itself, before or instead of the function."""
 
-    def __init__(self, status: int, reason: str, outcome: str, *, headers: Mapping[str, str] | None = None,
-                 close: bool = False) -> None:
+    def __init__(
+        self, status: int, reason: str, outcome: str, *, headers: Mapping[str, str] | None = None, close: bool = False
+    ) -> None:
         super().__init__(reason)
         self.status, self.reason, self.outcome = status, reason, outcome
         self.headers = dict(headers or {})
@@ -95,8 +96,9 @@ def check_header_size(request: web.Request, limit: int) -> None:
         raise Reject(431, "Request Header Fields Too Large", "rejected", close=True)
 
 
-def build_event(request: web.Request, body: bytes, call: Call, found: router.RouteMatch | None,
-                 principal: Principal) -> Any:
+def build_event(
+    request: web.Request, body: bytes, call: Call, found: router.RouteMatch | None, principal: Principal
+) -> Any:
     if found is None:  # /invoke: the body is the event
         if not body.strip():
             return {}
@@ -104,12 +106,23 @@ def build_event(request: web.Request, body: bytes, call: Call, found: router.Rou
             return strictjson.loads(body)  # UTF-8 (RFC 8259), no NaN, no lone surrogates, bounded nesting
         except strictjson.NotJson as exc:
             raise Reject(400, f"Bad Request: the body is not JSON: {exc}", "rejected") from None
-    return to_event(HttpRequest(
-        method=request.method, path=request.path, resource=found.route.template, path_params=found.params,
-        query=request.query.items(), headers=request.headers.items(), body=body,
-        content_type=request.headers.get("Content-Type", ""), request_id=call.request_id,
-        trigger=found.route.trigger, source=request.remote, time_ms=int(time.time() * 1000)),
-        principal.as_caller())
+    return to_event(
+        HttpRequest(
+            method=request.method,
+            path=request.path,
+            resource=found.route.template,
+            path_params=found.params,
+            query=request.query.items(),
+            headers=request.headers.items(),
+            body=body,
+            content_type=request.headers.get("Content-Type", ""),
+            request_id=call.request_id,
+            trigger=found.route.trigger,
+            source=request.remote,
+            time_ms=int(time.time() * 1000),
+        ),
+        principal.as_caller(),
+    )
 
 
 def web_response(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> web.Response:
@@ -120,8 +133,9 @@ def web_response(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -
 
 
 def reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
-    response = web.Response(body=dumps(body), status=reject.status, content_type="application/json",
-                            headers=reject.headers)
+    response = web.Response(
+        body=dumps(body), status=reject.status, content_type="application/json", headers=reject.headers
+    )
     if reject.close:
         response.force_close()
     return response

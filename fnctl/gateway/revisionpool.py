@@ -72,12 +72,17 @@ class RevisionPool:
 
     def stats(self) -> PoolStats:
         slots = self.slots.values()
-        return PoolStats(len(self.slots), sum(s.ready for s in slots), sum(s.inflight for s in slots),
-                         len(self.waiters))
+        return PoolStats(
+            len(self.slots), sum(s.ready for s in slots), sum(s.inflight for s in slots), len(self.waiters)
+        )
 
     def disposable(self, now: float) -> bool:
-        return (self.routing is Routing.UNROUTED and not self.slots and not self.waiters
-                and now - self.unrouted_since >= self.host.grace_seconds)
+        return (
+            self.routing is Routing.UNROUTED
+            and not self.slots
+            and not self.waiters
+            and now - self.unrouted_since >= self.host.grace_seconds
+        )
 
     # ---- requests ----
 
@@ -103,8 +108,14 @@ class RevisionPool:
     async def _queue(self) -> tuple[Slot, bool]:
         slots = self.slots.values()
         ready, starting = sum(s.ready for s in slots), sum(s.phase is SlotPhase.STARTING for s in slots)
-        if refuse(ready=ready, starting=starting, queued=len(self.waiters), queue_limit=self.host.queue_limit,
-                  scaling=self.target.function.scaling, can_start=not self._backing_off()):
+        if refuse(
+            ready=ready,
+            starting=starting,
+            queued=len(self.waiters),
+            queue_limit=self.host.queue_limit,
+            scaling=self.target.function.scaling,
+            can_start=not self._backing_off(),
+        ):
             raise Overloaded(self._retry_after(), f"{self.name}: all instances busy and the queue is full")
         cold = not ready
         if cold and self._backing_off() and not starting:
@@ -155,14 +166,23 @@ class RevisionPool:
         limits, started = self.target.function.limits, time.monotonic()
         assert slot.transport is not None
         try:
-            result = await slot.transport.invoke(event, invocation_id=request_id, deadline=time.time() + limits.timeout,
-                                                 caller=caller, timeout=limits.timeout + TIMEOUT_GRACE)
+            result = await slot.transport.invoke(
+                event,
+                invocation_id=request_id,
+                deadline=time.time() + limits.timeout,
+                caller=caller,
+                timeout=limits.timeout + TIMEOUT_GRACE,
+            )
         except FrameTooLarge as exc:
             return _failed(Failure.PAYLOAD_TOO_LARGE, f"the event is too large: {exc.message}", started)
         except TransportTimeout:
             self._retire(slot, "another invocation on it timed out")
-            return _failed(Failure.TIMEOUT, f"the function did not finish within its timeout of {limits.timeout:g}s; "
-                           "the instance is being replaced", started)
+            return _failed(
+                Failure.TIMEOUT,
+                f"the function did not finish within its timeout of {limits.timeout:g}s; "
+                "the instance is being replaced",
+                started,
+            )
         except ConnectionLost:
             return await self._crash_outcome(slot, started)
         except TransportError as exc:
@@ -196,9 +216,14 @@ class RevisionPool:
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
         slots = self.slots.values()
-        count = to_start(ready=sum(s.ready for s in slots), starting=sum(s.phase is SlotPhase.STARTING for s in slots),
-                         inflight=sum(s.inflight for s in slots if s.ready), queued=len(self.waiters),
-                         scaling=self.target.function.scaling, keep=self.keep)
+        count = to_start(
+            ready=sum(s.ready for s in slots),
+            starting=sum(s.phase is SlotPhase.STARTING for s in slots),
+            inflight=sum(s.inflight for s in slots if s.ready),
+            queued=len(self.waiters),
+            scaling=self.target.function.scaling,
+            keep=self.keep,
+        )
         for _ in range(count):
             slot = Slot(instances.new_instance_id(), next(self._orders))
             self.slots[slot.id] = slot
@@ -209,8 +234,11 @@ class RevisionPool:
 
     def tick(self, now: float) -> None:
         """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
-        idle = self.host.idle_seconds if self.routing is not Routing.UNROUTED else min(self.host.idle_seconds,
-                                                                                        self.host.grace_seconds)
+        idle = (
+            self.host.idle_seconds
+            if self.routing is not Routing.UNROUTED
+            else min(self.host.idle_seconds, self.host.grace_seconds)
+        )
         for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
             self._stop(slot, drain=True)
         self.scale()
@@ -240,9 +268,12 @@ class RevisionPool:
         return tasks
 
     async def _attach(self, slot: Slot) -> None:
-        transport = AsyncTransport(slot.socket_dir, peer=self.host.peer_check(slot),
-                                   on_call=self.host.on_call(self.target.function.name, self.target.revision),
-                                   max_request=self.target.function.limits.payload)
+        transport = AsyncTransport(
+            slot.socket_dir,
+            peer=self.host.peer_check(slot),
+            on_call=self.host.on_call(self.target.function.name, self.target.revision),
+            max_request=self.target.function.limits.payload,
+        )
         try:
             await transport.connect(timeout=ATTACH_TIMEOUT)
         except (FnctlError, OSError) as exc:
@@ -313,8 +344,8 @@ class RevisionPool:
         """Stop every instance beyond `keep` (the gateway's extras), detach from the rest."""
         ready = sorted((s for s in self.slots.values() if s.ready), key=lambda s: s.order)
         for slot in list(self.slots.values()):
-            if slot not in ready[:self.keep] and slot.phase is not SlotPhase.STARTING:
+            if slot not in ready[: self.keep] and slot.phase is not SlotPhase.STARTING:
                 self._stop(slot, drain=not slot.retire_reason)
-        for slot in ready[:self.keep]:
+        for slot in ready[: self.keep]:
             if slot.transport is not None:
                 await slot.transport.close()

@@ -29,8 +29,9 @@ def sticky_point(key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def choose(weights: Mapping[int, int], *, pinned: int | None = None, sticky_key: str | None = None,
-           draw: float | None = None) -> int:
+def choose(
+    weights: Mapping[int, int], *, pinned: int | None = None, sticky_key: str | None = None, draw: float | None = None
+) -> int:
     """The revision for one request: `pinned` when given (even at 0%: a preview), else a weighted pick, stable
     per `sticky_key` when given, else from `draw` (a uniform number in [0, 1); random when None)."""
     if pinned is not None:
@@ -86,13 +87,19 @@ def compile_route(trigger: str, function: str, template: str, methods: list[str]
     """A route for `template`; each `{param}` matches one non-empty path segment."""
     parts, params, position = [], [], 0
     for found in _PARAM.finditer(template):
-        parts.append(re.escape(template[position:found.start()]))
+        parts.append(re.escape(template[position : found.start()]))
         parts.append(f"(?P<{found.group(1)}>[^/]+)")
         params.append(found.group(1))
         position = found.end()
     parts.append(re.escape(template[position:]))
-    return HttpRoute(trigger, function, template, frozenset(m.upper() for m in methods) if methods else None,
-                     re.compile("".join(parts) + r"\Z"), tuple(params))
+    return HttpRoute(
+        trigger,
+        function,
+        template,
+        frozenset(m.upper() for m in methods) if methods else None,
+        re.compile("".join(parts) + r"\Z"),
+        tuple(params),
+    )
 
 
 def _specificity(route: HttpRoute) -> tuple[int, int, int, str]:
@@ -109,8 +116,11 @@ def http_routes(triggers: Mapping[str, Mapping[str, Any]]) -> tuple[HttpRoute, .
         if not isinstance(http, Mapping) or not isinstance(http.get("path"), str):
             continue
         methods = http.get("methods")
-        routes.append(compile_route(name, str(spec.get("function", "")), http["path"],
-                                    list(methods) if isinstance(methods, list) else None))
+        routes.append(
+            compile_route(
+                name, str(spec.get("function", "")), http["path"], list(methods) if isinstance(methods, list) else None
+            )
+        )
     return tuple(sorted(routes, key=_specificity))
 
 
@@ -152,9 +162,13 @@ class DataSettings:
     def from_spec(cls, spec: Mapping[str, Any]) -> DataSettings:
         txn = spec.get("transaction")
         limits = spec.get("limits") or {}
-        return cls(run_as_function=spec.get("runAs") == "function", transaction=isinstance(txn, Mapping),
-                   retries=int(txn.get("retries", 3)) if isinstance(txn, Mapping) else 0,
-                   db_operations=int(limits.get("dbOperations", 1000)), egress=spec.get("network") == "egress")
+        return cls(
+            run_as_function=spec.get("runAs") == "function",
+            transaction=isinstance(txn, Mapping),
+            retries=int(txn.get("retries", 3)) if isinstance(txn, Mapping) else 0,
+            db_operations=int(limits.get("dbOperations", 1000)),
+            egress=spec.get("network") == "egress",
+        )
 
     @property
     def rerunnable(self) -> bool:
@@ -222,8 +236,13 @@ EMPTY = Table({}, (), {})
 
 def revision_info(number: int, spec: Mapping[str, Any]) -> RevisionInfo:
     limits = spec.get("limits") or {}
-    return RevisionInfo(number, float(limits.get("timeout", 10.0)), int(limits.get("payload", 6 * 2**20)),
-                        tuple((spec.get("access") or {}).get("roles", ())), DataSettings.from_spec(spec))
+    return RevisionInfo(
+        number,
+        float(limits.get("timeout", 10.0)),
+        int(limits.get("payload", 6 * 2**20)),
+        tuple((spec.get("access") or {}).get("roles", ())),
+        DataSettings.from_spec(spec),
+    )
 
 
 def stickiness(spec: Mapping[str, Any]) -> tuple[StickyBy | None, str | None]:
@@ -241,8 +260,12 @@ def stickiness(spec: Mapping[str, Any]) -> tuple[StickyBy | None, str | None]:
     return by, (str(name) if by is not StickyBy.CALLER and name else None)
 
 
-def build_table(routes: Mapping[str, Mapping[int, int]], specs: Mapping[tuple[str, int], Mapping[str, Any]],
-                triggers: Mapping[str, Mapping[str, Any]], policies: Mapping[str, Mapping[str, Any]]) -> Table:
+def build_table(
+    routes: Mapping[str, Mapping[int, int]],
+    specs: Mapping[tuple[str, int], Mapping[str, Any]],
+    triggers: Mapping[str, Mapping[str, Any]],
+    policies: Mapping[str, Mapping[str, Any]],
+) -> Table:
     """The table from the store's values: `routes` (function → {revision: weight}), the canonical `specs` of
     the invocable revisions ((function, revision) → spec), and the Trigger and Policy resources. Only the
     revisions `routes` lists are kept: the others are history, not targets."""

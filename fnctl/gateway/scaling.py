@@ -71,8 +71,11 @@ def pick(candidates: Iterable[C], concurrency: int) -> C | None:
     the oldest: light traffic then stays on few instances and the others go idle, to be stopped."""
     best: C | None = None
     for c in candidates:
-        if c.ready and c.inflight < concurrency and (
-                best is None or (c.inflight, c.order) < (best.inflight, best.order)):
+        if (
+            c.ready
+            and c.inflight < concurrency
+            and (best is None or (c.inflight, c.order) < (best.inflight, best.order))
+        ):
             best = c
     return best
 

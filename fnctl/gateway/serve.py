@@ -50,10 +50,18 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def options_for(project: Project, *, address: str | None = None, read_timeout: float | None = None,
-                max_body: str | None = None, max_header: str | None = None, idle_timeout: str | None = None,
-                access_log: bool = True, body_timeout: float | None = None,
-                max_connections_per_client: int | None = None) -> ServeOptions:
+def options_for(
+    project: Project,
+    *,
+    address: str | None = None,
+    read_timeout: float | None = None,
+    max_body: str | None = None,
+    max_header: str | None = None,
+    idle_timeout: str | None = None,
+    access_log: bool = True,
+    body_timeout: float | None = None,
+    max_connections_per_client: int | None = None,
+) -> ServeOptions:
     """The options of `fnctl serve`: fnctl.toml's [gateway] section, overridden by the command line's."""
     limits, idle = project_limits(project)
     try:
@@ -62,8 +70,10 @@ def options_for(project: Project, *, address: str | None = None, read_timeout: f
         if body_timeout is not None:
             limits = replace(limits, body_timeout=_positive(body_timeout, "--body-timeout"))
         if max_connections_per_client is not None:
-            limits = replace(limits, max_connections_per_client=int(_positive(max_connections_per_client,
-                                                                              "--max-connections-per-client")))
+            limits = replace(
+                limits,
+                max_connections_per_client=int(_positive(max_connections_per_client, "--max-connections-per-client")),
+            )
         if max_body is not None:
             limits = replace(limits, max_body=parse_size(max_body))
         if max_header is not None:
@@ -85,10 +95,14 @@ def _positive(value: float, what: str) -> float:
 
 _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     # fnctl.toml [gateway] key → (GatewayLimits field, parser)
-    "maxBodySize": ("max_body", parse_size), "maxHeaderSize": ("max_header", parse_size),
-    "readTimeout": ("read_timeout", parse_duration), "timeoutMargin": ("timeout_margin", parse_duration),
-    "maxConcurrentPerFunction": ("max_concurrent", int), "drainTimeout": ("drain_timeout", parse_duration),
-    "bodyTimeout": ("body_timeout", parse_duration), "maxConnectionsPerClient": ("max_connections_per_client", int),
+    "maxBodySize": ("max_body", parse_size),
+    "maxHeaderSize": ("max_header", parse_size),
+    "readTimeout": ("read_timeout", parse_duration),
+    "timeoutMargin": ("timeout_margin", parse_duration),
+    "maxConcurrentPerFunction": ("max_concurrent", int),
+    "drainTimeout": ("drain_timeout", parse_duration),
+    "bodyTimeout": ("body_timeout", parse_duration),
+    "maxConnectionsPerClient": ("max_connections_per_client", int),
 }
 
 
@@ -141,9 +155,15 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     identity = {"project": project.name, "store": store.id}
     store.close()
     pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
-    gateway = Gateway(pool=pool, authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
-                      metrics=Metrics(), audit=AuditLog(store_path), source=StoreTable(store_path),
-                      limits=options.limits, identity=identity)
+    gateway = Gateway(
+        pool=pool,
+        authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
+        metrics=Metrics(),
+        audit=AuditLog(store_path),
+        source=StoreTable(store_path),
+        limits=options.limits,
+        identity=identity,
+    )
     gateway.broker = data_broker(store_path, gateway)
     pool.call_handler = gateway.broker.handler_for
     return gateway
@@ -152,9 +172,11 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
 def data_broker(store_path: Path, gateway: Gateway) -> Broker:
     """The data plane the gateway serves (REST under /v1/, the instances' `context.db` calls): the data file
     beside the state store, the collections `apply` put there, and the live Policies of the routing table."""
-    plane = DataPlane(docstore.connect(docstore.data_path(store_path)),
-                      LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
-                      StateAudit(store_path))
+    plane = DataPlane(
+        docstore.connect(docstore.data_path(store_path)),
+        LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
+        StateAudit(store_path),
+    )
     return Broker(plane)
 
 
@@ -172,10 +194,14 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
         await gateway.pool.start()
         runner, port = await start_server(make_app(gateway), options.host, options.port, options.limits)
         gateway.pool_ready = True
-        cron = CronRunner(store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name))
-        tasks += [asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
-                  asyncio.create_task(cron.run(cron_stop)),
-                  asyncio.create_task(_drive_rollouts(project, store_path, cron_stop))]
+        cron = CronRunner(
+            store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
+        )
+        tasks += [
+            asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
+            asyncio.create_task(cron.run(cron_stop)),
+            asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
+        ]
         _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path))
         await stop.wait()
         _event("draining", inflight=gateway.inflight)
@@ -251,8 +277,13 @@ class _JsonLines(logging.Formatter):
     """Log records as JSON lines, for journald and log shippers (the access log has its own, on stdout)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
-                "logger": record.name, "message": record.getMessage(), **getattr(record, "fields", {})}
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

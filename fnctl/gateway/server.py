@@ -55,8 +55,9 @@ class _RequestHandler(web_protocol.RequestHandler):
             self._client = None
         super().connection_lost(exc)
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if status == 400 and isinstance(exc, BadHttpMessage):
             too_many = "Too many headers" in str(exc)
             if too_many or isinstance(exc, LineTooLong):
@@ -66,8 +67,11 @@ class _RequestHandler(web_protocol.RequestHandler):
             raise ConnectionError("response already started")
         # The parser's own message may quote the client's bytes: the reason names the kind of error only.
         kind = type(exc).__name__ if exc is not None else "error"
-        reason = f"{status} {HTTPStatus(status).phrase}: " + (
-            "the request is not valid HTTP" if status < 500 else "internal error") + f" ({kind})"
+        reason = (
+            f"{status} {HTTPStatus(status).phrase}: "
+            + ("the request is not valid HTTP" if status < 500 else "internal error")
+            + f" ({kind})"
+        )
         if status >= 500:
             self.log_exception("request failed", exc_info=exc)
         server = self._manager
@@ -88,8 +92,10 @@ class _RequestHandler(web_protocol.RequestHandler):
 
 
 _REFUSAL = b"429 Too Many Requests: too many connections from your address\n"
-_TOO_MANY_CONNECTIONS = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                         b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL), _REFUSAL))
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL), _REFUSAL)
+)
 
 
 class ClientConnections:
@@ -149,10 +155,17 @@ async def start_server(app: web.Application, host: str, port: int, limits: Gatew
     gateway), and each client address at most `max_connections_per_client` connections.
     """
     line_limit = 8190 if limits.max_header != 8190 else 8191  # distinct, so 414 and 431 can be told apart
-    runner = GatewayRunner(app, handle_signals=False, access_log=None, keepalive_timeout=limits.read_timeout,
-                           max_field_size=limits.max_header, max_line_size=line_limit,
-                           lingering_time=min(10.0, limits.read_timeout), shutdown_timeout=limits.drain_timeout,
-                           max_connections_per_client=limits.max_connections_per_client)
+    runner = GatewayRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=limits.read_timeout,
+        max_field_size=limits.max_header,
+        max_line_size=line_limit,
+        lingering_time=min(10.0, limits.read_timeout),
+        shutdown_timeout=limits.drain_timeout,
+        max_connections_per_client=limits.max_connections_per_client,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()

@@ -78,7 +78,6 @@ class StoreTable:
             self._store = None
 
 
-
 class TableFollower:
     """The current table, re-read every `interval` seconds; one pool reconcile at a time (it may start
     containers), run once more afterwards when the routes changed meanwhile."""

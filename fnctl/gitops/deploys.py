@@ -37,8 +37,9 @@ class Decision(StrEnum):
     DIVERGED = "diverged"  # not a descendant of the live commit (history rewritten)
 
 
-def decide(last: Deploy | None, sha: str, relation: Relation | None, audit_mark: int, *,
-           pulling: bool = False) -> Decision:
+def decide(
+    last: Deploy | None, sha: str, relation: Relation | None, audit_mark: int, *, pulling: bool = False
+) -> Decision:
     """What a sync of commit `sha` does, given the last deploy and how `sha` stands to its commit; `pulling`
     (pull mode, every interval) never retries a deploy of that commit on its own."""
     if last is None or relation is None:
@@ -66,8 +67,19 @@ def last(store: Store) -> Deploy | None:
     r = deploylog.last(store)
     if r is None:
         return None
-    return Deploy(r.id, r.at, r.actor, r.command, r.source, r.ref, Commit(r.git_commit, r.git_author, r.git_subject),
-                  r.dirty, r.preview, r.outcome, r.audit_mark)
+    return Deploy(
+        r.id,
+        r.at,
+        r.actor,
+        r.command,
+        r.source,
+        r.ref,
+        Commit(r.git_commit, r.git_author, r.git_subject),
+        r.dirty,
+        r.preview,
+        r.outcome,
+        r.audit_mark,
+    )
 
 
 def audit_mark(store: Store) -> int:
@@ -82,10 +94,32 @@ def mark_since(store: Store, last: Deploy) -> int:
     return deploylog.mark_since(store, last.id, last.audit_mark)
 
 
-def record(store: Store, *, at: float, actor: str, command: str, source: str, ref: str | None, commit: Commit,
-           dirty: bool, preview: bool, outcome: str) -> None:
+def record(
+    store: Store,
+    *,
+    at: float,
+    actor: str,
+    command: str,
+    source: str,
+    ref: str | None,
+    commit: Commit,
+    dirty: bool,
+    preview: bool,
+    outcome: str,
+) -> None:
     """Append the deploy of `commit`, marked with the audit log as it stands now (after the deploy's own
     entries), so that the next sync of the same commit can tell whether anything changed since."""
-    deploylog.add(store, at=at, actor=actor, command=command, source=source, ref=ref, git_commit=commit.sha,
-                  git_author=commit.author, git_subject=commit.subject, dirty=dirty, preview=preview,
-                  outcome=outcome)
+    deploylog.add(
+        store,
+        at=at,
+        actor=actor,
+        command=command,
+        source=source,
+        ref=ref,
+        git_commit=commit.sha,
+        git_author=commit.author,
+        git_subject=commit.subject,
+        dirty=dirty,
+        preview=preview,
+        outcome=outcome,
+    )

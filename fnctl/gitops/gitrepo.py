@@ -30,10 +30,25 @@ _FETCH_TIMEOUT = 120.0  # seconds: an unreachable server must end in an error, n
 _KEEP_CHECKOUTS = 5  # the newest work trees kept in a mirror (the live commit's among them)
 # What git sets for a hook (GIT_DIR=. in a bare repository, ...): inherited, they would point every git
 # command fnctl runs at the pushed repository instead of its own mirror.
-_LOCAL_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH", "GIT_NAMESPACE", "GIT_PREFIX",
-                    "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE", "GIT_CONFIG",
-                    "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_REPLACE_REF_BASE", "GIT_NO_REPLACE_OBJECTS")
+_LOCAL_VARIABLES = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_COMMON_DIR",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_GRAFT_FILE",
+    "GIT_SHALLOW_FILE",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_NO_REPLACE_OBJECTS",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,7 @@ class WorkTree:
 
 class Relation(StrEnum):
     """How a commit to deploy stands to the live one."""
+
     SAME = "same"
     AHEAD = "ahead"  # descends from the live commit: a normal deploy
     BEHIND = "behind"  # an ancestor of the live commit: deploying it would roll back
@@ -83,8 +99,9 @@ def work_tree(path: Path) -> WorkTree | None:
         repo = git.Repo(path, search_parent_directories=True)
         commit = _commit(repo.head.commit)
         # Untracked files count: a manifest not yet committed would deploy without being in the commit.
-        status = repo.git.status("--porcelain", "-z", "--untracked-files=normal", "--", str(path.resolve()),
-                                 env=clean_environment())
+        status = repo.git.status(
+            "--porcelain", "-z", "--untracked-files=normal", "--", str(path.resolve()), env=clean_environment()
+        )
     except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError, git.GitCommandError):
         return None  # not a repository, or one without commits yet
     return WorkTree(commit, _changed(Path(str(repo.working_tree_dir)), status))
@@ -199,7 +216,9 @@ class Mirror:
             self._git("fetch", "--quiet", *depth, self.url, ref or "HEAD")
         except UnknownRef:
             if ref is None:
-                raise UnknownRef(f"the default branch (HEAD) of {self.url} names no commit; pass --ref BRANCH") from None
+                raise UnknownRef(
+                    f"the default branch (HEAD) of {self.url} names no commit; pass --ref BRANCH"
+                ) from None
             raise
         return self._resolve("FETCH_HEAD")
 
@@ -239,8 +258,9 @@ class Mirror:
         import git  # lazy: see the note at the top (~0.12 s)
 
         try:
-            return str(self._repo.git.execute(["git", *args], env=clean_environment(),
-                                              kill_after_timeout=_FETCH_TIMEOUT))
+            return str(
+                self._repo.git.execute(["git", *args], env=clean_environment(), kill_after_timeout=_FETCH_TIMEOUT)
+            )
         except git.GitCommandError as exc:
             raise _translate(exc, self.url) from None
 
@@ -281,8 +301,16 @@ def _translate(exc: Any, url: str) -> FnctlError:
         return UnknownRef(f"{name} is not a branch, tag or commit name")
     if "couldn't find remote ref" in text or "not our ref" in text or "unknown revision" in text:
         return UnknownRef(f"{url} has no branch, tag or commit {text.rsplit(' ', 1)[-1]}")
-    if any(word in text for word in ("does not appear to be a git repository", "Could not read from remote",
-                                     "unable to access", "Could not resolve host", "Connection refused",
-                                     "not found")):
+    if any(
+        word in text
+        for word in (
+            "does not appear to be a git repository",
+            "Could not read from remote",
+            "unable to access",
+            "Could not resolve host",
+            "Connection refused",
+            "not found",
+        )
+    ):
         return GitError(f"cannot reach the repository {url}: {text}")
     return GitError(f"git {' '.join(str(a) for a in exc.command[1:3])} failed: {text}")

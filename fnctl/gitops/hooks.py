@@ -74,26 +74,40 @@ def script(config: HookConfig, python: str = sys.executable) -> str:
         command += ["--path", config.path]
     if not config.wait:
         command.append("--no-wait")
-    return (f"#!/bin/sh\n{MARK}: a push to {config.branch} deploys the pushed commit with `fnctl sync`.\n"
-            "# Installed by `fnctl hook install`; `fnctl hook uninstall` removes it.\n"
-            "# git points GIT_DIR and friends at this repository; fnctl's own git commands must not see them.\n"
-            "unset $(git rev-parse --local-env-vars)\n"
-            "PYTHONUNBUFFERED=1 exec " + shlex.join(command) + "\n")
+    return (
+        f"#!/bin/sh\n{MARK}: a push to {config.branch} deploys the pushed commit with `fnctl sync`.\n"
+        "# Installed by `fnctl hook install`; `fnctl hook uninstall` removes it.\n"
+        "# git points GIT_DIR and friends at this repository; fnctl's own git commands must not see them.\n"
+        "unset $(git rev-parse --local-env-vars)\n"
+        "PYTHONUNBUFFERED=1 exec " + shlex.join(command) + "\n"
+    )
 
 
 def install(config: HookConfig, *, force: bool = False) -> Path:
     """Write the hook into the bare repository `config.repo`; returns its path."""
     repo = config.repo.resolve()
     if not is_bare(repo):
-        raise BadInput(f"{config.repo} is not a bare git repository (the hook goes where pushes land: "
-                       "create one with `git init --bare`)")
+        raise BadInput(
+            f"{config.repo} is not a bare git repository (the hook goes where pushes land: "
+            "create one with `git init --bare`)"
+        )
     hook = repo / "hooks" / "post-receive"
     if hook.exists() and not _ours(hook) and not force:
         raise BadInput(f"{hook} exists and is not fnctl's: remove it, or pass --force to replace it")
     hook.parent.mkdir(exist_ok=True)
-    hook.write_text(script(HookConfig(repo, config.branch, config.preview,
-                                      config.state.resolve() if config.state else None, config.path, config.wait)),
-                    encoding="utf-8")
+    hook.write_text(
+        script(
+            HookConfig(
+                repo,
+                config.branch,
+                config.preview,
+                config.state.resolve() if config.state else None,
+                config.path,
+                config.wait,
+            )
+        ),
+        encoding="utf-8",
+    )
     hook.chmod(0o755)
     return hook
 

@@ -84,8 +84,15 @@ class AsyncTransport:
     `on_lost` is called once, on the loop, when the connection goes away for any reason but `close()`.
     """
 
-    def __init__(self, socket_dir: str, *, peer: PeerCheck, on_call: AsyncCallHandler | None = None,
-                 max_frame: int = DEFAULT_MAX_FRAME, max_request: int | None = None) -> None:
+    def __init__(
+        self,
+        socket_dir: str,
+        *,
+        peer: PeerCheck,
+        on_call: AsyncCallHandler | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_request: int | None = None,
+    ) -> None:
         self.socket_dir = socket_dir
         self.peer = peer
         self.on_call = on_call
@@ -162,8 +169,13 @@ class AsyncTransport:
         expect_reply(reply, MessageType.CONFIGURED)
 
     async def invoke(
-        self, event: Any, *, invocation_id: str, deadline: float,
-        caller: Mapping[str, Any] | None = None, timeout: float | None = None,
+        self,
+        event: Any,
+        *,
+        invocation_id: str,
+        deadline: float,
+        caller: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
         request_id = next(self._ids)
@@ -223,8 +235,9 @@ class AsyncTransport:
         self._transport = None
         self._fail_all("the transport was closed" if self._closing else reason)
         if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(ConnectionLost(f"the runtime in {self.socket_dir} closed the connection "
-                                                     "before it was ready"))
+            self._ready.set_exception(
+                ConnectionLost(f"the runtime in {self.socket_dir} closed the connection before it was ready")
+            )
         if not self._notified and not self._closing and self.on_lost is not None:
             self._notified = True
             self.on_lost(self._lost or reason)

@@ -119,8 +119,9 @@ class InvocationResult:
                 kind = ErrorKind(str(raw.get("kind")))
             except ValueError:
                 raise TransportError(f"the runtime sent an unknown error kind {raw.get('kind')!r}") from None
-            error = InvocationError(kind, str(raw.get("type", "")), str(raw.get("message", "")),
-                                    str(raw.get("traceback", "")))
+            error = InvocationError(
+                kind, str(raw.get("type", "")), str(raw.get("message", "")), str(raw.get("traceback", ""))
+            )
         return cls(
             ok=error is None,
             result=message.get("result"),
@@ -144,8 +145,12 @@ class CallRequest:
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> CallRequest:
         params = message.get("params")
-        return cls(message.get("id"), str(message.get("invocation_id", "")), str(message.get("method", "")),
-                   params if isinstance(params, dict) else {})
+        return cls(
+            message.get("id"),
+            str(message.get("invocation_id", "")),
+            str(message.get("method", "")),
+            params if isinstance(params, dict) else {},
+        )
 
 
 # ---- encoding: the frames the host sends ---------------------------------------------------------
@@ -176,15 +181,17 @@ def configure_frame(request_id: int, secrets: Mapping[str, str]) -> bytes:
     return _request_frame({"type": MessageType.CONFIGURE, "secrets": dict(secrets), "id": request_id})
 
 
-def invoke_frame(request_id: int, event: Any, invocation_id: str, deadline: float,
-                 caller: Mapping[str, Any] | None) -> bytes:
+def invoke_frame(
+    request_id: int, event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | None
+) -> bytes:
     """Run the handler once on `event`; `deadline` is epoch seconds (finite), `caller` the identity the
     handler sees. Answered by a `result`. BadInput when the event or caller is not JSON-serialisable."""
     if caller is not None and not isinstance(caller, dict):
         caller = dict(caller)  # the encoder takes dicts only
     try:  # float's repr is what the JSON encoder writes for a finite float
-        body = (_INVOKE % (_encode(event), _encode(invocation_id), float(deadline), _encode(caller),
-                           request_id)).encode()
+        body = (
+            _INVOKE % (_encode(event), _encode(invocation_id), float(deadline), _encode(caller), request_id)
+        ).encode()
     except (TypeError, ValueError) as exc:
         raise BadInput(f"cannot send invoke: not JSON-serialisable: {exc}") from None
     return HEADER.pack(len(body)) + body
@@ -267,7 +274,7 @@ class FrameDecoder:
         end = HEADER.size + size
         if len(buffer) < end:
             return None
-        body = buffer[HEADER.size:end]
+        body = buffer[HEADER.size : end]
         del buffer[:end]
         try:  # frames are UTF-8: no need for json.loads' encoding detection (a UnicodeError is a ValueError)
             message = _decode(body.decode())

@@ -61,8 +61,13 @@ class Transport(Protocol):
     def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None: ...
 
     def invoke(
-        self, event: Any, *, invocation_id: str, deadline: float,
-        caller: Mapping[str, Any] | None = None, timeout: float | None = None,
+        self,
+        event: Any,
+        *,
+        invocation_id: str,
+        deadline: float,
+        caller: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> InvocationResult: ...
 
     def ping(self, timeout: float = 5.0) -> int: ...
@@ -107,8 +112,13 @@ class UnixSocketTransport:
     """
 
     def __init__(
-        self, socket_dir: str, *, peer: PeerCheck, on_call: CallHandler | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME, callback_workers: int = 16,
+        self,
+        socket_dir: str,
+        *,
+        peer: PeerCheck,
+        on_call: CallHandler | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        callback_workers: int = 16,
     ) -> None:
         self.socket_dir = socket_dir
         self.peer = peer  # read at each accept: `instances.start` sets it once the container exists
@@ -167,8 +177,9 @@ class UnixSocketTransport:
             raise
         self._sock, self.ready = sock, ready
         self._callbacks = ThreadPoolExecutor(self._callback_workers, thread_name_prefix="fnctl-callback")
-        self._reader = threading.Thread(target=self._read_loop, args=(sock, decoder), name="fnctl-transport",
-                                        daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(sock, decoder), name="fnctl-transport", daemon=True
+        )
         self._reader.start()
         return ready
 
@@ -177,9 +188,7 @@ class UnixSocketTransport:
         if rendezvous is not None:
             rendezvous.close()
 
-    def _handshake(
-        self, sock: socket.socket, decoder: FrameDecoder, deadline: float, timeout: float
-    ) -> dict[str, Any]:
+    def _handshake(self, sock: socket.socket, decoder: FrameDecoder, deadline: float, timeout: float) -> dict[str, Any]:
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             first = decoder.read_from(sock.recv)
@@ -195,8 +204,13 @@ class UnixSocketTransport:
         expect_reply(reply, MessageType.CONFIGURED)
 
     def invoke(
-        self, event: Any, *, invocation_id: str, deadline: float,
-        caller: Mapping[str, Any] | None = None, timeout: float | None = None,
+        self,
+        event: Any,
+        *,
+        invocation_id: str,
+        deadline: float,
+        caller: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""
         request_id = next(self._ids)

@@ -87,13 +87,20 @@ def check_collection(collection: Collection) -> Iterator[Finding]:
     seen: dict[tuple[str, ...], int] = {}
     for i, index in enumerate(collection.indexes):
         if index.fields in seen:
-            yield collection, ("spec", "indexes", i), f"duplicate index on {', '.join(index.fields)} (same as index {seen[index.fields]})"
+            yield (
+                collection,
+                ("spec", "indexes", i),
+                f"duplicate index on {', '.join(index.fields)} (same as index {seen[index.fields]})",
+            )
         seen.setdefault(index.fields, i)
         if len(set(index.fields)) != len(index.fields):
             yield collection, ("spec", "indexes", i, "fields"), "an index names each field once"
     if collection.document_size > MAX_DOCUMENT_SIZE:
-        yield (collection, ("spec", "limits", "documentSize"),
-               f"documentSize is at most {MAX_DOCUMENT_SIZE // 2**20}Mi")
+        yield (
+            collection,
+            ("spec", "limits", "documentSize"),
+            f"documentSize is at most {MAX_DOCUMENT_SIZE // 2**20}Mi",
+        )
 
 
 def check_function(function: Function, root: Path) -> Iterator[Finding]:
@@ -106,24 +113,36 @@ def check_function(function: Function, root: Path) -> Iterator[Finding]:
         if problem:
             yield function, ("spec", key), problem
     if function.scaling.min_instances > function.scaling.max_instances:
-        yield (function, ("spec", "scaling", "minInstances"),
-               f"minInstances ({function.scaling.min_instances}) exceeds maxInstances ({function.scaling.max_instances})")
+        yield (
+            function,
+            ("spec", "scaling", "minInstances"),
+            f"minInstances ({function.scaling.min_instances}) exceeds maxInstances ({function.scaling.max_instances})",
+        )
     yield from check_rollout(function)
 
 
 def _unique_names(state: DesiredState) -> Iterator[Finding]:
-    for kind, items in ((Kind.FUNCTION, state.functions), (Kind.TRIGGER, state.triggers),
-                        (Kind.VIEW, state.views), (Kind.POLICY, state.policies),
-                        (Kind.COLLECTION, state.collections)):
+    for kind, items in (
+        (Kind.FUNCTION, state.functions),
+        (Kind.TRIGGER, state.triggers),
+        (Kind.VIEW, state.views),
+        (Kind.POLICY, state.policies),
+        (Kind.COLLECTION, state.collections),
+    ):
         seen: dict[str, Any] = {}
         for item in items:
             first = seen.setdefault(item.name, item)
             if first is not item:
-                yield item, ("metadata", "name"), f"duplicate {kind.value} name {item.name!r} (first defined at {_where(first)})"
+                yield (
+                    item,
+                    ("metadata", "name"),
+                    f"duplicate {kind.value} name {item.name!r} (first defined at {_where(first)})",
+                )
 
 
-def _reference(item: Trigger | View | Policy, path: tuple[str | int, ...], name: str,
-               functions: dict[str, Function]) -> Iterator[Finding]:
+def _reference(
+    item: Trigger | View | Policy, path: tuple[str | int, ...], name: str, functions: dict[str, Function]
+) -> Iterator[Finding]:
     if name not in functions:
         yield item, path, f"function {name!r} is not defined in these manifests"
 
@@ -138,8 +157,11 @@ def _function_role(policy: Policy, role: str, functions: dict[str, Function]) ->
     if name not in functions:
         yield policy, where, f"role {role!r}: function {name!r} is not defined in these manifests"
     elif functions[name].run_as is not RunAs.FUNCTION:
-        yield policy, where, (f"role {role!r}: function {name!r} does not declare runAs: function, "
-                              "so it never acts with this role")
+        yield (
+            policy,
+            where,
+            (f"role {role!r}: function {name!r} does not declare runAs: function, so it never acts with this role"),
+        )
 
 
 def _where(item: Any) -> str:
@@ -315,8 +337,11 @@ def _limits(function: Function) -> Iterator[Finding]:
         yield function, at + ("timeout",), "timeout must be more than 0"
     if function.isolation is Isolation.GVISOR and limits.pids < MIN_GVISOR_PIDS:
         # runsc's own threads count against the container's pids limit: below this it cannot even start.
-        yield (function, at + ("pids",),
-               f"isolation: gvisor needs pids of at least {MIN_GVISOR_PIDS} (gVisor's own threads count against it)")
+        yield (
+            function,
+            at + ("pids",),
+            f"isolation: gvisor needs pids of at least {MIN_GVISOR_PIDS} (gVisor's own threads count against it)",
+        )
 
 
 def _env_and_secrets(function: Function) -> Iterator[Finding]:
@@ -361,6 +386,9 @@ def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:
         for method in methods:
             first = seen.setdefault((method, shape), trigger)
             if first is not trigger:
-                yield (trigger, ("spec", "http", "path"),
-                       f"route {method} {trigger.config['path']} collides with trigger {first.name!r} ({_where(first)})")
+                yield (
+                    trigger,
+                    ("spec", "http", "path"),
+                    f"route {method} {trigger.config['path']} collides with trigger {first.name!r} ({_where(first)})",
+                )
                 break

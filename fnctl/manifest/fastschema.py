@@ -17,23 +17,56 @@ from urllib.parse import unquote, urldefrag, urljoin
 Check = Callable[[Any], bool]
 # Every assertion keyword of jsonschema's draft 2020-12 validator (the tests keep this in step with it);
 # keywords outside this set are annotations, which jsonschema ignores too.
-ASSERTIONS = frozenset({
-    "$dynamicRef", "$ref", "additionalProperties", "allOf", "anyOf", "const", "contains", "dependentRequired",
-    "dependentSchemas", "enum", "exclusiveMaximum", "exclusiveMinimum", "format", "if", "items", "maxItems",
-    "maxLength", "maxProperties", "maximum", "minItems", "minLength", "minProperties", "minimum", "multipleOf",
-    "not", "oneOf", "pattern", "patternProperties", "prefixItems", "properties", "propertyNames", "required",
-    "type", "unevaluatedItems", "unevaluatedProperties", "uniqueItems",
-})
-_UNCOMPILED = {"contains", "dependentSchemas", "multipleOf", "prefixItems", "unevaluatedItems",
-               "unevaluatedProperties"}
+ASSERTIONS = frozenset(
+    {
+        "$dynamicRef",
+        "$ref",
+        "additionalProperties",
+        "allOf",
+        "anyOf",
+        "const",
+        "contains",
+        "dependentRequired",
+        "dependentSchemas",
+        "enum",
+        "exclusiveMaximum",
+        "exclusiveMinimum",
+        "format",
+        "if",
+        "items",
+        "maxItems",
+        "maxLength",
+        "maxProperties",
+        "maximum",
+        "minItems",
+        "minLength",
+        "minProperties",
+        "minimum",
+        "multipleOf",
+        "not",
+        "oneOf",
+        "pattern",
+        "patternProperties",
+        "prefixItems",
+        "properties",
+        "propertyNames",
+        "required",
+        "type",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "uniqueItems",
+    }
+)
+_UNCOMPILED = {"contains", "dependentSchemas", "multipleOf", "prefixItems", "unevaluatedItems", "unevaluatedProperties"}
 
 
 class _Unsupported(Exception):
     pass
 
 
-def compile_check(schema: Any, base: str, documents: Callable[[str], Any],
-                  formats: dict[str, Check] | None = None) -> Check | None:
+def compile_check(
+    schema: Any, base: str, documents: Callable[[str], Any], formats: dict[str, Check] | None = None
+) -> Check | None:
     """`schema` (whose URI is `base`) as one function: value -> valid?; None when it cannot be compiled.
 
     `documents` gives the schema at a URI (for `$ref`). Without `formats`, `format` is ignored, as
@@ -105,6 +138,7 @@ class _Compiler:
                 if sub is not None and not sub(item):
                     return False
             return True
+
         return check_object
 
     def _ref(self, ref: str, schema: Any, base: str) -> Check:
@@ -133,8 +167,10 @@ class _Compiler:
         check = self.compile(extra, base)
         known = set(schema.get("properties", {}))
         pattern = re.compile("|".join(schema.get("patternProperties", {}))) if "patternProperties" in schema else None
-        return lambda value: not isinstance(value, dict) or all(
-            check(v) for k, v in value.items() if k not in known and not (pattern and pattern.search(k)))
+        return lambda value: (
+            not isinstance(value, dict)
+            or all(check(v) for k, v in value.items() if k not in known and not (pattern and pattern.search(k)))
+        )
 
     def _properties(self, properties: dict[str, Any], schema: Any, base: str) -> Check:
         checks = {key: self.compile(sub, base) for key, sub in properties.items()}
@@ -150,12 +186,14 @@ class _Compiler:
                 if sub is not None and not sub(item):
                     return False
             return True
+
         return check
 
     def _patternProperties(self, patterns: dict[str, Any], schema: Any, base: str) -> Check:
         checks = [(re.compile(p), self.compile(sub, base)) for p, sub in patterns.items()]
-        return lambda value: not isinstance(value, dict) or all(
-            c(v) for p, c in checks for k, v in value.items() if p.search(k))
+        return lambda value: (
+            not isinstance(value, dict) or all(c(v) for p, c in checks for k, v in value.items() if p.search(k))
+        )
 
     def _propertyNames(self, names: Any, schema: Any, base: str) -> Check:
         check = self.compile(names, base)
@@ -168,8 +206,10 @@ class _Compiler:
         return lambda value: not isinstance(value, dict) or all(k in value for k in required)
 
     def _dependentRequired(self, dependent: dict[str, list[str]], schema: Any, base: str) -> Check:
-        return lambda value: not isinstance(value, dict) or all(
-            d in value for k, needs in dependent.items() if k in value for d in needs)
+        return lambda value: (
+            not isinstance(value, dict)
+            or all(d in value for k, needs in dependent.items() if k in value for d in needs)
+        )
 
     def _items(self, items: Any, schema: Any, base: str) -> Check:
         check = self.compile(items, base)
@@ -180,6 +220,7 @@ class _Compiler:
                     if not check(item):
                         return False
             return True
+
         return check_items
 
     def _allOf(self, subs: list[Any], schema: Any, base: str) -> Check:
@@ -201,6 +242,7 @@ class _Compiler:
                         return False  # a second match: the rest need not run
                     found = True
             return found
+
         return one_of
 
     def _not(self, sub: Any, schema: Any, base: str) -> Check:
@@ -289,6 +331,7 @@ def _every(checks: list[Check]) -> Check:
             if not check(value):
                 return False
         return True
+
     return every
 
 
@@ -308,8 +351,9 @@ _TYPES: dict[str, Check] = {
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "number": _is_number,
-    "integer": lambda v: type(v) is int or not isinstance(v, bool) and (
-        isinstance(v, int) or isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (
+        type(v) is int or not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and v.is_integer())
+    ),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }
@@ -346,4 +390,4 @@ def _equal(one: Any, two: Any) -> bool:
 def _unique(items: list[Any]) -> bool:
     if all(isinstance(i, str) for i in items):
         return len(set(items)) == len(items)
-    return not any(_equal(a, b) for i, a in enumerate(items) for b in items[i + 1:])
+    return not any(_equal(a, b) for i, a in enumerate(items) for b in items[i + 1 :])

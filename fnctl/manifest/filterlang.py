@@ -131,8 +131,7 @@ def valid_field(field: str) -> str | None:
     if len(field) > MAX_FIELD_LENGTH:
         return f"a field path has at most {MAX_FIELD_LENGTH} characters"
     if not all(_SEGMENT.fullmatch(s) for s in field.split(".")):
-        return (f"{field!r} is not a field path: dot-separated names of letters, digits, '_' and '-' "
-                "(e.g. customer.id)")
+        return f"{field!r} is not a field path: dot-separated names of letters, digits, '_' and '-' (e.g. customer.id)"
     return None
 
 
@@ -175,10 +174,13 @@ class _Parser:
     def field(self, field: str, raw: Any, at: Path) -> list[Filter]:
         if isinstance(raw, dict):
             if not raw:
-                raise FilterError(at, "an empty operator object: use {\"$eq\": value} or a value")
+                raise FilterError(at, 'an empty operator object: use {"$eq": value} or a value')
             if not all(isinstance(k, str) and k.startswith("$") for k in raw):
-                raise FilterError(at, "comparisons with objects are not supported: use operators like "
-                                      "{\"$eq\": ...} on a dotted path (customer.id)")
+                raise FilterError(
+                    at,
+                    "comparisons with objects are not supported: use operators like "
+                    '{"$eq": ...} on a dotted path (customer.id)',
+                )
             return [self.operator(field, k, v, (*at, k)) for k, v in raw.items()]
         return [Compare(field, Op.EQ, self.scalar(raw, at, refs={"$caller.id", "$caller.tenant", "$caller.roles"}))]
 
@@ -211,8 +213,7 @@ class _Parser:
         if isinstance(raw, str):
             if self.caller_refs and raw.startswith("$caller"):
                 if raw not in CALLER_REFS:
-                    raise FilterError(at, f"unknown reference {raw!r}: use $caller.id, $caller.tenant or "
-                                          "$caller.roles")
+                    raise FilterError(at, f"unknown reference {raw!r}: use $caller.id, $caller.tenant or $caller.roles")
                 if raw not in refs:
                     raise FilterError(at, f"{raw} cannot be used here")
                 return CallerRef(raw.removeprefix("$caller."))

@@ -50,35 +50,46 @@ def build(doc: Document, defaults: Limits) -> Item:
     if kind is Kind.VIEW:
         cache = spec.get("cache", {})
         ttl = duration_at(cache["ttl"], ("spec", "cache", "ttl")) if "ttl" in cache else None
-        return View(name, spec["function"], ttl, bool(cache.get("perCaller", False)),
-                    tuple(spec.get("dependsOn", ())), doc)
+        return View(
+            name, spec["function"], ttl, bool(cache.get("perCaller", False)), tuple(spec.get("dependsOn", ())), doc
+        )
     if kind is Kind.COLLECTION:
         return parse_collection(name, spec, doc)
     return parse_policy(name, spec, doc)  # the schema requires `roles`: the same as the store's reading
 
 
-def _function(name: str, labels: dict[str, str], spec: dict[str, Any], defaults: Limits,
-              doc: Document) -> Function:
+def _function(name: str, labels: dict[str, str], spec: dict[str, Any], defaults: Limits, doc: Document) -> Function:
     scaling = spec.get("scaling", {})
     base = Scaling()
     return Function(
-        name=name, labels=dict(labels), runtime=spec["runtime"], source=spec["source"], handler=spec["handler"],
+        name=name,
+        labels=dict(labels),
+        runtime=spec["runtime"],
+        source=spec["source"],
+        handler=spec["handler"],
         env=dict(spec.get("env", {})),
         secrets=tuple(SecretRef(s["name"], s.get("fromEnv"), s.get("fromFile")) for s in spec.get("secrets", ())),
         limits=_limits(spec.get("limits", {}), defaults),
         network=Network(spec.get("network", "none")),
         isolation=Isolation(spec.get("isolation", "container")),
-        scaling=Scaling(scaling.get("minInstances", base.min_instances),
-                        scaling.get("maxInstances", max(base.max_instances, scaling.get("minInstances", 0))),
-                        scaling.get("concurrency", base.concurrency)),
+        scaling=Scaling(
+            scaling.get("minInstances", base.min_instances),
+            scaling.get("maxInstances", max(base.max_instances, scaling.get("minInstances", 0))),
+            scaling.get("concurrency", base.concurrency),
+        ),
         roles=tuple(spec.get("access", {}).get("roles", ())),
-        parameters=spec.get("parameters"), returns=spec.get("returns"),
+        parameters=spec.get("parameters"),
+        returns=spec.get("returns"),
         health_checks=tuple(_check(c, ("spec", "healthCheck", i)) for i, c in enumerate(spec.get("healthCheck", ()))),
         rollout=_rollout(spec.get("rollout", {"strategy": "immediate"})),
-        spec=spec, document=doc,
+        spec=spec,
+        document=doc,
         run_as=RunAs(spec.get("runAs", "caller")),
-        transaction=(Transaction(spec["transaction"].get("retries", DEFAULT_TRANSACTION_RETRIES))
-                     if "transaction" in spec else None),
+        transaction=(
+            Transaction(spec["transaction"].get("retries", DEFAULT_TRANSACTION_RETRIES))
+            if "transaction" in spec
+            else None
+        ),
         db_operations=int(spec.get("limits", {}).get("dbOperations", DEFAULT_DB_OPERATIONS)),
     )
 
@@ -108,13 +119,17 @@ def _rollout(raw: dict[str, Any]) -> Rollout:
     return Rollout(
         strategy=Strategy(raw["strategy"]),
         steps=tuple(_step(s, at + ("steps", i)) for i, s in enumerate(raw.get("steps", ()))),
-        scale_down_delay=duration_at(raw["scaleDownDelay"], at + ("scaleDownDelay",)) if "scaleDownDelay" in raw else 30.0,
+        scale_down_delay=duration_at(raw["scaleDownDelay"], at + ("scaleDownDelay",))
+        if "scaleDownDelay" in raw
+        else 30.0,
         auto_promotion_seconds=raw.get("autoPromotionSeconds"),
         auto_promotion_enabled=raw.get("autoPromotionEnabled", True),
         pre_promotion_analysis=_analysis(pre, at + ("prePromotionAnalysis",)) if pre is not None else None,
         variants=tuple(Variant(v["name"], v["weight"], v["revision"]) for v in raw.get("variants", ())),
-        stickiness_by=sticky.get("by", "caller"), stickiness_name=sticky.get("name"),
-        confidence=raw.get("confidence", 0.95), min_samples=raw.get("minSamples", 100),
+        stickiness_by=sticky.get("by", "caller"),
+        stickiness_name=sticky.get("name"),
+        confidence=raw.get("confidence", 0.95),
+        min_samples=raw.get("minSamples", 100),
         expected_traffic=raw.get("expectedTraffic"),
     )
 
@@ -137,10 +152,15 @@ def _analysis(raw: dict[str, Any], at: tuple[str | int, ...]) -> Analysis:
         return duration_at(raw[key], at + (key,)) if key in raw else None
 
     return Analysis(
-        max_error_rate=raw.get("maxErrorRate"), max_error_rate_increase=raw.get("maxErrorRateIncrease"),
-        max_p95_latency=seconds("maxP95Latency"), max_p95_latency_ratio=raw.get("maxP95LatencyRatio"),
-        min_requests=raw.get("minRequests", 0), interval=seconds("interval") or 10.0, window=seconds("window"),
-        failure_limit=raw.get("failureLimit", 1), inconclusive=Inconclusive(raw.get("inconclusive", "wait")),
+        max_error_rate=raw.get("maxErrorRate"),
+        max_error_rate_increase=raw.get("maxErrorRateIncrease"),
+        max_p95_latency=seconds("maxP95Latency"),
+        max_p95_latency_ratio=raw.get("maxP95LatencyRatio"),
+        min_requests=raw.get("minRequests", 0),
+        interval=seconds("interval") or 10.0,
+        window=seconds("window"),
+        failure_limit=raw.get("failureLimit", 1),
+        inconclusive=Inconclusive(raw.get("inconclusive", "wait")),
         checks=tuple(_check(c, at + ("checks", i)) for i, c in enumerate(raw.get("checks", ()))),
     )
 

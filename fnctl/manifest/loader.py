@@ -263,8 +263,12 @@ def _plain_documents(parser: Any, max_documents: int) -> list[tuple[int, Any]]:
             elif (value := values.get(text, missing)) is missing:
                 value = plain_value(text)
         elif kind is mapping_start or kind is sequence_start:
-            if event.tag is not None or event.anchor is not None or len(stack) >= MAX_DEPTH or (
-                    key is no_key and in_map):
+            if (
+                event.tag is not None
+                or event.anchor is not None
+                or len(stack) >= MAX_DEPTH
+                or (key is no_key and in_map)
+            ):
                 raise _NotPlain
             value = {} if kind is mapping_start else []
         elif kind is mapping_end or kind is sequence_end:

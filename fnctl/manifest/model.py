@@ -80,8 +80,9 @@ class Limits:
 
 
 # Documented maxima (docs/manifest.md): beyond these a sandbox stops being a sandbox for one machine.
-MAX_LIMITS = Limits(timeout=900.0, memory=4 * 2**30, cpu=4.0, pids=4096, tmp=2**30, payload=32 * 2**20,
-                    output=32 * 2**20)
+MAX_LIMITS = Limits(
+    timeout=900.0, memory=4 * 2**30, cpu=4.0, pids=4096, tmp=2**30, payload=32 * 2**20, output=32 * 2**20
+)
 MIN_MEMORY = 32 * 2**20
 
 
@@ -274,10 +275,14 @@ class ParseError(ValueError):
 
 def parse_policy(name: str, spec: dict[str, Any], doc: Document | None = None) -> Policy:
     """A Policy from its spec (as the store keeps the live resources). Raises ParseError."""
-    roles = {role: Grant(tuple(g.get("invoke", ())),
-                         _targets(g.get("read", ()), ("spec", "roles", role, "read")),
-                         _targets(g.get("write", ()), ("spec", "roles", role, "write")))
-             for role, g in spec.get("roles", {}).items()}
+    roles = {
+        role: Grant(
+            tuple(g.get("invoke", ())),
+            _targets(g.get("read", ()), ("spec", "roles", role, "read")),
+            _targets(g.get("write", ()), ("spec", "roles", role, "write")),
+        )
+        for role, g in spec.get("roles", {}).items()
+    }
     return Policy(name, roles, doc)
 
 
@@ -305,8 +310,11 @@ def parse_collection(name: str, spec: dict[str, Any], doc: Document | None = Non
                 raise ParseError(("spec", "indexes", i, "fields", j), problem)
         indexes.append(Index(tuple(raw["fields"]), bool(raw.get("unique", False))))
     limits = spec.get("limits", {})
-    size = (size_at(limits["documentSize"], ("spec", "limits", "documentSize")) if "documentSize" in limits
-            else DEFAULT_DOCUMENT_SIZE)
+    size = (
+        size_at(limits["documentSize"], ("spec", "limits", "documentSize"))
+        if "documentSize" in limits
+        else DEFAULT_DOCUMENT_SIZE
+    )
     return Collection(name, spec.get("schema"), tuple(indexes), size, spec, doc)
 
 

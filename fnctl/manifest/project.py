@@ -48,8 +48,9 @@ def load_project(start: Path | None = None) -> Project:
     root = find_root(start)
     if root is None:
         base = start.resolve()
-        return Project(base, slug(base.name), (base / "manifests",), None, base_image=_env_base_image(),
-                       has_config=False)
+        return Project(
+            base, slug(base.name), (base / "manifests",), None, base_image=_env_base_image(), has_config=False
+        )
     return _from_config(root, read_config(root / CONFIG_FILE))
 
 
@@ -93,8 +94,10 @@ def _from_config(root: Path, data: dict[str, Any]) -> Project:
         defaults = Limits(
             timeout=parse_duration(limits.get("timeout", base.timeout)),
             memory=parse_size(limits.get("memory", base.memory)),
-            cpu=float(limits.get("cpu", base.cpu)), pids=int(limits.get("pids", base.pids)),
-            tmp=parse_size(limits.get("tmp", base.tmp)), payload=parse_size(limits.get("payload", base.payload)),
+            cpu=float(limits.get("cpu", base.cpu)),
+            pids=int(limits.get("pids", base.pids)),
+            tmp=parse_size(limits.get("tmp", base.tmp)),
+            payload=parse_size(limits.get("payload", base.payload)),
             output=parse_size(limits.get("output", base.output)),
         )
     except ValueError as exc:

@@ -61,20 +61,27 @@ def _canary(function: Function) -> Iterator[Finding]:
         if step.kind is RolloutStepKind.SET_WEIGHT and step.weight is not None:
             yield from _set_weight(function, at + (i, "setWeight"), step.weight, weight)
             weight = max(weight, step.weight)
-        elif step.kind is RolloutStepKind.PAUSE and weight == 100 and not _windowed_analysis(steps[i + 1:]):
-            yield (function, at + (i, "pause"),
-                   "this pause comes after setWeight: 100: all traffic is already on the new revision, so it only "
-                   "delays the end of the rollout (scaleDownDelay keeps the old revision warm); remove it, or "
-                   "follow it with an analysis whose window covers it")
+        elif step.kind is RolloutStepKind.PAUSE and weight == 100 and not _windowed_analysis(steps[i + 1 :]):
+            yield (
+                function,
+                at + (i, "pause"),
+                "this pause comes after setWeight: 100: all traffic is already on the new revision, so it only "
+                "delays the end of the rollout (scaleDownDelay keeps the old revision warm); remove it, or "
+                "follow it with an analysis whose window covers it",
+            )
         elif step.kind is RolloutStepKind.ANALYSIS and step.analysis is not None:
             yield from _analysis(function, at + (i, "analysis"), step.analysis, weight)
     partial = any(s.kind is RolloutStepKind.SET_WEIGHT and 0 < (s.weight or 0) < 100 for s in steps)
     if not partial and not any(s.kind is RolloutStepKind.ANALYSIS for s in steps):
         # Nothing is learnt before the switch: a canary in name only. An analysis at 100% still earns its place:
         # a failure there moves all traffic back to the old revision at once.
-        yield (function, at, "this canary never sends part of the traffic to the new revision (no setWeight "
-               "between 1 and 99) and never analyses it, so all traffic moves at once: use strategy: immediate, "
-               "or blueGreen to check a preview first")
+        yield (
+            function,
+            at,
+            "this canary never sends part of the traffic to the new revision (no setWeight "
+            "between 1 and 99) and never analyses it, so all traffic moves at once: use strategy: immediate, "
+            "or blueGreen to check a preview first",
+        )
 
 
 def _windowed_analysis(steps: tuple[RolloutStep, ...]) -> bool:
@@ -86,8 +93,11 @@ def _set_weight(function: Function, at: JsonPath, weight: int, before: int) -> I
     if weight == 0 and before == 0:
         yield function, at, "setWeight: 0 changes nothing: a canary starts with no traffic on the new revision"
     elif weight <= before:
-        yield (function, at,
-               f"weights must increase: {weight} after {before} (steps only move traffic towards the new revision)")
+        yield (
+            function,
+            at,
+            f"weights must increase: {weight} after {before} (steps only move traffic towards the new revision)",
+        )
 
 
 def _analysis(function: Function, at: JsonPath, analysis: Analysis, weight: int) -> Iterator[Finding]:
@@ -95,8 +105,11 @@ def _analysis(function: Function, at: JsonPath, analysis: Analysis, weight: int)
         return
     if weight == 0:
         if not analysis.checks:
-            yield (function, at + ("minRequests",),
-                   "this analysis runs before any traffic reaches the new revision (no setWeight > 0 before it)")
+            yield (
+                function,
+                at + ("minRequests",),
+                "this analysis runs before any traffic reaches the new revision (no setWeight > 0 before it)",
+            )
         return
     traffic = function.rollout.expected_traffic
     problem = _unreachable(analysis, traffic, weight) if traffic is not None else None
@@ -115,20 +128,26 @@ def _unreachable(analysis: Analysis, traffic: float, weight: int) -> str | None:
     where, window = f"at {traffic:g} requests/s and {weight}% weight", analysis.window
     if window is not None:  # too short, every measurement is inconclusive, forever
         if _short(rate * window, needed):
-            return (f"{where}, a {format_duration(window)} window collects about {rate * window:.0f} requests, "
-                    f"fewer than minRequests ({needed})")
+            return (
+                f"{where}, a {format_duration(window)} window collects about {rate * window:.0f} requests, "
+                f"fewer than minRequests ({needed})"
+            )
         return None
     if analysis.inconclusive is Inconclusive.FAIL:
         limit = analysis.failure_limit
         span = limit * interval
         if _short(rate * span, needed):
-            return (f"{where}, the analysis sees about {rate * span:.0f} requests by its measurement number {limit} "
-                    f"(failureLimit, one every {format_duration(interval)}), fewer than minRequests ({needed}): with "
-                    "inconclusive: fail every rollout would abort")
+            return (
+                f"{where}, the analysis sees about {rate * span:.0f} requests by its measurement number {limit} "
+                f"(failureLimit, one every {format_duration(interval)}), fewer than minRequests ({needed}): with "
+                "inconclusive: fail every rollout would abort"
+            )
     if analysis.inconclusive is Inconclusive.PASS and _short(rate * interval, needed):
-        return (f"{where}, the first measurement (after {format_duration(interval)}) sees about "
-                f"{rate * interval:.0f} requests, fewer than minRequests ({needed}): with inconclusive: pass the "
-                "analysis would pass without judging the new revision")
+        return (
+            f"{where}, the first measurement (after {format_duration(interval)}) sees about "
+            f"{rate * interval:.0f} requests, fewer than minRequests ({needed}): with inconclusive: pass the "
+            "analysis would pass without judging the new revision"
+        )
     return None
 
 
@@ -142,14 +161,20 @@ def _short(collected: float, needed: int) -> bool:
 def _blue_green(function: Function) -> Iterator[Finding]:
     rollout = function.rollout
     if not rollout.auto_promotion_enabled and rollout.auto_promotion_seconds is not None:
-        yield (function, _AT + ("autoPromotionSeconds",),
-               "autoPromotionSeconds contradicts autoPromotionEnabled: false (promotion then waits for "
-               "`fnctl promote`); remove one of them")
+        yield (
+            function,
+            _AT + ("autoPromotionSeconds",),
+            "autoPromotionSeconds contradicts autoPromotionEnabled: false (promotion then waits for "
+            "`fnctl promote`); remove one of them",
+        )
     pre = rollout.pre_promotion_analysis
     if pre is not None and pre.min_requests > 0 and not pre.checks:
         # without user traffic the analysis never passes: the preview could never be promoted
-        yield (function, _AT + ("prePromotionAnalysis", "minRequests"),
-               "a blue-green preview receives no user traffic, so minRequests can never be reached; add checks")
+        yield (
+            function,
+            _AT + ("prePromotionAnalysis", "minRequests"),
+            "a blue-green preview receives no user traffic, so minRequests can never be reached; add checks",
+        )
 
 
 # ---- A/B test ------------------------------------------------------------------------------------
@@ -167,13 +192,24 @@ def _variants(function: Function) -> Iterator[Finding]:
     revisions: dict[str | int, str] = {}
     for i, variant in enumerate(variants):
         if variant.name in names:
-            yield function, at + (i, "name"), f"variant name {variant.name!r} is already used by variant {names[variant.name] + 1}"
+            yield (
+                function,
+                at + (i, "name"),
+                f"variant name {variant.name!r} is already used by variant {names[variant.name] + 1}",
+            )
         if variant.revision in revisions:
-            yield (function, at + (i, "revision"), f"variants {revisions[variant.revision]!r} and {variant.name!r} "
-                   f"both run revision {variant.revision}: an A/B test compares different revisions")
+            yield (
+                function,
+                at + (i, "revision"),
+                f"variants {revisions[variant.revision]!r} and {variant.name!r} "
+                f"both run revision {variant.revision}: an A/B test compares different revisions",
+            )
         if variant.weight == 0:
-            yield (function, at + (i, "weight"),
-                   f"variant {variant.name!r} has weight 0: it would get no traffic, so the test could not measure it")
+            yield (
+                function,
+                at + (i, "weight"),
+                f"variant {variant.name!r} has weight 0: it would get no traffic, so the test could not measure it",
+            )
         names.setdefault(variant.name, i)
         revisions.setdefault(variant.revision, variant.name)
     if "new" not in revisions:

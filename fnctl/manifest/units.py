@@ -10,8 +10,16 @@ _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
 _SIZE_SCALE = {
-    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
 }
 
 
@@ -52,4 +60,6 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
     hours, rest = divmod(seconds, 3600)
     minutes, rest = divmod(rest, 60)
-    return (f"{int(hours)}h" if hours else "") + (f"{int(minutes)}m" if minutes else "") + (f"{rest:g}s" if rest else "")
+    return (
+        (f"{int(hours)}h" if hours else "") + (f"{int(minutes)}m" if minutes else "") + (f"{rest:g}s" if rest else "")
+    )

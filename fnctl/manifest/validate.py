@@ -125,4 +125,3 @@ def envelope_problems(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
     elif data["kind"] not in KINDS:
         problems.append((("kind",), f"unknown kind {data['kind']!r} (expected one of {', '.join(KINDS)})"))
     return problems
-

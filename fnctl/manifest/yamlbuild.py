@@ -239,8 +239,11 @@ class Builder:
         elif tag not in ALLOWED_SCALARS:
             raise Refused("mapping keys must be plain strings", event.start_mark, frame.path)
         elif event.value in frame.value:
-            raise Refused(f"duplicate key {event.value!r} (YAML would silently keep only the last one)",
-                           event.start_mark, frame.path + (event.value,))
+            raise Refused(
+                f"duplicate key {event.value!r} (YAML would silently keep only the last one)",
+                event.start_mark,
+                frame.path + (event.value,),
+            )
         else:
             frame.key = event.value
         if event.anchor is not None:
@@ -294,11 +297,15 @@ class Builder:
             raise yaml.composer.ComposerError(None, None, f"found undefined alias {name!r}", event.start_mark)
         self.expanded += max(anchor.end - anchor.start, 1)
         if self.expanded > MAX_EXPANDED_NODES:
-            raise Refused(f"aliases expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); "
-                           "write the values out or use fewer aliases", event.start_mark, path)
+            raise Refused(
+                f"aliases expand to more than {MAX_EXPANDED_NODES} values (an alias bomb?); "
+                "write the values out or use fewer aliases",
+                event.start_mark,
+                path,
+            )
         cut = len(anchor.path)
         self.order.pop()  # the alias's own position is replaced by those of the values it stands for
-        self.order += [(path + p[cut:], pos) for p, pos in self.order[anchor.start:anchor.end]]
+        self.order += [(path + p[cut:], pos) for p, pos in self.order[anchor.start : anchor.end]]
         self._attach(path, anchor.value, event.start_mark)
 
     def _merge(self, frame: _Frame) -> None:
@@ -316,10 +323,10 @@ class Builder:
                         mapping[key] = item
                         chosen.add((merge, i, key))
         depth, moved = len(frame.path), list[tuple[_Path, Any]]()
-        for p, pos in self.order[frame.start:]:
+        for p, pos in self.order[frame.start :]:
             if len(p) > depth and type(p[depth]) is _Merge:
                 merge = p[depth]
-                rest = p[depth + 2:] if merge.sequence else p[depth + 1:]
+                rest = p[depth + 2 :] if merge.sequence else p[depth + 1 :]
                 i = p[depth + 1] if merge.sequence and len(p) > depth + 1 else 0
                 if rest and (merge, i, rest[0]) in chosen:
                     moved.append((frame.path + rest, pos))
@@ -342,8 +349,11 @@ def _scalar(tag: str, event: Any, path: _Path) -> Any:
         reason = "it has too many digits" if "digits" in str(exc) else f"it is not a valid {shown}"
         raise Refused(f"invalid scalar {_shorten(event.value)}: {reason}", event.start_mark, path) from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise Refused(f"{_shorten(event.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
-                       event.start_mark, path)
+        raise Refused(
+            f"{_shorten(event.value)} is not allowed: numbers must be finite (JSON has no NaN or infinity)",
+            event.start_mark,
+            path,
+        )
     return value
 
 

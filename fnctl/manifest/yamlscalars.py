@@ -12,10 +12,16 @@ import yaml
 _resolve: Callable[[Any, str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
 STR = "tag:yaml.org,2002:str"
 TIMESTAMP = "tag:yaml.org,2002:timestamp"  # kept as the text written: a date is just a string to fnctl
-ALLOWED_SCALARS = frozenset({
-    STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", TIMESTAMP,
-})
+ALLOWED_SCALARS = frozenset(
+    {
+        STR,
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+        TIMESTAMP,
+    }
+)
 _constructor = yaml.SafeLoader("")  # only its scalar constructors are used, never its object cache
 SCALAR_CONSTRUCTORS = {
     "tag:yaml.org,2002:int": _constructor.construct_yaml_int,

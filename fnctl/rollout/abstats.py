@@ -98,8 +98,9 @@ def mann_whitney_u(histogram_a: Mapping[str, int], histogram_b: Mapping[str, int
     bucket takes the mean of the ranks it spans (midrank) and the variance gets the tie correction. With
     the sample sizes an A/B test needs, the normal approximation is accurate (no continuity correction).
     """
-    bounds = sorted({b for b, c in histogram_a.items() if c > 0} | {b for b, c in histogram_b.items() if c > 0},
-                    key=_bucket_order)
+    bounds = sorted(
+        {b for b, c in histogram_a.items() if c > 0} | {b for b, c in histogram_b.items() if c > 0}, key=_bucket_order
+    )
     n_a = sum(c for c in histogram_a.values() if c > 0)
     n_b = sum(c for c in histogram_b.values() if c > 0)
     n = n_a + n_b
@@ -125,8 +126,16 @@ def mann_whitney_u(histogram_a: Mapping[str, int], histogram_b: Mapping[str, int
 def summarize(name: str, revision: int, sample: Sample) -> VariantSummary:
     histogram = dict(sample.histogram)
     rate = sample.errors / sample.requests if sample.requests > 0 else 0.0
-    return VariantSummary(name, revision, sample.requests, sample.errors, rate,
-                          quantile(histogram, 0.50), quantile(histogram, 0.95), quantile(histogram, 0.99))
+    return VariantSummary(
+        name,
+        revision,
+        sample.requests,
+        sample.errors,
+        rate,
+        quantile(histogram, 0.50),
+        quantile(histogram, 0.95),
+        quantile(histogram, 0.99),
+    )
 
 
 def report(samples: Sequence[tuple[str, int, Sample]], *, confidence: float, min_samples: int) -> AbReport:
@@ -141,14 +150,21 @@ def report(samples: Sequence[tuple[str, int, Sample]], *, confidence: float, min
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique: {', '.join(names)}")
     summaries = tuple(summarize(name, revision, sample) for name, revision, sample in samples)
-    comparisons = tuple(_compare(summary, sample.histogram, summaries[0], samples[0][2].histogram,
-                                 1.0 - confidence, min_samples)
-                        for summary, (_, _, sample) in zip(summaries[1:], samples[1:], strict=True))
+    comparisons = tuple(
+        _compare(summary, sample.histogram, summaries[0], samples[0][2].histogram, 1.0 - confidence, min_samples)
+        for summary, (_, _, sample) in zip(summaries[1:], samples[1:], strict=True)
+    )
     return AbReport(confidence, min_samples, summaries, comparisons)
 
 
-def _compare(variant: VariantSummary, histogram: Mapping[str, int], control: VariantSummary,
-             control_histogram: Mapping[str, int], alpha: float, min_samples: int) -> Comparison:
+def _compare(
+    variant: VariantSummary,
+    histogram: Mapping[str, int],
+    control: VariantSummary,
+    control_histogram: Mapping[str, int],
+    alpha: float,
+    min_samples: int,
+) -> Comparison:
     needed = max(min_samples, 1)
     short = [(v.name, v.requests) for v in (variant, control) if v.requests < needed]
     if short:
@@ -159,12 +175,16 @@ def _compare(variant: VariantSummary, histogram: Mapping[str, int], control: Var
     latency = TestResult(z, p, p < alpha)
     findings: list[str] = []
     if error_rate.significant:
-        findings.append(f"{variant.name}'s error rate is significantly {_direction(error_rate, 'higher', 'lower')} "
-                        f"({_percent(variant.error_rate)} vs {_percent(control.error_rate)}, "
-                        f"{_p(error_rate.p_value)})")
+        findings.append(
+            f"{variant.name}'s error rate is significantly {_direction(error_rate, 'higher', 'lower')} "
+            f"({_percent(variant.error_rate)} vs {_percent(control.error_rate)}, "
+            f"{_p(error_rate.p_value)})"
+        )
     if latency.significant:
-        findings.append(f"{variant.name} is significantly {_direction(latency, 'slower', 'faster')} "
-                        f"(p50 {_ms(variant.p50_ms)} vs {_ms(control.p50_ms)}, {_p(latency.p_value)})")
+        findings.append(
+            f"{variant.name} is significantly {_direction(latency, 'slower', 'faster')} "
+            f"(p50 {_ms(variant.p50_ms)} vs {_ms(control.p50_ms)}, {_p(latency.p_value)})"
+        )
     verdict = "; ".join(findings) if findings else "no significant difference"
     return Comparison(variant.name, control.name, True, error_rate, latency, verdict)
 
@@ -200,11 +220,30 @@ def _test_to_json(result: TestResult | None) -> dict[str, Any] | None:
 
 def report_to_json(report: AbReport) -> dict[str, Any]:
     return {
-        "confidence": report.confidence, "minSamples": report.min_samples,
-        "variants": [{"name": v.name, "revision": v.revision, "requests": v.requests, "errors": v.errors,
-                      "errorRate": v.error_rate, "p50Ms": v.p50_ms, "p95Ms": v.p95_ms, "p99Ms": v.p99_ms}
-                     for v in report.variants],
-        "comparisons": [{"variant": c.variant, "control": c.control, "enoughSamples": c.enough_samples,
-                         "errorRate": _test_to_json(c.error_rate), "latency": _test_to_json(c.latency),
-                         "verdict": c.verdict} for c in report.comparisons],
+        "confidence": report.confidence,
+        "minSamples": report.min_samples,
+        "variants": [
+            {
+                "name": v.name,
+                "revision": v.revision,
+                "requests": v.requests,
+                "errors": v.errors,
+                "errorRate": v.error_rate,
+                "p50Ms": v.p50_ms,
+                "p95Ms": v.p95_ms,
+                "p99Ms": v.p99_ms,
+            }
+            for v in report.variants
+        ],
+        "comparisons": [
+            {
+                "variant": c.variant,
+                "control": c.control,
+                "enoughSamples": c.enough_samples,
+                "errorRate": _test_to_json(c.error_rate),
+                "latency": _test_to_json(c.latency),
+                "verdict": c.verdict,
+            }
+            for c in report.comparisons
+        ],
     }

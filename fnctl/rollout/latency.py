@@ -19,7 +19,7 @@ _OVERFLOW = "inf"
 
 
 def _bound(index: int) -> str:
-    return f"{_BASE_MS * GROWTH ** index:.6g}"
+    return f"{_BASE_MS * GROWTH**index:.6g}"
 
 
 BOUNDS = tuple(_bound(i) for i in range(_LAST_INDEX + 1)) + (_OVERFLOW,)  # by index: names of the buckets

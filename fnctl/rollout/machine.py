@@ -69,16 +69,23 @@ def stages(rollout: Rollout) -> tuple[Stage, ...]:
             found.append(Stage(StageKind.ANALYSIS, "pre-promotion analysis", analysis=rollout.pre_promotion_analysis))
         if rollout.auto_promotion_enabled:
             seconds = float(rollout.auto_promotion_seconds or 0)
-            label = f"auto-promotion {format_duration(seconds)} after the preview started" if seconds else "auto-promotion"
+            label = (
+                f"auto-promotion {format_duration(seconds)} after the preview started" if seconds else "auto-promotion"
+            )
             found.append(Stage(StageKind.PAUSE, label, seconds=seconds, from_start=True))
         else:
             found.append(Stage(StageKind.PAUSE, "preview: promote with `fnctl promote`"))
         return tuple(found)
     if rollout.strategy is Strategy.AB_TEST:
         weights = tuple((v.revision, v.weight) for v in rollout.variants)
-        return (Stage(StageKind.WEIGHTS, "variants " + ", ".join(f"{v.name}={v.weight}%" for v in rollout.variants),
-                      weights=weights),
-                Stage(StageKind.PAUSE, "A/B test: promote a variant with `fnctl promote --variant`"))
+        return (
+            Stage(
+                StageKind.WEIGHTS,
+                "variants " + ", ".join(f"{v.name}={v.weight}%" for v in rollout.variants),
+                weights=weights,
+            ),
+            Stage(StageKind.PAUSE, "A/B test: promote a variant with `fnctl promote --variant`"),
+        )
     return ()
 
 
@@ -87,8 +94,11 @@ def _canary_stage(kind: RolloutStepKind, weight: int | None, pause: float | None
         assert weight is not None
         return Stage(StageKind.WEIGHTS, f"setWeight {weight}", weights=(("new", weight), ("stable", 100 - weight)))
     if kind is RolloutStepKind.PAUSE:
-        return Stage(StageKind.PAUSE, f"pause {format_duration(pause)}" if pause is not None else "pause (until promoted)",
-                     seconds=pause)
+        return Stage(
+            StageKind.PAUSE,
+            f"pause {format_duration(pause)}" if pause is not None else "pause (until promoted)",
+            seconds=pause,
+        )
     return Stage(StageKind.ANALYSIS, "analysis", analysis=analysis)
 
 
@@ -126,21 +136,52 @@ class Record:
     def detail(self) -> dict[str, Any]:
         """The store's form of the progress (rollouts.detail), read back by `record_from`. Its keys are frozen:
         a store keeps them across upgrades, so a change needs a store migration (tests/golden/store/)."""
-        return {"startedAt": self.started_at, "stepStarted": self.step_started, "weights": {str(r): w for r, w in self.weights.items()},
-                "variants": self.variants, "failures": self.failures, "nextMeasure": self.next_measure,
-                "handled": self.handled, "winner": self.winner, "scaleDownAt": self.scale_down_at,
-                "scaledDown": self.scaled_down, "reason": self.reason}
+        return {
+            "startedAt": self.started_at,
+            "stepStarted": self.step_started,
+            "weights": {str(r): w for r, w in self.weights.items()},
+            "variants": self.variants,
+            "failures": self.failures,
+            "nextMeasure": self.next_measure,
+            "handled": self.handled,
+            "winner": self.winner,
+            "scaleDownAt": self.scale_down_at,
+            "scaledDown": self.scaled_down,
+            "reason": self.reason,
+        }
 
 
-def record_from(id: int, function: str, stable: int | None, canary: int, strategy: str, step: int, state: str,
-                detail: Mapping[str, Any], started_at: float) -> Record:
-    return Record(id, function, stable if stable is not None else canary, canary, Strategy(strategy), State(state), step,
-                  float(detail.get("startedAt", started_at)), float(detail.get("stepStarted", started_at)),
-                  {int(r): int(w) for r, w in (detail.get("weights") or {}).items()},
-                  {str(k): int(v) for k, v in (detail.get("variants") or {}).items()},
-                  int(detail.get("failures", 0)), detail.get("nextMeasure"), int(detail.get("handled", 0)),
-                  detail.get("winner"), detail.get("scaleDownAt"), bool(detail.get("scaledDown", False)),
-                  str(detail.get("reason", "")))
+def record_from(
+    id: int,
+    function: str,
+    stable: int | None,
+    canary: int,
+    strategy: str,
+    step: int,
+    state: str,
+    detail: Mapping[str, Any],
+    started_at: float,
+) -> Record:
+    return Record(
+        id,
+        function,
+        stable if stable is not None else canary,
+        canary,
+        Strategy(strategy),
+        State(state),
+        step,
+        float(detail.get("startedAt", started_at)),
+        float(detail.get("stepStarted", started_at)),
+        {int(r): int(w) for r, w in (detail.get("weights") or {}).items()},
+        {str(k): int(v) for k, v in (detail.get("variants") or {}).items()},
+        int(detail.get("failures", 0)),
+        detail.get("nextMeasure"),
+        int(detail.get("handled", 0)),
+        detail.get("winner"),
+        detail.get("scaleDownAt"),
+        bool(detail.get("scaledDown", False)),
+        str(detail.get("reason", "")),
+    )
 
 
 # ---- transitions ---------------------------------------------------------------------------------
@@ -195,7 +236,9 @@ class Measure:
     since: float  # the measurement window's start
 
 
-def step(record: Record, plan: tuple[Stage, ...], scale_down_delay: float, now: float) -> Transition | Wait | Measure | None:
+def step(
+    record: Record, plan: tuple[Stage, ...], scale_down_delay: float, now: float
+) -> Transition | Wait | Measure | None:
     """What to do next; None when the rollout is done."""
     if record.done:
         return None
@@ -210,12 +253,23 @@ def step(record: Record, plan: tuple[Stage, ...], scale_down_delay: float, now: 
     if stage.kind is StageKind.WEIGHTS:
         weights = resolve(stage.weights, record)
         moved = replace(record, weights=weights)
-        return _next(moved, plan, now, Event(EventKind.WEIGHT, record.step, f"step {record.step + 1}: {stage.label}: "
-                                                + weights_text(weights), {"weights": _json_weights(weights)}))
+        return _next(
+            moved,
+            plan,
+            now,
+            Event(
+                EventKind.WEIGHT,
+                record.step,
+                f"step {record.step + 1}: {stage.label}: " + weights_text(weights),
+                {"weights": _json_weights(weights)},
+            ),
+        )
     if stage.kind is StageKind.PAUSE:
         if stage.seconds is None:
-            return Transition(replace(record, state=State.PAUSED),
-                              (Event(EventKind.PAUSED, record.step, f"step {record.step + 1}: {stage.label}"),))
+            return Transition(
+                replace(record, state=State.PAUSED),
+                (Event(EventKind.PAUSED, record.step, f"step {record.step + 1}: {stage.label}"),),
+            )
         end = (record.started_at if stage.from_start else record.step_started) + stage.seconds
         return _next(record, plan, now) if now >= end else Wait(end)
     assert stage.analysis is not None
@@ -231,8 +285,9 @@ def _next(record: Record, plan: tuple[Stage, ...], now: float, *events: Event) -
     index = record.step + 1
     entering: tuple[Event, ...] = ()
     if index < len(plan) and plan[index].kind is StageKind.PAUSE and plan[index].seconds is not None:
-        entering = (Event(EventKind.PAUSE, index, f"step {index + 1}: {plan[index].label}",
-                          {"seconds": plan[index].seconds}),)
+        entering = (
+            Event(EventKind.PAUSE, index, f"step {index + 1}: {plan[index].label}", {"seconds": plan[index].seconds}),
+        )
     elif index < len(plan) and plan[index].kind is StageKind.ANALYSIS:
         entering = (Event(EventKind.ANALYSIS, index, f"step {index + 1}: {plan[index].label}"),)
     moved = replace(record, step=index, step_started=now, state=State.PROGRESSING, failures=0, next_measure=None)
@@ -253,17 +308,36 @@ def complete(record: Record, winner: int, scale_down_delay: float, now: float, w
     until = now + scale_down_delay
     others = ", ".join(f"revision {r}" for r in weights if r != winner) or "nothing"
     moved = replace(record, state=State.COMPLETED, weights=weights, winner=winner, scale_down_at=until)
-    return Transition(moved, (Event(EventKind.COMPLETED, record.step,
-                                    f"{why}: revision {winner} takes 100%; {others} stays warm for "
-                                    f"{format_duration(scale_down_delay)}", {"weights": _json_weights(weights)}),))
+    return Transition(
+        moved,
+        (
+            Event(
+                EventKind.COMPLETED,
+                record.step,
+                f"{why}: revision {winner} takes 100%; {others} stays warm for {format_duration(scale_down_delay)}",
+                {"weights": _json_weights(weights)},
+            ),
+        ),
+    )
 
 
 def _scale_down(record: Record) -> Transition:
     assert record.winner is not None
     others = frozenset(r for r in record.weights if r != record.winner)
     moved = replace(record, weights={record.winner: 100}, scaled_down=True)
-    return Transition(moved, (Event(EventKind.SCALED_DOWN, record.step, "stopped " + (
-        ", ".join(f"revision {r}" for r in sorted(others)) or "nothing") + " (scaleDownDelay over)"),), stop=others)
+    return Transition(
+        moved,
+        (
+            Event(
+                EventKind.SCALED_DOWN,
+                record.step,
+                "stopped "
+                + (", ".join(f"revision {r}" for r in sorted(others)) or "nothing")
+                + " (scaleDownDelay over)",
+            ),
+        ),
+        stop=others,
+    )
 
 
 def abort(record: Record, reason: str, *, quarantine: bool = True) -> Transition:
@@ -271,16 +345,27 @@ def abort(record: Record, reason: str, *, quarantine: bool = True) -> Transition
     weights = {record.stable: 100}
     moved = replace(record, state=State.ABORTED, weights=weights, reason=reason)
     doomed = frozenset({record.canary} | set(record.weights) | set(record.variants.values())) - {record.stable}
-    return Transition(moved, (Event(EventKind.ABORTED, record.step, f"aborted: {reason}; traffic: "
-                                    + weights_text(weights), {"weights": _json_weights(weights)}),),
-                      stop=doomed, quarantine=quarantine)
+    return Transition(
+        moved,
+        (
+            Event(
+                EventKind.ABORTED,
+                record.step,
+                f"aborted: {reason}; traffic: " + weights_text(weights),
+                {"weights": _json_weights(weights)},
+            ),
+        ),
+        stop=doomed,
+        quarantine=quarantine,
+    )
 
 
 # ---- requests ------------------------------------------------------------------------------------
 
 
-def on_request(record: Record, plan: tuple[Stage, ...], kind: str, data: Mapping[str, Any], scale_down_delay: float,
-               now: float) -> Transition:
+def on_request(
+    record: Record, plan: tuple[Stage, ...], kind: str, data: Mapping[str, Any], scale_down_delay: float, now: float
+) -> Transition:
     """Act on `fnctl promote` (data: full, variant) or `fnctl abort` (data: by)."""
     if record.state.value not in ACTIVE:
         return _ignored(record, f"{kind}: the rollout is already {record.state.value}")
@@ -294,7 +379,9 @@ def on_request(record: Record, plan: tuple[Stage, ...], kind: str, data: Mapping
     if data.get("full") or record.strategy is Strategy.BLUE_GREEN:
         return complete(record, record.canary, scale_down_delay, now, "promoted")
     label = plan[record.step].label if record.step < len(plan) else "the end"
-    return _next(record, plan, now, Event(EventKind.PROMOTED, record.step, f"step {record.step + 1} ({label}) promoted"))
+    return _next(
+        record, plan, now, Event(EventKind.PROMOTED, record.step, f"step {record.step + 1} ({label}) promoted")
+    )
 
 
 def _ignored(record: Record, why: str) -> Transition:
@@ -317,11 +404,19 @@ class Verdict:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate(analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures | None, check_failures: tuple[str, ...] = ()) -> Verdict:
+def evaluate(
+    analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures | None, check_failures: tuple[str, ...] = ()
+) -> Verdict:
     """One measurement: the synthetic checks, then the thresholds, absolute or relative to stable."""
-    figures = {"requests": canary.requests, "errors": canary.errors, "errorRate": canary.error_rate,
-               "p95Ms": canary.p95_ms, "stable": None if stable is None else {
-                   "requests": stable.requests, "errorRate": stable.error_rate, "p95Ms": stable.p95_ms}}
+    figures = {
+        "requests": canary.requests,
+        "errors": canary.errors,
+        "errorRate": canary.error_rate,
+        "p95Ms": canary.p95_ms,
+        "stable": None
+        if stable is None
+        else {"requests": stable.requests, "errorRate": stable.error_rate, "p95Ms": stable.p95_ms},
+    }
     if check_failures:
         return Verdict(AnalysisOutcome.FAIL, "; ".join(check_failures), figures)
     if canary.requests < analysis.min_requests:
@@ -329,25 +424,41 @@ def evaluate(analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures 
     problems = _threshold_problems(analysis, canary, stable)
     if problems:
         return Verdict(AnalysisOutcome.FAIL, "; ".join(problems), figures)
-    return Verdict(AnalysisOutcome.PASS, f"{canary.requests} requests, {canary.error_rate:.1%} errors"
-                   + (f", p95 {canary.p95_ms:.1f} ms" if canary.p95_ms is not None else ""), figures)
+    return Verdict(
+        AnalysisOutcome.PASS,
+        f"{canary.requests} requests, {canary.error_rate:.1%} errors"
+        + (f", p95 {canary.p95_ms:.1f} ms" if canary.p95_ms is not None else ""),
+        figures,
+    )
 
 
 def _threshold_problems(analysis: Analysis, canary: TrafficFigures, stable: TrafficFigures | None) -> list[str]:
     problems = []
     if analysis.max_error_rate is not None and canary.error_rate > analysis.max_error_rate:
         problems.append(f"error rate {canary.error_rate:.1%} > {analysis.max_error_rate:.1%}")
-    if analysis.max_error_rate_increase is not None and stable is not None and \
-            canary.error_rate - stable.error_rate > analysis.max_error_rate_increase:
-        problems.append(f"error rate {canary.error_rate:.1%} is more than {analysis.max_error_rate_increase:.1%} "
-                        f"above stable's {stable.error_rate:.1%}")
+    if (
+        analysis.max_error_rate_increase is not None
+        and stable is not None
+        and canary.error_rate - stable.error_rate > analysis.max_error_rate_increase
+    ):
+        problems.append(
+            f"error rate {canary.error_rate:.1%} is more than {analysis.max_error_rate_increase:.1%} "
+            f"above stable's {stable.error_rate:.1%}"
+        )
     p95 = canary.p95_ms
     if analysis.max_p95_latency is not None and p95 is not None and p95 > analysis.max_p95_latency * 1000:
         problems.append(f"p95 latency {p95:.1f} ms > {analysis.max_p95_latency * 1000:g} ms")
-    if analysis.max_p95_latency_ratio is not None and p95 is not None and stable is not None and \
-            stable.p95_ms and p95 / stable.p95_ms > analysis.max_p95_latency_ratio:
-        problems.append(f"p95 latency {p95:.1f} ms is {p95 / stable.p95_ms:.2f}x stable's {stable.p95_ms:.1f} ms "
-                        f"(at most {analysis.max_p95_latency_ratio:g}x)")
+    if (
+        analysis.max_p95_latency_ratio is not None
+        and p95 is not None
+        and stable is not None
+        and stable.p95_ms
+        and p95 / stable.p95_ms > analysis.max_p95_latency_ratio
+    ):
+        problems.append(
+            f"p95 latency {p95:.1f} ms is {p95 / stable.p95_ms:.2f}x stable's {stable.p95_ms:.1f} ms "
+            f"(at most {analysis.max_p95_latency_ratio:g}x)"
+        )
     return problems
 
 
@@ -359,9 +470,13 @@ def on_measurement(record: Record, plan: tuple[Stage, ...], verdict: Verdict, no
     outcome = verdict.outcome
     if outcome is AnalysisOutcome.INCONCLUSIVE and stage.analysis.inconclusive is not Inconclusive.WAIT:
         outcome = AnalysisOutcome.PASS if stage.analysis.inconclusive is Inconclusive.PASS else AnalysisOutcome.FAIL
-    measured = Event(EventKind.MEASUREMENT, record.step, f"step {record.step + 1}: {stage.label}: {verdict.outcome.value}"
-                     f"{'' if outcome is verdict.outcome else f' (counted as {outcome.value})'}: {verdict.reason}",
-                     {"outcome": outcome.value, **verdict.figures})
+    measured = Event(
+        EventKind.MEASUREMENT,
+        record.step,
+        f"step {record.step + 1}: {stage.label}: {verdict.outcome.value}"
+        f"{'' if outcome is verdict.outcome else f' (counted as {outcome.value})'}: {verdict.reason}",
+        {"outcome": outcome.value, **verdict.figures},
+    )
     if outcome is AnalysisOutcome.PASS:
         return _next(record, plan, now, measured)
     if outcome is AnalysisOutcome.FAIL:

@@ -77,9 +77,12 @@ def timeline(rollout: Rollout) -> Timeline:
         phases = _phases(rollout, stages(rollout))
     if rollout.strategy is not Strategy.AB_TEST:  # an A/B test ends with a gate: its winner is not known yet
         end = phases[-1].end
-        phases.append(Phase(PhaseKind.SCALE_DOWN, end, rollout.scale_down_delay, 100, "old revision warm (scaleDownDelay)"))
-    gates = tuple(Gate(p.start, "promote --variant" if p.kind is PhaseKind.VARIANTS else p.what, p.step)
-                  for p in phases if p.gate)
+        phases.append(
+            Phase(PhaseKind.SCALE_DOWN, end, rollout.scale_down_delay, 100, "old revision warm (scaleDownDelay)")
+        )
+    gates = tuple(
+        Gate(p.start, "promote --variant" if p.kind is PhaseKind.VARIANTS else p.what, p.step) for p in phases if p.gate
+    )
     return Timeline(rollout.strategy, tuple(phases), phases[-1].end, gates, _longest_exposure(phases))
 
 
@@ -99,8 +102,14 @@ def _phases(rollout: Rollout, plan: tuple[Stage, ...]) -> list[Phase]:
             continue
         if stage.kind is StageKind.ANALYSIS:
             assert stage.analysis is not None
-            phase = Phase(PhaseKind.ANALYSIS, at, analysis_seconds(stage.analysis, weight, rollout.expected_traffic),
-                          weight, words.analysis, step=number)
+            phase = Phase(
+                PhaseKind.ANALYSIS,
+                at,
+                analysis_seconds(stage.analysis, weight, rollout.expected_traffic),
+                weight,
+                words.analysis,
+                step=number,
+            )
         elif stage.seconds is None:
             gate_kind = PhaseKind.VARIANTS if strategy is Strategy.AB_TEST else PhaseKind.PAUSE
             phase = Phase(gate_kind, at, None, weight, words.gate or _variants_what(rollout), gate=True, step=number)
@@ -159,8 +168,9 @@ def _longest_exposure(phases: Iterable[Phase]) -> Exposure | None:
             continue
         timed = [p for p in stretch if p.duration]
         if timed:
-            found = Exposure(max(p.weight for p in timed), sum(p.duration or 0.0 for p in timed),
-                             stretch[0].step, timed[-1].step)
+            found = Exposure(
+                max(p.weight for p in timed), sum(p.duration or 0.0 for p in timed), stretch[0].step, timed[-1].step
+            )
             if best is None or (found.duration, found.weight) > (best.duration, best.weight):
                 best = found
         stretch = []
@@ -217,8 +227,9 @@ def timeline_summary(t: Timeline) -> str:
         return f"abTest: {t.phases[0].what.removeprefix('A/B test: ')} until `fnctl promote --variant`"
     weights: list[int] = []
     for phase in t.phases:
-        if phase.kind in (PhaseKind.SET_WEIGHT, PhaseKind.PREVIEW, PhaseKind.PROMOTE) and \
-                (not weights or weights[-1] != phase.weight):
+        if phase.kind in (PhaseKind.SET_WEIGHT, PhaseKind.PREVIEW, PhaseKind.PROMOTE) and (
+            not weights or weights[-1] != phase.weight
+        ):
             weights.append(phase.weight)
     gates = f" and {len(t.gates)} manual gate{'s' if len(t.gates) > 1 else ''}" if t.gates else ""
     return f"{t.strategy.value}: {' → '.join(f'{w}%' for w in weights)} over {_seconds(t.total)}{gates}"
@@ -228,13 +239,28 @@ def timeline_to_json(t: Timeline) -> dict[str, Any]:
     exposure = t.exposure
     return {
         "strategy": t.strategy.value,
-        "phases": [{"kind": p.kind.value, "start": p.start, "duration": p.duration, "weight": p.weight,
-                    "what": p.what, "gate": p.gate, "step": p.step} for p in t.phases],
+        "phases": [
+            {
+                "kind": p.kind.value,
+                "start": p.start,
+                "duration": p.duration,
+                "weight": p.weight,
+                "what": p.what,
+                "gate": p.gate,
+                "step": p.step,
+            }
+            for p in t.phases
+        ],
         "total": t.total,
         "gates": [{"at": g.at, "what": g.what, "step": g.step} for g in t.gates],
-        "longestExposure": None if exposure is None else {
-            "weight": exposure.weight, "duration": exposure.duration, "firstStep": exposure.first_step,
-            "lastStep": exposure.last_step},
+        "longestExposure": None
+        if exposure is None
+        else {
+            "weight": exposure.weight,
+            "duration": exposure.duration,
+            "firstStep": exposure.first_step,
+            "lastStep": exposure.last_step,
+        },
     }
 
 
@@ -243,10 +269,13 @@ def timeline_from_json(data: dict[str, Any]) -> Timeline:
     exposure = data.get("longestExposure")
     return Timeline(
         Strategy(data["strategy"]),
-        tuple(Phase(PhaseKind(p["kind"]), p["start"], p["duration"], p["weight"], p["what"], p["gate"], p["step"])
-              for p in data["phases"]),
+        tuple(
+            Phase(PhaseKind(p["kind"]), p["start"], p["duration"], p["weight"], p["what"], p["gate"], p["step"])
+            for p in data["phases"]
+        ),
         data["total"],
         tuple(Gate(g["at"], g["what"], g["step"]) for g in data["gates"]),
-        None if exposure is None else Exposure(exposure["weight"], exposure["duration"], exposure["firstStep"],
-                                               exposure["lastStep"]),
+        None
+        if exposure is None
+        else Exposure(exposure["weight"], exposure["duration"], exposure["firstStep"], exposure["lastStep"]),
     )

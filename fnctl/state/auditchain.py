@@ -23,17 +23,50 @@ FORMAT = "fnctl-audit-chain/1"  # the serialisation's version: part of every has
 # The fields each chain covers, in order, with the SQL type's Python conversion: a value is hashed as SQLite
 # gives it back (an int sent to a REAL column comes back a float), so writer and verifier agree.
 AUDIT_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("id", int), ("at", float), ("actor", str), ("command", str), ("action", str), ("target", str),
-    ("git_commit", str), ("outcome", str), ("detail", str), ("git_author", str), ("git_subject", str))
+    ("id", int),
+    ("at", float),
+    ("actor", str),
+    ("command", str),
+    ("action", str),
+    ("target", str),
+    ("git_commit", str),
+    ("outcome", str),
+    ("detail", str),
+    ("git_author", str),
+    ("git_subject", str),
+)
 INVOCATION_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("id", int), ("at", float), ("request_id", str), ("principal", str), ("function", str), ("revision", int),
-    ("trigger", str), ("outcome", str), ("status", int), ("duration_ms", float), ("source", str))
+    ("id", int),
+    ("at", float),
+    ("request_id", str),
+    ("principal", str),
+    ("function", str),
+    ("revision", int),
+    ("trigger", str),
+    ("outcome", str),
+    ("status", int),
+    ("duration_ms", float),
+    ("source", str),
+)
 CHAINS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {
-    "audit": AUDIT_FIELDS, "invocations": INVOCATION_FIELDS}
+    "audit": AUDIT_FIELDS,
+    "invocations": INVOCATION_FIELDS,
+}
 # The data plane's change log, in its own file (fnctl.state.docstore): the audit of every data write.
 CHANGE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("seq", int), ("txn", str), ("at", str), ("collection", str), ("tenant", str), ("id", str), ("op", str),
-    ("before", str), ("after", str), ("actor", str), ("function", str), ("revision", int))
+    ("seq", int),
+    ("txn", str),
+    ("at", str),
+    ("collection", str),
+    ("tenant", str),
+    ("id", str),
+    ("op", str),
+    ("before", str),
+    ("after", str),
+    ("actor", str),
+    ("function", str),
+    ("revision", int),
+)
 DATA_CHAINS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {"changes": CHANGE_FIELDS}
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
@@ -105,8 +138,14 @@ class ChainReport:
         return not self.findings
 
     def as_json(self) -> dict[str, Any]:
-        return {"table": self.table, "records": self.records, "headId": self.head_id, "headHash": self.head_hash,
-                "intact": self.intact, "findings": [f.as_json() for f in self.findings]}
+        return {
+            "table": self.table,
+            "records": self.records,
+            "headId": self.head_id,
+            "headHash": self.head_hash,
+            "intact": self.intact,
+            "findings": [f.as_json() for f in self.findings],
+        }
 
 
 def verify(table: str, rows: Iterable[Sequence[Any]], head: str | None, *, limit: int = 20) -> ChainReport:
@@ -133,19 +172,33 @@ def verify(table: str, rows: Iterable[Sequence[Any]], head: str | None, *, limit
         elif stored_prev != prev_hash:
             earlier = by_hash.get(stored_prev)
             if earlier is not None:
-                found(Problem.REORDERED, record, f"record {record} follows record {earlier} in the chain, "
-                      f"not record {prev_id}: records were reordered")
+                found(
+                    Problem.REORDERED,
+                    record,
+                    f"record {record} follows record {earlier} in the chain, "
+                    f"not record {prev_id}: records were reordered",
+                )
             else:
-                found(Problem.RELINKED, record, f"record {record} does not link to record {prev_id or 'genesis'}: "
-                      "records before it were removed or rewritten")
+                found(
+                    Problem.RELINKED,
+                    record,
+                    f"record {record} does not link to record {prev_id or 'genesis'}: "
+                    "records before it were removed or rewritten",
+                )
         by_hash[stored_hash] = record
         prev_id, prev_hash = record, stored_hash
     _check_head(table, head, prev_id, prev_hash, by_hash, found)
     return ChainReport(table, count, prev_id or None, prev_hash, tuple(findings))
 
 
-def _check_head(table: str, head: str | None, last_id: int, last_hash: str, by_hash: dict[str, int],
-                found: Callable[[Problem, int | None, str], None]) -> None:
+def _check_head(
+    table: str,
+    head: str | None,
+    last_id: int,
+    last_hash: str,
+    by_hash: dict[str, int],
+    found: Callable[[Problem, int | None, str], None],
+) -> None:
     if head is None:
         if last_id:
             found(Problem.HEAD, None, f"the {table} chain has records but no head marker")
@@ -156,18 +209,28 @@ def _check_head(table: str, head: str | None, last_id: int, last_hash: str, by_h
         return
     head_id, head_hash = int(parts[0]), parts[1]
     if head_id > last_id:
-        found(Problem.TRUNCATED, head_id, f"records {last_id + 1}-{head_id} at the end of the {table} chain "
-              "were removed")
+        found(
+            Problem.TRUNCATED, head_id, f"records {last_id + 1}-{head_id} at the end of the {table} chain were removed"
+        )
     elif head_id < last_id:
         found(Problem.HEAD, last_id, f"records after {head_id} were appended without updating the head marker")
     elif head_hash != last_hash:
         found(Problem.HEAD, head_id, f"the head marker names another hash for record {head_id}")
 
 
-def check_anchors(reports: Sequence[ChainReport], anchors: Sequence[str], present: Callable[[str], bool]
-                  ) -> list[Finding]:
+def check_anchors(
+    reports: Sequence[ChainReport], anchors: Sequence[str], present: Callable[[str], bool]
+) -> list[Finding]:
     """Findings for the anchors (hashes recorded elsewhere, e.g. printed by an earlier verify) that no chain
     holds: the chain was truncated before them or rewritten. `present(hash)` looks one up."""
     tables = ",".join(r.table for r in reports)
-    return [Finding(tables, Problem.ANCHOR, None, f"anchor {a} is in no chain: the log was truncated or rewritten "
-                    "after it was recorded") for a in anchors if not present(a.strip().lower())]
+    return [
+        Finding(
+            tables,
+            Problem.ANCHOR,
+            None,
+            f"anchor {a} is in no chain: the log was truncated or rewritten after it was recorded",
+        )
+        for a in anchors
+        if not present(a.strip().lower())
+    ]

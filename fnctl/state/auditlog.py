@@ -58,8 +58,11 @@ class AuditFilter:
     def sql(self, *, target_column: str, actor_column: str) -> tuple[str, tuple[Any, ...]]:
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("at >= ?", self.since), (f"{target_column} = ?", self.target),
-                              (f"{actor_column} = ?", self.actor)):
+        for column, value in (
+            ("at >= ?", self.since),
+            (f"{target_column} = ?", self.target),
+            (f"{actor_column} = ?", self.actor),
+        ):
             if value is not None:
                 where.append(column)
                 params.append(value)

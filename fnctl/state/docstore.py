@@ -32,8 +32,14 @@ from fnctl.state import auditchain
 from fnctl.state.datamigrations import DATA_MIGRATIONS
 
 CHAIN = "changes"
-_META_COLUMNS = {"id": "id", "version": "version", "createdAt": "created_at", "createdBy": "created_by",
-                 "updatedAt": "updated_at", "updatedBy": "updated_by"}
+_META_COLUMNS = {
+    "id": "id",
+    "version": "version",
+    "createdAt": "created_at",
+    "createdBy": "created_by",
+    "updatedAt": "updated_at",
+    "updatedBy": "updated_by",
+}
 _DOC_COLUMNS = "tenant, id, version, created_at, created_by, updated_at, updated_by, data"
 _CHANGE_COLUMNS = ", ".join(n for n, _ in auditchain.CHANGE_FIELDS) + ", prev_hash, hash"
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -86,8 +92,15 @@ class StoredDoc:
         return _envelope(self)
 
     def envelope(self) -> dict[str, Any]:
-        return {"id": self.id, "version": self.version, "createdAt": self.created_at, "createdBy": self.created_by,
-                "updatedAt": self.updated_at, "updatedBy": self.updated_by, "data": json.loads(self.data)}
+        return {
+            "id": self.id,
+            "version": self.version,
+            "createdAt": self.created_at,
+            "createdBy": self.created_by,
+            "updatedAt": self.updated_at,
+            "updatedBy": self.updated_by,
+            "data": json.loads(self.data),
+        }
 
 
 @dataclass(frozen=True)
@@ -258,21 +271,27 @@ class DocStore:
         result = SyncResult()
         db.execute("BEGIN IMMEDIATE")
         try:
-            current = {n: (json.loads(s), int(v)) for n, s, v in db.execute("SELECT name, spec, version FROM collections")}
+            current = {
+                n: (json.loads(s), int(v)) for n, s, v in db.execute("SELECT name, spec, version FROM collections")
+            }
             gone = sorted(set(current) - set(specs)) if prune else []
             full = [n for n in gone if db.execute(f"SELECT 1 FROM {table(n)} LIMIT 1").fetchone()]
             if full and not force:
-                raise NotEmpty(f"refusing to drop collection(s) that still hold documents: {', '.join(full)} "
-                               "(apply --prune --force drops them with their documents)")
+                raise NotEmpty(
+                    f"refusing to drop collection(s) that still hold documents: {', '.join(full)} "
+                    "(apply --prune --force drops them with their documents)"
+                )
             for name, spec in sorted(specs.items()):
                 old = current.get(name)
                 if old is not None and old[0] == spec:
                     result.unchanged.append(name)
                     continue
                 self._create_or_alter(db, name, spec)
-                db.execute("INSERT INTO collections VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                           "spec = excluded.spec, version = excluded.version",
-                           (name, _JSON(spec), (old[1] + 1) if old else 1))
+                db.execute(
+                    "INSERT INTO collections VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "spec = excluded.spec, version = excluded.version",
+                    (name, _JSON(spec), (old[1] + 1) if old else 1),
+                )
                 (result.updated if old else result.created).append(name)
             for name in gone:
                 db.execute(f"DROP TABLE IF EXISTS {table(name)}")
@@ -282,8 +301,9 @@ class DocStore:
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
-            raise DataStoreError(f"cannot create a unique index: existing documents have duplicate values ({exc})"
-                                 ) from None
+            raise DataStoreError(
+                f"cannot create a unique index: existing documents have duplicate values ({exc})"
+            ) from None
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -292,25 +312,36 @@ class DocStore:
 
     def _create_or_alter(self, db: sqlite3.Connection, name: str, spec: dict[str, Any]) -> None:
         tbl = table(name)
-        db.execute(f"CREATE TABLE IF NOT EXISTS {tbl} (tenant TEXT NOT NULL, id TEXT NOT NULL, "
-                   "version INTEGER NOT NULL, created_at TEXT NOT NULL, created_by TEXT NOT NULL, "
-                   "updated_at TEXT NOT NULL, updated_by TEXT NOT NULL, data TEXT NOT NULL, "
-                   "PRIMARY KEY (tenant, id))")
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {tbl} (tenant TEXT NOT NULL, id TEXT NOT NULL, "
+            "version INTEGER NOT NULL, created_at TEXT NOT NULL, created_by TEXT NOT NULL, "
+            "updated_at TEXT NOT NULL, updated_by TEXT NOT NULL, data TEXT NOT NULL, "
+            "PRIMARY KEY (tenant, id))"
+        )
         columns = {row[1] for row in db.execute(f"PRAGMA table_xinfo({tbl})")}
         for path in sorted(_index_fields(spec)):
             col = column(path)
             if col not in columns:
-                db.execute(f"ALTER TABLE {tbl} ADD COLUMN {col} GENERATED ALWAYS AS "
-                           f"(json_extract(data, '{json_path(path)}')) VIRTUAL")
+                db.execute(
+                    f"ALTER TABLE {tbl} ADD COLUMN {col} GENERATED ALWAYS AS "
+                    f"(json_extract(data, '{json_path(path)}')) VIRTUAL"
+                )
         wanted: dict[str, str] = {}
         for index in spec.get("indexes", ()):
             fields = list(index["fields"])
             unique = bool(index.get("unique", False))
             digest = hashlib.sha256(_JSON([fields, unique]).encode()).hexdigest()[:16]
             cols = ", ".join(["tenant", *(column(f) for f in fields)])
-            wanted[f"{tbl}_ix_{digest}"] = f"CREATE {'UNIQUE ' if unique else ''}INDEX {tbl}_ix_{digest} ON {tbl} ({cols})"
-        existing = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                                             "AND name LIKE ?", (tbl, f"{tbl}_ix_%"))}
+            wanted[f"{tbl}_ix_{digest}"] = (
+                f"CREATE {'UNIQUE ' if unique else ''}INDEX {tbl}_ix_{digest} ON {tbl} ({cols})"
+            )
+        existing = {
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name LIKE ?",
+                (tbl, f"{tbl}_ix_%"),
+            )
+        }
         for old in sorted(existing - set(wanted)):
             db.execute(f"DROP INDEX {old}")
         for new in sorted(set(wanted) - existing):
@@ -320,8 +351,11 @@ class DocStore:
 
     def get(self, collection: str, tenant: str, id: str) -> StoredDoc | None:
         try:
-            row = self._db().execute(f"SELECT {_DOC_COLUMNS} FROM {table(collection)} WHERE tenant = ? AND id = ?",
-                                     (tenant, id)).fetchone()
+            row = (
+                self._db()
+                .execute(f"SELECT {_DOC_COLUMNS} FROM {table(collection)} WHERE tenant = ? AND id = ?", (tenant, id))
+                .fetchone()
+            )
         except sqlite3.Error as exc:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
         return None if row is None else StoredDoc(*row)
@@ -363,8 +397,11 @@ class DocStore:
             if tenant is not None:
                 cond += " AND tenant = ?"
                 params.append(tenant)
-            rows = self._db().execute(f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE {cond} ORDER BY tenant, id LIMIT ?",
-                                      (*params, batch)).fetchall()
+            rows = (
+                self._db()
+                .execute(f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE {cond} ORDER BY tenant, id LIMIT ?", (*params, batch))
+                .fetchall()
+            )
             if not rows:
                 return
             for row in rows:
@@ -372,8 +409,14 @@ class DocStore:
             last, first = (rows[-1][0], rows[-1][1]), False
 
     def idempotent(self, tenant: str, collection: str, key: str) -> str | None:
-        row = self._db().execute("SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
-                                 (tenant, collection, key)).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
+                (tenant, collection, key),
+            )
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def changes(self, since: int, tenant: str, collections: Sequence[str], limit: int) -> list[ChangeRow]:
@@ -383,7 +426,8 @@ class DocStore:
         rows = self._db().execute(
             "SELECT seq, txn, at, collection, tenant, id, op, before, after, actor, function, revision FROM changes "
             f"WHERE tenant = ? AND seq > ? AND collection IN ({marks}) ORDER BY seq LIMIT ?",
-            (tenant, since, *collections, limit))
+            (tenant, since, *collections, limit),
+        )
         return [ChangeRow(*r) for r in rows]
 
     def change_chain(self) -> Iterator[tuple[Any, ...]]:
@@ -391,8 +435,9 @@ class DocStore:
         yield from self._db().execute(f"SELECT {_CHANGE_COLUMNS} FROM changes ORDER BY seq")
 
     def change_head(self) -> str | None:
-        row = self._db().execute("SELECT value FROM settings WHERE key = ?",
-                                 (auditchain.head_setting(CHAIN),)).fetchone()
+        row = (
+            self._db().execute("SELECT value FROM settings WHERE key = ?", (auditchain.head_setting(CHAIN),)).fetchone()
+        )
         return None if row is None else str(row[0])
 
     def verify_changes(self) -> auditchain.ChainReport:
@@ -404,8 +449,14 @@ class DocStore:
 
     # -- the write path ---------------------------------------------------------------------------------
 
-    def commit(self, tenant: str, reads: Sequence[ReadCheck], finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-               writes: Sequence[StoredWrite], meta: ChangeMeta) -> list[StoredDoc | None]:
+    def commit(
+        self,
+        tenant: str,
+        reads: Sequence[ReadCheck],
+        finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
+        writes: Sequence[StoredWrite],
+        meta: ChangeMeta,
+    ) -> list[StoredDoc | None]:
         """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
         write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
         idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
@@ -448,16 +499,20 @@ class DocStore:
                 db.execute("SAVEPOINT grouped")
                 mark = len(changes)
                 try:
-                    out.append(self._commit(db, item.tenant, item.reads, item.finds, item.writes, item.meta,
-                                            into=changes))
+                    out.append(
+                        self._commit(db, item.tenant, item.reads, item.finds, item.writes, item.meta, into=changes)
+                    )
                 except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
                     db.execute("ROLLBACK TO grouped")
                     del changes[mark:]
                     message = str(exc)
-                    out.append(UniqueViolation(*self._unique_fields(message))
-                               if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message else
-                               DataStoreError(f"cannot write the data file: {exc}")
-                               if isinstance(exc, sqlite3.IntegrityError) else exc)
+                    out.append(
+                        UniqueViolation(*self._unique_fields(message))
+                        if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message
+                        else DataStoreError(f"cannot write the data file: {exc}")
+                        if isinstance(exc, sqlite3.IntegrityError)
+                        else exc
+                    )
                 db.execute("RELEASE grouped")
             self._append_changes(db, changes)
             db.execute("COMMIT")
@@ -469,9 +524,16 @@ class DocStore:
             db.execute("ROLLBACK")
             raise
 
-    def _commit(self, db: sqlite3.Connection, tenant: str, reads: Sequence[ReadCheck],
-                finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]], writes: Sequence[StoredWrite],
-                meta: ChangeMeta, into: list[tuple[Any, ...]] | None = None) -> list[StoredDoc | None]:
+    def _commit(
+        self,
+        db: sqlite3.Connection,
+        tenant: str,
+        reads: Sequence[ReadCheck],
+        finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
+        writes: Sequence[StoredWrite],
+        meta: ChangeMeta,
+        into: list[tuple[Any, ...]] | None = None,
+    ) -> list[StoredDoc | None]:
         """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
         (a group commit appends all its transactions' rows at once, in order)."""
         # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
@@ -492,8 +554,10 @@ class DocStore:
         current = {(c, row.id): row for c, ids in by_collection.items() for row in _rows_by_id(db, c, tenant, ids)}
         for i, write in enumerate(writes):
             if write.idempotency_key is not None:
-                row = db.execute("SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
-                                 (tenant, write.collection, write.idempotency_key)).fetchone()
+                row = db.execute(
+                    "SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
+                    (tenant, write.collection, write.idempotency_key),
+                ).fetchone()
                 if row is not None:
                     raise IdempotentReplay(str(row[0]))
             before = current.get((write.collection, write.id))
@@ -518,17 +582,40 @@ class DocStore:
                 if before is None:
                     after = StoredDoc(tenant, write.id, 1, now, actor, now, actor, write.data)
                     inserts.setdefault(write.collection, []).append(
-                        (tenant, write.id, 1, now, actor, now, actor, write.data))
+                        (tenant, write.id, 1, now, actor, now, actor, write.data)
+                    )
                 else:
-                    after = StoredDoc(tenant, write.id, before.version + 1, before.created_at, before.created_by,
-                                      now, actor, write.data)
+                    after = StoredDoc(
+                        tenant,
+                        write.id,
+                        before.version + 1,
+                        before.created_at,
+                        before.created_by,
+                        now,
+                        actor,
+                        write.data,
+                    )
                     updates.setdefault(write.collection, []).append(
-                        (after.version, now, actor, write.data, tenant, write.id))
+                        (after.version, now, actor, write.data, tenant, write.id)
+                    )
             op = "delete" if write.op == "delete" else ("insert" if before is None else "replace")
             after_text = _envelope(after) if after else None
             # Already as SQLite gives them back (auditchain.normalise), so writer and verifier hash the same.
-            changes.append((txn, now, write.collection, tenant, write.id, op,
-                            _envelope(before) if before else None, after_text, actor, function, revision))
+            changes.append(
+                (
+                    txn,
+                    now,
+                    write.collection,
+                    tenant,
+                    write.id,
+                    op,
+                    _envelope(before) if before else None,
+                    after_text,
+                    actor,
+                    function,
+                    revision,
+                )
+            )
             if write.idempotency_key is not None and after_text is not None:
                 keys.append((write.collection, write.idempotency_key, after_text))
             results.append(after)
@@ -536,12 +623,17 @@ class DocStore:
         for collection, rows in deletes.items():
             db.executemany(f"DELETE FROM {table(collection)} WHERE tenant = ? AND id = ?", rows)
         for collection, rows in updates.items():
-            db.executemany(f"UPDATE {table(collection)} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
-                           "WHERE tenant = ? AND id = ?", rows)
+            db.executemany(
+                f"UPDATE {table(collection)} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
+                "WHERE tenant = ? AND id = ?",
+                rows,
+            )
         for collection, rows in inserts.items():
             db.executemany(f"INSERT INTO {table(collection)} ({_DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         for collection, key, response in keys:
-            db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
+            db.execute(
+                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time())
+            )
         if into is None:
             self._append_changes(db, changes)
         else:
@@ -557,8 +649,10 @@ class DocStore:
         linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
         marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
         db.executemany(f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES ({marks})", linked)
-        db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                   (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"))
+        db.execute(
+            "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
+        )
 
     def _unique_fields(self, message: str) -> tuple[str, str]:
         """(collection, fields) from SQLite's `UNIQUE constraint failed: docs_x.tenant, docs_x.ix_...`."""
@@ -578,10 +672,11 @@ CHUNK = 500  # ids per `IN (...)` (SQLite's default limit of host parameters is 
 def _rows_by_id(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> Iterator[StoredDoc]:
     tbl = table(collection)
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
+        chunk = ids[start : start + CHUNK]
         marks = ", ".join("?" * len(chunk))
-        for row in db.execute(f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE tenant = ? AND id IN ({marks})",
-                              (tenant, *chunk)):
+        for row in db.execute(
+            f"SELECT {_DOC_COLUMNS} FROM {tbl} WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk)
+        ):
             yield StoredDoc(*row)
 
 
@@ -589,10 +684,13 @@ def _versions(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequenc
     tbl = table(collection)
     found: dict[str, int] = {}
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
+        chunk = ids[start : start + CHUNK]
         marks = ", ".join("?" * len(chunk))
-        found.update(db.execute(f"SELECT id, version FROM {tbl} WHERE tenant = ? AND id IN ({marks})",
-                                (tenant, *chunk)).fetchall())
+        found.update(
+            db.execute(
+                f"SELECT id, version FROM {tbl} WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk)
+            ).fetchall()
+        )
     return found
 
 
@@ -600,9 +698,11 @@ def _envelope(doc: StoredDoc) -> str:
     """`_JSON(doc.envelope())` without decoding and encoding the document again: its stored text is already
     the compact JSON this encoder writes, so it is spliced in as it is."""
     q = _quote
-    return (f'{{"id":{q(doc.id)},"version":{doc.version},"createdAt":{q(doc.created_at)},'
-            f'"createdBy":{q(doc.created_by)},"updatedAt":{q(doc.updated_at)},'
-            f'"updatedBy":{q(doc.updated_by)},"data":{doc.data}}}')
+    return (
+        f'{{"id":{q(doc.id)},"version":{doc.version},"createdAt":{q(doc.created_at)},'
+        f'"createdBy":{q(doc.created_by)},"updatedAt":{q(doc.updated_at)},'
+        f'"updatedBy":{q(doc.updated_by)},"data":{doc.data}}}'
+    )
 
 
 def _index_fields(spec: dict[str, Any]) -> frozenset[str]:
@@ -710,8 +810,10 @@ def connect(path: Path) -> DocStore:
 def _migrate(db: sqlite3.Connection) -> None:
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(DATA_MIGRATIONS):
-        raise DataStoreError(f"the data file has schema version {version}, newer than this fnctl knows "
-                             f"({len(DATA_MIGRATIONS)}); upgrade fnctl")
+        raise DataStoreError(
+            f"the data file has schema version {version}, newer than this fnctl knows "
+            f"({len(DATA_MIGRATIONS)}); upgrade fnctl"
+        )
     for number in range(version, len(DATA_MIGRATIONS)):
         db.execute("BEGIN IMMEDIATE")
         try:

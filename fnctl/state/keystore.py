@@ -28,18 +28,26 @@ class ApiKey:
         return self.revoked_at is None
 
     def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "roles": list(self.roles), "tenant": self.tenant,
-                "createdAt": self.created_at, "createdBy": self.created_by, "revokedAt": self.revoked_at,
-                "active": self.active}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "roles": list(self.roles),
+            "tenant": self.tenant,
+            "createdAt": self.created_at,
+            "createdBy": self.created_by,
+            "revokedAt": self.revoked_at,
+            "active": self.active,
+        }
 
 
 _COLUMNS = "id, name, roles, tenant, created_at, created_by, revoked_at"
 
 
 def add(store: Store, key: ApiKey, key_hash: str) -> None:
-    store._execute(f"INSERT INTO api_keys ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                   (key.id, key.name, json.dumps(list(key.roles)), key.tenant, key.created_at, key.created_by,
-                    key_hash))
+    store._execute(
+        f"INSERT INTO api_keys ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+        (key.id, key.name, json.dumps(list(key.roles)), key.tenant, key.created_at, key.created_by, key_hash),
+    )
 
 
 def all_keys(store: Store) -> list[ApiKey]:
@@ -55,10 +63,19 @@ def find(store: Store, key_id: str) -> tuple[ApiKey, str] | None:
 
 def mark_revoked(store: Store, key_id: str) -> bool:
     """Revoke the key now; False when it was revoked already (or does not exist)."""
-    return store._execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                          (time.time(), key_id)) == 1
+    return (
+        store._execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id))
+        == 1
+    )
 
 
 def _key(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(row[0], row[1], tuple(json.loads(row[2])), row[3], float(row[4]), row[5],
-                  None if row[6] is None else float(row[6]))
+    return ApiKey(
+        row[0],
+        row[1],
+        tuple(json.loads(row[2])),
+        row[3],
+        float(row[4]),
+        row[5],
+        None if row[6] is None else float(row[6]),
+    )

@@ -16,18 +16,25 @@ RETENTION_SECONDS = 86_400  # per-second buckets older than this are pruned: ana
 def add_second(store: Store, key: tuple[str, int, int], second: Second) -> None:
     """Insert one bucket (function, revision, second), or add it to the row already there (a restart within
     the same second). `second` is updated to the stored total."""
-    rows = store._query("SELECT requests, errors, latency_ms_sum, histogram FROM metrics "
-                       "WHERE function = ? AND revision = ? AND second = ?", key)
+    rows = store._query(
+        "SELECT requests, errors, latency_ms_sum, histogram FROM metrics "
+        "WHERE function = ? AND revision = ? AND second = ?",
+        key,
+    )
     if rows:
         stored = {INDEX_OF[b]: int(c) for b, c in json.loads(rows[0][3]).items() if b in INDEX_OF}
         second.merge(Second(int(rows[0][0]), int(rows[0][1]), float(rows[0][2]), stored))
-        store._execute("UPDATE metrics SET requests = ?, errors = ?, latency_ms_sum = ?, histogram = ? "
-                      "WHERE function = ? AND revision = ? AND second = ?",
-                      (second.requests, second.errors, second.latency_ms_sum, _histogram_json(second), *key))
+        store._execute(
+            "UPDATE metrics SET requests = ?, errors = ?, latency_ms_sum = ?, histogram = ? "
+            "WHERE function = ? AND revision = ? AND second = ?",
+            (second.requests, second.errors, second.latency_ms_sum, _histogram_json(second), *key),
+        )
     else:
-        store._execute("INSERT INTO metrics (function, revision, second, requests, errors, latency_ms_sum, histogram) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (*key, second.requests, second.errors, second.latency_ms_sum, _histogram_json(second)))
+        store._execute(
+            "INSERT INTO metrics (function, revision, second, requests, errors, latency_ms_sum, histogram) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*key, second.requests, second.errors, second.latency_ms_sum, _histogram_json(second)),
+        )
 
 
 def prune(store: Store, now: float) -> None:
@@ -45,8 +52,9 @@ def window(store: Store, function: str, revision: int, seconds: float, *, now: f
     return window_of(*totals(store, function, revision, since))
 
 
-def totals(store: Store, function: str, revision: int, since: int,
-           until: int | None = None) -> tuple[int, int, dict[str, int]]:
+def totals(
+    store: Store, function: str, revision: int, since: int, until: int | None = None
+) -> tuple[int, int, dict[str, int]]:
     """Requests, errors and the merged latency histogram of `revision` from second `since` to `until`."""
     sql = "SELECT requests, errors, histogram FROM metrics WHERE function = ? AND revision = ? AND second >= ?"
     params: tuple[object, ...] = (function, revision, since)

@@ -35,12 +35,16 @@ def _chain_audit_logs(connection: sqlite3.Connection) -> None:
             connection.execute(f"UPDATE {table} SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, values[0]))
             prev, last = digest, int(values[0])
         what = "the audit log" if table == "audit" else "the invocation audit"
-        connection.execute(f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
-                           f"BEGIN SELECT RAISE(ABORT, '{what} is append-only'); END")
-        connection.execute(f"CREATE TRIGGER {table}_next_id BEFORE INSERT ON {table} "
-                           f"WHEN NEW.id IS NULL OR NEW.id <= (SELECT COALESCE(MAX(id), 0) FROM {table}) "
-                           f"OR NEW.hash IS NULL BEGIN SELECT RAISE(ABORT, '{what} is append-only: records "
-                           f"take the next id and are chained by fnctl'); END")
+        connection.execute(
+            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{what} is append-only'); END"
+        )
+        connection.execute(
+            f"CREATE TRIGGER {table}_next_id BEFORE INSERT ON {table} "
+            f"WHEN NEW.id IS NULL OR NEW.id <= (SELECT COALESCE(MAX(id), 0) FROM {table}) "
+            f"OR NEW.hash IS NULL BEGIN SELECT RAISE(ABORT, '{what} is append-only: records "
+            f"take the next id and are chained by fnctl'); END"
+        )
         if last:
             connection.execute("INSERT INTO settings VALUES (?, ?)", (auditchain.head_setting(table), f"{last} {prev}"))
 
@@ -57,8 +61,9 @@ def _drop_secret_salt(connection: sqlite3.Connection) -> None:
     if row is None:
         return
     none_hash = hashlib.sha256(str(row[0]).encode()).hexdigest()[:16]
-    connection.execute("INSERT INTO settings VALUES ('secrets-none-hash', ?) ON CONFLICT (key) DO NOTHING",
-                       (none_hash,))
+    connection.execute(
+        "INSERT INTO settings VALUES ('secrets-none-hash', ?) ON CONFLICT (key) DO NOTHING", (none_hash,)
+    )
     connection.execute("PRAGMA secure_delete = ON")
     connection.execute("DELETE FROM settings WHERE key = 'secret-salt'")
 

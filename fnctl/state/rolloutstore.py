@@ -36,18 +36,29 @@ class RolloutEventRow:
     data: dict[str, Any]
 
 
-def add(store: Store, function: str, stable: int | None, canary: int, strategy: str, state: str,
-        detail: dict[str, Any], started_at: float) -> int:
+def add(
+    store: Store,
+    function: str,
+    stable: int | None,
+    canary: int,
+    strategy: str,
+    state: str,
+    detail: dict[str, Any],
+    started_at: float,
+) -> int:
     now = started_at
     return store._insert(
         "INSERT INTO rollouts (function, from_revision, to_revision, strategy, step, state, detail, started_at, "
         "updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
-        (function, stable, canary, strategy, state, json.dumps(detail, sort_keys=True), now, now))
+        (function, stable, canary, strategy, state, json.dumps(detail, sort_keys=True), now, now),
+    )
 
 
 def update(store: Store, rollout_id: int, *, step: int, state: str, detail: dict[str, Any]) -> None:
-    store._execute("UPDATE rollouts SET step = ?, state = ?, detail = ?, updated_at = ? WHERE id = ?",
-                   (step, state, json.dumps(detail, sort_keys=True), time.time(), rollout_id))
+    store._execute(
+        "UPDATE rollouts SET step = ?, state = ?, detail = ?, updated_at = ? WHERE id = ?",
+        (step, state, json.dumps(detail, sort_keys=True), time.time(), rollout_id),
+    )
 
 
 def rollouts(store: Store, function: str | None = None, *, states: tuple[str, ...] = ()) -> list[RolloutRow]:
@@ -68,17 +79,34 @@ def rollout(store: Store, rollout_id: int) -> RolloutRow | None:
 
 
 def _rollout_rows(store: Store, where: str, params: tuple[Any, ...]) -> list[RolloutRow]:
-    query = ("SELECT id, function, from_revision, to_revision, strategy, step, state, detail, started_at, "
-             "updated_at FROM rollouts" + (f" WHERE {where}" if where else "") + " ORDER BY id")
-    return [RolloutRow(int(r[0]), r[1], None if r[2] is None else int(r[2]), int(r[3]), r[4], int(r[5]), r[6],
-                       json.loads(r[7]), float(r[8]), float(r[9])) for r in store._query(query, params)]
+    query = (
+        "SELECT id, function, from_revision, to_revision, strategy, step, state, detail, started_at, "
+        "updated_at FROM rollouts" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+    )
+    return [
+        RolloutRow(
+            int(r[0]),
+            r[1],
+            None if r[2] is None else int(r[2]),
+            int(r[3]),
+            r[4],
+            int(r[5]),
+            r[6],
+            json.loads(r[7]),
+            float(r[8]),
+            float(r[9]),
+        )
+        for r in store._query(query, params)
+    ]
 
 
-def add_event(store: Store, rollout_id: int, kind: str, step: int, message: str,
-              data: dict[str, Any] | None = None) -> int:
-    return store._insert("INSERT INTO rollout_events (rollout, at, kind, step, message, data) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)))
+def add_event(
+    store: Store, rollout_id: int, kind: str, step: int, message: str, data: dict[str, Any] | None = None
+) -> int:
+    return store._insert(
+        "INSERT INTO rollout_events (rollout, at, kind, step, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+        (rollout_id, time.time(), kind, step, message, json.dumps(data or {}, sort_keys=True)),
+    )
 
 
 def last_event_id(store: Store) -> int:
@@ -87,6 +115,11 @@ def last_event_id(store: Store) -> int:
 
 
 def events(store: Store, rollout_id: int, *, after: int = 0) -> list[RolloutEventRow]:
-    return [RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
-            for r in store._query("SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
-                                  "WHERE rollout = ? AND id > ? ORDER BY id", (rollout_id, after))]
+    return [
+        RolloutEventRow(int(r[0]), int(r[1]), float(r[2]), r[3], int(r[4]), r[5], json.loads(r[6]))
+        for r in store._query(
+            "SELECT id, rollout, at, kind, step, message, data FROM rollout_events "
+            "WHERE rollout = ? AND id > ? ORDER BY id",
+            (rollout_id, after),
+        )
+    ]

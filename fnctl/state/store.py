@@ -164,8 +164,9 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     def write_setting(self, key: str, value: str) -> None:
-        self._execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                      (key, value))
+        self._execute(
+            "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
+        )
 
     # ---- change checks ----
 
@@ -196,11 +197,15 @@ class Store:
         self._db.execute("DELETE FROM resources WHERE kind = ?", (kind,))
         now = time.time()
         for name, spec in sorted(specs.items()):
-            self._db.execute("INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now))
+            self._db.execute(
+                "INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now)
+            )
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
-        return {r[0]: json.loads(r[1]) for r in self._db.execute(
-            "SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))}
+        return {
+            r[0]: json.loads(r[1])
+            for r in self._db.execute("SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))
+        }
 
     # ---- revisions ----
 
@@ -211,18 +216,32 @@ class Store:
     def add_revision(self, revision: Revision) -> None:
         self._db.execute(
             "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (revision.function, revision.number, revision.spec_hash, json.dumps(revision.spec, sort_keys=True),
-             revision.image, revision.git_commit, revision.git_author, revision.created_at, revision.created_by,
-             revision.status.value, revision.reason, revision.git_subject),
+            (
+                revision.function,
+                revision.number,
+                revision.spec_hash,
+                json.dumps(revision.spec, sort_keys=True),
+                revision.image,
+                revision.git_commit,
+                revision.git_author,
+                revision.created_at,
+                revision.created_by,
+                revision.status.value,
+                revision.reason,
+                revision.git_subject,
+            ),
         )
 
     def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
-        self._db.execute("UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
-                         (status.value, reason, function, number))
+        self._db.execute(
+            "UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
+            (status.value, reason, function, number),
+        )
 
     def set_revision_image(self, function: str, number: int, image: str) -> None:
-        self._db.execute("UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''",
-                         (image, function, number))
+        self._db.execute(
+            "UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''", (image, function, number)
+        )
 
     def revisions(self, function: str | None = None) -> list[Revision]:
         query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
@@ -230,19 +249,25 @@ class Store:
 
     def revision_statuses(self) -> dict[tuple[str, int], RevisionStatus]:
         """(function, number) → status of every revision, without the specs (the gateway reads each spec once)."""
-        return {(str(f), int(n)): RevisionStatus(status)
-                for f, n, status in self._query("SELECT function, number, status FROM revisions")}
+        return {
+            (str(f), int(n)): RevisionStatus(status)
+            for f, n, status in self._query("SELECT function, number, status FROM revisions")
+        }
 
     def revision(self, function: str, number: int) -> Revision | None:
-        row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)).fetchone()
+        row = self._db.execute(
+            "SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)
+        ).fetchone()
         return _revision(row) if row else None
 
     # ---- routing ----
 
     def routes(self) -> dict[str, dict[int, int]]:
         """function → {revision number: weight percent}."""
-        return {r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
-                for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")}
+        return {
+            r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
+            for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")
+        }
 
     def set_route(self, function: str, weights: dict[int, int]) -> None:
         """One atomic change of a function's weights."""
@@ -260,31 +285,48 @@ class Store:
     # ---- instances ----
 
     def add_instance(self, row: InstanceRow) -> None:
-        self._db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value,
-                          row.created_at))
+        self._db.execute(
+            "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value, row.created_at),
+        )
 
     def update_instance(self, instance_id: str, *, state: InstanceState, container_id: str | None = None) -> None:
-        self._db.execute("UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
-                         (state.value, container_id, instance_id))
+        self._db.execute(
+            "UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
+            (state.value, container_id, instance_id),
+        )
 
     def remove_instance(self, instance_id: str) -> None:
         self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     def instances(self, function: str | None = None) -> list[InstanceRow]:
         query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
-        return [InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
-                for r in self._db.execute(query, (function,) if function else ())]
+        return [
+            InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
+            for r in self._db.execute(query, (function,) if function else ())
+        ]
 
     # ---- audit ----
 
-    def audit(self, *, actor: str, command: str, action: str, target: str, outcome: str,
-              git_commit: str | None = None, git_author: str | None = None, git_subject: str | None = None,
-              detail: str | None = None) -> None:
+    def audit(
+        self,
+        *,
+        actor: str,
+        command: str,
+        action: str,
+        target: str,
+        outcome: str,
+        git_commit: str | None = None,
+        git_author: str | None = None,
+        git_subject: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         """Append a record to the deploy audit's hash chain (never a secret in any field)."""
         with self._writing():
-            self.append_chained("audit", [(time.time(), actor, command, action, target, git_commit, outcome, detail,
-                                           git_author, git_subject)])
+            self.append_chained(
+                "audit",
+                [(time.time(), actor, command, action, target, git_commit, outcome, detail, git_author, git_subject)],
+            )
 
     def append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         """Append `rows` (a chained table's fields after the id, in auditchain.CHAINS order) to `table`'s
@@ -299,17 +341,22 @@ class Store:
         fields = auditchain.CHAINS[table]
         head = self._db.execute(f"SELECT id, hash FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
         last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
-        linked = auditchain.link(table, (auditchain.normalise(table, (last + n, *row))
-                                         for n, row in enumerate(rows, 1)), prev)
+        linked = auditchain.link(
+            table, (auditchain.normalise(table, (last + n, *row)) for n, row in enumerate(rows, 1)), prev
+        )
         columns = ", ".join(name for name, _ in fields) + ", prev_hash, hash"
         marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
         for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
-            chunk = linked[start:start + _CHUNK]
-            self._db.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
-                             tuple(itertools.chain.from_iterable(chunk)))
+            chunk = linked[start : start + _CHUNK]
+            self._db.execute(
+                f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
+                tuple(itertools.chain.from_iterable(chunk)),
+            )
         if linked:
-            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
-                             "excluded.value", (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"))
+            self._db.execute(
+                "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"),
+            )
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -336,8 +383,20 @@ class RawSql:
 
 
 def _revision(row: Any) -> Revision:
-    return Revision(row[0], int(row[1]), row[2], json.loads(row[3]), row[4], row[5], row[6], float(row[7]), row[8],
-                    RevisionStatus(row[9]), row[10], row[11])
+    return Revision(
+        row[0],
+        int(row[1]),
+        row[2],
+        json.loads(row[3]),
+        row[4],
+        row[5],
+        row[6],
+        float(row[7]),
+        row[8],
+        RevisionStatus(row[9]),
+        row[10],
+        row[11],
+    )
 
 
 def connect(path: Path) -> Store:
@@ -350,8 +409,10 @@ def connect(path: Path) -> Store:
         connection.execute("PRAGMA foreign_keys = ON")
         version = int(connection.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
-            raise StoreError(f"the state store has schema version {version}, newer than this fnctl knows "
-                             f"({len(MIGRATIONS)}); upgrade fnctl")
+            raise StoreError(
+                f"the state store has schema version {version}, newer than this fnctl knows "
+                f"({len(MIGRATIONS)}); upgrade fnctl"
+            )
         upgrade(connection, version)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the state store {path}: {exc}") from None

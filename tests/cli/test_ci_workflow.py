@@ -31,8 +31,19 @@ WORKFLOW = REPO / "docs" / "examples" / "github-actions.yml"
 FNCTL_BIN = Path(sys.executable).parent  # the virtualenv running the tests holds the fnctl under test
 ACTOR = "octo-merger"
 
-PLAN_FIELDS = {"format", "project", "prune", "liveFingerprint", "live", "desired", "changes", "steps", "timelines",
-               "paths", "collections"}  # collections: the demo project declares one
+PLAN_FIELDS = {
+    "format",
+    "project",
+    "prune",
+    "liveFingerprint",
+    "live",
+    "desired",
+    "changes",
+    "steps",
+    "timelines",
+    "paths",
+    "collections",
+}  # collections: the demo project declares one
 CHANGE_FIELDS = {"function", "change", "liveRevision", "specHash", "fields", "drift"}
 
 
@@ -44,6 +55,7 @@ def load_workflow() -> dict[str, Any]:
 
 
 # ---- the structure ----
+
 
 def test_workflow_structure() -> None:
     workflow = load_workflow()
@@ -86,6 +98,7 @@ def _self_hosted(job: dict[str, Any]) -> bool:
 
 # ---- an emulated runner ----
 
+
 @dataclass
 class Runner:
     """Runs a job's `run:` steps with bash as GitHub's runner would, in `workspace`."""
@@ -114,8 +127,14 @@ class Runner:
                 file.write_text("", encoding="utf-8")
                 env[variable] = str(file)
             started = time.monotonic()
-            done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", run], cwd=self.workspace,
-                                  env=env, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", run],
+                cwd=self.workspace,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             self.logs.append((step.get("name", run.splitlines()[0]), done, time.monotonic() - started))
             found = dict(line.split("=", 1) for line in files["GITHUB_OUTPUT"].read_text().splitlines() if "=" in line)
             self.outputs[step.get("id", str(index))] = found
@@ -125,8 +144,9 @@ class Runner:
         return 0
 
     def log(self) -> str:
-        return "\n".join(f"--- {name}: exit {d.returncode} after {took:.1f} s\n{d.stdout}{d.stderr}"
-                         for name, d, took in self.logs)
+        return "\n".join(
+            f"--- {name}: exit {d.returncode} after {took:.1f} s\n{d.stdout}{d.stderr}" for name, d, took in self.logs
+        )
 
     def _wanted(self, condition: str | None) -> bool:
         if condition is None:
@@ -137,12 +157,22 @@ class Runner:
 
     def _env(self, declared: dict[str, str], path: list[str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FNCTL_", "GITHUB_"))}
-        env |= {"CI": "true", "GITHUB_ACTIONS": "true", "RUNNER_TEMP": str(self.temp), "NO_COLOR": "1",
-                "GITHUB_WORKSPACE": str(self.workspace), "GITHUB_STEP_SUMMARY": str(self.temp / "summary.md"),
-                "GITHUB_SHA": self.github["sha"], "GITHUB_ACTOR": self.github["actor"],
-                "GITHUB_EVENT_NAME": self.github["event_name"], "XDG_CACHE_HOME": str(self.temp / "cache")}
-        env |= {name: re.sub(r"\$\{\{(.*?)\}\}", lambda m: self._expression(m[1].strip()), str(value))
-                for name, value in declared.items()}
+        env |= {
+            "CI": "true",
+            "GITHUB_ACTIONS": "true",
+            "RUNNER_TEMP": str(self.temp),
+            "NO_COLOR": "1",
+            "GITHUB_WORKSPACE": str(self.workspace),
+            "GITHUB_STEP_SUMMARY": str(self.temp / "summary.md"),
+            "GITHUB_SHA": self.github["sha"],
+            "GITHUB_ACTOR": self.github["actor"],
+            "GITHUB_EVENT_NAME": self.github["event_name"],
+            "XDG_CACHE_HOME": str(self.temp / "cache"),
+        }
+        env |= {
+            name: re.sub(r"\$\{\{(.*?)\}\}", lambda m: self._expression(m[1].strip()), str(value))
+            for name, value in declared.items()
+        }
         env["PATH"] = os.pathsep.join(path)
         return env
 
@@ -164,8 +194,13 @@ class Workspace:
 
 
 def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
-                          cwd=root, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip()
 
 
@@ -191,18 +226,23 @@ def make_workspace(tmp_path: Path, client: Any = None, base_image: str = "") -> 
 def make_runner(tmp_path: Path, ws: Workspace, event: str, base_image: str) -> Runner:
     temp = tmp_path / f"runner-temp-{event}"
     temp.mkdir()
-    return Runner(ws.root, temp, {"FNCTL_STATE": str(ws.project.state), "FNCTL_BIN": str(FNCTL_BIN),
-                                  "FNCTL_BASE_IMAGE": base_image},
-                  {"sha": ws.sha, "actor": ACTOR, "event_name": event})
+    return Runner(
+        ws.root,
+        temp,
+        {"FNCTL_STATE": str(ws.project.state), "FNCTL_BIN": str(FNCTL_BIN), "FNCTL_BASE_IMAGE": base_image},
+        {"sha": ws.sha, "actor": ACTOR, "event_name": event},
+    )
 
 
 # ---- the pull-request side ----
+
 
 def test_validate_step_annotates_each_problem(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     (ws.root / "manifests" / "demo" / "bad.yaml").write_text(
         "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: Bad_Name}\n"
-        "spec: {runtime: python3.11, source: ../../functions/hello, handler: main.handler, limits: {memory: lots}}\n")
+        "spec: {runtime: python3.11, source: ../../functions/hello, handler: main.handler, limits: {memory: lots}}\n"
+    )
     runner = make_runner(tmp_path, ws, "pull_request", "")
     assert runner.run_job(load_workflow(), "validate") == 2, runner.log()
     out = runner.logs[-1][1].stdout
@@ -233,7 +273,10 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert set(diff) == {"changes", "orphans", "prune", "collections"}
     assert [(c["collection"], c["change"]) for c in diff["collections"]] == [("orders", "create")]
     assert [(c["function"], c["change"]) for c in diff["changes"]] == [
-        ("hello", "create"), ("order-book", "create"), ("orders", "create")]
+        ("hello", "create"),
+        ("order-book", "create"),
+        ("orders", "create"),
+    ]
     assert all(set(c) == CHANGE_FIELDS for c in diff["changes"])
     assert {f["path"]: f["new"] for f in diff["changes"][0]["fields"]}["env"] == {"GREETING": "hi"}
 
@@ -242,7 +285,12 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert plan["format"] == 1 and plan["project"] == workspace.project.name and plan["timelines"] == {}
     assert set(plan["desired"]) == {"hello", "order-book", "orders"} and plan["live"]["functions"] == {}
     assert [s["kind"] for s in plan["steps"] if s["function"] == "hello"] == [
-        "build image", "create revision", "start instances", "health check", "switch traffic"]
+        "build image",
+        "create revision",
+        "start instances",
+        "health check",
+        "switch traffic",
+    ]
 
     comment = (pr.temp / "plan.md").read_text()
     assert comment.startswith("<!-- fnctl-plan -->\n### fnctl plan for `" + workspace.sha[:12]), comment
@@ -258,9 +306,13 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     applied = json.loads((push.temp / "apply.json").read_text())
     assert applied["ok"] and applied["exitCode"] == 0, applied
     assert [(r["function"], r["action"], r["revision"]) for r in applied["results"] if r["kind"] == "function"][:3] == [
-        ("hello", "create", 1), ("order-book", "create", 1), ("orders", "create", 1)]
+        ("hello", "create", 1),
+        ("order-book", "create", 1),
+        ("orders", "create", 1),
+    ]
     assert [(r["function"], r["kind"]) for r in applied["results"] if r["kind"] == "collection"] == [
-        ("orders", "collection")]
+        ("orders", "collection")
+    ]
     assert "### fnctl apply: ok (exit 0)" in (push.temp / "summary.md").read_text()
     revision = workspace.project.ok("history", "hello", "-o", "json").json()[0]
     assert (revision["gitCommit"], revision["createdBy"]) == (workspace.sha, f"ci:{ACTOR}")

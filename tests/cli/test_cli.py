@@ -29,8 +29,9 @@ runner = CliRunner()
 
 def fnctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m fnctl ARGS` in `cwd`, as a user runs it (through main())."""
-    return subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fnctl", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def fixture(name: str, tmp_path: Path) -> Path:
@@ -55,7 +56,9 @@ def test_validate_paths_given(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.stdout == "valid: 2 files, 4 functions, 1 trigger, 0 views, 0 policies\n"
 
 
-def test_validate_an_invalid_project_exits_2_with_every_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_an_invalid_project_exits_2_with_every_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(fixture("dangling-reference", tmp_path))
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 2
@@ -75,12 +78,27 @@ def test_validate_json_is_the_same_as_the_text(tmp_path: Path, monkeypatch: pyte
     assert text.exit_code == data.exit_code == 2
     report = json.loads(data.stdout)
     assert report == {
-        "valid": False, "files": 1, "functions": 1, "triggers": 0, "views": 0, "policies": 0,
+        "valid": False,
+        "files": 1,
+        "functions": 1,
+        "triggers": 0,
+        "views": 0,
+        "policies": 0,
         "errors": [
-            {"file": "manifests/hello.yaml", "line": 9, "column": 21, "path": "$.spec.limits.timeout",
-             "message": "timeout exceeds the maximum of 15m"},
-            {"file": "manifests/hello.yaml", "line": 9, "column": 34, "path": "$.spec.limits.memory",
-             "message": "memory exceeds the maximum of 4Gi"},
+            {
+                "file": "manifests/hello.yaml",
+                "line": 9,
+                "column": 21,
+                "path": "$.spec.limits.timeout",
+                "message": "timeout exceeds the maximum of 15m",
+            },
+            {
+                "file": "manifests/hello.yaml",
+                "line": 9,
+                "column": 34,
+                "path": "$.spec.limits.memory",
+                "message": "memory exceeds the maximum of 4Gi",
+            },
         ],
     }
     rendered = [f"{e['file']}:{e['line']}:{e['column']}: {e['path']}: {e['message']}" for e in report["errors"]]
@@ -92,8 +110,16 @@ def test_validate_json_of_a_valid_project(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate", "manifests", "--output", "json"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"valid": True, "files": 3, "functions": 6, "triggers": 3, "views": 1,
-                                         "policies": 1, "collections": 1, "errors": []}
+    assert json.loads(result.stdout) == {
+        "valid": True,
+        "files": 3,
+        "functions": 6,
+        "triggers": 3,
+        "views": 1,
+        "policies": 1,
+        "collections": 1,
+        "errors": [],
+    }
 
 
 def test_version_and_help() -> None:
@@ -119,7 +145,14 @@ def test_init_creates_a_project_that_validates(tmp_path: Path, monkeypatch: pyte
     check = runner.invoke(app, ["validate", "-o", "json"])
     assert check.exit_code == 0, check.output
     assert json.loads(check.stdout) | {"errors": []} == {
-        "valid": True, "files": 1, "functions": 1, "triggers": 1, "views": 0, "policies": 0, "errors": []}
+        "valid": True,
+        "files": 1,
+        "functions": 1,
+        "triggers": 1,
+        "views": 0,
+        "policies": 0,
+        "errors": [],
+    }
 
 
 def test_init_in_the_current_directory_with_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,11 +184,14 @@ def _a_file(root: Path) -> None:
     (root / "x").write_text("a file\n")
 
 
-@pytest.mark.parametrize("setup, args, message", [
-    (_a_directory_with_a_file, ["init", "x"], "error: x is not empty; use --force to scaffold into it anyway"),
-    (_a_project_already, ["init", "x", "--force"], "error: refusing to overwrite x/fnctl.toml"),
-    (_a_file, ["init", "x"], "error: x exists and is not a directory"),
-])
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (_a_directory_with_a_file, ["init", "x"], "error: x is not empty; use --force to scaffold into it anyway"),
+        (_a_project_already, ["init", "x", "--force"], "error: refusing to overwrite x/fnctl.toml"),
+        (_a_file, ["init", "x"], "error: x exists and is not a directory"),
+    ],
+)
 def test_init_refuses_exit_2(tmp_path: Path, setup: Callable[[Path], None], args: list[str], message: str) -> None:
     setup(tmp_path)
     done = fnctl(*args, cwd=tmp_path)
@@ -165,8 +201,17 @@ def test_init_refuses_exit_2(tmp_path: Path, setup: Callable[[Path], None], args
 # --- exit codes and no traceback, through main() -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["yaml-python-tag", "yaml-billion-laughs", "envelope-binary-file", "yaml-duplicate-key",
-                                  "handler-syntax-error", "envelope-unknown-kind"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "yaml-python-tag",
+        "yaml-billion-laughs",
+        "envelope-binary-file",
+        "yaml-duplicate-key",
+        "handler-syntax-error",
+        "envelope-unknown-kind",
+    ],
+)
 def test_bad_manifests_exit_2_without_a_traceback(name: str, tmp_path: Path) -> None:
     done = fnctl("validate", cwd=fixture(name, tmp_path))
     assert done.returncode == 2
@@ -179,14 +224,25 @@ def test_a_deeply_nested_file_exits_2_without_a_crash(tmp_path: Path) -> None:
     (tmp_path / "manifests" / "deep.yaml").write_text("[" * 200_000 + "]" * 200_000)
     done = fnctl("validate", cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.splitlines()[0] == "manifests/deep.yaml:1:201: $: document is nested too deeply (over 200 levels)"
+    assert (
+        done.stderr.splitlines()[0] == "manifests/deep.yaml:1:201: $: document is nested too deeply (over 200 levels)"
+    )
 
 
-@pytest.mark.parametrize("config, message", [
-    ("[project\nname = 1\n", "error: {path}: invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 9)"),
-    ('[project]\nname = "Bad Name"\n', "error: {path}: project.name: must be a DNS label: lower-case letters, digits and "
-                                       "'-', at most 63 characters, starting and ending with a letter or digit, got 'Bad Name'"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            "[project\nname = 1\n",
+            "error: {path}: invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 9)",
+        ),
+        (
+            '[project]\nname = "Bad Name"\n',
+            "error: {path}: project.name: must be a DNS label: lower-case letters, digits and "
+            "'-', at most 63 characters, starting and ending with a letter or digit, got 'Bad Name'",
+        ),
+    ],
+)
 def test_a_bad_fnctl_toml_exits_2(tmp_path: Path, config: str, message: str) -> None:
     (tmp_path / "fnctl.toml").write_text(config)
     done = fnctl("validate", cwd=tmp_path)
@@ -195,7 +251,10 @@ def test_a_bad_fnctl_toml_exits_2(tmp_path: Path, config: str, message: str) -> 
 
 def test_validate_a_missing_path_exits_2(tmp_path: Path) -> None:
     done = fnctl("validate", "nowhere", cwd=tmp_path)
-    assert (done.returncode, done.stderr) == (2, "nowhere: $: no such file or directory: nowhere\ninvalid: 1 problem in 0 files\n")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "nowhere: $: no such file or directory: nowhere\ninvalid: 1 problem in 0 files\n",
+    )
 
 
 def test_a_usage_error_exits_2(tmp_path: Path) -> None:
@@ -224,12 +283,15 @@ def _names(typer_app: typer.Typer) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(("args", "only"), [
-    (["invoke", "--local", "hello"], {"invoke"}),
-    (["--debug", "validate", "manifests"], {"validate"}),
-    (["sandbox", "check"], {"sandbox"}),
-    (["keys", "list", "--help"], {"keys"}),
-])
+@pytest.mark.parametrize(
+    ("args", "only"),
+    [
+        (["invoke", "--local", "hello"], {"invoke"}),
+        (["--debug", "validate", "manifests"], {"validate"}),
+        (["sandbox", "check"], {"sandbox"}),
+        (["keys", "list", "--help"], {"keys"}),
+    ],
+)
 def test_a_named_command_is_built_alone_and_app_keeps_every_command(args: list[str], only: set[str]) -> None:
     everything = _names(app)
     assert _names(_app_for(args)) == only
@@ -264,11 +326,23 @@ print("rich" in sys.modules, file=sys.stderr)
 
 def test_results_in_a_pipe_are_plain_text_written_without_loading_rich(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    done = subprocess.run([sys.executable, "-c", OUTCOME_SCRIPT], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, check=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", OUTCOME_SCRIPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
     assert done.stdout == '{"a": [1]}\n'
     lines = done.stderr.splitlines()
     assert lines[0] == "a [b]progress[/b] line"  # user text is never taken as markup
     assert " logs " in lines[1] and lines[2] == "a log [b]line[/b]" and " logs " not in lines[3]
-    assert lines[4:] == ["error (timeout): cut at [1s]", "Traceback: [red]x[/red]", "2.2 ms (warm instance)",
-                         "0.5 ms", "False"]
+    assert lines[4:] == [
+        "error (timeout): cut at [1s]",
+        "Traceback: [red]x[/red]",
+        "2.2 ms (warm instance)",
+        "0.5 ms",
+        "False",
+    ]

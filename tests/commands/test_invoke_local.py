@@ -51,8 +51,9 @@ EDITABLE = "def handler(event):\n    return {{'version': {version}}}\n"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            base_image: str) -> Iterator[Project]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Project]:
     name = project_name()
     root = tmp_path_factory.mktemp("invoke-local") / "project"
     (root / "functions" / "editable").mkdir(parents=True)
@@ -75,8 +76,11 @@ def local(project: Project, function: str, event: Any, *, keep_warm: bool = Fals
 
 
 def containers_of(docker_client: docker.DockerClient, project: Project, function: str) -> list[str]:
-    return [c["Id"] for c in project_containers(docker_client, project.name)
-            if c["Labels"].get("io.fnctl.function") == function]
+    return [
+        c["Id"]
+        for c in project_containers(docker_client, project.name)
+        if c["Labels"].get("io.fnctl.function") == function
+    ]
 
 
 # ---- the Python API -----------------------------------------------------------------------------------
@@ -139,8 +143,10 @@ def two_functions(tmp_path: Path, docker_client: docker.DockerClient, base_image
     root = tmp_path / "project"
     (root / "functions" / "other").mkdir(parents=True)
     (root / "functions" / "other" / "main.py").write_text(OTHER_SOURCE)
-    functions = {"warm": {"handler": "probes.echo_context"},
-                 "other": {"handler": "main.handler", "source": "../functions/other"}}
+    functions = {
+        "warm": {"handler": "probes.echo_context"},
+        "other": {"handler": "main.handler", "source": "../functions/other"},
+    }
     try:
         yield write_project(root, name, base_image, functions)
     finally:
@@ -260,8 +266,11 @@ LIMITS = [
     ("spin", '{"spin": true}', "error (timeout): the function did not finish within its timeout of 1s"),
     ("memory-bomb", "{}", "error (out of memory): the function ran out of memory (limit 64Mi)"),
     ("big-result", '{"size": 100000000}', "error (output too large): OutputTooLarge: the result is at least"),
-    ("small-payload", BIG_EVENT, f"error (payload too large): the event is {len(BIG_EVENT)} bytes; "
-     "the limit is 1024 bytes"),
+    (
+        "small-payload",
+        BIG_EVENT,
+        f"error (payload too large): the event is {len(BIG_EVENT)} bytes; the limit is 1024 bytes",
+    ),
     ("fork-bomb", "{}", "error (process limit reached): BlockingIOError: [Errno 11]"),
     ("fill-tmp", "{}", "error (disk full in /tmp): OSError: [Errno 28] No space left on device"),
     ("crash", "{}", "error (instance crashed): the instance crashed during the invocation (exit code 7)"),
@@ -316,12 +325,22 @@ def test_cli_sandbox_check_fails_a_container_started_without_the_profile(
     project: Project, docker_client: docker.DockerClient, base_image: str
 ) -> None:
     docker_client.containers.run(  # plain `docker run`: root, all default capabilities, writable root
-        base_image, ["python3", "-c", "import sys; sys.stdin.read()"], detach=True, stdin_open=True,
-        network_mode="none", labels={"io.fnctl.project": project.name, "io.fnctl.function": "rogue",
-                                     "io.fnctl.instance": "rogue"})
+        base_image,
+        ["python3", "-c", "import sys; sys.stdin.read()"],
+        detach=True,
+        stdin_open=True,
+        network_mode="none",
+        labels={"io.fnctl.project": project.name, "io.fnctl.function": "rogue", "io.fnctl.instance": "rogue"},
+    )
     text = run_cli(project, "sandbox", "check", "rogue")
     assert text.returncode == 1 and "FAIL" in text.stdout
     [report] = json.loads(run_cli(project, "sandbox", "check", "rogue", "-o", "json").stdout)
     failed = {c["name"] for c in report["checks"] if not c["ok"]}
-    assert {"non-root user", "capabilities dropped", "read-only root", "pids limit", "memory limit, no swap",
-            "only its socket directory mounted"} <= failed
+    assert {
+        "non-root user",
+        "capabilities dropped",
+        "read-only root",
+        "pids limit",
+        "memory limit, no swap",
+        "only its socket directory mounted",
+    } <= failed

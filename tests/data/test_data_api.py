@@ -30,19 +30,34 @@ from fnctl.state import docstore
 from fnctl.state.store import connect
 
 PROBLEM = "application/problem+json"
-ORDERS = {"schema": {"type": "object", "required": ["customer", "total"], "properties": {
-    "customer": {"type": "string"}, "total": {"type": "number", "minimum": 0}, "number": {"type": "integer"},
-    "status": {"type": "string"}}},
+ORDERS = {
+    "schema": {
+        "type": "object",
+        "required": ["customer", "total"],
+        "properties": {
+            "customer": {"type": "string"},
+            "total": {"type": "number", "minimum": 0},
+            "number": {"type": "integer"},
+            "status": {"type": "string"},
+        },
+    },
     "indexes": [{"fields": ["customer"]}, {"fields": ["number"], "unique": True}],
-    "limits": {"documentSize": "1Ki"}}
+    "limits": {"documentSize": "1Ki"},
+}
 NOTES = {"schema": {"type": "object"}}
-POLICIES = {"data": {"roles": {
-    # a clerk reads and writes its own orders only, and may read notes
-    "clerk": {"read": [{"collection": "orders", "where": {"createdBy": "$caller.id"}}, "notes"],
-              "write": [{"collection": "orders", "where": {"createdBy": "$caller.id"}}]},
-    "admin": {"read": ["*"], "write": ["*"]},
-    "auditor": {"read": ["orders"]},
-}}}
+POLICIES = {
+    "data": {
+        "roles": {
+            # a clerk reads and writes its own orders only, and may read notes
+            "clerk": {
+                "read": [{"collection": "orders", "where": {"createdBy": "$caller.id"}}, "notes"],
+                "write": [{"collection": "orders", "where": {"createdBy": "$caller.id"}}],
+            },
+            "admin": {"read": ["*"], "write": ["*"]},
+            "auditor": {"read": ["orders"]},
+        }
+    }
+}
 
 
 class NoPool:
@@ -63,8 +78,16 @@ class Api:
     subjects: dict[str, str]
     store_path: Path
 
-    async def call(self, method: str, path: str, who: str | None = None, *, body: Any = None, raw: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        who: str | None = None,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
         sent = dict(headers or {})
         if who is not None:
             sent["Authorization"] = f"Bearer {self.tokens[who]}"
@@ -83,22 +106,34 @@ async def serving(tmp_path: Path) -> AsyncIterator[Api]:
     store_path = tmp_path / "state" / "fnctl.db"
     store = connect(store_path)
     tokens, subjects = {}, {}
-    for name, roles, tenant in (("alice", ("clerk",), "acme"), ("bob", ("clerk",), "acme"),
-                                ("carol", ("clerk",), "globex"), ("admin", ("admin",), "acme"),
-                                ("globex-admin", ("admin",), "globex"), ("auditor", ("auditor",), "acme"),
-                                ("nobody", ("visitor",), "acme")):
+    for name, roles, tenant in (
+        ("alice", ("clerk",), "acme"),
+        ("bob", ("clerk",), "acme"),
+        ("carol", ("clerk",), "globex"),
+        ("admin", ("admin",), "acme"),
+        ("globex-admin", ("admin",), "globex"),
+        ("auditor", ("auditor",), "acme"),
+        ("nobody", ("visitor",), "acme"),
+    ):
         key, secret = keys.create(store, name, roles, tenant, "test")
         tokens[name], subjects[name] = secret, f"key:{key.id}"
     store.set_resources("Policy", POLICIES)
     store.close()
     documents = docstore.connect(docstore.data_path(store_path))
     DataPlane(documents, lambda: ()).sync_collections(
-        [parse_collection("orders", ORDERS), parse_collection("notes", NOTES)], prune=False, force=False)
+        [parse_collection("orders", ORDERS), parse_collection("notes", NOTES)], prune=False, force=False
+    )
     documents.close()
 
     limits = GatewayLimits(read_timeout=5, body_timeout=5, max_body=64_000, reload_interval=0.05)
-    gateway = Gateway(pool=cast(PoolManager, NoPool()), authenticator=Authenticator(store_path, AuthConfig()),
-                      metrics=Metrics(), audit=AuditLog(store_path), source=StoreTable(store_path), limits=limits)
+    gateway = Gateway(
+        pool=cast(PoolManager, NoPool()),
+        authenticator=Authenticator(store_path, AuthConfig()),
+        metrics=Metrics(),
+        audit=AuditLog(store_path),
+        source=StoreTable(store_path),
+        limits=limits,
+    )
     gateway.broker = data_broker(store_path, gateway)
     gateway.pool_ready = True
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
@@ -139,28 +174,44 @@ def test_crud_with_etags_if_match_and_merge_patch(tmp_path: Path) -> None:
 
         status, headers, got = await api.call("GET", "/v1/collections/orders/docs/o-1", "alice")
         assert status == 200 and got == made and headers["etag"] == '"1"'
-        status, _, _ = await api.call("GET", "/v1/collections/orders/docs/o-1", "alice",
-                                      headers={"If-None-Match": '"1"'})
+        status, _, _ = await api.call(
+            "GET", "/v1/collections/orders/docs/o-1", "alice", headers={"If-None-Match": '"1"'}
+        )
         assert status == 304
 
         # PUT / PATCH / DELETE need If-Match (428), a stale one is a 412, nothing written either way
         for method in ("PUT", "PATCH", "DELETE"):
-            _problem(*await api.call(method, "/v1/collections/orders/docs/o-1", "alice", body=ORDER), 428,
-                     "precondition-required")
-        _problem(*await api.call("PUT", "/v1/collections/orders/docs/o-1", "alice", body=ORDER,
-                                 headers={"If-Match": '"7"'}), 412, "precondition-failed")
-        status, _, bad = await api.call("PUT", "/v1/collections/orders/docs/o-1", "alice", body=ORDER,
-                                        headers={"If-Match": "yesterday"})
+            _problem(
+                *await api.call(method, "/v1/collections/orders/docs/o-1", "alice", body=ORDER),
+                428,
+                "precondition-required",
+            )
+        _problem(
+            *await api.call("PUT", "/v1/collections/orders/docs/o-1", "alice", body=ORDER, headers={"If-Match": '"7"'}),
+            412,
+            "precondition-failed",
+        )
+        status, _, bad = await api.call(
+            "PUT", "/v1/collections/orders/docs/o-1", "alice", body=ORDER, headers={"If-Match": "yesterday"}
+        )
         assert status == 400 and "If-Match" in bad["detail"]
 
-        status, headers, replaced = await api.call("PUT", "/v1/collections/orders/docs/o-1", "alice",
-                                                   body={**ORDER, "status": "new", "total": 12},
-                                                   headers={"If-Match": '"1"'})
+        status, headers, replaced = await api.call(
+            "PUT",
+            "/v1/collections/orders/docs/o-1",
+            "alice",
+            body={**ORDER, "status": "new", "total": 12},
+            headers={"If-Match": '"1"'},
+        )
         assert status == 200 and replaced["version"] == 2 and headers["etag"] == '"2"'
 
-        status, _, patched = await api.call("PATCH", "/v1/collections/orders/docs/o-1", "alice",
-                                            raw=b'{"status": null, "total": 3}',
-                                            headers={"If-Match": '"2"', "Content-Type": "application/merge-patch+json"})
+        status, _, patched = await api.call(
+            "PATCH",
+            "/v1/collections/orders/docs/o-1",
+            "alice",
+            raw=b'{"status": null, "total": 3}',
+            headers={"If-Match": '"2"', "Content-Type": "application/merge-patch+json"},
+        )
         assert status == 200 and patched["version"] == 3 and patched["data"] == {"customer": "c1", "total": 3}
 
         status, _, _ = await api.call("DELETE", "/v1/collections/orders/docs/o-1", "alice", headers={"If-Match": '"3"'})
@@ -179,13 +230,27 @@ def test_bad_input_is_a_problem_with_paths_and_nothing_is_written(tmp_path: Path
         body = _problem(*await api.call("POST", docs, "admin", body={"customer": 5, "total": -1}), 400, "invalid")
         assert {v["path"] for v in body["violations"]} == {"$.customer", "$.total"}, body
         _problem(*await api.call("POST", docs, "admin", body=[1, 2]), 400, "invalid")
-        _problem(*await api.call("POST", docs, "admin", raw=b'{"customer": "\xff"}',
-                                 headers={"Content-Type": "application/json"}), 400, "invalid")
-        _problem(*await api.call("POST", docs, "admin", raw=b'{"customer": NaN}',
-                                 headers={"Content-Type": "application/json"}), 400, "invalid")
-        _problem(*await api.call("POST", docs, "admin", raw=b"customer=c1",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"}), 415,
-                 "unsupported-media-type")
+        _problem(
+            *await api.call(
+                "POST", docs, "admin", raw=b'{"customer": "\xff"}', headers={"Content-Type": "application/json"}
+            ),
+            400,
+            "invalid",
+        )
+        _problem(
+            *await api.call(
+                "POST", docs, "admin", raw=b'{"customer": NaN}', headers={"Content-Type": "application/json"}
+            ),
+            400,
+            "invalid",
+        )
+        _problem(
+            *await api.call(
+                "POST", docs, "admin", raw=b"customer=c1", headers={"Content-Type": "application/x-www-form-urlencoded"}
+            ),
+            415,
+            "unsupported-media-type",
+        )
         _problem(*await api.call("POST", docs, "admin", body={**ORDER, "pad": "x" * 2000}), 413, "too-large")
         _problem(*await api.call("POST", docs + "?id=a%01b", "admin", body=ORDER), 400, "invalid")
         _problem(*await api.call("POST", docs + "?id=" + "x" * 129, "admin", body=ORDER), 400, "invalid")
@@ -211,8 +276,7 @@ def test_rights_tenants_and_unreadable_is_404(tmp_path: Path) -> None:
         await api.call("POST", docs + "?id=b1", "bob", body={**ORDER, "customer": "c2"})
         # bob may not see alice's order: 404, never 403; nor change it
         _problem(*await api.call("GET", docs + "/a1", "bob"), 404, "not-found")
-        _problem(*await api.call("PUT", docs + "/a1", "bob", body=ORDER, headers={"If-Match": '"1"'}), 404,
-                 "not-found")
+        _problem(*await api.call("PUT", docs + "/a1", "bob", body=ORDER, headers={"If-Match": '"1"'}), 404, "not-found")
         status, _, page = await api.call("GET", docs, "bob")
         assert status == 200 and [d["id"] for d in page["documents"]] == ["b1"]
         # another tenant sees nothing of acme's, even with every right; its own a1 is another document
@@ -251,38 +315,48 @@ def test_idempotency_key_inserts_once(tmp_path: Path) -> None:
         assert first[0] == 201 and again[0] in (200, 201) and again[2]["id"] == first[2]["id"]
         status, _, page = await api.call("GET", docs, "admin")
         assert len(page["documents"]) == 1
-        _problem(*await api.call("POST", docs, "alice", body=ORDER, headers={"Idempotency-Key": "k" * 300}), 400,
-                 "invalid")
+        _problem(
+            *await api.call("POST", docs, "alice", body=ORDER, headers={"Idempotency-Key": "k" * 300}), 400, "invalid"
+        )
 
     run(tmp_path, test)
 
 
 def test_batch_is_all_or_nothing(tmp_path: Path) -> None:
     async def test(api: Api) -> None:
-        good = {"operations": [
-            {"op": "insert", "collection": "orders", "id": "x1", "document": ORDER},
-            {"op": "insert", "collection": "notes", "id": "n1", "document": {"text": "hi"}},
-        ]}
+        good = {
+            "operations": [
+                {"op": "insert", "collection": "orders", "id": "x1", "document": ORDER},
+                {"op": "insert", "collection": "notes", "id": "n1", "document": {"text": "hi"}},
+            ]
+        }
         status, _, body = await api.call("POST", "/v1/batch", "admin", body=good)
         assert status == 200 and [r["id"] for r in body["results"]] == ["x1", "n1"]
-        bad = {"operations": [
-            {"op": "patch", "collection": "orders", "id": "x1", "patch": {"status": "paid"}, "ifMatch": 1},
-            {"op": "insert", "collection": "orders", "id": "x2", "document": ORDER},
-            {"op": "insert", "collection": "orders", "id": "x3", "document": {"customer": "c1"}},  # no total
-        ]}
+        bad = {
+            "operations": [
+                {"op": "patch", "collection": "orders", "id": "x1", "patch": {"status": "paid"}, "ifMatch": 1},
+                {"op": "insert", "collection": "orders", "id": "x2", "document": ORDER},
+                {"op": "insert", "collection": "orders", "id": "x3", "document": {"customer": "c1"}},  # no total
+            ]
+        }
         body = _problem(*await api.call("POST", "/v1/batch", "admin", body=bad), 400, "invalid")
         assert body["violations"], body
-        stale = {"operations": [
-            {"op": "delete", "collection": "notes", "id": "n1", "ifMatch": 1},
-            {"op": "replace", "collection": "orders", "id": "x1", "document": ORDER, "ifMatch": 9},
-        ]}
+        stale = {
+            "operations": [
+                {"op": "delete", "collection": "notes", "id": "n1", "ifMatch": 1},
+                {"op": "replace", "collection": "orders", "id": "x1", "document": ORDER, "ifMatch": 9},
+            ]
+        }
         _problem(*await api.call("POST", "/v1/batch", "admin", body=stale), 412, "precondition-failed")
-        _problem(*await api.call("POST", "/v1/batch", "admin", body={"operations": [{"op": "drop"}]}), 400,
-                 "invalid")
+        _problem(*await api.call("POST", "/v1/batch", "admin", body={"operations": [{"op": "drop"}]}), 400, "invalid")
         _problem(*await api.call("POST", "/v1/batch", "admin", body={"operations": []}), 400, "invalid")
         # a clerk's batch that touches a collection it may not write: 403, its other write not applied
-        mixed = {"operations": [{"op": "insert", "collection": "orders", "id": "a9", "document": ORDER},
-                                {"op": "insert", "collection": "notes", "id": "n9", "document": {}}]}
+        mixed = {
+            "operations": [
+                {"op": "insert", "collection": "orders", "id": "a9", "document": ORDER},
+                {"op": "insert", "collection": "notes", "id": "n9", "document": {}},
+            ]
+        }
         _problem(*await api.call("POST", "/v1/batch", "alice", body=mixed), 403, "forbidden")
         status, _, page = await api.call("GET", "/v1/collections/orders/docs", "admin")
         assert [(d["id"], d["version"], d["data"]) for d in page["documents"]] == [("x1", 1, ORDER)]
@@ -306,10 +380,17 @@ def test_change_feed_shows_only_what_the_caller_may_read(tmp_path: Path) -> None
             assert status == 200, body
             return [(c["collection"], c["id"], c["op"]) for c in body["changes"]]
 
-        assert await feed("alice") == [("orders", "a1", "insert"), ("orders", "a1", "replace"), ("notes", "n1", "insert")]
+        assert await feed("alice") == [
+            ("orders", "a1", "insert"),
+            ("orders", "a1", "replace"),
+            ("notes", "n1", "insert"),
+        ]
         assert await feed("bob") == [("orders", "b1", "insert"), ("notes", "n1", "insert")]
-        assert await feed("auditor") == [("orders", "a1", "insert"), ("orders", "b1", "insert"),
-                                         ("orders", "a1", "replace")]
+        assert await feed("auditor") == [
+            ("orders", "a1", "insert"),
+            ("orders", "b1", "insert"),
+            ("orders", "a1", "replace"),
+        ]
         assert await feed("carol") == [("orders", "c1", "insert")]
         assert await feed("nobody") == []
         status, _, body = await api.call("GET", "/v1/changes?since=0&limit=1", "admin")
@@ -376,14 +457,18 @@ def test_requests_are_audited_and_writes_are_in_the_change_log(tmp_path: Path) -
 def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
     """Writes committed together (one group on the data thread) still fail alone and answer their own request:
     a schema error, a forbidden write and a unique clash among good inserts change nothing but themselves."""
+
     async def test(api: Api) -> None:
         docs = "/v1/collections/orders/docs"
 
         async def insert(i: int) -> tuple[int, int, Any]:
             kind = i % 4
             who = "nobody" if kind == 2 else "alice"
-            body: dict[str, Any] = {"customer": f"c{i}", "total": -1 if kind == 1 else i,
-                                    "number": 7 if kind == 3 else 1000 + i}
+            body: dict[str, Any] = {
+                "customer": f"c{i}",
+                "total": -1 if kind == 1 else i,
+                "number": 7 if kind == 3 else 1000 + i,
+            }
             status, _, answer = await api.call("POST", f"{docs}?id=d{i}", who, body=body)
             return i, status, answer
 

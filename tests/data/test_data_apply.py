@@ -16,8 +16,11 @@ from fnctl.deploy.diff import ChangeKind, LiveCollection, LiveState, diff_collec
 from fnctl.deploy.plan import PlanStepKind, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.state import docstore
 
-SPEC: dict[str, Any] = {"schema": {"type": "object"}, "indexes": [{"fields": ["customer"], "unique": False}],
-                        "limits": {"documentSize": 262144}}
+SPEC: dict[str, Any] = {
+    "schema": {"type": "object"},
+    "indexes": [{"fields": ["customer"], "unique": False}],
+    "limits": {"documentSize": 262144},
+}
 
 
 def _live(**collections: tuple[dict[str, Any], int]) -> LiveState:
@@ -25,12 +28,19 @@ def _live(**collections: tuple[dict[str, Any], int]) -> LiveState:
 
 
 def test_diff_collections_create_update_delete_unchanged() -> None:
-    changed = {**SPEC, "indexes": [{"fields": ["customer"], "unique": True}], "schema": {"type": "object",
-                                                                                        "required": ["customer"]}}
+    changed = {
+        **SPEC,
+        "indexes": [{"fields": ["customer"], "unique": True}],
+        "schema": {"type": "object", "required": ["customer"]},
+    }
     live = _live(same=(SPEC, 3), moved=(SPEC, 2), gone=(SPEC, 5))
     changes = {c.name: c for c in diff_collections({"same": SPEC, "moved": changed, "new": SPEC}, live)}
-    assert {n: c.kind for n, c in changes.items()} == {"same": ChangeKind.UNCHANGED, "moved": ChangeKind.UPDATE,
-                                                      "new": ChangeKind.CREATE, "gone": ChangeKind.DELETE}
+    assert {n: c.kind for n, c in changes.items()} == {
+        "same": ChangeKind.UNCHANGED,
+        "moved": ChangeKind.UPDATE,
+        "new": ChangeKind.CREATE,
+        "gone": ChangeKind.DELETE,
+    }
     assert [f.path for f in changes["moved"].fields] == ["indexes", "schema.required"]
     assert changes["gone"].documents == 5
     listed = list(changes.values())
@@ -55,15 +65,27 @@ def test_plan_creates_collections_first_and_drops_them_last() -> None:
     collections = diff_collections({"new": SPEC, "changed": changed}, live)
     plan = make_plan("proj", [], live, prune=True, collections=collections)
     assert [(s.kind, s.collection) for s in plan.steps] == [
-        (PlanStepKind.UPDATE_COLLECTION, "changed"), (PlanStepKind.CREATE_COLLECTION, "new"), (PlanStepKind.DROP_COLLECTION, "old")]
+        (PlanStepKind.UPDATE_COLLECTION, "changed"),
+        (PlanStepKind.CREATE_COLLECTION, "new"),
+        (PlanStepKind.DROP_COLLECTION, "old"),
+    ]
     assert plan.steps[-1].detail == "4 documents; needs --force"
     document = json.loads(json.dumps(plan_to_json(plan, live_summary(live))))
-    assert document["collections"][0] == {"collection": "changed", "change": "update", "documents": 0,
-                                          "fields": [{"path": "limits.documentSize", "old": 262144, "new": 1024}]}
-    assert document["steps"][0] == {"kind": "update collection", "function": "", "detail": "limits",
-                                    "collection": "changed"}
-    assert not make_plan("proj", [], live, prune=False, collections=diff_collections({"old": SPEC, "changed": SPEC},
-                                                                                      live)).steps
+    assert document["collections"][0] == {
+        "collection": "changed",
+        "change": "update",
+        "documents": 0,
+        "fields": [{"path": "limits.documentSize", "old": 262144, "new": 1024}],
+    }
+    assert document["steps"][0] == {
+        "kind": "update collection",
+        "function": "",
+        "detail": "limits",
+        "collection": "changed",
+    }
+    assert not make_plan(
+        "proj", [], live, prune=False, collections=diff_collections({"old": SPEC, "changed": SPEC}, live)
+    ).steps
     moved = live_summary(_live(old=(changed, 4), changed=(SPEC, 0)))
     assert stale_reasons(live_summary(live), moved) == ["collections changed in the data store"]
     assert stale_reasons(live_summary(live), live_summary(_live(old=(SPEC, 99), changed=(SPEC, 0)))) == []
@@ -86,8 +108,15 @@ def test_apply_creates_updates_and_refuses_to_drop_a_collection_with_documents(t
     env = {**os.environ, "FNCTL_STATE": str(state), "NO_COLOR": "1"}
 
     def fnctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "fnctl", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     orders, notes = tmp_path / "manifests" / "orders.yaml", tmp_path / "manifests" / "notes.yaml"
     orders.write_text(COLLECTION % "orders")
@@ -96,19 +125,28 @@ def test_apply_creates_updates_and_refuses_to_drop_a_collection_with_documents(t
     diff = fnctl("diff", "-o", "json")
     assert diff.returncode == 1
     assert [(c["collection"], c["change"]) for c in json.loads(diff.stdout)["collections"]] == [
-        ("keep", "create"), ("notes", "create"), ("orders", "create")]
+        ("keep", "create"),
+        ("notes", "create"),
+        ("orders", "create"),
+    ]
     assert not docstore.data_path(state).exists()  # diff reads, never creates
     applied = fnctl("apply", "-o", "json")
     assert applied.returncode == 0, applied.stderr
     results = json.loads(applied.stdout)["results"]
     assert {(r["function"], r["action"]) for r in results if r["kind"] == "collection"} == {
-        ("keep", "create collection"), ("notes", "create collection"), ("orders", "create collection")}
+        ("keep", "create collection"),
+        ("notes", "create collection"),
+        ("orders", "create collection"),
+    }
     assert fnctl("diff").returncode == 0
     assert fnctl("apply", "-o", "json").stdout.count("collection") == 0  # nothing to do: nothing written
     assert fnctl("data", "put", "orders", "o-1", "-d", '{"customer": "c"}').returncode == 0
 
-    orders.write_text((COLLECTION % "orders").replace("indexes: [{fields: [customer]}]",
-                                                      "indexes: [{fields: [customer], unique: true}]"))
+    orders.write_text(
+        (COLLECTION % "orders").replace(
+            "indexes: [{fields: [customer]}]", "indexes: [{fields: [customer], unique: true}]"
+        )
+    )
     plan = fnctl("plan")
     assert "orders: update collection (indexes)" in plan.stdout
     assert fnctl("apply").returncode == 0

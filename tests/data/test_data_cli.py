@@ -19,9 +19,15 @@ from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 from fnctl.state.store import connect
 
-SCHEMA = {"type": "object", "required": ["customer"],
-          "properties": {"customer": {"type": "string"}, "total": {"type": "number", "minimum": 0},
-                         "status": {"type": "string"}}}
+SCHEMA = {
+    "type": "object",
+    "required": ["customer"],
+    "properties": {
+        "customer": {"type": "string"},
+        "total": {"type": "number", "minimum": 0},
+        "status": {"type": "string"},
+    },
+}
 
 
 @dataclass
@@ -42,8 +48,16 @@ class Project:
 
     def fnctl(self, *args: str, stdin: str | None = None) -> Run:
         env = {**os.environ, "FNCTL_STATE": str(self.state), "NO_COLOR": "1"}
-        done = subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=self.root, env=env, input=stdin,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", *args],
+            cwd=self.root,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         return Run(done.returncode, done.stdout, done.stderr)
 
     def ok(self, *args: str, stdin: str | None = None) -> Run:
@@ -91,20 +105,33 @@ def test_put_get_find_patch_rm_round_trip(project: Project) -> None:
     assert ordered["documents"][0]["data"]["total"] == 50 and ordered["cursor"]
     rest = project.ok("data", "find", "orders", "--order", "-total", "--cursor", ordered["cursor"], "-o", "json").json()
     assert [d["id"] for d in rest["documents"]] == ["o-1"] and rest["cursor"] is None
-    patched = project.ok("data", "patch", "orders", "o-1", "-d", '{"status": "paid", "total": null}',
-                         "--if-match", "1", "-o", "json").json()
+    patched = project.ok(
+        "data", "patch", "orders", "o-1", "-d", '{"status": "paid", "total": null}', "--if-match", "1", "-o", "json"
+    ).json()
     assert (patched["version"], patched["data"]) == (2, {"customer": "c1", "status": "paid"})
-    replaced = project.ok("data", "put", "orders", "o-1", "-d", '{"customer": "c9"}', "--if-match", "2",
-                          "-o", "json").json()
+    replaced = project.ok(
+        "data", "put", "orders", "o-1", "-d", '{"customer": "c9"}', "--if-match", "2", "-o", "json"
+    ).json()
     assert replaced["version"] == 3
     project.ok("data", "rm", "orders", "o-1", "--if-match", "3")
     assert project.fnctl("data", "get", "orders", "o-1").code == 1
     listed = project.ok("data", "ls", "-o", "json").json()
-    assert listed == [{"name": "orders", "documents": 1, "version": 1,
-                       "indexes": [{"fields": ["customer"], "unique": False}, {"fields": ["total"], "unique": False}]}]
+    assert listed == [
+        {
+            "name": "orders",
+            "documents": 1,
+            "version": 1,
+            "indexes": [{"fields": ["customer"], "unique": False}, {"fields": ["total"], "unique": False}],
+        }
+    ]
     ops = [(c.id, c.op) for c in project.changes()]
-    assert ops == [("o-1", "insert"), (fresh["id"], "insert"), ("o-1", "replace"), ("o-1", "replace"),
-                   ("o-1", "delete")]
+    assert ops == [
+        ("o-1", "insert"),
+        (fresh["id"], "insert"),
+        ("o-1", "replace"),
+        ("o-1", "replace"),
+        ("o-1", "delete"),
+    ]
     assert all(c.actor.startswith("operator:") for c in project.changes())
 
 
@@ -115,24 +142,28 @@ def test_tenants_are_separate(project: Project) -> None:
     assert project.ok("data", "find", "orders", "-o", "json").json()["documents"] == []
 
 
-@pytest.mark.parametrize(("args", "stdin", "needle"), [
-    (("data", "put", "nope", "x", "-d", "{}"), None, "no collection 'nope' (collections: orders)"),
-    (("data", "find", "nope"), None, "no collection 'nope'"),
-    (("data", "put", "orders", "x", "-d", "{not json"), None, "is not valid JSON"),
-    (("data", "put", "orders", "x", "-d", "[1, 2]"), None, "a document is a JSON object"),
-    (("data", "put", "orders", "x"), '"text"', "a document is a JSON object"),
-    (("data", "put", "orders", "x", "-d", '{"customer": 7, "total": -1}'), None, "$.customer: 7 is not of type"),
-    (("data", "put", "orders", "a/b", "-d", '{"customer": "c"}'), None, "cannot contain '/'"),
-    (("data", "put", "orders", "a\tb", "-d", '{"customer": "c"}'), None, "control characters"),
-    (("data", "put", "orders", "x" * 129, "-d", '{"customer": "c"}'), None, "1 to 128 characters"),
-    (("data", "find", "orders", '{"total": {"$near": 1}}'), None, "unknown operator '$near'"),
-    (("data", "find", "orders", '{"total": {"$in": 3}}'), None, "$in"),
-    (("data", "find", "orders", "{bad"), None, "the filter is not valid JSON"),
-    (("data", "find", "orders", "--order", "status"), None, "cannot order by 'status': it is not indexed"),
-    (("data", "patch", "orders", "x", "-d", "[1]"), None, "a merge patch is a JSON object"),
-])
-def test_bad_input_exits_2_and_writes_nothing(project: Project, args: tuple[str, ...], stdin: str | None,
-                                               needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (("data", "put", "nope", "x", "-d", "{}"), None, "no collection 'nope' (collections: orders)"),
+        (("data", "find", "nope"), None, "no collection 'nope'"),
+        (("data", "put", "orders", "x", "-d", "{not json"), None, "is not valid JSON"),
+        (("data", "put", "orders", "x", "-d", "[1, 2]"), None, "a document is a JSON object"),
+        (("data", "put", "orders", "x"), '"text"', "a document is a JSON object"),
+        (("data", "put", "orders", "x", "-d", '{"customer": 7, "total": -1}'), None, "$.customer: 7 is not of type"),
+        (("data", "put", "orders", "a/b", "-d", '{"customer": "c"}'), None, "cannot contain '/'"),
+        (("data", "put", "orders", "a\tb", "-d", '{"customer": "c"}'), None, "control characters"),
+        (("data", "put", "orders", "x" * 129, "-d", '{"customer": "c"}'), None, "1 to 128 characters"),
+        (("data", "find", "orders", '{"total": {"$near": 1}}'), None, "unknown operator '$near'"),
+        (("data", "find", "orders", '{"total": {"$in": 3}}'), None, "$in"),
+        (("data", "find", "orders", "{bad"), None, "the filter is not valid JSON"),
+        (("data", "find", "orders", "--order", "status"), None, "cannot order by 'status': it is not indexed"),
+        (("data", "patch", "orders", "x", "-d", "[1]"), None, "a merge patch is a JSON object"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(
+    project: Project, args: tuple[str, ...], stdin: str | None, needle: str
+) -> None:
     run = project.fnctl(*args, stdin=stdin)
     assert run.code == 2, (run.out, run.err)
     assert needle in run.err
@@ -148,24 +179,39 @@ def test_schema_violations_are_all_listed_with_their_paths(project: Project) -> 
 
 def test_existing_documents_need_if_match_or_force(project: Project) -> None:
     project.ok("data", "put", "orders", "o-1", "-d", '{"customer": "c1"}')
-    for args in (("put", "orders", "o-1", "-d", '{"customer": "c2"}'), ("patch", "orders", "o-1", "-d", "{}"),
-                 ("rm", "orders", "o-1")):
+    for args in (
+        ("put", "orders", "o-1", "-d", '{"customer": "c2"}'),
+        ("patch", "orders", "o-1", "-d", "{}"),
+        ("rm", "orders", "o-1"),
+    ):
         run = project.fnctl("data", *args)
         assert run.code == 2 and "--if-match" in run.err, (args, run.err)
     stale = project.fnctl("data", "put", "orders", "o-1", "-d", '{"customer": "c2"}', "--if-match", "7")
     assert stale.code == 1 and "version 1, not 7" in stale.err
     assert project.ok("data", "get", "orders", "o-1", "-o", "json").json()["version"] == 1
-    assert project.ok("data", "put", "orders", "o-1", "-d", '{"customer": "c3"}', "--force", "-o",
-                      "json").json()["version"] == 2
+    assert (
+        project.ok("data", "put", "orders", "o-1", "-d", '{"customer": "c3"}', "--force", "-o", "json").json()[
+            "version"
+        ]
+        == 2
+    )
     project.ok("data", "rm", "orders", "o-1", "--force")
     assert project.count() == 0
 
 
 def test_import_refuses_bad_lines_by_number_and_writes_nothing(project: Project, tmp_path: Path) -> None:
     project.ok("data", "put", "orders", "taken", "-d", '{"customer": "c"}')
-    lines = ['{"customer": "ok"}', "", '{"customer": 1}', "[1]", "{bad", '{"id": "x/y", "data": {"customer": "q"}}',
-             '{"id": "taken", "data": {"customer": "q"}}', '{"id": "twice", "data": {"customer": "q"}}',
-             '{"id": "twice", "data": {"customer": "q"}}']
+    lines = [
+        '{"customer": "ok"}',
+        "",
+        '{"customer": 1}',
+        "[1]",
+        "{bad",
+        '{"id": "x/y", "data": {"customer": "q"}}',
+        '{"id": "taken", "data": {"customer": "q"}}',
+        '{"id": "twice", "data": {"customer": "q"}}',
+        '{"id": "twice", "data": {"customer": "q"}}',
+    ]
     path = tmp_path / "bad.ndjson"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     for extra in ((), ("--batch", "2")):
@@ -183,8 +229,9 @@ def test_import_refuses_bad_lines_by_number_and_writes_nothing(project: Project,
 
 def test_import_without_check_first_commits_whole_batches_only(project: Project, tmp_path: Path) -> None:
     path = tmp_path / "docs.ndjson"
-    path.write_text("".join(json.dumps({"customer": f"c{i}"}) + "\n" for i in range(5)) + '{"customer": 1}\n',
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"customer": f"c{i}"}) + "\n" for i in range(5)) + '{"customer": 1}\n', encoding="utf-8"
+    )
     run = project.fnctl("data", "import", "orders", str(path), "--batch", "3", "--no-check-first")
     assert run.code == 2 and "line 6:" in run.err and "the 3 documents of the lines before it were" in run.err
     assert project.count() == 3  # the first batch; the second (lines 4-6) not at all
@@ -219,8 +266,9 @@ def test_check_lists_documents_that_no_longer_conform(project: Project) -> None:
     store.close()
     run = project.fnctl("data", "check", "orders", "-o", "json")
     assert run.code == 1
-    assert run.json()["nonconforming"] == [{"tenant": "", "id": "b", "violations": [
-        {"path": "$", "message": "'total' is a required property"}]}]
+    assert run.json()["nonconforming"] == [
+        {"tenant": "", "id": "b", "violations": [{"path": "$", "message": "'total' is a required property"}]}
+    ]
     text = project.fnctl("data", "check", "orders")
     assert text.code == 1 and "b: $: 'total' is a required property" in text.out
 

@@ -27,7 +27,7 @@ from fnctl.state import docstore
 
 pytestmark = pytest.mark.docker
 
-HANDLER = '''\
+HANDLER = """\
 def handler(event, context):
     if event.get("op") == "probe":
         return {"ok": True}
@@ -36,7 +36,7 @@ def handler(event, context):
     accounts.update(src["id"], {"balance": src["data"]["balance"] - event["amount"]})
     accounts.update(dst["id"], {"balance": dst["data"]["balance"] + event["amount"]})
     return {"moved": event["amount"]}
-'''
+"""
 MANIFESTS = """\
 apiVersion: fnctl/v1
 kind: Function
@@ -84,8 +84,13 @@ class Crashable:
 
     def start(self) -> Live:
         err = (self.project.root.parent / "serve.err").open("a")
-        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve"], cwd=self.project.root,
-                                env=self.project.environ(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve"],
+            cwd=self.project.root,
+            env=self.project.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         self.proc = proc
         until(lambda: _ready(self.port) or proc.poll() is not None, "the gateway to be ready", timeout=120)
         assert proc.poll() is None, (self.project.root.parent / "serve.err").read_text()
@@ -128,12 +133,17 @@ def crashable(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base
 @dataclass
 class Load:
     """Requests sent without pause from a thread of their own until the gateway dies under them."""
+
     answered: Counter[int] = field(default_factory=Counter)
     in_flight: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, worker: Callable[[aiohttp.ClientSession, int], Coroutine[Any, Any, None]], workers: int,
-            headers: dict[str, str]) -> threading.Thread:
+    def run(
+        self,
+        worker: Callable[[aiohttp.ClientSession, int], Coroutine[Any, Any, None]],
+        workers: int,
+        headers: dict[str, str],
+    ) -> threading.Thread:
         async def main() -> None:
             async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as session:
                 await asyncio.gather(*(worker(session, i) for i in range(workers)), return_exceptions=True)
@@ -184,8 +194,10 @@ def test_kill_9_in_the_middle_of_batches_leaves_each_whole_or_absent(crashable: 
     async def worker(session: aiohttp.ClientSession, n: int) -> None:
         for i in range(100_000):
             tag = f"w{n}-{i}"
-            operations = [{"op": "insert", "collection": "items", "id": f"{tag}-{k}", "document": {"batch": tag}}
-                          for k in range(BATCH)]
+            operations = [
+                {"op": "insert", "collection": "items", "id": f"{tag}-{k}", "document": {"batch": tag}}
+                for k in range(BATCH)
+            ]
             status = await load.send(session, "POST", url, {"operations": operations})
             assert status == 200
 
@@ -206,17 +218,33 @@ def test_kill_9_in_the_middle_of_batches_leaves_each_whole_or_absent(crashable: 
     tag = next(iter(sizes))
     status, doc = live.rest("GET", f"/v1/collections/items/docs/{tag}-0", "admin")
     assert status == 200 and doc["data"] == {"batch": tag}, doc
-    status, body = live.rest("POST", "/v1/batch", "admin", {"operations": [
-        {"op": "insert", "collection": "items", "id": "after-restart", "document": {"batch": "after"}}]})
+    status, body = live.rest(
+        "POST",
+        "/v1/batch",
+        "admin",
+        {
+            "operations": [
+                {"op": "insert", "collection": "items", "id": "after-restart", "document": {"batch": "after"}}
+            ]
+        },
+    )
     assert status == 200, body
     crashable.stop()
 
 
 def test_kill_9_while_procedures_commit_leaves_each_transfer_whole_or_absent(crashable: Crashable) -> None:
     live = crashable.start()
-    status, body = live.rest("POST", "/v1/batch", "admin", {"operations": [
-        {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 100}}
-        for i in range(ACCOUNTS)]})
+    status, body = live.rest(
+        "POST",
+        "/v1/batch",
+        "admin",
+        {
+            "operations": [
+                {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 100}}
+                for i in range(ACCOUNTS)
+            ]
+        },
+    )
     assert status == 200, body
     load = Load()
     url = f"http://127.0.0.1:{live.port}/invoke/transfer"
@@ -225,8 +253,9 @@ def test_kill_9_while_procedures_commit_leaves_each_transfer_whole_or_absent(cra
         rng = random.Random(n)
         while True:
             a, b = rng.sample(range(ACCOUNTS), 2)
-            status = await load.send(session, "POST", url, {"from": f"a{a}", "to": f"a{b}",
-                                                            "amount": rng.randint(1, 10)})
+            status = await load.send(
+                session, "POST", url, {"from": f"a{a}", "to": f"a{b}", "amount": rng.randint(1, 10)}
+            )
             assert status in (200, 409)
 
     thread = load.run(worker, 12, {"Authorization": f"Bearer {live.tokens['admin']}"})
@@ -235,19 +264,27 @@ def test_kill_9_while_procedures_commit_leaves_each_transfer_whole_or_absent(cra
     db = _data(crashable)
     rows = db.execute("SELECT id, version, json_extract(data, '$.balance') FROM docs_accounts").fetchall()
     assert len(rows) == ACCOUNTS and sum(r[2] for r in rows) == TOTAL, rows  # no transfer in part
-    transfers = Counter(t for (t,) in db.execute(
-        "SELECT txn FROM changes WHERE collection = 'accounts' AND function = 'transfer'").fetchall())
+    transfers = Counter(
+        t
+        for (t,) in db.execute(
+            "SELECT txn FROM changes WHERE collection = 'accounts' AND function = 'transfer'"
+        ).fetchall()
+    )
     assert set(transfers.values()) == {2} and len(transfers) >= load.answered[200], transfers.most_common(3)
     # each account's version is its insert plus one per committed transfer that touched it
-    updates = Counter(i for (i,) in db.execute(
-        "SELECT id FROM changes WHERE collection = 'accounts' AND op != 'insert'").fetchall())
+    updates = Counter(
+        i for (i,) in db.execute("SELECT id FROM changes WHERE collection = 'accounts' AND op != 'insert'").fetchall()
+    )
     assert {i: v for i, v, _ in rows} == {i: 1 + updates[i] for i, _, _ in rows}
     db.close()
     assert crashable.project.fnctl("audit", "verify").code == 0
     # after the restart, transfers commit again and the total holds
     live = crashable.start()
-    until(lambda: live.invoke("transfer", {"from": "a0", "to": "a1", "amount": 1}, "admin")[0] == 200,
-          "a transfer after the restart", timeout=120)
+    until(
+        lambda: live.invoke("transfer", {"from": "a0", "to": "a1", "amount": 1}, "admin")[0] == 200,
+        "a transfer after the restart",
+        timeout=120,
+    )
     status, page = live.rest("GET", "/v1/collections/accounts/docs?limit=100", "admin")
     assert status == 200 and sum(d["data"]["balance"] for d in page["documents"]) == TOTAL
     crashable.stop()

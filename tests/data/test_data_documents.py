@@ -33,18 +33,30 @@ from fnctl.data.filters import parse
 from fnctl.manifest.model import Collection, Grant, Index, Policy, RowRule
 from fnctl.state import docstore
 
-SCHEMA = {"type": "object", "required": ["customer"], "properties": {
-    "customer": {"type": "string"}, "total": {"type": "number", "minimum": 0},
-    "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}}}
-ORDERS = Collection("orders", SCHEMA, (Index(("customer", "createdAt")), Index(("number",), unique=True),
-                                       Index(("total",))), 4096)
+SCHEMA = {
+    "type": "object",
+    "required": ["customer"],
+    "properties": {
+        "customer": {"type": "string"},
+        "total": {"type": "number", "minimum": 0},
+        "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}},
+    },
+}
+ORDERS = Collection(
+    "orders", SCHEMA, (Index(("customer", "createdAt")), Index(("number",), unique=True), Index(("total",))), 4096
+)
 NOTES = Collection("notes", None)
 MINE = RowRule("orders", parse({"customer": "$caller.id"}, caller_refs=True))
-POLICIES = [Policy("p", {
-    "clerk": Grant(read=("orders", "notes"), write=("orders", "notes")),
-    "viewer": Grant(read=("orders",)),
-    "customer": Grant(read=(MINE,), write=(MINE,)),
-})]
+POLICIES = [
+    Policy(
+        "p",
+        {
+            "clerk": Grant(read=("orders", "notes"), write=("orders", "notes")),
+            "viewer": Grant(read=("orders",)),
+            "customer": Grant(read=(MINE,), write=(MINE,)),
+        },
+    )
+]
 
 
 @pytest.fixture
@@ -195,8 +207,12 @@ def test_the_filter_uses_the_generated_column_index(plane: DataPlane) -> None:
     query = docstore.Query("orders", "acme", parse({"number": 5}), (("id", False),), 10)
     sql, params = docstore.compile_filter(query.filter, {"number", "total", "customer", "createdAt"})
     db = sqlite3.connect(plane.store.path)
-    plan = " ".join(str(r) for r in db.execute(
-        f"EXPLAIN QUERY PLAN SELECT id FROM docs_orders WHERE tenant = ? AND {sql}", ["acme", *params]))
+    plan = " ".join(
+        str(r)
+        for r in db.execute(
+            f"EXPLAIN QUERY PLAN SELECT id FROM docs_orders WHERE tenant = ? AND {sql}", ["acme", *params]
+        )
+    )
     assert "USING INDEX" in plan and "docs_orders_ix_" in plan, plan
 
 
@@ -294,8 +310,13 @@ def test_a_transaction_is_all_or_nothing_and_reads_its_own_writes(plane: DataPla
     assert plane.get(CLERK, "orders", "second").version == 1
     # A batch with one bad write writes nothing.
     with pytest.raises(Invalid):
-        plane.batch(CLERK, [WriteOp("insert", "orders", "third", {"customer": "c"}),
-                            WriteOp("patch", "orders", "acct", {"total": -5})])
+        plane.batch(
+            CLERK,
+            [
+                WriteOp("insert", "orders", "third", {"customer": "c"}),
+                WriteOp("patch", "orders", "acct", {"total": -5}),
+            ],
+        )
     with pytest.raises(NotFound):
         plane.get(CLERK, "orders", "third")
     # A commit that fails on a unique index applies none of its writes.
@@ -359,8 +380,11 @@ def test_the_change_log_is_a_verified_hash_chain(plane: DataPlane) -> None:
     plane.patch(ALICE, "orders", doc.id, {"total": 2})
     plane.delete(CLERK, "orders", doc.id)
     changes = plane.changes(CLERK)
-    assert [(c.op, c.actor) for c in changes] == [("insert", "jwt:alice"), ("replace", "jwt:alice"),
-                                                  ("delete", "key:clerk")]
+    assert [(c.op, c.actor) for c in changes] == [
+        ("insert", "jwt:alice"),
+        ("replace", "jwt:alice"),
+        ("delete", "key:clerk"),
+    ]
     assert changes[1].before and changes[1].before["version"] == 1 and changes[1].after["version"] == 2  # type: ignore[index]
     assert plane.store.verify_changes().intact
     db = sqlite3.connect(plane.store.path)
@@ -439,8 +463,7 @@ def test_a_group_commit_keeps_each_write_all_or_nothing_and_fails_them_alone(pla
         plane.stage(CLERK, WriteOp("insert", "orders", "new-1", {"customer": "b", "number": 2})),
         plane.stage(CLERK, WriteOp("insert", "orders", "dup-number", {"customer": "c", "number": 1})),  # unique
         plane.stage(CLERK, WriteOp("patch", "orders", "stale", {"total": 2}, seen.version), require_if_match=True),
-        plane.stage(CLERK, WriteOp("insert", "orders", "new-2", {"customer": "d", "number": 3}),
-                    idempotency_key="k-1"),
+        plane.stage(CLERK, WriteOp("insert", "orders", "new-2", {"customer": "d", "number": 3}), idempotency_key="k-1"),
         plane.stage(CLERK, WriteOp("insert", "orders", "new-3", {"customer": "e", "number": 2})),  # dup of new-1
     ]
     plane.patch(CLERK, "orders", "stale", {"total": 9}, if_match=seen.version)  # moves under the staged patch

@@ -16,8 +16,15 @@ from fnctl.state.docstore import compile_filter
 
 
 def env(data: dict[str, Any], **meta: Any) -> dict[str, Any]:
-    return {"id": meta.get("id", "d1"), "version": 1, "createdAt": "2026-01-01T00:00:00.000000Z",
-            "createdBy": "key:a", "updatedAt": "2026-01-01T00:00:00.000000Z", "updatedBy": "key:a", "data": data}
+    return {
+        "id": meta.get("id", "d1"),
+        "version": 1,
+        "createdAt": "2026-01-01T00:00:00.000000Z",
+        "createdBy": "key:a",
+        "updatedAt": "2026-01-01T00:00:00.000000Z",
+        "updatedBy": "key:a",
+        "data": data,
+    }
 
 
 def test_parsing_builds_the_ast() -> None:
@@ -25,19 +32,39 @@ def test_parsing_builds_the_ast() -> None:
     assert parse({"status": "paid"}) == Compare("status", Op.EQ, "paid")
     assert parse({"total": {"$gt": 10, "$lte": 20}}) == And((Compare("total", Op.GT, 10), Compare("total", Op.LTE, 20)))
     assert parse({"$or": [{"a": 1}, {"b": {"$in": [1, "x", None]}}]}) == Or(
-        (Compare("a", Op.EQ, 1), Compare("b", Op.IN, (1, "x", None))))
+        (Compare("a", Op.EQ, 1), Compare("b", Op.IN, (1, "x", None)))
+    )
     assert parse({"$not": {"customer.id": {"$exists": True}}}) == Not(Compare("customer.id", Op.EXISTS, True))
 
 
-@pytest.mark.parametrize(("raw", "where"), [
-    ([], "$"), ("x", "$"), ({"a": {"$regex": "x"}}, "$.a.$regex"), ({"$where": "1"}, "$.$where"),
-    ({"a": {"$in": 3}}, "$.a.$in"), ({"a": {"$nin": "x"}}, "$.a.$nin"), ({"a": {"$gt": [1]}}, "$.a.$gt"),
-    ({"a": {"$gt": None}}, "$.a.$gt"), ({"a": {"$gt": True}}, "$.a.$gt"), ({"a": {"$eq": {"b": 1}}}, "$.a.$eq"),
-    ({"a": [1, 2]}, "$.a"), ({"a": {"b": 1}}, "$.a"), ({"a": {}}, "$.a"), ({"$and": []}, "$.$and"),
-    ({"$or": {}}, "$.$or"), ({"$not": []}, "$.$not"), ({"$and": [{"a": {"$bad": 1}}]}, "$.$and[0].a.$bad"),
-    ({"a..b": 1}, "$['a..b']"), ({"": 1}, "$['']"), ({"a b": 1}, "$['a b']"), ({"a": {"$exists": 1}}, "$.a.$exists"),
-    ({"a": float("nan")}, "$.a"), ({"a": {"$in": [[1]]}}, "$.a.$in[0]"),
-])
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ([], "$"),
+        ("x", "$"),
+        ({"a": {"$regex": "x"}}, "$.a.$regex"),
+        ({"$where": "1"}, "$.$where"),
+        ({"a": {"$in": 3}}, "$.a.$in"),
+        ({"a": {"$nin": "x"}}, "$.a.$nin"),
+        ({"a": {"$gt": [1]}}, "$.a.$gt"),
+        ({"a": {"$gt": None}}, "$.a.$gt"),
+        ({"a": {"$gt": True}}, "$.a.$gt"),
+        ({"a": {"$eq": {"b": 1}}}, "$.a.$eq"),
+        ({"a": [1, 2]}, "$.a"),
+        ({"a": {"b": 1}}, "$.a"),
+        ({"a": {}}, "$.a"),
+        ({"$and": []}, "$.$and"),
+        ({"$or": {}}, "$.$or"),
+        ({"$not": []}, "$.$not"),
+        ({"$and": [{"a": {"$bad": 1}}]}, "$.$and[0].a.$bad"),
+        ({"a..b": 1}, "$['a..b']"),
+        ({"": 1}, "$['']"),
+        ({"a b": 1}, "$['a b']"),
+        ({"a": {"$exists": 1}}, "$.a.$exists"),
+        ({"a": float("nan")}, "$.a"),
+        ({"a": {"$in": [[1]]}}, "$.a.$in[0]"),
+    ],
+)
 def test_bad_filters_are_400_naming_the_json_path(raw: Any, where: str) -> None:
     with pytest.raises(BadFilter) as caught:
         parse(raw)
@@ -59,8 +86,9 @@ def test_caller_references_only_in_row_rules() -> None:
     assert parse({"owner": "$caller.id"}) == Compare("owner", Op.EQ, "$caller.id")  # a query: a plain string
     rule = parse({"owner": "$caller.id", "org": "$caller.tenant", "role": {"$in": "$caller.roles"}}, caller_refs=True)
     caller = Caller("jwt:alice", "jwt", frozenset({"b", "a"}), "acme")
-    assert bind(rule, caller) == And((Compare("owner", Op.EQ, "jwt:alice"), Compare("org", Op.EQ, "acme"),
-                                      Compare("role", Op.IN, ("a", "b"))))
+    assert bind(rule, caller) == And(
+        (Compare("owner", Op.EQ, "jwt:alice"), Compare("org", Op.EQ, "acme"), Compare("role", Op.IN, ("a", "b")))
+    )
     with pytest.raises(BadFilter, match="unknown reference"):
         parse({"owner": "$caller.email"}, caller_refs=True)
     with pytest.raises(BadFilter, match="cannot be used here"):
@@ -111,10 +139,15 @@ def test_the_evaluator_and_the_compiled_sql_agree(raw: dict[str, Any], data: dic
     ast = parse(raw)
     assert matches(ast, env(data)) is expected
     db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE t (id TEXT, version INTEGER, created_at TEXT, created_by TEXT, updated_at TEXT, "
-               "updated_by TEXT, data TEXT)")
-    db.execute("INSERT INTO t VALUES ('d1', 1, '2026-01-01T00:00:00.000000Z', 'key:a', '2026-01-01T00:00:00.000000Z', "
-               "'key:a', ?)", (json.dumps(data),))
+    db.execute(
+        "CREATE TABLE t (id TEXT, version INTEGER, created_at TEXT, created_by TEXT, updated_at TEXT, "
+        "updated_by TEXT, data TEXT)"
+    )
+    db.execute(
+        "INSERT INTO t VALUES ('d1', 1, '2026-01-01T00:00:00.000000Z', 'key:a', '2026-01-01T00:00:00.000000Z', "
+        "'key:a', ?)",
+        (json.dumps(data),),
+    )
     sql, params = compile_filter(ast)
     assert "'" not in sql.replace("'integer'", "").replace("'real'", "").replace("'text'", "")  # values are parameters
     assert db.execute(f"SELECT COUNT(*) FROM t WHERE {sql}", params).fetchone()[0] == int(expected), (sql, params)

@@ -28,7 +28,7 @@ from fnctl.state import docstore
 
 pytestmark = pytest.mark.docker
 
-HANDLER = '''\
+HANDLER = """\
 def handler(event, context):
     db = context.db
     op = event.get("op")
@@ -62,16 +62,19 @@ def handler(event, context):
     except context.db.DataError as error:
         return {"error": type(error).__name__, "status": error.status}
     raise ValueError(f"unknown op {op!r}")
-'''
+"""
 
-COLLECTIONS: dict[str, dict[str, Any]] = {"accounts": {"schema": {"type": "object", "required": ["balance"],
-                                       "properties": {"balance": {"type": "integer"}}}},
-               "secrets": {"schema": {"type": "object"}}}
-POLICY = {"roles": {
-    "clerk": {"read": ["accounts"], "write": ["accounts"]},
-    "admin": {"read": ["*"], "write": ["*"]},
-    "function:self-data": {"read": ["secrets"]},
-}}
+COLLECTIONS: dict[str, dict[str, Any]] = {
+    "accounts": {"schema": {"type": "object", "required": ["balance"], "properties": {"balance": {"type": "integer"}}}},
+    "secrets": {"schema": {"type": "object"}},
+}
+POLICY = {
+    "roles": {
+        "clerk": {"read": ["accounts"], "write": ["accounts"]},
+        "admin": {"read": ["*"], "write": ["*"]},
+        "function:self-data": {"read": ["secrets"]},
+    }
+}
 
 
 def _manifest(name: str, extra: str, scaling: str) -> str:
@@ -123,8 +126,9 @@ class Live:
         finally:
             connection.close()
 
-    def rest(self, method: str, path: str, who: str, body: Any = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def rest(
+        self, method: str, path: str, who: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         import http.client
 
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -171,14 +175,18 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         code.mkdir(parents=True)
         (code / "main.py").write_text(HANDLER, encoding="utf-8")
         for name, extra in FUNCTIONS.items():
-            scaling = "{minInstances: 2, maxInstances: 2, concurrency: 8}" if name == "transfer" else \
-                "{minInstances: 1, maxInstances: 2, concurrency: 8}"
+            scaling = (
+                "{minInstances: 2, maxInstances: 2, concurrency: 8}"
+                if name == "transfer"
+                else "{minInstances: 1, maxInstances: 2, concurrency: 8}"
+            )
             (project.root / "manifests" / f"{name}.yaml").write_text(_manifest(name, extra, scaling), encoding="utf-8")
         project.ok("apply")
         # The collections and the Policy, as `apply` will publish them (its collection sync is another change)
         documents = docstore.connect(docstore.data_path(project.state))
         DataPlane(documents, lambda: ()).sync_collections(
-            [parse_collection(n, spec) for n, spec in COLLECTIONS.items()], prune=False, force=False)
+            [parse_collection(n, spec) for n, spec in COLLECTIONS.items()], prune=False, force=False
+        )
         documents.close()
         tokens, subjects = {}, {}
         with project.store() as store:
@@ -187,16 +195,30 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
                 key, secret = keys.create(store, name, (role,), None, "test")  # the default tenant, as --local's
                 tokens[name], subjects[name] = secret, f"key:{key.id}"
         err = (root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve"], cwd=project.root, env=project.environ(),
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve"],
+            cwd=project.root,
+            env=project.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=90)
         assert proc.poll() is None, (root.parent / "serve.err").read_text()
         live = Live(project, port, tokens, subjects)
-        accounts = [{"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 100}}
-                    for i in range(20)]
-        status, body = live.rest("POST", "/v1/batch", "admin",
-                                 {"operations": [*accounts, {"op": "insert", "collection": "secrets", "id": "s1",
-                                                             "document": {"value": "x"}}]})
+        accounts = [
+            {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 100}} for i in range(20)
+        ]
+        status, body = live.rest(
+            "POST",
+            "/v1/batch",
+            "admin",
+            {
+                "operations": [
+                    *accounts,
+                    {"op": "insert", "collection": "secrets", "id": "s1", "document": {"value": "x"}},
+                ]
+            },
+        )
         assert status == 200, body
         yield live
     finally:
@@ -219,8 +241,9 @@ def test_context_db_uses_the_callers_rights(live: Live) -> None:
     status, body = live.invoke("data", {"op": "get", "c": "secrets", "id": "s1"}, "alice")
     assert body == {"error": "NotFound", "status": 404}, body
     # a write is in the change log with the caller as actor and the function and revision it came from
-    status, body = live.invoke("data", {"op": "insert", "c": "accounts", "id": "by-alice", "doc": {"balance": 0}},
-                               "alice")
+    status, body = live.invoke(
+        "data", {"op": "insert", "c": "accounts", "id": "by-alice", "doc": {"balance": 0}}, "alice"
+    )
     assert status == 200 and body["doc"]["createdBy"] == live.subjects["alice"], body
     documents = docstore.connect(docstore.data_path(live.project.state))
     try:
@@ -259,8 +282,7 @@ def test_a_procedure_that_raises_writes_nothing(live: Live) -> None:
     assert status != 200, body
     status, body = live.rest("GET", "/v1/collections/accounts/docs/p-raised", "admin")
     assert status == 404, body
-    status, body = live.invoke("proc", {"op": "insert", "c": "accounts", "id": "p-ok", "doc": {"balance": 0}},
-                               "alice")
+    status, body = live.invoke("proc", {"op": "insert", "c": "accounts", "id": "p-ok", "doc": {"balance": 0}}, "alice")
     assert status == 200, body
     status, body = live.rest("GET", "/v1/collections/accounts/docs/p-ok", "admin")
     assert status == 200 and body["version"] == 1, body
@@ -272,6 +294,7 @@ def test_bank_transfers_keep_the_total_under_concurrent_procedures(live: Live) -
         headers = {"Authorization": f"Bearer {live.tokens['alice']}"}
         stop = time.monotonic() + 4.0  # bounded: a few seconds of contention, not a duration under test
         async with aiohttp.ClientSession(headers=headers) as session:
+
             async def worker(seed: int) -> None:
                 rng = random.Random(seed)
                 while time.monotonic() < stop:
@@ -280,6 +303,7 @@ def test_bank_transfers_keep_the_total_under_concurrent_procedures(live: Live) -
                     async with session.post(f"http://127.0.0.1:{live.port}/invoke/transfer", json=event) as r:
                         await r.read()
                         statuses.append(r.status)
+
             await asyncio.gather(*(worker(i) for i in range(12)))
         return statuses
 
@@ -304,18 +328,39 @@ def test_invoke_local_has_a_working_context_db(live: Live, tmp_path: Path) -> No
     result = project.fnctl("invoke", "--local", "data", "-d", json.dumps({"op": "get", "c": "accounts", "id": "a1"}))
     assert result.code == 0 and json.loads(result.out) == {"error": "NotFound", "status": 404}, result.text
     # --data-from the running store: the gateway's data, as the operator
-    result = project.fnctl("invoke", "--local", "data", "--data-from", str(project.state), "-d",
-                           json.dumps({"op": "get", "c": "accounts", "id": "a1"}))
+    result = project.fnctl(
+        "invoke",
+        "--local",
+        "data",
+        "--data-from",
+        str(project.state),
+        "-d",
+        json.dumps({"op": "get", "c": "accounts", "id": "a1"}),
+    )
     assert result.code == 0, result.text
     assert json.loads(result.out)["doc"]["id"] == "a1", result.out
-    result = project.fnctl("invoke", "--local", "data", "--data-from", str(project.state), "-d",
-                           json.dumps({"op": "insert", "c": "secrets", "id": "local-1", "doc": {"v": 1}}))
+    result = project.fnctl(
+        "invoke",
+        "--local",
+        "data",
+        "--data-from",
+        str(project.state),
+        "-d",
+        json.dumps({"op": "insert", "c": "secrets", "id": "local-1", "doc": {"v": 1}}),
+    )
     assert result.code == 0, result.text
     status, body = live.rest("GET", "/v1/collections/secrets/docs/local-1", "admin")
     assert status == 200 and body["createdBy"].startswith("operator:"), body
     # a local procedure that raises writes nothing either
-    result = project.fnctl("invoke", "--local", "proc", "--data-from", str(project.state), "-d",
-                           json.dumps({"op": "insert_then_raise", "id": "local-raised"}))
+    result = project.fnctl(
+        "invoke",
+        "--local",
+        "proc",
+        "--data-from",
+        str(project.state),
+        "-d",
+        json.dumps({"op": "insert_then_raise", "id": "local-raised"}),
+    )
     assert result.code != 0
     status, _ = live.rest("GET", "/v1/collections/accounts/docs/local-raised", "admin")
     assert status == 404

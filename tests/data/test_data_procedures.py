@@ -24,7 +24,7 @@ pytestmark = pytest.mark.docker
 # RUNS counts the runs of each key in this instance (maxInstances 1: a re-run comes back here). The first run
 # of a key reads the `gate` document, then re-reads it until a concurrent write changes it (the test's writer):
 # that read is stale, so the transaction cannot commit.
-HANDLER = '''\
+HANDLER = """\
 import time
 
 RUNS = {}
@@ -58,7 +58,7 @@ def handler(event, context):
         db["notes"].insert({"runs": RUNS[key]}, id=key)
         return {"runs": RUNS[key]}
     raise ValueError(f"unknown op {op!r}")
-'''
+"""
 
 
 def _function(name: str, extra: str) -> str:
@@ -130,13 +130,22 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         with project.store() as store:
             key, secret = keys.create(store, "admin", ("admin",), None, "test")
         err = (root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve"], cwd=project.root, env=project.environ(),
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve"],
+            cwd=project.root,
+            env=project.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=90)
         assert proc.poll() is None, (root.parent / "serve.err").read_text()
         live = Live(project, port, {"admin": secret}, {"admin": f"key:{key.id}"})
-        status, body = live.rest("POST", "/v1/batch", "admin", {"operations": [
-            {"op": "insert", "collection": "gate", "id": "g", "document": {"n": 0}}]})
+        status, body = live.rest(
+            "POST",
+            "/v1/batch",
+            "admin",
+            {"operations": [{"op": "insert", "collection": "gate", "id": "g", "document": {"n": 0}}]},
+        )
         assert status == 200, body
         yield live
     finally:
@@ -194,8 +203,13 @@ class GateWriter:
         while not self.stop.wait(0.05):
             status, doc = self.live.rest("GET", "/v1/collections/gate/docs/g", "admin")
             assert status == 200, doc
-            status, body = self.live.rest("PATCH", "/v1/collections/gate/docs/g", "admin", {"n": doc["data"]["n"] + 1},
-                                       {"If-Match": f'"{doc["version"]}"', "Content-Type": "application/merge-patch+json"})
+            status, body = self.live.rest(
+                "PATCH",
+                "/v1/collections/gate/docs/g",
+                "admin",
+                {"n": doc["data"]["n"] + 1},
+                {"If-Match": f'"{doc["version"]}"', "Content-Type": "application/merge-patch+json"},
+            )
             if status == 200:
                 self.writes += 1
             else:

@@ -10,9 +10,14 @@ from fnctl.manifest.model import Grant, Policy, RowRule
 MINE = RowRule("orders", parse({"customer": "$caller.id"}, caller_refs=True))
 TENANT = RowRule("*", parse({"org": "$caller.tenant"}, caller_refs=True))
 POLICIES = [
-    Policy("p1", {"admin": Grant(read=("*",), write=("orders",)),
-                  "customer": Grant(read=(MINE, "products"), write=(MINE,)),
-                  "auditor": Grant(read=(TENANT,))}),
+    Policy(
+        "p1",
+        {
+            "admin": Grant(read=("*",), write=("orders",)),
+            "customer": Grant(read=(MINE, "products"), write=(MINE,)),
+            "auditor": Grant(read=(TENANT,)),
+        },
+    ),
     Policy("p2", {"function:billing": Grant(read=("orders",), write=("invoices",))}),
 ]
 

@@ -49,8 +49,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-               base_image: str) -> Iterator[Deployment]:
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Deployment]:
     project = make_project(tmp_path_factory.mktemp("crash") / "project", docker_client, base_image)
     project.function("hello", version="one")
     try:
@@ -105,7 +106,11 @@ def test_rollback_killed_before_the_switch_can_be_run_again(deployment: Deployme
     with project.store() as store:
         revision = store.revision("hello", current)
         assert revision is not None and revision.status.value == "quarantined"
-        (repair,) = [e for e in audit_records(store, AuditFilter(target=""), limit=3) if e.command == "rollback" and e.action == "recover"]
+        (repair,) = [
+            e
+            for e in audit_records(store, AuditFilter(target=""), limit=3)
+            if e.command == "rollback" and e.action == "recover"
+        ]
     assert "removed instance" in (repair.detail or ""), "the half-started instance was not cleaned up"
     project.assert_consistent()
     # The manifests follow the rollback (as a revert commit would), so that later applies have nothing to do.
@@ -134,15 +139,21 @@ def test_first_deploy_killed_before_the_switch_is_retried(deployment: Deployment
 def test_lock_holder_killed_with_sigkill_blocks_nobody(deployment: Deployment, tmp_path: Path) -> None:
     project = deployment.project
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-         "with held(Path(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
-         "    print('held', flush=True)\n"
-         "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"
-         "    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
-         "        time.sleep(0.02)\n",
-         str(project.state), str(tmp_path / "never-created")],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
+            "with held(Path(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
+            "    print('held', flush=True)\n"
+            "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"
+            "    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
+            "        time.sleep(0.02)\n",
+            str(project.state),
+            str(tmp_path / "never-created"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         waiting = project.fnctl("apply", "--lock-timeout", "0.5")

@@ -30,8 +30,13 @@ def project(tmp_path: Path, docker_client: docker.DockerClient, base_image: str)
 
 
 def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
-                          cwd=root, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip()
 
 
@@ -58,8 +63,12 @@ def test_first_apply_then_no_op(project: Project) -> None:
 
     applied = project.ok("apply")
     assert "hello: create: revision 1 is live" in applied.out
-    assert project.invoke("hello", {"name": "ada"}) == {"version": "one", "greeting": "hi", "name": "ada",
-                                                         "token_sha256": None}
+    assert project.invoke("hello", {"name": "ada"}) == {
+        "version": "one",
+        "greeting": "hi",
+        "name": "ada",
+        "token_sha256": None,
+    }
     project.assert_consistent()
 
     revision = project.ok("get", "revisions", "-o", "json").json()[0]
@@ -231,9 +240,18 @@ def test_drift_is_shown_and_healed(project: Project, docker_client: docker.Docke
     # A container labelled for this project and store that the store does not know: an orphan.
     with project.store() as store:
         store_id = store.id
-    docker_client.containers.run(project.base_image, ["sleep", "300"], detach=True, network_mode="none",
-                                 labels={"io.fnctl.project": project.name, "io.fnctl.function": "hello",
-                                         "io.fnctl.store": store_id, "io.fnctl.instance": "intruder"})
+    docker_client.containers.run(
+        project.base_image,
+        ["sleep", "300"],
+        detach=True,
+        network_mode="none",
+        labels={
+            "io.fnctl.project": project.name,
+            "io.fnctl.function": "hello",
+            "io.fnctl.store": store_id,
+            "io.fnctl.instance": "intruder",
+        },
+    )
     diff = project.fnctl("diff", "-o", "json")
     assert diff.code == 1 and len(diff.json()["orphans"]) == 1
     removed = project.ok("apply")
@@ -242,16 +260,18 @@ def test_drift_is_shown_and_healed(project: Project, docker_client: docker.Docke
     project.assert_consistent()
 
 
-def test_a_removed_image_that_rebuilds_differently_is_redeployed(project: Project, tmp_path: Path,
-                                                                  docker_client: docker.DockerClient) -> None:
+def test_a_removed_image_that_rebuilds_differently_is_redeployed(
+    project: Project, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
     base = f"fnctl-test/{project.name}-base:1"
 
     def make_base(mark: str) -> None:
         """The same tag each time, a new image each time (the project label lets cleanup remove it)."""
         context = tmp_path / f"base-{mark}"
         context.mkdir()
-        (context / "Dockerfile").write_text(f"FROM {project.base_image}\n"
-                                            f"LABEL io.fnctl.project={project.name} test.mark={mark}\n")
+        (context / "Dockerfile").write_text(
+            f"FROM {project.base_image}\nLABEL io.fnctl.project={project.name} test.mark={mark}\n"
+        )
         docker_client.images.build(path=str(context), tag=base, rm=True)
 
     make_base("first")
@@ -303,14 +323,20 @@ def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> N
     project.function("hello")
     release = tmp_path / "release"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-         "with held(Path(sys.argv[1]), 5, 'fnctl apply (held by the test)'):\n"
-         "    print('held', flush=True)\n"
-         "    while not os.path.exists(sys.argv[2]):\n"
-         "        time.sleep(0.02)\n",
-         str(project.state), str(release)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
+            "with held(Path(sys.argv[1]), 5, 'fnctl apply (held by the test)'):\n"
+            "    print('held', flush=True)\n"
+            "    while not os.path.exists(sys.argv[2]):\n"
+            "        time.sleep(0.02)\n",
+            str(project.state),
+            str(release),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         locked = project.fnctl("apply", "--lock-timeout", "1")
@@ -351,16 +377,23 @@ def test_secret_values_are_never_stored(project: Project) -> None:
     for path in project.state.parent.iterdir():
         assert value.encode() not in path.read_bytes(), f"the secret value is in {path.name}"
     project.env.pop("TEST_API_TOKEN")
-    unset = subprocess.run([sys.executable, "-m", "fnctl", "diff"], cwd=project.root, capture_output=True,
-                           text=True, env={k: v for k, v in project.environ().items() if k != "TEST_API_TOKEN"})
+    unset = subprocess.run(
+        [sys.executable, "-m", "fnctl", "diff"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in project.environ().items() if k != "TEST_API_TOKEN"},
+    )
     assert unset.returncode == 2 and "TEST_API_TOKEN" in unset.stderr and value not in unset.stderr
 
 
 def test_logs_show_the_containers_output(project: Project) -> None:
     project.function("hello")
     project.ok("apply")
-    logs = until(lambda: (r := project.fnctl("logs", "hello")).code == 0 and "loaded version one" in r.out and r,
-                 "the handler's import-time line in `fnctl logs`")
+    logs = until(
+        lambda: (r := project.fnctl("logs", "hello")).code == 0 and "loaded version one" in r.out and r,
+        "the handler's import-time line in `fnctl logs`",
+    )
     instance = next(iter(project.instance_containers("hello")))
     assert logs.out.startswith(f"[{instance} r1] ")
     assert project.fnctl("logs", "nope").code == 1

@@ -86,8 +86,15 @@ def _project(root: Path) -> tuple[Path, dict[str, str]]:
 def test_a_lock_timeout_still_gives_the_timeout_error_after_saying_whom_it_waited_for(tmp_path: Path) -> None:
     state, env = _project(tmp_path / "project")
     with lock.held(state, timeout=1, command=HOLDER_COMMAND):
-        done = subprocess.run([sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "1"], cwd=tmp_path / "project",
-                              env=env, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "1"],
+            cwd=tmp_path / "project",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     waiting = next(i for i, line in enumerate(lines) if "waiting for the lock held by" in line)
@@ -99,20 +106,29 @@ def test_a_lock_timeout_still_gives_the_timeout_error_after_saying_whom_it_waite
 
 
 @pytest.mark.docker
-def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(tmp_path: Path, docker_client: docker.DockerClient,
-                                                                    base_image: str) -> None:
+def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str
+) -> None:
     project = make_project(tmp_path / "project", docker_client, base_image)
     project.function("hello")
     err = tmp_path / "apply.err"
     try:
         with lock.held(project.state, timeout=1, command=HOLDER_COMMAND):
             with err.open("w") as stream:
-                waiting = subprocess.Popen([sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "120"],
-                                           cwd=project.root, env=project.environ(), stdout=subprocess.PIPE,
-                                           stderr=stream, text=True)
+                waiting = subprocess.Popen(
+                    [sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "120"],
+                    cwd=project.root,
+                    env=project.environ(),
+                    stdout=subprocess.PIPE,
+                    stderr=stream,
+                    text=True,
+                )
             try:
-                line = wait_until(lambda: next((l for l in err.read_text().splitlines() if "waiting for the lock" in l),
-                                               None), what="the second apply to say whom it waits for", timeout=60)
+                line = wait_until(
+                    lambda: next((l for l in err.read_text().splitlines() if "waiting for the lock" in l), None),
+                    what="the second apply to say whom it waits for",
+                    timeout=60,
+                )
                 assert f"pid {os.getpid()}" in line and f"`{HOLDER_COMMAND}`" in line and "since " in line, line
                 assert waiting.poll() is None, "the second apply must still be waiting"
             except BaseException:

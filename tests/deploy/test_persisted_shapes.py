@@ -67,6 +67,7 @@ def _pretty(value: Any) -> str:
 
 # ---- canonical specs -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def specs(tmp_path: Path) -> list[DeploySpec]:
     store = connect(tmp_path / "state.db")
@@ -106,10 +107,20 @@ def test_format_1_has_no_version_key_and_a_newer_format_is_refused(specs: list[D
 
 # ---- the plan file ---------------------------------------------------------------------------------
 
-def _live_function(name: str, spec: DeploySpec, *, spec_hash_: str, instances: tuple[LiveInstance, ...]) -> LiveFunction:
-    return LiveFunction(name=name, weights={1: 100}, specs={1: spec.spec}, spec_hashes={1: spec_hash_},
-                        images={1: f"fnctl/golden-{name}:1"}, images_present={1: True}, instances=instances,
-                        min_instances=1)
+
+def _live_function(
+    name: str, spec: DeploySpec, *, spec_hash_: str, instances: tuple[LiveInstance, ...]
+) -> LiveFunction:
+    return LiveFunction(
+        name=name,
+        weights={1: 100},
+        specs={1: spec.spec},
+        spec_hashes={1: spec_hash_},
+        images={1: f"fnctl/golden-{name}:1"},
+        images_present={1: True},
+        instances=instances,
+        min_instances=1,
+    )
 
 
 def test_the_plan_file_is_the_golden_one(specs: list[DeploySpec]) -> None:
@@ -117,18 +128,31 @@ def test_the_plan_file_is_the_golden_one(specs: list[DeploySpec]) -> None:
     running = (LiveInstance("i-full", 1, "c-full", "running", "fnctl/golden-full:1", "c-full"),)
     older_full = dict(by_name["full"].spec, env={"GREETING": "hello"})
     live = LiveState(
-        {"plain": _live_function("plain", by_name["plain"], spec_hash_=by_name["plain"].spec_hash,
-                                 instances=(LiveInstance("i-plain", 1, "c-plain", "missing", "", ""),)),
-         "full": LiveFunction("full", {1: 100}, {1: older_full}, {1: "f" * 64}, {1: "fnctl/golden-full:1"}, {1: True},
-                              running, 2),
-         "gone": _live_function("gone", by_name["plain"], spec_hash_="0" * 64, instances=())},
-        orphans=("c0ffee",), quarantined={"q" * 64: "gone revision 0: rolled back"})
+        {
+            "plain": _live_function(
+                "plain",
+                by_name["plain"],
+                spec_hash_=by_name["plain"].spec_hash,
+                instances=(LiveInstance("i-plain", 1, "c-plain", "missing", "", ""),),
+            ),
+            "full": LiveFunction(
+                "full", {1: 100}, {1: older_full}, {1: "f" * 64}, {1: "fnctl/golden-full:1"}, {1: True}, running, 2
+            ),
+            "gone": _live_function("gone", by_name["plain"], spec_hash_="0" * 64, instances=()),
+        },
+        orphans=("c0ffee",),
+        quarantined={"q" * 64: "gone revision 0: rolled back"},
+    )
     wanted = [s for s in specs if s.name in ("plain", "full", "secret")]
     changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in wanted], live)
     plan = make_plan("golden", changes, live, prune=True, rollouts={s.name: s.function.rollout for s in wanted})
     document = plan_to_json(plan, live_summary(live))
-    assert {c.function: c.kind for c in changes} == {"full": ChangeKind.UPDATE, "gone": ChangeKind.DELETE,
-                                                     "plain": ChangeKind.UNCHANGED, "secret": ChangeKind.CREATE}
+    assert {c.function: c.kind for c in changes} == {
+        "full": ChangeKind.UPDATE,
+        "gone": ChangeKind.DELETE,
+        "plain": ChangeKind.UNCHANGED,
+        "secret": ChangeKind.CREATE,
+    }
     _compare_text(GOLDEN / "plan" / "plan.json", _pretty(document))
     assert is_plan_file(json.loads((GOLDEN / "plan" / "plan.json").read_text(encoding="utf-8")))
     assert not is_plan_file(dict(document, format=2)) and not is_plan_file([document])
@@ -136,17 +160,46 @@ def test_the_plan_file_is_the_golden_one(specs: list[DeploySpec]) -> None:
 
 # ---- store records ---------------------------------------------------------------------------------
 
-RECORD = Record(7, "full", 1, 2, Strategy.CANARY, State.PAUSED, 4, 1700000000.5, 1700000030.25, {1: 50, 2: 50},
-                {"control": 1, "candidate": 2}, failures=1, next_measure=1700000040.0, handled=12, winner=2,
-                scale_down_at=1700000330.0, scaled_down=False, reason="at a gate")
+RECORD = Record(
+    7,
+    "full",
+    1,
+    2,
+    Strategy.CANARY,
+    State.PAUSED,
+    4,
+    1700000000.5,
+    1700000030.25,
+    {1: 50, 2: 50},
+    {"control": 1, "candidate": 2},
+    failures=1,
+    next_measure=1700000040.0,
+    handled=12,
+    winner=2,
+    scale_down_at=1700000330.0,
+    scaled_down=False,
+    reason="at a gate",
+)
 
 
 def test_a_rollout_record_is_stored_in_the_golden_shape_and_read_back() -> None:
     path = GOLDEN / "store" / "rollout-detail.json"
     _compare_text(path, _pretty(RECORD.detail()))
     stored = json.loads(path.read_text(encoding="utf-8"))
-    assert record_from(RECORD.id, RECORD.function, RECORD.stable, RECORD.canary, RECORD.strategy.value, RECORD.step,
-                       RECORD.state.value, stored, 0.0) == RECORD
+    assert (
+        record_from(
+            RECORD.id,
+            RECORD.function,
+            RECORD.stable,
+            RECORD.canary,
+            RECORD.strategy.value,
+            RECORD.step,
+            RECORD.state.value,
+            stored,
+            0.0,
+        )
+        == RECORD
+    )
 
 
 def _record_store_rows(tmp_path: Path) -> None:
@@ -155,12 +208,27 @@ def _record_store_rows(tmp_path: Path) -> None:
     store = connect(tmp_path / "recorded.db")
     try:
         specs, state = _desired(store)
-        ctx = executor.Context(store, "golden", "fnctl-base:golden", "Ada <ada@example.org>", "apply", None,
-                               lambda _: None)
+        ctx = executor.Context(
+            store, "golden", "fnctl-base:golden", "Ada <ada@example.org>", "apply", None, lambda _: None
+        )
         for spec in specs:
             with store.transaction():
-                store.add_revision(Revision(spec.name, 1, spec.spec_hash, spec.spec, "", None, None, 1700000000.0,
-                                            ctx.actor, RevisionStatus.PENDING, None, None))
+                store.add_revision(
+                    Revision(
+                        spec.name,
+                        1,
+                        spec.spec_hash,
+                        spec.spec,
+                        "",
+                        None,
+                        None,
+                        1700000000.0,
+                        ctx.actor,
+                        RevisionStatus.PENDING,
+                        None,
+                        None,
+                    )
+                )
             store.set_revision_image(spec.name, 1, f"fnctl/golden-{spec.name}:1")
             with store.transaction():
                 store.set_route(spec.name, {1: 100})
@@ -168,8 +236,10 @@ def _record_store_rows(tmp_path: Path) -> None:
         publish_resources(ctx, state)
     finally:
         store.close()
-    lines = ["-- Rows of a store left by `fnctl apply` of tests/golden/project before the persisted shapes had",
-             "-- explicit serializers (recorded by tests/deploy/test_persisted_shapes.py; do not edit by hand)."]
+    lines = [
+        "-- Rows of a store left by `fnctl apply` of tests/golden/project before the persisted shapes had",
+        "-- explicit serializers (recorded by tests/deploy/test_persisted_shapes.py; do not edit by hand).",
+    ]
     with sqlite3.connect(tmp_path / "recorded.db") as connection:
         for line in connection.iterdump():
             table = line.split('"')[1] if line.startswith('INSERT INTO "') else None

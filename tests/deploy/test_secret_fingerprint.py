@@ -41,7 +41,8 @@ def write_project(root: Path) -> Path:
         "  source: ../functions/plain\n  handler: main.handler\n---\n"
         "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: secretive}\nspec:\n  runtime: python3.11\n"
         "  source: ../functions/plain\n  handler: main.handler\n"
-        "  secrets: [{name: API_TOKEN, fromEnv: GOLDEN_API_TOKEN}]\n")
+        "  secrets: [{name: API_TOKEN, fromEnv: GOLDEN_API_TOKEN}]\n"
+    )
     return root
 
 
@@ -86,8 +87,9 @@ def test_upgrading_keeps_a_secret_less_functions_spec_hash_and_drops_the_salt(tm
         assert found["secretive"][1] == keyed_fingerprint({"API_TOKEN": "tok"}, host.read_text().strip().encode())[:16]
     finally:
         store.close()
-    raw = path.read_bytes() + (path.with_name("state.db-wal").read_bytes()
-                               if path.with_name("state.db-wal").exists() else b"")
+    raw = path.read_bytes() + (
+        path.with_name("state.db-wal").read_bytes() if path.with_name("state.db-wal").exists() else b""
+    )
     assert OLD_SALT.encode() not in raw  # not even in free pages or the WAL: a copy of the file has no salt
 
 
@@ -100,8 +102,9 @@ def test_the_old_fingerprint_needed_the_salt_that_is_gone() -> None:
     assert hashlib.sha256(b"API_TOKEN\0tok\0").hexdigest()[:16] != OLD_SECRETIVE_VALUES_HASH
 
 
-def test_a_changed_secret_changes_the_spec_and_an_unchanged_one_does_not(tmp_path: Path, host: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_secret_changes_the_spec_and_an_unchanged_one_does_not(
+    tmp_path: Path, host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = write_project(tmp_path / "project")
     store = connect(tmp_path / "state.db")
     try:
@@ -116,8 +119,7 @@ def test_a_changed_secret_changes_the_spec_and_an_unchanged_one_does_not(tmp_pat
     assert oct(host.stat().st_mode & 0o777) == "0o600" and oct(host.parent.stat().st_mode & 0o777) == "0o700"
 
 
-def test_the_store_holds_nothing_that_reproduces_a_fingerprint_without_the_host_key(tmp_path: Path,
-                                                                                     host: Path) -> None:
+def test_the_store_holds_nothing_that_reproduces_a_fingerprint_without_the_host_key(tmp_path: Path, host: Path) -> None:
     project = write_project(tmp_path / "project")
     path = tmp_path / "state.db"
     store = connect(path)
@@ -154,8 +156,9 @@ def test_hosts_sharing_the_key_agree_and_others_do_not(tmp_path: Path, monkeypat
         store.close()
 
 
-def test_a_key_file_readable_by_others_or_a_short_key_is_refused(host: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_key_file_readable_by_others_or_a_short_key_is_refused(
+    host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fingerprint_key()
     os.chmod(host, 0o644)
     with pytest.raises(BadInput, match="readable by others"):

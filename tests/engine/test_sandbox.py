@@ -70,16 +70,31 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
 def hardened_inspect() -> dict[str, Any]:
     """What `docker inspect` reports for a container started the way the sandbox profile says (docs/security.md)."""
     return {
-        "Config": {"User": "65534:65534",
-                   "Labels": {"io.fnctl.network": "none", "io.fnctl.isolation": "container",
-                              "io.fnctl.socket-dir": "/run/fnctl/0123abcd"}},
+        "Config": {
+            "User": "65534:65534",
+            "Labels": {
+                "io.fnctl.network": "none",
+                "io.fnctl.isolation": "container",
+                "io.fnctl.socket-dir": "/run/fnctl/0123abcd",
+            },
+        },
         "HostConfig": {
-            "CapDrop": ["ALL"], "CapAdd": None, "SecurityOpt": ["no-new-privileges:true"], "Privileged": False,
-            "ReadonlyRootfs": True, "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=16777216,mode=1777"},
-            "Memory": 128 * MIB, "MemorySwap": 128 * MIB, "NanoCpus": 500_000_000, "PidsLimit": 64,
-            "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 1024},
-                        {"Name": "fsize", "Soft": 16 * MIB, "Hard": 16 * MIB}],
-            "NetworkMode": "none", "Runtime": "runc",
+            "CapDrop": ["ALL"],
+            "CapAdd": None,
+            "SecurityOpt": ["no-new-privileges:true"],
+            "Privileged": False,
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=16777216,mode=1777"},
+            "Memory": 128 * MIB,
+            "MemorySwap": 128 * MIB,
+            "NanoCpus": 500_000_000,
+            "PidsLimit": 64,
+            "Ulimits": [
+                {"Name": "nofile", "Soft": 1024, "Hard": 1024},
+                {"Name": "fsize", "Soft": 16 * MIB, "Hard": 16 * MIB},
+            ],
+            "NetworkMode": "none",
+            "Runtime": "runc",
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         },
         "Mounts": [{"Type": "bind", "Source": "/run/fnctl/0123abcd", "Destination": "/run/fnctl", "RW": False}],
@@ -97,6 +112,7 @@ def _config(**values: Any) -> Callable[[dict[str, Any]], None]:
 def _mounts(*extra: dict[str, Any], replace: bool = False) -> Callable[[dict[str, Any]], None]:
     def change(data: dict[str, Any]) -> None:
         data["Mounts"] = list(extra) if replace else data["Mounts"] + list(extra)
+
     return change
 
 
@@ -134,8 +150,11 @@ HOLES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("host network", "network none", _host(NetworkMode="host")),
     ("uncapped logs", "capped logs", _host(LogConfig={"Type": "json-file", "Config": {}})),
     ("the Docker socket mounted", "only its socket directory mounted", _mounts(DOCKER_SOCK, replace=True)),
-    ("a host path mounted", "only its socket directory mounted",
-     _mounts({"Type": "bind", "Source": "/etc", "Destination": "/host-etc", "RW": False})),
+    (
+        "a host path mounted",
+        "only its socket directory mounted",
+        _mounts({"Type": "bind", "Source": "/etc", "Destination": "/host-etc", "RW": False}),
+    ),
     ("another instance's socket directory", "only its socket directory mounted", _own_mount(Source="/run/fnctl/other")),
     ("the socket directory writable", "no writable host path", _own_mount(RW=True)),
     ("the socket directory with no RW flag", "no writable host path", lambda data: data["Mounts"][0].pop("RW")),
@@ -177,8 +196,16 @@ def _runtime_module() -> Any:
 def test_result_size_floor_is_a_lower_bound_and_stops_early() -> None:
     """The runtime refuses a huge result before encoding it, from a floor that never overstates the size."""
     floor = _runtime_module()._json_size_floor
-    values: list[Any] = ["", "é" * 10, {"a": [1, None, True, 2.5], 3: "x", None: {}}, [[], {}, ""], 12345, None,
-                         {"nested": [{"k": "v" * 100}] * 50}, ["\u2028", "\n\t\"", "\U0001f600"]]
+    values: list[Any] = [
+        "",
+        "é" * 10,
+        {"a": [1, None, True, 2.5], 3: "x", None: {}},
+        [[], {}, ""],
+        12345,
+        None,
+        {"nested": [{"k": "v" * 100}] * 50},
+        ["\u2028", '\n\t"', "\U0001f600"],
+    ]
     for value in values:
         encoded = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
         assert floor(value, 10**9) <= encoded, value
@@ -190,6 +217,7 @@ def test_result_size_floor_is_a_lower_bound_and_stops_early() -> None:
 
 def _flaky_build(monkeypatch: pytest.MonkeyPatch, errors: list[str]) -> list[str]:
     """Make each image build fail with the next of `errors` (then succeed); returns the progress lines."""
+
     def build(*args: Any) -> None:
         if errors:
             raise BuildFailed("image build failed at Step 4/7", detail=f"Step 4/7 : COPY code/\n{errors.pop(0)}")
@@ -199,8 +227,10 @@ def _flaky_build(monkeypatch: pytest.MonkeyPatch, errors: list[str]) -> list[str
 
 
 def test_build_is_retried_when_a_cached_layer_vanishes_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
-    errors = ["failed to export image: failed to set parent sha256:7e99: unknown parent image ID sha256:7e99",
-              "No such image: sha256:859e"]
+    errors = [
+        "failed to export image: failed to set parent sha256:7e99: unknown parent image ID sha256:7e99",
+        "No such image: sha256:859e",
+    ]
     lines = _flaky_build(monkeypatch, errors)
     dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
     assert errors == [] and len(lines) == 2 and "building again" in lines[0]
@@ -226,8 +256,9 @@ def test_build_gives_up_when_layers_keep_vanishing(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            base_image: str) -> Iterator[Project]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Project]:
     name = project_name()
     try:
         yield write_project(tmp_path_factory.mktemp("sandbox") / "project", name, base_image, FUNCTIONS)
@@ -257,8 +288,13 @@ def start(project: Project, probes_image: str) -> Iterator[Start]:
     started: list[Instance] = []
 
     def start_instance(function: str, **secret_values: str) -> Instance:
-        instance = instances.start(find_function(project, function), image=probes_image, revision="test",
-                                   labels=labels(project.name, function), secret_values=secret_values)
+        instance = instances.start(
+            find_function(project, function),
+            image=probes_image,
+            revision="test",
+            labels=labels(project.name, function),
+            secret_values=secret_values,
+        )
         started.append(instance)
         return instance
 
@@ -315,8 +351,11 @@ def test_running_instance_passes_every_sandbox_check(start: Start) -> None:
 @pytest.mark.docker
 def test_handlers_of_both_signatures_and_async_ones_answer(start: Start) -> None:
     assert answers(start("echo-one"), {"n": 1}) == {"echo": {"n": 1}}
-    assert answers(start("echo-context"), {"n": 2}) == {"echo": {"n": 2}, "function": "echo-context",
-                                                         "revision": "test"}
+    assert answers(start("echo-context"), {"n": 2}) == {
+        "echo": {"n": 2},
+        "function": "echo-context",
+        "revision": "test",
+    }
     assert answers(start("echo-async"), {"n": 3}) == {"echo": {"n": 3}, "async": True, "function": "echo-async"}
 
 
@@ -376,9 +415,7 @@ def test_memory_bomb_is_reported_as_out_of_memory(start: Start, docker_client: d
 
 
 @pytest.mark.docker
-def test_endless_loop_times_out_and_a_fresh_instance_answers(
-    start: Start, docker_client: docker.DockerClient
-) -> None:
+def test_endless_loop_times_out_and_a_fresh_instance_answers(start: Start, docker_client: docker.DockerClient) -> None:
     runaway = start("spin")
     outcome = instances.invoke(runaway, {"spin": True})
     assert outcome.failure is Failure.TIMEOUT, outcome
@@ -463,8 +500,12 @@ def test_requirements_txt_dependency_is_installed_into_the_image(
     wheels = build_wheel(tmp_path / "wheel")
     name = project_name()
     try:
-        project = write_project(tmp_path / "project", name, base_image,
-                                {"withdep": {"handler": "main.handler", "source": "../functions/withdep"}})
+        project = write_project(
+            tmp_path / "project",
+            name,
+            base_image,
+            {"withdep": {"handler": "main.handler", "source": "../functions/withdep"}},
+        )
         source = project.root / "functions" / "withdep"
         shutil.copytree(WITHDEP, source, ignore=shutil.ignore_patterns("__pycache__"))
         (source / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\ntinydep==1.0\n")
@@ -482,7 +523,7 @@ def _occurs_in_stream(chunks: Iterator[bytes], needle: bytes) -> bool:
         window = tail + chunk
         if needle in window:
             return True
-        tail = window[-(len(needle) - 1):]
+        tail = window[-(len(needle) - 1) :]
     return False
 
 

@@ -100,8 +100,9 @@ DENIED = {"EROFS", "EACCES", "EPERM"}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-            base_image: str) -> Iterator[Project]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Project]:
     name = project_name()
     try:
         project = write_project(tmp_path_factory.mktemp("escape") / "project", name, base_image, FUNCTIONS)
@@ -124,8 +125,13 @@ def start(project: Project, image: str, docker_client: docker.DockerClient) -> I
     started: list[Instance] = []
 
     def start_instance(function: str) -> Instance:
-        instance = instances.start(find_function(project, function), image=image, revision="1",
-                                   labels=labels(project.name, function), secret_values={})
+        instance = instances.start(
+            find_function(project, function),
+            image=image,
+            revision="1",
+            labels=labels(project.name, function),
+            secret_values={},
+        )
         started.append(instance)
         return instance
 
@@ -164,8 +170,9 @@ def test_a_function_cannot_write_into_its_socket_directory(start: Start, functio
     assert result["seen"] == [instances.CONTAINER_FILE]  # the runtime itself wrote nothing there either
     assert_nothing_landed(instance)
     mounts = dockerio.inspect_container(instance.container_id)["Mounts"]
-    assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [(str(instance.socket_dir), "/run/fnctl",
-                                                                            False)]
+    assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
+        (str(instance.socket_dir), "/run/fnctl", False)
+    ]
     assert answer(instance)["function"] == function  # and it keeps serving
 
 
@@ -194,8 +201,9 @@ def test_a_planted_name_cannot_redirect_a_reconnect_to_another_function(start: S
         transport = AsyncTransport(str(planter.socket_dir), peer=container_peer(planter.container_id))
         try:
             await transport.connect(timeout=10)
-            reply = await transport.invoke({"target": "/nonexistent"}, invocation_id="after-restart",
-                                           deadline=time.time() + 10)
+            reply = await transport.invoke(
+                {"target": "/nonexistent"}, invocation_id="after-restart", deadline=time.time() + 10
+            )
             return reply.result
         finally:
             await transport.close()
@@ -247,9 +255,11 @@ def test_a_host_process_killed_while_listening_leaves_the_instance_reachable(sta
     """A `kill -9` leaves a listener name behind: the runtime tries it once, and the next host process still
     connects (and removes the dead process's name)."""
     instance = start("vault")
-    script = ("import sys, time; from fnctl.invocation.transport import UnixSocketTransport; "
-              "t = UnixSocketTransport(sys.argv[1], peer=lambda pid: False); t.listen(); print('up', flush=True); "
-              "time.sleep(60)")
+    script = (
+        "import sys, time; from fnctl.invocation.transport import UnixSocketTransport; "
+        "t = UnixSocketTransport(sys.argv[1], peer=lambda pid: False); t.listen(); print('up', flush=True); "
+        "time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", script, str(instance.socket_dir)], stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline() == b"up\n"

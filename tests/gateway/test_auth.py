@@ -41,8 +41,13 @@ from fnctl.state.store import Store, StoreError, connect
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
 HS_SECRET = "s" * 64
 POLICIES: dict[str, dict[str, Any]] = {
-    "shop": {"roles": {"shop-admin": {"invoke": ["*"], "read": ["*"]}, "service": {"invoke": ["orders"]},
-                       "reader": {"read": ["orders"]}}},
+    "shop": {
+        "roles": {
+            "shop-admin": {"invoke": ["*"], "read": ["*"]},
+            "service": {"invoke": ["orders"]},
+            "reader": {"read": ["orders"]},
+        }
+    },
 }
 
 
@@ -51,8 +56,11 @@ def rsa_keys() -> tuple[rsa.RSAPrivateKey, str, rsa.RSAPrivateKey]:
     """The issuer's private key, its public key as PEM (what the gateway holds), and a stranger's key."""
     issuer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = issuer.public_key().public_bytes(serialization.Encoding.PEM,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = (
+        issuer.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return issuer, public, stranger
 
 
@@ -71,8 +79,9 @@ def store(store_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
-    return AuthConfig.from_mapping({"jwt": {"algorithms": ["RS256"], "keyFile": "jwt.pub", "audience": AUDIENCE,
-                                            "issuer": ISSUER}}, tmp_path)
+    return AuthConfig.from_mapping(
+        {"jwt": {"algorithms": ["RS256"], "keyFile": "jwt.pub", "audience": AUDIENCE, "issuer": ISSUER}}, tmp_path
+    )
 
 
 @pytest.fixture
@@ -83,8 +92,15 @@ def authenticator(store_path: Path, rs_config: AuthConfig) -> Iterator[Authentic
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
-    base = {"sub": "alice", "roles": ["service"], "tenant": "acme", "aud": AUDIENCE, "iss": ISSUER,
-            "exp": int(time.time()) + 300, "iat": int(time.time())}
+    base = {
+        "sub": "alice",
+        "roles": ["service"],
+        "tenant": "acme",
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "exp": int(time.time()) + 300,
+        "iat": int(time.time()),
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -140,7 +156,8 @@ def denials(store: Store, rsa_keys: tuple[Any, str, Any]) -> dict[str, dict[str,
 
 
 def test_every_bad_credential_is_refused_without_detail_and_audited(
-        store: Store, store_path: Path, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+    store: Store, store_path: Path, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+) -> None:
     audit = AuditLog(store_path)
     matrix = denials(store, rsa_keys)
     for case, headers in matrix.items():
@@ -148,8 +165,16 @@ def test_every_bad_credential_is_refused_without_detail_and_audited(
             authenticator.authenticate(headers)
         assert str(refused.value) == "authentication failed", case  # the reason stays in the server's logs
         assert refused.value.reason, case
-        audit.record(request_id=f"req-{case}", principal=None, function="orders", revision=None,
-                     outcome="unauthenticated", status=401, duration_ms=0.2, source="127.0.0.1")
+        audit.record(
+            request_id=f"req-{case}",
+            principal=None,
+            function="orders",
+            revision=None,
+            outcome="unauthenticated",
+            status=401,
+            duration_ms=0.2,
+            source="127.0.0.1",
+        )
     assert audit.flush(timeout=10)
     audit.close()
     rows = store.raw().query("SELECT request_id, outcome, status, function, source FROM invocations ORDER BY id")
@@ -157,7 +182,9 @@ def test_every_bad_credential_is_refused_without_detail_and_audited(
     assert {(r[1], r[2], r[3], r[4]) for r in rows} == {("unauthenticated", 401, "orders", "127.0.0.1")}
 
 
-def test_a_valid_principal_without_the_role_is_denied(authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+def test_a_valid_principal_without_the_role_is_denied(
+    authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+) -> None:
     principal = authenticator.authenticate(bearer(rs256(rsa_keys[0], roles=["viewer"])))
     assert principal.roles == ("viewer",)
     assert not authorize(principal, ("service",), POLICIES, "orders")
@@ -181,7 +208,9 @@ def test_bearer_jwt_without_jwt_config_is_refused(store_path: Path, rsa_keys: tu
 # ---- what is let in --------------------------------------------------------------------------------------------
 
 
-def test_a_valid_jwt_gives_subject_roles_and_tenant(authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]) -> None:
+def test_a_valid_jwt_gives_subject_roles_and_tenant(
+    authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+) -> None:
     principal = authenticator.authenticate({"authorization": f"bearer {rs256(rsa_keys[0])}"})
     assert principal == Principal("alice", ("service",), "acme", PrincipalKind.JWT)
     assert principal.audit_name == "jwt:alice"
@@ -189,8 +218,9 @@ def test_a_valid_jwt_gives_subject_roles_and_tenant(authenticator: Authenticator
     assert authorize(principal, ("service", "shop-admin"), {}, "orders")
 
 
-def test_a_remembered_jwt_is_refused_once_it_expires(authenticator: Authenticator,
-                                                     rsa_keys: tuple[Any, str, Any]) -> None:
+def test_a_remembered_jwt_is_refused_once_it_expires(
+    authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+) -> None:
     expires = int(time.time()) + 2
     token = rs256(rsa_keys[0], exp=expires)
     assert authenticator.authenticate(bearer(token)).subject == "alice"
@@ -203,17 +233,31 @@ def test_a_remembered_jwt_is_refused_once_it_expires(authenticator: Authenticato
         authenticator.authenticate(bearer(token))
 
 
-def test_roles_from_a_nested_claim_or_a_space_separated_string(tmp_path: Path, store_path: Path,
-                                                               rsa_keys: tuple[Any, str, Any]) -> None:
+def test_roles_from_a_nested_claim_or_a_space_separated_string(
+    tmp_path: Path, store_path: Path, rsa_keys: tuple[Any, str, Any]
+) -> None:
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
-    config = AuthConfig.from_mapping({"jwt": {"algorithms": ["RS256", "PS256"], "keyFile": "jwt.pub",
-                                              "rolesClaim": "realm_access.roles", "tenantClaim": "org"}}, tmp_path)
+    config = AuthConfig.from_mapping(
+        {
+            "jwt": {
+                "algorithms": ["RS256", "PS256"],
+                "keyFile": "jwt.pub",
+                "rolesClaim": "realm_access.roles",
+                "tenantClaim": "org",
+            }
+        },
+        tmp_path,
+    )
     auth = Authenticator(store_path, config)
-    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60, "org": "acme",
-                        "realm_access": {"roles": ["a", "b", 3]}}, rsa_keys[0], algorithm="PS256")
+    token = jwt.encode(
+        {"sub": "bob", "exp": int(time.time()) + 60, "org": "acme", "realm_access": {"roles": ["a", "b", 3]}},
+        rsa_keys[0],
+        algorithm="PS256",
+    )
     assert auth.authenticate(bearer(token)) == Principal("bob", ("a", "b"), "acme", PrincipalKind.JWT)
-    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60, "realm_access.roles": "x y"}, rsa_keys[0],
-                       algorithm="RS256")
+    token = jwt.encode(
+        {"sub": "bob", "exp": int(time.time()) + 60, "realm_access.roles": "x y"}, rsa_keys[0], algorithm="RS256"
+    )
     assert auth.authenticate(bearer(token)).roles == ("x", "y")
 
 
@@ -224,11 +268,13 @@ def test_hs256_when_configured(store_path: Path, tmp_path: Path, monkeypatch: py
     good = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "roles": ["service"]}, HS_SECRET, algorithm="HS256")
     assert auth.authenticate(bearer(good)).subject == "svc"
     with pytest.raises(Unauthenticated):  # a token with an audience when none is configured names someone else
-        auth.authenticate(bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "aud": "x"}, HS_SECRET,
-                                            algorithm="HS256")))
+        auth.authenticate(
+            bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "aud": "x"}, HS_SECRET, algorithm="HS256"))
+        )
     with pytest.raises(Unauthenticated):  # HS384 is not in the list, even with the right secret
-        auth.authenticate(bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60}, HS_SECRET,
-                                            algorithm="HS384")))
+        auth.authenticate(
+            bearer(jwt.encode({"sub": "svc", "exp": int(time.time()) + 60}, HS_SECRET, algorithm="HS384"))
+        )
 
 
 def test_api_key_principal_and_revocation_takes_effect_at_once(store: Store, authenticator: Authenticator) -> None:
@@ -259,11 +305,19 @@ def test_policies_grant_invoke_by_role() -> None:
 def test_pinning_needs_an_explicit_pin_grant() -> None:
     """Being allowed to invoke a function (a role in its access.roles, `public`, an `invoke` grant) never
     implies choosing its revision: only a Policy's `pin` grant does, and never for an anonymous caller."""
+
     def who(*roles: str, kind: PrincipalKind = PrincipalKind.KEY) -> Principal:
         return Principal("p", roles, None, kind)
 
-    policies = {"release": {"roles": {"releaser": {"pin": ["orders"]}, "ops": {"pin": ["*"], "invoke": ["*"]},
-                                      "shop-admin": {"invoke": ["*"]}}}}
+    policies = {
+        "release": {
+            "roles": {
+                "releaser": {"pin": ["orders"]},
+                "ops": {"pin": ["*"], "invoke": ["*"]},
+                "shop-admin": {"invoke": ["*"]},
+            }
+        }
+    }
     assert may_pin(who("releaser"), policies, "orders")
     assert not may_pin(who("releaser"), policies, "hello")
     assert may_pin(who("ops"), policies, "hello")  # pin: ["*"]
@@ -277,10 +331,13 @@ def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
     from fnctl.manifest.validate import validate_paths
 
     (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n')
-    (tmp_path / "p.yaml").write_text("apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: release}\n"
-                                     "spec: {roles: {releaser: {pin: ['*'], invoke: ['*']}}}\n")
-    (tmp_path / "bad.yaml").write_text("apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: bad}\n"
-                                       "spec: {roles: {releaser: {pin: orders}}}\n")
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: release}\n"
+        "spec: {roles: {releaser: {pin: ['*'], invoke: ['*']}}}\n"
+    )
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: bad}\nspec: {roles: {releaser: {pin: orders}}}\n"
+    )
     project = load_project(tmp_path)
     good = validate_paths(project, [tmp_path / "p.yaml"])
     assert good.ok, good.diagnostics
@@ -290,7 +347,9 @@ def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
 # ---- key storage ---------------------------------------------------------------------------------------------
 
 
-def test_keys_are_random_and_stored_only_as_hashes(store: Store, store_path: Path, authenticator: Authenticator) -> None:
+def test_keys_are_random_and_stored_only_as_hashes(
+    store: Store, store_path: Path, authenticator: Authenticator
+) -> None:
     raws = [keys.create(store, f"k{i}", ("service",), None, "test")[1] for i in range(5)]
     assert len(set(raws)) == 5 and all(len(r.split("_", 2)[2]) == 43 for r in raws)  # 256 random bits each
     for raw in raws:
@@ -307,7 +366,9 @@ def test_keys_are_random_and_stored_only_as_hashes(store: Store, store_path: Pat
 def _hash_in_db(path: Path, raw: str) -> bool:
     db = sqlite3.connect(path)
     try:
-        return bool(db.execute("SELECT COUNT(*) FROM api_keys WHERE key_hash = ?", (keys.digest(raw),)).fetchone()[0] == 1)
+        return bool(
+            db.execute("SELECT COUNT(*) FROM api_keys WHERE key_hash = ?", (keys.digest(raw),)).fetchone()[0] == 1
+        )
     finally:
         db.close()
 
@@ -326,8 +387,10 @@ def test_key_creation_refuses_bad_input(store: Store) -> None:
 def test_config_from_fnctl_toml(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "jwt.pub").write_text(rsa_keys[1])
-    (tmp_path / "fnctl.toml").write_text('[project]\nname = "t"\n[auth.jwt]\nalgorithms = ["RS256"]\n'
-                                         'keyFile = "keys/jwt.pub"\naudience = ["a", "b"]\nissuer = "i"\n')
+    (tmp_path / "fnctl.toml").write_text(
+        '[project]\nname = "t"\n[auth.jwt]\nalgorithms = ["RS256"]\n'
+        'keyFile = "keys/jwt.pub"\naudience = ["a", "b"]\nissuer = "i"\n'
+    )
     config = AuthConfig.from_project(load_project(tmp_path))
     assert config.jwt is not None and config.jwt.algorithms == ("RS256",) and config.jwt.audience == ("a", "b")
     assert config.jwt.roles_claim == "roles" and config.jwt.tenant_claim == "tenant"
@@ -335,23 +398,30 @@ def test_config_from_fnctl_toml(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) 
     assert AuthConfig.from_project(load_project(tmp_path)).jwt is None
 
 
-@pytest.mark.parametrize("jwt_section", [
-    {"algorithms": ["none"], "key": HS_SECRET},  # refused by the schema
-    {"algorithms": ["RS256", "HS256"], "keyFile": "jwt.pub"},  # two families: the confusion, by config
-    {"algorithms": ["HS256"], "key": "short"},
-    {"algorithms": ["HS256"], "keyFile": "jwt.pub"},  # a public key is no HMAC secret
-    {"algorithms": ["RS256"], "key": HS_SECRET},
-    {"algorithms": ["RS256"], "keyFile": "private.pem"},  # the gateway must not hold the signing key
-    {"algorithms": ["RS256"], "keyFile": "missing.pem"},
-    {"algorithms": ["RS256"], "keyFile": "jwt.pub", "key": HS_SECRET},
-])
-def test_unsafe_or_broken_configs_are_refused(tmp_path: Path, rsa_keys: tuple[Any, str, Any],
-                                              jwt_section: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "jwt_section",
+    [
+        {"algorithms": ["none"], "key": HS_SECRET},  # refused by the schema
+        {"algorithms": ["RS256", "HS256"], "keyFile": "jwt.pub"},  # two families: the confusion, by config
+        {"algorithms": ["HS256"], "key": "short"},
+        {"algorithms": ["HS256"], "keyFile": "jwt.pub"},  # a public key is no HMAC secret
+        {"algorithms": ["RS256"], "key": HS_SECRET},
+        {"algorithms": ["RS256"], "keyFile": "private.pem"},  # the gateway must not hold the signing key
+        {"algorithms": ["RS256"], "keyFile": "missing.pem"},
+        {"algorithms": ["RS256"], "keyFile": "jwt.pub", "key": HS_SECRET},
+    ],
+)
+def test_unsafe_or_broken_configs_are_refused(
+    tmp_path: Path, rsa_keys: tuple[Any, str, Any], jwt_section: dict[str, Any]
+) -> None:
     import tomli_w
 
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
-    (tmp_path / "private.pem").write_bytes(rsa_keys[0].private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "private.pem").write_bytes(
+        rsa_keys[0].private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     (tmp_path / "fnctl.toml").write_text(tomli_w.dumps({"project": {"name": "t"}, "auth": {"jwt": jwt_section}}))
     with pytest.raises(BadInput):
         AuthConfig.from_project(load_project(tmp_path))
@@ -412,16 +482,26 @@ def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, stor
     try:
         audit = AuditLog(store_path, interval=60)  # a long interval: flush() must wake the writer itself
         for n in range(3):
-            audit.record(request_id=f"r{n}", principal="key:abc", function="hello", revision=2,
-                         outcome="ok", status=200, duration_ms=1.5, source="127.0.0.1:5000",
-                         access={"method": "POST", "path": "/invoke/hello"})
+            audit.record(
+                request_id=f"r{n}",
+                principal="key:abc",
+                function="hello",
+                revision=2,
+                outcome="ok",
+                status=200,
+                duration_ms=1.5,
+                source="127.0.0.1:5000",
+                access={"method": "POST", "path": "/invoke/hello"},
+            )
         audit.access(method="GET", path="/healthz", status=200)
         assert audit.flush(timeout=10)
         audit.close()
     finally:
         stop_logging()
-    rows = store.raw().query("SELECT request_id, principal, function, revision, outcome, status, duration_ms, source "
-                       "FROM invocations ORDER BY id")
+    rows = store.raw().query(
+        "SELECT request_id, principal, function, revision, outcome, status, duration_ms, source "
+        "FROM invocations ORDER BY id"
+    )
     assert rows == [(f"r{n}", "key:abc", "hello", 2, "ok", 200, 1.5, "127.0.0.1:5000") for n in range(3)]
     with pytest.raises(StoreError):
         store.raw().execute("UPDATE invocations SET status = 500")

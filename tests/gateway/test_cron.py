@@ -49,8 +49,9 @@ class Recorder:
         return [r[3] for r in self.runs if trigger is None or r[0] == trigger]
 
 
-def cron_spec(schedule: str, *, missed: str | None = None, tz: str | None = None, event: Any = None,
-              function: str = "report") -> dict[str, Any]:
+def cron_spec(
+    schedule: str, *, missed: str | None = None, tz: str | None = None, event: Any = None, function: str = "report"
+) -> dict[str, Any]:
     cron: dict[str, Any] = {"schedule": schedule}
     cron.update({k: v for k, v in (("missed", missed), ("timezone", tz), ("event", event)) if v is not None})
     return {"function": function, "cron": cron}
@@ -76,9 +77,14 @@ async def running(runners: list[CronRunner], body: Callable[[], Awaitable[Any]])
 
 
 def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Path) -> None:
-    store.set_resources("Trigger", {"tick": cron_spec(EVERY_SECOND, event={"report": "nightly"}),
-                                    "broken": cron_spec("61 * * * *"),  # logged and left out, never fatal
-                                    "web": {"function": "hello", "http": {"path": "/hello"}}})
+    store.set_resources(
+        "Trigger",
+        {
+            "tick": cron_spec(EVERY_SECOND, event={"report": "nightly"}),
+            "broken": cron_spec("61 * * * *"),  # logged and left out, never fatal
+            "web": {"function": "hello", "http": {"path": "/hello"}},
+        },
+    )
     recorder = Recorder(fail_first=True)  # a failing run does not stop the schedule
 
     async def body() -> None:
@@ -98,6 +104,7 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: Path) -> 
         async def two_runs(recorder: Recorder) -> Callable[[], Awaitable[None]]:
             async def body() -> None:
                 await until(lambda: len(recorder.runs) >= 2, "two runs")
+
             return body
 
         await running([CronRunner(store_path, first)], await two_runs(first))
@@ -130,9 +137,14 @@ def daily_far_from_now() -> str:
 
 def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, store_path: Path) -> None:
     daily = daily_far_from_now()
-    store.set_resources("Trigger", {"catch-up": cron_spec(daily, missed="runOnce", event={"n": 1}),
-                                    "skipper": cron_spec(daily, missed="skip"),
-                                    "default": cron_spec(daily)})
+    store.set_resources(
+        "Trigger",
+        {
+            "catch-up": cron_spec(daily, missed="runOnce", event={"n": 1}),
+            "skipper": cron_spec(daily, missed="skip"),
+            "default": cron_spec(daily),
+        },
+    )
     latest = CronTrigger("x", "f", daily, "UTC", Missed.SKIP, {}).latest_tick(time.time())
     for name in ("catch-up", "skipper", "default"):  # the gateway was down for the last three days
         store.raw().execute("INSERT INTO cron_state VALUES (?, ?, ?)", (name, latest - 3 * 86400, time.time()))
@@ -186,10 +198,15 @@ def test_schedules_follow_the_trigger_time_zone_across_daylight_saving() -> None
 
 
 def test_invalid_triggers_are_left_out_and_defaults_apply() -> None:
-    triggers, problems = cron_triggers({
-        "bad-schedule": cron_spec("61 * * * *"), "bad-zone": cron_spec("* * * * *", tz="Mars/Olympus"),
-        "never": cron_spec("0 0 30 2 *"), "http": {"function": "f", "http": {"path": "/"}},
-        "good": cron_spec("*/5 * * * *")})
+    triggers, problems = cron_triggers(
+        {
+            "bad-schedule": cron_spec("61 * * * *"),
+            "bad-zone": cron_spec("* * * * *", tz="Mars/Olympus"),
+            "never": cron_spec("0 0 30 2 *"),
+            "http": {"function": "f", "http": {"path": "/"}},
+            "good": cron_spec("*/5 * * * *"),
+        }
+    )
     assert list(triggers) == ["good"]
     assert sorted(problems) == ["bad-schedule", "bad-zone", "never"]
     assert triggers["good"] == CronTrigger("good", "report", "*/5 * * * *", "UTC", Missed.SKIP, {})

@@ -69,12 +69,14 @@ def test_sticky_is_stable_spread_and_only_moves_towards_a_growing_canary() -> No
 
 
 def test_http_routes_specificity_params_and_methods() -> None:
-    routes = router.http_routes({
-        "by-id": {"function": "users", "http": {"path": "/users/{id}", "methods": ["GET", "DELETE"]}},
-        "me": {"function": "me", "http": {"path": "/users/me", "methods": ["GET"]}},
-        "any": {"function": "echo", "http": {"path": "/echo/{a}/x/{b}"}},
-        "cron": {"function": "nightly", "cron": {"schedule": "0 2 * * *"}},
-    })
+    routes = router.http_routes(
+        {
+            "by-id": {"function": "users", "http": {"path": "/users/{id}", "methods": ["GET", "DELETE"]}},
+            "me": {"function": "me", "http": {"path": "/users/me", "methods": ["GET"]}},
+            "any": {"function": "echo", "http": {"path": "/echo/{a}/x/{b}"}},
+            "cron": {"function": "nightly", "cron": {"schedule": "0 2 * * *"}},
+        }
+    )
     assert [r.trigger for r in routes] == ["me", "any", "by-id"]
     found = router.match(routes, "GET", "/users/me")
     assert isinstance(found, router.RouteMatch) and found.route.function == "me"
@@ -89,11 +91,17 @@ def test_http_routes_specificity_params_and_methods() -> None:
 
 
 def test_build_table_stickiness_and_access() -> None:
-    spec_ab = {"limits": {"timeout": 2.0, "payload": 1000}, "access": {"roles": ["admin"]},
-               "rollout": {"strategy": "abTest", "stickiness": {"by": "header", "name": "X-User"}}}
-    table = router.build_table({"f": {1: 50, 2: 50}, "g": {3: 100}},
-                               {("f", 1): {"access": {"roles": ["public"]}}, ("f", 2): spec_ab, ("g", 3): {}},
-                               {}, {"p": {"roles": {"ops": {"invoke": ["*"]}}}})
+    spec_ab = {
+        "limits": {"timeout": 2.0, "payload": 1000},
+        "access": {"roles": ["admin"]},
+        "rollout": {"strategy": "abTest", "stickiness": {"by": "header", "name": "X-User"}},
+    }
+    table = router.build_table(
+        {"f": {1: 50, 2: 50}, "g": {3: 100}},
+        {("f", 1): {"access": {"roles": ["public"]}}, ("f", 2): spec_ab, ("g", 3): {}},
+        {},
+        {"p": {"roles": {"ops": {"invoke": ["*"]}}}},
+    )
     f = table.functions["f"]
     assert (f.sticky_by, f.sticky_name) == (router.StickyBy.HEADER, "X-User")
     assert f.revisions[2] == router.RevisionInfo(2, 2.0, 1000, ("admin",))
@@ -106,12 +114,26 @@ def test_build_table_stickiness_and_access() -> None:
 
 
 def test_proxy_event_from_a_request() -> None:
-    request = HttpRequest(method="POST", path="/hello/ada lovelace", resource="/hello/{name}",
-                          path_params={"name": "ada lovelace"}, query=[("q", "1"), ("q", "2"), ("x", "y")],
-                          headers=[("Content-Type", "application/json"), ("Authorization", "Bearer secret"),
-                                   ("X-Api-Key", "fnk_x"), ("X-Many", "a"), ("X-Many", "b")],
-                          body=b'{"a": 1}', content_type="application/json", request_id="rid", trigger="t",
-                          source="127.0.0.1", time_ms=1)
+    request = HttpRequest(
+        method="POST",
+        path="/hello/ada lovelace",
+        resource="/hello/{name}",
+        path_params={"name": "ada lovelace"},
+        query=[("q", "1"), ("q", "2"), ("x", "y")],
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer secret"),
+            ("X-Api-Key", "fnk_x"),
+            ("X-Many", "a"),
+            ("X-Many", "b"),
+        ],
+        body=b'{"a": 1}',
+        content_type="application/json",
+        request_id="rid",
+        trigger="t",
+        source="127.0.0.1",
+        time_ms=1,
+    )
     event = to_event(request, {"subject": "key:1", "roles": ["r"], "tenant": "acme"})
     assert event["httpMethod"] == "POST" and event["path"] == "/hello/ada lovelace"
     assert event["pathParameters"] == {"name": "ada lovelace"} and event["resource"] == "/hello/{name}"
@@ -121,8 +143,9 @@ def test_proxy_event_from_a_request() -> None:
     assert event["body"] == '{"a": 1}' and event["isBase64Encoded"] is False
     assert event["caller"] == {"subject": "key:1", "roles": ["r"], "tenant": "acme"}
     assert event["requestContext"]["requestId"] == "rid"
-    binary = to_event(HttpRequest("PUT", "/b", "/b", {}, [], [], b"\xff\x00", "application/octet-stream",
-                                  "r", "t", None, 1), None)
+    binary = to_event(
+        HttpRequest("PUT", "/b", "/b", {}, [], [], b"\xff\x00", "application/octet-stream", "r", "t", None, 1), None
+    )
     assert binary["isBase64Encoded"] and base64.b64decode(binary["body"]) == b"\xff\x00"
     assert binary["queryStringParameters"] is None and binary["pathParameters"] is None
 
@@ -131,8 +154,14 @@ def test_proxy_response_to_http() -> None:
     plain = from_result({"message": "hi"})
     assert (plain.status, plain.body) == (200, b'{"message":"hi"}')
     assert ("Content-Type", "application/json") in plain.headers
-    mapped = from_result({"statusCode": 201, "headers": {"X-A": "1", "Content-Length": "99"},
-                          "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]}, "body": "made"})
+    mapped = from_result(
+        {
+            "statusCode": 201,
+            "headers": {"X-A": "1", "Content-Length": "99"},
+            "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
+            "body": "made",
+        }
+    )
     assert mapped.status == 201 and mapped.body == b"made"
     assert ("Set-Cookie", "a=1") in mapped.headers and ("Set-Cookie", "b=2") in mapped.headers
     assert ("X-A", "1") in mapped.headers and all(n != "Content-Length" for n, _ in mapped.headers)
@@ -140,8 +169,13 @@ def test_proxy_response_to_http() -> None:
     raw = from_result({"statusCode": 200, "body": base64.b64encode(b"\x00\x01").decode(), "isBase64Encoded": True})
     assert raw.body == b"\x00\x01"
     assert from_result({"statusCode": 204}).body == b""
-    for bad in ({"statusCode": 99}, {"statusCode": True}, {"statusCode": 200, "headers": {"X\nY": "1"}},
-                {"statusCode": 200, "body": "!!", "isBase64Encoded": True}, {"statusCode": 200, "headers": []}):
+    for bad in (
+        {"statusCode": 99},
+        {"statusCode": True},
+        {"statusCode": 200, "headers": {"X\nY": "1"}},
+        {"statusCode": 200, "body": "!!", "isBase64Encoded": True},
+        {"statusCode": 200, "headers": []},
+    ):
         with pytest.raises(BadResult):
             from_result(bad)
 
@@ -151,16 +185,22 @@ def test_serve_options_from_fnctl_toml_and_the_command_line(tmp_path: Any) -> No
     from fnctl.gateway.serve import options_for
     from fnctl.manifest.project import load_project
 
-    (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n\n[gateway]\naddress = "0.0.0.0:9000"\n'
-                                         'readTimeout = "5s"\nmaxBodySize = "1Mi"\nidleTimeout = "1m"\n'
-                                         'maxConcurrentPerFunction = 10\n')
+    (tmp_path / "fnctl.toml").write_text(
+        '[project]\nname = "p"\n\n[gateway]\naddress = "0.0.0.0:9000"\n'
+        'readTimeout = "5s"\nmaxBodySize = "1Mi"\nidleTimeout = "1m"\n'
+        "maxConcurrentPerFunction = 10\n"
+    )
     project = load_project(tmp_path)
     options = options_for(project)
     assert (options.host, options.port, options.idle_seconds) == ("0.0.0.0", 9000, 60.0)
     assert (options.limits.read_timeout, options.limits.max_body, options.limits.max_concurrent) == (5.0, 2**20, 10)
     options = options_for(project, address="127.0.0.1:0", max_body="2Mi", read_timeout=1.5, access_log=False)
-    assert (options.port, options.limits.max_body, options.limits.read_timeout, options.access_log) == \
-        (0, 2 * 2**20, 1.5, False)
+    assert (options.port, options.limits.max_body, options.limits.read_timeout, options.access_log) == (
+        0,
+        2 * 2**20,
+        1.5,
+        False,
+    )
     with pytest.raises(BadInput):
         options_for(project, max_header="lots")
 
@@ -190,10 +230,12 @@ class FakePool:
     routes: list[dict[str, dict[int, int]]] = field(default_factory=list)
     release: asyncio.Event | None = None
 
-    async def invoke(self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None,
-                     request_id: str) -> FakeResult:
-        self.calls.append({"function": function, "revision": revision, "event": event, "caller": caller,
-                           "request_id": request_id})
+    async def invoke(
+        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+    ) -> FakeResult:
+        self.calls.append(
+            {"function": function, "revision": revision, "event": event, "caller": caller, "request_id": request_id}
+        )
         command = event if isinstance(event, dict) else {}
         if "httpMethod" in command:  # an HTTP Trigger's proxy event: the commands are in its body
             command = json.loads(command["body"]) if command.get("body") else {}
@@ -243,8 +285,11 @@ class FakeAudit:
 
 
 def _spec(roles: list[str], timeout: float = 5.0, payload: int = 1000, **rollout: Any) -> dict[str, Any]:
-    return {"limits": {"timeout": timeout, "payload": payload}, "access": {"roles": roles},
-            "rollout": rollout or {"strategy": "immediate"}}
+    return {
+        "limits": {"timeout": timeout, "payload": payload},
+        "access": {"roles": roles},
+        "rollout": rollout or {"strategy": "immediate"},
+    }
 
 
 TRIGGERS = {"hello-http": {"function": "pub", "http": {"path": "/hello/{name}", "methods": ["GET", "POST"]}}}
@@ -253,14 +298,28 @@ PINNER = {"Authorization": "Bearer ok:rel:release"}  # may pin revisions of pub,
 
 
 def _table(routes: dict[str, dict[int, int]] | None = None, **extra_specs: dict[str, Any]) -> router.Table:
-    specs = {("pub", 1): _spec(["public"]), ("pub", 2): _spec(["public"]),
-             ("priv", 1): _spec(["admin"]), ("slow", 1): _spec(["public"], timeout=0.05),
-             ("ab", 1): _spec(["public"]), ("ab", 2): _spec(["public"], strategy="abTest"),
-             ("small", 1): _spec(["public"], payload=100),
-             ("hdr", 1): _spec(["public"]), ("hdr", 2): _spec(["public"], strategy="canary", stickiness={"by": "header", "name": "X-User"}),
-             ("ck", 1): _spec(["public"]), ("ck", 2): _spec(["public"], strategy="abTest", stickiness={"by": "cookie", "name": "sid"})}
-    routes = routes or {"pub": {1: 100, 2: 0}, "priv": {1: 100}, "slow": {1: 100}, "ab": {1: 50, 2: 50},
-                        "small": {1: 100}, "hdr": {1: 50, 2: 50}, "ck": {1: 50, 2: 50}}
+    specs = {
+        ("pub", 1): _spec(["public"]),
+        ("pub", 2): _spec(["public"]),
+        ("priv", 1): _spec(["admin"]),
+        ("slow", 1): _spec(["public"], timeout=0.05),
+        ("ab", 1): _spec(["public"]),
+        ("ab", 2): _spec(["public"], strategy="abTest"),
+        ("small", 1): _spec(["public"], payload=100),
+        ("hdr", 1): _spec(["public"]),
+        ("hdr", 2): _spec(["public"], strategy="canary", stickiness={"by": "header", "name": "X-User"}),
+        ("ck", 1): _spec(["public"]),
+        ("ck", 2): _spec(["public"], strategy="abTest", stickiness={"by": "cookie", "name": "sid"}),
+    }
+    routes = routes or {
+        "pub": {1: 100, 2: 0},
+        "priv": {1: 100},
+        "slow": {1: 100},
+        "ab": {1: 50, 2: 50},
+        "small": {1: 100},
+        "hdr": {1: 50, 2: 50},
+        "ck": {1: 50, 2: 50},
+    }
     return router.build_table(routes, specs, TRIGGERS, POLICIES)
 
 
@@ -284,10 +343,25 @@ async def running(limits: GatewayLimits | None = None) -> AsyncIterator[Harness]
         return tables.pop() if tables else None
 
     pool, audit = FakePool(), FakeAudit()
-    limits = limits or GatewayLimits(timeout_margin=0.1, read_timeout=0.5, body_timeout=0.5, max_body=10_000, max_header=2048,
-                                     max_concurrent=3, reload_interval=0.02, drain_timeout=5)
-    gateway = Gateway(pool=cast(PoolManager, pool), authenticator=cast(Authenticator, FakeAuth()), metrics=Metrics(),
-                      audit=cast(AuditLog, audit), source=source, limits=limits, identity={"project": "p", "store": "s"})
+    limits = limits or GatewayLimits(
+        timeout_margin=0.1,
+        read_timeout=0.5,
+        body_timeout=0.5,
+        max_body=10_000,
+        max_header=2048,
+        max_concurrent=3,
+        reload_interval=0.02,
+        drain_timeout=5,
+    )
+    gateway = Gateway(
+        pool=cast(PoolManager, pool),
+        authenticator=cast(Authenticator, FakeAuth()),
+        metrics=Metrics(),
+        audit=cast(AuditLog, audit),
+        source=source,
+        limits=limits,
+        identity={"project": "p", "store": "s"},
+    )
     gateway.pool_ready = True
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
     try:
@@ -316,16 +390,24 @@ async def _poll(condition: Callable[[], Any], what: str, timeout: float = 5.0) -
 
 def test_invoke_result_headers_caller_and_audit() -> None:
     async def check(h: Harness) -> None:
-        async with h.session.post(h.url + "/invoke/pub", json={"echo": {"hi": 1}},
-                                  headers={"X-Request-Id": "req-1", "Authorization": "Bearer ok:alice:dev"}) as r:
+        async with h.session.post(
+            h.url + "/invoke/pub",
+            json={"echo": {"hi": 1}},
+            headers={"X-Request-Id": "req-1", "Authorization": "Bearer ok:alice:dev"},
+        ) as r:
             assert r.status == 200 and await r.json() == {"hi": 1}
             assert r.headers["X-Request-Id"] == "req-1" and r.headers["X-Fnctl-Revision"] == "1"
         call = h.pool.calls[-1]
         assert call["caller"] == {"subject": "alice", "roles": ["dev"], "tenant": "acme", "kind": "key"}
         assert call["request_id"] == "req-1"
         row = h.audit.rows[-1]
-        assert (row["function"], row["revision"], row["status"], row["outcome"], row["principal"]) == \
-            ("pub", 1, 200, "ok", "alice")
+        assert (row["function"], row["revision"], row["status"], row["outcome"], row["principal"]) == (
+            "pub",
+            1,
+            200,
+            "ok",
+            "alice",
+        )
         async with h.session.post(h.url + "/invoke/pub", data=b"", headers={"X-Fnctl-Log": "tail"}) as r:
             assert r.status == 200 and r.headers["X-Request-Id"] == h.audit.rows[-1]["request_id"] != "req-1"
             assert base64.b64decode(r.headers["X-Fnctl-Log-Result"]) == b"line one\nline two\n"
@@ -343,8 +425,11 @@ def test_invoke_result_headers_caller_and_audit() -> None:
 
 def test_auth_denials_say_nothing_and_are_audited() -> None:
     async def check(h: Harness) -> None:
-        cases = [({}, 401, "unauthenticated"), ({"Authorization": "Bearer bad"}, 401, "unauthenticated"),
-                 ({"Authorization": "Bearer ok:bob:dev"}, 403, "denied")]
+        cases = [
+            ({}, 401, "unauthenticated"),
+            ({"Authorization": "Bearer bad"}, 401, "unauthenticated"),
+            ({"Authorization": "Bearer ok:bob:dev"}, 403, "denied"),
+        ]
         for headers, status, outcome in cases:
             async with h.session.post(h.url + "/invoke/priv", json={}, headers=headers) as r:
                 body = await r.text()
@@ -354,7 +439,9 @@ def test_auth_denials_say_nothing_and_are_audited() -> None:
             assert (h.audit.rows[-1]["status"], h.audit.rows[-1]["outcome"]) == (status, outcome)
         assert not h.pool.calls  # nothing reached an instance
         for token in ("ok:carol:admin", "ok:dave:ops"):  # the function's own role, and a Policy's grant
-            async with h.session.post(h.url + "/invoke/priv", json={}, headers={"Authorization": f"Bearer {token}"}) as r:
+            async with h.session.post(
+                h.url + "/invoke/priv", json={}, headers={"Authorization": f"Bearer {token}"}
+            ) as r:
                 assert r.status == 200
 
     run(check)
@@ -370,8 +457,9 @@ def test_pinning_stickiness_and_bad_pins() -> None:
         seen: dict[str, set[str]] = {}
         for i in range(60):
             user = f"u{i % 12}"
-            async with h.session.post(h.url + "/invoke/ab", json={},
-                                      headers={"Authorization": f"Bearer ok:{user}:"}) as r:
+            async with h.session.post(
+                h.url + "/invoke/ab", json={}, headers={"Authorization": f"Bearer ok:{user}:"}
+            ) as r:
                 seen.setdefault(user, set()).add(r.headers["X-Fnctl-Revision"])
         assert all(len(revisions) == 1 for revisions in seen.values())  # abTest: sticky per caller
         assert set().union(*seen.values()) == {"1", "2"}
@@ -399,14 +487,16 @@ async def _switch(h: Harness, table: router.Table) -> None:
 
 
 async def _pin(h: Harness, revision: int, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
-    async with h.session.post(h.url + "/invoke/tight", json={},
-                              headers={"X-Fnctl-Revision": str(revision), **(headers or {})}) as r:
+    async with h.session.post(
+        h.url + "/invoke/tight", json={}, headers={"X-Fnctl-Revision": str(revision), **(headers or {})}
+    ) as r:
         return r.status, r.headers.get("X-Fnctl-Revision", ""), (await r.json())["error"] if r.status != 200 else ""
 
 
 def test_pinning_never_applies_an_old_revisions_access_rules() -> None:
     """Issue item 2: `X-Fnctl-Revision: 1` reached revision 1 of `tight` with revision 1's `public` although the
     live spec allows only admin. Access is the live spec's, pinned or not; pinning needs a `pin` grant."""
+
     async def check(h: Harness) -> None:
         await _switch(h, _tight({1: 0, 2: 100}))  # revision 1 still warm (scaleDownDelay), so pinnable
         admin, pinner = {"Authorization": "Bearer ok:ann:admin"}, {"Authorization": "Bearer ok:bo:admin,release"}
@@ -418,8 +508,13 @@ def test_pinning_never_applies_an_old_revisions_access_rules() -> None:
         assert (await _pin(h, 1, pinner))[:2] == (200, "1")  # both: the warm revision is reached
         assert (await _pin(h, 2, pinner))[:2] == (200, "2")
         rows = h.audit.rows[before:]
-        assert [(r["status"], r["outcome"]) for r in rows] == [(401, "unauthenticated"), (403, "denied"),
-                                                               (403, "denied"), (200, "ok"), (200, "ok")]
+        assert [(r["status"], r["outcome"]) for r in rows] == [
+            (401, "unauthenticated"),
+            (403, "denied"),
+            (403, "denied"),
+            (200, "ok"),
+            (200, "ok"),
+        ]
         assert [c["revision"] for c in h.pool.calls] == [1, 2]  # nothing refused reached an instance
         async with h.session.post(h.url + "/invoke/tight", json={}) as r:
             assert r.status == 401  # unpinned, anonymous: the live rules as before
@@ -449,6 +544,7 @@ def test_only_revisions_in_the_routing_table_can_be_pinned() -> None:
 def test_a_canary_that_tightens_access_applies_to_every_request() -> None:
     """The newest revision with traffic is the function as declared now: its rules govern all traffic, also
     the requests the split sends to the older revision."""
+
     async def check(h: Harness) -> None:
         await _switch(h, _tight({1: 90, 2: 10}))
         statuses = set()
@@ -456,7 +552,9 @@ def test_a_canary_that_tightens_access_applies_to_every_request() -> None:
             async with h.session.post(h.url + "/invoke/tight", json={}) as r:
                 statuses.add(r.status)
         assert statuses == {401} and not h.pool.calls
-        async with h.session.post(h.url + "/invoke/tight", json={}, headers={"Authorization": "Bearer ok:a:admin"}) as r:
+        async with h.session.post(
+            h.url + "/invoke/tight", json={}, headers={"Authorization": "Bearer ok:a:admin"}
+        ) as r:
             assert r.status == 200
         await _switch(h, _tight({1: 100, 2: 0}))  # rolled back: revision 1's rules are the live ones again
         async with h.session.post(h.url + "/invoke/tight", json={}) as r:
@@ -467,8 +565,14 @@ def test_a_canary_that_tightens_access_applies_to_every_request() -> None:
 
 def test_pool_failures_as_statuses() -> None:
     async def check(h: Harness) -> None:
-        cases = [({"raise": "overloaded"}, 429), ({"raise": "unavailable"}, 503), ({"fail": "instance crashed"}, 502),
-                 ({"fail": "timeout"}, 504), ({"fail": "handler error"}, 500), ({"fail": "payload too large"}, 413)]
+        cases = [
+            ({"raise": "overloaded"}, 429),
+            ({"raise": "unavailable"}, 503),
+            ({"fail": "instance crashed"}, 502),
+            ({"fail": "timeout"}, 504),
+            ({"fail": "handler error"}, 500),
+            ({"fail": "payload too large"}, 413),
+        ]
         for event, status in cases:
             async with h.session.post(h.url + "/invoke/pub", json=event) as r:
                 assert r.status == status, event
@@ -477,8 +581,14 @@ def test_pool_failures_as_statuses() -> None:
                     assert r.headers["Retry-After"] == "3"
                 if "fail" in event:
                     assert body["error"]["kind"] == event["fail"] and body["error"]["message"]
-        assert [row["outcome"] for row in h.audit.rows] == ["overloaded", "unavailable", "crashed", "timeout",
-                                                            "error", "error"]
+        assert [row["outcome"] for row in h.audit.rows] == [
+            "overloaded",
+            "unavailable",
+            "crashed",
+            "timeout",
+            "error",
+            "error",
+        ]
         async with h.session.post(h.url + "/invoke/slow", json={"sleep": 5}) as r:
             assert r.status == 504 and h.audit.rows[-1]["outcome"] == "timeout"
 
@@ -512,8 +622,9 @@ def test_routing_table_reloads_without_restart() -> None:
     async def check(h: Harness) -> None:
         await _poll(lambda: h.pool.routes, "the first reconcile")
         h.tables.append(_table({"pub": {1: 0, 2: 100}}))
-        await _poll(lambda: h.gateway.table and h.gateway.table.functions["pub"].weights == {1: 0, 2: 100},
-                    "the new table")
+        await _poll(
+            lambda: h.gateway.table and h.gateway.table.functions["pub"].weights == {1: 0, 2: 100}, "the new table"
+        )
         async with h.session.post(h.url + "/invoke/pub", json={}) as r:
             assert r.headers["X-Fnctl-Revision"] == "2"
         await _poll(lambda: h.pool.routes[-1] == {"pub": {1: 0, 2: 100}}, "the pools reconciled")
@@ -626,8 +737,14 @@ def test_graceful_drain_answers_in_flight_requests() -> None:
         limits = GatewayLimits(reload_interval=0.02, drain_timeout=10)
         pool, audit = FakePool(), FakeAudit()
         pool.release = asyncio.Event()
-        gateway = Gateway(pool=cast(PoolManager, pool), authenticator=cast(Authenticator, FakeAuth()),
-                          metrics=Metrics(), audit=cast(AuditLog, audit), source=lambda: _table(), limits=limits)
+        gateway = Gateway(
+            pool=cast(PoolManager, pool),
+            authenticator=cast(Authenticator, FakeAuth()),
+            metrics=Metrics(),
+            audit=cast(AuditLog, audit),
+            source=lambda: _table(),
+            limits=limits,
+        )
         runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
         async with aiohttp.ClientSession() as session:
             inflight = asyncio.create_task(session.post(f"http://127.0.0.1:{port}/invoke/pub", json={"wait": True}))
@@ -646,7 +763,7 @@ def test_graceful_drain_answers_in_flight_requests() -> None:
 
 # ---- end to end: a real `fnctl serve` in front of real instances ----------------------------------------
 
-WEB_HANDLER = '''\
+WEB_HANDLER = """\
 import json
 import time
 
@@ -663,9 +780,9 @@ def handler(event, context):
     if event.get("sleep"):
         time.sleep(event["sleep"])
     return {{"version": VERSION, "caller": context.caller}}
-'''
+"""
 
-WEB_MANIFEST = '''\
+WEB_MANIFEST = """\
 apiVersion: fnctl/v1
 kind: Function
 metadata: {name: web}
@@ -684,7 +801,7 @@ spec:
       - {name: control, weight: 50, revision: stable}
       - {name: candidate, weight: 50, revision: new}
     stickiness: {by: caller}
-'''
+"""
 
 
 @dataclass
@@ -711,8 +828,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _http(method: str, url: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     import http.client
     from urllib.parse import urlsplit
 
@@ -720,27 +838,32 @@ def _http(method: str, url: str, body: bytes | None = None,
     assert parts.hostname is not None
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
-                           headers=headers or {})
+        connection.request(
+            method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers or {}
+        )
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
 
 
-def _revisions(url: str, n: int, headers_for: Callable[[int], dict[str, str]] = lambda i: {},
-               concurrency: int = 16) -> list[tuple[int, str]]:
+def _revisions(
+    url: str, n: int, headers_for: Callable[[int], dict[str, str]] = lambda i: {}, concurrency: int = 16
+) -> list[tuple[int, str]]:
     """(request index, revision) of `n` invocations of web, `concurrency` at a time over keep-alive."""
+
     async def main() -> list[tuple[int, str]]:
         results: list[tuple[int, str]] = []
         queue = iter(range(n))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
             async def worker() -> None:
                 for i in queue:
                     async with session.post(url + "/invoke/web", data=b"{}", headers=headers_for(i)) as r:
                         assert r.status == 200, (r.status, await r.text())
                         await r.read()
                         results.append((i, r.headers["X-Fnctl-Revision"]))
+
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         return results
 
@@ -771,15 +894,21 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             assert applied.code in accepted, applied.text
         with project.store() as store:
             store.set_route("web", {2: 100})
-            store.set_resources("Trigger", {"web-http": {"function": "web",
-                                                         "http": {"path": "/web/{name}", "methods": ["GET", "POST"]}}})
+            store.set_resources(
+                "Trigger",
+                {"web-http": {"function": "web", "http": {"path": "/web/{name}", "methods": ["GET", "POST"]}}},
+            )
             made = [keys.create(store, f"caller-{i}", ("dev",), "acme", "test")[1] for i in range(20)]
             store.set_resources("Policy", {"release": {"roles": {"releaser": {"pin": ["web"]}}}})
             pinner = keys.create(store, "release-bot", ("releaser",), None, "test")[1]
         err = (project.root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--read-timeout", "1", "--body-timeout", "1"],
-                                cwd=project.root,
-                                env=project.environ(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve", "--read-timeout", "1", "--body-timeout", "1"],
+            cwd=project.root,
+            env=project.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=60)
         assert proc.poll() is None, (project.root.parent / "serve.err").read_text()
         yield Live(project, port, proc, made, err, pinner)
@@ -814,7 +943,11 @@ def test_e2e_http_trigger_both_ways(live: Live) -> None:
     assert seen["caller"]["subject"].startswith("key:") and seen["caller"]["roles"] == ["dev"]
     assert seen["caller"]["tenant"] == "acme"
     status, _, body = _http("POST", live.url + "/web/b", body=b"plain text", headers={"Content-Type": "text/plain"})
-    assert status == 201 and json.loads(body)["body"] == "plain text" and json.loads(body)["caller"]["subject"] == "anonymous"
+    assert (
+        status == 201
+        and json.loads(body)["body"] == "plain text"
+        and json.loads(body)["caller"]["subject"] == "anonymous"
+    )
     assert _http("PUT", live.url + "/web/b")[0] == 405
     status, _, body = _http("POST", live.url + "/invoke/web", body=b"{}", headers=auth)
     assert status == 200 and json.loads(body)["caller"]["roles"] == ["dev"]  # the caller reaches context.caller
@@ -840,10 +973,16 @@ def test_e2e_pinning_reaches_a_revision_without_traffic(live: Live) -> None:
     _until_all(live.url, "2", "all traffic on revision 2")
     assert _http("POST", live.url + "/invoke/web", body=b"{}", headers=pin)[0] == 404
     live.route({2: 100, 1: 0})  # listed at 0%: warm (a preview, or within scaleDownDelay), so pinnable
-    until(lambda: _http("POST", live.url + "/invoke/web", body=b"{}", headers=pin)[0] == 200,
-          "the gateway to read revision 1 back into its table")
-    status, headers, body = _http("POST", live.url + "/invoke/web", body=b"{}",
-                                  headers={"X-Fnctl-Revision": "1", "Authorization": f"Bearer {live.pinner}"})
+    until(
+        lambda: _http("POST", live.url + "/invoke/web", body=b"{}", headers=pin)[0] == 200,
+        "the gateway to read revision 1 back into its table",
+    )
+    status, headers, body = _http(
+        "POST",
+        live.url + "/invoke/web",
+        body=b"{}",
+        headers={"X-Fnctl-Revision": "1", "Authorization": f"Bearer {live.pinner}"},
+    )
     assert status == 200 and headers["X-Fnctl-Revision"] == "1" and json.loads(body)["version"] == "one"
     # pinning is a privilege (a Policy's `pin` grant): anonymous and ordinary callers are refused, and told why
     assert _http("POST", live.url + "/invoke/web", body=b"{}", headers={"X-Fnctl-Revision": "1"})[0] == 401
@@ -856,9 +995,12 @@ def test_e2e_pinning_reaches_a_revision_without_traffic(live: Live) -> None:
     direct = live.project.ok("invoke", "web", "--direct", "-d", "{}")
     assert json.loads(direct.out) == {"version": "two", "caller": None}
     with live.project.store() as store:  # --direct skips the gateway's auth, never the audit: the operator
-        rows = store.raw().query("SELECT principal, function, revision, status, source FROM invocations "
-                           "WHERE source = 'cli --direct'")
-    assert len(rows) == 1 and rows[0][0].startswith("operator:") and tuple(rows[0][1:]) == ("web", 2, 200, "cli --direct")
+        rows = store.raw().query(
+            "SELECT principal, function, revision, status, source FROM invocations WHERE source = 'cli --direct'"
+        )
+    assert (
+        len(rows) == 1 and rows[0][0].startswith("operator:") and tuple(rows[0][1:]) == ("web", 2, 200, "cli --direct")
+    )
     refused = live.project.fnctl("invoke", "web", "--key", "fnk_000000000000_" + "x" * 43, "-d", "{}")
     assert refused.code == 1 and "401" in refused.err
 
@@ -965,8 +1107,13 @@ def test_e2e_malformed_input_is_4xx_audited_and_leaves_no_traceback(live: Live) 
 
     def audited() -> int:  # from this test's own address and time: the attack's rows come from 127.0.0.2-4
         with live.project.store() as store:
-            return int(store.raw().query("SELECT count(*) FROM invocations WHERE status >= 400 AND status < 500 "
-                                   "AND source = '127.0.0.1' AND at >= ?", (started,))[0][0])
+            return int(
+                store.raw().query(
+                    "SELECT count(*) FROM invocations WHERE status >= 400 AND status < 500 "
+                    "AND source = '127.0.0.1' AND at >= ?",
+                    (started,),
+                )[0][0]
+            )
 
     before = audited()
     sent = 0
@@ -977,8 +1124,12 @@ def test_e2e_malformed_input_is_4xx_audited_and_leaves_no_traceback(live: Live) 
     for name, data in MALFORMED_HTTP.items():
         assert _raw(live.port, data.replace(b"/invoke/pub", b"/invoke/web")).split(b" ")[1] == b"400", name
         sent += 1
-    for method, path, status in (("GET", "/nothing", 404), ("GET", "/invoke/web", 405), ("PUT", "/web/x", 405),
-                                 ("POST", "/healthz", 405)):
+    for method, path, status in (
+        ("GET", "/nothing", 404),
+        ("GET", "/invoke/web", 405),
+        ("PUT", "/web/x", 405),
+        ("POST", "/healthz", 405),
+    ):
         assert _http(method, live.url + path, body=b"{}")[0] == status, (method, path)
         sent += 1
     until(lambda: audited() >= before + sent, f"{sent} audit rows of the bad requests", timeout=20)
@@ -1003,8 +1154,13 @@ def test_e2e_graceful_drain_on_sigterm(live: Live) -> None:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # pinned to revision 1, which nothing else calls, so its in-flight gauge is this request's alone
         slow = pool.submit(_http, "POST", live.url + "/invoke/web", b'{"sleep": 2}', pin)
-        until(lambda: 'fnctl_inflight_requests{function="web",revision="1"} 1.0'
-              in _http("GET", live.url + "/metrics")[2].decode(), "the slow request in flight")
+        until(
+            lambda: (
+                'fnctl_inflight_requests{function="web",revision="1"} 1.0'
+                in _http("GET", live.url + "/metrics")[2].decode()
+            ),
+            "the slow request in flight",
+        )
         live.proc.send_signal(signal.SIGTERM)
         status, _, body = slow.result(timeout=30)
     assert status == 200 and json.loads(body)["version"] == "one"  # answered, not cut
@@ -1021,8 +1177,7 @@ def test_revision_info_reads_the_data_settings_of_a_spec() -> None:
 
     plain = revision_info(1, {"limits": {"timeout": 2}})
     assert plain.data == DataSettings() and plain.data.db_operations == 1000 and not plain.data.rerunnable
-    procedure = revision_info(2, {"runAs": "function", "transaction": {"retries": 5},
-                                  "limits": {"dbOperations": 10}})
+    procedure = revision_info(2, {"runAs": "function", "transaction": {"retries": 5}, "limits": {"dbOperations": 10}})
     assert procedure.data == DataSettings(run_as_function=True, transaction=True, retries=5, db_operations=10)
     assert procedure.data.rerunnable
     default_retries = revision_info(3, {"transaction": {}, "network": "egress"}).data

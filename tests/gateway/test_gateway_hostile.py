@@ -20,8 +20,16 @@ from test_gateway import Harness, _poll, _spec, _switch, running
 from fnctl.gateway import router
 from fnctl.gateway.app import GatewayLimits
 
-LIMITS: dict[str, Any] = {"timeout_margin": 0.5, "read_timeout": 1.0, "body_timeout": 1.0, "max_body": 10_000,
-                          "max_header": 2048, "max_concurrent": 3, "reload_interval": 0.02, "drain_timeout": 5}
+LIMITS: dict[str, Any] = {
+    "timeout_margin": 0.5,
+    "read_timeout": 1.0,
+    "body_timeout": 1.0,
+    "max_body": 10_000,
+    "max_header": 2048,
+    "max_concurrent": 3,
+    "reload_interval": 0.02,
+    "drain_timeout": 5,
+}
 
 
 def run(test: Callable[[Harness], Awaitable[None]], **limits: Any) -> None:
@@ -37,8 +45,10 @@ async def _connect(port: int, source: str) -> tuple[asyncio.StreamReader, asynci
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
-CHUNKED = (b"POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-           b"Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n")
+CHUNKED = (
+    b"POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n"
+)
 
 
 class Attack:
@@ -75,8 +85,9 @@ class Attack:
                 writer.close()
 
 
-async def _under_attack(h: Harness, opening: bytes, trickle: bytes, sources: tuple[str, ...],
-                        per_source: int) -> tuple[list[int], Attack]:
+async def _under_attack(
+    h: Harness, opening: bytes, trickle: bytes, sources: tuple[str, ...], per_source: int
+) -> tuple[list[int], Attack]:
     """The statuses a well-behaved client from 127.0.0.1 gets, one request at a time on keep-alive, while
     `per_source` attacker connections from each of `sources` are open; it keeps calling until it made 200
     requests AND the gateway cut every attacker connection once (so it called through whole attack cycles)."""
@@ -119,6 +130,7 @@ def test_never_ending_chunked_bodies_do_not_starve_a_function() -> None:
     """Issue item 3: 300 connections sending a chunked body that never ends held the function's concurrency
     (here 3) until the read timeout; a good client got 5.9 % through. The body is read before the request
     takes a concurrency unit, under its own deadline: the good client keeps >= 99 %."""
+
     async def check(h: Harness) -> None:
         statuses, _ = await _under_attack(h, CHUNKED, b"1\r\n1\r\n", ("127.0.0.2", "127.0.0.3"), 100)
         assert sum(1 for s in statuses if s == 200) / len(statuses) >= 0.99, sorted(set(statuses))
@@ -152,8 +164,9 @@ def test_connections_per_client_address_are_capped() -> None:
         held.pop()[1].close()
         await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 4, "the gateway to see one closed")
         reader, writer = await _connect(h.port, "127.0.0.5")
-        writer.write(b"POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
-                     b'{"echo":2}')
+        writer.write(
+            b'POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"echo":2}'
+        )
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200 ")  # a free place again
         writer.close()
         for _, other in held:
@@ -168,8 +181,9 @@ def test_cap_and_body_timeout_settings(tmp_path: Any) -> None:
     from fnctl.gateway.serve import options_for
     from fnctl.manifest.project import load_project
 
-    (tmp_path / "fnctl.toml").write_text('[project]\nname = "p"\n\n[gateway]\nbodyTimeout = "2s"\n'
-                                         'maxConnectionsPerClient = 16\n')
+    (tmp_path / "fnctl.toml").write_text(
+        '[project]\nname = "p"\n\n[gateway]\nbodyTimeout = "2s"\nmaxConnectionsPerClient = 16\n'
+    )
     project = load_project(tmp_path)
     limits = options_for(project).limits
     assert (limits.body_timeout, limits.max_connections_per_client) == (2.0, 16)
@@ -207,40 +221,53 @@ BAD_BODIES = {
 }
 
 
-def test_malformed_bodies_are_400_with_one_line_and_one_audit_row(caplog: pytest.LogCaptureFixture,
-                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+def test_malformed_bodies_are_400_with_one_line_and_one_audit_row(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def check(h: Harness) -> None:
-        await _switch(h, router.build_table({"pub": {1: 100}}, {("pub", 1): _spec(["public"], payload=100_000)}, {}, {}))
+        await _switch(
+            h, router.build_table({"pub": {1: 100}}, {("pub", 1): _spec(["public"], payload=100_000)}, {}, {})
+        )
         for name, (body, reason) in BAD_BODIES.items():
             before = len(h.audit.rows)
-            async with h.session.post(h.url + "/invoke/pub", data=body,
-                                      headers={"Content-Type": "application/json"}) as r:
+            async with h.session.post(
+                h.url + "/invoke/pub", data=body, headers={"Content-Type": "application/json"}
+            ) as r:
                 text = await r.text()
                 assert r.status == 400, (name, r.status, text)
                 error = json.loads(text)["error"]
             assert error.startswith("Bad Request: the body is not JSON: ") and reason in error, (name, error)
             assert "\n" not in error and len(error) < 200, name
             rows = h.audit.rows[before:]
-            assert [(row["status"], row["outcome"], row["function"]) for row in rows] == [(400, "rejected", "pub")], name
+            assert [(row["status"], row["outcome"], row["function"]) for row in rows] == [(400, "rejected", "pub")], (
+                name
+            )
         assert not h.pool.calls
         async with h.session.post(h.url + "/invoke/pub", data=b'{"echo": "\\ud83d\\ude00 ok"}') as r:
-            assert r.status == 200 and await r.json() == "\U0001F600 ok"  # a surrogate PAIR is a character
+            assert r.status == 200 and await r.json() == "\U0001f600 ok"  # a surrogate PAIR is a character
 
     run(check, max_body=100_000)
     _no_tracebacks(caplog, capfd)
 
 
-def test_unknown_routes_and_wrong_methods_are_audited_once(caplog: pytest.LogCaptureFixture,
-                                                             capfd: pytest.CaptureFixture[str]) -> None:
+def test_unknown_routes_and_wrong_methods_are_audited_once(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def check(h: Harness) -> None:
-        cases = [("GET", "/nothing/here", 404, None, "not_found"), ("DELETE", "/hello/x", 405, "GET, POST", "not_allowed"),
-                 ("GET", "/invoke/pub", 405, "POST", "not_allowed"), ("POST", "/healthz", 405, "GET, HEAD", "not_allowed"),
-                 ("PUT", "/metrics", 405, "GET, HEAD", "not_allowed"), ("POST", "/invoke/nope", 404, None, "not_found"),
-                 ("GET", "/%ED%A0%80", 404, None, "not_found"), ("POST", "/invoke/%ED%A0%80", 404, None, "not_found")]
+        cases = [
+            ("GET", "/nothing/here", 404, None, "not_found"),
+            ("DELETE", "/hello/x", 405, "GET, POST", "not_allowed"),
+            ("GET", "/invoke/pub", 405, "POST", "not_allowed"),
+            ("POST", "/healthz", 405, "GET, HEAD", "not_allowed"),
+            ("PUT", "/metrics", 405, "GET, HEAD", "not_allowed"),
+            ("POST", "/invoke/nope", 404, None, "not_found"),
+            ("GET", "/%ED%A0%80", 404, None, "not_found"),
+            ("POST", "/invoke/%ED%A0%80", 404, None, "not_found"),
+        ]
         for method, path, status, allow, outcome in cases:
             before = len(h.audit.rows)
             async with h.session.request(method, h.url + path, data=b"{}") as r:
@@ -282,8 +309,9 @@ def _rows_since(h: Harness, start: int) -> Callable[[], list[dict[str, Any]]]:
     return lambda: h.audit.rows[start:]
 
 
-def test_malformed_http_is_answered_with_one_line_and_audited(caplog: pytest.LogCaptureFixture,
-                                                               capfd: pytest.CaptureFixture[str]) -> None:
+def test_malformed_http_is_answered_with_one_line_and_audited(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def check(h: Harness) -> None:
@@ -301,8 +329,9 @@ def test_malformed_http_is_answered_with_one_line_and_audited(caplog: pytest.Log
     _no_tracebacks(caplog, capfd)
 
 
-def test_results_and_headers_no_encoder_takes_never_end_in_a_500(caplog: pytest.LogCaptureFixture,
-                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+def test_results_and_headers_no_encoder_takes_never_end_in_a_500(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A handler may return a lone surrogate (the runtime escapes it as \\ud800), and a client may send header
     bytes that are no UTF-8: neither reaches a 500 or a traceback."""
     caplog.set_level(logging.DEBUG)
@@ -312,11 +341,13 @@ def test_results_and_headers_no_encoder_takes_never_end_in_a_500(caplog: pytest.
             assert r.status == 200 and json.loads(await r.read()) == {"s": "\ud800"}  # as the handler gave it
         async with h.session.post(h.url + "/hello/x", json={"frame": '["\\udfff"]'}) as r:
             assert r.status == 200 and json.loads(await r.read()) == ["\udfff"]
-        for frame in ('{"statusCode": 200, "body": "\\ud800"}',
-                      '{"statusCode": 200, "headers": {"X-A": "\\ud800"}, "body": "ok"}'):
+        for frame in (
+            '{"statusCode": 200, "body": "\\ud800"}',
+            '{"statusCode": 200, "headers": {"X-A": "\\ud800"}, "body": "ok"}',
+        ):
             async with h.session.post(h.url + "/hello/x", json={"frame": frame}) as r:
                 assert r.status == 502, frame  # not Unicode text: a bad proxy response, as any other
-        raw = (b"GET /hello/x HTTP/1.1\r\nHost: x\r\nX-Bytes: caf\xe9 \xff\r\nConnection: close\r\n\r\n")
+        raw = b"GET /hello/x HTTP/1.1\r\nHost: x\r\nX-Bytes: caf\xe9 \xff\r\nConnection: close\r\n\r\n"
         answer = await asyncio.to_thread(_raw, h.port, raw)
         assert answer.split(b" ")[1] == b"200", answer
         event = json.loads(answer.partition(b"\r\n\r\n")[2])["event"]
@@ -327,8 +358,19 @@ def test_results_and_headers_no_encoder_takes_never_end_in_a_500(caplog: pytest.
     _no_tracebacks(caplog, capfd)
 
 
-@pytest.mark.parametrize("data", ['{"name": "\\ud800"}', "[" * 990 + "]" * 990, '{"x": NaN}', "[Infinity]", "-Infinity",
-                                  '{"a":' * 3000, "[1" + "0" * 5000 + "]", "{not json"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"name": "\\ud800"}',
+        "[" * 990 + "]" * 990,
+        '{"x": NaN}',
+        "[Infinity]",
+        "-Infinity",
+        '{"a":' * 3000,
+        "[1" + "0" * 5000 + "]",
+        "{not json",
+    ],
+)
 def test_cli_data_is_strict_json_exit_2_with_one_line(data: str, tmp_path: Any) -> None:
     """`fnctl invoke -d` refuses what the gateway refuses, before anything runs: exit 2, one line."""
     import subprocess
@@ -336,8 +378,14 @@ def test_cli_data_is_strict_json_exit_2_with_one_line(data: str, tmp_path: Any) 
 
     (tmp_path / "event.json").write_text(data, encoding="utf-8")
     for given in (data, f"@{tmp_path / 'event.json'}"):
-        result = subprocess.run([sys.executable, "-m", "fnctl", "invoke", "nothing-deployed", "-d", given],
-                                check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "fnctl", "invoke", "nothing-deployed", "-d", given],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2, (result.returncode, result.stderr)
         lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
         assert len(lines) == 1 and "is not valid JSON" in lines[0], lines

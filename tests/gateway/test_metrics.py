@@ -139,13 +139,16 @@ def test_quantiles_of_known_distributions() -> None:
         assert estimate is not None and abs(estimate - truth) / truth < 0.09
     assert quantile({}, 0.95) is None
     assert quantile(histogram([0.01] * 10), 0.95) == pytest.approx(0.095)  # the first bucket starts at 0
-    assert quantile(histogram([10 ** 7]), 0.5) == pytest.approx(120_000, rel=0.1)  # overflow: the top bound
+    assert quantile(histogram([10**7]), 0.5) == pytest.approx(120_000, rel=0.1)  # overflow: the top bound
     assert float(BOUNDS[bucket_index(1.0)]) >= 1.0 > float(BOUNDS[bucket_index(1.0)]) / GROWTH
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_prometheus_text_has_per_function_and_revision_series() -> None:

@@ -119,8 +119,9 @@ def test_refuse_only_at_max_instances_with_a_full_queue() -> None:
     scaling = Scaling(min_instances=1, max_instances=3, concurrency=2)
 
     def refused(ready: int, starting: int = 0, queued: int = 4, can_start: bool = True) -> bool:
-        return refuse(ready=ready, starting=starting, queued=queued, queue_limit=4, scaling=scaling,
-                      can_start=can_start)
+        return refuse(
+            ready=ready, starting=starting, queued=queued, queue_limit=4, scaling=scaling, can_start=can_start
+        )
 
     assert not refused(ready=3, queued=3)  # room in the queue
     assert refused(ready=3)  # at maxInstances, queue full: the only relief is the instances there are
@@ -173,10 +174,17 @@ def local_runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "main.py").write_text(textwrap.dedent(HANDLER))
     socket_dir = Path(tempfile.mkdtemp(prefix="fnpool-"))  # a socket path must stay under ~108 bytes
-    env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(tmp_path / "code"),
-           "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET_DIR": str(socket_dir),
-           "FNCTL_FUNCTION": "echo", "FNCTL_REVISION": "1", "FNCTL_CONCURRENCY": "16",
-           "FNCTL_PAYLOAD_LIMIT": str(64 * 1024)}
+    env = {
+        **os.environ,
+        "FNCTL_HANDLER": "main.handler",
+        "FNCTL_CODE_DIR": str(tmp_path / "code"),
+        "FNCTL_DEPS_DIR": str(tmp_path / "deps"),
+        "FNCTL_SOCKET_DIR": str(socket_dir),
+        "FNCTL_FUNCTION": "echo",
+        "FNCTL_REVISION": "1",
+        "FNCTL_CONCURRENCY": "16",
+        "FNCTL_PAYLOAD_LIMIT": str(64 * 1024),
+    }
     with (tmp_path / "runtime.log").open("wb") as out:
         process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env, stdout=out, stderr=out)
     runtime = LocalRuntime(process, str(socket_dir))
@@ -194,11 +202,20 @@ def test_async_transport_multiplexes_concurrent_invocations(local_runtime: Local
         assert ready["type"] == "ready" and ready["function"] == "echo" and ready["concurrency"] == 16
         await transport.configure({"TOKEN": "t0ken"})
         caller = {"subject": "ada", "roles": ["dev"]}
-        results = await asyncio.gather(*(
-            transport.invoke({"n": n, "sleep": 0.05 * (n % 3)}, invocation_id=f"inv-{n}",
-                             deadline=time.time() + 10, caller=caller) for n in range(40)))
-        assert [r.result for r in results] == [{"n": n, "caller": caller, "id": f"inv-{n}", "secret": "t0ken"}
-                                               for n in range(40)]
+        results = await asyncio.gather(
+            *(
+                transport.invoke(
+                    {"n": n, "sleep": 0.05 * (n % 3)},
+                    invocation_id=f"inv-{n}",
+                    deadline=time.time() + 10,
+                    caller=caller,
+                )
+                for n in range(40)
+            )
+        )
+        assert [r.result for r in results] == [
+            {"n": n, "caller": caller, "id": f"inv-{n}", "secret": "t0ken"} for n in range(40)
+        ]
         assert await transport.ping() == 0
         await transport.close()
 
@@ -213,13 +230,15 @@ def test_async_transport_sends_the_requests_of_one_loop_round_in_one_write(local
         wire = transport._transport
         assert wire is not None
         write = wire.write
+
         def recording(data: Any) -> None:
             sent.append(bytes(data))
             write(data)
 
         wire.write = recording  # type: ignore[method-assign]
-        results = await asyncio.gather(*(transport.invoke({"n": n}, invocation_id=f"i{n}", deadline=time.time() + 10)
-                                         for n in range(5)))
+        results = await asyncio.gather(
+            *(transport.invoke({"n": n}, invocation_id=f"i{n}", deadline=time.time() + 10) for n in range(5))
+        )
         assert [r.result["n"] for r in results] == list(range(5))
         assert len(sent) == 1 and sent[0].count(b'"type":"invoke"') == 5  # one system call, one wake-up
         await transport.close()
@@ -253,8 +272,10 @@ def test_async_transport_fails_every_waiter_when_the_runtime_dies(local_runtime:
         lost: list[str] = []
         transport.on_lost = lost.append
         await transport.connect(timeout=15)
-        slow = [asyncio.ensure_future(transport.invoke({"sleep": 30}, invocation_id=f"s{n}",
-                                                       deadline=time.time() + 60)) for n in range(3)]
+        slow = [
+            asyncio.ensure_future(transport.invoke({"sleep": 30}, invocation_id=f"s{n}", deadline=time.time() + 60))
+            for n in range(3)
+        ]
         await until_async(lambda: _equals(transport.ping(), 3), "three invocations in flight")
         local_runtime.process.send_signal(signal.SIGKILL)
         done = await asyncio.wait_for(asyncio.gather(*slow, return_exceptions=True), timeout=10)
@@ -271,8 +292,7 @@ def test_async_transport_drain_finishes_in_flight_work_and_refuses_new(local_run
         first, second = local_runtime.transport(), local_runtime.transport()
         await first.connect(timeout=15)
         await second.connect(timeout=5)
-        slow = asyncio.ensure_future(first.invoke({"sleep": 0.5, "n": 1}, invocation_id="s",
-                                                  deadline=time.time() + 10))
+        slow = asyncio.ensure_future(first.invoke({"sleep": 0.5, "n": 1}, invocation_id="s", deadline=time.time() + 10))
         await until_async(lambda: _equals(second.ping(), 1), "the slow invocation to be in flight")
         drain = asyncio.ensure_future(second.drain())
         refused = await until_async(lambda: _draining(first), "a new invocation to be refused as draining")
@@ -345,9 +365,14 @@ class LocalHost:
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
         socket_dir = tempfile.mkdtemp(prefix="fnpool-")
         self.socket_dirs.append(socket_dir)
-        env = {**os.environ, "FNCTL_HANDLER": "main.handler", "FNCTL_CODE_DIR": str(self.code),
-               "FNCTL_DEPS_DIR": str(self.code / "deps"), "FNCTL_SOCKET_DIR": socket_dir,
-               "FNCTL_CONCURRENCY": str(self.concurrency)}
+        env = {
+            **os.environ,
+            "FNCTL_HANDLER": "main.handler",
+            "FNCTL_CODE_DIR": str(self.code),
+            "FNCTL_DEPS_DIR": str(self.code / "deps"),
+            "FNCTL_SOCKET_DIR": socket_dir,
+            "FNCTL_CONCURRENCY": str(self.concurrency),
+        }
         process = self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
         probe = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
         await probe.connect(timeout=15)  # as instances.start does: ready before it is handed over
@@ -384,12 +409,16 @@ class LocalHost:
             shutil.rmtree(socket_dir, ignore_errors=True)
 
 
-def local_pool(tmp_path: Path, *, min_instances: int, max_instances: int, concurrency: int,
-               timeout: float = 10.0) -> tuple[LocalHost, RevisionPool]:
+def local_pool(
+    tmp_path: Path, *, min_instances: int, max_instances: int, concurrency: int, timeout: float = 10.0
+) -> tuple[LocalHost, RevisionPool]:
     (tmp_path / "code").mkdir(exist_ok=True)
     (tmp_path / "code" / "main.py").write_text(textwrap.dedent(HANDLER))
-    spec = {"handler": "main.handler", "limits": {"timeout": timeout},
-            "scaling": {"min_instances": min_instances, "max_instances": max_instances, "concurrency": concurrency}}
+    spec = {
+        "handler": "main.handler",
+        "limits": {"timeout": timeout},
+        "scaling": {"min_instances": min_instances, "max_instances": max_instances, "concurrency": concurrency},
+    }
     host = LocalHost(tmp_path / "code", concurrency)
     target = Target(function_from_spec("echo", spec, Limits()), 1, "local", {})
     return host, RevisionPool(host, target, routing=Routing.ROUTED)
@@ -522,7 +551,7 @@ def test_callers_that_give_up_leave_no_slot_or_queue_entry_behind(tmp_path: Path
 
 # ---- PoolManager against real Docker --------------------------------------------------------------
 
-FUNCTION_CODE = '''\
+FUNCTION_CODE = """\
 import os
 import time
 
@@ -535,7 +564,7 @@ def handler(event, context):
     if event.get("sleep"):
         time.sleep(float(event["sleep"]))
     return {"version": os.environ.get("VERSION", ""), "n": event.get("n"), "caller": context.caller}
-'''
+"""
 
 # name: (minInstances, maxInstances, concurrency, env); one function per test, so tests never share instances
 FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
@@ -553,7 +582,8 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
 def write_function(project: Project, name: str, version: str) -> None:
     low, high, concurrency, env = FUNCTIONS[name]
     env_yaml = ", ".join(f"{k}: '{v}'" for k, v in {"VERSION": version, **env}.items())
-    (project.root / "manifests" / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+    (project.root / "manifests" / f"{name}.yaml").write_text(
+        textwrap.dedent(f"""\
         apiVersion: fnctl/v1
         kind: Function
         metadata: {{name: {name}}}
@@ -566,7 +596,9 @@ def write_function(project: Project, name: str, version: str) -> None:
           scaling: {{minInstances: {low}, maxInstances: {high}, concurrency: {concurrency}}}
           healthCheck:
             - event: {{n: 0}}
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
 
 
 @dataclass
@@ -585,8 +617,9 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-             base_image: str) -> Iterator[Deployed]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Deployed]:
     project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image)
     try:
         (project.root / "functions" / "echo").mkdir(parents=True)
@@ -617,8 +650,9 @@ def with_manager(deployed: Deployed, scenario: Callable[[PoolManager], Awaitable
     asyncio.run(main())
 
 
-async def call(manager: PoolManager, function: str, event: dict[str, Any], revision: int = 1,
-               request_id: str = "req") -> PoolResult:
+async def call(
+    manager: PoolManager, function: str, event: dict[str, Any], revision: int = 1, request_id: str = "req"
+) -> PoolResult:
     return await manager.invoke(function, revision, event, caller={"subject": "tester"}, request_id=request_id)
 
 
@@ -642,8 +676,10 @@ def test_scales_up_under_load_and_back_down(deployed: Deployed) -> None:
         await asyncio.gather(*clients)
         assert all(r.outcome.ok for r in results)
         await until(lambda: manager.stats()[key].instances == 1, "idle instances stopped down to minInstances")
-        await until(lambda: len(deployed.rows("scale")) == 1 and len(deployed.containers("scale")) == 1,
-                    "the store and the engine back to one instance")
+        await until(
+            lambda: len(deployed.rows("scale")) == 1 and len(deployed.containers("scale")) == 1,
+            "the store and the engine back to one instance",
+        )
 
     with_manager(deployed, scenario, idle_seconds=0.5)
 
@@ -659,8 +695,12 @@ def test_scales_from_zero_with_a_cold_start_and_back_to_zero(deployed: Deployed)
         assert first.cold_start
         second = await call(manager, "zero", {"n": 2})
         assert second.outcome.ok and not second.cold_start and second.instance == first.instance
-        await until(lambda: manager.stats()[key].instances == 0 and not deployed.rows("zero")
-                    and not deployed.containers("zero"), "the idle instance stopped: scaled to zero")
+        await until(
+            lambda: (
+                manager.stats()[key].instances == 0 and not deployed.rows("zero") and not deployed.containers("zero")
+            ),
+            "the idle instance stopped: scaled to zero",
+        )
         third = await call(manager, "zero", {"n": 3})
         assert third.outcome.ok and third.cold_start and third.instance != first.instance
 
@@ -684,9 +724,13 @@ def test_a_crash_mid_invocation_fails_its_requests_and_the_next_one_succeeds(dep
             assert "crashed during the invocation (exit code 3)" in result.outcome.message
         after = await call(manager, "crash", {"n": 1})
         assert after.outcome.ok and after.instance != victim
-        await until(lambda: victim not in {r.id for r in deployed.rows("crash")}
-                    and all(c.labels["io.fnctl.instance"] != victim for c in deployed.containers("crash")),
-                    "the crashed instance removed from the store and the engine")
+        await until(
+            lambda: (
+                victim not in {r.id for r in deployed.rows("crash")}
+                and all(c.labels["io.fnctl.instance"] != victim for c in deployed.containers("crash"))
+            ),
+            "the crashed instance removed from the store and the engine",
+        )
         await until(lambda: manager.stats()[key].ready == 1, "a replacement kept warm")
 
     with_manager(deployed, scenario)
@@ -714,7 +758,8 @@ def test_at_max_instances_with_a_full_queue_requests_are_refused_with_retry_afte
 
 @pytest.mark.docker
 def test_a_revision_the_table_does_not_list_is_started_on_demand_and_stopped_after_the_grace(
-        deployed: Deployed) -> None:
+    deployed: Deployed,
+) -> None:
     preview = ("preview", 2)
 
     async def scenario(manager: PoolManager) -> None:
@@ -724,8 +769,10 @@ def test_a_revision_the_table_does_not_list_is_started_on_demand_and_stopped_aft
         assert [r.revision for r in deployed.rows("preview")] == [2]
         live = await call(manager, "preview", {"n": 2}, revision=1)
         assert live.outcome.ok and live.outcome.result["version"] == "one"
-        await until(lambda: preview not in manager.stats() or manager.stats()[preview].instances == 0,
-                    "the preview instance stopped once idle for the grace")
+        await until(
+            lambda: preview not in manager.stats() or manager.stats()[preview].instances == 0,
+            "the preview instance stopped once idle for the grace",
+        )
         await until(lambda: all(r.revision != 2 for r in deployed.rows("preview")), "its row removed")
         with pytest.raises(Unavailable, match="no revision 7"):
             await call(manager, "preview", {}, revision=7)
@@ -753,19 +800,25 @@ def test_a_revision_listed_at_0_percent_is_kept_warm_and_drained_once_unlisted(d
     assert started_by_apply
 
     async def scenario(manager: PoolManager) -> None:
-        await until(lambda: all(k in manager.stats() and manager.stats()[k].ready == 1 for k in (live, warm)),
-                    "minInstances of both revisions ready, the 0% one included")
+        await until(
+            lambda: all(k in manager.stats() and manager.stats()[k].ready == 1 for k in (live, warm)),
+            "minInstances of both revisions ready, the 0% one included",
+        )
         pinned = await call(manager, "warm", {"n": 1}, revision=2)
         assert pinned.outcome.ok and pinned.outcome.result["version"] == "two" and not pinned.cold_start
         assert pinned.instance in started_by_apply  # adopted, not started again
         ticks = count_ticks(manager._pools[warm])
-        await until(lambda: len(ticks) > 1 and ticks[-1] - ticks[0] > 4 * manager.idle_seconds,
-                    "upkeep rounds over four times the idle time")
+        await until(
+            lambda: len(ticks) > 1 and ticks[-1] - ticks[0] > 4 * manager.idle_seconds,
+            "upkeep rounds over four times the idle time",
+        )
         assert manager.stats()[warm].ready == 1  # idle, yet kept
         assert {r.id for r in deployed.rows("warm") if r.revision == 2} == {pinned.instance}
         await manager.reconcile({"warm": {1: 100}})  # gone from the table: drained after the grace
-        await until(lambda: warm not in manager.stats() and all(r.revision != 2 for r in deployed.rows("warm")),
-                    "the unlisted revision's pool and instance gone")
+        await until(
+            lambda: warm not in manager.stats() and all(r.revision != 2 for r in deployed.rows("warm")),
+            "the unlisted revision's pool and instance gone",
+        )
         assert manager.stats()[live].ready == 1
 
     with_manager(deployed, scenario, idle_seconds=0.25, grace_seconds=0.5)
@@ -780,10 +833,24 @@ def test_requests_never_reach_an_instance_that_is_not_ready(deployed: Deployed) 
         revision = store.revision("slow", 1)
         assert revision is not None
         function = function_from_spec("slow", revision.spec, load_project(project.root).default_limits)
-        foreign = instances.start(function, image=revision.image, revision="1", secret_values={},
-                                  labels=labels(project.name, "slow", revision="1", store=store.id))
-        store.add_instance(InstanceRow(foreign.id, "slow", 1, foreign.container_id, str(foreign.socket_dir),
-                                       InstanceState.STARTING, time.time()))
+        foreign = instances.start(
+            function,
+            image=revision.image,
+            revision="1",
+            secret_values={},
+            labels=labels(project.name, "slow", revision="1", store=store.id),
+        )
+        store.add_instance(
+            InstanceRow(
+                foreign.id,
+                "slow",
+                1,
+                foreign.container_id,
+                str(foreign.socket_dir),
+                InstanceState.STARTING,
+                time.time(),
+            )
+        )
     foreign.transport.close()
 
     async def scenario(manager: PoolManager) -> None:
@@ -793,8 +860,12 @@ def test_requests_never_reach_an_instance_that_is_not_ready(deployed: Deployed) 
         await until(lambda: manager.stats()[key].inflight == 1, "the only ready slot taken")
         waiting = asyncio.ensure_future(call(manager, "slow", {"n": 1}, request_id="waiting"))
         # A second instance is starting (it loads for 2 s): the request waits for it rather than going there.
-        await until(lambda: (manager.stats()[key].instances, manager.stats()[key].ready,
-                             manager.stats()[key].queued) == (2, 1, 1), "a second instance starting")
+        await until(
+            lambda: (
+                (manager.stats()[key].instances, manager.stats()[key].ready, manager.stats()[key].queued) == (2, 1, 1)
+            ),
+            "a second instance starting",
+        )
         results = await asyncio.gather(busy, waiting)
         ready = {r.id for r in deployed.rows("slow", InstanceState.READY)}
         assert all(r.outcome.ok and r.instance in ready and r.instance != foreign.id for r in results)
@@ -815,8 +886,9 @@ def test_close_drains_in_flight_requests_and_stops_the_extra_instances(deployed:
         manager = deployed.manager()
         await manager.start()
         await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
-        running = [asyncio.ensure_future(call(manager, "drain", {"sleep": 4, "n": n}, request_id=f"d{n}"))
-                   for n in range(2)]
+        running = [
+            asyncio.ensure_future(call(manager, "drain", {"sleep": 4, "n": n}, request_id=f"d{n}")) for n in range(2)
+        ]
         await until(lambda: manager.stats()[key].inflight == 2, "two requests in flight on two instances", 60)
         closing = asyncio.ensure_future(manager.close())
         await until(lambda: manager.closing, "the manager closing")

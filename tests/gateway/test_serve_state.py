@@ -65,11 +65,18 @@ def test_orphan_reasons_name_every_container_no_routed_revision_accounts_for() -
     def container(cid: str, instance: str) -> ContainerInfo:
         return ContainerInfo(cid, cid, "running", {"io.fnctl.instance": instance})
 
-    rows = [InstanceRow("i-live", "f", 1, "c-live", "/s", InstanceState.READY, 0.0),
-            InstanceRow("i-old", "f", 2, "c-old", "/s", InstanceState.READY, 0.0),
-            InstanceRow("i-gone", "g", 1, "c-gone", "/s", InstanceState.READY, 0.0)]
-    listed = [container("c-live", "i-live"), container("c-old", "i-old"), container("c-gone", "i-gone"),
-              container("c-copy", "i-live"), container("c-ghost", "i-ghost")]
+    rows = [
+        InstanceRow("i-live", "f", 1, "c-live", "/s", InstanceState.READY, 0.0),
+        InstanceRow("i-old", "f", 2, "c-old", "/s", InstanceState.READY, 0.0),
+        InstanceRow("i-gone", "g", 1, "c-gone", "/s", InstanceState.READY, 0.0),
+    ]
+    listed = [
+        container("c-live", "i-live"),
+        container("c-old", "i-old"),
+        container("c-gone", "i-gone"),
+        container("c-copy", "i-live"),
+        container("c-ghost", "i-ghost"),
+    ]
     reasons = orphan_reasons(listed, rows, {"f": {1: 100}})
     assert set(reasons) == {"c-old", "c-gone", "c-copy", "c-ghost"}
     assert reasons["c-ghost"] == reasons["c-copy"] == "unknown to the state store"
@@ -141,8 +148,9 @@ def _ready(served: Served) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-           base_image: str) -> Iterator[Served]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Served]:
     project = make_project(tmp_path_factory.mktemp("served") / "project", docker_client, base_image)
     port = _free_port()
     with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
@@ -151,8 +159,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Docke
     proc = None
     try:
         with err.open("w") as stream:
-            proc = subprocess.Popen([sys.executable, "-m", "fnctl", "serve", "--no-access-log"], cwd=project.root,
-                                    env=project.environ(), stdout=subprocess.DEVNULL, stderr=stream)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
+                cwd=project.root,
+                env=project.environ(),
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+            )
         here = Served(project, port, proc, err)
         until(lambda: _ready(here) or proc.poll() is not None, "the gateway to be ready", timeout=60)
         assert proc.poll() is None, err.read_text()
@@ -211,9 +224,19 @@ def test_status_lists_a_container_the_store_does_not_know_as_an_orphan(served: S
     with project.store() as store:
         store_id = store.id
     stray = project.client.containers.run(
-        project.base_image, ["sleep", "300"], detach=True, network_mode="none", read_only=True,
-        labels={"io.fnctl.project": project.name, "io.fnctl.store": store_id, "io.fnctl.function": "ghost",
-                "io.fnctl.revision": "7", "io.fnctl.instance": "i-ghost"})
+        project.base_image,
+        ["sleep", "300"],
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        labels={
+            "io.fnctl.project": project.name,
+            "io.fnctl.store": store_id,
+            "io.fnctl.function": "ghost",
+            "io.fnctl.revision": "7",
+            "io.fnctl.instance": "i-ghost",
+        },
+    )
     try:
         shown = served.status()
         ghost = next(f for f in shown if f["function"] == "ghost")

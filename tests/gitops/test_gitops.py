@@ -55,8 +55,9 @@ class Remote:
 
     def commit_version(self, version: str, *, greeting: str = "hello") -> str:
         """A commit that changes `hello`'s manifest (a new revision from the same image)."""
-        return self.repos.commit(f"hello {version}", {MANIFEST: hello_manifest(self.repos.clone, greeting=greeting,
-                                                                              version=version)})
+        return self.repos.commit(
+            f"hello {version}", {MANIFEST: hello_manifest(self.repos.clone, greeting=greeting, version=version)}
+        )
 
     def sync(self, *args: str) -> Result:
         return self.project.fnctl("sync", "--repo", str(self.repos.bare), *args)
@@ -84,13 +85,20 @@ class Remote:
 
 
 @pytest.fixture(scope="module")
-def remote(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient,
-           base_image: str) -> Iterator[Remote]:
+def remote(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Remote]:
     root = tmp_path_factory.mktemp("gitops")
     name = f"t-{secrets.token_hex(4)}"
     repos = make_repos(root, name)
-    project = Project(repos.clone, name, root / "state" / "state.db", base_image, docker_client,
-                      env={"XDG_CACHE_HOME": str(root / "cache")})
+    project = Project(
+        repos.clone,
+        name,
+        root / "state" / "state.db",
+        base_image,
+        docker_client,
+        env={"XDG_CACHE_HOME": str(root / "cache")},
+    )
     project.ok("hook", "install", "--repo", str(repos.bare), "--state", str(project.state))
     try:
         yield Remote(repos, project)
@@ -104,6 +112,7 @@ def _said(push: subprocess.CompletedProcess[str], line: str) -> bool:
 
 
 # ---- push to deploy ---------------------------------------------------------------------------------------------
+
 
 def test_push_deploys_the_commit_and_records_it_everywhere(remote: Remote) -> None:
     first = remote.repos.commit("Say hello")
@@ -155,12 +164,19 @@ def test_push_to_another_branch_or_a_deletion_deploys_nothing(remote: Remote) ->
 def test_invalid_push_shows_the_pusher_each_error_and_deploys_nothing(remote: Remote) -> None:
     remote.ensure_live()
     before = (remote.revisions(), remote.deploys(), remote.project.instance_containers("hello"))
-    bad = remote.repos.commit("Add a broken manifest", {
-        "manifests/bad.yaml": "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: Bad_Name}\nspec:\n  runtime: python3.11\n"})
+    bad = remote.repos.commit(
+        "Add a broken manifest",
+        {
+            "manifests/bad.yaml": "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: Bad_Name}\nspec:\n  runtime: python3.11\n"
+        },
+    )
     push = remote.push("main")
     assert _said(push, "fnctl: main: FAILED, nothing deployed: the manifests are invalid:"), push.stderr
-    errors = [line.removeprefix("remote: ") for line in push.stderr.splitlines()
-              if re.match(r"remote: manifests/bad\.yaml:\d+:\d+: ", line)]
+    errors = [
+        line.removeprefix("remote: ")
+        for line in push.stderr.splitlines()
+        if re.match(r"remote: manifests/bad\.yaml:\d+:\d+: ", line)
+    ]
     assert any(line.startswith("manifests/bad.yaml:3:18: $.metadata.name:") for line in errors), push.stderr
     assert any("$.spec" in line and "source" in line for line in errors), push.stderr
     assert str(remote.project.env["XDG_CACHE_HOME"]) not in push.stderr  # the checkout's path is fnctl's business
@@ -187,9 +203,12 @@ def test_rewinds_and_rewritten_history_are_refused(remote: Remote) -> None:
     git(remote.repos.clone, "reset", "-q", "--hard", "HEAD~1")
     rewritten = remote.commit_version("rewritten")
     push = remote.push("--force", "main")
-    assert _said(push, f"fnctl: main: REFUSED, nothing deployed: commit {rewritten[:12]} does not descend from the "
-                       f"live commit {tip[:12]} ({subject}): the branch was rewritten (force-push?) "
-                       "or another branch was given."), push.stderr
+    assert _said(
+        push,
+        f"fnctl: main: REFUSED, nothing deployed: commit {rewritten[:12]} does not descend from the "
+        f"live commit {tip[:12]} ({subject}): the branch was rewritten (force-push?) "
+        "or another branch was given.",
+    ), push.stderr
     assert "To go back, push a revert on top of the live commit" in push.stderr  # not a flag a pusher cannot pass
     assert (remote.revisions(), remote.deploys()) == before and remote.live()[0] == live
 
@@ -203,8 +222,13 @@ def test_two_quick_pushes_deploy_one_after_the_other_in_order(remote: Remote) ->
     remote.ensure_live()
     lock = Path(str(remote.project.state) + ".lock")
     first = remote.commit_version("quick-1")
-    pushing = subprocess.Popen(["git", "push", "origin", "main"], cwd=remote.repos.clone, stderr=subprocess.PIPE,
-                               text=True, env=git_environ(remote.project.environ()))
+    pushing = subprocess.Popen(
+        ["git", "push", "origin", "main"],
+        cwd=remote.repos.clone,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=git_environ(remote.project.environ()),
+    )
     try:
         # The first push's hook holds the store's lock while it deploys; the second push lands meanwhile.
         until(lambda: lock.exists() and "sync" in lock.read_text(), "the first push's deploy to hold the lock")
@@ -220,8 +244,10 @@ def test_two_quick_pushes_deploy_one_after_the_other_in_order(remote: Remote) ->
     assert remote.live() == (revisions[-1][0], second)
     assert [row[1] for row in remote.deploys()[-2:]] == [first, second]
     # Never at once: everything the first deploy did is audited before anything of the second.
-    by_commit = {sha: [row[0] for row in remote.rows("SELECT id FROM audit WHERE git_commit = ?", (sha,))]
-                 for sha in (first, second)}
+    by_commit = {
+        sha: [row[0] for row in remote.rows("SELECT id FROM audit WHERE git_commit = ?", (sha,))]
+        for sha in (first, second)
+    }
     assert by_commit[first] and by_commit[second] and max(by_commit[first]) < min(by_commit[second])
     remote.project.assert_consistent()
 
@@ -238,8 +264,9 @@ def test_rollback_is_not_undone_by_a_sync_but_a_new_commit_deploys(remote: Remot
     assert "Revert the commit or push a fix" in again.err and "Traceback" not in again.err
     readme = remote.repos.commit("Document the rollback", {"README.md": "rolled back\n"})
     push = remote.push("main")
-    assert _said(push, "fnctl: main: FAILED, nothing deployed: refusing to redeploy a rolled-back revision:"), \
+    assert _said(push, "fnctl: main: FAILED, nothing deployed: refusing to redeploy a rolled-back revision:"), (
         push.stderr
+    )
     assert (remote.revisions(), remote.deploys()) == before and remote.live()[0] == bad_revision - 1
 
     fix = remote.commit_version("fixed")
@@ -273,6 +300,7 @@ def test_apply_from_a_dirty_work_tree_then_sync_deploys_the_commit(remote: Remot
 
 # ---- pull mode --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Watcher:
     """`fnctl sync --watch --interval 1s` as a subprocess, its output in files."""
@@ -292,9 +320,25 @@ class Watcher:
 def _watch(remote: Remote, name: str) -> Watcher:
     out, err = remote.project.state.parent / f"{name}.out", remote.project.state.parent / f"{name}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "fnctl", "sync", "--repo", str(remote.repos.bare),
-                                    "--ref", "main", "--watch", "--interval", "1s"], cwd=remote.repos.clone,
-                                   env=remote.project.environ(), stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fnctl",
+                "sync",
+                "--repo",
+                str(remote.repos.bare),
+                "--ref",
+                "main",
+                "--watch",
+                "--interval",
+                "1s",
+            ],
+            cwd=remote.repos.clone,
+            env=remote.project.environ(),
+            stdout=stdout,
+            stderr=stderr,
+        )
     return Watcher(process, out, err)
 
 
@@ -322,8 +366,11 @@ def test_pull_mode_deploys_heals_and_restarts_without_deploying_twice(remote: Re
         pulled = remote.commit_version("pulled")
         push = remote.push("main")
         assert "fnctl:" not in push.stderr
-        until(lambda: remote.live()[1] == pulled and _consistent(remote), "the watcher to deploy the pushed commit",
-              timeout=120)
+        until(
+            lambda: remote.live()[1] == pulled and _consistent(remote),
+            "the watcher to deploy the pushed commit",
+            timeout=120,
+        )
         number = remote.live()[0]
 
         # Drift: the instance's container is removed behind fnctl's back; the watcher starts another.
@@ -337,8 +384,11 @@ def test_pull_mode_deploys_heals_and_restarts_without_deploying_twice(remote: Re
         # A commit that fails its health check fails once, and is not tried again every round.
         broken = remote.commit_version("broken", greeting="bye")
         remote.push("main")
-        until(lambda: "pull mode does not retry it" in watcher.text(), "the watcher to give up on the failed commit",
-              timeout=120)
+        until(
+            lambda: "pull mode does not retry it" in watcher.text(),
+            "the watcher to give up on the failed commit",
+            timeout=120,
+        )
         _after_rounds(remote, watcher, 2)
         assert [status for _, commit, status in remote.revisions() if commit == broken] == ["failed"]
         assert remote.live() == (number, pulled)
@@ -379,8 +429,9 @@ def _consistent(remote: Remote) -> bool:
 
 def test_a_push_to_another_branch_previews_it_without_traffic(remote: Remote) -> None:
     remote.ensure_live()
-    remote.project.ok("hook", "install", "--repo", str(remote.repos.bare), "--state", str(remote.project.state),
-                      "--preview")
+    remote.project.ok(
+        "hook", "install", "--repo", str(remote.repos.bare), "--state", str(remote.project.state), "--preview"
+    )
     live, live_commit = remote.live()
     before = remote.deploys()
     git(remote.repos.clone, "switch", "-q", "-c", "try-it")

@@ -28,35 +28,45 @@ LIVE = "a" * 40
 
 
 def _deploy(outcome: str = "ok", *, dirty: bool = False, mark: int = 7, command: str = "sync") -> Deploy:
-    return Deploy(1, 1.0, "ada", command, "/srv/git/fns.git", "main", Commit(LIVE, AUTHOR, "live"), dirty, False,
-                  outcome, mark)
+    return Deploy(
+        1, 1.0, "ada", command, "/srv/git/fns.git", "main", Commit(LIVE, AUTHOR, "live"), dirty, False, outcome, mark
+    )
 
 
-@pytest.mark.parametrize(("last", "relation", "mark", "pulling", "expected"), [
-    pytest.param(None, None, 0, False, Decision.DEPLOY, id="first-deploy"),
-    pytest.param(None, None, 0, True, Decision.DEPLOY, id="first-deploy-pulling"),
-    pytest.param(_deploy(), Relation.SAME, 7, False, Decision.NOTHING, id="live-and-untouched"),
-    pytest.param(_deploy(), Relation.SAME, 7, True, Decision.NOTHING, id="live-and-untouched-pulling"),
-    pytest.param(_deploy(), Relation.SAME, 9, False, Decision.DEPLOY, id="changed-since: rollback"),
-    pytest.param(_deploy(), Relation.SAME, 9, True, Decision.NOTHING, id="changed-since-pulling: drift check only"),
-    pytest.param(_deploy(dirty=True), Relation.SAME, 7, False, Decision.DEPLOY, id="dirty-apply-of-that-commit"),
-    pytest.param(_deploy("failed"), Relation.SAME, 7, False, Decision.DEPLOY, id="failed: sync retries"),
-    pytest.param(_deploy("failed"), Relation.SAME, 7, True, Decision.FAILED, id="failed: pull mode does not"),
-    pytest.param(_deploy("failed"), Relation.SAME, 9, True, Decision.NOTHING, id="failed-then-changed-pulling"),
-    pytest.param(_deploy("waiting"), Relation.SAME, 7, False, Decision.DEPLOY, id="waiting-at-a-gate"),
-    pytest.param(_deploy("waiting"), Relation.SAME, 7, True, Decision.NOTHING, id="waiting-at-a-gate-pulling"),
-    pytest.param(_deploy("rolled-back"), Relation.SAME, 7, False, Decision.DEPLOY, id="rolled-back"),
-    pytest.param(_deploy(), Relation.AHEAD, 7, False, Decision.DEPLOY, id="ahead"),
-    pytest.param(_deploy(), Relation.AHEAD, 9, True, Decision.DEPLOY, id="ahead-pulling"),
-    pytest.param(_deploy("failed"), Relation.AHEAD, 7, True, Decision.DEPLOY, id="ahead-of-a-failed-one"),
-    pytest.param(_deploy(), Relation.BEHIND, 7, False, Decision.REWIND, id="behind"),
-    pytest.param(_deploy(), Relation.BEHIND, 7, True, Decision.REWIND, id="behind-pulling"),
-    pytest.param(_deploy(), Relation.DIVERGED, 7, False, Decision.DIVERGED, id="diverged"),
-    pytest.param(_deploy(dirty=True), Relation.DIVERGED, 7, False, Decision.DIVERGED, id="diverged-from-dirty"),
-    pytest.param(_deploy(), Relation.UNKNOWN, 7, False, Decision.DIVERGED, id="synced-commit-gone: rewritten"),
-    pytest.param(_deploy(command="apply"), Relation.UNKNOWN, 7, True, Decision.DEPLOY,
-                 id="applied-commit-never-pushed: the repository takes over"),
-])
+@pytest.mark.parametrize(
+    ("last", "relation", "mark", "pulling", "expected"),
+    [
+        pytest.param(None, None, 0, False, Decision.DEPLOY, id="first-deploy"),
+        pytest.param(None, None, 0, True, Decision.DEPLOY, id="first-deploy-pulling"),
+        pytest.param(_deploy(), Relation.SAME, 7, False, Decision.NOTHING, id="live-and-untouched"),
+        pytest.param(_deploy(), Relation.SAME, 7, True, Decision.NOTHING, id="live-and-untouched-pulling"),
+        pytest.param(_deploy(), Relation.SAME, 9, False, Decision.DEPLOY, id="changed-since: rollback"),
+        pytest.param(_deploy(), Relation.SAME, 9, True, Decision.NOTHING, id="changed-since-pulling: drift check only"),
+        pytest.param(_deploy(dirty=True), Relation.SAME, 7, False, Decision.DEPLOY, id="dirty-apply-of-that-commit"),
+        pytest.param(_deploy("failed"), Relation.SAME, 7, False, Decision.DEPLOY, id="failed: sync retries"),
+        pytest.param(_deploy("failed"), Relation.SAME, 7, True, Decision.FAILED, id="failed: pull mode does not"),
+        pytest.param(_deploy("failed"), Relation.SAME, 9, True, Decision.NOTHING, id="failed-then-changed-pulling"),
+        pytest.param(_deploy("waiting"), Relation.SAME, 7, False, Decision.DEPLOY, id="waiting-at-a-gate"),
+        pytest.param(_deploy("waiting"), Relation.SAME, 7, True, Decision.NOTHING, id="waiting-at-a-gate-pulling"),
+        pytest.param(_deploy("rolled-back"), Relation.SAME, 7, False, Decision.DEPLOY, id="rolled-back"),
+        pytest.param(_deploy(), Relation.AHEAD, 7, False, Decision.DEPLOY, id="ahead"),
+        pytest.param(_deploy(), Relation.AHEAD, 9, True, Decision.DEPLOY, id="ahead-pulling"),
+        pytest.param(_deploy("failed"), Relation.AHEAD, 7, True, Decision.DEPLOY, id="ahead-of-a-failed-one"),
+        pytest.param(_deploy(), Relation.BEHIND, 7, False, Decision.REWIND, id="behind"),
+        pytest.param(_deploy(), Relation.BEHIND, 7, True, Decision.REWIND, id="behind-pulling"),
+        pytest.param(_deploy(), Relation.DIVERGED, 7, False, Decision.DIVERGED, id="diverged"),
+        pytest.param(_deploy(dirty=True), Relation.DIVERGED, 7, False, Decision.DIVERGED, id="diverged-from-dirty"),
+        pytest.param(_deploy(), Relation.UNKNOWN, 7, False, Decision.DIVERGED, id="synced-commit-gone: rewritten"),
+        pytest.param(
+            _deploy(command="apply"),
+            Relation.UNKNOWN,
+            7,
+            True,
+            Decision.DEPLOY,
+            id="applied-commit-never-pushed: the repository takes over",
+        ),
+    ],
+)
 def test_decide(last: Deploy | None, relation: Relation | None, mark: int, pulling: bool, expected: Decision) -> None:
     assert deploys.decide(last, "b" * 40, relation, mark, pulling=pulling) is expected
 
@@ -67,10 +77,30 @@ def test_deploy_record_last_ignores_previews_and_is_append_only(tmp_path: Path) 
         assert deploys.last(store) is None
         store.audit(actor="ada", command="sync", action="route", target="hello", outcome="ok")
         main, preview = Commit("1" * 40, AUTHOR, "main"), Commit("2" * 40, AUTHOR, "preview")
-        deploys.record(store, at=5.0, actor="ada", command="sync", source="/r.git", ref="main", commit=main,
-                       dirty=False, preview=False, outcome="ok")
-        deploys.record(store, at=6.0, actor="ada", command="sync", source="/r.git", ref="feature", commit=preview,
-                       dirty=False, preview=True, outcome="ok")
+        deploys.record(
+            store,
+            at=5.0,
+            actor="ada",
+            command="sync",
+            source="/r.git",
+            ref="main",
+            commit=main,
+            dirty=False,
+            preview=False,
+            outcome="ok",
+        )
+        deploys.record(
+            store,
+            at=6.0,
+            actor="ada",
+            command="sync",
+            source="/r.git",
+            ref="feature",
+            commit=preview,
+            dirty=False,
+            preview=True,
+            outcome="ok",
+        )
         last = deploys.last(store)
         assert last is not None and last.commit == main and last.audit_mark == deploys.audit_mark(store) == 1
         assert (last.command, last.ref, last.outcome, last.dirty, last.preview) == ("sync", "main", "ok", False, False)
@@ -90,9 +120,18 @@ def test_mark_since_leaves_out_what_previews_wrote(tmp_path: Path) -> None:
         return float(store.raw().query("SELECT at FROM audit ORDER BY id DESC LIMIT 1")[0][0])
 
     def record(preview: bool, at: float) -> None:
-        deploys.record(store, at=at, actor="ada", command="sync", source="/r.git", ref=None,
-                       commit=Commit(("2" if preview else "1") * 40, AUTHOR, "s"), dirty=False, preview=preview,
-                       outcome="ok")
+        deploys.record(
+            store,
+            at=at,
+            actor="ada",
+            command="sync",
+            source="/r.git",
+            ref=None,
+            commit=Commit(("2" if preview else "1") * 40, AUTHOR, "s"),
+            dirty=False,
+            preview=preview,
+            outcome="ok",
+        )
 
     try:
         audit("route")
@@ -116,11 +155,21 @@ OLD, NEW, ZERO = "1" * 40, "2" * 40, "0" * 40
 
 
 def test_actions_main_deploys_others_are_ignored_in_push_order() -> None:
-    lines = [f"{OLD} {NEW} refs/heads/feature", f"{ZERO} {NEW} refs/heads/main", f"{ZERO} {NEW} refs/tags/v1",
-             "not a ref update", "", f"{OLD} {NEW} refs/heads/mainline"]
+    lines = [
+        f"{OLD} {NEW} refs/heads/feature",
+        f"{ZERO} {NEW} refs/heads/main",
+        f"{ZERO} {NEW} refs/tags/v1",
+        "not a ref update",
+        "",
+        f"{OLD} {NEW} refs/heads/mainline",
+    ]
     found = hooks.actions(lines, "main", preview=False)
-    assert [(a.act, a.ref) for a in found] == [(Act.IGNORE, "refs/heads/feature"), (Act.DEPLOY, "refs/heads/main"),
-                                               (Act.IGNORE, "refs/tags/v1"), (Act.IGNORE, "refs/heads/mainline")]
+    assert [(a.act, a.ref) for a in found] == [
+        (Act.IGNORE, "refs/heads/feature"),
+        (Act.DEPLOY, "refs/heads/main"),
+        (Act.IGNORE, "refs/tags/v1"),
+        (Act.IGNORE, "refs/heads/mainline"),
+    ]
     assert found[1].sha == NEW and found[1].reason == ""
     assert found[0].reason == "deploys follow refs/heads/main"
 
@@ -138,6 +187,7 @@ def test_actions_a_deleted_branch_deploys_nothing() -> None:
 
 
 # ---- hook install / uninstall -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
@@ -190,6 +240,7 @@ def test_hook_uninstall_removes_only_fnctls_hook(repos: Repos, tmp_path: Path) -
 
 # ---- gitrepo: the mirror, on real repositories ------------------------------------------------------------------
 
+
 def _history(repos: Repos) -> tuple[str, str, str]:
     """Three commits on main (one tagged v1), pushed; `f.txt` holds the commit's number."""
     first = repos.commit("one", {"f.txt": "1\n"})
@@ -208,8 +259,13 @@ def _checkout(mirror: Mirror, ref: str | None) -> Commit:
 def test_mirror_checks_out_a_branch_a_tag_a_sha_and_an_abbreviated_sha(repos: Repos, tmp_path: Path) -> None:
     first, second, third = _history(repos)
     mirror = Mirror(str(repos.bare), tmp_path / "cache")
-    for ref, sha, content in (("main", third, "3\n"), ("v1", first, "1\n"), (second, second, "2\n"),
-                              (first[:9], first, "1\n"), (None, third, "3\n")):
+    for ref, sha, content in (
+        ("main", third, "3\n"),
+        ("v1", first, "1\n"),
+        (second, second, "2\n"),
+        (first[:9], first, "1\n"),
+        (None, third, "3\n"),
+    ):
         with mirror.checkout(ref) as (tree, commit):
             pass
         assert commit == Commit(sha, AUTHOR, {first: "one", second: "two", third: "three"}[sha]), ref
@@ -294,9 +350,13 @@ def test_work_tree_lists_uncommitted_and_untracked_paths(repos: Repos) -> None:
 
 # ---- fnctl sync: refusals before anything is deployed -----------------------------------------------------------
 
+
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {"FNCTL_STATE": str(tmp_path / "state" / "state.db"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-            "FNCTL_BASE_IMAGE": "fnctl-base:bookworm"}
+    return {
+        "FNCTL_STATE": str(tmp_path / "state" / "state.db"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "FNCTL_BASE_IMAGE": "fnctl-base:bookworm",
+    }
 
 
 def _deploy_rows(tmp_path: Path) -> int:
@@ -326,11 +386,17 @@ def test_sync_unknown_ref_and_unreachable_repository(repos: Repos, tmp_path: Pat
     assert _deploy_rows(tmp_path) == 0
 
 
-def _refusal(tmp_path: Path, repos: Repos, ref: str | None = None, path: str | None = None, *,
-             state: bool = True) -> FnctlError:
+def _refusal(
+    tmp_path: Path, repos: Repos, ref: str | None = None, path: str | None = None, *, state: bool = True
+) -> FnctlError:
     """What `fnctl sync` (in this process) refuses with."""
-    options = SyncOptions(str(repos.bare), ref, path, cache=tmp_path / "cache" / "fnctl" / "git",
-                          apply=Options(state=tmp_path / "state" / "state.db" if state else None))
+    options = SyncOptions(
+        str(repos.bare),
+        ref,
+        path,
+        cache=tmp_path / "cache" / "fnctl" / "git",
+        apply=Options(state=tmp_path / "state" / "state.db" if state else None),
+    )
     with pytest.raises(FnctlError) as raised:
         sync(options, lambda line: None)
     return raised.value
@@ -352,24 +418,33 @@ def test_sync_refuses_a_path_out_of_the_repository(repos: Repos, tmp_path: Path)
     git(repos.clone, "push", "-q", "origin", "main")
     for path in ("../x", "/etc", "manifests/../../.."):
         refused = _refusal(tmp_path, repos, path=path)
-        assert (refused.exit_code, refused.message) == (ExitCode.BAD_INPUT, f"--path {path} leads out of the repository")
+        assert (refused.exit_code, refused.message) == (
+            ExitCode.BAD_INPUT,
+            f"--path {path} leads out of the repository",
+        )
     assert _deploy_rows(tmp_path) == 0
 
 
-def test_sync_refuses_manifests_out_of_the_repository_and_names_files_as_it_does(repos: Repos,
-                                                                                  tmp_path: Path) -> None:
+def test_sync_refuses_manifests_out_of_the_repository_and_names_files_as_it_does(repos: Repos, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     shutil.copytree(repos.clone / "manifests", outside)
     for manifests in (str(outside), "../../../../../../../../../../.."):
-        repos.commit(f"manifests at {manifests}", {"fnctl.toml": f'[project]\nname = "x"\nmanifests = ["{manifests}"]\n'})
+        repos.commit(
+            f"manifests at {manifests}", {"fnctl.toml": f'[project]\nname = "x"\nmanifests = ["{manifests}"]\n'}
+        )
         git(repos.clone, "push", "-q", "origin", "main")
         refused = _refusal(tmp_path, repos)
         assert refused.message == f"fnctl.toml's project.manifests {manifests} leads out of the repository"
     # A problem found inside the checkout names the file as the repository does, and the repository.
-    repos.commit("a source out of the project", {
-        "fnctl.toml": '[project]\nname = "x"\nmanifests = ["manifests"]\n',
-        "manifests/hello.yaml": (repos.clone / "manifests" / "hello.yaml").read_text().replace(
-            "source: ../functions/hello", "source: ../../outside")})
+    repos.commit(
+        "a source out of the project",
+        {
+            "fnctl.toml": '[project]\nname = "x"\nmanifests = ["manifests"]\n',
+            "manifests/hello.yaml": (repos.clone / "manifests" / "hello.yaml")
+            .read_text()
+            .replace("source: ../functions/hello", "source: ../../outside"),
+        },
+    )
     git(repos.clone, "push", "-q", "origin", "main")
     refused = _refusal(tmp_path, repos)
     assert refused.message.startswith("the manifests are invalid:\nmanifests/hello.yaml:"), refused.message
@@ -392,8 +467,9 @@ def test_sync_refuses_symbolic_links_out_of_the_repository(repos: Repos, tmp_pat
     assert _deploy_rows(tmp_path) == 0 and not (tmp_path / "state").exists()
 
 
-def test_sync_refuses_a_state_path_inside_the_checkout(repos: Repos, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_refuses_a_state_path_inside_the_checkout(
+    repos: Repos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = (repos.clone / "fnctl.toml").read_text()
     repos.commit("state in the repository", {"fnctl.toml": config + '\n[state]\npath = ".fnctl/state.db"\n'})
     git(repos.clone, "push", "-q", "origin", "main")
@@ -409,8 +485,18 @@ def test_sync_of_the_live_commit_does_nothing(repos: Repos, tmp_path: Path) -> N
     git(repos.clone, "push", "-q", "origin", "main")
     store = connect(tmp_path / "state" / "state.db")
     try:  # as a deploy of this commit leaves the store (the Docker tests do it for real)
-        deploys.record(store, at=1.0, actor="ada", command="sync", source=str(repos.bare), ref="main",
-                       commit=Commit(sha, AUTHOR, "init"), dirty=False, preview=False, outcome="ok")
+        deploys.record(
+            store,
+            at=1.0,
+            actor="ada",
+            command="sync",
+            source=str(repos.bare),
+            ref="main",
+            commit=Commit(sha, AUTHOR, "init"),
+            dirty=False,
+            preview=False,
+            outcome="ok",
+        )
     finally:
         store.close()
     code, text = _sync(tmp_path, repos, "--ref", "main")
@@ -425,8 +511,18 @@ def test_sync_of_an_older_commit_is_refused(repos: Repos, tmp_path: Path) -> Non
     first, _, third = _history(repos)
     store = connect(tmp_path / "state" / "state.db")
     try:
-        deploys.record(store, at=1.0, actor="ada", command="sync", source=str(repos.bare), ref="main",
-                       commit=Commit(third, AUTHOR, "three"), dirty=False, preview=False, outcome="ok")
+        deploys.record(
+            store,
+            at=1.0,
+            actor="ada",
+            command="sync",
+            source=str(repos.bare),
+            ref="main",
+            commit=Commit(third, AUTHOR, "three"),
+            dirty=False,
+            preview=False,
+            outcome="ok",
+        )
     finally:
         store.close()
     refused = _refusal(tmp_path, repos, "v1")
@@ -443,11 +539,12 @@ def test_sync_of_an_older_commit_is_refused(repos: Repos, tmp_path: Path) -> Non
 
 # ---- fnctl apply in a git work tree -----------------------------------------------------------------------------
 
+
 def test_apply_refuses_a_dirty_work_tree_naming_the_files(repos: Repos, tmp_path: Path) -> None:
     repos.commit("init")
     (repos.clone / "functions" / "hello" / "main.py").write_text("def handler(event):\n    return 1\n")
     manifest = (repos.clone / "manifests" / "hello.yaml").read_text()
-    function = manifest[:manifest.index("---")].replace("name: hello", "name: extra")
+    function = manifest[: manifest.index("---")].replace("name: hello", "name: extra")
     repos.write("manifests/extra.yaml", function)  # not committed yet
     repos.write("NOTES.md", "not deployed: not a reason to refuse\n")
     done = fnctl("apply", cwd=repos.clone, env=_env(tmp_path))
@@ -460,13 +557,19 @@ def test_apply_refuses_a_dirty_work_tree_naming_the_files(repos: Repos, tmp_path
 
 # ---- pull mode's loop -------------------------------------------------------------------------------------------
 
+
 def test_watch_reports_a_repeated_error_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from fnctl.commands import sync as sync_module
 
     stop = threading.Event()
-    results: list[SyncReport | FnctlError] = [GitError("unreachable"), GitError("unreachable"),
-                                              SyncReport("r", Commit(LIVE, AUTHOR, "s"), Decision.HEAL),
-                                              GitError("unreachable"), GitError("other"), GitError("other")]
+    results: list[SyncReport | FnctlError] = [
+        GitError("unreachable"),
+        GitError("unreachable"),
+        SyncReport("r", Commit(LIVE, AUTHOR, "s"), Decision.HEAL),
+        GitError("unreachable"),
+        GitError("other"),
+        GitError("other"),
+    ]
     calls: list[SyncOptions] = []
 
     def fake_sync(options: SyncOptions, progress: object) -> SyncReport:
@@ -483,7 +586,12 @@ def test_watch_reports_a_repeated_error_once(monkeypatch: pytest.MonkeyPatch) ->
     watch(SyncOptions("r"), 0.0, lambda line: None, stop, reported.append)
     assert len(calls) == len(results) and all(options.heal for options in calls)
     assert [r.message if isinstance(r, FnctlError) else "report" for r in reported] == [
-        "unreachable", "report", "unreachable", "other"]
+        "unreachable",
+        "report",
+        "unreachable",
+        "other",
+    ]
+
 
 def test_mark_since_leaves_out_keys_and_rollout_requests(tmp_path: Path) -> None:
     """A key made or revoked, or a promote/abort request, leaves the deployment as it was: the next sync of the
@@ -491,8 +599,18 @@ def test_mark_since_leaves_out_keys_and_rollout_requests(tmp_path: Path) -> None
     store = connect(tmp_path / "state.db")
     try:
         store.audit(actor="ada", command="sync", action="route", target="hello", outcome="ok")
-        deploys.record(store, at=1.0, actor="ada", command="sync", source="/r.git", ref=None,
-                       commit=Commit("1" * 40, AUTHOR, "s"), dirty=False, preview=False, outcome="ok")
+        deploys.record(
+            store,
+            at=1.0,
+            actor="ada",
+            command="sync",
+            source="/r.git",
+            ref=None,
+            commit=Commit("1" * 40, AUTHOR, "s"),
+            dirty=False,
+            preview=False,
+            outcome="ok",
+        )
         last = deploys.last(store)
         assert last is not None
         for action in ("create key", "revoke key", "promote requested", "abort requested"):

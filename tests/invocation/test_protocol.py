@@ -77,8 +77,11 @@ def load_exchanges() -> list[Exchange]:
     exchanges = []
     for path in sorted(GOLDEN.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        exchanges.append(Exchange(path.stem, data["about"], data["handler"], data["frames"], data.get("env", {}),
-                                  data.get("exit_code")))
+        exchanges.append(
+            Exchange(
+                path.stem, data["about"], data["handler"], data["frames"], data.get("env", {}), data.get("exit_code")
+            )
+        )
     return exchanges
 
 
@@ -100,8 +103,12 @@ class RuntimeUnderTest:
 
 
 RUNTIMES = [
-    RuntimeUnderTest("python", (sys.executable, str(ROOT / "runtime-image" / "fnctl_runtime.py")),
-                     GOLDEN / "handlers" / "python", {"conformance": "conformance.handler", "broken": "broken.handler"}),
+    RuntimeUnderTest(
+        "python",
+        (sys.executable, str(ROOT / "runtime-image" / "fnctl_runtime.py")),
+        GOLDEN / "handlers" / "python",
+        {"conformance": "conformance.handler", "broken": "broken.handler"},
+    ),
 ]
 
 
@@ -126,8 +133,9 @@ def match(pattern: Any, value: Any, bound: dict[str, Any], where: str = "$") -> 
     if marker is not None:
         key, argument = marker
         if key == "$any":
-            assert isinstance(value, _TYPES[argument]) and not isinstance(value, bool), \
+            assert isinstance(value, _TYPES[argument]) and not isinstance(value, bool), (
                 f"{where}: expected any {argument}, got {value!r}"
+            )
         elif key == "$bind":
             bound[argument] = value
         else:
@@ -143,8 +151,10 @@ def match(pattern: Any, value: Any, bound: dict[str, Any], where: str = "$") -> 
         for n, (inner, item) in enumerate(zip(pattern, value, strict=True)):
             match(inner, item, bound, f"{where}[{n}]")
     else:
-        assert value == pattern and type(value) is type(pattern) or (
-            isinstance(pattern, float) and isinstance(value, int) and value == pattern
+        assert (
+            value == pattern
+            and type(value) is type(pattern)
+            or (isinstance(pattern, float) and isinstance(value, int) and value == pattern)
         ), f"{where}: expected {pattern!r}, got {value!r}"
 
 
@@ -172,8 +182,9 @@ def host_frame(message: dict[str, Any]) -> bytes:
         return configure_frame(message["id"], message["secrets"])
     if kind == MessageType.INVOKE:
         context = message["context"]
-        return invoke_frame(message["id"], message["event"], context["invocation_id"], context["deadline"],
-                            context["caller"])
+        return invoke_frame(
+            message["id"], message["event"], context["invocation_id"], context["deadline"], context["caller"]
+        )
     if kind == MessageType.PING:
         return ping_frame(message["id"])
     if kind == MessageType.DRAIN:
@@ -197,7 +208,7 @@ def decode_in_pieces(frame: bytes) -> dict[str, Any]:
     """`frame` through the incremental decoder, fed a byte at a time: no message before the last byte."""
     decoder = FrameDecoder()
     for n in range(len(frame) - 1):
-        decoder.feed(frame[n:n + 1])
+        decoder.feed(frame[n : n + 1])
         assert decoder.next_message() is None
     decoder.feed(frame[-1:])
     message = decoder.next_message()
@@ -225,7 +236,10 @@ def parse_runtime_frame(message: dict[str, Any]) -> None:
             assert result.error is not None
             assert result.error.kind is ErrorKind(message["error"]["kind"])
             assert (result.error.type, result.error.message, result.error.traceback) == (
-                message["error"]["type"], message["error"]["message"], message["error"]["traceback"])
+                message["error"]["type"],
+                message["error"]["message"],
+                message["error"]["traceback"],
+            )
     elif kind == MessageType.PONG:
         assert parse_pong(message) == message["inflight"]
     elif kind in (MessageType.CONFIGURED, MessageType.DRAINED):
@@ -236,7 +250,11 @@ def parse_runtime_frame(message: dict[str, Any]) -> None:
     elif kind == MessageType.CALL:
         call = CallRequest.from_message(message)
         assert (call.id, call.invocation_id, call.method, call.params) == (
-            message["id"], message["invocation_id"], message["method"], message["params"])
+            message["id"],
+            message["invocation_id"],
+            message["method"],
+            message["params"],
+        )
     else:
         raise AssertionError(f"no host parser for a runtime frame of type {kind!r}")
 
@@ -260,8 +278,14 @@ def test_every_message_type_has_a_golden_frame() -> None:
 
 
 def test_a_runtime_of_another_protocol_version_is_refused() -> None:
-    ready = {"type": "ready", "protocol": PROTOCOL_VERSION + 1, "function": "f", "revision": "1", "pid": 1,
-             "concurrency": 1}
+    ready = {
+        "type": "ready",
+        "protocol": PROTOCOL_VERSION + 1,
+        "function": "f",
+        "revision": "1",
+        "pid": 1,
+        "concurrency": 1,
+    }
     with pytest.raises(TransportError, match=f"speaks protocol {PROTOCOL_VERSION + 1}, not {PROTOCOL_VERSION}"):
         check_first_frame(ready, "golden")
 
@@ -302,9 +326,17 @@ def connect(tmp_path: Path) -> Iterator[Any]:
     def start(runtime: RuntimeUnderTest, exchange: Exchange) -> Connection:
         code = tmp_path / "code"
         shutil.copytree(runtime.handlers, code)  # a copy: a runtime may write caches next to the code
-        env = {**os.environ, "FNCTL_HANDLER": runtime.handler_spec[exchange.handler], "FNCTL_CODE_DIR": str(code),
-               "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET_DIR": str(socket_dir),
-               "FNCTL_FUNCTION": "conformance", "FNCTL_REVISION": "r1", "FNCTL_CONCURRENCY": "2", **exchange.env}
+        env = {
+            **os.environ,
+            "FNCTL_HANDLER": runtime.handler_spec[exchange.handler],
+            "FNCTL_CODE_DIR": str(code),
+            "FNCTL_DEPS_DIR": str(tmp_path / "deps"),
+            "FNCTL_SOCKET_DIR": str(socket_dir),
+            "FNCTL_FUNCTION": "conformance",
+            "FNCTL_REVISION": "r1",
+            "FNCTL_CONCURRENCY": "2",
+            **exchange.env,
+        }
         rendezvous = Rendezvous(str(socket_dir))  # listening before the runtime starts, as `instances.start` does
         log = tmp_path / "runtime.log"
         with log.open("wb") as out:
@@ -340,7 +372,9 @@ def test_runtime_gives_the_golden_replies(runtime: RuntimeUnderTest, exchange: E
             conn.sock.sendall(golden_bytes(fill(frame["message"], bound)))
         else:
             message = conn.receive()
-            assert message is not None, f"frame {n}: the runtime closed the connection; its log:\n{conn.log.read_text()}"
+            assert message is not None, (
+                f"frame {n}: the runtime closed the connection; its log:\n{conn.log.read_text()}"
+            )
             match(frame["message"], message, bound, f"frame {n}")
     if exchange.exit_code is not None:
         conn.sock.shutdown(socket.SHUT_WR)  # the host hangs up

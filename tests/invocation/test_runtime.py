@@ -80,6 +80,7 @@ async def handler(event, context):
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
     return poll(condition, what=what, timeout=timeout, interval=0.01)
 
+
 @dataclass
 class Runtime:
     process: subprocess.Popen[bytes]
@@ -87,10 +88,16 @@ class Runtime:
     output_path: Path
     transport: UnixSocketTransport = field(init=False)
 
-    def invoke(self, event: Any, caller: dict[str, Any] | None = None, timeout: float | None = None,
-               invocation_id: str = "inv-1") -> InvocationResult:
-        return self.transport.invoke(event, invocation_id=invocation_id, deadline=time.time() + 30,
-                                     caller=caller, timeout=timeout)
+    def invoke(
+        self,
+        event: Any,
+        caller: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        invocation_id: str = "inv-1",
+    ) -> InvocationResult:
+        return self.transport.invoke(
+            event, invocation_id=invocation_id, deadline=time.time() + 30, caller=caller, timeout=timeout
+        )
 
     def exit_code(self) -> int:
         wait_until(lambda: self.process.poll() is not None, what="the runtime process to exit")
@@ -129,8 +136,14 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
     # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
     socket_dir = Path(tempfile.mkdtemp(prefix="fnrt-"))
 
-    def start(files: dict[str, str], handler: str = "main.handler", *, connect: bool = True,
-              on_call: CallHandler | None = None, **env: str) -> Runtime:
+    def start(
+        files: dict[str, str],
+        handler: str = "main.handler",
+        *,
+        connect: bool = True,
+        on_call: CallHandler | None = None,
+        **env: str,
+    ) -> Runtime:
         code = tmp_path / "code"
         for name, source in files.items():
             (code / name).parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +153,16 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         # Listening before the runtime starts, as `instances.start` does; nobody is accepted until it runs.
         transport = UnixSocketTransport(str(instance_dir), peer=lambda pid: False, on_call=on_call)
         transport.listen()
-        environment = {**os.environ, "FNCTL_HANDLER": handler, "FNCTL_CODE_DIR": str(code),
-                       "FNCTL_DEPS_DIR": str(tmp_path / "deps"), "FNCTL_SOCKET_DIR": str(instance_dir),
-                       "FNCTL_FUNCTION": "hello", "FNCTL_REVISION": "r1", **env}
+        environment = {
+            **os.environ,
+            "FNCTL_HANDLER": handler,
+            "FNCTL_CODE_DIR": str(code),
+            "FNCTL_DEPS_DIR": str(tmp_path / "deps"),
+            "FNCTL_SOCKET_DIR": str(instance_dir),
+            "FNCTL_FUNCTION": "hello",
+            "FNCTL_REVISION": "r1",
+            **env,
+        }
         output_path = tmp_path / f"runtime-output-{len(started)}.log"
         with output_path.open("wb") as out:
             process = subprocess.Popen([sys.executable, str(RUNTIME)], env=environment, stdout=out, stderr=out)
@@ -184,19 +204,29 @@ def test_ready_message_describes_the_instance(start_runtime: StartRuntime) -> No
     rt = start_runtime({"main.py": "def handler(event, context):\n    return 1\n"}, FNCTL_CONCURRENCY="3")
     transport: Transport = rt.transport  # mypy checks UnixSocketTransport against the one interface
     assert transport.ping() == 0
-    assert rt.transport.ready == {"type": "ready", "protocol": 1, "function": "hello", "revision": "r1",
-                                  "pid": rt.process.pid, "concurrency": 3}
+    assert rt.transport.ready == {
+        "type": "ready",
+        "protocol": 1,
+        "function": "hello",
+        "revision": "r1",
+        "pid": rt.process.pid,
+        "concurrency": 3,
+    }
     # The runtime created nothing, and the host's listener went as soon as the runtime was connected.
     assert os.listdir(rt.socket_dir) == []
 
 
 def test_two_argument_handler_sees_its_context(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": """
+    rt = start_runtime(
+        {
+            "main.py": """
         def handler(event, context):
             return {"event": event, "function": context.function_name, "revision": context.revision,
                     "invocation_id": context.invocation_id, "remaining": context.remaining_time(),
                     "deadline": context.deadline, "caller": context.caller}
-    """})
+    """
+        }
+    )
     caller = {"subject": "alice", "roles": ["admin"], "tenant": "acme"}
     deadline = time.time() + 20
     reply = rt.transport.invoke({"n": 1}, invocation_id="inv-42", deadline=deadline, caller=caller)
@@ -210,41 +240,56 @@ def test_two_argument_handler_sees_its_context(start_runtime: StartRuntime) -> N
 
 
 def test_one_argument_and_async_handlers(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": """
+    rt = start_runtime(
+        {
+            "main.py": """
         import asyncio
         def one(event):
             return event["n"] + 1
         async def two(event, context):
             await asyncio.sleep(0)
             return {"n": event["n"] * 2, "id": context.invocation_id}
-    """}, handler="main.one")
+    """
+        },
+        handler="main.one",
+    )
     assert rt.invoke({"n": 1}).result == 2
     rt2 = start_runtime({}, handler="main.two")
     assert rt2.invoke({"n": 4}, invocation_id="a").result == {"n": 8, "id": "a"}
 
 
 def test_path_form_handler_imports_its_siblings(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({
-        "handlers/entry.py": "from helpers import greet\ndef main(event):\n    return greet(event['name'])\n",
-        "handlers/helpers.py": "def greet(name):\n    return f'hi {name}'\n",
-    }, handler="handlers/entry.py:main")
+    rt = start_runtime(
+        {
+            "handlers/entry.py": "from helpers import greet\ndef main(event):\n    return greet(event['name'])\n",
+            "handlers/helpers.py": "def greet(name):\n    return f'hi {name}'\n",
+        },
+        handler="handlers/entry.py:main",
+    )
     assert rt.invoke({"name": "probe"}).result == "hi probe"
 
 
 @pytest.mark.parametrize("prefix", ["", "async "])
 def test_raised_exception_is_a_handler_error_with_user_frames(start_runtime: StartRuntime, prefix: str) -> None:
-    rt = start_runtime({"main.py": f"""
+    rt = start_runtime(
+        {
+            "main.py": f"""
         def check(event):
             raise ValueError(f"bad input: {{event['x']}}")
 
         {prefix}def handler(event, context):
             print("before failing")
             return check(event)
-    """})
+    """
+        }
+    )
     reply = rt.invoke({"x": 1})
     assert not reply.ok and reply.error is not None
-    assert (reply.error.kind, reply.error.type, reply.error.message) == (ErrorKind.HANDLER_ERROR, "ValueError",
-                                                                         "bad input: 1")
+    assert (reply.error.kind, reply.error.type, reply.error.message) == (
+        ErrorKind.HANDLER_ERROR,
+        "ValueError",
+        "bad input: 1",
+    )
     assert "main.py" in reply.error.traceback and "in check" in reply.error.traceback
     assert "raise ValueError" in reply.error.traceback
     assert "fnctl_runtime.py" not in reply.error.traceback
@@ -255,7 +300,9 @@ def test_raised_exception_is_a_handler_error_with_user_frames(start_runtime: Sta
 def test_logs_are_captured_per_invocation_under_concurrency(
     start_runtime: StartRuntime, prefix: str, pause: str
 ) -> None:
-    rt = start_runtime({"main.py": f"""
+    rt = start_runtime(
+        {
+            "main.py": f"""
         import asyncio, sys, time
         print("<loading>")
         {prefix}def handler(event, context):
@@ -265,7 +312,9 @@ def test_logs_are_captured_per_invocation_under_concurrency(
                 context.logger.info("<%s>", event)
                 {pause}
             return event
-    """})
+    """
+        }
+    )
     failures: list[str] = []
 
     def caller(worker: int) -> None:
@@ -285,8 +334,9 @@ def test_logs_are_captured_per_invocation_under_concurrency(
 
 
 def test_log_capture_is_capped(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": "def handler(event):\n    print('é' * event)\n    return event\n"},
-                       FNCTL_LOG_LIMIT="101")
+    rt = start_runtime(
+        {"main.py": "def handler(event):\n    print('é' * event)\n    return event\n"}, FNCTL_LOG_LIMIT="101"
+    )
     reply = rt.invoke(200)
     assert reply.ok and reply.logs_truncated
     assert reply.logs == "é" * 50  # 101 bytes cut in the middle of a character keeps the whole ones
@@ -295,8 +345,9 @@ def test_log_capture_is_capped(start_runtime: StartRuntime) -> None:
 
 
 def test_output_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": "def handler(event):\n    return event['c'] * event['n']\n"},
-                       FNCTL_OUTPUT_LIMIT="1000")
+    rt = start_runtime(
+        {"main.py": "def handler(event):\n    return event['c'] * event['n']\n"}, FNCTL_OUTPUT_LIMIT="1000"
+    )
     assert rt.invoke({"c": "x", "n": 500}).result == "x" * 500
     for event in ({"c": "x", "n": 2000}, {"c": "é", "n": 600}):  # the second is short in characters only
         reply = rt.invoke(event)
@@ -305,10 +356,14 @@ def test_output_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
 
 
 def test_results_that_are_not_json_are_refused(start_runtime: StartRuntime) -> None:
-    rt = start_runtime({"main.py": """
+    rt = start_runtime(
+        {
+            "main.py": """
         def handler(event):
             return object() if event == "object" else float("nan")
-    """})
+    """
+        }
+    )
     for event, error_type in (("object", "TypeError"), ("nan", "ValueError")):
         reply = rt.invoke(event)
         assert reply.error is not None
@@ -339,11 +394,14 @@ def test_syntax_error_at_import_is_reported_over_the_connection_then_exits_3(sta
     assert "def handler(event context)" in rt.output()
 
 
-@pytest.mark.parametrize("source,handler,error_type", [
-    ("import json\nraise RuntimeError('boom at import')\n", "main.handler", "RuntimeError"),
-    ("def handler(event):\n    return 1\n", "main.nope", "AttributeError"),
-    ("def handler(event):\n    return 1\n", "missing.handler", "ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "source,handler,error_type",
+    [
+        ("import json\nraise RuntimeError('boom at import')\n", "main.handler", "RuntimeError"),
+        ("def handler(event):\n    return 1\n", "main.nope", "AttributeError"),
+        ("def handler(event):\n    return 1\n", "missing.handler", "ModuleNotFoundError"),
+    ],
+)
 def test_failed_imports_exit_3(start_runtime: StartRuntime, source: str, handler: str, error_type: str) -> None:
     rt = start_runtime({"main.py": source}, handler=handler, connect=False)
     with pytest.raises(RuntimeStartFailed) as failed:
@@ -351,7 +409,7 @@ def test_failed_imports_exit_3(start_runtime: StartRuntime, source: str, handler
     report = failed.value.error
     assert report["type"] == error_type and "fnctl_runtime.py" not in report["traceback"]
     if error_type == "RuntimeError":
-        assert "main.py\", line 2" in report["traceback"] and report["message"] == "boom at import"
+        assert 'main.py", line 2' in report["traceback"] and report["message"] == "boom at import"
     assert rt.exit_code() == 3
 
 
@@ -399,10 +457,13 @@ def test_callbacks_round_trip_to_the_host(start_runtime: StartRuntime, source: s
     results = [InBackground(functools.partial(rt.invoke, n, invocation_id=f"inv-{n}")) for n in range(8)]
     for n, background in enumerate(results):
         background.join()
-        assert background.result.result == {"reply": {"echo": {"n": n}, "for": f"inv-{n}"},
-                                            "failed": ["LookupError", "no such collection"]}
-    assert sorted(calls) == sorted([(f"inv-{n}", "echo", {"n": n}) for n in range(8)]
-                                   + [(f"inv-{n}", "fail", {}) for n in range(8)])
+        assert background.result.result == {
+            "reply": {"echo": {"n": n}, "for": f"inv-{n}"},
+            "failed": ["LookupError", "no such collection"],
+        }
+    assert sorted(calls) == sorted(
+        [(f"inv-{n}", "echo", {"n": n}) for n in range(8)] + [(f"inv-{n}", "fail", {}) for n in range(8)]
+    )
 
 
 DB_SYNC = """
@@ -423,8 +484,11 @@ def handler(event, context):
                                             context.db.Forbidden, context.db.Invalid))])
     return {"made": made, "page": page, "caught": caught}
 """
-DB_ASYNC = DB_SYNC.replace("def handler", "async def handler").replace("orders.", "await orders.a").replace(
-    "await orders.afind", "await orders.afind")
+DB_ASYNC = (
+    DB_SYNC.replace("def handler", "async def handler")
+    .replace("orders.", "await orders.a")
+    .replace("await orders.afind", "await orders.afind")
+)
 
 
 @pytest.mark.parametrize("source", [DB_SYNC, DB_ASYNC], ids=["sync", "async"])
@@ -432,8 +496,15 @@ def test_context_db_sends_call_frames_and_raises_typed_errors(start_runtime: Sta
     from fnctl.invocation.protocol import CallFailed
 
     calls: list[tuple[str, dict[str, Any]]] = []
-    statuses = {"NotFound": 404, "Conflict": 409, "PreconditionFailed": 412, "LimitExceeded": 429,
-                "Forbidden": 403, "Invalid": 400, "Odd": 422}
+    statuses = {
+        "NotFound": 404,
+        "Conflict": 409,
+        "PreconditionFailed": 412,
+        "LimitExceeded": 429,
+        "Forbidden": 403,
+        "Invalid": 400,
+        "Odd": 422,
+    }
 
     def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
         calls.append((method, params))
@@ -451,9 +522,14 @@ def test_context_db_sends_call_frames_and_raises_typed_errors(start_runtime: Sta
     assert reply.result["made"] == {"id": "o1", "version": 1, "data": {"total": 3}}
     assert reply.result["page"] == {"items": [], "cursor": None}
     assert reply.result["caught"] == [
-        ["NotFound", 404, [], True], ["Conflict", 409, [], True], ["Conflict", 412, [], True],
-        ["LimitExceeded", 429, [], True], ["Forbidden", 403, [], True],
-        ["Invalid", 400, [{"path": "$.total"}], True], ["Invalid", 422, [], True]]
+        ["NotFound", 404, [], True],
+        ["Conflict", 409, [], True],
+        ["Conflict", 412, [], True],
+        ["LimitExceeded", 429, [], True],
+        ["Forbidden", 403, [], True],
+        ["Invalid", 400, [{"path": "$.total"}], True],
+        ["Invalid", 422, [], True],
+    ]
     assert calls[:5] == [
         ("db.insert", {"collection": "orders", "document": {"total": 3}, "id": "o1"}),
         ("db.find", {"collection": "orders", "filter": {"total": {"$gt": 1}}, "order": ["total"], "limit": 5}),
@@ -469,8 +545,9 @@ def test_uncaught_data_errors_name_their_type(start_runtime: StartRuntime) -> No
     def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
         raise CallFailed("NotFound", "no document orders/x", {"status": 404})
 
-    rt = start_runtime({"main.py": "def handler(event, context):\n    return context.db['orders'].get('x')\n"},
-                       on_call=on_call)
+    rt = start_runtime(
+        {"main.py": "def handler(event, context):\n    return context.db['orders'].get('x')\n"}, on_call=on_call
+    )
     reply = rt.invoke({})
     assert reply.error is not None
     assert (reply.error.kind, reply.error.type) == (ErrorKind.HANDLER_ERROR, "NotFound")

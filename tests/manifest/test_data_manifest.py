@@ -61,9 +61,14 @@ def test_a_function_without_data_fields_keeps_its_exact_spec_hash(tmp_path: Path
     assert "runAs" not in canonical_spec(state.functions[0], "c", "b", "s")
 
 
-@pytest.mark.parametrize("extra", [
-    "  runAs: function\n", "  transaction: {retries: 5}\n", "  transaction: {}\n",
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "  runAs: function\n",
+        "  transaction: {retries: 5}\n",
+        "  transaction: {}\n",
+    ],
+)
 def test_data_fields_set_change_the_spec_hash(tmp_path: Path, extra: str) -> None:
     state, problems = load(tmp_path, FUNCTION + extra)
     assert problems == []
@@ -74,12 +79,18 @@ def test_function_data_fields_parse_with_defaults(tmp_path: Path) -> None:
     state, _ = load(tmp_path, FUNCTION)
     function = state.functions[0]
     assert (function.run_as, function.transaction, function.db_operations) == (RunAs.CALLER, None, 1000)
-    text = FUNCTION.replace("memory: 128Mi}", "memory: 128Mi, dbOperations: 50}") + "  runAs: function\n  transaction: {}\n"
+    text = (
+        FUNCTION.replace("memory: 128Mi}", "memory: 128Mi, dbOperations: 50}")
+        + "  runAs: function\n  transaction: {}\n"
+    )
     state, problems = load(tmp_path, text)
     assert problems == []
     function = state.functions[0]
     assert (function.run_as, function.transaction and function.transaction.retries, function.db_operations) == (
-        RunAs.FUNCTION, 3, 50)
+        RunAs.FUNCTION,
+        3,
+        50,
+    )
     assert canonical_spec(function, "c", "b", "s")["limits"]["dbOperations"] == 50
 
 
@@ -88,25 +99,40 @@ def test_a_collection_parses(tmp_path: Path) -> None:
     assert problems == []
     (collection,) = state.collections
     assert collection.name == "orders" and collection.document_size == 256 * 1024
-    assert [(i.fields, i.unique) for i in collection.indexes] == [(("customer", "createdAt"), False), (("number",), True)]
+    assert [(i.fields, i.unique) for i in collection.indexes] == [
+        (("customer", "createdAt"), False),
+        (("number",), True),
+    ]
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    ("indexes: [{fields: [customer, createdAt]}", "indexes: [{fields: ['a..b']}",
-     ),
-    ("indexes: [{fields: [customer, createdAt]}, {fields: [number], unique: true}]",
-     "indexes: [{fields: [number]}, {fields: [number]}]"),
-    ("schema: {type: object,", "schema: {type: 12,"),
-    ("documentSize: 256Ki", "documentSize: lots"),
-    ("documentSize: 256Ki", "documentSize: 64Mi"),
-    ("indexes: [{fields: [customer, createdAt]}", "indexes: [{fields: []}"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            "indexes: [{fields: [customer, createdAt]}",
+            "indexes: [{fields: ['a..b']}",
+        ),
+        (
+            "indexes: [{fields: [customer, createdAt]}, {fields: [number], unique: true}]",
+            "indexes: [{fields: [number]}, {fields: [number]}]",
+        ),
+        ("schema: {type: object,", "schema: {type: 12,"),
+        ("documentSize: 256Ki", "documentSize: lots"),
+        ("documentSize: 256Ki", "documentSize: 64Mi"),
+        ("indexes: [{fields: [customer, createdAt]}", "indexes: [{fields: []}"),
+    ],
+)
 def test_bad_collections_are_reported_with_their_path(tmp_path: Path, change: str, expected: str) -> None:
     _, problems = load(tmp_path, COLLECTION.replace(change, expected))
     assert len(problems) == 1, problems
-    where = {"a..b": "spec.indexes.0.fields.0", "[number]}, {fields": "spec.indexes.1",
-             "type: 12": "spec.schema", "lots": "spec.limits.documentSize", "64Mi": "spec.limits.documentSize",
-             "fields: []": "spec.indexes.0.fields"}
+    where = {
+        "a..b": "spec.indexes.0.fields.0",
+        "[number]}, {fields": "spec.indexes.1",
+        "type: 12": "spec.schema",
+        "lots": "spec.limits.documentSize",
+        "64Mi": "spec.limits.documentSize",
+        "fields: []": "spec.indexes.0.fields",
+    }
     path = next(v for k, v in where.items() if k in expected)
     assert problems[0].split(": ")[0].endswith(path), problems
 
@@ -133,12 +159,15 @@ def test_policy_row_rules_parse_to_filters(tmp_path: Path) -> None:
     assert isinstance(rule.where, Compare) and rule.where.op is Op.EQ
 
 
-@pytest.mark.parametrize(("where", "path", "message"), [
-    ('{total: {"$between": [1, 2]}}', "spec.roles.customer.write.0.where.total.$between", "unknown operator"),
-    ('{"$or": []}', "spec.roles.customer.write.0.where.$or", "non-empty list"),
-    ('{owner: "$caller.name"}', "spec.roles.customer.write.0.where.owner", "unknown reference"),
-    ('{total: {"$gt": [1]}}', "spec.roles.customer.write.0.where.total.$gt", "not a list"),
-])
+@pytest.mark.parametrize(
+    ("where", "path", "message"),
+    [
+        ('{total: {"$between": [1, 2]}}', "spec.roles.customer.write.0.where.total.$between", "unknown operator"),
+        ('{"$or": []}', "spec.roles.customer.write.0.where.$or", "non-empty list"),
+        ('{owner: "$caller.name"}', "spec.roles.customer.write.0.where.owner", "unknown reference"),
+        ('{total: {"$gt": [1]}}', "spec.roles.customer.write.0.where.total.$gt", "not a list"),
+    ],
+)
 def test_bad_row_rules_are_reported_with_their_json_path(tmp_path: Path, where: str, path: str, message: str) -> None:
     _, problems = load(tmp_path, POLICY.replace("WHERE", where))
     assert len(problems) == 1 and problems[0].split(": ")[0].endswith(path) and message in problems[0], problems
@@ -165,22 +194,32 @@ spec:
 
 
 def test_a_policy_grants_the_role_of_a_run_as_function_function(tmp_path: Path) -> None:
-    text = FUNCTION + "  runAs: function\n---\n" + COLLECTION + "---\n" + FUNCTION_ROLE_POLICY.replace("ROLE", "function:hello")
+    text = (
+        FUNCTION
+        + "  runAs: function\n---\n"
+        + COLLECTION
+        + "---\n"
+        + FUNCTION_ROLE_POLICY.replace("ROLE", "function:hello")
+    )
     state, problems = load(tmp_path, text)
     assert problems == []
     assert state.policies[0].roles["function:hello"].write == ("orders",)
 
 
-@pytest.mark.parametrize(("role", "runas", "message"), [
-    ("function:goodbye", "  runAs: function\n", "function 'goodbye' is not defined in these manifests"),
-    ("function:hello", "", "function 'hello' does not declare runAs: function"),
-    ("function:Hello", "  runAs: function\n", "a role name is a DNS label"),  # NAME is a function name
-    ("function:", "  runAs: function\n", "a role name is a DNS label"),
-    ("service:hello", "  runAs: function\n", "a role name is a DNS label"),  # only the function: prefix is allowed
-    ("function:hello:x", "  runAs: function\n", "a role name is a DNS label"),
-])
-def test_a_function_role_must_name_a_declared_run_as_function_function(tmp_path: Path, role: str, runas: str,
-                                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("role", "runas", "message"),
+    [
+        ("function:goodbye", "  runAs: function\n", "function 'goodbye' is not defined in these manifests"),
+        ("function:hello", "", "function 'hello' does not declare runAs: function"),
+        ("function:Hello", "  runAs: function\n", "a role name is a DNS label"),  # NAME is a function name
+        ("function:", "  runAs: function\n", "a role name is a DNS label"),
+        ("service:hello", "  runAs: function\n", "a role name is a DNS label"),  # only the function: prefix is allowed
+        ("function:hello:x", "  runAs: function\n", "a role name is a DNS label"),
+    ],
+)
+def test_a_function_role_must_name_a_declared_run_as_function_function(
+    tmp_path: Path, role: str, runas: str, message: str
+) -> None:
     text = FUNCTION + runas + "---\n" + COLLECTION + "---\n" + FUNCTION_ROLE_POLICY.replace("ROLE", f'"{role}"')
     _, problems = load(tmp_path, text)
     assert len(problems) == 1 and message in problems[0], problems

@@ -46,14 +46,17 @@ def test_the_position_of_a_missing_path_is_its_nearest_ancestor(tmp_path: Path) 
 
 
 def test_the_core_scalars(tmp_path: Path) -> None:
-    text = "- 12\n- 0x1F\n- 1.5\n- .5\n- 1_000\n- true\n- on\n- ~\n- ''\n- '12'\n- 2024-01-01\n- 1.5e3\n- ! 7\n- !!str 7\n"
+    text = (
+        "- 12\n- 0x1F\n- 1.5\n- .5\n- 1_000\n- true\n- on\n- ~\n- ''\n- '12'\n- 2024-01-01\n- 1.5e3\n- ! 7\n- !!str 7\n"
+    )
     assert data(tmp_path, text) == [[12, 31, 1.5, 0.5, 1000, True, True, None, "", "12", "2024-01-01", "1.5e3", 7, "7"]]
 
 
 def test_keys_are_kept_as_written(tmp_path: Path) -> None:
     """YAML 1.1 reads the key `on` (of a data trigger) as a boolean; fnctl keeps every key as its text."""
     assert data(tmp_path, "on: {event: beforeCreate}\n1: a\nyes: b\nnull: c\n") == [
-        {"on": {"event": "beforeCreate"}, "1": "a", "yes": "b", "null": "c"}]
+        {"on": {"event": "beforeCreate"}, "1": "a", "yes": "b", "null": "c"}
+    ]
 
 
 def test_several_documents_and_empty_ones(tmp_path: Path) -> None:
@@ -80,7 +83,9 @@ def test_merge_keys(tmp_path: Path) -> None:
 
 
 def test_what_it_loads_is_what_pyyaml_loads(tmp_path: Path) -> None:
-    text = "a: &x {p: 1, q: [1, 2.5, {r: s}]}\nb: *x\nc: [*x, *x]\nd:\n  <<: *x\n  p: 2\ne: |\n  block\nf: >\n  folded\n"
+    text = (
+        "a: &x {p: 1, q: [1, 2.5, {r: s}]}\nb: *x\nc: [*x, *x]\nd:\n  <<: *x\n  p: 2\ne: |\n  block\nf: >\n  folded\n"
+    )
     assert data(tmp_path, text) == [yaml.safe_load(text)]
 
 
@@ -89,52 +94,67 @@ def test_what_it_loads_is_what_pyyaml_loads(tmp_path: Path) -> None:
 TAG = "is not allowed: manifests may only use plain mappings, lists, strings, numbers, booleans and null"
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("a: !!python/object/apply:os.system [echo hi]\n", f"1:4: $.a: YAML tag !!python/object/apply:os.system {TAG}"),
-    ("a: !!python/name:os.system\n", f"1:4: $.a: YAML tag !!python/name:os.system {TAG}"),
-    ("a: !!python/object:builtins.dict {x: 1}\n", f"1:4: $.a: YAML tag !!python/object:builtins.dict {TAG}"),
-    ("a: !!binary aGVsbG8=\n", f"1:4: $.a: YAML tag !!binary {TAG}"),
-    ("a: !!set {x}\n", f"1:4: $.a: YAML tag !!set {TAG}"),
-    ("a: !!omap [x: 1]\n", f"1:4: $.a: YAML tag !!omap {TAG}"),
-    ("a: !custom x\n", f"1:4: $.a: YAML tag !custom {TAG}"),
-    ("!!python/object:os.system\na: 1\n", f"1:1: $: YAML tag !!python/object:os.system {TAG}"),
-    ("a: <<\n", f"1:4: $.a: YAML tag !!merge {TAG}"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("a: !!python/object/apply:os.system [echo hi]\n", f"1:4: $.a: YAML tag !!python/object/apply:os.system {TAG}"),
+        ("a: !!python/name:os.system\n", f"1:4: $.a: YAML tag !!python/name:os.system {TAG}"),
+        ("a: !!python/object:builtins.dict {x: 1}\n", f"1:4: $.a: YAML tag !!python/object:builtins.dict {TAG}"),
+        ("a: !!binary aGVsbG8=\n", f"1:4: $.a: YAML tag !!binary {TAG}"),
+        ("a: !!set {x}\n", f"1:4: $.a: YAML tag !!set {TAG}"),
+        ("a: !!omap [x: 1]\n", f"1:4: $.a: YAML tag !!omap {TAG}"),
+        ("a: !custom x\n", f"1:4: $.a: YAML tag !custom {TAG}"),
+        ("!!python/object:os.system\na: 1\n", f"1:1: $: YAML tag !!python/object:os.system {TAG}"),
+        ("a: <<\n", f"1:4: $.a: YAML tag !!merge {TAG}"),
+    ],
+)
 def test_only_the_core_tags_are_accepted(tmp_path: Path, problem: str, text: str) -> None:
     assert load(tmp_path, text) == ([], [problem])
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("a: 1\nb: 2\na: 3\n", "3:1: $.a: duplicate key 'a' (YAML would silently keep only the last one)"),
-    ("c: {<<: {a: 1, a: 2}}\n", "1:16: $.c['<<'].a: duplicate key 'a' (YAML would silently keep only the last one)"),
-    ("? [a]\n: 1\n", "1:3: $: mapping keys must be plain strings"),
-    ("a: &k x\n*k : 1\n", "2:1: $: mapping keys must be plain strings"),
-    ("k: !!binary aGk=\n!!binary aGk=: 1\n", f"1:4: $.k: YAML tag !!binary {TAG}"),
-    ("a: !!bool maybe\n", "1:4: $.a: invalid scalar 'maybe': it is not a valid !!bool"),
-    ("a: !!int abc\n", "1:4: $.a: invalid scalar 'abc': it is not a valid !!int"),
-    ("a: " + "9" * 5000 + "\n", "1:4: $.a: invalid scalar '" + "9" * 56 + "...: it has too many digits"),
-    ("a: .nan\n", "1:4: $.a: '.nan' is not allowed: numbers must be finite (JSON has no NaN or infinity)"),
-    ("a: [-.Inf]\n", "1:5: $.a[0]: '-.Inf' is not allowed: numbers must be finite (JSON has no NaN or infinity)"),
-    ("c: {<<: 1}\n", "1:9: $.c: a merge key (<<) needs a mapping or a list of mappings"),
-    ("a: *nope\n", "1:4: $: invalid YAML: found undefined alias 'nope'"),
-    ("a: &a [*a]\n", "1:8: $.a[0]: alias *a refers to a value that contains it"),
-    ("a: &a 1\nb: &a 2\n", "2:4: $.b: duplicate anchor 'a'"),
-    ("a: {b: 1\nc: 2\n", "2:2: $: invalid YAML: while parsing a flow mapping did not find expected ',' or '}'"),
-    ("a:\n\t- 1\n", "2:1: $: invalid YAML: while scanning for the next token found character that cannot start any token"),
-    ("a: 1\n b: 2\n", "2:3: $: invalid YAML: mapping values are not allowed in this context"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("a: 1\nb: 2\na: 3\n", "3:1: $.a: duplicate key 'a' (YAML would silently keep only the last one)"),
+        (
+            "c: {<<: {a: 1, a: 2}}\n",
+            "1:16: $.c['<<'].a: duplicate key 'a' (YAML would silently keep only the last one)",
+        ),
+        ("? [a]\n: 1\n", "1:3: $: mapping keys must be plain strings"),
+        ("a: &k x\n*k : 1\n", "2:1: $: mapping keys must be plain strings"),
+        ("k: !!binary aGk=\n!!binary aGk=: 1\n", f"1:4: $.k: YAML tag !!binary {TAG}"),
+        ("a: !!bool maybe\n", "1:4: $.a: invalid scalar 'maybe': it is not a valid !!bool"),
+        ("a: !!int abc\n", "1:4: $.a: invalid scalar 'abc': it is not a valid !!int"),
+        ("a: " + "9" * 5000 + "\n", "1:4: $.a: invalid scalar '" + "9" * 56 + "...: it has too many digits"),
+        ("a: .nan\n", "1:4: $.a: '.nan' is not allowed: numbers must be finite (JSON has no NaN or infinity)"),
+        ("a: [-.Inf]\n", "1:5: $.a[0]: '-.Inf' is not allowed: numbers must be finite (JSON has no NaN or infinity)"),
+        ("c: {<<: 1}\n", "1:9: $.c: a merge key (<<) needs a mapping or a list of mappings"),
+        ("a: *nope\n", "1:4: $: invalid YAML: found undefined alias 'nope'"),
+        ("a: &a [*a]\n", "1:8: $.a[0]: alias *a refers to a value that contains it"),
+        ("a: &a 1\nb: &a 2\n", "2:4: $.b: duplicate anchor 'a'"),
+        ("a: {b: 1\nc: 2\n", "2:2: $: invalid YAML: while parsing a flow mapping did not find expected ',' or '}'"),
+        (
+            "a:\n\t- 1\n",
+            "2:1: $: invalid YAML: while scanning for the next token found character that cannot start any token",
+        ),
+        ("a: 1\n b: 2\n", "2:3: $: invalid YAML: mapping values are not allowed in this context"),
+    ],
+)
 def test_bad_input_gets_its_own_message(tmp_path: Path, text: str, problem: str) -> None:
     assert load(tmp_path, text)[1] == [problem]
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"", "1:1: $: file is empty: expected at least one manifest document"),
-    (b"\n\n  \n", "1:1: $: file is empty: expected at least one manifest document"),
-    (b"# only a comment\n---\n...\n", "1:1: $: file is empty: expected at least one manifest document"),
-    (b"---\n---\n", "1:1: $: file is empty: expected at least one manifest document"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "1:1: $: file is binary, not YAML text"),
-    (b"a: \xff\xfe\n", "1:1: $: file is not UTF-8 text (byte 3)"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "1:1: $: file is empty: expected at least one manifest document"),
+        (b"\n\n  \n", "1:1: $: file is empty: expected at least one manifest document"),
+        (b"# only a comment\n---\n...\n", "1:1: $: file is empty: expected at least one manifest document"),
+        (b"---\n---\n", "1:1: $: file is empty: expected at least one manifest document"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "1:1: $: file is binary, not YAML text"),
+        (b"a: \xff\xfe\n", "1:1: $: file is not UTF-8 text (byte 3)"),
+    ],
+)
 def test_files_that_are_not_manifests(tmp_path: Path, content: bytes, problem: str) -> None:
     assert load(tmp_path, content) == ([], [problem])
 
@@ -161,12 +181,18 @@ def test_nesting_up_to_the_limit(tmp_path: Path) -> None:
 
 
 def test_a_nested_alias_bomb_is_refused_at_the_alias_that_crosses_the_budget(tmp_path: Path) -> None:
-    text = "a: &a [" + ",".join(["x"] * 100) + "]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 100) + "]\n" for i in range(3))
+    text = (
+        "a: &a ["
+        + ",".join(["x"] * 100)
+        + "]\n"
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 100) + "]\n" for i in range(3))
+    )
     documents, problems = load(tmp_path, text)
     assert documents == []
-    assert problems == ["3:62: $.c[18]: aliases expand to more than 200000 values (an alias bomb?); write the values "
-                        "out or use fewer aliases"]
+    assert problems == [
+        "3:62: $.c[18]: aliases expand to more than 200000 values (an alias bomb?); write the values "
+        "out or use fewer aliases"
+    ]
 
 
 # --- finding manifest files ------------------------------------------------------------------------------------
@@ -179,8 +205,15 @@ def test_find_manifest_files(tmp_path: Path) -> None:
     explicit = tmp_path / "notes.txt"
     files, problems = find_manifest_files([tmp_path, explicit, tmp_path / "missing"])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
-        "a.yml", "b.yaml", "notes.txt", "sub/c.yaml", "sub/deeper/d.yaml"]
-    assert [p.render() for p in problems] == [f"{tmp_path / 'missing'}: $: no such file or directory: {tmp_path / 'missing'}"]
+        "a.yml",
+        "b.yaml",
+        "notes.txt",
+        "sub/c.yaml",
+        "sub/deeper/d.yaml",
+    ]
+    assert [p.render() for p in problems] == [
+        f"{tmp_path / 'missing'}: $: no such file or directory: {tmp_path / 'missing'}"
+    ]
 
 
 def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
@@ -188,7 +221,9 @@ def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
     dangling.symlink_to(tmp_path / "nowhere.yaml")
     directory = tmp_path / "dir.yaml"
     directory.mkdir()
-    assert [p.render() for p in load_file(dangling)[1]] == [f"{dangling}:1:1: $: cannot read file: No such file or directory"]
+    assert [p.render() for p in load_file(dangling)[1]] == [
+        f"{dangling}:1:1: $: cannot read file: No such file or directory"
+    ]
     assert [p.render() for p in load_file(directory)[1]] == [f"{directory}:1:1: $: not a regular file"]
 
 
@@ -271,13 +306,25 @@ def test_the_fast_path_reads_what_the_full_builder_reads(tmp_path: Path) -> None
         documents, problems = load(tmp_path, mutated, name=f"f{n}.yaml")
         assert problems == []
         assert [d.positions for d in documents] == [
-            {p: Position(m.line + 1, m.column + 1) for p, m in b.marks.items()} for b in builder.documents]
+            {p: Position(m.line + 1, m.column + 1) for p, m in b.marks.items()} for b in builder.documents
+        ]
     assert fast > 200
 
 
 def test_the_fast_path_leaves_every_refusal_to_the_full_builder(tmp_path: Path) -> None:
-    for text in ["a: 1\na: 2\n", "a: !!str 1\n", "a: &x 1\nb: *x\n", "<<: {a: 1}\n", "a: .nan\n", "a: =\n", "x\n",
-                 "[" * 201 + "]" * 201, "~\n", "? [a]\n: 1\n", "a: 1\n a: 2\n"]:
+    for text in [
+        "a: 1\na: 2\n",
+        "a: !!str 1\n",
+        "a: &x 1\nb: *x\n",
+        "<<: {a: 1}\n",
+        "a: .nan\n",
+        "a: =\n",
+        "x\n",
+        "[" * 201 + "]" * 201,
+        "~\n",
+        "? [a]\n: 1\n",
+        "a: 1\n a: 2\n",
+    ]:
         assert loader._read_plain(text, loader.MAX_DOCUMENTS) is None, text
     assert loader._read_plain("a: 1\n---\nb: 2\n", 1) is None
     assert loader._read_plain("---\na: 1\n---\n---\nb: 2\n...\n---\n", 9) == [(0, {"a": 1}), (2, {"b": 2})]

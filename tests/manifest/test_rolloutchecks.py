@@ -83,107 +83,183 @@ def test_possible_rollouts_validate(name: str, tmp_path: Path, monkeypatch: pyte
 
 INVALID: dict[str, tuple[str, list[str]]] = {
     # fields that the strategy would ignore
-    "prePromotionAnalysis on a canary": ("""\
+    "prePromotionAnalysis on a canary": (
+        """\
     strategy: canary
     steps: [{setWeight: 50}]
     prePromotionAnalysis: {checks: [{event: {}}]}
-""", [f"{F}:12:27: $.spec.rollout.prePromotionAnalysis: prePromotionAnalysis applies only to the blueGreen strategy, "
-      "not canary"]),
-    "variants on a blue-green": ("""\
+""",
+        [
+            f"{F}:12:27: $.spec.rollout.prePromotionAnalysis: prePromotionAnalysis applies only to the blueGreen strategy, "
+            "not canary"
+        ],
+    ),
+    "variants on a blue-green": (
+        """\
     strategy: blueGreen
     variants: [{name: a, weight: 100, revision: new}]
-""", [f"{F}:11:15: $.spec.rollout.variants: variants apply only to the abTest strategy, not blueGreen"]),
-    "minSamples and steps on immediate": ("""\
+""",
+        [f"{F}:11:15: $.spec.rollout.variants: variants apply only to the abTest strategy, not blueGreen"],
+    ),
+    "minSamples and steps on immediate": (
+        """\
     strategy: immediate
     steps: [{setWeight: 50}]
     minSamples: 10
-""", [f"{F}:11:12: $.spec.rollout.steps: steps apply only to the canary strategy, not immediate",
-      f"{F}:12:17: $.spec.rollout.minSamples: minSamples applies only to the abTest strategy, not immediate"]),
+""",
+        [
+            f"{F}:11:12: $.spec.rollout.steps: steps apply only to the canary strategy, not immediate",
+            f"{F}:12:17: $.spec.rollout.minSamples: minSamples applies only to the abTest strategy, not immediate",
+        ],
+    ),
     # weights
-    "setWeight 0 first": ("""\
+    "setWeight 0 first": (
+        """\
     strategy: canary
     steps: [{setWeight: 0}, {setWeight: 50}]
-""", [f"{F}:11:25: $.spec.rollout.steps[0].setWeight: setWeight: 0 changes nothing: a canary starts with no traffic "
-      "on the new revision"]),
-    "the same weight twice": ("""\
+""",
+        [
+            f"{F}:11:25: $.spec.rollout.steps[0].setWeight: setWeight: 0 changes nothing: a canary starts with no traffic "
+            "on the new revision"
+        ],
+    ),
+    "the same weight twice": (
+        """\
     strategy: canary
     steps: [{setWeight: 50}, {setWeight: 50}]
-""", [f"{F}:11:42: $.spec.rollout.steps[1].setWeight: weights must increase: 50 after 50 (steps only move traffic "
-      "towards the new revision)"]),
-    "a pause after setWeight 100": ("""\
+""",
+        [
+            f"{F}:11:42: $.spec.rollout.steps[1].setWeight: weights must increase: 50 after 50 (steps only move traffic "
+            "towards the new revision)"
+        ],
+    ),
+    "a pause after setWeight 100": (
+        """\
     strategy: canary
     steps: [{setWeight: 50}, {setWeight: 100}, {pause: 5m}]
-""", [f"{F}:11:56: $.spec.rollout.steps[2].pause: this pause comes after setWeight: 100: all traffic is already on "
-      "the new revision, so it only delays the end of the rollout (scaleDownDelay keeps the old revision warm); "
-      "remove it, or follow it with an analysis whose window covers it"]),
-    "a canary that moves all traffic at once": ("""\
+""",
+        [
+            f"{F}:11:56: $.spec.rollout.steps[2].pause: this pause comes after setWeight: 100: all traffic is already on "
+            "the new revision, so it only delays the end of the rollout (scaleDownDelay keeps the old revision warm); "
+            "remove it, or follow it with an analysis whose window covers it"
+        ],
+    ),
+    "a canary that moves all traffic at once": (
+        """\
     strategy: canary
     steps: [{pause: {}}, {setWeight: 100}]
-""", [f"{F}:11:12: $.spec.rollout.steps: this canary never sends part of the traffic to the new revision (no "
-      "setWeight between 1 and 99) and never analyses it, so all traffic moves at once: use strategy: immediate, or "
-      "blueGreen to check a preview first"]),
+""",
+        [
+            f"{F}:11:12: $.spec.rollout.steps: this canary never sends part of the traffic to the new revision (no "
+            "setWeight between 1 and 99) and never analyses it, so all traffic moves at once: use strategy: immediate, or "
+            "blueGreen to check a preview first"
+        ],
+    ),
     # analyses that could never collect minRequests
-    "a fixed window too short for the expected traffic": ("""\
+    "a fixed window too short for the expected traffic": (
+        """\
     strategy: canary
     expectedTraffic: 2
     steps: [{setWeight: 10}, {analysis: {maxErrorRate: 0.01, minRequests: 500, window: 1m}}]
-""", [f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 2 requests/s and 10% weight, a 1m window "
-      "collects about 12 requests, fewer than minRequests (500)"]),
-    "inconclusive fail that always aborts": ("""\
+""",
+        [
+            f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 2 requests/s and 10% weight, a 1m window "
+            "collects about 12 requests, fewer than minRequests (500)"
+        ],
+    ),
+    "inconclusive fail that always aborts": (
+        """\
     strategy: canary
     expectedTraffic: 10
     steps: [{setWeight: 10}, {analysis: {maxErrorRate: 0.01, minRequests: 50, inconclusive: fail, failureLimit: 3}}]
-""", [f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, the analysis sees "
-      "about 30 requests by its measurement number 3 (failureLimit, one every 10s), fewer than minRequests (50): "
-      "with inconclusive: fail every rollout would abort"]),
-    "a fixed window reported before inconclusive fail": ("""\
+""",
+        [
+            f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, the analysis sees "
+            "about 30 requests by its measurement number 3 (failureLimit, one every 10s), fewer than minRequests (50): "
+            "with inconclusive: fail every rollout would abort"
+        ],
+    ),
+    "a fixed window reported before inconclusive fail": (
+        """\
     strategy: canary
     expectedTraffic: 10
     steps: [{setWeight: 10}, {analysis: {maxErrorRate: 0.01, minRequests: 50, window: 20s, inconclusive: fail}}]
-""", [f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, a 20s window "
-      "collects about 20 requests, fewer than minRequests (50)"]),
-    "inconclusive pass that never judges": ("""\
+""",
+        [
+            f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, a 20s window "
+            "collects about 20 requests, fewer than minRequests (50)"
+        ],
+    ),
+    "inconclusive pass that never judges": (
+        """\
     strategy: canary
     expectedTraffic: 10
     steps: [{setWeight: 10}, {analysis: {maxErrorRate: 0.01, minRequests: 20, inconclusive: pass}}]
-""", [f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, the first "
-      "measurement (after 10s) sees about 10 requests, fewer than minRequests (20): with inconclusive: pass the "
-      "analysis would pass without judging the new revision"]),
-    "minRequests before any traffic": ("""\
+""",
+        [
+            f"{F}:12:75: $.spec.rollout.steps[1].analysis.minRequests: at 10 requests/s and 10% weight, the first "
+            "measurement (after 10s) sees about 10 requests, fewer than minRequests (20): with inconclusive: pass the "
+            "analysis would pass without judging the new revision"
+        ],
+    ),
+    "minRequests before any traffic": (
+        """\
     strategy: canary
     steps: [{analysis: {maxErrorRate: 0.01, minRequests: 1}}, {setWeight: 100}]
-""", [f"{F}:11:58: $.spec.rollout.steps[0].analysis.minRequests: this analysis runs before any traffic reaches the "
-      "new revision (no setWeight > 0 before it)"]),
+""",
+        [
+            f"{F}:11:58: $.spec.rollout.steps[0].analysis.minRequests: this analysis runs before any traffic reaches the "
+            "new revision (no setWeight > 0 before it)"
+        ],
+    ),
     # blue-green
-    "contradictory promotion settings": ("""\
+    "contradictory promotion settings": (
+        """\
     strategy: blueGreen
     autoPromotionEnabled: false
     autoPromotionSeconds: 60
-""", [f"{F}:12:27: $.spec.rollout.autoPromotionSeconds: autoPromotionSeconds contradicts autoPromotionEnabled: false "
-      "(promotion then waits for `fnctl promote`); remove one of them"]),
-    "a preview analysis waiting for user traffic": ("""\
+""",
+        [
+            f"{F}:12:27: $.spec.rollout.autoPromotionSeconds: autoPromotionSeconds contradicts autoPromotionEnabled: false "
+            "(promotion then waits for `fnctl promote`); remove one of them"
+        ],
+    ),
+    "a preview analysis waiting for user traffic": (
+        """\
     strategy: blueGreen
     prePromotionAnalysis: {maxErrorRate: 0.01, minRequests: 5}
-""", [f"{F}:11:61: $.spec.rollout.prePromotionAnalysis.minRequests: a blue-green preview receives no user traffic, "
-      "so minRequests can never be reached; add checks"]),
+""",
+        [
+            f"{F}:11:61: $.spec.rollout.prePromotionAnalysis.minRequests: a blue-green preview receives no user traffic, "
+            "so minRequests can never be reached; add checks"
+        ],
+    ),
     # A/B tests
-    "one variant": ("""\
+    "one variant": (
+        """\
     strategy: abTest
     variants: [{name: a, weight: 100, revision: new}]
-""", [f"{F}:11:15: $.spec.rollout.variants: an A/B test needs at least two variants"]),
-    "variants that compare nothing": ("""\
+""",
+        [f"{F}:11:15: $.spec.rollout.variants: an A/B test needs at least two variants"],
+    ),
+    "variants that compare nothing": (
+        """\
     strategy: abTest
     variants:
       - {name: a, weight: 40, revision: stable}
       - {name: b, weight: 40, revision: stable}
       - {name: a, weight: 0, revision: 2}
-""", [f"{F}:12:7: $.spec.rollout.variants: one variant must be the revision being deployed (revision: new)",
-      f"{F}:12:7: $.spec.rollout.variants: variant weights must sum to 100, not 80",
-      f"{F}:13:41: $.spec.rollout.variants[1].revision: variants 'a' and 'b' both run revision stable: an A/B test "
-      "compares different revisions",
-      f"{F}:14:16: $.spec.rollout.variants[2].name: variant name 'a' is already used by variant 1",
-      f"{F}:14:27: $.spec.rollout.variants[2].weight: variant 'a' has weight 0: it would get no traffic, so the test "
-      "could not measure it"]),
+""",
+        [
+            f"{F}:12:7: $.spec.rollout.variants: one variant must be the revision being deployed (revision: new)",
+            f"{F}:12:7: $.spec.rollout.variants: variant weights must sum to 100, not 80",
+            f"{F}:13:41: $.spec.rollout.variants[1].revision: variants 'a' and 'b' both run revision stable: an A/B test "
+            "compares different revisions",
+            f"{F}:14:16: $.spec.rollout.variants[2].name: variant name 'a' is already used by variant 1",
+            f"{F}:14:27: $.spec.rollout.variants[2].weight: variant 'a' has weight 0: it would get no traffic, so the test "
+            "could not measure it",
+        ],
+    ),
 }
 
 

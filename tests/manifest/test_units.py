@@ -11,11 +11,27 @@ from fnctl.manifest.project import inside, slug
 from fnctl.manifest.units import format_duration, parse_duration, parse_size
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("200ms", 0.2), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1h30m", 5400.0), ("2h45m30s", 9930.0),
-    ("1m30s", 90.0), ("1.5s", 1.5), ("0.5ms", 0.0005), ("5", 5.0), ("0", 0.0), ("2.5", 2.5), (" 30s ", 30.0),
-    (7, 7.0), (0.25, 0.25), (0, 0.0),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("200ms", 0.2),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("2h45m30s", 9930.0),
+        ("1m30s", 90.0),
+        ("1.5s", 1.5),
+        ("0.5ms", 0.0005),
+        ("5", 5.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+        (" 30s ", 30.0),
+        (7, 7.0),
+        (0.25, 0.25),
+        (0, 0.0),
+    ],
+)
 def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -32,11 +48,25 @@ def test_parse_duration_refuses_negative_numbers_and_booleans(value: float) -> N
         parse_duration(value)
 
 
-@pytest.mark.parametrize("text, size", [
-    ("128Mi", 128 * 2**20), ("6M", 6_000_000), ("1024", 1024), ("1.5Gi", 3 * 2**29), ("512Ki", 512 * 1024),
-    ("1k", 1000), ("1K", 1000), ("2T", 2 * 10**12), ("1Ti", 2**40), ("0", 0), ("0.5Ki", 512),
-    (1024, 1024), (0, 0), (2.0, 2),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("128Mi", 128 * 2**20),
+        ("6M", 6_000_000),
+        ("1024", 1024),
+        ("1.5Gi", 3 * 2**29),
+        ("512Ki", 512 * 1024),
+        ("1k", 1000),
+        ("1K", 1000),
+        ("2T", 2 * 10**12),
+        ("1Ti", 2**40),
+        ("0", 0),
+        ("0.5Ki", 512),
+        (1024, 1024),
+        (0, 0),
+        (2.0, 2),
+    ],
+)
 def test_parse_size(text: str | int | float, size: int) -> None:
     assert parse_size(text) == size
 
@@ -53,25 +83,45 @@ def test_parse_size_refuses_negative_fractional_and_boolean_numbers(value: float
         parse_size(value)
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (0, "0ms"), (0.25, "250ms"), (0.2, "200ms"), (0.0005, "0.5ms"), (1, "1s"), (30, "30s"), (59.5, "59.5s"),
-    (60, "1m"), (61.5, "1m1.5s"), (90, "1m30s"), (300, "5m"), (900, "15m"), (3600, "1h"), (3601, "1h1s"),
-    (3660, "1h1m"), (5400, "1h30m"), (86400, "24h"),
-])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0ms"),
+        (0.25, "250ms"),
+        (0.2, "200ms"),
+        (0.0005, "0.5ms"),
+        (1, "1s"),
+        (30, "30s"),
+        (59.5, "59.5s"),
+        (60, "1m"),
+        (61.5, "1m1.5s"),
+        (90, "1m30s"),
+        (300, "5m"),
+        (900, "15m"),
+        (3600, "1h"),
+        (3601, "1h1s"),
+        (3660, "1h1m"),
+        (5400, "1h30m"),
+        (86400, "24h"),
+    ],
+)
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     if seconds:
         assert parse_duration(text) == pytest.approx(seconds)  # it reads back
 
 
-@pytest.mark.parametrize("path, text", [
-    ((), "$"),
-    (("spec", "rollout", "steps", 1, "setWeight"), "$.spec.rollout.steps[1].setWeight"),
-    (("spec", "env", "GREETING"), "$.spec.env.GREETING"),
-    (("metadata", "labels", "app.kubernetes.io/name"), "$.metadata.labels['app.kubernetes.io/name']"),
-    (("spec", "roles", "shop-admin", "invoke", 0), "$.spec.roles.shop-admin.invoke[0]"),
-    (("a", "1b", ""), "$.a['1b']['']"),
-])
+@pytest.mark.parametrize(
+    "path, text",
+    [
+        ((), "$"),
+        (("spec", "rollout", "steps", 1, "setWeight"), "$.spec.rollout.steps[1].setWeight"),
+        (("spec", "env", "GREETING"), "$.spec.env.GREETING"),
+        (("metadata", "labels", "app.kubernetes.io/name"), "$.metadata.labels['app.kubernetes.io/name']"),
+        (("spec", "roles", "shop-admin", "invoke", 0), "$.spec.roles.shop-admin.invoke[0]"),
+        (("a", "1b", ""), "$.a['1b']['']"),
+    ],
+)
 def test_json_path(path: tuple[str | int, ...], text: str) -> None:
     assert json_path(path) == text
 
@@ -79,8 +129,13 @@ def test_json_path(path: tuple[str | int, ...], text: str) -> None:
 def test_a_diagnostic_renders_as_file_line_column_path_message() -> None:
     diagnostic = Diagnostic(Path("manifests/a.yaml"), Position(3, 7), ("spec", "steps", 1), "bad")
     assert diagnostic.render() == "manifests/a.yaml:3:7: $.spec.steps[1]: bad"
-    assert diagnostic.as_json() == {"file": "manifests/a.yaml", "line": 3, "column": 7, "path": "$.spec.steps[1]",
-                                    "message": "bad"}
+    assert diagnostic.as_json() == {
+        "file": "manifests/a.yaml",
+        "line": 3,
+        "column": 7,
+        "path": "$.spec.steps[1]",
+        "message": "bad",
+    }
 
 
 def test_a_diagnostic_without_a_place_has_no_line() -> None:
@@ -106,10 +161,19 @@ def test_positions_order_like_tuples() -> None:
     assert Position(3, 4).line == 3 and Position(3, 4).column == 4
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("my-project", "my-project"), ("My Project", "my-project"), ("Café_Ünïcode___", "caf-n-code"),
-    ("__x__", "x"), ("", "project"), ("///", "project"), ("a" * 70, "a" * 63), ("a" * 62 + "-b", "a" * 62),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("my-project", "my-project"),
+        ("My Project", "my-project"),
+        ("Café_Ünïcode___", "caf-n-code"),
+        ("__x__", "x"),
+        ("", "project"),
+        ("///", "project"),
+        ("a" * 70, "a" * 63),
+        ("a" * 62 + "-b", "a" * 62),
+    ],
+)
 def test_slug_is_a_dns_label(name: str, expected: str) -> None:
     assert slug(name) == expected
 

@@ -78,7 +78,14 @@ def test_the_repository_examples_validate(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(REPO)
     result = validate_paths(load_project(), [REPO / "manifests"])
     assert lines(result) == []
-    assert {f.name for f in result.state.functions} == {"hello", "orders", "order-book", "stats-canary", "stats-bluegreen", "stats-ab"}
+    assert {f.name for f in result.state.functions} == {
+        "hello",
+        "orders",
+        "order-book",
+        "stats-canary",
+        "stats-bluegreen",
+        "stats-ab",
+    }
     assert len(result.files) == 3
 
 
@@ -106,77 +113,119 @@ F = "manifests/hello.yaml"
 CASES: dict[str, list[str]] = {
     # schema
     "schema-missing-required": [f"{F}:6:3: $.spec: missing required property 'handler'"],
-    "schema-unknown-property": [f"{F}:10:14: $.spec.limits.timeuot: unknown property 'timeuot' (did you mean 'timeout'?)"],
+    "schema-unknown-property": [
+        f"{F}:10:14: $.spec.limits.timeuot: unknown property 'timeuot' (did you mean 'timeout'?)"
+    ],
     "schema-wrong-type": [f"{F}:10:10: $.spec.limits.cpu: expected a number, got 'half'"],
     "schema-enum": [f"{F}:9:12: $.spec.network: must be one of none, egress; got 'public'"],
-    "schema-dns-name": [f"{F}:4:9: $.metadata.name: must be a DNS label: lower-case letters, digits and '-', at most "
-                        "63 characters, starting and ending with a letter or digit, got 'Hello_World'"],
-    "schema-bad-duration": [f"{F}:9:21: $.spec.limits.timeout: invalid duration (expected e.g. 200ms, 30s, 5m, 1h30m, "
-                            "or a number of seconds), got '5 seconds'"],
-    "schema-bad-size": [f"{F}:9:20: $.spec.limits.memory: invalid size (expected e.g. 512Ki, 128Mi, 1Gi, or a number "
-                        "of bytes), got '128MB'"],
-    "schema-bad-handler": [f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.py:attr, "
-                           "got 'handler'"],
-    "schema-step-two-keys": [f"{F}:12:9: $.spec.rollout.steps[0]: each step must have exactly one of setWeight, pause "
-                             "or analysis, got a mapping"],
+    "schema-dns-name": [
+        f"{F}:4:9: $.metadata.name: must be a DNS label: lower-case letters, digits and '-', at most "
+        "63 characters, starting and ending with a letter or digit, got 'Hello_World'"
+    ],
+    "schema-bad-duration": [
+        f"{F}:9:21: $.spec.limits.timeout: invalid duration (expected e.g. 200ms, 30s, 5m, 1h30m, "
+        "or a number of seconds), got '5 seconds'"
+    ],
+    "schema-bad-size": [
+        f"{F}:9:20: $.spec.limits.memory: invalid size (expected e.g. 512Ki, 128Mi, 1Gi, or a number "
+        "of bytes), got '128MB'"
+    ],
+    "schema-bad-handler": [
+        f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.py:attr, got 'handler'"
+    ],
+    "schema-step-two-keys": [
+        f"{F}:12:9: $.spec.rollout.steps[0]: each step must have exactly one of setWeight, pause "
+        "or analysis, got a mapping"
+    ],
     "schema-stickiness-without-name": [f"{F}:14:17: $.spec.rollout.stickiness: missing required property 'name'"],
     # the envelope of a document
-    "envelope-non-mapping": [f"{F}:1:1: $: a manifest document must be a mapping with apiVersion, kind, metadata and "
-                             "spec; got a list"],
+    "envelope-non-mapping": [
+        f"{F}:1:1: $: a manifest document must be a mapping with apiVersion, kind, metadata and spec; got a list"
+    ],
     "envelope-empty-file": [f"{F}:1:1: $: file is empty: expected at least one manifest document"],
     "envelope-binary-file": ["manifests/logo.yaml:1:1: $: file is binary, not YAML text"],
     "envelope-wrong-api-version": [f"{F}:1:13: $.apiVersion: unsupported apiVersion 'apps/v1' (expected fnctl/v1)"],
-    "envelope-unknown-kind": [f"{F}:2:7: $.kind: unknown kind 'Deployment' (expected one of Function, View, Trigger, "
-                              "Policy, Collection)"],
+    "envelope-unknown-kind": [
+        f"{F}:2:7: $.kind: unknown kind 'Deployment' (expected one of Function, View, Trigger, Policy, Collection)"
+    ],
     # YAML itself
-    "yaml-python-tag": [f"{F}:10:15: $.spec.env.GREETING: YAML tag !!python/object/apply:os.system is not allowed: "
-                        "manifests may only use plain mappings, lists, strings, numbers, booleans and null"],
-    "yaml-duplicate-key": [f"{F}:9:3: $.spec.runtime: duplicate key 'runtime' (YAML would silently keep only the last one)"],
-    "yaml-billion-laughs": ["manifests/lol.yaml:10:12: $.spec.l5[0]: aliases expand to more than 200000 values (an alias "
-                            "bomb?); write the values out or use fewer aliases"],
+    "yaml-python-tag": [
+        f"{F}:10:15: $.spec.env.GREETING: YAML tag !!python/object/apply:os.system is not allowed: "
+        "manifests may only use plain mappings, lists, strings, numbers, booleans and null"
+    ],
+    "yaml-duplicate-key": [
+        f"{F}:9:3: $.spec.runtime: duplicate key 'runtime' (YAML would silently keep only the last one)"
+    ],
+    "yaml-billion-laughs": [
+        "manifests/lol.yaml:10:12: $.spec.l5[0]: aliases expand to more than 200000 values (an alias "
+        "bomb?); write the values out or use fewer aliases"
+    ],
     "yaml-syntax-error": [f"{F}:10:9: $: invalid YAML: while parsing a flow mapping did not find expected ',' or '}}'"],
     # semantics
-    "duplicate-name": ["manifests/b.yaml:5:9: $.metadata.name: duplicate Function name 'hello' (first defined at "
-                       "manifests/a.yaml:4)"],
+    "duplicate-name": [
+        "manifests/b.yaml:5:9: $.metadata.name: duplicate Function name 'hello' (first defined at manifests/a.yaml:4)"
+    ],
     "dangling-reference": [
         f"{F}:15:13: $.spec.function: function 'helo' is not defined in these manifests",
         f"{F}:23:13: $.spec.function: function 'sumary' is not defined in these manifests",
         f"{F}:31:30: $.spec.roles.public.invoke[1]: function 'goodbye' is not defined in these manifests",
     ],
-    "handler-module-missing": [f"{F}:8:12: $.spec.handler: handler module 'app' not found in the source directory "
-                               "(looked for app.py, app/__init__.py)"],
+    "handler-module-missing": [
+        f"{F}:8:12: $.spec.handler: handler module 'app' not found in the source directory "
+        "(looked for app.py, app/__init__.py)"
+    ],
     "handler-attr-missing": [f"{F}:8:12: $.spec.handler: main.py defines no top-level 'handle'"],
     "handler-syntax-error": [f"{F}:8:12: $.spec.handler: cannot parse main.py: line 1: expected ':'"],
-    "handler-path-escape": [f"{F}:8:12: $.spec.handler: handler file '../../outside.py' is outside the source directory"],
-    "bad-cron": [f"{F}:16:20: $.spec.cron.schedule: invalid cron expression '0 25 * * *' (expected e.g. '*/5 * * * *')"],
+    "handler-path-escape": [
+        f"{F}:8:12: $.spec.handler: handler file '../../outside.py' is outside the source directory"
+    ],
+    "bad-cron": [
+        f"{F}:16:20: $.spec.cron.schedule: invalid cron expression '0 25 * * *' (expected e.g. '*/5 * * * *')"
+    ],
     "bad-timezone": [
         f"{F}:16:43: $.spec.cron.timezone: unknown time zone 'Mars/Olympus' (expected e.g. UTC or Europe/Paris)",
         f"{F}:24:43: $.spec.cron.timezone: unknown time zone 'America' (expected e.g. UTC or Europe/Paris)",
     ],
-    "non-increasing-weights": [f"{F}:14:20: $.spec.rollout.steps[2].setWeight: weights must increase: 20 after 50 "
-                               "(steps only move traffic towards the new revision)"],
+    "non-increasing-weights": [
+        f"{F}:14:20: $.spec.rollout.steps[2].setWeight: weights must increase: 20 after 50 "
+        "(steps only move traffic towards the new revision)"
+    ],
     "steps-on-non-canary": [f"{F}:12:7: $.spec.rollout.steps: steps apply only to the canary strategy, not blueGreen"],
     "canary-without-steps": [f"{F}:9:12: $.spec.rollout.steps: a canary needs at least one step (e.g. setWeight: 20)"],
-    "analysis-before-traffic": [f"{F}:12:53: $.spec.rollout.steps[0].analysis.minRequests: this analysis runs before "
-                                "any traffic reaches the new revision (no setWeight > 0 before it)"],
-    "min-requests-unreachable": [f"{F}:15:53: $.spec.rollout.steps[2].analysis.minRequests: at 2 requests/s and 10% "
-                                 "weight, a 1m window collects about 12 requests, fewer than minRequests (500)"],
-    "bluegreen-preview-min-requests": [f"{F}:11:61: $.spec.rollout.prePromotionAnalysis.minRequests: a blue-green "
-                                       "preview receives no user traffic, so minRequests can never be reached; add checks"],
+    "analysis-before-traffic": [
+        f"{F}:12:53: $.spec.rollout.steps[0].analysis.minRequests: this analysis runs before "
+        "any traffic reaches the new revision (no setWeight > 0 before it)"
+    ],
+    "min-requests-unreachable": [
+        f"{F}:15:53: $.spec.rollout.steps[2].analysis.minRequests: at 2 requests/s and 10% "
+        "weight, a 1m window collects about 12 requests, fewer than minRequests (500)"
+    ],
+    "bluegreen-preview-min-requests": [
+        f"{F}:11:61: $.spec.rollout.prePromotionAnalysis.minRequests: a blue-green "
+        "preview receives no user traffic, so minRequests can never be reached; add checks"
+    ],
     "ab-weights": [f"{F}:12:7: $.spec.rollout.variants: variant weights must sum to 100, not 90"],
-    "route-collision": [f"{F}:24:16: $.spec.http.path: route POST /hello/{{id}}/ collides with trigger 'hello-by-name' "
-                        f"({F}:13)"],
-    "source-dotdot-escape": [f"{F}:7:11: $.spec.source: source '../../outside/hello' escapes the project root " "{root}"],
+    "route-collision": [
+        f"{F}:24:16: $.spec.http.path: route POST /hello/{{id}}/ collides with trigger 'hello-by-name' ({F}:13)"
+    ],
+    "source-dotdot-escape": [
+        f"{F}:7:11: $.spec.source: source '../../outside/hello' escapes the project root {{root}}"
+    ],
     "limit-over-maximum": [
         f"{F}:9:21: $.spec.limits.timeout: timeout exceeds the maximum of 15m",
         f"{F}:9:34: $.spec.limits.memory: memory exceeds the maximum of 4Gi",
     ],
-    "gvisor-pids-too-low": [f"{F}:10:18: $.spec.limits.pids: isolation: gvisor needs pids of at least 64 "
-                            "(gVisor's own threads count against it)"],
+    "gvisor-pids-too-low": [
+        f"{F}:10:18: $.spec.limits.pids: isolation: gvisor needs pids of at least 64 "
+        "(gVisor's own threads count against it)"
+    ],
     "min-over-max-instances": [f"{F}:9:27: $.spec.scaling.minInstances: minInstances (5) exceeds maxInstances (2)"],
-    "reserved-env": [f"{F}:9:35: $.spec.env.PYTHONPATH: 'PYTHONPATH' is reserved for the runtime (FNCTL_* and PYTHON*)"],
-    "invalid-parameters-schema": [f"{F}:9:15: $.spec.parameters: not a valid JSON Schema: 'objekt' is not valid under "
-                                  "any of the given schemas"],
+    "reserved-env": [
+        f"{F}:9:35: $.spec.env.PYTHONPATH: 'PYTHONPATH' is reserved for the runtime (FNCTL_* and PYTHON*)"
+    ],
+    "invalid-parameters-schema": [
+        f"{F}:9:15: $.spec.parameters: not a valid JSON Schema: 'objekt' is not valid under any of the given schemas"
+    ],
 }
 
 
@@ -229,7 +278,9 @@ def test_symlink_escape(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_a_symlink_that_stays_inside_the_project_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    project = make_project(tmp_path, {"a.yaml": FUNCTION.format(name="a").replace("functions/hello", "functions/alias")})
+    project = make_project(
+        tmp_path, {"a.yaml": FUNCTION.format(name="a").replace("functions/hello", "functions/alias")}
+    )
     (project / "functions" / "alias").symlink_to(project / "functions" / "hello", target_is_directory=True)
     (project / "functions" / "hello" / "shared.py").symlink_to(project / "functions" / "hello" / "main.py")
     assert lines(run(project, monkeypatch)) == []
@@ -260,17 +311,23 @@ def test_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path, {"big.yaml": big})
     size = len(big.encode())
     assert lines(run(project, monkeypatch)) == [
-        f"manifests/big.yaml:1:1: $: file is too large ({size} bytes; the limit is {MAX_FILE_BYTES})"]
+        f"manifests/big.yaml:1:1: $: file is too large ({size} bytes; the limit is {MAX_FILE_BYTES})"
+    ]
 
 
-@pytest.mark.parametrize("text, where", [
-    ("[" * 100_000 + "]" * 100_000, "1:201"),  # would overflow the C stack of a recursive composer
-    ("- " * 300_000 + "x\n", "1:401"),
-    ("a:\n" + "".join(" " * i + "b:\n" for i in range(1, 300)) + " " * 300 + "c: 1\n", "201:201"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("[" * 100_000 + "]" * 100_000, "1:201"),  # would overflow the C stack of a recursive composer
+        ("- " * 300_000 + "x\n", "1:401"),
+        ("a:\n" + "".join(" " * i + "b:\n" for i in range(1, 300)) + " " * 300 + "c: 1\n", "201:201"),
+    ],
+)
 def test_deep_nesting_is_refused(text: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path, {"deep.yaml": text})
-    assert lines(run(project, monkeypatch)) == [f"manifests/deep.yaml:{where}: $: document is nested too deeply (over 200 levels)"]
+    assert lines(run(project, monkeypatch)) == [
+        f"manifests/deep.yaml:{where}: $: document is nested too deeply (over 200 levels)"
+    ]
 
 
 def _laughs(levels: int = 9, width: int = 10) -> str:
@@ -293,7 +350,8 @@ def test_a_billion_laughs_is_refused_with_bounded_memory(tmp_path: Path) -> None
     assert documents == []
     assert [p.render() for p in problems] == [
         f"{path}:6:12: $.lol5[0]: aliases expand to more than 200000 values (an alias bomb?); write the values out or "
-        "use fewer aliases"]
+        "use fewer aliases"
+    ]
     assert peak < 64 * 2**20
 
 
@@ -327,14 +385,19 @@ def test_anchors_belong_to_their_document(tmp_path: Path, monkeypatch: pytest.Mo
 # --- all at once, sorted ------------------------------------------------------------------------------------------
 
 
-def test_every_error_of_every_file_is_reported_at_once_and_sorted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    project = make_project(tmp_path, {
-        "b.yaml": FUNCTION.format(name="b") + "  network: public\n  limits: {memory: 8Gi}\n---\n"
-                  "apiVersion: fnctl/v1\nkind: Trigger\nmetadata: {name: t}\nspec: {function: nope, manual: {}}\n",
-        "a.yaml": FUNCTION.format(name="a").replace("main.handler", "main.nothere"),
-        "c.yaml": "key: [unclosed\n",
-        "sub/d.yml": FUNCTION.format(name="Bad"),
-    })
+def test_every_error_of_every_file_is_reported_at_once_and_sorted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(
+        tmp_path,
+        {
+            "b.yaml": FUNCTION.format(name="b") + "  network: public\n  limits: {memory: 8Gi}\n---\n"
+            "apiVersion: fnctl/v1\nkind: Trigger\nmetadata: {name: t}\nspec: {function: nope, manual: {}}\n",
+            "a.yaml": FUNCTION.format(name="a").replace("main.handler", "main.nothere"),
+            "c.yaml": "key: [unclosed\n",
+            "sub/d.yml": FUNCTION.format(name="Bad"),
+        },
+    )
     result = run(project, monkeypatch)
     assert lines(result) == [
         "manifests/a.yaml:8:12: $.spec.handler: main.py defines no top-level 'nothere'",
@@ -348,8 +411,15 @@ def test_every_error_of_every_file_is_reported_at_once_and_sorted(tmp_path: Path
 
 
 def test_a_schema_error_stops_that_document_but_not_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    project = make_project(tmp_path, {"a.yaml": FUNCTION.format(name="a") + "  limits: {memory: 8Gi}\n---\n"
-                                                + FUNCTION.format(name="b") + "  network: public\n"})
+    project = make_project(
+        tmp_path,
+        {
+            "a.yaml": FUNCTION.format(name="a")
+            + "  limits: {memory: 8Gi}\n---\n"
+            + FUNCTION.format(name="b")
+            + "  network: public\n"
+        },
+    )
     assert lines(run(project, monkeypatch)) == [
         "manifests/a.yaml:9:20: $.spec.limits.memory: memory exceeds the maximum of 4Gi",
         "manifests/a.yaml:19:12: $.spec.network: must be one of none, egress; got 'public'",
@@ -373,7 +443,9 @@ def test_a_file_changed_between_two_runs_is_read_again(tmp_path: Path, monkeypat
     project = make_project(tmp_path, {"a.yaml": FUNCTION.format(name="a")})
     assert run(project, monkeypatch).ok
     (project / "functions" / "hello" / "main.py").write_text("def other(event):\n    return 1\n")
-    assert lines(run(project, monkeypatch)) == ["manifests/a.yaml:8:12: $.spec.handler: main.py defines no top-level 'handler'"]
+    assert lines(run(project, monkeypatch)) == [
+        "manifests/a.yaml:8:12: $.spec.handler: main.py defines no top-level 'handler'"
+    ]
 
 
 # --- the compiled schema checks agree with jsonschema ----------------------------------------------------------
@@ -388,9 +460,41 @@ def test_every_schema_compiles(kind: str) -> None:
     assert schemas._fast(kind) is not None
 
 
-_ODD_VALUES: list[Any] = [None, True, False, 0, 1, -1, 1.0, 2.5, 101, 5000, "", "x", "5s", "128Mi", "Hello", "/a/{b}",
-                          "GET", "canary", "stable", [], [1], ["a", "a"], {}, {"a": 1}, {"setWeight": 10}, {"pause": {}},
-                          "*", "fnctl/v1", "main.handler", "a.py:h", 0.5, 10**9, {"by": "header"}]
+_ODD_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    1.0,
+    2.5,
+    101,
+    5000,
+    "",
+    "x",
+    "5s",
+    "128Mi",
+    "Hello",
+    "/a/{b}",
+    "GET",
+    "canary",
+    "stable",
+    [],
+    [1],
+    ["a", "a"],
+    {},
+    {"a": 1},
+    {"setWeight": 10},
+    {"pause": {}},
+    "*",
+    "fnctl/v1",
+    "main.handler",
+    "a.py:h",
+    0.5,
+    10**9,
+    {"by": "header"},
+]
 
 
 def _mutate(document: Any, rng: random.Random) -> Any:
@@ -421,8 +525,12 @@ def _mutate(document: Any, rng: random.Random) -> Any:
 
 def test_the_compiled_checks_agree_with_jsonschema_on_mutated_manifests(monkeypatch: pytest.MonkeyPatch) -> None:
     documents = [d.data for f in sorted((REPO / "manifests").rglob("*.yaml")) for d in load_file(f)[0]]
-    documents += [d.data for f in sorted(FIXTURES.rglob("*.yaml")) for d in load_file(f)[0]
-                  if isinstance(d.data, dict) and d.data.get("kind") in schemas.KINDS]
+    documents += [
+        d.data
+        for f in sorted(FIXTURES.rglob("*.yaml"))
+        for d in load_file(f)[0]
+        if isinstance(d.data, dict) and d.data.get("kind") in schemas.KINDS
+    ]
     rng = random.Random(20241121)
     valid = checked = 0
     for document in documents:
@@ -437,14 +545,40 @@ def test_the_compiled_checks_agree_with_jsonschema_on_mutated_manifests(monkeypa
 
 
 META_CASES: list[Any] = [
-    True, False, {}, {"type": "objekt"}, {"type": ["string", "null"]}, {"type": []}, {"minimum": "x"}, {"pattern": "["},
-    {"pattern": "^a"}, {"required": ["a", "a"]}, {"required": "a"}, {"properties": {"a": {"type": 3}}},
-    {"items": [{}]}, {"prefixItems": [{}], "items": False}, {"enum": []}, {"allOf": []}, {"not": {"type": "str"}},
-    {"if": {"const": 1}, "then": {"minimum": 1}}, {"dependentRequired": {"a": ["b", "b"]}}, {"minItems": 1.0},
-    {"minItems": 1.5}, {"minItems": True}, {"multipleOf": 0}, {"definitions": {"a": {"type": 1}}},
-    {"dependencies": {"a": {"type": 1}}}, {"$anchor": "1bad"}, {"propertyNames": {"pattern": "("}},
-    {"patternProperties": {"(": {}}}, {"additionalProperties": {"type": "x"}}, {"deprecated": "yes"},
-    {"uniqueItems": 1}, {"$ref": "#/x"}, {"$id": "not a uri"}, {"$vocabulary": {"a": True}},
+    True,
+    False,
+    {},
+    {"type": "objekt"},
+    {"type": ["string", "null"]},
+    {"type": []},
+    {"minimum": "x"},
+    {"pattern": "["},
+    {"pattern": "^a"},
+    {"required": ["a", "a"]},
+    {"required": "a"},
+    {"properties": {"a": {"type": 3}}},
+    {"items": [{}]},
+    {"prefixItems": [{}], "items": False},
+    {"enum": []},
+    {"allOf": []},
+    {"not": {"type": "str"}},
+    {"if": {"const": 1}, "then": {"minimum": 1}},
+    {"dependentRequired": {"a": ["b", "b"]}},
+    {"minItems": 1.0},
+    {"minItems": 1.5},
+    {"minItems": True},
+    {"multipleOf": 0},
+    {"definitions": {"a": {"type": 1}}},
+    {"dependencies": {"a": {"type": 1}}},
+    {"$anchor": "1bad"},
+    {"propertyNames": {"pattern": "("}},
+    {"patternProperties": {"(": {}}},
+    {"additionalProperties": {"type": "x"}},
+    {"deprecated": "yes"},
+    {"uniqueItems": 1},
+    {"$ref": "#/x"},
+    {"$id": "not a uri"},
+    {"$vocabulary": {"a": True}},
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 100}}, "required": ["name"]},
 ]
 

@@ -32,6 +32,7 @@ def sample(requests: int, errors: int, latencies_ms: list[float] | None = None) 
 
 # ---- two-proportion z-test ----
 
+
 def test_z_test_on_a_case_worked_by_hand() -> None:
     # A: 0 of 50, B: 10 of 50. Pooled p = 10/100 = 0.1; variance = 0.1 * 0.9 * (1/50 + 1/50) = 0.0036,
     # so the standard error is 0.06 and z = (0 - 0.2) / 0.06 = -10/3. Two-sided p = 2 * (1 - Phi(3.333))
@@ -59,6 +60,7 @@ def test_z_test_of_all_errors_against_none_is_significant() -> None:
 
 
 # ---- Mann-Whitney on histograms ----
+
 
 def test_mann_whitney_on_a_case_worked_by_hand() -> None:
     # A = {1, 1, 2}, B = {2, 4, 4} ms. Buckets 1, 2, 4 hold 2 values each: midranks 1.5, 3.5, 5.5.
@@ -96,6 +98,7 @@ def test_mann_whitney_without_data_or_spread_is_undefined(a: dict[str, int], b: 
 
 # ---- the report ----
 
+
 def test_report_summarizes_each_variant() -> None:
     result = report([("A", 1, sample(200, 2)), ("B", 2, sample(0, 0))], confidence=0.95, min_samples=100)
     a, b = result.variants
@@ -115,8 +118,9 @@ def test_report_runs_no_test_below_the_minimum_sample_size() -> None:
 
 def test_report_names_every_side_short_of_samples_and_a_variant_without_requests() -> None:
     result = report([("A", 1, sample(30, 0)), ("B", 2, sample(0, 0))], confidence=0.95, min_samples=50)
-    assert result.comparisons[0].verdict == ("not enough samples: 0 of 50 requests in B (50 more needed), "
-                                             "30 of 50 requests in A (20 more needed)")
+    assert result.comparisons[0].verdict == (
+        "not enough samples: 0 of 50 requests in B (50 more needed), 30 of 50 requests in A (20 more needed)"
+    )
     result = report([("A", 1, sample(30, 0)), ("B", 2, sample(0, 0))], confidence=0.95, min_samples=0)
     assert result.comparisons[0].verdict == "not enough samples: 0 of 1 requests in B (1 more needed)"
 
@@ -140,8 +144,9 @@ def test_report_flags_a_significantly_higher_error_rate() -> None:
 
 def test_report_flags_a_significantly_faster_variant() -> None:
     control = sample(300, 0, spread(40.0, 120.0, 300))
-    result = report([("A", 1, control), ("B", 2, sample(300, 0, spread(10.0, 30.0, 300)))],
-                    confidence=0.99, min_samples=100)
+    result = report(
+        [("A", 1, control), ("B", 2, sample(300, 0, spread(10.0, 30.0, 300)))], confidence=0.99, min_samples=100
+    )
     (comparison,) = result.comparisons
     assert comparison.latency is not None and comparison.latency.statistic < 0
     assert comparison.verdict.startswith("B is significantly faster (p50 ")
@@ -168,11 +173,13 @@ def test_all_errors_on_both_sides_is_no_difference_and_against_none_is_significa
 
 
 def test_every_variant_is_compared_with_the_control() -> None:
-    result = report([("A", 1, sample(200, 1)), ("B", 2, sample(200, 1)), ("C", 3, sample(200, 60))],
-                    confidence=0.95, min_samples=100)
+    result = report(
+        [("A", 1, sample(200, 1)), ("B", 2, sample(200, 1)), ("C", 3, sample(200, 60))],
+        confidence=0.95,
+        min_samples=100,
+    )
     assert [(c.variant, c.control) for c in result.comparisons] == [("B", "A"), ("C", "A")]
-    assert [c.verdict.startswith("C's error rate is significantly higher") for c in result.comparisons] == [
-        False, True]
+    assert [c.verdict.startswith("C's error rate is significantly higher") for c in result.comparisons] == [False, True]
 
 
 def test_report_refuses_bad_parameters() -> None:
@@ -189,10 +196,27 @@ def test_report_to_json_uses_camel_case_and_serializes() -> None:
     result = report([("A", 1, sample(100, 1)), ("B", 2, sample(40, 0))], confidence=0.95, min_samples=50)
     data = json.loads(json.dumps(report_to_json(result)))
     assert (data["confidence"], data["minSamples"]) == (0.95, 50)
-    assert set(data["variants"][0]) == {"name", "revision", "requests", "errors", "errorRate", "p50Ms", "p95Ms",
-                                        "p99Ms"}
-    assert data["comparisons"] == [{"variant": "B", "control": "A", "enoughSamples": False, "errorRate": None,
-                                    "latency": None, "verdict": result.comparisons[0].verdict}]
-    tested = report_to_json(report([("A", 1, sample(100, 1)), ("B", 2, sample(100, 1))], confidence=0.95,
-                                   min_samples=50))
+    assert set(data["variants"][0]) == {
+        "name",
+        "revision",
+        "requests",
+        "errors",
+        "errorRate",
+        "p50Ms",
+        "p95Ms",
+        "p99Ms",
+    }
+    assert data["comparisons"] == [
+        {
+            "variant": "B",
+            "control": "A",
+            "enoughSamples": False,
+            "errorRate": None,
+            "latency": None,
+            "verdict": result.comparisons[0].verdict,
+        }
+    ]
+    tested = report_to_json(
+        report([("A", 1, sample(100, 1)), ("B", 2, sample(100, 1))], confidence=0.95, min_samples=50)
+    )
     assert tested["comparisons"][0]["errorRate"] == {"statistic": 0.0, "pValue": 1.0, "significant": False}

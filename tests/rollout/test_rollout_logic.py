@@ -82,8 +82,9 @@ def canary(*steps: dict[str, Any]) -> tuple[Stage, ...]:
 
 def record(strategy: Strategy = Strategy.CANARY, **changes: Any) -> Record:
     """A rollout of revision NEW over STABLE, started at T0, at its first stage unless told otherwise."""
-    return replace(Record(7, "fn", STABLE, NEW, strategy, State.PROGRESSING, 0, T0, T0, {STABLE: 100, NEW: 0}),
-                   **changes)
+    return replace(
+        Record(7, "fn", STABLE, NEW, strategy, State.PROGRESSING, 0, T0, T0, {STABLE: 100, NEW: 0}), **changes
+    )
 
 
 def verdict(outcome: AnalysisOutcome, reason: str = "fake") -> Verdict:
@@ -108,8 +109,14 @@ class Walk:
     gate: bool = False  # stopped at a gate (Wait(None)) rather than at the end (None)
 
 
-def walk(start: Record, plan: tuple[Stage, ...], outcomes: Iterable[AnalysisOutcome] = (), *, now: float = T0,
-         delay: float = DELAY) -> Walk:
+def walk(
+    start: Record,
+    plan: tuple[Stage, ...],
+    outcomes: Iterable[AnalysisOutcome] = (),
+    *,
+    now: float = T0,
+    delay: float = DELAY,
+) -> Walk:
     """Drive `start` the way the controller does: step, wait by jumping the clock to the wait's end,
     measure with the next of `outcomes`, and feed every transition back in, until a gate or the end."""
     pending = list(outcomes)
@@ -144,8 +151,14 @@ def walk(start: Record, plan: tuple[Stage, ...], outcomes: Iterable[AnalysisOutc
 
 
 def test_canary_stages_follow_the_steps_in_order() -> None:
-    plan = canary({"setWeight": 20}, {"pause": "10s"}, {"pause": {"duration": "1m"}}, {"pause": {}},
-                  {"analysis": {"maxErrorRate": 0.01, "interval": "5s"}}, {"setWeight": 60})
+    plan = canary(
+        {"setWeight": 20},
+        {"pause": "10s"},
+        {"pause": {"duration": "1m"}},
+        {"pause": {}},
+        {"analysis": {"maxErrorRate": 0.01, "interval": "5s"}},
+        {"setWeight": 60},
+    )
     assert [(s.kind, s.label, s.weights, s.seconds, s.from_start) for s in plan] == [
         (StageKind.WEIGHTS, "setWeight 20", (("new", 20), ("stable", 80)), None, False),
         (StageKind.PAUSE, "pause 10s", (), 10.0, False),
@@ -163,18 +176,29 @@ def test_blue_green_stages_auto_promote_from_the_start_by_default() -> None:
     assert (only.kind, only.seconds, only.from_start) == (StageKind.PAUSE, 0.0, True)
     (timed,) = plan_of({"strategy": "blueGreen", "autoPromotionSeconds": 60})
     assert (timed.kind, timed.label, timed.seconds, timed.from_start) == (
-        StageKind.PAUSE, "auto-promotion 1m after the preview started", 60.0, True)
+        StageKind.PAUSE,
+        "auto-promotion 1m after the preview started",
+        60.0,
+        True,
+    )
 
 
 def test_blue_green_stages_without_auto_promotion_end_at_a_gate() -> None:
     (gate,) = plan_of({"strategy": "blueGreen", "autoPromotionEnabled": False, "autoPromotionSeconds": 60})
     assert (gate.kind, gate.label, gate.seconds, gate.from_start) == (
-        StageKind.PAUSE, "preview: promote with `fnctl promote`", None, False)
+        StageKind.PAUSE,
+        "preview: promote with `fnctl promote`",
+        None,
+        False,
+    )
 
 
 def test_blue_green_pre_promotion_analysis_comes_first() -> None:
-    raw = {"strategy": "blueGreen", "autoPromotionSeconds": 30,
-           "prePromotionAnalysis": {"maxErrorRate": 0.05, "minRequests": 5}}
+    raw = {
+        "strategy": "blueGreen",
+        "autoPromotionSeconds": 30,
+        "prePromotionAnalysis": {"maxErrorRate": 0.05, "minRequests": 5},
+    }
     analysis, pause = plan_of(raw)
     assert (analysis.kind, analysis.label) == (StageKind.ANALYSIS, "pre-promotion analysis")
     assert analysis.analysis == Analysis(max_error_rate=0.05, min_requests=5)
@@ -184,11 +208,21 @@ def test_blue_green_pre_promotion_analysis_comes_first() -> None:
 
 
 def test_ab_test_stages_set_the_variant_weights_then_wait_for_a_variant() -> None:
-    weights, gate = plan_of({"strategy": "abTest", "variants": [
-        {"name": "a", "weight": 50, "revision": "stable"}, {"name": "b", "weight": 30, "revision": "new"},
-        {"name": "c", "weight": 20, "revision": 5}]})
+    weights, gate = plan_of(
+        {
+            "strategy": "abTest",
+            "variants": [
+                {"name": "a", "weight": 50, "revision": "stable"},
+                {"name": "b", "weight": 30, "revision": "new"},
+                {"name": "c", "weight": 20, "revision": 5},
+            ],
+        }
+    )
     assert (weights.kind, weights.label, weights.weights) == (
-        StageKind.WEIGHTS, "variants a=50%, b=30%, c=20%", (("stable", 50), ("new", 30), (5, 20)))
+        StageKind.WEIGHTS,
+        "variants a=50%, b=30%, c=20%",
+        (("stable", 50), ("new", 30), (5, 20)),
+    )
     assert (gate.kind, gate.seconds) == (StageKind.PAUSE, None)
 
 
@@ -205,7 +239,8 @@ def test_set_weight_moves_the_weights_and_advances_in_one_transition() -> None:
     assert isinstance(moved, Transition)
     assert (moved.record.step, moved.record.weights, moved.record.step_started) == (1, {NEW: 20, STABLE: 80}, T0 + 3)
     assert [(e.kind, e.step, e.message, e.data) for e in moved.events] == [
-        (EventKind.WEIGHT, 0, "step 1: setWeight 20: r2=20%, r1=80%", {"weights": {"2": 20, "1": 80}})]
+        (EventKind.WEIGHT, 0, "step 1: setWeight 20: r2=20%, r1=80%", {"weights": {"2": 20, "1": 80}})
+    ]
     assert (moved.stop, moved.quarantine) == (frozenset(), False)
 
 
@@ -217,7 +252,8 @@ def test_entering_a_timed_pause_or_an_analysis_is_an_event_and_a_gate_is_not() -
     assert isinstance(into_gate, Transition)
     assert [(e.kind, e.step, e.data) for e in into_pause.events[1:]] == [(EventKind.PAUSE, 1, {"seconds": 10.0})]
     assert [(e.kind, e.step, e.message) for e in into_analysis.events[1:]] == [
-        (EventKind.ANALYSIS, 1, "step 2: analysis")]
+        (EventKind.ANALYSIS, 1, "step 2: analysis")
+    ]
     assert kinds(into_gate.events) == ["weight"]
 
 
@@ -229,7 +265,11 @@ def test_a_timed_pause_waits_until_its_end_counted_from_the_step_start() -> None
     over = step(paused, plan, DELAY, T0 + 15)
     assert isinstance(over, Transition)
     assert (over.record.step, over.record.step_started, over.record.weights, over.events) == (
-        2, T0 + 15, {NEW: 20, STABLE: 80}, ())
+        2,
+        T0 + 15,
+        {NEW: 20, STABLE: 80},
+        (),
+    )
 
 
 def test_blue_green_auto_promotion_counts_from_the_rollout_start() -> None:
@@ -251,7 +291,8 @@ def test_a_gate_pauses_the_rollout_until_a_request() -> None:
     assert isinstance(paused, Transition)
     assert (paused.record.state, paused.record.step, paused.record.weights) == (State.PAUSED, 1, {NEW: 20, STABLE: 80})
     assert [(e.kind, e.step, e.message) for e in paused.events] == [
-        (EventKind.PAUSED, 1, "step 2: pause (until promoted)")]
+        (EventKind.PAUSED, 1, "step 2: pause (until promoted)")
+    ]
     assert step(paused.record, plan, DELAY, T0 + 10_000) == Wait(None)
 
 
@@ -279,11 +320,20 @@ def test_after_the_last_step_the_new_revision_takes_all_traffic_and_the_old_stay
     done = step(record(step=2, weights={NEW: 60, STABLE: 40}), plan, DELAY, T0 + 7)
     assert isinstance(done, Transition)
     assert (done.record.state, done.record.winner, done.record.weights, done.record.scale_down_at) == (
-        State.COMPLETED, NEW, {NEW: 100, STABLE: 0}, T0 + 7 + DELAY)
+        State.COMPLETED,
+        NEW,
+        {NEW: 100, STABLE: 0},
+        T0 + 7 + DELAY,
+    )
     assert not done.record.done and done.stop == frozenset() and not done.quarantine
     assert [(e.kind, e.step, e.message, e.data) for e in done.events] == [
-        (EventKind.COMPLETED, 2, "all steps done: revision 2 takes 100%; revision 1 stays warm for 30s",
-         {"weights": {"2": 100, "1": 0}})]
+        (
+            EventKind.COMPLETED,
+            2,
+            "all steps done: revision 2 takes 100%; revision 1 stays warm for 30s",
+            {"weights": {"2": 100, "1": 0}},
+        )
+    ]
 
 
 def test_the_old_revision_is_stopped_once_the_scale_down_delay_is_over() -> None:
@@ -295,7 +345,8 @@ def test_the_old_revision_is_stopped_once_the_scale_down_delay_is_over() -> None
     assert stopped.stop == frozenset({STABLE})
     assert (stopped.record.weights, stopped.record.scaled_down, stopped.record.done) == ({NEW: 100}, True, True)
     assert [(e.kind, e.step, e.message) for e in stopped.events] == [
-        (EventKind.SCALED_DOWN, 2, "stopped revision 1 (scaleDownDelay over)")]
+        (EventKind.SCALED_DOWN, 2, "stopped revision 1 (scaleDownDelay over)")
+    ]
     assert step(stopped.record, plan, DELAY, T0 + 1_000) is None
 
 
@@ -309,7 +360,10 @@ def test_an_aborted_rollout_has_nothing_left_to_do() -> None:
 
 
 ANALYSIS_THEN_WEIGHT: tuple[dict[str, Any], ...] = (
-    {"setWeight": 20}, {"analysis": {"interval": "10s", "failureLimit": 3}}, {"setWeight": 60})
+    {"setWeight": 20},
+    {"analysis": {"interval": "10s", "failureLimit": 3}},
+    {"setWeight": 60},
+)
 
 
 def measuring(**changes: Any) -> Record:
@@ -318,11 +372,18 @@ def measuring(**changes: Any) -> Record:
 
 def test_a_passing_measurement_completes_the_analysis_step() -> None:
     plan = canary(*ANALYSIS_THEN_WEIGHT)
-    passed = on_measurement(measuring(failures=2, next_measure=T0 + 30), plan, verdict(AnalysisOutcome.PASS, "fine"), T0 + 30)
+    passed = on_measurement(
+        measuring(failures=2, next_measure=T0 + 30), plan, verdict(AnalysisOutcome.PASS, "fine"), T0 + 30
+    )
     assert (passed.record.step, passed.record.step_started, passed.record.failures, passed.record.next_measure) == (
-        2, T0 + 30, 0, None)
+        2,
+        T0 + 30,
+        0,
+        None,
+    )
     assert [(e.kind, e.step, e.message, e.data) for e in passed.events] == [
-        (EventKind.MEASUREMENT, 1, "step 2: analysis: pass: fine", {"outcome": "pass", "requests": 1})]
+        (EventKind.MEASUREMENT, 1, "step 2: analysis: pass: fine", {"outcome": "pass", "requests": 1})
+    ]
     assert not passed.stop and not passed.quarantine
 
 
@@ -330,7 +391,11 @@ def test_failed_measurements_count_up_to_the_failure_limit_then_abort_and_quaran
     plan = canary(*ANALYSIS_THEN_WEIGHT)
     once = on_measurement(measuring(), plan, verdict(AnalysisOutcome.FAIL, "too many errors"), T0 + 10)
     assert (once.record.state, once.record.failures, once.record.next_measure, once.record.step) == (
-        State.PROGRESSING, 1, T0 + 20, 1)
+        State.PROGRESSING,
+        1,
+        T0 + 20,
+        1,
+    )
     assert kinds(once.events) == ["measurement"] and once.events[0].data["outcome"] == "fail"
     assert (once.stop, once.quarantine, once.record.weights) == (frozenset(), False, {NEW: 20, STABLE: 80})
     twice = on_measurement(once.record, plan, verdict(AnalysisOutcome.FAIL, "too many errors"), T0 + 20)
@@ -354,11 +419,18 @@ def test_a_pass_between_failures_resets_the_count_when_its_step_completes() -> N
 
 def test_inconclusive_with_wait_measures_again_without_counting() -> None:
     plan = canary(*ANALYSIS_THEN_WEIGHT)
-    waited = on_measurement(measuring(failures=1), plan, verdict(AnalysisOutcome.INCONCLUSIVE, "3 of 50 requests"), T0 + 10)
+    waited = on_measurement(
+        measuring(failures=1), plan, verdict(AnalysisOutcome.INCONCLUSIVE, "3 of 50 requests"), T0 + 10
+    )
     assert (waited.record.step, waited.record.failures, waited.record.next_measure, waited.record.state) == (
-        1, 1, T0 + 20, State.PROGRESSING)
+        1,
+        1,
+        T0 + 20,
+        State.PROGRESSING,
+    )
     assert [(e.kind, e.message, e.data["outcome"]) for e in waited.events] == [
-        (EventKind.MEASUREMENT, "step 2: analysis: inconclusive: 3 of 50 requests", "inconclusive")]
+        (EventKind.MEASUREMENT, "step 2: analysis: inconclusive: 3 of 50 requests", "inconclusive")
+    ]
 
 
 def test_inconclusive_with_wait_neither_counts_nor_breaks_a_run_of_failures() -> None:
@@ -375,11 +447,15 @@ def test_inconclusive_counts_as_a_pass_or_a_failure_when_the_analysis_says_so() 
     passed = on_measurement(measuring(), passing, verdict(AnalysisOutcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
     assert passed.record.step == 2
     assert [(e.message, e.data["outcome"]) for e in passed.events] == [
-        ("step 2: analysis: inconclusive (counted as pass): 0 of 9 requests", "pass")]
+        ("step 2: analysis: inconclusive (counted as pass): 0 of 9 requests", "pass")
+    ]
     failing = canary({"setWeight": 20}, {"analysis": {"inconclusive": "fail"}})
     failed = on_measurement(measuring(), failing, verdict(AnalysisOutcome.INCONCLUSIVE, "0 of 9 requests"), T0 + 10)
     assert (failed.record.state, failed.quarantine, failed.record.reason) == (
-        State.ABORTED, True, "analysis failed: 0 of 9 requests")
+        State.ABORTED,
+        True,
+        "analysis failed: 0 of 9 requests",
+    )
     assert failed.events[0].data["outcome"] == "fail"
     assert "inconclusive (counted as fail)" in failed.events[0].message
 
@@ -393,8 +469,13 @@ def test_too_few_requests_is_inconclusive_and_enough_passes() -> None:
     assert (short.outcome, short.reason) == (AnalysisOutcome.INCONCLUSIVE, "49 of 50 requests")
     enough = evaluate(analysis, Traffic(50, 5, p95_ms=12.25), Traffic(100))
     assert (enough.outcome, enough.reason) == (AnalysisOutcome.PASS, "50 requests, 10.0% errors, p95 12.2 ms")
-    assert enough.figures == {"requests": 50, "errors": 5, "errorRate": 0.1, "p95Ms": 12.25,
-                              "stable": {"requests": 100, "errorRate": 0.0, "p95Ms": None}}
+    assert enough.figures == {
+        "requests": 50,
+        "errors": 5,
+        "errorRate": 0.1,
+        "p95Ms": 12.25,
+        "stable": {"requests": 100, "errorRate": 0.0, "p95Ms": None},
+    }
     assert evaluate(analysis, Traffic(50), None).figures["stable"] is None
 
 
@@ -409,7 +490,10 @@ def test_max_error_rate_increase_is_relative_to_stable() -> None:
     analysis = Analysis(max_error_rate_increase=0.05)
     assert evaluate(analysis, Traffic(100, 8), Traffic(100, 4)).outcome is AnalysisOutcome.PASS
     worse = evaluate(analysis, Traffic(100, 12), Traffic(100, 4))
-    assert (worse.outcome, worse.reason) == (AnalysisOutcome.FAIL, "error rate 12.0% is more than 5.0% above stable's 4.0%")
+    assert (worse.outcome, worse.reason) == (
+        AnalysisOutcome.FAIL,
+        "error rate 12.0% is more than 5.0% above stable's 4.0%",
+    )
     assert evaluate(analysis, Traffic(100, 90), None).outcome is AnalysisOutcome.PASS  # nothing to compare with
 
 
@@ -428,20 +512,30 @@ def test_max_p95_latency_ratio_is_relative_to_stable() -> None:
     assert evaluate(analysis, Traffic(10, p95_ms=150.0), Traffic(10, p95_ms=100.0)).outcome is AnalysisOutcome.PASS
     slow = evaluate(analysis, Traffic(10, p95_ms=160.0), Traffic(10, p95_ms=100.0))
     assert (slow.outcome, slow.reason) == (
-        AnalysisOutcome.FAIL, "p95 latency 160.0 ms is 1.60x stable's 100.0 ms (at most 1.5x)")
-    assert evaluate(analysis, Traffic(10, p95_ms=900.0), Traffic(0)).outcome is AnalysisOutcome.PASS  # stable has no p95
+        AnalysisOutcome.FAIL,
+        "p95 latency 160.0 ms is 1.60x stable's 100.0 ms (at most 1.5x)",
+    )
+    assert (
+        evaluate(analysis, Traffic(10, p95_ms=900.0), Traffic(0)).outcome is AnalysisOutcome.PASS
+    )  # stable has no p95
 
 
 def test_every_broken_threshold_is_named() -> None:
     analysis = Analysis(max_error_rate=0.1, max_p95_latency=0.1)
     both = evaluate(analysis, Traffic(10, 5, p95_ms=300.0), None)
-    assert (both.outcome, both.reason) == (AnalysisOutcome.FAIL, "error rate 50.0% > 10.0%; p95 latency 300.0 ms > 100 ms")
+    assert (both.outcome, both.reason) == (
+        AnalysisOutcome.FAIL,
+        "error rate 50.0% > 10.0%; p95 latency 300.0 ms > 100 ms",
+    )
 
 
 def test_failing_synthetic_checks_fail_before_anything_is_counted() -> None:
     analysis = Analysis(max_error_rate=0.1, min_requests=100)
     failed = evaluate(analysis, Traffic(3), Traffic(100), ("check[0] failed (error): boom", "check[1] timed out"))
-    assert (failed.outcome, failed.reason) == (AnalysisOutcome.FAIL, "check[0] failed (error): boom; check[1] timed out")
+    assert (failed.outcome, failed.reason) == (
+        AnalysisOutcome.FAIL,
+        "check[0] failed (error): boom; check[1] timed out",
+    )
     assert failed.figures["requests"] == 3
 
 
@@ -449,7 +543,12 @@ def test_failing_synthetic_checks_fail_before_anything_is_counted() -> None:
 
 
 GATED: tuple[dict[str, Any], ...] = (
-    {"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": "1m"}, {"analysis": {}})
+    {"setWeight": 20},
+    {"pause": {}},
+    {"setWeight": 60},
+    {"pause": "1m"},
+    {"analysis": {}},
+)
 
 
 def test_promote_at_a_gate_moves_one_step() -> None:
@@ -457,9 +556,14 @@ def test_promote_at_a_gate_moves_one_step() -> None:
     paused = record(state=State.PAUSED, step=1, weights={NEW: 20, STABLE: 80})
     promoted = on_request(paused, plan, "promote-requested", {"by": "alice"}, DELAY, T0 + 50)
     assert (promoted.record.state, promoted.record.step, promoted.record.step_started, promoted.record.weights) == (
-        State.PROGRESSING, 2, T0 + 50, {NEW: 20, STABLE: 80})
+        State.PROGRESSING,
+        2,
+        T0 + 50,
+        {NEW: 20, STABLE: 80},
+    )
     assert [(e.kind, e.step, e.message) for e in promoted.events] == [
-        (EventKind.PROMOTED, 1, "step 2 (pause (until promoted)) promoted")]
+        (EventKind.PROMOTED, 1, "step 2 (pause (until promoted)) promoted")
+    ]
 
 
 def test_promote_during_a_timed_pause_moves_one_step_and_enters_the_next() -> None:
@@ -475,23 +579,35 @@ def test_promote_full_completes_at_once() -> None:
     paused = record(state=State.PAUSED, step=1, weights={NEW: 20, STABLE: 80})
     full = on_request(paused, plan, "promote-requested", {"full": True}, DELAY, T0 + 50)
     assert (full.record.state, full.record.winner, full.record.weights, full.record.scale_down_at) == (
-        State.COMPLETED, NEW, {NEW: 100, STABLE: 0}, T0 + 50 + DELAY)
+        State.COMPLETED,
+        NEW,
+        {NEW: 100, STABLE: 0},
+        T0 + 50 + DELAY,
+    )
     assert [(e.kind, e.message) for e in full.events] == [
-        (EventKind.COMPLETED, "promoted: revision 2 takes 100%; revision 1 stays warm for 30s")]
+        (EventKind.COMPLETED, "promoted: revision 2 takes 100%; revision 1 stays warm for 30s")
+    ]
 
 
 def test_promoting_a_blue_green_preview_completes_it() -> None:
-    for raw in ({"strategy": "blueGreen", "autoPromotionEnabled": False},
-                {"strategy": "blueGreen", "autoPromotionSeconds": 600}):
+    for raw in (
+        {"strategy": "blueGreen", "autoPromotionEnabled": False},
+        {"strategy": "blueGreen", "autoPromotionSeconds": 600},
+    ):
         plan = plan_of(raw)
         preview = record(Strategy.BLUE_GREEN, state=State.PAUSED if plan[0].seconds is None else State.PROGRESSING)
         promoted = on_request(preview, plan, "promote-requested", {}, DELAY, T0 + 5)
         assert (promoted.record.state, promoted.record.winner, promoted.record.weights) == (
-            State.COMPLETED, NEW, {NEW: 100, STABLE: 0}), raw
+            State.COMPLETED,
+            NEW,
+            {NEW: 100, STABLE: 0},
+        ), raw
 
 
-AB = {"strategy": "abTest", "variants": [{"name": "a", "weight": 70, "revision": "stable"},
-                                         {"name": "b", "weight": 30, "revision": "new"}]}
+AB = {
+    "strategy": "abTest",
+    "variants": [{"name": "a", "weight": 70, "revision": "stable"}, {"name": "b", "weight": 30, "revision": "new"}],
+}
 
 
 def ab_record(**changes: Any) -> Record:
@@ -505,7 +621,8 @@ def test_ab_promote_needs_a_known_variant() -> None:
         ignored = on_request(ab_record(), plan, "promote-requested", data, DELAY, T0 + 5)
         assert ignored.record == ab_record(), data
         assert [(e.kind, e.message) for e in ignored.events] == [
-            (EventKind.IGNORED, "promote: name one of the variants (a, b) with --variant")]
+            (EventKind.IGNORED, "promote: name one of the variants (a, b) with --variant")
+        ]
 
 
 def test_ab_promote_makes_the_variant_the_winner() -> None:
@@ -527,14 +644,21 @@ def test_ab_promote_of_the_stable_variant_keeps_stable_and_stops_the_new_revisio
 
 def test_abort_sends_everything_back_to_stable_and_quarantines_the_canary() -> None:
     plan = canary(*GATED)
-    for before in (record(step=3, weights={NEW: 60, STABLE: 40}),
-                   record(state=State.PAUSED, step=1, weights={NEW: 20, STABLE: 80})):
+    for before in (
+        record(step=3, weights={NEW: 60, STABLE: 40}),
+        record(state=State.PAUSED, step=1, weights={NEW: 20, STABLE: 80}),
+    ):
         aborted = on_request(before, plan, "abort-requested", {"by": "alice"}, DELAY, T0 + 5)
         assert (aborted.record.state, aborted.record.weights, aborted.record.reason, aborted.record.step) == (
-            State.ABORTED, {STABLE: 100}, "aborted by alice", before.step)
+            State.ABORTED,
+            {STABLE: 100},
+            "aborted by alice",
+            before.step,
+        )
         assert (aborted.stop, aborted.quarantine) == (frozenset({NEW}), True)
         assert [(e.kind, e.message) for e in aborted.events] == [
-            (EventKind.ABORTED, "aborted: aborted by alice; traffic: r1=100%")]
+            (EventKind.ABORTED, "aborted: aborted by alice; traffic: r1=100%")
+        ]
     anonymous = on_request(record(), plan, "abort-requested", {}, DELAY, T0)
     assert anonymous.record.reason == "aborted by a user"
 
@@ -557,7 +681,8 @@ def test_requests_on_a_finished_rollout_are_ignored() -> None:
             assert ignored.record == finished
             assert (ignored.stop, ignored.quarantine) == (frozenset(), False)
             assert [(e.kind, e.step, e.message) for e in ignored.events] == [
-                (EventKind.IGNORED, finished.step, f"{kind}: the rollout is already {finished.state.value}")]
+                (EventKind.IGNORED, finished.step, f"{kind}: the rollout is already {finished.state.value}")
+            ]
 
 
 # ---- helpers and the record ----
@@ -579,20 +704,40 @@ def test_resolve_names_revisions_and_weights_text_lists_the_newest_first() -> No
 def test_entering_a_rollout_announces_its_first_stage_when_it_takes_time() -> None:
     assert entering(canary({"setWeight": 20}), record()) == ()
     assert [(e.kind, e.step, e.data) for e in entering(canary({"pause": "30s"}), record())] == [
-        (EventKind.PAUSE, 0, {"seconds": 30.0})]
+        (EventKind.PAUSE, 0, {"seconds": 30.0})
+    ]
     assert kinds(entering(plan_of({"strategy": "blueGreen", "prePromotionAnalysis": {}}), record())) == ["analysis"]
     assert entering(plan_of({"strategy": "blueGreen", "autoPromotionEnabled": False}), record()) == ()
 
 
 def test_the_record_round_trips_through_its_stored_detail() -> None:
-    full = Record(9, "fn", STABLE, NEW, Strategy.AB_TEST, State.COMPLETED, 2, T0, T0 + 12.5,
-                  {STABLE: 0, NEW: 100}, {"a": STABLE, "b": NEW}, failures=2, next_measure=T0 + 40, handled=17,
-                  winner=NEW, scale_down_at=T0 + 70, scaled_down=True, reason="variant b promoted")
+    full = Record(
+        9,
+        "fn",
+        STABLE,
+        NEW,
+        Strategy.AB_TEST,
+        State.COMPLETED,
+        2,
+        T0,
+        T0 + 12.5,
+        {STABLE: 0, NEW: 100},
+        {"a": STABLE, "b": NEW},
+        failures=2,
+        next_measure=T0 + 40,
+        handled=17,
+        winner=NEW,
+        scale_down_at=T0 + 70,
+        scaled_down=True,
+        reason="variant b promoted",
+    )
     stored = json.loads(json.dumps(full.detail()))  # as the store keeps it
     assert record_from(9, "fn", STABLE, NEW, "abTest", 2, "completed", stored, T0) == full
     fresh = record()
-    assert record_from(7, "fn", STABLE, NEW, "canary", 0, "progressing", json.loads(json.dumps(fresh.detail())),
-                       T0) == fresh
+    assert (
+        record_from(7, "fn", STABLE, NEW, "canary", 0, "progressing", json.loads(json.dumps(fresh.detail())), T0)
+        == fresh
+    )
 
 
 def test_a_record_without_detail_or_stable_gets_the_defaults() -> None:
@@ -604,15 +749,19 @@ def test_a_record_without_detail_or_stable_gets_the_defaults() -> None:
 
 
 def test_a_canary_walk_records_its_events_in_order() -> None:
-    plan = canary({"setWeight": 20}, {"pause": "10s"}, {"analysis": {"maxErrorRate": 0.05, "interval": "5s"}},
-                  {"setWeight": 60})
+    plan = canary(
+        {"setWeight": 20}, {"pause": "10s"}, {"analysis": {"maxErrorRate": 0.05, "interval": "5s"}}, {"setWeight": 60}
+    )
     start = record()
     seen = walk(start, plan, [AnalysisOutcome.PASS])
     assert entering(plan, start) == ()
     assert seen.events == [
-        (T0, "weight", 0), (T0, "pause", 1),
+        (T0, "weight", 0),
+        (T0, "pause", 1),
         (T0 + 10, "analysis", 2),
-        (T0 + 15, "measurement", 2), (T0 + 15, "weight", 3), (T0 + 15, "completed", 4),
+        (T0 + 15, "measurement", 2),
+        (T0 + 15, "weight", 3),
+        (T0 + 15, "completed", 4),
         (T0 + 15 + DELAY, "scaled-down", 4),
     ]
     assert seen.measured == [(T0 + 15, T0 + 10)]
@@ -624,8 +773,14 @@ def test_a_canary_walk_records_its_events_in_order() -> None:
 def test_a_canary_walk_that_fails_its_analysis_rolls_back() -> None:
     plan = canary({"setWeight": 10}, {"analysis": {"interval": "10s", "failureLimit": 2}}, {"setWeight": 50})
     seen = walk(record(), plan, [AnalysisOutcome.FAIL, AnalysisOutcome.INCONCLUSIVE, AnalysisOutcome.FAIL])
-    assert seen.events == [(T0, "weight", 0), (T0, "analysis", 1), (T0 + 10, "measurement", 1),
-                           (T0 + 20, "measurement", 1), (T0 + 30, "measurement", 1), (T0 + 30, "aborted", 1)]
+    assert seen.events == [
+        (T0, "weight", 0),
+        (T0, "analysis", 1),
+        (T0 + 10, "measurement", 1),
+        (T0 + 20, "measurement", 1),
+        (T0 + 30, "measurement", 1),
+        (T0 + 30, "aborted", 1),
+    ]
     assert seen.weights == [{NEW: 10, STABLE: 90}, {STABLE: 100}]
     assert seen.stops == [(T0 + 30, frozenset({NEW}))]
     assert (seen.record.state, seen.quarantined) == (State.ABORTED, True)
@@ -638,18 +793,32 @@ def test_a_canary_walk_through_a_gate_and_a_promote() -> None:
     promoted = on_request(first.record, plan, "promote-requested", {}, DELAY, T0 + 100)
     rest = walk(promoted.record, plan, now=T0 + 100)
     assert kinds(promoted.events) + [kind for _, kind, _ in rest.events] == [
-        "promoted", "weight", "completed", "scaled-down"]
+        "promoted",
+        "weight",
+        "completed",
+        "scaled-down",
+    ]
     assert rest.weights == [{NEW: 75, STABLE: 25}, {NEW: 100, STABLE: 0}, {NEW: 100}]
 
 
 def test_a_blue_green_walk_never_promotes_before_its_analysis_passed() -> None:
-    plan = plan_of({"strategy": "blueGreen", "autoPromotionSeconds": 15,
-                    "prePromotionAnalysis": {"interval": "20s", "minRequests": 1}})
+    plan = plan_of(
+        {
+            "strategy": "blueGreen",
+            "autoPromotionSeconds": 15,
+            "prePromotionAnalysis": {"interval": "20s", "minRequests": 1},
+        }
+    )
     start = record(Strategy.BLUE_GREEN)
     seen = walk(start, plan, [AnalysisOutcome.INCONCLUSIVE, AnalysisOutcome.PASS])
     assert kinds(entering(plan, start)) == ["analysis"]
-    assert seen.events == [(T0 + 20, "measurement", 0), (T0 + 40, "measurement", 0), (T0 + 40, "pause", 1),
-                           (T0 + 40, "completed", 2), (T0 + 40 + DELAY, "scaled-down", 2)]
+    assert seen.events == [
+        (T0 + 20, "measurement", 0),
+        (T0 + 40, "measurement", 0),
+        (T0 + 40, "pause", 1),
+        (T0 + 40, "completed", 2),
+        (T0 + 40 + DELAY, "scaled-down", 2),
+    ]
     assert seen.weights == [{NEW: 100, STABLE: 0}, {NEW: 100}]  # the preview had 0% until then
 
 
@@ -657,8 +826,11 @@ def test_an_ab_walk_sets_the_variants_then_waits_for_one() -> None:
     plan = plan_of(AB)
     start = record(Strategy.AB_TEST, variants={"a": STABLE, "b": NEW})
     first = walk(start, plan)
-    assert (first.gate, first.events, first.weights) == (True, [(T0, "weight", 0), (T0, "paused", 1)],
-                                                          [{STABLE: 70, NEW: 30}])
+    assert (first.gate, first.events, first.weights) == (
+        True,
+        [(T0, "weight", 0), (T0, "paused", 1)],
+        [{STABLE: 70, NEW: 30}],
+    )
     won = on_request(first.record, plan, "promote-requested", {"variant": "a"}, DELAY, T0 + 60)
     rest = walk(won.record, plan, now=T0 + 60)
     assert kinds(won.events) + [kind for _, kind, _ in rest.events] == ["completed", "scaled-down"]
@@ -670,12 +842,24 @@ def test_an_ab_walk_sets_the_variants_then_waits_for_one() -> None:
 
 def spec_with(rollout: dict[str, Any]) -> dict[str, Any]:
     """A canonical-like revision spec (the keys of `desired.canonical_spec`) with `rollout`."""
-    return {"runtime": "python3.11", "handler": "main.handler", "source": {"path": "./functions/fn", "hash": "0" * 64},
-            "baseImage": "fnctl-base:test", "labels": {}, "env": {},
-            "secrets": {"names": [], "valuesHash": "", "sources": []},
-            "limits": {"timeout": 5.0}, "network": "none", "isolation": "container",
-            "scaling": {"minInstances": 1, "maxInstances": 2, "concurrency": 4}, "access": {"roles": ["public"]},
-            "parameters": None, "returns": None, "healthCheck": [], "rollout": rollout}
+    return {
+        "runtime": "python3.11",
+        "handler": "main.handler",
+        "source": {"path": "./functions/fn", "hash": "0" * 64},
+        "baseImage": "fnctl-base:test",
+        "labels": {},
+        "env": {},
+        "secrets": {"names": [], "valuesHash": "", "sources": []},
+        "limits": {"timeout": 5.0},
+        "network": "none",
+        "isolation": "container",
+        "scaling": {"minInstances": 1, "maxInstances": 2, "concurrency": 4},
+        "access": {"roles": ["public"]},
+        "parameters": None,
+        "returns": None,
+        "healthCheck": [],
+        "rollout": rollout,
+    }
 
 
 @dataclass
@@ -688,8 +872,21 @@ class Deployer:
 
     def add(self, number: int, rollout: dict[str, Any]) -> None:
         spec = spec_with(rollout)
-        self.store.add_revision(Revision("fn", number, f"hash-{number}", spec, f"fnctl-fn:{number}", None, None,
-                                         T0, "tester", RevisionStatus.READY, None))
+        self.store.add_revision(
+            Revision(
+                "fn",
+                number,
+                f"hash-{number}",
+                spec,
+                f"fnctl-fn:{number}",
+                None,
+                None,
+                T0,
+                "tester",
+                RevisionStatus.READY,
+                None,
+            )
+        )
 
     def begin(self, rollout: dict[str, Any], *, stable: int = STABLE, canary: int = NEW) -> RolloutRow:
         self.add(canary, rollout)
@@ -740,11 +937,21 @@ GATE = {"strategy": "canary", "steps": [{"setWeight": 50}, {"pause": {}}]}
 def test_begin_puts_the_canary_at_zero_percent_and_records_the_start(fleet: Deployer) -> None:
     row = fleet.begin(GATE)
     assert (row.function, row.stable, row.canary, row.strategy, row.step, row.state) == (
-        "fn", STABLE, NEW, "canary", 0, "progressing")
+        "fn",
+        STABLE,
+        NEW,
+        "canary",
+        0,
+        "progressing",
+    )
     assert fleet.route() == {STABLE: 100, NEW: 0}
     (started,) = rolloutstore.events(fleet.store, row.id)
     assert (started.kind, started.step, started.message, started.data) == (
-        "started", 0, "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)", {"stages": 2})
+        "started",
+        0,
+        "canary of revision 2 over revision 1: setWeight 50 → pause (until promoted)",
+        {"stages": 2},
+    )
     assert [a.action for a in audit_records(fleet.store, AuditFilter(target="fn"))] == ["rollout start"]
     assert rolloutdriver.record_of(row).weights == {STABLE: 100, NEW: 0}
 
@@ -774,8 +981,7 @@ def test_promote_then_the_scale_down(fleet: Deployer) -> None:
     asked = fleet.request(row.id, EventKind.PROMOTE_REQUESTED, {"by": "alice"})
     at = row.started_at + 100
     record, waiting = fleet.advance(row.id, at)
-    assert (record.state, record.handled, record.winner, record.scale_down_at) == (
-        State.COMPLETED, asked, NEW, at + 30)
+    assert (record.state, record.handled, record.winner, record.scale_down_at) == (State.COMPLETED, asked, NEW, at + 30)
     assert waiting == Wait(at + 30)
     assert fleet.route() == {NEW: 100, STABLE: 0}
     assert fleet.events(row.id) == ["started", "weight", "paused", "promote-requested", "promoted", "completed"]
@@ -792,8 +998,9 @@ def test_promote_then_the_scale_down(fleet: Deployer) -> None:
 
 
 def test_promote_full_from_a_gate_completes_at_once(fleet: Deployer) -> None:
-    row = fleet.begin({"strategy": "canary", "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50},
-                                                       {"pause": {}}]})
+    row = fleet.begin(
+        {"strategy": "canary", "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]}
+    )
     fleet.advance(row.id)
     fleet.request(row.id, EventKind.PROMOTE_REQUESTED, {"full": True, "by": "alice"})
     record, _ = fleet.advance(row.id)
@@ -881,8 +1088,15 @@ def test_a_manual_blue_green_waits_at_its_gate_for_promote(fleet: Deployer) -> N
 
 
 def test_an_ab_test_promotes_the_named_variant(fleet: Deployer) -> None:
-    row = fleet.begin({"strategy": "abTest", "variants": [{"name": "a", "weight": 60, "revision": "stable"},
-                                                          {"name": "b", "weight": 40, "revision": "new"}]})
+    row = fleet.begin(
+        {
+            "strategy": "abTest",
+            "variants": [
+                {"name": "a", "weight": 60, "revision": "stable"},
+                {"name": "b", "weight": 40, "revision": "new"},
+            ],
+        }
+    )
     assert rolloutdriver.record_of(row).variants == {"a": STABLE, "b": NEW}
     fleet.advance(row.id)
     assert fleet.route() == {STABLE: 60, NEW: 40}
@@ -896,8 +1110,16 @@ def test_an_ab_test_promotes_the_named_variant(fleet: Deployer) -> None:
     fleet.advance(row.id, row.started_at + 40)
     assert fleet.route() == {STABLE: 100}
     assert fleet.status(NEW) is RevisionStatus.READY  # it lost the test; it did not fail
-    assert fleet.events(row.id) == ["started", "weight", "paused", "promote-requested", "ignored",
-                                    "promote-requested", "completed", "scaled-down"]
+    assert fleet.events(row.id) == [
+        "started",
+        "weight",
+        "paused",
+        "promote-requested",
+        "ignored",
+        "promote-requested",
+        "completed",
+        "scaled-down",
+    ]
 
 
 def observe(store: Store, revision: int, ok: int, failed: int) -> None:
@@ -910,9 +1132,13 @@ def observe(store: Store, revision: int, ok: int, failed: int) -> None:
     metrics.flush_sync(store)
 
 
-MEASURED = {"strategy": "canary", "steps": [
-    {"setWeight": 50},
-    {"analysis": {"maxErrorRate": 0.1, "minRequests": 10, "interval": "10s", "window": "1m"}}]}
+MEASURED = {
+    "strategy": "canary",
+    "steps": [
+        {"setWeight": 50},
+        {"analysis": {"maxErrorRate": 0.1, "minRequests": 10, "interval": "10s", "window": "1m"}},
+    ],
+}
 
 
 def test_an_analysis_passes_on_good_traffic_from_the_store(fleet: Deployer) -> None:
@@ -924,8 +1150,9 @@ def test_an_analysis_passes_on_good_traffic_from_the_store(fleet: Deployer) -> N
     record, _ = fleet.advance(row.id, t + 10)
     assert record.state is State.COMPLETED
     measured = [e for e in rolloutstore.events(fleet.store, row.id) if e.kind == "measurement"]
-    assert [(e.data["outcome"], e.data["requests"], e.data["errors"], e.data["stable"]["requests"])
-            for e in measured] == [("pass", 20, 0, 21)]
+    assert [
+        (e.data["outcome"], e.data["requests"], e.data["errors"], e.data["stable"]["requests"]) for e in measured
+    ] == [("pass", 20, 0, 21)]
 
 
 def test_an_analysis_fails_on_bad_traffic_and_rolls_back(fleet: Deployer) -> None:
@@ -949,17 +1176,21 @@ def test_an_analysis_without_traffic_waits_for_enough_requests(fleet: Deployer) 
     assert (record.state, record.next_measure, waiting) == (State.PROGRESSING, t + 20, Wait(t + 20))
     measured = [e for e in rolloutstore.events(fleet.store, row.id) if e.kind == "measurement"]
     assert [(e.data["outcome"], e.message) for e in measured] == [
-        ("inconclusive", "step 2: analysis: inconclusive: 0 of 10 requests")]
+        ("inconclusive", "step 2: analysis: inconclusive: 0 of 10 requests")
+    ]
 
 
 def test_synthetic_checks_without_a_running_instance_fail_the_analysis(fleet: Deployer) -> None:
-    row = fleet.begin({"strategy": "canary", "steps": [
-        {"setWeight": 10}, {"analysis": {"checks": [{"event": {"name": "probe"}}]}}]})
+    row = fleet.begin(
+        {"strategy": "canary", "steps": [{"setWeight": 10}, {"analysis": {"checks": [{"event": {"name": "probe"}}]}}]}
+    )
     t = row.started_at
     fleet.advance(row.id, t)
     record, _ = fleet.advance(row.id, t + 10)
     assert (record.state, record.reason) == (
-        State.ABORTED, "analysis failed: no running instance of revision 2 to check")
+        State.ABORTED,
+        "analysis failed: no running instance of revision 2 to check",
+    )
     assert fleet.status(NEW) is RevisionStatus.QUARANTINED
 
 
@@ -988,8 +1219,16 @@ def test_retry_starts_an_aborted_rollout_again_from_its_first_step(fleet: Deploy
     record, waiting = fleet.advance(row.id)
     assert (record.state, record.step, waiting) == (State.PAUSED, 1, Wait(None))
     assert fleet.route() == {STABLE: 50, NEW: 50}
-    assert fleet.events(row.id) == ["started", "weight", "paused", "abort-requested", "aborted", "retried", "weight",
-                                    "paused"]
+    assert fleet.events(row.id) == [
+        "started",
+        "weight",
+        "paused",
+        "abort-requested",
+        "aborted",
+        "retried",
+        "weight",
+        "paused",
+    ]
 
 
 def test_retire_ends_unfinished_rollouts_without_touching_the_routes(fleet: Deployer) -> None:
@@ -1016,9 +1255,9 @@ def test_retire_ends_unfinished_rollouts_without_touching_the_routes(fleet: Depl
 # ---- bugs found: each test below fails against the code as it is, and says why ----------------------
 
 
-
-def test_a_retried_blue_green_counts_auto_promotion_from_the_retry(fleet: Deployer,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retried_blue_green_counts_auto_promotion_from_the_retry(
+    fleet: Deployer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BUG: `restart` sets `started_at` only on the in-memory record; the store's `started_at` column is not
     updated (update_rollout writes step, state and detail only). A blue-green rollout retried later than
     autoPromotionSeconds after it first began is then promoted to 100% at its first advance, with no preview."""
@@ -1032,7 +1271,6 @@ def test_a_retried_blue_green_counts_auto_promotion_from_the_retry(fleet: Deploy
     record, waiting = fleet.advance(row.id, later + 1)
     assert fleet.route() == {STABLE: 100, NEW: 0}  # the preview, as after the first start
     assert (record.state, waiting) == (State.PROGRESSING, Wait(later + 60))
-
 
 
 def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deployer) -> None:
@@ -1057,15 +1295,17 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     from fnctl.state.store import InstanceRow, InstanceState
 
     fleet.add(NEW, {"strategy": "immediate"})
-    fleet.store.add_instance(InstanceRow("i-pinned", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
-                                         time.time()))  # started by the gateway for a pinned request: kept
+    fleet.store.add_instance(
+        InstanceRow("i-pinned", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY, time.time())
+    )  # started by the gateway for a pinned request: kept
     project = project_at(tmp_path, "proj")
     assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert [r.id for r in fleet.store.instances()] == ["i-pinned"]
     fleet.store.remove_instance("i-pinned")
     fleet.store.set_revision_status("fn", NEW, RevisionStatus.QUARANTINED, "the analysis failed")
-    fleet.store.add_instance(InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY,
-                                         time.time()))
+    fleet.store.add_instance(
+        InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY, time.time())
+    )
     assert rolloutdriver.unfinished(fleet.store) == []
     assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
     assert fleet.store.instances() == []
@@ -1076,10 +1316,27 @@ def test_steps_driven_without_a_commit_are_audited_with_the_canary_revisions_com
     """`fnctl serve` drives rollouts with no work tree of its own: its audit entries name the commit that
     made the canary revision, as every audit record must."""
     spec = spec_with({"strategy": "canary", "steps": [{"setWeight": 50}]})
-    fleet.store.add_revision(Revision("fn", NEW, "hash-2", spec, "fnctl-fn:2", "c" * 40, "Ada <ada@example.org>",
-                                      T0, "tester", RevisionStatus.READY, None, "Greet louder"))
+    fleet.store.add_revision(
+        Revision(
+            "fn",
+            NEW,
+            "hash-2",
+            spec,
+            "fnctl-fn:2",
+            "c" * 40,
+            "Ada <ada@example.org>",
+            T0,
+            "tester",
+            RevisionStatus.READY,
+            None,
+            "Greet louder",
+        )
+    )
     row = rolloutdriver.begin(fleet.ctx, function_from_spec("fn", spec, Limits()), STABLE, NEW)
     fleet.advance(row.id)
-    driven = [a for a in audit_records(fleet.store, AuditFilter(target="fn")) if a.action in ("route", "rollout completed")]
+    driven = [
+        a for a in audit_records(fleet.store, AuditFilter(target="fn")) if a.action in ("route", "rollout completed")
+    ]
     assert len(driven) == 3 and {(a.git_commit, a.git_author, a.git_subject) for a in driven} == {
-        ("c" * 40, "Ada <ada@example.org>", "Greet louder")}
+        ("c" * 40, "Ada <ada@example.org>", "Greet louder")
+    }

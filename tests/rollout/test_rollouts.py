@@ -64,7 +64,7 @@ def test_canary_good_completes_after_its_analysis_then_scales_down(setup: Rollou
     lines = parse_ndjson(applied.out)
     kinds = [line["event"] for line in lines if line["type"] == "event"]
     assert kinds[:3] == ["started", "weight", "analysis"] and kinds[-1] == "completed", kinds
-    assert "measurement" in kinds and kinds[kinds.index("measurement"):].count("weight") == 1
+    assert "measurement" in kinds and kinds[kinds.index("measurement") :].count("weight") == 1
     final = lines[-1]
     assert final["type"] == "apply" and final["exitCode"] == 0 and final["rollouts"][0]["state"] == "completed"
     assert setup.routes() == {2: 100, 1: 0}  # the old revision stays warm for scaleDownDelay
@@ -74,8 +74,11 @@ def test_canary_good_completes_after_its_analysis_then_scales_down(setup: Rollou
     until(lambda: setup.routes() == {2: 100}, "revision 1 to leave the routing table", timeout=30)
     # one listing call (no inspect of each container, which races with the ones being removed)
     labels = [f"io.fnctl.project={setup.project.name}", "io.fnctl.function=fn", "io.fnctl.revision=1"]
-    until(lambda: not setup.project.client.api.containers(all=True, filters={"label": labels}),
-          "revision 1's containers to stop", timeout=60)
+    until(
+        lambda: not setup.project.client.api.containers(all=True, filters={"label": labels}),
+        "revision 1's containers to stop",
+        timeout=60,
+    )
     status = setup.project.fnctl("rollout", "status", "fn", "-o", "json")
     assert status.code == 0 and json.loads(status.out)["state"] == "completed", status.text
 
@@ -133,8 +136,18 @@ def test_abort_retry_promote_record_their_events_in_order(setup: Rollouts) -> No
     full = setup.project.fnctl("promote", "fn", "--full")
     assert full.code == 0, full.text
     assert setup.routes() == {2: 100, 1: 0}
-    assert setup.events() == ["started", "weight", "paused", "abort-requested", "aborted", "retried", "weight",
-                              "paused", "promote-requested", "completed"]
+    assert setup.events() == [
+        "started",
+        "weight",
+        "paused",
+        "abort-requested",
+        "aborted",
+        "retried",
+        "weight",
+        "paused",
+        "promote-requested",
+        "completed",
+    ]
 
 
 @pytest.mark.docker
@@ -155,15 +168,21 @@ def test_blue_green_preview_is_reachable_only_by_pinning(setup: Rollouts) -> Non
     assert seen == {"one"}
     with setup.project.store() as store:  # pinning is a privilege: a Policy's `pin` grant (docs/auth.md)
         store.set_resources("Policy", {"release": {"roles": {"releaser": {"pin": ["fn"]}}}})
-        pin = {"X-Fnctl-Revision": "2", "Authorization": f"Bearer {keys.create(store, 'r', ('releaser',), None, 't')[1]}"}
+        pin = {
+            "X-Fnctl-Revision": "2",
+            "Authorization": f"Bearer {keys.create(store, 'r', ('releaser',), None, 't')[1]}",
+        }
     assert call(setup.port, "POST", "/invoke/fn", b"{}", {"X-Fnctl-Revision": "2"})[0] == 401  # anonymous
     until(lambda: call(setup.port, "POST", "/invoke/fn", b"{}", pin)[0] == 200, "the gateway to read the Policy")
     status, headers, body = call(setup.port, "POST", "/invoke/fn", b"{}", pin)
     assert status == 200 and json.loads(body)["version"] == "two" and headers["X-Fnctl-Revision"] == "2"
     with Load(setup.port, rate=200) as load:
         assert setup.project.fnctl("promote", "fn").code == 0
-        until(lambda: load.by_revision(since=load.answers[-1][0]) == {"2": 1} if load.answers else False,
-              "traffic on the new revision", timeout=10)
+        until(
+            lambda: load.by_revision(since=load.answers[-1][0]) == {"2": 1} if load.answers else False,
+            "traffic on the new revision",
+            timeout=10,
+        )
         switched = setup.project.fnctl("rollback", "fn")  # within scaleDownDelay: the old one is still warm
         assert switched.code == 0, switched.text
     assert setup.routes() == {1: 100}
@@ -186,8 +205,13 @@ def test_ab_test_sticky_assignment_report_and_promote(setup: Rollouts) -> None:
     assert setup.routes() == {1: 50, 2: 50}
     # The gateway reads the split within a second: until then everyone is on revision 1, stickiness or not.
     probes = iter(range(10_000))
-    until(lambda: call(setup.port, "POST", "/invoke/fn", b"{}", {"X-User": f"probe-{next(probes)}"})[1][
-        "X-Fnctl-Revision"] == "2", "the gateway to route by the A/B split")
+    until(
+        lambda: (
+            call(setup.port, "POST", "/invoke/fn", b"{}", {"X-User": f"probe-{next(probes)}"})[1]["X-Fnctl-Revision"]
+            == "2"
+        ),
+        "the gateway to route by the A/B split",
+    )
     picks: dict[str, set[str]] = {}
     for user in range(30):
         for _ in range(3):
@@ -195,8 +219,11 @@ def test_ab_test_sticky_assignment_report_and_promote(setup: Rollouts) -> None:
             picks.setdefault(f"user-{user}", set()).add(headers["X-Fnctl-Revision"])
     assert all(len(revisions) == 1 for revisions in picks.values()), picks
     assert {r for revisions in picks.values() for r in revisions} == {"1", "2"}
-    until(lambda: _report(setup)["variants"][0]["requests"] + _report(setup)["variants"][1]["requests"] >= 90,
-          "the gateway to flush its metrics", timeout=20)
+    until(
+        lambda: _report(setup)["variants"][0]["requests"] + _report(setup)["variants"][1]["requests"] >= 90,
+        "the gateway to flush its metrics",
+        timeout=20,
+    )
     report = _report(setup)
     assert [v["name"] for v in report["variants"]] == ["a", "b"]
     assert report["comparisons"][0]["enoughSamples"] is True
@@ -233,6 +260,11 @@ def test_resume_after_kill_9_of_the_driving_process(setup: Rollouts) -> None:
 
 def test_every_rollout_command_has_help_with_an_example() -> None:
     for command in (["rollout", "status"], ["promote"], ["abort"], ["retry"], ["abtest", "report"]):
-        done = subprocess.run([sys.executable, "-m", "fnctl", *command, "--help"], capture_output=True, text=True,
-                              env=os.environ | {"COLUMNS": "200"}, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "fnctl", *command, "--help"],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"COLUMNS": "200"},
+            timeout=60,
+        )
         assert done.returncode == 0 and "Example" in done.stdout, (command, done.stdout, done.stderr)

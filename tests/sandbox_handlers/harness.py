@@ -70,8 +70,10 @@ def build_wheel(workdir: Path) -> Path:
     (package / "tinydep").mkdir(parents=True)
     (package / "tinydep" / "__init__.py").write_text('def shout(text):\n    return text.upper() + "!"\n')
     (package / "pyproject.toml").write_text(
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n')
-    (package / "backend.py").write_text(textwrap.dedent('''
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    )
+    (package / "backend.py").write_text(
+        textwrap.dedent("""
         import base64, hashlib, os, zipfile
 
         NAME, VERSION = "tinydep", "1.0"
@@ -94,30 +96,51 @@ def build_wheel(workdir: Path) -> Path:
                     record.append(f"{path},sha256={digest},{len(data)}")
                 wheel.writestr(f"{dist}/RECORD", "\\n".join(record + [f"{dist}/RECORD,,"]) + "\\n")
             return name
-    '''))
+    """)
+    )
     wheels = workdir / "wheels"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-build-isolation",
-         "--no-index", "--no-deps", "--wheel-dir", str(wheels), str(package)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-deps",
+            "--wheel-dir",
+            str(wheels),
+            str(package),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(wheels.glob("tinydep-1.0-py3-none-any.whl")), "pip wheel produced no tinydep wheel"
     return wheels
 
 
-def run_cli(project: Project, *args: str, stdin: str | None = None,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    project: Project, *args: str, stdin: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m fnctl ARGS` in the project's directory, as a user would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "fnctl", *args], cwd=project.root, input=stdin if stdin is not None else "",
+        [sys.executable, "-m", "fnctl", *args],
+        cwd=project.root,
+        input=stdin if stdin is not None else "",
         env={**os.environ, "FNCTL_BASE_IMAGE": project.base_image, **(env or {})},
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 15.0) -> T:
     return poll(condition, what=what, timeout=timeout)
+
 
 def container_gone(client: docker.DockerClient, container_id: str) -> bool:
     try:

@@ -28,8 +28,15 @@ NOW = time.time()
 
 
 def fnctl(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fnctl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "fnctl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.fixture
@@ -53,9 +60,13 @@ def _raw(path: Path) -> sqlite3.Connection:
 def _fill(store: Store) -> None:
     """Five deploy records: two from two hours ago (alice, hello), three now (bob and ci, hello and other)."""
     with store.transaction():
-        store.append_chained("audit", [
-            (NOW - 7200, "alice", "apply", "deploy", "hello", "aaa111", "ok", "revision 1", None, None),
-            (NOW - 7100, "alice", "apply", "route", "hello", "aaa111", "ok", "revision 1: 100%", None, None)])
+        store.append_chained(
+            "audit",
+            [
+                (NOW - 7200, "alice", "apply", "deploy", "hello", "aaa111", "ok", "revision 1", None, None),
+                (NOW - 7100, "alice", "apply", "route", "hello", "aaa111", "ok", "revision 1: 100%", None, None),
+            ],
+        )
     store.audit(actor="bob", command="rollback", action="quarantine", target="hello", outcome="ok", detail="r2")
     store.audit(actor="ci:bot", command="apply", action="deploy", target="other", outcome="failed")
     store.audit(actor="bob", command="delete", action="delete", target="other", outcome="ok")
@@ -75,6 +86,7 @@ def _findings(report: dict[str, object]) -> list[tuple[str, str, int | None]]:
 
 # ---- the chain ----
 
+
 def test_an_intact_log_verifies_with_exit_0_and_shows_the_heads(store: Store, state: Path, tmp_path: Path) -> None:
     _fill(store)
     code, report = _verify(state, tmp_path)
@@ -87,12 +99,15 @@ def test_an_intact_log_verifies_with_exit_0_and_shows_the_heads(store: Store, st
     assert f"--anchor {audit['headHash']}" in text.stderr  # how to keep an anchor outside the store
 
 
-def test_insert_or_replace_is_refused_and_after_drop_trigger_is_detected(store: Store, state: Path,
-                                                                         tmp_path: Path) -> None:
+def test_insert_or_replace_is_refused_and_after_drop_trigger_is_detected(
+    store: Store, state: Path, tmp_path: Path
+) -> None:
     _fill(store)
     raw = _raw(state)
-    replace = ("INSERT OR REPLACE INTO audit SELECT id, at, 'mallory', command, action, target, git_commit, outcome, "
-               "detail, git_author, git_subject, prev_hash, hash FROM audit WHERE id = 3")
+    replace = (
+        "INSERT OR REPLACE INTO audit SELECT id, at, 'mallory', command, action, target, git_commit, outcome, "
+        "detail, git_author, git_subject, prev_hash, hash FROM audit WHERE id = 3"
+    )
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         raw.execute(replace)
     raw.execute("DROP TRIGGER audit_next_id")
@@ -114,8 +129,7 @@ def test_an_update_after_drop_trigger_is_detected_and_named(store: Store, state:
     assert text.returncode == 1 and "audit record 4: changed" in text.stdout
 
 
-def test_a_removed_record_is_detected_in_the_middle_and_at_the_end(store: Store, state: Path,
-                                                                   tmp_path: Path) -> None:
+def test_a_removed_record_is_detected_in_the_middle_and_at_the_end(store: Store, state: Path, tmp_path: Path) -> None:
     _fill(store)
     raw = _raw(state)
     raw.execute("DROP TRIGGER audit_no_delete")
@@ -141,8 +155,7 @@ def test_two_swapped_records_are_detected(store: Store, state: Path, tmp_path: P
     assert {(t, r) for t, _, r in _findings(report)} >= {("audit", 2), ("audit", 3)}
 
 
-def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store, state: Path,
-                                                                    tmp_path: Path) -> None:
+def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store, state: Path, tmp_path: Path) -> None:
     """What an attacker who can write the store can hide: a chain recomputed whole (head marker too) is
     consistent; only a head hash recorded outside the store shows it (documented in docs/audit.md)."""
     _fill(store)
@@ -152,13 +165,18 @@ def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store
     for trigger in ("audit_no_update", "audit_no_delete", "audit_next_id"):
         raw.execute(f"DROP TRIGGER {trigger}")
     raw.execute("DELETE FROM audit WHERE id = 3")
-    rows = raw.execute("SELECT id, at, actor, command, action, target, git_commit, outcome, detail, git_author, "
-                       "git_subject FROM audit ORDER BY id").fetchall()
+    rows = raw.execute(
+        "SELECT id, at, actor, command, action, target, git_commit, outcome, detail, git_author, "
+        "git_subject FROM audit ORDER BY id"
+    ).fetchall()
     raw.execute("DELETE FROM audit")
     renumbered = [auditchain.normalise("audit", (n, *row[1:])) for n, row in enumerate(rows, 1)]
     linked = auditchain.link("audit", renumbered, auditchain.GENESIS)
-    raw.executemany("INSERT INTO audit (id, at, actor, command, action, target, git_commit, outcome, detail, "
-                    "git_author, git_subject, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", linked)
+    raw.executemany(
+        "INSERT INTO audit (id, at, actor, command, action, target, git_commit, outcome, detail, "
+        "git_author, git_subject, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        linked,
+    )
     raw.execute("UPDATE settings SET value = ? WHERE key = 'audit-head:audit'", (f"{len(linked)} {linked[-1][-1]}",))
     assert _verify(state, tmp_path)[0] == 0  # the limit of a chain kept beside what it protects
     code, report = _verify(state, tmp_path, "--anchor", anchor)
@@ -178,8 +196,16 @@ def test_the_invocation_audit_is_a_chain_of_its_own(store: Store, state: Path, t
     log = AuditLog(state, interval=0.01)
     try:
         for n in range(120):  # several INSERT chunks in one batch
-            log.record(request_id=f"r{n}", principal="key:abc" if n % 2 else None, function="hello",
-                       revision=1, outcome="ok", status=200, duration_ms=n / 3, source="127.0.0.1")
+            log.record(
+                request_id=f"r{n}",
+                principal="key:abc" if n % 2 else None,
+                function="hello",
+                revision=1,
+                outcome="ok",
+                status=200,
+                duration_ms=n / 3,
+                source="127.0.0.1",
+            )
         assert log.flush()
     finally:
         log.close()
@@ -200,10 +226,14 @@ def test_existing_records_are_chained_by_the_migration(tmp_path: Path) -> None:
         for statement in _statements(str(MIGRATIONS[number])):
             raw.execute(statement)
     raw.execute("PRAGMA user_version = 5")
-    raw.execute("INSERT INTO audit (at, actor, command, action, target, outcome) VALUES (1.0, 'ada', 'apply', "
-                "'deploy', 'hello', 'ok'), (2, 'ada', 'apply', 'route', 'hello', 'ok')")
-    raw.execute("INSERT INTO invocations (at, request_id, function, outcome, status, duration_ms) "
-                "VALUES (3.0, 'r1', 'hello', 'ok', 200, 4)")
+    raw.execute(
+        "INSERT INTO audit (at, actor, command, action, target, outcome) VALUES (1.0, 'ada', 'apply', "
+        "'deploy', 'hello', 'ok'), (2, 'ada', 'apply', 'route', 'hello', 'ok')"
+    )
+    raw.execute(
+        "INSERT INTO invocations (at, request_id, function, outcome, status, duration_ms) "
+        "VALUES (3.0, 'r1', 'hello', 'ok', 200, 4)"
+    )
     raw.close()
     upgraded = connect(path)
     try:
@@ -218,6 +248,7 @@ def test_existing_records_are_chained_by_the_migration(tmp_path: Path) -> None:
 
 
 # ---- fnctl audit ----
+
 
 def _listed(state: Path, tmp_path: Path, *args: str) -> list[dict[str, object]]:
     done = fnctl("audit", "--state", str(state), "-o", "json", *args, cwd=tmp_path)
@@ -238,19 +269,32 @@ def test_fnctl_audit_lists_and_filters(store: Store, state: Path, tmp_path: Path
     assert [r["id"] for r in _listed(state, tmp_path, "--limit", "2")] == [5, 4]
     first = _listed(state, tmp_path, "--actor", "alice")[-1]
     assert {k: first[k] for k in ("actor", "command", "action", "target", "outcome", "gitCommit")} == {
-        "actor": "alice", "command": "apply", "action": "deploy", "target": "hello", "outcome": "ok",
-        "gitCommit": "aaa111"}
+        "actor": "alice",
+        "command": "apply",
+        "action": "deploy",
+        "target": "hello",
+        "outcome": "ok",
+        "gitCommit": "aaa111",
+    }
     plain = fnctl("audit", "--state", str(state), "--actor", "ci:bot", cwd=tmp_path)
-    assert plain.returncode == 0 and plain.stdout.count("\n") == 1 and "\tci:bot\tapply\tdeploy\tother\tfailed" in plain.stdout
+    assert (
+        plain.returncode == 0
+        and plain.stdout.count("\n") == 1
+        and "\tci:bot\tapply\tdeploy\tother\tfailed" in plain.stdout
+    )
     bad = fnctl("audit", "--state", str(state), "--since", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_fnctl_audit_lists_invocations_by_principal(store: Store, state: Path, tmp_path: Path) -> None:
     with store.transaction():
-        store.append_chained("invocations", [
-            (NOW - 10, "r1", "key:abc", "hello", 1, None, "ok", 200, 1.5, "127.0.0.1"),
-            (NOW - 5, "r2", None, "hello", None, None, "unauthenticated", 401, 0.1, "127.0.0.1")])
+        store.append_chained(
+            "invocations",
+            [
+                (NOW - 10, "r1", "key:abc", "hello", 1, None, "ok", 200, 1.5, "127.0.0.1"),
+                (NOW - 5, "r2", None, "hello", None, None, "unauthenticated", 401, 0.1, "127.0.0.1"),
+            ],
+        )
     listed = _listed(state, tmp_path, "--invocations", "--actor", "key:abc")
     assert [(r["requestId"], r["status"], r["principal"]) for r in listed] == [("r1", 200, "key:abc")]
     assert [r["requestId"] for r in _listed(state, tmp_path, "--invocations", "--function", "hello")] == ["r2", "r1"]
@@ -263,9 +307,21 @@ def test_fnctl_audit_help_has_examples(tmp_path: Path) -> None:
 
 # ---- commands that change state are audited with their actor ----
 
+
 def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(state: Path, tmp_path: Path) -> None:
-    created = fnctl("keys", "create", "billing", "--role", "service", "--state", str(state), "-o", "json",
-                    cwd=tmp_path, FNCTL_ACTOR="alice")
+    created = fnctl(
+        "keys",
+        "create",
+        "billing",
+        "--role",
+        "service",
+        "--state",
+        str(state),
+        "-o",
+        "json",
+        cwd=tmp_path,
+        FNCTL_ACTOR="alice",
+    )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
     revoked = fnctl("keys", "revoke", key["id"], "--state", str(state), cwd=tmp_path, FNCTL_ACTOR="bob")
@@ -274,8 +330,10 @@ def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(s
     assert again.returncode == 0, again.stderr
     listed = _listed(state, tmp_path, "--function", key["id"])
     assert [(r["actor"], r["command"], r["action"], r["outcome"]) for r in reversed(listed)] == [
-        ("alice", "keys create", "create key", "ok"), ("bob", "keys revoke", "revoke key", "ok"),
-        ("carol", "keys revoke", "revoke key", "unchanged")]
+        ("alice", "keys create", "create key", "ok"),
+        ("bob", "keys revoke", "revoke key", "ok"),
+        ("carol", "keys revoke", "revoke key", "unchanged"),
+    ]
     dump = "\n".join(_raw(state).iterdump())
     secret = key["key"].split("_", 2)[2]
     assert secret not in dump and "billing" in dump  # the name is audited, the secret nowhere in the store
@@ -298,8 +356,17 @@ def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pyte
         store.close()
     monkeypatch.setenv("FNCTL_ACTOR", "dave")
     # nothing drives the rollout here (no instances): only the request and its record matter
-    rollouts.request(load_project(tmp_path), Options(state=state), "hello", EventKind.ABORT_REQUESTED, {},
-                     wait=False, timeout=0.01, on_event=lambda *_: None, on_tick=lambda *_: None)
+    rollouts.request(
+        load_project(tmp_path),
+        Options(state=state),
+        "hello",
+        EventKind.ABORT_REQUESTED,
+        {},
+        wait=False,
+        timeout=0.01,
+        on_event=lambda *_: None,
+        on_tick=lambda *_: None,
+    )
     store = connect(state)
     try:
         entries = audit_records(store, AuditFilter(target="hello"))

@@ -44,7 +44,9 @@ def _write_changes(state: Path) -> None:
 
 def _raw(state: Path) -> sqlite3.Connection:
     raw = sqlite3.connect(docstore.data_path(state), isolation_level=None)
-    for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'changes'").fetchall():
+    for (name,) in raw.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'changes'"
+    ).fetchall():
         raw.execute(f"DROP TRIGGER {name}")  # what someone who can write the file can do
     return raw
 

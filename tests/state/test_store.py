@@ -41,8 +41,19 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def _revision(number: int = 1, status: RevisionStatus = RevisionStatus.PENDING, image: str = "") -> Revision:
-    return Revision("hello", number, f"hash{number}", {"env": {"A": "1"}}, image, "abc123", "Ada <ada@example.org>",
-                    1_700_000_000.0 + number, "ada", status, None)
+    return Revision(
+        "hello",
+        number,
+        f"hash{number}",
+        {"env": {"A": "1"}},
+        image,
+        "abc123",
+        "Ada <ada@example.org>",
+        1_700_000_000.0 + number,
+        "ada",
+        status,
+        None,
+    )
 
 
 def _raw(store: Store) -> sqlite3.Connection:
@@ -50,6 +61,7 @@ def _raw(store: Store) -> sqlite3.Connection:
 
 
 # ---- the database ----
+
 
 def test_a_new_store_is_wal_and_fully_migrated(store: Store) -> None:
     raw = _raw(store)
@@ -104,13 +116,27 @@ def test_revisions_keep_everything_they_were_created_with(store: Store) -> None:
     store.set_revision_image("hello", 1, "fnctl/p-hello:other")  # set once: ignored afterwards
     store.set_revision_status("hello", 1, RevisionStatus.FAILED, "healthCheck[0] failed")
     revision = store.revision("hello", 1)
-    assert revision == Revision("hello", 1, "hash1", {"env": {"A": "1"}}, "fnctl/p-hello:1", "abc123",
-                                "Ada <ada@example.org>", 1_700_000_001.0, "ada", RevisionStatus.FAILED,
-                                "healthCheck[0] failed")
+    assert revision == Revision(
+        "hello",
+        1,
+        "hash1",
+        {"env": {"A": "1"}},
+        "fnctl/p-hello:1",
+        "abc123",
+        "Ada <ada@example.org>",
+        1_700_000_001.0,
+        "ada",
+        RevisionStatus.FAILED,
+        "healthCheck[0] failed",
+    )
     assert store.next_revision_number("hello") == 2 and store.next_revision_number("other") == 1
     raw = _raw(store)
-    for statement in ("UPDATE revisions SET spec_hash = 'x'", "UPDATE revisions SET git_commit = 'x'",
-                      "UPDATE revisions SET image = 'x'", "DELETE FROM revisions"):
+    for statement in (
+        "UPDATE revisions SET spec_hash = 'x'",
+        "UPDATE revisions SET git_commit = 'x'",
+        "UPDATE revisions SET image = 'x'",
+        "DELETE FROM revisions",
+    ):
         with pytest.raises(sqlite3.IntegrityError):
             raw.execute(statement)
     with pytest.raises(sqlite3.IntegrityError):  # (function, number) names one revision forever
@@ -118,12 +144,15 @@ def test_revisions_keep_everything_they_were_created_with(store: Store) -> None:
 
 
 def test_the_audit_log_is_append_only(store: Store) -> None:
-    store.audit(actor="ada", command="apply", action="route", target="hello", outcome="ok", git_commit="abc",
-                detail="r1=100%")
+    store.audit(
+        actor="ada", command="apply", action="route", target="hello", outcome="ok", git_commit="abc", detail="r1=100%"
+    )
     store.audit(actor="bob", command="rollback", action="quarantine", target="hello", outcome="ok")
     entries = audit_records(store, AuditFilter(target="hello"))
     assert [(e.actor, e.command, e.action, e.outcome, e.git_commit) for e in entries] == [
-        ("bob", "rollback", "quarantine", "ok", None), ("ada", "apply", "route", "ok", "abc")]
+        ("bob", "rollback", "quarantine", "ok", None),
+        ("ada", "apply", "route", "ok", "abc"),
+    ]
     assert entries[0].at >= entries[1].at > 0
     raw = _raw(store)
     for statement in ("UPDATE audit SET outcome = 'failed'", "DELETE FROM audit"):
@@ -146,7 +175,9 @@ def test_instances(store: Store) -> None:
     store.add_instance(InstanceRow("i1", "hello", 1, None, "/run/fnctl/i1", InstanceState.STARTING, 1.0))
     store.update_instance("i1", state=InstanceState.READY, container_id="c1")
     store.update_instance("i1", state=InstanceState.STOPPING)  # keeps the container ID
-    assert store.instances("hello") == [InstanceRow("i1", "hello", 1, "c1", "/run/fnctl/i1", InstanceState.STOPPING, 1.0)]
+    assert store.instances("hello") == [
+        InstanceRow("i1", "hello", 1, "c1", "/run/fnctl/i1", InstanceState.STOPPING, 1.0)
+    ]
     store.remove_instance("i1")
     assert store.instances() == []
 
@@ -179,6 +210,7 @@ def test_settings_and_identity_are_created_once(store: Store, tmp_path: Path) ->
 
 
 # ---- where the store lives ----
+
 
 def test_state_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "proj"
@@ -213,8 +245,11 @@ with held(Path(sys.argv[1]), 5, "fnctl apply (test holder)"):
 
 
 def _holder(store_path: Path, release: Path, releasing: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store_path), str(release), str(releasing)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(store_path), str(release), str(releasing)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == "held"
     return process
 

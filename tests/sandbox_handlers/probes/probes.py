@@ -65,7 +65,7 @@ def _connect_out():
 def _routes(path, skip_header):
     try:
         with open(path) as table:
-            lines = table.read().splitlines()[1 if skip_header else 0:]
+            lines = table.read().splitlines()[1 if skip_header else 0 :]
     except OSError:
         return []
     return [line for line in lines if line.strip()]
@@ -76,8 +76,12 @@ def identity(event):
     with open("/proc/net/dev") as dev:
         interfaces = sorted(line.split(":", 1)[0].strip() for line in dev.read().splitlines()[2:] if ":" in line)
     return {
-        "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
-        "cap_eff": _status("CapEff"), "cap_prm": _status("CapPrm"), "no_new_privs": _status("NoNewPrivs"),
+        "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "gid": os.getgid(),
+        "cap_eff": _status("CapEff"),
+        "cap_prm": _status("CapPrm"),
+        "no_new_privs": _status("NoNewPrivs"),
         "root_write": _errno_of(_write_root),
         "interfaces": interfaces,
         "routes": _routes("/proc/net/route", True),

@@ -17,5 +17,9 @@ def handler(event, context):
         except CallbackError as exc:
             return {"call_failed": {"type": exc.type, "message": exc.message}}
     print("echo")
-    return {"echo": event.get("echo"), "invocation_id": context.invocation_id, "deadline": context.deadline,
-            "caller": context.caller}
+    return {
+        "echo": event.get("echo"),
+        "invocation_id": context.invocation_id,
+        "deadline": context.deadline,
+        "caller": context.caller,
+    }
