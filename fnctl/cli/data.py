@@ -16,8 +16,8 @@ from fnctl.errors import BadInput, ExitCode
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from fnctl.commands.data import OnProgress, Session
-    from fnctl.data.documents import Document
+    from fnctl.commands.data import OnProgress, OperatorSession
+    from fnctl.data.documents import DataDocument
 
 app = typer.Typer()
 data_app = typer.Typer(
@@ -48,7 +48,7 @@ DataOpt = Annotated[
 ]
 
 
-def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[Session]:
+def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[OperatorSession]:
     from fnctl.commands.data import session
     from fnctl.manifest.project import load_project
 
@@ -64,7 +64,7 @@ def _body(data: str | None, what: str) -> Any:
     return value
 
 
-def _show(doc: Document, output: Output) -> None:
+def _show(doc: DataDocument, output: Output) -> None:
     if output is Output.JSON:
         print_json(doc.as_json())
     else:

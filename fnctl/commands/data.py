@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane, Document, Nonconforming, Page, Txn
+from fnctl.data.documents import DataDocument, DataPlane, Nonconforming, Page, Txn
 from fnctl.data.errors import DataError, Invalid, NotFound, PreconditionRequired
 from fnctl.deploy.actor import actor
 from fnctl.deploy.session import state_path
@@ -43,7 +43,7 @@ class DataCommandError(FnctlError):
 
 
 @dataclass
-class Session:
+class OperatorSession:
     plane: DataPlane
     caller: Caller
     store: Store  # the deployment store: its audit log records the operator's reads
@@ -73,7 +73,7 @@ class ImportReport:
 
 
 @contextmanager
-def session(project: Project, state: Path | None, tenant: str | None, command: str) -> Iterator[Session]:
+def session(project: Project, state: Path | None, tenant: str | None, command: str) -> Iterator[OperatorSession]:
     """The data plane of the project's store, acting as the operator in `tenant` (default: the default one)."""
     path = state_path(project, state)
     data = docstore.data_path(path)
@@ -94,7 +94,7 @@ def session(project: Project, state: Path | None, tenant: str | None, command: s
         )
 
     try:
-        yield Session(DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store)
+        yield OperatorSession(DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store)
     finally:
         docs.close()
         store.close()
@@ -116,7 +116,7 @@ def _translate(exc: DataError) -> FnctlError:
     return error
 
 
-def known(s: Session, collection: str) -> None:
+def known(s: OperatorSession, collection: str) -> None:
     """Unknown collection → bad input, naming the ones there are."""
     names = s.plane.collection_names()
     if collection not in names:
@@ -126,7 +126,7 @@ def known(s: Session, collection: str) -> None:
 # -- reading -------------------------------------------------------------------------------------------------
 
 
-def collections(s: Session) -> list[CollectionInfo]:
+def collections(s: OperatorSession) -> list[CollectionInfo]:
     rows = s.plane.store.collections()
     result = []
     for name in sorted(rows):
@@ -142,7 +142,7 @@ def collections(s: Session) -> list[CollectionInfo]:
     return result
 
 
-def get(s: Session, collection: str, id: str) -> Document:
+def get(s: OperatorSession, collection: str, id: str) -> DataDocument:
     known(s, collection)
     with reported():
         return s.plane.get(s.caller, collection, id)
@@ -156,7 +156,7 @@ def parse_json(text: str, what: str) -> Any:
 
 
 def find(
-    s: Session, collection: str, filter_text: str | None, order: Sequence[str], limit: int, cursor: str | None
+    s: OperatorSession, collection: str, filter_text: str | None, order: Sequence[str], limit: int, cursor: str | None
 ) -> Page:
     known(s, collection)
     query = parse_json(filter_text, "the filter") if filter_text else None
@@ -167,7 +167,9 @@ def find(
 # -- writing -------------------------------------------------------------------------------------------------
 
 
-def put(s: Session, collection: str, id: str | None, data: Any, *, if_match: int | None, force: bool) -> Document:
+def put(
+    s: OperatorSession, collection: str, id: str | None, data: Any, *, if_match: int | None, force: bool
+) -> DataDocument:
     """Insert (a new id, or none: a UUIDv7), or replace an existing document (needs --if-match or --force)."""
     known(s, collection)
     with reported():
@@ -192,14 +194,16 @@ def put(s: Session, collection: str, id: str | None, data: Any, *, if_match: int
         return results[0] or doc if results else doc
 
 
-def _current(txn: Txn, collection: str, id: str) -> Document | None:
+def _current(txn: Txn, collection: str, id: str) -> DataDocument | None:
     try:
         return txn.get(collection, id)
     except NotFound:
         return None
 
 
-def patch(s: Session, collection: str, id: str, merge: Any, *, if_match: int | None, force: bool) -> Document:
+def patch(
+    s: OperatorSession, collection: str, id: str, merge: Any, *, if_match: int | None, force: bool
+) -> DataDocument:
     known(s, collection)
     if not isinstance(merge, dict):
         raise BadInput("a merge patch is a JSON object")
@@ -208,7 +212,7 @@ def patch(s: Session, collection: str, id: str, merge: Any, *, if_match: int | N
         return s.plane.patch(s.caller, collection, id, merge, if_match=if_match)
 
 
-def remove(s: Session, collection: str, id: str, *, if_match: int | None, force: bool) -> None:
+def remove(s: OperatorSession, collection: str, id: str, *, if_match: int | None, force: bool) -> None:
     known(s, collection)
     _need_version(if_match, force, "delete")
     with reported():
@@ -260,7 +264,7 @@ def _record(line: bytes, bare: bool) -> tuple[str | None, Any]:
 
 
 def import_ndjson(
-    s: Session,
+    s: OperatorSession,
     collection: str,
     source: Path | None,
     *,
@@ -406,7 +410,7 @@ def _batches(
 
 
 def export_ndjson(
-    s: Session,
+    s: OperatorSession,
     collection: str,
     out: IO[str],
     *,
@@ -432,7 +436,7 @@ def export_ndjson(
             cursor = page.cursor
 
 
-def check(s: Session, collection: str) -> list[Nonconforming]:
+def check(s: OperatorSession, collection: str) -> list[Nonconforming]:
     known(s, collection)
     with reported():
         return s.plane.check(collection)

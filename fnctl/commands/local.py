@@ -28,7 +28,7 @@ from fnctl.data.errors import DataError
 from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.errors import BadInput, FnctlError
-from fnctl.gateway.datacalls import Session, answer, call_failed, open_session, parse_policies
+from fnctl.gateway.datacalls import CallSession, answer, call_failed, open_session, parse_policies
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
@@ -102,7 +102,7 @@ class LocalData:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.session: Session | None = None
+        self.session: CallSession | None = None
         self._lock = threading.Lock()  # the transport answers calls on a pool of threads: one at a time here
 
     @classmethod

@@ -47,12 +47,12 @@ __all__ = [
     "BadFilter",
     "Budget",
     "Caller",
-    "Change",
+    "DataChange",
     "Conflict",
     "DataError",
     "DataPlane",
     "DataUnavailable",
-    "Document",
+    "DataDocument",
     "Forbidden",
     "Invalid",
     "LimitExceeded",
@@ -62,7 +62,7 @@ __all__ = [
     "PayloadTooLarge",
     "PreconditionFailed",
     "PreconditionRequired",
-    "SyncReport",
+    "CollectionSync",
     "Txn",
     "WriteOp",
 ]
@@ -76,7 +76,7 @@ Op = Literal["insert", "replace", "patch", "delete"]
 
 
 @dataclass(frozen=True)
-class Document:
+class DataDocument:
     id: str
     version: int  # the ETag
     created_at: str  # RFC 3339, UTC
@@ -103,7 +103,7 @@ class Document:
 
 @dataclass(frozen=True)
 class Page:
-    documents: tuple[Document, ...]
+    documents: tuple[DataDocument, ...]
     cursor: str | None  # pass it back for the next page; None: this is the last
 
     def as_json(self) -> dict[str, Any]:
@@ -111,14 +111,14 @@ class Page:
 
 
 @dataclass(frozen=True)
-class Change:
+class DataChange:
     seq: int
     txn: str
     at: str
     collection: str
     id: str
     op: str  # insert | replace | delete (a patch is recorded as the replace it is)
-    before: dict[str, Any] | None  # the envelope (Document.as_json) before / after
+    before: dict[str, Any] | None  # the envelope (DataDocument.as_json) before / after
     after: dict[str, Any] | None
     actor: str
     function: str | None
@@ -166,7 +166,7 @@ class Nonconforming:
 
 
 @dataclass(frozen=True)
-class SyncReport:
+class CollectionSync:
     created: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
@@ -267,13 +267,15 @@ class DataPlane:
                 fresh[name] = known if known is not None and known.version == row.version else _compile(row)
             self._collections, self._loaded = fresh, time.monotonic()
 
-    def sync_collections(self, collections: Sequence[Collection], prune: bool, force: bool) -> SyncReport:
+    def sync_collections(self, collections: Sequence[Collection], prune: bool, force: bool) -> CollectionSync:
         """Create or update the collections' tables and indexes (what `apply` does). With `prune`, drop the
         collections that are no longer declared; a non-empty one only with `force` (else Conflict, nothing
         changed)."""
         result = self.store.sync_collections({c.name: _stored_spec(c) for c in collections}, prune, force)
         self.reload()
-        return SyncReport(tuple(result.created), tuple(result.updated), tuple(result.dropped), tuple(result.unchanged))
+        return CollectionSync(
+            tuple(result.created), tuple(result.updated), tuple(result.dropped), tuple(result.unchanged)
+        )
 
     def check(self, collection: str) -> list[Nonconforming]:
         """The documents (all tenants) that no longer conform to the collection's schema."""
@@ -290,7 +292,7 @@ class DataPlane:
     def transaction(self, caller: Caller, budget: Budget | None = None) -> Txn:
         return Txn(self, caller, budget)
 
-    def get(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> Document:
+    def get(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> DataDocument:
         return Txn(self, caller, budget, record=False).get(collection, id)
 
     def get_text(self, caller: Caller, collection: str, id: str, *, budget: Budget | None = None) -> tuple[int, str]:
@@ -319,7 +321,7 @@ class DataPlane:
         id: str | None = None,
         idempotency_key: str | None = None,
         budget: Budget | None = None,
-    ) -> Document:
+    ) -> DataDocument:
         txn = Txn(self, caller, budget, single=True)
         doc = txn.insert(collection, data, id=id, idempotency_key=idempotency_key)
         results = txn.commit()
@@ -335,7 +337,7 @@ class DataPlane:
         if_match: int | None = None,
         require_if_match: bool = False,
         budget: Budget | None = None,
-    ) -> Document:
+    ) -> DataDocument:
         _require(if_match, require_if_match)
         txn = Txn(self, caller, budget, single=True)
         txn.replace(collection, id, data, if_match=if_match)
@@ -351,7 +353,7 @@ class DataPlane:
         if_match: int | None = None,
         require_if_match: bool = False,
         budget: Budget | None = None,
-    ) -> Document:
+    ) -> DataDocument:
         _require(if_match, require_if_match)
         txn = Txn(self, caller, budget, single=True)
         txn.patch(collection, id, patch, if_match=if_match)
@@ -394,7 +396,9 @@ class DataPlane:
             raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
         return txn
 
-    def batch(self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None) -> list[Document | None]:
+    def batch(
+        self, caller: Caller, ops: Sequence[WriteOp], *, budget: Budget | None = None
+    ) -> list[DataDocument | None]:
         """Several writes, all or nothing; a result per op (None for a delete)."""
         txn = Txn(self, caller, budget, single=True)
         for op in ops:
@@ -412,14 +416,14 @@ class DataPlane:
                 raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
         return txn.commit()
 
-    def commit_group(self, txns: Sequence[Txn]) -> list[list[Document | None] | DataError]:
+    def commit_group(self, txns: Sequence[Txn]) -> list[list[DataDocument | None] | DataError]:
         """Commit independent transactions (concurrent single writes) in one write transaction of the store:
         each still all or nothing, its results or its own error (Conflict, PreconditionFailed, ...) in its
         place. What a busy gateway does with the writes that queued up while it committed the previous ones."""
         prepared = [(txn, txn._prepare()) for txn in txns]
         items = [item for _, item in prepared if item is not None]
         stored = iter(self.store.commit_group(items) if items else ())
-        out: list[list[Document | None] | DataError] = []
+        out: list[list[DataDocument | None] | DataError] = []
         for txn, item in prepared:
             try:
                 out.append(txn._finish(next(stored)) if item is not None else list(txn.replayed))
@@ -427,14 +431,14 @@ class DataPlane:
                 out.append(error)
         return out
 
-    def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[Change]:
+    def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[DataChange]:
         """The change feed after sequence `since`: what the caller may read, in its tenant."""
         if limit < 1:
             raise BadFilter("limit must be at least 1")
         policies = self.policies()
         names = readable_collections(caller, policies, self.collection_names())
         rules = {n: read_rule(caller, policies, n) for n in names}
-        out: list[Change] = []
+        out: list[DataChange] = []
         cursor = since
         while len(out) < limit:
             rows = self.store.changes(cursor, caller.tenant, names, min(MAX_LIMIT, limit * 2))
@@ -448,7 +452,7 @@ class DataPlane:
                 if rule is None or not any(d is not None and matches(rule, d) for d in (before, after)):
                     continue
                 out.append(
-                    Change(
+                    DataChange(
                         row.seq,
                         row.txn,
                         row.at,
@@ -489,7 +493,7 @@ class Txn:
         self.writes: dict[tuple[str, str], _Pending] = {}
         self._policies: Sequence[Policy] | None = None
         self._preloaded: dict[tuple[str, str], StoredDoc | None] = {}
-        self.replayed: list[Document] = []  # inserts answered from their Idempotency-Key (nothing to write)
+        self.replayed: list[DataDocument] = []  # inserts answered from their Idempotency-Key (nothing to write)
         self.closed = False
 
     # -- rights ----------------------------------------------------------------------------------------
@@ -564,7 +568,7 @@ class Txn:
                     raise Conflict("a concurrent write changed what this transaction read; retry it")
             self._preloaded[(collection, id)] = row
 
-    def get(self, collection: str, id: str) -> Document:
+    def get(self, collection: str, id: str) -> DataDocument:
         row, doc = self._get(collection, id)
         return doc if doc is not None else _document(row)
 
@@ -574,7 +578,7 @@ class Txn:
         row, _ = self._get(collection, id)
         return row.version, row.envelope_text()
 
-    def _get(self, collection: str, id: str) -> tuple[StoredDoc, Document | None]:
+    def _get(self, collection: str, id: str) -> tuple[StoredDoc, DataDocument | None]:
         """The row the caller may read (NotFound otherwise), with its decoded document when a rule needed it."""
         self._open()
         self.plane.collection(collection)
@@ -637,8 +641,8 @@ class Txn:
         ast: Filter,
         keys: tuple[tuple[str, bool], ...],
         after: tuple[Any, ...] | None,
-        docs: list[Document],
-    ) -> list[Document]:
+        docs: list[DataDocument],
+    ) -> list[DataDocument]:
         """A find's rows with this transaction's own writes applied (re-sorted, so a page may shift)."""
         by_id = {d.id: d for d in docs}
         for name, id in list(self.writes):
@@ -657,7 +661,7 @@ class Txn:
 
     def insert(
         self, collection: str, data: Any, *, id: str | None = None, idempotency_key: str | None = None
-    ) -> Document:
+    ) -> DataDocument:
         self._open()
         info = self.plane.collection(collection)
         rule = self._write_rule(collection)
@@ -684,7 +688,7 @@ class Txn:
         self.writes[(collection, id)].idempotency_key = idempotency_key
         return doc
 
-    def replace(self, collection: str, id: str, data: Any, *, if_match: int | None = None) -> Document:
+    def replace(self, collection: str, id: str, data: Any, *, if_match: int | None = None) -> DataDocument:
         self._open()
         info = self.plane.collection(collection)
         _check_id(id)
@@ -694,7 +698,7 @@ class Txn:
         before = self._existing(collection, id, if_match)
         return self._stage(collection, id, "replace", data, text, before, before.version, if_match is not None, rule)
 
-    def patch(self, collection: str, id: str, patch: Any, *, if_match: int | None = None) -> Document:
+    def patch(self, collection: str, id: str, patch: Any, *, if_match: int | None = None) -> DataDocument:
         self._open()
         info = self.plane.collection(collection)
         _check_id(id)
@@ -755,9 +759,9 @@ class Txn:
         expected: int,
         precondition: bool,
         rule: Filter,
-    ) -> Document:
+    ) -> DataDocument:
         now = docstore.timestamp()
-        doc = Document(
+        doc = DataDocument(
             id,
             expected + 1,
             before.created_at if before else now,
@@ -794,7 +798,7 @@ class Txn:
 
     # -- commit ----------------------------------------------------------------------------------------
 
-    def commit(self) -> list[Document | None]:
+    def commit(self) -> list[DataDocument | None]:
         """Validate what was read and apply the writes in one short write transaction; a result per buffered
         write (None: deleted). Conflict (409) when something read changed; a one-call transaction's stale
         If-Match is PreconditionFailed (412)."""
@@ -827,7 +831,7 @@ class Txn:
             docstore.ChangeMeta(caller.subject, caller.function, caller.revision),
         )
 
-    def _finish(self, stored: list[StoredDoc | None] | Exception) -> list[Document | None]:
+    def _finish(self, stored: list[StoredDoc | None] | Exception) -> list[DataDocument | None]:
         """The results of a commit, or its failure as the data plane's error."""
         try:
             if isinstance(stored, Exception):
@@ -868,7 +872,7 @@ def _require(if_match: int | None, required: bool) -> None:
         raise PreconditionRequired("this request needs an If-Match header with the document's version")
 
 
-def _only(results: list[Document | None]) -> Document:
+def _only(results: list[DataDocument | None]) -> DataDocument:
     doc = results[0] if results else None
     assert doc is not None
     return doc
@@ -937,9 +941,9 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> Document:
+def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> DataDocument:
     """The document of a stored row; `data`: its data already decoded (row.data is its encoding)."""
-    return Document(
+    return DataDocument(
         row.id,
         row.version,
         row.created_at,
@@ -950,8 +954,8 @@ def _document(row: StoredDoc, data: dict[str, Any] | None = None) -> Document:
     )
 
 
-def _from_json(raw: dict[str, Any]) -> Document:
-    return Document(
+def _from_json(raw: dict[str, Any]) -> DataDocument:
+    return DataDocument(
         raw["id"], raw["version"], raw["createdAt"], raw["createdBy"], raw["updatedAt"], raw["updatedBy"], raw["data"]
     )
 
@@ -1017,7 +1021,7 @@ def _order(order: Sequence[str] | str, info: _Collection) -> tuple[tuple[str, bo
     return tuple(keys)
 
 
-def _field_value(doc: Document, name: str) -> Any:
+def _field_value(doc: DataDocument, name: str) -> Any:
     if name in METADATA_FIELDS:
         return doc.as_json()[name]
     node: Any = doc.data
@@ -1055,7 +1059,7 @@ class _Key:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _sort_key(doc: Document, keys: tuple[tuple[str, bool], ...]) -> tuple[_Key, ...]:
+def _sort_key(doc: DataDocument, keys: tuple[tuple[str, bool], ...]) -> tuple[_Key, ...]:
     return tuple(_Key(_field_value(doc, name), desc) for name, desc in keys)
 
 
@@ -1063,7 +1067,7 @@ def _cursor_key(after: tuple[Any, ...], keys: tuple[tuple[str, bool], ...]) -> t
     return tuple(_Key(v, desc) for v, (_, desc) in zip(after, keys, strict=True))
 
 
-def _encode_cursor(keys: tuple[tuple[str, bool], ...], last: Document) -> str:
+def _encode_cursor(keys: tuple[tuple[str, bool], ...], last: DataDocument) -> str:
     raw = {"o": [("-" if d else "") + k for k, d in keys], "v": [_field_value(last, k) for k, _ in keys]}
     return base64.urlsafe_b64encode(_ENCODE(raw).encode()).decode().rstrip("=")
 

@@ -1,7 +1,7 @@
 """The data broker: answers the `call` frames (`db.get`, `db.find`, `db.insert`, `db.update`, `db.replace`,
 `db.delete`) that handlers send through `context.db`.
 
-Per invocation in flight it holds a `Session`: the function and revision it runs on, its caller (the gateway's
+Per invocation in flight it holds a `CallSession`: the function and revision it runs on, its caller (the gateway's
 principal, or the function's own role `function:NAME` under `runAs: function`), its `Budget`
 (`limits.dbOperations`, documents scanned, bytes) and, for a procedure (`transaction: {...}`), its `Txn`, which
 the gateway commits when the handler returned ok and discards otherwise. A call is answered only for the
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane, Document, Txn
+from fnctl.data.documents import DataDocument, DataPlane, Txn
 from fnctl.data.errors import DataError
-from fnctl.gateway.datacalls import Session, answer, call_failed, caller_of, open_session, parse_policies
+from fnctl.gateway.datacalls import CallSession, answer, call_failed, caller_of, open_session, parse_policies
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Policy
@@ -34,7 +34,7 @@ from fnctl.state.store import connect as connect_store
 
 T = TypeVar("T")
 _AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
-__all__ = ["Broker", "LivePolicies", "Session", "StateAudit", "caller_of"]
+__all__ = ["Broker", "LivePolicies", "CallSession", "StateAudit", "caller_of"]
 
 
 class LivePolicies:
@@ -86,7 +86,7 @@ class StateAudit:
 class Broker:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, CallSession] = {}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
         # Writes waiting for the data thread (see `write`), and whether a `_drain` is queued for them.
         self._lock = threading.Lock()
@@ -97,7 +97,7 @@ class Broker:
         """Run `fn` on the data plane's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
-    async def write(self, stage: Callable[[], Txn]) -> list[Document | None]:
+    async def write(self, stage: Callable[[], Txn]) -> list[DataDocument | None]:
         """Stage a one-call write on the data thread (every check: rights, schema, versions), then commit it
         with the other writes staged meanwhile in ONE store transaction (`DataPlane.commit_group`): under
         concurrent writes, one BEGIN/COMMIT and one change-log append serve them all. Each write is still all
@@ -107,7 +107,7 @@ class Broker:
         one job on the data thread stages and commits them all, and one wake-up of the event loop settles
         them (a thread hop each way per group rather than per write)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[list[Document | None]] = loop.create_future()
+        done: asyncio.Future[list[DataDocument | None]] = loop.create_future()
         with self._lock:
             self._pending.append((stage, loop, done))
             scheduled, self._scheduled = self._scheduled, True
@@ -128,7 +128,7 @@ class Broker:
                 answers.setdefault(loop, []).append((done, exc))
         if group:
             try:
-                results: list[list[Document | None] | DataError] | BaseException = self.plane.commit_group(
+                results: list[list[DataDocument | None] | DataError] | BaseException = self.plane.commit_group(
                     [txn for txn, _, _ in group]
                 )
             except BaseException as exc:  # noqa: BLE001 -- the store failed: every write of the group learns it
@@ -140,13 +140,15 @@ class Broker:
         for loop, settled in answers.items():
             loop.call_soon_threadsafe(_settle, settled)
 
-    def open(self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings) -> Session:
+    def open(
+        self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings
+    ) -> CallSession:
         if invocation_id in self.sessions:
             raise ValueError(f"invocation {invocation_id} is in flight already")
         session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings)
         return session
 
-    def close(self, invocation_id: str) -> Session | None:
+    def close(self, invocation_id: str) -> CallSession | None:
         session = self.sessions.pop(invocation_id, None)
         if session is not None and session.txn is not None and not session.txn.closed:
             session.txn.rollback()  # a failed procedure's buffered writes go with it
@@ -180,7 +182,7 @@ class Broker:
         except DataError as error:
             raise call_failed(error) from None
 
-    async def commit(self, session: Session) -> None:
+    async def commit(self, session: CallSession) -> None:
         """Commit a procedure's writes (raises Conflict when what it read changed meanwhile)."""
         txn = session.txn
         if txn is not None and not txn.closed:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DEFAULT_LIMIT, MAX_LIMIT, Document, WriteOp
+from fnctl.data.documents import DEFAULT_LIMIT, MAX_LIMIT, DataDocument, WriteOp
 from fnctl.data.errors import PROBLEM_BASE, DataError
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.datacalls import caller_of
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fnctl.gateway.request import GatewayLimits
 
 
-class Gateway(Protocol):
+class GatewayFacade(Protocol):
     """What the API uses of `fnctl.gateway.app.Gateway` (which mounts it): its limits, authentication, body
     reading, and the audit and metrics every request ends with."""
 
@@ -53,7 +53,7 @@ _VERSION = re.compile(r'\A(?:W/)?"?([0-9]{1,18})"?\Z')
 MAX_BATCH = 1000
 
 
-class Problem(Exception):
+class HttpProblem(Exception):
     """A 4xx the API answers itself, before the data plane (bad HTTP: query, headers, body)."""
 
     def __init__(self, status: int, title: str, detail: str, type_: str = "invalid") -> None:
@@ -74,7 +74,7 @@ def parse_version(text: str | None, header: str) -> int | None:
         return None
     match = _VERSION.match(text.strip())
     if match is None:
-        raise Problem(400, "Bad Request", f'{header} must be a document version (an ETag such as "3")')
+        raise HttpProblem(400, "Bad Request", f'{header} must be a document version (an ETag such as "3")')
     return int(match.group(1))
 
 
@@ -86,7 +86,7 @@ def parse_json(body: bytes | str, what: str = "the body") -> Any:
     try:
         return strictjson.loads(body)
     except strictjson.NotJson as exc:
-        raise Problem(400, "Bad Request", f"{what} is not JSON: {exc}") from None
+        raise HttpProblem(400, "Bad Request", f"{what} is not JSON: {exc}") from None
 
 
 def parse_int(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
@@ -94,7 +94,7 @@ def parse_int(query: Mapping[str, str], name: str, default: int | None, low: int
     if text is None:
         return default
     if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
-        raise Problem(400, "Bad Request", f"{name} must be a whole number from {low} to {high}")
+        raise HttpProblem(400, "Bad Request", f"{name} must be a whole number from {low} to {high}")
     return int(text)
 
 
@@ -104,14 +104,14 @@ def parse_order(text: str | None) -> list[str] | None:
         return None
     fields = [part.strip() for part in text.split(",")]
     if not all(fields):
-        raise Problem(400, "Bad Request", "order is a comma-separated list of fields (`-field`: descending)")
+        raise HttpProblem(400, "Bad Request", "order is a comma-separated list of fields (`-field`: descending)")
     return fields
 
 
 class DataApi:
     """The `/v1/` handlers; `add_routes` mounts them (before the gateway's catch-all route)."""
 
-    def __init__(self, gateway: Gateway, broker: Broker) -> None:
+    def __init__(self, gateway: GatewayFacade, broker: Broker) -> None:
         self.gateway, self.broker = gateway, broker
         self.plane = broker.plane
 
@@ -154,7 +154,7 @@ class DataApi:
                 else:
                     call.outcome = "rejected" if error.status < 500 else "unavailable"
                     response = problem_response(error.status, error.problem())
-            except Problem as problem:
+            except HttpProblem as problem:
                 call.outcome = "rejected"
                 response = problem_response(problem.status, problem.body())
             except Reject as reject:
@@ -188,7 +188,7 @@ class DataApi:
 
     async def _body(self, request: web.Request, *, media: tuple[str, ...] = ("application/json",)) -> Any:
         if request.content_type not in media and request.body_exists:
-            raise Problem(
+            raise HttpProblem(
                 415, "Unsupported Media Type", f"the body must be {' or '.join(media)}", "unsupported-media-type"
             )
         body = await self.gateway._read_body(request, self.gateway.limits.max_body)
@@ -198,7 +198,7 @@ class DataApi:
         return await self.broker.run(fn)
 
     @staticmethod
-    def _document(document: Document, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.Response(
             body=dumps(document.as_json()),
             status=status,
@@ -240,7 +240,7 @@ class DataApi:
         document = await self._body(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
-            raise Problem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
+            raise HttpProblem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
         id_ = request.query.get("id")
         made = _one(
             await self.broker.write(
@@ -316,7 +316,7 @@ class DataApi:
         return web.Response(body=dumps(openapi_document(await self._run(collections))), content_type="application/json")
 
 
-def _one(results: list[Document | None]) -> Document:
+def _one(results: list[DataDocument | None]) -> DataDocument:
     """The document a one-call insert / replace / patch made (an idempotent replay's too)."""
     made = results[0] if results else None
     if made is None:
@@ -332,27 +332,27 @@ def parse_batch(body: Any) -> list[WriteOp]:
     a bad one is a 400 naming its index (nothing is written)."""
     operations = body.get("operations") if isinstance(body, dict) else None
     if not isinstance(operations, list) or not 1 <= len(operations) <= MAX_BATCH:
-        raise Problem(400, "Bad Request", f'the body is {{"operations": [...]}} with 1 to {MAX_BATCH} operations')
+        raise HttpProblem(400, "Bad Request", f'the body is {{"operations": [...]}} with 1 to {MAX_BATCH} operations')
     ops = []
     for i, raw in enumerate(operations):
         where = f"operations[{i}]"
         if not isinstance(raw, dict):
-            raise Problem(400, "Bad Request", f"{where} must be an object")
+            raise HttpProblem(400, "Bad Request", f"{where} must be an object")
         op, collection, id_ = raw.get("op"), raw.get("collection"), raw.get("id")
         if op not in _BATCH_OPS:
-            raise Problem(400, "Bad Request", f"{where}.op must be one of {', '.join(_BATCH_OPS)}")
+            raise HttpProblem(400, "Bad Request", f"{where}.op must be one of {', '.join(_BATCH_OPS)}")
         if not isinstance(collection, str):
-            raise Problem(400, "Bad Request", f"{where}.collection must be a collection's name")
+            raise HttpProblem(400, "Bad Request", f"{where}.collection must be a collection's name")
         if id_ is not None and not isinstance(id_, str):
-            raise Problem(400, "Bad Request", f"{where}.id must be a string")
+            raise HttpProblem(400, "Bad Request", f"{where}.id must be a string")
         if op != "insert" and id_ is None:
-            raise Problem(400, "Bad Request", f"{where}: a {op} needs the document's id")
+            raise HttpProblem(400, "Bad Request", f"{where}: a {op} needs the document's id")
         version = raw.get("ifMatch")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise Problem(400, "Bad Request", f"{where}.ifMatch must be a document version (a whole number)")
+            raise HttpProblem(400, "Bad Request", f"{where}.ifMatch must be a document version (a whole number)")
         data = raw.get("patch") if op == "patch" else raw.get("document")
         if op != "delete" and data is None:
-            raise Problem(400, "Bad Request", f"{where} needs its {'patch' if op == 'patch' else 'document'}")
+            raise HttpProblem(400, "Bad Request", f"{where} needs its {'patch' if op == 'patch' else 'document'}")
         ops.append(WriteOp(op, collection, id_, data, version))
     return ops
 

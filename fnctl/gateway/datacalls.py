@@ -1,4 +1,4 @@
-"""The data calls of one invocation, decided synchronously: the `Session` (caller, budget, a procedure's
+"""The data calls of one invocation, decided synchronously: the `CallSession` (caller, budget, a procedure's
 Txn) and `answer`, the one place a `db.*` call (`db.get`, `db.find`, `db.insert`, `db.update`, `db.replace`,
 `db.delete`) becomes a data-plane operation. Used by the gateway's broker (`fnctl.gateway.broker`, which runs
 it off the event loop) and by `fnctl invoke --local`; no asyncio, no HTTP.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataPlane, Document, Page, Txn
+from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, DataPlane, Page, Txn
 from fnctl.data.errors import Conflict, DataError, Invalid
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.protocol import CallFailed
@@ -26,7 +26,7 @@ METHODS = ("db.get", "db.find", "db.insert", "db.update", "db.replace", "db.dele
 
 
 @dataclass
-class Session:
+class CallSession:
     function: str
     revision: int | None
     caller: Caller
@@ -53,11 +53,11 @@ def session_caller(caller: Caller, function: str, revision: int | None, settings
 
 def open_session(
     plane: DataPlane, caller: Caller, function: str, revision: int | None, settings: DataSettings
-) -> Session:
+) -> CallSession:
     acting = session_caller(caller, function, revision, settings)
     txn = plane.transaction(acting, Budget(operations=settings.db_operations)) if settings.transaction else None
     budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
-    return Session(function, revision, acting, budget, txn)
+    return CallSession(function, revision, acting, budget, txn)
 
 
 def _str(params: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
@@ -96,11 +96,11 @@ def _limit(params: Mapping[str, Any]) -> int:
     return limit
 
 
-def _result(value: Document | Page | None) -> Any:
+def _result(value: DataDocument | Page | None) -> Any:
     return None if value is None else value.as_json()
 
 
-def answer(plane: DataPlane, session: Session, method: str, params: Mapping[str, Any]) -> Any:
+def answer(plane: DataPlane, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
     """One `db.*` call of `session`'s invocation, as the data plane's operation (on the procedure's Txn when
     there is one, else committed at once), its result as JSON. Raises DataError; a limit it hits is remembered
     on the session (the invocation fails even if the handler catches the error)."""
@@ -119,7 +119,7 @@ def answer(plane: DataPlane, session: Session, method: str, params: Mapping[str,
         raise
 
 
-def _answer(plane: DataPlane, session: Session, method: str, params: Mapping[str, Any]) -> Any:
+def _answer(plane: DataPlane, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
     if method not in METHODS:
         raise Invalid(f"unknown method {method!r}: one of {', '.join(METHODS)}")
     if session.exceeded is not None:  # over a limit once: every later call fails too
