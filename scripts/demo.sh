@@ -21,7 +21,8 @@ show history hello
 # Data: orders created through the REST API (curl), read back by a function with context.db, under the rights
 # of the API key that calls it. Re-runnable: the inserts carry Idempotency-Keys (a re-run replays them).
 PORT="${DEMO_PORT:-$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
-fnctl serve --address "127.0.0.1:$PORT" >/tmp/fnctl-demo-serve.log 2>&1 &
+# The binary itself, not the `fnctl` shell function: $! must be the gateway's own pid for the trap to stop it.
+.venv/bin/fnctl serve --address "127.0.0.1:$PORT" >/tmp/fnctl-demo-serve.log 2>&1 &
 SERVE=$!
 trap 'kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
