@@ -10,7 +10,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
-from test_data_handlers import Live, _free_port, _ready
+from test_data_handlers import Live, _free_port, start_gateway
 
 from fnctl.gateway import keys
 from fnctl.state import docstore
@@ -83,17 +82,7 @@ class Crashable:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Live:
-        err = (self.project.root.parent / "serve.err").open("a")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve"],
-            cwd=self.project.root,
-            env=self.project.environ(),
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        self.proc = proc
-        until(lambda: _ready(self.port) or proc.poll() is not None, "the gateway to be ready", timeout=120)
-        assert proc.poll() is None, (self.project.root.parent / "serve.err").read_text()
+        self.proc = start_gateway(self.project, self.port, timeout=120)
         return Live(self.project, self.port, {"admin": self.token}, {})
 
     def kill(self) -> None:

@@ -161,6 +161,21 @@ def _ready(port: int) -> bool:
         return False
 
 
+def start_gateway(project: Project, port: int, *, timeout: float = 90) -> subprocess.Popen[bytes]:
+    """`fnctl serve` for `project` on `port` (its fnctl.toml), ready; its stderr appended to serve.err beside it."""
+    err = (project.root.parent / "serve.err").open("a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve"],
+        cwd=project.root,
+        env=project.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=timeout)
+    assert proc.poll() is None, (project.root.parent / "serve.err").read_text()
+    return proc
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("data") / "project"
@@ -194,16 +209,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             for name, role in (("alice", "clerk"), ("admin", "admin"), ("other", "visitor")):
                 key, secret = keys.create(store, name, (role,), None, "test")  # the default tenant, as --local's
                 tokens[name], subjects[name] = secret, f"key:{key.id}"
-        err = (root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve"],
-            cwd=project.root,
-            env=project.environ(),
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=90)
-        assert proc.poll() is None, (root.parent / "serve.err").read_text()
+        proc = start_gateway(project, port)
         live = Live(project, port, tokens, subjects)
         accounts = [
             {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 100}} for i in range(20)

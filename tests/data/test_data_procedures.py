@@ -5,8 +5,6 @@ manifests' Policy; a procedure whose read went stale is re-run (its runs counted
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -14,7 +12,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
-from test_data_handlers import Live, _free_port, _ready
+from test_data_handlers import Live, _free_port, start_gateway
 
 from fnctl.gateway import keys
 from fnctl.state import docstore
@@ -129,16 +127,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         project.ok("apply")
         with project.store() as store:
             key, secret = keys.create(store, "admin", ("admin",), None, "test")
-        err = (root.parent / "serve.err").open("w+")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve"],
-            cwd=project.root,
-            env=project.environ(),
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        until(lambda: _ready(port) or proc.poll() is not None, "the gateway to be ready", timeout=90)
-        assert proc.poll() is None, (root.parent / "serve.err").read_text()
+        proc = start_gateway(project, port)
         live = Live(project, port, {"admin": secret}, {"admin": f"key:{key.id}"})
         status, body = live.rest(
             "POST",
