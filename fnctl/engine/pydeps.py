@@ -205,10 +205,12 @@ def resolve(
         unsatisfied = _UNSATISFIED.search(done.stderr + done.stdout)
         if unsatisfied is None or len(built) >= MAX_SDISTS or _line_name(unsatisfied[1]) in built:
             raise BuildFailed(
-                f"resolving {requirements.origin} for Python {platform.python} failed (pip exit {done.returncode})",
+                f"installing {requirements.origin}: resolving it for Python {platform.python} failed (pip exit "
+                f"{done.returncode})",
                 detail=(done.stdout + done.stderr).strip()[-4000:],
             )
-        pin = build_pure_wheel(unsatisfied[1], unsatisfied[2], source, platform, cache, on_line)
+        options = [line for line in requirements.lines if line.startswith("-")]  # the index to ask, --no-index
+        pin = build_pure_wheel(unsatisfied[1], unsatisfied[2], options, source, platform, cache, on_line)
         built[_normalize(pin.name)] = pin
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([pin.__dict__ for pin in pins]))
@@ -243,17 +245,24 @@ def _pins(report: dict[str, Any]) -> list[Pin]:
 
 
 def build_pure_wheel(
-    requirement: str, versions: str, source: Path, platform: ImagePlatform, cache: Path, on_line: Callable[[str], None]
+    requirement: str,
+    versions: str,
+    options: list[str],
+    source: Path,
+    platform: ImagePlatform,
+    cache: Path,
+    on_line: Callable[[str], None],
 ) -> Pin:
     """`requirement` has no wheel for `platform`: build its sdist into a wheel on the host if it is pure
     Python, refuse it by name otherwise."""
     name = _line_name(requirement) or requirement
     no_wheel = (
-        f"{name} has no wheel for CPython {platform.python} on {platform.machine} with glibc "
+        f"installing {name}: it has no wheel for CPython {platform.python} on {platform.machine} with glibc "
         f"{'.'.join(map(str, platform.glibc))} (pip saw versions: {versions or 'none'})"
     )
     with tempfile.TemporaryDirectory(prefix="fnctl-sdist-") as tmp:
-        done = _pip(["download", "--no-deps", "--no-binary=:all:", "--dest", tmp, requirement], cwd=source)
+        Path(tmp, "sdist.txt").write_text("\n".join([*options, requirement]) + "\n")
+        done = _pip(["download", "--no-deps", "--no-binary=:all:", "--dest", tmp, "-r", f"{tmp}/sdist.txt"], source)
         sdists = [p for p in Path(tmp).iterdir() if p.name.endswith((".tar.gz", ".zip", ".tar.bz2"))]
         if done.returncode != 0 or not sdists:
             raise BuildFailed(f"{no_wheel}, and no source distribution either", detail=done.stderr.strip()[-4000:])
