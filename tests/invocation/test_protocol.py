@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_helpers import NODE_RUNTIME, node_binary
 
 from fnctl.invocation.protocol import (
     HEADER,
@@ -58,7 +59,6 @@ from fnctl.invocation.protocol import (
     reply_frame,
 )
 from fnctl.invocation.rendezvous import Rendezvous
-from node_helpers import NODE_RUNTIME, node_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "protocol"
