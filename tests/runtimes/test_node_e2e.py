@@ -21,6 +21,32 @@ export const handler = async (event, context) => {
 };
 """
 
+DATA_HANDLER = """\
+export const handler = async (event, context) => {
+  const notes = context.db.notes; // also context.db.collection("notes")
+  const made = await notes.insert({ text: "first" }, { id: event.id });
+  const read = await context.db.collection("notes").get(made.id);
+  const updated = await notes.update(made.id, { text: "second" }, { ifVersion: read.version });
+  let stale = null;
+  try {
+    await notes.update(made.id, { text: "third" }, { ifVersion: read.version });
+  } catch (error) {
+    if (!(error instanceof context.db.Conflict)) throw error;
+    stale = { name: error.name, status: error.status };
+  }
+  let missing = null;
+  try {
+    await notes.get("nope");
+  } catch (error) {
+    if (!(error instanceof context.db.NotFound)) throw error;
+    missing = { name: error.name, status: error.status, isDataError: error instanceof context.db.DataError };
+  }
+  const page = await notes.find({ text: "second" });
+  await notes.delete(made.id, { ifVersion: updated.version });
+  return { text: updated.data.text, version: updated.version, stale, missing, found: page.documents.length };
+};
+"""
+
 CANARY = """\
 rollout:
   strategy: canary
@@ -76,6 +102,28 @@ def test_invoke_local_keep_warm_logs_and_sandbox_check(project: Project) -> None
     [report] = json.loads(check.out)
     assert report["function"] == "greet" and len(report["checks"]) >= 15
     assert [c["name"] for c in report["checks"] if not c["ok"]] == []
+
+
+@pytest.mark.docker
+def test_context_db_from_a_node_handler_with_typed_errors(project: Project) -> None:
+    code = project.root / "functions" / "notes"
+    code.mkdir(parents=True)
+    (code / "index.mjs").write_text(DATA_HANDLER, encoding="utf-8")
+    (project.root / "manifests" / "notes.yaml").write_text(
+        "apiVersion: fnctl/v1\nkind: Collection\nmetadata: {name: notes}\nspec:\n  schema: {type: object}\n"
+        "---\napiVersion: fnctl/v1\nkind: Function\nmetadata: {name: notes-fn}\n"
+        "spec: {runtime: nodejs22, source: ../functions/notes, handler: index.handler}\n",
+        encoding="utf-8",
+    )
+    env = {"XDG_CACHE_HOME": str(project.root.parent / "cache")}  # invoke --local's data file, private to the test
+    done = project.ok("invoke", "--local", "notes-fn", "-d", '{"id": "n-1"}', env=env)
+    assert json.loads(done.out) == {
+        "text": "second",
+        "version": 2,
+        "stale": {"name": "Conflict", "status": 412},  # a stale ifVersion: PreconditionFailed
+        "missing": {"name": "NotFound", "status": 404, "isDataError": True},
+        "found": 1,
+    }
 
 
 @pytest.mark.docker
