@@ -149,11 +149,15 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
     print("-" * len(header))
     for row in rows:
         met = "" if row.meets is None else ("yes" if row.meets else "NO")
-        value = (lambda v: f"{v:.3f} {row.unit}") if row.unit == "ms" else (lambda v: f"{v:.2f} {row.unit}")
         print(
-            f"{row.figure:36}{value(row.node):>12}{value(row.python):>12}{row.node / row.python:>7.2f}x"
+            f"{row.figure:36}{_value(row.node, row.unit):>12}{_value(row.python, row.unit):>12}"
+            f"{row.node / row.python:>7.2f}x"
             f"  {row.target:12}{met:>4}"
         )
+
+
+def _value(value: float, unit: str) -> str:
+    return f"{value:.3f} {unit}" if unit == "ms" else f"{value:.2f} {unit}"
 
 
 def main() -> None:
