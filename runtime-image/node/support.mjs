@@ -73,8 +73,10 @@ class Capture {
   }
 
   text() {
+    if (this.parts.length === 0) return "";
     // A cut through a character at the cap drops that half character (as Python's "ignore" does).
-    return new TextDecoder("utf-8").decode(Buffer.concat(this.parts)).replace(/\uFFFD$/, "");
+    const text = Buffer.concat(this.parts, this.size).toString("utf8");
+    return this.truncated ? text.replace(/\uFFFD+$/, "") : text;
   }
 }
 
