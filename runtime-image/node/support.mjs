@@ -229,7 +229,9 @@ function database(context) {
     Invalid,
   };
   return new Proxy(db, {
-    get: (target, key) => (typeof key === "string" && !(key in target) ? target.collection(key) : target[key]),
+    // `then` stays undefined: `await context.db` must not take it for a collection named "then"
+    get: (target, key) =>
+      typeof key === "string" && key !== "then" && !(key in target) ? target.collection(key) : target[key],
   });
 }
 
