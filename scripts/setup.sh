@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this machine for fnctl, idempotently: the project's virtualenv, a running Docker engine with
-# gVisor (runsc) registered, wrk for benchmarks, and the offline-built runtime base image.
+# gVisor (runsc) registered, wrk for benchmarks, and the offline-built runtime base images (Python, Node.js).
 # Fast (no installs, no builds) when everything is already in place. Progress goes to stderr.
 set -euo pipefail
 
@@ -157,4 +157,6 @@ step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"
 setup_base_image
+step "node base image"
+bash scripts/build-node-image.sh  # returns at once when the image exists with the same inputs
 step "ready"

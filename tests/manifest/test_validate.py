@@ -131,7 +131,7 @@ CASES: dict[str, list[str]] = {
         "of bytes), got '128MB'"
     ],
     "schema-bad-handler": [
-        f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.py:attr, got 'handler'"
+        f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.ext:attr (e.g. src/main.ts:handler), got 'handler'"
     ],
     "schema-step-two-keys": [
         f"{F}:12:9: $.spec.rollout.steps[0]: each step must have exactly one of setWeight, pause "
