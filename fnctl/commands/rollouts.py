@@ -225,7 +225,7 @@ def request(
 ) -> Snapshot:
     """`fnctl promote` / `abort`: record the request, see it acted on, and (with `wait`) follow the rollout
     until it settles again."""
-    who = actor()
+    who = options.actor or actor()
     with _store(project, options) as store:
         row = current(store, name, active=True)
         _check_request(row, kind, data)
