@@ -116,6 +116,7 @@ def test_sign_in_pages_same_json_as_the_cli_and_403_without_the_grant(setup: Rol
     sign_in(browser, base, key)
     wait_for(browser, "the functions table", lambda d: "fn" in text_of(d, "#view table"))
     assert "1/1 healthy" in text_of(browser, "#view table")
+    assert not browser.find_element(By.ID, "login").is_displayed()  # signed in: the form is gone
     screenshot(browser, "functions")
     # the same numbers as the CLI: /v1/ gives what `-o json` prints
     assert _api(setup, "/v1/functions", key)[1] == json.loads(setup.project.ok("status", "-o", "json").out)

@@ -88,6 +88,10 @@ async function rolloutPage(view, [name]) {
   view.append(h("h1", {}, `Rollout of ${name}`), body, note);
   const granted = new Set(session.granted);
   const render = (v) => {
+    renderView(v);
+    performance.mark("fnctl:rollout-rendered"); // read by benchmarks/bench_ui.py
+  };
+  const renderView = (v) => {
     const st = v.status;
     const button = (action, words, enabled) => granted.has(action) ? h("button", {
       type: "button", id: `do-${action}`, class: action === "promote" || action === "retry" ? "" : "danger", disabled: !enabled,
