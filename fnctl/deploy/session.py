@@ -68,7 +68,13 @@ def session(
         try:
             tree = source or (work_tree(project.root) if mutating else None)
             yield executor.Context(
-                store, project.name, project.base_image, options.actor or actor(), command, tree.commit if tree else None, progress
+                store,
+                project.name,
+                project.base_image,
+                options.actor or actor(),
+                command,
+                tree.commit if tree else None,
+                progress,
             )
         finally:
             store.close()
