@@ -153,6 +153,8 @@ step "python"
 setup_python
 # git: gitpython drives the git binary (fnctl sync, push hooks, the commit every deploy records)
 command -v git >/dev/null || apt_install git
+# headless Chromium and its WebDriver: the dashboard's end-to-end tests (tests/dashboard) drive a real browser
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver
 step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"

@@ -34,6 +34,7 @@ class Options:
     timeout: float | None = None  # for that
     allow_dirty: bool = False  # deploy from a work tree with uncommitted changes
     on_lock_wait: lock.OnWait | None = None  # shows whom a command waits for when the lock is held (the CLI's)
+    actor: str | None = None  # who acts, when not this process's user (the dashboard: the signed-in principal)
 
 
 def state_path(project: Project, option: Path | None) -> Path:
@@ -67,7 +68,13 @@ def session(
         try:
             tree = source or (work_tree(project.root) if mutating else None)
             yield executor.Context(
-                store, project.name, project.base_image, actor(), command, tree.commit if tree else None, progress
+                store,
+                project.name,
+                project.base_image,
+                options.actor or actor(),
+                command,
+                tree.commit if tree else None,
+                progress,
             )
         finally:
             store.close()
