@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for fnctl, idempotently: the project's virtualenv, a running Docker engine with
-# gVisor (runsc) registered, wrk for benchmarks, and the offline-built runtime base image.
+# gVisor (runsc) registered, wrk for benchmarks, node with the pinned build tools (esbuild, tsc), and the
+# offline-built runtime base image.
 # Fast (no installs, no builds) when everything is already in place. Progress goes to stderr.
 set -euo pipefail
 
@@ -148,6 +149,8 @@ step "python"
 setup_python
 # git: gitpython drives the git binary (fnctl sync, push hooks, the commit every deploy records)
 command -v git >/dev/null || apt_install git
+step "node tools (esbuild, tsc)"
+bash scripts/install-node-tools.sh
 step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"

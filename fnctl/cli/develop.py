@@ -24,11 +24,11 @@ def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
     """
     from fnctl.cli.render import render_validation
     from fnctl.manifest.project import find_root, load_project
-    from fnctl.manifest.validate import validate_paths
+    from fnctl.runtimes.validation import validate_project
 
     # The project (its root, its defaults) is the one around the first path given, not the working directory's.
     hint = paths[0] if paths and find_root(paths[0]) else None
-    result = validate_paths(load_project(hint), paths)
+    result = validate_project(load_project(hint), paths)
     render_validation(result, output)
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
 
