@@ -38,14 +38,20 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     name: Annotated[Optional[str], typer.Option(help="Project name (default: the directory's name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write even into a directory that has files.")] = False,
+    runtime: Annotated[
+        str, typer.Option("--runtime", "-r", help="The function's runtime: python3.11, nodejs22 or typescript.")
+    ] = "python3.11",
 ) -> None:
-    """Scaffold a project: fnctl.toml, one Python function, its manifest and an HTTP trigger.
+    """Scaffold a project: fnctl.toml, one function (Python, Node.js or TypeScript), its manifest and an HTTP
+    trigger.
 
     Example: fnctl init my-project && cd my-project && fnctl validate
+
+    Example: fnctl init my-api --runtime typescript && fnctl invoke --local hello -d '{"name": "you"}'
     """
     from fnctl.commands.init import scaffold
 
-    created = scaffold(directory, name, force=force)
+    created = scaffold(directory, name, force=force, runtime=runtime)
     for path in created:
         console().print(f"created {path}")
     console().print(f"\nNext: cd {directory} && fnctl validate")
