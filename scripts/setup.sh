@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for fnctl, idempotently: the project's virtualenv, a running Docker engine with
 # gVisor (runsc) registered, wrk for benchmarks, node with the pinned build tools (esbuild, tsc), and the
-# offline-built runtime base image.
+# offline-built runtime base images (Python, Node.js).
 # Fast (no installs, no builds) when everything is already in place. Progress goes to stderr.
 set -euo pipefail
 
@@ -155,4 +155,6 @@ step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"
 setup_base_image
+step "node base image"
+bash scripts/build-node-image.sh  # returns at once when the image exists with the same inputs
 step "ready"

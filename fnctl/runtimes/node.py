@@ -56,7 +56,7 @@ class NodeRuntime:
     image_name: str = "fnctl/runtime-node"
     version_key: str = f"node={NODE_MAJOR}"
     pip_requirements: bool = False
-    runtime_files: tuple[str, ...] = ("Dockerfile", "function.Dockerfile", "runtime.mjs")
+    runtime_files: tuple[str, ...] = ("Dockerfile", "function.Dockerfile", "runtime.mjs", "support.mjs")
 
     def base_image(self, configured: str) -> str:
         return os.environ.get("FNCTL_NODE_BASE_IMAGE") or DEFAULT_NODE_BASE_IMAGE
