@@ -18,6 +18,7 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.engine.images import ensure_image
 from fnctl.runtimes.node import DEFAULT_NODE_BASE_IMAGE
 from fnctl.toolchain import nodebuild, npmdeps
+from fnctl.toolchain.nodetools import cache_dir
 
 pytestmark = pytest.mark.docker
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "node"
@@ -94,7 +95,7 @@ def test_typescript_with_an_npm_dependency_is_deployed_and_invoked(project: Proj
     assert project.invoke("dep", {"words": "stored-functions-next-to-data"}) == {"camel": "storedFunctionsNextToData"}
     key = npmdeps.dependencies_key(source)
     assert key is not None
-    assert (npmdeps.cache_dir() / "npm-deps" / key / "node_modules" / "camelcase" / "package.json").is_file()
+    assert (cache_dir() / "npm-deps" / key / "node_modules" / "camelcase" / "package.json").is_file()
 
     # A new revision of the code with the same lock: the dependencies come from the cache, npm never runs
     # (an npm that fails is first on the PATH).
