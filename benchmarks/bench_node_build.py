@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -36,8 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from benchcommon import remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
 
-from fnctl.engine.images import ensure_image  # noqa: E402
+from fnctl.engine.images import ImageRef, ensure_image  # noqa: E402
 from fnctl.runtimes.node import TYPESCRIPT  # noqa: E402
+from fnctl.toolchain.problems import CodeProblem  # noqa: E402
 
 TS = """\
 interface Event {{ name?: string }}
@@ -56,8 +58,7 @@ def _timeout(signum: int, frame: FrameType | None) -> None:
     raise TimeoutError("the benchmark ran past --timeout")
 
 
-def timed(action: object) -> float:
-    assert callable(action)
+def timed(action: Callable[[], None]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
@@ -113,13 +114,13 @@ def main() -> None:
     print(f"  unchanged TypeScript function (not rebuilt)  {median['unchanged'] * 1000:8.0f} ms")
 
 
-def _no_problems(problems: list[object]) -> None:
+def _no_problems(problems: list[CodeProblem]) -> None:
     if problems:
         raise AssertionError(f"the benchmark's handler has problems: {problems}")
 
 
-def _built(ref: object, expected: bool) -> None:
-    if getattr(ref, "built") is not expected:
+def _built(ref: ImageRef, expected: bool) -> None:
+    if ref.built is not expected:
         raise AssertionError(f"expected built={expected}, got {ref}")
 
 
