@@ -42,7 +42,7 @@ def code_diagnostics(function: Function, found: list[Diagnostic], on_line: OnLin
     if any((document.file, document.position(p), p) in at for p in (_SOURCE, _HANDLER)):
         return []
     runtime = runtime_for(function.runtime)
-    source = Path(os.path.normpath(document.file.parent / function.source))
+    source = Path(os.path.normpath(os.path.abspath(document.file.parent / function.source)))
     if not source.is_dir():
         return []
     problem = runtime.handler_problem(source, function.handler)

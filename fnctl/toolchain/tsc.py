@@ -36,7 +36,7 @@ def tsconfig(source: Path, files: list[Path], types: Path, modules: list[Path]) 
     }
     if modules:
         options["paths"] = {"*": [str(m / "*") for m in modules]}
-    config: dict[str, object] = {"compilerOptions": options, "files": [str(f) for f in files]}
+    config: dict[str, object] = {"compilerOptions": options, "files": [str(f.absolute()) for f in files]}
     user = source / "tsconfig.json"
     if user.is_file():
         config["extends"] = str(user)

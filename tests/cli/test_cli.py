@@ -45,7 +45,7 @@ def test_validate_the_project_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "valid: 2 files, 3 functions, 3 triggers, 1 view, 1 policy, 1 collection\n"
+    assert result.stdout == "valid: 3 files, 4 functions, 3 triggers, 1 view, 1 policy, 1 collection\n"
     assert result.stderr == ""
 
 
@@ -112,8 +112,8 @@ def test_validate_json_of_a_valid_project(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
         "valid": True,
-        "files": 3,
-        "functions": 6,
+        "files": 4,
+        "functions": 7,
         "triggers": 3,
         "views": 1,
         "policies": 1,

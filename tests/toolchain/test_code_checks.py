@@ -117,6 +117,17 @@ def test_code_problems_in_json_have_no_json_path(tmp_path: Path) -> None:
     ]
 
 
+def test_manifest_paths_relative_to_the_working_directory(tmp_path: Path) -> None:
+    root = project(
+        tmp_path, {"typed": ("typescript", "main.handler", {"main.ts": "export const handler = (): number => 'x';\n"})}
+    )
+    for path in ("manifests", "manifests/functions.yaml", "./manifests/../manifests"):
+        done = validate(root, path)
+        assert done.stderr.splitlines()[0] == (
+            "functions/typed/main.ts:1:38: Type 'string' is not assignable to type 'number'. (TS2322)"
+        ), path
+
+
 @pytest.mark.parametrize(
     "source",
     [
