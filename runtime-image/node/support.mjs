@@ -73,8 +73,10 @@ class Capture {
   }
 
   text() {
+    if (this.parts.length === 0) return "";
     // A cut through a character at the cap drops that half character (as Python's "ignore" does).
-    return new TextDecoder("utf-8").decode(Buffer.concat(this.parts)).replace(/\uFFFD$/, "");
+    const text = Buffer.concat(this.parts, this.size).toString("utf8");
+    return this.truncated ? text.replace(/\uFFFD+$/, "") : text;
   }
 }
 
@@ -227,7 +229,9 @@ function database(context) {
     Invalid,
   };
   return new Proxy(db, {
-    get: (target, key) => (typeof key === "string" && !(key in target) ? target.collection(key) : target[key]),
+    // `then` stays undefined: `await context.db` must not take it for a collection named "then"
+    get: (target, key) =>
+      typeof key === "string" && key !== "then" && !(key in target) ? target.collection(key) : target[key],
   });
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "unhandled": {"handler": "hostile.unhandled"},
     "permissions": {"handler": "hostile.permissions"},
     "missing-export": {"handler": "esm.nothing"},
+    "interleaved": {"handler": "styles.interleaved", "scaling": {"concurrency": 8}},
+    "gvisor": {"handler": "styles.plain", "isolation": "gvisor"},
 }
 
 
@@ -145,6 +148,26 @@ def test_console_is_captured_per_invocation_and_errors_carry_the_users_stack(sta
     assert outcome.logs == "to stdout: before failing\nto stderr\n"
     again = instances.invoke(instance, {"say": "again"})
     assert again.result == {"said": "again"} and again.logs == "to stdout: again\nto stderr\n"
+
+
+@pytest.mark.docker
+def test_concurrent_invocations_interleave_and_keep_their_own_logs(start: Start) -> None:
+    instance = start("interleaved")
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda n: instances.invoke(instance, {"n": n, "together": 4}), range(4)))
+    # each passed the barrier of 4 (so all ran at once), and kept its own output
+    for n, outcome in enumerate(outcomes):
+        assert outcome.ok and outcome.result == {"n": n}, outcome
+        assert outcome.logs == f"start {n}\nend {n}\n"
+
+
+@pytest.mark.docker
+def test_node_runs_under_gvisor(start: Start) -> None:
+    instance = start("gvisor")
+    assert answers(instance, {"n": 1}) == {"style": "plain", "echo": {"n": 1}}
+    data = dockerio.inspect_container(instance.container_id)
+    assert data["HostConfig"]["Runtime"] == "runsc"
+    assert [(c.name, c.detail) for c in check_container(data) if not c.ok] == []
 
 
 @pytest.mark.docker

@@ -22,3 +22,15 @@ exports.chatty = async (event) => {
   if (event.fail) throw new RangeError("asked to fail");
   return { said: event.say };
 };
+
+let started = 0;
+
+/** Logs, then waits until `event.together` invocations have started (a barrier: it only passes when they run
+ * at once, interleaved on the one thread), then logs again. */
+exports.interleaved = async (event) => {
+  started += 1;
+  console.log(`start ${event.n}`);
+  while (started < event.together) await new Promise((resolve) => setTimeout(resolve, 5));
+  console.log(`end ${event.n}`);
+  return { n: event.n };
+};
