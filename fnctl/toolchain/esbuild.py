@@ -27,6 +27,7 @@ _LOCATION = re.compile(r"^\s+(.+?):(\d+):(\d+):$")
 class Compiled:
     problems: list[CodeProblem]
     exports: dict[Path, tuple[str, ...]] = field(default_factory=dict)  # by entry (absolute path)
+    inputs: tuple[Path, ...] = ()  # every file bundled (absolute paths)
 
 
 def compile_entries(
@@ -71,7 +72,19 @@ def compile_entries(
         entry = output.get("entryPoint")
         if entry:
             exports[(source / entry).resolve()] = tuple(output.get("exports", ()))
-    return Compiled([], exports)
+    inputs = tuple((source / name).resolve() for name in meta.get("inputs", {}))
+    return Compiled(_escaping(inputs, source), exports, inputs)
+
+
+def _escaping(inputs: tuple[Path, ...], source: Path) -> list[CodeProblem]:
+    """A bundled file from outside the source directory would carry code (or secrets) from elsewhere on the
+    host into the image: refused, at the file that was reached."""
+    root = source.resolve()
+    return [
+        CodeProblem(path, 0, 0, f"imported from the function's code, but outside its source directory {source}")
+        for path in inputs
+        if not path.is_relative_to(root)
+    ]
 
 
 def parse_errors(stderr: str, source: Path) -> list[CodeProblem]:

@@ -41,8 +41,9 @@ def code_problems(
         return problems
     try:
         modules = npmdeps.installed_modules(source, on_line)
-    except BuildFailed as exc:
-        return [CodeProblem(source / PACKAGE, 1, 1, exc.message)]
+    except BuildFailed as exc:  # a native addon; or npm failed (the registry, a package that is not there)
+        last = (exc.detail or "").strip().splitlines()[-1:]
+        return [CodeProblem(source / PACKAGE, 1, 1, ": ".join([exc.message, *last]))]
     tools = ensure_tools(on_line)
     problems = type_problems(source, tools, modules) if typescript else []
     parsed = esbuild.compile_entries(tools.esbuild, source, [handler_file], None, cjs=_cjs(handler_file))

@@ -117,6 +117,18 @@ def test_code_problems_in_json_have_no_json_path(tmp_path: Path) -> None:
     ]
 
 
+def test_an_import_from_outside_the_source_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.ts").write_text('export const token = "s3cr3t";\n')
+    main = 'import { token } from "../../../secret";\nexport const handler = async () => ({ token });\n'
+    root = project(tmp_path / "p", {"leaky": ("typescript", "main.handler", {"main.ts": main})})
+    done = validate(root)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (
+        f"{tmp_path / 'secret.ts'}: imported from the function's code, but outside its source directory "
+        f"{root / 'functions' / 'leaky'}"
+    )
+
+
 def test_manifest_paths_relative_to_the_working_directory(tmp_path: Path) -> None:
     root = project(
         tmp_path, {"typed": ("typescript", "main.handler", {"main.ts": "export const handler = (): number => 'x';\n"})}
