@@ -16,10 +16,11 @@ import tempfile
 from pathlib import Path
 
 from fnctl.errors import BuildFailed
+from fnctl.manifest.source import code_hash, source_files
 from fnctl.toolchain import npm
 from fnctl.toolchain.nodetools import cache_dir
 from fnctl.toolchain.npm import TARGET_PLATFORM, OnLine
-from fnctl.toolchain.packages import LOCK, PACKAGE
+from fnctl.toolchain.packages import DEPENDENCY_FIELDS, LOCK, PACKAGE, is_local
 
 _COMPLETE = ".complete"
 _FORMAT = "1"  # bump when what an install puts in the cache changes
@@ -33,6 +34,8 @@ def dependencies_key(source: Path) -> str | None:
     digest = hashlib.sha256(f"{_FORMAT};{' '.join(TARGET_PLATFORM)}\0".encode())
     digest.update(hashlib.sha256(package.read_bytes()).digest())
     digest.update(hashlib.sha256(lock.read_bytes()).digest())
+    if _has_local_dependencies(package):  # installed from files of the source, which the lock does not pin
+        digest.update(code_hash(source).encode())
     return digest.hexdigest()[:24]
 
 
@@ -53,8 +56,11 @@ def _install(source: Path, target: Path, on_line: OnLine) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        for name in (PACKAGE, LOCK):
-            shutil.copy2(source / name, staging / name)
+        # the whole source (node_modules left out), so that `file:vendor/x.tgz` is found where it is said to be
+        for path in source_files(source):
+            target_path = staging / path.relative_to(source)
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target_path)
         npm.ci(staging, production=True)
         modules = staging / "node_modules"
         modules.mkdir(exist_ok=True)
@@ -106,6 +112,12 @@ def _packages(modules: Path) -> list[Path]:
                 packages.append(path)
                 pending.append(path / "node_modules")
     return packages
+
+
+def _has_local_dependencies(package: Path) -> bool:
+    meta = _read_json(package)
+    sections = [meta.get(field) for field in DEPENDENCY_FIELDS]
+    return any(is_local(spec) for section in sections if isinstance(section, dict) for spec in section.values())
 
 
 def _has_dependencies(package: Path) -> bool:

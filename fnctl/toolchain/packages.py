@@ -5,6 +5,7 @@ at the line and column of the key they are about."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ def package_problems(files: PackageFiles, node: Version | None) -> list[CodeProb
         return [problem]
     problems = _engine_problems(files, package, node) if node else []
     declared = {field: _mapping(package.get(field)) for field in DEPENDENCY_FIELDS}
+    problems += _local_problems(files, declared)
     if files.lock is None:
         if any(declared.values()):
             problems.append(
@@ -105,6 +107,34 @@ def _engine_problems(files: PackageFiles, package: dict[str, Any], node: Version
             )
         ]
     return []
+
+
+def is_local(spec: object) -> bool:
+    """A dependency installed from a path (`file:`, `link:`, `./x`, `../x`, `/x`), not from the registry."""
+    return isinstance(spec, str) and spec.startswith(("file:", "link:", "./", "../", "/", "~"))
+
+
+def _local_problems(files: PackageFiles, declared: dict[str, dict[str, Any]]) -> list[CodeProblem]:
+    """A dependency from a path outside the source directory would carry files from elsewhere on the host
+    into the image."""
+    root = os.path.normpath(os.path.abspath(files.source))
+    problems = []
+    for field, specs in declared.items():
+        for name, spec in sorted(specs.items()):
+            if not is_local(spec):
+                continue
+            path = os.path.normpath(os.path.join(root, os.path.expanduser(spec.split(":", 1)[-1])))
+            if path != root and not path.startswith(root + os.sep):
+                problems.append(
+                    _at(
+                        files,
+                        PACKAGE,
+                        (field, name),
+                        f"{field}.{name}: {spec!r} lies outside the function's "
+                        "source directory, and only that directory goes into the image",
+                    )
+                )
+    return problems
 
 
 def _json(files: PackageFiles, name: str, text: str) -> tuple[dict[str, Any], CodeProblem | None]:

@@ -226,9 +226,10 @@ def test_native_addon_without_a_linux_x64_binary_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prebuilt: bool
 ) -> None:
     source = tmp_path / "functions" / "addon"
-    source.mkdir(parents=True)
-    tarball = _addon_tarball(source, prebuilt)
-    (source / "package.json").write_text(json.dumps({"name": "a", "dependencies": {"fancy-addon": f"file:{tarball}"}}))
+    (source / "vendor").mkdir(parents=True)
+    tarball = _addon_tarball(source / "vendor", prebuilt)
+    dependency = {"fancy-addon": f"file:vendor/{tarball}"}
+    (source / "package.json").write_text(json.dumps({"name": "a", "dependencies": dependency}))
     (source / "main.ts").write_text(GOOD_TS)
     npm = shutil.which("npm")
     assert npm is not None
@@ -245,7 +246,8 @@ def test_native_addon_without_a_linux_x64_binary_is_refused(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        # fnctl's cache and npm's own, both empty: the tarball is found in the function's source, where it is
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "npm_config_cache": str(tmp_path / "npm")},
     )
     if prebuilt:
         assert done.returncode == 0, done.stderr

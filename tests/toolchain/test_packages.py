@@ -86,3 +86,16 @@ def test_an_npm6_lock_and_broken_json_are_refused() -> None:
     assert [(p.line, p.column, p.message) for p in broken] == [
         (3, 1, "not valid JSON: Expecting property name enclosed in double quotes")
     ]
+
+
+def test_a_dependency_from_a_path_outside_the_source_is_refused() -> None:
+    package = {"dependencies": {"inside": "file:vendor/x.tgz", "outside": "file:../../secrets", "home": "~/lib"}}
+    files = PackageFiles(Path("/p/functions/f"), json.dumps(package, indent=2), None)
+    messages = [p.message for p in package_problems(files, NODE)]
+    assert messages[:2] == [
+        "dependencies.home: '~/lib' lies outside the function's source directory, and only that directory goes "
+        "into the image",
+        "dependencies.outside: 'file:../../secrets' lies outside the function's source directory, and only that "
+        "directory goes into the image",
+    ]
+    assert len(messages) == 3 and "no package-lock.json" in messages[2]
