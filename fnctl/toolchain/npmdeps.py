@@ -57,7 +57,8 @@ def _install(source: Path, target: Path, on_line: OnLine) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
         # the whole source (node_modules left out), so that `file:vendor/x.tgz` is found where it is said to be
-        for path in source_files(source):
+        # and no .npmrc: npm's settings are fnctl's (a project .npmrc can name programs npm runs, such as `git`)
+        for path in (p for p in source_files(source) if p.name != ".npmrc"):
             target_path = staging / path.relative_to(source)
             target_path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target_path)

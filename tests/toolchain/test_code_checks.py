@@ -239,6 +239,8 @@ def test_native_addon_without_a_linux_x64_binary_is_refused(
         check=True,
         capture_output=True,
     )
+    # a project .npmrc fnctl must not use: were it read, npm ci would install nothing (and find no addon)
+    (source / ".npmrc").write_text("dry-run=true\n")
     root = project(tmp_path, {"addon": ("typescript", "main.handler", {})})
     done = subprocess.run(
         [sys.executable, "-m", "fnctl", "validate"],
