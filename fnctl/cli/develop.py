@@ -16,9 +16,11 @@ app = typer.Typer()
 
 @app.command()
 def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
-    """Check manifests against the schemas and the semantic rules; report every problem at once.
+    """Check manifests against the schemas and the semantic rules, and each Node.js or TypeScript function's code
+    (type and syntax errors, the handler's export, package.json and its lock); report every problem at once.
 
-    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message.
+    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message (a problem in a code
+    file: FILE:LINE:COL: message).
 
     Example: fnctl validate manifests/ -o json
     """
