@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from fnctl.manifest.diagnostics import Diagnostic, Position, sorted_diagnostics
@@ -29,7 +30,7 @@ def validate_project(
     diagnostics = list(result.diagnostics)
     for function in result.state.functions:
         diagnostics += code_diagnostics(function, result.diagnostics, on_line)
-    return ValidationResult(result.state, sorted_diagnostics(diagnostics), result.files)
+    return replace(result, diagnostics=sorted_diagnostics(diagnostics))  # its warnings (and the rest) kept
 
 
 def code_diagnostics(function: Function, found: list[Diagnostic], on_line: OnLine) -> list[Diagnostic]:

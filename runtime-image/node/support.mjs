@@ -2,8 +2,9 @@
 // capture, errors, `context.db`, handler loading and calling, results. Node's standard library only.
 
 import { AsyncLocalStorage } from "node:async_hooks";
-import { lstatSync } from "node:fs";
+import { lstatSync, readFileSync } from "node:fs";
 import path from "node:path";
+import vm from "node:vm";
 import { pathToFileURL, fileURLToPath } from "node:url";
 
 const PROTOCOL = 1;
@@ -273,7 +274,13 @@ function resolveHandler(spec, codeDir) {
 
 async function loadHandler(config) {
   const { file, attr } = resolveHandler(config.handler, config.codeDir);
-  const module = await import(pathToFileURL(file).href);
+  let module;
+  try {
+    module = await import(pathToFileURL(file).href);
+  } catch (error) {
+    if (error instanceof SyntaxError && !/^\s+at (?!.*node:)/m.test(error.stack ?? "")) locateSyntaxError(error, file, config);
+    throw error;
+  }
   const fn = module[attr] ?? module.default?.[attr];
   if (fn === undefined) {
     const error = new Error(`handler ${JSON.stringify(config.handler)} not found: ${path.basename(file)} exports no ${JSON.stringify(attr)}`);
@@ -282,6 +289,24 @@ async function loadHandler(config) {
   }
   if (typeof fn !== "function") throw new TypeError(`handler ${JSON.stringify(config.handler)} is not a function`);
   return fn;
+}
+
+/** A syntax error from `import()` carries no position Node lets us read. Compiling a CommonJS file as a
+ * script finds it (file, line and the code with a caret); an ES module's gets the file loaded named. */
+function locateSyntaxError(error, file, config) {
+  const shown = path.relative(config.codeDir, file);
+  try {
+    // Without Node's CommonJS wrapper, so the code shown is the file's own line (the message must match:
+    // what compiles differently outside the wrapper, a top-level return, is not taken for the cause).
+    new vm.Script(readFileSync(file, "utf8"), { filename: file });
+  } catch (found) {
+    if (found instanceof SyntaxError && found.message === error.message && typeof found.stack === "string") {
+      error.stack = `${found.stack.split("\n\n")[0]}\n\n${error.name}: ${error.message}`;
+      return;
+    }
+  }
+  error.message += ` (loading ${shown} or a module it imports)`;
+  error.stack = `${error.name}: ${error.message}`;
 }
 
 /** Call the handler in any of its styles; a promise of its result. */

@@ -8,13 +8,22 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 import yaml
-from sandbox_handlers.harness import MIB, cleanup, container_gone, find_function, project_name, wait_until
+from sandbox_handlers.harness import (
+    MIB,
+    cleanup,
+    container_gone,
+    find_function,
+    project_containers,
+    project_name,
+    wait_until,
+)
 
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance
@@ -168,6 +177,40 @@ def test_node_runs_under_gvisor(start: Start) -> None:
     data = dockerio.inspect_container(instance.container_id)
     assert data["HostConfig"]["Runtime"] == "runsc"
     assert [(c.name, c.detail) for c in check_container(data) if not c.ok] == []
+
+
+# Code that cannot load, written at test time (kept out of the repository, where tools would parse it) into a
+# source no manifest names: only the runtime ever sees it.
+BROKEN = {
+    "syntax.cjs": "const handler = (event;\nmodule.exports = { handler };\n",
+    "syntax.mjs": "export const handler = (event;\n",
+    "throws.cjs": "const ready = false;\nthrow new TypeError(`not ready: ${ready}`);\n",
+}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("handler", "message", "detail"),
+    [
+        ("syntax.cjs:handler", "SyntaxError: Unexpected token ';'", "syntax.cjs:1\nconst handler = (event;\n"),
+        ("syntax.mjs:handler", "SyntaxError: Unexpected token ';' (loading syntax.mjs or a module it imports)", ""),
+        ("throws.cjs:handler", "TypeError: not ready: false", "throws.cjs:2:7"),
+    ],
+)
+def test_code_that_cannot_load_fails_the_start_with_where(
+    project: Project, docker_client: docker.DockerClient, handler: str, message: str, detail: str
+) -> None:
+    source = project.root / "functions" / "broken"
+    source.mkdir(exist_ok=True)
+    for name, text in BROKEN.items():
+        (source / name).write_text(text)
+    image = images.ensure_image(project.name, "broken", source, project.base_image, runtime_name="nodejs22").tag
+    function = replace(find_function(project, "plain-style"), handler=handler)
+    with pytest.raises(instances.StartFailed) as failed:
+        instances.start(function, image=image, revision="test", labels=labels(project.name, "broken"), secret_values={})
+    assert message in failed.value.message
+    assert detail in (failed.value.detail or "") and "runtime.mjs" not in (failed.value.detail or "")
+    assert project_containers(docker_client, project.name) == []  # the failed instance was removed
 
 
 @pytest.mark.docker
