@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from fnctl.manifest import validate
 from fnctl.manifest.diagnostics import Diagnostic, Position, sorted_diagnostics
 from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project
-from fnctl.manifest import validate
 from fnctl.manifest.validate import ValidationResult
 from fnctl.runtimes import OnLine, runtime_for
 
