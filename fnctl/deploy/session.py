@@ -18,7 +18,7 @@ from fnctl.errors import BadInput
 from fnctl.gitops.gitrepo import WorkTree, work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import Project
-from fnctl.manifest.validate import validate_paths
+from fnctl.runtimes.validation import validate_project
 from fnctl.state.store import Store, connect, default_path
 
 Progress = Callable[[str], None]
@@ -97,7 +97,7 @@ def desired_state(
     project: Project, store: Store, paths: list[Path] | None
 ) -> tuple[list[DeploySpec], dict[str, dict[str, str]], DesiredState]:
     """As `desired_specs`, plus the whole desired state (its triggers, views and policies)."""
-    result = validate_paths(project, paths)
+    result = validate_project(project, paths)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
     # Functions without secrets carry a per-store constant (what the salt's hash was, before the salt left the

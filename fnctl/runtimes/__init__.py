@@ -23,6 +23,7 @@ from typing import Protocol
 from fnctl.errors import BadInput
 from fnctl.runtimes.node import NODEJS, TYPESCRIPT
 from fnctl.runtimes.python import PYTHON
+from fnctl.toolchain.problems import CodeProblem
 
 OnLine = Callable[[str], None]
 
@@ -70,6 +71,11 @@ class Runtime(Protocol):
 
     def handler_problem(self, source: Path, handler: str) -> str | None:
         """Why `handler` cannot be found in `source`, or None; from reading the code, never running it."""
+        ...
+
+    def code_problems(self, source: Path, handler: str, on_line: OnLine) -> list[CodeProblem]:
+        """Problems of the code itself, for `fnctl validate`, each at its FILE:LINE:COL (type and syntax errors,
+        the handler's export, package files); called once `handler_problem` found the handler's file."""
         ...
 
     def content_key(self, source: Path) -> str:

@@ -20,12 +20,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fnctl.errors import BuildFailed
 from fnctl.manifest.schemas import data_dir
-from fnctl.manifest.source import code_hash
 from fnctl.runtimes.files import OnLine, copy_code
+from fnctl.toolchain import nodebuild
+from fnctl.toolchain.problems import CodeProblem
 
 NODE_MAJOR = "22"
+NODE_VERSION = (22, 23, 5)  # as scripts/build-node-image.sh pins it; package.json's engines.node must admit it
 DEFAULT_NODE_BASE_IMAGE = "fnctl-node-base:bookworm"
 JS_SUFFIXES = (".js", ".mjs", ".cjs")
 TS_SUFFIXES = (".ts", ".mts", ".cts")
@@ -81,7 +82,14 @@ class NodeRuntime:
         return f"handler file not found in the source directory (looked for {', '.join(candidates)})"
 
     def content_key(self, source: Path) -> str:
-        return code_hash(source)
+        return nodebuild.content_key(source, self.typescript)
+
+    def code_problems(self, source: Path, handler: str, on_line: OnLine) -> list[CodeProblem]:
+        candidates, attr = handler_candidates(handler, self.typescript)
+        file = next(source / c for c in candidates if (source / c).is_file())  # handler_problem found it
+        return nodebuild.code_problems(
+            source, file, attr, typescript=self.typescript, node=NODE_VERSION, on_line=on_line
+        )
 
     def stage(self, source: Path, context: Path, on_line: OnLine) -> None:
         code, deps = context / "code", context / "deps"
@@ -93,15 +101,13 @@ class NodeRuntime:
 
     def compile(self, source: Path, code: Path, on_line: OnLine) -> None:
         """Compile the TypeScript of `source` into `code` (each `X.ts` to `compiled_name(X.ts)`, ESM for Node
-        22, dependencies left external). The host-side toolchain (esbuild, tsc) fills this in."""
-        raise BuildFailed(f"the {self.name} runtime cannot compile TypeScript yet (no compiler is wired in)")
+        22, dependencies left external), type-checked first (fnctl.toolchain)."""
+        nodebuild.compile_typescript(source, code, on_line)
 
     def install_dependencies(self, source: Path, deps: Path, on_line: OnLine) -> None:
         """Install `package-lock.json`'s production dependencies into `deps` (it becomes /var/task/node_modules).
-        The host-side toolchain (npm ci) fills this in; until then a function with dependencies is refused."""
-        manifest = source / "package.json"
-        if manifest.is_file() and re.search(r'"dependencies"\s*:\s*\{\s*"', manifest.read_text(encoding="utf-8")):
-            raise BuildFailed(f"the {self.name} runtime cannot install package.json dependencies yet")
+        npm ci on the host for linux-x64, cached by the lock's hash (fnctl.toolchain)."""
+        nodebuild.install_dependencies(source, deps, on_line)
 
 
 NODEJS = NodeRuntime(f"nodejs{NODE_MAJOR}", typescript=False)

@@ -10,6 +10,7 @@ from fnctl.manifest.checks import handler_problem
 from fnctl.manifest.schemas import data_dir
 from fnctl.manifest.source import code_hash
 from fnctl.runtimes.files import OnLine, copy_code
+from fnctl.toolchain.problems import CodeProblem
 
 PYTHON_VERSION = "3.11"
 
@@ -33,6 +34,9 @@ class PythonRuntime:
 
     def handler_problem(self, source: Path, handler: str) -> str | None:
         return handler_problem(str(source), handler)
+
+    def code_problems(self, source: Path, handler: str, on_line: OnLine) -> list[CodeProblem]:
+        return []  # the manifest checks parse Python handlers (manifest.checks)
 
     def content_key(self, source: Path) -> str:
         return code_hash(source)

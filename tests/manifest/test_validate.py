@@ -80,13 +80,14 @@ def test_the_repository_examples_validate(monkeypatch: pytest.MonkeyPatch) -> No
     assert lines(result) == []
     assert {f.name for f in result.state.functions} == {
         "hello",
+        "greet",
         "orders",
         "order-book",
         "stats-canary",
         "stats-bluegreen",
         "stats-ab",
     }
-    assert len(result.files) == 3
+    assert len(result.files) == 4
 
 
 def test_the_project_default_manifests_validate(monkeypatch: pytest.MonkeyPatch) -> None:
