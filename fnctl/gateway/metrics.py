@@ -67,6 +67,18 @@ class Metrics:
         self._pending: dict[tuple[str, int, int], Second] = {}
         self._lock = threading.Lock()  # observe (event loop) against flush (a worker thread)
         self._last_prune = 0.0
+        # view → [hits, misses, invalidations]; invalidations are counted on the data thread (a += on a list
+        # item under the GIL: a lost count at worst, never a broken one)
+        self.views: dict[str, list[int]] = {}
+
+    def view(self, name: str, hits: int = 0, misses: int = 0, invalidations: int = 0) -> None:
+        """A view answered from its cache (hit) or computed (miss), or entries of it evicted by writes."""
+        counts = self.views.get(name)
+        if counts is None:
+            counts = self.views.setdefault(name, [0, 0, 0])
+        counts[0] += hits
+        counts[1] += misses
+        counts[2] += invalidations
 
     def observe(self, function: str, revision: int, status: int, latency_s: float, cold_start: bool) -> None:
         """One answered invocation of `revision`."""
@@ -210,6 +222,21 @@ class _Collector(Collector):
         for key, count in list(m.denials.items()):
             denied.add_metric(list(key), count, created=m.denials_created[key])
         yield denied
+        families = [
+            CounterMetricFamily("fnctl_view_hits", "View reads answered from the cache.", labels=["view"]),
+            CounterMetricFamily("fnctl_view_misses", "View reads that ran the view's function.", labels=["view"]),
+            CounterMetricFamily(
+                "fnctl_view_invalidations", "Cached view entries evicted by writes that overlap them.", labels=["view"]
+            ),
+        ]
+        ratio = GaugeMetricFamily("fnctl_view_hit_ratio", "Hits / (hits + misses) since start.", labels=["view"])
+        for name, counts in list(m.views.items()):
+            for family, value in zip(families, counts, strict=True):
+                family.add_metric([name], value)
+            reads = counts[0] + counts[1]
+            ratio.add_metric([name], counts[0] / reads if reads else 0.0)
+        yield from families
+        yield ratio
 
 
 def _gauge(name: str, documentation: str, values: dict[tuple[str, int], int]) -> GaugeMetricFamily:
