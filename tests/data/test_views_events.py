@@ -43,6 +43,8 @@ def summary(event, context):
 
 
 def one(event, context):
+    if event["id"] == "boom":
+        raise RuntimeError("this view fails")
     try:
         doc = context.db["orders"].get(event["id"])
     except context.db.NotFound:
@@ -290,6 +292,38 @@ def test_fnctl_view_get_and_the_view_metrics(live: Live) -> None:
     assert hits and float(hits[0].split()[-1]) >= 1
     assert 'fnctl_view_invalidations_total{view="summary-view"}' in text
     assert 'fnctl_view_hit_ratio{view="summary-view"}' in text
+
+
+def _metric(live: Live, name: str, view: str) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    found = [line for line in text.splitlines() if line.startswith(f'{name}{{view="{view}"}}')]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_concurrent_misses_compute_once_and_errors_are_not_cached(live: Live) -> None:
+    before = _metric(live, "fnctl_view_misses_total", "one-view")
+
+    async def main() -> list[tuple[int, str]]:
+        admin = {"Authorization": f"Bearer {live.tokens['admin']}"}
+        async with aiohttp.ClientSession(headers=admin) as client:
+
+            async def read() -> tuple[int, str]:
+                async with client.get(f"http://127.0.0.1:{live.port}/v1/views/one-view?id=single") as response:
+                    await response.read()
+                    return response.status, response.headers["X-Fnctl-View-Cache"]
+
+            return await asyncio.gather(*(read() for _ in range(12)))
+
+    answers = asyncio.run(main())
+    assert all(status == 200 for status, _ in answers)
+    assert _metric(live, "fnctl_view_misses_total", "one-view") - before == 1  # one computation for all twelve
+    first = live.view("one-view", id="boom")
+    assert (first[0], first[2]) == (500, "miss")
+    second = live.view("one-view", id="boom")
+    assert (second[0], second[2]) == (500, "miss")  # not cached: computed again
 
 
 def test_never_a_stale_read_under_concurrent_writers_and_readers(live: Live) -> None:
