@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -87,8 +87,10 @@ class Dispatcher:
         *,
         poll: float = 1.0,
         concurrency: int = 32,
+        paused: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.broker, self._deliver, self._triggers = broker, deliver, triggers
+        self._paused = paused  # triggers whose events wait (kept pending, attempts untouched)
         self.poll = poll
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
@@ -110,7 +112,8 @@ class Dispatcher:
         while not stop.is_set():
             self._wake.clear()
             try:
-                due = await self.broker.run(lambda: store.outbox_due(time.time(), ROUND))
+                paused = tuple(self._paused())
+                due = await self.broker.run(partial(store.outbox_due, time.time(), ROUND, paused))
                 if due:
                     await self._round(due)
                 if time.time() - self._pruned > PRUNE_EVERY:

@@ -274,6 +274,10 @@ class Views:
             text = json.dumps(table.policies, sort_keys=True, separators=(",", ":"))
             self._policies = (table.policies, text, hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
         if self._depends is not table.views:
+            if self._depends is not None and self._depends != table.views:
+                # A view changed (its function, dependsOn, cache): entries made under the old definition could
+                # collide with the new one's keys (revisions are numbered per function), so none is kept.
+                self.cache.clear()
             self._depends = table.views
             self.cache.set_depends({v: tuple(s.get("dependsOn") or ()) for v, s in table.views.items()})
         cache = spec.get("cache") if isinstance(spec, Mapping) else None

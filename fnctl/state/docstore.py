@@ -220,8 +220,8 @@ class DocStore:
         row = self._db().execute("SELECT MAX(seq) FROM changes").fetchone()
         return int(row[0] or 0)
 
-    def outbox_due(self, now: float, limit: int, skip: Iterable[tuple[str, int]] = ()) -> list[outbox.OutboxEvent]:
-        return outbox.due(self._db(), now, limit, skip)
+    def outbox_due(self, now: float, limit: int, paused: Iterable[str] = ()) -> list[outbox.OutboxEvent]:
+        return outbox.due(self._db(), now, limit, paused)
 
     def outbox_settle(
         self, delivered: Sequence[tuple[str, int]], failed: Sequence[tuple[str, int, int, float | None, str]]

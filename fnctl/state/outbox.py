@@ -39,18 +39,18 @@ _SELECT = (
 )
 
 
-def due(db: sqlite3.Connection, now: float, limit: int, skip: Iterable[tuple[str, int]] = ()) -> list[OutboxEvent]:
+def due(db: sqlite3.Connection, now: float, limit: int, paused: Iterable[str] = ()) -> list[OutboxEvent]:
     """Pending events whose time has come, oldest first, each the oldest pending event of its document for its
-    trigger (a later one waits until the earlier is delivered or dead); `skip`: events in delivery already."""
-    skipped = set(skip)
+    trigger (a later one waits until the earlier is delivered or dead); the events of `paused` triggers wait."""
+    held = sorted(set(paused))
+    cond = f" AND o.trigger NOT IN ({', '.join('?' * len(held))})" if held else ""
     rows = db.execute(
-        f"{_SELECT} WHERE o.state = 'pending' AND o.next_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox p "
+        f"{_SELECT} WHERE o.state = 'pending' AND o.next_at <= ?{cond} AND NOT EXISTS (SELECT 1 FROM outbox p "
         "WHERE p.state = 'pending' AND p.trigger = o.trigger AND p.tenant = o.tenant AND p.collection = o.collection "
         "AND p.doc_id = o.doc_id AND p.seq < o.seq) ORDER BY o.seq LIMIT ?",
-        (now, limit + len(skipped)),
+        (now, *held, limit),
     ).fetchall()
-    events = [OutboxEvent(*row) for row in rows]
-    return [e for e in events if (e.trigger, e.seq) not in skipped][:limit]
+    return [OutboxEvent(*row) for row in rows]
 
 
 def settle(

@@ -80,6 +80,7 @@ def test_due_takes_a_documents_events_in_order(plane: DataPlane) -> None:
         ("ship", "o1", "insert"),
         ("ship", "o2", "insert"),
     ]
+    assert {e.trigger for e in store.outbox_due(time.time(), 100, paused=["mail"])} == {"ship"}  # mail waits
     ship_o1 = next(e for e in first if (e.trigger, e.doc_id) == ("ship", "o1"))
     store.outbox_settle([("ship", ship_o1.seq)], [])
     second = store.outbox_due(time.time(), 100)
