@@ -4,7 +4,10 @@ stale, query arguments; and the onCommit dispatcher's retry decisions."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fnctl.data.committed import Committed
 from fnctl.gateway.dispatcher import next_attempt, retry_policy
@@ -173,3 +176,19 @@ def test_retry_policy_and_backoff() -> None:
     assert next_attempt(2, 3, 0.2, 100.0) == 100.4
     assert next_attempt(3, 3, 0.2, 100.0) is None  # the last attempt failed: a dead letter
     assert next_attempt(30, 100, 1.0, 0.0) == 300.0  # capped
+
+
+def test_the_cache_size_comes_from_fnctl_toml(tmp_path: Path) -> None:
+    from fnctl.errors import BadInput
+    from fnctl.gateway.serve import view_cache_bytes
+    from fnctl.gateway.views import DEFAULT_CACHE_BYTES
+    from fnctl.manifest.project import load_project
+
+    config = tmp_path / "fnctl.toml"
+    config.write_text('[project]\nname = "p"\n')
+    assert view_cache_bytes(load_project(tmp_path)) == DEFAULT_CACHE_BYTES
+    config.write_text('[project]\nname = "p"\n\n[views]\ncacheSize = "8Mi"\n')
+    assert view_cache_bytes(load_project(tmp_path)) == 8 * 2**20
+    config.write_text('[project]\nname = "p"\n\n[views]\ncacheSize = "lots"\n')
+    with pytest.raises(BadInput, match="views: cacheSize"):
+        view_cache_bytes(load_project(tmp_path))
