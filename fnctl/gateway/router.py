@@ -226,8 +226,8 @@ class Table:
     functions: dict[str, FunctionRoute]
     http: tuple[HttpRoute, ...]
     policies: dict[str, dict[str, Any]]
-    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # View resources: name → spec
-    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # every Trigger resource: name → spec
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Trigger resources, as written
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # the View resources, as written
 
     @property
     def routes(self) -> dict[str, dict[int, int]]:
@@ -300,6 +300,6 @@ def build_table(
         functions,
         http_routes(triggers),
         {k: dict(v) for k, v in policies.items()},
-        {k: dict(v) for k, v in (views or {}).items()},
         {k: dict(v) for k, v in triggers.items()},
+        {k: dict(v) for k, v in (views or {}).items()},
     )

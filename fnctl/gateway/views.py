@@ -225,6 +225,8 @@ class Views:
     def _land(self, key: ViewKey, flight: _Flight) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+        if not flight.task.cancelled():
+            flight.task.exception()  # retrieved: its readers may all have gone (they were answered or not)
 
     async def _compute(
         self, call: Call, info: router.RevisionInfo, event: Any, principal: Principal, key: ViewKey, spec: Any
