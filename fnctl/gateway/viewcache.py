@@ -195,6 +195,17 @@ class ViewCache:
             self._by_collection.clear()
             self.bytes = 0
 
+    def reset(self) -> None:
+        """Forget everything, as if every entry had been overlapped: the entries, and the results of
+        computations in progress (they will not be stored). For a backlog of changes too long to go through."""
+        with self._lock:
+            self._entries.clear()
+            self._by_collection.clear()
+            self.bytes = 0
+            self.generation += 1
+            self._recent.clear()
+            self._forgotten = self.generation
+
     def _drop(self, entry: Entry) -> None:
         """Remove an entry (the lock held)."""
         if self._entries.pop(entry.key, None) is None:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fnctl.gateway")
 DEFAULT_CACHE_BYTES = 64 * 2**20
 TAIL_BATCH = 1000
+TAIL_MAX = 20_000  # changes of other processes worth going through one by one; beyond, the cache starts afresh
 CACHE_HEADER = "X-Fnctl-View-Cache"  # hit | miss
 
 
@@ -145,6 +146,11 @@ class Views:
         if version == self._version:
             return
         self._version = version
+        last = store.last_seq()
+        if last - self._tailed > TAIL_MAX:  # e.g. after `fnctl data import`: cheaper to forget than to sift
+            self.cache.reset()
+            self._tailed = last
+            return
         while True:
             rows = store.changes_after(self._tailed, TAIL_BATCH)
             if not rows:

@@ -192,3 +192,13 @@ def test_the_cache_size_comes_from_fnctl_toml(tmp_path: Path) -> None:
     config.write_text('[project]\nname = "p"\n\n[views]\ncacheSize = "lots"\n')
     with pytest.raises(BadInput, match="views: cacheSize"):
         view_cache_bytes(load_project(tmp_path))
+
+
+def test_reset_forgets_entries_and_computations_in_progress() -> None:
+    cache = ViewCache(1 << 20)
+    cache.put(_key(args={"a": 1}), b"x", ReadSet(), cache.start(), None)
+    started = cache.start()
+    cache.reset()
+    assert cache.get(_key(args={"a": 1}), 0) is None and cache.bytes == 0
+    assert not cache.put(_key(args={"b": 1}), b"y", ReadSet(), started, None)  # began before the reset
+    assert cache.put(_key(args={"b": 1}), b"y", ReadSet(), cache.start(), None)
