@@ -37,7 +37,7 @@ from fnctl.data.filters import matches
 from fnctl.data.rights import read_rule, readable_collections
 from fnctl.data.txn import Txn
 from fnctl.manifest.model import Collection, Policy
-from fnctl.state.docrecords import ChangeRow
+from fnctl.state.docrecords import ChangeRow, GroupItem, StoredDoc
 from fnctl.state.docstore import DocStore
 
 COLLECTIONS_TTL = 1.0  # seconds a DataPlane trusts its copy of the collections' definitions
@@ -274,6 +274,15 @@ class DataPlane:
         return out
 
     # -- used by Txn -----------------------------------------------------------------------------------
+
+    def commit_item(self, item: GroupItem) -> list[StoredDoc | None]:
+        """One transaction's commit in the store (with its outbox rows), then its changes to the listeners."""
+        logged: list[ChangeRow] = []
+        stored = self.store.commit(
+            item.tenant, item.reads, item.finds, item.writes, item.meta, self.outbox_routes(), logged
+        )
+        self.committed(logged)
+        return stored
 
     def outbox_routes(self) -> Mapping[str, Sequence[str]] | None:
         return None if self._outbox is None else self._outbox()

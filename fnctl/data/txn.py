@@ -6,7 +6,7 @@ one short write transaction of the store (`commit`). The write lock is never hel
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 from fnctl.data.caller import Caller
@@ -30,7 +30,7 @@ from fnctl.data.filters import And, Filter, is_always, matches, parse
 from fnctl.data.ordering import decode_cursor, encode_cursor, order_keys, with_own_writes
 from fnctl.data.rights import read_rule, write_rule
 from fnctl.manifest.model import Policy
-from fnctl.state.docrecords import ChangeRow, GroupItem, Query, StoredDoc, timestamp
+from fnctl.state.docrecords import GroupItem, Query, StoredDoc, timestamp
 from fnctl.state.docstore import DocStore
 
 
@@ -44,9 +44,7 @@ class TxnHost(Protocol):
 
     def audit_call(self, caller: Caller, action: str, target: str) -> None: ...
 
-    def outbox_routes(self) -> Mapping[str, Sequence[str]] | None: ...
-
-    def committed(self, rows: Sequence[ChangeRow]) -> None: ...
+    def commit_item(self, item: GroupItem) -> list[StoredDoc | None]: ...
 
 
 class Txn:
@@ -372,14 +370,10 @@ class Txn:
         item = self._prepare()
         if item is None:
             return []
-        logged: list[ChangeRow] = []
         try:
-            stored = self.plane.store.commit(
-                item.tenant, item.reads, item.finds, item.writes, item.meta, self.plane.outbox_routes(), logged
-            )
+            stored = self.plane.commit_item(item)
         except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
             return self._finish(exc)
-        self.plane.committed(logged)
         return self._finish(stored)
 
     def _prepare(self) -> GroupItem | None:
