@@ -43,6 +43,8 @@ def summary(event, context):
 
 
 def one(event, context):
+    if event.get("write"):  # for `invoke --local --data-from`: a write to the live data file
+        return context.db["orders"].insert({"customer": "local", "total": 0}, id=event["write"])
     if event["id"] == "boom":
         raise RuntimeError("this view fails")
     try:
@@ -189,7 +191,8 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("views") / "project"
     project = make_project(root, docker_client, base_image)
-    proc = None
+    proc: subprocess.Popen[bytes] | None = None
+    live: Live | None = None
     try:
         port = _free_port()
         with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
@@ -209,9 +212,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             for name, role in (("admin", "reader"), ("alice", "customer"), ("bob", "customer")):
                 key, secret = keys.create(store, name, (role,), None, "test")
                 tokens[name], subjects[name] = secret, f"key:{key.id}"
-        proc = start_gateway(project, port)
-        yield Live(project, port, tokens, subjects, proc)
+        live = Live(project, port, tokens, subjects, start_gateway(project, port))
+        yield live
     finally:
+        if live is not None:
+            proc = live.proc  # the kill -9 test starts another gateway: stop the one running now
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
@@ -396,6 +401,11 @@ def test_retries_end_in_a_dead_letter_that_replay_delivers(live: Live) -> None:
     result = live.project.fnctl("events", "ls", "--status", "bogus")
     assert result.code == 2 and "pending, delivered" in result.text
     assert "events-replay" in live.project.ok("audit").out
+
+
+def test_invoke_local_on_the_live_data_file_queues_on_commit_events(live: Live) -> None:
+    live.project.ok("invoke", "--local", "one", "--data-from", str(live.project.state), "-d", '{"write": "loc-1"}')
+    until(lambda: "loc-1" in {d["data"]["doc"] for d in live.seen().values()}, "the local write's event delivered")
 
 
 def test_on_commit_survives_kill_9_of_the_gateway(live: Live) -> None:
