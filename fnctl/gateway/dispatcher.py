@@ -83,13 +83,14 @@ class Dispatcher:
         self,
         broker: Broker,
         deliver: Deliver,
-        triggers: Callable[[], Mapping[str, Mapping[str, Any]]],
+        triggers: Callable[[], Mapping[str, Mapping[str, Any]] | None],
         *,
         poll: float = 1.0,
         concurrency: int = 32,
         paused: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        self.broker, self._deliver, self._triggers = broker, deliver, triggers
+        self.broker, self._deliver = broker, deliver
+        self._triggers = triggers  # the Trigger resources; None until the gateway has read its table
         self._paused = paused  # triggers whose events wait (kept pending, attempts untouched)
         self.poll = poll
         self._slots = asyncio.Semaphore(concurrency)
@@ -112,10 +113,15 @@ class Dispatcher:
         while not stop.is_set():
             self._wake.clear()
             try:
+                triggers = self._triggers()
                 paused = tuple(self._paused())
-                due = await self.broker.run(partial(store.outbox_due, time.time(), ROUND, paused))
-                if due:
-                    await self._round(due)
+                due = (
+                    []
+                    if triggers is None
+                    else await self.broker.run(partial(store.outbox_due, time.time(), ROUND, paused))
+                )
+                if due and triggers is not None:
+                    await self._round(due, triggers)
                 if time.time() - self._pruned > PRUNE_EVERY:
                     self._pruned = time.time()
                     delivered, dead = self._pruned - DELIVERED_RETENTION, self._pruned - DEAD_RETENTION
@@ -129,8 +135,7 @@ class Dispatcher:
                 for waiting in waits:
                     waiting.cancel()
 
-    async def _round(self, due: Sequence[OutboxEvent]) -> None:
-        triggers = self._triggers()
+    async def _round(self, due: Sequence[OutboxEvent], triggers: Mapping[str, Mapping[str, Any]]) -> None:
         outcomes = await asyncio.gather(*(self._one(event, triggers.get(event.trigger)) for event in due))
         delivered, failed = [], []
         now = time.time()
