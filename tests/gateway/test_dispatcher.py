@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,9 @@ def _run(
         task = asyncio.create_task(dispatcher.run(stop))
         for id, n in writes:
             if id == "same":  # one document written again and again
-                await broker.run(lambda n=n: broker.plane.replace(OP, "orders", "same", {"n": n}))
+                await broker.run(partial(broker.plane.replace, OP, "orders", "same", {"n": n}))
             else:
-                await broker.run(lambda id=id, n=n: broker.plane.insert(OP, "orders", {"n": n}, id=f"{id}-{n}"))
+                await broker.run(partial(broker.plane.insert, OP, "orders", {"n": n}, id=f"{id}-{n}"))
         deadline = time.monotonic() + 10
         while len(attempts) < until_done and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
