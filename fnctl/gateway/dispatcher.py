@@ -26,6 +26,7 @@ from typing import Any
 
 from fnctl.data.committed import Committed
 from fnctl.gateway.broker import Broker
+from fnctl.gateway.metrics import Metrics
 from fnctl.manifest.units import parse_duration
 from fnctl.state.outbox import OutboxEvent
 
@@ -88,7 +89,9 @@ class Dispatcher:
         poll: float = 1.0,
         concurrency: int = 32,
         paused: Callable[[], Iterable[str]] = tuple,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.broker, self._deliver = broker, deliver
         self._triggers = triggers  # the Trigger resources; None until the gateway has read its table
         self._paused = paused  # triggers whose events wait (kept pending, attempts untouched)
@@ -153,6 +156,11 @@ class Dispatcher:
             failed.append((event.trigger, event.seq, attempts, when, error))
         store = self.broker.plane.store
         await self.broker.run(lambda: store.outbox_settle(delivered, failed))
+        if self.metrics is not None:
+            for trigger, _ in delivered:
+                self.metrics.event(trigger, delivered=1)
+            for trigger, _, _, when, _ in failed:
+                self.metrics.event(trigger, failed=1, dead=int(when is None))
 
     async def _one(self, event: OutboxEvent, spec: Mapping[str, Any] | None) -> tuple[bool, str]:
         if spec is None or not isinstance(spec.get("function"), str):

@@ -70,6 +70,14 @@ class Metrics:
         # view → [hits, misses, invalidations]; invalidations are counted on the data thread (a += on a list
         # item under the GIL: a lost count at worst, never a broken one)
         self.views: dict[str, list[int]] = {}
+        self.events: dict[str, list[int]] = {}  # onCommit trigger → [delivered, failed attempts, dead letters]
+
+    def event(self, trigger: str, delivered: int = 0, failed: int = 0, dead: int = 0) -> None:
+        """onCommit deliveries of `trigger` (on the event loop): delivered, failed attempts, dead letters."""
+        counts = self.events.setdefault(trigger, [0, 0, 0])
+        counts[0] += delivered
+        counts[1] += failed
+        counts[2] += dead
 
     def view(self, name: str, hits: int = 0, misses: int = 0, invalidations: int = 0) -> None:
         """A view answered from its cache (hit) or computed (miss), or entries of it evicted by writes."""
@@ -237,6 +245,15 @@ class _Collector(Collector):
             ratio.add_metric([name], counts[0] / reads if reads else 0.0)
         yield from families
         yield ratio
+        events = [
+            CounterMetricFamily("fnctl_events_delivered", "onCommit events delivered.", labels=["trigger"]),
+            CounterMetricFamily("fnctl_events_failed", "onCommit delivery attempts that failed.", labels=["trigger"]),
+            CounterMetricFamily("fnctl_events_dead", "onCommit events that became dead letters.", labels=["trigger"]),
+        ]
+        for trigger, counts in list(m.events.items()):
+            for family, value in zip(events, counts, strict=True):
+                family.add_metric([trigger], value)
+        yield from events
 
 
 def _gauge(name: str, documentation: str, values: dict[tuple[str, int], int]) -> GaugeMetricFamily:

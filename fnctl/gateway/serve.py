@@ -248,7 +248,12 @@ def _dispatcher(gateway: Gateway) -> Dispatcher:
         detail = "" if outcome is None else f": {outcome.failure or ''} {outcome.message or ''}".rstrip()
         return False, f"status {status}{detail}"
 
-    return Dispatcher(gateway.broker, deliver, lambda: None if gateway.table is None else gateway.table.triggers)
+    return Dispatcher(
+        gateway.broker,
+        deliver,
+        lambda: None if gateway.table is None else gateway.table.triggers,
+        metrics=gateway.metrics,
+    )
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts

@@ -17,6 +17,7 @@ from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
 from fnctl.gateway.broker import Broker
 from fnctl.gateway.dispatcher import Dispatcher
+from fnctl.gateway.metrics import Metrics
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 
@@ -46,6 +47,7 @@ def _run(
     until_done: int,
     triggers: Mapping[str, Any] | None = TRIGGERS,
     paused: tuple[str, ...] = (),
+    metrics: Metrics | None = None,
 ) -> list[tuple[str, int, int]]:
     """Write (id, n) documents once the dispatcher runs; return the attempts made (id, n, attempt)."""
     attempts: list[tuple[str, int, int]] = []
@@ -58,7 +60,7 @@ def _run(
 
     async def main() -> None:
         stop = asyncio.Event()
-        dispatcher = Dispatcher(broker, deliver, lambda: triggers, poll=0.05, paused=lambda: paused)
+        dispatcher = Dispatcher(broker, deliver, lambda: triggers, poll=0.05, paused=lambda: paused, metrics=metrics)
         task = asyncio.create_task(dispatcher.run(stop))
         for id, n in writes:
             if id == "same":  # one document written again and again
@@ -89,10 +91,14 @@ def test_a_documents_events_go_out_in_order_even_when_one_is_retried(broker: Bro
 
 
 def test_a_failing_event_is_retried_then_dead(broker: Broker) -> None:
-    attempts = _run(broker, {"bad-0"}, [("bad", 0), ("good", 1)], 3)
+    metrics = Metrics()
+    attempts = _run(broker, {"bad-0"}, [("bad", 0), ("good", 1)], 3, metrics=metrics)
     assert sorted(a for a in attempts if a[0] == "bad-0") == [("bad-0", 0, 1), ("bad-0", 0, 2)]
     dead = broker.plane.store.outbox_list("dead", None, 10)
     assert [(e.doc_id, e.attempts, e.last_error) for e in dead] == [("bad-0", 2, "failed on purpose")]
+    text = metrics.render().decode()
+    assert 'fnctl_events_dead_total{trigger="ship"} 1.0' in text
+    assert 'fnctl_events_failed_total{trigger="ship"} 2.0' in text
 
 
 def test_nothing_is_attempted_before_the_gateway_has_its_table(broker: Broker) -> None:
