@@ -41,3 +41,14 @@ api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type
 api "http://127.0.0.1:$PORT/v1/collections/orders/docs?filter=%7B%22customer%22%3A%22ada%22%7D&order=customer,createdAt"
 api -X POST "http://127.0.0.1:$PORT/invoke/order-book" -H 'Content-Type: application/json' -d '{"customer": "ada"}'
 show data find orders '{"customer": "ada"}'
+
+# A view: order-book's answer cached per caller (X-Fnctl-View-Cache: miss, then hit) until a write overlaps
+# what it read; a query that does not match the function's `parameters` is a 400 naming the violation.
+view() { printf '\n\033[1m$ curl %s\033[0m\n' "$*"; curl -sS -D - -o /tmp/fnctl-demo-view.json -H "Authorization: Bearer $KEY" "$@" \
+    | grep -i '^x-fnctl-view-cache' || true; cat /tmp/fnctl-demo-view.json; echo; }
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -H 'Idempotency-Key: demo-order-3' -d '{"customer": "ada", "items": [{"sku": "c", "qty": 3, "price": 1}]}'
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada&colour=red"

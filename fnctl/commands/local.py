@@ -29,7 +29,7 @@ from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway.datacalls import CallSession, answer, call_failed, open_session, parse_policies
-from fnctl.gateway.router import DataSettings
+from fnctl.gateway.router import DataSettings, on_commit_routes
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Function, Policy, RunAs
@@ -112,7 +112,9 @@ class LocalData:
             if not data_from.exists():
                 raise BadInput(f"--data-from {data_from}: no state store there")
             documents = docstore.connect(docstore.data_path(data_from))
-            plane = DataPlane(documents, _store_policies(data_from))
+            policies_of, routes = _store_policies(data_from)
+            # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
+            plane = DataPlane(documents, policies_of, outbox=lambda: routes)
         else:
             documents = docstore.connect(local_data_path(project))
             policies = state.policies if state is not None else ()
@@ -190,14 +192,15 @@ def local_data_path(project: Project) -> Path:
     return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
 
 
-def _store_policies(state_file: Path) -> Callable[[], tuple[Policy, ...]]:
-    """The live Policies of the state store at `state_file`, read once."""
+def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
+    """The live Policies of the state store at `state_file` and its onCommit triggers by collection, read once."""
     store = connect_store(state_file)
     try:
         policies = parse_policies(store.resources("Policy"))
+        routes = on_commit_routes(store.resources("Trigger"))
     finally:
         store.close()
-    return lambda: policies
+    return (lambda: policies), routes
 
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:

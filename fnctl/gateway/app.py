@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.gateway.broker import Broker
     from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.pools import PoolManager
+    from fnctl.gateway.views import Views
 
 log = logging.getLogger("fnctl.gateway")
 # Fixed endpoints and the methods they answer: another method on them is a 405, not a 404.
@@ -84,6 +85,7 @@ class Gateway(RequestPipeline):
         self.pool_ready = False
         self.draining = False
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
+        self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
 
     # ---- handlers ----
 
@@ -217,11 +219,14 @@ class Gateway(RequestPipeline):
 
     # ---- invocations that do not come over HTTP (cron) ----
 
-    async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
-        """Run `function` for a trigger of the gateway itself (cron): routed, measured and audited like any
-        request, as the principal `trigger:<name>` with no roles. Returns (status, outcome or None)."""
+    async def invoke_internal(
+        self, function: str, event: Any, *, trigger: str, tenant: str | None = None
+    ) -> tuple[int, Outcome | None]:
+        """Run `function` for a trigger of the gateway itself (cron, onCommit): routed, measured and audited
+        like any request, as the principal `trigger:<name>` with no roles (in `tenant`: an onCommit event's
+        document's). Returns (status, outcome or None)."""
         call = Call(new_request_id(), function, trigger, None)
-        call.principal = Principal(f"trigger:{trigger}", (), None, PrincipalKind.ANONYMOUS)
+        call.principal = Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
@@ -277,6 +282,8 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
         from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
 
         DataApi(gateway, gateway.broker).add_routes(app)
+        if gateway.views is not None:
+            gateway.views.add_routes(app)
     for mount in mounts:
         mount(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)

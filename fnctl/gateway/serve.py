@@ -17,10 +17,13 @@ from typing import Any
 
 from fnctl.data.plane import DataPlane
 from fnctl.errors import BadInput
+from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
+from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
@@ -174,7 +177,19 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     )
     gateway.broker = data_broker(store_path, gateway)
     pool.call_handler = gateway.broker.handler_for
+    gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
     return gateway
+
+
+def view_cache_bytes(project: Project) -> int:
+    """fnctl.toml's `[views] cacheSize` (e.g. "64Mi"): the memory views' cached results may take."""
+    if not project.has_config:
+        return DEFAULT_CACHE_BYTES
+    section = read_config(project.root / CONFIG_FILE).get("views", {})
+    try:
+        return parse_size(section["cacheSize"]) if "cacheSize" in section else DEFAULT_CACHE_BYTES
+    except ValueError as exc:
+        raise BadInput(f"{project.root / CONFIG_FILE}: views: cacheSize: {exc}") from None
 
 
 def data_broker(store_path: Path, gateway: Gateway) -> Broker:
@@ -184,6 +199,7 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
         docstore.connect(docstore.data_path(store_path)),
         LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
         StateAudit(store_path),
+        outbox=lambda: router.EMPTY.on_commit if gateway.table is None else gateway.table.on_commit,
     )
     return Broker(plane)
 
@@ -208,6 +224,7 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
             store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
         )
         tasks += [
+            asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
             asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
             asyncio.create_task(cron.run(cron_stop)),
             asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
@@ -228,6 +245,25 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
         await _close(gateway)
         if stop_access is not None:
             stop_access()
+
+
+def _dispatcher(gateway: Gateway) -> Dispatcher:
+    """onCommit delivery through the gateway's invocation path."""
+    assert gateway.broker is not None
+
+    async def deliver(trigger: str, function: str, event: Any, tenant: str) -> tuple[bool, str]:
+        status, outcome = await gateway.invoke_internal(function, event, trigger=trigger, tenant=tenant)
+        if outcome is not None and outcome.ok and status == 200:
+            return True, ""
+        detail = "" if outcome is None else f": {outcome.failure or ''} {outcome.message or ''}".rstrip()
+        return False, f"status {status}{detail}"
+
+    return Dispatcher(
+        gateway.broker,
+        deliver,
+        lambda: None if gateway.table is None else gateway.table.triggers,
+        metrics=gateway.metrics,
+    )
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts

@@ -59,7 +59,9 @@ class StoreTable:
                     revision = store.revision(*key)
                     self._specs[key] = revision.spec if revision else {}
                 specs[key] = self._specs[key]
-        table = router.build_table(routes, specs, store.resources("Trigger"), store.resources("Policy"))
+        table = router.build_table(
+            routes, specs, store.resources("Trigger"), store.resources("Policy"), store.resources("View")
+        )
         self._version = version  # only once all of it was read: a failed read is retried next time
         self._mark = mark
         return table

@@ -53,6 +53,7 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
     for trigger in state.triggers:
         yield from _reference(trigger, ("spec", "function"), trigger.function, functions)
         yield from _trigger(trigger)
+        yield from _retry(trigger)
     for view in state.views:
         yield from _reference(view, ("spec", "function"), view.function, functions)
     for policy in state.policies:
@@ -375,6 +376,13 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America
             yield trigger, at + ("timezone",), f"unknown time zone {zone!r} (expected e.g. UTC or Europe/Paris)"
+
+
+def _retry(trigger: Trigger) -> Iterator[Finding]:
+    spec = trigger.document.data.get("spec") if trigger.document is not None else None
+    on_commit = trigger.type is TriggerType.DATA and trigger.config.get("event") == "onCommit"
+    if isinstance(spec, dict) and "retry" in spec and not on_commit:
+        yield trigger, ("spec", "retry"), "retry applies to onCommit triggers only (their events are retried)"
 
 
 def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:
