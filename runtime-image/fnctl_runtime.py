@@ -25,7 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
-import functools
+import gc
 import importlib
 import importlib.util
 import inspect
@@ -34,12 +34,10 @@ import itertools
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import stat
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -483,39 +481,78 @@ def host_listeners(directory: str, tried: set[str]) -> list[str]:
 # ---- invocation context -----------------------------------------------------------------------
 
 
-class Context:
-    """The handler's second argument."""
+class CognitoIdentity:
+    """`context.identity` as AWS Lambda shapes it. fnctl has no Cognito: both ids are None, as on Lambda for
+    any invocation that does not come from its mobile SDK (fnctl's caller is `context.caller`)."""
 
-    def __init__(self, conn: _Connection, invocation_id: str, deadline: float, caller: Any) -> None:
-        server = conn.server
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self) -> None:
+        self.cognito_identity_id: str | None = None
+        self.cognito_identity_pool_id: str | None = None
+
+
+class Context:
+    """The handler's second argument: fnctl's names, and AWS Lambda's beside them with fnctl's values
+    (docs/runtime.md): `aws_request_id` is the invocation id, `function_version` the revision,
+    `invoked_function_arn` an ARN-shaped `arn:fnctl:lambda:local:000000000000:function:NAME:REVISION`,
+    `memory_limit_in_mb` the sandbox's memory limit, `log_group_name` `/fnctl/NAME`, `log_stream_name`
+    `REVISION/<instance host name>`, `identity` without Cognito ids and `client_context` None."""
+
+    client_context = None
+
+    def __init__(self, server: Server, channel: Any, invocation_id: str, deadline: float, caller: Any) -> None:
         self.function_name = server.config.function
-        self.revision = server.config.revision
-        self.invocation_id = invocation_id
+        self.revision = self.function_version = server.config.revision
+        self.invocation_id = self.aws_request_id = invocation_id
         self.deadline = deadline
         self.caller: dict[str, Any] | None = caller if isinstance(caller, dict) else None
         self.logger = server.logger
+        self.memory_limit_in_mb = server.memory_limit_mb
+        self.invoked_function_arn, self.log_group_name, self.log_stream_name = server.lambda_names
+        self.identity = CognitoIdentity()
         self.db = Database(self)
-        self._conn = conn
+        self._channel = channel
 
     def remaining_time(self) -> float:
+        """Seconds left before the deadline."""
         return max(0.0, self.deadline - time.time())
 
+    def get_remaining_time_in_millis(self) -> int:
+        """Lambda's name: whole milliseconds left before the deadline."""
+        return max(0, int((self.deadline - time.time()) * 1000))
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Ask the host to run `method`; blocks this (worker) thread until the reply comes."""
-        loop = self._conn.server.loop
+        """Ask the host to run `method`; blocks the calling thread until the reply comes."""
         try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
-        try:
-            return self._conn.call_from_thread(self.invocation_id, method, params or {}, self.deadline)
+            return self._channel.call(self.invocation_id, method, params or {}, self.deadline)
         except CallbackError as exc:
             raise CallbackError(exc.type, exc.message, exc.details) from None  # a fresh traceback: no runtime frames
 
     async def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return await self._conn.call(self.invocation_id, method, params or {}, self.deadline)
+        return await self._channel.acall(self.invocation_id, method, params or {}, self.deadline)
+
+
+def _memory_limit_mb() -> int:
+    """The sandbox's memory limit (its cgroup's, v2 or v1), else the machine's memory, in MiB."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (1 << 60):  # "max" or a huge number: no limit there
+            return int(text) // MIB
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB
+    except (ValueError, OSError):
+        return 0
+
+
+def _lambda_names(config: Config) -> tuple[str, str, str]:
+    name, revision = config.function or "handler", config.revision or "0"
+    arn = f"arn:fnctl:lambda:local:000000000000:function:{name}:{revision}"
+    return arn, f"/fnctl/{name}", f"{revision}/{socket.gethostname()}"
 
 
 # ---- connections and the server ---------------------------------------------------------------
@@ -528,11 +565,12 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call, from a worker
-        # thread, which waits on it directly); both are resolved on the loop by `resolve`.
+        # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call from a thread
+        # an async handler started, which waits on it directly); both are resolved on the loop by `resolve`.
         self.calls: dict[str, Any] = {}
+        self.deadlines: dict[str, tuple[float, str]] = {}  # acall id -> (deadline, method), for the sweep
         self.next_call = 0
-        self.thread_calls = itertools.count(1)  # ids of calls from worker threads ("t1", ...): next() is atomic
+        self.thread_calls = itertools.count(1)  # ids of calls from other threads ("t1", ...): next() is atomic
         self.closed: asyncio.Future[None] = server.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -560,13 +598,15 @@ class _Connection(asyncio.Protocol):
             if not isinstance(message, dict):
                 self.abort("frame is not a JSON object")
                 return
-            self.server.dispatch(self, message, size)
+            self.server.dispatch(self, message, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        for future in list(self.calls.values()):  # a copy: worker threads add and remove calls
+        self.deadlines.clear()
+        for future in list(self.calls.values()):  # a copy: other threads add and remove calls
             if not future.done():
                 future.set_exception(CallbackError("ConnectionLost", "the host connection closed"))
+        self.server.connection_gone(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -582,27 +622,40 @@ class _Connection(asyncio.Protocol):
     def send(self, message: dict[str, Any]) -> None:
         self.write(encode(message))
 
-    async def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+    def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        """`context.call` from an async handler: only from a thread of its own, never the event loop's."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.server.loop:
+            raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
+        return self.call_from_thread(invocation_id, method, params, deadline)
+
+    async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        """The frame is written at once; the reply resolves a future. No task and no timer per call: one
+        sweep of the server fails the calls past their deadline (`Server.sweep`)."""
         if self.transport is None or self.transport.is_closing():
             raise CallbackError("ConnectionLost", "the host connection is closed")
         self.next_call += 1
         call_id = f"c{self.next_call}"
+        frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
+                        "params": params})
         future: asyncio.Future[Any] = self.server.loop.create_future()
         self.calls[call_id] = future
+        if deadline:
+            self.deadlines[call_id] = (deadline, method)
+            self.server.arm_sweep()
         try:
-            self.send({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
-                       "params": params})
-            timeout = max(0.0, deadline - time.time()) if deadline else None
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+            self.transport.write(frame)
+            return await future
         finally:
             self.calls.pop(call_id, None)
+            self.deadlines.pop(call_id, None)
 
     def call_from_thread(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
-        """`call` for a worker thread: the frame is sent by one callback on the loop and the thread waits on a
-        concurrent future that `resolve` completes (no task, no timer on the loop: a context.db call's round
-        trip is two thread wake-ups, not five)."""
+        """`call` for a thread an async handler started: the frame is sent by one callback on the loop and the
+        thread waits on a concurrent future that `resolve` completes."""
         reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
         call_id = f"t{next(self.thread_calls)}"
         self.calls[call_id] = reply
@@ -635,109 +688,121 @@ class _Connection(asyncio.Protocol):
         if message.get("ok"):
             future.set_result(message.get("result"))
         else:
-            error = message.get("error")
-            error = error if isinstance(error, dict) else {}
-            future.set_exception(CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error))
+            future.set_exception(_reply_error(message))
+
+
+def _reply_error(message: dict[str, Any]) -> CallbackError:
+    error = message.get("error")
+    error = error if isinstance(error, dict) else {}
+    return CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error)
+
+
+SWEEP_INTERVAL = 0.05  # seconds between looks for async calls past their deadline (so up to that late)
 
 
 class Server:
+    """The runtime's first process: the host connections, the queue of invocations and their slots.
+
+    An async handler runs here, on the event loop (one process, any number of invocations). A synchronous one
+    runs in worker processes forked from this one after the handler was imported (`_Worker`), each serving
+    one invocation at a time on its own main thread, as AWS Lambda or a plain script would run it: one worker
+    is forked at start, more as concurrent invocations need them, up to `concurrency`; they stay.
+    """
+
     def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.handler = handler
         self.loop = loop
         self.max_frame = config.payload_limit + FRAME_SLACK
         self.connections: set[_Connection] = set()
-        self.pool = _Workers(config.concurrency)
         self.running = 0  # invocations holding one of the `concurrency` slots
-        self.waiting: collections.deque[tuple[_Connection, dict[str, Any]]] = collections.deque()
+        self.waiting: collections.deque[tuple[_Connection, dict[str, Any], bytes]] = collections.deque()
         self.logger = _function_logger(config.function or "handler")
+        self.memory_limit_mb = _memory_limit_mb()
+        self.lambda_names = _lambda_names(config)
         self.inflight = 0  # running + waiting: what drain waits for and ping reports
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
+        self.stopping = False  # workers exiting now are expected to
         self.stopped = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
-        # Replies built by worker threads, handed to the loop with one wake-up for all that are ready.
-        self.replies: collections.deque[tuple[_Connection, bytes]] = collections.deque()
-        self.wake_pending = False
+        self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
+        self.idle_workers: list[_Worker] = []
+        self.secrets: dict[str, str] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
 
     def ready_message(self) -> dict[str, Any]:
         c = self.config
         return {"type": "ready", "protocol": PROTOCOL, "function": c.function, "revision": c.revision,
                 "pid": os.getpid(), "concurrency": c.concurrency}
 
-    def dispatch(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+    def dispatch(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         kind, request_id = message.get("type"), message.get("id")
         if kind == "invoke":
-            self.start_invocation(conn, message, size)
+            self.start_invocation(conn, message, body)
         elif kind == "reply":
-            conn.resolve(message)
+            if isinstance(request_id, str) and request_id.startswith("w"):
+                worker = self.workers.get(_worker_index(request_id))
+                if worker is not None:  # else: it is gone, and the call with it
+                    worker.write(len(body).to_bytes(4, "big") + body)
+            else:
+                conn.resolve(message)
         elif kind == "ping":
             conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
         elif kind == "configure":
-            self.configure(conn, request_id, message.get("secrets"))
+            self.configure(conn, request_id, message.get("secrets"), body)
         elif kind == "drain":
             self.spawn(self.drain(conn, request_id))
         else:
             conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
 
-    def configure(self, conn: _Connection, request_id: Any, secrets: Any) -> None:
+    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes) -> None:
         if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
             conn.send({"type": "error", "id": request_id, "message": "secrets must map names to strings"})
             return
         os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
+        for worker in self.workers.values():  # forked before: they learn them before their next invocation
+            worker.write(len(body).to_bytes(4, "big") + body)
         conn.send({"type": "configured", "id": request_id})
 
-    def start_invocation(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+    def start_invocation(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         request_id = message.get("id")
         if self.draining:
             conn.write(_failure_frame(request_id, "draining", "Draining", "the instance is draining"))
             return
-        if size > self.config.payload_limit:
-            text = f"the request is {size} bytes, over the payload limit of {self.config.payload_limit}"
+        if len(body) > self.config.payload_limit:
+            text = f"the request is {len(body)} bytes, over the payload limit of {self.config.payload_limit}"
             conn.write(_failure_frame(request_id, "payload_too_large", "PayloadTooLarge", text))
             return
         self.inflight += 1
         self.idle.clear()
         if self.running < self.config.concurrency:
-            self.begin(conn, message)
+            self.begin(conn, message, body)
         else:
-            self.waiting.append((conn, message))  # admitted in arrival order as slots free up
+            self.waiting.append((conn, message, body))  # admitted in arrival order as slots free up
 
-    def begin(self, conn: _Connection, message: dict[str, Any]) -> None:
+    def begin(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         self.running += 1
+        if not self.handler.is_async:
+            try:
+                worker = self.idle_workers.pop() if self.idle_workers else self.fork_worker()
+            except OSError as exc:  # e.g. the pids limit: this invocation fails, the instance lives on
+                self.finish(conn, _failure_frame(message.get("id"), "handler_error", type(exc).__name__,
+                                                 f"{exc} (starting a worker process)"))
+                return
+            worker.conn = conn
+            worker.invocation_id = _invocation_id(message)
+            worker.write(len(body).to_bytes(4, "big") + body)
+            return
         raw = message.get("context")
         info = raw if isinstance(raw, dict) else {}
-        context = Context(conn, str(info.get("invocation_id", "")), float(info.get("deadline") or 0),
+        context = Context(self, conn, str(info.get("invocation_id", "")), float(info.get("deadline") or 0),
                           info.get("caller"))
         capture = _Capture(self.config.log_limit)
         ctx = contextvars.copy_context()
         ctx.run(_capture.set, capture)  # output within ctx, and any context copied from it, is captured
-        job = (conn, message.get("id"), message.get("event"), context, capture)
-        if self.handler.is_async:
-            self.spawn(self.run_async(*job), ctx)
-        else:
-            # No task and no asyncio future per call: the worker builds the reply and hands back bytes.
-            self.pool.submit(functools.partial(ctx.run, self.run_sync, *job))
-
-    def run_sync(
-        self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
-    ) -> None:
-        start = time.perf_counter()
-        try:
-            result = self.handler.call(event, context)
-        except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
-            outcome = _Outcome.failed("handler_error", exc, start)
-        else:
-            outcome = _serialise(result, self.config.output_limit, start)
-        _echo_logs(context.invocation_id, capture)
-        self.replies.append((conn, _result_frame(request_id, outcome, capture)))
-        # Appended before the flag is read, and the loop clears the flag before it takes the replies: a
-        # reply is never left behind, and a wake-up (a write to the loop's self-pipe, a syscall and a loop
-        # round each) is saved whenever one is already on its way.
-        if not self.wake_pending:
-            self.wake_pending = True
-            self.loop.call_soon_threadsafe(self.finish_replies)
+        self.spawn(self.run_async(conn, message.get("id"), message.get("event"), context, capture), ctx)
 
     async def run_async(
         self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
@@ -754,12 +819,6 @@ class Server:
         _echo_logs(context.invocation_id, capture)
         self.finish(conn, _result_frame(request_id, outcome, capture))
 
-    def finish_replies(self) -> None:
-        self.wake_pending = False
-        replies = self.replies
-        while replies:
-            self.finish(*replies.popleft())
-
     def finish(self, conn: _Connection, frame: bytes) -> None:
         conn.write(frame)
         self.running -= 1
@@ -768,6 +827,108 @@ class Server:
             self.begin(*self.waiting.popleft())
         elif self.inflight == 0:
             self.idle.set()
+
+    # ---- worker processes (synchronous handlers) ----
+
+    def fork_worker(self) -> _Worker:
+        index = len(self.workers) + 1
+        while index in self.workers:
+            index += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if not self.workers:
+            gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # the worker: it never returns to the event loop
+            code = 70
+            try:
+                ours.close()
+                self._forget_in_worker()
+                code = _Worker.serve(self, theirs, index)
+            except BaseException:  # noqa: BLE001 -- a runtime bug: say so, exit non-zero
+                traceback.print_exc(file=_REAL_STDERR)
+            finally:
+                _REAL_STDERR.flush()
+                os._exit(code)
+        theirs.close()
+        worker = self.workers[index] = _Worker(self, index, pid, ours)
+        return worker
+
+    def _forget_in_worker(self) -> None:
+        """In a new worker: drop the supervisor's connections, its links to other workers and its signal
+        handling, so that only the supervisor answers the host and a worker's exit is seen at once."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        fds = [w.sock.fileno() for w in self.workers.values()]
+        for conn in self.connections:
+            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+            if sock is not None:
+                fds.append(sock.fileno())
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.workers, self.idle_workers, self.connections = {}, [], set()
+        _die_with_parent()
+
+    def worker_done(self, worker: _Worker, frame: bytes) -> None:
+        conn, worker.conn = worker.conn, None
+        self.idle_workers.append(worker)
+        if conn is not None:
+            self.finish(conn, frame)
+
+    def connection_gone(self, conn: _Connection) -> None:
+        """The host hung up: calls that workers make for its invocations fail (their results are dropped)."""
+        for worker in self.workers.values():
+            if worker.conn is conn:
+                worker.write(encode({"type": "lost", "invocation_id": worker.invocation_id}))
+
+    def reap(self) -> None:
+        """SIGCHLD: a worker that exits unasked takes the instance with it, with its exit code (137 for the
+        OOM killer's SIGKILL), as the single process it stands for would have: the host then reports the
+        crash or the out-of-memory kill and replaces the instance."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = next((w for w in self.workers.values() if w.pid == pid), None)
+            if worker is None or self.stopping:
+                continue  # an orphan the runtime inherited as PID 1, or a worker told to stop
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            _REAL_STDERR.write(f"fnctl-runtime: the handler's worker process {pid} exited with code {code}\n")
+            _REAL_STDERR.flush()
+            os._exit(code)
+
+    def arm_sweep(self) -> None:
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def sweep(self) -> None:
+        """Fail the async calls past their deadline; look again while any are waiting."""
+        self.sweeper = None
+        now, waiting = time.time(), False
+        for conn in self.connections:
+            for call_id, (deadline, method) in list(conn.deadlines.items()):
+                if deadline > now:
+                    waiting = True
+                    continue
+                del conn.deadlines[call_id]
+                future = conn.calls.get(call_id)
+                if future is not None and not future.done():
+                    future.set_exception(CallbackError("Timeout", f"no reply to {method!r} before the deadline"))
+        if waiting:
+            self.arm_sweep()
+
+    # ---- connections, drain ----
 
     async def watch(self) -> None:
         """Connect out to each host listener as it appears in the socket directory, until draining."""
@@ -791,6 +952,11 @@ class Server:
             conn.send({"type": "drained", "id": request_id})
         self.stopped.set()
 
+    def stop_workers(self) -> None:
+        self.stopping = True
+        for worker in self.workers.values():
+            worker.close()  # the worker reads the end of its link and exits 0
+
     def spawn(self, coro: Any, context: contextvars.Context | None = None) -> None:
         task = self.loop.create_task(coro, context=context)
         self.tasks.add(task)
@@ -804,32 +970,189 @@ class Server:
             traceback.print_exception(exc, file=_REAL_STDERR)
 
 
-class _Workers:
-    """The handler threads, all started up front so a pids limit fails the start, not the traffic.
+def _worker_index(call_id: str) -> int:
+    head = call_id[1:].partition(".")[0]
+    return int(head) if head.isdigit() else 0
 
-    A plain queue of callables: ThreadPoolExecutor's futures and locks cost measurably per invocation.
-    """
 
-    def __init__(self, count: int) -> None:
-        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._work, name=f"fnctl-handler-{n}", daemon=True)
-                        for n in range(count)]
-        for thread in self.threads:
-            thread.start()
+def _invocation_id(message: dict[str, Any]) -> str:
+    info = message.get("context")
+    return str(info.get("invocation_id", "")) if isinstance(info, dict) else ""
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self.jobs.put(job)
 
-    def stop(self) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
+def _die_with_parent() -> None:
+    """A worker dies with the supervisor (PR_SET_PDEATHSIG), so none outlives it outside a container either."""
+    try:
+        import ctypes  # only in workers: the supervisor of an async handler never pays for it
 
-    def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1 and os.getpid() != 1:
+        os._exit(0)  # the supervisor died before the call above took effect
+
+
+class _WorkerLink(asyncio.Protocol):
+    """The supervisor's end of a worker's link: each frame from the worker is a tag byte (`C`: a call, `R`:
+    the result) and a protocol frame, passed to the host connection as it is, without decoding it."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf, worker = self.buf, self.worker
+        buf += data
+        while len(buf) >= 5:
+            end = 5 + int.from_bytes(buf[1:5], "big")
+            if len(buf) < end:
+                return
+            tag, frame = buf[0], bytes(buf[1:end])
+            del buf[:end]
+            if tag == 0x43:  # "C"
+                if worker.conn is not None:
+                    worker.conn.write(frame)
+            else:
+                worker.server.worker_done(worker, frame)
+
+
+class _Worker:
+    """A worker process as the supervisor sees it, and (`serve`) the worker's own main loop."""
+
+    def __init__(self, server: Server, index: int, pid: int, sock: socket.socket) -> None:
+        self.server, self.index, self.pid, self.sock = server, index, pid, sock
+        self.conn: _Connection | None = None  # the connection of the invocation it runs
+        self.invocation_id = ""
+        self.pending: list[bytes] | None = []  # frames for it until its link is up
+        self.transport: asyncio.Transport | None = None
+        server.spawn(self._link())
+
+    async def _link(self) -> None:
+        transport, _ = await self.server.loop.create_unix_connection(lambda: _WorkerLink(self), sock=self.sock)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        pending, self.pending = self.pending or [], None
+        if pending:
+            transport.write(b"".join(pending))
+
+    def write(self, frame: bytes) -> None:
+        if self.pending is not None:
+            self.pending.append(frame)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self.sock.close()
+
+    @staticmethod
+    def serve(server: Server, sock: socket.socket, index: int) -> int:
+        """The worker's main loop, on its main thread: one invocation at a time, until its link ends."""
+        channel = _WorkerChannel(server, sock, index)
+        while True:
+            message = channel.read(0.0)
+            if message is None:
+                return 0
+            kind = message.get("type")
+            if kind == "invoke":
+                channel.send(b"R", channel.invoke(message))
+            elif kind == "configure":
+                _apply_secrets(message)
+            # anything else ("lost" or a reply after its call timed out) concerns no call in progress
+
+
+def _apply_secrets(message: dict[str, Any]) -> None:
+    secrets = message.get("secrets")
+    if isinstance(secrets, dict):
+        os.environ.update({str(k): str(v) for k, v in secrets.items()})
+
+
+class _WorkerChannel:
+    """A worker's end of its link, used from its main thread only: blocking writes, blocking reads. A call is
+    one write and one read: no other thread, no event loop, no timer (the socket's timeout is the deadline)."""
+
+    def __init__(self, server: Server, sock: socket.socket, index: int) -> None:
+        self.server, self.sock, self.index = server, sock, index
+        self.buf = bytearray()
+        self.calls = 0
+        self.invocation_id = ""
+
+    def send(self, tag: bytes, frame: bytes) -> None:
+        self.sock.sendall(tag + frame)
+
+    def read(self, deadline: float) -> dict[str, Any] | None:
+        """The next message from the supervisor (None: the link ended); TimeoutError at `deadline` (0: none)."""
+        buf = self.buf
+        while True:
+            if len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big")
+                if len(buf) >= end:
+                    body = bytes(buf[4:end])
+                    del buf[:end]
+                    message = _DECODER.decode(body.decode())
+                    return message if isinstance(message, dict) else {}
+            if deadline:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
+            elif self.sock.gettimeout() is not None:
+                self.sock.settimeout(None)
+            data = self.sock.recv(1 << 18)
+            if not data:
+                return None
+            buf += data
+
+    def invoke(self, message: dict[str, Any]) -> bytes:
+        server = self.server
+        raw = message.get("context")
+        info = raw if isinstance(raw, dict) else {}
+        self.invocation_id = str(info.get("invocation_id", ""))
+        context = Context(server, self, self.invocation_id, float(info.get("deadline") or 0), info.get("caller"))
+        capture = _Capture(server.config.log_limit)
+        # A fresh copy per invocation: context variables a handler sets do not leak into the next one.
+        outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
+        _echo_logs(context.invocation_id, capture)
+        return _result_frame(message.get("id"), outcome, capture)
+
+    def _run(self, event: Any, context: Context, capture: _Capture) -> _Outcome:
+        _capture.set(capture)
+        start = time.perf_counter()
+        try:
+            result = self.server.handler.call(event, context)
+        except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
+            return _Outcome.failed("handler_error", exc, start)
+        return _serialise(result, self.server.config.output_limit, start)
+
+    def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        self.calls += 1
+        call_id = f"w{self.index}.{self.calls}"
+        frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
+                        "params": params})
+        self.send(b"C", frame)
+        while True:
             try:
-                job()
-            except BaseException:  # a runtime bug: keep the thread, and say so
-                traceback.print_exc(file=_REAL_STDERR)
+                message = self.read(deadline)
+            except TimeoutError:
+                raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+            if message is None:
+                raise CallbackError("ConnectionLost", "the runtime is stopping")
+            kind = message.get("type")
+            if kind == "reply" and message.get("id") == call_id:
+                if message.get("ok"):
+                    return message.get("result")
+                raise _reply_error(message)
+            if kind == "lost" and message.get("invocation_id") == invocation_id:
+                raise CallbackError("ConnectionLost", "the host connection closed")
+            if kind == "configure":
+                _apply_secrets(message)
+            # else: the reply to a call that timed out before
+
+    async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        # A coroutine a synchronous handler runs itself (asyncio.run): its calls block like `call`.
+        return self.call(invocation_id, method, params, deadline)
 
 
 def _function_logger(name: str) -> logging.Logger:
@@ -948,9 +1271,15 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 async def serve(config: Config, handler: Handler) -> int:
     loop = asyncio.get_running_loop()
     server = Server(config, handler, loop)
-    server.spawn(server.watch())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
+    if not handler.is_async:
+        loop.add_signal_handler(signal.SIGCHLD, server.reap)
+        try:
+            server.idle_workers.append(server.fork_worker())  # the first one before any traffic
+        except OSError as exc:  # the pids limit, say: invocations retry the fork and report it
+            _REAL_STDERR.write(f"fnctl-runtime: cannot start a worker process yet: {exc}\n")
+    server.spawn(server.watch())
     await server.stopped.wait()
     conns = list(server.connections)
     for conn in conns:
@@ -958,7 +1287,7 @@ async def serve(config: Config, handler: Handler) -> int:
             conn.transport.close()  # flushes pending replies (the `drained` one) first
     if conns:
         await asyncio.wait([c.closed for c in conns], timeout=5)
-    server.pool.stop()
+    server.stop_workers()
     return 0
 
 
