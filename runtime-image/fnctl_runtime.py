@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import fcntl
 import gc
 import importlib
 import importlib.util
@@ -34,6 +35,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -572,12 +574,21 @@ class _Connection(asyncio.Protocol):
         self.next_call = 0
         self.thread_calls = itertools.count(1)  # ids of calls from other threads ("t1", ...): next() is atomic
         self.closed: asyncio.Future[None] = server.loop.create_future()
+        self.id = 0
+        self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
+        self.use_frame = b""  # tells a worker which connection its next invocation is from
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.connections.add(self)
-        self.send(self.server.ready_message())
+        server = self.server
+        server.next_conn += 1
+        self.id = server.next_conn
+        self.use_frame = encode({"type": "use", "conn": self.id})
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        server.connections.add(self)
+        self.send(server.ready_message())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -591,6 +602,12 @@ class _Connection(asyncio.Protocol):
                 return
             body = bytes(buf[4 : 4 + size])
             del buf[: 4 + size]
+            if body.startswith(_WORKER_REPLY):  # fnctl's host writes these keys first: passed on undecoded
+                call_id = body[len(_WORKER_REPLY) - 1 : 48].decode("ascii", "replace")
+                worker = self.server.workers.get(_worker_index(call_id))
+                if worker is not None:
+                    worker.write(len(body).to_bytes(4, "big") + body)
+                continue
             try:
                 message = _DECODER.decode(body.decode())
             except ValueError:  # UnicodeDecodeError included
@@ -601,6 +618,7 @@ class _Connection(asyncio.Protocol):
             self.server.dispatch(self, message, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fd = -1
         self.server.connections.discard(self)
         self.deadlines.clear()
         for future in list(self.calls.values()):  # a copy: other threads add and remove calls
@@ -612,11 +630,19 @@ class _Connection(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         _REAL_STDERR.write(f"fnctl-runtime: closing a connection: {reason}\n")
+        self.close()
+
+    def close(self) -> None:
+        self.fd = -1
         if self.transport is not None:
             self.transport.close()
 
     def write(self, frame: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        lock = self.server.write_lock
+        if lock is not None:  # workers write this connection too: whole frames, one writer at a time
+            if self.fd >= 0:
+                _write_all(self.fd, frame, lock)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
     def send(self, message: dict[str, Any]) -> None:
@@ -647,7 +673,7 @@ class _Connection(asyncio.Protocol):
             self.deadlines[call_id] = (deadline, method)
             self.server.arm_sweep()
         try:
-            self.transport.write(frame)
+            self.write(frame)
             return await future
         finally:
             self.calls.pop(call_id, None)
@@ -729,8 +755,10 @@ class Server:
         self.tasks: set[asyncio.Task[None]] = set()
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
-        self.secrets: dict[str, str] = {}
         self.sweeper: asyncio.TimerHandle | None = None
+        self.next_conn = 0
+        # Workers write to the host connections too (synchronous handlers): every write holds this lock.
+        self.write_lock: int | None = None if handler.is_async else _new_write_lock()
 
     def ready_message(self) -> dict[str, Any]:
         c = self.config
@@ -792,8 +820,10 @@ class Server:
                                                  f"{exc} (starting a worker process)"))
                 return
             worker.conn = conn
-            worker.invocation_id = _invocation_id(message)
-            worker.write(len(body).to_bytes(4, "big") + body)
+            worker.invocation_id, worker.deadline = _invocation_of(message)
+            worker.start(conn, body)
+            if worker.deadline:
+                self.arm_sweep()
             return
         raw = message.get("context")
         info = raw if isinstance(raw, dict) else {}
@@ -820,7 +850,8 @@ class Server:
         self.finish(conn, _result_frame(request_id, outcome, capture))
 
     def finish(self, conn: _Connection, frame: bytes) -> None:
-        conn.write(frame)
+        if frame:
+            conn.write(frame)
         self.running -= 1
         self.inflight -= 1
         if self.waiting:
@@ -835,6 +866,7 @@ class Server:
         while index in self.workers:
             index += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        supervisor = os.getpid()
         if not self.workers:
             gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
         try:
@@ -847,36 +879,35 @@ class Server:
             code = 70
             try:
                 ours.close()
-                self._forget_in_worker()
-                code = _Worker.serve(self, theirs, index)
+                host_fds = self._forget_in_worker(supervisor)
+                code = _Worker.serve(self, theirs, index, host_fds)
             except BaseException:  # noqa: BLE001 -- a runtime bug: say so, exit non-zero
                 traceback.print_exc(file=_REAL_STDERR)
             finally:
                 _REAL_STDERR.flush()
                 os._exit(code)
         theirs.close()
-        worker = self.workers[index] = _Worker(self, index, pid, ours)
+        worker = self.workers[index] = _Worker(self, index, pid, ours, {c.id for c in self.connections if c.fd >= 0})
         return worker
 
-    def _forget_in_worker(self) -> None:
-        """In a new worker: drop the supervisor's connections, its links to other workers and its signal
-        handling, so that only the supervisor answers the host and a worker's exit is seen at once."""
+    def _forget_in_worker(self, supervisor: int) -> dict[int, int]:
+        """In a new worker: drop the supervisor's links to other workers and its signal handling, so that only
+        the supervisor reads the host and a worker's exit is seen at once. Returns its copies of the host
+        connections (id -> fd), which it writes its calls and results to."""
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        fds = [w.sock.fileno() for w in self.workers.values()]
-        for conn in self.connections:
-            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-            if sock is not None:
-                fds.append(sock.fileno())
-        for fd in fds:
+        for worker in self.workers.values():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(worker.sock.fileno())
+        host_fds = {conn.id: conn.fd for conn in self.connections if conn.fd >= 0}
         self.workers, self.idle_workers, self.connections = {}, [], set()
-        _die_with_parent()
+        _die_with_parent(supervisor)
+        return host_fds
 
     def worker_done(self, worker: _Worker, frame: bytes) -> None:
+        """A worker's invocation ended; `frame` is its result to pass on (empty: it wrote it itself)."""
         conn, worker.conn = worker.conn, None
         self.idle_workers.append(worker)
         if conn is not None:
@@ -885,8 +916,10 @@ class Server:
     def connection_gone(self, conn: _Connection) -> None:
         """The host hung up: calls that workers make for its invocations fail (their results are dropped)."""
         for worker in self.workers.values():
-            if worker.conn is conn:
-                worker.write(encode({"type": "lost", "invocation_id": worker.invocation_id}))
+            if conn.id in worker.has or worker.conn is conn:
+                worker.has.discard(conn.id)
+                invocation = worker.invocation_id if worker.conn is conn else ""
+                worker.write(encode({"type": "lost", "conn": conn.id, "invocation_id": invocation}))
 
     def reap(self) -> None:
         """SIGCHLD: a worker that exits unasked takes the instance with it, with its exit code (137 for the
@@ -913,9 +946,17 @@ class Server:
             self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def sweep(self) -> None:
-        """Fail the async calls past their deadline; look again while any are waiting."""
+        """Fail the async calls past their deadline and tell each worker whose invocation passed its deadline
+        (a call it waits for, or makes from then on, fails with Timeout); look again while any are waiting."""
         self.sweeper = None
         now, waiting = time.time(), False
+        for worker in self.workers.values():
+            if worker.conn is not None and worker.deadline:
+                if worker.deadline > now:
+                    waiting = True
+                else:
+                    worker.deadline = 0.0  # told once
+                    worker.write(encode({"type": "deadline", "invocation_id": worker.invocation_id}))
         for conn in self.connections:
             for call_id, (deadline, method) in list(conn.deadlines.items()):
                 if deadline > now:
@@ -970,17 +1011,25 @@ class Server:
             traceback.print_exception(exc, file=_REAL_STDERR)
 
 
+_WORKER_REPLY = b'{"type":"reply","id":"w'  # the start of a host's reply to a worker's call
+
+
 def _worker_index(call_id: str) -> int:
+    """The worker a call id ("w3.17") belongs to; 0 (none) for anything else."""
     head = call_id[1:].partition(".")[0]
     return int(head) if head.isdigit() else 0
 
 
-def _invocation_id(message: dict[str, Any]) -> str:
+def _invocation_of(message: dict[str, Any]) -> tuple[str, float]:
+    """An invoke message's invocation id and deadline (0: none)."""
     info = message.get("context")
-    return str(info.get("invocation_id", "")) if isinstance(info, dict) else ""
+    if not isinstance(info, dict):
+        return "", 0.0
+    deadline = info.get("deadline")
+    return str(info.get("invocation_id", "")), float(deadline) if isinstance(deadline, (int, float)) else 0.0
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """A worker dies with the supervisor (PR_SET_PDEATHSIG), so none outlives it outside a container either."""
     try:
         import ctypes  # only in workers: the supervisor of an async handler never pays for it
@@ -988,79 +1037,122 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1 and os.getpid() != 1:
+    if os.getppid() != parent:
         os._exit(0)  # the supervisor died before the call above took effect
 
 
-class _WorkerLink(asyncio.Protocol):
-    """The supervisor's end of a worker's link: each frame from the worker is a tag byte (`C`: a call, `R`:
-    the result) and a protocol frame, passed to the host connection as it is, without decoding it."""
+def _write_all(fd: int, data: bytes, lock: int | None) -> None:
+    """Write all of `data` to the (non-blocking) socket `fd`, holding `lock` (an fcntl record lock, owned per
+    process) when given: a host connection is written by the supervisor and its workers, and a frame must
+    never be cut by another's. A connection that broke is left to its reader to notice."""
+    if lock is not None:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+    try:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                select.select([], [fd], [])
+    except OSError:
+        pass  # broken pipe, reset, closed: the reader side sees it and fails what waits
+    finally:
+        if lock is not None:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
 
-    def __init__(self, worker: _Worker) -> None:
-        self.worker = worker
+
+def _new_write_lock() -> int:
+    """The lock of the writes to host connections, shared by the supervisor and its workers (an anonymous
+    file's record lock: nothing is created on the read-only root filesystem)."""
+    return os.memfd_create("fnctl-writes", os.MFD_CLOEXEC)
+
+
+class _Worker:
+    """A worker process as the supervisor sees it, and (`serve`) the worker's own main loop.
+
+    The link is a socketpair. Supervisor -> worker: protocol frames (`use` with the host connection's fd when
+    the worker has none yet, `invoke`, a `reply` to its call, `configure`, `deadline`, `lost`). Worker ->
+    supervisor: a tag byte and a frame, `D` (done, empty: the slot is free) or, when it holds no copy of the
+    host connection, `C`/`R` (a call or a result to pass on). A worker writes its calls and results straight
+    to the host connection (its own copy of the socket, under the shared write lock): no hop through the
+    supervisor on the way out; replies to its calls come back through the supervisor, undecoded.
+    """
+
+    def __init__(self, server: Server, index: int, pid: int, sock: socket.socket, has: set[int]) -> None:
+        self.server, self.index, self.pid, self.sock = server, index, pid, sock
+        self.conn: _Connection | None = None  # the connection of the invocation it runs
+        self.invocation_id = ""
+        self.deadline = 0.0  # of the invocation it runs, until the sweep told it that it passed
+        self.has = has  # ids of the host connections it holds a copy of
         self.buf = bytearray()
+        sock.setblocking(False)
+        server.loop.add_reader(sock.fileno(), self.readable)
 
-    def data_received(self, data: bytes) -> None:
-        buf, worker = self.buf, self.worker
+    def write(self, frame: bytes) -> None:
+        if self.sock.fileno() >= 0:
+            _write_all(self.sock.fileno(), frame, None)
+
+    def start(self, conn: _Connection, body: bytes) -> None:
+        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it)."""
+        frames = conn.use_frame + len(body).to_bytes(4, "big") + body
+        if conn.id in self.has or conn.fd < 0:
+            self.write(frames)
+            return
+        self.has.add(conn.id)  # its copy of the connection travels with the `use` frame
+        try:
+            sent = socket.send_fds(self.sock, [frames], [conn.fd])
+        except BlockingIOError:
+            sent = 0
+            self.has.discard(conn.id)
+            self.write(frames)  # without the copy: it passes its frames back through the link
+            return
+        if sent < len(frames):
+            self.write(frames[sent:])
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker exited: SIGCHLD says how
+            self.server.loop.remove_reader(self.sock.fileno())
+            return
+        buf = self.buf
         buf += data
         while len(buf) >= 5:
             end = 5 + int.from_bytes(buf[1:5], "big")
             if len(buf) < end:
                 return
-            tag, frame = buf[0], bytes(buf[1:end])
+            tag, frame = buf[0], bytes(buf[5:end])
             del buf[:end]
-            if tag == 0x43:  # "C"
-                if worker.conn is not None:
-                    worker.conn.write(frame)
-            else:
-                worker.server.worker_done(worker, frame)
-
-
-class _Worker:
-    """A worker process as the supervisor sees it, and (`serve`) the worker's own main loop."""
-
-    def __init__(self, server: Server, index: int, pid: int, sock: socket.socket) -> None:
-        self.server, self.index, self.pid, self.sock = server, index, pid, sock
-        self.conn: _Connection | None = None  # the connection of the invocation it runs
-        self.invocation_id = ""
-        self.pending: list[bytes] | None = []  # frames for it until its link is up
-        self.transport: asyncio.Transport | None = None
-        server.spawn(self._link())
-
-    async def _link(self) -> None:
-        transport, _ = await self.server.loop.create_unix_connection(lambda: _WorkerLink(self), sock=self.sock)
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        pending, self.pending = self.pending or [], None
-        if pending:
-            transport.write(b"".join(pending))
-
-    def write(self, frame: bytes) -> None:
-        if self.pending is not None:
-            self.pending.append(frame)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
+            if tag == 0x44:  # "D": done, its result is on its way to the host
+                self.server.worker_done(self, b"")
+            elif tag == 0x43:  # "C": a call to pass on
+                if self.conn is not None:
+                    self.conn.write(len(frame).to_bytes(4, "big") + frame)
+            else:  # "R": a result to pass on
+                self.server.worker_done(self, len(frame).to_bytes(4, "big") + frame)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        else:
+        if self.sock.fileno() >= 0:
+            self.server.loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
     @staticmethod
-    def serve(server: Server, sock: socket.socket, index: int) -> int:
+    def serve(server: Server, sock: socket.socket, index: int, host_fds: dict[int, int]) -> int:
         """The worker's main loop, on its main thread: one invocation at a time, until its link ends."""
-        channel = _WorkerChannel(server, sock, index)
+        channel = _WorkerChannel(server, sock, index, host_fds)
         while True:
-            message = channel.read(0.0)
+            message = channel.read()
             if message is None:
                 return 0
             kind = message.get("type")
             if kind == "invoke":
-                channel.send(b"R", channel.invoke(message))
-            elif kind == "configure":
-                _apply_secrets(message)
-            # anything else ("lost" or a reply after its call timed out) concerns no call in progress
+                channel.invoke(message)
+            else:
+                channel.notice(message, "")
 
 
 def _apply_secrets(message: dict[str, Any]) -> None:
@@ -1071,19 +1163,21 @@ def _apply_secrets(message: dict[str, Any]) -> None:
 
 class _WorkerChannel:
     """A worker's end of its link, used from its main thread only: blocking writes, blocking reads. A call is
-    one write and one read: no other thread, no event loop, no timer (the socket's timeout is the deadline)."""
+    one write to the host and one read of the reply: no other thread, no event loop, no timer."""
 
-    def __init__(self, server: Server, sock: socket.socket, index: int) -> None:
+    def __init__(self, server: Server, sock: socket.socket, index: int, host_fds: dict[int, int]) -> None:
         self.server, self.sock, self.index = server, sock, index
+        self.host_fds = host_fds  # host connection id -> this process's copy of its socket
+        self.fds: collections.deque[int] = collections.deque()  # received with `use` frames, not yet matched
+        self.host = -1  # the copy of the connection of the invocation it runs (-1: none, pass frames back)
         self.buf = bytearray()
         self.calls = 0
-        self.invocation_id = ""
+        self.late = ""  # the invocation whose deadline the supervisor said passed
+        sock.setblocking(True)
 
-    def send(self, tag: bytes, frame: bytes) -> None:
-        self.sock.sendall(tag + frame)
-
-    def read(self, deadline: float) -> dict[str, Any] | None:
-        """The next message from the supervisor (None: the link ended); TimeoutError at `deadline` (0: none)."""
+    def read(self) -> dict[str, Any] | None:
+        """The next message from the supervisor (None: the link ended). A plain blocking read: the supervisor
+        says when an invocation's deadline passed (`deadline`), so no timeout is set per read."""
         buf = self.buf
         while True:
             if len(buf) >= 4:
@@ -1091,31 +1185,67 @@ class _WorkerChannel:
                 if len(buf) >= end:
                     body = bytes(buf[4:end])
                     del buf[:end]
-                    message = _DECODER.decode(body.decode())
+                    try:
+                        message = _DECODER.decode(body.decode())
+                    except ValueError:
+                        message = None  # a broken frame concerns no call: skipped
                     return message if isinstance(message, dict) else {}
-            if deadline:
-                left = deadline - time.time()
-                if left <= 0:
-                    raise TimeoutError
-                self.sock.settimeout(left)
-            elif self.sock.gettimeout() is not None:
-                self.sock.settimeout(None)
-            data = self.sock.recv(1 << 18)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
             if not data:
                 return None
+            self.fds.extend(fds)
             buf += data
 
-    def invoke(self, message: dict[str, Any]) -> bytes:
+    def notice(self, message: dict[str, Any], invocation_id: str) -> None:
+        """Act on a message that is not the reply awaited; raise when it ends the current call."""
+        kind = message.get("type")
+        if kind == "use":
+            conn = message.get("conn")
+            if self.fds and isinstance(conn, int):
+                previous = self.host_fds.get(conn)
+                self.host_fds[conn] = self.fds.popleft()
+                if previous is not None:
+                    os.close(previous)
+            self.host = self.host_fds.get(conn, -1) if isinstance(conn, int) else -1
+        elif kind == "configure":
+            _apply_secrets(message)
+        elif kind == "lost":
+            fd = self.host_fds.pop(message.get("conn"), None)  # type: ignore[arg-type]
+            if fd is not None:
+                os.close(fd)  # the host sees the connection end only when every copy is closed
+                if fd == self.host:
+                    self.host = -1
+            if invocation_id and message.get("invocation_id") == invocation_id:
+                raise CallbackError("ConnectionLost", "the host connection closed")
+        elif kind == "deadline" and invocation_id and message.get("invocation_id") == invocation_id:
+            self.late = invocation_id
+            raise CallbackError("Timeout", "no reply before the deadline")
+        # else: the reply to a call that timed out before
+
+    def send_host(self, tag: bytes, frame: bytes) -> None:
+        """A frame for the host: straight to the connection when this process holds a copy, else by the link."""
+        if self.host >= 0:
+            _write_all(self.host, frame, self.server.write_lock)
+        else:
+            self.sock.sendall(tag + frame)
+
+    def invoke(self, message: dict[str, Any]) -> None:
         server = self.server
         raw = message.get("context")
         info = raw if isinstance(raw, dict) else {}
-        self.invocation_id = str(info.get("invocation_id", ""))
-        context = Context(server, self, self.invocation_id, float(info.get("deadline") or 0), info.get("caller"))
+        invocation_id = str(info.get("invocation_id", ""))
+        context = Context(server, self, invocation_id, float(info.get("deadline") or 0), info.get("caller"))
         capture = _Capture(server.config.log_limit)
         # A fresh copy per invocation: context variables a handler sets do not leak into the next one.
         outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
-        _echo_logs(context.invocation_id, capture)
-        return _result_frame(message.get("id"), outcome, capture)
+        _echo_logs(invocation_id, capture)
+        frame = _result_frame(message.get("id"), outcome, capture)
+        if self.host >= 0:
+            # "Done" first: by the time the host has the result, the slot is free (a ping says so).
+            self.sock.sendall(b"D\0\0\0\0")
+            _write_all(self.host, frame, server.write_lock)
+        else:
+            self.sock.sendall(b"R" + frame)
 
     def _run(self, event: Any, context: Context, capture: _Capture) -> _Outcome:
         _capture.set(capture)
@@ -1131,24 +1261,23 @@ class _WorkerChannel:
         call_id = f"w{self.index}.{self.calls}"
         frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
                         "params": params})
-        self.send(b"C", frame)
+        if self.late == invocation_id or (deadline and deadline <= time.time()):
+            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline")
+        self.send_host(b"C", frame)
         while True:
-            try:
-                message = self.read(deadline)
-            except TimeoutError:
-                raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+            message = self.read()
             if message is None:
                 raise CallbackError("ConnectionLost", "the runtime is stopping")
-            kind = message.get("type")
-            if kind == "reply" and message.get("id") == call_id:
+            if message.get("type") == "reply" and message.get("id") == call_id:
                 if message.get("ok"):
                     return message.get("result")
                 raise _reply_error(message)
-            if kind == "lost" and message.get("invocation_id") == invocation_id:
-                raise CallbackError("ConnectionLost", "the host connection closed")
-            if kind == "configure":
-                _apply_secrets(message)
-            # else: the reply to a call that timed out before
+            try:
+                self.notice(message, invocation_id)
+            except CallbackError as exc:
+                if exc.type == "Timeout":
+                    raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+                raise
 
     async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
         # A coroutine a synchronous handler runs itself (asyncio.run): its calls block like `call`.
@@ -1283,8 +1412,7 @@ async def serve(config: Config, handler: Handler) -> int:
     await server.stopped.wait()
     conns = list(server.connections)
     for conn in conns:
-        if conn.transport is not None:
-            conn.transport.close()  # flushes pending replies (the `drained` one) first
+        conn.close()  # flushes pending replies (the `drained` one) first
     if conns:
         await asyncio.wait([c.closed for c in conns], timeout=5)
     server.stop_workers()
