@@ -600,14 +600,15 @@ class _Connection(asyncio.Protocol):
                 return
             if len(buf) < 4 + size:
                 return
-            body = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
-            if body.startswith(_WORKER_REPLY):  # fnctl's host writes these keys first: passed on undecoded
-                call_id = body[len(_WORKER_REPLY) - 1 : 48].decode("ascii", "replace")
+            if buf.startswith(_WORKER_REPLY, 4):  # fnctl's host writes these keys first: passed on undecoded
+                call_id = buf[3 + len(_WORKER_REPLY) : 52].decode("ascii", "replace")
                 worker = self.server.workers.get(_worker_index(call_id))
                 if worker is not None:
-                    worker.write(len(body).to_bytes(4, "big") + body)
+                    worker.write(bytes(buf[: 4 + size]))
+                del buf[: 4 + size]
                 continue
+            body = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
             try:
                 message = _DECODER.decode(body.decode())
             except ValueError:  # UnicodeDecodeError included
@@ -1175,9 +1176,10 @@ class _WorkerChannel:
         self.late = ""  # the invocation whose deadline the supervisor said passed
         sock.setblocking(True)
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self, fds: bool = True) -> dict[str, Any] | None:
         """The next message from the supervisor (None: the link ended). A plain blocking read: the supervisor
-        says when an invocation's deadline passed (`deadline`), so no timeout is set per read."""
+        says when an invocation's deadline passed (`deadline`), so no timeout is set per read. `fds`: whether
+        a file descriptor may come (only with a `use` frame, sent to an idle worker: never during a call)."""
         buf = self.buf
         while True:
             if len(buf) >= 4:
@@ -1190,10 +1192,13 @@ class _WorkerChannel:
                     except ValueError:
                         message = None  # a broken frame concerns no call: skipped
                     return message if isinstance(message, dict) else {}
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
+            if fds:
+                data, passed, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
+                self.fds.extend(passed)
+            else:
+                data = self.sock.recv(1 << 18)
             if not data:
                 return None
-            self.fds.extend(fds)
             buf += data
 
     def notice(self, message: dict[str, Any], invocation_id: str) -> None:
@@ -1265,7 +1270,7 @@ class _WorkerChannel:
             raise CallbackError("Timeout", f"no reply to {method!r} before the deadline")
         self.send_host(b"C", frame)
         while True:
-            message = self.read()
+            message = self.read(fds=False)
             if message is None:
                 raise CallbackError("ConnectionLost", "the runtime is stopping")
             if message.get("type") == "reply" and message.get("id") == call_id:
