@@ -778,6 +778,7 @@ class Server:
             else:
                 conn.resolve(message)
         elif kind == "ping":
+            self.collect()
             conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
         elif kind == "configure":
             self.configure(conn, request_id, message.get("secrets"), body)
@@ -804,12 +805,15 @@ class Server:
             text = f"the request is {len(body)} bytes, over the payload limit of {self.config.payload_limit}"
             conn.write(_failure_frame(request_id, "payload_too_large", "PayloadTooLarge", text))
             return
+        if not self.idle_workers and self.workers:
+            self.collect()  # slots freed since: admitted before this one (the queue keeps arrival order)
         self.inflight += 1
         self.idle.clear()
         if self.running < self.config.concurrency:
             self.begin(conn, message, body)
         else:
             self.waiting.append((conn, message, body))  # admitted in arrival order as slots free up
+            self.watch_workers()  # from now on each freed slot admits the next at once
 
     def begin(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         self.running += 1
@@ -823,6 +827,7 @@ class Server:
             worker.conn = conn
             worker.invocation_id, worker.deadline = _invocation_of(message)
             worker.start(conn, body)
+            worker.watch(bool(self.waiting) or self.draining or conn.id not in worker.has)
             if worker.deadline:
                 self.arm_sweep()
             return
@@ -913,6 +918,20 @@ class Server:
         self.idle_workers.append(worker)
         if conn is not None:
             self.finish(conn, frame)
+        if worker.conn is None:  # not given the next invocation by `finish`: nothing to wake up for
+            worker.watch(False)
+
+    def collect(self) -> None:
+        """Take the `D` (done) notes that busy workers left on their links unread: a worker's end is not
+        worth a wake-up of this process unless an invocation waits for its slot (`watch_workers`)."""
+        for worker in list(self.workers.values()):
+            if worker.conn is not None and not worker.watched:
+                worker.readable()
+
+    def watch_workers(self) -> None:
+        for worker in self.workers.values():
+            if worker.conn is not None:
+                worker.watch(True)
 
     def connection_gone(self, conn: _Connection) -> None:
         """The host hung up: calls that workers make for its invocations fail (their results are dropped)."""
@@ -989,6 +1008,8 @@ class Server:
 
     async def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
+        self.collect()
+        self.watch_workers()
         await self.idle.wait()
         if conn is not None:
             conn.send({"type": "drained", "id": request_id})
@@ -1086,8 +1107,16 @@ class _Worker:
         self.deadline = 0.0  # of the invocation it runs, until the sweep told it that it passed
         self.has = has  # ids of the host connections it holds a copy of
         self.buf = bytearray()
+        self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` reads it)
         sock.setblocking(False)
-        server.loop.add_reader(sock.fileno(), self.readable)
+
+    def watch(self, wanted: bool) -> None:
+        if wanted != self.watched and self.sock.fileno() >= 0:
+            self.watched = wanted
+            if wanted:
+                self.server.loop.add_reader(self.sock.fileno(), self.readable)
+            else:
+                self.server.loop.remove_reader(self.sock.fileno())
 
     def write(self, frame: bytes) -> None:
         if self.sock.fileno() >= 0:
@@ -1118,7 +1147,7 @@ class _Worker:
         except OSError:
             data = b""
         if not data:  # the worker exited: SIGCHLD says how
-            self.server.loop.remove_reader(self.sock.fileno())
+            self.watch(False)
             return
         buf = self.buf
         buf += data
@@ -1138,7 +1167,7 @@ class _Worker:
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
-            self.server.loop.remove_reader(self.sock.fileno())
+            self.watch(False)
             self.sock.close()
 
     @staticmethod
@@ -1192,11 +1221,14 @@ class _WorkerChannel:
                     except ValueError:
                         message = None  # a broken frame concerns no call: skipped
                     return message if isinstance(message, dict) else {}
-            if fds:
-                data, passed, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
-                self.fds.extend(passed)
-            else:
-                data = self.sock.recv(1 << 18)
+            try:
+                if fds:
+                    data, passed, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
+                    self.fds.extend(passed)
+                else:
+                    data = self.sock.recv(1 << 18)
+            except ConnectionResetError:  # the supervisor is gone (unread notes on its end make it a reset)
+                data = b""
             if not data:
                 return None
             buf += data
