@@ -1094,7 +1094,8 @@ class _Worker:
 
     The link is a socketpair. Supervisor -> worker: protocol frames (`use` with the host connection's fd when
     the worker has none yet, `invoke`, a `reply` to its call, `configure`, `deadline`, `lost`). Worker ->
-    supervisor: a tag byte and a frame, `D` (done, empty: the slot is free) or, when it holds no copy of the
+    supervisor: a tag byte and a frame, `D` (done, empty: the slot is free; read when the supervisor next needs
+    a worker or answers a ping, or at once while invocations wait: `Server.collect`) or, when it holds no copy of the
     host connection, `C`/`R` (a call or a result to pass on). A worker writes its calls and results straight
     to the host connection (its own copy of the socket, under the shared write lock): no hop through the
     supervisor on the way out; replies to its calls come back through the supervisor, undecoded.
