@@ -1132,8 +1132,7 @@ class _Worker:
         self.has.add(conn.id)  # its copy of the connection travels with the `use` frame
         try:
             sent = socket.send_fds(self.sock, [frames], [conn.fd])
-        except BlockingIOError:
-            sent = 0
+        except OSError:  # the link's buffer is full, or fds cannot pass here
             self.has.discard(conn.id)
             self.write(frames)  # without the copy: it passes its frames back through the link
             return
