@@ -6,12 +6,14 @@ Under CI=true, tests marked ``docker`` never skip: a missing engine or image is 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import docker
 import docker.errors
 import pytest
+from runtime_helpers import StartRuntime, runtime_starter
 
 DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
 
@@ -65,3 +67,9 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"docker test skipped under CI=true, which is not allowed: {reason}"
     return report
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """The in-container runtime as a local process (tests/runtime_helpers.py), stopped afterwards."""
+    yield from runtime_starter(tmp_path)

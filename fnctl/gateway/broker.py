@@ -10,25 +10,36 @@ one sandbox can never act under another invocation's caller.
 
 The calls are answered by `fnctl.gateway.datacalls.answer` (`fnctl invoke --local` uses it too), on one
 worker thread of the broker's own, in order, off the event loop (the REST API's data work too); a `db.get`
-(one primary-key read) is answered on the event loop itself when no other call of its invocation is running.
+(one primary-key read) is answered on the event loop itself when no other call of its invocation is running,
+and a refusal (no such invocation, an unknown method) at once too: both as `Answered`, which the transport
+writes from the frame's read callback, without a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import DataDocument
-from fnctl.data.errors import DataError
+from fnctl.data.errors import DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
-from fnctl.gateway.datacalls import CallSession, answer, call_failed, caller_of, open_session, parse_policies
+from fnctl.gateway.datacalls import (
+    METHODS,
+    CallSession,
+    answer,
+    call_failed,
+    caller_of,
+    open_session,
+    parse_policies,
+)
 from fnctl.gateway.router import DataSettings
+from fnctl.invocation.aiotransport import Answered, AsyncCallHandler
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Policy
 from fnctl.state.store import Store
@@ -162,33 +173,42 @@ class Broker:
             session.txn.rollback()  # a failed procedure's buffered writes go with it
         return session
 
-    def handler_for(self, function: str, revision: int) -> Callable[[str, str, dict[str, Any]], Any]:
+    def handler_for(self, function: str, revision: int) -> AsyncCallHandler:
         """The `on_call` of the transports to instances of (function, revision)."""
 
-        async def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
-            return await self.call(function, revision, invocation_id, method, params)
+        def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Awaitable[Any] | Answered:
+            return self.call(function, revision, invocation_id, method, params)
 
         return on_call
 
-    async def call(
+    def call(
         self, function: str, revision: int, invocation_id: str, method: str, params: Mapping[str, Any]
-    ) -> Any:
+    ) -> Awaitable[Any] | Answered:
+        """Answer a call at once when that needs neither the data thread nor a wait (a refusal, a `db.get`),
+        else hand it to the data thread and return what to await."""
         session = self.sessions.get(invocation_id)
         if session is None or (session.function, session.revision) != (function, revision):
             raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
         try:
+            if method not in METHODS:
+                raise Invalid(f"unknown method {method!r}: one of {', '.join(METHODS)}")
             if method == "db.get" and session.busy == 0 and session.caller.kind not in _AUDITED:
                 # One primary-key read: answered on the event loop (its own connection; WAL readers never
                 # wait), with the same checks, rather than a hop to the data thread and back. Only when none
                 # of the session's calls is on the data thread: a Txn is used by one thread at a time.
-                return answer(self.plane, session, method, params)
-            session.busy += 1
-            try:
-                return await self.run(lambda: answer(self.plane, session, method, params))
-            finally:
-                session.busy -= 1
+                return Answered(answer(self.plane, session, method, params))
         except DataError as error:
             raise call_failed(error) from None
+        return self._call_later(session, method, params)
+
+    async def _call_later(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
+        session.busy += 1
+        try:
+            return await self.run(lambda: answer(self.plane, session, method, params))
+        except DataError as error:
+            raise call_failed(error) from None
+        finally:
+            session.busy -= 1
 
     async def commit(self, session: CallSession) -> None:
         """Commit a procedure's writes (raises Conflict when what it read changed meanwhile)."""

@@ -61,6 +61,8 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "import-error": {"handler": "raises_at_import.handler"},
     "secret": {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": SECRET_ENV}]},
     "gvisor": {"handler": "probes.identity", "isolation": "gvisor"},
+    "calls": {"handler": "probes.calls"},
+    "calls-gvisor": {"handler": "probes.calls", "isolation": "gvisor"},
 }
 
 
@@ -552,6 +554,25 @@ def test_secret_reaches_the_handler_and_nothing_else(
     assert saved.stat().st_size > MIB
     with saved.open("rb") as archive:
         assert not _occurs_in_stream(iter(lambda: archive.read(MIB), b""), token.encode())
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("function", ["calls", "calls-gvisor"])
+def test_calls_from_a_worker_process_reach_the_host(start: Start, function: str) -> None:
+    """A synchronous handler runs in a worker process that writes its calls to its copy of the host connection
+    (passed over a socketpair): under runc and under gVisor, each call is answered and the host sees whole
+    frames."""
+    instance = start(function)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        seen.append((method, params))
+        return {"echoed": params["n"]}
+
+    instance.transport.on_call = on_call
+    for _ in range(2):  # the second invocation reuses the worker and its copy of the connection
+        assert answers(instance) == {"replies": [{"echoed": n} for n in range(3)], "main_thread": True}
+    assert seen == [("echo", {"n": n}) for n in range(3)] * 2
 
 
 @pytest.mark.docker

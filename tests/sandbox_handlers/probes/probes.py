@@ -22,6 +22,14 @@ def echo_context(event, context):
     return {"echo": event, "function": context.function_name, "revision": context.revision}
 
 
+def calls(event, context):
+    """Calls back into the host from the worker process a synchronous handler runs in, and says where it ran."""
+    import threading
+
+    replies = [context.call("echo", {"n": n}) for n in range(3)]
+    return {"replies": replies, "main_thread": threading.get_ident() == threading.main_thread().ident}
+
+
 async def echo_async(event, context):
     await asyncio.sleep(0)
     return {"echo": event, "async": True, "function": context.function_name}
