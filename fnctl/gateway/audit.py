@@ -310,6 +310,21 @@ def _direct_handler() -> _BatchStreamHandler | None:
 _PLAIN = logging.Formatter("%(message)s")
 
 
+def silence_access_log() -> Callable[[], None]:
+    """No access lines at all (`--no-access-log`): the logger is switched off, so `record` queues none and
+    nothing reaches the root logger, which would write each one to stderr as JSON inside JSON; returns the
+    function that restores it."""
+    level, propagate = access_logger.level, access_logger.propagate
+    access_logger.setLevel(logging.CRITICAL + 1)
+    access_logger.propagate = False
+
+    def stop() -> None:
+        access_logger.setLevel(level)
+        access_logger.propagate = propagate
+
+    return stop
+
+
 def start_access_log(stream: TextIO) -> Callable[[], None]:
     """Write access lines to `stream`, alone (they are JSON for machines: kept out of the root logger),
     flushed after each batch; returns the function that stops it."""

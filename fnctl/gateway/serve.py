@@ -181,12 +181,12 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
 
 
 async def _serve(project: Project, store_path: Path, options: ServeOptions) -> None:
-    from fnctl.gateway.audit import start_access_log
+    from fnctl.gateway.audit import silence_access_log, start_access_log
     from fnctl.gateway.cron import CronRunner
 
     stop = _stop_on_signals()
     gateway = _gateway(project, store_path, options)
-    stop_access = start_access_log(sys.stdout) if options.access_log else None
+    stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
     flushing, cron_stop = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     drained = False
@@ -216,8 +216,7 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
         if tasks:
             await asyncio.wait(tasks, timeout=None if drained else 1.0)
         await _close(gateway)
-        if stop_access is not None:
-            stop_access()
+        stop_access()
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
