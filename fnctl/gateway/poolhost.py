@@ -32,8 +32,9 @@ class PoolStats:
 
 
 class Overloaded(FnctlError):
-    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
-    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
+    """A request would wait longer than it may (fnctl.gateway.shedding), or the revision is at maxInstances
+    with every instance busy and its queue at the `queue_limit` backstop (→ 429 with Retry-After); below
+    maxInstances requests wait for the instances being started instead."""
 
     def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
         super().__init__(message)
@@ -52,6 +53,7 @@ class Target:
     revision: int
     image: str
     secrets: dict[str, str]
+    max_wait: float | None = None  # the gateway's maxQueueWait (None: the function's timeout alone)
 
 
 class SlotPhase(StrEnum):

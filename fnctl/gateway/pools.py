@@ -30,6 +30,7 @@ from fnctl.errors import FnctlError
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, Target, Unavailable
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
+from fnctl.gateway.shedding import Shed
 from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
@@ -60,9 +61,10 @@ def _store(path: Path) -> Iterator[Store]:
 class DockerActions:
     """The pools' blocking work, run in worker threads: each call opens its own store connection."""
 
-    def __init__(self, store_path: Path, project: Project) -> None:
+    def __init__(self, store_path: Path, project: Project, max_wait: float | None = None) -> None:
         self.store_path = store_path
         self.project = project
+        self.max_wait = max_wait
 
     def routes(self) -> dict[str, dict[int, int]]:
         with _store(self.store_path) as store:
@@ -93,7 +95,7 @@ class DockerActions:
             secrets = secretref.resolve(spec, self.project.root)
         except FnctlError as exc:
             raise Unavailable(f"{function} revision {revision}: {exc.message}") from None
-        return Target(spec, revision, found.image, secrets)
+        return Target(spec, revision, found.image, secrets, self.max_wait)
 
     def start(self, target: Target, instance_id: str) -> tuple[str, str]:
         """Start and record one instance: (container id, socket dir). LockTimeout when apply holds the lock."""
@@ -169,7 +171,9 @@ class PoolManager:
     """Every revision's pool, on one event loop. `idle_seconds`: how long an instance beyond minInstances
     may stay idle before it is stopped; `grace_seconds`: the same for revisions the routing table does not
     list (invoked by pinning, or no longer routed); `queue_limit`: requests queued per revision at
-    maxInstances (below it, requests wait for the instances being started)."""
+    maxInstances (below it, requests wait for the instances being started): a backstop on memory; what
+    refuses requests under load is their expected wait (`max_wait`: the gateway's maxQueueWait, else each
+    function's timeout; fnctl.gateway.shedding)."""
 
     def __init__(
         self,
@@ -177,19 +181,21 @@ class PoolManager:
         store_path: Path,
         *,
         idle_seconds: float = 300.0,
-        queue_limit: int = 64,
+        queue_limit: int = 1024,
         grace_seconds: float = 30.0,
         workers: int = 8,
+        max_wait: float | None = None,
     ) -> None:
         self.project = project
         self.store_path = store_path
         self.idle_seconds = idle_seconds
         self.grace_seconds = grace_seconds
         self.queue_limit = queue_limit
+        self.max_wait = max_wait
         self.closing = False
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
-        self.actions = DockerActions(store_path, project)
+        self.actions = DockerActions(store_path, project, max_wait)
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
         self._routes: dict[str, dict[int, int]] = {}
@@ -241,6 +247,12 @@ class PoolManager:
             raise Unavailable("the gateway is shutting down")
         pool = self._pools.get((function, revision)) or await self._pool(function, revision)
         return await pool.invoke(event, caller, request_id)
+
+    def shed(self, function: str, revision: int) -> Shed | None:
+        """Whether a request for `revision` would be refused now for its expected wait: asked before its
+        body is read, so that a refusal under overload costs next to nothing."""
+        pool = self._pools.get((function, revision))
+        return None if pool is None else pool.shed()
 
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}

@@ -22,6 +22,7 @@ from fnctl.engine import instances
 from fnctl.errors import FnctlError
 from fnctl.gateway.poolhost import Host, Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
+from fnctl.gateway.shedding import Shed, max_wait, shed
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
@@ -56,7 +57,8 @@ class RevisionPool:
         self.routing = routing
         self.unrouted_since = time.monotonic()
         self.start_error: tuple[float, str] | None = None
-        self.latency = 0.1  # seconds, moving average: for Retry-After
+        self.latency = 0.1  # seconds, moving average: for shedding and Retry-After
+        self.max_wait = max_wait(target.function.limits.timeout, target.max_wait)
         self.gone: OrderedDict[str, None] = OrderedDict()  # instances stopped or lost: never adopted again
         self._orders = itertools.count()
 
@@ -105,7 +107,31 @@ class RevisionPool:
                 return slot, False
         return await self._queue()
 
+    def shed(self) -> Shed | None:
+        """Whether a request arriving now would be refused for the wait it would have (None: admitted).
+        Asked by the gateway before it reads a request's body, and again here before a request queues."""
+        if not self.waiters:  # nobody ahead: it waits for one invocation at most, never longer than a timeout
+            return None
+        ready = starting = 0
+        for slot in self.slots.values():
+            ready += slot.ready
+            starting += slot.phase is SlotPhase.STARTING
+        if not ready:
+            return None  # a cold start: bounded by the start timeout, not by this estimate
+        return shed(
+            queued=len(self.waiters),
+            capacity=(ready + starting) * self.concurrency,
+            latency=self.latency,
+            limit=self.max_wait,
+        )
+
     async def _queue(self) -> tuple[Slot, bool]:
+        refused = self.shed()
+        if refused is not None:
+            raise Overloaded(
+                refused.retry_after,
+                f"{self.name}: all instances busy; the wait ({refused.wait:.3g}s) would exceed {self.max_wait:g}s",
+            )
         slots = self.slots.values()
         ready, starting = sum(s.ready for s in slots), sum(s.phase is SlotPhase.STARTING for s in slots)
         if refuse(

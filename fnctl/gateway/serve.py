@@ -35,7 +35,7 @@ class ServeOptions:
     port: int = 8080
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     idle_seconds: float = 300.0  # an instance above minInstances idle this long is stopped
-    queue_limit: int = 64  # requests waiting per revision once every instance is busy at maxInstances
+    queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
 
 
@@ -103,6 +103,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "drainTimeout": ("drain_timeout", parse_duration),
     "bodyTimeout": ("body_timeout", parse_duration),
     "maxConnectionsPerClient": ("max_connections_per_client", int),
+    "maxQueueWait": ("max_queue_wait", parse_duration),
 }
 
 
@@ -154,7 +155,13 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
     store.close()
-    pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
+    pool = PoolManager(
+        project,
+        store_path,
+        idle_seconds=options.idle_seconds,
+        queue_limit=options.queue_limit,
+        max_wait=options.limits.max_queue_wait,
+    )
     gateway = Gateway(
         pool=pool,
         authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
@@ -164,6 +171,7 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
         limits=options.limits,
         identity=identity,
     )
+    gateway.admission = pool.shed
     gateway.broker = data_broker(store_path, gateway)
     pool.call_handler = gateway.broker.handler_for
     return gateway
