@@ -135,6 +135,8 @@ def start(
     try:
         _record_container(socket_dir, container_id)
         _wait_ready(instance)
+        if spec.start_nano_cpus and spec.start_nano_cpus != spec.nano_cpus:
+            dockerio.set_cpus(container_id, spec.nano_cpus)  # the start's extra CPU ends before any request
         instance.transport.configure(secret_values)
     except BaseException:
         remove(instance)

@@ -13,6 +13,10 @@ SANDBOX_USER = "65534:65534"  # nobody:nogroup; the image needs no user database
 SOCKET_TARGET = "/run/fnctl"
 NOFILE = 1024
 LOG_MAX_SIZE = "1m"
+# CPUs an instance may use while it starts (interpreter, imports, the handler's module), until it is ready:
+# at the function's 0.5 the quota alone cost ~35 ms of a cold start. Memory and pids limits apply as ever,
+# and the function's own quota is set before the instance takes its first request.
+STARTUP_CPUS = 2.0
 GVISOR_RUNTIME = "runsc"
 LABEL = "io.fnctl"  # prefix of every label fnctl sets
 
@@ -29,7 +33,7 @@ class ContainerSpec:
     socket_dir: str  # host directory bind-mounted (read-only) at `socket_target`
     socket_target: str
     memory: int
-    nano_cpus: int
+    nano_cpus: int  # the CPU quota while it serves (billionths of a CPU)
     pids: int
     tmp_size: int
     nofile: int
@@ -41,6 +45,7 @@ class ContainerSpec:
     # No writable host path at all: the runtime connects out to the host's listeners in this directory,
     # which needs no write access to it.
     socket_read_only: bool = True
+    start_nano_cpus: int = 0  # the CPU quota until it is ready (0: `nano_cpus` from the start)
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
 
@@ -83,6 +88,8 @@ def container_spec(
         network="bridge" if function.network is Network.EGRESS else "none",
         runtime=GVISOR_RUNTIME if function.isolation is Isolation.GVISOR else None,
         log_max_size=LOG_MAX_SIZE,
+        # gVisor's runtime is left at its quota: its cgroup is not updated the same way under runsc.
+        start_nano_cpus=0 if function.isolation is Isolation.GVISOR else int(max(limits.cpu, STARTUP_CPUS) * 1e9),
     )
 
 
@@ -134,7 +141,7 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
         HardeningCheck(
             "cpu quota",
             int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
-            f"NanoCpus={host.get('NanoCpus')}",
+            f"NanoCpus={host.get('NanoCpus')} CpuQuota={host.get('CpuQuota')}/{host.get('CpuPeriod')}",
         ),
         HardeningCheck("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
         HardeningCheck(
