@@ -228,6 +228,15 @@ def set_cpus(container_id: str, nano_cpus: int) -> None:
         client().api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(nano_cpus))
 
 
+def pause(container_id: str, paused: bool) -> None:
+    """Freeze (`paused`) or thaw every process of a container: a paused one uses no CPU, keeps its memory."""
+    with _engine_errors(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}"):
+        if paused:
+            client().api.pause(container_id)
+        else:
+            client().api.unpause(container_id)
+
+
 def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:
     """Containers carrying every label in `labels` (a value of "" matches any value): one engine call."""
     filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}

@@ -57,7 +57,8 @@ class Target:
 
 
 class SlotPhase(StrEnum):
-    STARTING = "starting"  # container starting, or an adopted runtime being connected to
+    STARTING = "starting"  # container starting, an adopted runtime being connected to, or a paused one thawing
+    PAUSED = "paused"  # `scaling.warm: paused`: started, connected and frozen, the reserve of a scale-up
     READY = "ready"  # connected and configured: the only phase that receives requests
     RETIRING = "retiring"  # no new requests; stopped once its last one ends
     DRAINING = "draining"  # `fnctl apply` is draining it: no new requests; it goes away by itself
@@ -78,10 +79,17 @@ class Slot:
     transport: AsyncTransport | None = None
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
+    spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
 
     @property
     def ready(self) -> bool:
         return self.phase is SlotPhase.READY
+
+
+class Pauser(Protocol):
+    """Pauses and thaws instances, for the pools of functions with `scaling.warm: paused`."""
+
+    async def pause_instance(self, slot: Slot, paused: bool) -> None: ...
 
 
 class Host(Protocol):

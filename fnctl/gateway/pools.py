@@ -299,6 +299,10 @@ class PoolManager:
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
         return await self._in_thread(self.actions.start, target, instance_id)
 
+    async def pause_instance(self, slot: Slot, paused: bool) -> None:
+        # on the read threads: a thaw is on a request's path, never behind starts waiting for the lock
+        await self._in_thread(dockerio.pause, slot.container_id, paused, reads=True)
+
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
         while True:
             try:
@@ -349,7 +353,7 @@ class PoolManager:
         rows = await self._in_thread(self.actions.ready_rows, reads=True)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key))
+            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
             pool.adopt(rows.get(key, []))
         return pool
 
