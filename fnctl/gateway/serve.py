@@ -166,7 +166,7 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
         pool=pool,
         authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
         metrics=Metrics(),
-        audit=AuditLog(store_path),
+        audit=AuditLog(store_path, process=True),
         source=StoreTable(store_path),
         limits=options.limits,
         identity=identity,
@@ -193,8 +193,9 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
     from fnctl.gateway.cron import CronRunner
 
     stop = _stop_on_signals()
-    gateway = _gateway(project, store_path, options)
+    # The access log first: the audit's writer process writes the lines itself when they go to stdout.
     stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
+    gateway = _gateway(project, store_path, options)
     flushing, cron_stop = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     drained = False
