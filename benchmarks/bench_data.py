@@ -43,7 +43,7 @@ from pathlib import Path
 from types import FrameType
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 

@@ -137,9 +137,14 @@ setup_docker() {
 
 # --- Base image -----------------------------------------------------------------------------------
 
+# Built when missing, and rebuilt when scripts/build-base-image.sh changed since (the image's recipe label).
 setup_base_image() {
-    if ! docker image inspect "$FNCTL_BASE_IMAGE" >/dev/null 2>&1; then
-        step "building base image $FNCTL_BASE_IMAGE"
+    local want have
+    want="$(bash scripts/build-base-image.sh --recipe-hash)"
+    have="$(docker image inspect --format '{{index .Config.Labels "io.fnctl.base-recipe"}}' "$FNCTL_BASE_IMAGE" \
+        2>/dev/null || true)"
+    if [ "$have" != "$want" ]; then
+        step "building base image $FNCTL_BASE_IMAGE (recipe ${have:-none} -> $want)"
         bash scripts/build-base-image.sh
     fi
 }

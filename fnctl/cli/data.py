@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from fnctl.cli.options import StateOpt
+from fnctl.cli.progress import Meter
 from fnctl.cli.render import Output, OutputOpt, print_json
 from fnctl.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from fnctl.commands.data import OnProgress, OperatorSession
+    from fnctl.commands.data import OperatorSession
     from fnctl.data.documents import DataDocument
 
 app = typer.Typer()
@@ -270,45 +271,6 @@ def rm(
     sys.stderr.write(f"deleted {collection}/{id}\n")
 
 
-class _Meter:
-    """A progress bar on a terminal (stderr), else a plain line every ~10% (or every 10 batches)."""
-
-    def __init__(self, verb: str, unit: str) -> None:
-        self.verb, self.unit = verb, unit
-        self.bar: Any = None
-        self.calls = 0
-        self.shown = -1
-
-    def __enter__(self) -> OnProgress:
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.verb, total=None)
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        self.calls += 1
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total or None)
-            return
-        step = done * 10 // total if total else self.calls // 10
-        if step != self.shown:
-            self.shown = step
-            sys.stderr.write(f"{self.verb}: {done}{f' of {total}' if total else ''} {self.unit}\n")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 @data_app.command("import")
 def import_command(
     collection: CollectionArg,
@@ -340,9 +302,9 @@ def import_command(
       fnctl data import orders orders.ndjson --tenant acme
       fnctl data export orders | fnctl data import orders-copy
     """
-    from fnctl.commands.data import import_ndjson
+    from fnctl.commands.datatransfer import import_ndjson
 
-    with _session(state, tenant, "import") as s, _Meter("importing", "bytes") as progress:
+    with _session(state, tenant, "import") as s, Meter("importing", "bytes") as progress:
         report = import_ndjson(
             s,
             collection,
@@ -381,9 +343,9 @@ def export_command(
       fnctl data export orders orders.ndjson
       fnctl data export orders --filter '{"status": "paid"}' --tenant acme > paid.ndjson
     """
-    from fnctl.commands.data import export_ndjson
+    from fnctl.commands.datatransfer import export_ndjson
 
-    with _session(state, tenant, "export") as s, _Meter("exporting", "documents") as progress:
+    with _session(state, tenant, "export") as s, Meter("exporting", "documents") as progress:
         if file is None or str(file) == "-":
             count = export_ndjson(s, collection, sys.stdout, filter_text=filter, on_progress=progress)
         else:

@@ -9,7 +9,7 @@ import typer
 
 from fnctl.cli.options import PathsArg
 from fnctl.cli.render import Output, OutputOpt, console
-from fnctl.errors import BadInput, ExitCode
+from fnctl.errors import BadInput, ExitCode, FnctlError
 
 app = typer.Typer()
 
@@ -102,28 +102,33 @@ def invoke(
       fnctl invoke hello --revision 3 -d @event.json --key "$FNCTL_KEY"
       fnctl invoke --local orders-report --data-from ~/.local/state/fnctl/shop.db
     """
-    from fnctl.cli.render import Progress, render_outcome
+    from fnctl.cli.render import Progress, render_invoke_error, render_outcome
     from fnctl.commands.local import invoke_local
     from fnctl.invocation.payload import read_event
     from fnctl.manifest.project import load_project
 
-    event, size = read_event(data)
-    if data_from is not None and not local:
-        raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
-    if not local:
-        from fnctl.commands.invoke import invoke_deployed
+    try:
+        event, size = read_event(data)
+        if data_from is not None and not local:
+            raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
+        if not local:
+            from fnctl.commands.invoke import invoke_deployed
 
-        outcome, warm = invoke_deployed(
-            load_project(), state, target, event, size, revision, key=key, logs=logs, direct=direct
-        )
-        render_outcome(outcome, output=output, show_logs=logs, warm=warm)
-        raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
-    with Progress(quiet=output is Output.JSON) as progress:
-        result = invoke_local(
-            load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
-        )
-    render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
-    raise typer.Exit(ExitCode.OK if result.outcome.ok else ExitCode.FAILED)
+            outcome, warm = invoke_deployed(
+                load_project(), state, target, event, size, revision, key=key, logs=logs, direct=direct
+            )
+        else:
+            with Progress(quiet=output is Output.JSON) as progress:
+                result = invoke_local(
+                    load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
+                )
+            outcome, warm = result.outcome, result.warm
+    except FnctlError as exc:
+        if output is Output.JSON:  # a script reads stdout: one JSON object whatever failed (stderr says it too)
+            render_invoke_error(exc)
+        raise
+    render_outcome(outcome, output=output, show_logs=logs, warm=warm)
+    raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
 
 
 sandbox_app = typer.Typer(help="Inspect the sandboxes of running instances.", no_args_is_help=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.commands.rollouts import Follower, OnEvent, OnTick, Snapshot
-from fnctl.data.documents import DataPlane, stored_spec
+from fnctl.data.collections import stored_spec
+from fnctl.data.plane import DataPlane
 from fnctl.deploy import executor, pickup, rolloutdriver
 from fnctl.deploy.desired import DeploySpec
 from fnctl.deploy.diff import (

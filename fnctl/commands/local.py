@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from fnctl.commands.localrecord import function_source, recorded_function, validated_function
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane
 from fnctl.data.errors import DataError
+from fnctl.data.plane import DataPlane
 from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.errors import BadInput, FnctlError

@@ -1,6 +1,6 @@
 """The JSON filter language (parsed in `fnctl.manifest.filterlang`): parsing as the data plane's BadFilter, the
 pure evaluator `matches` (row rules on writes; the same semantics as the SQL compiled in
-`fnctl.state.docstore`), and `bind`, which puts the caller into a row rule."""
+`fnctl.state.docsql`), and `bind`, which puts the caller into a row rule."""
 
 from __future__ import annotations
 

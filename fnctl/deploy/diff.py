@@ -198,7 +198,7 @@ def drift_of(function: LiveFunction) -> Iterator[Drift]:
 
 def diff_collections(desired: Mapping[str, dict[str, Any]], live: LiveState) -> list[CollectionChange]:
     """One CollectionChange per collection on either side, sorted by name. `desired`: name → the spec as the
-    data store keeps it (`fnctl.data.documents.stored_spec`), so that equal means unchanged."""
+    data store keeps it (`fnctl.data.collections.stored_spec`), so that equal means unchanged."""
     changes: list[CollectionChange] = []
     for name in sorted(set(desired) | set(live.collections)):
         want, have = desired.get(name), live.collections.get(name)

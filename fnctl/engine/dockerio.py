@@ -151,6 +151,29 @@ def _build(
                         on_line(f"{tag}: {line.strip()}")
 
 
+def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
+    """Run `argv` in a throwaway container of `image` (no network, read-only, unprivileged) and return its
+    standard output; used to ask a base image about itself, never for user code."""
+    with _engine_errors(f"running {entrypoint} in {image}"):
+        try:
+            output = client().containers.run(
+                image,
+                argv,
+                entrypoint=[entrypoint],
+                user="65534:65534",
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                remove=True,
+                stdout=True,
+                stderr=False,
+            )
+        except _sdk().errors.ContainerError as exc:
+            raise FnctlError(f"{entrypoint} in {image} exited with {exc.exit_status}: {exc.stderr!r}") from None
+    return bytes(output).decode()
+
+
 def images_present(tags: set[str]) -> set[str]:
     """Which of `tags` the engine has: one call, whatever their number."""
     if not tags:

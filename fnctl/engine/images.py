@@ -1,8 +1,8 @@
 """Revision images, content-addressed: source tree + requirements + runtime + base image → one tag.
 
-An unchanged function is never rebuilt. `requirements.txt` is installed on the host (pip, wheels for the
-image's Python and platform) into the image content and cached by its hash, so no container ever needs
-the network to build.
+An unchanged function is never rebuilt. Its dependencies are installed on the host (`pydeps`: wheels for
+the image's Python and every manylinux tag its glibc runs, `imageplatform`) into the image content and cached
+by the resolved set, so no container ever needs the network to build.
 """
 
 from __future__ import annotations
@@ -10,21 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.engine import dockerio
+from fnctl.engine import dockerio, imageplatform, pydeps
+from fnctl.engine.imageplatform import ImagePlatform
 from fnctl.engine.sandbox import LABEL
-from fnctl.errors import BuildFailed, EngineUnavailable
+from fnctl.errors import EngineUnavailable
 from fnctl.manifest.schemas import data_dir
 from fnctl.manifest.source import code_hash, source_files
 
 PYTHON_VERSION = "3.11"
-REQUIREMENTS = "requirements.txt"
 RUNTIME_FILES = ("Dockerfile", "function.Dockerfile", "fnctl_runtime.py")
 
 
@@ -75,7 +73,7 @@ def ensure_image(
         return ImageRef(tag, digest, built=False)
     with tempfile.TemporaryDirectory(prefix="fnctl-build-") as tmp:
         context = Path(tmp)
-        _stage(source, context, on_line)
+        _stage(source, context, lambda: imageplatform.probe(base_image, base_id, cache_dir()), on_line)
         dockerio.build_image(
             context,
             tag,
@@ -97,7 +95,7 @@ def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str],
     return tag
 
 
-def _stage(source: Path, context: Path, on_line: Callable[[str], None]) -> None:
+def _stage(source: Path, context: Path, platform: Callable[[], ImagePlatform], on_line: Callable[[str], None]) -> None:
     shutil.copy2(data_dir("runtime-image") / "function.Dockerfile", context / "Dockerfile")
     code = context / "code"
     for path in source_files(source):
@@ -105,59 +103,8 @@ def _stage(source: Path, context: Path, on_line: Callable[[str], None]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target, follow_symlinks=True)
     code.mkdir(exist_ok=True)
-    deps = context / "deps"
-    requirements = source / REQUIREMENTS
-    if requirements.is_file():
-        shutil.copytree(install_requirements(requirements, on_line), deps)
+    deps = pydeps.install_dependencies(source, platform, cache_dir(), on_line)
+    if deps is not None:
+        shutil.copytree(deps, context / "deps")
     else:
-        deps.mkdir()
-
-
-def install_requirements(requirements: Path, on_line: Callable[[str], None]) -> Path:
-    """pip-install `requirements` for the image's Python (binary wheels only) into a cache dir keyed by
-    the file's hash; returns that dir."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:24]
-    target = cache_dir() / "deps" / digest
-    if target.is_dir():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix="deps-", dir=_ensure(cache_dir() / "deps")))
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-compile",
-        "--target",
-        str(staging),
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        PYTHON_VERSION,
-        "--platform",
-        "manylinux2014_x86_64",
-        "--platform",
-        "linux_x86_64",
-        "-r",
-        str(requirements),
-    ]
-    on_line(f"pip install -r {requirements.name} (for Python {PYTHON_VERSION}, cached by hash)")
-    done = subprocess.run(command, capture_output=True, text=True, cwd=requirements.parent)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BuildFailed(
-            f"installing {requirements} failed (pip exit {done.returncode})",
-            detail=(done.stdout + done.stderr).strip()[-4000:],
-        )
-    try:
-        staging.rename(target)
-    except OSError:  # another build installed the same requirements meanwhile
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        (context / "deps").mkdir()

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataDocument, DataPlane, Txn
+from fnctl.data.documents import DataDocument
 from fnctl.data.errors import DataError
+from fnctl.data.plane import DataPlane
+from fnctl.data.txn import Txn
 from fnctl.gateway.datacalls import CallSession, answer, call_failed, caller_of, open_session, parse_policies
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.protocol import CallFailed

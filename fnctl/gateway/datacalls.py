@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, DataPlane, Page, Txn
+from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, Page
 from fnctl.data.errors import Conflict, DataError, Invalid
+from fnctl.data.plane import DataPlane
+from fnctl.data.txn import Txn
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import ParseError, Policy, parse_policy

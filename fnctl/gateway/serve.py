@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.errors import BadInput
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit

@@ -2,7 +2,7 @@
 
 It lives at the bottom of the layers because three places read it: manifest checks (Policy row rules),
 the data plane's decisions (`fnctl.data.filters`, which adds the evaluator and caller binding) and the
-document store (`fnctl.state.docstore`, which compiles it to SQL). Parsing is pure and bounded.
+document store (`fnctl.state.docsql` compiles it to SQL). Parsing is pure and bounded.
 
     {"status": "paid"}                          implicit equality
     {"total": {"$gt": 10, "$lte": 100}}         $eq $ne $gt $gte $lt $lte $in $nin $exists

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fnctl.state import auditchain
 
@@ -183,13 +183,24 @@ MIGRATIONS: tuple[Migration, ...] = (
 def upgrade(connection: sqlite3.Connection, version: int) -> None:
     """Apply the migrations after `version` (the store's PRAGMA user_version, checked by the caller not to be
     newer than this fnctl), each in its own transaction."""
-    for number in range(version, len(MIGRATIONS)):
+    apply_migrations(connection, version, MIGRATIONS)
+    if version < len(MIGRATIONS):
+        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
+        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
+        # snapshot delays it to the next checkpoint.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def apply_migrations(connection: sqlite3.Connection, version: int, migrations: Sequence[Migration]) -> None:
+    """Apply `migrations` after `version`, each in its own transaction (the state store's and the data
+    file's alike)."""
+    for number in range(version, len(migrations)):
         connection.execute("BEGIN IMMEDIATE")
         try:
             if int(connection.execute("PRAGMA user_version").fetchone()[0]) != number:
                 connection.execute("ROLLBACK")  # another process migrated meanwhile
                 continue
-            migration = MIGRATIONS[number]
+            migration = migrations[number]
             if callable(migration):
                 migration(connection)
             else:
@@ -200,11 +211,6 @@ def upgrade(connection: sqlite3.Connection, version: int) -> None:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
-    if version < len(MIGRATIONS):
-        # A migration may have deleted a secret (the salt of secret fingerprints, 7): copy the WAL into the
-        # database and empty it, so its old pages do not keep the bytes. Best effort: a reader holding a
-        # snapshot delays it to the next checkpoint.
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def statements(script: str) -> list[str]:

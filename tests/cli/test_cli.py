@@ -346,3 +346,27 @@ def test_results_in_a_pipe_are_plain_text_written_without_loading_rich(tmp_path:
         "0.5 ms",
         "False",
     ]
+
+
+def test_validate_warns_about_an_http_trigger_nobody_may_invoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: valid, but every request would get 401: a warning naming the trigger and how to grant."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["init", "--name", "closed"]).exit_code == 0
+    manifest = tmp_path / "manifests" / "hello.yaml"
+    manifest.write_text(manifest.read_text().replace("  access: {roles: [public]}\n", ""))
+    text = runner.invoke(app, ["validate"])
+    assert text.exit_code == 0, text.output  # a warning, not an error
+    [warning] = [line for line in text.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning.startswith("warning: manifests/hello.yaml:")
+    assert warning.endswith(
+        "$.spec.function: HTTP trigger 'hello-http' routes to function 'hello', which no role may invoke: every "
+        "request will get 401. Grant access with `access: {roles: [public]}` (or the callers' roles) in hello's "
+        "spec, or a Policy role with `invoke: [hello]`"
+    )
+    data = json.loads(runner.invoke(app, ["validate", "-o", "json"]).stdout)
+    assert data["valid"] is True and [w["path"] for w in data["warnings"]] == ["$.spec.function"]
+    manifest.write_text(manifest.read_text() + "---\napiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: p}\n"
+                        "spec: {roles: {ops: {invoke: [hello]}}}\n")  # fmt: skip
+    assert "warning" not in runner.invoke(app, ["validate"]).stderr

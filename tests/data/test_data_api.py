@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import aiohttp
 
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.gateway import keys
 from fnctl.gateway.app import Gateway, make_app
 from fnctl.gateway.audit import AuditLog

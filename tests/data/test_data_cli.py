@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
+from fnctl.state.docrecords import ChangeRow
 from fnctl.state.store import connect
 
 SCHEMA = {
@@ -72,7 +73,7 @@ class Project:
         finally:
             store.close()
 
-    def changes(self) -> list[docstore.ChangeRow]:
+    def changes(self) -> list[ChangeRow]:
         store = docstore.connect(docstore.data_path(self.state))
         try:
             return store.changes(0, "", ["orders"], 1000) + store.changes(0, "acme", ["orders"], 1000)

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from fnctl.data.documents import (
+from fnctl.data.caller import Caller
+from fnctl.data.documents import Budget, WriteOp
+from fnctl.data.errors import (
     BadFilter,
-    Budget,
-    Caller,
     Conflict,
-    DataPlane,
     Forbidden,
     Invalid,
     LimitExceeded,
@@ -27,11 +26,13 @@ from fnctl.data.documents import (
     PayloadTooLarge,
     PreconditionFailed,
     PreconditionRequired,
-    WriteOp,
 )
 from fnctl.data.filters import parse
+from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import Collection, Grant, Index, Policy, RowRule
 from fnctl.state import docstore
+from fnctl.state.docrecords import NotEmpty, Query
+from fnctl.state.docsql import compile_filter
 
 SCHEMA = {
     "type": "object",
@@ -204,8 +205,8 @@ def test_ordering_only_on_indexed_fields_and_bad_cursors(plane: DataPlane) -> No
 
 
 def test_the_filter_uses_the_generated_column_index(plane: DataPlane) -> None:
-    query = docstore.Query("orders", "acme", parse({"number": 5}), (("id", False),), 10)
-    sql, params = docstore.compile_filter(query.filter, {"number", "total", "customer", "createdAt"})
+    query = Query("orders", "acme", parse({"number": 5}), (("id", False),), 10)
+    sql, params = compile_filter(query.filter, {"number", "total", "customer", "createdAt"})
     db = sqlite3.connect(plane.store.path)
     plan = " ".join(
         str(r)
@@ -424,7 +425,7 @@ def test_budgets_raise_limit_exceeded(plane: DataPlane) -> None:
 
 def test_sync_refuses_to_drop_a_non_empty_collection_without_force(plane: DataPlane) -> None:
     plane.insert(CLERK, "notes", {"n": 1})
-    with pytest.raises(docstore.NotEmpty):
+    with pytest.raises(NotEmpty):
         plane.sync_collections([ORDERS], prune=True, force=False)
     assert plane.find(CLERK, "notes").documents != ()
     report = plane.sync_collections([ORDERS], prune=False, force=False)

@@ -12,7 +12,7 @@ import pytest
 from fnctl.data.caller import Caller
 from fnctl.data.errors import BadFilter
 from fnctl.data.filters import ALL, And, Compare, Not, Op, Or, bind, matches, parse
-from fnctl.state.docstore import compile_filter
+from fnctl.state.docsql import compile_filter
 
 
 def env(data: dict[str, Any], **meta: Any) -> dict[str, Any]:

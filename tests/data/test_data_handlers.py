@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.gateway import keys
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore

@@ -16,6 +16,7 @@ from test_data_handlers import Live, _free_port, start_gateway
 
 from fnctl.gateway import keys
 from fnctl.state import docstore
+from fnctl.state.docrecords import ChangeRow
 
 pytestmark = pytest.mark.docker
 
@@ -144,7 +145,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         cleanup(project)
 
 
-def _changes(live: Live, collection: str) -> list[docstore.ChangeRow]:
+def _changes(live: Live, collection: str) -> list[ChangeRow]:
     documents = docstore.connect(docstore.data_path(live.project.state))
     try:
         return [c for c in documents.changes(0, "", [collection], 100_000)]

@@ -14,7 +14,7 @@ import pytest
 from test_audit import _findings, _verify, fnctl
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataPlane
+from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 from fnctl.state.store import connect

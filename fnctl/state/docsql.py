@@ -1,0 +1,179 @@
+"""The document store's queries: naming (one table per collection, `docs_<name>`; one generated column per
+indexed field), filters compiled to SQL with parameters only, keyset pagination, and reads of rows by id in
+chunks. Filters arrive as the AST of `fnctl.manifest.filterlang`; every leaf is 0 or 1, never NULL, so `$not`
+means what it says, and the semantics are `fnctl.data.filters.matches`'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
+from fnctl.state import auditchain
+from fnctl.state.docrecords import Query, StoredDoc
+
+_META_COLUMNS = {
+    "id": "id",
+    "version": "version",
+    "createdAt": "created_at",
+    "createdBy": "created_by",
+    "updatedAt": "updated_at",
+    "updatedBy": "updated_by",
+}
+DOC_COLUMNS = "tenant, id, version, created_at, created_by, updated_at, updated_by, data"
+CHAIN = "changes"  # the change log's hash chain (auditchain)
+CHANGE_COLUMNS = ", ".join(n for n, _ in auditchain.CHANGE_FIELDS) + ", prev_hash, hash"
+
+
+def table(collection: str) -> str:
+    return "docs_" + collection.replace("-", "_")
+
+
+def column(field_path: str) -> str:
+    """The generated column of an indexed data field (or the envelope's own column)."""
+    meta = _META_COLUMNS.get(field_path)
+    return meta if meta else "ix_" + hashlib.sha256(field_path.encode()).hexdigest()[:16]
+
+
+def json_path(field_path: str) -> str:
+    """`a.b` → `$."a"."b"` (segments are [A-Za-z0-9_-]: filterlang.valid_field)."""
+    return "$" + "".join(f'."{s}"' for s in field_path.split("."))
+
+
+def index_fields(spec: dict[str, Any]) -> frozenset[str]:
+    return frozenset(f for index in spec.get("indexes", ()) for f in index["fields"])
+
+
+def find_rows(db: sqlite3.Connection, indexed: frozenset[str], query: Query) -> list[StoredDoc]:
+    """The rows of `query` (`indexed`: the collection's fields with a generated column)."""
+    where, params = compile_filter(query.filter, indexed)
+    sql = f"SELECT {DOC_COLUMNS} FROM {table(query.collection)} WHERE tenant = ? AND {where}"
+    all_params: list[Any] = [query.tenant, *params]
+    if query.after is not None:
+        after, after_params = _keyset(query.order, query.after)
+        sql += f" AND {after}"
+        all_params += after_params
+    order = ", ".join(f"{column(f)} {'DESC' if d else 'ASC'}" for f, d in query.order)
+    sql += f" ORDER BY {order} LIMIT ?"
+    all_params.append(query.limit)
+    return [StoredDoc(*r) for r in db.execute(sql, all_params)]
+
+
+CHUNK = 500  # ids per `IN (...)` (SQLite's default limit of host parameters is 32,766)
+
+
+def rows_by_id(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> Iterator[StoredDoc]:
+    tbl = table(collection)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in db.execute(
+            f"SELECT {DOC_COLUMNS} FROM {tbl} WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk)
+        ):
+            yield StoredDoc(*row)
+
+
+def versions(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> dict[str, int]:
+    tbl = table(collection)
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        found.update(
+            db.execute(
+                f"SELECT id, version FROM {tbl} WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk)
+            ).fetchall()
+        )
+    return found
+
+
+# -- filters → SQL ----------------------------------------------------------------------------------------
+
+
+def compile_filter(ast: Filter, indexed: Iterable[str] = ()) -> tuple[str, list[Any]]:
+    """`ast` as a SQL condition (0 or 1, never NULL) and its parameters. Indexed fields read their generated
+    column; the others `json_extract(data, ?)`."""
+    params: list[Any] = []
+    sql = _sql(ast, frozenset(indexed), params)
+    return sql, params
+
+
+def _sql(ast: Filter, indexed: frozenset[str], params: list[Any]) -> str:
+    if isinstance(ast, Always):
+        return "1"
+    if isinstance(ast, And):
+        return "(" + " AND ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
+    if isinstance(ast, Or):
+        return "(" + " OR ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
+    if isinstance(ast, Not):
+        return f"(NOT {_sql(ast.part, indexed, params)})"
+    return _leaf(ast, indexed, params)
+
+
+def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
+    meta = _META_COLUMNS.get(ast.field)
+    path = json_path(ast.field)
+    expr_params: list[Any]
+    if meta is not None:
+        expr, expr_params = meta, []
+    elif ast.field in indexed:
+        expr, expr_params = column(ast.field), []
+    else:
+        expr, expr_params = "json_extract(data, ?)", [path]
+    op, value = ast.op, ast.value
+
+    def equal(v: Any) -> str:
+        params.extend(expr_params)
+        if v is None:
+            return f"({expr} IS NULL)"
+        params.append(v)
+        return f"COALESCE({expr} = ?, 0)"
+
+    if op is Op.EXISTS:
+        if meta is not None:
+            return "1" if value else "0"
+        params.append(path)
+        return f"(json_type(data, ?) IS {'NOT ' if value else ''}NULL)"
+    if op in (Op.EQ, Op.NE):
+        cond = equal(value)
+        return cond if op is Op.EQ else f"(NOT {cond})"
+    if op in (Op.IN, Op.NIN):
+        assert isinstance(value, tuple)
+        parts = [equal(v) for v in value]
+        cond = "(" + " OR ".join(parts) + ")" if parts else "0"
+        return cond if op is Op.IN else f"(NOT {cond})"
+    assert op in ORDERED
+    sign = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}[op]
+    if isinstance(value, int | float):
+        params.extend([*expr_params, *expr_params, value])
+        return f"(typeof({expr}) IN ('integer', 'real') AND {expr} {sign} ?)"
+    if meta is not None:
+        params.append(value)
+        return f"(typeof({expr}) = 'text' AND {expr} {sign} ?)"
+    params.extend([path, *expr_params, value])
+    return f"(json_type(data, ?) = 'text' AND {expr} {sign} ?)"
+
+
+def _keyset(order: tuple[tuple[str, bool], ...], after: tuple[Any, ...]) -> tuple[str, list[Any]]:
+    """Rows strictly after `after` in `order` (SQLite's order: NULL first ascending, last descending)."""
+    ors: list[str] = []
+    params: list[Any] = []
+    for i, (name, desc) in enumerate(order):
+        ands: list[str] = []
+        for j, (prev_name, _) in enumerate(order[:i]):
+            ands.append(f"{column(prev_name)} IS ?")
+            params.append(after[j])
+        col, value = column(name), after[i]
+        if value is None:
+            ands.append("0" if desc else f"{col} IS NOT NULL")
+        else:
+            ands.append(f"({col} < ? OR {col} IS NULL)" if desc else f"{col} > ?")
+            params.append(value)
+        ors.append("(" + " AND ".join(ands) + ")")
+    return "(" + " OR ".join(ors) + ")", params
+
+
+# -- opening and migrating --------------------------------------------------------------------------------

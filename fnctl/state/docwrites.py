@@ -1,0 +1,250 @@
+"""The document store's one write path: a transaction's writes checked against the versions it read and
+applied in one `BEGIN IMMEDIATE`, their changes appended to the hash-chained change log
+(`fnctl.state.auditchain`, chain "changes"), inserts remembered by Idempotency-Key; and the group commit
+that concurrent single writes share. `indexed` is the store's map of collection → fields with a generated
+column."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fnctl.state import auditchain
+from fnctl.state.docrecords import (
+    ChangeMeta,
+    DataStoreError,
+    GroupItem,
+    IdempotentReplay,
+    Query,
+    ReadCheck,
+    StaleWrite,
+    StoredDoc,
+    StoredWrite,
+    UniqueViolation,
+    envelope,
+    timestamp,
+)
+from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
+
+
+def commit(
+    db: sqlite3.Connection,
+    indexed: dict[str, frozenset[str]],
+    tenant: str,
+    reads: Sequence[ReadCheck],
+    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
+    writes: Sequence[StoredWrite],
+    meta: ChangeMeta,
+) -> list[StoredDoc | None]:
+    """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
+    write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
+    idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    try:
+        result = _commit(db, indexed, tenant, reads, finds, writes, meta)
+        db.execute("COMMIT")
+        return result
+    except sqlite3.IntegrityError as exc:
+        db.execute("ROLLBACK")
+        message = str(exc)
+        if "UNIQUE" in message:
+            raise UniqueViolation(*_unique_fields(indexed, message)) from None
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def commit_group(
+    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem]
+) -> list[list[StoredDoc | None] | Exception]:
+    """Several independent transactions in ONE write transaction (what concurrent single writes share:
+    one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
+    still all or nothing and fails alone (StaleWrite, UniqueViolation, IdempotentReplay: its exception in
+    its place); the others commit. Every change is chained as with `commit`."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    out: list[list[StoredDoc | None] | Exception] = []
+    changes: list[tuple[Any, ...]] = []
+    try:
+        for item in items:
+            db.execute("SAVEPOINT grouped")
+            mark = len(changes)
+            try:
+                out.append(
+                    _commit(db, indexed, item.tenant, item.reads, item.finds, item.writes, item.meta, into=changes)
+                )
+            except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
+                db.execute("ROLLBACK TO grouped")
+                del changes[mark:]
+                message = str(exc)
+                out.append(
+                    UniqueViolation(*_unique_fields(indexed, message))
+                    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message
+                    else DataStoreError(f"cannot write the data file: {exc}")
+                    if isinstance(exc, sqlite3.IntegrityError)
+                    else exc
+                )
+            db.execute("RELEASE grouped")
+        _append_changes(db, changes)
+        db.execute("COMMIT")
+        return out
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _commit(
+    db: sqlite3.Connection,
+    indexed: dict[str, frozenset[str]],
+    tenant: str,
+    reads: Sequence[ReadCheck],
+    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
+    writes: Sequence[StoredWrite],
+    meta: ChangeMeta,
+    into: list[tuple[Any, ...]] | None = None,
+) -> list[StoredDoc | None]:
+    """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
+    (a group commit appends all its transactions' rows at once, in order)."""
+    # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
+    read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
+    for read in reads:
+        read_ids.setdefault((read.collection, read.tenant), []).append(read)
+    for (collection, read_tenant), checks in read_ids.items():
+        found = versions(db, collection, read_tenant, [r.id for r in checks])
+        if any(found.get(r.id, 0) != r.version for r in checks):
+            raise StaleWrite(None)
+    for query, seen in finds:
+        if tuple((r.id, r.version) for r in find_rows(db, indexed.get(query.collection, frozenset()), query)) != seen:
+            raise StaleWrite(None)
+    # What is written on: at the version each write is based on? Again one query per collection.
+    by_collection: dict[str, list[str]] = {}
+    for write in writes:
+        by_collection.setdefault(write.collection, []).append(write.id)
+    current = {(c, row.id): row for c, ids in by_collection.items() for row in rows_by_id(db, c, tenant, ids)}
+    for i, write in enumerate(writes):
+        if write.idempotency_key is not None:
+            row = db.execute(
+                "SELECT response FROM idempotency WHERE tenant = ? AND collection = ? AND key = ?",
+                (tenant, write.collection, write.idempotency_key),
+            ).fetchone()
+            if row is not None:
+                raise IdempotentReplay(str(row[0]))
+        before = current.get((write.collection, write.id))
+        if (before.version if before else 0) != write.expected:
+            raise StaleWrite(i)
+    now, txn = timestamp(), uuid.uuid4().hex
+    actor, function = meta.actor, meta.function
+    revision = None if meta.revision is None else int(meta.revision)
+    results: list[StoredDoc | None] = []
+    changes: list[tuple[Any, ...]] = []
+    keys: list[tuple[str, str, str]] = []
+    deletes: dict[str, list[tuple[str, str]]] = {}
+    updates: dict[str, list[tuple[Any, ...]]] = {}
+    inserts: dict[str, list[tuple[Any, ...]]] = {}
+    for write in writes:
+        before = current.get((write.collection, write.id))
+        after: StoredDoc | None = None
+        if write.op == "delete":
+            deletes.setdefault(write.collection, []).append((tenant, write.id))
+        else:
+            assert write.data is not None
+            if before is None:
+                after = StoredDoc(tenant, write.id, 1, now, actor, now, actor, write.data)
+                inserts.setdefault(write.collection, []).append(
+                    (tenant, write.id, 1, now, actor, now, actor, write.data)
+                )
+            else:
+                after = StoredDoc(
+                    tenant,
+                    write.id,
+                    before.version + 1,
+                    before.created_at,
+                    before.created_by,
+                    now,
+                    actor,
+                    write.data,
+                )
+                updates.setdefault(write.collection, []).append(
+                    (after.version, now, actor, write.data, tenant, write.id)
+                )
+        op = "delete" if write.op == "delete" else ("insert" if before is None else "replace")
+        after_text = envelope(after) if after else None
+        # Already as SQLite gives them back (auditchain.normalise), so writer and verifier hash the same.
+        changes.append(
+            (
+                txn,
+                now,
+                write.collection,
+                tenant,
+                write.id,
+                op,
+                envelope(before) if before else None,
+                after_text,
+                actor,
+                function,
+                revision,
+            )
+        )
+        if write.idempotency_key is not None and after_text is not None:
+            keys.append((write.collection, write.idempotency_key, after_text))
+        results.append(after)
+    # Deletes, then replaces, then inserts (a unique value freed by one write can be taken by another).
+    for collection, rows in deletes.items():
+        db.executemany(f"DELETE FROM {table(collection)} WHERE tenant = ? AND id = ?", rows)
+    for collection, rows in updates.items():
+        db.executemany(
+            f"UPDATE {table(collection)} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
+            "WHERE tenant = ? AND id = ?",
+            rows,
+        )
+    for collection, rows in inserts.items():
+        db.executemany(f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    for collection, key, response in keys:
+        db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
+    if into is None:
+        _append_changes(db, changes)
+    else:
+        into.extend(changes)
+    return results
+
+
+def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Chain and append change rows whose fields (after seq) are already normalised: one hash each."""
+    if not rows:
+        return
+    head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
+    last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
+    linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
+    marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
+    db.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ({marks})", linked)
+    db.execute(
+        "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
+    )
+
+
+def _unique_fields(indexed: dict[str, frozenset[str]], message: str) -> tuple[str, str]:
+    """(collection, fields) from SQLite's `UNIQUE constraint failed: docs_x.tenant, docs_x.ix_...`."""
+    names = [part.strip() for part in message.split(":", 1)[-1].split(",")]
+    tbl = names[0].split(".")[0] if names else ""
+    for name, spec_fields in indexed.items():
+        if table(name) == tbl:
+            by_column = {column(f): f for f in spec_fields}
+            cols = [n.split(".")[-1] for n in names]
+            return name, ", ".join(by_column.get(c, c) for c in cols if c != "tenant")
+    return tbl, ", ".join(names)
