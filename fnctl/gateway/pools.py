@@ -70,14 +70,24 @@ class DockerActions:
         with _store(self.store_path) as store:
             return store.routes()
 
-    def ready_rows(self) -> Rows:
-        """The store's ready instances with a container, by revision, oldest first."""
+    def ready_rows(self) -> tuple[Rows, set[str]]:
+        """The store's ready and paused instances with a container, by revision, oldest first; and the ids of
+        the paused ones (a warm reserve a gateway left: thawed when adopted)."""
         rows: Rows = {}
+        paused: set[str] = set()
         with _store(self.store_path) as store:
             for row in store.instances():
-                if row.state is InstanceState.READY and row.container_id:
+                if row.state in (InstanceState.READY, InstanceState.PAUSED) and row.container_id:
                     rows.setdefault((row.function, row.revision), []).append((row.id, row.container_id, row.socket_dir))
-        return rows
+                    if row.state is InstanceState.PAUSED:
+                        paused.add(row.id)
+        return rows, paused
+
+    def mark(self, instance_id: str, paused: bool) -> None:
+        """Record an instance paused or thawed (readers that connect to instances skip paused ones)."""
+        with _store(self.store_path) as store:
+            if any(row.id == instance_id for row in store.instances()):
+                store.update_instance(instance_id, state=InstanceState.PAUSED if paused else InstanceState.READY)
 
     def load(self, function: str, revision: int) -> Target:
         """What a pool needs to run `revision`; Unavailable when it cannot serve."""
@@ -231,7 +241,7 @@ class PoolManager:
             pool.set_routing(self._routing(key))
         if self.closing:
             return attaching
-        rows = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
         for key in sorted(wanted):
             try:
                 pool = await self._pool(*key)
@@ -239,7 +249,7 @@ class PoolManager:
                 log.warning("cannot serve %s revision %s: %s", key[0], key[1], exc.message)
                 continue
             pool.set_routing(self._routing(key))
-            attaching += pool.adopt(rows.get(key, []))
+            attaching += pool.adopt(rows.get(key, []), paused)
             pool.scale()
         return attaching
 
@@ -302,6 +312,13 @@ class PoolManager:
     async def pause_instance(self, slot: Slot, paused: bool) -> None:
         # on the read threads: a thaw is on a request's path, never behind starts waiting for the lock
         await self._in_thread(dockerio.pause, slot.container_id, paused, reads=True)
+        self.spawn(self._mark(slot.id, paused))  # the store learns it after the fact: off the request's path
+
+    async def _mark(self, instance_id: str, paused: bool) -> None:
+        try:
+            await self._in_thread(self.actions.mark, instance_id, paused, reads=True)
+        except Exception as exc:  # a busy store: only `status` and direct readers see the stale state
+            log.warning("recording instance %s as %s: %s", instance_id, "paused" if paused else "ready", exc)
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
         while True:
@@ -350,11 +367,11 @@ class PoolManager:
         target = await self._in_thread(self.actions.load, *key, reads=True)
         # Read before the pool exists: once it does, the upkeep would start instances for it that the
         # store already has.
-        rows = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
-            pool.adopt(rows.get(key, []))
+            pool.adopt(rows.get(key, []), paused)
         return pool
 
     def _routing(self, key: tuple[str, int]) -> Routing:

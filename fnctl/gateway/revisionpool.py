@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from fnctl.deploy.lock import LockTimeout
@@ -355,7 +355,7 @@ class RevisionPool:
             return
         await self._attach(slot)
 
-    def adopt(self, rows: Sequence[tuple[str, str, str]]) -> list[asyncio.Task[Any]]:
+    def adopt(self, rows: Sequence[tuple[str, str, str]], paused: Collection[str] = ()) -> list[asyncio.Task[Any]]:
         """Take over running instances recorded READY in the store: (id, container id, socket dir). They
         count as starting at once (so nothing more is started for them) and serve once connected to; the
         connections are the tasks returned."""
@@ -364,8 +364,19 @@ class RevisionPool:
             if instance_id not in self.slots and instance_id not in self.gone:
                 slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
                 self.slots[instance_id] = slot
-                tasks.append(self.host.spawn(self._attach(slot)))
+                thaw = instance_id in paused  # a reserve left by a gateway that stopped without removing it
+                tasks.append(self.host.spawn(self._thaw_and_attach(slot) if thaw else self._attach(slot)))
         return tasks
+
+    async def _thaw_and_attach(self, slot: Slot) -> None:
+        try:
+            if self.pauser is not None:
+                await self.pauser.pause_instance(slot, False)
+        except FnctlError as exc:
+            log.warning("%s: instance %s could not be thawed (%s); removing it", self.name, slot.id, exc.message)
+            self._bury(slot)
+            return
+        await self._attach(slot)
 
     async def _attach(self, slot: Slot) -> None:
         transport = AsyncTransport(

@@ -7,11 +7,14 @@ left behind when the gateway stops.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
+from deploy_helpers import until as wait_until
 from test_pool import call, until
 
 from fnctl.deploy.desired import _scaling_v1
@@ -110,3 +113,50 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
         assert project.containers("reserve") == []  # minInstances 0: the reserve goes with the gateway
 
     asyncio.run(asyncio.wait_for(main(), timeout=240))
+
+
+def _row_states(project: Project) -> list[str]:
+    with project.store() as store:
+        return sorted(r.state.value for r in store.instances("reserve"))
+
+
+FIRST_GATEWAY = """\
+import asyncio, sys
+from pathlib import Path
+from fnctl.gateway.pools import PoolManager
+from fnctl.manifest.project import load_project
+
+async def main():
+    manager = PoolManager(load_project(Path(sys.argv[1])), Path(sys.argv[2]))
+    await manager.start()
+    await asyncio.sleep(3600)  # killed with SIGKILL meanwhile
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.docker
+def test_a_reserve_left_by_a_gateway_killed_is_thawed_and_adopted(project: Project) -> None:
+    key = ("reserve", 1)
+    first = subprocess.Popen(
+        [sys.executable, "-c", FIRST_GATEWAY, str(project.root), str(project.state)], env=project.environ()
+    )
+    try:
+        wait_until(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
+        wait_until(lambda: _row_states(project) == ["paused"], "the store told it is paused")
+    finally:
+        first.kill()  # dies without removing anything: its reserve stays paused
+        first.wait()
+
+    async def second_gateway() -> None:
+        manager = PoolManager(load_project(project.root), project.state)
+        await manager.start()  # adopts what the store lists: the paused one is thawed and connected to
+        try:
+            await until(lambda: manager.stats()[key].ready == 1, "the thawed reserve connected to")
+            adopted = await call(manager, "reserve", {"n": 3})
+            assert adopted.outcome.ok and adopted.outcome.result == {"n": 3} and not adopted.cold_start
+        finally:
+            await manager.close(timeout=30)
+        assert project.containers("reserve") == [] and _row_states(project) == []
+
+    asyncio.run(asyncio.wait_for(second_gateway(), timeout=120))
