@@ -7,7 +7,8 @@ estimate tells the refused caller when to come back (`Retry-After`). No I/O, no 
 Why: a fixed queue of 64 behind 4 × 8 slots refused 79 % of 200 keep-alive clients whose wait would have
 been a few milliseconds, and every refusal ran the whole pipeline, so most of the gateway's CPU went to
 refusing. Shedding by the expected wait refuses only what could not be served in time anyway, and the
-gateway asks before it reads the body or builds the event, so a refusal costs a few microseconds.
+gateway asks before it reads the body or builds the event: the decision costs a few microseconds, and
+a refusal no body, no event, no pool work.
 """
 
 from __future__ import annotations
