@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on the example project: validate every example, deploy the demo functions,
-# invoke them (live and in a local sandbox), show their status and their sandboxes' hardening.
+# The main job, end to end on the example project: validate every example, deploy the demo functions (Python,
+# and one TypeScript function), invoke them (live and in a local sandbox), show their status and their
+# sandboxes' hardening.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -12,6 +13,7 @@ show validate manifests/
 show diff || true                      # exit 1 = changes to apply
 show apply
 show invoke hello --data '{"name": "demo"}' --logs
+show invoke greet --data '{"name": "TypeScript"}' --logs   # compiled on the host, run by Node.js 22
 show invoke orders --data '{"order": {"id": "o-1", "items": [{"sku": "a", "qty": 2, "price": 4.5}]}}'
 show invoke --local hello --data '{"name": "local sandbox"}'
 show status

@@ -16,19 +16,21 @@ app = typer.Typer()
 
 @app.command()
 def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
-    """Check manifests against the schemas and the semantic rules; report every problem at once.
+    """Check manifests against the schemas and the semantic rules, and each Node.js or TypeScript function's code
+    (type and syntax errors, the handler's export, package.json and its lock); report every problem at once.
 
-    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message.
+    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message (a problem in a code
+    file: FILE:LINE:COL: message).
 
     Example: fnctl validate manifests/ -o json
     """
     from fnctl.cli.render import render_validation
     from fnctl.manifest.project import find_root, load_project
-    from fnctl.manifest.validate import validate_paths
+    from fnctl.runtimes.validation import validate_project
 
     # The project (its root, its defaults) is the one around the first path given, not the working directory's.
     hint = paths[0] if paths and find_root(paths[0]) else None
-    result = validate_paths(load_project(hint), paths)
+    result = validate_project(load_project(hint), paths)
     render_validation(result, output)
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
 
@@ -38,14 +40,20 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     name: Annotated[Optional[str], typer.Option(help="Project name (default: the directory's name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write even into a directory that has files.")] = False,
+    runtime: Annotated[
+        str, typer.Option("--runtime", "-r", help="The function's runtime: python3.11, nodejs22 or typescript.")
+    ] = "python3.11",
 ) -> None:
-    """Scaffold a project: fnctl.toml, one Python function, its manifest and an HTTP trigger.
+    """Scaffold a project: fnctl.toml, one function (Python, Node.js or TypeScript), its manifest and an HTTP
+    trigger.
 
     Example: fnctl init my-project && cd my-project && fnctl validate
+
+    Example: fnctl init my-api --runtime typescript && fnctl invoke --local hello -d '{"name": "you"}'
     """
     from fnctl.commands.init import scaffold
 
-    created = scaffold(directory, name, force=force)
+    created = scaffold(directory, name, force=force, runtime=runtime)
     for path in created:
         console().print(f"created {path}")
     console().print(f"\nNext: cd {directory} && fnctl validate")

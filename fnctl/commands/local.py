@@ -241,7 +241,9 @@ def _invoke_cold(
     from fnctl.engine.sandbox import labels
 
     on_progress(f"image for {function.name}")
-    image = images.ensure_image(project.name, function.name, source, project.base_image, on_progress)
+    image = images.ensure_image(
+        project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime
+    )
     on_progress(f"{'built' if image.built else 'cached'} {image.tag}; starting a sandbox")
     extra = {"local": "true"} | ({"local_warm": key[:11]} if keep_warm else {})
     if keep_warm:  # a warm instance of an older version, or one that no longer answered, is stale now
@@ -279,14 +281,14 @@ def _remove_socket_dir(root: Path, path: str) -> None:
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:
     """Changes whenever anything the instance was started from changes."""
-    from fnctl.engine.images import RUNTIME_FILES
-    from fnctl.manifest.schemas import data_dir
     from fnctl.manifest.source import source_files
+    from fnctl.runtimes import runtime_for
 
+    language = runtime_for(function.runtime)
     digest = hashlib.sha256(json.dumps(function.spec, sort_keys=True, default=str).encode())
-    digest.update(f"{function.name}\0{base_image}\0".encode())
-    runtime = data_dir("runtime-image")
-    for path in [*(runtime / name for name in RUNTIME_FILES), *source_files(source)]:
+    digest.update(f"{function.name}\0{language.base_image(base_image)}\0".encode())
+    runtime = language.runtime_dir()
+    for path in [*(runtime / name for name in language.runtime_files), *source_files(source)]:
         status = path.stat()  # size and mtime: cheap, and any edit changes them
         digest.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\0".encode())
     digest.update(fingerprint(secret_values, _local_salt()).encode())

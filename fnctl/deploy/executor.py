@@ -161,6 +161,7 @@ def prepare(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> in
             spec.source,
             ctx.base_image,
             lambda line: ctx.progress(f"{function.name}: {line}"),
+            runtime_name=function.runtime,
         )
         store.set_revision_image(function.name, number, image.tag)
         checkpoint("image-built")
@@ -435,7 +436,9 @@ def _heal(
             _remove_row(ctx, row)
     if image_removed:
         ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
-        rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
+        rebuilt = images.ensure_image(
+            ctx.project, function.name, spec.source, ctx.base_image, ctx.progress, runtime_name=function.runtime
+        )
         if rebuilt.tag != revision.image:
             raise ImageNotReproducible(
                 f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -263,9 +263,10 @@ _ASCII = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii: escapes whatev
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def make_app(gateway: Gateway) -> web.Application:
+def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
     """The application: fixed endpoints first, then every other path to the HTTP Triggers (which change at
-    run time, so they are matched by the router, not registered with aiohttp's frozen one)."""
+    run time, so they are matched by the router, not registered with aiohttp's frozen one). `mounts` add routes
+    of their own before the catch-all (the dashboard's, `fnctl serve --ui`)."""
     app = web.Application(client_max_size=gateway.limits.max_body + 1)
     app[GATEWAY] = gateway
     app.router.add_post("/invoke/{function}", gateway.handle_invoke)
@@ -276,6 +277,8 @@ def make_app(gateway: Gateway) -> web.Application:
         from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
 
         DataApi(gateway, gateway.broker).add_routes(app)
+    for mount in mounts:
+        mount(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)
 
     async def started(_: web.Application) -> None:

@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class ServeOptions:
     idle_seconds: float = 300.0  # an instance above minInstances idle this long is stopped
     queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
+    ui: bool = False  # the dashboard at /ui (fnctl.toml's gateway.ui, or --ui)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -61,6 +62,7 @@ def options_for(
     access_log: bool = True,
     body_timeout: float | None = None,
     max_connections_per_client: int | None = None,
+    ui: bool = False,
 ) -> ServeOptions:
     """The options of `fnctl serve`: fnctl.toml's [gateway] section, overridden by the command line's."""
     limits, idle = project_limits(project)
@@ -83,7 +85,8 @@ def options_for(
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     host, port = parse_address(address or project.gateway)
-    options = ServeOptions(host=host, port=port, limits=limits, access_log=access_log)
+    ui = ui or bool(project.has_config and read_config(project.root / CONFIG_FILE).get("gateway", {}).get("ui", False))
+    options = ServeOptions(host=host, port=port, limits=limits, access_log=access_log, ui=ui)
     return options if idle is None else replace(options, idle_seconds=idle)
 
 
@@ -126,7 +129,12 @@ def project_limits(project: Project) -> tuple[GatewayLimits, float | None]:
 # ---- the process ----------------------------------------------------------------------------------
 
 
-def serve(project: Project, store_path: Path, options: ServeOptions) -> bool:
+# Routes mounted beside the gateway's, made once the gateway exists (the dashboard: `fnctl.dashboard`, which sits
+# above this package and is handed in by the CLI).
+Mount = Callable[[Gateway], Callable[[Any], None]]
+
+
+def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
     try:
@@ -137,7 +145,7 @@ def serve(project: Project, store_path: Path, options: ServeOptions) -> bool:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve(project, store_path, options))
+            runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
             _event("stopped", drained=False)
             return False
@@ -188,7 +196,7 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
     return Broker(plane)
 
 
-async def _serve(project: Project, store_path: Path, options: ServeOptions) -> None:
+async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
     from fnctl.gateway.audit import silence_access_log, start_access_log
     from fnctl.gateway.cron import CronRunner
 
@@ -201,7 +209,9 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions) -> N
     drained = False
     try:
         await gateway.pool.start()
-        runner, port = await start_server(make_app(gateway), options.host, options.port, options.limits)
+        runner, port = await start_server(
+            make_app(gateway, [mount(gateway) for mount in mounts]), options.host, options.port, options.limits
+        )
         gateway.pool_ready = True
         cron = CronRunner(
             store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)

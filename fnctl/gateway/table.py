@@ -88,6 +88,7 @@ class TableFollower:
         self._reloader: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
         self._again = False
+        self.on_change: list[Callable[[], None]] = []  # called after each change of the store (the dashboard)
 
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
@@ -96,6 +97,8 @@ class TableFollower:
             return False
         routes_changed = self.table is None or table.routes != self.table.routes
         self.table = table
+        for listener in self.on_change:
+            listener()
         # Only now, with requests routed by the new table, may a waiting `fnctl apply` or `delete` go on.
         confirm: Callable[[], None] | None = getattr(self.source, "confirm", None)
         if confirm is not None:

@@ -194,7 +194,8 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if escaping:
         yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
         return
-    problem = handler_problem(source, function.handler)
+    # Python handlers are checked here; other runtimes' (parsed by their own tools) by fnctl.runtimes
+    problem = handler_problem(source, function.handler) if function.runtime.startswith("python") else None
     if problem:
         yield function, ("spec", "handler"), problem
 
