@@ -80,7 +80,7 @@ def container_spec(
         socket_dir=socket_dir,
         socket_target=SOCKET_TARGET,
         memory=limits.memory,
-        nano_cpus=int(limits.cpu * 1e9),
+        nano_cpus=cpu_quota(function),
         pids=limits.pids,
         tmp_size=limits.tmp,
         nofile=NOFILE,
@@ -88,9 +88,19 @@ def container_spec(
         network="bridge" if function.network is Network.EGRESS else "none",
         runtime=GVISOR_RUNTIME if function.isolation is Isolation.GVISOR else None,
         log_max_size=LOG_MAX_SIZE,
-        # gVisor's runtime is left at its quota: its cgroup is not updated the same way under runsc.
-        start_nano_cpus=0 if function.isolation is Isolation.GVISOR else int(max(limits.cpu, STARTUP_CPUS) * 1e9),
+        start_nano_cpus=int(max(limits.cpu, STARTUP_CPUS) * 1e9) if boosted(function) else 0,
     )
+
+
+def boosted(function: Function) -> bool:
+    """Whether an instance of `function` starts with more CPU than its quota. Not under gVisor: its cgroup
+    is not updated the same way under runsc."""
+    return function.isolation is not Isolation.GVISOR and function.limits.cpu < STARTUP_CPUS
+
+
+def cpu_quota(function: Function) -> int:
+    """The function's CPU quota in billionths of a CPU."""
+    return int(function.limits.cpu * 1e9)
 
 
 @dataclass(frozen=True)

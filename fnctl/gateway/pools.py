@@ -27,7 +27,7 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import dockerio, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
-from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
 from fnctl.gateway.shedding import Shed
@@ -130,6 +130,7 @@ class DockerActions:
                     secret_values=target.secrets,
                     labels=labels(self.project.name, function.name, revision=str(target.revision), store=store.id),
                     instance_id=instance_id,
+                    settle_cpu=False,  # PoolManager.start_instance does it beside the first request
                 )
             except BaseException:
                 store.remove_instance(instance_id)
@@ -224,6 +225,10 @@ class PoolManager:
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
+        for pool in self._pools.values():  # a gateway killed right after a start left its instance boosted
+            for slot in list(pool.slots.values()):
+                if slot.container_id and slot.phase is not SlotPhase.PAUSED:
+                    self.spawn(self._settle_cpu(pool.target, slot.container_id))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def reconcile(self, routes: Mapping[str, Mapping[int, int]]) -> None:
@@ -307,7 +312,20 @@ class PoolManager:
         return task
 
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
-        return await self._in_thread(self.actions.start, target, instance_id)
+        container_id, socket_dir = await self._in_thread(self.actions.start, target, instance_id)
+        self.spawn(self._settle_cpu(target, container_id))
+        return container_id, socket_dir
+
+    async def _settle_cpu(self, target: Target, container_id: str) -> None:
+        """The function's own CPU quota for an instance that started with more: set while it already takes
+        its first request (the engine's update took what the extra CPU saved when a cold start waited for
+        it). An instance whose quota cannot be set is removed (its pool replaces it)."""
+        try:
+            await self._in_thread(instances.settle_cpu, target.function, container_id)
+        except FnctlError as exc:
+            log.warning("instance %s of %s: %s; removing it", container_id[:12], target.function.name, exc.message)
+            with suppress(FnctlError):
+                await self._in_thread(dockerio.kill, container_id)
 
     async def pause_instance(self, slot: Slot, paused: bool) -> None:
         # on the read threads: a thaw is on a request's path, never behind starts waiting for the lock

@@ -82,6 +82,10 @@ def project(
         cleanup(project)
 
 
+def _quotas(project: Project) -> list[int]:
+    return sorted(int(c.attrs["HostConfig"]["CpuQuota"]) for c in project.containers("reserve"))
+
+
 def _states(project: Project) -> list[str]:
     return sorted(str(c.attrs["State"]["Status"]) for c in project.containers("reserve"))
 
@@ -98,6 +102,8 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
             assert pool is not None
             await until(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
             assert manager.stats()[key].ready == 0 and manager.stats()[key].instances == 1
+            # It started with 2 CPUs; the gateway set the function's own 0.5 beside its first moments.
+            await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota set")
             [reserve] = pool.slots.values()
             first = await call(manager, "reserve", {"n": 1})
             assert first.outcome.ok and first.outcome.result == {"n": 1}
