@@ -87,7 +87,7 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
     for row in store.instances():
         # A revision in the table at 0% is kept warm (a preview, or the old one during scaleDownDelay).
         routed = row.revision in routes.get(row.function, {})
-        if not routed or row.state is not InstanceState.READY:
+        if not routed or row.state not in (InstanceState.READY, InstanceState.PAUSED):
             _remove_row(ctx, row)
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     done += _remove_orphans(ctx, orphans)

@@ -27,7 +27,7 @@ from fnctl.rollout import machine
 from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait
 from fnctl.state import metricstore, rolloutstore
 from fnctl.state.rolloutstore import RolloutRow
-from fnctl.state.store import RevisionStatus, Store, connect
+from fnctl.state.store import InstanceState, RevisionStatus, Store, connect
 
 MAX_TRANSITIONS = 100  # per call of `advance`: a loop of instant transitions is a bug, not a rollout
 # Rows that still need a driver: under way, or completed with the old revisions still warm.
@@ -328,7 +328,11 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     if not checks:
         return ()
     revision = store.revision(record.function, record.canary)
-    rows = [r for r in store.instances(record.function) if r.revision == record.canary and r.container_id]
+    rows = [
+        r
+        for r in store.instances(record.function)
+        if r.revision == record.canary and r.container_id and r.state is not InstanceState.PAUSED  # frozen: mute
+    ]
     if revision is None or not rows:
         return (f"no running instance of revision {record.canary} to check",)
     function = function_from_spec(record.function, revision.spec, Limits())  # the spec has every limit

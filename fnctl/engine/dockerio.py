@@ -219,7 +219,10 @@ def run_container(spec: ContainerSpec) -> str:
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
         mem_limit=spec.memory,
         memswap_limit=spec.memory,
-        nano_cpus=spec.nano_cpus,
+        # As a CFS quota (not NanoCpus, which the engine's update cannot change): a starting instance gets
+        # `start_nano_cpus`, lowered to `nano_cpus` by `set_cpus` once it is ready.
+        cpu_period=CPU_PERIOD,
+        cpu_quota=_quota(spec.start_nano_cpus or spec.nano_cpus),
         pids_limit=spec.pids,
         ulimits=[
             types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
@@ -247,6 +250,28 @@ def run_container(spec: ContainerSpec) -> str:
             client().api.remove_container(container_id, force=True)
             raise
     return container_id
+
+
+CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
+
+
+def _quota(nano_cpus: int) -> int:
+    return max(1000, nano_cpus * CPU_PERIOD // 1_000_000_000)  # the kernel refuses quotas under 1 ms
+
+
+def set_cpus(container_id: str, nano_cpus: int) -> None:
+    """Set a running container's CPU quota (`run_container` gave it its starting quota)."""
+    with _engine_errors(f"setting the CPU quota of {container_id[:12]}"):
+        client().api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(nano_cpus))
+
+
+def pause(container_id: str, paused: bool) -> None:
+    """Freeze (`paused`) or thaw every process of a container: a paused one uses no CPU, keeps its memory."""
+    with _engine_errors(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}"):
+        if paused:
+            client().api.pause(container_id)
+        else:
+            client().api.unpause(container_id)
 
 
 def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:

@@ -30,6 +30,7 @@ from fnctl.gateway.auth import (
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
 from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
+from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
 
 __all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
@@ -71,6 +72,9 @@ class RequestPipeline:
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # Asked before a request's body is read: would its revision refuse it for its expected wait? (the
+        # pool manager's `shed`; None: the pool alone decides, once the request reaches it)
+        self.admission: Callable[[str, int], Shed | None] | None = None
 
     @property
     def table(self) -> router.Table | None:
@@ -113,6 +117,9 @@ class RequestPipeline:
         if info is None:  # a weight on a revision that is no longer invocable (failed, quarantined)
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
         call.revision = revision
+        if self.admission is not None and (refused := self.admission(call.function, revision)) is not None:
+            # Shed before anything costly (the body, the event): under overload most requests end here.
+            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": str(refused.retry_after)})
         # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.

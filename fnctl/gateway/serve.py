@@ -38,7 +38,7 @@ class ServeOptions:
     port: int = 8080
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     idle_seconds: float = 300.0  # an instance above minInstances idle this long is stopped
-    queue_limit: int = 64  # requests waiting per revision once every instance is busy at maxInstances
+    queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
     ui: bool = False  # the dashboard at /ui (fnctl.toml's gateway.ui, or --ui)
 
@@ -109,6 +109,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "drainTimeout": ("drain_timeout", parse_duration),
     "bodyTimeout": ("body_timeout", parse_duration),
     "maxConnectionsPerClient": ("max_connections_per_client", int),
+    "maxQueueWait": ("max_queue_wait", parse_duration),
 }
 
 
@@ -165,16 +166,23 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
     store.close()
-    pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
+    pool = PoolManager(
+        project,
+        store_path,
+        idle_seconds=options.idle_seconds,
+        queue_limit=options.queue_limit,
+        max_wait=options.limits.max_queue_wait,
+    )
     gateway = Gateway(
         pool=pool,
         authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
         metrics=Metrics(),
-        audit=AuditLog(store_path),
+        audit=AuditLog(store_path, process=True),
         source=StoreTable(store_path),
         limits=options.limits,
         identity=identity,
     )
+    gateway.admission = pool.shed
     gateway.broker = data_broker(store_path, gateway)
     pool.call_handler = gateway.broker.handler_for
     gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
@@ -205,12 +213,13 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
 
 
 async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
-    from fnctl.gateway.audit import start_access_log
+    from fnctl.gateway.audit import silence_access_log, start_access_log
     from fnctl.gateway.cron import CronRunner
 
     stop = _stop_on_signals()
+    # The access log first: the audit's writer process writes the lines itself when they go to stdout.
+    stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
     gateway = _gateway(project, store_path, options)
-    stop_access = start_access_log(sys.stdout) if options.access_log else None
     flushing, cron_stop = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     drained = False
@@ -243,8 +252,7 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
         if tasks:
             await asyncio.wait(tasks, timeout=None if drained else 1.0)
         await _close(gateway)
-        if stop_access is not None:
-            stop_access()
+        stop_access()
 
 
 def _dispatcher(gateway: Gateway) -> Dispatcher:

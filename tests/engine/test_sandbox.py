@@ -37,7 +37,7 @@ from sandbox_handlers.harness import (
 from fnctl.commands.local import invoke_local
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
-from fnctl.engine.sandbox import check_container, labels
+from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
 from fnctl.errors import BuildFailed
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
@@ -63,6 +63,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "gvisor": {"handler": "probes.identity", "isolation": "gvisor"},
     "calls": {"handler": "probes.calls"},
     "calls-gvisor": {"handler": "probes.calls", "isolation": "gvisor"},
+    "cpu-quota": {"handler": "probes.cpu_quota", "limits": {"cpu": 0.5}},
 }
 
 
@@ -348,6 +349,20 @@ def test_running_instance_passes_every_sandbox_check(start: Start) -> None:
     assert host["Memory"] == host["MemorySwap"] == 128 * MIB
     assert host["PidsLimit"] == 64 and host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
     assert [m["Destination"] for m in data["Mounts"]] == ["/run/fnctl"]
+
+
+@pytest.mark.docker
+def test_a_starting_instance_gets_more_cpu_and_its_own_quota_once_ready(start: Start) -> None:
+    """Issue 18, item 4: the 0.5-CPU quota throttled start-up (~35 ms of a cold start). The handler's module
+    reads its cgroup's quota at import (the start) and again when invoked (ready, serving)."""
+    instance = start("cpu-quota")
+    seen = answers(instance, {})
+    assert seen == {"at_import": STARTUP_CPUS, "now": 0.5}
+    host = dockerio.inspect_container(instance.container_id)["HostConfig"]
+    assert (host["CpuQuota"], host["CpuPeriod"]) == (50_000, 100_000)
+    assert [
+        (c.name, c.detail) for c in check_container(dockerio.inspect_container(instance.container_id)) if not c.ok
+    ] == []
 
 
 @pytest.mark.docker
