@@ -17,12 +17,13 @@ export async function api(path, options = {}) {
   });
   if (response.status === 401) { signOut(); throw new ApiError(401, "signed out"); }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, body.error || response.statusText);
+  if (!response.ok) throw new ApiError(response.status, body.error || body.detail || body.title || response.statusText);
   return body;
 }
 
-// Server-sent events read with fetch (EventSource cannot send a header): calls onView with each `rollout` event.
-export function stream(path, onView, onError) {
+// Server-sent events read with fetch (EventSource cannot send a header): calls onView with each `rollout` event,
+// and onEnd when the server ends the stream (the gateway shutting down), not when the page stops it.
+export function stream(path, onView, onError, onEnd = () => {}) {
   const abort = new AbortController();
   (async () => {
     const response = await fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}` }, signal: abort.signal });
@@ -31,7 +32,7 @@ export function stream(path, onView, onError) {
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) { onEnd(); break; }
       buffer += value;
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
