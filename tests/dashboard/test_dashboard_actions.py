@@ -253,10 +253,11 @@ def test_open_event_streams_end_when_the_gateway_stops(setup: Rollouts, browser:
         streams.append((connection, response))
     assert setup.gateway is not None
     setup.gateway.send_signal(signal.SIGTERM)
+    # Well inside the 300 s drain: nothing held it up (a stream left open would, its keep-alives flowing).
+    assert setup.gateway.wait(timeout=60) == 0
     for connection, response in streams:
         rest = response.read()  # to the end of the chunked body: IncompleteRead if the stream were cut off
         assert rest.startswith(b"data: ") and rest.endswith(b"\n\n")
         connection.close()
-    assert setup.gateway.wait(timeout=60) == 0  # well inside the 300 s drain: nothing held it up
     wait_for(browser, "the page to say the stream ended", lambda d: "ended" in text_of(d, "#live-status"))
     assert "Reload to reconnect" in text_of(browser, "#live-status")
