@@ -13,6 +13,7 @@ import pytest
 from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
 from dashboard_helpers import api, dashboard_project, key_for
 from rollout_helpers import Rollouts, call
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 DATA = """\
@@ -129,6 +130,10 @@ def test_browse_a_collection_with_the_callers_rights_and_a_documents_versions(
     browser.get(f"{setup.url}/ui/#/data/orders")
     wait_for(browser, "the tenant's orders", lambda d: "o-2" in text_of(d, "#view table"))
     assert _ids(browser) == ["o-1", "o-2"]
+    browser.find_element(By.ID, "filter").send_keys('{"item": "coffee"}')  # the filter language of docs/data.md
+    browser.find_element(By.CSS_SELECTOR, "#data-filter button[type=submit]").click()
+    wait_for(browser, "the filtered orders", lambda d: "o-1" not in text_of(d, "#view table"))
+    assert _ids(browser) == ["o-2"]
     sign_in(browser, setup.url, elsewhere)
     browser.get(f"{setup.url}/ui/#/data/orders")
     wait_for(browser, "globex's orders", lambda d: "g-1" in text_of(d, "#view table"))
