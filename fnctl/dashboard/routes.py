@@ -51,6 +51,10 @@ class GatewayFacade(Protocol):
     ) -> web.StreamResponse: ...
 
 
+class ActionRefused(FnctlError):
+    """An action the command refuses in the rollout's present state (retrying one that was not aborted): 409."""
+
+
 class Denied(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -235,7 +239,11 @@ class Dashboard:
                 if not isinstance(body, dict):
                     raise BadInput("the body must be a JSON object")
             name = request.match_info["name"]
-            return _json(await asyncio.to_thread(self.actions.run, action, name, principal.audit_name, body))
+            try:
+                done = await asyncio.to_thread(self.actions.run, action, name, principal.audit_name, body)
+            except BadInput as exc:  # the command refuses in this state (exit 2 on the CLI): a 409, not a 400
+                raise ActionRefused(str(exc)) from None
+            return _json(done)
 
         return handler
 

@@ -234,12 +234,17 @@ class DataPlane:
                 out.append(error)
         return out
 
-    def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[DataChange]:
-        """The change feed after sequence `since`: what the caller may read, in its tenant."""
+    def changes(
+        self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT, collection: str | None = None
+    ) -> list[DataChange]:
+        """The change feed after sequence `since`: what the caller may read, in its tenant (of one collection
+        when `collection` is given: one the caller may not read gives an empty feed, as an unknown one)."""
         if limit < 1:
             raise BadFilter("limit must be at least 1")
         policies = self.policies()
         names = readable_collections(caller, policies, self.collection_names())
+        if collection is not None:
+            names = [name for name in names if name == collection]
         rules = {n: read_rule(caller, policies, n) for n in names}
         out: list[DataChange] = []
         cursor = since

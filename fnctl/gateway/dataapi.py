@@ -304,7 +304,8 @@ class DataApi:
         since = parse_int(request.query, "since", 0, 0, 2**62)
         limit = parse_int(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert since is not None and limit is not None
-        feed = await self._run(lambda: self.plane.changes(caller, since, limit=limit))
+        only = request.query.get("collection") or None
+        feed = await self._run(lambda: self.plane.changes(caller, since, limit=limit, collection=only))
         body = {"changes": [c.as_json() for c in feed], "next": feed[-1].seq if feed else since}
         return web.Response(body=dumps(body), content_type="application/json")
 
