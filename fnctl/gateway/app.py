@@ -215,7 +215,11 @@ class Gateway(RequestPipeline):
             access={"method": request.method, "path": request.path},
         )
 
-    # ---- invocations that do not come over HTTP (cron) ----
+    # ---- invocations that do not come over HTTP (cron, data hooks) ----
+
+    async def audit_internal(self, call: Call, status: int) -> None:
+        """Audit and measure an invocation the gateway made itself (a data hook) as it does requests."""
+        await self._finish(call, None, web.Response(status=status))
 
     async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
         """Run `function` for a trigger of the gateway itself (cron): routed, measured and audited like any
@@ -274,8 +278,10 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
         from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
+        from fnctl.gateway.triggerapi import TriggerApi  # manual triggers: their health is the data hooks'
 
         DataApi(gateway, gateway.broker).add_routes(app)
+        TriggerApi(gateway).add_routes(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)
 
     async def started(_: web.Application) -> None:

@@ -225,6 +225,7 @@ class Table:
     functions: dict[str, FunctionRoute]
     http: tuple[HttpRoute, ...]
     policies: dict[str, dict[str, Any]]
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Trigger resources, as written
 
     @property
     def routes(self) -> dict[str, dict[int, int]]:
@@ -276,4 +277,9 @@ def build_table(
         # the newest routed revision's rollout is the one in progress: its stickiness rules
         by, header = stickiness(specs[(name, max(routed))]) if routed else (None, None)
         functions[name] = FunctionRoute(name, dict(weights), revisions, by, header)
-    return Table(functions, http_routes(triggers), {k: dict(v) for k, v in policies.items()})
+    return Table(
+        functions,
+        http_routes(triggers),
+        {k: dict(v) for k, v in policies.items()},
+        {k: dict(v) for k, v in triggers.items()},
+    )

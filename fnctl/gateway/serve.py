@@ -19,6 +19,7 @@ from fnctl.data.plane import DataPlane
 from fnctl.errors import BadInput
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.hooks import HookRunner, TriggerStates
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
@@ -165,6 +166,7 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
         identity=identity,
     )
     gateway.broker = data_broker(store_path, gateway)
+    gateway.broker.hooks = HookRunner(gateway, gateway.broker, TriggerStates(store_path))
     pool.call_handler = gateway.broker.handler_for
     return gateway
 
@@ -246,6 +248,8 @@ async def _close(gateway: Gateway) -> None:
     await asyncio.to_thread(gateway.audit.close)
     gateway.authenticator.close()
     if gateway.broker is not None:
+        if isinstance(gateway.broker.hooks, HookRunner):
+            await asyncio.to_thread(gateway.broker.hooks.states.close)
         await asyncio.to_thread(gateway.broker.close_all)
     source = gateway.tables.source
     if isinstance(source, StoreTable):

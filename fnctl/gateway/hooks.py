@@ -1,0 +1,421 @@
+"""Data hooks run by the gateway, on every write path (REST and its batches, `context.db` with or without a
+procedure): `HookRunner.write` stages one write into a transaction with its hooks around it, `commit_writes`
+is a whole transaction (writes, hooks, one short commit), `call` a handler's `db.*` write.
+
+The data plane stays optimistic, and no lock is held across user code: the document is read (its version
+recorded in the transaction), the before-hooks run (each on the revision the routing weights pick, through the
+gateway's own invoke path: audited, measured, so a canary's hook failures count in its analysis) with the
+writer's identity and rights, the accepted or changed document is staged into the transaction's buffered
+writes, the after-hooks run (their own writes join the same transaction), and only then does one short write
+transaction validate and apply everything. A conflict at the commit re-runs the hooks (up to COMMIT_RETRIES
+times) unless a hook function has egress, which answers 409, as procedures do.
+
+The decisions (order, events, verdicts, chain limits) are `fnctl.data.hooks`'s; the triggers' health
+(faults, disabled) is `TriggerStates`, kept in the store (`fnctl.state.triggerstate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import Budget, DataDocument, WriteOp, merge_patch, uuid7
+from fnctl.data.errors import Conflict, DataError, Invalid, NotFound, PreconditionFailed, PreconditionRequired
+from fnctl.data.hooks import (
+    EVENTS,
+    Chain,
+    HookAborted,
+    HookFailed,
+    HookLoop,
+    HookSpec,
+    TriggerDisabled,
+    abort_reason,
+    after_event,
+    before_event,
+    hook_specs,
+    verdict,
+)
+from fnctl.data.txn import Txn
+from fnctl.gateway import router
+from fnctl.gateway.auth import Principal, PrincipalKind
+from fnctl.gateway.broker import Broker, CallSession
+from fnctl.gateway.datacalls import write_op
+from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
+from fnctl.gateway.poolhost import PoolResult
+from fnctl.gateway.request import NO_HEADERS, Call, Reject, new_request_id
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.state import triggerstate
+from fnctl.state.store import Store, connect
+
+log = logging.getLogger("fnctl.gateway")
+T = TypeVar("T")
+COMMIT_RETRIES = 3  # attempts of a hooked write whose commit met a conflict (no hook with egress)
+STATE_TTL = 0.5  # seconds the gateway trusts its copy of the triggers' health
+ABORTED = 422
+
+
+class HookGateway(Protocol):
+    """What the runner uses of `fnctl.gateway.app.Gateway`: its table, routing and invoke path, and the audit
+    and metrics every invocation ends with."""
+
+    @property
+    def table(self) -> router.Table | None: ...
+
+    def _pick(
+        self, function: router.FunctionRoute, request: Any, principal: Principal, policies: Any, call: Call
+    ) -> int: ...
+
+    async def _call_pool(
+        self, call: Call, info: router.RevisionInfo, event: Any, caller: dict[str, Any], invocation: str
+    ) -> PoolResult: ...
+
+    async def audit_internal(self, call: Call, status: int) -> None: ...
+
+
+class TriggerStates:
+    """The triggers' health as the gateway sees it: a copy of `trigger_state` re-read at most every STATE_TTL
+    seconds (so `fnctl enable` takes effect within it), faults written through. Store access on a thread of
+    its own. `is_disabled` is what other parts of the gateway (onCommit delivery) ask."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._path = store_path
+        self._store: Store | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-triggers")
+        self._states: dict[str, triggerstate.TriggerState] = {}
+        self._loaded = -STATE_TTL
+
+    async def _db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, partial(self._with_store, fn, *args))
+
+    def _with_store(self, fn: Any, *args: Any) -> Any:
+        if self._store is None:
+            self._store = connect(self._path)
+        return fn(self._store, *args)
+
+    async def refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._loaded > STATE_TTL:
+            self._states = await self._db(triggerstate.states)
+            self._loaded = loop.time()
+
+    def is_disabled(self, trigger: str) -> bool:
+        """Is `trigger` disabled (as of the last refresh, at most STATE_TTL seconds old)?"""
+        state = self._states.get(trigger)
+        return state is not None and state.disabled
+
+    async def fault(self, hook: HookSpec, error: str) -> None:
+        state: triggerstate.TriggerState = await self._db(triggerstate.fault, hook.name, error, hook.disable_after)
+        was = self._states.get(hook.name)
+        self._states[hook.name] = state
+        if state.disabled and (was is None or not was.disabled):
+            log.error("trigger %s disabled after %d consecutive faults: %s", hook.name, state.faults, error)
+            await self._db(_audit_disabled, hook.name, state.faults, error)
+
+    async def succeeded(self, hook: HookSpec) -> None:
+        state = self._states.get(hook.name)
+        if state is not None and state.faults > 0:
+            await self._db(triggerstate.succeeded, hook.name)
+            self._states[hook.name] = replace(state, faults=0)
+
+    def close(self) -> None:
+        def closing() -> None:
+            if self._store is not None:
+                self._store.close()
+
+        self._worker.submit(closing)
+        self._worker.shutdown(wait=True)
+
+
+def _audit_disabled(store: Store, trigger: str, faults: int, error: str) -> None:
+    store.audit(
+        actor="gateway",
+        command="serve",
+        action="trigger-disable",
+        target=trigger,
+        outcome="ok",
+        detail=f"{faults} consecutive faults; last: {error[:300]}",
+    )
+
+
+class HookRunner:
+    def __init__(self, gateway: HookGateway, broker: Broker, states: TriggerStates) -> None:
+        self.gateway, self.broker, self.states = gateway, broker, states
+        self.plane = broker.plane
+        self._table: router.Table | None = None
+        self._hooks: dict[tuple[str, str], tuple[HookSpec, ...]] = {}
+
+    # ---- which hooks ----
+
+    def hooks(self, collection: str, event: str) -> tuple[HookSpec, ...]:
+        table = self.gateway.table
+        if table is not self._table:
+            self._hooks, self._table = hook_specs(table.triggers if table is not None else {}), table
+        return self._hooks.get((collection, event), ())
+
+    def applies(self, collection: Any, op: str) -> bool:
+        """Does a write of `op` to `collection` run any hook? (Else the write takes the plain path.)"""
+        kind = EVENTS.get(op)
+        if kind is None or not isinstance(collection, str):
+            return False
+        return bool(self.hooks(collection, "before" + kind) or self.hooks(collection, "after" + kind))
+
+    # ---- whole transactions ----
+
+    async def commit_writes(
+        self,
+        caller: Caller,
+        ops: Sequence[WriteOp],
+        *,
+        idempotency_key: str | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> list[DataDocument | None]:
+        """The writes, their hooks and one commit: a result per op (None: deleted)."""
+        for op in ops:
+            if require_if_match and op.op != "insert" and op.if_match is None:
+                raise PreconditionRequired("this request needs an If-Match header with the document's version")
+        for attempt in range(COMMIT_RETRIES):
+            txn, chain = self.plane.transaction(caller, budget), Chain()
+            txn.single = len(ops) == 1  # a single write's stale If-Match is a 412, as without hooks
+            try:
+                docs = [await self.write(caller, txn, op, chain, idempotency_key=idempotency_key) for op in ops]
+                if txn.replayed and not txn.writes:
+                    await self.broker.run(txn.rollback)
+                    return list(txn.replayed)
+                keys = list(txn.writes)
+                stored = await self.broker.run(txn.commit)
+            except Conflict:
+                await self.broker.run(txn.rollback)
+                if attempt + 1 < COMMIT_RETRIES and not chain.runs.egress:
+                    continue
+                raise
+            except BaseException:
+                await self.broker.run(txn.rollback)
+                raise
+            committed = dict(zip(keys, stored, strict=False))
+            return [
+                None if doc is None else committed.get((op.collection, doc.id), doc)
+                for op, doc in zip(ops, docs, strict=True)
+            ]
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def call(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
+        """A handler's `db.insert` / `update` / `replace` / `delete` with its hooks: in its procedure's (or its
+        hook chain's) transaction when it has one, else a transaction of its own. Returns the result as JSON."""
+        if session.exceeded is not None:
+            raise session.exceeded
+        try:
+            op = write_op(method, params)
+            if session.txn is None:
+                doc = (await self.commit_writes(session.caller, [op], budget=session.budget))[0]
+            else:
+                if session.chain is None:
+                    session.chain = Chain()
+                doc = await self.write(session.caller, session.txn, op, session.chain)
+        except DataError as error:
+            if error.status == 429 and session.exceeded is None:
+                session.exceeded = error
+            if isinstance(error, Conflict) and session.txn is not None and session.conflict is None:
+                session.conflict = error
+            raise
+        return None if doc is None else doc.as_json()
+
+    # ---- one write and its hooks ----
+
+    async def write(
+        self, caller: Caller, txn: Txn, op: WriteOp, chain: Chain, *, idempotency_key: str | None = None
+    ) -> DataDocument | None:
+        """Stage `op` into `txn` with its hooks around it (nothing is committed here)."""
+        kind = EVENTS.get(op.op)
+        if kind is None:
+            raise Invalid(f"unknown operation {op.op!r}: insert, replace, patch or delete")
+        befores, afters = self.hooks(op.collection, "before" + kind), self.hooks(op.collection, "after" + kind)
+        if not befores and not afters:
+            return await self.broker.run(partial(_stage, txn, op, idempotency_key))
+        await self.states.refresh()
+        if op.op == "insert" and idempotency_key is not None:
+            replayed = await self.broker.run(partial(_replay, txn, op.collection, idempotency_key))
+            if replayed is not None:
+                return replayed
+        id_ = op.id if op.id is not None else uuid7()
+        before = await self.broker.run(partial(_before, txn, op, id_))
+        before_json = None if before is None else before.as_json()
+        proposed: Any = None
+        if op.op != "delete":
+            proposed = merge_patch(before.data if before else {}, op.data) if op.op == "patch" else op.data
+        changed_by: HookSpec | None = None
+        for hook in befores:
+            event = before_event(hook, _op_name(op), id_, before_json, proposed, caller, chain.depth)
+            changed = await self._run(hook, event, caller, txn, chain, id_)
+            if changed is not None and op.op != "delete":
+                proposed, changed_by = changed, hook
+        staged = op if changed_by is None else _as_replace(op, id_, proposed)
+        if staged.op == "insert" and staged.id is None:
+            staged = replace(staged, id=id_)
+        try:
+            doc = await self.broker.run(partial(_stage, txn, staged, idempotency_key))
+        except (Invalid, DataError) as error:
+            if changed_by is None or error.status not in (400, 413):
+                raise
+            failure = HookFailed(
+                f"the document hook {changed_by.name} returned breaks {op.collection!r}: {error.detail_text}",
+                violations=error.violations,
+            )
+            await self.states.fault(changed_by, failure.detail_text)
+            raise failure from None
+        after_json = None if doc is None else doc.as_json()
+        for hook in afters:
+            event = after_event(hook, _op_name(op), id_, before_json, after_json, caller, chain.depth)
+            await self._run(hook, event, caller, txn, chain, id_)
+        return doc
+
+    async def _run(
+        self, hook: HookSpec, event: dict[str, Any], caller: Caller, txn: Txn, chain: Chain, id_: str
+    ) -> dict[str, Any] | None:
+        """One hook run: its verdict (a before-hook's changed document, or None), HookAborted, or a fault
+        (counted; refused unless `failurePolicy: ignore`)."""
+        if self.states.is_disabled(hook.name):
+            if hook.skip_when_disabled or not hook.before:
+                return None
+            raise TriggerDisabled(
+                f"trigger {hook.name} is disabled after repeated faults: writes to {hook.collection!r} are "
+                f"refused until `fnctl enable {hook.name}` (or whenDisabled: skip)"
+            )
+        try:
+            inner = chain.enter(hook, id_)
+            outcome = await self.invoke(hook, event, caller, txn, inner)
+            reason = None if outcome.ok else abort_reason(outcome.message)
+            if reason is not None:
+                await self.states.succeeded(hook)  # a verdict, not a fault
+                raise HookAborted(f"{hook.name}: {reason}")
+            if not outcome.ok:
+                what = "timed out" if outcome.failure is Failure.TIMEOUT else "failed"
+                raise HookFailed(f"hook {hook.name} {what}: {outcome.message}")
+            result = verdict(hook, outcome.result, id_) if hook.before else None
+        except (HookFailed, HookLoop) as error:
+            await self.states.fault(hook, error.detail_text)
+            if hook.ignore_failures and isinstance(error, HookFailed):
+                log.warning("hook %s failed (failurePolicy: ignore): %s", hook.name, error.detail_text)
+                return None
+            raise
+        await self.states.succeeded(hook)
+        return result
+
+    async def invoke(self, hook: HookSpec, event: Any, caller: Caller, txn: Txn | None, chain: Chain) -> Outcome:
+        """Run the hook's function on the revision the routing weights pick, as the writer, its `context.db`
+        calls in `txn` (the writer's transaction; None: each call commits alone) at the chain's next depth.
+        Audited and measured like any invocation. HookFailed when no instance could run it."""
+        gateway = self.gateway
+        route = (gateway.table or router.EMPTY).functions.get(hook.function)
+        call = Call(new_request_id(), hook.function, hook.name, None)
+        call.principal = principal = _principal(caller)
+        status = 500
+        try:
+            if route is None:
+                raise Reject(404, f"function {hook.function} is not deployed", "not_found")
+            call.revision = gateway._pick(route, NO_HEADERS, principal, {}, call)
+            info = route.revisions.get(call.revision)
+            if info is None:
+                raise Reject(503, "no invocable revision", "unavailable")
+            chain.runs.egress = chain.runs.egress or info.data.egress
+            info = replace(info, timeout=min(info.timeout, hook.timeout))
+            session = self.broker.open_shared(call.request_id, hook.function, call.revision, caller, info.data, txn)
+            session.chain = chain
+            try:
+                result = await gateway._call_pool(call, info, event, principal.as_caller(), call.request_id)
+            finally:
+                self.broker.close(call.request_id)
+            outcome = result.outcome
+            if outcome.ok and session.exceeded is not None:
+                outcome = Outcome(
+                    False,
+                    None,
+                    Failure.HANDLER_ERROR,
+                    f"LimitExceeded: {session.exceeded.detail_text}",
+                    "",
+                    "",
+                    outcome.duration_ms,
+                )
+            call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
+            aborted = abort_reason(outcome.message) is not None
+            status = (
+                200
+                if outcome.ok
+                else ABORTED
+                if aborted
+                else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
+            )
+            if aborted:
+                call.outcome = "aborted"
+            return outcome
+        except Reject as reject:
+            status, call.outcome = reject.status, reject.outcome
+            what = "timed out" if reject.status == 504 else f"could not run ({reject.reason})"
+            raise HookFailed(f"hook {hook.name} {what}") from None
+        finally:
+            await gateway.audit_internal(call, status)
+
+
+def _principal(caller: Caller) -> Principal:
+    kind = {"key": PrincipalKind.KEY, "jwt": PrincipalKind.JWT}.get(caller.kind, PrincipalKind.ANONYMOUS)
+    subject = caller.subject[4:] if kind is PrincipalKind.JWT and caller.subject.startswith("jwt:") else caller.subject
+    return Principal(subject, tuple(sorted(caller.roles)), caller.tenant or None, kind)
+
+
+def _op_name(op: WriteOp) -> str:
+    return {"insert": "create", "delete": "delete"}.get(op.op, "update")
+
+
+def _as_replace(op: WriteOp, id_: str, data: Any) -> WriteOp:
+    """The write with the document a hook changed: an insert stays one, an update becomes a replace."""
+    return WriteOp("insert" if op.op == "insert" else "replace", op.collection, id_, data, op.if_match)
+
+
+# ---- on the broker's data thread ----
+
+
+def _stage(txn: Txn, op: WriteOp, idempotency_key: str | None) -> DataDocument | None:
+    if op.op == "insert":
+        return txn.insert(op.collection, op.data, id=op.id, idempotency_key=idempotency_key)
+    if op.id is None:
+        raise Invalid(f"a {op.op} needs the document's id")
+    if op.op == "replace":
+        return txn.replace(op.collection, op.id, op.data, if_match=op.if_match)
+    if op.op == "patch":
+        return txn.patch(op.collection, op.id, op.data, if_match=op.if_match)
+    txn.delete(op.collection, op.id, if_match=op.if_match)
+    return None
+
+
+def _replay(txn: Txn, collection: str, key: str) -> DataDocument | None:
+    """An insert already answered under this Idempotency-Key: its answer again, no hook run."""
+    txn.plane.collection(collection)
+    if txn.plane.store.idempotent(txn.caller.tenant, collection, key) is None:
+        return None
+    txn.insert(collection, {}, idempotency_key=key)  # records the replay in the transaction
+    return txn.replayed[-1]
+
+
+def _before(txn: Txn, op: WriteOp, id_: str) -> DataDocument | None:
+    """The document as the writer may see it now (its version recorded in the transaction), checked as the
+    write itself will be (NotFound, a stale If-Match): a hook never runs for a write bound to fail."""
+    txn.plane.collection(op.collection)
+    if op.op == "insert":
+        if op.id is None:
+            return None
+        try:
+            found = txn.get(op.collection, id_)
+        except NotFound:
+            return None
+        raise Conflict(f"a document {found.id!r} already exists in {op.collection!r}")
+    doc = txn.get(op.collection, id_)
+    if op.if_match is not None and op.if_match != doc.version:
+        raise PreconditionFailed(f"document {id_!r} is at version {doc.version}, not {op.if_match}")
+    return doc
