@@ -41,6 +41,7 @@ class CallSession:
     busy: int = 0  # calls of this session running on the broker's data thread now
     shared: bool = False  # `txn` is another's (a hook's session in its writer's transaction): never rolled back here
     chain: Any = None  # the hook chain (fnctl.data.hooks.Chain) this invocation's writes continue
+    loop: DataError | None = None  # a write of this invocation passed a hook chain's limit (HookLoop)
 
 
 def caller_of(principal: Principal) -> Caller:

@@ -224,6 +224,8 @@ class HookRunner:
                 session.exceeded = error
             if isinstance(error, Conflict) and session.txn is not None and session.conflict is None:
                 session.conflict = error
+            if isinstance(error, HookLoop) and session.loop is None:
+                session.loop = error  # the chain stops, caught by the handler or not
             raise
         return None if doc is None else doc.as_json()
 
@@ -290,6 +292,10 @@ class HookRunner:
             )
         try:
             inner = chain.enter(hook, id_)
+        except HookLoop as error:
+            await self.states.fault(hook, error.detail_text)  # the hook that would pass the limit: its fault
+            raise
+        try:
             outcome = await self.invoke(hook, event, caller, txn, inner)
             reason = None if outcome.ok else abort_reason(outcome.message)
             if reason is not None:
@@ -299,9 +305,9 @@ class HookRunner:
                 what = "timed out" if outcome.failure is Failure.TIMEOUT else "failed"
                 raise HookFailed(f"hook {hook.name} {what}: {outcome.message}")
             result = verdict(hook, outcome.result, id_) if hook.before else None
-        except (HookFailed, HookLoop) as error:
+        except HookFailed as error:
             await self.states.fault(hook, error.detail_text)
-            if hook.ignore_failures and isinstance(error, HookFailed):
+            if hook.ignore_failures:
                 log.warning("hook %s failed (failurePolicy: ignore): %s", hook.name, error.detail_text)
                 return None
             raise
@@ -332,6 +338,9 @@ class HookRunner:
                 result = await gateway._call_pool(call, info, event, principal.as_caller(), call.request_id)
             finally:
                 self.broker.close(call.request_id)
+            if session.loop is not None:  # a write of this hook went past a chain limit: the whole chain stops
+                call.outcome, status = "error", HookLoop.status
+                raise session.loop
             outcome = result.outcome
             if outcome.ok and session.exceeded is not None:
                 outcome = Outcome(
