@@ -242,6 +242,25 @@ class HookRunner:
         if not befores and not afters:
             return await self.broker.run(partial(_stage, txn, op, idempotency_key))
         await self.states.refresh()
+        # A savepoint: a write that fails here (an Abort, a failed hook, a limit) leaves nothing of itself, or
+        # of its hooks' writes, in the transaction, which goes on (a procedure may catch the error).
+        saved, replayed = dict(txn.writes), list(txn.replayed)
+        try:
+            return await self._hooked(caller, txn, op, chain, befores, afters, idempotency_key)
+        except BaseException:
+            txn.writes, txn.replayed = saved, replayed
+            raise
+
+    async def _hooked(
+        self,
+        caller: Caller,
+        txn: Txn,
+        op: WriteOp,
+        chain: Chain,
+        befores: tuple[HookSpec, ...],
+        afters: tuple[HookSpec, ...],
+        idempotency_key: str | None,
+    ) -> DataDocument | None:
         if op.op == "insert" and idempotency_key is not None:
             replayed = await self.broker.run(partial(_replay, txn, op.collection, idempotency_key))
             if replayed is not None:

@@ -103,8 +103,10 @@ def _collection(name: str, schema: str = "{type: object}") -> str:
 
 
 DEALS = "{type: object, required: [amount], properties: {amount: {type: number}, status: {type: string}}}"
+PROCEDURE = FUNCTION.replace("name: hooks}", "name: proc}").replace("clerk]}", "clerk]}\n  transaction: {retries: 2}")
 MANIFESTS = [
     FUNCTION,
+    PROCEDURE,
     _collection("deals", DEALS),
     *(_collection(c) for c in ("ledger", "chain", "pings", "flaky")),
     _collection("bad", "{type: object, properties: {n: {type: integer}}}"),
@@ -131,7 +133,7 @@ MANIFESTS = [
         metadata: {name: shop}
         spec:
           roles:
-            clerk: {invoke: [hooks], read: ["*"], write: ["*"]}
+            clerk: {invoke: [hooks, proc], read: ["*"], write: ["*"]}
             reporter: {run: [deal-report]}
         """),
 ]
@@ -199,6 +201,20 @@ def test_a_validation_hook_aborts_small_deals_and_marks_large_ones_in_order(live
     assert status == 201, body
     assert body["data"]["status"] == "needs_approval" and body["data"]["seen"] == "needs_approval", body
 
+    # each hook run is an invocation of its function's routed revision: audited under the trigger's name as the
+    # writer, measured like any request (so a canary's hook failures count in its analysis)
+    def hook_runs() -> list[tuple[str | None, str, int | None, int, str | None]]:
+        with live.project.store() as store:
+            return [
+                (r.trigger, r.function, r.revision, r.status, r.principal)
+                for r in invocation_records(store, AuditFilter(), limit=10000)
+                if r.trigger in ("deals-validate", "deals-stamp")
+            ]
+
+    until(lambda: len(hook_runs()) >= 5, "the hook runs in the invocation audit")
+    assert ("deals-validate", "hooks", 1, 422, live.subjects["alice"]) in hook_runs()
+    assert ("deals-stamp", "hooks", 1, 200, live.subjects["alice"]) in hook_runs()
+
 
 def test_an_after_hook_cascade_is_rolled_back_by_a_later_hooks_error(live: Live) -> None:
     status, body = _post(live, "deals", {"amount": 700, "fail": True}, "d-fail")
@@ -225,6 +241,17 @@ def test_batches_and_context_db_run_the_same_hooks(live: Live) -> None:
     status, body = live.invoke("hooks", {"op": "insert", "c": "deals", "id": "f-2", "doc": {"amount": 200}}, "alice")
     assert status == 200 and body["doc"]["data"]["seen"] == "ok", body
     assert _exists(live, "ledger", "l-f-2") and not _exists(live, "deals", "f-1")
+    # a procedure: the hooks' writes join its transaction, committed when it returns
+    status, body = live.invoke("proc", {"op": "insert", "c": "deals", "id": "p-1", "doc": {"amount": 300}}, "alice")
+    assert status == 200 and body["doc"]["data"]["seen"] == "ok", body
+    assert _exists(live, "deals", "p-1") and _exists(live, "ledger", "l-p-1")
+    status, body = live.invoke("proc", {"op": "insert", "c": "deals", "id": "p-2", "doc": {"amount": 2}}, "alice")
+    assert status == 200 and body["status"] == 422, body
+    status, body = live.invoke(
+        "proc", {"op": "insert", "c": "deals", "id": "p-3", "doc": {"amount": 300, "fail": True}}, "alice"
+    )
+    assert status == 200 and body["status"] == 502 and "deals-guard" in body["message"], body
+    assert not _exists(live, "deals", "p-3") and not _exists(live, "ledger", "l-p-3")
 
 
 def test_recursion_stops_at_the_depth_limit_and_on_the_same_document_twice(live: Live) -> None:
