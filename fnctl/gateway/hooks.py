@@ -11,18 +11,15 @@ transaction validate and apply everything. A conflict at the commit re-runs the 
 times) unless a hook function has egress, which answers 409, as procedures do.
 
 The decisions (order, events, verdicts, chain limits) are `fnctl.data.hooks`'s; the triggers' health
-(faults, disabled) is `TriggerStates`, kept in the store (`fnctl.state.triggerstate`).
+(faults, disabled) is `fnctl.gateway.triggerhealth.TriggerStates`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
@@ -50,14 +47,12 @@ from fnctl.gateway.datacalls import write_op
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.gateway.poolhost import PoolResult
 from fnctl.gateway.request import NO_HEADERS, Call, Reject, new_request_id
+from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.invocation.outcome import Failure, Outcome
-from fnctl.state import triggerstate
-from fnctl.state.store import Store, connect
 
 log = logging.getLogger("fnctl.gateway")
 T = TypeVar("T")
 COMMIT_RETRIES = 3  # attempts of a hooked write whose commit met a conflict (no hook with egress)
-STATE_TTL = 0.5  # seconds the gateway trusts its copy of the triggers' health
 ABORTED = 422
 
 
@@ -77,71 +72,6 @@ class HookGateway(Protocol):
     ) -> PoolResult: ...
 
     async def audit_internal(self, call: Call, status: int) -> None: ...
-
-
-class TriggerStates:
-    """The triggers' health as the gateway sees it: a copy of `trigger_state` re-read at most every STATE_TTL
-    seconds (so `fnctl enable` takes effect within it), faults written through. Store access on a thread of
-    its own. `is_disabled` is what other parts of the gateway (onCommit delivery) ask."""
-
-    def __init__(self, store_path: Path) -> None:
-        self._path = store_path
-        self._store: Store | None = None
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-triggers")
-        self._states: dict[str, triggerstate.TriggerState] = {}
-        self._loaded = -STATE_TTL
-
-    async def _db(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, partial(self._with_store, fn, *args))
-
-    def _with_store(self, fn: Any, *args: Any) -> Any:
-        if self._store is None:
-            self._store = connect(self._path)
-        return fn(self._store, *args)
-
-    async def refresh(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._loaded > STATE_TTL:
-            self._states = await self._db(triggerstate.states)
-            self._loaded = loop.time()
-
-    def is_disabled(self, trigger: str) -> bool:
-        """Is `trigger` disabled (as of the last refresh, at most STATE_TTL seconds old)?"""
-        state = self._states.get(trigger)
-        return state is not None and state.disabled
-
-    async def fault(self, hook: HookSpec, error: str) -> None:
-        state: triggerstate.TriggerState = await self._db(triggerstate.fault, hook.name, error, hook.disable_after)
-        was = self._states.get(hook.name)
-        self._states[hook.name] = state
-        if state.disabled and (was is None or not was.disabled):
-            log.error("trigger %s disabled after %d consecutive faults: %s", hook.name, state.faults, error)
-            await self._db(_audit_disabled, hook.name, state.faults, error)
-
-    async def succeeded(self, hook: HookSpec) -> None:
-        state = self._states.get(hook.name)
-        if state is not None and state.faults > 0:
-            await self._db(triggerstate.succeeded, hook.name)
-            self._states[hook.name] = replace(state, faults=0)
-
-    def close(self) -> None:
-        def closing() -> None:
-            if self._store is not None:
-                self._store.close()
-
-        self._worker.submit(closing)
-        self._worker.shutdown(wait=True)
-
-
-def _audit_disabled(store: Store, trigger: str, faults: int, error: str) -> None:
-    store.audit(
-        actor="gateway",
-        command="serve",
-        action="trigger-disable",
-        target=trigger,
-        outcome="ok",
-        detail=f"{faults} consecutive faults; last: {error[:300]}",
-    )
 
 
 class HookRunner:

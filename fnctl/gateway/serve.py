@@ -19,9 +19,10 @@ from fnctl.data.plane import DataPlane
 from fnctl.errors import BadInput
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
-from fnctl.gateway.hooks import HookRunner, TriggerStates
+from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
+from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
