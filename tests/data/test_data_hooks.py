@@ -21,6 +21,11 @@ from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
 pytestmark = pytest.mark.docker
 
 HANDLER = """\
+import time
+
+RUNS = {}
+
+
 def handler(event, context):
     db = context.db
     trigger = event.get("trigger")
@@ -55,6 +60,11 @@ def handler(event, context):
     if trigger == "ping-self":  # updates the document it was called for: the same hook on it again
         db["pings"].update(event["id"], {"count": event["after"]["data"]["count"] + 1})
         return None
+    if trigger == "slow-update":  # the first run on a document waits, so that a write can overtake it
+        RUNS[event["id"]] = RUNS.get(event["id"], 0) + 1
+        if RUNS[event["id"]] == 1:
+            time.sleep(3)
+        return {**proposed, "runs": RUNS[event["id"]]}
     if trigger == "flaky-hook":
         raise RuntimeError("flaky is broken")
     if trigger == "bad-hook":
@@ -108,7 +118,7 @@ MANIFESTS = [
     FUNCTION,
     PROCEDURE,
     _collection("deals", DEALS),
-    *(_collection(c) for c in ("ledger", "chain", "pings", "flaky")),
+    *(_collection(c) for c in ("ledger", "chain", "pings", "flaky", "races")),
     _collection("bad", "{type: object, properties: {n: {type: integer}}}"),
     # listed out of order on purpose: `order` decides, then the name
     _trigger("deals-stamp", "deals", "beforeCreate", "order: 2\n"),
@@ -118,6 +128,7 @@ MANIFESTS = [
     _trigger("chain-next", "chain", "afterCreate"),
     _trigger("ping-self", "pings", "afterUpdate"),
     _trigger("flaky-hook", "flaky", "beforeCreate"),
+    _trigger("slow-update", "races", "beforeUpdate", "timeout: 10s\n"),
     _trigger("bad-hook", "bad", "beforeCreate", "disableAfter: 100\n"),
     textwrap.dedent("""\
         apiVersion: fnctl/v1
@@ -353,3 +364,45 @@ def test_fnctl_data_runs_no_hooks_unless_told_to_write_past_them(live: Live) -> 
     assert _exists(live, "deals", "cli-1") and not _exists(live, "ledger", "l-cli-1")
     assert ("data-no-hooks", "deals") in _audited(live)
     live.project.ok("data", "put", "ledger", "cli-2", "-d", '{"amount": 1}')  # no hooks there: as before
+
+
+def test_a_conflict_at_the_commit_runs_the_hooks_again(live: Live) -> None:
+    """The hook runs outside any lock: a write that commits meanwhile makes this one's commit conflict, and the
+    gateway runs its hooks again on what is there now (no egress), rather than answering 409."""
+    import http.client
+    import threading
+
+    assert _post(live, "races", {"v": 0}, "r1")[0] == 201
+    answer: list[tuple[int, Any]] = []
+    patching = threading.Thread(
+        target=lambda: answer.append(
+            live.rest(
+                "PATCH",
+                "/v1/collections/races/docs/r1",
+                "alice",
+                {"v": 1},
+                {"If-Match": "*", "Content-Type": "application/merge-patch+json"},
+            )
+        )
+    )
+    patching.start()
+
+    def hook_running() -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
+        try:
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+        return any(
+            l.startswith("fnctl_inflight_requests") and 'function="hooks"' in l and not l.endswith(" 0.0")
+            for l in text.splitlines()
+        )
+
+    until(hook_running, "the slow hook to be running")
+    live.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
+    patching.join(timeout=60)
+    status, body = answer[0]
+    assert status == 200, body
+    # the second run saw the operator's write and its document is the one committed, on top of it
+    assert body["data"] == {"v": 1, "by": "operator", "runs": 2} and body["version"] == 3, body
