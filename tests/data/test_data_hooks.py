@@ -365,6 +365,15 @@ def test_fnctl_data_runs_no_hooks_unless_told_to_write_past_them(live: Live) -> 
     assert ("data-no-hooks", "deals") in _audited(live)
     live.project.ok("data", "put", "ledger", "cli-2", "-d", '{"amount": 1}')  # no hooks there: as before
 
+    # `invoke --local --data-from` a live store runs no hooks either: its writes to hooked collections are refused
+    event = json.dumps({"op": "insert", "c": "deals", "id": "loc-1", "doc": {"amount": 500}})
+    local = live.project.ok(
+        "invoke", "--local", "hooks", "--data-from", str(live.project.state), "-d", event, "-o", "json"
+    )
+    result = json.loads(local.out)["result"]
+    assert result["status"] == 400 and "has data hooks" in result["message"], result
+    assert not _exists(live, "deals", "loc-1")
+
 
 def test_a_conflict_at_the_commit_runs_the_hooks_again(live: Live) -> None:
     """The hook runs outside any lock: a write that commits meanwhile makes this one's commit conflict, and the
