@@ -16,6 +16,7 @@ The decisions (order, events, verdicts, chain limits) are `fnctl.data.hooks`'s; 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -175,10 +176,19 @@ class HookRunner:
         # A savepoint: a write that fails here (an Abort, a failed hook, a limit) leaves nothing of itself, or
         # of its hooks' writes, in the transaction, which goes on (a procedure may catch the error).
         saved, replayed = dict(txn.writes), list(txn.replayed)
+
+        def restore() -> None:
+            txn.writes, txn.replayed = saved, replayed
+
         try:
             return await self._hooked(caller, txn, op, chain, befores, afters, idempotency_key)
+        except Exception:
+            # On the data thread, after any call of a hook given up on (a timeout) that is still queued there:
+            # calls come in order, and its session is closed, so nothing of it lands after this.
+            await self.broker.run(restore)
+            raise
         except BaseException:
-            txn.writes, txn.replayed = saved, replayed
+            restore()
             raise
 
     async def _hooked(
@@ -284,7 +294,10 @@ class HookRunner:
             session = self.broker.open_shared(call.request_id, hook.function, call.revision, caller, info.data, txn)
             session.chain = chain
             try:
-                result = await gateway._call_pool(call, info, event, principal.as_caller(), call.request_id)
+                async with asyncio.timeout(hook.timeout):  # the trigger's own, not the function's (plus margin)
+                    result = await gateway._call_pool(call, info, event, principal.as_caller(), call.request_id)
+            except TimeoutError:
+                raise Reject(504, "Gateway Timeout", "timeout") from None
             finally:
                 self.broker.close(call.request_id)
             if session.loop is not None:  # a write of this hook went past a chain limit: the whole chain stops

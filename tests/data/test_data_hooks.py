@@ -65,7 +65,10 @@ def handler(event, context):
         if RUNS[event["id"]] == 1:
             time.sleep(3)
         return {**proposed, "runs": RUNS[event["id"]]}
-    if trigger == "flaky-hook":
+    if trigger == "sleepy-hook":
+        time.sleep(4)
+        return None
+    if trigger in ("flaky-hook", "lenient-hook"):
         raise RuntimeError("flaky is broken")
     if trigger == "bad-hook":
         mode = proposed.get("mode")
@@ -118,7 +121,7 @@ MANIFESTS = [
     FUNCTION,
     PROCEDURE,
     _collection("deals", DEALS),
-    *(_collection(c) for c in ("ledger", "chain", "pings", "flaky", "races")),
+    *(_collection(c) for c in ("ledger", "chain", "pings", "flaky", "races", "lenient", "sleepy")),
     _collection("bad", "{type: object, properties: {n: {type: integer}}}"),
     # listed out of order on purpose: `order` decides, then the name
     _trigger("deals-stamp", "deals", "beforeCreate", "order: 2\n"),
@@ -128,6 +131,8 @@ MANIFESTS = [
     _trigger("chain-next", "chain", "afterCreate"),
     _trigger("ping-self", "pings", "afterUpdate"),
     _trigger("flaky-hook", "flaky", "beforeCreate"),
+    _trigger("lenient-hook", "lenient", "beforeCreate", "failurePolicy: ignore\ndisableAfter: 2\nwhenDisabled: skip\n"),
+    _trigger("sleepy-hook", "sleepy", "beforeCreate", "timeout: 1s\n"),
     _trigger("slow-update", "races", "beforeUpdate", "timeout: 10s\n"),
     _trigger("bad-hook", "bad", "beforeCreate", "disableAfter: 100\n"),
     textwrap.dedent("""\
@@ -415,3 +420,16 @@ def test_a_conflict_at_the_commit_runs_the_hooks_again(live: Live) -> None:
     assert status == 200, body
     # the second run saw the operator's write and its document is the one committed, on top of it
     assert body["data"] == {"v": 1, "by": "operator", "runs": 2} and body["version"] == 3, body
+
+
+def test_failure_policy_ignore_when_disabled_skip_and_a_timeout(live: Live) -> None:
+    # failurePolicy: ignore: the write goes on, the fault still counts; disabled, whenDisabled: skip goes on too
+    for n in range(3):
+        status, body = _post(live, "lenient", {"n": n}, f"len-{n}")
+        assert status == 201 and body["data"] == {"n": n}, body
+    listed = {t["name"]: t for t in json.loads(live.project.ok("triggers", "-o", "json").out)}
+    assert listed["lenient-hook"]["disabled"] and listed["lenient-hook"]["faults"] == 2
+
+    status, body = _post(live, "sleepy", {"n": 1}, "zz-1")  # the hook sleeps past its 1 s timeout
+    assert status == 502 and body["detail"] == "hook sleepy-hook timed out", body
+    assert not _exists(live, "sleepy", "zz-1")
