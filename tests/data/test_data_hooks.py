@@ -97,6 +97,9 @@ spec:
   access: {roles: [clerk]}
   healthCheck:
     - event: {probe: true}
+  rollout:
+    strategy: canary
+    steps: [{setWeight: 50}, {pause: {}}, {setWeight: 100}]
 """
 
 
@@ -433,3 +436,38 @@ def test_failure_policy_ignore_when_disabled_skip_and_a_timeout(live: Live) -> N
     status, body = _post(live, "sleepy", {"n": 1}, "zz-1")  # the hook sleeps past its 1 s timeout
     assert status == 502 and body["detail"] == "hook sleepy-hook timed out", body
     assert not _exists(live, "sleepy", "zz-1")
+
+
+def test_hooks_run_on_the_revisions_the_routing_weights_pick(live: Live) -> None:
+    """A canary of the hooks' function at 50 %: hook runs go to both revisions, as invocations would, and are
+    counted in each revision's metrics (what the canary's analysis reads). Last: it changes the deployment."""
+    code = live.project.root / "functions" / "hooks" / "main.py"
+    code.write_text(code.read_text(encoding="utf-8") + "\n# revision 2\n", encoding="utf-8")
+    waiting = live.project.fnctl("apply")
+    assert waiting.code == 4, waiting.text  # at the canary's gate: 50 % on each revision
+
+    def revisions() -> set[int | None]:
+        with live.project.store() as store:
+            return {
+                r.revision for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "deals-stamp"
+            }
+
+    until(
+        lambda: _post(live, "deals", {"amount": 150})[0] == 201 and revisions() >= {1, 2}, "hook runs on both revisions"
+    )
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        metrics = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    assert 'fnctl_requests_total{code="200",function="hooks",revision="2"}' in metrics, [
+        line for line in metrics.splitlines() if line.startswith("fnctl_requests_total")
+    ]
+    # the earlier tests' failed hook runs (500s, timeouts) are errors of revision 1, as failed invocations are
+    errors = [
+        line for line in metrics.splitlines() if line.startswith('fnctl_errors_total{function="hooks",revision="1"}')
+    ]
+    assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 5, errors
