@@ -47,7 +47,8 @@ class TriggerStates:
             self._loaded = loop.time()
 
     def is_disabled(self, trigger: str) -> bool:
-        """Is `trigger` disabled (as of the last refresh, at most STATE_TTL seconds old)?"""
+        """Is `trigger` disabled, as of the last `refresh` (await it first: it re-reads the store when its copy is
+        older than STATE_TTL seconds)? A trigger that never faulted is enabled."""
         state = self._states.get(trigger)
         return state is not None and state.disabled
 
