@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
+from fnctl.data.collections import validate
 from fnctl.data.documents import Budget, DataDocument, WriteOp, merge_patch, uuid7
 from fnctl.data.errors import Conflict, DataError, Invalid, NotFound, PreconditionFailed, PreconditionRequired
 from fnctl.data.hooks import (
@@ -206,11 +207,8 @@ class HookRunner:
             if replayed is not None:
                 return replayed
         id_ = op.id if op.id is not None else uuid7()
-        before = await self.broker.run(partial(_before, txn, op, id_))
+        before, proposed = await self.broker.run(partial(_before, txn, op, id_))
         before_json = None if before is None else before.as_json()
-        proposed: Any = None
-        if op.op != "delete":
-            proposed = merge_patch(before.data if before else {}, op.data) if op.op == "patch" else op.data
         changed_by: HookSpec | None = None
         for hook in befores:
             event = before_event(hook, _op_name(op), id_, before_json, proposed, caller, chain.depth)
@@ -374,19 +372,28 @@ def _replay(txn: Txn, collection: str, key: str) -> DataDocument | None:
     return txn.replayed[-1]
 
 
-def _before(txn: Txn, op: WriteOp, id_: str) -> DataDocument | None:
-    """The document as the writer may see it now (its version recorded in the transaction), checked as the
-    write itself will be (NotFound, a stale If-Match): a hook never runs for a write bound to fail."""
-    txn.plane.collection(op.collection)
+def _before(txn: Txn, op: WriteOp, id_: str) -> tuple[DataDocument | None, Any]:
+    """The document as the writer may see it now (its version recorded in the transaction) and the proposed
+    one, checked as the write itself will be (NotFound, a stale If-Match, a taken id, the schema): a hook never
+    runs for a write bound to fail, nor sees a document that is not valid."""
+    info = txn.plane.collection(op.collection)
+    before: DataDocument | None = None
     if op.op == "insert":
-        if op.id is None:
-            return None
-        try:
-            found = txn.get(op.collection, id_)
-        except NotFound:
-            return None
-        raise Conflict(f"a document {found.id!r} already exists in {op.collection!r}")
-    doc = txn.get(op.collection, id_)
-    if op.if_match is not None and op.if_match != doc.version:
-        raise PreconditionFailed(f"document {id_!r} is at version {doc.version}, not {op.if_match}")
-    return doc
+        if op.id is not None:
+            try:
+                found = txn.get(op.collection, id_)
+            except NotFound:
+                found = None
+            if found is not None:
+                raise Conflict(f"a document {found.id!r} already exists in {op.collection!r}")
+    else:
+        before = txn.get(op.collection, id_)
+        if op.if_match is not None and op.if_match != before.version:
+            raise PreconditionFailed(f"document {id_!r} is at version {before.version}, not {op.if_match}")
+    if op.op == "delete":
+        return before, None
+    if op.op == "patch" and not isinstance(op.data, dict):
+        raise Invalid("a merge patch is a JSON object")
+    proposed = merge_patch(before.data if before else {}, op.data) if op.op == "patch" else op.data
+    validate(info, proposed)
+    return before, proposed

@@ -308,6 +308,9 @@ def test_every_bad_answer_of_a_hook_is_refused_and_writes_nothing(live: Live) ->
         assert not _exists(live, "bad", id_)
     status, body = _post(live, "bad", {"mode": "schema"}, "x-schema")
     assert body["violations"][0]["path"] == "$.n", body
+    # a document that is invalid before any hook: the client's 400, with its violations; no hook sees it
+    status, body = _post(live, "deals", {"amount": "lots"}, "d-invalid")
+    assert status == 400 and body["violations"][0]["path"] == "$.amount", body
     assert _post(live, "bad", {"mode": "fine"}, "x-fine")[0] == 201
 
 
