@@ -52,6 +52,10 @@ class TriggerStates:
         state = self._states.get(trigger)
         return state is not None and state.disabled
 
+    def disabled(self) -> tuple[str, ...]:
+        """The disabled triggers, as of the last `refresh` (e.g. the onCommit dispatcher's paused ones)."""
+        return tuple(sorted(name for name, state in self._states.items() if state.disabled))
+
     async def fault(self, hook: HookSpec, error: str) -> None:
         state: triggerstate.TriggerState = await self._db(triggerstate.fault, hook.name, error, hook.disable_after)
         was = self._states.get(hook.name)

@@ -3,9 +3,11 @@ health in a real store (fnctl.state.triggerstate: faults, auto-disable, enable).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 from fnctl.data.caller import Caller
 from fnctl.data.hooks import (
@@ -19,7 +21,9 @@ from fnctl.data.hooks import (
     trigger_spec,
     verdict,
 )
+from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.state import triggerstate
+from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.store import connect
 
 
@@ -121,3 +125,36 @@ def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(tm
         assert triggerstate.enable(store, "never-faulted") is None
     finally:
         store.close()
+
+
+def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    connect(path).close()
+    hook = HookSpec("t", "f", "orders", "beforeCreate", disable_after=2)
+    states = TriggerStates(path)
+
+    async def faults() -> None:
+        await states.refresh()
+        await states.fault(hook, "boom")
+        assert not states.is_disabled("t") and states.disabled() == ()
+        await states.fault(hook, "boom again")
+        assert states.is_disabled("t") and states.disabled() == ("t",)
+
+    async def refreshed() -> bool:
+        await states.refresh()
+        return not states.is_disabled("t")
+
+    try:
+        asyncio.run(faults())
+        store = connect(path)
+        try:
+            records = audit_records(store, AuditFilter(), limit=100)
+            assert [(r.action, r.target, r.detail) for r in records] == [
+                ("trigger-disable", "t", "2 consecutive faults; last: boom again")
+            ]
+            triggerstate.enable(store, "t")  # what `fnctl enable` does, from another process
+        finally:
+            store.close()
+        wait_until(lambda: asyncio.run(refreshed()), what="the gateway to see the trigger enabled", timeout=5)
+    finally:
+        states.close()
