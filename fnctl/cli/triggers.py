@@ -95,8 +95,8 @@ def run_command(
 
     \b
     Examples:
-      fnctl run orders-reindex --key "$FNCTL_KEY"
-      fnctl run orders-reindex -d '{"since": "2026-01-01"}'
+      fnctl run orders-price-check --key "$FNCTL_KEY"
+      fnctl run orders-price-check -d '{"since": "2026-01-01"}'
     """
     from fnctl.cli.render import render_outcome
     from fnctl.commands.triggers import run
