@@ -24,6 +24,7 @@ from fnctl.data.txn import Txn
 from fnctl.deploy.actor import actor
 from fnctl.deploy.session import state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
+from fnctl.gateway.router import on_commit_routes
 from fnctl.invocation import strictjson
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
@@ -83,9 +84,10 @@ def session(
         )
 
     try:
-        yield OperatorSession(
-            DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store, no_hooks, command
-        )
+        # Writes queue events for the onCommit triggers the store holds, as the gateway's writes do.
+        routes = on_commit_routes(store.resources("Trigger"))
+        plane = DataPlane(docs, lambda: (), audit, outbox=lambda: routes)
+        yield OperatorSession(plane, Caller.operator(who, tenant or ""), store, no_hooks, command)
     finally:
         docs.close()
         store.close()

@@ -30,7 +30,7 @@ from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway.datacalls import WRITES, CallSession, answer, call_failed, open_session, parse_policies
-from fnctl.gateway.router import DataSettings
+from fnctl.gateway.router import DataSettings, on_commit_routes
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Function, Policy, RunAs
@@ -117,7 +117,9 @@ class LocalData:
             if not data_from.exists():
                 raise BadInput(f"--data-from {data_from}: no state store there")
             documents = docstore.connect(docstore.data_path(data_from))
-            plane = DataPlane(documents, _store_policies(data_from))
+            policies_of, routes = _store_policies(data_from)
+            # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
+            plane = DataPlane(documents, policies_of, outbox=lambda: routes)
             hooks = _store_hooks(data_from)
         else:
             documents = docstore.connect(local_data_path(project))
@@ -219,14 +221,15 @@ def _store_hooks(state_file: Path) -> dict[tuple[str, str], tuple[HookSpec, ...]
         store.close()
 
 
-def _store_policies(state_file: Path) -> Callable[[], tuple[Policy, ...]]:
-    """The live Policies of the state store at `state_file`, read once."""
+def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
+    """The live Policies of the state store at `state_file` and its onCommit triggers by collection, read once."""
     store = connect_store(state_file)
     try:
         policies = parse_policies(store.resources("Policy"))
+        routes = on_commit_routes(store.resources("Trigger"))
     finally:
         store.close()
-    return lambda: policies
+    return (lambda: policies), routes
 
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:
@@ -270,7 +273,9 @@ def _invoke_cold(
     from fnctl.engine.sandbox import labels
 
     on_progress(f"image for {function.name}")
-    image = images.ensure_image(project.name, function.name, source, project.base_image, on_progress)
+    image = images.ensure_image(
+        project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime
+    )
     on_progress(f"{'built' if image.built else 'cached'} {image.tag}; starting a sandbox")
     extra = {"local": "true"} | ({"local_warm": key[:11]} if keep_warm else {})
     if keep_warm:  # a warm instance of an older version, or one that no longer answered, is stale now
@@ -308,14 +313,14 @@ def _remove_socket_dir(root: Path, path: str) -> None:
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:
     """Changes whenever anything the instance was started from changes."""
-    from fnctl.engine.images import RUNTIME_FILES
-    from fnctl.manifest.schemas import data_dir
     from fnctl.manifest.source import source_files
+    from fnctl.runtimes import runtime_for
 
+    language = runtime_for(function.runtime)
     digest = hashlib.sha256(json.dumps(function.spec, sort_keys=True, default=str).encode())
-    digest.update(f"{function.name}\0{base_image}\0".encode())
-    runtime = data_dir("runtime-image")
-    for path in [*(runtime / name for name in RUNTIME_FILES), *source_files(source)]:
+    digest.update(f"{function.name}\0{language.base_image(base_image)}\0".encode())
+    runtime = language.runtime_dir()
+    for path in [*(runtime / name for name in language.runtime_files), *source_files(source)]:
         status = path.stat()  # size and mtime: cheap, and any edit changes them
         digest.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\0".encode())
     digest.update(fingerprint(secret_values, _local_salt()).encode())

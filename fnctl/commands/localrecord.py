@@ -30,10 +30,10 @@ RECORD_LIFETIME = 86_400.0
 
 
 def _validate(project: Project, target: str) -> tuple[Function, DesiredState]:
-    from fnctl.manifest.validate import validate_paths
+    from fnctl.runtimes.validation import validate_project
 
     by_path = _by_path(target)
-    result = validate_paths(project, [Path(target)] if by_path else None)
+    result = validate_project(project, [Path(target)] if by_path else None)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
     functions = result.state.functions

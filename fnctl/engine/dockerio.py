@@ -6,6 +6,7 @@ what a container must look like is decided in `sandbox`, not here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -125,12 +126,12 @@ def _build(
     context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
 ) -> None:
     output: list[str] = []
+    _label_instruction(context, labels)
     with _engine_errors(f"building {tag}"):
         stream = client().api.build(
             path=str(context),
             tag=tag,
             buildargs=dict(buildargs),
-            labels=dict(labels),
             rm=True,
             forcerm=True,
             network_mode="none",
@@ -149,6 +150,42 @@ def _build(
                     output.append(line.strip())
                     if line.startswith("Step "):
                         on_line(f"{tag}: {line.strip()}")
+
+
+def _label_instruction(context: Path, labels: Mapping[str, str]) -> None:
+    """The labels as one LABEL instruction at the end of the context's Dockerfile (idempotent, so a retried
+    build adds it once). Given to the API instead, the classic builder makes each label a step of its own, a
+    container committed apiece: ~0.5 s of a revision build's ~1.5 s for fnctl's three labels, measured."""
+    if not labels:
+        return
+    dockerfile = context / "Dockerfile"
+    line = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
+    text = dockerfile.read_text(encoding="utf-8")
+    if not text.endswith(line):
+        dockerfile.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
+
+
+def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
+    """Run `argv` in a throwaway container of `image` (no network, read-only, unprivileged) and return its
+    standard output; used to ask a base image about itself, never for user code."""
+    with _engine_errors(f"running {entrypoint} in {image}"):
+        try:
+            output = client().containers.run(
+                image,
+                argv,
+                entrypoint=[entrypoint],
+                user="65534:65534",
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                remove=True,
+                stdout=True,
+                stderr=False,
+            )
+        except _sdk().errors.ContainerError as exc:
+            raise FnctlError(f"{entrypoint} in {image} exited with {exc.exit_status}: {exc.stderr!r}") from None
+    return bytes(output).decode()
 
 
 def images_present(tags: set[str]) -> set[str]:

@@ -286,9 +286,14 @@ def outcome_of(result: InvocationResult) -> Outcome:
 
 def _classify_os_error(text: str) -> Failure:
     """Errors that mean a sandbox limit rather than a bug in the handler."""
+    # Python's OSError texts, and Node's error codes (ENOSPC: no space left on device, EFBIG, spawn EAGAIN)
     if "[Errno 28]" in text or "No space left on device" in text or "File too large" in text:
         return Failure.DISK_FULL
+    if text.startswith("Error: ENOSPC:") or text.startswith("Error: EFBIG:"):
+        return Failure.DISK_FULL
     if "can't start new thread" in text or (text.startswith("BlockingIOError") and "[Errno 11]" in text):
+        return Failure.PROCESS_LIMIT
+    if text.startswith("Error: spawn") and "EAGAIN" in text:
         return Failure.PROCESS_LIMIT
     if text.startswith("MemoryError"):
         return Failure.OUT_OF_MEMORY

@@ -171,11 +171,17 @@ class Broker:
             loop.call_soon_threadsafe(_settle, settled)
 
     def open(
-        self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings
+        self,
+        invocation_id: str,
+        function: str,
+        revision: int,
+        caller: Caller,
+        settings: DataSettings,
+        on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> CallSession:
         if invocation_id in self.sessions:
             raise ValueError(f"invocation {invocation_id} is in flight already")
-        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings)
+        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings, on_read)
         return session
 
     def open_shared(

@@ -145,3 +145,36 @@ def _logs(encoded: str | None) -> str:
         return base64.b64decode(encoded).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         return ""
+
+
+@dataclass(frozen=True)
+class ViewAnswer:
+    status: int
+    body: Any  # the result (200), or the problem / error document
+    revision: int | None
+    cache: str  # hit | miss | "" (refused before the cache)
+
+
+def view(address: str, name: str, params: list[tuple[str, str]], *, key: str | None) -> ViewAnswer:
+    """GET /v1/views/NAME?params: the view's answer, whatever its status (the caller renders it)."""
+    from urllib.parse import quote, urlencode
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    host, port = _connect_host(address)
+    connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
+    try:
+        query = f"?{urlencode(params)}" if params else ""
+        connection.request("GET", f"/v1/views/{quote(name, safe='')}{query}", headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+        answer = {k.lower(): v for k, v in response.getheaders()}
+    except (OSError, http.client.HTTPException) as exc:
+        raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    revision = answer.get("x-fnctl-revision", "")
+    return ViewAnswer(status, body, int(revision) if revision.isdigit() else None, answer.get("x-fnctl-view-cache", ""))

@@ -7,7 +7,7 @@ it off the event loop) and by `fnctl invoke --local`; no asyncio, no HTTP.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,8 @@ class CallSession:
     shared: bool = False  # `txn` is another's (a hook's session in its writer's transaction): never rolled back here
     chain: Any = None  # the hook chain (fnctl.data.hooks.Chain) this invocation's writes continue
     loop: DataError | None = None  # a write of this invocation passed a hook chain's limit (HookLoop)
+    # Told of every read call (method, params) before it is answered: what a view's computation read.
+    on_read: Callable[[str, Mapping[str, Any]], None] | None = None
 
 
 def caller_of(principal: Principal) -> Caller:
@@ -58,12 +60,17 @@ def session_caller(caller: Caller, function: str, revision: int | None, settings
 
 
 def open_session(
-    plane: DataPlane, caller: Caller, function: str, revision: int | None, settings: DataSettings
+    plane: DataPlane,
+    caller: Caller,
+    function: str,
+    revision: int | None,
+    settings: DataSettings,
+    on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> CallSession:
     acting = session_caller(caller, function, revision, settings)
     txn = plane.transaction(acting, Budget(operations=settings.db_operations)) if settings.transaction else None
     budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
-    return CallSession(function, revision, acting, budget, txn)
+    return CallSession(function, revision, acting, budget, txn, on_read=on_read)
 
 
 def _str(params: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
@@ -131,6 +138,8 @@ def _answer(plane: DataPlane, session: CallSession, method: str, params: Mapping
     if session.exceeded is not None:  # over a limit once: every later call fails too
         raise session.exceeded
     session.calls += 1
+    if session.on_read is not None and method in ("db.get", "db.find"):
+        session.on_read(method, params)
     collection = _str(params, "collection")
     txn, caller, budget = session.txn, session.caller, session.budget
     if method == "db.get":

@@ -10,7 +10,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -206,11 +206,19 @@ class RequestPipeline:
             # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
             raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
 
-    async def _run(self, call: Call, info: router.RevisionInfo, event: Any, principal: Principal) -> PoolResult:
+    async def _run(
+        self,
+        call: Call,
+        info: router.RevisionInfo,
+        event: Any,
+        principal: Principal,
+        on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> PoolResult:
         """One invocation, with its data session when the gateway serves data: the caller, budget and (for a
         procedure) transaction its `context.db` calls use. A procedure's writes are committed when the handler
         returned ok, and dropped when it failed, timed out or went over a limit; on a conflict it is run again
-        when that is safe (no egress), up to `retries` times, else answered 409."""
+        when that is safe (no egress), up to `retries` times, else answered 409. `on_read` is told of every
+        read call the invocation makes (a view's computation records them)."""
         broker = self.broker
         if broker is None:
             return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
@@ -224,7 +232,7 @@ class RequestPipeline:
                 call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
             )
             assert call.revision is not None
-            session = broker.open(invocation, call.function, call.revision, caller, settings)
+            session = broker.open(invocation, call.function, call.revision, caller, settings, on_read)
             try:
                 result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
                 if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation

@@ -31,6 +31,7 @@ class TriggerStates:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-triggers")
         self._states: dict[str, triggerstate.TriggerState] = {}
         self._loaded = -STATE_TTL
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, partial(self._with_store, fn, *args))
@@ -55,6 +56,22 @@ class TriggerStates:
     def disabled(self) -> tuple[str, ...]:
         """The disabled triggers, as of the last `refresh` (e.g. the onCommit dispatcher's paused ones)."""
         return tuple(sorted(name for name, state in self._states.items() if state.disabled))
+
+    def paused(self) -> tuple[str, ...]:
+        """`disabled()` for a caller that cannot await (the onCommit dispatcher's round, on the event loop): a
+        stale copy is refreshed in the background, so an enable is seen within a round or two."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._loaded > STATE_TTL and self._refreshing is None:
+            self._refreshing = loop.create_task(self._refresh_in_background())
+        return self.disabled()
+
+    async def _refresh_in_background(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # a busy store: the next round tries again
+            log.warning("the triggers' health was not re-read; using the last copy")
+        finally:
+            self._refreshing = None
 
     async def fault(self, hook: HookSpec, error: str) -> None:
         state: triggerstate.TriggerState = await self._db(triggerstate.fault, hook.name, error, hook.disable_after)
