@@ -158,3 +158,26 @@ def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_pat
         wait_until(lambda: asyncio.run(refreshed()), what="the gateway to see the trigger enabled", timeout=5)
     finally:
         states.close()
+
+
+def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(tmp_path: Path) -> None:
+    """`paused()` (the dispatcher's sync callable) answers at once and re-reads a stale copy in the background:
+    a trigger disabled by another process is paused within a round or two."""
+    path = tmp_path / "state.db"
+    store = connect(path)
+    states = TriggerStates(path)
+
+    async def main() -> tuple[str, ...]:
+        assert states.paused() == ()  # nothing read yet: answered at once, a refresh started
+        triggerstate.fault(store, "ship", "status 500", 1)  # disabled by another process
+        deadline = asyncio.get_running_loop().time() + 5
+        while not states.paused():
+            assert asyncio.get_running_loop().time() < deadline, "the trigger was never seen paused"
+            await asyncio.sleep(0.05)  # a dispatcher round's pace
+        return states.paused()
+
+    try:
+        assert asyncio.run(main()) == ("ship",)
+    finally:
+        states.close()
+        store.close()
