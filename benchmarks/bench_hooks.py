@@ -3,8 +3,10 @@
 Views: a cached view read through the gateway (p50, next to /healthz in the same run: what the gateway itself
 costs), and the hit rate of a workload of 100 reads per overlapping write. onCommit: the time from a write's
 commit to its handler's run (p50), and N events (default 10,000) delivered with none lost and none twice.
+Hooks: a REST insert into a collection with one before-hook (a warm instance that accepts the document), p50,
+beside the same insert into a collection without hooks (same schema, same gateway, alternating with it).
 
-    .venv/bin/python benchmarks/bench_hooks.py [--only views|events] [--events 10000]
+    .venv/bin/python benchmarks/bench_hooks.py [--only views|events|hooks] [--events 10000] [--writes 500]
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ HANDLERS = """\
 def summary(event, context):
     docs = context.db["orders"].find({"customer": event["customer"]})["documents"]
     return {"customer": event["customer"], "count": len(docs), "total": sum(d["data"]["total"] for d in docs)}
+
+
+def accept(event, context):
+    return None  # a before-hook that accepts the document as proposed
 
 
 def notify(event, context):
@@ -75,6 +81,22 @@ metadata: {name: notify}
 spec: {function: notify, on: {collection: events, event: onCommit}}
 ---
 apiVersion: fnctl/v1
+kind: Function
+metadata: {name: accept}
+spec:
+  runtime: python3.11
+  source: ../functions/hooks
+  handler: main.accept
+  limits: {timeout: 5s, memory: 64Mi}
+  scaling: {minInstances: 1, maxInstances: 1, concurrency: 8}
+  access: {roles: [bench]}
+---
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: hooked-check}
+spec: {function: accept, on: {collection: hooked, event: beforeCreate}}
+---
+apiVersion: fnctl/v1
 kind: Policy
 metadata: {name: bench}
 spec:
@@ -83,7 +105,7 @@ spec:
     "function:notify": {write: [seen, dups]}
 """ + "".join(
     f"---\napiVersion: fnctl/v1\nkind: Collection\nmetadata: {{name: {c}}}\nspec: {{schema: {{type: object}}}}\n"
-    for c in ("orders", "events", "seen", "dups")
+    for c in ("orders", "events", "seen", "dups", "plain", "hooked")
 )
 
 
@@ -209,13 +231,35 @@ def bench_events(client: Client, data_file: Path, count: int, latency_rounds: in
         docs.close()
 
 
+def bench_before_hook(client: Client, writes: int) -> None:
+    """p50 of an insert with one before-hook beside the same insert into a collection without hooks."""
+    samples: dict[str, list[float]] = {"plain": [], "hooked": []}
+    for i in range(writes + 20):  # the first 20 of each warm up (connection, instance, caches)
+        for collection in ("plain", "hooked"):
+            started = time.perf_counter()
+            status, body, _ = client.call("POST", f"/v1/collections/{collection}/docs", {"customer": f"c{i}", "n": i})
+            elapsed = time.perf_counter() - started
+            if status != 201:
+                raise SystemExit(f"an insert into {collection} answered {status}: {body}")
+            if i >= 20:
+                samples[collection].append(elapsed)
+    hooked, plain = median_ms(samples["hooked"]), median_ms(samples["plain"])
+    line(
+        "p50 ≤ baseline + 2 ms",
+        f"insert, one before-hook: p50 {hooked:.3f} ms (+{hooked - plain:.3f} ms)",
+        f"insert, no hooks: p50 {plain:.3f} ms",
+        hooked - plain <= 2.0,
+    )
+
+
 def _timeout(signum: int, frame: FrameType | None) -> None:
     raise SystemExit("bench_hooks: timed out")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--only", choices=("all", "views", "events"), default="all")
+    parser.add_argument("--only", choices=("all", "views", "events", "hooks"), default="all")
+    parser.add_argument("--writes", type=int, default=500, help="inserts timed with and without a before-hook")
     parser.add_argument("--samples", type=int, default=2000, help="view hits (and /healthz) timed")
     parser.add_argument("--events", type=int, default=10_000, help="onCommit events delivered at once")
     parser.add_argument("--latency-rounds", type=int, default=200, help="onCommit events timed one at a time")
@@ -276,6 +320,8 @@ def main() -> None:
             bench_views(client, args.samples)
         if args.only in ("all", "events"):
             bench_events(client, state.with_name("state.data.db"), args.events, args.latency_rounds)
+        if args.only in ("all", "hooks"):
+            bench_before_hook(client, args.writes)
     finally:
         if gateway is not None:
             gateway.terminate()

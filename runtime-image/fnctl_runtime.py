@@ -494,6 +494,18 @@ class CognitoIdentity:
         self.cognito_identity_pool_id: str | None = None
 
 
+class Abort(Exception):
+    """`raise context.Abort("reason")` in a data hook (beforeCreate, ...): the write is refused (422) with the
+    reason. Reported in the error frame as type `fnctl.Abort`, so that no exception of the user's own that
+    happens to share the name is taken for a verdict."""
+
+    def __init__(self, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"context.Abort(reason): the reason must be a string, not {type(reason).__name__}")
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Context:
     """The handler's second argument: fnctl's names, and AWS Lambda's beside them with fnctl's values
     (docs/runtime.md): `aws_request_id` is the invocation id, `function_version` the revision,
@@ -502,6 +514,7 @@ class Context:
     `REVISION/<instance host name>`, `identity` without Cognito ids and `client_context` None."""
 
     client_context = None
+    Abort = Abort
 
     def __init__(self, server: Server, channel: Any, invocation_id: str, deadline: float, caller: Any) -> None:
         self.function_name = server.config.function
@@ -1340,7 +1353,8 @@ class _Outcome:
 
     @classmethod
     def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
-        error = {"kind": kind, "type": type(exc).__name__, "message": _message(exc),
+        error = {"kind": kind, "type": "fnctl.Abort" if isinstance(exc, Abort) else type(exc).__name__,
+                 "message": _message(exc),
                  "traceback": user_traceback(exc)}
         return cls(False, (time.perf_counter() - start) * 1000, error=error)
 

@@ -38,6 +38,10 @@ api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type
     -H 'Idempotency-Key: demo-order-2' -d '{"customer": "ada", "items": [{"sku": "b", "qty": 1, "price": 12}]}'
 api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
     -d '{"customer": "ada", "items": []}'              # bad input: 400 with the schema violation's JSON path
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -d '{"customer": "ada", "items": [{"sku": "c", "qty": 500, "price": 30}]}'  # the hook aborts it: 422
+show triggers                          # orders-before-create: enabled, no faults
+api -X POST "http://127.0.0.1:$PORT/v1/triggers/orders-price-check/run"   # a manual trigger (or: fnctl run)
 api "http://127.0.0.1:$PORT/v1/collections/orders/docs?filter=%7B%22customer%22%3A%22ada%22%7D&order=customer,createdAt"
 api -X POST "http://127.0.0.1:$PORT/invoke/order-book" -H 'Content-Type: application/json' -d '{"customer": "ada"}'
 show data find orders '{"customer": "ada"}'

@@ -43,17 +43,27 @@ IfMatchOpt = Annotated[
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Act on an existing document without --if-match (last writer wins).")
 ]
+NoHooksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-hooks",
+        help="Write to a collection with data hooks without running them (audited); without it such a write is "
+        "refused: write through the gateway's REST API, which runs them.",
+    ),
+]
 DataOpt = Annotated[
     Optional[str],
     typer.Option("--data", "-d", help="JSON, @file.json, or standard input when absent.", show_default=False),
 ]
 
 
-def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[OperatorSession]:
+def _session(
+    state: Path | None, tenant: str | None, command: str, no_hooks: bool = False
+) -> AbstractContextManager[OperatorSession]:
     from fnctl.commands.data import session
     from fnctl.manifest.project import load_project
 
-    return session(load_project(), state, tenant, command)
+    return session(load_project(), state, tenant, command, no_hooks=no_hooks)
 
 
 def _body(data: str | None, what: str) -> Any:
@@ -207,6 +217,7 @@ def put(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -223,7 +234,7 @@ def put(
     from fnctl.commands.data import put as write
 
     body = _body(data, "document")
-    with _session(state, tenant, "put") as s:
+    with _session(state, tenant, "put", no_hooks) as s:
         doc = write(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -235,6 +246,7 @@ def patch(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -246,7 +258,7 @@ def patch(
     from fnctl.commands.data import patch as change
 
     body = _body(data, "merge patch")
-    with _session(state, tenant, "patch") as s:
+    with _session(state, tenant, "patch", no_hooks) as s:
         doc = change(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -257,6 +269,7 @@ def rm(
     id: IdArg,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
 ) -> None:
@@ -266,7 +279,7 @@ def rm(
     """
     from fnctl.commands.data import remove
 
-    with _session(state, tenant, "rm") as s:
+    with _session(state, tenant, "rm", no_hooks) as s:
         remove(s, collection, id, if_match=if_match, force=force)
     sys.stderr.write(f"deleted {collection}/{id}\n")
 
@@ -288,6 +301,7 @@ def import_command(
             help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.",
         ),
     ] = True,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -304,7 +318,7 @@ def import_command(
     """
     from fnctl.commands.datatransfer import import_ndjson
 
-    with _session(state, tenant, "import") as s, Meter("importing", "bytes") as progress:
+    with _session(state, tenant, "import", no_hooks) as s, Meter("importing", "bytes") as progress:
         report = import_ndjson(
             s,
             collection,

@@ -217,7 +217,11 @@ class Gateway(RequestPipeline):
             access={"method": request.method, "path": request.path},
         )
 
-    # ---- invocations that do not come over HTTP (cron) ----
+    # ---- invocations that do not come over HTTP (cron, data hooks) ----
+
+    async def audit_internal(self, call: Call, status: int) -> None:
+        """Audit and measure an invocation the gateway made itself (a data hook) as it does requests."""
+        await self._finish(call, None, web.Response(status=status))
 
     async def invoke_internal(
         self, function: str, event: Any, *, trigger: str, tenant: str | None = None
@@ -280,8 +284,10 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
         from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
+        from fnctl.gateway.triggerapi import TriggerApi  # manual triggers: their health is the data hooks'
 
         DataApi(gateway, gateway.broker).add_routes(app)
+        TriggerApi(gateway).add_routes(app)
         if gateway.views is not None:
             gateway.views.add_routes(app)
     for mount in mounts:

@@ -19,24 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataDocument
+from fnctl.data.documents import Budget, DataDocument, WriteOp
 from fnctl.data.errors import DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
 from fnctl.gateway.datacalls import (
     METHODS,
+    WRITES,
     CallSession,
     answer,
     call_failed,
     caller_of,
     open_session,
     parse_policies,
+    session_caller,
 )
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.aiotransport import Answered, AsyncCallHandler
@@ -48,6 +50,24 @@ from fnctl.state.store import connect as connect_store
 T = TypeVar("T")
 _AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "CallSession", "StateAudit", "caller_of"]
+
+
+class HookWrites(Protocol):
+    """The data hooks (`fnctl.gateway.hooks.HookRunner`): the handlers' writes that have hooks go through it."""
+
+    def applies(self, collection: Any, op: str) -> bool: ...
+
+    async def call(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any: ...
+
+    async def commit_writes(
+        self,
+        caller: Caller,
+        ops: Sequence[WriteOp],
+        *,
+        idempotency_key: str | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> list[DataDocument | None]: ...
 
 
 class LivePolicies:
@@ -100,6 +120,7 @@ class Broker:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.sessions: dict[str, CallSession] = {}
+        self.hooks: HookWrites | None = None  # set by the gateway when it serves data hooks
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
         # Writes waiting for the data thread (see `write`), and whether a `_drain` is queued for them.
         self._lock = threading.Lock()
@@ -167,9 +188,22 @@ class Broker:
         session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings, on_read)
         return session
 
+    def open_shared(
+        self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings, txn: Txn | None
+    ) -> CallSession:
+        """A hook's session: the writer's identity and rights, its calls in the writer's transaction `txn` (None:
+        each call commits alone), which the writer commits or rolls back."""
+        if invocation_id in self.sessions:
+            raise ValueError(f"invocation {invocation_id} is in flight already")
+        acting = session_caller(caller, function, revision, settings)
+        budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
+        session = CallSession(function, revision, acting, budget, txn, shared=True)
+        self.sessions[invocation_id] = session
+        return session
+
     def close(self, invocation_id: str) -> CallSession | None:
         session = self.sessions.pop(invocation_id, None)
-        if session is not None and session.txn is not None and not session.txn.closed:
+        if session is not None and session.txn is not None and not session.shared and not session.txn.closed:
             session.txn.rollback()  # a failed procedure's buffered writes go with it
         return session
 
@@ -192,6 +226,9 @@ class Broker:
         try:
             if method not in METHODS:
                 raise Invalid(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+            hooks = self.hooks
+            if hooks is not None and method in WRITES and hooks.applies(params.get("collection"), WRITES[method]):
+                return self._hooked(hooks, session, method, params)
             if method == "db.get" and session.busy == 0 and session.caller.kind not in _AUDITED:
                 # One primary-key read: answered on the event loop (its own connection; WAL readers never
                 # wait), with the same checks, rather than a hop to the data thread and back. Only when none
@@ -200,6 +237,12 @@ class Broker:
         except DataError as error:
             raise call_failed(error) from None
         return self._call_later(session, method, params)
+
+    async def _hooked(self, hooks: HookWrites, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
+        try:
+            return await hooks.call(session, method, params)
+        except DataError as error:
+            raise call_failed(error) from None
 
     async def _call_later(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
         session.busy += 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, Page
+from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, Page, WriteOp
 from fnctl.data.errors import Conflict, DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # only its type: `invoke --local` needs no JWT library
 
 log = logging.getLogger("fnctl.gateway")
 METHODS = ("db.get", "db.find", "db.insert", "db.update", "db.replace", "db.delete")
+WRITES = {"db.insert": "insert", "db.update": "patch", "db.replace": "replace", "db.delete": "delete"}
 
 
 @dataclass
@@ -38,6 +39,9 @@ class CallSession:
     conflict: DataError | None = None  # a procedure's read went stale: it cannot commit (re-run it, or 409)
     calls: int = 0
     busy: int = 0  # calls of this session running on the broker's data thread now
+    shared: bool = False  # `txn` is another's (a hook's session in its writer's transaction): never rolled back here
+    chain: Any = None  # the hook chain (fnctl.data.hooks.Chain) this invocation's writes continue
+    loop: DataError | None = None  # a write of this invocation passed a hook chain's limit (HookLoop)
     # Told of every read call (method, params) before it is answered: what a view's computation read.
     on_read: Callable[[str, Mapping[str, Any]], None] | None = None
 
@@ -176,6 +180,21 @@ def _answer(plane: DataPlane, session: CallSession, method: str, params: Mapping
     else:
         plane.delete(caller, collection, id_, if_match=version, budget=budget)
     return None
+
+
+def write_op(method: str, params: Mapping[str, Any]) -> WriteOp:
+    """A `db.insert` / `update` / `replace` / `delete` call as the data plane's write."""
+    collection = _str(params, "collection")
+    if method == "db.insert":
+        return WriteOp("insert", collection, _str(params, "id", optional=True), params.get("document"))
+    id_, version = _str(params, "id"), _version(params)
+    if method == "db.update":
+        return WriteOp("patch", collection, id_, params.get("patch"), version)
+    if method == "db.replace":
+        return WriteOp("replace", collection, id_, params.get("document"), version)
+    if method == "db.delete":
+        return WriteOp("delete", collection, id_, None, version)
+    raise Invalid(f"{method!r} is not a write")
 
 
 def call_failed(error: DataError) -> CallFailed:

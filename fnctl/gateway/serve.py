@@ -15,14 +15,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fnctl.data.hooks import trigger_spec
 from fnctl.data.plane import DataPlane
 from fnctl.errors import BadInput
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
 from fnctl.gateway.dispatcher import Dispatcher
+from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
+from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
@@ -184,6 +187,7 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     )
     gateway.admission = pool.shed
     gateway.broker = data_broker(store_path, gateway)
+    gateway.broker.hooks = HookRunner(gateway, gateway.broker, TriggerStates(store_path))
     pool.call_handler = gateway.broker.handler_for
     gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
     return gateway
@@ -256,20 +260,26 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
 
 
 def _dispatcher(gateway: Gateway) -> Dispatcher:
-    """onCommit delivery through the gateway's invocation path."""
+    """onCommit delivery through the gateway's invocation path. A failed delivery is a fault of its trigger
+    (towards `disableAfter`); a disabled trigger's events wait (`paused`) until `fnctl enable`."""
     assert gateway.broker is not None
+    hooks = gateway.broker.hooks
+    states = hooks.states if isinstance(hooks, HookRunner) else None
 
     async def deliver(trigger: str, function: str, event: Any, tenant: str) -> tuple[bool, str]:
         status, outcome = await gateway.invoke_internal(function, event, trigger=trigger, tenant=tenant)
-        if outcome is not None and outcome.ok and status == 200:
-            return True, ""
+        ok = outcome is not None and outcome.ok and status == 200
         detail = "" if outcome is None else f": {outcome.failure or ''} {outcome.message or ''}".rstrip()
-        return False, f"status {status}{detail}"
+        if states is not None:
+            spec = trigger_spec(trigger, (gateway.table.triggers if gateway.table is not None else {}).get(trigger, {}))
+            await (states.succeeded(spec) if ok else states.fault(spec, f"status {status}{detail}"))
+        return (True, "") if ok else (False, f"status {status}{detail}")
 
     return Dispatcher(
         gateway.broker,
         deliver,
         lambda: None if gateway.table is None else gateway.table.triggers,
+        paused=states.paused if states is not None else tuple,
         metrics=gateway.metrics,
     )
 
@@ -300,6 +310,8 @@ async def _close(gateway: Gateway) -> None:
     await asyncio.to_thread(gateway.audit.close)
     gateway.authenticator.close()
     if gateway.broker is not None:
+        if isinstance(gateway.broker.hooks, HookRunner):
+            await asyncio.to_thread(gateway.broker.hooks.states.close)
         await asyncio.to_thread(gateway.broker.close_all)
     source = gateway.tables.source
     if isinstance(source, StoreTable):

@@ -46,7 +46,8 @@ def project(tmp_path: Path) -> Project:
         "Trigger",
         {
             "ship": {"function": "f", "on": {"collection": "orders", "event": "onCommit"}},
-            "hook": {"function": "f", "on": {"collection": "orders", "event": "beforeCreate"}},  # not onCommit
+            # not onCommit; a before-hook, which `fnctl data` writes past only with --no-hooks
+            "hook": {"function": "f", "on": {"collection": "orders", "event": "beforeCreate"}},
         },
     )
     store.close()
@@ -57,7 +58,7 @@ def project(tmp_path: Path) -> Project:
 
 
 def test_fnctl_data_writes_queue_on_commit_events_listed_by_events_ls(project: Project) -> None:
-    put = project.fnctl("data", "put", "orders", "o1", "-d", '{"n": 1}')
+    put = project.fnctl("data", "put", "orders", "o1", "-d", '{"n": 1}', "--no-hooks")
     assert put.returncode == 0, put.stderr
     listed = project.fnctl("events", "ls", "-o", "json")
     assert listed.returncode == 0, listed.stderr
@@ -72,8 +73,8 @@ def test_fnctl_data_writes_queue_on_commit_events_listed_by_events_ls(project: P
 
 
 def test_replay_and_purge_dead_letters_audited(project: Project) -> None:
-    assert project.fnctl("data", "put", "orders", "o1", "-d", "{}").returncode == 0
-    assert project.fnctl("data", "put", "orders", "o2", "-d", "{}").returncode == 0
+    assert project.fnctl("data", "put", "orders", "o1", "-d", "{}", "--no-hooks").returncode == 0
+    assert project.fnctl("data", "put", "orders", "o2", "-d", "{}", "--no-hooks").returncode == 0
     docs = docstore.connect(docstore.data_path(project.state))
     seqs = [e.seq for e in docs.outbox_list(None, None, 10)]
     docs.outbox_settle([], [("ship", s, 5, None, "boom") for s in seqs])  # both dead letters
@@ -103,7 +104,7 @@ def test_replay_and_purge_dead_letters_audited(project: Project) -> None:
     ],
 )
 def test_bad_input_exits_2_and_changes_nothing(project: Project, args: tuple[str, ...], message: str) -> None:
-    assert project.fnctl("data", "put", "orders", "o1", "-d", "{}").returncode == 0
+    assert project.fnctl("data", "put", "orders", "o1", "-d", "{}", "--no-hooks").returncode == 0
     done = project.fnctl(*args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stdout + done.stderr

@@ -437,6 +437,26 @@ def test_uncaught_data_errors_name_their_type(start_runtime: StartRuntime) -> No
     assert "fnctl_runtime.py" not in reply.error.traceback
 
 
+def test_context_abort_is_reported_as_its_own_type_with_a_string_reason(start_runtime: StartRuntime) -> None:
+    source = (
+        "class Abort(Exception):\n    pass\n\n"
+        "def handler(event, context):\n"
+        "    if event['how'] == 'abort':\n        raise context.Abort('too small')\n"
+        "    if event['how'] == 'own':\n        raise Abort('not a verdict')\n"
+        "    raise context.Abort(42)\n"
+    )
+    rt = start_runtime({"main.py": source})
+    aborted, own, bad = (rt.invoke({"how": how}).error for how in ("abort", "own", "int"))
+    assert aborted is not None and (aborted.kind, aborted.type, aborted.message) == (
+        ErrorKind.HANDLER_ERROR,
+        "fnctl.Abort",
+        "too small",
+    )
+    assert own is not None and own.type == "Abort"  # the handler's own class of that name is no verdict
+    assert bad is not None and bad.type == "TypeError"
+    assert "the reason must be a string, not int" in bad.message
+
+
 def test_uncaught_callback_errors_and_missing_host_handler(start_runtime: StartRuntime) -> None:
     rt = start_runtime({"main.py": "def handler(event, context):\n    return context.call('db.get', {'k': 1})\n"})
     reply = rt.invoke({})
