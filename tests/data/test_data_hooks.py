@@ -21,9 +21,17 @@ from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
 pytestmark = pytest.mark.docker
 
 HANDLER = """\
+import os
 import time
 
-RUNS = {}
+def _count_run(key):
+    # The runs are counted in the instance's /tmp, not in a module global: a synchronous handler's
+    # invocations are served by several worker processes of the instance (docs/runtime.md).
+    path = os.path.join("/tmp", "runs-" + key)
+    runs = (int(open(path).read()) if os.path.exists(path) else 0) + 1
+    with open(path, "w") as counter:
+        counter.write(str(runs))
+    return runs
 
 
 def handler(event, context):
@@ -61,10 +69,10 @@ def handler(event, context):
         db["pings"].update(event["id"], {"count": event["after"]["data"]["count"] + 1})
         return None
     if trigger == "slow-update":  # the first run on a document waits, so that a write can overtake it
-        RUNS[event["id"]] = RUNS.get(event["id"], 0) + 1
-        if RUNS[event["id"]] == 1:
+        runs = _count_run(event["id"])
+        if runs == 1:
             time.sleep(3)
-        return {**proposed, "runs": RUNS[event["id"]]}
+        return {**proposed, "runs": runs}
     if trigger == "sleepy-hook":
         time.sleep(4)
         return None
