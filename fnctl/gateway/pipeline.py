@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from fnctl.data.errors import DataError
@@ -29,7 +28,16 @@ from fnctl.gateway.auth import (
 )
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
-from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
+from fnctl.gateway.request import (
+    Call,
+    GatewayLimits,
+    Incoming,
+    LeanRequest,
+    Reject,
+    build_event,
+    check_header_size,
+    new_request_id,
+)
 from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
 
@@ -96,9 +104,7 @@ class RequestPipeline:
 
     # ---- the steps of one request ----
 
-    async def _dispatch(
-        self, request: web.Request, call: Call, found: router.RouteMatch | None
-    ) -> tuple[PoolResult, int]:
+    async def _dispatch(self, request: Incoming, call: Call, found: router.RouteMatch | None) -> tuple[PoolResult, int]:
         table = self.tables.table or router.EMPTY
         function = table.functions.get(call.function)
         if function is None:
@@ -146,7 +152,7 @@ class RequestPipeline:
             headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None,
         )
 
-    def _authenticate(self, request: web.Request, call: Call) -> Principal:
+    def _authenticate(self, request: Incoming, call: Call) -> Principal:
         try:
             return self.authenticator.authenticate(request.headers)
         except Unauthenticated as exc:
@@ -160,7 +166,7 @@ class RequestPipeline:
     def _pick(
         self,
         function: router.FunctionRoute,
-        request: web.Request,
+        request: Incoming,
         principal: Principal,
         policies: Mapping[str, Mapping[str, Any]],
         call: Call,
@@ -186,7 +192,11 @@ class RequestPipeline:
         except router.NoRoute:
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+    async def _read_body(self, request: Incoming, limit: int) -> bytes:
+        if isinstance(request, LeanRequest):  # all in: the lean path takes only whole requests
+            if len(request.body) > limit:
+                raise Reject(413, "Payload Too Large", "rejected", close=True)
+            return request.body
         if not request.body_exists:
             return b""
         length = request.content_length
@@ -299,7 +309,7 @@ class RequestPipeline:
                     task.cancel()
 
 
-def _sticky_value(function: router.FunctionRoute, request: web.Request, principal: Principal) -> str | None:
+def _sticky_value(function: router.FunctionRoute, request: Incoming, principal: Principal) -> str | None:
     """What keeps a caller on one revision of `function`: its subject, a header's or a cookie's value."""
     by, name = function.sticky_by, function.sticky_name
     if by is router.StickyBy.CALLER and principal.kind is not PrincipalKind.ANONYMOUS:

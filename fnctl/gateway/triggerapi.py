@@ -18,7 +18,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.httpevent import audit_outcome, invoke_response
-from fnctl.gateway.request import Call, Reject, reject_response, request_id, web_response
+from fnctl.gateway.request import Call, Reject, reject_reply, reply_response, request_id, web_response
 from fnctl.invocation import strictjson
 from fnctl.invocation.outcome import Failure
 
@@ -86,7 +86,7 @@ class TriggerApi:
             response = await self._run(request, call, name)
         except Reject as reject:
             call.outcome = reject.outcome
-            response = reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
+            response = reply_response(reject_reply(reject, {"error": reject.reason, "requestId": call.request_id}))
         except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
             response = gateway._internal_error(call, exc, {"error": "Internal Server Error"})
         return await gateway._finish(call, request, response)
