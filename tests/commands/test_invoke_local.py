@@ -48,6 +48,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "editable": {"handler": "main.handler", "source": "../functions/editable"},
     "needs-gl": {"handler": "loads_gl.handler"},
     "vendored-extension": {"handler": "main.handler", "source": "../functions/vendored"},
+    "bad-deps": {"handler": "main.handler", "source": "../functions/baddeps"},
 }
 EDITABLE = "def handler(event):\n    return {{'version': {version}}}\n"
 # A vendored extension module linking a library the base image lacks, its import wrapped as numpy wraps its own.
@@ -83,6 +84,9 @@ def project(
     root = tmp_path_factory.mktemp("invoke-local") / "project"
     (root / "functions" / "editable").mkdir(parents=True)
     (root / "functions" / "editable" / "main.py").write_text(EDITABLE.format(version=1))
+    (root / "functions" / "baddeps").mkdir()
+    (root / "functions" / "baddeps" / "main.py").write_text(EDITABLE.format(version=1))
+    (root / "functions" / "baddeps" / "requirements.txt").write_text("-e ./lib\n")  # fails the build
     (root / "functions" / "vendored").mkdir()
     _vendor_extension(root / "functions" / "vendored")
     try:
@@ -384,6 +388,14 @@ def test_cli_json_output_is_one_object_also_when_no_invocation_happens(project: 
     assert "error: the handler failed to load" in done.stderr  # and the person at the terminal sees it too
     bad = run_cli(project, "invoke", "--local", "echo", "-d", "{not json", "-o", "json")
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "BadInput"
+    build = run_cli(project, "invoke", "--local", "bad-deps", "-o", "json")
+    assert build.returncode == 1, build.stderr
+    answer = json.loads(build.stdout)
+    assert answer["ok"] is False and answer["error"]["type"] == "BuildFailed"
+    assert (
+        answer["error"]["message"]
+        == "requirements.txt: editable requirements (-e ./lib) cannot go into an image; drop -e"
+    )
 
 
 MISSING_LIBRARY = (
