@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -424,11 +425,49 @@ def _is_user_frame(filename: str) -> bool:
 
 def _startup_failed(directory: str, exc: BaseException) -> int:
     tb = user_traceback(exc)
-    report = {"type": type(exc).__name__, "message": _message(exc), "traceback": tb}
+    report = {"type": type(exc).__name__, "message": _missing_library(exc) or _message(exc), "traceback": tb}
     _REAL_STDERR.write(f"fnctl-runtime: cannot load the handler\n{tb}")
     _REAL_STDERR.flush()
     _report_to_hosts(directory, encode({"type": "startup_failed", "protocol": PROTOCOL, "error": report}))
     return 3
+
+
+_DLOPEN_FAILED = re.compile(r"([^\s:/]+\.so[.\d]*): cannot open shared object file")
+
+
+def _missing_library(exc: BaseException) -> str | None:
+    """A library the loader did not find, anywhere in the chain, said plainly: wrappers hide it (numpy's "you
+    should not try to import numpy from its source directory"). From an extension that links it (ImportError
+    naming the extension) or a ctypes load (OSError, named by the user's module that asked)."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        found = _DLOPEN_FAILED.search(_message(node)) if isinstance(node, OSError | ImportError) else None
+        if found:
+            needed_by = node.name if isinstance(node, ImportError) and node.name else _importing_module(node)
+            return (
+                f"missing shared library {found[1]} in the base image (needed by {needed_by}): rebuild the base "
+                "with `bash scripts/build-base-image.sh`, or use a wheel that bundles it"
+            )
+        pending += [node.__cause__, node.__context__]
+    return None
+
+
+def _importing_module(exc: BaseException) -> str:
+    """The innermost module outside the standard library (and this runtime) that `exc` passed through."""
+    stdlib = os.path.dirname(os.path.abspath(os.__file__))
+    name = "the handler's module"
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<") and _is_user_frame(filename) and not filename.startswith(stdlib + os.sep):
+            name = str(tb.tb_frame.f_globals.get("__name__", name))
+        tb = tb.tb_next
+    return name
 
 
 def _report_to_hosts(directory: str, frame: bytes) -> None:
