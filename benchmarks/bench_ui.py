@@ -5,7 +5,7 @@ and a real canary stopped at its gate:
    from the browser's resource timing). Target <= 200 KB.
 2. first render on loopback: from navigation start to the rollout page drawn (the page's
    `fnctl:rollout-rendered` mark), median of --repeats loads, as shipped (index.html's `modulepreload` links
-   fetch the four modules at once); baselines in the same run: navigating to /healthz (one tiny JSON), and the
+   fetch the five modules at once); baselines in the same run: navigating to /healthz (one tiny JSON), and the
    same page without the `modulepreload` links (a copy of the package served by a second gateway process, so
    the modules load one level of imports at a time); the two again with 50 ms added to every request (Chromium's
    network emulation), where each level of imports costs a round trip. Target <= 300 ms (on loopback).

@@ -75,30 +75,12 @@ def ls(
       fnctl events ls
       fnctl events ls --status dead --trigger orders-notify -o json
     """
-    from fnctl.commands.views import list_events
+    from fnctl.commands.views import event_json, list_events
     from fnctl.manifest.project import load_project
 
     events = list_events(load_project(), state, which, trigger, limit, after)
     if output is Output.JSON:
-        print_json(
-            [
-                {
-                    "eventId": f"{e.trigger}:{e.seq}",
-                    "trigger": e.trigger,
-                    "seq": e.seq,
-                    "collection": e.collection,
-                    "tenant": e.tenant,
-                    "id": e.doc_id,
-                    "op": e.op,
-                    "state": e.state,
-                    "attempts": e.attempts,
-                    "nextAttempt": e.next_at if e.state == "pending" else None,
-                    "lastError": e.last_error,
-                    "at": e.at,
-                }
-                for e in events
-            ]
-        )
+        print_json([event_json(e) for e in events])
         return
     if not events:
         sys.stdout.write("no events\n")

@@ -29,6 +29,8 @@ class TriggerInfo:
     faults: int
     disabled_at: float | None
     last_error: str | None
+    order: int | None = None  # a data hook's: several on one event run by order
+    failure_policy: str | None = None  # a before/after hook's: fail or ignore (onCommit events retry instead)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,8 @@ class TriggerInfo:
             "disabled": self.disabled_at is not None,
             "disabledAt": self.disabled_at,
             "lastError": self.last_error,
+            "order": self.order,
+            "failurePolicy": self.failure_policy,
         }
 
 
@@ -72,6 +76,9 @@ def _infos(store: Store) -> list[TriggerInfo]:
     for name, spec in sorted(store.resources("Trigger").items()):
         kind, target = _target(spec)
         known = health.get(name)
+        # order and failurePolicy are a before/after hook's; onCommit events are retried and ordered per document
+        hook = trigger_spec(name, spec) if kind == TriggerType.DATA.value else None
+        hook = hook if hook is not None and hook.event != "onCommit" else None
         out.append(
             TriggerInfo(
                 name,
@@ -81,6 +88,8 @@ def _infos(store: Store) -> list[TriggerInfo]:
                 known.faults if known else 0,
                 known.disabled_at if known else None,
                 known.last_error if known else None,
+                hook.order if hook else None,
+                ("ignore" if hook.ignore_failures else "fail") if hook else None,
             )
         )
     return out
@@ -91,8 +100,9 @@ def disabled(project: Project, state: Path | None) -> list[TriggerInfo]:
     return [t for t in triggers(project, state) if t.disabled_at is not None]
 
 
-def enable(project: Project, state: Path | None, name: str) -> TriggerInfo:
-    """Enable the trigger and reset its count of faults (audited); BadInput when there is no such trigger."""
+def enable(project: Project, state: Path | None, name: str, *, by: str | None = None) -> TriggerInfo:
+    """Enable the trigger and reset its count of faults (audited as `by`, default the OS/CI user: the
+    dashboard passes its signed-in principal); BadInput when there is no such trigger."""
     store = open_store(project, state)
     try:
         if name not in store.resources("Trigger"):
@@ -101,7 +111,9 @@ def enable(project: Project, state: Path | None, name: str) -> TriggerInfo:
         detail = (
             "was enabled" if before is None or not before.disabled else f"was disabled after {before.faults} faults"
         )
-        store.audit(actor=actor(), command="enable", action="trigger-enable", target=name, outcome="ok", detail=detail)
+        store.audit(
+            actor=by or actor(), command="enable", action="trigger-enable", target=name, outcome="ok", detail=detail
+        )
         return next(t for t in _infos(store) if t.name == name)
     finally:
         store.close()

@@ -87,9 +87,51 @@ def list_events(
         docs.close()
 
 
-def replay(project: Project, state: Path | None, trigger: str | None, seqs: Sequence[int], delivered: bool) -> int:
-    """Dead letters (or, with `delivered`, delivered events) made pending again; audited."""
-    return _change(project, state, "events-replay", trigger, seqs, DELIVERED if delivered else DEAD, replay=True)
+def event_json(e: OutboxEvent) -> dict[str, Any]:
+    """One event as `fnctl events ls -o json` prints it."""
+    return {
+        "eventId": f"{e.trigger}:{e.seq}",
+        "trigger": e.trigger,
+        "seq": e.seq,
+        "collection": e.collection,
+        "tenant": e.tenant,
+        "id": e.doc_id,
+        "op": e.op,
+        "state": e.state,
+        "attempts": e.attempts,
+        "nextAttempt": e.next_at if e.state == "pending" else None,
+        "lastError": e.last_error,
+        "at": e.at,
+    }
+
+
+def event_counts(project: Project, state: Path | None) -> dict[str, dict[str, int]]:
+    """Per trigger, its events in each state (pending, delivered, dead): what `events ls` lists, counted."""
+    _, data = _data(project, state)
+    docs = docstore.connect(data)
+    try:
+        counted = docs.outbox_counts()
+    finally:
+        docs.close()
+    out: dict[str, dict[str, int]] = {}
+    for (trigger, which), count in sorted(counted.items()):
+        out.setdefault(trigger, dict.fromkeys(STATES, 0))[which] = count
+    return out
+
+
+def replay(
+    project: Project,
+    state: Path | None,
+    trigger: str | None,
+    seqs: Sequence[int],
+    delivered: bool,
+    *,
+    by: str | None = None,
+) -> int:
+    """Dead letters (or, with `delivered`, delivered events) made pending again; audited (as `by`, default the
+    OS/CI user: the dashboard passes its signed-in principal)."""
+    which = DELIVERED if delivered else DEAD
+    return _change(project, state, "events-replay", trigger, seqs, which, replay=True, by=by)
 
 
 def purge(project: Project, state: Path | None, which: str | None, trigger: str | None, seqs: Sequence[int]) -> int:
@@ -106,6 +148,7 @@ def _change(
     which: str,
     *,
     replay: bool,
+    by: str | None = None,
 ) -> int:
     path, data = _data(project, state)
     docs = docstore.connect(data)
@@ -113,7 +156,7 @@ def _change(
     try:
         count = docs.outbox_replay(trigger, seqs, which) if replay else docs.outbox_purge(which, trigger, seqs)
         store.audit(
-            actor=actor(),
+            actor=by or actor(),
             command=action.replace("-", " "),
             action=action,
             target=trigger or "(all triggers)",

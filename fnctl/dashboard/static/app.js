@@ -10,14 +10,20 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-export async function api(path, options = {}) {
+// One request as the signed-in user: {status, ok, statusText, headers, body}, whatever the status (but 401).
+export async function call(path, options = {}) {
   const response = await fetch(path, {
     ...options,
     headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}`, "Content-Type": "application/json" },
   });
   if (response.status === 401) { signOut(); throw new ApiError(401, "signed out"); }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, body.error || body.detail || body.title || response.statusText);
+  return { status: response.status, ok: response.ok, statusText: response.statusText, headers: response.headers, body };
+}
+
+export async function api(path, options = {}) {
+  const { status, ok, statusText, body } = await call(path, options);
+  if (!ok) throw new ApiError(status, body.error || body.detail || body.title || statusText);
   return body;
 }
 

@@ -2,6 +2,7 @@
 import { api, confirmAction, session, stream } from "./app.js";
 import { sparkline, weightChart } from "./charts.js";
 import { h, pct, table, when } from "./dom.js";
+import { triggersPage, viewsPage } from "./plane.js";
 
 const link = (href, text) => h("a", { href }, text);
 const fn = (name) => `#/function/${encodeURIComponent(name)}`;
@@ -52,7 +53,7 @@ async function functionPage(view, [name]) {
       data.traffic.revisions[r.number] ? sparkline(data.traffic.revisions[r.number], 300, `revision ${r.number}: requests and errors per second`) : "-",
     ])),
     h("h2", {}, "Triggers"),
-    data.triggers.length ? table(["trigger", "kind", "detail"], data.triggers.map((t) => [t.name, t.http ? "http" : t.cron ? "cron" : "other", JSON.stringify(t.http || t.cron || t)])) : h("p", { class: "muted" }, "No triggers."),
+    data.triggers.length ? table(["trigger", "kind", "detail"], data.triggers.map((t) => [link("#/triggers", t.name), t.http ? "http" : t.cron ? "cron" : t.on ? "on" : t.manual ? "manual" : "other", JSON.stringify(t.http || t.cron || t.on || t.manual || t)])) : h("p", { class: "muted" }, "No triggers."),
     h("h2", {}, "Compare two revisions' specs"),
     h("form", { class: "filters", onsubmit: diff },
       h("label", { for: "diff-from" }, "From", from), h("label", { for: "diff-to" }, "To", to), h("button", { type: "submit" }, "Compare")),
@@ -208,9 +209,10 @@ async function dataPage(view, [collection, id]) {
     h("h2", {}, "Collections"),
     names.length ? h("ul", { id: "collections" }, names.map((n) => h("li", {}, link(col(n), n)))) : h("p", { class: "muted" }, "No collections."),
     h("p", { class: "muted" }, "Each collection shows the documents your key or token may read, in its tenant."),
-    // Issue 15 (triggers, views) adds its sections here once its endpoints exist.
     h("h2", {}, "Triggers and views"),
-    h("p", { class: "muted", id: "triggers-views" }, "Not in the dashboard yet: triggers with their auto-disable state and views with their hit rates come with issue 15."));
+    h("ul", { id: "triggers-views" },
+      h("li", {}, link("#/triggers", "Triggers"), ": data hooks, onCommit, manual and the others, with their health (auto-disabled after repeated faults)"),
+      h("li", {}, link("#/views", "Views"), ": cached function results with their hit rates, and the onCommit events (pending, delivered, dead letters)")));
 }
 
 async function collectionPage(view, collection) {
@@ -256,4 +258,4 @@ async function documentPage(view, collection, id) {
     versions.length ? table(["change", "version", "op", "at", "by", "function", "data after"], versions) : h("p", { class: "muted" }, "No changes you may read."));
 }
 
-export const pages = { functions, function: functionPage, rollout: rolloutPage, abtest: abtestPage, audit: auditPage, data: dataPage };
+export const pages = { functions, function: functionPage, rollout: rolloutPage, abtest: abtestPage, audit: auditPage, data: dataPage, triggers: triggersPage, views: viewsPage };
