@@ -473,6 +473,32 @@ def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(st
         auth.close()
 
 
+def test_a_remembered_key_outlives_commits_that_change_no_key(
+    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The audit and metrics writers commit to the store every fraction of a second: the authenticator's memory
+    # of verified keys depends on the keys' generation, not on any commit, so those commits cost no new check.
+    key, raw = keys.create(store, "ci", ("service",), None, "test")
+    checked: list[str] = []
+    verify = keys.verify
+    monkeypatch.setattr(keys, "verify", lambda s, r: checked.append(r) or verify(s, r))
+    auth = Authenticator(store_path, AuthConfig())
+    try:
+        first = auth.authenticate(bearer(raw))
+        for n in range(3):  # another connection commits, as the audit writer would
+            store.audit(actor="test", command="serve", action="request", target=f"r{n}", outcome="ok")
+            assert auth.authenticate(bearer(raw)) == first
+        assert checked == [raw]  # verified once, remembered across the commits
+        _, other = keys.create(store, "other", ("service",), None, "test")  # a key change: the memory goes
+        assert auth.authenticate(bearer(raw)) == first and checked == [raw, raw]
+        keys.revoke(store, key.id)
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(bearer(raw))
+        assert auth.authenticate(bearer(other)).subject.startswith("key:")
+    finally:
+        auth.close()
+
+
 # ---- the audit log -----------------------------------------------------------------------------------------------
 
 
