@@ -163,8 +163,11 @@ class Authenticator:
     """Credentials in request headers to a Principal. A key verified once is remembered (by its hash, never
     the key itself) while the keys' generation in the store is unchanged: a key added or revoked by any
     connection empties that memory before the next request is checked, so a revocation still takes effect at
-    once. Other commits to the store (the audit and metrics writers', every fraction of a second) only cost
-    reading the generation again, not the memory. The store connection stays on the thread that calls."""
+    once. Other commits to the store (the audit and metrics writers', every fraction of a second) do not touch
+    it. Whether the generation moved is read from the keys' stamp (`keystore.KeysStamp`: a memory map, no SQL
+    on the request's path), and from the store itself when the stamp moved, every KEYS_RECHECK seconds (an
+    announcement lost), or, without a stamp, whenever the store's data_version moved. The store connection
+    stays on the thread that calls."""
 
     def __init__(self, store_path: Path, config: AuthConfig) -> None:
         self._store_path = store_path
@@ -172,9 +175,11 @@ class Authenticator:
         self._store: Store | None = None
         self._tokens: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._keys: dict[str, Principal] = {}  # digest of a verified key → its principal
-        # The store's data_version when the keys' generation was last read (PRAGMA data_version: one cheap read
-        # that says whether any other connection committed since), and that generation: what _keys is valid for.
-        self._store_version: int | None = None
+        self._stamp = keystore.KeysStamp(store_path)
+        # What the keys' generation was last read after (the stamp, or the store's data_version without one),
+        # when to read it again regardless, and that generation: what _keys is valid for.
+        self._seen: bytes | int | None = None
+        self._recheck_at = 0.0
         self._keys_generation = -1
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -205,9 +210,12 @@ class Authenticator:
     def _from_key(self, raw: str) -> Principal:
         if self._store is None:
             self._store = connect(self._store_path)
-        version = self._store.data_version()
-        if version != self._store_version:
-            self._store_version = version
+        seen: bytes | int | None = self._stamp.read()
+        if seen is None:
+            seen = self._store.data_version()
+        now = time.monotonic()
+        if seen != self._seen or now >= self._recheck_at:
+            self._seen, self._recheck_at = seen, now + keystore.KEYS_RECHECK
             generation = keystore.generation(self._store)
             if generation != self._keys_generation:
                 self._keys.clear()
@@ -226,6 +234,7 @@ class Authenticator:
         return principal
 
     def close(self) -> None:
+        self._stamp.close()
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -19,6 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from polling import wait_until
 from typer.testing import CliRunner
 
 from fnctl.cli.app import app
@@ -36,6 +37,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.manifest.project import load_project
+from fnctl.state import keystore
 from fnctl.state.store import Store, StoreError, connect
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
@@ -497,6 +499,46 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
         assert auth.authenticate(bearer(other)).subject.startswith("key:")
     finally:
         auth.close()
+
+
+def test_a_revocation_whose_announcement_was_lost_is_still_found(
+    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stamp file is only a hint: a revocation committed without it (a crash right after the commit) is
+    # found when the authenticator reads the keys' generation itself, every KEYS_RECHECK seconds; and without
+    # a stamp at all, every commit to the store makes it read the generation.
+    monkeypatch.setattr(keystore, "KEYS_RECHECK", 0.2)
+    key, raw = keys.create(store, "ci", ("service",), None, "test")
+    auth = Authenticator(store_path, AuthConfig())
+    try:
+        auth.authenticate(bearer(raw))
+        with store.transaction():
+            assert keystore.mark_revoked(store, key.id)  # no announcement
+        assert keystore.KeysStamp(store_path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
+
+        def refused() -> bool:
+            try:
+                auth.authenticate(bearer(raw))
+            except Unauthenticated:
+                return True
+            return False
+
+        wait_until(refused, what="the unannounced revocation to be found", timeout=10)
+    finally:
+        auth.close()
+    keystore.stamp_path(store_path).unlink()
+    keystore.stamp_path(store_path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
+    other, raw = keys.create(store, "other", ("service",), None, "test")
+    unstamped = Authenticator(store_path, AuthConfig())
+    try:
+        assert unstamped._stamp.read() is None
+        unstamped.authenticate(bearer(raw))
+        with store.transaction():
+            keystore.mark_revoked(store, other.id)
+        with pytest.raises(Unauthenticated):
+            unstamped.authenticate(bearer(raw))
+    finally:
+        unstamped.close()
 
 
 # ---- the audit log -----------------------------------------------------------------------------------------------
