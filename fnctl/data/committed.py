@@ -29,15 +29,17 @@ class Committed:
 
     @property
     def before(self) -> dict[str, Any] | None:
-        if isinstance(self._before, str):
-            self._before = json.loads(self._before)  # decoding twice (two threads at once) is harmless
-        return self._before
+        value = self._before
+        if isinstance(value, str):
+            value = self._before = json.loads(value)  # decoding twice (two threads at once) is harmless
+        return value
 
     @property
     def after(self) -> dict[str, Any] | None:
-        if isinstance(self._after, str):
-            self._after = json.loads(self._after)
-        return self._after
+        value = self._after
+        if isinstance(value, str):
+            value = self._after = json.loads(value)
+        return value
 
     def __repr__(self) -> str:
         return f"Committed({self.seq}, {self.collection!r}, {self.tenant!r}, {self.id!r}, {self.op!r})"

@@ -483,7 +483,12 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
     key, raw = keys.create(store, "ci", ("service",), None, "test")
     checked: list[str] = []
     verify = keys.verify
-    monkeypatch.setattr(keys, "verify", lambda s, r: checked.append(r) or verify(s, r))
+
+    def counted(s: Store, r: str) -> keystore.ApiKey | None:
+        checked.append(r)
+        return verify(s, r)
+
+    monkeypatch.setattr(keys, "verify", counted)
     auth = Authenticator(store_path, AuthConfig())
     try:
         first = auth.authenticate(bearer(raw))
