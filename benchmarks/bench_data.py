@@ -9,7 +9,8 @@ noisy, so read the ratios), each with the issue's target:
   baseline: the same 10 reads + 10 writes as raw sqlite3 in one transaction
 - through a real `fnctl serve`: REST GET of one document, p50 (sequential keep-alive client) — target ≤ 1 ms,
   and throughput (wrk) beside `/healthz`'s — target ≥ 50 %; REST inserts/s (wrk POST) — target ≥ 3,000/s,
-  beside raw sqlite3 inserts/s
+  beside raw sqlite3 inserts/s; medians of --rounds-rest interleaved rounds (GET, /healthz, POST, raw
+  sqlite3), with the load average they ran under
 
 - through a real `fnctl serve` and deployed containers (FNCTL_BASE_IMAGE, default fnctl-base:bookworm):
   `context.db[...].get` from a warm handler, p50 timed inside the handler — target ≤ 0.3 ms; baseline: a bare
@@ -242,7 +243,23 @@ def wrk(port: int, path: str, script: Path, seconds: int) -> tuple[float, int]:
     return float(rps.group(1)), errors
 
 
-def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
+def raw_inserts_per_second(work: Path, count: int) -> float:
+    """Raw sqlite3 inserts of the bench's JSON, one transaction each (WAL, synchronous=NORMAL): the baseline
+    of the inserts' figures, measured again beside each round."""
+    path = work / f"raw-round-{time.monotonic_ns()}.db"
+    db = raw_db(path)
+    body = json.dumps(doc(1))
+    started = time.perf_counter()
+    for i in range(count):
+        db.execute("INSERT INTO docs VALUES ('', ?, 1, ?)", (f"r{i}", body))
+    rate = count / (time.perf_counter() - started)
+    db.close()
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    return rate
+
+
+def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) -> None:
     root = work / "serve"
     (root / "manifests").mkdir(parents=True)
     (root / "fnctl.toml").write_text('[project]\nname = "benchdata-serve"\nmanifests = ["manifests"]\n')
@@ -319,20 +336,41 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float) -> None:
             f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
             f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n'
         )
-        get_rps, get_errors = wrk(port, "/v1/collections/bench/docs/one", get_lua, seconds)
-        health_rps, _ = wrk(port, "/healthz", health_lua, seconds)
+        # Interleaved rounds, each figure the median of its rounds beside its baseline's: on a shared machine
+        # one round of each, minutes apart, compares the load more than the code.
+        gets, healths, posts, raws, loads = [], [], [], [], []
+        errors = {"get": 0, "post": 0}
+        for _ in range(rounds):
+            loads.append(os.getloadavg()[0])
+            get_rps, get_errors = wrk(port, "/v1/collections/bench/docs/one", get_lua, seconds)
+            health_rps, _ = wrk(port, "/healthz", health_lua, seconds)
+            post_rps, post_errors = wrk(port, "/v1/collections/bench/docs", post_lua, seconds)
+            gets.append(get_rps)
+            healths.append(health_rps)
+            posts.append(post_rps)
+            raws.append(raw_inserts_per_second(work, 2000))
+            errors["get"] += get_errors
+            errors["post"] += post_errors
+        get_rps, health_rps = statistics.median(gets), statistics.median(healths)
+        ratios = sorted(g / h for g, h in zip(gets, healths, strict=True))
+        load = f"load {min(loads):.1f}-{max(loads):.1f}"
         line(
             "≥ 50 % of /healthz",
-            f"REST GET throughput: {get_rps:,.0f}/s ({get_errors} errors)",
-            f"/healthz {health_rps:,.0f}/s ({get_rps / health_rps:.0%})",
+            f"REST GET throughput: {get_rps:,.0f}/s ({errors['get']} errors)",
+            f"/healthz {health_rps:,.0f}/s ({get_rps / health_rps:.0%}; rounds {', '.join(f'{r:.0%}' for r in ratios)})",
             get_rps >= health_rps / 2,
         )
-        post_rps, post_errors = wrk(port, "/v1/collections/bench/docs", post_lua, seconds)
+        post_rps, raw_rps = statistics.median(posts), statistics.median(raws)
         line(
             "≥ 3,000/s",
-            f"REST inserts: {post_rps:,.0f} docs/s ({post_errors} errors)",
-            f"raw sqlite3 one txn each {raw_inserts:,.0f}/s",
+            f"REST inserts: {post_rps:,.0f} docs/s ({errors['post']} errors)",
+            f"raw sqlite3 one txn each {raw_rps:,.0f}/s ({post_rps / raw_rps:.0%})",
             post_rps >= 3000,
+        )
+        print(
+            f"  (medians of {rounds} interleaved rounds of {seconds} s; {load}; in-process raw before: "
+            f"{raw_inserts:,.0f}/s)",
+            flush=True,
         )
     finally:
         gateway.send_signal(signal.SIGTERM)
@@ -661,6 +699,7 @@ def main() -> None:
     parser.add_argument("--inserts", type=int, default=5_000, help="service-level inserts")
     parser.add_argument("--rounds", type=int, default=1_000, help="procedures")
     parser.add_argument("--seconds", type=int, default=5, help="each wrk round")
+    parser.add_argument("--rounds-rest", type=int, default=3, help="interleaved wrk rounds (GET, /healthz, POST)")
     parser.add_argument("--transfer-seconds", type=int, default=30, help="the concurrent transfers (at most 30)")
     parser.add_argument("--get-rounds", type=int, default=2000, help="context.db gets timed in the handler")
     parser.add_argument("--retries", type=int, default=10, help="the transfer procedure's transaction retries")
@@ -682,7 +721,7 @@ def main() -> None:
             if shutil.which("wrk") is None:
                 print("wrk is not installed: REST figures skipped (apt-get install -y wrk)")
             else:
-                bench_rest(work, args.seconds, raw)
+                bench_rest(work, args.seconds, raw, args.rounds_rest)
         if args.only in ("all", "handlers"):
             bench_handlers(work, min(30, max(1, args.transfer_seconds)), args.get_rounds, args.retries)
     finally:

@@ -305,16 +305,8 @@ class DataPlane:
 
 
 def committed(row: ChangeRow) -> Committed:
-    """A change log row as the listeners receive it."""
-    return Committed(
-        row.seq,
-        row.collection,
-        row.tenant,
-        row.id,
-        row.op,
-        json.loads(row.before) if row.before else None,
-        json.loads(row.after) if row.after else None,
-    )
+    """A change log row as the listeners receive it (its envelopes decoded when first read)."""
+    return Committed(row.seq, row.collection, row.tenant, row.id, row.op, row.before or None, row.after or None)
 
 
 def _require(if_match: int | None, required: bool) -> None:

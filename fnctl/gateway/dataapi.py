@@ -211,7 +211,7 @@ class DataApi:
     @staticmethod
     def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.Response(
-            body=dumps(document.as_json()),
+            body=document.json_text().encode("utf-8"),
             status=status,
             content_type="application/json",
             headers={"ETag": document.etag, **(headers or {})},

@@ -112,6 +112,8 @@ class StoredWrite:
     data: str | None
     before: StoredDoc | None = None
     idempotency_key: str | None = None
+    fresh: bool = False  # an insert under a freshly generated id: the commit need not look it up (the primary
+    # key would refuse a duplicate)
 
 
 @dataclass(frozen=True)
