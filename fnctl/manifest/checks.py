@@ -1,4 +1,5 @@
-"""Semantic checks: the rules a schema cannot express (references, handlers, cron, rollouts, routes, paths).
+"""Semantic checks: the rules a schema cannot express (references, handlers, rollouts, routes, paths; a
+Trigger's own in `fnctl.manifest.triggerchecks`).
 
 Each check takes typed values and yields (value, path, message); user code is parsed with `ast`, never
 imported.
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fnctl.manifest.diagnostics import display_path
 from fnctl.manifest.model import (
@@ -36,6 +36,7 @@ from fnctl.manifest.model import (
 )
 from fnctl.manifest.rolloutchecks import check_rollout
 from fnctl.manifest.schemas import check_json_schema
+from fnctl.manifest.triggerchecks import check_trigger
 from fnctl.manifest.units import format_duration
 
 MIN_GVISOR_PIDS = 64
@@ -52,8 +53,7 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
         yield from check_function(function, root)
     for trigger in state.triggers:
         yield from _reference(trigger, ("spec", "function"), trigger.function, functions)
-        yield from _trigger(trigger)
-        yield from _retry(trigger)
+        yield from check_trigger(trigger)
     for view in state.views:
         yield from _reference(view, ("spec", "function"), view.function, functions)
     for policy in state.policies:
@@ -357,32 +357,6 @@ def _env_and_secrets(function: Function) -> Iterator[Finding]:
         if _RESERVED_ENV.match(secret.name):
             yield function, ("spec", "secrets", i, "name"), f"{secret.name!r} is reserved for the runtime"
         seen.add(secret.name)
-
-
-def _trigger(trigger: Trigger) -> Iterator[Finding]:
-    if trigger.type is not TriggerType.CRON:
-        return
-    at = ("spec", "cron")
-    # Imported here, only for a cron trigger: croniter costs ~0.07 s to import (measured), which `validate`
-    # (1 s budget for 1,000 functions) and every deploy command would pay for projects without cron.
-    from croniter import croniter
-
-    schedule = trigger.config["schedule"]
-    if not croniter.is_valid(schedule):
-        yield trigger, at + ("schedule",), f"invalid cron expression {schedule!r} (expected e.g. '*/5 * * * *')"
-    zone = trigger.config.get("timezone")
-    if zone is not None:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America
-            yield trigger, at + ("timezone",), f"unknown time zone {zone!r} (expected e.g. UTC or Europe/Paris)"
-
-
-def _retry(trigger: Trigger) -> Iterator[Finding]:
-    spec = trigger.document.data.get("spec") if trigger.document is not None else None
-    on_commit = trigger.type is TriggerType.DATA and trigger.config.get("event") == "onCommit"
-    if isinstance(spec, dict) and "retry" in spec and not on_commit:
-        yield trigger, ("spec", "retry"), "retry applies to onCommit triggers only (their events are retried)"
 
 
 def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:
