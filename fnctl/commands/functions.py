@@ -15,7 +15,7 @@ from fnctl.deploy.session import state_path
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
-from fnctl.rollout.machine import ACTIVE
+from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
 from fnctl.state.store import InstanceState, Revision, Store, connect

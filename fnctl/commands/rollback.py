@@ -13,6 +13,7 @@ from fnctl.engine import dockerio
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
+from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
 from fnctl.state.store import Revision, RevisionStatus, Store
@@ -58,7 +59,7 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
 def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
     """A rollback during a rollout is its abort: all traffic back on the stable revision in one change, the
     canary quarantined. Returns (from, to), or None when no rollout is under way."""
-    rows = rolloutstore.rollouts(ctx.store, name, states=machine.ACTIVE)
+    rows = rolloutstore.rollouts(ctx.store, name, states=ACTIVE)
     if not rows:
         return None
     record = rolloutdriver.record_of(rows[-1])

@@ -19,9 +19,11 @@ from fnctl.deploy.actor import actor
 from fnctl.deploy.session import Options, session, state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.manifest.stages import Stage, stages
 from fnctl.rollout import machine
 from fnctl.rollout.abstats import AbReport, Sample, report
-from fnctl.rollout.machine import EventKind, Record, State
+from fnctl.rollout.machine import EventKind
+from fnctl.rollout.record import ACTIVE, Record, State
 from fnctl.state import rolloutstore
 from fnctl.state.metricstore import totals
 from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
@@ -46,7 +48,7 @@ class Snapshot:
 
     row: RolloutRow
     record: Record
-    stages: tuple[machine.Stage, ...]
+    stages: tuple[Stage, ...]
     last: RolloutEventRow | None = None  # the latest measurement, for the live view
 
     @property
@@ -61,7 +63,7 @@ class Snapshot:
 
 def snapshot(store: Store, row: RolloutRow) -> Snapshot:
     measured = [e for e in rolloutstore.events(store, row.id) if e.kind == EventKind.MEASUREMENT.value]
-    plan = machine.stages(rolloutdriver.spec_of(store, row.function, row.canary))
+    plan = stages(rolloutdriver.spec_of(store, row.function, row.canary))
     return Snapshot(row, rolloutdriver.record_of(row), plan, measured[-1] if measured else None)
 
 
@@ -144,7 +146,7 @@ def current(store: Store, name: str, *, active: bool = False) -> RolloutRow:
     row = rolloutdriver.latest(store, name)
     if row is None:
         raise NoRollout(f"{name} has no rollout (a function's first deploy is immediate; see `fnctl history`)")
-    if active and row.state not in machine.ACTIVE:
+    if active and row.state not in ACTIVE:
         raise NoRollout(f"{name} has no rollout under way: its latest (revision {row.canary}) is {row.state}")
     return row
 

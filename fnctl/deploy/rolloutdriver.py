@@ -23,19 +23,22 @@ from fnctl.gitops.gitrepo import Commit
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
 from fnctl.manifest.project import Project
+from fnctl.manifest.stages import stages
 from fnctl.rollout import machine
-from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait
+from fnctl.rollout.analysis import Verdict, evaluate
+from fnctl.rollout.machine import EventKind, Measure, Transition, Wait
+from fnctl.rollout.record import ACTIVE, Record, State, record_from
 from fnctl.state import metricstore, rolloutstore
 from fnctl.state.rolloutstore import RolloutRow
 from fnctl.state.store import RevisionStatus, Store, connect
 
 MAX_TRANSITIONS = 100  # per call of `advance`: a loop of instant transitions is a bug, not a rollout
 # Rows that still need a driver: under way, or completed with the old revisions still warm.
-UNFINISHED = (*machine.ACTIVE, State.COMPLETED.value)
+UNFINISHED = (*ACTIVE, State.COMPLETED.value)
 
 
 def record_of(row: RolloutRow) -> Record:
-    return machine.record_from(
+    return record_from(
         row.id, row.function, row.stable, row.canary, row.strategy, row.step, row.state, row.detail, row.started_at
     )
 
@@ -59,8 +62,8 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
     pinning), recorded in one transaction with the rollout's first events. A rollout still under way for
     the function is superseded (its canary was not proven bad: it is not quarantined)."""
     store, now = ctx.store, time.time()
-    plan = machine.stages(function.rollout)
-    superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=machine.ACTIVE)]
+    plan = stages(function.rollout)
+    superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=ACTIVE)]
     variants = {
         v.name: (canary if v.revision == "new" else stable if v.revision == "stable" else int(v.revision))
         for v in function.rollout.variants
@@ -124,7 +127,7 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
     """`fnctl retry`: the aborted rollout again from its first step, its canary's instances already running."""
     store, now = ctx.store, time.time()
     old = record_of(row)
-    plan = machine.stages(spec_of(store, row.function, row.canary))
+    plan = stages(spec_of(store, row.function, row.canary))
     # Requests made before the retry (even ones that arrived after the abort) are not for the new attempt.
     handled = max((e.id for e in rolloutstore.events(store, row.id)), default=old.handled)
     record = replace(
@@ -168,7 +171,7 @@ def retire(ctx: executor.Context, function: str, why: str) -> None:
         record = record_of(row)
         ended = replace(
             record,
-            state=State.ABORTED if record.state.value in machine.ACTIVE else record.state,
+            state=State.ABORTED if record.state.value in ACTIVE else record.state,
             scaled_down=True,
             reason=why,
         )
@@ -196,7 +199,7 @@ def advance(
     if ctx.git is None:  # driven by `fnctl serve` or a watcher: the audit names the commit being rolled out
         ctx = replace(ctx, git=_commit_of(ctx.store, record.function, record.canary))
     plan_rollout = spec_of(ctx.store, record.function, record.canary)
-    plan = machine.stages(plan_rollout)
+    plan = stages(plan_rollout)
     delay = plan_rollout.scale_down_delay
     for event in rolloutstore.events(ctx.store, record.id, after=record.handled):
         if event.kind in machine.REQUESTS:
@@ -320,7 +323,7 @@ def measure(ctx: executor.Context, record: Record, due: Measure, now: float) -> 
     seconds = max(now - due.since, 1.0)
     canary = metricstore.window(ctx.store, record.function, record.canary, seconds, now=now)
     stable = metricstore.window(ctx.store, record.function, record.stable, seconds, now=now)
-    return machine.evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
+    return evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
 
 
 def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) -> tuple[str, ...]:

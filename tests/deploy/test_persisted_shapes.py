@@ -29,7 +29,7 @@ from fnctl.deploy.revisionspec import SpecFormatError, function_from_spec, spec_
 from fnctl.deploy.session import desired_state
 from fnctl.manifest.model import DesiredState, Strategy
 from fnctl.manifest.project import load_project
-from fnctl.rollout.machine import Record, State, record_from
+from fnctl.rollout.record import Record, State, record_from
 from fnctl.state.store import Revision, RevisionStatus, Store, connect
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

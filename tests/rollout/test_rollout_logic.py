@@ -21,30 +21,24 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.gateway.metrics import Metrics
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Analysis, Limits, Strategy
+from fnctl.manifest.stages import Stage, StageKind, stages
+from fnctl.rollout.analysis import AnalysisOutcome, Verdict, evaluate
 from fnctl.rollout.machine import (
-    AnalysisOutcome,
     Event,
     EventKind,
     Measure,
-    Record,
-    Stage,
-    StageKind,
-    State,
     Transition,
-    Verdict,
     Wait,
     abort,
     complete,
     entering,
-    evaluate,
     on_measurement,
     on_request,
-    record_from,
     resolve,
-    stages,
     step,
     weights_text,
 )
+from fnctl.rollout.record import Record, State, record_from
 from fnctl.state import rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.rolloutstore import RolloutRow
@@ -60,7 +54,7 @@ DELAY = 30.0  # scaleDownDelay of the pure tests
 
 @dataclass(frozen=True)
 class Traffic:
-    """A fake measurement window (the `fnctl.rollout.machine.TrafficFigures` protocol)."""
+    """A fake measurement window (the `fnctl.rollout.analysis.TrafficFigures` protocol)."""
 
     requests: int
     errors: int = 0
