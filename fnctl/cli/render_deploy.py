@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.cli.render import Output, console, err_console, print_json
-from fnctl.commands.apply import ApplyReport
+from fnctl.commands.deployreport import ApplyReport
 from fnctl.commands.functions import FunctionStatus, age, revision_json
 from fnctl.deploy.diff import Change, ChangeKind, CollectionChange, LiveState
 from fnctl.deploy.lock import Holder, waiting_words
 from fnctl.deploy.plan import change_to_json, collection_change_to_json
 from fnctl.rollout.timeline import timeline_from_json, timeline_lines
-from fnctl.state.store import Revision
+from fnctl.state.revisions import Revision
 
 _COLOURS = {
     ChangeKind.CREATE: "green",

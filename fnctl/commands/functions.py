@@ -18,7 +18,8 @@ from fnctl.manifest.project import Project
 from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
-from fnctl.state.store import InstanceState, Revision, Store, connect
+from fnctl.state.revisions import InstanceState, Revision
+from fnctl.state.store import Store, connect
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from fnctl.gateway.client import find, invoke
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.manifest.project import Project
-from fnctl.state.store import InstanceState, RevisionStatus, connect
+from fnctl.state.revisions import InstanceState, RevisionStatus
+from fnctl.state.store import connect
 
 
 def invoke_deployed(

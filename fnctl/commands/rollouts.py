@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fnctl.commands.rollback import restart_revision
-from fnctl.deploy import executor, lock, rolloutdriver
+from fnctl.deploy import executor, lock, repair, rolloutdriver
 from fnctl.deploy.actor import actor
 from fnctl.deploy.session import Options, session, state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
@@ -229,7 +229,7 @@ def retry(project: Project, options: Options, name: str, progress: Callable[[str
     its image, its quarantine lifted: the user asked for it by name). Returns the rollout and its last event
     before the retry."""
     with session(project, options, "retry", progress) as ctx:
-        executor.recover(ctx, orphans=())
+        repair.recover(ctx, orphans=())
         row = current(ctx.store, name)
         record = rolloutdriver.record_of(row)
         if record.state is not State.ABORTED:

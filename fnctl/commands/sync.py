@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fnctl.commands.apply import ApplyReport, apply_in, record_deploy
+from fnctl.commands.apply import apply_in
+from fnctl.commands.deployreport import ApplyReport, record_deploy
 from fnctl.commands.rollouts import OnEvent, OnTick
 from fnctl.deploy.session import Options, Progress, session
 from fnctl.errors import BadInput, FnctlError

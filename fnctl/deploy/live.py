@@ -15,7 +15,8 @@ from fnctl.engine.sandbox import labels
 from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import docstore, rolloutstore
-from fnctl.state.store import InstanceRow, Revision, RevisionStatus, Store
+from fnctl.state.revisions import InstanceRow, Revision, RevisionStatus
+from fnctl.state.store import Store
 
 Row = TypeVar("Row", Revision, InstanceRow)
 

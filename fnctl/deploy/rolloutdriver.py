@@ -2,7 +2,7 @@
 controller loop of `fnctl serve`) carries out what `fnctl.rollout.machine` decides, one transaction per transition.
 
 Crash safety: a transition's weights, progress and events land together; what follows it (stopping
-instances) is redone by `executor.recover` if the process dies first. So a new driver resumes exactly where
+instances) is redone by `repair.recover` if the process dies first. So a new driver resumes exactly where
 the last one stopped: a finished step never runs again and traffic never rests on a half-applied weight.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fnctl.deploy import executor, lock
+from fnctl.deploy import executor, lock, repair
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
@@ -29,8 +29,9 @@ from fnctl.rollout.analysis import Verdict, evaluate
 from fnctl.rollout.machine import EventKind, Measure, Transition, Wait
 from fnctl.rollout.record import ACTIVE, Record, State, record_from
 from fnctl.state import metricstore, rolloutstore
+from fnctl.state.revisions import RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
-from fnctl.state.store import RevisionStatus, Store, connect
+from fnctl.state.store import Store, connect
 
 MAX_TRANSITIONS = 100  # per call of `advance`: a loop of instant transitions is a bug, not a rollout
 # Rows that still need a driver: under way, or completed with the old revisions still warm.
@@ -296,7 +297,7 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
                 return 0
             ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
             if stale:  # a process killed between an abort's routing change and its clean-up left them
-                executor.recover(ctx, orphans=())
+                repair.recover(ctx, orphans=())
             return len(advance_all(ctx))
     finally:
         store.close()

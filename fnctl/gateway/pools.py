@@ -34,7 +34,8 @@ from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.manifest.project import Project
-from fnctl.state.store import InstanceRow, InstanceState, RevisionStatus, Store, connect
+from fnctl.state.revisions import InstanceRow, InstanceState, RevisionStatus
+from fnctl.state.store import Store, connect
 
 __all__ = ["DockerActions", "PoolManager", "Routing"]
 

@@ -41,8 +41,9 @@ from fnctl.rollout.machine import (
 from fnctl.rollout.record import Record, State, record_from
 from fnctl.state import rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.revisions import Revision, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
-from fnctl.state.store import Revision, RevisionStatus, Store, connect
+from fnctl.state.store import Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
@@ -1286,7 +1287,7 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
     """A process killed between an abort's routing change and stopping the canary leaves its instance rows;
     the controller loop of `fnctl serve` cleans them up even though no rollout is unfinished."""
     from fnctl.manifest.project import project_at
-    from fnctl.state.store import InstanceRow, InstanceState
+    from fnctl.state.revisions import InstanceRow, InstanceState
 
     fleet.add(NEW, {"strategy": "immediate"})
     fleet.store.add_instance(
