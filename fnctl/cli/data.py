@@ -50,6 +50,7 @@ DataOpt = Annotated[
 
 
 def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[OperatorSession]:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import session
     from fnctl.manifest.project import load_project
 
@@ -57,6 +58,7 @@ def _session(state: Path | None, tenant: str | None, command: str) -> AbstractCo
 
 
 def _body(data: str | None, what: str) -> Any:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.invocation.payload import read_event
 
     if data is None and (sys.stdin is None or sys.stdin.isatty()):
@@ -101,6 +103,7 @@ def ls(
       fnctl data ls
       fnctl data ls orders --limit 20 -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import collections, find
 
     with _session(state, tenant, "ls") as s:
@@ -144,6 +147,7 @@ def get(
 
     Example: fnctl data get orders o-1001 -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import get as read
 
     with _session(state, tenant, "get") as s:
@@ -183,6 +187,7 @@ def find(
       fnctl data find orders '{"status": {"$in": ["new", "paid"]}}' --order -createdAt --limit 10
       fnctl data find orders '{"customer.id": "c-7"}' -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import find as search
 
     with _session(state, tenant, "find") as s:
@@ -220,6 +225,7 @@ def put(
       fnctl data put orders o-1001 -d '{"customer": "c-7", "items": [{"sku": "a", "qty": 1}]}'
       fnctl data put orders o-1001 -d @order.json --if-match 3
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import put as write
 
     body = _body(data, "document")
@@ -243,6 +249,7 @@ def patch(
 
     Example: fnctl data patch orders o-1001 -d '{"status": "paid", "note": null}' --if-match 2
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import patch as change
 
     body = _body(data, "merge patch")
@@ -264,6 +271,7 @@ def rm(
 
     Example: fnctl data rm orders o-1001 --if-match 4
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import remove
 
     with _session(state, tenant, "rm") as s:
@@ -302,6 +310,7 @@ def import_command(
       fnctl data import orders orders.ndjson --tenant acme
       fnctl data export orders | fnctl data import orders-copy
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.datatransfer import import_ndjson
 
     with _session(state, tenant, "import") as s, Meter("importing", "bytes") as progress:
@@ -343,6 +352,7 @@ def export_command(
       fnctl data export orders orders.ndjson
       fnctl data export orders --filter '{"status": "paid"}' --tenant acme > paid.ndjson
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.datatransfer import export_ndjson
 
     with _session(state, tenant, "export") as s, Meter("exporting", "documents") as progress:
@@ -366,6 +376,7 @@ def check(collection: CollectionArg, state: StateOpt = None, output: OutputOpt =
 
     Example: fnctl data check orders -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import check as run_check
 
     with _session(state, None, "check") as s:

@@ -21,6 +21,7 @@ def _when(at: float) -> str:
 
 def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Output) -> None:
     """Newest first, as the store returns them."""
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.state.auditlog import AuditEntry
 
     if output is Output.JSON:
@@ -39,6 +40,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
         for row in cells:
             typer.echo("\t".join(row))
         return
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.table import Table
 
     table = Table()
@@ -50,6 +52,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
 
 
 def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):
@@ -79,6 +82,7 @@ def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
 
 
 def _json(row: AuditEntry | InvocationEntry) -> dict[str, object]:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):

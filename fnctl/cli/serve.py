@@ -88,10 +88,11 @@ def serve(
       fnctl serve
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
     """
-    from fnctl.deploy.session import state_path
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.serve import options_for
     from fnctl.gateway.serve import serve as run
     from fnctl.manifest.project import load_project
+    from fnctl.state.store import state_path
 
     project = load_project()
     options = options_for(

@@ -33,7 +33,8 @@ from fnctl.deploy.live import read_live
 from fnctl.deploy.plan import live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.deploy.session import Options, Progress, desired_state, session
 from fnctl.errors import BadInput
-from fnctl.gitops.gitrepo import WorkTree, work_tree
+from fnctl.gitops.commit import WorkTree
+from fnctl.gitops.gitrepo import work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import CONFIG_FILE, Project
 from fnctl.state import rolloutstore

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.deploy.live import orphan_reasons
-from fnctl.deploy.session import state_path
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
@@ -19,7 +18,7 @@ from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
 from fnctl.state.revisions import InstanceState, Revision
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, connect, state_path
 
 
 @dataclass(frozen=True)

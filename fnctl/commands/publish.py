@@ -33,14 +33,11 @@ def publish_resources(ctx: executor.Context, state: DesiredState) -> list[str]:
         if ctx.store.resources(kind) != wanted:
             with ctx.store.transaction():
                 ctx.store.set_resources(kind, wanted)
-                ctx.store.audit(
-                    actor=ctx.actor,
-                    command=ctx.command,
-                    action="publish",
-                    target=kind,
-                    outcome="ok",
-                    **ctx.git_fields,
-                    detail=", ".join(sorted(wanted)) or "(none)",
+                ctx.audit(
+                    "publish",
+                    kind,
+                    "ok",
+                    ", ".join(sorted(wanted)) or "(none)",
                 )
             changed.append(f"{len(wanted)} {kind.lower()}{'s' if len(wanted) != 1 else ''}")
     return changed
@@ -82,15 +79,7 @@ def sync_collections(
     try:
         result = DataPlane(store, lambda: ()).sync_collections(state.collections, options.prune, options.force)
     except FnctlError as exc:
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="collections",
-            target="(collections)",
-            outcome="failed",
-            **ctx.git_fields,
-            detail=exc.message,
-        )
+        ctx.audit("collections", "(collections)", "failed", exc.message)
         return [FunctionOutcome("(collections)", "sync", False, None, exc.message, kind="collection")]
     finally:
         store.close()
@@ -106,14 +95,6 @@ def sync_collections(
                 message = f"dropped with its {held} document{'s' if held != 1 else ''}" if held else "dropped (empty)"
             else:
                 message = "created"
-            ctx.store.audit(
-                actor=ctx.actor,
-                command=ctx.command,
-                action=f"collection-{action}",
-                target=name,
-                outcome="ok",
-                **ctx.git_fields,
-                detail=message,
-            )
+            ctx.audit(f"collection-{action}", name, "ok", message)
             outcomes.append(FunctionOutcome(name, f"{action} collection", True, None, message, kind="collection"))
     return outcomes

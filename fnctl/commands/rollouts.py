@@ -16,7 +16,7 @@ from typing import Any
 from fnctl.commands.rollback import restart_revision
 from fnctl.deploy import executor, lock, repair, rolloutdriver
 from fnctl.deploy.actor import actor
-from fnctl.deploy.session import Options, session, state_path
+from fnctl.deploy.session import Options, session
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.manifest.stages import Stage, stages
@@ -27,7 +27,7 @@ from fnctl.rollout.record import ACTIVE, Record, State
 from fnctl.state import rolloutstore
 from fnctl.state.metricstore import totals
 from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, connect, state_path
 
 POLL = 0.2  # seconds between looks at a rollout: how soon a request from elsewhere is acted on
 OnEvent = Callable[[RolloutEventRow, RolloutRow], None]

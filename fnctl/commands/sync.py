@@ -21,8 +21,9 @@ from fnctl.commands.rollouts import OnEvent, OnTick
 from fnctl.deploy.session import Options, Progress, session
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gitops import deploys
+from fnctl.gitops.commit import Commit, WorkTree
 from fnctl.gitops.deploys import Decision
-from fnctl.gitops.gitrepo import Commit, Mirror, WorkTree
+from fnctl.gitops.gitrepo import Mirror
 from fnctl.manifest.loader import find_manifest_files
 from fnctl.manifest.project import CONFIG_FILE, Project, inside, project_at
 

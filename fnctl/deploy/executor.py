@@ -19,7 +19,7 @@ from fnctl.deploy.desired import DeploySpec
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
-from fnctl.gitops.gitrepo import Commit
+from fnctl.gitops.commit import Commit
 from fnctl.manifest.model import NO_EXPECTATION, Function, HealthCheck
 from fnctl.manifest.schemas import instance_error
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
@@ -52,6 +52,18 @@ class Context:
     command: str
     git: Commit | None  # the commit of the manifests being deployed
     progress: Progress
+
+    def audit(self, action: str, target: str, outcome: str, detail: str | None = None) -> None:
+        """One audit record of this command's, with its actor and commit."""
+        self.store.audit(
+            actor=self.actor,
+            command=self.command,
+            action=action,
+            target=target,
+            outcome=outcome,
+            **self.git_fields,
+            detail=detail,
+        )
 
     @property
     def git_fields(self) -> dict[str, str | None]:
@@ -134,15 +146,7 @@ def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
     reason = exc.message + (f"\n{exc.detail}" if exc.detail else "")
     with ctx.store.transaction():
         ctx.store.set_revision_status(name, number, RevisionStatus.FAILED, reason[:4000])
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="deploy",
-            target=name,
-            outcome="failed",
-            **ctx.git_fields,
-            detail=f"revision {number}: {exc.message}",
-        )
+        ctx.audit("deploy", name, "failed", f"revision {number}: {exc.message}")
 
 
 def start_checked(
@@ -265,14 +269,11 @@ def switch(
             if weight > 0 and current is not None and current.status is RevisionStatus.PENDING:
                 ctx.store.set_revision_status(name, revision, RevisionStatus.READY, None)
         ctx.store.set_route(name, weights)
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="route",
-            target=name,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()),
+        ctx.audit(
+            "route",
+            name,
+            "ok",
+            f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()),
         )
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
@@ -323,9 +324,7 @@ def delete(ctx: Context, name: str) -> None:
     # unrouted, unseen by `status`). A crash in between leaves unrouted instances, which `recover` removes.
     with ctx.store.transaction():
         ctx.store.delete_route(name)
-        ctx.store.audit(
-            actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok", **ctx.git_fields
-        )
+        ctx.audit("delete", name, "ok")
     pickup.wait_for_gateway(ctx.store)
     for row in ctx.store.instances(name):
         remove_row(ctx, row, drain=True)

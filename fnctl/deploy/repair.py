@@ -44,14 +44,11 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     done += _remove_orphans(ctx, orphans)
     if done:
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="recover",
-            target="",
-            outcome="ok",
-            **ctx.git_fields,
-            detail="; ".join(done)[:4000],
+        ctx.audit(
+            "recover",
+            "",
+            "ok",
+            "; ".join(done)[:4000],
         )
     return done
 
@@ -96,24 +93,13 @@ def heal(
         ctx.progress(f"{spec.name}: {exc.message}; deploying the same spec as a new revision")
         return deploy(ctx, spec, secret_values)
     except FnctlError as exc:
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="heal",
-            target=spec.name,
-            outcome="failed",
-            **ctx.git_fields,
-            detail=f"revision {revision.number}: {exc.message}",
-        )
+        ctx.audit("heal", spec.name, "failed", f"revision {revision.number}: {exc.message}")
         raise
-    ctx.store.audit(
-        actor=ctx.actor,
-        command=ctx.command,
-        action="heal",
-        target=spec.name,
-        outcome="ok",
-        **ctx.git_fields,
-        detail=f"revision {revision.number}: replaced {len(broken)}, started {started}",
+    ctx.audit(
+        "heal",
+        spec.name,
+        "ok",
+        f"revision {revision.number}: replaced {len(broken)}, started {started}",
     )
     return None
 

@@ -19,7 +19,7 @@ from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
-from fnctl.gitops.gitrepo import Commit
+from fnctl.gitops.commit import Commit
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
 from fnctl.manifest.project import Project
@@ -107,15 +107,7 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
         )
         for event in (started, *machine.entering(plan, record)):
             rolloutstore.add_event(store, rollout_id, event.kind.value, event.step, event.message, event.data)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="rollout start",
-            target=function.name,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=started.message[:4000],
-        )
+        ctx.audit("rollout start", function.name, "ok", started.message[:4000])
     ctx.progress(f"{function.name}: {started.message}")
     if superseded:  # their canaries leave with one stop: nothing but stable and the new canary stays
         executor.stop_other_revisions(ctx, function.name, keep={stable, canary})
@@ -153,15 +145,7 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
         retried = machine.Event(EventKind.RETRIED, 0, f"retried by {ctx.actor}: revision {row.canary} from step 1")
         for event in (retried, *machine.entering(plan, record)):
             rolloutstore.add_event(store, row.id, event.kind.value, event.step, event.message, event.data)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="rollout retry",
-            target=row.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=retried.message,
-        )
+        ctx.audit("rollout retry", row.function, "ok", retried.message)
     ctx.progress(f"{row.function}: {retried.message}")
 
 
@@ -249,38 +233,24 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
     store, record = ctx.store, transition.record
     if record.weights != before.weights:
         store.set_route(record.function, record.weights)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="route",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"rollout {record.id}: {machine.weights_text(record.weights)}",
+        ctx.audit(
+            "route",
+            record.function,
+            "ok",
+            f"rollout {record.id}: {machine.weights_text(record.weights)}",
         )
     if transition.quarantine:
         store.set_revision_status(record.function, record.canary, RevisionStatus.QUARANTINED, record.reason[:4000])
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="quarantine",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"revision {record.canary}: {record.reason}"[:4000],
-        )
+        ctx.audit("quarantine", record.function, "ok", f"revision {record.canary}: {record.reason}"[:4000])
     rolloutstore.update(store, record.id, step=record.step, state=record.state.value, detail=record.detail())
     for event in transition.events:
         rolloutstore.add_event(store, record.id, event.kind.value, event.step, event.message, event.data)
     if record.state is not before.state and record.state in (State.ABORTED, State.COMPLETED):
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action=f"rollout {record.state.value}",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=(transition.events[-1].message if transition.events else "")[:4000],
+        ctx.audit(
+            f"rollout {record.state.value}",
+            record.function,
+            "ok",
+            (transition.events[-1].message if transition.events else "")[:4000],
         )
 
 

@@ -23,6 +23,7 @@ from aiohttp.web_request import BaseRequest
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
+from fnctl.gateway.dataapi import DataApi
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -37,13 +38,13 @@ from fnctl.gateway.request import (
     GatewayLimits,
     Reject,
     dumps,
-    new_request_id,
     reject_response,
     request_id,
     web_response,
 )
 from fnctl.gateway.table import TableSource
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
 
@@ -273,8 +274,6 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
-        from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
-
         DataApi(gateway, gateway.broker).add_routes(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)
 

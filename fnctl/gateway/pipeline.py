@@ -29,8 +29,9 @@ from fnctl.gateway.auth import (
 )
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
-from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
+from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size
 from fnctl.gateway.table import TableFollower, TableSource
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
 

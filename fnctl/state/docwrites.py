@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
@@ -42,26 +43,11 @@ def commit(
     """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
     write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
     idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    try:
-        result = _commit(db, indexed, tenant, reads, finds, writes, meta)
-        db.execute("COMMIT")
-        return result
-    except sqlite3.IntegrityError as exc:
-        db.execute("ROLLBACK")
-        message = str(exc)
-        if "UNIQUE" in message:
-            raise UniqueViolation(*_unique_fields(indexed, message)) from None
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except sqlite3.Error as exc:
-        db.execute("ROLLBACK")
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    with _write_transaction(db):
+        try:
+            return _commit(db, indexed, tenant, reads, finds, writes, meta)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(indexed, exc) from None
 
 
 def commit_group(
@@ -71,13 +57,9 @@ def commit_group(
     one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
     still all or nothing and fails alone (StaleWrite, UniqueViolation, IdempotentReplay: its exception in
     its place); the others commit. Every change is chained as with `commit`."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
     out: list[list[StoredDoc | None] | Exception] = []
     changes: list[tuple[Any, ...]] = []
-    try:
+    with _write_transaction(db):
         for item in items:
             db.execute("SAVEPOINT grouped")
             mark = len(changes)
@@ -88,24 +70,36 @@ def commit_group(
             except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
                 db.execute("ROLLBACK TO grouped")
                 del changes[mark:]
-                message = str(exc)
-                out.append(
-                    UniqueViolation(*_unique_fields(indexed, message))
-                    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message
-                    else DataStoreError(f"cannot write the data file: {exc}")
-                    if isinstance(exc, sqlite3.IntegrityError)
-                    else exc
-                )
+                out.append(_integrity_error(indexed, exc) if isinstance(exc, sqlite3.IntegrityError) else exc)
             db.execute("RELEASE grouped")
         _append_changes(db, changes)
+    return out
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (SQLite's as DataStoreError)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise DataStoreError(f"cannot write the data file: {exc}") from None
+    try:
+        yield
         db.execute("COMMIT")
-        return out
     except sqlite3.Error as exc:
         db.execute("ROLLBACK")
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityError) -> Exception:
+    """A unique index refusing a write (UniqueViolation, naming the fields), or another broken constraint."""
+    message = str(exc)
+    if "UNIQUE" in message:
+        return UniqueViolation(*_unique_fields(indexed, message))
+    return DataStoreError(f"cannot write the data file: {exc}")
 
 
 def _commit(

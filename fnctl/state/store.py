@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.errors import FnctlError
+from fnctl.manifest.project import Project
 from fnctl.state import auditchain
 from fnctl.state.migrations import MIGRATIONS, upgrade
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
@@ -37,6 +39,15 @@ def default_path(project: str) -> Path:
     both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "fnctl" / project / "state.db"
+
+
+def state_path(project: Project, option: Path | None) -> Path:
+    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
+    if option is not None:
+        return option
+    if os.environ.get("FNCTL_STATE"):
+        return Path(os.environ["FNCTL_STATE"])
+    return project.state_path or default_path(project.name)
 
 
 class Store:
@@ -73,8 +84,6 @@ class Store:
         """This store's random identity, carried by every container it deploys (label io.fnctl.store), so
         that two stores deploying the same project to one engine never take each other's containers for
         orphans."""
-        import secrets
-
         return self.setting("store-id", secrets.token_hex(8))
 
     # ---- SQL: the one primitive of this package's modules (metricstore, keystore, rolloutstore, ...) ----
