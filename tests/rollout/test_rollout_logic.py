@@ -1283,6 +1283,7 @@ def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deplo
     assert fleet.route() == {STABLE: 50, NEW: 50}
 
 
+@pytest.mark.docker  # recover looks the left instance's container up by its label in the engine
 def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet: Deployer, tmp_path: Path) -> None:
     """A process killed between an abort's routing change and stopping the canary leaves its instance rows;
     the controller loop of `fnctl serve` cleans them up even though no rollout is unfinished."""
