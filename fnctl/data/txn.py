@@ -369,7 +369,7 @@ class Txn:
         if item is None:
             return []
         try:
-            stored = self.plane.store.commit(item.tenant, item.reads, item.finds, item.writes, item.meta)
+            stored = self.plane.store.commit(item)
         except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
             return self._finish(exc)
         return self._finish(stored)

@@ -19,15 +19,12 @@ from typing import Any
 
 from fnctl.state import auditchain, docschema, docwrites
 from fnctl.state.docrecords import (
-    ChangeMeta,
     ChangeRow,
     CollectionRow,
     DataStoreError,
     GroupItem,
     Query,
-    ReadCheck,
     StoredDoc,
-    StoredWrite,
     SyncResult,
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
@@ -181,16 +178,10 @@ class DocStore:
     # -- the write path ---------------------------------------------------------------------------------
     # -- the write path (docwrites) ----------------------------------------------------------------------
 
-    def commit(
-        self,
-        tenant: str,
-        reads: Sequence[ReadCheck],
-        finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-        writes: Sequence[StoredWrite],
-        meta: ChangeMeta,
-    ) -> list[StoredDoc | None]:
-        """One short write transaction (`docwrites.commit`): the new rows, None for deletes."""
-        return docwrites.commit(self._db(), self._indexed, tenant, reads, finds, writes, meta)
+    def commit(self, item: GroupItem) -> list[StoredDoc | None]:
+        """One transaction's reads checked and writes applied in one short write transaction
+        (`docwrites.commit`): the new rows, None for deletes."""
+        return docwrites.commit(self._db(), self._indexed, item)
 
     def commit_group(self, items: Sequence[GroupItem]) -> list[list[StoredDoc | None] | Exception]:
         """Independent transactions in one write transaction, each failing alone (`docwrites.commit_group`)."""

@@ -15,15 +15,12 @@ from typing import Any
 
 from fnctl.state import auditchain
 from fnctl.state.docrecords import (
-    ChangeMeta,
     DataStoreError,
     GroupItem,
     IdempotentReplay,
-    Query,
     ReadCheck,
     StaleWrite,
     StoredDoc,
-    StoredWrite,
     UniqueViolation,
     envelope,
     timestamp,
@@ -31,21 +28,13 @@ from fnctl.state.docrecords import (
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
 
 
-def commit(
-    db: sqlite3.Connection,
-    indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
-) -> list[StoredDoc | None]:
+def commit(db: sqlite3.Connection, indexed: dict[str, frozenset[str]], item: GroupItem) -> list[StoredDoc | None]:
     """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
     write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
     idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
     with _write_transaction(db):
         try:
-            return _commit(db, indexed, tenant, reads, finds, writes, meta)
+            return _commit(db, indexed, item)
         except sqlite3.IntegrityError as exc:
             raise _integrity_error(indexed, exc) from None
 
@@ -64,9 +53,7 @@ def commit_group(
             db.execute("SAVEPOINT grouped")
             mark = len(changes)
             try:
-                out.append(
-                    _commit(db, indexed, item.tenant, item.reads, item.finds, item.writes, item.meta, into=changes)
-                )
+                out.append(_commit(db, indexed, item, into=changes))
             except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
                 db.execute("ROLLBACK TO grouped")
                 del changes[mark:]
@@ -105,15 +92,12 @@ def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityE
 def _commit(
     db: sqlite3.Connection,
     indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
+    item: GroupItem,
     into: list[tuple[Any, ...]] | None = None,
 ) -> list[StoredDoc | None]:
     """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
     (a group commit appends all its transactions' rows at once, in order)."""
+    tenant, reads, finds, writes, meta = item.tenant, item.reads, item.finds, item.writes, item.meta
     # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
     read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
     for read in reads:
