@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from fnctl.manifest.diagnostics import display_path
 from fnctl.manifest.model import (
     MAX_DOCUMENT_SIZE,
@@ -363,6 +361,10 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
     if trigger.type is not TriggerType.CRON:
         return
     at = ("spec", "cron")
+    # Imported here, only for a cron trigger: croniter (with dateutil) adds ~0.025 s of CPU to every `fnctl
+    # validate` (measured), which projects without cron would pay for nothing.
+    from croniter import croniter
+
     schedule = trigger.config["schedule"]
     if not croniter.is_valid(schedule):
         yield trigger, at + ("schedule",), f"invalid cron expression {schedule!r} (expected e.g. '*/5 * * * *')"
