@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build fnctl's runtime base image offline from Debian packages (no container registry needed):
-# mmdebstrap a minimal bookworm with python3, then `docker import` it as $FNCTL_BASE_IMAGE.
+# mmdebstrap a minimal bookworm with python3 and the shared libraries manylinux wheels may assume, then
+# `docker import` it as $FNCTL_BASE_IMAGE. The image carries the hash of this recipe (label
+# io.fnctl.base-recipe) so scripts/setup.sh rebuilds it when the recipe changes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,6 +14,9 @@ TAG="${1:-${FNCTL_BASE_IMAGE:-$(sed -n 's/^FNCTL_BASE_IMAGE=//p' scripts/base-im
 SUITE=bookworm
 
 step() { echo "==> $*" >&2; }
+# What the image is built from: this script (setup.sh compares it with the image's label).
+recipe_hash() { sha256sum "$ROOT/scripts/build-base-image.sh" | cut -c1-16; }
+if [ "${1:-}" = "--recipe-hash" ]; then recipe_hash; exit 0; fi
 
 # The host's configured Debian mirrors (deb822 or one-line format); override with FNCTL_DEBIAN_MIRROR.
 host_uris() {
@@ -34,10 +39,24 @@ fi
 TMP="$(mktemp -d /var/tmp/fnctl-base.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 
+# The libraries a manylinux wheel may link against without bundling them (PEP 599's list, kept by PEP 600):
+# glibc's (libc6: libc, libm, libdl, librt, libpthread, libutil, libnsl, libresolv, libcrypt), libgcc_s,
+# libstdc++ (numpy, igraph, pandas, scipy: anything with C++ inside), zlib, expat, GLib/GObject and the small
+# X11 client libraries. libGL is left out on purpose: it pulls in Mesa and LLVM (~150 MB) for a headless
+# sandbox; a wheel that needs it is refused at build time, naming the library (fnctl.engine.pydeps).
+WHEEL_LIBS=libstdc++6,libgcc-s1,zlib1g,libexpat1,libglib2.0-0,libx11-6,libxext6,libxrender1,libice6,libsm6
+
+old="$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
+[ -z "$old" ] || step "replacing $TAG: $(($(docker image inspect --format '{{.Size}}' "$TAG") / 1000000)) MB"
+
 step "mmdebstrap $SUITE from $MIRROR"
 # dpkg's path-exclude takes fnmatch globs (no brace expansion), hence one option per directory;
-# the packages' copyright files are kept.
-mmdebstrap --quiet --variant=essential --include=python3 \
+# the packages' copyright files are kept. The merged-usr hook makes the /usr symlinks itself instead of
+# installing usrmerge, which drags in perl (~50 MB) that nothing in a sandbox runs; perl-base (8 MB, only
+# for dpkg's and debconf's maintainer scripts: nobody installs packages in a sandbox) goes at the end.
+mmdebstrap --quiet --variant=essential --include="python3,$WHEEL_LIBS" \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --customize-hook='chroot "$1" dpkg --purge --force-remove-essential --force-depends perl-base >/dev/null' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -46,11 +65,11 @@ mmdebstrap --quiet --variant=essential --include=python3 \
     "$SUITE" "$TMP/base.tar" \
     "deb $MIRROR $SUITE main" \
     "deb $MIRROR $SUITE-updates main" \
-    "deb $SECURITY $SUITE-security main" </dev/null
+    "deb $SECURITY $SUITE-security main" </dev/null >&2
 
-old="$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 step "docker import as $TAG"
 docker import \
+    --change "LABEL io.fnctl.base-recipe=$(recipe_hash)" \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     "$TMP/base.tar" "$TAG" >/dev/null

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on the example project: validate every example, deploy the demo functions,
-# invoke them (live and in a local sandbox), show their status and their sandboxes' hardening.
+# The main job, end to end on the example project: validate every example, deploy the demo functions (Python,
+# and one TypeScript function), invoke them (live and in a local sandbox), show their status and their
+# sandboxes' hardening.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -12,6 +13,7 @@ show validate manifests/
 show diff || true                      # exit 1 = changes to apply
 show apply
 show invoke hello --data '{"name": "demo"}' --logs
+show invoke greet --data '{"name": "TypeScript"}' --logs   # compiled on the host, run by Node.js 22
 show invoke orders --data '{"order": {"id": "o-1", "items": [{"sku": "a", "qty": 2, "price": 4.5}]}}'
 show invoke --local hello --data '{"name": "local sandbox"}'
 show status
@@ -36,6 +38,21 @@ api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type
     -H 'Idempotency-Key: demo-order-2' -d '{"customer": "ada", "items": [{"sku": "b", "qty": 1, "price": 12}]}'
 api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
     -d '{"customer": "ada", "items": []}'              # bad input: 400 with the schema violation's JSON path
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -d '{"customer": "ada", "items": [{"sku": "c", "qty": 500, "price": 30}]}'  # the hook aborts it: 422
+show triggers                          # orders-before-create: enabled, no faults
+api -X POST "http://127.0.0.1:$PORT/v1/triggers/orders-price-check/run"   # a manual trigger (or: fnctl run)
 api "http://127.0.0.1:$PORT/v1/collections/orders/docs?filter=%7B%22customer%22%3A%22ada%22%7D&order=customer,createdAt"
 api -X POST "http://127.0.0.1:$PORT/invoke/order-book" -H 'Content-Type: application/json' -d '{"customer": "ada"}'
 show data find orders '{"customer": "ada"}'
+
+# A view: order-book's answer cached per caller (X-Fnctl-View-Cache: miss, then hit) until a write overlaps
+# what it read; a query that does not match the function's `parameters` is a 400 naming the violation.
+view() { printf '\n\033[1m$ curl %s\033[0m\n' "$*"; curl -sS -D - -o /tmp/fnctl-demo-view.json -H "Authorization: Bearer $KEY" "$@" \
+    | grep -i '^x-fnctl-view-cache' || true; cat /tmp/fnctl-demo-view.json; echo; }
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+api -X POST "http://127.0.0.1:$PORT/v1/collections/orders/docs" -H 'Content-Type: application/json' \
+    -H 'Idempotency-Key: demo-order-3' -d '{"customer": "ada", "items": [{"sku": "c", "qty": 3, "price": 1}]}'
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada"
+view "http://127.0.0.1:$PORT/v1/views/orders-summary?customer=ada&colour=red"

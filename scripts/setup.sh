@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for fnctl, idempotently: the project's virtualenv, a running Docker engine with
-# gVisor (runsc) registered, wrk for benchmarks, and the offline-built runtime base image.
+# gVisor (runsc) registered, wrk for benchmarks, node with the pinned build tools (esbuild, tsc), and the
+# offline-built runtime base images (Python, Node.js).
 # Fast (no installs, no builds) when everything is already in place. Progress goes to stderr.
 set -euo pipefail
 
@@ -137,9 +138,14 @@ setup_docker() {
 
 # --- Base image -----------------------------------------------------------------------------------
 
+# Built when missing, and rebuilt when scripts/build-base-image.sh changed since (the image's recipe label).
 setup_base_image() {
-    if ! docker image inspect "$FNCTL_BASE_IMAGE" >/dev/null 2>&1; then
-        step "building base image $FNCTL_BASE_IMAGE"
+    local want have
+    want="$(bash scripts/build-base-image.sh --recipe-hash)"
+    have="$(docker image inspect --format '{{index .Config.Labels "io.fnctl.base-recipe"}}' "$FNCTL_BASE_IMAGE" \
+        2>/dev/null || true)"
+    if [ "$have" != "$want" ]; then
+        step "building base image $FNCTL_BASE_IMAGE (recipe ${have:-none} -> $want)"
         bash scripts/build-base-image.sh
     fi
 }
@@ -148,8 +154,14 @@ step "python"
 setup_python
 # git: gitpython drives the git binary (fnctl sync, push hooks, the commit every deploy records)
 command -v git >/dev/null || apt_install git
+# headless Chromium and its WebDriver: the dashboard's end-to-end tests (tests/dashboard) drive a real browser
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver
+step "node tools (esbuild, tsc)"
+bash scripts/install-node-tools.sh
 step "docker engine"
 setup_docker
 step "base image $FNCTL_BASE_IMAGE"
 setup_base_image
+step "node base image"
+bash scripts/build-node-image.sh  # returns at once when the image exists with the same inputs
 step "ready"

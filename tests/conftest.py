@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import docker
 import docker.errors
 import pytest
+from runtime_helpers import StartRuntime, runtime_starter
 
 from fnctl.engine import dockerio
 
@@ -98,3 +100,9 @@ def _engine_only_for_docker_tests(request: pytest.FixtureRequest, monkeypatch: p
         dockerio.client.cache_clear()  # nor a client that an earlier docker test left in this process
     yield
     dockerio.client.cache_clear()  # and the next test starts from its own engine address
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """The in-container runtime as a local process (tests/runtime_helpers.py), stopped afterwards."""
+    yield from runtime_starter(tmp_path)

@@ -40,6 +40,18 @@ def handler(event, context):
 """
 
 
+# The same function for the Node.js runtime (CommonJS).
+NODE_HANDLER = """\
+const VERSION = {version_json};
+const FAIL_RATE = {fail_rate!r};
+
+exports.handler = async (event) => {{
+  if (event.name !== "probe" && Math.random() < FAIL_RATE) throw new Error("version " + VERSION + " fails this request");
+  return {{ version: VERSION }};
+}};
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,18 +66,31 @@ class Rollouts:
     port: int
     gateway: subprocess.Popen[bytes] | None = None
 
-    def deploy_code(self, version: str, rollout: str, *, fail_rate: float = 0.0, min_instances: int = 1) -> None:
-        """Write function `fn` at `version` with the `rollout:` block given as YAML (indented under spec)."""
+    def deploy_code(
+        self,
+        version: str,
+        rollout: str,
+        *,
+        fail_rate: float = 0.0,
+        min_instances: int = 1,
+        runtime: str = "python3.11",
+    ) -> None:
+        """Write function `fn` at `version` with the `rollout:` block given as YAML (indented under spec), in
+        Python or (runtime nodejs22) JavaScript."""
         code = self.project.root / "functions" / "fn"
         code.mkdir(parents=True, exist_ok=True)
-        (code / "main.py").write_text(HANDLER.format(version=version, fail_rate=fail_rate), encoding="utf-8")
+        if runtime == "nodejs22":
+            text = NODE_HANDLER.format(version_json=json.dumps(version), fail_rate=fail_rate)
+            (code / "main.js").write_text(text, encoding="utf-8")
+        else:
+            (code / "main.py").write_text(HANDLER.format(version=version, fail_rate=fail_rate), encoding="utf-8")
         manifest = (
             textwrap.dedent(f"""\
             apiVersion: fnctl/v1
             kind: Function
             metadata: {{name: fn}}
             spec:
-              runtime: python3.11
+              runtime: {runtime}
               source: ../functions/fn
               handler: main.handler
               limits: {{timeout: 5s, memory: 64Mi}}

@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from fnctl import __version__
-from fnctl.cli import audit, data, deploy, develop, git, keys, rollout, serve
+from fnctl.cli import audit, data, deploy, develop, events, git, keys, rollout, serve, triggers
 from fnctl.cli.render import console, err_console
 from fnctl.errors import ExitCode, FnctlError
 
@@ -50,7 +50,7 @@ def _root(
 
 # Each part of the command line registers its commands on an app of its own; they are merged here, in the
 # order `fnctl --help` lists them.
-for part in (develop, deploy, rollout, git, keys, data, audit, serve):
+for part in (develop, deploy, rollout, git, keys, data, events, triggers, audit, serve):
     app.add_typer(part.app)
 
 

@@ -43,18 +43,28 @@ IfMatchOpt = Annotated[
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Act on an existing document without --if-match (last writer wins).")
 ]
+NoHooksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-hooks",
+        help="Write to a collection with data hooks without running them (audited); without it such a write is "
+        "refused: write through the gateway's REST API, which runs them.",
+    ),
+]
 DataOpt = Annotated[
     Optional[str],
     typer.Option("--data", "-d", help="JSON, @file.json, or standard input when absent.", show_default=False),
 ]
 
 
-def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[OperatorSession]:
+def _session(
+    state: Path | None, tenant: str | None, command: str, no_hooks: bool = False
+) -> AbstractContextManager[OperatorSession]:
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import session
     from fnctl.manifest.project import load_project
 
-    return session(load_project(), state, tenant, command)
+    return session(load_project(), state, tenant, command, no_hooks=no_hooks)
 
 
 def _body(data: str | None, what: str) -> Any:
@@ -212,6 +222,7 @@ def put(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -229,7 +240,7 @@ def put(
     from fnctl.commands.data import put as write
 
     body = _body(data, "document")
-    with _session(state, tenant, "put") as s:
+    with _session(state, tenant, "put", no_hooks) as s:
         doc = write(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -241,6 +252,7 @@ def patch(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -253,7 +265,7 @@ def patch(
     from fnctl.commands.data import patch as change
 
     body = _body(data, "merge patch")
-    with _session(state, tenant, "patch") as s:
+    with _session(state, tenant, "patch", no_hooks) as s:
         doc = change(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -264,6 +276,7 @@ def rm(
     id: IdArg,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
 ) -> None:
@@ -274,7 +287,7 @@ def rm(
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import remove
 
-    with _session(state, tenant, "rm") as s:
+    with _session(state, tenant, "rm", no_hooks) as s:
         remove(s, collection, id, if_match=if_match, force=force)
     sys.stderr.write(f"deleted {collection}/{id}\n")
 
@@ -296,6 +309,7 @@ def import_command(
             help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.",
         ),
     ] = True,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -313,7 +327,7 @@ def import_command(
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.datatransfer import import_ndjson
 
-    with _session(state, tenant, "import") as s, Meter("importing", "bytes") as progress:
+    with _session(state, tenant, "import", no_hooks) as s, Meter("importing", "bytes") as progress:
         report = import_ndjson(
             s,
             collection,

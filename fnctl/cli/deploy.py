@@ -239,6 +239,9 @@ def status(state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
     from fnctl.manifest.project import load_project
 
     render_status(read_status(load_project(), state), output)
+    from fnctl.cli.triggers import warn_disabled  # the triggers that disabled themselves, on stderr
+
+    warn_disabled(state)
 
 
 @app.command()

@@ -13,30 +13,33 @@ from fnctl.cli.render import (
     OutputOpt,
     Progress,
     console,
+    render_invoke_error,
     render_outcome,
     render_sandbox_checks,
     render_validation,
 )
-from fnctl.errors import BadInput, ExitCode
+from fnctl.errors import BadInput, ExitCode, FnctlError
 
 app = typer.Typer()
 
 
 @app.command()
 def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
-    """Check manifests against the schemas and the semantic rules; report every problem at once.
+    """Check manifests against the schemas and the semantic rules, and each Node.js or TypeScript function's code
+    (type and syntax errors, the handler's export, package.json and its lock); report every problem at once.
 
-    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message.
+    Exit 0 when valid, 2 when not. Each problem reads FILE:LINE:COL: $.json.path: message (a problem in a code
+    file: FILE:LINE:COL: message).
 
     Example: fnctl validate manifests/ -o json
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import find_root, load_project
-    from fnctl.manifest.validate import validate_paths
+    from fnctl.runtimes.validation import validate_project
 
     # The project (its root, its defaults) is the one around the first path given, not the working directory's.
     hint = paths[0] if paths and find_root(paths[0]) else None
-    result = validate_paths(load_project(hint), paths)
+    result = validate_project(load_project(hint), paths)
     render_validation(result, output)
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.BAD_INPUT)
 
@@ -46,15 +49,21 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     name: Annotated[Optional[str], typer.Option(help="Project name (default: the directory's name).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write even into a directory that has files.")] = False,
+    runtime: Annotated[
+        str, typer.Option("--runtime", "-r", help="The function's runtime: python3.11, nodejs22 or typescript.")
+    ] = "python3.11",
 ) -> None:
-    """Scaffold a project: fnctl.toml, one Python function, its manifest and an HTTP trigger.
+    """Scaffold a project: fnctl.toml, one function (Python, Node.js or TypeScript), its manifest and an HTTP
+    trigger.
 
     Example: fnctl init my-project && cd my-project && fnctl validate
+
+    Example: fnctl init my-api --runtime typescript && fnctl invoke --local hello -d '{"name": "you"}'
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.init import scaffold
 
-    created = scaffold(directory, name, force=force)
+    created = scaffold(directory, name, force=force, runtime=runtime)
     for path in created:
         console().print(f"created {path}")
     console().print(f"\nNext: cd {directory} && fnctl validate")
@@ -116,24 +125,29 @@ def invoke(
     from fnctl.invocation.payload import read_event
     from fnctl.manifest.project import load_project
 
-    event, size = read_event(data)
-    if data_from is not None and not local:
-        raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
-    if not local:
-        # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
-        from fnctl.commands.invoke import invoke_deployed
+    try:
+        event, size = read_event(data)
+        if data_from is not None and not local:
+            raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
+        if not local:
+            # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
+            from fnctl.commands.invoke import invoke_deployed
 
-        outcome, warm = invoke_deployed(
-            load_project(), state, target, event, size, revision, key=key, logs=logs, direct=direct
-        )
-        render_outcome(outcome, output=output, show_logs=logs, warm=warm)
-        raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
-    with Progress(quiet=output is Output.JSON) as progress:
-        result = invoke_local(
-            load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
-        )
-    render_outcome(result.outcome, output=output, show_logs=logs, warm=result.warm)
-    raise typer.Exit(ExitCode.OK if result.outcome.ok else ExitCode.FAILED)
+            outcome, warm = invoke_deployed(
+                load_project(), state, target, event, size, revision, key=key, logs=logs, direct=direct
+            )
+        else:
+            with Progress(quiet=output is Output.JSON) as progress:
+                result = invoke_local(
+                    load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
+                )
+            outcome, warm = result.outcome, result.warm
+    except FnctlError as exc:
+        if output is Output.JSON:  # a script reads stdout: one JSON object whatever failed (stderr says it too)
+            render_invoke_error(exc)
+        raise
+    render_outcome(outcome, output=output, show_logs=logs, warm=warm)
+    raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
 
 
 sandbox_app = typer.Typer(help="Inspect the sandboxes of running instances.", no_args_is_help=True)

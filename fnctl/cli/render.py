@@ -14,6 +14,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from fnctl.errors import FnctlError
     from fnctl.manifest.validate import ValidationResult
 
 
@@ -92,11 +93,15 @@ def render_validation(result: ValidationResult, output: Output) -> None:
                 "files": len(result.files),
                 **counts,
                 "errors": [d.as_json() for d in result.diagnostics],
+                # only when there are some: the output of projects without any keeps its shape
+                **({"warnings": [d.as_json() for d in result.warnings]} if result.warnings else {}),
             }
         )
         return
     for diagnostic in result.diagnostics:
         _line(diagnostic.render(), stderr=True)  # verbatim, never markup or emoji: `[b]`, `:smile:` are user text
+    for diagnostic in result.warnings:
+        _line(f"warning: {diagnostic.render()}", stderr=True)
     files = _count(len(result.files), "file", "files")
     if result.ok:
         singular = {
@@ -173,6 +178,22 @@ def render_outcome(outcome: Any, *, output: Output, show_logs: bool, warm: bool)
             _line(outcome.traceback.rstrip("\n"), stderr=True)
     duration = f"{outcome.duration_ms:.1f} ms{' (warm instance)' if warm else ''}"
     _line(duration, stderr=True, styled=f"[dim]{duration}[/dim]")
+
+
+def render_invoke_error(error: FnctlError) -> None:
+    """`invoke -o json` when no invocation happened (the event, the build, the start or the handler's import
+    failed): the same object as an invocation's, its error named by fnctl's error type."""
+    print_json(
+        {
+            "ok": False,
+            "result": None,
+            "error": {"kind": "fnctl error", "type": type(error).__name__, "message": error.message,
+                      "detail": error.detail},
+            "logs": "",
+            "durationMs": None,
+            "warm": False,
+        }
+    )  # fmt: skip
 
 
 def _error_line(prefix: str, message: str) -> None:

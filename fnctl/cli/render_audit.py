@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from fnctl.cli.render import Output, _line, _plain, console, print_json
+from fnctl.commands.audit import record_json
 
 if TYPE_CHECKING:
     from fnctl.commands.audit import Verification
@@ -25,7 +26,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
     from fnctl.state.auditlog import AuditEntry
 
     if output is Output.JSON:
-        print_json([_json(r) for r in rows])
+        print_json([record_json(r) for r in rows])
         return
     if not rows:
         _line("no audit records match")
@@ -79,41 +80,6 @@ def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
         f"{row.duration_ms:g}",
         row.request_id,
     ]
-
-
-def _json(row: AuditEntry | InvocationEntry) -> dict[str, object]:
-    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
-    from fnctl.state.auditlog import AuditEntry
-
-    if isinstance(row, AuditEntry):
-        return {
-            "id": row.id,
-            "at": row.at,
-            "actor": row.actor,
-            "command": row.command,
-            "action": row.action,
-            "target": row.target,
-            "outcome": row.outcome,
-            "detail": row.detail,
-            "gitCommit": row.git_commit,
-            "gitAuthor": row.git_author,
-            "gitSubject": row.git_subject,
-            "hash": row.hash,
-        }
-    return {
-        "id": row.id,
-        "at": row.at,
-        "principal": row.principal,
-        "function": row.function,
-        "revision": row.revision,
-        "trigger": row.trigger,
-        "outcome": row.outcome,
-        "status": row.status,
-        "durationMs": row.duration_ms,
-        "requestId": row.request_id,
-        "source": row.source,
-        "hash": row.hash,
-    }
 
 
 def render_verification(result: Verification, output: Output) -> None:

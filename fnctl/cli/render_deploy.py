@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.cli.render import Output, console, err_console, print_json
-from fnctl.cli.render_rollout import snapshot_json, summary
+from fnctl.cli.render_rollout import summary
 from fnctl.commands.deployreport import ApplyReport
-from fnctl.commands.functions import FunctionStatus, age, revision_json
+from fnctl.commands.functions import FunctionStatus, age, revision_json, status_json
+from fnctl.commands.rollouts import snapshot_json
 from fnctl.deploy.diff import Change, ChangeKind, CollectionChange, LiveState
 from fnctl.deploy.lock import Holder, waiting_words
 from fnctl.deploy.plan import change_to_json, collection_change_to_json
@@ -141,7 +142,6 @@ def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False)
 
 
 def apply_json(report: ApplyReport) -> dict[str, Any]:
-
     return {
         "type": "apply",
         "ok": not report.failed,
@@ -165,35 +165,7 @@ def apply_json(report: ApplyReport) -> dict[str, Any]:
 
 def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     if output is Output.JSON:
-        print_json(
-            [
-                {
-                    "function": s.name,
-                    "deployed": s.deployed,
-                    "liveRevision": s.live_revision,
-                    "weights": {str(k): v for k, v in s.weights.items()},
-                    "instances": [
-                        {
-                            "id": i.id,
-                            "revision": i.revision,
-                            "container": i.container,
-                            "state": i.state,
-                            "healthy": i.healthy,
-                            "inflight": i.inflight,
-                            "orphan": i.orphan is not None,
-                            "orphanReason": i.orphan,
-                        }
-                        for i in s.instances
-                    ],
-                    "lastDeploy": s.last_deploy,
-                    "lastDeployBy": s.last_deploy_by,
-                    "gitCommit": s.last_commit,
-                    "gitSubject": s.last_subject,
-                    "rollout": s.rollout,
-                }
-                for s in statuses
-            ]
-        )
+        print_json(status_json(statuses))
         return
     if not statuses:
         console().print("nothing deployed")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fnctl.cli.render import _line, _plain, err_console, print_json
+from fnctl.commands.rollouts import event_json, snapshot_json
 
 if TYPE_CHECKING:
     from fnctl.commands.rollouts import Snapshot
@@ -36,21 +37,6 @@ RolloutOutputOpt = Annotated[
 ]
 
 
-def event_json(event: RolloutEventRow, row: RolloutRow) -> dict[str, Any]:
-    return {
-        "type": "event",
-        "function": row.function,
-        "rollout": row.id,
-        "revision": row.canary,
-        "id": event.id,
-        "at": round(event.at, 3),
-        "event": event.kind,
-        "step": event.step + 1,
-        "message": event.message,
-        "data": event.data,
-    }
-
-
 def print_event(event: RolloutEventRow, row: RolloutRow, output: RolloutOutput) -> None:
     if output is RolloutOutput.NDJSON:
         sys.stdout.write(json.dumps(event_json(event, row), default=str) + "\n")
@@ -58,32 +44,6 @@ def print_event(event: RolloutEventRow, row: RolloutRow, output: RolloutOutput) 
     elif output is RolloutOutput.TEXT:
         stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
         _line(f"{stamp} {row.function}: {event.message}")
-
-
-def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
-    record, row = snapshot.record, snapshot.row
-    stage = snapshot.stages[record.step].label if record.step < len(snapshot.stages) else None
-    return {
-        "type": "rollout",
-        "function": row.function,
-        "rollout": row.id,
-        "strategy": row.strategy,
-        "state": record.state.value,
-        "stable": record.stable,
-        "canary": record.canary,
-        "step": min(record.step + 1, len(snapshot.stages)),
-        "steps": len(snapshot.stages),
-        "stage": stage,
-        "weights": {str(r): w for r, w in record.weights.items()},
-        "winner": record.winner,
-        "scaleDownAt": record.scale_down_at,
-        "scaledDown": record.scaled_down,
-        "reason": record.reason or None,
-        "startedAt": row.started_at,
-        "updatedAt": row.updated_at,
-        "lastMeasurement": None if snapshot.last is None else {"message": snapshot.last.message, **snapshot.last.data},
-        "exitCode": int(snapshot.exit_code),
-    }
 
 
 def summary(snapshot: Snapshot) -> list[str]:

@@ -73,6 +73,14 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")
     ] = True,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui",
+            help="Serve the dashboard at /ui/ (also fnctl.toml's gateway.ui = true); users sign in with an API key "
+            "or JWT whose roles a Policy grants `ui: [read, ...]` (docs/ui.md).",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway: HTTP invocations, HTTP Triggers, cron triggers, metrics; until SIGTERM or Ctrl-C.
 
@@ -87,6 +95,7 @@ def serve(
     Examples:
       fnctl serve
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
+      fnctl serve --ui          (then open http://127.0.0.1:8080/ui/ and sign in with an API key)
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.serve import options_for
@@ -105,6 +114,12 @@ def serve(
         access_log=access_log,
         body_timeout=body_timeout,
         max_connections_per_client=max_connections_per_client,
+        ui=ui,
     )
-    if not run(project, state_path(project, state), options):
+    mounts = []
+    if options.ui:  # imported only when asked for: plain `fnctl serve` does not load the dashboard
+        from fnctl.dashboard.routes import mount
+
+        mounts.append(mount(project, state_path(project, state)))
+    if not run(project, state_path(project, state), options, mounts):
         raise typer.Exit(ExitCode.INTERRUPTED)  # a second signal cut the drain short

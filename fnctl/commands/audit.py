@@ -49,6 +49,39 @@ def records(
     return invocation_records(store, where, limit) if invocations else audit_records(store, where, limit)
 
 
+def record_json(row: AuditEntry | InvocationEntry) -> dict[str, object]:
+    """A record as `fnctl audit -o json` prints it (and `/v1/audit` answers): its keys are an interface."""
+    if isinstance(row, AuditEntry):
+        return {
+            "id": row.id,
+            "at": row.at,
+            "actor": row.actor,
+            "command": row.command,
+            "action": row.action,
+            "target": row.target,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "gitCommit": row.git_commit,
+            "gitAuthor": row.git_author,
+            "gitSubject": row.git_subject,
+            "hash": row.hash,
+        }
+    return {
+        "id": row.id,
+        "at": row.at,
+        "principal": row.principal,
+        "function": row.function,
+        "revision": row.revision,
+        "trigger": row.trigger,
+        "outcome": row.outcome,
+        "status": row.status,
+        "durationMs": row.duration_ms,
+        "requestId": row.request_id,
+        "source": row.source,
+        "hash": row.hash,
+    }
+
+
 @dataclass(frozen=True)
 class Verification:
     chains: tuple[auditchain.ChainReport, ...]

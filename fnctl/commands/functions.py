@@ -169,6 +169,37 @@ def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]
     raise BadInput(f"unknown resource {what!r}: use functions or revisions")
 
 
+def status_json(statuses: list[FunctionStatus]) -> list[dict[str, Any]]:
+    """`fnctl status -o json` (and the dashboard's `/v1/functions`): its keys are an interface."""
+    return [
+        {
+            "function": s.name,
+            "deployed": s.deployed,
+            "liveRevision": s.live_revision,
+            "weights": {str(k): v for k, v in s.weights.items()},
+            "instances": [
+                {
+                    "id": i.id,
+                    "revision": i.revision,
+                    "container": i.container,
+                    "state": i.state,
+                    "healthy": i.healthy,
+                    "inflight": i.inflight,
+                    "orphan": i.orphan is not None,
+                    "orphanReason": i.orphan,
+                }
+                for i in s.instances
+            ],
+            "lastDeploy": s.last_deploy,
+            "lastDeployBy": s.last_deploy_by,
+            "gitCommit": s.last_commit,
+            "gitSubject": s.last_subject,
+            "rollout": s.rollout,
+        }
+        for s in statuses
+    ]
+
+
 def instance_json(instance: InstanceStatus) -> dict[str, Any]:
     """`get functions -o json`'s instance: its keys are an interface (scripts read them), not field names."""
     return {

@@ -19,7 +19,7 @@ from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.requestid import new_request_id
 from fnctl.manifest.project import Project
-from fnctl.state.revisions import InstanceState, RevisionStatus
+from fnctl.state.revisions import InstanceState, Revision, RevisionStatus
 from fnctl.state.store import connect, state_path
 
 
@@ -60,7 +60,7 @@ def invoke_live(
     try:
         weights = store.routes().get(name)
         if not weights:
-            raise FnctlError(f"{name} is not deployed (run `fnctl apply`)")
+            raise FnctlError(_not_live(name, store.revisions(name)))
         chosen = revision if revision is not None else _pick(weights)
         target = store.revision(name, chosen)
         if target is None or target.status is RevisionStatus.FAILED:
@@ -83,6 +83,15 @@ def invoke_live(
     finally:
         instance.transport.close()
         _audit_direct(project, state, name, chosen, outcome, time.monotonic() - started)
+
+
+def _not_live(name: str, revisions: list[Revision]) -> str:
+    """Why `name` takes no traffic: never applied, or its last revision failed (and why)."""
+    last = revisions[-1] if revisions else None
+    if last is None or last.status is not RevisionStatus.FAILED:
+        return f"{name} is not deployed (run `fnctl apply`)"
+    reason = (last.reason or "no reason recorded").splitlines()[0]
+    return f"{name} has no live revision: revision {last.number} failed: {reason} (see `fnctl history {name}`)"
 
 
 def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any, seconds: float) -> None:

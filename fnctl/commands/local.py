@@ -23,22 +23,23 @@ from typing import Any
 
 from fnctl.commands.localrecord import function_source, recorded_function, validated_function
 from fnctl.data.caller import Caller
-from fnctl.data.errors import DataError
+from fnctl.data.errors import DataError, Invalid
+from fnctl.data.hooks import EVENTS, HookSpec, hook_specs
 from fnctl.data.plane import DataPlane
 from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.engine import dockerio, images, instances
-from fnctl.engine.images import RUNTIME_FILES, cache_dir
+from fnctl.engine.images import cache_dir
 from fnctl.engine.sandbox import labels
 from fnctl.errors import BadInput, FnctlError
-from fnctl.gateway.datacalls import CallSession, answer, call_failed, open_session, parse_policies
-from fnctl.gateway.router import DataSettings
+from fnctl.gateway.datacalls import WRITES, CallSession, answer, call_failed, open_session, parse_policies
+from fnctl.gateway.router import DataSettings, on_commit_routes
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import DesiredState, Function, Policy, RunAs
 from fnctl.manifest.project import Project
-from fnctl.manifest.schemas import data_dir
 from fnctl.manifest.source import source_files
+from fnctl.runtimes import runtime_for
 from fnctl.state import docstore
 from fnctl.state.store import connect as connect_store
 
@@ -102,19 +103,26 @@ class LocalData:
     budget and procedure semantics. The caller is the operator running the command (every write is in the
     change log as `operator:<user>`); under `runAs: function` the function's own role."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, hooks: dict[tuple[str, str], tuple[HookSpec, ...]] | None = None) -> None:
         self.plane = plane
+        # A live data file's hooks (--data-from): `invoke --local` runs none, so it writes to none of their
+        # collections (the project's private local file has no hooks run on it, by design: docs/hooks.md).
+        self.hooks = hooks or {}
         self.session: CallSession | None = None
         self._lock = threading.Lock()  # the transport answers calls on a pool of threads: one at a time here
 
     @classmethod
     @contextmanager
     def open(cls, project: Project, data_from: Path | None, state: DesiredState | None) -> Iterator[LocalData]:
+        hooks: dict[tuple[str, str], tuple[HookSpec, ...]] = {}
         if data_from is not None:
             if not data_from.exists():
                 raise BadInput(f"--data-from {data_from}: no state store there")
             documents = docstore.connect(docstore.data_path(data_from))
-            plane = DataPlane(documents, _store_policies(data_from))
+            policies_of, routes = _store_policies(data_from)
+            # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
+            plane = DataPlane(documents, policies_of, outbox=lambda: routes)
+            hooks = _store_hooks(data_from)
         else:
             documents = docstore.connect(local_data_path(project))
             policies = state.policies if state is not None else ()
@@ -122,7 +130,7 @@ class LocalData:
             if state is not None:  # the local file's collections follow the manifests (never dropping data)
                 plane.sync_collections(state.collections, prune=False, force=False)
         try:
-            yield cls(plane)
+            yield cls(plane, hooks)
         finally:
             documents.close()
 
@@ -140,9 +148,23 @@ class LocalData:
             if self.session is None:
                 raise CallFailed("NoInvocation", "no invocation is in flight")
             try:
+                self._refuse_hooked(method, params)
                 return answer(self.plane, self.session, method, params)
             except DataError as error:
                 raise call_failed(error) from None
+
+    def _refuse_hooked(self, method: str, params: dict[str, Any]) -> None:
+        op = WRITES.get(method)
+        if op is None or not self.hooks:
+            return
+        kind = EVENTS[op]
+        collection = params.get("collection")
+        names = [h.name for e in ("before", "after") for h in self.hooks.get((str(collection), e + kind), ())]
+        if names:
+            raise Invalid(
+                f"collection {collection!r} has data hooks ({', '.join(names)}), which `invoke --local` does not "
+                "run: invoke the deployed function through the gateway instead"
+            )
 
     def finish(self, outcome: Outcome) -> Outcome:
         """The invocation's outcome after its data: a limit it hit fails it; a procedure commits only when
@@ -190,14 +212,24 @@ def local_data_path(project: Project) -> Path:
     return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
 
 
-def _store_policies(state_file: Path) -> Callable[[], tuple[Policy, ...]]:
-    """The live Policies of the state store at `state_file`, read once."""
+def _store_hooks(state_file: Path) -> dict[tuple[str, str], tuple[HookSpec, ...]]:
+    """The data hooks of the state store at `state_file` (its published Triggers), read once."""
+    store = connect_store(state_file)
+    try:
+        return hook_specs(store.resources("Trigger"))
+    finally:
+        store.close()
+
+
+def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
+    """The live Policies of the state store at `state_file` and its onCommit triggers by collection, read once."""
     store = connect_store(state_file)
     try:
         policies = parse_policies(store.resources("Policy"))
+        routes = on_commit_routes(store.resources("Trigger"))
     finally:
         store.close()
-    return lambda: policies
+    return (lambda: policies), routes
 
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:
@@ -237,7 +269,9 @@ def _invoke_cold(
 ) -> LocalResult:
 
     on_progress(f"image for {function.name}")
-    image = images.ensure_image(project.name, function.name, source, project.base_image, on_progress)
+    image = images.ensure_image(
+        project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime
+    )
     on_progress(f"{'built' if image.built else 'cached'} {image.tag}; starting a sandbox")
     extra = {"local": "true"} | ({"local_warm": key[:11]} if keep_warm else {})
     if keep_warm:  # a warm instance of an older version, or one that no longer answered, is stale now
@@ -275,10 +309,11 @@ def _remove_socket_dir(root: Path, path: str) -> None:
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:
     """Changes whenever anything the instance was started from changes."""
+    language = runtime_for(function.runtime)
     digest = hashlib.sha256(json.dumps(function.spec, sort_keys=True, default=str).encode())
-    digest.update(f"{function.name}\0{base_image}\0".encode())
-    runtime = data_dir("runtime-image")
-    for path in [*(runtime / name for name in RUNTIME_FILES), *source_files(source)]:
+    digest.update(f"{function.name}\0{language.base_image(base_image)}\0".encode())
+    runtime = language.runtime_dir()
+    for path in [*(runtime / name for name in language.runtime_files), *source_files(source)]:
         status = path.stat()  # size and mtime: cheap, and any edit changes them
         digest.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\0".encode())
     digest.update(fingerprint(secret_values, _local_salt()).encode())

@@ -15,11 +15,11 @@ from typing import Any
 from fnctl import __version__
 from fnctl.engine.instances import runtime_root
 from fnctl.errors import BadInput
-from fnctl.manifest import validate  # looked up at each call: tests count validations by replacing it
 from fnctl.manifest.kinds import build
 from fnctl.manifest.loader import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project
+from fnctl.runtimes.validation import validate_project  # counts through manifest.validate: tests replace it
 
 RECORD_FORMAT = 1
 # A source file changed this close to (or after) the start of a validation may have changed while it ran,
@@ -30,7 +30,7 @@ RECORD_LIFETIME = 86_400.0
 
 def _validate(project: Project, target: str) -> tuple[Function, DesiredState]:
     by_path = _by_path(target)
-    result = validate.validate_paths(project, [Path(target)] if by_path else None)
+    result = validate_project(project, [Path(target)] if by_path else None)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
     functions = result.state.functions

@@ -61,6 +61,49 @@ class Snapshot:
         return {State.ABORTED: ExitCode.ROLLED_BACK, State.PAUSED: ExitCode.WAITING}.get(self.record.state, ExitCode.OK)
 
 
+def event_json(event: RolloutEventRow, row: RolloutRow) -> dict[str, Any]:
+    """An event as `-o ndjson` prints it (and the dashboard's event stream sends it): its keys are an interface."""
+    return {
+        "type": "event",
+        "function": row.function,
+        "rollout": row.id,
+        "revision": row.canary,
+        "id": event.id,
+        "at": round(event.at, 3),
+        "event": event.kind,
+        "step": event.step + 1,
+        "message": event.message,
+        "data": event.data,
+    }
+
+
+def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    """A rollout as `rollout status -o json` prints it (and `/v1/functions/NAME/rollout` answers)."""
+    record, row = snapshot.record, snapshot.row
+    stage = snapshot.stages[record.step].label if record.step < len(snapshot.stages) else None
+    return {
+        "type": "rollout",
+        "function": row.function,
+        "rollout": row.id,
+        "strategy": row.strategy,
+        "state": record.state.value,
+        "stable": record.stable,
+        "canary": record.canary,
+        "step": min(record.step + 1, len(snapshot.stages)),
+        "steps": len(snapshot.stages),
+        "stage": stage,
+        "weights": {str(r): w for r, w in record.weights.items()},
+        "winner": record.winner,
+        "scaleDownAt": record.scale_down_at,
+        "scaledDown": record.scaled_down,
+        "reason": record.reason or None,
+        "startedAt": row.started_at,
+        "updatedAt": row.updated_at,
+        "lastMeasurement": None if snapshot.last is None else {"message": snapshot.last.message, **snapshot.last.data},
+        "exitCode": int(snapshot.exit_code),
+    }
+
+
 def snapshot(store: Store, row: RolloutRow) -> Snapshot:
     measured = [e for e in rolloutstore.events(store, row.id) if e.kind == EventKind.MEASUREMENT.value]
     plan = stages(rolloutdriver.spec_of(store, row.function, row.canary))
@@ -184,7 +227,7 @@ def request(
 ) -> Snapshot:
     """`fnctl promote` / `abort`: record the request, see it acted on, and (with `wait`) follow the rollout
     until it settles again."""
-    who = actor()
+    who = options.actor or actor()
     with _store(project, options) as store:
         row = current(store, name, active=True)
         _check_request(row, kind, data)

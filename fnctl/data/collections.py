@@ -62,10 +62,11 @@ def compile_collection(row: CollectionRow) -> CollectionDef:
     except ParseError as exc:
         raise DataUnavailable(f"collection {row.name!r} is stored with a bad definition: {exc}") from None
     indexed = frozenset({"id"} | {f for i in model.indexes for f in i.fields})
-    return CollectionDef(model, row.version, _schema_check(model.schema), indexed)
+    return CollectionDef(model, row.version, schema_check(model.schema), indexed)
 
 
-def _schema_check(schema: Any) -> Callable[[Any], Iterator[tuple[str, str]]]:
+def schema_check(schema: Any) -> Callable[[Any], Iterator[tuple[str, str]]]:
+    """A JSON Schema's check: every violation of a value, as (JSON path, message); nothing when it conforms."""
     if schema is None or schema is True or schema == {}:
         return lambda data: iter(())
     violations = value_check(schema, "urn:fnctl:collection")

@@ -44,6 +44,8 @@ class TxnHost(Protocol):
 
     def audit_call(self, caller: Caller, action: str, target: str) -> None: ...
 
+    def commit_item(self, item: GroupItem) -> list[StoredDoc | None]: ...
+
 
 class Txn:
     """One transaction of one caller. Reads see the transaction's own writes."""
@@ -369,7 +371,7 @@ class Txn:
         if item is None:
             return []
         try:
-            stored = self.plane.store.commit(item)
+            stored = self.plane.commit_item(item)
         except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
             return self._finish(exc)
         return self._finish(stored)

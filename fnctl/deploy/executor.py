@@ -113,15 +113,17 @@ def prepare(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> in
             spec.source,
             ctx.base_image,
             lambda line: ctx.progress(f"{function.name}: {line}"),
+            runtime_name=function.runtime,
         )
         store.set_revision_image(function.name, number, image.tag)
         checkpoint("image-built")
         start_checked(ctx, function, number, image.tag, secret_values, max(1, function.scaling.min_instances))
     except FnctlError as exc:
         _fail(ctx, function.name, number, exc)
+        live = any(weight > 0 for weight in store.routes().get(function.name, {}).values())
+        where = "traffic stays on the previous revision" if live else f"{function.name} has no live revision"
         raise DeployFailed(
-            f"{function.name}: revision {number} failed: {exc.message}; traffic stays on the previous revision",
-            detail=exc.detail,
+            f"{function.name}: revision {number} failed: {exc.message}; {where}", detail=exc.detail
         ) from None
     return number
 

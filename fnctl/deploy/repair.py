@@ -39,7 +39,7 @@ def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
     for row in store.instances():
         # A revision in the table at 0% is kept warm (a preview, or the old one during scaleDownDelay).
         routed = row.revision in routes.get(row.function, {})
-        if not routed or row.state is not InstanceState.READY:
+        if not routed or row.state not in (InstanceState.READY, InstanceState.PAUSED):
             remove_row(ctx, row)
             done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
     done += _remove_orphans(ctx, orphans)
@@ -119,7 +119,9 @@ def _heal(
             remove_row(ctx, row)
     if image_removed:
         ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
-        rebuilt = images.ensure_image(ctx.project, function.name, spec.source, ctx.base_image, ctx.progress)
+        rebuilt = images.ensure_image(
+            ctx.project, function.name, spec.source, ctx.base_image, ctx.progress, runtime_name=function.runtime
+        )
         if rebuilt.tag != revision.image:
             raise ImageNotReproducible(
                 f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "

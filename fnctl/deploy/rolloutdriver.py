@@ -29,7 +29,7 @@ from fnctl.rollout.analysis import Verdict, evaluate
 from fnctl.rollout.machine import EventKind, Measure, Transition, Wait
 from fnctl.rollout.record import ACTIVE, Record, State, record_from
 from fnctl.state import metricstore, rolloutstore
-from fnctl.state.revisions import RevisionStatus
+from fnctl.state.revisions import InstanceState, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
 from fnctl.state.store import Store, connect
 
@@ -302,7 +302,11 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     if not checks:
         return ()
     revision = store.revision(record.function, record.canary)
-    rows = [r for r in store.instances(record.function) if r.revision == record.canary and r.container_id]
+    rows = [
+        r
+        for r in store.instances(record.function)
+        if r.revision == record.canary and r.container_id and r.state is not InstanceState.PAUSED  # frozen: mute
+    ]
     if revision is None or not rows:
         return (f"no running instance of revision {record.canary} to check",)
     function = function_from_spec(record.function, revision.spec, Limits())  # the spec has every limit

@@ -18,7 +18,7 @@ from fnctl.gitops.commit import WorkTree
 from fnctl.gitops.gitrepo import work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import Project
-from fnctl.manifest.validate import validate_paths
+from fnctl.runtimes.validation import validate_project
 from fnctl.state.store import Store, connect, state_path
 
 Progress = Callable[[str], None]
@@ -34,6 +34,7 @@ class Options:
     timeout: float | None = None  # for that
     allow_dirty: bool = False  # deploy from a work tree with uncommitted changes
     on_lock_wait: lock.OnWait | None = None  # shows whom a command waits for when the lock is held (the CLI's)
+    actor: str | None = None  # who acts, when not this process's user (the dashboard: the signed-in principal)
 
 
 @contextmanager
@@ -58,7 +59,13 @@ def session(
         try:
             tree = source or (work_tree(project.root) if mutating else None)
             yield executor.Context(
-                store, project.name, project.base_image, actor(), command, tree.commit if tree else None, progress
+                store,
+                project.name,
+                project.base_image,
+                options.actor or actor(),
+                command,
+                tree.commit if tree else None,
+                progress,
             )
         finally:
             store.close()
@@ -81,7 +88,7 @@ def desired_state(
     project: Project, store: Store, paths: list[Path] | None
 ) -> tuple[list[DeploySpec], dict[str, dict[str, str]], DesiredState]:
     """As `desired_specs`, plus the whole desired state (its triggers, views and policies)."""
-    result = validate_paths(project, paths)
+    result = validate_project(project, paths)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
     # Functions without secrets carry a per-store constant (what the salt's hash was, before the salt left the

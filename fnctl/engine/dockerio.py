@@ -6,6 +6,7 @@ what a container must look like is decided in `sandbox`, not here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -111,12 +112,12 @@ def _build(
     context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
 ) -> None:
     output: list[str] = []
+    _label_instruction(context, labels)
     with _engine_errors(f"building {tag}"):
         stream = client().api.build(
             path=str(context),
             tag=tag,
             buildargs=dict(buildargs),
-            labels=dict(labels),
             rm=True,
             forcerm=True,
             network_mode="none",
@@ -135,6 +136,42 @@ def _build(
                     output.append(line.strip())
                     if line.startswith("Step "):
                         on_line(f"{tag}: {line.strip()}")
+
+
+def _label_instruction(context: Path, labels: Mapping[str, str]) -> None:
+    """The labels as one LABEL instruction at the end of the context's Dockerfile (idempotent, so a retried
+    build adds it once). Given to the API instead, the classic builder makes each label a step of its own, a
+    container committed apiece: ~0.5 s of a revision build's ~1.5 s for fnctl's three labels, measured."""
+    if not labels:
+        return
+    dockerfile = context / "Dockerfile"
+    line = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
+    text = dockerfile.read_text(encoding="utf-8")
+    if not text.endswith(line):
+        dockerfile.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
+
+
+def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
+    """Run `argv` in a throwaway container of `image` (no network, read-only, unprivileged) and return its
+    standard output; used to ask a base image about itself, never for user code."""
+    with _engine_errors(f"running {entrypoint} in {image}"):
+        try:
+            output = client().containers.run(
+                image,
+                argv,
+                entrypoint=[entrypoint],
+                user="65534:65534",
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                remove=True,
+                stdout=True,
+                stderr=False,
+            )
+        except docker.errors.ContainerError as exc:
+            raise FnctlError(f"{entrypoint} in {image} exited with {exc.exit_status}: {exc.stderr!r}") from None
+    return bytes(output).decode()
 
 
 def images_present(tags: set[str]) -> set[str]:
@@ -168,7 +205,10 @@ def run_container(spec: ContainerSpec) -> str:
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
         mem_limit=spec.memory,
         memswap_limit=spec.memory,
-        nano_cpus=spec.nano_cpus,
+        # As a CFS quota (not NanoCpus, which the engine's update cannot change): a starting instance gets
+        # `start_nano_cpus`, lowered to `nano_cpus` by `set_cpus` once it is ready.
+        cpu_period=CPU_PERIOD,
+        cpu_quota=_quota(spec.start_nano_cpus or spec.nano_cpus),
         pids_limit=spec.pids,
         ulimits=[
             types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
@@ -196,6 +236,28 @@ def run_container(spec: ContainerSpec) -> str:
             client().api.remove_container(container_id, force=True)
             raise
     return container_id
+
+
+CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
+
+
+def _quota(nano_cpus: int) -> int:
+    return max(1000, nano_cpus * CPU_PERIOD // 1_000_000_000)  # the kernel refuses quotas under 1 ms
+
+
+def set_cpus(container_id: str, nano_cpus: int) -> None:
+    """Set a running container's CPU quota (`run_container` gave it its starting quota)."""
+    with _engine_errors(f"setting the CPU quota of {container_id[:12]}"):
+        client().api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(nano_cpus))
+
+
+def pause(container_id: str, paused: bool) -> None:
+    """Freeze (`paused`) or thaw every process of a container: a paused one uses no CPU, keeps its memory."""
+    with _engine_errors(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}"):
+        if paused:
+            client().api.pause(container_id)
+        else:
+            client().api.unpause(container_id)
 
 
 def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:

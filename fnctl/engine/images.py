@@ -1,8 +1,10 @@
 """Revision images, content-addressed: source tree + requirements + runtime + base image → one tag.
 
-An unchanged function is never rebuilt. `requirements.txt` is installed on the host (pip, wheels for the
-image's Python and platform) into the image content and cached by its hash, so no container ever needs
-the network to build.
+Each language's files, staging and handler format come from its `fnctl.runtimes.Runtime`; this module builds
+the two layers the same way for all. An unchanged function is never rebuilt. A Python function's dependencies
+are installed on the host (`pydeps`: wheels for the image's Python and every manylinux tag its glibc runs,
+`imageplatform`) into the image content and cached by the resolved set, so no container ever needs the network
+to build.
 """
 
 from __future__ import annotations
@@ -10,22 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.engine import dockerio
+from fnctl.engine import dockerio, imageplatform, pydeps
+from fnctl.engine.imageplatform import ImagePlatform
 from fnctl.engine.sandbox import LABEL
-from fnctl.errors import BuildFailed, EngineUnavailable
-from fnctl.manifest.schemas import data_dir
-from fnctl.manifest.source import code_hash, source_files
-
-PYTHON_VERSION = "3.11"
-REQUIREMENTS = "requirements.txt"
-RUNTIME_FILES = ("Dockerfile", "function.Dockerfile", "fnctl_runtime.py")
+from fnctl.errors import EngineUnavailable
+from fnctl.runtimes import Runtime, runtime_for
+from fnctl.runtimes.python import PYTHON
 
 
 @dataclass(frozen=True)
@@ -40,17 +37,17 @@ def cache_dir() -> Path:
     return Path(base) / "fnctl"
 
 
-def runtime_hash(base_id: str) -> str:
+def runtime_hash(base_id: str, language: Runtime) -> str:
     """Hash of the runtime image's content: its Dockerfile, the runtime and the base image."""
-    digest = hashlib.sha256(f"base={base_id};python={PYTHON_VERSION}\0".encode())
-    for name in RUNTIME_FILES:
-        digest.update(hashlib.sha256((data_dir("runtime-image") / name).read_bytes()).digest())
+    digest = hashlib.sha256(f"base={base_id};{language.version_key}\0".encode())
+    for name in language.runtime_files:
+        digest.update(hashlib.sha256((language.runtime_dir() / name).read_bytes()).digest())
     return digest.hexdigest()
 
 
-def content_hash(source: Path, runtime: str) -> str:
+def content_hash(source: Path, runtime: str, language: Runtime) -> str:
     """Hash of everything that ends up in a revision image: the runtime image and the code."""
-    return hashlib.sha256(f"runtime={runtime}\0code={code_hash(source)}".encode()).hexdigest()
+    return hashlib.sha256(f"runtime={runtime}\0code={language.content_key(source)}".encode()).hexdigest()
 
 
 def image_tag(project: str, function: str, digest: str) -> str:
@@ -58,24 +55,29 @@ def image_tag(project: str, function: str, digest: str) -> str:
 
 
 def ensure_image(
-    project: str, function: str, source: Path, base_image: str, on_line: Callable[[str], None] = lambda _: None
+    project: str,
+    function: str,
+    source: Path,
+    base_image: str,
+    on_line: Callable[[str], None] = lambda _: None,
+    *,
+    runtime_name: str = PYTHON.name,
 ) -> ImageRef:
-    """The revision image for `source`, built only if no image with the same content exists."""
+    """The revision image for `source`, built only if no image with the same content exists; `base_image` is
+    the project's (Python) base, `runtime_name` the function's `spec.runtime`."""
+    language = runtime_for(runtime_name)
+    base_image = language.base_image(base_image)
     base_id = dockerio.image_id(base_image)
     if base_id is None:
-        raise EngineUnavailable(
-            f"the base image {base_image!r} is not in the engine and cannot be pulled here; build it offline "
-            "with `bash scripts/build-base-image.sh` (then FNCTL_BASE_IMAGE=fnctl-base:bookworm), or set "
-            "build.baseImage in fnctl.toml"
-        )
-    runtime = ensure_runtime_image(base_image, base_id, on_line)
-    digest = content_hash(source, runtime)
+        raise EngineUnavailable(_missing_base(base_image, language))
+    runtime = ensure_runtime_image(base_image, base_id, on_line, language)
+    digest = content_hash(source, runtime, language)
     tag = image_tag(project, function, digest)
     if dockerio.image_id(tag) is not None:
         return ImageRef(tag, digest, built=False)
     with tempfile.TemporaryDirectory(prefix="fnctl-build-") as tmp:
         context = Path(tmp)
-        _stage(source, context, on_line)
+        _stage(language, source, context, lambda: imageplatform.probe(base_image, base_id, cache_dir()), on_line)
         dockerio.build_image(
             context,
             tag,
@@ -86,78 +88,41 @@ def ensure_image(
     return ImageRef(tag, digest, built=True)
 
 
-def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str], None]) -> str:
+def _missing_base(base_image: str, language: Runtime) -> str:
+    if language.pip_requirements:
+        how = (
+            "build it offline with `bash scripts/build-base-image.sh` (then FNCTL_BASE_IMAGE=fnctl-base:bookworm), "
+            "or set build.baseImage in fnctl.toml"
+        )
+    else:
+        how = "build it offline with `bash scripts/build-node-image.sh` (its tag goes in FNCTL_NODE_BASE_IMAGE)"
+    return f"the base image {base_image!r} is not in the engine and cannot be pulled here; {how}"
+
+
+def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str], None], language: Runtime) -> str:
     """The runtime layer for `base_image` (built once per base and runtime version); returns its tag."""
-    tag = f"fnctl/runtime:{runtime_hash(base_id)[:16]}"
+    tag = f"{language.image_name}:{runtime_hash(base_id, language)[:16]}"
     if dockerio.image_id(tag) is None:
         with tempfile.TemporaryDirectory(prefix="fnctl-runtime-") as tmp:
-            for name in ("Dockerfile", "fnctl_runtime.py"):
-                shutil.copy2(data_dir("runtime-image") / name, Path(tmp, name))
+            for name in language.runtime_files:
+                shutil.copy2(language.runtime_dir() / name, Path(tmp, name))
             dockerio.build_image(Path(tmp), tag, {"BASE": base_image}, {f"{LABEL}.runtime": "true"}, on_line)
     return tag
 
 
-def _stage(source: Path, context: Path, on_line: Callable[[str], None]) -> None:
-    shutil.copy2(data_dir("runtime-image") / "function.Dockerfile", context / "Dockerfile")
-    code = context / "code"
-    for path in source_files(source):
-        target = code / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target, follow_symlinks=True)
-    code.mkdir(exist_ok=True)
-    deps = context / "deps"
-    requirements = source / REQUIREMENTS
-    if requirements.is_file():
-        shutil.copytree(install_requirements(requirements, on_line), deps)
+def _stage(
+    language: Runtime,
+    source: Path,
+    context: Path,
+    platform: Callable[[], ImagePlatform],
+    on_line: Callable[[str], None],
+) -> None:
+    shutil.copy2(language.function_dockerfile(), context / "Dockerfile")
+    language.stage(source, context, on_line)
+    if not language.pip_requirements:
+        return
+    deps = pydeps.install_dependencies(source, platform, cache_dir(), on_line)
+    if deps is not None:
+        shutil.copytree(deps, context / "deps")
     else:
-        deps.mkdir()
-
-
-def install_requirements(requirements: Path, on_line: Callable[[str], None]) -> Path:
-    """pip-install `requirements` for the image's Python (binary wheels only) into a cache dir keyed by
-    the file's hash; returns that dir."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:24]
-    target = cache_dir() / "deps" / digest
-    if target.is_dir():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix="deps-", dir=_ensure(cache_dir() / "deps")))
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-compile",
-        "--target",
-        str(staging),
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        PYTHON_VERSION,
-        "--platform",
-        "manylinux2014_x86_64",
-        "--platform",
-        "linux_x86_64",
-        "-r",
-        str(requirements),
-    ]
-    on_line(f"pip install -r {requirements.name} (for Python {PYTHON_VERSION}, cached by hash)")
-    done = subprocess.run(command, capture_output=True, text=True, cwd=requirements.parent)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BuildFailed(
-            f"installing {requirements} failed (pip exit {done.returncode})",
-            detail=(done.stdout + done.stderr).strip()[-4000:],
-        )
-    try:
-        staging.rename(target)
-    except OSError:  # another build installed the same requirements meanwhile
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        (context / "deps").mkdir()

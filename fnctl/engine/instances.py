@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.engine import dockerio
-from fnctl.engine.sandbox import GVISOR_RUNTIME, container_spec
+from fnctl.engine.sandbox import GVISOR_RUNTIME, boosted, container_spec, cpu_quota
 from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
@@ -100,8 +100,12 @@ def start(
     labels: Mapping[str, str],
     secret_values: Mapping[str, str],
     instance_id: str | None = None,
+    settle_cpu: bool = True,
 ) -> Instance:
-    """Start one instance of `function` from `image` and wait until it is ready and configured."""
+    """Start one instance of `function` from `image` and wait until it is ready and configured. It starts
+    with more CPU (sandbox.STARTUP_CPUS); `settle_cpu` sets the function's own quota before returning, else
+    the caller must (`settle_cpu`), as soon as it can: the gateway does it beside the first request, since
+    the engine's update (10 to 100 ms here) took what the extra CPU saved when it was on a cold start's path."""
     if function.isolation is Isolation.GVISOR and GVISOR_RUNTIME not in dockerio.runtimes():
         raise EngineUnavailable(
             "isolation: gvisor needs the runsc runtime, which this Docker engine does not have. Register it: "
@@ -135,11 +139,25 @@ def start(
     try:
         _record_container(socket_dir, container_id)
         _wait_ready(instance)
+        if settle_cpu:
+            _settle_cpu(function, container_id)  # the start's extra CPU ends before any request
         instance.transport.configure(secret_values)
     except BaseException:
         remove(instance)
         raise
     return instance
+
+
+def _settle_cpu(function: Function, container_id: str) -> None:
+    if boosted(function):
+        dockerio.set_cpus(container_id, cpu_quota(function))
+
+
+def settle_cpu(function: Function, container_id: str) -> None:
+    """Give a started instance its function's own CPU quota (after `start(..., settle_cpu=False)`, or for an
+    instance adopted from a gateway that may have stopped before it did so). FnctlError when the engine
+    refuses: the caller must then remove the instance."""
+    _settle_cpu(function, container_id)
 
 
 def _record_container(socket_dir: Path, container_id: str) -> None:
@@ -286,9 +304,14 @@ def outcome_of(result: InvocationResult) -> Outcome:
 
 def _classify_os_error(text: str) -> Failure:
     """Errors that mean a sandbox limit rather than a bug in the handler."""
+    # Python's OSError texts, and Node's error codes (ENOSPC: no space left on device, EFBIG, spawn EAGAIN)
     if "[Errno 28]" in text or "No space left on device" in text or "File too large" in text:
         return Failure.DISK_FULL
+    if text.startswith("Error: ENOSPC:") or text.startswith("Error: EFBIG:"):
+        return Failure.DISK_FULL
     if "can't start new thread" in text or (text.startswith("BlockingIOError") and "[Errno 11]" in text):
+        return Failure.PROCESS_LIMIT
+    if text.startswith("Error: spawn") and "EAGAIN" in text:
         return Failure.PROCESS_LIMIT
     if text.startswith("MemoryError"):
         return Failure.OUT_OF_MEMORY

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -43,6 +43,7 @@ from fnctl.gateway.request import (
     web_response,
 )
 from fnctl.gateway.table import TableSource
+from fnctl.gateway.triggerapi import TriggerApi
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.requestid import new_request_id
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.gateway.broker import Broker
     from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.pools import PoolManager
+    from fnctl.gateway.views import Views
 
 log = logging.getLogger("fnctl.gateway")
 # Fixed endpoints and the methods they answer: another method on them is a 405, not a 404.
@@ -85,6 +87,7 @@ class Gateway(RequestPipeline):
         self.pool_ready = False
         self.draining = False
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
+        self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
 
     # ---- handlers ----
 
@@ -216,13 +219,20 @@ class Gateway(RequestPipeline):
             access={"method": request.method, "path": request.path},
         )
 
-    # ---- invocations that do not come over HTTP (cron) ----
+    # ---- invocations that do not come over HTTP (cron, data hooks) ----
 
-    async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
-        """Run `function` for a trigger of the gateway itself (cron): routed, measured and audited like any
-        request, as the principal `trigger:<name>` with no roles. Returns (status, outcome or None)."""
+    async def audit_internal(self, call: Call, status: int) -> None:
+        """Audit and measure an invocation the gateway made itself (a data hook) as it does requests."""
+        await self._finish(call, None, web.Response(status=status))
+
+    async def invoke_internal(
+        self, function: str, event: Any, *, trigger: str, tenant: str | None = None
+    ) -> tuple[int, Outcome | None]:
+        """Run `function` for a trigger of the gateway itself (cron, onCommit): routed, measured and audited
+        like any request, as the principal `trigger:<name>` with no roles (in `tenant`: an onCommit event's
+        document's). Returns (status, outcome or None)."""
         call = Call(new_request_id(), function, trigger, None)
-        call.principal = Principal(f"trigger:{trigger}", (), None, PrincipalKind.ANONYMOUS)
+        call.principal = Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
@@ -264,9 +274,10 @@ _ASCII = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii: escapes whatev
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def make_app(gateway: Gateway) -> web.Application:
+def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
     """The application: fixed endpoints first, then every other path to the HTTP Triggers (which change at
-    run time, so they are matched by the router, not registered with aiohttp's frozen one)."""
+    run time, so they are matched by the router, not registered with aiohttp's frozen one). `mounts` add routes
+    of their own before the catch-all (the dashboard's, `fnctl serve --ui`)."""
     app = web.Application(client_max_size=gateway.limits.max_body + 1)
     app[GATEWAY] = gateway
     app.router.add_post("/invoke/{function}", gateway.handle_invoke)
@@ -275,6 +286,11 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
         DataApi(gateway, gateway.broker).add_routes(app)
+        TriggerApi(gateway).add_routes(app)
+        if gateway.views is not None:
+            gateway.views.add_routes(app)
+    for mount in mounts:
+        mount(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)
 
     async def started(_: web.Application) -> None:

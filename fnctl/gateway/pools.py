@@ -27,9 +27,10 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import dockerio, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
-from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, may_start, routing_of
+from fnctl.gateway.shedding import Shed
 from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
@@ -61,22 +62,33 @@ def _store(path: Path) -> Iterator[Store]:
 class DockerActions:
     """The pools' blocking work, run in worker threads: each call opens its own store connection."""
 
-    def __init__(self, store_path: Path, project: Project) -> None:
+    def __init__(self, store_path: Path, project: Project, max_wait: float | None = None) -> None:
         self.store_path = store_path
         self.project = project
+        self.max_wait = max_wait
 
     def routes(self) -> dict[str, dict[int, int]]:
         with _store(self.store_path) as store:
             return store.routes()
 
-    def ready_rows(self) -> Rows:
-        """The store's ready instances with a container, by revision, oldest first."""
+    def ready_rows(self) -> tuple[Rows, set[str]]:
+        """The store's ready and paused instances with a container, by revision, oldest first; and the ids of
+        the paused ones (a warm reserve a gateway left: thawed when adopted)."""
         rows: Rows = {}
+        paused: set[str] = set()
         with _store(self.store_path) as store:
             for row in store.instances():
-                if row.state is InstanceState.READY and row.container_id:
+                if row.state in (InstanceState.READY, InstanceState.PAUSED) and row.container_id:
                     rows.setdefault((row.function, row.revision), []).append((row.id, row.container_id, row.socket_dir))
-        return rows
+                    if row.state is InstanceState.PAUSED:
+                        paused.add(row.id)
+        return rows, paused
+
+    def mark(self, instance_id: str, paused: bool) -> None:
+        """Record an instance paused or thawed (readers that connect to instances skip paused ones)."""
+        with _store(self.store_path) as store:
+            if any(row.id == instance_id for row in store.instances()):
+                store.update_instance(instance_id, state=InstanceState.PAUSED if paused else InstanceState.READY)
 
     def load(self, function: str, revision: int) -> Target:
         """What a pool needs to run `revision`; Unavailable when it cannot serve."""
@@ -94,7 +106,7 @@ class DockerActions:
             secrets = secretref.resolve(spec, self.project.root)
         except FnctlError as exc:
             raise Unavailable(f"{function} revision {revision}: {exc.message}") from None
-        return Target(spec, revision, found.image, secrets)
+        return Target(spec, revision, found.image, secrets, self.max_wait)
 
     def start(self, target: Target, instance_id: str) -> tuple[str, str]:
         """Start and record one instance: (container id, socket dir). LockTimeout when apply holds the lock."""
@@ -119,6 +131,7 @@ class DockerActions:
                     secret_values=target.secrets,
                     labels=labels(self.project.name, function.name, revision=str(target.revision), store=store.id),
                     instance_id=instance_id,
+                    settle_cpu=False,  # PoolManager.start_instance does it beside the first request
                 )
             except BaseException:
                 store.remove_instance(instance_id)
@@ -170,7 +183,9 @@ class PoolManager:
     """Every revision's pool, on one event loop. `idle_seconds`: how long an instance beyond minInstances
     may stay idle before it is stopped; `grace_seconds`: the same for revisions the routing table does not
     list (invoked by pinning, or no longer routed); `queue_limit`: requests queued per revision at
-    maxInstances (below it, requests wait for the instances being started)."""
+    maxInstances (below it, requests wait for the instances being started): a backstop on memory; what
+    refuses requests under load is their expected wait (`max_wait`: the gateway's maxQueueWait, else each
+    function's timeout; fnctl.gateway.shedding)."""
 
     def __init__(
         self,
@@ -178,19 +193,21 @@ class PoolManager:
         store_path: Path,
         *,
         idle_seconds: float = 300.0,
-        queue_limit: int = 64,
+        queue_limit: int = 1024,
         grace_seconds: float = 30.0,
         workers: int = 8,
+        max_wait: float | None = None,
     ) -> None:
         self.project = project
         self.store_path = store_path
         self.idle_seconds = idle_seconds
         self.grace_seconds = grace_seconds
         self.queue_limit = queue_limit
+        self.max_wait = max_wait
         self.closing = False
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
-        self.actions = DockerActions(store_path, project)
+        self.actions = DockerActions(store_path, project, max_wait)
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
         self._routes: dict[str, dict[int, int]] = {}
@@ -201,10 +218,18 @@ class PoolManager:
 
     async def start(self) -> None:
         """Adopt the store's ready instances of the revisions in the routing table, keep their minInstances,
-        start the upkeep."""
+        start the upkeep. The Docker client is made now, not by the first cold start (~110 ms more for it)."""
+        try:
+            await self._in_thread(dockerio.client)
+        except FnctlError as exc:  # no engine yet: the first start reports it, as it would have
+            log.warning("no Docker engine answers yet: %s", exc.message)
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
+        for pool in self._pools.values():  # a gateway killed right after a start left its instance boosted
+            for slot in list(pool.slots.values()):
+                if slot.container_id and slot.phase is not SlotPhase.PAUSED:
+                    self.spawn(self._settle_cpu(pool.target, slot.container_id))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def reconcile(self, routes: Mapping[str, Mapping[int, int]]) -> None:
@@ -222,7 +247,7 @@ class PoolManager:
             pool.set_routing(self._routing(key))
         if self.closing:
             return attaching
-        rows = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
         for key in sorted(wanted):
             try:
                 pool = await self._pool(*key)
@@ -230,7 +255,7 @@ class PoolManager:
                 log.warning("cannot serve %s revision %s: %s", key[0], key[1], exc.message)
                 continue
             pool.set_routing(self._routing(key))
-            attaching += pool.adopt(rows.get(key, []))
+            attaching += pool.adopt(rows.get(key, []), paused)
             pool.scale()
         return attaching
 
@@ -242,6 +267,12 @@ class PoolManager:
             raise Unavailable("the gateway is shutting down")
         pool = self._pools.get((function, revision)) or await self._pool(function, revision)
         return await pool.invoke(event, caller, request_id)
+
+    def shed(self, function: str, revision: int) -> Shed | None:
+        """Whether a request for `revision` would be refused now for its expected wait: asked before its
+        body is read, so that a refusal under overload costs next to nothing."""
+        pool = self._pools.get((function, revision))
+        return None if pool is None else pool.shed()
 
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}
@@ -282,7 +313,31 @@ class PoolManager:
         return task
 
     async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
-        return await self._in_thread(self.actions.start, target, instance_id)
+        container_id, socket_dir = await self._in_thread(self.actions.start, target, instance_id)
+        self.spawn(self._settle_cpu(target, container_id))
+        return container_id, socket_dir
+
+    async def _settle_cpu(self, target: Target, container_id: str) -> None:
+        """The function's own CPU quota for an instance that started with more: set while it already takes
+        its first request (the engine's update took what the extra CPU saved when a cold start waited for
+        it). An instance whose quota cannot be set is removed (its pool replaces it)."""
+        try:
+            await self._in_thread(instances.settle_cpu, target.function, container_id)
+        except FnctlError as exc:
+            log.warning("instance %s of %s: %s; removing it", container_id[:12], target.function.name, exc.message)
+            with suppress(FnctlError):
+                await self._in_thread(dockerio.kill, container_id)
+
+    async def pause_instance(self, slot: Slot, paused: bool) -> None:
+        # on the read threads: a thaw is on a request's path, never behind starts waiting for the lock
+        await self._in_thread(dockerio.pause, slot.container_id, paused, reads=True)
+        self.spawn(self._mark(slot.id, paused))  # the store learns it after the fact: off the request's path
+
+    async def _mark(self, instance_id: str, paused: bool) -> None:
+        try:
+            await self._in_thread(self.actions.mark, instance_id, paused, reads=True)
+        except Exception as exc:  # a busy store: only `status` and direct readers see the stale state
+            log.warning("recording instance %s as %s: %s", instance_id, "paused" if paused else "ready", exc)
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
         while True:
@@ -331,11 +386,11 @@ class PoolManager:
         target = await self._in_thread(self.actions.load, *key, reads=True)
         # Read before the pool exists: once it does, the upkeep would start instances for it that the
         # store already has.
-        rows = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key))
-            pool.adopt(rows.get(key, []))
+            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
+            pool.adopt(rows.get(key, []), paused)
         return pool
 
     def _routing(self, key: tuple[str, int]) -> Routing:

@@ -35,6 +35,7 @@ class GatewayLimits:
     reload_interval: float = 0.25  # seconds between checks of the store's routing table
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     max_connections_per_client: int = 256  # open connections per client address; more are refused (429)
+    max_queue_wait: float | None = None  # seconds a request may wait for a busy revision (None: its timeout): 429
 
 
 class Reject(Exception):

@@ -60,7 +60,9 @@ class StoreTable:
                     revision = store.revision(*key)
                     self._specs[key] = revision.spec if revision else {}
                 specs[key] = self._specs[key]
-        table = router.build_table(routes, specs, store.resources("Trigger"), store.resources("Policy"))
+        table = router.build_table(
+            routes, specs, store.resources("Trigger"), store.resources("Policy"), store.resources("View")
+        )
         self._version = version  # only once all of it was read: a failed read is retried next time
         self._mark = mark
         return table
@@ -89,6 +91,7 @@ class TableFollower:
         self._reloader: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
         self._again = False
+        self.on_change: list[Callable[[], None]] = []  # called after each change of the store (the dashboard)
 
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
@@ -97,6 +100,8 @@ class TableFollower:
             return False
         routes_changed = self.table is None or table.routes != self.table.routes
         self.table = table
+        for listener in self.on_change:
+            listener()
         # Only now, with requests routed by the new table, may a waiting `fnctl apply` or `delete` go on.
         confirm: Callable[[], None] | None = getattr(self.source, "confirm", None)
         if confirm is not None:

@@ -39,8 +39,20 @@ from fnctl.invocation.protocol import (
 from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 
-# (invocation_id, method, params) -> result; raising sends an error reply to the handler
-AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+
+class Answered:
+    """What a call handler returns when it answered at once: the transport writes the reply from the frame's
+    own read callback, with no task (and no loop round) per call."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+# (invocation_id, method, params) -> `Answered(result)` now, or an awaitable of the result; raising (at once or
+# when awaited) sends an error reply to the handler
+AsyncCallHandler = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Answered"]
 # Replies overdue are failed by one sweep every SWEEP seconds (so up to that late), not by a timer per request:
 # asyncio keeps a cancelled timer in its heap until it would have fired, and at thousands of requests a
 # second pushing and sifting those costs more than the rest of a request's round trip here.
@@ -221,9 +233,7 @@ class AsyncTransport:
                 self.abort(exc.message)
             return
         if kind == MessageType.CALL:
-            task = asyncio.get_running_loop().create_task(self._run_callback(message))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._answer(message)
             return
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
@@ -298,12 +308,27 @@ class AsyncTransport:
             if not future.done():
                 future.set_exception(ConnectionLost(self._lost))
 
-    async def _run_callback(self, message: dict[str, Any]) -> None:
+    def _answer(self, message: dict[str, Any]) -> None:
+        """Answer a `call` frame: at once when the handler can (`Answered`), else in a task of its own."""
         call = CallRequest.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")
-            frame = reply_frame(call.id, await self.on_call(call.invocation_id, call.method, call.params))
+            answer = self.on_call(call.invocation_id, call.method, call.params)
+            if not isinstance(answer, Answered):
+                task = asyncio.get_running_loop().create_task(self._run_callback(call, answer))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+                return
+            frame = reply_frame(call.id, answer.value)
+        except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
+            frame = reply_error_frame(call.id, exc)
+        if self._transport is not None:
+            self._transport.write(frame)
+
+    async def _run_callback(self, call: CallRequest, answer: Awaitable[Any]) -> None:
+        try:
+            frame = reply_frame(call.id, await answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's

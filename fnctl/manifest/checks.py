@@ -53,6 +53,7 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
     for trigger in state.triggers:
         yield from _reference(trigger, ("spec", "function"), trigger.function, functions)
         yield from _trigger(trigger)
+        yield from _retry(trigger)
     for view in state.views:
         yield from _reference(view, ("spec", "function"), view.function, functions)
     for policy in state.policies:
@@ -194,7 +195,8 @@ def _source_and_handler(function: Function, root: Path) -> Iterator[Finding]:
     if escaping:
         yield function, at, f"{escaping} inside the source is a symlink pointing outside the project"
         return
-    problem = handler_problem(source, function.handler)
+    # Python handlers are checked here; other runtimes' (parsed by their own tools) by fnctl.runtimes
+    problem = handler_problem(source, function.handler) if function.runtime.startswith("python") else None
     if problem:
         yield function, ("spec", "handler"), problem
 
@@ -374,6 +376,13 @@ def _trigger(trigger: Trigger) -> Iterator[Finding]:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones, e.g. America
             yield trigger, at + ("timezone",), f"unknown time zone {zone!r} (expected e.g. UTC or Europe/Paris)"
+
+
+def _retry(trigger: Trigger) -> Iterator[Finding]:
+    spec = trigger.document.data.get("spec") if trigger.document is not None else None
+    on_commit = trigger.type is TriggerType.DATA and trigger.config.get("event") == "onCommit"
+    if isinstance(spec, dict) and "retry" in spec and not on_commit:
+        yield trigger, ("spec", "retry"), "retry applies to onCommit triggers only (their events are retried)"
 
 
 def _route_collisions(triggers: tuple[Trigger, ...]) -> Iterator[Finding]:

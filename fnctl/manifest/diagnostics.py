@@ -26,6 +26,7 @@ class Diagnostic:
     position: Position
     path: JsonPath
     message: str
+    in_code: bool = False  # about a function's code (a type error), not a manifest value: no JSON path
 
     def sort_key(self) -> tuple[str, int, int, str, str]:
         return (str(self.file), self.position.line, self.position.column, json_path(self.path), self.message)
@@ -35,6 +36,8 @@ class Diagnostic:
         where = display_path(self.file)
         if self.position.line:
             where += f":{self.position.line}:{self.position.column}"
+        if self.in_code:
+            return f"{where}: {self.message}"
         return f"{where}: {json_path(self.path)}: {self.message}"
 
     def as_json(self) -> dict[str, Any]:
@@ -42,7 +45,7 @@ class Diagnostic:
             "file": display_path(self.file),
             "line": self.position.line,
             "column": self.position.column,
-            "path": json_path(self.path),
+            "path": None if self.in_code else json_path(self.path),
             "message": self.message,
         }
 

@@ -29,6 +29,7 @@ from fnctl.manifest.model import (
     View,
 )
 from fnctl.manifest.project import Project
+from fnctl.manifest.reachability import unreachable_http_triggers
 from fnctl.manifest.schemas import API_VERSION, KINDS, schema_errors
 
 _NOWHERE = Position(0, 0)  # a problem with no place in a file
@@ -41,6 +42,7 @@ class ValidationResult:
     state: DesiredState
     diagnostics: list[Diagnostic]
     files: list[Path] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)  # valid, but will not work as written
 
     @property
     def ok(self) -> bool:
@@ -81,7 +83,12 @@ def _validate_paths(project: Project, paths: Iterable[Path] | None) -> Validatio
         documents += loaded
         diagnostics += problems
     state, problems = build_state(documents, project.root, project.default_limits)
-    return ValidationResult(state, sorted_diagnostics(diagnostics + problems), files)
+    warnings = [
+        Diagnostic(item.document.file, item.document.position(path), path, message)
+        for item, path, message in unreachable_http_triggers(state)
+        if item.document is not None
+    ]
+    return ValidationResult(state, sorted_diagnostics(diagnostics + problems), files, sorted_diagnostics(warnings))
 
 
 def build_state(documents: list[Document], root: Path, defaults: Limits) -> tuple[DesiredState, list[Diagnostic]]:

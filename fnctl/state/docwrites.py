@@ -9,12 +9,13 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
 from fnctl.state.docrecords import (
+    ChangeRow,
     DataStoreError,
     GroupItem,
     IdempotentReplay,
@@ -27,20 +28,39 @@ from fnctl.state.docrecords import (
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
 
+Outbox = Mapping[str, Sequence[str]] | None  # collection → the onCommit triggers its changes are queued for
 
-def commit(db: sqlite3.Connection, indexed: dict[str, frozenset[str]], item: GroupItem) -> list[StoredDoc | None]:
+
+def commit(
+    db: sqlite3.Connection,
+    indexed: dict[str, frozenset[str]],
+    item: GroupItem,
+    outbox: Outbox = None,
+    committed: list[ChangeRow] | None = None,
+) -> list[StoredDoc | None]:
     """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
     write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
-    idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
+    idempotency keys, and an outbox row per onCommit trigger of each changed collection (`outbox`: collection →
+    trigger names). The new rows, None for deletes; the changes as logged are appended to `committed` once
+    committed. Nothing is written when it raises."""
+    changes: list[tuple[Any, ...]] = []
     with _write_transaction(db):
         try:
-            return _commit(db, indexed, item)
+            result = _commit(db, indexed, item, into=changes)
         except sqlite3.IntegrityError as exc:
             raise _integrity_error(indexed, exc) from None
+        linked = _append_changes(db, changes, outbox)
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return result
 
 
 def commit_group(
-    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem]
+    db: sqlite3.Connection,
+    indexed: dict[str, frozenset[str]],
+    items: Sequence[GroupItem],
+    outbox: Outbox = None,
+    committed: list[ChangeRow] | None = None,
 ) -> list[list[StoredDoc | None] | Exception]:
     """Several independent transactions in ONE write transaction (what concurrent single writes share:
     one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
@@ -59,7 +79,9 @@ def commit_group(
                 del changes[mark:]
                 out.append(_integrity_error(indexed, exc) if isinstance(exc, sqlite3.IntegrityError) else exc)
             db.execute("RELEASE grouped")
-        _append_changes(db, changes)
+        linked = _append_changes(db, changes, outbox)
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
     return out
 
 
@@ -195,16 +217,17 @@ def _commit(
     for collection, key, response in keys:
         db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
     if into is None:
-        _append_changes(db, changes)
+        _append_changes(db, changes, None)
     else:
         into.extend(changes)
     return results
 
 
-def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Chain and append change rows whose fields (after seq) are already normalised: one hash each."""
+def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
+    """Chain and append change rows whose fields (after seq) are already normalised: one hash each; and, in the
+    same transaction, the outbox rows of the onCommit triggers of their collections. The rows as appended."""
     if not rows:
-        return
+        return []
     head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
     last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
     linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
@@ -214,6 +237,18 @@ def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None
         "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
     )
+    if outbox:
+        now = time.time()
+        events = [
+            (trigger, row[0], row[3], row[4], row[5], now, now) for row in linked for trigger in outbox.get(row[3], ())
+        ]
+        if events:
+            db.executemany(
+                "INSERT INTO outbox (trigger, seq, collection, tenant, doc_id, next_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+    return linked
 
 
 def _unique_fields(indexed: dict[str, frozenset[str]], message: str) -> tuple[str, str]:

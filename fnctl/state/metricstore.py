@@ -66,3 +66,17 @@ def totals(
         for bound, count in json.loads(row[2]).items():
             histogram[bound] = histogram.get(bound, 0) + int(count)
     return sum(int(r[0]) for r in rows), sum(int(r[1]) for r in rows), histogram
+
+
+def series(store: Store, function: str, since: int) -> dict[int, list[tuple[int, int, int]]]:
+    """Per revision of `function`: (second, requests, errors) of each bucket from second `since` on, oldest
+    first (seconds without traffic have no bucket): the dashboard's sparklines."""
+    rows = store._query(
+        "SELECT revision, second, requests, errors FROM metrics WHERE function = ? AND second >= ? "
+        "ORDER BY revision, second",
+        (function, since),
+    )
+    found: dict[int, list[tuple[int, int, int]]] = {}
+    for revision, second, requests, errors in rows:
+        found.setdefault(int(revision), []).append((int(second), int(requests), int(errors)))
+    return found

@@ -21,6 +21,7 @@ class InstanceState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     STOPPING = "stopping"
+    PAUSED = "paused"  # the gateway's warm reserve (`scaling.warm: paused`): started, frozen, answers nothing
 
 
 @dataclass(frozen=True)

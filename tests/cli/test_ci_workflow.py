@@ -273,6 +273,7 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert set(diff) == {"changes", "orphans", "prune", "collections"}
     assert [(c["collection"], c["change"]) for c in diff["collections"]] == [("orders", "create")]
     assert [(c["function"], c["change"]) for c in diff["changes"]] == [
+        ("greet", "create"),
         ("hello", "create"),
         ("order-book", "create"),
         ("orders", "create"),
@@ -283,7 +284,7 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     plan = json.loads((pr.temp / "plan.json").read_text())
     assert set(plan) == PLAN_FIELDS, set(plan) ^ PLAN_FIELDS
     assert plan["format"] == 1 and plan["project"] == workspace.project.name and plan["timelines"] == {}
-    assert set(plan["desired"]) == {"hello", "order-book", "orders"} and plan["live"]["functions"] == {}
+    assert set(plan["desired"]) == {"greet", "hello", "order-book", "orders"} and plan["live"]["functions"] == {}
     assert [s["kind"] for s in plan["steps"] if s["function"] == "hello"] == [
         "build image",
         "create revision",
@@ -294,8 +295,8 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
 
     comment = (pr.temp / "plan.md").read_text()
     assert comment.startswith("<!-- fnctl-plan -->\n### fnctl plan for `" + workspace.sha[:12]), comment
-    # 3 functions, 5 steps each, and the orders collection's
-    assert "3 to create" in comment and "| hello | create | – |" in comment and "16 steps" in comment, comment
+    # 4 functions (greet is TypeScript), 5 steps each, and the orders collection's
+    assert "4 to create" in comment and "| hello | create | – |" in comment and "21 steps" in comment, comment
     assert comment in (pr.temp / "summary.md").read_text()
     assert _git(workspace.root, "status", "--porcelain") == "", "the steps left files in the checkout"
 
@@ -305,7 +306,8 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert push.outputs["head"] == {"current": "true"}
     applied = json.loads((push.temp / "apply.json").read_text())
     assert applied["ok"] and applied["exitCode"] == 0, applied
-    assert [(r["function"], r["action"], r["revision"]) for r in applied["results"] if r["kind"] == "function"][:3] == [
+    assert [(r["function"], r["action"], r["revision"]) for r in applied["results"] if r["kind"] == "function"][:4] == [
+        ("greet", "create", 1),
         ("hello", "create", 1),
         ("order-book", "create", 1),
         ("orders", "create", 1),

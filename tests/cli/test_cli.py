@@ -45,7 +45,7 @@ def test_validate_the_project_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "valid: 2 files, 3 functions, 3 triggers, 1 view, 1 policy, 1 collection\n"
+    assert result.stdout == "valid: 3 files, 4 functions, 4 triggers, 1 view, 1 policy, 1 collection\n"
     assert result.stderr == ""
 
 
@@ -112,9 +112,9 @@ def test_validate_json_of_a_valid_project(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
         "valid": True,
-        "files": 3,
-        "functions": 6,
-        "triggers": 3,
+        "files": 4,
+        "functions": 7,
+        "triggers": 4,
         "views": 1,
         "policies": 1,
         "collections": 1,
@@ -153,6 +153,32 @@ def test_init_creates_a_project_that_validates(tmp_path: Path, monkeypatch: pyte
         "policies": 0,
         "errors": [],
     }
+
+
+@pytest.mark.parametrize(
+    ("runtime", "handler_file"),
+    [("python3.11", "main.py"), ("nodejs22", "index.mjs"), ("typescript", "src/main.ts")],
+)
+def test_init_each_runtime_scaffolds_a_function_that_validates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, handler_file: str
+) -> None:
+    target = tmp_path / "app"
+    assert runner.invoke(app, ["init", str(target), "--runtime", runtime]).exit_code == 0
+    assert (target / "functions" / "hello" / handler_file).is_file()
+    assert f"runtime: {runtime}" in (target / "manifests" / "hello.yaml").read_text()
+    # through a real process: a TypeScript scaffold is type-checked by tsc and parsed by esbuild
+    done = fnctl("validate", cwd=target)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "valid: 1 file, 1 function, 1 trigger, 0 views, 0 policies\n"
+
+
+def test_init_refuses_an_unknown_runtime(tmp_path: Path) -> None:
+    done = fnctl("init", str(tmp_path / "x"), "--runtime", "cobol", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "error: unknown runtime 'cobol'; fnctl init knows python3.11, nodejs22, typescript\n",
+    )
+    assert not (tmp_path / "x").exists()
 
 
 def test_init_in_the_current_directory_with_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,3 +372,27 @@ def test_results_in_a_pipe_are_plain_text_written_without_loading_rich(tmp_path:
         "0.5 ms",
         "False",
     ]
+
+
+def test_validate_warns_about_an_http_trigger_nobody_may_invoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: valid, but every request would get 401: a warning naming the trigger and how to grant."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["init", "--name", "closed"]).exit_code == 0
+    manifest = tmp_path / "manifests" / "hello.yaml"
+    manifest.write_text(manifest.read_text().replace("  access: {roles: [public]}\n", ""))
+    text = runner.invoke(app, ["validate"])
+    assert text.exit_code == 0, text.output  # a warning, not an error
+    [warning] = [line for line in text.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning.startswith("warning: manifests/hello.yaml:")
+    assert warning.endswith(
+        "$.spec.function: HTTP trigger 'hello-http' routes to function 'hello', which no role may invoke: every "
+        "request will get 401. Grant access with `access: {roles: [public]}` (or the callers' roles) in hello's "
+        "spec, or a Policy role with `invoke: [hello]`"
+    )
+    data = json.loads(runner.invoke(app, ["validate", "-o", "json"]).stdout)
+    assert data["valid"] is True and [w["path"] for w in data["warnings"]] == ["$.spec.function"]
+    manifest.write_text(manifest.read_text() + "---\napiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: p}\n"
+                        "spec: {roles: {ops: {invoke: [hello]}}}\n")  # fmt: skip
+    assert "warning" not in runner.invoke(app, ["validate"]).stderr

@@ -344,3 +344,16 @@ def test_cli_sandbox_check_fails_a_container_started_without_the_profile(
         "memory limit, no swap",
         "only its socket directory mounted",
     } <= failed
+
+
+def test_cli_json_output_is_one_object_also_when_no_invocation_happens(project: Project) -> None:
+    """Issue 16: a failed import (or build, or a bad event) still prints one JSON object on stdout."""
+    done = run_cli(project, "invoke", "--local", "import-error", "-o", "json")
+    assert done.returncode == 1, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is False and answer["result"] is None
+    assert answer["error"]["type"] == "StartFailed"
+    assert answer["error"]["message"] == "the handler failed to load: RuntimeError: settings missing at import"
+    assert "error: the handler failed to load" in done.stderr  # and the person at the terminal sees it too
+    bad = run_cli(project, "invoke", "--local", "echo", "-d", "{not json", "-o", "json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "BadInput"

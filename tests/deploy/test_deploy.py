@@ -397,3 +397,16 @@ def test_logs_show_the_containers_output(project: Project) -> None:
     instance = next(iter(project.instance_containers("hello")))
     assert logs.out.startswith(f"[{instance} r1] ")
     assert project.fnctl("logs", "nope").code == 1
+
+
+def test_a_failed_first_deploy_says_which_revision_failed_and_why(project: Project) -> None:
+    """Issue 16: no "traffic stays on the previous revision" when there is none; invoke names the failure."""
+    project.function("hello", version="broken")
+    failed = project.fnctl("apply")
+    assert failed.code == 1, failed.text
+    assert "hello: revision 1 failed: healthCheck[0] failed" in failed.text
+    assert "hello has no live revision" in failed.text and "traffic stays" not in failed.text
+    invoked = project.fnctl("invoke", "hello")
+    assert invoked.code == 1
+    assert "hello has no live revision: revision 1 failed: healthCheck[0] failed" in invoked.err
+    assert "(see `fnctl history hello`)" in invoked.err and "is not deployed" not in invoked.err

@@ -37,7 +37,7 @@ from sandbox_handlers.harness import (
 from fnctl.commands.local import invoke_local
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
-from fnctl.engine.sandbox import check_container, labels
+from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
 from fnctl.errors import BuildFailed
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
@@ -61,6 +61,9 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "import-error": {"handler": "raises_at_import.handler"},
     "secret": {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": SECRET_ENV}]},
     "gvisor": {"handler": "probes.identity", "isolation": "gvisor"},
+    "calls": {"handler": "probes.calls"},
+    "calls-gvisor": {"handler": "probes.calls", "isolation": "gvisor"},
+    "cpu-quota": {"handler": "probes.cpu_quota", "limits": {"cpu": 0.5}},
 }
 
 
@@ -349,6 +352,20 @@ def test_running_instance_passes_every_sandbox_check(start: Start) -> None:
 
 
 @pytest.mark.docker
+def test_a_starting_instance_gets_more_cpu_and_its_own_quota_once_ready(start: Start) -> None:
+    """Issue 18, item 4: the 0.5-CPU quota throttled start-up (~35 ms of a cold start). The handler's module
+    reads its cgroup's quota at import (the start) and again when invoked (ready, serving)."""
+    instance = start("cpu-quota")
+    seen = answers(instance, {})
+    assert seen == {"at_import": STARTUP_CPUS, "now": 0.5}
+    host = dockerio.inspect_container(instance.container_id)["HostConfig"]
+    assert (host["CpuQuota"], host["CpuPeriod"]) == (50_000, 100_000)
+    assert [
+        (c.name, c.detail) for c in check_container(dockerio.inspect_container(instance.container_id)) if not c.ok
+    ] == []
+
+
+@pytest.mark.docker
 def test_handlers_of_both_signatures_and_async_ones_answer(start: Start) -> None:
     assert answers(start("echo-one"), {"n": 1}) == {"echo": {"n": 1}}
     assert answers(start("echo-context"), {"n": 2}) == {
@@ -552,6 +569,25 @@ def test_secret_reaches_the_handler_and_nothing_else(
     assert saved.stat().st_size > MIB
     with saved.open("rb") as archive:
         assert not _occurs_in_stream(iter(lambda: archive.read(MIB), b""), token.encode())
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("function", ["calls", "calls-gvisor"])
+def test_calls_from_a_worker_process_reach_the_host(start: Start, function: str) -> None:
+    """A synchronous handler runs in a worker process that writes its calls to its copy of the host connection
+    (passed over a socketpair): under runc and under gVisor, each call is answered and the host sees whole
+    frames."""
+    instance = start(function)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        seen.append((method, params))
+        return {"echoed": params["n"]}
+
+    instance.transport.on_call = on_call
+    for _ in range(2):  # the second invocation reuses the worker and its copy of the connection
+        assert answers(instance) == {"replies": [{"echoed": n} for n in range(3)], "main_thread": True}
+    assert seen == [("echo", {"n": n}) for n in range(3)] * 2
 
 
 @pytest.mark.docker

@@ -14,8 +14,9 @@ A runtime frame in a golden file is a pattern: exact values, except `{"$any": "i
 kept under NAME for a later host frame's `{"$ref": NAME}`: the id of a `call`). Objects must have exactly the
 golden keys, in any order. A host frame marked `"foreign": true` is one this host never sends (a newer host's).
 
-A runtime in another language (Node.js, say) joins by one more entry in RUNTIMES: the command that starts it
-and the directory of its conformance handler, which behaves as tests/golden/protocol/handlers/python/ does.
+A runtime in another language joins by one more entry in RUNTIMES: the command that starts it and the
+directory of its conformance handler, which behaves as tests/golden/protocol/handlers/python/ does. The
+Node.js runtime runs on the pinned node binary scripts/build-node-image.sh leaves on the host.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_helpers import NODE_RUNTIME, node_binary
 
 from fnctl.invocation.protocol import (
     HEADER,
@@ -108,6 +110,12 @@ RUNTIMES = [
         (sys.executable, str(ROOT / "runtime-image" / "fnctl_runtime.py")),
         GOLDEN / "handlers" / "python",
         {"conformance": "conformance.handler", "broken": "broken.handler"},
+    ),
+    RuntimeUnderTest(
+        "node",
+        (node_binary(), str(NODE_RUNTIME)),
+        GOLDEN / "handlers" / "node",
+        {"conformance": "conformance.handler", "broken": "broken.cjs:handler"},
     ),
 ]
 

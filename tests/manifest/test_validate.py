@@ -80,13 +80,14 @@ def test_the_repository_examples_validate(monkeypatch: pytest.MonkeyPatch) -> No
     assert lines(result) == []
     assert {f.name for f in result.state.functions} == {
         "hello",
+        "greet",
         "orders",
         "order-book",
         "stats-canary",
         "stats-bluegreen",
         "stats-ab",
     }
-    assert len(result.files) == 3
+    assert len(result.files) == 4
 
 
 def test_the_project_default_manifests_validate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +132,7 @@ CASES: dict[str, list[str]] = {
         "of bytes), got '128MB'"
     ],
     "schema-bad-handler": [
-        f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.py:attr, got 'handler'"
+        f"{F}:8:12: $.spec.handler: must be module.attr (e.g. main.handler) or path/file.ext:attr (e.g. src/main.ts:handler), got 'handler'"
     ],
     "schema-step-two-keys": [
         f"{F}:12:9: $.spec.rollout.steps[0]: each step must have exactly one of setWeight, pause "
