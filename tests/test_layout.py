@@ -1,7 +1,11 @@
 """The package keeps the layout docs/architecture.md describes: modules named for what they own and small
 enough to read (at most MAX_LINES lines), and no import hidden inside a function outside fnctl/cli/ (the
 CLI's imports wait for the command that needs them, for start-up time, each with its reason in a comment).
-The layers, cycles and library boundaries are import-linter's contracts (pyproject.toml)."""
+The layers, cycles and library boundaries are import-linter's contracts (pyproject.toml).
+
+Only the package is held to this: runtime-image/ (fnctl_runtime.py, the Node runtime's .mjs files) is exempt, as
+each of its files is copied into the function images as one self-contained file, run by the container's own
+interpreter with the standard library alone (see docs/protocol.md), so it cannot be split into modules."""
 
 from __future__ import annotations
 

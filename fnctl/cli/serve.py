@@ -117,7 +117,8 @@ def serve(
         ui=ui,
     )
     mounts = []
-    if options.ui:  # imported only when asked for: plain `fnctl serve` does not load the dashboard
+    if options.ui:
+        # imported only when asked for: plain `fnctl serve` does not load the dashboard
         from fnctl.dashboard.routes import mount
 
         mounts.append(mount(project, state_path(project, state)))
