@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-CONFTEST = (Path(__file__).parent / "conftest.py").read_text(encoding="utf-8")
+HERE = Path(__file__).parent
+CONFTEST = (HERE / "conftest.py").read_text(encoding="utf-8")
+CONFTEST_IMPORTS = ("runtime_helpers.py", "polling.py")  # the helper modules the conftest imports
 
 TESTS = """
 import os
@@ -37,6 +39,8 @@ def test_plain():
 @pytest.fixture
 def session(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest(CONFTEST)
+    for name in CONFTEST_IMPORTS:
+        (pytester.path / name).write_text((HERE / name).read_text(encoding="utf-8"), encoding="utf-8")
     pytester.makeini("[pytest]\nmarkers =\n    docker: needs a running Docker engine\naddopts = --strict-markers\n")
     header = "NO_ENGINE = " + repr("unix:///nonexistent/fnctl-tests-unmarked-no-engine.sock") + "\n"
     pytester.makepyfile(test_example=header + TESTS)
