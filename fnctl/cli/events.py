@@ -46,6 +46,7 @@ def get(
       fnctl view get orders-summary -p customer=c-7
       fnctl view get orders-summary -p customer=c-7 --key "$FNCTL_KEY" -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.views import get_view
     from fnctl.manifest.project import load_project
 
@@ -75,6 +76,7 @@ def ls(
       fnctl events ls
       fnctl events ls --status dead --trigger orders-notify -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.views import event_json, list_events
     from fnctl.manifest.project import load_project
 
@@ -111,6 +113,7 @@ def replay(
       fnctl events replay --trigger orders-notify
       fnctl events replay 1042 1043
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.views import replay as replay_events
     from fnctl.manifest.project import load_project
 
@@ -134,6 +137,7 @@ def purge(
       fnctl events purge --trigger orders-notify
       fnctl events purge --status pending 1042
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.views import purge as purge_events
     from fnctl.manifest.project import load_project
 

@@ -28,6 +28,7 @@ def _render(infos: list[TriggerInfo], output: Output) -> None:
     if output is Output.JSON:
         print_json([t.as_json() for t in infos])
         return
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -52,6 +53,7 @@ def triggers_command(state: StateOpt = None, output: OutputOpt = Output.TEXT) ->
       fnctl triggers
       fnctl triggers -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.triggers import triggers
     from fnctl.manifest.project import load_project
 
@@ -64,6 +66,7 @@ def enable_command(name: TriggerArg, state: StateOpt = None, output: OutputOpt =
 
     Example: fnctl enable orders-before-create
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.triggers import enable
     from fnctl.manifest.project import load_project
 
@@ -98,6 +101,7 @@ def run_command(
       fnctl run orders-price-check --key "$FNCTL_KEY"
       fnctl run orders-price-check -d '{"since": "2026-01-01"}'
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render import render_outcome
     from fnctl.commands.triggers import run
     from fnctl.invocation.payload import read_event
@@ -111,6 +115,7 @@ def run_command(
 
 def warn_disabled(state: Path | None) -> None:
     """`fnctl status`'s footer: the triggers that disabled themselves."""
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render import err_console
     from fnctl.commands.triggers import disabled
     from fnctl.manifest.project import load_project

@@ -22,13 +22,12 @@ from fnctl.data.hooks import hook_specs
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
 from fnctl.deploy.actor import actor
-from fnctl.deploy.session import state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.gateway.router import on_commit_routes
 from fnctl.invocation import strictjson
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, connect, state_path
 
 
 class DataCommandError(FnctlError):

@@ -1,8 +1,8 @@
 """`fnctl invoke --local`: build (cached) and run a function in a fresh sandbox with its production limits.
 
 With `keep_warm` the instance stays up, found again by a key of everything that defines it (spec, code,
-runtime, base, secrets), so the edit → invoke loop skips the container start. The warm path never loads
-the docker SDK, and skips validation when the manifests, the project settings and the functions' source
+runtime, base, secrets), so the edit → invoke loop skips the container start. The warm path never calls
+the engine, and skips validation when the manifests, the project settings and the functions' source
 trees are exactly what the last passing validation read (a record kept beside the warm instances:
 fnctl.commands.localrecord).
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fnctl.commands.localrecord import function_source, recorded_function, validated_function
 from fnctl.data.caller import Caller
@@ -28,18 +28,20 @@ from fnctl.data.hooks import EVENTS, HookSpec, hook_specs
 from fnctl.data.plane import DataPlane
 from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
+from fnctl.engine import dockerio, images, instances
+from fnctl.engine.images import cache_dir
+from fnctl.engine.sandbox import labels
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway.datacalls import WRITES, CallSession, answer, call_failed, open_session, parse_policies
 from fnctl.gateway.router import DataSettings, on_commit_routes
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
-from fnctl.manifest.model import Function, Policy, RunAs
+from fnctl.manifest.model import DesiredState, Function, Policy, RunAs
 from fnctl.manifest.project import Project
+from fnctl.manifest.source import source_files
+from fnctl.runtimes import runtime_for
 from fnctl.state import docstore
 from fnctl.state.store import connect as connect_store
-
-if TYPE_CHECKING:
-    from fnctl.manifest.model import DesiredState
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,6 @@ class LocalData:
 
 def local_data_path(project: Project) -> Path:
     """The project's local data file for `invoke --local`, under the user's cache (one per project root)."""
-    from fnctl.engine.images import cache_dir
-
     where = hashlib.sha256(os.path.realpath(project.root).encode()).hexdigest()[:16]
     return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
 
@@ -233,8 +233,6 @@ def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]],
 
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:
-    from fnctl.engine import instances
-
     socket_dir = instances.runtime_root() / f"w{key[:11]}"
     container_id = instances.recorded_container(socket_dir)
     if not container_id:
@@ -269,8 +267,6 @@ def _invoke_cold(
     keep_warm: bool,
     on_progress: Callable[[str], None],
 ) -> LocalResult:
-    from fnctl.engine import dockerio, images, instances
-    from fnctl.engine.sandbox import labels
 
     on_progress(f"image for {function.name}")
     image = images.ensure_image(
@@ -313,9 +309,6 @@ def _remove_socket_dir(root: Path, path: str) -> None:
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:
     """Changes whenever anything the instance was started from changes."""
-    from fnctl.manifest.source import source_files
-    from fnctl.runtimes import runtime_for
-
     language = runtime_for(function.runtime)
     digest = hashlib.sha256(json.dumps(function.spec, sort_keys=True, default=str).encode())
     digest.update(f"{function.name}\0{language.base_image(base_image)}\0".encode())
@@ -329,8 +322,6 @@ def warm_key(function: Function, source: Path, base_image: str, secret_values: d
 
 def _local_salt() -> str:
     """A random per-machine salt, so a hash of secret values in a socket path reveals nothing."""
-    from fnctl.engine.images import cache_dir
-
     path = cache_dir() / "local-salt"
     try:
         return path.read_text()

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.deploy.actor import actor
-from fnctl.deploy.session import state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.gateway.client import ViewAnswer, find, view
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
 from fnctl.state.outbox import DEAD, DELIVERED, STATES, OutboxEvent
-from fnctl.state.store import connect
+from fnctl.state.store import connect, state_path
 
 
 class ViewError(FnctlError):

@@ -17,7 +17,7 @@ from fnctl.deploy.diff import field_changes
 from fnctl.deploy.session import Options
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
-from fnctl.rollout import machine
+from fnctl.manifest.stages import Stage
 from fnctl.rollout.abstats import report_to_json
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import metricstore, rolloutstore
@@ -216,7 +216,7 @@ def _ignore(*_: object) -> None:
     return None
 
 
-def _stage_json(stage: machine.Stage) -> dict[str, Any]:
+def _stage_json(stage: Stage) -> dict[str, Any]:
     found: dict[str, Any] = {"kind": stage.kind.value, "label": stage.label}
     if stage.analysis is not None:
         a = stage.analysis

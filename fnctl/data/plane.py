@@ -161,10 +161,10 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> DataDocument:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.replace(collection, id, data, if_match=if_match)
-        return _only(txn.commit())
+        staged = self.stage(
+            caller, WriteOp("replace", collection, id, data, if_match), require_if_match=require_if_match, budget=budget
+        )
+        return _only(staged.commit())
 
     def patch(
         self,
@@ -177,10 +177,10 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> DataDocument:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.patch(collection, id, patch, if_match=if_match)
-        return _only(txn.commit())
+        staged = self.stage(
+            caller, WriteOp("patch", collection, id, patch, if_match), require_if_match=require_if_match, budget=budget
+        )
+        return _only(staged.commit())
 
     def delete(
         self,
@@ -192,19 +192,25 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> None:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.delete(collection, id, if_match=if_match)
-        txn.commit()
+        staged = self.stage(
+            caller, WriteOp("delete", collection, id, None, if_match), require_if_match=require_if_match, budget=budget
+        )
+        staged.commit()
 
     def stage(
-        self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None, require_if_match: bool = False
+        self,
+        caller: Caller,
+        op: WriteOp,
+        *,
+        idempotency_key: str | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
     ) -> Txn:
         """One write checked and staged (what insert / replace / patch / delete do before committing), as a
         one-call transaction to commit alone or with others (`commit_group`)."""
         if op.op != "insert":
             _require(op.if_match, require_if_match)
-        txn = Txn(self, caller, None, single=True)
+        txn = Txn(self, caller, budget, single=True)
         txn.write(op, idempotency_key=idempotency_key)
         return txn
 
@@ -283,9 +289,7 @@ class DataPlane:
     def commit_item(self, item: GroupItem) -> list[StoredDoc | None]:
         """One transaction's commit in the store (with its outbox rows), then its changes to the listeners."""
         logged: list[ChangeRow] = []
-        stored = self.store.commit(
-            item.tenant, item.reads, item.finds, item.writes, item.meta, self.outbox_routes(), logged
-        )
+        stored = self.store.commit(item, self.outbox_routes(), logged)
         self.committed(logged)
         return stored
 

@@ -13,27 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
 
 from fnctl.engine.sandbox import ContainerSpec
 from fnctl.errors import BuildFailed, EngineUnavailable, FnctlError
-
-if TYPE_CHECKING:
-    import docker
-
-
-@cache
-def _sdk() -> Any:
-    """The docker SDK, imported on first use. It costs ~0.2 s to import (measured on these machines), and
-    this module is imported by every deploy and read command (through fnctl.commands.functions, deploy.live,
-    engine.instances), among them `fnctl history` and `get`, which never call the engine: a command pays for
-    the SDK only when it talks to Docker."""
-    import docker
-    import docker.errors
-    import docker.types
-
-    return docker
-
 
 SETUP_HINT = "start one with `bash scripts/setup.sh` (or `dockerd &`), or point DOCKER_HOST at an engine"
 
@@ -57,7 +44,7 @@ class ExitState:
 
 @contextmanager
 def _engine_errors(action: str) -> Iterator[None]:
-    errors = _sdk().errors
+    errors = docker.errors
     try:
         yield
     except errors.NotFound as exc:
@@ -76,11 +63,10 @@ def _explain(exc: Exception) -> str:
 
 @cache
 def client() -> docker.DockerClient:
-    sdk = _sdk()
     try:
-        engine = sdk.from_env(timeout=60)
+        engine = docker.from_env(timeout=60)
         engine.ping()
-    except sdk.errors.DockerException as exc:
+    except docker.errors.DockerException as exc:
         raise EngineUnavailable(f"no Docker engine answers ({exc}); {SETUP_HINT}") from None
     return engine
 
@@ -183,7 +169,7 @@ def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
                 stdout=True,
                 stderr=False,
             )
-        except _sdk().errors.ContainerError as exc:
+        except docker.errors.ContainerError as exc:
             raise FnctlError(f"{entrypoint} in {image} exited with {exc.exit_status}: {exc.stderr!r}") from None
     return bytes(output).decode()
 
@@ -202,13 +188,13 @@ def remove_image(tag: str) -> None:
     with _engine_errors(f"removing image {tag}"):
         try:
             client().api.remove_image(tag, force=True)
-        except _sdk().errors.NotFound:
+        except docker.errors.NotFound:
             pass
 
 
 def run_container(spec: ContainerSpec) -> str:
     """Create and start the container; returns its ID."""
-    types = _sdk().types
+    types = docker.types
     host_config = client().api.create_host_config(
         mounts=[
             types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind", read_only=spec.socket_read_only)
@@ -246,7 +232,7 @@ def run_container(spec: ContainerSpec) -> str:
         container_id = str(created["Id"])
         try:
             client().api.start(container_id)
-        except _sdk().errors.APIError:
+        except docker.errors.APIError:
             client().api.remove_container(container_id, force=True)
             raise
     return container_id
@@ -342,7 +328,7 @@ def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iter
 
 def kill(container_id: str) -> None:
     """Kill and remove; a container already gone is fine."""
-    errors = _sdk().errors
+    errors = docker.errors
     try:
         client().api.remove_container(container_id, force=True)
     except errors.NotFound:
@@ -354,7 +340,7 @@ def kill(container_id: str) -> None:
 
 def stop(container_id: str, timeout: int = 10) -> None:
     """Stop gracefully (SIGTERM: the runtime drains), then remove."""
-    errors = _sdk().errors
+    errors = docker.errors
     try:
         client().api.stop(container_id, timeout=timeout)
     except errors.NotFound:

@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
+from fnctl.gateway.dataapi import DataApi
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -41,14 +42,15 @@ from fnctl.gateway.request import (
     Reply,
     dumps,
     json_reply,
-    new_request_id,
     reject_reply,
     reply_of,
     reply_response,
     request_id,
 )
 from fnctl.gateway.table import TableSource
+from fnctl.gateway.triggerapi import TriggerApi
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
 
@@ -315,9 +317,6 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
-        from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
-        from fnctl.gateway.triggerapi import TriggerApi  # manual triggers: their health is the data hooks'
-
         DataApi(gateway, gateway.broker).add_routes(app)
         TriggerApi(gateway).add_routes(app)
         if gateway.views is not None:

@@ -13,6 +13,7 @@ import http.client
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from fnctl.errors import FnctlError
 from fnctl.invocation.outcome import Failure, Outcome
@@ -157,8 +158,6 @@ class ViewAnswer:
 
 def view(address: str, name: str, params: list[tuple[str, str]], *, key: str | None) -> ViewAnswer:
     """GET /v1/views/NAME?params: the view's answer, whatever its status (the caller renders it)."""
-    from urllib.parse import quote, urlencode
-
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     host, port = _connect_host(address)
     connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)

@@ -48,9 +48,10 @@ from fnctl.gateway.broker import Broker, CallSession
 from fnctl.gateway.datacalls import write_op
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.gateway.poolhost import PoolResult
-from fnctl.gateway.request import NO_HEADERS, Call, Reject, new_request_id
+from fnctl.gateway.request import NO_HEADERS, Call, Reject
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.requestid import new_request_id
 
 log = logging.getLogger("fnctl.gateway")
 T = TypeVar("T")

@@ -16,6 +16,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -173,8 +174,6 @@ class Metrics:
     async def run_flusher(self, store_path: Path, stop: asyncio.Event, interval: float = 0.25) -> None:
         """Flush every `interval` seconds until `stop` is set, then flush everything, with a store
         connection of its own that only this task's worker thread uses."""
-        from concurrent.futures import ThreadPoolExecutor
-
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fnctl-metrics") as worker:
             store = await loop.run_in_executor(worker, connect, store_path)

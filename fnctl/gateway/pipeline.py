@@ -36,10 +36,10 @@ from fnctl.gateway.request import (
     Reject,
     build_event,
     check_header_size,
-    new_request_id,
 )
 from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
 

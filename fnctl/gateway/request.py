@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal
 from fnctl.gateway.httpevent import HttpRequest, HttpResponse, to_event
 from fnctl.invocation import strictjson
+from fnctl.invocation.requestid import new_request_id
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -132,15 +132,6 @@ class _NoHeaders:
 
 
 NO_HEADERS: Any = _NoHeaders()
-
-
-# Unique without a system call per request: a random prefix per process, then a counter.
-_ID_PREFIX = secrets.token_hex(6)
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 def request_id(request: Incoming) -> str:

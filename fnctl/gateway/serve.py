@@ -15,14 +15,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+try:  # optional: a faster event loop when installed
+    import uvloop
+except ImportError:
+    uvloop = None
+
 from fnctl.data.hooks import trigger_spec
 from fnctl.data.plane import DataPlane
+from fnctl.deploy.rolloutdriver import tick
 from fnctl.errors import BadInput
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
+from fnctl.gateway.audit import AuditLog, silence_access_log, start_access_log
+from fnctl.gateway.auth import AuthConfig, Authenticator
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.cron import CronRunner
 from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.hooks import HookRunner
+from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
 from fnctl.gateway.triggerhealth import TriggerStates
@@ -143,13 +154,7 @@ Mount = Callable[[Gateway], Callable[[Any], None]]
 def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
-    try:
-        import uvloop  # optional: a faster event loop when installed
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
             runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
@@ -161,11 +166,6 @@ def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Seq
 
 def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gateway:
     """The gateway and the parts it uses (authentication, audit, metrics, table, pools), not started yet."""
-    from fnctl.gateway.audit import AuditLog
-    from fnctl.gateway.auth import AuthConfig, Authenticator
-    from fnctl.gateway.metrics import Metrics
-    from fnctl.gateway.pools import PoolManager
-
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
     store.close()
@@ -217,9 +217,6 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
 
 
 async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
-    from fnctl.gateway.audit import silence_access_log, start_access_log
-    from fnctl.gateway.cron import CronRunner
-
     stop = _stop_on_signals()
     # The access log first: the audit's writer process writes the lines itself when they go to stdout.
     stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
@@ -290,7 +287,6 @@ ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollout
 async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Event) -> None:
     """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
     the lock (one that does drives them itself)."""
-    from fnctl.deploy.rolloutdriver import tick
 
     def progress(line: str) -> None:
         _event("rollout", detail=line)

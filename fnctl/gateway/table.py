@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
-from fnctl.state.store import RevisionStatus, Store, connect
+from fnctl.state.revisions import RevisionStatus
+from fnctl.state.store import Store, connect
 
 log = logging.getLogger("fnctl.gateway")
 INVOCABLE = (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)

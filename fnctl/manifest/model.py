@@ -1,7 +1,7 @@
 """The desired state: typed, frozen values built from schema-valid manifest documents.
 
 Defaults are applied here, once, so that every later stage (semantic checks, diff, plan, sandbox) reads
-the same numbers. Parsing never touches the filesystem; `semantics` does.
+the same numbers. Parsing never touches the filesystem; `checks` does.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +129,25 @@ def instance_error(schema: Any, value: Any) -> tuple[JsonPath, str] | None:
 
     error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
     return None if error is None else (tuple(error.absolute_path), str(error.message))
+
+
+def value_check(schema: Any, uri: str) -> Callable[[Any], Iterator[tuple[JsonPath, str]]]:
+    """A user's JSON Schema (a Collection's) as a check of values: nothing for a conforming value, else (path,
+    message) for every violation, by path. The compiled check decides; jsonschema explains a failure."""
+    fast = compile_check(schema, uri, lambda _: None)
+    explaining: list[Draft202012Validator] = []
+
+    def check(data: Any) -> Iterator[tuple[JsonPath, str]]:
+        if fast is not None and fast(data):
+            return
+        if not explaining:
+            from jsonschema import Draft202012Validator  # lazy: see the note at the top (~0.12 s)
+
+            explaining.append(Draft202012Validator(schema))
+        for error in sorted(explaining[0].iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+            yield tuple(error.absolute_path), str(error.message)
+
+    return check
 
 
 def _explain(error: ValidationError) -> Iterator[tuple[JsonPath, str]]:

@@ -19,15 +19,12 @@ from typing import Any
 
 from fnctl.state import auditchain, docschema, docwrites, outbox
 from fnctl.state.docrecords import (
-    ChangeMeta,
     ChangeRow,
     CollectionRow,
     DataStoreError,
     GroupItem,
     Query,
-    ReadCheck,
     StoredDoc,
-    StoredWrite,
     SyncResult,
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
@@ -182,18 +179,12 @@ class DocStore:
     # -- the write path (docwrites) ----------------------------------------------------------------------
 
     def commit(
-        self,
-        tenant: str,
-        reads: Sequence[ReadCheck],
-        finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-        writes: Sequence[StoredWrite],
-        meta: ChangeMeta,
-        outbox: docwrites.Outbox = None,
-        committed: list[ChangeRow] | None = None,
+        self, item: GroupItem, outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
     ) -> list[StoredDoc | None]:
-        """One short write transaction (`docwrites.commit`): the new rows, None for deletes; with the outbox
-        rows of `outbox`'s onCommit triggers, and the changes logged appended to `committed`."""
-        return docwrites.commit(self._db(), self._indexed, tenant, reads, finds, writes, meta, outbox, committed)
+        """One transaction's reads checked and writes applied in one short write transaction
+        (`docwrites.commit`): the new rows, None for deletes; with the outbox rows of `outbox`'s onCommit
+        triggers, and the changes logged appended to `committed`."""
+        return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
 
     def commit_group(
         self, items: Sequence[GroupItem], outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None

@@ -9,21 +9,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
 from fnctl.state.docrecords import (
-    ChangeMeta,
     ChangeRow,
     DataStoreError,
     GroupItem,
     IdempotentReplay,
-    Query,
     ReadCheck,
     StaleWrite,
     StoredDoc,
-    StoredWrite,
     UniqueViolation,
     envelope,
     timestamp,
@@ -36,43 +34,25 @@ Outbox = Mapping[str, Sequence[str]] | None  # collection → the onCommit trigg
 def commit(
     db: sqlite3.Connection,
     indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
+    item: GroupItem,
     outbox: Outbox = None,
     committed: list[ChangeRow] | None = None,
 ) -> list[StoredDoc | None]:
     """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
-        write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
-        idempotency keys, and an outbox row per onCommit trigger of each changed collection (`outbox`: collection →
+    write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
+    idempotency keys, and an outbox row per onCommit trigger of each changed collection (`outbox`: collection →
     trigger names). The new rows, None for deletes; the changes as logged are appended to `committed` once
     committed. Nothing is written when it raises."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    try:
-        changes: list[tuple[Any, ...]] = []
-        result = _commit(db, indexed, tenant, reads, finds, writes, meta, into=changes)
+    changes: list[tuple[Any, ...]] = []
+    with _write_transaction(db):
+        try:
+            result = _commit(db, indexed, item, into=changes)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(indexed, exc) from None
         linked = _append_changes(db, changes, outbox)
-        db.execute("COMMIT")
-        if committed is not None:
-            committed.extend(ChangeRow(*row[:12]) for row in linked)
-        return result
-    except sqlite3.IntegrityError as exc:
-        db.execute("ROLLBACK")
-        message = str(exc)
-        if "UNIQUE" in message:
-            raise UniqueViolation(*_unique_fields(indexed, message)) from None
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except sqlite3.Error as exc:
-        db.execute("ROLLBACK")
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return result
 
 
 def commit_group(
@@ -91,21 +71,28 @@ def commit_group(
     without savepoints (two statements fewer per write); only a constraint broken half-way through one
     transaction's writes (a unique index) makes it start again, with each transaction in a savepoint of its own."""
     try:
+        with _write_transaction(db):
+            out, changes = _group(db, indexed, items, savepoints=False)
+            linked = _append_changes(db, changes, outbox)
+    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own
+        with _write_transaction(db):
+            out, changes = _group(db, indexed, items, savepoints=True)
+            linked = _append_changes(db, changes, outbox)
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return out
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (SQLite's as DataStoreError)."""
+    try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     try:
-        try:
-            out, changes = _group(db, indexed, items, savepoints=False)
-        except sqlite3.IntegrityError:
-            db.execute("ROLLBACK")
-            db.execute("BEGIN IMMEDIATE")
-            out, changes = _group(db, indexed, items, savepoints=True)
-        linked = _append_changes(db, changes, outbox)
+        yield
         db.execute("COMMIT")
-        if committed is not None:
-            committed.extend(ChangeRow(*row[:12]) for row in linked)
-        return out
     except sqlite3.Error as exc:
         db.execute("ROLLBACK")
         raise DataStoreError(f"cannot write the data file: {exc}") from None
@@ -114,12 +101,16 @@ def commit_group(
         raise
 
 
+class _BrokenHalfway(Exception):
+    """A constraint broken half-way through a transaction's writes, in a group run without savepoints."""
+
+
 def _group(
     db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
 ) -> tuple[list[list[StoredDoc | None] | Exception], list[tuple[Any, ...]]]:
     """Check and apply a group's transactions in the open write transaction: a result or an exception each,
-    and the change rows of those that applied. Without `savepoints`, a constraint broken by a write is raised
-    (IntegrityError: the caller rolls everything back)."""
+    and the change rows of those that applied. Without `savepoints`, a constraint broken by a write raises
+    _BrokenHalfway (the caller rolls everything back and starts again with savepoints)."""
     out: list[list[StoredDoc | None] | Exception] = []
     changes: list[tuple[Any, ...]] = []
     for item in items:
@@ -127,7 +118,7 @@ def _group(
             db.execute("SAVEPOINT grouped")
         mark = len(changes)
         try:
-            out.append(_commit(db, indexed, item.tenant, item.reads, item.finds, item.writes, item.meta, into=changes))
+            out.append(_commit(db, indexed, item, into=changes))
         except (StaleWrite, IdempotentReplay) as exc:  # raised before the transaction wrote anything
             if savepoints:
                 db.execute("ROLLBACK TO grouped")
@@ -135,32 +126,32 @@ def _group(
             out.append(exc)
         except sqlite3.IntegrityError as exc:
             if not savepoints:
-                raise
+                raise _BrokenHalfway from exc
             db.execute("ROLLBACK TO grouped")
             del changes[mark:]
-            message = str(exc)
-            out.append(
-                UniqueViolation(*_unique_fields(indexed, message))
-                if "UNIQUE" in message
-                else DataStoreError(f"cannot write the data file: {exc}")
-            )
+            out.append(_integrity_error(indexed, exc))
         if savepoints:
             db.execute("RELEASE grouped")
     return out, changes
 
 
+def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityError) -> Exception:
+    """A unique index refusing a write (UniqueViolation, naming the fields), or another broken constraint."""
+    message = str(exc)
+    if "UNIQUE" in message:
+        return UniqueViolation(*_unique_fields(indexed, message))
+    return DataStoreError(f"cannot write the data file: {exc}")
+
+
 def _commit(
     db: sqlite3.Connection,
     indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
+    item: GroupItem,
     into: list[tuple[Any, ...]] | None = None,
 ) -> list[StoredDoc | None]:
     """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
     (a group commit appends all its transactions' rows at once, in order)."""
+    tenant, reads, finds, writes, meta = item.tenant, item.reads, item.finds, item.writes, item.meta
     # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
     read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
     for read in reads:

@@ -39,7 +39,7 @@ from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
-from fnctl.state.store import InstanceRow, InstanceState
+from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"

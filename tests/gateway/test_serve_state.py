@@ -26,7 +26,8 @@ from fnctl.deploy.live import orphan_reasons
 from fnctl.engine.dockerio import ContainerInfo
 from fnctl.gateway.scaling import discard_now, may_start
 from fnctl.state.auditlog import AuditFilter, invocation_records
-from fnctl.state.store import InstanceRow, InstanceState, connect
+from fnctl.state.revisions import InstanceRow, InstanceState
+from fnctl.state.store import connect
 
 MANIFEST = """\
 apiVersion: fnctl/v1
