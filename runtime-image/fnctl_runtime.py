@@ -48,6 +48,7 @@ from typing import Any
 
 PROTOCOL = 1
 MIB = 1 << 20
+READ_SIZE = 64 * 1024  # bytes per read: several frames at once under load; past 128 KiB each read maps fresh pages
 FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
 LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the host's listeners; every other name is ignored
 SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners: what a new host connection may wait
@@ -561,8 +562,11 @@ def _lambda_names(config: Config) -> tuple[str, str, str]:
 # ---- connections and the server ---------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One host connection: parses frames and multiplexes requests and callbacks by id."""
+class _Connection(asyncio.BufferedProtocol):
+    """One host connection: parses frames and multiplexes requests and callbacks by id.
+
+    Read into a buffer of its own (a BufferedProtocol): asyncio's plain protocols get a fresh 256 KiB bytes
+    object per read, an allocation of that size for every frame (a few µs of a call's round trip)."""
 
     def __init__(self, server: Server, path: str = "") -> None:
         self.server = server
@@ -579,6 +583,7 @@ class _Connection(asyncio.Protocol):
         self.id = 0
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
+        self.incoming = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -592,7 +597,13 @@ class _Connection(asyncio.Protocol):
         server.connections.add(self)
         self.send(server.ready_message())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.incoming
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.incoming[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         buf = self.buf
         buf += data
         while len(buf) >= 4:
@@ -1158,7 +1169,7 @@ class _Worker:
 
     def readable(self) -> None:
         try:
-            data = self.sock.recv(1 << 18)
+            data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -1225,6 +1236,7 @@ class _WorkerChannel:
         self.own: dict[int, socket.socket | None] = {}
         self.current: socket.socket | None = None
         self.own_buf = bytearray()
+        self.own_in = memoryview(bytearray(READ_SIZE))  # read into: no fresh buffer per reply
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         self.polled = -1  # the own socket registered with the poller beside the link
@@ -1248,10 +1260,10 @@ class _WorkerChannel:
                     return message if isinstance(message, dict) else {}
             try:
                 if fds:
-                    data, passed, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
+                    data, passed, _flags, _addr = socket.recv_fds(self.sock, READ_SIZE, 4)
                     self.fds.extend(passed)
                 else:
-                    data = self.sock.recv(1 << 18)
+                    data = self.sock.recv(READ_SIZE)
             except ConnectionResetError:  # the supervisor is gone (unread notes on its end make it a reset)
                 data = b""
             if not data:
@@ -1349,13 +1361,13 @@ class _WorkerChannel:
             for fd, _events in self.poller.poll():
                 if fd == own.fileno():
                     try:
-                        data = own.recv(1 << 18)
+                        got = own.recv_into(self.own_in)
                     except OSError:
-                        data = b""
-                    if not data:
+                        got = 0
+                    if not got:
                         self._drop(own)
                         raise CallbackError("ConnectionLost", "the host connection closed")
-                    buf += data
+                    buf += self.own_in[:got]
                 else:
                     message = self.read(fds=False)
                     if message is None:

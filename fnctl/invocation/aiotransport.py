@@ -24,6 +24,7 @@ from typing import Any
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
+    RECV_SIZE,
     CallRequest,
     ConnectionLost,
     FrameDecoder,
@@ -78,16 +79,31 @@ class FrameTooLarge(TransportError):
         self.size, self.limit = size, limit
 
 
-class _Protocol(asyncio.Protocol):
-    """Feeds the byte stream to the connection's decoder and hands each message to its transport."""
+class _Reader(asyncio.BufferedProtocol):
+    """Reads into a buffer of its own: asyncio's plain protocols get a fresh 256 KiB bytes object per read, an
+    allocation (and page faults) of that size for every frame, ~30 us of kernel time per call here."""
 
     def __init__(self, owner: AsyncTransport) -> None:
         self.owner = owner
         self.decoder = FrameDecoder(owner.max_frame)
+        self.incoming = memoryview(bytearray(RECV_SIZE))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.incoming
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.decoder.feed(self.incoming[:nbytes])
+        self.frames()
+
+    def frames(self) -> None:
+        raise NotImplementedError
+
+
+class _Protocol(_Reader):
+    """Feeds the byte stream to the connection's decoder and hands each message to its transport."""
+
+    def frames(self) -> None:
         decoder, received = self.decoder, self.owner.received
-        decoder.feed(data)
         try:
             while (message := decoder.next_message()) is not None:
                 received(message)
@@ -98,13 +114,12 @@ class _Protocol(asyncio.Protocol):
         self.owner.lost(f"the connection to the runtime failed: {exc}" if exc else "the runtime closed the connection")
 
 
-class _WorkerProtocol(asyncio.Protocol):
+class _WorkerProtocol(_Reader):
     """A worker connection: `attach` first, then the worker's `call` frames (answered on this connection) and
     `result` frames (of requests sent on the instance's first connection)."""
 
     def __init__(self, owner: AsyncTransport) -> None:
-        self.owner = owner
-        self.decoder = FrameDecoder(owner.max_frame)
+        super().__init__(owner)
         self.transport: asyncio.Transport | None = None
         self.attached = False
 
@@ -112,9 +127,8 @@ class _WorkerProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass it
         self.owner._workers.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def frames(self) -> None:
         decoder, owner = self.decoder, self.owner
-        decoder.feed(data)
         try:
             while (message := decoder.next_message()) is not None:
                 if message.get("type") == MessageType.CALL and self.attached:

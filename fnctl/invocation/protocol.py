@@ -268,7 +268,7 @@ class FrameDecoder:
         """Whether part of a frame is waiting for the rest."""
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._buffer += data
 
     def next_message(self) -> dict[str, Any] | None:

@@ -32,7 +32,8 @@ def handler(event, context):
     out = []
     for n in range(event.get("calls", 3)):
         try:
-            out.append(context.call("echo", {"n": n}))
+            params = {"n": n, "text": event["text"]} if "text" in event else {"n": n}
+            out.append(context.call("echo", params))
         except CallbackError as exc:
             out.append([exc.type, exc.message])
     return {"pid": os.getpid(), "calls": out}
@@ -190,3 +191,30 @@ def test_a_call_unanswered_on_a_worker_connection_fails_at_the_deadline(
     timed_out, refused = result["calls"]
     assert timed_out[0] == "Timeout" and "'echo'" in timed_out[1]
     assert refused[0] == "Timeout"  # the deadline passed: later calls fail at once too
+
+
+def test_frames_larger_than_one_read_cross_a_worker_connection_whole(
+    runtime: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Calls, replies and results of several hundred KiB (many reads each, on both sides of the worker's
+    connection) arrive whole."""
+    directory, process = runtime
+    text = "a" + "x" * 400_000 + "z"
+
+    def triple(invocation_id: str, method: str, params: dict[str, Any]) -> Answered:
+        return Answered({"n": params["n"], "text": params["text"] * 3})
+
+    async def run() -> tuple[Any, int]:
+        transport = _transport(directory, lambda pid: pid == process.pid or _parent_of(pid) == process.pid, triple)
+        await transport.connect(timeout=15)
+        try:
+            result = await transport.invoke(
+                {"calls": 2, "text": text}, invocation_id="inv-1", deadline=time.time() + 30
+            )
+            return result.result, transport.worker_connections
+        finally:
+            await transport.close()
+
+    result, attached = asyncio.run(run())
+    assert attached == 1
+    assert result["calls"] == [{"n": n, "text": text * 3} for n in range(2)]
