@@ -1,7 +1,8 @@
 """Host-to-runtime transport speed: warm round-trip latency and 8-caller throughput of a no-op invocation, and
-the round trip of a handler's `context.call` (sync handler, in a worker process) and `await context.acall`
-(async handler, on the runtime's event loop) to the gateway's transport (`AsyncTransport`, answering at once as
-the broker answers a `db.get` or a refusal), timed inside the handler.
+the round trip of a handler's `context.call` (sync handler, in a worker process, on the worker connection the
+transport offers: docs/protocol.md) and `await context.acall` (async handler, on the runtime's event loop) to
+the gateway's transport (`AsyncTransport`, answering at once as the broker answers a `db.get` or a refusal),
+timed inside the handler.
 
 The invocation figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, the
 call figures with a socketpair ping-pong between two processes (the floor of any round trip between two
