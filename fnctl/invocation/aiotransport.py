@@ -15,24 +15,20 @@ process (which cost a process wake-up and ~80 us of the instance's CPU per call)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fnctl.invocation.aioworkers import FrameReader, WorkerListener
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
-    RECV_SIZE,
     CallRequest,
     ConnectionLost,
-    FrameDecoder,
     InvocationResult,
     MessageType,
     TransportError,
-    attached_frame,
-    check_attach_frame,
     check_first_frame,
     configure_frame,
     drain_frame,
@@ -79,28 +75,12 @@ class FrameTooLarge(TransportError):
         self.size, self.limit = size, limit
 
 
-class _Reader(asyncio.BufferedProtocol):
-    """Reads into a buffer of its own: asyncio's plain protocols get a fresh 256 KiB bytes object per read, an
-    allocation (and page faults) of that size for every frame, ~30 us of kernel time per call here."""
+class _Protocol(FrameReader):
+    """The instance's first connection: hands each message to its transport."""
 
     def __init__(self, owner: AsyncTransport) -> None:
+        super().__init__(owner.max_frame)
         self.owner = owner
-        self.decoder = FrameDecoder(owner.max_frame)
-        self.incoming = memoryview(bytearray(RECV_SIZE))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.incoming
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.decoder.feed(self.incoming[:nbytes])
-        self.frames()
-
-    def frames(self) -> None:
-        raise NotImplementedError
-
-
-class _Protocol(_Reader):
-    """Feeds the byte stream to the connection's decoder and hands each message to its transport."""
 
     def frames(self) -> None:
         decoder, received = self.decoder, self.owner.received
@@ -112,41 +92,6 @@ class _Protocol(_Reader):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.lost(f"the connection to the runtime failed: {exc}" if exc else "the runtime closed the connection")
-
-
-class _WorkerProtocol(_Reader):
-    """A worker connection: `attach` first, then the worker's `call` frames (answered on this connection) and
-    `result` frames (of requests sent on the instance's first connection)."""
-
-    def __init__(self, owner: AsyncTransport) -> None:
-        super().__init__(owner)
-        self.transport: asyncio.Transport | None = None
-        self.attached = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass it
-        self.owner._workers.add(self)
-
-    def frames(self) -> None:
-        decoder, owner = self.decoder, self.owner
-        try:
-            while (message := decoder.next_message()) is not None:
-                if message.get("type") == MessageType.CALL and self.attached:
-                    owner._answer(message, self.transport)
-                elif self.attached:
-                    owner._resolve(message)
-                else:
-                    check_attach_frame(message)
-                    self.attached = True
-                    assert self.transport is not None
-                    self.transport.write(attached_frame())
-                    owner.worker_connections += 1
-        except TransportError:  # a broken worker connection: closed; the instance's first connection lives on
-            if self.transport is not None:
-                self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._workers.discard(self)
 
 
 class AsyncTransport:
@@ -181,10 +126,13 @@ class AsyncTransport:
         self._closing = False
         self._notified = False
         self._calls: set[asyncio.Task[None]] = set()
-        self._rendezvous: Rendezvous | None = None  # kept up after the runtime connected, for its workers
-        self._acceptor: asyncio.Task[None] | None = None
-        self._workers: set[_WorkerProtocol] = set()
-        self.worker_connections = 0  # worker connections that attached (figures and tests)
+        self._rendezvous: Rendezvous | None = None  # while the runtime has not connected
+        self._workers: WorkerListener | None = None  # the listener, kept up for the runtime's workers
+
+    @property
+    def worker_connections(self) -> int:
+        """How many of the runtime's worker processes attached a connection of their own."""
+        return self._workers.attached if self._workers is not None else 0
 
     @property
     def connected(self) -> bool:
@@ -232,7 +180,9 @@ class AsyncTransport:
                 break
         # The listener stays for the runtime's worker processes (the runtime's first process tried the name
         # once and never connects to it again); every connection passes the same peer check.
-        self._acceptor = loop.create_task(self._accept_workers(loop, rendezvous, listener))
+        self._rendezvous = None
+        self._workers = WorkerListener(rendezvous, self.peer, self, self.max_frame)
+        self._workers.start(loop)
         try:
             # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
             transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=conn)
@@ -241,23 +191,10 @@ class AsyncTransport:
             raise
         self._transport = transport
 
-    async def _accept_workers(self, loop: asyncio.AbstractEventLoop, rendezvous: Rendezvous, listener: Any) -> None:
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except OSError:
-                return  # the listener was closed
-            if not rendezvous.admit(conn, self.peer):
-                continue
-            try:
-                await loop.create_unix_connection(lambda: _WorkerProtocol(self), sock=conn)
-            except OSError:
-                conn.close()
-
     async def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
         """Set the secrets; and offer worker connections, when this transport still listens for them."""
         request_id = next(self._ids)
-        frame = configure_frame(request_id, secrets, workers=self._acceptor is not None)
+        frame = configure_frame(request_id, secrets, workers=self._workers is not None and not self._workers.closed)
         reply = await self._send(request_id, frame, MessageType.CONFIGURE, timeout)
         expect_reply(reply, MessageType.CONFIGURED)
 
@@ -290,9 +227,6 @@ class AsyncTransport:
     async def close(self) -> None:
         self._closing = True
         self._stop_listening()
-        for worker in list(self._workers):
-            if worker.transport is not None:
-                worker.transport.close()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -304,16 +238,11 @@ class AsyncTransport:
             task.cancel()
 
     def _stop_listening(self) -> None:
-        acceptor, self._acceptor = self._acceptor, None
-        if acceptor is not None:
-            acceptor.cancel()  # first: its pending accept leaves the loop before the socket closes
-        rendezvous, self._rendezvous = self._rendezvous, None
-        if rendezvous is not None:
-            sock = rendezvous.sock
-            if sock is not None and acceptor is not None:
-                with contextlib.suppress(ValueError, KeyError):
-                    asyncio.get_running_loop().remove_reader(sock.fileno())
-            rendezvous.close()
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = None
+        if self._workers is not None:
+            self._workers.close()
 
     # ---- called by the protocol ----
 
@@ -327,11 +256,12 @@ class AsyncTransport:
                 self.abort(exc.message)
             return
         if kind == MessageType.CALL:
-            self._answer(message, self._transport)
+            self.answer_call(message, self._transport)
             return
-        self._resolve(message)
+        self.resolve(message)
 
-    def _resolve(self, message: dict[str, Any]) -> None:
+    def resolve(self, message: dict[str, Any]) -> None:
+        """A runtime frame that answers a request (from any of the instance's connections)."""
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if pending is not None and not pending[0].done():
@@ -406,7 +336,7 @@ class AsyncTransport:
             if not future.done():
                 future.set_exception(ConnectionLost(self._lost))
 
-    def _answer(self, message: dict[str, Any], transport: asyncio.Transport | None) -> None:
+    def answer_call(self, message: dict[str, Any], transport: asyncio.Transport | None) -> None:
         """Answer a `call` frame on the connection it came from (`transport`): at once when the handler can
         (`Answered`), else in a task of its own."""
         call = CallRequest.from_message(message)
