@@ -156,6 +156,9 @@ class AsyncTransport:
             await self.close()
             raise
         self.ready = ready
+        if self._workers is not None:
+            concurrency = ready.get("concurrency")
+            self._workers.limit = concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
         try:
             await self.configure({}, max(deadline - time.monotonic(), 1.0))  # the offer of worker connections
         except BaseException:

@@ -8,7 +8,9 @@ kernel time per call here) and cuts the stream into messages.
 `WorkerListener`: once the runtime connected, `AsyncTransport` keeps its listener up for the runtime's worker
 processes. Every connection made to it passes the same peer check as the runtime's first one (others are
 closed unread), must say `attach` first and gets `attached`; then it carries that worker's `call` frames,
-answered on the same connection, and the `result` frames of the invocations it runs.
+answered on the same connection, and the `result` frames of the invocations it runs. At most `limit` (the
+runtime's `concurrency`: one per worker process) are kept at a time; more are closed unread, so code in the
+sandbox cannot make the host hold any number of connections.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class WorkerListener:
         self.rendezvous, self.peer, self.sink, self.max_frame = rendezvous, peer, sink, max_frame
         self.connections: set[_WorkerConnection] = set()
         self.attached = 0  # worker connections that said `attach` (figures and tests)
+        self.limit = 0  # connections kept at most: set from the runtime's `ready` (none before it)
         self.closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -110,6 +113,9 @@ class WorkerListener:
             except OSError:
                 return  # the listener was closed
             if not self.rendezvous.admit(conn, self.peer):
+                continue
+            if len(self.connections) >= self.limit:
+                conn.close()  # more than the runtime has workers: not served
                 continue
             try:
                 await loop.create_unix_connection(lambda: _WorkerConnection(self), sock=conn)

@@ -21,7 +21,7 @@ import pytest
 from runtime_helpers import RUNTIME
 
 from fnctl.invocation.aiotransport import Answered, AsyncTransport
-from fnctl.invocation.protocol import CallFailed
+from fnctl.invocation.protocol import CallFailed, encode_frame
 from fnctl.invocation.rendezvous import LISTENER_PREFIX
 
 HANDLERS = """
@@ -218,3 +218,37 @@ def test_frames_larger_than_one_read_cross_a_worker_connection_whole(
     result, attached = asyncio.run(run())
     assert attached == 1
     assert result["calls"] == [{"n": n, "text": text * 3} for n in range(2)]
+
+
+def test_no_more_worker_connections_are_kept_than_the_runtime_has_slots(
+    runtime: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Code in the sandbox passes the peer check, so the host bounds what it may open: `concurrency` (2 here)
+    connections at a time; one more is closed unread."""
+    directory, _process = runtime
+
+    async def run() -> list[bytes]:
+        transport = _transport(directory, lambda pid: True, _echo)  # admits this test process too
+        await transport.connect(timeout=15)
+        extra = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        try:
+            [name] = [n for n in os.listdir(directory) if n.startswith(LISTENER_PREFIX)]
+            loop = asyncio.get_running_loop()
+            said: list[bytes] = []
+            for sock in extra:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, os.path.join(directory, name))
+                await loop.sock_sendall(sock, encode_frame({"type": "attach", "protocol": 1, "worker": 9, "pid": 1}))
+                try:
+                    said.append(await asyncio.wait_for(loop.sock_recv(sock, 4096), 10))
+                except ConnectionResetError:  # closed with what it sent unread
+                    said.append(b"")
+            return said
+        finally:
+            for sock in extra:
+                sock.close()
+            await transport.close()
+
+    first, second, third = asyncio.run(run())
+    assert first.endswith(b'{"type":"attached"}') and second.endswith(b'{"type":"attached"}')
+    assert third == b""
