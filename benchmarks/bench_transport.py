@@ -1,7 +1,8 @@
 """Host-to-runtime transport speed: warm round-trip latency and 8-caller throughput of a no-op invocation, and
-the round trip of a handler's `context.call` (sync handler, in a worker process) and `await context.acall`
-(async handler, on the runtime's event loop) to the gateway's transport (`AsyncTransport`, answering at once as
-the broker answers a `db.get` or a refusal), timed inside the handler.
+the round trip of a handler's `context.call` (sync handler, in a worker process, on the worker connection the
+transport offers: docs/protocol.md) and `await context.acall` (async handler, on the runtime's event loop) to
+the gateway's transport (`AsyncTransport`, answering at once as the broker answers a `db.get` or a refusal),
+timed inside the handler.
 
 The invocation figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, the
 call figures with a socketpair ping-pong between two processes (the floor of any round trip between two
@@ -252,8 +253,23 @@ def _answer_now(invocation_id: str, method: str, params: dict[str, object]) -> A
     return Answered(None)
 
 
+def _runtime_or_its_worker(pid: int) -> Callable[[int], bool]:
+    """The peer check of a runtime run as a local process: it, or a worker process it forked (in a container,
+    the cgroup check admits both)."""
+
+    def check(peer: int) -> bool:
+        try:
+            with open(f"/proc/{peer}/stat", encoding="ascii") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid in (peer, parent)
+
+    return check
+
+
 async def _calls_from(directory: str, pid: int, count: int) -> list[int]:
-    transport = AsyncTransport(directory, peer=lambda peer: peer == pid, on_call=_answer_now)
+    transport = AsyncTransport(directory, peer=_runtime_or_its_worker(pid), on_call=_answer_now)
     await transport.connect(timeout=15)
     try:
         await transport.invoke({"n": WARMUP}, invocation_id="warm", deadline=time.time() + 60)

@@ -49,9 +49,11 @@ from typing import Any
 
 PROTOCOL = 1
 MIB = 1 << 20
+READ_SIZE = 64 * 1024  # bytes per read: several frames at once under load; past 128 KiB each read maps fresh pages
 FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
 LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the host's listeners; every other name is ignored
 SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners: what a new host connection may wait
+ATTACH_WAIT = 5.0  # how long a worker waits for the host to accept its own connection, then uses the first
 STARTUP_REPORT_WAIT = 10.0  # how long a failed start waits for a host to listen, then to read the report
 _THIS_FILE = os.path.abspath(__file__)
 _IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
@@ -612,11 +614,15 @@ def _lambda_names(config: Config) -> tuple[str, str, str]:
 # ---- connections and the server ---------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One host connection: parses frames and multiplexes requests and callbacks by id."""
+class _Connection(asyncio.BufferedProtocol):
+    """One host connection: parses frames and multiplexes requests and callbacks by id.
 
-    def __init__(self, server: Server) -> None:
+    Read into a buffer of its own (a BufferedProtocol): asyncio's plain protocols get a fresh 256 KiB bytes
+    object per read, an allocation of that size for every frame (a few µs of a call's round trip)."""
+
+    def __init__(self, server: Server, path: str = "") -> None:
         self.server = server
+        self.path = path  # the host's listener it came through: where a worker connects when offered
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call from a thread
@@ -629,6 +635,7 @@ class _Connection(asyncio.Protocol):
         self.id = 0
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
+        self.incoming = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -642,7 +649,13 @@ class _Connection(asyncio.Protocol):
         server.connections.add(self)
         self.send(server.ready_message())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.incoming
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.incoming[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         buf = self.buf
         buf += data
         while len(buf) >= 4:
@@ -833,16 +846,20 @@ class Server:
             self.collect()
             conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
         elif kind == "configure":
-            self.configure(conn, request_id, message.get("secrets"), body)
+            self.configure(conn, request_id, message.get("secrets"), body, message.get("workers") is True)
         elif kind == "drain":
             self.spawn(self.drain(conn, request_id))
         else:
             conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
 
-    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes) -> None:
+    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes, workers: bool) -> None:
         if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
             conn.send({"type": "error", "id": request_id, "message": "secrets must map names to strings"})
             return
+        if workers and conn.path and not self.handler.is_async:
+            # The host keeps its listener up for our workers: each connects there itself, on its first
+            # invocation from this connection, and the host's replies to its calls reach it directly.
+            conn.use_frame = encode({"type": "use", "conn": conn.id, "attach": conn.path})
         os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
         for worker in self.workers.values():  # forked before: they learn them before their next invocation
             worker.write(len(body).to_bytes(4, "big") + body)
@@ -1054,7 +1071,7 @@ class Server:
 
     async def connect_out(self, path: str) -> None:
         try:
-            await self.loop.create_unix_connection(lambda: _Connection(self), path)
+            await self.loop.create_unix_connection(lambda: _Connection(self, path), path)
         except OSError:
             pass  # the listener of a host process that died or gave up: not tried again
 
@@ -1101,6 +1118,17 @@ def _invocation_of(message: dict[str, Any]) -> tuple[str, float]:
         return "", 0.0
     deadline = info.get("deadline")
     return str(info.get("invocation_id", "")), float(deadline) if isinstance(deadline, (int, float)) else 0.0
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    """One whole frame's body from a blocking socket (b"": it ended first)."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(4096 if len(data) < 4 else 4 + int.from_bytes(data[:4], "big") - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data[4:]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -1193,7 +1221,7 @@ class _Worker:
 
     def readable(self) -> None:
         try:
-            data = self.sock.recv(1 << 18)
+            data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -1255,6 +1283,15 @@ class _WorkerChannel:
         self.buf = bytearray()
         self.calls = 0
         self.late = ""  # the invocation whose deadline the supervisor said passed
+        # Its own connections to hosts that offered them (conn id -> socket; None: the connect failed, so
+        # frames go the older way), the one of the invocation it runs, and what was read from it.
+        self.own: dict[int, socket.socket | None] = {}
+        self.current: socket.socket | None = None
+        self.own_buf = bytearray()
+        self.own_in = memoryview(bytearray(READ_SIZE))  # read into: no fresh buffer per reply
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.polled = -1  # the own socket registered with the poller beside the link
         sock.setblocking(True)
 
     def read(self, fds: bool = True) -> dict[str, Any] | None:
@@ -1275,10 +1312,10 @@ class _WorkerChannel:
                     return message if isinstance(message, dict) else {}
             try:
                 if fds:
-                    data, passed, _flags, _addr = socket.recv_fds(self.sock, 1 << 18, 4)
+                    data, passed, _flags, _addr = socket.recv_fds(self.sock, READ_SIZE, 4)
                     self.fds.extend(passed)
                 else:
-                    data = self.sock.recv(1 << 18)
+                    data = self.sock.recv(READ_SIZE)
             except ConnectionResetError:  # the supervisor is gone (unread notes on its end make it a reset)
                 data = b""
             if not data:
@@ -1296,9 +1333,14 @@ class _WorkerChannel:
                 if previous is not None:
                     os.close(previous)
             self.host = self.host_fds.get(conn, -1) if isinstance(conn, int) else -1
+            attach = message.get("attach")
+            self.current = self._own(conn, attach) if isinstance(conn, int) and isinstance(attach, str) else None
         elif kind == "configure":
             _apply_secrets(message)
         elif kind == "lost":
+            own = self.own.pop(message.get("conn"), None)  # type: ignore[arg-type]
+            if own is not None:
+                self._drop(own)
             fd = self.host_fds.pop(message.get("conn"), None)  # type: ignore[arg-type]
             if fd is not None:
                 os.close(fd)  # the host sees the connection end only when every copy is closed
@@ -1311,9 +1353,89 @@ class _WorkerChannel:
             raise CallbackError("Timeout", "no reply before the deadline")
         # else: the reply to a call that timed out before
 
+    def _own(self, conn: int, path: str) -> socket.socket | None:
+        """This worker's own connection to the host behind `conn` (made on first use: `attach` first, as the
+        host expects), or None when it cannot connect (frames then go the older way)."""
+        if conn in self.own:
+            return self.own[conn]
+        sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert sock is not None
+        try:
+            sock.settimeout(ATTACH_WAIT)
+            sock.connect(path)
+            sock.sendall(encode({"type": "attach", "protocol": PROTOCOL, "worker": self.index, "pid": os.getpid()}))
+            # The host's `attached` (an 4-byte header and a small body), or the end: it refused us.
+            if b'"attached"' not in _recv_frame(sock):
+                raise ConnectionRefusedError
+            sock.settimeout(None)
+        except OSError:  # refused, timed out, or no listener: this connection's frames go the older way
+            sock.close()
+            sock = None
+        self.own[conn] = sock
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Forget an own connection that ended (the host hung up, or the supervisor said it is lost)."""
+        if self.polled == sock.fileno():
+            self.poller.unregister(sock)
+            self.polled = -1
+        for conn, own in list(self.own.items()):
+            if own is sock:
+                self.own[conn] = None  # not tried again: its invocations go the older way
+        if self.current is sock:
+            self.current = None
+        self.own_buf.clear()
+        sock.close()
+
+    def _await_reply(self, own: socket.socket, call_id: str, invocation_id: str) -> dict[str, Any]:
+        """The host's reply to `call_id` on this worker's own connection, watching the link meanwhile for
+        the supervisor's notices (the deadline passed, the host connection was lost)."""
+        if self.polled != own.fileno():
+            if self.polled >= 0:
+                self.poller.unregister(self.polled)
+            self.poller.register(own, select.POLLIN)
+            self.polled = own.fileno()
+        buf = self.own_buf
+        while True:
+            while len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big")
+                if len(buf) < end:
+                    break
+                body = bytes(buf[4:end])
+                del buf[:end]
+                try:
+                    message = _DECODER.decode(body.decode())
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("id") == call_id:
+                    return message
+                # else: the reply to a call that timed out before
+            for fd, _events in self.poller.poll():
+                if fd == own.fileno():
+                    try:
+                        got = own.recv_into(self.own_in)
+                    except OSError:
+                        got = 0
+                    if not got:
+                        self._drop(own)
+                        raise CallbackError("ConnectionLost", "the host connection closed")
+                    buf += self.own_in[:got]
+                else:
+                    message = self.read(fds=False)
+                    if message is None:
+                        raise CallbackError("ConnectionLost", "the runtime is stopping")
+                    self.notice(message, invocation_id)
+
     def send_host(self, tag: bytes, frame: bytes) -> None:
-        """A frame for the host: straight to the connection when this process holds a copy, else by the link."""
-        if self.host >= 0:
+        """A frame for the host: on this worker's own connection, or straight to the first connection when
+        this process holds a copy, else by the link."""
+        if self.current is not None:
+            try:
+                self.current.sendall(frame)
+            except OSError:
+                self._drop(self.current)
+                raise CallbackError("ConnectionLost", "the host connection closed") from None
+        elif self.host >= 0:
             _write_all(self.host, frame, self.server.write_lock)
         else:
             self.sock.sendall(tag + frame)
@@ -1329,7 +1451,11 @@ class _WorkerChannel:
         outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
         _echo_logs(invocation_id, capture)
         frame = _result_frame(message.get("id"), outcome, capture)
-        if self.host >= 0:
+        if self.current is not None:
+            self.sock.sendall(b"D\0\0\0\0")
+            with contextlib.suppress(CallbackError):  # the host is gone: nobody waits for the result
+                self.send_host(b"R", frame)
+        elif self.host >= 0:
             # "Done" first: by the time the host has the result, the slot is free (a ping says so).
             self.sock.sendall(b"D\0\0\0\0")
             _write_all(self.host, frame, server.write_lock)
@@ -1353,6 +1479,17 @@ class _WorkerChannel:
         if self.late == invocation_id or (deadline and deadline <= time.time()):
             raise CallbackError("Timeout", f"no reply to {method!r} before the deadline")
         self.send_host(b"C", frame)
+        own = self.current
+        while own is not None:
+            try:
+                message = self._await_reply(own, call_id, invocation_id)
+            except CallbackError as exc:
+                if exc.type == "Timeout":
+                    raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+                raise
+            if message.get("ok"):
+                return message.get("result")
+            raise _reply_error(message)
         while True:
             message = self.read(fds=False)
             if message is None:

@@ -7,6 +7,7 @@ typed failure each limit produces. `check_container` is also tested on hand-made
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
 import json
@@ -14,6 +15,7 @@ import re
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,9 @@ from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
 from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
 from fnctl.errors import BuildFailed
+from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.outcome import Failure
+from fnctl.invocation.rendezvous import container_peer
 from fnctl.manifest.project import Project
 
 SECRET_ENV = "FNCTL_TEST_SANDBOX_TOKEN"  # the deployer's variable; the handler sees it as API_TOKEN
@@ -588,6 +592,39 @@ def test_calls_from_a_worker_process_reach_the_host(start: Start, function: str)
     for _ in range(2):  # the second invocation reuses the worker and its copy of the connection
         assert answers(instance) == {"replies": [{"echoed": n} for n in range(3)], "main_thread": True}
     assert seen == [("echo", {"n": n}) for n in range(3)] * 2
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("function", ["calls", "calls-gvisor"])
+def test_a_worker_process_calls_on_its_own_connection_to_the_gateway(start: Start, function: str) -> None:
+    """The gateway's transport offers worker connections: under runc and under gVisor the worker process
+    connects to its listener itself (admitted by the same cgroup peer check), and its calls and result travel
+    there; the second invocation reuses that connection."""
+    instance = start(function)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Answered:
+        seen.append((method, params))
+        return Answered({"echoed": params["n"]})
+
+    async def gateway() -> tuple[list[Any], int]:
+        transport = AsyncTransport(
+            str(instance.socket_dir), peer=container_peer(instance.container_id), on_call=on_call
+        )
+        await transport.connect(timeout=20)
+        try:
+            results = [
+                await transport.invoke({"probe": "ok"}, invocation_id=f"inv-{n}", deadline=time.time() + 20)
+                for n in range(2)
+            ]
+            return [r.result for r in results], transport.worker_connections
+        finally:
+            await transport.close()
+
+    results, attached = asyncio.run(gateway())
+    assert results == [{"replies": [{"echoed": n} for n in range(3)], "main_thread": True}] * 2
+    assert seen == [("echo", {"n": n}) for n in range(3)] * 2
+    assert attached == 1
 
 
 @pytest.mark.docker
