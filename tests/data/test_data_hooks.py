@@ -70,8 +70,8 @@ def handler(event, context):
         return None
     if trigger == "slow-update":  # the first run on a document waits, so that a write can overtake it
         runs = _count_run(event["id"])
-        if runs == 1:
-            time.sleep(3)
+        if runs == 1:  # long enough for the test's `fnctl data patch` to start and commit, even on a busy machine
+            time.sleep(12)
         return {**proposed, "runs": runs}
     if trigger == "sleepy-hook":
         time.sleep(4)
@@ -100,7 +100,7 @@ spec:
   runtime: python3.11
   source: ../functions/hooks
   handler: main.handler
-  limits: {timeout: 5s, memory: 64Mi}
+  limits: {timeout: 30s, memory: 64Mi}
   scaling: {minInstances: 1, maxInstances: 2, concurrency: 8}
   access: {roles: [clerk]}
   healthCheck:
@@ -144,7 +144,7 @@ MANIFESTS = [
     _trigger("flaky-hook", "flaky", "beforeCreate"),
     _trigger("lenient-hook", "lenient", "beforeCreate", "failurePolicy: ignore\ndisableAfter: 2\nwhenDisabled: skip\n"),
     _trigger("sleepy-hook", "sleepy", "beforeCreate", "timeout: 1s\n"),
-    _trigger("slow-update", "races", "beforeUpdate", "timeout: 10s\n"),
+    _trigger("slow-update", "races", "beforeUpdate", "timeout: 30s\n"),
     _trigger("bad-hook", "bad", "beforeCreate", "disableAfter: 100\n"),
     textwrap.dedent("""\
         apiVersion: fnctl/v1
