@@ -8,13 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from fnctl.data.documents import ENCODE
 from fnctl.data.errors import DataUnavailable, Invalid, PayloadTooLarge
-from fnctl.manifest.fastschema import compile_check
 from fnctl.manifest.filterlang import render_path
 from fnctl.manifest.model import Collection, ParseError, parse_collection
+from fnctl.manifest.schemas import instance_check
 from fnctl.state.docrecords import CollectionRow
 
 
@@ -70,14 +68,12 @@ def compile_collection(row: CollectionRow) -> CollectionDef:
 def _schema_check(schema: Any) -> Callable[[Any], Iterator[tuple[str, str]]]:
     if schema is None or schema is True or schema == {}:
         return lambda data: iter(())
-    validator = Draft202012Validator(schema)
-    fast = compile_check(schema, "urn:fnctl:collection", lambda uri: None)
+    # jsonschema only through the manifest's schema module, which loads it for the first invalid document
+    violations = instance_check(schema, "urn:fnctl:collection")
 
     def check(data: Any) -> Iterator[tuple[str, str]]:
-        if fast is not None and fast(data):
-            return
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-            yield render_path(tuple(error.absolute_path)), error.message
+        for path, message in violations(data):
+            yield render_path(path), message
 
     return check
 
