@@ -260,6 +260,7 @@ def _invoke_cold(
         secret_values=secret_values,
         labels=labels(project.name, function.name, **extra),
         instance_id=f"w{key[:11]}" if keep_warm else None,
+        boost=True,  # a local run waits for the start: not throttled by the quota until ready
     )
     instance.transport.on_call = data.on_call
     data.begin(function)

@@ -100,8 +100,13 @@ def start(
     labels: Mapping[str, str],
     secret_values: Mapping[str, str],
     instance_id: str | None = None,
+    boost: bool = False,
 ) -> Instance:
-    """Start one instance of `function` from `image` and wait until it is ready and configured."""
+    """Start one instance of `function` from `image` and wait until it is ready and configured.
+
+    With `boost` (runc only) the container starts with every CPU of the host and gets the function's quota
+    once ready, before any event reaches it: the interpreter's start and the handler's import are not
+    throttled by a quota meant for invocations (0.5 CPU by default), within the same memory and pids limits."""
     if function.isolation is Isolation.GVISOR and GVISOR_RUNTIME not in dockerio.runtimes():
         raise EngineUnavailable(
             "isolation: gvisor needs the runsc runtime, which this Docker engine does not have. Register it: "
@@ -123,9 +128,10 @@ def start(
     # Listening before the container exists: the runtime finds the listener at once, and a handler that
     # fails to load is reported over it. Nobody is accepted before the container's ID is known.
     transport = UnixSocketTransport(str(socket_dir), peer=lambda pid: False)
+    starting_cpus = _boosted_cpus(spec.nano_cpus) if boost and spec.runtime is None else None
     try:
         transport.listen()
-        container_id = dockerio.run_container(spec)
+        container_id = dockerio.run_container(spec, nano_cpus=starting_cpus)
     except BaseException:
         transport.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
@@ -135,11 +141,19 @@ def start(
     try:
         _record_container(socket_dir, container_id)
         _wait_ready(instance)
+        if starting_cpus is not None:
+            dockerio.set_cpus(container_id, spec.nano_cpus)
         instance.transport.configure(secret_values)
     except BaseException:
         remove(instance)
         raise
     return instance
+
+
+def _boosted_cpus(nano_cpus: int) -> int | None:
+    """The CPU quota of a boosted start: the host's CPUs, or None when that is no more than `nano_cpus`."""
+    host = (os.cpu_count() or 1) * 10**9
+    return host if host > nano_cpus else None
 
 
 def _record_container(socket_dir: Path, container_id: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import secrets
 import shutil
@@ -61,6 +62,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "import-error": {"handler": "raises_at_import.handler"},
     "secret": {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": SECRET_ENV}]},
     "gvisor": {"handler": "probes.identity", "isolation": "gvisor"},
+    "cpu-quota": {"handler": "cpu_quota.handler", "limits": {"cpu": 0.5}},
 }
 
 
@@ -346,6 +348,28 @@ def test_running_instance_passes_every_sandbox_check(start: Start) -> None:
     assert host["Memory"] == host["MemorySwap"] == 128 * MIB
     assert host["PidsLimit"] == 64 and host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
     assert [m["Destination"] for m in data["Mounts"]] == ["/run/fnctl"]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("boost", [False, True])
+def test_a_boosted_start_has_every_cpu_until_ready_and_the_functions_quota_after(
+    project: Project, probes_image: str, docker_client: docker.DockerClient, boost: bool
+) -> None:
+    instance = instances.start(
+        find_function(project, "cpu-quota"),
+        image=probes_image,
+        revision="test",
+        labels=labels(project.name, "cpu-quota"),
+        secret_values={},
+        boost=boost,
+    )
+    try:
+        seen = answers(instance)
+        at_start = float(os.cpu_count() or 1) if boost else 0.5  # the handler's module is imported while starting
+        assert seen == {"atImport": at_start, "now": 0.5}
+        assert docker_client.api.inspect_container(instance.container_id)["HostConfig"]["NanoCpus"] == 500_000_000
+    finally:
+        instances.kill(instance)
 
 
 @pytest.mark.docker
