@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from sandbox_handlers.harness import (
 
 import fnctl.manifest.validate
 from fnctl.commands.local import LocalResult, invoke_local
+from fnctl.commands.localdata import LocalData
 from fnctl.errors import BadInput
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
@@ -72,7 +75,9 @@ def _no_leftovers(project: Project, docker_client: docker.DockerClient) -> Itera
 
 def local(project: Project, function: str, event: Any, *, keep_warm: bool = False) -> LocalResult:
     size = len(json.dumps(event).encode())
-    return invoke_local(project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None)
+    return invoke_local(
+        project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None, open_data=LocalData.open
+    )
 
 
 def containers_of(docker_client: docker.DockerClient, project: Project, function: str) -> list[str]:
@@ -357,3 +362,45 @@ def test_cli_json_output_is_one_object_also_when_no_invocation_happens(project: 
     assert "error: the handler failed to load" in done.stderr  # and the person at the terminal sees it too
     bad = run_cli(project, "invoke", "--local", "echo", "-d", "{not json", "-o", "json")
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "BadInput"
+
+
+# ---- what the command loads --------------------------------------------------------------------------
+
+
+LOADED = """
+import json, runpy, sys
+sys.argv = ["fnctl", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("fnctl", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+heavy = ("docker", "jsonschema", "fnctl.data.plane", "fnctl.commands.localdata")
+print(json.dumps({"exit": code, "loaded": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
+"""
+
+
+def _loaded(project: Project, *args: str) -> tuple[str, set[str]]:
+    """`python -m fnctl ARGS`'s standard output, and which of the heavy modules it loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, *args],
+        cwd=project.root,
+        env={**os.environ, "FNCTL_BASE_IMAGE": project.base_image},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["exit"] == 0, done.stderr
+    return done.stdout, set(report["loaded"])
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_an_invocation_without_data_calls_loads_neither_the_docker_sdk_nor_the_data_plane(
+    project: Project, warm: bool
+) -> None:
+    args = ["invoke", "--local", "echo", "-d", '{"n": 7}', *(["--keep-warm"] if warm else [])]
+    _loaded(project, *args)  # builds the image (through the SDK) if it is not there yet, starts the warm instance
+    out, loaded = _loaded(project, *args)
+    assert json.loads(out)["echo"] == {"n": 7}
+    assert loaded == set()
