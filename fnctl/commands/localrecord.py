@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from fnctl import __version__
 from fnctl.errors import BadInput
+from fnctl.manifest.files import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.kinds import build
-from fnctl.manifest.loader import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project
 

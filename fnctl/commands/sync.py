@@ -22,7 +22,7 @@ from fnctl.errors import BadInput, FnctlError
 from fnctl.gitops import deploys
 from fnctl.gitops.deploys import Decision
 from fnctl.gitops.gitrepo import Commit, Mirror, WorkTree
-from fnctl.manifest.loader import find_manifest_files
+from fnctl.manifest.files import find_manifest_files
 from fnctl.manifest.project import CONFIG_FILE, Project, inside, project_at
 
 
