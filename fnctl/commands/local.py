@@ -28,7 +28,7 @@ from fnctl.errors import BadInput, FnctlError
 from fnctl.invocation.outcome import Outcome
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Function
-from fnctl.manifest.project import Project
+from fnctl.manifest.project import Project, cache_dir
 
 if TYPE_CHECKING:
     from fnctl.manifest.model import DesiredState
@@ -246,8 +246,6 @@ def warm_key(function: Function, source: Path, base_image: str, secret_values: d
 
 def _local_salt() -> str:
     """A random per-machine salt, so a hash of secret values in a socket path reveals nothing."""
-    from fnctl.engine.images import cache_dir
-
     path = cache_dir() / "local-salt"
     try:
         return path.read_text()

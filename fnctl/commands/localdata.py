@@ -20,14 +20,13 @@ from fnctl.data.caller import Caller
 from fnctl.data.errors import DataError
 from fnctl.data.plane import DataPlane
 from fnctl.deploy.actor import actor
-from fnctl.engine.images import cache_dir
 from fnctl.errors import BadInput
 from fnctl.gateway.datacalls import CallSession, answer, call_failed, open_session, parse_policies
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Function, Policy, RunAs
-from fnctl.manifest.project import Project
+from fnctl.manifest.project import Project, cache_dir
 from fnctl.state import docstore
 from fnctl.state.store import connect as connect_store
 
