@@ -1,10 +1,11 @@
 """`fnctl invoke --local`: build (cached) and run a function in a fresh sandbox with its production limits.
 
 With `keep_warm` the instance stays up, found again by a key of everything that defines it (spec, code,
-runtime, base, secrets), so the edit → invoke loop skips the container start. The warm path never loads
-the docker SDK, and skips validation when the manifests, the project settings and the functions' source
-trees are exactly what the last passing validation read (a record kept beside the warm instances:
-fnctl.commands.localrecord). `context.db` is opened on a handler's first call (`fnctl.commands.localdata`).
+runtime, base, secrets), so the edit → invoke loop skips the container start. Neither path loads the docker
+SDK (an image build aside), and both skip validation when the manifests, the project settings and the
+functions' source trees are exactly what the last passing validation read (a record kept beside the warm
+instances: fnctl.commands.localrecord). `context.db` is opened on a handler's first call
+(`fnctl.commands.localdata`).
 """
 
 from __future__ import annotations
@@ -58,16 +59,23 @@ def invoke_local(
     state store (a running one's: its collections and Policies)."""
     if data_from is not None and not data_from.exists():
         raise BadInput(f"--data-from {data_from}: no state store there")
+    # While nothing validation read has changed since it last passed, the recorded function is the one it
+    # would give; the desired state (context.db's collections and Policies) is then validated only if the
+    # handler calls context.db.
+    recorded = recorded_function(project, target)
+    state: Callable[[], DesiredState | None] = partial(_desired_state, project, target)
     tried = ""
-    if keep_warm:
-        recorded = recorded_function(project, target)
-        if recorded is not None:
-            tried = warm_key(recorded, function_source(recorded), project.base_image, resolve(recorded, project.root))
-            with _OnFirstCall(open_data, project, data_from, None) as data:
-                warm = _invoke_warm(recorded, tried, event, payload_size, data)
-            if warm is not None:
-                return LocalResult(recorded.name, warm, warm=True)
-    function, state = validated_function(project, target, record=keep_warm)
+    if keep_warm and recorded is not None:
+        tried = warm_key(recorded, function_source(recorded), project.base_image, resolve(recorded, project.root))
+        with _OnFirstCall(open_data, project, data_from, state) as data:
+            warm = _invoke_warm(recorded, tried, event, payload_size, data)
+        if warm is not None:
+            return LocalResult(recorded.name, warm, warm=True)
+    if recorded is not None and not keep_warm:
+        function = recorded
+    else:  # a kept-warm instance that no longer answers is started again from a fresh validation
+        function, validated = validated_function(project, target, record=True)
+        state = partial(_given, validated)
     source = function_source(function)
     secret_values = resolve(function, project.root)
     key = warm_key(function, source, project.base_image, secret_values)
@@ -90,6 +98,14 @@ def invoke_local(
         )
 
 
+def _desired_state(project: Project, target: str) -> DesiredState:
+    return validated_function(project, target, record=False)[1]
+
+
+def _given(state: DesiredState) -> DesiredState:
+    return state
+
+
 class DataCalls(Protocol):
     """What a local invocation needs of `context.db` (`fnctl.commands.localdata.LocalData`)."""
 
@@ -109,8 +125,10 @@ class _OnFirstCall:
     """`context.db` of a local invocation, opened when its handler first calls it: most handlers never do,
     and loading the data plane costs more than a warm invocation's whole work."""
 
-    def __init__(self, open_data: DataOpener, project: Project, data_from: Path | None, state: DesiredState | None):
-        self._open = partial(open_data, project, data_from, state)
+    def __init__(
+        self, open_data: DataOpener, project: Project, data_from: Path | None, state: Callable[[], DesiredState | None]
+    ):
+        self._open_data, self._project, self._data_from, self._state = open_data, project, data_from, state
         self._opened = ExitStack()
         self._calls: DataCalls | None = None
         self._function: Function | None = None
@@ -134,7 +152,8 @@ class _OnFirstCall:
                 if self._function is None:
                     raise CallFailed("NoInvocation", "no invocation is in flight")
                 try:
-                    calls = self._opened.enter_context(self._open())
+                    opened = self._open_data(self._project, self._data_from, self._state())
+                    calls = self._opened.enter_context(opened)
                 except FnctlError as error:
                     raise CallFailed("DataUnavailable", error.message) from None
                 calls.begin(self._function)

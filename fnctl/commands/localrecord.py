@@ -1,5 +1,5 @@
 """What `fnctl invoke --local` validates, and the record of its last passing validation: while the manifests,
-the project settings and the functions' source trees are exactly what that validation read, the warm path
+the project settings and the functions' source trees are exactly what that validation read, `invoke --local`
 rebuilds the function from the record instead of validating again."""
 
 from __future__ import annotations

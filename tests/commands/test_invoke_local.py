@@ -214,6 +214,27 @@ def test_keep_warm_validates_again_only_when_a_manifest_or_a_source_changed(
     assert again.warm and again.outcome.result == {"echo": {"n": 8}} and len(validations) == 5
 
 
+def test_a_fresh_sandbox_validates_again_only_when_a_manifest_or_a_source_changed(
+    two_functions: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, root = two_functions, two_functions.root
+    validations = count_validations(monkeypatch)
+    backdate(root)
+    assert local(project, "warm", {"n": 1}).outcome.ok and len(validations) == 1
+    again = local(project, "warm", {"n": 2})
+    assert not again.warm and again.outcome.result["echo"] == {"n": 2}
+    assert len(validations) == 1  # nothing changed: the recorded function was started
+
+    manifest = root / "manifests" / "warm.yaml"
+    manifest.write_text(manifest.read_text().replace("probes.echo_context", "probes.echo"))
+    changed = local(project, "warm", {"n": 3})
+    assert changed.outcome.result == {"echo": {"n": 3}} and len(validations) == 2
+    (root / "functions" / "other" / "main.py").write_text("def handler(:\n")
+    with pytest.raises(BadInput, match="cannot parse main.py"):
+        local(project, "warm", {"n": 4})
+    assert len(validations) == 3
+
+
 def test_keep_warm_by_manifest_path_detects_an_edit_of_that_manifest(
     two_functions: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
