@@ -172,7 +172,8 @@ def seed(bench: Bench, first: int, count: int, image: str) -> None:
     from fnctl.engine import instances
     from fnctl.engine.sandbox import labels
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import InstanceRow, InstanceState, Revision, RevisionStatus, connect
+    from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
+    from fnctl.state.store import connect
 
     os.environ.update(bench.env)
     project = load_project(bench.root)

@@ -1,9 +1,16 @@
-"""Host-to-runtime transport speed: warm round-trip latency and 8-caller throughput of a no-op invocation.
+"""Host-to-runtime transport speed: warm round-trip latency and 8-caller throughput of a no-op invocation, and
+the round trip of a handler's `context.call` (sync handler, in a worker process, on the worker connection the
+transport offers: docs/protocol.md) and `await context.acall` (async handler, on the runtime's event loop) to
+the gateway's transport (`AsyncTransport`, answering at once as the broker answers a `db.get` or a refusal),
+timed inside the handler.
 
-Both figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, measured in the
-same run (these machines are noisy: each figure is the median over rounds, and the ratio is what to watch).
+The invocation figures are compared with a bare asyncio length-prefixed echo server over a Unix socket, the
+call figures with a socketpair ping-pong between two processes (the floor of any round trip between two
+Python processes here), all measured in the same run (these machines are noisy: each figure is the median over
+rounds, and the ratio is what to watch). Targets (issue 18): acall p50 <= 100 us, call p50 <= 150 us, p99 <= 1 ms.
 
-    python benchmarks/bench_transport.py [--rounds 3] [--sequential 2000] [--count 20000] [--socket-dir DIR]
+    python benchmarks/bench_transport.py [--rounds 3] [--sequential 2000] [--count 20000] [--calls 2000]
+                                         [--socket-dir DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fnctl.engine.instances import host_transport  # noqa: E402
+from fnctl.invocation.aiotransport import Answered, AsyncTransport  # noqa: E402
 from fnctl.invocation.protocol import encode_frame  # noqa: E402
 from fnctl.invocation.transport import UnixSocketTransport  # noqa: E402
 
@@ -209,6 +217,120 @@ def measure_baseline(path: str, args: argparse.Namespace) -> Figures:
     return Figures(p50, p95, rate)
 
 
+# ---- context.call / context.acall -----------------------------------------------------------
+
+CALLERS = """
+import time
+def handler(event, context):
+    took = []
+    for _ in range(event["n"]):
+        started = time.perf_counter_ns()
+        context.call("ping", {})
+        took.append(time.perf_counter_ns() - started)
+    return took
+async def ahandler(event, context):
+    took = []
+    for _ in range(event["n"]):
+        started = time.perf_counter_ns()
+        await context.acall("ping", {})
+        took.append(time.perf_counter_ns() - started)
+    return took
+"""
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    p50_us: float
+    p99_us: float
+
+
+def _call_figures(nanoseconds: list[int]) -> CallFigures:
+    samples = [n / 1000 for n in nanoseconds]
+    return CallFigures(statistics.median(samples), statistics.quantiles(samples, n=100)[98])
+
+
+def _answer_now(invocation_id: str, method: str, params: dict[str, object]) -> Answered:
+    return Answered(None)
+
+
+def _runtime_or_its_worker(pid: int) -> Callable[[int], bool]:
+    """The peer check of a runtime run as a local process: it, or a worker process it forked (in a container,
+    the cgroup check admits both)."""
+
+    def check(peer: int) -> bool:
+        try:
+            with open(f"/proc/{peer}/stat", encoding="ascii") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid in (peer, parent)
+
+    return check
+
+
+async def _calls_from(directory: str, pid: int, count: int) -> list[int]:
+    transport = AsyncTransport(directory, peer=_runtime_or_its_worker(pid), on_call=_answer_now)
+    await transport.connect(timeout=15)
+    try:
+        await transport.invoke({"n": WARMUP}, invocation_id="warm", deadline=time.time() + 60)
+        result = await transport.invoke({"n": count}, invocation_id="timed", deadline=time.time() + 60)
+        if not result.ok or not isinstance(result.result, list):
+            raise SystemExit(f"the call benchmark handler failed: {result.error}")
+        return [int(n) for n in result.result]
+    finally:
+        await transport.close()
+
+
+def measure_calls(workdir: Path, handler: str, count: int) -> CallFigures:
+    """`count` calls from one invocation of `handler` (main.handler: sync, main.ahandler: async)."""
+    code = workdir / f"code-{handler}"
+    code.mkdir(exist_ok=True)
+    (code / "main.py").write_text(CALLERS)
+    directory = workdir / f"run-{handler}"
+    directory.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "FNCTL_HANDLER": handler,
+        "FNCTL_CODE_DIR": str(code),
+        "FNCTL_SOCKET_DIR": str(directory),
+        "FNCTL_FUNCTION": "bench",
+        "FNCTL_REVISION": "bench",
+    }
+    process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
+    try:
+        return _call_figures(asyncio.run(_calls_from(str(directory), process.pid, count)))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def measure_pingpong(count: int) -> CallFigures:
+    """A call-sized frame to a child process and back over a socketpair, both sides blocking Python."""
+    ours, theirs = socket.socketpair()
+    frame = encode_frame({"type": "call", "id": "w1.1", "invocation_id": "x" * 32, "method": "ping", "params": {}})
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        while data := theirs.recv(65536):
+            theirs.sendall(data)
+        os._exit(0)
+    theirs.close()
+    took = []
+    try:
+        for n in range(WARMUP + count):
+            started = time.perf_counter_ns()
+            ours.sendall(frame)
+            got = 0
+            while got < len(frame):
+                got += len(ours.recv(65536))
+            if n >= WARMUP:
+                took.append(time.perf_counter_ns() - started)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    return _call_figures(took)
+
+
 def median_figures(rounds: list[Figures]) -> Figures:
     names = ("p50_us", "p95_us", "per_second")
     return Figures(*(statistics.median(getattr(r, name) for r in rounds) for name in names))
@@ -233,6 +355,40 @@ def run(args: argparse.Namespace) -> dict[str, Figures]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {name: median_figures(rounds) for name, rounds in results.items()}
+
+
+def run_calls(args: argparse.Namespace) -> dict[str, CallFigures]:
+    """Rounds of: the socketpair baseline, sync `context.call`, async `context.acall`; medians over rounds."""
+    rounds: dict[str, list[CallFigures]] = {"pingpong": [], "call": [], "acall": []}
+    workdir = Path(tempfile.mkdtemp(prefix="fncall-"))
+    try:
+        for n in range(args.rounds):
+            rounds["pingpong"].append(measure_pingpong(args.calls))
+            rounds["call"].append(measure_calls(workdir, "main.handler", args.calls))
+            rounds["acall"].append(measure_calls(workdir, "main.ahandler", args.calls))
+            row = ", ".join(f"{k} p50 {v[-1].p50_us:.0f} µs p99 {v[-1].p99_us:.0f} µs" for k, v in rounds.items())
+            print(f"call round {n + 1}: {row}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        name: CallFigures(statistics.median(f.p50_us for f in got), statistics.median(f.p99_us for f in got))
+        for name, got in rounds.items()
+    }
+
+
+def report_calls(figures: dict[str, CallFigures], args: argparse.Namespace) -> None:
+    base = figures["pingpong"]
+    print(f"\nhandler -> host call round trip, timed in the handler, median of {args.rounds} rounds of {args.calls}")
+    print(f"{'':34}{'p50 µs':>10}{'p99 µs':>10}{'p50 ratio':>11}{'target':>22}")
+    targets = {"call": "p50 <= 150, p99 <= 1000", "acall": "p50 <= 100", "pingpong": "(baseline)"}
+    names = {
+        "call": "context.call (sync, worker)",
+        "acall": "context.acall (async, loop)",
+        "pingpong": "socketpair ping-pong",
+    }
+    for key in ("call", "acall", "pingpong"):
+        f = figures[key]
+        print(f"{names[key]:34}{f.p50_us:>10.1f}{f.p99_us:>10.1f}{f.p50_us / base.p50_us:>10.2f}x{targets[key]:>22}")
 
 
 @contextmanager
@@ -273,6 +429,7 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=2000, help="invocations for the latency figures")
     parser.add_argument("--count", type=int, default=20000, help="invocations for the throughput figure")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=2000, help="context.call round trips per round (0: none)")
     parser.add_argument("--max-seconds", type=float, default=120, help="stop after the round that passes this")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--serve-echo", metavar="PATH", help=argparse.SUPPRESS)  # the baseline server process
@@ -280,11 +437,16 @@ def main() -> None:
     if args.serve_echo:
         asyncio.run(_serve_echo(args.serve_echo))
         return
-    figures = run(args)
+    figures = run(args) if args.sequential > 0 else {}
+    calls = run_calls(args) if args.calls > 0 and not args.socket_dir else {}
     if args.json:
-        print(json.dumps({name: asdict(f) for name, f in figures.items()}, indent=2))
-    else:
+        out = {name: asdict(f) for name, f in figures.items()} | {name: asdict(f) for name, f in calls.items()}
+        print(json.dumps(out, indent=2))
+        return
+    if figures:
         report(figures, args)
+    if calls:
+        report_calls(calls, args)
 
 
 if __name__ == "__main__":

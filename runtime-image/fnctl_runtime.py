@@ -25,7 +25,8 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
-import functools
+import fcntl
+import gc
 import importlib
 import importlib.util
 import inspect
@@ -34,12 +35,12 @@ import itertools
 import json
 import logging
 import os
-import queue
+import re
+import select
 import signal
 import socket
 import stat
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -48,9 +49,11 @@ from typing import Any
 
 PROTOCOL = 1
 MIB = 1 << 20
+READ_SIZE = 64 * 1024  # bytes per read: several frames at once under load; past 128 KiB each read maps fresh pages
 FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
 LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the host's listeners; every other name is ignored
 SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners: what a new host connection may wait
+ATTACH_WAIT = 5.0  # how long a worker waits for the host to accept its own connection, then uses the first
 STARTUP_REPORT_WAIT = 10.0  # how long a failed start waits for a host to listen, then to read the report
 _THIS_FILE = os.path.abspath(__file__)
 _IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
@@ -424,11 +427,49 @@ def _is_user_frame(filename: str) -> bool:
 
 def _startup_failed(directory: str, exc: BaseException) -> int:
     tb = user_traceback(exc)
-    report = {"type": type(exc).__name__, "message": _message(exc), "traceback": tb}
+    report = {"type": type(exc).__name__, "message": _missing_library(exc) or _message(exc), "traceback": tb}
     _REAL_STDERR.write(f"fnctl-runtime: cannot load the handler\n{tb}")
     _REAL_STDERR.flush()
     _report_to_hosts(directory, encode({"type": "startup_failed", "protocol": PROTOCOL, "error": report}))
     return 3
+
+
+_DLOPEN_FAILED = re.compile(r"([^\s:/]+\.so[.\d]*): cannot open shared object file")
+
+
+def _missing_library(exc: BaseException) -> str | None:
+    """A library the loader did not find, anywhere in the chain, said plainly: wrappers hide it (numpy's "you
+    should not try to import numpy from its source directory"). From an extension that links it (ImportError
+    naming the extension) or a ctypes load (OSError, named by the user's module that asked)."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        found = _DLOPEN_FAILED.search(_message(node)) if isinstance(node, OSError | ImportError) else None
+        if found:
+            needed_by = node.name if isinstance(node, ImportError) and node.name else _importing_module(node)
+            return (
+                f"missing shared library {found[1]} in the base image (needed by {needed_by}): rebuild the base "
+                "with `bash scripts/build-base-image.sh`, or use a wheel that bundles it"
+            )
+        pending += [node.__cause__, node.__context__]
+    return None
+
+
+def _importing_module(exc: BaseException) -> str:
+    """The innermost module outside the standard library (and this runtime) that `exc` passed through."""
+    stdlib = os.path.dirname(os.path.abspath(os.__file__))
+    name = "the handler's module"
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<") and _is_user_frame(filename) and not filename.startswith(stdlib + os.sep):
+            name = str(tb.tb_frame.f_globals.get("__name__", name))
+        tb = tb.tb_next
+    return name
 
 
 def _report_to_hosts(directory: str, frame: bytes) -> None:
@@ -483,65 +524,138 @@ def host_listeners(directory: str, tried: set[str]) -> list[str]:
 # ---- invocation context -----------------------------------------------------------------------
 
 
-class Context:
-    """The handler's second argument."""
+class CognitoIdentity:
+    """`context.identity` as AWS Lambda shapes it. fnctl has no Cognito: both ids are None, as on Lambda for
+    any invocation that does not come from its mobile SDK (fnctl's caller is `context.caller`)."""
 
-    def __init__(self, conn: _Connection, invocation_id: str, deadline: float, caller: Any) -> None:
-        server = conn.server
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self) -> None:
+        self.cognito_identity_id: str | None = None
+        self.cognito_identity_pool_id: str | None = None
+
+
+class Abort(Exception):
+    """`raise context.Abort("reason")` in a data hook (beforeCreate, ...): the write is refused (422) with the
+    reason. Reported in the error frame as type `fnctl.Abort`, so that no exception of the user's own that
+    happens to share the name is taken for a verdict."""
+
+    def __init__(self, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"context.Abort(reason): the reason must be a string, not {type(reason).__name__}")
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Context:
+    """The handler's second argument: fnctl's names, and AWS Lambda's beside them with fnctl's values
+    (docs/runtime.md): `aws_request_id` is the invocation id, `function_version` the revision,
+    `invoked_function_arn` an ARN-shaped `arn:fnctl:lambda:local:000000000000:function:NAME:REVISION`,
+    `memory_limit_in_mb` the sandbox's memory limit, `log_group_name` `/fnctl/NAME`, `log_stream_name`
+    `REVISION/<instance host name>`, `identity` without Cognito ids and `client_context` None."""
+
+    client_context = None
+    Abort = Abort
+
+    def __init__(self, server: Server, channel: Any, invocation_id: str, deadline: float, caller: Any) -> None:
         self.function_name = server.config.function
-        self.revision = server.config.revision
-        self.invocation_id = invocation_id
+        self.revision = self.function_version = server.config.revision
+        self.invocation_id = self.aws_request_id = invocation_id
         self.deadline = deadline
         self.caller: dict[str, Any] | None = caller if isinstance(caller, dict) else None
         self.logger = server.logger
+        self.memory_limit_in_mb = server.memory_limit_mb
+        self.invoked_function_arn, self.log_group_name, self.log_stream_name = server.lambda_names
+        self.identity = CognitoIdentity()
         self.db = Database(self)
-        self._conn = conn
+        self._channel = channel
 
     def remaining_time(self) -> float:
+        """Seconds left before the deadline."""
         return max(0.0, self.deadline - time.time())
 
+    def get_remaining_time_in_millis(self) -> int:
+        """Lambda's name: whole milliseconds left before the deadline."""
+        return max(0, int((self.deadline - time.time()) * 1000))
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Ask the host to run `method`; blocks this (worker) thread until the reply comes."""
-        loop = self._conn.server.loop
+        """Ask the host to run `method`; blocks the calling thread until the reply comes."""
         try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
-        try:
-            return self._conn.call_from_thread(self.invocation_id, method, params or {}, self.deadline)
+            return self._channel.call(self.invocation_id, method, params or {}, self.deadline)
         except CallbackError as exc:
             raise CallbackError(exc.type, exc.message, exc.details) from None  # a fresh traceback: no runtime frames
 
     async def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return await self._conn.call(self.invocation_id, method, params or {}, self.deadline)
+        return await self._channel.acall(self.invocation_id, method, params or {}, self.deadline)
+
+
+def _memory_limit_mb() -> int:
+    """The sandbox's memory limit (its cgroup's, v2 or v1), else the machine's memory, in MiB."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (1 << 60):  # "max" or a huge number: no limit there
+            return int(text) // MIB
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB
+    except (ValueError, OSError):
+        return 0
+
+
+def _lambda_names(config: Config) -> tuple[str, str, str]:
+    name, revision = config.function or "handler", config.revision or "0"
+    arn = f"arn:fnctl:lambda:local:000000000000:function:{name}:{revision}"
+    return arn, f"/fnctl/{name}", f"{revision}/{socket.gethostname()}"
 
 
 # ---- connections and the server ---------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One host connection: parses frames and multiplexes requests and callbacks by id."""
+class _Connection(asyncio.BufferedProtocol):
+    """One host connection: parses frames and multiplexes requests and callbacks by id.
 
-    def __init__(self, server: Server) -> None:
+    Read into a buffer of its own (a BufferedProtocol): asyncio's plain protocols get a fresh 256 KiB bytes
+    object per read, an allocation of that size for every frame (a few µs of a call's round trip)."""
+
+    def __init__(self, server: Server, path: str = "") -> None:
         self.server = server
+        self.path = path  # the host's listener it came through: where a worker connects when offered
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call, from a worker
-        # thread, which waits on it directly); both are resolved on the loop by `resolve`.
+        # Calls awaiting their reply: asyncio futures (acall, on the loop) or concurrent ones (call from a thread
+        # an async handler started, which waits on it directly); both are resolved on the loop by `resolve`.
         self.calls: dict[str, Any] = {}
+        self.deadlines: dict[str, tuple[float, str]] = {}  # acall id -> (deadline, method), for the sweep
         self.next_call = 0
-        self.thread_calls = itertools.count(1)  # ids of calls from worker threads ("t1", ...): next() is atomic
+        self.thread_calls = itertools.count(1)  # ids of calls from other threads ("t1", ...): next() is atomic
         self.closed: asyncio.Future[None] = server.loop.create_future()
+        self.id = 0
+        self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
+        self.use_frame = b""  # tells a worker which connection its next invocation is from
+        self.incoming = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.connections.add(self)
-        self.send(self.server.ready_message())
+        server = self.server
+        server.next_conn += 1
+        self.id = server.next_conn
+        self.use_frame = encode({"type": "use", "conn": self.id})
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        server.connections.add(self)
+        self.send(server.ready_message())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.incoming
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.incoming[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         buf = self.buf
         buf += data
         while len(buf) >= 4:
@@ -551,6 +665,13 @@ class _Connection(asyncio.Protocol):
                 return
             if len(buf) < 4 + size:
                 return
+            if buf.startswith(_WORKER_REPLY, 4):  # fnctl's host writes these keys first: passed on undecoded
+                call_id = buf[3 + len(_WORKER_REPLY) : 52].decode("ascii", "replace")
+                worker = self.server.workers.get(_worker_index(call_id))
+                if worker is not None:
+                    worker.write(bytes(buf[: 4 + size]))
+                del buf[: 4 + size]
+                continue
             body = bytes(buf[4 : 4 + size])
             del buf[: 4 + size]
             try:
@@ -560,49 +681,73 @@ class _Connection(asyncio.Protocol):
             if not isinstance(message, dict):
                 self.abort("frame is not a JSON object")
                 return
-            self.server.dispatch(self, message, size)
+            self.server.dispatch(self, message, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fd = -1
         self.server.connections.discard(self)
-        for future in list(self.calls.values()):  # a copy: worker threads add and remove calls
+        self.deadlines.clear()
+        for future in list(self.calls.values()):  # a copy: other threads add and remove calls
             if not future.done():
                 future.set_exception(CallbackError("ConnectionLost", "the host connection closed"))
+        self.server.connection_gone(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def abort(self, reason: str) -> None:
         _REAL_STDERR.write(f"fnctl-runtime: closing a connection: {reason}\n")
+        self.close()
+
+    def close(self) -> None:
+        self.fd = -1
         if self.transport is not None:
             self.transport.close()
 
     def write(self, frame: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        lock = self.server.write_lock
+        if lock is not None:  # workers write this connection too: whole frames, one writer at a time
+            if self.fd >= 0:
+                _write_all(self.fd, frame, lock)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(encode(message))
 
-    async def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+    def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        """`context.call` from an async handler: only from a thread of its own, never the event loop's."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.server.loop:
+            raise RuntimeError("context.call() would block the event loop: use `await context.acall(...)`")
+        return self.call_from_thread(invocation_id, method, params, deadline)
+
+    async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        """The frame is written at once; the reply resolves a future. No task and no timer per call: one
+        sweep of the server fails the calls past their deadline (`Server.sweep`)."""
         if self.transport is None or self.transport.is_closing():
             raise CallbackError("ConnectionLost", "the host connection is closed")
         self.next_call += 1
         call_id = f"c{self.next_call}"
+        frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
+                        "params": params})
         future: asyncio.Future[Any] = self.server.loop.create_future()
         self.calls[call_id] = future
+        if deadline:
+            self.deadlines[call_id] = (deadline, method)
+            self.server.arm_sweep()
         try:
-            self.send({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
-                       "params": params})
-            timeout = max(0.0, deadline - time.time()) if deadline else None
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+            self.write(frame)
+            return await future
         finally:
             self.calls.pop(call_id, None)
+            self.deadlines.pop(call_id, None)
 
     def call_from_thread(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
-        """`call` for a worker thread: the frame is sent by one callback on the loop and the thread waits on a
-        concurrent future that `resolve` completes (no task, no timer on the loop: a context.db call's round
-        trip is two thread wake-ups, not five)."""
+        """`call` for a thread an async handler started: the frame is sent by one callback on the loop and the
+        thread waits on a concurrent future that `resolve` completes."""
         reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
         call_id = f"t{next(self.thread_calls)}"
         self.calls[call_id] = reply
@@ -635,109 +780,134 @@ class _Connection(asyncio.Protocol):
         if message.get("ok"):
             future.set_result(message.get("result"))
         else:
-            error = message.get("error")
-            error = error if isinstance(error, dict) else {}
-            future.set_exception(CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error))
+            future.set_exception(_reply_error(message))
+
+
+def _reply_error(message: dict[str, Any]) -> CallbackError:
+    error = message.get("error")
+    error = error if isinstance(error, dict) else {}
+    return CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error)
+
+
+SWEEP_INTERVAL = 0.05  # seconds between looks for async calls past their deadline (so up to that late)
 
 
 class Server:
+    """The runtime's first process: the host connections, the queue of invocations and their slots.
+
+    An async handler runs here, on the event loop (one process, any number of invocations). A synchronous one
+    runs in worker processes forked from this one after the handler was imported (`_Worker`), each serving
+    one invocation at a time on its own main thread, as AWS Lambda or a plain script would run it: one worker
+    is forked at start, more as concurrent invocations need them, up to `concurrency`; they stay.
+    """
+
     def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.handler = handler
         self.loop = loop
         self.max_frame = config.payload_limit + FRAME_SLACK
         self.connections: set[_Connection] = set()
-        self.pool = _Workers(config.concurrency)
         self.running = 0  # invocations holding one of the `concurrency` slots
-        self.waiting: collections.deque[tuple[_Connection, dict[str, Any]]] = collections.deque()
+        self.waiting: collections.deque[tuple[_Connection, dict[str, Any], bytes]] = collections.deque()
         self.logger = _function_logger(config.function or "handler")
+        self.memory_limit_mb = _memory_limit_mb()
+        self.lambda_names = _lambda_names(config)
         self.inflight = 0  # running + waiting: what drain waits for and ping reports
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
+        self.stopping = False  # workers exiting now are expected to
         self.stopped = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
-        # Replies built by worker threads, handed to the loop with one wake-up for all that are ready.
-        self.replies: collections.deque[tuple[_Connection, bytes]] = collections.deque()
-        self.wake_pending = False
+        self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
+        self.idle_workers: list[_Worker] = []
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.next_conn = 0
+        # Workers write to the host connections too (synchronous handlers): every write holds this lock.
+        self.write_lock: int | None = None if handler.is_async else _new_write_lock()
 
     def ready_message(self) -> dict[str, Any]:
         c = self.config
         return {"type": "ready", "protocol": PROTOCOL, "function": c.function, "revision": c.revision,
                 "pid": os.getpid(), "concurrency": c.concurrency}
 
-    def dispatch(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+    def dispatch(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         kind, request_id = message.get("type"), message.get("id")
         if kind == "invoke":
-            self.start_invocation(conn, message, size)
+            self.start_invocation(conn, message, body)
         elif kind == "reply":
-            conn.resolve(message)
+            if isinstance(request_id, str) and request_id.startswith("w"):
+                worker = self.workers.get(_worker_index(request_id))
+                if worker is not None:  # else: it is gone, and the call with it
+                    worker.write(len(body).to_bytes(4, "big") + body)
+            else:
+                conn.resolve(message)
         elif kind == "ping":
+            self.collect()
             conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
         elif kind == "configure":
-            self.configure(conn, request_id, message.get("secrets"))
+            self.configure(conn, request_id, message.get("secrets"), body, message.get("workers") is True)
         elif kind == "drain":
             self.spawn(self.drain(conn, request_id))
         else:
             conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
 
-    def configure(self, conn: _Connection, request_id: Any, secrets: Any) -> None:
+    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes, workers: bool) -> None:
         if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
             conn.send({"type": "error", "id": request_id, "message": "secrets must map names to strings"})
             return
+        if workers and conn.path and not self.handler.is_async:
+            # The host keeps its listener up for our workers: each connects there itself, on its first
+            # invocation from this connection, and the host's replies to its calls reach it directly.
+            conn.use_frame = encode({"type": "use", "conn": conn.id, "attach": conn.path})
         os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
+        for worker in self.workers.values():  # forked before: they learn them before their next invocation
+            worker.write(len(body).to_bytes(4, "big") + body)
         conn.send({"type": "configured", "id": request_id})
 
-    def start_invocation(self, conn: _Connection, message: dict[str, Any], size: int) -> None:
+    def start_invocation(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         request_id = message.get("id")
         if self.draining:
             conn.write(_failure_frame(request_id, "draining", "Draining", "the instance is draining"))
             return
-        if size > self.config.payload_limit:
-            text = f"the request is {size} bytes, over the payload limit of {self.config.payload_limit}"
+        if len(body) > self.config.payload_limit:
+            text = f"the request is {len(body)} bytes, over the payload limit of {self.config.payload_limit}"
             conn.write(_failure_frame(request_id, "payload_too_large", "PayloadTooLarge", text))
             return
+        if not self.idle_workers and self.workers:
+            self.collect()  # slots freed since: admitted before this one (the queue keeps arrival order)
         self.inflight += 1
         self.idle.clear()
         if self.running < self.config.concurrency:
-            self.begin(conn, message)
+            self.begin(conn, message, body)
         else:
-            self.waiting.append((conn, message))  # admitted in arrival order as slots free up
+            self.waiting.append((conn, message, body))  # admitted in arrival order as slots free up
+            self.watch_workers()  # from now on each freed slot admits the next at once
 
-    def begin(self, conn: _Connection, message: dict[str, Any]) -> None:
+    def begin(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
         self.running += 1
+        if not self.handler.is_async:
+            try:
+                worker = self.idle_workers.pop() if self.idle_workers else self.fork_worker()
+            except OSError as exc:  # e.g. the pids limit: this invocation fails, the instance lives on
+                self.finish(conn, _failure_frame(message.get("id"), "handler_error", type(exc).__name__,
+                                                 f"{exc} (starting a worker process)"))
+                return
+            worker.conn = conn
+            worker.invocation_id, worker.deadline = _invocation_of(message)
+            worker.start(conn, body)
+            worker.watch(bool(self.waiting) or self.draining or conn.id not in worker.has)
+            if worker.deadline:
+                self.arm_sweep()
+            return
         raw = message.get("context")
         info = raw if isinstance(raw, dict) else {}
-        context = Context(conn, str(info.get("invocation_id", "")), float(info.get("deadline") or 0),
+        context = Context(self, conn, str(info.get("invocation_id", "")), float(info.get("deadline") or 0),
                           info.get("caller"))
         capture = _Capture(self.config.log_limit)
         ctx = contextvars.copy_context()
         ctx.run(_capture.set, capture)  # output within ctx, and any context copied from it, is captured
-        job = (conn, message.get("id"), message.get("event"), context, capture)
-        if self.handler.is_async:
-            self.spawn(self.run_async(*job), ctx)
-        else:
-            # No task and no asyncio future per call: the worker builds the reply and hands back bytes.
-            self.pool.submit(functools.partial(ctx.run, self.run_sync, *job))
-
-    def run_sync(
-        self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
-    ) -> None:
-        start = time.perf_counter()
-        try:
-            result = self.handler.call(event, context)
-        except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
-            outcome = _Outcome.failed("handler_error", exc, start)
-        else:
-            outcome = _serialise(result, self.config.output_limit, start)
-        _echo_logs(context.invocation_id, capture)
-        self.replies.append((conn, _result_frame(request_id, outcome, capture)))
-        # Appended before the flag is read, and the loop clears the flag before it takes the replies: a
-        # reply is never left behind, and a wake-up (a write to the loop's self-pipe, a syscall and a loop
-        # round each) is saved whenever one is already on its way.
-        if not self.wake_pending:
-            self.wake_pending = True
-            self.loop.call_soon_threadsafe(self.finish_replies)
+        self.spawn(self.run_async(conn, message.get("id"), message.get("event"), context, capture), ctx)
 
     async def run_async(
         self, conn: _Connection, request_id: Any, event: Any, context: Context, capture: _Capture
@@ -754,20 +924,141 @@ class Server:
         _echo_logs(context.invocation_id, capture)
         self.finish(conn, _result_frame(request_id, outcome, capture))
 
-    def finish_replies(self) -> None:
-        self.wake_pending = False
-        replies = self.replies
-        while replies:
-            self.finish(*replies.popleft())
-
     def finish(self, conn: _Connection, frame: bytes) -> None:
-        conn.write(frame)
+        if frame:
+            conn.write(frame)
         self.running -= 1
         self.inflight -= 1
         if self.waiting:
             self.begin(*self.waiting.popleft())
         elif self.inflight == 0:
             self.idle.set()
+
+    # ---- worker processes (synchronous handlers) ----
+
+    def fork_worker(self) -> _Worker:
+        index = len(self.workers) + 1
+        while index in self.workers:
+            index += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        supervisor = os.getpid()
+        if not self.workers:
+            gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # the worker: it never returns to the event loop
+            code = 70
+            try:
+                ours.close()
+                host_fds = self._forget_in_worker(supervisor)
+                code = _Worker.serve(self, theirs, index, host_fds)
+            except BaseException:  # noqa: BLE001 -- a runtime bug: say so, exit non-zero
+                traceback.print_exc(file=_REAL_STDERR)
+            finally:
+                _REAL_STDERR.flush()
+                os._exit(code)
+        theirs.close()
+        worker = self.workers[index] = _Worker(self, index, pid, ours, {c.id for c in self.connections if c.fd >= 0})
+        return worker
+
+    def _forget_in_worker(self, supervisor: int) -> dict[int, int]:
+        """In a new worker: drop the supervisor's links to other workers and its signal handling, so that only
+        the supervisor reads the host and a worker's exit is seen at once. Returns its copies of the host
+        connections (id -> fd), which it writes its calls and results to."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for worker in self.workers.values():
+            with contextlib.suppress(OSError):
+                os.close(worker.sock.fileno())
+        host_fds = {conn.id: conn.fd for conn in self.connections if conn.fd >= 0}
+        self.workers, self.idle_workers, self.connections = {}, [], set()
+        _die_with_parent(supervisor)
+        return host_fds
+
+    def worker_done(self, worker: _Worker, frame: bytes) -> None:
+        """A worker's invocation ended; `frame` is its result to pass on (empty: it wrote it itself)."""
+        conn, worker.conn = worker.conn, None
+        self.idle_workers.append(worker)
+        if conn is not None:
+            self.finish(conn, frame)
+        if worker.conn is None:  # not given the next invocation by `finish`: nothing to wake up for
+            worker.watch(False)
+
+    def collect(self) -> None:
+        """Take the `D` (done) notes that busy workers left on their links unread: a worker's end is not
+        worth a wake-up of this process unless an invocation waits for its slot (`watch_workers`)."""
+        for worker in list(self.workers.values()):
+            if worker.conn is not None and not worker.watched:
+                worker.readable()
+
+    def watch_workers(self) -> None:
+        for worker in self.workers.values():
+            if worker.conn is not None:
+                worker.watch(True)
+
+    def connection_gone(self, conn: _Connection) -> None:
+        """The host hung up: calls that workers make for its invocations fail (their results are dropped)."""
+        for worker in self.workers.values():
+            if conn.id in worker.has or worker.conn is conn:
+                worker.has.discard(conn.id)
+                invocation = worker.invocation_id if worker.conn is conn else ""
+                worker.write(encode({"type": "lost", "conn": conn.id, "invocation_id": invocation}))
+
+    def reap(self) -> None:
+        """SIGCHLD: a worker that exits unasked takes the instance with it, with its exit code (137 for the
+        OOM killer's SIGKILL), as the single process it stands for would have: the host then reports the
+        crash or the out-of-memory kill and replaces the instance."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = next((w for w in self.workers.values() if w.pid == pid), None)
+            if worker is None or self.stopping:
+                continue  # an orphan the runtime inherited as PID 1, or a worker told to stop
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            _REAL_STDERR.write(f"fnctl-runtime: the handler's worker process {pid} exited with code {code}\n")
+            _REAL_STDERR.flush()
+            os._exit(code)
+
+    def arm_sweep(self) -> None:
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def sweep(self) -> None:
+        """Fail the async calls past their deadline and tell each worker whose invocation passed its deadline
+        (a call it waits for, or makes from then on, fails with Timeout); look again while any are waiting."""
+        self.sweeper = None
+        now, waiting = time.time(), False
+        for worker in self.workers.values():
+            if worker.conn is not None and worker.deadline:
+                if worker.deadline > now:
+                    waiting = True
+                else:
+                    worker.deadline = 0.0  # told once
+                    worker.write(encode({"type": "deadline", "invocation_id": worker.invocation_id}))
+        for conn in self.connections:
+            for call_id, (deadline, method) in list(conn.deadlines.items()):
+                if deadline > now:
+                    waiting = True
+                    continue
+                del conn.deadlines[call_id]
+                future = conn.calls.get(call_id)
+                if future is not None and not future.done():
+                    future.set_exception(CallbackError("Timeout", f"no reply to {method!r} before the deadline"))
+        if waiting:
+            self.arm_sweep()
+
+    # ---- connections, drain ----
 
     async def watch(self) -> None:
         """Connect out to each host listener as it appears in the socket directory, until draining."""
@@ -780,16 +1071,23 @@ class Server:
 
     async def connect_out(self, path: str) -> None:
         try:
-            await self.loop.create_unix_connection(lambda: _Connection(self), path)
+            await self.loop.create_unix_connection(lambda: _Connection(self, path), path)
         except OSError:
             pass  # the listener of a host process that died or gave up: not tried again
 
     async def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
+        self.collect()
+        self.watch_workers()
         await self.idle.wait()
         if conn is not None:
             conn.send({"type": "drained", "id": request_id})
         self.stopped.set()
+
+    def stop_workers(self) -> None:
+        self.stopping = True
+        for worker in self.workers.values():
+            worker.close()  # the worker reads the end of its link and exits 0
 
     def spawn(self, coro: Any, context: contextvars.Context | None = None) -> None:
         task = self.loop.create_task(coro, context=context)
@@ -804,32 +1102,412 @@ class Server:
             traceback.print_exception(exc, file=_REAL_STDERR)
 
 
-class _Workers:
-    """The handler threads, all started up front so a pids limit fails the start, not the traffic.
+_WORKER_REPLY = b'{"type":"reply","id":"w'  # the start of a host's reply to a worker's call
 
-    A plain queue of callables: ThreadPoolExecutor's futures and locks cost measurably per invocation.
+
+def _worker_index(call_id: str) -> int:
+    """The worker a call id ("w3.17") belongs to; 0 (none) for anything else."""
+    head = call_id[1:].partition(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _invocation_of(message: dict[str, Any]) -> tuple[str, float]:
+    """An invoke message's invocation id and deadline (0: none)."""
+    info = message.get("context")
+    if not isinstance(info, dict):
+        return "", 0.0
+    deadline = info.get("deadline")
+    return str(info.get("invocation_id", "")), float(deadline) if isinstance(deadline, (int, float)) else 0.0
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    """One whole frame's body from a blocking socket (b"": it ended first)."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(4096 if len(data) < 4 else 4 + int.from_bytes(data[:4], "big") - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data[4:]
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker dies with the supervisor (PR_SET_PDEATHSIG), so none outlives it outside a container either."""
+    try:
+        import ctypes  # only in workers: the supervisor of an async handler never pays for it
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)  # the supervisor died before the call above took effect
+
+
+def _write_all(fd: int, data: bytes, lock: int | None) -> None:
+    """Write all of `data` to the (non-blocking) socket `fd`, holding `lock` (an fcntl record lock, owned per
+    process) when given: a host connection is written by the supervisor and its workers, and a frame must
+    never be cut by another's. A connection that broke is left to its reader to notice."""
+    if lock is not None:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+    try:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                select.select([], [fd], [])
+    except OSError:
+        pass  # broken pipe, reset, closed: the reader side sees it and fails what waits
+    finally:
+        if lock is not None:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+
+
+def _new_write_lock() -> int:
+    """The lock of the writes to host connections, shared by the supervisor and its workers (an anonymous
+    file's record lock: nothing is created on the read-only root filesystem)."""
+    return os.memfd_create("fnctl-writes", os.MFD_CLOEXEC)
+
+
+class _Worker:
+    """A worker process as the supervisor sees it, and (`serve`) the worker's own main loop.
+
+    The link is a socketpair. Supervisor -> worker: protocol frames (`use` with the host connection's fd when
+    the worker has none yet, `invoke`, a `reply` to its call, `configure`, `deadline`, `lost`). Worker ->
+    supervisor: a tag byte and a frame, `D` (done, empty: the slot is free; read when the supervisor next needs
+    a worker or answers a ping, or at once while invocations wait: `Server.collect`) or, when it holds no copy of the
+    host connection, `C`/`R` (a call or a result to pass on). A worker writes its calls and results straight
+    to the host connection (its own copy of the socket, under the shared write lock): no hop through the
+    supervisor on the way out; replies to its calls come back through the supervisor, undecoded.
     """
 
-    def __init__(self, count: int) -> None:
-        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._work, name=f"fnctl-handler-{n}", daemon=True)
-                        for n in range(count)]
-        for thread in self.threads:
-            thread.start()
+    def __init__(self, server: Server, index: int, pid: int, sock: socket.socket, has: set[int]) -> None:
+        self.server, self.index, self.pid, self.sock = server, index, pid, sock
+        self.conn: _Connection | None = None  # the connection of the invocation it runs
+        self.invocation_id = ""
+        self.deadline = 0.0  # of the invocation it runs, until the sweep told it that it passed
+        self.has = has  # ids of the host connections it holds a copy of
+        self.buf = bytearray()
+        self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` reads it)
+        sock.setblocking(False)
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self.jobs.put(job)
+    def watch(self, wanted: bool) -> None:
+        if wanted != self.watched and self.sock.fileno() >= 0:
+            self.watched = wanted
+            if wanted:
+                self.server.loop.add_reader(self.sock.fileno(), self.readable)
+            else:
+                self.server.loop.remove_reader(self.sock.fileno())
 
-    def stop(self) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
+    def write(self, frame: bytes) -> None:
+        if self.sock.fileno() >= 0:
+            _write_all(self.sock.fileno(), frame, None)
 
-    def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+    def start(self, conn: _Connection, body: bytes) -> None:
+        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it)."""
+        frames = conn.use_frame + len(body).to_bytes(4, "big") + body
+        if conn.id in self.has or conn.fd < 0:
+            self.write(frames)
+            return
+        self.has.add(conn.id)  # its copy of the connection travels with the `use` frame
+        try:
+            sent = socket.send_fds(self.sock, [frames], [conn.fd])
+        except OSError:  # the link's buffer is full, or fds cannot pass here
+            self.has.discard(conn.id)
+            self.write(frames)  # without the copy: it passes its frames back through the link
+            return
+        if sent < len(frames):
+            self.write(frames[sent:])
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker exited: SIGCHLD says how
+            self.watch(False)
+            return
+        buf = self.buf
+        buf += data
+        while len(buf) >= 5:
+            end = 5 + int.from_bytes(buf[1:5], "big")
+            if len(buf) < end:
+                return
+            tag, frame = buf[0], bytes(buf[5:end])
+            del buf[:end]
+            if tag == 0x44:  # "D": done, its result is on its way to the host
+                self.server.worker_done(self, b"")
+            elif tag == 0x43:  # "C": a call to pass on
+                if self.conn is not None:
+                    self.conn.write(len(frame).to_bytes(4, "big") + frame)
+            else:  # "R": a result to pass on
+                self.server.worker_done(self, len(frame).to_bytes(4, "big") + frame)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.watch(False)
+            self.sock.close()
+
+    @staticmethod
+    def serve(server: Server, sock: socket.socket, index: int, host_fds: dict[int, int]) -> int:
+        """The worker's main loop, on its main thread: one invocation at a time, until its link ends."""
+        channel = _WorkerChannel(server, sock, index, host_fds)
+        while True:
+            message = channel.read()
+            if message is None:
+                return 0
+            kind = message.get("type")
+            if kind == "invoke":
+                channel.invoke(message)
+            else:
+                channel.notice(message, "")
+
+
+def _apply_secrets(message: dict[str, Any]) -> None:
+    secrets = message.get("secrets")
+    if isinstance(secrets, dict):
+        os.environ.update({str(k): str(v) for k, v in secrets.items()})
+
+
+class _WorkerChannel:
+    """A worker's end of its link, used from its main thread only: blocking writes, blocking reads. A call is
+    one write to the host and one read of the reply: no other thread, no event loop, no timer."""
+
+    def __init__(self, server: Server, sock: socket.socket, index: int, host_fds: dict[int, int]) -> None:
+        self.server, self.sock, self.index = server, sock, index
+        self.host_fds = host_fds  # host connection id -> this process's copy of its socket
+        self.fds: collections.deque[int] = collections.deque()  # received with `use` frames, not yet matched
+        self.host = -1  # the copy of the connection of the invocation it runs (-1: none, pass frames back)
+        self.buf = bytearray()
+        self.calls = 0
+        self.late = ""  # the invocation whose deadline the supervisor said passed
+        # Its own connections to hosts that offered them (conn id -> socket; None: the connect failed, so
+        # frames go the older way), the one of the invocation it runs, and what was read from it.
+        self.own: dict[int, socket.socket | None] = {}
+        self.current: socket.socket | None = None
+        self.own_buf = bytearray()
+        self.own_in = memoryview(bytearray(READ_SIZE))  # read into: no fresh buffer per reply
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.polled = -1  # the own socket registered with the poller beside the link
+        sock.setblocking(True)
+
+    def read(self, fds: bool = True) -> dict[str, Any] | None:
+        """The next message from the supervisor (None: the link ended). A plain blocking read: the supervisor
+        says when an invocation's deadline passed (`deadline`), so no timeout is set per read. `fds`: whether
+        a file descriptor may come (only with a `use` frame, sent to an idle worker: never during a call)."""
+        buf = self.buf
+        while True:
+            if len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big")
+                if len(buf) >= end:
+                    body = bytes(buf[4:end])
+                    del buf[:end]
+                    try:
+                        message = _DECODER.decode(body.decode())
+                    except ValueError:
+                        message = None  # a broken frame concerns no call: skipped
+                    return message if isinstance(message, dict) else {}
             try:
-                job()
-            except BaseException:  # a runtime bug: keep the thread, and say so
-                traceback.print_exc(file=_REAL_STDERR)
+                if fds:
+                    data, passed, _flags, _addr = socket.recv_fds(self.sock, READ_SIZE, 4)
+                    self.fds.extend(passed)
+                else:
+                    data = self.sock.recv(READ_SIZE)
+            except ConnectionResetError:  # the supervisor is gone (unread notes on its end make it a reset)
+                data = b""
+            if not data:
+                return None
+            buf += data
+
+    def notice(self, message: dict[str, Any], invocation_id: str) -> None:
+        """Act on a message that is not the reply awaited; raise when it ends the current call."""
+        kind = message.get("type")
+        if kind == "use":
+            conn = message.get("conn")
+            if self.fds and isinstance(conn, int):
+                previous = self.host_fds.get(conn)
+                self.host_fds[conn] = self.fds.popleft()
+                if previous is not None:
+                    os.close(previous)
+            self.host = self.host_fds.get(conn, -1) if isinstance(conn, int) else -1
+            attach = message.get("attach")
+            self.current = self._own(conn, attach) if isinstance(conn, int) and isinstance(attach, str) else None
+        elif kind == "configure":
+            _apply_secrets(message)
+        elif kind == "lost":
+            own = self.own.pop(message.get("conn"), None)  # type: ignore[arg-type]
+            if own is not None:
+                self._drop(own)
+            fd = self.host_fds.pop(message.get("conn"), None)  # type: ignore[arg-type]
+            if fd is not None:
+                os.close(fd)  # the host sees the connection end only when every copy is closed
+                if fd == self.host:
+                    self.host = -1
+            if invocation_id and message.get("invocation_id") == invocation_id:
+                raise CallbackError("ConnectionLost", "the host connection closed")
+        elif kind == "deadline" and invocation_id and message.get("invocation_id") == invocation_id:
+            self.late = invocation_id
+            raise CallbackError("Timeout", "no reply before the deadline")
+        # else: the reply to a call that timed out before
+
+    def _own(self, conn: int, path: str) -> socket.socket | None:
+        """This worker's own connection to the host behind `conn` (made on first use: `attach` first, as the
+        host expects), or None when it cannot connect (frames then go the older way)."""
+        if conn in self.own:
+            return self.own[conn]
+        sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert sock is not None
+        try:
+            sock.settimeout(ATTACH_WAIT)
+            sock.connect(path)
+            sock.sendall(encode({"type": "attach", "protocol": PROTOCOL, "worker": self.index, "pid": os.getpid()}))
+            # The host's `attached` (an 4-byte header and a small body), or the end: it refused us.
+            if b'"attached"' not in _recv_frame(sock):
+                raise ConnectionRefusedError
+            sock.settimeout(None)
+        except OSError:  # refused, timed out, or no listener: this connection's frames go the older way
+            sock.close()
+            sock = None
+        self.own[conn] = sock
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Forget an own connection that ended (the host hung up, or the supervisor said it is lost)."""
+        if self.polled == sock.fileno():
+            self.poller.unregister(sock)
+            self.polled = -1
+        for conn, own in list(self.own.items()):
+            if own is sock:
+                self.own[conn] = None  # not tried again: its invocations go the older way
+        if self.current is sock:
+            self.current = None
+        self.own_buf.clear()
+        sock.close()
+
+    def _await_reply(self, own: socket.socket, call_id: str, invocation_id: str) -> dict[str, Any]:
+        """The host's reply to `call_id` on this worker's own connection, watching the link meanwhile for
+        the supervisor's notices (the deadline passed, the host connection was lost)."""
+        if self.polled != own.fileno():
+            if self.polled >= 0:
+                self.poller.unregister(self.polled)
+            self.poller.register(own, select.POLLIN)
+            self.polled = own.fileno()
+        buf = self.own_buf
+        while True:
+            while len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big")
+                if len(buf) < end:
+                    break
+                body = bytes(buf[4:end])
+                del buf[:end]
+                try:
+                    message = _DECODER.decode(body.decode())
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("id") == call_id:
+                    return message
+                # else: the reply to a call that timed out before
+            for fd, _events in self.poller.poll():
+                if fd == own.fileno():
+                    try:
+                        got = own.recv_into(self.own_in)
+                    except OSError:
+                        got = 0
+                    if not got:
+                        self._drop(own)
+                        raise CallbackError("ConnectionLost", "the host connection closed")
+                    buf += self.own_in[:got]
+                else:
+                    message = self.read(fds=False)
+                    if message is None:
+                        raise CallbackError("ConnectionLost", "the runtime is stopping")
+                    self.notice(message, invocation_id)
+
+    def send_host(self, tag: bytes, frame: bytes) -> None:
+        """A frame for the host: on this worker's own connection, or straight to the first connection when
+        this process holds a copy, else by the link."""
+        if self.current is not None:
+            try:
+                self.current.sendall(frame)
+            except OSError:
+                self._drop(self.current)
+                raise CallbackError("ConnectionLost", "the host connection closed") from None
+        elif self.host >= 0:
+            _write_all(self.host, frame, self.server.write_lock)
+        else:
+            self.sock.sendall(tag + frame)
+
+    def invoke(self, message: dict[str, Any]) -> None:
+        server = self.server
+        raw = message.get("context")
+        info = raw if isinstance(raw, dict) else {}
+        invocation_id = str(info.get("invocation_id", ""))
+        context = Context(server, self, invocation_id, float(info.get("deadline") or 0), info.get("caller"))
+        capture = _Capture(server.config.log_limit)
+        # A fresh copy per invocation: context variables a handler sets do not leak into the next one.
+        outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
+        _echo_logs(invocation_id, capture)
+        frame = _result_frame(message.get("id"), outcome, capture)
+        if self.current is not None:
+            self.sock.sendall(b"D\0\0\0\0")
+            with contextlib.suppress(CallbackError):  # the host is gone: nobody waits for the result
+                self.send_host(b"R", frame)
+        elif self.host >= 0:
+            # "Done" first: by the time the host has the result, the slot is free (a ping says so).
+            self.sock.sendall(b"D\0\0\0\0")
+            _write_all(self.host, frame, server.write_lock)
+        else:
+            self.sock.sendall(b"R" + frame)
+
+    def _run(self, event: Any, context: Context, capture: _Capture) -> _Outcome:
+        _capture.set(capture)
+        start = time.perf_counter()
+        try:
+            result = self.server.handler.call(event, context)
+        except BaseException as exc:  # SystemExit in a handler is the handler's failure, not ours
+            return _Outcome.failed("handler_error", exc, start)
+        return _serialise(result, self.server.config.output_limit, start)
+
+    def call(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        self.calls += 1
+        call_id = f"w{self.index}.{self.calls}"
+        frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
+                        "params": params})
+        if self.late == invocation_id or (deadline and deadline <= time.time()):
+            raise CallbackError("Timeout", f"no reply to {method!r} before the deadline")
+        self.send_host(b"C", frame)
+        own = self.current
+        while own is not None:
+            try:
+                message = self._await_reply(own, call_id, invocation_id)
+            except CallbackError as exc:
+                if exc.type == "Timeout":
+                    raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+                raise
+            if message.get("ok"):
+                return message.get("result")
+            raise _reply_error(message)
+        while True:
+            message = self.read(fds=False)
+            if message is None:
+                raise CallbackError("ConnectionLost", "the runtime is stopping")
+            if message.get("type") == "reply" and message.get("id") == call_id:
+                if message.get("ok"):
+                    return message.get("result")
+                raise _reply_error(message)
+            try:
+                self.notice(message, invocation_id)
+            except CallbackError as exc:
+                if exc.type == "Timeout":
+                    raise CallbackError("Timeout", f"no reply to {method!r} before the deadline") from None
+                raise
+
+    async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
+        # A coroutine a synchronous handler runs itself (asyncio.run): its calls block like `call`.
+        return self.call(invocation_id, method, params, deadline)
 
 
 def _function_logger(name: str) -> logging.Logger:
@@ -851,7 +1529,8 @@ class _Outcome:
 
     @classmethod
     def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
-        error = {"kind": kind, "type": type(exc).__name__, "message": _message(exc),
+        error = {"kind": kind, "type": "fnctl.Abort" if isinstance(exc, Abort) else type(exc).__name__,
+                 "message": _message(exc),
                  "traceback": user_traceback(exc)}
         return cls(False, (time.perf_counter() - start) * 1000, error=error)
 
@@ -948,17 +1627,22 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 async def serve(config: Config, handler: Handler) -> int:
     loop = asyncio.get_running_loop()
     server = Server(config, handler, loop)
-    server.spawn(server.watch())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
+    if not handler.is_async:
+        loop.add_signal_handler(signal.SIGCHLD, server.reap)
+        try:
+            server.idle_workers.append(server.fork_worker())  # the first one before any traffic
+        except OSError as exc:  # the pids limit, say: invocations retry the fork and report it
+            _REAL_STDERR.write(f"fnctl-runtime: cannot start a worker process yet: {exc}\n")
+    server.spawn(server.watch())
     await server.stopped.wait()
     conns = list(server.connections)
     for conn in conns:
-        if conn.transport is not None:
-            conn.transport.close()  # flushes pending replies (the `drained` one) first
+        conn.close()  # flushes pending replies (the `drained` one) first
     if conns:
         await asyncio.wait([c.closed for c in conns], timeout=5)
-    server.pool.stop()
+    server.stop_workers()
     return 0
 
 

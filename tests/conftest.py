@@ -1,19 +1,33 @@
 """Shared test fixtures: the Docker engine and the runtime base image, plus the CI rule.
 
-Under CI=true, tests marked ``docker`` never skip: a missing engine or image is a failure.
+A test that needs the engine is a ``docker`` test whether or not it says so: using an engine fixture
+(`docker_client`, `base_image`, directly or through another fixture) or living in a folder named ``docker``
+marks it (`pytest_collection_modifyitems`); `@pytest.mark.docker` and a module's `pytestmark` still work for a
+test that reaches the engine another way (a `fnctl` subprocess). Every other test runs with an engine address
+that answers nothing (DOCKER_HOST, inherited by the processes it starts), so a test that reaches the engine
+without being marked fails instead of quietly depending on it. Under CI=true, docker tests never skip: a
+missing engine or image is a failure.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import docker
 import docker.errors
 import pytest
+from runtime_helpers import StartRuntime, runtime_starter
+
+from fnctl.engine import dockerio
+
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs sessions of its own under this file's rules
 
 DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
+ENGINE_FIXTURES = frozenset({"docker_client", "base_image"})
+NO_ENGINE = "unix:///nonexistent/fnctl-tests-unmarked-no-engine.sock"  # what an unmarked test reaches
 
 
 def _in_ci() -> bool:
@@ -65,3 +79,30 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"docker test skipped under CI=true, which is not allowed: {reason}"
     return report
+
+
+def needs_engine(item: pytest.Item) -> bool:
+    """Whether `item` is a docker test by what it uses or where it lives."""
+    return bool(ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))) or "docker" in item.path.parent.parts
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("docker") is None and needs_engine(item):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(autouse=True)
+def _engine_only_for_docker_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An unmarked test (and whatever it starts) finds no engine: needing one then fails it, loudly."""
+    if request.node.get_closest_marker("docker") is None:
+        monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+        dockerio.client.cache_clear()  # nor a client that an earlier docker test left in this process
+    yield
+    dockerio.client.cache_clear()  # and the next test starts from its own engine address
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """The in-container runtime as a local process (tests/runtime_helpers.py), stopped afterwards."""
+    yield from runtime_starter(tmp_path)

@@ -30,6 +30,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "git": ("sync", "hook"),
     "keys": ("keys",),
     "data": ("data",),
+    "events": ("view", "events"),
+    "triggers": ("triggers", "enable", "run"),
     "audit": ("audit",),
     "serve": ("serve",),
 }

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt
-from fnctl.errors import ExitCode
+from fnctl.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,10 +24,9 @@ app.add_typer(audit_app, name="audit")
 
 
 def _store(state: Path | None) -> Store:
-    from fnctl.deploy.session import state_path
-    from fnctl.errors import BadInput
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import connect
+    from fnctl.state.store import connect, state_path
 
     path = state_path(load_project(), state)
     if not path.exists():
@@ -65,8 +65,8 @@ def audit(
     """
     if ctx.invoked_subcommand is not None:
         return
-    import time
 
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_audit import render_records
     from fnctl.commands.audit import parse_since, records
     from fnctl.state.auditlog import AuditFilter
@@ -102,6 +102,7 @@ def verify(
       fnctl audit verify
       fnctl audit verify --anchor 5be1c0... -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_audit import render_verification
     from fnctl.commands.audit import verify as verify_chains
 

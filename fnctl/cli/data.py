@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from fnctl.cli import datatransfer
+from fnctl.cli.dataopts import CollectionArg, NoHooksOpt, TenantOpt, operator_session
 from fnctl.cli.options import StateOpt
-from fnctl.cli.progress import Meter
 from fnctl.cli.render import Output, OutputOpt, print_json
 from fnctl.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
-    from fnctl.commands.data import OperatorSession
     from fnctl.data.documents import DataDocument
 
 app = typer.Typer()
@@ -28,12 +25,7 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-CollectionArg = Annotated[str, typer.Argument(metavar="COLLECTION", help="The collection.")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="The document's id.")]
-TenantOpt = Annotated[
-    Optional[str],
-    typer.Option("--tenant", help='Act in this tenant (default: the default tenant, "").', show_default=False),
-]
 IfMatchOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -49,14 +41,8 @@ DataOpt = Annotated[
 ]
 
 
-def _session(state: Path | None, tenant: str | None, command: str) -> AbstractContextManager[OperatorSession]:
-    from fnctl.commands.data import session
-    from fnctl.manifest.project import load_project
-
-    return session(load_project(), state, tenant, command)
-
-
 def _body(data: str | None, what: str) -> Any:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.invocation.payload import read_event
 
     if data is None and (sys.stdin is None or sys.stdin.isatty()):
@@ -101,9 +87,10 @@ def ls(
       fnctl data ls
       fnctl data ls orders --limit 20 -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import collections, find
 
-    with _session(state, tenant, "ls") as s:
+    with operator_session(state, tenant, "ls") as s:
         if collection is None:
             infos = collections(s)
             if output is Output.JSON:
@@ -144,9 +131,10 @@ def get(
 
     Example: fnctl data get orders o-1001 -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import get as read
 
-    with _session(state, tenant, "get") as s:
+    with operator_session(state, tenant, "get") as s:
         doc = read(s, collection, id)
     _show(doc, output)
 
@@ -183,9 +171,10 @@ def find(
       fnctl data find orders '{"status": {"$in": ["new", "paid"]}}' --order -createdAt --limit 10
       fnctl data find orders '{"customer.id": "c-7"}' -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import find as search
 
-    with _session(state, tenant, "find") as s:
+    with operator_session(state, tenant, "find") as s:
         page = search(s, collection, filter, [o for o in (order or "").split(",") if o], limit, cursor)
     if output is Output.JSON:
         print_json(page.as_json())
@@ -207,6 +196,7 @@ def put(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -220,10 +210,11 @@ def put(
       fnctl data put orders o-1001 -d '{"customer": "c-7", "items": [{"sku": "a", "qty": 1}]}'
       fnctl data put orders o-1001 -d @order.json --if-match 3
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import put as write
 
     body = _body(data, "document")
-    with _session(state, tenant, "put") as s:
+    with operator_session(state, tenant, "put", no_hooks) as s:
         doc = write(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -235,6 +226,7 @@ def patch(
     data: DataOpt = None,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -243,10 +235,11 @@ def patch(
 
     Example: fnctl data patch orders o-1001 -d '{"status": "paid", "note": null}' --if-match 2
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import patch as change
 
     body = _body(data, "merge patch")
-    with _session(state, tenant, "patch") as s:
+    with operator_session(state, tenant, "patch", no_hooks) as s:
         doc = change(s, collection, id, body, if_match=if_match, force=force)
     _show(doc, output)
 
@@ -257,6 +250,7 @@ def rm(
     id: IdArg,
     if_match: IfMatchOpt = None,
     force: ForceOpt = False,
+    no_hooks: NoHooksOpt = False,
     tenant: TenantOpt = None,
     state: StateOpt = None,
 ) -> None:
@@ -264,98 +258,16 @@ def rm(
 
     Example: fnctl data rm orders o-1001 --if-match 4
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import remove
 
-    with _session(state, tenant, "rm") as s:
+    with operator_session(state, tenant, "rm", no_hooks) as s:
         remove(s, collection, id, if_match=if_match, force=force)
     sys.stderr.write(f"deleted {collection}/{id}\n")
 
 
-@data_app.command("import")
-def import_command(
-    collection: CollectionArg,
-    file: Annotated[
-        Optional[Path], typer.Argument(metavar="[FILE]", help="NDJSON (default: standard input).", show_default=False)
-    ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Documents per transaction.")] = 1000,
-    bare: Annotated[
-        bool, typer.Option("--bare", help="Each line is a document, even one shaped like an exported envelope.")
-    ] = False,
-    check_first: Annotated[
-        bool,
-        typer.Option(
-            "--check-first/--no-check-first",
-            help="Check every line before writing any (default); without: one pass, each batch all or nothing, stopping at the first bad one.",
-        ),
-    ] = True,
-    tenant: TenantOpt = None,
-    state: StateOpt = None,
-    output: OutputOpt = Output.TEXT,
-) -> None:
-    """Import NDJSON: one document per line, or the envelopes `export` writes (their id and data are kept).
-
-    Every line is checked first (JSON object, id, schema, size, id already taken or repeated): any bad line
-    → exit 2 listing the bad lines by number, nothing imported. Then each --batch lines are one transaction.
-
-    \b
-    Examples:
-      fnctl data import orders orders.ndjson --tenant acme
-      fnctl data export orders | fnctl data import orders-copy
-    """
-    from fnctl.commands.datatransfer import import_ndjson
-
-    with _session(state, tenant, "import") as s, Meter("importing", "bytes") as progress:
-        report = import_ndjson(
-            s,
-            collection,
-            None if file is None or str(file) == "-" else file,
-            batch=batch,
-            bare=bare,
-            check_first=check_first,
-            on_progress=progress,
-        )
-    if output is Output.JSON:
-        print_json({"collection": collection, "imported": report.imported, "batches": report.batches})
-    else:
-        sys.stderr.write(
-            f"imported {report.imported} documents into {collection} in {report.batches} "
-            f"transaction{'s' if report.batches != 1 else ''}\n"
-        )
-
-
-@data_app.command("export")
-def export_command(
-    collection: CollectionArg,
-    file: Annotated[
-        Optional[Path],
-        typer.Argument(metavar="[FILE]", help="Write here (default: standard output).", show_default=False),
-    ] = None,
-    filter: Annotated[
-        Optional[str], typer.Option("--filter", help="Only the documents this JSON filter matches.", show_default=False)
-    ] = None,
-    tenant: TenantOpt = None,
-    state: StateOpt = None,
-) -> None:
-    """Export a tenant's documents as NDJSON envelopes ({id, version, createdAt, ..., data}), by id.
-
-    \b
-    Examples:
-      fnctl data export orders orders.ndjson
-      fnctl data export orders --filter '{"status": "paid"}' --tenant acme > paid.ndjson
-    """
-    from fnctl.commands.datatransfer import export_ndjson
-
-    with _session(state, tenant, "export") as s, Meter("exporting", "documents") as progress:
-        if file is None or str(file) == "-":
-            count = export_ndjson(s, collection, sys.stdout, filter_text=filter, on_progress=progress)
-        else:
-            try:
-                handle = file.open("w", encoding="utf-8")
-            except OSError as exc:
-                raise BadInput(f"cannot write {file}: {exc.strerror or exc}") from None
-            with handle:
-                count = export_ndjson(s, collection, handle, filter_text=filter, on_progress=progress)
-    sys.stderr.write(f"exported {count} documents of {collection}\n")
+data_app.command("import")(datatransfer.import_command)
+data_app.command("export")(datatransfer.export_command)
 
 
 @data_app.command("check")
@@ -366,9 +278,10 @@ def check(collection: CollectionArg, state: StateOpt = None, output: OutputOpt =
 
     Example: fnctl data check orders -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import check as run_check
 
-    with _session(state, None, "check") as s:
+    with operator_session(state, None, "check") as s:
         found = run_check(s, collection)
     if output is Output.JSON:
         print_json({"collection": collection, "nonconforming": [n.as_json() for n in found]})

@@ -6,15 +6,17 @@ Thin like `cli`: parse, call one function of `apply` or `ops`, render with `rend
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from fnctl.cli.options import LockOpt, PathsArg, StateOpt, deploy_options
-from fnctl.cli.render import Output, OutputOpt, Progress
-from fnctl.cli.render_rollout import RolloutOutput, RolloutOutputOpt
+from fnctl.cli.options import LockOpt, PathsArg, StateOpt, deploy_options, parse_timeout
+from fnctl.cli.render import Output, OutputOpt, Progress, console, print_json
+from fnctl.cli.render_rollout import LiveView, RolloutOutput, RolloutOutputOpt
+from fnctl.cli.rollout import watchers
 from fnctl.errors import BadInput, ExitCode
 
 app = typer.Typer()
@@ -40,6 +42,7 @@ def diff_command(
 
     Example: fnctl diff -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_deploy import render_diff
     from fnctl.commands.apply import compute_diff
     from fnctl.deploy.diff import has_changes
@@ -68,7 +71,7 @@ def plan_command(
 
     Example: fnctl plan -f plan.json && fnctl apply plan.json
     """
-    from fnctl.cli.render import print_json
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_deploy import render_plan
     from fnctl.commands.apply import make_plan_file
     from fnctl.manifest.project import load_project
@@ -140,10 +143,8 @@ def apply_command(
       fnctl apply --no-wait && fnctl rollout status hello -w
       fnctl plan -f plan.json && fnctl apply plan.json
     """
-    from fnctl.cli.options import parse_timeout
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_deploy import render_apply
-    from fnctl.cli.render_rollout import LiveView
-    from fnctl.cli.rollout import watchers
     from fnctl.commands.apply import apply
     from fnctl.manifest.project import load_project
 
@@ -201,7 +202,7 @@ def rollback(
 
     Example: fnctl rollback hello --to 3
     """
-    from fnctl.cli.render import console
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollback import rollback as do_rollback
     from fnctl.manifest.project import load_project
 
@@ -218,6 +219,7 @@ def delete(
 
     Example: fnctl delete hello
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollback import delete as do_delete
     from fnctl.manifest.project import load_project
 
@@ -231,11 +233,15 @@ def status(state: StateOpt = None, output: OutputOpt = Output.TEXT) -> None:
 
     Example: fnctl status -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_deploy import render_status
     from fnctl.commands.functions import status as read_status
     from fnctl.manifest.project import load_project
 
     render_status(read_status(load_project(), state), output)
+    from fnctl.cli.triggers import warn_disabled  # the triggers that disabled themselves, on stderr
+
+    warn_disabled(state)
 
 
 @app.command()
@@ -246,6 +252,7 @@ def history(
 
     Example: fnctl history hello
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_deploy import render_history
     from fnctl.commands.functions import history as read_history
     from fnctl.manifest.project import load_project
@@ -263,12 +270,13 @@ def get(
 
     Example: fnctl get revisions -o yaml
     """
-    from fnctl.cli.render import print_json
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.functions import get as read
     from fnctl.manifest.project import load_project
 
     data = read(load_project(), state, what)
     if output == "yaml":
+        # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
         import yaml
 
         typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
@@ -290,8 +298,8 @@ def logs(
 
     Example: fnctl logs hello --since 10m
     """
-    import time
 
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.functions import logs as read_logs
     from fnctl.manifest.project import load_project
     from fnctl.manifest.units import parse_duration

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from fnctl.cli.options import PathsArg
-from fnctl.cli.render import Output, OutputOpt, console
+from fnctl.cli.render import (
+    Output,
+    OutputOpt,
+    Progress,
+    console,
+    render_invoke_error,
+    render_outcome,
+    render_sandbox_checks,
+    render_validation,
+)
 from fnctl.errors import BadInput, ExitCode, FnctlError
 
 if TYPE_CHECKING:
@@ -30,7 +39,7 @@ def validate(paths: PathsArg = None, output: OutputOpt = Output.TEXT) -> None:
 
     Example: fnctl validate manifests/ -o json
     """
-    from fnctl.cli.render import render_validation
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import find_root, load_project
     from fnctl.runtimes.validation import validate_project
 
@@ -57,6 +66,7 @@ def init(
 
     Example: fnctl init my-api --runtime typescript && fnctl invoke --local hello -d '{"name": "you"}'
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.init import scaffold
 
     created = scaffold(directory, name, force=force, runtime=runtime)
@@ -116,7 +126,7 @@ def invoke(
       fnctl invoke hello --revision 3 -d @event.json --key "$FNCTL_KEY"
       fnctl invoke --local orders-report --data-from ~/.local/state/fnctl/shop.db
     """
-    from fnctl.cli.render import Progress, render_invoke_error, render_outcome
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.local import invoke_local
     from fnctl.invocation.payload import read_event
     from fnctl.manifest.project import load_project
@@ -126,6 +136,7 @@ def invoke(
         if data_from is not None and not local:
             raise BadInput("--data-from is for --local: a deployed function uses its gateway's data")
         if not local:
+            # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
             from fnctl.commands.invoke import invoke_deployed
 
             outcome, warm = invoke_deployed(
@@ -176,7 +187,7 @@ def sandbox_check(
 
     Example: fnctl sandbox check hello
     """
-    from fnctl.cli.render import render_sandbox_checks
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.engine.inspection import check_instances
     from fnctl.manifest.project import load_project
 

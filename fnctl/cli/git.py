@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from fnctl.cli.options import LockOpt, StateOpt, deploy_options, parse_timeout
-from fnctl.cli.render import Output, OutputOpt, Progress
+from fnctl.cli.render import Output, OutputOpt, Progress, console
 from fnctl.errors import BadInput, ExitCode, FnctlError
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def sync(
       fnctl sync --repo /srv/git/functions.git --ref v1.4.0 --path deploy/manifests
       fnctl sync --repo /srv/git/functions.git --watch --interval 30s
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.sync import SyncOptions
     from fnctl.manifest.units import parse_duration
 
@@ -108,6 +109,7 @@ def sync(
 
 
 def _sync_once(options: SyncOptions, output: Output) -> int:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_git import render_sync
     from fnctl.commands.sync import sync
 
@@ -122,6 +124,7 @@ def exit_code(report: SyncReport) -> int:
 
 
 def _watch(options: SyncOptions, every: float, output: Output) -> None:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_git import render_sync, render_watch_error
     from fnctl.commands.sync import watch
     from fnctl.gitops.deploys import Decision
@@ -164,7 +167,7 @@ def hook_install(
       fnctl hook install --repo /srv/git/functions.git
       fnctl hook install --repo /srv/git/functions.git --branch production --preview
     """
-    from fnctl.cli.render import console
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gitops.hooks import HookConfig, install
 
     hook = install(HookConfig(repo, branch, preview, state, path, wait=not no_wait), force=force)
@@ -179,7 +182,7 @@ def hook_uninstall(
 
     Example: fnctl hook uninstall --repo /srv/git/functions.git
     """
-    from fnctl.cli.render import console
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gitops.hooks import uninstall
 
     removed = uninstall(repo)
@@ -196,6 +199,7 @@ def hook_run(
     no_wait: NoWaitOpt = False,
 ) -> None:
     """What the installed hook runs: the pushed updates on stdin, one `<old> <new> <ref>` per line."""
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render_git import hook_line, render_sync
     from fnctl.commands.sync import RewindRefused, SyncOptions, sync
     from fnctl.gitops.hooks import Act, actions

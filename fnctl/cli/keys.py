@@ -9,6 +9,7 @@ import typer
 
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt, console, err_console, print_json
+from fnctl.errors import FnctlError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,10 +25,9 @@ app.add_typer(keys_app, name="keys")
 
 
 def _store(state: Path | None, create: bool) -> Store:
-    from fnctl.deploy.session import state_path
-    from fnctl.errors import FnctlError
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import connect
+    from fnctl.state.store import connect, state_path
 
     path = state_path(load_project(), state)
     if not create and not path.exists():
@@ -50,6 +50,7 @@ def create(
 
     Example: KEY=$(fnctl keys create ci --role service --tenant acme)
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.deploy.actor import actor
     from fnctl.gateway.keys import create as create_key
 
@@ -82,6 +83,7 @@ def list_command(
 
     Example: fnctl keys list -o json
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.keys import list_keys
 
     store = _store(state, create=False)
@@ -113,6 +115,7 @@ def list_command(
 
 
 def _table(keys: list[ApiKey]) -> None:
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.table import Table
 
     table = Table()
@@ -138,6 +141,7 @@ def revoke(
 
     Example: fnctl keys revoke 3f9a1c0b7e22
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.deploy.actor import actor
     from fnctl.gateway.keys import revoke as revoke_key
 

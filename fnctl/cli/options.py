@@ -31,6 +31,7 @@ LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait 
 
 
 def deploy_options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> Options:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.deploy.session import Options
 
     return Options(
@@ -43,6 +44,7 @@ def _lock_wait_display(timeout: float) -> OnWait:
     whom it waits for, on stderr; the display's code is loaded only when a command does wait."""
 
     def on_wait(holder: Holder) -> AbstractContextManager[object]:
+        # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
         from fnctl.cli.render_deploy import lock_waiting
 
         return lock_waiting(holder, timeout)
@@ -51,6 +53,7 @@ def _lock_wait_display(timeout: float) -> OnWait:
 
 
 def parse_timeout(text: str | None) -> float | None:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.units import parse_duration
 
     if text is None:

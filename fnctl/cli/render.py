@@ -35,6 +35,7 @@ def console() -> Console:
 
 @cache
 def err_console() -> Console:
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -200,6 +201,7 @@ def _error_line(prefix: str, message: str) -> None:
     if _plain(stderr=True):
         _line(f"{prefix} {message}", stderr=True)
     else:
+        # rich's renderer only when it draws: `fnctl --help` and plain output never load it
         from rich.markup import escape
 
         _line(f"{prefix} {message}", stderr=True, styled=f"[red]{prefix}[/red] {escape(message)}")
@@ -222,6 +224,7 @@ def render_sandbox_checks(reports: list[Any], output: Output) -> None:
     if not reports:
         err_console().print("no running instances")
         return
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.table import Table
 
     for report in reports:

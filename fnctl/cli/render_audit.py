@@ -22,6 +22,7 @@ def _when(at: float) -> str:
 
 def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Output) -> None:
     """Newest first, as the store returns them."""
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.state.auditlog import AuditEntry
 
     if output is Output.JSON:
@@ -40,6 +41,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
         for row in cells:
             typer.echo("\t".join(row))
         return
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.table import Table
 
     table = Table()
@@ -51,6 +53,7 @@ def render_records(rows: list[AuditEntry] | list[InvocationEntry], output: Outpu
 
 
 def _cells(row: AuditEntry | InvocationEntry) -> list[str]:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.state.auditlog import AuditEntry
 
     if isinstance(row, AuditEntry):

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.cli.render import Output, console, err_console, print_json
-from fnctl.commands.apply import ApplyReport
+from fnctl.cli.render_rollout import summary
+from fnctl.commands.deployreport import ApplyReport
 from fnctl.commands.functions import FunctionStatus, age, revision_json, status_json
+from fnctl.commands.rollouts import snapshot_json
 from fnctl.deploy.diff import Change, ChangeKind, CollectionChange, LiveState
 from fnctl.deploy.lock import Holder, waiting_words
 from fnctl.deploy.plan import change_to_json, collection_change_to_json
 from fnctl.rollout.timeline import timeline_from_json, timeline_lines
-from fnctl.state.store import Revision
+from fnctl.state.revisions import Revision
 
 _COLOURS = {
     ChangeKind.CREATE: "green",
@@ -117,7 +119,6 @@ def render_plan(document: dict[str, Any], written: Path | None) -> None:
 
 def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False) -> None:
     """`one_line`: the JSON on one line (the last of an NDJSON stream)."""
-    from fnctl.cli.render_rollout import summary
 
     if output is Output.JSON:
         document = apply_json(report)
@@ -141,8 +142,6 @@ def render_apply(report: ApplyReport, output: Output, *, one_line: bool = False)
 
 
 def apply_json(report: ApplyReport) -> dict[str, Any]:
-    from fnctl.commands.rollouts import snapshot_json
-
     return {
         "type": "apply",
         "ok": not report.failed,
@@ -171,6 +170,7 @@ def render_status(statuses: list[FunctionStatus], output: Output) -> None:
     if not statuses:
         console().print("nothing deployed")
         return
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.markup import escape
     from rich.table import Table
 
@@ -211,6 +211,7 @@ def render_history(revisions: list[Revision], output: Output) -> None:
     if output is Output.JSON:
         print_json([revision_json(r) for r in revisions])
         return
+    # rich's renderer only when it draws: `fnctl --help` and plain output never load it
     from rich.table import Table
 
     table = Table()
@@ -231,6 +232,7 @@ class _Waiting:
         self.holder, self.timeout, self.started = holder, timeout, time.monotonic()
 
     def __rich__(self) -> str:
+        # rich's renderer only when it draws: `fnctl --help` and plain output never load it
         from rich.markup import escape
 
         waited = int(time.monotonic() - self.started)

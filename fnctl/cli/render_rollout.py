@@ -48,6 +48,7 @@ def print_event(event: RolloutEventRow, row: RolloutRow, output: RolloutOutput) 
 
 def summary(snapshot: Snapshot) -> list[str]:
     """The state of one rollout in a few plain lines."""
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.rollout.machine import weights_text
 
     record, row = snapshot.record, snapshot.row
@@ -97,6 +98,7 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         if self.enabled:
+            # rich's renderer only when it draws: `fnctl --help` and plain output never load it
             from rich.live import Live
 
             self._live = Live(console=err_console(), refresh_per_second=4, transient=True)
@@ -110,6 +112,7 @@ class LiveView:
     def update(self, snapshots: list[Snapshot]) -> None:
         if self._live is None:
             return
+        # rich's renderer only when it draws: `fnctl --help` and plain output never load it
         from rich.table import Table
 
         table = Table(box=None, title="rollouts", title_justify="left")
@@ -130,6 +133,7 @@ class LiveView:
 
 
 def render_abtest(report: AbReport, output: RolloutOutput, function: str) -> None:
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.rollout.abstats import report_to_json
 
     if output is not RolloutOutput.TEXT:

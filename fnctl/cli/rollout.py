@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from fnctl.cli.options import LockOpt, StateOpt, deploy_options, parse_timeout
-from fnctl.cli.render_rollout import RolloutOutput, RolloutOutputOpt
+from fnctl.cli.render import Progress
+from fnctl.cli.render_rollout import (
+    LiveView,
+    RolloutOutput,
+    RolloutOutputOpt,
+    print_event,
+    render_abtest,
+    render_snapshots,
+)
 from fnctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -36,7 +44,6 @@ NoWaitOpt = Annotated[
 
 def watchers(output: RolloutOutput, view: object | None = None) -> tuple[OnEvent, OnTick]:
     """Event printing (a line or an NDJSON object each) and the live view's update."""
-    from fnctl.cli.render_rollout import LiveView, print_event
 
     def on_event(event: object, row: object) -> None:
         if not (isinstance(view, LiveView) and view.enabled and output is RolloutOutput.TEXT):
@@ -50,7 +57,6 @@ def watchers(output: RolloutOutput, view: object | None = None) -> tuple[OnEvent
 
 
 def _finish(snapshot: Snapshot, output: RolloutOutput, *, exit_code: ExitCode | None = None) -> None:
-    from fnctl.cli.render_rollout import render_snapshots
 
     render_snapshots([snapshot], output)
     raise typer.Exit(snapshot.exit_code if exit_code is None else exit_code)
@@ -81,7 +87,7 @@ def status_command(
       fnctl rollout status hello
       fnctl rollout status hello -w --timeout 15m -o ndjson
     """
-    from fnctl.cli.render_rollout import LiveView
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollouts import status
     from fnctl.manifest.project import load_project
 
@@ -125,6 +131,7 @@ def promote(
       fnctl promote hello --full
       fnctl promote checkout --variant b
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.rollout.machine import EventKind
 
     _request(name, state, EventKind.PROMOTE_REQUESTED, {"full": full, "variant": variant}, not no_wait, timeout, output)
@@ -138,6 +145,7 @@ def abort(name: NameArg, state: StateOpt = None, output: RolloutOutputOpt = Roll
 
     Example: fnctl abort hello
     """
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.rollout.machine import EventKind
 
     _request(name, state, EventKind.ABORT_REQUESTED, {}, False, None, output, exit_code=ExitCode.OK)
@@ -153,7 +161,7 @@ def _request(
     output: RolloutOutput,
     exit_code: ExitCode | None = None,
 ) -> None:
-    from fnctl.cli.render_rollout import LiveView
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollouts import request
     from fnctl.manifest.project import load_project
 
@@ -186,8 +194,7 @@ def retry(
 
     Example: fnctl retry hello
     """
-    from fnctl.cli.render import Progress
-    from fnctl.cli.render_rollout import LiveView
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollouts import Follower
     from fnctl.commands.rollouts import retry as retry_rollout
     from fnctl.manifest.project import load_project
@@ -210,7 +217,7 @@ def abtest_report(name: NameArg, state: StateOpt = None, output: RolloutOutputOp
 
     Example: fnctl abtest report checkout -o json
     """
-    from fnctl.cli.render_rollout import render_abtest
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.rollouts import abtest_report as report
     from fnctl.manifest.project import load_project
 

@@ -97,10 +97,11 @@ def serve(
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
       fnctl serve --ui          (then open http://127.0.0.1:8080/ui/ and sign in with an API key)
     """
-    from fnctl.deploy.session import state_path
+    # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.serve import options_for
     from fnctl.gateway.serve import serve as run
     from fnctl.manifest.project import load_project
+    from fnctl.state.store import state_path
 
     project = load_project()
     options = options_for(
@@ -116,7 +117,8 @@ def serve(
         ui=ui,
     )
     mounts = []
-    if options.ui:  # imported only when asked for: plain `fnctl serve` does not load the dashboard
+    if options.ui:
+        # imported only when asked for: plain `fnctl serve` does not load the dashboard
         from fnctl.dashboard.routes import mount
 
         mounts.append(mount(project, state_path(project, state)))

@@ -18,15 +18,16 @@ from typing import Any
 from fnctl.data.caller import Caller
 from fnctl.data.documents import DataDocument, Nonconforming, Page
 from fnctl.data.errors import DataError, Invalid, NotFound, PreconditionRequired
+from fnctl.data.hooks import hook_specs
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
 from fnctl.deploy.actor import actor
-from fnctl.deploy.session import state_path
 from fnctl.errors import BadInput, ExitCode, FnctlError
+from fnctl.gateway.router import on_commit_routes
 from fnctl.invocation import strictjson
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, connect, state_path
 
 
 class DataCommandError(FnctlError):
@@ -38,6 +39,8 @@ class OperatorSession:
     plane: DataPlane
     caller: Caller
     store: Store  # the deployment store: its audit log records the operator's reads
+    no_hooks: bool = False  # --no-hooks: write past the collection's data hooks (audited)
+    command: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class CollectionInfo:
 
 
 @contextmanager
-def session(project: Project, state: Path | None, tenant: str | None, command: str) -> Iterator[OperatorSession]:
+def session(
+    project: Project, state: Path | None, tenant: str | None, command: str, *, no_hooks: bool = False
+) -> Iterator[OperatorSession]:
     """The data plane of the project's store, acting as the operator in `tenant` (default: the default one)."""
     path = state_path(project, state)
     data = docstore.data_path(path)
@@ -78,7 +83,10 @@ def session(project: Project, state: Path | None, tenant: str | None, command: s
         )
 
     try:
-        yield OperatorSession(DataPlane(docs, lambda: (), audit), Caller.operator(who, tenant or ""), store)
+        # Writes queue events for the onCommit triggers the store holds, as the gateway's writes do.
+        routes = on_commit_routes(store.resources("Trigger"))
+        plane = DataPlane(docs, lambda: (), audit, outbox=lambda: routes)
+        yield OperatorSession(plane, Caller.operator(who, tenant or ""), store, no_hooks, command)
     finally:
         docs.close()
         store.close()
@@ -105,6 +113,32 @@ def known(s: OperatorSession, collection: str) -> None:
     names = s.plane.collection_names()
     if collection not in names:
         raise BadInput(f"no collection {collection!r} (collections: {', '.join(names) or 'none'})")
+
+
+def writable(s: OperatorSession, collection: str) -> None:
+    """The operator's CLI runs no data hooks: a hook runs in a sandbox of the gateway, as the writer, inside
+    the writer's transaction. A write to a collection with hooks is refused (bad input) naming them, unless
+    `--no-hooks`, which writes past them and is audited."""
+    known(s, collection)
+    hooks = sorted(
+        h.name for (c, _), found in hook_specs(s.store.resources("Trigger")).items() if c == collection for h in found
+    )
+    if not hooks:
+        return
+    if not s.no_hooks:
+        raise BadInput(
+            f"collection {collection!r} has data hooks ({', '.join(hooks)}), which `fnctl data` does not run: "
+            "write through the gateway's REST API (/v1/collections/...), which runs them, or pass --no-hooks "
+            "to write without them (audited)"
+        )
+    s.store.audit(
+        actor=s.caller.subject.removeprefix("operator:"),
+        command=f"data {s.command}",
+        action="data-no-hooks",
+        target=collection,
+        outcome="ok",
+        detail=f"hooks not run: {', '.join(hooks)}",
+    )
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -155,7 +189,7 @@ def put(
     s: OperatorSession, collection: str, id: str | None, data: Any, *, if_match: int | None, force: bool
 ) -> DataDocument:
     """Insert (a new id, or none: a UUIDv7), or replace an existing document (needs --if-match or --force)."""
-    known(s, collection)
+    writable(s, collection)
     with reported():
         if id is None:
             if if_match is not None:
@@ -188,7 +222,7 @@ def _current(txn: Txn, collection: str, id: str) -> DataDocument | None:
 def patch(
     s: OperatorSession, collection: str, id: str, merge: Any, *, if_match: int | None, force: bool
 ) -> DataDocument:
-    known(s, collection)
+    writable(s, collection)
     if not isinstance(merge, dict):
         raise BadInput("a merge patch is a JSON object")
     _need_version(if_match, force, "patch")
@@ -197,7 +231,7 @@ def patch(
 
 
 def remove(s: OperatorSession, collection: str, id: str, *, if_match: int | None, force: bool) -> None:
-    known(s, collection)
+    writable(s, collection)
     _need_version(if_match, force, "delete")
     with reported():
         s.plane.delete(s.caller, collection, id, if_match=if_match)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fnctl.commands.data import OperatorSession, known, parse_json, reported
+from fnctl.commands.data import OperatorSession, known, parse_json, reported, writable
 from fnctl.data.errors import DataError, Invalid
 from fnctl.data.txn import Txn
 from fnctl.errors import BadInput, FnctlError
@@ -82,7 +82,7 @@ def import_ndjson(
     are good write them, `batch` lines per transaction. Bad lines: BadInput listing them, nothing written.
     Without `check_first` (one pass, nothing kept): each batch is checked, then committed or not at
     all; at the first bad batch the import stops (BadInput listing its bad lines and what was committed)."""
-    known(s, collection)
+    writable(s, collection)
     if batch < 1:
         raise BadInput("--batch must be at least 1")
     lines: list[tuple[int, bytes, int]] | None = None

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.deploy.live import orphan_reasons
-from fnctl.deploy.session import state_path
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
-from fnctl.rollout.machine import ACTIVE
+from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
-from fnctl.state.store import InstanceState, Revision, Store, connect
+from fnctl.state.revisions import InstanceState, Revision
+from fnctl.state.store import Store, connect, state_path
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ from typing import Any
 from fnctl.commands.functions import open_store
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
-from fnctl.deploy.session import state_path
 from fnctl.engine import instances
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.client import find, invoke
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.requestid import new_request_id
 from fnctl.manifest.project import Project
-from fnctl.state.store import InstanceState, Revision, RevisionStatus, connect
+from fnctl.state.revisions import InstanceState, Revision, RevisionStatus
+from fnctl.state.store import connect, state_path
 
 
 def invoke_deployed(
@@ -96,10 +97,6 @@ def _not_live(name: str, revisions: list[Revision]) -> str:
 def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any, seconds: float) -> None:
     """An invocation that bypassed the gateway (`fnctl invoke --direct`, or no gateway running) skips its
     authentication, never its audit: one row, with the operator (fnctl.deploy.actor) as the principal."""
-    # Imported here, only on this path: fnctl.gateway.request imports aiohttp (~0.4 s, 200+ modules, measured),
-    # which `fnctl invoke` through a running gateway never needs.
-    from fnctl.gateway.request import new_request_id
-
     if outcome is None:  # the invocation itself raised (the instance went away)
         word, status = "error", 502
     else:

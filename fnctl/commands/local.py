@@ -21,18 +21,19 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fnctl.commands.localrecord import function_source, recorded_function, validated_function
 from fnctl.deploy.secrets import fingerprint, resolve
+from fnctl.engine import dockerio, images, instances
+from fnctl.engine.sandbox import labels
 from fnctl.errors import BadInput, FnctlError
 from fnctl.invocation.outcome import Outcome
 from fnctl.invocation.protocol import CallFailed
-from fnctl.manifest.model import Function
+from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project, cache_dir
-
-if TYPE_CHECKING:
-    from fnctl.manifest.model import DesiredState
+from fnctl.manifest.source import source_files
+from fnctl.runtimes import runtime_for
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,6 @@ class _OnFirstCall:
 
 
 def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: _OnFirstCall) -> Any:
-    from fnctl.engine import instances
-
     socket_dir = instances.runtime_root() / f"w{key[:11]}"
     container_id = instances.recorded_container(socket_dir)
     if not container_id:
@@ -204,9 +203,6 @@ def _invoke_cold(
     keep_warm: bool,
     on_progress: Callable[[str], None],
 ) -> LocalResult:
-    from fnctl.engine import dockerio, images, instances
-    from fnctl.engine.sandbox import labels
-
     on_progress(f"image for {function.name}")
     image = images.ensure_image(
         project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime
@@ -227,7 +223,6 @@ def _invoke_cold(
         secret_values=secret_values,
         labels=labels(project.name, function.name, **extra),
         instance_id=f"w{key[:11]}" if keep_warm else None,
-        boost=True,  # a local run waits for the start: not throttled by the quota until ready
     )
     instance.transport.on_call = data.on_call
     data.begin(function)
@@ -249,9 +244,6 @@ def _remove_socket_dir(root: Path, path: str) -> None:
 
 def warm_key(function: Function, source: Path, base_image: str, secret_values: dict[str, str]) -> str:
     """Changes whenever anything the instance was started from changes."""
-    from fnctl.manifest.source import source_files
-    from fnctl.runtimes import runtime_for
-
     language = runtime_for(function.runtime)
     digest = hashlib.sha256(json.dumps(function.spec, sort_keys=True, default=str).encode())
     digest.update(f"{function.name}\0{language.base_image(base_image)}\0".encode())

@@ -10,17 +10,16 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fnctl import __version__
+from fnctl.engine.instances import runtime_root
 from fnctl.errors import BadInput
 from fnctl.manifest.files import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.kinds import build
-from fnctl.manifest.model import Function
+from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project
-
-if TYPE_CHECKING:
-    from fnctl.manifest.model import DesiredState
+from fnctl.runtimes.validation import validate_project  # counts through manifest.validate: tests replace it
 
 RECORD_FORMAT = 1
 # A source file changed this close to (or after) the start of a validation may have changed while it ran,
@@ -30,8 +29,6 @@ RECORD_LIFETIME = 86_400.0
 
 
 def _validate(project: Project, target: str) -> tuple[Function, DesiredState]:
-    from fnctl.runtimes.validation import validate_project
-
     by_path = _by_path(target)
     result = validate_project(project, [Path(target)] if by_path else None)
     if not result.ok:
@@ -147,8 +144,6 @@ def _prune_records(directory: Path) -> None:
 def _record_path(project: Project, target: str) -> Path:
     """Beside the warm instances' socket directories (private to the user), never inside one: what is in
     those is mounted into a sandbox, and a record is not the sandbox's business."""
-    from fnctl.engine.instances import runtime_root
-
     where = hashlib.sha256(f"{project.root}\0{Path.cwd()}\0{target}".encode()).hexdigest()[:24]
     return runtime_root() / f"validated-{where}.json"
 

@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import time
 
-from fnctl.deploy import executor, rolloutdriver
+from fnctl.deploy import executor, repair, rolloutdriver
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.deploy.session import Options, Progress, desired_specs, session
 from fnctl.engine import dockerio
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
 from fnctl.rollout import machine
+from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
-from fnctl.state.store import Revision, RevisionStatus, Store
+from fnctl.state.revisions import Revision, RevisionStatus
+from fnctl.state.store import Store
 
 
 def rollback(project: Project, options: Options, name: str, to: int | None, progress: Progress) -> tuple[int, int]:
     """Switch `name` back to an earlier healthy revision (restarting its instances if needed); the current
     one is quarantined. Returns (from, to)."""
     with session(project, options, "rollback", progress) as ctx:
-        executor.recover(ctx, orphans=())  # orphans never reach traffic: the next apply removes them
+        repair.recover(ctx, orphans=())  # orphans never reach traffic: the next apply removes them
         store = ctx.store
         weights = store.routes().get(name)
         if not weights:
@@ -58,7 +60,7 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
 def _abort_rollout(ctx: executor.Context, name: str) -> tuple[int, int] | None:
     """A rollback during a rollout is its abort: all traffic back on the stable revision in one change, the
     canary quarantined. Returns (from, to), or None when no rollout is under way."""
-    rows = rolloutstore.rollouts(ctx.store, name, states=machine.ACTIVE)
+    rows = rolloutstore.rollouts(ctx.store, name, states=ACTIVE)
     if not rows:
         return None
     record = rolloutdriver.record_of(rows[-1])
@@ -106,7 +108,7 @@ def _rollback_target(store: Store, name: str, current: int, to: int | None) -> R
 
 def delete(project: Project, options: Options, name: str, progress: Progress) -> None:
     with session(project, options, "delete", progress) as ctx:
-        executor.recover(ctx)
+        repair.recover(ctx)
         if name not in ctx.store.routes():
             raise FnctlError(f"{name} is not deployed")
         with ctx.store.transaction():

@@ -14,18 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fnctl.commands.rollback import restart_revision
-from fnctl.deploy import executor, lock, rolloutdriver
+from fnctl.deploy import executor, lock, repair, rolloutdriver
 from fnctl.deploy.actor import actor
-from fnctl.deploy.session import Options, session, state_path
+from fnctl.deploy.session import Options, session
 from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.manifest.project import Project
+from fnctl.manifest.stages import Stage, stages
 from fnctl.rollout import machine
 from fnctl.rollout.abstats import AbReport, Sample, report
-from fnctl.rollout.machine import EventKind, Record, State
+from fnctl.rollout.machine import EventKind
+from fnctl.rollout.record import ACTIVE, Record, State
 from fnctl.state import rolloutstore
 from fnctl.state.metricstore import totals
 from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, connect, state_path
 
 POLL = 0.2  # seconds between looks at a rollout: how soon a request from elsewhere is acted on
 OnEvent = Callable[[RolloutEventRow, RolloutRow], None]
@@ -46,7 +48,7 @@ class Snapshot:
 
     row: RolloutRow
     record: Record
-    stages: tuple[machine.Stage, ...]
+    stages: tuple[Stage, ...]
     last: RolloutEventRow | None = None  # the latest measurement, for the live view
 
     @property
@@ -104,7 +106,7 @@ def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
 
 def snapshot(store: Store, row: RolloutRow) -> Snapshot:
     measured = [e for e in rolloutstore.events(store, row.id) if e.kind == EventKind.MEASUREMENT.value]
-    plan = machine.stages(rolloutdriver.spec_of(store, row.function, row.canary))
+    plan = stages(rolloutdriver.spec_of(store, row.function, row.canary))
     return Snapshot(row, rolloutdriver.record_of(row), plan, measured[-1] if measured else None)
 
 
@@ -187,7 +189,7 @@ def current(store: Store, name: str, *, active: bool = False) -> RolloutRow:
     row = rolloutdriver.latest(store, name)
     if row is None:
         raise NoRollout(f"{name} has no rollout (a function's first deploy is immediate; see `fnctl history`)")
-    if active and row.state not in machine.ACTIVE:
+    if active and row.state not in ACTIVE:
         raise NoRollout(f"{name} has no rollout under way: its latest (revision {row.canary}) is {row.state}")
     return row
 
@@ -270,7 +272,7 @@ def retry(project: Project, options: Options, name: str, progress: Callable[[str
     its image, its quarantine lifted: the user asked for it by name). Returns the rollout and its last event
     before the retry."""
     with session(project, options, "retry", progress) as ctx:
-        executor.recover(ctx, orphans=())
+        repair.recover(ctx, orphans=())
         row = current(ctx.store, name)
         record = rolloutdriver.record_of(row)
         if record.state is not State.ABORTED:

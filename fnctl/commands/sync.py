@@ -15,13 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fnctl.commands.apply import ApplyReport, apply_in, record_deploy
+from fnctl.commands.apply import apply_in
+from fnctl.commands.deployreport import ApplyReport, record_deploy
 from fnctl.commands.rollouts import OnEvent, OnTick
 from fnctl.deploy.session import Options, Progress, session
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gitops import deploys
+from fnctl.gitops.commit import Commit, WorkTree
 from fnctl.gitops.deploys import Decision
-from fnctl.gitops.gitrepo import Commit, Mirror, WorkTree
+from fnctl.gitops.gitrepo import Mirror
 from fnctl.manifest.files import find_manifest_files
 from fnctl.manifest.project import CONFIG_FILE, Project, inside, project_at
 

@@ -1,6 +1,7 @@
 """Who may use the dashboard, decided purely from the live Policies: a role's `ui` grant lists what it may do:
 `read` (every page and /v1/ read), and each action by the name of its command (`promote`, `abort`, `retry`,
-`rollback`); `*` grants them all. Anonymous callers may do nothing (401); others without the grant get 403."""
+`rollback`, `enable` a trigger, `replay` dead letters); `*` grants them all. (A manual trigger's Run is the
+data plane's own `POST /v1/triggers/NAME/run`, under its `run` grant.) Anonymous callers may do nothing (401); others without the grant get 403."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class Action(StrEnum):
     ABORT = "abort"
     RETRY = "retry"
     ROLLBACK = "rollback"
+    ENABLE = "enable"
+    REPLAY = "replay"
 
 
 def may(roles: tuple[str, ...], policies: Mapping[str, Mapping[str, Any]], action: Action) -> bool:

@@ -1,5 +1,5 @@
-"""The dashboard's buttons: the same functions as `fnctl promote`, `abort`, `retry` and `rollback`, acting as
-the signed-in principal (`ui:<principal>` in the audit). Each returns the rollout as `rollout status -o json`
+"""The dashboard's buttons: the same functions as `fnctl promote`, `abort`, `retry`, `rollback`, `enable` and
+`events replay`, acting as the signed-in principal (`ui:<principal>` in the audit). Each returns the rollout as `rollout status -o json`
 prints it once the request was acted on (the gateway's controller loop drives it from there). Blocking: the
 routes call them in a worker thread."""
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnctl.commands import rollback, rollouts
+from fnctl.commands import rollback, rollouts, triggers, views
 from fnctl.dashboard.access import Action
 from fnctl.deploy.session import Options
 from fnctl.manifest.project import Project
@@ -26,6 +26,10 @@ CONSEQUENCES = {
     Action.RETRY: "rolls the aborted revision out again from step 1, lifting its quarantine",
     Action.ROLLBACK: "switches all traffic back to the previous healthy revision at once and quarantines "
     "the one rolled away from (during a rollout: the same as abort)",
+    Action.ENABLE: "turns the trigger back on and resets its count of faults; the gateway runs it again within "
+    "half a second (a before-hook that still fails will refuse writes again, and disable itself again)",
+    Action.REPLAY: "makes the trigger's dead letters pending again, their attempts counted afresh; the gateway "
+    "delivers them within a second",
 }
 
 
@@ -49,6 +53,15 @@ class Actions:
         return rollouts.snapshot_json(
             rollouts.status(self.project, options, name, watch=False, timeout=None, on_event=_quiet, on_tick=_quiet)
         )
+
+    def enable(self, trigger: str, principal: str) -> dict[str, Any]:
+        """`fnctl enable TRIGGER`, audited as `ui:<principal>`: the trigger as `fnctl triggers -o json` lists it."""
+        return triggers.enable(self.project, self.store_path, trigger, by=f"ui:{principal}").as_json()
+
+    def replay(self, trigger: str, seqs: list[int], principal: str) -> dict[str, Any]:
+        """`fnctl events replay [SEQ...] --trigger TRIGGER`, audited as `ui:<principal>`."""
+        count = views.replay(self.project, self.store_path, trigger, seqs, False, by=f"ui:{principal}")
+        return {"trigger": trigger, "replayed": count}
 
     def _request(self, options: Options, name: str, kind: EventKind, data: dict[str, Any]) -> dict[str, Any]:
         snapshot = rollouts.request(

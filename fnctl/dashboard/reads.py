@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.commands import audit, functions, rollouts
+from fnctl.commands import triggers as triggers_command
+from fnctl.commands import views as events_command
 from fnctl.deploy import rolloutdriver
 from fnctl.deploy.diff import field_changes
 from fnctl.deploy.session import Options
 from fnctl.errors import BadInput, FnctlError
 from fnctl.manifest.project import Project
-from fnctl.rollout import machine
+from fnctl.manifest.stages import Stage
 from fnctl.rollout.abstats import report_to_json
+from fnctl.rollout.weights import stable_revision
 from fnctl.state import metricstore, rolloutstore
 from fnctl.state.auditlog import AuditFilter
 from fnctl.state.store import connect
@@ -144,6 +147,38 @@ class Reads:
             "changes": [{"path": c.path, "old": c.old, "new": c.new} for c in changes],
         }
 
+    def triggers(self) -> list[dict[str, Any]]:
+        """`fnctl triggers -o json`."""
+        return [t.as_json() for t in triggers_command.triggers(self.project, self.store_path)]
+
+    def events(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        """`fnctl events ls [--status S] [--trigger T] [--limit N] [--after SEQ] -o json`."""
+        numbers = {k: query.get(k, default) for k, default in (("limit", "100"), ("after", "0"))}
+        if not all(v.isascii() and v.isdigit() for v in numbers.values()):
+            raise BadInput("limit and after must be whole numbers")
+        which, trigger = query.get("status") or None, query.get("trigger") or None
+        found = events_command.list_events(
+            self.project, self.store_path, which, trigger, int(numbers["limit"]), int(numbers["after"])
+        )
+        return [events_command.event_json(e) for e in found]
+
+    def event_counts(self) -> dict[str, dict[str, int]]:
+        """Per onCommit trigger: its events pending, delivered and dead (none without a data file)."""
+        try:
+            return events_command.event_counts(self.project, self.store_path)
+        except BadInput:
+            return {}
+
+    def views(self, counts: dict[str, list[int]]) -> list[dict[str, Any]]:
+        """Each View: its function and the revision serving it (the stable one of its weights), cache settings,
+        and the gateway's counters `counts` (view → [hits, misses, invalidations], as /metrics shows them)."""
+        store = connect(self.store_path)
+        try:
+            resources, routes = store.resources("View"), store.routes()
+        finally:
+            store.close()
+        return [view_json(name, spec, routes, counts.get(name, [0, 0, 0])) for name, spec in sorted(resources.items())]
+
     def change_mark(self, name: str) -> tuple[float, int] | None:
         """(updated at, last event) of the function's latest rollout: whether the live view has news."""
         store = connect(self.store_path)
@@ -156,11 +191,32 @@ class Reads:
             store.close()
 
 
+def view_json(name: str, spec: dict[str, Any], routes: dict[str, dict[int, int]], counts: list[int]) -> dict[str, Any]:
+    function = str(spec.get("function", ""))
+    weights = routes.get(function, {})
+    raw = spec.get("cache")
+    cache: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    hits, misses, invalidations = counts
+    reads = hits + misses
+    return {
+        "name": name,
+        "function": function,
+        "revision": stable_revision(weights) if weights else None,
+        "weights": {str(r): w for r, w in weights.items()},
+        "cache": {"ttl": cache.get("ttl"), "perCaller": bool(cache.get("perCaller", False))},
+        "dependsOn": list(spec.get("dependsOn", [])),
+        "hits": hits,
+        "misses": misses,
+        "invalidations": invalidations,
+        "hitRate": hits / reads if reads else 0.0,  # fnctl_view_hit_ratio's formula: 0 before the first read
+    }
+
+
 def _ignore(*_: object) -> None:
     return None
 
 
-def _stage_json(stage: machine.Stage) -> dict[str, Any]:
+def _stage_json(stage: Stage) -> dict[str, Any]:
     found: dict[str, Any] = {"kind": stage.kind.value, "label": stage.label}
     if stage.analysis is not None:
         a = stage.analysis

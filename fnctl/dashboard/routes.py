@@ -28,6 +28,7 @@ from fnctl.gateway.request import Call, request_id
 
 if TYPE_CHECKING:
     from fnctl.gateway.auth import Authenticator
+    from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.table import TableFollower
 
 SECURITY_HEADERS = {
@@ -45,10 +46,15 @@ class GatewayFacade(Protocol):
 
     authenticator: Authenticator
     tables: TableFollower
+    metrics: Metrics  # the views' hits, misses and invalidations (what /metrics shows)
 
     async def _finish(
         self, call: Call, request: web.Request | None, response: web.StreamResponse
     ) -> web.StreamResponse: ...
+
+
+class ActionRefused(FnctlError):
+    """An action the command refuses in the rollout's present state (retrying one that was not aborted): 409."""
 
 
 class Denied(Exception):
@@ -90,11 +96,17 @@ class Dashboard:
             "/v1/functions/{name}/rollout/view": self.rollout_view,
             "/v1/functions/{name}/rollout/stream": self.stream,
             "/v1/functions/{name}/abtest": self.abtest,
+            "/v1/triggers": self.triggers,
+            "/v1/events": self.events,
+            "/v1/events/summary": self.event_counts,
+            "/v1/views": self.views,
         }
         for path, handler in api.items():
             r.add_get(path, self._wrap(handler, Action.READ))
         for action in (Action.PROMOTE, Action.ABORT, Action.RETRY, Action.ROLLBACK):
             r.add_post(f"/v1/functions/{{name}}/{action.value}", self._wrap(self._act(action), action))
+        r.add_post("/v1/triggers/{trigger}/enable", self._wrap(self.enable, Action.ENABLE))
+        r.add_post("/v1/events/replay", self._wrap(self.replay, Action.REPLAY))
 
         async def closing(_: web.Application) -> None:
             self.hub.close()
@@ -117,7 +129,8 @@ class Dashboard:
 
     def _wrap(self, handler: Handler, action: Action) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def endpoint(request: web.Request) -> web.StreamResponse:
-            call = Call(request_id(request), request.match_info.get("name", ""), None, request.remote)
+            info = request.match_info
+            call = Call(request_id(request), info.get("name", ""), info.get("trigger"), request.remote)
             try:
                 principal = self._authorise(request, call, action)
                 response = await handler(request, principal)
@@ -198,6 +211,19 @@ class Dashboard:
     async def abtest(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         return _json(await asyncio.to_thread(self.reads.abtest, request.match_info["name"]))
 
+    async def triggers(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        return _json(await asyncio.to_thread(self.reads.triggers))
+
+    async def events(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        return _json(await asyncio.to_thread(self.reads.events, dict(request.query)))
+
+    async def event_counts(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        return _json(await asyncio.to_thread(self.reads.event_counts))
+
+    async def views(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        counts = {name: list(c) for name, c in self.gateway.metrics.views.items()}  # a copy, read on the loop
+        return _json(await asyncio.to_thread(self.reads.views, counts))
+
     async def stream(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Server-sent events: `rollout` with the rollout page's view, now and at every change. Read with
         fetch() (EventSource cannot send the Authorization header)."""
@@ -226,18 +252,45 @@ class Dashboard:
 
     def _act(self, action: Action) -> Handler:
         async def handler(request: web.Request, principal: Principal) -> web.StreamResponse:
-            body: dict[str, Any] = {}
-            if request.body_exists:
-                try:
-                    body = json.loads(await request.text())
-                except ValueError:
-                    raise BadInput("the body must be a JSON object") from None
-                if not isinstance(body, dict):
-                    raise BadInput("the body must be a JSON object")
+            body = await _body(request)
             name = request.match_info["name"]
-            return _json(await asyncio.to_thread(self.actions.run, action, name, principal.audit_name, body))
+            try:
+                done = await asyncio.to_thread(self.actions.run, action, name, principal.audit_name, body)
+            except BadInput as exc:  # the command refuses in this state (exit 2 on the CLI): a 409, not a 400
+                raise ActionRefused(str(exc)) from None
+            return _json(done)
 
         return handler
+
+    async def enable(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """`fnctl enable TRIGGER` as the signed-in principal: the trigger as `fnctl triggers -o json` lists it."""
+        trigger = request.match_info["trigger"]
+        if trigger not in (t["name"] for t in await asyncio.to_thread(self.reads.triggers)):
+            raise NotFound(f"no trigger {trigger!r}")
+        return _json(await asyncio.to_thread(self.actions.enable, trigger, principal.audit_name))
+
+    async def replay(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """`fnctl events replay [SEQ...] --trigger TRIGGER` as the signed-in principal: `{trigger, replayed}`."""
+        body = await _body(request)
+        trigger, seqs = body.get("trigger"), body.get("seqs", [])
+        if not isinstance(trigger, str) or not trigger:
+            raise BadInput('give the trigger whose dead letters to replay: {"trigger": "NAME"}')
+        if not isinstance(seqs, list) or not all(type(n) is int for n in seqs):
+            raise BadInput("seqs must be a list of event seqs (whole numbers)")
+        return _json(await asyncio.to_thread(self.actions.replay, trigger, seqs, principal.audit_name))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object ({} without a body)."""
+    if not request.body_exists:
+        return {}
+    try:
+        body = json.loads(await request.text())
+    except ValueError:
+        raise BadInput("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadInput("the body must be a JSON object")
+    return body
 
 
 def _json(data: Any, status: int = 200, extra: dict[str, str] | None = None) -> web.Response:

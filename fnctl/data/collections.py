@@ -12,7 +12,7 @@ from fnctl.data.documents import ENCODE
 from fnctl.data.errors import DataUnavailable, Invalid, PayloadTooLarge
 from fnctl.manifest.filterlang import render_path
 from fnctl.manifest.model import Collection, ParseError, parse_collection
-from fnctl.manifest.schemas import instance_check
+from fnctl.manifest.schemas import value_check
 from fnctl.state.docrecords import CollectionRow
 
 
@@ -62,20 +62,17 @@ def compile_collection(row: CollectionRow) -> CollectionDef:
     except ParseError as exc:
         raise DataUnavailable(f"collection {row.name!r} is stored with a bad definition: {exc}") from None
     indexed = frozenset({"id"} | {f for i in model.indexes for f in i.fields})
-    return CollectionDef(model, row.version, _schema_check(model.schema), indexed)
+    return CollectionDef(model, row.version, schema_check(model.schema), indexed)
 
 
-def _schema_check(schema: Any) -> Callable[[Any], Iterator[tuple[str, str]]]:
+def schema_check(schema: Any) -> Callable[[Any], Iterator[tuple[str, str]]]:
+    """A JSON Schema's check: every violation of a value, as (JSON path, message); nothing when it conforms."""
     if schema is None or schema is True or schema == {}:
         return lambda data: iter(())
-    # jsonschema only through the manifest's schema module, which loads it for the first invalid document
-    violations = instance_check(schema, "urn:fnctl:collection")
+    violations = value_check(schema, "urn:fnctl:collection")
 
     def check(data: Any) -> Iterator[tuple[str, str]]:
         for path, message in violations(data):
             yield render_path(path), message
 
     return check
-
-
-# -- ordering and cursors -------------------------------------------------------------------------------

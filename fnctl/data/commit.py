@@ -38,6 +38,7 @@ class Pending:
     before: StoredDoc | None
     precondition: bool  # whether `expected` came from the caller's If-Match
     idempotency_key: str | None = None
+    fresh: bool = False  # an insert under an id generated for it (UUIDv7): no stored document can have it
 
 
 def prepare(
@@ -48,7 +49,8 @@ def prepare(
         return None
     checks = [ReadCheck(c, caller.tenant, i, v) for (c, i), v in reads.items() if (c, i) not in writes]
     stored = [
-        StoredWrite(p.op, p.collection, p.id, p.expected, p.text, p.before, p.idempotency_key) for p in writes.values()
+        StoredWrite(p.op, p.collection, p.id, p.expected, p.text, p.before, p.idempotency_key, p.fresh)
+        for p in writes.values()
     ]
     return GroupItem(caller.tenant, checks, finds, stored, ChangeMeta(caller.subject, caller.function, caller.revision))
 

@@ -8,7 +8,8 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, Literal, Protocol
 
 from fnctl.data.caller import Caller
@@ -32,10 +33,24 @@ class DataDocument:
     updated_at: str
     updated_by: str
     data: dict[str, Any]
+    # `data` as the store holds it (compact JSON), when known: the envelope's text is then spliced around it
+    # rather than encoded again (`json_text`)
+    data_text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def etag(self) -> str:
         return f'"{self.version}"'
+
+    def json_text(self) -> str:
+        """The envelope (`as_json`) as compact JSON text."""
+        if self.data_text is None:
+            return ENCODE(self.as_json())
+        q = encode_basestring
+        return (
+            f'{{"id":{q(self.id)},"version":{self.version},"createdAt":{q(self.created_at)},'
+            f'"createdBy":{q(self.created_by)},"updatedAt":{q(self.updated_at)},'
+            f'"updatedBy":{q(self.updated_by)},"data":{self.data_text}}}'
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -206,6 +221,7 @@ def document(row: StoredDoc, data: dict[str, Any] | None = None) -> DataDocument
         row.updated_at,
         row.updated_by,
         json.loads(row.data) if data is None else data,
+        row.data,
     )
 
 

@@ -22,6 +22,7 @@ from fnctl.manifest.filterlang import (
     Or,
     render_path,
 )
+from fnctl.manifest.filterlang import parse as parse_filter
 
 __all__ = ["ALL", "Always", "And", "Compare", "Filter", "Not", "Op", "Or", "bind", "matches", "parse", "is_always"]
 
@@ -47,8 +48,6 @@ def parse(raw: Any, *, caller_refs: bool = False) -> Filter:
 
 
 def _parse(raw: Any, caller_refs: bool) -> Filter:
-    from fnctl.manifest.filterlang import parse as parse_filter
-
     return parse_filter(raw, caller_refs=caller_refs)
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fnctl.data.caller import Caller
 from fnctl.data.collections import CollectionDef, compile_collection, stored_spec
+from fnctl.data.committed import Committed
 from fnctl.data.documents import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -36,6 +37,7 @@ from fnctl.data.filters import matches
 from fnctl.data.rights import read_rule, readable_collections
 from fnctl.data.txn import Txn
 from fnctl.manifest.model import Collection, Policy
+from fnctl.state.docrecords import ChangeRow, GroupItem, StoredDoc
 from fnctl.state.docstore import DocStore
 
 COLLECTIONS_TTL = 1.0  # seconds a DataPlane trusts its copy of the collections' definitions
@@ -43,11 +45,21 @@ COLLECTIONS_TTL = 1.0  # seconds a DataPlane trusts its copy of the collections'
 
 class DataPlane:
     def __init__(
-        self, store: DocStore, policies: Callable[[], Sequence[Policy]], audit: AuditSink | None = None
+        self,
+        store: DocStore,
+        policies: Callable[[], Sequence[Policy]],
+        audit: AuditSink | None = None,
+        outbox: Callable[[], Mapping[str, Sequence[str]]] | None = None,
     ) -> None:
         self.store = store
         self.policies = policies
         self.audit = audit
+        # collection → its onCommit triggers: each change of the collection is queued for each of them, in the
+        # change's own transaction (the outbox of fnctl.state.outbox).
+        self._outbox = outbox
+        # Called with each commit's changes, right after it committed, on the committing thread: views evict
+        # what they overlap before the write is answered.
+        self.listeners: list[Callable[[Sequence[Committed]], None]] = []
         self._collections: dict[str, CollectionDef] = {}
         self._loaded = -COLLECTIONS_TTL
         self._lock = threading.Lock()
@@ -149,10 +161,10 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> DataDocument:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.replace(collection, id, data, if_match=if_match)
-        return _only(txn.commit())
+        staged = self.stage(
+            caller, WriteOp("replace", collection, id, data, if_match), require_if_match=require_if_match, budget=budget
+        )
+        return _only(staged.commit())
 
     def patch(
         self,
@@ -165,10 +177,10 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> DataDocument:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.patch(collection, id, patch, if_match=if_match)
-        return _only(txn.commit())
+        staged = self.stage(
+            caller, WriteOp("patch", collection, id, patch, if_match), require_if_match=require_if_match, budget=budget
+        )
+        return _only(staged.commit())
 
     def delete(
         self,
@@ -180,19 +192,25 @@ class DataPlane:
         require_if_match: bool = False,
         budget: Budget | None = None,
     ) -> None:
-        _require(if_match, require_if_match)
-        txn = Txn(self, caller, budget, single=True)
-        txn.delete(collection, id, if_match=if_match)
-        txn.commit()
+        staged = self.stage(
+            caller, WriteOp("delete", collection, id, None, if_match), require_if_match=require_if_match, budget=budget
+        )
+        staged.commit()
 
     def stage(
-        self, caller: Caller, op: WriteOp, *, idempotency_key: str | None = None, require_if_match: bool = False
+        self,
+        caller: Caller,
+        op: WriteOp,
+        *,
+        idempotency_key: str | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
     ) -> Txn:
         """One write checked and staged (what insert / replace / patch / delete do before committing), as a
         one-call transaction to commit alone or with others (`commit_group`)."""
         if op.op != "insert":
             _require(op.if_match, require_if_match)
-        txn = Txn(self, caller, None, single=True)
+        txn = Txn(self, caller, budget, single=True)
         txn.write(op, idempotency_key=idempotency_key)
         return txn
 
@@ -211,7 +229,9 @@ class DataPlane:
         place. What a busy gateway does with the writes that queued up while it committed the previous ones."""
         prepared = [(txn, txn._prepare()) for txn in txns]
         items = [item for _, item in prepared if item is not None]
-        stored = iter(self.store.commit_group(items) if items else ())
+        logged: list[ChangeRow] = []
+        stored = iter(self.store.commit_group(items, self.outbox_routes(), logged) if items else ())
+        self.committed(logged)
         out: list[list[DataDocument | None] | DataError] = []
         for txn, item in prepared:
             try:
@@ -220,12 +240,17 @@ class DataPlane:
                 out.append(error)
         return out
 
-    def changes(self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT) -> list[DataChange]:
-        """The change feed after sequence `since`: what the caller may read, in its tenant."""
+    def changes(
+        self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT, collection: str | None = None
+    ) -> list[DataChange]:
+        """The change feed after sequence `since`: what the caller may read, in its tenant (of one collection
+        when `collection` is given: one the caller may not read gives an empty feed, as an unknown one)."""
         if limit < 1:
             raise BadFilter("limit must be at least 1")
         policies = self.policies()
         names = readable_collections(caller, policies, self.collection_names())
+        if collection is not None:
+            names = [name for name in names if name == collection]
         rules = {n: read_rule(caller, policies, n) for n in names}
         out: list[DataChange] = []
         cursor = since
@@ -261,9 +286,31 @@ class DataPlane:
 
     # -- used by Txn -----------------------------------------------------------------------------------
 
+    def commit_item(self, item: GroupItem) -> list[StoredDoc | None]:
+        """One transaction's commit in the store (with its outbox rows), then its changes to the listeners."""
+        logged: list[ChangeRow] = []
+        stored = self.store.commit(item, self.outbox_routes(), logged)
+        self.committed(logged)
+        return stored
+
+    def outbox_routes(self) -> Mapping[str, Sequence[str]] | None:
+        return None if self._outbox is None else self._outbox()
+
+    def committed(self, rows: Sequence[ChangeRow]) -> None:
+        """Tell the listeners what a commit changed (nothing when it changed nothing)."""
+        if rows and self.listeners:
+            changes = [committed(row) for row in rows]
+            for listener in self.listeners:
+                listener(changes)
+
     def audit_call(self, caller: Caller, action: str, target: str) -> None:
         if self.audit is not None and caller.kind in ("function", "operator"):
             self.audit(caller, action, target)
+
+
+def committed(row: ChangeRow) -> Committed:
+    """A change log row as the listeners receive it (its envelopes decoded when first read)."""
+    return Committed(row.seq, row.collection, row.tenant, row.id, row.op, row.before or None, row.after or None)
 
 
 def _require(if_match: int | None, required: bool) -> None:

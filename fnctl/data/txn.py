@@ -44,6 +44,8 @@ class TxnHost(Protocol):
 
     def audit_call(self, caller: Caller, action: str, target: str) -> None: ...
 
+    def commit_item(self, item: GroupItem) -> list[StoredDoc | None]: ...
+
 
 class Txn:
     """One transaction of one caller. Reads see the transaction's own writes."""
@@ -233,7 +235,8 @@ class Txn:
         if existing is not None:
             raise Conflict(f"a document {id!r} already exists in {collection!r}")
         doc = self._stage(collection, id, "insert", data, text, None, 0, False, rule)
-        self.writes[(collection, id)].idempotency_key = idempotency_key
+        pending = self.writes[(collection, id)]
+        pending.idempotency_key, pending.fresh = idempotency_key, generated
         return doc
 
     def replace(self, collection: str, id: str, data: Any, *, if_match: int | None = None) -> DataDocument:
@@ -353,7 +356,7 @@ class Txn:
             # The stored version the chain of writes starts from, and the one write that replaces it.
             pending.expected = earlier.expected
             pending.precondition = pending.precondition or earlier.precondition
-            pending.idempotency_key = earlier.idempotency_key
+            pending.idempotency_key, pending.fresh = earlier.idempotency_key, earlier.fresh
             if earlier.op == "insert" and pending.op == "delete":
                 del self.writes[key]  # inserted and deleted: nothing to write
                 return
@@ -369,7 +372,7 @@ class Txn:
         if item is None:
             return []
         try:
-            stored = self.plane.store.commit(item.tenant, item.reads, item.finds, item.writes, item.meta)
+            stored = self.plane.commit_item(item)
         except Exception as exc:  # noqa: BLE001 -- _finish re-raises it (typed) or answers a replay
             return self._finish(exc)
         return self._finish(stored)

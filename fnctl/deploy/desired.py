@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnctl.manifest.model import DEFAULT_DB_OPERATIONS, NO_EXPECTATION, Function, Limits, RunAs, Scaling
+from fnctl.manifest.model import DEFAULT_DB_OPERATIONS, NO_EXPECTATION, Function, Limits, RunAs, Scaling, Warm
 from fnctl.manifest.source import code_hash
 
 # The canonical spec's format. Version 1 carries no version key: adding one would change the hash of every
@@ -110,11 +110,13 @@ def _limits_v1(limits: Limits) -> dict[str, Any]:
 
 def _scaling_v1(scaling: Scaling) -> dict[str, Any]:
     # snake_case inside a camelCase document, frozen: these keys are in the hash of every revision.
-    return {
+    frozen: dict[str, Any] = {
         "min_instances": scaling.min_instances,
         "max_instances": scaling.max_instances,
         "concurrency": scaling.concurrency,
     }
+    # Only when asked for, so that a function without it keeps its spec hash (and its revision).
+    return frozen if scaling.warm is Warm.NONE else frozen | {"warm": scaling.warm.value}
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

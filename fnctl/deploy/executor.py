@@ -1,5 +1,5 @@
 """Carrying out deploy steps against the engine, recording each in the store before acting on it, so that
-whoever holds the lock next can finish or clean up after a process that died mid-way (`recover`).
+whoever holds the lock next can finish or clean up after a process that died mid-way (`repair.recover`).
 
 Invariant: the routing table only ever points at revisions whose instances passed their checks; traffic
 moves in one transaction, and old instances stop only after it has moved.
@@ -16,14 +16,14 @@ from typing import Any
 
 from fnctl.deploy import pickup
 from fnctl.deploy.desired import DeploySpec
-from fnctl.deploy.live import unknown_containers
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
-from fnctl.gitops.gitrepo import Commit
+from fnctl.gitops.commit import Commit
 from fnctl.manifest.model import NO_EXPECTATION, Function, HealthCheck
 from fnctl.manifest.schemas import instance_error
-from fnctl.state.store import InstanceRow, InstanceState, Revision, RevisionStatus, Store
+from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
+from fnctl.state.store import Store
 
 Progress = Callable[[str], None]
 
@@ -43,10 +43,6 @@ class DeployFailed(FnctlError):
     """A new revision failed to build, start or pass its checks; traffic stayed where it was."""
 
 
-class ImageNotReproducible(FnctlError):
-    """A removed revision image rebuilds under another tag: the base image or fnctl's runtime changed since."""
-
-
 @dataclass(frozen=True)
 class Context:
     store: Store
@@ -57,6 +53,18 @@ class Context:
     git: Commit | None  # the commit of the manifests being deployed
     progress: Progress
 
+    def audit(self, action: str, target: str, outcome: str, detail: str | None = None) -> None:
+        """One audit record of this command's, with its actor and commit."""
+        self.store.audit(
+            actor=self.actor,
+            command=self.command,
+            action=action,
+            target=target,
+            outcome=outcome,
+            **self.git_fields,
+            detail=detail,
+        )
+
     @property
     def git_fields(self) -> dict[str, str | None]:
         """The commit's sha, author and subject, as the store's audit and revision columns want them."""
@@ -66,62 +74,6 @@ class Context:
             "git_author": git.author if git else None,
             "git_subject": git.subject if git else None,
         }
-
-
-def recover(ctx: Context, orphans: Sequence[str] | None = None) -> list[str]:
-    """Finish what a dead process left: fail pending revisions, remove instances nothing routes to, kill
-    containers the store does not know (`orphans`, when the caller has just listed them). Returns what was
-    done, in words; doing anything is audited."""
-    done: list[str] = []
-    store = ctx.store
-    for revision in store.revisions():
-        if revision.status is RevisionStatus.PENDING:
-            store.set_revision_status(
-                revision.function,
-                revision.number,
-                RevisionStatus.FAILED,
-                "interrupted: the deploying process stopped before it finished",
-            )
-            done.append(f"{revision.function} revision {revision.number}: marked failed (interrupted)")
-    routes = store.routes()
-    for row in store.instances():
-        # A revision in the table at 0% is kept warm (a preview, or the old one during scaleDownDelay).
-        routed = row.revision in routes.get(row.function, {})
-        if not routed or row.state is not InstanceState.READY:
-            _remove_row(ctx, row)
-            done.append(f"{row.function}: removed instance {row.id} (revision {row.revision}, {row.state.value})")
-    done += _remove_orphans(ctx, orphans)
-    if done:
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="recover",
-            target="",
-            outcome="ok",
-            **ctx.git_fields,
-            detail="; ".join(done)[:4000],
-        )
-    return done
-
-
-def _remove_orphans(ctx: Context, orphans: Sequence[str] | None) -> list[str]:
-    if orphans is not None and not orphans:  # the caller has just listed none: no second engine call
-        return []
-    listed = dockerio.list_containers(labels(ctx.project, "", store=ctx.store.id))
-    doomed = set(orphans if orphans is not None else unknown_containers(listed, ctx.store.instances()))
-    done = []
-    for container in listed:
-        if container.id in doomed:
-            dockerio.kill(container.id)
-            _remove_socket_dir(container.labels.get("io.fnctl.socket-dir", ""))
-            done.append(f"removed orphan container {container.name}")
-    return done
-
-
-def _remove_socket_dir(path: str) -> None:
-    """An orphan's socket directory, named by its label: removed only where fnctl creates them."""
-    if path and os.path.dirname(os.path.normpath(path)) == str(instances.runtime_root()):
-        instances.remove_socket_dir(path)
 
 
 def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Revision:
@@ -192,19 +144,11 @@ def go_live(ctx: Context, function: Function, number: int, also: Callable[[], No
 def _fail(ctx: Context, name: str, number: int, exc: FnctlError) -> None:
     for row in ctx.store.instances(name):
         if row.revision == number:
-            _remove_row(ctx, row)
+            remove_row(ctx, row)
     reason = exc.message + (f"\n{exc.detail}" if exc.detail else "")
     with ctx.store.transaction():
         ctx.store.set_revision_status(name, number, RevisionStatus.FAILED, reason[:4000])
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="deploy",
-            target=name,
-            outcome="failed",
-            **ctx.git_fields,
-            detail=f"revision {number}: {exc.message}",
-        )
+        ctx.audit("deploy", name, "failed", f"revision {number}: {exc.message}")
 
 
 def start_checked(
@@ -223,7 +167,7 @@ def start_checked(
         fresh = {instance.id for instance in started}
         for row in ctx.store.instances(function.name):
             if row.id in fresh:
-                _remove_row(ctx, row)
+                remove_row(ctx, row)
         raise
     finally:
         for instance in started:
@@ -327,14 +271,11 @@ def switch(
             if weight > 0 and current is not None and current.status is RevisionStatus.PENDING:
                 ctx.store.set_revision_status(name, revision, RevisionStatus.READY, None)
         ctx.store.set_route(name, weights)
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="route",
-            target=name,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()),
+        ctx.audit(
+            "route",
+            name,
+            "ok",
+            f"{what}: " + ", ".join(f"r{r}={w}%" for r, w in weights.items()),
         )
     ctx.progress(f"{name}: traffic → " + ", ".join(f"revision {r}: {w}%" for r, w in weights.items()))
 
@@ -346,11 +287,11 @@ def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
     for row in rows:
         if row.revision not in keep:
             ctx.progress(f"{name}: draining instance {row.id} of revision {row.revision}")
-            _remove_row(ctx, row, drain=True)
+            remove_row(ctx, row, drain=True)
             checkpoint("old-instance-stopped")
 
 
-def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
+def remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
     ctx.store.update_instance(row.id, state=InstanceState.STOPPING)
     drained = False
     if drain and row.container_id:
@@ -379,88 +320,14 @@ def _remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
     ctx.store.remove_instance(row.id)
 
 
-def heal(
-    ctx: Context,
-    spec: DeploySpec,
-    revision: Revision,
-    secret_values: dict[str, str],
-    broken: set[str],
-    image_removed: bool,
-) -> Revision | None:
-    """Bring a serving revision back to its instance count: replace the `broken` instances (dead, missing
-    or altered outside fnctl) and rebuild a removed image (same content, same tag). Audited either way.
-
-    A removed image that no longer rebuilds identically cannot bring the revision back (revisions are
-    immutable), so the same spec is deployed as a new revision instead, which is returned.
-    """
-    try:
-        started = _heal(ctx, spec, revision, secret_values, broken, image_removed)
-    except ImageNotReproducible as exc:
-        ctx.progress(f"{spec.name}: {exc.message}; deploying the same spec as a new revision")
-        return deploy(ctx, spec, secret_values)
-    except FnctlError as exc:
-        ctx.store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="heal",
-            target=spec.name,
-            outcome="failed",
-            **ctx.git_fields,
-            detail=f"revision {revision.number}: {exc.message}",
-        )
-        raise
-    ctx.store.audit(
-        actor=ctx.actor,
-        command=ctx.command,
-        action="heal",
-        target=spec.name,
-        outcome="ok",
-        **ctx.git_fields,
-        detail=f"revision {revision.number}: replaced {len(broken)}, started {started}",
-    )
-    return None
-
-
-def _heal(
-    ctx: Context,
-    spec: DeploySpec,
-    revision: Revision,
-    secret_values: dict[str, str],
-    broken: set[str],
-    image_removed: bool,
-) -> int:
-    function = spec.function
-    for row in ctx.store.instances(function.name):
-        if row.id in broken:
-            ctx.progress(f"{function.name}: replacing instance {row.id}")
-            _remove_row(ctx, row)
-    if image_removed:
-        ctx.progress(f"{function.name}: image {revision.image} was removed; rebuilding it")
-        rebuilt = images.ensure_image(
-            ctx.project, function.name, spec.source, ctx.base_image, ctx.progress, runtime_name=function.runtime
-        )
-        if rebuilt.tag != revision.image:
-            raise ImageNotReproducible(
-                f"the image of revision {revision.number} rebuilds as {rebuilt.tag}, not "
-                f"{revision.image} (the base image or fnctl's runtime changed)"
-            )
-    running = [r for r in ctx.store.instances(function.name) if r.revision == revision.number]
-    missing = max(function.scaling.min_instances - len(running), 0)
-    if missing:
-        start_checked(ctx, function, revision.number, revision.image, secret_values, missing)
-    return missing
-
-
 def delete(ctx: Context, name: str) -> None:
     # Out of the routing table first, and seen so by a running gateway, then the instances stop: a gateway
     # that saw them go while the function was still routed would start replacements (issue: they then ran
     # unrouted, unseen by `status`). A crash in between leaves unrouted instances, which `recover` removes.
     with ctx.store.transaction():
         ctx.store.delete_route(name)
-        ctx.store.audit(
-            actor=ctx.actor, command=ctx.command, action="delete", target=name, outcome="ok", **ctx.git_fields
-        )
+        ctx.audit("delete", name, "ok")
     pickup.wait_for_gateway(ctx.store)
     for row in ctx.store.instances(name):
-        _remove_row(ctx, row, drain=True)
+        remove_row(ctx, row, drain=True)
     ctx.progress(f"{name}: deleted (its revisions stay in the history)")

@@ -12,10 +12,11 @@ from fnctl.deploy.diff import LiveCollection, LiveFunction, LiveInstance, LiveSt
 from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
-from fnctl.rollout.machine import ACTIVE
+from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import docstore, rolloutstore
-from fnctl.state.store import InstanceRow, Revision, RevisionStatus, Store
+from fnctl.state.revisions import InstanceRow, Revision, RevisionStatus
+from fnctl.state.store import Store
 
 Row = TypeVar("Row", Revision, InstanceRow)
 

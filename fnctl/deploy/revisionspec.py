@@ -20,6 +20,7 @@ from fnctl.manifest.model import (
     Network,
     Scaling,
     SecretRef,
+    Warm,
 )
 
 
@@ -89,4 +90,5 @@ def _scaling_v1(raw: dict[str, Any]) -> Scaling:
         min_instances=raw.get("min_instances", base.min_instances),
         max_instances=raw.get("max_instances", base.max_instances),
         concurrency=raw.get("concurrency", base.concurrency),
+        warm=Warm(raw.get("warm", base.warm.value)),
     )

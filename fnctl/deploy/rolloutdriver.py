@@ -2,7 +2,7 @@
 controller loop of `fnctl serve`) carries out what `fnctl.rollout.machine` decides, one transaction per transition.
 
 Crash safety: a transition's weights, progress and events land together; what follows it (stopping
-instances) is redone by `executor.recover` if the process dies first. So a new driver resumes exactly where
+instances) is redone by `repair.recover` if the process dies first. So a new driver resumes exactly where
 the last one stopped: a finished step never runs again and traffic never rests on a half-applied weight.
 """
 
@@ -14,28 +14,32 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fnctl.deploy import executor, lock
+from fnctl.deploy import executor, lock, repair
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
-from fnctl.gitops.gitrepo import Commit
+from fnctl.gitops.commit import Commit
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
 from fnctl.manifest.project import Project
+from fnctl.manifest.stages import stages
 from fnctl.rollout import machine
-from fnctl.rollout.machine import EventKind, Measure, Record, State, Transition, Verdict, Wait
+from fnctl.rollout.analysis import Verdict, evaluate
+from fnctl.rollout.machine import EventKind, Measure, Transition, Wait
+from fnctl.rollout.record import ACTIVE, Record, State, record_from
 from fnctl.state import metricstore, rolloutstore
+from fnctl.state.revisions import InstanceState, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
-from fnctl.state.store import RevisionStatus, Store, connect
+from fnctl.state.store import Store, connect
 
 MAX_TRANSITIONS = 100  # per call of `advance`: a loop of instant transitions is a bug, not a rollout
 # Rows that still need a driver: under way, or completed with the old revisions still warm.
-UNFINISHED = (*machine.ACTIVE, State.COMPLETED.value)
+UNFINISHED = (*ACTIVE, State.COMPLETED.value)
 
 
 def record_of(row: RolloutRow) -> Record:
-    return machine.record_from(
+    return record_from(
         row.id, row.function, row.stable, row.canary, row.strategy, row.step, row.state, row.detail, row.started_at
     )
 
@@ -59,8 +63,8 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
     pinning), recorded in one transaction with the rollout's first events. A rollout still under way for
     the function is superseded (its canary was not proven bad: it is not quarantined)."""
     store, now = ctx.store, time.time()
-    plan = machine.stages(function.rollout)
-    superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=machine.ACTIVE)]
+    plan = stages(function.rollout)
+    superseded = [record_of(row) for row in rolloutstore.rollouts(store, function.name, states=ACTIVE)]
     variants = {
         v.name: (canary if v.revision == "new" else stable if v.revision == "stable" else int(v.revision))
         for v in function.rollout.variants
@@ -103,15 +107,7 @@ def begin(ctx: executor.Context, function: Function, stable: int, canary: int) -
         )
         for event in (started, *machine.entering(plan, record)):
             rolloutstore.add_event(store, rollout_id, event.kind.value, event.step, event.message, event.data)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="rollout start",
-            target=function.name,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=started.message[:4000],
-        )
+        ctx.audit("rollout start", function.name, "ok", started.message[:4000])
     ctx.progress(f"{function.name}: {started.message}")
     if superseded:  # their canaries leave with one stop: nothing but stable and the new canary stays
         executor.stop_other_revisions(ctx, function.name, keep={stable, canary})
@@ -124,7 +120,7 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
     """`fnctl retry`: the aborted rollout again from its first step, its canary's instances already running."""
     store, now = ctx.store, time.time()
     old = record_of(row)
-    plan = machine.stages(spec_of(store, row.function, row.canary))
+    plan = stages(spec_of(store, row.function, row.canary))
     # Requests made before the retry (even ones that arrived after the abort) are not for the new attempt.
     handled = max((e.id for e in rolloutstore.events(store, row.id)), default=old.handled)
     record = replace(
@@ -149,15 +145,7 @@ def restart(ctx: executor.Context, row: RolloutRow) -> None:
         retried = machine.Event(EventKind.RETRIED, 0, f"retried by {ctx.actor}: revision {row.canary} from step 1")
         for event in (retried, *machine.entering(plan, record)):
             rolloutstore.add_event(store, row.id, event.kind.value, event.step, event.message, event.data)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="rollout retry",
-            target=row.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=retried.message,
-        )
+        ctx.audit("rollout retry", row.function, "ok", retried.message)
     ctx.progress(f"{row.function}: {retried.message}")
 
 
@@ -168,7 +156,7 @@ def retire(ctx: executor.Context, function: str, why: str) -> None:
         record = record_of(row)
         ended = replace(
             record,
-            state=State.ABORTED if record.state.value in machine.ACTIVE else record.state,
+            state=State.ABORTED if record.state.value in ACTIVE else record.state,
             scaled_down=True,
             reason=why,
         )
@@ -196,7 +184,7 @@ def advance(
     if ctx.git is None:  # driven by `fnctl serve` or a watcher: the audit names the commit being rolled out
         ctx = replace(ctx, git=_commit_of(ctx.store, record.function, record.canary))
     plan_rollout = spec_of(ctx.store, record.function, record.canary)
-    plan = machine.stages(plan_rollout)
+    plan = stages(plan_rollout)
     delay = plan_rollout.scale_down_delay
     for event in rolloutstore.events(ctx.store, record.id, after=record.handled):
         if event.kind in machine.REQUESTS:
@@ -245,38 +233,24 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
     store, record = ctx.store, transition.record
     if record.weights != before.weights:
         store.set_route(record.function, record.weights)
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="route",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"rollout {record.id}: {machine.weights_text(record.weights)}",
+        ctx.audit(
+            "route",
+            record.function,
+            "ok",
+            f"rollout {record.id}: {machine.weights_text(record.weights)}",
         )
     if transition.quarantine:
         store.set_revision_status(record.function, record.canary, RevisionStatus.QUARANTINED, record.reason[:4000])
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action="quarantine",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=f"revision {record.canary}: {record.reason}"[:4000],
-        )
+        ctx.audit("quarantine", record.function, "ok", f"revision {record.canary}: {record.reason}"[:4000])
     rolloutstore.update(store, record.id, step=record.step, state=record.state.value, detail=record.detail())
     for event in transition.events:
         rolloutstore.add_event(store, record.id, event.kind.value, event.step, event.message, event.data)
     if record.state is not before.state and record.state in (State.ABORTED, State.COMPLETED):
-        store.audit(
-            actor=ctx.actor,
-            command=ctx.command,
-            action=f"rollout {record.state.value}",
-            target=record.function,
-            outcome="ok",
-            **ctx.git_fields,
-            detail=(transition.events[-1].message if transition.events else "")[:4000],
+        ctx.audit(
+            f"rollout {record.state.value}",
+            record.function,
+            "ok",
+            (transition.events[-1].message if transition.events else "")[:4000],
         )
 
 
@@ -293,7 +267,7 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
                 return 0
             ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
             if stale:  # a process killed between an abort's routing change and its clean-up left them
-                executor.recover(ctx, orphans=())
+                repair.recover(ctx, orphans=())
             return len(advance_all(ctx))
     finally:
         store.close()
@@ -320,7 +294,7 @@ def measure(ctx: executor.Context, record: Record, due: Measure, now: float) -> 
     seconds = max(now - due.since, 1.0)
     canary = metricstore.window(ctx.store, record.function, record.canary, seconds, now=now)
     stable = metricstore.window(ctx.store, record.function, record.stable, seconds, now=now)
-    return machine.evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
+    return evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
 
 
 def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) -> tuple[str, ...]:
@@ -328,7 +302,11 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     if not checks:
         return ()
     revision = store.revision(record.function, record.canary)
-    rows = [r for r in store.instances(record.function) if r.revision == record.canary and r.container_id]
+    rows = [
+        r
+        for r in store.instances(record.function)
+        if r.revision == record.canary and r.container_id and r.state is not InstanceState.PAUSED  # frozen: mute
+    ]
     if revision is None or not rows:
         return (f"no running instance of revision {record.canary} to check",)
     function = function_from_spec(record.function, revision.spec, Limits())  # the spec has every limit

@@ -3,7 +3,6 @@ commit (`session`), and the validated desired state as deploy specs with their s
 
 from __future__ import annotations
 
-import os
 import secrets as _secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,11 +14,12 @@ from fnctl.deploy.actor import actor
 from fnctl.deploy.desired import DeploySpec, deploy_spec
 from fnctl.deploy.secrets import fingerprint_key, keyed_fingerprint, resolve
 from fnctl.errors import BadInput
-from fnctl.gitops.gitrepo import WorkTree, work_tree
+from fnctl.gitops.commit import WorkTree
+from fnctl.gitops.gitrepo import work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import Project
 from fnctl.runtimes.validation import validate_project
-from fnctl.state.store import Store, connect, default_path
+from fnctl.state.store import Store, connect, state_path
 
 Progress = Callable[[str], None]
 
@@ -35,15 +35,6 @@ class Options:
     allow_dirty: bool = False  # deploy from a work tree with uncommitted changes
     on_lock_wait: lock.OnWait | None = None  # shows whom a command waits for when the lock is held (the CLI's)
     actor: str | None = None  # who acts, when not this process's user (the dashboard: the signed-in principal)
-
-
-def state_path(project: Project, option: Path | None) -> Path:
-    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
-    if option is not None:
-        return option
-    if os.environ.get("FNCTL_STATE"):
-        return Path(os.environ["FNCTL_STATE"])
-    return project.state_path or default_path(project.name)
 
 
 @contextmanager

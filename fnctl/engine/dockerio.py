@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
 @cache
 def _sdk() -> Any:
-    """The docker SDK, imported on first use. It costs ~0.2 s to import (measured on these machines), and
-    this module is imported by every deploy and read command (through fnctl.commands.functions, deploy.live,
-    engine.instances), among them `fnctl history` and `get`, which never call the engine: a command pays for
-    the SDK only when it talks to Docker."""
+    """The docker SDK, imported on first use (tests/test_layout.py allows this one, with the reason): ~0.2 s
+    of CPU to import, measured here, which `invoke --local` and the read commands (`fnctl history`, `get`,
+    through commands.functions, deploy.live, engine.instances) would pay without ever needing it; a command
+    pays for the SDK only when it builds an image, reads logs or events, or reaches an engine over TCP/SSH."""
     import docker
     import docker.errors
     import docker.types
@@ -232,9 +232,18 @@ def remove_image(tag: str) -> None:
             pass
 
 
-def container_config(spec: ContainerSpec, *, nano_cpus: int | None = None) -> dict[str, Any]:
+CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
+
+
+def cpu_quota(nano_cpus: int) -> int:
+    """`nano_cpus` as a CFS quota per CPU_PERIOD; the kernel refuses quotas under 1 ms."""
+    return max(1000, nano_cpus * CPU_PERIOD // 1_000_000_000)
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
     """The engine's create request for `spec` (the fields and values the docker SDK sends for the same
-    arguments); `nano_cpus` overrides the spec's CPU quota."""
+    arguments). The CPU limit is a CFS quota, not NanoCpus, which the engine's update cannot change: a
+    starting instance gets `start_nano_cpus`, lowered to `nano_cpus` by `set_cpus` once it is ready."""
     host_config: dict[str, Any] = {
         "Memory": spec.memory,
         "MemorySwap": spec.memory,
@@ -249,7 +258,8 @@ def container_config(spec: ContainerSpec, *, nano_cpus: int | None = None) -> di
         "LogConfig": {"Type": "json-file", "Config": {"max-size": spec.log_max_size, "max-file": "1"}},
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
         "PidsLimit": spec.pids,
-        "NanoCpus": spec.nano_cpus if nano_cpus is None else nano_cpus,
+        "CpuPeriod": CPU_PERIOD,
+        "CpuQuota": cpu_quota(spec.start_nano_cpus or spec.nano_cpus),
         "Mounts": [
             {"Target": spec.socket_target, "Source": spec.socket_dir, "Type": "bind", "ReadOnly": spec.socket_read_only}
         ],
@@ -269,17 +279,10 @@ def container_config(spec: ContainerSpec, *, nano_cpus: int | None = None) -> di
     }
 
 
-def run_container(spec: ContainerSpec, *, nano_cpus: int | None = None) -> str:
-    """Create and start the container; returns its ID. `nano_cpus` (more CPU while it starts) replaces the
-    spec's quota until `set_cpus` puts it back."""
+def run_container(spec: ContainerSpec) -> str:
+    """Create and start the container; returns its ID."""
     action = f"starting container {spec.name}"
-    created = _call(
-        action,
-        "POST",
-        "/containers/create",
-        query={"name": spec.name},
-        body=container_config(spec, nano_cpus=nano_cpus),
-    )
+    created = _call(action, "POST", "/containers/create", query={"name": spec.name}, body=container_config(spec))
     container_id = str(created["Id"])
     try:
         _call(action, "POST", dockerapi.path("/containers/{}/start", container_id))
@@ -290,9 +293,17 @@ def run_container(spec: ContainerSpec, *, nano_cpus: int | None = None) -> str:
 
 
 def set_cpus(container_id: str, nano_cpus: int) -> None:
-    """Change a running container's CPU quota (billionths of a CPU)."""
+    """Set a running container's CPU quota (`run_container` gave it its starting quota)."""
     where = dockerapi.path("/containers/{}/update", container_id)
-    _call(f"updating container {container_id[:12]}", "POST", where, body={"NanoCpus": nano_cpus})
+    body = {"CpuPeriod": CPU_PERIOD, "CpuQuota": cpu_quota(nano_cpus)}
+    _call(f"setting the CPU quota of {container_id[:12]}", "POST", where, body=body)
+
+
+def pause(container_id: str, paused: bool) -> None:
+    """Freeze (`paused`) or thaw every process of a container: a paused one uses no CPU, keeps its memory."""
+    verb = "pause" if paused else "unpause"
+    where = dockerapi.path("/containers/{}/" + verb, container_id)
+    _call(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}", "POST", where)
 
 
 def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:
@@ -376,11 +387,12 @@ def kill(container_id: str) -> None:
 
 def stop(container_id: str, timeout: int = 10) -> None:
     """Stop gracefully (SIGTERM: the runtime drains), then remove."""
-    errors = _sdk().errors
+    where = dockerapi.path("/containers/{}/stop", container_id)
     try:
-        client().api.stop(container_id, timeout=timeout)
-    except errors.NotFound:
-        return
-    except errors.APIError:
-        pass
+        if _call(f"stopping {container_id[:12]}", "POST", where, query={"t": str(timeout)}, missing_ok=True) is None:
+            return
+    except EngineUnavailable:
+        raise
+    except FnctlError:
+        pass  # the removal below forces it
     kill(container_id)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.engine import dockerio
-from fnctl.engine.sandbox import GVISOR_RUNTIME, container_spec
+from fnctl.engine.sandbox import GVISOR_RUNTIME, boosted, container_spec, cpu_quota
 from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
@@ -100,13 +100,12 @@ def start(
     labels: Mapping[str, str],
     secret_values: Mapping[str, str],
     instance_id: str | None = None,
-    boost: bool = False,
+    settle_cpu: bool = True,
 ) -> Instance:
-    """Start one instance of `function` from `image` and wait until it is ready and configured.
-
-    With `boost` (runc only) the container starts with every CPU of the host and gets the function's quota
-    once ready, before any event reaches it: the interpreter's start and the handler's import are not
-    throttled by a quota meant for invocations (0.5 CPU by default), within the same memory and pids limits."""
+    """Start one instance of `function` from `image` and wait until it is ready and configured. It starts
+    with more CPU (sandbox.STARTUP_CPUS); `settle_cpu` sets the function's own quota before returning, else
+    the caller must (`settle_cpu`), as soon as it can: the gateway does it beside the first request, since
+    the engine's update (10 to 100 ms here) took what the extra CPU saved when it was on a cold start's path."""
     if function.isolation is Isolation.GVISOR and GVISOR_RUNTIME not in dockerio.runtimes():
         raise EngineUnavailable(
             "isolation: gvisor needs the runsc runtime, which this Docker engine does not have. Register it: "
@@ -128,10 +127,9 @@ def start(
     # Listening before the container exists: the runtime finds the listener at once, and a handler that
     # fails to load is reported over it. Nobody is accepted before the container's ID is known.
     transport = UnixSocketTransport(str(socket_dir), peer=lambda pid: False)
-    starting_cpus = _boosted_cpus(spec.nano_cpus) if boost and spec.runtime is None else None
     try:
         transport.listen()
-        container_id = dockerio.run_container(spec, nano_cpus=starting_cpus)
+        container_id = dockerio.run_container(spec)
     except BaseException:
         transport.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
@@ -141,8 +139,8 @@ def start(
     try:
         _record_container(socket_dir, container_id)
         _wait_ready(instance)
-        if starting_cpus is not None:
-            dockerio.set_cpus(container_id, spec.nano_cpus)
+        if settle_cpu:
+            _settle_cpu(function, container_id)  # the start's extra CPU ends before any request
         instance.transport.configure(secret_values)
     except BaseException:
         remove(instance)
@@ -150,10 +148,16 @@ def start(
     return instance
 
 
-def _boosted_cpus(nano_cpus: int) -> int | None:
-    """The CPU quota of a boosted start: the host's CPUs, or None when that is no more than `nano_cpus`."""
-    host = (os.cpu_count() or 1) * 10**9
-    return host if host > nano_cpus else None
+def _settle_cpu(function: Function, container_id: str) -> None:
+    if boosted(function):
+        dockerio.set_cpus(container_id, cpu_quota(function))
+
+
+def settle_cpu(function: Function, container_id: str) -> None:
+    """Give a started instance its function's own CPU quota (after `start(..., settle_cpu=False)`, or for an
+    instance adopted from a gateway that may have stopped before it did so). FnctlError when the engine
+    refuses: the caller must then remove the instance."""
+    _settle_cpu(function, container_id)
 
 
 def _record_container(socket_dir: Path, container_id: str) -> None:

@@ -13,6 +13,10 @@ SANDBOX_USER = "65534:65534"  # nobody:nogroup; the image needs no user database
 SOCKET_TARGET = "/run/fnctl"
 NOFILE = 1024
 LOG_MAX_SIZE = "1m"
+# CPUs an instance may use while it starts (interpreter, imports, the handler's module), until it is ready:
+# at the function's 0.5 the quota alone cost ~35 ms of a cold start. Memory and pids limits apply as ever,
+# and the function's own quota is set before the instance takes its first request.
+STARTUP_CPUS = 2.0
 GVISOR_RUNTIME = "runsc"
 LABEL = "io.fnctl"  # prefix of every label fnctl sets
 
@@ -29,7 +33,7 @@ class ContainerSpec:
     socket_dir: str  # host directory bind-mounted (read-only) at `socket_target`
     socket_target: str
     memory: int
-    nano_cpus: int
+    nano_cpus: int  # the CPU quota while it serves (billionths of a CPU)
     pids: int
     tmp_size: int
     nofile: int
@@ -41,6 +45,7 @@ class ContainerSpec:
     # No writable host path at all: the runtime connects out to the host's listeners in this directory,
     # which needs no write access to it.
     socket_read_only: bool = True
+    start_nano_cpus: int = 0  # the CPU quota until it is ready (0: `nano_cpus` from the start)
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
 
@@ -75,7 +80,7 @@ def container_spec(
         socket_dir=socket_dir,
         socket_target=SOCKET_TARGET,
         memory=limits.memory,
-        nano_cpus=int(limits.cpu * 1e9),
+        nano_cpus=cpu_quota(function),
         pids=limits.pids,
         tmp_size=limits.tmp,
         nofile=NOFILE,
@@ -83,7 +88,19 @@ def container_spec(
         network="bridge" if function.network is Network.EGRESS else "none",
         runtime=GVISOR_RUNTIME if function.isolation is Isolation.GVISOR else None,
         log_max_size=LOG_MAX_SIZE,
+        start_nano_cpus=int(max(limits.cpu, STARTUP_CPUS) * 1e9) if boosted(function) else 0,
     )
+
+
+def boosted(function: Function) -> bool:
+    """Whether an instance of `function` starts with more CPU than its quota. Not under gVisor: its cgroup
+    is not updated the same way under runsc."""
+    return function.isolation is not Isolation.GVISOR and function.limits.cpu < STARTUP_CPUS
+
+
+def cpu_quota(function: Function) -> int:
+    """The function's CPU quota in billionths of a CPU."""
+    return int(function.limits.cpu * 1e9)
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,7 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
         HardeningCheck(
             "cpu quota",
             int(host.get("NanoCpus") or 0) > 0 or int(host.get("CpuQuota") or 0) > 0,
-            f"NanoCpus={host.get('NanoCpus')}",
+            f"NanoCpus={host.get('NanoCpus')} CpuQuota={host.get('CpuQuota')}/{host.get('CpuPeriod')}",
         ),
         HardeningCheck("pids limit", int(host.get("PidsLimit") or 0) > 0, f"PidsLimit={host.get('PidsLimit')}"),
         HardeningCheck(

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
+from fnctl.gateway.dataapi import DataApi
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -35,15 +37,20 @@ from fnctl.gateway.request import (
     NO_HEADERS,
     Call,
     GatewayLimits,
+    Incoming,
     Reject,
+    Reply,
     dumps,
-    new_request_id,
-    reject_response,
+    json_reply,
+    reject_reply,
+    reply_of,
+    reply_response,
     request_id,
-    web_response,
 )
 from fnctl.gateway.table import TableSource
+from fnctl.gateway.triggerapi import TriggerApi
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
 
@@ -53,6 +60,7 @@ if TYPE_CHECKING:  # the real ones; the tests pass fakes of the same shape
     from fnctl.gateway.broker import Broker
     from fnctl.gateway.metrics import Metrics
     from fnctl.gateway.pools import PoolManager
+    from fnctl.gateway.views import Views
 
 log = logging.getLogger("fnctl.gateway")
 # Fixed endpoints and the methods they answer: another method on them is a 405, not a 404.
@@ -84,12 +92,21 @@ class Gateway(RequestPipeline):
         self.pool_ready = False
         self.draining = False
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
+        self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
 
     # ---- handlers ----
 
     async def handle_invoke(self, request: web.Request) -> web.StreamResponse:
         """POST /invoke/{function}: the body is the event (JSON), the response the result (JSON)."""
-        call = Call(request_id(request), request.match_info["function"], None, request.remote)
+        return await self._respond(request, await self.invoke(request, request.match_info["function"]))
+
+    async def handle_trigger(self, request: web.Request) -> web.StreamResponse:
+        """Any other path: the HTTP Trigger whose method and path match, as a proxy event and back."""
+        return await self._respond(request, await self.trigger(request))
+
+    async def invoke(self, request: Incoming, function: str) -> Reply:
+        """`POST /invoke/function`, audited and measured, whichever server parsed it."""
+        call = Call(request_id(request), function, None, request.remote)
         try:
             result, revision = await self._dispatch(request, call, None)
             outcome = result.outcome
@@ -100,19 +117,19 @@ class Gateway(RequestPipeline):
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
                 extra["Content-Type"] = "application/json"
                 extra["X-Fnctl-Duration-Ms"] = f"{outcome.duration_ms:.3f}"
-                response = web.Response(body=_encode_result(outcome.result), headers=extra)
+                reply = Reply(200, CIMultiDict(extra), _encode_result(outcome.result))
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
-                response = web_response(invoke_response(outcome, logs), extra)
+                reply = reply_of(invoke_response(outcome, logs), extra)
         except Reject as reject:
             call.outcome = reject.outcome
-            response = reject_response(reject, {"error": reject.reason, "requestId": call.request_id})
+            reply = reject_reply(reject, {"error": reject.reason, "requestId": call.request_id})
         except Exception as exc:  # noqa: BLE001 -- a bug must cost one request a 500 and one log line, never a traceback
-            response = self._internal_error(call, exc, {"error": "Internal Server Error", "requestId": call.request_id})
-        return await self._finish(call, request, response)
+            reply = self._internal_reply(call, exc, {"error": "Internal Server Error", "requestId": call.request_id})
+        return self._finish_reply(call, request, reply)
 
-    async def handle_trigger(self, request: web.Request) -> web.StreamResponse:
-        """Any other path: the HTTP Trigger whose method and path match, as a proxy event and back."""
+    async def trigger(self, request: Incoming) -> Reply:
+        """The HTTP Trigger whose method and path match (404 or 405 when none), whichever server parsed it."""
         table = self.table or router.EMPTY
         path = request.raw_path.partition("?")[0]
         found = router.match(table.http, request.method, path)
@@ -124,23 +141,24 @@ class Gateway(RequestPipeline):
                 call.outcome, status, reason = "not_allowed", 405, "Method Not Allowed"
             else:
                 call.outcome, status, reason = "not_found", 404, "Not Found"
-            response = web.json_response(
-                {"message": reason}, status=status, headers={"Allow": allowed} if allowed else None
-            )
-            return await self._finish(call, request, response)
+            reply = json_reply({"message": reason}, status, {"Allow": allowed} if allowed else None)
+            return self._finish_reply(call, request, reply)
         call = Call(request_id(request), found.route.function, found.route.trigger, request.remote)
         try:
             result, _ = await self._dispatch(request, call, found)
             call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
-            response = web_response(trigger_response(result.outcome))
+            reply = reply_of(trigger_response(result.outcome))
         except Reject as reject:
             call.outcome = reject.outcome
-            response = reject_response(reject, {"message": reject.reason})
-        except Exception as exc:  # noqa: BLE001 -- as in handle_invoke
-            response = self._internal_error(call, exc, {"message": "Internal server error"})
-        return await self._finish(call, request, response)
+            reply = reject_reply(reject, {"message": reject.reason})
+        except Exception as exc:  # noqa: BLE001 -- as in invoke
+            reply = self._internal_reply(call, exc, {"message": "Internal server error"})
+        return self._finish_reply(call, request, reply)
 
     def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response:
+        return reply_response(self._internal_reply(call, exc, body))
+
+    def _internal_reply(self, call: Call, exc: Exception, body: dict[str, Any]) -> Reply:
         """A 500 for what no check foresaw: logged as one line (type and message), no traceback anywhere."""
         log.error(
             "request %s: internal error: %s: %s",
@@ -149,9 +167,7 @@ class Gateway(RequestPipeline):
             str(exc).splitlines()[0][:200] if str(exc) else "",
         )
         call.outcome = "internal"
-        response = web.Response(body=dumps(body), status=500, content_type="application/json")
-        response.force_close()
-        return response
+        return Reply(500, CIMultiDict({"Content-Type": "application/json"}), dumps(body), close=True)
 
     async def handle_health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "draining" if self.draining else "ok", **self.identity})
@@ -173,10 +189,8 @@ class Gateway(RequestPipeline):
         self._measured = set(pools)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
 
-    async def _finish(
-        self, call: Call, request: web.Request | None, response: web.StreamResponse
-    ) -> web.StreamResponse:
-        status = response.status
+    def _record(self, call: Call, request: Incoming | None, status: int) -> None:
+        """What every request ends with: measured (when it reached a revision) and audited."""
         duration = time.monotonic() - call.started
         if call.revision is not None:
             self.metrics.observe(call.function, call.revision, status, duration, call.cold_start)
@@ -192,14 +206,36 @@ class Gateway(RequestPipeline):
             source=call.source,
             access={"method": request.method, "path": request.path} if request is not None else None,
         )
+
+    def _finish_reply(self, call: Call, request: Incoming | None, reply: Reply) -> Reply:
+        self._record(call, request, reply.status)
+        if "X-Request-Id" not in reply.headers:
+            reply.headers["X-Request-Id"] = call.request_id
+        return reply
+
+    async def _finish(
+        self, call: Call, request: web.Request | None, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """`_finish_reply` for an aiohttp response (the data API's, views', dashboard's)."""
+        self._record(call, request, response.status)
         if "X-Request-Id" not in response.headers:
             response.headers["X-Request-Id"] = call.request_id
-        if status == 408 and request is not None:
+        if request is not None:
+            await self._cut_if_slow(request, response)
+        return response
+
+    async def _respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        response = reply_response(reply)
+        await self._cut_if_slow(request, response)
+        return response
+
+    @staticmethod
+    async def _cut_if_slow(request: web.Request, response: web.StreamResponse) -> None:
+        if response.status == 408:
             # A slow client is cut now: aiohttp would otherwise linger, reading the rest of its body.
             await response.prepare(request)
             await response.write_eof()
             request.protocol.force_close()
-        return response
 
     def refused(self, request: BaseRequest, status: int, outcome: str) -> None:
         """Audit a request the HTTP server refused before any handler saw it (it is not valid HTTP)."""
@@ -215,13 +251,20 @@ class Gateway(RequestPipeline):
             access={"method": request.method, "path": request.path},
         )
 
-    # ---- invocations that do not come over HTTP (cron) ----
+    # ---- invocations that do not come over HTTP (cron, data hooks) ----
 
-    async def invoke_internal(self, function: str, event: Any, *, trigger: str) -> tuple[int, Outcome | None]:
-        """Run `function` for a trigger of the gateway itself (cron): routed, measured and audited like any
-        request, as the principal `trigger:<name>` with no roles. Returns (status, outcome or None)."""
+    async def audit_internal(self, call: Call, status: int) -> None:
+        """Audit and measure an invocation the gateway made itself (a data hook) as it does requests."""
+        await self._finish(call, None, web.Response(status=status))
+
+    async def invoke_internal(
+        self, function: str, event: Any, *, trigger: str, tenant: str | None = None
+    ) -> tuple[int, Outcome | None]:
+        """Run `function` for a trigger of the gateway itself (cron, onCommit): routed, measured and audited
+        like any request, as the principal `trigger:<name>` with no roles (in `tenant`: an onCommit event's
+        document's). Returns (status, outcome or None)."""
         call = Call(new_request_id(), function, trigger, None)
-        call.principal = Principal(f"trigger:{trigger}", (), None, PrincipalKind.ANONYMOUS)
+        call.principal = Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
@@ -236,7 +279,7 @@ class Gateway(RequestPipeline):
             call.outcome = audit_outcome(outcome)
         except Reject as reject:
             status, call.outcome = reject.status, reject.outcome
-        await self._finish(call, None, web.Response(status=status))
+        self._record(call, None, status)
         return status, outcome
 
 
@@ -274,9 +317,10 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
-        from fnctl.gateway.dataapi import DataApi  # only with a data plane (it imports the data plane's modules)
-
         DataApi(gateway, gateway.broker).add_routes(app)
+        TriggerApi(gateway).add_routes(app)
+        if gateway.views is not None:
+            gateway.views.add_routes(app)
     for mount in mounts:
         mount(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle_trigger)

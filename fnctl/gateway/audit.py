@@ -1,35 +1,45 @@
 """The invocation audit: one append-only row in `invocations` for every invocation and every denied
-attempt, hash-chained (fnctl.state.auditchain), and the access log, one JSON line per request on the
-`fnctl.access` logger (stdlib logging).
-Both are written by a thread of their own, in batches, so that the event loop never waits on SQLite or
-on a log destination.
+attempt, hash-chained (fnctl.state.auditchain), and the access log (fnctl.gateway.accesslog).
+Both are written in batches off the event loop: by the gateway's writer process (`process=True`,
+fnctl.gateway.auditwriter: the event loop's GIL is not shared with SQLite and formatting), or by a thread
+of their own (one-shot commands, and the fallback when the process cannot run).
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from fnctl.gateway.accesslog import (
+    Row,
+    access_line,
+    access_logger,
+    direct_handler,
+    log_access,
+    row_fields,
+    row_line,
+    silence_access_log,
+    start_access_log,
+)
+from fnctl.gateway.auditwriter import Lines, WriterProcess
 from fnctl.state.store import Store, StoreError, connect
 
-access_logger = logging.getLogger("fnctl.access")
+__all__ = ["AuditLog", "silence_access_log", "start_access_log"]
 log = logging.getLogger("fnctl.audit")
-Row = tuple[float, str, str | None, str, int | None, str | None, str, int, float, str | None]
 
 
 class AuditLog:
     """Append-only audit rows and access lines, queued by `record`/`access` (a deque append: cheap on the
-    event loop) and written by a thread of its own every `interval` seconds, or sooner when `batch` wait.
-    `close` writes what is left."""
+    event loop) and written every `interval` seconds, or sooner when `batch` wait: shipped to a writer
+    process (`process=True`) or written by a thread of this one. A row leaves the queue only once it is in
+    the store. `close` writes what is left."""
 
-    def __init__(self, store_path: Path, *, interval: float = 0.25, batch: int = 500) -> None:
+    def __init__(self, store_path: Path, *, interval: float = 0.25, batch: int = 500, process: bool = False) -> None:
         self._store_path = store_path
         self._interval = interval
         self._batch = batch
@@ -39,8 +49,15 @@ class AuditLog:
         self._lock = threading.Condition(self._mutex)
         self._recorded = 0  # rows handed to `record`, and rows in the store: `flush` waits for the gap
         self._written = 0
+        self._lost = 0  # rows the writer process gave up on (the store refused them for ~10 s)
+        self._shipped = 0  # the first rows of `_rows` that are with the writer process, not acknowledged yet
         self._closing = False
         self._wake = threading.Event()
+        self._writer = _writer_process(store_path) if process else None
+        self._acks: threading.Thread | None = None
+        if self._writer is not None:
+            self._acks = threading.Thread(target=self._read_acks, name="fnctl-audit-acks", daemon=True)
+            self._acks.start()
         self._thread = threading.Thread(target=self._run, name="fnctl-audit", daemon=True)
         self._thread.start()
 
@@ -76,7 +93,7 @@ class AuditLog:
             if not late:
                 self._rows.append(row)
                 self._recorded += 1
-            many = len(self._rows) >= self._batch
+            many = len(self._rows) - self._shipped >= self._batch
         if access_logger.isEnabledFor(logging.INFO):
             self._lines.append((row, access or {}))
         if late:  # after close (a request that outlived the drain): rare, so a connection of its own
@@ -90,15 +107,14 @@ class AuditLog:
             self._lines.append((None, {"at": time.time(), **fields}))
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every row recorded so far is in the store; False if that took over `timeout`."""
+        """Wait until every row recorded so far is in the store; False if that took over `timeout` (or the
+        writer process gave rows up)."""
         with self._lock:
-            target = self._recorded
+            target, lost = self._recorded, self._lost
         self._wake.set()
         with self._lock:
-            return (
-                self._lock.wait_for(lambda: self._written >= target or not self._thread.is_alive(), timeout)
-                and self._written >= target
-            )
+            done = self._lock.wait_for(lambda: self._written >= target or not self._thread.is_alive(), timeout)
+            return done and self._written >= target and self._lost == lost
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the writer (blocking: call it off the event loop)."""
@@ -123,7 +139,11 @@ class AuditLog:
         except StoreError as exc:
             log.error("audit row of request %s lost: %s", row[1], exc)
 
+    # ---- the writer thread ----
+
     def _run(self) -> None:
+        if self._writer is not None and self._ship_all():
+            return
         try:
             store = connect(self._store_path)
         except StoreError as exc:
@@ -131,8 +151,6 @@ class AuditLog:
             return
         try:
             while True:
-                self._wake.wait(self._interval)
-                self._wake.clear()
                 with self._lock:
                     closing = self._closing
                 self._log_lines()
@@ -141,8 +159,60 @@ class AuditLog:
                     return  # give up only when asked to stop
                 if closing and not self._rows:
                     return
+                self._wake.wait(self._interval)
+                self._wake.clear()
         finally:
             store.close()
+
+    def _ship_all(self) -> bool:
+        """Ship batches to the writer process until closing; True once it wrote everything and ended, False
+        when it died (the rows it did not acknowledge are then written by this thread: the last batch may
+        be written twice rather than lost)."""
+        writer = self._writer
+        assert writer is not None and self._acks is not None
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            with self._lock:
+                closing = self._closing
+                rows = [self._rows[i] for i in range(self._shipped, len(self._rows))]
+                self._shipped = len(self._rows)
+            lines: Lines = []
+            if writer.writes_access:
+                while self._lines:
+                    lines.append(self._lines.popleft())
+            else:
+                self._log_lines()
+            try:
+                if rows or lines:
+                    writer.send(rows, lines)
+            except OSError as exc:
+                log.error("the audit writer process is gone (%s); writing the audit from this process", exc)
+                break
+            if closing:
+                writer.finish(timeout=30.0)
+                self._acks.join(timeout=30.0)
+                if not self._rows:
+                    return True
+                break
+        writer.finish(timeout=1.0)
+        self._acks.join(timeout=5.0)  # the acknowledgements it sent before it died are counted first
+        with self._lock:
+            self._shipped = 0
+            self._writer = None
+        return False
+
+    def _read_acks(self) -> None:
+        writer = self._writer
+        assert writer is not None
+        for rows, committed in writer.acks():
+            with self._lock:
+                for _ in range(rows):  # acknowledged in order: the first rows shipped
+                    self._rows.popleft()
+                self._shipped -= rows
+                self._written += rows
+                self._lost += rows - committed
+                self._lock.notify_all()
 
     def _write(self, store: Store) -> bool:
         """Write every queued row in one transaction; False (rows kept, in order) when the store refuses."""
@@ -163,7 +233,7 @@ class AuditLog:
         return True
 
     def _log_lines(self) -> None:
-        direct = _direct_handler()
+        direct = direct_handler()
         lines: list[str] = []
         for count in range(len(self._lines)):
             try:
@@ -173,7 +243,7 @@ class AuditLog:
             if direct is not None:
                 lines.append(access_line(extra) if row is None else row_line(row, extra))
             else:
-                log_access(**(extra if row is None else {**_row_fields(row), **extra}))
+                log_access(**(extra if row is None else {**row_fields(row), **extra}))
             if count % 64 == 63:
                 time.sleep(0)  # hand the GIL back to the event loop now and then: a long batch must not stall it
         if direct is not None and lines:
@@ -182,148 +252,25 @@ class AuditLog:
             handler.flush()
 
 
+def _writer_process(store_path: Path) -> WriterProcess | None:
+    """The writer process, writing the access lines too when they go straight to a file descriptor (the
+    access log's only destination, unfiltered: `fnctl serve`'s stdout); None when it cannot start."""
+    direct = direct_handler()
+    access_fd = None
+    if direct is not None:
+        try:
+            direct.stream.flush()
+            access_fd = direct.stream.fileno()
+        except (OSError, ValueError, io.UnsupportedOperation):
+            access_fd = None  # an in-memory stream: this process formats and writes the lines
+    try:
+        return WriterProcess(store_path, access_fd)
+    except OSError as exc:
+        log.error("the audit writer process did not start (%s); the audit is written by a thread", exc)
+        return None
+
+
 def _insert(store: Store, rows: list[Row]) -> None:
     """Append `rows` to the invocation audit's hash chain (inside the caller's write transaction: this thread
     is the chain's only writer in the gateway, but a late row or another gateway process may append too)."""
     store.append_chained("invocations", list(rows))
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
-_stamps: dict[int, str] = {}  # ISO 8601 second → text: consecutive lines share their second
-
-
-def access_line(fields: dict[str, Any]) -> str:
-    """One access line: `fields` as JSON (keys in camelCase), `at` (seconds since the epoch, now when absent)
-    first as `time` in ISO 8601 UTC with milliseconds."""
-    return _JSON.encode({"time": _stamp(fields.pop("at", None) or time.time()), **fields})
-
-
-def _stamp(at: float) -> str:
-    """`at` in ISO 8601 UTC with milliseconds; lines come in bursts within one millisecond, and one second."""
-    global _last_stamp
-    millis = int(at * 1000)
-    if _last_stamp[0] == millis:
-        return _last_stamp[1]
-    second = millis // 1000
-    stamp = _stamps.get(second)
-    if stamp is None:
-        if len(_stamps) > 4:
-            _stamps.clear()
-        stamp = _stamps[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    _last_stamp = (millis, f"{stamp}.{millis % 1000:03d}Z")
-    return _last_stamp[1]
-
-
-_last_stamp = (-1, "")
-
-
-def _row_fields(row: Row) -> dict[str, Any]:
-    return {
-        "at": row[0],
-        "requestId": row[1],
-        "principal": row[2],
-        "function": row[3],
-        "revision": row[4],
-        "trigger": row[5],
-        "outcome": row[6],
-        "status": row[7],
-        "durationMs": row[8],
-        "source": row[9],
-    }
-
-
-_ROW_LINE = (
-    '{"time":"%s","requestId":%s,"principal":%s,"function":%s,"revision":%s,"trigger":%s,"outcome":%s,'
-    '"status":%d,"durationMs":%r,"source":%s'
-)
-_q = encode_basestring_ascii  # a str as a JSON string, as `_JSON` writes it
-
-
-def row_line(row: Row, extra: dict[str, Any]) -> str:
-    """`access_line` of an audit row and its `extra` fields (other names than the row's), formatted field by
-    field: the same JSON in half the time of building a dict and encoding it, and this runs per request."""
-    at, request_id, principal, function, revision, trigger, outcome, status, duration_ms, source = row
-    line = _ROW_LINE % (
-        _stamp(at),
-        _q(request_id),
-        "null" if principal is None else _q(principal),
-        _q(function),
-        "null" if revision is None else int(revision),
-        "null" if trigger is None else _q(trigger),
-        _q(outcome),
-        status,
-        duration_ms,
-        "null" if source is None else _q(source),
-    )
-    for key, value in extra.items():
-        line += f",{_q(key)}:{_q(value) if isinstance(value, str) else _JSON.encode(value)}"
-    return line + "}"
-
-
-def log_access(**fields: Any) -> None:
-    """Log one JSON access line now. On the event loop, prefer `AuditLog.access`, which logs from the
-    writer thread."""
-    line = access_line(fields)
-    # makeRecord + handle: the logging machinery without the caller lookup, which costs more than the rest
-    access_logger.handle(access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, line, (), None))
-
-
-class _BatchStreamHandler(logging.StreamHandler[TextIO]):
-    """A StreamHandler that leaves flushing to whoever logs a batch (a flush per line is a syscall each)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-        except Exception:
-            self.handleError(record)
-
-    def write_lines(self, lines: list[str]) -> None:
-        """A batch of lines in one write, as `emit` would write them one by one (see `_direct_handler`)."""
-        self.acquire()
-        try:
-            self.stream.write(self.terminator.join(lines) + self.terminator)
-        except Exception:
-            log.exception("access lines lost")
-        finally:
-            self.release()
-
-
-def _direct_handler() -> _BatchStreamHandler | None:
-    """The access log's own handler when a batch of lines may bypass the logging machinery (a LogRecord per
-    line costs more than the rest of a request): it is the logger's only destination, nothing filters,
-    and it formats a record as its bare message. Otherwise (handlers added by whoever embeds fnctl) None."""
-    logger = access_logger
-    if logger.propagate or logger.filters or logger.disabled or len(logger.handlers) != 1:
-        return None
-    handler = logger.handlers[0]
-    if (
-        not isinstance(handler, _BatchStreamHandler)
-        or handler.filters
-        or handler.formatter is not _PLAIN
-        or not logger.isEnabledFor(logging.INFO)
-        or handler.level > logging.INFO
-    ):
-        return None
-    return handler
-
-
-_PLAIN = logging.Formatter("%(message)s")
-
-
-def start_access_log(stream: TextIO) -> Callable[[], None]:
-    """Write access lines to `stream`, alone (they are JSON for machines: kept out of the root logger),
-    flushed after each batch; returns the function that stops it."""
-    handler = _BatchStreamHandler(stream)
-    handler.setFormatter(_PLAIN)
-    level, propagate = access_logger.level, access_logger.propagate
-    access_logger.addHandler(handler)
-    access_logger.setLevel(logging.INFO)
-    access_logger.propagate = False
-
-    def stop() -> None:
-        access_logger.removeHandler(handler)
-        access_logger.setLevel(level)
-        access_logger.propagate = propagate
-        handler.flush()
-
-    return stop

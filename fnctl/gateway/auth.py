@@ -21,6 +21,7 @@ import jwt
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway import keys
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
+from fnctl.state import keystore
 from fnctl.state.store import Store, connect
 
 PUBLIC = "public"  # the role that lets anyone in, anonymous callers included
@@ -160,9 +161,13 @@ def _verification_key(section: Mapping[str, Any], root: Path, algorithm: str, wh
 
 class Authenticator:
     """Credentials in request headers to a Principal. A key verified once is remembered (by its hash, never
-    the key itself) only while the store is unchanged: any commit to it by another connection (a revocation,
-    or anything else) empties that memory before the next request is checked, so a revocation still takes
-    effect at once. The store connection stays on the thread that calls."""
+    the key itself) while the keys' generation in the store is unchanged: a key added or revoked by any
+    connection empties that memory before the next request is checked, so a revocation still takes effect at
+    once. Other commits to the store (the audit and metrics writers', every fraction of a second) do not touch
+    it. Whether the generation moved is read from the keys' stamp (`keystore.KeysStamp`: a memory map, no SQL
+    on the request's path), and from the store itself when the stamp moved, every KEYS_RECHECK seconds (an
+    announcement lost), or, without a stamp, whenever the store's data_version moved. The store connection
+    stays on the thread that calls."""
 
     def __init__(self, store_path: Path, config: AuthConfig) -> None:
         self._store_path = store_path
@@ -170,7 +175,12 @@ class Authenticator:
         self._store: Store | None = None
         self._tokens: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._keys: dict[str, Principal] = {}  # digest of a verified key → its principal
-        self._keys_version: int | None = None  # the store's data_version when _keys was last valid
+        self._stamp = keystore.KeysStamp(store_path)
+        # What the keys' generation was last read after (the stamp, or the store's data_version without one),
+        # when to read it again regardless, and that generation: what _keys is valid for.
+        self._seen: bytes | int | None = None
+        self._recheck_at = 0.0
+        self._keys_generation = -1
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """Anonymous without credentials; raises Unauthenticated for any credential that does not check out."""
@@ -200,10 +210,16 @@ class Authenticator:
     def _from_key(self, raw: str) -> Principal:
         if self._store is None:
             self._store = connect(self._store_path)
-        version = self._store.data_version()
-        if version != self._keys_version:
-            self._keys.clear()
-            self._keys_version = version
+        seen: bytes | int | None = self._stamp.read()
+        if seen is None:
+            seen = self._store.data_version()
+        now = time.monotonic()
+        if seen != self._seen or now >= self._recheck_at:
+            self._seen, self._recheck_at = seen, now + keystore.KEYS_RECHECK
+            generation = keystore.generation(self._store)
+            if generation != self._keys_generation:
+                self._keys.clear()
+                self._keys_generation = generation
         hashed = keys.digest(raw)
         known = self._keys.get(hashed)
         if known is not None:
@@ -218,6 +234,7 @@ class Authenticator:
         return principal
 
     def close(self) -> None:
+        self._stamp.close()
         if self._store is not None:
             self._store.close()
             self._store = None

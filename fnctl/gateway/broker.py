@@ -10,25 +10,38 @@ one sandbox can never act under another invocation's caller.
 
 The calls are answered by `fnctl.gateway.datacalls.answer` (`fnctl invoke --local` uses it too), on one
 worker thread of the broker's own, in order, off the event loop (the REST API's data work too); a `db.get`
-(one primary-key read) is answered on the event loop itself when no other call of its invocation is running.
+(one primary-key read) is answered on the event loop itself when no other call of its invocation is running,
+and a refusal (no such invocation, an unknown method) at once too: both as `Answered`, which the transport
+writes from the frame's read callback, without a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DataDocument
-from fnctl.data.errors import DataError
+from fnctl.data.documents import Budget, DataDocument, WriteOp
+from fnctl.data.errors import DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
-from fnctl.gateway.datacalls import CallSession, answer, call_failed, caller_of, open_session, parse_policies
+from fnctl.gateway.datacalls import (
+    METHODS,
+    WRITES,
+    CallSession,
+    answer,
+    call_failed,
+    caller_of,
+    open_session,
+    parse_policies,
+    session_caller,
+)
 from fnctl.gateway.router import DataSettings
+from fnctl.invocation.aiotransport import Answered, AsyncCallHandler
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Policy
 from fnctl.state.store import Store
@@ -37,6 +50,24 @@ from fnctl.state.store import connect as connect_store
 T = TypeVar("T")
 _AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "CallSession", "StateAudit", "caller_of"]
+
+
+class HookWrites(Protocol):
+    """The data hooks (`fnctl.gateway.hooks.HookRunner`): the handlers' writes that have hooks go through it."""
+
+    def applies(self, collection: Any, op: str) -> bool: ...
+
+    async def call(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any: ...
+
+    async def commit_writes(
+        self,
+        caller: Caller,
+        ops: Sequence[WriteOp],
+        *,
+        idempotency_key: str | None = None,
+        require_if_match: bool = False,
+        budget: Budget | None = None,
+    ) -> list[DataDocument | None]: ...
 
 
 class LivePolicies:
@@ -89,6 +120,7 @@ class Broker:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.sessions: dict[str, CallSession] = {}
+        self.hooks: HookWrites | None = None  # set by the gateway when it serves data hooks
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-data")
         # Writes waiting for the data thread (see `write`), and whether a `_drain` is queued for them.
         self._lock = threading.Lock()
@@ -105,16 +137,19 @@ class Broker:
         concurrent writes, one BEGIN/COMMIT and one change-log append serve them all. Each write is still all
         or nothing and gets its own result or error.
 
-        The writes that arrive while the data thread is busy wait in `_pending` and are handed over together:
-        one job on the data thread stages and commits them all, and one wake-up of the event loop settles
-        them (a thread hop each way per group rather than per write)."""
+        The writes that arrive while the data thread is busy, or in the same turn of the event loop, wait in
+        `_pending` and are handed over together: one job on the data thread stages and commits them all, and
+        one wake-up of the event loop settles them (a thread hop each way per group rather than per write;
+        handing over at the end of the turn doubled the group under 8 concurrent clients, 3.9 → 6.8)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[DataDocument | None]] = loop.create_future()
         with self._lock:
             self._pending.append((stage, loop, done))
             scheduled, self._scheduled = self._scheduled, True
         if not scheduled:
-            self._worker.submit(self._drain)
+            # Handed over once the loop has run what is ready now: the other requests whose bodies arrived
+            # in the same read join this group, and they share one hop to the data thread.
+            loop.call_soon(self._worker.submit, self._drain)
         return await done
 
     def _drain(self) -> None:
@@ -143,46 +178,83 @@ class Broker:
             loop.call_soon_threadsafe(_settle, settled)
 
     def open(
-        self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings
+        self,
+        invocation_id: str,
+        function: str,
+        revision: int,
+        caller: Caller,
+        settings: DataSettings,
+        on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> CallSession:
         if invocation_id in self.sessions:
             raise ValueError(f"invocation {invocation_id} is in flight already")
-        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings)
+        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings, on_read)
+        return session
+
+    def open_shared(
+        self, invocation_id: str, function: str, revision: int, caller: Caller, settings: DataSettings, txn: Txn | None
+    ) -> CallSession:
+        """A hook's session: the writer's identity and rights, its calls in the writer's transaction `txn` (None:
+        each call commits alone), which the writer commits or rolls back."""
+        if invocation_id in self.sessions:
+            raise ValueError(f"invocation {invocation_id} is in flight already")
+        acting = session_caller(caller, function, revision, settings)
+        budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
+        session = CallSession(function, revision, acting, budget, txn, shared=True)
+        self.sessions[invocation_id] = session
         return session
 
     def close(self, invocation_id: str) -> CallSession | None:
         session = self.sessions.pop(invocation_id, None)
-        if session is not None and session.txn is not None and not session.txn.closed:
+        if session is not None and session.txn is not None and not session.shared and not session.txn.closed:
             session.txn.rollback()  # a failed procedure's buffered writes go with it
         return session
 
-    def handler_for(self, function: str, revision: int) -> Callable[[str, str, dict[str, Any]], Any]:
+    def handler_for(self, function: str, revision: int) -> AsyncCallHandler:
         """The `on_call` of the transports to instances of (function, revision)."""
 
-        async def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
-            return await self.call(function, revision, invocation_id, method, params)
+        def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Awaitable[Any] | Answered:
+            return self.call(function, revision, invocation_id, method, params)
 
         return on_call
 
-    async def call(
+    def call(
         self, function: str, revision: int, invocation_id: str, method: str, params: Mapping[str, Any]
-    ) -> Any:
+    ) -> Awaitable[Any] | Answered:
+        """Answer a call at once when that needs neither the data thread nor a wait (a refusal, a `db.get`),
+        else hand it to the data thread and return what to await."""
         session = self.sessions.get(invocation_id)
         if session is None or (session.function, session.revision) != (function, revision):
             raise CallFailed("NoInvocation", "no invocation of this instance is in flight with that id")
         try:
+            if method not in METHODS:
+                raise Invalid(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+            hooks = self.hooks
+            if hooks is not None and method in WRITES and hooks.applies(params.get("collection"), WRITES[method]):
+                return self._hooked(hooks, session, method, params)
             if method == "db.get" and session.busy == 0 and session.caller.kind not in _AUDITED:
                 # One primary-key read: answered on the event loop (its own connection; WAL readers never
                 # wait), with the same checks, rather than a hop to the data thread and back. Only when none
                 # of the session's calls is on the data thread: a Txn is used by one thread at a time.
-                return answer(self.plane, session, method, params)
-            session.busy += 1
-            try:
-                return await self.run(lambda: answer(self.plane, session, method, params))
-            finally:
-                session.busy -= 1
+                return Answered(answer(self.plane, session, method, params))
         except DataError as error:
             raise call_failed(error) from None
+        return self._call_later(session, method, params)
+
+    async def _hooked(self, hooks: HookWrites, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
+        try:
+            return await hooks.call(session, method, params)
+        except DataError as error:
+            raise call_failed(error) from None
+
+    async def _call_later(self, session: CallSession, method: str, params: Mapping[str, Any]) -> Any:
+        session.busy += 1
+        try:
+            return await self.run(lambda: answer(self.plane, session, method, params))
+        except DataError as error:
+            raise call_failed(error) from None
+        finally:
+            session.busy -= 1
 
     async def commit(self, session: CallSession) -> None:
         """Commit a procedure's writes (raises Conflict when what it read changed meanwhile)."""

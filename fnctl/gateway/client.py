@@ -13,6 +13,7 @@ import http.client
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from fnctl.errors import FnctlError
 from fnctl.invocation.outcome import Failure, Outcome
@@ -81,6 +82,26 @@ def invoke(address: str, name: str, event: Any, *, key: str | None, revision: in
     return _call(status, body, answer, address, name)
 
 
+def run_trigger(address: str, name: str, event: Any, *, key: str | None) -> GatewayCall:
+    """POST /v1/triggers/NAME/run (no event: the trigger's `manual.event`); as `invoke` answers."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    host, port = _connect_host(address)
+    connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
+    try:
+        body = b"" if event is None else json.dumps(event).encode("utf-8")
+        connection.request("POST", f"/v1/triggers/{name}/run", body=body, headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+        answer = {k.lower(): v for k, v in response.getheaders()}
+    except (OSError, http.client.HTTPException) as exc:
+        raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
+    finally:
+        connection.close()
+    return _call(status, raw, answer, address, name)
+
+
 def _call(status: int, body: bytes, headers: dict[str, str], address: str, name: str) -> GatewayCall:
     try:
         data = json.loads(body) if body else None
@@ -125,3 +146,34 @@ def _logs(encoded: str | None) -> str:
         return base64.b64decode(encoded).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         return ""
+
+
+@dataclass(frozen=True)
+class ViewAnswer:
+    status: int
+    body: Any  # the result (200), or the problem / error document
+    revision: int | None
+    cache: str  # hit | miss | "" (refused before the cache)
+
+
+def view(address: str, name: str, params: list[tuple[str, str]], *, key: str | None) -> ViewAnswer:
+    """GET /v1/views/NAME?params: the view's answer, whatever its status (the caller renders it)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    host, port = _connect_host(address)
+    connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
+    try:
+        query = f"?{urlencode(params)}" if params else ""
+        connection.request("GET", f"/v1/views/{quote(name, safe='')}{query}", headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+        answer = {k.lower(): v for k, v in response.getheaders()}
+    except (OSError, http.client.HTTPException) as exc:
+        raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    revision = answer.get("x-fnctl-revision", "")
+    return ViewAnswer(status, body, int(revision) if revision.isdigit() else None, answer.get("x-fnctl-view-cache", ""))

@@ -193,13 +193,25 @@ class DataApi:
         body = await self.gateway._read_body(request, self.gateway.limits.max_body)
         return parse_json(body)
 
+    async def _write(
+        self, caller: Caller, op: WriteOp, *, key: str | None = None, required: bool = False
+    ) -> list[DataDocument | None]:
+        """One write: with its data hooks when it has any (`fnctl.gateway.hooks`), else grouped with the
+        writes that queue up meanwhile (`Broker.write`)."""
+        hooks = self.broker.hooks
+        if hooks is not None and hooks.applies(op.collection, op.op):
+            return await hooks.commit_writes(caller, [op], idempotency_key=key, require_if_match=required)
+        return await self.broker.write(
+            lambda: self.plane.stage(caller, op, idempotency_key=key, require_if_match=required)
+        )
+
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await self.broker.run(fn)
 
     @staticmethod
     def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
         return web.Response(
-            body=dumps(document.as_json()),
+            body=document.json_text().encode("utf-8"),
             status=status,
             content_type="application/json",
             headers={"ETag": document.etag, **(headers or {})},
@@ -241,11 +253,7 @@ class DataApi:
         if key is not None and not 1 <= len(key) <= 255:
             raise HttpProblem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
         id_ = request.query.get("id")
-        made = _one(
-            await self.broker.write(
-                lambda: self.plane.stage(caller, WriteOp("insert", collection, id_, document), idempotency_key=key)
-            )
-        )
+        made = _one(await self._write(caller, WriteOp("insert", collection, id_, document), key=key))
         return self._document(made, 201, {"Location": f"/v1/collections/{collection}/docs/{made.id}"})
 
     @staticmethod
@@ -261,11 +269,7 @@ class DataApi:
         version, required = self._if_match(request)
         document = await self._body(request)
         made = _one(
-            await self.broker.write(
-                lambda: self.plane.stage(
-                    caller, WriteOp("replace", collection, id_, document, version), require_if_match=required
-                )
-            )
+            await self._write(caller, WriteOp("replace", collection, id_, document, version), required=required)
         )
         return self._document(made)
 
@@ -273,28 +277,22 @@ class DataApi:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
         patch = await self._body(request, media=(MERGE_PATCH, "application/json"))
-        made = _one(
-            await self.broker.write(
-                lambda: self.plane.stage(
-                    caller, WriteOp("patch", collection, id_, patch, version), require_if_match=required
-                )
-            )
-        )
+        made = _one(await self._write(caller, WriteOp("patch", collection, id_, patch, version), required=required))
         return self._document(made)
 
     async def delete(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         collection, id_ = request.match_info["collection"], request.match_info["id"]
         version, required = self._if_match(request)
-        await self.broker.write(
-            lambda: self.plane.stage(
-                caller, WriteOp("delete", collection, id_, None, version), require_if_match=required
-            )
-        )
+        await self._write(caller, WriteOp("delete", collection, id_, None, version), required=required)
         return web.Response(status=204)
 
     async def batch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         ops = parse_batch(await self._body(request))
-        results = await self._run(lambda: self.plane.batch(caller, ops))
+        hooks = self.broker.hooks
+        if hooks is not None and any(hooks.applies(op.collection, op.op) for op in ops):
+            results = await hooks.commit_writes(caller, ops)  # every op's hooks, in one transaction
+        else:
+            results = await self._run(lambda: self.plane.batch(caller, ops))
         return web.Response(
             body=dumps({"results": [None if r is None else r.as_json() for r in results]}),
             content_type="application/json",
@@ -304,7 +302,8 @@ class DataApi:
         since = parse_int(request.query, "since", 0, 0, 2**62)
         limit = parse_int(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert since is not None and limit is not None
-        feed = await self._run(lambda: self.plane.changes(caller, since, limit=limit))
+        only = request.query.get("collection") or None
+        feed = await self._run(lambda: self.plane.changes(caller, since, limit=limit, collection=only))
         body = {"changes": [c.as_json() for c in feed], "next": feed[-1].seq if feed else since}
         return web.Response(body=dumps(body), content_type="application/json")
 

@@ -7,12 +7,12 @@ it off the event loop) and by `fnctl invoke --local`; no asyncio, no HTTP.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, Page
+from fnctl.data.documents import DEFAULT_LIMIT, Budget, DataDocument, Page, WriteOp
 from fnctl.data.errors import Conflict, DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # only its type: `invoke --local` needs no JWT library
 
 log = logging.getLogger("fnctl.gateway")
 METHODS = ("db.get", "db.find", "db.insert", "db.update", "db.replace", "db.delete")
+WRITES = {"db.insert": "insert", "db.update": "patch", "db.replace": "replace", "db.delete": "delete"}
 
 
 @dataclass
@@ -38,6 +39,11 @@ class CallSession:
     conflict: DataError | None = None  # a procedure's read went stale: it cannot commit (re-run it, or 409)
     calls: int = 0
     busy: int = 0  # calls of this session running on the broker's data thread now
+    shared: bool = False  # `txn` is another's (a hook's session in its writer's transaction): never rolled back here
+    chain: Any = None  # the hook chain (fnctl.data.hooks.Chain) this invocation's writes continue
+    loop: DataError | None = None  # a write of this invocation passed a hook chain's limit (HookLoop)
+    # Told of every read call (method, params) before it is answered: what a view's computation read.
+    on_read: Callable[[str, Mapping[str, Any]], None] | None = None
 
 
 def caller_of(principal: Principal) -> Caller:
@@ -54,12 +60,17 @@ def session_caller(caller: Caller, function: str, revision: int | None, settings
 
 
 def open_session(
-    plane: DataPlane, caller: Caller, function: str, revision: int | None, settings: DataSettings
+    plane: DataPlane,
+    caller: Caller,
+    function: str,
+    revision: int | None,
+    settings: DataSettings,
+    on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> CallSession:
     acting = session_caller(caller, function, revision, settings)
     txn = plane.transaction(acting, Budget(operations=settings.db_operations)) if settings.transaction else None
     budget = txn.budget if txn is not None and txn.budget is not None else Budget(operations=settings.db_operations)
-    return CallSession(function, revision, acting, budget, txn)
+    return CallSession(function, revision, acting, budget, txn, on_read=on_read)
 
 
 def _str(params: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
@@ -127,6 +138,8 @@ def _answer(plane: DataPlane, session: CallSession, method: str, params: Mapping
     if session.exceeded is not None:  # over a limit once: every later call fails too
         raise session.exceeded
     session.calls += 1
+    if session.on_read is not None and method in ("db.get", "db.find"):
+        session.on_read(method, params)
     collection = _str(params, "collection")
     txn, caller, budget = session.txn, session.caller, session.budget
     if method == "db.get":
@@ -167,6 +180,21 @@ def _answer(plane: DataPlane, session: CallSession, method: str, params: Mapping
     else:
         plane.delete(caller, collection, id_, if_match=version, budget=budget)
     return None
+
+
+def write_op(method: str, params: Mapping[str, Any]) -> WriteOp:
+    """A `db.insert` / `update` / `replace` / `delete` call as the data plane's write."""
+    collection = _str(params, "collection")
+    if method == "db.insert":
+        return WriteOp("insert", collection, _str(params, "id", optional=True), params.get("document"))
+    id_, version = _str(params, "id"), _version(params)
+    if method == "db.update":
+        return WriteOp("patch", collection, id_, params.get("patch"), version)
+    if method == "db.replace":
+        return WriteOp("replace", collection, id_, params.get("document"), version)
+    if method == "db.delete":
+        return WriteOp("delete", collection, id_, None, version)
+    raise Invalid(f"{method!r} is not a write")
 
 
 def call_failed(error: DataError) -> CallFailed:

@@ -62,6 +62,7 @@ def create(store: Store, name: str, roles: tuple[str, ...], tenant: str | None, 
             outcome="ok",
             detail=_describe(key),
         )
+    keystore.announce(store)
     return key, raw
 
 
@@ -92,6 +93,8 @@ def revoke(store: Store, key_id: str, revoked_by: str | None = None) -> tuple[Ap
             outcome="ok" if changed else "unchanged",
             detail=_describe(key) + ("" if changed else "; already revoked"),
         )
+    if changed:
+        keystore.announce(store)  # gateways forget what they remembered of it from their next request on
     return key, changed
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -67,6 +68,26 @@ class Metrics:
         self._pending: dict[tuple[str, int, int], Second] = {}
         self._lock = threading.Lock()  # observe (event loop) against flush (a worker thread)
         self._last_prune = 0.0
+        # view → [hits, misses, invalidations]; invalidations are counted on the data thread (a += on a list
+        # item under the GIL: a lost count at worst, never a broken one)
+        self.views: dict[str, list[int]] = {}
+        self.events: dict[str, list[int]] = {}  # onCommit trigger → [delivered, failed attempts, dead letters]
+
+    def event(self, trigger: str, delivered: int = 0, failed: int = 0, dead: int = 0) -> None:
+        """onCommit deliveries of `trigger` (on the event loop): delivered, failed attempts, dead letters."""
+        counts = self.events.setdefault(trigger, [0, 0, 0])
+        counts[0] += delivered
+        counts[1] += failed
+        counts[2] += dead
+
+    def view(self, name: str, hits: int = 0, misses: int = 0, invalidations: int = 0) -> None:
+        """A view answered from its cache (hit) or computed (miss), or entries of it evicted by writes."""
+        counts = self.views.get(name)
+        if counts is None:
+            counts = self.views.setdefault(name, [0, 0, 0])
+        counts[0] += hits
+        counts[1] += misses
+        counts[2] += invalidations
 
     def observe(self, function: str, revision: int, status: int, latency_s: float, cold_start: bool) -> None:
         """One answered invocation of `revision`."""
@@ -153,8 +174,6 @@ class Metrics:
     async def run_flusher(self, store_path: Path, stop: asyncio.Event, interval: float = 0.25) -> None:
         """Flush every `interval` seconds until `stop` is set, then flush everything, with a store
         connection of its own that only this task's worker thread uses."""
-        from concurrent.futures import ThreadPoolExecutor
-
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fnctl-metrics") as worker:
             store = await loop.run_in_executor(worker, connect, store_path)
@@ -210,6 +229,30 @@ class _Collector(Collector):
         for key, count in list(m.denials.items()):
             denied.add_metric(list(key), count, created=m.denials_created[key])
         yield denied
+        families = [
+            CounterMetricFamily("fnctl_view_hits", "View reads answered from the cache.", labels=["view"]),
+            CounterMetricFamily("fnctl_view_misses", "View reads that ran the view's function.", labels=["view"]),
+            CounterMetricFamily(
+                "fnctl_view_invalidations", "Cached view entries evicted by writes that overlap them.", labels=["view"]
+            ),
+        ]
+        ratio = GaugeMetricFamily("fnctl_view_hit_ratio", "Hits / (hits + misses) since start.", labels=["view"])
+        for name, counts in list(m.views.items()):
+            for family, value in zip(families, counts, strict=True):
+                family.add_metric([name], value)
+            reads = counts[0] + counts[1]
+            ratio.add_metric([name], counts[0] / reads if reads else 0.0)
+        yield from families
+        yield ratio
+        events = [
+            CounterMetricFamily("fnctl_events_delivered", "onCommit events delivered.", labels=["trigger"]),
+            CounterMetricFamily("fnctl_events_failed", "onCommit delivery attempts that failed.", labels=["trigger"]),
+            CounterMetricFamily("fnctl_events_dead", "onCommit events that became dead letters.", labels=["trigger"]),
+        ]
+        for trigger, counts in list(m.events.items()):
+            for family, value in zip(events, counts, strict=True):
+                family.add_metric([trigger], value)
+        yield from events
 
 
 def _gauge(name: str, documentation: str, values: dict[tuple[str, int], int]) -> GaugeMetricFamily:

@@ -106,7 +106,10 @@ def openapi_document(collections: Mapping[str, Any]) -> dict[str, Any]:
     paths["/v1/changes"] = {
         "get": {
             "operationId": "changes",
-            "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}],
+            "parameters": [
+                {"name": name, "in": "query", "schema": {"type": kind}}
+                for name, kind in (("since", "integer"), ("limit", "integer"), ("collection", "string"))
+            ],
             "responses": {"200": {"description": "the changes the caller may read, after `since`"}, **errors},
         }
     }

@@ -10,10 +10,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from fnctl.data.errors import DataError
@@ -29,8 +28,18 @@ from fnctl.gateway.auth import (
 )
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
-from fnctl.gateway.request import Call, GatewayLimits, Reject, build_event, check_header_size, new_request_id
+from fnctl.gateway.request import (
+    Call,
+    GatewayLimits,
+    Incoming,
+    LeanRequest,
+    Reject,
+    build_event,
+    check_header_size,
+)
+from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
+from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
 
@@ -71,6 +80,9 @@ class RequestPipeline:
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # Asked before a request's body is read: would its revision refuse it for its expected wait? (the
+        # pool manager's `shed`; None: the pool alone decides, once the request reaches it)
+        self.admission: Callable[[str, int], Shed | None] | None = None
 
     @property
     def table(self) -> router.Table | None:
@@ -92,9 +104,7 @@ class RequestPipeline:
 
     # ---- the steps of one request ----
 
-    async def _dispatch(
-        self, request: web.Request, call: Call, found: router.RouteMatch | None
-    ) -> tuple[PoolResult, int]:
+    async def _dispatch(self, request: Incoming, call: Call, found: router.RouteMatch | None) -> tuple[PoolResult, int]:
         table = self.tables.table or router.EMPTY
         function = table.functions.get(call.function)
         if function is None:
@@ -113,6 +123,9 @@ class RequestPipeline:
         if info is None:  # a weight on a revision that is no longer invocable (failed, quarantined)
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"})
         call.revision = revision
+        if self.admission is not None and (refused := self.admission(call.function, revision)) is not None:
+            # Shed before anything costly (the body, the event): under overload most requests end here.
+            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": str(refused.retry_after)})
         # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.
@@ -139,7 +152,7 @@ class RequestPipeline:
             headers={"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None,
         )
 
-    def _authenticate(self, request: web.Request, call: Call) -> Principal:
+    def _authenticate(self, request: Incoming, call: Call) -> Principal:
         try:
             return self.authenticator.authenticate(request.headers)
         except Unauthenticated as exc:
@@ -153,7 +166,7 @@ class RequestPipeline:
     def _pick(
         self,
         function: router.FunctionRoute,
-        request: web.Request,
+        request: Incoming,
         principal: Principal,
         policies: Mapping[str, Mapping[str, Any]],
         call: Call,
@@ -179,7 +192,11 @@ class RequestPipeline:
         except router.NoRoute:
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+    async def _read_body(self, request: Incoming, limit: int) -> bytes:
+        if isinstance(request, LeanRequest):  # all in: the lean path takes only whole requests
+            if len(request.body) > limit:
+                raise Reject(413, "Payload Too Large", "rejected", close=True)
+            return request.body
         if not request.body_exists:
             return b""
         length = request.content_length
@@ -206,11 +223,19 @@ class RequestPipeline:
             # the client closed mid-body, or sent a malformed chunked encoding (aiohttp's parser refused it)
             raise Reject(400, "Bad Request: the body ended early or is malformed", "rejected", close=True) from None
 
-    async def _run(self, call: Call, info: router.RevisionInfo, event: Any, principal: Principal) -> PoolResult:
+    async def _run(
+        self,
+        call: Call,
+        info: router.RevisionInfo,
+        event: Any,
+        principal: Principal,
+        on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> PoolResult:
         """One invocation, with its data session when the gateway serves data: the caller, budget and (for a
         procedure) transaction its `context.db` calls use. A procedure's writes are committed when the handler
         returned ok, and dropped when it failed, timed out or went over a limit; on a conflict it is run again
-        when that is safe (no egress), up to `retries` times, else answered 409."""
+        when that is safe (no egress), up to `retries` times, else answered 409. `on_read` is told of every
+        read call the invocation makes (a view's computation records them)."""
         broker = self.broker
         if broker is None:
             return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
@@ -224,7 +249,7 @@ class RequestPipeline:
                 call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
             )
             assert call.revision is not None
-            session = broker.open(invocation, call.function, call.revision, caller, settings)
+            session = broker.open(invocation, call.function, call.revision, caller, settings, on_read)
             try:
                 result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
                 if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
@@ -284,7 +309,7 @@ class RequestPipeline:
                     task.cancel()
 
 
-def _sticky_value(function: router.FunctionRoute, request: web.Request, principal: Principal) -> str | None:
+def _sticky_value(function: router.FunctionRoute, request: Incoming, principal: Principal) -> str | None:
     """What keeps a caller on one revision of `function`: its subject, a header's or a cookie's value."""
     by, name = function.sticky_by, function.sticky_name
     if by is router.StickyBy.CALLER and principal.kind is not PrincipalKind.ANONYMOUS:

@@ -32,8 +32,9 @@ class PoolStats:
 
 
 class Overloaded(FnctlError):
-    """The revision is at maxInstances, every instance is busy and its queue (`queue_limit`) is full
-    (→ 429 with Retry-After); below maxInstances requests wait for the instances being started instead."""
+    """A request would wait longer than it may (fnctl.gateway.shedding), or the revision is at maxInstances
+    with every instance busy and its queue at the `queue_limit` backstop (→ 429 with Retry-After); below
+    maxInstances requests wait for the instances being started instead."""
 
     def __init__(self, retry_after: float, message: str = "too many requests in flight: try again later") -> None:
         super().__init__(message)
@@ -52,10 +53,12 @@ class Target:
     revision: int
     image: str
     secrets: dict[str, str]
+    max_wait: float | None = None  # the gateway's maxQueueWait (None: the function's timeout alone)
 
 
 class SlotPhase(StrEnum):
-    STARTING = "starting"  # container starting, or an adopted runtime being connected to
+    STARTING = "starting"  # container starting, an adopted runtime being connected to, or a paused one thawing
+    PAUSED = "paused"  # `scaling.warm: paused`: started, connected and frozen, the reserve of a scale-up
     READY = "ready"  # connected and configured: the only phase that receives requests
     RETIRING = "retiring"  # no new requests; stopped once its last one ends
     DRAINING = "draining"  # `fnctl apply` is draining it: no new requests; it goes away by itself
@@ -76,10 +79,17 @@ class Slot:
     transport: AsyncTransport | None = None
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
+    spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
 
     @property
     def ready(self) -> bool:
         return self.phase is SlotPhase.READY
+
+
+class Pauser(Protocol):
+    """Pauses and thaws instances, for the pools of functions with `scaling.warm: paused`."""
+
+    async def pause_instance(self, slot: Slot, paused: bool) -> None: ...
 
 
 class Host(Protocol):

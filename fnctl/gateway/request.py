@@ -1,5 +1,7 @@
 """One gateway request's plumbing: its bookkeeping (`Call`), the answers the gateway gives itself (`Reject`),
-request ids, the header-size check, the event built from the body, and responses.
+request ids, the header-size check, the event built from the body, and answers (`Reply`, which either server
+writes: aiohttp's or the lean path's). A request is aiohttp's `web.Request` or a `LeanRequest` of the same
+shape (what the pipeline reads of it), parsed by `fnctl.gateway.lean`.
 """
 
 from __future__ import annotations
@@ -7,19 +9,21 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal
 from fnctl.gateway.httpevent import HttpRequest, HttpResponse, to_event
 from fnctl.invocation import strictjson
+from fnctl.invocation.requestid import new_request_id
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -35,6 +39,7 @@ class GatewayLimits:
     reload_interval: float = 0.25  # seconds between checks of the store's routing table
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     max_connections_per_client: int = 256  # open connections per client address; more are refused (429)
+    max_queue_wait: float | None = None  # seconds a request may wait for a busy revision (None: its timeout): 429
 
 
 class Reject(Exception):
@@ -64,6 +69,61 @@ class Call:
     cold_start: bool = False
 
 
+class LeanRequest:
+    """A request the lean path parsed whole (headers and body in): what the pipeline reads of a request, with
+    the names and meaning of aiohttp's `web.Request` (its path is never percent-encoded: such a request
+    takes aiohttp's path)."""
+
+    __slots__ = ("method", "path", "raw_path", "headers", "raw_headers", "remote", "body", "keep_alive", "_query")
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        raw_headers: tuple[tuple[bytes, bytes], ...],
+        remote: str | None,
+        body: bytes,
+        keep_alive: bool,
+    ) -> None:
+        self.method, self.raw_path, self.raw_headers = method, raw_path, raw_headers
+        self.path, _, self._query = raw_path.partition("?")
+        # decoded as aiohttp decodes them: UTF-8, bytes that are not kept as surrogate escapes
+        self.headers = CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in raw_headers
+            )
+        )
+        self.remote, self.body, self.keep_alive = remote, body, keep_alive
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        return MultiDictProxy(MultiDict(parse_qsl(self._query, keep_blank_values=True)))
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie", ""))
+        except CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
+
+
+# What the pipeline takes: either server's request.
+Incoming: TypeAlias = "web.Request | LeanRequest"
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer, before either server writes it: `close` ends the connection after it."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    close: bool = False
+
+
 class _NoHeaders:
     """A request without headers or cookies, for invocations that do not come over HTTP."""
 
@@ -74,21 +134,12 @@ class _NoHeaders:
 NO_HEADERS: Any = _NoHeaders()
 
 
-# Unique without a system call per request: a random prefix per process, then a counter.
-_ID_PREFIX = secrets.token_hex(6)
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-def request_id(request: web.Request) -> str:
+def request_id(request: Incoming) -> str:
     given = request.headers.get("X-Request-Id")
     return given if given is not None and _REQUEST_ID.match(given) else new_request_id()
 
 
-def check_header_size(request: web.Request, limit: int) -> None:
+def check_header_size(request: Incoming, limit: int) -> None:
     # aiohttp limits each line; this limits their sum (many headers each under the line limit)
     raw = request.raw_headers
     size = sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)  # ": " and CRLF of each line
@@ -97,7 +148,7 @@ def check_header_size(request: web.Request, limit: int) -> None:
 
 
 def build_event(
-    request: web.Request, body: bytes, call: Call, found: router.RouteMatch | None, principal: Principal
+    request: Incoming, body: bytes, call: Call, found: router.RouteMatch | None, principal: Principal
 ) -> Any:
     if found is None:  # /invoke: the body is the event
         if not body.strip():
@@ -125,6 +176,26 @@ def build_event(
     )
 
 
+def reply_of(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> Reply:
+    headers = CIMultiDict(mapped.headers)
+    if extra:
+        headers.update(extra)
+    return Reply(mapped.status, headers, mapped.body)
+
+
+def reject_reply(reject: Reject, body: dict[str, Any]) -> Reply:
+    headers = CIMultiDict(reject.headers)
+    headers["Content-Type"] = "application/json"
+    return Reply(reject.status, headers, dumps(body), reject.close)
+
+
+def json_reply(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    """As aiohttp's `json_response` answers (its Content-Type names the charset)."""
+    all_headers = CIMultiDict(headers or {})
+    all_headers["Content-Type"] = "application/json; charset=utf-8"
+    return Reply(status, all_headers, json.dumps(body).encode("utf-8"))
+
+
 def web_response(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> web.Response:
     headers = CIMultiDict(mapped.headers)
     if extra:
@@ -132,11 +203,10 @@ def web_response(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -
     return web.Response(status=mapped.status, body=mapped.body, headers=headers)
 
 
-def reject_response(reject: Reject, body: dict[str, Any]) -> web.Response:
-    response = web.Response(
-        body=dumps(body), status=reject.status, content_type="application/json", headers=reject.headers
-    )
-    if reject.close:
+def reply_response(reply: Reply) -> web.Response:
+    """A `Reply` as aiohttp's response."""
+    response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    if reply.close:
         response.force_close()
     return response
 

@@ -1,6 +1,8 @@
-"""One revision's instance pool: its instances (starting, ready, retiring), the requests queued for them,
-and the upkeep that keeps minInstances warm, scales with load up to maxInstances, stops idle instances and
-replaces crashed ones.
+"""One revision's instance pool: the requests it serves, queued (first come, first served) while every
+instance is busy, shed when the wait they would have exceeds what the caller can get, and the outcome of each,
+retiring an instance that timed out, crashed or broke the protocol. Its instances and their upkeep (minInstances
+kept warm, scaling with load up to maxInstances, idle ones stopped, crashed ones replaced) are
+`fnctl.gateway.poolinstances`'.
 
 It lives on the gateway's event loop and acts through its `Host` (fnctl.gateway.pools.PoolManager), which runs the
 container starts and stops in worker threads; what to do is decided by the pure functions of `scaling`. The
@@ -10,79 +12,30 @@ values they exchange are fnctl.gateway.poolhost's.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
 from typing import Any
 
-from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import instances
-from fnctl.errors import FnctlError
-from fnctl.gateway.poolhost import Host, Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
-from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, to_start
-from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
+from fnctl.gateway.poolhost import Overloaded, PoolResult, Slot, SlotPhase, Unavailable
+from fnctl.gateway.poolinstances import PoolInstances
+from fnctl.gateway.scaling import pick, refuse, retry_after
+from fnctl.gateway.shedding import Shed, shed
+from fnctl.invocation.aiotransport import FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
 from fnctl.invocation.transport import TransportTimeout
 
-log = logging.getLogger(__name__)
-
 TIMEOUT_GRACE = 0.5  # seconds past the function's timeout before an invocation counts as timed out
-START_BACKOFF = 5.0  # after a failed start, requests meeting no ready instance fail fast for this long
-ATTACH_TIMEOUT = 2.0  # a running runtime says ready as soon as it is connected to
 DRAIN_RETRIES = 3  # an instance being drained by `fnctl apply` refuses work: try another this many times
-REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read of the store never revives one
 
 
 def _failed(failure: Failure, message: str, started: float) -> Outcome:
     return Outcome(False, None, failure, message, "", "", (time.monotonic() - started) * 1000)
 
 
-# ---- one revision's pool -----------------------------------------------------------------------
-
-
-class RevisionPool:
-    """The instances of one revision and the requests queued for them. Lives on one event loop."""
-
-    def __init__(self, host: Host, target: Target, *, routing: Routing) -> None:
-        self.host = host
-        self.target = target
-        self.name = f"{target.function.name} revision {target.revision}"
-        self.concurrency = max(target.function.scaling.concurrency, 1)
-        self.slots: dict[str, Slot] = {}
-        self.waiters: deque[asyncio.Future[Slot]] = deque()
-        self.routing = routing
-        self.unrouted_since = time.monotonic()
-        self.start_error: tuple[float, str] | None = None
-        self.latency = 0.1  # seconds, moving average: for Retry-After
-        self.gone: OrderedDict[str, None] = OrderedDict()  # instances stopped or lost: never adopted again
-        self._orders = itertools.count()
-
-    @property
-    def keep(self) -> int:
-        """Instances kept warm: minInstances while the revision is in the routing table (0% included)."""
-        return kept_warm(self.routing, self.target.function.scaling)
-
-    def set_routing(self, routing: Routing) -> None:
-        if routing is Routing.UNROUTED and self.routing is not Routing.UNROUTED:
-            self.unrouted_since = time.monotonic()
-        self.routing = routing
-
-    def stats(self) -> PoolStats:
-        slots = self.slots.values()
-        return PoolStats(
-            len(self.slots), sum(s.ready for s in slots), sum(s.inflight for s in slots), len(self.waiters)
-        )
-
-    def disposable(self, now: float) -> bool:
-        return (
-            self.routing is Routing.UNROUTED
-            and not self.slots
-            and not self.waiters
-            and now - self.unrouted_since >= self.host.grace_seconds
-        )
+class RevisionPool(PoolInstances):
+    """One revision's pool: its instances (`PoolInstances`) and the requests served by them. Lives on one
+    event loop."""
 
     # ---- requests ----
 
@@ -105,7 +58,31 @@ class RevisionPool:
                 return slot, False
         return await self._queue()
 
+    def shed(self) -> Shed | None:
+        """Whether a request arriving now would be refused for the wait it would have (None: admitted).
+        Asked by the gateway before it reads a request's body, and again here before a request queues."""
+        if not self.waiters:  # nobody ahead: it waits for one invocation at most, never longer than a timeout
+            return None
+        ready = starting = 0
+        for slot in self.slots.values():
+            ready += slot.ready
+            starting += slot.phase is SlotPhase.STARTING
+        if not ready:
+            return None  # a cold start: bounded by the start timeout, not by this estimate
+        return shed(
+            queued=len(self.waiters),
+            capacity=(ready + starting) * self.concurrency,
+            latency=self.latency,
+            limit=self.max_wait,
+        )
+
     async def _queue(self) -> tuple[Slot, bool]:
+        refused = self.shed()
+        if refused is not None:
+            raise Overloaded(
+                refused.retry_after,
+                f"{self.name}: all instances busy; the wait ({refused.wait:.3g}s) would exceed {self.max_wait:g}s",
+            )
         slots = self.slots.values()
         ready, starting = sum(s.ready for s in slots), sum(s.phase is SlotPhase.STARTING for s in slots)
         if refuse(
@@ -149,17 +126,6 @@ class RevisionPool:
             self._stop(slot, drain=not slot.retire_reason)  # retired for a failure: no waiting for it
         elif self.waiters:
             self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Hand free capacity to queued requests, oldest first."""
-        while self.waiters:
-            slot = pick(self.slots.values(), self.concurrency)
-            if slot is None:
-                return
-            future = self.waiters.popleft()
-            if not future.done():  # else its caller gave up meanwhile
-                slot.inflight += 1
-                future.set_result(slot)
 
     async def _run(self, slot: Slot, event: Any, caller: dict[str, Any] | None, request_id: str) -> Outcome | None:
         """One invocation on `slot`; None when the instance is being drained and another must be tried."""
@@ -208,144 +174,3 @@ class RevisionPool:
     def _retry_after(self) -> float:
         capacity = sum(s.ready for s in self.slots.values()) * self.concurrency
         return retry_after(queued=len(self.waiters), capacity=capacity, latency=self.latency)
-
-    # ---- scaling ----
-
-    def scale(self) -> None:
-        """Start what the load and minInstances call for (nothing while backing off or closing)."""
-        if (self.host.closing and not self.waiters) or self._backing_off():
-            return  # closing: only what already-queued requests need
-        slots = self.slots.values()
-        count = to_start(
-            ready=sum(s.ready for s in slots),
-            starting=sum(s.phase is SlotPhase.STARTING for s in slots),
-            inflight=sum(s.inflight for s in slots if s.ready),
-            queued=len(self.waiters),
-            scaling=self.target.function.scaling,
-            keep=self.keep,
-        )
-        for _ in range(count):
-            slot = Slot(instances.new_instance_id(), next(self._orders))
-            self.slots[slot.id] = slot
-            self.host.spawn(self._bring_up(slot))
-
-    def _backing_off(self) -> bool:
-        return self.start_error is not None and time.monotonic() - self.start_error[0] < START_BACKOFF
-
-    def tick(self, now: float) -> None:
-        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
-        idle = (
-            self.host.idle_seconds
-            if self.routing is not Routing.UNROUTED
-            else min(self.host.idle_seconds, self.host.grace_seconds)
-        )
-        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
-            self._stop(slot, drain=True)
-        self.scale()
-
-    async def _bring_up(self, slot: Slot) -> None:
-        try:
-            slot.container_id, slot.socket_dir = await self.host.start_instance(self.target, slot.id)
-        except LockTimeout:
-            self.slots.pop(slot.id, None)  # `fnctl apply` holds the lock: the next tick tries again
-            return
-        except Exception as exc:  # whatever it was, the slot must not stay "starting" for ever
-            self.slots.pop(slot.id, None)
-            self._start_failed(exc if isinstance(exc, FnctlError) else FnctlError(f"{type(exc).__name__}: {exc}"))
-            return
-        await self._attach(slot)
-
-    def adopt(self, rows: Sequence[tuple[str, str, str]]) -> list[asyncio.Task[Any]]:
-        """Take over running instances recorded READY in the store: (id, container id, socket dir). They
-        count as starting at once (so nothing more is started for them) and serve once connected to; the
-        connections are the tasks returned."""
-        tasks = []
-        for instance_id, container_id, socket_dir in rows:
-            if instance_id not in self.slots and instance_id not in self.gone:
-                slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
-                self.slots[instance_id] = slot
-                tasks.append(self.host.spawn(self._attach(slot)))
-        return tasks
-
-    async def _attach(self, slot: Slot) -> None:
-        transport = AsyncTransport(
-            slot.socket_dir,
-            peer=self.host.peer_check(slot),
-            on_call=self.host.on_call(self.target.function.name, self.target.revision),
-            max_request=self.target.function.limits.payload,
-        )
-        try:
-            await transport.connect(timeout=ATTACH_TIMEOUT)
-        except (FnctlError, OSError) as exc:
-            log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
-            self._bury(slot)
-            return
-        slot.transport, slot.last_used = transport, time.monotonic()
-        transport.on_lost = lambda reason: self._lost(slot, reason)
-        if slot.phase is not SlotPhase.STARTING:
-            self._stop(slot, drain=True)  # retired while it started
-            return
-        slot.phase = SlotPhase.READY
-        self.start_error = None
-        self._dispatch()
-
-    def _start_failed(self, exc: FnctlError) -> None:
-        message = exc.message + (f"\n{exc.detail}" if exc.detail else "")
-        log.warning("%s: an instance failed to start: %s", self.name, message)
-        self.start_error = (time.monotonic(), exc.message)
-        if not any(s.phase in (SlotPhase.READY, SlotPhase.STARTING) for s in self.slots.values()):
-            error = Unavailable(f"{self.name} could not start an instance: {exc.message}")
-            while self.waiters:
-                future = self.waiters.popleft()
-                if not future.done():
-                    future.set_exception(error)
-
-    def _retire(self, slot: Slot, reason: str) -> None:
-        """No new requests for `slot`; it stops once its in-flight ones end. A replacement starts now."""
-        if slot.phase in (SlotPhase.READY, SlotPhase.STARTING):
-            slot.phase, slot.retire_reason = SlotPhase.RETIRING, reason
-            self.scale()
-
-    def _stop(self, slot: Slot, *, drain: bool) -> None:
-        self._forget(slot)
-        self.host.spawn(self._close_and_stop(slot, drain))
-        self.scale()
-
-    async def _close_and_stop(self, slot: Slot, drain: bool) -> None:
-        if slot.transport is not None:
-            await slot.transport.close()
-        await self.host.stop_instance(self.target, slot, drain=drain)
-
-    def _lost(self, slot: Slot, reason: str) -> None:
-        """The runtime went away: its in-flight requests learn why, the instance is removed and replaced."""
-        log.warning("%s: lost instance %s: %s", self.name, slot.id, reason)
-        if slot.inflight:
-            slot.death = asyncio.ensure_future(self.host.death_cause(self.target, slot))
-        self._bury(slot)
-
-    def _bury(self, slot: Slot) -> None:
-        self._forget(slot)
-        self.host.spawn(self._after_death(slot))
-        self.scale()
-
-    def _forget(self, slot: Slot) -> None:
-        slot.phase = SlotPhase.GONE
-        self.slots.pop(slot.id, None)
-        self.gone[slot.id] = None
-        while len(self.gone) > REMEMBERED:
-            self.gone.popitem(last=False)
-
-    async def _after_death(self, slot: Slot) -> None:
-        if slot.death is not None:
-            await asyncio.wait([slot.death])  # read the exit state before the container is removed
-        await self.host.stop_instance(self.target, slot, drain=False)
-
-    async def close(self) -> None:
-        """Stop every instance beyond `keep` (the gateway's extras), detach from the rest."""
-        ready = sorted((s for s in self.slots.values() if s.ready), key=lambda s: s.order)
-        for slot in list(self.slots.values()):
-            if slot not in ready[: self.keep] and slot.phase is not SlotPhase.STARTING:
-                self._stop(slot, drain=not slot.retire_reason)
-        for slot in ready[: self.keep]:
-            if slot.transport is not None:
-                await slot.transport.close()

@@ -188,6 +188,7 @@ class RevisionInfo:
     payload: int
     roles: tuple[str, ...]
     data: DataSettings = NO_DATA_SETTINGS
+    parameters: Any = field(default=None, compare=False)  # the JSON Schema of its events (views check it)
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,27 @@ class Table:
     functions: dict[str, FunctionRoute]
     http: tuple[HttpRoute, ...]
     policies: dict[str, dict[str, Any]]
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Trigger resources, as written
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # the View resources, as written
 
     @property
     def routes(self) -> dict[str, dict[int, int]]:
         return {name: dict(f.weights) for name, f in self.functions.items()}
+
+    @cached_property
+    def on_commit(self) -> dict[str, tuple[str, ...]]:
+        """collection → its onCommit triggers (the outbox the write path fills)."""
+        return on_commit_routes(self.triggers)
+
+
+def on_commit_routes(triggers: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """collection → the names of the onCommit Triggers on it, sorted (Trigger resources: name → spec)."""
+    routes: dict[str, list[str]] = {}
+    for name, spec in sorted(triggers.items()):
+        on = spec.get("on") if isinstance(spec, Mapping) else None
+        if isinstance(on, Mapping) and on.get("event") == "onCommit" and isinstance(on.get("collection"), str):
+            routes.setdefault(on["collection"], []).append(name)
+    return {c: tuple(names) for c, names in routes.items()}
 
 
 EMPTY = Table({}, (), {})
@@ -242,6 +260,7 @@ def revision_info(number: int, spec: Mapping[str, Any]) -> RevisionInfo:
         int(limits.get("payload", 6 * 2**20)),
         tuple((spec.get("access") or {}).get("roles", ())),
         DataSettings.from_spec(spec),
+        spec.get("parameters"),
     )
 
 
@@ -265,6 +284,7 @@ def build_table(
     specs: Mapping[tuple[str, int], Mapping[str, Any]],
     triggers: Mapping[str, Mapping[str, Any]],
     policies: Mapping[str, Mapping[str, Any]],
+    views: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Table:
     """The table from the store's values: `routes` (function → {revision: weight}), the canonical `specs` of
     the invocable revisions ((function, revision) → spec), and the Trigger and Policy resources. Only the
@@ -276,4 +296,10 @@ def build_table(
         # the newest routed revision's rollout is the one in progress: its stickiness rules
         by, header = stickiness(specs[(name, max(routed))]) if routed else (None, None)
         functions[name] = FunctionRoute(name, dict(weights), revisions, by, header)
-    return Table(functions, http_routes(triggers), {k: dict(v) for k, v in policies.items()})
+    return Table(
+        functions,
+        http_routes(triggers),
+        {k: dict(v) for k, v in policies.items()},
+        {k: dict(v) for k, v in triggers.items()},
+        {k: dict(v) for k, v in (views or {}).items()},
+    )

@@ -15,12 +15,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+try:  # optional: a faster event loop when installed
+    import uvloop
+except ImportError:
+    uvloop = None
+
+from fnctl.data.hooks import trigger_spec
 from fnctl.data.plane import DataPlane
+from fnctl.deploy.rolloutdriver import tick
 from fnctl.errors import BadInput
+from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
+from fnctl.gateway.audit import AuditLog, silence_access_log, start_access_log
+from fnctl.gateway.auth import AuthConfig, Authenticator
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.cron import CronRunner
+from fnctl.gateway.dispatcher import Dispatcher
+from fnctl.gateway.hooks import HookRunner
+from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
+from fnctl.gateway.triggerhealth import TriggerStates
+from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
@@ -35,7 +52,7 @@ class ServeOptions:
     port: int = 8080
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     idle_seconds: float = 300.0  # an instance above minInstances idle this long is stopped
-    queue_limit: int = 64  # requests waiting per revision once every instance is busy at maxInstances
+    queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
     ui: bool = False  # the dashboard at /ui (fnctl.toml's gateway.ui, or --ui)
 
@@ -106,6 +123,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "drainTimeout": ("drain_timeout", parse_duration),
     "bodyTimeout": ("body_timeout", parse_duration),
     "maxConnectionsPerClient": ("max_connections_per_client", int),
+    "maxQueueWait": ("max_queue_wait", parse_duration),
 }
 
 
@@ -136,13 +154,7 @@ Mount = Callable[[Gateway], Callable[[Any], None]]
 def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
-    try:
-        import uvloop  # optional: a faster event loop when installed
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
             runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
@@ -154,27 +166,42 @@ def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Seq
 
 def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gateway:
     """The gateway and the parts it uses (authentication, audit, metrics, table, pools), not started yet."""
-    from fnctl.gateway.audit import AuditLog
-    from fnctl.gateway.auth import AuthConfig, Authenticator
-    from fnctl.gateway.metrics import Metrics
-    from fnctl.gateway.pools import PoolManager
-
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
     store.close()
-    pool = PoolManager(project, store_path, idle_seconds=options.idle_seconds, queue_limit=options.queue_limit)
+    pool = PoolManager(
+        project,
+        store_path,
+        idle_seconds=options.idle_seconds,
+        queue_limit=options.queue_limit,
+        max_wait=options.limits.max_queue_wait,
+    )
     gateway = Gateway(
         pool=pool,
         authenticator=Authenticator(store_path, AuthConfig.from_project(project)),
         metrics=Metrics(),
-        audit=AuditLog(store_path),
+        audit=AuditLog(store_path, process=True),
         source=StoreTable(store_path),
         limits=options.limits,
         identity=identity,
     )
+    gateway.admission = pool.shed
     gateway.broker = data_broker(store_path, gateway)
+    gateway.broker.hooks = HookRunner(gateway, gateway.broker, TriggerStates(store_path))
     pool.call_handler = gateway.broker.handler_for
+    gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
     return gateway
+
+
+def view_cache_bytes(project: Project) -> int:
+    """fnctl.toml's `[views] cacheSize` (e.g. "64Mi"): the memory views' cached results may take."""
+    if not project.has_config:
+        return DEFAULT_CACHE_BYTES
+    section = read_config(project.root / CONFIG_FILE).get("views", {})
+    try:
+        return parse_size(section["cacheSize"]) if "cacheSize" in section else DEFAULT_CACHE_BYTES
+    except ValueError as exc:
+        raise BadInput(f"{project.root / CONFIG_FILE}: views: cacheSize: {exc}") from None
 
 
 def data_broker(store_path: Path, gateway: Gateway) -> Broker:
@@ -184,17 +211,16 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
         docstore.connect(docstore.data_path(store_path)),
         LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
         StateAudit(store_path),
+        outbox=lambda: router.EMPTY.on_commit if gateway.table is None else gateway.table.on_commit,
     )
     return Broker(plane)
 
 
 async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
-    from fnctl.gateway.audit import start_access_log
-    from fnctl.gateway.cron import CronRunner
-
     stop = _stop_on_signals()
+    # The access log first: the audit's writer process writes the lines itself when they go to stdout.
+    stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
     gateway = _gateway(project, store_path, options)
-    stop_access = start_access_log(sys.stdout) if options.access_log else None
     flushing, cron_stop = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     drained = False
@@ -208,6 +234,7 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
             store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
         )
         tasks += [
+            asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
             asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
             asyncio.create_task(cron.run(cron_stop)),
             asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
@@ -226,8 +253,32 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
         if tasks:
             await asyncio.wait(tasks, timeout=None if drained else 1.0)
         await _close(gateway)
-        if stop_access is not None:
-            stop_access()
+        stop_access()
+
+
+def _dispatcher(gateway: Gateway) -> Dispatcher:
+    """onCommit delivery through the gateway's invocation path. A failed delivery is a fault of its trigger
+    (towards `disableAfter`); a disabled trigger's events wait (`paused`) until `fnctl enable`."""
+    assert gateway.broker is not None
+    hooks = gateway.broker.hooks
+    states = hooks.states if isinstance(hooks, HookRunner) else None
+
+    async def deliver(trigger: str, function: str, event: Any, tenant: str) -> tuple[bool, str]:
+        status, outcome = await gateway.invoke_internal(function, event, trigger=trigger, tenant=tenant)
+        ok = outcome is not None and outcome.ok and status == 200
+        detail = "" if outcome is None else f": {outcome.failure or ''} {outcome.message or ''}".rstrip()
+        if states is not None:
+            spec = trigger_spec(trigger, (gateway.table.triggers if gateway.table is not None else {}).get(trigger, {}))
+            await (states.succeeded(spec) if ok else states.fault(spec, f"status {status}{detail}"))
+        return (True, "") if ok else (False, f"status {status}{detail}")
+
+    return Dispatcher(
+        gateway.broker,
+        deliver,
+        lambda: None if gateway.table is None else gateway.table.triggers,
+        paused=states.paused if states is not None else tuple,
+        metrics=gateway.metrics,
+    )
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
@@ -236,7 +287,6 @@ ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollout
 async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Event) -> None:
     """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
     the lock (one that does drives them itself)."""
-    from fnctl.deploy.rolloutdriver import tick
 
     def progress(line: str) -> None:
         _event("rollout", detail=line)
@@ -256,6 +306,8 @@ async def _close(gateway: Gateway) -> None:
     await asyncio.to_thread(gateway.audit.close)
     gateway.authenticator.close()
     if gateway.broker is not None:
+        if isinstance(gateway.broker.hooks, HookRunner):
+            await asyncio.to_thread(gateway.broker.hooks.states.close)
         await asyncio.to_thread(gateway.broker.close_all)
     source = gateway.tables.source
     if isinstance(source, StoreTable):

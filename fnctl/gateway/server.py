@@ -1,19 +1,26 @@
 """The gateway's HTTP server: aiohttp's, with a cap on connections per client address, a one-line audited
 answer to what is not valid HTTP, and no tracebacks in the log; `start_server` listens with the gateway's
-limits (read timeouts against slowloris, header sizes, the drain on shutdown)."""
+limits (read timeouts against slowloris, header sizes, the drain on shutdown). Connections start on the lean
+path (`fnctl.gateway.lean`), which serves plain invocations and trigger requests itself and hands everything
+else, connection and bytes read, to aiohttp's protocol here: one listening port for both."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web, web_protocol
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from fnctl.gateway.app import GATEWAY, Gateway, GatewayLimits
+from fnctl.gateway.lean import LeanHost
+
+log = logging.getLogger("fnctl.gateway")
 
 
 class _RequestHandler(web_protocol.RequestHandler):
@@ -28,30 +35,28 @@ class _RequestHandler(web_protocol.RequestHandler):
     - nothing is logged with a traceback: one line, the exception's type and message.
     """
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_adopted")
+
+    def __init__(self, manager: web.Server, *, adopted: tuple[str | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._adopted = adopted  # handed over by the lean path: (the address it counted, or None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._client: str | None = None
         server = self._manager
-        peer = transport.get_extra_info("peername")
-        if isinstance(server, _Server) and server.per_client is not None and isinstance(peer, tuple) and peer:
-            address = str(peer[0])
-            if not server.per_client.admit(address):
-                self._client = ""  # refused: never set up, so connection_lost has nothing to undo
-                self.logger.debug("connection from %s refused: too many from that address", address)
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(_TOO_MANY_CONNECTIONS)
-                transport.close()
-                return
-            self._client = address
+        if self._adopted is not None:  # handed over by the lean protocol, which counted it already
+            self._client = self._adopted[0]
+        else:
+            self._client = server.admit(transport) if isinstance(server, _Server) else None
+            if self._client == "":
+                return  # refused: never set up, so connection_lost has nothing to undo
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._client == "":
             return
         server = self._manager
-        if self._client is not None and isinstance(server, _Server) and server.per_client is not None:
-            server.per_client.release(self._client)
+        if self._client is not None and isinstance(server, _Server):
+            server.release(self._client)
             self._client = None
         super().connection_lost(exc)
 
@@ -125,36 +130,112 @@ class _Server(web.Server):
     # Set by GatewayRunner once the server is made (aiohttp builds it; there is no hook for extra state).
     per_client: ClientConnections | None = None
     gateway: Gateway | None = None
+    lean: LeanHost | None = None
 
-    def __call__(self) -> web_protocol.RequestHandler:
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]  # asyncio takes any protocol
+        return self.lean.protocol() if self.lean is not None else self.handler(None)
+
+    def handler(self, adopted: tuple[str | None] | None) -> _RequestHandler:
+        return _RequestHandler(self, loop=self._loop, adopted=adopted, **self._kwargs)
+
+    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+        """Count a new connection against its address's cap: its address, None when no cap applies, or ""
+        when refused (then answered 429 and closed here)."""
+        peer = transport.get_extra_info("peername")
+        if self.per_client is None or not isinstance(peer, tuple) or not peer:
+            return None
+        address = str(peer[0])
+        if self.per_client.admit(address):
+            return address
+        log.debug("connection from %s refused: too many from that address", address)
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(_TOO_MANY_CONNECTIONS)
+        transport.close()
+        return ""
+
+    def release(self, address: str) -> None:
+        if self.per_client is not None:
+            self.per_client.release(address)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        if self.lean is not None:
+            self.lean.pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.lean is None:
+            await super().shutdown(timeout)
+            return
+        await asyncio.gather(super().shutdown(timeout), self.lean.shutdown(30.0 if timeout is None else timeout))
 
 
 class GatewayRunner(web.AppRunner):
     """An AppRunner whose connections use `_RequestHandler` (aiohttp has no public hook for the handler class)."""
 
-    def __init__(self, app: web.Application, *, max_connections_per_client: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        max_connections_per_client: int = 0,
+        lean: GatewayLimits | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._per_client = max_connections_per_client
+        self._lean = lean
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server
         assert isinstance(server, _Server)
         server.per_client = ClientConnections(self._per_client) if self._per_client > 0 else None
-        server.gateway = self.app.get(GATEWAY)
+        server.gateway = gateway = self.app.get(GATEWAY)
+        limits = self._lean
+        if gateway is not None and limits is not None:
+            server.lean = LeanHost(
+                invoke=gateway.invoke,
+                trigger=gateway.trigger,
+                admit=server.admit,
+                release=server.release,
+                hand_off=lambda client: server.handler((client,)),
+                reserved=_reserved(self.app),
+                head_limit=min(limits.max_header, _LINE_LIMIT),
+                idle_timeout=limits.read_timeout,
+                server=SERVER_SOFTWARE,
+            )
         return server
 
 
-async def start_server(app: web.Application, host: str, port: int, limits: GatewayLimits) -> tuple[GatewayRunner, int]:
+_LINE_LIMIT = 8190  # aiohttp's limit on the request line
+
+
+def _reserved(app: web.Application) -> frozenset[str] | None:
+    """The first path segments of the application's own routes (but the trigger catch-all): requests there
+    are aiohttp's. None when a route's first segment is a pattern (no trigger can then be told apart)."""
+    first: set[str] = set()
+    for resource in app.router.resources():
+        canonical = resource.canonical
+        if canonical == "/{tail}":  # the catch-all: the HTTP Triggers, which the lean path serves
+            continue
+        segment = canonical.split("/", 2)[1] if canonical.startswith("/") else "{"
+        if "{" in segment:
+            return None
+        first.add(segment)
+    return frozenset(first)
+
+
+async def start_server(
+    app: web.Application, host: str, port: int, limits: GatewayLimits, *, lean: bool = True
+) -> tuple[GatewayRunner, int]:
     """Listen on host:port (0: any free port); returns the runner (for `cleanup()`) and the bound port.
 
     Idle keep-alive connections and clients slow to send their request line and headers (slowloris) are both
     cut after `read_timeout`: aiohttp's keep-alive timer runs from the connection's start until a whole
     request is in, however slowly its bytes trickle. The body has its own deadline (`body_timeout`, in the
-    gateway), and each client address at most `max_connections_per_client` connections.
+    gateway), and each client address at most `max_connections_per_client` connections. `lean`: connections
+    start on the lean path (False: aiohttp's alone, the baseline the tests compare it with).
     """
-    line_limit = 8190 if limits.max_header != 8190 else 8191  # distinct, so 414 and 431 can be told apart
+    line_limit = _LINE_LIMIT if limits.max_header != _LINE_LIMIT else _LINE_LIMIT + 1  # 414 and 431 told apart
     runner = GatewayRunner(
         app,
         handle_signals=False,
@@ -165,6 +246,7 @@ async def start_server(app: web.Application, host: str, port: int, limits: Gatew
         lingering_time=min(10.0, limits.read_timeout),
         shutdown_timeout=limits.drain_timeout,
         max_connections_per_client=limits.max_connections_per_client,
+        lean=limits if lean else None,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)

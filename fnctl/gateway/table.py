@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
-from fnctl.state.store import RevisionStatus, Store, connect
+from fnctl.state.revisions import RevisionStatus
+from fnctl.state.store import Store, connect
 
 log = logging.getLogger("fnctl.gateway")
 INVOCABLE = (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)
@@ -59,7 +60,9 @@ class StoreTable:
                     revision = store.revision(*key)
                     self._specs[key] = revision.spec if revision else {}
                 specs[key] = self._specs[key]
-        table = router.build_table(routes, specs, store.resources("Trigger"), store.resources("Policy"))
+        table = router.build_table(
+            routes, specs, store.resources("Trigger"), store.resources("Policy"), store.resources("View")
+        )
         self._version = version  # only once all of it was read: a failed read is retried next time
         self._mark = mark
         return table

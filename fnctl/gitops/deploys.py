@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fnctl.gitops.gitrepo import Commit, Relation
+from fnctl.gitops.commit import Commit, Relation
 from fnctl.state import deploylog
 from fnctl.state.store import Store
 

@@ -14,17 +14,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fnctl.errors import BadInput, FnctlError
+import git
 
-# gitpython is imported inside the functions that call git, not here: importing it costs ~0.12 s (measured)
-# and runs `git version`, and this module, which also holds the values Commit, WorkTree and Relation, is
-# imported by every deploy command (deploy.session, executor, rolloutdriver), among them `fnctl status` and
-# `history`, and by `diff`/`apply` outside a git work tree: none of those run git.
+from fnctl.errors import BadInput, FnctlError
+from fnctl.gitops.commit import Commit, Relation, WorkTree
+
 _SHA = re.compile(r"[0-9a-f]{7,40}")
 _FETCH_TIMEOUT = 120.0  # seconds: an unreachable server must end in an error, never a hang
 _KEEP_CHECKOUTS = 5  # the newest work trees kept in a mirror (the live commit's among them)
@@ -51,29 +48,6 @@ _LOCAL_VARIABLES = (
 )
 
 
-@dataclass(frozen=True)
-class Commit:
-    sha: str
-    author: str  # "Name <email>"
-    subject: str  # the first line of the message
-
-
-@dataclass(frozen=True)
-class WorkTree:
-    commit: Commit
-    dirty: tuple[Path, ...]  # absolute paths under the inspected directory with uncommitted changes, untracked too
-
-
-class Relation(StrEnum):
-    """How a commit to deploy stands to the live one."""
-
-    SAME = "same"
-    AHEAD = "ahead"  # descends from the live commit: a normal deploy
-    BEHIND = "behind"  # an ancestor of the live commit: deploying it would roll back
-    DIVERGED = "diverged"  # neither (a force-push, or a branch switch)
-    UNKNOWN = "unknown"  # the repository does not have the live commit (gone, or never pushed)
-
-
 class GitError(FnctlError):
     """A git operation failed (unreachable repository, broken cache)."""
 
@@ -92,9 +66,7 @@ def clean_environment() -> dict[str, str]:
 def work_tree(path: Path) -> WorkTree | None:
     """HEAD's commit and the uncommitted changes below `path`, when `path` is inside a git work tree."""
     if not any((directory / ".git").exists() for directory in (path.resolve(), *path.resolve().parents)):
-        return None  # not a work tree: spares importing gitpython, which runs `git version` (~0.1 s)
-    import git  # lazy: see the note at the top (~0.12 s)
-
+        return None  # not a work tree: spares running git
     try:
         repo = git.Repo(path, search_parent_directories=True)
         commit = _commit(repo.head.commit)
@@ -120,8 +92,6 @@ def _changed(root: Path, porcelain: str) -> tuple[Path, ...]:
 
 def is_bare(path: Path) -> bool:
     """Whether `path` is a bare git repository (where a push lands and its hooks run)."""
-    import git  # lazy: see the note at the top (~0.12 s)
-
     try:
         return bool(git.Repo(path).bare)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -145,8 +115,6 @@ class Mirror:
     """fnctl's bare copy of one remote repository, with a work tree per deployed commit."""
 
     def __init__(self, url: str, root: Path | None = None) -> None:
-        import git  # lazy: see the note at the top (~0.12 s)
-
         self.url = location(url)
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.path = (root or cache_root()) / digest
@@ -255,8 +223,6 @@ class Mirror:
         return True
 
     def _git(self, *args: str) -> str:
-        import git  # lazy: see the note at the top (~0.12 s)
-
         try:
             return str(
                 self._repo.git.execute(["git", *args], env=clean_environment(), kill_after_timeout=_FETCH_TIMEOUT)

@@ -1,10 +1,15 @@
 """The instance protocol (`fnctl.invocation.protocol`, docs/protocol.md) spoken from asyncio: one connection per
-instance carrying any number of concurrent invocations, for the gateway's instance pool.
+instance carrying any number of concurrent invocations, for the gateway's instance pool, and beside it one
+worker connection per worker process of a synchronous handler, for that process's calls and results.
 
 Same codec, same messages, same results and errors as the thread-based `UnixSocketTransport`, and the same
 way in (`fnctl.invocation.rendezvous`'s docstring): the runtime connects to this transport's own listener in the
 instance directory, and only a peer that passes the check is accepted. Only the waiting differs (futures on
-the event loop instead of a reader thread and locks).
+the event loop instead of a reader thread and locks), and that this transport keeps its listener up once the
+runtime connected and offers worker connections in `configure`: a worker process of the runtime then connects
+to it (checked by the same `peer`), says `attach`, and writes its calls and results there; the replies to its
+calls go back on that connection, so they reach the worker without passing through the runtime's first
+process (which cost a process wake-up and ~80 us of the instance's CPU per call).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fnctl.invocation.aioworkers import FrameReader, WorkerListener
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
     CallRequest,
     ConnectionLost,
-    FrameDecoder,
     InvocationResult,
     MessageType,
     TransportError,
@@ -39,8 +44,20 @@ from fnctl.invocation.protocol import (
 from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 
-# (invocation_id, method, params) -> result; raising sends an error reply to the handler
-AsyncCallHandler = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+
+class Answered:
+    """What a call handler returns when it answered at once: the transport writes the reply from the frame's
+    own read callback, with no task (and no loop round) per call."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+# (invocation_id, method, params) -> `Answered(result)` now, or an awaitable of the result; raising (at once or
+# when awaited) sends an error reply to the handler
+AsyncCallHandler = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Answered"]
 # Replies overdue are failed by one sweep every SWEEP seconds (so up to that late), not by a timer per request:
 # asyncio keeps a cancelled timer in its heap until it would have fired, and at thousands of requests a
 # second pushing and sifting those costs more than the rest of a request's round trip here.
@@ -58,16 +75,15 @@ class FrameTooLarge(TransportError):
         self.size, self.limit = size, limit
 
 
-class _Protocol(asyncio.Protocol):
-    """Feeds the byte stream to the connection's decoder and hands each message to its transport."""
+class _Protocol(FrameReader):
+    """The instance's first connection: hands each message to its transport."""
 
     def __init__(self, owner: AsyncTransport) -> None:
+        super().__init__(owner.max_frame)
         self.owner = owner
-        self.decoder = FrameDecoder(owner.max_frame)
 
-    def data_received(self, data: bytes) -> None:
+    def frames(self) -> None:
         decoder, received = self.decoder, self.owner.received
-        decoder.feed(data)
         try:
             while (message := decoder.next_message()) is not None:
                 received(message)
@@ -110,7 +126,13 @@ class AsyncTransport:
         self._closing = False
         self._notified = False
         self._calls: set[asyncio.Task[None]] = set()
-        self._rendezvous: Rendezvous | None = None
+        self._rendezvous: Rendezvous | None = None  # while the runtime has not connected
+        self._workers: WorkerListener | None = None  # the listener, kept up for the runtime's workers
+
+    @property
+    def worker_connections(self) -> int:
+        """How many of the runtime's worker processes attached a connection of their own."""
+        return self._workers.attached if self._workers is not None else 0
 
     @property
     def connected(self) -> bool:
@@ -134,6 +156,14 @@ class AsyncTransport:
             await self.close()
             raise
         self.ready = ready
+        if self._workers is not None:
+            concurrency = ready.get("concurrency")
+            self._workers.limit = concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
+        try:
+            await self.configure({}, max(deadline - time.monotonic(), 1.0))  # the offer of worker connections
+        except BaseException:
+            await self.close()
+            raise
         return ready
 
     async def _accept(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
@@ -141,20 +171,21 @@ class AsyncTransport:
         listener = rendezvous.sock
         assert listener is not None
         listener.setblocking(False)
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TransportTimeout(f"no runtime connected to {rendezvous.path} within {timeout:g}s")
-                try:
-                    conn, _ = await asyncio.wait_for(loop.sock_accept(listener), remaining)
-                except TimeoutError:
-                    continue  # the deadline check above says so
-                if rendezvous.admit(conn, self.peer):
-                    break
-        finally:
-            self._rendezvous = None
-            rendezvous.close()  # connected or given up: the name goes at once
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportTimeout(f"no runtime connected to {rendezvous.path} within {timeout:g}s")
+            try:
+                conn, _ = await asyncio.wait_for(loop.sock_accept(listener), remaining)
+            except TimeoutError:
+                continue  # the deadline check above says so
+            if rendezvous.admit(conn, self.peer):
+                break
+        # The listener stays for the runtime's worker processes (the runtime's first process tried the name
+        # once and never connects to it again); every connection passes the same peer check.
+        self._rendezvous = None
+        self._workers = WorkerListener(rendezvous, self.peer, self, self.max_frame)
+        self._workers.start(loop)
         try:
             # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
             transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=conn)
@@ -164,8 +195,10 @@ class AsyncTransport:
         self._transport = transport
 
     async def configure(self, secrets: Mapping[str, str], timeout: float = 5.0) -> None:
+        """Set the secrets; and offer worker connections, when this transport still listens for them."""
         request_id = next(self._ids)
-        reply = await self._send(request_id, configure_frame(request_id, secrets), MessageType.CONFIGURE, timeout)
+        frame = configure_frame(request_id, secrets, workers=self._workers is not None and not self._workers.closed)
+        reply = await self._send(request_id, frame, MessageType.CONFIGURE, timeout)
         expect_reply(reply, MessageType.CONFIGURED)
 
     async def invoke(
@@ -196,9 +229,7 @@ class AsyncTransport:
 
     async def close(self) -> None:
         self._closing = True
-        if self._rendezvous is not None:
-            self._rendezvous.close()
-            self._rendezvous = None
+        self._stop_listening()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -208,6 +239,13 @@ class AsyncTransport:
             self._sweeper = None
         for task in list(self._calls):
             task.cancel()
+
+    def _stop_listening(self) -> None:
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = None
+        if self._workers is not None:
+            self._workers.close()
 
     # ---- called by the protocol ----
 
@@ -221,10 +259,12 @@ class AsyncTransport:
                 self.abort(exc.message)
             return
         if kind == MessageType.CALL:
-            task = asyncio.get_running_loop().create_task(self._run_callback(message))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self.answer_call(message, self._transport)
             return
+        self.resolve(message)
+
+    def resolve(self, message: dict[str, Any]) -> None:
+        """A runtime frame that answers a request (from any of the instance's connections)."""
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if pending is not None and not pending[0].done():
@@ -233,6 +273,7 @@ class AsyncTransport:
 
     def lost(self, reason: str) -> None:
         self._transport = None
+        self._stop_listening()  # the instance is gone: its workers' connections end with it
         self._fail_all("the transport was closed" if self._closing else reason)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(
@@ -298,15 +339,33 @@ class AsyncTransport:
             if not future.done():
                 future.set_exception(ConnectionLost(self._lost))
 
-    async def _run_callback(self, message: dict[str, Any]) -> None:
+    def answer_call(self, message: dict[str, Any], transport: asyncio.Transport | None) -> None:
+        """Answer a `call` frame on the connection it came from (`transport`): at once when the handler can
+        (`Answered`), else in a task of its own."""
         call = CallRequest.from_message(message)
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")
-            frame = reply_frame(call.id, await self.on_call(call.invocation_id, call.method, call.params))
+            answer = self.on_call(call.invocation_id, call.method, call.params)
+            if not isinstance(answer, Answered):
+                task = asyncio.get_running_loop().create_task(self._run_callback(call, answer, transport))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+                return
+            frame = reply_frame(call.id, answer.value)
+        except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
+            frame = reply_error_frame(call.id, exc)
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
+    async def _run_callback(
+        self, call: CallRequest, answer: Awaitable[Any], transport: asyncio.Transport | None
+    ) -> None:
+        try:
+            frame = reply_frame(call.id, await answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
             frame = reply_error_frame(call.id, exc)
-        if self._transport is not None:
-            self._transport.write(frame)
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)

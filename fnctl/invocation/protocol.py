@@ -37,7 +37,9 @@ RECV_SIZE = 64 * 1024
 class MessageType(StrEnum):
     """The `type` of every frame. Host to runtime: CONFIGURE, INVOKE, PING, DRAIN (requests, with an integer
     `id`) and REPLY (to a CALL). Runtime to host: READY or STARTUP_FAILED first, then CONFIGURED, RESULT, PONG,
-    DRAINED and ERROR (echoing a request's `id`) and CALL (a callback from a handler)."""
+    DRAINED and ERROR (echoing a request's `id`) and CALL (a callback from a handler). ATTACH: the first frame
+    of a worker connection (a runtime process's own connection for its calls and results, when the host
+    offered it in `configure`), which the host acknowledges with ATTACHED."""
 
     READY = "ready"
     STARTUP_FAILED = "startup_failed"
@@ -52,6 +54,8 @@ class MessageType(StrEnum):
     ERROR = "error"
     CALL = "call"
     REPLY = "reply"
+    ATTACH = "attach"
+    ATTACHED = "attached"
 
 
 # ---- errors of an exchange ---------------------------------------------------------------------
@@ -176,9 +180,13 @@ def _request_frame(message: dict[str, Any]) -> bytes:
         raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
 
 
-def configure_frame(request_id: int, secrets: Mapping[str, str]) -> bytes:
-    """Set these environment variables in the runtime (secrets: never in images or labels); `configured`."""
-    return _request_frame({"type": MessageType.CONFIGURE, "secrets": dict(secrets), "id": request_id})
+def configure_frame(request_id: int, secrets: Mapping[str, str], *, workers: bool = False) -> bytes:
+    """Set these environment variables in the runtime (secrets: never in images or labels); `configured`.
+    `workers`: this host keeps its listener up and accepts worker connections (docs/protocol.md)."""
+    message: dict[str, Any] = {"type": MessageType.CONFIGURE, "secrets": dict(secrets), "id": request_id}
+    if workers:
+        message["workers"] = True
+    return _request_frame(message)
 
 
 def invoke_frame(
@@ -260,7 +268,7 @@ class FrameDecoder:
         """Whether part of a frame is waiting for the rest."""
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._buffer += data
 
     def next_message(self) -> dict[str, Any] | None:
@@ -311,6 +319,21 @@ def check_first_frame(message: dict[str, Any] | None, where: str) -> dict[str, A
         raise TransportError(f"the runtime in {where} sent {kind!r} before it was ready")
     if message.get("protocol") != PROTOCOL_VERSION:
         raise TransportError(f"the runtime speaks protocol {message.get('protocol')!r}, not {PROTOCOL_VERSION}")
+    return message
+
+
+def attached_frame() -> bytes:
+    """The host's answer to a worker connection's `attach`: it accepted the connection."""
+    return _request_frame({"type": MessageType.ATTACHED})
+
+
+def check_attach_frame(message: dict[str, Any] | None) -> dict[str, Any]:
+    """A worker connection's first frame: its `attach` message; anything else breaks the protocol."""
+    if message is None or message.get("type") != MessageType.ATTACH:
+        kind = message.get("type") if message is not None else None
+        raise TransportError(f"a worker connection sent {kind!r} before attaching")
+    if message.get("protocol") != PROTOCOL_VERSION:
+        raise TransportError(f"the worker speaks protocol {message.get('protocol')!r}, not {PROTOCOL_VERSION}")
     return message
 
 

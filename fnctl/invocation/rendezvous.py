@@ -4,10 +4,12 @@
 The instance's directory is made by the host and mounted read-only into the sandbox, so a sandbox can create,
 replace or fill nothing there. Each host process that wants to talk to an instance puts up its OWN listening
 socket in that directory (a fresh name `h-<pid>-<random>.sock`, never shared, unlinked once the runtime has
-connected or the process gives up); the runtime watches the directory and connects out to each listener once
-(connecting to a Unix socket needs no write access to its directory). The host accepts a connection only from
-the process it expects (`peer`: for a container, a process in that container's cgroup, which under gVisor is
-the sandbox's gofer), and closes any other, still listening.
+connected or the process gives up; the asyncio transport keeps it while connected, for the runtime's worker
+processes: docs/protocol.md, "Worker connections"); the runtime watches the directory and connects out to each
+listener once (connecting to a Unix socket needs no write access to its directory). The host accepts a
+connection only from the process it expects (`peer`: for a container, a process in that container's cgroup,
+which under gVisor is the sandbox's gofer), and closes any other, still listening: every connection to a
+listener, the first and each worker's, passes `admit`.
 """
 
 from __future__ import annotations

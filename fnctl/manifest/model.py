@@ -1,7 +1,7 @@
 """The desired state: typed, frozen values built from schema-valid manifest documents.
 
 Defaults are applied here, once, so that every later stage (semantic checks, diff, plan, sandbox) reads
-the same numbers. Parsing never touches the filesystem; `semantics` does.
+the same numbers. Parsing never touches the filesystem; `checks` does.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ class Network(StrEnum):
 class Isolation(StrEnum):
     CONTAINER = "container"
     GVISOR = "gvisor"
+
+
+class Warm(StrEnum):
+    """What a revision keeps in reserve beyond its running instances (`scaling.warm`)."""
+
+    NONE = "none"
+    PAUSED = "paused"  # one paused instance: a scale from zero unpauses it (~20 ms) instead of starting one
 
 
 class RolloutStepKind(StrEnum):
@@ -91,6 +98,7 @@ class Scaling:
     min_instances: int = 1
     max_instances: int = 4
     concurrency: int = 8
+    warm: Warm = Warm.NONE
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Semantic checks of a function's rollout: strategies that could never finish, analyses that could never judge,
 blue-green promotions that contradict themselves, A/B tests that compare nothing.
 
-Each finding names the exact JSON path to change. The rules follow the controller's semantics (fnctl.rollout.machine),
-as docs/manifest.md describes them; `semantics.check_function` calls `check_rollout`.
+Each finding names the exact JSON path to change. A strategy's steps are read once, as the stages the controller
+walks (`fnctl.manifest.stages`), and judged here as docs/manifest.md describes them; `checks` calls `check_rollout`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fnctl.manifest.model import Analysis, Finding, Function, Inconclusive, RolloutStep, RolloutStepKind, Strategy
+from fnctl.manifest.model import Analysis, Finding, Function, Inconclusive, Strategy
+from fnctl.manifest.stages import Stage, StageKind, stages
 from fnctl.manifest.units import format_duration
 
 JsonPath = tuple[str | int, ...]
@@ -52,16 +53,16 @@ def _misplaced_fields(function: Function) -> Iterator[Finding]:
 
 
 def _canary(function: Function) -> Iterator[Finding]:
-    steps, at = function.rollout.steps, _AT + ("steps",)
-    if not steps:
+    plan, at = stages(function.rollout), _AT + ("steps",)  # a canary: one stage per step, in order
+    if not plan:
         yield function, at, "a canary needs at least one step (e.g. setWeight: 20)"
         return
     weight = 0
-    for i, step in enumerate(steps):
-        if step.kind is RolloutStepKind.SET_WEIGHT and step.weight is not None:
-            yield from _set_weight(function, at + (i, "setWeight"), step.weight, weight)
-            weight = max(weight, step.weight)
-        elif step.kind is RolloutStepKind.PAUSE and weight == 100 and not _windowed_analysis(steps[i + 1 :]):
+    for i, stage in enumerate(plan):
+        if stage.new_weight is not None:
+            yield from _set_weight(function, at + (i, "setWeight"), stage.new_weight, weight)
+            weight = max(weight, stage.new_weight)
+        elif stage.kind is StageKind.PAUSE and weight == 100 and not _windowed_analysis(plan[i + 1 :]):
             yield (
                 function,
                 at + (i, "pause"),
@@ -69,10 +70,10 @@ def _canary(function: Function) -> Iterator[Finding]:
                 "delays the end of the rollout (scaleDownDelay keeps the old revision warm); remove it, or "
                 "follow it with an analysis whose window covers it",
             )
-        elif step.kind is RolloutStepKind.ANALYSIS and step.analysis is not None:
-            yield from _analysis(function, at + (i, "analysis"), step.analysis, weight)
-    partial = any(s.kind is RolloutStepKind.SET_WEIGHT and 0 < (s.weight or 0) < 100 for s in steps)
-    if not partial and not any(s.kind is RolloutStepKind.ANALYSIS for s in steps):
+        elif stage.kind is StageKind.ANALYSIS and stage.analysis is not None:
+            yield from _analysis(function, at + (i, "analysis"), stage.analysis, weight)
+    partial = any(0 < (s.new_weight or 0) < 100 for s in plan)
+    if not partial and not any(s.kind is StageKind.ANALYSIS for s in plan):
         # Nothing is learnt before the switch: a canary in name only. An analysis at 100% still earns its place:
         # a failure there moves all traffic back to the old revision at once.
         yield (
@@ -84,9 +85,9 @@ def _canary(function: Function) -> Iterator[Finding]:
         )
 
 
-def _windowed_analysis(steps: tuple[RolloutStep, ...]) -> bool:
+def _windowed_analysis(following: tuple[Stage, ...]) -> bool:
     """Whether an analysis with a `window` follows: its measurements then look back over the pause's traffic."""
-    return any(s.analysis is not None and s.analysis.window is not None for s in steps)
+    return any(s.analysis is not None and s.analysis.window is not None for s in following)
 
 
 def _set_weight(function: Function, at: JsonPath, weight: int, before: int) -> Iterator[Finding]:

@@ -131,21 +131,20 @@ def instance_error(schema: Any, value: Any) -> tuple[JsonPath, str] | None:
     return None if error is None else (tuple(error.absolute_path), str(error.message))
 
 
-def instance_check(schema: Any, base: str) -> Callable[[Any], Iterator[tuple[JsonPath, str]]]:
-    """Every way a value breaks `schema` (a user's JSON Schema whose URI is `base`, e.g. a collection's), sorted
-    by path. Valid values take the compiled check; jsonschema is loaded for the first value that fails it."""
-    fast = compile_check(schema, base, lambda uri: None)
-    validators: list[Draft202012Validator] = []
+def value_check(schema: Any, uri: str) -> Callable[[Any], Iterator[tuple[JsonPath, str]]]:
+    """A user's JSON Schema (a Collection's) as a check of values: nothing for a conforming value, else (path,
+    message) for every violation, by path. The compiled check decides; jsonschema explains a failure."""
+    fast = compile_check(schema, uri, lambda _: None)
+    explaining: list[Draft202012Validator] = []
 
-    def check(value: Any) -> Iterator[tuple[JsonPath, str]]:
-        if fast is not None and fast(value):
+    def check(data: Any) -> Iterator[tuple[JsonPath, str]]:
+        if fast is not None and fast(data):
             return
-        if not validators:
+        if not explaining:
             from jsonschema import Draft202012Validator  # lazy: see the note at the top (~0.12 s)
 
-            validators.append(Draft202012Validator(schema))
-        errors = sorted(validators[0].iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
-        for error in errors:
+            explaining.append(Draft202012Validator(schema))
+        for error in sorted(explaining[0].iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
             yield tuple(error.absolute_path), str(error.message)
 
     return check

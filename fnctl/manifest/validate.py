@@ -10,6 +10,7 @@ import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from fnctl.manifest.model import (
 from fnctl.manifest.project import Project
 from fnctl.manifest.reachability import unreachable_http_triggers
 from fnctl.manifest.schemas import API_VERSION, KINDS, schema_errors
+from fnctl.manifest.triggerchecks import cold_hooks
 
 _NOWHERE = Position(0, 0)  # a problem with no place in a file
 
@@ -86,7 +88,7 @@ def _validate_paths(project: Project, paths: Iterable[Path] | None) -> Validatio
     state, problems = build_state(documents, project.root, project.default_limits)
     warnings = [
         Diagnostic(item.document.file, item.document.position(path), path, message)
-        for item, path, message in unreachable_http_triggers(state)
+        for item, path, message in chain(unreachable_http_triggers(state), cold_hooks(state))
         if item.document is not None
     ]
     return ValidationResult(state, sorted_diagnostics(diagnostics + problems), files, sorted_diagnostics(warnings))

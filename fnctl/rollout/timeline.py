@@ -1,7 +1,7 @@
 """A rollout's timeline if all goes well: the new revision's weight over time, the total duration, the manual
 gates and the longest exposure of users to an unchecked new revision. Pure; shown by `fnctl plan`.
 
-It is derived from the controller's own stages (`fnctl.rollout.machine.stages`), so it cannot read a strategy
+It is derived from the controller's own stages (`fnctl.manifest.stages`), so it cannot read a strategy
 differently: times are offsets from the rollout's start, manual gates count as 0 s, and an analysis lasts until its
 first passing measurement (estimated from `expectedTraffic`).
 """
@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from fnctl.manifest.model import Analysis, Inconclusive, Rollout, Strategy
+from fnctl.manifest.stages import Stage, StageKind, stages
 from fnctl.manifest.units import format_duration
-from fnctl.rollout.machine import Stage, StageKind, stages
 
 
 class PhaseKind(StrEnum):

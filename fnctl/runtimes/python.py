@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.manifest.checks import handler_problem
 from fnctl.manifest.schemas import data_dir
 from fnctl.manifest.source import code_hash
+from fnctl.manifest.sourcechecks import handler_problem
 from fnctl.runtimes.files import OnLine, copy_code
 from fnctl.toolchain.problems import CodeProblem
 
@@ -36,7 +36,7 @@ class PythonRuntime:
         return handler_problem(str(source), handler)
 
     def code_problems(self, source: Path, handler: str, on_line: OnLine) -> list[CodeProblem]:
-        return []  # the manifest checks parse Python handlers (manifest.checks)
+        return []  # the manifest checks parse Python handlers (manifest.sourcechecks)
 
     def content_key(self, source: Path) -> str:
         return code_hash(source)

@@ -38,7 +38,7 @@ def code_diagnostics(function: Function, found: list[Diagnostic], on_line: OnLin
     """The runtime's problems with `function`'s code; none when the manifest checks refused its source or
     handler already (a source outside the project is never read)."""
     document = function.document
-    if document is None or function.runtime.startswith("python"):  # as manifest.checks: Python's are done
+    if document is None or function.runtime.startswith("python"):  # as manifest.sourcechecks: Python's are done
         return []
     at = {(d.file, d.position, d.path) for d in found}
     if any((document.file, document.position(p), p) in at for p in (_SOURCE, _HANDLER)):

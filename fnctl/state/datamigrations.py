@@ -47,4 +47,23 @@ DATA_MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: the transactional outbox of onCommit triggers (fnctl.state.outbox): one row per (trigger, change),
+    # written in the change's own transaction, delivered by the gateway's dispatcher.
+    """
+    CREATE TABLE outbox (
+        trigger TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        collection TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        doc_id TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (trigger, seq)
+    );
+    CREATE INDEX outbox_by_state ON outbox (state, seq);
+    CREATE INDEX outbox_by_document ON outbox (trigger, tenant, collection, doc_id, seq);
+    """,
 )

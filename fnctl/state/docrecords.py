@@ -63,19 +63,8 @@ class StoredDoc:
     data: str  # the JSON text
 
     def envelope_text(self) -> str:
-        """`JSON(self.envelope())`, without decoding and encoding the data again."""
+        """The envelope (id, version, createdAt, ..., data) as JSON text, the stored data spliced in."""
         return envelope(self)
-
-    def envelope(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "version": self.version,
-            "createdAt": self.created_at,
-            "createdBy": self.created_by,
-            "updatedAt": self.updated_at,
-            "updatedBy": self.updated_by,
-            "data": json.loads(self.data),
-        }
 
 
 @dataclass(frozen=True)
@@ -112,6 +101,8 @@ class StoredWrite:
     data: str | None
     before: StoredDoc | None = None
     idempotency_key: str | None = None
+    fresh: bool = False  # an insert under a freshly generated id: the commit need not look it up (the primary
+    # key would refuse a duplicate)
 
 
 @dataclass(frozen=True)
@@ -123,7 +114,7 @@ class ChangeMeta:
 
 @dataclass(frozen=True)
 class GroupItem:
-    """One transaction of a group commit (`DocStore.commit_group`): `commit`'s arguments."""
+    """What one transaction asks the store to check and write (`DocStore.commit`, `commit_group`)."""
 
     tenant: str
     reads: Sequence[ReadCheck]
@@ -157,7 +148,7 @@ class SyncResult:
 
 
 def envelope(doc: StoredDoc) -> str:
-    """`JSON(doc.envelope())` without decoding and encoding the document again: its stored text is already
+    """The envelope of `doc` as JSON text, without decoding and encoding the document again: its stored text is already
     the compact JSON this encoder writes, so it is spliced in as it is."""
     q = _quote
     return (

@@ -13,21 +13,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fnctl.state import auditchain, docschema, docwrites
+from fnctl.state import auditchain, docschema, docwrites, outbox
 from fnctl.state.docrecords import (
-    ChangeMeta,
     ChangeRow,
     CollectionRow,
     DataStoreError,
     GroupItem,
     Query,
-    ReadCheck,
     StoredDoc,
-    StoredWrite,
     SyncResult,
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
@@ -182,19 +179,62 @@ class DocStore:
     # -- the write path (docwrites) ----------------------------------------------------------------------
 
     def commit(
-        self,
-        tenant: str,
-        reads: Sequence[ReadCheck],
-        finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-        writes: Sequence[StoredWrite],
-        meta: ChangeMeta,
+        self, item: GroupItem, outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
     ) -> list[StoredDoc | None]:
-        """One short write transaction (`docwrites.commit`): the new rows, None for deletes."""
-        return docwrites.commit(self._db(), self._indexed, tenant, reads, finds, writes, meta)
+        """One transaction's reads checked and writes applied in one short write transaction
+        (`docwrites.commit`): the new rows, None for deletes; with the outbox rows of `outbox`'s onCommit
+        triggers, and the changes logged appended to `committed`."""
+        return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
 
-    def commit_group(self, items: Sequence[GroupItem]) -> list[list[StoredDoc | None] | Exception]:
+    def commit_group(
+        self, items: Sequence[GroupItem], outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
+    ) -> list[list[StoredDoc | None] | Exception]:
         """Independent transactions in one write transaction, each failing alone (`docwrites.commit_group`)."""
-        return docwrites.commit_group(self._db(), self._indexed, items)
+        return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
+
+    # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
+
+    def data_version(self) -> int:
+        """Changes when another connection (another thread's or process's) committed to the file since."""
+        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+
+    def changes_after(self, seq: int, limit: int) -> list[ChangeRow]:
+        """The change log after `seq`, every tenant, by seq."""
+        rows = self._db().execute(
+            "SELECT seq, txn, at, collection, tenant, id, op, before, after, actor, function, revision FROM changes "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [ChangeRow(*r) for r in rows]
+
+    def last_seq(self) -> int:
+        row = self._db().execute("SELECT MAX(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def outbox_due(self, now: float, limit: int, paused: Iterable[str] = ()) -> list[outbox.OutboxEvent]:
+        return outbox.due(self._db(), now, limit, paused)
+
+    def outbox_settle(
+        self, delivered: Sequence[tuple[str, int]], failed: Sequence[tuple[str, int, int, float | None, str]]
+    ) -> None:
+        outbox.settle(self._db(), delivered, failed)
+
+    def outbox_list(
+        self, state: str | None, trigger: str | None, limit: int, after: int = 0
+    ) -> list[outbox.OutboxEvent]:
+        return outbox.listing(self._db(), state, trigger, limit, after)
+
+    def outbox_counts(self) -> dict[tuple[str, str], int]:
+        return outbox.counts(self._db())
+
+    def outbox_replay(self, trigger: str | None, seqs: Sequence[int], state: str = outbox.DEAD) -> int:
+        return outbox.replay(self._db(), trigger, seqs, state)
+
+    def outbox_purge(self, state: str | None, trigger: str | None, seqs: Sequence[int] = ()) -> int:
+        return outbox.purge(self._db(), state, trigger, seqs)
+
+    def outbox_prune(self, delivered_before: float, dead_before: float) -> int:
+        return outbox.prune(self._db(), delivered_before, dead_before)
 
 
 def connect(path: Path) -> DocStore:

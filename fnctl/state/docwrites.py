@@ -6,120 +6,152 @@ column."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
 from fnctl.state.docrecords import (
-    ChangeMeta,
+    ChangeRow,
     DataStoreError,
     GroupItem,
     IdempotentReplay,
-    Query,
     ReadCheck,
     StaleWrite,
     StoredDoc,
-    StoredWrite,
     UniqueViolation,
     envelope,
     timestamp,
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
 
+Outbox = Mapping[str, Sequence[str]] | None  # collection → the onCommit triggers its changes are queued for
+
 
 def commit(
     db: sqlite3.Connection,
     indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
+    item: GroupItem,
+    outbox: Outbox = None,
+    committed: list[ChangeRow] | None = None,
 ) -> list[StoredDoc | None]:
     """One short write transaction: check that what was read is unchanged (StaleWrite(None)) and that every
     write's base version is current (StaleWrite(i)), apply the writes, append their changes, record
-    idempotency keys. The new rows, None for deletes. Nothing is written when it raises."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    try:
-        result = _commit(db, indexed, tenant, reads, finds, writes, meta)
-        db.execute("COMMIT")
-        return result
-    except sqlite3.IntegrityError as exc:
-        db.execute("ROLLBACK")
-        message = str(exc)
-        if "UNIQUE" in message:
-            raise UniqueViolation(*_unique_fields(indexed, message)) from None
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except sqlite3.Error as exc:
-        db.execute("ROLLBACK")
-        raise DataStoreError(f"cannot write the data file: {exc}") from None
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    idempotency keys, and an outbox row per onCommit trigger of each changed collection (`outbox`: collection →
+    trigger names). The new rows, None for deletes; the changes as logged are appended to `committed` once
+    committed. Nothing is written when it raises."""
+    changes: list[tuple[Any, ...]] = []
+    with _write_transaction(db):
+        try:
+            result = _commit(db, indexed, item, into=changes)
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(indexed, exc) from None
+        linked = _append_changes(db, changes, outbox)
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return result
 
 
 def commit_group(
-    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem]
+    db: sqlite3.Connection,
+    indexed: dict[str, frozenset[str]],
+    items: Sequence[GroupItem],
+    outbox: Outbox = None,
+    committed: list[ChangeRow] | None = None,
 ) -> list[list[StoredDoc | None] | Exception]:
     """Several independent transactions in ONE write transaction (what concurrent single writes share:
-    one BEGIN, one COMMIT, one append to the change log): each in a savepoint of its own, so that each is
-    still all or nothing and fails alone (StaleWrite, UniqueViolation, IdempotentReplay: its exception in
-    its place); the others commit. Every change is chained as with `commit`."""
+    one BEGIN, one COMMIT, one append to the change log), each still all or nothing and failing alone
+    (StaleWrite, UniqueViolation, IdempotentReplay: its exception in its place); the others commit. Every
+    change is chained as with `commit`.
+
+    A transaction's StaleWrite or IdempotentReplay is raised before it wrote anything, so the group first runs
+    without savepoints (two statements fewer per write); only a constraint broken half-way through one
+    transaction's writes (a unique index) makes it start again, with each transaction in a savepoint of its own."""
+    try:
+        with _write_transaction(db):
+            out, changes = _group(db, indexed, items, savepoints=False)
+            linked = _append_changes(db, changes, outbox)
+    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own
+        with _write_transaction(db):
+            out, changes = _group(db, indexed, items, savepoints=True)
+            linked = _append_changes(db, changes, outbox)
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return out
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (SQLite's as DataStoreError)."""
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         raise DataStoreError(f"cannot write the data file: {exc}") from None
-    out: list[list[StoredDoc | None] | Exception] = []
-    changes: list[tuple[Any, ...]] = []
     try:
-        for item in items:
-            db.execute("SAVEPOINT grouped")
-            mark = len(changes)
-            try:
-                out.append(
-                    _commit(db, indexed, item.tenant, item.reads, item.finds, item.writes, item.meta, into=changes)
-                )
-            except (StaleWrite, IdempotentReplay, sqlite3.IntegrityError) as exc:
-                db.execute("ROLLBACK TO grouped")
-                del changes[mark:]
-                message = str(exc)
-                out.append(
-                    UniqueViolation(*_unique_fields(indexed, message))
-                    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in message
-                    else DataStoreError(f"cannot write the data file: {exc}")
-                    if isinstance(exc, sqlite3.IntegrityError)
-                    else exc
-                )
-            db.execute("RELEASE grouped")
-        _append_changes(db, changes)
+        yield
         db.execute("COMMIT")
-        return out
     except sqlite3.Error as exc:
         db.execute("ROLLBACK")
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+class _BrokenHalfway(Exception):
+    """A constraint broken half-way through a transaction's writes, in a group run without savepoints."""
+
+
+def _group(
+    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
+) -> tuple[list[list[StoredDoc | None] | Exception], list[tuple[Any, ...]]]:
+    """Check and apply a group's transactions in the open write transaction: a result or an exception each,
+    and the change rows of those that applied. Without `savepoints`, a constraint broken by a write raises
+    _BrokenHalfway (the caller rolls everything back and starts again with savepoints)."""
+    out: list[list[StoredDoc | None] | Exception] = []
+    changes: list[tuple[Any, ...]] = []
+    for item in items:
+        if savepoints:
+            db.execute("SAVEPOINT grouped")
+        mark = len(changes)
+        try:
+            out.append(_commit(db, indexed, item, into=changes))
+        except (StaleWrite, IdempotentReplay) as exc:  # raised before the transaction wrote anything
+            if savepoints:
+                db.execute("ROLLBACK TO grouped")
+            del changes[mark:]
+            out.append(exc)
+        except sqlite3.IntegrityError as exc:
+            if not savepoints:
+                raise _BrokenHalfway from exc
+            db.execute("ROLLBACK TO grouped")
+            del changes[mark:]
+            out.append(_integrity_error(indexed, exc))
+        if savepoints:
+            db.execute("RELEASE grouped")
+    return out, changes
+
+
+def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityError) -> Exception:
+    """A unique index refusing a write (UniqueViolation, naming the fields), or another broken constraint."""
+    message = str(exc)
+    if "UNIQUE" in message:
+        return UniqueViolation(*_unique_fields(indexed, message))
+    return DataStoreError(f"cannot write the data file: {exc}")
 
 
 def _commit(
     db: sqlite3.Connection,
     indexed: dict[str, frozenset[str]],
-    tenant: str,
-    reads: Sequence[ReadCheck],
-    finds: Sequence[tuple[Query, tuple[tuple[str, int], ...]]],
-    writes: Sequence[StoredWrite],
-    meta: ChangeMeta,
+    item: GroupItem,
     into: list[tuple[Any, ...]] | None = None,
 ) -> list[StoredDoc | None]:
     """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
     (a group commit appends all its transactions' rows at once, in order)."""
+    tenant, reads, finds, writes, meta = item.tenant, item.reads, item.finds, item.writes, item.meta
     # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
     read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
     for read in reads:
@@ -134,7 +166,8 @@ def _commit(
     # What is written on: at the version each write is based on? Again one query per collection.
     by_collection: dict[str, list[str]] = {}
     for write in writes:
-        by_collection.setdefault(write.collection, []).append(write.id)
+        if not write.fresh:  # a freshly generated id names no stored document: nothing to look up
+            by_collection.setdefault(write.collection, []).append(write.id)
     current = {(c, row.id): row for c, ids in by_collection.items() for row in rows_by_id(db, c, tenant, ids)}
     for i, write in enumerate(writes):
         if write.idempotency_key is not None:
@@ -147,7 +180,7 @@ def _commit(
         before = current.get((write.collection, write.id))
         if (before.version if before else 0) != write.expected:
             raise StaleWrite(i)
-    now, txn = timestamp(), uuid.uuid4().hex
+    now, txn = timestamp(), os.urandom(16).hex()  # a random transaction id (what uuid4().hex gave, cheaper)
     actor, function = meta.actor, meta.function
     revision = None if meta.revision is None else int(meta.revision)
     results: list[StoredDoc | None] = []
@@ -217,16 +250,17 @@ def _commit(
     for collection, key, response in keys:
         db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
     if into is None:
-        _append_changes(db, changes)
+        _append_changes(db, changes, None)
     else:
         into.extend(changes)
     return results
 
 
-def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Chain and append change rows whose fields (after seq) are already normalised: one hash each."""
+def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
+    """Chain and append change rows whose fields (after seq) are already normalised: one hash each; and, in the
+    same transaction, the outbox rows of the onCommit triggers of their collections. The rows as appended."""
     if not rows:
-        return
+        return []
     head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
     last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
     linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
@@ -236,6 +270,18 @@ def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None
         "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
     )
+    if outbox:
+        now = time.time()
+        events = [
+            (trigger, row[0], row[3], row[4], row[5], now, now) for row in linked for trigger in outbox.get(row[3], ())
+        ]
+        if events:
+            db.executemany(
+                "INSERT INTO outbox (trigger, seq, collection, tenant, doc_id, next_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+    return linked
 
 
 def _unique_fields(indexed: dict[str, frozenset[str]], message: str) -> tuple[str, str]:

@@ -177,6 +177,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     _chain_audit_logs,
     _drop_secret_salt,
+    # 8: data-hook and manual triggers' health: consecutive faults, and when (and why) one disabled itself
+    """
+    CREATE TABLE trigger_state (
+        trigger TEXT PRIMARY KEY, faults INTEGER NOT NULL, last_error TEXT, disabled_at REAL, updated_at REAL NOT NULL
+    );
+    """,
 )
 
 

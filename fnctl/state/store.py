@@ -1,9 +1,10 @@
 """The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
 
-It holds revisions (immutable but for their status), the routing table, instances and the append-only,
-hash-chained audit log; rollouts and their events are fnctl.state.rolloutstore's. SQL is kept portable (no
-SQLite-only types) so that a PostgreSQL backend can implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC
-fingerprint keyed by a host-local key that is not in the store (fnctl.deploy.secrets).
+It holds revisions (immutable but for their status; their records are fnctl.state.revisions'), the routing
+table, instances and the append-only, hash-chained audit log; rollouts and their events are
+fnctl.state.rolloutstore's. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
+implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC fingerprint keyed
+by a host-local key that is not in the store (fnctl.deploy.secrets).
 """
 
 from __future__ import annotations
@@ -12,60 +13,19 @@ import functools
 import itertools
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from fnctl.errors import FnctlError
+from fnctl.manifest.project import Project
 from fnctl.state import auditchain
 from fnctl.state.migrations import MIGRATIONS, upgrade
-
-
-class RevisionStatus(StrEnum):
-    PENDING = "pending"  # being built / started / checked
-    READY = "ready"  # passed its checks; may serve traffic
-    FAILED = "failed"  # failed to build, start or pass checks
-    QUARANTINED = "quarantined"  # rolled away from: apply refuses the same spec without --force
-    PREVIEW = "preview"  # a branch's code beside the live revision at 0%: reachable pinned, never rolled back to
-
-
-class InstanceState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-
-
-@dataclass(frozen=True)
-class Revision:
-    function: str
-    number: int
-    spec_hash: str
-    spec: dict[str, Any]
-    image: str
-    git_commit: str | None
-    git_author: str | None
-    created_at: float
-    created_by: str
-    status: RevisionStatus
-    reason: str | None
-    git_subject: str | None = None
-
-
-@dataclass(frozen=True)
-class InstanceRow:
-    id: str
-    function: str
-    revision: int
-    container_id: str | None
-    socket_dir: str
-    state: InstanceState
-    created_at: float
-
+from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
@@ -79,6 +39,15 @@ def default_path(project: str) -> Path:
     both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "fnctl" / project / "state.db"
+
+
+def state_path(project: Project, option: Path | None) -> Path:
+    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
+    if option is not None:
+        return option
+    if os.environ.get("FNCTL_STATE"):
+        return Path(os.environ["FNCTL_STATE"])
+    return project.state_path or default_path(project.name)
 
 
 class Store:
@@ -115,8 +84,6 @@ class Store:
         """This store's random identity, carried by every container it deploys (label io.fnctl.store), so
         that two stores deploying the same project to one engine never take each other's containers for
         orphans."""
-        import secrets
-
         return self.setting("store-id", secrets.token_hex(8))
 
     # ---- SQL: the one primitive of this package's modules (metricstore, keystore, rolloutstore, ...) ----
@@ -245,7 +212,7 @@ class Store:
 
     def revisions(self, function: str | None = None) -> list[Revision]:
         query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
-        return [_revision(r) for r in self._db.execute(query, (function,) if function else ())]
+        return [revision_from_row(r) for r in self._db.execute(query, (function,) if function else ())]
 
     def revision_statuses(self) -> dict[tuple[str, int], RevisionStatus]:
         """(function, number) → status of every revision, without the specs (the gateway reads each spec once)."""
@@ -258,7 +225,7 @@ class Store:
         row = self._db.execute(
             "SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)
         ).fetchone()
-        return _revision(row) if row else None
+        return revision_from_row(row) if row else None
 
     # ---- routing ----
 
@@ -380,23 +347,6 @@ class RawSql:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         return self._store._execute(sql, params)
-
-
-def _revision(row: Any) -> Revision:
-    return Revision(
-        row[0],
-        int(row[1]),
-        row[2],
-        json.loads(row[3]),
-        row[4],
-        row[5],
-        row[6],
-        float(row[7]),
-        row[8],
-        RevisionStatus(row[9]),
-        row[10],
-        row[11],
-    )
 
 
 def connect(path: Path) -> Store:

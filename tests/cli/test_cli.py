@@ -45,7 +45,7 @@ def test_validate_the_project_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "valid: 3 files, 4 functions, 3 triggers, 1 view, 1 policy, 1 collection\n"
+    assert result.stdout == "valid: 3 files, 4 functions, 4 triggers, 1 view, 1 policy, 1 collection\n"
     assert result.stderr == ""
 
 
@@ -114,7 +114,7 @@ def test_validate_json_of_a_valid_project(monkeypatch: pytest.MonkeyPatch) -> No
         "valid": True,
         "files": 4,
         "functions": 7,
-        "triggers": 3,
+        "triggers": 4,
         "views": 1,
         "policies": 1,
         "collections": 1,

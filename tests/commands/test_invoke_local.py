@@ -49,8 +49,34 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "import-error": {"handler": "raises_at_import.handler"},
     "syntax-error": {"handler": "uses_broken.handler"},
     "editable": {"handler": "main.handler", "source": "../functions/editable"},
+    "needs-gl": {"handler": "loads_gl.handler"},
+    "vendored-extension": {"handler": "main.handler", "source": "../functions/vendored"},
+    "bad-deps": {"handler": "main.handler", "source": "../functions/baddeps"},
 }
 EDITABLE = "def handler(event):\n    return {{'version': {version}}}\n"
+# A vendored extension module linking a library the base image lacks, its import wrapped as numpy wraps its own.
+VENDORED = """\
+try:
+    import vendored_tls
+except ImportError as exc:
+    raise ImportError("Error importing main: you should not try to import it from its source directory") from exc
+
+def handler(event):
+    return {}
+"""
+
+
+def _vendor_extension(directory: Path) -> None:
+    """Python's own _ssl extension (on every host that runs the tests) as `vendored_tls`, its DT_NEEDED entry
+    libssl.so.3 renamed in place to libnil.so.3 (same length), a library no image has: the loader fails on it
+    exactly as on a vendored .so built against a library the base lacks."""
+    extension = next(Path("/usr/lib/python3.11/lib-dynload").glob("_ssl.*.so"))
+    data = extension.read_bytes()
+    assert data.count(b"libssl.so.3\x00") == 1
+    (directory / "vendored_tls.cpython-311-x86_64-linux-gnu.so").write_bytes(
+        data.replace(b"libssl.so.3\x00", b"libnil.so.3\x00")
+    )
+    (directory / "main.py").write_text(VENDORED)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +87,11 @@ def project(
     root = tmp_path_factory.mktemp("invoke-local") / "project"
     (root / "functions" / "editable").mkdir(parents=True)
     (root / "functions" / "editable" / "main.py").write_text(EDITABLE.format(version=1))
+    (root / "functions" / "baddeps").mkdir()
+    (root / "functions" / "baddeps" / "main.py").write_text(EDITABLE.format(version=1))
+    (root / "functions" / "baddeps" / "requirements.txt").write_text("-e ./lib\n")  # fails the build
+    (root / "functions" / "vendored").mkdir()
+    _vendor_extension(root / "functions" / "vendored")
     try:
         yield write_project(root, name, base_image, FUNCTIONS)
     finally:
@@ -383,6 +414,40 @@ def test_cli_json_output_is_one_object_also_when_no_invocation_happens(project: 
     assert "error: the handler failed to load" in done.stderr  # and the person at the terminal sees it too
     bad = run_cli(project, "invoke", "--local", "echo", "-d", "{not json", "-o", "json")
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "BadInput"
+    build = run_cli(project, "invoke", "--local", "bad-deps", "-o", "json")
+    assert build.returncode == 1, build.stderr
+    answer = json.loads(build.stdout)
+    assert answer["ok"] is False and answer["error"]["type"] == "BuildFailed"
+    assert (
+        answer["error"]["message"]
+        == "requirements.txt: editable requirements (-e ./lib) cannot go into an image; drop -e"
+    )
+
+
+MISSING_LIBRARY = (
+    "the handler failed to load: ImportError: missing shared library {library} in the base image (needed by "
+    "{module}): rebuild the base with `bash scripts/build-base-image.sh`, or use a wheel that bundles it"
+)
+
+
+@pytest.mark.parametrize(
+    ("function", "library", "module"),
+    [("needs-gl", "libGL.so.1", "loads_gl"), ("vendored-extension", "libnil.so.3", "vendored_tls")],
+    ids=["ctypes", "extension"],
+)
+def test_cli_a_missing_shared_library_is_named_not_the_wrappers_message(
+    project: Project, function: str, library: str, module: str
+) -> None:
+    """Issue 16 item 1: a library the loader cannot find, anywhere in the exception chain (a ctypes OSError, an
+    extension's ImportError), is what the error says, not the wrapper's "source directory" advice."""
+    expected = MISSING_LIBRARY.format(library=library, module=module)
+    done = run_cli(project, "invoke", "--local", function, "-o", "json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["error"]["message"] == expected
+    text = run_cli(project, "invoke", "--local", function)
+    assert text.returncode == 1 and f"error: {expected}" in text.stderr
+    # the wrapper's words and the loader's own stay in the traceback
+    assert "source directory" in text.stderr and f"{library}: cannot open shared object file" in text.stderr
 
 
 # ---- what the command loads --------------------------------------------------------------------------

@@ -13,19 +13,10 @@ from typing import Any
 
 import pytest
 from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
-from rollout_helpers import Load, Rollouts, call, rollout_project
+from dashboard_helpers import api, dashboard_project, key_for, start
+from rollout_helpers import Load, Rollouts, call
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-
-POLICY = """\
-apiVersion: fnctl/v1
-kind: Policy
-metadata: {name: dashboard}
-spec:
-  roles:
-    operator: {ui: ["*"]}
-    viewer: {ui: [read]}
-"""
 
 STEPPED = """\
 rollout:
@@ -52,10 +43,7 @@ rollout:
 
 @pytest.fixture
 def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
-    with rollout_project(tmp_path / "project", docker_client, base_image) as rollouts:
-        with (rollouts.project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write("ui = true\n")  # under the [gateway] section rollout_project wrote last
-        (rollouts.project.root / "manifests" / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    with dashboard_project(tmp_path / "project", docker_client, base_image) as rollouts:
         yield rollouts
 
 
@@ -63,24 +51,6 @@ def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollo
 def browser() -> Iterator[WebDriver]:
     with chromium() as driver:
         yield driver
-
-
-def _key(setup: Rollouts, role: str) -> str:
-    return setup.project.ok("keys", "create", f"ui-{role}", "--role", role).out.strip()
-
-
-def _start(setup: Rollouts, rollout: str, second: str = "two", fail_rate: float = 0.0) -> str:
-    """Revision 1 live, the gateway (with the dashboard) started, revision 2's code written; an operator key."""
-    setup.deploy_code("one", rollout)
-    setup.project.ok("apply")
-    setup.start_gateway()
-    setup.deploy_code(second, rollout, fail_rate=fail_rate)
-    return _key(setup, "operator")
-
-
-def _api(setup: Rollouts, path: str, key: str, method: str = "GET") -> tuple[int, Any]:
-    status, _, body = call(setup.port, method, path, headers={"Authorization": f"Bearer {key}"})
-    return status, json.loads(body)
 
 
 def _state(driver: WebDriver) -> str:
@@ -93,7 +63,7 @@ def _current_step(driver: WebDriver) -> str:
 
 @pytest.mark.docker
 def test_sign_in_pages_same_json_as_the_cli_and_403_without_the_grant(setup: Rollouts, browser: WebDriver) -> None:
-    key = _start(setup, STEPPED)
+    key = start(setup, STEPPED)
     base = setup.url
     # anonymous: the login form and nothing else; the API answers 401
     browser.get(f"{base}/ui/")
@@ -103,15 +73,15 @@ def test_sign_in_pages_same_json_as_the_cli_and_403_without_the_grant(setup: Rol
     assert call(setup.port, "GET", "/v1/functions")[0] == 401
     screenshot(browser, "login")
     # a user whose roles have no `ui` grant: 403, on the page and from the API
-    nobody = _key(setup, "nobody")
+    nobody = key_for(setup, "nobody")
     sign_in(browser, base, nobody)
     wait_for(browser, "the 403", lambda d: "Forbidden" in text_of(d, "#view"))
-    assert _api(setup, "/v1/functions", nobody)[0] == 403
+    assert api(setup, "/v1/functions", nobody)[0] == 403
     screenshot(browser, "forbidden")
     # a viewer may read but not act
-    viewer = _key(setup, "viewer")
-    assert _api(setup, "/v1/functions", viewer)[0] == 200
-    assert _api(setup, "/v1/functions/fn/promote", viewer, "POST")[0] == 403
+    viewer = key_for(setup, "viewer")
+    assert api(setup, "/v1/functions", viewer)[0] == 200
+    assert api(setup, "/v1/functions/fn/promote", viewer, "POST")[0] == 403
     # the operator: functions list, one function, the audit log
     sign_in(browser, base, key)
     wait_for(browser, "the functions table", lambda d: "fn" in text_of(d, "#view table"))
@@ -119,12 +89,12 @@ def test_sign_in_pages_same_json_as_the_cli_and_403_without_the_grant(setup: Rol
     assert not browser.find_element(By.ID, "login").is_displayed()  # signed in: the form is gone
     screenshot(browser, "functions")
     # the same numbers as the CLI: /v1/ gives what `-o json` prints
-    assert _api(setup, "/v1/functions", key)[1] == json.loads(setup.project.ok("status", "-o", "json").out)
-    assert _api(setup, "/v1/functions/fn/history", key)[1] == json.loads(
+    assert api(setup, "/v1/functions", key)[1] == json.loads(setup.project.ok("status", "-o", "json").out)
+    assert api(setup, "/v1/functions/fn/history", key)[1] == json.loads(
         setup.project.ok("history", "fn", "-o", "json").out
     )
     cli_audit = json.loads(setup.project.ok("audit", "--function", "fn", "-o", "json").out)
-    assert _api(setup, "/v1/audit?function=fn", key)[1] == cli_audit
+    assert api(setup, "/v1/audit?function=fn", key)[1] == cli_audit
     browser.get(f"{base}/ui/#/function/fn")
     wait_for(browser, "the revision history", lambda d: "ready" in text_of(d, "#view table"))
     screenshot(browser, "function")
@@ -141,7 +111,7 @@ def test_sign_in_pages_same_json_as_the_cli_and_403_without_the_grant(setup: Rol
 
 @pytest.mark.docker
 def test_watch_a_canary_step_by_step_then_promote_at_the_gate(setup: Rollouts, browser: WebDriver) -> None:
-    key = _start(setup, STEPPED)
+    key = start(setup, STEPPED)
     sign_in(browser, setup.url, key)
     setup.project.ok("apply", "--no-wait")
     browser.get(f"{setup.url}/ui/#/rollout/fn")
@@ -165,14 +135,14 @@ def test_watch_a_canary_step_by_step_then_promote_at_the_gate(setup: Rollouts, b
     assert setup.routes()[2] == 100
     screenshot(browser, "rollout-completed")
     status = json.loads(setup.project.fnctl("rollout", "status", "fn", "-o", "json").out)
-    assert _api(setup, "/v1/functions/fn/rollout", key)[1] == status
+    assert api(setup, "/v1/functions/fn/rollout", key)[1] == status
     promoted = json.loads(setup.project.ok("audit", "--function", "fn", "-o", "json").out)
     assert any(r["command"] == "promote" and r["actor"].startswith("ui:key:") for r in promoted), promoted[:3]
 
 
 @pytest.mark.docker
 def test_a_bad_canary_fails_its_analysis_and_the_page_shows_the_rollback(setup: Rollouts, browser: WebDriver) -> None:
-    key = _start(setup, BAD, second="bad", fail_rate=0.5)
+    key = start(setup, BAD, second="bad", fail_rate=0.5)
     sign_in(browser, setup.url, key)
     with Load(setup.port, rate=60):
         setup.project.fnctl("apply", "--no-wait")
@@ -180,6 +150,12 @@ def test_a_bad_canary_fails_its_analysis_and_the_page_shows_the_rollback(setup: 
         wait_for(browser, "the rollout to be aborted", lambda d: _state(d) == "aborted", timeout=90)
     assert "error rate" in text_of(browser, "#rollout-reason")
     assert "fail" in text_of(browser, "#view table")  # the analysis table: its failed measurement
+    # the failed measurement's figure against its threshold, in the table and as a red tick on the chart
+    assert "> max 5.0%" in text_of(browser, "#view table")
+    marks = browser.execute_script(
+        "return [...document.querySelectorAll('#weights-chart line.mark.fail')].map((m) => m.textContent)"
+    )
+    assert marks and all("> max 5.0%" in m for m in marks), marks
     assert "revision 1: 100%" in text_of(browser, "#weights")
     screenshot(browser, "rollout-aborted")
     assert setup.routes() == {1: 100}

@@ -5,6 +5,7 @@ size checks, ids, idempotency, cursors, ordering, unique indexes, tenants, the r
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 import threading
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from fnctl.data.caller import Caller
-from fnctl.data.documents import Budget, WriteOp
+from fnctl.data.documents import ENCODE, Budget, WriteOp
 from fnctl.data.errors import (
     BadFilter,
     Conflict,
@@ -484,3 +485,43 @@ def test_a_group_commit_keeps_each_write_all_or_nothing_and_fails_them_alone(pla
     assert [c.id for c in changes] == ["taken", "stale", "stale", "new-1", "new-2"]  # only what committed
     assert len({c.txn for c in changes[-2:]}) == 2  # one transaction id per write, though one commit
     assert plane.store.verify_changes().intact
+
+
+def test_a_group_without_broken_constraints_commits_without_savepoints_and_still_fails_writes_alone(
+    plane: DataPlane,
+) -> None:
+    # The fast path of a group commit: stale and replayed writes are found before they write anything, so no
+    # savepoint is needed for them; fresh ids (generated) are not looked up, and land with their change rows.
+    seen = plane.insert(CLERK, "orders", {"customer": "a", "total": 1}, id="stale")
+    first = plane.insert(CLERK, "orders", {"customer": "k", "number": 7}, idempotency_key="k-7")
+    txns = [
+        plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": "b", "number": 2})),
+        plane.stage(CLERK, WriteOp("patch", "orders", "stale", {"total": 2}, seen.version), require_if_match=True),
+        plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": "c", "number": 3})),
+        plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": "x"}), idempotency_key="k-7"),
+    ]
+    # staged before its key is used, as when two requests race: the commit finds the replay
+    txns.append(
+        plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": "y", "number": 8}), idempotency_key="k-8")
+    )
+    plane.insert(CLERK, "orders", {"customer": "z", "number": 9}, idempotency_key="k-8")  # wins the race
+    plane.patch(CLERK, "orders", "stale", {"total": 9}, if_match=seen.version)
+    results = plane.commit_group(txns)
+    assert [type(r).__name__ for r in results] == ["list", "PreconditionFailed", "list", "list", "list"]
+    made = [r[0] for r in results if isinstance(r, list)]
+    assert [d.data["customer"] if d else None for d in made] == ["b", "c", "k", "z"]  # replays: the first answers
+    assert made[2] is not None and made[2].id == first.id
+    for doc in made[:2]:
+        assert doc is not None and plane.get(CLERK, "orders", doc.id).version == 1
+        assert doc.json_text() == ENCODE(doc.as_json())  # the answer's text, spliced around the stored data
+    assert plane.get(CLERK, "orders", "stale").data["total"] == 9
+    changes = plane.store.changes(0, "acme", ["orders"], 100)
+    assert [c.op for c in changes] == ["insert", "insert", "insert", "replace", "insert", "insert"]
+    assert plane.store.verify_changes().intact
+
+
+def test_a_documents_text_is_its_envelope_encoded(plane: DataPlane) -> None:
+    made = plane.insert(CLERK, "orders", {"customer": 'Zoë \u2028 "q"', "items": [{"sku": "ä", "n": 1.5}]}, id="é-ü")
+    for doc in (made, plane.get(CLERK, "orders", made.id)):
+        assert doc.json_text() == ENCODE(doc.as_json())
+        assert json.loads(doc.json_text()) == doc.as_json()

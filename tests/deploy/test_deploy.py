@@ -410,3 +410,7 @@ def test_a_failed_first_deploy_says_which_revision_failed_and_why(project: Proje
     assert invoked.code == 1
     assert "hello has no live revision: revision 1 failed: healthCheck[0] failed" in invoked.err
     assert "(see `fnctl history hello`)" in invoked.err and "is not deployed" not in invoked.err
+    as_json = project.fnctl("invoke", "hello", "-o", "json")  # a script reads one JSON object, the same words
+    answer = json.loads(as_json.out)
+    assert as_json.code == 1 and answer["ok"] is False and answer["error"]["type"] != ""
+    assert answer["error"]["message"].startswith("hello has no live revision: revision 1 failed: healthCheck[0] failed")

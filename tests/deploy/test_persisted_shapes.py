@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fnctl.commands.apply import publish_resources
+from fnctl.commands.publish import publish_resources
 from fnctl.deploy import executor
 from fnctl.deploy.desired import DeploySpec, spec_hash
 from fnctl.deploy.diff import ChangeKind, Desired, LiveFunction, LiveInstance, LiveState, diff
@@ -29,8 +29,9 @@ from fnctl.deploy.revisionspec import SpecFormatError, function_from_spec, spec_
 from fnctl.deploy.session import desired_state
 from fnctl.manifest.model import DesiredState, Strategy
 from fnctl.manifest.project import load_project
-from fnctl.rollout.machine import Record, State, record_from
-from fnctl.state.store import Revision, RevisionStatus, Store, connect
+from fnctl.rollout.record import Record, State, record_from
+from fnctl.state.revisions import Revision, RevisionStatus
+from fnctl.state.store import Store, connect
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 PROJECT = GOLDEN / "project"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import docker
@@ -48,7 +49,9 @@ def _sdk_config(spec: ContainerSpec) -> dict[str, object]:
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
         mem_limit=spec.memory,
         memswap_limit=spec.memory,
-        nano_cpus=spec.nano_cpus,
+        # As fnctl's SDK call gave it: a CFS quota per 100 ms, the starting one when there is one.
+        cpu_period=100_000,
+        cpu_quota=(spec.start_nano_cpus or spec.nano_cpus) // 10_000,
         pids_limit=spec.pids,
         ulimits=[
             types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
@@ -73,9 +76,10 @@ def _sdk_config(spec: ContainerSpec) -> dict[str, object]:
     }
 
 
-def test_the_create_request_is_the_one_the_sdk_sends() -> None:
-    ours = dockerio.container_config(SPEC)
-    sdk = _sdk_config(SPEC)
+@pytest.mark.parametrize("spec", [SPEC, replace(SPEC, start_nano_cpus=2_000_000_000)])
+def test_the_create_request_is_the_one_the_sdk_sends(spec: ContainerSpec) -> None:
+    ours = dockerio.container_config(spec)
+    sdk = _sdk_config(spec)
     assert {k: v for k, v in ours.items() if k != "HostConfig"} == {k: v for k, v in sdk.items() if k != "HostConfig"}
     host, sdk_host = dict(ours["HostConfig"]), dict(sdk["HostConfig"])  # type: ignore[call-overload]
     assert host.pop("Privileged") is False and "Privileged" not in sdk_host  # the SDK leaves false out
@@ -83,10 +87,11 @@ def test_the_create_request_is_the_one_the_sdk_sends() -> None:
 
 
 def test_a_start_quota_replaces_only_the_cpu_quota() -> None:
-    boosted = dockerio.container_config(SPEC, nano_cpus=2_000_000_000)
+    boosted = dockerio.container_config(replace(SPEC, start_nano_cpus=2_000_000_000))
     plain = dockerio.container_config(SPEC)
-    assert boosted["HostConfig"]["NanoCpus"] == 2_000_000_000
-    boosted["HostConfig"]["NanoCpus"] = SPEC.nano_cpus
+    assert (boosted["HostConfig"]["CpuQuota"], plain["HostConfig"]["CpuQuota"]) == (200_000, 50_000)
+    assert "NanoCpus" not in boosted["HostConfig"]  # the engine's update could not change NanoCpus set at create
+    boosted["HostConfig"]["CpuQuota"] = plain["HostConfig"]["CpuQuota"]
     assert boosted == plain
 
 

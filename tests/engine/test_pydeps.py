@@ -106,6 +106,44 @@ def test_an_sdist_that_compiles_is_recognised(tmp_path: Path) -> None:
     assert pydeps._compiled_file(compiled) == "fast-1.0/src/speed.c"
 
 
+# An in-tree PEP 517 backend that needs nothing installed, so pip reads the sdist's metadata offline.
+BACKEND = b"""
+import os
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    os.makedirs(os.path.join(metadata_directory, "fast-1.0.dist-info"))
+    with open(os.path.join(metadata_directory, "fast-1.0.dist-info", "METADATA"), "w") as metadata:
+        metadata.write("Metadata-Version: 2.1\\nName: fast\\nVersion: 1.0\\n")
+    return "fast-1.0.dist-info"
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("fnctl must not build this: it needs a C compiler")
+"""
+
+
+def test_an_sdist_that_compiles_is_refused_naming_the_package(tmp_path: Path) -> None:
+    """Issue 16 item 3: no wheel, an sdist with C sources: refused by name with what to do (offline: a local
+    --find-links directory holds the sdist only)."""
+    index = tmp_path / "index"
+    index.mkdir()
+    pyproject = b'[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    members = {"fast-1.0/pyproject.toml": pyproject, "fast-1.0/backend.py": BACKEND, "fast-1.0/src/speed.c": b""}
+    _sdist(index / "fast-1.0.tar.gz", {**members, "fast-1.0/PKG-INFO": b"Metadata-Version: 2.1\nName: fast\n"})
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "requirements.txt").write_text(f"--no-index\n--find-links {index}\nfast==1.0\n")
+    requirements = pydeps.read_requirements(tmp_path / "fn")
+    assert requirements is not None
+    base = ImagePlatform("3.11", "x86_64", (2, 36), frozenset({"libc.so.6"}))
+    with pytest.raises(BuildFailed) as failed:
+        pydeps.resolve(requirements, tmp_path / "fn", base, tmp_path / "cache", lambda _: None)
+    assert failed.value.message == (
+        "installing fast: it has no wheel for CPython 3.11 on x86_64 with glibc 2.36 (pip saw versions: none); "
+        "its source distribution needs a compiler (fast-1.0/src/speed.c), which fnctl does not run: pin a "
+        "version of fast that publishes manylinux wheels, or build a wheel for the image yourself and list it "
+        "with --find-links in requirements.txt"
+    )
+
+
 def test_a_missing_shared_library_is_named(tmp_path: Path) -> None:
     extension = next(Path("/usr/lib/python3.11/lib-dynload").glob("_ssl.*.so"))
     (tmp_path / "pkg").mkdir()

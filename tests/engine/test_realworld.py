@@ -1,7 +1,8 @@
 """Real-world Python functions run unchanged (issue 16): jinja2 templating, numpy linear algebra with a numpy
 that publishes manylinux_2_28 wheels only, python-igraph (C++ inside), pyaes (an sdist only), handlers named
-handler / lambda_handler / my_handler with (event) and (event, context), an API-gateway proxy event. Each
-gives, with `invoke --local` and deployed, what the same code gives on the host with the same wheels.
+handler / lambda_handler / my_handler each with (event) and with (event, context), API-gateway proxy events
+(REST API's format 1.0, HTTP API's 2.0 with a base64 body). Each gives, with `invoke --local` and deployed,
+what the same code gives on the host with the same wheels.
 
 Downloads come from PyPI once per run: pip's own cache (PIP_CACHE_DIR, the user's) is kept, and fnctl's cache
 is shared by the tests of this module.
@@ -9,6 +10,7 @@ is shared by the tests of this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,11 +41,24 @@ API_EVENT = {
     "body": json.dumps({"order": 7}),
     "isBase64Encoded": False,
 }
+HTTP_API_EVENT = {  # API Gateway's HTTP API, payload format 2.0
+    "version": "2.0",
+    "routeKey": "POST /orders",
+    "rawPath": "/orders",
+    "rawQueryString": "",
+    "cookies": ["session=abc"],
+    "headers": {"content-type": "application/json"},
+    "requestContext": {"http": {"method": "POST", "path": "/orders"}, "stage": "$default"},
+    "body": "eyJpdGVtcyI6IFsidGVhIl19",  # {"items": ["tea"]}
+    "isBase64Encoded": True,
+}
 FUNCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "templating": ("templating.handler", {"title": "<b>List</b>", "items": ["tea", "cake"]}),
     "linalg": ("linalg.lambda_handler", {"n": 8, "seed": 7}),
     "crypto": ("crypto.my_handler", {"text": "attack at dawn", "nonce": 5}),
     "api": ("api.lambda_handler", API_EVENT),
+    "http-api": ("names.lambda_handler", HTTP_API_EVENT),
+    "digest": ("names.my_handler", {"text": "the quick brown fox"}),
 }
 GRAPH: dict[str, tuple[str, dict[str, Any]]] = {"graph": ("graph.handler", {"seed": 42, "n": 60})}
 
@@ -155,6 +170,15 @@ def test_real_world_functions_give_the_hosts_results_locally_and_deployed(projec
         "message": "Hello, Ada! You asked for /hello with POST.",
         "echo": {"order": 7},
     }
+    assert host["http-api"]["statusCode"] == 201
+    assert json.loads(host["http-api"]["body"]) == {
+        "route": "POST /orders",
+        "method": "POST",
+        "path": "/orders",
+        "cookies": ["session=abc"],
+        "got": {"items": ["tea"]},
+    }
+    assert host["digest"] == {"sha256": hashlib.sha256(b"the quick brown fox").hexdigest(), "words": 4}
 
 
 def test_a_code_only_change_never_resolves_again(project: Project, cache: Path) -> None:

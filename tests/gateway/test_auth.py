@@ -19,6 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from polling import wait_until
 from typer.testing import CliRunner
 
 from fnctl.cli.app import app
@@ -36,6 +37,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.manifest.project import load_project
+from fnctl.state import keystore
 from fnctl.state.store import Store, StoreError, connect
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
@@ -471,6 +473,77 @@ def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(st
             auth.authenticate(bearer(f"fnk_{key.id}_{'A' * 43}"))
     finally:
         auth.close()
+
+
+def test_a_remembered_key_outlives_commits_that_change_no_key(
+    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The audit and metrics writers commit to the store every fraction of a second: the authenticator's memory
+    # of verified keys depends on the keys' generation, not on any commit, so those commits cost no new check.
+    key, raw = keys.create(store, "ci", ("service",), None, "test")
+    checked: list[str] = []
+    verify = keys.verify
+
+    def counted(s: Store, r: str) -> keystore.ApiKey | None:
+        checked.append(r)
+        return verify(s, r)
+
+    monkeypatch.setattr(keys, "verify", counted)
+    auth = Authenticator(store_path, AuthConfig())
+    try:
+        first = auth.authenticate(bearer(raw))
+        for n in range(3):  # another connection commits, as the audit writer would
+            store.audit(actor="test", command="serve", action="request", target=f"r{n}", outcome="ok")
+            assert auth.authenticate(bearer(raw)) == first
+        assert checked == [raw]  # verified once, remembered across the commits
+        _, other = keys.create(store, "other", ("service",), None, "test")  # a key change: the memory goes
+        assert auth.authenticate(bearer(raw)) == first and checked == [raw, raw]
+        keys.revoke(store, key.id)
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(bearer(raw))
+        assert auth.authenticate(bearer(other)).subject.startswith("key:")
+    finally:
+        auth.close()
+
+
+def test_a_revocation_whose_announcement_was_lost_is_still_found(
+    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stamp file is only a hint: a revocation committed without it (a crash right after the commit) is
+    # found when the authenticator reads the keys' generation itself, every KEYS_RECHECK seconds; and without
+    # a stamp at all, every commit to the store makes it read the generation.
+    monkeypatch.setattr(keystore, "KEYS_RECHECK", 0.2)
+    key, raw = keys.create(store, "ci", ("service",), None, "test")
+    auth = Authenticator(store_path, AuthConfig())
+    try:
+        auth.authenticate(bearer(raw))
+        with store.transaction():
+            assert keystore.mark_revoked(store, key.id)  # no announcement
+        assert keystore.KeysStamp(store_path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
+
+        def refused() -> bool:
+            try:
+                auth.authenticate(bearer(raw))
+            except Unauthenticated:
+                return True
+            return False
+
+        wait_until(refused, what="the unannounced revocation to be found", timeout=10)
+    finally:
+        auth.close()
+    keystore.stamp_path(store_path).unlink()
+    keystore.stamp_path(store_path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
+    other, raw = keys.create(store, "other", ("service",), None, "test")
+    unstamped = Authenticator(store_path, AuthConfig())
+    try:
+        assert unstamped._stamp.read() is None
+        unstamped.authenticate(bearer(raw))
+        with store.transaction():
+            keystore.mark_revoked(store, other.id)
+        with pytest.raises(Unauthenticated):
+            unstamped.authenticate(bearer(raw))
+    finally:
+        unstamped.close()
 
 
 # ---- the audit log -----------------------------------------------------------------------------------------------

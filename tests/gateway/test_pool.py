@@ -39,7 +39,7 @@ from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
-from fnctl.state.store import InstanceRow, InstanceState
+from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
@@ -324,11 +324,24 @@ def test_async_transport_closes_a_foreign_peer_unserved(local_runtime: LocalRunt
             assert await asyncio.get_running_loop().run_in_executor(None, foreign.recv, 1024) == b""
             assert checked == [os.getpid(), local_runtime.process.pid] and ready["function"] == "echo"
             assert (await transport.invoke({"n": 5}, invocation_id="after", deadline=time.time() + 10)).ok
-            assert os.listdir(local_runtime.socket_dir) == []  # the listener went once the runtime was in
+            # The listener stays up for the runtime's worker processes, behind the same check: a foreign
+            # connection now is closed unserved too, and the runtime is served on.
+            assert os.listdir(local_runtime.socket_dir) == [name]
+            again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                again.connect(os.path.join(local_runtime.socket_dir, name))
+                again.settimeout(10)
+                assert await asyncio.get_running_loop().run_in_executor(None, again.recv, 1024) == b""
+            finally:
+                again.close()
+            # (between them: the runtime's worker process, refused by this check, which calls the older way)
+            assert checked[:2] == [os.getpid(), local_runtime.process.pid] and checked[-1] == os.getpid()
+            assert (await transport.invoke({"n": 6}, invocation_id="later", deadline=time.time() + 10)).ok
         finally:
             local_runtime.process.send_signal(signal.SIGCONT)
             foreign.close()
             await transport.close()
+        assert os.listdir(local_runtime.socket_dir) == []  # the listener goes with the transport
 
     asyncio.run(scenario())
 

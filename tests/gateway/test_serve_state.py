@@ -25,7 +25,9 @@ from fnctl.deploy import pickup
 from fnctl.deploy.live import orphan_reasons
 from fnctl.engine.dockerio import ContainerInfo
 from fnctl.gateway.scaling import discard_now, may_start
-from fnctl.state.store import InstanceRow, InstanceState, connect
+from fnctl.state.auditlog import AuditFilter, invocation_records
+from fnctl.state.revisions import InstanceRow, InstanceState
+from fnctl.state.store import connect
 
 MANIFEST = """\
 apiVersion: fnctl/v1
@@ -251,3 +253,23 @@ def test_status_lists_a_container_the_store_does_not_know_as_an_orphan(served: S
         assert "ghost" in text and "orphan" in text and stray.id[:12] in text
     finally:
         stray.remove(force=True)
+
+
+@pytest.mark.docker
+def test_no_access_log_writes_no_access_lines_anywhere(served: Served) -> None:
+    # The issue: with --no-access-log the access lines still went through `logging` to stderr, as JSON
+    # inside the lifecycle JSON (and cost more than the access log on stdout).
+    served.write("quiet")
+    served.project.ok("apply")
+    for _ in range(5):
+        assert served.request("POST", "/invoke/quiet", b"{}")[0] == 200
+    assert served.request("GET", "/nowhere-at-all")[0] == 404
+    # Audited rows are in the store once flushed: the requests went through the audit, not around it.
+    until(lambda: _audited(served, "quiet") >= 5, "the invocations to be audited", timeout=10)
+    logged = served.err.read_text()
+    assert "requestId" not in logged and "/nowhere-at-all" not in logged, logged[-2000:]
+
+
+def _audited(served: Served, function: str) -> int:
+    with served.project.store() as store:
+        return len(invocation_records(store, AuditFilter(target=function)))

@@ -17,8 +17,9 @@ from fnctl.commands.sync import RewindRefused, SyncOptions, SyncReport, sync, wa
 from fnctl.deploy.session import Options
 from fnctl.errors import ExitCode, FnctlError
 from fnctl.gitops import deploys, hooks
+from fnctl.gitops.commit import Commit, Relation
 from fnctl.gitops.deploys import Decision, Deploy
-from fnctl.gitops.gitrepo import Commit, GitError, Mirror, Relation, UnknownRef, work_tree
+from fnctl.gitops.gitrepo import GitError, Mirror, UnknownRef, work_tree
 from fnctl.gitops.hooks import Act, HookConfig
 from fnctl.state.store import connect
 

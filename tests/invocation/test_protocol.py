@@ -13,6 +13,10 @@ A runtime frame in a golden file is a pattern: exact values, except `{"$any": "i
 (any value of that JSON type: a pid, a duration, a runtime's own wording) and `{"$bind": NAME}` (any value,
 kept under NAME for a later host frame's `{"$ref": NAME}`: the id of a `call`). Objects must have exactly the
 golden keys, in any order. A host frame marked `"foreign": true` is one this host never sends (a newer host's).
+A frame marked `"optional": true` belongs to a worker connection (an exchange whose `configure` offers them):
+the harness keeps its listener up, accepts a runtime's worker processes there with the same kind of peer check,
+and answers each call on the connection it came on; a runtime without worker processes skips those frames and
+sends the rest on its first connection.
 
 A runtime in another language joins by one more entry in RUNTIMES: the command that starts it and the
 directory of its conformance handler, which behaves as tests/golden/protocol/handlers/python/ does. The
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -46,6 +51,8 @@ from fnctl.invocation.protocol import (
     MessageType,
     RuntimeStartFailed,
     TransportError,
+    attached_frame,
+    check_attach_frame,
     check_first_frame,
     configure_frame,
     drain_frame,
@@ -102,6 +109,7 @@ class RuntimeUnderTest:
     command: tuple[str, ...]
     handlers: Path  # a directory holding the handlers that `handler_spec` names
     handler_spec: Mapping[str, str]  # golden handler name -> FNCTL_HANDLER
+    workers: bool  # whether a synchronous handler runs in worker processes that take a worker connection
 
 
 RUNTIMES = [
@@ -110,12 +118,14 @@ RUNTIMES = [
         (sys.executable, str(ROOT / "runtime-image" / "fnctl_runtime.py")),
         GOLDEN / "handlers" / "python",
         {"conformance": "conformance.handler", "broken": "broken.handler"},
+        workers=True,
     ),
     RuntimeUnderTest(
         "node",
         (node_binary(), str(NODE_RUNTIME)),
         GOLDEN / "handlers" / "node",
         {"conformance": "conformance.handler", "broken": "broken.cjs:handler"},
+        workers=False,
     ),
 ]
 
@@ -187,7 +197,9 @@ def host_frame(message: dict[str, Any]) -> bytes:
     """`message` as the host codec's builder for its type writes it."""
     kind = message["type"]
     if kind == MessageType.CONFIGURE:
-        return configure_frame(message["id"], message["secrets"])
+        return configure_frame(message["id"], message["secrets"], workers=message.get("workers", False))
+    if kind == MessageType.ATTACHED:
+        return attached_frame()
     if kind == MessageType.INVOKE:
         context = message["context"]
         return invoke_frame(
@@ -255,6 +267,8 @@ def parse_runtime_frame(message: dict[str, Any]) -> None:
     elif kind == MessageType.ERROR:
         with pytest.raises(TransportError, match="refused the request"):
             expect_reply(message, MessageType.PONG)
+    elif kind == MessageType.ATTACH:
+        assert check_attach_frame(message) == message
     elif kind == MessageType.CALL:
         call = CallRequest.from_message(message)
         assert (call.id, call.invocation_id, call.method, call.params) == (
@@ -313,16 +327,59 @@ def test_broken_frames_are_refused() -> None:
 # ---- (b) every runtime against the golden exchanges ------------------------------------------------
 
 
+def _forked_by(parent: int) -> Any:
+    """A peer check for a runtime run as a local process: it, or a process it forked (its workers)."""
+
+    def check(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        return parent in (pid, ppid)
+
+    return check
+
+
 @dataclass
 class Connection:
     process: subprocess.Popen[bytes]
     sock: socket.socket
     decoder: FrameDecoder
     log: Path
+    listener: Rendezvous | None = None  # kept up for worker connections when the exchange offers them
+    workers: dict[socket.socket, FrameDecoder] = field(default_factory=dict)
 
     def receive(self) -> dict[str, Any] | None:
-        self.sock.settimeout(FRAME_TIMEOUT)
-        return self.decoder.read_from(self.sock.recv)
+        """The next runtime frame on the first connection (None: it ended)."""
+        got = self.receive_any()
+        return None if got is None else got[0]
+
+    def receive_any(self) -> tuple[dict[str, Any], socket.socket] | None:
+        """The next runtime frame on any of its connections, and which; None when the first one ended.
+        Accepts worker connections meanwhile (checked: the runtime or a process it forked)."""
+        decoders = {self.sock: self.decoder, **self.workers}
+        give_up = time.monotonic() + FRAME_TIMEOUT
+        while True:
+            for sock, decoder in decoders.items():
+                message = decoder.next_message()
+                if message is not None:
+                    return message, sock
+            watched: list[Any] = list(decoders)
+            if self.listener is not None and self.listener.sock is not None:
+                watched.append(self.listener.sock)
+            readable, _, _ = select.select(watched, [], [], max(give_up - time.monotonic(), 0))
+            assert readable, f"no runtime frame within {FRAME_TIMEOUT}s"
+            for sock in readable:
+                if self.listener is not None and sock is self.listener.sock:
+                    worker, _ = sock.accept()
+                    if self.listener.admit(worker, _forked_by(self.process.pid)):
+                        self.workers[worker] = decoders[worker] = FrameDecoder()
+                    continue
+                data = sock.recv(65536)
+                if not data and sock is self.sock:
+                    return None
+                decoders[sock].feed(data)
 
 
 @pytest.fixture
@@ -349,21 +406,27 @@ def connect(tmp_path: Path) -> Iterator[Any]:
         log = tmp_path / "runtime.log"
         with log.open("wb") as out:
             process = subprocess.Popen(list(runtime.command), env=env, stdout=out, stderr=out)
+        offers_workers = any(frame["message"].get("workers") for frame in exchange.frames if frame["from"] == "host")
         try:
             sock = rendezvous.accept(time.monotonic() + FRAME_TIMEOUT, lambda pid: pid == process.pid)
         except BaseException:
             process.kill()
             process.wait(timeout=10)
-            raise
-        finally:
             rendezvous.close()
-        connection = Connection(process, sock, FrameDecoder(), log)
+            raise
+        if not offers_workers:
+            rendezvous.close()
+        connection = Connection(process, sock, FrameDecoder(), log, rendezvous if offers_workers else None)
         started.append(connection)
         return connection
 
     yield start
     for connection in started:
         connection.sock.close()
+        for worker in connection.workers:
+            worker.close()
+        if connection.listener is not None:
+            connection.listener.close()
         if connection.process.poll() is None:
             connection.process.kill()
         connection.process.wait(timeout=10)
@@ -375,15 +438,34 @@ def connect(tmp_path: Path) -> Iterator[Any]:
 def test_runtime_gives_the_golden_replies(runtime: RuntimeUnderTest, exchange: Exchange, connect: Any) -> None:
     conn: Connection = connect(runtime, exchange)
     bound: dict[str, Any] = {}
+    came_on: dict[Any, socket.socket] = {}  # a call's id -> the connection it came on, where its reply goes
+    attached: socket.socket | None = None  # the worker connection that said `attach`
+    waiting: tuple[dict[str, Any], socket.socket] | None = None  # received, not matched yet
     for n, frame in enumerate(exchange.frames):
         if frame["from"] == "host":
-            conn.sock.sendall(golden_bytes(fill(frame["message"], bound)))
-        else:
-            message = conn.receive()
-            assert message is not None, (
-                f"frame {n}: the runtime closed the connection; its log:\n{conn.log.read_text()}"
-            )
-            match(frame["message"], message, bound, f"frame {n}")
+            if frame.get("optional") and attached is None:
+                continue  # no worker connection: nothing to answer
+            message = fill(frame["message"], bound)
+            target = attached if message["type"] == MessageType.ATTACHED else conn.sock
+            target = came_on.get(message.get("id"), target) if message["type"] == MessageType.REPLY else target
+            assert target is not None
+            target.sendall(golden_bytes(message))
+            continue
+        got = waiting or conn.receive_any()
+        assert got is not None, f"frame {n}: the runtime closed the connection; its log:\n{conn.log.read_text()}"
+        message, sock = got
+        if frame.get("optional") and message.get("type") != frame["message"]["type"]:
+            waiting = got  # a runtime without worker processes: this frame is for the next pattern
+            continue
+        waiting = None
+        match(frame["message"], message, bound, f"frame {n}")
+        if message["type"] == MessageType.ATTACH:
+            assert sock is not conn.sock, f"frame {n}: `attach` on the first connection"
+            attached = sock
+        elif message["type"] == MessageType.CALL:
+            came_on[message["id"]] = sock
+    if any(frame.get("optional") for frame in exchange.frames):
+        assert (attached is not None) == runtime.workers, f"worker connection: {attached}"
     if exchange.exit_code is not None:
         conn.sock.shutdown(socket.SHUT_WR)  # the host hangs up
         assert conn.receive() is None  # nothing more was said

@@ -16,16 +16,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from polling import wait_until as poll
+from runtime_helpers import InBackground, StartRuntime, wait_until
 
 from fnctl.invocation.protocol import (
     ConnectionLost,
@@ -37,15 +33,7 @@ from fnctl.invocation.protocol import (
     encode_frame,
 )
 from fnctl.invocation.rendezvous import cgroup_names_container
-from fnctl.invocation.transport import (
-    CallHandler,
-    Transport,
-    TransportTimeout,
-    UnixSocketTransport,
-)
-
-RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
-T = TypeVar("T")
+from fnctl.invocation.transport import Transport, TransportTimeout, UnixSocketTransport
 
 # Blocks until the file named by event["release"] exists: lets a test hold an invocation in flight.
 # Without "release" it answers at once, so a probe invocation never blocks.
@@ -75,112 +63,6 @@ async def handler(event, context):
         await asyncio.sleep(0.005)
     return "released"
 """
-
-
-def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
-    return poll(condition, what=what, timeout=timeout, interval=0.01)
-
-
-@dataclass
-class Runtime:
-    process: subprocess.Popen[bytes]
-    socket_dir: Path
-    output_path: Path
-    transport: UnixSocketTransport = field(init=False)
-
-    def invoke(
-        self,
-        event: Any,
-        caller: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        invocation_id: str = "inv-1",
-    ) -> InvocationResult:
-        return self.transport.invoke(
-            event, invocation_id=invocation_id, deadline=time.time() + 30, caller=caller, timeout=timeout
-        )
-
-    def exit_code(self) -> int:
-        wait_until(lambda: self.process.poll() is not None, what="the runtime process to exit")
-        return self.process.returncode
-
-    def output(self) -> str:
-        return self.output_path.read_text()
-
-
-class InBackground:
-    """Runs `fn` in a thread and keeps its result or exception."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.result = fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        self.thread.join(timeout=15)
-        assert not self.thread.is_alive(), "the background call never returned"
-
-
-StartRuntime = Callable[..., Runtime]
-
-
-@pytest.fixture
-def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
-    started: list[Runtime] = []
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    socket_dir = Path(tempfile.mkdtemp(prefix="fnrt-"))
-
-    def start(
-        files: dict[str, str],
-        handler: str = "main.handler",
-        *,
-        connect: bool = True,
-        on_call: CallHandler | None = None,
-        **env: str,
-    ) -> Runtime:
-        code = tmp_path / "code"
-        for name, source in files.items():
-            (code / name).parent.mkdir(parents=True, exist_ok=True)
-            (code / name).write_text(textwrap.dedent(source))
-        instance_dir = socket_dir / str(len(started))  # one directory per instance, as in production
-        instance_dir.mkdir()
-        # Listening before the runtime starts, as `instances.start` does; nobody is accepted until it runs.
-        transport = UnixSocketTransport(str(instance_dir), peer=lambda pid: False, on_call=on_call)
-        transport.listen()
-        environment = {
-            **os.environ,
-            "FNCTL_HANDLER": handler,
-            "FNCTL_CODE_DIR": str(code),
-            "FNCTL_DEPS_DIR": str(tmp_path / "deps"),
-            "FNCTL_SOCKET_DIR": str(instance_dir),
-            "FNCTL_FUNCTION": "hello",
-            "FNCTL_REVISION": "r1",
-            **env,
-        }
-        output_path = tmp_path / f"runtime-output-{len(started)}.log"
-        with output_path.open("wb") as out:
-            process = subprocess.Popen([sys.executable, str(RUNTIME)], env=environment, stdout=out, stderr=out)
-        runtime = Runtime(process, instance_dir, output_path)
-        runtime.transport = transport
-        transport.peer = lambda pid: pid == process.pid
-        started.append(runtime)
-        if connect:
-            runtime.transport.connect(timeout=15)
-        return runtime
-
-    yield start
-    for runtime in started:
-        runtime.transport.close()
-        if runtime.process.poll() is None:
-            runtime.process.kill()
-        runtime.process.wait(timeout=10)
-    shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def read_frame(stream: io.BytesIO, max_size: int | None = None) -> dict[str, Any] | None:
@@ -553,6 +435,26 @@ def test_uncaught_data_errors_name_their_type(start_runtime: StartRuntime) -> No
     assert (reply.error.kind, reply.error.type) == (ErrorKind.HANDLER_ERROR, "NotFound")
     assert "no document orders/x" in reply.error.message
     assert "fnctl_runtime.py" not in reply.error.traceback
+
+
+def test_context_abort_is_reported_as_its_own_type_with_a_string_reason(start_runtime: StartRuntime) -> None:
+    source = (
+        "class Abort(Exception):\n    pass\n\n"
+        "def handler(event, context):\n"
+        "    if event['how'] == 'abort':\n        raise context.Abort('too small')\n"
+        "    if event['how'] == 'own':\n        raise Abort('not a verdict')\n"
+        "    raise context.Abort(42)\n"
+    )
+    rt = start_runtime({"main.py": source})
+    aborted, own, bad = (rt.invoke({"how": how}).error for how in ("abort", "own", "int"))
+    assert aborted is not None and (aborted.kind, aborted.type, aborted.message) == (
+        ErrorKind.HANDLER_ERROR,
+        "fnctl.Abort",
+        "too small",
+    )
+    assert own is not None and own.type == "Abort"  # the handler's own class of that name is no verdict
+    assert bad is not None and bad.type == "TypeError"
+    assert "the reason must be a string, not int" in bad.message
 
 
 def test_uncaught_callback_errors_and_missing_host_handler(start_runtime: StartRuntime) -> None:

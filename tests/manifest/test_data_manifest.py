@@ -224,3 +224,22 @@ def test_a_function_role_must_name_a_declared_run_as_function_function(
     _, problems = load(tmp_path, text)
     assert len(problems) == 1 and message in problems[0], problems
     assert "spec.roles" in problems[0].split(": ")[0], problems
+
+
+ON_COMMIT = """\
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: notify}
+spec: {function: hello, on: {collection: orders, event: EVENT}, retry: {maxAttempts: 3, backoff: 200ms}}
+"""
+
+
+def test_retry_is_for_on_commit_triggers_only(tmp_path: Path) -> None:
+    _, problems = load(tmp_path, FUNCTION + "---\n" + ON_COMMIT.replace("EVENT", "onCommit"))
+    assert problems == []
+    _, problems = load(tmp_path, FUNCTION + "---\n" + ON_COMMIT.replace("EVENT", "beforeCreate"))
+    assert len(problems) == 1 and problems[0].endswith(
+        "spec.retry: retry applies to onCommit triggers only (their events are retried)"
+    ), problems
+    _, problems = load(tmp_path, FUNCTION + "---\n" + ON_COMMIT.replace("EVENT", "onCommit").replace("3,", "0,"))
+    assert len(problems) == 1 and "maxAttempts" in problems[0], problems

@@ -21,34 +21,29 @@ from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.gateway.metrics import Metrics
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Analysis, Limits, Strategy
+from fnctl.manifest.stages import Stage, StageKind, stages
+from fnctl.rollout.analysis import AnalysisOutcome, Verdict, evaluate
 from fnctl.rollout.machine import (
-    AnalysisOutcome,
     Event,
     EventKind,
     Measure,
-    Record,
-    Stage,
-    StageKind,
-    State,
     Transition,
-    Verdict,
     Wait,
     abort,
     complete,
     entering,
-    evaluate,
     on_measurement,
     on_request,
-    record_from,
     resolve,
-    stages,
     step,
     weights_text,
 )
+from fnctl.rollout.record import Record, State, record_from
 from fnctl.state import rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.revisions import Revision, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
-from fnctl.state.store import Revision, RevisionStatus, Store, connect
+from fnctl.state.store import Store, connect
 
 STABLE, NEW = 1, 2
 T0 = 1000.0  # the fake clock: a rollout starts here
@@ -60,7 +55,7 @@ DELAY = 30.0  # scaleDownDelay of the pure tests
 
 @dataclass(frozen=True)
 class Traffic:
-    """A fake measurement window (the `fnctl.rollout.machine.TrafficFigures` protocol)."""
+    """A fake measurement window (the `fnctl.rollout.analysis.TrafficFigures` protocol)."""
 
     requests: int
     errors: int = 0
@@ -1288,11 +1283,12 @@ def test_a_request_left_over_from_before_a_retry_does_not_act_on_it(fleet: Deplo
     assert fleet.route() == {STABLE: 50, NEW: 50}
 
 
+@pytest.mark.docker  # recover looks the left instance's container up by its label in the engine
 def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet: Deployer, tmp_path: Path) -> None:
     """A process killed between an abort's routing change and stopping the canary leaves its instance rows;
     the controller loop of `fnctl serve` cleans them up even though no rollout is unfinished."""
     from fnctl.manifest.project import project_at
-    from fnctl.state.store import InstanceRow, InstanceState
+    from fnctl.state.revisions import InstanceRow, InstanceState
 
     fleet.add(NEW, {"strategy": "immediate"})
     fleet.store.add_instance(

@@ -15,20 +15,11 @@ from pathlib import Path
 import pytest
 
 from fnctl.deploy.lock import LockTimeout, held
-from fnctl.deploy.session import state_path
 from fnctl.manifest.project import load_project
 from fnctl.state.auditlog import AuditFilter, audit_records
 from fnctl.state.migrations import MIGRATIONS
-from fnctl.state.store import (
-    InstanceRow,
-    InstanceState,
-    Revision,
-    RevisionStatus,
-    Store,
-    StoreError,
-    connect,
-    default_path,
-)
+from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
+from fnctl.state.store import Store, StoreError, connect, default_path, state_path
 
 
 @pytest.fixture

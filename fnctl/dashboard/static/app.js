@@ -10,19 +10,26 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-export async function api(path, options = {}) {
+// One request as the signed-in user: {status, ok, statusText, headers, body}, whatever the status (but 401).
+export async function call(path, options = {}) {
   const response = await fetch(path, {
     ...options,
     headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}`, "Content-Type": "application/json" },
   });
   if (response.status === 401) { signOut(); throw new ApiError(401, "signed out"); }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, body.error || response.statusText);
+  return { status: response.status, ok: response.ok, statusText: response.statusText, headers: response.headers, body };
+}
+
+export async function api(path, options = {}) {
+  const { status, ok, statusText, body } = await call(path, options);
+  if (!ok) throw new ApiError(status, body.error || body.detail || body.title || statusText);
   return body;
 }
 
-// Server-sent events read with fetch (EventSource cannot send a header): calls onView with each `rollout` event.
-export function stream(path, onView, onError) {
+// Server-sent events read with fetch (EventSource cannot send a header): calls onView with each `rollout` event,
+// and onEnd when the server ends the stream (the gateway shutting down), not when the page stops it.
+export function stream(path, onView, onError, onEnd = () => {}) {
   const abort = new AbortController();
   (async () => {
     const response = await fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}` }, signal: abort.signal });
@@ -31,7 +38,7 @@ export function stream(path, onView, onError) {
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) { onEnd(); break; }
       buffer += value;
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
@@ -62,23 +69,33 @@ function signOut() {
   show();
 }
 
+// Each navigation renders into a page of its own: one that a later navigation overtook (a slow read) lands in a
+// detached element and its stream is stopped, so two pages never mix in the view.
+let shown = 0;
+
 async function show() {
+  const token = ++shown;
   stopCurrent(); stopCurrent = () => {};
   const signedIn = Boolean(sessionStorage.getItem(KEY));
   $("login").hidden = signedIn;
   for (const id of ["nav", "who", "signout"]) $(id).hidden = !signedIn;
-  const view = $("view");
-  view.replaceChildren();
+  const view = document.createElement("div");
+  $("view").replaceChildren(view);
   if (!signedIn) { $("credential").focus(); return; }
   try {
-    session = session || (await api("/v1/ui/session"));
+    if (!session) {
+      const mine = await api("/v1/ui/session");
+      if (token !== shown) return; // overtaken, perhaps by a sign-out: this answer may be another user's
+      session = mine;
+    }
     $("who").textContent = `signed in as ${session.principal}`;
     const [, page = "functions", ...rest] = (location.hash || "#/functions").split("/");
     for (const a of document.querySelectorAll("nav a")) a.setAttribute("aria-current", a.getAttribute("href") === `#/${page}` ? "page" : "false");
     const render = pages[page] || pages.functions;
-    stopCurrent = (await render(view, rest.map(decodeURIComponent))) || (() => {});
+    const stop = (await render(view, rest.map(decodeURIComponent))) || (() => {});
+    if (token === shown) stopCurrent = stop; else stop();
   } catch (e) {
-    if (e.status === 401) return;
+    if (e.status === 401 || token !== shown) return;
     view.replaceChildren(Object.assign(document.createElement("p"), { className: "error", role: "alert", textContent: e.status === 403 ? `Forbidden: ${e.message}` : `Error: ${e.message}` }));
     view.firstChild.dataset.status = String(e.status || "");
   }

@@ -2,6 +2,7 @@
 import { api, confirmAction, session, stream } from "./app.js";
 import { sparkline, weightChart } from "./charts.js";
 import { h, pct, table, when } from "./dom.js";
+import { triggersPage, viewsPage } from "./plane.js";
 
 const link = (href, text) => h("a", { href }, text);
 const fn = (name) => `#/function/${encodeURIComponent(name)}`;
@@ -52,88 +53,124 @@ async function functionPage(view, [name]) {
       data.traffic.revisions[r.number] ? sparkline(data.traffic.revisions[r.number], 300, `revision ${r.number}: requests and errors per second`) : "-",
     ])),
     h("h2", {}, "Triggers"),
-    data.triggers.length ? table(["trigger", "kind", "detail"], data.triggers.map((t) => [t.name, t.http ? "http" : t.cron ? "cron" : "other", JSON.stringify(t.http || t.cron || t)])) : h("p", { class: "muted" }, "No triggers."),
+    data.triggers.length ? table(["trigger", "kind", "detail"], data.triggers.map((t) => [link("#/triggers", t.name), t.http ? "http" : t.cron ? "cron" : t.on ? "on" : t.manual ? "manual" : "other", JSON.stringify(t.http || t.cron || t.on || t.manual || t)])) : h("p", { class: "muted" }, "No triggers."),
     h("h2", {}, "Compare two revisions' specs"),
     h("form", { class: "filters", onsubmit: diff },
       h("label", { for: "diff-from" }, "From", from), h("label", { for: "diff-to" }, "To", to), h("button", { type: "submit" }, "Compare")),
     diffOut);
 }
 
+// The weight of each revision at each change: all traffic on stable when the rollout starts, then every event
+// that set weights (a revision an event leaves out has none: an abort names only the stable one), then now.
 function weightSeries(events, status) {
-  const series = {};
+  const series = { [status.stable]: [[status.startedAt, 100]], [status.canary]: [[status.startedAt, 0]] };
   for (const e of events) {
     const weights = e.data && e.data.weights;
     if (!weights) continue;
-    for (const [rev, w] of Object.entries(weights)) (series[rev] ||= []).push([e.at, w]);
+    for (const rev of new Set([...Object.keys(series), ...Object.keys(weights)])) (series[rev] ||= []).push([e.at, weights[rev] || 0]);
   }
-  if (!Object.keys(series).length) for (const [rev, w] of Object.entries(status.weights)) series[rev] = [[status.startedAt, w]];
+  const end = Math.max(status.updatedAt, ...events.map((e) => e.at));
+  for (const [rev, w] of Object.entries(status.weights)) (series[rev] ||= []).push([end, w]);
   return series;
 }
 
-function analysisRows(events, stages) {
+// Each analysis result's figures against its step's thresholds: "2.0% ≤ max 5.0%", in words and colour.
+function measurements(events, stages) {
   return events.filter((e) => e.event === "measurement").map((e) => {
     const t = (stages[e.step - 1] || {}).thresholds || {};
-    const d = e.data || {};
-    const vs = (value, limit, fmt) => (limit === null || limit === undefined ? fmt(value) : `${fmt(value)} (max ${fmt(limit)})`);
-    return [when(e.at), `step ${e.step}`, h("span", { class: d.outcome === "pass" ? "ok" : d.outcome === "fail" ? "bad" : "warn" }, d.outcome),
-      `${d.requests ?? "-"}${t.minRequests ? ` (min ${t.minRequests})` : ""}`, vs(d.errorRate, t.maxErrorRate, pct),
-      vs(d.p95Ms, t.maxP95LatencyMs, (x) => (x === null || x === undefined ? "-" : `${Number(x).toFixed(1)} ms`)), e.message];
+    const d = e.data || {}, st = d.stable || {};
+    const ms = (x) => `${Number(x).toFixed(1)} ms`;
+    const vs = (value, limit, fmt, least = false) => {
+      if (value === null || value === undefined) return "-";
+      if (limit === null || limit === undefined) return fmt(value);
+      const within = least ? value >= limit : value <= limit;
+      return h("span", { class: within ? "ok" : least ? "warn" : "bad" }, `${fmt(value)} ${within ? (least ? "≥" : "≤") : least ? "<" : ">"} ${least ? "min" : "max"} ${fmt(limit)}`);
+    };
+    const increase = d.errorRate !== undefined && st.errorRate !== undefined && st.errorRate !== null ? d.errorRate - st.errorRate : null;
+    const ratio = d.p95Ms && st.p95Ms ? d.p95Ms / st.p95Ms : null;
+    const figures = [
+      vs(d.requests, t.minRequests || null, String, true), vs(d.errorRate, t.maxErrorRate, pct),
+      vs(increase, t.maxErrorRateIncrease, pct), vs(d.p95Ms, t.maxP95LatencyMs, ms), vs(ratio, t.maxP95LatencyRatio, (x) => `${x.toFixed(2)}×`),
+    ];
+    const text = `${when(e.at)} step ${e.step} analysis: ${d.outcome}: ${figures.map((f) => (f instanceof Node ? f.textContent : f)).join(", ")}`;
+    return { at: e.at, outcome: d.outcome, text, row: [when(e.at), `step ${e.step}`, h("span", { class: d.outcome === "pass" ? "ok" : d.outcome === "fail" ? "bad" : "warn" }, d.outcome), ...figures, e.message] };
   });
+}
+
+const ACTIONS = { promote: "Promote", abort: "Abort", retry: "Retry", rollback: "Roll back" };
+
+// What a finished action did, in words, from the answer of its POST.
+function outcome(action, answer) {
+  if (action === "rollback") return `${ACTIONS[action]}: done. Revision ${answer.to} takes all traffic again (rolled away from revision ${answer.from}).`;
+  return `${ACTIONS[action]}: done. The rollout of revision ${answer.canary} is ${answer.state} at step ${answer.step} of ${answer.steps}.`;
 }
 
 async function rolloutPage(view, [name]) {
   const path = `/v1/functions/${encodeURIComponent(name)}`;
   const body = h("div", { id: "rollout" });
   const note = h("p", { id: "action-result", role: "status" });
-  view.append(h("h1", {}, `Rollout of ${name}`), body, note);
+  const live = h("p", { id: "live-status", class: "muted", role: "status" }, "Connecting…");
+  view.append(h("h1", {}, `Rollout of ${name}`), live, body, note);
   const granted = new Set(session.granted);
   const render = (v) => {
+    live.textContent = "Live: updates appear as the rollout moves.";
     renderView(v);
     performance.mark("fnctl:rollout-rendered"); // read by benchmarks/bench_ui.py
   };
   const renderView = (v) => {
     const st = v.status;
-    const button = (action, words, enabled) => granted.has(action) ? h("button", {
+    const button = (action, enabled) => granted.has(action) ? h("button", {
       type: "button", id: `do-${action}`, class: action === "promote" || action === "retry" ? "" : "danger", disabled: !enabled,
       onclick: async () => {
+        const words = ACTIONS[action];
         if (!(await confirmAction(`${words} ${name}?`, `${words}: ${session.consequences[action]}.`))) return;
-        note.textContent = `${words}…`;
-        try { await api(`${path}/${action}`, { method: "POST", body: "{}" }); note.textContent = `${words}: done.`; }
+        note.textContent = `${words}…`; note.className = "";
+        try { note.textContent = outcome(action, await api(`${path}/${action}`, { method: "POST", body: "{}" })); }
         catch (e) { note.textContent = `${words} failed: ${e.message}`; note.className = "error"; }
       },
-    }, words) : null;
+    }, ACTIONS[action]) : null;
     const active = ["progressing", "paused"].includes(st.state);
+    const results = measurements(v.events, v.stages);
     body.replaceChildren(
       h("p", {}, `${st.strategy} of revision ${st.canary} over revision ${st.stable}: `,
         h("span", { class: `state ${st.state === "completed" ? "ok" : st.state === "aborted" ? "bad" : "warn"}`, id: "rollout-state" }, st.state),
         st.reason ? h("span", { class: "bad", id: "rollout-reason" }, ` (${st.reason})`) : null),
       h("div", { class: "actions" },
-        button("promote", "Promote", active), button("abort", "Abort", active),
-        button("retry", "Retry", st.state === "aborted"), button("rollback", "Roll back", !active || st.state === "paused")),
+        button("promote", active), button("abort", active),
+        button("retry", st.state === "aborted"), button("rollback", !active || st.state === "paused")),
       h("h2", {}, "Steps"),
       h("ol", { class: "steps", id: "steps" }, v.stages.map((stage, i) => h("li", {
         class: i + 1 < st.step || st.state === "completed" ? "done" : "", "aria-current": i + 1 === st.step && active ? "step" : false,
       }, `${i + 1}. ${stage.label}`))),
       h("h2", {}, "Traffic"),
       h("p", { id: "weights" }, Object.entries(st.weights).map(([r, w]) => `revision ${r}: ${w}%`).join(" · ")),
-      weightChart(weightSeries(v.events, st), st.startedAt, Math.max(st.updatedAt, ...v.events.map((e) => e.at)), "weights per revision over the rollout"),
+      ...weightChart(weightSeries(v.events, st), st.startedAt, Math.max(st.updatedAt, ...v.events.map((e) => e.at)), results,
+        { [st.stable]: "stable", [st.canary]: "canary" }),
       h("h2", {}, "Analysis"),
-      analysisRows(v.events, v.stages).length ? table(["time", "step", "outcome", "requests", "error rate", "p95", "detail"], analysisRows(v.events, v.stages)) : h("p", { class: "muted" }, "No measurement yet."),
+      results.length
+        ? table(["time", "step", "outcome", "requests", "error rate", "error rate over stable", "p95", "p95 / stable's", "detail"], results.map((r) => r.row), "each figure against the step's threshold")
+        : h("p", { class: "muted" }, "No measurement yet."),
       h("h2", {}, "Events"),
       table(["time", "step", "event", "message"], [...v.events].reverse().map((e) => [when(e.at), e.step, e.event, e.message])));
   };
-  return stream(`${path}/rollout/stream`, render, (e) => body.replaceChildren(h("p", { class: "error", role: "alert", "data-status": e.status || "" }, e.status === 403 ? `Forbidden: ${e.message}` : e.message)));
+  const fail = (e) => body.replaceChildren(h("p", { class: "error", role: "alert", "data-status": e.status || "" }, e.status === 403 ? `Forbidden: ${e.message}` : e.message));
+  return stream(`${path}/rollout/stream`, render, fail,
+    () => { live.textContent = "Live updates ended: the gateway closed the stream (it is stopping or restarting). Reload to reconnect."; live.className = "warn"; });
 }
 
 async function abtestPage(view, [name]) {
   const r = await api(`/v1/functions/${encodeURIComponent(name)}/abtest`);
   const ms = (x) => (x === null || x === undefined ? "-" : x.toFixed(1));
+  const alpha = 1 - r.confidence;
+  const test = (t) => (t ? h("span", { class: t.significant ? "bad" : "" }, `z ${t.statistic.toFixed(2)}, p ${t.pValue < 0.001 ? "< 0.001" : t.pValue.toFixed(3)} ${t.significant ? "<" : "≥"} ${alpha.toFixed(3)}: ${t.significant ? "significant" : "not significant"}`) : "not tested");
   view.append(h("h1", {}, `A/B test of ${name}`),
     h("p", {}, `at ${pct(r.confidence)} confidence, at least ${r.minSamples} requests per variant`),
     table(["variant", "revision", "requests", "errors", "error rate", "p50 ms", "p95 ms", "p99 ms"],
       r.variants.map((v) => [v.name, v.revision, v.requests, v.errors, pct(v.errorRate), ms(v.p50Ms), ms(v.p95Ms), ms(v.p99Ms)])),
     h("h2", {}, "Verdict"),
-    h("ul", { id: "verdicts" }, r.comparisons.map((c) => h("li", {}, `${c.variant} vs ${c.control}: ${c.verdict}`))));
+    h("ul", { id: "verdicts" }, r.comparisons.map((c) => h("li", { class: c.enoughSamples ? "" : "warn" }, `${c.variant} vs ${c.control}: ${c.verdict}`))),
+    r.comparisons.length ? table(["comparison", "enough samples", "error rate (two-proportion z test)", "latency (Mann-Whitney U)"],
+      r.comparisons.map((c) => [`${c.variant} vs ${c.control}`, c.enoughSamples ? "yes" : "no", test(c.errorRate), test(c.latency)]), "the tests behind the verdict") : null);
 }
 
 async function auditPage(view, [preset]) {
@@ -159,9 +196,66 @@ async function auditPage(view, [preset]) {
   await load();
 }
 
-// Collections, triggers with their auto-disable state and views with hit rates come here once their endpoints exist.
-async function dataPage(view) {
-  view.append(h("h1", {}, "Data"), h("p", { class: "muted" }, "Collections, triggers and views are not in the dashboard yet: use `fnctl data` (docs/data.md)."));
+// Data: read through the data plane's own REST API (/v1/collections, /v1/changes) with the signed-in user's
+// credential, so its rights, row rules and tenant apply exactly as to any other client of that API.
+const col = (c) => `#/data/${encodeURIComponent(c)}`;
+
+async function dataPage(view, [collection, id]) {
+  if (collection && id) return documentPage(view, collection, id);
+  if (collection) return collectionPage(view, collection);
+  const spec = await api("/v1/openapi.json");
+  const names = Object.keys(spec.components.schemas).filter((k) => k.endsWith(".document")).map((k) => k.slice(0, -9));
+  view.append(h("h1", {}, "Data"),
+    h("h2", {}, "Collections"),
+    names.length ? h("ul", { id: "collections" }, names.map((n) => h("li", {}, link(col(n), n)))) : h("p", { class: "muted" }, "No collections."),
+    h("p", { class: "muted" }, "Each collection shows the documents your key or token may read, in its tenant."),
+    h("h2", {}, "Triggers and views"),
+    h("ul", { id: "triggers-views" },
+      h("li", {}, link("#/triggers", "Triggers"), ": data hooks, onCommit, manual and the others, with their health (auto-disabled after repeated faults)"),
+      h("li", {}, link("#/views", "Views"), ": cached function results with their hit rates, and the onCommit events (pending, delivered, dead letters)")));
 }
 
-export const pages = { functions, function: functionPage, rollout: rolloutPage, abtest: abtestPage, audit: auditPage, data: dataPage };
+async function collectionPage(view, collection) {
+  const base = `/v1/collections/${encodeURIComponent(collection)}/docs`;
+  const out = h("div", { "aria-live": "polite" });
+  const form = h("form", { class: "filters", id: "data-filter" },
+    h("label", { for: "filter" }, "Filter (JSON, docs/data.md)", h("input", { id: "filter", name: "filter", size: 40, placeholder: '{"status": "paid"}' })),
+    h("button", { type: "submit" }, "Find"));
+  let cursor = null;
+  const load = async (more) => {
+    const q = new URLSearchParams({ limit: "50" });
+    if (form.elements.filter.value.trim()) q.set("filter", form.elements.filter.value.trim());
+    if (more && cursor) q.set("cursor", cursor);
+    const page = await api(`${base}?${q}`);
+    cursor = page.cursor;
+    const rows = page.documents.map((d) => [link(`${col(collection)}/${encodeURIComponent(d.id)}`, d.id), d.version, d.updatedAt, d.updatedBy, h("code", {}, JSON.stringify(d.data).slice(0, 160))]);
+    const shown = table(["id", "version", "updated", "by", "data"], rows);
+    if (more) out.querySelector("tbody").append(...shown.querySelector("tbody").children); else out.replaceChildren(rows.length ? shown : h("p", { class: "muted" }, "No documents you may read."));
+    next.hidden = !cursor;
+  };
+  const next = h("button", { type: "button", id: "data-next", hidden: true, onclick: () => load(true).catch(show) }, "More");
+  const show = (e) => out.replaceChildren(h("p", { class: "error", role: "alert", "data-status": e.status || "" }, e.message));
+  form.addEventListener("submit", (e) => { e.preventDefault(); load(false).catch(show); });
+  view.append(h("h1", {}, `Collection ${collection}`), h("p", {}, link("#/data", "All collections")), form, out, next);
+  await load(false).catch(show);
+}
+
+// A document's versions as the change feed records them (each write: op, version, who, when, the data after),
+// newest first. The feed holds only what the caller may read.
+async function documentPage(view, collection, id) {
+  const doc = await api(`/v1/collections/${encodeURIComponent(collection)}/docs/${encodeURIComponent(id)}`).catch((e) => (e.status === 404 ? null : Promise.reject(e)));
+  const changes = [];
+  for (let since = 0, pages = 0; pages < 50; pages++) {
+    const feed = await api(`/v1/changes?collection=${encodeURIComponent(collection)}&since=${since}&limit=1000`);
+    changes.push(...feed.changes.filter((c) => c.collection === collection && c.id === id));
+    if (feed.changes.length < 1000) break;
+    since = feed.next;
+  }
+  const versions = changes.reverse().map((c) => [c.seq, c.after ? c.after.version : "(deleted)", c.op, c.at, c.actor, c.function ? `${c.function} r${c.revision}` : "-", h("code", {}, c.after ? JSON.stringify(c.after.data) : "-")]);
+  view.append(h("h1", {}, `${collection} / ${id}`), h("p", {}, link(col(collection), `Back to ${collection}`)),
+    doc ? h("p", { id: "current" }, `Current version ${doc.version}, updated ${doc.updatedAt} by ${doc.updatedBy}`) : h("p", { id: "current", class: "muted" }, "No such document now (deleted, or not readable with your rights)."),
+    h("h2", {}, "Versions (change feed)"),
+    versions.length ? table(["change", "version", "op", "at", "by", "function", "data after"], versions) : h("p", { class: "muted" }, "No changes you may read."));
+}
+
+export const pages = { functions, function: functionPage, rollout: rolloutPage, abtest: abtestPage, audit: auditPage, data: dataPage, triggers: triggersPage, views: viewsPage };

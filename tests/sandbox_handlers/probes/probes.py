@@ -22,6 +22,14 @@ def echo_context(event, context):
     return {"echo": event, "function": context.function_name, "revision": context.revision}
 
 
+def calls(event, context):
+    """Calls back into the host from the worker process a synchronous handler runs in, and says where it ran."""
+    import threading
+
+    replies = [context.call("echo", {"n": n}) for n in range(3)]
+    return {"replies": replies, "main_thread": threading.get_ident() == threading.main_thread().ident}
+
+
 async def echo_async(event, context):
     await asyncio.sleep(0)
     return {"echo": event, "async": True, "function": context.function_name}
@@ -147,3 +155,24 @@ def crash(event):
 
 def secret(event):
     return {"token": os.environ.get("API_TOKEN")}
+
+
+def _cpus():
+    """The container's CPU quota in CPUs, as its cgroup says (v2: cpu.max; v1: cfs quota / period)."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limit:
+            quota, period = limit.read().split()
+    except FileNotFoundError:
+        try:
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+                quota, period = q.read().strip(), p.read().strip()
+        except OSError:  # no cgroup files to read (gVisor): this module is imported by every probe
+            return None
+    return None if quota in ("max", "-1") else int(quota) / int(period)
+
+
+_CPUS_AT_IMPORT = _cpus()  # while the instance starts: before it is ready
+
+
+def cpu_quota(event):
+    return {"at_import": _CPUS_AT_IMPORT, "now": _cpus()}

@@ -1,0 +1,306 @@
+"""One revision's instances and their upkeep: starting them (through the `Host`, in worker threads), attaching
+to their runtimes, the paused warm reserve (`scaling.warm: paused`), scaling to minInstances and the load,
+stopping idle ones, retiring and replacing broken or crashed ones. What to do is decided by the pure functions
+of `scaling`; the requests queued for the instances are `fnctl.gateway.revisionpool`'s, which builds on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from fnctl.deploy.lock import LockTimeout
+from fnctl.engine import instances
+from fnctl.errors import FnctlError
+from fnctl.gateway.poolhost import Host, Pauser, PoolStats, Slot, SlotPhase, Target, Unavailable
+from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, to_start
+from fnctl.gateway.shedding import max_wait
+from fnctl.invocation.aiotransport import AsyncTransport
+from fnctl.manifest.model import Warm
+
+log = logging.getLogger(__name__)
+
+START_BACKOFF = 5.0  # after a failed start, requests meeting no ready instance fail fast for this long
+ATTACH_TIMEOUT = 2.0  # a running runtime says ready as soon as it is connected to
+REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read of the store never revives one
+
+
+class PoolInstances:
+    """The instances of one revision, the queue of requests waiting for one, and their upkeep. Lives on one
+    event loop."""
+
+    def __init__(self, host: Host, target: Target, *, routing: Routing, pauser: Pauser | None = None) -> None:
+        self.host = host
+        # `scaling.warm: paused`: one instance more is kept started and paused, thawed when one is needed
+        self.pauser = pauser if target.function.scaling.warm is Warm.PAUSED else None
+        self.target = target
+        self.name = f"{target.function.name} revision {target.revision}"
+        self.concurrency = max(target.function.scaling.concurrency, 1)
+        self.slots: dict[str, Slot] = {}
+        self.waiters: deque[asyncio.Future[Slot]] = deque()
+        self.routing = routing
+        self.unrouted_since = time.monotonic()
+        self.start_error: tuple[float, str] | None = None
+        self.latency = 0.1  # seconds, moving average: for shedding and Retry-After
+        self.max_wait = max_wait(target.function.limits.timeout, target.max_wait)
+        self.gone: OrderedDict[str, None] = OrderedDict()  # instances stopped or lost: never adopted again
+        self._orders = itertools.count()
+
+    @property
+    def keep(self) -> int:
+        """Instances kept warm: minInstances while the revision is in the routing table (0% included)."""
+        return kept_warm(self.routing, self.target.function.scaling)
+
+    def set_routing(self, routing: Routing) -> None:
+        if routing is Routing.UNROUTED and self.routing is not Routing.UNROUTED:
+            self.unrouted_since = time.monotonic()
+        self.routing = routing
+
+    def stats(self) -> PoolStats:
+        slots = self.slots.values()
+        return PoolStats(
+            len(self.slots), sum(s.ready for s in slots), sum(s.inflight for s in slots), len(self.waiters)
+        )
+
+    def disposable(self, now: float) -> bool:
+        return (
+            self.routing is Routing.UNROUTED
+            and not self.slots
+            and not self.waiters
+            and now - self.unrouted_since >= self.host.grace_seconds
+        )
+
+    def _dispatch(self) -> None:
+        """Hand free capacity to queued requests, oldest first."""
+        while self.waiters:
+            slot = pick(self.slots.values(), self.concurrency)
+            if slot is None:
+                return
+            future = self.waiters.popleft()
+            if not future.done():  # else its caller gave up meanwhile
+                slot.inflight += 1
+                future.set_result(slot)
+
+    # ---- scaling ----
+
+    def scale(self) -> None:
+        """Start what the load and minInstances call for (nothing while backing off or closing)."""
+        if (self.host.closing and not self.waiters) or self._backing_off():
+            return  # closing: only what already-queued requests need
+        slots = self.slots.values()
+        count = to_start(
+            ready=sum(s.ready for s in slots),
+            starting=sum(s.phase is SlotPhase.STARTING for s in slots),
+            inflight=sum(s.inflight for s in slots if s.ready),
+            queued=len(self.waiters),
+            scaling=self.target.function.scaling,
+            keep=self.keep,
+        )
+        for slot in [s for s in slots if s.phase is SlotPhase.PAUSED][:count]:
+            self._thaw(slot)  # the warm reserve first: ~20 ms instead of a start
+            count -= 1
+        for _ in range(count):
+            self._start_slot(spare=False)
+        self._keep_spare()
+
+    def _start_slot(self, *, spare: bool) -> None:
+        slot = Slot(instances.new_instance_id(), next(self._orders), spare=spare)
+        self.slots[slot.id] = slot
+        self.host.spawn(self._bring_up(slot))
+
+    # ---- the warm reserve (`scaling.warm: paused`) ----
+
+    def _keep_spare(self) -> None:
+        """Start the paused spare when there is none (nor one on its way), within maxInstances."""
+        if self.pauser is None or self.routing is Routing.UNROUTED or self.host.closing:
+            return
+        slots = self.slots.values()
+        if any(s.spare for s in slots) or len(self.slots) >= self.target.function.scaling.max_instances:
+            return
+        self._start_slot(spare=True)
+
+    def _pause(self, slot: Slot) -> None:
+        """Make `slot` the paused spare. It counts as starting until the engine has paused it, so that no
+        request is sent to it and nothing else is started for what it will serve once thawed."""
+        slot.phase, slot.spare = SlotPhase.STARTING, True
+        self.host.spawn(self._set_paused(slot, True))
+
+    def _thaw(self, slot: Slot) -> None:
+        slot.phase = SlotPhase.STARTING
+        self.host.spawn(self._set_paused(slot, False))
+
+    async def _set_paused(self, slot: Slot, paused: bool) -> None:
+        assert self.pauser is not None
+        try:
+            await self.pauser.pause_instance(slot, paused)
+        except FnctlError as exc:
+            what = "paused" if paused else "thawed"
+            log.warning("%s: instance %s could not be %s (%s); removing it", self.name, slot.id, what, exc.message)
+            self.start_error = (time.monotonic(), exc.message)  # back off: no new spare at once
+            if slot.phase is not SlotPhase.GONE:
+                self._stop(slot, drain=False)
+            return
+        if slot.phase is not SlotPhase.STARTING:  # stopped meanwhile
+            return
+        if paused and not self.waiters:
+            slot.phase = SlotPhase.PAUSED  # the gateway closing stops it (RevisionPool.close), undrained
+            return
+        if paused:  # requests came while it was being paused: thaw it for them at once
+            self._thaw(slot)
+            return
+        slot.phase, slot.spare, slot.last_used = SlotPhase.READY, False, time.monotonic()
+        self._dispatch()
+        self._keep_spare()
+
+    def _backing_off(self) -> bool:
+        return self.start_error is not None and time.monotonic() - self.start_error[0] < START_BACKOFF
+
+    def tick(self, now: float) -> None:
+        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
+        idle = (
+            self.host.idle_seconds
+            if self.routing is not Routing.UNROUTED
+            else min(self.host.idle_seconds, self.host.grace_seconds)
+        )
+        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
+            if (
+                self.pauser is not None
+                and self.routing is not Routing.UNROUTED
+                and not any(s.spare for s in self.slots.values())
+            ):
+                self._pause(slot)  # the idle instance becomes the warm reserve: no start needed for it
+            else:
+                self._stop(slot, drain=True)
+        if self.routing is Routing.UNROUTED or self.host.closing:
+            for slot in [s for s in self.slots.values() if s.phase is SlotPhase.PAUSED]:
+                self._stop(slot, drain=False)  # no reserve for a revision nobody is routed to
+        self.scale()
+
+    async def _bring_up(self, slot: Slot) -> None:
+        try:
+            slot.container_id, slot.socket_dir = await self.host.start_instance(self.target, slot.id)
+        except LockTimeout:
+            self.slots.pop(slot.id, None)  # `fnctl apply` holds the lock: the next tick tries again
+            return
+        except Exception as exc:  # whatever it was, the slot must not stay "starting" for ever
+            self.slots.pop(slot.id, None)
+            self._start_failed(exc if isinstance(exc, FnctlError) else FnctlError(f"{type(exc).__name__}: {exc}"))
+            return
+        await self._attach(slot)
+
+    def adopt(self, rows: Sequence[tuple[str, str, str]], paused: Collection[str] = ()) -> list[asyncio.Task[Any]]:
+        """Take over running instances recorded READY in the store: (id, container id, socket dir). They
+        count as starting at once (so nothing more is started for them) and serve once connected to; the
+        connections are the tasks returned."""
+        tasks = []
+        for instance_id, container_id, socket_dir in rows:
+            if instance_id not in self.slots and instance_id not in self.gone:
+                slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
+                self.slots[instance_id] = slot
+                thaw = instance_id in paused  # a reserve left by a gateway that stopped without removing it
+                tasks.append(self.host.spawn(self._thaw_and_attach(slot) if thaw else self._attach(slot)))
+        return tasks
+
+    async def _thaw_and_attach(self, slot: Slot) -> None:
+        try:
+            if self.pauser is not None:
+                await self.pauser.pause_instance(slot, False)
+        except FnctlError as exc:
+            log.warning("%s: instance %s could not be thawed (%s); removing it", self.name, slot.id, exc.message)
+            self._bury(slot)
+            return
+        await self._attach(slot)
+
+    async def _attach(self, slot: Slot) -> None:
+        transport = AsyncTransport(
+            slot.socket_dir,
+            peer=self.host.peer_check(slot),
+            on_call=self.host.on_call(self.target.function.name, self.target.revision),
+            max_request=self.target.function.limits.payload,
+        )
+        try:
+            await transport.connect(timeout=ATTACH_TIMEOUT)
+        except (FnctlError, OSError) as exc:
+            log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
+            self._bury(slot)
+            return
+        slot.transport, slot.last_used = transport, time.monotonic()
+        transport.on_lost = lambda reason: self._lost(slot, reason)
+        if slot.phase is not SlotPhase.STARTING:
+            self._stop(slot, drain=True)  # retired while it started
+            return
+        if slot.spare and self.pauser is not None and not self.waiters and not self.host.closing:
+            self._pause(slot)
+            self.start_error = None
+            return
+        slot.spare = False
+        slot.phase = SlotPhase.READY
+        self.start_error = None
+        self._dispatch()
+
+    def _start_failed(self, exc: FnctlError) -> None:
+        message = exc.message + (f"\n{exc.detail}" if exc.detail else "")
+        log.warning("%s: an instance failed to start: %s", self.name, message)
+        self.start_error = (time.monotonic(), exc.message)
+        if not any(s.phase in (SlotPhase.READY, SlotPhase.STARTING) for s in self.slots.values()):
+            error = Unavailable(f"{self.name} could not start an instance: {exc.message}")
+            while self.waiters:
+                future = self.waiters.popleft()
+                if not future.done():
+                    future.set_exception(error)
+
+    def _retire(self, slot: Slot, reason: str) -> None:
+        """No new requests for `slot`; it stops once its in-flight ones end. A replacement starts now."""
+        if slot.phase in (SlotPhase.READY, SlotPhase.STARTING):
+            slot.phase, slot.retire_reason = SlotPhase.RETIRING, reason
+            self.scale()
+
+    def _stop(self, slot: Slot, *, drain: bool) -> None:
+        drain = drain and slot.phase is not SlotPhase.PAUSED  # a frozen runtime cannot drain
+        self._forget(slot)
+        self.host.spawn(self._close_and_stop(slot, drain))
+        self.scale()
+
+    async def _close_and_stop(self, slot: Slot, drain: bool) -> None:
+        if slot.transport is not None:
+            await slot.transport.close()
+        await self.host.stop_instance(self.target, slot, drain=drain)
+
+    def _lost(self, slot: Slot, reason: str) -> None:
+        """The runtime went away: its in-flight requests learn why, the instance is removed and replaced."""
+        log.warning("%s: lost instance %s: %s", self.name, slot.id, reason)
+        if slot.inflight:
+            slot.death = asyncio.ensure_future(self.host.death_cause(self.target, slot))
+        self._bury(slot)
+
+    def _bury(self, slot: Slot) -> None:
+        self._forget(slot)
+        self.host.spawn(self._after_death(slot))
+        self.scale()
+
+    def _forget(self, slot: Slot) -> None:
+        slot.phase = SlotPhase.GONE
+        self.slots.pop(slot.id, None)
+        self.gone[slot.id] = None
+        while len(self.gone) > REMEMBERED:
+            self.gone.popitem(last=False)
+
+    async def _after_death(self, slot: Slot) -> None:
+        if slot.death is not None:
+            await asyncio.wait([slot.death])  # read the exit state before the container is removed
+        await self.host.stop_instance(self.target, slot, drain=False)
+
+    async def close(self) -> None:
+        """Stop every instance beyond `keep` (the gateway's extras), detach from the rest."""
+        ready = sorted((s for s in self.slots.values() if s.ready), key=lambda s: s.order)
+        for slot in list(self.slots.values()):
+            if slot not in ready[: self.keep] and slot.phase is not SlotPhase.STARTING:
+                self._stop(slot, drain=not slot.retire_reason)
+        for slot in ready[: self.keep]:
+            if slot.transport is not None:
+                await slot.transport.close()

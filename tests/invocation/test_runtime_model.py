@@ -1,0 +1,176 @@
+"""The runtime's process model and AWS Lambda's context API (docs/runtime.md), with the runtime as a local
+process: synchronous handlers run on the main thread of worker processes forked after the import, async
+handlers on the first process's event loop; `context` carries Lambda's names with fnctl's values."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_helpers import InBackground, StartRuntime, wait_until
+
+from fnctl.invocation.protocol import ConnectionLost
+
+# Blocks until event["release"] exists (when given), so that several invocations are in flight at once, then
+# reports where it ran and whether the main thread's facilities work.
+MAIN_THREAD = """
+import decimal, os, signal, threading, time
+
+decimal.getcontext().prec = 5  # per-thread state of a C extension, set at import as libraries do
+
+def handler(event, context):
+    give_up = time.monotonic() + 30
+    while "release" in event and not os.path.exists(event["release"]):
+        if time.monotonic() > give_up:
+            raise TimeoutError("never released")
+        time.sleep(0.005)
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 0.01)
+    while not fired and time.monotonic() < give_up:
+        time.sleep(0.001)
+    signal.signal(signal.SIGALRM, previous)
+    return {
+        "main_thread": threading.get_ident() == threading.main_thread().ident,
+        "alarm": fired == [signal.SIGALRM],
+        "seventh": str(decimal.Decimal(1) / decimal.Decimal(7)),
+        "pid": os.getpid(),
+    }
+"""
+
+
+def test_sync_handlers_run_on_the_main_thread_of_worker_processes(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    rt = start_runtime({"main.py": MAIN_THREAD}, FNCTL_CONCURRENCY="3")
+    release = tmp_path / "release"
+    calls = [
+        InBackground(functools.partial(rt.invoke, {"release": str(release)}, invocation_id=f"inv-{n}"))
+        for n in range(3)
+    ]
+    wait_until(lambda: rt.transport.ping() == 3, what="three invocations in flight")
+    release.touch()
+    results = []
+    for call in calls:
+        call.join()
+        assert call.error is None
+        results.append(call.result.result)
+    for result in results:
+        # signal.signal works, the alarm reaches the handler, and the precision set at import is the handler's
+        assert result["main_thread"] and result["alarm"] and result["seventh"] == "0.14286", result
+    pids = {r["pid"] for r in results}
+    assert len(pids) == 3 and rt.process.pid not in pids  # one worker process per concurrent invocation
+    # Sequential invocations reuse the workers: no process per invocation.
+    assert {rt.invoke({}).result["pid"] for _ in range(5)} <= pids
+
+
+def test_async_handlers_share_the_event_loop_of_one_process(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    source = """
+import asyncio, os, threading
+async def handler(event, context):
+    while "release" in event and not os.path.exists(event["release"]):
+        await asyncio.sleep(0.005)
+    return {"pid": os.getpid(), "main_thread": threading.get_ident() == threading.main_thread().ident}
+"""
+    rt = start_runtime({"main.py": source}, FNCTL_CONCURRENCY="4")
+    release = tmp_path / "release"
+    calls = [InBackground(functools.partial(rt.invoke, {"release": str(release)})) for _ in range(4)]
+    wait_until(lambda: rt.transport.ping() == 4, what="four invocations in flight")
+    release.touch()
+    for call in calls:
+        call.join()
+        assert call.result.result == {"pid": rt.process.pid, "main_thread": True}
+
+
+def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    source = """
+import os, time
+def handler(event):
+    while "release" in event and not os.path.exists(event["release"]):
+        time.sleep(0.005)
+    return [os.environ.get("API_TOKEN"), os.getpid()]
+"""
+    rt = start_runtime({"main.py": source}, FNCTL_CONCURRENCY="2")
+    first_pid = rt.invoke({}).result[1]  # the worker forked at start, before any secret
+    rt.transport.configure({"API_TOKEN": "s3cr3t"})
+    release = tmp_path / "release"
+    calls = [InBackground(functools.partial(rt.invoke, {"release": str(release)})) for _ in range(2)]
+    wait_until(lambda: rt.transport.ping() == 2, what="both workers busy")
+    release.touch()
+    for call in calls:
+        call.join()
+    answers = sorted(call.result.result for call in calls)
+    assert [token for token, _ in answers] == ["s3cr3t", "s3cr3t"]
+    assert first_pid in {pid for _, pid in answers} and len({pid for _, pid in answers}) == 2
+
+
+def test_a_worker_that_exits_takes_the_instance_with_its_exit_code(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": "import os\ndef handler(event):\n    os._exit(7)\n"})
+    with pytest.raises(ConnectionLost):
+        rt.invoke({})
+    assert rt.exit_code() == 7
+    assert "worker process" in rt.output() and "exited with code 7" in rt.output()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_call_without_a_reply_fails_at_the_deadline(start_runtime: StartRuntime, asynchronous: bool) -> None:
+    source = (
+        "from fnctl_runtime import CallbackError\n"
+        + ("async def handler(event, context):\n" if asynchronous else "def handler(event, context):\n")
+        + "    try:\n"
+        + ("        await context.acall('slow')\n" if asynchronous else "        context.call('slow')\n")
+        + "    except CallbackError as exc:\n"
+        + "        return [exc.type, exc.message, context.get_remaining_time_in_millis()]\n"
+    )
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        time.sleep(1.5)  # past the invocation's deadline
+        return "late"
+
+    rt = start_runtime({"main.py": source}, on_call=on_call)
+    reply = rt.transport.invoke({}, invocation_id="inv-1", deadline=time.time() + 0.3, timeout=10)
+    assert reply.result == ["Timeout", "no reply to 'slow' before the deadline", 0]
+    assert rt.transport.ping() == 0
+
+
+LAMBDA_CONTEXT = """
+def lambda_handler(event, context):
+    return {
+        "aws_request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "function_version": context.function_version,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "invoked_function_arn": context.invoked_function_arn,
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "identity": [context.identity.cognito_identity_id, context.identity.cognito_identity_pool_id],
+        "client_context": context.client_context,
+        "remaining": context.get_remaining_time_in_millis(),
+    }
+
+def my_handler(event):
+    return {"one_argument": event}
+"""
+
+
+def test_lambda_context_api_with_fnctl_values(start_runtime: StartRuntime) -> None:
+    rt = start_runtime({"main.py": LAMBDA_CONTEXT}, handler="main.lambda_handler")
+    reply = rt.transport.invoke({}, invocation_id="inv-7", deadline=time.time() + 20)
+    result = reply.result
+    remaining = result.pop("remaining")
+    assert isinstance(remaining, int) and 10_000 < remaining <= 20_000
+    assert isinstance(result["memory_limit_in_mb"], int) and result.pop("memory_limit_in_mb") > 0
+    assert result.pop("log_stream_name") == f"r1/{os.uname().nodename}"
+    assert result == {
+        "aws_request_id": "inv-7",
+        "function_name": "hello",
+        "function_version": "r1",
+        "invoked_function_arn": "arn:fnctl:lambda:local:000000000000:function:hello:r1",
+        "log_group_name": "/fnctl/hello",
+        "identity": [None, None],
+        "client_context": None,
+    }
+    one = start_runtime({"main.py": LAMBDA_CONTEXT}, handler="main.my_handler")
+    assert one.invoke({"n": 1}).result == {"one_argument": {"n": 1}}
