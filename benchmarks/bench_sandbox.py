@@ -4,7 +4,8 @@
    sequential calls and throughput of 8 caller threads on one instance; baseline: a bare Unix-socket echo server
 2. instance start (container create → ready); baseline: `docker run --rm BASE true`
 3. `fnctl invoke --local` as a whole process, image cached, and with --keep-warm on a warm instance;
-   baseline: `fnctl --version`; wall-clock and CPU time, the runs of the three interleaved. As in
+   baseline: `fnctl --version` (and `python -c pass`, the interpreter alone); wall-clock and CPU time, the runs
+   of the four interleaved. As in
    bench_validate.py, every process has its bytecode cached as an installed package has (in a folder of
    the run, whatever PYTHONDONTWRITEBYTECODE says: without it, every fnctl module is compiled from source
    on every run, ~70 ms here); --no-bytecode-cache measures with the environment as it is
@@ -163,7 +164,12 @@ def cli_figures(project: Project, runs: int, bytecode_cache: bool) -> dict[str, 
     the kept-warm instance."""
     fnctl = [sys.executable, "-m", "fnctl"]
     invoke = [*fnctl, "invoke", "--local", "noop", "-d", "{}"]
-    commands = {"floor": [*fnctl, "--version"], "cold": invoke, "warm": [*invoke, "--keep-warm"]}
+    commands = {
+        "python": [sys.executable, "-c", "pass"],
+        "floor": [*fnctl, "--version"],
+        "cold": invoke,
+        "warm": [*invoke, "--keep-warm"],
+    }
     env = bytecode_env(project.root.parent) if bytecode_cache else dict(os.environ)
     for command in commands.values():
         timed(command, project.root, env)
@@ -253,8 +259,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
         )
         figures = cli_figures(project, args.cli_runs, bytecode_cache=not args.no_bytecode_cache)
         (floor, floor_cpu), (cold, cold_cpu), (warm, warm_cpu) = figures["floor"], figures["cold"], figures["warm"]
+        python = figures["python"][0]
         python_mb = idle_python_mb(client, args.base_image, args.settle)
         rows += [
+            Row("python -c pass (the interpreter alone)", python, floor, "s", "", None),
             Row("invoke --local, image cached", cold, floor, "s", "<= 1.5 s", cold <= 1.5),
             Row("  its CPU time (user + sys)", cold_cpu, floor_cpu, "s", "", None),
             Row("invoke --local --keep-warm, warm", warm, floor, "s", "<= 0.4 s", warm <= 0.4),
@@ -275,6 +283,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         "baselines: echo server (round trip), `docker run --rm BASE true` (start), `fnctl --version` (CLI), "
         "idle python3 container (memory)"
     )
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = f"{'figure':40}{'median':>14}{'baseline':>14}{'ratio':>8}  {'target':12}{'met':>4}"
     print(header)
     print("-" * len(header))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -19,6 +20,11 @@ from fnctl.cli.render import (
     render_validation,
 )
 from fnctl.errors import BadInput, ExitCode, FnctlError
+
+if TYPE_CHECKING:
+    from fnctl.commands.local import DataCalls
+    from fnctl.manifest.model import DesiredState
+    from fnctl.manifest.project import Project
 
 app = typer.Typer()
 
@@ -139,7 +145,14 @@ def invoke(
         else:
             with Progress(quiet=output is Output.JSON) as progress:
                 result = invoke_local(
-                    load_project(), target, event, size, keep_warm=keep_warm, on_progress=progress, data_from=data_from
+                    load_project(),
+                    target,
+                    event,
+                    size,
+                    keep_warm=keep_warm,
+                    on_progress=progress,
+                    open_data=_open_local_data,
+                    data_from=data_from,
                 )
             outcome, warm = result.outcome, result.warm
     except FnctlError as exc:
@@ -148,6 +161,17 @@ def invoke(
         raise
     render_outcome(outcome, output=output, show_logs=logs, warm=warm)
     raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
+
+
+def _open_local_data(
+    project: Project, data_from: Path | None, state: DesiredState | None
+) -> AbstractContextManager[DataCalls]:
+    """`context.db` of `invoke --local`, opened on the handler's first call."""
+    # Imported here, when a handler calls context.db: the data plane is ~70 ms of imports (start-up time)
+    # that an invocation making no call never needs.
+    from fnctl.commands.localdata import LocalData
+
+    return LocalData.open(project, data_from, state)
 
 
 sandbox_app = typer.Typer(help="Inspect the sandboxes of running instances.", no_args_is_help=True)

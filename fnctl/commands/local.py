@@ -1,10 +1,11 @@
 """`fnctl invoke --local`: build (cached) and run a function in a fresh sandbox with its production limits.
 
 With `keep_warm` the instance stays up, found again by a key of everything that defines it (spec, code,
-runtime, base, secrets), so the edit → invoke loop skips the container start. The warm path never calls
-the engine, and skips validation when the manifests, the project settings and the functions' source
-trees are exactly what the last passing validation read (a record kept beside the warm instances:
-fnctl.commands.localrecord).
+runtime, base, secrets), so the edit → invoke loop skips the container start. Neither path loads the docker
+SDK (an image build aside), and both skip validation when the manifests, the project settings and the
+functions' source trees are exactly what the last passing validation read (a record kept beside the warm
+instances: fnctl.commands.localrecord). `context.db` is opened on a handler's first call
+(`fnctl.commands.localdata`).
 """
 
 from __future__ import annotations
@@ -15,33 +16,24 @@ import os
 import secrets as _secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fnctl.commands.localrecord import function_source, recorded_function, validated_function
-from fnctl.data.caller import Caller
-from fnctl.data.errors import DataError, Invalid
-from fnctl.data.hooks import EVENTS, HookSpec, hook_specs
-from fnctl.data.plane import DataPlane
-from fnctl.deploy.actor import actor
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.engine import dockerio, images, instances
-from fnctl.engine.images import cache_dir
 from fnctl.engine.sandbox import labels
 from fnctl.errors import BadInput, FnctlError
-from fnctl.gateway.datacalls import WRITES, CallSession, answer, call_failed, open_session, parse_policies
-from fnctl.gateway.router import DataSettings, on_commit_routes
-from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.outcome import Outcome
 from fnctl.invocation.protocol import CallFailed
-from fnctl.manifest.model import DesiredState, Function, Policy, RunAs
-from fnctl.manifest.project import Project
+from fnctl.manifest.model import DesiredState, Function
+from fnctl.manifest.project import Project, cache_dir
 from fnctl.manifest.source import source_files
 from fnctl.runtimes import runtime_for
-from fnctl.state import docstore
-from fnctl.state.store import connect as connect_store
 
 
 @dataclass(frozen=True)
@@ -59,25 +51,36 @@ def invoke_local(
     *,
     keep_warm: bool,
     on_progress: Callable[[str], None],
+    open_data: DataOpener,
     data_from: Path | None = None,
 ) -> LocalResult:
     """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
-    The handler's `context.db` works on the project's local data file (its collections follow the manifests),
-    or with `data_from` on the data file of that state store (a running one's: its collections and Policies)."""
+    The handler's `context.db` (`open_data`: `fnctl.commands.localdata.LocalData.open`) works on the project's
+    local data file (its collections follow the manifests), or with `data_from` on the data file of that
+    state store (a running one's: its collections and Policies)."""
+    if data_from is not None and not data_from.exists():
+        raise BadInput(f"--data-from {data_from}: no state store there")
+    # While nothing validation read has changed since it last passed, the recorded function is the one it
+    # would give; the desired state (context.db's collections and Policies) is then validated only if the
+    # handler calls context.db.
+    recorded = recorded_function(project, target)
+    state: Callable[[], DesiredState | None] = partial(_desired_state, project, target)
     tried = ""
-    if keep_warm:
-        recorded = recorded_function(project, target)
-        if recorded is not None:
-            tried = warm_key(recorded, function_source(recorded), project.base_image, resolve(recorded, project.root))
-            with LocalData.open(project, data_from, None) as data:
-                warm = _invoke_warm(recorded, tried, event, payload_size, data)
-            if warm is not None:
-                return LocalResult(recorded.name, warm, warm=True)
-    function, state = validated_function(project, target, record=keep_warm)
+    if keep_warm and recorded is not None:
+        tried = warm_key(recorded, function_source(recorded), project.base_image, resolve(recorded, project.root))
+        with _OnFirstCall(open_data, project, data_from, state) as data:
+            warm = _invoke_warm(recorded, tried, event, payload_size, data)
+        if warm is not None:
+            return LocalResult(recorded.name, warm, warm=True)
+    if recorded is not None and not keep_warm:
+        function = recorded
+    else:  # a kept-warm instance that no longer answers is started again from a fresh validation
+        function, validated = validated_function(project, target, record=True)
+        state = partial(_given, validated)
     source = function_source(function)
     secret_values = resolve(function, project.root)
     key = warm_key(function, source, project.base_image, secret_values)
-    with LocalData.open(project, data_from, state) as data:
+    with _OnFirstCall(open_data, project, data_from, state) as data:
         if keep_warm and key != tried:  # not twice: a socket that never answers costs its connect timeout
             warm = _invoke_warm(function, key, event, payload_size, data)
             if warm is not None:
@@ -96,143 +99,76 @@ def invoke_local(
         )
 
 
-class LocalData:
-    """`context.db` for `invoke --local`: the data file (the project's own under the user's cache, or a state
-    store's with `--data-from`), the Policies that apply (the manifests', or the store's live ones), and the
-    calls of one invocation at a time, answered by the gateway broker's `answer` with the same rights,
-    budget and procedure semantics. The caller is the operator running the command (every write is in the
-    change log as `operator:<user>`); under `runAs: function` the function's own role."""
+def _desired_state(project: Project, target: str) -> DesiredState:
+    return validated_function(project, target, record=False)[1]
 
-    def __init__(self, plane: DataPlane, hooks: dict[tuple[str, str], tuple[HookSpec, ...]] | None = None) -> None:
-        self.plane = plane
-        # A live data file's hooks (--data-from): `invoke --local` runs none, so it writes to none of their
-        # collections (the project's private local file has no hooks run on it, by design: docs/hooks.md).
-        self.hooks = hooks or {}
-        self.session: CallSession | None = None
-        self._lock = threading.Lock()  # the transport answers calls on a pool of threads: one at a time here
 
-    @classmethod
-    @contextmanager
-    def open(cls, project: Project, data_from: Path | None, state: DesiredState | None) -> Iterator[LocalData]:
-        hooks: dict[tuple[str, str], tuple[HookSpec, ...]] = {}
-        if data_from is not None:
-            if not data_from.exists():
-                raise BadInput(f"--data-from {data_from}: no state store there")
-            documents = docstore.connect(docstore.data_path(data_from))
-            policies_of, routes = _store_policies(data_from)
-            # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
-            plane = DataPlane(documents, policies_of, outbox=lambda: routes)
-            hooks = _store_hooks(data_from)
-        else:
-            documents = docstore.connect(local_data_path(project))
-            policies = state.policies if state is not None else ()
-            plane = DataPlane(documents, lambda: policies)
-            if state is not None:  # the local file's collections follow the manifests (never dropping data)
-                plane.sync_collections(state.collections, prune=False, force=False)
-        try:
-            yield cls(plane, hooks)
-        finally:
-            documents.close()
+def _given(state: DesiredState) -> DesiredState:
+    return state
+
+
+class DataCalls(Protocol):
+    """What a local invocation needs of `context.db` (`fnctl.commands.localdata.LocalData`)."""
+
+    def begin(self, function: Function) -> None: ...
+
+    def on_call(self, invocation_id: str, method: str, params: dict[str, Any]) -> Any: ...
+
+    def finish(self, outcome: Outcome) -> Outcome: ...
+
+
+# Opens `context.db` for a project: its local data file, or with `data_from` a state store's; `state` is the
+# validated desired state whose collections and Policies apply (None: the file's as they are).
+DataOpener = Callable[[Project, "Path | None", "DesiredState | None"], AbstractContextManager[DataCalls]]
+
+
+class _OnFirstCall:
+    """`context.db` of a local invocation, opened when its handler first calls it: most handlers never do,
+    and loading the data plane costs more than a warm invocation's whole work."""
+
+    def __init__(
+        self, open_data: DataOpener, project: Project, data_from: Path | None, state: Callable[[], DesiredState | None]
+    ):
+        self._open_data, self._project, self._data_from, self._state = open_data, project, data_from, state
+        self._opened = ExitStack()
+        self._calls: DataCalls | None = None
+        self._function: Function | None = None
+        self._lock = threading.Lock()  # calls come from the transport's pool of threads
+
+    def __enter__(self) -> _OnFirstCall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._opened.close()
 
     def begin(self, function: Function) -> None:
-        settings = DataSettings(
-            run_as_function=function.run_as is RunAs.FUNCTION,
-            transaction=function.transaction is not None,
-            retries=0,
-            db_operations=function.db_operations,
-        )
-        self.session = open_session(self.plane, Caller.operator(actor()), function.name, None, settings)
+        with self._lock:
+            self._function = function
+            if self._calls is not None:
+                self._calls.begin(function)
 
     def on_call(self, invocation_id: str, method: str, params: dict[str, Any]) -> Any:
         with self._lock:
-            if self.session is None:
-                raise CallFailed("NoInvocation", "no invocation is in flight")
-            try:
-                self._refuse_hooked(method, params)
-                return answer(self.plane, self.session, method, params)
-            except DataError as error:
-                raise call_failed(error) from None
-
-    def _refuse_hooked(self, method: str, params: dict[str, Any]) -> None:
-        op = WRITES.get(method)
-        if op is None or not self.hooks:
-            return
-        kind = EVENTS[op]
-        collection = params.get("collection")
-        names = [h.name for e in ("before", "after") for h in self.hooks.get((str(collection), e + kind), ())]
-        if names:
-            raise Invalid(
-                f"collection {collection!r} has data hooks ({', '.join(names)}), which `invoke --local` does not "
-                "run: invoke the deployed function through the gateway instead"
-            )
+            if self._calls is None:
+                if self._function is None:
+                    raise CallFailed("NoInvocation", "no invocation is in flight")
+                try:
+                    opened = self._open_data(self._project, self._data_from, self._state())
+                    calls = self._opened.enter_context(opened)
+                except FnctlError as error:
+                    raise CallFailed("DataUnavailable", error.message) from None
+                calls.begin(self._function)
+                self._calls = calls
+            calls = self._calls
+        return calls.on_call(invocation_id, method, params)
 
     def finish(self, outcome: Outcome) -> Outcome:
-        """The invocation's outcome after its data: a limit it hit fails it; a procedure commits only when
-        the handler returned ok (a conflict fails it: nothing is re-run locally)."""
-        session, self.session = self.session, None
-        if session is None:
-            return outcome
-        if session.exceeded is not None:
-            return replace(
-                outcome,
-                ok=False,
-                result=None,
-                failure=Failure.HANDLER_ERROR,
-                message=f"LimitExceeded: {session.exceeded.detail_text}",
-            )
-        if session.txn is not None:
-            if session.conflict is not None:
-                session.txn.rollback()
-                return replace(
-                    outcome,
-                    ok=False,
-                    result=None,
-                    failure=Failure.HANDLER_ERROR,
-                    message=f"Conflict: {session.conflict.detail_text} (nothing was written)",
-                )
-            if not outcome.ok:
-                session.txn.rollback()
-                return outcome
-            try:
-                session.txn.commit()
-            except DataError as error:
-                return replace(
-                    outcome,
-                    ok=False,
-                    result=None,
-                    failure=Failure.HANDLER_ERROR,
-                    message=f"{type(error).__name__}: {error.detail_text} (nothing was written)",
-                )
-        return outcome
+        with self._lock:
+            calls, self._function = self._calls, None
+        return outcome if calls is None else calls.finish(outcome)
 
 
-def local_data_path(project: Project) -> Path:
-    """The project's local data file for `invoke --local`, under the user's cache (one per project root)."""
-    where = hashlib.sha256(os.path.realpath(project.root).encode()).hexdigest()[:16]
-    return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
-
-
-def _store_hooks(state_file: Path) -> dict[tuple[str, str], tuple[HookSpec, ...]]:
-    """The data hooks of the state store at `state_file` (its published Triggers), read once."""
-    store = connect_store(state_file)
-    try:
-        return hook_specs(store.resources("Trigger"))
-    finally:
-        store.close()
-
-
-def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
-    """The live Policies of the state store at `state_file` and its onCommit triggers by collection, read once."""
-    store = connect_store(state_file)
-    try:
-        policies = parse_policies(store.resources("Policy"))
-        routes = on_commit_routes(store.resources("Trigger"))
-    finally:
-        store.close()
-    return (lambda: policies), routes
-
-
-def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: LocalData) -> Any:
+def _invoke_warm(function: Function, key: str, event: Any, payload_size: int, data: _OnFirstCall) -> Any:
     socket_dir = instances.runtime_root() / f"w{key[:11]}"
     container_id = instances.recorded_container(socket_dir)
     if not container_id:
@@ -262,12 +198,11 @@ def _invoke_cold(
     key: str,
     event: Any,
     payload_size: int,
-    data: LocalData,
+    data: _OnFirstCall,
     *,
     keep_warm: bool,
     on_progress: Callable[[str], None],
 ) -> LocalResult:
-
     on_progress(f"image for {function.name}")
     image = images.ensure_image(
         project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime

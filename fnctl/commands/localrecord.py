@@ -1,5 +1,5 @@
 """What `fnctl invoke --local` validates, and the record of its last passing validation: while the manifests,
-the project settings and the functions' source trees are exactly what that validation read, the warm path
+the project settings and the functions' source trees are exactly what that validation read, `invoke --local`
 rebuilds the function from the record instead of validating again."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from fnctl import __version__
 from fnctl.engine.instances import runtime_root
 from fnctl.errors import BadInput
+from fnctl.manifest.files import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.kinds import build
-from fnctl.manifest.loader import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project
 from fnctl.runtimes.validation import validate_project  # counts through manifest.validate: tests replace it

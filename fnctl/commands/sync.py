@@ -24,7 +24,7 @@ from fnctl.gitops import deploys
 from fnctl.gitops.commit import Commit, WorkTree
 from fnctl.gitops.deploys import Decision
 from fnctl.gitops.gitrepo import Mirror
-from fnctl.manifest.loader import find_manifest_files
+from fnctl.manifest.files import find_manifest_files
 from fnctl.manifest.project import CONFIG_FILE, Project, inside, project_at
 
 

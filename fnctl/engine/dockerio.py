@@ -1,7 +1,9 @@
 """The Docker engine boundary: the only module that imports the docker SDK.
 
-It speaks in fnctl's terms (ContainerSpec, ContainerInfo) and turns the SDK's exceptions into fnctl errors;
-what a container must look like is decided in `sandbox`, not here.
+It speaks in fnctl's terms (ContainerSpec, ContainerInfo) and turns the engine's errors into fnctl errors;
+what a container must look like is decided in `sandbox`, not here. The calls of an instance's life (image and
+container inspection, create, start, update, remove, list) go straight to the engine's HTTP API
+(`dockerapi`, its transport: no SDK to import, no client to set up); builds, logs and events use the SDK.
 """
 
 from __future__ import annotations
@@ -13,14 +15,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-import docker.types
-
+from fnctl.engine import dockerapi
 from fnctl.engine.sandbox import ContainerSpec
 from fnctl.errors import BuildFailed, EngineUnavailable, FnctlError
+
+if TYPE_CHECKING:
+    import docker
+
+
+@cache
+def _sdk() -> Any:
+    """The docker SDK, imported on first use (tests/test_layout.py allows this one, with the reason): ~0.2 s
+    of CPU to import, measured here, which `invoke --local` and the read commands (`fnctl history`, `get`,
+    through commands.functions, deploy.live, engine.instances) would pay without ever needing it; a command
+    pays for the SDK only when it builds an image, reads logs or events, or reaches an engine over TCP/SSH."""
+    import docker
+    import docker.errors
+    import docker.types
+
+    return docker
+
 
 SETUP_HINT = "start one with `bash scripts/setup.sh` (or `dockerd &`), or point DOCKER_HOST at an engine"
 
@@ -44,7 +60,7 @@ class ExitState:
 
 @contextmanager
 def _engine_errors(action: str) -> Iterator[None]:
-    errors = docker.errors
+    errors = _sdk().errors
     try:
         yield
     except errors.NotFound as exc:
@@ -63,28 +79,52 @@ def _explain(exc: Exception) -> str:
 
 @cache
 def client() -> docker.DockerClient:
+    sdk = _sdk()
     try:
-        engine = docker.from_env(timeout=60)
+        engine = sdk.from_env(timeout=60)
         engine.ping()
-    except docker.errors.DockerException as exc:
+    except sdk.errors.DockerException as exc:
         raise EngineUnavailable(f"no Docker engine answers ({exc}); {SETUP_HINT}") from None
     return engine
 
 
+def _call(
+    action: str,
+    method: str,
+    where: str,
+    *,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    missing_ok: bool = False,
+) -> Any:
+    """One call of the engine's API; its JSON answer, or None for a 404 when `missing_ok`."""
+    try:
+        if dockerapi.socket_path() is not None:
+            reply = dockerapi.request(method, where, query=query, body=body)
+        else:  # tcp:// or ssh://: the SDK's session knows how to reach (and authenticate to) the engine
+            with _engine_errors(action):
+                api = client().api
+                answer = api.request(method, api.base_url + where, params=query, json=body, timeout=dockerapi.TIMEOUT)
+                reply = dockerapi.Reply(answer.status_code, answer.json() if answer.content.strip() else None)
+    except dockerapi.Unreachable as exc:
+        raise EngineUnavailable(f"{action}: no Docker engine answers ({exc}); {SETUP_HINT}") from None
+    if reply.status == 404:
+        if missing_ok:
+            return None
+        raise FnctlError(f"{action}: not found: {reply.message}")
+    if reply.status >= 400:
+        raise FnctlError(f"{action}: the Docker engine refused: {reply.message}")
+    return reply.body
+
+
 def runtimes() -> set[str]:
-    with _engine_errors("reading the engine's runtimes"):
-        return set(client().info().get("Runtimes", {}))
+    return set(_call("reading the engine's runtimes", "GET", "/info").get("Runtimes", {}))
 
 
 def image_id(tag: str) -> str | None:
     """The image's ID, or None when the engine does not have it."""
-    try:
-        with _engine_errors(f"inspecting image {tag}"):
-            return str(client().api.inspect_image(tag)["Id"])
-    except FnctlError as exc:
-        if "not found" in exc.message:
-            return None
-        raise
+    found = _call(f"inspecting image {tag}", "GET", dockerapi.path("/images/{}/json", tag), missing_ok=True)
+    return None if found is None else str(found["Id"])
 
 
 # What the engine says when a cached layer this build stands on was pruned meanwhile by a `docker rmi` of
@@ -169,7 +209,7 @@ def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
                 stdout=True,
                 stderr=False,
             )
-        except docker.errors.ContainerError as exc:
+        except _sdk().errors.ContainerError as exc:
             raise FnctlError(f"{entrypoint} in {image} exited with {exc.exit_status}: {exc.stderr!r}") from None
     return bytes(output).decode()
 
@@ -188,83 +228,89 @@ def remove_image(tag: str) -> None:
     with _engine_errors(f"removing image {tag}"):
         try:
             client().api.remove_image(tag, force=True)
-        except docker.errors.NotFound:
+        except _sdk().errors.NotFound:
             pass
-
-
-def run_container(spec: ContainerSpec) -> str:
-    """Create and start the container; returns its ID."""
-    types = docker.types
-    host_config = client().api.create_host_config(
-        mounts=[
-            types.Mount(target=spec.socket_target, source=spec.socket_dir, type="bind", read_only=spec.socket_read_only)
-        ],
-        read_only=spec.read_only,
-        cap_drop=list(spec.cap_drop),
-        security_opt=list(spec.security_opt),
-        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
-        mem_limit=spec.memory,
-        memswap_limit=spec.memory,
-        # As a CFS quota (not NanoCpus, which the engine's update cannot change): a starting instance gets
-        # `start_nano_cpus`, lowered to `nano_cpus` by `set_cpus` once it is ready.
-        cpu_period=CPU_PERIOD,
-        cpu_quota=_quota(spec.start_nano_cpus or spec.nano_cpus),
-        pids_limit=spec.pids,
-        ulimits=[
-            types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
-            types.Ulimit(name="fsize", soft=spec.fsize, hard=spec.fsize),
-        ],
-        network_mode=spec.network,
-        runtime=spec.runtime,
-        privileged=False,
-        log_config=types.LogConfig(type="json-file", config={"max-size": spec.log_max_size, "max-file": "1"}),
-    )
-    with _engine_errors(f"starting container {spec.name}"):
-        created = client().api.create_container(
-            spec.image,
-            name=spec.name,
-            user=spec.user,
-            environment=spec.environment,
-            labels=spec.labels,
-            host_config=host_config,
-            network_disabled=spec.network == "none",
-        )
-        container_id = str(created["Id"])
-        try:
-            client().api.start(container_id)
-        except docker.errors.APIError:
-            client().api.remove_container(container_id, force=True)
-            raise
-    return container_id
 
 
 CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
 
 
-def _quota(nano_cpus: int) -> int:
-    return max(1000, nano_cpus * CPU_PERIOD // 1_000_000_000)  # the kernel refuses quotas under 1 ms
+def cpu_quota(nano_cpus: int) -> int:
+    """`nano_cpus` as a CFS quota per CPU_PERIOD; the kernel refuses quotas under 1 ms."""
+    return max(1000, nano_cpus * CPU_PERIOD // 1_000_000_000)
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's create request for `spec` (the fields and values the docker SDK sends for the same
+    arguments). The CPU limit is a CFS quota, not NanoCpus, which the engine's update cannot change: a
+    starting instance gets `start_nano_cpus`, lowered to `nano_cpus` by `set_cpus` once it is ready."""
+    host_config: dict[str, Any] = {
+        "Memory": spec.memory,
+        "MemorySwap": spec.memory,
+        "ReadonlyRootfs": spec.read_only,
+        "NetworkMode": spec.network,
+        "CapDrop": list(spec.cap_drop),
+        "SecurityOpt": list(spec.security_opt),
+        "Ulimits": [
+            {"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile},
+            {"Name": "fsize", "Soft": spec.fsize, "Hard": spec.fsize},
+        ],
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": spec.log_max_size, "max-file": "1"}},
+        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_size},mode=1777"},
+        "PidsLimit": spec.pids,
+        "CpuPeriod": CPU_PERIOD,
+        "CpuQuota": cpu_quota(spec.start_nano_cpus or spec.nano_cpus),
+        "Mounts": [
+            {"Target": spec.socket_target, "Source": spec.socket_dir, "Type": "bind", "ReadOnly": spec.socket_read_only}
+        ],
+        "Privileged": False,
+    }
+    if spec.runtime:
+        host_config["Runtime"] = spec.runtime
+    return {
+        "Image": spec.image,
+        "User": spec.user,
+        "Env": [f"{k}={v}" for k, v in spec.environment.items()],
+        "Labels": dict(spec.labels),
+        "NetworkDisabled": spec.network == "none",
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "HostConfig": host_config,
+    }
+
+
+def run_container(spec: ContainerSpec) -> str:
+    """Create and start the container; returns its ID."""
+    action = f"starting container {spec.name}"
+    created = _call(action, "POST", "/containers/create", query={"name": spec.name}, body=container_config(spec))
+    container_id = str(created["Id"])
+    try:
+        _call(action, "POST", dockerapi.path("/containers/{}/start", container_id))
+    except FnctlError:
+        kill(container_id)
+        raise
+    return container_id
 
 
 def set_cpus(container_id: str, nano_cpus: int) -> None:
     """Set a running container's CPU quota (`run_container` gave it its starting quota)."""
-    with _engine_errors(f"setting the CPU quota of {container_id[:12]}"):
-        client().api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(nano_cpus))
+    where = dockerapi.path("/containers/{}/update", container_id)
+    body = {"CpuPeriod": CPU_PERIOD, "CpuQuota": cpu_quota(nano_cpus)}
+    _call(f"setting the CPU quota of {container_id[:12]}", "POST", where, body=body)
 
 
 def pause(container_id: str, paused: bool) -> None:
     """Freeze (`paused`) or thaw every process of a container: a paused one uses no CPU, keeps its memory."""
-    with _engine_errors(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}"):
-        if paused:
-            client().api.pause(container_id)
-        else:
-            client().api.unpause(container_id)
+    verb = "pause" if paused else "unpause"
+    where = dockerapi.path("/containers/{}/" + verb, container_id)
+    _call(f"{'pausing' if paused else 'unpausing'} {container_id[:12]}", "POST", where)
 
 
 def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> list[ContainerInfo]:
     """Containers carrying every label in `labels` (a value of "" matches any value): one engine call."""
     filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
-    with _engine_errors("listing containers"):
-        found = client().api.containers(all=all_states, filters=filters)
+    query = {"all": "1" if all_states else "0", "filters": json.dumps(filters)}
+    found = _call("listing containers", "GET", "/containers/json", query=query)
     return [
         ContainerInfo(
             c["Id"],
@@ -278,8 +324,9 @@ def list_containers(labels: Mapping[str, str], *, all_states: bool = True) -> li
 
 
 def inspect_container(container_id: str) -> dict[str, Any]:
-    with _engine_errors(f"inspecting container {container_id[:12]}"):
-        return dict(client().api.inspect_container(container_id))
+    return dict(
+        _call(f"inspecting container {container_id[:12]}", "GET", dockerapi.path("/containers/{}/json", container_id))
+    )
 
 
 def exit_state(container_id: str) -> ExitState:
@@ -327,24 +374,25 @@ def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iter
 
 
 def kill(container_id: str) -> None:
-    """Kill and remove; a container already gone is fine."""
-    errors = docker.errors
+    """Kill and remove; a container already gone (or going) is fine."""
+    where = dockerapi.path("/containers/{}", container_id)
     try:
-        client().api.remove_container(container_id, force=True)
-    except errors.NotFound:
-        pass
-    except errors.APIError as exc:
-        if "already in progress" not in _explain(exc):
-            raise FnctlError(f"removing container {container_id[:12]}: {_explain(exc)}") from None
+        _call(f"removing container {container_id[:12]}", "DELETE", where, query={"force": "1"}, missing_ok=True)
+    except EngineUnavailable:
+        raise
+    except FnctlError as exc:
+        if "already in progress" not in exc.message:
+            raise
 
 
 def stop(container_id: str, timeout: int = 10) -> None:
     """Stop gracefully (SIGTERM: the runtime drains), then remove."""
-    errors = docker.errors
+    where = dockerapi.path("/containers/{}/stop", container_id)
     try:
-        client().api.stop(container_id, timeout=timeout)
-    except errors.NotFound:
-        return
-    except errors.APIError:
-        pass
+        if _call(f"stopping {container_id[:12]}", "POST", where, query={"t": str(timeout)}, missing_ok=True) is None:
+            return
+    except EngineUnavailable:
+        raise
+    except FnctlError:
+        pass  # the removal below forces it
     kill(container_id)

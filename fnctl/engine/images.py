@@ -10,7 +10,6 @@ to build.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from fnctl.engine import dockerio, imageplatform, pydeps
 from fnctl.engine.imageplatform import ImagePlatform
 from fnctl.engine.sandbox import LABEL
 from fnctl.errors import EngineUnavailable
+from fnctl.manifest.project import cache_dir
 from fnctl.runtimes import Runtime, runtime_for
 from fnctl.runtimes.python import PYTHON
 
@@ -30,11 +30,6 @@ class ImageRef:
     tag: str
     content_hash: str
     built: bool  # False when the image was already there
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fnctl"
 
 
 def runtime_hash(base_id: str, language: Runtime) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fnctl.manifest.loader import Document
+from fnctl.manifest.files import Document
 from fnctl.manifest.model import (
     DEFAULT_DB_OPERATIONS,
     DEFAULT_TRANSACTION_RETRIES,

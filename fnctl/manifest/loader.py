@@ -11,49 +11,19 @@ file once one is asked for, come from the full builder in `fnctl.manifest.yamlbu
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fnctl.manifest.diagnostics import Diagnostic, JsonPath, Position
+from fnctl.manifest.files import MAX_FILE_BYTES, Document
 from fnctl.manifest.yamlbuild import MAX_DEPTH, Builder, Parser, Refused, TooManyDocuments
 from fnctl.manifest.yamlscalars import ALLOWED_SCALARS, TAGS, VALUES, plain_value, resolve_tag
 
-MAX_FILE_BYTES = 4 * 2**20
 MAX_DOCUMENTS = 1000
-MANIFEST_SUFFIXES = (".yaml", ".yml")
-
-
-@dataclass(frozen=True)
-class Document:
-    """One YAML document of a manifest file, as plain data, with where each value starts.
-
-    `marks` holds the parser's marks (0-based line and column), made into a `Position` only when asked
-    for: most documents are valid, and their positions are never needed. For a file read on the fast path
-    they are not even found until then.
-    """
-
-    file: Path
-    index: int
-    data: Any
-    marks: Mapping[JsonPath, Any] = field(compare=False, repr=False)
-
-    def position(self, path: Iterable[str | int]) -> Position:
-        """Position of the value at `path`, or of its nearest ancestor that has one."""
-        key, marks = tuple(path), self.marks
-        while key and key not in marks:
-            key = key[:-1]
-        mark = marks.get(key)
-        return Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
-
-    @property
-    def positions(self) -> dict[JsonPath, Position]:
-        return {path: Position(m.line + 1, m.column + 1) for path, m in self.marks.items()}
 
 
 class _Source:
@@ -94,22 +64,6 @@ class _LazyMarks(Mapping[JsonPath, Any]):
 
     def __len__(self) -> int:
         return len(self._source.of(self._index))
-
-
-def find_manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]:
-    """Manifest files under `paths` (files as given, directories recursively), sorted; missing paths are errors."""
-    found: set[Path] = set()
-    errors: list[Diagnostic] = []
-    for path in paths:
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.update(Path(root, f) for f in files if f.endswith(MANIFEST_SUFFIXES))
-        elif path.is_file():
-            found.add(path)
-        else:
-            errors.append(Diagnostic(path, Position(0, 0), (), f"no such file or directory: {path}"))
-    return sorted(found), errors
 
 
 def load_file(path: Path) -> tuple[list[Document], list[Diagnostic]]:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fnctl.manifest.files import Document
 from fnctl.manifest.filterlang import Filter, FilterError, render_path, valid_field
 from fnctl.manifest.filterlang import parse as parse_filter
-from fnctl.manifest.loader import Document
 from fnctl.manifest.units import parse_duration, parse_size
 
 

@@ -113,6 +113,13 @@ def _from_config(root: Path, data: dict[str, Any]) -> Project:
     )
 
 
+def cache_dir() -> Path:
+    """fnctl's cache for the user ($XDG_CACHE_HOME/fnctl): wheels, node tools and npm dependencies, base image
+    probes, `invoke --local`'s data files and salt. Here, low in the layers, for all of them."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fnctl"
+
+
 def _env_base_image() -> str:
     return os.environ.get("FNCTL_BASE_IMAGE") or DEFAULT_BASE_IMAGE
 

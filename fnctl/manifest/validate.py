@@ -16,8 +16,9 @@ from typing import Any
 
 from fnctl.manifest.checks import check_state
 from fnctl.manifest.diagnostics import Diagnostic, Position, sorted_diagnostics
+from fnctl.manifest.files import Document, find_manifest_files
 from fnctl.manifest.kinds import build
-from fnctl.manifest.loader import Document, find_manifest_files, load_file
+from fnctl.manifest.loader import load_file
 from fnctl.manifest.model import (
     Collection,
     DesiredState,

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 from fnctl.errors import BuildFailed
+from fnctl.manifest.project import cache_dir
 from fnctl.manifest.source import code_hash, source_files
 from fnctl.toolchain import esbuild, npmdeps, tsc
-from fnctl.toolchain.nodetools import Tools, cache_dir, ensure_tools, tools_key
+from fnctl.toolchain.nodetools import Tools, ensure_tools, tools_key
 from fnctl.toolchain.npm import OnLine
 from fnctl.toolchain.packages import LOCK, PACKAGE, PackageFiles, package_problems
 from fnctl.toolchain.problems import CodeProblem

@@ -9,13 +9,13 @@ them directly, without a Node.js process in front (that saves ~40 ms a call).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fnctl.errors import BuildFailed
+from fnctl.manifest.project import cache_dir
 from fnctl.manifest.schemas import data_dir
 from fnctl.toolchain import npm
 from fnctl.toolchain.npm import OnLine
@@ -29,11 +29,6 @@ class Tools:
     tsc: Path
     types: Path  # node_modules/@types: @types/node, the Node 22 API as handlers see it
     key: str  # the lock's hash: what changes when a tool's version does
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fnctl"
 
 
 def tools_key() -> str:

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from fnctl.errors import BuildFailed
+from fnctl.manifest.project import cache_dir
 from fnctl.manifest.source import code_hash, source_files
 from fnctl.toolchain import npm
-from fnctl.toolchain.nodetools import cache_dir
 from fnctl.toolchain.npm import TARGET_PLATFORM, OnLine
 from fnctl.toolchain.packages import DEPENDENCY_FIELDS, LOCK, PACKAGE, is_local
 

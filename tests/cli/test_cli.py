@@ -20,7 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from fnctl import __version__
-from fnctl.cli.app import _app_for, _command_name, app
+from fnctl.cli.app import PARTS, _app_for, _command_name, _part, app
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invalid"
@@ -322,6 +322,33 @@ def test_a_named_command_is_built_alone_and_app_keeps_every_command(args: list[s
     everything = _names(app)
     assert _names(_app_for(args)) == only
     assert _names(app) == everything and only < everything
+
+
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_the_table_of_parts_names_exactly_the_commands_each_part_defines(part: str) -> None:
+    assert set(PARTS[part]) == _names(_part(part).app)
+
+
+IMPORTED_PARTS = """
+import sys
+sys.argv = ["fnctl", *sys.argv[1:]]
+from fnctl.cli.app import main
+try:
+    main()
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.startswith("fnctl.cli.") or m in ("docker", "jsonschema")), file=sys.stderr)
+"""
+
+
+def test_a_named_command_imports_its_part_of_the_cli_alone(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED_PARTS, "invoke", "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "--keep-warm" in done.stdout
+    imported = set(json.loads(done.stderr.strip().splitlines()[-1].replace("'", '"')))
+    assert "fnctl.cli.develop" in imported
+    assert not imported & {f"fnctl.cli.{part}" for part in PARTS if part != "develop"}
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["invok"], ["--debug"], ["--debug", "--help"]])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from sandbox_handlers.harness import (
 
 import fnctl.manifest.validate
 from fnctl.commands.local import LocalResult, invoke_local
+from fnctl.commands.localdata import LocalData
 from fnctl.errors import BadInput
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
@@ -103,7 +106,9 @@ def _no_leftovers(project: Project, docker_client: docker.DockerClient) -> Itera
 
 def local(project: Project, function: str, event: Any, *, keep_warm: bool = False) -> LocalResult:
     size = len(json.dumps(event).encode())
-    return invoke_local(project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None)
+    return invoke_local(
+        project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None, open_data=LocalData.open
+    )
 
 
 def containers_of(docker_client: docker.DockerClient, project: Project, function: str) -> list[str]:
@@ -238,6 +243,27 @@ def test_keep_warm_validates_again_only_when_a_manifest_or_a_source_changed(
     (root / "functions" / "other" / "main.py").write_text(OTHER_SOURCE)
     again = local(project, "warm", {"n": 8}, keep_warm=True)
     assert again.warm and again.outcome.result == {"echo": {"n": 8}} and len(validations) == 5
+
+
+def test_a_fresh_sandbox_validates_again_only_when_a_manifest_or_a_source_changed(
+    two_functions: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, root = two_functions, two_functions.root
+    validations = count_validations(monkeypatch)
+    backdate(root)
+    assert local(project, "warm", {"n": 1}).outcome.ok and len(validations) == 1
+    again = local(project, "warm", {"n": 2})
+    assert not again.warm and again.outcome.result["echo"] == {"n": 2}
+    assert len(validations) == 1  # nothing changed: the recorded function was started
+
+    manifest = root / "manifests" / "warm.yaml"
+    manifest.write_text(manifest.read_text().replace("probes.echo_context", "probes.echo"))
+    changed = local(project, "warm", {"n": 3})
+    assert changed.outcome.result == {"echo": {"n": 3}} and len(validations) == 2
+    (root / "functions" / "other" / "main.py").write_text("def handler(:\n")
+    with pytest.raises(BadInput, match="cannot parse main.py"):
+        local(project, "warm", {"n": 4})
+    assert len(validations) == 3
 
 
 def test_keep_warm_by_manifest_path_detects_an_edit_of_that_manifest(
@@ -422,3 +448,45 @@ def test_cli_a_missing_shared_library_is_named_not_the_wrappers_message(
     assert text.returncode == 1 and f"error: {expected}" in text.stderr
     # the wrapper's words and the loader's own stay in the traceback
     assert "source directory" in text.stderr and f"{library}: cannot open shared object file" in text.stderr
+
+
+# ---- what the command loads --------------------------------------------------------------------------
+
+
+LOADED = """
+import json, runpy, sys
+sys.argv = ["fnctl", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("fnctl", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+heavy = ("docker", "jsonschema", "fnctl.data.plane", "fnctl.commands.localdata")
+print(json.dumps({"exit": code, "loaded": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
+"""
+
+
+def _loaded(project: Project, *args: str) -> tuple[str, set[str]]:
+    """`python -m fnctl ARGS`'s standard output, and which of the heavy modules it loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, *args],
+        cwd=project.root,
+        env={**os.environ, "FNCTL_BASE_IMAGE": project.base_image},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["exit"] == 0, done.stderr
+    return done.stdout, set(report["loaded"])
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_an_invocation_without_data_calls_loads_neither_the_docker_sdk_nor_the_data_plane(
+    project: Project, warm: bool
+) -> None:
+    args = ["invoke", "--local", "echo", "-d", '{"n": 7}', *(["--keep-warm"] if warm else [])]
+    _loaded(project, *args)  # builds the image (through the SDK) if it is not there yet, starts the warm instance
+    out, loaded = _loaded(project, *args)
+    assert json.loads(out)["echo"] == {"n": 7}
+    assert loaded == set()

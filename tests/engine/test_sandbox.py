@@ -37,6 +37,7 @@ from sandbox_handlers.harness import (
 )
 
 from fnctl.commands.local import invoke_local
+from fnctl.commands.localdata import LocalData
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
 from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
@@ -530,7 +531,15 @@ def test_requirements_txt_dependency_is_installed_into_the_image(
         source = project.root / "functions" / "withdep"
         shutil.copytree(WITHDEP, source, ignore=shutil.ignore_patterns("__pycache__"))
         (source / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\ntinydep==1.0\n")
-        result = invoke_local(project, "withdep", {"text": "hi"}, 15, keep_warm=False, on_progress=lambda _: None)
+        result = invoke_local(
+            project,
+            "withdep",
+            {"text": "hi"},
+            15,
+            keep_warm=False,
+            on_progress=lambda _: None,
+            open_data=LocalData.open,
+        )
         assert result.outcome.ok, result.outcome
         assert result.outcome.result == {"shout": "HI!", "from": "/opt/fnctl/deps/tinydep/__init__.py"}
     finally:
@@ -554,7 +563,9 @@ def test_secret_reaches_the_handler_and_nothing_else(
 ) -> None:
     token = f"s3cr3t-{secrets.token_hex(16)}"
     monkeypatch.setenv(SECRET_ENV, token)
-    result = invoke_local(project, "secret", {}, 2, keep_warm=True, on_progress=lambda _: None)
+    result = invoke_local(
+        project, "secret", {}, 2, keep_warm=True, on_progress=lambda _: None, open_data=LocalData.open
+    )
     assert result.outcome.ok and result.outcome.result == {"token": token}
     assert token not in result.outcome.logs
     [container] = project_containers(docker_client, project.name)  # kept warm: still there to look at

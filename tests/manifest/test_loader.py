@@ -10,7 +10,8 @@ import yaml
 
 from fnctl.manifest import loader
 from fnctl.manifest.diagnostics import Position
-from fnctl.manifest.loader import Document, find_manifest_files, load_file
+from fnctl.manifest.files import Document, find_manifest_files
+from fnctl.manifest.loader import load_file
 
 
 def load(tmp_path: Path, text: str | bytes, name: str = "m.yaml") -> tuple[list[Document], list[str]]:

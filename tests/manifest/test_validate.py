@@ -23,7 +23,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from fnctl.manifest import fastschema, schemas
-from fnctl.manifest.loader import MAX_DOCUMENTS, MAX_FILE_BYTES, load_file
+from fnctl.manifest.files import MAX_FILE_BYTES
+from fnctl.manifest.loader import MAX_DOCUMENTS, load_file
 from fnctl.manifest.project import load_project
 from fnctl.manifest.validate import ValidationResult, validate_paths
 
@@ -606,7 +607,7 @@ def test_the_fnctl_toml_of_the_manifest_reference_is_valid(tmp_path: Path) -> No
 
 def test_mutated_manifests_get_diagnostics_never_exceptions() -> None:
     """Whatever a schema-checked document holds, the typed values and semantic checks cope with it."""
-    from fnctl.manifest.loader import Document
+    from fnctl.manifest.files import Document
     from fnctl.manifest.model import Limits
     from fnctl.manifest.validate import build_state
 

@@ -16,9 +16,9 @@ import pytest
 from deploy_helpers import Project, cleanup, make_project
 
 from fnctl.engine.images import ensure_image
+from fnctl.manifest.project import cache_dir
 from fnctl.runtimes.node import DEFAULT_NODE_BASE_IMAGE
 from fnctl.toolchain import nodebuild, npmdeps
-from fnctl.toolchain.nodetools import cache_dir
 
 pytestmark = pytest.mark.docker
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "node"
