@@ -74,7 +74,17 @@ class LeanRequest:
     the names and meaning of aiohttp's `web.Request` (its path is never percent-encoded: such a request
     takes aiohttp's path)."""
 
-    __slots__ = ("method", "path", "raw_path", "headers", "raw_headers", "remote", "body", "keep_alive", "_query")
+    __slots__ = (
+        "method",
+        "path",
+        "raw_path",
+        "headers",
+        "raw_headers",
+        "remote",
+        "body",
+        "keep_alive",
+        "_query_string",
+    )
 
     def __init__(
         self,
@@ -86,7 +96,7 @@ class LeanRequest:
         keep_alive: bool,
     ) -> None:
         self.method, self.raw_path, self.raw_headers = method, raw_path, raw_headers
-        self.path, _, self._query = raw_path.partition("?")
+        self.path, _, self._query_string = raw_path.partition("?")
         # decoded as aiohttp decodes them: UTF-8, bytes that are not kept as surrogate escapes
         self.headers = CIMultiDictProxy(
             CIMultiDict(
@@ -98,7 +108,7 @@ class LeanRequest:
 
     @property
     def query(self) -> MultiDictProxy[str]:
-        return MultiDictProxy(MultiDict(parse_qsl(self._query, keep_blank_values=True)))
+        return MultiDictProxy(MultiDict(parse_qsl(self._query_string, keep_blank_values=True)))
 
     @property
     def cookies(self) -> Mapping[str, str]:
