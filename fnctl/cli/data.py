@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from fnctl.cli import datatransfer
-from fnctl.cli.dataopts import CollectionArg, NoHooksOpt, TenantOpt, operator_session
+from fnctl.cli.dataopts import CollectionArg, CursorOpt, LimitOpt, NoHooksOpt, TenantOpt, operator_session
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt, print_json
 from fnctl.errors import BadInput, ExitCode
@@ -72,10 +72,8 @@ def ls(
             show_default=False,
         ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
-    cursor: Annotated[
-        Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)
-    ] = None,
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
@@ -156,10 +154,8 @@ def find(
             "--order", help="Indexed fields, comma-separated; '-' before one for descending.", show_default=False
         ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")] = 100,
-    cursor: Annotated[
-        Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)
-    ] = None,
+    limit: LimitOpt = 100,
+    cursor: CursorOpt = None,
     tenant: TenantOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,

@@ -18,6 +18,10 @@ TenantOpt = Annotated[
     Optional[str],
     typer.Option("--tenant", help='Act in this tenant (default: the default tenant, "").', show_default=False),
 ]
+LimitOpt = Annotated[int, typer.Option("--limit", help="At most this many documents (max 1000).")]
+CursorOpt = Annotated[
+    Optional[str], typer.Option("--cursor", help="Continue after the page that printed it.", show_default=False)
+]
 NoHooksOpt = Annotated[
     bool,
     typer.Option(
