@@ -18,6 +18,7 @@ import typer
 
 from fnctl import __version__
 from fnctl.cli.render import console, err_console
+from fnctl.cli.slowchecks import install_on_first_use
 from fnctl.errors import ExitCode, FnctlError
 
 # Each part of the command line (a module of fnctl.cli) registers its commands on an app of its own, and
@@ -65,6 +66,7 @@ def _root(
 ) -> None:
     global _debug
     _debug = debug
+    install_on_first_use()  # the manifest checks' jsonschema and croniter, imported only if needed
 
 
 def _part(name: str) -> ModuleType:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from fnctl.cli.options import StateOpt
+from fnctl.cli.slowchecks import install_now
 from fnctl.errors import ExitCode
 
 app = typer.Typer()
@@ -103,6 +104,7 @@ def serve(
     from fnctl.manifest.project import load_project
     from fnctl.state.store import state_path
 
+    install_now()  # jsonschema explains a refused write: a request should not wait for its import
     project = load_project()
     options = options_for(
         project,

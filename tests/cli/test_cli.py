@@ -351,6 +351,58 @@ def test_a_named_command_imports_its_part_of_the_cli_alone(tmp_path: Path) -> No
     assert not imported & {f"fnctl.cli.{part}" for part in PARTS if part != "develop"}
 
 
+SLOW_LIBRARIES = """
+import sys
+sys.argv = ["fnctl", *sys.argv[1:]]
+from fnctl.cli.app import main
+try:
+    main()
+except SystemExit as exit:
+    print(exit.code, file=sys.stderr)
+print(sorted(m for m in ("jsonschema", "referencing", "croniter", "docker") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def _validate_loading(project: Path) -> tuple[int, str, list[str]]:
+    """`fnctl validate` in `project` (through main()): its exit code, its standard error, the slow libraries
+    it loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", SLOW_LIBRARIES, "validate"], cwd=project, capture_output=True, text=True, timeout=120
+    )
+    *said, code, loaded = done.stderr.strip().splitlines()
+    return int(code), "\n".join(said), json.loads(loaded.replace("'", '"'))
+
+
+CRON = """---
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: nightly}
+spec:
+  function: hello
+  cron: {schedule: "%s"}
+"""
+
+
+def test_validate_loads_jsonschema_and_croniter_only_for_what_needs_them(tmp_path: Path) -> None:
+    """Issue 13: the manifest package imports no slow library; the CLI hands it checks that load jsonschema
+    when a value fails its compiled check and croniter when a cron trigger is read, never for valid input."""
+    assert fnctl("init", "p", cwd=tmp_path).returncode == 0
+    project = tmp_path / "p"
+    assert _validate_loading(project) == (0, "", [])
+    manifest = project / "manifests" / "hello.yaml"
+    text = manifest.read_text()
+    manifest.write_text(text.replace("memory: 128Mi", "memory: lots"))
+    code, said, loaded = _validate_loading(project)
+    assert code == 2 and "spec.limits.memory" in said and "lots" in said, said
+    assert loaded == ["jsonschema", "referencing"]
+    manifest.write_text(text + CRON % "61 * * * *")
+    code, said, loaded = _validate_loading(project)
+    assert code == 2 and "invalid cron expression '61 * * * *'" in said, said
+    assert loaded == ["croniter"]
+    manifest.write_text(text + CRON % "*/5 * * * *")
+    assert _validate_loading(project) == (0, "", ["croniter"])
+
+
 @pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["invok"], ["--debug"], ["--debug", "--help"]])
 def test_the_root_help_version_and_unknown_names_get_every_command(args: list[str]) -> None:
     assert _app_for(args) is app
