@@ -21,12 +21,15 @@ import docker.errors
 import pytest
 from runtime_helpers import StartRuntime, runtime_starter
 
-from fnctl.engine import dockerio
+from fnctl.manifest import fullchecks, slowchecks
 
 pytest_plugins = ["pytester"]  # tests/test_markers.py runs sessions of its own under this file's rules
 
 DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
 ENGINE_FIXTURES = frozenset({"docker_client", "base_image"})
+# Tests call the manifest and data packages directly, as `fnctl serve` does: with the full slow checks.
+slowchecks.install(fullchecks.CHECKS)
+
 NO_ENGINE = "unix:///nonexistent/fnctl-tests-unmarked-no-engine.sock"  # what an unmarked test reaches
 
 
@@ -96,10 +99,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _engine_only_for_docker_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """An unmarked test (and whatever it starts) finds no engine: needing one then fails it, loudly."""
     if request.node.get_closest_marker("docker") is None:
-        monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
-        dockerio.client.cache_clear()  # nor a client that an earlier docker test left in this process
+        monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)  # read by every engine call (engine.dockerapi)
     yield
-    dockerio.client.cache_clear()  # and the next test starts from its own engine address
 
 
 @pytest.fixture

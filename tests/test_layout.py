@@ -16,21 +16,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fnctl"
 MAX_LINES = 400
 
-# The imports left inside functions outside the CLI, by (module, library), both on `fnctl validate`'s path
-# (measured): jsonschema and referencing only explain a value that failed its compiled check
-# (fnctl.manifest.fastschema); eager, they add ~0.065 s of CPU to every command (every command reads
-# fnctl.toml through the schemas), a tenth of benchmarks/bench_validate.py's figure. croniter (with dateutil)
-# only checks a cron trigger's schedule; eager, ~0.025 s of CPU on every validate. The docker SDK only builds
-# images, reads logs and events, and reaches an engine over TCP/SSH (an instance's calls go over the engine's
-# HTTP API, engine.dockerapi); eager, ~0.2 s of CPU on every `invoke --local`, a warm one's whole CPU time
-# (docs/local-invoke.md), and on read commands that never call the engine.
-ALLOWED_OUTSIDE_CLI = {
-    ("manifest/schemas.py", "jsonschema"),
-    ("manifest/schemas.py", "referencing"),
-    ("manifest/triggerchecks.py", "croniter"),
-    ("engine/dockerio.py", "docker"),
-}
-
 
 def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
@@ -83,7 +68,7 @@ def test_no_import_inside_a_function_outside_the_cli() -> None:
             continue
         for statement, _ in _function_imports(ast.parse(path.read_text(encoding="utf-8"))):
             found.add((_name(path), _library(statement), statement.lineno))
-    unexpected = sorted(f"fnctl/{m}:{line}: {lib}" for m, lib, line in found if (m, lib) not in ALLOWED_OUTSIDE_CLI)
+    unexpected = sorted(f"fnctl/{m}:{line}: {lib}" for m, lib, line in found)
     assert unexpected == [], (
         "imports inside functions outside fnctl/cli/ (move them to the top of the module; a cycle means a shared "
         "piece belongs in a lower layer): " + ", ".join(unexpected)

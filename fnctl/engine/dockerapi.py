@@ -1,10 +1,10 @@
-"""The Docker engine's HTTP API on its Unix socket, with the standard library alone: the transport of
-`engine.dockerio`'s calls in an instance's life (inspect, create, start, update, remove, list).
+"""The Docker engine's HTTP API, with the standard library alone: the transport of every `engine.dockerio`
+call, over the engine's Unix socket or TCP (TLS as the docker CLI's variables say). Answers are read whole
+(`request`) or as they come (`Stream`: a build's progress, a followed log).
 
-Why not the docker SDK for these: importing it costs ~0.2 s of CPU on these machines and a client makes two
-round trips before its first call (the API version, a ping), which `fnctl invoke --local` paid on every run
-for five small JSON calls. The SDK stays for what needs more (builds, log streams, events). Only dockerio
-imports this module; it speaks HTTP and JSON, and knows nothing of containers.
+Why not the docker SDK: importing it costs ~0.2 s of CPU on these machines and a client makes two round trips
+before its first call (the API version, a ping), which `fnctl invoke --local` paid on every run for five small
+JSON calls. Only dockerio imports this module; it speaks HTTP, and knows nothing of containers.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlencode
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TIMEOUT = 60.0  # as the SDK's client is made (`from_env(timeout=60)`)
@@ -24,14 +27,15 @@ MAX_BODY = 64 * 2**20  # no answer of these calls comes near; a bigger one is a 
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: Any  # the decoded JSON, or None for an empty body
+    body: Any  # the decoded JSON, or None for an empty body or one that is not JSON
+    raw: bytes = b""  # the body as it came (log lines, a stream of JSON objects)
 
     @property
     def message(self) -> str:
         """The engine's explanation of an error (its JSON `message`)."""
         if isinstance(self.body, dict) and "message" in self.body:
             return str(self.body["message"])
-        return f"HTTP {self.status}"
+        return self.raw.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
 
 
 class Unreachable(OSError):
@@ -39,8 +43,8 @@ class Unreachable(OSError):
 
 
 def socket_path() -> str | None:
-    """The engine's Unix socket, from DOCKER_HOST as the SDK reads it; None when the engine is reached some
-    other way (tcp://, ssh://): the SDK then carries every call."""
+    """The engine's Unix socket, from DOCKER_HOST as the SDK reads it; None when the engine is reached over
+    TCP (tcp://host:port)."""
     host = os.environ.get("DOCKER_HOST", "")
     if not host:
         return DEFAULT_SOCKET
@@ -49,41 +53,148 @@ def socket_path() -> str | None:
     return None
 
 
+def _connect(timeout: float | None) -> socket.socket:
+    """A connection to the engine: its Unix socket, or TCP as DOCKER_HOST says, with TLS when
+    DOCKER_TLS_VERIFY or DOCKER_CERT_PATH is set (the docker CLI's and SDK's variables and files)."""
+    target = socket_path()
+    if target is not None:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(timeout)
+            conn.connect(target)
+        except OSError as exc:
+            conn.close()
+            raise Unreachable(f"{target}: {exc.strerror or exc}") from None
+        return conn
+    host = os.environ.get("DOCKER_HOST", "")
+    parsed = urlsplit(host)
+    if parsed.scheme not in ("tcp", "http", "https") or not parsed.hostname:
+        raise Unreachable(
+            f"DOCKER_HOST={host!r}: fnctl reaches an engine over unix:// or tcp:// (for ssh://, "
+            "forward its socket: ssh -L /tmp/docker.sock:/var/run/docker.sock HOST)"
+        )
+    tls = bool(os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH")) or parsed.scheme == "https"
+    try:
+        conn = socket.create_connection((parsed.hostname, parsed.port or (2376 if tls else 2375)), timeout=timeout)
+    except OSError as exc:
+        raise Unreachable(f"{host}: {exc.strerror or exc}") from None
+    return _tls(conn, parsed.hostname) if tls else conn
+
+
+def _tls(conn: socket.socket, hostname: str) -> socket.socket:
+    certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+    verify = bool(os.environ.get("DOCKER_TLS_VERIFY"))
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem") if verify else None)
+    if not verify:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if (certs / "cert.pem").exists():
+        context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
+    try:
+        return context.wrap_socket(conn, server_hostname=hostname)
+    except OSError as exc:
+        conn.close()
+        raise Unreachable(f"TLS to the engine: {exc}") from None
+
+
 def path(template: str, *names: str) -> str:
     """An API path with each name (an ID, an image reference) quoted into it."""
     return template.format(*(quote(name, safe="") for name in names))
 
 
 def request(
-    method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float = TIMEOUT
+    method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float | None = TIMEOUT
 ) -> Reply:
-    """One call on a connection of its own (a Unix-socket connect costs microseconds). Unversioned paths:
-    the engine answers in its own current API version."""
-    target = socket_path()
-    if target is None:
-        raise Unreachable("the engine is not on a Unix socket")
-    payload = b"" if body is None else json.dumps(body).encode()
-    line = where + ("?" + urlencode(query) if query else "")
-    head = f"{method} {line} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Length: {len(payload)}\r\n"
-    if body is not None:
-        head += "Content-Type: application/json\r\n"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(target)
-            conn.sendall(head.encode("latin-1") + b"\r\n" + payload)
-            status, raw = _read_response(conn)
-    except OSError as exc:
-        raise Unreachable(f"{target}: {exc.strerror or exc}") from None
+    """One call on a connection of its own (a Unix-socket connect costs microseconds), its answer read
+    whole. Unversioned paths: the engine answers in its own current API version."""
+    with Stream(method, where, query=query, body=body, timeout=timeout) as answer:
+        raw = b"".join(answer.chunks())
     try:
         decoded = json.loads(raw) if raw.strip() else None
     except ValueError:
-        decoded = {"message": raw.decode("utf-8", "replace").strip()}
-    return Reply(status, decoded)
+        decoded = None
+    return Reply(answer.status, decoded, raw)
 
 
-def _read_response(conn: socket.socket) -> tuple[int, bytes]:
-    reader = conn.makefile("rb")
+class Stream:
+    """One call whose answer is read as it comes (a build's output, a followed log): `status`, then
+    `chunks()`. A body is JSON (any value) or, as `upload`, a file sent as it is (a build context)."""
+
+    def __init__(
+        self,
+        method: str,
+        where: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        upload: tuple[BinaryIO, str] | None = None,
+        timeout: float | None = TIMEOUT,
+    ):
+        line = where + ("?" + urlencode(query) if query else "")
+        head = f"{method} {line} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+        payload = b"" if body is None else json.dumps(body).encode()
+        if upload is not None:
+            source, content_type = upload
+            size = os.fstat(source.fileno()).st_size
+            head += f"Content-Type: {content_type}\r\nContent-Length: {size}\r\n"
+        else:
+            head += f"Content-Length: {len(payload)}\r\n"
+            if body is not None:
+                head += "Content-Type: application/json\r\n"
+        self._conn = _connect(timeout)
+        try:
+            self._conn.sendall(head.encode("latin-1") + b"\r\n" + payload)
+            if upload is not None:
+                self._conn.sendfile(upload[0])
+            self._reader = self._conn.makefile("rb")
+            self.status, self._headers = _read_head(self._reader)
+        except OSError as exc:
+            self._conn.close()
+            raise Unreachable(f"the engine: {exc.strerror or exc}") from None
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._conn.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, piece by piece as the engine sends it (chunked or not)."""
+        total = 0
+        try:
+            for piece in self._pieces():
+                total += len(piece)
+                if total > MAX_BODY:
+                    raise Unreachable("the engine's answer is too large")
+                yield piece
+        except OSError as exc:
+            if isinstance(exc, Unreachable):
+                raise
+            raise Unreachable(f"the engine: {exc.strerror or exc}") from None
+
+    def _pieces(self) -> Iterator[bytes]:
+        reader = self._reader
+        if "chunked" in self._headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int(reader.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                yield reader.read(size)
+                reader.readline(16)  # the chunk's CRLF
+        length = self._headers.get("content-length")
+        left = int(length) if length is not None else MAX_BODY + 1
+        while left > 0:
+            piece = reader.read1(min(left, 65536))
+            if not piece:
+                return
+            left -= len(piece)
+            yield piece
+
+
+def _read_head(reader: BinaryIO) -> tuple[int, dict[str, str]]:
     status_line = reader.readline(65536).decode("latin-1")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
@@ -95,19 +206,4 @@ def _read_response(conn: socket.socket) -> tuple[int, bytes]:
             break
         name, _, value = header.partition(":")
         headers[name.strip().lower()] = value.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = bytearray()
-        while True:
-            size = int(reader.readline(1024).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            body += reader.read(size)
-            reader.readline(16)  # the chunk's CRLF
-            if len(body) > MAX_BODY:
-                raise Unreachable("the engine's answer is too large")
-        return int(parts[1]), bytes(body)
-    length = headers.get("content-length")
-    data = reader.read(int(length)) if length is not None else reader.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise Unreachable("the engine's answer is too large")
-    return int(parts[1]), data
+    return int(parts[1]), headers

@@ -79,11 +79,7 @@ class PoolManager:
 
     async def start(self) -> None:
         """Adopt the store's ready instances of the revisions in the routing table, keep their minInstances,
-        start the upkeep. The Docker client is made now, not by the first cold start (~110 ms more for it)."""
-        try:
-            await self._in_thread(dockerio.client)
-        except FnctlError as exc:  # no engine yet: the first start reports it, as it would have
-            log.warning("no Docker engine answers yet: %s", exc.message)
+        start the upkeep."""
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
