@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fnctl.commands.local import DataCalls
     from fnctl.manifest.model import DesiredState
     from fnctl.manifest.project import Project
+    from fnctl.manifest.validate import ValidationResult
 
 app = typer.Typer()
 
@@ -152,6 +153,7 @@ def invoke(
                     keep_warm=keep_warm,
                     on_progress=progress,
                     open_data=_open_local_data,
+                    validate=_validate_project,
                     data_from=data_from,
                 )
             outcome, warm = result.outcome, result.warm
@@ -161,6 +163,15 @@ def invoke(
         raise
     render_outcome(outcome, output=output, show_logs=logs, warm=warm)
     raise typer.Exit(ExitCode.OK if outcome.ok else ExitCode.FAILED)
+
+
+def _validate_project(project: Project, paths: list[Path] | None) -> ValidationResult:
+    """`invoke --local`'s validation, when the record of the last passing one does not stand."""
+    # Imported here, only then: the YAML parser, the schemas and the checks are imports (start-up time) that a
+    # warm `invoke --local` with a standing record never needs.
+    from fnctl.runtimes.validation import validate_project
+
+    return validate_project(project, paths)
 
 
 def _open_local_data(

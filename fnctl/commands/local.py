@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from fnctl.commands.localrecord import function_source, recorded_function, validated_function
+from fnctl.commands.localrecord import Validator, function_source, recorded_function, validated_function
 from fnctl.deploy.secrets import fingerprint, resolve
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.sandbox import labels
@@ -52,19 +52,21 @@ def invoke_local(
     keep_warm: bool,
     on_progress: Callable[[str], None],
     open_data: DataOpener,
+    validate: Validator,
     data_from: Path | None = None,
 ) -> LocalResult:
     """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
     The handler's `context.db` (`open_data`: `fnctl.commands.localdata.LocalData.open`) works on the project's
     local data file (its collections follow the manifests), or with `data_from` on the data file of that
-    state store (a running one's: its collections and Policies)."""
+    state store (a running one's: its collections and Policies). `validate` (`fnctl.runtimes.validation.
+    validate_project`) runs only when the record of the last passing validation does not stand."""
     if data_from is not None and not data_from.exists():
         raise BadInput(f"--data-from {data_from}: no state store there")
     # While nothing validation read has changed since it last passed, the recorded function is the one it
     # would give; the desired state (context.db's collections and Policies) is then validated only if the
     # handler calls context.db.
     recorded = recorded_function(project, target)
-    state: Callable[[], DesiredState | None] = partial(_desired_state, project, target)
+    state: Callable[[], DesiredState | None] = partial(_desired_state, project, target, validate)
     tried = ""
     if keep_warm and recorded is not None:
         tried = warm_key(recorded, function_source(recorded), project.base_image, resolve(recorded, project.root))
@@ -75,7 +77,7 @@ def invoke_local(
     if recorded is not None and not keep_warm:
         function = recorded
     else:  # a kept-warm instance that no longer answers is started again from a fresh validation
-        function, validated = validated_function(project, target, record=True)
+        function, validated = validated_function(project, target, validate, record=True)
         state = partial(_given, validated)
     source = function_source(function)
     secret_values = resolve(function, project.root)
@@ -99,8 +101,8 @@ def invoke_local(
         )
 
 
-def _desired_state(project: Project, target: str) -> DesiredState:
-    return validated_function(project, target, record=False)[1]
+def _desired_state(project: Project, target: str, validate: Validator) -> DesiredState:
+    return validated_function(project, target, validate, record=False)[1]
 
 
 def _given(state: DesiredState) -> DesiredState:

@@ -1,6 +1,9 @@
 """What `fnctl invoke --local` validates, and the record of its last passing validation: while the manifests,
 the project settings and the functions' source trees are exactly what that validation read, `invoke --local`
-rebuilds the function from the record instead of validating again."""
+rebuilds the function from the record instead of validating again.
+
+Validation itself (`fnctl.runtimes.validation.validate_project`: the YAML parser, the schemas, the checks) is
+handed in by the caller, a `Validator`: while the record stands, a warm `invoke --local` never loads it."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnctl import __version__
 from fnctl.engine.instances import runtime_root
@@ -19,7 +23,12 @@ from fnctl.manifest.files import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.kinds import build
 from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project
-from fnctl.runtimes.validation import validate_project  # counts through manifest.validate: tests replace it
+
+if TYPE_CHECKING:
+    from fnctl.manifest.validate import ValidationResult
+
+# Validates a project's manifests (all of them, or the files given) and its functions' code.
+Validator = Callable[[Project, "list[Path] | None"], "ValidationResult"]
 
 RECORD_FORMAT = 1
 # A source file changed this close to (or after) the start of a validation may have changed while it ran,
@@ -28,9 +37,9 @@ RACY_NS = 2_000_000_000
 RECORD_LIFETIME = 86_400.0
 
 
-def _validate(project: Project, target: str) -> tuple[Function, DesiredState]:
+def _validate(project: Project, target: str, validate: Validator) -> tuple[Function, DesiredState]:
     by_path = _by_path(target)
-    result = validate_project(project, [Path(target)] if by_path else None)
+    result = validate(project, [Path(target)] if by_path else None)
     if not result.ok:
         raise BadInput("the manifests are invalid:\n" + "\n".join(d.render() for d in result.diagnostics))
     functions = result.state.functions
@@ -79,12 +88,14 @@ def recorded_function(project: Project, target: str) -> Function | None:
     return function
 
 
-def validated_function(project: Project, target: str, *, record: bool) -> tuple[Function, DesiredState]:
+def validated_function(
+    project: Project, target: str, validate: Validator, *, record: bool
+) -> tuple[Function, DesiredState]:
     """The function and the desired state, validated; with `record`, the passing validation is recorded for
     the next calls."""
     manifests = _manifests_digest(project, target) if record else None
     started = time.time_ns()
-    function, state = _validate(project, target)
+    function, state = _validate(project, target, validate)
     if manifests is not None:
         try:
             _write_record(project, target, manifests, function, state, started)

@@ -33,6 +33,7 @@ from fnctl.commands.localdata import LocalData
 from fnctl.errors import BadInput
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
+from fnctl.runtimes.validation import validate_project
 
 pytestmark = pytest.mark.docker
 
@@ -107,7 +108,14 @@ def _no_leftovers(project: Project, docker_client: docker.DockerClient) -> Itera
 def local(project: Project, function: str, event: Any, *, keep_warm: bool = False) -> LocalResult:
     size = len(json.dumps(event).encode())
     return invoke_local(
-        project, function, event, size, keep_warm=keep_warm, on_progress=lambda _: None, open_data=LocalData.open
+        project,
+        function,
+        event,
+        size,
+        keep_warm=keep_warm,
+        on_progress=lambda _: None,
+        open_data=LocalData.open,
+        validate=validate_project,
     )
 
 
@@ -461,7 +469,8 @@ try:
     runpy.run_module("fnctl", run_name="__main__")
 except SystemExit as exit:
     code = exit.code
-heavy = ("docker", "jsonschema", "fnctl.data.plane", "fnctl.commands.localdata")
+heavy = ("docker", "jsonschema", "croniter", "yaml", "fnctl.runtimes.validation", "fnctl.data.plane",
+         "fnctl.commands.localdata")
 print(json.dumps({"exit": code, "loaded": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
 """
 
@@ -485,6 +494,7 @@ def _loaded(project: Project, *args: str) -> tuple[str, set[str]]:
 def test_an_invocation_without_data_calls_loads_neither_the_docker_sdk_nor_the_data_plane(
     project: Project, warm: bool
 ) -> None:
+    """Nor, while the record of the last validation stands, the YAML parser and the validation behind it."""
     args = ["invoke", "--local", "echo", "-d", '{"n": 7}', *(["--keep-warm"] if warm else [])]
     _loaded(project, *args)  # builds the image (through the SDK) if it is not there yet, starts the warm instance
     out, loaded = _loaded(project, *args)

@@ -46,6 +46,7 @@ from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import container_peer
 from fnctl.manifest.project import Project
+from fnctl.runtimes.validation import validate_project
 
 SECRET_ENV = "FNCTL_TEST_SANDBOX_TOKEN"  # the deployer's variable; the handler sees it as API_TOKEN
 
@@ -539,6 +540,7 @@ def test_requirements_txt_dependency_is_installed_into_the_image(
             keep_warm=False,
             on_progress=lambda _: None,
             open_data=LocalData.open,
+            validate=validate_project,
         )
         assert result.outcome.ok, result.outcome
         assert result.outcome.result == {"shout": "HI!", "from": "/opt/fnctl/deps/tinydep/__init__.py"}
@@ -564,7 +566,14 @@ def test_secret_reaches_the_handler_and_nothing_else(
     token = f"s3cr3t-{secrets.token_hex(16)}"
     monkeypatch.setenv(SECRET_ENV, token)
     result = invoke_local(
-        project, "secret", {}, 2, keep_warm=True, on_progress=lambda _: None, open_data=LocalData.open
+        project,
+        "secret",
+        {},
+        2,
+        keep_warm=True,
+        on_progress=lambda _: None,
+        open_data=LocalData.open,
+        validate=validate_project,
     )
     assert result.outcome.ok and result.outcome.result == {"token": token}
     assert token not in result.outcome.logs
