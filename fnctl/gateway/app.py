@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
-from fnctl.gateway.dataapi import DataApi
+from fnctl.gateway.dataapi import DataApi, DataRoute
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -93,6 +93,7 @@ class Gateway(RequestPipeline):
         self.draining = False
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
         self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
+        self.lean_data: DataRoute | None = None  # the data API's routes the lean path serves (`make_app`)
 
     # ---- handlers ----
 
@@ -317,7 +318,9 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
     if gateway.broker is not None:
-        DataApi(gateway, gateway.broker).add_routes(app)
+        data = DataApi(gateway, gateway.broker)
+        data.add_routes(app)
+        gateway.lean_data = data.lean_route
         TriggerApi(gateway).add_routes(app)
         if gateway.views is not None:
             gateway.views.add_routes(app)

@@ -7,15 +7,20 @@ Every decision (rights, tenant, schema, versions, limits) is the data plane's (`
 module parses HTTP, calls it on the broker's data thread (a GET of one document: on the event loop, a single
 primary-key read on a connection of its own), and renders its errors as application/problem+json
 (RFC 9457). Every request is audited like an invocation; every write is in the change log.
+
+Each endpoint takes either server's request (`Incoming`) and gives a `Reply`: aiohttp's routes serve them all,
+and the lean request path (`fnctl.gateway.lean`) serves the two the data plane's speed figures are about, a GET
+of one document and a POST of one (`lean_route`), with the same code from authentication to audit.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import DEFAULT_LIMIT, MAX_LIMIT, DataDocument, WriteOp
@@ -23,7 +28,7 @@ from fnctl.data.errors import PROBLEM_BASE, DataError
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.openapi import MERGE_PATCH, PROBLEM_TYPE, openapi_document
-from fnctl.gateway.request import Call, Reject, check_header_size, dumps, request_id
+from fnctl.gateway.request import Call, Incoming, LeanRequest, Reject, Reply, check_header_size, dumps, request_id
 from fnctl.invocation import strictjson
 
 if TYPE_CHECKING:
@@ -34,18 +39,25 @@ if TYPE_CHECKING:
 
 class GatewayFacade(Protocol):
     """What the API uses of `fnctl.gateway.app.Gateway` (which mounts it): its limits, authentication, body
-    reading, and the audit and metrics every request ends with."""
+    reading, the audit and metrics every request ends with, and the writing of an answer by aiohttp."""
 
     authenticator: Authenticator
     limits: GatewayLimits
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes: ...
+    async def _read_body(self, request: Incoming, limit: int) -> bytes: ...
 
-    def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response: ...
+    def _internal_reply(self, call: Call, exc: Exception, body: dict[str, Any]) -> Reply: ...
 
-    async def _finish(
-        self, call: Call, request: web.Request | None, response: web.StreamResponse
-    ) -> web.StreamResponse: ...
+    def _finish_reply(self, call: Call, request: Incoming | None, reply: Reply) -> Reply: ...
+
+    async def _respond(self, request: web.Request, reply: Reply) -> web.StreamResponse: ...
+
+
+# An endpoint: the request, its path's parameters, the authenticated caller → the answer.
+Endpoint = Callable[[Incoming, Mapping[str, str], Caller], Awaitable[Reply]]
+# What the lean path runs for a request it took, and how it finds it (`DataApi.lean_route`).
+LeanEntry = Callable[[LeanRequest], Awaitable[Reply]]
+DataRoute = Callable[[str, str], LeanEntry | None]
 
 
 _VERSION = re.compile(r'\A(?:W/)?"?([0-9]{1,18})"?\Z')
@@ -63,8 +75,19 @@ class HttpProblem(Exception):
         return {"type": PROBLEM_BASE + self.type, "title": self.title, "status": self.status, "detail": self.detail}
 
 
-def problem_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=dumps(dict(body)), status=status, content_type=PROBLEM_TYPE, headers=headers)
+def problem_reply(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None, close: bool = False
+) -> Reply:
+    all_headers = CIMultiDict(headers or {})
+    all_headers["Content-Type"] = PROBLEM_TYPE
+    return Reply(status, all_headers, dumps(dict(body)), close)
+
+
+def json_body(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    """JSON the API encoded itself, as `web.Response(body=..., content_type="application/json")` answers."""
+    all_headers = CIMultiDict(headers or {})
+    all_headers["Content-Type"] = "application/json"
+    return Reply(status, all_headers, body)
 
 
 def parse_version(text: str | None, header: str) -> int | None:
@@ -108,7 +131,8 @@ def parse_order(text: str | None) -> list[str] | None:
 
 
 class DataApi:
-    """The `/v1/` handlers; `add_routes` mounts them (before the gateway's catch-all route)."""
+    """The `/v1/` handlers; `add_routes` mounts them (before the gateway's catch-all route), `lean_route`
+    hands two of them to the lean path."""
 
     def __init__(self, gateway: GatewayFacade, broker: Broker) -> None:
         self.gateway, self.broker = gateway, broker
@@ -126,55 +150,77 @@ class DataApi:
         r.add_patch("/v1/collections/{collection}/docs/{id}", self._wrap(self.patch))
         r.add_delete("/v1/collections/{collection}/docs/{id}", self._wrap(self.delete))
 
+    def lean_route(self, method: str, path: str) -> LeanEntry | None:
+        """The endpoint the lean path runs for `method path` (its path never percent-encoded), as aiohttp's
+        router would pick it: `GET /v1/collections/{collection}/docs/{id}` and `POST
+        /v1/collections/{collection}/docs`; None for every other request (aiohttp's, HEAD included)."""
+        if method == "GET":
+            parts, endpoint = 6, self.get
+        elif method == "POST":
+            parts, endpoint = 5, self.insert
+        else:
+            return None
+        segments = path.split("/")
+        if len(segments) != parts or segments[1:3] != ["v1", "collections"] or segments[4] != "docs":
+            return None
+        # aiohttp's {name} matches [^{}/]+: an empty segment or a brace is not these routes
+        if not segments[3] or "{" in path or "}" in path or (parts == 6 and not segments[5]):
+            return None
+        params = {"collection": segments[3], "id": segments[5]} if parts == 6 else {"collection": segments[3]}
+        return lambda request: self._serve(request, endpoint, params)
+
     # ---- the pipeline every request goes through ----
 
-    def _wrap(self, handler: Callable[[web.Request, Caller], Any]) -> Callable[[web.Request], Any]:
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            call = Call(request_id(request), "", None, request.remote)
-            principal = ANONYMOUS
-            try:
-                check_header_size(request, self.gateway.limits.max_header)
-                principal = self._authenticate(request, call)
-                response: web.StreamResponse = await handler(request, caller_of(principal))
-            except DataError as error:
-                if error.status == 403 and principal.kind is PrincipalKind.ANONYMOUS:
-                    # as for invocations: an anonymous caller is told to authenticate, not that it may not
-                    call.outcome = "unauthenticated"
-                    response = problem_response(
-                        401,
-                        {
-                            "type": PROBLEM_BASE + "unauthenticated",
-                            "title": "Unauthorized",
-                            "status": 401,
-                            "detail": "authenticate to write here",
-                        },
-                        {"WWW-Authenticate": WWW_AUTHENTICATE},
-                    )
-                else:
-                    call.outcome = "rejected" if error.status < 500 else "unavailable"
-                    response = problem_response(error.status, error.problem())
-            except HttpProblem as problem:
-                call.outcome = "rejected"
-                response = problem_response(problem.status, problem.body())
-            except Reject as reject:
-                call.outcome = reject.outcome
-                response = problem_response(
-                    reject.status,
-                    {"type": PROBLEM_BASE + reject.outcome, "title": reject.reason, "status": reject.status},
-                    reject.headers,
-                )
-                if reject.close:
-                    response.force_close()
-            except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
-                response = self.gateway._internal_error(
-                    call, exc, {"type": PROBLEM_BASE + "internal", "title": "Internal Server Error", "status": 500}
-                )
-                response.content_type = PROBLEM_TYPE
-            return await self.gateway._finish(call, request, response)
+    def _wrap(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.gateway._respond(request, await self._serve(request, endpoint, request.match_info))
 
-        return endpoint
+        return handler
 
-    def _authenticate(self, request: web.Request, call: Call) -> Principal:
+    async def _serve(self, request: Incoming, endpoint: Endpoint, params: Mapping[str, str]) -> Reply:
+        """Authenticate, run the endpoint, answer its failures as problems; audited and measured once."""
+        call = Call(request_id(request), "", None, request.remote)
+        principal = ANONYMOUS
+        try:
+            check_header_size(request, self.gateway.limits.max_header)
+            principal = self._authenticate(request, call)
+            reply = await endpoint(request, params, caller_of(principal))
+        except DataError as error:
+            if error.status == 403 and principal.kind is PrincipalKind.ANONYMOUS:
+                # as for invocations: an anonymous caller is told to authenticate, not that it may not
+                call.outcome = "unauthenticated"
+                reply = problem_reply(
+                    401,
+                    {
+                        "type": PROBLEM_BASE + "unauthenticated",
+                        "title": "Unauthorized",
+                        "status": 401,
+                        "detail": "authenticate to write here",
+                    },
+                    {"WWW-Authenticate": WWW_AUTHENTICATE},
+                )
+            else:
+                call.outcome = "rejected" if error.status < 500 else "unavailable"
+                reply = problem_reply(error.status, error.problem())
+        except HttpProblem as problem:
+            call.outcome = "rejected"
+            reply = problem_reply(problem.status, problem.body())
+        except Reject as reject:
+            call.outcome = reject.outcome
+            reply = problem_reply(
+                reject.status,
+                {"type": PROBLEM_BASE + reject.outcome, "title": reject.reason, "status": reject.status},
+                reject.headers,
+                reject.close,
+            )
+        except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
+            reply = self.gateway._internal_reply(
+                call, exc, {"type": PROBLEM_BASE + "internal", "title": "Internal Server Error", "status": 500}
+            )
+            reply.headers["Content-Type"] = PROBLEM_TYPE
+        return self.gateway._finish_reply(call, request, reply)
+
+    def _authenticate(self, request: Incoming, call: Call) -> Principal:
         try:
             principal = self.gateway.authenticator.authenticate(request.headers)
         except Unauthenticated:
@@ -185,8 +231,9 @@ class DataApi:
         call.principal = principal
         return principal
 
-    async def _body(self, request: web.Request, *, media: tuple[str, ...] = ("application/json",)) -> Any:
-        if request.content_type not in media and request.body_exists:
+    async def _body(self, request: Incoming, *, media: tuple[str, ...] = ("application/json",)) -> Any:
+        content_type, has_body = _media(request)
+        if content_type not in media and has_body:
             raise HttpProblem(
                 415, "Unsupported Media Type", f"the body must be {' or '.join(media)}", "unsupported-media-type"
             )
@@ -205,24 +252,16 @@ class DataApi:
             lambda: self.plane.stage(caller, op, idempotency_key=key, require_if_match=required)
         )
 
-    async def _run(self, fn: Callable[[], Any]) -> Any:
-        return await self.broker.run(fn)
-
     @staticmethod
-    def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-        return web.Response(
-            body=document.json_text().encode("utf-8"),
-            status=status,
-            content_type="application/json",
-            headers={"ETag": document.etag, **(headers or {})},
-        )
+    def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+        return json_body(document.json_text().encode("utf-8"), status, {"ETag": document.etag, **(headers or {})})
 
     # ---- endpoints ----
 
-    async def get(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection, id_ = request.match_info["collection"], request.match_info["id"]
+    async def get(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection, id_ = params["collection"], params["id"]
         if caller.kind in ("function", "operator"):  # audited reads: the audit sink lives on the data thread
-            version, text = await self._run(lambda: self.plane.get_text(caller, collection, id_))
+            version, text = await self.broker.run(lambda: self.plane.get_text(caller, collection, id_))
         else:
             # One primary-key SELECT on the event loop's own connection (WAL: a reader never waits for the
             # writer), with the same checks: cheaper than the hop to the data thread and back.
@@ -230,24 +269,24 @@ class DataApi:
         tag = etag(version)
         if_none = request.headers.get("If-None-Match")
         if if_none is not None and tag in (v.strip() for v in if_none.split(",")):
-            return web.Response(status=304, headers={"ETag": tag})
-        return web.Response(body=text.encode("utf-8"), content_type="application/json", headers={"ETag": tag})
+            return Reply(304, CIMultiDict({"ETag": tag}), b"")
+        return json_body(text.encode("utf-8"), headers={"ETag": tag})
 
-    async def find(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection, query = request.match_info["collection"], request.query
+    async def find(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection, query = params["collection"], request.query
         raw = query.get("filter")
         filter_ = parse_json(raw, "filter") if raw is not None else {}
         order = parse_order(query.get("order")) or ()
         limit = parse_int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert limit is not None
         cursor = query.get("cursor") or None
-        page = await self._run(
+        page = await self.broker.run(
             lambda: self.plane.find(caller, collection, filter_, order=order, limit=limit, cursor=cursor)
         )
-        return web.Response(body=dumps(page.as_json()), content_type="application/json")
+        return json_body(dumps(page.as_json()))
 
-    async def insert(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection = request.match_info["collection"]
+    async def insert(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection = params["collection"]
         document = await self._body(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
@@ -257,15 +296,15 @@ class DataApi:
         return self._document(made, 201, {"Location": f"/v1/collections/{collection}/docs/{made.id}"})
 
     @staticmethod
-    def _if_match(request: web.Request) -> tuple[int | None, bool]:
+    def _if_match(request: Incoming) -> tuple[int | None, bool]:
         """(the If-Match version, whether one is required): `*` means any version; none at all is a 428."""
         text = request.headers.get("If-Match")
         if text is not None and text.strip() == "*":
             return None, False
         return parse_version(text, "If-Match"), True
 
-    async def replace(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection, id_ = request.match_info["collection"], request.match_info["id"]
+    async def replace(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection, id_ = params["collection"], params["id"]
         version, required = self._if_match(request)
         document = await self._body(request)
         made = _one(
@@ -273,45 +312,51 @@ class DataApi:
         )
         return self._document(made)
 
-    async def patch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection, id_ = request.match_info["collection"], request.match_info["id"]
+    async def patch(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection, id_ = params["collection"], params["id"]
         version, required = self._if_match(request)
         patch = await self._body(request, media=(MERGE_PATCH, "application/json"))
         made = _one(await self._write(caller, WriteOp("patch", collection, id_, patch, version), required=required))
         return self._document(made)
 
-    async def delete(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        collection, id_ = request.match_info["collection"], request.match_info["id"]
+    async def delete(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
+        collection, id_ = params["collection"], params["id"]
         version, required = self._if_match(request)
         await self._write(caller, WriteOp("delete", collection, id_, None, version), required=required)
-        return web.Response(status=204)
+        return Reply(204, CIMultiDict(), b"")
 
-    async def batch(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+    async def batch(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
         ops = parse_batch(await self._body(request))
         hooks = self.broker.hooks
         if hooks is not None and any(hooks.applies(op.collection, op.op) for op in ops):
             results = await hooks.commit_writes(caller, ops)  # every op's hooks, in one transaction
         else:
-            results = await self._run(lambda: self.plane.batch(caller, ops))
-        return web.Response(
-            body=dumps({"results": [None if r is None else r.as_json() for r in results]}),
-            content_type="application/json",
-        )
+            results = await self.broker.run(lambda: self.plane.batch(caller, ops))
+        return json_body(dumps({"results": [None if r is None else r.as_json() for r in results]}))
 
-    async def changes(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+    async def changes(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
         since = parse_int(request.query, "since", 0, 0, 2**62)
         limit = parse_int(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert since is not None and limit is not None
         only = request.query.get("collection") or None
-        feed = await self._run(lambda: self.plane.changes(caller, since, limit=limit, collection=only))
+        feed = await self.broker.run(lambda: self.plane.changes(caller, since, limit=limit, collection=only))
         body = {"changes": [c.as_json() for c in feed], "next": feed[-1].seq if feed else since}
-        return web.Response(body=dumps(body), content_type="application/json")
+        return json_body(dumps(body))
 
-    async def openapi(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+    async def openapi(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
         def collections() -> dict[str, Any]:
             return {name: self.plane.collection(name).model.schema for name in self.plane.collection_names()}
 
-        return web.Response(body=dumps(openapi_document(await self._run(collections))), content_type="application/json")
+        return json_body(dumps(openapi_document(await self.broker.run(collections))))
+
+
+def _media(request: Incoming) -> tuple[str, bool]:
+    """(the body's media type, as aiohttp's `content_type` reads it; whether there is a body)."""
+    if isinstance(request, LeanRequest):
+        given = request.headers.get("Content-Type")
+        media = given.partition(";")[0].strip().lower() if given else ""
+        return media or "application/octet-stream", bool(request.body)
+    return request.content_type, request.body_exists
 
 
 def _one(results: list[DataDocument | None]) -> DataDocument:

@@ -7,7 +7,8 @@ profile: ~27 % of the gateway's CPU; at c32 aiohttp serves 12.6k requests/s here
 requests are plain: HTTP/1.1, the request line and headers whole and under the header limits, a body with a
 Content-Length that has wholly arrived, a path with no percent-escapes, to /invoke/NAME or outside every
 route aiohttp serves. Anything else (a partial or slow request, chunked bodies, Expect, Upgrade, bad HTTP,
-oversized headers, the admin, data, views and dashboard endpoints) hands the connection, with the bytes read
+oversized headers, the admin, views and dashboard endpoints, the data API but for a GET or POST of one
+document, which the data API serves here through `LeanHost.data`) hands the connection, with the bytes read
 so far, to aiohttp's protocol for the rest of its life: every defence against hostile clients (slow headers
 and bodies, floods, limits, bad HTTP answered and audited) stays aiohttp's and the gateway's, unchanged.
 
@@ -34,6 +35,8 @@ log = logging.getLogger("fnctl.gateway")
 # The gateway's entry points: `Gateway.invoke` (with the function's name) and `Gateway.trigger`.
 Invoke = Callable[[LeanRequest, str], Awaitable[Reply]]
 Trigger = Callable[[LeanRequest], Awaitable[Reply]]
+# The data API's (`DataApi.lean_route`): method and path → what serves them, or None (aiohttp's to serve).
+DataRoute = Callable[[str, str], Trigger | None]
 PIPELINE_LIMIT = 256 * 1024  # bytes buffered behind a request in progress before reading pauses
 _EMPTY_STATUS = frozenset({204, 304, *range(100, 200)})  # answers that never carry a body
 
@@ -54,8 +57,9 @@ class LeanHost:
         head_limit: int,
         idle_timeout: float,
         server: str,
+        data: DataRoute | None = None,
     ) -> None:
-        self.invoke, self.trigger = invoke, trigger
+        self.invoke, self.trigger, self.data = invoke, trigger, data
         self.admit, self.release, self.hand_off = admit, release, hand_off
         # First path segments of aiohttp's own routes (None: triggers cannot be told apart; all go to aiohttp)
         self.reserved = reserved
@@ -131,9 +135,10 @@ class _Head:
         self.complete = True
 
 
-def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanRequest, str | None, int] | None:
+def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanRequest, str | Trigger | None, int] | None:
     """The request at the start of `buffer` when the lean path takes it: (request, function name for
-    /invoke/NAME or None for a trigger route, bytes it spans); None when it belongs to aiohttp."""
+    /invoke/NAME, the data API's entry for one of its routes, or None for a trigger route; bytes it spans);
+    None when it belongs to aiohttp."""
     end = buffer.find(b"\r\n\r\n", 0, host.head_limit) + 4
     if end < 4:
         return None  # not whole yet, or over the limit: aiohttp waits for the rest (or refuses it)
@@ -154,10 +159,14 @@ def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanReques
         return None
     method = parser.get_method().decode("ascii")
     path = raw_path.partition("?")[0]
-    function: str | None = None
+    function: str | Trigger | None = None
     if path.startswith("/invoke/"):
         function = path[8:]
         if method != "POST" or not function or "/" in function:
+            return None
+    elif path.startswith("/v1/") and host.data is not None:
+        function = host.data(method, path)
+        if function is None:
             return None
     elif host.reserved is None or method == "CONNECT" or path.split("/", 2)[1] in host.reserved:
         return None
@@ -243,10 +252,15 @@ class LeanProtocol(asyncio.Protocol):
         self.buffer = self.buffer[used:]
         self.task = asyncio.get_running_loop().create_task(self._serve(request, function))
 
-    async def _serve(self, request: LeanRequest, function: str | None) -> None:
+    async def _serve(self, request: LeanRequest, function: str | Trigger | None) -> None:
         host = self.host
         try:
-            reply = await (host.trigger(request) if function is None else host.invoke(request, function))
+            if function is None:
+                reply = await host.trigger(request)
+            elif isinstance(function, str):
+                reply = await host.invoke(request, function)
+            else:
+                reply = await function(request)
             host.served += 1
             close = reply.close or not request.keep_alive or host.closing
             transport = self.transport

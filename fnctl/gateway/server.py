@@ -202,6 +202,7 @@ class GatewayRunner(web.AppRunner):
                 head_limit=min(limits.max_header, _LINE_LIMIT),
                 idle_timeout=limits.read_timeout,
                 server=SERVER_SOFTWARE,
+                data=gateway.lean_data,
             )
         return server
 

@@ -32,11 +32,10 @@ from fnctl.data.errors import PROBLEM_BASE
 from fnctl.data.plane import committed
 from fnctl.gateway import router
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, Unauthenticated, authorize
-from fnctl.gateway.dataapi import problem_response
 from fnctl.gateway.httpevent import HttpResponse, audit_outcome, invoke_response
 from fnctl.gateway.openapi import PROBLEM_TYPE
 from fnctl.gateway.poolhost import PoolResult
-from fnctl.gateway.request import Call, Reject, check_header_size, request_id, web_response
+from fnctl.gateway.request import Call, Reject, check_header_size, dumps, request_id, web_response
 from fnctl.gateway.viewcache import ReadSet, ViewCache, ViewKey, caller_scope, canonical_args, query_event
 from fnctl.manifest.units import parse_duration
 
@@ -51,6 +50,10 @@ DEFAULT_CACHE_BYTES = 64 * 2**20
 TAIL_BATCH = 1000
 TAIL_MAX = 20_000  # changes of other processes worth going through one by one; beyond, the cache starts afresh
 CACHE_HEADER = "X-Fnctl-View-Cache"  # hit | miss
+
+
+def problem_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(dict(body)), status=status, content_type=PROBLEM_TYPE, headers=headers)
 
 
 class ViewHost(Protocol):

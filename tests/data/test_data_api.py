@@ -77,6 +77,7 @@ class Api:
     tokens: dict[str, str]
     subjects: dict[str, str]
     store_path: Path
+    runner: Any  # the GatewayRunner (its server's lean path: `runner.server.lean`)
 
     async def call(
         self,
@@ -102,7 +103,7 @@ class Api:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path) -> AsyncIterator[Api]:
+async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
     store_path = tmp_path / "state" / "fnctl.db"
     store = connect(store_path)
     tokens, subjects = {}, {}
@@ -136,10 +137,10 @@ async def serving(tmp_path: Path) -> AsyncIterator[Api]:
     )
     gateway.broker = data_broker(store_path, gateway)
     gateway.pool_ready = True
-    runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
+    runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits, lean=lean)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Api(f"http://127.0.0.1:{port}", session, tokens, subjects, store_path)
+            yield Api(f"http://127.0.0.1:{port}", session, tokens, subjects, store_path, runner)
     finally:
         await runner.cleanup()
         await asyncio.to_thread(gateway.audit.close)
@@ -493,3 +494,101 @@ def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
         assert logged == created
 
     run(tmp_path, test)
+
+
+def _raw(method: str, path: str, token: str | None, body: bytes | None = None, *headers: str) -> bytes:
+    sent = [f"{method} {path} HTTP/1.1", "Host: x", "X-Request-Id: rid", *headers]
+    if token is not None:
+        sent.append(f"Authorization: Bearer {token}")
+    if body is not None:
+        sent.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(sent) + "\r\n\r\n").encode() + (body or b"")
+
+
+async def _answer(port: int, raw: bytes) -> tuple[bytes, list[bytes], Any]:
+    """One request on a fresh connection: its status line, its headers but Date and Content-Length (sorted),
+    and its body (JSON without the fields that hold times and the key's id, which differ between servers)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status, *lines = head[:-4].split(b"\r\n")
+        length = next((int(h.split(b":")[1]) for h in lines if h.lower().startswith(b"content-length:")), 0)
+        body = b"" if raw.startswith(b"HEAD ") else await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+    kept = sorted(h for h in lines if not h.lower().startswith((b"date:", b"content-length:")))
+    return status, kept, _timeless(json.loads(body) if body else None)
+
+
+def _timeless(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    if isinstance(value, dict):
+        drop = ("createdAt", "updatedAt", "createdBy", "updatedBy", "actor", "at", "txn")
+        return {k: _timeless(v) for k, v in value.items() if k not in drop}
+    return value
+
+
+def test_the_lean_path_serves_gets_and_posts_of_one_document_as_aiohttp_does(tmp_path: Path) -> None:
+    """A GET and a POST of one document are served by the lean request path (the data API's speed figures),
+    every other data request is handed to aiohttp; each answer (status, headers, problem+json, ETag, 304,
+    Location, idempotent replay, 401/403/404/413/415) is the one aiohttp gives, and each request is audited."""
+    docs = "/v1/collections/orders/docs"
+    order = json.dumps(ORDER).encode()
+    Request = tuple[str, str, str | None, bytes | None, tuple[str, ...]]
+    served: list[Request] = [
+        ("POST", f"{docs}?id=o-1", "alice", order, ("Content-Type: application/json",)),
+        ("POST", f"{docs}?id=o-1", "alice", order, ("Content-Type: application/json",)),
+        ("POST", f"{docs}?id=o-2", "alice", b"{nope", ("Content-Type: application/json",)),
+        ("POST", f"{docs}?id=o-2", "alice", order, ("Content-Type: text/plain",)),
+        ("POST", f"{docs}?id=o-2", "alice", b'{"customer": 1}', ("Content-Type: application/json; charset=utf-8",)),
+        ("POST", f"{docs}?id=o-2", None, order, ("Content-Type: application/json",)),
+        ("POST", f"{docs}?id=o-2", "auditor", order, ("Content-Type: application/json",)),
+        ("POST", f"{docs}?id=o-3", "alice", order, ("Content-Type: application/json", "Idempotency-Key: k1")),
+        ("POST", f"{docs}?id=o-4", "alice", order, ("Content-Type: application/json", "Idempotency-Key: k1")),
+        ("POST", f"{docs}?id=o-5", "alice", order, ("Idempotency-Key: " + "k" * 256,)),
+        ("POST", f"{docs}?id=o-6", "alice", b" " * 64_001, ("Content-Type: application/json",)),
+        ("POST", "/v1/collections/nope/docs", "admin", order, ("Content-Type: application/json",)),
+        ("GET", f"{docs}/o-1", "alice", None, ()),
+        ("GET", f"{docs}/o-1", "alice", None, ('If-None-Match: "1"',)),
+        ("GET", f"{docs}/o-1", "carol", None, ()),
+        ("GET", f"{docs}/o-1", "nobody", None, ()),
+        ("GET", f"{docs}/o-1", None, None, ()),
+        ("GET", f"{docs}/o-1", "wrong", None, ()),
+        ("GET", "/v1/collections/nope/docs/o-1", "admin", None, ()),
+    ]
+    handed: list[Request] = [
+        ("HEAD", f"{docs}/o-1", "alice", None, ()),
+        ("GET", docs, "alice", None, ()),
+        ("PUT", f"{docs}/o-1", "alice", order, ("If-Match: *", "Content-Type: application/json")),
+        ("GET", f"{docs}/o%2D1", "alice", None, ()),
+        ("GET", "/v1/changes", "alice", None, ()),
+    ]
+
+    async def answers(lean: bool) -> tuple[list[Any], Any]:
+        async with serving(tmp_path / ("lean" if lean else "plain"), lean=lean) as api:
+            got = []
+            for method, path, who, body, headers in served + handed:
+                token = None if who is None else api.tokens.get(who, "fnk_wrong")
+                raw = _raw(method, path, token, body, *headers)
+                got.append(await _answer(int(api.url.rsplit(":", 1)[1]), raw))
+            return got, api.runner.server.lean
+
+    async def main() -> None:
+        with_lean, lean = await answers(True)
+        without, _ = await answers(False)
+        for request, a, b in zip(served + handed, with_lean, without, strict=True):
+            assert a == b, request
+        assert (lean.served, lean.handed) == (len(served), len(handed))
+        statuses = {int(answer[0].split(b" ")[1]) for answer in with_lean}
+        assert {200, 201, 304, 400, 401, 403, 404, 409, 413, 415} <= statuses, statuses
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    for name in ("lean", "plain"):
+        store = connect(tmp_path / name / "state" / "fnctl.db")
+        try:
+            rows = store.raw().query("SELECT count(*) FROM invocations")
+        finally:
+            store.close()
+        assert rows[0][0] == len(served) + len(handed), (name, rows)
