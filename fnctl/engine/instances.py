@@ -313,6 +313,8 @@ def _classify_os_error(text: str) -> Failure:
         return Failure.PROCESS_LIMIT
     if text.startswith("Error: spawn") and "EAGAIN" in text:
         return Failure.PROCESS_LIMIT
+    if text.startswith("ProcessLimit:"):  # Node's permission model refused a process or thread (the runtime says)
+        return Failure.PROCESS_LIMIT
     if text.startswith("MemoryError"):
         return Failure.OUT_OF_MEMORY
     return Failure.HANDLER_ERROR

@@ -378,7 +378,16 @@ function tooLarge(size, limit) {
   return { ok: false, error: { kind: "output_too_large", type: "OutputTooLarge", message, traceback: "" } };
 }
 
+// What Node's permission model refuses that Python's sandbox refuses with its pids limit: reported as the same
+// typed failure (the host's "process limit reached"), not as a bug in the handler.
+const PROCESS_PERMISSIONS = new Set(["ChildProcess", "WorkerThreads"]);
+
 function failure(kind, error) {
+  if (error instanceof Error && error.code === "ERR_ACCESS_DENIED" && PROCESS_PERMISSIONS.has(error.permission)) {
+    const what = error.permission === "ChildProcess" ? "child processes" : "worker threads";
+    const message = `the sandbox allows no new ${what} (Node's permission model refused it: ${errorMessage(error)})`;
+    return { kind, type: "ProcessLimit", message, traceback: userTraceback(error) };
+  }
   return { kind, type: errorName(error), message: errorMessage(error), traceback: userTraceback(error) };
 }
 
