@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -209,8 +210,8 @@ class LeanProtocol(asyncio.Protocol):
         if client == "":
             self.client = ""  # refused (answered and closed): nothing to set up or undo
             return
-        assert isinstance(transport, asyncio.Transport)
-        self.transport, self.client = transport, client
+        # no isinstance check: uvloop's transports behave as asyncio.Transport without subclassing it
+        self.transport, self.client = cast(asyncio.Transport, transport), client
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self.host.track(self)

@@ -148,8 +148,9 @@ class _Server(web.Server):
         if self.per_client.admit(address):
             return address
         log.debug("connection from %s refused: too many from that address", address)
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(_TOO_MANY_CONNECTIONS)
+        write = getattr(transport, "write", None)  # uvloop's transports do not subclass asyncio's
+        if write is not None:
+            write(_TOO_MANY_CONNECTIONS)
         transport.close()
         return ""
 
