@@ -23,7 +23,7 @@ MAX_BODY = 64 * 2**20  # no answer of these calls comes near; a bigger one is a 
 
 
 @dataclass(frozen=True)
-class Reply:
+class EngineReply:
     status: int
     body: Any  # the decoded JSON, or None for an empty body or one that is not JSON
     raw: bytes = b""  # the body as it came (log lines, a stream of JSON objects)
@@ -84,7 +84,7 @@ def path(template: str, *names: str) -> str:
 
 def request(
     method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float | None = TIMEOUT
-) -> Reply:
+) -> EngineReply:
     """One call on a connection of its own (a Unix-socket connect costs microseconds), its answer read
     whole. Unversioned paths: the engine answers in its own current API version."""
     with Stream(method, where, query=query, body=body, timeout=timeout) as answer:
@@ -93,7 +93,7 @@ def request(
         decoded = json.loads(raw) if raw.strip() else None
     except ValueError:
         decoded = None
-    return Reply(answer.status, decoded, raw)
+    return EngineReply(answer.status, decoded, raw)
 
 
 class Stream:

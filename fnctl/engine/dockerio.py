@@ -60,7 +60,7 @@ def _call(
     return reply.raw if raw else reply.body
 
 
-def _refused(action: str, reply: dockerapi.Reply, missing_ok: bool) -> bool:
+def _refused(action: str, reply: dockerapi.EngineReply, missing_ok: bool) -> bool:
     """True for an absence that is fine; raises for any other refusal."""
     if reply.status == 404:
         if missing_ok:
@@ -77,7 +77,7 @@ def streamed(action: str, method: str, where: str, **kwargs: Any) -> Iterator[by
         with dockerapi.Stream(method, where, **kwargs) as answer:
             if answer.status >= 400:
                 body = b"".join(answer.chunks())
-                reply = dockerapi.Reply(answer.status, _json_or_none(body), body)
+                reply = dockerapi.EngineReply(answer.status, _json_or_none(body), body)
                 _refused(action, reply, missing_ok=False)
             yield from answer.chunks()
     except dockerapi.Unreachable as exc:
