@@ -3,8 +3,10 @@ runtime's measured in the same run (the same no-op function, the same sandbox, t
 
 1. warm round trip host → instance → host of a no-op invocation over the instance's socket: p50 and p95
 2. instance start (container create → ready)
-3. `fnctl invoke --local` as a whole process with the image cached (bytecode cached as installed, as in
-   bench_sandbox.py), the runs of both interleaved
+3. `fnctl invoke --local` as a whole process with the image cached, and with --keep-warm on a warm instance
+   (bytecode cached as installed, as in bench_sandbox.py), wall-clock and CPU time, the runs of both
+   runtimes interleaved with two baselines of the same run: `python -c pass` (the interpreter alone) and
+   `fnctl --version`
 4. idle instance memory (the container's cgroup, as `docker stats` counts it)
 
 Prints a table and asserts nothing. Everything it starts or builds is removed at the end, also on failure.
@@ -57,6 +59,10 @@ class Row:
     unit: str
     target: str
     meets: bool | None
+
+
+# `python -c pass` and `fnctl --version`: (wall, CPU) medians of the CLI runs, beside which the invokes read.
+BASELINES: dict[str, tuple[float, float]] = {}
 
 
 def write_project(root: Path, base_image: str) -> Project:
@@ -121,19 +127,26 @@ def measure(args: argparse.Namespace) -> list[Row]:
         fnctl = [sys.executable, "-m", "fnctl", "invoke", "--local"]
         env = bytecode_env(project.root.parent)
         commands = {name: [*fnctl, name, "-d", "{}"] for name in FUNCTIONS}
+        commands |= {f"{name} warm": [*fnctl, name, "-d", "{}", "--keep-warm"] for name in FUNCTIONS}
+        commands |= {"python -c pass": [sys.executable, "-c", "pass"], "fnctl --version": [*fnctl[:3], "--version"]}
         for command in commands.values():
-            timed(command, project.root, env)  # fills the bytecode cache
+            timed(command, project.root, env)  # fills the bytecode cache, and leaves the kept-warm instances
         cli = medians(
             args.cli_runs, {name: partial(timed, command, project.root, env) for name, command in commands.items()}
         )
         for name in FUNCTIONS:
-            figures[name]["cli"] = cli[name][0]
+            figures[name] |= {"cli": cli[name][0], "cli cpu": cli[name][1]}
+            figures[name] |= {"warm": cli[f"{name} warm"][0], "warm cpu": cli[f"{name} warm"][1]}
+        BASELINES.update({name: cli[name] for name in ("python -c pass", "fnctl --version")})
     node, python = figures["noop-js"], figures["noop-py"]
     return [
         Row("warm round trip p50", node["p50"], python["p50"], "ms", "<= 0.3 ms", node["p50"] <= 0.3),
         Row("warm round trip p95", node["p95"], python["p95"], "ms", "", None),
         Row("instance start (create -> ready)", node["start"], python["start"], "s", "<= 0.5 s", node["start"] <= 0.5),
         Row("invoke --local, image cached", node["cli"], python["cli"], "s", "<= 1.5 s", node["cli"] <= 1.5),
+        Row("  its CPU (user + sys)", node["cli cpu"], python["cli cpu"], "s", "", None),
+        Row("invoke --local --keep-warm, warm", node["warm"], python["warm"], "s", "<= 0.4 s", node["warm"] <= 0.4),
+        Row("  its CPU (user + sys)", node["warm cpu"], python["warm cpu"], "s", "", None),
         Row("idle instance memory", node["idle"], python["idle"], "MB", "", None),
     ]
 
@@ -154,6 +167,11 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.node / row.python:>7.2f}x"
             f"  {row.target:12}{met:>4}"
         )
+    print(
+        "baselines of the same run (wall, CPU): "
+        + "; ".join(f"{name} {wall:.3f} s, {cpu:.3f} s" for name, (wall, cpu) in BASELINES.items())
+    )
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def _value(value: float, unit: str) -> str:

@@ -1,6 +1,7 @@
 """The package keeps the layout docs/architecture.md describes: modules named for what they own and small
-enough to read (at most MAX_LINES lines), and no import hidden inside a function outside fnctl/cli/ (the
-CLI's imports wait for the command that needs them, for start-up time, each with its reason in a comment).
+enough to read (at most MAX_LINES lines), no class name defined twice, and no import hidden inside a function
+outside fnctl/cli/ (the CLI's imports wait for the command that needs them, for start-up time, each with its
+reason in a comment).
 The layers, cycles and library boundaries are import-linter's contracts (pyproject.toml).
 
 Only the package is held to this: runtime-image/ (fnctl_runtime.py, the Node runtime's .mjs files) is exempt, as
@@ -59,6 +60,17 @@ def _has_reason(statement: ast.stmt, block: list[ast.stmt], lines: list[str]) ->
 def test_every_module_is_at_most_max_lines() -> None:
     long = {_name(p): n for p in _modules() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}, f"split these by what each part owns (at most {MAX_LINES} lines): {long}"
+
+
+def test_no_class_name_is_defined_twice() -> None:
+    """One name, one meaning: a reader (and a grep) finds the one class a name stands for."""
+    where: dict[str, list[str]] = {}
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(f"fnctl/{_name(path)}:{node.lineno}")
+    twice = {name: places for name, places in where.items() if len(places) > 1}
+    assert twice == {}, f"class names defined more than once (name each for what it is): {twice}"
 
 
 def test_no_import_inside_a_function_outside_the_cli() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -23,6 +24,7 @@ from fnctl.errors import BadInput, ExitCode, FnctlError
 
 if TYPE_CHECKING:
     from fnctl.commands.local import DataCalls
+    from fnctl.engine.images import ImageRef
     from fnctl.manifest.model import DesiredState
     from fnctl.manifest.project import Project
     from fnctl.manifest.validate import ValidationResult
@@ -154,6 +156,7 @@ def invoke(
                     on_progress=progress,
                     open_data=_open_local_data,
                     validate=_validate_project,
+                    ensure_image=_ensure_image,
                     data_from=data_from,
                 )
             outcome, warm = result.outcome, result.warm
@@ -172,6 +175,17 @@ def _validate_project(project: Project, paths: list[Path] | None) -> ValidationR
     from fnctl.runtimes.validation import validate_project
 
     return validate_project(project, paths)
+
+
+def _ensure_image(
+    project: str, function: str, source: Path, base_image: str, on_line: Callable[[str], None], *, runtime_name: str
+) -> ImageRef:
+    """`invoke --local`'s image, when no kept-warm instance answered."""
+    # Imported here, only then: image hashing and building (dependencies, the base's platform, the build
+    # context's archive) are imports (start-up time) that a kept-warm invocation never needs.
+    from fnctl.engine.images import ensure_image
+
+    return ensure_image(project, function, source, base_image, on_line, runtime_name=runtime_name)
 
 
 def _open_local_data(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from fnctl.commands.localrecord import Validator, function_source, recorded_function, validated_function
 from fnctl.deploy.secrets import fingerprint, resolve
-from fnctl.engine import dockerio, images, instances
+from fnctl.engine import dockerio, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import BadInput, FnctlError
 from fnctl.invocation.outcome import Outcome
@@ -53,13 +53,15 @@ def invoke_local(
     on_progress: Callable[[str], None],
     open_data: DataOpener,
     validate: Validator,
+    ensure_image: ImageMaker,
     data_from: Path | None = None,
 ) -> LocalResult:
     """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
     The handler's `context.db` (`open_data`: `fnctl.commands.localdata.LocalData.open`) works on the project's
     local data file (its collections follow the manifests), or with `data_from` on the data file of that
     state store (a running one's: its collections and Policies). `validate` (`fnctl.runtimes.validation.
-    validate_project`) runs only when the record of the last passing validation does not stand."""
+    validate_project`) runs only when the record of the last passing validation does not stand, and
+    `ensure_image` (`fnctl.engine.images.ensure_image`) only when no kept-warm instance answers."""
     if data_from is not None and not data_from.exists():
         raise BadInput(f"--data-from {data_from}: no state store there")
     # While nothing validation read has changed since it last passed, the recorded function is the one it
@@ -98,6 +100,7 @@ def invoke_local(
             data,
             keep_warm=keep_warm,
             on_progress=on_progress,
+            ensure_image=ensure_image,
         )
 
 
@@ -107,6 +110,30 @@ def _desired_state(project: Project, target: str, validate: Validator) -> Desire
 
 def _given(state: DesiredState) -> DesiredState:
     return state
+
+
+class MadeImage(Protocol):
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def built(self) -> bool: ...
+
+
+class ImageMaker(Protocol):
+    """`fnctl.engine.images.ensure_image`: the function's image, built if the engine does not have it. Handed in
+    by the caller: a kept-warm invocation never needs it, nor the build machinery it imports."""
+
+    def __call__(
+        self,
+        project: str,
+        function: str,
+        source: Path,
+        base_image: str,
+        on_line: Callable[[str], None],
+        *,
+        runtime_name: str,
+    ) -> MadeImage: ...
 
 
 class DataCalls(Protocol):
@@ -204,9 +231,10 @@ def _invoke_cold(
     *,
     keep_warm: bool,
     on_progress: Callable[[str], None],
+    ensure_image: ImageMaker,
 ) -> LocalResult:
     on_progress(f"image for {function.name}")
-    image = images.ensure_image(
+    image = ensure_image(
         project.name, function.name, source, project.base_image, on_progress, runtime_name=function.runtime
     )
     on_progress(f"{'built' if image.built else 'cached'} {image.tag}; starting a sandbox")

@@ -27,7 +27,7 @@ from fnctl.state.store import connect
 SPARK_SECONDS = 300  # the sparklines' window
 
 
-class NotFound(FnctlError):
+class NoSuchItem(FnctlError):
     """No such function, revision or rollout (404)."""
 
 
@@ -49,7 +49,7 @@ class Reads:
         try:
             return [functions.revision_json(r) for r in functions.history(self.project, self.store_path, name)]
         except BadInput as exc:
-            raise NotFound(str(exc)) from None
+            raise NoSuchItem(str(exc)) from None
 
     def rollout(self, name: str) -> dict[str, Any]:
         """`fnctl rollout status NAME -o json`."""
@@ -62,7 +62,7 @@ class Reads:
                 self.project, self.options, name, watch=False, timeout=None, on_event=_ignore, on_tick=_ignore
             )
         except rollouts.NoRollout as exc:
-            raise NotFound(str(exc)) from None
+            raise NoSuchItem(str(exc)) from None
 
     def rollout_view(self, name: str) -> dict[str, Any]:
         """The rollout page: `status` (as `rollout status -o json`), `events` (each as a line of `-o ndjson`)
@@ -84,7 +84,7 @@ class Reads:
         try:
             return {"function": name, **report_to_json(rollouts.abtest_report(self.project, self.options, name))}
         except rollouts.NoRollout as exc:
-            raise NotFound(str(exc)) from None
+            raise NoSuchItem(str(exc)) from None
 
     def audit(self, query: dict[str, str]) -> list[dict[str, object]]:
         """`fnctl audit [--since S] [--function F] [--actor A] [--invocations] [--limit N] -o json`."""
@@ -138,7 +138,7 @@ class Reads:
         finally:
             store.close()
         if specs[0] is None or specs[1] is None:
-            raise NotFound(f"{name} has no revision {old if specs[0] is None else new}")
+            raise NoSuchItem(f"{name} has no revision {old if specs[0] is None else new}")
         changes = field_changes(specs[0].spec, specs[1].spec)
         return {
             "function": name,

@@ -21,7 +21,7 @@ from aiohttp import web
 from fnctl.dashboard import live
 from fnctl.dashboard.access import Action, granted, may
 from fnctl.dashboard.actions import CONSEQUENCES, Actions
-from fnctl.dashboard.reads import NotFound, Reads
+from fnctl.dashboard.reads import NoSuchItem, Reads
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway.auth import WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.request import Call, request_id
@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
-class GatewayFacade(Protocol):
+class UiGateway(Protocol):
     """What the dashboard uses of `fnctl.gateway.app.Gateway`."""
 
     authenticator: Authenticator
@@ -67,7 +67,7 @@ Handler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 
 
 class Dashboard:
-    def __init__(self, gateway: GatewayFacade, reads: Reads, actions: Actions) -> None:
+    def __init__(self, gateway: UiGateway, reads: Reads, actions: Actions) -> None:
         self.gateway, self.reads, self.actions = gateway, reads, actions
         self.hub = live.Hub()
         gateway.tables.on_change.append(self.hub.changed)
@@ -139,7 +139,7 @@ class Dashboard:
                 call.outcome = "unauthenticated" if denied.status == 401 else "denied"
                 extra = {"WWW-Authenticate": WWW_AUTHENTICATE} if denied.status == 401 else {}
                 response = _json({"error": str(denied)}, denied.status, extra)
-            except NotFound as exc:
+            except NoSuchItem as exc:
                 call.outcome = "not_found"
                 response = _json({"error": str(exc)}, 404)
             except BadInput as exc:
@@ -266,7 +266,7 @@ class Dashboard:
         """`fnctl enable TRIGGER` as the signed-in principal: the trigger as `fnctl triggers -o json` lists it."""
         trigger = request.match_info["trigger"]
         if trigger not in (t["name"] for t in await asyncio.to_thread(self.reads.triggers)):
-            raise NotFound(f"no trigger {trigger!r}")
+            raise NoSuchItem(f"no trigger {trigger!r}")
         return _json(await asyncio.to_thread(self.actions.enable, trigger, principal.audit_name))
 
     async def replay(self, request: web.Request, principal: Principal) -> web.StreamResponse:

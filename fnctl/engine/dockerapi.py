@@ -1,5 +1,5 @@
 """The Docker engine's HTTP API, with the standard library alone: the transport of every `engine.dockerio`
-call, over the engine's Unix socket or TCP (TLS as the docker CLI's variables say). Answers are read whole
+call, over the engine's Unix socket or a local TCP port. Answers are read whole
 (`request`) or as they come (`Stream`: a build's progress, a followed log).
 
 Why not the docker SDK: importing it costs ~0.2 s of CPU on these machines and a client makes two round trips
@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -25,7 +23,7 @@ MAX_BODY = 64 * 2**20  # no answer of these calls comes near; a bigger one is a 
 
 
 @dataclass(frozen=True)
-class Reply:
+class EngineReply:
     status: int
     body: Any  # the decoded JSON, or None for an empty body or one that is not JSON
     content: bytes = b""  # the body as it came (log lines, a stream of JSON objects)
@@ -54,8 +52,7 @@ def socket_path() -> str | None:
 
 
 def _connect(timeout: float | None) -> socket.socket:
-    """A connection to the engine: its Unix socket, or TCP as DOCKER_HOST says, with TLS when
-    DOCKER_TLS_VERIFY or DOCKER_CERT_PATH is set (the docker CLI's and SDK's variables and files)."""
+    """A connection to the engine: its Unix socket, or TCP as DOCKER_HOST says."""
     target = socket_path()
     if target is not None:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -68,32 +65,16 @@ def _connect(timeout: float | None) -> socket.socket:
         return conn
     host = os.environ.get("DOCKER_HOST", "")
     parsed = urlsplit(host)
-    if parsed.scheme not in ("tcp", "http", "https") or not parsed.hostname:
+    # The engine must run on this machine (it bind-mounts the instances' socket directories), so plain
+    # HTTP to a local port is the one other way in; TLS or ssh:// would be for a remote engine.
+    if parsed.scheme != "tcp" or not parsed.hostname or os.environ.get("DOCKER_TLS_VERIFY"):
         raise Unreachable(
-            f"DOCKER_HOST={host!r}: fnctl reaches an engine over unix:// or tcp:// (for ssh://, "
-            "forward its socket: ssh -L /tmp/docker.sock:/var/run/docker.sock HOST)"
+            f"DOCKER_HOST={host!r}: fnctl reaches the engine of this machine over unix:// or tcp:// (plain HTTP)"
         )
-    tls = bool(os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH")) or parsed.scheme == "https"
     try:
-        conn = socket.create_connection((parsed.hostname, parsed.port or (2376 if tls else 2375)), timeout=timeout)
+        return socket.create_connection((parsed.hostname, parsed.port or 2375), timeout=timeout)
     except OSError as exc:
         raise Unreachable(f"{host}: {exc.strerror or exc}") from None
-    return _tls(conn, parsed.hostname) if tls else conn
-
-
-def _tls(conn: socket.socket, hostname: str) -> socket.socket:
-    certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
-    verify = bool(os.environ.get("DOCKER_TLS_VERIFY"))
-    context = ssl.create_default_context(cafile=str(certs / "ca.pem") if verify else None)
-    if not verify:
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    if (certs / "cert.pem").exists():
-        context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
-    try:
-        return context.wrap_socket(conn, server_hostname=hostname)
-    except OSError as exc:
-        conn.close()
-        raise Unreachable(f"TLS to the engine: {exc}") from None
 
 
 def path(template: str, *names: str) -> str:
@@ -103,7 +84,7 @@ def path(template: str, *names: str) -> str:
 
 def request(
     method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float | None = TIMEOUT
-) -> Reply:
+) -> EngineReply:
     """One call on a connection of its own (a Unix-socket connect costs microseconds), its answer read
     whole. Unversioned paths: the engine answers in its own current API version."""
     with Stream(method, where, query=query, body=body, timeout=timeout) as answer:
@@ -112,7 +93,7 @@ def request(
         decoded = json.loads(raw) if raw.strip() else None
     except ValueError:
         decoded = None
-    return Reply(answer.status, decoded, raw)
+    return EngineReply(answer.status, decoded, raw)
 
 
 class Stream:

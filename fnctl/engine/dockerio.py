@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import struct
-import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fnctl.engine import dockerapi
 from fnctl.engine.sandbox import ContainerSpec
-from fnctl.errors import BuildFailed, EngineUnavailable, FnctlError
+from fnctl.errors import EngineUnavailable, FnctlError
 
 SETUP_HINT = "start one with `bash scripts/setup.sh` (or `dockerd &`), or point DOCKER_HOST at an engine"
 
@@ -63,7 +60,7 @@ def _call(
     return reply.content if raw else reply.body
 
 
-def _refused(action: str, reply: dockerapi.Reply, missing_ok: bool) -> bool:
+def _refused(action: str, reply: dockerapi.EngineReply, missing_ok: bool) -> bool:
     """True for an absence that is fine; raises for any other refusal."""
     if reply.status == 404:
         if missing_ok:
@@ -74,13 +71,13 @@ def _refused(action: str, reply: dockerapi.Reply, missing_ok: bool) -> bool:
     return False
 
 
-def _streamed(action: str, method: str, where: str, **kwargs: Any) -> Iterator[bytes]:
+def streamed(action: str, method: str, where: str, **kwargs: Any) -> Iterator[bytes]:
     """A call whose answer is read as it comes: its pieces."""
     try:
         with dockerapi.Stream(method, where, **kwargs) as answer:
             if answer.status >= 400:
                 body = b"".join(answer.chunks())
-                reply = dockerapi.Reply(answer.status, _json_or_none(body), body)
+                reply = dockerapi.EngineReply(answer.status, _json_or_none(body), body)
                 _refused(action, reply, missing_ok=False)
             yield from answer.chunks()
     except dockerapi.Unreachable as exc:
@@ -94,7 +91,7 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-def _json_lines(pieces: Iterable[bytes]) -> Iterator[Any]:
+def json_lines(pieces: Iterable[bytes]) -> Iterator[Any]:
     """The JSON objects of a stream that sends one a line (a build's progress, events)."""
     pending = b""
     for piece in pieces:
@@ -128,68 +125,6 @@ def image_id(tag: str) -> str | None:
     """The image's ID, or None when the engine does not have it."""
     found = _call(f"inspecting image {tag}", "GET", dockerapi.path("/images/{}/json", tag), missing_ok=True)
     return None if found is None else str(found["Id"])
-
-
-# What the engine says when a cached layer this build stands on was pruned meanwhile by a `docker rmi` of
-# another image sharing it (the classic builder's cache is made of those untagged parent images).
-_VANISHED_LAYER = ("No such image: sha256:", "failed to get digest sha256:", "unknown parent image ID sha256:")
-BUILD_ATTEMPTS = 3
-
-
-def build_image(
-    context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
-) -> None:
-    """Build `context` as `tag` with no network; `on_line` receives each line of output as it comes."""
-    for attempt in range(1, BUILD_ATTEMPTS + 1):
-        try:
-            _build(context, tag, buildargs, labels, on_line)
-            return
-        except BuildFailed as exc:
-            if attempt == BUILD_ATTEMPTS or not any(m in (exc.detail or "") for m in _VANISHED_LAYER):
-                raise
-        # The cache is looked up afresh on the next attempt: the vanished layer is simply built again.
-        on_line(f"{tag}: a cached layer was removed during the build; building again")
-
-
-def _build(
-    context: Path, tag: str, buildargs: Mapping[str, str], labels: Mapping[str, str], on_line: Callable[[str], None]
-) -> None:
-    output: list[str] = []
-    _label_instruction(context, labels)
-    query = {"t": tag, "buildargs": json.dumps(dict(buildargs)), "rm": "1", "forcerm": "1", "networkmode": "none"}
-    with tempfile.TemporaryFile(prefix="fnctl-context-") as archive:
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            for child in sorted(context.iterdir()):
-                tar.add(child, arcname=child.name)
-        archive.seek(0)
-        upload = (archive, "application/x-tar")
-        for chunk in _json_lines(_streamed(f"building {tag}", "POST", "/build", query=query, upload=upload)):
-            if not isinstance(chunk, dict):
-                continue
-            if "error" in chunk:
-                step = next((line for line in reversed(output) if line.startswith("Step ")), "")
-                raise BuildFailed(
-                    f"image build failed at {step or 'the first step'}",
-                    detail="\n".join(output[-20:] + [str(chunk["error"]).strip()]),
-                )
-            for line in str(chunk.get("stream", "")).splitlines():
-                if line.strip():
-                    output.append(line.strip())
-                    if line.startswith("Step "):
-                        on_line(f"{tag}: {line.strip()}")
-
-
-def _label_instruction(context: Path, labels: Mapping[str, str]) -> None:
-    """The labels as one LABEL instruction at the end of the context's Dockerfile (idempotent, so a retried
-    build adds it once). Given to the API instead, the classic builder makes each label a step of its own, a
-    container committed apiece: ~0.5 s of a revision build's ~1.5 s for fnctl's three labels, measured."""
-    if not labels:
-        return
-    dockerfile = context / "Dockerfile"
-    line = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())) + "\n"
-    text = dockerfile.read_text(encoding="utf-8")
-    if not text.endswith(line):
-        dockerfile.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
 
 
 def run_once(image: str, argv: list[str], *, entrypoint: str) -> str:
@@ -339,7 +274,7 @@ def _oom_event(container_id: str) -> bool:
     filters = json.dumps({"container": [container_id], "event": ["oom"]})
     query = {"since": str(now - 600), "until": str(now + 1), "filters": filters}
     raw = _call(f"reading events of {container_id[:12]}", "GET", "/events", query=query, raw=True)
-    return any(event is not None for event in _json_lines([raw]))
+    return any(event is not None for event in json_lines([raw]))
 
 
 def logs(container_id: str, tail: int = 50) -> str:
@@ -356,7 +291,7 @@ def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iter
         query["since"] = str(int(since))
     where = dockerapi.path("/containers/{}/logs", container_id)
     # A followed log may stay silent for as long as the function does: no read timeout then.
-    pieces = _streamed(f"reading logs of {container_id[:12]}", "GET", where, query=query, timeout=None)
+    pieces = streamed(f"reading logs of {container_id[:12]}", "GET", where, query=query, timeout=None)
     pending = ""
     for _, data in _frames(pieces):
         pending += data.decode("utf-8", "replace")

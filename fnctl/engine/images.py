@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.engine import dockerio, imageplatform, pydeps
+from fnctl.engine import dockerbuild, dockerio, imageplatform, pydeps
 from fnctl.engine.imageplatform import ImagePlatform
 from fnctl.engine.sandbox import LABEL
 from fnctl.errors import EngineUnavailable
@@ -73,7 +73,7 @@ def ensure_image(
     with tempfile.TemporaryDirectory(prefix="fnctl-build-") as tmp:
         context = Path(tmp)
         _stage(language, source, context, lambda: imageplatform.probe(base_image, base_id, cache_dir()), on_line)
-        dockerio.build_image(
+        dockerbuild.build_image(
             context,
             tag,
             {"RUNTIME": runtime},
@@ -101,7 +101,7 @@ def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str],
         with tempfile.TemporaryDirectory(prefix="fnctl-runtime-") as tmp:
             for name in language.runtime_files:
                 shutil.copy2(language.runtime_dir() / name, Path(tmp, name))
-            dockerio.build_image(Path(tmp), tag, {"BASE": base_image}, {f"{LABEL}.runtime": "true"}, on_line)
+            dockerbuild.build_image(Path(tmp), tag, {"BASE": base_image}, {f"{LABEL}.runtime": "true"}, on_line)
     return tag
 
 

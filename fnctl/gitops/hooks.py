@@ -37,14 +37,14 @@ class Act(StrEnum):
 
 
 @dataclass(frozen=True)
-class Action:
+class RefAction:
     act: Act
     ref: str
     sha: str
     reason: str = ""
 
 
-def actions(lines: Iterable[str], branch: str, preview: bool) -> list[Action]:
+def actions(lines: Iterable[str], branch: str, preview: bool) -> list[RefAction]:
     """What to do with each `<old> <new> <ref>` line git gives post-receive, in push order."""
     found = []
     for line in lines:
@@ -53,13 +53,13 @@ def actions(lines: Iterable[str], branch: str, preview: bool) -> list[Action]:
             continue
         _, new, ref = parts
         if new == _DELETED:
-            found.append(Action(Act.IGNORE, ref, new, "deleted: nothing to deploy"))
+            found.append(RefAction(Act.IGNORE, ref, new, "deleted: nothing to deploy"))
         elif ref == f"refs/heads/{branch}":
-            found.append(Action(Act.DEPLOY, ref, new))
+            found.append(RefAction(Act.DEPLOY, ref, new))
         elif preview and ref.startswith("refs/heads/"):
-            found.append(Action(Act.PREVIEW, ref, new))
+            found.append(RefAction(Act.PREVIEW, ref, new))
         else:
-            found.append(Action(Act.IGNORE, ref, new, f"deploys follow refs/heads/{branch}"))
+            found.append(RefAction(Act.IGNORE, ref, new, f"deploys follow refs/heads/{branch}"))
     return found
 
 

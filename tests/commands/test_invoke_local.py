@@ -30,6 +30,7 @@ from sandbox_handlers.harness import (
 import fnctl.manifest.validate
 from fnctl.commands.local import LocalResult, invoke_local
 from fnctl.commands.localdata import LocalData
+from fnctl.engine import images
 from fnctl.errors import BadInput
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
@@ -116,6 +117,7 @@ def local(project: Project, function: str, event: Any, *, keep_warm: bool = Fals
         on_progress=lambda _: None,
         open_data=LocalData.open,
         validate=validate_project,
+        ensure_image=images.ensure_image,
     )
 
 

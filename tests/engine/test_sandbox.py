@@ -38,7 +38,7 @@ from sandbox_handlers.harness import (
 
 from fnctl.commands.local import invoke_local
 from fnctl.commands.localdata import LocalData
-from fnctl.engine import dockerio, images, instances
+from fnctl.engine import dockerbuild, dockerio, images, instances
 from fnctl.engine.instances import Instance, StartFailed
 from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
 from fnctl.errors import BuildFailed
@@ -231,7 +231,7 @@ def _flaky_build(monkeypatch: pytest.MonkeyPatch, errors: list[str]) -> list[str
         if errors:
             raise BuildFailed("image build failed at Step 4/7", detail=f"Step 4/7 : COPY code/\n{errors.pop(0)}")
 
-    monkeypatch.setattr(dockerio, "_build", build)
+    monkeypatch.setattr(dockerbuild, "_build", build)
     return []
 
 
@@ -241,7 +241,7 @@ def test_build_is_retried_when_a_cached_layer_vanishes_meanwhile(monkeypatch: py
         "No such image: sha256:859e",
     ]
     lines = _flaky_build(monkeypatch, errors)
-    dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+    dockerbuild.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
     assert errors == [] and len(lines) == 2 and "building again" in lines[0]
 
 
@@ -249,15 +249,15 @@ def test_build_failure_of_the_code_is_not_retried(monkeypatch: pytest.MonkeyPatc
     errors = ["COPY failed: file not found in build context", "never reached"]
     lines = _flaky_build(monkeypatch, errors)
     with pytest.raises(BuildFailed, match="Step 4/7"):
-        dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+        dockerbuild.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
     assert errors == ["never reached"] and lines == []
 
 
 def test_build_gives_up_when_layers_keep_vanishing(monkeypatch: pytest.MonkeyPatch) -> None:
-    errors = ["No such image: sha256:1"] * (dockerio.BUILD_ATTEMPTS + 1)
+    errors = ["No such image: sha256:1"] * (dockerbuild.BUILD_ATTEMPTS + 1)
     lines = _flaky_build(monkeypatch, errors)
     with pytest.raises(BuildFailed):
-        dockerio.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
+        dockerbuild.build_image(Path("."), "fnctl/t-x:1", {}, {}, lines.append)
     assert len(errors) == 1
 
 
@@ -541,6 +541,7 @@ def test_requirements_txt_dependency_is_installed_into_the_image(
             on_progress=lambda _: None,
             open_data=LocalData.open,
             validate=validate_project,
+            ensure_image=images.ensure_image,
         )
         assert result.outcome.ok, result.outcome
         assert result.outcome.result == {"shout": "HI!", "from": "/opt/fnctl/deps/tinydep/__init__.py"}
@@ -574,6 +575,7 @@ def test_secret_reaches_the_handler_and_nothing_else(
         on_progress=lambda _: None,
         open_data=LocalData.open,
         validate=validate_project,
+        ensure_image=images.ensure_image,
     )
     assert result.outcome.ok and result.outcome.result == {"token": token}
     assert token not in result.outcome.logs
