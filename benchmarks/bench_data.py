@@ -243,6 +243,19 @@ def wrk(port: int, path: str, script: Path, seconds: int) -> tuple[float, int]:
     return float(rps.group(1)), errors
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (Linux /proc), its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_cpu(pid: int, port: int, path: str, script: Path, seconds: int) -> tuple[float, int, float]:
+    """`wrk` as above, and the gateway's CPU per request in µs (what the load does not change much)."""
+    before = cpu_seconds(pid)
+    rps, errors = wrk(port, path, script, seconds)
+    return rps, errors, (cpu_seconds(pid) - before) * 1e6 / max(1.0, rps * seconds)
+
+
 def raw_inserts_per_second(work: Path, count: int) -> float:
     """Raw sqlite3 inserts of the bench's JSON, one transaction each (WAL, synchronous=NORMAL): the baseline
     of the inserts' figures, measured again beside each round."""
@@ -339,18 +352,25 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
         # Interleaved rounds, each figure the median of its rounds beside its baseline's: on a shared machine
         # one round of each, minutes apart, compares the load more than the code.
         gets, healths, posts, raws, loads = [], [], [], [], []
+        cpu: dict[str, list[float]] = {"get": [], "health": [], "post": []}
         errors = {"get": 0, "post": 0}
         for _ in range(rounds):
             loads.append(os.getloadavg()[0])
-            get_rps, get_errors = wrk(port, "/v1/collections/bench/docs/one", get_lua, seconds)
-            health_rps, _ = wrk(port, "/healthz", health_lua, seconds)
-            post_rps, post_errors = wrk(port, "/v1/collections/bench/docs", post_lua, seconds)
+            get_rps, get_errors, get_cpu = wrk_cpu(
+                gateway.pid, port, "/v1/collections/bench/docs/one", get_lua, seconds
+            )
+            health_rps, _, health_cpu = wrk_cpu(gateway.pid, port, "/healthz", health_lua, seconds)
+            post_rps, post_errors, post_cpu = wrk_cpu(
+                gateway.pid, port, "/v1/collections/bench/docs", post_lua, seconds
+            )
             gets.append(get_rps)
             healths.append(health_rps)
             posts.append(post_rps)
             raws.append(raw_inserts_per_second(work, 2000))
             errors["get"] += get_errors
             errors["post"] += post_errors
+            for name, used in (("get", get_cpu), ("health", health_cpu), ("post", post_cpu)):
+                cpu[name].append(used)
         get_rps, health_rps = statistics.median(gets), statistics.median(healths)
         ratios = sorted(g / h for g, h in zip(gets, healths, strict=True))
         load = f"load {min(loads):.1f}-{max(loads):.1f}"
@@ -367,9 +387,12 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
             f"raw sqlite3 one txn each {raw_rps:,.0f}/s ({post_rps / raw_rps:.0%})",
             post_rps >= 3000,
         )
+        get_cpu, health_cpu, post_cpu = (statistics.median(cpu[name]) for name in ("get", "health", "post"))
         print(
             f"  (medians of {rounds} interleaved rounds of {seconds} s; {load}; in-process raw before: "
-            f"{raw_inserts:,.0f}/s)",
+            f"{raw_inserts:,.0f}/s)\n  gateway CPU per request (the figures' price, which the load changes "
+            f"little): GET {get_cpu:.0f} µs, /healthz {health_cpu:.0f} µs ({get_cpu / health_cpu:.1f}x), "
+            f"insert {post_cpu:.0f} µs (3,000/s needs ≤ 333 µs of a whole core)",
             flush=True,
         )
     finally:

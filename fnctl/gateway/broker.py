@@ -18,6 +18,7 @@ writes from the frame's read callback, without a task.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from fnctl.data.documents import Budget, DataDocument, WriteOp
 from fnctl.data.errors import DataError, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
+from fnctl.errors import FnctlError
 from fnctl.gateway.datacalls import (
     METHODS,
     WRITES,
@@ -48,6 +50,8 @@ from fnctl.state.store import Store
 from fnctl.state.store import connect as connect_store
 
 T = TypeVar("T")
+log = logging.getLogger("fnctl.gateway")
+CHECKPOINT_EVERY = 0.25  # seconds between the data file's checkpoints, taken apart from the writes
 _AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "CallSession", "StateAudit", "caller_of"]
 
@@ -126,6 +130,19 @@ class Broker:
         self._lock = threading.Lock()
         self._pending: list[tuple[Callable[[], Txn], asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._scheduled = False
+        # The data file's checkpoints on a thread of their own: a checkpoint's fsyncs never hold up a commit.
+        self._stopping = threading.Event()
+        plane.store.checkpoint_apart()
+        self._checkpoints = threading.Thread(target=self._checkpoint, name="fnctl-checkpoint", daemon=True)
+        self._checkpoints.start()
+
+    def _checkpoint(self) -> None:
+        while not self._stopping.wait(CHECKPOINT_EVERY):
+            try:
+                self.plane.store.checkpoint()
+            except FnctlError as exc:  # the committing connection checkpoints itself past CHECKPOINT_SAFETY
+                log.warning("data file checkpoints stopped: %s", exc)
+                return
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the data plane's thread."""
@@ -266,6 +283,8 @@ class Broker:
         """Stop the data thread (after what it is running), close the audit's and the data file's connections."""
         self.sessions.clear()
         self._worker.shutdown(wait=True)
+        self._stopping.set()
+        self._checkpoints.join()
         audit = self.plane.audit
         if isinstance(audit, StateAudit):
             audit.close()

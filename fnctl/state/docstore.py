@@ -29,6 +29,10 @@ from fnctl.state.docrecords import (
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
 
+# Pages a connection's WAL may hold before the committing connection checkpoints it itself, once checkpoints run
+# apart (`DocStore.checkpoint_apart`): a safety net for a checkpointer that fell behind, not the usual way.
+CHECKPOINT_SAFETY = 10_000
+
 
 def data_path(state_file: Path) -> Path:
     """The data file beside the deployment store: `<dir>/<stem>.data.db`."""
@@ -42,6 +46,7 @@ class DocStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
+        self._apart = False  # checkpoints run apart from the writes (`checkpoint_apart`)
         self._db()  # open (and migrate) now, so errors surface here
         self._load_indexed()
 
@@ -54,6 +59,8 @@ class DocStore:
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
+                if self._apart:
+                    db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
                 docschema.migrate(db)
             except sqlite3.Error as exc:
                 raise DataStoreError(f"cannot open the data file {self.path}: {exc}") from None
@@ -61,6 +68,22 @@ class DocStore:
             with self._lock:
                 self._all.append(db)
         return db
+
+    def checkpoint_apart(self) -> None:
+        """Take checkpoints (copying the WAL into the database file, and their fsyncs) off the write path: the
+        connections opened from now on, and the calling thread's, checkpoint only past CHECKPOINT_SAFETY pages;
+        the caller runs `checkpoint()` from a thread of its own. SQLite's automatic checkpoint (every 1,000
+        pages, by the connection that commits) stalled the committing thread, and every write waiting on it,
+        for milliseconds whenever the disk was busy."""
+        self._apart = True
+        self._db().execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file without waiting for readers or the writer (PASSIVE)."""
+        try:
+            self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot checkpoint the data file: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
