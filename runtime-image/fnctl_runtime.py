@@ -797,8 +797,9 @@ class Server:
 
     An async handler runs here, on the event loop (one process, any number of invocations). A synchronous one
     runs in worker processes forked from this one after the handler was imported (`_Worker`), each serving
-    one invocation at a time on its own main thread, as AWS Lambda or a plain script would run it: one worker
-    is forked at start, more as concurrent invocations need them, up to `concurrency`; they stay.
+    one invocation at a time on its own main thread, as AWS Lambda or a plain script would run it: the first
+    is forked by the first invocation (an instance that was never invoked is one process), more as
+    concurrent invocations need them, up to `concurrency`; they stay.
     """
 
     def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
@@ -821,6 +822,7 @@ class Server:
         self.tasks: set[asyncio.Task[None]] = set()
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
+        self.die_with_us: Callable[[], None] | None = None  # what a new worker calls first (`_pdeathsig`)
         self.sweeper: asyncio.TimerHandle | None = None
         self.next_conn = 0
         # Workers write to the host connections too (synchronous handlers): every write holds this lock.
@@ -942,7 +944,8 @@ class Server:
             index += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         supervisor = os.getpid()
-        if not self.workers:
+        if self.die_with_us is None:
+            self.die_with_us = _pdeathsig()  # loaded here, before the fork: the workers share its pages
             gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
         try:
             pid = os.fork()
@@ -978,7 +981,10 @@ class Server:
                 os.close(worker.sock.fileno())
         host_fds = {conn.id: conn.fd for conn in self.connections if conn.fd >= 0}
         self.workers, self.idle_workers, self.connections = {}, [], set()
-        _die_with_parent(supervisor)
+        if self.die_with_us is not None:
+            self.die_with_us()
+        if os.getppid() != supervisor:
+            os._exit(0)  # the supervisor died before that took effect
         return host_fds
 
     def worker_done(self, worker: _Worker, frame: bytes) -> None:
@@ -1131,16 +1137,17 @@ def _recv_frame(sock: socket.socket) -> bytes:
     return data[4:]
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker dies with the supervisor (PR_SET_PDEATHSIG), so none outlives it outside a container either."""
+def _pdeathsig() -> Callable[[], None]:
+    """What makes a worker die with the supervisor (PR_SET_PDEATHSIG), so that none outlives it outside a
+    container either. ctypes is loaded once, by the supervisor before its first fork, so that its ~1.3 MiB are
+    shared by every worker instead of copied into each; the supervisor of an async handler never loads it."""
     try:
-        import ctypes  # only in workers: the supervisor of an async handler never pays for it
+        import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)  # the supervisor died before the call above took effect
+        return lambda: None
+    return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def _write_all(fd: int, data: bytes, lock: int | None) -> None:
@@ -1630,11 +1637,8 @@ async def serve(config: Config, handler: Handler) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
     if not handler.is_async:
+        # No worker before the first invocation: an instance nobody invoked costs one interpreter.
         loop.add_signal_handler(signal.SIGCHLD, server.reap)
-        try:
-            server.idle_workers.append(server.fork_worker())  # the first one before any traffic
-        except OSError as exc:  # the pids limit, say: invocations retry the fork and report it
-            _REAL_STDERR.write(f"fnctl-runtime: cannot start a worker process yet: {exc}\n")
     server.spawn(server.watch())
     await server.stopped.wait()
     conns = list(server.connections)

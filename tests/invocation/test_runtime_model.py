@@ -66,6 +66,22 @@ def test_sync_handlers_run_on_the_main_thread_of_worker_processes(start_runtime:
     assert {rt.invoke({}).result["pid"] for _ in range(5)} <= pids
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+        return [int(child) for child in fh.read().split()]
+
+
+def test_an_instance_never_invoked_is_one_process_and_the_first_invocation_forks_its_worker(
+    start_runtime: StartRuntime,
+) -> None:
+    rt = start_runtime({"main.py": "import os\ndef handler(event):\n    return os.getpid()\n"})
+    assert rt.transport.ping() == 0  # ready and idle
+    assert _children(rt.process.pid) == []  # no worker yet: an idle instance costs one interpreter
+    worker = rt.invoke({}).result
+    assert worker != rt.process.pid and _children(rt.process.pid) == [worker]
+    assert {rt.invoke({}).result for _ in range(3)} == {worker}  # one at a time: the same worker serves them all
+
+
 def test_async_handlers_share_the_event_loop_of_one_process(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import asyncio, os, threading
@@ -93,7 +109,7 @@ def handler(event):
     return [os.environ.get("API_TOKEN"), os.getpid()]
 """
     rt = start_runtime({"main.py": source}, FNCTL_CONCURRENCY="2")
-    first_pid = rt.invoke({}).result[1]  # the worker forked at start, before any secret
+    first_pid = rt.invoke({}).result[1]  # the worker the first invocation forked, before any secret
     rt.transport.configure({"API_TOKEN": "s3cr3t"})
     release = tmp_path / "release"
     calls = [InBackground(functools.partial(rt.invoke, {"release": str(release)})) for _ in range(2)]
