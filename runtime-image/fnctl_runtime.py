@@ -266,9 +266,27 @@ _RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separato
 _DECODER = json.JSONDecoder()  # frames are UTF-8: decoded directly, without json.loads' encoding detection
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _frame_encoder() -> Callable[[Any], str]:
+    """What encodes the runtime's frames (every call, result envelope and reply): json's C encoder made once,
+    not per message as JSONEncoder.encode does (half of an encode's ~10 µs here, twice per call). Without the
+    circular-reference check: a cycle ends in RecursionError instead of ValueError."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_ENCODE = _frame_encoder()
+
+
 def encode(message: dict[str, Any]) -> bytes:
     # "replace": a lone surrogate in a message or log must not make the reply unsendable
-    body = _ENCODER.encode(message).encode("utf-8", "replace")
+    body = _ENCODE(message).encode("utf-8", "replace")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -585,8 +603,9 @@ class Context:
         except CallbackError as exc:
             raise CallbackError(exc.type, exc.message, exc.details) from None  # a fresh traceback: no runtime frames
 
-    async def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return await self._channel.acall(self.invocation_id, method, params or {}, self.deadline)
+    def acall(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """`await context.acall(...)`: the channel's coroutine itself (no second coroutine around it)."""
+        return self._channel.acall(self.invocation_id, method, params or {}, self.deadline)
 
 
 def _memory_limit_mb() -> int:
@@ -636,6 +655,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
         self.incoming = memoryview(bytearray(READ_SIZE))
+        self.poller: Any = None  # a poll of this socket alone, for `read_reply_now`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -733,17 +753,45 @@ class _Connection(asyncio.BufferedProtocol):
         call_id = f"c{self.next_call}"
         frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
                         "params": params})
-        future: asyncio.Future[Any] = self.server.loop.create_future()
+        future = _Reply(self.server.loop)
         self.calls[call_id] = future
         if deadline:
             self.deadlines[call_id] = (deadline, method)
             self.server.arm_sweep()
         try:
             self.write(frame)
+            if self.server.running == 1 and not self.server.loop._ready:  # type: ignore[attr-defined]
+                self.read_reply_now(future)
             return await future
         finally:
             self.calls.pop(call_id, None)
             self.deadlines.pop(call_id, None)
+
+    def read_reply_now(self, reply: _Reply) -> None:
+        """Wait up to BRIEF_WAIT for the reply on the socket itself, when this call is all the event loop has to
+        do (one invocation in flight, no callback ready): the reply then resolves the call within the handler's
+        own step, without a round of the loop (a wake-up, an epoll_wait and a callback: a third of the round
+        trip here). What else comes meanwhile is handled as the loop would; past the wait, the loop takes over."""
+        fd = self.fd
+        if fd < 0:
+            return
+        if self.poller is None:
+            self.poller = select.poll()
+            self.poller.register(fd, select.POLLIN)
+        give_up = time.monotonic() + BRIEF_WAIT
+        while not reply.done():
+            left = give_up - time.monotonic()
+            if left <= 0 or not self.poller.poll(max(1, int(left * 1000))):
+                return
+            try:
+                got = os.readv(fd, [self.incoming])
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return  # the loop's own read reports it
+            if not got:
+                return  # the end of the connection: the loop's own read sees it too
+            self.data_received(self.incoming[:got])
 
     def call_from_thread(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
         """`call` for a thread an async handler started: the frame is sent by one callback on the loop and the
@@ -783,12 +831,102 @@ class _Connection(asyncio.BufferedProtocol):
             future.set_exception(_reply_error(message))
 
 
+class _Reply:
+    """What `await context.acall(...)` waits for: an asyncio-compatible future (a task awaits it as it awaits a
+    Future) that resumes the waiting task at once when the reply's frame resolves it, from the read callback,
+    in the task's own context. asyncio's Future schedules that resumption for the loop's next round instead:
+    one more epoll_wait and callback handle per call, ~12 µs of a ~100 µs round trip here. Cancelling it (a
+    `wait_for` timeout, say) resumes the task in the next round, as a Future would."""
+
+    __slots__ = ("_asyncio_future_blocking", "_loop", "_state", "_value", "_wake", "_context")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False  # what a task checks of what its coroutine yielded
+        self._loop = loop
+        self._state = 0  # 0: pending, 1: result, 2: exception, 3: cancelled
+        self._value: Any = None
+        self._wake: Callable[[Any], None] | None = None
+        self._context: contextvars.Context | None = None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add_done_callback(self, fn: Callable[[Any], None], *, context: contextvars.Context | None = None) -> None:
+        if self._state:
+            self._loop.call_soon(fn, self, context=context)
+        else:
+            self._wake, self._context = fn, context
+
+    def remove_done_callback(self, fn: Callable[[Any], None]) -> int:
+        if self._wake is not None and self._wake == fn:
+            self._wake = None
+            return 1
+        return 0
+
+    def done(self) -> bool:
+        return self._state != 0
+
+    def cancelled(self) -> bool:
+        return self._state == 3
+
+    def result(self) -> Any:
+        if self._state == 1:
+            return self._value
+        if self._state == 0:
+            raise asyncio.InvalidStateError("the reply has not come")
+        raise self._value
+
+    def exception(self) -> BaseException | None:
+        if self._state == 1:
+            return None
+        if self._state == 0:
+            raise asyncio.InvalidStateError("the reply has not come")
+        if self._state == 3:
+            raise self._value
+        return self._value  # type: ignore[no-any-return]
+
+    def set_result(self, value: Any) -> None:
+        self._settle(1, value, now=True)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(2, exc, now=True)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._state:
+            return False
+        self._settle(3, asyncio.CancelledError(msg), now=False)  # never inside the canceller's own step
+        return True
+
+    def _settle(self, state: int, value: Any, now: bool) -> None:
+        if self._state:
+            return
+        self._state, self._value = state, value
+        wake, context, self._wake, self._context = self._wake, self._context, None, None
+        if wake is None:
+            return
+        if not now or asyncio.current_task(self._loop) is not None:  # never one task's step inside another's
+            self._loop.call_soon(wake, self, context=context)
+        elif context is None:
+            wake(self)
+        else:
+            context.run(wake, self)
+
+    def __await__(self) -> Any:
+        if not self._state:
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+    __iter__ = __await__
+
+
 def _reply_error(message: dict[str, Any]) -> CallbackError:
     error = message.get("error")
     error = error if isinstance(error, dict) else {}
     return CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error)
 
 
+BRIEF_WAIT = 0.001  # seconds an acall may hold the otherwise idle event loop for its reply (read_reply_now)
 SWEEP_INTERVAL = 0.05  # seconds between looks for async calls past their deadline (so up to that late)
 
 
@@ -1617,7 +1755,7 @@ def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> byte
         envelope["error"] = outcome.error
         return encode(envelope)
     # Splice the already-serialised result in rather than serialising it a second time.
-    head = _ENCODER.encode(envelope).encode("utf-8", "replace")
+    head = _ENCODE(envelope).encode("utf-8", "replace")
     body = b"".join((head[:-1], b',"result":', outcome.result_json, b"}"))
     return len(body).to_bytes(4, "big") + body
 

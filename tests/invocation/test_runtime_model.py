@@ -100,6 +100,39 @@ async def handler(event, context):
         assert call.result.result == {"pid": rt.process.pid, "main_thread": True}
 
 
+ACALLS = """
+import asyncio
+
+async def handler(event, context):
+    print("before")
+    first = await context.acall("echo", {"n": 1})
+    print("after", first)
+    both = await asyncio.gather(context.acall("echo", {"n": 2}), context.acall("echo", {"n": 3}))
+    try:
+        await asyncio.wait_for(context.acall("slow", {}), 0.05)
+        late = "answered"
+    except asyncio.TimeoutError:
+        late = "cancelled"
+    return [first, both, late, await context.acall("echo", {"n": 4})]
+"""
+
+
+def test_acall_resumes_the_handler_in_its_context_and_cancels_cleanly(start_runtime: StartRuntime) -> None:
+    """A reply resumes the awaiting handler at once, from the connection's read (docs/runtime.md): its output
+    is still captured, concurrent calls of one invocation each get theirs, and a call cancelled by a timeout
+    leaves the next one working."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        if method == "slow":
+            time.sleep(0.3)
+        return params.get("n")
+
+    rt = start_runtime({"main.py": ACALLS}, on_call=on_call)
+    reply = rt.invoke({})
+    assert reply.result == [1, [2, 3], "cancelled", 4]
+    assert reply.logs == "before\nafter 1\n"
+
+
 def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import os, time
