@@ -16,11 +16,16 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
   times its start) and scale from zero with a paused warm instance (`warm`); medians of --cold-runs;
 - the hostile-client figure of the security issue: a good client's success rate on `/invoke/noop` while
   300 connections from 127.0.0.2-4 send chunked bodies that never end;
-- the gateway's resident memory with N functions deployed.
+- the gateway's resident memory with N functions deployed;
+- the call section (gatewaycalls.py): `context.call` and `await context.acall` round trips from handlers in
+  containers under the default CPU quota to this gateway, p50 and p99 with each round's load, beside a
+  socketpair ping-pong between two processes (the floor of any such round trip here). `--calls-only` runs
+  just that section (with the functions it needs).
 
 Targets (issue 18): gateway CPU per request (trigger, c8) <= 120 us; throughput >= 50 % of bare aiohttp at
 c8 and c32 for triggers and /invoke; 200 clients: 0 non-2xx and >= 90 % of the c32 throughput; cold start
-median <= 150 ms, with a paused warm instance <= 30 ms; good-client success >= 99 %. The machine is shared:
+median <= 150 ms, with a paused warm instance <= 30 ms; good-client success >= 99 %; acall p50 <= 100 us,
+call p50 <= 150 us, p99 <= 1 ms under the default CPU quota. The machine is shared:
 the load average is printed at the start and the end.
 
     .venv/bin/python benchmarks/bench_gateway.py [--quick] [--functions 50] [--seconds 5] [--rounds 3]
@@ -49,6 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gatewaycalls  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -304,7 +312,7 @@ def make_project(count: int) -> Setup:
     port = free_port()
     (root / "manifests").mkdir()
     (root / "functions" / "noop").mkdir(parents=True)
-    (root / "functions" / "noop" / "main.py").write_text(NOOP)
+    (root / "functions" / "noop" / "main.py").write_text(NOOP + gatewaycalls.HANDLERS)
     (root / "fnctl.toml").write_text(
         f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n\n[gateway]\naddress = "127.0.0.1:{port}"\n'
     )
@@ -314,6 +322,7 @@ def make_project(count: int) -> Setup:
         FUNCTION.format(name="cold", min=0, max=1, concurrency=8, pids=64, warm=""),
         FUNCTION.format(name="warm", min=0, max=2, concurrency=8, pids=64, warm=", warm: paused"),
         TRIGGER,
+        gatewaycalls.manifests(),
     ]
     docs += [
         FUNCTION.format(name=f"fn-{i:02d}", min=1, max=1, concurrency=8, pids=64, warm="") for i in range(3, count)
@@ -481,8 +490,12 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=int, default=None, help="the 200-client run (default 30; 10 quick)")
     parser.add_argument("--hostile-seconds", type=float, default=None, help="the attack (default 8; 4 quick)")
     parser.add_argument("--cold-runs", type=int, default=None, help="default 5; 3 quick")
+    parser.add_argument("--calls", type=int, default=2000, help="context.call round trips per handler and round")
+    parser.add_argument("--calls-only", action="store_true", help="only the call section (3 functions deployed)")
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
+    if args.calls_only:
+        args.functions = 3
     quick = args.quick
     for name, full, short in (
         ("functions", 50, 5),
@@ -539,6 +552,9 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     processes.append(bare_server)
     until(lambda: http_get(setup.port, "/readyz")[0] == 200, "the gateway", 120)
     until(lambda: http_get(bare_port, "/")[0] == 200, "the bare server", 30)
+    calls = gatewaycalls.measure(setup.port, args.rounds, args.calls, lambda: ipc_round_trip(2000))
+    if args.calls_only:
+        return {"calls": calls}
     names = ["noop", "cold"] + [f"fn-{i:02d}" for i in range(3, args.functions)]
     for name in names:  # every pool in use once, as in production
         status = http_post(setup.port, f"/invoke/{name}")
@@ -591,6 +607,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         "rss": rss,
         "peak": peak,
         "ipc": ipc_round_trip(),
+        "calls": calls,
     }
 
 
@@ -605,9 +622,16 @@ def event_loop() -> str:
 
 
 def report(r: dict[str, object], args: argparse.Namespace, deployed: float, load_before: tuple[float, ...]) -> None:
+    rows, missed = gatewaycalls.rows(cast(list[gatewaycalls.Round], r["calls"]))
+    if "pairs" in r:
+        full_report(r, args, rows, missed)
+    print_table(rows, missed, args, deployed, load_before)
+
+
+def full_report(
+    r: dict[str, object], args: argparse.Namespace, rows: list[tuple[str, str, str]], missed: list[str]
+) -> None:
     pairs = cast(dict[str, list[Pair]], r["pairs"])
-    rows: list[tuple[str, str, str]] = []
-    missed: list[str] = []
     c32 = 0.0
     for label, runs in pairs.items():
         bare = statistics.median(b.rps for b, _ in runs)
@@ -681,6 +705,15 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float, load
         if median > target:
             missed.append(what)
     rows.append((f"gateway RSS, {args.functions} functions deployed", f"{r['rss']:.1f} MB", f"peak {r['peak']:.1f} MB"))
+
+
+def print_table(
+    rows: list[tuple[str, str, str]],
+    missed: list[str],
+    args: argparse.Namespace,
+    deployed: float,
+    load_before: tuple[float, ...],
+) -> None:
     width = max(len(name) for name, _, _ in rows)
     fig = max(len(figure) for _, figure, _ in rows)
     print(

@@ -101,6 +101,7 @@ def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str],
         with tempfile.TemporaryDirectory(prefix="fnctl-runtime-") as tmp:
             for name in language.runtime_files:
                 shutil.copy2(language.runtime_dir() / name, Path(tmp, name))
+            language.stage_runtime(Path(tmp))
             dockerbuild.build_image(Path(tmp), tag, {"BASE": base_image}, {f"{LABEL}.runtime": "true"}, on_line)
     return tag
 

@@ -161,14 +161,32 @@ class CallRequest:
 
 # Built once: json.dumps with options builds a new encoder per call, a measurable cost per invocation.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_encode = _ENCODER.encode
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _frame_encoder() -> Callable[[Any], str]:
+    """json's C encoder made once: JSONEncoder.encode makes a new one per message, half of its cost (~5 of
+    ~10 us here), paid for every invoke and every reply to a call. It skips the circular-reference check: a
+    cycle (never in decoded JSON) ends in RecursionError, which the callers take as not serialisable."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain encoder
+        return _ENCODER.encode
+    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode = _frame_encoder()
 # The invoke frame's body exactly as `encode_frame` writes its message, filled in directly: about a third of
 # the cost of building the nested dicts and encoding them (the hot path of every invocation).
 _INVOKE = '{"type":"invoke","event":%s,"context":{"invocation_id":%s,"deadline":%r,"caller":%s},"id":%d}'
 
 
 def encode_frame(message: Mapping[str, Any]) -> bytes:
-    """Header and body of one message. Raises TypeError/ValueError when it is not JSON-serialisable."""
+    """Header and body of one message. Raises TypeError/ValueError (RecursionError for a cycle) when it is not
+    JSON-serialisable."""
     body = _encode(message).encode()
     return HEADER.pack(len(body)) + body
 
@@ -176,7 +194,7 @@ def encode_frame(message: Mapping[str, Any]) -> bytes:
 def _request_frame(message: dict[str, Any]) -> bytes:
     try:
         return encode_frame(message)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise BadInput(f"cannot send {message['type']}: not JSON-serialisable: {exc}") from None
 
 
@@ -200,7 +218,7 @@ def invoke_frame(
         body = (
             _INVOKE % (_encode(event), _encode(invocation_id), float(deadline), _encode(caller), request_id)
         ).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise BadInput(f"cannot send invoke: not JSON-serialisable: {exc}") from None
     return HEADER.pack(len(body)) + body
 

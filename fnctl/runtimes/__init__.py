@@ -65,6 +65,11 @@ class Runtime(Protocol):
         """The files (in `runtime_dir()`) that make up the runtime layer, the Dockerfile first; all hashed."""
         ...
 
+    def stage_runtime(self, context: Path) -> None:
+        """Add what is built from `runtime_files` (already copied into `context`) to the runtime layer's build
+        context: Python's bytecode. Derived from the hashed files only, so the layer's tag still covers it."""
+        ...
+
     def function_dockerfile(self) -> Path:
         """The Dockerfile of the function layer."""
         ...

@@ -91,6 +91,9 @@ class NodeRuntime:
             source, file, attr, typescript=self.typescript, node=NODE_VERSION, on_line=on_line
         )
 
+    def stage_runtime(self, context: Path) -> None:
+        pass  # the runtime layer is runtime_files as they are
+
     def stage(self, source: Path, context: Path, on_line: OnLine) -> None:
         code, deps = context / "code", context / "deps"
         copy_code(source, code)

@@ -66,6 +66,22 @@ def test_sync_handlers_run_on_the_main_thread_of_worker_processes(start_runtime:
     assert {rt.invoke({}).result["pid"] for _ in range(5)} <= pids
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+        return [int(child) for child in fh.read().split()]
+
+
+def test_an_instance_never_invoked_is_one_process_and_the_first_invocation_forks_its_worker(
+    start_runtime: StartRuntime,
+) -> None:
+    rt = start_runtime({"main.py": "import os\ndef handler(event):\n    return os.getpid()\n"})
+    assert rt.transport.ping() == 0  # ready and idle
+    assert _children(rt.process.pid) == []  # no worker yet: an idle instance costs one interpreter
+    worker = rt.invoke({}).result
+    assert worker != rt.process.pid and _children(rt.process.pid) == [worker]
+    assert {rt.invoke({}).result for _ in range(3)} == {worker}  # one at a time: the same worker serves them all
+
+
 def test_async_handlers_share_the_event_loop_of_one_process(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import asyncio, os, threading
@@ -84,6 +100,39 @@ async def handler(event, context):
         assert call.result.result == {"pid": rt.process.pid, "main_thread": True}
 
 
+ACALLS = """
+import asyncio
+
+async def handler(event, context):
+    print("before")
+    first = await context.acall("echo", {"n": 1})
+    print("after", first)
+    both = await asyncio.gather(context.acall("echo", {"n": 2}), context.acall("echo", {"n": 3}))
+    try:
+        await asyncio.wait_for(context.acall("slow", {}), 0.05)
+        late = "answered"
+    except asyncio.TimeoutError:
+        late = "cancelled"
+    return [first, both, late, await context.acall("echo", {"n": 4})]
+"""
+
+
+def test_acall_resumes_the_handler_in_its_context_and_cancels_cleanly(start_runtime: StartRuntime) -> None:
+    """A reply resumes the awaiting handler at once, from the connection's read (docs/runtime.md): its output
+    is still captured, concurrent calls of one invocation each get theirs, and a call cancelled by a timeout
+    leaves the next one working."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        if method == "slow":
+            time.sleep(0.3)
+        return params.get("n")
+
+    rt = start_runtime({"main.py": ACALLS}, on_call=on_call)
+    reply = rt.invoke({})
+    assert reply.result == [1, [2, 3], "cancelled", 4]
+    assert reply.logs == "before\nafter 1\n"
+
+
 def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import os, time
@@ -93,7 +142,7 @@ def handler(event):
     return [os.environ.get("API_TOKEN"), os.getpid()]
 """
     rt = start_runtime({"main.py": source}, FNCTL_CONCURRENCY="2")
-    first_pid = rt.invoke({}).result[1]  # the worker forked at start, before any secret
+    first_pid = rt.invoke({}).result[1]  # the worker the first invocation forked, before any secret
     rt.transport.configure({"API_TOKEN": "s3cr3t"})
     release = tmp_path / "release"
     calls = [InBackground(functools.partial(rt.invoke, {"release": str(release)})) for _ in range(2)]

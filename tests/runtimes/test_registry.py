@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ def test_unknown_runtime_is_bad_input() -> None:
 
 def test_python_runtime_layer_hash_is_unchanged() -> None:
     digest = hashlib.sha256(b"base=sha256:abc;python=3.11\0")
-    for name in ("Dockerfile", "function.Dockerfile", "fnctl_runtime.py"):
+    for name in ("Dockerfile", "function.Dockerfile", "fnctl_runtime.py", "launch.py"):
         digest.update(hashlib.sha256((ROOT / "runtime-image" / name).read_bytes()).digest())
     assert runtime_hash("sha256:abc", PYTHON) == digest.hexdigest()
 
@@ -55,3 +58,17 @@ def test_node_handler_problems(tmp_path: Path) -> None:
     assert NODEJS.handler_problem(tmp_path, "index.other") == "index.js defines no export 'other'"
     assert "looked for missing.js, missing.mjs, missing.cjs" in str(NODEJS.handler_problem(tmp_path, "missing.handler"))
     assert "outside the source directory" in str(NODEJS.handler_problem(tmp_path, "../x.js:handler"))
+
+
+def test_the_python_runtime_layer_carries_the_runtime_compiled_and_the_launcher_loads_it(tmp_path: Path) -> None:
+    """An instance imports the runtime's bytecode, compiled on the host when the layer is built, instead of
+    compiling its source at every start (docs/runtime.md#memory): shown by a source that no longer compiles."""
+    for name in PYTHON.runtime_files:
+        shutil.copy2(PYTHON.runtime_dir() / name, tmp_path / name)
+    PYTHON.stage_runtime(tmp_path)
+    (tmp_path / "fnctl_runtime.py").write_text("this is not Python\n")
+    launcher = (tmp_path / "launch.py").read_text().replace('"/opt/fnctl"', repr(str(tmp_path)))
+    probe = launcher.replace("sys.exit(fnctl_runtime.main())", "print(fnctl_runtime.PROTOCOL, sys.path[0] != _dir)")
+    probe = probe.replace("import sys\n", f"import sys\n_dir = {str(tmp_path)!r}\n", 1)
+    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1 True\n", "")
