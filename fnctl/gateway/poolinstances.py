@@ -183,7 +183,7 @@ class PoolInstances:
 
     async def _bring_up(self, slot: Slot) -> None:
         try:
-            slot.container_id, slot.socket_dir = await self.host.start_instance(self.target, slot.id)
+            slot.container_id, slot.socket_dir, transport = await self.host.start_instance(self.target, slot.id)
         except LockTimeout:
             self.slots.pop(slot.id, None)  # `fnctl apply` holds the lock: the next tick tries again
             return
@@ -191,7 +191,7 @@ class PoolInstances:
             self.slots.pop(slot.id, None)
             self._start_failed(exc if isinstance(exc, FnctlError) else FnctlError(f"{type(exc).__name__}: {exc}"))
             return
-        await self._attach(slot)
+        self._attached(slot, transport)
 
     def adopt(self, rows: Sequence[tuple[str, str, str]], paused: Collection[str] = ()) -> list[asyncio.Task[Any]]:
         """Take over running instances recorded READY in the store: (id, container id, socket dir). They
@@ -229,6 +229,9 @@ class PoolInstances:
             log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
             self._bury(slot)
             return
+        self._attached(slot, transport)
+
+    def _attached(self, slot: Slot, transport: AsyncTransport) -> None:
         slot.transport, slot.last_used = transport, time.monotonic()
         transport.on_lost = lambda reason: self._lost(slot, reason)
         if slot.phase is not SlotPhase.STARTING:

@@ -28,7 +28,7 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.engine.sandbox import labels
-from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, Started, Target, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
@@ -375,7 +375,7 @@ class LocalHost:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
+    async def start_instance(self, target: Target, instance_id: str) -> Started:
         socket_dir = tempfile.mkdtemp(prefix="fnpool-")
         self.socket_dirs.append(socket_dir)
         env = {
@@ -387,10 +387,9 @@ class LocalHost:
             "FNCTL_CONCURRENCY": str(self.concurrency),
         }
         process = self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
-        probe = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
-        await probe.connect(timeout=15)  # as instances.start does: ready before it is handed over
-        await probe.close()
-        return "", socket_dir
+        transport = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
+        await transport.connect(timeout=15)  # as PoolManager does: ready before it is handed over
+        return "", socket_dir, transport
 
     def peer_check(self, slot: Slot) -> PeerCheck:
         process = self.processes[slot.id]
