@@ -7,6 +7,7 @@ ready-only routing, drain on close.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind
-from fnctl.invocation.rendezvous import PeerCheck
+from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
@@ -571,6 +572,8 @@ time.sleep(float(os.environ.get("IMPORT_DELAY", "0")))  # a slow start: the inst
 
 
 def handler(event, context):
+    if event.get("token"):
+        return {"token": os.environ.get("API_TOKEN", "")}
     if event.get("crash"):
         os._exit(3)
     if event.get("sleep"):
@@ -588,7 +591,9 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "warm": (1, 2, 1, {}),
     "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
     "drain": (1, 2, 1, {}),
+    "secret": (0, 1, 4, {}),  # its API_TOKEN comes from TOKEN_ENV, a secret
 }
+TOKEN_ENV, TOKEN = "FNCTL_TEST_POOL_TOKEN", "pool-secret-value"
 
 
 def write_function(project: Project, name: str, version: str) -> None:
@@ -608,7 +613,8 @@ def write_function(project: Project, name: str, version: str) -> None:
           scaling: {{minInstances: {low}, maxInstances: {high}, concurrency: {concurrency}}}
           healthCheck:
             - event: {{n: 0}}
-        """),
+        """)
+        + (f"  secrets: [{{name: API_TOKEN, fromEnv: {TOKEN_ENV}}}]\n" if name == "secret" else ""),
         encoding="utf-8",
     )
 
@@ -633,6 +639,7 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Deployed]:
     project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image)
+    project.env[TOKEN_ENV] = TOKEN
     try:
         (project.root / "functions" / "echo").mkdir(parents=True)
         (project.root / "functions" / "echo" / "main.py").write_text(FUNCTION_CODE, encoding="utf-8")
@@ -717,6 +724,39 @@ def test_scales_from_zero_with_a_cold_start_and_back_to_zero(deployed: Deployed)
         assert third.outcome.ok and third.cold_start and third.instance != first.instance
 
     with_manager(deployed, scenario, idle_seconds=0.5)
+
+
+@pytest.mark.docker
+def test_a_cold_start_meets_its_runtime_on_one_listener_and_configures_its_secrets_there(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime of an instance the gateway starts connects once, to the listener of the transport that
+    serves it (put up before its container started), and is given its secrets there: no listener of a
+    blocking start first, which it would have met, said ready and been configured on, then left for the
+    pool's second listener, found at its next scan of the socket directory."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)  # the gateway resolves `fromEnv` secrets from its own environment
+    listeners: list[str] = []
+    made = Rendezvous.__init__
+
+    def counted(self: Rendezvous, socket_dir: str) -> None:
+        listeners.append(socket_dir)
+        made(self, socket_dir)
+
+    monkeypatch.setattr(Rendezvous, "__init__", counted)
+
+    async def scenario(manager: PoolManager) -> None:
+        result = await call(manager, "secret", {"token": True})
+        assert result.cold_start and result.outcome.ok, result.outcome
+        assert result.outcome.result == {"token": TOKEN}
+        # recorded READY beside the first request, still under the store's lock from the row's insert
+        await until(
+            lambda: [r.state for r in deployed.rows("secret")] == [InstanceState.READY], "the instance recorded READY"
+        )
+        [row] = deployed.rows("secret")
+        assert [d for d in listeners if d == row.socket_dir] == [row.socket_dir]  # one, still serving it
+        assert TOKEN not in json.dumps(deployed.containers("secret")[0].attrs)  # nor in its env or labels
+
+    with_manager(deployed, scenario)
 
 
 @pytest.mark.docker
