@@ -10,6 +10,8 @@ to build.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import py_compile
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -101,8 +103,34 @@ def ensure_runtime_image(base_image: str, base_id: str, on_line: Callable[[str],
         with tempfile.TemporaryDirectory(prefix="fnctl-runtime-") as tmp:
             for name in language.runtime_files:
                 shutil.copy2(language.runtime_dir() / name, Path(tmp, name))
+            _precompile(Path(tmp))
             dockerio.build_image(Path(tmp), tag, {"BASE": base_image}, {f"{LABEL}.runtime": "true"}, on_line)
     return tag
+
+
+# Where the runtime image's Dockerfile puts its Python runtime (runtime-image/Dockerfile): its bytecode is
+# compiled for that path.
+PYTHON_RUNTIME_PATH = "/opt/fnctl/runtime.py"
+
+
+def _precompile(context: Path) -> None:
+    """The bytecode of a Python runtime layer's runtime (`__pycache__/runtime.<tag>.pyc`, checked against the
+    source by its hash), so that an instance's interpreter does not compile the ~1,700 lines at every start:
+    ~22 ms of CPU here, on every cold start's path. Compiled by this interpreter: it serves an image whose
+    Python has the same version (3.11, like fnctl's), and is ignored (the source compiled as before) by any other."""
+    source = context / "fnctl_runtime.py"
+    if not source.is_file():
+        return  # a runtime of another language
+    cache = context / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    target = cache / Path(importlib.util.cache_from_source("runtime.py")).name
+    py_compile.compile(
+        str(source),
+        cfile=str(target),
+        dfile=PYTHON_RUNTIME_PATH,
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+    )
 
 
 def _stage(
