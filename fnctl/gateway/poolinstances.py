@@ -88,8 +88,19 @@ class PoolInstances:
 
     # ---- scaling ----
 
-    def scale(self) -> None:
-        """Start what the load and minInstances call for (nothing while backing off or closing)."""
+    def expect(self) -> None:
+        """A request was admitted and its body is being read: when no instance could take it and none is on
+        its way, thaw the paused reserve or start an instance now, while the body is read, not after."""
+        if self.host.closing:
+            return
+        for slot in self.slots.values():
+            if (slot.ready and slot.inflight < self.concurrency) or slot.phase is SlotPhase.STARTING:
+                return
+        self.scale(expected=1)
+
+    def scale(self, expected: int = 0) -> None:
+        """Start what the load and minInstances call for, with `expected` requests more on their way (nothing
+        while backing off or closing)."""
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
         slots = self.slots.values()
@@ -97,7 +108,7 @@ class PoolInstances:
             ready=sum(s.ready for s in slots),
             starting=sum(s.phase is SlotPhase.STARTING for s in slots),
             inflight=sum(s.inflight for s in slots if s.ready),
-            queued=len(self.waiters),
+            queued=len(self.waiters) + expected,
             scaling=self.target.function.scaling,
             keep=self.keep,
         )

@@ -135,9 +135,15 @@ class PoolManager:
 
     def shed(self, function: str, revision: int) -> Shed | None:
         """Whether a request for `revision` would be refused now for its expected wait: asked before its
-        body is read, so that a refusal under overload costs next to nothing."""
+        body is read, so that a refusal under overload costs next to nothing; an admitted one finding no
+        instance to take it has one thawed or started at once (`expect`)."""
         pool = self._pools.get((function, revision))
-        return None if pool is None else pool.shed()
+        if pool is None:
+            return None
+        refused = pool.shed()
+        if refused is None:
+            pool.expect()  # a scale from zero begins while the body is read and the event built
+        return refused
 
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}

@@ -29,7 +29,7 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.engine.sandbox import labels
-from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, Started, Target, Unavailable
+from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
@@ -495,6 +495,24 @@ def test_below_max_instances_a_full_queue_waits_for_the_instances_starting(tmp_p
         results = await asyncio.gather(busy, *waiting)
         assert [r.outcome.result["n"] for r in results] == [0, 1, 2]
         assert all(r.outcome.ok for r in results)
+
+    run_local(host, scenario())
+
+
+def test_an_admitted_request_finding_no_instance_has_one_started_before_it_reaches_the_pool(tmp_path: Path) -> None:
+    """`expect` (PoolManager.shed admitting a request, before its body is read): the scale from zero begins
+    then, once, and the request meets that instance."""
+    host, pool = local_pool(tmp_path, min_instances=0, max_instances=2, concurrency=1)
+
+    async def scenario() -> None:
+        pool.expect()
+        assert [s.phase for s in pool.slots.values()] == [SlotPhase.STARTING]  # before the request queued
+        pool.expect()  # a second one admitted meanwhile: an instance is on its way already
+        assert len(pool.slots) == 1
+        result = await pool.invoke({"n": 1}, None, "first")
+        assert result.outcome.ok and result.cold_start and list(host.processes) == [result.instance]
+        pool.expect()  # a ready instance with room takes the next one: nothing started
+        assert len(pool.slots) == 1 and len(host.processes) == 1
 
     run_local(host, scenario())
 
