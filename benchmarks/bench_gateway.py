@@ -13,7 +13,9 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
 - 200 keep-alive clients (`wrk -t2 -c200`) on the 4 x 8 slots for --load-seconds (30; 10 with --quick):
   non-2xx answers, successful requests/s against the c32 /invoke figure, p99;
 - cold start (minInstances 0: the gateway stops `cold` when idle, --idle-timeout 2s, then one request
-  times its start) and scale from zero with a paused warm instance (`warm`); medians of --cold-runs;
+  times its start) and scale from zero with a paused warm instance (`warm`); medians of --cold-runs; then a
+  cold start taken apart step by step at the engine, beside a plain container's create+start and a
+  socket-pair round trip (benchmarks/coldsteps.py; benchmarks/bench_coldstart.py runs these figures alone);
 - the hostile-client figure of the security issue: a good client's success rate on `/invoke/noop` while
   300 connections from 127.0.0.2-4 send chunked bodies that never end;
 - the gateway's resident memory with N functions deployed;
@@ -60,6 +62,8 @@ import gatewaycalls  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import coldsteps  # noqa: E402  (beside this script: on sys.path when run as one; it imports fnctl, found above)
 
 NOOP = "def handler(event, context):\n    return {}\n"
 FUNCTION = """\
@@ -534,6 +538,8 @@ Pair = tuple[Wrk, Wrk]  # (bare, gateway) of one round
 
 
 def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen[bytes]]) -> dict[str, object]:
+    from fnctl.deploy.revisionspec import function_from_spec
+    from fnctl.manifest.model import Limits
     from fnctl.state.store import connect
 
     post, get = setup.root / "post.lua", setup.root / "get.lua"
@@ -591,11 +597,23 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         via += http_latencies(setup.port, args.sequential)
     load = wrk(setup.port, "/invoke/noop", post, threads=2, connections=200, seconds=args.load_seconds)
     ok, total, cuts = hostile(setup.port, args.hostile_seconds)
-    colds = cold_starts(setup.port, args.cold_runs, "cold", lambda: instances_of(setup.port, "cold") == 0.0)
+    # idle: no instance, and no container the engine is still removing (its clean-up would slow the start)
+    colds = cold_starts(
+        setup.port,
+        args.cold_runs,
+        "cold",
+        lambda: instances_of(setup.port, "cold") == 0.0 and not container_states(setup.name, "cold"),
+    )
     http_post(setup.port, "/invoke/warm")  # the pool exists: it keeps a paused instance from now on
     warms = cold_starts(setup.port, args.cold_runs, "warm", lambda: container_states(setup.name, "warm") == ["paused"])
     rss, peak = rss_mb(gateway.pid)
+    store = connect(setup.state)
+    cold = store.revision("cold", 1)
+    store.close()
+    assert cold is not None
+    steps = coldsteps.measure(function_from_spec("cold", cold.spec, Limits()), cold.image, args.cold_runs)
     return {
+        "steps": steps,
         "pairs": pairs,
         "cpu": cpu,
         "direct": direct,
@@ -725,6 +743,7 @@ def print_table(
     print(f"|{'-' * (width + 2)}|{'-' * (fig + 2)}|------")
     for name, figure, note in rows:
         print(f"| {name:<{width}} | {figure:>{fig}} | {note}")
+    print("\n".join(coldsteps.report(cast(coldsteps.Rounds, r["steps"]))))
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 

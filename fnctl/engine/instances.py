@@ -18,17 +18,17 @@ import secrets as _secrets
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import GVISOR_RUNTIME, boosted, container_spec, cpu_quota
 from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
-from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.rendezvous import Rendezvous, container_peer
 from fnctl.invocation.transport import TransportTimeout, UnixSocketTransport
 from fnctl.manifest.model import Function, Isolation
 
@@ -104,8 +104,68 @@ def start(
 ) -> Instance:
     """Start one instance of `function` from `image` and wait until it is ready and configured. It starts
     with more CPU (sandbox.STARTUP_CPUS); `settle_cpu` sets the function's own quota before returning, else
-    the caller must (`settle_cpu`), as soon as it can: the gateway does it beside the first request, since
-    the engine's update (10 to 100 ms here) took what the extra CPU saved when it was on a cold start's path."""
+    the caller must (`settle_cpu`) as soon as it can (the gateway: beside the first request)."""
+    instance_id = instance_id or new_instance_id()
+    socket_dir = runtime_root() / instance_id
+    container_id, transport = _create_and_start(function, image, revision, labels, instance_id, _sync_listener)
+    transport.peer = container_peer(container_id)
+    instance = Instance(instance_id, container_id, socket_dir, transport, function)
+    try:
+        wait_ready(function, container_id, lambda timeout: instance.transport.connect(timeout=timeout))
+        if settle_cpu and boosted(function):
+            dockerio.set_cpus(container_id, cpu_quota(function))  # the start's extra CPU ends before any request
+        instance.transport.configure(secret_values)
+    except BaseException:
+        remove(instance)
+        raise
+    return instance
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A container started by `launch`; its runtime connects to `listener` (up in `socket_dir` before it started)."""
+
+    container_id: str
+    socket_dir: Path
+    listener: Rendezvous
+
+
+def launch(function: Function, *, image: str, revision: str, labels: Mapping[str, str], instance_id: str) -> Launched:
+    """`start` without the waiting: the gateway waits for the runtime on its event loop with its own transport
+    (which takes the listener over), so the runtime connects once, straight to the connection that serves
+    it. `discard` undoes a launch whose runtime never became ready."""
+    container_id, listener = _create_and_start(function, image, revision, labels, instance_id, Rendezvous)
+    return Launched(container_id, runtime_root() / instance_id, listener)
+
+
+def discard(launched: Launched) -> None:
+    """Remove a launched instance (its listener, container and socket directory)."""
+    launched.listener.close()
+    dockerio.kill(launched.container_id)
+    shutil.rmtree(launched.socket_dir, ignore_errors=True)
+
+
+L = TypeVar("L", Rendezvous, UnixSocketTransport)  # the listener a start puts up: the caller's or its own
+
+
+def _sync_listener(socket_dir: str) -> UnixSocketTransport:
+    # Nobody is accepted before the container's ID is known (the runtime waits in the listen backlog).
+    transport = UnixSocketTransport(socket_dir, peer=lambda pid: False)
+    transport.listen()
+    return transport
+
+
+def _create_and_start(
+    function: Function,
+    image: str,
+    revision: str,
+    labels: Mapping[str, str],
+    instance_id: str,
+    listen: Callable[[str], L],
+) -> tuple[str, L]:
+    """Make the socket directory, put up the listener (`listen`) before the container exists, so that its
+    runtime finds it at once (and can report a failed start over it), create and start the container and
+    record its ID in the directory; all undone on failure."""
     if function.isolation is Isolation.GVISOR and GVISOR_RUNTIME not in dockerio.runtimes():
         raise EngineUnavailable(
             "isolation: gvisor needs the runsc runtime, which this Docker engine does not have. Register it: "
@@ -113,7 +173,6 @@ def start(
             '"runtimeArgs": ["--network=none", "--host-uds=all"]}}} to /etc/docker/daemon.json, then '
             "`kill -HUP $(pidof dockerd)` (scripts/setup.sh does all of this)"
         )
-    instance_id = instance_id or new_instance_id()
     socket_dir = runtime_root() / instance_id
     make_socket_dir(socket_dir)
     spec = container_spec(
@@ -124,40 +183,27 @@ def start(
         revision=revision,
         container_labels=dict(labels) | {"io.fnctl.instance": instance_id, "io.fnctl.socket-dir": str(socket_dir)},
     )
-    # Listening before the container exists: the runtime finds the listener at once, and a handler that
-    # fails to load is reported over it. Nobody is accepted before the container's ID is known.
-    transport = UnixSocketTransport(str(socket_dir), peer=lambda pid: False)
+    container_id, listener = "", None
     try:
-        transport.listen()
+        listener = listen(str(socket_dir))
         container_id = dockerio.run_container(spec)
+        _record_container(socket_dir, container_id)
     except BaseException:
-        transport.close()
+        if listener is not None:
+            listener.close()
+        if container_id:
+            dockerio.kill(container_id)
         shutil.rmtree(socket_dir, ignore_errors=True)
         raise
-    transport.peer = container_peer(container_id)
-    instance = Instance(instance_id, container_id, socket_dir, transport, function)
-    try:
-        _record_container(socket_dir, container_id)
-        _wait_ready(instance)
-        if settle_cpu:
-            _settle_cpu(function, container_id)  # the start's extra CPU ends before any request
-        instance.transport.configure(secret_values)
-    except BaseException:
-        remove(instance)
-        raise
-    return instance
-
-
-def _settle_cpu(function: Function, container_id: str) -> None:
-    if boosted(function):
-        dockerio.set_cpus(container_id, cpu_quota(function))
+    return container_id, listener
 
 
 def settle_cpu(function: Function, container_id: str) -> None:
     """Give a started instance its function's own CPU quota (after `start(..., settle_cpu=False)`, or for an
     instance adopted from a gateway that may have stopped before it did so). FnctlError when the engine
     refuses: the caller must then remove the instance."""
-    _settle_cpu(function, container_id)
+    if boosted(function):
+        dockerio.set_cpus(container_id, cpu_quota(function))
 
 
 def _record_container(socket_dir: Path, container_id: str) -> None:
@@ -167,11 +213,14 @@ def _record_container(socket_dir: Path, container_id: str) -> None:
         out.write(container_id)
 
 
-def _wait_ready(instance: Instance) -> None:
+def wait_ready(function: Function, container_id: str, connect: Callable[[float], object]) -> None:
+    """Wait until the runtime of a just-started container is connected and ready: `connect(timeout)` waits
+    up to `timeout` seconds for it (TransportTimeout when it did not come); between waits the container's
+    state says whether it is still worth waiting. StartFailed, with its last log lines, when not."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            instance.transport.connect(timeout=0.5)
+            connect(0.5)
             return
         except RuntimeStartFailed as exc:
             raise StartFailed(exc.message, detail=exc.detail) from None
@@ -179,19 +228,24 @@ def _wait_ready(instance: Instance) -> None:
             pass
         except ConnectionLost:
             pass  # the runtime went away while we connected: the exit state says why
-        state = dockerio.exit_state(instance.container_id)
-        if not state.running:
-            raise StartFailed(_start_failure(instance, state), detail=dockerio.logs(instance.container_id, 30))
-        if time.monotonic() > deadline:
-            raise StartFailed(
-                f"the instance did not become ready within {START_TIMEOUT:g}s",
-                detail=dockerio.logs(instance.container_id, 30),
-            )
+        check_starting(function, container_id, deadline)
 
 
-def _start_failure(instance: Instance, state: dockerio.ExitState) -> str:
+def check_starting(function: Function, container_id: str, deadline: float) -> None:
+    """StartFailed when the container of a starting instance exited (saying why) or `deadline` (monotonic)
+    passed; nothing while it is still worth waiting for its runtime."""
+    state = dockerio.exit_state(container_id)
+    if not state.running:
+        raise StartFailed(_start_failure(function, state), detail=dockerio.logs(container_id, 30))
+    if time.monotonic() > deadline:
+        raise StartFailed(
+            f"the instance did not become ready within {START_TIMEOUT:g}s", detail=dockerio.logs(container_id, 30)
+        )
+
+
+def _start_failure(function: Function, state: dockerio.ExitState) -> str:
     if state.oom_killed:
-        return f"the instance ran out of memory while starting (limit {instance.function.limits.memory // 2**20}Mi)"
+        return f"the instance ran out of memory while starting (limit {function.limits.memory // 2**20}Mi)"
     return f"the instance exited with code {state.exit_code} before it was ready {state.error}".strip()
 
 

@@ -8,7 +8,7 @@ before containers are started.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,8 +88,10 @@ class DockerActions:
             raise Unavailable(f"{function} revision {revision}: {exc.message}") from None
         return Target(spec, revision, found.image, secrets, self.max_wait)
 
-    def start(self, target: Target, instance_id: str) -> tuple[str, str]:
-        """Start and record one instance: (container id, socket dir). LockTimeout when apply holds the lock."""
+    def start(self, target: Target, instance_id: str, attach: Callable[[instances.Launched], None]) -> None:
+        """Launch and record one instance; `attach(launched)` returns once its runtime is connected to and
+        ready (the gateway's event loop does the connecting), else raises. The row goes READY after that,
+        still under the lock, while the instance already serves. LockTimeout when apply holds the lock."""
         function = target.function
         with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), _store(self.store_path) as store:
             # Decided again under the lock: a start asked for before `fnctl delete` took the lock must not
@@ -104,21 +106,22 @@ class DockerActions:
                 )
             )
             try:
-                instance = instances.start(
+                launched = instances.launch(
                     function,
                     image=target.image,
                     revision=str(target.revision),
-                    secret_values=target.secrets,
                     labels=labels(self.project.name, function.name, revision=str(target.revision), store=store.id),
                     instance_id=instance_id,
-                    settle_cpu=False,  # PoolManager.start_instance does it beside the first request
                 )
+                try:
+                    attach(launched)
+                except BaseException:
+                    instances.discard(launched)
+                    raise
             except BaseException:
                 store.remove_instance(instance_id)
                 raise
-            instance.transport.close()  # the pool speaks to it through its own asyncio connection
-            store.update_instance(instance_id, state=InstanceState.READY, container_id=instance.container_id)
-            return instance.container_id, socket_dir
+            store.update_instance(instance_id, state=InstanceState.READY, container_id=launched.container_id)
 
     def stop(self, target: Target, instance_id: str, container_id: str, socket_dir: str, drain: bool) -> None:
         """Stop one instance (finishing what runs on it when `drain`) and remove its row, if still there."""

@@ -56,6 +56,10 @@ class Target:
     max_wait: float | None = None  # the gateway's maxQueueWait (None: the function's timeout alone)
 
 
+# A started instance, its runtime connected to and ready: (container id, socket directory, its transport).
+Started = tuple[str, str, AsyncTransport]
+
+
 class SlotPhase(StrEnum):
     STARTING = "starting"  # container starting, an adopted runtime being connected to, or a paused one thawing
     PAUSED = "paused"  # `scaling.warm: paused`: started, connected and frozen, the reserve of a scale-up
@@ -102,7 +106,7 @@ class Host(Protocol):
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
 
-    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]: ...
+    async def start_instance(self, target: Target, instance_id: str) -> Started: ...
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None: ...
 

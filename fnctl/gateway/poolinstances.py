@@ -88,8 +88,19 @@ class PoolInstances:
 
     # ---- scaling ----
 
-    def scale(self) -> None:
-        """Start what the load and minInstances call for (nothing while backing off or closing)."""
+    def expect(self) -> None:
+        """A request was admitted and its body is being read: when no instance could take it and none is on
+        its way, thaw the paused reserve or start an instance now, while the body is read, not after."""
+        if self.host.closing:
+            return
+        for slot in self.slots.values():
+            if (slot.ready and slot.inflight < self.concurrency) or slot.phase is SlotPhase.STARTING:
+                return
+        self.scale(expected=1)
+
+    def scale(self, expected: int = 0) -> None:
+        """Start what the load and minInstances call for, with `expected` requests more on their way (nothing
+        while backing off or closing)."""
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
         slots = self.slots.values()
@@ -97,7 +108,7 @@ class PoolInstances:
             ready=sum(s.ready for s in slots),
             starting=sum(s.phase is SlotPhase.STARTING for s in slots),
             inflight=sum(s.inflight for s in slots if s.ready),
-            queued=len(self.waiters),
+            queued=len(self.waiters) + expected,
             scaling=self.target.function.scaling,
             keep=self.keep,
         )
@@ -183,7 +194,7 @@ class PoolInstances:
 
     async def _bring_up(self, slot: Slot) -> None:
         try:
-            slot.container_id, slot.socket_dir = await self.host.start_instance(self.target, slot.id)
+            slot.container_id, slot.socket_dir, transport = await self.host.start_instance(self.target, slot.id)
         except LockTimeout:
             self.slots.pop(slot.id, None)  # `fnctl apply` holds the lock: the next tick tries again
             return
@@ -191,7 +202,7 @@ class PoolInstances:
             self.slots.pop(slot.id, None)
             self._start_failed(exc if isinstance(exc, FnctlError) else FnctlError(f"{type(exc).__name__}: {exc}"))
             return
-        await self._attach(slot)
+        self._attached(slot, transport)
 
     def adopt(self, rows: Sequence[tuple[str, str, str]], paused: Collection[str] = ()) -> list[asyncio.Task[Any]]:
         """Take over running instances recorded READY in the store: (id, container id, socket dir). They
@@ -229,6 +240,9 @@ class PoolInstances:
             log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
             self._bury(slot)
             return
+        self._attached(slot, transport)
+
+    def _attached(self, slot: Slot, transport: AsyncTransport) -> None:
         slot.transport, slot.last_used = transport, time.monotonic()
         transport.on_lost = lambda reason: self._lost(slot, reason)
         if slot.phase is not SlotPhase.STARTING:

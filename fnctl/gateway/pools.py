@@ -20,15 +20,18 @@ from typing import Any, TypeVar
 
 from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import dockerio, instances
+from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
 from fnctl.gateway.poolactions import DockerActions
-from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Target, Unavailable
+from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
-from fnctl.invocation.aiotransport import AsyncCallHandler
+from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
 from fnctl.invocation.outcome import Failure
+from fnctl.invocation.protocol import ConnectionLost, RuntimeStartFailed
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
+from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.project import Project
 
 __all__ = ["PoolManager", "Routing"]
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCK_RETRY = 0.5
+EXIT_CHECK = 0.5  # seconds between looks at a starting container while its runtime has not connected
 STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
 
 
@@ -127,9 +131,15 @@ class PoolManager:
 
     def shed(self, function: str, revision: int) -> Shed | None:
         """Whether a request for `revision` would be refused now for its expected wait: asked before its
-        body is read, so that a refusal under overload costs next to nothing."""
+        body is read, so that a refusal under overload costs next to nothing; an admitted one finding no
+        instance to take it has one thawed or started at once (`expect`)."""
         pool = self._pools.get((function, revision))
-        return None if pool is None else pool.shed()
+        if pool is None:
+            return None
+        refused = pool.shed()
+        if refused is None:
+            pool.expect()  # a scale from zero begins while the body is read and the event built
+        return refused
 
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}
@@ -169,10 +179,67 @@ class PoolManager:
         task.add_done_callback(self._task_done)
         return task
 
-    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
-        container_id, socket_dir = await self._in_thread(self.actions.start, target, instance_id)
-        self.spawn(self._settle_cpu(target, container_id))
-        return container_id, socket_dir
+    async def start_instance(self, target: Target, instance_id: str) -> Started:
+        """Launch an instance in a worker thread (under the store's lock, its row written first) and connect
+        to its runtime here, with the transport that will serve it: the runtime connects once, to a listener
+        that was up before its container started, and is configured (secrets, worker connections) in one
+        round trip. The transport is handed over as soon as the runtime is ready; recording the instance
+        READY and setting its own CPU quota happen beside its first request."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[Started] = loop.create_future()
+
+        def attach(launched: instances.Launched) -> None:  # in the worker thread, holding the store's lock
+            connecting = asyncio.run_coroutine_threadsafe(self._connect(target, launched, ready), loop)
+            connecting.result(timeout=instances.START_TIMEOUT + 5)  # never hangs on a loop that stopped
+
+        job = asyncio.ensure_future(self._in_thread(self.actions.start, target, instance_id, attach))
+        first: list[asyncio.Future[Any]] = [ready, job]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            job.result()  # the launch failed: its error
+            raise FnctlError(f"instance {instance_id} was launched but never attached")  # not reached
+        self.spawn(self._recorded(job, target, instance_id))
+        started = ready.result()
+        self.spawn(self._settle_cpu(target, started[0]))
+        return started
+
+    async def _connect(self, target: Target, launched: instances.Launched, ready: asyncio.Future[Started]) -> None:
+        """Wait for a launched instance's runtime on this loop (looking at its container between waits: one
+        that exited fails the start at once, with its logs); hand the transport to `ready`."""
+        function = target.function
+        transport = AsyncTransport(
+            str(launched.socket_dir),
+            peer=container_peer(launched.container_id),
+            on_call=self.on_call(function.name, target.revision),
+            max_request=function.limits.payload,
+        )
+        deadline = time.monotonic() + instances.START_TIMEOUT
+        connecting = asyncio.ensure_future(
+            transport.connect(instances.START_TIMEOUT, secrets=target.secrets, listener=launched.listener)
+        )
+        check = functools.partial(instances.check_starting, function, launched.container_id, deadline)
+        try:
+            while not (await asyncio.wait([connecting], timeout=EXIT_CHECK))[0]:
+                await self._in_thread(check, reads=True)
+            connecting.result()
+        except RuntimeStartFailed as exc:
+            raise StartFailed(exc.message, detail=exc.detail) from None
+        except (TransportTimeout, ConnectionLost) as exc:
+            await self._in_thread(check, reads=True)  # StartFailed, saying why, when the container is gone
+            raise StartFailed(f"the instance's runtime did not become ready: {exc.message}") from None
+        finally:
+            connecting.cancel()  # a no-op once connected; else the transport closes its listener
+        if ready.done():  # the start was given up meanwhile (the gateway is closing)
+            await transport.close()
+            raise Unavailable("the gateway is shutting down")
+        ready.set_result((launched.container_id, str(launched.socket_dir), transport))
+
+    async def _recorded(self, job: asyncio.Future[None], target: Target, instance_id: str) -> None:
+        try:
+            await job
+        except Exception as exc:  # the instance serves; `recover` may remove it later: its pool then replaces it
+            log.warning("recording instance %s of %s as ready: %s", instance_id, target.function.name, exc)
 
     async def _settle_cpu(self, target: Target, container_id: str) -> None:
         """The function's own CPU quota for an instance that started with more: set while it already takes

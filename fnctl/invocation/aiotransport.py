@@ -138,16 +138,21 @@ class AsyncTransport:
     def connected(self) -> bool:
         return self._transport is not None and self._lost is None
 
-    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Put up this process's listener, wait for the runtime to connect (checked by `peer`) and say ready;
-        returns that message (RuntimeStartFailed when it reports that its handler failed to load)."""
+    async def connect(
+        self, timeout: float = 10.0, *, secrets: Mapping[str, str] | None = None, listener: Rendezvous | None = None
+    ) -> dict[str, Any]:
+        """Put up this process's listener, wait for the runtime to connect (checked by `peer`) and say ready,
+        then configure it (`secrets`, and the offer of worker connections: one round trip); returns the ready
+        message (RuntimeStartFailed when it reports that its handler failed to load). `listener`: one put up
+        before the container started (`fnctl.engine.instances.launch`), which this transport takes over, so
+        that the runtime finds it on its first look instead of one scan later."""
         if self._transport is not None or self._closing:
             raise TransportError("the transport is already connected, or closed: use a new one")
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
         self._ready = loop.create_future()
         try:
-            await self._accept(loop, deadline, timeout)
+            await self._accept(loop, deadline, timeout, listener)
             ready = await asyncio.wait_for(asyncio.shield(self._ready), max(deadline - time.monotonic(), 0.001))
         except TimeoutError:
             await self.close()
@@ -160,14 +165,16 @@ class AsyncTransport:
             concurrency = ready.get("concurrency")
             self._workers.limit = concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
         try:
-            await self.configure({}, max(deadline - time.monotonic(), 1.0))  # the offer of worker connections
+            await self.configure(secrets or {}, max(deadline - time.monotonic(), 1.0))
         except BaseException:
             await self.close()
             raise
         return ready
 
-    async def _accept(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
-        rendezvous = self._rendezvous = Rendezvous(self.socket_dir)
+    async def _accept(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float, given: Rendezvous | None
+    ) -> None:
+        rendezvous = self._rendezvous = given or Rendezvous(self.socket_dir)
         listener = rendezvous.sock
         assert listener is not None
         listener.setblocking(False)

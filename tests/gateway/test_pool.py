@@ -7,6 +7,7 @@ ready-only routing, drain on close.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -28,14 +29,14 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.engine.sandbox import labels
-from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, Target, Unavailable
+from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, refuse, retry_after, routing_of, to_start
 from fnctl.invocation.aiotransport import AsyncTransport, FrameTooLarge
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind
-from fnctl.invocation.rendezvous import PeerCheck
+from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
@@ -375,7 +376,7 @@ class LocalHost:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def start_instance(self, target: Target, instance_id: str) -> tuple[str, str]:
+    async def start_instance(self, target: Target, instance_id: str) -> Started:
         socket_dir = tempfile.mkdtemp(prefix="fnpool-")
         self.socket_dirs.append(socket_dir)
         env = {
@@ -387,10 +388,9 @@ class LocalHost:
             "FNCTL_CONCURRENCY": str(self.concurrency),
         }
         process = self.processes[instance_id] = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
-        probe = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
-        await probe.connect(timeout=15)  # as instances.start does: ready before it is handed over
-        await probe.close()
-        return "", socket_dir
+        transport = AsyncTransport(socket_dir, peer=lambda pid: pid == process.pid)
+        await transport.connect(timeout=15)  # as PoolManager does: ready before it is handed over
+        return "", socket_dir, transport
 
     def peer_check(self, slot: Slot) -> PeerCheck:
         process = self.processes[slot.id]
@@ -499,6 +499,24 @@ def test_below_max_instances_a_full_queue_waits_for_the_instances_starting(tmp_p
     run_local(host, scenario())
 
 
+def test_an_admitted_request_finding_no_instance_has_one_started_before_it_reaches_the_pool(tmp_path: Path) -> None:
+    """`expect` (PoolManager.shed admitting a request, before its body is read): the scale from zero begins
+    then, once, and the request meets that instance."""
+    host, pool = local_pool(tmp_path, min_instances=0, max_instances=2, concurrency=1)
+
+    async def scenario() -> None:
+        pool.expect()
+        assert [s.phase for s in pool.slots.values()] == [SlotPhase.STARTING]  # before the request queued
+        pool.expect()  # a second one admitted meanwhile: an instance is on its way already
+        assert len(pool.slots) == 1
+        result = await pool.invoke({"n": 1}, None, "first")
+        assert result.outcome.ok and result.cold_start and list(host.processes) == [result.instance]
+        pool.expect()  # a ready instance with room takes the next one: nothing started
+        assert len(pool.slots) == 1 and len(host.processes) == 1
+
+    run_local(host, scenario())
+
+
 def test_at_max_instances_a_full_queue_is_refused_with_retry_after(tmp_path: Path) -> None:
     host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1)
     host.queue_limit = 1
@@ -572,6 +590,8 @@ time.sleep(float(os.environ.get("IMPORT_DELAY", "0")))  # a slow start: the inst
 
 
 def handler(event, context):
+    if event.get("token"):
+        return {"token": os.environ.get("API_TOKEN", "")}
     if event.get("crash"):
         os._exit(3)
     if event.get("sleep"):
@@ -589,7 +609,9 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "warm": (1, 2, 1, {}),
     "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
     "drain": (1, 2, 1, {}),
+    "secret": (0, 1, 4, {}),  # its API_TOKEN comes from TOKEN_ENV, a secret
 }
+TOKEN_ENV, TOKEN = "FNCTL_TEST_POOL_TOKEN", "pool-secret-value"
 
 
 def write_function(project: Project, name: str, version: str) -> None:
@@ -609,7 +631,8 @@ def write_function(project: Project, name: str, version: str) -> None:
           scaling: {{minInstances: {low}, maxInstances: {high}, concurrency: {concurrency}}}
           healthCheck:
             - event: {{n: 0}}
-        """),
+        """)
+        + (f"  secrets: [{{name: API_TOKEN, fromEnv: {TOKEN_ENV}}}]\n" if name == "secret" else ""),
         encoding="utf-8",
     )
 
@@ -634,6 +657,7 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Deployed]:
     project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image)
+    project.env[TOKEN_ENV] = TOKEN
     try:
         (project.root / "functions" / "echo").mkdir(parents=True)
         (project.root / "functions" / "echo" / "main.py").write_text(FUNCTION_CODE, encoding="utf-8")
@@ -718,6 +742,39 @@ def test_scales_from_zero_with_a_cold_start_and_back_to_zero(deployed: Deployed)
         assert third.outcome.ok and third.cold_start and third.instance != first.instance
 
     with_manager(deployed, scenario, idle_seconds=0.5)
+
+
+@pytest.mark.docker
+def test_a_cold_start_meets_its_runtime_on_one_listener_and_configures_its_secrets_there(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime of an instance the gateway starts connects once, to the listener of the transport that
+    serves it (put up before its container started), and is given its secrets there: no listener of a
+    blocking start first, which it would have met, said ready and been configured on, then left for the
+    pool's second listener, found at its next scan of the socket directory."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)  # the gateway resolves `fromEnv` secrets from its own environment
+    listeners: list[str] = []
+    made = Rendezvous.__init__
+
+    def counted(self: Rendezvous, socket_dir: str) -> None:
+        listeners.append(socket_dir)
+        made(self, socket_dir)
+
+    monkeypatch.setattr(Rendezvous, "__init__", counted)
+
+    async def scenario(manager: PoolManager) -> None:
+        result = await call(manager, "secret", {"token": True})
+        assert result.cold_start and result.outcome.ok, result.outcome
+        assert result.outcome.result == {"token": TOKEN}
+        # recorded READY beside the first request, still under the store's lock from the row's insert
+        await until(
+            lambda: [r.state for r in deployed.rows("secret")] == [InstanceState.READY], "the instance recorded READY"
+        )
+        [row] = deployed.rows("secret")
+        assert [d for d in listeners if d == row.socket_dir] == [row.socket_dir]  # one, still serving it
+        assert TOKEN not in json.dumps(deployed.containers("secret")[0].attrs)  # nor in its env or labels
+
+    with_manager(deployed, scenario)
 
 
 @pytest.mark.docker

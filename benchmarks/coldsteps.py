@@ -1,0 +1,178 @@
+"""A cold start taken apart, step by step, for bench_gateway's cold-start figures.
+
+One round starts an instance of a deployed function the way the gateway does (`fnctl.engine.instances.launch`'s
+order: a listener up in the socket directory, then `docker create`, `docker start`; the runtime connects out,
+says ready, is configured, takes its first invocation), each step timed on its own:
+
+- create, start: the engine's API calls (start returns once the container's process runs);
+- exec: from the start request to the container's process starting (the engine's StartedAt);
+- runtime up: from exec to the runtime connecting to the listener (interpreter, the runtime's and the
+  handler's imports, its first look at the directory);
+- ready, configure, invoke: the ready frame, the configure round trip, the first invocation's round trip.
+
+Beside it, in the same round, the baselines: `docker create` + `docker start` of a plain container of the same
+image (no sandbox settings; its process is `true`), and a socket-pair round trip between two processes (the
+floor of any host <-> runtime exchange).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fnctl.engine import dockerapi, dockerio, instances, sandbox
+from fnctl.invocation.protocol import FrameDecoder, configure_frame, invoke_frame
+from fnctl.invocation.rendezvous import Rendezvous, container_peer
+from fnctl.manifest.model import Function
+
+STEPS = ("create", "start", "exec", "runtime up", "ready", "configure", "invoke", "total")
+BASELINES = ("plain create+start", "socketpair round trip")
+
+
+@dataclass
+class Rounds:
+    """Milliseconds of each step and baseline, one value per round."""
+
+    steps: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in STEPS + BASELINES})
+
+    def median(self, step: str) -> float:
+        return statistics.median(self.steps[step])
+
+
+def _started_at(container_id: str) -> float:
+    """The engine's StartedAt of a container, as epoch seconds (RFC 3339 with nanoseconds, in UTC)."""
+    text = str(dockerio.inspect_container(container_id)["State"]["StartedAt"]).rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + float("0." + (fraction or "0"))
+
+
+def _call(method: str, where: str, body: object = None, query: dict[str, str] | None = None) -> object:
+    reply = dockerapi.request(method, where, query=query, body=body)
+    if reply.status >= 400:
+        raise SystemExit(f"{method} {where}: the engine answered {reply.status}: {reply.message}")
+    return reply.body
+
+
+def instance_round(function: Function, image: str, into: Rounds) -> None:
+    """One instance started step by step, its steps added to `into`; removed afterwards."""
+    instance_id = instances.new_instance_id()
+    socket_dir = instances.runtime_root() / instance_id
+    instances.make_socket_dir(socket_dir)
+    spec = sandbox.container_spec(
+        function,
+        image=image,
+        name=f"fnctl-{function.name}-{instance_id}",
+        socket_dir=str(socket_dir),
+        revision="bench",
+        container_labels={"io.fnctl.bench": "coldsteps", "io.fnctl.socket-dir": str(socket_dir)},
+    )
+    listener = Rendezvous(str(socket_dir))
+    container_id = ""
+    try:
+        began = time.time()
+        created = _call("POST", "/containers/create", dockerio.container_config(spec), {"name": spec.name})
+        assert isinstance(created, dict)
+        container_id = str(created["Id"])
+        was_created = time.time()
+        _call("POST", dockerapi.path("/containers/{}/start", container_id))
+        was_started = time.time()
+        conn = listener.accept(time.monotonic() + 30, container_peer(container_id))
+        connected = time.time()
+        decoder = FrameDecoder()
+        ready = decoder.read_from(conn.recv)
+        said_ready = time.time()
+        assert ready is not None and ready.get("type") == "ready", ready
+        conn.sendall(configure_frame(1, {}))
+        assert (decoder.read_from(conn.recv) or {}).get("type") == "configured"
+        configured = time.time()
+        conn.sendall(invoke_frame(2, {}, uuid.uuid4().hex, time.time() + 10, None))
+        result = decoder.read_from(conn.recv) or {}
+        done = time.time()
+        assert result.get("type") == "result" and result.get("ok"), result
+        conn.close()
+        execed = _started_at(container_id)
+    finally:
+        listener.close()
+        if container_id:
+            dockerio.kill(container_id)
+        instances.remove_socket_dir(socket_dir)
+    for step, (a, b) in {
+        "create": (began, was_created),
+        "start": (was_created, was_started),
+        "exec": (was_created, execed),
+        "runtime up": (execed, connected),
+        "ready": (connected, said_ready),
+        "configure": (said_ready, configured),
+        "invoke": (configured, done),
+        "total": (began, done),
+    }.items():
+        into.steps[step].append((b - a) * 1000)
+
+
+def plain_round(image: str, into: Rounds) -> None:
+    """`docker create` + `docker start` of a plain container of `image` (process `true`, no network: no sandbox
+    settings but that one, which the engine spends ~100 ms on otherwise)."""
+    began = time.perf_counter()
+    plain = {
+        "Image": image,
+        "Entrypoint": ["true"],
+        "Cmd": [],
+        "NetworkDisabled": True,
+        "HostConfig": {"NetworkMode": "none"},
+    }
+    created = _call("POST", "/containers/create", plain)
+    assert isinstance(created, dict)
+    try:
+        _call("POST", dockerapi.path("/containers/{}/start", str(created["Id"])))
+        into.steps["plain create+start"].append((time.perf_counter() - began) * 1000)
+    finally:
+        dockerio.kill(str(created["Id"]))
+
+
+def socketpair_round(into: Rounds, count: int = 2000) -> None:
+    """The median round trip of a 50-byte ping-pong between two processes over a socket pair."""
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        parent.close()
+        while data := child.recv(100):
+            child.send(data)
+        os._exit(0)
+    child.close()
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        parent.send(b"x" * 50)
+        parent.recv(100)
+        times.append(time.perf_counter() - began)
+    parent.close()
+    os.waitpid(pid, 0)
+    into.steps["socketpair round trip"].append(statistics.median(times) * 1000)
+
+
+def measure(function: Function, image: str, rounds: int) -> Rounds:
+    """`rounds` interleaved rounds: the instance's steps, then each baseline."""
+    result = Rounds()
+    for _ in range(rounds):
+        instance_round(function, image, result)
+        plain_round(image, result)
+        socketpair_round(result)
+    return result
+
+
+def report(rounds: Rounds) -> list[str]:
+    """The lines bench_gateway prints: each step's median, with its share of the total."""
+    total = rounds.median("total")
+    lines = [f"  cold start by step (engine level, medians of {len(rounds.steps['total'])} rounds, ms):"]
+    for step in STEPS:
+        share = "" if step == "total" else f"  ({rounds.median(step) / total:4.0%} of total)"
+        note = "  (overlaps start)" if step == "exec" else ""
+        lines.append(f"    {step:<24}{rounds.median(step):8.1f}{share}{note}")
+    for baseline in BASELINES:
+        lines.append(f"    baseline: {baseline:<14}{rounds.median(baseline):8.3f}")
+    return lines
