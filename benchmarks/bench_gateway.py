@@ -643,7 +643,8 @@ def report(r: dict[str, object], args: argparse.Namespace, deployed: float, load
     rows, missed = gatewaycalls.rows(cast(list[gatewaycalls.Round], r["calls"]))
     if "pairs" in r:
         full_report(r, args, rows, missed)
-    print_table(rows, missed, args, deployed, load_before)
+    steps = coldsteps.report(cast(coldsteps.Rounds, r["steps"])) if "steps" in r else []
+    print_table(rows, missed, args, deployed, load_before, steps)
 
 
 def full_report(
@@ -731,6 +732,7 @@ def print_table(
     args: argparse.Namespace,
     deployed: float,
     load_before: tuple[float, ...],
+    after: list[str],
 ) -> None:
     width = max(len(name) for name, _, _ in rows)
     fig = max(len(figure) for _, figure, _ in rows)
@@ -743,7 +745,7 @@ def print_table(
     print(f"|{'-' * (width + 2)}|{'-' * (fig + 2)}|------")
     for name, figure, note in rows:
         print(f"| {name:<{width}} | {figure:>{fig}} | {note}")
-    print("\n".join(coldsteps.report(cast(coldsteps.Rounds, r["steps"]))))
+    print("\n".join(after))
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 
