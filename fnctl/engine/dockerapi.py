@@ -55,11 +55,18 @@ def path(template: str, *names: str) -> str:
 
 
 def request(
-    method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float = TIMEOUT
+    method: str,
+    where: str,
+    *,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    timeout: float = TIMEOUT,
+    engine: str | None = None,
 ) -> Reply:
-    """One call on a connection of its own (a Unix-socket connect costs microseconds). Unversioned paths:
-    the engine answers in its own current API version."""
-    target = socket_path()
+    """One call on a connection of its own (a Unix-socket connect costs microseconds), to the engine on the
+    socket `engine` (default: DOCKER_HOST's). Unversioned paths: the engine answers in its own current API
+    version."""
+    target = engine or socket_path()
     if target is None:
         raise Unreachable("the engine is not on a Unix socket")
     payload = b"" if body is None else json.dumps(body).encode()

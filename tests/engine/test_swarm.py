@@ -1,0 +1,164 @@
+"""engine = "swarm" on a swarm of 3 nodes on this machine (tests/swarm_helpers.py): a revision's hardened
+service answers on each node's socket, every row of `fnctl sandbox check` holds, and a lost node's instances
+come back on the others."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from polling import wait_until
+from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
+from swarm_helpers import SwarmNodes, swarm_nodes
+
+from fnctl.engine import images, instances
+from fnctl.engine.swarm import NodeAgent, SwarmEngine, service_name
+from fnctl.engine.swarmspec import Placement
+from fnctl.manifest.model import Function
+from fnctl.manifest.project import Project
+
+pytestmark = pytest.mark.docker
+
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "identity": {"handler": "probes.identity", "limits": {"memory": "64Mi", "cpu": 0.5, "pids": 32, "tmp": "8Mi"}},
+}
+
+
+@pytest.fixture(scope="module")
+def project(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Project]:
+    name = project_name()
+    try:
+        yield write_project(tmp_path_factory.mktemp("swarm") / "project", name, base_image, FUNCTIONS)
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+@pytest.fixture(scope="module")
+def swarm(project: Project) -> Iterator[SwarmNodes]:
+    image = images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image)
+    with swarm_nodes(3) as nodes:
+        nodes.load(image.tag)
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def image(project: Project, swarm: SwarmNodes) -> str:
+    return images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image).tag
+
+
+def agents(swarm: SwarmNodes, nodes: range | list[int]) -> list[NodeAgent]:
+    return [NodeAgent(swarm.socket(k), swarm.instance_root) for k in nodes]
+
+
+def deploy(
+    swarm: SwarmNodes, project: Project, image: str, revision: str, placement: Placement
+) -> tuple[SwarmEngine, Function, str]:
+    function = find_function(project, "identity")
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    service = service_name(project.name, function.name, revision)
+    for agent in agents(swarm, range(1, swarm.count + 1)):
+        agent.prepare(service, placement.replicas)  # each node's gateway does this for its own node
+    assert engine.deploy(function, project=project.name, revision=revision, image=image, placement=placement) == service
+    engine.wait_running(service, placement.replicas, timeout=60)
+    return engine, function, service
+
+
+def ask(agent: NodeAgent, function: Function, local: Any) -> dict[str, Any]:
+    instance = agent.connect(function, local, {})
+    try:
+        result = instance.transport.invoke({}, invocation_id="probe", deadline=time.time() + 10, timeout=10)
+    finally:
+        instance.transport.close()
+    assert result.ok, result.error
+    assert isinstance(result.result, dict)
+    return result.result
+
+
+def test_hardened_service_answers_on_each_nodes_socket(swarm: SwarmNodes, project: Project, image: str) -> None:
+    engine, function, service = deploy(swarm, project, image, "1", Placement(3, max_per_node=1))
+    try:
+        seen = []
+        for agent in agents(swarm, range(1, 4)):
+            local = wait_until(lambda: agent.local_instances(project.name, service), what=f"a task on {agent.hostname}")
+            assert [(i.slot, i.socket_dir.parent.parent.name) for i in local][0][1] == agent.hostname
+            answer = ask(agent, function, local[0])
+            assert answer["uid"] == answer["euid"] == 65534
+            assert answer["cap_eff"] == answer["cap_prm"] == "0000000000000000"
+            assert answer["no_new_privs"] == "1"  # set by the runtime: these node daemons do not
+            assert answer["root_write"] == "EROFS"
+            assert answer["interfaces"] == ["lo"]
+            assert answer["routes"] == [] and answer["routes6"] == []
+            seen.append(local[0].slot)
+        assert sorted(seen) == [1, 2, 3]
+    finally:
+        engine.remove(service)
+
+
+def test_sandbox_check_rows_hold_under_swarm(swarm: SwarmNodes, project: Project, image: str) -> None:
+    engine, function, service = deploy(swarm, project, image, "2", Placement(3, max_per_node=1))
+    try:
+        for agent in agents(swarm, range(1, 4)):
+            for local in wait_until(lambda: agent.local_instances(project.name, service), what="a task"):
+                ask(agent, function, local)  # its runtime is up: it sets no-new-privileges before it connects
+            reports = wait_until(
+                lambda: agent.check(project.name, service=service), what=f"a task to check on {agent.hostname}"
+            )
+            assert [r.function for r in reports] == ["identity"]
+            rows = {c.name: c for c in reports[0].checks}
+            assert set(rows) >= {
+                "non-root user", "capabilities dropped", "no-new-privileges", "read-only root",
+                "/tmp size-limited tmpfs", "memory limit, no swap", "cpu quota", "pids limit",
+                "nofile/fsize ulimits", "network none (loopback only)", "capped logs",
+                "only its socket directory mounted", "no writable host path", "runtime runc",
+            }  # fmt: skip
+            assert [f"{c.name}: {c.detail}" for c in rows.values() if not c.ok] == []
+    finally:
+        engine.remove(service)
+
+
+def test_lost_nodes_instances_come_back_on_the_others(swarm: SwarmNodes, project: Project, image: str) -> None:
+    """Last in this module: node 3 stays lost."""
+    engine, function, service = deploy(swarm, project, image, "3", Placement(3))
+    try:
+        hostnames = engine.hostnames()
+        lost = {t.slot for t in engine.running(service) if hostnames[t.node_id] == swarm.hostname(3)}
+        assert lost, "Swarm put no task on node 3"
+        survivors = agents(swarm, [1, 2])
+        killed = time.monotonic()
+        swarm.kill(3)
+
+        def answering() -> list[int] | None:
+            slots = []
+            for agent in survivors:
+                for local in agent.local_instances(project.name, service):
+                    try:
+                        ask(agent, function, local)
+                    except Exception:
+                        return None
+                    slots.append(local.slot)
+            return sorted(slots) if sorted(slots) == [1, 2, 3] else None
+
+        wait_until(answering, what="all 3 slots answering on nodes 1 and 2", timeout=30, interval=0.2)
+        print(
+            f"\nnode 3 lost: slots {sorted(lost)} answering again on nodes 1-2 after {time.monotonic() - killed:.1f}s"
+        )
+    finally:
+        engine.remove(service)
+
+
+def test_socket_directories_are_per_node(swarm: SwarmNodes) -> None:
+    agent = NodeAgent(swarm.socket(1), swarm.instance_root)
+    agent.prepare("fnctl-x-y-1", 2)
+    try:
+        assert agent.socket_dir("fnctl-x-y-1", 2) == Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1" / "2"
+        assert oct(agent.socket_dir("fnctl-x-y-1", 2).stat().st_mode & 0o777) == oct(instances.SOCKET_DIR_MODE)
+        assert oct(Path(swarm.instance_root).stat().st_mode & 0o777) == "0o700"
+    finally:
+        agent.forget("fnctl-x-y-1")
+    assert not (Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1").exists()
