@@ -76,7 +76,7 @@ node_daemon() {
   [[ $NNP == 1 ]] && nnp=true
   cat >"$dir/daemon.json" <<EOF
 {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--host-uds=all"]}},
- "default-runtime": "$RUNTIME", "no-new-privileges": $nnp,
+ "default-runtime": "$RUNTIME", "no-new-privileges": $nnp, "labels": ["io.fnctl.default-runtime=$RUNTIME"],
  "log-driver": "json-file", "log-opts": {"max-size": "1m", "max-file": "1"}}
 EOF
   # A daemon of its own: no iptables rules, no docker0 bridge (a task without a network gets loopback only).

@@ -23,10 +23,11 @@ from fnctl.engine import swarmio
 from fnctl.engine.inspection import InstanceReport
 from fnctl.engine.instances import SOCKET_DIR_MODE, Instance, host_transport
 from fnctl.engine.sandbox import LABEL, container_spec, labels
-from fnctl.engine.swarmspec import DEFAULT_INSTANCE_ROOT, Placement, check_task, mount_source, service_spec
+from fnctl.engine.swarmspec import Placement, check_task, mount_source, service_spec
 from fnctl.engine.swarmspec import socket_dir as task_socket_dir
 from fnctl.errors import BadInput, EngineUnavailable, FnctlError
 from fnctl.manifest.model import Function, Isolation, Network
+from fnctl.manifest.project import DEFAULT_INSTANCE_ROOT
 
 SERVICE_NAME_MAX = 63  # a service name is a DNS label
 

@@ -25,7 +25,6 @@ from fnctl.engine.sandbox import LABEL, ContainerSpec, HardeningCheck
 NODE_PLACEHOLDER = "{{.Node.Hostname}}"
 SLOT_PLACEHOLDER = "{{.Task.Slot}}"
 RUNTIME_LABEL = f"{LABEL}.default-runtime"  # an engine label of the node daemons (daemon.json `labels`)
-DEFAULT_INSTANCE_ROOT = "/run/fnctl/swarm"
 
 
 @dataclass(frozen=True)

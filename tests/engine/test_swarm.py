@@ -4,6 +4,7 @@ come back on the others."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 from polling import wait_until
-from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
+from sandbox_handlers.harness import cleanup, find_function, project_name, run_cli, write_project
 from swarm_helpers import SwarmNodes, swarm_nodes
 
 from fnctl.engine import images, instances
@@ -118,6 +119,18 @@ def test_sandbox_check_rows_hold_under_swarm(swarm: SwarmNodes, project: Project
                 "only its socket directory mounted", "no writable host path", "runtime runc",
             }  # fmt: skip
             assert [f"{c.name}: {c.detail}" for c in rows.values() if not c.ok] == []
+        # The command, as an operator on node 2 runs it: its own node's tasks, each row passing.
+        config = project.root / "fnctl.toml"
+        original = config.read_text()
+        config.write_text(f'engine = "swarm"\n{original}\n[swarm]\nmanager = "unix://{swarm.manager}"\n'
+                          f'node = "unix://{swarm.socket(2)}"\ninstanceRoot = "{swarm.instance_root}"\n')  # fmt: skip
+        try:
+            done = run_cli(project, "sandbox", "check", "-o", "json")
+        finally:
+            config.write_text(original)
+        assert done.returncode == 0, done.stdout + done.stderr
+        reported = [r for r in json.loads(done.stdout) if r["instance"].startswith(service + ".")]
+        assert len(reported) == 1 and all(c["ok"] for c in reported[0]["checks"]), reported
     finally:
         engine.remove(service)
 
