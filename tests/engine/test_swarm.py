@@ -5,6 +5,7 @@ come back on the others."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.docker
 
 FUNCTIONS: dict[str, dict[str, Any]] = {
     "identity": {"handler": "probes.identity", "limits": {"memory": "64Mi", "cpu": 0.5, "pids": 32, "tmp": "8Mi"}},
+    "echo": {"handler": "probes.echo_context", "limits": {"memory": "64Mi", "cpu": 0.5}},
 }
 
 
@@ -58,9 +60,9 @@ def agents(swarm: SwarmNodes, nodes: range | list[int]) -> list[NodeAgent]:
 
 
 def deploy(
-    swarm: SwarmNodes, project: Project, image: str, revision: str, placement: Placement
+    swarm: SwarmNodes, project: Project, image: str, revision: str, placement: Placement, name: str = "identity"
 ) -> tuple[SwarmEngine, Function, str]:
-    function = find_function(project, "identity")
+    function = find_function(project, name)
     engine = SwarmEngine(swarm.manager, swarm.instance_root)
     service = service_name(project.name, function.name, revision)
     for agent in agents(swarm, range(1, swarm.count + 1)):
@@ -133,6 +135,74 @@ def test_sandbox_check_rows_hold_under_swarm(swarm: SwarmNodes, project: Project
         assert len(reported) == 1 and all(c["ok"] for c in reported[0]["checks"]), reported
     finally:
         engine.remove(service)
+
+
+class NodeLoad(threading.Thread):
+    """Requests one after another to the instance on one node of whichever service `active` names."""
+
+    def __init__(self, agent: NodeAgent, function: Function, project: str, active: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.agent, self.function, self.project, self.active = agent, function, project, active
+        self.served: list[tuple[str, str]] = []  # (service asked, revision that answered)
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        connections: dict[str, instances.Instance] = {}
+        try:
+            while not self.stop.is_set():
+                service = self.active[0]
+                try:
+                    if service not in connections:
+                        local = self.agent.local_instances(self.project, service)[0]
+                        connections[service] = self.agent.connect(self.function, local, {})
+                    result = connections[service].transport.invoke(
+                        {"n": len(self.served)}, invocation_id=f"r{len(self.served)}", deadline=time.time() + 10
+                    )
+                    if result.ok:
+                        self.served.append((service, result.result["revision"]))
+                    else:
+                        self.failed.append(f"{service}: {result.error}")
+                except Exception as exc:  # every failure counts, whatever it is
+                    self.failed.append(f"{service}: {exc!r}")
+        finally:
+            for connection in connections.values():
+                connection.transport.close()
+
+
+def test_blue_green_switch_across_3_nodes_under_load_fails_nothing(
+    swarm: SwarmNodes, project: Project, image: str
+) -> None:
+    engine, function, blue = deploy(swarm, project, image, "10", Placement(3, max_per_node=1), "echo")
+    green = ""
+    active = [blue]
+    loads = [NodeLoad(agent, function, project.name, active) for agent in agents(swarm, range(1, 4))]
+    try:
+        for load in loads:
+            load.start()
+        wait_until(lambda: all(len(load.served) >= 20 for load in loads), what="blue serving on every node")
+        _, _, green = deploy(swarm, project, image, "11", Placement(3, max_per_node=1), "echo")
+        switched = [len(load.served) for load in loads]
+        active[0] = green  # the switch: every node's traffic goes to green from its next request
+        engine.remove(blue)  # blue's tasks get SIGTERM and finish what they accepted (StopGracePeriod)
+        wait_until(
+            lambda: all(len(load.served) >= n + 50 for load, n in zip(loads, switched, strict=True)),
+            what="green serving on every node",
+            timeout=30,
+        )
+    finally:
+        for load in loads:
+            load.stop.set()
+            load.join(timeout=15)
+        for service in (blue, green):
+            if service and engine.running(service):
+                engine.remove(service)
+    total = sum(len(load.served) for load in loads)
+    print(f"\nblue-green across 3 nodes: {total} requests, {sum(len(load.failed) for load in loads)} failed")
+    assert [load.failed for load in loads] == [[], [], []]
+    for load in loads:
+        assert {"10", "11"} <= {revision for _, revision in load.served}
+        assert all(revision == "11" for _, revision in load.served[-20:])
 
 
 def test_lost_nodes_instances_come_back_on_the_others(swarm: SwarmNodes, project: Project, image: str) -> None:
