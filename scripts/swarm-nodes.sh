@@ -151,7 +151,7 @@ procs_naming() { # PIDs whose command line names PATH (the pattern is bracketed 
 pids_of_node() { # every process of node K: daemon, containerd, shims, containers (by pidfile, exec root, cgroup)
   local k=$1 dir=$RUN/n$1
   local f
-  for f in "$dir/dockerd.pid" "$dir/x/containerd/containerd.pid"; do [[ -f $f ]] && echo "$(cat "$f")"; done
+  for f in "$dir/dockerd.pid" "$dir/x/containerd/containerd.pid"; do cat "$f" 2>/dev/null && echo; done
   procs_naming "$dir/" # the daemon, its containerd and the shims all name the node's run directory
   cat /sys/fs/cgroup/pids/"$NAME-n$k"/*/cgroup.procs 2>/dev/null || true
 }

@@ -16,23 +16,24 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "swarm-nodes.sh"
 NAME = os.environ.get("FNCTL_SWARM_NAME", "fnsw")
-RUN = Path(f"/run/{NAME}")
 UP_TIMEOUT = 120.0  # bringing up 3 nodes took ~1.5 s here; loading an image into them ~5 s
 
 
-def script(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def script(
+    *args: str, timeout: float = UP_TIMEOUT, name: str = NAME, runtime: str = "runc"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(SCRIPT), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        env=os.environ | {"FNCTL_SWARM_NAME": NAME},
+        env=os.environ | {"FNCTL_SWARM_NAME": name, "FNCTL_SWARM_RUNTIME": runtime},
     )
 
 
-def checked(*args: str, timeout: float = UP_TIMEOUT) -> str:
-    done = script(*args, timeout=timeout)
+def checked(*args: str, timeout: float = UP_TIMEOUT, name: str = NAME, runtime: str = "runc") -> str:
+    done = script(*args, timeout=timeout, name=name, runtime=runtime)
     assert done.returncode == 0, f"swarm-nodes.sh {' '.join(args)}: {done.stderr}"
     return done.stdout
 
@@ -40,10 +41,15 @@ def checked(*args: str, timeout: float = UP_TIMEOUT) -> str:
 @dataclass(frozen=True)
 class SwarmNodes:
     count: int
+    name: str = NAME
+
+    @property
+    def run(self) -> Path:
+        return Path(f"/run/{self.name}")
 
     def socket(self, k: int) -> str:
         """Node k's engine socket (node 1 is the manager)."""
-        return str(RUN / f"n{k}" / "docker.sock")
+        return str(self.run / f"n{k}" / "docker.sock")
 
     @property
     def manager(self) -> str:
@@ -52,29 +58,30 @@ class SwarmNodes:
     @property
     def instance_root(self) -> str:
         """Where every node's instance directories live: under the nodes' run directory, which `down` removes."""
-        return str(RUN / "i")
+        return str(self.run / "i")
 
     def hostname(self, k: int) -> str:
-        return f"{NAME}-n{k}"
+        return f"{self.name}-n{k}"
 
     def load(self, *images: str) -> None:
-        checked("load", *images)
+        checked("load", *images, name=self.name)
 
     def kill(self, k: int) -> None:
-        checked("kill", str(k), timeout=30)
+        checked("kill", str(k), timeout=30, name=self.name)
 
 
-def leftovers() -> str:
+def leftovers(name: str = NAME) -> str:
     """What `down` would still find ("" when nothing)."""
-    done = script("leftovers", timeout=30)
+    done = script("leftovers", timeout=30, name=name)
     return "" if done.returncode == 0 else done.stderr
 
 
 @contextmanager
-def swarm_nodes(count: int) -> Iterator[SwarmNodes]:
-    """`count` nodes joined into a swarm, taken down afterwards however the body ends."""
+def swarm_nodes(count: int, *, name: str = NAME, runtime: str = "runc") -> Iterator[SwarmNodes]:
+    """`count` nodes joined into a swarm (`runtime`: the nodes' default runtime), taken down afterwards
+    however the body ends."""
     try:
-        checked("up", str(count))
-        yield SwarmNodes(count)
+        checked("up", str(count), name=name, runtime=runtime)
+        yield SwarmNodes(count, name)
     finally:
-        checked("down", timeout=90)
+        checked("down", timeout=90, name=name)

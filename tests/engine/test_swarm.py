@@ -20,6 +20,7 @@ from swarm_helpers import SwarmNodes, swarm_nodes
 from fnctl.engine import images, instances
 from fnctl.engine.swarm import NodeAgent, SwarmEngine, service_name
 from fnctl.engine.swarmspec import Placement
+from fnctl.errors import EngineUnavailable
 from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.docker
 FUNCTIONS: dict[str, dict[str, Any]] = {
     "identity": {"handler": "probes.identity", "limits": {"memory": "64Mi", "cpu": 0.5, "pids": 32, "tmp": "8Mi"}},
     "echo": {"handler": "probes.echo_context", "limits": {"memory": "64Mi", "cpu": 0.5}},
+    "boxed": {"handler": "probes.identity", "isolation": "gvisor"},
 }
 
 
@@ -203,6 +205,19 @@ def test_blue_green_switch_across_3_nodes_under_load_fails_nothing(
     for load in loads:
         assert {"10", "11"} <= {revision for _, revision in load.served}
         assert all(revision == "11" for _, revision in load.served[-20:])
+
+
+def test_a_gvisor_function_is_placed_only_on_runsc_nodes(swarm: SwarmNodes, project: Project, image: str) -> None:
+    """These nodes run runc by default: its tasks wait, and the engine says why (tests/engine/test_swarm_gvisor.py
+    runs one on a runsc node)."""
+    function = find_function(project, "boxed")
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    service = engine.deploy(function, project=project.name, revision="1", image=image, placement=Placement(1))
+    try:
+        with pytest.raises(EngineUnavailable, match="0 of 1 tasks running.*no suitable node"):
+            engine.wait_running(service, 1, timeout=3)
+    finally:
+        engine.remove(service)
 
 
 def test_lost_nodes_instances_come_back_on_the_others(swarm: SwarmNodes, project: Project, image: str) -> None:
