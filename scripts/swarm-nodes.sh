@@ -39,7 +39,7 @@ wait_for() { # wait_for SECONDS WHAT COMMAND...: poll until COMMAND succeeds
   done
 }
 
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { local pid; pid=$(cat "$1" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; } # (a pidfile goes when its daemon stops)
 
 node_numbers() { # the nodes that exist, from their run or data directories
   { ls -d "$RUN"/n* "$DATA"/n* 2>/dev/null || true; } | sed -n 's#.*/n\([0-9]\+\)$#\1#p' | sort -un
