@@ -105,6 +105,10 @@ class SwarmEngine:
                 )
             time.sleep(0.1)
 
+    def services(self, project: str) -> dict[str, int]:
+        """Each service of `project` in the swarm, with its replicas."""
+        return swarmio.services(self.manager, labels(project, ""))
+
     def hostnames(self) -> dict[str, str]:
         """Node ID → hostname, for every node of the swarm."""
         return {n.id: n.hostname for n in swarmio.nodes(self.manager)}
@@ -145,6 +149,18 @@ class NodeAgent:
     def forget(self, service: str) -> None:
         """Remove a removed service's directories on this node."""
         shutil.rmtree(Path(self.instance_root) / self.hostname / service, ignore_errors=True)
+
+    def sync(self, manager: SwarmEngine, project: str) -> set[str]:
+        """Make this node ready for every service of `project` the swarm has (each slot's directory, so that
+        Swarm can place any task here, a rescheduled one too) and remove the directories of services that are
+        gone; returns the services. What the gateway of a node runs on a timer and whenever the routes change."""
+        services = manager.services(project)
+        for name, replicas in services.items():
+            self.prepare(name, replicas)
+        here = Path(self.instance_root) / self.hostname
+        for gone in sorted(p.name for p in here.iterdir() if p.name not in services) if here.is_dir() else []:
+            self.forget(gone)
+        return set(services)
 
     def local_instances(self, project: str, service: str | None = None) -> list[LocalInstance]:
         selector = labels(project, "") | ({"com.docker.swarm.service.name": service} if service else {})

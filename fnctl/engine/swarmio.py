@@ -112,11 +112,15 @@ def remove_service(engine: str, name: str) -> None:
     _call(engine, f"removing service {name}", "DELETE", dockerapi.path("/services/{}", name))
 
 
-def services(engine: str, labels: dict[str, str]) -> list[str]:
-    """The names of the services carrying every label in `labels`."""
-    query = {"filters": json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})}
+def services(engine: str, labels: dict[str, str]) -> dict[str, int]:
+    """The services carrying every label in `labels` (a value of "" matches any value), with their replicas."""
+    query = {"filters": json.dumps({"label": [f"{k}={v}" if v else k for k, v in labels.items()]})}
     found = _call(engine, "listing services", "GET", "/services", query=query) or []
-    return sorted(str((s.get("Spec") or {}).get("Name")) for s in found)
+    out = {}
+    for service in found:
+        spec = service.get("Spec") or {}
+        out[str(spec.get("Name"))] = int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
+    return out
 
 
 def tasks(engine: str, service: str) -> list[SwarmTask]:

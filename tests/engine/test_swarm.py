@@ -67,9 +67,9 @@ def deploy(
     function = find_function(project, name)
     engine = SwarmEngine(swarm.manager, swarm.instance_root)
     service = service_name(project.name, function.name, revision)
-    for agent in agents(swarm, range(1, swarm.count + 1)):
-        agent.prepare(service, placement.replicas)  # each node's gateway does this for its own node
     assert engine.deploy(function, project=project.name, revision=revision, image=image, placement=placement) == service
+    for agent in agents(swarm, range(1, swarm.count + 1)):
+        assert service in agent.sync(engine, project.name)  # each node's gateway does this for its own node
     engine.wait_running(service, placement.replicas, timeout=60)
     return engine, function, service
 
@@ -220,6 +220,27 @@ def test_a_gvisor_function_is_placed_only_on_runsc_nodes(swarm: SwarmNodes, proj
         engine.remove(service)
 
 
+def test_nodes_follow_the_services_directories(swarm: SwarmNodes, project: Project, image: str) -> None:
+    engine, _, service = deploy(swarm, project, image, "20", Placement(2))
+    agent = NodeAgent(swarm.socket(2), swarm.instance_root)
+    assert [p.name for p in sorted((Path(swarm.instance_root) / agent.hostname / service).iterdir())] == ["1", "2"]
+    engine.remove(service)
+    assert service not in agent.sync(engine, project.name)
+    assert not (Path(swarm.instance_root) / agent.hostname / service).exists()
+
+
+def test_socket_directories_are_per_node(swarm: SwarmNodes) -> None:
+    agent = NodeAgent(swarm.socket(1), swarm.instance_root)
+    agent.prepare("fnctl-x-y-1", 2)
+    try:
+        assert agent.socket_dir("fnctl-x-y-1", 2) == Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1" / "2"
+        assert oct(agent.socket_dir("fnctl-x-y-1", 2).stat().st_mode & 0o777) == oct(instances.SOCKET_DIR_MODE)
+        assert oct(Path(swarm.instance_root).stat().st_mode & 0o777) == "0o700"
+    finally:
+        agent.forget("fnctl-x-y-1")
+    assert not (Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1").exists()
+
+
 def test_lost_nodes_instances_come_back_on_the_others(swarm: SwarmNodes, project: Project, image: str) -> None:
     """Last in this module: node 3 stays lost."""
     engine, function, service = deploy(swarm, project, image, "3", Placement(3))
@@ -248,15 +269,3 @@ def test_lost_nodes_instances_come_back_on_the_others(swarm: SwarmNodes, project
         )
     finally:
         engine.remove(service)
-
-
-def test_socket_directories_are_per_node(swarm: SwarmNodes) -> None:
-    agent = NodeAgent(swarm.socket(1), swarm.instance_root)
-    agent.prepare("fnctl-x-y-1", 2)
-    try:
-        assert agent.socket_dir("fnctl-x-y-1", 2) == Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1" / "2"
-        assert oct(agent.socket_dir("fnctl-x-y-1", 2).stat().st_mode & 0o777) == oct(instances.SOCKET_DIR_MODE)
-        assert oct(Path(swarm.instance_root).stat().st_mode & 0o777) == "0o700"
-    finally:
-        agent.forget("fnctl-x-y-1")
-    assert not (Path(swarm.instance_root) / swarm.hostname(1) / "fnctl-x-y-1").exists()
