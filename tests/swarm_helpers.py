@@ -1,18 +1,20 @@
 """A Docker Swarm of several nodes on this machine for tests, through scripts/swarm-nodes.sh (the project's
 own node management: extra dockerd daemons in network namespaces of their own). `swarm_nodes` brings them up
-and always takes them down, then fails if anything is left (a daemon, a cgroup, a namespace, a file); a run
-killed before its teardown is cleared by the next `up`. Tests talk to each daemon on its Unix socket and to
-instances on theirs: never to an address inside the namespaces.
+and always takes them down (a failed test, Ctrl-C or SIGTERM too); a run killed outright is cleared by the
+next `up`. `leftovers` says what `down` would still find (a daemon, a cgroup, a namespace, a file). Tests
+talk to each daemon on its Unix socket and to instances on theirs: never to an address inside the namespaces.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "swarm-nodes.sh"
 NAME = os.environ.get("FNCTL_SWARM_NAME", "fnsw")
@@ -80,8 +82,18 @@ def leftovers(name: str = NAME) -> str:
 def swarm_nodes(count: int, *, name: str = NAME, runtime: str = "runc") -> Iterator[SwarmNodes]:
     """`count` nodes joined into a swarm (`runtime`: the nodes' default runtime), taken down afterwards
     however the body ends."""
+    # SIGTERM (a CI job cancelled, `timeout`) becomes KeyboardInterrupt, which pytest answers by tearing
+    # down, so the nodes go then too; SIGKILL leaves them to the next `up`, which clears them first.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         checked("up", str(count), name=name, runtime=runtime)
         yield SwarmNodes(count, name)
     finally:
-        checked("down", timeout=90, name=name)
+        try:
+            checked("down", timeout=90, name=name)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
