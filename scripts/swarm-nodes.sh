@@ -138,7 +138,7 @@ load() {
       [[ $(dk "$k" image inspect --format '{{.Id}}' "$image" 2>/dev/null) == "$want" ]] || missing+=("$k")
     done
     ((${#missing[@]})) || continue
-    docker save -o "$tmp/image.tar" "$image"
+    timeout 300 docker save -o "$tmp/image.tar" "$image"
     for k in "${missing[@]}"; do dk "$k" load -q -i "$tmp/image.tar" >/dev/null & done
     wait_all
   done

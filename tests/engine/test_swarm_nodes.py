@@ -3,8 +3,10 @@ run left, a node can be lost at once, and `down` leaves nothing on the machine."
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
-from swarm_helpers import checked, leftovers, swarm_nodes
+from swarm_helpers import NAME, checked, leftovers, swarm_nodes
 
 from fnctl.engine import swarmio
 
@@ -21,6 +23,10 @@ def test_nodes_come_up_joined_and_go_leaving_nothing() -> None:
         for k in (1, 2):
             info = swarmio.info(nodes.socket(k))
             assert (info.hostname, info.swarm_state) == (nodes.hostname(k), "active")
+        # The root namespace got nothing: no link, address or route of the nodes' network.
+        root = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+        routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+        assert NAME not in root and "10.231.77." not in root + routes
         checked("up", "2")  # again: nothing changes
         assert ready(nodes.manager) == {nodes.hostname(1), nodes.hostname(2)}
         # A run killed mid-way leaves a dead node behind: the next `up` brings it back.
