@@ -82,6 +82,12 @@ class SwarmEngine:
         spec["Mode"] = {"Replicated": {"Replicas": replicas}}
         swarmio.update_service(self.manager, spec)
 
+    def update_state(self, service: str) -> str:
+        """Where Swarm's rolling update of the service stands: "" (none yet), updating, paused, completed,
+        rollback_started, rollback_completed, ..."""
+        found = swarmio.inspect_service(self.manager, service) or {}
+        return str((found.get("UpdateStatus") or {}).get("State") or "")
+
     def remove(self, service: str) -> None:
         swarmio.remove_service(self.manager, service)
 

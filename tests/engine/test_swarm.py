@@ -207,6 +207,28 @@ def test_blue_green_switch_across_3_nodes_under_load_fails_nothing(
         assert all(revision == "11" for _, revision in load.served[-20:])
 
 
+def test_a_changed_spec_rolls_over_every_task(
+    swarm: SwarmNodes, project: Project, image: str, docker_client: docker.DockerClient
+) -> None:
+    """Swarm's rolling update (one task at a time, stop-first): the same revision on a rebuilt image ends with
+    every task replaced, each answering on its node's socket."""
+    engine, function, service = deploy(swarm, project, image, "30", Placement(3, max_per_node=1))
+    rebuilt = image.rsplit(":", 1)[0] + ":rebuilt"
+    docker_client.images.get(image).tag(rebuilt)
+    swarm.load(rebuilt)
+    try:
+        before = {t.container_id for t in engine.running(service)}
+        engine.deploy(function, project=project.name, revision="30", image=rebuilt, placement=Placement(3, 1))
+        wait_until(lambda: engine.update_state(service) == "completed", what="the rolling update", timeout=90)
+        after = engine.wait_running(service, 3)
+        assert len(after) == 3 and not before & {t.container_id for t in after}
+        for agent in agents(swarm, range(1, 4)):
+            local = wait_until(lambda: agent.local_instances(project.name, service), what="a task")
+            assert ask(agent, function, local[0])["uid"] == 65534
+    finally:
+        engine.remove(service)
+
+
 def test_a_gvisor_function_is_placed_only_on_runsc_nodes(swarm: SwarmNodes, project: Project, image: str) -> None:
     """These nodes run runc by default: its tasks wait, and the engine says why (tests/engine/test_swarm_gvisor.py
     runs one on a runsc node)."""
