@@ -246,6 +246,11 @@ def test_nodes_follow_the_services_directories(swarm: SwarmNodes, project: Proje
     engine, _, service = deploy(swarm, project, image, "20", Placement(2))
     agent = NodeAgent(swarm.socket(2), swarm.instance_root)
     assert [p.name for p in sorted((Path(swarm.instance_root) / agent.hostname / service).iterdir())] == ["1", "2"]
+    engine.scale(service, 3)  # a third slot: its directory on every node, and its task running
+    for each in agents(swarm, range(1, 4)):
+        assert service in each.sync(engine, project.name)
+    assert (Path(swarm.instance_root) / agent.hostname / service / "3").is_dir()
+    assert {t.slot for t in engine.wait_running(service, 3)} == {1, 2, 3}
     engine.remove(service)
     assert service not in agent.sync(engine, project.name)
     assert not (Path(swarm.instance_root) / agent.hostname / service).exists()
