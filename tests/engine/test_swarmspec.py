@@ -4,12 +4,14 @@ read from a task container (each can fail)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_handlers.harness import find_function, write_project
 
 from fnctl.engine.sandbox import ContainerSpec
-from fnctl.engine.swarm import service_name
+from fnctl.engine.swarm import SwarmEngine, SwarmUnsupported, service_name
 from fnctl.engine.swarmspec import (
     Placement,
     check_task,
@@ -133,3 +135,12 @@ def test_a_writable_socket_mount_fails() -> None:
     inspect = copy.deepcopy(GOOD)
     inspect["HostConfig"]["Mounts"][0]["ReadOnly"] = False
     assert failing(inspect) == ["no writable host path"]
+
+
+def test_egress_is_refused_before_anything_is_asked_of_the_engine(tmp_path: Path) -> None:
+    project = write_project(
+        tmp_path, "p-egress", "unused:base", {"out": {"handler": "probes.echo", "network": "egress"}}
+    )
+    engine = SwarmEngine("/nonexistent/docker.sock")
+    with pytest.raises(SwarmUnsupported, match="network: egress"):
+        engine.deploy(find_function(project, "out"), project="p", revision="1", image="i", placement=Placement(1))
