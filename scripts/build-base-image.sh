@@ -53,10 +53,13 @@ step "mmdebstrap $SUITE from $MIRROR"
 # dpkg's path-exclude takes fnmatch globs (no brace expansion), hence one option per directory;
 # the packages' copyright files are kept. The merged-usr hook makes the /usr symlinks itself instead of
 # installing usrmerge, which drags in perl (~50 MB) that nothing in a sandbox runs; perl-base (8 MB, only
-# for dpkg's and debconf's maintainer scripts: nobody installs packages in a sandbox) goes at the end.
+# for dpkg's and debconf's maintainer scripts: nobody installs packages in a sandbox) goes at the end. No file
+# keeps a set-uid or set-gid bit (su, newgrp, unix_chkpwd): nothing in a sandbox may gain privileges, even
+# where the engine cannot set no-new-privileges (a Swarm service, docs/swarm.md).
 mmdebstrap --quiet --variant=essential --include="python3,$WHEEL_LIBS" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --customize-hook='chroot "$1" dpkg --purge --force-remove-essential --force-depends perl-base >/dev/null' \
+    --customize-hook='find "$1" -xdev -type f -perm /6000 -exec chmod ug-s {} +' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \

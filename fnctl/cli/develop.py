@@ -210,13 +210,21 @@ def sandbox_check(
 ) -> None:
     """Print each hardening property of every running instance as pass/fail; exit 1 on any fail.
 
+    With engine = "swarm" in fnctl.toml: the Swarm tasks of this machine's node (swarm.node), with the rows a
+    service can hold (docs/swarm.md).
+
     Example: fnctl sandbox check hello
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.engine.inspection import check_instances
+    from fnctl.engine.swarm import NodeAgent
     from fnctl.manifest.project import load_project
 
-    reports = check_instances(load_project().name, name)
+    project = load_project()
+    if project.engine == "swarm":  # the task containers of this machine's node, from its own engine
+        reports = NodeAgent(project.swarm.node, project.swarm.instance_root).check(project.name, name)
+    else:
+        reports = check_instances(project.name, name)
     render_sandbox_checks(reports, output)
     failed = not reports or any(not c.ok for r in reports for c in r.checks)
     raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)

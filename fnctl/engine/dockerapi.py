@@ -51,9 +51,10 @@ def socket_path() -> str | None:
     return None
 
 
-def _connect(timeout: float | None) -> socket.socket:
-    """A connection to the engine: its Unix socket, or TCP as DOCKER_HOST says."""
-    target = socket_path()
+def _connect(timeout: float | None, engine: str | None = None) -> socket.socket:
+    """A connection to the engine: the Unix socket `engine` (a Swarm node's, engine.swarmio), else its Unix
+    socket or TCP as DOCKER_HOST says."""
+    target = engine or socket_path()
     if target is not None:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -83,11 +84,18 @@ def path(template: str, *names: str) -> str:
 
 
 def request(
-    method: str, where: str, *, query: dict[str, Any] | None = None, body: Any = None, timeout: float | None = TIMEOUT
+    method: str,
+    where: str,
+    *,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    timeout: float | None = TIMEOUT,
+    engine: str | None = None,
 ) -> EngineReply:
-    """One call on a connection of its own (a Unix-socket connect costs microseconds), its answer read
-    whole. Unversioned paths: the engine answers in its own current API version."""
-    with Stream(method, where, query=query, body=body, timeout=timeout) as answer:
+    """One call on a connection of its own (a Unix-socket connect costs microseconds), to the engine on the
+    socket `engine` (default: DOCKER_HOST's), its answer read whole. Unversioned paths: the engine answers in
+    its own current API version."""
+    with Stream(method, where, query=query, body=body, timeout=timeout, engine=engine) as answer:
         raw = b"".join(answer.chunks())
     try:
         decoded = json.loads(raw) if raw.strip() else None
@@ -109,6 +117,7 @@ class Stream:
         body: Any = None,
         upload: tuple[BinaryIO, str] | None = None,
         timeout: float | None = TIMEOUT,
+        engine: str | None = None,
     ):
         line = where + ("?" + urlencode(query) if query else "")
         head = f"{method} {line} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
@@ -121,7 +130,7 @@ class Stream:
             head += f"Content-Length: {len(payload)}\r\n"
             if body is not None:
                 head += "Content-Type: application/json\r\n"
-        self._conn = _connect(timeout)
+        self._conn = _connect(timeout, engine)
         try:
             self._conn.sendall(head.encode("latin-1") + b"\r\n" + payload)
             if upload is not None:

@@ -19,6 +19,18 @@ from fnctl.manifest.units import parse_duration, parse_size
 CONFIG_FILE = "fnctl.toml"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_GATEWAY = "127.0.0.1:8080"
+DEFAULT_ENGINE_SOCKET = "/var/run/docker.sock"
+DEFAULT_INSTANCE_ROOT = "/run/fnctl/swarm"
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """`[swarm]` of fnctl.toml, for `engine = "swarm"` (docs/swarm.md): engine sockets as paths."""
+
+    manager: str = DEFAULT_ENGINE_SOCKET
+    node: str = DEFAULT_ENGINE_SOCKET
+    instance_root: str = DEFAULT_INSTANCE_ROOT
+    max_per_node: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class Project:
     base_image: str = DEFAULT_BASE_IMAGE
     default_limits: Limits = field(default_factory=Limits)
     has_config: bool = True
+    engine: str = "local"  # local | swarm
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
 
 
 def find_root(start: Path) -> Path | None:
@@ -110,7 +124,30 @@ def _from_config(root: Path, data: dict[str, Any]) -> Project:
         gateway=data.get("gateway", {}).get("address", DEFAULT_GATEWAY),
         base_image=data.get("build", {}).get("baseImage") or _env_base_image(),
         default_limits=defaults,
+        engine=data.get("engine", "local"),
+        swarm=_swarm_settings(data.get("swarm", {})),
     )
+
+
+def _swarm_settings(table: dict[str, Any]) -> SwarmSettings:
+    host = os.environ.get("DOCKER_HOST", "")
+    default = host[len("unix://") :] if host.startswith("unix://") else DEFAULT_ENGINE_SOCKET
+    manager = str(table.get("manager", "")).removeprefix("unix://") or default
+    return SwarmSettings(
+        manager=manager,
+        node=str(table.get("node", "")).removeprefix("unix://") or manager,
+        instance_root=str(table.get("instanceRoot", DEFAULT_INSTANCE_ROOT)),
+        max_per_node=int(table.get("maxPerNode", 0)),
+    )
+
+
+def require_local_engine(project: Project, command: str) -> None:
+    """Refuse, rather than start local containers, a command that does not drive Swarm services yet."""
+    if project.engine != "local":
+        raise BadInput(
+            f'{project.root / CONFIG_FILE}: engine = "{project.engine}": {command} does not deploy to or serve '
+            'from Swarm services yet; what does is listed in docs/swarm.md ("What is built")'
+        )
 
 
 def cache_dir() -> Path:

@@ -57,3 +57,18 @@ def test_the_runtime_image_starts_its_runtime_from_bytecode_compiled_on_the_host
     finally:
         container.remove(force=True)
     assert "# code object from '/opt/fnctl/__pycache__/fnctl_runtime.cpython-311.pyc'" in output, output[-2000:]
+
+
+@pytest.mark.docker
+def test_base_image_has_no_set_uid_or_set_gid_file(docker_client: docker.DockerClient, base_image: str) -> None:
+    """Nothing in a sandbox can gain privileges through a set-uid file, even where no-new-privileges cannot be
+    asked of the engine (a Swarm service, docs/swarm.md): scripts/build-base-image.sh leaves none."""
+    found = docker_client.containers.run(
+        base_image,
+        ["find", "/", "-xdev", "-type", "f", "-perm", "/6000"],
+        user="0",
+        network_mode="none",
+        read_only=True,
+        remove=True,
+    )
+    assert found.decode().split() == []

@@ -653,3 +653,25 @@ def test_cgroup_check_matches_the_container_and_nothing_else() -> None:
     assert not cgroup_names_container(f"0::/docker/{cid}x\n", cid)
     assert not cgroup_names_container(cgroupfs, cid[:12])  # an abbreviated ID is never enough
     assert not cgroup_names_container(cgroupfs, "")
+
+
+def test_runtime_sets_no_new_privileges_before_the_handler_loads(start_runtime: StartRuntime) -> None:
+    """What stands in for the engine's `no-new-privileges` where it cannot be asked for (a Swarm service,
+    docs/swarm.md): the runtime sets it on itself before importing user code, so the module's import, the
+    handler and every process they start run with it."""
+    with open("/proc/self/status") as status:
+        assert "NoNewPrivs:\t0" in status.read()  # this test's own process starts without it
+    rt = start_runtime(
+        {
+            "main.py": """
+            import subprocess
+            AT_IMPORT = open("/proc/self/status").read()
+            def handler(event, context):
+                child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+                return [s.split("NoNewPrivs:")[1].split()[0] for s in (AT_IMPORT, child)]
+            """
+        }
+    )
+    assert rt.invoke({}).result == ["1", "1"]
+    with open(f"/proc/{rt.process.pid}/status") as status:
+        assert "NoNewPrivs:\t1" in status.read()
