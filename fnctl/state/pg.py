@@ -21,6 +21,7 @@ __all__ = [
     "UniqueViolation",
     "connect",
     "in_transaction",
+    "is_broken",
     "is_postgres_url",
     "target",
 ]
@@ -71,3 +72,8 @@ def _password(url: str) -> str:
 def in_transaction(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
     """Whether `connection` is inside a transaction (an explicit BEGIN not yet committed or rolled back)."""
     return connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+def is_broken(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the server dropped `connection` (psycopg marks it when a statement meets the loss)."""
+    return connection.broken or connection.closed
