@@ -1,9 +1,11 @@
 """The document store: ALL of the data plane's SQL, in a SQLite file of its own (WAL) beside the deployment
-store (`data_path`). Portable SQL where it can be, so that PostgreSQL can implement the same `DocStore`.
+store (`data_path`), or in the deployment state's PostgreSQL database, in a schema of its own (`fnctl_data`).
+One `DocStore` for both: the SQL is portable where it can be, and what differs is the connection's dialect
+(`docconn`: `docsql.SQLITE`, `docsqlpg.POSTGRES`).
 
-This module opens the file (`connect`) and reads; the rest is split by role: `docrecords` (the rows and
-errors), `docsql` (tables, columns, filters → SQL), `docschema` (migrations, each collection's table and
-indexes), `docwrites` (the one write path). One table per collection, keyed (tenant, id); `changes` is the
+This module opens the store (`connect`) and reads; the rest is split by role: `docrecords` (the rows and
+errors), `docsql` (tables, columns, portable queries, SQLite's dialect), `docsqlpg` (PostgreSQL's),
+`docschema` (each collection's table and indexes), `docwrites` (the one write path). One table per collection, keyed (tenant, id); `changes` is the
 append-only, hash-chained change log (`fnctl.state.auditchain`, chain "changes"); `idempotency` remembers
 inserts by key.
 """
@@ -17,7 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fnctl.state import auditchain, docschema, docwrites, outbox
+from fnctl.state import auditchain, docschema, docwrites, outbox, pg
+from fnctl.state.docconn import DocConn, PgConn, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
     CollectionRow,
@@ -27,7 +30,10 @@ from fnctl.state.docrecords import (
     StoredDoc,
     SyncResult,
 )
-from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
+from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, SQLITE, find_rows, index_fields, rows_by_id, table
+from fnctl.state.docsqlpg import POSTGRES
+
+Location = Path | str  # a SQLite file, or a postgresql:// URL
 
 
 def data_path(state_file: Path) -> Path:
@@ -36,10 +42,12 @@ def data_path(state_file: Path) -> Path:
 
 
 class DocStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, location: Location) -> None:
+        """`location`: the data file, or the PostgreSQL database (its URL) of the deployment state."""
+        self.url = location if isinstance(location, str) else None
+        self.path = Path(location) if isinstance(location, Path) else Path()
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[DocConn] = []
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
         self._db()  # open (and migrate) now, so errors surface here
@@ -47,20 +55,39 @@ class DocStore:
 
     # -- connections ------------------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def _db(self) -> DocConn:
+        db: DocConn | None = getattr(self._local, "db", None)
         if db is None:
-            try:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
-                docschema.migrate(db)
-            except sqlite3.Error as exc:
-                raise DataStoreError(f"cannot open the data file {self.path}: {exc}") from None
+            db = self._open_pg(self.url) if self.url is not None else self._open_sqlite()
             self._local.db = db
             with self._lock:
                 self._all.append(db)
         return db
+
+    def _open_sqlite(self) -> DocConn:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False, factory=SqliteConn
+            )
+            db.dialect = SQLITE
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            docschema.migrate(db)
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot open the data file {self.path}: {exc}") from None
+        return db
+
+    def _open_pg(self, url: str) -> DocConn:
+        try:
+            db = PgConn(url, POSTGRES)
+            docschema.migrate(db)
+        except pg.DatabaseError as exc:
+            raise DataStoreError(f"cannot open the document store in {pg.target(url)}: {exc}") from None
+        return db
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url is not None else "sqlite"
 
     def close(self) -> None:
         with self._lock:
@@ -98,7 +125,7 @@ class DocStore:
                 .execute(f"SELECT {DOC_COLUMNS} FROM {table(collection)} WHERE tenant = ? AND id = ?", (tenant, id))
                 .fetchone()
             )
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
         return None if row is None else StoredDoc(*row)
 
@@ -106,13 +133,13 @@ class DocStore:
         """The documents of `ids` that exist, by id, in one query per CHUNK ids."""
         try:
             return {row.id: row for row in rows_by_id(self._db(), collection, tenant, ids)}
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
 
     def find(self, query: Query) -> list[StoredDoc]:
         try:
             return find_rows(self._db(), self._indexed.get(query.collection, frozenset()), query)
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {query.collection}: {exc}") from None
 
     def scan(self, collection: str, tenant: str | None = None, batch: int = 1000) -> Iterator[StoredDoc]:
@@ -121,7 +148,7 @@ class DocStore:
         first = True
         tbl = table(collection)
         while True:
-            cond, params = ("(tenant, id) > (?, ?)", [*last]) if not first else ("1", [])
+            cond, params = ("(tenant, id) > (?, ?)", [*last]) if not first else ("TRUE", [])
             if tenant is not None:
                 cond += " AND tenant = ?"
                 params.append(tenant)
@@ -195,8 +222,9 @@ class DocStore:
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
     def data_version(self) -> int:
-        """Changes when another connection (another thread's or process's) committed to the file since."""
-        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+        """Changes when another connection (another thread's or process's) committed to the store since."""
+        db = self._db()
+        return db.dialect.data_version(db)
 
     def changes_after(self, seq: int, limit: int) -> list[ChangeRow]:
         """The change log after `seq`, every tenant, by seq."""
@@ -237,8 +265,12 @@ class DocStore:
         return outbox.prune(self._db(), delivered_before, dead_before)
 
 
-def connect(path: Path) -> DocStore:
-    """Open (creating and migrating as needed) the data file at `path`."""
+def connect(location: Location) -> DocStore:
+    """Open (creating and migrating as needed) the data file at `location`, or the document store in the
+    PostgreSQL database whose URL it is."""
+    if isinstance(location, str):
+        return DocStore(location)
+    path = location
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

@@ -1,5 +1,5 @@
 """The document store's one write path: a transaction's writes checked against the versions it read and
-applied in one `BEGIN IMMEDIATE`, their changes appended to the hash-chained change log
+applied in one write transaction (the dialect's `begin_write`: serialised with every other writer), their changes appended to the hash-chained change log
 (`fnctl.state.auditchain`, chain "changes"), inserts remembered by Idempotency-Key; and the group commit
 that concurrent single writes share. `indexed` is the store's map of collection → fields with a generated
 column."""
@@ -7,13 +7,13 @@ column."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
+from fnctl.state.docconn import DocConn
 from fnctl.state.docrecords import (
     ChangeRow,
     DataStoreError,
@@ -26,13 +26,13 @@ from fnctl.state.docrecords import (
     envelope,
     timestamp,
 )
-from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
+from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, rows_by_id, table, versions
 
 Outbox = Mapping[str, Sequence[str]] | None  # collection → the onCommit triggers its changes are queued for
 
 
 def commit(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     item: GroupItem,
     outbox: Outbox = None,
@@ -47,8 +47,8 @@ def commit(
     with _write_transaction(db):
         try:
             result = _commit(db, indexed, item, into=changes)
-        except sqlite3.IntegrityError as exc:
-            raise _integrity_error(indexed, exc) from None
+        except db.dialect.IntegrityError as exc:
+            raise _integrity_error(db, indexed, exc) from None
         linked = _append_changes(db, changes, outbox)
     if committed is not None:
         committed.extend(ChangeRow(*row[:12]) for row in linked)
@@ -56,7 +56,7 @@ def commit(
 
 
 def commit_group(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     items: Sequence[GroupItem],
     outbox: Outbox = None,
@@ -84,21 +84,31 @@ def commit_group(
 
 
 @contextmanager
-def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (SQLite's as DataStoreError)."""
+def _write_transaction(db: DocConn) -> Iterator[None]:
+    """`begin_write` … `COMMIT`, rolled back on any error (the backend's as DataStoreError)."""
+    error = db.dialect.Error
     try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
+        db.dialect.begin_write(db)
+    except error as exc:
+        _rollback(db)
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     try:
         yield
         db.execute("COMMIT")
-    except sqlite3.Error as exc:
-        db.execute("ROLLBACK")
+    except error as exc:
+        _rollback(db)
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
+
+
+def _rollback(db: DocConn) -> None:
+    """Roll back what is open (nothing, when BEGIN itself failed; a lost connection cannot)."""
+    try:
+        db.execute("ROLLBACK")
+    except db.dialect.Error:
+        pass
 
 
 class _BrokenHalfway(Exception):
@@ -106,7 +116,7 @@ class _BrokenHalfway(Exception):
 
 
 def _group(
-    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
+    db: DocConn, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
 ) -> tuple[list[list[StoredDoc | None] | Exception], list[tuple[Any, ...]]]:
     """Check and apply a group's transactions in the open write transaction: a result or an exception each,
     and the change rows of those that applied. Without `savepoints`, a constraint broken by a write raises
@@ -124,27 +134,27 @@ def _group(
                 db.execute("ROLLBACK TO grouped")
             del changes[mark:]
             out.append(exc)
-        except sqlite3.IntegrityError as exc:
+        except db.dialect.IntegrityError as exc:
             if not savepoints:
                 raise _BrokenHalfway from exc
             db.execute("ROLLBACK TO grouped")
             del changes[mark:]
-            out.append(_integrity_error(indexed, exc))
+            out.append(_integrity_error(db, indexed, exc))
         if savepoints:
             db.execute("RELEASE grouped")
     return out, changes
 
 
-def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityError) -> Exception:
+def _integrity_error(db: DocConn, indexed: dict[str, frozenset[str]], exc: Exception) -> Exception:
     """A unique index refusing a write (UniqueViolation, naming the fields), or another broken constraint."""
-    message = str(exc)
-    if "UNIQUE" in message:
-        return UniqueViolation(*_unique_fields(indexed, message))
+    unique = db.dialect.unique_fields(indexed, exc)
+    if unique is not None:
+        return UniqueViolation(*unique)
     return DataStoreError(f"cannot write the data file: {exc}")
 
 
 def _commit(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     item: GroupItem,
     into: list[tuple[Any, ...]] | None = None,
@@ -256,7 +266,7 @@ def _commit(
     return results
 
 
-def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
+def _append_changes(db: DocConn, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
     """Chain and append change rows whose fields (after seq) are already normalised: one hash each; and, in the
     same transaction, the outbox rows of the onCommit triggers of their collections. The rows as appended."""
     if not rows:
@@ -282,15 +292,3 @@ def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox:
                 events,
             )
     return linked
-
-
-def _unique_fields(indexed: dict[str, frozenset[str]], message: str) -> tuple[str, str]:
-    """(collection, fields) from SQLite's `UNIQUE constraint failed: docs_x.tenant, docs_x.ix_...`."""
-    names = [part.strip() for part in message.split(":", 1)[-1].split(",")]
-    tbl = names[0].split(".")[0] if names else ""
-    for name, spec_fields in indexed.items():
-        if table(name) == tbl:
-            by_column = {column(f): f for f in spec_fields}
-            cols = [n.split(".")[-1] for n in names]
-            return name, ", ".join(by_column.get(c, c) for c in cols if c != "tenant")
-    return tbl, ", ".join(names)
