@@ -1,4 +1,4 @@
-"""The outbox of onCommit triggers on a real data file: rows written in the write's own transaction (and only
+"""The outbox of onCommit triggers on a real store (a SQLite data file, and PostgreSQL): rows written in the write's own transaction (and only
 for collections with onCommit triggers), the committed-changes listener, due events one per document in
 order, settling (delivered, retried, dead), replay, purge and pruning."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,8 @@ ROUTES = {"orders": ("ship", "mail")}
 
 
 @pytest.fixture
-def plane(tmp_path: Path) -> Iterator[DataPlane]:
-    store = docstore.connect(tmp_path / "state.data.db")
+def plane(data_location: docstore.Location) -> Iterator[DataPlane]:
+    store = docstore.connect(data_location)
     plane = DataPlane(store, lambda: (), outbox=lambda: ROUTES)
     plane.sync_collections(
         [parse_collection("orders", {"schema": {"type": "object"}}), parse_collection("notes", {})], False, False
