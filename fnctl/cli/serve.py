@@ -101,7 +101,7 @@ def serve(
     from fnctl.gateway.serve import options_for
     from fnctl.gateway.serve import serve as run
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import state_path
+    from fnctl.state.location import locate
 
     project = load_project()
     options = options_for(
@@ -121,6 +121,6 @@ def serve(
         # imported only when asked for: plain `fnctl serve` does not load the dashboard
         from fnctl.dashboard.routes import mount
 
-        mounts.append(mount(project, state_path(project, state)))
-    if not run(project, state_path(project, state), options, mounts):
+        mounts.append(mount(project, locate(project, state)))
+    if not run(project, locate(project, state), options, mounts):
         raise typer.Exit(ExitCode.INTERRUPTED)  # a second signal cut the drain short

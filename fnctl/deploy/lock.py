@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fnctl.errors import FnctlError
+from fnctl.state.location import StateLocation
 
 POLL = 0.05
 RECHECK = 1.0  # seconds between looks at who holds the lock while waiting (the holder may change)
@@ -47,7 +48,9 @@ OnWait = Callable[[Holder], AbstractContextManager[object]]
 
 
 @contextmanager
-def held(store_path: Path, timeout: float, command: str | None = None, on_wait: OnWait | None = None) -> Iterator[None]:
+def held(
+    store_path: StateLocation, timeout: float, command: str | None = None, on_wait: OnWait | None = None
+) -> Iterator[None]:
     """Hold the store's lock for the block; wait up to `timeout` seconds for it, telling `on_wait` whom
     it waits for."""
     with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout, on_wait)):
@@ -55,7 +58,7 @@ def held(store_path: Path, timeout: float, command: str | None = None, on_wait: 
 
 
 @contextmanager
-def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
+def attempt(store_path: StateLocation, command: str | None = None) -> Iterator[bool]:
     """Hold the store's lock for the block if it is free now (True), else do without it (False)."""
 
     def try_once(fd: int, path: Path) -> bool:
@@ -70,8 +73,9 @@ def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
 
 
 @contextmanager
-def _holding(store_path: Path, command: str | None, acquire: Callable[[int, Path], object]) -> Iterator[bool]:
-    path = store_path.with_name(store_path.name + ".lock")
+def _holding(store_path: StateLocation, command: str | None, acquire: Callable[[int, Path], object]) -> Iterator[bool]:
+    # beside the SQLite file, or on PostgreSQL beside the host-local anchor (one host's commands only)
+    path = store_path.path.with_name(store_path.path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

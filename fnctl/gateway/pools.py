@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.deploy.lock import LockTimeout
@@ -30,6 +29,7 @@ from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.manifest.project import Project
+from fnctl.state.location import StateLocation
 
 __all__ = ["PoolManager", "Routing"]
 
@@ -51,7 +51,7 @@ class PoolManager:
     def __init__(
         self,
         project: Project,
-        store_path: Path,
+        store_path: StateLocation,
         *,
         idle_seconds: float = 300.0,
         queue_limit: int = 1024,

@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 try:  # optional: a faster event loop when installed
@@ -41,6 +40,7 @@ from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 log = logging.getLogger("fnctl.serve")
@@ -151,7 +151,7 @@ def project_limits(project: Project) -> tuple[GatewayLimits, float | None]:
 Mount = Callable[[Gateway], Callable[[Any], None]]
 
 
-def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
+def serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
@@ -164,7 +164,7 @@ def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Seq
     return True
 
 
-def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gateway:
+def _gateway(project: Project, store_path: StateLocation, options: ServeOptions) -> Gateway:
     """The gateway and the parts it uses (authentication, audit, metrics, table, pools), not started yet."""
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
@@ -204,11 +204,11 @@ def view_cache_bytes(project: Project) -> int:
         raise BadInput(f"{project.root / CONFIG_FILE}: views: cacheSize: {exc}") from None
 
 
-def data_broker(store_path: Path, gateway: Gateway) -> Broker:
+def data_broker(store_path: StateLocation, gateway: Gateway) -> Broker:
     """The data plane the gateway serves (REST under /v1/, the instances' `context.db` calls): the data file
     beside the state store, the collections `apply` put there, and the live Policies of the routing table."""
     plane = DataPlane(
-        docstore.connect(docstore.data_path(store_path)),
+        docstore.connect(docstore.data_path(store_path.path)),
         LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
         StateAudit(store_path),
         outbox=lambda: router.EMPTY.on_commit if gateway.table is None else gateway.table.on_commit,
@@ -216,7 +216,7 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
     return Broker(plane)
 
 
-async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
+async def _serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount]) -> None:
     stop = _stop_on_signals()
     # The access log first: the audit's writer process writes the lines itself when they go to stdout.
     stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
@@ -239,7 +239,9 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
             asyncio.create_task(cron.run(cron_stop)),
             asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
         ]
-        _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path))
+        _event(
+            "listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path)
+        )  # str(): a URL without its password
         await stop.wait()
         _event("draining", inflight=gateway.inflight)
         gateway.draining = True
@@ -284,7 +286,7 @@ def _dispatcher(gateway: Gateway) -> Dispatcher:
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
 
 
-async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Event) -> None:
+async def _drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
     """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
     the lock (one that does drives them itself)."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -21,41 +20,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fnctl.errors import FnctlError
-from fnctl.manifest.project import Project
 from fnctl.state import auditchain
+from fnctl.state.location import StateLocation
+from fnctl.state.location import StoreError as StoreError  # re-exported: where callers have always found it
 from fnctl.state.migrations import MIGRATIONS, upgrade
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
-class StoreError(FnctlError):
-    """The state store cannot be opened or used."""
-
-
-def default_path(project: str) -> Path:
-    """$XDG_STATE_HOME/fnctl/<project>/state.db: per user and project, outside the checkout, so it survives
-    both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fnctl" / project / "state.db"
-
-
-def state_path(project: Project, option: Path | None) -> Path:
-    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
-    if option is not None:
-        return option
-    if os.environ.get("FNCTL_STATE"):
-        return Path(os.environ["FNCTL_STATE"])
-    return project.state_path or default_path(project.name)
-
-
 class Store:
     """Typed access to the state; each method is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, location: StateLocation) -> None:
         self._db = connection
-        self.path = path
+        self.location = location
+        self.path = location.path  # the SQLite file, or on PostgreSQL the host-local anchor (lock, key stamp)
 
     def close(self) -> None:
         self._db.close()
@@ -349,8 +329,19 @@ class RawSql:
         return self._store._execute(sql, params)
 
 
-def connect(path: Path) -> Store:
-    """Open (creating and migrating as needed) the store at `path`."""
+def exists(location: StateLocation) -> bool:
+    """Whether the store was ever created: its SQLite file exists. A PostgreSQL database is taken to exist
+    (connecting says so when it does not): its tables are created on the first connection."""
+    return location.is_postgres or location.path.exists()
+
+
+def connect(location: StateLocation | Path) -> Store:
+    """Open (creating and migrating as needed) the store at `location` (a bare path is a SQLite file)."""
+    if isinstance(location, Path):
+        location = StateLocation(location)
+    if location.url is not None:
+        raise StoreError(f"the PostgreSQL state backend is not built yet ({location})")
+    path = location.path
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -368,4 +359,4 @@ def connect(path: Path) -> Store:
         raise StoreError(f"cannot open the state store {path}: {exc}") from None
     except OSError as exc:
         raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
-    return Store(connection, path)
+    return Store(connection, location)

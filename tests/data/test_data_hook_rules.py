@@ -24,6 +24,7 @@ from fnctl.data.hooks import (
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.state import triggerstate
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 
@@ -131,7 +132,7 @@ def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_pat
     path = tmp_path / "state.db"
     connect(path).close()
     hook = HookSpec("t", "f", "orders", "beforeCreate", disable_after=2)
-    states = TriggerStates(path)
+    states = TriggerStates(StateLocation(path))
 
     async def faults() -> None:
         await states.refresh()
@@ -165,7 +166,7 @@ def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(tmp_pat
     a trigger disabled by another process is paused within a round or two."""
     path = tmp_path / "state.db"
     store = connect(path)
-    states = TriggerStates(path)
+    states = TriggerStates(StateLocation(path))
 
     async def main() -> tuple[str, ...]:
         assert states.paused() == ()  # nothing read yet: answered at once, a refresh started

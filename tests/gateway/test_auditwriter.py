@@ -17,6 +17,7 @@ from deploy_helpers import until
 from fnctl.gateway.audit import AuditLog, start_access_log
 from fnctl.state.auditchain import verify
 from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 
@@ -45,7 +46,7 @@ def _ids(state: Path) -> list[str]:
 def test_rows_are_written_by_the_process_in_order_and_flush_waits_for_them(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     connect(state).close()
-    audit = AuditLog(state, process=True, interval=60)  # a long interval: flush() must wake the shipping
+    audit = AuditLog(StateLocation(state), process=True, interval=60)  # a long interval: flush() must wake the shipping
     try:
         assert audit._writer is not None and not audit._writer.writes_access
         for n in range(300):
@@ -72,7 +73,7 @@ def test_access_lines_go_from_the_process_straight_to_the_descriptor(tmp_path: P
     with out.open("w", encoding="utf-8") as stream:
         stop = start_access_log(stream)
         try:
-            audit = AuditLog(state, process=True, interval=0.05)
+            audit = AuditLog(StateLocation(state), process=True, interval=0.05)
             assert audit._writer is not None and audit._writer.writes_access
             for n in range(20):
                 _record(audit, n, access=True)
@@ -93,8 +94,9 @@ KILLED = """\
 import os, signal, sys, time
 from pathlib import Path
 from fnctl.gateway.audit import AuditLog
+from fnctl.state.location import StateLocation
 
-audit = AuditLog(Path(sys.argv[1]), process=True, interval=0.05)
+audit = AuditLog(StateLocation(Path(sys.argv[1])), process=True, interval=0.05)
 for n in range(200):
     audit.record(request_id=f"k{n}", principal=None, function="f", revision=1, outcome="ok", status=200,
                  duration_ms=1.0, source=None)

@@ -38,6 +38,7 @@ from fnctl.gateway.auth import (
 )
 from fnctl.manifest.project import load_project
 from fnctl.state import keystore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, StoreError, connect
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
@@ -88,7 +89,7 @@ def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
 
 @pytest.fixture
 def authenticator(store_path: Path, rs_config: AuthConfig) -> Iterator[Authenticator]:
-    auth = Authenticator(store_path, rs_config)
+    auth = Authenticator(StateLocation(store_path), rs_config)
     yield auth
     auth.close()
 
@@ -160,7 +161,7 @@ def denials(store: Store, rsa_keys: tuple[Any, str, Any]) -> dict[str, dict[str,
 def test_every_bad_credential_is_refused_without_detail_and_audited(
     store: Store, store_path: Path, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
 ) -> None:
-    audit = AuditLog(store_path)
+    audit = AuditLog(StateLocation(store_path))
     matrix = denials(store, rsa_keys)
     for case, headers in matrix.items():
         with pytest.raises(Unauthenticated) as refused:
@@ -202,7 +203,7 @@ def test_no_credentials_is_anonymous_and_reaches_public_functions_only(authentic
 
 
 def test_bearer_jwt_without_jwt_config_is_refused(store_path: Path, rsa_keys: tuple[Any, str, Any]) -> None:
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(StateLocation(store_path), AuthConfig())
     with pytest.raises(Unauthenticated):
         auth.authenticate(bearer(rs256(rsa_keys[0])))
 
@@ -250,7 +251,7 @@ def test_roles_from_a_nested_claim_or_a_space_separated_string(
         },
         tmp_path,
     )
-    auth = Authenticator(store_path, config)
+    auth = Authenticator(StateLocation(store_path), config)
     token = jwt.encode(
         {"sub": "bob", "exp": int(time.time()) + 60, "org": "acme", "realm_access": {"roles": ["a", "b", 3]}},
         rsa_keys[0],
@@ -266,7 +267,7 @@ def test_roles_from_a_nested_claim_or_a_space_separated_string(
 def test_hs256_when_configured(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET", HS_SECRET + "\n")  # a secret file's trailing newline is no part of the key
     config = AuthConfig.from_mapping({"jwt": {"algorithms": ["HS256"], "keyEnv": "JWT_SECRET"}}, tmp_path)
-    auth = Authenticator(store_path, config)
+    auth = Authenticator(StateLocation(store_path), config)
     good = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "roles": ["service"]}, HS_SECRET, algorithm="HS256")
     assert auth.authenticate(bearer(good)).subject == "svc"
     with pytest.raises(Unauthenticated):  # a token with an audience when none is configured names someone else
@@ -449,7 +450,7 @@ def test_keys_commands(store_path: Path, tmp_path: Path, monkeypatch: pytest.Mon
     for text in (listed.stdout, runner.invoke(app, ["keys", "list"]).stdout):
         assert secret not in text and keys.digest(raw) not in text
     assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(StateLocation(store_path), AuthConfig())
     with pytest.raises(Unauthenticated):
         auth.authenticate(bearer(raw))
     auth.close()
@@ -461,7 +462,7 @@ def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(st
     # The authenticator remembers verified keys while the store is unchanged; a revocation committed by another
     # connection (here: `store`, as `fnctl keys revoke` would) must end that at once.
     key, raw = keys.create(store, "ci", ("service",), "acme", "test")
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(StateLocation(store_path), AuthConfig())
     try:
         first = auth.authenticate(bearer(raw))
         assert auth.authenticate(bearer(raw)) == first  # the remembered principal
@@ -489,7 +490,7 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
         return verify(s, r)
 
     monkeypatch.setattr(keys, "verify", counted)
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(StateLocation(store_path), AuthConfig())
     try:
         first = auth.authenticate(bearer(raw))
         for n in range(3):  # another connection commits, as the audit writer would
@@ -514,7 +515,7 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
     # a stamp at all, every commit to the store makes it read the generation.
     monkeypatch.setattr(keystore, "KEYS_RECHECK", 0.2)
     key, raw = keys.create(store, "ci", ("service",), None, "test")
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(StateLocation(store_path), AuthConfig())
     try:
         auth.authenticate(bearer(raw))
         with store.transaction():
@@ -534,7 +535,7 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
     keystore.stamp_path(store_path).unlink()
     keystore.stamp_path(store_path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
     other, raw = keys.create(store, "other", ("service",), None, "test")
-    unstamped = Authenticator(store_path, AuthConfig())
+    unstamped = Authenticator(StateLocation(store_path), AuthConfig())
     try:
         assert unstamped._stamp.read() is None
         unstamped.authenticate(bearer(raw))
@@ -553,7 +554,7 @@ def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, stor
     stream = io.StringIO()
     stop_logging = start_access_log(stream)
     try:
-        audit = AuditLog(store_path, interval=60)  # a long interval: flush() must wake the writer itself
+        audit = AuditLog(StateLocation(store_path), interval=60)  # a long interval: flush() must wake the writer itself
         for n in range(3):
             audit.record(
                 request_id=f"r{n}",

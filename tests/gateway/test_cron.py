@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
@@ -90,7 +91,7 @@ def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Pat
     async def body() -> None:
         await until(lambda: len(recorder.runs) >= 3, "three runs of the per-second trigger")
 
-    asyncio.run(running([CronRunner(store_path, recorder)], body))
+    asyncio.run(running([CronRunner(StateLocation(store_path), recorder)], body))
     assert {(r[0], r[1], repr(r[2])) for r in recorder.runs} == {("tick", "report", "{'report': 'nightly'}")}
     ticks = recorder.ticks()
     assert ticks == sorted(set(ticks)) and all(t == int(t) for t in ticks)  # whole seconds, each once
@@ -107,8 +108,8 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: Path) -> 
 
             return body
 
-        await running([CronRunner(store_path, first)], await two_runs(first))
-        await running([CronRunner(store_path, second)], await two_runs(second))
+        await running([CronRunner(StateLocation(store_path), first)], await two_runs(first))
+        await running([CronRunner(StateLocation(store_path), second)], await two_runs(second))
 
     asyncio.run(scenario())
     before, after = first.ticks(), second.ticks()
@@ -125,7 +126,7 @@ def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: P
     async def body() -> None:
         await until(lambda: len(a.runs) + len(b.runs) >= 4, "four runs between the two runners")
 
-    asyncio.run(running([CronRunner(store_path, a), CronRunner(store_path, b)], body))
+    asyncio.run(running([CronRunner(StateLocation(store_path), a), CronRunner(StateLocation(store_path), b)], body))
     ticks = a.ticks() + b.ticks()
     assert len(ticks) == len(set(ticks)), sorted(ticks)
 
@@ -155,9 +156,9 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
         await until(lambda: len(first.runs) >= 1, "the missed run of catch-up")
 
     async def scenario() -> None:
-        runner = CronRunner(store_path, first)
+        runner = CronRunner(StateLocation(store_path), first)
         await running([runner], lambda: body_first(runner))
-        again = CronRunner(store_path, second)  # restarted at once: nothing was missed in between
+        again = CronRunner(StateLocation(store_path), second)  # restarted at once: nothing was missed in between
         await running([again], lambda: asyncio.wait_for(again.ready.wait(), timeout=20))
 
     second = Recorder()
@@ -173,7 +174,7 @@ def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, s
     recorder = Recorder()
 
     async def scenario() -> None:
-        runner = CronRunner(store_path, recorder)
+        runner = CronRunner(StateLocation(store_path), recorder)
         await running([runner], lambda: asyncio.wait_for(runner.ready.wait(), timeout=20))
 
     asyncio.run(scenario())

@@ -39,6 +39,7 @@ from fnctl.invocation.rendezvous import PeerCheck
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
@@ -619,7 +620,7 @@ class Deployed:
     project: Project
 
     def manager(self, **options: Any) -> PoolManager:
-        return PoolManager(load_project(self.project.root), self.project.state, **options)
+        return PoolManager(load_project(self.project.root), StateLocation(self.project.state), **options)
 
     def rows(self, function: str, state: InstanceState | None = None) -> list[InstanceRow]:
         with self.project.store() as store:

@@ -20,6 +20,7 @@ import pytest
 from fnctl.gateway.audit import AuditLog
 from fnctl.state import auditchain, rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.migrations import statements as _statements
 from fnctl.state.store import Store, connect
@@ -193,7 +194,7 @@ def test_a_bad_anchor_or_a_missing_store_is_bad_input(tmp_path: Path, state: Pat
 
 
 def test_the_invocation_audit_is_a_chain_of_its_own(store: Store, state: Path, tmp_path: Path) -> None:
-    log = AuditLog(state, interval=0.01)
+    log = AuditLog(StateLocation(state), interval=0.01)
     try:
         for n in range(120):  # several INSERT chunks in one batch
             log.record(
@@ -358,7 +359,7 @@ def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pyte
     # nothing drives the rollout here (no instances): only the request and its record matter
     rollouts.request(
         load_project(tmp_path),
-        Options(state=state),
+        Options(state=StateLocation(state)),
         "hello",
         EventKind.ABORT_REQUESTED,
         {},
