@@ -20,6 +20,7 @@ __all__ = [
     "OperationalError",
     "UniqueViolation",
     "connect",
+    "in_transaction",
     "is_postgres_url",
     "target",
 ]
@@ -65,3 +66,8 @@ def _password(url: str) -> str:
         return str(conninfo_to_dict(url).get("password") or "")
     except psycopg.Error:
         return ""
+
+
+def in_transaction(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether `connection` is inside a transaction (an explicit BEGIN not yet committed or rolled back)."""
+    return connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE

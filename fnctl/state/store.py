@@ -1,9 +1,9 @@
-"""The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
+"""The state store: SQLite in WAL mode or a PostgreSQL database behind one `connect()`, with versioned migrations.
 
 It holds revisions (immutable but for their status; their records are fnctl.state.revisions'), the routing
 table, instances and the append-only, hash-chained audit log; rollouts and their events are
-fnctl.state.rolloutstore's. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
-implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC fingerprint keyed
+fnctl.state.rolloutstore's. SQL is written once, portable, with `?` placeholders; what differs between the
+two databases is fnctl.state.backends'. Secret values never reach it: specs carry an HMAC fingerprint keyed
 by a host-local key that is not in the store (fnctl.deploy.secrets).
 """
 
@@ -13,7 +13,6 @@ import functools
 import itertools
 import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.state import auditchain
+from fnctl.state.backends import Backend, open_backend
 from fnctl.state.location import StateLocation
 from fnctl.state.location import StoreError as StoreError  # re-exported: where callers have always found it
-from fnctl.state.migrations import MIGRATIONS, upgrade
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
@@ -32,7 +31,7 @@ _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a sta
 class Store:
     """Typed access to the state; each method is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, location: StateLocation) -> None:
+    def __init__(self, connection: Backend, location: StateLocation) -> None:
         self._db = connection
         self.location = location
         self.path = location.path  # the SQLite file, or on PostgreSQL the host-local anchor (lock, key stamp)
@@ -42,8 +41,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Several writes that land together or not at all (`BEGIN IMMEDIATE`: writers queue, never deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Several writes that land together or not at all (writers queue, one at a time, never deadlock)."""
+        self._db.begin()
         try:
             yield
         except BaseException:
@@ -74,7 +73,7 @@ class Store:
         (tests/state/test_sql_boundary.py keeps SQL out of the rest of fnctl)."""
         try:
             return [tuple(r) for r in self._db.execute(sql, params)]
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store query failed: {exc}") from None
 
     def _stream(self, sql: str, failure: str) -> Iterator[tuple[Any, ...]]:
@@ -82,21 +81,21 @@ class Store:
         that starts with `failure`. Only modules of fnctl.state call it."""
         try:
             yield from self._db.execute(sql)
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"{failure}: {exc}") from None
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write in portable SQL; returns the number of rows changed. Only modules of fnctl.state call it."""
         try:
             return self._db.execute(sql, params).rowcount
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def _insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One INSERT in portable SQL; returns the new row's id. Only modules of fnctl.state call it."""
         try:
-            return int(self._db.execute(sql, params).lastrowid or 0)
-        except sqlite3.Error as exc:
+            return self._db.insert(sql, params)
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def raw(self) -> RawSql:
@@ -119,9 +118,12 @@ class Store:
 
     def data_version(self) -> int:
         """A number that moves whenever another connection committed to the store since this one last asked
-        (SQLite's `PRAGMA data_version`): one cheap read that tells a poller whether to read anything else.
+        (SQLite's `PRAGMA data_version`; on PostgreSQL a counter its triggers move): one cheap read that tells a poller whether to read anything else.
         Compare it for equality only; this connection's own commits do not move it."""
-        return int(self._query("PRAGMA data_version")[0][0])
+        try:
+            return self._db.data_version()
+        except self._db.errors as exc:
+            raise StoreError(f"state store query failed: {exc}") from None
 
     def audit_mark(self) -> int:
         """The id of the latest audit record (0 when none): every state change is audited in its own
@@ -281,7 +283,7 @@ class Store:
         and appending must not interleave with another writer's."""
         try:
             self._append_chained(table, rows)
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def _append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -339,24 +341,4 @@ def connect(location: StateLocation | Path) -> Store:
     """Open (creating and migrating as needed) the store at `location` (a bare path is a SQLite file)."""
     if isinstance(location, Path):
         location = StateLocation(location)
-    if location.url is not None:
-        raise StoreError(f"the PostgreSQL state backend is not built yet ({location})")
-    path = location.path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the state store has schema version {version}, newer than this fnctl knows "
-                f"({len(MIGRATIONS)}); upgrade fnctl"
-            )
-        upgrade(connection, version)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the state store {path}: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
-    return Store(connection, location)
+    return Store(open_backend(location), location)

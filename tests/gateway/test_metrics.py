@@ -23,8 +23,8 @@ from fnctl.state.store import Store, StoreError, connect
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = connect(tmp_path / "state.db")
+def store(state_location: StateLocation) -> Iterator[Store]:
+    opened = connect(state_location)
     yield opened
     opened.close()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import INTEGRITY, raw_execute
 
 from fnctl.deploy.lock import LockTimeout, held
 from fnctl.errors import FnctlError
@@ -25,8 +26,8 @@ from fnctl.state.store import Store, StoreError, connect
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = connect(tmp_path / "state" / "state.db")
+def store(state_location: StateLocation) -> Iterator[Store]:
+    opened = connect(state_location)
     try:
         yield opened
     finally:
@@ -56,13 +57,31 @@ def _raw(store: Store) -> sqlite3.Connection:
 # ---- the database ----
 
 
-def test_a_new_store_is_wal_and_fully_migrated(store: Store) -> None:
+def test_a_new_store_is_wal_and_fully_migrated(tmp_path: Path) -> None:
+    store = connect(tmp_path / "state" / "state.db")
     raw = _raw(store)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"revisions", "routes", "instances", "rollouts", "audit", "settings"} <= tables
     assert oct(store.path.parent.stat().st_mode & 0o777) == "0o700"
+    store.close()
+
+
+def test_a_new_postgresql_store_is_fully_migrated_to_the_same_version(pg_url: str, tmp_path: Path) -> None:
+    store = connect(StateLocation(tmp_path / "anchor", pg_url))
+    try:
+        assert store.raw().query("SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+        tables = {r[0] for r in store.raw().query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"revisions", "routes", "instances", "rollouts", "audit", "settings", "invocations"} <= tables
+    finally:
+        store.close()
+    connect(StateLocation(tmp_path / "anchor", pg_url)).close()  # migrating again is a no-op
+    raw_execute(
+        StateLocation(tmp_path / "anchor", pg_url), f"UPDATE schema_version SET version = {len(MIGRATIONS) + 5}"
+    )
+    with pytest.raises(StoreError, match="newer than this fnctl knows.*upgrade fnctl"):
+        connect(StateLocation(tmp_path / "anchor", pg_url))
 
 
 def test_migrations_apply_in_order_to_an_older_store(tmp_path: Path) -> None:
@@ -123,16 +142,15 @@ def test_revisions_keep_everything_they_were_created_with(store: Store) -> None:
         "healthCheck[0] failed",
     )
     assert store.next_revision_number("hello") == 2 and store.next_revision_number("other") == 1
-    raw = _raw(store)
     for statement in (
         "UPDATE revisions SET spec_hash = 'x'",
         "UPDATE revisions SET git_commit = 'x'",
         "UPDATE revisions SET image = 'x'",
         "DELETE FROM revisions",
     ):
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute(statement)
-    with pytest.raises(sqlite3.IntegrityError):  # (function, number) names one revision forever
+        with pytest.raises(INTEGRITY):
+            raw_execute(store.location, statement)
+    with pytest.raises(INTEGRITY):  # (function, number) names one revision forever
         store.add_revision(_revision())
 
 
@@ -147,10 +165,9 @@ def test_the_audit_log_is_append_only(store: Store) -> None:
         ("ada", "apply", "route", "ok", "abc"),
     ]
     assert entries[0].at >= entries[1].at > 0
-    raw = _raw(store)
     for statement in ("UPDATE audit SET outcome = 'failed'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            raw.execute(statement)
+        with pytest.raises(INTEGRITY, match="append-only"):
+            raw_execute(store.location, statement)
     assert len(audit_records(store, AuditFilter())) == 2
 
 
@@ -190,7 +207,7 @@ def test_a_transaction_lands_whole_or_not_at_all(store: Store) -> None:
 def test_settings_and_identity_are_created_once(store: Store, tmp_path: Path) -> None:
     assert store.setting("salt", "first") == "first"
     assert store.setting("salt", "second") == "first"
-    other = connect(store.path)
+    other = connect(store.location)
     try:
         assert other.id == store.id and len(store.id) == 16
     finally:
