@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.state import auditchain, docschema, docwrites, outbox, pg
-from fnctl.state.docconn import DocConn, PgConn, SqliteConn
+from fnctl.state.docconn import SCHEMA, DocConn, PgConn, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
     CollectionRow,
@@ -32,6 +32,7 @@ from fnctl.state.docrecords import (
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, SQLITE, find_rows, index_fields, rows_by_id, table
 from fnctl.state.docsqlpg import POSTGRES
+from fnctl.state.location import StateLocation, StoreError
 
 Location = Path | str  # a SQLite file, or a postgresql:// URL
 
@@ -39,6 +40,35 @@ Location = Path | str  # a SQLite file, or a postgresql:// URL
 def data_path(state_file: Path) -> Path:
     """The data file beside the deployment store: `<dir>/<stem>.data.db`."""
     return state_file.with_name(f"{state_file.stem}.data.db")
+
+
+def open_at(state: StateLocation) -> DocStore:
+    """The document store of the deployment state at `state`: on SQLite the data file beside state.db, on
+    PostgreSQL the same database (schema `fnctl_data`). Every command and the gateway open it here."""
+    return connect(state.url if state.url is not None else data_path(state.path))
+
+
+def exists_at(state: StateLocation) -> bool:
+    """Whether the state's document store was ever created, without creating it (reading commands say "no
+    data store" instead of making an empty one)."""
+    if state.url is None:
+        return data_path(state.path).exists()
+    try:
+        db = pg.connect(state.url)
+    except StoreError as exc:
+        raise DataStoreError(str(exc)) from None
+    try:
+        row = db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone()
+    except pg.DatabaseError as exc:
+        raise DataStoreError(f"cannot read the document store in {pg.target(state.url)}: {exc}") from None
+    finally:
+        db.close()
+    return row is not None
+
+
+def where(state: StateLocation) -> str:
+    """The state's document store, for messages."""
+    return f"{state} (schema {SCHEMA})" if state.url is not None else str(data_path(state.path))
 
 
 class DocStore:

@@ -35,6 +35,7 @@ from fnctl.state import docstore
 from fnctl.state.docrecords import NotEmpty, Query
 from fnctl.state.docsql import compile_filter
 from fnctl.state.docsqlpg import compile_filter as compile_filter_pg
+from fnctl.state.location import StateLocation
 
 SCHEMA = {
     "type": "object",
@@ -82,6 +83,32 @@ OPERATOR = Caller.operator("root", "acme")
 
 def test_the_data_file_sits_beside_the_state_file(tmp_path: Path) -> None:
     assert docstore.data_path(tmp_path / "fnctl.db") == tmp_path / "fnctl.data.db"
+
+
+def test_the_data_store_opens_from_the_state_location_beside_it_or_in_its_database(
+    state_location: StateLocation,
+) -> None:
+    """One opener for every call site: SQLite's data file beside state.db, PostgreSQL's own database (schema
+    fnctl_data, and no data file on the host); asking whether it exists creates nothing."""
+    assert not docstore.exists_at(state_location)
+    assert not docstore.exists_at(state_location)  # still not: the question created nothing
+    store = docstore.open_at(state_location)
+    try:
+        DataPlane(store, lambda: POLICIES).sync_collections([NOTES], prune=False, force=False)
+        DataPlane(store, lambda: POLICIES).insert(CLERK, "notes", {"n": 1}, id="n-1")
+    finally:
+        store.close()
+    assert docstore.exists_at(state_location)
+    beside = docstore.data_path(state_location.path)
+    assert beside.exists() is (state_location.url is None)
+    assert store.backend == ("sqlite" if state_location.url is None else "postgresql")
+    again = docstore.open_at(state_location)
+    try:
+        assert again.get("notes", "acme", "n-1") is not None
+    finally:
+        again.close()
+    if state_location.url is not None:
+        assert "fnctl_data" in docstore.where(state_location)
 
 
 def test_crud_versions_and_merge_patch(plane: DataPlane) -> None:
