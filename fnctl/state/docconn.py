@@ -10,6 +10,7 @@ transaction serialises, what a constraint error says — is the connection's `di
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ from fnctl.state import pg
 from fnctl.state.docrecords import Query
 
 SCHEMA = "fnctl_data"  # the document store's PostgreSQL schema, beside the deployment state's tables
+Head = tuple[int, str]  # the change log's last seq and its hash
 
 
 class Cursor(Protocol):
@@ -42,6 +44,11 @@ class DocConn(Protocol):
 
     def close(self) -> None: ...
 
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        """Statements inside are sent without waiting for their answers until a result is read or the block
+        ends (PostgreSQL's pipeline mode: one round trip for a transaction's writes and its COMMIT); an error
+        may then surface at the end. SQLite: nothing (it has no round trips)."""
+
 
 class Dialect(Protocol):
     """What differs between the backends (`docsql.SQLITE`, `docsqlpg.POSTGRES`)."""
@@ -57,9 +64,10 @@ class Dialect(Protocol):
     def IntegrityError(self) -> type[Exception]:  # noqa: N802
         """A constraint refused a write."""
 
-    def begin_write(self, db: DocConn) -> None:
+    def begin_write(self, db: DocConn) -> Head | None:
         """Open a write transaction that serialises with every other writer of the store (the change log's
-        sequence and hash chain are appended under it, so its order is the commit order)."""
+        sequence and hash chain are appended under it, so its order is the commit order). The change log's
+        head when it was read in the same round trip (PostgreSQL), None when not (SQLite: no round trips)."""
 
     def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
         """The SELECT of `columns` for `query`: filter, keyset cursor, order and limit."""
@@ -80,6 +88,9 @@ class SqliteConn(sqlite3.Connection):
     """A SQLite connection of the document store (`sqlite3.connect(..., factory=SqliteConn)`)."""
 
     dialect: Dialect
+
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
 
 
 class PgConn:
@@ -106,6 +117,9 @@ class PgConn:
 
     def close(self) -> None:
         self._conn.close()
+
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        return self._conn.pipeline()
 
 
 @functools.lru_cache(maxsize=1024)

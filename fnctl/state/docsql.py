@@ -16,7 +16,7 @@ from typing import Any
 from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
 from fnctl.state import auditchain
 from fnctl.state.datamigrations import DATA_MIGRATIONS
-from fnctl.state.docconn import DocConn
+from fnctl.state.docconn import DocConn, Head
 from fnctl.state.docrecords import JSON, DataStoreError, Query, StoredDoc
 from fnctl.state.migrations import apply_migrations
 
@@ -180,8 +180,9 @@ class _Sqlite:
     Error = sqlite3.Error
     IntegrityError = sqlite3.IntegrityError
 
-    def begin_write(self, db: DocConn) -> None:
+    def begin_write(self, db: DocConn) -> Head | None:
         db.execute("BEGIN IMMEDIATE")  # the file's one writer at a time
+        return None  # the head is read when needed: a read costs SQLite no round trip
 
     def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
         where, params = compile_filter(query.filter, indexed)

@@ -20,9 +20,9 @@ import hashlib
 from typing import Any
 
 from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
-from fnctl.state import pg
+from fnctl.state import auditchain, pg
 from fnctl.state.datamigrations import PG_DATA_MIGRATIONS
-from fnctl.state.docconn import SCHEMA, DocConn
+from fnctl.state.docconn import SCHEMA, DocConn, Head
 from fnctl.state.docrecords import DataStoreError, Query
 from fnctl.state.docsql import META_COLUMNS, column, declared_indexes, fields_of, index_fields, table
 
@@ -49,8 +49,16 @@ class _Postgres:
     Error = pg.DatabaseError
     IntegrityError = pg.IntegrityError
 
-    def begin_write(self, db: DocConn) -> None:
-        db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")  # one round trip
+    def begin_write(self, db: DocConn) -> Head:
+        # One round trip (a simple query of three statements): the transaction, the writers' lock, and the
+        # change log's head as it stands under the lock (what the new changes chain onto).
+        cursor: Any = db.execute(  # psycopg's cursor: a result per statement, nextset() to the next
+            f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1"
+        )
+        cursor.nextset()
+        cursor.nextset()
+        row = cursor.fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, auditchain.GENESIS)
 
     def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
         where, params = compile_filter(query.filter, indexed)

@@ -6,14 +6,15 @@ column."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
-from fnctl.state.docconn import DocConn
+from fnctl.state.docconn import DocConn, Head
 from fnctl.state.docrecords import (
     ChangeRow,
     DataStoreError,
@@ -44,12 +45,12 @@ def commit(
     trigger names). The new rows, None for deletes; the changes as logged are appended to `committed` once
     committed. Nothing is written when it raises."""
     changes: list[tuple[Any, ...]] = []
-    with _write_transaction(db):
+    with _write_transaction(db, lambda exc: _integrity_error(db, indexed, exc)) as head:
         try:
             result = _commit(db, indexed, item, into=changes)
         except db.dialect.IntegrityError as exc:
             raise _integrity_error(db, indexed, exc) from None
-        linked = _append_changes(db, changes, outbox)
+        linked = _append_changes(db, changes, outbox, head)
     if committed is not None:
         committed.extend(ChangeRow(*row[:12]) for row in linked)
     return result
@@ -71,32 +72,41 @@ def commit_group(
     without savepoints (two statements fewer per write); only a constraint broken half-way through one
     transaction's writes (a unique index) makes it start again, with each transaction in a savepoint of its own."""
     try:
-        with _write_transaction(db):
+        with _write_transaction(db, lambda exc: _BrokenHalfway()) as head:
             out, changes = _group(db, indexed, items, savepoints=False)
-            linked = _append_changes(db, changes, outbox)
-    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own
-        with _write_transaction(db):
+            linked = _append_changes(db, changes, outbox, head)
+    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own, each answered
+        with _write_transaction(db, None, pipelined=False) as head:
             out, changes = _group(db, indexed, items, savepoints=True)
-            linked = _append_changes(db, changes, outbox)
+            linked = _append_changes(db, changes, outbox, head)
     if committed is not None:
         committed.extend(ChangeRow(*row[:12]) for row in linked)
     return out
 
 
 @contextmanager
-def _write_transaction(db: DocConn) -> Iterator[None]:
-    """`begin_write` … `COMMIT`, rolled back on any error (the backend's as DataStoreError)."""
+def _write_transaction(
+    db: DocConn, integrity: Callable[[Exception], Exception] | None, *, pipelined: bool = True
+) -> Iterator[Head | None]:
+    """`begin_write` … `COMMIT`, rolled back on any error (the backend's as DataStoreError; a broken constraint
+    as `integrity` makes it). Yields the change log's head when `begin_write` read it.
+
+    `pipelined`: the statements and the COMMIT go out without waiting for each answer (PostgreSQL: an insert's
+    transaction is two round trips, not six), so a constraint a write broke may be reported only at the end."""
     error = db.dialect.Error
     try:
-        db.dialect.begin_write(db)
+        head = db.dialect.begin_write(db)
     except error as exc:
         _rollback(db)
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     try:
-        yield
-        db.execute("COMMIT")
+        with db.pipeline() if pipelined else contextlib.nullcontext():
+            yield head
+            db.execute("COMMIT")
     except error as exc:
         _rollback(db)
+        if integrity is not None and isinstance(exc, db.dialect.IntegrityError):
+            raise integrity(exc) from None
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     except BaseException:
         _rollback(db)
@@ -157,10 +167,10 @@ def _commit(
     db: DocConn,
     indexed: dict[str, frozenset[str]],
     item: GroupItem,
-    into: list[tuple[Any, ...]] | None = None,
+    into: list[tuple[Any, ...]],
 ) -> list[StoredDoc | None]:
-    """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
-    (a group commit appends all its transactions' rows at once, in order)."""
+    """Check and apply one transaction's writes; its change rows are appended to `into` (for the log: a
+    group commit appends all its transactions' rows at once, in order)."""
     tenant, reads, finds, writes, meta = item.tenant, item.reads, item.finds, item.writes, item.meta
     # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
     read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
@@ -259,20 +269,22 @@ def _commit(
         db.executemany(f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     for collection, key, response in keys:
         db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
-    if into is None:
-        _append_changes(db, changes, None)
-    else:
-        into.extend(changes)
+    into.extend(changes)
     return results
 
 
-def _append_changes(db: DocConn, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
-    """Chain and append change rows whose fields (after seq) are already normalised: one hash each; and, in the
-    same transaction, the outbox rows of the onCommit triggers of their collections. The rows as appended."""
+def _append_changes(
+    db: DocConn, rows: list[tuple[Any, ...]], outbox: Outbox, head: Head | None
+) -> list[tuple[Any, ...]]:
+    """Chain and append change rows whose fields (after seq) are already normalised: one hash each, after
+    `head` (read here when None); and, in the same transaction, the outbox rows of the onCommit triggers of
+    their collections. The rows as appended."""
     if not rows:
         return []
-    head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
-    last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
+    if head is None:
+        row = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
+        head = (int(row[0]), str(row[1])) if row else (0, auditchain.GENESIS)
+    last, prev = head
     linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
     marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
     db.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ({marks})", linked)
