@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from fnctl.state import pg
 from fnctl.state.docrecords import Query
+from fnctl.state.location import StoreError
 
 SCHEMA = "fnctl_data"  # the document store's PostgreSQL schema, beside the deployment state's tables
 Head = tuple[int, str]  # the change log's last seq and its hash
+CHANNEL = "fnctl_changes"  # PostgreSQL: every write transaction NOTIFYs it on commit (payload: its last seq)
 
 
 class Cursor(Protocol):
@@ -83,6 +86,10 @@ class Dialect(Protocol):
     def data_version(self, db: DocConn) -> int:
         """A number that moves when another connection committed a change since it was last read."""
 
+    def announce(self, db: DocConn, last_seq: int) -> None:
+        """In a write transaction that appended changes up to `last_seq`: tell the store's other readers on
+        commit (PostgreSQL: NOTIFY, see ChangeFeed; SQLite: nothing, its readers see the file move)."""
+
 
 class SqliteConn(sqlite3.Connection):
     """A SQLite connection of the document store (`sqlite3.connect(..., factory=SqliteConn)`)."""
@@ -120,6 +127,55 @@ class PgConn:
 
     def pipeline(self) -> contextlib.AbstractContextManager[Any]:
         return self._conn.pipeline()
+
+
+class ChangeFeed:
+    """What other connections (other processes, other hosts) committed to a PostgreSQL document store, learnt
+    from the NOTIFY that each write transaction sends on commit, on a LISTEN connection of its own:
+    `version()` moves when one arrived, read from the socket without a round trip (what SQLite's `PRAGMA
+    data_version` is for a file). A lost connection counts as a change — what it missed is unknown, so readers
+    go back to the change log — and it is opened again on the next look."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._version = 0
+        self._conn: pg.Connection[tuple[object, ...]] | None = None
+        self._listen()
+
+    def _listen(self) -> None:
+        conn = pg.connect(self._url)
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except pg.DatabaseError:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def version(self) -> int:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._listen()
+                    self._version += 1
+                elif pg.drain_notifies(self._conn):
+                    self._version += 1
+            except (pg.DatabaseError, StoreError):
+                self._close()
+                self._version += 1
+            return self._version
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except pg.DatabaseError:
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
 
 
 @functools.lru_cache(maxsize=1024)

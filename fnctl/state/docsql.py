@@ -251,6 +251,9 @@ class _Sqlite:
     def data_version(self, db: DocConn) -> int:
         return int(db.execute("PRAGMA data_version").fetchone()[0])
 
+    def announce(self, db: DocConn, last_seq: int) -> None:
+        pass  # other connections see the file's data_version move
+
 
 SQLITE = _Sqlite()
 

@@ -11,7 +11,8 @@ SQLite's (`docsql`) and as the pure evaluator `fnctl.data.filters.matches`, in P
 - Writers serialise on one transaction-level advisory lock (`begin_write`), held until COMMIT: the change
   log's sequence is then gap-free in commit order, and a reader of `changes?since=N` never sees N+1 before N
   (a transaction is visible before its locks are released). Group commit shares one lock and one COMMIT.
-- `data_version` is the change log's last seq (what moves when another process committed a change).
+- `data_version` moves when another connection committed: every write transaction NOTIFYs `fnctl_changes` on
+  commit and the store's `docconn.ChangeFeed` LISTENs (no round trip per look; any gateway on any host).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
 from fnctl.state import auditchain, pg
 from fnctl.state.datamigrations import PG_DATA_MIGRATIONS
-from fnctl.state.docconn import SCHEMA, DocConn, Head
+from fnctl.state.docconn import CHANNEL, SCHEMA, DocConn, Head
 from fnctl.state.docrecords import DataStoreError, Query
 from fnctl.state.docsql import META_COLUMNS, column, declared_indexes, fields_of, index_fields, table
 
@@ -160,7 +161,12 @@ class _Postgres:
         return fields_of(indexed, exc.diag.table_name or "", cols)
 
     def data_version(self, db: DocConn) -> int:
+        """Without a ChangeFeed (which DocStore keeps): the change log's last seq, one round trip."""
         return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+
+    def announce(self, db: DocConn, last_seq: int) -> None:
+        # Sent in the transaction's pipeline (no round trip of its own), delivered when it commits.
+        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq)))
 
 
 POSTGRES = _Postgres()

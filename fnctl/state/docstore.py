@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.state import auditchain, docschema, docwrites, outbox, pg
-from fnctl.state.docconn import SCHEMA, DocConn, PgConn, SqliteConn
+from fnctl.state.docconn import SCHEMA, ChangeFeed, DocConn, PgConn, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
     CollectionRow,
@@ -80,6 +80,7 @@ class DocStore:
         self._all: list[DocConn] = []
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
+        self._feed: ChangeFeed | None = None  # PostgreSQL: other connections' commits (data_version)
         self._db()  # open (and migrate) now, so errors surface here
         self._load_indexed()
 
@@ -124,6 +125,9 @@ class DocStore:
             for db in self._all:
                 db.close()
             self._all.clear()
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
         self._local = threading.local()
 
     # -- collections ------------------------------------------------------------------------------------
@@ -252,9 +256,19 @@ class DocStore:
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
     def data_version(self) -> int:
-        """Changes when another connection (another thread's or process's) committed to the store since."""
-        db = self._db()
-        return db.dialect.data_version(db)
+        """Changes when another connection (another thread's or process's) committed to the store since. On
+        PostgreSQL from the commits' notifications (`ChangeFeed`, listening from the first call on): no round
+        trip when nothing changed, and another gateway's writes move it too."""
+        if self.url is None:
+            db = self._db()
+            return db.dialect.data_version(db)
+        with self._lock:
+            if self._feed is None:
+                try:
+                    self._feed = ChangeFeed(self.url)
+                except StoreError as exc:
+                    raise DataStoreError(str(exc)) from None
+        return self._feed.version()
 
     def changes_after(self, seq: int, limit: int) -> list[ChangeRow]:
         """The change log after `seq`, every tenant, by seq."""

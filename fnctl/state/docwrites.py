@@ -292,6 +292,7 @@ def _append_changes(
         "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
     )
+    db.dialect.announce(db, int(linked[-1][0]))
     if outbox:
         now = time.time()
         events = [
