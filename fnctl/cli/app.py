@@ -33,6 +33,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "events": ("view", "events"),
     "triggers": ("triggers", "enable", "run"),
     "audit": ("audit",),
+    "state": ("state",),
     "serve": ("serve",),
 }
 

@@ -224,7 +224,7 @@ class AuditLog:
         try:
             with store.transaction():
                 _insert(store, batch)
-        except Exception as exc:  # the writer must outlive a busy store (BEGIN raises sqlite3's own errors)
+        except StoreError as exc:  # the writer outlives a busy SQLite file or a PostgreSQL server that went away
             log.warning("%d audit rows not written yet, will retry: %s", len(batch), exc)
             return False
         with self._lock:

@@ -31,7 +31,7 @@ from typing import IO, Any, BinaryIO
 from fnctl.gateway.accesslog import Row, access_line, row_line
 from fnctl.state import location
 from fnctl.state.location import StateLocation
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store, StoreError, connect
 
 _LENGTH = struct.Struct("<I")  # each batch: its length, then marshal.dumps((rows, lines))
 _STATE_ENV = "FNCTL_AUDITWRITER_STATE"  # the store, as StateLocation.to_arg wrote it
@@ -107,7 +107,7 @@ def _commit(store: Store, rows: list[Row]) -> bool:
             with store.transaction():
                 store.append_chained("invocations", list(rows))
             return True
-        except Exception as exc:  # a busy store (BEGIN raises sqlite3's own errors): try again
+        except StoreError as exc:  # a busy SQLite file, a PostgreSQL server restarting: try again
             error = exc
             time.sleep(0.1)
     _error(f"{len(rows)} audit rows lost: the store refused them: {error}")

@@ -135,7 +135,7 @@ class CronRunner:
         assert self._store is not None
         try:
             current, problems = cron_triggers(await self._db(self._store.resources, "Trigger"))
-        except Exception as exc:  # Store.resources lets sqlite3's own errors through: keep the current schedule
+        except StoreError as exc:  # the store is busy or unreachable: keep the current schedule
             log.warning("cron triggers not reloaded: %s", exc)
             return
         for name, problem in problems.items():

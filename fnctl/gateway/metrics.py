@@ -163,7 +163,7 @@ class Metrics:
                 with store.transaction():
                     for key, second in sorted(buckets.items()):
                         metricstore.add_second(store, key, second)
-            except BaseException:  # whatever failed (store.transaction's BEGIN raises sqlite3's own errors)
+            except BaseException:  # whatever failed (a StoreError, or the flush cancelled half-way)
                 self._put_back(buckets)
                 raise
         if time.time() - self._last_prune > 60:

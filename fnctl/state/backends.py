@@ -87,18 +87,28 @@ class Postgres:
     errors: tuple[type[Exception], ...] = (pg.DatabaseError,)
     is_postgres = True
 
-    def __init__(self, connection: pg.Connection[tuple[Any, ...]]) -> None:
+    def __init__(self, connection: pg.Connection[tuple[Any, ...]], url: str) -> None:
         self._db = connection
+        self._url = url
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor:
-        return self._db.execute(placeholders(sql), params)
+        return self._live().execute(placeholders(sql), params)
 
     def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        row = self._db.execute(placeholders(sql) + " RETURNING id", params).fetchone()
+        row = self._live().execute(placeholders(sql) + " RETURNING id", params).fetchone()
         return int(row[0]) if row else 0
 
+    def _live(self) -> pg.Connection[tuple[Any, ...]]:
+        """The connection, opened again if the server dropped it (a restart, a failover, an idle timeout):
+        the statement that met the broken connection failed; the next one gets a new connection. Never in
+        the middle of a transaction: that died with its connection, and its statements with it."""
+        if pg.is_broken(self._db):
+            self._db.close()
+            self._db = pg.connect(self._url)
+        return self._db
+
     def begin(self) -> None:
-        self._db.execute("BEGIN")
+        self._live().execute("BEGIN")
         try:
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         except BaseException:
@@ -110,7 +120,7 @@ class Postgres:
         return pg.in_transaction(self._db)
 
     def data_version(self) -> int:
-        row = self._db.execute("SELECT n FROM change_counter").fetchone()
+        row = self._live().execute("SELECT n FROM change_counter").fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
@@ -162,7 +172,7 @@ def open_postgres(url: str, anchor: Path) -> Postgres:
     except BaseException:
         connection.close()
         raise
-    return Postgres(connection)
+    return Postgres(connection, url)
 
 
 def open_backend(location: StateLocation) -> Backend:

@@ -22,6 +22,7 @@ __all__ = [
     "connect",
     "drain_notifies",
     "in_transaction",
+    "is_broken",
     "is_postgres_url",
     "target",
 ]
@@ -83,3 +84,8 @@ def drain_notifies(connection: psycopg.Connection[tuple[object, ...]]) -> list[s
 def in_transaction(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
     """Whether `connection` is inside a transaction (an explicit BEGIN not yet committed or rolled back)."""
     return connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+def is_broken(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the server dropped `connection` (psycopg marks it when a statement meets the loss)."""
+    return connection.broken or connection.closed

@@ -42,21 +42,30 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Several writes that land together or not at all (writers queue, one at a time, never deadlock)."""
-        self._db.begin()
+        try:
+            self._db.begin()
+        except self._db.errors as exc:  # a busy SQLite file past its timeout, a PostgreSQL server gone
+            raise StoreError(f"state store write failed: {exc}") from None
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._execute("COMMIT")
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except self._db.errors:
+            pass  # the connection is gone, and the transaction with it: the original error is what matters
 
     def setting(self, key: str, default: str) -> str:
         """A store-wide value, created with `default` the first time it is asked for."""
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
         if row is None:  # written once: read-only commands then never wait for a writer's transaction
-            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
-            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return str(row[0])
+            self._execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+            row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(row[0]) if row else default
 
     @functools.cached_property
     def id(self) -> str:
@@ -75,6 +84,11 @@ class Store:
             return [tuple(r) for r in self._db.execute(sql, params)]
         except self._db.errors as exc:
             raise StoreError(f"state store query failed: {exc}") from None
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of a read, or None."""
+        rows = self._query(sql, params)
+        return rows[0] if rows else None
 
     def _stream(self, sql: str, failure: str) -> Iterator[tuple[Any, ...]]:
         """Rows of a read one at a time (a whole audit chain need not fit in memory); a failure is a StoreError
@@ -136,34 +150,34 @@ class Store:
 
     def alive(self, name: str, within: float) -> bool:
         """Whether `name` beat within the last `within` seconds."""
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",)).fetchone()
+        row = self._one("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",))
         return row is not None and time.time() - float(row[0]) < within
 
     # ---- triggers, views, policies: published by apply, read by the gateway ----
 
     def set_resources(self, kind: str, specs: dict[str, dict[str, Any]]) -> None:
         """Replace every resource of `kind` (Trigger, View, Policy) with `specs` (name → spec)."""
-        self._db.execute("DELETE FROM resources WHERE kind = ?", (kind,))
+        self._execute("DELETE FROM resources WHERE kind = ?", (kind,))
         now = time.time()
         for name, spec in sorted(specs.items()):
-            self._db.execute(
+            self._execute(
                 "INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now)
             )
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
         return {
             r[0]: json.loads(r[1])
-            for r in self._db.execute("SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))
+            for r in self._query("SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))
         }
 
     # ---- revisions ----
 
     def next_revision_number(self, function: str) -> int:
-        row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (function,)).fetchone()
-        return int(row[0] or 0) + 1
+        row = self._one("SELECT MAX(number) FROM revisions WHERE function = ?", (function,))
+        return int(row[0] or 0) + 1 if row else 1
 
     def add_revision(self, revision: Revision) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 revision.function,
@@ -182,19 +196,19 @@ class Store:
         )
 
     def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
             (status.value, reason, function, number),
         )
 
     def set_revision_image(self, function: str, number: int, image: str) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''", (image, function, number)
         )
 
     def revisions(self, function: str | None = None) -> list[Revision]:
         query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
-        return [revision_from_row(r) for r in self._db.execute(query, (function,) if function else ())]
+        return [revision_from_row(r) for r in self._query(query, (function,) if function else ())]
 
     def revision_statuses(self) -> dict[tuple[str, int], RevisionStatus]:
         """(function, number) → status of every revision, without the specs (the gateway reads each spec once)."""
@@ -204,9 +218,7 @@ class Store:
         }
 
     def revision(self, function: str, number: int) -> Revision | None:
-        row = self._db.execute(
-            "SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)
-        ).fetchone()
+        row = self._one("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number))
         return revision_from_row(row) if row else None
 
     # ---- routing ----
@@ -215,44 +227,44 @@ class Store:
         """function → {revision number: weight percent}."""
         return {
             r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
-            for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")
+            for r in self._query("SELECT function, weights FROM routes ORDER BY function")
         }
 
     def set_route(self, function: str, weights: dict[int, int]) -> None:
         """One atomic change of a function's weights."""
         if sum(weights.values()) != 100 and weights:
             raise StoreError(f"weights of {function} must sum to 100, not {sum(weights.values())}")
-        self._db.execute(
+        self._execute(
             "INSERT INTO routes VALUES (?, ?, ?) ON CONFLICT (function) DO UPDATE SET weights = excluded.weights, "
             "updated_at = excluded.updated_at",
             (function, json.dumps({str(k): v for k, v in sorted(weights.items())}), time.time()),
         )
 
     def delete_route(self, function: str) -> None:
-        self._db.execute("DELETE FROM routes WHERE function = ?", (function,))
+        self._execute("DELETE FROM routes WHERE function = ?", (function,))
 
     # ---- instances ----
 
     def add_instance(self, row: InstanceRow) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
             (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value, row.created_at),
         )
 
     def update_instance(self, instance_id: str, *, state: InstanceState, container_id: str | None = None) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
             (state.value, container_id, instance_id),
         )
 
     def remove_instance(self, instance_id: str) -> None:
-        self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+        self._execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     def instances(self, function: str | None = None) -> list[InstanceRow]:
         query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
         return [
             InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
-            for r in self._db.execute(query, (function,) if function else ())
+            for r in self._query(query, (function,) if function else ())
         ]
 
     # ---- audit ----

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pgserver import PgServer
 
 from fnctl.state import pg
-from fnctl.state.location import StoreError
+from fnctl.state.location import StateLocation, StoreError
+from fnctl.state.store import connect
 
 
 def test_each_test_gets_a_fresh_database_of_a_real_server(pg_url: str, pg_server: PgServer) -> None:
@@ -33,3 +36,21 @@ def test_a_failed_connection_names_where_but_never_the_password(tmp_path: object
     with pytest.raises(StoreError) as malformed:
         pg.connect("postgresql://fn:hunter2secret@/nodb?host=/x&nosuchoption=1")
     assert "hunter2secret" not in str(malformed.value)
+
+
+def test_a_store_whose_connection_the_server_dropped_reconnects_at_the_next_call(
+    pg_url: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    store = connect(StateLocation(tmp_path / "anchor", pg_url))
+    try:
+        store.set_route("hello", {1: 100})
+        (pid,) = store.raw().query("SELECT pg_backend_pid()")[0]
+        admin = pg.connect(pg_server.url)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # as a server restart or failover would
+        admin.close()
+        with pytest.raises(StoreError, match="state store query failed"):  # the call that met the loss
+            store.routes()
+        assert store.routes() == {"hello": {1: 100}}  # the next one has a new connection
+        assert store.raw().query("SELECT pg_backend_pid()")[0][0] != pid
+    finally:
+        store.close()
