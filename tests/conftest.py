@@ -24,7 +24,7 @@ from runtime_helpers import StartRuntime, runtime_starter
 from fnctl.manifest import fullchecks, slowchecks
 
 # pytester: tests/test_markers.py runs sessions of its own under this file's rules; pgserver: a real PostgreSQL
-pytest_plugins = ["pytester", "pgserver"]
+pytest_plugins = ["pytester", "pgserver", "docbackend"]  # docbackend: the document store's backends
 
 DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
 ENGINE_FIXTURES = frozenset({"docker_client", "base_image"})

@@ -65,11 +65,12 @@ def session(
 ) -> Iterator[OperatorSession]:
     """The data plane of the project's store, acting as the operator in `tenant` (default: the default one)."""
     path = locate(project, state)
-    data = docstore.data_path(path.path)
-    if not data.exists():
-        raise BadInput(f"no data store at {data}: declare a Collection in the manifests and run `fnctl apply`")
+    if not docstore.exists_at(path):
+        raise BadInput(
+            f"no data store at {docstore.where(path)}: declare a Collection in the manifests and run `fnctl apply`"
+        )
     store = connect(path)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(path)
     who = actor()
 
     def audit(caller: Caller, action: str, target: str) -> None:

@@ -5,7 +5,6 @@ data file (`fnctl.state.outbox`), each replay and purge audited."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fnctl.deploy.actor import actor
@@ -62,12 +61,13 @@ def get_view(
     raise error
 
 
-def _data(project: Project, state: StateLocation | None) -> tuple[Path, Path]:
+def _data(project: Project, state: StateLocation | None) -> StateLocation:
     path = locate(project, state)
-    data = docstore.data_path(path.path)
-    if not data.exists():
-        raise BadInput(f"no data store at {data}: declare a Collection in the manifests and run `fnctl apply`")
-    return path.path, data
+    if not docstore.exists_at(path):
+        raise BadInput(
+            f"no data store at {docstore.where(path)}: declare a Collection in the manifests and run `fnctl apply`"
+        )
+    return path
 
 
 def _state(value: str | None) -> str | None:
@@ -81,8 +81,7 @@ def list_events(
 ) -> list[OutboxEvent]:
     if limit < 1:
         raise BadInput("--limit must be at least 1")
-    _, data = _data(project, state)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(_data(project, state))
     try:
         return docs.outbox_list(_state(which), trigger, limit, after)
     finally:
@@ -109,8 +108,7 @@ def event_json(e: OutboxEvent) -> dict[str, Any]:
 
 def event_counts(project: Project, state: StateLocation | None) -> dict[str, dict[str, int]]:
     """Per trigger, its events in each state (pending, delivered, dead): what `events ls` lists, counted."""
-    _, data = _data(project, state)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(_data(project, state))
     try:
         counted = docs.outbox_counts()
     finally:
@@ -154,8 +152,8 @@ def _change(
     replay: bool,
     by: str | None = None,
 ) -> int:
-    path, data = _data(project, state)
-    docs = docstore.connect(data)
+    path = _data(project, state)
+    docs = docstore.open_at(path)
     store = connect(path)
     try:
         count = docs.outbox_replay(trigger, seqs, which) if replay else docs.outbox_purge(which, trigger, seqs)

@@ -209,7 +209,7 @@ def data_broker(store_path: StateLocation, gateway: Gateway) -> Broker:
     """The data plane the gateway serves (REST under /v1/, the instances' `context.db` calls): the data file
     beside the state store, the collections `apply` put there, and the live Policies of the routing table."""
     plane = DataPlane(
-        docstore.connect(docstore.data_path(store_path.path)),
+        docstore.open_at(store_path),
         LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
         StateAudit(store_path),
         outbox=lambda: router.EMPTY.on_commit if gateway.table is None else gateway.table.on_commit,

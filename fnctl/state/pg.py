@@ -20,6 +20,7 @@ __all__ = [
     "OperationalError",
     "UniqueViolation",
     "connect",
+    "drain_notifies",
     "in_transaction",
     "is_broken",
     "is_postgres_url",
@@ -67,6 +68,17 @@ def _password(url: str) -> str:
         return str(conninfo_to_dict(url).get("password") or "")
     except psycopg.Error:
         return ""
+
+
+def drain_notifies(connection: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    """The payloads of the notifications (LISTEN) that reached `connection` since the last call: what its socket
+    holds, read without waiting and without a round trip. OperationalError when the connection is lost."""
+    raw = connection.pgconn
+    raw.consume_input()
+    payloads = []
+    while (notify := raw.notifies()) is not None:
+        payloads.append(notify.extra.decode())
+    return payloads
 
 
 def in_transaction(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
