@@ -26,14 +26,14 @@ MAX_BODY = 64 * 2**20  # no answer of these calls comes near; a bigger one is a 
 class EngineReply:
     status: int
     body: Any  # the decoded JSON, or None for an empty body or one that is not JSON
-    raw: bytes = b""  # the body as it came (log lines, a stream of JSON objects)
+    content: bytes = b""  # the body as it came (log lines, a stream of JSON objects)
 
     @property
     def message(self) -> str:
         """The engine's explanation of an error (its JSON `message`)."""
         if isinstance(self.body, dict) and "message" in self.body:
             return str(self.body["message"])
-        return self.raw.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
+        return self.content.decode("utf-8", "replace").strip() or f"HTTP {self.status}"
 
 
 class Unreachable(OSError):

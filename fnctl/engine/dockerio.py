@@ -57,7 +57,7 @@ def _call(
         raise EngineUnavailable(f"{action}: no Docker engine answers ({exc}); {SETUP_HINT}") from None
     if _refused(action, reply, missing_ok):
         return None
-    return reply.raw if raw else reply.body
+    return reply.content if raw else reply.body
 
 
 def _refused(action: str, reply: dockerapi.EngineReply, missing_ok: bool) -> bool:
