@@ -26,7 +26,7 @@ Head = tuple[int, str]  # the change log's last seq and its hash
 CHANNEL = "fnctl_changes"  # PostgreSQL: every write transaction NOTIFYs it on commit (payload: its last seq)
 
 
-class Cursor(Protocol):
+class DocCursor(Protocol):
     @property
     def rowcount(self) -> int: ...
 
@@ -41,7 +41,7 @@ class DocConn(Protocol):
     @property
     def dialect(self) -> Dialect: ...
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> DocCursor: ...
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
 
@@ -113,7 +113,7 @@ class PgConn:
             pass
         self._conn.execute(f"SET search_path TO {SCHEMA}, public")
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> DocCursor:
         if parameters:
             return self._conn.execute(_pg_sql(sql), parameters)
         return self._conn.execute(sql)  # without parameters psycopg reads no `%s`
