@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from fnctl.errors import FnctlError
+from fnctl.gateway.crew import Crew
 from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.rendezvous import PeerCheck
@@ -80,6 +81,7 @@ class Slot:
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
+    units: int = 0  # requests at once this process may send it: its share (`--workers`), 0 for all of them
 
     @property
     def ready(self) -> bool:
@@ -99,6 +101,7 @@ class Host(Protocol):
     grace_seconds: float
     queue_limit: int
     closing: bool
+    crew: Crew | None  # the other gateway processes of `fnctl serve --workers`, None when this is the only one
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
 

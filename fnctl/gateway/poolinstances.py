@@ -20,6 +20,7 @@ from fnctl.errors import FnctlError
 from fnctl.gateway.poolhost import Host, Pauser, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, to_start
 from fnctl.gateway.shedding import max_wait
+from fnctl.gateway.workers import units
 from fnctl.invocation.aiotransport import AsyncTransport
 from fnctl.manifest.model import Warm
 
@@ -89,15 +90,23 @@ class PoolInstances:
     # ---- scaling ----
 
     def scale(self) -> None:
-        """Start what the load and minInstances call for (nothing while backing off or closing)."""
+        """Start what the load and minInstances call for (nothing while backing off or closing). A follower
+        worker (`fnctl serve --workers`) starts nothing: it tells the owner its load, and the owner scales."""
+        slots = self.slots.values()
+        load = sum(s.inflight for s in slots if s.ready) + len(self.waiters)
+        crew = self.host.crew
+        if crew is not None and not crew.owner:
+            crew.report((self.target.function.name, self.target.revision), load)
+            return
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
-        slots = self.slots.values()
+        if crew is not None:
+            load = crew.demand((self.target.function.name, self.target.revision), load)
         count = to_start(
             ready=sum(s.ready for s in slots),
             starting=sum(s.phase is SlotPhase.STARTING for s in slots),
-            inflight=sum(s.inflight for s in slots if s.ready),
-            queued=len(self.waiters),
+            inflight=load,
+            queued=0,
             scaling=self.target.function.scaling,
             keep=self.keep,
         )
@@ -108,8 +117,14 @@ class PoolInstances:
             self._start_slot(spare=False)
         self._keep_spare()
 
+    def _units(self, instance_id: str) -> int:
+        """This process's share of an instance's concurrency (0: all of it, the only gateway process)."""
+        crew = self.host.crew
+        return 0 if crew is None else max(units(self.concurrency, crew.workers, crew.worker, instance_id), 0)
+
     def _start_slot(self, *, spare: bool) -> None:
-        slot = Slot(instances.new_instance_id(), next(self._orders), spare=spare)
+        instance_id = instances.new_instance_id()
+        slot = Slot(instance_id, next(self._orders), spare=spare, units=self._units(instance_id))
         self.slots[slot.id] = slot
         self.host.spawn(self._bring_up(slot))
 
@@ -161,7 +176,10 @@ class PoolInstances:
         return self.start_error is not None and time.monotonic() - self.start_error[0] < START_BACKOFF
 
     def tick(self, now: float) -> None:
-        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
+        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing (the owner's alone)."""
+        if self.host.crew is not None and not self.host.crew.owner:
+            self.scale()  # a follower's standing load, repeated to the owner
+            return
         idle = (
             self.host.idle_seconds
             if self.routing is not Routing.UNROUTED
@@ -200,7 +218,7 @@ class PoolInstances:
         tasks = []
         for instance_id, container_id, socket_dir in rows:
             if instance_id not in self.slots and instance_id not in self.gone:
-                slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
+                slot = Slot(instance_id, next(self._orders), container_id, socket_dir, units=self._units(instance_id))
                 self.slots[instance_id] = slot
                 thaw = instance_id in paused  # a reserve left by a gateway that stopped without removing it
                 tasks.append(self.host.spawn(self._thaw_and_attach(slot) if thaw else self._attach(slot)))
@@ -259,6 +277,14 @@ class PoolInstances:
         if slot.phase in (SlotPhase.READY, SlotPhase.STARTING):
             slot.phase, slot.retire_reason = SlotPhase.RETIRING, reason
             self.scale()
+
+    def let_go(self, slot: Slot) -> None:
+        """A follower worker: the owner removed `slot`'s instance from the store. No new requests go to it;
+        its connection is closed once the last one ends (and nothing is stopped from here: `Host.stop_instance`)."""
+        if slot.inflight:
+            slot.phase, slot.retire_reason = SlotPhase.RETIRING, ""
+        else:
+            self._stop(slot, drain=True)
 
     def _stop(self, slot: Slot, *, drain: bool) -> None:
         drain = drain and slot.phase is not SlotPhase.PAUSED  # a frozen runtime cannot drain

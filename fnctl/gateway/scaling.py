@@ -62,6 +62,9 @@ class Candidate(Protocol):
     @property
     def last_used(self) -> float: ...
 
+    @property
+    def units(self) -> int: ...  # requests at once this process may send it (0: `concurrency`; fnctl.gateway.workers)
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -73,7 +76,7 @@ def pick(candidates: Iterable[C], concurrency: int) -> C | None:
     for c in candidates:
         if (
             c.ready
-            and c.inflight < concurrency
+            and c.inflight < (c.units or concurrency)
             and (best is None or (c.inflight, c.order) < (best.inflight, best.order))
         ):
             best = c
