@@ -16,8 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 
+from fnctl.gateway.crew import STALE, Crew
 from fnctl.gateway.workers import demand, labelled, merged, units
 from fnctl.invocation.aiotransport import AsyncTransport
 from fnctl.invocation.rendezvous import container_peer
@@ -56,6 +58,35 @@ def test_metrics_of_several_workers_merge_into_one_labelled_exposition() -> None
     assert b'calls_total{function="f",worker="0"} 2.0' in text
     assert b'calls_total{function="f",worker="1"} 3.0' in text
     assert b'up{worker="0"} 1.0' in text
+
+
+def test_the_owner_hears_the_followers_loads_and_forgets_a_silent_one(tmp_path: Path) -> None:
+    owner, follower = Crew(0, 2, tmp_path), Crew(1, 2, tmp_path)
+    heard: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        owner.listen(lambda function, revision: heard.append((function, revision)))
+        try:
+            assert owner.demand(("f", 1), 1) == 2  # alone: as if the follower had as much
+            follower.report(("f", 1), 5)
+            await asyncio.wait_for(_until_async(lambda: heard), 5)
+            assert heard == [("f", 1)] and owner.demand(("f", 1), 1) == 10
+            follower.report(("f", 1), 5)  # unchanged and recent: not sent again
+            follower.report(("g", 3), 0)
+            await asyncio.wait_for(_until_async(lambda: len(heard) == 2), 5)
+            assert heard[1] == ("g", 3)
+            owner.loads[("f", 1)][1] = (5, time.monotonic() - STALE)  # a worker that went quiet (died)
+            assert owner.demand(("f", 1), 1) == 2
+        finally:
+            owner.close()
+            follower.close()
+
+    asyncio.run(main())
+
+
+async def _until_async(condition: Callable[[], Any]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)
 
 
 # ---- against real instances ----
