@@ -155,7 +155,7 @@ def serve(
 
 def _crew(worker: str, run_dir: str | None) -> Crew:
     """The hidden `--worker K/N --run-dir DIR` the parent of `--workers N` gives each worker."""
-    from fnctl.gateway.crew import Crew
+    from fnctl.gateway.crew import Crew  # with the gateway: not at start-up (other commands skip it)
 
     number, _, total = worker.partition("/")
     if not (number.isdigit() and total.isdigit() and int(number) < int(total)) or run_dir is None:

@@ -157,13 +157,14 @@ Mount = Callable[[Gateway], Callable[[Any], None]]
 def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
+    worker = {} if options.crew is None else {"worker": options.crew.worker}
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
             runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
-            _event("stopped", drained=False)
+            _event("stopped", drained=False, **worker)
             return False
-    _event("stopped", drained=True)
+    _event("stopped", drained=True, **worker)
     return True
 
 

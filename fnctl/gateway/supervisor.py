@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from fnctl.errors import BadInput
+
 log = logging.getLogger("fnctl.serve")
 
 POLL = 0.1  # seconds between the parent's looks at its workers
@@ -111,7 +113,10 @@ class Supervisor:
 def supervise(command: Sequence[str], workers: int, host: str, port: int) -> bool:
     """`fnctl serve --workers N`: reserve the port, run `command` (a `fnctl serve` line without `--workers`
     and `--address`) N times on it; True when every worker drained."""
-    reserved = reserve_port(host, port)
+    try:
+        reserved = reserve_port(host, port)
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         bound = reserved.getsockname()[1]
         address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
