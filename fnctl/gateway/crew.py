@@ -40,9 +40,10 @@ class Crew:
         self.run_dir = run_dir
         digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:24]
         self.address = "\0fnctl-crew-" + digest
-        self.loads: dict[tuple[str, int], dict[int, tuple[int, float]]] = {}
+        # (function, revision) → worker → (load, instances it used lately, when it said so)
+        self.loads: dict[tuple[str, int], dict[int, tuple[int, int, float]]] = {}
         self._socket: socket.socket | None = None
-        self._sent: dict[tuple[str, int], tuple[int, float]] = {}
+        self._sent: dict[tuple[str, int], tuple[int, int, float]] = {}
 
     @property
     def owner(self) -> bool:
@@ -64,9 +65,13 @@ class Crew:
                 except (BlockingIOError, InterruptedError):
                     return
                 try:
-                    worker, function, revision, load = json.loads(data)
+                    worker, function, revision, load, used = json.loads(data)
                     key = (str(function), int(revision))
-                    self.loads.setdefault(key, {})[int(worker)] = (max(int(load), 0), time.monotonic())
+                    self.loads.setdefault(key, {})[int(worker)] = (
+                        max(int(load), 0),
+                        max(int(used), 0),
+                        time.monotonic(),
+                    )
                 except (ValueError, TypeError):
                     log.warning("a malformed load report from a worker was ignored")
                     continue
@@ -79,27 +84,35 @@ class Crew:
         now = time.monotonic()
         reported = self.loads.get(key, {})
         loads = [own] + [0] * (self.workers - 1)
-        for worker, (load, at) in reported.items():
+        for worker, (load, _, at) in reported.items():
             if 0 < worker < self.workers and now - at < STALE:
                 loads[worker] = load
         return demand(loads)
 
+    def used(self, key: tuple[str, int]) -> int:
+        """The most instances of `key` a follower used within the idle time: the owner stops none of them
+        for idleness (it cannot see their requests; a follower's light traffic stays on the oldest, as the
+        owner's does, so the newest go idle first everywhere)."""
+        now = time.monotonic()
+        return max((used for _, used, at in self.loads.get(key, {}).values() if now - at < STALE), default=0)
+
     # ---- a follower: its loads ----
 
-    def report(self, key: tuple[str, int], load: int) -> None:
-        """Tell the owner this worker's load of `key`, when it changed or was last said `REPEAT` ago."""
+    def report(self, key: tuple[str, int], load: int, used: int = 0) -> None:
+        """Tell the owner this worker's load of `key` and how many of its instances it used within the idle
+        time, when they changed or were last said `REPEAT` ago."""
         now = time.monotonic()
         last = self._sent.get(key)
-        if last is not None and last[0] == load and (load == 0 or now - last[1] < REPEAT):
+        if last is not None and last[:2] == (load, used) and (load == used == 0 or now - last[2] < REPEAT):
             return
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._socket.setblocking(False)
         try:
-            self._socket.sendto(json.dumps([self.worker, key[0], key[1], load]).encode(), self.address)
+            self._socket.sendto(json.dumps([self.worker, key[0], key[1], load, used]).encode(), self.address)
         except OSError:  # the owner is restarting, or its buffer is full: the next report says it again
             return
-        self._sent[key] = (load, now)
+        self._sent[key] = (load, used, now)
 
     # ---- metrics ----
 

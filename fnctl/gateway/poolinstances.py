@@ -96,7 +96,9 @@ class PoolInstances:
         load = sum(s.inflight for s in slots if s.ready) + len(self.waiters)
         crew = self.host.crew
         if crew is not None and not crew.owner:
-            crew.report((self.target.function.name, self.target.revision), load)
+            now = time.monotonic()
+            recent = sum(1 for s in slots if s.ready and now - s.last_used < self.host.idle_seconds)
+            crew.report((self.target.function.name, self.target.revision), load, recent)
             return
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
@@ -185,7 +187,10 @@ class PoolInstances:
             if self.routing is not Routing.UNROUTED
             else min(self.host.idle_seconds, self.host.grace_seconds)
         )
-        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
+        keep = self.keep
+        if self.host.crew is not None:  # the owner keeps as many as a follower used lately
+            keep = max(keep, self.host.crew.used((self.target.function.name, self.target.revision)))
+        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=keep):
             if (
                 self.pauser is not None
                 and self.routing is not Routing.UNROUTED

@@ -295,6 +295,7 @@ class PoolManager:
                 ids = {row[0] for row in listed}
                 for slot in [s for s in pool.slots.values() if s.ready and s.id not in ids]:
                     pool.let_go(slot)
+                pool.scale()  # a follower's pools only tell the owner their load (repeated while it stands)
 
     def _on_load(self, function: str, revision: int) -> None:
         """The owner: a follower's load of (function, revision) changed: scale for it."""

@@ -68,15 +68,16 @@ def test_the_owner_hears_the_followers_loads_and_forgets_a_silent_one(tmp_path: 
         owner.listen(lambda function, revision: heard.append((function, revision)))
         try:
             assert owner.demand(("f", 1), 1) == 2  # alone: as if the follower had as much
-            follower.report(("f", 1), 5)
+            follower.report(("f", 1), 5, used=2)
             await asyncio.wait_for(_until_async(lambda: heard), 5)
             assert heard == [("f", 1)] and owner.demand(("f", 1), 1) == 10
-            follower.report(("f", 1), 5)  # unchanged and recent: not sent again
+            assert owner.used(("f", 1)) == 2  # the owner stops none of those two for idleness
+            follower.report(("f", 1), 5, used=2)  # unchanged and recent: not sent again
             follower.report(("g", 3), 0)
             await asyncio.wait_for(_until_async(lambda: len(heard) == 2), 5)
             assert heard[1] == ("g", 3)
-            owner.loads[("f", 1)][1] = (5, time.monotonic() - STALE)  # a worker that went quiet (died)
-            assert owner.demand(("f", 1), 1) == 2
+            owner.loads[("f", 1)][1] = (5, 2, time.monotonic() - STALE)  # a worker that went quiet (died)
+            assert owner.demand(("f", 1), 1) == 2 and owner.used(("f", 1)) == 0
         finally:
             owner.close()
             follower.close()
@@ -110,6 +111,17 @@ spec:
   handler: main.handler
   limits: {timeout: 20s, memory: 64Mi}
   scaling: {minInstances: 2, maxInstances: 2, concurrency: 2}
+  access: {roles: [public]}
+---
+apiVersion: fnctl/v1
+kind: Function
+metadata: {name: grow}
+spec:
+  runtime: python3.11
+  source: ../functions/slow
+  handler: main.handler
+  limits: {timeout: 20s, memory: 64Mi}
+  scaling: {minInstances: 1, maxInstances: 2, concurrency: 2}
   access: {roles: [public]}
 """
 
@@ -265,6 +277,31 @@ def test_two_workers_never_send_an_instance_more_than_its_concurrency(workers: W
     assert set(counts) == {"0", "1"} and all(counts.values()), counts
     # the followers took no stop of the owner's, nor their own letting go, for a crash
     assert not [line for line in workers.lines() if "lost instance" in str(line.get("message", ""))]
+
+
+@pytest.mark.docker
+def test_the_owner_scales_for_a_followers_load(workers: Workers) -> None:
+    """A follower's standing load (here said by the test in the follower's place, on the owner's socket)
+    makes the owner start instances up to maxInstances, though the owner itself has no request."""
+    owner = next(line for line in workers.lines() if line.get("message") == "worker started" and line["worker"] == 0)
+    command = Path(f"/proc/{owner['pid']}/cmdline").read_bytes().split(b"\0")
+    run_dir = Path(command[command.index(b"--run-dir") + 1].decode())
+    revision = workers.project.live_revision("grow")
+    follower = Crew(1, 2, run_dir)
+
+    def grown() -> bool:
+        follower.report(("grow", revision), 4, used=1)  # 4 at once on its half of one instance: 2 instances
+        return len([row for row in _rows(workers.project) if row.function == "grow"]) == 2
+
+    try:
+        until(grown, "the owner to start a second instance of grow", 60)
+    finally:
+        follower.close()
+
+
+def _rows(project: Project) -> list[Any]:
+    with project.store() as store:
+        return [row for row in store.instances() if row.container_id and row.state.value == "ready"]
 
 
 @pytest.mark.docker
