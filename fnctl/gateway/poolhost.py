@@ -81,7 +81,7 @@ class Slot:
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
-    units: int = 0  # requests at once this process may send it: its share (`--workers`), 0 for all of them
+    units: int | None = None  # requests at once this process may send it: its share (`--workers`; may be 0), None: all
 
     @property
     def ready(self) -> bool:

@@ -119,10 +119,11 @@ class PoolInstances:
             self._start_slot(spare=False)
         self._keep_spare()
 
-    def _units(self, instance_id: str) -> int:
-        """This process's share of an instance's concurrency (0: all of it, the only gateway process)."""
+    def _units(self, instance_id: str) -> int | None:
+        """This process's share of an instance's concurrency (None: all of it, the only gateway process; 0
+        when `concurrency` is below the workers and none of its units is this worker's)."""
         crew = self.host.crew
-        return 0 if crew is None else max(units(self.concurrency, crew.workers, crew.worker, instance_id), 0)
+        return None if crew is None else units(self.concurrency, crew.workers, crew.worker, instance_id)
 
     def _start_slot(self, *, spare: bool) -> None:
         instance_id = instances.new_instance_id()

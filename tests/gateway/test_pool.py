@@ -79,7 +79,7 @@ class Inst:
     inflight: int = 0
     ready: bool = True
     last_used: float = 0.0
-    units: int = 0
+    units: int | None = None
 
 
 def test_pick_takes_the_least_busy_ready_instance_with_room_oldest_first() -> None:
@@ -90,6 +90,7 @@ def test_pick_takes_the_least_busy_ready_instance_with_room_oldest_first() -> No
     assert pick([Inst(0, inflight=0, ready=False), Inst(1, inflight=3)], 4) == Inst(1, inflight=3)
     # this process's share of an instance (`fnctl serve --workers`) caps it below `concurrency`
     assert pick([Inst(0, inflight=2, units=2), Inst(1, inflight=3)], 4) == Inst(1, inflight=3)
+    assert pick([Inst(0, units=0)], 4) is None  # no share of it at all (concurrency below the workers)
 
 
 def test_to_start_follows_demand_within_min_and_max() -> None:
