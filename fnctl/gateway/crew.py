@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 STALE = 1.0  # seconds a follower's reported load counts for
 REPEAT = 0.25  # seconds between a follower's reports of a standing load
+GAP = 0.05  # at most one report per revision this often, but the first of a load (a cold start waits for it)
 
 
 class Crew:
@@ -103,8 +104,12 @@ class Crew:
         time, when they changed or were last said `REPEAT` ago."""
         now = time.monotonic()
         last = self._sent.get(key)
-        if last is not None and last[:2] == (load, used) and (load == used == 0 or now - last[2] < REPEAT):
-            return
+        if last is not None:
+            since, onset = now - last[2], last[0] == 0 < load
+            if last[:2] == (load, used) and (load == used == 0 or since < REPEAT):
+                return
+            if since < GAP and not onset:  # under load it changes with every request: the owner needs less
+                return
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._socket.setblocking(False)
