@@ -105,7 +105,8 @@ class Supervisor:
         drained = True
         for worker, process in self.processes.items():
             code = process.wait()
-            drained = drained and code == 0
+            # killed by the signal itself: it came before the worker listened, so nothing was in flight
+            drained = drained and code in (0, -signal.SIGTERM, -signal.SIGINT)
             log.info("worker stopped", extra={"fields": {"worker": worker, "pid": process.pid, "exit": code}})
         return drained and len(self.signals) < 2
 
