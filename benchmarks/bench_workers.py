@@ -181,9 +181,6 @@ def main() -> None:
             for workers in (1, 2):
                 rounds.append(one_round(root, env, workers, args))
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "fnctl", "delete", "noop", "--yes"], cwd=root, env=env, capture_output=True
-        )
         remove_project(name)
         shutil.rmtree(root, ignore_errors=True)
     report(rounds, args, load_before)
