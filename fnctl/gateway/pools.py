@@ -21,6 +21,7 @@ from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import dockerio, instances
 from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
+from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolactions import DockerActions
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.revisionpool import RevisionPool
@@ -41,6 +42,7 @@ T = TypeVar("T")
 
 LOCK_RETRY = 0.5
 EXIT_CHECK = 0.5  # seconds between looks at a starting container while its runtime has not connected
+FOLLOW_INTERVAL = 0.1  # seconds between a follower worker's looks at the store's instances
 STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
 
 
@@ -62,6 +64,7 @@ class PoolManager:
         grace_seconds: float = 30.0,
         workers: int = 8,
         max_wait: float | None = None,
+        crew: Crew | None = None,
     ) -> None:
         self.project = project
         self.store_path = store_path
@@ -70,6 +73,9 @@ class PoolManager:
         self.queue_limit = queue_limit
         self.max_wait = max_wait
         self.closing = False
+        # `fnctl serve --workers`: the owner (worker 0) starts, scales and stops instances; the other workers
+        # follow the store's instance table and never start or stop one (fnctl.gateway.crew).
+        self.crew = crew
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
         self.actions = DockerActions(store_path, project, max_wait)
@@ -78,6 +84,7 @@ class PoolManager:
         self._routes: dict[str, dict[int, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="fnctl-pool")
         self._reads = ThreadPoolExecutor(2, thread_name_prefix="fnctl-pool-read")
 
@@ -87,6 +94,12 @@ class PoolManager:
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
+        if self.crew is not None and not self.crew.owner:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+            self._follower = asyncio.get_running_loop().create_task(self._follow_instances())
+            return
+        if self.crew is not None:
+            self.crew.listen(self._on_load)
         for pool in self._pools.values():  # a gateway killed right after a start left its instance boosted
             for slot in list(pool.slots.values()):
                 if slot.container_id and slot.phase is not SlotPhase.PAUSED:
@@ -108,7 +121,7 @@ class PoolManager:
             pool.set_routing(self._routing(key))
         if self.closing:
             return attaching
-        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._ready_rows()
         for key in sorted(wanted):
             try:
                 pool = await self._pool(*key)
@@ -154,10 +167,13 @@ class PoolManager:
             p.waiters or any(s.inflight for s in p.slots.values()) for p in self._pools.values()
         ):
             await asyncio.sleep(0.02)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._follower):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        if self.crew is not None:
+            self.crew.close()
         # Stopping gets its own time, however long the drain took: an extra instance left running would
         # outlive the gateway. Starts under way finish first: a container start cannot be interrupted.
         deadline = time.monotonic() + STOP_BUDGET
@@ -185,6 +201,8 @@ class PoolManager:
         that was up before its container started, and is configured (secrets, worker connections) in one
         round trip. The transport is handed over as soon as the runtime is ready; recording the instance
         READY and setting its own CPU quota happen beside its first request."""
+        if self.crew is not None and not self.crew.owner:  # never asked (a follower's pools do not scale)
+            raise FnctlError("a follower gateway worker does not start instances")
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Started] = loop.create_future()
 
@@ -264,6 +282,8 @@ class PoolManager:
             log.warning("recording instance %s as %s: %s", instance_id, "paused" if paused else "ready", exc)
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
+        if self.crew is not None and not self.crew.owner:
+            return  # a follower only lets go of it (its connection is closed): the owner stops instances
         while True:
             try:
                 await self._in_thread(self.actions.stop, target, slot.id, slot.container_id, slot.socket_dir, drain)
@@ -310,12 +330,53 @@ class PoolManager:
         target = await self._in_thread(self.actions.load, *key, reads=True)
         # Read before the pool exists: once it does, the upkeep would start instances for it that the
         # store already has.
-        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._ready_rows()
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
             pool.adopt(rows.get(key, []), paused)
         return pool
+
+    async def _ready_rows(self) -> tuple[dict[tuple[str, int], list[tuple[str, str, str]]], set[str]]:
+        """The store's ready instances, by revision; a follower leaves out the paused ones (the owner's warm
+        reserve, frozen: it connects once the owner has thawed one and recorded it ready)."""
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        if self.crew is not None and not self.crew.owner and paused:
+            rows = {key: [row for row in found if row[0] not in paused] for key, found in rows.items()}
+        return rows, paused
+
+    async def _follow_instances(self) -> None:
+        """A follower's loop: connect to the instances the owner recorded ready, and let go of the ones it
+        removed (retired here: no new requests, its connection closed once the last one ends; never taken
+        for a crash, never stopped from here)."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            try:
+                rows, _ = await self._ready_rows()
+            except Exception as exc:  # a busy store: the next look
+                log.warning("reading the instances: %s", exc)
+                continue
+            for key, pool in list(self._pools.items()):
+                listed = rows.get(key, [])
+                pool.adopt(listed)
+                ids = {row[0] for row in listed}
+                for slot in [s for s in pool.slots.values() if s.ready and s.id not in ids]:
+                    pool.let_go(slot)
+                pool.scale()  # a follower's pools only tell the owner their load (repeated while it stands)
+
+    def _on_load(self, function: str, revision: int) -> None:
+        """The owner: a follower's load of (function, revision) changed: scale for it."""
+        pool = self._pools.get((function, revision))
+        if pool is not None:
+            pool.scale()
+        elif not self.closing and function in self._routes:
+            self.spawn(self._scale_new(function, revision))
+
+    async def _scale_new(self, function: str, revision: int) -> None:
+        try:
+            (await self._pool(function, revision)).scale()
+        except FnctlError as exc:
+            log.warning("cannot serve %s revision %s: %s", function, revision, exc.message)
 
     def _routing(self, key: tuple[str, int]) -> Routing:
         return routing_of(self._routes.get(key[0]), key[1])

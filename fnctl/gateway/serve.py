@@ -28,12 +28,14 @@ from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog, silence_access_log, start_access_log
 from fnctl.gateway.auth import AuthConfig, Authenticator
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.crew import Crew
 from fnctl.gateway.cron import CronRunner
 from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
+from fnctl.gateway.supervisor import supervise
 from fnctl.gateway.table import StoreTable
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
@@ -55,6 +57,7 @@ class ServeOptions:
     queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
     ui: bool = False  # the dashboard at /ui (fnctl.toml's gateway.ui, or --ui)
+    crew: Crew | None = None  # one worker of `fnctl serve --workers N` (fnctl.gateway.supervisor), else None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -155,14 +158,22 @@ def serve(project: Project, store_path: StateLocation, options: ServeOptions, mo
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     require_local_engine(project, "fnctl serve")
     _configure_logging()
+    worker = {} if options.crew is None else {"worker": options.crew.worker}
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
             runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
-            _event("stopped", drained=False)
+            _event("stopped", drained=False, **worker)
             return False
-    _event("stopped", drained=True)
+    _event("stopped", drained=True, **worker)
     return True
+
+
+def serve_workers(command: Sequence[str], workers: int, options: ServeOptions) -> bool:
+    """`fnctl serve --workers N`: run `command` (this `fnctl serve` line, without `--workers` and `--address`)
+    as N worker processes on the port (fnctl.gateway.supervisor); False when one did not drain."""
+    _configure_logging()
+    return supervise(command, workers, options.host, options.port)
 
 
 def _gateway(project: Project, store_path: StateLocation, options: ServeOptions) -> Gateway:
@@ -176,6 +187,7 @@ def _gateway(project: Project, store_path: StateLocation, options: ServeOptions)
         idle_seconds=options.idle_seconds,
         queue_limit=options.queue_limit,
         max_wait=options.limits.max_queue_wait,
+        crew=options.crew,
     )
     gateway = Gateway(
         pool=pool,
@@ -191,6 +203,8 @@ def _gateway(project: Project, store_path: StateLocation, options: ServeOptions)
     gateway.broker.hooks = HookRunner(gateway, gateway.broker, TriggerStates(store_path))
     pool.call_handler = gateway.broker.handler_for
     gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
+    if options.crew is not None:
+        gateway.exposition = options.crew.exposition
     return gateway
 
 
@@ -227,22 +241,30 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
     drained = False
     try:
         await gateway.pool.start()
+        crew = options.crew
         runner, port = await start_server(
-            make_app(gateway, [mount(gateway) for mount in mounts]), options.host, options.port, options.limits
+            make_app(gateway, [mount(gateway) for mount in mounts]),
+            options.host,
+            options.port,
+            options.limits,
+            reuse_port=crew is not None,
         )
         gateway.pool_ready = True
-        cron = CronRunner(
-            store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
-        )
-        tasks += [
-            asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
-            asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
-            asyncio.create_task(cron.run(cron_stop)),
-            asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
-        ]
-        _event(
-            "listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path)
-        )  # str(): a URL without its password
+        tasks.append(asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)))
+        if crew is None or crew.owner:  # the controller's work: one process of a host's workers does it
+            cron = CronRunner(
+                store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
+            )
+            tasks += [
+                asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
+                asyncio.create_task(cron.run(cron_stop)),
+                asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
+            ]
+        if crew is not None:
+            tasks.append(asyncio.create_task(_publish_metrics(gateway, crew, cron_stop)))
+        worker = {} if crew is None else {"worker": crew.worker, "workers": crew.workers}
+        # str(store_path): a URL without its password
+        _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path), **worker)
         await stop.wait()
         _event("draining", inflight=gateway.inflight)
         gateway.draining = True
@@ -285,6 +307,20 @@ def _dispatcher(gateway: Gateway) -> Dispatcher:
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
+PUBLISH_INTERVAL = 1.0  # seconds between a worker's writes of its metrics for the others' /metrics
+
+
+async def _publish_metrics(gateway: Gateway, crew: Crew, stop: asyncio.Event) -> None:
+    """A worker's metrics, written where the other workers' /metrics read them, until the gateway stops."""
+    while not stop.is_set():
+        try:
+            crew.publish(gateway.metrics_text())
+        except OSError as exc:  # the run directory gone (the supervisor stopping): nothing to tell
+            log.warning("publishing this worker's metrics: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), PUBLISH_INTERVAL)
+        except TimeoutError:
+            pass
 
 
 async def _drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
