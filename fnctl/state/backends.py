@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,6 +98,21 @@ def open_sqlite(path: Path) -> Sqlite:
     except OSError as exc:
         raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
     return Sqlite(connection)
+
+
+@contextmanager
+def database_lock(location: StateLocation, timeout: float | None) -> Iterator[bool]:
+    """The state's lock for mutating commands, across hosts, for the block: on PostgreSQL a session advisory
+    lock (True when taken; waits up to `timeout` seconds, or tries once when None). On SQLite always True:
+    the file lives on one host, whose flock (fnctl.deploy.lock) is the lock."""
+    if location.url is None:
+        yield True
+        return
+    # psycopg only for a state on PostgreSQL (see open_backend)
+    from fnctl.state import pgbackend
+
+    with pgbackend.advisory_lock(location.url, timeout) as got:
+        yield got
 
 
 def open_backend(location: StateLocation) -> Backend:

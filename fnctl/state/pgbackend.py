@@ -4,6 +4,9 @@ is on PostgreSQL: psycopg's import is not paid by commands on a SQLite state."""
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from fnctl.state.migrations import MIGRATIONS
 # transactions that write the state run one at a time, as they do on SQLite, so a read-then-write (an audit
 # chain's head, the next revision number) never interleaves with another writer's.
 WRITE_LOCK = 0x666E63746C
+DEPLOY_LOCK = 0x666E63746B  # the mutating commands' lock (fnctl.deploy.lock), across hosts
 
 
 class Postgres:
@@ -85,3 +89,29 @@ def open_postgres(url: str, anchor: Path) -> Postgres:
         connection.close()
         raise
     return Postgres(connection, url)
+
+
+@contextmanager
+def advisory_lock(url: str, timeout: float | None) -> Iterator[bool]:
+    """DEPLOY_LOCK on a connection of its own, for the block: one session in the whole database holds it, and
+    the server releases it when that session ends, however its process died. Waits up to `timeout` seconds
+    (None: tries once); yields whether it was taken."""
+    connection = pg.connect(url)
+    try:
+        deadline = time.monotonic() + (timeout or 0.0)
+        while not _try_lock(connection, url):
+            if timeout is None or time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.05)
+        yield True
+    finally:
+        connection.close()  # ends the session, and with it the lock
+
+
+def _try_lock(connection: pg.Connection[tuple[Any, ...]], url: str) -> bool:
+    try:
+        row = connection.execute("SELECT pg_try_advisory_lock(%s)", (DEPLOY_LOCK,)).fetchone()
+    except pg.DatabaseError as exc:
+        raise StoreError(f"cannot take the state's lock ({pg.target(url)}): {exc}") from None
+    return bool(row and row[0])
