@@ -84,6 +84,7 @@ class Slot:
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
+    thawing: bool = False  # a thawed reserve serving while the engine's unpause is under way (a cold start)
 
     @property
     def ready(self) -> bool:

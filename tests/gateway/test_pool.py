@@ -517,6 +517,49 @@ def test_an_admitted_request_finding_no_instance_has_one_started_before_it_reach
     run_local(host, scenario())
 
 
+class StopContPauser:
+    """Pauses a LocalHost instance as the engine's freezer would: SIGSTOP; a thaw (SIGCONT) waits for `thaw`."""
+
+    def __init__(self, host: LocalHost) -> None:
+        self.host, self.thaw, self.frozen = host, asyncio.Event(), False
+
+    async def pause_instance(self, slot: Slot, paused: bool) -> None:
+        process = self.host.processes[slot.id]
+        if paused:
+            process.send_signal(signal.SIGSTOP)
+        else:
+            await self.thaw.wait()
+            process.send_signal(signal.SIGCONT)
+        self.frozen = paused
+
+
+def test_a_request_thawing_the_reserve_is_sent_to_it_before_the_thaw_ends(tmp_path: Path) -> None:
+    """The request that thaws the paused reserve is written to its connection at once (it waits in the socket
+    while the runtime is frozen) instead of after the engine's unpause answers; it still counts as cold."""
+    host, _ = local_pool(tmp_path, min_instances=0, max_instances=2, concurrency=1)
+    pauser = StopContPauser(host)
+    spec = {"handler": "main.handler", "scaling": {"min_instances": 0, "max_instances": 2, "warm": "paused"}}
+    target = Target(function_from_spec("echo", spec, Limits()), 1, "local", {})
+    pool = RevisionPool(host, target, routing=Routing.ROUTED, pauser=pauser)
+
+    async def scenario() -> None:
+        pool.scale()  # the reserve: started, then paused
+        await until(lambda: [s.phase for s in pool.slots.values()] == [SlotPhase.PAUSED], "the paused reserve")
+        assert pauser.frozen
+        request = asyncio.ensure_future(pool.invoke({"n": 7}, None, "thaws"))
+        [reserve] = pool.slots.values()
+        try:
+            await until(lambda: reserve.inflight == 1, "the request sent to the reserve while it is frozen", 10)
+            assert pauser.frozen and not request.done()
+        finally:
+            pauser.thaw.set()  # else, failing, the thaw would wait for ever
+        result = await request
+        assert result.outcome.ok and result.outcome.result["n"] == 7
+        assert result.instance == reserve.id and result.cold_start
+
+    run_local(host, scenario())
+
+
 def test_at_max_instances_a_full_queue_is_refused_with_retry_after(tmp_path: Path) -> None:
     host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1)
     host.queue_limit = 1
