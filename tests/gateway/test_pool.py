@@ -27,7 +27,7 @@ import pytest
 from deploy_helpers import Project, cleanup, make_project
 
 from fnctl.deploy.revisionspec import function_from_spec
-from fnctl.engine import instances
+from fnctl.engine import images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.pools import PoolManager
@@ -653,6 +653,7 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
     "drain": (1, 2, 1, {}),
     "secret": (0, 1, 4, {}),  # its API_TOKEN comes from TOKEN_ENV, a secret
+    "broken": (0, 1, 1, {}),  # its image is swapped, in a test, for one whose handler fails to load
 }
 TOKEN_ENV, TOKEN = "FNCTL_TEST_POOL_TOKEN", "pool-secret-value"
 
@@ -818,6 +819,37 @@ def test_a_cold_start_meets_its_runtime_on_one_listener_and_configures_its_secre
         assert TOKEN not in json.dumps(deployed.containers("secret")[0].attrs)  # nor in its env or labels
 
     with_manager(deployed, scenario)
+
+
+@pytest.mark.docker
+def test_a_runtime_that_cannot_load_its_handler_fails_the_cold_start_with_its_error(
+    deployed: Deployed, docker_client: docker.DockerClient, base_image: str, tmp_path: Path
+) -> None:
+    """The gateway's own wait for a runtime it launched: `startup_failed` comes back as the request's 503,
+    naming the handler's error, and the instance (row, container) is removed."""
+    code = tmp_path / "broken"
+    code.mkdir()
+    (code / "main.py").write_text("raise RuntimeError('refusing to load')\n", encoding="utf-8")
+    failing = images.ensure_image(deployed.project.name, "broken-code", code, base_image)
+    with deployed.project.store() as store:
+        revision = store.revision("broken", 1)
+    assert revision is not None
+    repository, _, tag = revision.image.rpartition(":")
+    original = docker_client.images.get(revision.image)
+    docker_client.images.get(failing.tag).tag(repository, tag)  # revision 1's tag now names the failing code
+    try:
+
+        async def scenario(manager: PoolManager) -> None:
+            with pytest.raises(Unavailable, match="failed to load: RuntimeError: refusing to load"):
+                await call(manager, "broken", {"n": 1})
+            await until(
+                lambda: not deployed.rows("broken") and not deployed.containers("broken"),
+                "the instance that failed to start removed",
+            )
+
+        with_manager(deployed, scenario)
+    finally:
+        original.tag(repository, tag)
 
 
 @pytest.mark.docker
