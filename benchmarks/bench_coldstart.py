@@ -106,17 +106,26 @@ def serve(setup: Setup, processes: list[subprocess.Popen[bytes]]) -> None:
 SETTLE = 0.5  # seconds after each measurement: the engine's clean-up of a removed container eats CPU meanwhile
 
 
+def at_rest(setup: Setup) -> bool:
+    """No `cold` container (not even one being removed), and `warm` down to its paused reserve alone."""
+    return (
+        instances_of(setup.port, "cold") == 0.0
+        and not container_states(setup.name, "cold")
+        and instances_of(setup.port, "warm") == 1.0
+        and container_states(setup.name, "warm") == ["paused"]
+    )
+
+
 def quiet(setups: list[Setup]) -> None:
-    """Wait until every gateway is back at rest: no `cold` container (not even one being removed) and only the
-    paused spare of `warm` (the instance a warm start thawed stopped, its successor paused); then settle."""
-    for setup in setups:
-        until(
-            lambda: instances_of(setup.port, "cold") == 0.0 and not container_states(setup.name, "cold"),
-            "`cold` to have no instance left",
-            60,
-        )
-        until(lambda: container_states(setup.name, "warm") == ["paused"], "`warm` to be one paused instance", 60)
-    time.sleep(SETTLE)
+    """Wait until every gateway is at rest, and still is after SETTLE: a reserve thawed for the last request
+    still reads as paused while the engine's unpause is under way (the request was sent to it before)."""
+    deadline = time.monotonic() + 60
+    while True:
+        for setup in setups:
+            until(lambda: at_rest(setup), "the gateway at rest", max(deadline - time.monotonic(), 1))
+        time.sleep(SETTLE)
+        if all(at_rest(setup) for setup in setups):
+            return
 
 
 def run(setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]]) -> dict[str, list[float]]:

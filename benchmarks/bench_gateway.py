@@ -605,7 +605,12 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         lambda: instances_of(setup.port, "cold") == 0.0 and not container_states(setup.name, "cold"),
     )
     http_post(setup.port, "/invoke/warm")  # the pool exists: it keeps a paused instance from now on
-    warms = cold_starts(setup.port, args.cold_runs, "warm", lambda: container_states(setup.name, "warm") == ["paused"])
+    warms = cold_starts(
+        setup.port,
+        args.cold_runs,
+        "warm",
+        lambda: instances_of(setup.port, "warm") == 1.0 and container_states(setup.name, "warm") == ["paused"],
+    )
     rss, peak = rss_mb(gateway.pid)
     store = connect(setup.state)
     cold = store.revision("cold", 1)

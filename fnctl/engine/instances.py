@@ -142,7 +142,7 @@ def discard(launched: Launched) -> None:
     """Remove a launched instance (its listener, container and socket directory)."""
     launched.listener.close()
     dockerio.kill(launched.container_id)
-    shutil.rmtree(launched.socket_dir, ignore_errors=True)
+    remove_socket_dir(launched.socket_dir)
 
 
 L = TypeVar("L", Rendezvous, UnixSocketTransport)  # the listener a start puts up: the caller's or its own
@@ -224,10 +224,8 @@ def wait_ready(function: Function, container_id: str, connect: Callable[[float],
             return
         except RuntimeStartFailed as exc:
             raise StartFailed(exc.message, detail=exc.detail) from None
-        except TransportTimeout:
-            pass
-        except ConnectionLost:
-            pass  # the runtime went away while we connected: the exit state says why
+        except (TransportTimeout, ConnectionLost):
+            pass  # nobody yet, or the runtime went away while we connected: the exit state says why
         check_starting(function, container_id, deadline)
 
 

@@ -86,6 +86,7 @@ class Slot:
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
     units: int | None = None  # requests at once this process may send it: its share (`--workers`; may be 0), None: all
+    thawing: bool = False  # a thawed reserve serving while the engine's unpause is under way (a cold start)
 
     @property
     def ready(self) -> bool:

@@ -55,7 +55,7 @@ class RevisionPool(PoolInstances):
             slot = pick(self.slots.values(), self.concurrency)
             if slot is not None:
                 slot.inflight += 1
-                return slot, False
+                return slot, slot.thawing  # a reserve thawed for it on admission: still a cold start
         return await self._queue()
 
     def shed(self) -> Shed | None:

@@ -27,7 +27,7 @@ import pytest
 from deploy_helpers import Project, cleanup, make_project
 
 from fnctl.deploy.revisionspec import function_from_spec
-from fnctl.engine import instances
+from fnctl.engine import images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
@@ -524,6 +524,49 @@ def test_an_admitted_request_finding_no_instance_has_one_started_before_it_reach
     run_local(host, scenario())
 
 
+class StopContPauser:
+    """Pauses a LocalHost instance as the engine's freezer would: SIGSTOP; a thaw (SIGCONT) waits for `thaw`."""
+
+    def __init__(self, host: LocalHost) -> None:
+        self.host, self.thaw, self.frozen = host, asyncio.Event(), False
+
+    async def pause_instance(self, slot: Slot, paused: bool) -> None:
+        process = self.host.processes[slot.id]
+        if paused:
+            process.send_signal(signal.SIGSTOP)
+        else:
+            await self.thaw.wait()
+            process.send_signal(signal.SIGCONT)
+        self.frozen = paused
+
+
+def test_a_request_thawing_the_reserve_is_sent_to_it_before_the_thaw_ends(tmp_path: Path) -> None:
+    """The request that thaws the paused reserve is written to its connection at once (it waits in the socket
+    while the runtime is frozen) instead of after the engine's unpause answers; it still counts as cold."""
+    host, _ = local_pool(tmp_path, min_instances=0, max_instances=2, concurrency=1)
+    pauser = StopContPauser(host)
+    spec = {"handler": "main.handler", "scaling": {"min_instances": 0, "max_instances": 2, "warm": "paused"}}
+    target = Target(function_from_spec("echo", spec, Limits()), 1, "local", {})
+    pool = RevisionPool(host, target, routing=Routing.ROUTED, pauser=pauser)
+
+    async def scenario() -> None:
+        pool.scale()  # the reserve: started, then paused
+        await until(lambda: [s.phase for s in pool.slots.values()] == [SlotPhase.PAUSED], "the paused reserve")
+        assert pauser.frozen
+        request = asyncio.ensure_future(pool.invoke({"n": 7}, None, "thaws"))
+        [reserve] = pool.slots.values()
+        try:
+            await until(lambda: reserve.inflight == 1, "the request sent to the reserve while it is frozen", 10)
+            assert pauser.frozen and not request.done()
+        finally:
+            pauser.thaw.set()  # else, failing, the thaw would wait for ever
+        result = await request
+        assert result.outcome.ok and result.outcome.result["n"] == 7
+        assert result.instance == reserve.id and result.cold_start
+
+    run_local(host, scenario())
+
+
 def test_at_max_instances_a_full_queue_is_refused_with_retry_after(tmp_path: Path) -> None:
     host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1)
     host.queue_limit = 1
@@ -617,6 +660,7 @@ FUNCTIONS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "slow": (1, 2, 1, {"IMPORT_DELAY": "2"}),
     "drain": (1, 2, 1, {}),
     "secret": (0, 1, 4, {}),  # its API_TOKEN comes from TOKEN_ENV, a secret
+    "broken": (0, 1, 1, {}),  # its image is swapped, in a test, for one whose handler fails to load
 }
 TOKEN_ENV, TOKEN = "FNCTL_TEST_POOL_TOKEN", "pool-secret-value"
 
@@ -782,6 +826,37 @@ def test_a_cold_start_meets_its_runtime_on_one_listener_and_configures_its_secre
         assert TOKEN not in json.dumps(deployed.containers("secret")[0].attrs)  # nor in its env or labels
 
     with_manager(deployed, scenario)
+
+
+@pytest.mark.docker
+def test_a_runtime_that_cannot_load_its_handler_fails_the_cold_start_with_its_error(
+    deployed: Deployed, docker_client: docker.DockerClient, base_image: str, tmp_path: Path
+) -> None:
+    """The gateway's own wait for a runtime it launched: `startup_failed` comes back as the request's 503,
+    naming the handler's error, and the instance (row, container) is removed."""
+    code = tmp_path / "broken"
+    code.mkdir()
+    (code / "main.py").write_text("raise RuntimeError('refusing to load')\n", encoding="utf-8")
+    failing = images.ensure_image(deployed.project.name, "broken-code", code, base_image)
+    with deployed.project.store() as store:
+        revision = store.revision("broken", 1)
+    assert revision is not None
+    repository, _, tag = revision.image.rpartition(":")
+    original = docker_client.images.get(revision.image)
+    docker_client.images.get(failing.tag).tag(repository, tag)  # revision 1's tag now names the failing code
+    try:
+
+        async def scenario(manager: PoolManager) -> None:
+            with pytest.raises(Unavailable, match="failed to load: RuntimeError: refusing to load"):
+                await call(manager, "broken", {"n": 1})
+            await until(
+                lambda: not deployed.rows("broken") and not deployed.containers("broken"),
+                "the instance that failed to start removed",
+            )
+
+        with_manager(deployed, scenario)
+    finally:
+        original.tag(repository, tag)
 
 
 @pytest.mark.docker
