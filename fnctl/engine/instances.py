@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import GVISOR_RUNTIME, boosted, container_spec, cpu_quota
 from fnctl.errors import EngineUnavailable, FnctlError
-from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
-from fnctl.invocation.protocol import ConnectionLost, ErrorKind, InvocationResult, RuntimeStartFailed
+from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
+from fnctl.invocation.protocol import ConnectionLost, InvocationResult, RuntimeStartFailed
 from fnctl.invocation.rendezvous import Rendezvous, container_peer
 from fnctl.invocation.transport import TransportTimeout, UnixSocketTransport
 from fnctl.manifest.model import Function, Isolation
@@ -327,49 +327,11 @@ def _wait_exited(container_id: str) -> dockerio.ExitState | None:
     return state
 
 
-_KINDS = {
-    ErrorKind.OUTPUT_TOO_LARGE: Failure.OUTPUT_TOO_LARGE,
-    ErrorKind.NOT_SERIALISABLE: Failure.NOT_SERIALISABLE,
-    ErrorKind.PAYLOAD_TOO_LARGE: Failure.PAYLOAD_TOO_LARGE,
-}
-
-
 def _outcome(instance: Instance, result: InvocationResult) -> Outcome:
     outcome = outcome_of(result)
     if outcome.failure in RECYCLE:
         kill(instance)
     return outcome
-
-
-def outcome_of(result: InvocationResult) -> Outcome:
-    """The typed Outcome of a runtime's reply (pure); a failure in RECYCLE means the instance must go."""
-    if result.ok:
-        return Outcome(True, result.result, None, "", "", result.logs, result.duration_ms)
-    error = result.error
-    assert error is not None
-    failure = _KINDS.get(error.kind, Failure.HANDLER_ERROR)
-    text = f"{error.type}: {error.message}"
-    if failure is Failure.HANDLER_ERROR:
-        failure = _classify_os_error(text)
-    return Outcome(False, None, failure, text, error.traceback, result.logs, result.duration_ms)
-
-
-def _classify_os_error(text: str) -> Failure:
-    """Errors that mean a sandbox limit rather than a bug in the handler."""
-    # Python's OSError texts, and Node's error codes (ENOSPC: no space left on device, EFBIG, spawn EAGAIN)
-    if "[Errno 28]" in text or "No space left on device" in text or "File too large" in text:
-        return Failure.DISK_FULL
-    if text.startswith("Error: ENOSPC:") or text.startswith("Error: EFBIG:"):
-        return Failure.DISK_FULL
-    if "can't start new thread" in text or (text.startswith("BlockingIOError") and "[Errno 11]" in text):
-        return Failure.PROCESS_LIMIT
-    if text.startswith("Error: spawn") and "EAGAIN" in text:
-        return Failure.PROCESS_LIMIT
-    if text.startswith("ProcessLimit:"):  # Node's permission model refused a process or thread (the runtime says)
-        return Failure.PROCESS_LIMIT
-    if text.startswith("MemoryError"):
-        return Failure.OUT_OF_MEMORY
-    return Failure.HANDLER_ERROR
 
 
 def _failed(failure: Failure, message: str, duration_ms: float) -> Outcome:

@@ -21,7 +21,7 @@ from fnctl.gateway.poolinstances import PoolInstances
 from fnctl.gateway.scaling import pick, refuse, retry_after
 from fnctl.gateway.shedding import Shed, shed
 from fnctl.invocation.aiotransport import FrameTooLarge
-from fnctl.invocation.outcome import RECYCLE, Failure, Outcome
+from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
 from fnctl.invocation.transport import TransportTimeout
 
@@ -158,7 +158,7 @@ class RevisionPool(PoolInstances):
             slot.phase = SlotPhase.DRAINING if slot.phase is SlotPhase.READY else slot.phase
             return None
         self.latency += ((time.monotonic() - started) - self.latency) * 0.2
-        outcome = instances.outcome_of(result)
+        outcome = outcome_of(result)
         if outcome.failure in RECYCLE:
             self._retire(slot, f"another invocation on it failed: {outcome.failure}")
         return outcome
