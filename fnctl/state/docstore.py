@@ -120,6 +120,12 @@ class DocStore:
     def backend(self) -> str:
         return "postgresql" if self.url is not None else "sqlite"
 
+    @property
+    def composites_as_null(self) -> bool:
+        """Whether an object or array in an ordered field sorts as NULL (PostgreSQL's index columns hold only
+        numbers and strings) rather than as its JSON text (SQLite's json_extract)."""
+        return self.url is not None
+
     def close(self) -> None:
         with self._lock:
             for db in self._all:
