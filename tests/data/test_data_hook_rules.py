@@ -4,7 +4,6 @@ health in a real store (fnctl.state.triggerstate: faults, auto-disable, enable).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from polling import wait_until
@@ -104,8 +103,8 @@ def test_a_chain_stops_at_the_depth_limit_on_a_repeat_and_past_its_runs() -> Non
         wide.enter(HOOK, "one-more")
 
 
-def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(tmp_path: Path) -> None:
-    store = connect(tmp_path / "state.db")
+def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(state_location: StateLocation) -> None:
+    store = connect(state_location)
     try:
         assert triggerstate.states(store) == {} and not triggerstate.is_disabled(store, "t")
         triggerstate.fault(store, "t", "boom 1", 3)
@@ -128,11 +127,11 @@ def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(tm
         store.close()
 
 
-def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(state_location: StateLocation) -> None:
+    path = state_location
     connect(path).close()
     hook = HookSpec("t", "f", "orders", "beforeCreate", disable_after=2)
-    states = TriggerStates(StateLocation(path))
+    states = TriggerStates(path)
 
     async def faults() -> None:
         await states.refresh()
@@ -161,12 +160,12 @@ def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_pat
         states.close()
 
 
-def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(tmp_path: Path) -> None:
+def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(state_location: StateLocation) -> None:
     """`paused()` (the dispatcher's sync callable) answers at once and re-reads a stale copy in the background:
     a trigger disabled by another process is paused within a round or two."""
-    path = tmp_path / "state.db"
+    path = state_location
     store = connect(path)
-    states = TriggerStates(StateLocation(path))
+    states = TriggerStates(path)
 
     async def main() -> tuple[str, ...]:
         assert states.paused() == ()  # nothing read yet: answered at once, a refresh started
