@@ -47,10 +47,16 @@ class DocConn(Protocol):
 
     def close(self) -> None: ...
 
-    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
-        """Statements inside are sent without waiting for their answers until a result is read or the block
-        ends (PostgreSQL's pipeline mode: one round trip for a transaction's writes and its COMMIT); an error
-        may then surface at the end. SQLite: nothing (it has no round trips)."""
+    def held(self) -> contextlib.AbstractContextManager[Any]:
+        """Inside, `hold`'s writes wait and go to the server with the next `execute` (a read, or COMMIT), as
+        one request: on PostgreSQL a transaction's writes and its COMMIT are one round trip, and a constraint
+        a held write broke is reported by that `execute`. Held writes not yet sent when the block ends are
+        sent then. SQLite: nothing is held (it has no round trips)."""
+
+    def hold(self, sql: str, parameters: Sequence[Any] = (), /) -> None:
+        """A write whose answer is not needed (no rows, no rowcount): held inside `held`, else executed."""
+
+    def hold_many(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None: ...
 
 
 class Dialect(Protocol):
@@ -96,8 +102,14 @@ class SqliteConn(sqlite3.Connection):
 
     dialect: Dialect
 
-    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+    def held(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
+
+    def hold(self, sql: str, parameters: Sequence[Any] = (), /) -> None:
+        self.execute(sql, parameters)
+
+    def hold_many(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        self.executemany(sql, parameters)
 
 
 class PgConn:
@@ -106,6 +118,7 @@ class PgConn:
 
     def __init__(self, url: str, dialect: Dialect) -> None:
         self.dialect = dialect
+        self._held: list[tuple[str, Sequence[Any]]] | None = None  # inside `held`: writes not sent yet
         self._conn = pg.connect(url)
         try:
             self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -114,6 +127,8 @@ class PgConn:
         self._conn.execute(f"SET search_path TO {SCHEMA}, public")
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        if self._held:
+            return self._send([*self._held, (sql, parameters)])
         if parameters:
             return self._conn.execute(_pg_sql(sql), parameters)
         return self._conn.execute(sql)  # without parameters psycopg reads no `%s`
@@ -125,8 +140,38 @@ class PgConn:
     def close(self) -> None:
         self._conn.close()
 
-    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
-        return self._conn.pipeline()
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = []
+        try:
+            yield
+            if self._held:
+                self._send(self._held)
+        finally:
+            self._held = None
+
+    def hold(self, sql: str, parameters: Sequence[Any] = (), /) -> None:
+        if self._held is None:
+            self.execute(sql, parameters)
+        else:
+            self._held.append((sql, parameters))
+
+    def hold_many(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        if self._held is None:
+            self.executemany(sql, parameters)
+        else:
+            self._held.extend((sql, row) for row in parameters)
+
+    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> Cursor:
+        """Statements as one simple query (parameters bound on the client), positioned on the last one's
+        result. The held ones are gone whether it succeeds or not (a failure aborts the transaction)."""
+        if self._held is not None:
+            self._held = []
+        cursor = pg.client_cursor(self._conn)
+        cursor.execute("; ".join(_pg_sql(sql) for sql, _ in statements), [p for _, ps in statements for p in ps])
+        while cursor.nextset():
+            pass
+        return cursor
 
 
 class ChangeFeed:

@@ -165,8 +165,8 @@ class _Postgres:
         return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
 
     def announce(self, db: DocConn, last_seq: int) -> None:
-        # Sent in the transaction's pipeline (no round trip of its own), delivered when it commits.
-        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq)))
+        # Held with the transaction's writes (no round trip of its own), delivered when it commits.
+        db.hold("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq)))
 
 
 POSTGRES = _Postgres()
