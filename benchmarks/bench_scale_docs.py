@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fnctl.data.caller import Caller
@@ -71,7 +72,11 @@ def round_trips(url: str, work: Path) -> str:
     plane.insert(OP, "bench", {"n": 1}, id="traced")  # collections loaded: nothing first-time left to trace
     plane.get(OP, "bench", "traced")
     counts = []
-    for action in (lambda: plane.insert(OP, "bench", {"n": 2}), lambda: plane.get(OP, "bench", "traced")):
+    actions: tuple[Callable[[], object], ...] = (
+        lambda: plane.insert(OP, "bench", {"n": 2}),
+        lambda: plane.get(OP, "bench", "traced"),
+    )
+    for action in actions:
         trace = work / "trace.txt"
         with trace.open("w") as out:
             connection.pgconn.trace(out.fileno())
