@@ -15,6 +15,7 @@ from fnctl.state.location import StoreError, is_postgres_url, redact
 
 __all__ = [
     "Connection",
+    "Cursor",
     "DatabaseError",
     "IntegrityError",
     "OperationalError",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection
+Cursor = psycopg.Cursor
 DatabaseError = psycopg.Error  # every error psycopg raises
 OperationalError = psycopg.OperationalError  # the server went away, or could not be reached
 IntegrityError = psycopg.IntegrityError

@@ -140,3 +140,31 @@ def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(
         assert "locked by" not in err.read_text() and "hello" in out
     finally:
         cleanup(project)
+
+
+def test_on_postgresql_commands_on_two_hosts_exclude_each_other_through_the_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two hosts: the same database, each its own host-local lock file (its anchor)."""
+    here, there = StateLocation(tmp_path / "a" / "state", pg_url), StateLocation(tmp_path / "b" / "state", pg_url)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock.held(here, timeout=5, command="fnctl apply (host a)"):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(30)
+        with pytest.raises(lock.LockTimeout, match="on another host"), lock.held(there, timeout=0.3):
+            pass
+        with lock.attempt(there) as got:
+            assert got is False
+    finally:
+        release.set()
+        holder.join(30)
+    with lock.held(there, timeout=5):  # released with its holder's session
+        with lock.attempt(here) as got:
+            assert got is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,13 @@ def test_a_store_whose_connection_the_server_dropped_reconnects_at_the_next_call
         assert store.raw().query("SELECT pg_backend_pid()")[0][0] != pid
     finally:
         store.close()
+
+
+def test_a_command_on_a_sqlite_state_never_imports_psycopg(tmp_path: Path) -> None:
+    """psycopg's import costs ~0.18 s of CPU: only a state on PostgreSQL pays it."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom fnctl.cli import app\nfrom fnctl.state.store import connect\n"
+        f"connect(Path({str(tmp_path / 'state.db')!r})).close()\nprint('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
