@@ -24,13 +24,15 @@ MAX_LINES = 400
 # images, reads logs and events, and reaches an engine over TCP/SSH (an instance's calls go over the engine's
 # HTTP API, engine.dockerapi); eager, ~0.2 s of CPU on every `invoke --local`, a warm one's whole CPU time
 # (docs/local-invoke.md), and on read commands that never call the engine. psycopg (fnctl.state.pgbackend) only
-# serves a state on PostgreSQL; eager, ~0.18 s of CPU on every command that opens a SQLite state.
+# serves a state on PostgreSQL; eager, ~0.18 s of CPU on every command that opens a SQLite state (the document
+# store's fnctl.state.docpg likewise).
 ALLOWED_OUTSIDE_CLI = {
     ("manifest/schemas.py", "jsonschema"),
     ("manifest/schemas.py", "referencing"),
     ("manifest/triggerchecks.py", "croniter"),
     ("engine/dockerio.py", "docker"),
     ("state/backends.py", "fnctl.state.pgbackend"),
+    ("state/docstore.py", "fnctl.state.docpg"),
 }
 
 

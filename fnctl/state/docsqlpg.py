@@ -12,7 +12,7 @@ SQLite's (`docsql`) and as the pure evaluator `fnctl.data.filters.matches`, in P
   log's sequence is then gap-free in commit order, and a reader of `changes?since=N` never sees N+1 before N
   (a transaction is visible before its locks are released). Group commit shares one lock and one COMMIT.
 - `data_version` moves when another connection committed: every write transaction NOTIFYs `fnctl_changes` on
-  commit and the store's `docconn.ChangeFeed` LISTENs (no round trip per look; any gateway on any host).
+  commit and the store's `docpg.ChangeFeed` LISTENs (no round trip per look; any gateway on any host).
 """
 
 from __future__ import annotations

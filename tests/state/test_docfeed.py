@@ -1,7 +1,7 @@
 """What another process commits reaches a document store's readers (`DocStore.data_version`, which the gateway's
 view cache follows to evict entries written elsewhere: `fnctl data`, another gateway), on both backends: a
 second process commits, the first sees `data_version` move and reads the change from the log. On PostgreSQL it
-comes from LISTEN/NOTIFY (`docconn.ChangeFeed`): it does not move when nothing was committed, and a lost
+comes from LISTEN/NOTIFY (`docpg.ChangeFeed`): it does not move when nothing was committed, and a lost
 listening connection counts as a change and is opened again."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -157,3 +158,20 @@ def _evicted_by_another_process(views: Views, data_location: docstore.Location) 
 
     wait_until(evicted, what="the entry that read n-1 evicted after another process wrote n-1")
     assert views.cache.get(keys["n-9"], time.monotonic()) is not None
+
+
+def test_the_document_store_on_sqlite_never_imports_psycopg(tmp_path: Path) -> None:
+    """psycopg's import costs ~0.18 s of CPU: only a store on PostgreSQL pays it (fnctl.state.docpg)."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom fnctl.cli import app\nimport fnctl.gateway.serve\n"
+        "from fnctl.data.plane import DataPlane\nfrom fnctl.data.caller import Caller\n"
+        "from fnctl.manifest.model import parse_collection\nfrom fnctl.state import docstore\n"
+        "from fnctl.state.location import StateLocation\n"
+        f"where = StateLocation(Path({str(tmp_path / 'state.db')!r}))\n"
+        "assert not docstore.exists_at(where)\nstore = docstore.open_at(where)\n"
+        "plane = DataPlane(store, lambda: ())\nplane.sync_collections([parse_collection('n', {})], False, False)\n"
+        "plane.insert(Caller.operator('t', ''), 'n', {}, id='x')\nstore.data_version()\nstore.close()\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
