@@ -18,7 +18,8 @@ from fnctl.data.plane import DataPlane
 from fnctl.manifest.filterlang import Always
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
-from fnctl.state.docrecords import Query
+from fnctl.state.docrecords import DataStoreError, Query
+from fnctl.state.doctransfer import copy_documents
 from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
@@ -106,3 +107,24 @@ def test_a_state_without_a_data_file_copies_no_data(tmp_path: Path, pg_url: str)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["data"] is None
     assert not docstore.exists_at(StateLocation(tmp_path / "anchor", pg_url))  # and made no data store there
+
+
+def test_a_target_that_holds_documents_is_refused_and_left_as_it_was(tmp_path: Path, pg_url: str) -> None:
+    source = StateLocation(tmp_path / "state" / "state.db")
+    _fill(source)
+    target = StateLocation(tmp_path / "anchor" / "state", pg_url)
+    occupied = docstore.open_at(target)
+    try:
+        plane = DataPlane(occupied, lambda: ())
+        plane.sync_collections([NOTES], prune=False, force=False)
+        plane.insert(ACME, "notes", {"mine": True}, id="kept")
+        documents = docstore.open_at(source)
+        try:
+            with pytest.raises(DataStoreError, match="already holds documents"):
+                copy_documents(documents, occupied)
+        finally:
+            documents.close()
+        assert [d.id for d in occupied.scan("notes")] == ["kept"] and occupied.last_seq() == 1
+        assert sorted(occupied.collections()) == ["notes"]  # no collection of the source made there
+    finally:
+        occupied.close()
