@@ -67,6 +67,8 @@ class PgConn:
         return self._conn.execute(sql)  # without parameters psycopg reads no `%s`
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        if self._held:  # what was held goes first: statements reach the server in the order they were made
+            self._send(self._held)
         with self._conn.cursor() as cur:
             cur.executemany(_pg_sql(sql), parameters)
 
