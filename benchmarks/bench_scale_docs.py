@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fnctl.data.caller import Caller
@@ -61,6 +62,29 @@ def gets(plane: DataPlane, ids: list[str]) -> float:
         plane.get(OP, "bench", id_)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples) * 1e6
+
+
+def round_trips(url: str, work: Path) -> str:
+    """Round trips of one insert (a generated id, as a POST) and one get on PostgreSQL, counted in libpq's protocol trace (each ends with
+    the server's ReadyForQuery): what the load on a shared machine cannot blur."""
+    plane = plane_at(url)
+    connection = plane.store._db()._conn  # type: ignore[attr-defined]  # noqa: SLF001 (the PgConn's psycopg one)
+    plane.insert(OP, "bench", {"n": 1}, id="traced")  # collections loaded: nothing first-time left to trace
+    plane.get(OP, "bench", "traced")
+    counts = []
+    actions: tuple[Callable[[], object], ...] = (
+        lambda: plane.insert(OP, "bench", {"n": 2}),
+        lambda: plane.get(OP, "bench", "traced"),
+    )
+    for action in actions:
+        trace = work / "trace.txt"
+        with trace.open("w") as out:
+            connection.pgconn.trace(out.fileno())
+            action()
+            connection.pgconn.untrace()
+        counts.append(sum("\tReadyForQuery" in line for line in trace.read_text().splitlines()))
+    plane.store.close()
+    return f"round trips on PostgreSQL: insert {counts[0]}, get {counts[1]}"
 
 
 def threaded_inserts(plane: DataPlane, ops: int, threads: int = 8) -> float:
@@ -237,6 +261,7 @@ def main() -> None:
         print(f"service level: medians of {args.rounds} interleaved rounds, {args.ops} operations each")
         report(results, "sqlite (synchronous=NORMAL)")
         print("  (×: against sqlite synchronous=NORMAL, the default; for get p50 lower is better)", flush=True)
+        print("  " + round_trips(base.replace("/postgres?", f"/bench{args.rounds - 1}?", 1), work), flush=True)
         if args.rest_rounds:
             admin.execute("DROP DATABASE IF EXISTS benchrest")
             admin.execute("CREATE DATABASE benchrest")

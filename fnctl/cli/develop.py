@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fnctl.manifest.model import DesiredState
     from fnctl.manifest.project import Project
     from fnctl.manifest.validate import ValidationResult
+    from fnctl.state.location import StateLocation
 
 app = typer.Typer()
 
@@ -104,11 +105,12 @@ def invoke(
         bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")
     ] = False,
     data_from: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--data-from",
             metavar="STATE",
-            help="With --local: context.db uses this state store's data (default: the project's local data file).",
+            help="With --local: context.db uses this state store's data, its SQLite file or a postgresql:// URL "
+            "(default: the project's local data file).",
             show_default=False,
         ),
     ] = None,
@@ -126,6 +128,7 @@ def invoke(
       echo '{"name": "ci"}' | fnctl invoke --local manifests/demo/hello.yaml --keep-warm
       fnctl invoke hello --revision 3 -d @event.json --key "$FNCTL_KEY"
       fnctl invoke --local orders-report --data-from ~/.local/state/fnctl/shop.db
+      fnctl invoke --local orders-report --data-from 'postgresql:///shop?host=/run/postgresql'
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.local import invoke_local
@@ -155,7 +158,7 @@ def invoke(
                     open_data=_open_local_data,
                     validate=_validate_project,
                     ensure_image=_ensure_image,
-                    data_from=data_from,
+                    data_from=_state_location(data_from),
                 )
             outcome, warm = result.outcome, result.warm
     except FnctlError as exc:
@@ -186,8 +189,18 @@ def _ensure_image(
     return ensure_image(project, function, source, base_image, on_line, runtime_name=runtime_name)
 
 
+def _state_location(text: str | None) -> StateLocation | None:
+    """--data-from's state store: a postgresql:// URL, or a path (`~` expanded)."""
+    if text is None:
+        return None
+    # imported when --data-from is given: the other invocations skip it (start-up time)
+    from fnctl.state.location import is_postgres_url, parse
+
+    return parse(text if is_postgres_url(text) else str(Path(text).expanduser()))
+
+
 def _open_local_data(
-    project: Project, data_from: Path | None, state: DesiredState | None
+    project: Project, data_from: StateLocation | None, state: DesiredState | None
 ) -> AbstractContextManager[DataCalls]:
     """`context.db` of `invoke --local`, opened on the handler's first call."""
     # Imported here, when a handler calls context.db: the data plane is ~70 ms of imports (start-up time)

@@ -26,12 +26,14 @@ def migrate(
     output: OutputOpt = Output.TEXT,
 ) -> None:
     """Copy a project's deployment state (revisions, routes, rollouts, audit chains, keys, metrics, cron and
-    trigger state) from its SQLite file into an empty PostgreSQL database, then verify the copy: the row
-    count of every table, and both audit chains walked on the target, ending at the source's head.
+    trigger state) from its SQLite file into an empty PostgreSQL database, and its data (collections,
+    documents, the change log, idempotency keys, the outbox) from the data file beside it, then verify the
+    copy: the row count of every table, and the audit chains and the change log walked on the target, each
+    ending at the source's head.
 
     Deploys wait for the copy (the state's lock) and a running gateway's writes wait for its transaction;
     the source is left as it was. Then point fnctl at the database: `state.url` in fnctl.toml or
-    FNCTL_STATE. Exits 1 when the check finds a difference. The data plane (collections) is not copied yet.
+    FNCTL_STATE. Exits 1 when the check finds a difference.
 
     \b
     Examples:
@@ -43,9 +45,13 @@ def migrate(
     from fnctl.commands.statemigrate import migrate as run
 
     done = run(source, target, lock_timeout, "fnctl state migrate")
-    problems = done.transfer.problems
+    problems = done.problems
     if output is Output.JSON:
-        print_json({"source": str(done.source), "target": str(done.target), **done.transfer.as_json()})
+        data = None if done.data is None else done.data.as_json()
+        print_json(
+            {"source": str(done.source), "target": str(done.target), **done.transfer.as_json(), "data": data}
+            | {"verified": not problems, "problems": problems}
+        )
     else:
         out = console()
         for count in done.transfer.counts:
@@ -54,6 +60,14 @@ def migrate(
             out.print(
                 f"{target_chain.table} chain\t{target_chain.records} records, head {target_chain.head_id} "
                 f"{target_chain.head_hash[:16]}, {'intact' if target_chain.intact else 'BROKEN'}"
+            )
+        if done.data is not None:
+            for data_count in done.data.counts:
+                out.print(f"{data_count.table}\t{data_count.target} rows")
+            chain = done.data.target_chain
+            out.print(
+                f"changes chain\t{chain.records} records, head {chain.head_id} {chain.head_hash[:16]}, "
+                f"{'intact' if chain.intact else 'BROKEN'}"
             )
         for problem in problems:
             err_console().print(f"[red]mismatch:[/red] {problem}")

@@ -34,6 +34,7 @@ from fnctl.manifest.model import DesiredState, Function
 from fnctl.manifest.project import Project, cache_dir
 from fnctl.manifest.source import source_files
 from fnctl.runtimes import runtime_for
+from fnctl.state.location import StateLocation
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def invoke_local(
     open_data: DataOpener,
     validate: Validator,
     ensure_image: ImageMaker,
-    data_from: Path | None = None,
+    data_from: StateLocation | None = None,
 ) -> LocalResult:
     """Run `target` once: in a fresh sandbox, or with `keep_warm` in the kept-warm one while it still matches.
     The handler's `context.db` (`open_data`: `fnctl.commands.localdata.LocalData.open`) works on the project's
@@ -62,7 +63,7 @@ def invoke_local(
     state store (a running one's: its collections and Policies). `validate` (`fnctl.runtimes.validation.
     validate_project`) runs only when the record of the last passing validation does not stand, and
     `ensure_image` (`fnctl.engine.images.ensure_image`) only when no kept-warm instance answers."""
-    if data_from is not None and not data_from.exists():
+    if data_from is not None and data_from.url is None and not data_from.path.exists():
         raise BadInput(f"--data-from {data_from}: no state store there")
     # While nothing validation read has changed since it last passed, the recorded function is the one it
     # would give; the desired state (context.db's collections and Policies) is then validated only if the
@@ -148,7 +149,7 @@ class DataCalls(Protocol):
 
 # Opens `context.db` for a project: its local data file, or with `data_from` a state store's; `state` is the
 # validated desired state whose collections and Policies apply (None: the file's as they are).
-DataOpener = Callable[[Project, "Path | None", "DesiredState | None"], AbstractContextManager[DataCalls]]
+DataOpener = Callable[[Project, "StateLocation | None", "DesiredState | None"], AbstractContextManager[DataCalls]]
 
 
 class _OnFirstCall:
@@ -156,7 +157,11 @@ class _OnFirstCall:
     and loading the data plane costs more than a warm invocation's whole work."""
 
     def __init__(
-        self, open_data: DataOpener, project: Project, data_from: Path | None, state: Callable[[], DesiredState | None]
+        self,
+        open_data: DataOpener,
+        project: Project,
+        data_from: StateLocation | None,
+        state: Callable[[], DesiredState | None],
     ):
         self._open_data, self._project, self._data_from, self._state = open_data, project, data_from, state
         self._opened = ExitStack()

@@ -50,12 +50,12 @@ class LocalData:
 
     @classmethod
     @contextmanager
-    def open(cls, project: Project, data_from: Path | None, state: DesiredState | None) -> Iterator[LocalData]:
+    def open(cls, project: Project, data_from: StateLocation | None, state: DesiredState | None) -> Iterator[LocalData]:
         hooks: dict[tuple[str, str], tuple[HookSpec, ...]] = {}
         if data_from is not None:
-            if not data_from.exists():
+            if data_from.url is None and not data_from.path.exists():
                 raise BadInput(f"--data-from {data_from}: no state store there")
-            documents = docstore.open_at(StateLocation(data_from))
+            documents = docstore.open_at(data_from)
             policies_of, routes = _store_policies(data_from)
             # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
             plane = DataPlane(documents, policies_of, outbox=lambda: routes)
@@ -149,18 +149,18 @@ def local_data_path(project: Project) -> Path:
     return cache_dir() / "local-data" / f"{project.name}-{where}.data.db"
 
 
-def _store_hooks(state_file: Path) -> dict[tuple[str, str], tuple[HookSpec, ...]]:
-    """The data hooks of the state store at `state_file` (its published Triggers), read once."""
-    store = connect_store(state_file)
+def _store_hooks(state: StateLocation) -> dict[tuple[str, str], tuple[HookSpec, ...]]:
+    """The data hooks of the state store at `state` (its published Triggers), read once."""
+    store = connect_store(state)
     try:
         return hook_specs(store.resources("Trigger"))
     finally:
         store.close()
 
 
-def _store_policies(state_file: Path) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
-    """The live Policies of the state store at `state_file` and its onCommit triggers by collection, read once."""
-    store = connect_store(state_file)
+def _store_policies(state: StateLocation) -> tuple[Callable[[], tuple[Policy, ...]], dict[str, tuple[str, ...]]]:
+    """The live Policies of the state store at `state` and its onCommit triggers by collection, read once."""
+    store = connect_store(state)
     try:
         policies = parse_policies(store.resources("Policy"))
         routes = on_commit_routes(store.resources("Trigger"))

@@ -1,4 +1,4 @@
-"""`fnctl state migrate`: move a project's deployment state from its SQLite file to PostgreSQL."""
+"""`fnctl state migrate`: move a project's deployment state and its data from SQLite to PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fnctl.deploy import lock
 from fnctl.errors import BadInput
-from fnctl.state import location
+from fnctl.state import docstore, location
+from fnctl.state.doctransfer import DataTransfer, copy_documents
 from fnctl.state.location import StateLocation
 from fnctl.state.store import connect, exists
 from fnctl.state.transfer import Transfer, copy_state
@@ -18,6 +19,11 @@ class Migration:
     source: StateLocation
     target: StateLocation
     transfer: Transfer
+    data: DataTransfer | None = None  # the document store's copy; None: the source has no data store
+
+    @property
+    def problems(self) -> list[str]:
+        return self.transfer.problems + (self.data.problems if self.data is not None else [])
 
 
 def parse_source(text: str) -> StateLocation:
@@ -52,4 +58,18 @@ def migrate(source_text: str, target_text: str, lock_timeout: float, command: st
                 dst.close()
         finally:
             src.close()
-    return Migration(source, target, transfer)
+        data = _copy_data(source, target) if docstore.exists_at(source) else None
+    return Migration(source, target, transfer, data)
+
+
+def _copy_data(source: StateLocation, target: StateLocation) -> DataTransfer:
+    """The data file beside the source's state.db into the target database's document store."""
+    documents = docstore.open_at(source)
+    try:
+        into = docstore.open_at(target)
+        try:
+            return copy_documents(documents, into)
+        finally:
+            into.close()
+    finally:
+        documents.close()

@@ -39,13 +39,21 @@ def order_keys(order: Sequence[str] | str, indexed: frozenset[str]) -> tuple[tup
     return tuple(keys)
 
 
-def field_value(doc: DataDocument, name: str) -> Any:
+def field_value(doc: DataDocument, name: str, composites_as_null: bool = False) -> Any:
+    """The value the store orders `doc` by in field `name`, as its index holds it: a boolean as 1/0; an object
+    or array as its JSON text as stored (SQLite's json_extract), or NULL where the store orders composites
+    with NULL (`composites_as_null`: PostgreSQL). A cursor carries exactly this, so pages neither repeat nor
+    skip documents."""
     if name in METADATA_FIELDS:
         return doc.as_json()[name]
     node: Any = doc.data
     for part in name.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    return node if not isinstance(node, dict | list) else json.dumps(node)
+    if isinstance(node, bool):
+        return int(node)
+    if isinstance(node, dict | list):
+        return None if composites_as_null else ENCODE(node)  # the stored text: ENCODE wrote it
+    return node
 
 
 class _Key:
@@ -77,16 +85,19 @@ class _Key:
     __hash__ = None  # type: ignore[assignment]
 
 
-def sort_key(doc: DataDocument, keys: tuple[tuple[str, bool], ...]) -> tuple[_Key, ...]:
-    return tuple(_Key(field_value(doc, name), desc) for name, desc in keys)
+def sort_key(
+    doc: DataDocument, keys: tuple[tuple[str, bool], ...], composites_as_null: bool = False
+) -> tuple[_Key, ...]:
+    return tuple(_Key(field_value(doc, name, composites_as_null), desc) for name, desc in keys)
 
 
 def cursor_key(after: tuple[Any, ...], keys: tuple[tuple[str, bool], ...]) -> tuple[_Key, ...]:
     return tuple(_Key(v, desc) for v, (_, desc) in zip(after, keys, strict=True))
 
 
-def encode_cursor(keys: tuple[tuple[str, bool], ...], last: DataDocument) -> str:
-    raw = {"o": [("-" if d else "") + k for k, d in keys], "v": [field_value(last, k) for k, _ in keys]}
+def encode_cursor(keys: tuple[tuple[str, bool], ...], last: DataDocument, composites_as_null: bool = False) -> str:
+    values = [field_value(last, k, composites_as_null) for k, _ in keys]
+    raw = {"o": [("-" if d else "") + k for k, d in keys], "v": values}
     return base64.urlsafe_b64encode(ENCODE(raw).encode()).decode().rstrip("=")
 
 
@@ -109,6 +120,7 @@ def with_own_writes(
     ast: Filter,
     keys: tuple[tuple[str, bool], ...],
     after: tuple[Any, ...] | None,
+    composites_as_null: bool = False,
 ) -> list[DataDocument]:
     """A find's rows with a transaction's own writes applied (`own`: id → the row as the transaction sees it,
     None when it deleted it), re-sorted, so a page may shift."""
@@ -118,6 +130,8 @@ def with_own_writes(
         if row is None:
             continue
         doc = document(row)
-        if matches(ast, doc.as_json()) and (after is None or sort_key(doc, keys) > cursor_key(after, keys)):
+        if matches(ast, doc.as_json()) and (
+            after is None or sort_key(doc, keys, composites_as_null) > cursor_key(after, keys)
+        ):
             by_id[id] = doc
-    return sorted(by_id.values(), key=lambda d: sort_key(d, keys))
+    return sorted(by_id.values(), key=lambda d: sort_key(d, keys, composites_as_null))

@@ -200,10 +200,10 @@ class Txn:
         docs = [document(r) for r in rows]
         if any(key[0] == collection for key in self.writes):
             own = {id: self._current(collection, id) for name, id in list(self.writes) if name == collection}
-            docs = with_own_writes(docs, own, combined, keys, after)
+            docs = with_own_writes(docs, own, combined, keys, after, self.plane.store.composites_as_null)
         more = len(docs) > limit
         docs = docs[:limit]
-        next_cursor = encode_cursor(keys, docs[-1]) if more and docs else None
+        next_cursor = encode_cursor(keys, docs[-1], self.plane.store.composites_as_null) if more and docs else None
         self.plane.audit_call(self.caller, "data.find", collection)
         return Page(tuple(docs), next_cursor)
 

@@ -12,7 +12,7 @@ SQLite's (`docsql`) and as the pure evaluator `fnctl.data.filters.matches`, in P
   log's sequence is then gap-free in commit order, and a reader of `changes?since=N` never sees N+1 before N
   (a transaction is visible before its locks are released). Group commit shares one lock and one COMMIT.
 - `data_version` moves when another connection committed: every write transaction NOTIFYs `fnctl_changes` on
-  commit and the store's `docconn.ChangeFeed` LISTENs (no round trip per look; any gateway on any host).
+  commit and the store's `docpg.ChangeFeed` LISTENs (no round trip per look; any gateway on any host).
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ class _Postgres:
         return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
 
     def announce(self, db: DocConn, last_seq: int) -> None:
-        # Sent in the transaction's pipeline (no round trip of its own), delivered when it commits.
-        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq)))
+        # Held with the transaction's writes (no round trip of its own), delivered when it commits.
+        db.hold("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq)))
 
 
 POSTGRES = _Postgres()

@@ -76,7 +76,7 @@ def commit_group(
             out, changes = _group(db, indexed, items, savepoints=False)
             linked = _append_changes(db, changes, outbox, head)
     except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own, each answered
-        with _write_transaction(db, None, pipelined=False) as head:
+        with _write_transaction(db, None, hold_writes=False) as head:
             out, changes = _group(db, indexed, items, savepoints=True)
             linked = _append_changes(db, changes, outbox, head)
     if committed is not None:
@@ -86,13 +86,14 @@ def commit_group(
 
 @contextmanager
 def _write_transaction(
-    db: DocConn, integrity: Callable[[Exception], Exception] | None, *, pipelined: bool = True
+    db: DocConn, integrity: Callable[[Exception], Exception] | None, *, hold_writes: bool = True
 ) -> Iterator[Head | None]:
     """`begin_write` … `COMMIT`, rolled back on any error (the backend's as DataStoreError; a broken constraint
     as `integrity` makes it). Yields the change log's head when `begin_write` read it.
 
-    `pipelined`: the statements and the COMMIT go out without waiting for each answer (PostgreSQL: an insert's
-    transaction is two round trips, not six), so a constraint a write broke may be reported only at the end."""
+    `hold_writes`: the writes wait and go with the next statement that needs an answer, the COMMIT at the latest
+    (PostgreSQL: an insert's transaction is two round trips, not six), so a constraint a write broke may be
+    reported only there."""
     error = db.dialect.Error
     try:
         head = db.dialect.begin_write(db)
@@ -100,7 +101,7 @@ def _write_transaction(
         _rollback(db)
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     try:
-        with db.pipeline() if pipelined else contextlib.nullcontext():
+        with db.held() if hold_writes else contextlib.nullcontext():
             yield head
             db.execute("COMMIT")
     except error as exc:
@@ -258,17 +259,17 @@ def _commit(
         results.append(after)
     # Deletes, then replaces, then inserts (a unique value freed by one write can be taken by another).
     for collection, rows in deletes.items():
-        db.executemany(f"DELETE FROM {table(collection)} WHERE tenant = ? AND id = ?", rows)
+        db.hold_many(f"DELETE FROM {table(collection)} WHERE tenant = ? AND id = ?", rows)
     for collection, rows in updates.items():
-        db.executemany(
+        db.hold_many(
             f"UPDATE {table(collection)} SET version = ?, updated_at = ?, updated_by = ?, data = ? "
             "WHERE tenant = ? AND id = ?",
             rows,
         )
     for collection, rows in inserts.items():
-        db.executemany(f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.hold_many(f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     for collection, key, response in keys:
-        db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
+        db.hold("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
     into.extend(changes)
     return results
 
@@ -287,8 +288,8 @@ def _append_changes(
     last, prev = head
     linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
     marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
-    db.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ({marks})", linked)
-    db.execute(
+    db.hold_many(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ({marks})", linked)
+    db.hold(
         "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
     )
@@ -299,7 +300,7 @@ def _append_changes(
             (trigger, row[0], row[3], row[4], row[5], now, now) for row in linked for trigger in outbox.get(row[3], ())
         ]
         if events:
-            db.executemany(
+            db.hold_many(
                 "INSERT INTO outbox (trigger, seq, collection, tenant, doc_id, next_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 events,

@@ -20,6 +20,7 @@ __all__ = [
     "IntegrityError",
     "OperationalError",
     "UniqueViolation",
+    "client_cursor",
     "connect",
     "drain_notifies",
     "in_transaction",
@@ -70,6 +71,12 @@ def _password(url: str) -> str:
         return str(conninfo_to_dict(url).get("password") or "")
     except psycopg.Error:
         return ""
+
+
+def client_cursor(connection: psycopg.Connection[tuple[object, ...]]) -> psycopg.ClientCursor[tuple[object, ...]]:
+    """A cursor that binds parameters on the client (quoted by libpq's rules), so that several statements with
+    parameters go to the server as one simple query: one round trip for all of them."""
+    return psycopg.ClientCursor(connection)
 
 
 def drain_notifies(connection: psycopg.Connection[tuple[object, ...]]) -> list[str]:

@@ -1,5 +1,6 @@
 """The REST data API (`/v1/`) on a real gateway on 127.0.0.1: real state store (keys, Policies), real data file,
-real authentication and audit; no containers (no function is invoked). Every status code the API answers,
+real authentication and audit, on SQLite and on PostgreSQL (`state_location`); no containers (no function is
+invoked). Every status code the API answers,
 problem+json bodies, ETags, idempotency, batches all or nothing, the change feed filtered by rights, openapi."""
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -77,7 +77,7 @@ class Api:
     session: aiohttp.ClientSession
     tokens: dict[str, str]
     subjects: dict[str, str]
-    store_path: Path
+    location: StateLocation
     runner: Any  # the GatewayRunner (its server's lean path: `runner.server.lean`)
 
     async def call(
@@ -104,9 +104,8 @@ class Api:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
-    store_path = tmp_path / "state" / "fnctl.db"
-    store = connect(store_path)
+async def serving(location: StateLocation, lean: bool = True) -> AsyncIterator[Api]:
+    store = connect(location)
     tokens, subjects = {}, {}
     for name, roles, tenant in (
         ("alice", ("clerk",), "acme"),
@@ -121,7 +120,7 @@ async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
         tokens[name], subjects[name] = secret, f"key:{key.id}"
     store.set_resources("Policy", POLICIES)
     store.close()
-    documents = docstore.connect(docstore.data_path(store_path))
+    documents = docstore.open_at(location)
     DataPlane(documents, lambda: ()).sync_collections(
         [parse_collection("orders", ORDERS), parse_collection("notes", NOTES)], prune=False, force=False
     )
@@ -130,18 +129,18 @@ async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
     limits = GatewayLimits(read_timeout=5, body_timeout=5, max_body=64_000, reload_interval=0.05)
     gateway = Gateway(
         pool=cast(PoolManager, NoPool()),
-        authenticator=Authenticator(StateLocation(store_path), AuthConfig()),
+        authenticator=Authenticator(location, AuthConfig()),
         metrics=Metrics(),
-        audit=AuditLog(StateLocation(store_path)),
-        source=StoreTable(StateLocation(store_path)),
+        audit=AuditLog(location),
+        source=StoreTable(location),
         limits=limits,
     )
-    gateway.broker = data_broker(StateLocation(store_path), gateway)
+    gateway.broker = data_broker(location, gateway)
     gateway.pool_ready = True
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits, lean=lean)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Api(f"http://127.0.0.1:{port}", session, tokens, subjects, store_path, runner)
+            yield Api(f"http://127.0.0.1:{port}", session, tokens, subjects, location, runner)
     finally:
         await runner.cleanup()
         await asyncio.to_thread(gateway.audit.close)
@@ -149,9 +148,9 @@ async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
         gateway.authenticator.close()
 
 
-def run(tmp_path: Path, test: Callable[[Api], Awaitable[None]]) -> None:
+def run(location: StateLocation, test: Callable[[Api], Awaitable[None]]) -> None:
     async def main() -> None:
-        async with serving(tmp_path) as api:
+        async with serving(location) as api:
             await test(api)
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
@@ -167,7 +166,7 @@ def _problem(status: int, headers: dict[str, str], body: Any, expected: int, kin
 ORDER = {"customer": "c1", "total": 10}
 
 
-def test_crud_with_etags_if_match_and_merge_patch(tmp_path: Path) -> None:
+def test_crud_with_etags_if_match_and_merge_patch(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         status, headers, made = await api.call("POST", "/v1/collections/orders/docs?id=o-1", "alice", body=ORDER)
         assert status == 201 and made["id"] == "o-1" and made["version"] == 1 and made["data"] == ORDER
@@ -223,10 +222,10 @@ def test_crud_with_etags_if_match_and_merge_patch(tmp_path: Path) -> None:
         await api.call("POST", "/v1/collections/orders/docs?id=o-2", "alice", body=ORDER)
         _problem(*await api.call("POST", "/v1/collections/orders/docs?id=o-2", "alice", body=ORDER), 409, "conflict")
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_bad_input_is_a_problem_with_paths_and_nothing_is_written(tmp_path: Path) -> None:
+def test_bad_input_is_a_problem_with_paths_and_nothing_is_written(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         docs = "/v1/collections/orders/docs"
         body = _problem(*await api.call("POST", docs, "admin", body={"customer": 5, "total": -1}), 400, "invalid")
@@ -268,10 +267,10 @@ def test_bad_input_is_a_problem_with_paths_and_nothing_is_written(tmp_path: Path
         status, _, page = await api.call("GET", docs, "admin")
         assert status == 200 and len(page["documents"]) == 1, page
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_rights_tenants_and_unreadable_is_404(tmp_path: Path) -> None:
+def test_rights_tenants_and_unreadable_is_404(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         docs = "/v1/collections/orders/docs"
         await api.call("POST", docs + "?id=a1", "alice", body=ORDER)
@@ -305,10 +304,10 @@ def test_rights_tenants_and_unreadable_is_404(tmp_path: Path) -> None:
         assert bad.status == 401 and "WWW-Authenticate" in bad.headers
         assert bad.headers["Content-Type"].startswith(PROBLEM)
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_idempotency_key_inserts_once(tmp_path: Path) -> None:
+def test_idempotency_key_inserts_once(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         docs = "/v1/collections/orders/docs"
         key = {"Idempotency-Key": "order-77"}
@@ -321,10 +320,10 @@ def test_idempotency_key_inserts_once(tmp_path: Path) -> None:
             *await api.call("POST", docs, "alice", body=ORDER, headers={"Idempotency-Key": "k" * 300}), 400, "invalid"
         )
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_batch_is_all_or_nothing(tmp_path: Path) -> None:
+def test_batch_is_all_or_nothing(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         good = {
             "operations": [
@@ -365,10 +364,10 @@ def test_batch_is_all_or_nothing(tmp_path: Path) -> None:
         status, _, note = await api.call("GET", "/v1/collections/notes/docs/n1", "admin")
         assert status == 200 and note["version"] == 1
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_change_feed_shows_only_what_the_caller_may_read(tmp_path: Path) -> None:
+def test_change_feed_shows_only_what_the_caller_may_read(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         docs = "/v1/collections/orders/docs"
         await api.call("POST", docs + "?id=a1", "alice", body=ORDER)
@@ -403,10 +402,10 @@ def test_change_feed_shows_only_what_the_caller_may_read(tmp_path: Path) -> None
         assert change["actor"] == api.subjects["alice"] and change["after"]["data"] == ORDER
         _problem(*await api.call("GET", "/v1/changes?since=-1", "admin"), 400, "invalid")
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
-def test_openapi_describes_each_collection(tmp_path: Path) -> None:
+def test_openapi_describes_each_collection(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         status, headers, spec = await api.call("GET", "/v1/openapi.json", "nobody")
         assert status == 200 and headers["content-type"].startswith("application/json")
@@ -425,7 +424,7 @@ def test_openapi_describes_each_collection(tmp_path: Path) -> None:
             for part in ref[2:].split("/"):
                 node = node[part]
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
 def _walk(value: Any) -> list[Any]:
@@ -436,19 +435,19 @@ def _walk(value: Any) -> list[Any]:
     return [value]
 
 
-def test_requests_are_audited_and_writes_are_in_the_change_log(tmp_path: Path) -> None:
+def test_requests_are_audited_and_writes_are_in_the_change_log(state_location: StateLocation) -> None:
     async def test(api: Api) -> None:
         await api.call("POST", "/v1/collections/orders/docs?id=a1", "alice", body=ORDER)
         _problem(*await api.call("GET", "/v1/collections/orders/docs/zz", "alice"), 404, "not-found")
 
-    run(tmp_path, test)
-    store = connect(tmp_path / "state" / "fnctl.db")
+    run(state_location, test)
+    store = connect(state_location)
     try:
         rows = store.raw().query("SELECT status, outcome FROM invocations ORDER BY id")
     finally:
         store.close()
     assert [tuple(r) for r in rows] == [(201, "ok"), (404, "rejected")], rows
-    documents = docstore.connect(docstore.data_path(tmp_path / "state" / "fnctl.db"))
+    documents = docstore.open_at(state_location)
     try:
         assert documents.verify_changes().intact
         assert [c.op for c in documents.changes(0, "acme", ["orders"], 10)] == ["insert"]
@@ -456,7 +455,7 @@ def test_requests_are_audited_and_writes_are_in_the_change_log(tmp_path: Path) -
         documents.close()
 
 
-def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
+def test_concurrent_inserts_each_get_their_own_answer(state_location: StateLocation) -> None:
     """Writes committed together (one group on the data thread) still fail alone and answer their own request:
     a schema error, a forbidden write and a unique clash among good inserts change nothing but themselves."""
 
@@ -486,7 +485,7 @@ def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
                 assert status in (401, 403), answer
         clashes = [status for i, status, _ in answers if i % 4 == 3]
         assert clashes.count(201) == 1 and clashes.count(409) == len(clashes) - 1, clashes
-        documents = docstore.connect(docstore.data_path(api.store_path))
+        documents = docstore.open_at(api.location)
         try:
             assert documents.verify_changes().intact
             logged = sorted(int(c.id[1:]) for c in documents.changes(0, "acme", ["orders"], 100))
@@ -494,7 +493,7 @@ def test_concurrent_inserts_each_get_their_own_answer(tmp_path: Path) -> None:
             documents.close()
         assert logged == created
 
-    run(tmp_path, test)
+    run(state_location, test)
 
 
 def _raw(method: str, path: str, token: str | None, body: bytes | None = None, *headers: str) -> bytes:
@@ -568,7 +567,9 @@ def test_the_lean_path_serves_gets_and_posts_of_one_document_as_aiohttp_does(tmp
     ]
 
     async def answers(lean: bool) -> tuple[list[Any], Any]:
-        async with serving(tmp_path / ("lean" if lean else "plain"), lean=lean) as api:
+        async with serving(
+            StateLocation(tmp_path / ("lean" if lean else "plain") / "state" / "fnctl.db"), lean=lean
+        ) as api:
             got = []
             for method, path, who, body, headers in served + handed:
                 token = None if who is None else api.tokens.get(who, "fnk_wrong")
@@ -587,7 +588,7 @@ def test_the_lean_path_serves_gets_and_posts_of_one_document_as_aiohttp_does(tmp
 
     asyncio.run(asyncio.wait_for(main(), 60))
     for name in ("lean", "plain"):
-        store = connect(tmp_path / name / "state" / "fnctl.db")
+        store = connect(StateLocation(tmp_path / name / "state" / "fnctl.db"))
         try:
             rows = store.raw().query("SELECT count(*) FROM invocations")
         finally:

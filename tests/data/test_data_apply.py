@@ -15,6 +15,7 @@ import pytest
 from fnctl.deploy.diff import ChangeKind, LiveCollection, LiveState, diff_collections, has_changes, refused_drops
 from fnctl.deploy.plan import PlanStepKind, live_summary, make_plan, plan_to_json, stale_reasons
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 
 SPEC: dict[str, Any] = {
     "schema": {"type": "object"},
@@ -101,11 +102,12 @@ spec:
 
 
 @pytest.mark.docker
-def test_apply_creates_updates_and_refuses_to_drop_a_collection_with_documents(tmp_path: Path) -> None:
+def test_apply_creates_updates_and_refuses_to_drop_a_collection_with_documents(
+    tmp_path: Path, state_location: StateLocation
+) -> None:
     (tmp_path / "manifests").mkdir()
     (tmp_path / "fnctl.toml").write_text('[project]\nname = "dataapply"\nmanifests = ["manifests"]\n')
-    state = tmp_path / "state" / "state.db"
-    env = {**os.environ, "FNCTL_STATE": str(state), "NO_COLOR": "1"}
+    env = {**os.environ, "FNCTL_STATE": state_location.to_arg(), "NO_COLOR": "1"}
 
     def fnctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -129,7 +131,7 @@ def test_apply_creates_updates_and_refuses_to_drop_a_collection_with_documents(t
         ("notes", "create"),
         ("orders", "create"),
     ]
-    assert not docstore.data_path(state).exists()  # diff reads, never creates
+    assert not docstore.exists_at(state_location)  # diff reads, never creates
     applied = fnctl("apply", "-o", "json")
     assert applied.returncode == 0, applied.stderr
     results = json.loads(applied.stdout)["results"]

@@ -213,6 +213,47 @@ def test_cursor_pagination_visits_every_document_once_in_order(plane: DataPlane)
     assert totals == sorted(totals, reverse=True)
 
 
+MIXED = Collection("mixed", None, (Index(("v",)),))
+
+
+def _pages(plane: DataPlane, order: list[str]) -> list[str]:
+    seen: list[str] = []
+    cursor = None
+    for _ in range(50):
+        page = plane.find(OPERATOR, "mixed", order=order, limit=2, cursor=cursor)
+        seen += [d.id for d in page.documents]
+        cursor = page.cursor
+        if cursor is None:
+            return seen
+    raise AssertionError(f"no last page after 50: {seen}")
+
+
+@pytest.mark.parametrize("order", [["v"], ["-v"]])
+def test_cursors_over_an_indexed_field_holding_objects_visit_every_document_once(
+    plane: DataPlane, order: list[str]
+) -> None:
+    """Objects and arrays in an ordered field (SQLite orders them as their JSON text, PostgreSQL with NULL):
+    the cursor carries the value the store orders by, so pages neither repeat nor skip documents."""
+    plane.sync_collections([MIXED], prune=False, force=False)
+    values: list[object] = [{"b": 1, "a": "é"}, {"a": [1, 2.5]}, [3, {"x": None}], [], {}, None, 2, "t", {"a": 0}]
+    for i, value in enumerate(values * 2):
+        plane.insert(OPERATOR, "mixed", {"v": value} if value is not None else {}, id=f"m{i:02}")
+    seen = _pages(plane, order)
+    assert sorted(seen) == sorted(f"m{i:02}" for i in range(len(values) * 2)) and len(seen) == len(set(seen))
+    assert seen == [d.id for d in plane.find(OPERATOR, "mixed", order=order, limit=100).documents]
+
+
+def test_cursors_over_an_indexed_boolean_field_are_accepted(plane: DataPlane) -> None:
+    """A boolean orders as 1/0 (as both stores index it): the cursor the API gives for it is one it takes."""
+    plane.sync_collections([MIXED], prune=False, force=False)
+    for i, value in enumerate([True, False, 1, 0, None, True, False, 0.5]):
+        plane.insert(OPERATOR, "mixed", {"v": value}, id=f"b{i}")
+    for order in (["v"], ["-v"]):
+        seen = _pages(plane, order)
+        assert sorted(seen) == [f"b{i}" for i in range(8)] and len(seen) == len(set(seen)), order
+        assert seen == [d.id for d in plane.find(OPERATOR, "mixed", order=order, limit=100).documents]
+
+
 def test_ordering_only_on_indexed_fields_and_bad_cursors(plane: DataPlane) -> None:
     with pytest.raises(BadFilter, match="not indexed"):
         plane.find(CLERK, "orders", order=["customer.name"])
