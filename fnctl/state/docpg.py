@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from fnctl.state import docschema, pg
-from fnctl.state.docconn import CHANNEL, SCHEMA, Cursor, DocConn
+from fnctl.state.docconn import CHANNEL, SCHEMA, DocCursor, DocConn
 from fnctl.state.docrecords import DataStoreError
 from fnctl.state.docsqlpg import POSTGRES
 from fnctl.state.location import StoreError
@@ -59,7 +59,7 @@ class PgConn:
             pass
         self._conn.execute(f"SET search_path TO {SCHEMA}, public")
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> DocCursor:
         if self._held:
             return self._send([*self._held, (sql, parameters)])
         if parameters:
@@ -97,7 +97,7 @@ class PgConn:
         else:
             self._held.extend((sql, row) for row in parameters)
 
-    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> Cursor:
+    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> DocCursor:
         """Statements as one simple query (parameters bound on the client), positioned on the last one's
         result. The held ones are gone whether it succeeds or not (a failure aborts the transaction)."""
         if self._held is not None:
