@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from fnctl.state import docschema, pg
-from fnctl.state.docconn import CHANNEL, SCHEMA, DocCursor, DocConn
+from fnctl.state.docconn import CHANNEL, SCHEMA, DocConn, DocCursor
 from fnctl.state.docrecords import DataStoreError
 from fnctl.state.docsqlpg import POSTGRES
 from fnctl.state.location import StoreError
