@@ -10,7 +10,9 @@ noisy, so read the ratios), each with the issue's target:
 - through a real `fnctl serve`: REST GET of one document, p50 (sequential keep-alive client) — target ≤ 1 ms,
   and throughput (wrk) beside `/healthz`'s — target ≥ 50 %; REST inserts/s (wrk POST) — target ≥ 3,000/s,
   beside raw sqlite3 inserts/s; medians of --rounds-rest interleaved rounds (GET, /healthz, POST, raw
-  sqlite3), with the load average they ran under
+  sqlite3), with the load average they ran under; with --against OLD_TREE, a second gateway running an older
+  checkout's code (PYTHONPATH=OLD_TREE) takes the same inserts in each round: its inserts/s and CPU per insert
+  beside this code's (e.g. `git worktree add /tmp/old main` for the change at hand)
 
 - through a real `fnctl serve` and deployed containers (FNCTL_BASE_IMAGE, default fnctl-base:bookworm):
   `context.db[...].get` from a warm handler, p50 timed inside the handler — target ≤ 0.3 ms; baseline: a bare
@@ -23,6 +25,7 @@ noisy, so read the ratios), each with the issue's target:
 Needs wrk and a Docker engine. Every container and image of the handler project is removed afterwards.
 
     .venv/bin/python benchmarks/bench_data.py [--docs 100000] [--seconds 5] [--transfer-seconds 30]
+    .venv/bin/python benchmarks/bench_data.py --only rest --against /tmp/old [--rounds-rest 5]
 """
 
 from __future__ import annotations
@@ -272,12 +275,15 @@ def raw_inserts_per_second(work: Path, count: int) -> float:
     return rate
 
 
-def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) -> None:
-    root = work / "serve"
+def serve_project(root: Path, code: Path | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A project with the bench collection, an API key and one document, served by `fnctl serve` (of the
+    source tree `code` when given: an older checkout, for a baseline); (the gateway, its port, the key)."""
     (root / "manifests").mkdir(parents=True)
     (root / "fnctl.toml").write_text('[project]\nname = "benchdata-serve"\nmanifests = ["manifests"]\n')
     (root / "manifests" / "bench.yaml").write_text(MANIFESTS)
     env = {**os.environ, "FNCTL_STATE": str(root / "state" / "state.db")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
 
     def fnctl(*args: str) -> str:
         done = subprocess.run(
@@ -304,16 +310,42 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return gateway, port, key
+        except OSError:
+            if time.monotonic() > deadline:
+                gateway.kill()
+                raise SystemExit("fnctl serve did not listen within 30 s") from None
+            time.sleep(0.05)
+
+
+def stop(gateway: subprocess.Popen[bytes]) -> None:
+    gateway.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("fnctl serve did not listen within 30 s") from None
-                time.sleep(0.05)
+        gateway.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+
+
+def post_script(path: Path, key: str) -> Path:
+    body = json.dumps({"customer": "c", "total": 1}).replace('"', '\\"')
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
+        f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    return path
+
+
+def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3, against: Path | None = None) -> None:
+    root = work / "serve"
+    gateway, port, key = serve_project(root)
+    old = None
+    try:
+        # the baseline's gateway (an older checkout of the code), its inserts interleaved with these
+        old = serve_project(work / "serve-old", against) if against is not None else None
         headers = {"Authorization": f"Bearer {key}"}
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         samples = []
@@ -341,14 +373,12 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
             f"/healthz p50 {median_ms(health):.2f} ms",
             p50 <= 1,
         )
-        get_lua, health_lua, post_lua = root / "get.lua", root / "health.lua", root / "post.lua"
+        get_lua, health_lua = root / "get.lua", root / "health.lua"
         get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
         health_lua.write_text("")
-        body = json.dumps({"customer": "c", "total": 1}).replace('"', '\\"')
-        post_lua.write_text(
-            f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
-            f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n'
-        )
+        post_lua = post_script(root / "post.lua", key)
+        old_lua = post_script(root / "post-old.lua", old[2]) if old is not None else None
+        olds: list[tuple[float, float]] = []  # the baseline's (inserts/s, CPU µs per insert) per round
         # Interleaved rounds, each figure the median of its rounds beside its baseline's: on a shared machine
         # one round of each, minutes apart, compares the load more than the code.
         gets, healths, posts, raws, loads = [], [], [], [], []
@@ -367,6 +397,9 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
             healths.append(health_rps)
             posts.append(post_rps)
             raws.append(raw_inserts_per_second(work, 2000))
+            if old is not None and old_lua is not None:
+                old_rps, _, old_cpu = wrk_cpu(old[0].pid, old[1], "/v1/collections/bench/docs", old_lua, seconds)
+                olds.append((old_rps, old_cpu))
             errors["get"] += get_errors
             errors["post"] += post_errors
             for name, used in (("get", get_cpu), ("health", health_cpu), ("post", post_cpu)):
@@ -395,12 +428,18 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3) ->
             f"insert {post_cpu:.0f} µs (3,000/s needs ≤ 333 µs of a whole core)",
             flush=True,
         )
+        if olds:
+            old_rps, old_cpu = statistics.median(r for r, _ in olds), statistics.median(c for _, c in olds)
+            print(
+                f"  the same inserts by the code of {against}, interleaved: {old_rps:,.0f}/s, gateway CPU "
+                f"{old_cpu:.0f} µs per insert (this code: {post_rps / old_rps:.2f}x the inserts/s, "
+                f"{post_cpu / old_cpu:.2f}x the CPU)",
+                flush=True,
+            )
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            gateway.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        stop(gateway)
+        if old is not None:
+            stop(old[0])
 
 
 # ---- through fnctl serve, with handlers in containers ----------------------------------------------------
@@ -726,6 +765,11 @@ def main() -> None:
     parser.add_argument("--transfer-seconds", type=int, default=30, help="the concurrent transfers (at most 30)")
     parser.add_argument("--get-rounds", type=int, default=2000, help="context.db gets timed in the handler")
     parser.add_argument("--retries", type=int, default=10, help="the transfer procedure's transaction retries")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="a source tree (an older checkout) whose gateway's inserts are interleaved as a baseline",
+    )
     parser.add_argument("--only", choices=("all", "local", "rest", "handlers"), default="all")
     parser.add_argument("--timeout", type=int, default=900, help="give up after this many seconds")
     args = parser.parse_args()
@@ -744,7 +788,7 @@ def main() -> None:
             if shutil.which("wrk") is None:
                 print("wrk is not installed: REST figures skipped (apt-get install -y wrk)")
             else:
-                bench_rest(work, args.seconds, raw, args.rounds_rest)
+                bench_rest(work, args.seconds, raw, args.rounds_rest, args.against)
         if args.only in ("all", "handlers"):
             bench_handlers(work, min(30, max(1, args.transfer_seconds)), args.get_rounds, args.retries)
     finally:

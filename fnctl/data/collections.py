@@ -30,7 +30,7 @@ def validate(info: CollectionDef, data: Any) -> str:
         raise Invalid("a document is a JSON object")
     try:
         text = ENCODE(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: a value holding itself
         raise Invalid(f"the document is not JSON: {exc}") from None
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     if size > info.model.document_size:

@@ -23,6 +23,7 @@ from fnctl.state.docrecords import (
     StoredWrite,
     UniqueViolation,
 )
+from fnctl.state.docwrites import PlainInsert
 
 Finds = Sequence[tuple[Query, tuple[tuple[str, int], ...]]]  # each find's query and the (id, version) it saw
 
@@ -53,6 +54,20 @@ def prepare(
         for p in writes.values()
     ]
     return GroupItem(caller.tenant, checks, finds, stored, ChangeMeta(caller.subject, caller.function, caller.revision))
+
+
+def plain_insert(
+    caller: Caller, reads: Mapping[tuple[str, str], int], finds: Finds, writes: Mapping[tuple[str, str], Pending]
+) -> PlainInsert | None:
+    """A transaction that read nothing and inserts one document under a freshly generated id, without an
+    Idempotency-Key, as the store's group of such inserts takes it (`docwrites.commit_inserts`); else None."""
+    if reads or finds or len(writes) != 1:
+        return None
+    (p,) = writes.values()
+    if p.op != "insert" or not p.fresh or p.idempotency_key is not None or p.before is not None or p.text is None:
+        return None
+    revision = None if caller.revision is None else int(caller.revision)
+    return (p.collection, caller.tenant, p.id, p.text, caller.subject, caller.function, revision)
 
 
 def finish(

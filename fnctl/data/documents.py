@@ -16,6 +16,7 @@ from fnctl.data.caller import Caller
 from fnctl.data.errors import Invalid, LimitExceeded
 from fnctl.manifest.model import DEFAULT_DB_OPERATIONS
 from fnctl.state.docrecords import StoredDoc
+from fnctl.state.jsontext import compact_encoder
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -172,7 +173,7 @@ class AuditSink(Protocol):
     def __call__(self, caller: Caller, action: str, target: str) -> None: ...
 
 
-ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+ENCODE = compact_encoder(allow_nan=False)
 
 _BAD_ID = re.compile(r"[/\x00-\x1f\x7f-\x9f]")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from fnctl.data.caller import Caller
 from fnctl.data.collections import CollectionDef, compile_collection, stored_spec
+from fnctl.data.commit import plain_insert
 from fnctl.data.committed import Committed
 from fnctl.data.documents import (
     DEFAULT_LIMIT,
@@ -31,6 +32,7 @@ from fnctl.data.documents import (
     Nonconforming,
     Page,
     WriteOp,
+    document,
 )
 from fnctl.data.errors import BadFilter, DataError, NotFound, PreconditionRequired
 from fnctl.data.filters import matches
@@ -227,6 +229,9 @@ class DataPlane:
         """Commit independent transactions (concurrent single writes) in one write transaction of the store:
         each still all or nothing, its results or its own error (Conflict, PreconditionFailed, ...) in its
         place. What a busy gateway does with the writes that queued up while it committed the previous ones."""
+        plain = self._commit_plain(txns)
+        if plain is not None:
+            return plain
         prepared = [(txn, txn._prepare()) for txn in txns]
         items = [item for _, item in prepared if item is not None]
         logged: list[ChangeRow] = []
@@ -239,6 +244,30 @@ class DataPlane:
             except DataError as error:
                 out.append(error)
         return out
+
+    def _commit_plain(self, txns: Sequence[Txn]) -> list[list[DataDocument | None] | DataError] | None:
+        """`commit_group` when every transaction is one fresh insert and nothing else (`commit.plain_insert`):
+        the store's shorter path for them (`DocStore.commit_inserts`). None when one is not, or when a unique
+        index refused one (nothing was written: the general path answers each)."""
+        inserts = []
+        for txn in txns:
+            plain = None if txn.closed else plain_insert(txn.caller, txn.reads, txn.finds, txn.writes)
+            if plain is None:
+                return None
+            inserts.append(plain)
+        logged: list[ChangeRow] = []
+        stored = self.store.commit_inserts(inserts, self.outbox_routes(), logged)
+        if stored is None:
+            return None
+        for txn in txns:
+            txn.closed = True
+        self.committed(logged)
+        # the new envelopes around the data each transaction holds, as `commit.finish` gives them
+        return [
+            [document(row, pending.data)]
+            for row, txn in zip(stored, txns, strict=True)
+            for pending in txn.writes.values()
+        ]
 
     def changes(
         self, caller: Caller, since: int = 0, *, limit: int = DEFAULT_LIMIT, collection: str | None = None

@@ -60,6 +60,7 @@ LeanEntry = Callable[[LeanRequest], Awaitable[Reply]]
 DataRoute = Callable[[str, str], LeanEntry | None]
 
 
+_JSON_TYPE = ("Content-Type", "application/json")
 _VERSION = re.compile(r'\A(?:W/)?"?([0-9]{1,18})"?\Z')
 MAX_BATCH = 1000
 
@@ -253,8 +254,8 @@ class DataApi:
         )
 
     @staticmethod
-    def _document(document: DataDocument, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
-        return json_body(document.json_text().encode("utf-8"), status, {"ETag": document.etag, **(headers or {})})
+    def _document(document: DataDocument) -> Reply:
+        return Reply(200, CIMultiDict((("ETag", document.etag), _JSON_TYPE)), document.json_text().encode("utf-8"))
 
     # ---- endpoints ----
 
@@ -291,9 +292,10 @@ class DataApi:
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise HttpProblem(400, "Bad Request", "Idempotency-Key must be 1 to 255 characters")
-        id_ = request.query.get("id")
+        id_ = request.query.get("id") if "?" in request.raw_path else None  # no query string to parse
         made = _one(await self._write(caller, WriteOp("insert", collection, id_, document), key=key))
-        return self._document(made, 201, {"Location": f"/v1/collections/{collection}/docs/{made.id}"})
+        location = ("Location", f"/v1/collections/{collection}/docs/{made.id}")
+        return Reply(201, CIMultiDict((("ETag", made.etag), location, _JSON_TYPE)), made.json_text().encode("utf-8"))
 
     @staticmethod
     def _if_match(request: Incoming) -> tuple[int | None, bool]:
@@ -307,10 +309,8 @@ class DataApi:
         collection, id_ = params["collection"], params["id"]
         version, required = self._if_match(request)
         document = await self._body(request)
-        made = _one(
-            await self._write(caller, WriteOp("replace", collection, id_, document, version), required=required)
-        )
-        return self._document(made)
+        op = WriteOp("replace", collection, id_, document, version)
+        return self._document(_one(await self._write(caller, op, required=required)))
 
     async def patch(self, request: Incoming, params: Mapping[str, str], caller: Caller) -> Reply:
         collection, id_ = params["collection"], params["id"]
@@ -361,10 +361,9 @@ def _media(request: Incoming) -> tuple[str, bool]:
 
 def _one(results: list[DataDocument | None]) -> DataDocument:
     """The document a one-call insert / replace / patch made (an idempotent replay's too)."""
-    made = results[0] if results else None
-    if made is None:
+    if not results or results[0] is None:
         raise AssertionError("a write that made no document")
-    return made
+    return results[0]
 
 
 _BATCH_OPS = ("insert", "replace", "patch", "delete")

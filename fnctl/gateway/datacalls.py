@@ -47,8 +47,13 @@ class CallSession:
 
 
 def caller_of(principal: Principal) -> Caller:
-    """The gateway's principal as the data plane's caller: its audit name, roles and tenant."""
-    return Caller(principal.audit_name, principal.kind.value, frozenset(principal.roles), principal.tenant or "")
+    """The gateway's principal as the data plane's caller: its audit name, roles and tenant. Built once per
+    principal (a key's or a cached JWT's serves many requests), as `Principal.as_caller` is."""
+    caller: Caller | None = principal.__dict__.get("_data_caller")
+    if caller is None:
+        caller = Caller(principal.audit_name, principal.kind.value, frozenset(principal.roles), principal.tenant or "")
+        object.__setattr__(principal, "_data_caller", caller)  # a cache on a frozen value, outside its fields
+    return caller
 
 
 def session_caller(caller: Caller, function: str, revision: int | None, settings: DataSettings) -> Caller:

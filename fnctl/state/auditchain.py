@@ -11,11 +11,12 @@ outside the store (a truncated tail, or a chain rewritten whole) is documented i
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from fnctl.state.jsontext import compact_encoder
 
 GENESIS = "0" * 64  # the prev_hash of a chain's first record
 FORMAT = "fnctl-audit-chain/1"  # the serialisation's version: part of every hash, so a v2 can coexist
@@ -69,7 +70,9 @@ CHANGE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
 )
 DATA_CHAINS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {"changes": CHANGE_FIELDS}
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+_JSON = compact_encoder(
+    allow_nan=True
+)  # the hashed serialisation: JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def head_setting(table: str) -> str:
@@ -90,7 +93,7 @@ def normalise(table: str, values: Sequence[Any]) -> tuple[Any, ...]:
 
 def record_hash(table: str, values: Sequence[Any], prev_hash: str) -> str:
     """The hash of a record whose normalised fields are `values`, linked to `prev_hash`."""
-    text = f"{FORMAT}\n{table}\n{prev_hash}\n{_JSON.encode(list(values))}"
+    text = f"{FORMAT}\n{table}\n{prev_hash}\n{_JSON(list(values))}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -276,6 +276,16 @@ class DocStore:
         """Independent transactions in one write transaction, each failing alone (`docwrites.commit_group`)."""
         return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
 
+    def commit_inserts(
+        self,
+        inserts: Sequence[docwrites.PlainInsert],
+        outbox: docwrites.Outbox = None,
+        committed: list[ChangeRow] | None = None,
+    ) -> list[StoredDoc] | None:
+        """A group of fresh single inserts in one write transaction (`docwrites.commit_inserts`); None when a
+        unique index refused one (nothing written)."""
+        return docwrites.commit_inserts(self._db(), inserts, outbox, committed)
+
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
     def data_version(self) -> int:

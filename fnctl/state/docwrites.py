@@ -84,6 +84,44 @@ def commit_group(
     return out
 
 
+# One fresh insert of a one-call transaction: (collection, tenant, id, its stored text, actor, function, revision).
+PlainInsert = tuple[str, str, str, str, str, str | None, int | None]
+
+
+def commit_inserts(
+    db: DocConn, inserts: Sequence[PlainInsert], outbox: Outbox = None, committed: list[ChangeRow] | None = None
+) -> list[StoredDoc] | None:
+    """`commit_group` for a group of one-call transactions that each insert one document under a freshly
+    generated id, without an Idempotency-Key (a busy REST API's inserts): nothing was read, so nothing to check,
+    and there is no stored version to look up; one INSERT statement per collection for the whole group, each
+    change chained as with `commit`. The new rows; None, with nothing written, when a unique index refused
+    one of them (`commit_group` then answers each on its own)."""
+    now = timestamp()
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    docs: list[StoredDoc] = []
+    changes: list[tuple[Any, ...]] = []
+    txns = os.urandom(16 * len(inserts)).hex()  # each insert's random transaction id, drawn in one call
+    for n, (collection, tenant, id_, text, actor, function, revision) in enumerate(inserts):
+        doc = StoredDoc(tenant, id_, 1, now, actor, now, actor, text)
+        docs.append(doc)
+        rows.setdefault(collection, []).append((tenant, id_, 1, now, actor, now, actor, text))
+        # as `_commit` logs an insert: its own transaction id, no before, the envelope after
+        txn = txns[32 * n : 32 * n + 32]
+        changes.append((txn, now, collection, tenant, id_, "insert", None, envelope(doc), actor, function, revision))
+    try:
+        with _write_transaction(db, lambda exc: _BrokenHalfway()) as head:
+            for collection, values in rows.items():
+                db.executemany(
+                    f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
+                )
+            linked = _append_changes(db, changes, outbox, head)
+    except _BrokenHalfway:
+        return None
+    if committed is not None:
+        committed.extend(ChangeRow(*row[:12]) for row in linked)
+    return docs
+
+
 @contextmanager
 def _write_transaction(
     db: DocConn, integrity: Callable[[Exception], Exception] | None, *, hold_writes: bool = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -598,3 +599,58 @@ def test_a_documents_text_is_its_envelope_encoded(plane: DataPlane) -> None:
     for doc in (made, plane.get(CLERK, "orders", made.id)):
         assert doc.json_text() == ENCODE(doc.as_json())
         assert json.loads(doc.json_text()) == doc.as_json()
+
+
+def test_a_group_of_fresh_inserts_commits_with_one_insert_statement_and_falls_back_when_one_breaks_a_unique_index(
+    data_location: docstore.Location,
+) -> None:
+    # The REST API's busy case: concurrent one-call inserts under generated ids. They share one write
+    # transaction and one commit time (one INSERT statement), keep their own transaction ids and change rows, and the
+    # outbox rows of the collection's onCommit triggers in the same commit; a unique index broken by one of
+    # them sends the group back to the general path, which answers that one alone.
+    store = docstore.connect(data_location)
+    plane = DataPlane(store, lambda: POLICIES, outbox=lambda: {"orders": ("ship",)})
+    plane.sync_collections([ORDERS, NOTES], prune=False, force=False)
+    try:
+        statements: list[str] = []
+        db: sqlite3.Connection | None = None
+        if store.url is None:
+            conn = store._db()
+            assert isinstance(conn, sqlite3.Connection)
+            db = conn
+            db.set_trace_callback(statements.append)
+        txns = [
+            plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": c, "number": n}))
+            for c, n in (("a", 1), ("b", 2), ("c", 3))
+        ]
+        made = plane.commit_group(txns)
+        docs = [r[0] for r in made if isinstance(r, list) and r[0] is not None]
+        assert [d.data["customer"] for d in docs] == ["a", "b", "c"] and {d.version for d in docs} == {1}
+        assert len({d.created_at for d in docs}) == 1  # one commit time for the group
+        for doc in docs:
+            assert plane.get(CLERK, "orders", doc.id) == doc
+            assert doc.json_text() == ENCODE(doc.as_json())
+        if db is not None:
+            inserts = [s for s in statements if s.startswith("INSERT INTO docs_orders")]
+            assert len(inserts) == 3  # (the trace shows each step with its values)
+            assert len([s for s in statements if s == "BEGIN IMMEDIATE"]) == 1
+            db.set_trace_callback(None)
+        changes = store.changes(0, "acme", ["orders"], 100)
+        assert [(c.op, c.id) for c in changes] == [("insert", d.id) for d in docs]
+        assert len({c.txn for c in changes}) == 3 and all(c.before is None for c in changes)
+        assert [json.loads(c.after or "null") for c in changes] == [d.as_json() for d in docs]
+        assert [e.doc_id for e in store.outbox_list(None, "ship", 10)] == [d.id for d in docs]
+        # number 2 is taken: the group goes back to the general path, which answers that write alone
+        txns = [
+            plane.stage(CLERK, WriteOp("insert", "orders", None, {"customer": c, "number": n}))
+            for c, n in (("d", 4), ("e", 2), ("f", 5))
+        ]
+        results = plane.commit_group(txns)
+        assert [type(r).__name__ for r in results] == ["list", "Conflict", "list"]
+        assert [e.doc_id for e in store.outbox_list(None, "ship", 10)][3:] == [
+            r[0].id for r in results if isinstance(r, list) and r[0] is not None
+        ]
+        assert [c.op for c in store.changes(0, "acme", ["orders"], 100)] == ["insert"] * 5
+        assert store.verify_changes().intact
+    finally:
+        store.close()
