@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fnctl.state.docconn import DocConn, PgConn, SqliteConn
+from fnctl.state.docconn import DocConn, SqliteConn
+from fnctl.state.docpg import PgConn
 from fnctl.state.docsql import SQLITE
-from fnctl.state.docsqlpg import POSTGRES
 from fnctl.state.docstore import DocStore, Location
 
 BACKENDS = ("sqlite", "postgresql")
@@ -34,7 +34,7 @@ def data_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
 def raw(store: DocStore) -> DocConn:
     """A new autocommit connection to `store`'s database (its schema, on PostgreSQL); close it after."""
     if store.url is not None:
-        return PgConn(store.url, POSTGRES)
+        return PgConn(store.url)
     db = sqlite3.connect(store.path, isolation_level=None, factory=SqliteConn)
     db.dialect = SQLITE
     return db

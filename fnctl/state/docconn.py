@@ -2,7 +2,7 @@
 
 The SQL above (`docstore`, `docwrites`, `docschema`, `outbox`) is written once, with `?` parameters, against
 `DocConn`: a SQLite connection (`SqliteConn`, a `sqlite3.Connection` that names its dialect, so SQLite pays
-nothing for the indirection) or a PostgreSQL one (`PgConn`: `?` → `%s`, in the store's own schema). What
+nothing for the indirection) or a PostgreSQL one (`docpg.PgConn`, handed in: see `backends.PostgresOpener`). What
 cannot be written once — filters and ordering, generated columns and indexes, migrations, how a write
 transaction serialises, what a constraint error says — is the connection's `dialect`
 (`docsql.SQLITE`, `docsqlpg.POSTGRES`).
@@ -11,15 +11,11 @@ transaction serialises, what a constraint error says — is the connection's `di
 from __future__ import annotations
 
 import contextlib
-import functools
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from fnctl.state import pg
 from fnctl.state.docrecords import Query
-from fnctl.state.location import StoreError
 
 SCHEMA = "fnctl_data"  # the document store's PostgreSQL schema, beside the deployment state's tables
 Head = tuple[int, str]  # the change log's last seq and its hash
@@ -88,7 +84,7 @@ class Dialect(Protocol):
 
     def announce(self, db: DocConn, last_seq: int) -> None:
         """In a write transaction that appended changes up to `last_seq`: tell the store's other readers on
-        commit (PostgreSQL: NOTIFY, see ChangeFeed; SQLite: nothing, its readers see the file move)."""
+        commit (PostgreSQL: NOTIFY, see docpg.ChangeFeed; SQLite: nothing, its readers see the file move)."""
 
 
 class SqliteConn(sqlite3.Connection):
@@ -100,86 +96,9 @@ class SqliteConn(sqlite3.Connection):
         return contextlib.nullcontext()
 
 
-class PgConn:
-    """A PostgreSQL connection of the document store: the same `execute` as SQLite's, `?` parameters
-    translated, in the `fnctl_data` schema (the deployment state's tables keep the default schema)."""
+class Feed(Protocol):
+    """What other connections committed, as a number that moves (`docpg.ChangeFeed` on PostgreSQL)."""
 
-    def __init__(self, url: str, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self._conn = pg.connect(url)
-        try:
-            self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        except pg.UniqueViolation:  # two processes created it at once: it exists
-            pass
-        self._conn.execute(f"SET search_path TO {SCHEMA}, public")
+    def version(self) -> int: ...
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> DocCursor:
-        if parameters:
-            return self._conn.execute(_pg_sql(sql), parameters)
-        return self._conn.execute(sql)  # without parameters psycopg reads no `%s`
-
-    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
-        with self._conn.cursor() as cur:
-            cur.executemany(_pg_sql(sql), parameters)
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
-        return self._conn.pipeline()
-
-
-class ChangeFeed:
-    """What other connections (other processes, other hosts) committed to a PostgreSQL document store, learnt
-    from the NOTIFY that each write transaction sends on commit, on a LISTEN connection of its own:
-    `version()` moves when one arrived, read from the socket without a round trip (what SQLite's `PRAGMA
-    data_version` is for a file). A lost connection counts as a change — what it missed is unknown, so readers
-    go back to the change log — and it is opened again on the next look."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._lock = threading.Lock()
-        self._version = 0
-        self._conn: pg.Connection[tuple[object, ...]] | None = None
-        self._listen()
-
-    def _listen(self) -> None:
-        conn = pg.connect(self._url)
-        try:
-            conn.execute(f"LISTEN {CHANNEL}")
-        except pg.DatabaseError:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def version(self) -> int:
-        with self._lock:
-            try:
-                if self._conn is None:
-                    self._listen()
-                    self._version += 1
-                elif pg.drain_notifies(self._conn):
-                    self._version += 1
-            except (pg.DatabaseError, StoreError):
-                self._close()
-                self._version += 1
-            return self._version
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pg.DatabaseError:
-                pass
-            self._conn = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-
-@functools.lru_cache(maxsize=1024)
-def _pg_sql(sql: str) -> str:
-    """SQLite's `?` parameters as psycopg's `%s` (a literal `%` doubled). The store's SQL has no `?` inside a
-    string literal: every value is a parameter."""
-    return sql.replace("%", "%%").replace("?", "%s")
+    def close(self) -> None: ...

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fnctl.state import auditchain, docschema, docwrites, outbox, pg
-from fnctl.state.docconn import SCHEMA, ChangeFeed, DocConn, PgConn, SqliteConn
+from fnctl.state import auditchain, docschema, docwrites, outbox
+from fnctl.state.backends import postgres
+from fnctl.state.docconn import SCHEMA, DocConn, Feed, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
     CollectionRow,
@@ -31,7 +32,6 @@ from fnctl.state.docrecords import (
     SyncResult,
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, SQLITE, find_rows, index_fields, rows_by_id, table
-from fnctl.state.docsqlpg import POSTGRES
 from fnctl.state.location import StateLocation, StoreError
 
 Location = Path | str  # a SQLite file, or a postgresql:// URL
@@ -57,17 +57,7 @@ def exists_at(state: StateLocation) -> bool:
     data store" instead of making an empty one)."""
     if state.url is None:
         return data_path(state.path).exists()
-    try:
-        db = pg.connect(state.url)
-    except StoreError as exc:
-        raise DataStoreError(str(exc)) from None
-    try:
-        row = db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone()
-    except pg.DatabaseError as exc:
-        raise DataStoreError(f"cannot read the document store in {pg.target(state.url)}: {exc}") from None
-    finally:
-        db.close()
-    return row is not None
+    return postgres(state.url).documents_exist(state.url)
 
 
 def where(state: StateLocation) -> str:
@@ -85,7 +75,7 @@ class DocStore:
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
         self._apart = False  # checkpoints run apart from the writes (`checkpoint_apart`)
-        self._feed: ChangeFeed | None = None  # PostgreSQL: other connections' commits (data_version)
+        self._feed: Feed | None = None  # PostgreSQL: other connections' commits (data_version)
         self._db()  # open (and migrate) now, so errors surface here
         self._load_indexed()
 
@@ -136,12 +126,7 @@ class DocStore:
         return db
 
     def _open_pg(self, url: str) -> DocConn:
-        try:
-            db = PgConn(url, POSTGRES)
-            docschema.migrate(db)
-        except pg.DatabaseError as exc:
-            raise DataStoreError(f"cannot open the document store in {pg.target(url)}: {exc}") from None
-        return db
+        return postgres(url).open_documents(url)
 
     @property
     def backend(self) -> str:
@@ -292,7 +277,7 @@ class DocStore:
         with self._lock:
             if self._feed is None:
                 try:
-                    self._feed = ChangeFeed(self.url)
+                    self._feed = postgres(self.url).change_feed(self.url)
                 except StoreError as exc:
                     raise DataStoreError(str(exc)) from None
         return self._feed.version()

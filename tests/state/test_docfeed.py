@@ -1,7 +1,7 @@
 """What another process commits reaches a document store's readers (`DocStore.data_version`, which the gateway's
 view cache follows to evict entries written elsewhere: `fnctl data`, another gateway), on both backends: a
 second process commits, the first sees `data_version` move and reads the change from the log. On PostgreSQL it
-comes from LISTEN/NOTIFY (`docconn.ChangeFeed`): it does not move when nothing was committed, and a lost
+comes from LISTEN/NOTIFY (`docpg.ChangeFeed`): it does not move when nothing was committed, and a lost
 listening connection counts as a change and is opened again."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
-from fnctl.state import docstore
+from fnctl.state import docstore, pgopener
+pgopener.install()
 where = sys.argv[1]
 store = docstore.connect(where if where.startswith("postgresql://") else Path(where))
 DataPlane(store, lambda: ()).insert(Caller.operator("other", "acme"), "notes", {"by": "other"}, id=sys.argv[2])
