@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
 
-from fnctl.state.backends import Backend, PostgresOpener, install_postgres
+from fnctl.state.backends import Backend, LeaderLock, Listener, PostgresOpener, install_postgres
 from fnctl.state.docconn import DocConn, Feed
 
 
@@ -35,6 +35,12 @@ class _OpenerOnFirstUse:
 
     def change_feed(self, url: str) -> Feed:
         return _whole().change_feed(url)
+
+    def leader_lock(self, url: str) -> LeaderLock:
+        return _whole().leader_lock(url)
+
+    def listen(self, url: str, channel: str) -> Listener:
+        return _whole().listen(url, channel)
 
 
 def install_on_first_use() -> None:

@@ -55,6 +55,29 @@ class Backend(Protocol):
 
     def data_version(self) -> int: ...
 
+    def notify(self, channel: str) -> None:
+        """Tell the state's listeners on `channel`, on commit (PostgreSQL's NOTIFY; SQLite: nothing, its
+        readers see the file move)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LeaderLock(Protocol):
+    """The controller's lock of a state on PostgreSQL, on a session of its own (`pgsession.LeaderLock`)."""
+
+    def try_take(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Listener(Protocol):
+    """A LISTEN on a connection of its own (`pgsession.Listener`)."""
+
+    def wait(self, timeout: float) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -80,6 +103,9 @@ class Sqlite:
 
     def data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def notify(self, channel: str) -> None:
+        pass
 
     def close(self) -> None:
         self._db.close()
@@ -128,6 +154,14 @@ class PostgresOpener(Protocol):
 
     def change_feed(self, url: str) -> Feed:
         """What other connections commit to the document store in `url`'s database (LISTEN/NOTIFY)."""
+        ...
+
+    def leader_lock(self, url: str) -> LeaderLock:
+        """The controller's lock (rollouts, cron, onCommit delivery) of the state in `url`'s database."""
+        ...
+
+    def listen(self, url: str, channel: str) -> Listener:
+        """Notifications on `channel` of `url`'s database."""
         ...
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from fnctl.state import docpg, pgbackend
-from fnctl.state.backends import Backend, install_postgres
+from fnctl.state import docpg, pgbackend, pgsession
+from fnctl.state.backends import Backend, LeaderLock, Listener, install_postgres
 from fnctl.state.docconn import DocConn, Feed
 
 
@@ -28,6 +28,12 @@ class _PsycopgOpener:
 
     def change_feed(self, url: str) -> Feed:
         return docpg.ChangeFeed(url)
+
+    def leader_lock(self, url: str) -> LeaderLock:
+        return pgsession.LeaderLock(url)
+
+    def listen(self, url: str, channel: str) -> Listener:
+        return pgsession.Listener(url, channel)
 
 
 OPENER = _PsycopgOpener()
