@@ -64,7 +64,7 @@ class Backend(Protocol):
 
 
 class LeaderLock(Protocol):
-    """The controller's lock of a state on PostgreSQL, on a session of its own (`pgsession.LeaderLock`)."""
+    """The controller's lock of a state on PostgreSQL, on a session of its own (`pgsession.AdvisoryLeaderLock`)."""
 
     def try_take(self) -> bool: ...
 
@@ -74,7 +74,7 @@ class LeaderLock(Protocol):
 
 
 class Listener(Protocol):
-    """A LISTEN on a connection of its own (`pgsession.Listener`)."""
+    """A LISTEN on a connection of its own (`pgsession.NotifyListener`)."""
 
     def wait(self, timeout: float) -> bool: ...
 

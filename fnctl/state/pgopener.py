@@ -30,10 +30,10 @@ class _PsycopgOpener:
         return docpg.ChangeFeed(url)
 
     def leader_lock(self, url: str) -> LeaderLock:
-        return pgsession.LeaderLock(url)
+        return pgsession.AdvisoryLeaderLock(url)
 
     def listen(self, url: str, channel: str) -> Listener:
-        return pgsession.Listener(url, channel)
+        return pgsession.NotifyListener(url, channel)
 
 
 OPENER = _PsycopgOpener()

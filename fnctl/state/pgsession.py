@@ -1,6 +1,6 @@
 """What several gateways on one PostgreSQL state hold on connections of their own: the leader's session lock
-(`LeaderLock`: a session advisory lock, which the server releases when the session ends, however its process
-died) and a LISTEN for the routing table's changes (`Listener`). Reached through the state's PostgreSQL opener
+(`AdvisoryLeaderLock`: a session advisory lock, which the server releases when the session ends, however its process
+died) and a LISTEN for the routing table's changes (`NotifyListener`). Reached through the state's PostgreSQL opener
 (`backends.PostgresOpener`), never imported by a SQLite path."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fnctl.state.location import StoreError
 LEADER_LOCK = 0x666E63746D  # b"fnctm": the controller's lock (rollouts, cron, onCommit), one holder per state
 
 
-class LeaderLock:
+class AdvisoryLeaderLock:
     """The controller's lock on a connection of its own. `try_take` and `held` never raise: a database that
     cannot be reached means the lock is not (or no longer) held."""
 
@@ -58,7 +58,7 @@ class LeaderLock:
             self._conn = None
 
 
-class Listener:
+class NotifyListener:
     """Notifications on `channel` (LISTEN), waited for on a connection of its own, from one thread."""
 
     def __init__(self, url: str, channel: str) -> None:
