@@ -11,9 +11,19 @@ interpreter's start-up). Prints the medians, the PostgreSQL/SQLite ratio and the
 
 The Swarm figures are benchmarks/bench_swarm.py's.
 
-Target (issue 19): no-op apply of 100 functions on PostgreSQL <= 1.5x the SQLite time.
+Section "gateways" (issue 19, item 2; no Docker): --gateways processes follow the routing table of one
+PostgreSQL state as `fnctl serve` does (benchmarks/scale_gateways.py), half of them by LISTEN/NOTIFY with the
+poll as fallback (as built), the other half by the poll alone (the baseline, at the same moments); --changes
+route changes are written one at a time and each is timed until every gateway of a kind has it. Then
+--gateways candidates run the leadership; the leader is killed with SIGKILL --takeovers times and the time
+until another leads is measured.
+
+Targets (issue 19): no-op apply of 100 functions on PostgreSQL <= 1.5x the SQLite time; a routing change
+seen by every gateway p99 <= 1 s; leader takeover after `kill -9` <= 5 s.
 
     .venv/bin/python benchmarks/bench_scale.py [--functions 100] [--runs 5] [--min-instances 0] [--timeout 900]
+                                               [--section all|apply|gateways] [--gateways 3] [--changes 40]
+                                               [--takeovers 5]
 
 Needs a Docker engine, FNCTL_BASE_IMAGE (default fnctl-base:bookworm) and PostgreSQL's server binaries
 (scripts/setup.sh installs them). Bounded by --timeout: past it the run stops and cleans up.
@@ -38,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_deploy import HANDLER, commit, fnctl_command, interleaved, name_of  # noqa: E402  (beside this script)
 from benchcommon import remove_project  # noqa: E402
+from scale_gateways_driver import gateway_figures  # noqa: E402
 
 from fnctl.state import pg  # noqa: E402
 
@@ -76,6 +87,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--min-instances", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--section", choices=["all", "apply", "gateways"], default="all")
+    parser.add_argument("--gateways", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--takeovers", type=int, default=5)
     args = parser.parse_args()
     n = args.functions
 
@@ -107,6 +122,10 @@ def main() -> None:
         admin.execute("CREATE DATABASE bench")
         admin.close()
         pg_state = url.replace("postgresql:///postgres?", "postgresql:///bench?", 1)
+        if args.section in ("all", "gateways"):
+            gateway_figures(f"{pg_state}#{workdir / 'anchor' / 'state'}", args.gateways, args.changes, args.takeovers)
+        if args.section == "gateways":
+            return
 
         (root / "manifests").mkdir(parents=True)
         (root / "fnctl.toml").write_text(f'[project]\nname = "{project}"\nmanifests = ["manifests"]\n')

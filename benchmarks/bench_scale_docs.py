@@ -31,12 +31,13 @@ from pathlib import Path
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
-from fnctl.state import docstore, pg
+from fnctl.state import docstore, pg, pgopener
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import MANIFESTS, free_port, wrk  # noqa: E402  (beside this script)
 
 ROOT = Path(__file__).resolve().parent.parent
+pgopener.install()  # a long-running program, as `fnctl serve`: PostgreSQL's opener whole
 OP = Caller.operator("bench", "acme")
 SPEC = {"schema": {"type": "object"}, "indexes": [{"fields": ["n"]}]}
 

@@ -22,6 +22,7 @@ import pytest
 from runtime_helpers import StartRuntime, runtime_starter
 
 from fnctl.manifest import fullchecks, slowchecks
+from fnctl.state import pgopener
 
 # pytester: tests/test_markers.py runs sessions of its own under this file's rules; pgserver: a real PostgreSQL
 pytest_plugins = ["pytester", "pgserver", "docbackend"]  # docbackend: the document store's backends
@@ -30,6 +31,7 @@ DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
 ENGINE_FIXTURES = frozenset({"docker_client", "base_image"})
 # Tests call the manifest and data packages directly, as `fnctl serve` does: with the full slow checks.
 slowchecks.install(fullchecks.CHECKS)
+pgopener.install()  # and PostgreSQL's opener whole, as `fnctl serve` does
 
 NO_ENGINE = "unix:///nonexistent/fnctl-tests-unmarked-no-engine.sock"  # what an unmarked test reaches
 

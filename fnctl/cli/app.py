@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from fnctl import __version__
+from fnctl.cli import pgopener
 from fnctl.cli.render import console, err_console
 from fnctl.cli.slowchecks import install_on_first_use
 from fnctl.errors import ExitCode, FnctlError
@@ -68,6 +69,7 @@ def _root(
     global _debug
     _debug = debug
     install_on_first_use()  # the manifest checks' jsonschema and croniter, imported only if needed
+    pgopener.install_on_first_use()  # psycopg, imported only when a PostgreSQL location is opened
 
 
 def _part(name: str) -> ModuleType:

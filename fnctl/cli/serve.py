@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from fnctl.cli import pgopener
 from fnctl.cli.options import StateOpt
 from fnctl.cli.slowchecks import install_now
 from fnctl.errors import BadInput, ExitCode
@@ -124,6 +125,7 @@ def serve(
     from fnctl.state.location import locate
 
     install_now()  # jsonschema explains a refused write: a request should not wait for its import
+    pgopener.install_now()  # a PostgreSQL state's psycopg, at start rather than in a request
     project = load_project()
     options = options_for(
         project,

@@ -91,6 +91,7 @@ class Gateway(RequestPipeline):
         self.identity = dict(identity or {})
         self.pool_ready = False
         self.draining = False
+        self.leading = False  # this gateway holds the controller's lock (fnctl.gateway.leadership)
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
         self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
         self.lean_data: DataRoute | None = None  # the data API's routes the lean path serves (`make_app`)
@@ -176,11 +177,16 @@ class Gateway(RequestPipeline):
         return web.json_response({"status": "draining" if self.draining else "ok", **self.identity})
 
     async def handle_ready(self, request: web.Request) -> web.StreamResponse:
-        ready = self.table is not None and self.pool_ready and not self.draining
-        body = {
-            "status": "ready" if ready else "draining" if self.draining else "starting",
+        unreachable = self.tables.unreachable
+        ready = self.table is not None and self.pool_ready and not self.draining and unreachable is None
+        status = "ready" if ready else "draining" if self.draining else "unready" if unreachable else "starting"
+        body: dict[str, object] = {
+            "status": status,
             "functions": len(self.table.functions) if self.table else 0,
+            "leader": self.leading,  # drives rollouts, cron and onCommit delivery (fnctl.gateway.leadership)
         }
+        if unreachable is not None and not self.draining:
+            body["reason"] = unreachable
         return web.json_response(body, status=200 if ready else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:

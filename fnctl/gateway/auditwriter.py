@@ -152,4 +152,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # This process is its own program: it installs the PostgreSQL opener whole (what `fnctl serve` does), for a
+    # state on PostgreSQL; imported here, not at the top, so that importing the module never pulls in psycopg.
+    from fnctl.state import pgopener
+
+    pgopener.install()
     sys.exit(main(sys.argv[1:]))

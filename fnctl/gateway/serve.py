@@ -21,7 +21,6 @@ except ImportError:
 
 from fnctl.data.hooks import trigger_spec
 from fnctl.data.plane import DataPlane
-from fnctl.deploy.rolloutdriver import tick
 from fnctl.errors import BadInput
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
@@ -32,6 +31,7 @@ from fnctl.gateway.crew import Crew
 from fnctl.gateway.cron import CronRunner
 from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.hooks import HookRunner
+from fnctl.gateway.leadership import Leadership, drive_rollouts
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
@@ -251,15 +251,23 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
         )
         gateway.pool_ready = True
         tasks.append(asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)))
-        if crew is None or crew.owner:  # the controller's work: one process of a host's workers does it
-            cron = CronRunner(
-                store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
-            )
-            tasks += [
-                asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
-                asyncio.create_task(cron.run(cron_stop)),
-                asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
-            ]
+        if crew is None or crew.owner:  # the host's candidate for the controller's work (one of its workers)
+
+            def controller(stop: asyncio.Event) -> list[asyncio.Task[None]]:
+                cron = CronRunner(
+                    store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
+                )
+                return [
+                    asyncio.create_task(_dispatcher(gateway).run(stop)),
+                    asyncio.create_task(cron.run(stop)),
+                    asyncio.create_task(drive_rollouts(project, store_path, stop)),
+                ]
+
+            def led(leading: bool) -> None:
+                gateway.leading = leading
+                _event("leading" if leading else "following")
+
+            tasks.append(asyncio.create_task(Leadership(store_path, controller, led).run(cron_stop)))
         if crew is not None:
             tasks.append(asyncio.create_task(_publish_metrics(gateway, crew, cron_stop)))
         worker = {} if crew is None else {"worker": crew.worker, "workers": crew.workers}
@@ -306,7 +314,6 @@ def _dispatcher(gateway: Gateway) -> Dispatcher:
     )
 
 
-ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
 PUBLISH_INTERVAL = 1.0  # seconds between a worker's writes of its metrics for the others' /metrics
 
 
@@ -319,24 +326,6 @@ async def _publish_metrics(gateway: Gateway, crew: Crew, stop: asyncio.Event) ->
             log.warning("publishing this worker's metrics: %s", exc)
         try:
             await asyncio.wait_for(stop.wait(), PUBLISH_INTERVAL)
-        except TimeoutError:
-            pass
-
-
-async def _drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
-    """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
-    the lock (one that does drives them itself)."""
-
-    def progress(line: str) -> None:
-        _event("rollout", detail=line)
-
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(tick, project, store_path, progress)
-        except Exception:  # a busy store or a failed stop: the next tick tries again
-            log.exception("advancing the rollouts failed")
-        try:
-            await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
         except TimeoutError:
             pass
 

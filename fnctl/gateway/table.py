@@ -1,6 +1,9 @@
 """The gateway's routing table, kept current: `StoreTable` reads it from the store when the store changed,
 and `TableFollower` re-reads it every fraction of a second and has the instance pools follow a change of the
-routes, so that `fnctl apply`, `rollback` and rollouts take effect without a restart.
+routes, so that `fnctl apply`, `rollback` and rollouts take effect without a restart. On a PostgreSQL state
+the follower also LISTENs for the routes' notifications (`Store.set_route`'s NOTIFY) and re-reads at once;
+the polling stays as the fallback. When the store cannot be read the gateway keeps routing by the table it
+has, and says so: in its log, once, and in /readyz (`unreachable`) until a read succeeds again.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Any, Protocol
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
+from fnctl.state.backends import Listener, postgres
 from fnctl.state.location import StateLocation
 from fnctl.state.revisions import RevisionStatus
-from fnctl.state.store import Store, connect
+from fnctl.state.store import ROUTES_CHANNEL, Store, connect
 
 log = logging.getLogger("fnctl.gateway")
 INVOCABLE = (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)
@@ -33,6 +37,9 @@ class StoreTable:
 
     def __init__(self, store_path: StateLocation) -> None:
         self._path = store_path
+        url = store_path.url
+        # PostgreSQL: the routes' notifications, waited for by the follower between its polls
+        self.listener: Listener | None = None if url is None else postgres(url).listen(url, ROUTES_CHANNEL)
         self._store: Store | None = None
         self._version: int | None = None
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
@@ -76,6 +83,8 @@ class StoreTable:
             self._confirmed = self._mark
 
     def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -92,6 +101,7 @@ class TableFollower:
         self._reconciling: asyncio.Task[None] | None = None
         self._again = False
         self.on_change: list[Callable[[], None]] = []  # called after each change of the store (the dashboard)
+        self.unreachable: str | None = None  # why the last read of the store failed, and since when; None: it worked
 
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
@@ -127,12 +137,36 @@ class TableFollower:
                 return
 
     async def _reload_loop(self) -> None:
+        listener: Listener | None = getattr(self.source, "listener", None)
         while True:
-            await asyncio.sleep(self.interval)
+            if listener is None:
+                await asyncio.sleep(self.interval)
+            else:  # wakes at a notification, or after the interval (the fallback poll)
+                await self._notified(listener)
             try:
                 await self.reload()
-            except Exception:  # a busy or broken store: keep serving the last table
-                log.exception("reading the routing table failed; serving the previous one")
+            except Exception as exc:  # a busy or broken store: keep serving the last table
+                self._failed(exc)
+            else:
+                if self.unreachable is not None:
+                    log.warning("state store reachable again; routing table current", extra={"fields": {}})
+                    self.unreachable = None
+
+    async def _notified(self, listener: Listener) -> None:
+        """Wait for a notification up to the interval, in slices of at most a second: a thread blocked in a
+        wait holds up the gateway's shutdown until it returns."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.interval
+        while not await asyncio.to_thread(listener.wait, min(1.0, max(0.0, deadline - loop.time()))):
+            if loop.time() >= deadline:
+                return
+
+    def _failed(self, exc: Exception) -> None:
+        """Said once per outage, not at every poll; /readyz answers 503 with the reason meanwhile."""
+        if self.unreachable is None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self.unreachable = f"state unreachable since {since}: {' '.join(str(exc).split())[:300]}"
+            log.error("%s; serving the routing table it has", self.unreachable, extra={"fields": {}})
 
     async def start(self) -> None:
         await self.reload()

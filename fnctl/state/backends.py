@@ -1,22 +1,29 @@
 """The two databases the state store runs on, behind one small interface the Store speaks (SQLite here,
-PostgreSQL in fnctl.state.pgbackend, imported only for a PostgreSQL state).
+PostgreSQL in fnctl.state.pgbackend, handed in through `install_postgres`).
 
 Every query of fnctl.state is written once, in portable SQL with `?` placeholders; what differs between SQLite
 and PostgreSQL is only here, in small functions: placeholder style, how a write transaction starts (SQLite's
 `BEGIN IMMEDIATE` queues writers on the file; PostgreSQL's `BEGIN` plus one transaction-scoped advisory lock
 does the same across every connection, on every host), how a new row's id comes back, the "did anything
 change" counter, and how the schema is created and versioned.
+
+PostgreSQL is handed in, never imported here: psycopg's import costs ~0.18 s of CPU (measured), which every
+command on a SQLite state would otherwise pay. The state package keeps a slot for a `PostgresOpener`
+(`fnctl.state.pgopener.OPENER` is the whole one): the CLI installs a stand-in that imports it the first time a
+PostgreSQL location is opened; `fnctl serve`, the audit writer process and the tests install it whole. A
+PostgreSQL location opened with nothing installed is a StoreError saying so.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from fnctl.state.location import StateLocation, StoreError
+from fnctl.state.docconn import DocConn, Feed
+from fnctl.state.location import StateLocation, StoreError, redact
 from fnctl.state.migrations import MIGRATIONS, upgrade
 
 
@@ -48,6 +55,29 @@ class Backend(Protocol):
 
     def data_version(self) -> int: ...
 
+    def notify(self, channel: str) -> None:
+        """Tell the state's listeners on `channel`, on commit (PostgreSQL's NOTIFY; SQLite: nothing, its
+        readers see the file move)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LeaderLock(Protocol):
+    """The controller's lock of a state on PostgreSQL, on a session of its own (`pgsession.AdvisoryLeaderLock`)."""
+
+    def try_take(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Listener(Protocol):
+    """A LISTEN on a connection of its own (`pgsession.NotifyListener`)."""
+
+    def wait(self, timeout: float) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -73,6 +103,9 @@ class Sqlite:
 
     def data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def notify(self, channel: str) -> None:
+        pass
 
     def close(self) -> None:
         self._db.close()
@@ -100,6 +133,56 @@ def open_sqlite(path: Path) -> Sqlite:
     return Sqlite(connection)
 
 
+class PostgresOpener(Protocol):
+    """What the state package needs from PostgreSQL (`fnctl.state.pgopener.OPENER`), handed in."""
+
+    def open_state(self, url: str, anchor: Path) -> Backend:
+        """The deployment state's database at `url`, migrated (`anchor`: its host-local directory)."""
+        ...
+
+    def deploy_lock(self, url: str, timeout: float | None) -> AbstractContextManager[bool]:
+        """The mutating commands' lock, across hosts (see `database_lock`)."""
+        ...
+
+    def open_documents(self, url: str) -> DocConn:
+        """A connection to the document store in `url`'s database, its schema created and migrated."""
+        ...
+
+    def documents_exist(self, url: str) -> bool:
+        """Whether the document store's schema was ever created in `url`'s database."""
+        ...
+
+    def change_feed(self, url: str) -> Feed:
+        """What other connections commit to the document store in `url`'s database (LISTEN/NOTIFY)."""
+        ...
+
+    def leader_lock(self, url: str) -> LeaderLock:
+        """The controller's lock (rollouts, cron, onCommit delivery) of the state in `url`'s database."""
+        ...
+
+    def listen(self, url: str, channel: str) -> Listener:
+        """Notifications on `channel` of `url`'s database."""
+        ...
+
+
+_postgres: list[PostgresOpener] = []
+
+
+def install_postgres(opener: PostgresOpener) -> None:
+    """Open PostgreSQL locations with `opener` from now on in this process (the last one installed wins)."""
+    _postgres[:] = [opener]
+
+
+def postgres(url: str) -> PostgresOpener:
+    """The installed opener, for the database at `url`; a StoreError when the program installed none."""
+    if not _postgres:
+        raise StoreError(
+            f"cannot open the PostgreSQL state {redact(url)}: this program has no PostgreSQL support installed "
+            "(internal: fnctl.state.backends.install_postgres(fnctl.state.pgopener.OPENER))"
+        )
+    return _postgres[0]
+
+
 @contextmanager
 def database_lock(location: StateLocation, timeout: float | None) -> Iterator[bool]:
     """The state's lock for mutating commands, across hosts, for the block: on PostgreSQL a session advisory
@@ -108,18 +191,11 @@ def database_lock(location: StateLocation, timeout: float | None) -> Iterator[bo
     if location.url is None:
         yield True
         return
-    # psycopg only for a state on PostgreSQL (see open_backend)
-    from fnctl.state import pgbackend
-
-    with pgbackend.advisory_lock(location.url, timeout) as got:
+    with postgres(location.url).deploy_lock(location.url, timeout) as got:
         yield got
 
 
 def open_backend(location: StateLocation) -> Backend:
     if location.url is None:
         return open_sqlite(location.path)
-    # psycopg only when the state is on PostgreSQL: importing it costs ~0.18 s of CPU (measured), which every
-    # command on a SQLite state would otherwise pay
-    from fnctl.state import pgbackend
-
-    return pgbackend.open_postgres(location.url, location.path)
+    return postgres(location.url).open_state(location.url, location.path)

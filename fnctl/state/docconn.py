@@ -2,7 +2,7 @@
 
 The SQL above (`docstore`, `docwrites`, `docschema`, `outbox`) is written once, with `?` parameters, against
 `DocConn`: a SQLite connection (`SqliteConn`, a `sqlite3.Connection` that names its dialect, so SQLite pays
-nothing for the indirection) or a PostgreSQL one (`docpg.PgConn`, imported only for a store on PostgreSQL). What
+nothing for the indirection) or a PostgreSQL one (`docpg.PgConn`, handed in: see `backends.PostgresOpener`). What
 cannot be written once — filters and ordering, generated columns and indexes, migrations, how a write
 transaction serialises, what a constraint error says — is the connection's `dialect`
 (`docsql.SQLITE`, `docsqlpg.POSTGRES`).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.state import auditchain, docschema, docwrites, outbox
+from fnctl.state.backends import postgres
 from fnctl.state.docconn import SCHEMA, DocConn, Feed, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
@@ -56,10 +57,7 @@ def exists_at(state: StateLocation) -> bool:
     data store" instead of making an empty one)."""
     if state.url is None:
         return data_path(state.path).exists()
-    # psycopg only for a store on PostgreSQL: its import costs every SQLite command ~0.18 s of CPU
-    from fnctl.state import docpg
-
-    return docpg.schema_exists(state.url)
+    return postgres(state.url).documents_exist(state.url)
 
 
 def where(state: StateLocation) -> str:
@@ -128,10 +126,7 @@ class DocStore:
         return db
 
     def _open_pg(self, url: str) -> DocConn:
-        # psycopg only for a store on PostgreSQL: its import costs every SQLite command ~0.18 s of CPU
-        from fnctl.state import docpg
-
-        return docpg.open_store(url)
+        return postgres(url).open_documents(url)
 
     @property
     def backend(self) -> str:
@@ -297,11 +292,8 @@ class DocStore:
             return db.dialect.data_version(db)
         with self._lock:
             if self._feed is None:
-                # psycopg only for a store on PostgreSQL: its import costs every SQLite command ~0.18 s of CPU
-                from fnctl.state import docpg
-
                 try:
-                    self._feed = docpg.ChangeFeed(self.url)
+                    self._feed = postgres(self.url).change_feed(self.url)
                 except StoreError as exc:
                     raise DataStoreError(str(exc)) from None
         return self._feed.version()

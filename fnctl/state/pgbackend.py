@@ -61,6 +61,9 @@ class Postgres:
         row = self._live().execute("SELECT n FROM change_counter").fetchone()
         return int(row[0]) if row else 0
 
+    def notify(self, channel: str) -> None:
+        self._live().execute(f"NOTIFY {channel}")  # inside a transaction: delivered when it commits
+
     def close(self) -> None:
         self._db.close()
 

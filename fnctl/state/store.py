@@ -25,6 +25,7 @@ from fnctl.state.location import StateLocation
 from fnctl.state.location import StoreError as StoreError  # re-exported: where callers have always found it
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
+ROUTES_CHANNEL = "fnctl_routes"  # PostgreSQL: NOTIFYed with every change of a route (gateway.table listens)
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
@@ -163,6 +164,7 @@ class Store:
             self._execute(
                 "INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now)
             )
+        self._notify_routes()  # Triggers, Views and Policies are part of the routing table
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
         return {
@@ -200,6 +202,7 @@ class Store:
             "UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
             (status.value, reason, function, number),
         )
+        self._notify_routes()  # a revision becoming invocable (or not) changes the table
 
     def set_revision_image(self, function: str, number: int, image: str) -> None:
         self._execute(
@@ -239,9 +242,18 @@ class Store:
             "updated_at = excluded.updated_at",
             (function, json.dumps({str(k): v for k, v in sorted(weights.items())}), time.time()),
         )
+        self._notify_routes()
 
     def delete_route(self, function: str) -> None:
         self._execute("DELETE FROM routes WHERE function = ?", (function,))
+        self._notify_routes()
+
+    def _notify_routes(self) -> None:
+        """Gateways on a PostgreSQL state re-read their routing table now rather than at their next poll."""
+        try:
+            self._db.notify(ROUTES_CHANNEL)
+        except self._db.errors as exc:
+            raise StoreError(f"state store write failed: {exc}") from None
 
     # ---- instances ----
 

@@ -36,7 +36,8 @@ from fnctl.gateway.broker import Broker
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.viewcache import ReadSet, ViewKey
 from fnctl.gateway.views import ViewHost, Views
-from fnctl.state import docstore
+from fnctl.state import docstore, pgopener
+pgopener.install()
 where = sys.argv[1]
 store = docstore.connect(where if where.startswith("postgresql://") else Path(where))
 DataPlane(store, lambda: ()).insert(Caller.operator("other", "acme"), "notes", {"by": "other"}, id=sys.argv[2])

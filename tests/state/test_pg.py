@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pgserver import PgServer
 
-from fnctl.state import pg
+from fnctl.state import backends, docstore, pg
 from fnctl.state.location import StateLocation, StoreError
 from fnctl.state.store import connect
 
@@ -66,3 +66,41 @@ def test_a_command_on_a_sqlite_state_never_imports_psycopg(tmp_path: Path) -> No
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_a_document_store_on_a_sqlite_state_never_imports_psycopg(tmp_path: Path) -> None:
+    """The document store reaches PostgreSQL through the opener handed in, like the deployment state: a data
+    command on a SQLite state does not pay psycopg's import either."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom fnctl.cli import app, pgopener\nfrom fnctl.state import docstore\n"
+        "from fnctl.state.location import StateLocation\npgopener.install_on_first_use()\n"
+        f"docstore.open_at(StateLocation(Path({str(tmp_path / 'state.db')!r}))).close()\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_the_clis_stand_in_imports_psycopg_when_a_postgresql_state_is_opened(pg_url: str, tmp_path: Path) -> None:
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom fnctl.cli import pgopener\nfrom fnctl.state import docstore\n"
+        "from fnctl.state.location import StateLocation\nfrom fnctl.state.store import connect\n"
+        "pgopener.install_on_first_use()\nprint('psycopg' in sys.modules)\n"
+        f"location = StateLocation(Path({str(tmp_path / 'anchor')!r}), {pg_url!r})\n"
+        "store = connect(location)\nprint(store.routes())\nstore.close()\n"
+        "print(docstore.exists_at(location))\ndocstore.open_at(location).close()\nprint(docstore.exists_at(location))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "{}", "False", "True"]
+
+
+def test_a_postgresql_state_opened_without_the_opener_is_a_clear_store_error(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "_postgres", [])  # a program that installed no PostgreSQL opener
+    location = StateLocation(tmp_path / "anchor", pg_url)
+    with pytest.raises(StoreError, match="no PostgreSQL support installed"):
+        connect(location)
+    with pytest.raises(StoreError, match="no PostgreSQL support installed"):
+        docstore.open_at(location)
