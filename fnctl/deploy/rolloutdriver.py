@@ -265,7 +265,16 @@ def tick(project: Project, store_path: Path, progress: executor.Progress) -> int
         with lock.attempt(store_path, "fnctl serve: rollouts") as got:
             if not got:
                 return 0
-            ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
+            ctx = executor.Context(
+                store,
+                project.name,
+                project.base_image,
+                actor(),
+                "serve",
+                None,
+                progress,
+                swarm=executor.engine_settings(project),
+            )
             if stale:  # a process killed between an abort's routing change and its clean-up left them
                 repair.recover(ctx, orphans=())
             return len(advance_all(ctx))

@@ -42,6 +42,8 @@ def _store(path: Path) -> Iterator[Store]:
 class DockerActions:
     """The pools' blocking work, run in worker threads: each call opens its own store connection."""
 
+    adopts_only = False  # True: the pools only adopt instances the engine runs (fnctl.gateway.poolswarm)
+
     def __init__(self, store_path: Path, project: Project, max_wait: float | None = None) -> None:
         self.store_path = store_path
         self.project = project

@@ -22,8 +22,8 @@ from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import dockerio, instances
 from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
-from fnctl.gateway.poolactions import DockerActions
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
+from fnctl.gateway.poolswarm import FOLLOW_INTERVAL, pool_actions
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
@@ -72,7 +72,12 @@ class PoolManager:
         self.closing = False
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
-        self.actions = DockerActions(store_path, project, max_wait)
+        self.actions = pool_actions(store_path, project, max_wait)
+        # engine = "swarm": the pools adopt the tasks Swarm runs on this node and never start, stop, pause or
+        # idle-stop one (fnctl.gateway.poolswarm); the node's tasks are looked at again every FOLLOW_INTERVAL.
+        self.adopts_only = self.actions.adopts_only
+        if self.adopts_only:
+            self.idle_seconds = float("inf")
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
         self._routes: dict[str, dict[int, int]] = {}
@@ -87,6 +92,9 @@ class PoolManager:
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
+        if self.adopts_only:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop(follow=True))
+            return
         for pool in self._pools.values():  # a gateway killed right after a start left its instance boosted
             for slot in list(pool.slots.values()):
                 if slot.container_id and slot.phase is not SlotPhase.PAUSED:
@@ -313,17 +321,25 @@ class PoolManager:
         rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
+            pauser = None if self.adopts_only else self
+            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=pauser)
             pool.adopt(rows.get(key, []), paused)
         return pool
 
     def _routing(self, key: tuple[str, int]) -> Routing:
         return routing_of(self._routes.get(key[0]), key[1])
 
-    async def _tick_loop(self) -> None:
+    async def _tick_loop(self, *, follow: bool = False) -> None:
         interval = max(0.05, min(1.0, self.idle_seconds / 4, self.grace_seconds / 4))
+        if follow:
+            interval = min(interval, FOLLOW_INTERVAL)
         while True:
             await asyncio.sleep(interval)
+            if follow:  # the tasks Swarm placed or replaced on this node since the last look
+                try:
+                    await self._follow(self._routes)
+                except Exception as exc:  # the node's engine busy or restarting: the next look
+                    log.warning("following this node's tasks: %s", exc)
             now = time.monotonic()
             for key, pool in list(self._pools.items()):
                 try:
