@@ -18,7 +18,7 @@ from fnctl.engine import dockerio, swarmio
 from fnctl.engine.instances import Instance
 from fnctl.engine.swarm import NodeAgent, SwarmEngine, SwarmUnsupported, forget_slots, prepare_slots, service_name
 from fnctl.engine.swarmspec import Placement, mount_source
-from fnctl.errors import EngineUnavailable
+from fnctl.errors import EngineUnavailable, FnctlError
 from fnctl.manifest.model import Function
 from fnctl.manifest.project import SwarmSettings
 from fnctl.state.revisions import InstanceRow, InstanceState
@@ -121,6 +121,18 @@ def _remove_service(store: Store, settings: SwarmSettings, service: str, functio
     for row in store.instances(function):
         if row.container_id == service:
             store.remove_instance(row.id)
+
+
+def connect_local(settings: SwarmSettings, project: str, function: Function, revision: int) -> Instance | None:
+    """A connection to a running task of the revision's service on this machine's node (`swarm.node`); None
+    when none there answers. What a rollout's synthetic checks invoke."""
+    agent = NodeAgent(settings.node, settings.instance_root)
+    for local in agent.local_instances(project, service_name(project, function.name, str(revision))):
+        try:
+            return agent.connect(function, local, {}, timeout=5.0)
+        except FnctlError:
+            continue  # stopping, or being replaced: the next one
+    return None
 
 
 def listed(settings: SwarmSettings, project: str) -> list[dockerio.ContainerInfo]:

@@ -23,9 +23,13 @@ from rollout_helpers import free_port
 from sandbox_handlers.harness import cleanup, project_name, run_cli, write_project
 from swarm_helpers import SwarmNodes, swarm_nodes
 
+from fnctl.deploy.rolloutdriver import run_checks
 from fnctl.engine import images
 from fnctl.engine.swarm import SwarmEngine, service_name
-from fnctl.manifest.project import Project
+from fnctl.manifest.model import HealthCheck, Strategy
+from fnctl.manifest.project import Project, load_project
+from fnctl.rollout.record import Record, State
+from fnctl.state.store import connect
 
 pytestmark = pytest.mark.docker
 
@@ -36,6 +40,14 @@ SPEC: dict[str, Any] = {
     "access": {"roles": ["public"]},
 }
 
+TRIGGER = """apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: web-http}
+spec:
+  function: web
+  http: {path: /hook, methods: [POST]}
+"""
+
 
 @pytest.fixture(scope="module")
 def project(
@@ -43,7 +55,9 @@ def project(
 ) -> Iterator[Project]:
     name = project_name()
     try:
-        yield write_project(tmp_path_factory.mktemp("swarmapply") / "project", name, base_image, {"web": SPEC})
+        project = write_project(tmp_path_factory.mktemp("swarmapply") / "project", name, base_image, {"web": SPEC})
+        (project.root / "manifests" / "web-http.yaml").write_text(TRIGGER)
+        yield project
     finally:
         cleanup(docker_client, name, images=True)
 
@@ -93,6 +107,17 @@ def test_apply_runs_a_revision_as_its_service_and_rollback_and_delete_remove_ser
         assert sorted(t["id"].split("@")[1] for t in tasks) == [swarm.hostname(k) for k in (1, 2, 3)]
         assert all(t["id"].startswith(first + ".") and t["state"] == "running" and t["healthy"] for t in tasks)
         fnctl(project, state, "apply")  # nothing changed: nothing replaced
+        # A rollout's synthetic checks reach a task of the canary's service on this node (node 2).
+        settings = load_project(project.root).swarm
+        record = Record(0, "web", 1, 1, Strategy.CANARY, State.PROGRESSING, 0, 0.0, 0.0, {1: 100})
+        store = connect(state)
+        try:
+            good = HealthCheck({"x": 1}, expect={"echo": {"x": 1}, "function": "web", "revision": "1"})
+            assert run_checks(store, record, (good,), swarm=settings, project=project.name) == ()
+            bad = run_checks(store, record, (HealthCheck({}, expect=0),), swarm=settings, project=project.name)
+            assert len(bad) == 1 and "unexpected result" in bad[0]
+        finally:
+            store.close()
         assert engine.services(project.name) == {first: 3}
 
         manifest(project, "web", SPEC | {"limits": {"memory": "64Mi", "cpu": 0.4}})
@@ -183,6 +208,8 @@ def test_the_node_gateway_serves_its_tasks_through_a_blue_green_switch_without_f
             what="green serving",
             timeout=30,
         )
+        status, body = _post(port, "/hook")  # the HTTP trigger, through the same gateway and task
+        assert status == 200 and json.loads(body)["revision"] == "2", body
     finally:
         for load in loads:
             load.stop.set()
@@ -201,10 +228,18 @@ def test_the_node_gateway_serves_its_tasks_through_a_blue_green_switch_without_f
     assert engine.services(project.name) == {}
 
 
+def _post(port: int, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def _ok(port: int) -> bool:
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.request("POST", "/invoke/web", body=b"{}", headers={"Content-Type": "application/json"})
-        return connection.getresponse().status == 200
+        return _post(port, "/invoke/web")[0] == 200
     except OSError:
         return False
