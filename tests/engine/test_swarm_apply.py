@@ -243,3 +243,51 @@ def _ok(port: int) -> bool:
         return _post(port, "/invoke/web")[0] == 200
     except OSError:
         return False
+
+
+def test_a_node_without_a_task_answers_503_until_swarm_places_one_there(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """The gateway starts nothing: with no task of the revision on its node it answers 503 (the point where a
+    request would be forwarded, docs/scale-out.md); a task Swarm places there later is adopted and serves."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}})
+    config = project.root / "fnctl.toml"
+    original = config.read_text()
+    gateway = None
+    try:
+        fnctl(project, state, "apply")
+        service = service_name(project.name, "web", "1")
+        hostnames = engine.hostnames()
+        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+        empty = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        config.write_text(
+            original.replace(f'node = "unix://{swarm.socket(2)}"', f'node = "unix://{swarm.socket(empty)}"')
+        )
+        port = int(original.rsplit("127.0.0.1:", 1)[1].split('"')[0])
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve", "--state", str(state)],
+            cwd=project.root,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "serve.err").open("ab"),
+        )
+        status = wait_until(lambda: _status(port), what="the gateway answering", timeout=60)
+        assert status == 503
+        engine.scale(service, 3)  # max one per node: now a task on every node, this one's too
+        wait_until(lambda: _status(port) == 200, what="the task placed on this node adopted", timeout=60)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+        config.write_text(original)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+def _status(port: int) -> int | None:
+    try:
+        return _post(port, "/invoke/web")[0]
+    except OSError:
+        return None
