@@ -1,13 +1,22 @@
-"""Scale-out figures of issue 19, each beside a baseline measured in the same run.
+"""Scale-out speed: the deployment state on PostgreSQL against SQLite, in the same run.
 
-Swarm (`--only swarm`; root, a Docker engine, FNCTL_BASE_IMAGE): 3 nodes on this machine
-(scripts/swarm-nodes.sh), a no-op function.
-  - invoke round trip over a Swarm task's socket vs over a single-host instance's (interleaved rounds);
-  - a revision's 3 instances answering: a 3-replica service (one per node) vs 3 single-host instances;
-  - a blue-green switch across the 3 nodes under load (a request loop per node): requests and failures;
-  - a node's daemon killed: time until every slot answers again on the other nodes (target 30 s).
+In a temporary directory (removed afterwards, with every container and image of its uniquely named project):
+a throwaway PostgreSQL server (scripts/pg-server.sh: Unix socket only) and a project of --functions generated
+functions (each its own source; minInstances 0 by default, so the engine holds images but no instance: the
+figure is the state's, not the engine's). One `fnctl apply` deploys them into a SQLite state; `fnctl state
+migrate` copies that state to the PostgreSQL database (timed, and verified by the command). Both states then
+describe the same deployment (same store identity, same revisions), and a no-op `fnctl apply` runs against
+each, --runs times, interleaved A/B so that a noisy moment slows both alike, next to `fnctl --version` (the
+interpreter's start-up). Prints the medians, the PostgreSQL/SQLite ratio and the load average.
 
-  sudo -E PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_scale.py --only swarm
+The Swarm figures are benchmarks/bench_swarm.py's.
+
+Target (issue 19): no-op apply of 100 functions on PostgreSQL <= 1.5x the SQLite time.
+
+    .venv/bin/python benchmarks/bench_scale.py [--functions 100] [--runs 5] [--min-instances 0] [--timeout 900]
+
+Needs a Docker engine, FNCTL_BASE_IMAGE (default fnctl-base:bookworm) and PostgreSQL's server binaries
+(scripts/setup.sh installs them). Bounded by --timeout: past it the run stops and cleans up.
 """
 
 from __future__ import annotations
@@ -15,243 +24,138 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import statistics
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
+from bench_deploy import HANDLER, commit, fnctl_command, interleaved, name_of  # noqa: E402  (beside this script)
 from benchcommon import remove_project  # noqa: E402
 
-from fnctl.engine import images, instances  # noqa: E402
-from fnctl.engine.sandbox import labels  # noqa: E402
-from fnctl.engine.swarm import LocalInstance, NodeAgent, SwarmEngine, service_name  # noqa: E402
-from fnctl.engine.swarmspec import Placement  # noqa: E402
-from fnctl.manifest.model import Function  # noqa: E402
-from fnctl.manifest.project import Project, load_project  # noqa: E402
-from fnctl.manifest.validate import validate_paths  # noqa: E402
+from fnctl.state import pg  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "swarm-nodes.sh"
-NAME = "fnsb"  # the benchmark's own swarm, apart from the tests'
-NODES = 3
-
-
-def nodes_script(*args: str) -> None:
-    subprocess.run(["bash", str(SCRIPT), *args], check=True, timeout=180, env=os.environ | {"FNCTL_SWARM_NAME": NAME})
-
-
-def socket(k: int) -> str:
-    return f"/run/{NAME}/n{k}/docker.sock"
+FUNCTION = """\
+---
+apiVersion: fnctl/v1
+kind: Function
+metadata: {{name: {name}}}
+spec:
+  runtime: python3.11
+  source: ../functions/{name}
+  handler: main.handler
+  env: {{GREETING: hello}}
+  limits: {{timeout: 5s, memory: 64Mi}}
+  scaling: {{minInstances: {minimum}, maxInstances: 2}}
+"""
 
 
-INSTANCE_ROOT = f"/run/{NAME}/i"
+def _timeout(signum: int, frame: FrameType | None) -> None:
+    raise TimeoutError("the benchmark ran past --timeout")
 
 
-@contextmanager
-def swarm(image: str) -> Iterator[None]:
-    try:
-        nodes_script("up", str(NODES))
-        nodes_script("load", image)
-        yield
-    finally:
-        nodes_script("down")
-
-
-def write_project(root: Path, base_image: str) -> Project:
-    (root / "functions" / "noop").mkdir(parents=True)
-    (root / "functions" / "noop" / "main.py").write_text("def handler(event, context):\n    return event\n")
-    (root / "manifests").mkdir()
-    (root / "manifests" / "noop.yaml").write_text(
-        "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: noop}\n"
-        "spec: {runtime: python3.11, source: ../functions/noop, handler: main.handler}\n"
-    )
-    name = f"bench-{secrets.token_hex(4)}"
-    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\n\n[build]\nbaseImage = "{base_image}"\n')
-    return load_project(root)
-
-
-def noop(project: Project) -> Function:
-    result = validate_paths(project)
-    if not result.ok:
-        raise SystemExit("\n".join(d.render() for d in result.diagnostics))
-    return next(f for f in result.state.functions if f.name == "noop")
-
-
-def call(instance: instances.Instance, n: int) -> bool:
-    return instance.transport.invoke({"n": n}, invocation_id=f"b{n}", deadline=time.time() + 10).ok
-
-
-def p50_us(instance: instances.Instance, count: int) -> float:
-    samples = []
-    for n in range(count):
-        started = time.perf_counter()
-        if not call(instance, n):
-            raise SystemExit("the no-op failed")
-        samples.append((time.perf_counter() - started) * 1e6)
-    return statistics.median(samples)
-
-
-def agents() -> list[NodeAgent]:
-    return [NodeAgent(socket(k), INSTANCE_ROOT) for k in range(1, NODES + 1)]
-
-
-def up(
-    engine: SwarmEngine, function: Function, project: Project, image: str, revision: str, max_per_node: int = 1
-) -> str:
-    service = service_name(project.name, function.name, revision)
-    for agent in agents():
-        agent.prepare(service, NODES)
-    placement = Placement(NODES, max_per_node)
-    engine.deploy(function, project=project.name, revision=revision, image=image, placement=placement)
-    return service
-
-
-def answering(agent: NodeAgent, function: Function, project: str, service: str) -> list[LocalInstance]:
-    found = []
-    for local in agent.local_instances(project, service):
-        try:
-            instance = agent.connect(function, local, {}, timeout=2)
-        except Exception:  # not up yet
-            return []
-        instance.transport.close()
-        found.append(local)
-    return found
-
-
-def wait(condition: Callable[[], bool], what: str, timeout: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise SystemExit(f"timed out after {timeout:g}s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-def bench_swarm(args: argparse.Namespace) -> None:
-    base_image = os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm")
-    with tempfile.TemporaryDirectory(prefix="fnctl-bench-scale-") as tmp:
-        project = write_project(Path(tmp), base_image)
-        function = noop(project)
-        image = images.ensure_image(project.name, "noop", project.root / "functions" / "noop", base_image).tag
-        try:
-            with swarm(image):
-                run_swarm(args, project, function, image)
-        finally:
-            remove_project(project.name)
-
-
-def run_swarm(args: argparse.Namespace, project: Project, function: Function, image: str) -> None:
-    engine = SwarmEngine(socket(1), INSTANCE_ROOT)
-    node_agents = agents()
-    rows: list[tuple[str, str, str, str]] = []
-
-    # A revision's 3 instances answering: Swarm service vs single-host instances, interleaved.
-    swarm_s, local_s = [], []
-    for round_ in range(args.rounds):
-        started = time.monotonic()
-        service = up(engine, function, project, image, f"s{round_}")
-        wait(lambda: all(answering(a, function, project.name, service) for a in node_agents), "3 tasks", 60)
-        swarm_s.append(time.monotonic() - started)
-        engine.remove(service)
-        started = time.monotonic()
-        started_here = [
-            instances.start(function, image=image, revision="b", labels=labels(project.name, "noop"), secret_values={})
-            for _ in range(NODES)
-        ]
-        local_s.append(time.monotonic() - started)
-        for instance in started_here:
-            instances.remove(instance)
-    rows.append(("3 instances answering", f"{statistics.median(swarm_s):.2f} s", f"{statistics.median(local_s):.2f} s",
-                 f"x{statistics.median(swarm_s) / statistics.median(local_s):.2f}"))  # fmt: skip
-
-    # Round trip over a task's socket vs a single-host instance's, interleaved.
-    service = up(engine, function, project, image, "rt")
-    wait(lambda: all(answering(a, function, project.name, service) for a in node_agents), "3 tasks", 60)
-    local_task = node_agents[1].local_instances(project.name, service)[0]
-    task = node_agents[1].connect(function, local_task, {})
-    here = instances.start(function, image=image, revision="b", labels=labels(project.name, "noop"), secret_values={})
-    over_swarm, over_local = [], []
-    for _ in range(args.rounds):
-        over_swarm.append(p50_us(task, args.count))
-        over_local.append(p50_us(here, args.count))
-    task.transport.close()
-    instances.remove(here)
-    sw, lo = statistics.median(over_swarm), statistics.median(over_local)
-    rows.append(("invoke round trip p50", f"{sw:.0f} µs", f"{lo:.0f} µs", f"x{sw / lo:.2f}"))
-
-    # Blue-green across the 3 nodes under load.
-    active = [service]
-    served, failed = [0] * NODES, [0] * NODES
-    stop = threading.Event()
-
-    def load(k: int) -> None:
-        connections: dict[str, instances.Instance] = {}
-        while not stop.is_set():
-            current = active[0]
-            try:
-                if current not in connections:
-                    local = node_agents[k].local_instances(project.name, current)[0]
-                    connections[current] = node_agents[k].connect(function, local, {})
-                if call(connections[current], served[k]):
-                    served[k] += 1
-                else:
-                    failed[k] += 1
-            except Exception:
-                failed[k] += 1
-        for connection in connections.values():
-            connection.transport.close()
-
-    threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(NODES)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.0)  # blue under load for a second (a measurement window, not a wait for a condition)
-    # Two per node at most: one each while 3 nodes stand (Swarm spreads), room for node 3's when it goes.
-    green = up(engine, function, project, image, "green", max_per_node=2)
-    wait(lambda: all(answering(a, function, project.name, green) for a in node_agents), "green", 60)
-    active[0] = green
-    engine.remove(service)
-    time.sleep(1.0)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=15)
-    rows.append(("blue-green across 3 nodes under load", f"{sum(failed)} failed of {sum(served) + sum(failed)}",
-                 "0 failed (target)", "meets" if sum(failed) == 0 else "MISSES"))  # fmt: skip
-
-    # Node 3 lost: every slot answering again on nodes 1-2.
-    nodes_script("kill", str(NODES))
-    recovered = wait(
-        lambda: sum(len(answering(a, function, project.name, green)) for a in node_agents[:2]) == NODES,
-        "slots back on nodes 1-2",
-        60,
-    )
-    rows.append(("node daemon killed: traffic back", f"{recovered:.1f} s", "30 s (target)",
-                 "meets" if recovered <= 30 else "MISSES"))  # fmt: skip
-    engine.remove(green)
-
-    print(f"\nswarm, {NODES} nodes on this machine; load {Path('/proc/loadavg').read_text().strip()}")
-    print(f"{'figure':40} {'swarm':>22} {'baseline':>22} {'ratio':>8}")
-    for figure, value, baseline, ratio in rows:
-        print(f"{figure:40} {value:>22} {baseline:>22} {ratio:>8}")
-
-
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"swarm": bench_swarm}
+def run(root: Path, env: dict[str, str], *args: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(fnctl_command() + list(args), cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise SystemExit(f"fnctl {' '.join(args)} exited {done.returncode}:\n{tail}")
+    return elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="sections to run (default: all)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved A/B rounds")
-    parser.add_argument("--count", type=int, default=300, help="invocations per round-trip round")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--functions", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--min-instances", type=int, default=0)
+    parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
-    for name in args.only or sorted(SECTIONS):
-        SECTIONS[name](args)
+    n = args.functions
+
+    workdir = Path(tempfile.mkdtemp(prefix="fnctl-bench-scale-"))
+    os.chmod(workdir, 0o755)  # the PostgreSQL server runs as its own user and needs to reach its directory
+    pgdir = workdir / "pg"
+    project = f"bench-{secrets.token_hex(3)}"
+    root = workdir / "project"
+    base = os.environ | {
+        "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
+        "XDG_STATE_HOME": str(workdir / "xdg"),  # PostgreSQL's host-local files (lock, key stamp) land here
+        "NO_COLOR": "1",
+    }
+    sqlite_state = workdir / "state" / "state.db"
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(args.timeout)
+    started = False
+    try:
+        t0 = time.perf_counter()
+        url = subprocess.run(
+            ["bash", str(REPO / "scripts" / "pg-server.sh"), "start", str(pgdir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        started = True
+        print(f"PostgreSQL server started in {time.perf_counter() - t0:.2f} s (Unix socket, {pgdir})")
+        admin = pg.connect(url)
+        admin.execute("CREATE DATABASE bench")
+        admin.close()
+        pg_state = url.replace("postgresql:///postgres?", "postgresql:///bench?", 1)
+
+        (root / "manifests").mkdir(parents=True)
+        (root / "fnctl.toml").write_text(f'[project]\nname = "{project}"\nmanifests = ["manifests"]\n')
+        for i in range(n):
+            source = root / "functions" / name_of(i)
+            source.mkdir(parents=True)
+            (source / "main.py").write_text(HANDLER.format(name=name_of(i), version=1))
+        docs = "".join(FUNCTION.format(name=name_of(i), minimum=args.min_instances) for i in range(n))
+        (root / "manifests" / "functions.yaml").write_text(docs)
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True, capture_output=True)
+        commit(root, "bench")
+
+        on_sqlite = base | {"FNCTL_STATE": str(sqlite_state)}
+        on_pg = base | {"FNCTL_STATE": pg_state}
+        setup = run(root, on_sqlite, "apply", "--lock-timeout", "5")
+        print(f"setup: {n} functions deployed into SQLite by one `fnctl apply` in {setup:.1f} s")
+        moved = run(root, base, "state", "migrate", "--from", f"sqlite:{sqlite_state}", "--to", pg_state)
+        print(f"`fnctl state migrate` SQLite -> PostgreSQL (copy and verify): {moved:.2f} s")
+
+        for _ in range(2):  # warm the file cache, the bytecode and the server's buffers
+            run(root, on_sqlite, "apply"), run(root, on_pg, "apply")
+        loads = [_load()]
+        medians = interleaved(
+            args.runs,
+            {
+                "version": lambda: run(root, base, "--version"),
+                "apply (SQLite)": lambda: run(root, on_sqlite, "apply"),
+                "apply (PostgreSQL)": lambda: run(root, on_pg, "apply"),
+            },
+        )
+        loads.append(_load())
+        ratio = medians["apply (PostgreSQL)"] / medians["apply (SQLite)"]
+        print(f"\nno-op `fnctl apply`, {n} functions, whole processes, medians of {args.runs} interleaved runs:")
+        for name, value in medians.items():
+            print(f"  {name:<20} {value:6.3f} s")
+        print(f"  PostgreSQL / SQLite  {ratio:6.2f}x   (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
+        print(f"load average before / after: {loads[0]} / {loads[1]}; cores: {os.cpu_count()}")
+    finally:
+        signal.alarm(0)
+        try:
+            remove_project(project)
+        finally:
+            if started:
+                subprocess.run(["bash", str(REPO / "scripts" / "pg-server.sh"), "stop", str(pgdir)], check=False)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

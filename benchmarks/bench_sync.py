@@ -229,9 +229,10 @@ class Poller:
         from fnctl.commands.invoke import invoke_deployed
         from fnctl.errors import FnctlError
         from fnctl.manifest.project import load_project
+        from fnctl.state.location import StateLocation
 
         project = load_project(self.bench.clone)
-        state = Path(self.bench.env["FNCTL_STATE"])
+        state = StateLocation(Path(self.bench.env["FNCTL_STATE"]))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -1772,6 +1772,10 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 async def serve(config: Config, handler: Handler) -> int:
     loop = asyncio.get_running_loop()
     server = Server(config, handler, loop)
+    # What the runtime's and the handler's imports made lives as long as the instance: out of the collector's
+    # way, a full collection (every ~100,000 allocations of an async handler's calls) no longer walks it all,
+    # a stall of several ms in a call's p99 here.
+    gc.freeze()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
     if not handler.is_async:

@@ -156,6 +156,14 @@ setup_python
 command -v git >/dev/null || apt_install git
 # headless Chromium and its WebDriver: the dashboard's end-to-end tests (tests/dashboard) drive a real browser
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver
+# PostgreSQL: the server binaries for the PostgreSQL state backend's tests (scripts/pg-server.sh starts a
+# throwaway server per test run). No cluster is created and nothing runs as a system service.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    mkdir -p /etc/postgresql-common
+    grep -qs '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf \
+        || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+    apt_install postgresql
+fi
 step "node tools (esbuild, tsc)"
 bash scripts/install-node-tools.sh
 step "docker engine"

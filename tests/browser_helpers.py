@@ -1,5 +1,6 @@
 """Headless Chromium for the dashboard's tests and benchmark: Debian's `chromium` driven by its
-`chromium-driver` through Selenium, with the flags this closed network needs (DESIGN.md)."""
+`chromium-driver` through Selenium, with the flags this closed network needs (no background network calls,
+component updates or sync; run as root, without Chromium's own sandbox)."""
 
 from __future__ import annotations
 

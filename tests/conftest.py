@@ -23,7 +23,8 @@ from runtime_helpers import StartRuntime, runtime_starter
 
 from fnctl.manifest import fullchecks, slowchecks
 
-pytest_plugins = ["pytester"]  # tests/test_markers.py runs sessions of its own under this file's rules
+# pytester: tests/test_markers.py runs sessions of its own under this file's rules; pgserver: a real PostgreSQL
+pytest_plugins = ["pytester", "pgserver", "docbackend"]  # docbackend: the document store's backends
 
 DEFAULT_BASE_IMAGE = "fnctl-base:bookworm"
 ENGINE_FIXTURES = frozenset({"docker_client", "base_image"})

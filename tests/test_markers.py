@@ -9,7 +9,7 @@ import pytest
 
 HERE = Path(__file__).parent
 CONFTEST = (HERE / "conftest.py").read_text(encoding="utf-8")
-CONFTEST_IMPORTS = ("runtime_helpers.py", "polling.py")  # the helper modules the conftest imports
+CONFTEST_IMPORTS = ("runtime_helpers.py", "polling.py", "pgserver.py", "docbackend.py")  # what the conftest imports
 
 TESTS = """
 import os

@@ -34,6 +34,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "events": ("view", "events"),
     "triggers": ("triggers", "enable", "run"),
     "audit": ("audit",),
+    "state": ("state",),
     "serve": ("serve",),
 }
 

@@ -10,10 +10,9 @@ import typer
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt
 from fnctl.errors import BadInput, ExitCode
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from fnctl.state.store import Store
 
 app = typer.Typer()
@@ -23,13 +22,14 @@ audit_app = typer.Typer(invoke_without_command=True)
 app.add_typer(audit_app, name="audit")
 
 
-def _store(state: Path | None) -> Store:
+def _store(state: StateLocation | None) -> Store:
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import connect, state_path
+    from fnctl.state.location import locate
+    from fnctl.state.store import connect, exists
 
-    path = state_path(load_project(), state)
-    if not path.exists():
+    path = locate(load_project(), state)
+    if not exists(path):
         raise BadInput(f"no state store at {path}: nothing was ever deployed or audited there")
     return connect(path)
 

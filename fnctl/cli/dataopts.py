@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -33,7 +34,7 @@ NoHooksOpt = Annotated[
 
 
 def operator_session(
-    state: Path | None, tenant: str | None, command: str, no_hooks: bool = False
+    state: StateLocation | None, tenant: str | None, command: str, no_hooks: bool = False
 ) -> AbstractContextManager[OperatorSession]:
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.commands.data import session

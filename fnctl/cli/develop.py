@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from fnctl.cli.options import PathsArg
+from fnctl.cli.options import PathsArg, StateOpt
 from fnctl.cli.render import (
     Output,
     OutputOpt,
@@ -95,9 +95,7 @@ def invoke(
     revision: Annotated[
         Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")
     ] = None,
-    state: Annotated[
-        Optional[Path], typer.Option("--state", help="State store of deployed functions.", show_default=False)
-    ] = None,
+    state: StateOpt = None,
     key: Annotated[
         Optional[str],
         typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),

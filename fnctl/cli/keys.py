@@ -10,10 +10,9 @@ import typer
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt, console, err_console, print_json
 from fnctl.errors import FnctlError
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from fnctl.state.keystore import ApiKey
     from fnctl.state.store import Store
 
@@ -24,13 +23,14 @@ keys_app = typer.Typer(help="API keys for calling functions through the gateway 
 app.add_typer(keys_app, name="keys")
 
 
-def _store(state: Path | None, create: bool) -> Store:
+def _store(state: StateLocation | None, create: bool) -> Store:
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import connect, state_path
+    from fnctl.state.location import locate
+    from fnctl.state.store import connect, exists
 
-    path = state_path(load_project(), state)
-    if not create and not path.exists():
+    path = locate(load_project(), state)
+    if not create and not exists(path):
         raise FnctlError(f"no state store at {path}: no key was ever created there")
     return connect(path)
 

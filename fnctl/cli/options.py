@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from fnctl.errors import BadInput
+from fnctl.state import location
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -20,17 +22,22 @@ PathsArg = Annotated[
     typer.Argument(help="Manifest files or directories (default: the project's manifests).", show_default=False),
 ]
 StateOpt = Annotated[
-    Optional[Path],
+    Optional[StateLocation],
     typer.Option(
         "--state",
-        help="State store (default: $FNCTL_STATE, fnctl.toml, or ~/.local/state/fnctl/<project>/state.db).",
+        parser=location.parse,
+        metavar="PATH|URL",
+        help="State store: a SQLite file or a postgresql:// URL (default: $FNCTL_STATE, fnctl.toml, or "
+        "~/.local/state/fnctl/<project>/state.db).",
         show_default=False,
     ),
 ]
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
 
 
-def deploy_options(state: Path | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False) -> Options:
+def deploy_options(
+    state: StateLocation | None, lock_timeout: float = 60.0, prune: bool = False, force: bool = False
+) -> Options:
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.deploy.session import Options
 

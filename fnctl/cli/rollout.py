@@ -5,7 +5,6 @@ Thin like `cli`: parse, call one function of `rollouts`, render with `render_rol
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -21,6 +20,7 @@ from fnctl.cli.render_rollout import (
     render_snapshots,
 )
 from fnctl.errors import ExitCode
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
     from fnctl.commands.rollouts import OnEvent, OnTick, Snapshot
@@ -153,7 +153,7 @@ def abort(name: NameArg, state: StateOpt = None, output: RolloutOutputOpt = Roll
 
 def _request(
     name: str,
-    state: Path | None,
+    state: StateLocation | None,
     kind: EventKind,
     data: dict[str, object],
     wait: bool,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from fnctl.cli.options import StateOpt
 from fnctl.cli.slowchecks import install_now
-from fnctl.errors import ExitCode
+from fnctl.errors import BadInput, ExitCode
+
+if TYPE_CHECKING:
+    from fnctl.gateway.crew import Crew
 
 app = typer.Typer()
 
@@ -74,6 +80,17 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request on stdout.")
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Gateway processes on the one port (SO_REUSEPORT), to use more than one core. Opt-in, default 1: "
+            "the first process owns the instances, the others follow it (docs/serve.md, 'Several workers').",
+        ),
+    ] = 1,
+    worker: Annotated[Optional[str], typer.Option("--worker", hidden=True)] = None,
+    run_dir: Annotated[Optional[str], typer.Option("--run-dir", hidden=True)] = None,
     ui: Annotated[
         bool,
         typer.Option(
@@ -100,12 +117,14 @@ def serve(
       fnctl serve
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
       fnctl serve --ui          (then open http://127.0.0.1:8080/ui/ and sign in with an API key)
+      fnctl serve --workers 2   (two processes on one port: one owns the instances, both serve)
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.serve import options_for
     from fnctl.gateway.serve import serve as run
+    from fnctl.gateway.serve import serve_workers as run_workers
     from fnctl.manifest.project import load_project
-    from fnctl.state.store import state_path
+    from fnctl.state.location import locate
 
     install_now()  # jsonschema explains a refused write: a request should not wait for its import
     project = load_project()
@@ -121,11 +140,40 @@ def serve(
         max_connections_per_client=max_connections_per_client,
         ui=ui,
     )
+    if worker is not None:  # one worker of `--workers N`, started by the parent process below
+        options = replace(options, crew=_crew(worker, run_dir))
+    elif workers > 1:
+        if not run_workers(_worker_command(), workers, options):
+            raise typer.Exit(ExitCode.INTERRUPTED)
+        return
     mounts = []
     if options.ui:
         # imported only when asked for: plain `fnctl serve` does not load the dashboard
         from fnctl.dashboard.routes import mount
 
-        mounts.append(mount(project, state_path(project, state)))
-    if not run(project, state_path(project, state), options, mounts):
+        mounts.append(mount(project, locate(project, state)))
+    if not run(project, locate(project, state), options, mounts):
         raise typer.Exit(ExitCode.INTERRUPTED)  # a second signal cut the drain short
+
+
+def _crew(worker: str, run_dir: str | None) -> Crew:
+    """The hidden `--worker K/N --run-dir DIR` the parent of `--workers N` gives each worker."""
+    from fnctl.gateway.crew import Crew  # with the gateway: not at start-up (other commands skip it)
+
+    number, _, total = worker.partition("/")
+    if not (number.isdigit() and total.isdigit() and int(number) < int(total)) or run_dir is None:
+        raise BadInput("--worker K/N and --run-dir DIR are set by `fnctl serve --workers N`, not by hand")
+    return Crew(int(number), int(total), Path(run_dir))
+
+
+def _worker_command() -> list[str]:
+    """This command line for the workers: without `--workers` and `--address` (the parent gives the port)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--address", "-a"):
+            skip = True
+        elif not arg.startswith(("--workers=", "--address=")):
+            args.append(arg)
+    return [sys.executable, "-m", "fnctl", *args]

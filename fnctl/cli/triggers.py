@@ -4,7 +4,6 @@ trigger that disabled itself, and running a manual trigger through the gateway."
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -12,6 +11,7 @@ import typer
 from fnctl.cli.options import StateOpt
 from fnctl.cli.render import Output, OutputOpt, console, print_json
 from fnctl.errors import ExitCode
+from fnctl.state.location import StateLocation
 
 if TYPE_CHECKING:
     from fnctl.commands.triggers import TriggerInfo
@@ -113,7 +113,7 @@ def run_command(
     raise typer.Exit(ExitCode.OK if call.outcome.ok else ExitCode.FAILED)
 
 
-def warn_disabled(state: Path | None) -> None:
+def warn_disabled(state: StateLocation | None) -> None:
     """`fnctl status`'s footer: the triggers that disabled themselves."""
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.cli.render import err_console

@@ -112,10 +112,9 @@ def verify(store: Store, anchors: tuple[str, ...] = ()) -> Verification:
         auditchain.verify(table, audit_chain(store, table), audit_head(store, table)) for table in auditchain.CHAINS
     ]
     known = functools.partial(audit_hash_known, store)
-    data_file = docstore.data_path(store.path)
-    if not data_file.exists():  # nothing was ever written to the data plane: no change log to check
+    if not docstore.exists_at(store.location):  # nothing was ever written to the data plane: no change log to check
         return Verification(tuple(chains), tuple(auditchain.check_anchors(chains, anchors, known)), time.time())
-    documents = docstore.connect(data_file)
+    documents = docstore.open_at(store.location)
     try:
         chains.append(documents.verify_changes())  # the data plane's change log: the audit of every data write
         found = auditchain.check_anchors(chains, anchors, lambda h: known(h) or documents.change_hash_known(h))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fnctl.data.caller import Caller
@@ -27,7 +26,8 @@ from fnctl.gateway.router import on_commit_routes
 from fnctl.invocation import strictjson
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
-from fnctl.state.store import Store, connect, state_path
+from fnctl.state.location import StateLocation, locate
+from fnctl.state.store import Store, connect
 
 
 class DataCommandError(FnctlError):
@@ -61,15 +61,16 @@ class CollectionInfo:
 
 @contextmanager
 def session(
-    project: Project, state: Path | None, tenant: str | None, command: str, *, no_hooks: bool = False
+    project: Project, state: StateLocation | None, tenant: str | None, command: str, *, no_hooks: bool = False
 ) -> Iterator[OperatorSession]:
     """The data plane of the project's store, acting as the operator in `tenant` (default: the default one)."""
-    path = state_path(project, state)
-    data = docstore.data_path(path)
-    if not data.exists():
-        raise BadInput(f"no data store at {data}: declare a Collection in the manifests and run `fnctl apply`")
+    path = locate(project, state)
+    if not docstore.exists_at(path):
+        raise BadInput(
+            f"no data store at {docstore.where(path)}: declare a Collection in the manifests and run `fnctl apply`"
+        )
     store = connect(path)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(path)
     who = actor()
 
     def audit(caller: Caller, action: str, target: str) -> None:

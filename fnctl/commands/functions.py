@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from fnctl.deploy import swarmdeploy
@@ -18,8 +17,9 @@ from fnctl.manifest.project import Project
 from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
+from fnctl.state.location import StateLocation, locate
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision
-from fnctl.state.store import Store, connect, state_path
+from fnctl.state.store import Store, connect, exists
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,14 @@ class FunctionStatus:
     deployed: bool = True  # False: not in the routing table, listed for its orphan containers
 
 
-def open_store(project: Project, state: Path | None) -> Store:
-    path = state_path(project, state)
-    if not path.exists():
+def open_store(project: Project, state: StateLocation | None) -> Store:
+    path = locate(project, state)
+    if not exists(path):
         raise FnctlError(f"nothing is deployed yet: no state store at {path} (run `fnctl apply`)")
     return connect(path)
 
 
-def status(project: Project, state: Path | None) -> list[FunctionStatus]:
+def status(project: Project, state: StateLocation | None) -> list[FunctionStatus]:
     """Every deployed function, then every running or stopped container fnctl owns in this project and store
     that is no instance of a routed revision, flagged orphan (with why), under its function's name."""
     store = open_store(project, state)
@@ -163,7 +163,7 @@ def _instance_status(row: Any, container: Any) -> InstanceStatus:
     return InstanceStatus(row.id, row.revision, (row.container_id or "")[:12], state, healthy, inflight)
 
 
-def history(project: Project, state: Path | None, name: str) -> list[Revision]:
+def history(project: Project, state: StateLocation | None, name: str) -> list[Revision]:
     store = open_store(project, state)
     try:
         revisions = store.revisions(name)
@@ -174,7 +174,7 @@ def history(project: Project, state: Path | None, name: str) -> list[Revision]:
     return revisions
 
 
-def get(project: Project, state: Path | None, what: str) -> list[dict[str, Any]]:
+def get(project: Project, state: StateLocation | None, what: str) -> list[dict[str, Any]]:
     store = open_store(project, state)
     try:
         if what in ("functions", "function"):
@@ -255,7 +255,7 @@ def revision_json(revision: Revision) -> dict[str, Any]:
 
 
 def logs(
-    project: Project, state: Path | None, name: str, revision: int | None, since: float | None, follow: bool
+    project: Project, state: StateLocation | None, name: str, revision: int | None, since: float | None, follow: bool
 ) -> Iterator[str]:
     """Lines of the function's instances' logs, each prefixed with its instance."""
     store = open_store(project, state)

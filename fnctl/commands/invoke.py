@@ -19,13 +19,14 @@ from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.requestid import new_request_id
 from fnctl.manifest.project import Project
+from fnctl.state.location import StateLocation, locate
 from fnctl.state.revisions import InstanceState, Revision, RevisionStatus
-from fnctl.state.store import connect, state_path
+from fnctl.state.store import connect, exists
 
 
 def invoke_deployed(
     project: Project,
-    state: Path | None,
+    state: StateLocation | None,
     name: str,
     event: Any,
     payload_size: int,
@@ -37,8 +38,8 @@ def invoke_deployed(
 ) -> tuple[Outcome, bool]:
     """`fnctl invoke NAME`: through the project's gateway when it runs (and not `direct`), else straight to an
     instance. Returns the outcome and whether a warm instance served it."""
-    path = state_path(project, state)
-    if not direct and path.exists():
+    path = locate(project, state)
+    if not direct and exists(path):
         store = connect(path)
         try:
             store_id = store.id
@@ -52,7 +53,7 @@ def invoke_deployed(
 
 
 def invoke_live(
-    project: Project, state: Path | None, name: str, event: Any, payload_size: int, revision: int | None
+    project: Project, state: StateLocation | None, name: str, event: Any, payload_size: int, revision: int | None
 ) -> tuple[int, Any]:
     """Invoke a deployed function through one of its ready instances (weighted like the routing table, or
     pinned to `revision`). Returns (revision, instances.Outcome)."""
@@ -94,7 +95,9 @@ def _not_live(name: str, revisions: list[Revision]) -> str:
     return f"{name} has no live revision: revision {last.number} failed: {reason} (see `fnctl history {name}`)"
 
 
-def _audit_direct(project: Project, state: Path | None, name: str, revision: int, outcome: Any, seconds: float) -> None:
+def _audit_direct(
+    project: Project, state: StateLocation | None, name: str, revision: int, outcome: Any, seconds: float
+) -> None:
     """An invocation that bypassed the gateway (`fnctl invoke --direct`, or no gateway running) skips its
     authentication, never its audit: one row, with the operator (fnctl.deploy.actor) as the principal."""
     if outcome is None:  # the invocation itself raised (the instance went away)
@@ -102,7 +105,7 @@ def _audit_direct(project: Project, state: Path | None, name: str, revision: int
     else:
         word = audit_outcome(outcome)
         status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
-    audit = AuditLog(state_path(project, state))
+    audit = AuditLog(locate(project, state))
     try:
         audit.record(
             request_id=new_request_id(),

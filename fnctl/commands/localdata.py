@@ -29,6 +29,7 @@ from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import DesiredState, Function, Policy, RunAs
 from fnctl.manifest.project import Project, cache_dir
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect as connect_store
 
 
@@ -54,7 +55,7 @@ class LocalData:
         if data_from is not None:
             if not data_from.exists():
                 raise BadInput(f"--data-from {data_from}: no state store there")
-            documents = docstore.connect(docstore.data_path(data_from))
+            documents = docstore.open_at(StateLocation(data_from))
             policies_of, routes = _store_policies(data_from)
             # the live data file: its writes queue events for the store's onCommit triggers, as the gateway's do
             plane = DataPlane(documents, policies_of, outbox=lambda: routes)

@@ -75,7 +75,7 @@ def sync_collections(
     ]
     if not acting:
         return []
-    store = docstore.connect(docstore.data_path(ctx.store.path))
+    store = docstore.open_at(ctx.store.location)
     try:
         result = DataPlane(store, lambda: ()).sync_collections(state.collections, options.prune, options.force)
     except FnctlError as exc:

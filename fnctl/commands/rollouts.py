@@ -25,9 +25,10 @@ from fnctl.rollout.abstats import AbReport, Sample, report
 from fnctl.rollout.machine import EventKind
 from fnctl.rollout.record import ACTIVE, Record, State
 from fnctl.state import rolloutstore
+from fnctl.state.location import locate
 from fnctl.state.metricstore import totals
 from fnctl.state.rolloutstore import RolloutEventRow, RolloutRow
-from fnctl.state.store import Store, connect, state_path
+from fnctl.state.store import Store, connect
 
 POLL = 0.2  # seconds between looks at a rollout: how soon a request from elsewhere is acted on
 OnEvent = Callable[[RolloutEventRow, RolloutRow], None]
@@ -150,7 +151,7 @@ class Follower:
         if self.held is not None:
             self._advance(self.held)
             return
-        with lock.attempt(state_path(self.project, self.options.state), "rollout: drive") as got:
+        with lock.attempt(locate(self.project, self.options.state), "rollout: drive") as got:
             if got:
                 with session(self.project, self.options, "rollout", lambda line: None, locked=True) as ctx:
                     self._advance(ctx)
@@ -177,7 +178,7 @@ class Follower:
 
 @contextmanager
 def _store(project: Project, options: Options) -> Iterator[Store]:
-    store = connect(state_path(project, options.state))
+    store = connect(locate(project, options.state))
     try:
         yield store
     finally:

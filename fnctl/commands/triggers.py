@@ -6,7 +6,6 @@ enabling one again (audited); running a manual trigger through the project's run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fnctl.commands.functions import open_store
@@ -17,6 +16,7 @@ from fnctl.gateway.client import GatewayCall, find, run_trigger
 from fnctl.manifest.model import TriggerType
 from fnctl.manifest.project import Project
 from fnctl.state import triggerstate
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store
 
 
@@ -62,7 +62,7 @@ def _target(spec: dict[str, Any]) -> tuple[str, str]:
     return "?", ""
 
 
-def triggers(project: Project, state: Path | None) -> list[TriggerInfo]:
+def triggers(project: Project, state: StateLocation | None) -> list[TriggerInfo]:
     store = open_store(project, state)
     try:
         return _infos(store)
@@ -95,12 +95,12 @@ def _infos(store: Store) -> list[TriggerInfo]:
     return out
 
 
-def disabled(project: Project, state: Path | None) -> list[TriggerInfo]:
+def disabled(project: Project, state: StateLocation | None) -> list[TriggerInfo]:
     """The disabled triggers (what `fnctl status` warns about)."""
     return [t for t in triggers(project, state) if t.disabled_at is not None]
 
 
-def enable(project: Project, state: Path | None, name: str, *, by: str | None = None) -> TriggerInfo:
+def enable(project: Project, state: StateLocation | None, name: str, *, by: str | None = None) -> TriggerInfo:
     """Enable the trigger and reset its count of faults (audited as `by`, default the OS/CI user: the
     dashboard passes its signed-in principal); BadInput when there is no such trigger."""
     store = open_store(project, state)
@@ -119,7 +119,7 @@ def enable(project: Project, state: Path | None, name: str, *, by: str | None = 
         store.close()
 
 
-def run(project: Project, state: Path | None, name: str, event: Any, *, key: str | None) -> GatewayCall:
+def run(project: Project, state: StateLocation | None, name: str, event: Any, *, key: str | None) -> GatewayCall:
     """Run a manual trigger now through the project's running gateway (no event: its `manual.event`)."""
     store = open_store(project, state)
     try:

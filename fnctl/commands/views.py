@@ -5,7 +5,6 @@ data file (`fnctl.state.outbox`), each replay and purge audited."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fnctl.deploy.actor import actor
@@ -13,8 +12,9 @@ from fnctl.errors import BadInput, ExitCode, FnctlError
 from fnctl.gateway.client import ViewAnswer, find, view
 from fnctl.manifest.project import Project
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation, locate
 from fnctl.state.outbox import DEAD, DELIVERED, STATES, OutboxEvent
-from fnctl.state.store import connect, state_path
+from fnctl.state.store import connect, exists
 
 
 class ViewError(FnctlError):
@@ -32,11 +32,13 @@ def parse_params(pairs: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def get_view(project: Project, state: Path | None, name: str, params: Sequence[str], key: str | None) -> ViewAnswer:
-    path = state_path(project, state)
+def get_view(
+    project: Project, state: StateLocation | None, name: str, params: Sequence[str], key: str | None
+) -> ViewAnswer:
+    path = locate(project, state)
     query = parse_params(params)
     store_id = None
-    if path.exists():
+    if exists(path):
         store = connect(path)
         try:
             store_id = store.id
@@ -59,12 +61,13 @@ def get_view(project: Project, state: Path | None, name: str, params: Sequence[s
     raise error
 
 
-def _data(project: Project, state: Path | None) -> tuple[Path, Path]:
-    path = state_path(project, state)
-    data = docstore.data_path(path)
-    if not data.exists():
-        raise BadInput(f"no data store at {data}: declare a Collection in the manifests and run `fnctl apply`")
-    return path, data
+def _data(project: Project, state: StateLocation | None) -> StateLocation:
+    path = locate(project, state)
+    if not docstore.exists_at(path):
+        raise BadInput(
+            f"no data store at {docstore.where(path)}: declare a Collection in the manifests and run `fnctl apply`"
+        )
+    return path
 
 
 def _state(value: str | None) -> str | None:
@@ -74,12 +77,11 @@ def _state(value: str | None) -> str | None:
 
 
 def list_events(
-    project: Project, state: Path | None, which: str | None, trigger: str | None, limit: int, after: int = 0
+    project: Project, state: StateLocation | None, which: str | None, trigger: str | None, limit: int, after: int = 0
 ) -> list[OutboxEvent]:
     if limit < 1:
         raise BadInput("--limit must be at least 1")
-    _, data = _data(project, state)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(_data(project, state))
     try:
         return docs.outbox_list(_state(which), trigger, limit, after)
     finally:
@@ -104,10 +106,9 @@ def event_json(e: OutboxEvent) -> dict[str, Any]:
     }
 
 
-def event_counts(project: Project, state: Path | None) -> dict[str, dict[str, int]]:
+def event_counts(project: Project, state: StateLocation | None) -> dict[str, dict[str, int]]:
     """Per trigger, its events in each state (pending, delivered, dead): what `events ls` lists, counted."""
-    _, data = _data(project, state)
-    docs = docstore.connect(data)
+    docs = docstore.open_at(_data(project, state))
     try:
         counted = docs.outbox_counts()
     finally:
@@ -120,7 +121,7 @@ def event_counts(project: Project, state: Path | None) -> dict[str, dict[str, in
 
 def replay(
     project: Project,
-    state: Path | None,
+    state: StateLocation | None,
     trigger: str | None,
     seqs: Sequence[int],
     delivered: bool,
@@ -133,14 +134,16 @@ def replay(
     return _change(project, state, "events-replay", trigger, seqs, which, replay=True, by=by)
 
 
-def purge(project: Project, state: Path | None, which: str | None, trigger: str | None, seqs: Sequence[int]) -> int:
+def purge(
+    project: Project, state: StateLocation | None, which: str | None, trigger: str | None, seqs: Sequence[int]
+) -> int:
     """Events deleted (default: the dead letters); audited."""
     return _change(project, state, "events-purge", trigger, seqs, _state(which) or DEAD, replay=False)
 
 
 def _change(
     project: Project,
-    state: Path | None,
+    state: StateLocation | None,
     action: str,
     trigger: str | None,
     seqs: Sequence[int],
@@ -149,8 +152,8 @@ def _change(
     replay: bool,
     by: str | None = None,
 ) -> int:
-    path, data = _data(project, state)
-    docs = docstore.connect(data)
+    path = _data(project, state)
+    docs = docstore.open_at(path)
     store = connect(path)
     try:
         count = docs.outbox_replay(trigger, seqs, which) if replay else docs.outbox_purge(which, trigger, seqs)

@@ -6,7 +6,6 @@ routes call them in a worker thread."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fnctl.commands import rollback, rollouts, triggers, views
@@ -14,6 +13,7 @@ from fnctl.dashboard.access import Action
 from fnctl.deploy.session import Options
 from fnctl.manifest.project import Project
 from fnctl.rollout.machine import EventKind
+from fnctl.state.location import StateLocation
 
 REQUEST_TIMEOUT = 10.0  # seconds for a request to be acted on by whoever drives the rollout
 LOCK_TIMEOUT = 20.0  # retry and rollback take the store's lock, briefly held by the controller loop
@@ -36,7 +36,7 @@ CONSEQUENCES = {
 @dataclass(frozen=True)
 class Actions:
     project: Project
-    store_path: Path
+    store_path: StateLocation
 
     def run(self, action: Action, name: str, principal: str, body: dict[str, Any]) -> dict[str, Any]:
         options = Options(state=self.store_path, actor=f"ui:{principal}", lock_timeout=LOCK_TIMEOUT)

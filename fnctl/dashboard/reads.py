@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fnctl.commands import audit, functions, rollouts
@@ -22,6 +21,7 @@ from fnctl.rollout.abstats import report_to_json
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import metricstore, rolloutstore
 from fnctl.state.auditlog import AuditFilter
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 SPARK_SECONDS = 300  # the sparklines' window
@@ -34,7 +34,7 @@ class NoSuchItem(FnctlError):
 @dataclass(frozen=True)
 class Reads:
     project: Project
-    store_path: Path
+    store_path: StateLocation
 
     @property
     def options(self) -> Options:

@@ -88,10 +88,9 @@ def live_from_store(
 def read_collections(store: Store) -> dict[str, LiveCollection]:
     """The collections of the data file beside the store, with their document counts; none when there is no
     data file yet (reading does not create one)."""
-    path = docstore.data_path(store.path)
-    if not path.exists():
+    if not docstore.exists_at(store.location):
         return {}
-    data = docstore.connect(path)
+    data = docstore.open_at(store.location)
     try:
         return {name: LiveCollection(name, row.spec, data.count(name)) for name, row in data.collections().items()}
     finally:

@@ -1,7 +1,9 @@
 """The one-mutating-command-at-a-time lock of a state store.
 
 An exclusive `flock` on a file beside the store: the kernel releases it when its holder dies, even by
-`kill -9`, so a dead holder never blocks anyone. The holder writes who it is (pid, host, command, since)
+`kill -9`, so a dead holder never blocks anyone. A state on PostgreSQL is shared by hosts: there the command
+then also takes a session advisory lock in the database, which the server releases when the holder's
+connection dies. The holder writes who it is (pid, host, command, since)
 into the file so that a waiting command can name it.
 """
 
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fnctl.errors import FnctlError
+from fnctl.state.backends import database_lock
+from fnctl.state.location import StateLocation
 
 POLL = 0.05
 RECHECK = 1.0  # seconds between looks at who holds the lock while waiting (the holder may change)
@@ -47,15 +51,25 @@ OnWait = Callable[[Holder], AbstractContextManager[object]]
 
 
 @contextmanager
-def held(store_path: Path, timeout: float, command: str | None = None, on_wait: OnWait | None = None) -> Iterator[None]:
+def held(
+    store_path: StateLocation, timeout: float, command: str | None = None, on_wait: OnWait | None = None
+) -> Iterator[None]:
     """Hold the store's lock for the block; wait up to `timeout` seconds for it, telling `on_wait` whom
     it waits for."""
+    deadline = time.monotonic() + timeout
     with _holding(store_path, command, lambda fd, path: _acquire(fd, path, timeout, on_wait)):
-        yield
+        # then the database's lock, on PostgreSQL: another host's command holds it
+        with database_lock(store_path, max(0.0, deadline - time.monotonic())) as got:
+            if not got:
+                raise LockTimeout(
+                    f"the state store is locked by a command on another host (the database lock of {store_path}); "
+                    f"waited {timeout:g}s (raise --lock-timeout to wait longer)"
+                )
+            yield
 
 
 @contextmanager
-def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
+def attempt(store_path: StateLocation, command: str | None = None) -> Iterator[bool]:
     """Hold the store's lock for the block if it is free now (True), else do without it (False)."""
 
     def try_once(fd: int, path: Path) -> bool:
@@ -66,12 +80,18 @@ def attempt(store_path: Path, command: str | None = None) -> Iterator[bool]:
             return False
 
     with _holding(store_path, command, try_once) as got:
-        yield got
+        if not got:
+            yield False
+            return
+        with database_lock(store_path, None) as free:
+            yield free
 
 
 @contextmanager
-def _holding(store_path: Path, command: str | None, acquire: Callable[[int, Path], object]) -> Iterator[bool]:
-    path = store_path.with_name(store_path.name + ".lock")
+def _holding(store_path: StateLocation, command: str | None, acquire: Callable[[int, Path], object]) -> Iterator[bool]:
+    # beside the SQLite file, or on PostgreSQL beside the host-local anchor (this host's commands; those of
+    # other hosts meet at the database's lock, taken next)
+    path = store_path.path.with_name(store_path.path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -29,6 +29,7 @@ from fnctl.rollout.analysis import Verdict, evaluate
 from fnctl.rollout.machine import EventKind, Measure, Transition, Wait
 from fnctl.rollout.record import ACTIVE, Record, State, record_from
 from fnctl.state import metricstore, rolloutstore
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceState, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
 from fnctl.state.store import Store, connect
@@ -254,7 +255,7 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
         )
 
 
-def tick(project: Project, store_path: Path, progress: executor.Progress) -> int:
+def tick(project: Project, store_path: StateLocation, progress: executor.Progress) -> int:
     """One pass of `fnctl serve`'s controller loop: advance the rollouts that need a driver, if the lock is
     free (else the process holding it drives them). Returns how many it advanced."""
     store = connect(store_path)

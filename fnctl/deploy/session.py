@@ -19,14 +19,15 @@ from fnctl.gitops.gitrepo import work_tree
 from fnctl.manifest.model import DesiredState
 from fnctl.manifest.project import Project
 from fnctl.runtimes.validation import validate_project
-from fnctl.state.store import Store, connect, state_path
+from fnctl.state.location import StateLocation, locate
+from fnctl.state.store import Store, connect
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Options:
-    state: Path | None = None
+    state: StateLocation | None = None
     lock_timeout: float = 60.0
     prune: bool = False
     force: bool = False
@@ -50,7 +51,7 @@ def session(
 ) -> Iterator[executor.Context]:
     """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`); the
     commit recorded is `source`'s, else that of the work tree the project sits in."""
-    path = state_path(project, options.state)
+    path = locate(project, options.state)
     guard = (
         lock.held(path, options.lock_timeout, command, options.on_lock_wait) if mutating and not locked else _nothing()
     )

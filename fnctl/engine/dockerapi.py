@@ -96,7 +96,13 @@ def request(
     socket `engine` (default: DOCKER_HOST's), its answer read whole. Unversioned paths: the engine answers in
     its own current API version."""
     with Stream(method, where, query=query, body=body, timeout=timeout, engine=engine) as answer:
-        raw = b"".join(answer.chunks())
+        pieces, size = [], 0
+        for piece in answer.chunks():
+            size += len(piece)
+            if size > MAX_BODY:
+                raise Unreachable("the engine's answer is too large")
+            pieces.append(piece)
+        raw = b"".join(pieces)
     try:
         decoded = json.loads(raw) if raw.strip() else None
     except ValueError:
@@ -152,17 +158,13 @@ class Stream:
         self._conn.close()
 
     def chunks(self) -> Iterator[bytes]:
-        """The body, piece by piece as the engine sends it (chunked or not)."""
-        total = 0
+        """The body, piece by piece as the engine sends it (chunked or not): a followed log has no end, so
+        only `request`, which keeps it all, limits its size."""
         try:
-            for piece in self._pieces():
-                total += len(piece)
-                if total > MAX_BODY:
-                    raise Unreachable("the engine's answer is too large")
-                yield piece
+            yield from self._pieces()
+        except Unreachable:
+            raise
         except OSError as exc:
-            if isinstance(exc, Unreachable):
-                raise
             raise Unreachable(f"the engine: {exc.strerror or exc}") from None
 
     def _pieces(self) -> Iterator[bytes]:
@@ -175,12 +177,12 @@ class Stream:
                 yield reader.read(size)
                 reader.readline(16)  # the chunk's CRLF
         length = self._headers.get("content-length")
-        left = int(length) if length is not None else MAX_BODY + 1
-        while left > 0:
-            piece = reader.read1(min(left, 65536))
+        left = int(length) if length is not None else -1  # -1: until the engine closes
+        while left != 0:
+            piece = reader.read1(min(left, 65536) if left > 0 else 65536)
             if not piece:
                 return
-            left -= len(piece)
+            left = max(left - len(piece), 0) if left > 0 else left
             yield piece
 
 

@@ -94,6 +94,8 @@ class Gateway(RequestPipeline):
         self._measured: set[tuple[str, int]] = set()  # pools whose gauges /metrics shows
         self.views: Views | None = None  # GET /v1/views/{name} (with the data plane)
         self.lean_data: DataRoute | None = None  # the data API's routes the lean path serves (`make_app`)
+        # `fnctl serve --workers`: this worker's metrics text → every worker's (fnctl.gateway.crew)
+        self.exposition: Callable[[bytes], bytes] | None = None
 
     # ---- handlers ----
 
@@ -182,13 +184,20 @@ class Gateway(RequestPipeline):
         return web.json_response(body, status=200 if ready else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
+        body = self.metrics_text()
+        if self.exposition is not None:
+            body = self.exposition(body)
+        return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
+
+    def metrics_text(self) -> bytes:
+        """This process's metrics in the Prometheus text format, the instance gauges brought up to date."""
         pools = self.pool.stats()
         for (function, revision), stats in pools.items():
             self.metrics.set_instances(function, revision, stats.instances)
         for function, revision in self._measured - pools.keys():  # pools gone: their gauges go too
             self.metrics.forget(function, revision)
         self._measured = set(pools)
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
+        return self.metrics.render()
 
     def _record(self, call: Call, request: Incoming | None, status: int) -> None:
         """What every request ends with: measured (when it reached a revision) and audited."""

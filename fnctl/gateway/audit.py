@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from fnctl.gateway.accesslog import (
@@ -27,6 +26,7 @@ from fnctl.gateway.accesslog import (
     start_access_log,
 )
 from fnctl.gateway.auditwriter import Lines, WriterProcess
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, StoreError, connect
 
 __all__ = ["AuditLog", "silence_access_log", "start_access_log"]
@@ -39,7 +39,9 @@ class AuditLog:
     process (`process=True`) or written by a thread of this one. A row leaves the queue only once it is in
     the store. `close` writes what is left."""
 
-    def __init__(self, store_path: Path, *, interval: float = 0.25, batch: int = 500, process: bool = False) -> None:
+    def __init__(
+        self, store_path: StateLocation, *, interval: float = 0.25, batch: int = 500, process: bool = False
+    ) -> None:
         self._store_path = store_path
         self._interval = interval
         self._batch = batch
@@ -222,7 +224,7 @@ class AuditLog:
         try:
             with store.transaction():
                 _insert(store, batch)
-        except Exception as exc:  # the writer must outlive a busy store (BEGIN raises sqlite3's own errors)
+        except StoreError as exc:  # the writer outlives a busy SQLite file or a PostgreSQL server that went away
             log.warning("%d audit rows not written yet, will retry: %s", len(batch), exc)
             return False
         with self._lock:
@@ -252,7 +254,7 @@ class AuditLog:
             handler.flush()
 
 
-def _writer_process(store_path: Path) -> WriterProcess | None:
+def _writer_process(store_path: StateLocation) -> WriterProcess | None:
     """The writer process, writing the access lines too when they go straight to a file descriptor (the
     access log's only destination, unfiltered: `fnctl serve`'s stdout); None when it cannot start."""
     direct = direct_handler()

@@ -26,13 +26,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from fnctl.gateway.accesslog import Row, access_line, row_line
-from fnctl.state.store import Store, connect
+from fnctl.state import location
+from fnctl.state.location import StateLocation
+from fnctl.state.store import Store, StoreError, connect
 
 _LENGTH = struct.Struct("<I")  # each batch: its length, then marshal.dumps((rows, lines))
+_STATE_ENV = "FNCTL_AUDITWRITER_STATE"  # the store, as StateLocation.to_arg wrote it
 _ACK = struct.Struct("<QQ")  # each acknowledgement: the rows of one batch, and how many of them are committed
 Lines = list[tuple[Row | None, dict[str, Any]]]  # access lines: (audit row or None, extra fields)
 RETRIES = 100  # attempts at a batch the store refuses (busy), 0.1 s apart, before it is given up
@@ -41,8 +43,9 @@ RETRIES = 100  # attempts at a batch the store refuses (busy), 0.1 s apart, befo
 class WriterProcess:
     """The gateway's handle on its writer process."""
 
-    def __init__(self, store_path: Path, access_fd: int | None) -> None:
-        args = [sys.executable, "-m", "fnctl.gateway.auditwriter", str(store_path)]
+    def __init__(self, store_path: StateLocation, access_fd: int | None) -> None:
+        # the store in the environment, not argv: a PostgreSQL URL may carry a password, and argv is public
+        args = [sys.executable, "-m", "fnctl.gateway.auditwriter"]
         # A copy of the access log's descriptor above 2: the process's stdin and stdout are its pipes, so
         # the gateway's stdout (1) would otherwise be replaced by the acknowledgements' pipe.
         passed = None if access_fd is None else os.dup(access_fd)
@@ -56,6 +59,7 @@ class WriterProcess:
                 stdout=subprocess.PIPE,
                 pass_fds=() if passed is None else (passed,),
                 start_new_session=True,  # a Ctrl-C meant for the gateway must not cut the writer short
+                env={**os.environ, _STATE_ENV: store_path.to_arg()},
             )
         finally:
             if passed is not None:
@@ -103,7 +107,7 @@ def _commit(store: Store, rows: list[Row]) -> bool:
             with store.transaction():
                 store.append_chained("invocations", list(rows))
             return True
-        except Exception as exc:  # a busy store (BEGIN raises sqlite3's own errors): try again
+        except StoreError as exc:  # a busy SQLite file, a PostgreSQL server restarting: try again
             error = exc
             time.sleep(0.1)
     _error(f"{len(rows)} audit rows lost: the store refused them: {error}")
@@ -119,8 +123,8 @@ def _error(message: str) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    store = connect(Path(argv[0]))
-    access = os.fdopen(int(argv[1]), "w", encoding="utf-8", closefd=False) if len(argv) > 1 else None
+    store = connect(location.parse(os.environ[_STATE_ENV]))
+    access = os.fdopen(int(argv[0]), "w", encoding="utf-8", closefd=False) if argv else None
     batches = sys.stdin.buffer
     acks: BinaryIO | None = sys.stdout.buffer
     try:

@@ -22,6 +22,7 @@ from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway import keys
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.state import keystore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 PUBLIC = "public"  # the role that lets anyone in, anonymous callers included
@@ -169,13 +170,13 @@ class Authenticator:
     announcement lost), or, without a stamp, whenever the store's data_version moved. The store connection
     stays on the thread that calls."""
 
-    def __init__(self, store_path: Path, config: AuthConfig) -> None:
+    def __init__(self, store_path: StateLocation, config: AuthConfig) -> None:
         self._store_path = store_path
         self._config = config
         self._store: Store | None = None
         self._tokens: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._keys: dict[str, Principal] = {}  # digest of a verified key → its principal
-        self._stamp = keystore.KeysStamp(store_path)
+        self._stamp = keystore.KeysStamp(store_path.path)
         # What the keys' generation was last read after (the stamp, or the store's data_version without one),
         # when to read it again regardless, and that generation: what _keys is valid for.
         self._seen: bytes | int | None = None

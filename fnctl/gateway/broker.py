@@ -22,7 +22,6 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
@@ -46,6 +45,7 @@ from fnctl.gateway.router import DataSettings
 from fnctl.invocation.aiotransport import Answered, AsyncCallHandler
 from fnctl.invocation.protocol import CallFailed
 from fnctl.manifest.model import Policy
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store
 from fnctl.state.store import connect as connect_store
 
@@ -97,7 +97,7 @@ class StateAudit:
     function`) go into the deploy audit's hash chain (its writes are in the data file's change log). Called on
     the broker's data thread only, which owns the connection."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: StateLocation) -> None:
         self._path = store_path
         self._store: Store | None = None
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from fnctl.state import cronstate
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, StoreError, connect
 
 log = logging.getLogger("fnctl.cron")
@@ -92,7 +92,7 @@ class CronRunner:
     `reload_interval` seconds. Store access happens on one worker thread of its own."""
 
     def __init__(
-        self, store_path: Path, invoke: Invoke, *, reload_interval: float = 1.0, drain_timeout: float = 30.0
+        self, store_path: StateLocation, invoke: Invoke, *, reload_interval: float = 1.0, drain_timeout: float = 30.0
     ) -> None:
         self._store_path = store_path
         self._invoke = invoke
@@ -135,7 +135,7 @@ class CronRunner:
         assert self._store is not None
         try:
             current, problems = cron_triggers(await self._db(self._store.resources, "Trigger"))
-        except Exception as exc:  # Store.resources lets sqlite3's own errors through: keep the current schedule
+        except StoreError as exc:  # the store is busy or unreachable: keep the current schedule
             log.warning("cron triggers not reloaded: %s", exc)
             return
         for name, problem in problems.items():

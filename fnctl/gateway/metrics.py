@@ -17,7 +17,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -26,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from fnctl.rollout.latency import Second, bucket_index
 from fnctl.state import metricstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -163,7 +163,7 @@ class Metrics:
                 with store.transaction():
                     for key, second in sorted(buckets.items()):
                         metricstore.add_second(store, key, second)
-            except BaseException:  # whatever failed (store.transaction's BEGIN raises sqlite3's own errors)
+            except BaseException:  # whatever failed (a StoreError, or the flush cancelled half-way)
                 self._put_back(buckets)
                 raise
         if time.time() - self._last_prune > 60:
@@ -171,7 +171,7 @@ class Metrics:
             metricstore.prune(store, time.time())
         return len(buckets)
 
-    async def run_flusher(self, store_path: Path, stop: asyncio.Event, interval: float = 0.25) -> None:
+    async def run_flusher(self, store_path: StateLocation, stop: asyncio.Event, interval: float = 0.25) -> None:
         """Flush every `interval` seconds until `stop` is set, then flush everything, with a store
         connection of its own that only this task's worker thread uses."""
         loop = asyncio.get_running_loop()

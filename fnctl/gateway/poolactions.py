@@ -22,6 +22,7 @@ from fnctl.gateway.poolhost import Target, Unavailable
 from fnctl.gateway.scaling import may_start
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState, RevisionStatus
 from fnctl.state.store import Store, connect
 
@@ -31,7 +32,7 @@ Rows = dict[tuple[str, int], list[tuple[str, str, str]]]  # (function, revision)
 
 
 @contextmanager
-def _store(path: Path) -> Iterator[Store]:
+def _store(path: StateLocation) -> Iterator[Store]:
     store = connect(path)
     try:
         yield store
@@ -43,8 +44,9 @@ class DockerActions:
     """The pools' blocking work, run in worker threads: each call opens its own store connection."""
 
     adopts_only = False  # True: the pools only adopt instances the engine runs (fnctl.gateway.poolswarm)
+    follow_interval = 0.1  # seconds between an adopting process's looks at `ready_rows` (a store query)
 
-    def __init__(self, store_path: Path, project: Project, max_wait: float | None = None) -> None:
+    def __init__(self, store_path: StateLocation, project: Project, max_wait: float | None = None) -> None:
         self.store_path = store_path
         self.project = project
         self.max_wait = max_wait

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from fnctl.errors import FnctlError
+from fnctl.gateway.crew import Crew
 from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.rendezvous import PeerCheck
@@ -84,6 +85,7 @@ class Slot:
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
+    units: int | None = None  # requests at once this process may send it: its share (`--workers`; may be 0), None: all
 
     @property
     def ready(self) -> bool:
@@ -103,6 +105,7 @@ class Host(Protocol):
     grace_seconds: float
     queue_limit: int
     closing: bool
+    crew: Crew | None  # the other gateway processes of `fnctl serve --workers`, None when this is the only one
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
 

@@ -20,6 +20,7 @@ from fnctl.errors import FnctlError
 from fnctl.gateway.poolhost import Host, Pauser, PoolStats, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, to_start
 from fnctl.gateway.shedding import max_wait
+from fnctl.gateway.workers import units
 from fnctl.invocation.aiotransport import AsyncTransport
 from fnctl.manifest.model import Warm
 
@@ -94,21 +95,32 @@ class PoolInstances:
         if self.host.closing:
             return
         for slot in self.slots.values():
-            if (slot.ready and slot.inflight < self.concurrency) or slot.phase is SlotPhase.STARTING:
+            room = self.concurrency if slot.units is None else slot.units  # this worker's share of it
+            if (slot.ready and slot.inflight < room) or slot.phase is SlotPhase.STARTING:
                 return
         self.scale(expected=1)
 
     def scale(self, expected: int = 0) -> None:
         """Start what the load and minInstances call for, with `expected` requests more on their way (nothing
-        while backing off or closing)."""
+        while backing off or closing). A follower worker (`fnctl serve --workers`) starts nothing: it tells
+        the owner its load, and the owner scales."""
+        slots = self.slots.values()
+        load = sum(s.inflight for s in slots if s.ready) + len(self.waiters) + expected
+        crew = self.host.crew
+        if crew is not None and not crew.owner:
+            now = time.monotonic()
+            recent = sum(1 for s in slots if s.ready and now - s.last_used < self.host.idle_seconds)
+            crew.report((self.target.function.name, self.target.revision), load, recent)
+            return
         if (self.host.closing and not self.waiters) or self._backing_off():
             return  # closing: only what already-queued requests need
-        slots = self.slots.values()
+        if crew is not None:
+            load = crew.demand((self.target.function.name, self.target.revision), load)
         count = to_start(
             ready=sum(s.ready for s in slots),
             starting=sum(s.phase is SlotPhase.STARTING for s in slots),
-            inflight=sum(s.inflight for s in slots if s.ready),
-            queued=len(self.waiters) + expected,
+            inflight=load,
+            queued=0,
             scaling=self.target.function.scaling,
             keep=self.keep,
         )
@@ -119,8 +131,15 @@ class PoolInstances:
             self._start_slot(spare=False)
         self._keep_spare()
 
+    def _units(self, instance_id: str) -> int | None:
+        """This process's share of an instance's concurrency (None: all of it, the only gateway process; 0
+        when `concurrency` is below the workers and none of its units is this worker's)."""
+        crew = self.host.crew
+        return None if crew is None else units(self.concurrency, crew.workers, crew.worker, instance_id)
+
     def _start_slot(self, *, spare: bool) -> None:
-        slot = Slot(instances.new_instance_id(), next(self._orders), spare=spare)
+        instance_id = instances.new_instance_id()
+        slot = Slot(instance_id, next(self._orders), spare=spare, units=self._units(instance_id))
         self.slots[slot.id] = slot
         self.host.spawn(self._bring_up(slot))
 
@@ -172,13 +191,19 @@ class PoolInstances:
         return self.start_error is not None and time.monotonic() - self.start_error[0] < START_BACKOFF
 
     def tick(self, now: float) -> None:
-        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing."""
+        """Periodic upkeep: stop idle instances beyond `keep`, start what is missing (the owner's alone)."""
+        if self.host.crew is not None and not self.host.crew.owner:
+            self.scale()  # a follower's standing load, repeated to the owner
+            return
         idle = (
             self.host.idle_seconds
             if self.routing is not Routing.UNROUTED
             else min(self.host.idle_seconds, self.host.grace_seconds)
         )
-        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=self.keep):
+        keep = self.keep
+        if self.host.crew is not None:  # the owner keeps as many as a follower used lately
+            keep = max(keep, self.host.crew.used((self.target.function.name, self.target.revision)))
+        for slot in idle_to_stop(self.slots.values(), now=now, idle_seconds=idle, keep=keep):
             if (
                 self.pauser is not None
                 and self.routing is not Routing.UNROUTED
@@ -211,7 +236,7 @@ class PoolInstances:
         tasks = []
         for instance_id, container_id, socket_dir in rows:
             if instance_id not in self.slots and instance_id not in self.gone:
-                slot = Slot(instance_id, next(self._orders), container_id, socket_dir)
+                slot = Slot(instance_id, next(self._orders), container_id, socket_dir, units=self._units(instance_id))
                 self.slots[instance_id] = slot
                 thaw = instance_id in paused  # a reserve left by a gateway that stopped without removing it
                 tasks.append(self.host.spawn(self._thaw_and_attach(slot) if thaw else self._attach(slot)))
@@ -274,6 +299,14 @@ class PoolInstances:
         if slot.phase in (SlotPhase.READY, SlotPhase.STARTING):
             slot.phase, slot.retire_reason = SlotPhase.RETIRING, reason
             self.scale()
+
+    def let_go(self, slot: Slot) -> None:
+        """A follower worker: the owner removed `slot`'s instance from the store. No new requests go to it;
+        its connection is closed once the last one ends (and nothing is stopped from here: `Host.stop_instance`)."""
+        if slot.inflight:
+            slot.phase, slot.retire_reason = SlotPhase.RETIRING, ""
+        else:
+            self._stop(slot, drain=True)
 
     def _stop(self, slot: Slot, *, drain: bool) -> None:
         drain = drain and slot.phase is not SlotPhase.PAUSED  # a frozen runtime cannot drain

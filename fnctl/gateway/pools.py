@@ -15,15 +15,15 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import dockerio, instances
 from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
+from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
-from fnctl.gateway.poolswarm import FOLLOW_INTERVAL, pool_actions
+from fnctl.gateway.poolswarm import pool_actions
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
@@ -33,6 +33,7 @@ from fnctl.invocation.protocol import ConnectionLost, RuntimeStartFailed
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.project import Project
+from fnctl.state.location import StateLocation
 
 __all__ = ["PoolManager", "Routing"]
 
@@ -55,13 +56,14 @@ class PoolManager:
     def __init__(
         self,
         project: Project,
-        store_path: Path,
+        store_path: StateLocation,
         *,
         idle_seconds: float = 300.0,
         queue_limit: int = 1024,
         grace_seconds: float = 30.0,
         workers: int = 8,
         max_wait: float | None = None,
+        crew: Crew | None = None,
     ) -> None:
         self.project = project
         self.store_path = store_path
@@ -70,19 +72,26 @@ class PoolManager:
         self.queue_limit = queue_limit
         self.max_wait = max_wait
         self.closing = False
+        # `fnctl serve --workers`: the owner (worker 0) starts, scales and stops instances; the other workers
+        # follow the store's instance table (fnctl.gateway.crew).
+        self.crew = crew
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
         self.actions = pool_actions(store_path, project, max_wait)
-        # engine = "swarm": the pools adopt the tasks Swarm runs on this node and never start, stop, pause or
-        # idle-stop one (fnctl.gateway.poolswarm); the node's tasks are looked at again every FOLLOW_INTERVAL.
-        self.adopts_only = self.actions.adopts_only
-        if self.adopts_only:
-            self.idle_seconds = float("inf")
+        # This process adopts only: it connects to the instances someone else runs and never starts, stops,
+        # pauses or idle-stops one. Two kinds: a follower worker of `fnctl serve --workers` (the owner runs
+        # them; its source is the store's instance table) and every gateway under engine = "swarm" (Swarm runs
+        # them; its source is this node's tasks, fnctl.gateway.poolswarm). Both look at their source again
+        # every `actions.follow_interval` (`_follow_instances`).
+        self.adopts_only = self.actions.adopts_only or (crew is not None and not crew.owner)
+        if self.actions.adopts_only:
+            self.idle_seconds = float("inf")  # a task is let go when Swarm stops it, never for being idle
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
         self._routes: dict[str, dict[int, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="fnctl-pool")
         self._reads = ThreadPoolExecutor(2, thread_name_prefix="fnctl-pool-read")
 
@@ -93,8 +102,11 @@ class PoolManager:
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
         if self.adopts_only:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop(follow=True))
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+            self._follower = asyncio.get_running_loop().create_task(self._follow_instances())
             return
+        if self.crew is not None:
+            self.crew.listen(self._on_load)
         for pool in self._pools.values():  # a gateway killed right after a start left its instance boosted
             for slot in list(pool.slots.values()):
                 if slot.container_id and slot.phase is not SlotPhase.PAUSED:
@@ -116,7 +128,7 @@ class PoolManager:
             pool.set_routing(self._routing(key))
         if self.closing:
             return attaching
-        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._ready_rows()
         for key in sorted(wanted):
             try:
                 pool = await self._pool(*key)
@@ -162,10 +174,13 @@ class PoolManager:
             p.waiters or any(s.inflight for s in p.slots.values()) for p in self._pools.values()
         ):
             await asyncio.sleep(0.02)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._follower):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        if self.crew is not None:
+            self.crew.close()
         # Stopping gets its own time, however long the drain took: an extra instance left running would
         # outlive the gateway. Starts under way finish first: a container start cannot be interrupted.
         deadline = time.monotonic() + STOP_BUDGET
@@ -193,6 +208,9 @@ class PoolManager:
         that was up before its container started, and is configured (secrets, worker connections) in one
         round trip. The transport is handed over as soon as the runtime is ready; recording the instance
         READY and setting its own CPU quota happen beside its first request."""
+        if self.crew is not None and not self.crew.owner:  # never asked (a follower's pools do not scale)
+            raise FnctlError("a follower gateway worker does not start instances")
+        # (A Swarm node's pools do ask, when no task of theirs here is free: SwarmActions.start says why not.)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Started] = loop.create_future()
 
@@ -272,6 +290,8 @@ class PoolManager:
             log.warning("recording instance %s as %s: %s", instance_id, "paused" if paused else "ready", exc)
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
+        if self.adopts_only:
+            return  # only let go of (its connection is closed): the owner worker or Swarm stops instances
         while True:
             try:
                 await self._in_thread(self.actions.stop, target, slot.id, slot.container_id, slot.socket_dir, drain)
@@ -318,7 +338,7 @@ class PoolManager:
         target = await self._in_thread(self.actions.load, *key, reads=True)
         # Read before the pool exists: once it does, the upkeep would start instances for it that the
         # store already has.
-        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        rows, paused = await self._ready_rows()
         pool = self._pools.get(key)
         if pool is None:
             pauser = None if self.adopts_only else self
@@ -326,20 +346,55 @@ class PoolManager:
             pool.adopt(rows.get(key, []), paused)
         return pool
 
+    async def _ready_rows(self) -> tuple[dict[tuple[str, int], list[tuple[str, str, str]]], set[str]]:
+        """The store's ready instances, by revision; a follower leaves out the paused ones (the owner's warm
+        reserve, frozen: it connects once the owner has thawed one and recorded it ready)."""
+        rows, paused = await self._in_thread(self.actions.ready_rows, reads=True)
+        if self.crew is not None and not self.crew.owner and paused:
+            rows = {key: [row for row in found if row[0] not in paused] for key, found in rows.items()}
+        return rows, paused
+
+    async def _follow_instances(self) -> None:
+        """An adopting process's loop: connect to the instances its source lists (the owner worker's, recorded
+        ready in the store; the tasks Swarm placed or replaced on this node), and let go of the ones it no
+        longer lists (retired here: no new requests, its connection closed once the last one ends; never taken
+        for a crash, never stopped from here)."""
+        while True:
+            await asyncio.sleep(self.actions.follow_interval)
+            try:
+                rows, _ = await self._ready_rows()
+            except Exception as exc:  # a busy store, the node's engine busy or restarting: the next look
+                log.warning("reading the instances: %s", exc)
+                continue
+            for key, pool in list(self._pools.items()):
+                listed = rows.get(key, [])
+                pool.adopt(listed)
+                ids = {row[0] for row in listed}
+                for slot in [s for s in pool.slots.values() if s.ready and s.id not in ids]:
+                    pool.let_go(slot)
+                pool.scale()  # a follower's pools tell the owner their load (repeated while it stands)
+
+    def _on_load(self, function: str, revision: int) -> None:
+        """The owner: a follower's load of (function, revision) changed: scale for it."""
+        pool = self._pools.get((function, revision))
+        if pool is not None:
+            pool.scale()
+        elif not self.closing and function in self._routes:
+            self.spawn(self._scale_new(function, revision))
+
+    async def _scale_new(self, function: str, revision: int) -> None:
+        try:
+            (await self._pool(function, revision)).scale()
+        except FnctlError as exc:
+            log.warning("cannot serve %s revision %s: %s", function, revision, exc.message)
+
     def _routing(self, key: tuple[str, int]) -> Routing:
         return routing_of(self._routes.get(key[0]), key[1])
 
-    async def _tick_loop(self, *, follow: bool = False) -> None:
+    async def _tick_loop(self) -> None:
         interval = max(0.05, min(1.0, self.idle_seconds / 4, self.grace_seconds / 4))
-        if follow:
-            interval = min(interval, FOLLOW_INTERVAL)
         while True:
             await asyncio.sleep(interval)
-            if follow:  # the tasks Swarm placed or replaced on this node since the last look
-                try:
-                    await self._follow(self._routes)
-                except Exception as exc:  # the node's engine busy or restarting: the next look
-                    log.warning("following this node's tasks: %s", exc)
             now = time.monotonic()
             for key, pool in list(self._pools.items()):
                 try:

@@ -1,5 +1,6 @@
 """The pools' blocking work under `engine = "swarm"` (docs/swarm.md): the gateway of a node adopts the tasks
-its node runs, over their sockets, and never starts, stops or pauses one (Swarm owns their lifecycle).
+its node runs, over their sockets, and never starts, stops or pauses one (Swarm owns their lifecycle): its
+pools adopt only, as a follower worker of `fnctl serve --workers` does (fnctl.gateway.pools).
 
 `SwarmActions` is `DockerActions` with the engine side swapped: its ready instances are this node's running
 task containers of the routed revisions (`NodeAgent.local_instances`), read again on every look, so that a
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from fnctl.engine import instances, swarmio
 from fnctl.engine.sandbox import LABEL, labels
@@ -24,10 +24,10 @@ from fnctl.gateway.poolactions import DockerActions, Rows
 from fnctl.gateway.poolhost import Target, Unavailable
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
+from fnctl.state.location import StateLocation
 
 log = logging.getLogger(__name__)
 
-FOLLOW_INTERVAL = 0.5  # seconds between the gateway's looks at its node's tasks
 EXIT_WAIT = 2.0  # how long a dead runtime's container may take to be seen as exited
 
 
@@ -35,8 +35,9 @@ class SwarmActions(DockerActions):
     """The pools' blocking work on a Swarm node: adopt the node's tasks, start and stop nothing."""
 
     adopts_only = True  # the pools follow what Swarm runs (fnctl.gateway.pools)
+    follow_interval = 0.5  # seconds between looks at the node's tasks (a sync with the manager, a task list)
 
-    def __init__(self, store_path: Path, project: Project, max_wait: float | None = None) -> None:
+    def __init__(self, store_path: StateLocation, project: Project, max_wait: float | None = None) -> None:
         super().__init__(store_path, project, max_wait)
         settings = project.swarm
         self.manager = SwarmEngine(settings.manager, settings.instance_root)
@@ -64,12 +65,6 @@ class SwarmActions(DockerActions):
             f"({self.agent.hostname}): Swarm runs its instances (its service's replicas)"
         )
 
-    def stop(self, target: Target, instance_id: str, container_id: str, socket_dir: str, drain: bool) -> None:
-        """Nothing: the pool has closed its connection; Swarm stops tasks when their service goes."""
-
-    def mark(self, instance_id: str, paused: bool) -> None:
-        """Nothing: tasks are never paused."""
-
     def death_cause(self, target: Target, container_id: str) -> tuple[Failure | None, str]:
         """Why a task's runtime went away: out of memory, a crash, or None when it exited cleanly or its
         container is gone (its service removed or scaled down: Swarm stopped it, and a runtime that is stopped
@@ -91,7 +86,7 @@ class SwarmActions(DockerActions):
         return Failure.CRASHED, "the task crashed during the invocation; Swarm replaces it"
 
 
-def pool_actions(store_path: Path, project: Project, max_wait: float | None) -> DockerActions:
+def pool_actions(store_path: StateLocation, project: Project, max_wait: float | None) -> DockerActions:
     """The pools' blocking work for the project's engine: the one place the gateway chooses it."""
     if project.engine == "swarm":
         return SwarmActions(store_path, project, max_wait)

@@ -62,6 +62,11 @@ class Candidate(Protocol):
     @property
     def last_used(self) -> float: ...
 
+    @property
+    def units(
+        self,
+    ) -> int | None: ...  # requests at once this process may send it (None: `concurrency`; fnctl.gateway.workers)
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -73,7 +78,7 @@ def pick(candidates: Iterable[C], concurrency: int) -> C | None:
     for c in candidates:
         if (
             c.ready
-            and c.inflight < concurrency
+            and c.inflight < (concurrency if c.units is None else c.units)
             and (best is None or (c.inflight, c.order) < (best.inflight, best.order))
         ):
             best = c

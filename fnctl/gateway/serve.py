@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 try:  # optional: a faster event loop when installed
@@ -29,18 +28,21 @@ from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog, silence_access_log, start_access_log
 from fnctl.gateway.auth import AuthConfig, Authenticator
 from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
+from fnctl.gateway.crew import Crew
 from fnctl.gateway.cron import CronRunner
 from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
+from fnctl.gateway.supervisor import supervise
 from fnctl.gateway.table import StoreTable
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 log = logging.getLogger("fnctl.serve")
@@ -55,6 +57,7 @@ class ServeOptions:
     queue_limit: int = 1024  # backstop: requests waiting per revision (the expected wait sheds long before)
     access_log: bool = True
     ui: bool = False  # the dashboard at /ui (fnctl.toml's gateway.ui, or --ui)
+    crew: Crew | None = None  # one worker of `fnctl serve --workers N` (fnctl.gateway.supervisor), else None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -151,20 +154,28 @@ def project_limits(project: Project) -> tuple[GatewayLimits, float | None]:
 Mount = Callable[[Gateway], Callable[[Any], None]]
 
 
-def serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
+def serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
     _configure_logging()
+    worker = {} if options.crew is None else {"worker": options.crew.worker}
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
             runner.run(_serve(project, store_path, options, mounts))
         except asyncio.CancelledError:
-            _event("stopped", drained=False)
+            _event("stopped", drained=False, **worker)
             return False
-    _event("stopped", drained=True)
+    _event("stopped", drained=True, **worker)
     return True
 
 
-def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gateway:
+def serve_workers(command: Sequence[str], workers: int, options: ServeOptions) -> bool:
+    """`fnctl serve --workers N`: run `command` (this `fnctl serve` line, without `--workers` and `--address`)
+    as N worker processes on the port (fnctl.gateway.supervisor); False when one did not drain."""
+    _configure_logging()
+    return supervise(command, workers, options.host, options.port)
+
+
+def _gateway(project: Project, store_path: StateLocation, options: ServeOptions) -> Gateway:
     """The gateway and the parts it uses (authentication, audit, metrics, table, pools), not started yet."""
     store = connect(store_path)
     identity = {"project": project.name, "store": store.id}
@@ -175,6 +186,7 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
         idle_seconds=options.idle_seconds,
         queue_limit=options.queue_limit,
         max_wait=options.limits.max_queue_wait,
+        crew=options.crew,
     )
     gateway = Gateway(
         pool=pool,
@@ -190,6 +202,8 @@ def _gateway(project: Project, store_path: Path, options: ServeOptions) -> Gatew
     gateway.broker.hooks = HookRunner(gateway, gateway.broker, TriggerStates(store_path))
     pool.call_handler = gateway.broker.handler_for
     gateway.views = Views(gateway, gateway.broker, view_cache_bytes(project))
+    if options.crew is not None:
+        gateway.exposition = options.crew.exposition
     return gateway
 
 
@@ -204,11 +218,11 @@ def view_cache_bytes(project: Project) -> int:
         raise BadInput(f"{project.root / CONFIG_FILE}: views: cacheSize: {exc}") from None
 
 
-def data_broker(store_path: Path, gateway: Gateway) -> Broker:
+def data_broker(store_path: StateLocation, gateway: Gateway) -> Broker:
     """The data plane the gateway serves (REST under /v1/, the instances' `context.db` calls): the data file
     beside the state store, the collections `apply` put there, and the live Policies of the routing table."""
     plane = DataPlane(
-        docstore.connect(docstore.data_path(store_path)),
+        docstore.open_at(store_path),
         LivePolicies(lambda: None if gateway.table is None else gateway.table.policies),
         StateAudit(store_path),
         outbox=lambda: router.EMPTY.on_commit if gateway.table is None else gateway.table.on_commit,
@@ -216,7 +230,7 @@ def data_broker(store_path: Path, gateway: Gateway) -> Broker:
     return Broker(plane)
 
 
-async def _serve(project: Project, store_path: Path, options: ServeOptions, mounts: Sequence[Mount]) -> None:
+async def _serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount]) -> None:
     stop = _stop_on_signals()
     # The access log first: the audit's writer process writes the lines itself when they go to stdout.
     stop_access = start_access_log(sys.stdout) if options.access_log else silence_access_log()
@@ -226,20 +240,30 @@ async def _serve(project: Project, store_path: Path, options: ServeOptions, moun
     drained = False
     try:
         await gateway.pool.start()
+        crew = options.crew
         runner, port = await start_server(
-            make_app(gateway, [mount(gateway) for mount in mounts]), options.host, options.port, options.limits
+            make_app(gateway, [mount(gateway) for mount in mounts]),
+            options.host,
+            options.port,
+            options.limits,
+            reuse_port=crew is not None,
         )
         gateway.pool_ready = True
-        cron = CronRunner(
-            store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
-        )
-        tasks += [
-            asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
-            asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)),
-            asyncio.create_task(cron.run(cron_stop)),
-            asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
-        ]
-        _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path))
+        tasks.append(asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)))
+        if crew is None or crew.owner:  # the controller's work: one process of a host's workers does it
+            cron = CronRunner(
+                store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
+            )
+            tasks += [
+                asyncio.create_task(_dispatcher(gateway).run(cron_stop)),
+                asyncio.create_task(cron.run(cron_stop)),
+                asyncio.create_task(_drive_rollouts(project, store_path, cron_stop)),
+            ]
+        if crew is not None:
+            tasks.append(asyncio.create_task(_publish_metrics(gateway, crew, cron_stop)))
+        worker = {} if crew is None else {"worker": crew.worker, "workers": crew.workers}
+        # str(store_path): a URL without its password
+        _event("listening", address=f"{options.host}:{port}", project=project.name, store=str(store_path), **worker)
         await stop.wait()
         _event("draining", inflight=gateway.inflight)
         gateway.draining = True
@@ -282,9 +306,23 @@ def _dispatcher(gateway: Gateway) -> Dispatcher:
 
 
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
+PUBLISH_INTERVAL = 1.0  # seconds between a worker's writes of its metrics for the others' /metrics
 
 
-async def _drive_rollouts(project: Project, store_path: Path, stop: asyncio.Event) -> None:
+async def _publish_metrics(gateway: Gateway, crew: Crew, stop: asyncio.Event) -> None:
+    """A worker's metrics, written where the other workers' /metrics read them, until the gateway stops."""
+    while not stop.is_set():
+        try:
+            crew.publish(gateway.metrics_text())
+        except OSError as exc:  # the run directory gone (the supervisor stopping): nothing to tell
+            log.warning("publishing this worker's metrics: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), PUBLISH_INTERVAL)
+        except TimeoutError:
+            pass
+
+
+async def _drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
     """The controller loop: rollouts advance while the gateway runs, whenever no other fnctl command holds
     the lock (one that does drives them itself)."""
 

@@ -227,7 +227,13 @@ def _reserved(app: web.Application) -> frozenset[str] | None:
 
 
 async def start_server(
-    app: web.Application, host: str, port: int, limits: GatewayLimits, *, lean: bool = True
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: GatewayLimits,
+    *,
+    lean: bool = True,
+    reuse_port: bool = False,
 ) -> tuple[GatewayRunner, int]:
     """Listen on host:port (0: any free port); returns the runner (for `cleanup()`) and the bound port.
 
@@ -235,7 +241,9 @@ async def start_server(
     cut after `read_timeout`: aiohttp's keep-alive timer runs from the connection's start until a whole
     request is in, however slowly its bytes trickle. The body has its own deadline (`body_timeout`, in the
     gateway), and each client address at most `max_connections_per_client` connections. `lean`: connections
-    start on the lean path (False: aiohttp's alone, the baseline the tests compare it with).
+    start on the lean path (False: aiohttp's alone, the baseline the tests compare it with). `reuse_port`: share
+    the port with the other worker processes of `fnctl serve --workers` (SO_REUSEPORT: the kernel spreads the
+    connections between them).
     """
     line_limit = _LINE_LIMIT if limits.max_header != _LINE_LIMIT else _LINE_LIMIT + 1  # 414 and 431 told apart
     runner = GatewayRunner(
@@ -251,6 +259,6 @@ async def start_server(
         lean=limits if lean else None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return runner, site.port

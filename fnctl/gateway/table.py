@@ -9,11 +9,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import RevisionStatus
 from fnctl.state.store import Store, connect
 
@@ -31,7 +31,7 @@ class StoreTable:
     """The gateway's table source: re-reads routes, revisions, Triggers and Policies when the store changed
     (SQLite's data_version: one cheap query when nothing did). Called from one worker thread at a time."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: StateLocation) -> None:
         self._path = store_path
         self._store: Store | None = None
         self._version: int | None = None

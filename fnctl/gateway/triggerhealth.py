@@ -9,11 +9,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from fnctl.data.hooks import HookSpec
 from fnctl.state import triggerstate
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 log = logging.getLogger("fnctl.gateway")
@@ -25,7 +25,7 @@ class TriggerStates:
     seconds (so `fnctl enable` takes effect within it), faults written through. Store access on a thread of
     its own. `is_disabled` is what other parts of the gateway (onCommit delivery) ask."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: StateLocation) -> None:
         self._path = store_path
         self._store: Store | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-triggers")

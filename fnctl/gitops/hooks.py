@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fnctl.errors import BadInput
 from fnctl.gitops.gitrepo import is_bare
+from fnctl.state.location import StateLocation
 
 MARK = "# fnctl post-receive hook"
 _DELETED = "0" * 40
@@ -25,7 +26,7 @@ class HookConfig:
     repo: Path
     branch: str = "main"
     preview: bool = False  # deploy pushes to other branches as previews that take no traffic
-    state: Path | None = None
+    state: StateLocation | None = None
     path: str | None = None  # the manifests inside the repository
     wait: bool = True  # follow rollouts to their end before the push returns (else `fnctl serve` drives them)
 
@@ -69,7 +70,7 @@ def script(config: HookConfig, python: str = sys.executable) -> str:
     if config.preview:
         command.append("--preview")
     if config.state is not None:
-        command += ["--state", str(config.state)]
+        command += ["--state", config.state.to_arg()]
     if config.path is not None:
         command += ["--path", config.path]
     if not config.wait:
@@ -101,7 +102,7 @@ def install(config: HookConfig, *, force: bool = False) -> Path:
                 repo,
                 config.branch,
                 config.preview,
-                config.state.resolve() if config.state else None,
+                StateLocation(config.state.path.resolve(), config.state.url) if config.state else None,
                 config.path,
                 config.wait,
             )

@@ -38,13 +38,14 @@ class Project:
     root: Path
     name: str
     manifest_paths: tuple[Path, ...]
-    state_path: Path | None  # None: the default location (see `state.default_path`)
+    state_path: Path | None  # None: the default location (see `state.location.default_path`)
     gateway: str = DEFAULT_GATEWAY
     base_image: str = DEFAULT_BASE_IMAGE
     default_limits: Limits = field(default_factory=Limits)
     has_config: bool = True
     engine: str = "local"  # local | swarm
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
+    state_url: str | None = None  # fnctl.toml's state.url: a postgresql:// database instead of a file
 
 
 def find_root(start: Path) -> Path | None:
@@ -102,6 +103,9 @@ def write_config(path: Path, name: str) -> None:
 def _from_config(root: Path, data: dict[str, Any]) -> Project:
     project = data.get("project", {})
     state = data.get("state", {}).get("path")
+    state_url = data.get("state", {}).get("url")
+    if state_url is not None and not str(state_url).startswith(("postgresql://", "postgres://")):
+        raise BadInput(f"{root / CONFIG_FILE}: state.url must be a postgresql:// URL, not {str(state_url)[:40]!r}")
     limits = data.get("defaults", {}).get("limits", {})
     base = Limits()
     try:
@@ -126,6 +130,7 @@ def _from_config(root: Path, data: dict[str, Any]) -> Project:
         default_limits=defaults,
         engine=data.get("engine", "local"),
         swarm=_swarm_settings(data.get("swarm", {})),
+        state_url=str(state_url) if state_url else None,
     )
 
 

@@ -1,7 +1,9 @@
 """The document store's queries: naming (one table per collection, `docs_<name>`; one generated column per
-indexed field), filters compiled to SQL with parameters only, keyset pagination, and reads of rows by id in
-chunks. Filters arrive as the AST of `fnctl.manifest.filterlang`; every leaf is 0 or 1, never NULL, so `$not`
-means what it says, and the semantics are `fnctl.data.filters.matches`'.
+indexed field), the portable reads (rows by id in chunks, a query's rows), and SQLite's dialect
+(`SQLITE`, see `docconn.Dialect`): filters compiled to SQL with parameters only, keyset pagination, the data
+file's migrations, generated columns and indexes. Filters arrive as the AST of `fnctl.manifest.filterlang`;
+every leaf is 0 or 1, never NULL, so `$not` means what it says, and the semantics are
+`fnctl.data.filters.matches`'. PostgreSQL's dialect is `docsqlpg`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 
 from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
 from fnctl.state import auditchain
-from fnctl.state.docrecords import Query, StoredDoc
+from fnctl.state.datamigrations import DATA_MIGRATIONS
+from fnctl.state.docconn import DocConn, Head
+from fnctl.state.docrecords import JSON, DataStoreError, Query, StoredDoc
+from fnctl.state.migrations import apply_migrations
 
-_META_COLUMNS = {
+META_COLUMNS = {
     "id": "id",
     "version": "version",
     "createdAt": "created_at",
@@ -34,7 +39,7 @@ def table(collection: str) -> str:
 
 def column(field_path: str) -> str:
     """The generated column of an indexed data field (or the envelope's own column)."""
-    meta = _META_COLUMNS.get(field_path)
+    meta = META_COLUMNS.get(field_path)
     return meta if meta else "ix_" + hashlib.sha256(field_path.encode()).hexdigest()[:16]
 
 
@@ -47,25 +52,16 @@ def index_fields(spec: dict[str, Any]) -> frozenset[str]:
     return frozenset(f for index in spec.get("indexes", ()) for f in index["fields"])
 
 
-def find_rows(db: sqlite3.Connection, indexed: frozenset[str], query: Query) -> list[StoredDoc]:
+def find_rows(db: DocConn, indexed: frozenset[str], query: Query) -> list[StoredDoc]:
     """The rows of `query` (`indexed`: the collection's fields with a generated column)."""
-    where, params = compile_filter(query.filter, indexed)
-    sql = f"SELECT {DOC_COLUMNS} FROM {table(query.collection)} WHERE tenant = ? AND {where}"
-    all_params: list[Any] = [query.tenant, *params]
-    if query.after is not None:
-        after, after_params = _keyset(query.order, query.after)
-        sql += f" AND {after}"
-        all_params += after_params
-    order = ", ".join(f"{column(f)} {'DESC' if d else 'ASC'}" for f, d in query.order)
-    sql += f" ORDER BY {order} LIMIT ?"
-    all_params.append(query.limit)
-    return [StoredDoc(*r) for r in db.execute(sql, all_params)]
+    sql, params = db.dialect.find_sql(query, indexed, DOC_COLUMNS)
+    return [StoredDoc(*r) for r in db.execute(sql, params)]
 
 
 CHUNK = 500  # ids per `IN (...)` (SQLite's default limit of host parameters is 32,766)
 
 
-def rows_by_id(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> Iterator[StoredDoc]:
+def rows_by_id(db: DocConn, collection: str, tenant: str, ids: Sequence[str]) -> Iterator[StoredDoc]:
     tbl = table(collection)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
@@ -76,7 +72,7 @@ def rows_by_id(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequen
             yield StoredDoc(*row)
 
 
-def versions(db: sqlite3.Connection, collection: str, tenant: str, ids: Sequence[str]) -> dict[str, int]:
+def versions(db: DocConn, collection: str, tenant: str, ids: Sequence[str]) -> dict[str, int]:
     tbl = table(collection)
     found: dict[str, int] = {}
     for start in range(0, len(ids), CHUNK):
@@ -114,7 +110,7 @@ def _sql(ast: Filter, indexed: frozenset[str], params: list[Any]) -> str:
 
 
 def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
-    meta = _META_COLUMNS.get(ast.field)
+    meta = META_COLUMNS.get(ast.field)
     path = json_path(ast.field)
     expr_params: list[Any]
     if meta is not None:
@@ -176,4 +172,105 @@ def _keyset(order: tuple[tuple[str, bool], ...], after: tuple[Any, ...]) -> tupl
     return "(" + " OR ".join(ors) + ")", params
 
 
-# -- opening and migrating --------------------------------------------------------------------------------
+# -- SQLite's dialect ---------------------------------------------------------------------------------------
+
+
+class _Sqlite:
+    name = "sqlite"
+    Error = sqlite3.Error
+    IntegrityError = sqlite3.IntegrityError
+
+    def begin_write(self, db: DocConn) -> Head | None:
+        db.execute("BEGIN IMMEDIATE")  # the file's one writer at a time
+        return None  # the head is read when needed: a read costs SQLite no round trip
+
+    def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
+        where, params = compile_filter(query.filter, indexed)
+        sql = f"SELECT {columns} FROM {table(query.collection)} WHERE tenant = ? AND {where}"
+        all_params: list[Any] = [query.tenant, *params]
+        if query.after is not None:
+            after, after_params = _keyset(query.order, query.after)
+            sql += f" AND {after}"
+            all_params += after_params
+        order = ", ".join(f"{column(f)} {'DESC' if d else 'ASC'}" for f, d in query.order)
+        sql += f" ORDER BY {order} LIMIT ?"
+        all_params.append(query.limit)
+        return sql, all_params
+
+    def migrate(self, db: DocConn) -> None:
+        assert isinstance(db, sqlite3.Connection)
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(DATA_MIGRATIONS):
+            raise DataStoreError(
+                f"the data file has schema version {version}, newer than this fnctl knows "
+                f"({len(DATA_MIGRATIONS)}); upgrade fnctl"
+            )
+        apply_migrations(db, version, DATA_MIGRATIONS)
+
+    def create_or_alter(self, db: DocConn, name: str, spec: dict[str, Any]) -> None:
+        tbl = table(name)
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {tbl} (tenant TEXT NOT NULL, id TEXT NOT NULL, "
+            "version INTEGER NOT NULL, created_at TEXT NOT NULL, created_by TEXT NOT NULL, "
+            "updated_at TEXT NOT NULL, updated_by TEXT NOT NULL, data TEXT NOT NULL, "
+            "PRIMARY KEY (tenant, id))"
+        )
+        columns = {row[1] for row in db.execute(f"PRAGMA table_xinfo({tbl})")}
+        for path in sorted(index_fields(spec)):
+            col = column(path)
+            if col not in columns:
+                db.execute(
+                    f"ALTER TABLE {tbl} ADD COLUMN {col} GENERATED ALWAYS AS "
+                    f"(json_extract(data, '{json_path(path)}')) VIRTUAL"
+                )
+        wanted = {
+            f"{tbl}_ix_{digest}": f"CREATE {'UNIQUE ' if unique else ''}INDEX {tbl}_ix_{digest} ON {tbl} "
+            f"({', '.join(['tenant', *(column(f) for f in fields)])})"
+            for digest, fields, unique in declared_indexes(spec)
+        }
+        existing = {
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name LIKE ?",
+                (tbl, f"{tbl}_ix_%"),
+            )
+        }
+        for old in sorted(existing - set(wanted)):
+            db.execute(f"DROP INDEX {old}")
+        for new in sorted(set(wanted) - existing):
+            db.execute(wanted[new])
+
+    def unique_fields(self, indexed: dict[str, frozenset[str]], exc: Exception) -> tuple[str, str] | None:
+        """From SQLite's `UNIQUE constraint failed: docs_x.tenant, docs_x.ix_...`."""
+        message = str(exc)
+        if "UNIQUE" not in message:
+            return None
+        names = [part.strip() for part in message.split(":", 1)[-1].split(",")]
+        return fields_of(indexed, names[0].split(".")[0] if names else "", [n.split(".")[-1] for n in names])
+
+    def data_version(self, db: DocConn) -> int:
+        return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def announce(self, db: DocConn, last_seq: int) -> None:
+        pass  # other connections see the file's data_version move
+
+
+SQLITE = _Sqlite()
+
+
+def declared_indexes(spec: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
+    """A collection's indexes: (a digest naming it, its fields, unique)."""
+    found = []
+    for index in spec.get("indexes", ()):
+        fields, unique = list(index["fields"]), bool(index.get("unique", False))
+        found.append((hashlib.sha256(JSON([fields, unique]).encode()).hexdigest()[:16], fields, unique))
+    return found
+
+
+def fields_of(indexed: dict[str, frozenset[str]], tbl: str, columns: Sequence[str]) -> tuple[str, str]:
+    """(collection, fields) of a unique index that refused a write, from its table and columns."""
+    for name, spec_fields in indexed.items():
+        if table(name) == tbl:
+            by_column = {column(f): f for f in spec_fields}
+            return name, ", ".join(by_column.get(c, c) for c in columns if c != "tenant")
+    return tbl, ", ".join(columns)

@@ -1,9 +1,11 @@
 """The document store: ALL of the data plane's SQL, in a SQLite file of its own (WAL) beside the deployment
-store (`data_path`). Portable SQL where it can be, so that PostgreSQL can implement the same `DocStore`.
+store (`data_path`), or in the deployment state's PostgreSQL database, in a schema of its own (`fnctl_data`).
+One `DocStore` for both: the SQL is portable where it can be, and what differs is the connection's dialect
+(`docconn`: `docsql.SQLITE`, `docsqlpg.POSTGRES`).
 
-This module opens the file (`connect`) and reads; the rest is split by role: `docrecords` (the rows and
-errors), `docsql` (tables, columns, filters → SQL), `docschema` (migrations, each collection's table and
-indexes), `docwrites` (the one write path). One table per collection, keyed (tenant, id); `changes` is the
+This module opens the store (`connect`) and reads; the rest is split by role: `docrecords` (the rows and
+errors), `docsql` (tables, columns, portable queries, SQLite's dialect), `docsqlpg` (PostgreSQL's),
+`docschema` (each collection's table and indexes), `docwrites` (the one write path). One table per collection, keyed (tenant, id); `changes` is the
 append-only, hash-chained change log (`fnctl.state.auditchain`, chain "changes"); `idempotency` remembers
 inserts by key.
 """
@@ -17,7 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fnctl.state import auditchain, docschema, docwrites, outbox
+from fnctl.state import auditchain, docschema, docwrites, outbox, pg
+from fnctl.state.docconn import SCHEMA, ChangeFeed, DocConn, PgConn, SqliteConn
 from fnctl.state.docrecords import (
     ChangeRow,
     CollectionRow,
@@ -27,7 +30,11 @@ from fnctl.state.docrecords import (
     StoredDoc,
     SyncResult,
 )
-from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, index_fields, rows_by_id, table
+from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, SQLITE, find_rows, index_fields, rows_by_id, table
+from fnctl.state.docsqlpg import POSTGRES
+from fnctl.state.location import StateLocation, StoreError
+
+Location = Path | str  # a SQLite file, or a postgresql:// URL
 
 # Pages a connection's WAL may hold before the committing connection checkpoints it itself, once checkpoints run
 # apart (`DocStore.checkpoint_apart`): a safety net for a checkpointer that fell behind, not the usual way.
@@ -39,31 +46,55 @@ def data_path(state_file: Path) -> Path:
     return state_file.with_name(f"{state_file.stem}.data.db")
 
 
+def open_at(state: StateLocation) -> DocStore:
+    """The document store of the deployment state at `state`: on SQLite the data file beside state.db, on
+    PostgreSQL the same database (schema `fnctl_data`). Every command and the gateway open it here."""
+    return connect(state.url if state.url is not None else data_path(state.path))
+
+
+def exists_at(state: StateLocation) -> bool:
+    """Whether the state's document store was ever created, without creating it (reading commands say "no
+    data store" instead of making an empty one)."""
+    if state.url is None:
+        return data_path(state.path).exists()
+    try:
+        db = pg.connect(state.url)
+    except StoreError as exc:
+        raise DataStoreError(str(exc)) from None
+    try:
+        row = db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone()
+    except pg.DatabaseError as exc:
+        raise DataStoreError(f"cannot read the document store in {pg.target(state.url)}: {exc}") from None
+    finally:
+        db.close()
+    return row is not None
+
+
+def where(state: StateLocation) -> str:
+    """The state's document store, for messages."""
+    return f"{state} (schema {SCHEMA})" if state.url is not None else str(data_path(state.path))
+
+
 class DocStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, location: Location) -> None:
+        """`location`: the data file, or the PostgreSQL database (its URL) of the deployment state."""
+        self.url = location if isinstance(location, str) else None
+        self.path = Path(location) if isinstance(location, Path) else Path()
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[DocConn] = []
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
         self._apart = False  # checkpoints run apart from the writes (`checkpoint_apart`)
+        self._feed: ChangeFeed | None = None  # PostgreSQL: other connections' commits (data_version)
         self._db()  # open (and migrate) now, so errors surface here
         self._load_indexed()
 
     # -- connections ------------------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def _db(self) -> DocConn:
+        db: DocConn | None = getattr(self._local, "db", None)
         if db is None:
-            try:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
-                if self._apart:
-                    db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
-                docschema.migrate(db)
-            except sqlite3.Error as exc:
-                raise DataStoreError(f"cannot open the data file {self.path}: {exc}") from None
+            db = self._open_pg(self.url) if self.url is not None else self._open_sqlite()
             self._local.db = db
             with self._lock:
                 self._all.append(db)
@@ -75,21 +106,55 @@ class DocStore:
         the caller runs `checkpoint()` from a thread of its own. SQLite's automatic checkpoint (every 1,000
         pages, by the connection that commits) stalled the committing thread, and every write waiting on it,
         for milliseconds whenever the disk was busy."""
+        if self.url is not None:
+            return  # PostgreSQL has no WAL file of ours to checkpoint
         self._apart = True
         self._db().execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file without waiting for readers or the writer (PASSIVE)."""
+        if self.url is not None:
+            return
         try:
             self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise DataStoreError(f"cannot checkpoint the data file: {exc}") from None
+
+    def _open_sqlite(self) -> DocConn:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False, factory=SqliteConn
+            )
+            db.dialect = SQLITE
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            if self._apart:
+                db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
+            docschema.migrate(db)
+        except sqlite3.Error as exc:
+            raise DataStoreError(f"cannot open the data file {self.path}: {exc}") from None
+        return db
+
+    def _open_pg(self, url: str) -> DocConn:
+        try:
+            db = PgConn(url, POSTGRES)
+            docschema.migrate(db)
+        except pg.DatabaseError as exc:
+            raise DataStoreError(f"cannot open the document store in {pg.target(url)}: {exc}") from None
+        return db
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url is not None else "sqlite"
 
     def close(self) -> None:
         with self._lock:
             for db in self._all:
                 db.close()
             self._all.clear()
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
         self._local = threading.local()
 
     # -- collections ------------------------------------------------------------------------------------
@@ -121,7 +186,7 @@ class DocStore:
                 .execute(f"SELECT {DOC_COLUMNS} FROM {table(collection)} WHERE tenant = ? AND id = ?", (tenant, id))
                 .fetchone()
             )
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
         return None if row is None else StoredDoc(*row)
 
@@ -129,13 +194,13 @@ class DocStore:
         """The documents of `ids` that exist, by id, in one query per CHUNK ids."""
         try:
             return {row.id: row for row in rows_by_id(self._db(), collection, tenant, ids)}
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {collection}: {exc}") from None
 
     def find(self, query: Query) -> list[StoredDoc]:
         try:
             return find_rows(self._db(), self._indexed.get(query.collection, frozenset()), query)
-        except sqlite3.Error as exc:
+        except self._db().dialect.Error as exc:
             raise DataStoreError(f"cannot read {query.collection}: {exc}") from None
 
     def scan(self, collection: str, tenant: str | None = None, batch: int = 1000) -> Iterator[StoredDoc]:
@@ -144,7 +209,7 @@ class DocStore:
         first = True
         tbl = table(collection)
         while True:
-            cond, params = ("(tenant, id) > (?, ?)", [*last]) if not first else ("1", [])
+            cond, params = ("(tenant, id) > (?, ?)", [*last]) if not first else ("TRUE", [])
             if tenant is not None:
                 cond += " AND tenant = ?"
                 params.append(tenant)
@@ -218,8 +283,19 @@ class DocStore:
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
     def data_version(self) -> int:
-        """Changes when another connection (another thread's or process's) committed to the file since."""
-        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+        """Changes when another connection (another thread's or process's) committed to the store since. On
+        PostgreSQL from the commits' notifications (`ChangeFeed`, listening from the first call on): no round
+        trip when nothing changed, and another gateway's writes move it too."""
+        if self.url is None:
+            db = self._db()
+            return db.dialect.data_version(db)
+        with self._lock:
+            if self._feed is None:
+                try:
+                    self._feed = ChangeFeed(self.url)
+                except StoreError as exc:
+                    raise DataStoreError(str(exc)) from None
+        return self._feed.version()
 
     def changes_after(self, seq: int, limit: int) -> list[ChangeRow]:
         """The change log after `seq`, every tenant, by seq."""
@@ -260,8 +336,12 @@ class DocStore:
         return outbox.prune(self._db(), delivered_before, dead_before)
 
 
-def connect(path: Path) -> DocStore:
-    """Open (creating and migrating as needed) the data file at `path`."""
+def connect(location: Location) -> DocStore:
+    """Open (creating and migrating as needed) the data file at `location`, or the document store in the
+    PostgreSQL database whose URL it is."""
+    if isinstance(location, str):
+        return DocStore(location)
+    path = location
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

@@ -1,19 +1,20 @@
 """The document store's one write path: a transaction's writes checked against the versions it read and
-applied in one `BEGIN IMMEDIATE`, their changes appended to the hash-chained change log
+applied in one write transaction (the dialect's `begin_write`: serialised with every other writer), their changes appended to the hash-chained change log
 (`fnctl.state.auditchain`, chain "changes"), inserts remembered by Idempotency-Key; and the group commit
 that concurrent single writes share. `indexed` is the store's map of collection → fields with a generated
 column."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from fnctl.state import auditchain
+from fnctl.state.docconn import DocConn, Head
 from fnctl.state.docrecords import (
     ChangeRow,
     DataStoreError,
@@ -26,13 +27,13 @@ from fnctl.state.docrecords import (
     envelope,
     timestamp,
 )
-from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, column, find_rows, rows_by_id, table, versions
+from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, find_rows, rows_by_id, table, versions
 
 Outbox = Mapping[str, Sequence[str]] | None  # collection → the onCommit triggers its changes are queued for
 
 
 def commit(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     item: GroupItem,
     outbox: Outbox = None,
@@ -44,19 +45,19 @@ def commit(
     trigger names). The new rows, None for deletes; the changes as logged are appended to `committed` once
     committed. Nothing is written when it raises."""
     changes: list[tuple[Any, ...]] = []
-    with _write_transaction(db):
+    with _write_transaction(db, lambda exc: _integrity_error(db, indexed, exc)) as head:
         try:
             result = _commit(db, indexed, item, into=changes)
-        except sqlite3.IntegrityError as exc:
-            raise _integrity_error(indexed, exc) from None
-        linked = _append_changes(db, changes, outbox)
+        except db.dialect.IntegrityError as exc:
+            raise _integrity_error(db, indexed, exc) from None
+        linked = _append_changes(db, changes, outbox, head)
     if committed is not None:
         committed.extend(ChangeRow(*row[:12]) for row in linked)
     return result
 
 
 def commit_group(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     items: Sequence[GroupItem],
     outbox: Outbox = None,
@@ -71,34 +72,53 @@ def commit_group(
     without savepoints (two statements fewer per write); only a constraint broken half-way through one
     transaction's writes (a unique index) makes it start again, with each transaction in a savepoint of its own."""
     try:
-        with _write_transaction(db):
+        with _write_transaction(db, lambda exc: _BrokenHalfway()) as head:
             out, changes = _group(db, indexed, items, savepoints=False)
-            linked = _append_changes(db, changes, outbox)
-    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own
-        with _write_transaction(db):
+            linked = _append_changes(db, changes, outbox, head)
+    except _BrokenHalfway:  # rolled back: again, each transaction in a savepoint of its own, each answered
+        with _write_transaction(db, None, pipelined=False) as head:
             out, changes = _group(db, indexed, items, savepoints=True)
-            linked = _append_changes(db, changes, outbox)
+            linked = _append_changes(db, changes, outbox, head)
     if committed is not None:
         committed.extend(ChangeRow(*row[:12]) for row in linked)
     return out
 
 
 @contextmanager
-def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any error (SQLite's as DataStoreError)."""
+def _write_transaction(
+    db: DocConn, integrity: Callable[[Exception], Exception] | None, *, pipelined: bool = True
+) -> Iterator[Head | None]:
+    """`begin_write` … `COMMIT`, rolled back on any error (the backend's as DataStoreError; a broken constraint
+    as `integrity` makes it). Yields the change log's head when `begin_write` read it.
+
+    `pipelined`: the statements and the COMMIT go out without waiting for each answer (PostgreSQL: an insert's
+    transaction is two round trips, not six), so a constraint a write broke may be reported only at the end."""
+    error = db.dialect.Error
     try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
+        head = db.dialect.begin_write(db)
+    except error as exc:
+        _rollback(db)
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     try:
-        yield
-        db.execute("COMMIT")
-    except sqlite3.Error as exc:
-        db.execute("ROLLBACK")
+        with db.pipeline() if pipelined else contextlib.nullcontext():
+            yield head
+            db.execute("COMMIT")
+    except error as exc:
+        _rollback(db)
+        if integrity is not None and isinstance(exc, db.dialect.IntegrityError):
+            raise integrity(exc) from None
         raise DataStoreError(f"cannot write the data file: {exc}") from None
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
+
+
+def _rollback(db: DocConn) -> None:
+    """Roll back what is open (nothing, when BEGIN itself failed; a lost connection cannot)."""
+    try:
+        db.execute("ROLLBACK")
+    except db.dialect.Error:
+        pass
 
 
 class _BrokenHalfway(Exception):
@@ -106,7 +126,7 @@ class _BrokenHalfway(Exception):
 
 
 def _group(
-    db: sqlite3.Connection, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
+    db: DocConn, indexed: dict[str, frozenset[str]], items: Sequence[GroupItem], *, savepoints: bool
 ) -> tuple[list[list[StoredDoc | None] | Exception], list[tuple[Any, ...]]]:
     """Check and apply a group's transactions in the open write transaction: a result or an exception each,
     and the change rows of those that applied. Without `savepoints`, a constraint broken by a write raises
@@ -124,33 +144,33 @@ def _group(
                 db.execute("ROLLBACK TO grouped")
             del changes[mark:]
             out.append(exc)
-        except sqlite3.IntegrityError as exc:
+        except db.dialect.IntegrityError as exc:
             if not savepoints:
                 raise _BrokenHalfway from exc
             db.execute("ROLLBACK TO grouped")
             del changes[mark:]
-            out.append(_integrity_error(indexed, exc))
+            out.append(_integrity_error(db, indexed, exc))
         if savepoints:
             db.execute("RELEASE grouped")
     return out, changes
 
 
-def _integrity_error(indexed: dict[str, frozenset[str]], exc: sqlite3.IntegrityError) -> Exception:
+def _integrity_error(db: DocConn, indexed: dict[str, frozenset[str]], exc: Exception) -> Exception:
     """A unique index refusing a write (UniqueViolation, naming the fields), or another broken constraint."""
-    message = str(exc)
-    if "UNIQUE" in message:
-        return UniqueViolation(*_unique_fields(indexed, message))
+    unique = db.dialect.unique_fields(indexed, exc)
+    if unique is not None:
+        return UniqueViolation(*unique)
     return DataStoreError(f"cannot write the data file: {exc}")
 
 
 def _commit(
-    db: sqlite3.Connection,
+    db: DocConn,
     indexed: dict[str, frozenset[str]],
     item: GroupItem,
-    into: list[tuple[Any, ...]] | None = None,
+    into: list[tuple[Any, ...]],
 ) -> list[StoredDoc | None]:
-    """Check and apply one transaction's writes; its change rows are appended to the log, or to `into`
-    (a group commit appends all its transactions' rows at once, in order)."""
+    """Check and apply one transaction's writes; its change rows are appended to `into` (for the log: a
+    group commit appends all its transactions' rows at once, in order)."""
     tenant, reads, finds, writes, meta = item.tenant, item.reads, item.finds, item.writes, item.meta
     # What was read: unchanged? One query per collection (and CHUNK ids), not one per document.
     read_ids: dict[tuple[str, str], list[ReadCheck]] = {}
@@ -249,20 +269,22 @@ def _commit(
         db.executemany(f"INSERT INTO {table(collection)} ({DOC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     for collection, key, response in keys:
         db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, collection, key, response, time.time()))
-    if into is None:
-        _append_changes(db, changes, None)
-    else:
-        into.extend(changes)
+    into.extend(changes)
     return results
 
 
-def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox: Outbox) -> list[tuple[Any, ...]]:
-    """Chain and append change rows whose fields (after seq) are already normalised: one hash each; and, in the
-    same transaction, the outbox rows of the onCommit triggers of their collections. The rows as appended."""
+def _append_changes(
+    db: DocConn, rows: list[tuple[Any, ...]], outbox: Outbox, head: Head | None
+) -> list[tuple[Any, ...]]:
+    """Chain and append change rows whose fields (after seq) are already normalised: one hash each, after
+    `head` (read here when None); and, in the same transaction, the outbox rows of the onCommit triggers of
+    their collections. The rows as appended."""
     if not rows:
         return []
-    head = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
-    last, prev = (int(head[0]), str(head[1])) if head else (0, auditchain.GENESIS)
+    if head is None:
+        row = db.execute("SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
+        head = (int(row[0]), str(row[1])) if row else (0, auditchain.GENESIS)
+    last, prev = head
     linked = auditchain.link(CHAIN, ((last + n, *row) for n, row in enumerate(rows, 1)), prev)
     marks = ", ".join("?" * (len(auditchain.CHANGE_FIELDS) + 2))
     db.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ({marks})", linked)
@@ -270,6 +292,7 @@ def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox:
         "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (auditchain.head_setting(CHAIN), f"{linked[-1][0]} {linked[-1][-1]}"),
     )
+    db.dialect.announce(db, int(linked[-1][0]))
     if outbox:
         now = time.time()
         events = [
@@ -282,15 +305,3 @@ def _append_changes(db: sqlite3.Connection, rows: list[tuple[Any, ...]], outbox:
                 events,
             )
     return linked
-
-
-def _unique_fields(indexed: dict[str, frozenset[str]], message: str) -> tuple[str, str]:
-    """(collection, fields) from SQLite's `UNIQUE constraint failed: docs_x.tenant, docs_x.ix_...`."""
-    names = [part.strip() for part in message.split(":", 1)[-1].split(",")]
-    tbl = names[0].split(".")[0] if names else ""
-    for name, spec_fields in indexed.items():
-        if table(name) == tbl:
-            by_column = {column(f): f for f in spec_fields}
-            cols = [n.split(".")[-1] for n in names]
-            return name, ", ".join(by_column.get(c, c) for c in cols if c != "tenant")
-    return tbl, ", ".join(names)

@@ -108,7 +108,7 @@ KEYS_RECHECK = 2.0  # seconds: how long a gateway trusts the stamp alone before 
 def _bump(store: Store) -> None:
     """Move the generation, inside the transaction of the change it announces."""
     store._execute(
-        "INSERT INTO settings VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        "INSERT INTO settings VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(settings.value AS INTEGER) + 1",
         (_GENERATION,),
     )
 

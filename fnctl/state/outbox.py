@@ -6,10 +6,11 @@ purges, and the pruning that bounds what is kept."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from fnctl.state.docconn import DocConn
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 STATES = (PENDING, DELIVERED, DEAD)
@@ -39,7 +40,7 @@ _SELECT = (
 )
 
 
-def due(db: sqlite3.Connection, now: float, limit: int, paused: Iterable[str] = ()) -> list[OutboxEvent]:
+def due(db: DocConn, now: float, limit: int, paused: Iterable[str] = ()) -> list[OutboxEvent]:
     """Pending events whose time has come, oldest first, each the oldest pending event of its document for its
     trigger (a later one waits until the earlier is delivered or dead); the events of `paused` triggers wait."""
     held = sorted(set(paused))
@@ -54,7 +55,7 @@ def due(db: sqlite3.Connection, now: float, limit: int, paused: Iterable[str] = 
 
 
 def settle(
-    db: sqlite3.Connection,
+    db: DocConn,
     delivered: Sequence[tuple[str, int]],
     failed: Sequence[tuple[str, int, int, float | None, str]],
 ) -> None:
@@ -74,9 +75,7 @@ def settle(
         )
 
 
-def listing(
-    db: sqlite3.Connection, state: str | None, trigger: str | None, limit: int, after: int = 0
-) -> list[OutboxEvent]:
+def listing(db: DocConn, state: str | None, trigger: str | None, limit: int, after: int = 0) -> list[OutboxEvent]:
     """Events by seq (then trigger), filtered by state and trigger."""
     cond, params = _where(state, trigger)
     rows = db.execute(
@@ -85,13 +84,13 @@ def listing(
     return [OutboxEvent(*row) for row in rows]
 
 
-def counts(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+def counts(db: DocConn) -> dict[tuple[str, str], int]:
     """(trigger, state) → events."""
     rows = db.execute("SELECT trigger, state, COUNT(*) FROM outbox GROUP BY trigger, state")
     return {(str(t), str(s)): int(n) for t, s, n in rows}
 
 
-def replay(db: sqlite3.Connection, trigger: str | None, seqs: Sequence[int], state: str = DEAD) -> int:
+def replay(db: DocConn, trigger: str | None, seqs: Sequence[int], state: str = DEAD) -> int:
     """Make events of `state` (dead letters by default; `delivered` to deliver again) pending, due now, with
     their attempts counted afresh; all of them, or those of `seqs`. How many."""
     cond, params = _where(state, trigger)
@@ -102,24 +101,26 @@ def replay(db: sqlite3.Connection, trigger: str | None, seqs: Sequence[int], sta
     with _write(db):
         cur = db.execute(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?, last_error = NULL, updated_at = ? "
-            f"WHERE rowid IN (SELECT o.rowid FROM outbox o WHERE {cond})",
+            f"WHERE (trigger, seq) IN (SELECT o.trigger, o.seq FROM outbox o WHERE {cond})",
             (now, now, *params),
         )
     return int(cur.rowcount)
 
 
-def purge(db: sqlite3.Connection, state: str | None, trigger: str | None, seqs: Sequence[int] = ()) -> int:
+def purge(db: DocConn, state: str | None, trigger: str | None, seqs: Sequence[int] = ()) -> int:
     """Delete events (of `state`, of `trigger`, or those of `seqs`). How many."""
     cond, params = _where(state, trigger)
     if seqs:
         cond += f" AND o.seq IN ({', '.join('?' * len(seqs))})"
         params = [*params, *seqs]
     with _write(db):
-        cur = db.execute(f"DELETE FROM outbox WHERE rowid IN (SELECT o.rowid FROM outbox o WHERE {cond})", params)
+        cur = db.execute(
+            f"DELETE FROM outbox WHERE (trigger, seq) IN (SELECT o.trigger, o.seq FROM outbox o WHERE {cond})", params
+        )
     return int(cur.rowcount)
 
 
-def prune(db: sqlite3.Connection, delivered_before: float, dead_before: float) -> int:
+def prune(db: DocConn, delivered_before: float, dead_before: float) -> int:
     """Drop delivered events settled before `delivered_before` and dead letters before `dead_before`."""
     with _write(db):
         cur = db.execute(
@@ -130,7 +131,7 @@ def prune(db: sqlite3.Connection, delivered_before: float, dead_before: float) -
 
 
 def _where(state: str | None, trigger: str | None) -> tuple[str, list[object]]:
-    cond, params = "1", list[object]()
+    cond, params = "TRUE", list[object]()
     if state is not None:
         cond += " AND o.state = ?"
         params.append(state)
@@ -141,13 +142,13 @@ def _where(state: str | None, trigger: str | None) -> tuple[str, list[object]]:
 
 
 class _write:
-    """One IMMEDIATE write transaction on an autocommit connection (committed, or rolled back on error)."""
+    """One write transaction on an autocommit connection (committed, or rolled back on error)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: DocConn) -> None:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.dialect.begin_write(self.db)
 
     def __exit__(self, kind: object, *_: object) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,9 +1,9 @@
-"""The state store: SQLite in WAL mode behind one `connect()`, with versioned migrations.
+"""The state store: SQLite in WAL mode or a PostgreSQL database behind one `connect()`, with versioned migrations.
 
 It holds revisions (immutable but for their status; their records are fnctl.state.revisions'), the routing
 table, instances and the append-only, hash-chained audit log; rollouts and their events are
-fnctl.state.rolloutstore's. SQL is kept portable (no SQLite-only types) so that a PostgreSQL backend can
-implement the same `Store` methods later. Secret values never reach it: specs carry an HMAC fingerprint keyed
+fnctl.state.rolloutstore's. SQL is written once, portable, with `?` placeholders; what differs between the
+two databases is fnctl.state.backends'. Secret values never reach it: specs carry an HMAC fingerprint keyed
 by a host-local key that is not in the store (fnctl.deploy.secrets).
 """
 
@@ -12,72 +12,60 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fnctl.errors import FnctlError
-from fnctl.manifest.project import Project
 from fnctl.state import auditchain
-from fnctl.state.migrations import MIGRATIONS, upgrade
+from fnctl.state.backends import Backend, open_backend
+from fnctl.state.location import StateLocation
+from fnctl.state.location import StoreError as StoreError  # re-exported: where callers have always found it
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 _CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
-class StoreError(FnctlError):
-    """The state store cannot be opened or used."""
-
-
-def default_path(project: str) -> Path:
-    """$XDG_STATE_HOME/fnctl/<project>/state.db: per user and project, outside the checkout, so it survives
-    both a laptop's `git clean` and a CI runner's fresh clone on the machine that runs the Docker engine."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fnctl" / project / "state.db"
-
-
-def state_path(project: Project, option: Path | None) -> Path:
-    """--state, then $FNCTL_STATE, then fnctl.toml's state.path, then the per-user default."""
-    if option is not None:
-        return option
-    if os.environ.get("FNCTL_STATE"):
-        return Path(os.environ["FNCTL_STATE"])
-    return project.state_path or default_path(project.name)
-
-
 class Store:
     """Typed access to the state; each method is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: Backend, location: StateLocation) -> None:
         self._db = connection
-        self.path = path
+        self.location = location
+        self.path = location.path  # the SQLite file, or on PostgreSQL the host-local anchor (lock, key stamp)
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Several writes that land together or not at all (`BEGIN IMMEDIATE`: writers queue, never deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Several writes that land together or not at all (writers queue, one at a time, never deadlock)."""
+        try:
+            self._db.begin()
+        except self._db.errors as exc:  # a busy SQLite file past its timeout, a PostgreSQL server gone
+            raise StoreError(f"state store write failed: {exc}") from None
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._execute("COMMIT")
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except self._db.errors:
+            pass  # the connection is gone, and the transaction with it: the original error is what matters
 
     def setting(self, key: str, default: str) -> str:
         """A store-wide value, created with `default` the first time it is asked for."""
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
         if row is None:  # written once: read-only commands then never wait for a writer's transaction
-            self._db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
-            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return str(row[0])
+            self._execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+            row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(row[0]) if row else default
 
     @functools.cached_property
     def id(self) -> str:
@@ -94,29 +82,34 @@ class Store:
         (tests/state/test_sql_boundary.py keeps SQL out of the rest of fnctl)."""
         try:
             return [tuple(r) for r in self._db.execute(sql, params)]
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store query failed: {exc}") from None
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of a read, or None."""
+        rows = self._query(sql, params)
+        return rows[0] if rows else None
 
     def _stream(self, sql: str, failure: str) -> Iterator[tuple[Any, ...]]:
         """Rows of a read one at a time (a whole audit chain need not fit in memory); a failure is a StoreError
         that starts with `failure`. Only modules of fnctl.state call it."""
         try:
             yield from self._db.execute(sql)
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"{failure}: {exc}") from None
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write in portable SQL; returns the number of rows changed. Only modules of fnctl.state call it."""
         try:
             return self._db.execute(sql, params).rowcount
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def _insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One INSERT in portable SQL; returns the new row's id. Only modules of fnctl.state call it."""
         try:
-            return int(self._db.execute(sql, params).lastrowid or 0)
-        except sqlite3.Error as exc:
+            return self._db.insert(sql, params)
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def raw(self) -> RawSql:
@@ -139,9 +132,12 @@ class Store:
 
     def data_version(self) -> int:
         """A number that moves whenever another connection committed to the store since this one last asked
-        (SQLite's `PRAGMA data_version`): one cheap read that tells a poller whether to read anything else.
+        (SQLite's `PRAGMA data_version`; on PostgreSQL a counter its triggers move): one cheap read that tells a poller whether to read anything else.
         Compare it for equality only; this connection's own commits do not move it."""
-        return int(self._query("PRAGMA data_version")[0][0])
+        try:
+            return self._db.data_version()
+        except self._db.errors as exc:
+            raise StoreError(f"state store query failed: {exc}") from None
 
     def audit_mark(self) -> int:
         """The id of the latest audit record (0 when none): every state change is audited in its own
@@ -154,34 +150,34 @@ class Store:
 
     def alive(self, name: str, within: float) -> bool:
         """Whether `name` beat within the last `within` seconds."""
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",)).fetchone()
+        row = self._one("SELECT value FROM settings WHERE key = ?", (f"heartbeat:{name}",))
         return row is not None and time.time() - float(row[0]) < within
 
     # ---- triggers, views, policies: published by apply, read by the gateway ----
 
     def set_resources(self, kind: str, specs: dict[str, dict[str, Any]]) -> None:
         """Replace every resource of `kind` (Trigger, View, Policy) with `specs` (name → spec)."""
-        self._db.execute("DELETE FROM resources WHERE kind = ?", (kind,))
+        self._execute("DELETE FROM resources WHERE kind = ?", (kind,))
         now = time.time()
         for name, spec in sorted(specs.items()):
-            self._db.execute(
+            self._execute(
                 "INSERT INTO resources VALUES (?, ?, ?, ?)", (kind, name, json.dumps(spec, sort_keys=True), now)
             )
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
         return {
             r[0]: json.loads(r[1])
-            for r in self._db.execute("SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))
+            for r in self._query("SELECT name, spec FROM resources WHERE kind = ? ORDER BY name", (kind,))
         }
 
     # ---- revisions ----
 
     def next_revision_number(self, function: str) -> int:
-        row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (function,)).fetchone()
-        return int(row[0] or 0) + 1
+        row = self._one("SELECT MAX(number) FROM revisions WHERE function = ?", (function,))
+        return int(row[0] or 0) + 1 if row else 1
 
     def add_revision(self, revision: Revision) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 revision.function,
@@ -200,19 +196,19 @@ class Store:
         )
 
     def set_revision_status(self, function: str, number: int, status: RevisionStatus, reason: str | None) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE revisions SET status = ?, reason = ? WHERE function = ? AND number = ?",
             (status.value, reason, function, number),
         )
 
     def set_revision_image(self, function: str, number: int, image: str) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE revisions SET image = ? WHERE function = ? AND number = ? AND image = ''", (image, function, number)
         )
 
     def revisions(self, function: str | None = None) -> list[Revision]:
         query = "SELECT * FROM revisions" + (" WHERE function = ?" if function else "") + " ORDER BY function, number"
-        return [revision_from_row(r) for r in self._db.execute(query, (function,) if function else ())]
+        return [revision_from_row(r) for r in self._query(query, (function,) if function else ())]
 
     def revision_statuses(self) -> dict[tuple[str, int], RevisionStatus]:
         """(function, number) → status of every revision, without the specs (the gateway reads each spec once)."""
@@ -222,9 +218,7 @@ class Store:
         }
 
     def revision(self, function: str, number: int) -> Revision | None:
-        row = self._db.execute(
-            "SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number)
-        ).fetchone()
+        row = self._one("SELECT * FROM revisions WHERE function = ? AND number = ?", (function, number))
         return revision_from_row(row) if row else None
 
     # ---- routing ----
@@ -233,44 +227,44 @@ class Store:
         """function → {revision number: weight percent}."""
         return {
             r[0]: {int(k): int(v) for k, v in json.loads(r[1]).items()}
-            for r in self._db.execute("SELECT function, weights FROM routes ORDER BY function")
+            for r in self._query("SELECT function, weights FROM routes ORDER BY function")
         }
 
     def set_route(self, function: str, weights: dict[int, int]) -> None:
         """One atomic change of a function's weights."""
         if sum(weights.values()) != 100 and weights:
             raise StoreError(f"weights of {function} must sum to 100, not {sum(weights.values())}")
-        self._db.execute(
+        self._execute(
             "INSERT INTO routes VALUES (?, ?, ?) ON CONFLICT (function) DO UPDATE SET weights = excluded.weights, "
             "updated_at = excluded.updated_at",
             (function, json.dumps({str(k): v for k, v in sorted(weights.items())}), time.time()),
         )
 
     def delete_route(self, function: str) -> None:
-        self._db.execute("DELETE FROM routes WHERE function = ?", (function,))
+        self._execute("DELETE FROM routes WHERE function = ?", (function,))
 
     # ---- instances ----
 
     def add_instance(self, row: InstanceRow) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
             (row.id, row.function, row.revision, row.container_id, row.socket_dir, row.state.value, row.created_at),
         )
 
     def update_instance(self, instance_id: str, *, state: InstanceState, container_id: str | None = None) -> None:
-        self._db.execute(
+        self._execute(
             "UPDATE instances SET state = ?, container_id = COALESCE(?, container_id) WHERE id = ?",
             (state.value, container_id, instance_id),
         )
 
     def remove_instance(self, instance_id: str) -> None:
-        self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+        self._execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     def instances(self, function: str | None = None) -> list[InstanceRow]:
         query = "SELECT * FROM instances" + (" WHERE function = ?" if function else "") + " ORDER BY created_at, id"
         return [
             InstanceRow(r[0], r[1], int(r[2]), r[3], r[4], InstanceState(r[5]), float(r[6]))
-            for r in self._db.execute(query, (function,) if function else ())
+            for r in self._query(query, (function,) if function else ())
         ]
 
     # ---- audit ----
@@ -301,7 +295,7 @@ class Store:
         and appending must not interleave with another writer's."""
         try:
             self._append_chained(table, rows)
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             raise StoreError(f"state store write failed: {exc}") from None
 
     def _append_chained(self, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -349,23 +343,14 @@ class RawSql:
         return self._store._execute(sql, params)
 
 
-def connect(path: Path) -> Store:
-    """Open (creating and migrating as needed) the store at `path`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the state store has schema version {version}, newer than this fnctl knows "
-                f"({len(MIGRATIONS)}); upgrade fnctl"
-            )
-        upgrade(connection, version)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the state store {path}: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"cannot create the state store {path}: {exc.strerror or exc}") from None
-    return Store(connection, path)
+def exists(location: StateLocation) -> bool:
+    """Whether the store was ever created: its SQLite file exists. A PostgreSQL database is taken to exist
+    (connecting says so when it does not): its tables are created on the first connection."""
+    return location.is_postgres or location.path.exists()
+
+
+def connect(location: StateLocation | Path) -> Store:
+    """Open (creating and migrating as needed) the store at `location` (a bare path is a SQLite file)."""
+    if isinstance(location, Path):
+        location = StateLocation(location)
+    return Store(open_backend(location), location)

@@ -41,7 +41,7 @@ def fault(store: Store, trigger: str, error: str, disable_after: int) -> Trigger
     with store.transaction():
         store._execute(
             "INSERT INTO trigger_state (trigger, faults, last_error, disabled_at, updated_at) VALUES (?, 1, ?, NULL, ?) "
-            "ON CONFLICT (trigger) DO UPDATE SET faults = faults + 1, last_error = excluded.last_error, "
+            "ON CONFLICT (trigger) DO UPDATE SET faults = trigger_state.faults + 1, last_error = excluded.last_error, "
             "updated_at = excluded.updated_at",
             (trigger, error[:500], now),
         )

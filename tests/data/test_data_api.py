@@ -27,6 +27,7 @@ from fnctl.gateway.server import start_server
 from fnctl.gateway.table import StoreTable
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 PROBLEM = "application/problem+json"
@@ -129,13 +130,13 @@ async def serving(tmp_path: Path, lean: bool = True) -> AsyncIterator[Api]:
     limits = GatewayLimits(read_timeout=5, body_timeout=5, max_body=64_000, reload_interval=0.05)
     gateway = Gateway(
         pool=cast(PoolManager, NoPool()),
-        authenticator=Authenticator(store_path, AuthConfig()),
+        authenticator=Authenticator(StateLocation(store_path), AuthConfig()),
         metrics=Metrics(),
-        audit=AuditLog(store_path),
-        source=StoreTable(store_path),
+        audit=AuditLog(StateLocation(store_path)),
+        source=StoreTable(StateLocation(store_path)),
         limits=limits,
     )
-    gateway.broker = data_broker(store_path, gateway)
+    gateway.broker = data_broker(StateLocation(store_path), gateway)
     gateway.pool_ready = True
     runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits, lean=lean)
     try:

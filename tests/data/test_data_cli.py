@@ -1,4 +1,4 @@
-"""`fnctl data ...` as real processes on a real data file (collections created through DataPlane.sync_collections,
+"""`fnctl data ...` as real processes on a real data store (a SQLite file, then PostgreSQL) (collections created through DataPlane.sync_collections,
 what `apply` calls; no engine needed), including every bad-input case: each must say why and write nothing."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 from fnctl.state.docrecords import ChangeRow
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 SCHEMA = {
@@ -42,13 +43,14 @@ class Run:
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, location: StateLocation | None = None) -> None:
         self.root = root
-        self.state = root / "state" / "state.db"
+        self.location = location or StateLocation(root / "state" / "state.db")
+        self.state = self.location.path
         (root / "fnctl.toml").write_text('[project]\nname = "datacli"\n', encoding="utf-8")
 
     def fnctl(self, *args: str, stdin: str | None = None) -> Run:
-        env = {**os.environ, "FNCTL_STATE": str(self.state), "NO_COLOR": "1"}
+        env = {**os.environ, "FNCTL_STATE": self.location.to_arg(), "NO_COLOR": "1"}
         done = subprocess.run(
             [sys.executable, "-m", "fnctl", *args],
             cwd=self.root,
@@ -67,14 +69,14 @@ class Project:
         return run
 
     def count(self, collection: str = "orders") -> int:
-        store = docstore.connect(docstore.data_path(self.state))
+        store = docstore.open_at(self.location)
         try:
             return store.count(collection)
         finally:
             store.close()
 
     def changes(self) -> list[ChangeRow]:
-        store = docstore.connect(docstore.data_path(self.state))
+        store = docstore.open_at(self.location)
         try:
             return store.changes(0, "", ["orders"], 1000) + store.changes(0, "acme", ["orders"], 1000)
         finally:
@@ -82,11 +84,12 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    proj = Project(tmp_path)
-    proj.state.parent.mkdir()
-    connect(proj.state).close()
-    store = docstore.connect(docstore.data_path(proj.state))
+def project(tmp_path: Path, state_location: StateLocation) -> Iterator[Project]:
+    """A project on each backend in turn (the state and its data: SQLite files, or one PostgreSQL database)."""
+    proj = Project(tmp_path, state_location)
+    proj.state.parent.mkdir(exist_ok=True)
+    connect(proj.location).close()
+    store = docstore.open_at(proj.location)
     spec = {"schema": SCHEMA, "indexes": [{"fields": ["customer"]}, {"fields": ["total"]}]}
     DataPlane(store, lambda: ()).sync_collections([parse_collection("orders", spec)], prune=False, force=False)
     store.close()
@@ -261,7 +264,7 @@ def test_check_lists_documents_that_no_longer_conform(project: Project) -> None:
     project.ok("data", "put", "orders", "a", "-d", '{"customer": "c", "total": 1}')
     project.ok("data", "put", "orders", "b", "-d", '{"customer": "c"}')
     assert project.ok("data", "check", "orders", "-o", "json").json() == {"collection": "orders", "nonconforming": []}
-    store = docstore.connect(docstore.data_path(project.state))
+    store = docstore.open_at(project.location)
     stricter = {**SCHEMA, "required": ["customer", "total"]}
     DataPlane(store, lambda: ()).sync_collections([parse_collection("orders", {"schema": stricter})], False, False)
     store.close()

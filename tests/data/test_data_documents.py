@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docbackend import raw
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import ENCODE, Budget, WriteOp
@@ -34,6 +34,8 @@ from fnctl.manifest.model import Collection, Grant, Index, Policy, RowRule
 from fnctl.state import docstore
 from fnctl.state.docrecords import NotEmpty, Query
 from fnctl.state.docsql import compile_filter
+from fnctl.state.docsqlpg import compile_filter as compile_filter_pg
+from fnctl.state.location import StateLocation
 
 SCHEMA = {
     "type": "object",
@@ -62,8 +64,8 @@ POLICIES = [
 
 
 @pytest.fixture
-def plane(tmp_path: Path) -> Iterator[DataPlane]:
-    store = docstore.connect(docstore.data_path(tmp_path / "state.db"))
+def plane(data_location: docstore.Location) -> Iterator[DataPlane]:
+    store = docstore.connect(data_location)
     dp = DataPlane(store, lambda: POLICIES)
     dp.sync_collections([ORDERS, NOTES], prune=False, force=False)
     yield dp
@@ -81,6 +83,32 @@ OPERATOR = Caller.operator("root", "acme")
 
 def test_the_data_file_sits_beside_the_state_file(tmp_path: Path) -> None:
     assert docstore.data_path(tmp_path / "fnctl.db") == tmp_path / "fnctl.data.db"
+
+
+def test_the_data_store_opens_from_the_state_location_beside_it_or_in_its_database(
+    state_location: StateLocation,
+) -> None:
+    """One opener for every call site: SQLite's data file beside state.db, PostgreSQL's own database (schema
+    fnctl_data, and no data file on the host); asking whether it exists creates nothing."""
+    assert not docstore.exists_at(state_location)
+    assert not docstore.exists_at(state_location)  # still not: the question created nothing
+    store = docstore.open_at(state_location)
+    try:
+        DataPlane(store, lambda: POLICIES).sync_collections([NOTES], prune=False, force=False)
+        DataPlane(store, lambda: POLICIES).insert(CLERK, "notes", {"n": 1}, id="n-1")
+    finally:
+        store.close()
+    assert docstore.exists_at(state_location)
+    beside = docstore.data_path(state_location.path)
+    assert beside.exists() is (state_location.url is None)
+    assert store.backend == ("sqlite" if state_location.url is None else "postgresql")
+    again = docstore.open_at(state_location)
+    try:
+        assert again.get("notes", "acme", "n-1") is not None
+    finally:
+        again.close()
+    if state_location.url is not None:
+        assert "fnctl_data" in docstore.where(state_location)
 
 
 def test_crud_versions_and_merge_patch(plane: DataPlane) -> None:
@@ -207,15 +235,19 @@ def test_ordering_only_on_indexed_fields_and_bad_cursors(plane: DataPlane) -> No
 
 def test_the_filter_uses_the_generated_column_index(plane: DataPlane) -> None:
     query = Query("orders", "acme", parse({"number": 5}), (("id", False),), 10)
-    sql, params = compile_filter(query.filter, {"number", "total", "customer", "createdAt"})
-    db = sqlite3.connect(plane.store.path)
-    plan = " ".join(
-        str(r)
-        for r in db.execute(
-            f"EXPLAIN QUERY PLAN SELECT id FROM docs_orders WHERE tenant = ? AND {sql}", ["acme", *params]
-        )
-    )
-    assert "USING INDEX" in plan and "docs_orders_ix_" in plan, plan
+    db = raw(plane.store)
+    if plane.store.url is None:
+        sql, params = compile_filter(query.filter, {"number", "total", "customer", "createdAt"})
+        explain = f"EXPLAIN QUERY PLAN SELECT id FROM docs_orders WHERE tenant = ? AND {sql}"
+        plan = " ".join(str(r) for r in db.execute(explain, ["acme", *params]))
+        assert "USING INDEX" in plan and "docs_orders_ix_" in plan, plan
+    else:  # the planner may scan a table this small: told not to, it must still find an index to use
+        sql, params = compile_filter_pg(query.filter, frozenset({"number", "total", "customer", "createdAt"}))
+        db.execute("SET enable_seqscan = off")
+        explain = f"EXPLAIN SELECT id FROM docs_orders WHERE tenant = ? AND {sql}"
+        plan = " ".join(str(r) for r in db.execute(explain, ["acme", *params]))
+        assert "Index" in plan and " ix_" in plan and "ixn_" in plan, plan
+    db.close()
 
 
 def test_unique_indexes_are_409(plane: DataPlane) -> None:
@@ -389,10 +421,10 @@ def test_the_change_log_is_a_verified_hash_chain(plane: DataPlane) -> None:
     ]
     assert changes[1].before and changes[1].before["version"] == 1 and changes[1].after["version"] == 2  # type: ignore[index]
     assert plane.store.verify_changes().intact
-    db = sqlite3.connect(plane.store.path)
-    db.execute("DROP TRIGGER changes_no_update")
+    db = raw(plane.store)
+    db.execute("DROP TRIGGER changes_no_update" + (" ON changes" if plane.store.url else ""))
     db.execute("UPDATE changes SET actor = 'someone-else' WHERE seq = 2")
-    db.commit()
+    db.close()
     report = plane.store.verify_changes()
     assert not report.intact and report.findings[0].record == 2
 

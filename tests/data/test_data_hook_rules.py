@@ -4,7 +4,6 @@ health in a real store (fnctl.state.triggerstate: faults, auto-disable, enable).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from polling import wait_until
@@ -24,6 +23,7 @@ from fnctl.data.hooks import (
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.state import triggerstate
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 
@@ -103,8 +103,8 @@ def test_a_chain_stops_at_the_depth_limit_on_a_repeat_and_past_its_runs() -> Non
         wide.enter(HOOK, "one-more")
 
 
-def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(tmp_path: Path) -> None:
-    store = connect(tmp_path / "state.db")
+def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(state_location: StateLocation) -> None:
+    store = connect(state_location)
     try:
         assert triggerstate.states(store) == {} and not triggerstate.is_disabled(store, "t")
         triggerstate.fault(store, "t", "boom 1", 3)
@@ -127,8 +127,8 @@ def test_a_trigger_disables_itself_after_its_consecutive_faults_until_enabled(tm
         store.close()
 
 
-def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(state_location: StateLocation) -> None:
+    path = state_location
     connect(path).close()
     hook = HookSpec("t", "f", "orders", "beforeCreate", disable_after=2)
     states = TriggerStates(path)
@@ -160,10 +160,10 @@ def test_the_gateways_copy_of_the_health_disables_audits_and_sees_enable(tmp_pat
         states.close()
 
 
-def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(tmp_path: Path) -> None:
+def test_paused_refreshes_in_the_background_for_the_on_commit_dispatcher(state_location: StateLocation) -> None:
     """`paused()` (the dispatcher's sync callable) answers at once and re-reads a stale copy in the background:
     a trigger disabled by another process is paused within a round or two."""
-    path = tmp_path / "state.db"
+    path = state_location
     store = connect(path)
     states = TriggerStates(path)
 

@@ -16,17 +16,19 @@ import pytest
 from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, location: StateLocation | None = None) -> None:
         self.root = root
-        self.state = root / "state" / "state.db"
+        self.location = location or StateLocation(root / "state" / "state.db")
+        self.state = self.location.path
         (root / "fnctl.toml").write_text('[project]\nname = "eventscli"\n', encoding="utf-8")
 
     def fnctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FNCTL_STATE": str(self.state), "NO_COLOR": "1"}
+        env = {**os.environ, "FNCTL_STATE": self.location.to_arg(), "NO_COLOR": "1"}
         return subprocess.run(
             [sys.executable, "-m", "fnctl", *args],
             cwd=self.root,
@@ -39,9 +41,10 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    project = Project(tmp_path)
-    store = connect(project.state)
+def project(tmp_path: Path, state_location: StateLocation) -> Project:
+    """A project on each backend in turn (the state and its data: SQLite files, or one PostgreSQL database)."""
+    project = Project(tmp_path, state_location)
+    store = connect(project.location)
     store.set_resources(
         "Trigger",
         {
@@ -51,7 +54,7 @@ def project(tmp_path: Path) -> Project:
         },
     )
     store.close()
-    docs = docstore.connect(docstore.data_path(project.state))
+    docs = docstore.open_at(project.location)
     DataPlane(docs, lambda: ()).sync_collections([parse_collection("orders", {})], prune=False, force=False)
     docs.close()
     return project
@@ -75,7 +78,7 @@ def test_fnctl_data_writes_queue_on_commit_events_listed_by_events_ls(project: P
 def test_replay_and_purge_dead_letters_audited(project: Project) -> None:
     assert project.fnctl("data", "put", "orders", "o1", "-d", "{}", "--no-hooks").returncode == 0
     assert project.fnctl("data", "put", "orders", "o2", "-d", "{}", "--no-hooks").returncode == 0
-    docs = docstore.connect(docstore.data_path(project.state))
+    docs = docstore.open_at(project.location)
     seqs = [e.seq for e in docs.outbox_list(None, None, 10)]
     docs.outbox_settle([], [("ship", s, 5, None, "boom") for s in seqs])  # both dead letters
     docs.close()
@@ -112,6 +115,7 @@ def test_bad_input_exits_2_and_changes_nothing(project: Project, args: tuple[str
     assert len(json.loads(project.fnctl("events", "ls", "-o", "json").stdout)) == 1
 
 
-def test_without_a_data_file_events_say_what_to_do(tmp_path: Path) -> None:
-    done = Project(tmp_path).fnctl("events", "ls")
+def test_without_a_data_file_events_say_what_to_do(tmp_path: Path, state_location: StateLocation) -> None:
+    done = Project(tmp_path, state_location).fnctl("events", "ls")
     assert done.returncode == 2 and "no data store" in done.stderr
+    assert not docstore.exists_at(state_location)  # and asking made none

@@ -23,6 +23,7 @@ from polling import wait_until
 
 from fnctl.deploy import lock
 from fnctl.deploy.lock import Holder, waiting_words
+from fnctl.state.location import StateLocation
 
 HOLDER_COMMAND = "fnctl apply (held by the test)"
 
@@ -50,10 +51,10 @@ def test_on_wait_is_told_the_holder_at_once_and_its_display_ends_with_the_wait(t
             ended.set()
 
     def waiter() -> None:
-        with lock.held(store, timeout=30, command="waiter", on_wait=display):
+        with lock.held(StateLocation(store), timeout=30, command="waiter", on_wait=display):
             got.set()
 
-    with lock.held(store, timeout=1, command=HOLDER_COMMAND):
+    with lock.held(StateLocation(store), timeout=1, command=HOLDER_COMMAND):
         thread = threading.Thread(target=waiter)
         thread.start()
         wait_until(lambda: shown, what="the waiter to be told whom it waits for")
@@ -71,7 +72,7 @@ def test_no_display_when_the_lock_is_free(tmp_path: Path) -> None:
         shown.append(holder)
         yield
 
-    with lock.held(tmp_path / "state.db", timeout=1, on_wait=display):
+    with lock.held(StateLocation(tmp_path / "state.db"), timeout=1, on_wait=display):
         pass
     assert shown == []
 
@@ -85,7 +86,7 @@ def _project(root: Path) -> tuple[Path, dict[str, str]]:
 
 def test_a_lock_timeout_still_gives_the_timeout_error_after_saying_whom_it_waited_for(tmp_path: Path) -> None:
     state, env = _project(tmp_path / "project")
-    with lock.held(state, timeout=1, command=HOLDER_COMMAND):
+    with lock.held(StateLocation(state), timeout=1, command=HOLDER_COMMAND):
         done = subprocess.run(
             [sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "1"],
             cwd=tmp_path / "project",
@@ -113,7 +114,7 @@ def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(
     project.function("hello")
     err = tmp_path / "apply.err"
     try:
-        with lock.held(project.state, timeout=1, command=HOLDER_COMMAND):
+        with lock.held(StateLocation(project.state), timeout=1, command=HOLDER_COMMAND):
             with err.open("w") as stream:
                 waiting = subprocess.Popen(
                     [sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "120"],
@@ -139,3 +140,31 @@ def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(
         assert "locked by" not in err.read_text() and "hello" in out
     finally:
         cleanup(project)
+
+
+def test_on_postgresql_commands_on_two_hosts_exclude_each_other_through_the_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two hosts: the same database, each its own host-local lock file (its anchor)."""
+    here, there = StateLocation(tmp_path / "a" / "state", pg_url), StateLocation(tmp_path / "b" / "state", pg_url)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock.held(here, timeout=5, command="fnctl apply (host a)"):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(30)
+        with pytest.raises(lock.LockTimeout, match="on another host"), lock.held(there, timeout=0.3):
+            pass
+        with lock.attempt(there) as got:
+            assert got is False
+    finally:
+        release.set()
+        holder.join(30)
+    with lock.held(there, timeout=5):  # released with its holder's session
+        with lock.attempt(here) as got:
+            assert got is False

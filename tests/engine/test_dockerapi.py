@@ -171,3 +171,67 @@ def test_a_real_engine_answers_and_a_missing_image_is_none(docker_client: docker
     assert dockerio.image_id("fnctl/no-such-image:0") is None
     with pytest.raises(FnctlError, match="not found"):
         dockerio.inspect_container("no-such-container")
+
+
+def _chunked(status: str, *pieces: bytes) -> bytes:
+    """An answer sent in `pieces` (chunked transfer encoding), as the engine streams logs and events."""
+    body = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces)
+    return f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + body + b"0\r\n\r\n"
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_logs_are_demultiplexed_across_chunk_boundaries(engine_socket: list[bytes]) -> None:
+    frames = _frame(1, b"out 1\n") + _frame(2, b"err 1\n") + _frame(1, b"out 2\n")
+    engine_socket.append(_chunked("200 OK", frames[:3], frames[3:11], frames[11:]))
+    engine_socket.append(_chunked("200 OK", frames[:5], frames[5:]))
+    assert dockerio.logs("c1", 30) == "out 1\nerr 1\nout 2\n"
+    assert list(dockerio.stream_logs("c1", since=None, follow=False)) == ["out 1", "err 1", "out 2"]
+
+
+def test_a_probe_that_fails_says_its_exit_code_and_stderr_and_is_removed(engine_socket: list[bytes]) -> None:
+    engine_socket.append(_answer("201 Created", b'{"Id": "p1"}'))  # create
+    engine_socket.append(_answer("204 No Content", b""))  # start
+    engine_socket.append(_answer("200 OK", b'{"StatusCode": 3}'))  # wait
+    engine_socket.append(_chunked("200 OK", _frame(1, b"partial"), _frame(2, b"boom")))  # logs
+    engine_socket.append(_answer("204 No Content", b""))  # the removal
+    with pytest.raises(FnctlError, match=r"python3 in img:1 exited with 3: b'boom'"):
+        dockerio.run_once("img:1", ["-c", "x"], entrypoint="python3")
+    assert not engine_socket  # the container was removed too
+
+
+def test_an_oom_event_is_read_from_the_engines_event_stream(engine_socket: list[bytes]) -> None:
+    engine_socket.append(_chunked("200 OK", b'{"status": "oom", "id": "c1"}\n'))
+    engine_socket.append(_chunked("200 OK"))
+    assert dockerio._oom_event("c1") is True
+    assert dockerio._oom_event("c1") is False
+
+
+@pytest.mark.parametrize("host", ["ssh://me@far", "tcp://"])
+def test_an_engine_fnctl_cannot_reach_says_how(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("DOCKER_HOST", host)
+    with pytest.raises(EngineUnavailable, match=r"unix:// or tcp://"):
+        dockerio.image_id("anything")
+
+
+def test_a_tcp_engine_is_reached_over_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    answers: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            answers.append(conn.recv(65536))
+            conn.sendall(_answer("200 OK", b'{"Id": "sha256:t"}'))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    try:
+        assert dockerio.image_id("x:1") == "sha256:t"
+    finally:
+        thread.join(timeout=5)
+        server.close()
+    assert answers[0].startswith(b"GET /images/x%3A1/json HTTP/1.1\r\n")

@@ -17,6 +17,7 @@ from deploy_helpers import until
 from fnctl.gateway.audit import AuditLog, start_access_log
 from fnctl.state.auditchain import verify
 from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 
@@ -34,7 +35,7 @@ def _record(audit: AuditLog, n: int, **extra: object) -> None:
     )
 
 
-def _ids(state: Path) -> list[str]:
+def _ids(state: StateLocation) -> list[str]:
     store = connect(state)
     try:
         return [e.request_id for e in reversed(invocation_records(store, AuditFilter(), limit=10_000))]
@@ -42,8 +43,8 @@ def _ids(state: Path) -> list[str]:
         store.close()
 
 
-def test_rows_are_written_by_the_process_in_order_and_flush_waits_for_them(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_rows_are_written_by_the_process_in_order_and_flush_waits_for_them(state_location: StateLocation) -> None:
+    state = state_location
     connect(state).close()
     audit = AuditLog(state, process=True, interval=60)  # a long interval: flush() must wake the shipping
     try:
@@ -66,8 +67,10 @@ def test_rows_are_written_by_the_process_in_order_and_flush_waits_for_them(tmp_p
         store.close()
 
 
-def test_access_lines_go_from_the_process_straight_to_the_descriptor(tmp_path: Path) -> None:
-    state, out = tmp_path / "state.db", tmp_path / "access.log"
+def test_access_lines_go_from_the_process_straight_to_the_descriptor(
+    tmp_path: Path, state_location: StateLocation
+) -> None:
+    state, out = state_location, tmp_path / "access.log"
     connect(state).close()
     with out.open("w", encoding="utf-8") as stream:
         stop = start_access_log(stream)
@@ -93,8 +96,9 @@ KILLED = """\
 import os, signal, sys, time
 from pathlib import Path
 from fnctl.gateway.audit import AuditLog
+from fnctl.state import location
 
-audit = AuditLog(Path(sys.argv[1]), process=True, interval=0.05)
+audit = AuditLog(location.parse(sys.argv[1]), process=True, interval=0.05)
 for n in range(200):
     audit.record(request_id=f"k{n}", principal=None, function="f", revision=1, outcome="ok", status=200,
                  duration_ms=1.0, source=None)
@@ -105,11 +109,11 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_gateway_killed_with_sigkill_loses_nothing_it_had_shipped(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_a_gateway_killed_with_sigkill_loses_nothing_it_had_shipped(state_location: StateLocation) -> None:
+    state = state_location
     connect(state).close()
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(KILLED), str(state)],
+        [sys.executable, "-c", textwrap.dedent(KILLED), state.to_arg()],
         capture_output=True,
         text=True,
         timeout=60,

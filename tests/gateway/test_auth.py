@@ -9,7 +9,6 @@ import hmac
 import io
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pgserver import RawDb
 from polling import wait_until
 from typer.testing import CliRunner
 
@@ -38,6 +38,7 @@ from fnctl.gateway.auth import (
 )
 from fnctl.manifest.project import load_project
 from fnctl.state import keystore
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, StoreError, connect
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
@@ -67,12 +68,12 @@ def rsa_keys() -> tuple[rsa.RSAPrivateKey, str, rsa.RSAPrivateKey]:
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "state.db"
+def store_path(state_location: StateLocation) -> StateLocation:
+    return state_location
 
 
 @pytest.fixture
-def store(store_path: Path) -> Iterator[Store]:
+def store(store_path: StateLocation) -> Iterator[Store]:
     opened = connect(store_path)
     yield opened
     opened.close()
@@ -87,7 +88,7 @@ def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
 
 
 @pytest.fixture
-def authenticator(store_path: Path, rs_config: AuthConfig) -> Iterator[Authenticator]:
+def authenticator(store_path: StateLocation, rs_config: AuthConfig) -> Iterator[Authenticator]:
     auth = Authenticator(store_path, rs_config)
     yield auth
     auth.close()
@@ -158,7 +159,7 @@ def denials(store: Store, rsa_keys: tuple[Any, str, Any]) -> dict[str, dict[str,
 
 
 def test_every_bad_credential_is_refused_without_detail_and_audited(
-    store: Store, store_path: Path, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+    store: Store, store_path: StateLocation, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
 ) -> None:
     audit = AuditLog(store_path)
     matrix = denials(store, rsa_keys)
@@ -201,7 +202,7 @@ def test_no_credentials_is_anonymous_and_reaches_public_functions_only(authentic
     assert not authorize(principal, ("service",), {}, "orders")
 
 
-def test_bearer_jwt_without_jwt_config_is_refused(store_path: Path, rsa_keys: tuple[Any, str, Any]) -> None:
+def test_bearer_jwt_without_jwt_config_is_refused(store_path: StateLocation, rsa_keys: tuple[Any, str, Any]) -> None:
     auth = Authenticator(store_path, AuthConfig())
     with pytest.raises(Unauthenticated):
         auth.authenticate(bearer(rs256(rsa_keys[0])))
@@ -236,7 +237,7 @@ def test_a_remembered_jwt_is_refused_once_it_expires(
 
 
 def test_roles_from_a_nested_claim_or_a_space_separated_string(
-    tmp_path: Path, store_path: Path, rsa_keys: tuple[Any, str, Any]
+    tmp_path: Path, store_path: StateLocation, rsa_keys: tuple[Any, str, Any]
 ) -> None:
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
     config = AuthConfig.from_mapping(
@@ -263,7 +264,7 @@ def test_roles_from_a_nested_claim_or_a_space_separated_string(
     assert auth.authenticate(bearer(token)).roles == ("x", "y")
 
 
-def test_hs256_when_configured(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hs256_when_configured(store_path: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET", HS_SECRET + "\n")  # a secret file's trailing newline is no part of the key
     config = AuthConfig.from_mapping({"jwt": {"algorithms": ["HS256"], "keyEnv": "JWT_SECRET"}}, tmp_path)
     auth = Authenticator(store_path, config)
@@ -350,7 +351,7 @@ def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
 
 
 def test_keys_are_random_and_stored_only_as_hashes(
-    store: Store, store_path: Path, authenticator: Authenticator
+    store: Store, store_path: StateLocation, authenticator: Authenticator
 ) -> None:
     raws = [keys.create(store, f"k{i}", ("service",), None, "test")[1] for i in range(5)]
     assert len(set(raws)) == 5 and all(len(r.split("_", 2)[2]) == 43 for r in raws)  # 256 random bits each
@@ -358,19 +359,21 @@ def test_keys_are_random_and_stored_only_as_hashes(
         authenticator.authenticate(bearer(raw))
     store.close()
     authenticator.close()
-    files = [p for p in store_path.parent.iterdir() if p.name.startswith(store_path.name)]
-    content = b"".join(p.read_bytes() for p in files)
+    files = [p for p in store_path.path.parent.iterdir() if p.name.startswith(store_path.path.name)]
+    content = b"".join(p.read_bytes() for p in files if p.is_file())
+    if store_path.is_postgres:  # every row of the database as text, beside the host-local files
+        db = RawDb(store_path)
+        content += db.dump().encode()
+        db.close()
     for raw in raws:
         assert raw.encode() not in content and raw.split("_", 2)[2].encode() not in content
         assert keys.digest(raw).encode() in content or _hash_in_db(store_path, raw)
 
 
-def _hash_in_db(path: Path, raw: str) -> bool:
-    db = sqlite3.connect(path)
+def _hash_in_db(location: StateLocation, raw: str) -> bool:
+    db = RawDb(location)
     try:
-        return bool(
-            db.execute("SELECT COUNT(*) FROM api_keys WHERE key_hash = ?", (keys.digest(raw),)).fetchone()[0] == 1
-        )
+        return db.execute("SELECT COUNT(*) FROM api_keys WHERE key_hash = ?", (keys.digest(raw),)) == [(1,)]
     finally:
         db.close()
 
@@ -432,9 +435,9 @@ def test_unsafe_or_broken_configs_are_refused(
 # ---- the command line ------------------------------------------------------------------------------------------
 
 
-def test_keys_commands(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_commands(store_path: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FNCTL_STATE", str(store_path))
+    monkeypatch.setenv("FNCTL_STATE", store_path.to_arg())
     runner = CliRunner()
     created = runner.invoke(app, ["keys", "create", "ci", "--role", "service", "-r", "reader", "--tenant", "acme"])
     assert created.exit_code == 0, created.output
@@ -457,7 +460,9 @@ def test_keys_commands(store_path: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert json.loads(runner.invoke(app, ["keys", "list", "--all", "-o", "json"]).stdout)[0]["active"] is False
 
 
-def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(store: Store, store_path: Path) -> None:
+def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(
+    store: Store, store_path: StateLocation
+) -> None:
     # The authenticator remembers verified keys while the store is unchanged; a revocation committed by another
     # connection (here: `store`, as `fnctl keys revoke` would) must end that at once.
     key, raw = keys.create(store, "ci", ("service",), "acme", "test")
@@ -476,7 +481,7 @@ def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(st
 
 
 def test_a_remembered_key_outlives_commits_that_change_no_key(
-    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, store_path: StateLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The audit and metrics writers commit to the store every fraction of a second: the authenticator's memory
     # of verified keys depends on the keys' generation, not on any commit, so those commits cost no new check.
@@ -507,7 +512,7 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
 
 
 def test_a_revocation_whose_announcement_was_lost_is_still_found(
-    store: Store, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, store_path: StateLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The stamp file is only a hint: a revocation committed without it (a crash right after the commit) is
     # found when the authenticator reads the keys' generation itself, every KEYS_RECHECK seconds; and without
@@ -519,7 +524,7 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
         auth.authenticate(bearer(raw))
         with store.transaction():
             assert keystore.mark_revoked(store, key.id)  # no announcement
-        assert keystore.KeysStamp(store_path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
+        assert keystore.KeysStamp(store_path.path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
 
         def refused() -> bool:
             try:
@@ -531,8 +536,8 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
         wait_until(refused, what="the unannounced revocation to be found", timeout=10)
     finally:
         auth.close()
-    keystore.stamp_path(store_path).unlink()
-    keystore.stamp_path(store_path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
+    keystore.stamp_path(store_path.path).unlink()
+    keystore.stamp_path(store_path.path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
     other, raw = keys.create(store, "other", ("service",), None, "test")
     unstamped = Authenticator(store_path, AuthConfig())
     try:
@@ -549,7 +554,7 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
 # ---- the audit log -----------------------------------------------------------------------------------------------
 
 
-def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, store_path: Path) -> None:
+def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, store_path: StateLocation) -> None:
     stream = io.StringIO()
     stop_logging = start_access_log(stream)
     try:

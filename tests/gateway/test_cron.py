@@ -10,24 +10,24 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
+def store_path(state_location: StateLocation) -> StateLocation:
+    return state_location
 
 
 @pytest.fixture
-def store(store_path: Path) -> Iterator[Store]:
+def store(store_path: StateLocation) -> Iterator[Store]:
     opened = connect(store_path)
     yield opened
     opened.close()
@@ -76,7 +76,7 @@ async def running(runners: list[CronRunner], body: Callable[[], Awaitable[Any]])
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
 
 
-def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Path) -> None:
+def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: StateLocation) -> None:
     store.set_resources(
         "Trigger",
         {
@@ -96,7 +96,7 @@ def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Pat
     assert ticks == sorted(set(ticks)) and all(t == int(t) for t in ticks)  # whole seconds, each once
 
 
-def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: Path) -> None:
+def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: StateLocation) -> None:
     store.set_resources("Trigger", {"tick": cron_spec(EVERY_SECOND, missed="runOnce")})
     first, second = Recorder(), Recorder()
 
@@ -118,7 +118,7 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: Path) -> 
     assert last == max(after)
 
 
-def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: Path) -> None:
+def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: StateLocation) -> None:
     store.set_resources("Trigger", {"tick": cron_spec(EVERY_SECOND)})
     a, b = Recorder(), Recorder()
 
@@ -135,7 +135,7 @@ def daily_far_from_now() -> str:
     return f"0 {datetime.fromtimestamp(time.time() - 6 * 3600, UTC).hour} * * *"
 
 
-def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, store_path: Path) -> None:
+def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, store_path: StateLocation) -> None:
     daily = daily_far_from_now()
     store.set_resources(
         "Trigger",
@@ -168,7 +168,7 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
     assert second.runs == []
 
 
-def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, store_path: Path) -> None:
+def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, store_path: StateLocation) -> None:
     store.set_resources("Trigger", {"daily": cron_spec(daily_far_from_now(), missed="runOnce")})
     recorder = Recorder()
 

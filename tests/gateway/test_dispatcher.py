@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import Iterator, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +31,8 @@ OP = Caller.operator("t", "")
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    plane = DataPlane(docstore.connect(tmp_path / "s.data.db"), lambda: (), outbox=lambda: {"orders": ("ship",)})
+def broker(data_location: docstore.Location) -> Iterator[Broker]:
+    plane = DataPlane(docstore.connect(data_location), lambda: (), outbox=lambda: {"orders": ("ship",)})
     plane.sync_collections([parse_collection("orders", {})], False, False)
     broker = Broker(plane)
     yield broker

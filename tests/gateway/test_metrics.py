@@ -17,13 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from fnctl.gateway import metrics
 from fnctl.gateway.metrics import Metrics
 from fnctl.rollout.latency import BOUNDS, GROWTH, Window, bucket_index, quantile
+from fnctl.state.location import StateLocation
 from fnctl.state.metricstore import window
 from fnctl.state.store import Store, StoreError, connect
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = connect(tmp_path / "state.db")
+def store(state_location: StateLocation) -> Iterator[Store]:
+    opened = connect(state_location)
     yield opened
     opened.close()
 
@@ -191,7 +192,7 @@ def test_the_flusher_writes_everything_when_stopped(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        flusher = asyncio.create_task(m.run_flusher(path, stop, interval=0.05))
+        flusher = asyncio.create_task(m.run_flusher(StateLocation(path), stop, interval=0.05))
         for n in range(20):
             m.observe("hello", 1, 200 if n % 4 else 500, 0.001 * (n + 1), cold_start=False)
         stop.set()

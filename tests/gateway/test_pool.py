@@ -29,6 +29,7 @@ from deploy_helpers import Project, cleanup, make_project
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
 from fnctl.engine.sandbox import labels
+from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolhost import Overloaded, PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.revisionpool import RevisionPool
@@ -40,6 +41,7 @@ from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
@@ -79,6 +81,7 @@ class Inst:
     inflight: int = 0
     ready: bool = True
     last_used: float = 0.0
+    units: int | None = None
 
 
 def test_pick_takes_the_least_busy_ready_instance_with_room_oldest_first() -> None:
@@ -87,6 +90,9 @@ def test_pick_takes_the_least_busy_ready_instance_with_room_oldest_first() -> No
     assert pick([Inst(0, inflight=2), Inst(1, inflight=1), Inst(2, inflight=1)], 4) == Inst(1, inflight=1)
     assert pick([Inst(3), Inst(1), Inst(2)], 1) == Inst(1)  # idle ones: the oldest, so the newer go idle
     assert pick([Inst(0, inflight=0, ready=False), Inst(1, inflight=3)], 4) == Inst(1, inflight=3)
+    # this process's share of an instance (`fnctl serve --workers`) caps it below `concurrency`
+    assert pick([Inst(0, inflight=2, units=2), Inst(1, inflight=3)], 4) == Inst(1, inflight=3)
+    assert pick([Inst(0, units=0)], 4) is None  # no share of it at all (concurrency below the workers)
 
 
 def test_to_start_follows_demand_within_min_and_max() -> None:
@@ -369,6 +375,7 @@ class LocalHost:
         self.socket_dirs: list[str] = []
         self.stopped: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.crew: Crew | None = None  # the only gateway process
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -642,7 +649,7 @@ class Deployed:
     project: Project
 
     def manager(self, **options: Any) -> PoolManager:
-        return PoolManager(load_project(self.project.root), self.project.state, **options)
+        return PoolManager(load_project(self.project.root), StateLocation(self.project.state), **options)
 
     def rows(self, function: str, state: InstanceState | None = None) -> list[InstanceRow]:
         with self.project.store() as store:

@@ -26,6 +26,7 @@ from fnctl.deploy.live import orphan_reasons
 from fnctl.engine.dockerio import ContainerInfo
 from fnctl.gateway.scaling import discard_now, may_start
 from fnctl.state.auditlog import AuditFilter, invocation_records
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState
 from fnctl.state.store import connect
 
@@ -86,8 +87,8 @@ def test_orphan_reasons_name_every_container_no_routed_revision_accounts_for() -
     assert reasons["c-old"] == "revision 2 is not in the routing table"
 
 
-def test_waiting_for_the_gateway_follows_what_it_loaded(tmp_path: Path) -> None:
-    store = connect(tmp_path / "state.db")
+def test_waiting_for_the_gateway_follows_what_it_loaded(state_location: StateLocation) -> None:
+    store = connect(state_location)
     try:
         store.audit(actor="t", command="test", action="route", target="f", outcome="ok")
         assert pickup.wait_for_gateway(store, timeout=0.0)  # no gateway beats: nothing to wait for

@@ -24,6 +24,7 @@ from fnctl.gateway.pools import PoolManager
 from fnctl.manifest.model import Limits, Scaling, Warm
 from fnctl.manifest.project import load_project
 from fnctl.manifest.schemas import schema_errors
+from fnctl.state.location import StateLocation
 
 
 def test_warm_joins_the_spec_only_when_asked_for() -> None:
@@ -95,7 +96,7 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
     key = ("reserve", 1)
 
     async def main() -> None:
-        manager = PoolManager(load_project(project.root), project.state, idle_seconds=0.5)
+        manager = PoolManager(load_project(project.root), StateLocation(project.state), idle_seconds=0.5)
         await manager.start()
         try:
             pool = await until(lambda: manager._pools.get(key), "the revision's pool")
@@ -155,7 +156,7 @@ def test_a_reserve_left_by_a_gateway_killed_is_thawed_and_adopted(project: Proje
         first.wait()
 
     async def second_gateway() -> None:
-        manager = PoolManager(load_project(project.root), project.state)
+        manager = PoolManager(load_project(project.root), StateLocation(project.state))
         await manager.start()  # adopts what the store lists: the paused one is thawed and connected to
         try:
             await until(lambda: manager.stats()[key].ready == 1, "the thawed reserve connected to")

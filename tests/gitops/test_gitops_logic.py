@@ -21,6 +21,7 @@ from fnctl.gitops.commit import Commit, Relation
 from fnctl.gitops.deploys import Decision, Deploy
 from fnctl.gitops.gitrepo import GitError, Mirror, UnknownRef, work_tree
 from fnctl.gitops.hooks import Act, HookConfig
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 # ---- deploys.decide ---------------------------------------------------------------------------------------------
@@ -196,7 +197,9 @@ def repos(tmp_path: Path) -> Repos:
 
 
 def test_hook_install_writes_an_executable_hook_calling_this_fnctl(repos: Repos, tmp_path: Path) -> None:
-    hook = hooks.install(HookConfig(repos.bare, "production", preview=True, state=Path("state.db"), path="deploy"))
+    hook = hooks.install(
+        HookConfig(repos.bare, "production", preview=True, state=StateLocation(Path("state.db")), path="deploy")
+    )
     assert hook == repos.bare.resolve() / "hooks" / "post-receive" and os.access(hook, os.X_OK)
     text = hook.read_text()
     assert text.startswith("#!/bin/sh\n") and hooks.MARK in text
@@ -396,7 +399,7 @@ def _refusal(
         ref,
         path,
         cache=tmp_path / "cache" / "fnctl" / "git",
-        apply=Options(state=tmp_path / "state" / "state.db" if state else None),
+        apply=Options(state=StateLocation(tmp_path / "state" / "state.db") if state else None),
     )
     with pytest.raises(FnctlError) as raised:
         sync(options, lambda line: None)

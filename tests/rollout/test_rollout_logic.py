@@ -41,6 +41,7 @@ from fnctl.rollout.machine import (
 from fnctl.rollout.record import Record, State, record_from
 from fnctl.state import rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.revisions import Revision, RevisionStatus
 from fnctl.state.rolloutstore import RolloutRow
 from fnctl.state.store import Store, connect
@@ -914,8 +915,8 @@ class Deployer:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Deployer]:
-    store = connect(tmp_path / "state.db")
+def fleet(state_location: StateLocation) -> Iterator[Deployer]:
+    store = connect(state_location)
     progress: list[str] = []
     ctx = executor.Context(store, "proj", "fnctl-base:test", "tester", "test", None, progress.append)
     deployer = Deployer(store, ctx, progress)
@@ -1295,7 +1296,7 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
         InstanceRow("i-pinned", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY, time.time())
     )  # started by the gateway for a pinned request: kept
     project = project_at(tmp_path, "proj")
-    assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert rolloutdriver.tick(project, fleet.store.location, fleet.progress.append) == 0
     assert [r.id for r in fleet.store.instances()] == ["i-pinned"]
     fleet.store.remove_instance("i-pinned")
     fleet.store.set_revision_status("fn", NEW, RevisionStatus.QUARANTINED, "the analysis failed")
@@ -1303,7 +1304,7 @@ def test_the_serve_loop_removes_instances_an_interrupted_abort_left_behind(fleet
         InstanceRow("i-left", "fn", NEW, None, str(tmp_path / "gone"), InstanceState.READY, time.time())
     )
     assert rolloutdriver.unfinished(fleet.store) == []
-    assert rolloutdriver.tick(project, fleet.store.path, fleet.progress.append) == 0
+    assert rolloutdriver.tick(project, fleet.store.location, fleet.progress.append) == 0
     assert fleet.store.instances() == []
     assert [a.action for a in audit_records(fleet.store, AuditFilter())][:1] == ["recover"]
 

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import INTEGRITY, RawDb
 
 from fnctl.gateway.audit import AuditLog
 from fnctl.state import auditchain, rolloutstore
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.migrations import statements as _statements
 from fnctl.state.store import Store, connect
@@ -40,12 +42,12 @@ def fnctl(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "state.db"
+def state(state_location: StateLocation) -> StateLocation:
+    return state_location
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[Store]:
+def store(state: StateLocation) -> Iterator[Store]:
     opened = connect(state)
     try:
         yield opened
@@ -55,6 +57,10 @@ def store(state: Path) -> Iterator[Store]:
 
 def _raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
+
+
+def _db(state: StateLocation) -> RawDb:
+    return RawDb(state)
 
 
 def _fill(store: Store) -> None:
@@ -72,8 +78,9 @@ def _fill(store: Store) -> None:
     store.audit(actor="bob", command="delete", action="delete", target="other", outcome="ok")
 
 
-def _verify(state: Path, tmp_path: Path, *extra: str) -> tuple[int, dict[str, object]]:
-    done = fnctl("audit", "verify", "--state", str(state), "-o", "json", *extra, cwd=tmp_path)
+def _verify(state: StateLocation | Path, tmp_path: Path, *extra: str) -> tuple[int, dict[str, object]]:
+    where = state.to_arg() if isinstance(state, StateLocation) else str(state)
+    done = fnctl("audit", "verify", "--state", where, "-o", "json", *extra, cwd=tmp_path)
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -87,22 +94,25 @@ def _findings(report: dict[str, object]) -> list[tuple[str, str, int | None]]:
 # ---- the chain ----
 
 
-def test_an_intact_log_verifies_with_exit_0_and_shows_the_heads(store: Store, state: Path, tmp_path: Path) -> None:
+def test_an_intact_log_verifies_with_exit_0_and_shows_the_heads(
+    store: Store, state: StateLocation, tmp_path: Path
+) -> None:
     _fill(store)
     code, report = _verify(state, tmp_path)
     assert code == 0 and report["intact"] is True, report
     audit = next(c for c in report["chains"] if c["table"] == "audit")  # type: ignore[attr-defined]
     assert audit["records"] == 5 and audit["headId"] == 5
     assert audit["headHash"] == audit_records(store, AuditFilter(), limit=1)[0].hash
-    text = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
+    text = fnctl("audit", "verify", "--state", state.to_arg(), cwd=tmp_path)
     assert text.returncode == 0 and "audit: 5 records, intact; head 5 " in text.stdout
     assert f"--anchor {audit['headHash']}" in text.stderr  # how to keep an anchor outside the store
 
 
-def test_insert_or_replace_is_refused_and_after_drop_trigger_is_detected(
-    store: Store, state: Path, tmp_path: Path
-) -> None:
+def test_insert_or_replace_is_refused_and_after_drop_trigger_is_detected(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    store = connect(state)
     _fill(store)
+    store.close()
     raw = _raw(state)
     replace = (
         "INSERT OR REPLACE INTO audit SELECT id, at, 'mallory', command, action, target, git_commit, outcome, "
@@ -118,21 +128,42 @@ def test_insert_or_replace_is_refused_and_after_drop_trigger_is_detected(
     assert _findings(report) == [("audit", "changed", 3)]
 
 
-def test_an_update_after_drop_trigger_is_detected_and_named(store: Store, state: Path, tmp_path: Path) -> None:
+def test_an_upsert_over_a_record_is_refused_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL's INSERT OR REPLACE: `ON CONFLICT DO UPDATE` over an existing record."""
+    state = StateLocation(tmp_path / "anchor", pg_url)
+    store = connect(state)
     _fill(store)
-    raw = _raw(state)
-    raw.execute("DROP TRIGGER audit_no_update")
+    store.close()
+    raw = _db(state)
+    with pytest.raises(INTEGRITY, match="append-only"):
+        raw.execute(
+            "INSERT INTO audit SELECT id, at, 'mallory', command, action, target, git_commit, outcome, detail, "
+            "git_author, git_subject, prev_hash, hash FROM audit WHERE id = 3 "
+            "ON CONFLICT (id) DO UPDATE SET actor = excluded.actor"
+        )
+    with pytest.raises(INTEGRITY, match="append-only"):
+        raw.execute("TRUNCATE audit")
+    assert raw.execute("SELECT actor FROM audit WHERE id = 3") == [("bob",)]
+    raw.close()
+
+
+def test_an_update_after_drop_trigger_is_detected_and_named(store: Store, state: StateLocation, tmp_path: Path) -> None:
+    _fill(store)
+    raw = _db(state)
+    raw.drop_trigger("audit", "audit_no_update")
     raw.execute("UPDATE audit SET outcome = 'ok' WHERE id = 4")
     code, report = _verify(state, tmp_path)
     assert code == 1 and _findings(report) == [("audit", "changed", 4)]
-    text = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
+    text = fnctl("audit", "verify", "--state", state.to_arg(), cwd=tmp_path)
     assert text.returncode == 1 and "audit record 4: changed" in text.stdout
 
 
-def test_a_removed_record_is_detected_in_the_middle_and_at_the_end(store: Store, state: Path, tmp_path: Path) -> None:
+def test_a_removed_record_is_detected_in_the_middle_and_at_the_end(
+    store: Store, state: StateLocation, tmp_path: Path
+) -> None:
     _fill(store)
-    raw = _raw(state)
-    raw.execute("DROP TRIGGER audit_no_delete")
+    raw = _db(state)
+    raw.drop_trigger("audit", "audit_no_delete")
     raw.execute("DELETE FROM audit WHERE id = 2")
     code, report = _verify(state, tmp_path)
     assert code == 1 and _findings(report) == [("audit", "removed", 3)]
@@ -141,11 +172,11 @@ def test_a_removed_record_is_detected_in_the_middle_and_at_the_end(store: Store,
     assert code == 1 and ("audit", "truncated", 5) in _findings(report)
 
 
-def test_two_swapped_records_are_detected(store: Store, state: Path, tmp_path: Path) -> None:
+def test_two_swapped_records_are_detected(store: Store, state: StateLocation, tmp_path: Path) -> None:
     _fill(store)
-    raw = _raw(state)
+    raw = _db(state)
     for trigger in ("audit_no_update", "audit_no_delete", "audit_next_id"):
-        raw.execute(f"DROP TRIGGER {trigger}")
+        raw.drop_trigger("audit", trigger)
     # records 2 and 3 exchange places, each with its own links: their content moves to the other's id
     raw.execute("UPDATE audit SET id = -2 WHERE id = 2")
     raw.execute("UPDATE audit SET id = 2 WHERE id = 3")
@@ -155,9 +186,11 @@ def test_two_swapped_records_are_detected(store: Store, state: Path, tmp_path: P
     assert {(t, r) for t, _, r in _findings(report)} >= {("audit", 2), ("audit", 3)}
 
 
-def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store, state: Path, tmp_path: Path) -> None:
+def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(tmp_path: Path) -> None:
     """What an attacker who can write the store can hide: a chain recomputed whole (head marker too) is
     consistent; only a head hash recorded outside the store shows it (documented in docs/audit.md)."""
+    state = tmp_path / "state.db"
+    store = connect(state)
     _fill(store)
     anchor = audit_records(store, AuditFilter(), limit=1)[0].hash
     assert anchor is not None
@@ -184,7 +217,8 @@ def test_a_rewritten_chain_passes_alone_but_fails_against_an_anchor(store: Store
     assert _verify(state, tmp_path, "--anchor", str(linked[1][-1]))[0] == 0  # an anchor still in the chain
 
 
-def test_a_bad_anchor_or_a_missing_store_is_bad_input(tmp_path: Path, state: Path) -> None:
+def test_a_bad_anchor_or_a_missing_store_is_bad_input(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "state.db"
     missing = fnctl("audit", "verify", "--state", str(state), cwd=tmp_path)
     assert missing.returncode == 2 and "no state store" in missing.stderr and "Traceback" not in missing.stderr
     connect(state).close()
@@ -192,7 +226,7 @@ def test_a_bad_anchor_or_a_missing_store_is_bad_input(tmp_path: Path, state: Pat
     assert bad.returncode == 2 and "64 hex digits" in bad.stderr
 
 
-def test_the_invocation_audit_is_a_chain_of_its_own(store: Store, state: Path, tmp_path: Path) -> None:
+def test_the_invocation_audit_is_a_chain_of_its_own(store: Store, state: StateLocation, tmp_path: Path) -> None:
     log = AuditLog(state, interval=0.01)
     try:
         for n in range(120):  # several INSERT chunks in one batch
@@ -212,8 +246,8 @@ def test_the_invocation_audit_is_a_chain_of_its_own(store: Store, state: Path, t
     code, report = _verify(state, tmp_path)
     invocations = next(c for c in report["chains"] if c["table"] == "invocations")  # type: ignore[attr-defined]
     assert code == 0 and invocations["records"] == 120 and invocations["intact"]
-    raw = _raw(state)
-    raw.execute("DROP TRIGGER invocations_no_update")
+    raw = _db(state)
+    raw.drop_trigger("invocations", "invocations_no_update")
     raw.execute("UPDATE invocations SET principal = 'key:admin' WHERE id = 57")
     code, report = _verify(state, tmp_path)
     assert code == 1 and _findings(report) == [("invocations", "changed", 57)]
@@ -250,15 +284,15 @@ def test_existing_records_are_chained_by_the_migration(tmp_path: Path) -> None:
 # ---- fnctl audit ----
 
 
-def _listed(state: Path, tmp_path: Path, *args: str) -> list[dict[str, object]]:
-    done = fnctl("audit", "--state", str(state), "-o", "json", *args, cwd=tmp_path)
+def _listed(state: StateLocation, tmp_path: Path, *args: str) -> list[dict[str, object]]:
+    done = fnctl("audit", "--state", state.to_arg(), "-o", "json", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert isinstance(listed, list)
     return listed
 
 
-def test_fnctl_audit_lists_and_filters(store: Store, state: Path, tmp_path: Path) -> None:
+def test_fnctl_audit_lists_and_filters(store: Store, state: StateLocation, tmp_path: Path) -> None:
     _fill(store)
     assert [r["id"] for r in _listed(state, tmp_path)] == [5, 4, 3, 2, 1]  # newest first
     assert [r["id"] for r in _listed(state, tmp_path, "--since", "1h")] == [5, 4, 3]
@@ -276,17 +310,17 @@ def test_fnctl_audit_lists_and_filters(store: Store, state: Path, tmp_path: Path
         "outcome": "ok",
         "gitCommit": "aaa111",
     }
-    plain = fnctl("audit", "--state", str(state), "--actor", "ci:bot", cwd=tmp_path)
+    plain = fnctl("audit", "--state", state.to_arg(), "--actor", "ci:bot", cwd=tmp_path)
     assert (
         plain.returncode == 0
         and plain.stdout.count("\n") == 1
         and "\tci:bot\tapply\tdeploy\tother\tfailed" in plain.stdout
     )
-    bad = fnctl("audit", "--state", str(state), "--since", "yesterday", cwd=tmp_path)
+    bad = fnctl("audit", "--state", state.to_arg(), "--since", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_fnctl_audit_lists_invocations_by_principal(store: Store, state: Path, tmp_path: Path) -> None:
+def test_fnctl_audit_lists_invocations_by_principal(store: Store, state: StateLocation, tmp_path: Path) -> None:
     with store.transaction():
         store.append_chained(
             "invocations",
@@ -308,7 +342,9 @@ def test_fnctl_audit_help_has_examples(tmp_path: Path) -> None:
 # ---- commands that change state are audited with their actor ----
 
 
-def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(state: Path, tmp_path: Path) -> None:
+def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(
+    state: StateLocation, tmp_path: Path
+) -> None:
     created = fnctl(
         "keys",
         "create",
@@ -316,7 +352,7 @@ def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(s
         "--role",
         "service",
         "--state",
-        str(state),
+        state.to_arg(),
         "-o",
         "json",
         cwd=tmp_path,
@@ -324,9 +360,9 @@ def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(s
     )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
-    revoked = fnctl("keys", "revoke", key["id"], "--state", str(state), cwd=tmp_path, FNCTL_ACTOR="bob")
+    revoked = fnctl("keys", "revoke", key["id"], "--state", state.to_arg(), cwd=tmp_path, FNCTL_ACTOR="bob")
     assert revoked.returncode == 0, revoked.stderr
-    again = fnctl("keys", "revoke", key["id"], "--state", str(state), cwd=tmp_path, FNCTL_ACTOR="carol")
+    again = fnctl("keys", "revoke", key["id"], "--state", state.to_arg(), cwd=tmp_path, FNCTL_ACTOR="carol")
     assert again.returncode == 0, again.stderr
     listed = _listed(state, tmp_path, "--function", key["id"])
     assert [(r["actor"], r["command"], r["action"], r["outcome"]) for r in reversed(listed)] == [
@@ -334,10 +370,12 @@ def test_keys_create_and_revoke_are_audited_with_their_actor_and_never_the_key(s
         ("bob", "keys revoke", "revoke key", "ok"),
         ("carol", "keys revoke", "revoke key", "unchanged"),
     ]
-    dump = "\n".join(_raw(state).iterdump())
+    raw = _db(state)
+    dump = raw.dump()
+    raw.close()
     secret = key["key"].split("_", 2)[2]
     assert secret not in dump and "billing" in dump  # the name is audited, the secret nowhere in the store
-    assert fnctl("audit", "verify", "--state", str(state), cwd=tmp_path).returncode == 0
+    assert fnctl("audit", "verify", "--state", state.to_arg(), cwd=tmp_path).returncode == 0
 
 
 def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,7 +396,7 @@ def test_a_promote_or_abort_request_is_audited(tmp_path: Path, monkeypatch: pyte
     # nothing drives the rollout here (no instances): only the request and its record matter
     rollouts.request(
         load_project(tmp_path),
-        Options(state=state),
+        Options(state=StateLocation(state)),
         "hello",
         EventKind.ABORT_REQUESTED,
         {},

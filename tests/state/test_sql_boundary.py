@@ -1,6 +1,7 @@
-"""All SQL lives in fnctl.state (DESIGN.md, "State"): the rest of fnctl speaks to the store through named,
-typed methods, so that another backend (PostgreSQL) has one package to implement. import-linter keeps sqlite3
-itself inside the package; this test keeps SQL text and the store's SQL primitives out of everything else.
+"""All SQL lives in fnctl.state (docs/architecture.md, "Where is the SQL?"): the rest of fnctl speaks to the
+store through named, typed methods, so that another backend (PostgreSQL) has one package to implement.
+import-linter keeps sqlite3 itself inside the package; this test keeps SQL text and the store's SQL primitives
+out of everything else.
 """
 
 from __future__ import annotations

@@ -13,18 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import INTEGRITY, raw_execute
 
 from fnctl.deploy.lock import LockTimeout, held
+from fnctl.errors import FnctlError
 from fnctl.manifest.project import load_project
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation, default_path, locate, parse
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
-from fnctl.state.store import Store, StoreError, connect, default_path, state_path
+from fnctl.state.store import Store, StoreError, connect
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = connect(tmp_path / "state" / "state.db")
+def store(state_location: StateLocation) -> Iterator[Store]:
+    opened = connect(state_location)
     try:
         yield opened
     finally:
@@ -54,13 +57,31 @@ def _raw(store: Store) -> sqlite3.Connection:
 # ---- the database ----
 
 
-def test_a_new_store_is_wal_and_fully_migrated(store: Store) -> None:
+def test_a_new_store_is_wal_and_fully_migrated(tmp_path: Path) -> None:
+    store = connect(tmp_path / "state" / "state.db")
     raw = _raw(store)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"revisions", "routes", "instances", "rollouts", "audit", "settings"} <= tables
     assert oct(store.path.parent.stat().st_mode & 0o777) == "0o700"
+    store.close()
+
+
+def test_a_new_postgresql_store_is_fully_migrated_to_the_same_version(pg_url: str, tmp_path: Path) -> None:
+    store = connect(StateLocation(tmp_path / "anchor", pg_url))
+    try:
+        assert store.raw().query("SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+        tables = {r[0] for r in store.raw().query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"revisions", "routes", "instances", "rollouts", "audit", "settings", "invocations"} <= tables
+    finally:
+        store.close()
+    connect(StateLocation(tmp_path / "anchor", pg_url)).close()  # migrating again is a no-op
+    raw_execute(
+        StateLocation(tmp_path / "anchor", pg_url), f"UPDATE schema_version SET version = {len(MIGRATIONS) + 5}"
+    )
+    with pytest.raises(StoreError, match="newer than this fnctl knows.*upgrade fnctl"):
+        connect(StateLocation(tmp_path / "anchor", pg_url))
 
 
 def test_migrations_apply_in_order_to_an_older_store(tmp_path: Path) -> None:
@@ -121,16 +142,15 @@ def test_revisions_keep_everything_they_were_created_with(store: Store) -> None:
         "healthCheck[0] failed",
     )
     assert store.next_revision_number("hello") == 2 and store.next_revision_number("other") == 1
-    raw = _raw(store)
     for statement in (
         "UPDATE revisions SET spec_hash = 'x'",
         "UPDATE revisions SET git_commit = 'x'",
         "UPDATE revisions SET image = 'x'",
         "DELETE FROM revisions",
     ):
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute(statement)
-    with pytest.raises(sqlite3.IntegrityError):  # (function, number) names one revision forever
+        with pytest.raises(INTEGRITY):
+            raw_execute(store.location, statement)
+    with pytest.raises(StoreError, match="UNIQUE|duplicate key"):  # (function, number) names one revision forever
         store.add_revision(_revision())
 
 
@@ -145,10 +165,9 @@ def test_the_audit_log_is_append_only(store: Store) -> None:
         ("ada", "apply", "route", "ok", "abc"),
     ]
     assert entries[0].at >= entries[1].at > 0
-    raw = _raw(store)
     for statement in ("UPDATE audit SET outcome = 'failed'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            raw.execute(statement)
+        with pytest.raises(INTEGRITY, match="append-only"):
+            raw_execute(store.location, statement)
     assert len(audit_records(store, AuditFilter())) == 2
 
 
@@ -188,7 +207,7 @@ def test_a_transaction_lands_whole_or_not_at_all(store: Store) -> None:
 def test_settings_and_identity_are_created_once(store: Store, tmp_path: Path) -> None:
     assert store.setting("salt", "first") == "first"
     assert store.setting("salt", "second") == "first"
-    other = connect(store.path)
+    other = connect(store.location)
     try:
         assert other.id == store.id and len(store.id) == 16
     finally:
@@ -210,15 +229,42 @@ def test_state_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("FNCTL_STATE", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     project = load_project(root)
-    assert state_path(project, None) == root / "var" / "state.db"  # fnctl.toml
+    assert locate(project, None) == StateLocation(root / "var" / "state.db")  # fnctl.toml
     monkeypatch.setenv("FNCTL_STATE", str(tmp_path / "env.db"))
-    assert state_path(project, None) == tmp_path / "env.db"  # $FNCTL_STATE beats fnctl.toml
-    assert state_path(project, tmp_path / "flag.db") == tmp_path / "flag.db"  # --state beats both
+    assert locate(project, None) == StateLocation(tmp_path / "env.db")  # $FNCTL_STATE beats fnctl.toml
+    flag = StateLocation(tmp_path / "flag.db")
+    assert locate(project, flag) == flag  # --state beats both
     monkeypatch.delenv("FNCTL_STATE")
     (root / "fnctl.toml").write_text('[project]\nname = "proj"\n')
-    assert state_path(load_project(root), None) == tmp_path / "xdg" / "fnctl" / "proj" / "state.db"
+    assert locate(load_project(root), None) == StateLocation(tmp_path / "xdg" / "fnctl" / "proj" / "state.db")
     monkeypatch.delenv("XDG_STATE_HOME")
     assert default_path("proj") == Path.home() / ".local" / "state" / "fnctl" / "proj" / "state.db"
+
+
+def test_a_postgresql_url_selects_postgresql_wherever_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql://fn:s3cret@db.example/state"
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "fnctl.toml").write_text(f'[project]\nname = "proj"\n[state]\nurl = "{url}"\n')
+    monkeypatch.delenv("FNCTL_STATE", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    from_toml = locate(load_project(root), None)
+    assert from_toml.url == url and from_toml.is_postgres
+    # its host-local files (lock, key stamp) live under the state home, named without the password
+    assert from_toml.path.is_relative_to(tmp_path / "xdg" / "fnctl" / "postgresql")
+    assert "s3cret" not in str(from_toml) and "s3cret" not in str(from_toml.path)
+    assert str(from_toml) == "postgresql://fn:***@db.example/state"
+    monkeypatch.setenv("FNCTL_STATE", "postgres:///other?host=/run/pg")
+    assert locate(load_project(root), None).url == "postgres:///other?host=/run/pg"  # the environment first
+    flag = parse(url + "#" + str(tmp_path / "anchor"))  # what a child process is handed (to_arg)
+    assert flag == StateLocation(tmp_path / "anchor", url) and parse(flag.to_arg()) == flag
+    assert locate(load_project(root), flag) == flag
+    assert not parse(str(tmp_path / "a.db")).is_postgres  # a path keeps meaning SQLite
+    (root / "fnctl.toml").write_text('[project]\nname = "proj"\n[state]\nurl = "mysql://x"\n')
+    with pytest.raises(FnctlError, match="state.url"):
+        load_project(root)
 
 
 # ---- the lock ----
@@ -227,7 +273,8 @@ _HOLDER = """
 import os, sys, time
 from pathlib import Path
 from fnctl.deploy.lock import held
-with held(Path(sys.argv[1]), 5, "fnctl apply (test holder)"):
+from fnctl.state.location import StateLocation
+with held(StateLocation(Path(sys.argv[1])), 5, "fnctl apply (test holder)"):
     print("held", flush=True)
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.02)
@@ -249,7 +296,7 @@ def test_a_second_holder_times_out_naming_the_first(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     holder = _holder(path, tmp_path / "release", tmp_path / "releasing")
     try:
-        with pytest.raises(LockTimeout) as caught, held(path, 0.2, "fnctl apply"):
+        with pytest.raises(LockTimeout) as caught, held(StateLocation(path), 0.2, "fnctl apply"):
             pass
         message = caught.value.message
         assert f"pid {holder.pid} on {socket.gethostname()}" in message
@@ -266,7 +313,7 @@ def test_a_waiter_gets_the_lock_when_the_holder_releases_it(tmp_path: Path) -> N
     saw_release: list[bool] = []
 
     def wait_for_lock() -> None:
-        with held(path, 60, "fnctl apply (waiter)"):
+        with held(StateLocation(path), 60, "fnctl apply (waiter)"):
             saw_release.append((tmp_path / "releasing").exists())
             acquired.set()
 
@@ -285,6 +332,6 @@ def test_a_holder_killed_with_sigkill_releases_the_lock(tmp_path: Path) -> None:
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=30)
     assert "test holder" in (tmp_path / "state.db.lock").read_text()  # its description is left behind...
-    with held(path, 5, "fnctl apply (next)"):  # ...but nothing holds the lock
+    with held(StateLocation(path), 5, "fnctl apply (next)"):  # ...but nothing holds the lock
         assert "fnctl apply (next)" in (tmp_path / "state.db.lock").read_text()
     assert (tmp_path / "state.db.lock").read_text() == ""

@@ -1,0 +1,117 @@
+"""The state store's PostgreSQL backend (the interface of fnctl.state.backends), imported only when a state
+is on PostgreSQL: psycopg's import is not paid by commands on a SQLite state."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fnctl.state import pg, pgschema
+from fnctl.state.location import StoreError
+from fnctl.state.migrations import MIGRATIONS
+
+# The key of the advisory lock every PostgreSQL write transaction of the state takes (b"fnctl" as a number):
+# transactions that write the state run one at a time, as they do on SQLite, so a read-then-write (an audit
+# chain's head, the next revision number) never interleaves with another writer's.
+WRITE_LOCK = 0x666E63746C
+DEPLOY_LOCK = 0x666E63746B  # the mutating commands' lock (fnctl.deploy.lock), across hosts
+
+
+class Postgres:
+    errors: tuple[type[Exception], ...] = (pg.DatabaseError,)
+    is_postgres = True
+
+    def __init__(self, connection: pg.Connection[tuple[Any, ...]], url: str) -> None:
+        self._db = connection
+        self._url = url
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> pg.Cursor[tuple[Any, ...]]:
+        return self._live().execute(placeholders(sql), params)
+
+    def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        row = self._live().execute(placeholders(sql) + " RETURNING id", params).fetchone()
+        return int(row[0]) if row else 0
+
+    def _live(self) -> pg.Connection[tuple[Any, ...]]:
+        """The connection, opened again if the server dropped it (a restart, a failover, an idle timeout):
+        the statement that met the broken connection failed; the next one gets a new connection. Never in
+        the middle of a transaction: that died with its connection, and its statements with it."""
+        if pg.is_broken(self._db):
+            self._db.close()
+            self._db = pg.connect(self._url)
+        return self._db
+
+    def begin(self) -> None:
+        self._live().execute("BEGIN")
+        try:
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    @property
+    def in_transaction(self) -> bool:
+        return pg.in_transaction(self._db)
+
+    def data_version(self) -> int:
+        row = self._live().execute("SELECT n FROM change_counter").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def placeholders(sql: str) -> str:
+    """`?` placeholders as psycopg's `%s` (and a literal `%`, as in LIKE '% requested', doubled). fnctl's SQL
+    has no `?` inside string literals."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def open_postgres(url: str, anchor: Path) -> Postgres:
+    """The PostgreSQL database at `url`, its tables created and migrated as needed; the directory of its
+    host-local files (`anchor`'s) created too."""
+    try:
+        anchor.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StoreError(f"cannot create the state's local directory {anchor.parent}: {exc.strerror or exc}") from None
+    connection = pg.connect(url)
+    try:
+        pgschema.upgrade(connection, len(MIGRATIONS))
+    except pg.DatabaseError as exc:
+        connection.close()
+        raise StoreError(f"cannot open the state store ({pg.target(url)}): {exc}") from None
+    except BaseException:
+        connection.close()
+        raise
+    return Postgres(connection, url)
+
+
+@contextmanager
+def advisory_lock(url: str, timeout: float | None) -> Iterator[bool]:
+    """DEPLOY_LOCK on a connection of its own, for the block: one session in the whole database holds it, and
+    the server releases it when that session ends, however its process died. Waits up to `timeout` seconds
+    (None: tries once); yields whether it was taken."""
+    connection = pg.connect(url)
+    try:
+        deadline = time.monotonic() + (timeout or 0.0)
+        while not _try_lock(connection, url):
+            if timeout is None or time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.05)
+        yield True
+    finally:
+        connection.close()  # ends the session, and with it the lock
+
+
+def _try_lock(connection: pg.Connection[tuple[Any, ...]], url: str) -> bool:
+    try:
+        row = connection.execute("SELECT pg_try_advisory_lock(%s)", (DEPLOY_LOCK,)).fetchone()
+    except pg.DatabaseError as exc:
+        raise StoreError(f"cannot take the state's lock ({pg.target(url)}): {exc}") from None
+    return bool(row and row[0])

@@ -1,0 +1,103 @@
+"""A project deployed, served and rolled back with its state on PostgreSQL, end to end.
+
+Real Docker, a real PostgreSQL server (tests/pgserver.py), the CLI as subprocesses and a real `fnctl serve`
+on 127.0.0.1 reading its routing table and writing its invocation audit (through its writer process) there.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+from deploy_helpers import cleanup, make_project, until
+
+from fnctl.state.auditlog import AuditFilter, invocation_records
+from fnctl.state.location import StateLocation
+from fnctl.state.store import connect
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        connection.close()
+
+
+@pytest.mark.docker
+def test_apply_serve_and_rollback_with_the_state_on_postgresql(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, pg_url: str
+) -> None:
+    state = StateLocation(tmp_path / "pg-anchor" / "state", pg_url)
+    project = make_project(tmp_path / "project", docker_client, base_image)
+    project.env["FNCTL_STATE"] = state.to_arg()
+    port = _free_port()
+    with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
+        config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
+    manifest = project.root / "manifests" / "hello.yaml"
+    serve = None
+    try:
+        project.function("hello", version="one")
+        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+        project.ok("apply")
+        assert not project.state.exists()  # nothing went to a SQLite file
+        err = tmp_path / "serve.err"
+        with err.open("w") as stream:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
+                cwd=project.root,
+                env=project.environ(),
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+            )
+        until(lambda: _get(port, "GET", "/readyz")[0] == 200 or serve.poll() is not None, "the gateway", 60)
+        assert serve.poll() is None, err.read_text()
+        status, body = _get(port, "POST", "/invoke/hello", b'{"name": "ada"}')
+        assert status == 200 and json.loads(body)["version"] == "one", body
+
+        project.function("hello", version="two")  # a new revision, seen by the running gateway
+        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+        project.ok("apply")
+        until(
+            lambda: json.loads(_get(port, "POST", "/invoke/hello", b"{}")[1] or b"{}").get("version") == "two",
+            "the gateway to route to revision 2",
+        )
+        project.ok("rollback", "hello", "--to", "1")
+        until(
+            lambda: json.loads(_get(port, "POST", "/invoke/hello", b"{}")[1] or b"{}").get("version") == "one",
+            "the gateway to route back to revision 1",
+        )
+        history = project.ok("history", "hello", "-o", "json")
+        assert sorted(r["number"] for r in json.loads(history.out)) == [1, 2]
+
+        def invocations() -> int:
+            store = connect(state)
+            try:
+                return len(invocation_records(store, AuditFilter(target="hello"), limit=1000))
+            finally:
+                store.close()
+
+        until(lambda: invocations() >= 3, "the gateway's invocation audit to reach PostgreSQL")
+        verify = project.ok("audit", "verify")
+        assert "audit:" in verify.out and "intact" in verify.out and "invocations:" in verify.out
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.terminate()
+            serve.wait(timeout=60)
+        cleanup(project)
