@@ -136,6 +136,8 @@ def apply_command(
     In a git work tree every revision records the commit; uncommitted changes under the project are refused
     unless --allow-dirty. Exit 0 on success, 1 when a function failed (its traffic stayed on the previous revision), 2 on bad input
     or a stale plan, 3 when a rollout was rolled back, 4 when one waits at a gate for `fnctl promote`.
+    With engine = "swarm" in fnctl.toml a revision's instances are a Swarm service; every node needs its image
+    (docs/swarm.md).
 
     \b
     Examples:

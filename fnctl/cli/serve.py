@@ -110,6 +110,9 @@ def serve(
     30 s by default) and exits 0; a second signal stops at once (exit 130). Settings come from the gateway
     section of fnctl.toml; options override them. See docs/serve.md for running it under systemd.
 
+    With engine = "swarm" in fnctl.toml, run one on each node (swarm.node: that node's engine): it serves the
+    Swarm tasks of its own node over their sockets and starts none (docs/swarm.md).
+
     \b
     Examples:
       fnctl serve

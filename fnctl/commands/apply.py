@@ -53,7 +53,7 @@ def _diff_with_specs(
 ) -> tuple[list[Change], LiveState, list[DeploySpec], list[CollectionChange]]:
     with session(project, options, "diff", progress, mutating=False) as ctx:
         specs, _, state = desired_state(project, ctx.store, paths)
-        live = read_live(ctx.store, project.name)
+        live = read_live(ctx.store, project.name, ctx.swarm)
     return (
         diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live),
         live,
@@ -139,12 +139,12 @@ def apply_in(
     specs, secret_values, state = desired_state(project, ctx.store, paths)
     guard(specs)
     before = pickup.change_mark(ctx.store)
-    live = read_live(ctx.store, project.name)
+    live = read_live(ctx.store, project.name, ctx.swarm)
     if plan_file is not None:
         _check_plan(plan_file, project.name, live, specs, state)
     recovered = repair.recover(ctx, live.orphans)
     if recovered:  # the repairs changed the live state: read it again (else one engine listing is enough)
-        live = read_live(ctx.store, project.name)
+        live = read_live(ctx.store, project.name, ctx.swarm)
     changes = diff([Desired(s.name, s.spec, s.spec_hash) for s in specs], live)
     collections = [] if preview else diff_collections(desired_collections(state), live)
     plan = make_plan(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fnctl.deploy import swarmdeploy
 from fnctl.deploy.live import orphan_reasons
 from fnctl.engine import dockerio, instances
 from fnctl.errors import BadInput, FnctlError
@@ -17,7 +18,7 @@ from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import rolloutstore
 from fnctl.state.location import StateLocation, locate
-from fnctl.state.revisions import InstanceState, Revision
+from fnctl.state.revisions import InstanceRow, InstanceState, Revision
 from fnctl.state.store import Store, connect, exists
 
 
@@ -58,37 +59,11 @@ def status(project: Project, state: StateLocation | None) -> list[FunctionStatus
     that is no instance of a routed revision, flagged orphan (with why), under its function's name."""
     store = open_store(project, state)
     try:
-        listed = dockerio.list_containers({"io.fnctl.project": project.name, "io.fnctl.store": store.id})
         rows, routes, revisions = store.instances(), store.routes(), store.revisions()
-        orphans = orphan_reasons(listed, rows, routes)
-        recorded = {row.id: row.container_id for row in rows}
-        containers: dict[str, dockerio.ContainerInfo] = {}
-        for c in listed:  # an instance's own container, when copies carry its label
-            instance = c.labels.get("io.fnctl.instance", "")
-            if instance not in containers or c.id == recorded.get(instance):
-                containers[instance] = c
-        shown: dict[str, list[InstanceStatus]] = {}
-        for row in rows:
-            container = containers.get(row.id)
-            reason = orphans.get(container.id) if container is not None else None
-            if reason is None and row.function not in routes:
-                reason = f"{row.function} is not deployed (deleted)"
-            shown.setdefault(row.function, []).append(replace(_instance_status(row, container), orphan=reason))
-        accounted = {row.container_id for row in rows} | {containers[r.id].id for r in rows if r.id in containers}
-        for c in listed:
-            if c.id not in accounted:  # unknown to the store: named only by its labels
-                revision = c.labels.get("io.fnctl.revision", "")
-                shown.setdefault(c.labels.get("io.fnctl.function") or "?", []).append(
-                    InstanceStatus(
-                        c.labels.get("io.fnctl.instance", "?"),
-                        int(revision) if revision.isdigit() else 0,
-                        c.id[:12],
-                        c.status,
-                        False,
-                        0,
-                        orphans.get(c.id, "unknown to the state store"),
-                    )
-                )
+        if project.engine == "swarm":  # the services' tasks, as the manager lists them
+            shown = _swarm_tasks(project, rows)
+        else:
+            shown = _local_instances(project, store, rows, routes)
         result = []
         for name, weights in routes.items():
             live = stable_revision(weights)
@@ -113,6 +88,56 @@ def status(project: Project, state: StateLocation | None) -> list[FunctionStatus
         return result
     finally:
         store.close()
+
+
+def _local_instances(
+    project: Project, store: Store, rows: list[InstanceRow], routes: dict[str, dict[int, int]]
+) -> dict[str, list[InstanceStatus]]:
+    """Each function's instances and the orphan containers of the local engine."""
+    listed = dockerio.list_containers({"io.fnctl.project": project.name, "io.fnctl.store": store.id})
+    orphans = orphan_reasons(listed, rows, routes)
+    recorded = {row.id: row.container_id for row in rows}
+    containers: dict[str, dockerio.ContainerInfo] = {}
+    for c in listed:  # an instance's own container, when copies carry its label
+        instance = c.labels.get("io.fnctl.instance", "")
+        if instance not in containers or c.id == recorded.get(instance):
+            containers[instance] = c
+    shown: dict[str, list[InstanceStatus]] = {}
+    for row in rows:
+        container = containers.get(row.id)
+        reason = orphans.get(container.id) if container is not None else None
+        if reason is None and row.function not in routes:
+            reason = f"{row.function} is not deployed (deleted)"
+        shown.setdefault(row.function, []).append(replace(_instance_status(row, container), orphan=reason))
+    accounted = {row.container_id for row in rows} | {containers[r.id].id for r in rows if r.id in containers}
+    for c in listed:
+        if c.id not in accounted:  # unknown to the store: named only by its labels
+            revision = c.labels.get("io.fnctl.revision", "")
+            shown.setdefault(c.labels.get("io.fnctl.function") or "?", []).append(
+                InstanceStatus(
+                    c.labels.get("io.fnctl.instance", "?"),
+                    int(revision) if revision.isdigit() else 0,
+                    c.id[:12],
+                    c.status,
+                    False,
+                    0,
+                    orphans.get(c.id, "unknown to the state store"),
+                )
+            )
+    return shown
+
+
+def _swarm_tasks(project: Project, rows: list[InstanceRow]) -> dict[str, list[InstanceStatus]]:
+    """Each function's Swarm tasks: `<service>.<slot>@<node hostname>`, its container and its state."""
+    functions = {row.container_id: (row.function, row.revision) for row in rows if row.container_id}
+    shown: dict[str, list[InstanceStatus]] = {}
+    for service, found in swarmdeploy.tasks(project.swarm, set(functions)).items():
+        function, revision = functions[service]
+        shown.setdefault(function, []).extend(
+            InstanceStatus(f"{service}.{slot}@{node}", revision, container[:12], state, state == "running", 0)
+            for slot, state, node, container in found
+        )
+    return shown
 
 
 def _rollout_words(store: Store, name: str) -> str | None:

@@ -14,13 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fnctl.deploy import pickup
+from fnctl.deploy import pickup, swarmdeploy
 from fnctl.deploy.desired import DeploySpec
 from fnctl.engine import dockerio, images, instances
 from fnctl.engine.sandbox import labels
 from fnctl.errors import FnctlError
 from fnctl.gitops.commit import Commit
 from fnctl.manifest.model import NO_EXPECTATION, Function, HealthCheck
+from fnctl.manifest.project import Project, SwarmSettings
 from fnctl.manifest.schemas import instance_error
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
 from fnctl.state.store import Store
@@ -52,6 +53,9 @@ class Context:
     command: str
     git: Commit | None  # the commit of the manifests being deployed
     progress: Progress
+    # engine = "swarm": a revision's instances are a Swarm service (fnctl.deploy.swarmdeploy), else containers
+    # on the local engine. The executor's two engine points, `start_checked` and `remove_row`, switch on it.
+    swarm: SwarmSettings | None = None
 
     def audit(self, action: str, target: str, outcome: str, detail: str | None = None) -> None:
         """One audit record of this command's, with its actor and commit."""
@@ -74,6 +78,11 @@ class Context:
             "git_author": git.author if git else None,
             "git_subject": git.subject if git else None,
         }
+
+
+def engine_settings(project: Project) -> SwarmSettings | None:
+    """The Swarm settings a Context carries when the project's engine is Swarm, else None (the local engine)."""
+    return project.swarm if project.engine == "swarm" else None
 
 
 def deploy(ctx: Context, spec: DeploySpec, secret_values: dict[str, str]) -> Revision:
@@ -156,6 +165,21 @@ def start_checked(
 ) -> None:
     """Start `count` instances and health-check each; on any failure the ones started here are removed
     (so nothing unchecked is left behind for traffic to reach) and the error propagates."""
+    if ctx.swarm is not None:
+        swarmdeploy.start_checked(
+            ctx.store,
+            ctx.swarm,
+            ctx.project,
+            function,
+            revision,
+            image,
+            secret_values,
+            count,
+            progress=ctx.progress,
+            health_check=health_check,
+        )
+        checkpoint("health-checked")
+        return
     started: list[instances.Instance] = []
     try:
         started = start_instances(ctx, function, revision, image, secret_values, count)
@@ -292,6 +316,9 @@ def stop_other_revisions(ctx: Context, name: str, keep: set[int]) -> None:
 
 
 def remove_row(ctx: Context, row: InstanceRow, *, drain: bool = False) -> None:
+    if ctx.swarm is not None:  # the revision's service goes (Swarm drains its tasks), with all its slots' rows
+        swarmdeploy.remove(ctx.store, ctx.swarm, row)
+        return
     ctx.store.update_instance(row.id, state=InstanceState.STOPPING)
     drained = False
     if drain and row.container_id:

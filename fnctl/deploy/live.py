@@ -8,10 +8,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from fnctl.deploy import swarmdeploy
 from fnctl.deploy.diff import LiveCollection, LiveFunction, LiveInstance, LiveState
 from fnctl.deploy.revisionspec import min_instances
 from fnctl.engine import dockerio
 from fnctl.engine.sandbox import labels
+from fnctl.manifest.project import SwarmSettings
 from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
 from fnctl.state import docstore, rolloutstore
@@ -21,7 +23,10 @@ from fnctl.state.store import Store
 Row = TypeVar("Row", Revision, InstanceRow)
 
 
-def read_live(store: Store, project: str) -> LiveState:
+def read_live(store: Store, project: str, swarm: SwarmSettings | None = None) -> LiveState:
+    """With `swarm` (engine = "swarm"), the instances are the slots of the project's services."""
+    if swarm is not None:
+        return live_from_store(store, swarmdeploy.listed(swarm, project), dockerio.images_present)
     listed = dockerio.list_containers(labels(project, "", store=store.id))
     return live_from_store(store, listed, dockerio.images_present)
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fnctl.deploy import executor, lock, repair
+from fnctl.deploy import executor, lock, repair, swarmdeploy
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
@@ -22,7 +22,7 @@ from fnctl.errors import FnctlError
 from fnctl.gitops.commit import Commit
 from fnctl.manifest.kinds import parse_rollout
 from fnctl.manifest.model import Function, HealthCheck, Limits, Rollout
-from fnctl.manifest.project import Project
+from fnctl.manifest.project import Project, SwarmSettings
 from fnctl.manifest.stages import stages
 from fnctl.rollout import machine
 from fnctl.rollout.analysis import Verdict, evaluate
@@ -266,7 +266,16 @@ def tick(project: Project, store_path: StateLocation, progress: executor.Progres
         with lock.attempt(store_path, "fnctl serve: rollouts") as got:
             if not got:
                 return 0
-            ctx = executor.Context(store, project.name, project.base_image, actor(), "serve", None, progress)
+            ctx = executor.Context(
+                store,
+                project.name,
+                project.base_image,
+                actor(),
+                "serve",
+                None,
+                progress,
+                swarm=executor.engine_settings(project),
+            )
             if stale:  # a process killed between an abort's routing change and its clean-up left them
                 repair.recover(ctx, orphans=())
             return len(advance_all(ctx))
@@ -295,11 +304,20 @@ def measure(ctx: executor.Context, record: Record, due: Measure, now: float) -> 
     seconds = max(now - due.since, 1.0)
     canary = metricstore.window(ctx.store, record.function, record.canary, seconds, now=now)
     stable = metricstore.window(ctx.store, record.function, record.stable, seconds, now=now)
-    return evaluate(due.analysis, canary, stable, run_checks(ctx.store, record, due.analysis.checks))
+    problems = run_checks(ctx.store, record, due.analysis.checks, swarm=ctx.swarm, project=ctx.project)
+    return evaluate(due.analysis, canary, stable, problems)
 
 
-def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) -> tuple[str, ...]:
-    """Synthetic invocations of the canary, straight to one of its instances: what went wrong, in words."""
+def run_checks(
+    store: Store,
+    record: Record,
+    checks: tuple[HealthCheck, ...],
+    *,
+    swarm: SwarmSettings | None = None,
+    project: str = "",
+) -> tuple[str, ...]:
+    """Synthetic invocations of the canary, straight to one of its instances (under `swarm`, a task of its
+    service on this node): what went wrong, in words."""
     if not checks:
         return ()
     revision = store.revision(record.function, record.canary)
@@ -311,7 +329,14 @@ def run_checks(store: Store, record: Record, checks: tuple[HealthCheck, ...]) ->
     if revision is None or not rows:
         return (f"no running instance of revision {record.canary} to check",)
     function = function_from_spec(record.function, revision.spec, Limits())  # the spec has every limit
-    instance = instances.connect_existing(function, rows[0].container_id or "", Path(rows[0].socket_dir), rows[0].id)
+    if swarm is not None:
+        instance = swarmdeploy.connect_local(swarm, project, function, record.canary)
+        if instance is None:
+            return (f"no task of revision {record.canary} on this node answers",)
+    else:
+        instance = instances.connect_existing(
+            function, rows[0].container_id or "", Path(rows[0].socket_dir), rows[0].id
+        )
     if instance is None:
         return (f"instance {rows[0].id} of revision {record.canary} does not answer",)
     try:

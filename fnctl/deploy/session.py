@@ -17,7 +17,7 @@ from fnctl.errors import BadInput
 from fnctl.gitops.commit import WorkTree
 from fnctl.gitops.gitrepo import work_tree
 from fnctl.manifest.model import DesiredState
-from fnctl.manifest.project import Project, require_local_engine
+from fnctl.manifest.project import Project
 from fnctl.runtimes.validation import validate_project
 from fnctl.state.location import StateLocation, locate
 from fnctl.state.store import Store, connect
@@ -51,8 +51,6 @@ def session(
 ) -> Iterator[executor.Context]:
     """The store and who acts, under the lock when `mutating` (unless the caller holds it: `locked`); the
     commit recorded is `source`'s, else that of the work tree the project sits in."""
-    if mutating:
-        require_local_engine(project, command)
     path = locate(project, options.state)
     guard = (
         lock.held(path, options.lock_timeout, command, options.on_lock_wait) if mutating and not locked else _nothing()
@@ -69,6 +67,7 @@ def session(
                 command,
                 tree.commit if tree else None,
                 progress,
+                swarm=executor.engine_settings(project),
             )
         finally:
             store.close()

@@ -103,6 +103,9 @@ class SwarmEngine:
             up = [t for t in every if t.state == "running" and t.desired == "running"]
             if len(up) >= replicas:
                 return up
+            missing = sorted({t.error for t in every if "No such image" in t.error})
+            if missing:  # a node without the image: no retry brings it there (docs/swarm.md, "Images")
+                raise EngineUnavailable(f"{service}: {missing[0]}")
             if time.monotonic() > deadline:
                 errors = sorted({t.error for t in every if t.error})
                 raise EngineUnavailable(
@@ -118,6 +121,23 @@ class SwarmEngine:
     def hostnames(self) -> dict[str, str]:
         """Node ID → hostname, for every node of the swarm."""
         return {n.id: n.hostname for n in swarmio.nodes(self.manager)}
+
+
+def prepare_slots(instance_root: str, hostname: str, service: str, slots: int) -> None:
+    """The instance directories of slots 1..`slots` of `service` on node `hostname`, before Swarm places a
+    task there (a bind mount's source must exist): owned by this user, mode 0755, under a private root."""
+    root = Path(instance_root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    for slot in range(1, slots + 1):
+        path = Path(task_socket_dir(instance_root, hostname, service, slot))
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, SOCKET_DIR_MODE)
+
+
+def forget_slots(instance_root: str, hostname: str, service: str) -> None:
+    """Remove a removed service's directories of node `hostname`."""
+    shutil.rmtree(Path(instance_root) / hostname / service, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -142,19 +162,10 @@ class NodeAgent:
         return Path(task_socket_dir(self.instance_root, self.hostname, service, slot))
 
     def prepare(self, service: str, slots: int) -> None:
-        """The instance directories of slots 1..`slots` of `service` on this node, before Swarm places a task
-        there (a bind mount's source must exist): owned by this user, mode 0755, under a private root."""
-        root = Path(self.instance_root)
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(root, 0o700)
-        for slot in range(1, slots + 1):
-            path = self.socket_dir(service, slot)
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(path, SOCKET_DIR_MODE)
+        prepare_slots(self.instance_root, self.hostname, service, slots)
 
     def forget(self, service: str) -> None:
-        """Remove a removed service's directories on this node."""
-        shutil.rmtree(Path(self.instance_root) / self.hostname / service, ignore_errors=True)
+        forget_slots(self.instance_root, self.hostname, service)
 
     def sync(self, manager: SwarmEngine, project: str) -> set[str]:
         """Make this node ready for every service of `project` the swarm has (each slot's directory, so that

@@ -7,7 +7,7 @@ what a service looks like is decided in `swarmspec`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fnctl.engine import dockerapi
@@ -151,6 +151,7 @@ class TaskContainer:
     service: str
     slot: int
     running: bool
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def task_containers(engine: str, labels: dict[str, str]) -> list[TaskContainer]:
@@ -169,6 +170,7 @@ def task_containers(engine: str, labels: dict[str, str]) -> list[TaskContainer]:
                     str(container_labels.get("com.docker.swarm.service.name", "")),
                     slot,
                     container.get("State") == "running",
+                    {str(k): str(v) for k, v in container_labels.items()},
                 )
             )
     return out

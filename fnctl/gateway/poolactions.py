@@ -43,6 +43,9 @@ def _store(path: StateLocation) -> Iterator[Store]:
 class DockerActions:
     """The pools' blocking work, run in worker threads: each call opens its own store connection."""
 
+    adopts_only = False  # True: the pools only adopt instances the engine runs (fnctl.gateway.poolswarm)
+    follow_interval = 0.1  # seconds between an adopting process's looks at `ready_rows` (a store query)
+
     def __init__(self, store_path: StateLocation, project: Project, max_wait: float | None = None) -> None:
         self.store_path = store_path
         self.project = project

@@ -264,7 +264,8 @@ class PoolInstances:
             max_request=self.target.function.limits.payload,
         )
         try:
-            await transport.connect(timeout=ATTACH_TIMEOUT)
+            # The secrets again: a Swarm task was configured only by whoever health-checked it, if anyone.
+            await transport.connect(timeout=ATTACH_TIMEOUT, secrets=self.target.secrets)
         except (FnctlError, OSError) as exc:
             log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
             self._bury(slot)

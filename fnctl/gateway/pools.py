@@ -22,8 +22,8 @@ from fnctl.engine import dockerio, instances
 from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
 from fnctl.gateway.crew import Crew
-from fnctl.gateway.poolactions import DockerActions
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
+from fnctl.gateway.poolswarm import pool_actions
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
@@ -42,7 +42,6 @@ T = TypeVar("T")
 
 LOCK_RETRY = 0.5
 EXIT_CHECK = 0.5  # seconds between looks at a starting container while its runtime has not connected
-FOLLOW_INTERVAL = 0.1  # seconds between a follower worker's looks at the store's instances
 STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
 
 
@@ -74,11 +73,19 @@ class PoolManager:
         self.max_wait = max_wait
         self.closing = False
         # `fnctl serve --workers`: the owner (worker 0) starts, scales and stops instances; the other workers
-        # follow the store's instance table and never start or stop one (fnctl.gateway.crew).
+        # follow the store's instance table (fnctl.gateway.crew).
         self.crew = crew
         # Answers the `call` frames of the instances of (function, revision): the data broker, when serving data.
         self.call_handler: Callable[[str, int], AsyncCallHandler] | None = None
-        self.actions = DockerActions(store_path, project, max_wait)
+        self.actions = pool_actions(store_path, project, max_wait)
+        # This process adopts only: it connects to the instances someone else runs and never starts, stops,
+        # pauses or idle-stops one. Two kinds: a follower worker of `fnctl serve --workers` (the owner runs
+        # them; its source is the store's instance table) and every gateway under engine = "swarm" (Swarm runs
+        # them; its source is this node's tasks, fnctl.gateway.poolswarm). Both look at their source again
+        # every `actions.follow_interval` (`_follow_instances`).
+        self.adopts_only = self.actions.adopts_only or (crew is not None and not crew.owner)
+        if self.actions.adopts_only:
+            self.idle_seconds = float("inf")  # a task is let go when Swarm stops it, never for being idle
         self._pools: dict[tuple[str, int], RevisionPool] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[RevisionPool]] = {}
         self._routes: dict[str, dict[int, int]] = {}
@@ -94,7 +101,7 @@ class PoolManager:
         attaching = await self._follow(await self._in_thread(self.actions.routes, reads=True))
         if attaching:
             await asyncio.wait(attaching)  # ready to serve what is already running before the gateway opens
-        if self.crew is not None and not self.crew.owner:
+        if self.adopts_only:
             self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
             self._follower = asyncio.get_running_loop().create_task(self._follow_instances())
             return
@@ -203,6 +210,7 @@ class PoolManager:
         READY and setting its own CPU quota happen beside its first request."""
         if self.crew is not None and not self.crew.owner:  # never asked (a follower's pools do not scale)
             raise FnctlError("a follower gateway worker does not start instances")
+        # (A Swarm node's pools do ask, when no task of theirs here is free: SwarmActions.start says why not.)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Started] = loop.create_future()
 
@@ -282,8 +290,8 @@ class PoolManager:
             log.warning("recording instance %s as %s: %s", instance_id, "paused" if paused else "ready", exc)
 
     async def stop_instance(self, target: Target, slot: Slot, *, drain: bool) -> None:
-        if self.crew is not None and not self.crew.owner:
-            return  # a follower only lets go of it (its connection is closed): the owner stops instances
+        if self.adopts_only:
+            return  # only let go of (its connection is closed): the owner worker or Swarm stops instances
         while True:
             try:
                 await self._in_thread(self.actions.stop, target, slot.id, slot.container_id, slot.socket_dir, drain)
@@ -333,7 +341,8 @@ class PoolManager:
         rows, paused = await self._ready_rows()
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=self)
+            pauser = None if self.adopts_only else self
+            pool = self._pools[key] = RevisionPool(self, target, routing=self._routing(key), pauser=pauser)
             pool.adopt(rows.get(key, []), paused)
         return pool
 
@@ -346,14 +355,15 @@ class PoolManager:
         return rows, paused
 
     async def _follow_instances(self) -> None:
-        """A follower's loop: connect to the instances the owner recorded ready, and let go of the ones it
-        removed (retired here: no new requests, its connection closed once the last one ends; never taken
+        """An adopting process's loop: connect to the instances its source lists (the owner worker's, recorded
+        ready in the store; the tasks Swarm placed or replaced on this node), and let go of the ones it no
+        longer lists (retired here: no new requests, its connection closed once the last one ends; never taken
         for a crash, never stopped from here)."""
         while True:
-            await asyncio.sleep(FOLLOW_INTERVAL)
+            await asyncio.sleep(self.actions.follow_interval)
             try:
                 rows, _ = await self._ready_rows()
-            except Exception as exc:  # a busy store: the next look
+            except Exception as exc:  # a busy store, the node's engine busy or restarting: the next look
                 log.warning("reading the instances: %s", exc)
                 continue
             for key, pool in list(self._pools.items()):
@@ -362,7 +372,7 @@ class PoolManager:
                 ids = {row[0] for row in listed}
                 for slot in [s for s in pool.slots.values() if s.ready and s.id not in ids]:
                     pool.let_go(slot)
-                pool.scale()  # a follower's pools only tell the owner their load (repeated while it stands)
+                pool.scale()  # a follower's pools tell the owner their load (repeated while it stands)
 
     def _on_load(self, function: str, revision: int) -> None:
         """The owner: a follower's load of (function, revision) changed: scale for it."""

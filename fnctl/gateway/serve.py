@@ -39,7 +39,7 @@ from fnctl.gateway.supervisor import supervise
 from fnctl.gateway.table import StoreTable
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.gateway.views import DEFAULT_CACHE_BYTES, Views
-from fnctl.manifest.project import CONFIG_FILE, Project, read_config, require_local_engine
+from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.manifest.units import parse_duration, parse_size
 from fnctl.state import docstore
 from fnctl.state.location import StateLocation
@@ -156,7 +156,6 @@ Mount = Callable[[Gateway], Callable[[Any], None]]
 
 def serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
-    require_local_engine(project, "fnctl serve")
     _configure_logging()
     worker = {} if options.crew is None else {"worker": options.crew.worker}
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:

@@ -146,15 +146,6 @@ def _swarm_settings(table: dict[str, Any]) -> SwarmSettings:
     )
 
 
-def require_local_engine(project: Project, command: str) -> None:
-    """Refuse, rather than start local containers, a command that does not drive Swarm services yet."""
-    if project.engine != "local":
-        raise BadInput(
-            f'{project.root / CONFIG_FILE}: engine = "{project.engine}": {command} does not deploy to or serve '
-            'from Swarm services yet; what does is listed in docs/swarm.md ("What is built")'
-        )
-
-
 def cache_dir() -> Path:
     """fnctl's cache for the user ($XDG_CACHE_HOME/fnctl): wheels, node tools and npm dependencies, base image
     probes, `invoke --local`'s data files and salt. Here, low in the layers, for all of them."""

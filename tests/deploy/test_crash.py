@@ -143,7 +143,8 @@ def test_lock_holder_killed_with_sigkill_blocks_nobody(deployment: Deployment, t
             sys.executable,
             "-c",
             "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-            "with held(Path(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
+            "from fnctl.state.location import StateLocation\n"
+            "with held(StateLocation(Path(sys.argv[1])), 5, 'fnctl apply (to be killed)'):\n"
             "    print('held', flush=True)\n"
             "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"
             "    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"

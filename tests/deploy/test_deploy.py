@@ -327,7 +327,8 @@ def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> N
             sys.executable,
             "-c",
             "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-            "with held(Path(sys.argv[1]), 5, 'fnctl apply (held by the test)'):\n"
+            "from fnctl.state.location import StateLocation\n"
+            "with held(StateLocation(Path(sys.argv[1])), 5, 'fnctl apply (held by the test)'):\n"
             "    print('held', flush=True)\n"
             "    while not os.path.exists(sys.argv[2]):\n"
             "        time.sleep(0.02)\n",

@@ -132,9 +132,10 @@ import asyncio, sys
 from pathlib import Path
 from fnctl.gateway.pools import PoolManager
 from fnctl.manifest.project import load_project
+from fnctl.state.location import StateLocation
 
 async def main():
-    manager = PoolManager(load_project(Path(sys.argv[1])), Path(sys.argv[2]))
+    manager = PoolManager(load_project(Path(sys.argv[1])), StateLocation(Path(sys.argv[2])))
     await manager.start()
     await asyncio.sleep(3600)  # killed with SIGKILL meanwhile
 

@@ -1,5 +1,5 @@
-"""`engine` and `[swarm]` in fnctl.toml: read, checked against the schema, and refused by the commands that
-do not drive Swarm services yet (exit 2, nothing started)."""
+"""`engine` and `[swarm]` in fnctl.toml: read, checked against the schema; the commands that drive Swarm
+say so clearly when no manager answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fnctl.errors import BadInput
+from fnctl.errors import BadInput, EngineUnavailable
 from fnctl.manifest.project import SwarmSettings, load_project
 
 
@@ -46,17 +46,30 @@ def test_bad_settings_are_refused(tmp_path: Path, extra: str, message: str) -> N
         load_project(project(tmp_path, extra))
 
 
-def test_apply_refuses_swarm_with_exit_2(tmp_path: Path) -> None:
-    root = project(tmp_path, 'engine = "swarm"')
+@pytest.mark.parametrize("command", [["apply"], ["status"]])
+def test_swarm_without_a_manager_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
+    """apply and status drive Swarm services now: with no manager answering they say so (the engine's exit
+    code, the socket named), and start nothing on the local engine."""
+    root = project(tmp_path, 'engine = "swarm"\n[swarm]\nmanager = "unix:///nonexistent/docker.sock"')
     (root / "manifests").mkdir()
+    (root / "fn").mkdir()
+    (root / "fn" / "main.py").write_text("def handler(event, context):\n    return 1\n")
+    (root / "manifests" / "fn.yaml").write_text(
+        "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: fn}\n"
+        "spec: {runtime: python3.11, source: ../fn, handler: main.handler}\n"
+    )
+    state = tmp_path / "state.db"
+    if command == ["status"]:
+        subprocess.run([sys.executable, "-m", "fnctl", "apply", "--state", str(state)], cwd=root, timeout=60,
+                       capture_output=True, check=False)  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "fnctl", "apply", "--state", str(tmp_path / "state.db")],
+        [sys.executable, "-m", "fnctl", *command, "--state", str(state)],
         cwd=root,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2, done.stderr
-    assert 'engine = "swarm"' in done.stderr and "docs/swarm.md" in done.stderr
+    assert done.returncode == int(EngineUnavailable.exit_code), done.stdout + done.stderr
+    assert "/nonexistent/docker.sock" in done.stderr
     assert "Traceback" not in done.stderr

@@ -1,0 +1,293 @@
+"""`fnctl apply` and `fnctl serve` with engine = "swarm", on a swarm of 3 nodes on this machine
+(tests/swarm_helpers.py): a revision's instances are its service (created, replaced, removed by the deploy
+commands; `status` shows its tasks), and the gateway of node 2 serves `/invoke/NAME` from the tasks on its own
+node over their sockets, through a blue-green switch under load without a failed request. The gateway listens
+on 127.0.0.1; nothing is sent to an address inside the nodes' namespaces."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+from polling import wait_until
+from rollout_helpers import free_port
+from sandbox_handlers.harness import cleanup, project_name, run_cli, write_project
+from swarm_helpers import SwarmNodes, swarm_nodes
+
+from fnctl.deploy.rolloutdriver import run_checks
+from fnctl.engine import images
+from fnctl.engine.swarm import SwarmEngine, service_name
+from fnctl.manifest.model import HealthCheck, Strategy
+from fnctl.manifest.project import Project, load_project
+from fnctl.rollout.record import Record, State
+from fnctl.state.store import connect
+
+pytestmark = pytest.mark.docker
+
+SPEC: dict[str, Any] = {
+    "handler": "probes.echo_context",
+    "limits": {"memory": "64Mi", "cpu": 0.5},
+    "scaling": {"minInstances": 3, "maxInstances": 3, "concurrency": 4},
+    "access": {"roles": ["public"]},
+}
+
+TRIGGER = """apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: web-http}
+spec:
+  function: web
+  http: {path: /hook, methods: [POST]}
+"""
+
+
+@pytest.fixture(scope="module")
+def project(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+) -> Iterator[Project]:
+    name = project_name()
+    try:
+        project = write_project(tmp_path_factory.mktemp("swarmapply") / "project", name, base_image, {"web": SPEC})
+        (project.root / "manifests" / "web-http.yaml").write_text(TRIGGER)
+        yield project
+    finally:
+        cleanup(docker_client, name, images=True)
+
+
+@pytest.fixture(scope="module")
+def swarm(project: Project) -> Iterator[SwarmNodes]:
+    # The image apply builds (same project, function and source: same tag), loaded into every node: what an
+    # operator does with a registry or `scripts/swarm-nodes.sh load` (docs/swarm.md).
+    image = images.ensure_image(project.name, "web", project.root / "functions" / "probes", project.base_image)
+    with swarm_nodes(3) as nodes:
+        nodes.load(image.tag)
+        config = project.root / "fnctl.toml"
+        config.write_text(
+            f'engine = "swarm"\n{config.read_text()}\n[swarm]\nmanager = "unix://{nodes.manager}"\n'
+            f'node = "unix://{nodes.socket(2)}"\ninstanceRoot = "{nodes.instance_root}"\nmaxPerNode = 1\n'
+            f'\n[gateway]\naddress = "127.0.0.1:{free_port()}"\n'
+        )
+        yield nodes
+
+
+def fnctl(project: Project, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = run_cli(project, *args, "--state", str(state))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def manifest(project: Project, name: str, spec: dict[str, Any]) -> None:
+    document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": name},
+                "spec": {"runtime": "python3.11", "source": "../functions/probes", **spec}}  # fmt: skip
+    (project.root / "manifests" / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_apply_runs_a_revision_as_its_service_and_rollback_and_delete_remove_services(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    first, second = (service_name(project.name, "web", r) for r in ("1", "2"))
+    try:
+        fnctl(project, state, "apply")
+        assert engine.services(project.name) == {first: 3}
+        engine.wait_running(first, 3)
+        shown = json.loads(fnctl(project, state, "status", "-o", "json").stdout)
+        tasks = shown[0]["instances"]
+        assert shown[0]["liveRevision"] == 1
+        assert sorted(t["id"].split("@")[1] for t in tasks) == [swarm.hostname(k) for k in (1, 2, 3)]
+        assert all(t["id"].startswith(first + ".") and t["state"] == "running" and t["healthy"] for t in tasks)
+        fnctl(project, state, "apply")  # nothing changed: nothing replaced
+        # A rollout's synthetic checks reach a task of the canary's service on this node (node 2).
+        settings = load_project(project.root).swarm
+        record = Record(0, "web", 1, 1, Strategy.CANARY, State.PROGRESSING, 0, 0.0, 0.0, {1: 100})
+        store = connect(state)
+        try:
+            good = HealthCheck({"x": 1}, expect={"echo": {"x": 1}, "function": "web", "revision": "1"})
+            assert run_checks(store, record, (good,), swarm=settings, project=project.name) == ()
+            bad = run_checks(store, record, (HealthCheck({}, expect=0),), swarm=settings, project=project.name)
+            assert len(bad) == 1 and "unexpected result" in bad[0]
+        finally:
+            store.close()
+        assert engine.services(project.name) == {first: 3}
+
+        manifest(project, "web", SPEC | {"limits": {"memory": "64Mi", "cpu": 0.4}})
+        fnctl(project, state, "apply")  # a new revision: a new service; the old one goes once traffic left
+        assert engine.services(project.name) == {second: 3}
+
+        fnctl(project, state, "rollback", "web")
+        assert engine.services(project.name) == {first: 3}
+        engine.wait_running(first, 3)
+
+        fnctl(project, state, "delete", "web")
+        assert engine.services(project.name) == {}
+        assert not any((Path(swarm.instance_root) / swarm.hostname(1)).glob(f"{first}*"))
+    finally:
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+def test_a_missing_image_on_the_nodes_is_a_clear_error(swarm: SwarmNodes, project: Project, tmp_path: Path) -> None:
+    (project.root / "functions" / "other").mkdir(exist_ok=True)
+    (project.root / "functions" / "other" / "main.py").write_text("def handler(event, context):\n    return 1\n")
+    manifest(project, "other", {"source": "../functions/other", "handler": "main.handler"})
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    try:
+        done = run_cli(project, "apply", "--state", str(tmp_path / "state.db"))
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr
+        assert "Every node needs the image" in done.stdout + done.stderr, done.stdout + done.stderr
+        assert not [s for s in engine.services(project.name) if "-other-" in s]  # the failed revision's is gone
+    finally:
+        (project.root / "manifests" / "other.yaml").unlink()
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+class Load(threading.Thread):
+    """POST /invoke/web to the node's gateway on 127.0.0.1, one request after another on a keep-alive
+    connection, recording (status, revision that answered)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.answers: list[tuple[int, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        while not self.stop.is_set():
+            try:
+                connection.request("POST", "/invoke/web", body=b"{}", headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                body = response.read()
+                revision = json.loads(body).get("revision", "") if response.status == 200 else body.decode()[:200]
+                self.answers.append((response.status, str(revision)))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.answers.append((0, repr(exc)))
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.close()
+
+
+def test_the_node_gateway_serves_its_tasks_through_a_blue_green_switch_without_failures(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    port = int(str(project.root.joinpath("fnctl.toml").read_text()).rsplit("127.0.0.1:", 1)[1].split('"')[0])
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    fnctl(project, state, "apply")
+    err = (tmp_path / "serve.err").open("ab")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", "--state", str(state)],
+        cwd=project.root,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    loads = [Load(port) for _ in range(3)]
+    try:
+        wait_until(lambda: _ok(port), what="the node's gateway serving web from its task", timeout=60)
+        for load in loads:
+            load.start()
+        wait_until(lambda: all(len(load.answers) >= 30 for load in loads), what="blue serving", timeout=30)
+        manifest(project, "web", SPEC | {"limits": {"memory": "64Mi", "cpu": 0.4}})
+        fnctl(project, state, "apply")  # green: service 2 up and checked, traffic switched, service 1 removed
+        switched = [len(load.answers) for load in loads]
+        wait_until(
+            lambda: all(len(load.answers) >= n + 50 for load, n in zip(loads, switched, strict=True)),
+            what="green serving",
+            timeout=30,
+        )
+        status, body = _post(port, "/hook")  # the HTTP trigger, through the same gateway and task
+        assert status == 200 and json.loads(body)["revision"] == "2", body
+    finally:
+        for load in loads:
+            load.stop.set()
+            load.join(timeout=30)
+        gateway.terminate()
+        gateway.wait(timeout=60)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+    answers = [answer for load in loads for answer in load.answers]
+    failed = [answer for answer in answers if answer[0] != 200]
+    print(f"\nblue-green through node 2's gateway: {len(answers)} requests, {len(failed)} failed")
+    assert failed == [], (failed[:5], (tmp_path / "serve.err").read_text()[-3000:])
+    assert {"1", "2"} <= {revision for _, revision in answers}
+    assert all(revision == "2" for load in loads for _, revision in load.answers[-20:])
+    assert engine.services(project.name) == {}
+
+
+def _post(port: int, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _ok(port: int) -> bool:
+    try:
+        return _post(port, "/invoke/web")[0] == 200
+    except OSError:
+        return False
+
+
+def test_a_node_without_a_task_answers_503_until_swarm_places_one_there(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """The gateway starts nothing: with no task of the revision on its node it answers 503 (the point where a
+    request would be forwarded, docs/scale-out.md); a task Swarm places there later is adopted and serves."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}})
+    config = project.root / "fnctl.toml"
+    original = config.read_text()
+    gateway = None
+    try:
+        fnctl(project, state, "apply")
+        service = service_name(project.name, "web", "1")
+        hostnames = engine.hostnames()
+        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+        empty = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        config.write_text(
+            original.replace(f'node = "unix://{swarm.socket(2)}"', f'node = "unix://{swarm.socket(empty)}"')
+        )
+        port = int(original.rsplit("127.0.0.1:", 1)[1].split('"')[0])
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "fnctl", "serve", "--state", str(state)],
+            cwd=project.root,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "serve.err").open("ab"),
+        )
+        status = wait_until(lambda: _status(port), what="the gateway answering", timeout=60)
+        assert status == 503
+        engine.scale(service, 3)  # max one per node: now a task on every node, this one's too
+        wait_until(lambda: _status(port) == 200, what="the task placed on this node adopted", timeout=60)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+        config.write_text(original)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+def _status(port: int) -> int | None:
+    try:
+        return _post(port, "/invoke/web")[0]
+    except OSError:
+        return None
