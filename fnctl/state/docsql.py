@@ -110,6 +110,21 @@ def connect_filter(ast: Filter, always: str, leaf: Callable[[Compare], str]) -> 
     return leaf(ast)
 
 
+SIGNS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}  # the ORDERED operators in SQL
+
+
+def match_values(op: Op, value: Any, equal: Callable[[Any], str], false: str) -> str:
+    """$eq, $ne, $in or $nin in either dialect, from its test of one value (`equal`, which appends its
+    parameters); `false` is the dialect's false (an empty $in)."""
+    if op in (Op.EQ, Op.NE):
+        cond = equal(value)
+        return cond if op is Op.EQ else f"(NOT {cond})"
+    assert op in (Op.IN, Op.NIN) and isinstance(value, tuple)
+    parts = [equal(v) for v in value]
+    cond = "(" + " OR ".join(parts) + ")" if parts else false
+    return cond if op is Op.IN else f"(NOT {cond})"
+
+
 def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
     meta = META_COLUMNS.get(ast.field)
     path = json_path(ast.field)
@@ -134,16 +149,9 @@ def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
             return "1" if value else "0"
         params.append(path)
         return f"(json_type(data, ?) IS {'NOT ' if value else ''}NULL)"
-    if op in (Op.EQ, Op.NE):
-        cond = equal(value)
-        return cond if op is Op.EQ else f"(NOT {cond})"
-    if op in (Op.IN, Op.NIN):
-        assert isinstance(value, tuple)
-        parts = [equal(v) for v in value]
-        cond = "(" + " OR ".join(parts) + ")" if parts else "0"
-        return cond if op is Op.IN else f"(NOT {cond})"
-    assert op in ORDERED
-    sign = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}[op]
+    if op not in ORDERED:
+        return match_values(op, value, equal, "0")
+    sign = SIGNS[op]
     if isinstance(value, int | float):
         params.extend([*expr_params, *expr_params, value])
         return f"(typeof({expr}) IN ('integer', 'real') AND {expr} {sign} ?)"

@@ -27,11 +27,13 @@ from fnctl.state.docconn import CHANNEL, SCHEMA, DocConn, Head
 from fnctl.state.docrecords import DataStoreError, Query
 from fnctl.state.docsql import (
     META_COLUMNS,
+    SIGNS,
     column,
     connect_filter,
     declared_indexes,
     fields_of,
     index_fields,
+    match_values,
     select_sql,
     table,
 )
@@ -237,16 +239,9 @@ def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
             return "(COALESCE(jsonb_typeof(data::jsonb #> ?::text[]), 'null') = 'null')"
         return compare("=", v)
 
-    if op in (Op.EQ, Op.NE):
-        cond = equal(value)
-        return cond if op is Op.EQ else f"(NOT {cond})"
-    if op in (Op.IN, Op.NIN):
-        assert isinstance(value, tuple)
-        parts = [equal(v) for v in value]
-        cond = "(" + " OR ".join(parts) + ")" if parts else "FALSE"
-        return cond if op is Op.IN else f"(NOT {cond})"
-    assert op in ORDERED
-    return compare({Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}[op], value)
+    if op not in ORDERED:
+        return match_values(op, value, equal, "FALSE")
+    return compare(SIGNS[op], value)
 
 
 def _rank(value: Any) -> int:
