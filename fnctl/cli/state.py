@@ -54,21 +54,18 @@ def migrate(
         )
     else:
         out = console()
-        for count in done.transfer.counts:
-            out.print(f"{count.table}\t{count.target} rows")
-        for _, target_chain in done.transfer.chains:
-            out.print(
-                f"{target_chain.table} chain\t{target_chain.records} records, head {target_chain.head_id} "
-                f"{target_chain.head_hash[:16]}, {'intact' if target_chain.intact else 'BROKEN'}"
-            )
+        # the deployment state's tables and chains, then the document store's (its one chain: the change log)
+        sections = [(done.transfer.counts, [target for _, target in done.transfer.chains])]
         if done.data is not None:
-            for data_count in done.data.counts:
-                out.print(f"{data_count.table}\t{data_count.target} rows")
-            chain = done.data.target_chain
-            out.print(
-                f"changes chain\t{chain.records} records, head {chain.head_id} {chain.head_hash[:16]}, "
-                f"{'intact' if chain.intact else 'BROKEN'}"
-            )
+            sections.append((done.data.counts, [done.data.target_chain]))
+        for counts, chains in sections:
+            for count in counts:
+                out.print(f"{count.table}\t{count.target} rows")
+            for chain in chains:
+                out.print(
+                    f"{chain.table} chain\t{chain.records} records, head {chain.head_id} {chain.head_hash[:16]}, "
+                    f"{'intact' if chain.intact else 'BROKEN'}"
+                )
         for problem in problems:
             err_console().print(f"[red]mismatch:[/red] {problem}")
         if not problems:

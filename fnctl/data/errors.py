@@ -3,11 +3,25 @@ sends back to handlers. `violations` lists (JSON path, message) pairs, e.g. ever
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fnctl.errors import FnctlError
 
 PROBLEM_BASE = "https://fnctl.dev/problems/"
+
+
+def problem_document(
+    kind: str, title: str, status: int, detail: str | None = None, violations: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """An RFC 9457 problem document of fnctl's problem type `kind` (PROBLEM_BASE + kind), every answer of the
+    data API and the views alike: with its detail and its (JSON path, message) violations when given."""
+    body: dict[str, Any] = {"type": PROBLEM_BASE + kind, "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    if violations:
+        body["violations"] = [{"path": p, "message": m} for p, m in violations]
+    return body
 
 
 class DataError(FnctlError):
@@ -22,15 +36,7 @@ class DataError(FnctlError):
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document."""
-        body: dict[str, Any] = {
-            "type": PROBLEM_BASE + self.type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail_text,
-        }
-        if self.violations:
-            body["violations"] = [{"path": p, "message": m} for p, m in self.violations]
-        return body
+        return problem_document(self.type, self.title, self.status, self.detail_text, self.violations)
 
 
 class Invalid(DataError):

@@ -121,31 +121,15 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
     memory, swap = int(host.get("Memory") or 0), int(host.get("MemorySwap") or 0)
     want_network = "bridge" if labels_.get(f"{LABEL}.network") == Network.EGRESS.value else "none"
     want_runtime = GVISOR_RUNTIME if labels_.get(f"{LABEL}.isolation") == Isolation.GVISOR.value else "runc"
-    user = str(config.get("User") or "")
     socket_dir = str(labels_.get(f"{LABEL}.socket-dir", ""))  # set by `instances.start`
     return [
-        HardeningCheck(
-            "non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"
-        ),
-        HardeningCheck(
-            "capabilities dropped",
-            "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
-            f"drop={host.get('CapDrop')} add={host.get('CapAdd')}",
-        ),
+        *user_checks(config, host),
         HardeningCheck(
             "no-new-privileges",
             any(s.startswith("no-new-privileges") and not s.endswith("false") for s in security),
             ", ".join(security) or "(none)",
         ),
-        HardeningCheck("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
-        HardeningCheck(
-            "seccomp profile",
-            not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
-            "default" if want_runtime == "runc" else "gVisor",
-        ),
-        HardeningCheck(
-            "read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"
-        ),
+        *confinement_checks(host, want_runtime),
         HardeningCheck("/tmp size-limited tmpfs", "size=" in tmpfs, tmpfs or "(no tmpfs)"),
         HardeningCheck("memory limit, no swap", memory > 0 and swap == memory, f"memory={memory} swap={swap}"),
         HardeningCheck(
@@ -160,11 +144,7 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
         HardeningCheck(
             f"network {want_network}", host.get("NetworkMode") == want_network, str(host.get("NetworkMode"))
         ),
-        HardeningCheck(
-            "capped logs",
-            (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
-            str((host.get("LogConfig") or {}).get("Config")),
-        ),
+        logs_check(host),
         HardeningCheck(
             "only its socket directory mounted",
             _only_socket_mount(mounts, socket_dir),
@@ -181,6 +161,47 @@ def check_container(inspect: dict[str, Any]) -> list[HardeningCheck]:
             f"runtime {want_runtime}", (host.get("Runtime") or "runc") == want_runtime, str(host.get("Runtime"))
         ),
     ]
+
+
+def user_checks(config: dict[str, Any], host: dict[str, Any]) -> list[HardeningCheck]:
+    """Who the process runs as (a non-root user, every capability dropped), from an engine report's Config and
+    HostConfig: a container's (check_container) or a Swarm task's (swarmspec.check_task) alike."""
+    user = str(config.get("User") or "")
+    return [
+        HardeningCheck(
+            "non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"
+        ),
+        HardeningCheck(
+            "capabilities dropped",
+            "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
+            f"drop={host.get('CapDrop')} add={host.get('CapAdd')}",
+        ),
+    ]
+
+
+def confinement_checks(host: dict[str, Any], runtime: str) -> list[HardeningCheck]:
+    """Not privileged, under a seccomp profile (`runtime`'s: the default one for runc, gVisor's own), on a
+    read-only root."""
+    security = [str(s) for s in host.get("SecurityOpt") or []]
+    return [
+        HardeningCheck("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
+        HardeningCheck(
+            "seccomp profile",
+            not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
+            "default" if runtime == "runc" else "gVisor",
+        ),
+        HardeningCheck(
+            "read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"
+        ),
+    ]
+
+
+def logs_check(host: dict[str, Any]) -> HardeningCheck:
+    return HardeningCheck(
+        "capped logs",
+        (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
+        str((host.get("LogConfig") or {}).get("Config")),
+    )
 
 
 def _only_socket_mount(mounts: list[dict[str, Any]], socket_dir: str) -> bool:

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from fnctl.engine.sandbox import LABEL, ContainerSpec, HardeningCheck
+from fnctl.engine.sandbox import (
+    LABEL,
+    ContainerSpec,
+    HardeningCheck,
+    confinement_checks,
+    logs_check,
+    user_checks,
+)
 
 # Swarm's own template placeholders, expanded per task in a mount's source (swarmkit: template.ExpandContainerSpec).
 NODE_PLACEHOLDER = "{{.Node.Hostname}}"
@@ -115,7 +122,6 @@ def check_task(
     what the kernel says, whoever set it), the node daemon's default runtime and the node's swap size."""
     config, host = inspect.get("Config") or {}, inspect.get("HostConfig") or {}
     labels = config.get("Labels") or {}
-    security = [str(s) for s in host.get("SecurityOpt") or []]
     ulimits = {u.get("Name") for u in host.get("Ulimits") or []}
     mounts = host.get("Mounts") or []
     binds = [m for m in mounts if m.get("Type") == "bind"]
@@ -123,32 +129,16 @@ def check_task(
     tmp_size = int(((tmpfs[0].get("TmpfsOptions") or {}).get("SizeBytes") or 0) if tmpfs else 0)
     memory = int(host.get("Memory") or 0)
     devices = interfaces(net_dev)
-    user = str(config.get("User") or "")
     want_runtime = "runsc" if labels.get(f"{LABEL}.isolation") == "gvisor" else "runc"
     runtime = str(host.get("Runtime") or node_runtime)
     return [
-        HardeningCheck(
-            "non-root user", bool(user) and user.split(":")[0] not in ("0", "root"), user or "(image default: root)"
-        ),
-        HardeningCheck(
-            "capabilities dropped",
-            "ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"),
-            f"drop={host.get('CapDrop')} add={host.get('CapAdd')}",
-        ),
+        *user_checks(config, host),
         HardeningCheck(
             "no-new-privileges",
             no_new_privs(proc_status),
             "NoNewPrivs of the task's process (set by fnctl's runtime, or the node daemon)",
         ),
-        HardeningCheck("not privileged", not host.get("Privileged"), f"privileged={bool(host.get('Privileged'))}"),
-        HardeningCheck(
-            "seccomp profile",
-            not any(s.replace("=", ":") == "seccomp:unconfined" for s in security),
-            "default" if runtime == "runc" else "gVisor",
-        ),
-        HardeningCheck(
-            "read-only root", bool(host.get("ReadonlyRootfs")), f"ReadonlyRootfs={host.get('ReadonlyRootfs')}"
-        ),
+        *confinement_checks(host, runtime),
         HardeningCheck("/tmp size-limited tmpfs", tmp_size > 0, f"SizeBytes={tmp_size}" if tmpfs else "(no tmpfs)"),
         HardeningCheck(
             "memory limit, no swap",
@@ -163,11 +153,7 @@ def check_task(
         # With `--bridge=none` on the node daemon, a service without networks gets a namespace of its own
         # holding only a loopback interface, though the engine still names the task's network "bridge".
         HardeningCheck("network none (loopback only)", devices == ["lo"], ", ".join(devices) or "(unreadable)"),
-        HardeningCheck(
-            "capped logs",
-            (host.get("LogConfig") or {}).get("Config", {}).get("max-size") is not None,
-            str((host.get("LogConfig") or {}).get("Config")),
-        ),
+        logs_check(host),
         HardeningCheck(
             "only its socket directory mounted",
             len(binds) == 1 and binds[0].get("Source") == socket_dir and binds[0].get("Target") == "/run/fnctl",

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import DEFAULT_LIMIT, MAX_LIMIT, DataDocument, WriteOp
-from fnctl.data.errors import PROBLEM_BASE, DataError
+from fnctl.data.errors import DataError, problem_document
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.datacalls import caller_of
 from fnctl.gateway.openapi import MERGE_PATCH, PROBLEM_TYPE, openapi_document
@@ -73,7 +73,7 @@ class HttpProblem(Exception):
         self.status, self.title, self.detail, self.type = status, title, detail, type_
 
     def body(self) -> dict[str, Any]:
-        return {"type": PROBLEM_BASE + self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        return problem_document(self.type, self.title, self.status, self.detail)
 
 
 def problem_reply(
@@ -192,12 +192,7 @@ class DataApi:
                 call.outcome = "unauthenticated"
                 reply = problem_reply(
                     401,
-                    {
-                        "type": PROBLEM_BASE + "unauthenticated",
-                        "title": "Unauthorized",
-                        "status": 401,
-                        "detail": "authenticate to write here",
-                    },
+                    problem_document("unauthenticated", "Unauthorized", 401, "authenticate to write here"),
                     {"WWW-Authenticate": WWW_AUTHENTICATE},
                 )
             else:
@@ -210,14 +205,12 @@ class DataApi:
             call.outcome = reject.outcome
             reply = problem_reply(
                 reject.status,
-                {"type": PROBLEM_BASE + reject.outcome, "title": reject.reason, "status": reject.status},
+                problem_document(reject.outcome, reject.reason, reject.status),
                 reject.headers,
                 reject.close,
             )
         except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
-            reply = self.gateway._internal_reply(
-                call, exc, {"type": PROBLEM_BASE + "internal", "title": "Internal Server Error", "status": 500}
-            )
+            reply = self.gateway._internal_reply(call, exc, problem_document("internal", "Internal Server Error", 500))
             reply.headers["Content-Type"] = PROBLEM_TYPE
         return self.gateway._finish_reply(call, request, reply)
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from fnctl.data.collections import schema_check
 from fnctl.data.committed import Committed
-from fnctl.data.errors import PROBLEM_BASE
+from fnctl.data.errors import problem_document
 from fnctl.data.plane import committed
 from fnctl.gateway import router
 from fnctl.gateway.auth import ANONYMOUS, WWW_AUTHENTICATE, Principal, Unauthenticated, authorize
@@ -100,15 +100,8 @@ class ViewProblem(Exception):
         self.status, self.title, self.detail, self.violations = status, title, detail, violations
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": PROBLEM_BASE + ("invalid" if self.status == 400 else "not-found"),
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if self.violations:
-            body["violations"] = [{"path": p, "message": m} for p, m in self.violations]
-        return body
+        kind = "invalid" if self.status == 400 else "not-found"
+        return problem_document(kind, self.title, self.status, self.detail, self.violations)
 
 
 @dataclass
@@ -172,7 +165,7 @@ class Views:
             call.outcome = reject.outcome
             response = problem_response(
                 reject.status,
-                {"type": PROBLEM_BASE + reject.outcome, "title": reject.reason, "status": reject.status},
+                problem_document(reject.outcome, reject.reason, reject.status),
                 reject.headers,
             )
         except ViewProblem as problem:
@@ -180,7 +173,7 @@ class Views:
             response = problem_response(problem.status, problem.body())
         except Exception as exc:  # noqa: BLE001 -- as in the invocation handlers: a 500, one log line
             response = self.gateway._internal_error(
-                call, exc, {"type": PROBLEM_BASE + "internal", "title": "Internal Server Error", "status": 500}
+                call, exc, problem_document("internal", "Internal Server Error", 500)
             )
             response.content_type = PROBLEM_TYPE
         return await self.gateway._finish(call, request, response)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
@@ -93,20 +93,36 @@ def compile_filter(ast: Filter, indexed: Iterable[str] = ()) -> tuple[str, list[
     """`ast` as a SQL condition (0 or 1, never NULL) and its parameters. Indexed fields read their generated
     column; the others `json_extract(data, ?)`."""
     params: list[Any] = []
-    sql = _sql(ast, frozenset(indexed), params)
-    return sql, params
+    fields = frozenset(indexed)
+    return connect_filter(ast, "1", lambda leaf: _leaf(leaf, fields, params)), params
 
 
-def _sql(ast: Filter, indexed: frozenset[str], params: list[Any]) -> str:
+def connect_filter(ast: Filter, always: str, leaf: Callable[[Compare], str]) -> str:
+    """`ast`'s $and/$or/$not as SQL around its comparisons, each written by `leaf` (which appends its
+    parameters: they are visited in the order they stand in the SQL); `always` is the dialect's true."""
     if isinstance(ast, Always):
-        return "1"
-    if isinstance(ast, And):
-        return "(" + " AND ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
-    if isinstance(ast, Or):
-        return "(" + " OR ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
+        return always
+    if isinstance(ast, And | Or):
+        joint = " AND " if isinstance(ast, And) else " OR "
+        return "(" + joint.join(connect_filter(p, always, leaf) for p in ast.parts) + ")"
     if isinstance(ast, Not):
-        return f"(NOT {_sql(ast.part, indexed, params)})"
-    return _leaf(ast, indexed, params)
+        return f"(NOT {connect_filter(ast.part, always, leaf)})"
+    return leaf(ast)
+
+
+SIGNS = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}  # the ORDERED operators in SQL
+
+
+def match_values(op: Op, value: Any, equal: Callable[[Any], str], false: str) -> str:
+    """$eq, $ne, $in or $nin in either dialect, from its test of one value (`equal`, which appends its
+    parameters); `false` is the dialect's false (an empty $in)."""
+    if op in (Op.EQ, Op.NE):
+        cond = equal(value)
+        return cond if op is Op.EQ else f"(NOT {cond})"
+    assert op in (Op.IN, Op.NIN) and isinstance(value, tuple)
+    parts = [equal(v) for v in value]
+    cond = "(" + " OR ".join(parts) + ")" if parts else false
+    return cond if op is Op.IN else f"(NOT {cond})"
 
 
 def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
@@ -133,16 +149,9 @@ def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
             return "1" if value else "0"
         params.append(path)
         return f"(json_type(data, ?) IS {'NOT ' if value else ''}NULL)"
-    if op in (Op.EQ, Op.NE):
-        cond = equal(value)
-        return cond if op is Op.EQ else f"(NOT {cond})"
-    if op in (Op.IN, Op.NIN):
-        assert isinstance(value, tuple)
-        parts = [equal(v) for v in value]
-        cond = "(" + " OR ".join(parts) + ")" if parts else "0"
-        return cond if op is Op.IN else f"(NOT {cond})"
-    assert op in ORDERED
-    sign = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}[op]
+    if op not in ORDERED:
+        return match_values(op, value, equal, "0")
+    sign = SIGNS[op]
     if isinstance(value, int | float):
         params.extend([*expr_params, *expr_params, value])
         return f"(typeof({expr}) IN ('integer', 'real') AND {expr} {sign} ?)"
@@ -151,6 +160,26 @@ def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
         return f"(typeof({expr}) = 'text' AND {expr} {sign} ?)"
     params.extend([path, *expr_params, value])
     return f"(json_type(data, ?) = 'text' AND {expr} {sign} ?)"
+
+
+Keyset = Callable[[tuple[tuple[str, bool], ...], tuple[Any, ...]], tuple[str, list[Any]]]
+
+
+def select_sql(
+    query: Query, columns: str, where: tuple[str, list[Any]], keyset: Keyset, order_by: str
+) -> tuple[str, list[Any]]:
+    """A find's SELECT in either dialect: the tenant's rows matching `where` (the compiled filter), after
+    the query's keyset (`keyset`: the dialect's condition for it), in `order_by`, up to the query's limit."""
+    condition, params = where
+    sql = f"SELECT {columns} FROM {table(query.collection)} WHERE tenant = ? AND {condition}"
+    all_params: list[Any] = [query.tenant, *params]
+    if query.after is not None:
+        after, after_params = keyset(query.order, query.after)
+        sql += f" AND {after}"
+        all_params += after_params
+    sql += f" ORDER BY {order_by} LIMIT ?"
+    all_params.append(query.limit)
+    return sql, all_params
 
 
 def _keyset(order: tuple[tuple[str, bool], ...], after: tuple[Any, ...]) -> tuple[str, list[Any]]:
@@ -185,17 +214,8 @@ class _Sqlite:
         return None  # the head is read when needed: a read costs SQLite no round trip
 
     def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
-        where, params = compile_filter(query.filter, indexed)
-        sql = f"SELECT {columns} FROM {table(query.collection)} WHERE tenant = ? AND {where}"
-        all_params: list[Any] = [query.tenant, *params]
-        if query.after is not None:
-            after, after_params = _keyset(query.order, query.after)
-            sql += f" AND {after}"
-            all_params += after_params
         order = ", ".join(f"{column(f)} {'DESC' if d else 'ASC'}" for f, d in query.order)
-        sql += f" ORDER BY {order} LIMIT ?"
-        all_params.append(query.limit)
-        return sql, all_params
+        return select_sql(query, columns, compile_filter(query.filter, indexed), _keyset, order)
 
     def migrate(self, db: DocConn) -> None:
         assert isinstance(db, sqlite3.Connection)

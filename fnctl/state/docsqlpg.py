@@ -20,12 +20,23 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from fnctl.manifest.filterlang import ORDERED, Always, And, Compare, Filter, Not, Op, Or
+from fnctl.manifest.filterlang import ORDERED, Compare, Filter, Op
 from fnctl.state import auditchain, pg
 from fnctl.state.datamigrations import PG_DATA_MIGRATIONS
 from fnctl.state.docconn import CHANNEL, SCHEMA, DocConn, Head
 from fnctl.state.docrecords import DataStoreError, Query
-from fnctl.state.docsql import META_COLUMNS, column, declared_indexes, fields_of, index_fields, table
+from fnctl.state.docsql import (
+    META_COLUMNS,
+    SIGNS,
+    column,
+    connect_filter,
+    declared_indexes,
+    fields_of,
+    index_fields,
+    match_values,
+    select_sql,
+    table,
+)
 
 WRITE_LOCK = 0x666E6374_6C646174  # "fnctldat": pg_advisory_xact_lock of every write transaction
 MIGRATE_LOCK = WRITE_LOCK + 1
@@ -62,16 +73,8 @@ class _Postgres:
         return (int(row[0]), str(row[1])) if row else (0, auditchain.GENESIS)
 
     def find_sql(self, query: Query, indexed: frozenset[str], columns: str) -> tuple[str, list[Any]]:
-        where, params = compile_filter(query.filter, indexed)
-        sql = f"SELECT {columns} FROM {table(query.collection)} WHERE tenant = ? AND {where}"
-        all_params: list[Any] = [query.tenant, *params]
-        if query.after is not None:
-            after, after_params = _keyset(query.order, query.after)
-            sql += f" AND {after}"
-            all_params += after_params
-        sql += f" ORDER BY {', '.join(_order(f, d) for f, d in query.order)} LIMIT ?"
-        all_params.append(query.limit)
-        return sql, all_params
+        order = ", ".join(_order(f, d) for f, d in query.order)
+        return select_sql(query, columns, compile_filter(query.filter, indexed), _keyset, order)
 
     def migrate(self, db: DocConn) -> None:
         found = db.execute(
@@ -197,19 +200,7 @@ def _order(field_path: str, desc: bool) -> str:
 def compile_filter(ast: Filter, indexed: frozenset[str] = frozenset()) -> tuple[str, list[Any]]:
     """`ast` as a boolean SQL condition (never NULL) and its parameters: `matches`' semantics."""
     params: list[Any] = []
-    return _sql(ast, indexed, params), params
-
-
-def _sql(ast: Filter, indexed: frozenset[str], params: list[Any]) -> str:
-    if isinstance(ast, Always):
-        return "TRUE"
-    if isinstance(ast, And):
-        return "(" + " AND ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
-    if isinstance(ast, Or):
-        return "(" + " OR ".join(_sql(p, indexed, params) for p in ast.parts) + ")"
-    if isinstance(ast, Not):
-        return f"(NOT {_sql(ast.part, indexed, params)})"
-    return _leaf(ast, indexed, params)
+    return connect_filter(ast, "TRUE", lambda leaf: _leaf(leaf, indexed, params)), params
 
 
 def _is_number(value: Any) -> bool:
@@ -248,16 +239,9 @@ def _leaf(ast: Compare, indexed: frozenset[str], params: list[Any]) -> str:
             return "(COALESCE(jsonb_typeof(data::jsonb #> ?::text[]), 'null') = 'null')"
         return compare("=", v)
 
-    if op in (Op.EQ, Op.NE):
-        cond = equal(value)
-        return cond if op is Op.EQ else f"(NOT {cond})"
-    if op in (Op.IN, Op.NIN):
-        assert isinstance(value, tuple)
-        parts = [equal(v) for v in value]
-        cond = "(" + " OR ".join(parts) + ")" if parts else "FALSE"
-        return cond if op is Op.IN else f"(NOT {cond})"
-    assert op in ORDERED
-    return compare({Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}[op], value)
+    if op not in ORDERED:
+        return match_values(op, value, equal, "FALSE")
+    return compare(SIGNS[op], value)
 
 
 def _rank(value: Any) -> int:

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fnctl.state import auditchain, docschema
+from fnctl.state import auditchain, docschema, transfer
 from fnctl.state.docconn import DocConn
 from fnctl.state.docrecords import DataStoreError
 from fnctl.state.docsql import CHANGE_COLUMNS, DOC_COLUMNS, table
 from fnctl.state.docstore import DocStore
+from fnctl.state.transfer import TableCount
 
 # Table → its columns, named (the backends' tables need not keep one column order: PostgreSQL's collection
 # tables carry generated columns).
@@ -34,34 +35,14 @@ _BATCH = 500
 
 
 @dataclass(frozen=True)
-class DataCount:
-    table: str
-    source: int
-    target: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"table": self.table, "source": self.source, "target": self.target}
-
-
-@dataclass(frozen=True)
 class DataTransfer:
-    counts: tuple[DataCount, ...]
+    counts: tuple[TableCount, ...]
     source_chain: auditchain.ChainReport
     target_chain: auditchain.ChainReport
 
     @property
     def problems(self) -> list[str]:
-        found = [
-            f"{c.table}: {c.source} rows in the source, {c.target} in the target"
-            for c in self.counts
-            if c.source != c.target
-        ]
-        source, target = self.source_chain, self.target_chain
-        if not target.intact:
-            found.append(f"changes chain on the target: {target.findings[0].message}")
-        if (source.head_id, source.head_hash) != (target.head_id, target.head_hash):
-            found.append(f"changes chain: head {target.head_id} on the target, {source.head_id} in the source")
-        return found
+        return transfer.problems(self.counts, [(self.source_chain, self.target_chain)])
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -90,7 +71,7 @@ def copy_documents(source: DocStore, target: DocStore) -> DataTransfer:
                 _copy_table(src, dst, tbl, columns, order)
 
         _transaction(dst, "target", copy)
-        counts = tuple(DataCount(t, _count(src, t), _count(dst, t)) for t, _, _ in (*tables, *_FIXED))
+        counts = tuple(TableCount(t, _count(src, t), _count(dst, t)) for t, _, _ in (*tables, *_FIXED))
     finally:
         src.execute("ROLLBACK")  # the source was only read
     target.collections()  # the target's view of its indexed fields, for what it serves next

@@ -9,7 +9,7 @@ metrics) wait the few seconds the copy takes, and what is copied is one consiste
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,19 +57,7 @@ class Transfer:
 
     @property
     def problems(self) -> list[str]:
-        found = [
-            f"{c.table}: {c.source} rows in the source, {c.target} in the target"
-            for c in self.counts
-            if c.source != c.target
-        ]
-        for source, target in self.chains:
-            if not target.intact:
-                found.append(f"{target.table} chain on the target: {target.findings[0].message}")
-            if (source.head_id, source.head_hash) != (target.head_id, target.head_hash):
-                found.append(
-                    f"{target.table} chain: head {target.head_id} on the target, {source.head_id} in the source"
-                )
-        return found
+        return problems(self.counts, self.chains)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +66,22 @@ class Transfer:
             "tables": [c.as_json() for c in self.counts],
             "chains": [{"source": s.as_json(), "target": t.as_json()} for s, t in self.chains],
         }
+
+
+def problems(
+    counts: Iterable[TableCount], chains: Iterable[tuple[auditchain.ChainReport, auditchain.ChainReport]]
+) -> list[str]:
+    """What a copy's check found: each table whose row counts differ, each (source, target) chain broken on
+    the target or ending at another head (the deployment state's and the document store's copies alike)."""
+    found = [
+        f"{c.table}: {c.source} rows in the source, {c.target} in the target" for c in counts if c.source != c.target
+    ]
+    for source, target in chains:
+        if not target.intact:
+            found.append(f"{target.table} chain on the target: {target.findings[0].message}")
+        if (source.head_id, source.head_hash) != (target.head_id, target.head_hash):
+            found.append(f"{target.table} chain: head {target.head_id} on the target, {source.head_id} in the source")
+    return found
 
 
 def copy_state(source: Store, target: Store) -> Transfer:
