@@ -19,19 +19,17 @@ from typing import Any, TypeVar
 
 from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import dockerio, instances
-from fnctl.engine.instances import StartFailed
 from fnctl.errors import FnctlError
 from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
+from fnctl.gateway.poolstart import meet_launched
 from fnctl.gateway.poolswarm import pool_actions
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
-from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
+from fnctl.invocation.aiotransport import AsyncCallHandler
 from fnctl.invocation.outcome import Failure
-from fnctl.invocation.protocol import ConnectionLost, RuntimeStartFailed
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
-from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.project import Project
 from fnctl.state.location import StateLocation
 
@@ -41,7 +39,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCK_RETRY = 0.5
-EXIT_CHECK = 0.5  # seconds between looks at a starting container while its runtime has not connected
 STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
 
 
@@ -215,7 +212,9 @@ class PoolManager:
         ready: asyncio.Future[Started] = loop.create_future()
 
         def attach(launched: instances.Launched) -> None:  # in the worker thread, holding the store's lock
-            connecting = asyncio.run_coroutine_threadsafe(self._connect(target, launched, ready), loop)
+            on_call = self.on_call(target.function.name, target.revision)
+            meeting = meet_launched(target, launched, ready, on_call, functools.partial(self._in_thread, reads=True))
+            connecting = asyncio.run_coroutine_threadsafe(meeting, loop)
             connecting.result(timeout=instances.START_TIMEOUT + 5)  # never hangs on a loop that stopped
 
         job = asyncio.ensure_future(self._in_thread(self.actions.start, target, instance_id, attach))
@@ -229,37 +228,6 @@ class PoolManager:
         started = ready.result()
         self.spawn(self._settle_cpu(target, started[0]))
         return started
-
-    async def _connect(self, target: Target, launched: instances.Launched, ready: asyncio.Future[Started]) -> None:
-        """Wait for a launched instance's runtime on this loop (looking at its container between waits: one
-        that exited fails the start at once, with its logs); hand the transport to `ready`."""
-        function = target.function
-        transport = AsyncTransport(
-            str(launched.socket_dir),
-            peer=container_peer(launched.container_id),
-            on_call=self.on_call(function.name, target.revision),
-            max_request=function.limits.payload,
-        )
-        deadline = time.monotonic() + instances.START_TIMEOUT
-        connecting = asyncio.ensure_future(
-            transport.connect(instances.START_TIMEOUT, secrets=target.secrets, listener=launched.listener)
-        )
-        check = functools.partial(instances.check_starting, function, launched.container_id, deadline)
-        try:
-            while not (await asyncio.wait([connecting], timeout=EXIT_CHECK))[0]:
-                await self._in_thread(check, reads=True)
-            connecting.result()
-        except RuntimeStartFailed as exc:
-            raise StartFailed(exc.message, detail=exc.detail) from None
-        except (TransportTimeout, ConnectionLost) as exc:
-            await self._in_thread(check, reads=True)  # StartFailed, saying why, when the container is gone
-            raise StartFailed(f"the instance's runtime did not become ready: {exc.message}") from None
-        finally:
-            connecting.cancel()  # a no-op once connected; else the transport closes its listener
-        if ready.done():  # the start was given up meanwhile (the gateway is closing)
-            await transport.close()
-            raise Unavailable("the gateway is shutting down")
-        ready.set_result((launched.container_id, str(launched.socket_dir), transport))
 
     async def _recorded(self, job: asyncio.Future[None], target: Target, instance_id: str) -> None:
         try:
