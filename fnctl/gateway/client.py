@@ -68,30 +68,19 @@ def invoke(address: str, name: str, event: Any, *, key: str | None, revision: in
         headers["X-Fnctl-Revision"] = str(revision)
     if logs:
         headers["X-Fnctl-Log"] = "tail"
-    host, port = _connect_host(address)
-    connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
-    try:
-        connection.request("POST", f"/invoke/{name}", body=json.dumps(event).encode("utf-8"), headers=headers)
-        response = connection.getresponse()
-        status, body = response.status, response.read()
-        answer = {k.lower(): v for k, v in response.getheaders()}
-    except (OSError, http.client.HTTPException) as exc:
-        raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
-    finally:
-        connection.close()
+    status, body, answer = _request(address, "POST", f"/invoke/{name}", json.dumps(event).encode("utf-8"), headers)
     return _call(status, body, answer, address, name)
 
 
-def run_trigger(address: str, name: str, event: Any, *, key: str | None) -> GatewayCall:
-    """POST /v1/triggers/NAME/run (no event: the trigger's `manual.event`); as `invoke` answers."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+def _request(
+    address: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    """One request to the gateway: its status, body and headers (names in lower case); FnctlError when the
+    gateway does not answer."""
     host, port = _connect_host(address)
     connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
     try:
-        body = b"" if event is None else json.dumps(event).encode("utf-8")
-        connection.request("POST", f"/v1/triggers/{name}/run", body=body, headers=headers)
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         status, raw = response.status, response.read()
         answer = {k.lower(): v for k, v in response.getheaders()}
@@ -99,6 +88,16 @@ def run_trigger(address: str, name: str, event: Any, *, key: str | None) -> Gate
         raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
     finally:
         connection.close()
+    return status, raw, answer
+
+
+def run_trigger(address: str, name: str, event: Any, *, key: str | None) -> GatewayCall:
+    """POST /v1/triggers/NAME/run (no event: the trigger's `manual.event`); as `invoke` answers."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    body = b"" if event is None else json.dumps(event).encode("utf-8")
+    status, raw, answer = _request(address, "POST", f"/v1/triggers/{name}/run", body, headers)
     return _call(status, raw, answer, address, name)
 
 
@@ -159,18 +158,8 @@ class ViewAnswer:
 def view(address: str, name: str, params: list[tuple[str, str]], *, key: str | None) -> ViewAnswer:
     """GET /v1/views/NAME?params: the view's answer, whatever its status (the caller renders it)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    host, port = _connect_host(address)
-    connection = http.client.HTTPConnection(host, port, timeout=INVOKE_TIMEOUT)
-    try:
-        query = f"?{urlencode(params)}" if params else ""
-        connection.request("GET", f"/v1/views/{quote(name, safe='')}{query}", headers=headers)
-        response = connection.getresponse()
-        status, raw = response.status, response.read()
-        answer = {k.lower(): v for k, v in response.getheaders()}
-    except (OSError, http.client.HTTPException) as exc:
-        raise FnctlError(f"the gateway at {address} did not answer: {exc}") from None
-    finally:
-        connection.close()
+    query = f"?{urlencode(params)}" if params else ""
+    status, raw, answer = _request(address, "GET", f"/v1/views/{quote(name, safe='')}{query}", None, headers)
     try:
         body = json.loads(raw) if raw else None
     except ValueError:
