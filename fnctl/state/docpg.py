@@ -120,23 +120,13 @@ class ChangeFeed:
         self._url = url
         self._lock = threading.Lock()
         self._version = 0
-        self._conn: pg.Connection[tuple[object, ...]] | None = None
-        self._listen()
-
-    def _listen(self) -> None:
-        conn = pg.connect(self._url)
-        try:
-            conn.execute(f"LISTEN {CHANNEL}")
-        except pg.DatabaseError:
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn: pg.Connection[tuple[object, ...]] | None = pg.listen(url, CHANNEL)
 
     def version(self) -> int:
         with self._lock:
             try:
                 if self._conn is None:
-                    self._listen()
+                    self._conn = pg.listen(self._url, CHANNEL)
                     self._version += 1
                 elif pg.drain_notifies(self._conn):
                     self._version += 1
@@ -146,12 +136,8 @@ class ChangeFeed:
             return self._version
 
     def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pg.DatabaseError:
-                pass
-            self._conn = None
+        pg.close_quietly(self._conn)
+        self._conn = None
 
     def close(self) -> None:
         with self._lock:

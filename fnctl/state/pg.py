@@ -21,11 +21,13 @@ __all__ = [
     "OperationalError",
     "UniqueViolation",
     "client_cursor",
+    "close_quietly",
     "connect",
     "drain_notifies",
     "in_transaction",
     "is_broken",
     "is_postgres_url",
+    "listen",
     "target",
 ]
 
@@ -64,6 +66,26 @@ def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
         if password:
             reason = reason.replace(password, "***")
         raise StoreError(f"cannot connect to PostgreSQL ({target(url)}): {reason}") from None
+
+
+def listen(url: str, channel: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A new connection to `url` that LISTENs on `channel` (closed again when the LISTEN fails)."""
+    connection = connect(url)
+    try:
+        connection.execute(f"LISTEN {channel}")
+    except psycopg.Error:
+        connection.close()
+        raise
+    return connection
+
+
+def close_quietly(connection: psycopg.Connection[tuple[object, ...]] | None) -> None:
+    """Close `connection` (if any); one already lost may fail to close, which changes nothing."""
+    if connection is not None:
+        try:
+            connection.close()
+        except psycopg.Error:
+            pass
 
 
 def _password(url: str) -> str:

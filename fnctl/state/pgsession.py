@@ -50,12 +50,8 @@ class AdvisoryLeaderLock:
 
     def _drop(self) -> None:
         self._held = False
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pg.DatabaseError:
-                pass
-            self._conn = None
+        pg.close_quietly(self._conn)
+        self._conn = None
 
 
 class NotifyListener:
@@ -71,8 +67,7 @@ class NotifyListener:
         on for `timeout` before the next try."""
         try:
             if self._conn is None:
-                self._conn = pg.connect(self._url)
-                self._conn.execute(f"LISTEN {self._channel}")
+                self._conn = pg.listen(self._url, self._channel)
                 return True
             return any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
         except (pg.DatabaseError, StoreError):
@@ -81,9 +76,5 @@ class NotifyListener:
             return True
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pg.DatabaseError:
-                pass
-            self._conn = None
+        pg.close_quietly(self._conn)
+        self._conn = None
