@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from fnctl.cli.options import PathsArg, StateOpt
+from fnctl.cli.options import GatewayKeyOpt, PathsArg, StateOpt
 from fnctl.cli.render import (
     Output,
     OutputOpt,
@@ -97,10 +97,7 @@ def invoke(
         Optional[int], typer.Option("--revision", help="Invoke this revision, even one with 0% of traffic.")
     ] = None,
     state: StateOpt = None,
-    key: Annotated[
-        Optional[str],
-        typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),
-    ] = None,
+    key: GatewayKeyOpt = None,
     direct: Annotated[
         bool, typer.Option("--direct", help="Go straight to an instance even when the gateway is running.")
     ] = False,

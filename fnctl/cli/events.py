@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fnctl.cli.options import StateOpt
+from fnctl.cli.options import GatewayKeyOpt, StateOpt
 from fnctl.cli.render import Output, OutputOpt, print_json
 
 app = typer.Typer()
@@ -31,10 +31,7 @@ def get(
     param: Annotated[
         Optional[list[str]], typer.Option("--param", "-p", help="An argument NAME=VALUE (repeatable).")
     ] = None,
-    key: Annotated[
-        Optional[str],
-        typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),
-    ] = None,
+    key: GatewayKeyOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:

@@ -32,6 +32,10 @@ StateOpt = Annotated[
         show_default=False,
     ),
 ]
+GatewayKeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),
+]
 LockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another fnctl command to finish.")]
 
 

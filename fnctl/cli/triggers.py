@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from fnctl.cli.options import StateOpt
+from fnctl.cli.options import GatewayKeyOpt, StateOpt
 from fnctl.cli.render import Output, OutputOpt, console, print_json
 from fnctl.errors import ExitCode
 from fnctl.state.location import StateLocation
@@ -85,10 +85,7 @@ def run_command(
             show_default=False,
         ),
     ] = None,
-    key: Annotated[
-        Optional[str],
-        typer.Option("--key", envvar="FNCTL_KEY", help="API key for the gateway (or $FNCTL_KEY).", show_default=False),
-    ] = None,
+    key: GatewayKeyOpt = None,
     state: StateOpt = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
