@@ -110,37 +110,24 @@ class LocalData:
         if session is None:
             return outcome
         if session.exceeded is not None:
-            return replace(
-                outcome,
-                ok=False,
-                result=None,
-                failure=Failure.HANDLER_ERROR,
-                message=f"LimitExceeded: {session.exceeded.detail_text}",
-            )
+            return _failed(outcome, f"LimitExceeded: {session.exceeded.detail_text}")
         if session.txn is not None:
             if session.conflict is not None:
                 session.txn.rollback()
-                return replace(
-                    outcome,
-                    ok=False,
-                    result=None,
-                    failure=Failure.HANDLER_ERROR,
-                    message=f"Conflict: {session.conflict.detail_text} (nothing was written)",
-                )
+                return _failed(outcome, f"Conflict: {session.conflict.detail_text} (nothing was written)")
             if not outcome.ok:
                 session.txn.rollback()
                 return outcome
             try:
                 session.txn.commit()
             except DataError as error:
-                return replace(
-                    outcome,
-                    ok=False,
-                    result=None,
-                    failure=Failure.HANDLER_ERROR,
-                    message=f"{type(error).__name__}: {error.detail_text} (nothing was written)",
-                )
+                return _failed(outcome, f"{type(error).__name__}: {error.detail_text} (nothing was written)")
         return outcome
+
+
+def _failed(outcome: Outcome, message: str) -> Outcome:
+    """`outcome` failed after the handler returned, for its data: a handler error with `message`."""
+    return replace(outcome, ok=False, result=None, failure=Failure.HANDLER_ERROR, message=message)
 
 
 def local_data_path(project: Project) -> Path:
