@@ -91,7 +91,8 @@ def start_checked(
             raise EngineUnavailable(_image_hint(exc.message, image)) from None
         checked = 0
         agent = NodeAgent(settings.node, settings.instance_root)
-        for local in agent.local_instances(project, service):
+        current = str((swarmio.inspect_service(settings.manager, service) or {}).get("ID", ""))
+        for local in agent.local_instances(project, service, service_id=current):
             progress(f"{function.name}: health-checking task {local.service}.{local.slot} on {agent.hostname}")
             health_check(agent.connect(function, local, secret_values))
             checked += 1
@@ -127,7 +128,9 @@ def connect_local(settings: SwarmSettings, project: str, function: Function, rev
     """A connection to a running task of the revision's service on this machine's node (`swarm.node`); None
     when none there answers. What a rollout's synthetic checks invoke."""
     agent = NodeAgent(settings.node, settings.instance_root)
-    for local in agent.local_instances(project, service_name(project, function.name, str(revision))):
+    service = service_name(project, function.name, str(revision))
+    current = str((swarmio.inspect_service(settings.manager, service) or {}).get("ID", ""))
+    for local in agent.local_instances(project, service, service_id=current):
         try:
             return agent.connect(function, local, {}, timeout=5.0)
         except FnctlError:

@@ -179,8 +179,14 @@ class NodeAgent:
             self.forget(gone)
         return set(services)
 
-    def local_instances(self, project: str, service: str | None = None) -> list[LocalInstance]:
+    def local_instances(
+        self, project: str, service: str | None = None, *, service_id: str | None = None
+    ) -> list[LocalInstance]:
+        """This node's running task containers of `project` (of `service`; of the service with `service_id`
+        only: a service created again under a removed one's name meets the old one's tasks still stopping)."""
         selector = labels(project, "") | ({"com.docker.swarm.service.name": service} if service else {})
+        if service_id:
+            selector["com.docker.swarm.service.id"] = service_id
         return sorted(
             (
                 LocalInstance(c.service, c.slot, c.id, self.socket_dir(c.service, c.slot))
