@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fnctl.errors import BadInput
 from fnctl.gitops.gitrepo import is_bare
@@ -91,6 +92,12 @@ def install(config: HookConfig, *, force: bool = False) -> Path:
         raise BadInput(
             f"{config.repo} is not a bare git repository (the hook goes where pushes land: "
             "create one with `git init --bare`)"
+        )
+    if config.state is not None and config.state.url is not None and urlsplit(config.state.url).password:
+        # The hook is a plain file in the repository: a password in it would be readable by whoever reads hooks.
+        raise BadInput(
+            "--state has a password in its URL, which the hook would store in plain text: give the URL without "
+            "it and the password through ~/.pgpass or PGPASSWORD in the environment pushes run in (libpq reads both)"
         )
     hook = repo / "hooks" / "post-receive"
     if hook.exists() and not _ours(hook) and not force:

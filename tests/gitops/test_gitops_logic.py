@@ -218,6 +218,17 @@ def test_hook_install_refuses_a_repository_that_is_not_bare(repos: Repos, tmp_pa
     assert not (repos.clone / ".git" / "hooks" / "post-receive").exists()
 
 
+def test_hook_install_refuses_a_state_url_with_a_password(repos: Repos, tmp_path: Path) -> None:
+    """The hook is a plain file: a PostgreSQL password in --state would be stored there for anyone to read."""
+    url = "postgresql://fnctl:s3cret-pw@db.example/fnctl"
+    done = fnctl("hook", "install", "--repo", str(repos.bare), "--state", url, cwd=tmp_path, env={})
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert "password" in done.stderr and ".pgpass" in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
+    assert not (repos.bare / "hooks" / "post-receive").exists()
+    hook = hooks.install(HookConfig(repos.bare, state=StateLocation(Path("anchor"), "postgresql://fnctl@db/fnctl")))
+    assert "postgresql://fnctl@db/fnctl" in hook.read_text()  # a URL without a password is written as given
+
+
 def test_hook_install_refuses_a_foreign_hook_without_force(repos: Repos, tmp_path: Path) -> None:
     hook = repos.bare / "hooks" / "post-receive"
     hook.write_text("#!/bin/sh\necho mail the team\n")
