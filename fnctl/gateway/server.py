@@ -17,6 +17,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_request import BaseRequest
 
+from fnctl.errors import BadInput
 from fnctl.gateway.app import GATEWAY, Gateway, GatewayLimits
 from fnctl.gateway.lean import LeanHost
 
@@ -260,5 +261,9 @@ async def start_server(
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port is taken, or the address is not this machine's: the user's to fix
+        await runner.cleanup()
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return runner, site.port

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -475,3 +476,16 @@ def test_validate_warns_about_an_http_trigger_nobody_may_invoke(
     manifest.write_text(manifest.read_text() + "---\napiVersion: fnctl/v1\nkind: Policy\nmetadata: {name: p}\n"
                         "spec: {roles: {ops: {invoke: [hello]}}}\n")  # fmt: skip
     assert "warning" not in runner.invoke(app, ["validate"]).stderr
+
+
+def test_serve_on_a_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """Exit 2 with one line naming the address, not "internal error (a bug in fnctl)"."""
+    assert fnctl("init", cwd=tmp_path).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = fnctl("serve", "--address", f"127.0.0.1:{port}", "--state", str(tmp_path / "s.db"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "internal error" not in done.stderr
+    assert "Traceback" not in done.stderr
