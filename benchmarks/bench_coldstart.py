@@ -19,7 +19,11 @@ an A/B of two versions under the same load.
 Targets (issue 18): cold start median <= 150 ms; with a paused warm instance <= 30 ms. The machine is shared:
 the load average is printed at the start and the end; medians over --rounds.
 
-    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR]
+With `--profile`, each round also times `docker start` of `true` plain, in the sandbox profile, and in the
+profile less one setting at a time, and what the interpreter and the runtime's imports take in the profile
+(benchmarks/coldsteps.py, `profile_round` and `interpreter_round`).
+
+    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile]
 
 Needs a Docker engine and FNCTL_BASE_IMAGE (default fnctl-base:bookworm). Bounded by --timeout (300 s).
 """
@@ -128,7 +132,9 @@ def quiet(setups: list[Setup]) -> None:
             return
 
 
-def run(setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]]) -> dict[str, list[float]]:
+def run(
+    setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]], profile: bool
+) -> dict[str, list[float]]:
     for setup in setups:
         serve(setup, processes)
     store = connect(setups[0].state)
@@ -145,6 +151,9 @@ def run(setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes
         coldsteps.plain_round(revision.image, steps)
         time.sleep(SETTLE)
         coldsteps.socketpair_round(steps)
+        if profile:
+            coldsteps.profile_round(function, revision.image, steps)
+            coldsteps.interpreter_round(function, revision.image, steps)
         for index, setup in enumerate(setups):
             label = "compare:" if index else ""
             for name in ("cold", "warm"):
@@ -186,6 +195,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=300)
     parser.add_argument("--compare", type=Path, default=None, help="another fnctl checkout, timed in the same rounds")
+    parser.add_argument(
+        "--profile", action="store_true", help="also time docker start per sandbox setting and the runtime's imports"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.timeout)
@@ -195,7 +207,7 @@ def main() -> None:
     try:
         for setup in setups:
             fnctl(setup, "apply")
-        figures = run(setups, args.rounds, processes)
+        figures = run(setups, args.rounds, processes, args.profile)
     finally:
         signal.alarm(0)
         for process in processes:

@@ -32,6 +32,33 @@ from fnctl.manifest.model import Function
 
 STEPS = ("create", "start", "exec", "runtime up", "ready", "configure", "invoke", "total")
 BASELINES = ("plain create+start", "socketpair round trip")
+# `profile_round`: `docker start` of a container running `true`, plain (no network) and in the sandbox profile,
+# then the profile without one of its settings at a time. Measured only, to see what each setting costs: never
+# a configuration fnctl uses (DESIGN.md's profile is not negotiable).
+WITHOUT = {
+    "/tmp tmpfs": ("Tmpfs",),
+    "socket bind mount": ("Mounts",),
+    "cgroup limits": ("Memory", "MemorySwap", "PidsLimit", "CpuPeriod", "CpuQuota"),
+    "ulimits": ("Ulimits",),
+    "cap-drop, no-new-privs": ("CapDrop", "SecurityOpt"),
+    "read-only root": ("ReadonlyRootfs",),
+    "json-file log": ("LogConfig",),
+}
+PROFILE = ("start: plain", "start: sandbox profile", *(f"start: profile - {k}" for k in WITHOUT))
+# `interpreter_round`: start -> exit of a process in the sandbox profile (with its start-up CPU), each minus
+# `true`'s: what the interpreter and the runtime's imports cost before it can connect.
+PROGRAMS = {
+    "python3 -I -B -c pass": ["python3", "-I", "-B", "-c", "pass"],
+    "python3 ... import asyncio": ["python3", "-I", "-B", "-c", "import asyncio"],
+    "python3 ... import fnctl_runtime": [
+        "python3",
+        "-I",
+        "-B",
+        "-c",
+        "import sys; sys.path.insert(0, '/opt/fnctl'); import fnctl_runtime",
+    ],
+}
+INTERPRETER = tuple(f"run: {k}" for k in PROGRAMS)
 
 
 @dataclass
@@ -134,6 +161,66 @@ def plain_round(image: str, into: Rounds) -> None:
         dockerio.kill(str(created["Id"]))
 
 
+def _spec_config(function: Function, image: str, socket_dir: str) -> dict[str, object]:
+    spec = sandbox.container_spec(
+        function,
+        image=image,
+        name="",
+        socket_dir=socket_dir,
+        revision="bench",
+        container_labels={"io.fnctl.bench": "coldsteps"},
+    )
+    return dockerio.container_config(spec)
+
+
+def _start_ms(config: dict[str, object], command: list[str], *, wait: bool = False) -> float:
+    """Milliseconds of `docker start` of a container made from `config` running `command` (with `wait`: until
+    its process exits, which must succeed); created before the clock starts, removed after."""
+    created = _call("POST", "/containers/create", config | {"Entrypoint": command[:1], "Cmd": command[1:]})
+    assert isinstance(created, dict)
+    container_id = str(created["Id"])
+    try:
+        began = time.perf_counter()
+        _call("POST", dockerapi.path("/containers/{}/start", container_id))
+        if wait:
+            status = _call("POST", dockerapi.path("/containers/{}/wait", container_id))
+            assert isinstance(status, dict) and status.get("StatusCode") == 0, (command, status)
+        return (time.perf_counter() - began) * 1000
+    finally:
+        dockerio.kill(container_id)
+
+
+def profile_round(function: Function, image: str, into: Rounds) -> None:
+    """`docker start` of `true`: plain, in the sandbox profile, and in the profile less each of `WITHOUT`."""
+    socket_dir = instances.runtime_root() / ("bench-" + instances.new_instance_id())
+    instances.make_socket_dir(socket_dir)
+    try:
+        profile = _spec_config(function, image, str(socket_dir))
+        host = profile["HostConfig"]
+        assert isinstance(host, dict)
+        plain = {"Image": image, "NetworkDisabled": True, "HostConfig": {"NetworkMode": "none"}}
+        into.steps.setdefault("start: plain", []).append(_start_ms(plain, ["true"]))
+        into.steps.setdefault("start: sandbox profile", []).append(_start_ms(profile, ["true"]))
+        for what, keys in WITHOUT.items():
+            less = profile | {"HostConfig": {k: v for k, v in host.items() if k not in keys}}
+            into.steps.setdefault(f"start: profile - {what}", []).append(_start_ms(less, ["true"]))
+    finally:
+        instances.remove_socket_dir(socket_dir)
+
+
+def interpreter_round(function: Function, image: str, into: Rounds) -> None:
+    """Start -> exit of each of `PROGRAMS` in the sandbox profile, minus that of `true` in the same round."""
+    socket_dir = instances.runtime_root() / ("bench-" + instances.new_instance_id())
+    instances.make_socket_dir(socket_dir)
+    try:
+        profile = _spec_config(function, image, str(socket_dir))
+        floor = _start_ms(profile, ["true"], wait=True)
+        for what, command in PROGRAMS.items():
+            into.steps.setdefault(f"run: {what}", []).append(_start_ms(profile, command, wait=True) - floor)
+    finally:
+        instances.remove_socket_dir(socket_dir)
+
+
 def socketpair_round(into: Rounds, count: int = 2000) -> None:
     """The median round trip of a 50-byte ping-pong between two processes over a socket pair."""
     parent, child = socket.socketpair()
@@ -175,4 +262,11 @@ def report(rounds: Rounds) -> list[str]:
         lines.append(f"    {step:<24}{rounds.median(step):8.1f}{share}{note}")
     for baseline in BASELINES:
         lines.append(f"    baseline: {baseline:<14}{rounds.median(baseline):8.3f}")
+    if rounds.steps.get(PROFILE[0]):
+        plain = rounds.median(PROFILE[0])
+        lines.append("  docker start of `true` (ms; x plain), the profile less one setting at a time (measured only):")
+        lines += [f"    {k:<40}{rounds.median(k):8.1f}  ({rounds.median(k) / plain:.2f}x)" for k in PROFILE]
+    if rounds.steps.get(INTERPRETER[0]):
+        lines.append("  in the sandbox profile, start -> exit beyond `true`'s (ms):")
+        lines += [f"    {k:<40}{rounds.median(k):8.1f}" for k in INTERPRETER]
     return lines
