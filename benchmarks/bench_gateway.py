@@ -558,7 +558,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     processes.append(bare_server)
     until(lambda: http_get(setup.port, "/readyz")[0] == 200, "the gateway", 120)
     until(lambda: http_get(bare_port, "/")[0] == 200, "the bare server", 30)
-    calls = gatewaycalls.measure(setup.port, args.rounds, args.calls, lambda: ipc_round_trip(2000))
+    calls = gatewaycalls.measure(setup.port, setup.name, args.rounds, args.calls)
     if args.calls_only:
         return {"calls": calls}
     names = ["noop", "cold"] + [f"fn-{i:02d}" for i in range(3, args.functions)]
