@@ -6,6 +6,7 @@ flight, and closes everything in order. Uses uvloop when it is installed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -249,6 +250,10 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
             reuse_port=crew is not None,
         )
         gateway.pool_ready = True
+        # What start-up made (modules, the app and its routes, the pools) lives as long as the gateway: out of
+        # the collector's way, a full collection no longer walks it all (~30 ms of CPU here, 80-200 ms of wall
+        # time under load, every request and call in flight stalled meanwhile), as the runtime does.
+        gc.freeze()
         tasks.append(asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)))
         if crew is None or crew.owner:  # the host's candidate for the controller's work (one of its workers)
 
