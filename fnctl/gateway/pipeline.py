@@ -27,6 +27,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.gateway.datacalls import caller_of
+from fnctl.gateway.forward import Forwarder, Relayed
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
 from fnctl.gateway.request import (
     Call,
@@ -83,6 +84,8 @@ class RequestPipeline:
         # Asked before a request's body is read: would its revision refuse it for its expected wait? (the
         # pool manager's `shed`; None: the pool alone decides, once the request reaches it)
         self.admission: Callable[[str, int], Shed | None] | None = None
+        # engine = "swarm": requests for a revision with no instance on this node go to a peer that has one
+        self.forwarder: Forwarder | None = None
 
     @property
     def table(self) -> router.Table | None:
@@ -130,6 +133,11 @@ class RequestPipeline:
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.
         body = await self._read_body(request, min(self.limits.max_body, info.payload))
+        if self.forwarder is not None and not self.pool.holds(call.function, revision):
+            # No instance here (engine = "swarm"): a gateway that has one answers (fnctl.gateway.forward).
+            timeout = info.timeout + self.limits.timeout_margin
+            routed = [r for r, weight in function.weights.items() if weight > 0]
+            raise Relayed(await self.forwarder.forward(request, body, call, revision, routed, timeout))
         event = build_event(request, body, call, found, principal)
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
