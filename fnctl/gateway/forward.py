@@ -137,27 +137,28 @@ class Forwarder:
 
     # ---- one request ----
 
+    def peers(self, function: str, revision: int, routed: Iterable[int]) -> list[GatewayRow]:
+        """The live peers to forward a request for `revision` to, best first (`peers_for`)."""
+        return peers_for(self.rows, self.id, function, revision, routed, self._failed, time.time())
+
+    def unavailable(self, function: str, revision: int, forwarded: bool, why: str) -> Reject:
+        """The 503 of a request this node could not serve and did not forward (`why`: the pool's reason, for
+        the log). It says it ran nothing (NO_INSTANCE_HEADER): a forwarder may try another peer."""
+        log.info("%s revision %s: %s", function, revision, why)
+        where = f"{function} revision {revision} has no instance on this node ({self.node}) to take it"
+        tail = "a forwarded request is not forwarded again" if forwarded else "no live gateway has one"
+        return Reject(
+            503,
+            f"Service Unavailable: {where}, and {tail}",
+            "unavailable",
+            headers={"Retry-After": "1", NO_INSTANCE_HEADER: self.node},
+        )
+
     async def forward(
-        self, request: Incoming, body: bytes, call: Call, revision: int, routed: Iterable[int], timeout: float
+        self, request: Incoming, body: bytes, call: Call, peers: list[GatewayRow], timeout: float
     ) -> Reply:
-        """The answer of a peer that has an instance of `revision`; Reject 503 when none does (or the request
-        was forwarded to this gateway already), 502/504 when the peer failed it."""
-        where = f"{call.function} revision {revision} has no instance on this node ({self.node})"
-        if HOP_HEADER in request.headers:
-            raise Reject(
-                503,
-                f"Service Unavailable: {where}, and a forwarded request is not forwarded again",
-                "unavailable",
-                headers={"Retry-After": "1", NO_INSTANCE_HEADER: self.node},
-            )
-        peers = peers_for(self.rows, self.id, call.function, revision, routed, self._failed, time.time())
-        if not peers:
-            raise Reject(
-                503,
-                f"Service Unavailable: {where}, and no live gateway has one",
-                "unavailable",
-                headers={"Retry-After": "1"},
-            )
+        """The answer of the first of `peers` that answers; Reject 503 when each of them said it ran nothing,
+        502/504 when one failed the request."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         headers = [(k, v) for k, v in headers if k.lower() not in ("x-request-id", HOP_HEADER.lower())]
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
@@ -187,7 +188,8 @@ class Forwarder:
             return reply
         raise Reject(
             503,
-            f"Service Unavailable: {where}, and no gateway that had one answered",
+            f"Service Unavailable: {call.function} has no instance on this node ({self.node}), and no gateway "
+            "that had one took it",
             "unavailable",
             headers={"Retry-After": "1"},
         )

@@ -27,7 +27,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.gateway.datacalls import caller_of
-from fnctl.gateway.forward import Forwarder, Relayed
+from fnctl.gateway.forward import HOP_HEADER, Forwarder, Relayed
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
 from fnctl.gateway.request import (
     Call,
@@ -134,10 +134,15 @@ class RequestPipeline:
         # and only until bodyTimeout.
         body = await self._read_body(request, min(self.limits.max_body, info.payload))
         if self.forwarder is not None and not self.pool.holds(call.function, revision):
-            # No instance here (engine = "swarm"): a gateway that has one answers (fnctl.gateway.forward).
-            timeout = info.timeout + self.limits.timeout_margin
+            # No instance here (engine = "swarm"): a live gateway that has one answers (fnctl.gateway.forward),
+            # unless this request was forwarded here already; with none, this node's pool has it as before (a
+            # task Swarm placed here a moment ago is being adopted).
+            call.forwarded = HOP_HEADER in request.headers
             routed = [r for r, weight in function.weights.items() if weight > 0]
-            raise Relayed(await self.forwarder.forward(request, body, call, revision, routed, timeout))
+            peers = [] if call.forwarded else self.forwarder.peers(call.function, revision, routed)
+            if peers:
+                timeout = info.timeout + self.limits.timeout_margin
+                raise Relayed(await self.forwarder.forward(request, body, call, peers, timeout))
         event = build_event(request, body, call, found, principal)
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
@@ -298,6 +303,8 @@ class RequestPipeline:
             retry = str(max(1, math.ceil(exc.retry_after)))
             raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": retry}) from None
         except Unavailable as exc:
+            if self.forwarder is not None:  # it ran nothing here: say so, for a forwarder to try another peer
+                raise self.forwarder.unavailable(call.function, call.revision, call.forwarded, str(exc)) from None
             log.warning("request %s: %s r%s unavailable: %s", call.request_id, call.function, call.revision, exc)
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
         finally:

@@ -270,7 +270,7 @@ class PoolInstances:
             if self.host.adopts_only:
                 # Someone else runs it (Swarm, the owner worker): a task placed a moment ago may still be
                 # starting its runtime. Let go of it, unremembered: the next look adopts it once it answers.
-                log.info("%s: instance %s does not answer yet (%s)", self.name, slot.id, exc)
+                log.debug("%s: instance %s does not answer yet (%s)", self.name, slot.id, exc)
                 slot.phase = SlotPhase.GONE
                 self.slots.pop(slot.id, None)
                 return

@@ -112,7 +112,7 @@ async def _goes_whole(tmp_path: Any) -> None:
         forwarder = _forwarder(tmp_path, [_row("p", {("web", 2)}, address)])
         headers = [(b"Authorization", b"Bearer fn_secret"), (b"X-Request-Id", b"client-id"), (b"Keep-Alive", b"5")]
         call = Call("req-1", "web", None, "10.1.2.3")
-        reply = await forwarder.forward(_request(headers), b'{"n":1}', call, 2, [2], timeout=5)
+        reply = await forwarder.forward(_request(headers), b'{"n":1}', call, forwarder.peers("web", 2, [2]), timeout=5)
         await forwarder.close()
     assert (reply.status, reply.body, reply.headers["X-Fnctl-Revision"]) == (201, b'{"ok":true}', "2")
     assert "Connection" not in reply.headers  # a hop-by-hop header is not relayed
@@ -123,22 +123,21 @@ async def _goes_whole(tmp_path: Any) -> None:
     assert "Keep-Alive" not in got and "Content-Type" not in got and "Accept" not in got  # none added either
 
 
-def test_no_forward_for_a_forwarded_request_or_without_peers_and_the_next_peer_after_one_that_ran_nothing(
-    tmp_path: Any,
-) -> None:
-    asyncio.run(_refusals_and_next_peer(tmp_path))
-
-
-async def _refusals_and_next_peer(tmp_path: Any) -> None:
-    call = Call("req-2", "web", None, None)
+def test_a_refusal_says_it_ran_nothing_and_why_it_was_not_forwarded(tmp_path: Any) -> None:
     forwarder = _forwarder(tmp_path, [_row("p", {("web", 1)})])
-    with pytest.raises(Reject) as refused:  # a hop header (from a gateway, or forged): never forwarded again
-        await forwarder.forward(_request([(HOP_HEADER.encode(), b"forged")]), b"", call, 1, [1], timeout=5)
-    assert refused.value.status == 503 and "not forwarded again" in refused.value.reason
-    with pytest.raises(Reject) as refused:
-        await forwarder.forward(_request([]), b"", call, 7, [7], timeout=5)
-    assert refused.value.status == 503 and "no live gateway has one" in refused.value.reason
+    assert [r.id for r in forwarder.peers("web", 1, [1])] == ["p"] and forwarder.peers("web", 7, [7]) == []
+    for forwarded, reason in ((True, "a forwarded request is not forwarded again"), (False, "no live gateway has one")):
+        refused = forwarder.unavailable("web", 1, forwarded, "no task")
+        assert refused.status == 503 and reason in refused.reason, refused.reason
+        assert refused.headers[NO_INSTANCE_HEADER] == "here" and refused.headers["Retry-After"] == "1"
 
+
+def test_the_next_peer_is_tried_after_one_that_ran_nothing(tmp_path: Any) -> None:
+    asyncio.run(_next_peer(tmp_path))
+
+
+async def _next_peer(tmp_path: Any) -> None:
+    call = Call("req-2", "web", None, None)
     empty = Peer(lambda r: web.Response(status=503, headers={NO_INSTANCE_HEADER: "n1"}))
     full = Peer(lambda r: web.Response(status=200, body=b"{}"))
     async with serving(empty) as gone_address, serving(full) as address:
@@ -149,7 +148,15 @@ async def _refusals_and_next_peer(tmp_path: Any) -> None:
         for attempt in range(3):
             rows = [_row("x", both, unreachable), _row("y", both, gone_address), _row("z", {("web", 1)}, address)]
             forwarder = _forwarder(tmp_path, rows)
-            reply = await forwarder.forward(_request([]), b"", call, 1, [1, 2], timeout=5)
+            peers = forwarder.peers("web", 1, [1, 2])
+            assert [p.id for p in peers][-1] == "z"
+            reply = await forwarder.forward(_request([]), b"", call, peers, timeout=5)
             await forwarder.close()
             assert reply.status == 200, attempt
-    assert len(empty.got) == 3 and len(full.got) == 3
+        # each said it ran nothing: a 503 that says so
+        forwarder = _forwarder(tmp_path, [_row("y", both, gone_address)])
+        with pytest.raises(Reject) as refused:
+            await forwarder.forward(_request([]), b"", call, forwarder.peers("web", 1, [1]), timeout=5)
+        await forwarder.close()
+        assert refused.value.status == 503 and "no gateway that had one took it" in refused.value.reason
+    assert len(empty.got) == 4 and len(full.got) == 3
