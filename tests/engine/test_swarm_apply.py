@@ -139,6 +139,45 @@ def test_apply_runs_a_revision_as_its_service_and_rollback_and_delete_remove_ser
             engine.remove(service)
 
 
+def test_invoke_direct_reaches_its_nodes_task_and_logs_read_the_tasks_of_every_node(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """`fnctl invoke --direct` under Swarm runs on a task of this machine's node (swarm.node, here named by
+    FNCTL_SWARM_NODE), over its socket; `fnctl logs` reads every node's tasks through the manager, each line
+    named by its task and node as `fnctl status` names them."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"handler": "probes.chatty"})  # prints what it is told to say
+    service = service_name(project.name, "web", "1")
+    try:
+        fnctl(project, state, "apply")
+        hostnames = engine.hostnames()
+        slots = {hostnames[t.node_id]: t.slot for t in engine.wait_running(service, 3)}
+        for k in (1, 2, 3):
+            done = run_cli(
+                project,
+                "invoke", "web", "--direct", "-d", json.dumps({"say": f"hello-{k}"}), "--state", str(state),
+                env={"FNCTL_SWARM_NODE": f"unix://{swarm.socket(k)}"},
+            )  # fmt: skip
+            assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+            assert f"hello-{k}" in done.stdout, done.stdout
+        # each line: its task and node, its revision, then the runtime's own [invocation] prefix and the line
+        wanted = {
+            (f"[{service}.{slots[swarm.hostname(k)]}@{swarm.hostname(k)} r1] [", f"to stdout: hello-{k}")
+            for k in (1, 2, 3)
+        }
+
+        def logged() -> bool:
+            lines = fnctl(project, state, "logs", "web").stdout.splitlines()
+            return all(any(x.startswith(head) and x.endswith(tail) for x in lines) for head, tail in wanted)
+
+        wait_until(logged, what="each node's task's line in `fnctl logs`", timeout=30)
+    finally:
+        manifest(project, "web", SPEC)
+        for name in engine.services(project.name):
+            engine.remove(name)
+
+
 def test_a_missing_image_on_the_nodes_is_a_clear_error(swarm: SwarmNodes, project: Project, tmp_path: Path) -> None:
     (project.root / "functions" / "other").mkdir(exist_ok=True)
     (project.root / "functions" / "other" / "main.py").write_text("def handler(event, context):\n    return 1\n")
