@@ -105,8 +105,10 @@ class Forwarder:
         while not stop.is_set():
             try:
                 await loop.run_in_executor(self._worker, self._beat, set(self.held()))
-            except FnctlError as exc:  # the database away: the rows already read keep ageing out
-                log.warning("gateway %s: writing its heartbeat: %s", self.id, exc.message)
+            except Exception as exc:  # noqa: BLE001 -- the database away: the rows read keep ageing out, and
+                # the next beat connects again (a heartbeat that stopped for good would end forwarding here)
+                log.warning("gateway %s: writing its heartbeat: %s", self.id, getattr(exc, "message", exc))
+                await loop.run_in_executor(self._worker, self._drop_store)
             try:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT)
             except TimeoutError:
@@ -122,6 +124,14 @@ class Forwarder:
             row = GatewayRow(self.id, self.node, self.address, frozenset(held), now)
             self._with_store(partial(gatewayrows.beat, row=row))
         self.rows = self._with_store(partial(gatewayrows.live, max_age=LIVE_FOR, now=now))
+
+    def _drop_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # noqa: BLE001 -- a connection already broken may fail to close
+                log.debug("closing a broken store connection: %s", exc)
 
     def _with_store(self, fn: Callable[[Store], Any]) -> Any:
         if self._store is None:

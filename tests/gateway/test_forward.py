@@ -6,6 +6,7 @@ tests/engine/test_swarm_apply.py::test_a_node_gateway_without_an_instance_forwar
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from polling import wait_until
 from rollout_helpers import free_port
 
 from fnctl.gateway.forward import HOP_HEADER, NO_INSTANCE_HEADER, Forwarder, peers_for
@@ -160,3 +162,27 @@ async def _next_peer(tmp_path: Any) -> None:
         await forwarder.close()
         assert refused.value.status == 503 and "no gateway that had one took it" in refused.value.reason
     assert len(empty.got) == 4 and len(full.got) == 3
+
+
+def test_a_gateway_beats_while_it_runs_and_leaves_when_it_stops(state_location: StateLocation) -> None:
+    forwarder = Forwarder(state_location, node="n1", address="http://127.0.0.1:9", held=lambda: {("web", 1)})
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    running = threading.Thread(target=lambda: loop.run_until_complete(forwarder.run(stop)), daemon=True)
+    running.start()
+    store = connect(state_location)
+    try:
+
+        def beating() -> list[GatewayRow]:
+            return [r for r in gatewayrows.live(store, max_age=3.0) if r.id == forwarder.id]
+
+        [row] = wait_until(beating, what="the gateway's row", timeout=10)
+        assert (row.node, row.address, row.held) == ("n1", "http://127.0.0.1:9", frozenset({("web", 1)}))
+        assert [r.id for r in forwarder.rows] == [forwarder.id]  # it reads the rows it forwards by
+        loop.call_soon_threadsafe(stop.set)
+        running.join(timeout=10)
+        assert not running.is_alive() and beating() == []
+    finally:
+        store.close()
+        loop.run_until_complete(forwarder.close())
+        loop.close()
