@@ -6,7 +6,9 @@ Swarm (`--only swarm`; root, a Docker engine, FNCTL_BASE_IMAGE): 3 nodes on this
   - invoke round trip over a Swarm task's socket vs over a single-host instance's (interleaved rounds);
   - a revision's 3 instances answering: a 3-replica service (one per node) vs 3 single-host instances;
   - a blue-green switch across the 3 nodes under load (a request loop per node): requests and failures;
-  - a node's daemon killed: time until every slot answers again on the other nodes (target 30 s).
+  - a node's daemon killed: time until every slot answers again on the other nodes (target 30 s);
+  - POST /invoke through a node's gateway with no task (forwarded to the gateway of the node that has it) vs
+    through that node's own gateway (interleaved rounds; two `fnctl serve` on 127.0.0.1).
 
   sudo -E PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_swarm.py --only swarm
 """
@@ -14,8 +16,10 @@ Swarm (`--only swarm`; root, a Docker engine, FNCTL_BASE_IMAGE): 3 nodes on this
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import secrets
+import socket as stdsocket
 import statistics
 import subprocess
 import sys
@@ -151,7 +155,7 @@ def bench_swarm(args: argparse.Namespace) -> None:
 def run_swarm(args: argparse.Namespace, project: Project, function: Function, image: str) -> None:
     engine = SwarmEngine(socket(1), INSTANCE_ROOT)
     node_agents = agents()
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = [forwarding(args, project, engine)]
 
     # A revision's 3 instances answering: Swarm service vs single-host instances, interleaved.
     swarm_s, local_s = [], []
@@ -240,6 +244,87 @@ def run_swarm(args: argparse.Namespace, project: Project, function: Function, im
     print(f"{'figure':40} {'swarm':>22} {'baseline':>22} {'ratio':>8}")
     for figure, value, baseline, ratio in rows:
         print(f"{figure:40} {value:>22} {baseline:>22} {ratio:>8}")
+
+
+def forwarding(args: argparse.Namespace, project: Project, engine: SwarmEngine) -> tuple[str, str, str, str]:
+    """POST /invoke/noop p50 through the gateway of a node without the task (forwarded to the gateway of the
+    node that has it) vs through that node's own gateway, interleaved: `fnctl apply` and two `fnctl serve`
+    on 127.0.0.1 under engine = "swarm", one replica."""
+    config = project.root / "fnctl.toml"
+    config.write_text(
+        f'engine = "swarm"\n{config.read_text()}\n[swarm]\nmanager = "unix://{socket(1)}"\n'
+        f'instanceRoot = "{INSTANCE_ROOT}"\nmaxPerNode = 1\n'
+    )
+    manifest = project.root / "manifests" / "noop.yaml"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "handler: main.handler}", "handler: main.handler, scaling: {minInstances: 1}, access: {roles: [public]}}"
+        )
+    )
+    state = str(project.root / "state.db")
+    command = [sys.executable, "-m", "fnctl"]
+    subprocess.run([*command, "apply", "--state", state], cwd=project.root, check=True, capture_output=True)
+    service = service_name(project.name, "noop", "1")
+    hostnames = engine.hostnames()
+    placed = hostnames[engine.wait_running(service, 1)[0].node_id]
+    here = next(k for k in range(1, NODES + 1) if NodeAgent(socket(k), INSTANCE_ROOT).hostname == placed)
+    other = here % NODES + 1
+    ports = {here: free_port(), other: free_port()}
+    gateways = [
+        subprocess.Popen(
+            [*command, "serve", "--state", state, "--address", f"127.0.0.1:{port}", "--no-access-log"],
+            cwd=project.root,
+            env=os.environ | {"FNCTL_SWARM_NODE": f"unix://{socket(k)}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for k, port in ports.items()
+    ]
+    try:
+        wait(lambda: post(ports[here]) == 200 and post(ports[other]) == 200, "both gateways answering", 60)
+        local, forwarded = [], []
+        for _ in range(args.rounds):
+            local.append(gateway_p50_us(ports[here], args.count))
+            forwarded.append(gateway_p50_us(ports[other], args.count))
+    finally:
+        for gateway in gateways:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+        engine.remove(service)
+    fw, lo = statistics.median(forwarded), statistics.median(local)
+    return ("POST /invoke p50: forwarded vs local", f"{fw:.0f} µs", f"{lo:.0f} µs", f"x{fw / lo:.2f}")
+
+
+def post(port: int) -> int:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/invoke/noop", body=b"{}", headers={"Content-Type": "application/json"})
+        status = connection.getresponse().status
+        connection.close()
+        return status
+    except OSError:
+        return 0
+
+
+def gateway_p50_us(port: int, count: int) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    samples = []
+    for n in range(count):
+        started = time.perf_counter()
+        connection.request("POST", "/invoke/noop", body=b'{"n":%d}' % n, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"gateway on {port} answered {response.status}")
+        samples.append((time.perf_counter() - started) * 1e6)
+    connection.close()
+    return statistics.median(samples)
+
+
+def free_port() -> int:
+    with stdsocket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"swarm": bench_swarm}

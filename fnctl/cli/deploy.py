@@ -296,7 +296,8 @@ def logs(
     since: Annotated[Optional[str], typer.Option("--since", help="Only lines newer than this (e.g. 10m).")] = None,
     state: StateOpt = None,
 ) -> None:
-    """Print the logs of a function's instances.
+    """Print the logs of a function's instances (under engine = "swarm": its services' tasks on every node,
+    read through the manager, each line named `<service>.<slot>@<node>`; docs/swarm.md).
 
     Example: fnctl logs hello --since 10m
     """

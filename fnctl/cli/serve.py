@@ -110,8 +110,10 @@ def serve(
     30 s by default) and exits 0; a second signal stops at once (exit 130). Settings come from the gateway
     section of fnctl.toml; options override them. See docs/serve.md for running it under systemd.
 
-    With engine = "swarm" in fnctl.toml, run one on each node (swarm.node: that node's engine): it serves the
-    Swarm tasks of its own node over their sockets and starts none (docs/swarm.md).
+    With engine = "swarm" in fnctl.toml, run one on each node (swarm.node or FNCTL_SWARM_NODE: that node's
+    engine): it serves the Swarm tasks of its own node over their sockets and starts none, and forwards a
+    request for a revision with no task on its node to a node's gateway that has one, reached at its
+    swarm.advertise (FNCTL_SWARM_ADVERTISE) or listening address (docs/swarm.md, "Forwarding").
 
     \b
     Examples:
@@ -119,6 +121,7 @@ def serve(
       fnctl serve --address 0.0.0.0:8080 --state /var/lib/fnctl/state.db
       fnctl serve --ui          (then open http://127.0.0.1:8080/ui/ and sign in with an API key)
       fnctl serve --workers 2   (two processes on one port: one owns the instances, both serve)
+      FNCTL_SWARM_NODE=unix:///var/run/docker.sock fnctl serve --address 10.0.0.5:8080   (a Swarm node's gateway)
     """
     # imported when the command runs, not at start-up: `fnctl --help` and the other commands skip it
     from fnctl.gateway.serve import options_for

@@ -265,6 +265,10 @@ def logs(
         store.close()
     if not rows:
         raise FnctlError(f"{name} has no running instances{'' if revision is None else f' of revision {revision}'}")
+    if project.engine == "swarm":  # a revision's instances are its service's tasks, on any node
+        services = {row.id.rpartition(".")[0]: row.revision for row in rows}
+        yield from swarmdeploy.logs(project.swarm, services, since, follow)
+        return
     for row in rows:
         if row.container_id:
             for line in dockerio.stream_logs(row.container_id, since=since, follow=follow and len(rows) == 1):

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.commands.functions import open_store
+from fnctl.deploy import secrets as secretref
+from fnctl.deploy import swarmdeploy
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
@@ -18,6 +20,7 @@ from fnctl.gateway.client import find, invoke
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.requestid import new_request_id
+from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project
 from fnctl.state.location import StateLocation, locate
 from fnctl.state.revisions import InstanceState, Revision, RevisionStatus
@@ -71,11 +74,15 @@ def invoke_live(
         store.close()
     if not rows:
         raise FnctlError(f"{name} revision {chosen} has no ready instance (minInstances 0 or drift: run `fnctl apply`)")
-    row = random.choice(rows)
     function = function_from_spec(name, target.spec, project.default_limits)
-    instance = instances.connect_existing(function, row.container_id or "", Path(row.socket_dir), row.id)
-    if instance is None:
-        raise FnctlError(f"instance {row.id} of {name} does not answer (run `fnctl apply` to heal)")
+    if project.engine == "swarm":
+        instance = _swarm_task(project, function, chosen)
+    else:
+        row = random.choice(rows)
+        local = instances.connect_existing(function, row.container_id or "", Path(row.socket_dir), row.id)
+        if local is None:
+            raise FnctlError(f"instance {row.id} of {name} does not answer (run `fnctl apply` to heal)")
+        instance = local
     started = time.monotonic()
     outcome = None
     try:
@@ -84,6 +91,20 @@ def invoke_live(
     finally:
         instance.transport.close()
         _audit_direct(project, state, name, chosen, outcome, time.monotonic() - started)
+
+
+def _swarm_task(project: Project, function: Function, revision: int) -> instances.Instance:
+    """engine = "swarm": a task of the revision on this machine's node (swarm.node), over its socket, with the
+    function's secrets (a task is configured by whoever connects to it)."""
+    secrets = secretref.resolve(function, project.root)
+    instance = swarmdeploy.connect_local(project.swarm, project.name, function, revision, secrets)
+    if instance is None:
+        raise FnctlError(
+            f"{function.name} revision {revision} has no task answering on this machine's node (swarm.node): "
+            "invoke it through a node's gateway (`fnctl invoke` without --direct, with gateway.address set to "
+            "one; a gateway forwards to a node that has a task)"
+        )
+    return instance
 
 
 def _not_live(name: str, revisions: list[Revision]) -> str:

@@ -12,7 +12,7 @@ go with their revision).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from fnctl.engine import dockerio, swarmio
 from fnctl.engine.instances import Instance
@@ -124,15 +124,18 @@ def _remove_service(store: Store, settings: SwarmSettings, service: str, functio
             store.remove_instance(row.id)
 
 
-def connect_local(settings: SwarmSettings, project: str, function: Function, revision: int) -> Instance | None:
-    """A connection to a running task of the revision's service on this machine's node (`swarm.node`); None
-    when none there answers. What a rollout's synthetic checks invoke."""
+def connect_local(
+    settings: SwarmSettings, project: str, function: Function, revision: int, secrets: Mapping[str, str] | None = None
+) -> Instance | None:
+    """A connection to a running task of the revision's service on this machine's node (`swarm.node`),
+    configured with `secrets`; None when none there answers. What a rollout's synthetic checks and
+    `fnctl invoke --direct` invoke."""
     agent = NodeAgent(settings.node, settings.instance_root)
     service = service_name(project, function.name, str(revision))
     current = str((swarmio.inspect_service(settings.manager, service) or {}).get("ID", ""))
     for local in agent.local_instances(project, service, service_id=current):
         try:
-            return agent.connect(function, local, {}, timeout=5.0)
+            return agent.connect(function, local, secrets or {}, timeout=5.0)
         except FnctlError:
             continue  # stopping, or being replaced: the next one
     return None
@@ -161,6 +164,21 @@ def tasks(settings: SwarmSettings, services: set[str]) -> dict[str, list[tuple[i
         found = [t for t in swarmio.tasks(settings.manager, service) if t.desired == "running"]
         out[service] = sorted((t.slot, t.state, hostnames.get(t.node_id, "?"), t.container_id) for t in found)
     return out
+
+
+def logs(settings: SwarmSettings, services: Mapping[str, int], since: float | None, follow: bool) -> Iterator[str]:
+    """The log lines of the tasks of `services` (service → revision) on every node, read through the manager,
+    each prefixed with its task as `fnctl status` names it (`<service>.<slot>@<node>`) and its revision;
+    followed only when there is one service."""
+    hostnames = engine(settings).hostnames()
+    for service, revision in sorted(services.items()):
+        named = {
+            t.id: f"{service}.{t.slot}@{hostnames.get(t.node_id, '?')}"
+            for t in swarmio.tasks(settings.manager, service)
+        }
+        lines = swarmio.service_logs(settings.manager, service, since=since, follow=follow and len(services) == 1)
+        for task, line in lines:
+            yield f"[{named.get(task, task[:12])} r{revision}] {line}"
 
 
 def _image_hint(message: str, image: str) -> str:

@@ -291,7 +291,11 @@ def stream_logs(container_id: str, *, since: float | None, follow: bool) -> Iter
         query["since"] = str(int(since))
     where = dockerapi.path("/containers/{}/logs", container_id)
     # A followed log may stay silent for as long as the function does: no read timeout then.
-    pieces = streamed(f"reading logs of {container_id[:12]}", "GET", where, query=query, timeout=None)
+    yield from log_lines(streamed(f"reading logs of {container_id[:12]}", "GET", where, query=query, timeout=None))
+
+
+def log_lines(pieces: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a non-TTY log stream (a container's, a Swarm service's), stdout and stderr as they come."""
     pending = ""
     for _, data in _frames(pieces):
         pending += data.decode("utf-8", "replace")

@@ -7,10 +7,11 @@ what a service looks like is decided in `swarmspec`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fnctl.engine import dockerapi
+from fnctl.engine import dockerapi, dockerio
 from fnctl.engine.swarmspec import RUNTIME_LABEL, task_slot
 from fnctl.errors import EngineUnavailable, FnctlError
 
@@ -141,6 +142,29 @@ def tasks(engine: str, service: str) -> list[SwarmTask]:
             )
         )
     return out
+
+
+def service_logs(engine: str, service: str, *, since: float | None, follow: bool) -> Iterator[tuple[str, str]]:
+    """A service's log lines from every task on every node, read through a manager: (task id, line)."""
+    query = {"stdout": "1", "stderr": "1", "details": "1", "follow": "1" if follow else "0"}
+    if since is not None:
+        query["since"] = str(int(since))
+    action = f"reading the logs of {service}"
+    try:
+        # A followed log may stay silent for as long as the function does: no read timeout then.
+        with dockerapi.Stream(
+            "GET", dockerapi.path("/services/{}/logs", service), query=query, timeout=None, engine=engine
+        ) as answer:
+            if answer.status >= 400:
+                reply = b"".join(answer.chunks()).decode("utf-8", "replace")
+                raise FnctlError(f"{action}: the Docker engine on {engine} refused: {reply.strip()[:300]}")
+            for line in dockerio.log_lines(answer.chunks()):
+                # details=1: each line starts with its task's attributes (k=v,k=v), then a space
+                details, _, text = line.partition(" ")
+                attributes = dict(item.partition("=")[::2] for item in details.split(","))
+                yield attributes.get("com.docker.swarm.task.id", ""), text
+    except dockerapi.Unreachable as exc:
+        raise EngineUnavailable(f"{action}: no Docker engine answers on {engine} ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.dataapi import DataApi, DataRoute
+from fnctl.gateway.forward import Relayed
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -125,6 +126,8 @@ class Gateway(RequestPipeline):
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
                 reply = reply_of(invoke_response(outcome, logs), extra)
+        except Relayed as relayed:
+            reply = self._relayed(call, relayed)
         except Reject as reject:
             call.outcome = reject.outcome
             reply = reject_reply(reject, {"error": reject.reason, "requestId": call.request_id})
@@ -152,12 +155,21 @@ class Gateway(RequestPipeline):
             result, _ = await self._dispatch(request, call, found)
             call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
             reply = reply_of(trigger_response(result.outcome))
+        except Relayed as relayed:
+            reply = self._relayed(call, relayed)
         except Reject as reject:
             call.outcome = reject.outcome
             reply = reject_reply(reject, {"message": reject.reason})
         except Exception as exc:  # noqa: BLE001 -- as in invoke
             reply = self._internal_reply(call, exc, {"message": "Internal server error"})
         return self._finish_reply(call, request, reply)
+
+    @staticmethod
+    def _relayed(call: Call, relayed: Relayed) -> Reply:
+        """A peer gateway's answer: audited here as `forwarded`, without a revision (the peer chose it, and
+        audits and measures the invocation: rollout analysis counts it once)."""
+        call.outcome, call.revision = "forwarded", None
+        return relayed.reply
 
     def _internal_error(self, call: Call, exc: Exception, body: dict[str, Any]) -> web.Response:
         return reply_response(self._internal_reply(call, exc, body))

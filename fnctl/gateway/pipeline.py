@@ -27,6 +27,7 @@ from fnctl.gateway.auth import (
     may_pin,
 )
 from fnctl.gateway.datacalls import caller_of
+from fnctl.gateway.forward import HOP_HEADER, Forwarder, Relayed
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Unavailable
 from fnctl.gateway.request import (
     Call,
@@ -83,6 +84,8 @@ class RequestPipeline:
         # Asked before a request's body is read: would its revision refuse it for its expected wait? (the
         # pool manager's `shed`; None: the pool alone decides, once the request reaches it)
         self.admission: Callable[[str, int], Shed | None] | None = None
+        # engine = "swarm": requests for a revision with no instance on this node go to a peer that has one
+        self.forwarder: Forwarder | None = None
 
     @property
     def table(self) -> router.Table | None:
@@ -130,6 +133,16 @@ class RequestPipeline:
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.
         body = await self._read_body(request, min(self.limits.max_body, info.payload))
+        if self.forwarder is not None and not self.pool.holds(call.function, revision):
+            # No instance here (engine = "swarm"): a live gateway that has one answers (fnctl.gateway.forward),
+            # unless this request was forwarded here already; with none, this node's pool has it as before (a
+            # task Swarm placed here a moment ago is being adopted).
+            call.forwarded = HOP_HEADER in request.headers
+            routed = [r for r, weight in function.weights.items() if weight > 0]
+            peers = [] if call.forwarded else self.forwarder.peers(call.function, revision, routed)
+            if peers:
+                timeout = info.timeout + self.limits.timeout_margin
+                raise Relayed(await self.forwarder.forward(request, body, call, peers, timeout))
         event = build_event(request, body, call, found, principal)
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
@@ -290,6 +303,8 @@ class RequestPipeline:
             retry = str(max(1, math.ceil(exc.retry_after)))
             raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": retry}) from None
         except Unavailable as exc:
+            if self.forwarder is not None:  # it ran nothing here: say so, for a forwarder to try another peer
+                raise self.forwarder.unavailable(call.function, call.revision, call.forwarded, str(exc)) from None
             log.warning("request %s: %s r%s unavailable: %s", call.request_id, call.function, call.revision, exc)
             raise Reject(503, "Service Unavailable", "unavailable", headers={"Retry-After": "1"}) from None
         finally:

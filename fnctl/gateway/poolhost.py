@@ -106,6 +106,7 @@ class Host(Protocol):
     grace_seconds: float
     queue_limit: int
     closing: bool
+    adopts_only: bool  # it connects to instances someone else runs (Swarm, the owner worker), starts none
     crew: Crew | None  # the other gateway processes of `fnctl serve --workers`, None when this is the only one
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...

@@ -267,6 +267,13 @@ class PoolInstances:
             # The secrets again: a Swarm task was configured only by whoever health-checked it, if anyone.
             await transport.connect(timeout=ATTACH_TIMEOUT, secrets=self.target.secrets)
         except (FnctlError, OSError) as exc:
+            if self.host.adopts_only:
+                # Someone else runs it (Swarm, the owner worker): a task placed a moment ago may still be
+                # starting its runtime. Let go of it, unremembered: the next look adopts it once it answers.
+                log.debug("%s: instance %s does not answer yet (%s)", self.name, slot.id, exc)
+                slot.phase = SlotPhase.GONE
+                self.slots.pop(slot.id, None)
+                return
             log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
             self._bury(slot)
             return

@@ -161,6 +161,15 @@ class PoolManager:
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}
 
+    def holds(self, function: str, revision: int) -> bool:
+        """Whether this gateway has a ready instance of `revision` (busy or not)."""
+        pool = self._pools.get((function, revision))
+        return pool is not None and any(slot.ready for slot in pool.slots.values())
+
+    def held(self) -> set[tuple[str, int]]:
+        """The revisions this gateway has a ready instance of."""
+        return {key for key, pool in self._pools.items() if any(slot.ready for slot in pool.slots.values())}
+
     async def close(self, timeout: float = 30.0) -> None:
         """Drain: refuse new requests, let in-flight and queued ones finish (up to `timeout`), stop the
         instances beyond the minInstances of each revision in the routing table and every instance of the

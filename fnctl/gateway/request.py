@@ -67,6 +67,7 @@ class Call:
     revision: int | None = None
     outcome: str = "ok"  # ok, error (the function failed), or why the gateway answered itself
     cold_start: bool = False
+    forwarded: bool = False  # it came with the hop header (fnctl.gateway.forward): it is not forwarded again
 
 
 class LeanRequest:

@@ -31,10 +31,12 @@ from fnctl.gateway.broker import Broker, LivePolicies, StateAudit
 from fnctl.gateway.crew import Crew
 from fnctl.gateway.cron import CronRunner
 from fnctl.gateway.dispatcher import Dispatcher
+from fnctl.gateway.forward import Forwarder
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.leadership import Leadership, drive_rollouts
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.poolswarm import SwarmActions
 from fnctl.gateway.server import start_server
 from fnctl.gateway.supervisor import supervise
 from fnctl.gateway.table import StoreTable
@@ -255,6 +257,9 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
         # time under load, every request and call in flight stalled meanwhile), as the runtime does.
         gc.freeze()
         tasks.append(asyncio.create_task(gateway.metrics.run_flusher(store_path, flushing)))
+        if project.engine == "swarm":
+            gateway.forwarder = _forwarder(project, store_path, gateway, options.host, port)
+            tasks.append(asyncio.create_task(gateway.forwarder.run(cron_stop)))
         if crew is None or crew.owner:  # the host's candidate for the controller's work (one of its workers)
 
             def controller(stop: asyncio.Event) -> list[asyncio.Task[None]]:
@@ -291,6 +296,23 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
             await asyncio.wait(tasks, timeout=None if drained else 1.0)
         await _close(gateway)
         stop_access()
+
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _forwarder(project: Project, store_path: StateLocation, gateway: Gateway, host: str, port: int) -> Forwarder:
+    """engine = "swarm": this node's gateway among its peers (fnctl.gateway.forward), reached at
+    swarm.advertise, else at its listening address (one on every interface must say where, or it is not
+    forwarded to: it still forwards)."""
+    actions = gateway.pool.actions
+    assert isinstance(actions, SwarmActions)
+    address = project.swarm.advertise
+    if address is None and host not in _WILDCARDS:
+        address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    if address is None:
+        log.warning("listening on %s without swarm.advertise: other nodes' gateways cannot forward here", host)
+    return Forwarder(store_path, node=actions.agent.hostname, address=address, held=gateway.pool.held)
 
 
 def _dispatcher(gateway: Gateway) -> Dispatcher:
@@ -335,6 +357,8 @@ async def _publish_metrics(gateway: Gateway, crew: Crew, stop: asyncio.Event) ->
 
 
 async def _close(gateway: Gateway) -> None:
+    if gateway.forwarder is not None:
+        await gateway.forwarder.close()
     await asyncio.to_thread(gateway.audit.close)
     gateway.authenticator.close()
     if gateway.broker is not None:

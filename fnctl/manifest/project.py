@@ -31,6 +31,8 @@ class SwarmSettings:
     node: str = DEFAULT_ENGINE_SOCKET
     instance_root: str = DEFAULT_INSTANCE_ROOT
     max_per_node: int = 0
+    # http://host:port where the other nodes' gateways reach this one (None: from its listening address)
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,15 @@ def _swarm_settings(table: dict[str, Any]) -> SwarmSettings:
     host = os.environ.get("DOCKER_HOST", "")
     default = host[len("unix://") :] if host.startswith("unix://") else DEFAULT_ENGINE_SOCKET
     manager = str(table.get("manager", "")).removeprefix("unix://") or default
+    # The environment names this machine's own engine and address: one fnctl.toml serves every node.
+    node = os.environ.get("FNCTL_SWARM_NODE") or str(table.get("node", ""))
+    advertise = os.environ.get("FNCTL_SWARM_ADVERTISE") or table.get("advertise")
     return SwarmSettings(
         manager=manager,
-        node=str(table.get("node", "")).removeprefix("unix://") or manager,
+        node=node.removeprefix("unix://") or manager,
         instance_root=str(table.get("instanceRoot", DEFAULT_INSTANCE_ROOT)),
         max_per_node=int(table.get("maxPerNode", 0)),
+        advertise=str(advertise).rstrip("/") if advertise else None,
     )
 
 

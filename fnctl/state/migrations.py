@@ -183,6 +183,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         trigger TEXT PRIMARY KEY, faults INTEGER NOT NULL, last_error TEXT, disabled_at REAL, updated_at REAL NOT NULL
     );
     """,
+    # 9: the gateways of a Swarm's nodes (engine = "swarm"): where each listens, the revisions it has
+    # instances of, its last heartbeat; what a gateway with no instance forwards a request by
+    """
+    CREATE TABLE gateways (
+        id TEXT PRIMARY KEY, node TEXT NOT NULL, address TEXT NOT NULL, held TEXT NOT NULL, heartbeat REAL NOT NULL
+    );
+    """,
 )
 
 

@@ -157,7 +157,16 @@ def _guards() -> str:
 
 
 # (the schema version a step reaches, its SQL), in order; never edited once released
-STEPS: tuple[tuple[int, str], ...] = ((8, _SCHEMA_8 + _guards()),)
+# 9: the gateways of a Swarm's nodes (migration 9 on SQLite). Not watched: a heartbeat a second per gateway
+# must not make every gateway re-read its routing table.
+_GATEWAYS_9 = """
+CREATE TABLE gateways (
+    id TEXT PRIMARY KEY, node TEXT NOT NULL, address TEXT NOT NULL, held TEXT NOT NULL,
+    heartbeat DOUBLE PRECISION NOT NULL
+);
+"""
+
+STEPS: tuple[tuple[int, str], ...] = ((8, _SCHEMA_8 + _guards()), (9, _GATEWAYS_9))
 
 
 def version(connection: pg.Connection[tuple[Any, ...]]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from swarm_helpers import SwarmNodes, swarm_nodes
 from fnctl.deploy.rolloutdriver import run_checks
 from fnctl.engine import images
 from fnctl.engine.swarm import SwarmEngine, service_name
+from fnctl.gateway.forward import HOP_HEADER
 from fnctl.manifest.model import HealthCheck, Strategy
 from fnctl.manifest.project import Project, load_project
 from fnctl.rollout.record import Record, State
@@ -135,6 +137,45 @@ def test_apply_runs_a_revision_as_its_service_and_rollback_and_delete_remove_ser
         manifest(project, "web", SPEC)
         for service in engine.services(project.name):
             engine.remove(service)
+
+
+def test_invoke_direct_reaches_its_nodes_task_and_logs_read_the_tasks_of_every_node(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """`fnctl invoke --direct` under Swarm runs on a task of this machine's node (swarm.node, here named by
+    FNCTL_SWARM_NODE), over its socket; `fnctl logs` reads every node's tasks through the manager, each line
+    named by its task and node as `fnctl status` names them."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"handler": "probes.chatty"})  # prints what it is told to say
+    service = service_name(project.name, "web", "1")
+    try:
+        fnctl(project, state, "apply")
+        hostnames = engine.hostnames()
+        slots = {hostnames[t.node_id]: t.slot for t in engine.wait_running(service, 3)}
+        for k in (1, 2, 3):
+            done = run_cli(
+                project,
+                "invoke", "web", "--direct", "-d", json.dumps({"say": f"hello-{k}"}), "--state", str(state),
+                env={"FNCTL_SWARM_NODE": f"unix://{swarm.socket(k)}"},
+            )  # fmt: skip
+            assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+            assert f"hello-{k}" in done.stdout, done.stdout
+        # each line: its task and node, its revision, then the runtime's own [invocation] prefix and the line
+        wanted = {
+            (f"[{service}.{slots[swarm.hostname(k)]}@{swarm.hostname(k)} r1] [", f"to stdout: hello-{k}")
+            for k in (1, 2, 3)
+        }
+
+        def logged() -> bool:
+            lines = fnctl(project, state, "logs", "web").stdout.splitlines()
+            return all(any(x.startswith(head) and x.endswith(tail) for x in lines) for head, tail in wanted)
+
+        wait_until(logged, what="each node's task's line in `fnctl logs`", timeout=30)
+    finally:
+        manifest(project, "web", SPEC)
+        for name in engine.services(project.name):
+            engine.remove(name)
 
 
 def test_a_missing_image_on_the_nodes_is_a_clear_error(swarm: SwarmNodes, project: Project, tmp_path: Path) -> None:
@@ -289,5 +330,104 @@ def test_a_node_without_a_task_answers_503_until_swarm_places_one_there(
 def _status(port: int) -> int | None:
     try:
         return _post(port, "/invoke/web")[0]
+    except OSError:
+        return None
+
+
+def _node_gateway(project: Project, state: Path, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A gateway for one node, on 127.0.0.1:port: the node's engine by FNCTL_SWARM_NODE (one fnctl.toml for
+    every node), its access log in `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", "--state", str(state), "--address", f"127.0.0.1:{port}"],
+        cwd=project.root,
+        env={**os.environ, "FNCTL_SWARM_NODE": f"unix://{node}"},
+        stdout=log.with_suffix(".out").open("ab"),
+        stderr=log.with_suffix(".err").open("ab"),
+    )
+
+
+def _request(port: int, headers: dict[str, str]) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/invoke/web", body=b"{}", headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _access(log: Path, request_id: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in log.with_suffix(".out").read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("requestId") == request_id]
+
+
+def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """One task, on node A; node B's gateway forwards to A's gateway, which authenticates, routes and runs it
+    (B audits a `forwarded`, A the invocation). A hop header from outside skips nothing on A and only stops B
+    from forwarding; with A's gateway killed, B answers 503 saying no live gateway has an instance."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(
+        project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}, "access": {"roles": ["reader"]}}
+    )
+    gateways: list[subprocess.Popen[bytes]] = []
+    try:
+        fnctl(project, state, "apply")
+        key = fnctl(project, state, "keys", "create", "forwarding", "--role", "reader").stdout.strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        service = service_name(project.name, "web", "1")
+        hostnames = engine.hostnames()
+        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+        a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
+        b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        port_a, port_b = free_port(), free_port()
+        log_a, log_b = tmp_path / "gateway-a", tmp_path / "gateway-b"
+        gateways += [
+            _node_gateway(project, state, swarm.socket(a), port_a, log_a),
+            _node_gateway(project, state, swarm.socket(b), port_b, log_b),
+        ]
+        wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
+        wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
+
+        status, body = _request(port_b, auth | {"X-Request-Id": "forwarded-1"})
+        assert status == 200 and json.loads(body) == {"echo": {}, "function": "web", "revision": "1"}, body
+        # B relayed it (audited as forwarded, no revision), A ran it on its node's task (access lines come in
+        # batches: waited for)
+        seen_b = wait_until(lambda: _access(log_b, "forwarded-1"), what="B's access line", timeout=10)
+        seen_a = wait_until(lambda: _access(log_a, "forwarded-1"), what="A's access line", timeout=10)
+        assert [(x["outcome"], x["revision"], x["status"]) for x in seen_b] == [("forwarded", None, 200)]
+        assert [(x["outcome"], x["revision"], x["status"]) for x in seen_a] == [("ok", 1, 200)]
+
+        # A hop header from outside: A still authenticates (no key, a wrong key: 401) ...
+        assert _request(port_a, {HOP_HEADER: "forged"})[0] == 401
+        assert _request(port_a, {HOP_HEADER: "forged", "Authorization": "Bearer fn_wrong"})[0] == 401
+        # ... B too before anything else, and it only stops B from forwarding
+        assert _request(port_b, {HOP_HEADER: "forged"})[0] == 401
+        status, body = _request(port_b, auth | {HOP_HEADER: "forged"})
+        assert status == 503 and "not forwarded again" in json.loads(body)["error"], body
+
+        gateways[0].kill()  # A's gateway gone without a word: its heartbeat ages out
+        gateways[0].wait(timeout=30)
+
+        def no_peer() -> bool:
+            status, body = _request(port_b, auth)
+            return status == 503 and "no live gateway has one" in json.loads(body)["error"]
+
+        wait_until(no_peer, what="node B answering 503: no live gateway has an instance", timeout=30)
+    finally:
+        for gateway in gateways:
+            if gateway.poll() is None:
+                gateway.terminate()
+                gateway.wait(timeout=60)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+def _reach(port: int, headers: dict[str, str]) -> int | None:
+    try:
+        return _request(port, headers)[0]
     except OSError:
         return None

@@ -1,0 +1,227 @@
+"""Forwarding between the gateways of a Swarm's nodes (engine = "swarm", docs/swarm.md "Forwarding"): a gateway
+with no instance of the revision it routed a request to sends the request, whole, to a live gateway that has
+one, and relays its answer.
+
+- **Who has what**: every node gateway writes its row in the store (`fnctl.state.gatewayrows`: node, the
+  address it is reached at, the revisions it has a ready instance of) every HEARTBEAT seconds and reads the
+  others'; a row older than LIVE_FOR is not a peer.
+- **The peer decides**: the request goes as the client sent it (method, path and query, headers with the
+  caller's credentials, body), so the peer authenticates, authorizes and routes it itself from the same
+  routing table (a canary's split stays right, a pin needs the caller's right to pin): nothing is trusted for
+  having come from another gateway. The forwarder's choice of revision only chooses the peer.
+- **One hop**: the forwarded request carries HOP_HEADER; a gateway never forwards a request that carries it.
+  That is all the header does: a client that sends it can only stop its request from being forwarded.
+- **Audit**: the forwarder audits a `forwarded` request (no revision: the peer chose it), the peer the
+  invocation, under the same request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from fnctl.errors import FnctlError
+from fnctl.gateway.request import Call, Incoming, Reject, Reply
+from fnctl.state import gatewayrows
+from fnctl.state.gatewayrows import GatewayRow
+from fnctl.state.location import StateLocation
+from fnctl.state.store import Store, connect
+
+__all__ = ["HOP_HEADER", "NO_INSTANCE_HEADER", "Forwarder", "Relayed", "peers_for"]
+
+log = logging.getLogger("fnctl.gateway")
+HOP_HEADER = "X-Fnctl-Forwarded-By"  # on a forwarded request: the forwarder's id; never forwarded again
+NO_INSTANCE_HEADER = "X-Fnctl-No-Instance"  # on a peer's 503: it ran nothing, another peer may be tried
+HEARTBEAT = 1.0  # seconds between a gateway's writes of its row (and reads of the others')
+LIVE_FOR = 3.0  # a row older than this is a gateway gone
+CONNECT_TIMEOUT = 2.0
+# Not passed on, either way: they describe one connection, not the request (RFC 9110 7.6.1), or are recomputed.
+_HOP_BY_HOP = frozenset(
+    "connection keep-alive proxy-connection proxy-authenticate te trailer transfer-encoding upgrade host "
+    "content-length date server".split()
+)
+
+
+class Relayed(Exception):
+    """A request answered by a peer gateway: its answer, relayed as it is."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+def peers_for(
+    rows: Iterable[GatewayRow],
+    me: str,
+    function: str,
+    revision: int,
+    routed: Iterable[int],
+    failed: dict[str, float],
+    now: float,
+) -> list[GatewayRow]:
+    """The live gateways to try, best first, for a request routed to `revision`: those that hold it; first
+    those that hold every routed revision of `function` (the peer routes the request itself and may pick
+    another), then the least recently failed; in random order among equals, to spread the load."""
+    wanted = {(function, r) for r in routed}
+    candidates = [
+        row for row in rows if row.id != me and (function, revision) in row.held and now - row.heartbeat <= LIVE_FOR
+    ]
+    random.shuffle(candidates)
+    return sorted(candidates, key=lambda row: (not wanted <= row.held, failed.get(row.id, 0.0)))
+
+
+class Forwarder:
+    """This gateway's row in the store, the peers' rows as last read, and the forwarding of one request."""
+
+    def __init__(
+        self, store_path: StateLocation, *, node: str, address: str | None, held: Callable[[], set[tuple[str, int]]]
+    ) -> None:
+        self.id = f"{node}-{uuid.uuid4().hex[:12]}"
+        self.node, self.address, self.held = node, address, held
+        self.rows: list[GatewayRow] = []
+        self.forwarded = 0  # requests relayed (for tests and benchmarks)
+        self._path = store_path
+        self._store: Store | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-forward")
+        self._failed: dict[str, float] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- the row and the peers' ----
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat until `stop`, then leave (delete this gateway's row)."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                await loop.run_in_executor(self._worker, self._beat, set(self.held()))
+            except Exception as exc:  # noqa: BLE001 -- the database away: the rows read keep ageing out, and
+                # the next beat connects again (a heartbeat that stopped for good would end forwarding here)
+                log.warning("gateway %s: writing its heartbeat: %s", self.id, getattr(exc, "message", exc))
+                await loop.run_in_executor(self._worker, self._drop_store)
+            try:
+                await asyncio.wait_for(stop.wait(), HEARTBEAT)
+            except TimeoutError:
+                pass
+        try:
+            await loop.run_in_executor(self._worker, self._with_store, partial(gatewayrows.leave, gateway_id=self.id))
+        except FnctlError as exc:
+            log.warning("gateway %s: deleting its row: %s", self.id, exc.message)
+
+    def _beat(self, held: set[tuple[str, int]]) -> None:
+        now = time.time()
+        if self.address is not None:  # a gateway no other can reach forwards, but is not forwarded to
+            row = GatewayRow(self.id, self.node, self.address, frozenset(held), now)
+            self._with_store(partial(gatewayrows.beat, row=row))
+        self.rows = self._with_store(partial(gatewayrows.live, max_age=LIVE_FOR, now=now))
+
+    def _drop_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # noqa: BLE001 -- a connection already broken may fail to close
+                log.debug("closing a broken store connection: %s", exc)
+
+    def _with_store(self, fn: Callable[[Store], Any]) -> Any:
+        if self._store is None:
+            self._store = connect(self._path)
+        return fn(self._store)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._worker, self._store.close)
+        self._worker.shutdown(wait=False)
+
+    # ---- one request ----
+
+    def peers(self, function: str, revision: int, routed: Iterable[int]) -> list[GatewayRow]:
+        """The live peers to forward a request for `revision` to, best first (`peers_for`)."""
+        return peers_for(self.rows, self.id, function, revision, routed, self._failed, time.time())
+
+    def unavailable(self, function: str, revision: int, forwarded: bool, why: str) -> Reject:
+        """The 503 of a request this node could not serve and did not forward (`why`: the pool's reason, for
+        the log). It says it ran nothing (NO_INSTANCE_HEADER): a forwarder may try another peer."""
+        log.info("%s revision %s: %s", function, revision, why)
+        where = f"{function} revision {revision} has no instance on this node ({self.node}) to take it"
+        tail = "a forwarded request is not forwarded again" if forwarded else "no live gateway has one"
+        return Reject(
+            503,
+            f"Service Unavailable: {where}, and {tail}",
+            "unavailable",
+            headers={"Retry-After": "1", NO_INSTANCE_HEADER: self.node},
+        )
+
+    async def forward(
+        self, request: Incoming, body: bytes, call: Call, peers: list[GatewayRow], timeout: float
+    ) -> Reply:
+        """The answer of the first of `peers` that answers; Reject 503 when each of them said it ran nothing,
+        502/504 when one failed the request."""
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in headers if k.lower() not in ("x-request-id", HOP_HEADER.lower())]
+        headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
+        deadline = time.monotonic() + timeout
+        for peer in peers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                reply = await self._send(peer, request, headers, body, left)
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+                self._failed[peer.id] = time.monotonic()  # it never got the request: the next one may
+                log.warning("request %s: gateway on %s unreachable: %s", call.request_id, peer.node, exc)
+                continue
+            except TimeoutError:
+                raise Reject(
+                    504, f"Gateway Timeout: the gateway on node {peer.node} did not answer in time", "timeout"
+                ) from None
+            except aiohttp.ClientError as exc:  # it may have run the invocation: not sent again
+                self._failed[peer.id] = time.monotonic()
+                raise Reject(
+                    502, f"Bad Gateway: the gateway on node {peer.node} failed during the request ({exc})", "error"
+                ) from None
+            if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
+                continue  # it lost its instance since its last heartbeat, and ran nothing
+            self.forwarded += 1
+            return reply
+        raise Reject(
+            503,
+            f"Service Unavailable: {call.function} has no instance on this node ({self.node}), and no gateway "
+            "that had one took it",
+            "unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _send(
+        self, peer: GatewayRow, request: Incoming, headers: list[tuple[str, str]], body: bytes, timeout: float
+    ) -> Reply:
+        if self._session is None:
+            # No cookies kept, no proxy from the environment: each request goes as its client sent it.
+            # The body relayed as the peer encoded it (no decompression; Content-Encoding passes through), and the
+            # request's headers as the client sent them (none added).
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                auto_decompress=False,
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        url = URL(peer.address.rstrip("/") + request.raw_path, encoded=True)
+        limits = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
+        async with self._session.request(
+            request.method, url, headers=CIMultiDict(headers), data=body, timeout=limits, allow_redirects=False
+        ) as response:
+            answer = await response.read()
+            relayed = CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP)
+            return Reply(response.status, relayed, answer)
