@@ -13,6 +13,7 @@ the /metrics of any worker is its own live text and the others' latest (fnctl.ga
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import logging
@@ -119,6 +120,13 @@ class Crew:
             return
         self._sent[key] = (load, used, now)
 
+    def shared_units(self, instance_id: str, concurrency: int) -> SharedUnits | None:
+        """The leases of an instance whose concurrency cannot be split between the workers; None when it can
+        (`fnctl.gateway.workers.units`: every worker has a fixed share)."""
+        if concurrency >= self.workers:
+            return None
+        return SharedUnits(self.run_dir / "units", instance_id, concurrency)
+
     # ---- metrics ----
 
     def metrics_path(self, worker: int) -> Path:
@@ -146,3 +154,43 @@ class Crew:
                 asyncio.get_running_loop().remove_reader(self._socket.fileno())
             self._socket.close()
             self._socket = None
+
+
+class SharedUnits:
+    """An instance whose `concurrency` is below the number of workers cannot be split (some worker would get
+    no unit of it, and its requests would wait for ever): its units are leased instead, one lock file per unit
+    in the run directory, taken with a non-blocking `flock` for each request and given back after it. The
+    kernel drops a dead worker's locks with its files, so a killed worker holds no unit."""
+
+    def __init__(self, directory: Path, instance_id: str, concurrency: int) -> None:
+        directory.mkdir(exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        # one open file per unit: flock locks belong to the open file, so two of this worker's requests
+        # cannot take the same unit either
+        name = hashlib.sha256(instance_id.encode()).hexdigest()[:24]  # an id from the store: never a path
+        self._free = [os.open(directory / f"{name}.{unit}", flags, 0o600) for unit in range(concurrency)]
+        self._held: list[int] = []
+
+    def take(self) -> bool:
+        """Lease a unit no worker holds; False when every one is held."""
+        for fd in self._free:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            self._free.remove(fd)
+            self._held.append(fd)
+            return True
+        return False
+
+    def give(self) -> None:
+        """Give back one of this worker's leases (they are alike)."""
+        if self._held:  # else closed meanwhile: the locks went with the files
+            fd = self._held.pop()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._free.append(fd)
+
+    def close(self) -> None:
+        for fd in self._free + self._held:
+            os.close(fd)
+        self._free, self._held = [], []

@@ -32,6 +32,19 @@ from fnctl.invocation.aiotransport import AsyncTransport
 from fnctl.invocation.rendezvous import container_peer
 
 
+def test_the_units_of_an_instance_below_the_workers_are_leased_by_one_worker_at_a_time(tmp_path: Path) -> None:
+    one, two = Crew(0, 2, tmp_path), Crew(1, 2, tmp_path)
+    assert one.shared_units("i-a", 2) is None  # as many units as workers: split, not leased
+    first, second = one.shared_units("i-a", 1), two.shared_units("i-a", 1)
+    assert first is not None and second is not None
+    assert first.take() and not second.take() and not first.take()  # nor twice by the same worker
+    first.give()
+    assert second.take() and not first.take()
+    second.close()  # a worker that dies holding a unit: the kernel drops its lock with the file
+    assert first.take()
+    first.close()
+
+
 def test_each_unit_of_an_instance_has_exactly_one_worker() -> None:
     for concurrency in (1, 2, 3, 8, 13):
         for workers in (1, 2, 3, 4):
@@ -123,6 +136,17 @@ spec:
   limits: {timeout: 20s, memory: 64Mi}
   scaling: {minInstances: 1, maxInstances: 2, concurrency: 2}
   access: {roles: [public]}
+---
+apiVersion: fnctl/v1
+kind: Function
+metadata: {name: one}
+spec:
+  runtime: python3.11
+  source: ../functions/slow
+  handler: main.handler
+  limits: {timeout: 5s, memory: 64Mi}
+  scaling: {minInstances: 1, maxInstances: 1, concurrency: 1}
+  access: {roles: [public]}
 """
 
 
@@ -192,16 +216,16 @@ def workers(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_i
         cleanup(project)
 
 
-def _instances(project: Project) -> list[tuple[str, str]]:
+def _instances(project: Project, function: str = "slow") -> list[tuple[str, str]]:
     with project.store() as store:
         return sorted(
             (row.container_id, row.socket_dir)
             for row in store.instances()
-            if row.function == "slow" and row.container_id
+            if row.function == function and row.container_id
         )
 
 
-async def _load(port: int, requests: int, clients: int) -> list[int]:
+async def _load(port: int, requests: int, clients: int, function: str = "slow") -> list[int]:
     """`requests` invocations from `clients` concurrent connections (each its own, so the kernel spreads
     them over the workers); the statuses."""
     statuses: list[int] = []
@@ -213,8 +237,8 @@ async def _load(port: int, requests: int, clients: int) -> list[int]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             body = b'{"sleep": 0.2}'
             writer.write(
-                b"POST /invoke/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"POST /invoke/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (function.encode(), len(body), body)
             )
             await writer.drain()
             head = await reader.readline()
@@ -226,7 +250,9 @@ async def _load(port: int, requests: int, clients: int) -> list[int]:
     return statuses
 
 
-async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+async def _watched_load(
+    port: int, instances: list[tuple[str, str]], function: str = "slow", requests: int = 48, clients: int = 16
+) -> tuple[list[int], list[int]]:
     """The load, with every instance's in-flight count (running and waiting, the runtime's own) read every
     few milliseconds over a connection of the test's own; the statuses and each instance's highest count."""
     transports = []
@@ -244,7 +270,7 @@ async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[li
 
     watchers = [asyncio.create_task(watch(i, t)) for i, t in enumerate(transports)]
     try:
-        statuses = await _load(port, requests=48, clients=16)
+        statuses = await _load(port, requests, clients, function)
     finally:
         done.set()
         await asyncio.gather(*watchers)
@@ -253,11 +279,11 @@ async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[li
     return statuses, highest
 
 
-def _served(port: int) -> dict[str, float]:
-    """fnctl_requests_total of `slow` answered 200, by worker, from one scrape of /metrics."""
+def _served(port: int, function: str = "slow") -> dict[str, float]:
+    """fnctl_requests_total of `function` answered 200, by worker, from one scrape of /metrics."""
     served: dict[str, float] = {}
     for line in _get(port, "/metrics")[1].decode().splitlines():
-        if line.startswith("fnctl_requests_total{") and 'function="slow"' in line and 'code="200"' in line:
+        if line.startswith("fnctl_requests_total{") and f'function="{function}"' in line and 'code="200"' in line:
             worker = line.split('worker="')[1].split('"')[0]
             served[worker] = served.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
     return served
@@ -302,6 +328,21 @@ def test_the_owner_scales_for_a_followers_load(workers: Workers) -> None:
 def _rows(project: Project) -> list[Any]:
     with project.store() as store:
         return [row for row in store.instances() if row.container_id and row.state.value == "ready"]
+
+
+@pytest.mark.docker
+def test_a_function_whose_concurrency_is_below_the_workers_is_served_by_every_worker(workers: Workers) -> None:
+    """`one` has a single instance of concurrency 1 for two workers: no fixed split gives both a share (one
+    would queue its requests until they time out). Each request leases the unit instead: all are answered,
+    by both workers, and the instance never runs two at once."""
+    instances = until(lambda: _instances(workers.project, "one"), "the instance of one")
+    statuses, highest = asyncio.run(
+        asyncio.wait_for(_watched_load(workers.port, instances, "one", requests=16, clients=4), 120)
+    )
+    assert statuses == [200] * 16, statuses
+    assert highest == [1], highest
+    counts = until(lambda: (c := _served(workers.port, "one")) and sum(c.values()) == 16 and c, "16 served", 10)
+    assert set(counts) == {"0", "1"} and all(counts.values()), counts
 
 
 @pytest.mark.docker
