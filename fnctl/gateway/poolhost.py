@@ -108,6 +108,7 @@ class Host(Protocol):
     queue_limit: int
     closing: bool
     crew: Crew | None  # the other gateway processes of `fnctl serve --workers`, None when this is the only one
+    adopts_only: bool  # connects to instances someone else runs (a --workers follower, a Swarm gateway)
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]: ...
 

@@ -365,19 +365,22 @@ class PoolInstances:
         log.warning("%s: lost instance %s: %s", self.name, slot.id, reason)
         if slot.inflight:
             slot.death = asyncio.ensure_future(self.host.death_cause(self.target, slot))
-        self._bury(slot)
+        # A process that only adopts knows only that its own connection broke: the instance may run on, and
+        # stays adoptable (the next look at who runs it, the store or Swarm, connects again while it is listed).
+        self._bury(slot, remember=not self.host.adopts_only)
 
-    def _bury(self, slot: Slot) -> None:
-        self._forget(slot)
+    def _bury(self, slot: Slot, *, remember: bool = True) -> None:
+        self._forget(slot, remember=remember)
         self.host.spawn(self._after_death(slot))
         self.scale()
 
-    def _forget(self, slot: Slot) -> None:
+    def _forget(self, slot: Slot, *, remember: bool = True) -> None:
         slot.phase = SlotPhase.GONE
         if slot.shared is not None and not slot.inflight:  # else the last request's release closes them
             slot.shared.close()
         self.slots.pop(slot.id, None)
-        self.gone[slot.id] = None
+        if remember:
+            self.gone[slot.id] = None
         while len(self.gone) > REMEMBERED:
             self.gone.popitem(last=False)
 

@@ -376,6 +376,7 @@ class LocalHost:
         self.stopped: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.crew: Crew | None = None  # the only gateway process
+        self.adopts_only = False
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -10,6 +10,7 @@ restarted, and a clean stop of the parent stopping every worker.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from deploy_helpers import Project, cleanup, make_project, until
 from fnctl.gateway.crew import STALE, Crew
 from fnctl.gateway.workers import demand, labelled, merged, units
 from fnctl.invocation.aiotransport import AsyncTransport
-from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.rendezvous import cgroup_names_container, container_peer
 
 
 def test_the_units_of_an_instance_below_the_workers_are_leased_by_one_worker_at_a_time(tmp_path: Path) -> None:
@@ -343,6 +344,82 @@ def test_a_function_whose_concurrency_is_below_the_workers_is_served_by_every_wo
     assert highest == [1], highest
     counts = until(lambda: (c := _served(workers.port, "one")) and sum(c.values()) == 16 and c, "16 served", 10)
     assert set(counts) == {"0", "1"} and all(counts.values()), counts
+
+
+def _worker_pid(workers: Workers, worker: int) -> int:
+    started = [line for line in workers.lines() if line.get("message") == "worker started" and line["worker"] == worker]
+    return int(max(started, key=lambda line: str(line["time"]))["pid"])
+
+
+def _connections(pid: int, container_id: str, socket_dir: str) -> dict[int, str]:
+    """Process `pid`'s connections from the runtime of `container_id` to its listeners in `socket_dir`: fd →
+    listener name. The accepted socket lives in the container's network namespace, under the name the
+    listener was bound with (`.<pid>-<random>.bind`, renamed after)."""
+    runtime = next(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and cgroup_names_container(_read(entry / "cgroup"), container_id)
+    )
+    prefix = f"{socket_dir.rstrip('/')}/.{pid}-"
+    names = {}
+    for line in _read(Path(f"/proc/{runtime}/net/unix")).splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[5] == "03" and fields[7].startswith(prefix):  # 03: connected
+            names[f"socket:[{fields[6]}]"] = fields[7]
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target in names:
+            found[int(fd.name)] = names[target]
+    return found
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a process gone meanwhile
+        return ""
+
+
+def _shut_down(pid: int, fds: Collection[int]) -> None:
+    """Shut down sockets of another process (pidfd_getfd: the same socket, here), as a broken link would."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+    assert pidfd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        for fd in fds:
+            mine = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+            assert mine >= 0, os.strerror(ctypes.get_errno())
+            with socket.socket(fileno=mine) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        os.close(pidfd)
+
+
+@pytest.mark.docker
+def test_a_follower_whose_connection_to_a_running_instance_breaks_connects_again(workers: Workers) -> None:
+    """The follower's connections to `one`'s instance (the runtime's, and its worker processes') are shut
+    down from outside while the instance runs on: the follower connects to it again and serves it again."""
+    instances = until(lambda: _instances(workers.project, "one"), "the instance of one")
+    ((container_id, socket_dir),) = instances
+    pid = _worker_pid(workers, 1)
+    before = until(
+        lambda: _connections(pid, container_id, socket_dir), "the follower's connections to the instance of one"
+    )
+    served = _served(workers.port, "one").get("1", 0.0)
+    _shut_down(pid, before)
+    until(
+        lambda: set(_connections(pid, container_id, socket_dir).values()) - set(before.values()),
+        "the follower to connect to the instance of one again",
+        30,
+    )
+    statuses = asyncio.run(asyncio.wait_for(_load(workers.port, requests=12, clients=4, function="one"), 60))
+    assert statuses == [200] * 12, statuses
+    until(lambda: _served(workers.port, "one").get("1", 0.0) > served, "the follower to serve one again", 10)
+    assert _instances(workers.project, "one") == instances  # the same instance: only a connection broke
 
 
 @pytest.mark.docker
