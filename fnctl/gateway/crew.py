@@ -20,7 +20,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -125,7 +126,11 @@ class Crew:
         (`fnctl.gateway.workers.units`: every worker has a fixed share)."""
         if concurrency >= self.workers:
             return None
-        return SharedUnits(self.run_dir / "units", instance_id, concurrency)
+        # the unit a fixed split would give this worker first: workers start on different units, so a
+        # take rarely tries a unit another holds
+        first = zlib.crc32(instance_id.encode()) % self.workers  # as fnctl.gateway.workers.units
+        order = sorted(range(concurrency), key=lambda unit: (first + unit) % self.workers != self.worker)
+        return SharedUnits(self.run_dir / "units", instance_id, order)
 
     # ---- metrics ----
 
@@ -157,28 +162,28 @@ class Crew:
 
 
 class SharedUnits:
-    """An instance whose `concurrency` is below the number of workers cannot be split (some worker would get
-    no unit of it, and its requests would wait for ever): its units are leased instead, one lock file per unit
-    in the run directory, taken with a non-blocking `flock` for each request and given back after it. The
-    kernel drops a dead worker's locks with its files, so a killed worker holds no unit."""
+    """An instance whose units are leased per request rather than split: one lock file per unit in the run
+    directory, taken with a non-blocking `flock` for a request and given back after it. The kernel drops a
+    dead worker's locks with its files, so a killed worker holds no unit."""
 
-    def __init__(self, directory: Path, instance_id: str, concurrency: int) -> None:
+    def __init__(self, directory: Path, instance_id: str, order: Sequence[int]) -> None:
         directory.mkdir(exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         # one open file per unit: flock locks belong to the open file, so two of this worker's requests
-        # cannot take the same unit either
+        # cannot take the same unit either; tried in `order` (this worker's own units first)
         name = hashlib.sha256(instance_id.encode()).hexdigest()[:24]  # an id from the store: never a path
-        self._free = [os.open(directory / f"{name}.{unit}", flags, 0o600) for unit in range(concurrency)]
+        self._units = [os.open(directory / f"{name}.{unit}", flags, 0o600) for unit in order]
         self._held: list[int] = []
 
     def take(self) -> bool:
         """Lease a unit no worker holds; False when every one is held."""
-        for fd in self._free:
+        for fd in self._units:
+            if fd in self._held:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue
-            self._free.remove(fd)
             self._held.append(fd)
             return True
         return False
@@ -186,11 +191,9 @@ class SharedUnits:
     def give(self) -> None:
         """Give back one of this worker's leases (they are alike)."""
         if self._held:  # else closed meanwhile: the locks went with the files
-            fd = self._held.pop()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            self._free.append(fd)
+            fcntl.flock(self._held.pop(), fcntl.LOCK_UN)
 
     def close(self) -> None:
-        for fd in self._free + self._held:
+        for fd in self._units:
             os.close(fd)
-        self._free, self._held = [], []
+        self._units, self._held = [], []
