@@ -1,9 +1,11 @@
 """`fnctl serve --workers 2` against `--workers 1` on a no-op function (issue 19, item 3).
 
 One project, a no-op function with 4 instances × concurrency 8 kept warm; rounds alternate between a gateway of
-one worker and one of two (started afresh each round, on the same instances), each loaded by wrk for a few
-seconds. Printed: requests/s per round and their medians, the ratio, the CPU cores the gateway's processes and
-the load generator used, the machine's cores and its load average.
+one worker and one of two (started afresh each round, on the same instances), and, as what the machine allows,
+one and two bare aiohttp processes on SO_REUSEPORT answering `{}` themselves; each loaded by wrk for a few
+seconds. Printed: requests/s per round and their medians, the ratios, the CPU the server's processes, the
+function's instances (their cgroups), the load generator and the whole machine used per second of load, the
+server's CPU per request, the machine's cores and its load average.
 
     python benchmarks/bench_workers.py [--rounds 3] [--seconds 4] [--connections 32]
 """
