@@ -1,9 +1,11 @@
 """`fnctl serve --workers 2` against `--workers 1` on a no-op function (issue 19, item 3).
 
 One project, a no-op function with 4 instances × concurrency 8 kept warm; rounds alternate between a gateway of
-one worker and one of two (started afresh each round, on the same instances), each loaded by wrk for a few
-seconds. Printed: requests/s per round and their medians, the ratio, the CPU cores the gateway's processes and
-the load generator used, the machine's cores and its load average.
+one worker and one of two (started afresh each round, on the same instances), and, as what the machine allows,
+one and two bare aiohttp processes on SO_REUSEPORT answering `{}` themselves; each loaded by wrk for a few
+seconds. Printed: requests/s per round and their medians, the ratios, the CPU the server's processes, the
+function's instances (their cgroups), the load generator and the whole machine used per second of load, the
+server's CPU per request, the machine's cores and its load average.
 
     python benchmarks/bench_workers.py [--rounds 3] [--seconds 4] [--connections 32]
 """
@@ -16,6 +18,7 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,13 +46,34 @@ POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+BARE = """\
+import sys
+
+from aiohttp import web
+
+
+async def noop(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({})
+
+
+app = web.Application()
+app.router.add_post("/invoke/noop", noop)
+app.router.add_get("/readyz", noop)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), reuse_port=True, access_log=None, print=None)
+"""
+
+
 @dataclass(frozen=True)
 class Round:
+    server: str  # "bare" (aiohttp processes answering {} themselves) or "fnctl" (the gateway)
     workers: int
     rps: float
     non_2xx: int
-    gateway_cores: float  # CPU seconds of the gateway's processes per second of load
+    gateway_cores: float  # CPU seconds of the server's processes per second of load
+    instance_cores: float  # of the function's containers (their cgroups)
     wrk_cores: float
+    machine_cores: float  # every process of the machine's (/proc/stat): the rest is other people's load
 
 
 def free_port() -> int:
@@ -93,61 +117,103 @@ def tree_cpu(root: int) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
-def one_round(root: Path, env: dict[str, str], workers: int, args: argparse.Namespace) -> Round:
-    port = free_port()
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fnctl",
-            "serve",
-            "--no-access-log",
-            "--workers",
-            str(workers),
-            "-a",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def start_gateway(root: Path, env: dict[str, str], workers: int, port: int) -> subprocess.Popen[bytes]:
+    command = ["-m", "fnctl", "serve", "--no-access-log", "--workers", str(workers), "-a", f"127.0.0.1:{port}"]
+    return subprocess.Popen(
+        [sys.executable, *command], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def start_bare(root: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
+    """`workers` bare aiohttp processes on one port (SO_REUSEPORT), under one shell so that one pid holds them."""
+    line = " & ".join(f"exec {sys.executable} {root / 'bare.py'} {port}" for _ in range(workers))
+    return subprocess.Popen(
+        ["sh", "-c", f"{line} & wait"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def one_round(
+    root: Path, env: dict[str, str], project: str, server: str, workers: int, args: argparse.Namespace
+) -> Round:
+    port = free_port()
+    if server == "fnctl":
+        process = start_gateway(root, env, workers, port)
+    else:
+        process = start_bare(root, workers, port)
     try:
         give_up = time.monotonic() + 60
         while not _ready(port):
-            if time.monotonic() > give_up or gateway.poll() is not None:
-                raise SystemExit(f"the gateway of {workers} worker(s) did not become ready")
+            if time.monotonic() > give_up or process.poll() is not None:
+                raise SystemExit(f"{server} of {workers} worker(s) did not become ready")
             time.sleep(0.05)
         # every worker listening: SO_REUSEPORT spreads only over the sockets that are
         time.sleep(1.0 if workers > 1 else 0.2)
+        url = f"http://127.0.0.1:{port}/invoke/noop"
         subprocess.run(  # warm-up: connections, worker processes of the runtimes
-            ["wrk", "-t1", "-c8", "-d1s", "-s", str(root / "post.lua"), f"http://127.0.0.1:{port}/invoke/noop"],
-            capture_output=True,
-            check=True,
+            ["wrk", "-t1", "-c8", "-d1s", "-s", str(root / "post.lua"), url], capture_output=True, check=True
         )
-        cpu_before, children_before, started = tree_cpu(gateway.pid), _children_cpu(), time.monotonic()
+        containers = instance_cgroups(project)
+        before = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
+        started = time.monotonic()
         done = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{args.connections}",
-                f"-d{args.seconds}s",
-                "-s",
-                str(root / "post.lua"),
-                f"http://127.0.0.1:{port}/invoke/noop",
-            ],
+            ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "-s", str(root / "post.lua"), url],
             capture_output=True,
             text=True,
             check=True,
         )
         wall = time.monotonic() - started
-        gateway_cpu, wrk_cpu = tree_cpu(gateway.pid) - cpu_before, _children_cpu() - children_before
+        after = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
+        used = [(b - a) / wall for a, b in zip(before, after, strict=True)]
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
         non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
-        return Round(workers, rps, int(non_2xx.group(1)) if non_2xx else 0, gateway_cpu / wall, wrk_cpu / wall)
+        return Round(server, workers, rps, int(non_2xx.group(1)) if non_2xx else 0, *used)
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=60)
+        if server == "fnctl":
+            process.terminate()
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def instance_cgroups(project: str) -> list[Path]:
+    """The cpuacct cgroups of the project's containers (cgroup v1 with the cgroupfs driver, or v2)."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=io.fnctl.project={project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    found = []
+    for container in ids:
+        for candidate in (
+            Path("/sys/fs/cgroup/cpuacct/docker") / container / "cpuacct.usage",
+            Path("/sys/fs/cgroup/docker") / container / "cpu.stat",
+            Path(f"/sys/fs/cgroup/system.slice/docker-{container}.scope/cpu.stat"),
+        ):
+            if candidate.exists():
+                found.append(candidate)
+                break
+    return found
+
+
+def cgroups_cpu(paths: list[Path]) -> float:
+    total = 0.0
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.name == "cpuacct.usage":
+            total += int(text) / 1e9
+        else:
+            total += int(text.split("usage_usec ")[1].split()[0]) / 1e6
+    return total
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core of the machine spent busy (not idle, not waiting for I/O), since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
 
 
 def _children_cpu() -> float:
@@ -169,6 +235,7 @@ def main() -> None:
     (root / "manifests" / "noop.yaml").write_text(MANIFEST)
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n')
     (root / "post.lua").write_text(POST_LUA)
+    (root / "bare.py").write_text(BARE)
     env = os.environ | {
         "FNCTL_STATE": str(root / "state" / "state.db"),
         "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
@@ -177,9 +244,10 @@ def main() -> None:
     try:
         subprocess.run([sys.executable, "-m", "fnctl", "apply"], cwd=root, env=env, check=True, capture_output=True)
         rounds: list[Round] = []
-        for _ in range(args.rounds):  # interleaved: both sides see the same machine load
-            for workers in (1, 2):
-                rounds.append(one_round(root, env, workers, args))
+        for _ in range(args.rounds):  # interleaved: every side sees the same machine load
+            for server in ("bare", "fnctl"):
+                for workers in (1, 2):
+                    rounds.append(one_round(root, env, name, server, workers, args))
     finally:
         remove_project(name)
         shutil.rmtree(root, ignore_errors=True)
@@ -188,19 +256,28 @@ def main() -> None:
 
 def report(rounds: list[Round], args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
     print(f"no-op function, 4 instances x concurrency 8; wrk -t1 -c{args.connections}, {args.seconds}s per round")
+    print("  (cores: CPU seconds per second of load; 'other' is the machine's busy time outside these)")
     for r in rounds:
+        other = r.machine_cores - r.gateway_cores - r.instance_cores - r.wrk_cores
         print(
-            f"  workers={r.workers}: {r.rps:8.0f} req/s  non-2xx {r.non_2xx}  "
-            f"gateway {r.gateway_cores:.2f} cores  wrk {r.wrk_cores:.2f} cores"
+            f"  {r.server:5} workers={r.workers}: {r.rps:8.0f} req/s  non-2xx {r.non_2xx}  "
+            f"server {r.gateway_cores:.2f}  instances {r.instance_cores:.2f}  wrk {r.wrk_cores:.2f}  "
+            f"other {other:.2f} cores  server CPU/request {r.gateway_cores / r.rps * 1e6:.0f} us"
         )
-    medians = {w: statistics.median(r.rps for r in rounds if r.workers == w) for w in (1, 2)}
-    cores = {w: statistics.median(r.gateway_cores for r in rounds if r.workers == w) for w in (1, 2)}
+    for server in ("bare", "fnctl"):
+        mine = [r for r in rounds if r.server == server]
+        rps = {w: statistics.median(r.rps for r in mine if r.workers == w) for w in (1, 2)}
+        cores = {w: statistics.median(r.gateway_cores for r in mine if r.workers == w) for w in (1, 2)}
+        per = {w: statistics.median(r.gateway_cores / r.rps * 1e6 for r in mine if r.workers == w) for w in (1, 2)}
+        print(
+            f"{server}: median req/s 1 worker {rps[1]:.0f}, 2 workers {rps[2]:.0f}: ratio 2/1 {rps[2] / rps[1]:.2f}x; "
+            f"server cores {cores[1]:.2f} / {cores[2]:.2f}; CPU/request {per[1]:.0f} / {per[2]:.0f} us"
+        )
+    instance = statistics.median(r.instance_cores for r in rounds if r.server == "fnctl")
     wrk_cores = statistics.median(r.wrk_cores for r in rounds)
-    print(f"median req/s: 1 worker {medians[1]:.0f} (baseline), 2 workers {medians[2]:.0f}")
-    print(f"ratio 2/1: {medians[2] / medians[1]:.2f}x  (issue: >= 1.6x where the cores exist)")
     print(
-        f"cores used: gateway {cores[1]:.2f} (1 worker) / {cores[2]:.2f} (2 workers), load generator {wrk_cores:.2f}; "
-        f"machine cores {os.cpu_count()}"
+        f"instances {instance:.2f} cores, load generator {wrk_cores:.2f} cores; machine cores {os.cpu_count()} "
+        "(issue: fnctl 2/1 >= 1.6x where the cores exist; here: at least the bare servers' ratio)"
     )
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
 

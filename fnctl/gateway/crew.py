@@ -13,13 +13,15 @@ the /metrics of any worker is its own live text and the others' latest (fnctl.ga
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -119,6 +121,17 @@ class Crew:
             return
         self._sent[key] = (load, used, now)
 
+    def shared_units(self, instance_id: str, concurrency: int) -> SharedUnits | None:
+        """The leases of an instance whose concurrency cannot be split between the workers; None when it can
+        (`fnctl.gateway.workers.units`: every worker has a fixed share)."""
+        if concurrency >= self.workers:
+            return None
+        # the unit a fixed split would give this worker first: workers start on different units, so a
+        # take rarely tries a unit another holds
+        first = zlib.crc32(instance_id.encode()) % self.workers  # as fnctl.gateway.workers.units
+        order = sorted(range(concurrency), key=lambda unit: (first + unit) % self.workers != self.worker)
+        return SharedUnits(self.run_dir / "units", instance_id, order)
+
     # ---- metrics ----
 
     def metrics_path(self, worker: int) -> Path:
@@ -146,3 +159,41 @@ class Crew:
                 asyncio.get_running_loop().remove_reader(self._socket.fileno())
             self._socket.close()
             self._socket = None
+
+
+class SharedUnits:
+    """An instance whose units are leased per request rather than split: one lock file per unit in the run
+    directory, taken with a non-blocking `flock` for a request and given back after it. The kernel drops a
+    dead worker's locks with its files, so a killed worker holds no unit."""
+
+    def __init__(self, directory: Path, instance_id: str, order: Sequence[int]) -> None:
+        directory.mkdir(exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        # one open file per unit: flock locks belong to the open file, so two of this worker's requests
+        # cannot take the same unit either; tried in `order` (this worker's own units first)
+        name = hashlib.sha256(instance_id.encode()).hexdigest()[:24]  # an id from the store: never a path
+        self._units = [os.open(directory / f"{name}.{unit}", flags, 0o600) for unit in order]
+        self._held: list[int] = []
+
+    def take(self) -> bool:
+        """Lease a unit no worker holds; False when every one is held."""
+        for fd in self._units:
+            if fd in self._held:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            self._held.append(fd)
+            return True
+        return False
+
+    def give(self) -> None:
+        """Give back one of this worker's leases (they are alike)."""
+        if self._held:  # else closed meanwhile: the locks went with the files
+            fcntl.flock(self._held.pop(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in self._units:
+            os.close(fd)
+        self._units, self._held = [], []

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from fnctl.errors import FnctlError
-from fnctl.gateway.crew import Crew
+from fnctl.gateway.crew import Crew, SharedUnits
 from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.rendezvous import PeerCheck
@@ -85,7 +85,8 @@ class Slot:
     death: asyncio.Future[tuple[Failure | None, str]] | None = None  # why it died, for its in-flight requests
     retire_reason: str = ""
     spare: bool = False  # started for the warm reserve: paused once ready, unless a request waits for it
-    units: int | None = None  # requests at once this process may send it: its share (`--workers`; may be 0), None: all
+    units: int | None = None  # requests at once this process may send it: its share (`--workers`), None: all
+    shared: SharedUnits | None = None  # `--workers` above its concurrency: each request leases a unit (crew)
     thawing: bool = False  # a thawed reserve serving while the engine's unpause is under way (a cold start)
 
     @property

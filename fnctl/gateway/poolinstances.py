@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 START_BACKOFF = 5.0  # after a failed start, requests meeting no ready instance fail fast for this long
 ATTACH_TIMEOUT = 2.0  # a running runtime says ready as soon as it is connected to
+LEASE_RETRY = 0.005  # seconds between looks at the units other workers lease, while requests wait for one
 REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read of the store never revives one
 
 
@@ -51,6 +52,7 @@ class PoolInstances:
         self.max_wait = max_wait(target.function.limits.timeout, target.max_wait)
         self.gone: OrderedDict[str, None] = OrderedDict()  # instances stopped or lost: never adopted again
         self._orders = itertools.count()
+        self._retry: asyncio.TimerHandle | None = None  # a look again at leased units (`_claim`)
 
     @property
     def keep(self) -> int:
@@ -79,13 +81,13 @@ class PoolInstances:
     def _dispatch(self) -> None:
         """Hand free capacity to queued requests, oldest first."""
         while self.waiters:
-            slot = pick(self.slots.values(), self.concurrency)
+            if self.waiters[0].done():  # its caller gave up meanwhile
+                self.waiters.popleft()
+                continue
+            slot = self._claim()
             if slot is None:
                 return
-            future = self.waiters.popleft()
-            if not future.done():  # else its caller gave up meanwhile
-                slot.inflight += 1
-                future.set_result(slot)
+            self.waiters.popleft().set_result(slot)
 
     # ---- scaling ----
 
@@ -131,15 +133,50 @@ class PoolInstances:
             self._start_slot(spare=False)
         self._keep_spare()
 
-    def _units(self, instance_id: str) -> int | None:
-        """This process's share of an instance's concurrency (None: all of it, the only gateway process; 0
-        when `concurrency` is below the workers and none of its units is this worker's)."""
+    def _share(self, slot: Slot) -> Slot:
+        """Give `slot` this process's share of its instance's concurrency: all of it (the only gateway
+        process), a fixed part of its units, or, when `concurrency` is below the workers (a fixed split
+        would leave some worker none), a lease of a unit per request (`crew.SharedUnits`)."""
         crew = self.host.crew
-        return None if crew is None else units(self.concurrency, crew.workers, crew.worker, instance_id)
+        if crew is not None:
+            slot.shared = crew.shared_units(slot.id, self.concurrency)
+            if slot.shared is None:
+                slot.units = units(self.concurrency, crew.workers, crew.worker, slot.id)
+        return slot
+
+    def _claim(self) -> Slot | None:
+        """A ready instance with room for one request more, counted in flight (None: wait). An instance of
+        leased units whose every unit another worker holds is passed over, and looked at again in
+        `LEASE_RETRY` seconds (nothing tells this worker when another gives one back)."""
+        slot = pick(self.slots.values(), self.concurrency)
+        if slot is not None and slot.shared is not None and not slot.shared.take():
+            free = sorted(
+                (s for s in self.slots.values() if s.ready and s.inflight < self.concurrency),
+                key=lambda s: (s.inflight, s.order),
+            )
+            slot = next((s for s in free if s.shared is None or s.shared.take()), None)
+            if slot is None:
+                if self._retry is None:
+                    self._retry = asyncio.get_running_loop().call_later(LEASE_RETRY, self._retry_dispatch)
+                return None
+        if slot is not None:
+            slot.inflight += 1
+        return slot
+
+    def _retry_dispatch(self) -> None:
+        self._retry = None
+        self._dispatch()
+
+    def _unclaim(self, slot: Slot) -> None:
+        slot.inflight -= 1
+        if slot.shared is not None:
+            slot.shared.give()
+            if slot.phase is SlotPhase.GONE and not slot.inflight:
+                slot.shared.close()
 
     def _start_slot(self, *, spare: bool) -> None:
         instance_id = instances.new_instance_id()
-        slot = Slot(instance_id, next(self._orders), spare=spare, units=self._units(instance_id))
+        slot = self._share(Slot(instance_id, next(self._orders), spare=spare))
         self.slots[slot.id] = slot
         self.host.spawn(self._bring_up(slot))
 
@@ -240,7 +277,7 @@ class PoolInstances:
         tasks = []
         for instance_id, container_id, socket_dir in rows:
             if instance_id not in self.slots and instance_id not in self.gone:
-                slot = Slot(instance_id, next(self._orders), container_id, socket_dir, units=self._units(instance_id))
+                slot = self._share(Slot(instance_id, next(self._orders), container_id, socket_dir))
                 self.slots[instance_id] = slot
                 thaw = instance_id in paused  # a reserve left by a gateway that stopped without removing it
                 tasks.append(self.host.spawn(self._thaw_and_attach(slot) if thaw else self._attach(slot)))
@@ -335,17 +372,22 @@ class PoolInstances:
         log.warning("%s: lost instance %s: %s", self.name, slot.id, reason)
         if slot.inflight:
             slot.death = asyncio.ensure_future(self.host.death_cause(self.target, slot))
-        self._bury(slot)
+        # A process that only adopts knows only that its own connection broke: the instance may run on, and
+        # stays adoptable (the next look at who runs it, the store or Swarm, connects again while it is listed).
+        self._bury(slot, remember=not self.host.adopts_only)
 
-    def _bury(self, slot: Slot) -> None:
-        self._forget(slot)
+    def _bury(self, slot: Slot, *, remember: bool = True) -> None:
+        self._forget(slot, remember=remember)
         self.host.spawn(self._after_death(slot))
         self.scale()
 
-    def _forget(self, slot: Slot) -> None:
+    def _forget(self, slot: Slot, *, remember: bool = True) -> None:
         slot.phase = SlotPhase.GONE
+        if slot.shared is not None and not slot.inflight:  # else the last request's release closes them
+            slot.shared.close()
         self.slots.pop(slot.id, None)
-        self.gone[slot.id] = None
+        if remember:
+            self.gone[slot.id] = None
         while len(self.gone) > REMEMBERED:
             self.gone.popitem(last=False)
 

@@ -18,7 +18,7 @@ from typing import Any
 from fnctl.engine import instances
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Slot, SlotPhase, Unavailable
 from fnctl.gateway.poolinstances import PoolInstances
-from fnctl.gateway.scaling import pick, refuse, retry_after
+from fnctl.gateway.scaling import refuse, retry_after
 from fnctl.gateway.shedding import Shed, shed
 from fnctl.invocation.aiotransport import FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
@@ -52,9 +52,8 @@ class RevisionPool(PoolInstances):
 
     async def _acquire(self) -> tuple[Slot, bool]:
         if not self.waiters:  # first come, first served: nobody overtakes a queued request
-            slot = pick(self.slots.values(), self.concurrency)
+            slot = self._claim()
             if slot is not None:
-                slot.inflight += 1
                 return slot, slot.thawing  # a reserve thawed for it on admission: still a cold start
         return await self._queue()
 
@@ -120,7 +119,7 @@ class RevisionPool(PoolInstances):
             future.set_exception(Unavailable(f"{self.name}: no instance became available within {limit:g}s"))
 
     def _release(self, slot: Slot) -> None:
-        slot.inflight -= 1
+        self._unclaim(slot)
         slot.last_used = time.monotonic()
         if slot.phase is SlotPhase.RETIRING and slot.inflight == 0:
             self._stop(slot, drain=not slot.retire_reason)  # retired for a failure: no waiting for it

@@ -10,6 +10,7 @@ restarted, and a clean stop of the parent stopping every worker.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,20 @@ from deploy_helpers import Project, cleanup, make_project, until
 from fnctl.gateway.crew import STALE, Crew
 from fnctl.gateway.workers import demand, labelled, merged, units
 from fnctl.invocation.aiotransport import AsyncTransport
-from fnctl.invocation.rendezvous import container_peer
+from fnctl.invocation.rendezvous import cgroup_names_container, container_peer
+
+
+def test_the_units_of_an_instance_below_the_workers_are_leased_by_one_worker_at_a_time(tmp_path: Path) -> None:
+    one, two = Crew(0, 2, tmp_path), Crew(1, 2, tmp_path)
+    assert one.shared_units("i-a", 2) is None  # as many units as workers: split, not leased
+    first, second = one.shared_units("i-a", 1), two.shared_units("i-a", 1)
+    assert first is not None and second is not None
+    assert first.take() and not second.take() and not first.take()  # nor twice by the same worker
+    first.give()
+    assert second.take() and not first.take()
+    second.close()  # a worker that dies holding a unit: the kernel drops its lock with the file
+    assert first.take()
+    first.close()
 
 
 def test_each_unit_of_an_instance_has_exactly_one_worker() -> None:
@@ -123,6 +137,17 @@ spec:
   limits: {timeout: 20s, memory: 64Mi}
   scaling: {minInstances: 1, maxInstances: 2, concurrency: 2}
   access: {roles: [public]}
+---
+apiVersion: fnctl/v1
+kind: Function
+metadata: {name: one}
+spec:
+  runtime: python3.11
+  source: ../functions/slow
+  handler: main.handler
+  limits: {timeout: 5s, memory: 64Mi}
+  scaling: {minInstances: 1, maxInstances: 1, concurrency: 1}
+  access: {roles: [public]}
 """
 
 
@@ -192,16 +217,16 @@ def workers(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_i
         cleanup(project)
 
 
-def _instances(project: Project) -> list[tuple[str, str]]:
+def _instances(project: Project, function: str = "slow") -> list[tuple[str, str]]:
     with project.store() as store:
         return sorted(
             (row.container_id, row.socket_dir)
             for row in store.instances()
-            if row.function == "slow" and row.container_id
+            if row.function == function and row.container_id
         )
 
 
-async def _load(port: int, requests: int, clients: int) -> list[int]:
+async def _load(port: int, requests: int, clients: int, function: str = "slow") -> list[int]:
     """`requests` invocations from `clients` concurrent connections (each its own, so the kernel spreads
     them over the workers); the statuses."""
     statuses: list[int] = []
@@ -213,8 +238,8 @@ async def _load(port: int, requests: int, clients: int) -> list[int]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             body = b'{"sleep": 0.2}'
             writer.write(
-                b"POST /invoke/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"POST /invoke/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (function.encode(), len(body), body)
             )
             await writer.drain()
             head = await reader.readline()
@@ -226,7 +251,9 @@ async def _load(port: int, requests: int, clients: int) -> list[int]:
     return statuses
 
 
-async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+async def _watched_load(
+    port: int, instances: list[tuple[str, str]], function: str = "slow", requests: int = 48, clients: int = 16
+) -> tuple[list[int], list[int]]:
     """The load, with every instance's in-flight count (running and waiting, the runtime's own) read every
     few milliseconds over a connection of the test's own; the statuses and each instance's highest count."""
     transports = []
@@ -244,7 +271,7 @@ async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[li
 
     watchers = [asyncio.create_task(watch(i, t)) for i, t in enumerate(transports)]
     try:
-        statuses = await _load(port, requests=48, clients=16)
+        statuses = await _load(port, requests, clients, function)
     finally:
         done.set()
         await asyncio.gather(*watchers)
@@ -253,11 +280,11 @@ async def _watched_load(port: int, instances: list[tuple[str, str]]) -> tuple[li
     return statuses, highest
 
 
-def _served(port: int) -> dict[str, float]:
-    """fnctl_requests_total of `slow` answered 200, by worker, from one scrape of /metrics."""
+def _served(port: int, function: str = "slow") -> dict[str, float]:
+    """fnctl_requests_total of `function` answered 200, by worker, from one scrape of /metrics."""
     served: dict[str, float] = {}
     for line in _get(port, "/metrics")[1].decode().splitlines():
-        if line.startswith("fnctl_requests_total{") and 'function="slow"' in line and 'code="200"' in line:
+        if line.startswith("fnctl_requests_total{") and f'function="{function}"' in line and 'code="200"' in line:
             worker = line.split('worker="')[1].split('"')[0]
             served[worker] = served.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
     return served
@@ -302,6 +329,97 @@ def test_the_owner_scales_for_a_followers_load(workers: Workers) -> None:
 def _rows(project: Project) -> list[Any]:
     with project.store() as store:
         return [row for row in store.instances() if row.container_id and row.state.value == "ready"]
+
+
+@pytest.mark.docker
+def test_a_function_whose_concurrency_is_below_the_workers_is_served_by_every_worker(workers: Workers) -> None:
+    """`one` has a single instance of concurrency 1 for two workers: no fixed split gives both a share (one
+    would queue its requests until they time out). Each request leases the unit instead: all are answered,
+    by both workers, and the instance never runs two at once."""
+    instances = until(lambda: _instances(workers.project, "one"), "the instance of one")
+    statuses, highest = asyncio.run(
+        asyncio.wait_for(_watched_load(workers.port, instances, "one", requests=16, clients=4), 120)
+    )
+    assert statuses == [200] * 16, statuses
+    assert highest == [1], highest
+    counts = until(lambda: (c := _served(workers.port, "one")) and sum(c.values()) == 16 and c, "16 served", 10)
+    assert set(counts) == {"0", "1"} and all(counts.values()), counts
+
+
+def _worker_pid(workers: Workers, worker: int) -> int:
+    started = [line for line in workers.lines() if line.get("message") == "worker started" and line["worker"] == worker]
+    return int(max(started, key=lambda line: str(line["time"]))["pid"])
+
+
+def _connections(pid: int, container_id: str, socket_dir: str) -> dict[int, str]:
+    """Process `pid`'s connections from the runtime of `container_id` to its listeners in `socket_dir`: fd →
+    listener name. The accepted socket lives in the container's network namespace, under the name the
+    listener was bound with (`.<pid>-<random>.bind`, renamed after)."""
+    runtime = next(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and cgroup_names_container(_read(entry / "cgroup"), container_id)
+    )
+    prefix = f"{socket_dir.rstrip('/')}/.{pid}-"
+    names = {}
+    for line in _read(Path(f"/proc/{runtime}/net/unix")).splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[5] == "03" and fields[7].startswith(prefix):  # 03: connected
+            names[f"socket:[{fields[6]}]"] = fields[7]
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target in names:
+            found[int(fd.name)] = names[target]
+    return found
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a process gone meanwhile
+        return ""
+
+
+def _shut_down(pid: int, fds: Collection[int]) -> None:
+    """Shut down sockets of another process (pidfd_getfd: the same socket, here), as a broken link would."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+    assert pidfd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        for fd in fds:
+            mine = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+            assert mine >= 0, os.strerror(ctypes.get_errno())
+            with socket.socket(fileno=mine) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        os.close(pidfd)
+
+
+@pytest.mark.docker
+def test_a_follower_whose_connection_to_a_running_instance_breaks_connects_again(workers: Workers) -> None:
+    """The follower's connections to `one`'s instance (the runtime's, and its worker processes') are shut
+    down from outside while the instance runs on: the follower connects to it again and serves it again."""
+    instances = until(lambda: _instances(workers.project, "one"), "the instance of one")
+    ((container_id, socket_dir),) = instances
+    pid = _worker_pid(workers, 1)
+    before = until(
+        lambda: _connections(pid, container_id, socket_dir), "the follower's connections to the instance of one"
+    )
+    served = _served(workers.port, "one").get("1", 0.0)
+    _shut_down(pid, before)
+    until(
+        lambda: set(_connections(pid, container_id, socket_dir).values()) - set(before.values()),
+        "the follower to connect to the instance of one again",
+        30,
+    )
+    statuses = asyncio.run(asyncio.wait_for(_load(workers.port, requests=12, clients=4, function="one"), 60))
+    assert statuses == [200] * 12, statuses
+    until(lambda: _served(workers.port, "one").get("1", 0.0) > served, "the follower to serve one again", 10)
+    assert _instances(workers.project, "one") == instances  # the same instance: only a connection broke
 
 
 @pytest.mark.docker
