@@ -183,6 +183,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         trigger TEXT PRIMARY KEY, faults INTEGER NOT NULL, last_error TEXT, disabled_at REAL, updated_at REAL NOT NULL
     );
     """,
+    # 9: nothing on SQLite (its data_version is the file's). On PostgreSQL the change counter stops watching
+    # the tables the gateways' own traffic writes (fnctl.state.pgschema, step 9).
+    "",
 )
 
 

@@ -17,12 +17,18 @@ from fnctl.state.location import StoreError
 
 MIGRATE_LOCK = 0x666E63746D  # the advisory lock two processes migrating the same database queue on
 
-# Tables whose changes move the change counter (`Store.data_version`): everything a gateway or a command
-# polls for. The gateway's own high-rate writes (metric buckets, the invocation audit) do not.
+# Tables whose changes moved the change counter (`Store.data_version`) in step 8 (frozen with it).
 _WATCHED = (
     "revisions routes instances rollouts rollout_events resources settings api_keys trigger_state cron_state "
     "deploys audit"
 ).split()
+# Step 9: the counter means "what gateways follow changed" -- the routing table (routes, revisions, resources,
+# and the audit's change mark), rollouts (the dashboard's live view) and keys (auth's fallback). These tables
+# move with the gateways' own traffic instead, so they stopped moving it: `settings` takes every invocation
+# audit batch's chain head, every gateway's heartbeat and loaded mark, and each of those made every gateway
+# re-read its routing table (7 queries); instances move as pools scale, cron_state with every tick,
+# trigger_state with hook faults. None of them is part of what a gateway routes by.
+_UNWATCHED_9 = ("settings", "instances", "trigger_state", "cron_state")
 
 _APPEND_ONLY = {
     "audit": "the audit log is append-only",
@@ -157,7 +163,10 @@ def _guards() -> str:
 
 
 # (the schema version a step reaches, its SQL), in order; never edited once released
-STEPS: tuple[tuple[int, str], ...] = ((8, _SCHEMA_8 + _guards()),)
+STEPS: tuple[tuple[int, str], ...] = (
+    (8, _SCHEMA_8 + _guards()),
+    (9, "\n".join(f"DROP TRIGGER {table}_changed ON {table};" for table in _UNWATCHED_9)),
+)
 
 
 def version(connection: pg.Connection[tuple[Any, ...]]) -> int:

@@ -132,9 +132,12 @@ class Store:
     # ---- change checks ----
 
     def data_version(self) -> int:
-        """A number that moves whenever another connection committed to the store since this one last asked
-        (SQLite's `PRAGMA data_version`; on PostgreSQL a counter its triggers move): one cheap read that tells a poller whether to read anything else.
-        Compare it for equality only; this connection's own commits do not move it."""
+        """A number that moves when the state a gateway follows may have changed since this connection last
+        asked: one cheap read that tells a poller whether to read anything else. Compare it for equality only.
+        SQLite: `PRAGMA data_version`, moved by any other connection's commit. PostgreSQL: a counter that
+        triggers move on changes of the routing table's sources (routes, revisions, resources, the audit),
+        rollouts and keys -- not on the gateways' own traffic (audit heads, heartbeats, instances, cron
+        ticks: fnctl.state.pgschema step 9) -- and by this connection's own commits too."""
         try:
             return self._db.data_version()
         except self._db.errors as exc:
