@@ -48,7 +48,15 @@ class Backend(Protocol):
         """Run an INSERT into a table with an `id` key; the new row's id."""
         ...
 
+    def hold(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """A write whose answer is not needed, inside a transaction: SQLite runs it now; PostgreSQL sends it
+        with the next statement, in the same round trip (at the latest with the COMMIT, which then reports
+        its failure)."""
+        ...
+
     def begin(self) -> None: ...
+
+    def rollback(self) -> None: ...
 
     @property
     def in_transaction(self) -> bool: ...
@@ -94,8 +102,14 @@ class Sqlite:
     def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         return int(self._db.execute(sql, params).lastrowid or 0)
 
+    def hold(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        self._db.execute(sql, params)  # no round trip to save
+
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")  # writers queue on the file's lock, never deadlock
+
+    def rollback(self) -> None:
+        self._db.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:

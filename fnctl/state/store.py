@@ -49,14 +49,15 @@ class Store:
             raise StoreError(f"state store write failed: {exc}") from None
         try:
             yield
+            self._execute("COMMIT")  # on PostgreSQL it carries the held writes (`Backend.hold`): they may fail
         except BaseException:
-            self._rollback()
+            if self._db.in_transaction:
+                self._rollback()
             raise
-        self._execute("COMMIT")
 
     def _rollback(self) -> None:
         try:
-            self._db.execute("ROLLBACK")
+            self._db.rollback()
         except self._db.errors:
             pass  # the connection is gone, and the transaction with it: the original error is what matters
 
@@ -324,12 +325,12 @@ class Store:
         marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
         for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
             chunk = linked[start : start + _CHUNK]
-            self._db.execute(
+            self._db.hold(
                 f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
                 tuple(itertools.chain.from_iterable(chunk)),
             )
         if linked:
-            self._db.execute(
+            self._db.hold(
                 "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"),
             )
