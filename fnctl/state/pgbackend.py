@@ -88,11 +88,11 @@ class Postgres:
         return self._begun or pg.in_transaction(self._db)
 
     def data_version(self) -> int:
-        row = self._live().execute("SELECT n FROM change_counter").fetchone()
+        row = self.execute("SELECT n FROM change_counter").fetchone()
         return int(row[0]) if row else 0
 
     def notify(self, channel: str) -> None:
-        self._live().execute(f"NOTIFY {channel}")  # inside a transaction: delivered when it commits
+        self.hold(f"NOTIFY {channel}")  # inside a transaction: sent with its COMMIT, delivered when it commits
 
     def close(self) -> None:
         self._db.close()
