@@ -162,11 +162,38 @@ def _guards() -> str:
     return "\n".join(script)
 
 
-# (the schema version a step reaches, its SQL), in order; never edited once released
-STEPS: tuple[tuple[int, str], ...] = (
-    (8, _SCHEMA_8 + _guards()),
-    (9, "\n".join(f"DROP TRIGGER {table}_changed ON {table};" for table in _UNWATCHED_9)),
+# Step 9 also checks the chains' appends once per statement instead of once per row: step 8's row trigger ran a
+# dynamic MAX(id) query for each row, ~0.6 ms of the server's time per invocation audit row here (more than
+# the rest of the insert). Same rule: every new record takes an id above every old one, with its hash.
+_STEP_9 = (
+    "\n".join(f"DROP TRIGGER {table}_changed ON {table};" for table in _UNWATCHED_9)
+    + """
+CREATE FUNCTION fnctl_chain_appended() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE first BIGINT; appended BIGINT; unhashed BOOLEAN; from_first BIGINT;
+BEGIN
+    SELECT MIN(id), COUNT(*), bool_or(hash IS NULL) INTO first, appended, unhashed FROM added;
+    IF appended = 0 THEN
+        RETURN NULL;
+    END IF;
+    -- the table's rows from the first new id on are exactly the new ones: no old id at or above it
+    EXECUTE format('SELECT COUNT(*) FROM %I WHERE id >= $1', TG_TABLE_NAME) INTO from_first USING first;
+    IF unhashed OR from_first <> appended THEN
+        RAISE EXCEPTION USING MESSAGE = TG_ARGV[0] || ': records take the next id and are chained by fnctl',
+            ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+    + "\n".join(
+        f"DROP TRIGGER {table}_next_id ON {table};\n"
+        f"CREATE TRIGGER {table}_next_id AFTER INSERT ON {table} REFERENCING NEW TABLE AS added "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION fnctl_chain_appended('{_APPEND_ONLY[table]}');"
+        for table in ("audit", "invocations")
+    )
 )
+
+# (the schema version a step reaches, its SQL), in order; never edited once released
+STEPS: tuple[tuple[int, str], ...] = ((8, _SCHEMA_8 + _guards()), (9, _STEP_9))
 
 
 def version(connection: pg.Connection[tuple[Any, ...]]) -> int:

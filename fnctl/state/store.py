@@ -10,7 +10,6 @@ by a host-local key that is not in the store (fnctl.deploy.secrets).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import secrets
 import time
@@ -26,7 +25,6 @@ from fnctl.state.location import StoreError as StoreError  # re-exported: where 
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 ROUTES_CHANNEL = "fnctl_routes"  # PostgreSQL: NOTIFYed with every change of a route (gateway.table listens)
-_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
 class Store:
@@ -321,14 +319,7 @@ class Store:
         linked = auditchain.link(
             table, (auditchain.normalise(table, (last + n, *row)) for n, row in enumerate(rows, 1)), prev
         )
-        columns = ", ".join(name for name, _ in fields) + ", prev_hash, hash"
-        marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
-        for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
-            chunk = linked[start : start + _CHUNK]
-            self._db.hold(
-                f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
-                tuple(itertools.chain.from_iterable(chunk)),
-            )
+        self._db.hold_rows(table, (*(name for name, _ in fields), "prev_hash", "hash"), linked)
         if linked:
             self._db.hold(
                 "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
