@@ -18,12 +18,18 @@ route changes are written one at a time and each is timed until every gateway of
 --gateways candidates run the leadership; the leader is killed with SIGKILL --takeovers times and the time
 until another leads is measured.
 
+Section "gateway-pg" (issue 19, item 1; Docker): one no-op function's gateway load (/invoke and an HTTP
+Trigger, wrk -c8) through `fnctl serve` on a SQLite state and on the same state migrated to PostgreSQL, in
+interleaved rounds: requests/s, CPU per request of the gateway and of the PostgreSQL server, the ratio
+(benchmarks/scale_gateway_pg.py).
+
 Targets (issue 19): no-op apply of 100 functions on PostgreSQL <= 1.5x the SQLite time; a routing change
-seen by every gateway p99 <= 1 s; leader takeover after `kill -9` <= 5 s.
+seen by every gateway p99 <= 1 s; leader takeover after `kill -9` <= 5 s; gateway throughput on PostgreSQL
+>= 90 % of the SQLite gateway's.
 
     .venv/bin/python benchmarks/bench_scale.py [--functions 100] [--runs 5] [--min-instances 0] [--timeout 900]
-                                               [--section all|apply|gateways] [--gateways 3] [--changes 40]
-                                               [--takeovers 5]
+                                               [--section all|apply|gateways|gateway-pg] [--gateways 3]
+                                               [--changes 40] [--takeovers 5] [--rounds 3] [--seconds 3]
 
 Needs a Docker engine, FNCTL_BASE_IMAGE (default fnctl-base:bookworm) and PostgreSQL's server binaries
 (scripts/setup.sh installs them). Bounded by --timeout: past it the run stops and cleans up.
@@ -48,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_deploy import HANDLER, commit, fnctl_command, interleaved, name_of  # noqa: E402  (beside this script)
 from benchcommon import remove_project  # noqa: E402
+from scale_gateway_pg import gateway_pg_figures, write_project  # noqa: E402
 from scale_gateways_driver import gateway_figures  # noqa: E402
 
 from fnctl.state import pg  # noqa: E402
@@ -87,10 +94,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--min-instances", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900)
-    parser.add_argument("--section", choices=["all", "apply", "gateways"], default="all")
+    parser.add_argument("--section", choices=["all", "apply", "gateways", "gateway-pg"], default="all")
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--takeovers", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="gateway-pg: interleaved rounds")
+    parser.add_argument("--seconds", type=int, default=3, help="gateway-pg: of each wrk load")
     args = parser.parse_args()
     n = args.functions
 
@@ -124,7 +133,9 @@ def main() -> None:
         pg_state = url.replace("postgresql:///postgres?", "postgresql:///bench?", 1)
         if args.section in ("all", "gateways"):
             gateway_figures(f"{pg_state}#{workdir / 'anchor' / 'state'}", args.gateways, args.changes, args.takeovers)
-        if args.section == "gateways":
+        if args.section in ("all", "gateway-pg"):
+            gateway_pg(workdir, base, url, f"{project}-gw", pgdir, args)
+        if args.section in ("gateways", "gateway-pg"):
             return
 
         (root / "manifests").mkdir(parents=True)
@@ -167,10 +178,32 @@ def main() -> None:
         signal.alarm(0)
         try:
             remove_project(project)
+            remove_project(f"{project}-gw")
         finally:
             if started:
                 subprocess.run(["bash", str(REPO / "scripts" / "pg-server.sh"), "stop", str(pgdir)], check=False)
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def gateway_pg(
+    workdir: Path, base: dict[str, str], url: str, project: str, pgdir: Path, args: argparse.Namespace
+) -> None:
+    """The no-op function deployed into a SQLite state, the state copied to a database of its own, and the
+    gateway load on each (scale_gateway_pg)."""
+    root = workdir / "gateway-project"
+    write_project(root, project)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, capture_output=True)
+    commit(root, "bench")
+    admin = pg.connect(url)
+    admin.execute("CREATE DATABASE gwbench")
+    admin.close()
+    sqlite_state = workdir / "gateway-state" / "state.db"
+    pg_state = url.replace("postgresql:///postgres?", "postgresql:///gwbench?", 1)
+    on_sqlite = base | {"FNCTL_STATE": str(sqlite_state)}
+    setup = run(root, on_sqlite, "apply", "--lock-timeout", "5")
+    print(f"\ngateway-pg: the no-op function deployed (2 instances) in {setup:.1f} s")
+    run(root, base, "state", "migrate", "--from", f"sqlite:{sqlite_state}", "--to", pg_state)
+    gateway_pg_figures(root, on_sqlite, base | {"FNCTL_STATE": pg_state}, pgdir, args.rounds, args.seconds)
 
 
 def _load() -> str:

@@ -16,8 +16,9 @@ PostgreSQL location opened with nothing installed is a StoreError saying so.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 from fnctl.state.docconn import DocConn, Feed
 from fnctl.state.location import StateLocation, StoreError, redact
 from fnctl.state.migrations import MIGRATIONS, upgrade
+
+_CHUNK = 50  # rows per INSERT on SQLite (its limit on a statement's parameters is far above 50 x 13)
 
 
 class Cursor(Protocol):
@@ -48,7 +51,19 @@ class Backend(Protocol):
         """Run an INSERT into a table with an `id` key; the new row's id."""
         ...
 
+    def hold(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """A write whose answer is not needed, inside a transaction: SQLite runs it now; PostgreSQL sends it
+        with the next statement, in the same round trip (at the latest with the COMMIT, which then reports
+        its failure)."""
+        ...
+
+    def hold_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """`rows` (values of `columns`, in order) appended to `table`, held as `hold`'s writes are."""
+        ...
+
     def begin(self) -> None: ...
+
+    def rollback(self) -> None: ...
 
     @property
     def in_transaction(self) -> bool: ...
@@ -94,8 +109,23 @@ class Sqlite:
     def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         return int(self._db.execute(sql, params).lastrowid or 0)
 
+    def hold(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        self._db.execute(sql, params)  # no round trip to save
+
+    def hold_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        names, marks = ", ".join(columns), "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(rows), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
+            chunk = rows[start : start + _CHUNK]
+            self._db.execute(
+                f"INSERT INTO {table} ({names}) VALUES " + ", ".join([marks] * len(chunk)),
+                tuple(itertools.chain.from_iterable(chunk)),
+            )
+
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")  # writers queue on the file's lock, never deadlock
+
+    def rollback(self) -> None:
+        self._db.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:

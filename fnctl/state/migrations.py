@@ -183,7 +183,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         trigger TEXT PRIMARY KEY, faults INTEGER NOT NULL, last_error TEXT, disabled_at REAL, updated_at REAL NOT NULL
     );
     """,
-    # 9: the gateways of a Swarm's nodes (engine = "swarm"): where each listens, the revisions it has
+    # 9: nothing on SQLite (its data_version is the file's). On PostgreSQL the change counter stops watching
+    # the tables the gateways' own traffic writes (fnctl.state.pgschema, step 9).
+    "",
+    # 10: the gateways of a Swarm's nodes (engine = "swarm"): where each listens, the revisions it has
     # instances of, its last heartbeat; what a gateway with no instance forwards a request by
     """
     CREATE TABLE gateways (

@@ -4,8 +4,9 @@ is on PostgreSQL: psycopg's import is not paid by commands on a SQLite state."""
 from __future__ import annotations
 
 import functools
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,50 @@ class Postgres:
     def __init__(self, connection: pg.Connection[tuple[Any, ...]], url: str) -> None:
         self._db = connection
         self._url = url
+        # Statements whose answers nobody waits for (BEGIN and the write lock, `hold`'s writes), sent with the
+        # next statement as one simple query: a write transaction then costs one round trip per read in it,
+        # plus its COMMIT (the invocation audit's batch: 2, the head's read and the rest).
+        self._held: list[tuple[str, tuple[Any, ...]]] = []
+        self._begun = False  # a BEGIN is among them
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> pg.Cursor[tuple[Any, ...]]:
+        if self._held:
+            return self._send(sql, params)
         return self._live().execute(placeholders(sql), params)
 
     def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        row = self._live().execute(placeholders(sql) + " RETURNING id", params).fetchone()
+        row = self.execute(sql + " RETURNING id", params).fetchone()
         return int(row[0]) if row else 0
+
+    def hold(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        if self.in_transaction:
+            self._held.append((sql, params))
+        else:  # nothing would send it before the caller expects it done
+            self.execute(sql, params)
+
+    def hold_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """One statement and one parameter whatever the number of rows: the rows as one JSON array, typed by
+        the table's own row type on the server. Bound on the client, thousands of parameters of a multi-row
+        VALUES cost more CPU than the rest of an audit batch (psycopg parses such a statement every time)."""
+        if rows:
+            names = ", ".join(columns)
+            self.hold(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table}, ?)",
+                (json.dumps([dict(zip(columns, row, strict=True)) for row in rows]),),
+            )
+
+    def _send(self, sql: str, params: tuple[Any, ...]) -> pg.Cursor[tuple[Any, ...]]:
+        """The held statements and this one as one simple query (parameters bound on the client), positioned
+        on this one's result. The held ones are gone whether it succeeds or not (a failure aborts the
+        transaction: the caller rolls back)."""
+        statements = [*self._held, (sql, params)]
+        self._held.clear()
+        self._begun = False
+        cursor = pg.client_cursor(self._live())
+        cursor.execute("; ".join(placeholders(s) for s, _ in statements), [p for _, ps in statements for p in ps])
+        while cursor.nextset():
+            pass
+        return cursor
 
     def _live(self) -> pg.Connection[tuple[Any, ...]]:
         """The connection, opened again if the server dropped it (a restart, a failover, an idle timeout):
@@ -46,23 +84,27 @@ class Postgres:
         return self._db
 
     def begin(self) -> None:
-        self._live().execute("BEGIN")
-        try:
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        """Held: BEGIN and the lock go to the server with the transaction's first statement (a failure to take
+        the lock fails that statement, inside the transaction, which the caller then rolls back)."""
+        self._held[:] = [("BEGIN", ()), (f"SELECT pg_advisory_xact_lock({WRITE_LOCK})", ())]
+        self._begun = True
+
+    def rollback(self) -> None:
+        begun, self._begun = self._begun, False
+        self._held.clear()
+        if not begun:  # a BEGIN still held never reached the server: nothing to roll back
+            self._live().execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
-        return pg.in_transaction(self._db)
+        return self._begun or pg.in_transaction(self._db)
 
     def data_version(self) -> int:
-        row = self._live().execute("SELECT n FROM change_counter").fetchone()
+        row = self.execute("SELECT n FROM change_counter").fetchone()
         return int(row[0]) if row else 0
 
     def notify(self, channel: str) -> None:
-        self._live().execute(f"NOTIFY {channel}")  # inside a transaction: delivered when it commits
+        self.hold(f"NOTIFY {channel}")  # inside a transaction: sent with its COMMIT, delivered when it commits
 
     def close(self) -> None:
         self._db.close()

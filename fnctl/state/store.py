@@ -10,7 +10,6 @@ by a host-local key that is not in the store (fnctl.deploy.secrets).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import secrets
 import time
@@ -26,7 +25,6 @@ from fnctl.state.location import StoreError as StoreError  # re-exported: where 
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus, revision_from_row
 
 ROUTES_CHANNEL = "fnctl_routes"  # PostgreSQL: NOTIFYed with every change of a route (gateway.table listens)
-_CHUNK = 50  # rows per INSERT: multi-row VALUES is portable SQL and saves a statement per row
 
 
 class Store:
@@ -49,14 +47,15 @@ class Store:
             raise StoreError(f"state store write failed: {exc}") from None
         try:
             yield
+            self._execute("COMMIT")  # on PostgreSQL it carries the held writes (`Backend.hold`): they may fail
         except BaseException:
-            self._rollback()
+            if self._db.in_transaction:
+                self._rollback()
             raise
-        self._execute("COMMIT")
 
     def _rollback(self) -> None:
         try:
-            self._db.execute("ROLLBACK")
+            self._db.rollback()
         except self._db.errors:
             pass  # the connection is gone, and the transaction with it: the original error is what matters
 
@@ -132,9 +131,12 @@ class Store:
     # ---- change checks ----
 
     def data_version(self) -> int:
-        """A number that moves whenever another connection committed to the store since this one last asked
-        (SQLite's `PRAGMA data_version`; on PostgreSQL a counter its triggers move): one cheap read that tells a poller whether to read anything else.
-        Compare it for equality only; this connection's own commits do not move it."""
+        """A number that moves when the state a gateway follows may have changed since this connection last
+        asked: one cheap read that tells a poller whether to read anything else. Compare it for equality only.
+        SQLite: `PRAGMA data_version`, moved by any other connection's commit. PostgreSQL: a counter that
+        triggers move on changes of the routing table's sources (routes, revisions, resources, the audit),
+        rollouts and keys -- not on the gateways' own traffic (audit heads, heartbeats, instances, cron
+        ticks: fnctl.state.pgschema step 9) -- and by this connection's own commits too."""
         try:
             return self._db.data_version()
         except self._db.errors as exc:
@@ -317,16 +319,9 @@ class Store:
         linked = auditchain.link(
             table, (auditchain.normalise(table, (last + n, *row)) for n, row in enumerate(rows, 1)), prev
         )
-        columns = ", ".join(name for name, _ in fields) + ", prev_hash, hash"
-        marks = "(" + ", ".join("?" * (len(fields) + 2)) + ")"
-        for start in range(0, len(linked), _CHUNK):  # multi-row VALUES: one statement per chunk, not per row
-            chunk = linked[start : start + _CHUNK]
-            self._db.execute(
-                f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([marks] * len(chunk)),
-                tuple(itertools.chain.from_iterable(chunk)),
-            )
+        self._db.hold_rows(table, (*(name for name, _ in fields), "prev_hash", "hash"), linked)
         if linked:
-            self._db.execute(
+            self._db.hold(
                 "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (auditchain.head_setting(table), f"{linked[-1][0]} {linked[-1][-1]}"),
             )

@@ -28,9 +28,13 @@ import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 from pgserver import SCRIPT
 
+from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
+from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.table import StoreTable, TableFollower
+from fnctl.state import cronstate
 from fnctl.state.auditlog import AuditFilter, invocation_records
 from fnctl.state.location import StateLocation
+from fnctl.state.revisions import InstanceRow, InstanceState
 from fnctl.state.store import connect
 
 
@@ -66,6 +70,43 @@ def test_a_route_change_reaches_the_gateway_by_notification_before_its_poll(pg_u
         asyncio.run(scenario())
     finally:
         writer.close()
+
+
+def test_the_gateways_own_traffic_does_not_make_a_gateway_reread_its_routing_table(pg_url: str, tmp_path: Path) -> None:
+    """Invocation audit batches (their chain head is a settings row), other gateways' heartbeats and loaded
+    marks, instances and cron ticks are not routing: a gateway's table source must not re-read the table
+    (7 queries) for them -- it did for every one of them, so every audit batch reloaded every gateway. A
+    route change still makes it re-read."""
+    location = StateLocation(tmp_path / "anchor", pg_url)
+    other = connect(location)  # what another gateway and its leader write
+    other.set_route("hello", {1: 100})
+    source = StoreTable(location)
+    audit = AuditLog(location, process=True, interval=60)  # shipped by flush() only: one batch per round
+    reloads = 0
+    try:
+        cronstate.last_tick(other, "tick", 999.0)
+        assert source() is not None  # the first read
+        for round_ in range(5):
+            for n in range(40):
+                audit.record(
+                    request_id=f"r{round_}-{n}", principal=None, function="hello", revision=1, outcome="ok",
+                    status=200, duration_ms=0.5, source="127.0.0.1",
+                )  # fmt: skip
+            assert audit.flush(timeout=20)
+            other.beat(GATEWAY_HEARTBEAT)
+            record_loaded(other, change_mark(other) + round_)
+            other.add_instance(InstanceRow(f"i{round_}", "hello", 1, "c", "/nowhere", InstanceState.READY, 1.0))
+            assert cronstate.claim(other, "tick", 1000.0 + round_)
+            reloads += source() is not None
+        assert len(invocation_records(other, AuditFilter(), limit=1000)) == 200
+        assert reloads == 0, f"{reloads} routing-table reloads for 5 rounds of traffic"
+        other.set_route("hello", {1: 50, 2: 50})
+        table = source()
+        assert table is not None and table.routes == {"hello": {1: 50, 2: 50}}
+    finally:
+        audit.close()
+        source.close()
+        other.close()
 
 
 # ---- real gateways (`fnctl serve`) ----

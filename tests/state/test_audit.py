@@ -147,6 +147,27 @@ def test_an_upsert_over_a_record_is_refused_on_postgresql(pg_url: str, tmp_path:
     raw.close()
 
 
+def test_a_record_that_does_not_take_an_id_above_the_head_or_has_no_hash_is_refused(
+    store: Store, state: StateLocation
+) -> None:
+    """The chains' insert guard (on PostgreSQL one check per statement since schema step 9): a record slipped
+    in below the head, or appended without its hash, is refused -- alone or among good rows."""
+    _fill(store)
+    columns = "id, at, actor, command, action, target, git_commit, outcome, detail, prev_hash, hash"
+    raw = _db(state)
+    try:
+        for values in ("(0, 1.0, 'm', 'c', 'a', 't', NULL, 'ok', NULL, 'x', 'y')",
+                       "(6, 1.0, 'm', 'c', 'a', 't', NULL, 'ok', NULL, 'x', NULL)",
+                       "(7, 1.0, 'm', 'c', 'a', 't', NULL, 'ok', NULL, 'x', 'y'), "
+                       "(-1, 1.0, 'm', 'c', 'a', 't', NULL, 'ok', NULL, 'x', 'y')"):  # fmt: skip
+            with pytest.raises(INTEGRITY, match="append-only"):
+                raw.execute(f"INSERT INTO audit ({columns}) VALUES {values}")
+        assert raw.execute("SELECT COUNT(*), MAX(id) FROM audit") == [(5, 5)]
+        raw.execute(f"INSERT INTO audit ({columns}) VALUES (9, 1.0, 'm', 'c', 'a', 't', NULL, 'ok', NULL, 'x', 'y')")
+    finally:
+        raw.close()
+
+
 def test_an_update_after_drop_trigger_is_detected_and_named(store: Store, state: StateLocation, tmp_path: Path) -> None:
     _fill(store)
     raw = _db(state)

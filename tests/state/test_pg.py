@@ -10,6 +10,8 @@ import pytest
 from pgserver import PgServer
 
 from fnctl.state import backends, docstore, pg
+from fnctl.state.auditchain import verify
+from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
 from fnctl.state.location import StateLocation, StoreError
 from fnctl.state.store import connect
 
@@ -104,3 +106,46 @@ def test_a_postgresql_state_opened_without_the_opener_is_a_clear_store_error(
         connect(location)
     with pytest.raises(StoreError, match="no PostgreSQL support installed"):
         docstore.open_at(location)
+
+
+def _round_trips(trace: Path) -> int:
+    """Requests the client sent that wait for the server's answer: simple queries and extended-protocol syncs
+    (libpq's protocol trace, one message a line: `[time] F <length> Query ...`, `... F <length> Sync`)."""
+    sent = [m[m.index("F") + 2] for m in (line.split("\t") for line in trace.read_text().splitlines()) if "F" in m[:2]]
+    return sum(1 for message in sent if message.split(" ")[0] in ("Query", "Sync"))
+
+
+def test_an_invocation_audit_batch_is_two_round_trips_and_a_write_transaction_one_per_read(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """BEGIN and the write lock go with the first read, the rows and the head marker with the COMMIT: the
+    audit writer's batch reads the chain's head, then commits -- 2 round trips (there were 6)."""
+    store = connect(StateLocation(tmp_path / "anchor", pg_url))
+    trace = tmp_path / "trace"
+    row = (1.0, "r1", None, "hello", 1, None, "ok", 200, 0.5, "127.0.0.1")
+    try:
+        with store.transaction():
+            store.append_chained("invocations", [row])  # the first batch: the connection is warm afterwards
+        with trace.open("w") as out:
+            raw = store._db._db.pgconn  # type: ignore[attr-defined]  # the Store's own psycopg connection
+            raw.trace(out.fileno())
+            try:
+                with store.transaction():
+                    store.append_chained("invocations", [(2.0, f"r{n}", *row[2:]) for n in range(2, 80)])
+            finally:
+                raw.untrace()
+        assert _round_trips(trace) == 2, trace.read_text()[:3000]
+        report = verify("invocations", audit_chain(store, "invocations"), audit_head(store, "invocations"))
+        assert report.intact and report.records == 79
+        assert audit_head(store, "invocations") is not None
+        # a held write fails at the COMMIT that carries it: nothing of its transaction lands; the store goes on
+        with pytest.raises(StoreError), store.transaction():
+            store.append_chained("invocations", [(3.0, "lost", *row[2:])])
+            store._db.hold("INSERT INTO routes VALUES (?, ?, ?)", ("x", "{}", "not a number"))
+        assert not store._db.in_transaction
+        with store.transaction():
+            store.append_chained("invocations", [(4.0, "kept", *row[2:])])
+        assert [e.request_id for e in invocation_records(store, AuditFilter(), limit=2)] == ["kept", "r79"]
+        assert store.routes() == {}
+    finally:
+        store.close()
