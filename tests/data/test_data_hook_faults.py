@@ -6,7 +6,6 @@ run again; the per-transaction limit on hook runs."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import textwrap
 import threading
@@ -16,10 +15,9 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
-from test_data_handlers import Live, _free_port, start_gateway
+from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
 from fnctl.data.hooks import MAX_RUNS
-from fnctl.gateway import keys
 from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
 
 pytestmark = pytest.mark.docker
@@ -115,22 +113,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     project = make_project(root, docker_client, base_image)
     proc = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "faults"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "faults", HANDLER)
         (project.root / "manifests" / "faults.yaml").write_text("---\n".join(MANIFESTS), encoding="utf-8")
         project.ok("apply")
-        with project.store() as store:
-            key, secret = keys.create(store, "alice", ("clerk",), None, "test")
+        tokens, subjects = api_keys(project, [("alice", ("clerk",))])
         proc = start_gateway(project, port)
-        yield Live(project, port, {"alice": secret}, {"alice": f"key:{key.id}"})
+        yield Live(project, port, tokens, subjects)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 
@@ -209,19 +199,7 @@ def test_a_conflict_at_the_commit_of_a_write_hooked_by_an_egress_function_is_a_4
     )
     patching.start()
 
-    def hook_running() -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
-        try:
-            connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
-        finally:
-            connection.close()
-        return any(
-            l.startswith("fnctl_inflight_requests") and 'function="outside"' in l and not l.endswith(" 0.0")
-            for l in text.splitlines()
-        )
-
-    until(hook_running, "the slow egress hook to be running")
+    until(lambda: live.running("outside"), "the slow egress hook to be running")
     live.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
     patching.join(timeout=60)
     status, body = answer[0]
