@@ -50,12 +50,12 @@ from bench_gateway import (  # noqa: E402
     cold_starts,
     container_states,
     fnctl,
-    free_port,
     http_get,
     http_post,
     instances_of,
     until,
 )
+from benchcommon import free_port  # noqa: E402
 
 from fnctl.deploy.revisionspec import function_from_spec  # noqa: E402
 from fnctl.manifest.model import Limits  # noqa: E402

@@ -34,7 +34,8 @@ from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore, pg, pgopener
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import MANIFESTS, free_port, wrk  # noqa: E402  (beside this script)
+from bench_data import MANIFESTS  # noqa: E402  (beside this script)
+from benchcommon import await_ready, free_port, post_lua, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pgopener.install()  # a long-running program, as `fnctl serve`: PostgreSQL's opener whole
@@ -125,11 +126,7 @@ class Gateway:
             stderr=subprocess.DEVNULL,
         )
         self.headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"fnctl serve on {state} did not answer within 60 s")
-            time.sleep(0.1)
+        await_ready(self.port, self.process, 60, "/healthz")
 
     def fnctl(self, *args: str) -> str:
         done = subprocess.run(
@@ -138,14 +135,6 @@ class Gateway:
         if done.returncode != 0:
             raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stderr}")
         return done.stdout
-
-    def _ready(self) -> bool:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            connection.request("GET", "/healthz")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
 
     def one_by_one(self, ops: int) -> tuple[float, float]:
         """(inserts/s, GET p50 µs) of a keep-alive client, one request at a time."""
@@ -171,15 +160,11 @@ class Gateway:
 
     def concurrent_posts(self, seconds: int) -> float:
         script = self.root / "post.lua"
-        body = json.dumps(doc(1)).replace('"', '\\"')
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {self.key}"\n'
-        )
-        rate, errors = wrk(self.port, "/v1/collections/bench/docs", script, seconds)
-        if errors:
-            raise SystemExit(f"wrk: {errors} failed POSTs")
-        return rate
+        script.write_text(post_lua(doc(1), self.key))
+        run = wrk(self.port, "/v1/collections/bench/docs", script, seconds=seconds)
+        if run.errors:
+            raise SystemExit(f"wrk: {run.errors} failed POSTs")
+        return run.rps
 
     def stop(self) -> None:
         self.process.terminate()

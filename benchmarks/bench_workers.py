@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import secrets
 import shutil
@@ -24,22 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchcommon import remove_project
+from benchcommon import await_ready, free_port, function_manifest, post_lua, remove_project, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
-MANIFEST = """\
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: noop}
-spec:
-  runtime: python3.11
-  source: ../functions/noop
-  handler: main.handler
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 4, maxInstances: 4, concurrency: 8}
-  access: {roles: [public]}
-"""
-POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
+MANIFEST = function_manifest(
+    "noop",
+    scaling={"minInstances": 4, "maxInstances": 4, "concurrency": 8},
+    access={"roles": ["public"]},
+)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,25 +41,6 @@ class Round:
     non_2xx: int
     gateway_cores: float  # CPU seconds of the gateway's processes per second of load
     wrk_cores: float
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def tree_cpu(root: int) -> float:
@@ -113,38 +85,16 @@ def one_round(root: Path, env: dict[str, str], workers: int, args: argparse.Name
         stderr=subprocess.DEVNULL,
     )
     try:
-        give_up = time.monotonic() + 60
-        while not _ready(port):
-            if time.monotonic() > give_up or gateway.poll() is not None:
-                raise SystemExit(f"the gateway of {workers} worker(s) did not become ready")
-            time.sleep(0.05)
+        await_ready(port, gateway, 60)
         # every worker listening: SO_REUSEPORT spreads only over the sockets that are
         time.sleep(1.0 if workers > 1 else 0.2)
-        subprocess.run(  # warm-up: connections, worker processes of the runtimes
-            ["wrk", "-t1", "-c8", "-d1s", "-s", str(root / "post.lua"), f"http://127.0.0.1:{port}/invoke/noop"],
-            capture_output=True,
-            check=True,
-        )
+        script = root / "post.lua"
+        wrk(port, "/invoke/noop", script, seconds=1)  # warm-up: connections, worker processes of the runtimes
         cpu_before, children_before, started = tree_cpu(gateway.pid), _children_cpu(), time.monotonic()
-        done = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{args.connections}",
-                f"-d{args.seconds}s",
-                "-s",
-                str(root / "post.lua"),
-                f"http://127.0.0.1:{port}/invoke/noop",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        run = wrk(port, "/invoke/noop", script, seconds=args.seconds, connections=args.connections)
         wall = time.monotonic() - started
         gateway_cpu, wrk_cpu = tree_cpu(gateway.pid) - cpu_before, _children_cpu() - children_before
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
-        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
-        return Round(workers, rps, int(non_2xx.group(1)) if non_2xx else 0, gateway_cpu / wall, wrk_cpu / wall)
+        return Round(workers, run.rps, run.non_2xx, gateway_cpu / wall, wrk_cpu / wall)
     finally:
         gateway.terminate()
         gateway.wait(timeout=60)
@@ -168,7 +118,7 @@ def main() -> None:
     (root / "functions" / "noop" / "main.py").write_text(NOOP)
     (root / "manifests" / "noop.yaml").write_text(MANIFEST)
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n')
-    (root / "post.lua").write_text(POST_LUA)
+    (root / "post.lua").write_text(post_lua())
     env = os.environ | {
         "FNCTL_STATE": str(root / "state" / "state.db"),
         "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
