@@ -55,7 +55,7 @@ from bench_gateway import (  # noqa: E402
     instances_of,
     until,
 )
-from benchcommon import free_port  # noqa: E402
+from benchcommon import free_port, stop_processes  # noqa: E402
 
 from fnctl.deploy.revisionspec import function_from_spec  # noqa: E402
 from fnctl.manifest.model import Limits  # noqa: E402
@@ -198,12 +198,7 @@ def main() -> None:
         figures = run(setups, args.rounds, processes)
     finally:
         signal.alarm(0)
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         for setup in setups:
             cleanup(setup)
     report(figures, args.rounds, load_before, args.compare)

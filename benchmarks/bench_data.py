@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from benchcommon import await_ready, free_port, post_lua, remove_project, wrk
+from benchcommon import await_ready, free_port, post_lua, remove_project, stop_processes, wrk
 
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
@@ -299,14 +299,6 @@ def serve_project(root: Path, code: Path | None = None) -> tuple[subprocess.Pope
             time.sleep(0.05)
 
 
-def stop(gateway: subprocess.Popen[bytes]) -> None:
-    gateway.send_signal(signal.SIGTERM)
-    try:
-        gateway.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        gateway.kill()
-
-
 def post_script(path: Path, key: str) -> Path:
     path.write_text(post_lua({"customer": "c", "total": 1}, key))
     return path
@@ -410,9 +402,9 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3, ag
                 flush=True,
             )
     finally:
-        stop(gateway)
+        stop_processes([gateway], 20)
         if old is not None:
-            stop(old[0])
+            stop_processes([old[0]], 20)
 
 
 # ---- through fnctl serve, with handlers in containers ----------------------------------------------------
@@ -703,11 +695,7 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
         )
     finally:
         if gateway is not None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+            stop_processes([gateway], 30)
         remove_project(name)
 
 

@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import coldsteps  # noqa: E402  (beside this script: on sys.path when run as one; it imports fnctl, found above)
-from benchcommon import Wrk, free_port, post_lua, wrk  # noqa: E402
+from benchcommon import Wrk, echo_child, free_port, post_lua, stop_processes, wrk  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return {}\n"
 FUNCTION = """\
@@ -210,21 +210,12 @@ def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[flo
 def ipc_round_trip(count: int = 5000) -> tuple[float, float]:
     """Wall and client-CPU microseconds of one 50-byte ping-pong between two processes over a socket pair:
     the price of one hop on this machine, which the gateway pays twice per request and a bare server once."""
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the echo side
-        parent.close()
-        while data := child.recv(100):
-            child.send(data)
-        os._exit(0)
-    child.close()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(count):
-        parent.send(b"x" * 50)
-        parent.recv(100)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    parent.close()
-    os.waitpid(pid, 0)
+    with echo_child() as peer:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            peer.send(b"x" * 50)
+            peer.recv(100)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return wall / count * 1e6, cpu / count * 1e6
 
 
@@ -454,12 +445,7 @@ def main() -> None:
         results = run(setup, args, processes)
     finally:
         signal.alarm(0)
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         cleanup(setup)
     report(results, args, deployed, load_before)
 

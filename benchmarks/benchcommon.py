@@ -1,15 +1,20 @@
 """What the benchmarks share: removing every container and image a benchmark project left on the engine, a
-Function manifest, a free port, the wrk load runner and waiting for a gateway."""
+Function manifest, a free port, the wrk load runner, waiting for and stopping a gateway, and an echoing child
+process for the baselines."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,3 +149,33 @@ def _answers(port: int, path: str) -> bool:
         return False
     finally:
         connection.close()
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 60) -> None:
+    """SIGTERM each process (a gateway drains on it), then wait for it; one still running after `timeout` is
+    killed."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def echo_child() -> Iterator[socket.socket]:
+    """One end of a socket pair whose other end a forked child echoes back until it is closed: a hop between
+    two processes on this machine, for the baselines. The child is reaped on the way out."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        ours.close()
+        while data := theirs.recv(65536):
+            theirs.sendall(data)
+        os._exit(0)
+    theirs.close()
+    try:
+        yield ours
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
