@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from benchcommon import await_ready, free_port, post_lua, remove_project, stop_processes, wrk
+from benchcommon import fnctl_ok, free_port, post_lua, remove_project, serve, stop_processes, wrk
 
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
@@ -580,32 +580,11 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
         "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
     }
 
-    def fnctl(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
-        return done.stdout
-
     gateway = None
     try:
-        fnctl("apply")
-        key = fnctl("keys", "create", "bench", "--role", "clerk").strip()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        await_ready(port, gateway, 120)
+        fnctl_ok(root, env, "apply")
+        key = fnctl_ok(root, env, "keys", "create", "bench", "--role", "clerk").strip()
+        gateway = serve(root, env, port)
         accounts = [
             {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 1000}} for i in range(20)
         ]

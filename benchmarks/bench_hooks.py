@@ -19,8 +19,6 @@ import secrets
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -28,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchcommon import await_ready, free_port, function_manifest, remove_project
+from benchcommon import fnctl_ok, free_port, function_manifest, remove_project, serve, stop_processes
 
 HANDLERS = """\
 def summary(event, context):
@@ -263,26 +261,11 @@ def main() -> None:
     state = root / "state" / "state.db"
     env = {**os.environ, "FNCTL_STATE": str(state)}
 
-    def fnctl(*argv: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *argv], cwd=root, env=env, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(argv)} failed: {done.stdout}{done.stderr}")
-        return done.stdout
-
     gateway = None
     try:
-        fnctl("apply")
-        key = fnctl("keys", "create", "bench", "--role", "bench").strip()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        await_ready(port, gateway, 120)
+        fnctl_ok(root, env, "apply")
+        key = fnctl_ok(root, env, "keys", "create", "bench", "--role", "bench").strip()
+        gateway = serve(root, env, port, "--no-access-log")
         client = Client(port, key)
         if args.only in ("all", "views"):
             bench_views(client, args.samples)
@@ -292,8 +275,7 @@ def main() -> None:
             bench_before_hook(client, args.writes)
     finally:
         if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=60)
+            stop_processes([gateway])
         remove_project(name)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,7 +35,7 @@ from fnctl.state import docstore, pg, pgopener
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import MANIFESTS  # noqa: E402  (beside this script)
-from benchcommon import await_ready, free_port, post_lua, wrk  # noqa: E402
+from benchcommon import fnctl_ok, free_port, post_lua, serve, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pgopener.install()  # a long-running program, as `fnctl serve`: PostgreSQL's opener whole
@@ -118,23 +118,12 @@ class Gateway:
         self.fnctl("apply")
         self.key = self.fnctl("keys", "create", "bench", "--role", "bench").strip()
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--address", f"127.0.0.1:{self.port}", "--no-access-log"],
-            cwd=root,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        flags = ("--address", f"127.0.0.1:{self.port}", "--no-access-log")
+        self.process = serve(root, self.env, self.port, *flags, timeout=60, path="/healthz")
         self.headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
-        await_ready(self.port, self.process, 60, "/healthz")
 
     def fnctl(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *args], cwd=self.root, env=self.env, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stderr}")
-        return done.stdout
+        return fnctl_ok(self.root, self.env, *args)
 
     def one_by_one(self, ops: int) -> tuple[float, float]:
         """(inserts/s, GET p50 µs) of a keep-alive client, one request at a time."""

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchcommon import await_ready, free_port, function_manifest, post_lua, remove_project, wrk
+from benchcommon import free_port, function_manifest, post_lua, remove_project, serve, stop_processes, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
 MANIFEST = function_manifest(
@@ -67,25 +67,9 @@ def tree_cpu(root: int) -> float:
 
 def one_round(root: Path, env: dict[str, str], workers: int, args: argparse.Namespace) -> Round:
     port = free_port()
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fnctl",
-            "serve",
-            "--no-access-log",
-            "--workers",
-            str(workers),
-            "-a",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    flags = ("--no-access-log", "--workers", str(workers), "-a", f"127.0.0.1:{port}")
+    gateway = serve(root, env, port, *flags, timeout=60)
     try:
-        await_ready(port, gateway, 60)
         # every worker listening: SO_REUSEPORT spreads only over the sockets that are
         time.sleep(1.0 if workers > 1 else 0.2)
         script = root / "post.lua"
@@ -96,8 +80,7 @@ def one_round(root: Path, env: dict[str, str], workers: int, args: argparse.Name
         gateway_cpu, wrk_cpu = tree_cpu(gateway.pid) - cpu_before, _children_cpu() - children_before
         return Round(workers, run.rps, run.non_2xx, gateway_cpu / wall, wrk_cpu / wall)
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=60)
+        stop_processes([gateway])
 
 
 def _children_cpu() -> float:

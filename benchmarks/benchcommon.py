@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -129,6 +130,36 @@ def _first(pattern: str, text: str) -> str:
     if found is None:
         raise SystemExit(f"wrk's output lacks {pattern!r}:\n{text}")
     return found.group(1)
+
+
+def fnctl_ok(root: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    """`python -m fnctl ARGS` in `root`: its standard output; a failure ends the benchmark with what it said."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fnctl", *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def serve(
+    root: Path, env: dict[str, str], port: int, *flags: str, timeout: float = 120, path: str = "/readyz"
+) -> subprocess.Popen[bytes]:
+    """`fnctl serve FLAGS` of the project in `root`, once it answers `path` on `port` (the address its
+    fnctl.toml or FLAGS name); stopped again if it never does."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", *flags],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await_ready(port, process, timeout, path)
+    except BaseException:
+        stop_processes([process])
+        raise
+    return process
 
 
 def await_ready(port: int, process: subprocess.Popen[Any], timeout: float, path: str = "/readyz") -> None:
