@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from polling import eventually
 
 from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
 from fnctl.state.location import StateLocation
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 
@@ -25,13 +25,6 @@ EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 @pytest.fixture
 def store_path(state_location: StateLocation) -> StateLocation:
     return state_location
-
-
-@pytest.fixture
-def store(store_path: StateLocation) -> Iterator[Store]:
-    opened = connect(store_path)
-    yield opened
-    opened.close()
 
 
 class Recorder:
