@@ -18,13 +18,13 @@ from sandbox_handlers.harness import (
     MIB,
     Start,
     answers,
-    cleanup,
     container_gone,
     find_function,
+    leftovers_fixture,
     logged,
     project_containers,
     removed,
-    starter,
+    start_fixture,
     throwaway,
 )
 
@@ -82,17 +82,8 @@ def probes_image(project: Project) -> str:
     return images.ensure_image(project.name, "probes", source, project.base_image, runtime_name="nodejs22").tag
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "project" in request.fixturenames:
-        cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
-
-
-@pytest.fixture
-def start(project: Project, probes_image: str) -> Iterator[Start]:
-    with starter(project, probes_image, revision="test") as start_instance:
-        yield start_instance
+_no_leftovers = leftovers_fixture()
+start = start_fixture("test")
 
 
 # ---- handler styles and the sandbox ---------------------------------------------------------------

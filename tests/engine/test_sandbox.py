@@ -30,13 +30,14 @@ from sandbox_handlers.harness import (
     build_wheel,
     cleanup,
     container_gone,
+    leftovers_fixture,
     logged,
     probes_tag,
     project_containers,
     project_fixture,
     project_name,
     removed,
-    starter,
+    start_fixture,
     write_project,
 )
 
@@ -277,18 +278,8 @@ def probes_image(project: Project) -> str:
     return probes_tag(project)
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test on the engine, every container of the test project is gone, whatever the test did."""
-    yield
-    if "project" in request.fixturenames:
-        cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
-
-
-@pytest.fixture
-def start(project: Project, probes_image: str) -> Iterator[Start]:
-    with starter(project, probes_image, revision="test") as start_instance:
-        yield start_instance
+_no_leftovers = leftovers_fixture()
+start = start_fixture("test")
 
 
 # ---- inside the sandbox -----------------------------------------------------------------------------

@@ -117,6 +117,30 @@ def starter(project: Project, image: str, revision: str) -> Iterator[Start]:
             instances.kill(instance)
 
 
+def start_fixture(revision: str) -> object:
+    """A module's `start` fixture: `starter` for its `project` from its `probes_image` fixture's image."""
+
+    @pytest.fixture
+    def start(project: Project, probes_image: str) -> Iterator[Start]:
+        with starter(project, probes_image, revision) as start_instance:
+            yield start_instance
+
+    return start
+
+
+def leftovers_fixture() -> object:
+    """A module's autouse fixture: after each test that used `project`, every container of it is gone, whatever
+    the test did."""
+
+    @pytest.fixture(autouse=True)
+    def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+        yield
+        if "project" in request.fixturenames:
+            cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
+
+    return _no_leftovers
+
+
 def answers(instance: Instance, event: Any = None) -> Any:
     """The result of a normal invocation, failing the test if there is none."""
     outcome = instances.invoke(instance, {"probe": "ok"} if event is None else event)
