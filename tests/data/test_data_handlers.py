@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from fnctl.data.plane import DataPlane
 from fnctl.gateway import keys
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
+from fnctl.state.auditlog import AuditFilter, invocation_records
 
 pytestmark = pytest.mark.docker
 
@@ -125,6 +127,27 @@ class Live:
             return response.status, json.loads(body) if body else None
         finally:
             connection.close()
+
+    def trigger_runs(self, trigger: str) -> list[int]:
+        """The statuses of `trigger`'s runs in the invocation audit, oldest first."""
+        with self.project.store() as store:
+            return [r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == trigger]
+
+    def patch_racing_the_operator(self, function: str, what: str) -> tuple[int, Any]:
+        """alice's merge-patch {"v": 1} of races/r1, during which, once `function`'s hook runs, the operator forces
+        {"by": "operator"} in without hooks: the answer alice got."""
+        answer: list[tuple[int, Any]] = []
+        headers = {"If-Match": "*", "Content-Type": "application/merge-patch+json"}
+        patching = threading.Thread(
+            target=lambda: answer.append(
+                self.rest("PATCH", "/v1/collections/races/docs/r1", "alice", {"v": 1}, headers)
+            )
+        )
+        patching.start()
+        until(lambda: self.running(function), what)
+        self.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
+        patching.join(timeout=60)
+        return answer[0]
 
     def running(self, function: str) -> bool:
         """Whether the gateway's /metrics shows a request of `function` in flight."""

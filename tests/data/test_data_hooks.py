@@ -354,10 +354,7 @@ def test_manual_runs_through_the_cli_and_rest_need_the_run_grant(live: Live) -> 
     assert wrong.code == 2 and "not a manual trigger" in wrong.text, wrong.text
 
     def runs() -> list[int]:
-        with live.project.store() as store:
-            return [
-                r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "deal-report"
-            ]
+        return live.trigger_runs("deal-report")
 
     until(lambda: runs().count(200) >= 3 and 403 in runs(), "the manual runs in the invocation audit")
 
@@ -385,40 +382,15 @@ def test_fnctl_data_runs_no_hooks_unless_told_to_write_past_them(live: Live) -> 
 def test_a_conflict_at_the_commit_runs_the_hooks_again(live: Live) -> None:
     """The hook runs outside any lock: a write that commits meanwhile makes this one's commit conflict, and the
     gateway runs its hooks again on what is there now (no egress), rather than answering 409."""
-    import threading
-
     assert _post(live, "races", {"v": 0}, "r1")[0] == 201
-    answer: list[tuple[int, Any]] = []
-    patching = threading.Thread(
-        target=lambda: answer.append(
-            live.rest(
-                "PATCH",
-                "/v1/collections/races/docs/r1",
-                "alice",
-                {"v": 1},
-                {"If-Match": "*", "Content-Type": "application/merge-patch+json"},
-            )
-        )
-    )
-    patching.start()
-
-    until(lambda: live.running("hooks"), "the slow hook to be running")
-    live.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
-    patching.join(timeout=60)
-    status, body = answer[0]
+    status, body = live.patch_racing_the_operator("hooks", "the slow hook to be running")
     assert status == 200, body
     # the second run saw the operator's write and its document is the one committed, on top of it (`runs` is
     # counted in the instance's /tmp, which all its worker processes share); the invocation audit agrees
     assert body["data"] == {"v": 1, "by": "operator", "runs": 2} and body["version"] == 3, body
 
-    def runs() -> list[int]:
-        with live.project.store() as store:
-            return [
-                r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "slow-update"
-            ]
-
-    until(lambda: len(runs()) >= 2, "both runs of slow-update in the invocation audit")
-    assert runs() == [200, 200]
+    until(lambda: len(live.trigger_runs("slow-update")) >= 2, "both runs of slow-update in the invocation audit")
+    assert live.trigger_runs("slow-update") == [200, 200]
 
 
 def test_failure_policy_ignore_when_disabled_skip_and_a_timeout(live: Live) -> None:
