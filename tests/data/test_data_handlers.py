@@ -149,21 +149,24 @@ class Live:
         patching.join(timeout=60)
         return answer[0]
 
-    def running(self, function: str) -> bool:
-        """Whether the gateway's /metrics shows a request of `function` in flight."""
+    def metrics(self) -> str:
+        """The gateway's /metrics exposition, as text."""
         import http.client
 
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
+            return connection.getresponse().read().decode()
         finally:
             connection.close()
+
+    def running(self, function: str) -> bool:
+        """Whether the gateway's /metrics shows a request of `function` in flight."""
         return any(
             line.startswith("fnctl_inflight_requests")
             and f'function="{function}"' in line
             and not line.endswith(" 0.0")
-            for line in text.splitlines()
+            for line in self.metrics().splitlines()
         )
 
     def rest(

@@ -423,14 +423,7 @@ def test_hooks_run_on_the_revisions_the_routing_weights_pick(live: Live) -> None
     until(
         lambda: _post(live, "deals", {"amount": 150})[0] == 201 and revisions() >= {1, 2}, "hook runs on both revisions"
     )
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
-    try:
-        connection.request("GET", "/metrics")
-        metrics = connection.getresponse().read().decode()
-    finally:
-        connection.close()
+    metrics = live.metrics()
     assert 'fnctl_requests_total{code="200",function="hooks",revision="2"}' in metrics, [
         line for line in metrics.splitlines() if line.startswith("fnctl_requests_total")
     ]
