@@ -54,12 +54,12 @@ from bench_gateway import (  # noqa: E402
     cold_starts,
     container_states,
     fnctl,
-    free_port,
     http_get,
     http_post,
     instances_of,
     until,
 )
+from benchcommon import free_port, stop_processes  # noqa: E402
 
 from fnctl.deploy.revisionspec import function_from_spec  # noqa: E402
 from fnctl.manifest.model import Limits  # noqa: E402
@@ -210,12 +210,7 @@ def main() -> None:
         figures = run(setups, args.rounds, processes, args.profile)
     finally:
         signal.alarm(0)
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         for setup in setups:
             cleanup(setup)
     report(figures, args.rounds, load_before, args.compare)

@@ -34,7 +34,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -46,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+
+from benchcommon import fnctl_ok, free_port, post_lua, remove_project, serve, stop_processes, wrk
 
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
@@ -222,30 +223,6 @@ def bench_procedure(work: Path, rounds: int) -> None:
 # ---- through fnctl serve ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wrk(port: int, path: str, script: Path, seconds: int) -> tuple[float, int]:
-    """(requests/s, non-2xx + socket errors) of `wrk -t1 -c8`."""
-    done = subprocess.run(
-        ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=False,
-    )
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-    if rps is None:
-        raise SystemExit(f"wrk gave no figures for {path}: {done.stdout}{done.stderr}")
-    errors = sum(
-        int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)", done.stdout)
-    )
-    return float(rps.group(1)), errors
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used so far (Linux /proc), its threads included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -253,10 +230,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk_cpu(pid: int, port: int, path: str, script: Path, seconds: int) -> tuple[float, int, float]:
-    """`wrk` as above, and the gateway's CPU per request in µs (what the load does not change much)."""
+    """`wrk -t1 -c8`: (requests/s, non-2xx + socket errors), and the gateway's CPU per request in µs (what the load does not change much)."""
     before = cpu_seconds(pid)
-    rps, errors = wrk(port, path, script, seconds)
-    return rps, errors, (cpu_seconds(pid) - before) * 1e6 / max(1.0, rps * seconds)
+    run = wrk(port, path, script, seconds=seconds)
+    return run.rps, run.errors, (cpu_seconds(pid) - before) * 1e6 / max(1.0, run.rps * seconds)
 
 
 def raw_inserts_per_second(work: Path, count: int) -> float:
@@ -322,20 +299,8 @@ def serve_project(root: Path, code: Path | None = None) -> tuple[subprocess.Pope
             time.sleep(0.05)
 
 
-def stop(gateway: subprocess.Popen[bytes]) -> None:
-    gateway.send_signal(signal.SIGTERM)
-    try:
-        gateway.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        gateway.kill()
-
-
 def post_script(path: Path, key: str) -> Path:
-    body = json.dumps({"customer": "c", "total": 1}).replace('"', '\\"')
-    path.write_text(
-        f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = '
-        f'"application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n'
-    )
+    path.write_text(post_lua({"customer": "c", "total": 1}, key))
     return path
 
 
@@ -437,9 +402,9 @@ def bench_rest(work: Path, seconds: int, raw_inserts: float, rounds: int = 3, ag
                 flush=True,
             )
     finally:
-        stop(gateway)
+        stop_processes([gateway], 20)
         if old is not None:
-            stop(old[0])
+            stop_processes([old[0]], 20)
 
 
 # ---- through fnctl serve, with handlers in containers ----------------------------------------------------
@@ -599,8 +564,6 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
     import secrets
     import threading
 
-    from benchcommon import remove_project
-
     root = work / "handlers"
     name = f"bd-{secrets.token_hex(4)}"
     port = free_port()
@@ -617,43 +580,11 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
         "FNCTL_BASE_IMAGE": os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm"),
     }
 
-    def fnctl(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
-        return done.stdout
-
     gateway = None
     try:
-        fnctl("apply")
-        key = fnctl("keys", "create", "bench", "--role", "clerk").strip()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or gateway.poll() is not None:
-                raise SystemExit("fnctl serve was not ready within 120 s")
-            time.sleep(0.2)
+        fnctl_ok(root, env, "apply")
+        key = fnctl_ok(root, env, "keys", "create", "bench", "--role", "clerk").strip()
+        gateway = serve(root, env, port)
         accounts = [
             {"op": "insert", "collection": "accounts", "id": f"a{i}", "document": {"balance": 1000}} for i in range(20)
         ]
@@ -743,11 +674,7 @@ def bench_handlers(work: Path, transfer_seconds: int, rounds: int, retries: int)
         )
     finally:
         if gateway is not None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+            stop_processes([gateway], 30)
         remove_project(name)
 
 

@@ -48,7 +48,7 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchcommon import remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
+from benchcommon import function_manifest, remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
 
 HANDLER = '''"""{name}: a generated function."""
 
@@ -56,22 +56,6 @@ HANDLER = '''"""{name}: a generated function."""
 def handler(event, context):
     return {{"function": "{name}", "version": {version}, "echo": event.get("name")}}
 '''
-
-FUNCTION = """\
----
-apiVersion: fnctl/v1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: python3.11
-  source: ../functions/{name}
-  handler: main.handler
-  env: {{GREETING: hello}}
-  limits: {{timeout: 5s, memory: 64Mi}}
-  scaling: {{minInstances: 1, maxInstances: 2}}
-  healthCheck:
-    - event: {{name: probe}}
-"""
 
 
 def name_of(i: int) -> str:
@@ -102,7 +86,15 @@ class Bench:
         (source / "main.py").write_text(HANDLER.format(name=name_of(i), version=version))
 
     def manifests(self, count: int) -> None:
-        docs = [FUNCTION.format(name=name_of(i)) for i in range(count)]
+        docs = [
+            function_manifest(
+                name_of(i),
+                env={"GREETING": "hello"},
+                scaling={"minInstances": 1, "maxInstances": 2},
+                healthCheck=[{"event": {"name": "probe"}}],
+            )
+            for i in range(count)
+        ]
         for part in range(0, count, 50):  # 50 functions a file
             (self.root / "manifests" / f"part-{part // 50:02d}.yaml").write_text("".join(docs[part : part + 50]))
 

@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import coldsteps  # noqa: E402  (beside this script: on sys.path when run as one; it imports fnctl, found above)
+from benchcommon import Wrk, echo_child, free_port, post_lua, stop_processes, wrk  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return {}\n"
 FUNCTION = """\
@@ -99,7 +100,6 @@ app.router.add_route('*', '/{tail:.*}', hello)
 web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), access_log=None, print=None,
             **({'loop': uvloop.new_event_loop()} if uvloop else {}))
 """
-POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
 GET_LUA = 'wrk.method = "GET"\n'
 TRIGGER = """\
 ---
@@ -110,12 +110,6 @@ spec:
   function: noop
   http: {path: /t/noop, methods: [GET]}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def until(condition: Callable[[], object], what: str, timeout: float) -> None:
@@ -151,70 +145,6 @@ def http_post(port: int, path: str) -> int:
         return response.status
     finally:
         connection.close()
-
-
-# ---- wrk ----
-
-
-@dataclass(frozen=True)
-class Wrk:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    socket_errors: int
-    non_2xx: int
-    requests: int
-
-    @property
-    def errors(self) -> int:
-        return self.socket_errors + self.non_2xx
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
-
-
-def wrk(port: int, path: str, script: Path, *, threads: int, connections: int, seconds: int) -> Wrk:
-    done = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "--timeout",
-            "5s",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
-    out = done.stdout
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk may pad "3.56s "
-    if set(latency) != {"50", "99"} or "Requests/sec:" not in out:
-        raise SystemExit(f"wrk gave no figures for {path} (exit {done.returncode}):\n{out}{done.stderr}")
-    return Wrk(
-        float(_first(r"Requests/sec:\s+([\d.]+)", out)),
-        _ms(latency["50"]),
-        _ms(latency["99"]),
-        sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
-        int(non_2xx.group(1)) if non_2xx else 0,
-        int(_first(r"(\d+) requests in", out)),
-    )
-
-
-def _first(pattern: str, text: str) -> str:
-    """The first group of `pattern` in wrk's output, which has it (checked above)."""
-    found = re.search(pattern, text)
-    if found is None:
-        raise SystemExit(f"wrk's output lacks {pattern!r}:\n{text}")
-    return found.group(1)
 
 
 # ---- raw sequential clients, for latency ----
@@ -280,21 +210,12 @@ def direct_latencies(socket_dir: str, container_id: str, count: int) -> list[flo
 def ipc_round_trip(count: int = 5000) -> tuple[float, float]:
     """Wall and client-CPU microseconds of one 50-byte ping-pong between two processes over a socket pair:
     the price of one hop on this machine, which the gateway pays twice per request and a bare server once."""
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the echo side
-        parent.close()
-        while data := child.recv(100):
-            child.send(data)
-        os._exit(0)
-    child.close()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(count):
-        parent.send(b"x" * 50)
-        parent.recv(100)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    parent.close()
-    os.waitpid(pid, 0)
+    with echo_child() as peer:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            peer.send(b"x" * 50)
+            peer.recv(100)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return wall / count * 1e6, cpu / count * 1e6
 
 
@@ -524,12 +445,7 @@ def main() -> None:
         results = run(setup, args, processes)
     finally:
         signal.alarm(0)
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         cleanup(setup)
     report(results, args, deployed, load_before)
 
@@ -543,7 +459,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     from fnctl.state.store import connect
 
     post, get = setup.root / "post.lua", setup.root / "get.lua"
-    post.write_text(POST_LUA)
+    post.write_text(post_lua())
     get.write_text(GET_LUA)
     gateway = subprocess.Popen(
         [sys.executable, "-m", "fnctl", "serve", "--idle-timeout", "2s"],

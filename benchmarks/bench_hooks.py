@@ -15,18 +15,18 @@ import argparse
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from benchcommon import fnctl_ok, free_port, function_manifest, remove_project, serve, stop_processes
 
 HANDLERS = """\
 def summary(event, context):
@@ -45,30 +45,26 @@ def notify(event, context):
         context.db["dups"].insert({"eventId": event["eventId"]})
     return None
 """
-MANIFESTS = """\
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: summary}
-spec:
-  runtime: python3.11
-  source: ../functions/hooks
-  handler: main.summary
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 1, maxInstances: 2, concurrency: 8}
-  access: {roles: [bench]}
-  parameters: {type: object, required: [customer], properties: {customer: {type: string}}}
----
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: notify}
-spec:
-  runtime: python3.11
-  source: ../functions/hooks
-  handler: main.notify
-  runAs: function
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 2, maxInstances: 2, concurrency: 16}
-  access: {roles: [bench]}
+HOOKS = {"source": "../functions/hooks", "access": {"roles": ["bench"]}}
+MANIFESTS = (
+    function_manifest(
+        "summary",
+        handler="main.summary",
+        scaling={"minInstances": 1, "maxInstances": 2, "concurrency": 8},
+        parameters={"type": "object", "required": ["customer"], "properties": {"customer": {"type": "string"}}},
+        **HOOKS,
+    )
+    + function_manifest(
+        "notify",
+        handler="main.notify",
+        runAs="function",
+        scaling={"minInstances": 2, "maxInstances": 2, "concurrency": 16},
+        **HOOKS,
+    )
+    + function_manifest(
+        "accept", handler="main.accept", scaling={"minInstances": 1, "maxInstances": 1, "concurrency": 8}, **HOOKS
+    )
+    + """\
 ---
 apiVersion: fnctl/v1
 kind: View
@@ -79,17 +75,6 @@ apiVersion: fnctl/v1
 kind: Trigger
 metadata: {name: notify}
 spec: {function: notify, on: {collection: events, event: onCommit}}
----
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: accept}
-spec:
-  runtime: python3.11
-  source: ../functions/hooks
-  handler: main.accept
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 1, maxInstances: 1, concurrency: 8}
-  access: {roles: [bench]}
 ---
 apiVersion: fnctl/v1
 kind: Trigger
@@ -103,9 +88,11 @@ spec:
   roles:
     bench: {invoke: ["*"], read: ["*"], write: ["*"]}
     "function:notify": {write: [seen, dups]}
-""" + "".join(
-    f"---\napiVersion: fnctl/v1\nkind: Collection\nmetadata: {{name: {c}}}\nspec: {{schema: {{type: object}}}}\n"
-    for c in ("orders", "events", "seen", "dups", "plain", "hooked")
+"""
+    + "".join(
+        f"---\napiVersion: fnctl/v1\nkind: Collection\nmetadata: {{name: {c}}}\nspec: {{schema: {{type: object}}}}\n"
+        for c in ("orders", "events", "seen", "dups", "plain", "hooked")
+    )
 )
 
 
@@ -116,12 +103,6 @@ def line(target: str, figure: str, baseline: str, ok: bool | None = None) -> Non
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Client:
@@ -267,10 +248,6 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.timeout)
-    import secrets
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from benchcommon import remove_project
 
     work = Path(tempfile.mkdtemp(prefix="bench-hooks-"))
     root, name, port = work / "project", f"bh-{secrets.token_hex(4)}", free_port()
@@ -284,37 +261,11 @@ def main() -> None:
     state = root / "state" / "state.db"
     env = {**os.environ, "FNCTL_STATE": str(state)}
 
-    def fnctl(*argv: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *argv], cwd=root, env=env, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(argv)} failed: {done.stdout}{done.stderr}")
-        return done.stdout
-
     gateway = None
     try:
-        fnctl("apply")
-        key = fnctl("keys", "create", "bench", "--role", "bench").strip()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                probe.request("GET", "/readyz")
-                if probe.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or gateway.poll() is not None:
-                raise SystemExit("fnctl serve was not ready within 120 s")
-            time.sleep(0.2)
+        fnctl_ok(root, env, "apply")
+        key = fnctl_ok(root, env, "keys", "create", "bench", "--role", "bench").strip()
+        gateway = serve(root, env, port, "--no-access-log")
         client = Client(port, key)
         if args.only in ("all", "views"):
             bench_views(client, args.samples)
@@ -324,8 +275,7 @@ def main() -> None:
             bench_before_hook(client, args.writes)
     finally:
         if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=60)
+            stop_processes([gateway])
         remove_project(name)
         shutil.rmtree(work, ignore_errors=True)
 

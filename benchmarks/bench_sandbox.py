@@ -73,7 +73,7 @@ class Row:
 # ---- the project under test ---------------------------------------------------------------------------
 
 
-def _find_function(project: Project, name: str) -> Function:
+def find_function(project: Project, name: str) -> Function:
     """The function `name` of the project's manifests, validated as `fnctl apply` would."""
     result = validate_paths(project)
     if not result.ok:
@@ -96,7 +96,7 @@ def write_project(root: Path, base_image: str) -> Project:
 
 def start_instance(project: Project, image: str) -> Instance:
     return instances.start(
-        _find_function(project, "noop"),
+        find_function(project, "noop"),
         image=image,
         revision="bench",
         labels=labels(project.name, "noop"),

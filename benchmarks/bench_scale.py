@@ -53,25 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_deploy import HANDLER, commit, fnctl_command, interleaved, name_of  # noqa: E402  (beside this script)
-from benchcommon import remove_project  # noqa: E402
+from benchcommon import function_manifest, remove_project  # noqa: E402
 from scale_gateway_pg import gateway_pg_figures, write_project  # noqa: E402
 from scale_gateways_driver import gateway_figures  # noqa: E402
 
 from fnctl.state import pg  # noqa: E402
-
-FUNCTION = """\
----
-apiVersion: fnctl/v1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: python3.11
-  source: ../functions/{name}
-  handler: main.handler
-  env: {{GREETING: hello}}
-  limits: {{timeout: 5s, memory: 64Mi}}
-  scaling: {{minInstances: {minimum}, maxInstances: 2}}
-"""
 
 
 def _timeout(signum: int, frame: FrameType | None) -> None:
@@ -144,7 +130,8 @@ def main() -> None:
             source = root / "functions" / name_of(i)
             source.mkdir(parents=True)
             (source / "main.py").write_text(HANDLER.format(name=name_of(i), version=1))
-        docs = "".join(FUNCTION.format(name=name_of(i), minimum=args.min_instances) for i in range(n))
+        scaling = {"minInstances": args.min_instances, "maxInstances": 2}
+        docs = "".join(function_manifest(name_of(i), env={"GREETING": "hello"}, scaling=scaling) for i in range(n))
         (root / "manifests" / "functions.yaml").write_text(docs)
         subprocess.run(["git", "init", "-q"], cwd=root, check=True, capture_output=True)
         commit(root, "bench")

@@ -34,7 +34,8 @@ from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore, pg, pgopener
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import MANIFESTS, free_port, wrk  # noqa: E402  (beside this script)
+from bench_data import MANIFESTS  # noqa: E402  (beside this script)
+from benchcommon import fnctl_ok, free_port, post_lua, serve, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pgopener.install()  # a long-running program, as `fnctl serve`: PostgreSQL's opener whole
@@ -117,35 +118,12 @@ class Gateway:
         self.fnctl("apply")
         self.key = self.fnctl("keys", "create", "bench", "--role", "bench").strip()
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--address", f"127.0.0.1:{self.port}", "--no-access-log"],
-            cwd=root,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        flags = ("--address", f"127.0.0.1:{self.port}", "--no-access-log")
+        self.process = serve(root, self.env, self.port, *flags, timeout=60, path="/healthz")
         self.headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"fnctl serve on {state} did not answer within 60 s")
-            time.sleep(0.1)
 
     def fnctl(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "fnctl", *args], cwd=self.root, env=self.env, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stderr}")
-        return done.stdout
-
-    def _ready(self) -> bool:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            connection.request("GET", "/healthz")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
+        return fnctl_ok(self.root, self.env, *args)
 
     def one_by_one(self, ops: int) -> tuple[float, float]:
         """(inserts/s, GET p50 µs) of a keep-alive client, one request at a time."""
@@ -171,15 +149,11 @@ class Gateway:
 
     def concurrent_posts(self, seconds: int) -> float:
         script = self.root / "post.lua"
-        body = json.dumps(doc(1)).replace('"', '\\"')
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {self.key}"\n'
-        )
-        rate, errors = wrk(self.port, "/v1/collections/bench/docs", script, seconds)
-        if errors:
-            raise SystemExit(f"wrk: {errors} failed POSTs")
-        return rate
+        script.write_text(post_lua(doc(1), self.key))
+        run = wrk(self.port, "/v1/collections/bench/docs", script, seconds=seconds)
+        if run.errors:
+            raise SystemExit(f"wrk: {run.errors} failed POSTs")
+        return run.rps
 
     def stop(self) -> None:
         self.process.terminate()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import secrets
 import socket as stdsocket
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_sandbox import find_function, write_project  # noqa: E402
 from benchcommon import remove_project  # noqa: E402
 
 from fnctl.engine import images, instances  # noqa: E402
@@ -40,8 +40,7 @@ from fnctl.engine.sandbox import labels  # noqa: E402
 from fnctl.engine.swarm import LocalInstance, NodeAgent, SwarmEngine, service_name  # noqa: E402
 from fnctl.engine.swarmspec import Placement  # noqa: E402
 from fnctl.manifest.model import Function  # noqa: E402
-from fnctl.manifest.project import Project, load_project  # noqa: E402
-from fnctl.manifest.validate import validate_paths  # noqa: E402
+from fnctl.manifest.project import Project  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "swarm-nodes.sh"
 NAME = "fnsb"  # the benchmark's own swarm, apart from the tests'
@@ -67,26 +66,6 @@ def swarm(image: str) -> Iterator[None]:
         yield
     finally:
         nodes_script("down")
-
-
-def write_project(root: Path, base_image: str) -> Project:
-    (root / "functions" / "noop").mkdir(parents=True)
-    (root / "functions" / "noop" / "main.py").write_text("def handler(event, context):\n    return event\n")
-    (root / "manifests").mkdir()
-    (root / "manifests" / "noop.yaml").write_text(
-        "apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: noop}\n"
-        "spec: {runtime: python3.11, source: ../functions/noop, handler: main.handler}\n"
-    )
-    name = f"bench-{secrets.token_hex(4)}"
-    (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\n\n[build]\nbaseImage = "{base_image}"\n')
-    return load_project(root)
-
-
-def noop(project: Project) -> Function:
-    result = validate_paths(project)
-    if not result.ok:
-        raise SystemExit("\n".join(d.render() for d in result.diagnostics))
-    return next(f for f in result.state.functions if f.name == "noop")
 
 
 def call(instance: instances.Instance, n: int) -> bool:
@@ -143,7 +122,7 @@ def bench_swarm(args: argparse.Namespace) -> None:
     base_image = os.environ.get("FNCTL_BASE_IMAGE", "fnctl-base:bookworm")
     with tempfile.TemporaryDirectory(prefix="fnctl-bench-scale-") as tmp:
         project = write_project(Path(tmp), base_image)
-        function = noop(project)
+        function = find_function(project, "noop")
         image = images.ensure_image(project.name, "noop", project.root / "functions" / "noop", base_image).tag
         try:
             with swarm(image):

@@ -55,7 +55,7 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchcommon import remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
+from benchcommon import function_manifest, remove_project  # noqa: E402  (beside this script: on sys.path when run as one)
 
 TARGET = "target"  # the function whose code changes
 HANDLER = '''"""{name}: a generated function (benchmark)."""
@@ -64,24 +64,6 @@ HANDLER = '''"""{name}: a generated function (benchmark)."""
 def handler(event, context):
     return {{"function": "{name}", "version": "{version}", "echo": event.get("name")}}
 '''
-FUNCTION = """\
-apiVersion: fnctl/v1
-kind: Function
-metadata: {{name: {name}}}
-spec:
-  runtime: python3.11
-  source: ../functions/{name}
-  handler: main.handler
-  env: {{GREETING: hello}}
-  limits: {{timeout: 5s, memory: 64Mi}}
-  scaling: {{minInstances: 1, maxInstances: 2}}
-  parameters:
-    type: object
-    properties: {{name: {{type: string}}}}
-  healthCheck:
-    - event: {{name: probe}}
-  rollout: {{strategy: immediate}}
-"""
 GIT = ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.org", "-c", "init.defaultBranch=main"]
 # (phase, the line that ends it); `{fn}` is the changed function
 PHASES = (
@@ -151,7 +133,16 @@ def setup(bench: Bench, functions: int) -> None:
     names = [TARGET] + [f"fn-{i:02d}" for i in range(1, functions - 1)]
     for name in names:
         bench.write(name, "A")
-        (bench.clone / "manifests" / f"{name}.yaml").write_text(FUNCTION.format(name=name))
+        (bench.clone / "manifests" / f"{name}.yaml").write_text(
+            function_manifest(
+                name,
+                env={"GREETING": "hello"},
+                scaling={"minInstances": 1, "maxInstances": 2},
+                parameters={"type": "object", "properties": {"name": {"type": "string"}}},
+                healthCheck=[{"event": {"name": "probe"}}],
+                rollout={"strategy": "immediate"},
+            )
+        )
     for bare in (bench.hooked, bench.plain):
         bench.run(GIT + ["init", "-q", "--bare", str(bare)])
     bench.fnctl("hook", "install", "--repo", str(bench.hooked), "--state", bench.env["FNCTL_STATE"])

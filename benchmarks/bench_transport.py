@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchcommon import echo_child  # noqa: E402
+
 from fnctl.engine.instances import host_transport  # noqa: E402
 from fnctl.invocation.aiotransport import Answered, AsyncTransport  # noqa: E402
 from fnctl.invocation.protocol import encode_frame  # noqa: E402
@@ -306,17 +308,9 @@ def measure_calls(workdir: Path, handler: str, count: int) -> CallFigures:
 
 def measure_pingpong(count: int) -> CallFigures:
     """A call-sized frame to a child process and back over a socketpair, both sides blocking Python."""
-    ours, theirs = socket.socketpair()
     frame = encode_frame({"type": "call", "id": "w1.1", "invocation_id": "x" * 32, "method": "ping", "params": {}})
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        while data := theirs.recv(65536):
-            theirs.sendall(data)
-        os._exit(0)
-    theirs.close()
     took = []
-    try:
+    with echo_child() as ours:
         for n in range(WARMUP + count):
             started = time.perf_counter_ns()
             ours.sendall(frame)
@@ -325,9 +319,6 @@ def measure_pingpong(count: int) -> CallFigures:
                 got += len(ours.recv(65536))
             if n >= WARMUP:
                 took.append(time.perf_counter_ns() - started)
-    finally:
-        ours.close()
-        os.waitpid(pid, 0)
     return _call_figures(took)
 
 

@@ -1,9 +1,26 @@
-"""What the benchmarks share: removing every container and image a benchmark project left on the engine."""
+"""What the benchmarks share: removing every container and image a benchmark project left on the engine, a
+Function manifest, a free port, the wrk load runner, waiting for and stopping a gateway, and an echoing child
+process for the baselines."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 def remove_project(project: str) -> None:
@@ -24,3 +41,172 @@ def remove_project(project: str) -> None:
             client.api.remove_image(image["Id"], force=True)
         except docker.errors.APIError:
             pass  # a parent of another image still there, or already gone
+
+
+def post_lua(body: object = None, key: str | None = None) -> str:
+    """A wrk script that POSTs `body` as JSON (`{}` by default), with `key` as the bearer token if given."""
+    text = json.dumps({} if body is None else body).replace('"', '\\"')
+    script = f'wrk.method = "POST"\nwrk.body = "{text}"\nwrk.headers["Content-Type"] = "application/json"\n'
+    return script + (f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else "")
+
+
+def function_manifest(name: str, **spec: Any) -> str:
+    """One Function document (with its `---`): python3.11, `main.handler` of functions/<name>, a 5 s / 64 Mi
+    limit, and `spec`'s fields over those."""
+    fields = {
+        "runtime": "python3.11",
+        "source": f"../functions/{name}",
+        "handler": "main.handler",
+        "limits": {"timeout": "5s", "memory": "64Mi"},
+        **spec,
+    }
+    document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": name}, "spec": fields}
+    return "---\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Wrk:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: int
+    non_2xx: int
+    requests: int
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+def wrk(port: int, path: str, script: Path, *, seconds: int, threads: int = 1, connections: int = 8) -> Wrk:
+    """One `wrk --latency` run against 127.0.0.1:port/path with `script`; no figures is the benchmark's end."""
+    done = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    out = done.stdout
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # wrk may pad "3.56s "
+    if set(latency) != {"50", "99"} or "Requests/sec:" not in out:
+        raise SystemExit(f"wrk gave no figures for {path} (exit {done.returncode}):\n{out}{done.stderr}")
+    return Wrk(
+        float(_first(r"Requests/sec:\s+([\d.]+)", out)),
+        _ms(latency["50"]),
+        _ms(latency["99"]),
+        sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
+        int(non_2xx.group(1)) if non_2xx else 0,
+        int(_first(r"(\d+) requests in", out)),
+    )
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def _first(pattern: str, text: str) -> str:
+    """The first group of `pattern` in wrk's output, which has it (checked above)."""
+    found = re.search(pattern, text)
+    if found is None:
+        raise SystemExit(f"wrk's output lacks {pattern!r}:\n{text}")
+    return found.group(1)
+
+
+def fnctl_ok(root: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    """`python -m fnctl ARGS` in `root`: its standard output; a failure ends the benchmark with what it said."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fnctl", *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"fnctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def serve(
+    root: Path, env: dict[str, str], port: int, *flags: str, timeout: float = 120, path: str = "/readyz"
+) -> subprocess.Popen[bytes]:
+    """`fnctl serve FLAGS` of the project in `root`, once it answers `path` on `port` (the address its
+    fnctl.toml or FLAGS name); stopped again if it never does."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fnctl", "serve", *flags],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await_ready(port, process, timeout, path)
+    except BaseException:
+        stop_processes([process])
+        raise
+    return process
+
+
+def await_ready(port: int, process: subprocess.Popen[Any], timeout: float, path: str = "/readyz") -> None:
+    """Until the gateway on `port` answers `path` with 200; its exit or `timeout` seconds end the benchmark."""
+    deadline = time.monotonic() + timeout
+    while not _answers(port, path):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit(f"fnctl serve on port {port} did not answer {path} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _answers(port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 60) -> None:
+    """SIGTERM each process (a gateway drains on it), then wait for it; one still running after `timeout` is
+    killed."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def echo_child() -> Iterator[socket.socket]:
+    """One end of a socket pair whose other end a forked child echoes back until it is closed: a hop between
+    two processes on this machine, for the baselines. The child is reaped on the way out."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        ours.close()
+        while data := theirs.recv(65536):
+            theirs.sendall(data)
+        os._exit(0)
+    theirs.close()
+    try:
+        yield ours
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)

@@ -17,13 +17,13 @@ floor of any host <-> runtime exchange).
 
 from __future__ import annotations
 
-import os
-import socket
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from benchcommon import echo_child
 
 from fnctl.engine import dockerapi, dockerio, instances, sandbox
 from fnctl.invocation.protocol import FrameDecoder, configure_frame, invoke_frame
@@ -223,22 +223,13 @@ def interpreter_round(function: Function, image: str, into: Rounds) -> None:
 
 def socketpair_round(into: Rounds, count: int = 2000) -> None:
     """The median round trip of a 50-byte ping-pong between two processes over a socket pair."""
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the echo side
-        parent.close()
-        while data := child.recv(100):
-            child.send(data)
-        os._exit(0)
-    child.close()
     times = []
-    for _ in range(count):
-        began = time.perf_counter()
-        parent.send(b"x" * 50)
-        parent.recv(100)
-        times.append(time.perf_counter() - began)
-    parent.close()
-    os.waitpid(pid, 0)
+    with echo_child() as peer:
+        for _ in range(count):
+            began = time.perf_counter()
+            peer.send(b"x" * 50)
+            peer.recv(100)
+            times.append(time.perf_counter() - began)
     into.steps["socketpair round trip"].append(statistics.median(times) * 1000)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -26,6 +27,18 @@ FLAGS = (
     "--window-size=1280,900",
 )
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def browser_fixture() -> object:
+    """A test module's `browser` fixture, a headless Chromium for each test: assign it to the name `browser`
+    (pytest finds fixtures among a module's names)."""
+
+    @pytest.fixture
+    def browser() -> Iterator[WebDriver]:
+        with chromium() as driver:
+            yield driver
+
+    return browser
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rollout_helpers import Rollouts, call, rollout_project
 
 POLICY = """\
@@ -31,6 +32,17 @@ def dashboard_project(root: Path, client: Any, base_image: str, settings: str = 
             config.write("ui = true\n" + settings)  # under the [gateway] section rollout_project wrote last
         (rollouts.project.root / "manifests" / "policy.yaml").write_text(POLICY, encoding="utf-8")
         yield rollouts
+
+
+def setup_fixture() -> object:
+    """A test module's `setup` fixture, a `dashboard_project` for each test: assign it to the name `setup`."""
+
+    @pytest.fixture
+    def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
+        with dashboard_project(tmp_path / "project", docker_client, base_image) as rollouts:
+            yield rollouts
+
+    return setup
 
 
 def key_for(setup: Rollouts, role: str, tenant: str | None = None, name: str | None = None) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from fnctl.state import pg
 from fnctl.state.location import StateLocation
+from fnctl.state.store import Store, connect
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pg-server.sh"
 
@@ -101,6 +102,16 @@ def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> StateLocat
         return StateLocation(tmp_path / "state" / "state.db")
     url: str = request.getfixturevalue("pg_url")
     return StateLocation(tmp_path / "state" / "state", url)
+
+
+@pytest.fixture
+def store(state_location: StateLocation) -> Iterator[Store]:
+    """The deployment state at `state_location` (each backend in turn), open for the test."""
+    opened = connect(state_location)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 INTEGRITY = (sqlite3.IntegrityError, pg.IntegrityError)  # a guard or a key refused a write, on either backend

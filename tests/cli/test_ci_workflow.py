@@ -25,6 +25,7 @@ import docker
 import pytest
 import yaml
 from deploy_helpers import Project, cleanup
+from gitops_helpers import git
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "docs" / "examples" / "github-actions.yml"
@@ -193,17 +194,6 @@ class Workspace:
     sha: str
 
 
-def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def make_workspace(tmp_path: Path, client: Any = None, base_image: str = "") -> Workspace:
     """A clean git work tree with the demo project (manifests/demo, functions/, fnctl.toml) under a fresh
     project name, and `origin`, a bare clone of it (the deploy job asks where main is)."""
@@ -214,13 +204,13 @@ def make_workspace(tmp_path: Path, client: Any = None, base_image: str = "") -> 
     name = f"t-ci-{secrets.token_hex(4)}"
     config = (REPO / "fnctl.toml").read_text(encoding="utf-8")
     (root / "fnctl.toml").write_text(re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', config), encoding="utf-8")
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", ".")
-    _git(root, "commit", "-q", "-m", "Demo functions")
-    _git(tmp_path, "clone", "-q", "--bare", str(root), "origin.git")
-    _git(root, "remote", "add", "origin", str(tmp_path / "origin.git"))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "Demo functions")
+    git(tmp_path, "clone", "-q", "--bare", str(root), "origin.git")
+    git(root, "remote", "add", "origin", str(tmp_path / "origin.git"))
     project = Project(root, name, tmp_path / "state" / "state.db", base_image, client)
-    return Workspace(root, project, _git(root, "rev-parse", "HEAD"))
+    return Workspace(root, project, git(root, "rev-parse", "HEAD"))
 
 
 def make_runner(tmp_path: Path, ws: Workspace, event: str, base_image: str) -> Runner:
@@ -298,7 +288,7 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     # 4 functions (greet is TypeScript), 5 steps each, and the orders collection's
     assert "4 to create" in comment and "| hello | create | – |" in comment and "21 steps" in comment, comment
     assert comment in (pr.temp / "summary.md").read_text()
-    assert _git(workspace.root, "status", "--porcelain") == "", "the steps left files in the checkout"
+    assert git(workspace.root, "status", "--porcelain") == "", "the steps left files in the checkout"
 
     # The merge: the deploy job applies main's head, recording the commit and who merged it.
     push = make_runner(tmp_path, workspace, "push", base_image)
@@ -327,8 +317,8 @@ def test_pull_request_jobs_then_merge(tmp_path: Path, workspace: Workspace, base
     assert "No changes: production already matches" in (after.temp / "plan.md").read_text()
 
     # An older run re-run after main moved on deploys nothing.
-    _git(workspace.root, "commit", "-q", "--allow-empty", "-m", "Later")
-    _git(workspace.root, "push", "-q", "origin", "main")
+    git(workspace.root, "commit", "-q", "--allow-empty", "-m", "Later")
+    git(workspace.root, "push", "-q", "origin", "main")
     stale = make_runner(tmp_path, workspace, "push_stale", base_image)
     assert stale.run_job(workflow, "deploy") == 0, stale.log()
     assert stale.outputs["head"] == {"current": "false"} and not (stale.temp / "apply.json").exists()

@@ -21,8 +21,8 @@ from sandbox_handlers.harness import (
     cleanup,
     container_gone,
     project_containers,
-    project_name,
     run_cli,
+    throwaway,
     wait_until,
     write_project,
 )
@@ -85,7 +85,6 @@ def _vendor_extension(directory: Path) -> None:
 def project(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Project]:
-    name = project_name()
     root = tmp_path_factory.mktemp("invoke-local") / "project"
     (root / "functions" / "editable").mkdir(parents=True)
     (root / "functions" / "editable" / "main.py").write_text(EDITABLE.format(version=1))
@@ -94,10 +93,8 @@ def project(
     (root / "functions" / "baddeps" / "requirements.txt").write_text("-e ./lib\n")  # fails the build
     (root / "functions" / "vendored").mkdir()
     _vendor_extension(root / "functions" / "vendored")
-    try:
+    with throwaway(docker_client) as name:
         yield write_project(root, name, base_image, FUNCTIONS)
-    finally:
-        cleanup(docker_client, name, images=True)
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +182,6 @@ def test_warm_instance_removed_behind_fnctls_back_is_replaced(
 @pytest.fixture
 def two_functions(tmp_path: Path, docker_client: docker.DockerClient, base_image: str) -> Iterator[Project]:
     """`warm` (the one invoked) and `other`, whose manifest and source only validation reads."""
-    name = project_name()
     root = tmp_path / "project"
     (root / "functions" / "other").mkdir(parents=True)
     (root / "functions" / "other" / "main.py").write_text(OTHER_SOURCE)
@@ -193,10 +189,8 @@ def two_functions(tmp_path: Path, docker_client: docker.DockerClient, base_image
         "warm": {"handler": "probes.echo_context"},
         "other": {"handler": "main.handler", "source": "../functions/other"},
     }
-    try:
+    with throwaway(docker_client) as name:
         yield write_project(root, name, base_image, functions)
-    finally:
-        cleanup(docker_client, name, images=True)
 
 
 OTHER_SOURCE = "def handler(event):\n    return event\n"

@@ -10,13 +10,11 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
-from dashboard_helpers import api, dashboard_project, start
+from browser_helpers import browser_fixture, screenshot, sign_in, text_of, wait_for
+from dashboard_helpers import api, setup_fixture, start
 from polling import wait_until
 from rollout_helpers import Load, Rollouts
 from selenium.webdriver.common.by import By
@@ -45,16 +43,8 @@ rollout:
 IMMEDIATE = "rollout: {strategy: immediate}\n"
 
 
-@pytest.fixture
-def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
-    with dashboard_project(tmp_path / "project", docker_client, base_image) as rollouts:
-        yield rollouts
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
-        yield driver
+setup = setup_fixture()
+browser = browser_fixture()
 
 
 def _state(driver: WebDriver) -> str:

@@ -5,13 +5,11 @@ document's versions as the change feed records them. Screenshots go to docs/scre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
-from dashboard_helpers import api, dashboard_project, key_for
+from browser_helpers import browser_fixture, screenshot, sign_in, text_of, wait_for
+from dashboard_helpers import api, key_for, setup_fixture
 from rollout_helpers import Rollouts, call
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -41,16 +39,8 @@ spec:
 """
 
 
-@pytest.fixture
-def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
-    with dashboard_project(tmp_path / "project", docker_client, base_image) as rollouts:
-        yield rollouts
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
-        yield driver
+setup = setup_fixture()
+browser = browser_fixture()
 
 
 def _write(setup: Rollouts, key: str, method: str, path: str, body: Any, version: int | None = None) -> None:

@@ -7,13 +7,10 @@ exactly what the CLI prints with `-o json`. Each page's screenshot is written to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
-from dashboard_helpers import api, dashboard_project, key_for, start
+from browser_helpers import browser_fixture, screenshot, sign_in, text_of, wait_for
+from dashboard_helpers import api, key_for, setup_fixture, start
 from rollout_helpers import Load, Rollouts, call
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -41,16 +38,8 @@ rollout:
 """
 
 
-@pytest.fixture
-def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
-    with dashboard_project(tmp_path / "project", docker_client, base_image) as rollouts:
-        yield rollouts
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
-        yield driver
+setup = setup_fixture()
+browser = browser_fixture()
 
 
 def _state(driver: WebDriver) -> str:

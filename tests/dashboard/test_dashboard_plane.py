@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import chromium, screenshot, sign_in, text_of, wait_for
+from browser_helpers import browser_fixture, screenshot, sign_in, text_of, wait_for
 from dashboard_helpers import api, dashboard_project, key_for
 from polling import wait_until
 from rollout_helpers import Rollouts, call
@@ -108,10 +108,7 @@ def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollo
         yield rollouts
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
-        yield driver
+browser = browser_fixture()
 
 
 def _press(driver: WebDriver, button: str) -> str:

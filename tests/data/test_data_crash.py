@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
-from test_data_handlers import Live, _free_port, start_gateway
+from test_data_handlers import Live, gateway_port, start_gateway, stop_gateway
 
 from fnctl.gateway import keys
 from fnctl.state import docstore
@@ -91,9 +91,7 @@ class Crashable:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
+        stop_gateway(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +100,7 @@ def crashable(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base
     project = make_project(root, docker_client, base_image)
     server = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        (project.root / "functions" / "transfer").mkdir(parents=True)
-        (project.root / "functions" / "transfer" / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "transfer", HANDLER)
         (project.root / "manifests" / "data.yaml").write_text(MANIFESTS, encoding="utf-8")
         project.ok("apply")
         with project.store() as store:

@@ -11,8 +11,9 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fnctl.data.plane import DataPlane
 from fnctl.gateway import keys
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
+from fnctl.state.auditlog import AuditFilter, invocation_records
 
 pytestmark = pytest.mark.docker
 
@@ -126,6 +128,47 @@ class Live:
         finally:
             connection.close()
 
+    def trigger_runs(self, trigger: str) -> list[int]:
+        """The statuses of `trigger`'s runs in the invocation audit, oldest first."""
+        with self.project.store() as store:
+            return [r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == trigger]
+
+    def patch_racing_the_operator(self, function: str, what: str) -> tuple[int, Any]:
+        """alice's merge-patch {"v": 1} of races/r1, during which, once `function`'s hook runs, the operator forces
+        {"by": "operator"} in without hooks: the answer alice got."""
+        answer: list[tuple[int, Any]] = []
+        headers = {"If-Match": "*", "Content-Type": "application/merge-patch+json"}
+        patching = threading.Thread(
+            target=lambda: answer.append(
+                self.rest("PATCH", "/v1/collections/races/docs/r1", "alice", {"v": 1}, headers)
+            )
+        )
+        patching.start()
+        until(lambda: self.running(function), what)
+        self.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
+        patching.join(timeout=60)
+        return answer[0]
+
+    def metrics(self) -> str:
+        """The gateway's /metrics exposition, as text."""
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", "/metrics")
+            return connection.getresponse().read().decode()
+        finally:
+            connection.close()
+
+    def running(self, function: str) -> bool:
+        """Whether the gateway's /metrics shows a request of `function` in flight."""
+        return any(
+            line.startswith("fnctl_inflight_requests")
+            and f'function="{function}"' in line
+            and not line.endswith(" 0.0")
+            for line in self.metrics().splitlines()
+        )
+
     def rest(
         self, method: str, path: str, who: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
@@ -148,6 +191,34 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def gateway_port(project: Project, source: str, handler: str) -> int:
+    """A free port of 127.0.0.1, written into the project's fnctl.toml as its gateway's address, with `handler`
+    written as functions/<source>/main.py; the port."""
+    port = _free_port()
+    with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
+        config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
+    code = project.root / "functions" / source
+    code.mkdir(parents=True)
+    (code / "main.py").write_text(handler, encoding="utf-8")
+    return port
+
+
+def api_keys(project: Project, holders: Iterable[tuple[str, tuple[str, ...]]]) -> tuple[dict[str, str], dict[str, str]]:
+    """An API key of the default tenant for each (name, roles): the secrets and the subjects, by name."""
+    tokens, subjects = {}, {}
+    with project.store() as store:
+        for name, roles in holders:
+            key, secret = keys.create(store, name, roles, None, "test")
+            tokens[name], subjects[name] = secret, f"key:{key.id}"
+    return tokens, subjects
+
+
+def stop_gateway(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def _ready(port: int) -> bool:
@@ -183,12 +254,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     project.env["XDG_CACHE_HOME"] = str(root.parent / "cache")  # invoke --local's data file, private to the test
     proc = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "data"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "data", HANDLER)
         for name, extra in FUNCTIONS.items():
             scaling = (
                 "{minInstances: 2, maxInstances: 2, concurrency: 8}"
@@ -203,12 +269,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             [parse_collection(n, spec) for n, spec in COLLECTIONS.items()], prune=False, force=False
         )
         documents.close()
-        tokens, subjects = {}, {}
         with project.store() as store:
             store.set_resources("Policy", {"data": POLICY})
-            for name, role in (("alice", "clerk"), ("admin", "admin"), ("other", "visitor")):
-                key, secret = keys.create(store, name, (role,), None, "test")  # the default tenant, as --local's
-                tokens[name], subjects[name] = secret, f"key:{key.id}"
+        # the default tenant's, as --local's
+        tokens, subjects = api_keys(project, (("alice", ("clerk",)), ("admin", ("admin",)), ("other", ("visitor",))))
         proc = start_gateway(project, port)
         live = Live(project, port, tokens, subjects)
         accounts = [
@@ -228,9 +292,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         assert status == 200, body
         yield live
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 

@@ -6,21 +6,18 @@ run again; the per-transaction limit on hook runs."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
-from test_data_handlers import Live, _free_port, start_gateway
+from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
 from fnctl.data.hooks import MAX_RUNS
-from fnctl.gateway import keys
-from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
+from fnctl.state.auditlog import AuditFilter, audit_records
 
 pytestmark = pytest.mark.docker
 
@@ -115,22 +112,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     project = make_project(root, docker_client, base_image)
     proc = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "faults"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "faults", HANDLER)
         (project.root / "manifests" / "faults.yaml").write_text("---\n".join(MANIFESTS), encoding="utf-8")
         project.ok("apply")
-        with project.store() as store:
-            key, secret = keys.create(store, "alice", ("clerk",), None, "test")
+        tokens, subjects = api_keys(project, [("alice", ("clerk",))])
         proc = start_gateway(project, port)
-        yield Live(project, port, {"alice": secret}, {"alice": f"key:{key.id}"})
+        yield Live(project, port, tokens, subjects)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 
@@ -202,44 +191,16 @@ def test_an_on_commit_trigger_disabled_after_3_faults_holds_its_events_until_ena
 def test_a_conflict_at_the_commit_of_a_write_hooked_by_an_egress_function_is_a_409(live: Live) -> None:
     """The hook's function may have acted outside (`network: egress`): its write is not run again on a conflict."""
     _put(live, "races", "r1", {"v": 0})
-    answer: list[tuple[int, Any]] = []
-    headers = {"If-Match": "*", "Content-Type": "application/merge-patch+json"}
-    patching = threading.Thread(
-        target=lambda: answer.append(live.rest("PATCH", "/v1/collections/races/docs/r1", "alice", {"v": 1}, headers))
-    )
-    patching.start()
-
-    def hook_running() -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
-        try:
-            connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
-        finally:
-            connection.close()
-        return any(
-            l.startswith("fnctl_inflight_requests") and 'function="outside"' in l and not l.endswith(" 0.0")
-            for l in text.splitlines()
-        )
-
-    until(hook_running, "the slow egress hook to be running")
-    live.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
-    patching.join(timeout=60)
-    status, body = answer[0]
+    status, body = live.patch_racing_the_operator("outside", "the slow egress hook to be running")
     assert status == 409 and body["type"].endswith("/conflict"), body
     status, doc = live.rest("GET", "/v1/collections/races/docs/r1", "alice")
     assert doc["data"] == {"v": 0, "by": "operator"} and doc["version"] == 2, doc  # the client's write: nothing
 
     # The hook ran once for the refused write: a later write's run is the second in the audit, not the third.
+    headers = {"If-Match": "*", "Content-Type": "application/merge-patch+json"}
     assert live.rest("PATCH", "/v1/collections/races/docs/r1", "alice", {"v": 2}, headers)[0] == 200
-
-    def runs() -> list[int]:
-        with live.project.store() as store:
-            return [
-                r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "slow-egress"
-            ]
-
-    until(lambda: len(runs()) >= 2, "both hook runs in the invocation audit")
-    assert runs() == [200, 200]
+    until(lambda: len(live.trigger_runs("slow-egress")) >= 2, "both hook runs in the invocation audit")
+    assert live.trigger_runs("slow-egress") == [200, 200]
 
 
 def test_a_transaction_runs_at_most_50_hooks(live: Live) -> None:

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
-from test_data_handlers import Live, _free_port, start_gateway
+from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
-from fnctl.gateway import keys
 from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
 
 pytestmark = pytest.mark.docker
@@ -172,25 +171,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     project = make_project(root, docker_client, base_image)
     proc = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "hooks"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "hooks", HANDLER)
         (project.root / "manifests" / "hooks.yaml").write_text("---\n".join(MANIFESTS), encoding="utf-8")
         project.ok("apply")
-        tokens, subjects = {}, {}
-        with project.store() as store:
-            for name, roles in (("alice", ("clerk",)), ("reporter", ("clerk", "reporter"))):
-                key, secret = keys.create(store, name, roles, None, "test")
-                tokens[name], subjects[name] = secret, f"key:{key.id}"
+        tokens, subjects = api_keys(project, (("alice", ("clerk",)), ("reporter", ("clerk", "reporter"))))
         proc = start_gateway(project, port)
         yield Live(project, port, tokens, subjects)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 
@@ -366,10 +354,7 @@ def test_manual_runs_through_the_cli_and_rest_need_the_run_grant(live: Live) -> 
     assert wrong.code == 2 and "not a manual trigger" in wrong.text, wrong.text
 
     def runs() -> list[int]:
-        with live.project.store() as store:
-            return [
-                r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "deal-report"
-            ]
+        return live.trigger_runs("deal-report")
 
     until(lambda: runs().count(200) >= 3 and 403 in runs(), "the manual runs in the invocation audit")
 
@@ -397,53 +382,15 @@ def test_fnctl_data_runs_no_hooks_unless_told_to_write_past_them(live: Live) -> 
 def test_a_conflict_at_the_commit_runs_the_hooks_again(live: Live) -> None:
     """The hook runs outside any lock: a write that commits meanwhile makes this one's commit conflict, and the
     gateway runs its hooks again on what is there now (no egress), rather than answering 409."""
-    import http.client
-    import threading
-
     assert _post(live, "races", {"v": 0}, "r1")[0] == 201
-    answer: list[tuple[int, Any]] = []
-    patching = threading.Thread(
-        target=lambda: answer.append(
-            live.rest(
-                "PATCH",
-                "/v1/collections/races/docs/r1",
-                "alice",
-                {"v": 1},
-                {"If-Match": "*", "Content-Type": "application/merge-patch+json"},
-            )
-        )
-    )
-    patching.start()
-
-    def hook_running() -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
-        try:
-            connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
-        finally:
-            connection.close()
-        return any(
-            l.startswith("fnctl_inflight_requests") and 'function="hooks"' in l and not l.endswith(" 0.0")
-            for l in text.splitlines()
-        )
-
-    until(hook_running, "the slow hook to be running")
-    live.project.ok("data", "patch", "races", "r1", "-d", '{"by": "operator"}', "--force", "--no-hooks")
-    patching.join(timeout=60)
-    status, body = answer[0]
+    status, body = live.patch_racing_the_operator("hooks", "the slow hook to be running")
     assert status == 200, body
     # the second run saw the operator's write and its document is the one committed, on top of it (`runs` is
     # counted in the instance's /tmp, which all its worker processes share); the invocation audit agrees
     assert body["data"] == {"v": 1, "by": "operator", "runs": 2} and body["version"] == 3, body
 
-    def runs() -> list[int]:
-        with live.project.store() as store:
-            return [
-                r.status for r in invocation_records(store, AuditFilter(), limit=10000) if r.trigger == "slow-update"
-            ]
-
-    until(lambda: len(runs()) >= 2, "both runs of slow-update in the invocation audit")
-    assert runs() == [200, 200]
+    until(lambda: len(live.trigger_runs("slow-update")) >= 2, "both runs of slow-update in the invocation audit")
+    assert live.trigger_runs("slow-update") == [200, 200]
 
 
 def test_failure_policy_ignore_when_disabled_skip_and_a_timeout(live: Live) -> None:
@@ -476,14 +423,7 @@ def test_hooks_run_on_the_revisions_the_routing_weights_pick(live: Live) -> None
     until(
         lambda: _post(live, "deals", {"amount": 150})[0] == 201 and revisions() >= {1, 2}, "hook runs on both revisions"
     )
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
-    try:
-        connection.request("GET", "/metrics")
-        metrics = connection.getresponse().read().decode()
-    finally:
-        connection.close()
+    metrics = live.metrics()
     assert 'fnctl_requests_total{code="200",function="hooks",revision="2"}' in metrics, [
         line for line in metrics.splitlines() if line.startswith("fnctl_requests_total")
     ]

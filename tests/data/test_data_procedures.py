@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
-from test_data_handlers import Live, _free_port, start_gateway
+from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
-from fnctl.gateway import keys
 from fnctl.state import docstore
 from fnctl.state.docrecords import ChangeRow
 
@@ -113,12 +112,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     project = make_project(root, docker_client, base_image)
     proc = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "notes"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLER, encoding="utf-8")
+        port = gateway_port(project, "notes", HANDLER)
         manifests = project.root / "manifests"
         for name, extra in FUNCTIONS.items():
             (manifests / f"{name}.yaml").write_text(_function(name, extra), encoding="utf-8")
@@ -126,10 +120,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         (manifests / "policy.yaml").write_text(POLICY, encoding="utf-8")
         project.ok("validate")
         project.ok("apply")
-        with project.store() as store:
-            key, secret = keys.create(store, "admin", ("admin",), None, "test")
+        tokens, subjects = api_keys(project, [("admin", ("admin",))])
         proc = start_gateway(project, port)
-        live = Live(project, port, {"admin": secret}, {"admin": f"key:{key.id}"})
+        live = Live(project, port, tokens, subjects)
         status, body = live.rest(
             "POST",
             "/v1/batch",
@@ -139,9 +132,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         assert status == 200, body
         yield live
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 

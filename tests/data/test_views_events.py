@@ -21,9 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
-from test_data_handlers import _free_port, start_gateway
-
-from fnctl.gateway import keys
+from test_data_handlers import api_keys, gateway_port, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.docker
 
@@ -194,12 +192,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
     proc: subprocess.Popen[bytes] | None = None
     live: Live | None = None
     try:
-        port = _free_port()
-        with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-            config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-        code = project.root / "functions" / "views"
-        code.mkdir(parents=True)
-        (code / "main.py").write_text(HANDLERS, encoding="utf-8")
+        port = gateway_port(project, "views", HANDLERS)
         manifests = project.root / "manifests"
         (manifests / "summary.yaml").write_text(_function("summary", "summary", SUMMARY_PARAMETERS), encoding="utf-8")
         (manifests / "one.yaml").write_text(_function("one", "one"), encoding="utf-8")
@@ -207,19 +200,13 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
         (manifests / "notify.yaml").write_text(_function("notify", "notify", "runAs: function\n"), encoding="utf-8")
         (manifests / "resources.yaml").write_text(RESOURCES + COLLECTIONS, encoding="utf-8")
         project.ok("apply")
-        tokens, subjects = {}, {}
-        with project.store() as store:
-            for name, role in (("admin", "reader"), ("alice", "customer"), ("bob", "customer")):
-                key, secret = keys.create(store, name, (role,), None, "test")
-                tokens[name], subjects[name] = secret, f"key:{key.id}"
+        tokens, subjects = api_keys(project, (("admin", ("reader",)), ("alice", ("customer",)), ("bob", ("customer",))))
         live = Live(project, port, tokens, subjects, start_gateway(project, port))
         yield live
     finally:
         if live is not None:
             proc = live.proc  # the kill -9 test starts another gateway: stop the one running now
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_gateway(proc)
         cleanup(project)
 
 

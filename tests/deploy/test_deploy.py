@@ -14,6 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from gitops_helpers import git
 
 from fnctl.state.auditlog import AuditFilter, audit_records
 
@@ -29,23 +30,12 @@ def project(tmp_path: Path, docker_client: docker.DockerClient, base_image: str)
         cleanup(made)
 
 
-def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.org", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def test_first_apply_then_no_op(project: Project) -> None:
     project.function("hello")
-    _git(project.root, "init", "-q")
-    _git(project.root, "add", ".")
-    _git(project.root, "commit", "-q", "-m", "hello")
-    head = _git(project.root, "rev-parse", "HEAD")
+    git(project.root, "init", "-q")
+    git(project.root, "add", ".")
+    git(project.root, "commit", "-q", "-m", "hello")
+    head = git(project.root, "rev-parse", "HEAD")
 
     broken = project.root / "manifests" / "broken.yaml"
     broken.write_text("apiVersion: fnctl/v1\nkind: Function\nmetadata: {name: Bad_Name}\nspec: {}\n")

@@ -4,9 +4,8 @@ ported to JavaScript, each limit giving the same typed failure as for Python."""
 
 from __future__ import annotations
 
-import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -17,16 +16,19 @@ import pytest
 import yaml
 from sandbox_handlers.harness import (
     MIB,
-    cleanup,
+    Start,
+    answers,
     container_gone,
     find_function,
+    leftovers_fixture,
+    logged,
     project_containers,
-    project_name,
-    wait_until,
+    removed,
+    start_fixture,
+    throwaway,
 )
 
 from fnctl.engine import dockerio, images, instances
-from fnctl.engine.instances import Instance
 from fnctl.engine.sandbox import check_container, labels
 from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project, load_project
@@ -70,11 +72,8 @@ def write_node_project(root: Path, name: str, base_image: str) -> Project:
 def project(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Project]:
-    name = project_name()
-    try:
+    with throwaway(docker_client) as name:
         yield write_node_project(tmp_path_factory.mktemp("node") / "project", name, base_image)
-    finally:
-        cleanup(docker_client, name, images=True)
 
 
 @pytest.fixture(scope="module")
@@ -83,50 +82,8 @@ def probes_image(project: Project) -> str:
     return images.ensure_image(project.name, "probes", source, project.base_image, runtime_name="nodejs22").tag
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "project" in request.fixturenames:
-        cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
-
-
-Start = Callable[..., Instance]
-
-
-@pytest.fixture
-def start(project: Project, probes_image: str) -> Iterator[Start]:
-    started: list[Instance] = []
-
-    def start_instance(function: str) -> Instance:
-        instance = instances.start(
-            find_function(project, function),
-            image=probes_image,
-            revision="test",
-            labels=labels(project.name, function),
-            secret_values={},
-        )
-        started.append(instance)
-        return instance
-
-    yield start_instance
-    for instance in started:
-        instances.kill(instance)
-
-
-def answers(instance: Instance, event: Any = None) -> Any:
-    outcome = instances.invoke(instance, {"probe": "ok"} if event is None else event)
-    assert outcome.ok, f"{outcome.failure}: {outcome.message}\n{outcome.traceback}"
-    return outcome.result
-
-
-def logged(name: str, logs: str) -> int:
-    found = re.search(rf"{name}=(\d+)", logs)
-    assert found is not None, f"no {name}= in the logs: {logs!r}"
-    return int(found.group(1))
-
-
-def removed(docker_client: docker.DockerClient, instance: Instance) -> None:
-    wait_until(lambda: container_gone(docker_client, instance.container_id), what="the instance's container to go")
+_no_leftovers = leftovers_fixture()
+start = start_fixture("test")
 
 
 # ---- handler styles and the sandbox ---------------------------------------------------------------

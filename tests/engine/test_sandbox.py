@@ -11,7 +11,6 @@ import asyncio
 import copy
 import importlib.util
 import json
-import re
 import secrets
 import shutil
 import sys
@@ -26,21 +25,27 @@ import pytest
 from sandbox_handlers.harness import (
     MIB,
     WITHDEP,
+    Start,
+    answers,
     build_wheel,
     cleanup,
     container_gone,
-    find_function,
+    leftovers_fixture,
+    logged,
+    probes_tag,
     project_containers,
+    project_fixture,
     project_name,
-    wait_until,
+    removed,
+    start_fixture,
     write_project,
 )
 
 from fnctl.commands.local import invoke_local
 from fnctl.commands.localdata import LocalData
 from fnctl.engine import dockerbuild, dockerio, images, instances
-from fnctl.engine.instances import Instance, StartFailed
-from fnctl.engine.sandbox import STARTUP_CPUS, check_container, labels
+from fnctl.engine.instances import StartFailed
+from fnctl.engine.sandbox import STARTUP_CPUS, check_container
 from fnctl.errors import BuildFailed
 from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.outcome import Failure
@@ -264,71 +269,17 @@ def test_build_gives_up_when_layers_keep_vanishing(monkeypatch: pytest.MonkeyPat
 # ---- fixtures for the real-engine tests ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def project(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
-) -> Iterator[Project]:
-    name = project_name()
-    try:
-        yield write_project(tmp_path_factory.mktemp("sandbox") / "project", name, base_image, FUNCTIONS)
-    finally:
-        cleanup(docker_client, name, images=True)
+project = project_fixture("sandbox", FUNCTIONS)
 
 
 @pytest.fixture(scope="module")
 def probes_image(project: Project) -> str:
     """One revision image holding every probe handler; each test's manifest picks handler and limits."""
-    return images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image).tag
+    return probes_tag(project)
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test on the engine, every container of the test project is gone, whatever the test did."""
-    yield
-    if "project" in request.fixturenames:
-        cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
-
-
-Start = Callable[..., Instance]
-
-
-@pytest.fixture
-def start(project: Project, probes_image: str) -> Iterator[Start]:
-    started: list[Instance] = []
-
-    def start_instance(function: str, **secret_values: str) -> Instance:
-        instance = instances.start(
-            find_function(project, function),
-            image=probes_image,
-            revision="test",
-            labels=labels(project.name, function),
-            secret_values=secret_values,
-        )
-        started.append(instance)
-        return instance
-
-    yield start_instance
-    for instance in started:
-        instances.kill(instance)
-
-
-def answers(instance: Instance, event: Any = None) -> Any:
-    """The result of a normal invocation, failing the test if there is none."""
-    outcome = instances.invoke(instance, {"probe": "ok"} if event is None else event)
-    assert outcome.ok, f"{outcome.failure}: {outcome.message}\n{outcome.traceback}"
-    return outcome.result
-
-
-def logged(name: str, logs: str) -> int:
-    """The number a probe printed as `name=N` before it failed."""
-    found = re.search(rf"{name}=(\d+)", logs)
-    assert found is not None, f"no {name}= in the logs: {logs!r}"
-    return int(found.group(1))
-
-
-def removed(docker_client: docker.DockerClient, instance: Instance) -> None:
-    wait_until(lambda: container_gone(docker_client, instance.container_id), what="the instance's container to go")
-    assert not instance.socket_dir.exists()
+_no_leftovers = leftovers_fixture()
+start = start_fixture("test")
 
 
 # ---- inside the sandbox -----------------------------------------------------------------------------

@@ -16,17 +16,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
-from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
+from sandbox_handlers.harness import Start, answers, cleanup, probes_tag, starter, throwaway, write_project
 
-from fnctl.engine import dockerio, images, instances
+from fnctl.engine import dockerio, instances
 from fnctl.engine.inspection import check_instances
 from fnctl.engine.instances import Instance
-from fnctl.engine.sandbox import labels
 from fnctl.invocation.aiotransport import AsyncTransport
 from fnctl.invocation.rendezvous import container_peer
 from fnctl.invocation.transport import UnixSocketTransport
@@ -103,48 +102,22 @@ DENIED = {"EROFS", "EACCES", "EPERM"}
 def project(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Project]:
-    name = project_name()
-    try:
+    with throwaway(docker_client) as name:
         project = write_project(tmp_path_factory.mktemp("escape") / "project", name, base_image, FUNCTIONS)
         (project.root / "functions" / "probes" / "escape.py").write_text(textwrap.dedent(ESCAPE))
         yield project
-    finally:
-        cleanup(docker_client, name, images=True)
 
 
 @pytest.fixture(scope="module")
 def image(project: Project) -> str:
-    return images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image).tag
-
-
-Start = Callable[[str], Instance]
+    return probes_tag(project)
 
 
 @pytest.fixture
 def start(project: Project, image: str, docker_client: docker.DockerClient) -> Iterator[Start]:
-    started: list[Instance] = []
-
-    def start_instance(function: str) -> Instance:
-        instance = instances.start(
-            find_function(project, function),
-            image=image,
-            revision="1",
-            labels=labels(project.name, function),
-            secret_values={},
-        )
-        started.append(instance)
-        return instance
-
-    yield start_instance
-    for instance in started:
-        instances.kill(instance)
+    with starter(project, image, revision="1") as start_instance:
+        yield start_instance
     cleanup(docker_client, project.name, images=False)
-
-
-def answer(instance: Instance, event: Any = None) -> Any:
-    outcome = instances.invoke(instance, {} if event is None else event)
-    assert outcome.ok, f"{outcome.failure}: {outcome.message}\n{outcome.traceback}"
-    return outcome.result
 
 
 def host_names(instance: Instance) -> dict[str, int]:
@@ -163,7 +136,7 @@ def assert_nothing_landed(instance: Instance) -> None:
 @pytest.mark.parametrize("function", ["filler", "filler-gvisor"])
 def test_a_function_cannot_write_into_its_socket_directory(start: Start, function: str) -> None:
     instance = start(function)
-    result = answer(instance, {"files": 6})  # 48 MiB: past tmp 16Mi, and past fsize per file were it one file
+    result = answers(instance, {"files": 6})  # 48 MiB: past tmp 16Mi, and past fsize per file were it one file
     assert result["function"] == function
     failed = {what: error for what, error in result["attempts"].items() if error not in DENIED}
     assert failed == {}, f"writes into /run/fnctl that were not refused as read-only: {failed}"
@@ -173,16 +146,16 @@ def test_a_function_cannot_write_into_its_socket_directory(start: Start, functio
     assert [(m["Source"], m["Destination"], m["RW"]) for m in mounts] == [
         (str(instance.socket_dir), "/run/fnctl", False)
     ]
-    assert answer(instance)["function"] == function  # and it keeps serving
+    assert answers(instance)["function"] == function  # and it keeps serving
 
 
 @pytest.mark.docker
 def test_a_planted_name_cannot_redirect_a_reconnect_to_another_function(start: Start) -> None:
     vault = start("vault")
     planter = start("planter")
-    assert answer(vault)["function"] == "vault"
+    assert answers(vault)["function"] == "vault"
     # Aim at the vault's directory: under the old layout its `sock`, now its host listeners' directory.
-    result = answer(planter, {"target": str(vault.socket_dir / "sock")})
+    result = answers(planter, {"target": str(vault.socket_dir / "sock")})
     assert result["function"] == "planter"
     assert {what: error for what, error in result["attempts"].items() if error not in DENIED} == {}
     assert result["seen"] == [instances.CONTAINER_FILE]
@@ -192,7 +165,7 @@ def test_a_planted_name_cannot_redirect_a_reconnect_to_another_function(start: S
     direct = instances.connect_existing(planter.function, planter.container_id, planter.socket_dir, planter.id)
     assert direct is not None
     try:
-        assert answer(direct, {"target": "/nonexistent"})["function"] == "planter"
+        assert answers(direct, {"target": "/nonexistent"})["function"] == "planter"
     finally:
         direct.transport.close()
 
@@ -272,7 +245,7 @@ def test_a_host_process_killed_while_listening_leaves_the_instance_reachable(sta
     again = instances.connect_existing(instance.function, instance.container_id, instance.socket_dir, instance.id)
     assert again is not None
     try:
-        assert answer(again)["function"] == "vault"
+        assert answers(again)["function"] == "vault"
     finally:
         again.transport.close()
     assert_nothing_landed(instance)

@@ -14,10 +14,10 @@ from typing import Any
 import docker
 import pytest
 from polling import wait_until
-from sandbox_handlers.harness import cleanup, find_function, project_name, run_cli, write_project
+from sandbox_handlers.harness import find_function, probes_tag, project_fixture, run_cli
 from swarm_helpers import SwarmNodes, swarm_nodes
 
-from fnctl.engine import images, instances
+from fnctl.engine import instances
 from fnctl.engine.swarm import NodeAgent, SwarmEngine, service_name
 from fnctl.engine.swarmspec import Placement
 from fnctl.errors import EngineUnavailable
@@ -33,28 +33,20 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def project(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
-) -> Iterator[Project]:
-    name = project_name()
-    try:
-        yield write_project(tmp_path_factory.mktemp("swarm") / "project", name, base_image, FUNCTIONS)
-    finally:
-        cleanup(docker_client, name, images=True)
+project = project_fixture("swarm", FUNCTIONS)
 
 
 @pytest.fixture(scope="module")
 def swarm(project: Project) -> Iterator[SwarmNodes]:
-    image = images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image)
+    image = probes_tag(project)
     with swarm_nodes(3) as nodes:
-        nodes.load(image.tag)
+        nodes.load(image)
         yield nodes
 
 
 @pytest.fixture(scope="module")
 def image(project: Project, swarm: SwarmNodes) -> str:
-    return images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image).tag
+    return probes_tag(project)
 
 
 def agents(swarm: SwarmNodes, nodes: range | list[int]) -> list[NodeAgent]:

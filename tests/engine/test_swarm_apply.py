@@ -21,11 +21,10 @@ import pytest
 import yaml
 from polling import wait_until
 from rollout_helpers import free_port
-from sandbox_handlers.harness import cleanup, project_name, run_cli, write_project
+from sandbox_handlers.harness import probes_tag, run_cli, throwaway, write_project
 from swarm_helpers import SwarmNodes, swarm_nodes
 
 from fnctl.deploy.rolloutdriver import run_checks
-from fnctl.engine import images
 from fnctl.engine.swarm import SwarmEngine, service_name
 from fnctl.gateway.forward import HOP_HEADER
 from fnctl.manifest.model import HealthCheck, Strategy
@@ -55,22 +54,19 @@ spec:
 def project(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
 ) -> Iterator[Project]:
-    name = project_name()
-    try:
+    with throwaway(docker_client) as name:
         project = write_project(tmp_path_factory.mktemp("swarmapply") / "project", name, base_image, {"web": SPEC})
         (project.root / "manifests" / "web-http.yaml").write_text(TRIGGER)
         yield project
-    finally:
-        cleanup(docker_client, name, images=True)
 
 
 @pytest.fixture(scope="module")
 def swarm(project: Project) -> Iterator[SwarmNodes]:
     # The image apply builds (same project, function and source: same tag), loaded into every node: what an
     # operator does with a registry or `scripts/swarm-nodes.sh load` (docs/swarm.md).
-    image = images.ensure_image(project.name, "web", project.root / "functions" / "probes", project.base_image)
+    image = probes_tag(project, "web")
     with swarm_nodes(3) as nodes:
-        nodes.load(image.tag)
+        nodes.load(image)
         config = project.root / "fnctl.toml"
         config.write_text(
             f'engine = "swarm"\n{config.read_text()}\n[swarm]\nmanager = "unix://{nodes.manager}"\n'

@@ -8,13 +8,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import docker
 import pytest
 from polling import wait_until
-from sandbox_handlers.harness import cleanup, find_function, project_name, write_project
+from sandbox_handlers.harness import find_function, probes_tag, project_fixture
 from swarm_helpers import SwarmNodes, swarm_nodes
 
-from fnctl.engine import images
 from fnctl.engine.swarm import NodeAgent, SwarmEngine, service_name
 from fnctl.engine.swarmspec import Placement
 from fnctl.manifest.project import Project
@@ -24,23 +22,15 @@ pytestmark = pytest.mark.docker
 FUNCTIONS: dict[str, dict[str, Any]] = {"boxed": {"handler": "probes.identity", "isolation": "gvisor"}}
 
 
-@pytest.fixture(scope="module")
-def project(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
-) -> Iterator[Project]:
-    name = project_name()
-    try:
-        yield write_project(tmp_path_factory.mktemp("swarm") / "project", name, base_image, FUNCTIONS)
-    finally:
-        cleanup(docker_client, name, images=True)
+project = project_fixture("swarm", FUNCTIONS)
 
 
 @pytest.fixture(scope="module")
 def swarm(project: Project) -> Iterator[tuple[SwarmNodes, str]]:
-    image = images.ensure_image(project.name, "probes", project.root / "functions" / "probes", project.base_image)
+    image = probes_tag(project)
     with swarm_nodes(1, name="fnsg", runtime="runsc") as nodes:
-        nodes.load(image.tag)
-        yield nodes, image.tag
+        nodes.load(image)
+        yield nodes, image
 
 
 def test_gvisor_task_runs_on_a_runsc_node_and_checks_clean(swarm: tuple[SwarmNodes, str], project: Project) -> None:

@@ -39,7 +39,7 @@ from fnctl.gateway.auth import (
 from fnctl.manifest.project import load_project
 from fnctl.state import keystore
 from fnctl.state.location import StateLocation
-from fnctl.state.store import Store, StoreError, connect
+from fnctl.state.store import Store, StoreError
 
 AUDIENCE, ISSUER = "fnctl-gateway", "https://id.example.org"
 HS_SECRET = "s" * 64
@@ -70,13 +70,6 @@ def rsa_keys() -> tuple[rsa.RSAPrivateKey, str, rsa.RSAPrivateKey]:
 @pytest.fixture
 def store_path(state_location: StateLocation) -> StateLocation:
     return state_location
-
-
-@pytest.fixture
-def store(store_path: StateLocation) -> Iterator[Store]:
-    opened = connect(store_path)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from polling import eventually
 
 from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
 from fnctl.state.location import StateLocation
-from fnctl.state.store import Store, connect
+from fnctl.state.store import Store
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 
@@ -24,13 +25,6 @@ EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
 @pytest.fixture
 def store_path(state_location: StateLocation) -> StateLocation:
     return state_location
-
-
-@pytest.fixture
-def store(store_path: StateLocation) -> Iterator[Store]:
-    opened = connect(store_path)
-    yield opened
-    opened.close()
 
 
 class Recorder:
@@ -57,14 +51,6 @@ def cron_spec(
     return {"function": function, "cron": cron}
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def running(runners: list[CronRunner], body: Callable[[], Awaitable[Any]]) -> None:
     """Run the runners while `body` runs, then stop them and wait for them to finish."""
     stop = asyncio.Event()
@@ -88,7 +74,7 @@ def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Sta
     recorder = Recorder(fail_first=True)  # a failing run does not stop the schedule
 
     async def body() -> None:
-        await until(lambda: len(recorder.runs) >= 3, "three runs of the per-second trigger")
+        await eventually(lambda: len(recorder.runs) >= 3, "three runs of the per-second trigger")
 
     asyncio.run(running([CronRunner(store_path, recorder)], body))
     assert {(r[0], r[1], repr(r[2])) for r in recorder.runs} == {("tick", "report", "{'report': 'nightly'}")}
@@ -103,7 +89,7 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: StateLoca
     async def scenario() -> None:
         async def two_runs(recorder: Recorder) -> Callable[[], Awaitable[None]]:
             async def body() -> None:
-                await until(lambda: len(recorder.runs) >= 2, "two runs")
+                await eventually(lambda: len(recorder.runs) >= 2, "two runs")
 
             return body
 
@@ -123,7 +109,7 @@ def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: S
     a, b = Recorder(), Recorder()
 
     async def body() -> None:
-        await until(lambda: len(a.runs) + len(b.runs) >= 4, "four runs between the two runners")
+        await eventually(lambda: len(a.runs) + len(b.runs) >= 4, "four runs between the two runners")
 
     asyncio.run(running([CronRunner(store_path, a), CronRunner(store_path, b)], body))
     ticks = a.ticks() + b.ticks()
@@ -152,7 +138,7 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
 
     async def body_first(runner: CronRunner) -> None:
         await asyncio.wait_for(runner.ready.wait(), timeout=20)
-        await until(lambda: len(first.runs) >= 1, "the missed run of catch-up")
+        await eventually(lambda: len(first.runs) >= 1, "the missed run of catch-up")
 
     async def scenario() -> None:
         runner = CronRunner(store_path, first)

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+from polling import eventually
 
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
@@ -379,15 +380,6 @@ def run(test: Callable[[Harness], Any], limits: GatewayLimits | None = None) -> 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
 
 
-async def _poll(condition: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return value
-
-
 def test_invoke_result_headers_caller_and_audit() -> None:
     async def check(h: Harness) -> None:
         async with h.session.post(
@@ -483,7 +475,7 @@ def _tight(routes: dict[int, int]) -> router.Table:
 
 async def _switch(h: Harness, table: router.Table) -> None:
     h.tables.append(table)
-    await _poll(lambda: h.gateway.table is table, "the gateway to read the new table")
+    await eventually(lambda: h.gateway.table is table, "the gateway to read the new table")
 
 
 async def _pin(h: Harness, revision: int, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -620,14 +612,14 @@ def test_http_trigger_both_ways() -> None:
 
 def test_routing_table_reloads_without_restart() -> None:
     async def check(h: Harness) -> None:
-        await _poll(lambda: h.pool.routes, "the first reconcile")
+        await eventually(lambda: h.pool.routes, "the first reconcile")
         h.tables.append(_table({"pub": {1: 0, 2: 100}}))
-        await _poll(
+        await eventually(
             lambda: h.gateway.table and h.gateway.table.functions["pub"].weights == {1: 0, 2: 100}, "the new table"
         )
         async with h.session.post(h.url + "/invoke/pub", json={}) as r:
             assert r.headers["X-Fnctl-Revision"] == "2"
-        await _poll(lambda: h.pool.routes[-1] == {"pub": {1: 0, 2: 100}}, "the pools reconciled")
+        await eventually(lambda: h.pool.routes[-1] == {"pub": {1: 0, 2: 100}}, "the pools reconciled")
         async with h.session.post(h.url + "/invoke/priv", json={}) as r:
             assert r.status == 404  # gone from the routing table
 
@@ -718,7 +710,7 @@ def test_concurrency_cap_per_function() -> None:
     async def check(h: Harness) -> None:
         h.pool.release = asyncio.Event()
         waiting = [asyncio.create_task(h.session.post(h.url + "/invoke/pub", json={"wait": True})) for _ in range(3)]
-        await _poll(lambda: len(h.pool.calls) == 3, "three requests in flight")
+        await eventually(lambda: len(h.pool.calls) == 3, "three requests in flight")
         async with h.session.post(h.url + "/invoke/pub", json={}) as r:
             assert r.status == 429 and r.headers["Retry-After"] == "1"
         async with h.session.post(h.url + "/invoke/ab", json={}) as r:
@@ -748,9 +740,9 @@ def test_graceful_drain_answers_in_flight_requests() -> None:
         runner, port = await start_server(make_app(gateway), "127.0.0.1", 0, limits)
         async with aiohttp.ClientSession() as session:
             inflight = asyncio.create_task(session.post(f"http://127.0.0.1:{port}/invoke/pub", json={"wait": True}))
-            await _poll(lambda: pool.calls, "a request in flight")
+            await eventually(lambda: pool.calls, "a request in flight")
             closing = asyncio.create_task(runner.cleanup())
-            await _poll(lambda: gateway.draining, "draining")
+            await eventually(lambda: gateway.draining, "draining")
             with pytest.raises(aiohttp.ClientConnectionError):  # no longer listening
                 await session.post(f"http://127.0.0.1:{port}/invoke/pub", json={})
             pool.release.set()
@@ -1079,7 +1071,7 @@ def test_e2e_slow_bodies_do_not_starve_a_function(live: Live) -> None:
         tasks = [asyncio.create_task(attack.connection(source)) for source in sources for _ in range(100)]
         statuses: list[int] = []
         try:
-            await _poll(lambda: attack.open >= len(tasks), "every attacker connection to be open", timeout=30)
+            await eventually(lambda: attack.open >= len(tasks), "every attacker connection to be open", timeout=30)
             async with aiohttp.ClientSession() as session:
                 while len(statuses) < 200 or attack.cuts < len(tasks):  # through a whole attack cycle
                     assert len(statuses) < 20_000, f"the gateway cut only {attack.cuts} attacker connections"

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_gateway import Harness, _poll, _spec, _switch, running
+from polling import eventually
+from test_gateway import Harness, _spec, _switch, running
 
 from fnctl.gateway import router
 from fnctl.gateway.app import GatewayLimits
@@ -95,7 +96,7 @@ async def _under_attack(
     tasks = [asyncio.create_task(attack.connection(source)) for source in sources for _ in range(per_source)]
     statuses: list[int] = []
     try:
-        await _poll(lambda: attack.open >= len(tasks), "every attacker connection to be open", timeout=20)
+        await eventually(lambda: attack.open >= len(tasks), "every attacker connection to be open", timeout=20)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while len(statuses) < 200 or attack.cuts < len(tasks):
                 assert len(statuses) < 20_000, f"the gateway cut only {attack.cuts} attacker connections"
@@ -154,7 +155,7 @@ def test_slowloris_headers_are_cut_and_do_not_starve_a_function() -> None:
 def test_connections_per_client_address_are_capped() -> None:
     async def check(h: Harness) -> None:
         held = [await _connect(h.port, "127.0.0.5") for _ in range(5)]
-        await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 5, "five connections from 127.0.0.5")
+        await eventually(lambda: _open_from(h, ("127.0.0.5",)) == 5, "five connections from 127.0.0.5")
         reader, writer = await _connect(h.port, "127.0.0.5")  # the sixth: answered at once, then closed
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
@@ -162,7 +163,7 @@ def test_connections_per_client_address_are_capped() -> None:
         async with h.session.post(h.url + "/invoke/pub", json={"echo": 1}) as r:  # other addresses: unaffected
             assert r.status == 200
         held.pop()[1].close()
-        await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 4, "the gateway to see one closed")
+        await eventually(lambda: _open_from(h, ("127.0.0.5",)) == 4, "the gateway to see one closed")
         reader, writer = await _connect(h.port, "127.0.0.5")
         writer.write(
             b'POST /invoke/pub HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"echo":2}'
@@ -171,7 +172,7 @@ def test_connections_per_client_address_are_capped() -> None:
         writer.close()
         for _, other in held:
             other.close()
-        await _poll(lambda: _open_from(h, ("127.0.0.5",)) == 0, "every connection from 127.0.0.5 released")
+        await eventually(lambda: _open_from(h, ("127.0.0.5",)) == 0, "every connection from 127.0.0.5 released")
 
     run(check, max_connections_per_client=5)
 
@@ -321,7 +322,7 @@ def test_malformed_http_is_answered_with_one_line_and_audited(
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.split(b" ")[1] == b"400", (name, answer)
             assert body.count(b"\n") <= 1 and b"\x01" not in body and b"GARBAGE" not in body, (name, body)
-            rows = await _poll(_rows_since(h, before), f"the audit row of {name}")
+            rows = await eventually(_rows_since(h, before), f"the audit row of {name}")
             assert [row["status"] for row in rows] == [400], (name, rows)
         assert not h.pool.calls
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,13 +19,6 @@ from fnctl.rollout.latency import BOUNDS, GROWTH, Window, bucket_index, quantile
 from fnctl.state.location import StateLocation
 from fnctl.state.metricstore import window
 from fnctl.state.store import Store, StoreError, connect
-
-
-@pytest.fixture
-def store(state_location: StateLocation) -> Iterator[Store]:
-    opened = connect(state_location)
-    yield opened
-    opened.close()
 
 
 class Clock:

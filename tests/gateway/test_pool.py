@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
+from polling import eventually, eventually_awaited
 
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import images, instances
@@ -46,30 +47,6 @@ from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
-
-
-async def until(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    """Poll `condition` on the loop until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def until_async(condition: Callable[[], Awaitable[T]], what: str, timeout: float = 30.0) -> T:
-    """`until` for a condition that must await (a ping, an invocation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # ---- decisions (pure, no daemon) ----------------------------------------------------------------
@@ -283,7 +260,7 @@ def test_async_transport_fails_every_waiter_when_the_runtime_dies(local_runtime:
             asyncio.ensure_future(transport.invoke({"sleep": 30}, invocation_id=f"s{n}", deadline=time.time() + 60))
             for n in range(3)
         ]
-        await until_async(lambda: _equals(transport.ping(), 3), "three invocations in flight")
+        await eventually_awaited(lambda: _equals(transport.ping(), 3), "three invocations in flight")
         local_runtime.process.send_signal(signal.SIGKILL)
         done = await asyncio.wait_for(asyncio.gather(*slow, return_exceptions=True), timeout=10)
         assert all(isinstance(error, ConnectionLost) for error in done), done
@@ -300,9 +277,9 @@ def test_async_transport_drain_finishes_in_flight_work_and_refuses_new(local_run
         await first.connect(timeout=15)
         await second.connect(timeout=5)
         slow = asyncio.ensure_future(first.invoke({"sleep": 0.5, "n": 1}, invocation_id="s", deadline=time.time() + 10))
-        await until_async(lambda: _equals(second.ping(), 1), "the slow invocation to be in flight")
+        await eventually_awaited(lambda: _equals(second.ping(), 1), "the slow invocation to be in flight")
         drain = asyncio.ensure_future(second.drain())
-        refused = await until_async(lambda: _draining(first), "a new invocation to be refused as draining")
+        refused = await eventually_awaited(lambda: _draining(first), "a new invocation to be refused as draining")
         assert refused.error is not None and "draining" in refused.error.message
         assert (await slow).result["n"] == 1  # the in-flight one finished
         await drain
@@ -323,7 +300,7 @@ def test_async_transport_closes_a_foreign_peer_unserved(local_runtime: LocalRunt
         local_runtime.process.send_signal(signal.SIGSTOP)  # so that the foreign connection is queued first
         try:
             connecting = asyncio.ensure_future(transport.connect(timeout=15))
-            [name] = await until(lambda: os.listdir(local_runtime.socket_dir), "the transport's listener")
+            [name] = await eventually(lambda: os.listdir(local_runtime.socket_dir), "the transport's listener")
             foreign.connect(os.path.join(local_runtime.socket_dir, name))
             local_runtime.process.send_signal(signal.SIGCONT)
             ready = await connecting
@@ -416,7 +393,7 @@ class LocalHost:
 
     async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
         process = self.processes[slot.id]
-        await until(lambda: process.poll() is not None, "the runtime process to exit")
+        await eventually(lambda: process.poll() is not None, "the runtime process to exit")
         return (None, "drained") if process.returncode == 0 else (Failure.CRASHED, "the local runtime died")
 
     async def close(self) -> None:
@@ -460,10 +437,10 @@ def test_a_timed_out_instance_is_replaced_and_the_next_request_succeeds(tmp_path
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "minInstances started")
+        await eventually(lambda: pool.stats().ready == 1, "minInstances started")
         slow = await pool.invoke({"sleep": 5}, None, "slow")
         assert slow.outcome.failure is Failure.TIMEOUT and "timeout of 0.3s" in slow.outcome.message
-        await until(lambda: host.stopped == [slow.instance], "the timed-out instance stopped")
+        await eventually(lambda: host.stopped == [slow.instance], "the timed-out instance stopped")
         after = await pool.invoke({"n": 1}, None, "after")
         assert after.outcome.ok and after.instance != slow.instance
 
@@ -475,7 +452,7 @@ def test_an_instance_drained_from_outside_gets_no_more_work(tmp_path: Path) -> N
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 2, "two instances started")
+        await eventually(lambda: pool.stats().ready == 2, "two instances started")
         first = next(iter(pool.slots.values()))
         outside = AsyncTransport(first.socket_dir, peer=host.peer_check(first))  # as `fnctl apply` does to an old one
         await outside.connect(timeout=5)
@@ -483,7 +460,7 @@ def test_an_instance_drained_from_outside_gets_no_more_work(tmp_path: Path) -> N
         results = [await pool.invoke({"n": n}, None, f"r{n}") for n in range(6)]
         assert all(r.outcome.ok for r in results), results
         assert first.id not in {r.instance for r in results}
-        await until(lambda: first.id not in pool.slots, "the drained instance forgotten once it exits")
+        await eventually(lambda: first.id not in pool.slots, "the drained instance forgotten once it exits")
 
     run_local(host, scenario())
 
@@ -494,12 +471,12 @@ def test_below_max_instances_a_full_queue_waits_for_the_instances_starting(tmp_p
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "minInstances started")
+        await eventually(lambda: pool.stats().ready == 1, "minInstances started")
         busy = asyncio.ensure_future(pool.invoke({"sleep": 0.5, "n": 0}, None, "busy"))
-        await until(lambda: pool.stats().inflight == 1, "the only ready slot taken")
+        await eventually(lambda: pool.stats().inflight == 1, "the only ready slot taken")
         # Past the queue limit at once, while the instances for them are only starting: they wait for them.
         waiting = [asyncio.ensure_future(pool.invoke({"n": n}, None, f"w{n}")) for n in (1, 2)]
-        await until(lambda: pool.stats().instances == 3, "instances started for them, up to maxInstances")
+        await eventually(lambda: pool.stats().instances == 3, "instances started for them, up to maxInstances")
         results = await asyncio.gather(busy, *waiting)
         assert [r.outcome.result["n"] for r in results] == [0, 1, 2]
         assert all(r.outcome.ok for r in results)
@@ -552,12 +529,12 @@ def test_a_request_thawing_the_reserve_is_sent_to_it_before_the_thaw_ends(tmp_pa
 
     async def scenario() -> None:
         pool.scale()  # the reserve: started, then paused
-        await until(lambda: [s.phase for s in pool.slots.values()] == [SlotPhase.PAUSED], "the paused reserve")
+        await eventually(lambda: [s.phase for s in pool.slots.values()] == [SlotPhase.PAUSED], "the paused reserve")
         assert pauser.frozen
         request = asyncio.ensure_future(pool.invoke({"n": 7}, None, "thaws"))
         [reserve] = pool.slots.values()
         try:
-            await until(lambda: reserve.inflight == 1, "the request sent to the reserve while it is frozen", 10)
+            await eventually(lambda: reserve.inflight == 1, "the request sent to the reserve while it is frozen", 10)
             assert pauser.frozen and not request.done()
         finally:
             pauser.thaw.set()  # else, failing, the thaw would wait for ever
@@ -574,11 +551,11 @@ def test_at_max_instances_a_full_queue_is_refused_with_retry_after(tmp_path: Pat
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "the instance started")
+        await eventually(lambda: pool.stats().ready == 1, "the instance started")
         busy = asyncio.ensure_future(pool.invoke({"sleep": 0.5, "n": 0}, None, "busy"))
-        await until(lambda: pool.stats().inflight == 1, "the only slot taken")
+        await eventually(lambda: pool.stats().inflight == 1, "the only slot taken")
         queued = asyncio.ensure_future(pool.invoke({"n": 1}, None, "queued"))
-        await until(lambda: pool.stats().queued == 1, "the queue full")
+        await eventually(lambda: pool.stats().queued == 1, "the queue full")
         with pytest.raises(Overloaded) as refused:
             await pool.invoke({"n": 2}, None, "refused")
         assert refused.value.retry_after >= 1
@@ -595,18 +572,18 @@ def test_a_warm_revision_keeps_min_instances_however_idle_until_unrouted(tmp_pat
 
     async def scenario() -> None:
         pool.scale()  # what the manager does for a revision listed at 0%
-        await until(lambda: pool.stats().ready == 1, "minInstances of a 0% revision started")
+        await eventually(lambda: pool.stats().ready == 1, "minInstances of a 0% revision started")
         both = [asyncio.ensure_future(pool.invoke({"sleep": 0.2, "n": n}, None, f"p{n}")) for n in range(2)]
-        await until(lambda: pool.stats().ready == 2, "a second instance for pinned traffic")
+        await eventually(lambda: pool.stats().ready == 2, "a second instance for pinned traffic")
         assert all(r.outcome.ok for r in await asyncio.gather(*both))
         later = time.monotonic() + 3600  # everything long idle
         pool.tick(later)
-        await until(lambda: len(host.stopped) == 1, "the instance beyond minInstances stopped")
+        await eventually(lambda: len(host.stopped) == 1, "the instance beyond minInstances stopped")
         pool.tick(later)
         assert pool.stats().ready == 1 and len(host.stopped) == 1 and not pool.disposable(later)
         pool.set_routing(Routing.UNROUTED)  # gone from the weights: drained after the grace
         pool.tick(later)
-        await until(lambda: len(host.stopped) == 2 and not pool.slots, "the last instance stopped")
+        await eventually(lambda: len(host.stopped) == 2 and not pool.slots, "the last instance stopped")
         assert pool.disposable(later)
 
     run_local(host, scenario())
@@ -617,11 +594,11 @@ def test_callers_that_give_up_leave_no_slot_or_queue_entry_behind(tmp_path: Path
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "the instance started")
+        await eventually(lambda: pool.stats().ready == 1, "the instance started")
         running = asyncio.ensure_future(pool.invoke({"sleep": 5}, None, "running"))
-        await until(lambda: pool.stats().inflight == 1, "a request in flight")
+        await eventually(lambda: pool.stats().inflight == 1, "a request in flight")
         queued = asyncio.ensure_future(pool.invoke({"n": 1}, None, "queued"))
-        await until(lambda: pool.stats().queued == 1, "a request queued")
+        await eventually(lambda: pool.stats().queued == 1, "a request queued")
         queued.cancel()
         running.cancel()
         await asyncio.gather(running, queued, return_exceptions=True)
@@ -750,7 +727,7 @@ def test_scales_up_under_load_and_back_down(deployed: Deployed) -> None:
     key = ("scale", 1)
 
     async def scenario(manager: PoolManager) -> None:
-        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
         stop, results = asyncio.Event(), list[PoolResult]()
 
         async def client(n: int) -> None:
@@ -758,14 +735,14 @@ def test_scales_up_under_load_and_back_down(deployed: Deployed) -> None:
                 results.append(await call(manager, "scale", {"sleep": 0.2, "n": n}, request_id=f"load-{n}"))
 
         clients = [asyncio.ensure_future(client(n)) for n in range(6)]  # 6 in flight, concurrency 1, max 3
-        await until(lambda: len({r.instance for r in results}) == 3, "requests served by three instances", 60)
+        await eventually(lambda: len({r.instance for r in results}) == 3, "requests served by three instances", 60)
         assert manager.stats()[key].instances == 3  # never more than maxInstances
         assert len(deployed.rows("scale", InstanceState.READY)) == 3  # each recorded in the store
         stop.set()
         await asyncio.gather(*clients)
         assert all(r.outcome.ok for r in results)
-        await until(lambda: manager.stats()[key].instances == 1, "idle instances stopped down to minInstances")
-        await until(
+        await eventually(lambda: manager.stats()[key].instances == 1, "idle instances stopped down to minInstances")
+        await eventually(
             lambda: len(deployed.rows("scale")) == 1 and len(deployed.containers("scale")) == 1,
             "the store and the engine back to one instance",
         )
@@ -784,7 +761,7 @@ def test_scales_from_zero_with_a_cold_start_and_back_to_zero(deployed: Deployed)
         assert first.cold_start
         second = await call(manager, "zero", {"n": 2})
         assert second.outcome.ok and not second.cold_start and second.instance == first.instance
-        await until(
+        await eventually(
             lambda: (
                 manager.stats()[key].instances == 0 and not deployed.rows("zero") and not deployed.containers("zero")
             ),
@@ -819,7 +796,7 @@ def test_a_cold_start_meets_its_runtime_on_one_listener_and_configures_its_secre
         assert result.cold_start and result.outcome.ok, result.outcome
         assert result.outcome.result == {"token": TOKEN}
         # recorded READY beside the first request, still under the store's lock from the row's insert
-        await until(
+        await eventually(
             lambda: [r.state for r in deployed.rows("secret")] == [InstanceState.READY], "the instance recorded READY"
         )
         [row] = deployed.rows("secret")
@@ -850,7 +827,7 @@ def test_a_runtime_that_cannot_load_its_handler_fails_the_cold_start_with_its_er
         async def scenario(manager: PoolManager) -> None:
             with pytest.raises(Unavailable, match="failed to load: RuntimeError: refusing to load"):
                 await call(manager, "broken", {"n": 1})
-            await until(
+            await eventually(
                 lambda: not deployed.rows("broken") and not deployed.containers("broken"),
                 "the instance that failed to start removed",
             )
@@ -865,10 +842,10 @@ def test_a_crash_mid_invocation_fails_its_requests_and_the_next_one_succeeds(dep
     key = ("crash", 1)
 
     async def scenario(manager: PoolManager) -> None:
-        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
         victim = (await call(manager, "crash", {"n": 0})).instance
         slow = asyncio.ensure_future(call(manager, "crash", {"sleep": 60}, request_id="slow"))
-        await until(lambda: manager.stats()[key].inflight == 1, "a long invocation in flight")
+        await eventually(lambda: manager.stats()[key].inflight == 1, "a long invocation in flight")
         crashed = await asyncio.wait_for(call(manager, "crash", {"crash": True}, request_id="boom"), 20)
         cut = await asyncio.wait_for(slow, 20)  # failed at once, not after its 60 s
         for result in (crashed, cut):
@@ -877,14 +854,14 @@ def test_a_crash_mid_invocation_fails_its_requests_and_the_next_one_succeeds(dep
             assert "crashed during the invocation (exit code 3)" in result.outcome.message
         after = await call(manager, "crash", {"n": 1})
         assert after.outcome.ok and after.instance != victim
-        await until(
+        await eventually(
             lambda: (
                 victim not in {r.id for r in deployed.rows("crash")}
                 and all(c.labels["io.fnctl.instance"] != victim for c in deployed.containers("crash"))
             ),
             "the crashed instance removed from the store and the engine",
         )
-        await until(lambda: manager.stats()[key].ready == 1, "a replacement kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "a replacement kept warm")
 
     with_manager(deployed, scenario)
 
@@ -894,11 +871,11 @@ def test_at_max_instances_with_a_full_queue_requests_are_refused_with_retry_afte
     key = ("tiny", 1)
 
     async def scenario(manager: PoolManager) -> None:
-        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
         busy = asyncio.ensure_future(call(manager, "tiny", {"sleep": 2}, request_id="busy"))
-        await until(lambda: manager.stats()[key].inflight == 1, "the only slot taken")
+        await eventually(lambda: manager.stats()[key].inflight == 1, "the only slot taken")
         queued = [asyncio.ensure_future(call(manager, "tiny", {"n": n}, request_id=f"q{n}")) for n in range(2)]
-        await until(lambda: manager.stats()[key].queued == 2, "the queue full")
+        await eventually(lambda: manager.stats()[key].queued == 2, "the queue full")
         with pytest.raises(Overloaded) as refused:
             await call(manager, "tiny", {"n": 9})
         assert refused.value.retry_after >= 1
@@ -922,11 +899,11 @@ def test_a_revision_the_table_does_not_list_is_started_on_demand_and_stopped_aft
         assert [r.revision for r in deployed.rows("preview")] == [2]
         live = await call(manager, "preview", {"n": 2}, revision=1)
         assert live.outcome.ok and live.outcome.result["version"] == "one"
-        await until(
+        await eventually(
             lambda: preview not in manager.stats() or manager.stats()[preview].instances == 0,
             "the preview instance stopped once idle for the grace",
         )
-        await until(lambda: all(r.revision != 2 for r in deployed.rows("preview")), "its row removed")
+        await eventually(lambda: all(r.revision != 2 for r in deployed.rows("preview")), "its row removed")
         with pytest.raises(Unavailable, match="no revision 7"):
             await call(manager, "preview", {}, revision=7)
 
@@ -953,7 +930,7 @@ def test_a_revision_listed_at_0_percent_is_kept_warm_and_drained_once_unlisted(d
     assert started_by_apply
 
     async def scenario(manager: PoolManager) -> None:
-        await until(
+        await eventually(
             lambda: all(k in manager.stats() and manager.stats()[k].ready == 1 for k in (live, warm)),
             "minInstances of both revisions ready, the 0% one included",
         )
@@ -961,14 +938,14 @@ def test_a_revision_listed_at_0_percent_is_kept_warm_and_drained_once_unlisted(d
         assert pinned.outcome.ok and pinned.outcome.result["version"] == "two" and not pinned.cold_start
         assert pinned.instance in started_by_apply  # adopted, not started again
         ticks = count_ticks(manager._pools[warm])
-        await until(
+        await eventually(
             lambda: len(ticks) > 1 and ticks[-1] - ticks[0] > 4 * manager.idle_seconds,
             "upkeep rounds over four times the idle time",
         )
         assert manager.stats()[warm].ready == 1  # idle, yet kept
         assert {r.id for r in deployed.rows("warm") if r.revision == 2} == {pinned.instance}
         await manager.reconcile({"warm": {1: 100}})  # gone from the table: drained after the grace
-        await until(
+        await eventually(
             lambda: warm not in manager.stats() and all(r.revision != 2 for r in deployed.rows("warm")),
             "the unlisted revision's pool and instance gone",
         )
@@ -1007,13 +984,13 @@ def test_requests_never_reach_an_instance_that_is_not_ready(deployed: Deployed) 
     foreign.transport.close()
 
     async def scenario(manager: PoolManager) -> None:
-        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
         assert manager.stats()[key].instances == 1  # the STARTING one was not adopted
         busy = asyncio.ensure_future(call(manager, "slow", {"sleep": 4}, request_id="busy"))
-        await until(lambda: manager.stats()[key].inflight == 1, "the only ready slot taken")
+        await eventually(lambda: manager.stats()[key].inflight == 1, "the only ready slot taken")
         waiting = asyncio.ensure_future(call(manager, "slow", {"n": 1}, request_id="waiting"))
         # A second instance is starting (it loads for 2 s): the request waits for it rather than going there.
-        await until(
+        await eventually(
             lambda: (
                 (manager.stats()[key].instances, manager.stats()[key].ready, manager.stats()[key].queued) == (2, 1, 1)
             ),
@@ -1038,13 +1015,13 @@ def test_close_drains_in_flight_requests_and_stops_the_extra_instances(deployed:
     async def scenario() -> None:
         manager = deployed.manager()
         await manager.start()
-        await until(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
+        await eventually(lambda: manager.stats()[key].ready == 1, "minInstances kept warm")
         running = [
             asyncio.ensure_future(call(manager, "drain", {"sleep": 4, "n": n}, request_id=f"d{n}")) for n in range(2)
         ]
-        await until(lambda: manager.stats()[key].inflight == 2, "two requests in flight on two instances", 60)
+        await eventually(lambda: manager.stats()[key].inflight == 2, "two requests in flight on two instances", 60)
         closing = asyncio.ensure_future(manager.close())
-        await until(lambda: manager.closing, "the manager closing")
+        await eventually(lambda: manager.closing, "the manager closing")
         with pytest.raises(Unavailable, match="shutting down"):
             await call(manager, "drain", {"n": 9})
         results = await asyncio.gather(*running)

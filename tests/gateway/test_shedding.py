@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import eventually
 from test_gateway import Harness, run
-from test_pool import local_pool, run_local, until
+from test_pool import local_pool, run_local
 
 from fnctl.gateway.poolhost import Overloaded
 from fnctl.gateway.shedding import RETRY_MAX, Shed, expected_wait, max_wait, retry_after, shed
@@ -49,7 +50,7 @@ def test_a_pool_at_max_instances_admits_a_long_queue_of_short_requests(tmp_path:
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "the instance started")
+        await eventually(lambda: pool.stats().ready == 1, "the instance started")
         results = await asyncio.gather(*(pool.invoke({"n": n}, None, f"q{n}") for n in range(40)))
         assert all(r.outcome.ok for r in results)
         assert sorted(r.outcome.result["n"] for r in results) == list(range(40))
@@ -63,12 +64,12 @@ def test_a_pool_refuses_what_would_wait_past_the_timeout_with_retry_after(tmp_pa
 
     async def scenario() -> None:
         pool.scale()
-        await until(lambda: pool.stats().ready == 1, "the instance started")
+        await eventually(lambda: pool.stats().ready == 1, "the instance started")
         for n in range(3):  # the pool learns that an invocation takes ~0.3 s
             assert (await pool.invoke({"sleep": 0.3, "n": n}, None, f"warm{n}")).outcome.ok
         assert pool.latency >= 0.15  # a moving average, from 0.1 s towards 0.3 s
         busy = asyncio.ensure_future(pool.invoke({"sleep": 0.3, "n": 0}, None, "busy"))
-        await until(lambda: pool.stats().inflight == 1, "the only slot taken")
+        await eventually(lambda: pool.stats().inflight == 1, "the only slot taken")
         queued: list[asyncio.Future[Any]] = []
         refused: Overloaded | None = None
         for n in range(20):  # queue until the expected wait passes the 1 s timeout
@@ -78,7 +79,7 @@ def test_a_pool_refuses_what_would_wait_past_the_timeout_with_retry_after(tmp_pa
                 refused = caught.value
                 break
             queued.append(asyncio.ensure_future(pool.invoke({"sleep": 0.3, "n": n}, None, f"q{n}")))
-            await until(lambda: pool.stats().queued == len(queued), "the request queued")
+            await eventually(lambda: pool.stats().queued == len(queued), "the request queued")
         assert refused is not None, "never refused"
         assert 2 <= len(queued) <= 6  # ~1 s of work at ~0.3 s each, not a fixed length
         assert refused.retry_after >= 1

@@ -15,7 +15,8 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
 from deploy_helpers import until as wait_until
-from test_pool import call, until
+from polling import eventually
+from test_pool import call
 
 from fnctl.deploy.desired import _scaling_v1
 from fnctl.deploy.revisionspec import function_from_spec
@@ -99,19 +100,19 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
         manager = PoolManager(load_project(project.root), StateLocation(project.state), idle_seconds=0.5)
         await manager.start()
         try:
-            pool = await until(lambda: manager._pools.get(key), "the revision's pool")
+            pool = await eventually(lambda: manager._pools.get(key), "the revision's pool")
             assert pool is not None
-            await until(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
+            await eventually(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
             assert manager.stats()[key].ready == 0 and manager.stats()[key].instances == 1
             # It started with 2 CPUs; the gateway set the function's own 0.5 beside its first moments.
-            await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota set")
+            await eventually(lambda: _quotas(project) == [50_000], "the function's own CPU quota set")
             [reserve] = pool.slots.values()
             first = await call(manager, "reserve", {"n": 1})
             assert first.outcome.ok and first.outcome.result == {"n": 1}
             assert first.instance == reserve.id and first.cold_start  # thawed, not started
-            await until(lambda: _states(project) == ["paused", "running"], "a new reserve made", 60)
+            await eventually(lambda: _states(project) == ["paused", "running"], "a new reserve made", 60)
             # Idle past idleTimeout: the running instance is stopped (a reserve exists), the reserve stays.
-            await until(lambda: _states(project) == ["paused"], "back to the paused reserve alone", 60)
+            await eventually(lambda: _states(project) == ["paused"], "back to the paused reserve alone", 60)
             assert [s.phase for s in pool.slots.values()] == [SlotPhase.PAUSED]
             second = await call(manager, "reserve", {"n": 2})
             assert second.outcome.ok and second.outcome.result == {"n": 2}
@@ -160,7 +161,7 @@ def test_a_reserve_left_by_a_gateway_killed_is_thawed_and_adopted(project: Proje
         manager = PoolManager(load_project(project.root), StateLocation(project.state))
         await manager.start()  # adopts what the store lists: the paused one is thawed and connected to
         try:
-            await until(lambda: manager.stats()[key].ready == 1, "the thawed reserve connected to")
+            await eventually(lambda: manager.stats()[key].ready == 1, "the thawed reserve connected to")
             adopted = await call(manager, "reserve", {"n": 3})
             assert adopted.outcome.ok and adopted.outcome.result == {"n": 3} and not adopted.cold_start
         finally:

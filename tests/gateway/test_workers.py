@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from polling import eventually
 
 from fnctl.gateway.crew import STALE, Crew
 from fnctl.gateway.workers import demand, labelled, merged, units
@@ -84,12 +85,12 @@ def test_the_owner_hears_the_followers_loads_and_forgets_a_silent_one(tmp_path: 
         try:
             assert owner.demand(("f", 1), 1) == 2  # alone: as if the follower had as much
             follower.report(("f", 1), 5, used=2)
-            await asyncio.wait_for(_until_async(lambda: heard), 5)
+            await eventually(lambda: heard, "the follower's first report", 5)
             assert heard == [("f", 1)] and owner.demand(("f", 1), 1) == 10
             assert owner.used(("f", 1)) == 2  # the owner stops none of those two for idleness
             follower.report(("f", 1), 5, used=2)  # unchanged and recent: not sent again
             follower.report(("g", 3), 0)
-            await asyncio.wait_for(_until_async(lambda: len(heard) == 2), 5)
+            await eventually(lambda: len(heard) == 2, "the follower's report of g", 5)
             assert heard[1] == ("g", 3)
             owner.loads[("f", 1)][1] = (5, 2, time.monotonic() - STALE)  # a worker that went quiet (died)
             assert owner.demand(("f", 1), 1) == 2 and owner.used(("f", 1)) == 0
@@ -98,11 +99,6 @@ def test_the_owner_hears_the_followers_loads_and_forgets_a_silent_one(tmp_path: 
             follower.close()
 
     asyncio.run(main())
-
-
-async def _until_async(condition: Callable[[], Any]) -> None:
-    while not condition():
-        await asyncio.sleep(0.005)
 
 
 # ---- against real instances ----

@@ -22,11 +22,27 @@ from fnctl.gitops.deploys import Decision, Deploy
 from fnctl.gitops.gitrepo import GitError, Mirror, UnknownRef, work_tree
 from fnctl.gitops.hooks import Act, HookConfig
 from fnctl.state.location import StateLocation
-from fnctl.state.store import connect
+from fnctl.state.store import Store, connect
 
 # ---- deploys.decide ---------------------------------------------------------------------------------------------
 
 LIVE = "a" * 40
+
+
+def _record(store: Store, commit: Commit, *, at: float, source: str, ref: str | None, preview: bool = False) -> None:
+    """A sync by ada that went well, of `commit` (from `source`, `ref`), as deploys.record writes it."""
+    deploys.record(
+        store,
+        at=at,
+        actor="ada",
+        command="sync",
+        source=source,
+        ref=ref,
+        commit=commit,
+        dirty=False,
+        preview=preview,
+        outcome="ok",
+    )
 
 
 def _deploy(outcome: str = "ok", *, dirty: bool = False, mark: int = 7, command: str = "sync") -> Deploy:
@@ -79,30 +95,8 @@ def test_deploy_record_last_ignores_previews_and_is_append_only(tmp_path: Path) 
         assert deploys.last(store) is None
         store.audit(actor="ada", command="sync", action="route", target="hello", outcome="ok")
         main, preview = Commit("1" * 40, AUTHOR, "main"), Commit("2" * 40, AUTHOR, "preview")
-        deploys.record(
-            store,
-            at=5.0,
-            actor="ada",
-            command="sync",
-            source="/r.git",
-            ref="main",
-            commit=main,
-            dirty=False,
-            preview=False,
-            outcome="ok",
-        )
-        deploys.record(
-            store,
-            at=6.0,
-            actor="ada",
-            command="sync",
-            source="/r.git",
-            ref="feature",
-            commit=preview,
-            dirty=False,
-            preview=True,
-            outcome="ok",
-        )
+        _record(store, main, at=5.0, source="/r.git", ref="main")
+        _record(store, preview, at=6.0, source="/r.git", ref="feature", preview=True)
         last = deploys.last(store)
         assert last is not None and last.commit == main and last.audit_mark == deploys.audit_mark(store) == 1
         assert (last.command, last.ref, last.outcome, last.dirty, last.preview) == ("sync", "main", "ok", False, False)
@@ -122,17 +116,13 @@ def test_mark_since_leaves_out_what_previews_wrote(tmp_path: Path) -> None:
         return float(store.raw().query("SELECT at FROM audit ORDER BY id DESC LIMIT 1")[0][0])
 
     def record(preview: bool, at: float) -> None:
-        deploys.record(
+        _record(
             store,
+            Commit(("2" if preview else "1") * 40, AUTHOR, "s"),
             at=at,
-            actor="ada",
-            command="sync",
             source="/r.git",
             ref=None,
-            commit=Commit(("2" if preview else "1") * 40, AUTHOR, "s"),
-            dirty=False,
             preview=preview,
-            outcome="ok",
         )
 
     try:
@@ -500,18 +490,7 @@ def test_sync_of_the_live_commit_does_nothing(repos: Repos, tmp_path: Path) -> N
     git(repos.clone, "push", "-q", "origin", "main")
     store = connect(tmp_path / "state" / "state.db")
     try:  # as a deploy of this commit leaves the store (the Docker tests do it for real)
-        deploys.record(
-            store,
-            at=1.0,
-            actor="ada",
-            command="sync",
-            source=str(repos.bare),
-            ref="main",
-            commit=Commit(sha, AUTHOR, "init"),
-            dirty=False,
-            preview=False,
-            outcome="ok",
-        )
+        _record(store, Commit(sha, AUTHOR, "init"), at=1.0, source=str(repos.bare), ref="main")
     finally:
         store.close()
     code, text = _sync(tmp_path, repos, "--ref", "main")
@@ -526,18 +505,7 @@ def test_sync_of_an_older_commit_is_refused(repos: Repos, tmp_path: Path) -> Non
     first, _, third = _history(repos)
     store = connect(tmp_path / "state" / "state.db")
     try:
-        deploys.record(
-            store,
-            at=1.0,
-            actor="ada",
-            command="sync",
-            source=str(repos.bare),
-            ref="main",
-            commit=Commit(third, AUTHOR, "three"),
-            dirty=False,
-            preview=False,
-            outcome="ok",
-        )
+        _record(store, Commit(third, AUTHOR, "three"), at=1.0, source=str(repos.bare), ref="main")
     finally:
         store.close()
     refused = _refusal(tmp_path, repos, "v1")
@@ -614,18 +582,7 @@ def test_mark_since_leaves_out_keys_and_rollout_requests(tmp_path: Path) -> None
     store = connect(tmp_path / "state.db")
     try:
         store.audit(actor="ada", command="sync", action="route", target="hello", outcome="ok")
-        deploys.record(
-            store,
-            at=1.0,
-            actor="ada",
-            command="sync",
-            source="/r.git",
-            ref=None,
-            commit=Commit("1" * 40, AUTHOR, "s"),
-            dirty=False,
-            preview=False,
-            outcome="ok",
-        )
+        _record(store, Commit("1" * 40, AUTHOR, "s"), at=1.0, source="/r.git", ref=None)
         last = deploys.last(store)
         assert last is not None
         for action in ("create key", "revoke key", "promote requested", "abort requested"):

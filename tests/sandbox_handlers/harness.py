@@ -7,20 +7,26 @@ share containers or images; `cleanup` removes every container and image carrying
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import pytest
 import yaml
 from polling import wait_until as poll
 
+from fnctl.engine import images, instances
+from fnctl.engine.instances import Instance
+from fnctl.engine.sandbox import labels
 from fnctl.manifest.model import Function
 from fnctl.manifest.project import Project, load_project
 from fnctl.manifest.validate import validate_paths
@@ -52,6 +58,107 @@ def write_project(root: Path, name: str, base_image: str, functions: Mapping[str
         document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": function}, "spec": spec}
         (manifests / f"{function}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return load_project(root)
+
+
+@contextmanager
+def throwaway(client: docker.DockerClient) -> Iterator[str]:
+    """A fresh project name; every container and image carrying it is removed on the way out."""
+    name = project_name()
+    try:
+        yield name
+    finally:
+        cleanup(client, name, images=True)
+
+
+def project_fixture(folder: str, functions: Mapping[str, Mapping[str, Any]]) -> object:
+    """A module's `project` fixture: a throwaway project of these probe functions, written under `folder`.
+
+    Assign it to the name `project` in the test module (pytest finds fixtures among a module's names)."""
+
+    @pytest.fixture(scope="module")
+    def project(
+        tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    ) -> Iterator[Project]:
+        with throwaway(docker_client) as name:
+            yield write_project(tmp_path_factory.mktemp(folder) / "project", name, base_image, functions)
+
+    return project
+
+
+def probes_tag(project: Project, function: str = "probes") -> str:
+    """The tag of the image built from the project's functions/probes, tagged for `function`."""
+    return images.ensure_image(project.name, function, project.root / "functions" / "probes", project.base_image).tag
+
+
+Start = Callable[..., Instance]
+
+
+@contextmanager
+def starter(project: Project, image: str, revision: str) -> Iterator[Start]:
+    """`start(function, **secret_values)` runs an instance of a project function from `image`; each one it
+    started is killed on the way out."""
+    started: list[Instance] = []
+
+    def start(function: str, **secret_values: str) -> Instance:
+        instance = instances.start(
+            find_function(project, function),
+            image=image,
+            revision=revision,
+            labels=labels(project.name, function),
+            secret_values=secret_values,
+        )
+        started.append(instance)
+        return instance
+
+    try:
+        yield start
+    finally:
+        for instance in started:
+            instances.kill(instance)
+
+
+def start_fixture(revision: str) -> object:
+    """A module's `start` fixture: `starter` for its `project` from its `probes_image` fixture's image."""
+
+    @pytest.fixture
+    def start(project: Project, probes_image: str) -> Iterator[Start]:
+        with starter(project, probes_image, revision) as start_instance:
+            yield start_instance
+
+    return start
+
+
+def leftovers_fixture() -> object:
+    """A module's autouse fixture: after each test that used `project`, every container of it is gone, whatever
+    the test did."""
+
+    @pytest.fixture(autouse=True)
+    def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+        yield
+        if "project" in request.fixturenames:
+            cleanup(request.getfixturevalue("docker_client"), request.getfixturevalue("project").name, images=False)
+
+    return _no_leftovers
+
+
+def answers(instance: Instance, event: Any = None) -> Any:
+    """The result of a normal invocation, failing the test if there is none."""
+    outcome = instances.invoke(instance, {"probe": "ok"} if event is None else event)
+    assert outcome.ok, f"{outcome.failure}: {outcome.message}\n{outcome.traceback}"
+    return outcome.result
+
+
+def logged(name: str, logs: str) -> int:
+    """The number a probe printed as `name=N` before it failed."""
+    found = re.search(rf"{name}=(\d+)", logs)
+    assert found is not None, f"no {name}= in the logs: {logs!r}"
+    return int(found.group(1))
+
+
+def removed(client: docker.DockerClient, instance: Instance) -> None:
+    """The instance's container goes, and its socket directory with it."""
+    wait_until(lambda: container_gone(client, instance.container_id), what="the instance's container to go")
+    assert not instance.socket_dir.exists()
 
 
 def find_function(project: Project, name: str) -> Function:

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,6 @@ def fnctl(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture
 def state(state_location: StateLocation) -> StateLocation:
     return state_location
-
-
-@pytest.fixture
-def store(state: StateLocation) -> Iterator[Store]:
-    opened = connect(state)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _raw(path: Path) -> sqlite3.Connection:

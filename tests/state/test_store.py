@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from fnctl.state.location import StateLocation, default_path, locate, parse
 from fnctl.state.migrations import MIGRATIONS
 from fnctl.state.revisions import InstanceRow, InstanceState, Revision, RevisionStatus
 from fnctl.state.store import Store, StoreError, connect
-
-
-@pytest.fixture
-def store(state_location: StateLocation) -> Iterator[Store]:
-    opened = connect(state_location)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _revision(number: int = 1, status: RevisionStatus = RevisionStatus.PENDING, image: str = "") -> Revision:
