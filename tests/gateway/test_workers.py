@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from pgserver import StateFactory
 
 from fnctl.gateway.crew import STALE, Crew
 from fnctl.gateway.workers import demand, labelled, merged, units
@@ -162,8 +163,10 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Workers]:
-    project = make_project(tmp_path_factory.mktemp("workers") / "project", docker_client, base_image)
+def workers(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Workers]:
+    project = make_project(tmp_path_factory.mktemp("workers") / "project", docker_client, base_image, project_states)
     log = project.root.parent / "serve.err"
     process = None
     try:
