@@ -22,9 +22,11 @@ from typing import Any
 
 import docker
 import docker.errors
+from pgserver import StateFactory
 from polling import wait_until
 
 from fnctl.state.auditlog import AuditFilter, audit_records
+from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +72,8 @@ class Result:
 
 @dataclass
 class Project:
-    """A fnctl project in `root`, deployed with its own state store, driven through the CLI."""
+    """A fnctl project in `root`, deployed with its own state store, driven through the CLI. `state` is the
+    SQLite file, or with `url` set the PostgreSQL database's host-local anchor (the lock file beside it)."""
 
     root: Path
     name: str
@@ -78,6 +81,11 @@ class Project:
     base_image: str
     client: docker.DockerClient
     env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+
+    @property
+    def location(self) -> StateLocation:
+        return StateLocation(self.state, self.url)
 
     # ---- writing the project ----
 
@@ -142,7 +150,12 @@ class Project:
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return (
             os.environ
-            | {"FNCTL_BASE_IMAGE": self.base_image, "FNCTL_STATE": str(self.state), "COLUMNS": "200", "NO_COLOR": "1"}
+            | {
+                "FNCTL_BASE_IMAGE": self.base_image,
+                "FNCTL_STATE": self.location.to_arg(),
+                "COLUMNS": "200",
+                "NO_COLOR": "1",
+            }
             | self.env
             | (extra or {})
         )
@@ -160,7 +173,7 @@ class Project:
 
     @contextmanager
     def store(self) -> Iterator[Store]:
-        store = connect(self.state)
+        store = connect(self.location)
         try:
             yield store
         finally:
@@ -216,11 +229,15 @@ class Project:
             assert entry.outcome in ("ok", "failed"), entry
 
 
-def make_project(root: Path, client: docker.DockerClient, base_image: str) -> Project:
+def make_project(
+    root: Path, client: docker.DockerClient, base_image: str, states: StateFactory | None = None
+) -> Project:
+    """A new project in `root`, its state on `states`' backend (the `project_states` fixture), else SQLite."""
     name = f"t-{secrets.token_hex(4)}"
     (root / "manifests").mkdir(parents=True)
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n', encoding="utf-8")
-    return Project(root, name, root.parent / f"{root.name}-state" / "state.db", base_image, client)
+    location = (states or StateFactory(None)).new(root.parent / f"{root.name}-state")
+    return Project(root, name, location.path, base_image, client, url=location.url)
 
 
 def cleanup(project: Project) -> None:

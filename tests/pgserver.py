@@ -3,7 +3,9 @@
 `pg_server` starts a throwaway server (scripts/pg-server.sh: initdb into a temporary directory, Unix socket
 only) the first time a test asks for it and stops it, removing its directory, when the session ends.
 `pg_url` gives each test a database of its own (CREATE DATABASE, dropped afterwards); `state_location` runs
-a test once on SQLite and once on PostgreSQL. Not docker tests:
+a test once on SQLite and once on PostgreSQL; `project_states` does the same for a test module's deployed
+projects (tests/deploy_helpers.py `make_project`): every project of the module on one backend, then the other.
+Not docker tests:
 under CI=true a server that cannot start fails them, elsewhere it skips them.
 """
 
@@ -112,6 +114,42 @@ def store(state_location: StateLocation) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+class StateFactory:
+    """New deployment states on one backend for a module's projects: a SQLite file in the directory given,
+    or a fresh database of the session's server each (its anchor in that directory), dropped at the end."""
+
+    def __init__(self, server: PgServer | None) -> None:
+        self._server = server
+        self._urls: list[str] = []
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self._server is None else "postgresql"
+
+    def new(self, directory: Path) -> StateLocation:
+        if self._server is None:
+            return StateLocation(directory / "state.db")
+        self._urls.append(self._server.create_database())
+        return StateLocation(directory / "state", self._urls[-1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            for url in self._urls:
+                self._server.drop_database(url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def project_states(request: pytest.FixtureRequest) -> Iterator[StateFactory]:
+    """The deployed projects' states, each backend in turn for the whole module (a module-scoped project
+    fixture asks for it too, so its project is set up once per backend, not once per test)."""
+    server: PgServer | None = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    factory = StateFactory(server)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 INTEGRITY = (sqlite3.IntegrityError, pg.IntegrityError)  # a guard or a key refused a write, on either backend

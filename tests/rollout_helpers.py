@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy_helpers import Project, cleanup, make_project, until
+from pgserver import StateFactory
 
 from fnctl.state import rolloutstore
 
@@ -167,8 +168,8 @@ def call(
 
 
 @contextmanager
-def rollout_project(root: Path, client: Any, base_image: str) -> Iterator[Rollouts]:
-    project = make_project(root, client, base_image)
+def rollout_project(root: Path, client: Any, base_image: str, states: StateFactory | None = None) -> Iterator[Rollouts]:
+    project = make_project(root, client, base_image, states)
     port = free_port()
     with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
         config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from pgserver import StateFactory
 
 from fnctl.data.plane import DataPlane
 from fnctl.gateway import keys
@@ -248,9 +249,11 @@ def start_gateway(project: Project, port: int, *, timeout: float = 90) -> subpro
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("data") / "project"
-    project = make_project(root, docker_client, base_image)
+    project = make_project(root, docker_client, base_image, project_states)
     project.env["XDG_CACHE_HOME"] = str(root.parent / "cache")  # invoke --local's data file, private to the test
     proc = None
     try:
@@ -264,7 +267,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
             (project.root / "manifests" / f"{name}.yaml").write_text(_manifest(name, extra, scaling), encoding="utf-8")
         project.ok("apply")
         # The collections and the Policy, as `apply` will publish them (its collection sync is another change)
-        documents = docstore.connect(docstore.data_path(project.state))
+        documents = docstore.open_at(project.location)
         DataPlane(documents, lambda: ()).sync_collections(
             [parse_collection(n, spec) for n, spec in COLLECTIONS.items()], prune=False, force=False
         )
@@ -313,7 +316,7 @@ def test_context_db_uses_the_callers_rights(live: Live) -> None:
         "data", {"op": "insert", "c": "accounts", "id": "by-alice", "doc": {"balance": 0}}, "alice"
     )
     assert status == 200 and body["doc"]["createdBy"] == live.subjects["alice"], body
-    documents = docstore.connect(docstore.data_path(live.project.state))
+    documents = docstore.open_at(live.project.location)
     try:
         change = [c for c in documents.changes(0, "", ["accounts"], 1000) if c.id == "by-alice"][0]
     finally:
@@ -381,7 +384,7 @@ def test_bank_transfers_keep_the_total_under_concurrent_procedures(live: Live) -
     balances = {d["id"]: d["data"]["balance"] for d in page["documents"] if d["id"] in {f"a{i}" for i in range(20)}}
     assert len(balances) == 20 and sum(balances.values()) == 2000, balances
     # every committed transfer is in the change log as one transaction of two writes
-    documents = docstore.connect(docstore.data_path(live.project.state))
+    documents = docstore.open_at(live.project.location)
     try:
         changes = [c for c in documents.changes(0, "", ["accounts"], 100_000) if c.function == "transfer"]
     finally:
@@ -401,7 +404,7 @@ def test_invoke_local_has_a_working_context_db(live: Live, tmp_path: Path) -> No
         "--local",
         "data",
         "--data-from",
-        str(project.state),
+        project.location.to_arg(),
         "-d",
         json.dumps({"op": "get", "c": "accounts", "id": "a1"}),
     )
@@ -412,7 +415,7 @@ def test_invoke_local_has_a_working_context_db(live: Live, tmp_path: Path) -> No
         "--local",
         "data",
         "--data-from",
-        str(project.state),
+        project.location.to_arg(),
         "-d",
         json.dumps({"op": "insert", "c": "secrets", "id": "local-1", "doc": {"v": 1}}),
     )
@@ -425,7 +428,7 @@ def test_invoke_local_has_a_working_context_db(live: Live, tmp_path: Path) -> No
         "--local",
         "proc",
         "--data-from",
-        str(project.state),
+        project.location.to_arg(),
         "-d",
         json.dumps({"op": "insert_then_raise", "id": "local-raised"}),
     )

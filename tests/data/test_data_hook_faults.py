@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
+from pgserver import StateFactory
 from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
 from fnctl.data.hooks import MAX_RUNS
@@ -107,9 +108,11 @@ MANIFESTS = [
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("faults") / "project"
-    project = make_project(root, docker_client, base_image)
+    project = make_project(root, docker_client, base_image, project_states)
     proc = None
     try:
         port = gateway_port(project, "faults", HANDLER)

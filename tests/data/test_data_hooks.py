@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
+from pgserver import StateFactory
 from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
 from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
@@ -166,9 +167,11 @@ MANIFESTS = [
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("hooks") / "project"
-    project = make_project(root, docker_client, base_image)
+    project = make_project(root, docker_client, base_image, project_states)
     proc = None
     try:
         port = gateway_port(project, "hooks", HANDLER)
@@ -372,7 +375,7 @@ def test_fnctl_data_runs_no_hooks_unless_told_to_write_past_them(live: Live) -> 
     # `invoke --local --data-from` a live store runs no hooks either: its writes to hooked collections are refused
     event = json.dumps({"op": "insert", "c": "deals", "id": "loc-1", "doc": {"amount": 500}})
     local = live.project.ok(
-        "invoke", "--local", "hooks", "--data-from", str(live.project.state), "-d", event, "-o", "json"
+        "invoke", "--local", "hooks", "--data-from", live.project.location.to_arg(), "-d", event, "-o", "json"
     )
     result = json.loads(local.out)["result"]
     assert result["status"] == 400 and "has data hooks" in result["message"], result

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import cleanup, make_project, until
+from pgserver import StateFactory
 from test_data_handlers import Live, api_keys, gateway_port, start_gateway, stop_gateway
 
 from fnctl.state import docstore
@@ -107,9 +108,11 @@ FUNCTIONS = {
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("procs") / "project"
-    project = make_project(root, docker_client, base_image)
+    project = make_project(root, docker_client, base_image, project_states)
     proc = None
     try:
         port = gateway_port(project, "notes", HANDLER)
@@ -137,7 +140,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
 
 
 def _changes(live: Live, collection: str) -> list[ChangeRow]:
-    documents = docstore.connect(docstore.data_path(live.project.state))
+    documents = docstore.open_at(live.project.location)
     try:
         return [c for c in documents.changes(0, "", [collection], 100_000)]
     finally:

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from pgserver import StateFactory
 from test_data_handlers import api_keys, gateway_port, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.docker
@@ -186,9 +187,11 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("views") / "project"
-    project = make_project(root, docker_client, base_image)
+    project = make_project(root, docker_client, base_image, project_states)
     proc: subprocess.Popen[bytes] | None = None
     live: Live | None = None
     try:
@@ -391,7 +394,9 @@ def test_retries_end_in_a_dead_letter_that_replay_delivers(live: Live) -> None:
 
 
 def test_invoke_local_on_the_live_data_file_queues_on_commit_events(live: Live) -> None:
-    live.project.ok("invoke", "--local", "one", "--data-from", str(live.project.state), "-d", '{"write": "loc-1"}')
+    live.project.ok(
+        "invoke", "--local", "one", "--data-from", live.project.location.to_arg(), "-d", '{"write": "loc-1"}'
+    )
     until(lambda: "loc-1" in {d["data"]["doc"] for d in live.seen().values()}, "the local write's event delivered")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
+from pgserver import StateFactory
 
 from fnctl.state.auditlog import AuditFilter, audit_records
 
@@ -50,9 +51,12 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    base_image: str,
+    project_states: StateFactory,
 ) -> Iterator[Deployment]:
-    project = make_project(tmp_path_factory.mktemp("crash") / "project", docker_client, base_image)
+    project = make_project(tmp_path_factory.mktemp("crash") / "project", docker_client, base_image, project_states)
     project.function("hello", version="one")
     try:
         project.ok("apply")
@@ -143,13 +147,13 @@ def test_lock_holder_killed_with_sigkill_blocks_nobody(deployment: Deployment, t
             sys.executable,
             "-c",
             "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-            "from fnctl.state.location import StateLocation\n"
-            "with held(StateLocation(Path(sys.argv[1])), 5, 'fnctl apply (to be killed)'):\n"
+            "from fnctl.state import pgopener\nfrom fnctl.state.location import parse\npgopener.install()\n"
+            "with held(parse(sys.argv[1]), 5, 'fnctl apply (to be killed)'):\n"
             "    print('held', flush=True)\n"
             "    deadline = time.monotonic() + 300  # it is killed long before: a leftover never lingers\n"
             "    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
             "        time.sleep(0.02)\n",
-            str(project.state),
+            project.location.to_arg(),
             str(tmp_path / "never-created"),
         ],
         stdout=subprocess.PIPE,

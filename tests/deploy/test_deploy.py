@@ -15,6 +15,7 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 from gitops_helpers import git
+from pgserver import RawDb, StateFactory
 
 from fnctl.state.auditlog import AuditFilter, audit_records
 
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def project(tmp_path: Path, docker_client: docker.DockerClient, base_image: str) -> Iterator[Project]:
-    made = make_project(tmp_path / "project", docker_client, base_image)
+def project(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, project_states: StateFactory
+) -> Iterator[Project]:
+    made = make_project(tmp_path / "project", docker_client, base_image, project_states)
     try:
         yield made
     finally:
@@ -317,12 +320,12 @@ def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> N
             sys.executable,
             "-c",
             "import os, sys, time\nfrom pathlib import Path\nfrom fnctl.deploy.lock import held\n"
-            "from fnctl.state.location import StateLocation\n"
-            "with held(StateLocation(Path(sys.argv[1])), 5, 'fnctl apply (held by the test)'):\n"
+            "from fnctl.state import pgopener\nfrom fnctl.state.location import parse\npgopener.install()\n"
+            "with held(parse(sys.argv[1]), 5, 'fnctl apply (held by the test)'):\n"
             "    print('held', flush=True)\n"
             "    while not os.path.exists(sys.argv[2]):\n"
             "        time.sleep(0.02)\n",
-            str(project.state),
+            project.location.to_arg(),
             str(release),
         ],
         stdout=subprocess.PIPE,
@@ -343,6 +346,19 @@ def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> N
     project.assert_consistent()
 
 
+def _assert_not_stored(project: Project, value: str) -> None:
+    """Not in the state's files (SQLite's database, WAL and shared memory, the lock; PostgreSQL's anchor) nor,
+    on PostgreSQL, in any row of the database."""
+    for path in project.state.parent.iterdir():
+        assert value.encode() not in path.read_bytes(), f"the secret value is in {path.name}"
+    if project.url is not None:
+        raw = RawDb(project.location)
+        try:
+            assert value not in raw.dump(), "the secret value is in the PostgreSQL database"
+        finally:
+            raw.close()
+
+
 def test_secret_values_are_never_stored(project: Project) -> None:
     import hashlib
 
@@ -353,8 +369,7 @@ def test_secret_values_are_never_stored(project: Project) -> None:
     assert project.invoke("vault")["token_sha256"] == hashlib.sha256(value.encode()).hexdigest()
 
     assert value not in project.ok("get", "revisions", "-o", "json").out
-    for path in project.state.parent.iterdir():  # the database, its WAL and shared-memory files, the lock
-        assert value.encode() not in path.read_bytes(), f"the secret value is in {path.name}"
+    _assert_not_stored(project, value)
     container = project.containers("vault")[0]
     assert value not in json.dumps(container.attrs), "the secret value is in the container's configuration"
 
@@ -365,8 +380,7 @@ def test_secret_values_are_never_stored(project: Project) -> None:
     first, second = project.images("vault")
     assert first == second
     assert project.invoke("vault")["token_sha256"] == hashlib.sha256((value + "-rotated").encode()).hexdigest()
-    for path in project.state.parent.iterdir():
-        assert value.encode() not in path.read_bytes(), f"the secret value is in {path.name}"
+    _assert_not_stored(project, value)
     project.env.pop("TEST_API_TOKEN")
     unset = subprocess.run(
         [sys.executable, "-m", "fnctl", "diff"],

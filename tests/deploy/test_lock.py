@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 from deploy_helpers import cleanup, make_project
+from pgserver import StateFactory
 from polling import wait_until
 
 from fnctl.deploy import lock
@@ -108,13 +109,13 @@ def test_a_lock_timeout_still_gives_the_timeout_error_after_saying_whom_it_waite
 
 @pytest.mark.docker
 def test_a_second_apply_says_at_once_whom_it_waits_for_then_goes_on(
-    tmp_path: Path, docker_client: docker.DockerClient, base_image: str
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, project_states: StateFactory
 ) -> None:
-    project = make_project(tmp_path / "project", docker_client, base_image)
+    project = make_project(tmp_path / "project", docker_client, base_image, project_states)
     project.function("hello")
     err = tmp_path / "apply.err"
     try:
-        with lock.held(StateLocation(project.state), timeout=1, command=HOLDER_COMMAND):
+        with lock.held(project.location, timeout=1, command=HOLDER_COMMAND):
             with err.open("w") as stream:
                 waiting = subprocess.Popen(
                     [sys.executable, "-m", "fnctl", "apply", "--lock-timeout", "120"],

@@ -863,7 +863,7 @@ def _revisions(
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Any:
+def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: Any) -> Any:
     import subprocess
     import sys
 
@@ -871,7 +871,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_imag
 
     from fnctl.gateway import keys
 
-    project = make_project(tmp_path_factory.mktemp("gw") / "project", docker_client, base_image)
+    project = make_project(tmp_path_factory.mktemp("gw") / "project", docker_client, base_image, project_states)
     port = _free_port()
     proc = None
     try:

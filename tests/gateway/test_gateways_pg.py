@@ -1,7 +1,7 @@
 """Several gateways on one PostgreSQL state (issue 19, item 2), against a real server (tests/pgserver.py):
 routing changes reach a gateway by LISTEN/NOTIFY, not only by its poll; exactly one gateway leads (rollouts,
-cron, onCommit), another takes over when the leader is killed with SIGKILL, and no cron tick fires twice; a
-gateway that loses the database keeps its routes, answers /readyz 503 with the reason, says so in its log,
+cron, onCommit), another takes over when the leader is killed with SIGKILL, and no cron tick fires twice nor
+does a rollout step run twice (the new leader finishes the rollout where the old one stood); a gateway that loses the database keeps its routes, answers /readyz 503 with the reason, says so in its log,
 and recovers when the server is back.
 """
 
@@ -27,12 +27,13 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
 from pgserver import SCRIPT
+from rollout_helpers import Rollouts
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.table import StoreTable, TableFollower
-from fnctl.state import cronstate
-from fnctl.state.auditlog import AuditFilter, invocation_records
+from fnctl.state import cronstate, rolloutstore
+from fnctl.state.auditlog import AuditFilter, audit_records, invocation_records
 from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState
 from fnctl.state.store import connect
@@ -172,7 +173,7 @@ def gateways() -> Iterator[list[_Gateway]]:
 
 def _pg_project(tmp_path: Path, client: docker.DockerClient, base_image: str, url: str) -> Project:
     project = make_project(tmp_path / "project", client, base_image)
-    project.env["FNCTL_STATE"] = StateLocation(tmp_path / "pg-anchor" / "state", url).to_arg()
+    project.state, project.url = tmp_path / "pg-anchor" / "state", url  # its commands and `store()` go there
     return project
 
 
@@ -218,6 +219,93 @@ def test_one_gateway_leads_and_another_takes_over_after_kill_9_without_a_tick_tw
         for gateway in gateways:
             gateway.stop()
         cleanup(project)
+
+
+# Timed pauses between the weights: the leader is killed while the rollout is between its steps.
+STEPPED = """\
+rollout:
+  strategy: canary
+  scaleDownDelay: 1s
+  steps:
+    - setWeight: 20
+    - pause: 2s
+    - setWeight: 40
+    - pause: 2s
+    - setWeight: 60
+    - pause: 2s
+    - setWeight: 80
+    - pause: 2s
+"""
+
+
+@pytest.mark.docker
+def test_a_rollout_survives_a_kill_9_of_its_leader_and_no_step_runs_twice(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, pg_url: str, gateways: list[_Gateway]
+) -> None:
+    project = _pg_project(tmp_path, docker_client, base_image, pg_url)
+    rollouts = Rollouts(project, 0)  # writes function `fn`; the gateways take their ports on the command line
+    try:
+        rollouts.deploy_code("one", STEPPED)
+        project.ok("apply")  # a first deploy: immediate
+        gateways += [_Gateway(project, tmp_path / f"gateway{n}.err") for n in range(2)]
+        for gateway in gateways:
+            until(partial(_up_or_exited, gateway), "a gateway", 90)
+            assert gateway.process.poll() is None, gateway.log.read_text()
+        until(lambda: sum(g.leads() for g in gateways) == 1, "exactly one leader", 30)
+        leader, follower = sorted(gateways, key=lambda g: not g.leads())
+
+        rollouts.deploy_code("two", STEPPED)
+        project.ok("apply", "--no-wait")  # the leading gateway drives it
+        until(
+            lambda: [e.kind for e in _rollout_events(project)].count("weight") >= 2,
+            "the leader to drive the rollout to its second weight",
+            90,
+        )
+        assert "completed" not in {e.kind for e in _rollout_events(project)}, "killed mid-rollout"
+        os.kill(leader.process.pid, signal.SIGKILL)
+        leader.process.wait(timeout=30)
+        until(follower.leads, "the other gateway to take over", 30)
+        until(lambda: "completed" in {e.kind for e in _rollout_events(project)}, "the new leader to finish it", 120)
+
+        events = _rollout_events(project)
+        kinds = [e.kind for e in events]
+        assert kinds.count("started") == 1 and kinds.count("completed") == 1, kinds
+        steps = Counter((e.kind, e.step) for e in events if e.kind in ("weight", "pause"))
+        assert steps == Counter({(kind, step): 1 for step, kind in enumerate(["weight", "pause"] * 4)}), kinds
+        assert [e.data["weights"] for e in events if e.kind == "weight"] == [
+            {"2": w, "1": 100 - w} for w in (20, 40, 60, 80)
+        ], kinds
+        with project.store() as store:  # the audit: each routing change of the rollout once, one completion
+            audit = [r for r in audit_records(store, AuditFilter(), limit=10_000) if r.target == "fn"]
+        routed = Counter(r.detail for r in audit if r.action == "route" and "rollout" in (r.detail or ""))
+        assert len(routed) >= 5 and set(routed.values()) == {1}, routed  # 4 steps and the 100%, once each
+        assert [r.action for r in audit].count("rollout completed") == 1, [r.action for r in audit]
+        until(lambda: rollouts.routes() in ({2: 100, 1: 0}, {2: 100}), "revision 2 to take all the traffic", 30)
+        assert rollouts.status(2) == "ready"
+        status, body = _call(follower.port, "/invoke/fn")
+        assert status == 200 and json.loads(body)["version"] == "two", body
+        assert '"message": "leading"' in follower.log.read_text()
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        cleanup(project)
+
+
+def _rollout_events(project: Project) -> list[rolloutstore.RolloutEventRow]:
+    """The events of `fn`'s latest rollout (revision 2's), in order."""
+    with project.store() as store:
+        rows = rolloutstore.rollouts(store, "fn")
+        return rolloutstore.events(store, rows[-1].id) if rows and rows[-1].canary == 2 else []
+
+
+def _call(port: int, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, body=b"{}")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 @pytest.fixture

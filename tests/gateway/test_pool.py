@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
+from pgserver import StateFactory
 from polling import eventually, eventually_awaited
 
 from fnctl.deploy.revisionspec import function_from_spec
@@ -42,7 +43,6 @@ from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 from fnctl.invocation.transport import TransportTimeout
 from fnctl.manifest.model import Limits, Scaling
 from fnctl.manifest.project import load_project
-from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState
 
 T = TypeVar("T")
@@ -671,7 +671,7 @@ class Deployed:
     project: Project
 
     def manager(self, **options: Any) -> PoolManager:
-        return PoolManager(load_project(self.project.root), StateLocation(self.project.state), **options)
+        return PoolManager(load_project(self.project.root), self.project.location, **options)
 
     def rows(self, function: str, state: InstanceState | None = None) -> list[InstanceRow]:
         with self.project.store() as store:
@@ -683,9 +683,12 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    base_image: str,
+    project_states: StateFactory,
 ) -> Iterator[Deployed]:
-    project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image)
+    project = make_project(tmp_path_factory.mktemp("pool") / "project", docker_client, base_image, project_states)
     project.env[TOKEN_ENV] = TOKEN
     try:
         (project.root / "functions" / "echo").mkdir(parents=True)

@@ -20,6 +20,7 @@ from typing import Any
 import docker
 import pytest
 from deploy_helpers import HANDLER, Project, cleanup, make_project, until
+from pgserver import StateFactory
 
 from fnctl.deploy import pickup
 from fnctl.deploy.live import orphan_reasons
@@ -152,9 +153,12 @@ def _ready(served: Served) -> bool:
 
 @pytest.fixture(scope="module")
 def served(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    base_image: str,
+    project_states: StateFactory,
 ) -> Iterator[Served]:
-    project = make_project(tmp_path_factory.mktemp("served") / "project", docker_client, base_image)
+    project = make_project(tmp_path_factory.mktemp("served") / "project", docker_client, base_image, project_states)
     port = _free_port()
     with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
         config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')

@@ -15,6 +15,7 @@ import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
 from deploy_helpers import until as wait_until
+from pgserver import StateFactory
 from polling import eventually
 from test_pool import call
 
@@ -25,7 +26,6 @@ from fnctl.gateway.pools import PoolManager
 from fnctl.manifest.model import Limits, Scaling, Warm
 from fnctl.manifest.project import load_project
 from fnctl.manifest.schemas import schema_errors
-from fnctl.state.location import StateLocation
 
 
 def test_warm_joins_the_spec_only_when_asked_for() -> None:
@@ -71,9 +71,12 @@ CODE = "def handler(event, context):\n    return {'n': event.get('n')}\n"
 
 @pytest.fixture(scope="module")
 def project(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    base_image: str,
+    project_states: StateFactory,
 ) -> Iterator[Project]:
-    project = make_project(tmp_path_factory.mktemp("warm") / "project", docker_client, base_image)
+    project = make_project(tmp_path_factory.mktemp("warm") / "project", docker_client, base_image, project_states)
     try:
         (project.root / "functions" / "reserve").mkdir(parents=True)
         (project.root / "functions" / "reserve" / "main.py").write_text(CODE, encoding="utf-8")
@@ -97,7 +100,7 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
     key = ("reserve", 1)
 
     async def main() -> None:
-        manager = PoolManager(load_project(project.root), StateLocation(project.state), idle_seconds=0.5)
+        manager = PoolManager(load_project(project.root), project.location, idle_seconds=0.5)
         await manager.start()
         try:
             pool = await eventually(lambda: manager._pools.get(key), "the revision's pool")
@@ -133,10 +136,13 @@ import asyncio, sys
 from pathlib import Path
 from fnctl.gateway.pools import PoolManager
 from fnctl.manifest.project import load_project
-from fnctl.state.location import StateLocation
+from fnctl.state import pgopener
+from fnctl.state.location import parse
+
+pgopener.install()  # as `fnctl serve` does: the state may be on PostgreSQL
 
 async def main():
-    manager = PoolManager(load_project(Path(sys.argv[1])), StateLocation(Path(sys.argv[2])))
+    manager = PoolManager(load_project(Path(sys.argv[1])), parse(sys.argv[2]))
     await manager.start()
     await asyncio.sleep(3600)  # killed with SIGKILL meanwhile
 
@@ -148,7 +154,7 @@ asyncio.run(main())
 def test_a_reserve_left_by_a_gateway_killed_is_thawed_and_adopted(project: Project) -> None:
     key = ("reserve", 1)
     first = subprocess.Popen(
-        [sys.executable, "-c", FIRST_GATEWAY, str(project.root), str(project.state)], env=project.environ()
+        [sys.executable, "-c", FIRST_GATEWAY, str(project.root), project.location.to_arg()], env=project.environ()
     )
     try:
         wait_until(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
@@ -158,7 +164,7 @@ def test_a_reserve_left_by_a_gateway_killed_is_thawed_and_adopted(project: Proje
         first.wait()
 
     async def second_gateway() -> None:
-        manager = PoolManager(load_project(project.root), StateLocation(project.state))
+        manager = PoolManager(load_project(project.root), project.location)
         await manager.start()  # adopts what the store lists: the paused one is thawed and connected to
         try:
             await eventually(lambda: manager.stats()[key].ready == 1, "the thawed reserve connected to")

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import Project, cleanup, make_project, until
+from pgserver import StateFactory
 from polling import eventually
 
 from fnctl.gateway.crew import STALE, Crew
@@ -184,8 +185,10 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str) -> Iterator[Workers]:
-    project = make_project(tmp_path_factory.mktemp("workers") / "project", docker_client, base_image)
+def workers(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_image: str, project_states: StateFactory
+) -> Iterator[Workers]:
+    project = make_project(tmp_path_factory.mktemp("workers") / "project", docker_client, base_image, project_states)
     log = project.root.parent / "serve.err"
     process = None
     try:

@@ -24,6 +24,7 @@ import docker.errors
 import pytest
 from deploy_helpers import Project, Result, cleanup, until
 from gitops_helpers import AUTHOR, Repos, git, git_environ, hello_manifest, make_repos, run_git
+from pgserver import StateFactory
 
 from fnctl.gitops.gitrepo import Mirror
 
@@ -86,20 +87,25 @@ class Remote:
 
 @pytest.fixture(scope="module")
 def remote(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    base_image: str,
+    project_states: StateFactory,
 ) -> Iterator[Remote]:
     root = tmp_path_factory.mktemp("gitops")
     name = f"t-{secrets.token_hex(4)}"
     repos = make_repos(root, name)
+    state = project_states.new(root / "state")
     project = Project(
         repos.clone,
         name,
-        root / "state" / "state.db",
+        state.path,
         base_image,
         docker_client,
         env={"XDG_CACHE_HOME": str(root / "cache")},
+        url=state.url,
     )
-    project.ok("hook", "install", "--repo", str(repos.bare), "--state", str(project.state))
+    project.ok("hook", "install", "--repo", str(repos.bare), "--state", state.to_arg())
     try:
         yield Remote(repos, project)
     finally:
@@ -430,7 +436,7 @@ def _consistent(remote: Remote) -> bool:
 def test_a_push_to_another_branch_previews_it_without_traffic(remote: Remote) -> None:
     remote.ensure_live()
     remote.project.ok(
-        "hook", "install", "--repo", str(remote.repos.bare), "--state", str(remote.project.state), "--preview"
+        "hook", "install", "--repo", str(remote.repos.bare), "--state", remote.project.location.to_arg(), "--preview"
     )
     live, live_commit = remote.live()
     before = remote.deploys()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from deploy_helpers import until
+from pgserver import StateFactory
 from rollout_helpers import Load, Rollouts, call, parse_ndjson, rollout_project
 
 from fnctl.gateway import keys
@@ -42,8 +43,8 @@ rollout:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Rollouts]:
-    with rollout_project(tmp_path / "project", docker_client, base_image) as rollouts:
+def setup(tmp_path: Path, docker_client: Any, base_image: str, project_states: StateFactory) -> Iterator[Rollouts]:
+    with rollout_project(tmp_path / "project", docker_client, base_image, project_states) as rollouts:
         yield rollouts
 
 
