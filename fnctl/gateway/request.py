@@ -21,8 +21,9 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal
-from fnctl.gateway.httpevent import HttpRequest, HttpResponse, to_event
+from fnctl.gateway.httpevent import HttpRequest, HttpResponse, event_json
 from fnctl.invocation import strictjson
+from fnctl.invocation.protocol import json_text
 from fnctl.invocation.requestid import new_request_id
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -101,14 +102,18 @@ class LeanRequest:
         # decoded as aiohttp decodes them: UTF-8, bytes that are not kept as surrogate escapes
         self.headers = CIMultiDictProxy(
             CIMultiDict(
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in raw_headers
+                [
+                    (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                    for name, value in raw_headers
+                ]
             )
         )
         self.remote, self.body, self.keep_alive = remote, body, keep_alive
 
     @property
     def query(self) -> MultiDictProxy[str]:
+        if not self._query_string:
+            return _NO_QUERY  # most requests: no parsing, no new mapping
         return MultiDictProxy(MultiDict(parse_qsl(self._query_string, keep_blank_values=True)))
 
     @property
@@ -121,6 +126,7 @@ class LeanRequest:
         return {name: morsel.value for name, morsel in jar.items()}
 
 
+_NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 # What the pipeline takes: either server's request.
 Incoming: TypeAlias = "web.Request | LeanRequest"
 
@@ -168,7 +174,7 @@ def build_event(
             return strictjson.loads(body)  # UTF-8 (RFC 8259), no NaN, no lone surrogates, bounded nesting
         except strictjson.NotJson as exc:
             raise Reject(400, f"Bad Request: the body is not JSON: {exc}", "rejected") from None
-    return to_event(
+    return event_json(  # as JSON text: sent in the invoke frame as it is
         HttpRequest(
             method=request.method,
             path=request.path,
@@ -222,8 +228,7 @@ def reply_response(reply: Reply) -> web.Response:
     return response
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: json.dumps makes one a call
-
-
 def dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
+    """Compact JSON, non-ASCII kept, by the C encoder made once (for results and the gateway's own answers:
+    values without cycles)."""
+    return json_text(value).encode("utf-8")

@@ -24,13 +24,14 @@ from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind, Unauthenticated
-from fnctl.gateway.httpevent import BadResult, HttpRequest, from_result, to_event
+from fnctl.gateway.httpevent import BadResult, HttpRequest, event_json, from_result, to_event
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.poolhost import Overloaded, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.serve import parse_address
 from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.protocol import EncodedJson, invoke_frame
 
 # ---- router: pure decisions --------------------------------------------------------------------------
 
@@ -151,6 +152,37 @@ def test_proxy_event_from_a_request() -> None:
     assert binary["queryStringParameters"] is None and binary["pathParameters"] is None
 
 
+def test_proxy_event_text_is_what_the_encoder_writes() -> None:
+    """The trigger event written as text in one pass goes into the invoke frame byte for byte as the dict of
+    the same event would (key order, separators, escapes, non-ASCII and undecodable values)."""
+    caller = {"subject": "key:1", "roles": ["r"], "tenant": None}
+    requests = [
+        HttpRequest("GET", "/t", "/t", {}, [], [("Host", "h")], b"", "", "r1", "t", "127.0.0.1", 7),
+        HttpRequest(
+            "POST",
+            '/x/"q\\u00e9',
+            "/x/{id}",
+            {"id": 'a"\né'},
+            [("q", "1"), ("q", "é\udcff"), ("e", "")],
+            [("X-Many", "a"), ("x-many", "b\t"), ("Authorization", "no"), ("X-Bin", "\udcff\udcfe")],
+            "hé\n".encode(),
+            "text/plain",
+            "r2",
+            "trig",
+            None,
+            8,
+        ),
+        HttpRequest("PUT", "/b", "/b", {}, [], [], b"\xff\x00", "application/octet-stream", "r", "t", None, 1),
+    ]
+    for request in requests:
+        for who in (caller, None):
+            dict_event = to_event(request, who)
+            assert invoke_frame(3, event_json(request, who), "r", 5.0, None) == invoke_frame(
+                3, dict_event, "r", 5.0, None
+            )
+    assert to_event(requests[1], None)["headers"]["x-bin"] == "\ufffd\ufffd"
+
+
 def test_proxy_response_to_http() -> None:
     plain = from_result({"message": "hi"})
     assert (plain.status, plain.body) == (200, b'{"message":"hi"}')
@@ -234,6 +266,8 @@ class FakePool:
     async def invoke(
         self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
     ) -> FakeResult:
+        if isinstance(event, EncodedJson):  # a trigger's event, as text: the runtime decodes it
+            event = json.loads(event.text)
         self.calls.append(
             {"function": function, "revision": revision, "event": event, "caller": caller, "request_id": request_id}
         )

@@ -22,6 +22,7 @@ from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.protocol import EncodedJson
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class _Pool:
         self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
     ) -> _Result:
         self.calls += 1
+        if isinstance(event, EncodedJson):  # a trigger's event, as text: the runtime decodes it
+            event = json.loads(event.text)
         if isinstance(event, dict) and "httpMethod" in event:
             seen = {k: event[k] for k in ("httpMethod", "path", "pathParameters", "queryStringParameters", "body")}
             seen["headers"] = {k: v for k, v in event["headers"].items() if k.startswith("x-")}
