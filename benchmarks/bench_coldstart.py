@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import coldsteps  # noqa: E402 -- beside this file, found through the path set just above
+import coldtrace  # noqa: E402
 from bench_gateway import (  # noqa: E402
     FUNCTION,
     NOOP,
@@ -91,12 +92,14 @@ def make_project(code: Path | None) -> Setup:
     return Setup(root, name, root / "state" / "state.db", env, port)
 
 
-def serve(setup: Setup, processes: list[subprocess.Popen[bytes]]) -> None:
+def serve(setup: Setup, processes: list[subprocess.Popen[bytes]], trace: bool) -> None:
+    # --trace: the gateway runs with its cold-start path wrapped in timestamps (benchmarks/coldtrace.py)
+    command = [str(Path(coldtrace.__file__))] if trace else ["-m", "fnctl"]
     processes.append(
         subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--idle-timeout", "1s"],
+            [sys.executable, *command, "serve", "--idle-timeout", "1s"],
             cwd=setup.root,
-            env=setup.env,
+            env=setup.env | {"COLDTRACE": str(setup.root / "trace")},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -132,11 +135,22 @@ def quiet(setups: list[Setup]) -> None:
             return
 
 
+def traced_cold(setup: Setup, label: str, into: dict[str, list[float]]) -> float:
+    """One cold start of `cold`, its gateway's trace events (ms since the request was sent) added to `into`."""
+    began = time.monotonic()
+    took = cold_starts(setup.port, 1, "cold", lambda: True)[0]
+    events = coldtrace.read(setup.root / "trace", began, time.monotonic())
+    for event, at in coldtrace.timeline(events, began).items():
+        into.setdefault(f"trace:{label}{event}", []).append(at)
+    into.setdefault(f"trace:{label}answered", []).append(took * 1000)
+    return took
+
+
 def run(
-    setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]], profile: bool
+    setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]], profile: bool, trace: bool
 ) -> dict[str, list[float]]:
     for setup in setups:
-        serve(setup, processes)
+        serve(setup, processes, trace)
     store = connect(setups[0].state)
     revision = store.revision("cold", 1)
     store.close()
@@ -158,6 +172,9 @@ def run(
             label = "compare:" if index else ""
             for name in ("cold", "warm"):
                 quiet(setups)
+                if trace and name == "cold":
+                    figures.setdefault(label + name, []).append(traced_cold(setup, label, figures))
+                    continue
                 figures.setdefault(label + name, []).extend(cold_starts(setup.port, 1, name, lambda: True))
     return figures | {f"step:{k}": v for k, v in steps.steps.items()}
 
@@ -187,6 +204,16 @@ def report(figures: dict[str, list[float]], rounds: int, load_before: float, com
         if median > target * 1000:
             missed.append(what)
     print("\n".join(coldsteps.report(steps)))
+    for label in ("", "compare:"):
+        traced = {
+            k.removeprefix(f"trace:{label}"): v
+            for k, v in figures.items()
+            if k.startswith(f"trace:{label}") and (label or not k.startswith("trace:compare:"))
+        }
+        if traced:
+            print(f"  gateway timeline ({'the code in ' + str(compare) if label else 'this code'}; ms since sent):")
+            order = sorted(traced, key=lambda k: statistics.median(traced[k]))
+            print("\n".join(f"    {k:<44}{statistics.median(traced[k]):8.1f}" for k in order))
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 
@@ -198,6 +225,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also time docker start per sandbox setting and the runtime's imports"
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="time each step of the gateway's cold-start path (coldtrace.py)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.timeout)
@@ -207,7 +237,7 @@ def main() -> None:
     try:
         for setup in setups:
             fnctl(setup, "apply")
-        figures = run(setups, args.rounds, processes, args.profile)
+        figures = run(setups, args.rounds, processes, args.profile, args.trace)
     finally:
         signal.alarm(0)
         for process in processes:
