@@ -140,9 +140,9 @@ def traced_cold(setup: Setup, label: str, into: dict[str, list[float]]) -> float
     began = time.monotonic()
     took = cold_starts(setup.port, 1, "cold", lambda: True)[0]
     events = coldtrace.read(setup.root / "trace", began, time.monotonic())
-    for event, at in coldtrace.timeline(events, began).items():
-        into.setdefault(f"trace:{label}{event}", []).append(at)
-    into.setdefault(f"trace:{label}answered", []).append(took * 1000)
+    seen = coldtrace.timeline(events, began) | {"answered": took * 1000}
+    for span, ms in coldtrace.spans(seen).items():
+        into.setdefault(f"trace:{label}{span}", []).append(ms)
     return took
 
 
@@ -211,9 +211,12 @@ def report(figures: dict[str, list[float]], rounds: int, load_before: float, com
             if k.startswith(f"trace:{label}") and (label or not k.startswith("trace:compare:"))
         }
         if traced:
-            print(f"  gateway timeline ({'the code in ' + str(compare) if label else 'this code'}; ms since sent):")
-            order = sorted(traced, key=lambda k: statistics.median(traced[k]))
-            print("\n".join(f"    {k:<44}{statistics.median(traced[k]):8.1f}" for k in order))
+            print(
+                f"  through the gateway, step by step ({'the code in ' + str(compare) if label else 'this code'}; ms):"
+            )
+            for span, *_ in coldtrace.SPANS:
+                runs = ", ".join(f"{ms:.1f}" for ms in traced.get(span, []))
+                print(f"    {span:<34}{statistics.median(traced.get(span) or [0.0]):8.1f}   ({runs})")
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 

@@ -111,6 +111,27 @@ def timeline(events: list[tuple[float, str]], began: float) -> dict[str, float]:
     return seen
 
 
+# Each run's steps, as spans between two of its events: (name, from, to). "ours" are the gateway's own.
+SPANS = (
+    ("ours: sent -> docker create", "", "docker POST create begin"),
+    ("engine: docker create", "docker POST create begin", "docker POST create end"),
+    ("ours: create -> start", "docker POST create end", "docker POST start begin"),
+    ("engine: docker start", "docker POST start begin", "docker POST start end"),
+    ("ours: started -> accepting", "docker POST start end", "accept begin"),
+    ("runtime: up and connected", "accept begin", "accept end"),
+    ("runtime: ready + configure", "accept end", "configure end"),
+    ("ours: configured -> invoke sent", "configure end", "invoke begin"),
+    ("runtime: first invoke", "invoke begin", "invoke end"),
+    ("ours: result -> answer read", "invoke end", "answered"),
+)
+
+
+def spans(seen: dict[str, float]) -> dict[str, float]:
+    """The SPANS of one run's `timeline` (with "answered" added: the client's figure), in ms."""
+    points = seen | {"": 0.0}
+    return {name: points[b] - points[a] for name, a, b in SPANS if a in points and b in points}
+
+
 def main() -> None:
     install(os.environ["COLDTRACE"])
     from fnctl.cli.app import main as fnctl_main

@@ -33,6 +33,8 @@ spec:
 """
 # Reads its cgroup's quota after a pause: an update made beside the request has landed by then.
 CODE = """\
+import os
+import sys
 import time
 
 
@@ -44,7 +46,7 @@ def handler(event, context):
     except FileNotFoundError:
         with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
             quota, period = q.read(), p.read()
-    return {"cpus": int(quota) / int(period)}
+    return {"cpus": int(quota) / int(period), "ctypes": "ctypes" in sys.modules, "ppid": os.getppid()}
 """
 
 
@@ -80,10 +82,11 @@ def test_the_first_request_runs_with_the_start_up_cpu_and_the_quota_is_set_after
         try:
             first = await call(manager, "slow", {"wait": 1.0})
             assert first.cold_start and first.outcome.ok, first.outcome
-            assert first.outcome.result == {"cpus": STARTUP_CPUS}
+            assert first.outcome.result is not None and first.outcome.result["cpus"] == STARTUP_CPUS
             await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota after the answer")
             second = await call(manager, "slow", {})
-            assert not second.cold_start and second.outcome.result == {"cpus": 0.5}
+            assert not second.cold_start and second.outcome.result is not None
+            assert second.outcome.result["cpus"] == 0.5
         finally:
             await manager.close(timeout=30)
 
@@ -105,7 +108,27 @@ def test_a_long_first_request_keeps_the_start_up_cpu_only_until_the_cap(
             await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota at the cap", 11.0)
             assert not running.done()
             first = await running
-            assert first.cold_start and first.outcome.result == {"cpus": 0.5}
+            assert first.cold_start and first.outcome.result is not None and first.outcome.result["cpus"] == 0.5
+        finally:
+            await manager.close(timeout=30)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=180))
+
+
+@pytest.mark.docker
+def test_the_first_worker_is_forked_without_loading_ctypes_in_a_container(project: Project) -> None:
+    """The supervisor is its container's PID 1: a worker cannot outlive it (the kernel kills the namespace
+    with its init), so no PR_SET_PDEATHSIG, and no ctypes loaded for it before the first fork."""
+
+    async def main() -> None:
+        manager = PoolManager(load_project(project.root), StateLocation(project.state), idle_seconds=60)
+        await manager.start()
+        try:
+            first = await call(manager, "slow", {})
+            assert first.cold_start and first.outcome.ok, first.outcome
+            # Run by a forked worker of the supervisor (PID 1), which did not load ctypes for it.
+            assert first.outcome.result is not None and first.outcome.result["ppid"] == 1
+            assert first.outcome.result["ctypes"] is False
         finally:
             await manager.close(timeout=30)
 
