@@ -23,7 +23,11 @@ With `--profile`, each round also times `docker start` of `true` plain, in the s
 profile less one setting at a time, and what the interpreter and the runtime's imports take in the profile
 (benchmarks/coldsteps.py, `profile_round` and `interpreter_round`).
 
-    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile]
+With `--trace`, every gateway runs with its cold-start path wrapped in timestamps (benchmarks/coldtrace.py), and
+each cold start is printed as spans: the gateway's own steps, the engine's create and start, the runtime's start
+and first invocation. The order of the gateways alternates between rounds.
+
+    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile] [--trace]
 
 Needs a Docker engine and FNCTL_BASE_IMAGE (default fnctl-base:bookworm). Bounded by --timeout (300 s).
 """
@@ -158,7 +162,7 @@ def run(
     function = function_from_spec("cold", revision.spec, Limits())
     steps = coldsteps.Rounds()
     figures: dict[str, list[float]] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         quiet(setups)
         coldsteps.instance_round(function, revision.image, steps)
         time.sleep(SETTLE)
@@ -168,7 +172,8 @@ def run(
         if profile:
             coldsteps.profile_round(function, revision.image, steps)
             coldsteps.interpreter_round(function, revision.image, steps)
-        for index, setup in enumerate(setups):
+        # Alternated: the setup measured first in a round follows the engine-level steps' removals directly.
+        for index, setup in sorted(enumerate(setups), reverse=bool(round_ % 2)):
             label = "compare:" if index else ""
             for name in ("cold", "warm"):
                 quiet(setups)
