@@ -23,7 +23,11 @@ With `--profile`, each round also times `docker start` of `true` plain, in the s
 profile less one setting at a time, and what the interpreter and the runtime's imports take in the profile
 (benchmarks/coldsteps.py, `profile_round` and `interpreter_round`).
 
-    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile]
+With `--trace`, every gateway runs with its cold-start path wrapped in timestamps (benchmarks/coldtrace.py), and
+each cold start is printed as spans: the gateway's own steps, the engine's create and start, the runtime's start
+and first invocation. The order of the gateways alternates between rounds.
+
+    .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile] [--trace]
 
 Needs a Docker engine and FNCTL_BASE_IMAGE (default fnctl-base:bookworm). Bounded by --timeout (300 s).
 """
@@ -44,6 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import coldsteps  # noqa: E402 -- beside this file, found through the path set just above
+import coldtrace  # noqa: E402
 from bench_gateway import (  # noqa: E402
     FUNCTION,
     NOOP,
@@ -91,12 +96,14 @@ def make_project(code: Path | None) -> Setup:
     return Setup(root, name, root / "state" / "state.db", env, port)
 
 
-def serve(setup: Setup, processes: list[subprocess.Popen[bytes]]) -> None:
+def serve(setup: Setup, processes: list[subprocess.Popen[bytes]], trace: bool) -> None:
+    # --trace: the gateway runs with its cold-start path wrapped in timestamps (benchmarks/coldtrace.py)
+    command = [str(Path(coldtrace.__file__))] if trace else ["-m", "fnctl"]
     processes.append(
         subprocess.Popen(
-            [sys.executable, "-m", "fnctl", "serve", "--idle-timeout", "1s"],
+            [sys.executable, *command, "serve", "--idle-timeout", "1s"],
             cwd=setup.root,
-            env=setup.env,
+            env=setup.env | {"COLDTRACE": str(setup.root / "trace")},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -132,11 +139,22 @@ def quiet(setups: list[Setup]) -> None:
             return
 
 
+def traced_cold(setup: Setup, label: str, into: dict[str, list[float]]) -> float:
+    """One cold start of `cold`, its gateway's trace events (ms since the request was sent) added to `into`."""
+    began = time.monotonic()
+    took = cold_starts(setup.port, 1, "cold", lambda: True)[0]
+    events = coldtrace.read(setup.root / "trace", began, time.monotonic())
+    seen = coldtrace.timeline(events, began) | {"answered": took * 1000}
+    for span, ms in coldtrace.spans(seen).items():
+        into.setdefault(f"trace:{label}{span}", []).append(ms)
+    return took
+
+
 def run(
-    setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]], profile: bool
+    setups: list[Setup], rounds: int, processes: list[subprocess.Popen[bytes]], profile: bool, trace: bool
 ) -> dict[str, list[float]]:
     for setup in setups:
-        serve(setup, processes)
+        serve(setup, processes, trace)
     store = connect(setups[0].state)
     revision = store.revision("cold", 1)
     store.close()
@@ -144,7 +162,7 @@ def run(
     function = function_from_spec("cold", revision.spec, Limits())
     steps = coldsteps.Rounds()
     figures: dict[str, list[float]] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         quiet(setups)
         coldsteps.instance_round(function, revision.image, steps)
         time.sleep(SETTLE)
@@ -154,10 +172,14 @@ def run(
         if profile:
             coldsteps.profile_round(function, revision.image, steps)
             coldsteps.interpreter_round(function, revision.image, steps)
-        for index, setup in enumerate(setups):
+        # Alternated: the setup measured first in a round follows the engine-level steps' removals directly.
+        for index, setup in sorted(enumerate(setups), reverse=bool(round_ % 2)):
             label = "compare:" if index else ""
             for name in ("cold", "warm"):
                 quiet(setups)
+                if trace and name == "cold":
+                    figures.setdefault(label + name, []).append(traced_cold(setup, label, figures))
+                    continue
                 figures.setdefault(label + name, []).extend(cold_starts(setup.port, 1, name, lambda: True))
     return figures | {f"step:{k}": v for k, v in steps.steps.items()}
 
@@ -187,6 +209,19 @@ def report(figures: dict[str, list[float]], rounds: int, load_before: float, com
         if median > target * 1000:
             missed.append(what)
     print("\n".join(coldsteps.report(steps)))
+    for label in ("", "compare:"):
+        traced = {
+            k.removeprefix(f"trace:{label}"): v
+            for k, v in figures.items()
+            if k.startswith(f"trace:{label}") and (label or not k.startswith("trace:compare:"))
+        }
+        if traced:
+            print(
+                f"  through the gateway, step by step ({'the code in ' + str(compare) if label else 'this code'}; ms):"
+            )
+            for span, *_ in coldtrace.SPANS:
+                runs = ", ".join(f"{ms:.1f}" for ms in traced.get(span, []))
+                print(f"    {span:<34}{statistics.median(traced.get(span) or [0.0]):8.1f}   ({runs})")
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 
@@ -198,6 +233,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also time docker start per sandbox setting and the runtime's imports"
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="time each step of the gateway's cold-start path (coldtrace.py)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.timeout)
@@ -207,7 +245,7 @@ def main() -> None:
     try:
         for setup in setups:
             fnctl(setup, "apply")
-        figures = run(setups, args.rounds, processes, args.profile)
+        figures = run(setups, args.rounds, processes, args.profile, args.trace)
     finally:
         signal.alarm(0)
         stop_processes(processes)

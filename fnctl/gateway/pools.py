@@ -27,7 +27,7 @@ from fnctl.gateway.poolswarm import pool_actions
 from fnctl.gateway.revisionpool import RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
-from fnctl.invocation.aiotransport import AsyncCallHandler
+from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
 from fnctl.invocation.outcome import Failure
 from fnctl.invocation.rendezvous import PeerCheck, container_peer
 from fnctl.manifest.project import Project
@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 LOCK_RETRY = 0.5
 STOP_BUDGET = 30.0  # seconds `close` gives the stops of extra instances after the drain
+# Seconds a started instance keeps its start-up CPU (sandbox.STARTUP_CPUS) while its first request runs: its
+# own quota is set once that request is answered, or after this long, whichever comes first.
+SETTLE_WAIT = 1.0
 
 
 class PoolManager:
@@ -235,7 +238,7 @@ class PoolManager:
             raise FnctlError(f"instance {instance_id} was launched but never attached")  # not reached
         self.spawn(self._recorded(job, target, instance_id))
         started = ready.result()
-        self.spawn(self._settle_cpu(target, started[0]))
+        self.spawn(self._settle_cpu(target, started[0], after=started[2]))
         return started
 
     async def _recorded(self, job: asyncio.Future[None], target: Target, instance_id: str) -> None:
@@ -244,10 +247,14 @@ class PoolManager:
         except Exception as exc:  # the instance serves; `recover` may remove it later: its pool then replaces it
             log.warning("recording instance %s of %s as ready: %s", instance_id, target.function.name, exc)
 
-    async def _settle_cpu(self, target: Target, container_id: str) -> None:
-        """The function's own CPU quota for an instance that started with more: set while it already takes
-        its first request (the engine's update took what the extra CPU saved when a cold start waited for
-        it). An instance whose quota cannot be set is removed (its pool replaces it)."""
+    async def _settle_cpu(self, target: Target, container_id: str, after: AsyncTransport | None = None) -> None:
+        """The function's own CPU quota for an instance that started with more. A started instance (`after`:
+        its transport) keeps the extra CPU until its first request is answered (at most SETTLE_WAIT): the
+        engine's update beside that request took CPU from it on a busy machine and cut its quota while it
+        forked its first worker. An instance whose quota cannot be set is removed (its pool replaces it)."""
+        if after is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(after.answered.wait(), SETTLE_WAIT)
         try:
             await self._in_thread(instances.settle_cpu, target.function, container_id)
         except FnctlError as exc:

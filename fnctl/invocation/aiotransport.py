@@ -128,6 +128,9 @@ class AsyncTransport:
         self._calls: set[asyncio.Task[None]] = set()
         self._rendezvous: Rendezvous | None = None  # while the runtime has not connected
         self._workers: WorkerListener | None = None  # the listener, kept up for the runtime's workers
+        # Set by the first invocation's answer (or the connection's end): the gateway sets a started
+        # instance's own CPU quota after it, not beside it (fnctl.gateway.pools).
+        self.answered = asyncio.Event()
 
     @property
     def worker_connections(self) -> int:
@@ -274,12 +277,15 @@ class AsyncTransport:
         """A runtime frame that answers a request (from any of the instance's connections)."""
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if pending is not None and pending[2] is MessageType.INVOKE:
+            self.answered.set()
         if pending is not None and not pending[0].done():
             pending[0].set_result(message)
         # else: a reply to a request that already timed out or was cancelled
 
     def lost(self, reason: str) -> None:
         self._transport = None
+        self.answered.set()  # nothing more to wait for
         self._stop_listening()  # the instance is gone: its workers' connections end with it
         self._fail_all("the transport was closed" if self._closing else reason)
         if self._ready is not None and not self._ready.done():
