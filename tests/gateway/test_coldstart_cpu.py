@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 from deploy_helpers import Project, cleanup, make_project
-from test_pool import call, until, until_async
+from polling import eventually, eventually_awaited
+from test_pool import call
 
 from fnctl.engine.sandbox import STARTUP_CPUS
 from fnctl.gateway import pools
@@ -83,13 +84,13 @@ def test_the_first_request_runs_with_the_start_up_cpu_and_the_quota_is_set_after
             first = await call(manager, "slow", {"wait": 1.0})
             assert first.cold_start and first.outcome.ok, first.outcome
             assert first.outcome.result is not None and first.outcome.result["cpus"] == STARTUP_CPUS
-            await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota after the answer")
+            await eventually(lambda: _quotas(project) == [50_000], "the function's own CPU quota after the answer")
 
             async def own_quota() -> bool:  # the engine records it before its cgroup write lands
                 result = (await call(manager, "slow", {})).outcome.result
                 return result is not None and result["cpus"] == 0.5
 
-            await until_async(own_quota, "the instance's cgroup at the function's own quota")
+            await eventually_awaited(own_quota, "the instance's cgroup at the function's own quota")
             assert [s.id for s in manager._pools[("slow", 1)].slots.values()] == [first.instance]
         finally:
             await manager.close(timeout=30)
@@ -109,7 +110,7 @@ def test_a_long_first_request_keeps_the_start_up_cpu_only_until_the_cap(
         try:
             running = asyncio.ensure_future(call(manager, "slow", {"wait": 12.0}))
             # Set while the first request still runs (it sleeps 12 s): the cap, not the answer, ended it.
-            await until(lambda: _quotas(project) == [50_000], "the function's own CPU quota at the cap", 11.0)
+            await eventually(lambda: _quotas(project) == [50_000], "the function's own CPU quota at the cap", 11.0)
             assert not running.done()
             first = await running
             assert first.cold_start and first.outcome.result is not None and first.outcome.result["cpus"] == 0.5
