@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import coldsteps  # noqa: E402  (beside this script: on sys.path when run as one; it imports fnctl, found above)
-from benchcommon import Wrk, echo_child, free_port, post_lua, stop_processes, wrk  # noqa: E402
+from benchcommon import Wrk, echo_child, free_port, http_trigger, post_lua, stop_processes, wrk  # noqa: E402
 
 NOOP = "def handler(event, context):\n    return {}\n"
 FUNCTION = """\
@@ -101,15 +101,6 @@ web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), access_log=None, print
             **({'loop': uvloop.new_event_loop()} if uvloop else {}))
 """
 GET_LUA = 'wrk.method = "GET"\n'
-TRIGGER = """\
----
-apiVersion: fnctl/v1
-kind: Trigger
-metadata: {name: noop-http}
-spec:
-  function: noop
-  http: {path: /t/noop, methods: [GET]}
-"""
 
 
 def until(condition: Callable[[], object], what: str, timeout: float) -> None:
@@ -246,7 +237,7 @@ def make_project(count: int) -> Setup:
         FUNCTION.format(name="noop", min=4, max=4, concurrency=8, pids=64, warm=""),
         FUNCTION.format(name="cold", min=0, max=1, concurrency=8, pids=64, warm=""),
         FUNCTION.format(name="warm", min=0, max=2, concurrency=8, pids=64, warm=", warm: paused"),
-        TRIGGER,
+        http_trigger("noop", "/t/noop", "GET"),
         gatewaycalls.manifests(),
     ]
     docs += [

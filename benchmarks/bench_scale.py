@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_deploy import HANDLER, commit, fnctl_command, interleaved, name_of  # noqa: E402  (beside this script)
-from benchcommon import function_manifest, remove_project  # noqa: E402
+from benchcommon import function_manifest, loadavg, remove_project  # noqa: E402
 from scale_gateway_pg import gateway_pg_figures, write_project  # noqa: E402
 from scale_gateways_driver import gateway_figures  # noqa: E402
 
@@ -145,7 +145,7 @@ def main() -> None:
 
         for _ in range(2):  # warm the file cache, the bytecode and the server's buffers
             run(root, on_sqlite, "apply"), run(root, on_pg, "apply")
-        loads = [_load()]
+        loads = [loadavg()]
         medians = interleaved(
             args.runs,
             {
@@ -154,7 +154,7 @@ def main() -> None:
                 "apply (PostgreSQL)": lambda: run(root, on_pg, "apply"),
             },
         )
-        loads.append(_load())
+        loads.append(loadavg())
         ratio = medians["apply (PostgreSQL)"] / medians["apply (SQLite)"]
         print(f"\nno-op `fnctl apply`, {n} functions, whole processes, medians of {args.runs} interleaved runs:")
         for name, value in medians.items():
@@ -191,10 +191,6 @@ def gateway_pg(
     print(f"\ngateway-pg: the no-op function deployed (2 instances) in {setup:.1f} s")
     run(root, base, "state", "migrate", "--from", f"sqlite:{sqlite_state}", "--to", pg_state)
     gateway_pg_figures(root, on_sqlite, base | {"FNCTL_STATE": pg_state}, pgdir, args.rounds, args.seconds)
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

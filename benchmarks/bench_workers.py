@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import secrets
 import shutil
@@ -27,24 +26,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchcommon import remove_project
+from benchcommon import (
+    TICKS,
+    await_ready,
+    fnctl_ok,
+    free_port,
+    function_manifest,
+    post_lua,
+    remove_project,
+    serve,
+    stop_processes,
+    tree_cpu,
+    wrk,
+)
 
 NOOP = "def handler(event, context):\n    return {}\n"
-MANIFEST = """\
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: noop}
-spec:
-  runtime: python3.11
-  source: ../functions/noop
-  handler: main.handler
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 4, maxInstances: 4, concurrency: 8}
-  access: {roles: [public]}
-"""
-POST_LUA = 'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
-TICKS = os.sysconf("SC_CLK_TCK")
-
+MANIFEST = function_manifest(
+    "noop", scaling={"minInstances": 4, "maxInstances": 4, "concurrency": 8}, access={"roles": ["public"]}
+)
 
 BARE = """\
 import sys
@@ -69,59 +68,11 @@ class Round:
     server: str  # "bare" (aiohttp processes answering {} themselves) or "fnctl" (the gateway)
     workers: int
     rps: float
-    non_2xx: int
+    errors: int  # socket errors and non-2xx responses
     gateway_cores: float  # CPU seconds of the server's processes per second of load
     instance_cores: float  # of the function's containers (their cgroups)
     wrk_cores: float
     machine_cores: float  # every process of the machine's (/proc/stat): the rest is other people's load
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of `root` and every process below it, now."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier += children
-    return sum(times.get(pid, 0.0) for pid in tree)
-
-
-def start_gateway(root: Path, env: dict[str, str], workers: int, port: int) -> subprocess.Popen[bytes]:
-    command = ["-m", "fnctl", "serve", "--no-access-log", "--workers", str(workers), "-a", f"127.0.0.1:{port}"]
-    return subprocess.Popen(
-        [sys.executable, *command], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 def start_bare(root: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
@@ -137,42 +88,31 @@ def one_round(
 ) -> Round:
     port = free_port()
     if server == "fnctl":
-        process = start_gateway(root, env, workers, port)
+        flags = ["--no-access-log", "--workers", str(workers), "-a", f"127.0.0.1:{port}"]
+        process = serve(root, env, port, *flags, timeout=60)
     else:
         process = start_bare(root, workers, port)
     try:
-        give_up = time.monotonic() + 60
-        while not _ready(port):
-            if time.monotonic() > give_up or process.poll() is not None:
-                raise SystemExit(f"{server} of {workers} worker(s) did not become ready")
-            time.sleep(0.05)
+        if server == "bare":  # serve() returned a gateway that answers already
+            await_ready(port, process, 60)
         # every worker listening: SO_REUSEPORT spreads only over the sockets that are
         time.sleep(1.0 if workers > 1 else 0.2)
-        url = f"http://127.0.0.1:{port}/invoke/noop"
-        subprocess.run(  # warm-up: connections, worker processes of the runtimes
-            ["wrk", "-t1", "-c8", "-d1s", "-s", str(root / "post.lua"), url], capture_output=True, check=True
-        )
+        script = root / "post.lua"
+        wrk(port, "/invoke/noop", script, seconds=1)  # warm-up: connections, worker processes of the runtimes
         containers = instance_cgroups(project)
         before = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
         started = time.monotonic()
-        done = subprocess.run(
-            ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "-s", str(root / "post.lua"), url],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        load = wrk(port, "/invoke/noop", script, seconds=args.seconds, connections=args.connections)
         wall = time.monotonic() - started
         after = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
         used = [(b - a) / wall for a, b in zip(before, after, strict=True)]
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
-        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
-        return Round(server, workers, rps, int(non_2xx.group(1)) if non_2xx else 0, *used)
+        return Round(server, workers, load.rps, load.errors, *used)
     finally:
         if server == "fnctl":
-            process.terminate()
-        else:
+            stop_processes([process])
+        else:  # the shell and the servers it started
             os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+            process.wait(timeout=60)
 
 
 def instance_cgroups(project: str) -> list[Path]:
@@ -234,7 +174,7 @@ def main() -> None:
     (root / "functions" / "noop" / "main.py").write_text(NOOP)
     (root / "manifests" / "noop.yaml").write_text(MANIFEST)
     (root / "fnctl.toml").write_text(f'[project]\nname = "{name}"\nmanifests = ["manifests"]\n')
-    (root / "post.lua").write_text(POST_LUA)
+    (root / "post.lua").write_text(post_lua())
     (root / "bare.py").write_text(BARE)
     env = os.environ | {
         "FNCTL_STATE": str(root / "state" / "state.db"),
@@ -242,7 +182,7 @@ def main() -> None:
     }
     load_before = os.getloadavg()
     try:
-        subprocess.run([sys.executable, "-m", "fnctl", "apply"], cwd=root, env=env, check=True, capture_output=True)
+        fnctl_ok(root, env, "apply")
         rounds: list[Round] = []
         for _ in range(args.rounds):  # interleaved: every side sees the same machine load
             for server in ("bare", "fnctl"):
@@ -260,7 +200,7 @@ def report(rounds: list[Round], args: argparse.Namespace, load_before: tuple[flo
     for r in rounds:
         other = r.machine_cores - r.gateway_cores - r.instance_cores - r.wrk_cores
         print(
-            f"  {r.server:5} workers={r.workers}: {r.rps:8.0f} req/s  non-2xx {r.non_2xx}  "
+            f"  {r.server:5} workers={r.workers}: {r.rps:8.0f} req/s  errors {r.errors}  "
             f"server {r.gateway_cores:.2f}  instances {r.instance_cores:.2f}  wrk {r.wrk_cores:.2f}  "
             f"other {other:.2f} cores  server CPU/request {r.gateway_cores / r.rps * 1e6:.0f} us"
         )

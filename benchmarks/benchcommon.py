@@ -1,6 +1,6 @@
 """What the benchmarks share: removing every container and image a benchmark project left on the engine, a
-Function manifest, a free port, the wrk load runner, waiting for and stopping a gateway, and an echoing child
-process for the baselines."""
+Function manifest and an HTTP Trigger, a free port, the wrk load runner, waiting for and stopping a gateway, the
+CPU time of a process tree, the load average, and an echoing child process for the baselines."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time
 
 
 def remove_project(project: str) -> None:
@@ -61,6 +63,13 @@ def function_manifest(name: str, **spec: Any) -> str:
         **spec,
     }
     document = {"apiVersion": "fnctl/v1", "kind": "Function", "metadata": {"name": name}, "spec": fields}
+    return "---\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def http_trigger(function: str, path: str, *methods: str) -> str:
+    """One HTTP Trigger document (with its `---`) named `<function>-http`: `path` to `function`."""
+    spec = {"function": function, "http": {"path": path, "methods": list(methods)}}
+    document = {"apiVersion": "fnctl/v1", "kind": "Trigger", "metadata": {"name": f"{function}-http"}, "spec": spec}
     return "---\n" + yaml.safe_dump(document, sort_keys=False)
 
 
@@ -191,6 +200,33 @@ def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of `root` and every process below it, now."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def loadavg() -> str:
+    """The machine's 1, 5 and 15 minute load averages, as /proc/loadavg has them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 @contextmanager

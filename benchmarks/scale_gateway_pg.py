@@ -11,40 +11,28 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_workers import TICKS, free_port, tree_cpu
+from benchcommon import (
+    TICKS,
+    free_port,
+    function_manifest,
+    http_trigger,
+    loadavg,
+    post_lua,
+    serve,
+    stop_processes,
+    tree_cpu,
+    wrk,
+)
 
 NOOP = "def handler(event, context):\n    return {}\n"
-MANIFEST = """\
-apiVersion: fnctl/v1
-kind: Function
-metadata: {name: noop}
-spec:
-  runtime: python3.11
-  source: ../functions/noop
-  handler: main.handler
-  limits: {timeout: 5s, memory: 64Mi}
-  scaling: {minInstances: 2, maxInstances: 2, concurrency: 8}
-  access: {roles: [public]}
----
-apiVersion: fnctl/v1
-kind: Trigger
-metadata: {name: noop-http}
-spec:
-  function: noop
-  http: {path: /t/noop, methods: [GET]}
-"""
+SCALING = {"minInstances": 2, "maxInstances": 2, "concurrency": 8}
+MANIFEST = function_manifest("noop", scaling=SCALING, access={"roles": ["public"]})
+MANIFEST += http_trigger("noop", "/t/noop", "GET")  # the "trigger GET" load's path
 LOADS = {  # name: (path, wrk script)
-    "/invoke POST": (
-        "/invoke/noop",
-        'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n',
-    ),
+    "/invoke POST": ("/invoke/noop", post_lua()),
     "trigger GET": ("/t/noop", 'wrk.method = "GET"\n'),
 }
 
@@ -80,68 +68,31 @@ def cpu(root: int) -> float:
     return tree_cpu(root) + (int(fields[13]) + int(fields[14])) / TICKS
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def _wrk(port: int, path: str, script: Path, seconds: int, connections: int = 8) -> tuple[float, int]:
-    done = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script)]
-        + [f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=False,
-    )
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-    if rps is None:
-        raise SystemExit(f"wrk gave no figures for {path}: {done.stdout}{done.stderr}")
-    errors = sum(
-        int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout):? (\d+)", done.stdout)
-    )
-    return float(rps.group(1)), errors
-
-
 def one_round(root: Path, env: dict[str, str], backend: str, server_pid: int, seconds: int) -> list[Load]:
     """A gateway on `env`'s state, each load once; its figures."""
     port = free_port()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "fnctl", "serve", "--no-access-log", "-a", f"127.0.0.1:{port}"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    gateway = serve(root, env, port, "--no-access-log", "-a", f"127.0.0.1:{port}", timeout=60)
     try:
-        give_up = time.monotonic() + 60
-        while not _ready(port):
-            if time.monotonic() > give_up or gateway.poll() is not None:
-                raise SystemExit(f"the gateway on {backend} did not become ready")
-            time.sleep(0.05)
         figures = []
         for name, (path, _) in LOADS.items():
-            _wrk(port, path, root / _script(name), 1)  # warm-up: connections, the runtimes' workers
+            script = root / _script(name)
+            wrk(port, path, script, seconds=1)  # warm-up: connections, the runtimes' workers
             gateway_before, server_before = cpu(gateway.pid), cpu(server_pid)
-            rps, errors = _wrk(port, path, root / _script(name), seconds)
-            requests = max(1.0, rps * seconds)
+            load = wrk(port, path, script, seconds=seconds)
+            requests = max(1, load.requests)
             figures.append(
                 Load(
                     backend,
                     name,
-                    rps,
-                    errors,
+                    load.rps,
+                    load.errors,
                     (cpu(gateway.pid) - gateway_before) * 1e6 / requests,
                     (cpu(server_pid) - server_before) * 1e6 / requests,
                 )
             )
         return figures
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=60)
+        stop_processes([gateway])
 
 
 def gateway_pg_figures(
@@ -149,7 +100,7 @@ def gateway_pg_figures(
 ) -> None:
     """Interleaved rounds (SQLite, then PostgreSQL, each round), then the medians and ratios."""
     server_pid = int((pgdir / "data" / "postmaster.pid").read_text().split()[0])
-    load_before = _loadavg()
+    load_before = loadavg()
     results: list[Load] = []
     for _ in range(rounds):
         for backend, env in (("SQLite", on_sqlite), ("PostgreSQL", on_pg)):
@@ -176,8 +127,4 @@ def gateway_pg_figures(
             f"PostgreSQL {med['PostgreSQL'][0]:7.0f} req/s (gateway {med['PostgreSQL'][1]:.0f} + server "
             f"{med['PostgreSQL'][2]:.0f} µs/req)  ratio {ratio:.0%} (target >= 90 %: {'met' if ratio >= 0.9 else 'NOT met'})"
         )
-    print(f"load average before / after: {load_before} / {_loadavg()}; cores: {os.cpu_count()}")
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"load average before / after: {load_before} / {loadavg()}; cores: {os.cpu_count()}")

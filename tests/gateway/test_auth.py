@@ -68,11 +68,6 @@ def rsa_keys() -> tuple[rsa.RSAPrivateKey, str, rsa.RSAPrivateKey]:
 
 
 @pytest.fixture
-def store_path(state_location: StateLocation) -> StateLocation:
-    return state_location
-
-
-@pytest.fixture
 def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
     return AuthConfig.from_mapping(
@@ -81,8 +76,8 @@ def rs_config(tmp_path: Path, rsa_keys: tuple[Any, str, Any]) -> AuthConfig:
 
 
 @pytest.fixture
-def authenticator(store_path: StateLocation, rs_config: AuthConfig) -> Iterator[Authenticator]:
-    auth = Authenticator(store_path, rs_config)
+def authenticator(state_location: StateLocation, rs_config: AuthConfig) -> Iterator[Authenticator]:
+    auth = Authenticator(state_location, rs_config)
     yield auth
     auth.close()
 
@@ -152,9 +147,9 @@ def denials(store: Store, rsa_keys: tuple[Any, str, Any]) -> dict[str, dict[str,
 
 
 def test_every_bad_credential_is_refused_without_detail_and_audited(
-    store: Store, store_path: StateLocation, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
+    store: Store, state_location: StateLocation, authenticator: Authenticator, rsa_keys: tuple[Any, str, Any]
 ) -> None:
-    audit = AuditLog(store_path)
+    audit = AuditLog(state_location)
     matrix = denials(store, rsa_keys)
     for case, headers in matrix.items():
         with pytest.raises(Unauthenticated) as refused:
@@ -195,8 +190,10 @@ def test_no_credentials_is_anonymous_and_reaches_public_functions_only(authentic
     assert not authorize(principal, ("service",), {}, "orders")
 
 
-def test_bearer_jwt_without_jwt_config_is_refused(store_path: StateLocation, rsa_keys: tuple[Any, str, Any]) -> None:
-    auth = Authenticator(store_path, AuthConfig())
+def test_bearer_jwt_without_jwt_config_is_refused(
+    state_location: StateLocation, rsa_keys: tuple[Any, str, Any]
+) -> None:
+    auth = Authenticator(state_location, AuthConfig())
     with pytest.raises(Unauthenticated):
         auth.authenticate(bearer(rs256(rsa_keys[0])))
 
@@ -230,7 +227,7 @@ def test_a_remembered_jwt_is_refused_once_it_expires(
 
 
 def test_roles_from_a_nested_claim_or_a_space_separated_string(
-    tmp_path: Path, store_path: StateLocation, rsa_keys: tuple[Any, str, Any]
+    tmp_path: Path, state_location: StateLocation, rsa_keys: tuple[Any, str, Any]
 ) -> None:
     (tmp_path / "jwt.pub").write_text(rsa_keys[1])
     config = AuthConfig.from_mapping(
@@ -244,7 +241,7 @@ def test_roles_from_a_nested_claim_or_a_space_separated_string(
         },
         tmp_path,
     )
-    auth = Authenticator(store_path, config)
+    auth = Authenticator(state_location, config)
     token = jwt.encode(
         {"sub": "bob", "exp": int(time.time()) + 60, "org": "acme", "realm_access": {"roles": ["a", "b", 3]}},
         rsa_keys[0],
@@ -257,10 +254,10 @@ def test_roles_from_a_nested_claim_or_a_space_separated_string(
     assert auth.authenticate(bearer(token)).roles == ("x", "y")
 
 
-def test_hs256_when_configured(store_path: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hs256_when_configured(state_location: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET", HS_SECRET + "\n")  # a secret file's trailing newline is no part of the key
     config = AuthConfig.from_mapping({"jwt": {"algorithms": ["HS256"], "keyEnv": "JWT_SECRET"}}, tmp_path)
-    auth = Authenticator(store_path, config)
+    auth = Authenticator(state_location, config)
     good = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "roles": ["service"]}, HS_SECRET, algorithm="HS256")
     assert auth.authenticate(bearer(good)).subject == "svc"
     with pytest.raises(Unauthenticated):  # a token with an audience when none is configured names someone else
@@ -344,7 +341,7 @@ def test_policy_schema_takes_the_pin_grant(tmp_path: Path) -> None:
 
 
 def test_keys_are_random_and_stored_only_as_hashes(
-    store: Store, store_path: StateLocation, authenticator: Authenticator
+    store: Store, state_location: StateLocation, authenticator: Authenticator
 ) -> None:
     raws = [keys.create(store, f"k{i}", ("service",), None, "test")[1] for i in range(5)]
     assert len(set(raws)) == 5 and all(len(r.split("_", 2)[2]) == 43 for r in raws)  # 256 random bits each
@@ -352,15 +349,15 @@ def test_keys_are_random_and_stored_only_as_hashes(
         authenticator.authenticate(bearer(raw))
     store.close()
     authenticator.close()
-    files = [p for p in store_path.path.parent.iterdir() if p.name.startswith(store_path.path.name)]
+    files = [p for p in state_location.path.parent.iterdir() if p.name.startswith(state_location.path.name)]
     content = b"".join(p.read_bytes() for p in files if p.is_file())
-    if store_path.is_postgres:  # every row of the database as text, beside the host-local files
-        db = RawDb(store_path)
+    if state_location.is_postgres:  # every row of the database as text, beside the host-local files
+        db = RawDb(state_location)
         content += db.dump().encode()
         db.close()
     for raw in raws:
         assert raw.encode() not in content and raw.split("_", 2)[2].encode() not in content
-        assert keys.digest(raw).encode() in content or _hash_in_db(store_path, raw)
+        assert keys.digest(raw).encode() in content or _hash_in_db(state_location, raw)
 
 
 def _hash_in_db(location: StateLocation, raw: str) -> bool:
@@ -428,9 +425,9 @@ def test_unsafe_or_broken_configs_are_refused(
 # ---- the command line ------------------------------------------------------------------------------------------
 
 
-def test_keys_commands(store_path: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_commands(state_location: StateLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FNCTL_STATE", store_path.to_arg())
+    monkeypatch.setenv("FNCTL_STATE", state_location.to_arg())
     runner = CliRunner()
     created = runner.invoke(app, ["keys", "create", "ci", "--role", "service", "-r", "reader", "--tenant", "acme"])
     assert created.exit_code == 0, created.output
@@ -445,7 +442,7 @@ def test_keys_commands(store_path: StateLocation, tmp_path: Path, monkeypatch: p
     for text in (listed.stdout, runner.invoke(app, ["keys", "list"]).stdout):
         assert secret not in text and keys.digest(raw) not in text
     assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(state_location, AuthConfig())
     with pytest.raises(Unauthenticated):
         auth.authenticate(bearer(raw))
     auth.close()
@@ -454,12 +451,12 @@ def test_keys_commands(store_path: StateLocation, tmp_path: Path, monkeypatch: p
 
 
 def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(
-    store: Store, store_path: StateLocation
+    store: Store, state_location: StateLocation
 ) -> None:
     # The authenticator remembers verified keys while the store is unchanged; a revocation committed by another
     # connection (here: `store`, as `fnctl keys revoke` would) must end that at once.
     key, raw = keys.create(store, "ci", ("service",), "acme", "test")
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(state_location, AuthConfig())
     try:
         first = auth.authenticate(bearer(raw))
         assert auth.authenticate(bearer(raw)) == first  # the remembered principal
@@ -474,7 +471,7 @@ def test_a_remembered_key_is_refused_at_the_next_request_after_its_revocation(
 
 
 def test_a_remembered_key_outlives_commits_that_change_no_key(
-    store: Store, store_path: StateLocation, monkeypatch: pytest.MonkeyPatch
+    store: Store, state_location: StateLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The audit and metrics writers commit to the store every fraction of a second: the authenticator's memory
     # of verified keys depends on the keys' generation, not on any commit, so those commits cost no new check.
@@ -487,7 +484,7 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
         return verify(s, r)
 
     monkeypatch.setattr(keys, "verify", counted)
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(state_location, AuthConfig())
     try:
         first = auth.authenticate(bearer(raw))
         for n in range(3):  # another connection commits, as the audit writer would
@@ -505,19 +502,19 @@ def test_a_remembered_key_outlives_commits_that_change_no_key(
 
 
 def test_a_revocation_whose_announcement_was_lost_is_still_found(
-    store: Store, store_path: StateLocation, monkeypatch: pytest.MonkeyPatch
+    store: Store, state_location: StateLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The stamp file is only a hint: a revocation committed without it (a crash right after the commit) is
     # found when the authenticator reads the keys' generation itself, every KEYS_RECHECK seconds; and without
     # a stamp at all, every commit to the store makes it read the generation.
     monkeypatch.setattr(keystore, "KEYS_RECHECK", 0.2)
     key, raw = keys.create(store, "ci", ("service",), None, "test")
-    auth = Authenticator(store_path, AuthConfig())
+    auth = Authenticator(state_location, AuthConfig())
     try:
         auth.authenticate(bearer(raw))
         with store.transaction():
             assert keystore.mark_revoked(store, key.id)  # no announcement
-        assert keystore.KeysStamp(store_path.path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
+        assert keystore.KeysStamp(state_location.path).read() == (keystore.generation(store) - 1).to_bytes(8, "little")
 
         def refused() -> bool:
             try:
@@ -529,10 +526,12 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
         wait_until(refused, what="the unannounced revocation to be found", timeout=10)
     finally:
         auth.close()
-    keystore.stamp_path(store_path.path).unlink()
-    keystore.stamp_path(store_path.path).mkdir()  # no stamp can be mapped: the store's data_version says when to look
+    keystore.stamp_path(state_location.path).unlink()
+    keystore.stamp_path(
+        state_location.path
+    ).mkdir()  # no stamp can be mapped: the store's data_version says when to look
     other, raw = keys.create(store, "other", ("service",), None, "test")
-    unstamped = Authenticator(store_path, AuthConfig())
+    unstamped = Authenticator(state_location, AuthConfig())
     try:
         assert unstamped._stamp.read() is None
         unstamped.authenticate(bearer(raw))
@@ -547,11 +546,11 @@ def test_a_revocation_whose_announcement_was_lost_is_still_found(
 # ---- the audit log -----------------------------------------------------------------------------------------------
 
 
-def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, store_path: StateLocation) -> None:
+def test_audit_rows_are_append_only_and_access_lines_are_json(store: Store, state_location: StateLocation) -> None:
     stream = io.StringIO()
     stop_logging = start_access_log(stream)
     try:
-        audit = AuditLog(store_path, interval=60)  # a long interval: flush() must wake the writer itself
+        audit = AuditLog(state_location, interval=60)  # a long interval: flush() must wake the writer itself
         for n in range(3):
             audit.record(
                 request_id=f"r{n}",

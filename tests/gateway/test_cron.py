@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from polling import eventually
 
 from fnctl.gateway.cron import CronRunner, CronTrigger, Missed, cron_triggers, current_tick
@@ -20,11 +19,6 @@ from fnctl.state.location import StateLocation
 from fnctl.state.store import Store
 
 EVERY_SECOND = "* * * * * *"  # the sixth field is seconds
-
-
-@pytest.fixture
-def store_path(state_location: StateLocation) -> StateLocation:
-    return state_location
 
 
 class Recorder:
@@ -62,7 +56,7 @@ async def running(runners: list[CronRunner], body: Callable[[], Awaitable[Any]])
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
 
 
-def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: StateLocation) -> None:
+def test_a_per_second_trigger_fires_with_its_event(store: Store, state_location: StateLocation) -> None:
     store.set_resources(
         "Trigger",
         {
@@ -76,13 +70,13 @@ def test_a_per_second_trigger_fires_with_its_event(store: Store, store_path: Sta
     async def body() -> None:
         await eventually(lambda: len(recorder.runs) >= 3, "three runs of the per-second trigger")
 
-    asyncio.run(running([CronRunner(store_path, recorder)], body))
+    asyncio.run(running([CronRunner(state_location, recorder)], body))
     assert {(r[0], r[1], repr(r[2])) for r in recorder.runs} == {("tick", "report", "{'report': 'nightly'}")}
     ticks = recorder.ticks()
     assert ticks == sorted(set(ticks)) and all(t == int(t) for t in ticks)  # whole seconds, each once
 
 
-def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: StateLocation) -> None:
+def test_no_tick_runs_twice_across_a_restart(store: Store, state_location: StateLocation) -> None:
     store.set_resources("Trigger", {"tick": cron_spec(EVERY_SECOND, missed="runOnce")})
     first, second = Recorder(), Recorder()
 
@@ -93,8 +87,8 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: StateLoca
 
             return body
 
-        await running([CronRunner(store_path, first)], await two_runs(first))
-        await running([CronRunner(store_path, second)], await two_runs(second))
+        await running([CronRunner(state_location, first)], await two_runs(first))
+        await running([CronRunner(state_location, second)], await two_runs(second))
 
     asyncio.run(scenario())
     before, after = first.ticks(), second.ticks()
@@ -104,14 +98,14 @@ def test_no_tick_runs_twice_across_a_restart(store: Store, store_path: StateLoca
     assert last == max(after)
 
 
-def test_two_runners_on_one_store_run_each_tick_once(store: Store, store_path: StateLocation) -> None:
+def test_two_runners_on_one_store_run_each_tick_once(store: Store, state_location: StateLocation) -> None:
     store.set_resources("Trigger", {"tick": cron_spec(EVERY_SECOND)})
     a, b = Recorder(), Recorder()
 
     async def body() -> None:
         await eventually(lambda: len(a.runs) + len(b.runs) >= 4, "four runs between the two runners")
 
-    asyncio.run(running([CronRunner(store_path, a), CronRunner(store_path, b)], body))
+    asyncio.run(running([CronRunner(state_location, a), CronRunner(state_location, b)], body))
     ticks = a.ticks() + b.ticks()
     assert len(ticks) == len(set(ticks)), sorted(ticks)
 
@@ -121,7 +115,7 @@ def daily_far_from_now() -> str:
     return f"0 {datetime.fromtimestamp(time.time() - 6 * 3600, UTC).hour} * * *"
 
 
-def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, store_path: StateLocation) -> None:
+def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, state_location: StateLocation) -> None:
     daily = daily_far_from_now()
     store.set_resources(
         "Trigger",
@@ -141,9 +135,9 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
         await eventually(lambda: len(first.runs) >= 1, "the missed run of catch-up")
 
     async def scenario() -> None:
-        runner = CronRunner(store_path, first)
+        runner = CronRunner(state_location, first)
         await running([runner], lambda: body_first(runner))
-        again = CronRunner(store_path, second)  # restarted at once: nothing was missed in between
+        again = CronRunner(state_location, second)  # restarted at once: nothing was missed in between
         await running([again], lambda: asyncio.wait_for(again.ready.wait(), timeout=20))
 
     second = Recorder()
@@ -154,12 +148,12 @@ def test_missed_runs_run_once_or_are_skipped_as_the_trigger_says(store: Store, s
     assert second.runs == []
 
 
-def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, store_path: StateLocation) -> None:
+def test_a_new_trigger_does_not_run_ticks_from_before_it_existed(store: Store, state_location: StateLocation) -> None:
     store.set_resources("Trigger", {"daily": cron_spec(daily_far_from_now(), missed="runOnce")})
     recorder = Recorder()
 
     async def scenario() -> None:
-        runner = CronRunner(store_path, recorder)
+        runner = CronRunner(state_location, recorder)
         await running([runner], lambda: asyncio.wait_for(runner.ready.wait(), timeout=20))
 
     asyncio.run(scenario())
