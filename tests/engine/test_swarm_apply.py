@@ -26,10 +26,11 @@ from swarm_helpers import SwarmNodes, swarm_nodes
 
 from fnctl.deploy.rolloutdriver import run_checks
 from fnctl.engine.swarm import SwarmEngine, service_name
-from fnctl.gateway.forward import HOP_HEADER
+from fnctl.gateway.forward import HOP_HEADER, PEER_PATH
 from fnctl.manifest.model import HealthCheck, Strategy
 from fnctl.manifest.project import Project, load_project
 from fnctl.rollout.record import Record, State
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 pytestmark = pytest.mark.docker
@@ -76,7 +77,7 @@ def swarm(project: Project) -> Iterator[SwarmNodes]:
         yield nodes
 
 
-def fnctl(project: Project, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def fnctl(project: Project, state: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     done = run_cli(project, *args, "--state", str(state))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -330,7 +331,7 @@ def _status(port: int) -> int | None:
         return None
 
 
-def _node_gateway(project: Project, state: Path, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _node_gateway(project: Project, state: Path | str, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     """A gateway for one node, on 127.0.0.1:port: the node's engine by FNCTL_SWARM_NODE (one fnctl.toml for
     every node), its access log in `log`."""
     return subprocess.Popen(
@@ -427,3 +428,95 @@ def _reach(port: int, headers: dict[str, str]) -> int | None:
         return _request(port, headers)[0]
     except OSError:
         return None
+
+
+CRON = """apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: every-second}
+spec:
+  function: web
+  cron: {schedule: "* * * * * *"}
+"""
+
+
+def _leads(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/readyz")
+            return bool(json.loads(connection.getresponse().read()).get("leader"))
+        finally:
+            connection.close()
+    except (OSError, ValueError):
+        return False
+
+
+def _runs(state: StateLocation) -> list[tuple[str, str, int | None, int]]:
+    """(request id, outcome, revision, status) of every audited run of the cron trigger."""
+    store = connect(state)
+    try:
+        rows = store._query(
+            "SELECT request_id, outcome, revision, status FROM invocations WHERE trigger = 'every-second' ORDER BY id"
+        )
+    finally:
+        store.close()
+    return [(str(r), str(o), None if v is None else int(v), int(s)) for r, o, v, s in rows]
+
+
+def test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_each(
+    swarm: SwarmNodes, project: Project, tmp_path: Path, pg_url: str
+) -> None:
+    """A cron trigger every second for a function with one task, on node A; the leader (one, on PostgreSQL) is
+    node B's gateway (started first), which has none: each tick goes, signed, to A's gateway and runs there
+    once (A audits the run as `trigger:every-second`, B a `forwarded`, under one request id); before, B
+    answered each tick 503."""
+    location = StateLocation(tmp_path / "anchor" / "state", pg_url)
+    state = location.to_arg()
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}})
+    cron = project.root / "manifests" / "every-second.yaml"
+    cron.write_text(CRON)
+    gateways: list[subprocess.Popen[bytes]] = []
+    try:
+        fnctl(project, state, "apply")
+        service = service_name(project.name, "web", "1")
+        hostnames = engine.hostnames()
+        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+        a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
+        b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        port_a, port_b = free_port(), free_port()
+        gateways.append(_node_gateway(project, state, swarm.socket(b), port_b, tmp_path / "gateway-b"))
+        wait_until(lambda: _leads(port_b), what="node B's gateway leading", timeout=60)
+        gateways.append(_node_gateway(project, state, swarm.socket(a), port_a, tmp_path / "gateway-a"))
+        wait_until(lambda: _reach(port_a, {}) == 200, what="node A's gateway serving its task", timeout=60)
+
+        def ran_on_a() -> int:
+            return sum(1 for _, outcome, revision, _ in _runs(location) if (outcome, revision) == ("ok", 1))
+
+        first = wait_until(ran_on_a, what="a tick run on node A", timeout=30)
+        wait_until(lambda: ran_on_a() >= first + 4, what="four more ticks run on node A", timeout=30)
+        assert _leads(port_b) and not _leads(port_a)  # B led throughout: every tick was B's to send
+        # what runs there only for a request signed by a gateway of this state: not for anyone who reaches A
+        assert _post(port_a, PEER_PATH + "web")[0] == 401
+        gateways[1].terminate()  # A stops: no run half-audited when the rows are read
+        gateways[1].wait(timeout=60)
+        gateways[0].terminate()
+        gateways[0].wait(timeout=60)
+        runs = _runs(location)
+        ran = [rid for rid, outcome, revision, _ in runs if (outcome, revision) == ("ok", 1)]
+        sent = [
+            rid for rid, outcome, revision, status in runs if (outcome, revision, status) == ("forwarded", None, 200)
+        ]
+        assert len(ran) == len(set(ran)) >= 5  # each run once
+        assert set(ran) <= set(sent)  # each one the leader's forwarded tick, under its request id
+        # the ticks B sent before A's gateway was up found no peer and ran nothing (503 on B's own node)
+        assert all(s in (200, 503) for _, _, _, s in runs), runs
+    finally:
+        for gateway in gateways:
+            if gateway.poll() is None:
+                gateway.terminate()
+                gateway.wait(timeout=60)
+        cron.unlink(missing_ok=True)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
