@@ -34,13 +34,24 @@ from yarl import URL
 
 from fnctl.errors import FnctlError
 from fnctl.gateway import peerauth
+from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.request import Call, Incoming, Reject, Reply
 from fnctl.state import gatewayrows
 from fnctl.state.gatewayrows import GatewayRow
 from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
-__all__ = ["HOP_HEADER", "NO_INSTANCE_HEADER", "PEER_PATH", "Forwarder", "Relayed", "peers_for"]
+__all__ = [
+    "FORWARDED_FOR",
+    "HOP_HEADER",
+    "client_claim",
+    "client_of",
+    "NO_INSTANCE_HEADER",
+    "PEER_PATH",
+    "Forwarder",
+    "Relayed",
+    "peers_for",
+]
 
 log = logging.getLogger("fnctl.gateway")
 HOP_HEADER = "X-Fnctl-Forwarded-By"  # on a forwarded request: the forwarder's id; never forwarded again
@@ -54,6 +65,50 @@ _HOP_BY_HOP = frozenset(
     "connection keep-alive proxy-connection proxy-authenticate te trailer transfer-encoding upgrade host "
     "content-length date server".split()
 )
+
+
+FORWARDED_FOR = "X-Forwarded-For"
+# Set by the forwarder itself, never passed on as the client sent them.
+_REPLACED = frozenset(
+    (
+        "x-request-id",
+        HOP_HEADER.lower(),
+        FORWARDED_FOR.lower(),
+        peerauth.TIME_HEADER.lower(),
+        peerauth.SIGNATURE_HEADER.lower(),
+    )
+)
+
+
+def client_claim(method: str, raw_path: str, client: str) -> str:
+    """What a forwarder signs of a forwarded request (as `peerauth.sign`'s path): the request line and the
+    client's address it passes on. The body is not covered: the caller's own credentials are its authority,
+    checked by the peer; the signature vouches only for the address."""
+    return f"forwarded {method} {raw_path} for {client}"
+
+
+def client_of(forwarder: Forwarder | None, request: Incoming) -> str | None:
+    """The client's address of a request: the connection's, or, on a request a peer gateway forwarded and
+    signed (the hop header, FORWARDED_FOR, a good signature), the address of the client it came from. An
+    X-Forwarded-For from anyone else is ignored."""
+    if forwarder is None:
+        return request.remote
+    headers = request.headers
+    claimed = headers.get(FORWARDED_FOR)
+    if claimed is None or HOP_HEADER not in headers:
+        return request.remote
+    refused = forwarder.verifier.verify(
+        forwarder.secret,
+        headers.get(peerauth.TIME_HEADER),
+        headers.get(peerauth.SIGNATURE_HEADER),
+        headers.get("X-Request-Id", ""),
+        client_claim(request.method, request.raw_path, claimed),
+        b"",
+    )
+    if refused is not None:
+        log.info("X-Forwarded-For ignored (%s)", refused)
+        return request.remote
+    return claimed
 
 
 class Relayed(Exception):
@@ -88,12 +143,19 @@ class Forwarder:
     """This gateway's row in the store, the peers' rows as last read, and the forwarding of one request."""
 
     def __init__(
-        self, store_path: StateLocation, *, node: str, address: str | None, held: Callable[[], set[tuple[str, int]]]
+        self,
+        store_path: StateLocation,
+        *,
+        node: str,
+        address: str | None,
+        held: Callable[[], set[tuple[str, int]]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = f"{node}-{uuid.uuid4().hex[:12]}"
         self.node, self.address, self.held = node, address, held
         self.rows: list[GatewayRow] = []
         self.forwarded = 0  # requests relayed (for tests and benchmarks)
+        self._metrics = metrics  # fnctl_forwarded_requests{function}
         self._path = store_path
         self._store: Store | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-forward")
@@ -177,8 +239,16 @@ class Forwarder:
         """The answer of the first of `peers` that answers; Reject 503 when each of them said it ran nothing,
         502/504 when one failed the request."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
-        headers = [(k, v) for k, v in headers if k.lower() not in ("x-request-id", HOP_HEADER.lower())]
+        headers = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
+        if call.source is not None and self.secret is not None:  # the client's address, signed as a peer's
+            at = time.time()
+            claim = client_claim(request.method, request.raw_path, call.source)
+            headers += [
+                (FORWARDED_FOR, call.source),
+                (peerauth.TIME_HEADER, f"{at:.3f}"),
+                (peerauth.SIGNATURE_HEADER, peerauth.sign(self.secret, at, call.request_id, claim, b"")),
+            ]
         deadline = time.monotonic() + timeout
         for peer in peers:
             left = deadline - time.monotonic()
@@ -201,7 +271,7 @@ class Forwarder:
                 ) from None
             if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
                 continue  # it lost its instance since its last heartbeat, and ran nothing
-            self.forwarded += 1
+            self._count(call.function)
             return reply
         raise Reject(
             503,
@@ -248,13 +318,18 @@ class Forwarder:
                 return 502, None
             if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
                 continue
-            self.forwarded += 1
+            self._count(function)
             try:
                 answer = json.loads(reply.body)
                 return int(answer["status"]), answer.get("outcome")
             except (ValueError, KeyError, TypeError):
                 return (reply.status if reply.status >= 400 else 502), None
         return 503, None
+
+    def _count(self, function: str) -> None:
+        self.forwarded += 1
+        if self._metrics is not None:
+            self._metrics.forwarded[function] = self._metrics.forwarded.get(function, 0) + 1
 
     async def _post(
         self, peer: GatewayRow, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float

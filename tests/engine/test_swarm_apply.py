@@ -388,6 +388,7 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
         wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
 
+        before = _forwarded(port_b)
         status, body = _request(port_b, auth | {"X-Request-Id": "forwarded-1"})
         assert status == 200 and json.loads(body) == {"echo": {}, "function": "web", "revision": "1"}, body
         # B relayed it (audited as forwarded, no revision), A ran it on its node's task (access lines come in
@@ -396,6 +397,14 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         seen_a = wait_until(lambda: _access(log_a, "forwarded-1"), what="A's access line", timeout=10)
         assert [(x["outcome"], x["revision"], x["status"]) for x in seen_b] == [("forwarded", None, 200)]
         assert [(x["outcome"], x["revision"], x["status"]) for x in seen_a] == [("ok", 1, 200)]
+        # B counts it in /metrics; A saw the client's address B signed (here both are 127.0.0.1) ...
+        assert _forwarded(port_b) == before + 1
+        assert seen_a[0]["source"] == "127.0.0.1"
+        # ... and believes no X-Forwarded-For a client sends, even with the hop header
+        spoofed = {HOP_HEADER: "forged", "X-Forwarded-For": "203.0.113.9", "X-Request-Id": "spoofed-1"}
+        assert _request(port_a, auth | spoofed)[0] == 200
+        [line] = wait_until(lambda: _access(log_a, "spoofed-1"), what="A's access line of a spoofed one", timeout=10)
+        assert line["source"] == "127.0.0.1"
 
         # A hop header from outside: A still authenticates (no key, a wrong key: 401) ...
         assert _request(port_a, {HOP_HEADER: "forged"})[0] == 401
@@ -421,6 +430,18 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         manifest(project, "web", SPEC)
         for service in engine.services(project.name):
             engine.remove(service)
+
+
+def _forwarded(port: int) -> float:
+    """fnctl_forwarded_requests_total{function="web"} in a gateway's /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    series = 'fnctl_forwarded_requests_total{function="web"} '
+    return sum(float(line[len(series) :]) for line in text.splitlines() if line.startswith(series))
 
 
 def _reach(port: int, headers: dict[str, str]) -> int | None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from rollout_helpers import free_port
-from test_forward import Peer, _row, serving
+from test_forward import Peer, _request, _row, serving
 
 from fnctl.gateway import peerauth
-from fnctl.gateway.forward import HOP_HEADER, NO_INSTANCE_HEADER, PEER_PATH, Forwarder
+from fnctl.gateway.forward import FORWARDED_FOR, HOP_HEADER, NO_INSTANCE_HEADER, PEER_PATH, Forwarder, client_of
+from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.peerinvoke import outcome_from, outcome_json
+from fnctl.gateway.request import Call, LeanRequest
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.state import gatewayrows
 from fnctl.state.location import StateLocation
@@ -96,3 +99,46 @@ async def _invocation(tmp_path: Any) -> None:
         SECRET, headers[peerauth.TIME_HEADER], headers[peerauth.SIGNATURE_HEADER], "tick-1", path, body
     )
     assert refused is None  # what the peer checks: signed with the state's secret
+
+
+def test_a_forwarded_request_passes_the_clients_address_signed_and_is_counted(tmp_path: Any) -> None:
+    asyncio.run(_passes_the_address(tmp_path))
+
+
+async def _passes_the_address(tmp_path: Any) -> None:
+    peer = Peer(lambda r: web.Response(status=200, body=b"{}"))
+    metrics = Metrics()
+    async with serving(peer) as address:
+        forwarder = Forwarder(StateLocation(tmp_path / "s.db"), node="here", address=None, held=set, metrics=metrics)
+        forwarder.rows, forwarder.secret = [_row("p", {("web", 1)}, address)], SECRET
+        # the client's own X-Forwarded-For and signature headers are not passed on: the forwarder's replace them
+        sent = [(FORWARDED_FOR.encode(), b"6.6.6.6"), (peerauth.SIGNATURE_HEADER.encode(), b"forged")]
+        call = Call("req-3", "web", None, "10.1.2.3")
+        reply = await forwarder.forward(_request(sent), b"{}", call, forwarder.peers("web", 1, [1]), timeout=5)
+        await forwarder.close()
+    assert reply.status == 200
+    assert b'fnctl_forwarded_requests_total{function="web"} 1.0' in metrics.render()
+    [(method, path, got, _)] = peer.got
+    assert got.getall(FORWARDED_FOR) == ["10.1.2.3"] and len(got.getall(peerauth.SIGNATURE_HEADER)) == 1
+    # the peer (same state: same secret) takes the address from it, once
+    peer_side = Forwarder(StateLocation(tmp_path / "s.db"), node="there", address=None, held=set)
+    peer_side.secret = SECRET
+    headers = [(k.encode(), v.encode()) for k, v in got.items()]
+    received = LeanRequest(method, path, tuple(headers), "192.0.2.7", b"{}", True)
+    assert client_of(peer_side, received) == "10.1.2.3"
+    assert client_of(peer_side, received) == "192.0.2.7"  # the same signed request again: a replay
+    assert client_of(None, received) == "192.0.2.7"  # not a Swarm node gateway: the connection's address
+
+
+def test_an_x_forwarded_for_from_outside_is_ignored() -> None:
+    gateway = Forwarder(StateLocation(Path("/nonexistent/s.db")), node="n", address=None, held=set)
+    gateway.secret = SECRET
+    at, signature = f"{time.time():.3f}", "0" * 64
+    for headers in (
+        [(b"X-Forwarded-For", b"6.6.6.6")],  # no hop header
+        [(b"X-Forwarded-For", b"6.6.6.6"), (HOP_HEADER.encode(), b"forged")],  # unsigned
+        [(b"X-Forwarded-For", b"6.6.6.6"), (HOP_HEADER.encode(), b"forged"), (b"X-Request-Id", b"r9"),
+         (peerauth.TIME_HEADER.encode(), at.encode()), (peerauth.SIGNATURE_HEADER.encode(), signature.encode())],
+    ):  # fmt: skip
+        request = LeanRequest("POST", "/invoke/web", tuple(headers), "192.0.2.7", b"{}", True)
+        assert client_of(gateway, request) == "192.0.2.7"
