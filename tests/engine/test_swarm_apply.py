@@ -541,3 +541,34 @@ def test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_eac
         manifest(project, "web", SPEC)
         for service in engine.services(project.name):
             engine.remove(service)
+
+
+def test_a_rollouts_checks_configure_the_task_with_the_functions_secrets(
+    swarm: SwarmNodes, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary's synthetic checks invoke a task of this node with the function's secrets, as the gateway
+    does (they connected with none: the handler saw no API_TOKEN); a secret that cannot be read is a
+    problem of the check, in words."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    secret = {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": "FNCTL_TEST_SWARM_TOKEN"}]}
+    monkeypatch.setenv("FNCTL_TEST_SWARM_TOKEN", "t0ken")
+    manifest(project, "web", SPEC | secret)
+    try:
+        fnctl(project, state, "apply")
+        settings = load_project(project.root).swarm
+        record = Record(0, "web", 1, 1, Strategy.CANARY, State.PROGRESSING, 0, 0.0, 0.0, {1: 100})
+        store = connect(state)
+        try:
+            good = HealthCheck({}, expect={"token": "t0ken"})
+            checks = run_checks(store, record, (good,), swarm=settings, project=project.name, root=project.root)
+            assert checks == ()
+            monkeypatch.delenv("FNCTL_TEST_SWARM_TOKEN")
+            [problem] = run_checks(store, record, (good,), swarm=settings, project=project.name, root=project.root)
+            assert "secrets" in problem and "FNCTL_TEST_SWARM_TOKEN" in problem, problem
+        finally:
+            store.close()
+    finally:
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
