@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fnctl.deploy import pickup, swarmdeploy
@@ -56,6 +57,7 @@ class Context:
     # engine = "swarm": a revision's instances are a Swarm service (fnctl.deploy.swarmdeploy), else containers
     # on the local engine. The executor's two engine points, `start_checked` and `remove_row`, switch on it.
     swarm: SwarmSettings | None = None
+    root: Path | None = None  # the project's directory: where a rollout's checks read the function's secrets
 
     def audit(self, action: str, target: str, outcome: str, detail: str | None = None) -> None:
         """One audit record of this command's, with its actor and commit."""

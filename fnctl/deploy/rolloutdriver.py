@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fnctl.deploy import executor, lock, repair, swarmdeploy
+from fnctl.deploy import secrets as secretref
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
@@ -275,6 +276,7 @@ def tick(project: Project, store_path: StateLocation, progress: executor.Progres
                 None,
                 progress,
                 swarm=executor.engine_settings(project),
+                root=project.root,
             )
             if stale:  # a process killed between an abort's routing change and its clean-up left them
                 repair.recover(ctx, orphans=())
@@ -304,7 +306,7 @@ def measure(ctx: executor.Context, record: Record, due: Measure, now: float) -> 
     seconds = max(now - due.since, 1.0)
     canary = metricstore.window(ctx.store, record.function, record.canary, seconds, now=now)
     stable = metricstore.window(ctx.store, record.function, record.stable, seconds, now=now)
-    problems = run_checks(ctx.store, record, due.analysis.checks, swarm=ctx.swarm, project=ctx.project)
+    problems = run_checks(ctx.store, record, due.analysis.checks, swarm=ctx.swarm, project=ctx.project, root=ctx.root)
     return evaluate(due.analysis, canary, stable, problems)
 
 
@@ -315,9 +317,11 @@ def run_checks(
     *,
     swarm: SwarmSettings | None = None,
     project: str = "",
+    root: Path | None = None,
 ) -> tuple[str, ...]:
     """Synthetic invocations of the canary, straight to one of its instances (under `swarm`, a task of its
-    service on this node): what went wrong, in words."""
+    service on this node, configured with the function's secrets read from the project at `root`, as the
+    gateway configures it): what went wrong, in words."""
     if not checks:
         return ()
     revision = store.revision(record.function, record.canary)
@@ -330,7 +334,11 @@ def run_checks(
         return (f"no running instance of revision {record.canary} to check",)
     function = function_from_spec(record.function, revision.spec, Limits())  # the spec has every limit
     if swarm is not None:
-        instance = swarmdeploy.connect_local(swarm, project, function, record.canary)
+        try:
+            secrets = secretref.resolve(function, root) if root is not None and function.secrets else {}
+        except FnctlError as exc:
+            return (f"revision {record.canary}'s secrets: {exc.message}",)
+        instance = swarmdeploy.connect_local(swarm, project, function, record.canary, secrets)
         if instance is None:
             return (f"no task of revision {record.canary} on this node answers",)
     else:

@@ -68,6 +68,7 @@ def session(
                 tree.commit if tree else None,
                 progress,
                 swarm=executor.engine_settings(project),
+                root=project.root,
             )
         finally:
             store.close()

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.dataapi import DataApi, DataRoute
-from fnctl.gateway.forward import Relayed
+from fnctl.gateway.forward import PEER_PATH, Relayed, client_of
 from fnctl.gateway.httpevent import (
     FAILURE_STATUS,
     audit_outcome,
@@ -33,6 +33,7 @@ from fnctl.gateway.httpevent import (
     trigger_response,
 )
 from fnctl.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
+from fnctl.gateway.peerinvoke import outcome_from, peer_reply
 from fnctl.gateway.pipeline import RequestPipeline
 from fnctl.gateway.request import (
     NO_HEADERS,
@@ -111,7 +112,7 @@ class Gateway(RequestPipeline):
 
     async def invoke(self, request: Incoming, function: str) -> Reply:
         """`POST /invoke/function`, audited and measured, whichever server parsed it."""
-        call = Call(request_id(request), function, None, request.remote)
+        call = Call(request_id(request), function, None, client_of(self.forwarder, request))
         try:
             result, revision = await self._dispatch(request, call, None)
             outcome = result.outcome
@@ -150,7 +151,7 @@ class Gateway(RequestPipeline):
                 call.outcome, status, reason = "not_found", 404, "Not Found"
             reply = json_reply({"message": reason}, status, {"Allow": allowed} if allowed else None)
             return self._finish_reply(call, request, reply)
-        call = Call(request_id(request), found.route.function, found.route.trigger, request.remote)
+        call = Call(request_id(request), found.route.function, found.route.trigger, client_of(self.forwarder, request))
         try:
             result, _ = await self._dispatch(request, call, found)
             call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
@@ -286,12 +287,21 @@ class Gateway(RequestPipeline):
         await self._finish(call, None, web.Response(status=status))
 
     async def invoke_internal(
-        self, function: str, event: Any, *, trigger: str, tenant: str | None = None
+        self,
+        function: str,
+        event: Any,
+        *,
+        trigger: str,
+        tenant: str | None = None,
+        request_id: str | None = None,
+        forwardable: bool = True,
     ) -> tuple[int, Outcome | None]:
         """Run `function` for a trigger of the gateway itself (cron, onCommit): routed, measured and audited
         like any request, as the principal `trigger:<name>` with no roles (in `tenant`: an onCommit event's
-        document's). Returns (status, outcome or None)."""
-        call = Call(new_request_id(), function, trigger, None)
+        document's). With no instance on this node (engine = "swarm"), a peer gateway that has one runs it,
+        signed as a peer (fnctl.gateway.peerinvoke; `forwardable` False: one a peer sent). Returns (status,
+        outcome or None)."""
+        call = Call(request_id or new_request_id(), function, trigger, None)
         call.principal = Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
@@ -302,6 +312,17 @@ class Gateway(RequestPipeline):
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
+            forwarder = self.forwarder
+            if forwardable and forwarder is not None and not self.pool.holds(function, call.revision):
+                routed = [r for r, weight in route.weights.items() if weight > 0]
+                peers = forwarder.peers(function, call.revision, routed)
+                if peers:
+                    payload = {"trigger": trigger, "tenant": tenant, "event": event}
+                    timeout = info.timeout + self.limits.timeout_margin
+                    status, sent = await forwarder.invoke(function, payload, call.request_id, peers, timeout)
+                    call.outcome, call.revision = "forwarded", None  # the peer audits and measures the run
+                    self._record(call, None, status)
+                    return status, outcome_from(sent)
             outcome = (await self._run(call, info, event, call.principal)).outcome
             status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
             call.outcome = audit_outcome(outcome)
@@ -309,6 +330,10 @@ class Gateway(RequestPipeline):
             status, call.outcome = reject.status, reject.outcome
         self._record(call, None, status)
         return status, outcome
+
+    async def handle_peer(self, request: web.Request) -> web.StreamResponse:
+        """POST /_peer/invoke/{function}: a peer gateway's own invocation, signed (fnctl.gateway.peerinvoke)."""
+        return reply_response(await peer_reply(self, request.headers, request.path, await request.read()))
 
 
 def _fixed_methods(path: str) -> str:
@@ -344,6 +369,7 @@ def make_app(gateway: Gateway, mounts: Sequence[Callable[[web.Application], None
     app.router.add_get("/healthz", gateway.handle_health)
     app.router.add_get("/readyz", gateway.handle_ready)
     app.router.add_get("/metrics", gateway.handle_metrics)
+    app.router.add_post(PEER_PATH + "{function}", gateway.handle_peer)
     if gateway.broker is not None:
         data = DataApi(gateway, gateway.broker)
         data.add_routes(app)

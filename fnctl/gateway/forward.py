@@ -18,6 +18,7 @@ one, and relays its answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -32,16 +33,29 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from fnctl.errors import FnctlError
+from fnctl.gateway import peerauth
+from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.request import Call, Incoming, Reject, Reply
 from fnctl.state import gatewayrows
 from fnctl.state.gatewayrows import GatewayRow
 from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
 
-__all__ = ["HOP_HEADER", "NO_INSTANCE_HEADER", "Forwarder", "Relayed", "peers_for"]
+__all__ = [
+    "FORWARDED_FOR",
+    "HOP_HEADER",
+    "client_claim",
+    "client_of",
+    "NO_INSTANCE_HEADER",
+    "PEER_PATH",
+    "Forwarder",
+    "Relayed",
+    "peers_for",
+]
 
 log = logging.getLogger("fnctl.gateway")
 HOP_HEADER = "X-Fnctl-Forwarded-By"  # on a forwarded request: the forwarder's id; never forwarded again
+PEER_PATH = "/_peer/invoke/"  # + function: a peer gateway's own invocation, signed (fnctl.gateway.peerauth)
 NO_INSTANCE_HEADER = "X-Fnctl-No-Instance"  # on a peer's 503: it ran nothing, another peer may be tried
 HEARTBEAT = 1.0  # seconds between a gateway's writes of its row (and reads of the others')
 LIVE_FOR = 3.0  # a row older than this is a gateway gone
@@ -51,6 +65,50 @@ _HOP_BY_HOP = frozenset(
     "connection keep-alive proxy-connection proxy-authenticate te trailer transfer-encoding upgrade host "
     "content-length date server".split()
 )
+
+
+FORWARDED_FOR = "X-Forwarded-For"
+# Set by the forwarder itself, never passed on as the client sent them.
+_REPLACED = frozenset(
+    (
+        "x-request-id",
+        HOP_HEADER.lower(),
+        FORWARDED_FOR.lower(),
+        peerauth.TIME_HEADER.lower(),
+        peerauth.SIGNATURE_HEADER.lower(),
+    )
+)
+
+
+def client_claim(method: str, raw_path: str, client: str) -> str:
+    """What a forwarder signs of a forwarded request (as `peerauth.sign`'s path): the request line and the
+    client's address it passes on. The body is not covered: the caller's own credentials are its authority,
+    checked by the peer; the signature vouches only for the address."""
+    return f"forwarded {method} {raw_path} for {client}"
+
+
+def client_of(forwarder: Forwarder | None, request: Incoming) -> str | None:
+    """The client's address of a request: the connection's, or, on a request a peer gateway forwarded and
+    signed (the hop header, FORWARDED_FOR, a good signature), the address of the client it came from. An
+    X-Forwarded-For from anyone else is ignored."""
+    if forwarder is None:
+        return request.remote
+    headers = request.headers
+    claimed = headers.get(FORWARDED_FOR)
+    if claimed is None or HOP_HEADER not in headers:
+        return request.remote
+    refused = forwarder.verifier.verify(
+        forwarder.secret,
+        headers.get(peerauth.TIME_HEADER),
+        headers.get(peerauth.SIGNATURE_HEADER),
+        headers.get("X-Request-Id", ""),
+        client_claim(request.method, request.raw_path, claimed),
+        b"",
+    )
+    if refused is not None:
+        log.info("X-Forwarded-For ignored (%s)", refused)
+        return request.remote
+    return claimed
 
 
 class Relayed(Exception):
@@ -85,17 +143,26 @@ class Forwarder:
     """This gateway's row in the store, the peers' rows as last read, and the forwarding of one request."""
 
     def __init__(
-        self, store_path: StateLocation, *, node: str, address: str | None, held: Callable[[], set[tuple[str, int]]]
+        self,
+        store_path: StateLocation,
+        *,
+        node: str,
+        address: str | None,
+        held: Callable[[], set[tuple[str, int]]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = f"{node}-{uuid.uuid4().hex[:12]}"
         self.node, self.address, self.held = node, address, held
         self.rows: list[GatewayRow] = []
         self.forwarded = 0  # requests relayed (for tests and benchmarks)
+        self._metrics = metrics  # fnctl_forwarded_requests{function}
         self._path = store_path
         self._store: Store | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-forward")
         self._failed: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.secret: bytes | None = None  # the peers' shared one (fnctl.gateway.peerauth), read at the first beat
+        self.verifier = peerauth.PeerVerifier()
 
     # ---- the row and the peers' ----
 
@@ -119,6 +186,8 @@ class Forwarder:
             log.warning("gateway %s: deleting its row: %s", self.id, exc.message)
 
     def _beat(self, held: set[tuple[str, int]]) -> None:
+        if self.secret is None:
+            self.secret = self._with_store(gatewayrows.peer_secret)
         now = time.time()
         if self.address is not None:  # a gateway no other can reach forwards, but is not forwarded to
             row = GatewayRow(self.id, self.node, self.address, frozenset(held), now)
@@ -170,8 +239,16 @@ class Forwarder:
         """The answer of the first of `peers` that answers; Reject 503 when each of them said it ran nothing,
         502/504 when one failed the request."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
-        headers = [(k, v) for k, v in headers if k.lower() not in ("x-request-id", HOP_HEADER.lower())]
+        headers = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
+        if call.source is not None and self.secret is not None:  # the client's address, signed as a peer's
+            at = time.time()
+            claim = client_claim(request.method, request.raw_path, call.source)
+            headers += [
+                (FORWARDED_FOR, call.source),
+                (peerauth.TIME_HEADER, f"{at:.3f}"),
+                (peerauth.SIGNATURE_HEADER, peerauth.sign(self.secret, at, call.request_id, claim, b"")),
+            ]
         deadline = time.monotonic() + timeout
         for peer in peers:
             left = deadline - time.monotonic()
@@ -194,7 +271,7 @@ class Forwarder:
                 ) from None
             if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
                 continue  # it lost its instance since its last heartbeat, and ran nothing
-            self.forwarded += 1
+            self._count(call.function)
             return reply
         raise Reject(
             503,
@@ -204,9 +281,67 @@ class Forwarder:
             headers={"Retry-After": "1"},
         )
 
-    async def _send(
-        self, peer: GatewayRow, request: Incoming, headers: list[tuple[str, str]], body: bytes, timeout: float
+    async def invoke(
+        self, function: str, payload: dict[str, Any], request_id: str, peers: list[GatewayRow], timeout: float
+    ) -> tuple[int, dict[str, Any] | None]:
+        """An invocation of this gateway's own (cron, onCommit, a manual trigger: `payload` says which, with
+        its event) run by the first of `peers` that takes it, signed as this state's gateways sign
+        (PEER_PATH, fnctl.gateway.peerauth): (status, the outcome as the peer gave it, or None). Tried on the
+        next peer only when one ran nothing (unreachable, or its 503 says so): never run twice."""
+        assert self.secret is not None  # peers are known after the first beat, which read it
+        path = f"{PEER_PATH}{function}"
+        body = json.dumps(payload).encode()
+        deadline = time.monotonic() + timeout
+        for peer in peers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return 504, None
+            at = time.time()
+            headers = [
+                ("Content-Type", "application/json"),
+                ("X-Request-Id", request_id),
+                (HOP_HEADER, self.id),
+                (peerauth.TIME_HEADER, f"{at:.3f}"),
+                (peerauth.SIGNATURE_HEADER, peerauth.sign(self.secret, at, request_id, path, body)),
+            ]
+            try:
+                reply = await self._post(peer, path, headers, body, left)
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+                self._failed[peer.id] = time.monotonic()
+                log.warning("invocation %s: gateway on %s unreachable: %s", request_id, peer.node, exc)
+                continue
+            except TimeoutError:
+                return 504, None
+            except aiohttp.ClientError as exc:  # it may have run it: not sent again
+                self._failed[peer.id] = time.monotonic()
+                log.warning("invocation %s: gateway on %s failed during it: %s", request_id, peer.node, exc)
+                return 502, None
+            if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
+                continue
+            self._count(function)
+            try:
+                answer = json.loads(reply.body)
+                return int(answer["status"]), answer.get("outcome")
+            except (ValueError, KeyError, TypeError):
+                return (reply.status if reply.status >= 400 else 502), None
+        return 503, None
+
+    def _count(self, function: str) -> None:
+        self.forwarded += 1
+        if self._metrics is not None:
+            self._metrics.forwarded[function] = self._metrics.forwarded.get(function, 0) + 1
+
+    async def _post(
+        self, peer: GatewayRow, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
     ) -> Reply:
+        session = self._client()
+        limits = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
+        url = URL(peer.address.rstrip("/") + path)
+        async with session.post(url, headers=CIMultiDict(headers), data=body, timeout=limits) as response:
+            answer = await response.read()
+            return Reply(response.status, CIMultiDict(response.headers), answer)
+
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             # No cookies kept, no proxy from the environment: each request goes as its client sent it.
             # The body relayed as the peer encoded it (no decompression; Content-Encoding passes through), and the
@@ -217,9 +352,15 @@ class Forwarder:
                 auto_decompress=False,
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             )
+        return self._session
+
+    async def _send(
+        self, peer: GatewayRow, request: Incoming, headers: list[tuple[str, str]], body: bytes, timeout: float
+    ) -> Reply:
+        session = self._client()
         url = URL(peer.address.rstrip("/") + request.raw_path, encoded=True)
         limits = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
-        async with self._session.request(
+        async with session.request(
             request.method, url, headers=CIMultiDict(headers), data=body, timeout=limits, allow_redirects=False
         ) as response:
             answer = await response.read()

@@ -72,6 +72,7 @@ class Metrics:
         # item under the GIL: a lost count at worst, never a broken one)
         self.views: dict[str, list[int]] = {}
         self.events: dict[str, list[int]] = {}  # onCommit trigger → [delivered, failed attempts, dead letters]
+        self.forwarded: dict[str, int] = {}  # function → requests a peer gateway answered (fnctl.gateway.forward)
 
     def event(self, trigger: str, delivered: int = 0, failed: int = 0, dead: int = 0) -> None:
         """onCommit deliveries of `trigger` (on the event loop): delivered, failed attempts, dead letters."""
@@ -253,6 +254,14 @@ class _Collector(Collector):
             for family, value in zip(events, counts, strict=True):
                 family.add_metric([trigger], value)
         yield from events
+        forwarded = CounterMetricFamily(
+            "fnctl_forwarded_requests",
+            "Requests and the gateway's own invocations sent to a peer gateway that answered (engine = swarm).",
+            labels=["function"],
+        )
+        for function, count in list(m.forwarded.items()):
+            forwarded.add_metric([function], count)
+        yield forwarded
 
 
 def _gauge(name: str, documentation: str, values: dict[tuple[str, int], int]) -> GaugeMetricFamily:

@@ -312,7 +312,9 @@ def _forwarder(project: Project, store_path: StateLocation, gateway: Gateway, ho
         address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     if address is None:
         log.warning("listening on %s without swarm.advertise: other nodes' gateways cannot forward here", host)
-    return Forwarder(store_path, node=actions.agent.hostname, address=address, held=gateway.pool.held)
+    return Forwarder(
+        store_path, node=actions.agent.hostname, address=address, held=gateway.pool.held, metrics=gateway.metrics
+    )
 
 
 def _dispatcher(gateway: Gateway) -> Dispatcher:

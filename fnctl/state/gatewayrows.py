@@ -8,6 +8,7 @@ within the liveness window (NTP does far better)."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,3 +53,16 @@ def live(store: Store, max_age: float, now: float | None = None) -> list[Gateway
 
 def _held(pairs: Iterable[list[object]]) -> frozenset[tuple[str, int]]:
     return frozenset((str(f), int(str(r))) for f, r in pairs)
+
+
+_SECRET = "gateway-peer-secret"  # the settings row
+
+
+def peer_secret(store: Store) -> bytes:
+    """The secret the gateways of this state sign their own requests to each other with
+    (`fnctl.gateway.peerauth`): made by the first gateway that asks, then the same for all."""
+    store._execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (_SECRET, secrets.token_hex(32))
+    )
+    rows = store._query("SELECT value FROM settings WHERE key = ?", (_SECRET,))
+    return bytes.fromhex(str(rows[0][0]))

@@ -26,10 +26,11 @@ from swarm_helpers import SwarmNodes, swarm_nodes
 
 from fnctl.deploy.rolloutdriver import run_checks
 from fnctl.engine.swarm import SwarmEngine, service_name
-from fnctl.gateway.forward import HOP_HEADER
+from fnctl.gateway.forward import HOP_HEADER, PEER_PATH
 from fnctl.manifest.model import HealthCheck, Strategy
 from fnctl.manifest.project import Project, load_project
 from fnctl.rollout.record import Record, State
+from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 pytestmark = pytest.mark.docker
@@ -76,7 +77,7 @@ def swarm(project: Project) -> Iterator[SwarmNodes]:
         yield nodes
 
 
-def fnctl(project: Project, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def fnctl(project: Project, state: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     done = run_cli(project, *args, "--state", str(state))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -330,7 +331,7 @@ def _status(port: int) -> int | None:
         return None
 
 
-def _node_gateway(project: Project, state: Path, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _node_gateway(project: Project, state: Path | str, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     """A gateway for one node, on 127.0.0.1:port: the node's engine by FNCTL_SWARM_NODE (one fnctl.toml for
     every node), its access log in `log`."""
     return subprocess.Popen(
@@ -387,6 +388,7 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
         wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
 
+        before = _forwarded(port_b)
         status, body = _request(port_b, auth | {"X-Request-Id": "forwarded-1"})
         assert status == 200 and json.loads(body) == {"echo": {}, "function": "web", "revision": "1"}, body
         # B relayed it (audited as forwarded, no revision), A ran it on its node's task (access lines come in
@@ -395,6 +397,14 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         seen_a = wait_until(lambda: _access(log_a, "forwarded-1"), what="A's access line", timeout=10)
         assert [(x["outcome"], x["revision"], x["status"]) for x in seen_b] == [("forwarded", None, 200)]
         assert [(x["outcome"], x["revision"], x["status"]) for x in seen_a] == [("ok", 1, 200)]
+        # B counts it in /metrics; A saw the client's address B signed (here both are 127.0.0.1) ...
+        assert _forwarded(port_b) == before + 1
+        assert seen_a[0]["source"] == "127.0.0.1"
+        # ... and believes no X-Forwarded-For a client sends, even with the hop header
+        spoofed = {HOP_HEADER: "forged", "X-Forwarded-For": "203.0.113.9", "X-Request-Id": "spoofed-1"}
+        assert _request(port_a, auth | spoofed)[0] == 200
+        [line] = wait_until(lambda: _access(log_a, "spoofed-1"), what="A's access line of a spoofed one", timeout=10)
+        assert line["source"] == "127.0.0.1"
 
         # A hop header from outside: A still authenticates (no key, a wrong key: 401) ...
         assert _request(port_a, {HOP_HEADER: "forged"})[0] == 401
@@ -422,8 +432,143 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
             engine.remove(service)
 
 
+def _forwarded(port: int) -> float:
+    """fnctl_forwarded_requests_total{function="web"} in a gateway's /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    series = 'fnctl_forwarded_requests_total{function="web"} '
+    return sum(float(line[len(series) :]) for line in text.splitlines() if line.startswith(series))
+
+
 def _reach(port: int, headers: dict[str, str]) -> int | None:
     try:
         return _request(port, headers)[0]
     except OSError:
         return None
+
+
+CRON = """apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: every-second}
+spec:
+  function: web
+  cron: {schedule: "* * * * * *"}
+"""
+
+
+def _leads(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/readyz")
+            return bool(json.loads(connection.getresponse().read()).get("leader"))
+        finally:
+            connection.close()
+    except (OSError, ValueError):
+        return False
+
+
+def _runs(state: StateLocation) -> list[tuple[str, str, int | None, int]]:
+    """(request id, outcome, revision, status) of every audited run of the cron trigger."""
+    store = connect(state)
+    try:
+        rows = store._query(
+            "SELECT request_id, outcome, revision, status FROM invocations WHERE trigger = 'every-second' ORDER BY id"
+        )
+    finally:
+        store.close()
+    return [(str(r), str(o), None if v is None else int(v), int(s)) for r, o, v, s in rows]
+
+
+def test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_each(
+    swarm: SwarmNodes, project: Project, tmp_path: Path, pg_url: str
+) -> None:
+    """A cron trigger every second for a function with one task, on node A; the leader (one, on PostgreSQL) is
+    node B's gateway (started first), which has none: each tick goes, signed, to A's gateway and runs there
+    once (A audits the run as `trigger:every-second`, B a `forwarded`, under one request id); before, B
+    answered each tick 503."""
+    location = StateLocation(tmp_path / "anchor" / "state", pg_url)
+    state = location.to_arg()
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}})
+    cron = project.root / "manifests" / "every-second.yaml"
+    cron.write_text(CRON)
+    gateways: list[subprocess.Popen[bytes]] = []
+    try:
+        fnctl(project, state, "apply")
+        service = service_name(project.name, "web", "1")
+        hostnames = engine.hostnames()
+        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+        a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
+        b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        port_a, port_b = free_port(), free_port()
+        gateways.append(_node_gateway(project, state, swarm.socket(b), port_b, tmp_path / "gateway-b"))
+        wait_until(lambda: _leads(port_b), what="node B's gateway leading", timeout=60)
+        gateways.append(_node_gateway(project, state, swarm.socket(a), port_a, tmp_path / "gateway-a"))
+        wait_until(lambda: _reach(port_a, {}) == 200, what="node A's gateway serving its task", timeout=60)
+
+        def ran_on_a() -> int:
+            return sum(1 for _, outcome, revision, _ in _runs(location) if (outcome, revision) == ("ok", 1))
+
+        first = wait_until(ran_on_a, what="a tick run on node A", timeout=30)
+        wait_until(lambda: ran_on_a() >= first + 4, what="four more ticks run on node A", timeout=30)
+        assert _leads(port_b) and not _leads(port_a)  # B led throughout: every tick was B's to send
+        # what runs there only for a request signed by a gateway of this state: not for anyone who reaches A
+        assert _post(port_a, PEER_PATH + "web")[0] == 401
+        gateways[1].terminate()  # A stops: no run half-audited when the rows are read
+        gateways[1].wait(timeout=60)
+        gateways[0].terminate()
+        gateways[0].wait(timeout=60)
+        runs = _runs(location)
+        ran = [rid for rid, outcome, revision, _ in runs if (outcome, revision) == ("ok", 1)]
+        sent = [
+            rid for rid, outcome, revision, status in runs if (outcome, revision, status) == ("forwarded", None, 200)
+        ]
+        assert len(ran) == len(set(ran)) >= 5  # each run once
+        assert set(ran) <= set(sent)  # each one the leader's forwarded tick, under its request id
+        # the ticks B sent before A's gateway was up found no peer and ran nothing (503 on B's own node)
+        assert all(s in (200, 503) for _, _, _, s in runs), runs
+    finally:
+        for gateway in gateways:
+            if gateway.poll() is None:
+                gateway.terminate()
+                gateway.wait(timeout=60)
+        cron.unlink(missing_ok=True)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
+def test_a_rollouts_checks_configure_the_task_with_the_functions_secrets(
+    swarm: SwarmNodes, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary's synthetic checks invoke a task of this node with the function's secrets, as the gateway
+    does (they connected with none: the handler saw no API_TOKEN); a secret that cannot be read is a
+    problem of the check, in words."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    secret = {"handler": "probes.secret", "secrets": [{"name": "API_TOKEN", "fromEnv": "FNCTL_TEST_SWARM_TOKEN"}]}
+    monkeypatch.setenv("FNCTL_TEST_SWARM_TOKEN", "t0ken")
+    manifest(project, "web", SPEC | secret)
+    try:
+        fnctl(project, state, "apply")
+        settings = load_project(project.root).swarm
+        record = Record(0, "web", 1, 1, Strategy.CANARY, State.PROGRESSING, 0, 0.0, 0.0, {1: 100})
+        store = connect(state)
+        try:
+            good = HealthCheck({}, expect={"token": "t0ken"})
+            checks = run_checks(store, record, (good,), swarm=settings, project=project.name, root=project.root)
+            assert checks == ()
+            monkeypatch.delenv("FNCTL_TEST_SWARM_TOKEN")
+            [problem] = run_checks(store, record, (good,), swarm=settings, project=project.name, root=project.root)
+            assert "secrets" in problem and "FNCTL_TEST_SWARM_TOKEN" in problem, problem
+        finally:
+            store.close()
+    finally:
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)

@@ -1,0 +1,144 @@
+"""Peer gateways' own invocations, signed (fnctl.gateway.peerauth, Forwarder.invoke): the shared secret in the
+store on both backends, what a signature covers and what is refused, and one invocation sent to real HTTP
+servers on 127.0.0.1 standing in for peers. The whole path on a 3-node swarm is
+tests/engine/test_swarm_apply.py::test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from rollout_helpers import free_port
+from test_forward import Peer, _request, _row, serving
+
+from fnctl.gateway import peerauth
+from fnctl.gateway.forward import FORWARDED_FOR, HOP_HEADER, NO_INSTANCE_HEADER, PEER_PATH, Forwarder, client_of
+from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.peerinvoke import outcome_from, outcome_json
+from fnctl.gateway.request import Call, LeanRequest
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.state import gatewayrows
+from fnctl.state.location import StateLocation
+from fnctl.state.store import connect
+
+SECRET = b"s" * 32
+
+
+def test_the_gateways_of_one_state_share_one_random_secret(state_location: StateLocation) -> None:
+    first, second = connect(state_location), connect(state_location)
+    try:
+        secret = gatewayrows.peer_secret(first)
+        assert len(secret) == 32 and gatewayrows.peer_secret(second) == secret == gatewayrows.peer_secret(first)
+    finally:
+        first.close()
+        second.close()
+
+
+def _signed(at: float | None = None, rid: str = "r1", path: str = "/_peer/invoke/web", body: bytes = b"{}") -> Any:
+    at = time.time() if at is None else at
+    return f"{at:.3f}", peerauth.sign(SECRET, float(f"{at:.3f}"), rid, path, body)
+
+
+def test_a_signature_covers_time_request_id_path_and_body_and_is_accepted_once() -> None:
+    verifier = peerauth.PeerVerifier()
+    at, signature = _signed()
+    assert verifier.verify(SECRET, at, signature, "r1", "/_peer/invoke/web", b"{}") is None
+    assert verifier.verify(SECRET, at, signature, "r1", "/_peer/invoke/web", b"{}") == "replayed"
+    at, signature = _signed(rid="r2")
+    for secret, rid, path, body in (
+        (b"x" * 32, "r2", "/_peer/invoke/web", b"{}"),  # another state's gateway
+        (SECRET, "r3", "/_peer/invoke/web", b"{}"),
+        (SECRET, "r2", "/_peer/invoke/admin", b"{}"),
+        (SECRET, "r2", "/_peer/invoke/web", b'{"trigger":"other"}'),
+    ):
+        assert verifier.verify(secret, at, signature, rid, path, body) == "bad signature"
+    assert verifier.verify(SECRET, str(float(at) + 1), signature, "r2", "/_peer/invoke/web", b"{}") == "bad signature"
+    old_at, old = _signed(at=time.time() - 120, rid="r4")
+    assert verifier.verify(SECRET, old_at, old, "r4", "/_peer/invoke/web", b"{}") == "signature too old or too early"
+    assert verifier.verify(SECRET, None, None, "r5", "/_peer/invoke/web", b"{}") == "unsigned"  # a hop header alone
+    assert verifier.verify(None, at, signature, "r2", "/_peer/invoke/web", b"{}") is not None  # no secret yet
+
+
+def test_an_outcome_crosses_as_it_was() -> None:
+    outcome = Outcome(False, None, Failure.TIMEOUT, "slow", "tb", "logs", 12.5)
+    assert outcome_from(json.loads(json.dumps(outcome_json(outcome)))) == outcome
+    assert outcome_from(None) is None and outcome_from({"failure": "no such"}) is None
+
+
+def test_an_invocation_goes_signed_to_the_next_peer_after_one_that_ran_nothing(tmp_path: Any) -> None:
+    asyncio.run(_invocation(tmp_path))
+
+
+async def _invocation(tmp_path: Any) -> None:
+    verifier = peerauth.PeerVerifier()
+
+    def run(request: web.Request) -> web.Response:
+        return web.json_response({"status": 200, "outcome": outcome_json(Outcome(True, {"n": 1}, None, "", "", "", 1))})
+
+    empty = Peer(lambda r: web.Response(status=503, headers={NO_INSTANCE_HEADER: "n1"}))
+    full = Peer(run)
+    async with serving(empty) as empty_address, serving(full) as address:
+        rows = [_row("x", {("web", 1)}, f"http://127.0.0.1:{free_port()}"), _row("y", {("web", 1)}, empty_address)]
+        rows.append(_row("z", {("web", 1)}, address))
+        forwarder = Forwarder(StateLocation(tmp_path / "s.db"), node="here", address=None, held=set)
+        forwarder.rows, forwarder.secret = rows, SECRET
+        payload = {"trigger": "every-second", "tenant": None, "event": {"a": 1}}
+        peers = sorted(forwarder.peers("web", 1, [1]), key=lambda p: p.id)  # x (unreachable), y (empty), z
+        status, outcome = await forwarder.invoke("web", payload, "tick-1", peers, timeout=5)
+        await forwarder.close()
+    assert (status, outcome_from(outcome)) == (200, Outcome(True, {"n": 1}, None, "", "", "", 1))
+    assert len(empty.got) == 1 and len(full.got) == 1 and forwarder.forwarded == 1
+    [(method, path, headers, body)] = full.got
+    assert (method, path, json.loads(body)) == ("POST", f"{PEER_PATH}web", payload)
+    assert headers["X-Request-Id"] == "tick-1" and headers[HOP_HEADER] == forwarder.id
+    refused = verifier.verify(
+        SECRET, headers[peerauth.TIME_HEADER], headers[peerauth.SIGNATURE_HEADER], "tick-1", path, body
+    )
+    assert refused is None  # what the peer checks: signed with the state's secret
+
+
+def test_a_forwarded_request_passes_the_clients_address_signed_and_is_counted(tmp_path: Any) -> None:
+    asyncio.run(_passes_the_address(tmp_path))
+
+
+async def _passes_the_address(tmp_path: Any) -> None:
+    peer = Peer(lambda r: web.Response(status=200, body=b"{}"))
+    metrics = Metrics()
+    async with serving(peer) as address:
+        forwarder = Forwarder(StateLocation(tmp_path / "s.db"), node="here", address=None, held=set, metrics=metrics)
+        forwarder.rows, forwarder.secret = [_row("p", {("web", 1)}, address)], SECRET
+        # the client's own X-Forwarded-For and signature headers are not passed on: the forwarder's replace them
+        sent = [(FORWARDED_FOR.encode(), b"6.6.6.6"), (peerauth.SIGNATURE_HEADER.encode(), b"forged")]
+        call = Call("req-3", "web", None, "10.1.2.3")
+        reply = await forwarder.forward(_request(sent), b"{}", call, forwarder.peers("web", 1, [1]), timeout=5)
+        await forwarder.close()
+    assert reply.status == 200
+    assert b'fnctl_forwarded_requests_total{function="web"} 1.0' in metrics.render()
+    [(method, path, got, _)] = peer.got
+    assert got.getall(FORWARDED_FOR) == ["10.1.2.3"] and len(got.getall(peerauth.SIGNATURE_HEADER)) == 1
+    # the peer (same state: same secret) takes the address from it, once
+    peer_side = Forwarder(StateLocation(tmp_path / "s.db"), node="there", address=None, held=set)
+    peer_side.secret = SECRET
+    headers = [(k.encode(), v.encode()) for k, v in got.items()]
+    received = LeanRequest(method, path, tuple(headers), "192.0.2.7", b"{}", True)
+    assert client_of(peer_side, received) == "10.1.2.3"
+    assert client_of(peer_side, received) == "192.0.2.7"  # the same signed request again: a replay
+    assert client_of(None, received) == "192.0.2.7"  # not a Swarm node gateway: the connection's address
+
+
+def test_an_x_forwarded_for_from_outside_is_ignored() -> None:
+    gateway = Forwarder(StateLocation(Path("/nonexistent/s.db")), node="n", address=None, held=set)
+    gateway.secret = SECRET
+    at, signature = f"{time.time():.3f}", "0" * 64
+    for headers in (
+        [(b"X-Forwarded-For", b"6.6.6.6")],  # no hop header
+        [(b"X-Forwarded-For", b"6.6.6.6"), (HOP_HEADER.encode(), b"forged")],  # unsigned
+        [(b"X-Forwarded-For", b"6.6.6.6"), (HOP_HEADER.encode(), b"forged"), (b"X-Request-Id", b"r9"),
+         (peerauth.TIME_HEADER.encode(), at.encode()), (peerauth.SIGNATURE_HEADER.encode(), signature.encode())],
+    ):  # fmt: skip
+        request = LeanRequest("POST", "/invoke/web", tuple(headers), "192.0.2.7", b"{}", True)
+        assert client_of(gateway, request) == "192.0.2.7"
