@@ -14,9 +14,9 @@ from typing import Any, Literal, Protocol
 
 from fnctl.data.caller import Caller
 from fnctl.data.errors import Invalid, LimitExceeded
+from fnctl.jsontext import compact_encoder
 from fnctl.manifest.model import DEFAULT_DB_OPERATIONS
 from fnctl.state.docrecords import StoredDoc
-from fnctl.state.jsontext import compact_encoder
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

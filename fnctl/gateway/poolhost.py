@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -124,3 +125,10 @@ class Host(Protocol):
     async def death_cause(self, target: Target, slot: Slot) -> tuple[Failure | None, str]:
         """Why the runtime went away; None when it exited cleanly after a drain, which waits for every
         invocation it accepted: a request cut by that exit never ran and may be sent elsewhere."""
+
+
+def lease_any(slots: Iterable[Slot], concurrency: int) -> Slot | None:
+    """The least busy ready instance with room whose unit this worker could lease now (taken), or one of no
+    leased units: the request's instance when the one `scaling.pick` chose has every unit held elsewhere."""
+    free = sorted((s for s in slots if s.ready and s.inflight < concurrency), key=lambda s: (s.inflight, s.order))
+    return next((s for s in free if s.shared is None or s.shared.take()), None)

@@ -17,7 +17,7 @@ from typing import Any
 from fnctl.deploy.lock import LockTimeout
 from fnctl.engine import instances
 from fnctl.errors import FnctlError
-from fnctl.gateway.poolhost import Host, Pauser, PoolStats, Slot, SlotPhase, Target, Unavailable
+from fnctl.gateway.poolhost import Host, Pauser, PoolStats, Slot, SlotPhase, Target, Unavailable, lease_any
 from fnctl.gateway.scaling import Routing, idle_to_stop, kept_warm, pick, to_start
 from fnctl.gateway.shedding import max_wait
 from fnctl.gateway.workers import units
@@ -150,11 +150,7 @@ class PoolInstances:
         `LEASE_RETRY` seconds (nothing tells this worker when another gives one back)."""
         slot = pick(self.slots.values(), self.concurrency)
         if slot is not None and slot.shared is not None and not slot.shared.take():
-            free = sorted(
-                (s for s in self.slots.values() if s.ready and s.inflight < self.concurrency),
-                key=lambda s: (s.inflight, s.order),
-            )
-            slot = next((s for s in free if s.shared is None or s.shared.take()), None)
+            slot = lease_any(self.slots.values(), self.concurrency)
             if slot is None:
                 if self._retry is None:
                     self._retry = asyncio.get_running_loop().call_later(LEASE_RETRY, self._retry_dispatch)
@@ -308,8 +304,7 @@ class PoolInstances:
                 # Someone else runs it (Swarm, the owner worker): a task placed a moment ago may still be
                 # starting its runtime. Let go of it, unremembered: the next look adopts it once it answers.
                 log.debug("%s: instance %s does not answer yet (%s)", self.name, slot.id, exc)
-                slot.phase = SlotPhase.GONE
-                self.slots.pop(slot.id, None)
+                self._forget(slot, remember=False)
                 return
             log.warning("%s: instance %s does not answer (%s); removing it", self.name, slot.id, exc)
             self._bury(slot)

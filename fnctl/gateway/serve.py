@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import signal
 import sys
@@ -34,6 +33,7 @@ from fnctl.gateway.dispatcher import Dispatcher
 from fnctl.gateway.forward import Forwarder
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.leadership import Leadership, drive_rollouts
+from fnctl.gateway.logformat import configure_logging
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.poolswarm import SwarmActions
@@ -159,7 +159,7 @@ Mount = Callable[[Gateway], Callable[[Any], None]]
 
 def serve(project: Project, store_path: StateLocation, options: ServeOptions, mounts: Sequence[Mount] = ()) -> bool:
     """Run the gateway until SIGTERM or SIGINT; False when a second signal cut the drain short."""
-    _configure_logging()
+    configure_logging()
     worker = {} if options.crew is None else {"worker": options.crew.worker}
     with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
         try:
@@ -174,7 +174,7 @@ def serve(project: Project, store_path: StateLocation, options: ServeOptions, mo
 def serve_workers(command: Sequence[str], workers: int, options: ServeOptions) -> bool:
     """`fnctl serve --workers N`: run `command` (this `fnctl serve` line, without `--workers` and `--address`)
     as N worker processes on the port (fnctl.gateway.supervisor); False when one did not drain."""
-    _configure_logging()
+    configure_logging()
     return supervise(command, workers, options.host, options.port)
 
 
@@ -391,28 +391,3 @@ def _stop_on_signals() -> asyncio.Event:
 def _event(what: str, **fields: Any) -> None:
     """A lifecycle line on stderr (listening, draining, stopped), JSON like every other line."""
     log.info(what, extra={"fields": fields})
-
-
-class _JsonLines(logging.Formatter):
-    """Log records as JSON lines, for journald and log shippers (the access log has its own, on stdout)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLines())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("fnctl").setLevel(logging.INFO)

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from fnctl.errors import BadInput, FnctlError
+from fnctl.jsontext import compact_encoder
 
 # What `protocol` in a runtime's `ready` (and `startup_failed`) says. Raised only for a change that an
 # existing peer would misread; new optional fields and message types leave it as it is (docs/protocol.md).
@@ -159,26 +160,9 @@ class CallRequest:
 
 # ---- encoding: the frames the host sends ---------------------------------------------------------
 
-# Built once: json.dumps with options builds a new encoder per call, a measurable cost per invocation.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _frame_encoder() -> Callable[[Any], str]:
-    """json's C encoder made once: JSONEncoder.encode makes a new one per message, half of its cost (~5 of
-    ~10 us here), paid for every invoke and every reply to a call. It skips the circular-reference check: a
-    cycle (never in decoded JSON) ends in RecursionError, which the callers take as not serialisable."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator: the plain encoder
-        return _ENCODER.encode
-    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-    return lambda value: "".join(chunks(value, 0))
-
-
-_encode = _frame_encoder()
+# json's C encoder made once (JSONEncoder.encode makes a new one per message, half of its cost), paid for every
+# invoke and every reply to a call. A cycle (never in decoded JSON) ends in RecursionError: not serialisable.
+_encode = compact_encoder(allow_nan=True)
 json_text = _encode  # a value as compact JSON text (UTF-8 kept as is), for frames assembled from parts
 
 

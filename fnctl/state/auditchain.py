@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fnctl.state.jsontext import compact_encoder
+from fnctl.jsontext import compact_encoder
 
 GENESIS = "0" * 64  # the prev_hash of a chain's first record
 FORMAT = "fnctl-audit-chain/1"  # the serialisation's version: part of every hash, so a v2 can coexist

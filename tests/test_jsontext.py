@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fnctl.state.jsontext import compact_encoder
+from fnctl.jsontext import compact_encoder
 
 VALUES: list[Any] = [
     {"customer": 'Zoë \u2028 "q"\n', "items": [{"sku": "ä", "n": 1.5, "ok": True, "none": None}], "big": 10**30},
