@@ -256,10 +256,13 @@ def _write(ctx: executor.Context, before: Record, transition: Transition) -> Non
         )
 
 
-def tick(project: Project, store_path: StateLocation, progress: executor.Progress) -> int:
+def tick(project: Project, store_path: StateLocation, progress: executor.Progress, store: Store | None = None) -> int:
     """One pass of `fnctl serve`'s controller loop: advance the rollouts that need a driver, if the lock is
-    free (else the process holding it drives them). Returns how many it advanced."""
-    store = connect(store_path)
+    free (else the process holding it drives them). Returns how many it advanced. `store`: the loop's own
+    connection, kept across passes (a pass every half second must not connect anew each time); without it
+    the pass opens and closes one."""
+    own = store is None
+    store = connect(store_path) if store is None else store
     try:
         stale = _stale_instances(store)
         if not stale and not unfinished(store):
@@ -282,7 +285,8 @@ def tick(project: Project, store_path: StateLocation, progress: executor.Progres
                 repair.recover(ctx, orphans=())
             return len(advance_all(ctx))
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 def _stale_instances(store: Store) -> bool:

@@ -21,6 +21,7 @@ from fnctl.deploy.rolloutdriver import tick
 from fnctl.manifest.project import Project
 from fnctl.state.backends import LeaderLock, postgres
 from fnctl.state.location import StateLocation
+from fnctl.state.storepool import StorePool
 
 log = logging.getLogger("fnctl.serve")
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
@@ -68,6 +69,11 @@ class Leadership:
             await asyncio.wait(tasks)
 
 
+def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> int:
+    with stores.store() as store:  # connecting (the first pass, or after an error) is blocking work too
+        return tick(project, stores.location, progress, store)
+
+
 async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
     """The leader's rollout loop: rollouts advance while it leads, whenever no fnctl command holds the deploy
     lock (one that does drives them itself)."""
@@ -75,12 +81,18 @@ async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyn
     def progress(line: str) -> None:
         log.info("rollout", extra={"fields": {"detail": line}})
 
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(tick, project, store_path, progress)
-        except Exception:  # a busy store or a failed stop: the next tick tries again
-            log.exception("advancing the rollouts failed")
-        try:
-            await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
-        except TimeoutError:
-            pass
+    # One connection for the loop's life, used by one worker thread at a time (the passes run one after the
+    # other); on PostgreSQL it reconnects by itself when the server dropped it.
+    stores = StorePool(store_path, keep=1)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(_tick, stores, project, progress)
+            except Exception:  # a busy store or a failed stop: the next tick tries again
+                log.exception("advancing the rollouts failed")
+            try:
+                await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
+            except TimeoutError:
+                pass
+    finally:
+        await asyncio.to_thread(stores.close)

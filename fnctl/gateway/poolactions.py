@@ -1,5 +1,5 @@
 """The gateway pools' blocking work (`DockerActions`), run in worker threads by `fnctl.gateway.pools.PoolManager`:
-through the sync `fnctl.engine.instances` API and the state store, one store connection per action, each scale
+through the sync `fnctl.engine.instances` API and the state store, a store connection of a few kept open per action, each scale
 action under the store's lock (`fnctl.deploy.lock`, short timeout, retried later when `fnctl apply` holds it), so
 the gateway never races a deploy: a container exists only while its instance row does, and rows are written
 before containers are started.
@@ -8,8 +8,7 @@ before containers are started.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from fnctl.deploy import lock
@@ -24,24 +23,16 @@ from fnctl.invocation.outcome import Failure
 from fnctl.manifest.project import Project
 from fnctl.state.location import StateLocation
 from fnctl.state.revisions import InstanceRow, InstanceState, RevisionStatus
-from fnctl.state.store import Store, connect
+from fnctl.state.storepool import StorePool
 
 LOCK_TIMEOUT = 2.0  # the contract with `fnctl apply`: the gateway never waits long for the lock
 EXIT_WAIT = 2.0  # how long a dead runtime's container may take to be recorded as exited (OOM or crash)
 Rows = dict[tuple[str, int], list[tuple[str, str, str]]]  # (function, revision) → (id, container, socket dir)
 
 
-@contextmanager
-def _store(path: StateLocation) -> Iterator[Store]:
-    store = connect(path)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 class DockerActions:
-    """The pools' blocking work, run in worker threads: each call opens its own store connection."""
+    """The pools' blocking work, run in worker threads: each call borrows a store connection of its own from
+    a few kept open (`StorePool`), so a serving gateway does not connect anew for every look-up."""
 
     adopts_only = False  # True: the pools only adopt instances the engine runs (fnctl.gateway.poolswarm)
     follow_interval = 0.1  # seconds between an adopting process's looks at `ready_rows` (a store query)
@@ -50,9 +41,14 @@ class DockerActions:
         self.store_path = store_path
         self.project = project
         self.max_wait = max_wait
+        self.stores = StorePool(store_path)
+
+    def close(self) -> None:
+        """Close the kept store connections (the pools' close, once their worker threads are done)."""
+        self.stores.close()
 
     def routes(self) -> dict[str, dict[int, int]]:
-        with _store(self.store_path) as store:
+        with self.stores.store() as store:
             return store.routes()
 
     def ready_rows(self) -> tuple[Rows, set[str]]:
@@ -60,7 +56,7 @@ class DockerActions:
         the paused ones (a warm reserve a gateway left: thawed when adopted)."""
         rows: Rows = {}
         paused: set[str] = set()
-        with _store(self.store_path) as store:
+        with self.stores.store() as store:
             for row in store.instances():
                 if row.state in (InstanceState.READY, InstanceState.PAUSED) and row.container_id:
                     rows.setdefault((row.function, row.revision), []).append((row.id, row.container_id, row.socket_dir))
@@ -70,13 +66,13 @@ class DockerActions:
 
     def mark(self, instance_id: str, paused: bool) -> None:
         """Record an instance paused or thawed (readers that connect to instances skip paused ones)."""
-        with _store(self.store_path) as store:
+        with self.stores.store() as store:
             if any(row.id == instance_id for row in store.instances()):
                 store.update_instance(instance_id, state=InstanceState.PAUSED if paused else InstanceState.READY)
 
     def load(self, function: str, revision: int) -> Target:
         """What a pool needs to run `revision`; Unavailable when it cannot serve."""
-        with _store(self.store_path) as store:
+        with self.stores.store() as store:
             found = store.revision(function, revision)
         if found is None:
             raise Unavailable(f"{function} has no revision {revision}")
@@ -97,7 +93,7 @@ class DockerActions:
         ready (the gateway's event loop does the connecting), else raises. The row goes READY after that,
         still under the lock, while the instance already serves. LockTimeout when apply holds the lock."""
         function = target.function
-        with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), _store(self.store_path) as store:
+        with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), self.stores.store() as store:
             # Decided again under the lock: a start asked for before `fnctl delete` took the lock must not
             # bring the deleted function back once it releases it.
             if not may_start(store.routes().get(function.name)):
@@ -130,7 +126,7 @@ class DockerActions:
     def stop(self, target: Target, instance_id: str, container_id: str, socket_dir: str, drain: bool) -> None:
         """Stop one instance (finishing what runs on it when `drain`) and remove its row, if still there."""
         function = target.function
-        with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), _store(self.store_path) as store:
+        with lock.held(self.store_path, timeout=LOCK_TIMEOUT, command="serve: scale"), self.stores.store() as store:
             known = any(row.id == instance_id for row in store.instances(function.name))
             if known:
                 store.update_instance(instance_id, state=InstanceState.STOPPING)

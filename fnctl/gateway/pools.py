@@ -202,6 +202,7 @@ class PoolManager:
         self._pools.clear()
         self._threads.shutdown(wait=False)
         self._reads.shutdown(wait=False)
+        self.actions.close()
 
     # ---- the Host side of RevisionPool ----
 

@@ -11,12 +11,14 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
 import pytest
 from deploy_helpers import cleanup, make_project, until
 
+from fnctl.state import pg
 from fnctl.state.auditlog import AuditFilter, invocation_records
 from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
@@ -96,6 +98,72 @@ def test_apply_serve_and_rollback_with_the_state_on_postgresql(
         until(lambda: invocations() >= 3, "the gateway's invocation audit to reach PostgreSQL")
         verify = project.ok("audit", "verify")
         assert "audit:" in verify.out and "intact" in verify.out and "invocations:" in verify.out
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.terminate()
+            serve.wait(timeout=60)
+        cleanup(project)
+
+
+def _sessions(url: str) -> int:
+    """Sessions the server has counted for the database so far (pg_stat_database.sessions), this look's own
+    included: each look is a new connection, so that the statistics read are fresh."""
+    connection = pg.connect(url)
+    try:
+        connection.execute("SELECT pg_stat_force_next_flush()")  # this backend's own counts, now
+        row = connection.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()
+        assert row is not None
+        return int(str(row[0]))
+    finally:
+        connection.close()
+
+
+@pytest.mark.docker
+def test_a_serving_gateway_does_not_connect_anew_to_postgresql_under_load(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, pg_url: str
+) -> None:
+    """The leader's rollout loop (a pass every half second) and the pools' look-ups keep their connections:
+    over seconds of traffic the server sees no new session from the gateway but its audit writer's (it used
+    to see about 2 a second, each a backend fork and a schema check: 8 in this window)."""
+    state = StateLocation(tmp_path / "pg-anchor" / "state", pg_url)
+    project = make_project(tmp_path / "project", docker_client, base_image)
+    project.env["FNCTL_STATE"] = state.to_arg()
+    port = _free_port()
+    with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
+        config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
+    manifest = project.root / "manifests" / "hello.yaml"
+    serve = None
+    try:
+        project.function("hello", version="one")
+        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+        project.ok("apply")
+        err = tmp_path / "serve.err"
+        with err.open("w") as stream:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
+                cwd=project.root,
+                env=project.environ(),
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+            )
+        until(lambda: _get(port, "GET", "/readyz")[0] == 200 or serve.poll() is not None, "the gateway", 60)
+        assert serve.poll() is None, err.read_text()
+        for _ in range(5):  # warm: the revision loaded, its instance up, the connections the gateway keeps open
+            assert _get(port, "POST", "/invoke/hello", b"{}")[0] == 200
+        until(lambda: json.loads(_get(port, "GET", "/readyz")[1] or b"{}").get("leader") is True, "the gateway to lead")
+        before = _sessions(pg_url)
+        own = _sessions(pg_url) - before  # what a look itself adds to the count
+        before += own
+        deadline = time.monotonic() + 4.0  # 8 passes of the rollout loop
+        calls = 0
+        while time.monotonic() < deadline:
+            assert _get(port, "POST", "/invoke/hello", b"{}")[0] == 200
+            calls += 1
+        opened = _sessions(pg_url) - before - own
+        assert serve.poll() is None, err.read_text()
+        # At most one: the invocation audit's writer process, started once when the traffic's rows outgrow
+        # the in-process writer (fnctl.gateway.auditwriter), may open its connection in the window.
+        assert calls > 0 and opened <= 1, f"{opened} new sessions over {calls} calls"
     finally:
         if serve is not None and serve.poll() is None:
             serve.terminate()
