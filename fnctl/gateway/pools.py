@@ -194,8 +194,7 @@ class PoolManager:
         # outlive the gateway. Starts under way finish first: a container start cannot be interrupted.
         deadline = time.monotonic() + STOP_BUDGET
         await self._settle(deadline)
-        for pool in self._pools.values():
-            await pool.close()
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
         await self._settle(deadline)
         for task in list(self._tasks):
             task.cancel()
