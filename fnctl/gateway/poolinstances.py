@@ -232,11 +232,9 @@ class PoolInstances:
         if self.host.crew is not None and not self.host.crew.owner:
             self.scale()  # a follower's standing load, repeated to the owner
             return
-        idle = (
-            self.host.idle_seconds
-            if self.routing is not Routing.UNROUTED
-            else min(self.host.idle_seconds, self.host.grace_seconds)
-        )
+        idle = self.host.idle_seconds
+        if self.routing is Routing.UNROUTED:
+            idle = min(idle, self.host.grace_seconds)
         keep = self.keep
         if self.host.crew is not None:  # the owner keeps as many as a follower used lately
             keep = max(keep, self.host.crew.used((self.target.function.name, self.target.revision)))
