@@ -221,16 +221,6 @@ class Forwarder:
 
     # ---- signatures ----
 
-    def signed(self, request_id: str, path: str, body: bytes) -> list[tuple[str, str]]:
-        """The headers that sign a request of this gateway's (fnctl.gateway.peerauth)."""
-        at = time.time()
-        signature = self.key.sign(self.id, at, request_id, path, body)
-        return [
-            (peerauth.GATEWAY_HEADER, self.id),
-            (peerauth.TIME_HEADER, f"{at:.3f}"),
-            (peerauth.SIGNATURE_HEADER, signature),
-        ]
-
     async def verify(self, headers: Mapping[str, str], request_id: str, path: str, body: bytes) -> str | None:
         """None when the request is signed by the live gateway it names (its key as published in its row);
         else why not."""
@@ -289,7 +279,7 @@ class Forwarder:
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
         if call.source is not None:  # the client's address, signed by this gateway
             claim = client_claim(request.method, request.raw_path, call.source)
-            headers += [(FORWARDED_FOR, call.source), *self.signed(call.request_id, claim, b"")]
+            headers += [(FORWARDED_FOR, call.source), *self.key.headers(self.id, call.request_id, claim, b"")]
         deadline = time.monotonic() + timeout
         for peer in peers:
             left = deadline - time.monotonic()
@@ -340,7 +330,7 @@ class Forwarder:
                 ("Content-Type", "application/json"),
                 ("X-Request-Id", request_id),
                 (HOP_HEADER, self.id),
-                *self.signed(request_id, path, body),
+                *self.key.headers(self.id, request_id, path, body),
             ]
             try:
                 reply = await self._post(peer, path, headers, body, left)

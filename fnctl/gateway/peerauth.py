@@ -48,6 +48,12 @@ class PeerKey:
         """The signature (base64) of a request from `gateway` (this key's owner) sent at `at`."""
         return base64.b64encode(self._private.sign(_message(gateway, at, request_id, path, body))).decode()
 
+    def headers(self, gateway: str, request_id: str, path: str, body: bytes) -> list[tuple[str, str]]:
+        """The headers that sign a request `gateway` sends now."""
+        at = time.time()
+        signature = self.sign(gateway, at, request_id, path, body)
+        return [(GATEWAY_HEADER, gateway), (TIME_HEADER, f"{at:.3f}"), (SIGNATURE_HEADER, signature)]
+
 
 class PeerVerifier:
     """Checks the signatures of peer requests and remembers the request ids it accepted for MAX_SKEW
