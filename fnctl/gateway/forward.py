@@ -11,6 +11,9 @@ one, and relays its answer.
   having come from another gateway. The forwarder's choice of revision only chooses the peer.
 - **One hop**: the forwarded request carries HOP_HEADER; a gateway never forwards a request that carries it.
   That is all the header does: a client that sends it can only stop its request from being forwarded.
+- **Signed by its sender**: what a gateway asserts itself (the client's address it passes on, an invocation
+  of its own it asks a peer to run) is signed with its own key (fnctl.gateway.peerauth), whose public half
+  it publishes in its row; the receiver verifies it with the key of the gateway the request names.
 - **Audit**: the forwarder audits a `forwarded` request (no revision: the peer chose it), the peer the
   invocation, under the same request id.
 """
@@ -23,7 +26,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -60,6 +63,9 @@ NO_INSTANCE_HEADER = "X-Fnctl-No-Instance"  # on a peer's 503: it ran nothing, a
 HEARTBEAT = 1.0  # seconds between a gateway's writes of its row (and reads of the others')
 LIVE_FOR = 3.0  # a row older than this is a gateway gone
 CONNECT_TIMEOUT = 2.0
+# A request naming a gateway whose key is not known yet (one started since the last beat) makes the gateway read
+# that row; at most this often (seconds), so that requests naming made-up gateways cannot load the store.
+KEY_LOOKUP_EVERY = 0.1
 # Not passed on, either way: they describe one connection, not the request (RFC 9110 7.6.1), or are recomputed.
 _HOP_BY_HOP = frozenset(
     "connection keep-alive proxy-connection proxy-authenticate te trailer transfer-encoding upgrade host "
@@ -74,6 +80,7 @@ _REPLACED = frozenset(
         "x-request-id",
         HOP_HEADER.lower(),
         FORWARDED_FOR.lower(),
+        peerauth.GATEWAY_HEADER.lower(),
         peerauth.TIME_HEADER.lower(),
         peerauth.SIGNATURE_HEADER.lower(),
     )
@@ -81,13 +88,13 @@ _REPLACED = frozenset(
 
 
 def client_claim(method: str, raw_path: str, client: str) -> str:
-    """What a forwarder signs of a forwarded request (as `peerauth.sign`'s path): the request line and the
+    """What a forwarder signs of a forwarded request (as `PeerKey.sign`'s path): the request line and the
     client's address it passes on. The body is not covered: the caller's own credentials are its authority,
     checked by the peer; the signature vouches only for the address."""
     return f"forwarded {method} {raw_path} for {client}"
 
 
-def client_of(forwarder: Forwarder | None, request: Incoming) -> str | None:
+async def client_of(forwarder: Forwarder | None, request: Incoming) -> str | None:
     """The client's address of a request: the connection's, or, on a request a peer gateway forwarded and
     signed (the hop header, FORWARDED_FOR, a good signature), the address of the client it came from. An
     X-Forwarded-For from anyone else is ignored."""
@@ -97,14 +104,8 @@ def client_of(forwarder: Forwarder | None, request: Incoming) -> str | None:
     claimed = headers.get(FORWARDED_FOR)
     if claimed is None or HOP_HEADER not in headers:
         return request.remote
-    refused = forwarder.verifier.verify(
-        forwarder.secret,
-        headers.get(peerauth.TIME_HEADER),
-        headers.get(peerauth.SIGNATURE_HEADER),
-        headers.get("X-Request-Id", ""),
-        client_claim(request.method, request.raw_path, claimed),
-        b"",
-    )
+    claim = client_claim(request.method, request.raw_path, claimed)
+    refused = await forwarder.verify(headers, headers.get("X-Request-Id", ""), claim, b"")
     if refused is not None:
         log.info("X-Forwarded-For ignored (%s)", refused)
         return request.remote
@@ -133,7 +134,9 @@ def peers_for(
     another), then the least recently failed; in random order among equals, to spread the load."""
     wanted = {(function, r) for r in routed}
     candidates = [
-        row for row in rows if row.id != me and (function, revision) in row.held and now - row.heartbeat <= LIVE_FOR
+        row
+        for row in rows
+        if row.id != me and row.address and (function, revision) in row.held and now - row.heartbeat <= LIVE_FOR
     ]
     random.shuffle(candidates)
     return sorted(candidates, key=lambda row: (not wanted <= row.held, failed.get(row.id, 0.0)))
@@ -161,8 +164,10 @@ class Forwarder:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fnctl-forward")
         self._failed: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
-        self.secret: bytes | None = None  # the peers' shared one (fnctl.gateway.peerauth), read at the first beat
+        self.key = peerauth.PeerKey()  # this gateway's own: the private half only ever in memory
+        self.keys: dict[str, str] = {}  # the live gateways' public keys by id, as last read
         self.verifier = peerauth.PeerVerifier()
+        self._looked_up = 0.0  # time.monotonic() of the last read of one unknown gateway's key
 
     # ---- the row and the peers' ----
 
@@ -186,13 +191,13 @@ class Forwarder:
             log.warning("gateway %s: deleting its row: %s", self.id, exc.message)
 
     def _beat(self, held: set[tuple[str, int]]) -> None:
-        if self.secret is None:
-            self.secret = self._with_store(gatewayrows.peer_secret)
         now = time.time()
-        if self.address is not None:  # a gateway no other can reach forwards, but is not forwarded to
-            row = GatewayRow(self.id, self.node, self.address, frozenset(held), now)
-            self._with_store(partial(gatewayrows.beat, row=row))
+        # A gateway no other can reach (address "") forwards, but is not forwarded to; its row still publishes
+        # its key, for the peers it sends requests to.
+        row = GatewayRow(self.id, self.node, self.address or "", frozenset(held), now, self.key.public)
+        self._with_store(partial(gatewayrows.beat, row=row))
         self.rows = self._with_store(partial(gatewayrows.live, max_age=LIVE_FOR, now=now))
+        self.keys = {row.id: row.public_key for row in self.rows}
 
     def _drop_store(self) -> None:
         store, self._store = self._store, None
@@ -213,6 +218,37 @@ class Forwarder:
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._worker, self._store.close)
         self._worker.shutdown(wait=False)
+
+    # ---- signatures ----
+
+    async def verify(self, headers: Mapping[str, str], request_id: str, path: str, body: bytes) -> str | None:
+        """None when the request is signed by the live gateway it names (its key as published in its row);
+        else why not."""
+        gateway = headers.get(peerauth.GATEWAY_HEADER)
+        key = None if not gateway else await self.public_key(gateway)
+        at, signature = headers.get(peerauth.TIME_HEADER), headers.get(peerauth.SIGNATURE_HEADER)
+        return self.verifier.verify(key, gateway, at, signature, request_id, path, body)
+
+    async def public_key(self, gateway: str) -> str | None:
+        """`gateway`'s public key: as read at the last beat, else read from its row now (a gateway started
+        since), at most every KEY_LOOKUP_EVERY seconds; None when it has no row (or the store is away)."""
+        known = self.keys.get(gateway)
+        if known is not None:
+            return known
+        now = time.monotonic()
+        if now - self._looked_up < KEY_LOOKUP_EVERY:
+            return None
+        self._looked_up = now
+        try:
+            key: str | None = await asyncio.get_running_loop().run_in_executor(
+                self._worker, self._with_store, partial(gatewayrows.public_key, gateway_id=gateway)
+            )
+        except Exception as exc:  # noqa: BLE001 -- the database away: the request is refused, not failed
+            log.warning("gateway %s: reading gateway %s's key: %s", self.id, gateway[:64], getattr(exc, "message", exc))
+            return None
+        if key is not None:
+            self.keys = {**self.keys, gateway: key}
+        return key
 
     # ---- one request ----
 
@@ -241,14 +277,9 @@ class Forwarder:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         headers = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
-        if call.source is not None and self.secret is not None:  # the client's address, signed as a peer's
-            at = time.time()
+        if call.source is not None:  # the client's address, signed by this gateway
             claim = client_claim(request.method, request.raw_path, call.source)
-            headers += [
-                (FORWARDED_FOR, call.source),
-                (peerauth.TIME_HEADER, f"{at:.3f}"),
-                (peerauth.SIGNATURE_HEADER, peerauth.sign(self.secret, at, call.request_id, claim, b"")),
-            ]
+            headers += [(FORWARDED_FOR, call.source), *self.key.headers(self.id, call.request_id, claim, b"")]
         deadline = time.monotonic() + timeout
         for peer in peers:
             left = deadline - time.monotonic()
@@ -285,10 +316,9 @@ class Forwarder:
         self, function: str, payload: dict[str, Any], request_id: str, peers: list[GatewayRow], timeout: float
     ) -> tuple[int, dict[str, Any] | None]:
         """An invocation of this gateway's own (cron, onCommit, a manual trigger: `payload` says which, with
-        its event) run by the first of `peers` that takes it, signed as this state's gateways sign
+        its event) run by the first of `peers` that takes it, signed with this gateway's key
         (PEER_PATH, fnctl.gateway.peerauth): (status, the outcome as the peer gave it, or None). Tried on the
         next peer only when one ran nothing (unreachable, or its 503 says so): never run twice."""
-        assert self.secret is not None  # peers are known after the first beat, which read it
         path = f"{PEER_PATH}{function}"
         body = json.dumps(payload).encode()
         deadline = time.monotonic() + timeout
@@ -296,13 +326,11 @@ class Forwarder:
             left = deadline - time.monotonic()
             if left <= 0:
                 return 504, None
-            at = time.time()
             headers = [
                 ("Content-Type", "application/json"),
                 ("X-Request-Id", request_id),
                 (HOP_HEADER, self.id),
-                (peerauth.TIME_HEADER, f"{at:.3f}"),
-                (peerauth.SIGNATURE_HEADER, peerauth.sign(self.secret, at, request_id, path, body)),
+                *self.key.headers(self.id, request_id, path, body),
             ]
             try:
                 reply = await self._post(peer, path, headers, body, left)

@@ -2,7 +2,7 @@
 a cron tick or an onCommit delivery of the leader for a function with no instance on its node is run by a
 peer gateway that has one, as the same principal (`trigger:NAME`, in the event's tenant), under the same
 request id, and audited there as an invocation (here as `forwarded`). The request is signed with the
-peers' shared secret (`fnctl.gateway.peerauth`): a peer runs only what a gateway of the same state asked.
+sender's own key (`fnctl.gateway.peerauth`): a peer runs only what a gateway of the same state asked.
 Sent once; tried on another peer only when one ran nothing (`Forwarder.invoke`): one run per cron tick."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
-from fnctl.gateway import peerauth
 from fnctl.gateway.forward import NO_INSTANCE_HEADER, PEER_PATH, Forwarder
 from fnctl.gateway.request import Reply
 from fnctl.invocation.outcome import Failure, Outcome
@@ -83,14 +82,7 @@ async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, bod
     if forwarder is None:
         return Reply(404, CIMultiDict(_JSON), b'{"message":"Not Found"}')
     request_id = headers.get("X-Request-Id", "")
-    refused = forwarder.verifier.verify(
-        forwarder.secret,
-        headers.get(peerauth.TIME_HEADER),
-        headers.get(peerauth.SIGNATURE_HEADER),
-        request_id,
-        path,
-        body,
-    )
+    refused = await forwarder.verify(headers, request_id, path, body)
     if refused is not None:
         log.warning("a peer invocation refused (%s): request %s", refused, request_id[:64])
         return Reply(401, CIMultiDict(_JSON), b'{"message":"Unauthorized: not signed by a gateway of this state"}')

@@ -187,10 +187,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # the tables the gateways' own traffic writes (fnctl.state.pgschema, step 9).
     "",
     # 10: the gateways of a Swarm's nodes (engine = "swarm"): where each listens, the revisions it has
-    # instances of, its last heartbeat; what a gateway with no instance forwards a request by
+    # instances of, its last heartbeat; what a gateway with no instance forwards a request by. public_key: the
+    # gateway's Ed25519 public key, which its peers verify its signed requests with (fnctl.gateway.peerauth)
     """
     CREATE TABLE gateways (
-        id TEXT PRIMARY KEY, node TEXT NOT NULL, address TEXT NOT NULL, held TEXT NOT NULL, heartbeat REAL NOT NULL
+        id TEXT PRIMARY KEY, node TEXT NOT NULL, address TEXT NOT NULL, held TEXT NOT NULL, heartbeat REAL NOT NULL,
+        public_key TEXT NOT NULL
     );
     """,
 )

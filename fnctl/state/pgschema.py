@@ -198,7 +198,7 @@ END $$;
 _GATEWAYS_10 = """
 CREATE TABLE gateways (
     id TEXT PRIMARY KEY, node TEXT NOT NULL, address TEXT NOT NULL, held TEXT NOT NULL,
-    heartbeat DOUBLE PRECISION NOT NULL
+    heartbeat DOUBLE PRECISION NOT NULL, public_key TEXT NOT NULL
 );
 """
 
