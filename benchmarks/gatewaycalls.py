@@ -19,13 +19,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from benchcommon import echo_child
 
 WARMUP = 200
 
@@ -93,22 +93,13 @@ class Round:
 def pingpong(count: int) -> tuple[float, float]:
     """(p50, p99) microseconds of a 50-byte round trip between this process and a forked echo over a socket
     pair, each timed on its own: the machine's floor, and its tail at this load."""
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the echo side
-        parent.close()
-        while data := child.recv(100):
-            child.send(data)
-        os._exit(0)
-    child.close()
     samples = []
-    for _ in range(count):
-        began = time.perf_counter_ns()
-        parent.send(b"x" * 50)
-        parent.recv(100)
-        samples.append((time.perf_counter_ns() - began) / 1000)
-    parent.close()
-    os.waitpid(pid, 0)
+    with echo_child() as parent:
+        for _ in range(count):
+            began = time.perf_counter_ns()
+            parent.send(b"x" * 50)
+            parent.recv(100)
+            samples.append((time.perf_counter_ns() - began) / 1000)
     return statistics.median(samples), statistics.quantiles(samples, n=100)[98]
 
 
