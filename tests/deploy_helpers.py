@@ -89,6 +89,13 @@ class Project:
 
     # ---- writing the project ----
 
+    def own_function(self, directory: str, code: str, manifest: str) -> None:
+        """A test's own function: `code` as functions/<directory>/main.py, `manifest` (its documents, which
+        name that source) as manifests/<directory>.yaml."""
+        (self.root / "functions" / directory).mkdir(parents=True, exist_ok=True)
+        (self.root / "functions" / directory / "main.py").write_text(code, encoding="utf-8")
+        (self.root / "manifests" / f"{directory}.yaml").write_text(manifest, encoding="utf-8")
+
     def function(
         self,
         name: str,

@@ -297,9 +297,7 @@ def test_a_node_without_a_task_answers_503_until_swarm_places_one_there(
     try:
         fnctl(project, state, "apply")
         service = service_name(project.name, "web", "1")
-        hostnames = engine.hostnames()
-        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
-        empty = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        _, empty = _placed_and_not(engine, swarm, service)
         config.write_text(
             original.replace(f'node = "unix://{swarm.socket(2)}"', f'node = "unix://{swarm.socket(empty)}"')
         )
@@ -329,6 +327,15 @@ def _status(port: int) -> int | None:
         return _post(port, "/invoke/web")[0]
     except OSError:
         return None
+
+
+def _placed_and_not(engine: SwarmEngine, swarm: SwarmNodes, service: str) -> tuple[int, int]:
+    """The numbers of a node that runs `service`'s one task (once it runs) and of a node that does not."""
+    hostnames = engine.hostnames()
+    placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
+    a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
+    b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+    return a, b
 
 
 def _node_gateway(project: Project, state: Path | str, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -375,10 +382,7 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         key = fnctl(project, state, "keys", "create", "forwarding", "--role", "reader").stdout.strip()
         auth = {"Authorization": f"Bearer {key}"}
         service = service_name(project.name, "web", "1")
-        hostnames = engine.hostnames()
-        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
-        a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
-        b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        a, b = _placed_and_not(engine, swarm, service)
         port_a, port_b = free_port(), free_port()
         log_a, log_b = tmp_path / "gateway-a", tmp_path / "gateway-b"
         gateways += [
@@ -501,10 +505,7 @@ def test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_eac
     try:
         fnctl(project, state, "apply")
         service = service_name(project.name, "web", "1")
-        hostnames = engine.hostnames()
-        placed = {hostnames[t.node_id] for t in engine.wait_running(service, 1)}
-        a = next(k for k in (1, 2, 3) if swarm.hostname(k) in placed)
-        b = next(k for k in (1, 2, 3) if swarm.hostname(k) not in placed)
+        a, b = _placed_and_not(engine, swarm, service)
         port_a, port_b = free_port(), free_port()
         gateways.append(_node_gateway(project, state, swarm.socket(b), port_b, tmp_path / "gateway-b"))
         wait_until(lambda: _leads(port_b), what="node B's gateway leading", timeout=60)

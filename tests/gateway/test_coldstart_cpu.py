@@ -57,9 +57,7 @@ def project(
 ) -> Iterator[Project]:
     project = make_project(tmp_path_factory.mktemp("coldcpu") / "project", docker_client, base_image)
     try:
-        (project.root / "functions" / "slow").mkdir(parents=True)
-        (project.root / "functions" / "slow" / "main.py").write_text(CODE, encoding="utf-8")
-        (project.root / "manifests" / "slow.yaml").write_text(SPEC, encoding="utf-8")
+        project.own_function("slow", CODE, SPEC)
         project.ok("apply")
         yield project
     finally:

@@ -163,6 +163,18 @@ def _up_or_exited(gateway: _Gateway) -> bool:
     return gateway.ready()[0] == 200 or gateway.process.poll() is not None
 
 
+def _two_gateways(project: Project, tmp_path: Path, gateways: list[_Gateway]) -> tuple[_Gateway, _Gateway]:
+    """Two gateways of `project` started (added to `gateways`, which the caller stops), up, one of them
+    leading: (leader, follower)."""
+    gateways += [_Gateway(project, tmp_path / f"gateway{n}.err") for n in range(2)]
+    for gateway in gateways:
+        until(partial(_up_or_exited, gateway), "a gateway", 90)
+        assert gateway.process.poll() is None, gateway.log.read_text()
+    until(lambda: sum(g.leads() for g in gateways) == 1, "exactly one leader", 30)
+    leader, follower = sorted(gateways, key=lambda g: not g.leads())
+    return leader, follower
+
+
 @pytest.fixture
 def gateways() -> Iterator[list[_Gateway]]:
     started: list[_Gateway] = []
@@ -190,12 +202,7 @@ def test_one_gateway_leads_and_another_takes_over_after_kill_9_without_a_tick_tw
             encoding="utf-8",
         )
         project.ok("apply")
-        gateways += [_Gateway(project, tmp_path / f"gateway{n}.err") for n in range(2)]
-        for gateway in gateways:
-            until(partial(_up_or_exited, gateway), "a gateway", 90)
-            assert gateway.process.poll() is None, gateway.log.read_text()
-        until(lambda: sum(g.leads() for g in gateways) == 1, "exactly one leader", 30)
-        leader, follower = sorted(gateways, key=lambda g: not g.leads())
+        leader, follower = _two_gateways(project, tmp_path, gateways)
         assert not follower.leads()
 
         def cron_runs() -> list[str]:
@@ -247,12 +254,7 @@ def test_a_rollout_survives_a_kill_9_of_its_leader_and_no_step_runs_twice(
     try:
         rollouts.deploy_code("one", STEPPED)
         project.ok("apply")  # a first deploy: immediate
-        gateways += [_Gateway(project, tmp_path / f"gateway{n}.err") for n in range(2)]
-        for gateway in gateways:
-            until(partial(_up_or_exited, gateway), "a gateway", 90)
-            assert gateway.process.poll() is None, gateway.log.read_text()
-        until(lambda: sum(g.leads() for g in gateways) == 1, "exactly one leader", 30)
-        leader, follower = sorted(gateways, key=lambda g: not g.leads())
+        leader, follower = _two_gateways(project, tmp_path, gateways)
 
         rollouts.deploy_code("two", STEPPED)
         project.ok("apply", "--no-wait")  # the leading gateway drives it

@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import pytest
-from deploy_helpers import cleanup, make_project, until
+from deploy_helpers import Project, cleanup, make_project, until
 
 from fnctl.state import pg
 from fnctl.state.auditlog import AuditFilter, invocation_records
@@ -42,23 +44,29 @@ def _get(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
         connection.close()
 
 
-@pytest.mark.docker
-def test_apply_serve_and_rollback_with_the_state_on_postgresql(
-    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, pg_url: str
-) -> None:
-    state = StateLocation(tmp_path / "pg-anchor" / "state", pg_url)
+def _public(project: Project) -> None:
+    """Make the project's `hello` callable without a key (its manifest as `project.function` wrote it)."""
+    manifest = project.root / "manifests" / "hello.yaml"
+    manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+
+
+@contextmanager
+def _served_hello(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, state: StateLocation
+) -> Iterator[tuple[Project, int, subprocess.Popen[bytes], Path]]:
+    """A project whose public `hello` (version "one") is applied to `state` and served by a real `fnctl serve`
+    on a free port, ready: (project, port, the gateway's process, its stderr's file). Stopped and cleaned up
+    after."""
     project = make_project(tmp_path / "project", docker_client, base_image)
     project.env["FNCTL_STATE"] = state.to_arg()
     port = _free_port()
     with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
         config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-    manifest = project.root / "manifests" / "hello.yaml"
     serve = None
     try:
         project.function("hello", version="one")
-        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+        _public(project)
         project.ok("apply")
-        assert not project.state.exists()  # nothing went to a SQLite file
         err = tmp_path / "serve.err"
         with err.open("w") as stream:
             serve = subprocess.Popen(
@@ -70,11 +78,26 @@ def test_apply_serve_and_rollback_with_the_state_on_postgresql(
             )
         until(lambda: _get(port, "GET", "/readyz")[0] == 200 or serve.poll() is not None, "the gateway", 60)
         assert serve.poll() is None, err.read_text()
+        yield project, port, serve, err
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.terminate()
+            serve.wait(timeout=60)
+        cleanup(project)
+
+
+@pytest.mark.docker
+def test_apply_serve_and_rollback_with_the_state_on_postgresql(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str, pg_url: str
+) -> None:
+    state = StateLocation(tmp_path / "pg-anchor" / "state", pg_url)
+    with _served_hello(tmp_path, docker_client, base_image, state) as (project, port, serve, err):
+        assert not project.state.exists()  # nothing went to a SQLite file
         status, body = _get(port, "POST", "/invoke/hello", b'{"name": "ada"}')
         assert status == 200 and json.loads(body)["version"] == "one", body
 
         project.function("hello", version="two")  # a new revision, seen by the running gateway
-        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
+        _public(project)
         project.ok("apply")
         until(
             lambda: json.loads(_get(port, "POST", "/invoke/hello", b"{}")[1] or b"{}").get("version") == "two",
@@ -98,11 +121,6 @@ def test_apply_serve_and_rollback_with_the_state_on_postgresql(
         until(lambda: invocations() >= 3, "the gateway's invocation audit to reach PostgreSQL")
         verify = project.ok("audit", "verify")
         assert "audit:" in verify.out and "intact" in verify.out and "invocations:" in verify.out
-    finally:
-        if serve is not None and serve.poll() is None:
-            serve.terminate()
-            serve.wait(timeout=60)
-        cleanup(project)
 
 
 def _sessions(url: str) -> int:
@@ -126,28 +144,7 @@ def test_a_serving_gateway_does_not_connect_anew_to_postgresql_under_load(
     over seconds of traffic the server sees no new session from the gateway but its audit writer's (it used
     to see about 2 a second, each a backend fork and a schema check: 8 in this window)."""
     state = StateLocation(tmp_path / "pg-anchor" / "state", pg_url)
-    project = make_project(tmp_path / "project", docker_client, base_image)
-    project.env["FNCTL_STATE"] = state.to_arg()
-    port = _free_port()
-    with (project.root / "fnctl.toml").open("a", encoding="utf-8") as config:
-        config.write(f'\n[gateway]\naddress = "127.0.0.1:{port}"\n')
-    manifest = project.root / "manifests" / "hello.yaml"
-    serve = None
-    try:
-        project.function("hello", version="one")
-        manifest.write_text(manifest.read_text().replace("  handler:", "  access: {roles: [public]}\n  handler:"))
-        project.ok("apply")
-        err = tmp_path / "serve.err"
-        with err.open("w") as stream:
-            serve = subprocess.Popen(
-                [sys.executable, "-m", "fnctl", "serve", "--no-access-log"],
-                cwd=project.root,
-                env=project.environ(),
-                stdout=subprocess.DEVNULL,
-                stderr=stream,
-            )
-        until(lambda: _get(port, "GET", "/readyz")[0] == 200 or serve.poll() is not None, "the gateway", 60)
-        assert serve.poll() is None, err.read_text()
+    with _served_hello(tmp_path, docker_client, base_image, state) as (project, port, serve, err):
         for _ in range(5):  # warm: the revision loaded, its instance up, the connections the gateway keeps open
             assert _get(port, "POST", "/invoke/hello", b"{}")[0] == 200
         until(lambda: json.loads(_get(port, "GET", "/readyz")[1] or b"{}").get("leader") is True, "the gateway to lead")
@@ -164,8 +161,3 @@ def test_a_serving_gateway_does_not_connect_anew_to_postgresql_under_load(
         # At most one: the invocation audit's writer process, started once when the traffic's rows outgrow
         # the in-process writer (fnctl.gateway.auditwriter), may open its connection in the window.
         assert calls > 0 and opened <= 1, f"{opened} new sessions over {calls} calls"
-    finally:
-        if serve is not None and serve.poll() is None:
-            serve.terminate()
-            serve.wait(timeout=60)
-        cleanup(project)

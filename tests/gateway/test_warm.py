@@ -78,9 +78,7 @@ def project(
 ) -> Iterator[Project]:
     project = make_project(tmp_path_factory.mktemp("warm") / "project", docker_client, base_image, project_states)
     try:
-        (project.root / "functions" / "reserve").mkdir(parents=True)
-        (project.root / "functions" / "reserve" / "main.py").write_text(CODE, encoding="utf-8")
-        (project.root / "manifests" / "reserve.yaml").write_text(WARM, encoding="utf-8")
+        project.own_function("reserve", CODE, WARM)
         project.ok("apply")
         yield project
     finally:

@@ -192,9 +192,7 @@ def workers(
     log = project.root.parent / "serve.err"
     process = None
     try:
-        (project.root / "functions" / "slow").mkdir(parents=True)
-        (project.root / "functions" / "slow" / "main.py").write_text(HANDLER, encoding="utf-8")
-        (project.root / "manifests" / "slow.yaml").write_text(MANIFEST, encoding="utf-8")
+        project.own_function("slow", HANDLER, MANIFEST)
         project.ok("apply")
         port = _free_port()
         with log.open("wb") as err:
