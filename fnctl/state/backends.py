@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from fnctl.state.docconn import DocConn, Feed
 from fnctl.state.location import StateLocation, StoreError, redact
-from fnctl.state.migrations import MIGRATIONS, upgrade
+from fnctl.state.migrations import MIGRATIONS, upgrade, use_wal
 
 _CHUNK = 50  # rows per INSERT on SQLite (its limit on a statement's parameters is far above 50 x 13)
 
@@ -146,7 +146,7 @@ def open_sqlite(path: Path) -> Sqlite:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode = WAL")
+        use_wal(connection)
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA foreign_keys = ON")
         version = int(connection.execute("PRAGMA user_version").fetchone()[0])

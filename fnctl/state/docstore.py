@@ -33,6 +33,7 @@ from fnctl.state.docrecords import (
 )
 from fnctl.state.docsql import CHAIN, CHANGE_COLUMNS, DOC_COLUMNS, SQLITE, find_rows, index_fields, rows_by_id, table
 from fnctl.state.location import StateLocation, StoreError
+from fnctl.state.migrations import use_wal
 
 Location = Path | str  # a SQLite file, or a postgresql:// URL
 
@@ -116,7 +117,7 @@ class DocStore:
                 self.path, timeout=30, isolation_level=None, check_same_thread=False, factory=SqliteConn
             )
             db.dialect = SQLITE
-            db.execute("PRAGMA journal_mode = WAL")
+            use_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
             if self._apart:
                 db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")

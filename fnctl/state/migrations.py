@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 
 from fnctl.state import auditchain
@@ -196,6 +197,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     );
     """,
 )
+
+
+def use_wal(connection: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the file in WAL mode, waiting up to `wait` seconds for another connection that holds it.
+
+    SQLite's busy timeout does not cover this switch: two processes opening a new file at once (a test and the
+    gateway it starts, `serve --workers`) get "database is locked" at once from the one that loses. The mode
+    is kept in the file, so once either has switched it the other's retry is a no-op.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def upgrade(connection: sqlite3.Connection, version: int) -> None:
