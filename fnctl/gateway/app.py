@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,14 +27,9 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.dataapi import DataApi, DataRoute
 from fnctl.gateway.forward import PEER_PATH, Relayed, client_of
-from fnctl.gateway.httpevent import (
-    FAILURE_STATUS,
-    audit_outcome,
-    invoke_response,
-    trigger_response,
-)
+from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome, invoke_response, trigger_response
 from fnctl.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
-from fnctl.gateway.peerinvoke import outcome_from, peer_reply
+from fnctl.gateway.peerinvoke import peer_reply, run_on_peer
 from fnctl.gateway.pipeline import RequestPipeline
 from fnctl.gateway.request import (
     NO_HEADERS,
@@ -297,14 +293,18 @@ class Gateway(RequestPipeline):
         tenant: str | None = None,
         request_id: str | None = None,
         forwardable: bool = True,
+        principal: Principal | None = None,
+        timeout: float | None = None,
+        read_only: bool = False,
     ) -> tuple[int, Outcome | None]:
-        """Run `function` for a trigger of the gateway itself (cron, onCommit): routed, measured and audited
-        like any request, as the principal `trigger:<name>` with no roles (in `tenant`: an onCommit event's
-        document's). With no instance on this node (engine = "swarm"), a peer gateway that has one runs it,
-        signed as a peer (fnctl.gateway.peerinvoke; `forwardable` False: one a peer sent). Returns (status,
-        outcome or None)."""
+        """Run `function` for a trigger of the gateway itself (cron, onCommit; a peer's, fnctl.gateway.peerinvoke):
+        routed, measured and audited like any request, as the principal `trigger:<name>` with no roles (in
+        `tenant`: an onCommit event's document's), or as `principal` (the caller a peer ran a manual trigger or
+        hook for). With no instance on this node (engine = "swarm"), a peer gateway that has one runs it
+        (`forwardable` False: one a peer sent). `timeout` caps the revision's; `read_only` refuses its data
+        writes. Returns (status, outcome or None)."""
         call = Call(request_id or new_request_id(), function, trigger, None)
-        call.principal = Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
+        call.principal = principal or Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
@@ -314,18 +314,13 @@ class Gateway(RequestPipeline):
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
-            forwarder = self.forwarder
-            if forwardable and forwarder is not None and not self.pool.holds(function, call.revision):
-                routed = [r for r, weight in route.weights.items() if weight > 0]
-                peers = forwarder.peers(function, call.revision, routed)
-                if peers:
-                    payload = {"trigger": trigger, "tenant": tenant, "event": event}
-                    timeout = info.timeout + self.limits.timeout_margin
-                    status, sent = await forwarder.invoke(function, payload, call.request_id, peers, timeout)
-                    call.outcome, call.revision = "forwarded", None  # the peer audits and measures the run
-                    self._record(call, None, status)
-                    return status, outcome_from(sent)
-            outcome = (await self._run(call, info, event, call.principal)).outcome
+            if timeout is not None:
+                info = replace(info, timeout=min(info.timeout, timeout))
+            payload = {"trigger": trigger, "tenant": tenant, "event": event}
+            if forwardable and (ran := await run_on_peer(self, call, route, info, payload)) is not None:
+                self._record(call, None, ran[0])
+                return ran
+            outcome = (await self._run(call, info, event, call.principal, read_only=read_only)).outcome
             status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
             call.outcome = audit_outcome(outcome)
         except Reject as reject:

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import Budget, DataDocument, WriteOp
-from fnctl.data.errors import DataError, Invalid
+from fnctl.data.errors import DataError, Forbidden, Invalid
 from fnctl.data.plane import DataPlane
 from fnctl.data.txn import Txn
 from fnctl.errors import FnctlError
@@ -246,6 +246,8 @@ class Broker:
         try:
             if method not in METHODS:
                 raise Invalid(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+            if session.read_only and method in WRITES:
+                raise Forbidden("a hook run for a write taken by another node's gateway cannot write")
             hooks = self.hooks
             if hooks is not None and method in WRITES and hooks.applies(params.get("collection"), WRITES[method]):
                 return self._hooked(hooks, session, method, params)

@@ -42,6 +42,7 @@ class CallSession:
     shared: bool = False  # `txn` is another's (a hook's session in its writer's transaction): never rolled back here
     chain: Any = None  # the hook chain (fnctl.data.hooks.Chain) this invocation's writes continue
     loop: DataError | None = None  # a write of this invocation passed a hook chain's limit (HookLoop)
+    read_only: bool = False  # a hook run for another node's writer: its writes cannot join that transaction
     # Told of every read call (method, params) before it is answered: what a view's computation read.
     on_read: Callable[[str, Mapping[str, Any]], None] | None = None
 

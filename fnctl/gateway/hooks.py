@@ -47,6 +47,7 @@ from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.broker import Broker, CallSession
 from fnctl.gateway.datacalls import write_op
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
+from fnctl.gateway.peerinvoke import PeerRunner, peer_payload, run_on_peer
 from fnctl.gateway.poolhost import PoolResult
 from fnctl.gateway.request import NO_HEADERS, Call, Reject
 from fnctl.gateway.triggerhealth import TriggerStates
@@ -59,9 +60,9 @@ COMMIT_RETRIES = 3  # attempts of a hooked write whose commit met a conflict (no
 ABORTED = 422
 
 
-class HookGateway(Protocol):
-    """What the runner uses of `fnctl.gateway.app.Gateway`: its table, routing and invoke path, and the audit
-    and metrics every invocation ends with."""
+class HookGateway(PeerRunner, Protocol):
+    """What the runner uses of `fnctl.gateway.app.Gateway`: its table, routing and invoke path (a peer's under
+    Swarm), and the audit and metrics every invocation ends with."""
 
     @property
     def table(self) -> router.Table | None: ...
@@ -290,6 +291,15 @@ class HookRunner:
                 raise Reject(503, "no invocable revision", "unavailable")
             chain.runs.egress = chain.runs.egress or info.data.egress
             info = replace(info, timeout=min(info.timeout, hook.timeout))
+            # No instance here (Swarm): a peer runs it as the writer, read-only there; its verdict applies here.
+            ran = await run_on_peer(
+                gateway, call, route, info, peer_payload(hook.name, event, principal, hook.timeout, True)
+            )
+            if ran is not None:
+                status, outcome = ran
+                if outcome is None:
+                    raise Reject(status, f"the gateway of another node answered {status}", "forwarded")
+                return outcome
             session = self.broker.open_shared(call.request_id, hook.function, call.revision, caller, info.data, txn)
             session.chain = chain
             try:
@@ -304,24 +314,12 @@ class HookRunner:
                 raise session.loop
             outcome = result.outcome
             if outcome.ok and session.exceeded is not None:
-                outcome = Outcome(
-                    False,
-                    None,
-                    Failure.HANDLER_ERROR,
-                    f"LimitExceeded: {session.exceeded.detail_text}",
-                    "",
-                    "",
-                    outcome.duration_ms,
-                )
+                limit = f"LimitExceeded: {session.exceeded.detail_text}"
+                outcome = Outcome(False, None, Failure.HANDLER_ERROR, limit, "", "", outcome.duration_ms)
             call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
             aborted = abort_reason(outcome.message) is not None
-            status = (
-                200
-                if outcome.ok
-                else ABORTED
-                if aborted
-                else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
-            )
+            failed = ABORTED if aborted else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
+            status = 200 if outcome.ok else failed
             if aborted:
                 call.outcome = "aborted"
             return outcome

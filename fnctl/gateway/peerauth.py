@@ -1,4 +1,4 @@
-"""Peer gateways' own requests, authenticated (engine = "swarm", docs/swarm.md "Invocations of the leader"):
+"""Peer gateways' own requests, authenticated (engine = "swarm", docs/swarm.md "Invocations of the gateway's own"):
 the leader runs cron ticks, onCommit deliveries and manual triggers itself, as the principal
 `trigger:NAME`; when its node has no instance of the function it asks a peer gateway that has one to run
 the invocation, and a gateway forwarding a client's request passes on the client's address. The receiver

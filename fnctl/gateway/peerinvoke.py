@@ -1,9 +1,11 @@
-"""The gateway's own invocations across the nodes of a Swarm (docs/swarm.md "Invocations of the leader"):
-a cron tick or an onCommit delivery of the leader for a function with no instance on its node is run by a
-peer gateway that has one, as the same principal (`trigger:NAME`, in the event's tenant), under the same
-request id, and audited there as an invocation (here as `forwarded`). The request is signed with the
-sender's own key (`fnctl.gateway.peerauth`): a peer runs only what a gateway of the same state asked.
-Sent once; tried on another peer only when one ran nothing (`Forwarder.invoke`): one run per cron tick."""
+"""The gateway's own invocations across the nodes of a Swarm (docs/swarm.md "Invocations of the gateway's own"):
+a cron tick, an onCommit delivery, a manual trigger's run or a data hook for a function with no instance on
+this node is run by a peer gateway that has one (`run_on_peer`), as the same principal (`trigger:NAME` in the
+event's tenant; a manual run's caller; a hook's writer), under the same request id, and audited there as an
+invocation (here as `forwarded`); its outcome comes back (a hook's verdict applies here). The request is
+signed with the sender's own key (`fnctl.gateway.peerauth`): a peer runs only what a gateway of the same
+state asked, and believes the principal it names for that reason only. Sent once; tried on another peer
+only when one ran nothing (`Forwarder.invoke`): one run per cron tick, manual run or hook."""
 
 from __future__ import annotations
 
@@ -14,14 +16,30 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
+from fnctl.gateway import router
+from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.forward import NO_INSTANCE_HEADER, PEER_PATH, Forwarder
-from fnctl.gateway.request import Reply
+from fnctl.gateway.request import Call, GatewayLimits, Reply
 from fnctl.invocation.outcome import Failure, Outcome
 
-__all__ = ["outcome_from", "outcome_json", "peer_reply"]
+__all__ = ["PeerRunner", "outcome_from", "outcome_json", "peer_payload", "peer_reply", "run_on_peer"]
 
 log = logging.getLogger("fnctl.gateway")
 _JSON = {"Content-Type": "application/json"}
+
+
+class InstanceHolder(Protocol):
+    def holds(self, function: str, revision: int) -> bool: ...
+
+
+class PeerRunner(Protocol):
+    """What sending an invocation to a peer uses of `fnctl.gateway.app.Gateway`."""
+
+    forwarder: Forwarder | None
+    limits: GatewayLimits
+
+    @property
+    def pool(self) -> InstanceHolder: ...
 
 
 class Runner(Protocol):
@@ -38,7 +56,47 @@ class Runner(Protocol):
         tenant: str | None = None,
         request_id: str | None = None,
         forwardable: bool = True,
+        principal: Principal | None = None,
+        timeout: float | None = None,
+        read_only: bool = False,
     ) -> tuple[int, Outcome | None]: ...
+
+
+def peer_payload(
+    trigger: str, event: Any, principal: Principal, timeout: float | None = None, hook: bool = False
+) -> dict[str, Any]:
+    """What a peer is sent to run an invocation as `principal` (a manual run's caller, a hook's writer):
+    `timeout` caps the revision's own (a trigger's), `hook` makes its data calls read-only there."""
+    who = {"subject": principal.subject, "roles": list(principal.roles), "kind": principal.kind.value}
+    payload = {"trigger": trigger, "tenant": principal.tenant, "event": event, "principal": who, "hook": hook}
+    return payload if timeout is None else {**payload, "timeout": timeout}
+
+
+def _principal(payload: Mapping[str, Any]) -> Principal | None:
+    who = payload.get("principal")
+    if not isinstance(who, Mapping):
+        return None
+    roles = tuple(str(role) for role in who.get("roles") or ())
+    return Principal(str(who["subject"]), roles, payload.get("tenant") or None, PrincipalKind(who["kind"]))
+
+
+async def run_on_peer(
+    gateway: PeerRunner, call: Call, route: router.FunctionRoute, info: router.RevisionInfo, payload: dict[str, Any]
+) -> tuple[int, Outcome | None] | None:
+    """Run `call` (its revision picked) on a live peer gateway when this node has no ready instance of it
+    and a peer has: (status, outcome or None), `call` made `forwarded` (the peer audits and measures the
+    run). None: run it here (no forwarder, an instance here, or no peer has one)."""
+    forwarder = gateway.forwarder
+    if forwarder is None or call.revision is None or gateway.pool.holds(call.function, call.revision):
+        return None
+    routed = [r for r, weight in route.weights.items() if weight > 0]
+    peers = forwarder.peers(call.function, call.revision, routed)
+    if not peers:
+        return None
+    timeout = info.timeout + gateway.limits.timeout_margin
+    status, sent = await forwarder.invoke(call.function, payload, call.request_id, peers, timeout)
+    call.outcome, call.revision = "forwarded", None
+    return status, outcome_from(sent)
 
 
 def outcome_json(outcome: Outcome | None) -> dict[str, Any] | None:
@@ -87,6 +145,7 @@ async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, bod
         log.warning("a peer invocation refused (%s): request %s", refused, request_id[:64])
         return Reply(401, CIMultiDict(_JSON), b'{"message":"Unauthorized: not signed by a gateway of this state"}')
     payload = json.loads(body)
+    timeout = payload.get("timeout")
     status, outcome = await gateway.invoke_internal(
         path[len(PEER_PATH) :],
         payload.get("event"),
@@ -94,6 +153,11 @@ async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, bod
         tenant=payload.get("tenant"),
         request_id=request_id,
         forwardable=False,
+        principal=_principal(payload),
+        timeout=None if timeout is None else float(timeout),
+        # A hook's writes belong in its writer's transaction, on the sender: here they could only commit
+        # alone (kept though the write is vetoed) and start a hook chain of their own, so they are refused.
+        read_only=bool(payload.get("hook")),
     )
     if status == 503 and outcome is None:  # no instance (or no revision) here: it ran nothing
         return Reply(503, CIMultiDict({**_JSON, NO_INSTANCE_HEADER: forwarder.node}), b'{"status":503}')

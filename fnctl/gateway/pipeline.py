@@ -244,12 +244,14 @@ class RequestPipeline:
         event: Any,
         principal: Principal,
         on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
+        read_only: bool = False,
     ) -> PoolResult:
         """One invocation, with its data session when the gateway serves data: the caller, budget and (for a
         procedure) transaction its `context.db` calls use. A procedure's writes are committed when the handler
         returned ok, and dropped when it failed, timed out or went over a limit; on a conflict it is run again
         when that is safe (no egress), up to `retries` times, else answered 409. `on_read` is told of every
-        read call the invocation makes (a view's computation records them)."""
+        read call the invocation makes (a view's computation records them); `read_only`: its writes are refused
+        (a hook run for another node's writer, fnctl.gateway.peerinvoke)."""
         broker = self.broker
         if broker is None:
             return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
@@ -264,6 +266,7 @@ class RequestPipeline:
             )
             assert call.revision is not None
             session = broker.open(invocation, call.function, call.revision, caller, settings, on_read)
+            session.read_only = read_only
             try:
                 result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
                 if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation

@@ -186,7 +186,8 @@ def build_event(
             content_type=request.headers.get("Content-Type", ""),
             request_id=call.request_id,
             trigger=found.route.trigger,
-            source=request.remote,
+            # the client's: the connection's, or the one a peer gateway forwarded and signed (forward.client_of)
+            source=call.source,
             time_ms=int(time.time() * 1000),
         ),
         principal.as_caller(),

@@ -2,7 +2,8 @@
 roles a Policy grants `run` on the trigger (or on `*`), with the request body as the event (no body: the
 trigger's `manual.event`). The run takes the gateway's invoke path (routing weights, a procedure's commit,
 audit with the trigger's name, metrics) and answers as `POST /invoke/NAME` does; a fault counts towards the
-trigger's `disableAfter`, and a disabled trigger is refused (503) until `fnctl enable`.
+trigger's `disableAfter`, and a disabled trigger is refused (503) until `fnctl enable`. Under Swarm, with no
+instance on this node, a peer gateway that has one runs it, once, as the caller (fnctl.gateway.peerinvoke).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.httpevent import audit_outcome, invoke_response
+from fnctl.gateway.peerinvoke import PeerRunner, peer_payload, run_on_peer
 from fnctl.gateway.request import Call, Reject, reject_reply, reply_response, request_id, web_response
 from fnctl.invocation import strictjson
 from fnctl.invocation.outcome import Failure
@@ -26,14 +28,12 @@ if TYPE_CHECKING:
     from fnctl.gateway.auth import Authenticator
     from fnctl.gateway.broker import Broker
     from fnctl.gateway.poolhost import PoolResult
-    from fnctl.gateway.request import GatewayLimits
 
 
-class RunGateway(Protocol):
+class RunGateway(PeerRunner, Protocol):
     """What a manual run uses of `fnctl.gateway.app.Gateway` (which mounts this API)."""
 
     authenticator: Authenticator
-    limits: GatewayLimits
     broker: Broker | None
 
     @property
@@ -126,13 +126,22 @@ class TriggerApi:
             event = strictjson.loads(body) if body.strip() else spec["manual"].get("event", {})
         except strictjson.NotJson as exc:
             raise Reject(400, f"Bad Request: the event is not JSON: {exc}", "rejected") from None
-        result = await gateway._run(call, info, event, principal)
-        outcome = result.outcome
-        call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
+        payload = peer_payload(name, event, principal, info.timeout)
+        ran = await run_on_peer(gateway, call, route, info, payload)
+        if ran is None:
+            result = await gateway._run(call, info, event, principal)
+            outcome = result.outcome
+            call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
+        elif ran[1] is None:  # the peer failed it or none took it: said as its status, nothing counted
+            raise Reject(ran[0], f"the run on another node's gateway ended with status {ran[0]}", "forwarded")
+        else:
+            outcome = ran[1]
         if states is not None:
             if outcome.ok:
                 await states.succeeded(hook)
             else:
                 await states.fault(hook, outcome.message or (outcome.failure or Failure.HANDLER_ERROR).value)
-        extra = {"X-Fnctl-Revision": str(call.revision), "X-Request-Id": call.request_id}
+        extra = {"X-Request-Id": call.request_id}
+        if call.revision is not None:  # run here (a peer chose its own)
+            extra["X-Fnctl-Revision"] = str(call.revision)
         return web_response(invoke_response(outcome, False), extra)

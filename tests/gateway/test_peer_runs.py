@@ -1,0 +1,223 @@
+"""What a node gateway with no instance of a function has a peer gateway run (engine = "swarm",
+fnctl.gateway.peerinvoke), between two real gateways in this process on 127.0.0.1 (their pools the fakes of
+test_gateway, holding what each node holds; their rows, keys and heartbeats real, in a SQLite state): a manual
+trigger's run, once, as its caller; a data hook, as its writer, read-only there, its verdict applied here; the
+client's address a forwarder signs as the HTTP event's sourceIp. The whole path on a 3-node swarm is
+tests/engine/test_swarm_apply.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from polling import eventually
+from test_gateway import POLICIES, TRIGGERS, FakeAudit, FakeAuth, FakePool, FakeResult, _spec
+
+from fnctl.data.caller import Caller
+from fnctl.data.documents import WriteOp
+from fnctl.data.hooks import ABORT_TYPE, HookAborted
+from fnctl.data.plane import DataPlane
+from fnctl.gateway import router
+from fnctl.gateway.app import Gateway, GatewayLimits, make_app
+from fnctl.gateway.audit import AuditLog
+from fnctl.gateway.auth import Authenticator
+from fnctl.gateway.broker import Broker
+from fnctl.gateway.forward import FORWARDED_FOR, HOP_HEADER, Forwarder
+from fnctl.gateway.hooks import HookRunner
+from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.poolhost import Unavailable
+from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.server import start_server
+from fnctl.gateway.triggerapi import TriggerApi
+from fnctl.gateway.triggerhealth import TriggerStates
+from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.protocol import CallFailed
+from fnctl.manifest.model import parse_collection
+from fnctl.state import docstore
+from fnctl.state.location import StateLocation
+from fnctl.state.store import connect
+
+RUNNER = {"Authorization": "Bearer ok:alice:ops"}  # may run the manual trigger `kick`
+
+
+def _table() -> router.Table:
+    triggers = {
+        **TRIGGERS,
+        "kick": {"function": "pub", "manual": {"event": {"echo": "default"}}},
+        "vet": {"function": "pub", "on": {"collection": "orders", "event": "beforeCreate"}},
+    }
+    policies = {**POLICIES, "runners": {"roles": {"ops": {"run": ["kick"]}}}}
+    return router.build_table({"pub": {1: 100}}, {("pub", 1): _spec(["public"])}, triggers, policies)
+
+
+@dataclass
+class NodePool(FakePool):
+    """test_gateway's pool, holding only `held`: anything else has no instance on this node (Unavailable, as a
+    Swarm node's pool says). A before-hook's event answers its proposed document marked by this node, or an
+    Abort for one that asks for it; whether its data session was read-only is recorded."""
+
+    held: set[tuple[str, int]] = field(default_factory=set)
+    broker: Broker | None = None
+    read_only: list[bool] = field(default_factory=list)
+
+    def holds(self, function: str, revision: int) -> bool:
+        return (function, revision) in self.held
+
+    async def invoke(
+        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+    ) -> FakeResult:
+        if (function, revision) not in self.held:
+            raise Unavailable(f"no task of {function} revision {revision} on this node")
+        if self.broker is not None and request_id in self.broker.sessions:
+            self.read_only.append(self.broker.sessions[request_id].read_only)
+        if isinstance(event, dict) and "proposed" in event:
+            self.calls.append({"function": function, "event": event, "caller": caller, "request_id": request_id})
+            proposed = event["proposed"]
+            if proposed.get("veto"):
+                return FakeResult(Outcome(False, None, Failure.HANDLER_ERROR, f"{ABORT_TYPE}: too small", "", "", 1))
+            return FakeResult(Outcome(True, {**proposed, "checkedOn": "b"}, None, "", "", "", 1.0))
+        return await super().invoke(function, revision, event, caller=caller, request_id=request_id)
+
+
+@dataclass
+class Node:
+    url: str
+    gateway: Gateway
+    pool: NodePool
+    audit: FakeAudit
+    forwarder: Forwarder
+    broker: Broker
+
+
+def _broker(path: Path) -> Broker:
+    plane = DataPlane(docstore.connect(path), lambda: ())
+    plane.sync_collections([parse_collection("orders", {})], False, False)
+    return Broker(plane)
+
+
+@asynccontextmanager
+async def _node(tmp_path: Path, name: str, state: StateLocation, held: set[tuple[str, int]]) -> AsyncIterator[Node]:
+    tables = [_table()]
+    pool, audit = NodePool(held=held), FakeAudit()
+    limits = GatewayLimits(timeout_margin=0.5, reload_interval=0.02, drain_timeout=5)
+    gateway = Gateway(
+        pool=cast(PoolManager, pool),
+        authenticator=cast(Authenticator, FakeAuth()),
+        metrics=Metrics(),
+        audit=cast(AuditLog, audit),
+        source=lambda: tables.pop() if tables else None,
+        limits=limits,
+    )
+    gateway.pool_ready = True
+    app = make_app(gateway, [TriggerApi(gateway).add_routes])
+    gateway.broker = pool.broker = broker = _broker(tmp_path / f"{name}.data.db")
+    runner, port = await start_server(app, "127.0.0.1", 0, limits)
+    url = f"http://127.0.0.1:{port}"
+    gateway.forwarder = forwarder = Forwarder(state, node=name, address=url, held=lambda: held)
+    stop = asyncio.Event()
+    beating = asyncio.create_task(forwarder.run(stop))
+    try:
+        yield Node(url, gateway, pool, audit, forwarder, broker)
+    finally:
+        stop.set()
+        await beating
+        await runner.cleanup()
+        await forwarder.close()
+        broker.close_all()
+
+
+@asynccontextmanager
+async def _two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    """Node a's gateway with no instance of `pub`, node b's with one; a has seen b's row (its key with it)."""
+    state = StateLocation(tmp_path / "state" / "state.db")
+    state.path.parent.mkdir()
+    connect(state).close()
+    async with _node(tmp_path, "a", state, set()) as a, _node(tmp_path, "b", state, {("pub", 1)}) as b:
+        await eventually(lambda: a.forwarder.peers("pub", 1, [1]), "node a to see node b's gateway")
+        await eventually(lambda: b.forwarder.keys.get(a.forwarder.id), "node b to know node a's key")
+        yield a, b
+
+
+def _run(test: Any, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with _two_nodes(tmp_path) as (a, b):
+            await test(a, b)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_a_manual_run_with_no_instance_here_runs_once_on_a_peer_as_its_caller(tmp_path: Path) -> None:
+    async def check(a: Node, b: Node) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(a.url + "/v1/triggers/kick/run", json={"echo": {"hi": 1}}, headers=RUNNER) as r:
+                assert r.status == 200, await r.text()
+                assert await r.json() == {"hi": 1}
+                request_id = r.headers["X-Request-Id"]
+        [ran] = b.pool.calls  # once, on b, as alice, under a's request id
+        assert ran["event"] == {"echo": {"hi": 1}} and ran["request_id"] == request_id
+        assert (ran["caller"]["subject"], ran["caller"]["roles"]) == ("alice", ["ops"])
+        assert a.pool.calls == []
+        [(here,)] = [(r["outcome"],) for r in a.audit.rows if r["request_id"] == request_id]
+        [there] = [r for r in b.audit.rows if r["request_id"] == request_id]
+        assert here == "forwarded" and (there["outcome"], there["trigger"], there["revision"]) == ("ok", "kick", 1)
+        assert there["principal"] == "alice" and b.pool.read_only == [False]
+
+    _run(check, tmp_path)
+
+
+def test_a_data_hook_with_no_instance_here_runs_on_a_peer_read_only_and_its_verdict_applies(
+    tmp_path: Path,
+) -> None:
+    async def check(a: Node, b: Node) -> None:
+        hooks = HookRunner(a.gateway, a.broker, TriggerStates(a.forwarder._path))
+        writer = Caller.operator("ops-bot", "acme")
+        try:
+            [doc] = await hooks.commit_writes(writer, [WriteOp("insert", "orders", None, {"n": 5})])
+            assert doc is not None and doc.data == {"n": 5, "checkedOn": "b"}  # b's rewrite, stored here
+            with pytest.raises(HookAborted, match="too small"):  # b's veto: nothing written here
+                await hooks.commit_writes(writer, [WriteOp("insert", "orders", "x", {"veto": True})])
+        finally:
+            hooks.states.close()
+        assert [c["event"]["proposed"] for c in b.pool.calls] == [{"n": 5}, {"veto": True}]
+        assert {c["caller"]["subject"] for c in b.pool.calls} == {writer.subject} and a.pool.calls == []
+        assert b.pool.read_only == [True, True]  # its writes could not join a's transaction: refused there
+        assert [r["outcome"] for r in a.audit.rows] == ["forwarded", "forwarded"]
+
+    _run(check, tmp_path)
+
+
+def test_a_read_only_session_refuses_writes_and_answers_reads(tmp_path: Path) -> None:
+    broker = _broker(tmp_path / "data.db")
+    try:
+        settings = router.DataSettings()
+        session = broker.open("i-1", "pub", 1, Caller.operator("ops-bot", "acme"), settings)
+        session.read_only = True
+        with pytest.raises(CallFailed, match="cannot write") as refused:
+            broker.call("pub", 1, "i-1", "db.insert", {"collection": "orders", "data": {"n": 1}})
+        assert (refused.value.type, refused.value.fields["status"]) == ("Forbidden", 403)
+    finally:
+        broker.close_all()
+
+
+def test_the_http_events_source_ip_on_the_peer_is_the_signed_client_address_only(tmp_path: Path) -> None:
+    async def check(a: Node, b: Node) -> None:
+        # The client connects from 127.0.0.2: node a sees that address, node b sees a's connection (127.0.0.1).
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post(a.url + "/hello/ann", json={}) as r:
+                assert r.status == 200, await r.text()
+            # Sent straight to b by the client with a made-up address and the hop header, unsigned: ignored.
+            forged = {FORWARDED_FOR: "203.0.113.9", HOP_HEADER: a.forwarder.id}
+            async with session.post(b.url + "/hello/bob", json={}, headers=forged) as r:
+                assert r.status == 200, await r.text()
+        events = [c["event"] for c in b.pool.calls]  # as the runtime decodes them
+        sources = {e["pathParameters"]["name"]: e["requestContext"]["identity"]["sourceIp"] for e in events}
+        assert sources == {"ann": "127.0.0.2", "bob": "127.0.0.2"}
+
+    _run(check, tmp_path)
