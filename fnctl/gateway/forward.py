@@ -153,8 +153,10 @@ class Forwarder:
         address: str | None,
         held: Callable[[], set[tuple[str, int]]],
         metrics: Metrics | None = None,
+        max_connections: int = 256,
     ) -> None:
         self.id = f"{node}-{uuid.uuid4().hex[:12]}"
+        self.max_connections = max_connections  # to each peer: what it takes from one address (maxConnectionsPerClient)
         self.node, self.address, self.held = node, address, held
         self.rows: list[GatewayRow] = []
         self.forwarded = 0  # requests relayed (for tests and benchmarks)
@@ -371,10 +373,10 @@ class Forwarder:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # No cookies kept, no proxy from the environment: each request goes as its client sent it.
-            # The body relayed as the peer encoded it (no decompression; Content-Encoding passes through), and the
-            # request's headers as the client sent them (none added).
+            # No cookies kept, no proxy from the environment, the body relayed as the peer encoded it, the headers
+            # as the client sent them (none added). Connections: no total cap, each peer's (docs/swarm.md).
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
                 auto_decompress=False,

@@ -313,7 +313,12 @@ def _forwarder(project: Project, store_path: StateLocation, gateway: Gateway, ho
     if address is None:
         log.warning("listening on %s without swarm.advertise: other nodes' gateways cannot forward here", host)
     return Forwarder(
-        store_path, node=actions.agent.hostname, address=address, held=gateway.pool.held, metrics=gateway.metrics
+        store_path,
+        node=actions.agent.hostname,
+        address=address,
+        held=gateway.pool.held,
+        metrics=gateway.metrics,
+        max_connections=gateway.limits.max_connections_per_client,
     )
 
 

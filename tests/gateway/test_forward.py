@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
-from polling import wait_until
+from polling import eventually, wait_until
 from rollout_helpers import free_port
 
 from fnctl.gateway.forward import HOP_HEADER, NO_INSTANCE_HEADER, Forwarder, peers_for
@@ -186,3 +186,47 @@ def test_a_gateway_beats_while_it_runs_and_leaves_when_it_stops(state_location: 
         store.close()
         loop.run_until_complete(forwarder.close())
         loop.close()
+
+
+def test_forwarded_requests_are_capped_per_peer_at_what_it_takes_from_one_address_and_by_nothing_else(
+    tmp_path: Any,
+) -> None:
+    asyncio.run(_capped(tmp_path))
+
+
+async def _capped(tmp_path: Any) -> None:
+    """A forwarded request counts once, where it runs (the peer's maxConcurrent): the forwarder holds no unit
+    of its own, and no hidden cap either (an HTTP client's default pool of 100 connections once queued the
+    101st request here though the peer had room). To each peer it opens at most what the peer accepts from one
+    client address (maxConnectionsPerClient): more would be refused there; they wait here instead."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.append(request.headers["X-Request-Id"])
+        await release.wait()
+        return web.Response(status=200, body=b"{}")
+
+    for cap, sent in ((256, 101), (2, 3)):
+        release.clear()
+        arrived.clear()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", held)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        forwarder = Forwarder(
+            StateLocation(tmp_path / "state.db"), node="here", address=None, held=set, max_connections=cap
+        )
+        forwarder.rows = [_row("p", {("web", 1)}, f"http://127.0.0.1:{port}")]
+        peers = forwarder.peers("web", 1, [1])
+        calls = [Call(f"req-{i}", "web", None, None) for i in range(sent)]
+        replies = [asyncio.create_task(forwarder.forward(_request([]), b"", c, peers, timeout=30)) for c in calls]
+        await eventually(lambda: len(arrived) == min(sent, cap), f"{min(sent, cap)} requests at the peer")
+        assert len(arrived) == min(sent, cap)  # with a cap of 2, the third waits for a connection here
+        release.set()
+        assert [r.status for r in await asyncio.gather(*replies)] == [200] * sent
+        assert sorted(arrived) == sorted(c.request_id for c in calls)  # each once
+        await forwarder.close()
+        await runner.cleanup()
