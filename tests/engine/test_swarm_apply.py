@@ -436,6 +436,99 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
             engine.remove(service)
 
 
+PEER_RUNS = """apiVersion: fnctl/v1
+kind: Collection
+metadata: {name: orders}
+spec: {schema: {type: object}}
+---
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: kick}
+spec: {function: web, manual: {event: {kicked: default}}}
+---
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: orders-check}
+spec: {function: web, on: {collection: orders, event: beforeCreate}}
+---
+apiVersion: fnctl/v1
+kind: Policy
+metadata: {name: peers}
+spec: {roles: {reader: {invoke: [web], read: [orders], write: [orders], run: [kick]}}}
+"""
+
+
+def _call(port: int, path: str, body: Any, headers: dict[str, str], source: str = "127.0.0.1") -> tuple[int, Any]:
+    """POST `body` as JSON to a gateway on 127.0.0.1:port from the local address `source`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_a_manual_run_a_data_hook_and_an_http_event_through_a_node_without_a_task_run_on_a_peer(
+    swarm: SwarmNodes, project: Project, tmp_path: Path
+) -> None:
+    """One task, on node A; through node B's gateway: a manual trigger's run runs once on A as its caller (B
+    audits it `forwarded`, A runs it, under one request id); a beforeCreate hook runs on A and the document it
+    returns is what B stores; an HTTP trigger's event on A names the client's address (127.0.0.2, signed by
+    B), not B's. Before, the first two were 503s on B and the event named B's address."""
+    state = tmp_path / "state.db"
+    engine = SwarmEngine(swarm.manager, swarm.instance_root)
+    manifest(
+        project, "web", SPEC | {"scaling": {"minInstances": 1, "maxInstances": 1}, "access": {"roles": ["reader"]}}
+    )
+    extra = project.root / "manifests" / "peer-runs.yaml"
+    extra.write_text(PEER_RUNS)
+    gateways: list[subprocess.Popen[bytes]] = []
+    try:
+        fnctl(project, state, "apply")
+        key = fnctl(project, state, "keys", "create", "peer-runs", "--role", "reader").stdout.strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        a, b = _placed_and_not(engine, swarm, service_name(project.name, "web", "1"))
+        port_a, port_b = free_port(), free_port()
+        log_a, log_b = tmp_path / "gateway-a", tmp_path / "gateway-b"
+        gateways += [
+            _node_gateway(project, state, swarm.socket(a), port_a, log_a),
+            _node_gateway(project, state, swarm.socket(b), port_b, log_b),
+        ]
+        wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
+        wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
+
+        status, body = _call(port_b, "/v1/triggers/kick/run", {"n": 1}, auth | {"X-Request-Id": "kick-1"})
+        assert (status, body) == (200, {"echo": {"n": 1}, "function": "web", "revision": "1"}), body
+        seen_b = wait_until(lambda: _access(log_b, "kick-1"), what="B's access line of the run", timeout=10)
+        seen_a = wait_until(lambda: _access(log_a, "kick-1"), what="A's access line of the run", timeout=10)
+        assert [(x["outcome"], x["revision"], x["status"]) for x in seen_b] == [("forwarded", None, 200)]
+        assert [(x["outcome"], x["revision"], x["status"], x["trigger"]) for x in seen_a] == [("ok", 1, 200, "kick")]
+        assert seen_a[0]["principal"] == seen_b[0]["principal"] != "trigger:kick"  # the caller's key, on both
+
+        status, body = _call(port_b, "/v1/collections/orders/docs", {"n": 5}, auth)
+        assert status == 201, body
+        stored = body["data"]  # what the hook on A returned: its event, as A's task got it from B
+        assert (stored["function"], stored["echo"]["trigger"], stored["echo"]["proposed"]) == (
+            "web",
+            "orders-check",
+            {"n": 5},
+        )
+
+        status, body = _call(port_b, "/hook", {"n": 2}, auth, source="127.0.0.2")
+        assert status == 200, body
+        assert body["echo"]["requestContext"]["identity"]["sourceIp"] == "127.0.0.2"  # B saw it; A ran it
+    finally:
+        for gateway in gateways:
+            if gateway.poll() is None:
+                gateway.terminate()
+                gateway.wait(timeout=60)
+        extra.unlink(missing_ok=True)
+        manifest(project, "web", SPEC)
+        for service in engine.services(project.name):
+            engine.remove(service)
+
+
 def _forwarded(port: int) -> float:
     """fnctl_forwarded_requests_total{function="web"} in a gateway's /metrics."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
