@@ -117,14 +117,20 @@ class LeanHost:
 
 
 class _Head:
-    """httptools' callbacks for one request line and its headers."""
+    """httptools' callbacks for the request line and headers of each request of one connection, and the parser
+    that calls them: one per connection, fed every request whole (head and body) in turn, because making a
+    parser costs ~6 us, several times what parsing a request does."""
 
-    __slots__ = ("url", "headers", "complete")
+    __slots__ = ("url", "headers", "complete", "parser")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.complete = b"", [], False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -136,15 +142,17 @@ class _Head:
         self.complete = True
 
 
-def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanRequest, str | Trigger | None, int] | None:
+def parse(
+    buffer: bytes, host: LeanHost, remote: str | None, head: _Head
+) -> tuple[LeanRequest, str | Trigger | None, int] | None:
     """The request at the start of `buffer` when the lean path takes it: (request, function name for
     /invoke/NAME, the data API's entry for one of its routes, or None for a trigger route; bytes it spans);
-    None when it belongs to aiohttp."""
+    None when it belongs to aiohttp. `head` is the connection's parser, at the start of a request; after None
+    it is mid-request, of no more use (the connection is aiohttp's from then on)."""
     end = buffer.find(b"\r\n\r\n", 0, host.head_limit) + 4
     if end < 4:
         return None  # not whole yet, or over the limit: aiohttp waits for the rest (or refuses it)
-    head = _Head()
-    parser = httptools.HttpRequestParser(head)
+    parser = head.parser
     try:
         parser.feed_data(buffer[:end])  # the head only: the body is cut by its Content-Length below
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # bad HTTP, an upgrade: aiohttp's to answer
@@ -173,6 +181,8 @@ def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanReques
         return None
     length = 0
     seen_length = False
+    keep_alive = True  # HTTP/1.1's default; not the parser's word: a request without a body is over once its
+    # head is parsed, and the parser forgets its `Connection: close` then
     for name, value in head.headers:
         lowered = name.lower()
         if lowered == b"content-length":
@@ -181,11 +191,16 @@ def parse(buffer: bytes, host: LeanHost, remote: str | None) -> tuple[LeanReques
             seen_length, length = True, int(value)
         elif lowered in (b"transfer-encoding", b"expect", b"upgrade"):
             return None
+        elif lowered == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
+            keep_alive = False
     if len(buffer) < end + length:
         return None  # the body is still coming: aiohttp reads it, under bodyTimeout
-    request = LeanRequest(
-        method, raw_path, tuple(head.headers), remote, buffer[end : end + length], parser.should_keep_alive()
-    )
+    if length:
+        try:
+            parser.feed_data(buffer[end : end + length])  # the parser is at the next request's start again
+        except httptools.HttpParserError:
+            return None
+    request = LeanRequest(method, raw_path, tuple(head.headers), remote, buffer[end : end + length], keep_alive)
     return request, function, end + length
 
 
@@ -193,10 +208,12 @@ class LeanProtocol(asyncio.Protocol):
     """One client connection on the lean path: one request at a time (pipelined ones wait their turn, as
     in aiohttp), each in a task of its own (the gateway's deadlines are kept per task)."""
 
-    __slots__ = ("host", "transport", "client", "remote", "buffer", "task", "idle_since", "paused")
+    __slots__ = ("host", "loop", "transport", "client", "remote", "buffer", "task", "idle_since", "paused", "head")
 
     def __init__(self, host: LeanHost) -> None:
         self.host = host
+        # Asked once here: each `asyncio.get_running_loop()` is a getpid() system call (CPython 3.11's fork check)
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client: str | None = None  # the address counted against maxConnectionsPerClient ("" refused)
         self.remote: str | None = None
@@ -204,6 +221,7 @@ class LeanProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.idle_since = time.monotonic()
         self.paused = False
+        self.head: _Head | None = None  # made with the first request (a refused connection needs none)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         client = self.host.admit(transport)
@@ -245,13 +263,16 @@ class LeanProtocol(asyncio.Protocol):
         if self.host.closing:
             self.close()
             return
-        parsed = parse(self.buffer, self.host, self.remote)
+        head = self.head
+        if head is None:
+            head = self.head = _Head()
+        parsed = parse(self.buffer, self.host, self.remote, head)
         if parsed is None:
             self._hand_off()
             return
         request, function, used = parsed
         self.buffer = self.buffer[used:]
-        self.task = asyncio.get_running_loop().create_task(self._serve(request, function))
+        self.task = self.loop.create_task(self._serve(request, function))
 
     async def _serve(self, request: LeanRequest, function: str | Trigger | None) -> None:
         host = self.host

@@ -81,6 +81,9 @@ class RequestPipeline:
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # The loop `start` ran on: `asyncio.current_task()` without it asks for the running loop, a getpid()
+        # system call each time (CPython 3.11's fork check)
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Asked before a request's body is read: would its revision refuse it for its expected wait? (the
         # pool manager's `shed`; None: the pool alone decides, once the request reaches it)
         self.admission: Callable[[str, int], Shed | None] | None = None
@@ -97,6 +100,7 @@ class RequestPipeline:
         return sum(self._active.values())
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.tables.start()
         self._watchdog = asyncio.create_task(self._watch_deadlines())
 
@@ -293,7 +297,7 @@ class RequestPipeline:
     ) -> PoolResult:
         assert call.revision is not None
         self.metrics.inflight(call.function, call.revision, 1)
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         assert task is not None
         self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
         try:

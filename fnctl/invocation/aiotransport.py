@@ -121,6 +121,8 @@ class AsyncTransport:
         self._sweeper: asyncio.TimerHandle | None = None
         self._outbox: list[bytes] | None = None  # frames of this loop round, written together by `_flush`
         self._transport: asyncio.Transport | None = None
+        # The loop that connected: asked once (each `asyncio.get_running_loop()` is a getpid() system call)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._lost: str | None = None  # why the connection is gone; None while usable
         self._closing = False
@@ -151,7 +153,7 @@ class AsyncTransport:
         that the runtime finds it on its first look instead of one scan later."""
         if self._transport is not None or self._closing:
             raise TransportError("the transport is already connected, or closed: use a new one")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
         self._ready = loop.create_future()
         try:
@@ -311,7 +313,7 @@ class AsyncTransport:
             raise ConnectionLost(self._lost or "the transport is not connected")
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
             raise FrameTooLarge(len(frame) - HEADER.size, self.max_request)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, loop.time() + timeout, kind, timeout)
         if self._sweeper is None:

@@ -180,6 +180,7 @@ LEAN_REQUESTS = [
     _post("/invoke/pub", b'{"echo": 2}', "Connection: close"),
     _post("/hello/ada?q=1&q=2&r=a+b&e", b"hi there", "X-Custom: v", "Authorization: Bearer admin"),
     _get("/hello/ada"),
+    _get("/hello/ada", "Connection: keep-alive, close"),  # no body: the head alone says to close
     _get("/hello/ada", method="HEAD"),
     _get("/hello/ada", method="DELETE"),
     _get("/hello/ada/more"),
@@ -255,6 +256,40 @@ def test_one_connection_moves_to_aiohttp_and_keeps_its_order() -> None:
             assert refused[0].startswith(b"HTTP/1.1 429 ")
             for _, w in held:
                 w.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_pipelined_lean_requests_on_one_connection_are_each_parsed_whole() -> None:
+    """Requests with and without bodies in one write, then more on the same connection: each answered by the
+    lean path, in order, with its own body and headers; a bodyless one saying `Connection: close` is the last
+    answered, and the connection closes after it."""
+
+    async def main() -> None:
+        async with _serving(True) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                _post("/invoke/pub", b'{"echo": "one"}')
+                + _get("/hello/ada?q=2", "X-Two: 2")
+                + _post("/invoke/pub", b"")
+                + _post("/hello/bob", b"four", "X-Four: 4")
+            )
+            answers = [await asyncio.wait_for(_read_answer(reader), 5) for _ in range(4)]
+            writer.write(_get("/hello/cy", "Connection: close") + _post("/invoke/pub", b'{"echo": "never"}'))
+            last = await asyncio.wait_for(_read_answer(reader), 5)
+            rest = await asyncio.wait_for(reader.read(), 5)  # b"" once the gateway closed the connection
+            writer.close()
+            assert answers[0].endswith(b'\r\n\r\n"one"') and b" 200 " in answers[0]
+            two = json.loads(answers[1].partition(b"\r\n\r\n")[2])
+            assert (two["path"], two["queryStringParameters"], two["body"]) == ("/hello/ada", {"q": "2"}, None)
+            assert two["headers"]["x-two"] == "2"
+            assert answers[2].endswith(b'\r\n\r\n{"revision":1}')
+            four = json.loads(answers[3].partition(b"\r\n\r\n")[2])
+            assert (four["httpMethod"], four["path"], four["body"]) == ("POST", "/hello/bob", "four")
+            assert four["headers"]["x-four"] == "4" and "x-two" not in four["headers"]
+            assert b"\r\nConnection: close\r\n" in last and b'"/hello/cy"' in last
+            assert rest == b""
+            assert server.lean is not None and (server.lean.served, server.lean.handed) == (5, 0)
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
