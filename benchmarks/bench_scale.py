@@ -19,9 +19,9 @@ route changes are written one at a time and each is timed until every gateway of
 until another leads is measured.
 
 Section "gateway-pg" (issue 19, item 1; Docker): one no-op function's gateway load (/invoke and an HTTP
-Trigger, wrk -c8) through `fnctl serve` on a SQLite state and on the same state migrated to PostgreSQL, in
-interleaved rounds: requests/s, CPU per request of the gateway and of the PostgreSQL server, the ratio
-(benchmarks/scale_gateway_pg.py).
+Trigger, wrk -c8) through a `fnctl serve` on a SQLite state and one on a PostgreSQL state, both loaded at
+once in each round: requests/s, CPU per request of the gateway and of the PostgreSQL server, the ratio of the
+medians and each round's (benchmarks/scale_gateway_pg.py).
 
 Targets (issue 19): no-op apply of 100 functions on PostgreSQL <= 1.5x the SQLite time; a routing change
 seen by every gateway p99 <= 1 s; leader takeover after `kill -9` <= 5 s; gateway throughput on PostgreSQL
@@ -59,6 +59,8 @@ from scale_gateways_driver import gateway_figures  # noqa: E402
 
 from fnctl.state import pg  # noqa: E402
 
+GATEWAY_PROJECTS = {"SQLite": "{project}-gw", "PostgreSQL": "{project}-gwpg"}  # gateway-pg's, one per state
+
 
 def _timeout(signum: int, frame: FrameType | None) -> None:
     raise TimeoutError("the benchmark ran past --timeout")
@@ -84,7 +86,7 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--takeovers", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="gateway-pg: interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="gateway-pg: rounds (both gateways loaded at once)")
     parser.add_argument("--seconds", type=int, default=3, help="gateway-pg: of each wrk load")
     args = parser.parse_args()
     n = args.functions
@@ -120,7 +122,7 @@ def main() -> None:
         if args.section in ("all", "gateways"):
             gateway_figures(f"{pg_state}#{workdir / 'anchor' / 'state'}", args.gateways, args.changes, args.takeovers)
         if args.section in ("all", "gateway-pg"):
-            gateway_pg(workdir, base, url, f"{project}-gw", pgdir, args)
+            gateway_pg(workdir, base, url, project, pgdir, args)
         if args.section in ("gateways", "gateway-pg"):
             return
 
@@ -165,7 +167,8 @@ def main() -> None:
         signal.alarm(0)
         try:
             remove_project(project)
-            remove_project(f"{project}-gw")
+            for name in GATEWAY_PROJECTS.values():
+                remove_project(name.format(project=project))
         finally:
             if started:
                 subprocess.run(["bash", str(REPO / "scripts" / "pg-server.sh"), "stop", str(pgdir)], check=False)
@@ -175,22 +178,25 @@ def main() -> None:
 def gateway_pg(
     workdir: Path, base: dict[str, str], url: str, project: str, pgdir: Path, args: argparse.Namespace
 ) -> None:
-    """The no-op function deployed into a SQLite state, the state copied to a database of its own, and the
-    gateway load on each (scale_gateway_pg)."""
-    root = workdir / "gateway-project"
-    write_project(root, project)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True, capture_output=True)
-    commit(root, "bench")
+    """The no-op function deployed by one project into a SQLite state and by another into a database of its
+    own, and the gateway load on each (scale_gateway_pg)."""
     admin = pg.connect(url)
     admin.execute("CREATE DATABASE gwbench")
     admin.close()
-    sqlite_state = workdir / "gateway-state" / "state.db"
-    pg_state = url.replace("postgresql:///postgres?", "postgresql:///gwbench?", 1)
-    on_sqlite = base | {"FNCTL_STATE": str(sqlite_state)}
-    setup = run(root, on_sqlite, "apply", "--lock-timeout", "5")
-    print(f"\ngateway-pg: the no-op function deployed (2 instances) in {setup:.1f} s")
-    run(root, base, "state", "migrate", "--from", f"sqlite:{sqlite_state}", "--to", pg_state)
-    gateway_pg_figures(root, on_sqlite, base | {"FNCTL_STATE": pg_state}, pgdir, args.rounds, args.seconds)
+    states = {
+        "SQLite": str(workdir / "gateway-state" / "state.db"),
+        "PostgreSQL": url.replace("postgresql:///postgres?", "postgresql:///gwbench?", 1),
+    }
+    roots, envs = {}, {}
+    for backend, state in states.items():
+        roots[backend] = workdir / f"gateway-project-{backend.lower()}"
+        envs[backend] = base | {"FNCTL_STATE": state}
+        write_project(roots[backend], GATEWAY_PROJECTS[backend].format(project=project))
+        subprocess.run(["git", "init", "-q"], cwd=roots[backend], check=True, capture_output=True)
+        commit(roots[backend], "bench")
+        setup = run(roots[backend], envs[backend], "apply", "--lock-timeout", "5")
+        print(f"\ngateway-pg: the no-op function deployed (2 instances) into {backend} in {setup:.1f} s")
+    gateway_pg_figures(roots, envs, pgdir, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ class Backend(Protocol):
         ...
 
     def hold_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """`rows` (values of `columns`, in order) appended to `table`, held as `hold`'s writes are."""
+        """`rows` (values of `columns`, in order) appended to `table` inside the transaction: SQLite runs it now;
+        PostgreSQL sends it now by COPY (with what was held before it), the rows' own round trips."""
         ...
 
     def begin(self) -> None: ...

@@ -4,7 +4,6 @@ is on PostgreSQL: psycopg's import is not paid by commands on a SQLite state."""
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,8 @@ class Postgres:
         self._url = url
         # Statements whose answers nobody waits for (BEGIN and the write lock, `hold`'s writes), sent with the
         # next statement as one simple query: a write transaction then costs one round trip per read in it,
-        # plus its COMMIT (the invocation audit's batch: 2, the head's read and the rest).
+        # plus its COMMIT, plus two per COPY of `hold_rows` (the invocation audit's batch: 4, the head's read,
+        # the COPY's start and its rows, the head marker with the COMMIT).
         self._held: list[tuple[str, tuple[Any, ...]]] = []
         self._begun = False  # a BEGIN is among them
 
@@ -51,15 +51,22 @@ class Postgres:
             self.execute(sql, params)
 
     def hold_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """One statement and one parameter whatever the number of rows: the rows as one JSON array, typed by
-        the table's own row type on the server. Bound on the client, thousands of parameters of a multi-row
-        VALUES cost more CPU than the rest of an audit batch (psycopg parses such a statement every time)."""
+        """`rows` by COPY FROM STDIN, at once: the server's cheapest way in (measured, the invocation audit's
+        600-row batches: ~7 µs of server CPU per row against ~13 for one INSERT of a JSON array through
+        json_populate_recordset, and ~4 µs less in the writer). COPY cannot share a simple query with other
+        statements, so it is not held: what is held goes first (nothing, after the chain head's read)."""
         if rows:
+            self._flush()
             names = ", ".join(columns)
-            self.hold(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table}, ?)",
-                (json.dumps([dict(zip(columns, row, strict=True)) for row in rows]),),
-            )
+            with self._live().cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+    def _flush(self) -> None:
+        """Send the held statements now, if any (one round trip)."""
+        if self._held:
+            last = self._held.pop()
+            self._send(*last)
 
     def _send(self, sql: str, params: tuple[Any, ...]) -> pg.Cursor[tuple[Any, ...]]:
         """The held statements and this one as one simple query (parameters bound on the client), positioned

@@ -109,17 +109,15 @@ def test_a_postgresql_state_opened_without_the_opener_is_a_clear_store_error(
 
 
 def _round_trips(trace: Path) -> int:
-    """Requests the client sent that wait for the server's answer: simple queries and extended-protocol syncs
-    (libpq's protocol trace, one message a line: `[time] F <length> Query ...`, `... F <length> Sync`)."""
+    """Requests the client sent that wait for the server's answer: simple queries, extended-protocol syncs and
+    the ends of COPYs (libpq's protocol trace, one message a line: `[time] F <length> Query ...`)."""
     sent = [m[m.index("F") + 2] for m in (line.split("\t") for line in trace.read_text().splitlines()) if "F" in m[:2]]
-    return sum(1 for message in sent if message.split(" ")[0] in ("Query", "Sync"))
+    return sum(1 for message in sent if message.split(" ")[0] in ("Query", "Sync", "CopyDone"))
 
 
-def test_an_invocation_audit_batch_is_two_round_trips_and_a_write_transaction_one_per_read(
-    pg_url: str, tmp_path: Path
-) -> None:
-    """BEGIN and the write lock go with the first read, the rows and the head marker with the COMMIT: the
-    audit writer's batch reads the chain's head, then commits -- 2 round trips (there were 6)."""
+def test_an_invocation_audit_batch_is_the_heads_read_a_copy_and_the_commit(pg_url: str, tmp_path: Path) -> None:
+    """BEGIN and the write lock go with the first read, the rows by COPY (half the server's CPU per row of an
+    INSERT of a JSON array), the head marker with the COMMIT: 4 round trips, the COPY's two among them."""
     store = connect(StateLocation(tmp_path / "anchor", pg_url))
     trace = tmp_path / "trace"
     row = (1.0, "r1", None, "hello", 1, None, "ok", 200, 0.5, "127.0.0.1")
@@ -134,7 +132,8 @@ def test_an_invocation_audit_batch_is_two_round_trips_and_a_write_transaction_on
                     store.append_chained("invocations", [(2.0, f"r{n}", *row[2:]) for n in range(2, 80)])
             finally:
                 raw.untrace()
-        assert _round_trips(trace) == 2, trace.read_text()[:3000]
+        sent = trace.read_text()
+        assert _round_trips(trace) == 4 and "\tCopyData\t" in sent, sent[:3000]
         report = verify("invocations", audit_chain(store, "invocations"), audit_head(store, "invocations"))
         assert report.intact and report.records == 79
         assert audit_head(store, "invocations") is not None
