@@ -408,9 +408,12 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=None, help="default 5; 3 quick")
     parser.add_argument("--calls", type=int, default=2000, help="context.call round trips per handler and round")
     parser.add_argument("--calls-only", action="store_true", help="only the call section (3 functions deployed)")
+    parser.add_argument(
+        "--load-only", action="store_true", help="only /invoke c32 and the 200 clients, --rounds interleaved rounds"
+    )
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
-    if args.calls_only:
+    if args.calls_only or args.load_only:
         args.functions = 3
     quick = args.quick
     for name, full, short in (
@@ -465,7 +468,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     processes.append(bare_server)
     until(lambda: http_get(setup.port, "/readyz")[0] == 200, "the gateway", 120)
     until(lambda: http_get(bare_port, "/")[0] == 200, "the bare server", 30)
-    calls = gatewaycalls.measure(setup.port, setup.name, args.rounds, args.calls)
+    calls = [] if args.load_only else gatewaycalls.measure(setup.port, setup.name, args.rounds, args.calls)
     if args.calls_only:
         return {"calls": calls}
     names = ["noop", "cold"] + [f"fn-{i:02d}" for i in range(3, args.functions)]
@@ -474,6 +477,8 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         if status != 200:
             raise SystemExit(f"invoking {name} through the gateway answered {status}")
     until(lambda: http_get(setup.port, "/t/noop")[0] == 200, "the trigger route", 30)
+    if args.load_only:
+        return {"calls": calls, "overload": overload(setup.port, post, gateway.pid, args)}
     store = connect(setup.state)
     row = next(iter(store.instances("noop")))
     store.close()
@@ -541,6 +546,44 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     }
 
 
+Overload = list[tuple[Wrk, float, Wrk, float, float]]  # per round: c32, its CPU/request, 200 clients, its, load
+
+
+def overload(port: int, post: Path, pid: int, args: argparse.Namespace) -> Overload:
+    """--load-only: /invoke c32 then the 200 clients, round after round, with the gateway's CPU per request."""
+    rounds: Overload = []
+    for _ in range(args.rounds):
+        before = cpu_seconds(pid)
+        c32 = wrk(port, "/invoke/noop", post, threads=1, connections=32, seconds=args.seconds)
+        middle = cpu_seconds(pid)
+        load = wrk(port, "/invoke/noop", post, threads=2, connections=200, seconds=args.load_seconds)
+        cpu = cpu_seconds(pid) - middle
+        rounds.append((c32, (middle - before) / c32.requests, load, cpu / load.requests, os.getloadavg()[0]))
+    return rounds
+
+
+def overload_rows(rounds: Overload) -> tuple[list[tuple[str, str, str]], list[str]]:
+    rows, ratios = [], []
+    for i, (c32, c32_cpu, load, load_cpu, avg) in enumerate(rounds, 1):
+        good = (load.requests - load.non_2xx) / load.requests * load.rps if load.requests else 0.0
+        ratios.append(good / c32.rps)
+        rows.append(
+            (
+                f"round {i}: /invoke c32 / 200 clients (load {avg:.1f})",
+                f"{c32.rps:,.0f} / {good:,.0f} ok/s",
+                f"{good / c32.rps:.0%}; {load.non_2xx} non-2xx, {load.socket_errors} socket errors; p99 "
+                f"{c32.p99_ms:.2f} / {load.p99_ms:.2f} ms; CPU {c32_cpu * 1e6:.0f} / {load_cpu * 1e6:.0f} us/request",
+            )
+        )
+    worst = min(ratios)
+    errors = sum(load.errors for _, _, load, _, _ in rounds)
+    missed = ["200 clients"] if worst < 0.9 or errors else []
+    rows.append(
+        ("200 clients / c32: median, worst", f"{statistics.median(ratios):.0%}, {worst:.0%}", f"{errors} errors")
+    )
+    return rows, missed
+
+
 def event_loop() -> str:
     """The event loop both servers pick (they run with this interpreter and environment)."""
     import importlib.metadata
@@ -552,7 +595,10 @@ def event_loop() -> str:
 
 
 def report(r: dict[str, object], args: argparse.Namespace, deployed: float, load_before: tuple[float, ...]) -> None:
-    rows, missed = gatewaycalls.rows(cast(list[gatewaycalls.Round], r["calls"]))
+    if "overload" in r:
+        rows, missed = overload_rows(cast(Overload, r["overload"]))
+    else:
+        rows, missed = gatewaycalls.rows(cast(list[gatewaycalls.Round], r["calls"]))
     if "pairs" in r:
         full_report(r, args, rows, missed)
     steps = coldsteps.report(cast(coldsteps.Rounds, r["steps"])) if "steps" in r else []

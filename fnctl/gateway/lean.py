@@ -90,8 +90,14 @@ class LeanHost:
         self._sweeper = None
         now = time.monotonic()
         for connection in list(self.connections):
-            if connection.task is None and now - connection.idle_since > self.idle_timeout:
+            if connection.task is not None or now - connection.idle_since <= self.idle_timeout:
+                continue
+            # Cut by the second sweep that finds it idle past the timeout, not the first: the loop has polled
+            # its socket in between, so a request that reached a gateway running late (a loaded machine) in
+            # time is read, not cut unread, and the gateway's own lag is never taken for the client's.
+            if connection.swept == connection.idle_since:
                 connection.close()
+            connection.swept = connection.idle_since
         if self.connections:
             self._schedule()
 
@@ -208,7 +214,19 @@ class LeanProtocol(asyncio.Protocol):
     """One client connection on the lean path: one request at a time (pipelined ones wait their turn, as
     in aiohttp), each in a task of its own (the gateway's deadlines are kept per task)."""
 
-    __slots__ = ("host", "loop", "transport", "client", "remote", "buffer", "task", "idle_since", "paused", "head")
+    __slots__ = (
+        "host",
+        "loop",
+        "transport",
+        "client",
+        "remote",
+        "buffer",
+        "task",
+        "idle_since",
+        "swept",
+        "paused",
+        "head",
+    )
 
     def __init__(self, host: LeanHost) -> None:
         self.host = host
@@ -220,6 +238,7 @@ class LeanProtocol(asyncio.Protocol):
         self.buffer = b""
         self.task: asyncio.Task[None] | None = None
         self.idle_since = time.monotonic()
+        self.swept = -1.0  # the idle_since a sweep last found past the idle timeout (`LeanHost._sweep`)
         self.paused = False
         self.head: _Head | None = None  # made with the first request (a refused connection needs none)
 

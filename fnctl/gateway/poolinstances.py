@@ -94,7 +94,7 @@ class PoolInstances:
     def expect(self) -> None:
         """A request was admitted and its body is being read: when no instance could take it and none is on
         its way, thaw the paused reserve or start an instance now, while the body is read, not after."""
-        if self.host.closing:
+        if self.host.closing or self.waiters:  # a queue: all busy, and scaled for as each request queued
             return
         for slot in self.slots.values():
             room = self.concurrency if slot.units is None else slot.units  # this worker's share of it

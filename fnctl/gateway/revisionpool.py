@@ -19,7 +19,7 @@ from fnctl.engine import instances
 from fnctl.gateway.poolhost import Overloaded, PoolResult, Slot, SlotPhase, Unavailable
 from fnctl.gateway.poolinstances import PoolInstances
 from fnctl.gateway.scaling import refuse, retry_after
-from fnctl.gateway.shedding import Shed, shed
+from fnctl.gateway.shedding import Shed, answer_rate, shed
 from fnctl.invocation.aiotransport import FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
 from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
@@ -36,6 +36,9 @@ def _failed(failure: Failure, message: str, started: float) -> Outcome:
 class RevisionPool(PoolInstances):
     """One revision's pool: its instances (`PoolInstances`) and the requests served by them. Lives on one
     event loop."""
+
+    rate = 0.0  # answers per second, over about the last shedding.RATE_WINDOW seconds (`answer_rate`)
+    answered = 0.0  # time.monotonic() of the last answer
 
     # ---- requests ----
 
@@ -57,15 +60,23 @@ class RevisionPool(PoolInstances):
                 return slot, slot.thawing  # a reserve thawed for it on admission: still a cold start
         return await self._queue()
 
-    def shed(self) -> Shed | None:
+    def _counts(self) -> tuple[int, int]:
+        """(ready, starting) instances, in one pass (asked for every request that finds them all busy)."""
+        ready = starting = 0
+        for slot in self.slots.values():
+            phase = slot.phase
+            if phase is SlotPhase.READY:
+                ready += 1
+            elif phase is SlotPhase.STARTING:
+                starting += 1
+        return ready, starting
+
+    def shed(self, counts: tuple[int, int] | None = None) -> Shed | None:
         """Whether a request arriving now would be refused for the wait it would have (None: admitted).
         Asked by the gateway before it reads a request's body, and again here before a request queues."""
         if not self.waiters:  # nobody ahead: it waits for one invocation at most, never longer than a timeout
             return None
-        ready = starting = 0
-        for slot in self.slots.values():
-            ready += slot.ready
-            starting += slot.phase is SlotPhase.STARTING
+        ready, starting = counts or self._counts()
         if not ready:
             return None  # a cold start: bounded by the start timeout, not by this estimate
         return shed(
@@ -73,17 +84,17 @@ class RevisionPool(PoolInstances):
             capacity=(ready + starting) * self.concurrency,
             latency=self.latency,
             limit=self.max_wait,
+            rate=self.rate,
         )
 
     async def _queue(self) -> tuple[Slot, bool]:
-        refused = self.shed()
+        ready, starting = counts = self._counts()
+        refused = self.shed(counts)
         if refused is not None:
             raise Overloaded(
                 refused.retry_after,
                 f"{self.name}: all instances busy; the wait ({refused.wait:.3g}s) would exceed {self.max_wait:g}s",
             )
-        slots = self.slots.values()
-        ready, starting = sum(s.ready for s in slots), sum(s.phase is SlotPhase.STARTING for s in slots)
         if refuse(
             ready=ready,
             starting=starting,
@@ -100,7 +111,8 @@ class RevisionPool(PoolInstances):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Slot] = loop.create_future()
         self.waiters.append(future)
-        self.scale()
+        if ready + starting < max(self.target.function.scaling.max_instances, self.keep) or self.host.crew is not None:
+            self.scale()  # (at maxInstances, with no crew to tell its load, there is nothing it could start)
         limit = self.target.function.limits.timeout + instances.START_TIMEOUT
         timer = loop.call_later(limit, self._expire, future, limit)
         try:
@@ -156,7 +168,9 @@ class RevisionPool(PoolInstances):
         if result.error is not None and result.error.kind is ErrorKind.DRAINING:
             slot.phase = SlotPhase.DRAINING if slot.phase is SlotPhase.READY else slot.phase
             return None
-        self.latency += ((time.monotonic() - started) - self.latency) * 0.2
+        now = time.monotonic()
+        self.latency += ((now - started) - self.latency) * 0.2
+        self.rate, self.answered = answer_rate(self.rate, now - self.answered), now
         outcome = outcome_of(result)
         if outcome.failure in RECYCLE:
             self._retire(slot, f"another invocation on it failed: {outcome.failure}")

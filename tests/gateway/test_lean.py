@@ -7,11 +7,16 @@ when idle and drained like aiohttp's. The rest of the gateway's tests run on it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from polling import eventually
 
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
@@ -303,6 +308,46 @@ def test_idle_lean_connections_are_closed_after_the_read_timeout() -> None:
             assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, idle
             assert server.lean is not None and server.lean.handed == 0
             writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_gateway_running_late_reads_a_new_request_before_it_counts_the_connection_idle() -> None:
+    """A loaded machine: every turn of the gateway's loop takes longer than its read timeout. A client
+    connects and sends its request at once; before, the idle sweep that ran in the turn the connection was
+    set up found it "idle" past the timeout (by the gateway's own lag) and cut it before its request was
+    ever read: the client saw its connection reset. Now it is answered."""
+
+    def client(port: int) -> bytes:  # outside the gateway's loop, as a real client is
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(_post("/invoke/pub", b'{"echo": 1}', "Connection: close"))
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    async def main() -> None:
+        async with _serving(True, read_timeout=0.2) as server:
+            # a request in progress on another connection: the idle sweep runs, as it does on a busy gateway
+            waiting = asyncio.create_task(_exchange(server.port, _post("/invoke/pub", b'{"wait": true}')))
+            await eventually(lambda: server.pool.calls == 1, "the other request to be in progress", timeout=10)
+            loop = asyncio.get_running_loop()
+            late = True
+
+            def lag() -> None:  # the gateway's share of a busy machine: 0.25 s per turn of its loop
+                time.sleep(0.25)
+                if late:  # a timer, as the sweep is: every turn runs this, then the sweep, both due
+                    loop.call_later(0, lag)
+
+            loop.call_later(0, lag)
+            try:
+                answer = await asyncio.to_thread(client, server.port)
+            finally:
+                late = False
+                server.pool.release.set()
+            assert (await waiting)[0].startswith(b"HTTP/1.1 200 ")
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n1"), answer
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

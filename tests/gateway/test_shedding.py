@@ -16,7 +16,7 @@ from test_gateway import Harness, run
 from test_pool import local_pool, run_local
 
 from fnctl.gateway.poolhost import Overloaded
-from fnctl.gateway.shedding import RETRY_MAX, Shed, expected_wait, max_wait, retry_after, shed
+from fnctl.gateway.shedding import RATE_WINDOW, RETRY_MAX, Shed, answer_rate, expected_wait, max_wait, retry_after, shed
 
 
 def test_expected_wait_is_the_queue_worked_off_by_the_capacity() -> None:
@@ -34,6 +34,40 @@ def test_shed_only_past_the_limit_and_retry_after_from_the_same_estimate() -> No
     refused = shed(queued=99, capacity=1, latency=10.0, limit=1.0)
     assert refused is not None and refused.retry_after == RETRY_MAX  # capped
     assert [retry_after(w) for w in (0.0, 0.2, 1.0, 1.01, 59.5, math.inf, math.nan)] == [1, 1, 1, 2, 60, 60, 60]
+
+
+def _rate(gaps: list[float], rate: float = 0.0) -> float:
+    for gap in gaps:
+        rate = answer_rate(rate, gap)
+    return rate
+
+
+def test_the_answer_rate_is_the_answers_per_second_over_the_last_seconds() -> None:
+    steady = _rate([0.001] * 10_000)  # 1,000 answers a second for 10 s
+    assert steady == pytest.approx(1000, rel=0.01)
+    assert _rate([0.01] * 2_000, steady) == pytest.approx(100, rel=0.01)  # slower for 20 s: it follows
+    assert _rate([3 * RATE_WINDOW], steady) < 0.1 * steady  # nothing for a while: it fades out
+    assert answer_rate(0.0, 1e9) == pytest.approx(1 / RATE_WINDOW) and answer_rate(5.0, -1.0) > 5.0
+
+
+def test_a_pause_of_the_gateway_sheds_nothing_but_slow_instances_do() -> None:
+    """200 clients on 4 x 8 slots (a queue of 167), answered at 1,000 a second with 30 ms invocations, when
+    the gateway is held up for 1.5 s (a loaded machine): the 32 invocations in flight are measured ~1.5 s
+    long and the moving average says a wait of ~7 s, past the 5 s timeout. Before, that round was refused;
+    the answer rate, counted over seconds, says 0.3 s: admitted. Instances really that slow lower the rate
+    too, and then the request is refused."""
+    steady = _rate([0.001] * 10_000)
+    after = _rate([1.5] + [0.0] * 31, steady)  # nothing answered during the pause, then the 32 at once
+    latency = 0.03
+    for _ in range(32):
+        latency += (1.5 - latency) * 0.2  # the pool's moving average over those 32
+    assert shed(queued=167, capacity=32, latency=latency, limit=5.0) is not None  # the average alone: refused
+    assert shed(queued=167, capacity=32, latency=latency, limit=5.0, rate=after) is None
+    slow = _rate([1.5 / 32] * 400, steady)  # instances answering 32 per 1.5 s for 19 s
+    refused = shed(queued=167, capacity=32, latency=latency, limit=5.0, rate=slow)
+    assert refused is not None and refused.wait == pytest.approx(7.8, rel=0.02) and refused.retry_after == 8
+    assert expected_wait(queued=9, capacity=2, latency=1.0, rate=100.0) == pytest.approx(0.1)  # the sooner
+    assert expected_wait(queued=9, capacity=2, latency=0.01, rate=1.0) == pytest.approx(0.05)
 
 
 def test_max_wait_is_the_timeout_or_the_configured_wait_when_lower() -> None:
