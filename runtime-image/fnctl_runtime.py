@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 
 # Only what every start needs is imported here: a synchronous handler's runtime never imports asyncio (nor
-# concurrent.futures and logging, which it pulls in: ~60% of the runtime's start-up to its `ready` frame).
+# concurrent.futures and logging, which it pulls in: most of the runtime's start-up to its `ready` frame).
 # An async handler's runtime imports them once its handler is loaded (`_import_asyncio`); `context.logger`
 # imports logging when first used, and a traceback to print imports traceback (`_traceback`); typing is for
 # the type checker alone.
@@ -228,8 +228,8 @@ class Database:
 
 
 class Config:
-    """The instance's settings, from its environment. A plain class, as _Outcome: dataclasses (with inspect,
-    which it imports) cost ~5 ms of every start here."""
+    """The instance's settings, from its environment. A plain class, as _Outcome: dataclasses (and inspect,
+    which it imports) are not worth importing at every start for two classes."""
 
     __slots__ = ("handler", "code_dir", "deps_dir", "socket_dir", "function", "revision", "concurrency",
                  "payload_limit", "output_limit", "log_limit")
@@ -370,7 +370,7 @@ class Handler:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         plain = _plain_function(fn)
-        if plain:  # most handlers: read off the code object, without importing inspect (~4 ms of a start)
+        if plain:  # most handlers: read off the code object, without importing inspect at every start
             self.is_async = bool(fn.__code__.co_flags & _CO_COROUTINE)
             self.takes_context = _takes_context_plain(fn)
             return
@@ -457,8 +457,8 @@ def _import_file(path: str) -> Any:
 
 
 def _traceback() -> Any:
-    """The traceback module, imported when a traceback is first printed or reported (with linecache and
-    tokenize: ~3 ms of every start otherwise)."""
+    """The traceback module (with linecache and tokenize), imported when a traceback is first printed or
+    reported rather than at every start."""
     import traceback
 
     return traceback
@@ -634,7 +634,7 @@ class Context:
     @property
     def logger(self) -> logging.Logger:
         """The function's logger (`[LEVEL] message` lines in the invocation's logs), made on first use: an
-        instance whose handler never logs never imports logging (~8 ms of a start)."""
+        instance whose handler never logs never imports logging."""
         return _function_logger(self.function_name or "handler")
 
     def remaining_time(self) -> float:
@@ -685,7 +685,7 @@ def _lambda_names(config: Config) -> tuple[str, str, str]:
 class _Connection:
     """One host connection: parses frames and multiplexes requests and callbacks by id.
 
-    Read into a buffer of its own: an asyncio.BufferedProtocol under an async handler's loop (`_aio_classes`:
+    Read into a buffer of its own: an asyncio.BufferedProtocol under an async handler's loop (`serve`:
     asyncio's plain protocols get a fresh 256 KiB bytes object per read, an allocation of that size for every
     frame, a few µs of a call's round trip), and the same methods under a synchronous handler's `_PollLoop`."""
 
@@ -1828,8 +1828,8 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 
 class _PollLoop:
     """A synchronous handler's supervisor loop: what it used of asyncio's (the host connections' and the
-    workers' reads, two timers, the signals), on one poll(2), so that its runtime never imports asyncio: ~60%
-    of the start-up to the `ready` frame here. Callbacks run one at a time; an exception in one is printed
+    workers' reads, two timers, the signals), on one poll(2), so that its runtime never imports asyncio:
+    most of the start-up to the `ready` frame. Callbacks run one at a time; an exception in one is printed
     and the loop goes on, as asyncio's does."""
 
     def __init__(self) -> None:
