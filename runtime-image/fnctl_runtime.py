@@ -20,20 +20,15 @@ goes to the container's log.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import contextvars
 import fcntl
 import gc
 import importlib
-import importlib.util
-import inspect
 import io
 import itertools
 import json
-import logging
 import os
 import re
 import select
@@ -42,10 +37,20 @@ import socket
 import stat
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+
+# Only what every start needs is imported here: a synchronous handler's runtime never imports asyncio (nor
+# concurrent.futures and logging, which it pulls in: most of the runtime's start-up to its `ready` frame).
+# An async handler's runtime imports them once its handler is loaded (`_import_asyncio`); `context.logger`
+# imports logging when first used, and a traceback to print imports traceback (`_traceback`); typing is for
+# the type checker alone.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+    import logging
+    import traceback
+    from typing import Any
 
 PROTOCOL = 1
 MIB = 1 << 20
@@ -222,18 +227,18 @@ class Database:
             raise _data_error(exc) from None
 
 
-@dataclass(frozen=True)
 class Config:
-    handler: str
-    code_dir: str
-    deps_dir: str
-    socket_dir: str
-    function: str
-    revision: str
-    concurrency: int
-    payload_limit: int
-    output_limit: int
-    log_limit: int
+    """The instance's settings, from its environment. A plain class, as _Outcome: dataclasses (and inspect,
+    which it imports) are not worth importing at every start for two classes."""
+
+    __slots__ = ("handler", "code_dir", "deps_dir", "socket_dir", "function", "revision", "concurrency",
+                 "payload_limit", "output_limit", "log_limit")
+
+    def __init__(self, *, handler: str, code_dir: str, deps_dir: str, socket_dir: str, function: str,
+                 revision: str, concurrency: int, payload_limit: int, output_limit: int, log_limit: int) -> None:
+        self.handler, self.code_dir, self.deps_dir, self.socket_dir = handler, code_dir, deps_dir, socket_dir
+        self.function, self.revision, self.concurrency = function, revision, concurrency
+        self.payload_limit, self.output_limit, self.log_limit = payload_limit, output_limit, log_limit
 
     @classmethod
     def from_env(cls) -> Config:
@@ -358,9 +363,19 @@ class _Stream(io.TextIOBase):
 # ---- handler loading ---------------------------------------------------------------------------
 
 
+_CO_VARARGS, _CO_COROUTINE = 0x04, 0x80  # code flags (inspect's names): *args, `async def`
+
+
 class Handler:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+        plain = _plain_function(fn)
+        if plain:  # most handlers: read off the code object, without importing inspect at every start
+            self.is_async = bool(fn.__code__.co_flags & _CO_COROUTINE)
+            self.takes_context = _takes_context_plain(fn)
+            return
+        import inspect  # anything else (a class instance, a partial, a decorated function): inspect decides
+
         call = getattr(fn, "__call__", None)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
         self.takes_context = _takes_context(fn)
@@ -369,7 +384,25 @@ class Handler:
         return self.fn(event, context) if self.takes_context else self.fn(event)
 
 
+def _plain_function(fn: Any) -> bool:
+    """Whether `fn` is a function whose code object says all inspect would: no wrapper, no signature of its
+    own (`__wrapped__`, `__signature__`), not marked a coroutine function by anything but its code."""
+    return (type(fn) is type(_plain_function) and not hasattr(fn, "__wrapped__")
+            and not hasattr(fn, "__signature__") and not hasattr(fn, "_is_coroutine_marker"))
+
+
+def _takes_context_plain(fn: Any) -> bool:
+    code = fn.__code__
+    if code.co_flags & _CO_VARARGS or code.co_argcount >= 2:  # co_argcount: positional-only ones included
+        return True
+    if code.co_argcount == 1:
+        return False
+    raise TypeError("the handler must accept (event) or (event, context)")
+
+
 def _takes_context(fn: Callable[..., Any]) -> bool:
+    import inspect
+
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -409,6 +442,8 @@ def load_handler(config: Config) -> Handler:
 
 def _import_file(path: str) -> Any:
     # Like running a script: its directory is importable, so sibling modules resolve.
+    import importlib.util  # only for a handler given by file (module.attr needs none of it)
+
     directory, name = os.path.split(path)
     if directory not in sys.path:
         sys.path.insert(0, directory)
@@ -421,8 +456,17 @@ def _import_file(path: str) -> Any:
     return module
 
 
+def _traceback() -> Any:
+    """The traceback module (with linecache and tokenize), imported when a traceback is first printed or
+    reported rather than at every start."""
+    import traceback
+
+    return traceback
+
+
 def user_traceback(exc: BaseException) -> str:
     """The traceback with this runtime's and importlib's frames removed: what the user's code did."""
+    traceback = _traceback()
     te = traceback.TracebackException.from_exception(exc)
     pending: list[traceback.TracebackException | None] = [te]
     seen: set[int] = set()
@@ -581,12 +625,17 @@ class Context:
         self.invocation_id = self.aws_request_id = invocation_id
         self.deadline = deadline
         self.caller: dict[str, Any] | None = caller if isinstance(caller, dict) else None
-        self.logger = server.logger
         self.memory_limit_in_mb = server.memory_limit_mb
         self.invoked_function_arn, self.log_group_name, self.log_stream_name = server.lambda_names
         self.identity = CognitoIdentity()
         self.db = Database(self)
         self._channel = channel
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The function's logger (`[LEVEL] message` lines in the invocation's logs), made on first use: an
+        instance whose handler never logs never imports logging."""
+        return _function_logger(self.function_name or "handler")
 
     def remaining_time(self) -> float:
         """Seconds left before the deadline."""
@@ -633,11 +682,12 @@ def _lambda_names(config: Config) -> tuple[str, str, str]:
 # ---- connections and the server ---------------------------------------------------------------
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _Connection:
     """One host connection: parses frames and multiplexes requests and callbacks by id.
 
-    Read into a buffer of its own (a BufferedProtocol): asyncio's plain protocols get a fresh 256 KiB bytes
-    object per read, an allocation of that size for every frame (a few µs of a call's round trip)."""
+    Read into a buffer of its own: an asyncio.BufferedProtocol under an async handler's loop (`serve`:
+    asyncio's plain protocols get a fresh 256 KiB bytes object per read, an allocation of that size for every
+    frame, a few µs of a call's round trip), and the same methods under a synchronous handler's `_PollLoop`."""
 
     def __init__(self, server: Server, path: str = "") -> None:
         self.server = server
@@ -650,15 +700,14 @@ class _Connection(asyncio.BufferedProtocol):
         self.deadlines: dict[str, tuple[float, str]] = {}  # acall id -> (deadline, method), for the sweep
         self.next_call = 0
         self.thread_calls = itertools.count(1)  # ids of calls from other threads ("t1", ...): next() is atomic
-        self.closed: asyncio.Future[None] = server.loop.create_future()
+        self.closed = server.loop.create_future()  # done once connection_lost ran
         self.id = 0
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
         self.incoming = memoryview(bytearray(READ_SIZE))
         self.poller: Any = None  # a poll of this socket alone, for `read_reply_now`
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         server = self.server
         server.next_conn += 1
@@ -940,7 +989,7 @@ class Server:
     concurrent invocations need them, up to `concurrency`; they stay.
     """
 
-    def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, handler: Handler, loop: asyncio.AbstractEventLoop | _PollLoop) -> None:
         self.config = config
         self.handler = handler
         self.loop = loop
@@ -948,15 +997,14 @@ class Server:
         self.connections: set[_Connection] = set()
         self.running = 0  # invocations holding one of the `concurrency` slots
         self.waiting: collections.deque[tuple[_Connection, dict[str, Any], bytes]] = collections.deque()
-        self.logger = _function_logger(config.function or "handler")
         self.memory_limit_mb = _memory_limit_mb()
         self.lambda_names = _lambda_names(config)
         self.inflight = 0  # running + waiting: what drain waits for and ping reports
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.draining = False
+        self.drains: list[tuple[_Connection | None, Any]] = []  # who asked to drain: told `drained` once idle
+        self.on_stopped: Callable[[], None] = lambda: None  # what ends the loop (set by `serve`)
+        self.connect: Callable[[str], None] = lambda path: None  # connects to a host listener (set by `serve`)
         self.stopping = False  # workers exiting now are expected to
-        self.stopped = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
@@ -988,7 +1036,7 @@ class Server:
         elif kind == "configure":
             self.configure(conn, request_id, message.get("secrets"), body, message.get("workers") is True)
         elif kind == "drain":
-            self.spawn(self.drain(conn, request_id))
+            self.drain(conn, request_id)
         else:
             conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
 
@@ -1017,7 +1065,6 @@ class Server:
         if not self.idle_workers and self.workers:
             self.collect()  # slots freed since: admitted before this one (the queue keeps arrival order)
         self.inflight += 1
-        self.idle.clear()
         if self.running < self.config.concurrency:
             self.begin(conn, message, body)
         else:
@@ -1071,8 +1118,8 @@ class Server:
         self.inflight -= 1
         if self.waiting:
             self.begin(*self.waiting.popleft())
-        elif self.inflight == 0:
-            self.idle.set()
+        elif self.inflight == 0 and self.drains:
+            self.drained()
 
     # ---- worker processes (synchronous handlers) ----
 
@@ -1098,7 +1145,7 @@ class Server:
                 host_fds = self._forget_in_worker(supervisor)
                 code = _Worker.serve(self, theirs, index, host_fds)
             except BaseException:  # noqa: BLE001 -- a runtime bug: say so, exit non-zero
-                traceback.print_exc(file=_REAL_STDERR)
+                _traceback().print_exc(file=_REAL_STDERR)
             finally:
                 _REAL_STDERR.flush()
                 os._exit(code)
@@ -1204,29 +1251,30 @@ class Server:
 
     # ---- connections, drain ----
 
-    async def watch(self) -> None:
-        """Connect out to each host listener as it appears in the socket directory, until draining."""
-        tried: set[str] = set()
-        directory = self.config.socket_dir
-        while not self.draining:  # a draining instance takes no new connections either
-            for path in host_listeners(directory, tried):
-                self.spawn(self.connect_out(path))
-            await asyncio.sleep(SCAN_INTERVAL)
+    def watch(self, tried: set[str]) -> None:
+        """Connect out to each host listener as it appears in the socket directory (looked at again every
+        SCAN_INTERVAL), until draining: a draining instance takes no new connections either."""
+        if self.draining:
+            return
+        for path in host_listeners(self.config.socket_dir, tried):
+            self.connect(path)
+        self.loop.call_later(SCAN_INTERVAL, self.watch, tried)
 
-    async def connect_out(self, path: str) -> None:
-        try:
-            await self.loop.create_unix_connection(lambda: _Connection(self, path), path)
-        except OSError:
-            pass  # the listener of a host process that died or gave up: not tried again
-
-    async def drain(self, conn: _Connection | None, request_id: Any) -> None:
+    def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
         self.collect()
         self.watch_workers()
-        await self.idle.wait()
-        if conn is not None:
-            conn.send({"type": "drained", "id": request_id})
-        self.stopped.set()
+        self.drains.append((conn, request_id))
+        if self.inflight == 0:
+            self.drained()
+
+    def drained(self) -> None:
+        """Nothing in flight while draining: each who asked is told, and the runtime stops."""
+        drains, self.drains = self.drains, []
+        for conn, request_id in drains:
+            if conn is not None:
+                conn.send({"type": "drained", "id": request_id})
+        self.on_stopped()
 
     def stop_workers(self) -> None:
         self.stopping = True
@@ -1243,7 +1291,7 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             assert exc is not None
-            traceback.print_exception(exc, file=_REAL_STDERR)
+            _traceback().print_exception(exc, file=_REAL_STDERR)
 
 
 _WORKER_REPLY = b'{"type":"reply","id":"w'  # the start of a host's reply to a worker's call
@@ -1661,8 +1709,12 @@ class _WorkerChannel:
 
 
 def _function_logger(name: str) -> logging.Logger:
+    import logging
+
     logger = logging.getLogger(f"fnctl.function.{name}")
-    handler = logging.StreamHandler(sys.stderr)  # the proxy stream: routes to the invocation's capture
+    if logger.handlers:
+        return logger
+    handler = logging.StreamHandler(_Stream(_REAL_STDERR))  # routes to the invocation's capture
     handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -1670,12 +1722,12 @@ def _function_logger(name: str) -> logging.Logger:
     return logger
 
 
-@dataclass(frozen=True)
 class _Outcome:
-    ok: bool
-    duration_ms: float
-    result_json: bytes = b""
-    error: dict[str, str] | None = None
+    __slots__ = ("ok", "duration_ms", "result_json", "error")
+
+    def __init__(self, ok: bool, duration_ms: float, result_json: bytes = b"",
+                 error: dict[str, str] | None = None) -> None:
+        self.ok, self.duration_ms, self.result_json, self.error = ok, duration_ms, result_json, error
 
     @classmethod
     def failed(cls, kind: str, exc: BaseException, start: float) -> _Outcome:
@@ -1774,20 +1826,190 @@ def _failure_frame(request_id: Any, kind: str, type_: str, message: str) -> byte
 # ---- entry point ------------------------------------------------------------------------------
 
 
-async def serve(config: Config, handler: Handler) -> int:
-    loop = asyncio.get_running_loop()
-    server = Server(config, handler, loop)
+class _PollLoop:
+    """A synchronous handler's supervisor loop: what it used of asyncio's (the host connections' and the
+    workers' reads, two timers, the signals), on one poll(2), so that its runtime never imports asyncio:
+    most of the start-up to the `ready` frame. Callbacks run one at a time; an exception in one is printed
+    and the loop goes on, as asyncio's does."""
+
+    def __init__(self) -> None:
+        self.poller = select.poll()
+        self.readers: dict[int, Callable[[], None]] = {}
+        self.timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.order = itertools.count()  # orders timers due at the same time, as they were set
+        self.signals: dict[int, Callable[[], None]] = {}
+        self.wake_in, wake_out = os.pipe()  # where the interpreter's C signal handler writes each signal number
+        for fd in (self.wake_in, wake_out):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_out)
+        self.poller.register(self.wake_in, select.POLLIN)
+        self.running = False
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.readers[fd] = callback
+        self.poller.register(fd, select.POLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        if self.readers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        self.timers.append((time.monotonic() + delay, next(self.order), callback, args))
+
+    def create_future(self) -> _Settled:
+        return _Settled()
+
+    def add_signal_handler(self, sig: int, callback: Callable[[], None]) -> None:
+        self.signals[sig] = callback
+        signal.signal(sig, _on_signal)  # a Python handler: the C one then writes the number to the wake-up fd
+        signal.siginterrupt(sig, False)
+
+    def connect(self, path: str, protocol: _Connection) -> None:
+        """Connect to a host listener and serve the connection with `protocol`, as create_unix_connection."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)  # a listener's full backlog: waits a little (a refusal is at once)
+            sock.connect(path)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return  # the listener of a host process that died or gave up: not tried again
+        transport = _PollTransport(self, sock, protocol)
+        protocol.connection_made(transport)
+        self.add_reader(sock.fileno(), transport.readable)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            timeout = -1
+            if self.timers:
+                timeout = max(0, int((min(self.timers)[0] - time.monotonic()) * 1000) + 1)
+            for fd, _events in self.poller.poll(timeout):  # hang-ups and errors too: the reader sees them
+                if fd == self.wake_in:
+                    self._signalled()
+                elif fd in self.readers:  # a callback before may have removed it
+                    self._run(self.readers[fd], ())
+            if self.timers:
+                now = time.monotonic()
+                due = sorted(t for t in self.timers if t[0] <= now)
+                self.timers = [t for t in self.timers if t[0] > now]
+                for _when, _order, callback, args in due:
+                    self._run(callback, args)
+
+    def _signalled(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            for number in os.read(self.wake_in, 64):
+                callback = self.signals.get(number)
+                if callback is not None:
+                    self._run(callback, ())
+
+    @staticmethod
+    def _run(callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 -- a runtime bug: said, and the other connections go on
+            _traceback().print_exc(file=_REAL_STDERR)
+
+
+def _on_signal(number: int, frame: Any) -> None:
+    """Nothing: `_PollLoop` acts on the signal once poll(2) returns (the wake-up fd)."""
+
+
+class _Settled:
+    """`_Connection.closed` under `_PollLoop`: connection_lost marks it, nothing waits for it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def done(self) -> bool:
+        return self.value
+
+    def set_result(self, result: None) -> None:
+        self.value = True
+
+
+class _PollTransport:
+    """A host connection under `_PollLoop`, as a _Connection sees its asyncio transport: a synchronous
+    handler's runtime writes the socket itself (`_write_all`, under the write lock), so no write buffer."""
+
+    def __init__(self, loop: _PollLoop, sock: socket.socket, protocol: _Connection) -> None:
+        self.loop, self.sock, self.protocol = loop, sock, protocol
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def readable(self) -> None:
+        try:
+            got = self.sock.recv_into(self.protocol.get_buffer(-1))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            got = 0  # reset: the end of the connection
+        if got:
+            self.protocol.buffer_updated(got)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.loop.call_later(0, self.protocol.connection_lost, None)  # after the caller is done, as asyncio
+
+
+def _start(server: Server, loop: Any) -> None:
     # What the runtime's and the handler's imports made lives as long as the instance: out of the collector's
     # way, a full collection (every ~100,000 allocations of an async handler's calls) no longer walks it all,
     # a stall of several ms in a call's p99 here.
     gc.freeze()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: server.spawn(server.drain(None, None)))
-    if not handler.is_async:
+        loop.add_signal_handler(sig, lambda: server.drain(None, None))
+    if not server.handler.is_async:
         # No worker before the first invocation: an instance nobody invoked costs one interpreter.
         loop.add_signal_handler(signal.SIGCHLD, server.reap)
-    server.spawn(server.watch())
-    await server.stopped.wait()
+    server.watch(set())
+
+
+def serve_sync(config: Config, handler: Handler) -> int:
+    """A synchronous handler's runtime: its supervisor on `_PollLoop`, its invocations in worker processes."""
+    loop = _PollLoop()
+    server = Server(config, handler, loop)
+    server.on_stopped = loop.stop
+    server.connect = lambda path: loop.connect(path, _Connection(server, path))
+    _start(server, loop)
+    loop.run()
+    for conn in list(server.connections):
+        conn.close()  # nothing pending: every frame was written whole, at once
+    server.stop_workers()
+    return 0
+
+
+async def serve(config: Config, handler: Handler) -> int:
+    """An async handler's runtime: its invocations on asyncio's loop (imported by `_import_asyncio`)."""
+    loop = asyncio.get_running_loop()
+    server = Server(config, handler, loop)
+    stopped = asyncio.Event()
+    server.on_stopped = stopped.set
+    # asyncio reads into a protocol's own buffer only for a BufferedProtocol: _Connection becomes one here.
+    connection = type("_AioConnection", (_Connection, asyncio.BufferedProtocol), {})
+
+    async def connect_out(path: str) -> None:
+        with contextlib.suppress(OSError):  # the listener of a host process that died or gave up: not tried again
+            await loop.create_unix_connection(lambda: connection(server, path), path)
+
+    server.connect = lambda path: server.spawn(connect_out(path))
+    _start(server, loop)
+    await stopped.wait()
     conns = list(server.connections)
     for conn in conns:
         conn.close()  # flushes pending replies (the `drained` one) first
@@ -1795,6 +2017,14 @@ async def serve(config: Config, handler: Handler) -> int:
         await asyncio.wait([c.closed for c in conns], timeout=5)
     server.stop_workers()
     return 0
+
+
+def _import_asyncio() -> None:
+    """What only an async handler's runtime uses, imported once its handler is loaded: asyncio, and
+    concurrent.futures (`context.call` from a thread of an async handler)."""
+    global asyncio, concurrent
+    import asyncio
+    import concurrent.futures
 
 
 def _no_new_privileges() -> None:
@@ -1827,6 +2057,9 @@ def main() -> int:
         handler = load_handler(config)
     except (Exception, SystemExit) as exc:  # a module calling sys.exit() at import fails the load too
         return _startup_failed(_socket_dir(), exc)
+    if not handler.is_async:
+        return serve_sync(config, handler)
+    _import_asyncio()
     return asyncio.run(serve(config, handler))
 
 

@@ -60,6 +60,7 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "echo-one": {"handler": "probes.echo"},
     "echo-context": {"handler": "probes.echo_context"},
     "echo-async": {"handler": "probes.echo_async"},
+    "lean": {"handler": "lean.modules"},
     "chatty": {"handler": "probes.chatty"},
     "fill-tmp": {"handler": "probes.fill_tmp", "limits": {"tmp": "8Mi"}},
     "fork-bomb": {"handler": "probes.fork_bomb", "limits": {"pids": 32}},
@@ -331,6 +332,20 @@ def test_handlers_of_both_signatures_and_async_ones_answer(start: Start) -> None
         "revision": "test",
     }
     assert answers(start("echo-async"), {"n": 3}) == {"echo": {"n": 3}, "async": True, "function": "echo-async"}
+
+
+@pytest.mark.docker
+def test_a_synchronous_handlers_runtime_never_imports_asyncio(start: Start) -> None:
+    """Issue 18: importing asyncio (with concurrent.futures and logging, which it pulls in) was most of the
+    runtime's start-up to its `ready` frame. A synchronous handler's runtime, the supervisor and the worker
+    the handler runs in, never imports it, nor what only some paths need; `context.logger` imports logging when
+    first used, and works."""
+    instance = start("lean")
+    assert answers(instance, {}) == {"loaded": []}
+    logged = instances.invoke(instance, {"log": True})
+    assert logged.ok and "[INFO] logged" in logged.logs, logged
+    later = answers(instance, {})["loaded"]
+    assert "logging" in later and "asyncio" not in later  # (logging brings traceback)
 
 
 @pytest.mark.docker

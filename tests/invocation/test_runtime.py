@@ -480,8 +480,12 @@ def test_ping_answers_while_a_slow_handler_runs(start_runtime: StartRuntime, tmp
     assert rt.transport.ping() == 0
 
 
-def test_drain_waits_for_in_flight_invocations_then_exits_0(start_runtime: StartRuntime, tmp_path: Path) -> None:
-    rt = start_runtime({"main.py": SLOW_SYNC})
+# Both loops: a synchronous handler's supervisor runs on the runtime's own poll loop, an async one on asyncio's.
+@pytest.mark.parametrize("source", [SLOW_SYNC, SLOW_ASYNC], ids=["sync", "async"])
+def test_drain_waits_for_in_flight_invocations_then_exits_0(
+    start_runtime: StartRuntime, tmp_path: Path, source: str
+) -> None:
+    rt = start_runtime({"main.py": source})
     release = tmp_path / "release"
     slow = InBackground(lambda: rt.invoke({"release": str(release)}))
     wait_until(lambda: rt.transport.ping() == 1, what="the slow invocation to be in flight")
@@ -503,8 +507,9 @@ def _draining(reply: InvocationResult) -> InvocationResult | None:
     return reply if reply.error is not None and reply.error.kind == ErrorKind.DRAINING else None
 
 
-def test_sigterm_drains_then_exits_0(start_runtime: StartRuntime, tmp_path: Path) -> None:
-    rt = start_runtime({"main.py": SLOW_SYNC})
+@pytest.mark.parametrize("source", [SLOW_SYNC, SLOW_ASYNC], ids=["sync", "async"])
+def test_sigterm_drains_then_exits_0(start_runtime: StartRuntime, tmp_path: Path, source: str) -> None:
+    rt = start_runtime({"main.py": source})
     release = tmp_path / "release"
     slow = InBackground(lambda: rt.invoke({"release": str(release)}))
     wait_until(lambda: rt.transport.ping() == 1, what="the slow invocation to be in flight")
