@@ -655,7 +655,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
         self.incoming = memoryview(bytearray(READ_SIZE))
-        self.poller: Any = None  # a poll of this socket alone, for `read_reply_now`
+        self.poller: Any = None  # a poll of this socket alone, for `reply_now`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -745,53 +745,75 @@ class _Connection(asyncio.BufferedProtocol):
         return self.call_from_thread(invocation_id, method, params, deadline)
 
     async def acall(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
-        """The frame is written at once; the reply resolves a future. No task and no timer per call: one
-        sweep of the server fails the calls past their deadline (`Server.sweep`)."""
-        if self.transport is None or self.transport.is_closing():
+        """The frame is written at once. When this call is all the event loop has to do (one invocation in
+        flight, no callback ready), its reply is read here (`reply_now`); else, or when it is late, the reply
+        resolves a future. No task and no timer per call: one sweep of the server fails the calls past their
+        deadline (`Server.sweep`)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
             raise CallbackError("ConnectionLost", "the host connection is closed")
         self.next_call += 1
         call_id = f"c{self.next_call}"
         frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
                         "params": params})
-        future = _Reply(self.server.loop)
-        self.calls[call_id] = future
+        server = self.server  # an async handler's: no worker writes its connections, so no write lock
+        if server.running == 1 and not server.loop._ready and self.fd >= 0:  # type: ignore[attr-defined]
+            transport.write(frame)
+            future = self.reply_now(call_id)
+            if not isinstance(future, _Reply):  # the reply itself
+                if future.get("ok"):
+                    return future.get("result")
+                raise _reply_error(future)
+        else:
+            transport.write(frame)
+            future = self.calls[call_id] = _Reply(server.loop)
         if deadline:
             self.deadlines[call_id] = (deadline, method)
-            self.server.arm_sweep()
+            server.arm_sweep()
         try:
-            self.write(frame)
-            if self.server.running == 1 and not self.server.loop._ready:  # type: ignore[attr-defined]
-                self.read_reply_now(future)
             return await future
         finally:
             self.calls.pop(call_id, None)
             self.deadlines.pop(call_id, None)
 
-    def read_reply_now(self, reply: _Reply) -> None:
-        """Wait up to BRIEF_WAIT for the reply on the socket itself, when this call is all the event loop has to
-        do (one invocation in flight, no callback ready): the reply then resolves the call within the handler's
-        own step, without a round of the loop (a wake-up, an epoll_wait and a callback: a third of the round
-        trip here). What else comes meanwhile is handled as the loop would; past the wait, the loop takes over."""
-        fd = self.fd
-        if fd < 0:
-            return
+    def reply_now(self, call_id: str) -> dict[str, Any] | _Reply:
+        """Wait up to BRIEF_WAIT for the reply to `call_id` on the socket itself: it then ends the call within the
+        handler's own step, without a round of the loop (a wake-up, an epoll_wait and a callback: a third of the
+        round trip here). The reply alone in one read (the usual case) is returned as it is: no future, no
+        callback. Anything else first registers the call's future in `calls`, then goes through `data_received`
+        as the loop would handle it; that future is returned (resolved or not) once the reply came or the wait
+        is over, for the caller to await."""
+        fd, incoming = self.fd, self.incoming
         if self.poller is None:
             self.poller = select.poll()
             self.poller.register(fd, select.POLLIN)
+        future: _Reply | None = None
         give_up = time.monotonic() + BRIEF_WAIT
-        while not reply.done():
+        while future is None or not future.done():
             left = give_up - time.monotonic()
             if left <= 0 or not self.poller.poll(max(1, int(left * 1000))):
-                return
+                break
             try:
-                got = os.readv(fd, [self.incoming])
+                got = os.readv(fd, [incoming])
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
-                return  # the loop's own read reports it
+                break  # the loop's own read reports it
             if not got:
-                return  # the end of the connection: the loop's own read sees it too
-            self.data_received(self.incoming[:got])
+                break  # the end of the connection: the loop's own read sees it too
+            if future is None and not self.buf and int.from_bytes(incoming[:4], "big") == got - 4:
+                try:  # one whole frame: this call's reply, unless the host sent something else first
+                    message = _DECODER.decode(str(incoming[4:got], "utf-8"))
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("id") == call_id and message.get("type") == "reply":
+                    return message
+            if future is None:
+                future = self.calls[call_id] = _Reply(self.server.loop)
+            self.data_received(incoming[:got])
+        if future is None:
+            future = self.calls[call_id] = _Reply(self.server.loop)
+        return future
 
     def call_from_thread(self, invocation_id: str, method: str, params: dict[str, Any], deadline: float) -> Any:
         """`call` for a thread an async handler started: the frame is sent by one callback on the loop and the
@@ -926,7 +948,7 @@ def _reply_error(message: dict[str, Any]) -> CallbackError:
     return CallbackError(str(error.get("type", "Error")), str(error.get("message", "")), error)
 
 
-BRIEF_WAIT = 0.001  # seconds an acall may hold the otherwise idle event loop for its reply (read_reply_now)
+BRIEF_WAIT = 0.001  # seconds an acall may hold the otherwise idle event loop for its reply (reply_now)
 SWEEP_INTERVAL = 0.05  # seconds between looks for async calls past their deadline (so up to that late)
 
 

@@ -133,6 +133,27 @@ def test_acall_resumes_the_handler_in_its_context_and_cancels_cleanly(start_runt
     assert reply.logs == "before\nafter 1\n"
 
 
+PING_FIRST = """
+async def handler(event, context):
+    return [await context.acall("ping-first", {}), await context.acall("echo", {"n": 2})]
+"""
+
+
+def test_the_frames_before_an_acalls_reply_are_handled_while_it_waits(start_runtime: StartRuntime) -> None:
+    """An async handler's call, alone on the event loop, waits for its reply on the socket itself: a frame the
+    host sends before that reply (here a ping, sent while the host answers the call) is handled as the loop
+    would handle it, and the reply that follows still ends the call."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        if method == "ping-first":
+            return rt.transport.ping()  # the invocation in flight: 1
+        return params.get("n")
+
+    rt = start_runtime({"main.py": PING_FIRST}, on_call=on_call)
+    assert rt.invoke({}).result == [1, 2]
+    assert rt.invoke({}).result == [1, 2]  # and the connection is in step for the next invocation
+
+
 def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import os, time
