@@ -757,15 +757,20 @@ class _Connection(asyncio.BufferedProtocol):
         frame = encode({"type": "call", "id": call_id, "invocation_id": invocation_id, "method": method,
                         "params": params})
         server = self.server  # an async handler's: no worker writes its connections, so no write lock
-        if server.running == 1 and not server.loop._ready and self.fd >= 0:  # type: ignore[attr-defined]
-            transport.write(frame)
+        sent, alone = 0, server.running == 1 and not server.loop._ready  # type: ignore[attr-defined]
+        if alone and self.fd >= 0 and not transport.get_write_buffer_size():
+            try:  # to the socket itself, as the sync path writes (asyncio's write costs ~2.5 us more here)
+                sent = os.write(self.fd, frame)
+            except OSError:  # full, or broken: the transport's own write buffers it or reports it
+                pass
+        if sent == len(frame):
             future = self.reply_now(call_id)
             if not isinstance(future, _Reply):  # the reply itself
                 if future.get("ok"):
                     return future.get("result")
                 raise _reply_error(future)
-        else:
-            transport.write(frame)
+        else:  # the loop has more to do, or the frame did not all go: the rest goes when the loop flushes it
+            transport.write(frame[sent:] if sent else frame)
             future = self.calls[call_id] = _Reply(server.loop)
         if deadline:
             self.deadlines[call_id] = (deadline, method)

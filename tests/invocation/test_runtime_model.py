@@ -137,6 +137,10 @@ PING_FIRST = """
 async def handler(event, context):
     return [await context.acall("ping-first", {}), await context.acall("echo", {"n": 2})]
 """
+LARGE_CALL = """
+async def handler(event, context):
+    return [await context.acall("size", {"blob": "x" * 4_000_000}), await context.acall("echo", {"n": 2})]
+"""
 
 
 def test_the_frames_before_an_acalls_reply_are_handled_while_it_waits(start_runtime: StartRuntime) -> None:
@@ -152,6 +156,17 @@ def test_the_frames_before_an_acalls_reply_are_handled_while_it_waits(start_runt
     rt = start_runtime({"main.py": PING_FIRST}, on_call=on_call)
     assert rt.invoke({}).result == [1, 2]
     assert rt.invoke({}).result == [1, 2]  # and the connection is in step for the next invocation
+
+
+def test_an_acall_larger_than_the_sockets_buffer_arrives_whole(start_runtime: StartRuntime) -> None:
+    """A call frame that does not all go in one write (4 MB, past a Unix socket's buffer) is finished by the
+    event loop: the host reads it whole, and the next call's frame follows it on the connection."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        return len(params["blob"]) if method == "size" else params.get("n")
+
+    rt = start_runtime({"main.py": LARGE_CALL}, on_call=on_call)
+    assert rt.invoke({}).result == [4_000_000, 2]
 
 
 def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
