@@ -137,6 +137,15 @@ PING_FIRST = """
 async def handler(event, context):
     return [await context.acall("ping-first", {}), await context.acall("echo", {"n": 2})]
 """
+TIMER_DURING_CALL = """
+import asyncio
+
+async def handler(event, context):
+    fired = []
+    asyncio.get_running_loop().call_later(0.05, fired.append, "timer")
+    await context.acall("slow", {})
+    return fired
+"""
 LARGE_CALL = """
 async def handler(event, context):
     return [await context.acall("size", {"blob": "x" * 4_000_000}), await context.acall("echo", {"n": 2})]
@@ -156,6 +165,18 @@ def test_the_frames_before_an_acalls_reply_are_handled_while_it_waits(start_runt
     rt = start_runtime({"main.py": PING_FIRST}, on_call=on_call)
     assert rt.invoke({}).result == [1, 2]
     assert rt.invoke({}).result == [1, 2]  # and the connection is in step for the next invocation
+
+
+def test_a_timer_of_the_loop_runs_while_an_acall_waits(start_runtime: StartRuntime) -> None:
+    """An acall alone on the loop waits for its reply on the socket itself only until the loop's next timer is
+    due: a handler's own timer fires while the host takes its time to answer, not after the reply."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        time.sleep(0.3)
+        return None
+
+    rt = start_runtime({"main.py": TIMER_DURING_CALL}, on_call=on_call)
+    assert rt.invoke({}).result == ["timer"]
 
 
 def test_an_acall_larger_than_the_sockets_buffer_arrives_whole(start_runtime: StartRuntime) -> None:
