@@ -133,6 +133,63 @@ def test_acall_resumes_the_handler_in_its_context_and_cancels_cleanly(start_runt
     assert reply.logs == "before\nafter 1\n"
 
 
+PING_FIRST = """
+async def handler(event, context):
+    return [await context.acall("ping-first", {}), await context.acall("echo", {"n": 2})]
+"""
+TIMER_DURING_CALL = """
+import asyncio
+
+async def handler(event, context):
+    fired = []
+    asyncio.get_running_loop().call_later(0.05, fired.append, "timer")
+    await context.acall("slow", {})
+    return fired
+"""
+LARGE_CALL = """
+async def handler(event, context):
+    return [await context.acall("size", {"blob": "x" * 4_000_000}), await context.acall("echo", {"n": 2})]
+"""
+
+
+def test_the_frames_before_an_acalls_reply_are_handled_while_it_waits(start_runtime: StartRuntime) -> None:
+    """An async handler's call, alone on the event loop, waits for its reply on the socket itself: a frame the
+    host sends before that reply (here a ping, sent while the host answers the call) is handled as the loop
+    would handle it, and the reply that follows still ends the call."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        if method == "ping-first":
+            return rt.transport.ping()  # the invocation in flight: 1
+        return params.get("n")
+
+    rt = start_runtime({"main.py": PING_FIRST}, on_call=on_call)
+    assert rt.invoke({}).result == [1, 2]
+    assert rt.invoke({}).result == [1, 2]  # and the connection is in step for the next invocation
+
+
+def test_a_timer_of_the_loop_runs_while_an_acall_waits(start_runtime: StartRuntime) -> None:
+    """An acall alone on the loop waits for its reply on the socket itself only until the loop's next timer is
+    due: a handler's own timer fires while the host takes its time to answer, not after the reply."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        time.sleep(0.3)
+        return None
+
+    rt = start_runtime({"main.py": TIMER_DURING_CALL}, on_call=on_call)
+    assert rt.invoke({}).result == ["timer"]
+
+
+def test_an_acall_larger_than_the_sockets_buffer_arrives_whole(start_runtime: StartRuntime) -> None:
+    """A call frame that does not all go in one write (4 MB, past a Unix socket's buffer) is finished by the
+    event loop: the host reads it whole, and the next call's frame follows it on the connection."""
+
+    def on_call(invocation_id: str, method: str, params: dict[str, Any]) -> Any:
+        return len(params["blob"]) if method == "size" else params.get("n")
+
+    rt = start_runtime({"main.py": LARGE_CALL}, on_call=on_call)
+    assert rt.invoke({}).result == [4_000_000, 2]
+
+
 def test_secrets_reach_workers_started_before_and_after_configure(start_runtime: StartRuntime, tmp_path: Path) -> None:
     source = """
 import os, time
