@@ -365,6 +365,20 @@ def _access(log: Path, request_id: str) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("requestId") == request_id]
 
 
+def _tear_down(gateways: list[subprocess.Popen[bytes]], project: Project, engine: SwarmEngine, *added: Path) -> None:
+    """Stop the node gateways a test started, remove the manifests it `added`, put the function's manifest
+    back as the module's other tests expect it, and remove the project's services."""
+    for gateway in gateways:
+        if gateway.poll() is None:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+    for path in added:
+        path.unlink(missing_ok=True)
+    manifest(project, "web", SPEC)
+    for service in engine.services(project.name):
+        engine.remove(service)
+
+
 def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
     swarm: SwarmNodes, project: Project, tmp_path: Path
 ) -> None:
@@ -427,13 +441,7 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
 
         wait_until(no_peer, what="node B answering 503: no live gateway has an instance", timeout=30)
     finally:
-        for gateway in gateways:
-            if gateway.poll() is None:
-                gateway.terminate()
-                gateway.wait(timeout=60)
-        manifest(project, "web", SPEC)
-        for service in engine.services(project.name):
-            engine.remove(service)
+        _tear_down(gateways, project, engine)
 
 
 PEER_RUNS = """apiVersion: fnctl/v1
@@ -519,14 +527,7 @@ def test_a_manual_run_a_data_hook_and_an_http_event_through_a_node_without_a_tas
         assert status == 200, body
         assert body["echo"]["requestContext"]["identity"]["sourceIp"] == "127.0.0.2"  # B saw it; A ran it
     finally:
-        for gateway in gateways:
-            if gateway.poll() is None:
-                gateway.terminate()
-                gateway.wait(timeout=60)
-        extra.unlink(missing_ok=True)
-        manifest(project, "web", SPEC)
-        for service in engine.services(project.name):
-            engine.remove(service)
+        _tear_down(gateways, project, engine, extra)
 
 
 def _forwarded(port: int) -> float:
@@ -627,14 +628,7 @@ def test_the_leaders_cron_ticks_run_on_a_peer_when_its_node_has_no_task_once_eac
         # the ticks B sent before A's gateway was up found no peer and ran nothing (503 on B's own node)
         assert all(s in (200, 503) for _, _, _, s in runs), runs
     finally:
-        for gateway in gateways:
-            if gateway.poll() is None:
-                gateway.terminate()
-                gateway.wait(timeout=60)
-        cron.unlink(missing_ok=True)
-        manifest(project, "web", SPEC)
-        for service in engine.services(project.name):
-            engine.remove(service)
+        _tear_down(gateways, project, engine, cron)
 
 
 def test_a_rollouts_checks_configure_the_task_with_the_functions_secrets(
