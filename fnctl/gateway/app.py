@@ -27,12 +27,13 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.dataapi import DataApi, DataRoute
 from fnctl.gateway.forward import PEER_PATH, Relayed, client_of
-from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome, invoke_response, trigger_response
+from fnctl.gateway.httpevent import audit_outcome, invoke_response, trigger_response
 from fnctl.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
-from fnctl.gateway.peerinvoke import peer_reply, run_on_peer
+from fnctl.gateway.peerinvoke import outcome_status, peer_reply, run_on_peer
 from fnctl.gateway.pipeline import RequestPipeline
 from fnctl.gateway.request import (
     NO_HEADERS,
+    RAN_NOTHING,
     Call,
     GatewayLimits,
     Incoming,
@@ -47,7 +48,7 @@ from fnctl.gateway.request import (
 )
 from fnctl.gateway.table import TableSource
 from fnctl.gateway.triggerapi import TriggerApi
-from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.outcome import Outcome
 from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["GATEWAY", "Gateway", "GatewayLimits", "make_app"]
@@ -296,21 +297,23 @@ class Gateway(RequestPipeline):
         principal: Principal | None = None,
         timeout: float | None = None,
         read_only: bool = False,
+        revision: int | None = None,
     ) -> tuple[int, Outcome | None]:
         """Run `function` for a trigger of the gateway itself (cron, onCommit; a peer's, fnctl.gateway.peerinvoke):
         routed, measured and audited like any request, as the principal `trigger:<name>` with no roles (in
         `tenant`: an onCommit event's document's), or as `principal` (the caller a peer ran a manual trigger or
         hook for). With no instance on this node (engine = "swarm"), a peer gateway that has one runs it
-        (`forwardable` False: one a peer sent). `timeout` caps the revision's; `read_only` refuses its data
-        writes. Returns (status, outcome or None)."""
-        call = Call(request_id or new_request_id(), function, trigger, None)
+        (`forwardable` False: one a peer sent, on the `revision` it picked; a refusal before it ran is raised,
+        Reject). `timeout` caps the revision's; `read_only` (a peer's hook run) refuses its data writes and
+        audits an Abort as the hook's verdict. Returns (status, outcome or None)."""
+        call = Call(request_id or new_request_id(), function, trigger, None, forwarded=not forwardable)
         call.principal = principal or Principal(f"trigger:{trigger}", (), tenant or None, PrincipalKind.ANONYMOUS)
         outcome: Outcome | None = None
         try:
             route = (self.table or router.EMPTY).functions.get(function)
             if route is None:
                 raise Reject(404, "Not Found", "not_found")
-            call.revision = self._pick(route, NO_HEADERS, call.principal, {}, call)
+            call.revision = self._pick(route, NO_HEADERS, call.principal, {}, call) if revision is None else revision
             info = route.revisions.get(call.revision)
             if info is None:
                 raise Reject(503, "Service Unavailable", "unavailable")
@@ -321,10 +324,12 @@ class Gateway(RequestPipeline):
                 self._record(call, None, ran[0])
                 return ran
             outcome = (await self._run(call, info, event, call.principal, read_only=read_only)).outcome
-            status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
-            call.outcome = audit_outcome(outcome)
+            status, call.outcome = outcome_status(outcome, hook=read_only)
         except Reject as reject:
             status, call.outcome = reject.status, reject.outcome
+            if not forwardable and reject.outcome in RAN_NOTHING:  # its sender may try another peer (peer_reply)
+                self._record(call, None, status)
+                raise
         self._record(call, None, status)
         return status, outcome
 

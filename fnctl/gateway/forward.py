@@ -8,7 +8,8 @@ one, and relays its answer.
 - **The peer decides**: the request goes as the client sent it (method, path and query, headers with the
   caller's credentials, body), so the peer authenticates, authorizes and routes it itself from the same
   routing table (a canary's split stays right, a pin needs the caller's right to pin): nothing is trusted for
-  having come from another gateway. The forwarder's choice of revision only chooses the peer.
+  having come from another gateway. The forwarder's choice of revision only chooses the peer (an invocation
+  of its own carries its pick, signed: fnctl.gateway.peerinvoke).
 - **One hop**: the forwarded request carries HOP_HEADER; a gateway never forwards a request that carries it.
   That is all the header does: a client that sends it can only stop its request from being forwarded.
 - **Signed by its sender**: what a gateway asserts itself (the client's address it passes on, an invocation
@@ -26,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -37,6 +38,7 @@ from yarl import URL
 
 from fnctl.errors import FnctlError
 from fnctl.gateway import peerauth
+from fnctl.gateway.httpevent import NO_INSTANCE_HEADER, NOT_RUN_HEADER
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.request import Call, Incoming, Reject, Reply
 from fnctl.state import gatewayrows
@@ -50,6 +52,7 @@ __all__ = [
     "client_claim",
     "client_of",
     "NO_INSTANCE_HEADER",
+    "NOT_RUN_HEADER",
     "PEER_PATH",
     "Forwarder",
     "Relayed",
@@ -59,7 +62,6 @@ __all__ = [
 log = logging.getLogger("fnctl.gateway")
 HOP_HEADER = "X-Fnctl-Forwarded-By"  # on a forwarded request: the forwarder's id; never forwarded again
 PEER_PATH = "/_peer/invoke/"  # + function: a peer gateway's own invocation, signed (fnctl.gateway.peerauth)
-NO_INSTANCE_HEADER = "X-Fnctl-No-Instance"  # on a peer's 503: it ran nothing, another peer may be tried
 HEARTBEAT = 1.0  # seconds between a gateway's writes of its row (and reads of the others')
 LIVE_FOR = 3.0  # a row older than this is a gateway gone
 CONNECT_TIMEOUT = 2.0
@@ -274,24 +276,66 @@ class Forwarder:
     async def forward(
         self, request: Incoming, body: bytes, call: Call, peers: list[GatewayRow], timeout: float
     ) -> Reply:
-        """The answer of the first of `peers` that answers; Reject 503 when each of them said it ran nothing,
-        502/504 when one failed the request."""
+        """The answer of the first of `peers` that takes the request (`_first_taker`)."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         headers = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
         headers += [("X-Request-Id", call.request_id), (HOP_HEADER, self.id)]
         if call.source is not None:  # the client's address, signed by this gateway
             claim = client_claim(request.method, request.raw_path, call.source)
             headers += [(FORWARDED_FOR, call.source), *self.key.headers(self.id, call.request_id, claim, b"")]
+        send = partial(self._send, method=request.method, raw_path=request.raw_path, headers=headers, body=body)
+        return await self._first_taker(call.function, call.request_id, peers, timeout, send)
+
+    async def invoke(
+        self, function: str, payload: dict[str, Any], request_id: str, peers: list[GatewayRow], timeout: float
+    ) -> tuple[int, dict[str, Any] | None]:
+        """An invocation of this gateway's own (cron, onCommit, a manual trigger: `payload` says which, with
+        its event and the revision picked here) run by the first of `peers` that takes it (`_first_taker`),
+        signed with this gateway's key (PEER_PATH, fnctl.gateway.peerauth): (status, the outcome as the peer
+        gave it, or None)."""
+        path = f"{PEER_PATH}{function}"
+        body = json.dumps(payload).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", request_id),
+            (HOP_HEADER, self.id),
+            *self.key.headers(self.id, request_id, path, body),
+        ]
+        send = partial(self._send, method="POST", raw_path=path, headers=headers, body=body)
+        try:
+            reply = await self._first_taker(function, request_id, peers, timeout, send)
+        except Reject as reject:
+            return reject.status, None
+        try:
+            answer = json.loads(reply.body)
+            return int(answer["status"]), answer.get("outcome")
+        except (ValueError, KeyError, TypeError):
+            return (reply.status if reply.status >= 400 else 502), None
+
+    async def _first_taker(
+        self,
+        function: str,
+        request_id: str,
+        peers: list[GatewayRow],
+        timeout: float,
+        send: Callable[[GatewayRow, float], Awaitable[Reply]],
+    ) -> Reply:
+        """The answer of the first of `peers` that took the request, within `timeout`. The next peer is tried
+        only after one that provably ran nothing (unreachable; a 503 saying it has no instance, a 429 saying
+        its admission refused it), each at most once: never run twice. Reject 502 when one failed during the
+        request (it may have run it), 504 when one did not answer in time; after them all, the last overloaded
+        peer's 429 (with its Retry-After), else 503."""
         deadline = time.monotonic() + timeout
+        refused: Reply | None = None
         for peer in peers:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                reply = await self._send(peer, request, headers, body, left)
+                reply = await send(peer, left)
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
                 self._failed[peer.id] = time.monotonic()  # it never got the request: the next one may
-                log.warning("request %s: gateway on %s unreachable: %s", call.request_id, peer.node, exc)
+                log.warning("request %s: gateway on %s unreachable: %s", request_id, peer.node, exc)
                 continue
             except TimeoutError:
                 raise Reject(
@@ -304,72 +348,27 @@ class Forwarder:
                 ) from None
             if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
                 continue  # it lost its instance since its last heartbeat, and ran nothing
-            self._count(call.function)
+            if reply.status == 429 and NOT_RUN_HEADER in reply.headers:
+                self._failed[peer.id] = time.monotonic()  # overloaded: the next requests try the others first
+                refused = reply
+                continue
+            self._count(function)
             return reply
+        if refused is not None:  # every peer that had room to refuse said it was overloaded: the client's 429
+            self._count(function)
+            return refused
         raise Reject(
             503,
-            f"Service Unavailable: {call.function} has no instance on this node ({self.node}), and no gateway "
+            f"Service Unavailable: {function} has no instance on this node ({self.node}), and no gateway "
             "that had one took it",
             "unavailable",
             headers={"Retry-After": "1"},
         )
 
-    async def invoke(
-        self, function: str, payload: dict[str, Any], request_id: str, peers: list[GatewayRow], timeout: float
-    ) -> tuple[int, dict[str, Any] | None]:
-        """An invocation of this gateway's own (cron, onCommit, a manual trigger: `payload` says which, with
-        its event) run by the first of `peers` that takes it, signed with this gateway's key
-        (PEER_PATH, fnctl.gateway.peerauth): (status, the outcome as the peer gave it, or None). Tried on the
-        next peer only when one ran nothing (unreachable, or its 503 says so): never run twice."""
-        path = f"{PEER_PATH}{function}"
-        body = json.dumps(payload).encode()
-        deadline = time.monotonic() + timeout
-        for peer in peers:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return 504, None
-            headers = [
-                ("Content-Type", "application/json"),
-                ("X-Request-Id", request_id),
-                (HOP_HEADER, self.id),
-                *self.key.headers(self.id, request_id, path, body),
-            ]
-            try:
-                reply = await self._post(peer, path, headers, body, left)
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-                self._failed[peer.id] = time.monotonic()
-                log.warning("invocation %s: gateway on %s unreachable: %s", request_id, peer.node, exc)
-                continue
-            except TimeoutError:
-                return 504, None
-            except aiohttp.ClientError as exc:  # it may have run it: not sent again
-                self._failed[peer.id] = time.monotonic()
-                log.warning("invocation %s: gateway on %s failed during it: %s", request_id, peer.node, exc)
-                return 502, None
-            if reply.status == 503 and NO_INSTANCE_HEADER in reply.headers:
-                continue
-            self._count(function)
-            try:
-                answer = json.loads(reply.body)
-                return int(answer["status"]), answer.get("outcome")
-            except (ValueError, KeyError, TypeError):
-                return (reply.status if reply.status >= 400 else 502), None
-        return 503, None
-
     def _count(self, function: str) -> None:
         self.forwarded += 1
         if self._metrics is not None:
             self._metrics.forwarded[function] = self._metrics.forwarded.get(function, 0) + 1
-
-    async def _post(
-        self, peer: GatewayRow, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
-    ) -> Reply:
-        session = self._client()
-        limits = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
-        url = URL(peer.address.rstrip("/") + path)
-        async with session.post(url, headers=CIMultiDict(headers), data=body, timeout=limits) as response:
-            answer = await response.read()
-            return Reply(response.status, CIMultiDict(response.headers), answer)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -385,13 +384,13 @@ class Forwarder:
         return self._session
 
     async def _send(
-        self, peer: GatewayRow, request: Incoming, headers: list[tuple[str, str]], body: bytes, timeout: float
+        self, peer: GatewayRow, timeout: float, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes
     ) -> Reply:
         session = self._client()
-        url = URL(peer.address.rstrip("/") + request.raw_path, encoded=True)
+        url = URL(peer.address.rstrip("/") + raw_path, encoded=True)
         limits = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT)
         async with session.request(
-            request.method, url, headers=CIMultiDict(headers), data=body, timeout=limits, allow_redirects=False
+            method, url, headers=CIMultiDict(headers), data=body, timeout=limits, allow_redirects=False
         ) as response:
             answer = await response.read()
             relayed = CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP)

@@ -46,8 +46,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.broker import Broker, CallSession
 from fnctl.gateway.datacalls import write_op
-from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
-from fnctl.gateway.peerinvoke import PeerRunner, peer_payload, run_on_peer
+from fnctl.gateway.peerinvoke import PeerRunner, outcome_status, peer_payload, run_on_peer
 from fnctl.gateway.poolhost import PoolResult
 from fnctl.gateway.request import NO_HEADERS, Call, Reject
 from fnctl.gateway.triggerhealth import TriggerStates
@@ -57,7 +56,6 @@ from fnctl.invocation.requestid import new_request_id
 log = logging.getLogger("fnctl.gateway")
 T = TypeVar("T")
 COMMIT_RETRIES = 3  # attempts of a hooked write whose commit met a conflict (no hook with egress)
-ABORTED = 422
 
 
 class HookGateway(PeerRunner, Protocol):
@@ -316,12 +314,8 @@ class HookRunner:
             if outcome.ok and session.exceeded is not None:
                 limit = f"LimitExceeded: {session.exceeded.detail_text}"
                 outcome = Outcome(False, None, Failure.HANDLER_ERROR, limit, "", "", outcome.duration_ms)
-            call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
-            aborted = abort_reason(outcome.message) is not None
-            failed = ABORTED if aborted else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
-            status = 200 if outcome.ok else failed
-            if aborted:
-                call.outcome = "aborted"
+            status, call.outcome = outcome_status(outcome, hook=True)
+            call.cold_start = result.cold_start
             return outcome
         except Reject as reject:
             status, call.outcome = reject.status, reject.outcome

@@ -27,6 +27,11 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorizati
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
 )
+# A gateway's own marks on a refusal that ran nothing (a forwarder may then try another peer: docs/swarm.md
+# "Forwarding"): never taken from a handler's response, whose 429 or 503 is an answer after it ran.
+NO_INSTANCE_HEADER = "X-Fnctl-No-Instance"  # on a 503: no instance of the revision on this node
+NOT_RUN_HEADER = "X-Fnctl-Not-Run"  # on a 429: refused at admission (overloaded)
+_GATEWAY_ONLY = frozenset({NO_INSTANCE_HEADER.lower(), NOT_RUN_HEADER.lower()})
 # A failed invocation as an HTTP status: the caller's fault is 4xx, the instance's is 5xx.
 FAILURE_STATUS = {
     Failure.HANDLER_ERROR: 500,
@@ -186,7 +191,7 @@ def _headers(single: Any, multi: Any) -> list[tuple[str, str]]:
             or not (name.isascii() and _encodable(value))
         ):
             raise BadResult(f"invalid response header {name!r}")
-    return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP]
+    return [(name, value) for name, value in pairs if name.lower() not in HOP_BY_HOP | _GATEWAY_ONLY]
 
 
 def _scalar(value: Any) -> str:

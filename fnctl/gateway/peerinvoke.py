@@ -1,8 +1,9 @@
 """The gateway's own invocations across the nodes of a Swarm (docs/swarm.md "Invocations of the gateway's own"):
 a cron tick, an onCommit delivery, a manual trigger's run or a data hook for a function with no instance on
 this node is run by a peer gateway that has one (`run_on_peer`), as the same principal (`trigger:NAME` in the
-event's tenant; a manual run's caller; a hook's writer), under the same request id, and audited there as an
-invocation (here as `forwarded`); its outcome comes back (a hook's verdict applies here). The request is
+event's tenant; a manual run's caller; a hook's writer), on the revision picked here (a pin holds there too),
+under the same request id, and audited there as an invocation (here as `forwarded`); its outcome comes back (a
+hook's verdict applies here, and is audited alike on both). The request is
 signed with the sender's own key (`fnctl.gateway.peerauth`): a peer runs only what a gateway of the same
 state asked, and believes the principal it names for that reason only. Sent once; tried on another peer
 only when one ran nothing (`Forwarder.invoke`): one run per cron tick, manual run or hook."""
@@ -16,13 +17,26 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
+from fnctl.data.hooks import abort_reason
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
-from fnctl.gateway.forward import NO_INSTANCE_HEADER, PEER_PATH, Forwarder
-from fnctl.gateway.request import Call, GatewayLimits, Reply
+from fnctl.gateway.forward import NO_INSTANCE_HEADER, NOT_RUN_HEADER, PEER_PATH, Forwarder
+from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
+from fnctl.gateway.request import Call, GatewayLimits, Reject, Reply
 from fnctl.invocation.outcome import Failure, Outcome
 
-__all__ = ["PeerRunner", "outcome_from", "outcome_json", "peer_payload", "peer_reply", "run_on_peer"]
+__all__ = [
+    "ABORTED",
+    "PeerRunner",
+    "outcome_from",
+    "outcome_json",
+    "outcome_status",
+    "peer_payload",
+    "peer_reply",
+    "run_on_peer",
+]
+
+ABORTED = 422  # a before-hook's `context.Abort`: the write's answer, and the hook run's audited status
 
 log = logging.getLogger("fnctl.gateway")
 _JSON = {"Content-Type": "application/json"}
@@ -59,6 +73,7 @@ class Runner(Protocol):
         principal: Principal | None = None,
         timeout: float | None = None,
         read_only: bool = False,
+        revision: int | None = None,
     ) -> tuple[int, Outcome | None]: ...
 
 
@@ -94,9 +109,20 @@ async def run_on_peer(
     if not peers:
         return None
     timeout = info.timeout + gateway.limits.timeout_margin
+    # The peer runs the revision picked here (by a pin, stickiness or the split), not one it would pick itself.
+    payload = {**payload, "revision": call.revision}
     status, sent = await forwarder.invoke(call.function, payload, call.request_id, peers, timeout)
     call.outcome, call.revision = "forwarded", None
     return status, outcome_from(sent)
+
+
+def outcome_status(outcome: Outcome, hook: bool = False) -> tuple[int, str]:
+    """An invocation's status and audit word. A hook's `Abort` is its verdict, not a fault: 422 `aborted`,
+    on the gateway that took the write as on a peer that ran the hook for it."""
+    if hook and not outcome.ok and abort_reason(outcome.message) is not None:
+        return ABORTED, "aborted"
+    status = 200 if outcome.ok else FAILURE_STATUS.get(outcome.failure or Failure.HANDLER_ERROR, 500)
+    return status, audit_outcome(outcome)
 
 
 def outcome_json(outcome: Outcome | None) -> dict[str, Any] | None:
@@ -134,8 +160,9 @@ def outcome_from(data: Any) -> Outcome | None:
 
 async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, body: bytes) -> Reply:
     """POST PEER_PATH<function> on this gateway: run a peer's own invocation here if it is signed as the
-    peers sign (else 401, run nothing), never forwarded again. 200 with {status, outcome}; a 503 that ran
-    nothing says so (NO_INSTANCE_HEADER), for the sender to try its next peer."""
+    peers sign (else 401, run nothing), on the revision the sender picked, never forwarded again. 200 with
+    {status, outcome}; a refusal before anything ran says so, for the sender to try its next peer: 503 with
+    NO_INSTANCE_HEADER (no instance of that revision here), 429 with NOT_RUN_HEADER (overloaded)."""
     forwarder = gateway.forwarder
     if forwarder is None:
         return Reply(404, CIMultiDict(_JSON), b'{"message":"Not Found"}')
@@ -145,21 +172,28 @@ async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, bod
         log.warning("a peer invocation refused (%s): request %s", refused, request_id[:64])
         return Reply(401, CIMultiDict(_JSON), b'{"message":"Unauthorized: not signed by a gateway of this state"}')
     payload = json.loads(body)
-    timeout = payload.get("timeout")
-    status, outcome = await gateway.invoke_internal(
-        path[len(PEER_PATH) :],
-        payload.get("event"),
-        trigger=str(payload["trigger"]),
-        tenant=payload.get("tenant"),
-        request_id=request_id,
-        forwardable=False,
-        principal=_principal(payload),
-        timeout=None if timeout is None else float(timeout),
-        # A hook's writes belong in its writer's transaction, on the sender: here they could only commit
-        # alone (kept though the write is vetoed) and start a hook chain of their own, so they are refused.
-        read_only=bool(payload.get("hook")),
-    )
-    if status == 503 and outcome is None:  # no instance (or no revision) here: it ran nothing
-        return Reply(503, CIMultiDict({**_JSON, NO_INSTANCE_HEADER: forwarder.node}), b'{"status":503}')
+    timeout, revision = payload.get("timeout"), payload.get("revision")
+    function = path[len(PEER_PATH) :]
+    try:
+        status, outcome = await gateway.invoke_internal(
+            function,
+            payload.get("event"),
+            trigger=str(payload["trigger"]),
+            tenant=payload.get("tenant"),
+            request_id=request_id,
+            forwardable=False,
+            principal=_principal(payload),
+            timeout=None if timeout is None else float(timeout),
+            # A hook's writes belong in its writer's transaction, on the sender: here they could only commit
+            # alone (kept though the write is vetoed) and start a hook chain of their own, so they are refused.
+            read_only=bool(payload.get("hook")),
+            revision=revision if isinstance(revision, int) else None,
+        )
+    except Reject as reject:  # refused before it ran: no instance of the revision here, or overloaded
+        mark = NOT_RUN_HEADER if reject.status == 429 else NO_INSTANCE_HEADER
+        where = f"{function} revision {revision}" if isinstance(revision, int) else function
+        log.info("a peer's invocation of %s refused: %s", where, reject.reason)
+        refusal = {"status": reject.status, "message": f"{where} on node {forwarder.node}: {reject.reason}"}
+        return Reply(reject.status, CIMultiDict({**_JSON, mark: forwarder.node}), json.dumps(refusal).encode())
     answer = json.dumps({"status": status, "outcome": outcome_json(outcome)}).encode()
     return Reply(200, CIMultiDict(_JSON), answer)

@@ -37,6 +37,7 @@ from fnctl.gateway.request import (
     Reject,
     build_event,
     check_header_size,
+    overloaded,
 )
 from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
@@ -133,7 +134,7 @@ class RequestPipeline:
         call.revision = revision
         if self.admission is not None and (refused := self.admission(call.function, revision)) is not None:
             # Shed before anything costly (the body, the event): under overload most requests end here.
-            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": str(refused.retry_after)})
+            raise overloaded(refused.retry_after)
         # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.
@@ -151,7 +152,7 @@ class RequestPipeline:
         event = build_event(request, body, call, found, principal)
         active = self._active.get(call.function, 0)
         if active >= self.limits.max_concurrent:
-            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": "1"})
+            raise overloaded(1)
         self._active[call.function] = active + 1
         try:
             return await self._run(call, info, event, principal), revision
@@ -308,8 +309,7 @@ class RequestPipeline:
             task.uncancel()
             raise Reject(504, "Gateway Timeout", "timeout") from None
         except Overloaded as exc:
-            retry = str(max(1, math.ceil(exc.retry_after)))
-            raise Reject(429, "Too Many Requests", "overloaded", headers={"Retry-After": retry}) from None
+            raise overloaded(max(1, math.ceil(exc.retry_after))) from None
         except Unavailable as exc:
             if self.forwarder is not None:  # it ran nothing here: say so, for a forwarder to try another peer
                 raise self.forwarder.unavailable(call.function, call.revision, call.forwarded, str(exc)) from None

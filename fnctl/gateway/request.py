@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from fnctl.gateway import router
 from fnctl.gateway.auth import Principal
-from fnctl.gateway.httpevent import HttpRequest, HttpResponse, event_json
+from fnctl.gateway.httpevent import NOT_RUN_HEADER, HttpRequest, HttpResponse, event_json
 from fnctl.invocation import strictjson
 from fnctl.invocation.protocol import json_text
 from fnctl.invocation.requestid import new_request_id
@@ -199,6 +199,16 @@ def reply_of(mapped: HttpResponse, extra: Mapping[str, str] | None = None) -> Re
     if extra:
         headers.update(extra)
     return Reply(mapped.status, headers, mapped.body)
+
+
+RAN_NOTHING = frozenset({"unavailable", "overloaded"})  # the audit words of refusals before anything ran
+
+
+def overloaded(retry_after: int | str) -> Reject:
+    """A 429 of admission (shed, the function's concurrency cap, a full queue): nothing ran, as NOT_RUN_HEADER
+    says, so a forwarder may try another gateway (fnctl.gateway.forward)."""
+    headers = {"Retry-After": str(retry_after), NOT_RUN_HEADER: "overloaded"}
+    return Reject(429, "Too Many Requests", "overloaded", headers=headers)
 
 
 def reject_reply(reject: Reject, body: dict[str, Any]) -> Reply:

@@ -18,7 +18,8 @@ from multidict import CIMultiDict
 from polling import eventually, wait_until
 from rollout_helpers import free_port
 
-from fnctl.gateway.forward import HOP_HEADER, NO_INSTANCE_HEADER, Forwarder, peers_for
+from fnctl.gateway.forward import HOP_HEADER, NO_INSTANCE_HEADER, NOT_RUN_HEADER, Forwarder, peers_for
+from fnctl.gateway.httpevent import from_result
 from fnctl.gateway.request import Call, LeanRequest, Reject
 from fnctl.state import gatewayrows
 from fnctl.state.gatewayrows import GatewayRow
@@ -162,6 +163,25 @@ async def _next_peer(tmp_path: Any) -> None:
         await forwarder.close()
         assert refused.value.status == 503 and "no gateway that had one took it" in refused.value.reason
     assert len(empty.got) == 4 and len(full.got) == 3
+
+
+def test_a_peers_answer_after_it_ran_is_relayed_and_never_sent_to_another(tmp_path: Any) -> None:
+    asyncio.run(_ran_something(tmp_path))
+
+
+async def _ran_something(tmp_path: Any) -> None:
+    # A 429 without the gateway's mark: the handler's own answer (or a limit it went over): it ran.
+    answered = Peer(lambda r: web.Response(status=429, body=b'{"mine":1}'))
+    other = Peer(lambda r: web.Response(status=200, body=b"{}"))
+    async with serving(answered) as first, serving(other) as second:
+        forwarder = _forwarder(tmp_path, [_row("p", {("web", 1)}, first), _row("q", {("web", 1)}, second)])
+        peers = sorted(forwarder.peers("web", 1, [1]), key=lambda row: row.id)
+        reply = await forwarder.forward(_request([]), b"", Call("req-3", "web", None, None), peers, timeout=5)
+        await forwarder.close()
+    assert (reply.status, reply.body, len(answered.got), other.got) == (429, b'{"mine":1}', 1, [])
+    # Nor can a handler claim it ran nothing: the marks are the gateway's own, dropped from its response.
+    marked = {NOT_RUN_HEADER: "overloaded", NO_INSTANCE_HEADER: "n1", "X-Mine": "kept"}
+    assert from_result({"statusCode": 429, "headers": marked}).headers == [("X-Mine", "kept")]
 
 
 def test_a_gateway_beats_while_it_runs_and_leaves_when_it_stops(state_location: StateLocation) -> None:

@@ -1,15 +1,17 @@
 """What a node gateway with no instance of a function has a peer gateway run (engine = "swarm",
 fnctl.gateway.peerinvoke), between two real gateways in this process on 127.0.0.1 (their pools the fakes of
 test_gateway, holding what each node holds; their rows, keys and heartbeats real, in a SQLite state): a manual
-trigger's run, once, as its caller; a data hook, as its writer, read-only there, its verdict applied here; the
-client's address a forwarder signs as the HTTP event's sourceIp. The whole path on a 3-node swarm is
+trigger's run, once, as its caller, on the revision picked here; a data hook, as its writer, read-only there, its
+verdict applied (and audited alike) here; the client's address a forwarder signs as the HTTP event's sourceIp;
+a peer's refusal that ran nothing (overloaded) tried on the next peer. The whole path on a 3-node swarm is
 tests/engine/test_swarm_apply.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,13 +28,22 @@ from fnctl.data.plane import DataPlane
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog
-from fnctl.gateway.auth import Authenticator
+from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind
 from fnctl.gateway.broker import Broker
-from fnctl.gateway.forward import FORWARDED_FOR, HOP_HEADER, Forwarder
+from fnctl.gateway.forward import (
+    FORWARDED_FOR,
+    HOP_HEADER,
+    NO_INSTANCE_HEADER,
+    NOT_RUN_HEADER,
+    PEER_PATH,
+    Forwarder,
+)
 from fnctl.gateway.hooks import HookRunner
 from fnctl.gateway.metrics import Metrics
-from fnctl.gateway.poolhost import Unavailable
+from fnctl.gateway.peerinvoke import peer_payload
+from fnctl.gateway.poolhost import Overloaded, Unavailable
 from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.request import Call, LeanRequest
 from fnctl.gateway.server import start_server
 from fnctl.gateway.triggerapi import TriggerApi
 from fnctl.gateway.triggerhealth import TriggerStates
@@ -44,6 +55,7 @@ from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
 
 RUNNER = {"Authorization": "Bearer ok:alice:ops"}  # may run the manual trigger `kick`
+PINNING_RUNNER = {"Authorization": "Bearer ok:alice:ops,release"}  # and pin a revision of pub
 
 
 def _table() -> router.Table:
@@ -53,16 +65,19 @@ def _table() -> router.Table:
         "vet": {"function": "pub", "on": {"collection": "orders", "event": "beforeCreate"}},
     }
     policies = {**POLICIES, "runners": {"roles": {"ops": {"run": ["kick"]}}}}
-    return router.build_table({"pub": {1: 100}}, {("pub", 1): _spec(["public"])}, triggers, policies)
+    specs = {("pub", 1): _spec(["public"]), ("pub", 2): _spec(["public"])}
+    return router.build_table({"pub": {1: 100, 2: 0}}, specs, triggers, policies)  # 2: by a pin only
 
 
 @dataclass
 class NodePool(FakePool):
     """test_gateway's pool, holding only `held`: anything else has no instance on this node (Unavailable, as a
     Swarm node's pool says). A before-hook's event answers its proposed document marked by this node, or an
-    Abort for one that asks for it; whether its data session was read-only is recorded."""
+    Abort for one that asks for it; whether its data session was read-only is recorded. `overloaded`: every
+    invocation refused (as a full queue refuses it), nothing run."""
 
     held: set[tuple[str, int]] = field(default_factory=set)
+    overloaded: bool = False
     broker: Broker | None = None
     read_only: list[bool] = field(default_factory=list)
 
@@ -74,6 +89,8 @@ class NodePool(FakePool):
     ) -> FakeResult:
         if (function, revision) not in self.held:
             raise Unavailable(f"no task of {function} revision {revision} on this node")
+        if self.overloaded:
+            raise Overloaded(3.0)
         if self.broker is not None and request_id in self.broker.sessions:
             self.read_only.append(self.broker.sessions[request_id].read_only)
         if isinstance(event, dict) and "proposed" in event:
@@ -133,21 +150,25 @@ async def _node(tmp_path: Path, name: str, state: StateLocation, held: set[tuple
 
 
 @asynccontextmanager
-async def _two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    """Node a's gateway with no instance of `pub`, node b's with one; a has seen b's row (its key with it)."""
+async def _nodes(tmp_path: Path, *held: set[tuple[str, int]]) -> AsyncIterator[list[Node]]:
+    """Node a's gateway with no instance of `pub`, then one node for each of `held`; a has seen the others'
+    rows, and they know a's key."""
     state = StateLocation(tmp_path / "state" / "state.db")
     state.path.parent.mkdir()
     connect(state).close()
-    async with _node(tmp_path, "a", state, set()) as a, _node(tmp_path, "b", state, {("pub", 1)}) as b:
-        await eventually(lambda: a.forwarder.peers("pub", 1, [1]), "node a to see node b's gateway")
-        await eventually(lambda: b.forwarder.keys.get(a.forwarder.id), "node b to know node a's key")
-        yield a, b
+    async with AsyncExitStack() as stack:
+        every = [set(), *held]
+        nodes = [await stack.enter_async_context(_node(tmp_path, "abcdefgh"[i], state, h)) for i, h in enumerate(every)]
+        a = nodes[0]
+        await eventually(lambda: len(a.forwarder.rows) == len(nodes), "node a to see every node's gateway")
+        await eventually(lambda: all(a.forwarder.id in n.forwarder.keys for n in nodes), "every node to know a's key")
+        yield nodes
 
 
-def _run(test: Any, tmp_path: Path) -> None:
+def _run(test: Any, tmp_path: Path, *held: set[tuple[str, int]]) -> None:
     async def main() -> None:
-        async with _two_nodes(tmp_path) as (a, b):
-            await test(a, b)
+        async with _nodes(tmp_path, *(held or ({("pub", 1)},))) as nodes:
+            await test(*nodes)
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
 
@@ -187,7 +208,10 @@ def test_a_data_hook_with_no_instance_here_runs_on_a_peer_read_only_and_its_verd
         assert [c["event"]["proposed"] for c in b.pool.calls] == [{"n": 5}, {"veto": True}]
         assert {c["caller"]["subject"] for c in b.pool.calls} == {writer.subject} and a.pool.calls == []
         assert b.pool.read_only == [True, True]  # its writes could not join a's transaction: refused there
-        assert [r["outcome"] for r in a.audit.rows] == ["forwarded", "forwarded"]
+        # The veto audited on b as the hook's verdict, as a hook run here audits it (not a 500 `error`).
+        [(_, ok), (_, vetoed)] = [(r["request_id"], r) for r in b.audit.rows if r["trigger"] == "vet"]
+        assert (ok["outcome"], ok["status"], vetoed["outcome"], vetoed["status"]) == ("ok", 200, "aborted", 422)
+        assert [(r["outcome"], r["status"]) for r in a.audit.rows] == [("forwarded", 200), ("forwarded", 422)]
 
     _run(check, tmp_path)
 
@@ -221,3 +245,83 @@ def test_the_http_events_source_ip_on_the_peer_is_the_signed_client_address_only
         assert sources == {"ann": "127.0.0.2", "bob": "127.0.0.2"}
 
     _run(check, tmp_path)
+
+
+def test_a_pinned_manual_run_runs_the_pinned_revision_on_the_peer_and_a_peer_without_it_refuses(
+    tmp_path: Path,
+) -> None:
+    async def check(a: Node, b: Node, c: Node) -> None:
+        async with aiohttp.ClientSession() as session:
+            pinned = {**PINNING_RUNNER, "X-Fnctl-Revision": "2"}  # revision 2 has no traffic: by the pin only
+            async with session.post(a.url + "/v1/triggers/kick/run", json={}, headers=pinned) as r:
+                assert r.status == 200, await r.text()
+                request_id = r.headers["X-Request-Id"]
+            [ran] = b.pool.calls  # the only node holding revision 2 ran it, on 2 (not its own pick, 1)
+            assert (ran["revision"], ran["request_id"]) == (2, request_id)
+            assert [r["revision"] for r in b.audit.rows if r["request_id"] == request_id] == [2]
+            # Node c holds revision 1 only: told to run revision 2, it refuses, runs nothing, and says so.
+            path, body = PEER_PATH + "pub", json.dumps({**payload_for(PINNING_RUNNER), "revision": 2}).encode()
+            signed = a.forwarder.key.headers(a.forwarder.id, "pinned-2", path, body)
+            headers = {"X-Request-Id": "pinned-2", "Content-Type": "application/json", **dict(signed)}
+            async with session.post(c.url + path, data=body, headers=headers) as r:
+                refusal = await r.json()
+                assert r.status == 503 and r.headers[NO_INSTANCE_HEADER] == "c", refusal
+        assert "pub revision 2 on node c" in refusal["message"] and "not forwarded again" in refusal["message"]
+        assert c.pool.calls == []
+        [audited] = [r for r in c.audit.rows if r["request_id"] == "pinned-2"]
+        assert (audited["outcome"], audited["status"], audited["revision"]) == ("unavailable", 503, 2)
+
+    _run(check, tmp_path, {("pub", 1), ("pub", 2)}, {("pub", 1)})
+
+
+def payload_for(headers: dict[str, str]) -> dict[str, Any]:
+    """A manual run of `kick` as the caller `headers` authenticate (FakeAuth's tokens)."""
+    _, subject, roles = headers["Authorization"].removeprefix("Bearer ").split(":")
+    principal = Principal(subject, tuple(roles.split(",")), "acme", PrincipalKind.KEY)
+    return peer_payload("kick", {"echo": "ran"}, principal, 5.0)
+
+
+def test_a_peers_overload_refusal_is_tried_on_the_next_peer_and_only_the_last_refusal_is_relayed(
+    tmp_path: Path,
+) -> None:
+    async def check(a: Node, b: Node, c: Node) -> None:
+        rows = {row.node: row for row in a.forwarder.rows}
+        b.pool.overloaded = True  # b refuses at admission (a full queue): it runs nothing
+        invocation = {**payload_for(RUNNER), "revision": 1}
+        assert await a.forwarder.invoke("pub", invocation, "inv-1", [rows["b"], rows["c"]], 5) == (
+            200,
+            {
+                "ok": True,
+                "result": "ran",
+                "failure": None,
+                "message": "",
+                "traceback": "",
+                "logs": "line one\nline two\n",
+                "durationMs": 1.5,
+            },
+        )
+        request = LeanRequest(
+            "POST", "/invoke/pub", ((b"Authorization", b"Bearer ok:alice:ops"),), None, b'{"echo": 7}', True
+        )
+        reply = await a.forwarder.forward(
+            request, request.body, Call("http-1", "pub", None, None), [rows["b"], rows["c"]], 5
+        )
+        assert (reply.status, reply.body) == (200, b"7")
+        assert [c_["request_id"] for c_ in c.pool.calls] == ["inv-1", "http-1"]
+        # Both overloaded: each tried once, and the last refusal is the client's, with its Retry-After.
+        c.pool.overloaded = True
+        reply = await a.forwarder.forward(
+            request, request.body, Call("http-2", "pub", None, None), [rows["b"], rows["c"]], 5
+        )
+        assert (reply.status, reply.headers["Retry-After"], reply.headers[NOT_RUN_HEADER]) == (429, "3", "overloaded")
+        assert await a.forwarder.invoke("pub", invocation, "inv-2", [rows["b"], rows["c"]], 5) == (429, None)
+        # Each peer got each request once (audited there); b refused them all, c ran the first two.
+        audited = {
+            n.forwarder.node: [(r["request_id"], r["outcome"], r["status"]) for r in n.audit.rows] for n in (b, c)
+        }
+        assert audited["b"] == [(rid, "overloaded", 429) for rid in ("inv-1", "http-1", "http-2", "inv-2")]
+        assert audited["c"] == [("inv-1", "ok", 200), ("http-1", "ok", 200)] + [
+            (rid, "overloaded", 429) for rid in ("http-2", "inv-2")
+        ]
+
+    _run(check, tmp_path, {("pub", 1)}, {("pub", 1)})
