@@ -1056,7 +1056,11 @@ class Server:
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
         self.die_with_us: Callable[[], None] | None = None  # what a new worker calls first (`_pdeathsig`)
-        self.sweeper: asyncio.TimerHandle | None = None
+        # Whether a sweep is due: one at a time. A flag, not the timer's handle: `_PollLoop.call_later` returns
+        # none, and a sweep armed per invocation piled up timers that each re-armed itself every 50 ms while a
+        # deadline was pending (~100,000 timers after a few thousand invocations; the supervisor's CPU per
+        # invocation grew with them, 300-800 us here).
+        self.sweep_armed = False
         self.next_conn = 0
         # Workers write to the host connections too (synchronous handlers): every write holds this lock.
         self.write_lock: int | None = None if handler.is_async else _new_write_lock()
@@ -1269,13 +1273,14 @@ class Server:
             os._exit(code)
 
     def arm_sweep(self) -> None:
-        if self.sweeper is None:
-            self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+        if not self.sweep_armed:
+            self.sweep_armed = True
+            self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def sweep(self) -> None:
         """Fail the async calls past their deadline and tell each worker whose invocation passed its deadline
         (a call it waits for, or makes from then on, fails with Timeout); look again while any are waiting."""
-        self.sweeper = None
+        self.sweep_armed = False
         now, waiting = time.time(), False
         for worker in self.workers.values():
             if worker.conn is not None and worker.deadline:
