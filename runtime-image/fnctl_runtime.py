@@ -1437,6 +1437,7 @@ class _Worker:
         self.invocation_id = ""
         self.deadline = 0.0  # of the invocation it runs, until the sweep told it that it passed
         self.has = has  # ids of the host connections it holds a copy of
+        self.use = b""  # the last `use` frame it was sent: it keeps acting on it until told otherwise
         self.buf = bytearray()
         self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` reads it)
         sock.setblocking(False)
@@ -1454,8 +1455,13 @@ class _Worker:
             _write_all(self.sock.fileno(), frame, None)
 
     def start(self, conn: _Connection, body: bytes) -> None:
-        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it)."""
-        frames = conn.use_frame + len(body).to_bytes(4, "big") + body
+        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it), after a `use` frame
+        only when it ran its last one for another connection (or `configure` changed the offer): one frame to
+        decode per invocation in the worker, not two."""
+        frames = len(body).to_bytes(4, "big") + body
+        if self.use is not conn.use_frame or conn.id not in self.has:
+            frames = conn.use_frame + frames
+            self.use = conn.use_frame
         if conn.id in self.has or conn.fd < 0:
             self.write(frames)
             return
