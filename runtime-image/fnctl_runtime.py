@@ -276,18 +276,20 @@ def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _frame_encoder() -> Callable[[Any], str]:
-    """What encodes the runtime's frames (every call, result envelope and reply): json's C encoder made once,
-    not per message as JSONEncoder.encode does (half of an encode's ~10 µs here, twice per call). Without the
-    circular-reference check: a cycle ends in RecursionError instead of ValueError."""
+def _frame_encoder(fallback: json.JSONEncoder) -> Callable[[Any], str]:
+    """What encodes the runtime's frames (every call, result envelope and reply) and a handler's result, as
+    `fallback` would: json's C encoder made once, not per message as JSONEncoder.encode does (half of an
+    encode's ~10 µs here, twice per call). Without the circular-reference check: a cycle ends in
+    RecursionError instead of ValueError (a result's is reported as not serialisable either way)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return _ENCODER.encode
-    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        return fallback.encode
+    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, fallback.allow_nan)
     return lambda value: "".join(chunks(value, 0))
 
 
-_ENCODE = _frame_encoder()
+_ENCODE = _frame_encoder(_ENCODER)
+_ENCODE_RESULT = _frame_encoder(_RESULT_ENCODER)  # no NaN or Infinity in a result: refused as not JSON
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -1808,7 +1810,7 @@ def _serialise(result: Any, limit: int, start: float) -> _Outcome:
     if floor > limit:  # refused unserialised: the encoded copy of a huge result could exhaust memory
         return _too_large(floor, limit, duration)
     try:
-        text = _RESULT_ENCODER.encode(result)
+        text = _ENCODE_RESULT(result)
         # Every character is at least one byte: a string that long is rejected before it is encoded.
         data = text.encode() if len(text) <= limit else None
     except (TypeError, ValueError, RecursionError) as exc:  # ValueError covers NaN and lone surrogates
