@@ -276,18 +276,20 @@ def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _frame_encoder() -> Callable[[Any], str]:
-    """What encodes the runtime's frames (every call, result envelope and reply): json's C encoder made once,
-    not per message as JSONEncoder.encode does (half of an encode's ~10 µs here, twice per call). Without the
-    circular-reference check: a cycle ends in RecursionError instead of ValueError."""
+def _frame_encoder(fallback: json.JSONEncoder) -> Callable[[Any], str]:
+    """What encodes the runtime's frames (every call, result envelope and reply) and a handler's result, as
+    `fallback` would: json's C encoder made once, not per message as JSONEncoder.encode does (half of an
+    encode's ~10 µs here, twice per call). Without the circular-reference check: a cycle ends in
+    RecursionError instead of ValueError (a result's is reported as not serialisable either way)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return _ENCODER.encode
-    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        return fallback.encode
+    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, fallback.allow_nan)
     return lambda value: "".join(chunks(value, 0))
 
 
-_ENCODE = _frame_encoder()
+_ENCODE = _frame_encoder(_ENCODER)
+_ENCODE_RESULT = _frame_encoder(_RESULT_ENCODER)  # no NaN or Infinity in a result: refused as not JSON
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -1056,7 +1058,11 @@ class Server:
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
         self.die_with_us: Callable[[], None] | None = None  # what a new worker calls first (`_pdeathsig`)
-        self.sweeper: asyncio.TimerHandle | None = None
+        # Whether a sweep is due: one at a time. A flag, not the timer's handle: `_PollLoop.call_later` returns
+        # none, and a sweep armed per invocation piled up timers that each re-armed itself every 50 ms while a
+        # deadline was pending (~100,000 timers after a few thousand invocations; the supervisor's CPU per
+        # invocation grew with them, 300-800 us here).
+        self.sweep_armed = False
         self.next_conn = 0
         # Workers write to the host connections too (synchronous handlers): every write holds this lock.
         self.write_lock: int | None = None if handler.is_async else _new_write_lock()
@@ -1269,13 +1275,14 @@ class Server:
             os._exit(code)
 
     def arm_sweep(self) -> None:
-        if self.sweeper is None:
-            self.sweeper = self.loop.call_later(SWEEP_INTERVAL, self.sweep)
+        if not self.sweep_armed:
+            self.sweep_armed = True
+            self.loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def sweep(self) -> None:
         """Fail the async calls past their deadline and tell each worker whose invocation passed its deadline
         (a call it waits for, or makes from then on, fails with Timeout); look again while any are waiting."""
-        self.sweeper = None
+        self.sweep_armed = False
         now, waiting = time.time(), False
         for worker in self.workers.values():
             if worker.conn is not None and worker.deadline:
@@ -1432,6 +1439,7 @@ class _Worker:
         self.invocation_id = ""
         self.deadline = 0.0  # of the invocation it runs, until the sweep told it that it passed
         self.has = has  # ids of the host connections it holds a copy of
+        self.use = b""  # the last `use` frame it was sent: it keeps acting on it until told otherwise
         self.buf = bytearray()
         self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` reads it)
         sock.setblocking(False)
@@ -1449,8 +1457,13 @@ class _Worker:
             _write_all(self.sock.fileno(), frame, None)
 
     def start(self, conn: _Connection, body: bytes) -> None:
-        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it)."""
-        frames = conn.use_frame + len(body).to_bytes(4, "big") + body
+        """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it), after a `use` frame
+        only when it ran its last one for another connection (or `configure` changed the offer): one frame to
+        decode per invocation in the worker, not two."""
+        frames = len(body).to_bytes(4, "big") + body
+        if self.use is not conn.use_frame or conn.id not in self.has:
+            frames = conn.use_frame + frames
+            self.use = conn.use_frame
         if conn.id in self.has or conn.fd < 0:
             self.write(frames)
             return
@@ -1797,7 +1810,7 @@ def _serialise(result: Any, limit: int, start: float) -> _Outcome:
     if floor > limit:  # refused unserialised: the encoded copy of a huge result could exhaust memory
         return _too_large(floor, limit, duration)
     try:
-        text = _RESULT_ENCODER.encode(result)
+        text = _ENCODE_RESULT(result)
         # Every character is at least one byte: a string that long is rejected before it is encoded.
         data = text.encode() if len(text) <= limit else None
     except (TypeError, ValueError, RecursionError) as exc:  # ValueError covers NaN and lone surrogates

@@ -7,6 +7,7 @@ accepts exactly the runtime's process.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -27,6 +28,16 @@ from fnctl.invocation.transport import CallHandler, UnixSocketTransport
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime-image" / "fnctl_runtime.py"
 T = TypeVar("T")
+
+
+def runtime_module() -> Any:
+    """The runtime's module imported into the test process, for its pure parts (and its loop, unstarted)."""
+    spec = importlib.util.spec_from_file_location("fnctl_runtime_under_test", RUNTIME)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its classes look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 import json
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from runtime_helpers import runtime_module
 from sandbox_handlers.harness import (
     MIB,
     WITHDEP,
@@ -198,19 +197,9 @@ def test_check_container_fails_exactly_the_check_with_a_hole(
     assert failed == [check], f"{hole}: expected only {check!r} to fail, got {failed}"
 
 
-def _runtime_module() -> Any:
-    path = Path(__file__).resolve().parents[2] / "runtime-image" / "fnctl_runtime.py"
-    spec = importlib.util.spec_from_file_location("fnctl_runtime_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_result_size_floor_is_a_lower_bound_and_stops_early() -> None:
     """The runtime refuses a huge result before encoding it, from a floor that never overstates the size."""
-    floor = _runtime_module()._json_size_floor
+    floor = runtime_module()._json_size_floor
     values: list[Any] = [
         "",
         "é" * 10,

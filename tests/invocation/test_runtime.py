@@ -571,6 +571,11 @@ def test_each_host_process_gets_its_own_connection_and_both_are_served(start_run
         assert second.connect(timeout=10)["pid"] == rt.process.pid
         assert second.invoke("two", invocation_id="b", deadline=time.time() + 10).result == "two"
         assert rt.invoke("one").result == "one"  # the first connection is still served
+        # One worker runs them all: each answer goes to the connection its invocation came on, however they
+        # alternate (the worker is told which only when it changes).
+        for n in range(2):
+            assert rt.invoke(f"one-{n}", invocation_id=f"a{n}").result == f"one-{n}"
+            assert second.invoke(f"two-{n}", invocation_id=f"b{n}", deadline=time.time() + 10).result == f"two-{n}"
         assert os.listdir(rt.socket_dir) == []
     finally:
         second.close()

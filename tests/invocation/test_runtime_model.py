@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import InBackground, StartRuntime, wait_until
+from runtime_helpers import InBackground, StartRuntime, runtime_module, wait_until
 
 from fnctl.invocation.protocol import ConnectionLost
 
@@ -280,3 +281,33 @@ def test_lambda_context_api_with_fnctl_values(start_runtime: StartRuntime) -> No
     }
     one = start_runtime({"main.py": LAMBDA_CONTEXT}, handler="main.my_handler")
     assert one.invoke({"n": 1}).result == {"one_argument": {"n": 1}}
+
+
+def test_a_sync_supervisor_keeps_one_deadline_sweep_however_many_invocations_arm_it() -> None:
+    """Each invocation with a deadline arms the sweep: one timer at a time on the supervisor's poll loop, not one
+    per invocation (each re-arming itself every 50 ms, the loop's work per wake-up grew with every request)."""
+    rt = runtime_module()
+    loop = rt._PollLoop()
+    try:
+        config = rt.Config(
+            handler="main.handler",
+            code_dir=".",
+            deps_dir=".",
+            socket_dir=".",
+            function="f",
+            revision="1",
+            concurrency=8,
+            payload_limit=1024,
+            output_limit=1024,
+            log_limit=1024,
+        )
+        server = rt.Server(config, rt.Handler(lambda event: None), loop)
+        for _ in range(3):
+            server.arm_sweep()
+        assert len(loop.timers) == 1
+        server.sweep()  # nothing waits for a deadline: not re-armed
+        server.arm_sweep()
+        assert len(loop.timers) == 2  # the first, still queued (the loop never ran), and the new one
+    finally:
+        os.close(signal.set_wakeup_fd(-1))
+        os.close(loop.wake_in)
