@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from fnctl.gateway.leadership import POLL
 from fnctl.state import location, pgopener
 from fnctl.state.store import connect
 
@@ -136,7 +137,7 @@ def gateway_figures(state_arg: str, gateways: int, changes: int, takeovers: int)
             candidates.append(fresh)
         loads.append(_load())
         print(f"\nleader takeover after SIGKILL ({gateways} candidates, {takeovers} kills, s):")
-        print(f"  median {statistics.median(times):.2f}  max {max(times):.2f}  (lock tried every 0.5 s)")
+        print(f"  median {statistics.median(times):.2f}  max {max(times):.2f}  (lock tried every {POLL:g} s)")
         print(
             f"  target <= 5 s: {'met' if max(times) <= 5.0 else 'NOT met'}; load before / after: {loads[0]} / {loads[1]}"
         )

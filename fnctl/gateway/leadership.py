@@ -4,8 +4,9 @@ state: exactly one at a time, the leader.
 On PostgreSQL the leader is whichever candidate holds a session advisory lock on a connection of its own
 (`backends.LeaderLock`): every candidate tries to take it once a `POLL`; when the holder dies (`kill -9`, a
 lost host) the server ends its session and the lock with it, and another candidate takes over at its next try.
-A leader checks its lock as often and stops the controller's tasks as soon as it is lost (its database
-connection gone). Nothing runs twice across a takeover: a rollout step commits its weights, progress and
+A leader looks at its lock's connection every `CHECK` -- on the event loop, without a round trip: what its
+socket received says whether the server ended the session -- and stops the controller's tasks as soon as it
+is lost (its database connection gone). Nothing runs twice across a takeover: a rollout step commits its weights, progress and
 event in one transaction, and a cron tick is claimed in the store before it fires.
 On SQLite nothing changes: the state is a file on one host, and the candidate leads at once.
 With `fnctl serve --workers N` worker 0 (the host's instance owner) is the host's only candidate.
@@ -25,7 +26,8 @@ from fnctl.state.storepool import StorePool
 
 log = logging.getLogger("fnctl.serve")
 ROLLOUT_TICK = 0.5  # seconds between the controller loop's looks at the rollouts
-POLL = 0.5  # seconds between a candidate's tries for the lock, and a leader's checks that it still holds it
+POLL = 1.0  # seconds between a candidate's tries for the lock (a worker-thread hop and a round trip each)
+CHECK = 0.25  # seconds between a leader's looks at its lock's connection (no hop, no round trip)
 # The controller's tasks, started when this gateway leads, told to stop by the event when it no longer does.
 Controller = Callable[[asyncio.Event], list["asyncio.Task[None]"]]
 
@@ -48,13 +50,13 @@ class Leadership:
                     leading, ended = True, asyncio.Event()
                     tasks = self._controller(ended)
                     self._on_change(True)
-                elif leading and lock is not None and not await asyncio.to_thread(lock.held):
+                elif leading and lock is not None and not lock.held():
                     log.error("leadership lost (the state's database connection is gone): stopping rollouts and cron")
                     await self._stop(ended, tasks)
                     leading, tasks = False, []
                     self._on_change(False)
                 try:
-                    await asyncio.wait_for(stop.wait(), POLL)
+                    await asyncio.wait_for(stop.wait(), CHECK if leading and lock is not None else POLL)
                 except TimeoutError:
                     pass
         finally:

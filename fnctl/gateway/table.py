@@ -2,7 +2,7 @@
 and `TableFollower` re-reads it every fraction of a second and has the instance pools follow a change of the
 routes, so that `fnctl apply`, `rollback` and rollouts take effect without a restart. On a PostgreSQL state
 the follower also LISTENs for the routes' notifications (`Store.set_route`'s NOTIFY) and re-reads at once;
-the polling stays as the fallback. When the store cannot be read the gateway keeps routing by the table it
+the polling stays as the fallback, once a second. When the store cannot be read the gateway keeps routing by the table it
 has, and says so: in its log, once, and in /readyz (`unreachable`) until a read succeeds again.
 """
 
@@ -25,6 +25,9 @@ log = logging.getLogger("fnctl.gateway")
 INVOCABLE = (RevisionStatus.READY, RevisionStatus.PENDING, RevisionStatus.PREVIEW)
 # Reads the store (in a worker thread): a new table, or None when nothing changed since the last call.
 TableSource = Callable[[], "router.Table | None"]
+# Seconds between the fallback polls of a follower whose LISTEN works: the notifications carry the changes, the
+# poll only bounds how late one that came without a notification is seen.
+LISTENING_POLL = 1.0
 
 
 class Reconciler(Protocol):
@@ -105,7 +108,10 @@ class TableFollower:
 
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
-        table = await asyncio.to_thread(self.source)
+        return await self._adopt(await asyncio.to_thread(self.source))
+
+    async def _adopt(self, table: router.Table | None) -> bool:
+        """Route by `table` (None: nothing changed since the last read); True when it changed."""
         if table is None:
             return False
         routes_changed = self.table is None or table.routes != self.table.routes
@@ -138,28 +144,50 @@ class TableFollower:
 
     async def _reload_loop(self) -> None:
         listener: Listener | None = getattr(self.source, "listener", None)
+        if listener is not None:
+            await self._follow(listener)
         while True:
-            if listener is None:
-                await asyncio.sleep(self.interval)
-            else:  # wakes at a notification, or after the interval (the fallback poll)
-                await self._notified(listener)
+            await asyncio.sleep(self.interval)
             try:
                 await self.reload()
             except Exception as exc:  # a busy or broken store: keep serving the last table
                 self._failed(exc)
             else:
-                if self.unreachable is not None:
-                    log.warning("state store reachable again; routing table current", extra={"fields": {}})
-                    self.unreachable = None
+                self._reachable()
 
-    async def _notified(self, listener: Listener) -> None:
-        """Wait for a notification up to the interval, in slices of at most a second: a thread blocked in a
-        wait holds up the gateway's shutdown until it returns."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.interval
-        while not await asyncio.to_thread(listener.wait, min(1.0, max(0.0, deadline - loop.time()))):
-            if loop.time() >= deadline:
-                return
+    async def _follow(self, listener: Listener) -> None:
+        """PostgreSQL: one worker-thread hop at a time, each waiting for a notification up to a second and
+        reading the table in the same hop when one came (or the connection was lost or opened again), or when
+        the fallback poll is due -- every `interval`, at least LISTENING_POLL: a change that came with no
+        notification (written around fnctl, or lost with the listener's connection) is still seen within it.
+        The wait is cut in slices of at most a second: a thread blocked in a wait holds up the gateway's
+        shutdown until it returns. Idle, that is one hop and one round trip (the poll, with the heartbeat) a
+        second; it was a hop every 0.25 s for the wait and another for the poll."""
+        period = max(self.interval, LISTENING_POLL)
+        due = time.monotonic() + period
+        while True:
+            try:
+                looked, table = await asyncio.to_thread(self._wait_and_read, listener, due)
+                await self._adopt(table)
+            except Exception as exc:  # a busy or broken store: keep serving the last table, retry in a second
+                self._failed(exc)
+                due = time.monotonic() + 1.0
+                continue
+            if looked:
+                due = time.monotonic() + period
+                self._reachable()
+
+    def _wait_and_read(self, listener: Listener, due: float) -> tuple[bool, router.Table | None]:
+        """In a worker thread: (whether the store was read, the new table or None)."""
+        notified = listener.wait(min(1.0, max(0.0, due - time.monotonic())))
+        if not notified and time.monotonic() < due:
+            return False, None
+        return True, self.source()
+
+    def _reachable(self) -> None:
+        if self.unreachable is not None:
+            log.warning("state store reachable again; routing table current", extra={"fields": {}})
+            self.unreachable = None
 
     def _failed(self, exc: Exception) -> None:
         """Said once per outage, not at every poll; /readyz answers 503 with the reason meanwhile."""

@@ -112,6 +112,12 @@ def drain_notifies(connection: psycopg.Connection[tuple[object, ...]]) -> list[s
     return payloads
 
 
+def session_alive(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the server has not ended `connection`'s session, as far as what its socket already received says
+    (`drain_notifies` reads it): a FATAL message or the socket's end mark it lost."""
+    return not connection.closed and connection.pgconn.status == psycopg.pq.ConnStatus.OK
+
+
 def in_transaction(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
     """Whether `connection` is inside a transaction (an explicit BEGIN not yet committed or rolled back)."""
     return connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE

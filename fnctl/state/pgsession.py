@@ -36,12 +36,17 @@ class AdvisoryLeaderLock:
         return self._held
 
     def held(self) -> bool:
-        """Whether the lock is still ours: one round trip on its session (a lost session lost the lock)."""
+        """Whether the lock is still ours, without a round trip: the server releases it only with the session,
+        and a session it ended (a restart, pg_terminate_backend) or whose socket closed shows on the connection
+        at once -- what arrived on its socket is read without waiting, so this may run on the event loop."""
         if not self._held or self._conn is None:
             return False
         try:
-            self._conn.execute("SELECT 1")
+            pg.drain_notifies(self._conn)  # reads the socket; raises when the session is gone
+            alive = pg.session_alive(self._conn)
         except pg.DatabaseError:
+            alive = False
+        if not alive:
             self._drop()
         return self._held
 
