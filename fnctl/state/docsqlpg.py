@@ -37,9 +37,8 @@ from fnctl.state.docsql import (
     select_sql,
     table,
 )
+from fnctl.state.pglocks import DOCS_MIGRATE_LOCK, DOCS_WRITE_LOCK
 
-WRITE_LOCK = 0x666E6374_6C646174  # "fnctldat": pg_advisory_xact_lock of every write transaction
-MIGRATE_LOCK = WRITE_LOCK + 1
 _TEXT_META = frozenset({"id", "createdAt", "createdBy", "updatedAt", "updatedBy"})
 
 
@@ -65,7 +64,7 @@ class _Postgres:
         # One round trip (a simple query of three statements): the transaction, the writers' lock, and the
         # change log's head as it stands under the lock (what the new changes chain onto).
         cursor: Any = db.execute(  # psycopg's cursor: a result per statement, nextset() to the next
-            f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1"
+            f"BEGIN; SELECT pg_advisory_xact_lock({DOCS_WRITE_LOCK}); SELECT seq, hash FROM changes ORDER BY seq DESC LIMIT 1"
         )
         cursor.nextset()
         cursor.nextset()
@@ -83,7 +82,7 @@ class _Postgres:
         ).fetchone()
         if found and _version(db) == len(PG_DATA_MIGRATIONS):
             return
-        db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")  # one process migrates at a time
+        db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({DOCS_MIGRATE_LOCK})")  # one process migrates at a time
         try:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             version = _version(db)

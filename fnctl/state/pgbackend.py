@@ -13,12 +13,7 @@ from typing import Any
 from fnctl.state import pg, pgschema
 from fnctl.state.location import StoreError
 from fnctl.state.migrations import MIGRATIONS
-
-# The key of the advisory lock every PostgreSQL write transaction of the state takes (b"fnctl" as a number):
-# transactions that write the state run one at a time, as they do on SQLite, so a read-then-write (an audit
-# chain's head, the next revision number) never interleaves with another writer's.
-WRITE_LOCK = 0x666E63746C
-DEPLOY_LOCK = 0x666E63746B  # the mutating commands' lock (fnctl.deploy.lock), across hosts
+from fnctl.state.pglocks import STATE_DEPLOY_LOCK, STATE_WRITE_LOCK
 
 
 class Postgres:
@@ -93,7 +88,7 @@ class Postgres:
     def begin(self) -> None:
         """Held: BEGIN and the lock go to the server with the transaction's first statement (a failure to take
         the lock fails that statement, inside the transaction, which the caller then rolls back)."""
-        self._held[:] = [("BEGIN", ()), (f"SELECT pg_advisory_xact_lock({WRITE_LOCK})", ())]
+        self._held[:] = [("BEGIN", ()), (f"SELECT pg_advisory_xact_lock({STATE_WRITE_LOCK})", ())]
         self._begun = True
 
     def rollback(self) -> None:
@@ -145,7 +140,7 @@ def open_postgres(url: str, anchor: Path) -> Postgres:
 
 @contextmanager
 def advisory_lock(url: str, timeout: float | None) -> Iterator[bool]:
-    """DEPLOY_LOCK on a connection of its own, for the block: one session in the whole database holds it, and
+    """STATE_DEPLOY_LOCK on a connection of its own, for the block: one session in the whole database holds it, and
     the server releases it when that session ends, however its process died. Waits up to `timeout` seconds
     (None: tries once); yields whether it was taken."""
     connection = pg.connect(url)
@@ -163,7 +158,7 @@ def advisory_lock(url: str, timeout: float | None) -> Iterator[bool]:
 
 def _try_lock(connection: pg.Connection[tuple[Any, ...]], url: str) -> bool:
     try:
-        row = connection.execute("SELECT pg_try_advisory_lock(%s)", (DEPLOY_LOCK,)).fetchone()
+        row = connection.execute("SELECT pg_try_advisory_lock(%s)", (STATE_DEPLOY_LOCK,)).fetchone()
     except pg.DatabaseError as exc:
         raise StoreError(f"cannot take the state's lock ({pg.target(url)}): {exc}") from None
     return bool(row and row[0])

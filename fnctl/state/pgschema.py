@@ -14,8 +14,7 @@ from typing import Any
 
 from fnctl.state import pg
 from fnctl.state.location import StoreError
-
-MIGRATE_LOCK = 0x666E63746D  # the advisory lock two processes migrating the same database queue on
+from fnctl.state.pglocks import STATE_MIGRATE_LOCK
 
 # Tables whose changes moved the change counter (`Store.data_version`) in step 8 (frozen with it).
 _WATCHED = (
@@ -224,7 +223,7 @@ def upgrade(connection: pg.Connection[tuple[Any, ...]], known: int) -> None:
         )
     if current >= STEPS[-1][0]:
         return
-    connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+    connection.execute("SELECT pg_advisory_lock(%s)", (STATE_MIGRATE_LOCK,))
     try:
         for reaches, script in STEPS:
             if reaches <= version(connection):  # another process migrated meanwhile
@@ -240,4 +239,4 @@ def upgrade(connection: pg.Connection[tuple[Any, ...]], known: int) -> None:
                 raise
             connection.execute("COMMIT")
     finally:
-        connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+        connection.execute("SELECT pg_advisory_unlock(%s)", (STATE_MIGRATE_LOCK,))

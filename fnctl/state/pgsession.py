@@ -10,8 +10,7 @@ from typing import Any
 
 from fnctl.state import pg
 from fnctl.state.location import StoreError
-
-LEADER_LOCK = 0x666E63746D  # b"fnctm": the controller's lock (rollouts, cron, onCommit), one holder per state
+from fnctl.state.pglocks import LEADER_LOCK
 
 
 class AdvisoryLeaderLock:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer
+from polling import wait_until
 
-from fnctl.state import backends, docstore, pg
+from fnctl.state import backends, docstore, pg, pglocks, pgsession
 from fnctl.state.auditchain import verify
 from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
 from fnctl.state.location import StateLocation, StoreError
-from fnctl.state.store import connect
+from fnctl.state.store import Store, connect
 
 
 def test_each_test_gets_a_fresh_database_of_a_real_server(pg_url: str, pg_server: PgServer) -> None:
@@ -148,3 +150,38 @@ def test_an_invocation_audit_batch_is_the_heads_read_a_copy_and_the_commit(pg_ur
         assert store.routes() == {}
     finally:
         store.close()
+
+
+# The leader's key as every fnctl version so far takes it: an older gateway in a mixed fleet leads on this.
+_LEADER_KEY_OF_EVERY_VERSION = 0x666E63746D
+
+
+def test_the_state_migrates_while_a_gateway_leads_and_leaders_of_every_version_exclude_each_other(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A process opening a state that needs migrating (a newer `fnctl serve` or `fnctl state migrate` beside
+    running gateways) must not wait for the leader's lock: the leader holds it for as long as it lives."""
+    leader = pgsession.AdvisoryLeaderLock(pg_url)
+    older = pg.connect(pg_url)  # a gateway of an older fnctl, a candidate for leadership
+    opened: list[Store] = []
+    migrating = threading.Thread(
+        target=lambda: opened.append(connect(StateLocation(tmp_path / "anchor", pg_url))), daemon=True
+    )
+    try:
+        assert leader.try_take()
+        taken = older.execute("SELECT pg_try_advisory_lock(%s)", (_LEADER_KEY_OF_EVERY_VERSION,)).fetchone()
+        assert taken == (False,)  # one leader across versions in a rolling upgrade
+        migrating.start()  # a fresh database: opening it creates and migrates every table
+        wait_until(lambda: not migrating.is_alive(), what="the store to open while a gateway leads", timeout=60)
+        assert len(opened) == 1 and opened[0].routes() == {}
+        assert leader.held()
+    finally:
+        leader.release()  # on a shared key this is what the migration waited for
+        migrating.join(timeout=60)
+        older.close()
+        for store in opened:
+            store.close()
+
+
+def test_every_advisory_lock_key_is_a_key_of_its_own() -> None:
+    assert len(set(pglocks.KEYS)) == len(pglocks.KEYS)  # a shared key makes unrelated holders wait on each other
