@@ -338,6 +338,29 @@ def _placed_and_not(engine: SwarmEngine, swarm: SwarmNodes, service: str) -> tup
     return a, b
 
 
+def _gateways_with_and_without_the_task(
+    project: Project,
+    state: Path | str,
+    swarm: SwarmNodes,
+    engine: SwarmEngine,
+    auth: dict[str, str],
+    logs: Path,
+    gateways: list[subprocess.Popen[bytes]],
+) -> tuple[int, Path, int, Path]:
+    """Node gateways A, on the node running revision 1 of web's one task, and B, on a node without one, each
+    on a port of its own with its logs under `logs`, added to `gateways` (A first) as they start, for the
+    caller to tear down; once both answer /invoke/web 200 with `auth` (A from its task, B by forwarding to A):
+    (A's port, A's log, B's port, B's log)."""
+    a, b = _placed_and_not(engine, swarm, service_name(project.name, "web", "1"))
+    port_a, port_b = free_port(), free_port()
+    log_a, log_b = logs / "gateway-a", logs / "gateway-b"
+    gateways.append(_node_gateway(project, state, swarm.socket(a), port_a, log_a))
+    gateways.append(_node_gateway(project, state, swarm.socket(b), port_b, log_b))
+    wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
+    wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
+    return port_a, log_a, port_b, log_b
+
+
 def _node_gateway(project: Project, state: Path | str, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     """A gateway for one node, on 127.0.0.1:port: the node's engine by FNCTL_SWARM_NODE (one fnctl.toml for
     every node), its access log in `log`."""
@@ -395,16 +418,9 @@ def test_a_node_gateway_without_an_instance_forwards_to_a_peer_that_has_one(
         fnctl(project, state, "apply")
         key = fnctl(project, state, "keys", "create", "forwarding", "--role", "reader").stdout.strip()
         auth = {"Authorization": f"Bearer {key}"}
-        service = service_name(project.name, "web", "1")
-        a, b = _placed_and_not(engine, swarm, service)
-        port_a, port_b = free_port(), free_port()
-        log_a, log_b = tmp_path / "gateway-a", tmp_path / "gateway-b"
-        gateways += [
-            _node_gateway(project, state, swarm.socket(a), port_a, log_a),
-            _node_gateway(project, state, swarm.socket(b), port_b, log_b),
-        ]
-        wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
-        wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
+        port_a, log_a, port_b, log_b = _gateways_with_and_without_the_task(
+            project, state, swarm, engine, auth, tmp_path, gateways
+        )
 
         before = _forwarded(port_b)
         status, body = _request(port_b, auth | {"X-Request-Id": "forwarded-1"})
@@ -496,15 +512,9 @@ def test_a_manual_run_a_data_hook_and_an_http_event_through_a_node_without_a_tas
         fnctl(project, state, "apply")
         key = fnctl(project, state, "keys", "create", "peer-runs", "--role", "reader").stdout.strip()
         auth = {"Authorization": f"Bearer {key}"}
-        a, b = _placed_and_not(engine, swarm, service_name(project.name, "web", "1"))
-        port_a, port_b = free_port(), free_port()
-        log_a, log_b = tmp_path / "gateway-a", tmp_path / "gateway-b"
-        gateways += [
-            _node_gateway(project, state, swarm.socket(a), port_a, log_a),
-            _node_gateway(project, state, swarm.socket(b), port_b, log_b),
-        ]
-        wait_until(lambda: _reach(port_a, auth) == 200, what="node A's gateway serving its task", timeout=60)
-        wait_until(lambda: _reach(port_b, auth) == 200, what="node B's gateway forwarding to A's", timeout=30)
+        port_a, log_a, port_b, log_b = _gateways_with_and_without_the_task(
+            project, state, swarm, engine, auth, tmp_path, gateways
+        )
 
         status, body = _call(port_b, "/v1/triggers/kick/run", {"n": 1}, auth | {"X-Request-Id": "kick-1"})
         assert (status, body) == (200, {"echo": {"n": 1}, "function": "web", "revision": "1"}), body
