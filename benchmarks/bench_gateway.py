@@ -10,7 +10,8 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
   each beside the bare server's in the same round; rounds interleaved, medians;
 - gateway CPU per request (trigger, c8), from the process's own CPU time, beside the bare server's;
 - added latency: p50 of sequential invocations through the gateway minus p50 straight to the instance;
-- 200 keep-alive clients (`wrk -t2 -c200`) on the 4 x 8 slots for --load-seconds (30; 10 with --quick):
+- 200 keep-alive clients (`wrk -t1 -c200`: the generator of the c32 figure it is compared with) on the 4 x 8
+  slots for --load-seconds (30; 10 with --quick):
   non-2xx answers, successful requests/s against the c32 /invoke figure, p99;
 - cold start (minInstances 0: the gateway stops `cold` when idle, --idle-timeout 2s, then one request
   times its start) and scale from zero with a paused warm instance (`warm`); medians of --cold-runs; then a
@@ -424,7 +425,7 @@ def main() -> None:
         "--load-only", action="store_true", help="only /invoke c32 and the 200 clients, --rounds interleaved rounds"
     )
     parser.add_argument(
-        "--wrk-threads", type=int, default=2, help="--load-only: wrk's threads, for c32 and the 200 clients alike"
+        "--wrk-threads", type=int, default=1, help="--load-only: wrk's threads, for c32 and the 200 clients alike"
     )
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
@@ -522,7 +523,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     for _ in range(args.rounds):
         direct += direct_latencies(row.socket_dir, row.container_id or "", args.sequential)
         via += http_latencies(setup.port, args.sequential)
-    load = wrk(setup.port, "/invoke/noop", post, threads=2, connections=200, seconds=args.load_seconds)
+    load = wrk(setup.port, "/invoke/noop", post, threads=1, connections=200, seconds=args.load_seconds)
     ok, total, cuts = hostile(setup.port, args.hostile_seconds)
     # idle: no instance, and no container the engine is still removing (its clean-up would slow the start)
     colds = cold_starts(
