@@ -10,7 +10,8 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
   each beside the bare server's in the same round; rounds interleaved, medians;
 - gateway CPU per request (trigger, c8), from the process's own CPU time, beside the bare server's;
 - added latency: p50 of sequential invocations through the gateway minus p50 straight to the instance;
-- 200 keep-alive clients (`wrk -t2 -c200`) on the 4 x 8 slots for --load-seconds (30; 10 with --quick):
+- 200 keep-alive clients (`wrk -t1 -c200`: the generator of the c32 figure it is compared with) on the 4 x 8
+  slots for --load-seconds (30; 10 with --quick):
   non-2xx answers, successful requests/s against the c32 /invoke figure, p99;
 - cold start (minInstances 0: the gateway stops `cold` when idle, --idle-timeout 2s, then one request
   times its start) and scale from zero with a paused warm instance (`warm`); medians of --cold-runs; then a
@@ -64,7 +65,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import coldsteps  # noqa: E402  (beside this script: on sys.path when run as one; it imports fnctl, found above)
-from benchcommon import Wrk, echo_child, free_port, http_trigger, post_lua, stop_processes, wrk  # noqa: E402
+from benchcommon import (  # noqa: E402
+    Wrk,
+    cgroups_cpu,
+    children_cpu,
+    echo_child,
+    free_port,
+    http_trigger,
+    instance_cgroups,
+    machine_cpu,
+    post_lua,
+    stop_processes,
+    wrk,
+)
 
 NOOP = "def handler(event, context):\n    return {}\n"
 FUNCTION = """\
@@ -411,6 +424,9 @@ def main() -> None:
     parser.add_argument(
         "--load-only", action="store_true", help="only /invoke c32 and the 200 clients, --rounds interleaved rounds"
     )
+    parser.add_argument(
+        "--wrk-threads", type=int, default=1, help="--load-only: wrk's threads, for c32 and the 200 clients alike"
+    )
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
     if args.calls_only or args.load_only:
@@ -478,7 +494,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
             raise SystemExit(f"invoking {name} through the gateway answered {status}")
     until(lambda: http_get(setup.port, "/t/noop")[0] == 200, "the trigger route", 30)
     if args.load_only:
-        return {"calls": calls, "overload": overload(setup.port, post, gateway.pid, args)}
+        return {"calls": calls, "overload": overload(setup.port, post, gateway.pid, setup.name, args)}
     store = connect(setup.state)
     row = next(iter(store.instances("noop")))
     store.close()
@@ -507,7 +523,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     for _ in range(args.rounds):
         direct += direct_latencies(row.socket_dir, row.container_id or "", args.sequential)
         via += http_latencies(setup.port, args.sequential)
-    load = wrk(setup.port, "/invoke/noop", post, threads=2, connections=200, seconds=args.load_seconds)
+    load = wrk(setup.port, "/invoke/noop", post, threads=1, connections=200, seconds=args.load_seconds)
     ok, total, cuts = hostile(setup.port, args.hostile_seconds)
     # idle: no instance, and no container the engine is still removing (its clean-up would slow the start)
     colds = cold_starts(
@@ -546,37 +562,86 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     }
 
 
-Overload = list[tuple[Wrk, float, Wrk, float, float]]  # per round: c32, its CPU/request, 200 clients, its, load
+@dataclass(frozen=True)
+class Phase:
+    """One wrk run of an overload round and the CPU it cost per request answered: the gateway's, its
+    instances' (their cgroups) and the load generator's (wrk itself), with the machine's busy cores over it
+    (of 2: what is neither of these three is other people's load)."""
+
+    load: Wrk
+    gateway_us: float
+    instances_us: float
+    wrk_us: float
+    machine_cores: float
+
+    @property
+    def ok_rps(self) -> float:
+        load = self.load
+        return (load.requests - load.non_2xx) / load.requests * load.rps if load.requests else 0.0
+
+    @property
+    def ours_us(self) -> float:
+        """CPU per request of the three that share the machine's cores: gateway, instances and generator."""
+        return self.gateway_us + self.instances_us + self.wrk_us
+
+    def cpu(self) -> str:
+        return (
+            f"gateway {self.gateway_us:.0f} + instances {self.instances_us:.0f} + wrk {self.wrk_us:.0f} us/request,"
+            f" machine {self.machine_cores:.2f} cores busy"
+        )
 
 
-def overload(port: int, post: Path, pid: int, args: argparse.Namespace) -> Overload:
-    """--load-only: /invoke c32 then the 200 clients, round after round, with the gateway's CPU per request."""
+Overload = list[tuple[Phase, Phase, Phase, float]]  # per round: c32 before, 200 clients, c32 after, load after
+
+
+def phase(port: int, post: Path, pid: int, project: str, connections: int, seconds: int, threads: int) -> Phase:
+    cgroups = instance_cgroups(project)
+    before = (cpu_seconds(pid), cgroups_cpu(cgroups), children_cpu(), machine_cpu())
+    started = time.monotonic()
+    load = wrk(port, "/invoke/noop", post, threads=threads, connections=connections, seconds=seconds)
+    wall = time.monotonic() - started
+    after = (cpu_seconds(pid), cgroups_cpu(cgroups), children_cpu(), machine_cpu())
+    used = [b - a for a, b in zip(before, after, strict=True)]
+    per = 1e6 / max(load.requests, 1)
+    return Phase(load, used[0] * per, used[1] * per, used[2] * per, used[3] / wall)
+
+
+def overload(port: int, post: Path, pid: int, project: str, args: argparse.Namespace) -> Overload:
+    """--load-only: the 200 clients round after round, each between two c32 runs (the one after a round is
+    the one before the next) and compared with their mean: the other engineers' load moves c32 by up to 2.5x
+    within a minute, and a baseline taken on both sides of the run is as likely to be hit as the run. The same
+    generator for both (wrk with --wrk-threads threads: one that cost more per request at c200 would take CPU
+    from the gateway on these 2 cores) and the same CPU accounting."""
     rounds: Overload = []
+    before = phase(port, post, pid, project, 32, args.seconds, args.wrk_threads)
     for _ in range(args.rounds):
-        before = cpu_seconds(pid)
-        c32 = wrk(port, "/invoke/noop", post, threads=1, connections=32, seconds=args.seconds)
-        middle = cpu_seconds(pid)
-        load = wrk(port, "/invoke/noop", post, threads=2, connections=200, seconds=args.load_seconds)
-        cpu = cpu_seconds(pid) - middle
-        rounds.append((c32, (middle - before) / c32.requests, load, cpu / load.requests, os.getloadavg()[0]))
+        load = phase(port, post, pid, project, 200, args.load_seconds, args.wrk_threads)
+        after = phase(port, post, pid, project, 32, args.seconds, args.wrk_threads)
+        rounds.append((before, load, after, os.getloadavg()[0]))
+        before = after
     return rounds
 
 
 def overload_rows(rounds: Overload) -> tuple[list[tuple[str, str, str]], list[str]]:
     rows, ratios = [], []
-    for i, (c32, c32_cpu, load, load_cpu, avg) in enumerate(rounds, 1):
-        good = (load.requests - load.non_2xx) / load.requests * load.rps if load.requests else 0.0
-        ratios.append(good / c32.rps)
-        rows.append(
+    for i, (before, load, after, avg) in enumerate(rounds, 1):
+        c32 = (before.load.rps + after.load.rps) / 2
+        ratios.append(load.ok_rps / c32)
+        ours = (before.ours_us + after.ours_us) / 2 / load.ours_us
+        rows += [
             (
                 f"round {i}: /invoke c32 / 200 clients (load {avg:.1f})",
-                f"{c32.rps:,.0f} / {good:,.0f} ok/s",
-                f"{good / c32.rps:.0%}; {load.non_2xx} non-2xx, {load.socket_errors} socket errors; p99 "
-                f"{c32.p99_ms:.2f} / {load.p99_ms:.2f} ms; CPU {c32_cpu * 1e6:.0f} / {load_cpu * 1e6:.0f} us/request",
-            )
-        )
+                f"{c32:,.0f} / {load.ok_rps:,.0f} ok/s",
+                f"{ratios[-1]:.0%} (c32 {before.load.rps:,.0f} before, {after.load.rps:,.0f} after); "
+                f"{load.load.non_2xx} non-2xx, {load.load.socket_errors} socket errors; p99 "
+                f"{after.load.p99_ms:.2f} / {load.load.p99_ms:.2f} ms; CPU per request c32 / 200 clients "
+                f"{ours:.0%} (the ratio if our three processes had the cores to themselves)",
+            ),
+            (f"round {i}: c32 CPU (after)", "", after.cpu()),
+            (f"round {i}: 200 clients CPU", "", load.cpu()),
+        ]
     worst = min(ratios)
-    errors = sum(load.errors for _, _, load, _, _ in rounds)
+    errors = sum(load.load.errors for _, load, _, _ in rounds)
     missed = ["200 clients"] if worst < 0.9 or errors else []
     rows.append(
         ("200 clients / c32: median, worst", f"{statistics.median(ratios):.0%}, {worst:.0%}", f"{errors} errors")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -27,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchcommon import (
-    TICKS,
     await_ready,
+    cgroups_cpu,
+    children_cpu,
     fnctl_ok,
     free_port,
     function_manifest,
+    instance_cgroups,
+    machine_cpu,
     post_lua,
     remove_project,
     serve,
@@ -100,11 +102,11 @@ def one_round(
         script = root / "post.lua"
         wrk(port, "/invoke/noop", script, seconds=1)  # warm-up: connections, worker processes of the runtimes
         containers = instance_cgroups(project)
-        before = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
+        before = (tree_cpu(process.pid), cgroups_cpu(containers), children_cpu(), machine_cpu())
         started = time.monotonic()
         load = wrk(port, "/invoke/noop", script, seconds=args.seconds, connections=args.connections)
         wall = time.monotonic() - started
-        after = (tree_cpu(process.pid), cgroups_cpu(containers), _children_cpu(), machine_cpu())
+        after = (tree_cpu(process.pid), cgroups_cpu(containers), children_cpu(), machine_cpu())
         used = [(b - a) / wall for a, b in zip(before, after, strict=True)]
         return Round(server, workers, load.rps, load.errors, *used)
     finally:
@@ -113,52 +115,6 @@ def one_round(
         else:  # the shell and the servers it started
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
-
-
-def instance_cgroups(project: str) -> list[Path]:
-    """The cpuacct cgroups of the project's containers (cgroup v1 with the cgroupfs driver, or v2)."""
-    ids = subprocess.run(
-        ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=io.fnctl.project={project}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    found = []
-    for container in ids:
-        for candidate in (
-            Path("/sys/fs/cgroup/cpuacct/docker") / container / "cpuacct.usage",
-            Path("/sys/fs/cgroup/docker") / container / "cpu.stat",
-            Path(f"/sys/fs/cgroup/system.slice/docker-{container}.scope/cpu.stat"),
-        ):
-            if candidate.exists():
-                found.append(candidate)
-                break
-    return found
-
-
-def cgroups_cpu(paths: list[Path]) -> float:
-    total = 0.0
-    for path in paths:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if path.name == "cpuacct.usage":
-            total += int(text) / 1e9
-        else:
-            total += int(text.split("usage_usec ")[1].split()[0]) / 1e6
-    return total
-
-
-def machine_cpu() -> float:
-    """CPU seconds every core of the machine spent busy (not idle, not waiting for I/O), since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / TICKS
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

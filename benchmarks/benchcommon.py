@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -222,6 +223,53 @@ def tree_cpu(root: int) -> float:
         tree.update(children)
         frontier += children
     return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def instance_cgroups(project: str) -> list[Path]:
+    """The cpuacct cgroups of the project's containers (cgroup v1 with the cgroupfs driver, or v2)."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=io.fnctl.project={project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    found = []
+    for container in ids:
+        for candidate in (
+            Path("/sys/fs/cgroup/cpuacct/docker") / container / "cpuacct.usage",
+            Path("/sys/fs/cgroup/docker") / container / "cpu.stat",
+            Path(f"/sys/fs/cgroup/system.slice/docker-{container}.scope/cpu.stat"),
+        ):
+            if candidate.exists():
+                found.append(candidate)
+                break
+    return found
+
+
+def cgroups_cpu(paths: list[Path]) -> float:
+    total = 0.0
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.name == "cpuacct.usage":
+            total += int(text) / 1e9
+        else:
+            total += int(text.split("usage_usec ")[1].split()[0]) / 1e6
+    return total
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core of the machine spent busy (not idle, not waiting for I/O), since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (a wrk run counts once it has returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def loadavg() -> str:

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from fnctl.engine import instances
-from fnctl.gateway.poolhost import Overloaded, PoolResult, Slot, SlotPhase, Unavailable
+from fnctl.gateway.poolhost import Host, Overloaded, Pauser, PoolResult, Slot, SlotPhase, Target, Unavailable
 from fnctl.gateway.poolinstances import PoolInstances
-from fnctl.gateway.scaling import refuse, retry_after
+from fnctl.gateway.scaling import Routing, refuse, retry_after
 from fnctl.gateway.shedding import Shed, answer_rate, shed
 from fnctl.invocation.aiotransport import FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
@@ -39,6 +39,15 @@ class RevisionPool(PoolInstances):
 
     rate = 0.0  # answers per second, over about the last shedding.RATE_WINDOW seconds (`answer_rate`)
     answered = 0.0  # time.monotonic() of the last answer
+
+    def __init__(self, host: Host, target: Target, *, routing: Routing, pauser: Pauser | None = None) -> None:
+        super().__init__(host, target, routing=routing, pauser=pauser)
+        # The queued requests' deadlines, oldest first (a dict keeps insertion order), under one timer for the
+        # oldest: a timer per queued request (a TimerHandle, a heap push, a cancellation) cost more than the
+        # rest of queueing it, and 200 clients on 4 x 8 slots queue nearly every request.
+        self._deadlines: dict[asyncio.Future[Slot], float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # asked once: each get_running_loop() is a getpid()
 
     # ---- requests ----
 
@@ -108,27 +117,51 @@ class RevisionPool(PoolInstances):
         if cold and self._backing_off() and not starting:
             assert self.start_error is not None
             raise Unavailable(f"{self.name} could not start an instance: {self.start_error[1]}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Slot] = loop.create_future()
         self.waiters.append(future)
         if ready + starting < max(self.target.function.scaling.max_instances, self.keep) or self.host.crew is not None:
             self.scale()  # (at maxInstances, with no crew to tell its load, there is nothing it could start)
-        limit = self.target.function.limits.timeout + instances.START_TIMEOUT
-        timer = loop.call_later(limit, self._expire, future, limit)
+        self._deadlines[future] = loop.time() + self._queue_limit
+        if self._expiry is None:
+            self._arm()
         try:
             return await future, cold
-        except asyncio.CancelledError:
+        except BaseException:
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._release(future.result())  # served just as the caller gave up: hand the slot back
+            elif future in self.waiters:  # given up or expired while queued (served ones left the queue)
+                self.waiters.remove(future)
             raise
         finally:
-            timer.cancel()
-            if future in self.waiters:
-                self.waiters.remove(future)
+            del self._deadlines[future]
 
-    def _expire(self, future: asyncio.Future[Slot], limit: float) -> None:
-        if not future.done():
-            future.set_exception(Unavailable(f"{self.name}: no instance became available within {limit:g}s"))
+    @property
+    def _queue_limit(self) -> float:
+        """How long a request may stay queued: its timeout, and a start on top (it may be waiting for one)."""
+        return self.target.function.limits.timeout + instances.START_TIMEOUT
+
+    def _arm(self) -> None:
+        """The queue's timer, for the oldest request still waiting (none: no timer)."""
+        self._expiry = None
+        for future, deadline in self._deadlines.items():
+            if not future.done():
+                assert self._loop is not None
+                self._expiry = self._loop.call_at(deadline, self._expire)
+                return
+
+    def _expire(self) -> None:
+        """Fail the queued requests past their deadline, oldest first, then wait for the next one's."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for future, deadline in self._deadlines.items():
+            if deadline > now:
+                break
+            if not future.done():
+                future.set_exception(
+                    Unavailable(f"{self.name}: no instance became available within {self._queue_limit:g}s")
+                )
+        self._arm()
 
     def _release(self, slot: Slot) -> None:
         self._unclaim(slot)

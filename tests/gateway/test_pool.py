@@ -608,6 +608,32 @@ def test_callers_that_give_up_leave_no_slot_or_queue_entry_behind(tmp_path: Path
     run_local(host, scenario())
 
 
+def test_requests_queued_past_their_limit_fail_and_the_next_ones_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a request may stay queued for its timeout and a start's (instances.START_TIMEOUT): here, 1 s and none
+    monkeypatch.setattr(instances, "START_TIMEOUT", 0.0)
+    host, pool = local_pool(tmp_path, min_instances=1, max_instances=1, concurrency=1, timeout=1.0)
+
+    async def scenario() -> None:
+        pool.scale()
+        await eventually(lambda: pool.stats().ready == 1, "the instance started")
+        running = asyncio.ensure_future(pool.invoke({"sleep": 5}, None, "running"))  # holds the only slot 1.5 s
+        await eventually(lambda: pool.stats().inflight == 1, "a request in flight")
+        queued = [asyncio.ensure_future(pool.invoke({"n": n}, None, f"q{n}")) for n in range(3)]
+        await eventually(lambda: pool.stats().queued == 3, "three requests queued")
+        for waiting in queued:
+            with pytest.raises(Unavailable, match="no instance became available within 1s"):
+                await waiting
+        assert pool.stats().queued == 0
+        assert (await running).outcome.failure is Failure.TIMEOUT
+        # the queue's timer is armed again for the next requests, which wait for the replacement
+        served = await asyncio.gather(*(pool.invoke({"n": n}, None, f"next{n}") for n in range(3)))
+        assert [(r.outcome.ok, r.outcome.result["n"]) for r in served] == [(True, n) for n in range(3)]
+
+    run_local(host, scenario())
+
+
 # ---- PoolManager against real Docker --------------------------------------------------------------
 
 FUNCTION_CODE = """\
