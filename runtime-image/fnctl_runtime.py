@@ -58,7 +58,9 @@ MIB = 1 << 20
 READ_SIZE = 64 * 1024  # bytes per read: several frames at once under load; past 128 KiB each read maps fresh pages
 FRAME_SLACK = 64 * 1024  # room for the envelope around a payload at the limit
 LISTENER_PREFIX, LISTENER_SUFFIX = "h-", ".sock"  # the host's listeners; every other name is ignored
-SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners: what a new host connection may wait
+SCAN_INTERVAL = 0.02  # seconds between looks for new host listeners, while they change (`Server.watch`)
+IDLE_SCAN_INTERVAL = 0.1  # the same once the listeners did not change for SETTLE seconds
+SETTLE = 2.0
 ATTACH_WAIT = 5.0  # how long a worker waits for the host to accept its own connection, then uses the first
 STARTUP_REPORT_WAIT = 10.0  # how long a failed start waits for a host to listen, then to read the report
 _THIS_FILE = os.path.abspath(__file__)
@@ -710,6 +712,7 @@ class _Connection:
         self.incoming = memoryview(bytearray(READ_SIZE))
         self.poller: Any = None  # a poll of this socket and the loop's selector, for `reply_now`
         self.watches_loop = True  # whether that poll sees what else the loop watches (its selector)
+        self.workers = not server.handler.is_async  # whether its invocations run in worker processes
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -747,10 +750,14 @@ class _Connection:
                 continue
             body = bytes(buf[4 : 4 + size])
             del buf[: 4 + size]
-            try:
-                message = _DECODER.decode(body.decode())
-            except ValueError:  # UnicodeDecodeError included
-                message = None
+            # A synchronous handler's invocation is decoded whole once, by the worker that runs it: here only
+            # its header (a 600-byte trigger event decoded twice was ~5 % of the instance's CPU per request).
+            message = _invoke_header(body) if self.workers else None
+            if message is None:
+                try:
+                    message = _DECODER.decode(body.decode())
+                except ValueError:  # UnicodeDecodeError included
+                    message = None
             if not isinstance(message, dict):
                 self.abort("frame is not a JSON object")
                 return
@@ -1058,12 +1065,18 @@ class Server:
         self.workers: dict[int, _Worker] = {}  # by index, which their call ids carry ("w3.17")
         self.idle_workers: list[_Worker] = []
         self.die_with_us: Callable[[], None] | None = None  # what a new worker calls first (`_pdeathsig`)
+        # One byte per worker, shared with the workers (an anonymous shared mapping made before the first fork):
+        # the count of invocations it finished, mod 256, written before its result. Reading it tells the
+        # supervisor which slots are free without a note on the link per invocation (a write in the worker and
+        # a read here: two of the seven system calls of an invocation); a note comes only when asked (`wake`).
+        self.finished: Any = None
         # Whether a sweep is due: one at a time. A flag, not the timer's handle: `_PollLoop.call_later` returns
         # none, and a sweep armed per invocation piled up timers that each re-armed itself every 50 ms while a
         # deadline was pending (~100,000 timers after a few thousand invocations; the supervisor's CPU per
         # invocation grew with them, 300-800 us here).
         self.sweep_armed = False
         self.next_conn = 0
+        self.listeners_changed = time.monotonic()  # when `watch` last saw a listener come or go
         # Workers write to the host connections too (synchronous handlers): every write holds this lock.
         self.write_lock: int | None = None if handler.is_async else _new_write_lock()
 
@@ -1135,8 +1148,7 @@ class Server:
                 return
             worker.conn = conn
             worker.invocation_id, worker.deadline = _invocation_of(message)
-            worker.start(conn, body)
-            worker.watch(bool(self.waiting) or self.draining or conn.id not in worker.has)
+            worker.start(conn, body, bool(self.waiting) or self.draining)
             if worker.deadline:
                 self.arm_sweep()
             return
@@ -1184,6 +1196,9 @@ class Server:
         supervisor = os.getpid()
         if self.die_with_us is None:
             self.die_with_us = _pdeathsig()  # loaded here, before the fork: the workers share its pages
+            import mmap  # only a synchronous handler's runtime that forks needs it
+
+            self.finished = mmap.mmap(-1, self.config.concurrency + 1)  # shared (MAP_SHARED) with the workers
             gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
         try:
             pid = os.fork()
@@ -1235,16 +1250,18 @@ class Server:
             worker.watch(False)
 
     def collect(self) -> None:
-        """Take the `D` (done) notes that busy workers left on their links unread: a worker's end is not
-        worth a wake-up of this process unless an invocation waits for its slot (`watch_workers`)."""
+        """Free the slots of the workers whose invocation ended (their byte in `finished`): a worker's end is
+        not worth a wake-up of this process unless an invocation waits for its slot (`watch_workers`). A worker
+        that passes its result back through the link (`relay`) is freed by that result instead."""
         for worker in list(self.workers.values()):
-            if worker.conn is not None and not worker.watched:
-                worker.readable()
+            if worker.conn is not None and not worker.relay and self.finished[worker.index] == worker.started:
+                self.worker_done(worker, b"")
 
     def watch_workers(self) -> None:
+        """From now on a busy worker's end wakes this process: each is asked for a note (`wake`)."""
         for worker in self.workers.values():
-            if worker.conn is not None:
-                worker.watch(True)
+            if worker.conn is not None and not worker.relay:
+                worker.wake()
 
     def connection_gone(self, conn: _Connection) -> None:
         """The host hung up: calls that workers make for its invocations fail (their results are dropped)."""
@@ -1284,6 +1301,8 @@ class Server:
         (a call it waits for, or makes from then on, fails with Timeout); look again while any are waiting."""
         self.sweep_armed = False
         now, waiting = time.time(), False
+        if self.workers:
+            self.collect()  # no deadline notice for an invocation that ended, nor a sweep kept up for it
         for worker in self.workers.values():
             if worker.conn is not None and worker.deadline:
                 if worker.deadline > now:
@@ -1306,13 +1325,22 @@ class Server:
     # ---- connections, drain ----
 
     def watch(self, tried: set[str]) -> None:
-        """Connect out to each host listener as it appears in the socket directory (looked at again every
-        SCAN_INTERVAL), until draining: a draining instance takes no new connections either."""
+        """Connect out to each host listener as it appears in the socket directory, until draining: a draining
+        instance takes no new connections either. Looked at every SCAN_INTERVAL while the listeners changed
+        within the last SETTLE seconds (the start, a host process coming or going), every IDLE_SCAN_INTERVAL
+        otherwise: most of an idle instance's CPU is these looks (a wake-up and a listing each, ~6 ms of CPU a
+        second at 50 a second here), and a host process that comes later waits up to that long for it."""
         if self.draining:
             return
-        for path in host_listeners(self.config.socket_dir, tried):
+        known = len(tried)
+        found = host_listeners(self.config.socket_dir, tried)
+        now = time.monotonic()
+        if found or len(tried) != known:
+            self.listeners_changed = now
+        for path in found:
             self.connect(path)
-        self.loop.call_later(SCAN_INTERVAL, self.watch, tried)
+        settled = now - self.listeners_changed > SETTLE
+        self.loop.call_later(IDLE_SCAN_INTERVAL if settled else SCAN_INTERVAL, self.watch, tried)
 
     def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
@@ -1349,12 +1377,38 @@ class Server:
 
 
 _WORKER_REPLY = b'{"type":"reply","id":"w'  # the start of a host's reply to a worker's call
+_WAKE_FRAME = encode({"type": "wake"})  # asks a worker for a `D` note once its invocation ended
 
 
 def _worker_index(call_id: str) -> int:
     """The worker a call id ("w3.17") belongs to; 0 (none) for anything else."""
     head = call_id[1:].partition(".")[0]
     return int(head) if head.isdigit() else 0
+
+
+_INVOKE_HEAD = b'{"type":"invoke","event":'
+_CONTEXT_AT = b',"context":{"invocation_id":'
+
+
+def _invoke_header(body: bytes) -> dict[str, Any] | None:
+    """An invoke frame's type, id and context, without decoding its event: what the supervisor needs of it.
+    Only for the shape fnctl's hosts write (the event first, then the context and the id last); None for any
+    other frame, which is then decoded whole. The last `,"context":{"invocation_id":` is the frame's own: the
+    event comes before it, and no JSON string can hold `,"` unescaped."""
+    if not body.startswith(_INVOKE_HEAD):
+        return None
+    at = body.rfind(_CONTEXT_AT)
+    if at < 0:
+        return None
+    try:
+        text = body[at + 11 :].decode()
+        context, end = _DECODER.raw_decode(text)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    request_id = text[end + 6 : -1]
+    if not (text.startswith(',"id":', end) and text.endswith("}") and request_id.isascii() and request_id.isdigit()):
+        return None
+    return {"type": "invoke", "id": int(request_id), "context": context}
 
 
 def _invocation_of(message: dict[str, Any]) -> tuple[str, float]:
@@ -1426,9 +1480,10 @@ class _Worker:
 
     The link is a socketpair. Supervisor -> worker: protocol frames (`use` with the host connection's fd when
     the worker has none yet, `invoke`, a `reply` to its call, `configure`, `deadline`, `lost`). Worker ->
-    supervisor: a tag byte and a frame, `D` (done, empty: the slot is free; read when the supervisor next needs
-    a worker or answers a ping, or at once while invocations wait: `Server.collect`) or, when it holds no copy of the
-    host connection, `C`/`R` (a call or a result to pass on). A worker writes its calls and results straight
+    supervisor: a tag byte and a frame, `D` (empty: the answer to a `wake`, sent only while invocations wait for
+    a slot; otherwise a worker's end is its `Server.finished` byte, looked at when the supervisor next needs a
+    worker or answers a ping: `Server.collect`) or, when it holds no copy of the host connection, `C`/`R` (a call
+    or a result to pass on). A worker writes its calls and results straight
     to the host connection (its own copy of the socket, under the shared write lock): no hop through the
     supervisor on the way out; replies to its calls come back through the supervisor, undecoded.
     """
@@ -1441,7 +1496,10 @@ class _Worker:
         self.has = has  # ids of the host connections it holds a copy of
         self.use = b""  # the last `use` frame it was sent: it keeps acting on it until told otherwise
         self.buf = bytearray()
-        self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` reads it)
+        self.watched = False  # whether the loop wakes for what it writes (else `Server.collect` looks)
+        self.started = 0  # invocations handed to it, mod 256: it is idle when its `finished` byte says as many
+        self.relay = False  # whether its current result comes back through the link (it holds no host socket)
+        self.woken = False  # whether it was asked for a note when its invocation ends (`wake`), none came yet
         sock.setblocking(False)
 
     def watch(self, wanted: bool) -> None:
@@ -1456,26 +1514,44 @@ class _Worker:
         if self.sock.fileno() >= 0:
             _write_all(self.sock.fileno(), frame, None)
 
-    def start(self, conn: _Connection, body: bytes) -> None:
+    def wake(self) -> None:
+        """Ask it for a `D` note once its invocation ended (at once if it already has), and watch for it."""
+        if not self.woken:
+            self.woken = True
+            self.write(_WAKE_FRAME)
+        self.watch(True)
+
+    def start(self, conn: _Connection, body: bytes, wake: bool) -> None:
         """Hand it an invocation of `conn` (the invoke frame's body, as the host sent it), after a `use` frame
         only when it ran its last one for another connection (or `configure` changed the offer): one frame to
-        decode per invocation in the worker, not two."""
+        decode per invocation in the worker, not two. `wake`: ask for a note when it ends (in the same write)."""
+        self.started = (self.started + 1) & 0xFF
         frames = len(body).to_bytes(4, "big") + body
         if self.use is not conn.use_frame or conn.id not in self.has:
             frames = conn.use_frame + frames
             self.use = conn.use_frame
+        if wake and not self.woken:
+            self.woken = True
+            frames += _WAKE_FRAME
         if conn.id in self.has or conn.fd < 0:
-            self.write(frames)
+            self.send(frames, conn)
             return
         self.has.add(conn.id)  # its copy of the connection travels with the `use` frame
         try:
             sent = socket.send_fds(self.sock, [frames], [conn.fd])
         except OSError:  # the link's buffer is full, or fds cannot pass here
             self.has.discard(conn.id)
-            self.write(frames)  # without the copy: it passes its frames back through the link
+            self.send(frames, conn)  # without the copy: it passes its frames back through the link
             return
         if sent < len(frames):
             self.write(frames[sent:])
+        self.relay = False
+        self.watch(self.woken)
+
+    def send(self, frames: bytes, conn: _Connection) -> None:
+        self.write(frames)
+        self.relay = conn.id not in self.has  # then its result comes back by the link, which is watched
+        self.watch(self.relay or self.woken)
 
     def readable(self) -> None:
         try:
@@ -1495,8 +1571,14 @@ class _Worker:
                 return
             tag, frame = buf[0], bytes(buf[5:end])
             del buf[:end]
-            if tag == 0x44:  # "D": done, its result is on its way to the host
-                self.server.worker_done(self, b"")
+            if tag == 0x44:  # "D": the note asked for (`wake`): its `finished` byte says whether it is done
+                self.woken = False
+                if self.conn is None or self.relay:
+                    continue
+                if self.server.finished[self.index] == self.started:
+                    self.server.worker_done(self, b"")
+                else:  # a late answer to an earlier request, read while watched for this invocation: ask again
+                    self.wake()
             elif tag == 0x43:  # "C": a call to pass on
                 if self.conn is not None:
                     self.conn.write(len(frame).to_bytes(4, "big") + frame)
@@ -1519,6 +1601,8 @@ class _Worker:
             kind = message.get("type")
             if kind == "invoke":
                 channel.invoke(message)
+            elif kind == "wake":
+                sock.sendall(b"D\0\0\0\0")  # idle: its `finished` byte says so already
             else:
                 channel.notice(message, "")
 
@@ -1541,6 +1625,8 @@ class _WorkerChannel:
         self.buf = bytearray()
         self.calls = 0
         self.late = ""  # the invocation whose deadline the supervisor said passed
+        self.finished = 0  # invocations it ran, mod 256: its byte in `Server.finished`
+        self.wake_due = False  # the supervisor asked for a note during the invocation (`wake`)
         # Its own connections to hosts that offered them (conn id -> socket; None: the connect failed, so
         # frames go the older way), the one of the invocation it runs, and what was read from it.
         self.own: dict[int, socket.socket | None] = {}
@@ -1566,7 +1652,11 @@ class _WorkerChannel:
                     try:
                         message = _DECODER.decode(body.decode())
                     except ValueError:
-                        message = None  # a broken frame concerns no call: skipped
+                        # Its header passed the supervisor's look (`_invoke_header`): answered as broken.
+                        message = _invoke_header(body)
+                        if message is not None:
+                            message["broken"] = True
+                        # else: a broken frame concerns no call: skipped
                     return message if isinstance(message, dict) else {}
             try:
                 if fds:
@@ -1606,6 +1696,8 @@ class _WorkerChannel:
                     self.host = -1
             if invocation_id and message.get("invocation_id") == invocation_id:
                 raise CallbackError("ConnectionLost", "the host connection closed")
+        elif kind == "wake":
+            self.wake_due = True  # answered once the invocation ended (`invoke`)
         elif kind == "deadline" and invocation_id and message.get("invocation_id") == invocation_id:
             self.late = invocation_id
             raise CallbackError("Timeout", "no reply before the deadline")
@@ -1706,19 +1798,27 @@ class _WorkerChannel:
         context = Context(server, self, invocation_id, float(info.get("deadline") or 0), info.get("caller"))
         capture = _Capture(server.config.log_limit)
         # A fresh copy per invocation: context variables a handler sets do not leak into the next one.
-        outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
+        if message.get("broken"):
+            outcome = _Outcome.failed("handler_error", ValueError("the invoke frame is not JSON"), time.perf_counter())
+        else:
+            outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
         _echo_logs(invocation_id, capture)
         frame = _result_frame(message.get("id"), outcome, capture)
-        if self.current is not None:
+        self.finished = (self.finished + 1) & 0xFF
+        if self.current is None and self.host < 0:
+            server.finished[self.index] = self.finished
+            self.sock.sendall(b"R" + frame)  # the supervisor passes it on and frees the slot then
+            return
+        # "Done" first: by the time the host has the result, the slot is free (a ping says so).
+        server.finished[self.index] = self.finished
+        if self.wake_due:
+            self.wake_due = False
             self.sock.sendall(b"D\0\0\0\0")
+        if self.current is not None:
             with contextlib.suppress(CallbackError):  # the host is gone: nobody waits for the result
                 self.send_host(b"R", frame)
-        elif self.host >= 0:
-            # "Done" first: by the time the host has the result, the slot is free (a ping says so).
-            self.sock.sendall(b"D\0\0\0\0")
-            _write_all(self.host, frame, server.write_lock)
         else:
-            self.sock.sendall(b"R" + frame)
+            _write_all(self.host, frame, server.write_lock)
 
     def _run(self, event: Any, context: Context, capture: _Capture) -> _Outcome:
         _capture.set(capture)

@@ -25,6 +25,7 @@ from runtime_helpers import InBackground, StartRuntime, wait_until
 
 from fnctl.invocation.protocol import (
     ConnectionLost,
+    EncodedJson,
     ErrorKind,
     FrameDecoder,
     InvocationResult,
@@ -259,6 +260,15 @@ def test_payload_over_the_limit_is_refused(start_runtime: StartRuntime) -> None:
     assert reply.error is not None and reply.error.kind == ErrorKind.PAYLOAD_TOO_LARGE
     with pytest.raises(ConnectionLost):  # beyond limit + 64 KiB the frame is not even read
         rt.invoke("x" * 70_000)
+
+
+def test_an_invoke_whose_event_is_not_json_fails_alone_and_the_instance_serves_on(start_runtime: StartRuntime) -> None:
+    # The supervisor of a synchronous handler reads only an invoke's header; the worker decodes the event.
+    rt = start_runtime({"main.py": "def handler(event):\n    return event\n"})
+    reply = rt.transport.invoke(EncodedJson('{"a":'), invocation_id="inv-bad", deadline=time.time() + 30)
+    assert reply.error is not None and reply.error.kind == ErrorKind.HANDLER_ERROR
+    assert reply.error.message == "the invoke frame is not JSON"
+    assert rt.invoke({"a": 1}).result == {"a": 1}
 
 
 def test_syntax_error_at_import_is_reported_over_the_connection_then_exits_3(start_runtime: StartRuntime) -> None:
