@@ -24,7 +24,6 @@ from fnctl.invocation.aioworkers import FrameReader, WorkerListener
 from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
-    CallRequest,
     ConnectionLost,
     InvocationResult,
     MessageType,
@@ -357,30 +356,33 @@ class AsyncTransport:
     def answer_call(self, message: dict[str, Any], transport: asyncio.Transport | None) -> None:
         """Answer a `call` frame on the connection it came from (`transport`): at once when the handler can
         (`Answered`), else in a task of its own."""
-        call = CallRequest.from_message(message)
+        # The frame's fields as `CallRequest.from_message` reads them, without building one per call.
+        call_id, params = message.get("id"), message.get("params")
         try:
             if self.on_call is None:
                 raise NotImplementedError("callbacks not supported")
-            answer = self.on_call(call.invocation_id, call.method, call.params)
+            answer = self.on_call(
+                str(message.get("invocation_id", "")),
+                str(message.get("method", "")),
+                params if isinstance(params, dict) else {},
+            )
             if not isinstance(answer, Answered):
-                task = asyncio.get_running_loop().create_task(self._run_callback(call, answer, transport))
+                task = asyncio.get_running_loop().create_task(self._run_callback(call_id, answer, transport))
                 self._calls.add(task)
                 task.add_done_callback(self._calls.discard)
                 return
-            frame = reply_frame(call.id, answer.value)
+            frame = reply_frame(call_id, answer.value)
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
-            frame = reply_error_frame(call.id, exc)
+            frame = reply_error_frame(call_id, exc)
         if transport is not None and not transport.is_closing():
             transport.write(frame)
 
-    async def _run_callback(
-        self, call: CallRequest, answer: Awaitable[Any], transport: asyncio.Transport | None
-    ) -> None:
+    async def _run_callback(self, call_id: Any, answer: Awaitable[Any], transport: asyncio.Transport | None) -> None:
         try:
-            frame = reply_frame(call.id, await answer)
+            frame = reply_frame(call_id, await answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of the callback is the handler's error, never the connection's
-            frame = reply_error_frame(call.id, exc)
+            frame = reply_error_frame(call_id, exc)
         if transport is not None and not transport.is_closing():
             transport.write(frame)

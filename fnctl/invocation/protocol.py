@@ -237,9 +237,11 @@ def drain_frame(request_id: int) -> bytes:
     return encode_frame({"type": MessageType.DRAIN, "id": request_id})
 
 
-def reply_frame(call_id: Any, result: Any) -> bytes:
-    """The answer to a `call`. Raises TypeError/ValueError when `result` is not JSON-serialisable."""
-    return encode_frame({"type": MessageType.REPLY, "id": call_id, "ok": True, "result": result})
+def reply_frame(call_id: Any, result: Any, outcome: str = '"ok":true,"result"') -> bytes:
+    """The answer to a `call` (TypeError/ValueError: `result` is not JSON), keys written around its parts' JSON
+    in a dict's order, no dict built per call ("type", "id": the runtime passes worker replies on by that start)."""
+    body = f'{{"type":"reply","id":{_encode(call_id)},{outcome}:{_encode(result)}}}'.encode()
+    return HEADER.pack(len(body)) + body
 
 
 class CallFailed(Exception):
@@ -258,7 +260,7 @@ def reply_error_frame(call_id: Any, exc: BaseException) -> bytes:
     """A `call` that failed: the handler sees an error of this type and message (never a traceback), with a
     `CallFailed`'s fields (e.g. a data error's status and problem details)."""
     error = exc.reply_error() if isinstance(exc, CallFailed) else {"type": type(exc).__name__, "message": str(exc)}
-    return encode_frame({"type": MessageType.REPLY, "id": call_id, "ok": False, "error": error})
+    return reply_frame(call_id, error, '"ok":false,"error"')
 
 
 def reply_timeout(deadline: float) -> float:
@@ -268,7 +270,18 @@ def reply_timeout(deadline: float) -> float:
 
 # ---- decoding: the frames a runtime sends ----------------------------------------------------------
 
-_decode = json.JSONDecoder().decode
+_DECODER = json.JSONDecoder()
+_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # set in __init__
+
+
+def _decode(text: str) -> Any:
+    """A frame's JSON value: the scanner's, when the text is that value alone (the runtime's frames: no
+    whitespace around), without decode()'s Python frames and whitespace matches; else decode()'s (its errors)."""
+    try:
+        value, end = _scan(text, 0)
+        return value if end == len(text) else _DECODER.decode(text)
+    except StopIteration:
+        return _DECODER.decode(text)
 
 
 class FrameDecoder:

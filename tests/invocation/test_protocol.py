@@ -41,10 +41,12 @@ from typing import Any
 
 import pytest
 from node_helpers import NODE_RUNTIME, node_binary
+from runtime_helpers import runtime_module
 
 from fnctl.invocation.protocol import (
     HEADER,
     PROTOCOL_VERSION,
+    CallFailed,
     CallRequest,
     ErrorKind,
     FrameDecoder,
@@ -322,6 +324,32 @@ def test_broken_frames_are_refused() -> None:
     decoder.feed(encode_frame({"type": "pong", "id": 1, "inflight": 0})[:4])  # refused on its header alone
     with pytest.raises(TransportError, match="limit 10"):
         decoder.next_message()
+
+    decoder = FrameDecoder()  # a whole value followed by more is no frame either
+    decoder.feed(HEADER.pack(12) + b'{"id":1} {}x')
+    with pytest.raises(TransportError, match="not JSON"):
+        decoder.next_message()
+
+
+def test_frames_assembled_from_parts_are_the_frames_a_dict_encodes_to() -> None:
+    """Replies (host) and calls (runtime) are written around their parts' JSON text rather than from a dict:
+    the same bytes whatever the parts hold, and both sides read a frame with whitespace around its object."""
+    runtime = runtime_module()
+    odd = {"é": ["\u2028", '"', None, 1.5], "n": -0.0}
+    values: tuple[Any, ...] = (odd, "x", None, [], 7)
+    for value in values:
+        assert reply_frame("w1.2", value) == encode_frame({"type": "reply", "id": "w1.2", "ok": True, "result": value})
+        assert runtime._call_frame("c9", "inv-é", "db.get", value) == runtime.encode(
+            {"type": "call", "id": "c9", "invocation_id": "inv-é", "method": "db.get", "params": value}
+        )
+    failed = {"type": "reply", "id": 3, "ok": False, "error": {"status": 404, "type": "NotFound", "message": "m"}}
+    assert reply_error_frame(3, CallFailed("NotFound", "m", {"status": 404})) == encode_frame(failed)
+    spaced = b' \n{"type": "pong", "id": 1, "inflight": 0} '
+    decoder = FrameDecoder()
+    decoder.feed(HEADER.pack(len(spaced)) + spaced)
+    assert decoder.next_message() == runtime._decode(spaced.decode()) == {"type": "pong", "id": 1, "inflight": 0}
+    with pytest.raises(ValueError, match="Extra data"):
+        runtime._decode('{"id":1} {}')
 
 
 # ---- (b) every runtime against the golden exchanges ------------------------------------------------
