@@ -24,6 +24,7 @@ from fnctl.manifest.model import (
     DesiredState,
     Function,
     Item,
+    Kind,
     Limits,
     ParseError,
     Policy,
@@ -97,6 +98,7 @@ def _validate_paths(project: Project, paths: Iterable[Path] | None) -> Validatio
 def build_state(documents: list[Document], root: Path, defaults: Limits) -> tuple[DesiredState, list[Diagnostic]]:
     diagnostics: list[Diagnostic] = []
     values: list[Item] = []
+    invalid: set[tuple[Kind, str]] = set()
     for doc in documents:
         problems = envelope_problems(doc.data)
         if not problems:
@@ -107,6 +109,8 @@ def build_state(documents: list[Document], root: Path, defaults: Limits) -> tupl
             except ParseError as exc:
                 problems = [(exc.path, str(exc))]
         diagnostics += [Diagnostic(doc.file, doc.position(p), p, m) for p, m in problems]
+        if problems and not envelope_problems(doc.data) and isinstance(doc.data.get("metadata"), dict):
+            invalid.add((Kind(doc.data["kind"]), str(doc.data["metadata"].get("name"))))
     state = DesiredState(
         functions=tuple(v for v in values if isinstance(v, Function)),
         triggers=tuple(v for v in values if isinstance(v, Trigger)),
@@ -114,7 +118,7 @@ def build_state(documents: list[Document], root: Path, defaults: Limits) -> tupl
         policies=tuple(v for v in values if isinstance(v, Policy)),
         collections=tuple(v for v in values if isinstance(v, Collection)),
     )
-    for item, path, message in check_state(state, root):
+    for item, path, message in check_state(state, root, frozenset(invalid)):
         assert item.document is not None
         diagnostics.append(Diagnostic(item.document.file, item.document.position(path), path, message))
     return state, diagnostics
