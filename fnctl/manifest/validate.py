@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,9 @@ def _gc_paused() -> Iterator[None]:
 
 def _validate_paths(project: Project, paths: Iterable[Path] | None) -> ValidationResult:
     files, diagnostics = find_manifest_files(list(paths) if paths else list(project.manifest_paths))
+    if not paths and not project.has_config:  # outside any project: say so, not only that manifests/ is missing
+        hint = f" (no fnctl.toml in {project.root} or above: run `fnctl init`, or name the manifest files)"
+        diagnostics = [replace(d, message=d.message + hint) for d in diagnostics]
     if not files and not diagnostics:
         where = ", ".join(str(p) for p in (paths or project.manifest_paths))
         diagnostics.append(Diagnostic(Path(where), _NOWHERE, (), "no manifest files (*.yaml, *.yml) found"))

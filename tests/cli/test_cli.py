@@ -307,6 +307,15 @@ def test_validate_a_missing_path_exits_2(tmp_path: Path) -> None:
     )
 
 
+def test_validate_outside_any_project_says_so(tmp_path: Path) -> None:
+    done = fnctl("validate", cwd=tmp_path)
+    assert (done.returncode, done.stderr.splitlines()[0]) == (
+        2,
+        f"manifests: $: no such file or directory: {tmp_path / 'manifests'} "
+        f"(no fnctl.toml in {tmp_path} or above: run `fnctl init`, or name the manifest files)",
+    )
+
+
 def test_a_usage_error_exits_2(tmp_path: Path) -> None:
     done = fnctl("validate", "--bogus", cwd=tmp_path)
     assert done.returncode == 2
