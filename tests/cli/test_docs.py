@@ -56,6 +56,22 @@ def test_every_command_is_described_in_docs(path: tuple[str, ...]) -> None:
     assert any(mention.search(doc.read_text(encoding="utf-8")) for doc in DOCS), f"no docs/*.md mentions {path}"
 
 
+# Options every command shares, described once (README "State", docs/ci.md): not looked for per command.
+SHARED_OPTIONS = {"--help", "--state", "--output", "--lock-timeout", "--version", "--debug"}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in COMMANDS if p), ids=" ".join)
+def test_every_option_is_described_in_the_readme_or_docs(path: tuple[str, ...]) -> None:
+    text = "\n".join(page.read_text(encoding="utf-8") for page in [REPO / "README.md", *DOCS])
+    undescribed = []
+    for param in getattr(COMMANDS[path], "params", []):
+        names = [o for o in [*param.opts, *getattr(param, "secondary_opts", [])] if o.startswith("--")]
+        if names and not getattr(param, "hidden", False) and not SHARED_OPTIONS & set(names):
+            if not any(re.search(rf"{re.escape(name)}(?![\w-])", text) for name in names):
+                undescribed.append(names[0])
+    assert undescribed == [], f"`fnctl {' '.join(path)}`: no README or docs/*.md mentions {undescribed}"
+
+
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
