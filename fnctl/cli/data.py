@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 data_app = typer.Typer(
     help="Read and write the collections' documents as the operator (every write is in the "
-    "change log). See docs/data.md.",
+    'change log). See docs/data.md.\n\nExample: fnctl data find orders \'{"customer": "ada"}\' -o json',
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")

@@ -78,7 +78,10 @@ def plan_command(
 
     document = make_plan_file(load_project(), deploy_options(state, prune=prune), paths)
     if out is not None:
-        out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        try:
+            out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:  # a missing directory, a read-only place: the user's path, not a bug
+            raise BadInput(f"cannot write the plan {out}: {exc.strerror or exc}") from None
     if output is Output.JSON:
         print_json(document)
     else:

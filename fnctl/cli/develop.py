@@ -207,7 +207,9 @@ def _open_local_data(
     return LocalData.open(project, data_from, state)
 
 
-sandbox_app = typer.Typer(help="Inspect the sandboxes of running instances.", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="Inspect the sandboxes of running instances.\n\nExample: fnctl sandbox check hello", no_args_is_help=True
+)
 app.add_typer(sandbox_app, name="sandbox")
 
 

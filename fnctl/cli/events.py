@@ -14,9 +14,15 @@ from fnctl.cli.options import GatewayKeyOpt, StateOpt
 from fnctl.cli.render import Output, OutputOpt, print_json
 
 app = typer.Typer()
-view_app = typer.Typer(help="Read views: cached function results (see docs/views.md).", no_args_is_help=True)
+view_app = typer.Typer(
+    help="Read views: cached function results (see docs/views.md).\n\n"
+    "Example: fnctl view get orders-summary -p customer=ada",
+    no_args_is_help=True,
+)
 events_app = typer.Typer(
-    help="The onCommit outbox: list, replay and purge events (see docs/events.md).", no_args_is_help=True
+    help="The onCommit outbox: list, replay and purge events (see docs/events.md).\n\n"
+    "Example: fnctl events replay --trigger orders-notify",
+    no_args_is_help=True,
 )
 app.add_typer(view_app, name="view")
 app.add_typer(events_app, name="events")

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-hook_app = typer.Typer(help="Deploy on `git push` to a bare repository.", no_args_is_help=True)
+hook_app = typer.Typer(
+    help="Deploy on `git push` to a bare repository.\n\nExample: fnctl hook install --repo /srv/git/shop.git",
+    no_args_is_help=True,
+)
 app.add_typer(hook_app, name="hook")
 
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Start rollouts and return: `fnctl serve` carries them on.")]

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-keys_app = typer.Typer(help="API keys for calling functions through the gateway (`fnctl serve`).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for calling functions through the gateway (`fnctl serve`).\n\n"
+    "Example: KEY=$(fnctl keys create ci --role deployer)",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 
 

@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from fnctl.rollout.machine import EventKind
 
 app = typer.Typer()
-rollout_app = typer.Typer(help="Follow progressive rollouts (canary, blue-green, A/B).", no_args_is_help=True)
-abtest_app = typer.Typer(help="Read A/B tests.", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Follow progressive rollouts (canary, blue-green, A/B).\n\nExample: fnctl rollout status hello -w",
+    no_args_is_help=True,
+)
+abtest_app = typer.Typer(help="Read A/B tests.\n\nExample: fnctl abtest report checkout", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(abtest_app, name="abtest")
 

@@ -12,7 +12,11 @@ from fnctl.errors import ExitCode
 
 app = typer.Typer()
 
-state_app = typer.Typer(help="The deployment state store (SQLite file or PostgreSQL database).", no_args_is_help=True)
+state_app = typer.Typer(
+    help="The deployment state store (SQLite file or PostgreSQL database).\n\n"
+    "\b\nExample:\n  fnctl state migrate --from sqlite:var/state.db --to postgresql://fnctl@db.internal/shop",
+    no_args_is_help=True,
+)
 app.add_typer(state_app, name="state")
 
 

@@ -41,10 +41,15 @@ FUNCTION_ROLE_PREFIX = "function:"  # the role of a `runAs: function` Function (
 _RESERVED_ENV = re.compile(r"^(FNCTL_|PYTHON)")
 
 
-def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
+def check_state(
+    state: DesiredState, root: Path, invalid: frozenset[tuple[Kind, str]] = frozenset()
+) -> Iterator[Finding]:
+    """`invalid`: the (kind, name) of documents declared but not built (their problems already reported), which
+    references may name without a second, misleading "is not defined"."""
     clear_caches()  # per run: files may have changed since a previous run in this process
     yield from _unique_names(state)
-    functions = {f.name: f for f in state.functions}
+    functions: dict[str, Function | None] = {name: None for kind, name in invalid if kind is Kind.FUNCTION}
+    functions |= {f.name: f for f in state.functions}
     for function in state.functions:
         yield from check_function(function, root)
     for trigger in state.triggers:
@@ -58,7 +63,7 @@ def check_state(state: DesiredState, root: Path) -> Iterator[Finding]:
             for i, target in enumerate(grant.invoke):
                 if target != "*":
                     yield from _reference(policy, ("spec", "roles", role, "invoke", i), target, functions)
-    collections = {c.name for c in state.collections}
+    collections = {c.name for c in state.collections} | {name for kind, name in invalid if kind is Kind.COLLECTION}
     for collection in state.collections:
         yield from check_collection(collection)
     if state.collections:  # references are checked once the project declares collections at all
@@ -138,13 +143,13 @@ def _unique_names(state: DesiredState) -> Iterator[Finding]:
 
 
 def _reference(
-    item: Trigger | View | Policy, path: tuple[str | int, ...], name: str, functions: dict[str, Function]
+    item: Trigger | View | Policy, path: tuple[str | int, ...], name: str, functions: dict[str, Function | None]
 ) -> Iterator[Finding]:
     if name not in functions:
         yield item, path, f"function {name!r} is not defined in these manifests"
 
 
-def _function_role(policy: Policy, role: str, functions: dict[str, Function]) -> Iterator[Finding]:
+def _function_role(policy: Policy, role: str, functions: dict[str, Function | None]) -> Iterator[Finding]:
     """`function:NAME` is the role of a Function running with its own rights: NAME must be declared, with
     `runAs: function` (else the grant would never apply)."""
     if not role.startswith(FUNCTION_ROLE_PREFIX):
@@ -153,7 +158,7 @@ def _function_role(policy: Policy, role: str, functions: dict[str, Function]) ->
     where: tuple[str | int, ...] = ("spec", "roles", role)
     if name not in functions:
         yield policy, where, f"role {role!r}: function {name!r} is not defined in these manifests"
-    elif functions[name].run_as is not RunAs.FUNCTION:
+    elif (function := functions[name]) is not None and function.run_as is not RunAs.FUNCTION:
         yield (
             policy,
             where,

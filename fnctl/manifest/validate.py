@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from fnctl.manifest.model import (
     DesiredState,
     Function,
     Item,
+    Kind,
     Limits,
     ParseError,
     Policy,
@@ -77,6 +78,9 @@ def _gc_paused() -> Iterator[None]:
 
 def _validate_paths(project: Project, paths: Iterable[Path] | None) -> ValidationResult:
     files, diagnostics = find_manifest_files(list(paths) if paths else list(project.manifest_paths))
+    if not paths and not project.has_config:  # outside any project: say so, not only that manifests/ is missing
+        hint = f" (no fnctl.toml in {project.root} or above: run `fnctl init`, or name the manifest files)"
+        diagnostics = [replace(d, message=d.message + hint) for d in diagnostics]
     if not files and not diagnostics:
         where = ", ".join(str(p) for p in (paths or project.manifest_paths))
         diagnostics.append(Diagnostic(Path(where), _NOWHERE, (), "no manifest files (*.yaml, *.yml) found"))
@@ -97,6 +101,7 @@ def _validate_paths(project: Project, paths: Iterable[Path] | None) -> Validatio
 def build_state(documents: list[Document], root: Path, defaults: Limits) -> tuple[DesiredState, list[Diagnostic]]:
     diagnostics: list[Diagnostic] = []
     values: list[Item] = []
+    invalid: set[tuple[Kind, str]] = set()
     for doc in documents:
         problems = envelope_problems(doc.data)
         if not problems:
@@ -107,6 +112,8 @@ def build_state(documents: list[Document], root: Path, defaults: Limits) -> tupl
             except ParseError as exc:
                 problems = [(exc.path, str(exc))]
         diagnostics += [Diagnostic(doc.file, doc.position(p), p, m) for p, m in problems]
+        if problems and not envelope_problems(doc.data) and isinstance(doc.data.get("metadata"), dict):
+            invalid.add((Kind(doc.data["kind"]), str(doc.data["metadata"].get("name"))))
     state = DesiredState(
         functions=tuple(v for v in values if isinstance(v, Function)),
         triggers=tuple(v for v in values if isinstance(v, Trigger)),
@@ -114,7 +121,7 @@ def build_state(documents: list[Document], root: Path, defaults: Limits) -> tupl
         policies=tuple(v for v in values if isinstance(v, Policy)),
         collections=tuple(v for v in values if isinstance(v, Collection)),
     )
-    for item, path, message in check_state(state, root):
+    for item, path, message in check_state(state, root, frozenset(invalid)):
         assert item.document is not None
         diagnostics.append(Diagnostic(item.document.file, item.document.position(path), path, message))
     return state, diagnostics

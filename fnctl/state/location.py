@@ -2,7 +2,8 @@
 
 The one place that decides it, from `--state`, then $FNCTL_STATE, then fnctl.toml (`state.url` or
 `state.path`), then the per-user default file. A value that starts with `postgresql://` (or `postgres://`)
-names a database; anything else is a path. Pure: nothing here opens anything.
+names a database; `sqlite:PATH` or any other value without a scheme is a path. Pure: nothing here opens
+anything.
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnctl.errors import FnctlError
+from fnctl.errors import ExitCode, FnctlError
 from fnctl.manifest.project import Project
 
 _SCHEMES = ("postgresql://", "postgres://")
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # mysql://…: a URL fnctl cannot open, never a file name
 _PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")  # user:password@ in a URL's authority
 _PASSWORD_PARAM = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 class StoreError(FnctlError):
     """The state store cannot be opened or used."""
+
+
+class BadStoreUrl(StoreError):
+    """A state location that names no store fnctl can open (another database's URL, a malformed one)."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 def is_postgres_url(text: str) -> bool:
@@ -57,7 +65,16 @@ class StateLocation:
 
 def parse(text: str) -> StateLocation:
     """`--state`'s or $FNCTL_STATE's value: a postgresql:// URL (optionally `#ANCHOR`, the host-local
-    anchor path) or a path."""
+    anchor path), `sqlite:PATH` (the spelling `fnctl state migrate --from` takes) or a path."""
+    if _OTHER_URL.match(text) and not is_postgres_url(text):
+        # left as a path, `mysql://x` became a new SQLite file ./mysql:/x
+        scheme = text.partition("://")[0]
+        raise BadStoreUrl(
+            f"unsupported state location {redact(text)!r}: {scheme}:// is not a store fnctl can use "
+            "(give a SQLite file path, sqlite:PATH, or a postgresql:// URL)"
+        )
+    if text.startswith("sqlite:"):
+        return StateLocation(Path(text.removeprefix("sqlite:")).expanduser())  # no shell expands ~ there
     if not is_postgres_url(text):
         return StateLocation(Path(text))
     url, _, anchor = text.partition("#")

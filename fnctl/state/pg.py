@@ -11,7 +11,7 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
-from fnctl.state.location import StoreError, is_postgres_url, redact
+from fnctl.state.location import BadStoreUrl, StoreError, is_postgres_url, redact
 
 __all__ = [
     "Connection",
@@ -51,7 +51,8 @@ def target(url: str) -> str:
     where = f"socket {host}" if host.startswith("/") or not host else f"{host}:{params.get('port') or 5432}"
     if not host:
         where = "the default socket"
-    return f"database {params.get('dbname') or params.get('user') or '?'} on {where}"
+    name = params.get("dbname") or params.get("user")  # neither: libpq's default, the OS user's name
+    return f"database {name} on {where}" if name else f"the default database on {where}"
 
 
 def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
@@ -65,6 +66,8 @@ def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
         password = _password(url)
         if password:
             reason = reason.replace(password, "***")
+        if isinstance(exc, psycopg.ProgrammingError):  # libpq could not parse the URL: bad input, not an outage
+            raise BadStoreUrl(f"invalid PostgreSQL URL {redact(url)}: {reason}") from None
         raise StoreError(f"cannot connect to PostgreSQL ({target(url)}): {reason}") from None
 
 

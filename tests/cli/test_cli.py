@@ -276,11 +276,43 @@ def test_a_bad_fnctl_toml_exits_2(tmp_path: Path, config: str, message: str) -> 
     assert (done.returncode, done.stderr) == (2, message.format(path=tmp_path / "fnctl.toml") + "\n")
 
 
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ("mysql://db.internal/shop", "error: unsupported state location 'mysql://db.internal/shop': mysql:// is not"),
+        (
+            "postgresql://127.0.0.1:1/shop?bogus=1",
+            "error: invalid PostgreSQL URL postgresql://127.0.0.1:1/shop?bogus=1",
+        ),
+    ],
+)
+def test_a_state_url_fnctl_cannot_use_exits_2_and_creates_nothing(tmp_path: Path, state: str, message: str) -> None:
+    done = fnctl("keys", "create", "ci", "--role", "deployer", "--state", state, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []  # no ./mysql:/… SQLite file
+
+
+def test_a_sqlite_state_may_be_given_as_a_url_as_state_migrate_takes_it(tmp_path: Path) -> None:
+    done = fnctl("keys", "create", "ci", "--role", "deployer", "--state", "sqlite:state.db", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = fnctl("keys", "list", "--state", str(tmp_path / "state.db"), "-o", "json", cwd=tmp_path)
+    assert [key["name"] for key in json.loads(listed.stdout)] == ["ci"]
+
+
 def test_validate_a_missing_path_exits_2(tmp_path: Path) -> None:
     done = fnctl("validate", "nowhere", cwd=tmp_path)
     assert (done.returncode, done.stderr) == (
         2,
         "nowhere: $: no such file or directory: nowhere\ninvalid: 1 problem in 0 files\n",
+    )
+
+
+def test_validate_outside_any_project_says_so(tmp_path: Path) -> None:
+    done = fnctl("validate", cwd=tmp_path)
+    assert (done.returncode, done.stderr.splitlines()[0]) == (
+        2,
+        f"manifests: $: no such file or directory: {tmp_path / 'manifests'} "
+        f"(no fnctl.toml in {tmp_path} or above: run `fnctl init`, or name the manifest files)",
     )
 
 

@@ -312,6 +312,13 @@ def test_stale_plan_is_refused(project: Project, tmp_path: Path) -> None:
     project.assert_consistent()
 
 
+def test_a_plan_file_that_cannot_be_written_is_bad_input(project: Project, tmp_path: Path) -> None:
+    project.function("hello")
+    done = project.fnctl("plan", "-f", str(tmp_path / "no-such-dir" / "plan.json"))
+    assert done.code == 2, done.text
+    assert done.err.startswith(f"error: cannot write the plan {tmp_path / 'no-such-dir' / 'plan.json'}: No such file")
+
+
 def test_lock_contention_names_the_holder(project: Project, tmp_path: Path) -> None:
     project.function("hello")
     release = tmp_path / "release"

@@ -428,6 +428,40 @@ def test_a_schema_error_stops_that_document_but_not_the_others(tmp_path: Path, m
     ]
 
 
+def test_what_names_an_invalid_document_gets_no_second_not_defined_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Function and the Collection are declared (with an error each): "function 'a' is not defined" on the
+    # Trigger, the View and the Policy would send the user looking for a typo that is not there.
+    others = """
+---
+apiVersion: fnctl/v1
+kind: Collection
+metadata: {name: orders}
+spec: {indexes: 7}
+---
+apiVersion: fnctl/v1
+kind: Trigger
+metadata: {name: t}
+spec: {function: a, manual: {}}
+---
+apiVersion: fnctl/v1
+kind: View
+metadata: {name: v}
+spec: {function: a}
+---
+apiVersion: fnctl/v1
+kind: Policy
+metadata: {name: p}
+spec: {roles: {shop: {invoke: [a], read: [orders]}, "function:a": {read: [orders]}}}
+"""
+    project = make_project(tmp_path, {"a.yaml": FUNCTION.format(name="a") + "  limits: {memory: [1]}\n" + others})
+    assert [line.split(": ", 2)[1] for line in lines(run(project, monkeypatch))] == [
+        "$.spec.limits.memory",
+        "$.spec.indexes",
+    ]
+
+
 def test_no_manifest_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path, {})
     assert lines(run(project, monkeypatch)) == ["manifests: $: no manifest files (*.yaml, *.yml) found"]

@@ -11,6 +11,7 @@ import pytest
 from pgserver import PgServer
 from polling import wait_until
 
+from fnctl.errors import ExitCode
 from fnctl.state import backends, docstore, pg, pglocks, pgsession
 from fnctl.state.auditchain import verify
 from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
@@ -42,6 +43,8 @@ def test_a_failed_connection_names_where_but_never_the_password(tmp_path: object
     with pytest.raises(StoreError) as malformed:
         pg.connect("postgresql://fn:hunter2secret@/nodb?host=/x&nosuchoption=1")
     assert "hunter2secret" not in str(malformed.value)
+    assert malformed.value.exit_code == ExitCode.BAD_INPUT  # a URL libpq cannot parse is bad input, not an outage
+    assert caught.value.exit_code == ExitCode.FAILED
 
 
 def test_a_store_whose_connection_the_server_dropped_reconnects_at_the_next_call(
