@@ -25,7 +25,9 @@ profile less one setting at a time, and what the interpreter and the runtime's i
 
 With `--trace`, every gateway runs with its cold-start path wrapped in timestamps (benchmarks/coldtrace.py), and
 each cold start is printed as spans: the gateway's own steps, the engine's create and start, the runtime's start
-and first invocation. The order of the gateways alternates between rounds.
+and first invocation; and each warm one: the gateway's steps up to the unpause and the invocation it sends at
+once, the engine's unpause, the runtime thawed and answering, when the next reserve's create is asked. The order
+of the gateways alternates between rounds.
 
     .venv/bin/python benchmarks/bench_coldstart.py [--rounds 5] [--compare DIR] [--profile] [--trace]
 
@@ -139,14 +141,17 @@ def quiet(setups: list[Setup]) -> None:
             return
 
 
-def traced_cold(setup: Setup, label: str, into: dict[str, list[float]]) -> float:
-    """One cold start of `cold`, its gateway's trace events (ms since the request was sent) added to `into`."""
+def traced_start(setup: Setup, name: str, label: str, into: dict[str, list[float]]) -> float:
+    """One scale from zero of `name` (cold or warm), its gateway's trace events (ms since the request was sent)
+    added to `into`; the events of the second after the answer too (the next warm reserve's start)."""
     began = time.monotonic()
-    took = cold_starts(setup.port, 1, "cold", lambda: True)[0]
+    took = cold_starts(setup.port, 1, name, lambda: True)[0]
+    time.sleep(1.0)
     events = coldtrace.read(setup.root / "trace", began, time.monotonic())
     seen = coldtrace.timeline(events, began) | {"answered": took * 1000}
-    for span, ms in coldtrace.spans(seen).items():
-        into.setdefault(f"trace:{label}{span}", []).append(ms)
+    which, prefix = (coldtrace.SPANS, "") if name == "cold" else (coldtrace.WARM_SPANS, "warm ")
+    for span, ms in coldtrace.spans(seen, which).items():
+        into.setdefault(f"trace:{label}{prefix}{span}", []).append(ms)
     return took
 
 
@@ -177,8 +182,8 @@ def run(
             label = "compare:" if index else ""
             for name in ("cold", "warm"):
                 quiet(setups)
-                if trace and name == "cold":
-                    figures.setdefault(label + name, []).append(traced_cold(setup, label, figures))
+                if trace:
+                    figures.setdefault(label + name, []).append(traced_start(setup, name, label, figures))
                     continue
                 figures.setdefault(label + name, []).extend(cold_starts(setup.port, 1, name, lambda: True))
     return figures | {f"step:{k}": v for k, v in steps.steps.items()}
@@ -219,9 +224,10 @@ def report(figures: dict[str, list[float]], rounds: int, load_before: float, com
             print(
                 f"  through the gateway, step by step ({'the code in ' + str(compare) if label else 'this code'}; ms):"
             )
-            for span, *_ in coldtrace.SPANS:
+            spans = [s for s, *_ in coldtrace.SPANS] + ["warm " + s for s, *_ in coldtrace.WARM_SPANS]
+            for span in spans:
                 runs = ", ".join(f"{ms:.1f}" for ms in traced.get(span, []))
-                print(f"    {span:<34}{statistics.median(traced.get(span) or [0.0]):8.1f}   ({runs})")
+                print(f"    {span:<40}{statistics.median(traced.get(span) or [0.0]):8.1f}   ({runs})")
     print("\nall targets met" if not missed else f"\nmissed: {', '.join(missed)}")
 
 

@@ -39,12 +39,31 @@ WITHOUT = {
     "/tmp tmpfs": ("Tmpfs",),
     "socket bind mount": ("Mounts",),
     "cgroup limits": ("Memory", "MemorySwap", "PidsLimit", "CpuPeriod", "CpuQuota"),
+    "memory limit": ("Memory", "MemorySwap"),
+    "pids limit": ("PidsLimit",),
+    "cpu quota": ("CpuPeriod", "CpuQuota"),
     "ulimits": ("Ulimits",),
-    "cap-drop, no-new-privs": ("CapDrop", "SecurityOpt"),
+    "cap-drop": ("CapDrop",),
+    "no-new-privs": ("SecurityOpt",),
     "read-only root": ("ReadonlyRootfs",),
     "json-file log": ("LogConfig",),
 }
-PROFILE = ("start: plain", "start: sandbox profile", *(f"start: profile - {k}" for k in WITHOUT))
+# The profile with one setting changed: the seccomp filter off, or a form the profile does not use (an init
+# process, a cgroup parent, a network of its own, gVisor), to see what each costs or would cost.
+BRIDGE = "fnctl-bench-coldsteps"  # an internal network (no route out) made for `profile_round` alone
+CHANGED: dict[str, dict[str, object]] = {
+    "seccomp unconfined": {"SecurityOpt": ["no-new-privileges:true", "seccomp=unconfined"]},
+    "+ init (docker-init)": {"Init": True},
+    "+ cgroup parent": {"CgroupParent": "fnctl-bench"},
+    "network: internal bridge": {"NetworkMode": BRIDGE},
+    "runtime runsc": {"Runtime": "runsc"},
+}
+PROFILE = (
+    "start: plain",
+    "start: sandbox profile",
+    *(f"start: profile - {k}" for k in WITHOUT),
+    *(f"start: profile, {k}" for k in CHANGED),
+)
 # `interpreter_round`: start -> exit of a process in the sandbox profile (with its start-up CPU), each minus
 # `true`'s: what the interpreter and the runtime's imports cost before it can connect.
 PROGRAMS = {
@@ -191,9 +210,12 @@ def _start_ms(config: dict[str, object], command: list[str], *, wait: bool = Fal
 
 
 def profile_round(function: Function, image: str, into: Rounds) -> None:
-    """`docker start` of `true`: plain, in the sandbox profile, and in the profile less each of `WITHOUT`."""
+    """`docker start` of `true`: plain, in the sandbox profile, in the profile less each of `WITHOUT`, and with
+    each of `CHANGED` (runsc only when the engine has it)."""
     socket_dir = instances.runtime_root() / ("bench-" + instances.new_instance_id())
     instances.make_socket_dir(socket_dir)
+    network = {"Name": BRIDGE, "Internal": True, "Labels": {"io.fnctl.bench": "coldsteps"}}
+    dockerapi.request("POST", "/networks/create", body=network)  # 409 when a stopped run left it: reused
     try:
         profile = _spec_config(function, image, str(socket_dir))
         host = profile["HostConfig"]
@@ -204,7 +226,15 @@ def profile_round(function: Function, image: str, into: Rounds) -> None:
         for what, keys in WITHOUT.items():
             less = profile | {"HostConfig": {k: v for k, v in host.items() if k not in keys}}
             into.steps.setdefault(f"start: profile - {what}", []).append(_start_ms(less, ["true"]))
+        for what, changed in CHANGED.items():
+            if changed.get("Runtime") == sandbox.GVISOR_RUNTIME and sandbox.GVISOR_RUNTIME not in dockerio.runtimes():
+                continue
+            config = profile | {"HostConfig": host | changed}
+            if "NetworkMode" in changed:
+                config["NetworkDisabled"] = False
+            into.steps.setdefault(f"start: profile, {what}", []).append(_start_ms(config, ["true"]))
     finally:
+        _call("DELETE", dockerapi.path("/networks/{}", BRIDGE))
         instances.remove_socket_dir(socket_dir)
 
 
@@ -256,7 +286,11 @@ def report(rounds: Rounds) -> list[str]:
     if rounds.steps.get(PROFILE[0]):
         plain = rounds.median(PROFILE[0])
         lines.append("  docker start of `true` (ms; x plain), the profile less one setting at a time (measured only):")
-        lines += [f"    {k:<40}{rounds.median(k):8.1f}  ({rounds.median(k) / plain:.2f}x)" for k in PROFILE]
+        lines += [
+            f"    {k:<40}{rounds.median(k):8.1f}  ({rounds.median(k) / plain:.2f}x)"
+            for k in PROFILE
+            if rounds.steps.get(k)
+        ]
     if rounds.steps.get(INTERPRETER[0]):
         lines.append("  in the sandbox profile, start -> exit beyond `true`'s (ms):")
         lines += [f"    {k:<40}{rounds.median(k):8.1f}" for k in INTERPRETER]

@@ -126,10 +126,22 @@ SPANS = (
 )
 
 
-def spans(seen: dict[str, float]) -> dict[str, float]:
-    """The SPANS of one run's `timeline` (with "answered" added: the client's figure), in ms."""
+# A scale from zero with a paused warm instance: the request is sent to the frozen runtime as the engine thaws it.
+WARM_SPANS = (
+    ("ours: sent -> unpause asked", "", "docker POST unpause begin"),
+    ("ours: sent -> invoke sent", "", "invoke begin"),
+    ("engine: docker unpause", "docker POST unpause begin", "docker POST unpause end"),
+    ("runtime: invoke (thaw + run)", "invoke begin", "invoke end"),
+    ("ours: result -> answer read", "invoke end", "answered"),
+    ("engine: next spare's create asked", "", "docker POST create begin"),
+)
+
+
+def spans(seen: dict[str, float], which: tuple[tuple[str, str, str], ...] = SPANS) -> dict[str, float]:
+    """The spans `which` (SPANS, WARM_SPANS) of one run's `timeline` (with "answered" added: the client's
+    figure), in ms."""
     points = seen | {"": 0.0}
-    return {name: points[b] - points[a] for name, a, b in SPANS if a in points and b in points}
+    return {name: points[b] - points[a] for name, a, b in which if a in points and b in points}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -71,6 +72,9 @@ class SlotPhase(StrEnum):
     GONE = "gone"
 
 
+FIRST_ANSWER_WAIT = 1.0  # seconds: a thawed reserve stays the reserve at most this long while its first request runs
+
+
 @dataclass(eq=False)
 class Slot:
     """One instance of a revision as the pool sees it."""
@@ -93,6 +97,12 @@ class Slot:
     @property
     def ready(self) -> bool:
         return self.phase is SlotPhase.READY
+
+    async def first_answer(self) -> None:
+        """Return once its runtime has answered a request (at once if it ever did), or after FIRST_ANSWER_WAIT."""
+        if self.transport is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.transport.answered.wait(), FIRST_ANSWER_WAIT)
 
 
 class Pauser(Protocol):

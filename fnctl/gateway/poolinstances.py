@@ -33,8 +33,7 @@ REMEMBERED = 256  # stopped instances remembered per pool, so that a stale read 
 
 
 class PoolInstances:
-    """The instances of one revision, the queue of requests waiting for one, and their upkeep. Lives on one
-    event loop."""
+    """The instances of one revision, the queue of requests waiting for one, and their upkeep, on one event loop."""
 
     def __init__(self, host: Host, target: Target, *, routing: Routing, pauser: Pauser | None = None) -> None:
         self.host = host
@@ -188,8 +187,7 @@ class PoolInstances:
         self._start_slot(spare=True)
 
     def _pause(self, slot: Slot) -> None:
-        """Make `slot` the paused spare. It counts as starting until the engine has paused it, so that no
-        request is sent to it and nothing else is started for what it will serve once thawed."""
+        """Make `slot` the paused spare, counted as starting (no request, no other start) until it is paused."""
         slot.phase, slot.spare = SlotPhase.STARTING, True
         self.host.spawn(self._set_paused(slot, True))
 
@@ -213,9 +211,11 @@ class PoolInstances:
                 self._stop(slot, drain=False)
             return
         if not paused:
-            slot.thawing, slot.spare = False, False
+            slot.thawing = False  # the next reserve starts once this one answered: its start competes for the CPUs
+            await slot.first_answer()  # still the reserve meanwhile: neither a tick nor a request starts another
+            slot.spare = False
             if slot.phase is SlotPhase.READY:  # else stopped meanwhile
-                self._keep_spare()  # the next reserve starts once this one runs, not beside its thaw
+                self._keep_spare()
             return
         if slot.phase is not SlotPhase.STARTING:  # stopped meanwhile
             return

@@ -66,7 +66,7 @@ spec:
   healthCheck:
     - event: {n: 0}
 """
-CODE = "def handler(event, context):\n    return {'n': event.get('n')}\n"
+CODE = "import time\n\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return {'n': event.get('n')}\n"
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,32 @@ def test_a_scale_from_zero_thaws_the_paused_reserve_and_a_new_one_is_made(projec
         finally:
             await manager.close(timeout=30)
         assert project.containers("reserve") == []  # minInstances 0: the reserve goes with the gateway
+
+    asyncio.run(asyncio.wait_for(main(), timeout=240))
+
+
+@pytest.mark.docker
+def test_the_next_reserve_is_started_once_the_thawed_one_has_answered(project: Project) -> None:
+    # Its start (the engine's create and start) would take the CPUs from the thawed instance's first request:
+    # the thawed one stays the reserve until it has answered.
+    key = ("reserve", 1)
+
+    async def main() -> None:
+        manager = PoolManager(load_project(project.root), project.location, idle_seconds=60)
+        await manager.start()
+        try:
+            pool = await eventually(lambda: manager._pools.get(key), "the revision's pool")
+            assert pool is not None
+            await eventually(lambda: _states(project) == ["paused"], "one instance started and paused", 60)
+            [reserve] = pool.slots.values()
+            running = asyncio.ensure_future(call(manager, "reserve", {"n": 4, "sleep": 3}))
+            await eventually(lambda: reserve.ready and not reserve.thawing, "the reserve thawed, its request running")
+            assert list(pool.slots) == [reserve.id] and not running.done()  # no other reserve started beside it
+            first = await running
+            assert first.outcome.ok and first.outcome.result == {"n": 4} and first.instance == reserve.id
+            await eventually(lambda: _states(project) == ["paused", "running"], "the next reserve once it answered", 60)
+        finally:
+            await manager.close(timeout=30)
 
     asyncio.run(asyncio.wait_for(main(), timeout=240))
 
