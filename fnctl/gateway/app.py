@@ -109,7 +109,8 @@ class Gateway(RequestPipeline):
 
     async def invoke(self, request: Incoming, function: str) -> Reply:
         """`POST /invoke/function`, audited and measured, whichever server parsed it."""
-        call = Call(request_id(request), function, None, await client_of(self.forwarder, request))
+        source = request.remote if self.forwarder is None else await client_of(self.forwarder, request)
+        call = Call(request_id(request), function, None, source)
         try:
             result, revision = await self._dispatch(request, call, None)
             outcome = result.outcome
@@ -148,9 +149,8 @@ class Gateway(RequestPipeline):
                 call.outcome, status, reason = "not_found", 404, "Not Found"
             reply = json_reply({"message": reason}, status, {"Allow": allowed} if allowed else None)
             return self._finish_reply(call, request, reply)
-        call = Call(
-            request_id(request), found.route.function, found.route.trigger, await client_of(self.forwarder, request)
-        )
+        source = request.remote if self.forwarder is None else await client_of(self.forwarder, request)
+        call = Call(request_id(request), found.route.function, found.route.trigger, source)
         try:
             result, _ = await self._dispatch(request, call, found)
             call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start

@@ -20,6 +20,7 @@ import jwt
 
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway import keys
+from fnctl.jsontext import compact_encoder
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.state import keystore
 from fnctl.state.location import StateLocation
@@ -37,6 +38,9 @@ _FAMILIES = {
     "EC": ("ES256", "ES256K", "ES384", "ES512"),
     "OKP": ("EdDSA",),
 }
+
+
+_CALLER_JSON = compact_encoder(allow_nan=False)
 
 
 class PrincipalKind(StrEnum):
@@ -70,6 +74,14 @@ class Principal:
             }
             object.__setattr__(self, "_caller", caller)  # a cache on a frozen value, outside its fields
         return caller
+
+    def caller_json(self) -> str:
+        """`as_caller` as JSON text, encoded once per principal (every HTTP Trigger event carries it)."""
+        text: str | None = self.__dict__.get("_caller_json")
+        if text is None:
+            text = _CALLER_JSON(self.as_caller())
+            object.__setattr__(self, "_caller_json", text)
+        return text
 
 
 ANONYMOUS = Principal("anonymous", (), None, PrincipalKind.ANONYMOUS)

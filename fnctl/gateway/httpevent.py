@@ -121,9 +121,12 @@ def encode_body(body: bytes, content_type: str) -> tuple[str | None, bool]:
     return base64.b64encode(body).decode("ascii"), True
 
 
-def event_json(request: HttpRequest, caller: Mapping[str, Any] | None) -> EncodedJson:
+def event_json(request: HttpRequest, caller: Mapping[str, Any] | str | None) -> EncodedJson:
     """The proxy event of `request` as JSON text, written in one pass (no dict built to be encoded after: the
-    hot path of every trigger request). Its keys in `to_event`'s order."""
+    hot path of every trigger request). Its keys in `to_event`'s order. `caller`: as a mapping, or as the JSON
+    text of one (`Principal.caller_json`, encoded once per principal)."""
+    if caller is not None and not isinstance(caller, str):
+        caller = json_text(dict(caller))
     headers = _multi(request.headers, lower=True)
     query = _multi(request.query, lower=False)
     body, encoded = encode_body(request.body, request.content_type)
@@ -146,7 +149,7 @@ def event_json(request: HttpRequest, caller: Mapping[str, Any] | None) -> Encode
         f'"requestContext":{{"requestId":{_quote(request.request_id)},"trigger":{_quote(request.trigger)},'
         f'"resourcePath":{resource},"httpMethod":{method},"path":{path},"requestTimeEpoch":{int(request.time_ms)},'
         f'"identity":{{"sourceIp":{"null" if request.source is None else _quote(request.source)}}}}},'
-        f'"caller":{"null" if caller is None else json_text(dict(caller))}}}'
+        f'"caller":{"null" if caller is None else caller}}}'
     )
 
 

@@ -266,10 +266,17 @@ class RequestPipeline:
         for attempt in range(attempts):
             # The request id, unless a request in flight already uses it (a client may choose it) or this is a
             # re-run: a session is found by its invocation id, which must name one invocation only.
-            invocation = (
-                call.request_id if attempt == 0 and call.request_id not in broker.sessions else new_request_id()
-            )
+            invocation = call.request_id if attempt == 0 and not broker.in_flight(call.request_id) else new_request_id()
             assert call.revision is not None
+            if not settings.transaction:  # no commit to make: the session is opened by the first call, if any
+                broker.defer(invocation, call.function, call.revision, caller, settings, on_read, read_only)
+                try:
+                    result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
+                finally:
+                    opened = broker.close(invocation)
+                if opened is not None and opened.exceeded is not None:  # as below
+                    raise Reject(429, f"Too Many Requests: LimitExceeded: {opened.exceeded.detail_text}", "error")
+                return result
             session = broker.open(invocation, call.function, call.revision, caller, settings, on_read)
             session.read_only = read_only
             try:

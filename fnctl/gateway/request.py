@@ -190,7 +190,7 @@ def build_event(
             source=call.source,
             time_ms=int(time.time() * 1000),
         ),
-        principal.as_caller(),
+        principal.caller_json(),
     )
 
 

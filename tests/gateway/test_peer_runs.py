@@ -91,8 +91,9 @@ class NodePool(FakePool):
             raise Unavailable(f"no task of {function} revision {revision} on this node")
         if self.overloaded:
             raise Overloaded(3.0)
-        if self.broker is not None and request_id in self.broker.sessions:
-            self.read_only.append(self.broker.sessions[request_id].read_only)
+        session = None if self.broker is None else self.broker.session(request_id)
+        if session is not None:
+            self.read_only.append(session.read_only)
         if isinstance(event, dict) and "proposed" in event:
             self.calls.append({"function": function, "event": event, "caller": caller, "request_id": request_id})
             proposed = event["proposed"]
@@ -325,3 +326,29 @@ def test_a_peers_overload_refusal_is_tried_on_the_next_peer_and_only_the_last_re
         ]
 
     _run(check, tmp_path, {("pub", 1)}, {("pub", 1)})
+
+
+def test_an_invocations_session_is_opened_by_its_first_call_with_the_callers_rights(tmp_path: Path) -> None:
+    broker = _broker(tmp_path / "data.db")
+    try:
+        caller = Caller.operator("ops-bot", "acme")
+        broker.defer("i-1", "pub", 1, caller, router.DataSettings(), read_only=True)
+        assert broker.sessions == {} and broker.in_flight("i-1")  # nothing opened for an invocation with no call
+        with pytest.raises(ValueError, match="in flight"):
+            broker.open("i-1", "pub", 1, caller, router.DataSettings())
+        with pytest.raises(CallFailed) as refused:  # the first call: the session, as `open` makes it
+            broker.call("pub", 1, "i-1", "db.insert", {"collection": "orders", "data": {"n": 1}})
+        assert (refused.value.type, refused.value.fields["status"]) == ("Forbidden", 403)
+        session = broker.sessions["i-1"]
+        assert session.caller == caller.calling_from("pub", 1) and session.read_only and session.txn is None
+        with pytest.raises(CallFailed) as foreign:  # another function's instance cannot use it
+            broker.call("other", 1, "i-1", "db.get", {"collection": "orders", "id": "x"})
+        assert foreign.value.type == "NoInvocation"
+        assert broker.close("i-1") is session and not broker.in_flight("i-1")
+        broker.defer("i-2", "pub", 1, caller, router.DataSettings())
+        assert broker.close("i-2") is None and broker.sessions == {}  # never called: never opened
+        with pytest.raises(CallFailed) as late:
+            broker.call("pub", 1, "i-2", "db.get", {"collection": "orders", "id": "x"})
+        assert late.value.type == "NoInvocation"
+    finally:
+        broker.close_all()
