@@ -33,6 +33,19 @@ class BadInput(FnctlError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class UnknownName(BadInput):
+    """The command names something that does not exist (a function, a trigger, an API key, a revision): bad
+    input (exit 2) whichever command it is, in one shape: what is missing, then how to see what exists."""
+
+    def __init__(self, what: str, name: str, missing: str, listing: str) -> None:
+        super().__init__(f"{what} {name!r} {missing} ({listing})")
+
+
+def not_deployed(name: str) -> UnknownName:
+    """A function that takes no traffic: never applied, or deleted."""
+    return UnknownName("function", name, "is not deployed", "see `fnctl get functions`")
+
+
 class EngineUnavailable(FnctlError):
     """No Docker engine answers, or it lacks something fnctl needs (a runtime, the base image)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 from fnctl.deploy import swarmdeploy
 from fnctl.deploy.live import orphan_reasons
 from fnctl.engine import dockerio, instances
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, FnctlError, UnknownName, not_deployed
 from fnctl.manifest.project import Project
 from fnctl.rollout.record import ACTIVE
 from fnctl.rollout.weights import stable_revision
@@ -52,6 +52,15 @@ def open_store(project: Project, state: StateLocation | None) -> Store:
     if not exists(path):
         raise FnctlError(f"nothing is deployed yet: no state store at {path} (run `fnctl apply`)")
     return connect(path)
+
+
+def weights_of(store: Store, name: str) -> dict[int, int]:
+    """The routing weights (revision → percent) of the function every command that names one looks up;
+    `not_deployed` (exit 2: a name that does not exist is bad input) when it takes no traffic."""
+    weights = store.routes().get(name)
+    if not weights:
+        raise not_deployed(name)
+    return weights
 
 
 def status(project: Project, state: StateLocation | None) -> list[FunctionStatus]:
@@ -169,8 +178,8 @@ def history(project: Project, state: StateLocation | None, name: str) -> list[Re
         revisions = store.revisions(name)
     finally:
         store.close()
-    if not revisions:
-        raise BadInput(f"{name} has no revisions")
+    if not revisions:  # a deleted function keeps its history: this one was never deployed
+        raise UnknownName("function", name, "was never deployed", "see `fnctl get revisions`")
     return revisions
 
 
@@ -261,6 +270,8 @@ def logs(
     store = open_store(project, state)
     try:
         rows = [r for r in store.instances(name) if revision is None or r.revision == revision]
+        if not rows:
+            weights_of(store, name)  # an unknown name is bad input; a deployed function without instances fails
     finally:
         store.close()
     if not rows:

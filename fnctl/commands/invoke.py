@@ -14,7 +14,7 @@ from fnctl.deploy import swarmdeploy
 from fnctl.deploy.actor import actor
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.engine import instances
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, FnctlError, not_deployed
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.client import find, invoke
 from fnctl.gateway.httpevent import FAILURE_STATUS, audit_outcome
@@ -64,7 +64,7 @@ def invoke_live(
     try:
         weights = store.routes().get(name)
         if not weights:
-            raise FnctlError(_not_live(name, store.revisions(name)))
+            raise _not_live(name, store.revisions(name))
         chosen = revision if revision is not None else _pick(weights)
         target = store.revision(name, chosen)
         if target is None or target.status is RevisionStatus.FAILED:
@@ -107,13 +107,16 @@ def _swarm_task(project: Project, function: Function, revision: int) -> instance
     return instance
 
 
-def _not_live(name: str, revisions: list[Revision]) -> str:
-    """Why `name` takes no traffic: never applied, or its last revision failed (and why)."""
+def _not_live(name: str, revisions: list[Revision]) -> FnctlError:
+    """Why `name` takes no traffic: its last revision failed (the deploy failed: exit 1, and why), or it was
+    never applied or was deleted (a name that does not exist: exit 2)."""
     last = revisions[-1] if revisions else None
     if last is None or last.status is not RevisionStatus.FAILED:
-        return f"{name} is not deployed (run `fnctl apply`)"
+        return not_deployed(name)
     reason = (last.reason or "no reason recorded").splitlines()[0]
-    return f"{name} has no live revision: revision {last.number} failed: {reason} (see `fnctl history {name}`)"
+    return FnctlError(
+        f"{name} has no live revision: revision {last.number} failed: {reason} (see `fnctl history {name}`)"
+    )
 
 
 def _audit_direct(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fnctl import __version__
 from fnctl.engine.instances import runtime_root
-from fnctl.errors import BadInput
+from fnctl.errors import BadInput, UnknownName
 from fnctl.manifest.files import MAX_FILE_BYTES, Document, find_manifest_files
 from fnctl.manifest.kinds import build
 from fnctl.manifest.model import DesiredState, Function
@@ -51,7 +51,7 @@ def _validate(project: Project, target: str, validate: Validator) -> tuple[Funct
         if function.name == target:
             return function, result.state
     known = ", ".join(sorted(f.name for f in functions)) or "none"
-    raise BadInput(f"no function named {target!r} in the manifests (known: {known})")
+    raise UnknownName("function", target, "is not in the manifests", f"known: {known}")
 
 
 def _by_path(target: str) -> bool:

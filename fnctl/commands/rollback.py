@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from fnctl.commands.functions import weights_of
 from fnctl.deploy import executor, repair, rolloutdriver
 from fnctl.deploy.revisionspec import function_from_spec
 from fnctl.deploy.session import Options, Progress, desired_specs, session
@@ -26,9 +27,7 @@ def rollback(project: Project, options: Options, name: str, to: int | None, prog
     with session(project, options, "rollback", progress) as ctx:
         repair.recover(ctx, orphans=())  # orphans never reach traffic: the next apply removes them
         store = ctx.store
-        weights = store.routes().get(name)
-        if not weights:
-            raise FnctlError(f"{name} is not deployed")
+        weights = weights_of(store, name)
         under_way = _abort_rollout(ctx, name)
         if under_way is not None:
             return under_way
@@ -109,8 +108,7 @@ def _rollback_target(store: Store, name: str, current: int, to: int | None) -> R
 def delete(project: Project, options: Options, name: str, progress: Progress) -> None:
     with session(project, options, "delete", progress) as ctx:
         repair.recover(ctx)
-        if name not in ctx.store.routes():
-            raise FnctlError(f"{name} is not deployed")
+        weights_of(ctx.store, name)
         with ctx.store.transaction():
             rolloutdriver.retire(ctx, name, "the function was deleted")
         executor.delete(ctx, name)

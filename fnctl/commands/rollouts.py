@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fnctl.commands.functions import weights_of
 from fnctl.commands.rollback import restart_revision
 from fnctl.deploy import executor, lock, repair, rolloutdriver
 from fnctl.deploy.actor import actor
@@ -189,6 +190,7 @@ def current(store: Store, name: str, *, active: bool = False) -> RolloutRow:
     """The function's latest rollout (one under way, with `active`)."""
     row = rolloutdriver.latest(store, name)
     if row is None:
+        weights_of(store, name)  # a function that does not exist is bad input, one without rollouts is not
         raise NoRollout(f"{name} has no rollout (a function's first deploy is immediate; see `fnctl history`)")
     if active and row.state not in ACTIVE:
         raise NoRollout(f"{name} has no rollout under way: its latest (revision {row.canary}) is {row.state}")
@@ -300,6 +302,7 @@ def abtest_report(project: Project, options: Options, name: str) -> AbReport:
     with _store(project, options) as store:
         rows = [row for row in rolloutstore.rollouts(store, name) if row.strategy == "abTest"]
         if not rows:
+            weights_of(store, name)
             raise NoRollout(f"{name} has had no A/B test")
         row, record = rows[-1], rolloutdriver.record_of(rows[-1])
         spec = rolloutdriver.spec_of(store, name, row.canary)

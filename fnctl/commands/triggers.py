@@ -11,7 +11,7 @@ from typing import Any
 from fnctl.commands.functions import open_store
 from fnctl.data.hooks import trigger_spec
 from fnctl.deploy.actor import actor
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, FnctlError, UnknownName
 from fnctl.gateway.client import GatewayCall, find, run_trigger
 from fnctl.manifest.model import TriggerType
 from fnctl.manifest.project import Project
@@ -106,7 +106,7 @@ def enable(project: Project, state: StateLocation | None, name: str, *, by: str 
     store = open_store(project, state)
     try:
         if name not in store.resources("Trigger"):
-            raise BadInput(f"no trigger {name!r} (see `fnctl triggers`)")
+            raise UnknownName("trigger", name, "does not exist", "see `fnctl triggers`")
         before = triggerstate.enable(store, name)
         detail = (
             "was enabled" if before is None or not before.disabled else f"was disabled after {before.faults} faults"
@@ -128,7 +128,7 @@ def run(project: Project, state: StateLocation | None, name: str, event: Any, *,
     finally:
         store.close()
     if spec is None:
-        raise BadInput(f"no trigger {name!r} (see `fnctl triggers`)")
+        raise UnknownName("trigger", name, "does not exist", "see `fnctl triggers`")
     if not isinstance(spec.get("manual"), dict):
         raise BadInput(f"trigger {name!r} is not a manual trigger: only `manual:` triggers run by hand")
     if not find(project.gateway, project.name, store_id):

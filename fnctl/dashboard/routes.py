@@ -22,7 +22,7 @@ from fnctl.dashboard import live
 from fnctl.dashboard.access import Action, granted, may
 from fnctl.dashboard.actions import CONSEQUENCES, Actions
 from fnctl.dashboard.reads import NoSuchItem, Reads
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, FnctlError, UnknownName
 from fnctl.gateway.auth import WWW_AUTHENTICATE, Principal, PrincipalKind, Unauthenticated
 from fnctl.gateway.request import Call, request_id
 
@@ -139,7 +139,10 @@ class Dashboard:
                 call.outcome = "unauthenticated" if denied.status == 401 else "denied"
                 extra = {"WWW-Authenticate": WWW_AUTHENTICATE} if denied.status == 401 else {}
                 response = _json({"error": str(denied)}, denied.status, extra)
-            except NoSuchItem as exc:
+            except (
+                NoSuchItem,
+                UnknownName,
+            ) as exc:  # UnknownName: the command's own word for a name that does not exist
                 call.outcome = "not_found"
                 response = _json({"error": str(exc)}, 404)
             except BadInput as exc:
@@ -256,6 +259,8 @@ class Dashboard:
             name = request.match_info["name"]
             try:
                 done = await asyncio.to_thread(self.actions.run, action, name, principal.audit_name, body)
+            except UnknownName:
+                raise
             except BadInput as exc:  # the command refuses in this state (exit 2 on the CLI): a 409, not a 400
                 raise ActionRefused(str(exc)) from None
             return _json(done)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fnctl.errors import FnctlError
+from fnctl.errors import BadInput, FnctlError, UnknownName
 from fnctl.invocation.outcome import Failure, Outcome
 
 PROBE_TIMEOUT = 0.5  # a gateway on loopback answers in a millisecond; nothing listening fails at once
@@ -126,10 +126,16 @@ def _call(status: int, body: bytes, headers: dict[str, str], address: str, name:
         )
         return GatewayCall(outcome, revision, cold, request_id)
     reason = error if isinstance(error, str) else http.client.responses.get(status, "error")
+    if status == 404 and isinstance(error, str):
+        # The gateway's own answer (a function's failure is an object, handled above): the name, or the
+        # revision pinned, does not exist there. Bare "Not Found" is its word for an unknown function.
+        request = f"the gateway at {address} answered 404"
+        if reason == "Not Found":
+            raise UnknownName("function", name, "is not deployed", f"{request}; see `fnctl get functions`")
+        raise BadInput(f"{request} {reason}")
     hint = {
         401: " (give an API key with --key or FNCTL_KEY)",
         403: " (the key's roles may not invoke it)",
-        404: f" ({name} is not deployed, or has no such revision)",
         429: f" (retry after {headers.get('retry-after', '1')} s)",
     }.get(status, "")
     raise FnctlError(

@@ -14,7 +14,7 @@ import secrets
 import time
 
 from fnctl.deploy.actor import actor
-from fnctl.errors import BadInput, FnctlError
+from fnctl.errors import BadInput, UnknownName
 from fnctl.state import keystore
 from fnctl.state.keystore import ApiKey
 from fnctl.state.store import Store
@@ -26,8 +26,11 @@ _KEY = re.compile(r"^fnk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _ROLE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # the manifests' role names (DNS labels)
 
 
-class UnknownKey(FnctlError):
+class UnknownKey(UnknownName):
     """No key has the id given."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__("API key", key_id, "does not exist", "see `fnctl keys list`")
 
 
 def looks_like_key(token: str) -> bool:
@@ -83,7 +86,7 @@ def revoke(store: Store, key_id: str, revoked_by: str | None = None) -> tuple[Ap
         changed = keystore.mark_revoked(store, key_id)
         found = keystore.find(store, key_id)
         if found is None:  # nothing was changed: the transaction ends empty
-            raise UnknownKey(f"no API key has the id {key_id!r} (see `fnctl keys list`)")
+            raise UnknownKey(key_id)
         key = found[0]
         store.audit(
             actor=revoked_by or actor(),

@@ -1,4 +1,5 @@
-"""The command line of `validate` and `init`: output, `-o json` and exit codes.
+"""The command line of `validate` and `init`: output, `-o json` and exit codes (and every command's exit code
+for a name that does not exist).
 
 typer's CliRunner calls `fnctl.cli.app.app` directly, so fnctl's own errors (FnctlError) reach the runner as
 exceptions; the exit codes of those paths, which `main()` maps, are checked on a real `python -m fnctl`
@@ -7,6 +8,7 @@ process, which must also never print a traceback for bad input.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from polling import wait_until
 from typer.testing import CliRunner
 
 from fnctl import __version__
@@ -521,3 +524,81 @@ def test_serve_on_a_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "internal error" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- names that do not exist ------------------------------------------------------------------------------------
+
+NOT_DEPLOYED = "error: function 'nope' is not deployed ("
+ENGINE = pytest.mark.docker  # the command first recovers what a crashed deploy left, which lists containers
+
+
+def _ready(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["invoke", "nope"], NOT_DEPLOYED),  # through the project's gateway, which answers 404 itself
+        (["invoke", "nope", "--direct"], NOT_DEPLOYED),
+        (["invoke", "nope", "-o", "json"], NOT_DEPLOYED),  # the JSON error object on stdout, as before
+        (["invoke", "nope", "--local"], "error: function 'nope' is not in the manifests (known: hello)"),
+        pytest.param(["rollback", "nope"], NOT_DEPLOYED, marks=ENGINE),
+        pytest.param(["delete", "nope"], NOT_DEPLOYED, marks=ENGINE),
+        (["logs", "nope"], NOT_DEPLOYED),
+        (["history", "nope"], "error: function 'nope' was never deployed (see `fnctl get revisions`)"),
+        (["rollout", "status", "nope"], NOT_DEPLOYED),
+        (["promote", "nope"], NOT_DEPLOYED),
+        (["abort", "nope"], NOT_DEPLOYED),
+        pytest.param(["retry", "nope"], NOT_DEPLOYED, marks=ENGINE),
+        (["abtest", "report", "nope"], NOT_DEPLOYED),
+        (["keys", "revoke", "nope"], "error: API key 'nope' does not exist (see `fnctl keys list`)"),
+        (["run", "nope"], "error: trigger 'nope' does not exist (see `fnctl triggers`)"),
+        (["enable", "nope"], "error: trigger 'nope' does not exist (see `fnctl triggers`)"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_a_name_that_does_not_exist_is_bad_input_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    """Whichever command names it, a function, trigger or API key that does not exist is bad input (exit 2,
+    DESIGN.md's table), one line saying what is missing and how to list what exists; never exit 1."""
+    project = tmp_path / "project"
+    assert fnctl("init", str(project), cwd=tmp_path).returncode == 0
+    state = str(tmp_path / "state.db")
+    assert fnctl("keys", "create", "ci", "--role", "deployer", "--state", state, cwd=project).returncode == 0
+    with socket.socket() as probe:  # a free port: without --direct, invoke asks the gateway configured there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = project / "fnctl.toml"
+    config.write_text(config.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"), encoding="utf-8")
+    gateway = None
+    if args[0] == "invoke" and "--direct" not in args and "--local" not in args:
+        address = f"127.0.0.1:{port}"
+        gateway = subprocess.Popen(  # noqa: S603 -- our own CLI
+            [sys.executable, "-m", "fnctl", "serve", "--address", address, "--state", state],
+            cwd=project,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        if gateway is not None:
+            wait_until(lambda: _ready(port) or gateway.poll() is not None, what="the gateway to be ready", timeout=60)
+            assert gateway.poll() is None, "fnctl serve exited"
+        done = fnctl(*args, "--state", state, cwd=project)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    if "json" in args:
+        assert json.loads(done.stdout)["error"]["message"] == done.stderr.removeprefix("error: ").strip()
+    else:
+        assert done.stdout == ""

@@ -79,6 +79,9 @@ def test_abort_retry_promote_and_roll_back_from_the_page_confirmed_and_audited(
     browser.get(f"{setup.url}/ui/#/rollout/fn")
     wait_for(browser, "the rollout at its gate", lambda d: _state(d) == "paused")
     assert api(setup, "/v1/functions/fn/retry", key, "POST")[0] == 409  # nothing aborted to retry
+    for path in ("/v1/functions/nope/rollout", "/v1/functions/nope/abtest", "/v1/functions/nope/history"):
+        assert api(setup, path, key)[0] == 404, path  # no such function (docs/ui.md), not "no rollout"
+    assert api(setup, "/v1/functions/nope/promote", key, "POST")[0] == 404  # exit 2 on the CLI: not a refusal
 
     # Cancel: nothing is sent, nothing changes
     asked = _press(browser, "abort", confirm=False)

@@ -199,12 +199,12 @@ def test_prune_deletes_only_when_asked(project: Project) -> None:
     assert project.ok("history", "gone", "-o", "json").json()[0]["status"] == "ready"  # history stays
     with project.store() as store:
         assert [e.outcome for e in audit_records(store, AuditFilter(target="gone")) if e.action == "delete"] == ["ok"]
-    assert project.fnctl("invoke", "gone").code == 1
+    assert project.fnctl("invoke", "gone").code == 2  # deleted: a name that no longer exists is bad input
     project.assert_consistent()
 
     project.ok("delete", "keep")
     assert project.containers() == []
-    assert project.fnctl("delete", "keep").code == 1  # no longer deployed
+    assert project.fnctl("delete", "keep").code == 2  # no longer deployed: bad input
 
 
 def test_drift_is_shown_and_healed(project: Project, docker_client: docker.DockerClient) -> None:
@@ -408,7 +408,7 @@ def test_logs_show_the_containers_output(project: Project) -> None:
     )
     instance = next(iter(project.instance_containers("hello")))
     assert logs.out.startswith(f"[{instance} r1] ")
-    assert project.fnctl("logs", "nope").code == 1
+    assert project.fnctl("logs", "nope").code == 2
 
 
 def test_a_failed_first_deploy_says_which_revision_failed_and_why(project: Project) -> None:
