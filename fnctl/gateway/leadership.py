@@ -18,9 +18,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from fnctl.deploy.rolloutdriver import tick
+from fnctl.deploy.rolloutdriver import pending, tick
 from fnctl.manifest.project import Project
-from fnctl.state.backends import LeaderLock, postgres
+from fnctl.state.backends import LeaderLock, postgres, watch
 from fnctl.state.location import StateLocation
 from fnctl.state.storepool import StorePool
 
@@ -71,9 +71,13 @@ class Leadership:
             await asyncio.wait(tasks)
 
 
-def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> int:
+def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> bool:
+    """One pass; whether rollouts were left to drive (False: none until the state changes)."""
     with stores.store() as store:  # connecting (the first pass, or after an error) is blocking work too
-        return tick(project, stores.location, progress, store)
+        if not pending(store):
+            return False
+        tick(project, stores.location, progress, store)
+        return True
 
 
 async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
@@ -86,15 +90,22 @@ async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyn
     # One connection for the loop's life, used by one worker thread at a time (the passes run one after the
     # other); on PostgreSQL it reconnects by itself when the server dropped it.
     stores = StorePool(store_path, keep=1)
+    # SQLite: a pass that found nothing to drive is repeated only once the file moved (asked on the event
+    # loop, before the pass's reads: a commit after them moves it again), not every tick in a worker thread.
+    changes, busy = watch(store_path), True
     try:
         while not stop.is_set():
             try:
-                await asyncio.to_thread(_tick, stores, project, progress)
+                if busy or changes is None or changes.moved():
+                    busy = await asyncio.to_thread(_tick, stores, project, progress)
             except Exception:  # a busy store or a failed stop: the next tick tries again
                 log.exception("advancing the rollouts failed")
+                busy = True
             try:
                 await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
             except TimeoutError:
                 pass
     finally:
+        if changes is not None:
+            changes.close()
         await asyncio.to_thread(stores.close)
