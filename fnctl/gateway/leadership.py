@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from fnctl.deploy.rolloutdriver import pending, tick
 from fnctl.manifest.project import Project
-from fnctl.state.backends import LeaderLock, postgres, watch
+from fnctl.state.backends import LeaderLock, postgres
 from fnctl.state.location import StateLocation
 from fnctl.state.storepool import StorePool
 
@@ -80,9 +80,13 @@ def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) 
         return True
 
 
-async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
+async def drive_rollouts(
+    project: Project, store_path: StateLocation, stop: asyncio.Event, moved: Callable[[], bool] | None = None
+) -> None:
     """The leader's rollout loop: rollouts advance while it leads, whenever no fnctl command holds the deploy
-    lock (one that does drives them itself)."""
+    lock (one that does drives them itself). `moved` (SQLite: `TableFollower.subscribe`): whether the store
+    changed since it was last asked; a pass that found nothing to drive is repeated only once it did, not
+    every tick in a worker thread."""
 
     def progress(line: str) -> None:
         log.info("rollout", extra={"fields": {"detail": line}})
@@ -90,13 +94,11 @@ async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyn
     # One connection for the loop's life, used by one worker thread at a time (the passes run one after the
     # other); on PostgreSQL it reconnects by itself when the server dropped it.
     stores = StorePool(store_path, keep=1)
-    # SQLite: a pass that found nothing to drive is repeated only once the file moved (asked on the event
-    # loop, before the pass's reads: a commit after them moves it again), not every tick in a worker thread.
-    changes, busy = watch(store_path), True
+    busy = True
     try:
         while not stop.is_set():
             try:
-                if busy or changes is None or changes.moved():
+                if busy or moved is None or moved():
                     busy = await asyncio.to_thread(_tick, stores, project, progress)
             except Exception:  # a busy store or a failed stop: the next tick tries again
                 log.exception("advancing the rollouts failed")
@@ -106,6 +108,4 @@ async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyn
             except TimeoutError:
                 pass
     finally:
-        if changes is not None:
-            changes.close()
         await asyncio.to_thread(stores.close)

@@ -118,6 +118,23 @@ class TableFollower:
         self.on_change: list[Callable[[], None]] = []  # called after each change of the store (the dashboard)
         self.unreachable: str | None = None  # why the last read of the store failed, and since when; None: it worked
 
+    def subscribe(self) -> Callable[[], bool] | None:
+        """For a loop that reads the store itself (the leader's rollouts and cron): whether the store changed
+        since that loop last asked -- True at first, then after each read of this follower that found the
+        SQLite file moved (any commit of another connection than the table's own), so that the loop's reads
+        can wait for one instead of repeating every tick, woken by the table's heartbeat. None when the
+        follower does not see every change (PostgreSQL: it follows the routes' NOTIFYs; the loops poll)."""
+        if getattr(self.source, "watch", None) is None:
+            return None
+        changed = [True]
+
+        def moved() -> bool:
+            was, changed[0] = changed[0], False
+            return was
+
+        self.on_change.append(lambda: changed.__setitem__(0, True))
+        return moved
+
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
         return await self._adopt(await asyncio.to_thread(self.source))
