@@ -289,6 +289,11 @@ def tick(project: Project, store_path: StateLocation, progress: executor.Progres
             store.close()
 
 
+def pending(store: Store) -> bool:
+    """Whether a pass of `tick` has anything to drive (else nothing will until the state changes)."""
+    return _stale_instances(store) or bool(unfinished(store))
+
+
 def _stale_instances(store: Store) -> bool:
     """Whether instances run of quarantined revisions that nothing routes to: an aborted canary whose driver
     died before stopping it. Only quarantined ones: the gateway starts instances of other unrouted revisions

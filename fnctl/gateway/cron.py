@@ -89,12 +89,22 @@ def cron_triggers(resources: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str,
 
 class CronRunner:
     """Runs every cron trigger of a store until stopped; picks up changed Trigger resources within
-    `reload_interval` seconds. Store access happens on one worker thread of its own."""
+    `reload_interval` seconds. Store access happens on one worker thread of its own. `moved` (SQLite:
+    `TableFollower.subscribe`): whether the store changed since it was last asked; the triggers are re-read
+    only then (or after a failed read), not every `reload_interval` in the worker thread."""
 
     def __init__(
-        self, store_path: StateLocation, invoke: Invoke, *, reload_interval: float = 1.0, drain_timeout: float = 30.0
+        self,
+        store_path: StateLocation,
+        invoke: Invoke,
+        *,
+        reload_interval: float = 1.0,
+        drain_timeout: float = 30.0,
+        moved: Callable[[], bool] | None = None,
     ) -> None:
         self._store_path = store_path
+        self._moved = moved
+        self._retry = False  # the last reload failed in part: the next one is due whatever `moved` says
         self._invoke = invoke
         self._reload = reload_interval
         self._drain_timeout = drain_timeout
@@ -112,7 +122,9 @@ class CronRunner:
         try:
             self._store = await self._db(connect, self._store_path)
             while not stop.is_set():
-                await self._refresh()
+                if self._retry or self._moved is None or self._moved():
+                    self._retry = False
+                    await self._refresh()
                 self.ready.set()
                 await self._fire_due()
                 wake = min(self._next.values(), default=time.time() + self._reload)
@@ -137,6 +149,7 @@ class CronRunner:
             current, problems = cron_triggers(await self._db(self._store.resources, "Trigger"))
         except StoreError as exc:  # the store is busy or unreachable: keep the current schedule
             log.warning("cron triggers not reloaded: %s", exc)
+            self._retry = True
             return
         for name, problem in problems.items():
             if self._problems.get(name) != problem:  # said once, not at every reload
@@ -154,6 +167,7 @@ class CronRunner:
                 except StoreError as exc:
                     log.warning("cron %s: not scheduled yet, will retry: %s", name, exc)
                     self._forget(name)
+                    self._retry = True
 
     def _forget(self, name: str) -> None:
         self._triggers.pop(name, None)

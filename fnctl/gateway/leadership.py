@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from fnctl.deploy.rolloutdriver import tick
+from fnctl.deploy.rolloutdriver import pending, tick
 from fnctl.manifest.project import Project
 from fnctl.state.backends import LeaderLock, postgres
 from fnctl.state.location import StateLocation
@@ -71,14 +71,22 @@ class Leadership:
             await asyncio.wait(tasks)
 
 
-def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> int:
+def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> bool:
+    """One pass; whether rollouts were left to drive (False: none until the state changes)."""
     with stores.store() as store:  # connecting (the first pass, or after an error) is blocking work too
-        return tick(project, stores.location, progress, store)
+        if not pending(store):
+            return False
+        tick(project, stores.location, progress, store)
+        return True
 
 
-async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyncio.Event) -> None:
+async def drive_rollouts(
+    project: Project, store_path: StateLocation, stop: asyncio.Event, moved: Callable[[], bool] | None = None
+) -> None:
     """The leader's rollout loop: rollouts advance while it leads, whenever no fnctl command holds the deploy
-    lock (one that does drives them itself)."""
+    lock (one that does drives them itself). `moved` (SQLite: `TableFollower.subscribe`): whether the store
+    changed since it was last asked; a pass that found nothing to drive is repeated only once it did, not
+    every tick in a worker thread."""
 
     def progress(line: str) -> None:
         log.info("rollout", extra={"fields": {"detail": line}})
@@ -86,12 +94,15 @@ async def drive_rollouts(project: Project, store_path: StateLocation, stop: asyn
     # One connection for the loop's life, used by one worker thread at a time (the passes run one after the
     # other); on PostgreSQL it reconnects by itself when the server dropped it.
     stores = StorePool(store_path, keep=1)
+    busy = True
     try:
         while not stop.is_set():
             try:
-                await asyncio.to_thread(_tick, stores, project, progress)
+                if busy or moved is None or moved():
+                    busy = await asyncio.to_thread(_tick, stores, project, progress)
             except Exception:  # a busy store or a failed stop: the next tick tries again
                 log.exception("advancing the rollouts failed")
+                busy = True
             try:
                 await asyncio.wait_for(stop.wait(), ROLLOUT_TICK)
             except TimeoutError:

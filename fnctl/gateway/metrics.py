@@ -182,7 +182,8 @@ class Metrics:
                 while True:
                     final = stop.is_set()
                     try:
-                        await loop.run_in_executor(worker, lambda: self.flush_sync(store))
+                        if final or self._pending or time.time() - self._last_prune > 60:  # idle: no hop
+                            await loop.run_in_executor(worker, lambda: self.flush_sync(store))
                     except Exception as exc:  # the flusher must outlive a busy or broken store
                         log.warning("metrics not written yet, will retry: %s", exc)
                     if final:

@@ -264,12 +264,14 @@ async def _serve(project: Project, store_path: StateLocation, options: ServeOpti
 
             def controller(stop: asyncio.Event) -> list[asyncio.Task[None]]:
                 cron = CronRunner(
-                    store_path, lambda name, function, event: gateway.invoke_internal(function, event, trigger=name)
+                    store_path,
+                    lambda name, function, event: gateway.invoke_internal(function, event, trigger=name),
+                    moved=gateway.tables.subscribe(),  # SQLite: cron and rollouts read once the table saw a change
                 )
                 return [
                     asyncio.create_task(_dispatcher(gateway).run(stop)),
                     asyncio.create_task(cron.run(stop)),
-                    asyncio.create_task(drive_rollouts(project, store_path, stop)),
+                    asyncio.create_task(drive_rollouts(project, store_path, stop, gateway.tables.subscribe())),
                 ]
 
             def led(leading: bool) -> None:

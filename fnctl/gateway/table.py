@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT, change_mark, record_loaded
 from fnctl.gateway import router
-from fnctl.state.backends import Listener, postgres
+from fnctl.state.backends import Listener, postgres, watch
 from fnctl.state.location import StateLocation
 from fnctl.state.revisions import RevisionStatus
 from fnctl.state.store import ROUTES_CHANNEL, Store, connect
@@ -43,6 +43,7 @@ class StoreTable:
         url = store_path.url
         # PostgreSQL: the routes' notifications, waited for by the follower between its polls
         self.listener: Listener | None = None if url is None else postgres(url).listen(url, ROUTES_CHANNEL)
+        self.watch = watch(store_path)  # SQLite: whether the file moved, asked on the event loop (`due`)
         self._store: Store | None = None
         self._version: int | None = None
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}  # revisions are immutable: read each once
@@ -58,6 +59,8 @@ class StoreTable:
             # Tells `fnctl apply` a gateway is routing, so it gives us time to see a switch before draining.
             store.beat(GATEWAY_HEARTBEAT)
             self._beat = time.monotonic()
+        if self.watch is not None:  # absorbs our beat: what commits after this moves it, what before is read now
+            self.watch.moved()
         version = store.data_version()
         if version == self._version:
             return None
@@ -77,6 +80,13 @@ class StoreTable:
         self._mark = mark
         return table
 
+    def due(self) -> bool:
+        """On the event loop: whether a read is worth a worker-thread hop -- the first one, the heartbeat due,
+        or another connection committed since the last read (without a watch: always)."""
+        if self.watch is None or self._version is None or time.monotonic() - self._beat >= 1.0:
+            return True
+        return self.watch.moved()
+
     def confirm(self) -> None:
         """The last table returned is the one routed by now: tell the commands waiting for it
         (`fnctl.deploy.pickup`). Written only when the mark moved: the metrics flusher's commits alone make the
@@ -88,6 +98,8 @@ class StoreTable:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
+        if self.watch is not None:
+            self.watch.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -105,6 +117,23 @@ class TableFollower:
         self._again = False
         self.on_change: list[Callable[[], None]] = []  # called after each change of the store (the dashboard)
         self.unreachable: str | None = None  # why the last read of the store failed, and since when; None: it worked
+
+    def subscribe(self) -> Callable[[], bool] | None:
+        """For a loop that reads the store itself (the leader's rollouts and cron): whether the store changed
+        since that loop last asked -- True at first, then after each read of this follower that found the
+        SQLite file moved (any commit of another connection than the table's own), so that the loop's reads
+        can wait for one instead of repeating every tick, woken by the table's heartbeat. None when the
+        follower does not see every change (PostgreSQL: it follows the routes' NOTIFYs; the loops poll)."""
+        if getattr(self.source, "watch", None) is None:
+            return None
+        changed = [True]
+
+        def moved() -> bool:
+            was, changed[0] = changed[0], False
+            return was
+
+        self.on_change.append(lambda: changed.__setitem__(0, True))
+        return moved
 
     async def reload(self) -> bool:
         """Read the table now; True when it changed."""
@@ -146,8 +175,11 @@ class TableFollower:
         listener: Listener | None = getattr(self.source, "listener", None)
         if listener is not None:
             await self._follow(listener)
+        due: Callable[[], bool] = getattr(self.source, "due", lambda: True)
         while True:
             await asyncio.sleep(self.interval)
+            if self.unreachable is None and not due():  # idle SQLite: a hop a second (the heartbeat), was four
+                continue
             try:
                 await self.reload()
             except Exception as exc:  # a busy or broken store: keep serving the last table

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -230,3 +231,50 @@ def open_backend(location: StateLocation) -> Backend:
     if location.url is None:
         return open_sqlite(location.path)
     return postgres(location.url).open_state(location.url, location.path)
+
+
+class ChangeWatch:
+    """Whether a SQLite state file changed, asked on the event loop without a worker-thread hop.
+
+    A gateway's background loops (the routing table's poll, the leader's rollout passes) used to hop to a worker
+    thread every fraction of a second just to learn that nothing had changed. `PRAGMA data_version` on a
+    connection of the watch's own answers that in ~8 us (measured here): its value moves exactly when another
+    connection committed since this one last read it (it is per connection: its own commits do not move it, and
+    the watch never writes). A read-only connection with no busy wait, so the event loop never blocks on it: when
+    SQLite cannot answer at once, the answer is "maybe changed", and the caller reads in its worker thread as it
+    did before.
+
+    `moved()`: whether the file changed since the last call (True the first time, and whenever unsure)."""
+
+    def __init__(self, location: StateLocation) -> None:
+        self._path = location.path
+        self._db: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._mutex = threading.Lock()  # the loop asks, a worker thread may absorb its own reader's commits
+
+    def moved(self) -> bool:
+        with self._mutex:
+            try:
+                if self._db is None:
+                    uri = f"{self._path.absolute().as_uri()}?mode=ro"  # percent-encoded: any file name
+                    self._db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+                version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:  # busy, or the file not there yet: unsure, so read
+                self._drop()
+                return True
+            moved, self._version = version != self._version, version
+            return moved
+
+    def close(self) -> None:
+        with self._mutex:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        self._db, self._version = None, None
+
+
+def watch(location: StateLocation) -> ChangeWatch | None:
+    """A watch over a SQLite state; None on PostgreSQL (its changes come by LISTEN/NOTIFY)."""
+    return None if location.is_postgres else ChangeWatch(location)
