@@ -45,3 +45,21 @@ async def eventually_awaited(condition: Callable[[], Awaitable[T | None]], what:
         if time.monotonic() > give_up:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def counted_over(
+    beat: Callable[[], object | None], count: Callable[[], int], beats: int, what: str = "heartbeats"
+) -> int:
+    """How much `count` grew over `beats` changes of `beat` after its first value (None: none yet): a count
+    measured against the system's own clock (a gateway's heartbeat), not against how fast this machine runs."""
+    seen = [await eventually(beat, f"the first of the {what}")]
+    start = count()
+
+    def beaten() -> bool:
+        now = beat()
+        if now is not None and now != seen[-1]:
+            seen.append(now)
+        return len(seen) > beats
+
+    await eventually(beaten, f"{beats} more {what}")
+    return count() - start

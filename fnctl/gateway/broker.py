@@ -206,10 +206,9 @@ class Broker:
         settings: DataSettings,
         on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> CallSession:
-        if self.in_flight(invocation_id):
-            raise ValueError(f"invocation {invocation_id} is in flight already")
-        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings, on_read)
-        return session
+        """A session opened now (a procedure's: its transaction is the gateway's to commit)."""
+        self.defer(invocation_id, function, revision, caller, settings, on_read)
+        return self._open_deferred(invocation_id)
 
     def defer(
         self,
@@ -232,13 +231,14 @@ class Broker:
     def session(self, invocation_id: str) -> CallSession | None:
         """The session of an invocation in flight (opened now, if it was deferred); None when there is none."""
         session = self.sessions.get(invocation_id)
-        if session is None:
-            deferred = self._deferred.pop(invocation_id, None)
-            if deferred is not None:
-                function, revision, caller, settings, on_read, read_only = deferred
-                session = open_session(self.plane, caller, function, revision, settings, on_read)
-                session.read_only = read_only
-                self.sessions[invocation_id] = session
+        if session is None and invocation_id in self._deferred:
+            session = self._open_deferred(invocation_id)
+        return session
+
+    def _open_deferred(self, invocation_id: str) -> CallSession:
+        function, revision, caller, settings, on_read, read_only = self._deferred.pop(invocation_id)
+        session = self.sessions[invocation_id] = open_session(self.plane, caller, function, revision, settings, on_read)
+        session.read_only = read_only
         return session
 
     def in_flight(self, invocation_id: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgserver import RawDb
-from polling import eventually
+from polling import counted_over, eventually
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT
 from fnctl.gateway.leadership import Leadership
@@ -61,17 +61,7 @@ def test_an_idle_leading_gateway_on_postgresql_hops_to_a_worker_thread_about_onc
         leadership = asyncio.create_task(Leadership(location, lambda ended: [], leading.append).run(stop))
         try:
             await eventually(lambda: leading == [True], "the only candidate to lead")
-            beats = [await eventually(heartbeat, "the gateway's first heartbeat")]
-            start = executor.submitted
-
-            def beaten() -> bool:
-                now = heartbeat()
-                if now is not None and now != beats[-1]:
-                    beats.append(now)
-                return len(beats) > BEATS
-
-            await eventually(beaten, f"{BEATS} more heartbeats")
-            return executor.submitted - start
+            return await counted_over(heartbeat, lambda: executor.submitted, BEATS, "gateway heartbeats")
         finally:
             stop.set()
             await leadership

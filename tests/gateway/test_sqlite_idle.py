@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import eventually
+from polling import counted_over, eventually
 
 from fnctl.deploy.pickup import GATEWAY_HEARTBEAT
 from fnctl.gateway.cron import CronRunner
@@ -81,17 +81,7 @@ def test_an_idle_gateway_on_sqlite_hops_to_worker_threads_a_few_times_a_second(
         ]
         try:
             await eventually(lambda: leading == [True], "the only candidate to lead")
-            beats = [await eventually(heartbeat, "the gateway's first heartbeat")]
-            start = hops[0]
-
-            def beaten() -> bool:
-                now = heartbeat()
-                if now is not None and now != beats[-1]:
-                    beats.append(now)
-                return len(beats) > BEATS
-
-            await eventually(beaten, f"{BEATS} more heartbeats")
-            idle = hops[0] - start
+            idle = await counted_over(heartbeat, lambda: hops[0], BEATS, "gateway heartbeats")
             # another process's change (here: this test's connection) is still routed by
             store.set_route("f", ROUTES["f"])
             await eventually(lambda: ROUTES in pools.routes, "the follower to see the new route")
