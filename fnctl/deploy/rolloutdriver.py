@@ -264,34 +264,35 @@ def tick(project: Project, store_path: StateLocation, progress: executor.Progres
     own = store is None
     store = connect(store_path) if store is None else store
     try:
-        stale = _stale_instances(store)
-        if not stale and not unfinished(store):
-            return 0
-        with lock.attempt(store_path, "fnctl serve: rollouts") as got:
-            if not got:
-                return 0
-            ctx = executor.Context(
-                store,
-                project.name,
-                project.base_image,
-                actor(),
-                "serve",
-                None,
-                progress,
-                swarm=executor.engine_settings(project),
-                root=project.root,
-            )
-            if stale:  # a process killed between an abort's routing change and its clean-up left them
-                repair.recover(ctx, orphans=())
-            return len(advance_all(ctx))
+        return drive(project, store_path, progress, store) or 0
     finally:
         if own:
             store.close()
 
 
-def pending(store: Store) -> bool:
-    """Whether a pass of `tick` has anything to drive (else nothing will until the state changes)."""
-    return _stale_instances(store) or bool(unfinished(store))
+def drive(project: Project, store_path: StateLocation, progress: executor.Progress, store: Store) -> int | None:
+    """`tick` on a connection of the caller's: how many rollouts it advanced; None when there was nothing to
+    drive (no unfinished rollout, no stale instances), so that nothing will be until the state changes."""
+    stale = _stale_instances(store)
+    if not stale and not unfinished(store):
+        return None
+    with lock.attempt(store_path, "fnctl serve: rollouts") as got:
+        if not got:
+            return 0
+        ctx = executor.Context(
+            store,
+            project.name,
+            project.base_image,
+            actor(),
+            "serve",
+            None,
+            progress,
+            swarm=executor.engine_settings(project),
+            root=project.root,
+        )
+        if stale:  # a process killed between an abort's routing change and its clean-up left them
+            repair.recover(ctx, orphans=())
+        return len(advance_all(ctx))
 
 
 def _stale_instances(store: Store) -> bool:

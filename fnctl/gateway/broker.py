@@ -205,9 +205,10 @@ class Broker:
         caller: Caller,
         settings: DataSettings,
         on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
+        read_only: bool = False,
     ) -> CallSession:
         """A session opened now (a procedure's: its transaction is the gateway's to commit)."""
-        self.defer(invocation_id, function, revision, caller, settings, on_read)
+        self.defer(invocation_id, function, revision, caller, settings, on_read, read_only)
         return self._open_deferred(invocation_id)
 
     def defer(

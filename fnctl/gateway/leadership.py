@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from fnctl.deploy.rolloutdriver import pending, tick
+from fnctl.deploy.rolloutdriver import drive
 from fnctl.manifest.project import Project
 from fnctl.state.backends import LeaderLock, postgres
 from fnctl.state.location import StateLocation
@@ -74,10 +74,7 @@ class Leadership:
 def _tick(stores: StorePool, project: Project, progress: Callable[[str], None]) -> bool:
     """One pass; whether rollouts were left to drive (False: none until the state changes)."""
     with stores.store() as store:  # connecting (the first pass, or after an error) is blocking work too
-        if not pending(store):
-            return False
-        tick(project, stores.location, progress, store)
-        return True
+        return drive(project, stores.location, progress, store) is not None
 
 
 async def drive_rollouts(

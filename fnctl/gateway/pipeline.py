@@ -268,22 +268,17 @@ class RequestPipeline:
             # re-run: a session is found by its invocation id, which must name one invocation only.
             invocation = call.request_id if attempt == 0 and not broker.in_flight(call.request_id) else new_request_id()
             assert call.revision is not None
-            if not settings.transaction:  # no commit to make: the session is opened by the first call, if any
+            session = None
+            if settings.transaction:  # the gateway commits: opened now
+                session = broker.open(invocation, call.function, call.revision, caller, settings, on_read, read_only)
+            else:  # no commit to make: the session is opened by the first call, if any
                 broker.defer(invocation, call.function, call.revision, caller, settings, on_read, read_only)
-                try:
-                    result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
-                finally:
-                    opened = broker.close(invocation)
-                if opened is not None and opened.exceeded is not None:  # as below
-                    raise Reject(429, f"Too Many Requests: LimitExceeded: {opened.exceeded.detail_text}", "error")
-                return result
-            session = broker.open(invocation, call.function, call.revision, caller, settings, on_read)
-            session.read_only = read_only
             try:
                 result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
-                if session.exceeded is not None:  # caught by the handler or not, a limit fails the invocation
-                    raise Reject(429, f"Too Many Requests: LimitExceeded: {session.exceeded.detail_text}", "error")
-                if session.txn is None:
+                opened = broker.sessions.get(invocation)
+                if opened is not None and opened.exceeded is not None:  # caught by the handler or not, a limit fails it
+                    raise Reject(429, f"Too Many Requests: LimitExceeded: {opened.exceeded.detail_text}", "error")
+                if session is None:
                     return result
                 try:
                     if session.conflict is not None:  # a read went stale during the run: it cannot commit

@@ -374,9 +374,7 @@ async def _close(gateway: Gateway) -> None:
         if isinstance(gateway.broker.hooks, HookRunner):
             await asyncio.to_thread(gateway.broker.hooks.states.close)
         await asyncio.to_thread(gateway.broker.close_all)
-    source = gateway.tables.source
-    if isinstance(source, StoreTable):
-        source.close()
+    gateway.tables.close()
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -240,3 +240,9 @@ class TableFollower:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
+
+    def close(self) -> None:
+        """Once stopped: close what the source holds open (a `StoreTable`'s connections and watch)."""
+        close: Callable[[], None] | None = getattr(self.source, "close", None)
+        if close is not None:
+            close()

@@ -63,9 +63,7 @@ def test_a_route_change_reaches_the_gateway_by_notification_before_its_poll(pg_u
                     await asyncio.sleep(0.01)
         finally:
             await follower.stop()
-            source = follower.source
-            assert isinstance(source, StoreTable)
-            source.close()
+            follower.close()
 
     try:
         asyncio.run(scenario())

@@ -66,9 +66,7 @@ def test_an_idle_leading_gateway_on_postgresql_hops_to_a_worker_thread_about_onc
             stop.set()
             await leadership
             await follower.stop()
-            source = follower.source
-            assert isinstance(source, StoreTable)
-            source.close()
+            follower.close()
 
     try:
         hops = asyncio.run(scenario())
