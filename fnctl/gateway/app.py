@@ -321,8 +321,8 @@ class Gateway(RequestPipeline):
                 info = replace(info, timeout=min(info.timeout, timeout))
             payload = {"trigger": trigger, "tenant": tenant, "event": event}
             if forwardable and (ran := await run_on_peer(self, call, route, info, payload)) is not None:
-                self._record(call, None, ran[0])
-                return ran
+                self._record(call, None, ran.status)
+                return ran.status, ran.outcome
             outcome = (await self._run(call, info, event, call.principal, read_only=read_only)).outcome
             status, call.outcome = outcome_status(outcome, hook=read_only)
         except Reject as reject:

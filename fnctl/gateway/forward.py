@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict
@@ -40,6 +39,7 @@ from fnctl.errors import FnctlError
 from fnctl.gateway import peerauth
 from fnctl.gateway.httpevent import NO_INSTANCE_HEADER, NOT_RUN_HEADER
 from fnctl.gateway.metrics import Metrics
+from fnctl.gateway.peerchoice import LIVE_FOR, peers_for, sooner
 from fnctl.gateway.request import Call, Incoming, Reject, Reply
 from fnctl.state import gatewayrows
 from fnctl.state.gatewayrows import GatewayRow
@@ -55,6 +55,7 @@ __all__ = [
     "NOT_RUN_HEADER",
     "PEER_PATH",
     "Forwarder",
+    "PeerAnswer",
     "Relayed",
     "peers_for",
 ]
@@ -63,7 +64,6 @@ log = logging.getLogger("fnctl.gateway")
 HOP_HEADER = "X-Fnctl-Forwarded-By"  # on a forwarded request: the forwarder's id; never forwarded again
 PEER_PATH = "/_peer/invoke/"  # + function: a peer gateway's own invocation, signed (fnctl.gateway.peerauth)
 HEARTBEAT = 1.0  # seconds between a gateway's writes of its row (and reads of the others')
-LIVE_FOR = 3.0  # a row older than this is a gateway gone
 CONNECT_TIMEOUT = 2.0
 # A request naming a gateway whose key is not known yet (one started since the last beat) makes the gateway read
 # that row; at most this often (seconds), so that requests naming made-up gateways cannot load the store.
@@ -114,34 +114,21 @@ async def client_of(forwarder: Forwarder | None, request: Incoming) -> str | Non
     return claimed
 
 
+class PeerAnswer(NamedTuple):
+    """What became of an invocation of this gateway's own sent to peers (`Forwarder.invoke`)."""
+
+    status: int
+    outcome: dict[str, Any] | None  # as the peer gave it (None: it ran nothing, or failed)
+    revision: int | None  # the revision the peer ran (None: it ran none, or did not say)
+    retry_after: str | None  # a refusal's Retry-After (every peer overloaded: the soonest of theirs)
+
+
 class Relayed(Exception):
     """A request answered by a peer gateway: its answer, relayed as it is."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.status)
         self.reply = reply
-
-
-def peers_for(
-    rows: Iterable[GatewayRow],
-    me: str,
-    function: str,
-    revision: int,
-    routed: Iterable[int],
-    failed: dict[str, float],
-    now: float,
-) -> list[GatewayRow]:
-    """The live gateways to try, best first, for a request routed to `revision`: those that hold it; first
-    those that hold every routed revision of `function` (the peer routes the request itself and may pick
-    another), then the least recently failed; in random order among equals, to spread the load."""
-    wanted = {(function, r) for r in routed}
-    candidates = [
-        row
-        for row in rows
-        if row.id != me and row.address and (function, revision) in row.held and now - row.heartbeat <= LIVE_FOR
-    ]
-    random.shuffle(candidates)
-    return sorted(candidates, key=lambda row: (not wanted <= row.held, failed.get(row.id, 0.0)))
 
 
 class Forwarder:
@@ -288,11 +275,11 @@ class Forwarder:
 
     async def invoke(
         self, function: str, payload: dict[str, Any], request_id: str, peers: list[GatewayRow], timeout: float
-    ) -> tuple[int, dict[str, Any] | None]:
+    ) -> PeerAnswer:
         """An invocation of this gateway's own (cron, onCommit, a manual trigger: `payload` says which, with
         its event and the revision picked here) run by the first of `peers` that takes it (`_first_taker`),
-        signed with this gateway's key (PEER_PATH, fnctl.gateway.peerauth): (status, the outcome as the peer
-        gave it, or None)."""
+        signed with this gateway's key (PEER_PATH, fnctl.gateway.peerauth): its status, the outcome as the
+        peer gave it (or None), the revision it ran, and a refusal's Retry-After."""
         path = f"{PEER_PATH}{function}"
         body = json.dumps(payload).encode()
         headers = [
@@ -305,12 +292,17 @@ class Forwarder:
         try:
             reply = await self._first_taker(function, request_id, peers, timeout, send)
         except Reject as reject:
-            return reject.status, None
+            return PeerAnswer(reject.status, None, None, reject.headers.get("Retry-After"))
+        retry_after = reply.headers.get("Retry-After")
         try:
             answer = json.loads(reply.body)
-            return int(answer["status"]), answer.get("outcome")
+            status, outcome = int(answer["status"]), answer.get("outcome")
         except (ValueError, KeyError, TypeError):
-            return (reply.status if reply.status >= 400 else 502), None
+            return PeerAnswer(reply.status if reply.status >= 400 else 502, None, None, retry_after)
+        ran = answer.get("revision")
+        # A peer that does not say which revision ran ran the one it was sent (it refuses any other).
+        revision = ran if isinstance(ran, int) else payload.get("revision")
+        return PeerAnswer(status, outcome, revision if outcome is not None else None, retry_after)
 
     async def _first_taker(
         self,
@@ -350,7 +342,7 @@ class Forwarder:
                 continue  # it lost its instance since its last heartbeat, and ran nothing
             if reply.status == 429 and NOT_RUN_HEADER in reply.headers:
                 self._failed[peer.id] = time.monotonic()  # overloaded: the next requests try the others first
-                refused = reply
+                refused = sooner(refused, reply)
                 continue
             self._count(function)
             return reply

@@ -293,11 +293,9 @@ class HookRunner:
             ran = await run_on_peer(
                 gateway, call, route, info, peer_payload(hook.name, event, principal, hook.timeout, True)
             )
-            if ran is not None:
-                status, outcome = ran
-                if outcome is None:
-                    raise Reject(status, f"the gateway of another node answered {status}", "forwarded")
-                return outcome
+            if ran is not None:  # (none ran it, or one failed it: run_on_peer's Reject, its status)
+                status = ran.status
+                return ran.outcome
             session = self.broker.open_shared(call.request_id, hook.function, call.revision, caller, info.data, txn)
             session.chain = chain
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from multidict import CIMultiDict
@@ -27,6 +28,7 @@ from fnctl.invocation.outcome import Failure, Outcome
 
 __all__ = [
     "ABORTED",
+    "PeerRun",
     "PeerRunner",
     "outcome_from",
     "outcome_json",
@@ -40,6 +42,16 @@ ABORTED = 422  # a before-hook's `context.Abort`: the write's answer, and the ho
 
 log = logging.getLogger("fnctl.gateway")
 _JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRun:
+    """An invocation a peer gateway ran: its status and outcome, and the revision that ran (a manual run's
+    `X-Fnctl-Revision`, as when it runs here)."""
+
+    status: int
+    outcome: Outcome
+    revision: int | None
 
 
 class InstanceHolder(Protocol):
@@ -97,10 +109,12 @@ def _principal(payload: Mapping[str, Any]) -> Principal | None:
 
 async def run_on_peer(
     gateway: PeerRunner, call: Call, route: router.FunctionRoute, info: router.RevisionInfo, payload: dict[str, Any]
-) -> tuple[int, Outcome | None] | None:
+) -> PeerRun | None:
     """Run `call` (its revision picked) on a live peer gateway when this node has no ready instance of it
-    and a peer has: (status, outcome or None), `call` made `forwarded` (the peer audits and measures the
-    run). None: run it here (no forwarder, an instance here, or no peer has one)."""
+    and a peer has, `call` made `forwarded` (the peer audits and measures the run). None: run it here (no
+    forwarder, an instance here, or no peer has one). Reject, with the answer's status, when no peer ran
+    it (each refused: a 429 says so, with the soonest Retry-After the peers gave, as an overloaded gateway
+    here answers) or one failed during it (502, 504)."""
     forwarder = gateway.forwarder
     if forwarder is None or call.revision is None or gateway.pool.holds(call.function, call.revision):
         return None
@@ -111,9 +125,19 @@ async def run_on_peer(
     timeout = info.timeout + gateway.limits.timeout_margin
     # The peer runs the revision picked here (by a pin, stickiness or the split), not one it would pick itself.
     payload = {**payload, "revision": call.revision}
-    status, sent = await forwarder.invoke(call.function, payload, call.request_id, peers, timeout)
+    answer = await forwarder.invoke(call.function, payload, call.request_id, peers, timeout)
     call.outcome, call.revision = "forwarded", None
-    return status, outcome_from(sent)
+    outcome = outcome_from(answer.outcome)
+    if outcome is None:  # the peers refused it, or one failed it: said as its status, as it would be here
+        headers = {} if answer.retry_after is None else {"Retry-After": answer.retry_after}
+        if answer.status == 429:
+            headers[NOT_RUN_HEADER] = "overloaded"  # no peer ran it (a 429 after a run is an outcome's)
+        if answer.status in (429, 503):
+            reason = f"no gateway of another node took the run (status {answer.status})"
+        else:
+            reason = f"the run on another node's gateway ended with status {answer.status}"
+        raise Reject(answer.status, reason, "forwarded", headers=headers)
+    return PeerRun(answer.status, outcome, answer.revision)
 
 
 def outcome_status(outcome: Outcome, hook: bool = False) -> tuple[int, str]:
@@ -161,8 +185,9 @@ def outcome_from(data: Any) -> Outcome | None:
 async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, body: bytes) -> Reply:
     """POST PEER_PATH<function> on this gateway: run a peer's own invocation here if it is signed as the
     peers sign (else 401, run nothing), on the revision the sender picked, never forwarded again. 200 with
-    {status, outcome}; a refusal before anything ran says so, for the sender to try its next peer: 503 with
-    NO_INSTANCE_HEADER (no instance of that revision here), 429 with NOT_RUN_HEADER (overloaded)."""
+    {status, outcome, revision (the one that ran)}; a refusal before anything ran says so, for the sender to try its next peer: 503 with
+    NO_INSTANCE_HEADER (no instance of that revision here), 429 with NOT_RUN_HEADER (overloaded), each with
+    the Retry-After this gateway's own refusal has."""
     forwarder = gateway.forwarder
     if forwarder is None:
         return Reply(404, CIMultiDict(_JSON), b'{"message":"Not Found"}')
@@ -194,6 +219,11 @@ async def peer_reply(gateway: Runner, headers: Mapping[str, str], path: str, bod
         where = f"{function} revision {revision}" if isinstance(revision, int) else function
         log.info("a peer's invocation of %s refused: %s", where, reject.reason)
         refusal = {"status": reject.status, "message": f"{where} on node {forwarder.node}: {reject.reason}"}
-        return Reply(reject.status, CIMultiDict({**_JSON, mark: forwarder.node}), json.dumps(refusal).encode())
-    answer = json.dumps({"status": status, "outcome": outcome_json(outcome)}).encode()
+        headers = CIMultiDict({**_JSON, mark: forwarder.node})
+        if "Retry-After" in reject.headers:  # when to ask again: the sender's answer carries it (or a sooner one)
+            headers["Retry-After"] = reject.headers["Retry-After"]
+        return Reply(reject.status, headers, json.dumps(refusal).encode())
+    # `revision`: the one it ran (the sender's pick: another is refused above), for the sender's answer.
+    ran = revision if isinstance(revision, int) and outcome is not None else None
+    answer = json.dumps({"status": status, "outcome": outcome_json(outcome), "revision": ran}).encode()
     return Reply(200, CIMultiDict(_JSON), answer)

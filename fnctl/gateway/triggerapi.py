@@ -127,21 +127,21 @@ class TriggerApi:
         except strictjson.NotJson as exc:
             raise Reject(400, f"Bad Request: the event is not JSON: {exc}", "rejected") from None
         payload = peer_payload(name, event, principal, info.timeout)
+        # Run on a peer (Swarm, no instance here); none took it or one failed it: its Reject, nothing counted.
         ran = await run_on_peer(gateway, call, route, info, payload)
+        revision = call.revision if ran is None else ran.revision  # the revision that ran, here or there
         if ran is None:
             result = await gateway._run(call, info, event, principal)
             outcome = result.outcome
             call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
-        elif ran[1] is None:  # the peer failed it or none took it: said as its status, nothing counted
-            raise Reject(ran[0], f"the run on another node's gateway ended with status {ran[0]}", "forwarded")
         else:
-            outcome = ran[1]
+            outcome = ran.outcome
         if states is not None:
             if outcome.ok:
                 await states.succeeded(hook)
             else:
                 await states.fault(hook, outcome.message or (outcome.failure or Failure.HANDLER_ERROR).value)
         extra = {"X-Request-Id": call.request_id}
-        if call.revision is not None:  # run here (a peer chose its own)
-            extra["X-Fnctl-Revision"] = str(call.revision)
+        if revision is not None:  # as a peer's answer says (the audit's is the peer's: call.revision is None)
+            extra["X-Fnctl-Revision"] = str(revision)
         return web_response(invoke_response(outcome, False), extra)

@@ -78,6 +78,7 @@ class NodePool(FakePool):
 
     held: set[tuple[str, int]] = field(default_factory=set)
     overloaded: bool = False
+    retry_after: float = 3.0  # an overloaded node's estimate of when it has room (its 429's Retry-After)
     broker: Broker | None = None
     read_only: list[bool] = field(default_factory=list)
 
@@ -90,7 +91,7 @@ class NodePool(FakePool):
         if (function, revision) not in self.held:
             raise Unavailable(f"no task of {function} revision {revision} on this node")
         if self.overloaded:
-            raise Overloaded(3.0)
+            raise Overloaded(self.retry_after)
         session = None if self.broker is None else self.broker.session(request_id)
         if session is not None:
             self.read_only.append(session.read_only)
@@ -181,6 +182,7 @@ def test_a_manual_run_with_no_instance_here_runs_once_on_a_peer_as_its_caller(tm
                 assert r.status == 200, await r.text()
                 assert await r.json() == {"hi": 1}
                 request_id = r.headers["X-Request-Id"]
+                assert r.headers["X-Fnctl-Revision"] == "1"  # the revision that ran, as a run here answers
         [ran] = b.pool.calls  # once, on b, as alice, under a's request id
         assert ran["event"] == {"echo": {"hi": 1}} and ran["request_id"] == request_id
         assert (ran["caller"]["subject"], ran["caller"]["roles"]) == ("alice", ["ops"])
@@ -257,6 +259,7 @@ def test_a_pinned_manual_run_runs_the_pinned_revision_on_the_peer_and_a_peer_wit
             async with session.post(a.url + "/v1/triggers/kick/run", json={}, headers=pinned) as r:
                 assert r.status == 200, await r.text()
                 request_id = r.headers["X-Request-Id"]
+                assert r.headers["X-Fnctl-Revision"] == "2"
             [ran] = b.pool.calls  # the only node holding revision 2 ran it, on 2 (not its own pick, 1)
             assert (ran["revision"], ran["request_id"]) == (2, request_id)
             assert [r["revision"] for r in b.audit.rows if r["request_id"] == request_id] == [2]
@@ -300,6 +303,8 @@ def test_a_peers_overload_refusal_is_tried_on_the_next_peer_and_only_the_last_re
                 "logs": "line one\nline two\n",
                 "durationMs": 1.5,
             },
+            1,
+            None,
         )
         request = LeanRequest(
             "POST", "/invoke/pub", ((b"Authorization", b"Bearer ok:alice:ops"),), None, b'{"echo": 7}', True
@@ -315,7 +320,7 @@ def test_a_peers_overload_refusal_is_tried_on_the_next_peer_and_only_the_last_re
             request, request.body, Call("http-2", "pub", None, None), [rows["b"], rows["c"]], 5
         )
         assert (reply.status, reply.headers["Retry-After"], reply.headers[NOT_RUN_HEADER]) == (429, "3", "overloaded")
-        assert await a.forwarder.invoke("pub", invocation, "inv-2", [rows["b"], rows["c"]], 5) == (429, None)
+        assert await a.forwarder.invoke("pub", invocation, "inv-2", [rows["b"], rows["c"]], 5) == (429, None, None, "3")
         # Each peer got each request once (audited there); b refused them all, c ran the first two.
         audited = {
             n.forwarder.node: [(r["request_id"], r["outcome"], r["status"]) for r in n.audit.rows] for n in (b, c)
@@ -324,6 +329,30 @@ def test_a_peers_overload_refusal_is_tried_on_the_next_peer_and_only_the_last_re
         assert audited["c"] == [("inv-1", "ok", 200), ("http-1", "ok", 200)] + [
             (rid, "overloaded", 429) for rid in ("http-2", "inv-2")
         ]
+
+    _run(check, tmp_path, {("pub", 1)}, {("pub", 1)})
+
+
+def test_a_manual_run_every_peer_refused_answers_429_with_the_soonest_retry_after(tmp_path: Path) -> None:
+    async def check(a: Node, b: Node, c: Node) -> None:
+        b.pool.overloaded = c.pool.overloaded = True  # both refuse at admission: nothing runs anywhere
+        b.pool.retry_after, c.pool.retry_after = 2.0, 7.0  # b has room first, whichever is tried last
+        rows = {row.node: row for row in a.forwarder.rows}
+        async with aiohttp.ClientSession() as session:
+            for peers in ([rows["b"], rows["c"]], [rows["c"], rows["b"]]):
+                a.forwarder.peers = lambda *_, order=peers: order  # type: ignore[method-assign]
+                async with session.post(a.url + "/v1/triggers/kick/run", json={}, headers=RUNNER) as r:
+                    assert r.status == 429, await r.text()
+                    # As an overloaded gateway here answers: when to come back, and that nothing ran.
+                    assert (r.headers.get("Retry-After"), r.headers.get(NOT_RUN_HEADER)) == ("2", "overloaded")
+                    assert "X-Fnctl-Revision" not in r.headers
+            request = LeanRequest("POST", "/invoke/pub", (), None, b"{}", True)
+            reply = await a.forwarder.forward(
+                request, b"{}", Call("http-1", "pub", None, None), [rows["b"], rows["c"]], 5
+            )
+            assert (reply.status, reply.headers["Retry-After"]) == (429, "2")  # a forwarded request's alike
+        assert b.pool.calls == c.pool.calls == []
+        assert [(r["outcome"], r["status"]) for r in a.audit.rows] == [("forwarded", 429)] * 2
 
     _run(check, tmp_path, {("pub", 1)}, {("pub", 1)})
 

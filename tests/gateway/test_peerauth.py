@@ -150,9 +150,9 @@ async def _invocation(tmp_path: Any) -> None:
         forwarder.rows = rows
         payload = {"trigger": "every-second", "tenant": None, "event": {"a": 1}}
         peers = sorted(forwarder.peers("web", 1, [1]), key=lambda p: p.id)  # x (unreachable), y (empty), z
-        status, outcome = await forwarder.invoke("web", payload, "tick-1", peers, timeout=5)
+        status, outcome, revision, _ = await forwarder.invoke("web", payload, "tick-1", peers, timeout=5)
         await forwarder.close()
-    assert (status, outcome_from(outcome)) == (200, Outcome(True, {"n": 1}, None, "", "", "", 1))
+    assert (status, outcome_from(outcome), revision) == (200, Outcome(True, {"n": 1}, None, "", "", "", 1), None)
     assert len(empty.got) == 1 and len(full.got) == 1 and forwarder.forwarded == 1
     [(method, path, headers, body)] = full.got
     assert (method, path, json.loads(body)) == ("POST", f"{PEER_PATH}web", payload)
