@@ -3,9 +3,13 @@
 One project, a no-op function with 4 instances × concurrency 8 kept warm; rounds alternate between a gateway of
 one worker and one of two (started afresh each round, on the same instances), and, as what the machine allows,
 one and two bare aiohttp processes on SO_REUSEPORT answering `{}` themselves; each loaded by wrk for a few
-seconds. Printed: requests/s per round and their medians, the ratios, the CPU the server's processes, the
-function's instances (their cgroups), the load generator and the whole machine used per second of load, the
-server's CPU per request, the machine's cores and its load average.
+seconds. Printed per round and as medians, for 1 and for 2 workers: requests/s and the ratio; where the
+machine's cores went (CPU seconds per second of load) — each gateway worker, the parent, the function's
+instances (their cgroups), the load generator, everything else on the machine ("other": other people's
+load), and what was left idle (the headroom); and the per-core figure, requests per gateway-CPU-second,
+whose 2/1 ratio says whether a second worker costs efficiency (below 1: each request costs the gateway more
+with two workers). The last lines say whether the gap to 1.6x is the machine (the cores 1.6x would take at
+the 1-worker cost per request, against the cores there are) or the gateway (its efficiency lost).
 
     python benchmarks/bench_workers.py [--rounds 3] [--seconds 4] [--connections 32]
 """
@@ -22,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchcommon import (
+    TICKS,
     await_ready,
     cgroups_cpu,
     children_cpu,
@@ -38,7 +44,6 @@ from benchcommon import (
     remove_project,
     serve,
     stop_processes,
-    tree_cpu,
     wrk,
 )
 
@@ -71,10 +76,84 @@ class Round:
     workers: int
     rps: float
     errors: int  # socket errors and non-2xx responses
-    gateway_cores: float  # CPU seconds of the server's processes per second of load
+    worker_cores: tuple[float, ...]  # CPU seconds per second of load of each serving process (by pid)
+    parent_cores: float  # of the rest of the server's process tree (fnctl's parent, the bare servers' shell)
     instance_cores: float  # of the function's containers (their cgroups)
     wrk_cores: float
     machine_cores: float  # every process of the machine's (/proc/stat): the rest is other people's load
+    gateway_system: float  # of gateway_cores, in the kernel (system time: socket writes, wake-ups)
+    switches: tuple[float, float]  # per second: the serving processes' voluntary and involuntary (preempted)
+
+    @property
+    def gateway_cores(self) -> float:
+        return sum(self.worker_cores) + self.parent_cores
+
+    @property
+    def other_cores(self) -> float:
+        return self.machine_cores - self.gateway_cores - self.instance_cores - self.wrk_cores
+
+    @property
+    def idle_cores(self) -> float:
+        return CORES - self.machine_cores
+
+    @property
+    def per_core(self) -> float:
+        """Requests per gateway-CPU-second: the gateway's efficiency, whatever the machine had to give."""
+        return self.rps / self.gateway_cores if self.gateway_cores else 0.0
+
+
+CORES = os.cpu_count() or 1
+
+
+def serving(pid: int) -> bool:
+    """A process that answers requests: a gateway worker (`--worker K/N`, or a single gateway) or a bare server."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"--worker" in argv or (b"serve" in argv and b"--workers" in argv and b"1" == _after(argv, b"--workers"))
+
+
+def _after(argv: list[bytes], flag: bytes) -> bytes:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else b""
+
+
+def processes_cpu(root: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds in user and in system mode of `root` and each process below it, now, by pid."""
+    parents: dict[int, int] = {}
+    times: dict[int, tuple[float, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return {pid: times[pid] for pid in tree if pid in times}
+
+
+def switches(pids: list[int]) -> tuple[int, int]:
+    """The voluntary and involuntary context switches of `pids` (their threads' included), now."""
+    done = [0, 0]
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                done[0] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                done[1] += int(line.split()[1])
+    return done[0], done[1]
 
 
 def start_bare(root: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
@@ -102,13 +181,26 @@ def one_round(
         script = root / "post.lua"
         wrk(port, "/invoke/noop", script, seconds=1)  # warm-up: connections, worker processes of the runtimes
         containers = instance_cgroups(project)
-        before = (tree_cpu(process.pid), cgroups_cpu(containers), children_cpu(), machine_cpu())
+        bare = server == "bare"
+        tree = processes_cpu(process.pid)
+        servers = [pid for pid in tree if (pid != process.pid if bare else serving(pid))]
+        before = (tree, cgroups_cpu(containers), children_cpu(), machine_cpu(), switches(servers))
         started = time.monotonic()
         load = wrk(port, "/invoke/noop", script, seconds=args.seconds, connections=args.connections)
         wall = time.monotonic() - started
-        after = (tree_cpu(process.pid), cgroups_cpu(containers), children_cpu(), machine_cpu())
-        used = [(b - a) / wall for a, b in zip(before, after, strict=True)]
-        return Round(server, workers, load.rps, load.errors, *used)
+        after = (processes_cpu(process.pid), cgroups_cpu(containers), children_cpu(), machine_cpu(), switches(servers))
+        used = {
+            pid: [(b - a) / wall for a, b in zip(before[0].get(pid, (0.0, 0.0)), now, strict=True)]
+            for pid, now in after[0].items()
+        }
+        workers_cpu = tuple(sum(used[pid]) for pid in sorted(servers) if pid in used)
+        rest = sum(sum(u) for u in used.values()) - sum(workers_cpu)
+        system = sum(u[1] for u in used.values())
+        instances, wrk_cores, machine = ((b - a) / wall for a, b in zip(before[1:4], after[1:4], strict=True))
+        done = ((after[4][0] - before[4][0]) / wall, (after[4][1] - before[4][1]) / wall)
+        return Round(
+            server, workers, load.rps, load.errors, workers_cpu, rest, instances, wrk_cores, machine, system, done
+        )
     finally:
         if server == "fnctl":
             stop_processes([process])
@@ -152,30 +244,59 @@ def main() -> None:
 
 def report(rounds: list[Round], args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
     print(f"no-op function, 4 instances x concurrency 8; wrk -t1 -c{args.connections}, {args.seconds}s per round")
-    print("  (cores: CPU seconds per second of load; 'other' is the machine's busy time outside these)")
+    print(
+        f"cores: CPU seconds per second of load, of the machine's {CORES}: each serving process (w), the server's "
+        "parent, instances, wrk, other (the machine's busy time outside these) and idle (the headroom); "
+        "per core: requests per gateway-CPU-second"
+    )
     for r in rounds:
-        other = r.machine_cores - r.gateway_cores - r.instance_cores - r.wrk_cores
+        each = " ".join(f"{c:.2f}" for c in r.worker_cores)
         print(
-            f"  {r.server:5} workers={r.workers}: {r.rps:8.0f} req/s  errors {r.errors}  "
-            f"server {r.gateway_cores:.2f}  instances {r.instance_cores:.2f}  wrk {r.wrk_cores:.2f}  "
-            f"other {other:.2f} cores  server CPU/request {r.gateway_cores / r.rps * 1e6:.0f} us"
+            f"  {r.server:5} workers={r.workers}: {r.rps:6.0f} req/s  errors {r.errors}  w [{each}] "
+            f"parent {r.parent_cores:.2f}  instances {r.instance_cores:.2f}  wrk {r.wrk_cores:.2f}  "
+            f"other {r.other_cores:.2f}  idle {r.idle_cores:.2f}  per core {r.per_core:.0f}  "
+            f"switches/request {sum(r.switches) / r.rps:.2f} ({r.switches[1] / r.rps:.2f} involuntary)"
         )
     for server in ("bare", "fnctl"):
-        mine = [r for r in rounds if r.server == server]
-        rps = {w: statistics.median(r.rps for r in mine if r.workers == w) for w in (1, 2)}
-        cores = {w: statistics.median(r.gateway_cores for r in mine if r.workers == w) for w in (1, 2)}
-        per = {w: statistics.median(r.gateway_cores / r.rps * 1e6 for r in mine if r.workers == w) for w in (1, 2)}
-        print(
-            f"{server}: median req/s 1 worker {rps[1]:.0f}, 2 workers {rps[2]:.0f}: ratio 2/1 {rps[2] / rps[1]:.2f}x; "
-            f"server cores {cores[1]:.2f} / {cores[2]:.2f}; CPU/request {per[1]:.0f} / {per[2]:.0f} us"
-        )
-    instance = statistics.median(r.instance_cores for r in rounds if r.server == "fnctl")
-    wrk_cores = statistics.median(r.wrk_cores for r in rounds)
+        mine = {w: [r for r in rounds if r.server == server and r.workers == w] for w in (1, 2)}
+        print(f"{server}, medians:          1 worker  2 workers   2/1")
+        for label, figure in FIGURES:
+            one, two = (statistics.median(figure(r) for r in mine[w]) for w in (1, 2))
+            ratio = f"{two / one:5.2f}x" if label in RATIOS and one else ""
+            print(f"  {label:<22} {one:9.2f} {two:10.2f}   {ratio}")
+    fnctl = {w: [r for r in rounds if r.server == "fnctl" and r.workers == w] for w in (1, 2)}
+    rps = {w: statistics.median(r.rps for r in fnctl[w]) for w in (1, 2)}
+    per_request = statistics.median(
+        (r.gateway_cores + r.instance_cores + r.wrk_cores) / r.rps for r in fnctl[1]
+    )  # the CPU one request takes of the gateway, its instance and the load generator, with one worker
+    needed = 1.6 * rps[1] * per_request
+    other = statistics.median(r.other_cores for r in fnctl[2])
+    efficiency = statistics.median(r.per_core for r in fnctl[2]) / statistics.median(r.per_core for r in fnctl[1])
     print(
-        f"instances {instance:.2f} cores, load generator {wrk_cores:.2f} cores; machine cores {os.cpu_count()} "
-        "(issue: fnctl 2/1 >= 1.6x where the cores exist; here: at least the bare servers' ratio)"
+        f"verdict: fnctl 2/1 {rps[2] / rps[1]:.2f}x (issue: >= 1.6x where the cores exist). 1.6x would take "
+        f"{needed:.2f} cores at the 1-worker cost per request (gateway + instances + wrk); the machine has "
+        f"{CORES}, of which other load took {other:.2f} with 2 workers. Gateway efficiency with 2 workers: "
+        f"{efficiency:.2f} of 1 worker's (requests per gateway-CPU-second)."
     )
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+
+
+FIGURES: list[tuple[str, Callable[[Round], float]]] = [
+    ("requests/s", lambda r: r.rps),
+    ("gateway cores", lambda r: r.gateway_cores),
+    ("  busiest worker", lambda r: max(r.worker_cores, default=0.0)),
+    ("  parent", lambda r: r.parent_cores),
+    ("instance cores", lambda r: r.instance_cores),
+    ("wrk cores", lambda r: r.wrk_cores),
+    ("other cores", lambda r: r.other_cores),
+    ("idle cores (headroom)", lambda r: r.idle_cores),
+    ("per core (req/CPU-s)", lambda r: r.per_core),
+    ("gateway us CPU/request", lambda r: r.gateway_cores / r.rps * 1e6),
+    ("  of which system us", lambda r: r.gateway_system / r.rps * 1e6),
+    ("switches/request", lambda r: sum(r.switches) / r.rps),
+    ("  involuntary", lambda r: r.switches[1] / r.rps),
+]
+RATIOS = {"requests/s", "gateway cores", "per core (req/CPU-s)", "gateway us CPU/request", "  of which system us"}
 
 
 if __name__ == "__main__":
