@@ -733,6 +733,7 @@ class _Connection:
         self.id = 0
         self.fd = -1  # the socket, written directly (under the shared lock) while workers write it too
         self.use_frame = b""  # tells a worker which connection its next invocation is from
+        self.use_direct = b""  # the same, with the host's offer to send that worker its invocations itself
         self.incoming = memoryview(bytearray(READ_SIZE))
         self.poller: Any = None  # a poll of this socket and the loop's selector, for `reply_now`
         self.watches_loop = True  # whether that poll sees what else the loop watches (its selector)
@@ -743,7 +744,7 @@ class _Connection:
         server = self.server
         server.next_conn += 1
         self.id = server.next_conn
-        self.use_frame = encode({"type": "use", "conn": self.id})
+        self.use_frame = self.use_direct = encode({"type": "use", "conn": self.id})
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         server.connections.add(self)
@@ -1099,6 +1100,9 @@ class Server:
         # invocation grew with them, 300-800 us here).
         self.sweep_armed = False
         self.next_conn = 0
+        # Workers handed to a host that sends them its invocations itself (`direct`, docs/protocol.md): the
+        # supervisor never gives them work again, and their slots are not its to fill.
+        self.dedicated = 0
         self.listeners_changed = time.monotonic()  # when `watch` last saw a listener come or go
         # Workers write to the host connections too (synchronous handlers): every write holds this lock.
         self.write_lock: int | None = None if handler.is_async else _new_write_lock()
@@ -1121,22 +1125,26 @@ class Server:
                 conn.resolve(message)
         elif kind == "ping":
             self.collect()
-            conn.send({"type": "pong", "id": request_id, "inflight": self.inflight})
+            conn.send({"type": "pong", "id": request_id, "inflight": self.inflight + self.busy_direct()})
         elif kind == "configure":
-            self.configure(conn, request_id, message.get("secrets"), body, message.get("workers") is True)
+            self.configure(conn, request_id, message.get("secrets"), body, message.get("workers") is True,
+                           message.get("direct") is True)
         elif kind == "drain":
             self.drain(conn, request_id)
         else:
             conn.send({"type": "error", "id": request_id, "message": f"unknown message type {kind!r}"})
 
-    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes, workers: bool) -> None:
+    def configure(self, conn: _Connection, request_id: Any, secrets: Any, body: bytes, workers: bool,
+                  direct: bool = False) -> None:
         if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
             conn.send({"type": "error", "id": request_id, "message": "secrets must map names to strings"})
             return
         if workers and conn.path and not self.handler.is_async:
             # The host keeps its listener up for our workers: each connects there itself, on its first
             # invocation from this connection, and the host's replies to its calls reach it directly.
-            conn.use_frame = encode({"type": "use", "conn": conn.id, "attach": conn.path})
+            conn.use_frame = conn.use_direct = encode({"type": "use", "conn": conn.id, "attach": conn.path})
+            if direct:  # the host sends invocations straight to the workers that accept: they attach saying so
+                conn.use_direct = encode({"type": "use", "conn": conn.id, "attach": conn.path, "direct": True})
         os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
         for worker in self.workers.values():  # forked before: they learn them before their next invocation
             worker.write(len(body).to_bytes(4, "big") + body)
@@ -1154,7 +1162,7 @@ class Server:
         if not self.idle_workers and self.workers:
             self.collect()  # slots freed since: admitted before this one (the queue keeps arrival order)
         self.inflight += 1
-        if self.running < self.config.concurrency:
+        if self.running + self.dedicated < self.config.concurrency:
             self.begin(conn, message, body)
         else:
             self.waiting.append((conn, message, body))  # admitted in arrival order as slots free up
@@ -1207,7 +1215,24 @@ class Server:
         if self.waiting:
             self.begin(*self.waiting.popleft())
         elif self.inflight == 0 and self.drains:
+            self.settle()
+
+    def busy_direct(self) -> int:
+        """How many dedicated workers run an invocation their host sent them (their two counters differ)."""
+        shared, c = self.finished, self.config.concurrency + 1
+        return sum(shared[_BEGUN * c + w.index] != shared[_ENDED * c + w.index]
+                   for w in self.workers.values() if w.direct) if self.dedicated else 0
+
+    def settle(self) -> None:
+        """Draining, nothing in flight here: done once no dedicated worker runs one either; until then each
+        busy one is asked for a note when it ends (`wake`), which brings the supervisor back here."""
+        if not self.busy_direct():
             self.drained()
+            return
+        shared, c = self.finished, self.config.concurrency + 1
+        for worker in self.workers.values():
+            if worker.direct and shared[_BEGUN * c + worker.index] != shared[_ENDED * c + worker.index]:
+                worker.wake()
 
     # ---- worker processes (synchronous handlers) ----
 
@@ -1221,7 +1246,11 @@ class Server:
             self.die_with_us = _pdeathsig()  # loaded here, before the fork: the workers share its pages
             import mmap  # only a synchronous handler's runtime that forks needs it
 
-            self.finished = mmap.mmap(-1, self.config.concurrency + 1)  # shared (MAP_SHARED) with the workers
+            # shared (MAP_SHARED) with the workers: per worker, invocations finished, whether a host took it
+            # (`direct`), that host's invocations begun and ended; then whether the instance drains
+            self.finished = mmap.mmap(-1, _SHARED_ROWS * (self.config.concurrency + 1) + 1)
+            if self.draining:
+                self.finished[-1] = 1
             gc.freeze()  # what the import made stays out of the collector's way: fewer pages copied per worker
         try:
             pid = os.fork()
@@ -1266,7 +1295,11 @@ class Server:
     def worker_done(self, worker: _Worker, frame: bytes) -> None:
         """A worker's invocation ended; `frame` is its result to pass on (empty: it wrote it itself)."""
         conn, worker.conn = worker.conn, None
-        self.idle_workers.append(worker)
+        if self.finished[_OWNED * (self.config.concurrency + 1) + worker.index]:
+            worker.direct = True
+            self.dedicated += 1  # its host sends it invocations from now on: never this process again
+        else:
+            self.idle_workers.append(worker)
         if conn is not None:
             self.finish(conn, frame)
         if worker.conn is None:  # not given the next invocation by `finish`: nothing to wake up for
@@ -1279,6 +1312,18 @@ class Server:
         for worker in list(self.workers.values()):
             if worker.conn is not None and not worker.relay and self.finished[worker.index] == worker.started:
                 self.worker_done(worker, b"")
+            elif worker.direct:
+                self.undedicate(worker)
+
+    def undedicate(self, worker: _Worker) -> None:
+        """A dedicated worker whose host connection ended (it let go: its `_drop`) comes back once idle."""
+        shared, c, i = self.finished, self.config.concurrency + 1, worker.index
+        if not shared[_OWNED * c + i] and shared[_BEGUN * c + i] == shared[_ENDED * c + i]:
+            worker.direct = False
+            self.dedicated -= 1
+            self.idle_workers.append(worker)
+            if self.waiting and self.running + self.dedicated < self.config.concurrency:
+                self.begin(*self.waiting.popleft())  # its slot is free again
 
     def watch_workers(self) -> None:
         """From now on a busy worker's end wakes this process: each is asked for a note (`wake`)."""
@@ -1367,11 +1412,13 @@ class Server:
 
     def drain(self, conn: _Connection | None, request_id: Any) -> None:
         self.draining = True
+        if self.finished is not None:
+            self.finished[-1] = 1  # dedicated workers refuse what their host sends from now on
         self.collect()
         self.watch_workers()
         self.drains.append((conn, request_id))
         if self.inflight == 0:
-            self.drained()
+            self.settle()
 
     def drained(self) -> None:
         """Nothing in flight while draining: each who asked is told, and the runtime stops."""
@@ -1399,6 +1446,8 @@ class Server:
             _traceback().print_exception(exc, file=_REAL_STDERR)
 
 
+# Rows of the memory the supervisor shares with its workers, one byte per worker each (`fork_worker`)
+_FINISHED, _OWNED, _BEGUN, _ENDED, _SHARED_ROWS = 0, 1, 2, 3, 4
 _WORKER_REPLY = b'{"type":"reply","id":"w'  # the start of a host's reply to a worker's call
 _WAKE_FRAME = encode({"type": "wake"})  # asks a worker for a `D` note once its invocation ended
 
@@ -1523,6 +1572,7 @@ class _Worker:
         self.started = 0  # invocations handed to it, mod 256: it is idle when its `finished` byte says as many
         self.relay = False  # whether its current result comes back through the link (it holds no host socket)
         self.woken = False  # whether it was asked for a note when its invocation ends (`wake`), none came yet
+        self.direct = False  # handed to a host, which sends it invocations itself (`Server.dedicated`)
         sock.setblocking(False)
 
     def watch(self, wanted: bool) -> None:
@@ -1550,9 +1600,13 @@ class _Worker:
         decode per invocation in the worker, not two. `wake`: ask for a note when it ends (in the same write)."""
         self.started = (self.started + 1) & 0xFF
         frames = len(body).to_bytes(4, "big") + body
-        if self.use is not conn.use_frame or conn.id not in self.has:
-            frames = conn.use_frame + frames
-            self.use = conn.use_frame
+        # Every worker but the last that `concurrency` allows may be offered to the host: that one stays this
+        # process's, so that another host's invocations (`fnctl invoke --direct`, a deploy's health check)
+        # always find a worker. It is forked last: only a host that fills every slot gets to need it.
+        use = conn.use_direct if self.index < self.server.config.concurrency else conn.use_frame
+        if self.use is not use or conn.id not in self.has:
+            frames = use + frames
+            self.use = use
         if wake and not self.woken:
             self.woken = True
             frames += _WAKE_FRAME
@@ -1596,6 +1650,8 @@ class _Worker:
             del buf[:end]
             if tag == 0x44:  # "D": the note asked for (`wake`): its `finished` byte says whether it is done
                 self.woken = False
+                if self.direct and self.server.drains and self.server.inflight == 0:
+                    self.server.settle()
                 if self.conn is None or self.relay:
                     continue
                 if self.server.finished[self.index] == self.started:
@@ -1618,7 +1674,7 @@ class _Worker:
         """The worker's main loop, on its main thread: one invocation at a time, until its link ends."""
         channel = _WorkerChannel(server, sock, index, host_fds)
         while True:
-            message = channel.read()
+            message = channel.read() if channel.direct is None else channel.next_direct()
             if message is None:
                 return 0
             kind = message.get("type")
@@ -1659,6 +1715,10 @@ class _WorkerChannel:
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         self.polled = -1  # the own socket registered with the poller beside the link
+        # The own connection of a host that took this worker (`direct`): its invocations come there, and
+        # none from the supervisor any more. `deadline`: of such an invocation, which the worker keeps itself.
+        self.direct: socket.socket | None = None
+        self.deadline = 0.0
         sock.setblocking(True)
 
     def read(self, fds: bool = True) -> dict[str, Any] | None:
@@ -1705,7 +1765,9 @@ class _WorkerChannel:
                     os.close(previous)
             self.host = self.host_fds.get(conn, -1) if isinstance(conn, int) else -1
             attach = message.get("attach")
-            self.current = self._own(conn, attach) if isinstance(conn, int) and isinstance(attach, str) else None
+            direct = message.get("direct") is True
+            self.current = (self._own(conn, attach, direct) if isinstance(conn, int) and isinstance(attach, str)
+                            else None)
         elif kind == "configure":
             _apply_secrets(message)
         elif kind == "lost":
@@ -1726,7 +1788,7 @@ class _WorkerChannel:
             raise CallbackError("Timeout", "no reply before the deadline")
         # else: the reply to a call that timed out before
 
-    def _own(self, conn: int, path: str) -> socket.socket | None:
+    def _own(self, conn: int, path: str, direct: bool = False) -> socket.socket | None:
         """This worker's own connection to the host behind `conn` (made on first use: `attach` first, as the
         host expects), or None when it cannot connect (frames then go the older way)."""
         if conn in self.own:
@@ -1736,11 +1798,20 @@ class _WorkerChannel:
         try:
             sock.settimeout(ATTACH_WAIT)
             sock.connect(path)
-            sock.sendall(encode({"type": "attach", "protocol": PROTOCOL, "worker": self.index, "pid": os.getpid()}))
+            attach = {"type": "attach", "protocol": PROTOCOL, "worker": self.index, "pid": os.getpid()}
+            if direct:
+                attach["direct"] = True
+            sock.sendall(encode(attach))
             # The host's `attached` (an 4-byte header and a small body), or the end: it refused us.
-            if b'"attached"' not in _recv_frame(sock):
+            answer = _recv_frame(sock)
+            if b'"attached"' not in answer:
                 raise ConnectionRefusedError
             sock.settimeout(None)
+            if direct and b'"direct":true' in answer:
+                # Taken: said (in the shared memory) before this invocation's end is, so the supervisor, which
+                # looks at that end first, never hands this worker another one.
+                self.direct = sock
+                self._mark(_OWNED, 1)
         except OSError:  # refused, timed out, or no listener: this connection's frames go the older way
             sock.close()
             sock = None
@@ -1757,6 +1828,9 @@ class _WorkerChannel:
                 self.own[conn] = None  # not tried again: its invocations go the older way
         if self.current is sock:
             self.current = None
+        if self.direct is sock:
+            self.direct = None
+            self._mark(_OWNED, 0)  # the supervisor's again, once idle (`Server.undedicate`)
         self.own_buf.clear()
         sock.close()
 
@@ -1783,7 +1857,13 @@ class _WorkerChannel:
                 if isinstance(message, dict) and message.get("id") == call_id:
                     return message
                 # else: the reply to a call that timed out before
-            for fd, _events in self.poller.poll():
+            wait = None
+            if self.deadline:  # a direct invocation's: no supervisor tells this worker that it passed
+                wait = max(0, math.ceil((self.deadline - time.time()) * 1000))
+            ready = self.poller.poll(wait)
+            if not ready and wait is not None:
+                raise CallbackError("Timeout", "no reply before the deadline")
+            for fd, _events in ready:
                 if fd == own.fileno():
                     try:
                         got = own.recv_into(self.own_in)
@@ -1813,7 +1893,80 @@ class _WorkerChannel:
         else:
             self.sock.sendall(tag + frame)
 
-    def invoke(self, message: dict[str, Any]) -> None:
+    def _mark(self, row: int, value: int) -> None:
+        self.server.finished[row * (self.server.config.concurrency + 1) + self.index] = value
+
+    def next_direct(self) -> dict[str, Any] | None:
+        """A dedicated worker's wait: the supervisor's next message (it comes first), or its host's next
+        `invoke`, run here (then `{}`)."""
+        direct, buf = self.direct, self.own_buf
+        assert direct is not None
+        while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+            if len(buf) >= 4 and int.from_bytes(buf[:4], "big") > self.server.max_frame:
+                _REAL_STDERR.write("fnctl-runtime: closing a worker connection: a frame over the limit\n")
+                self._drop(direct)  # as the supervisor does: the host's requests on it fail
+                return {}
+            if self.buf:  # a partial message of the supervisor's
+                return self.read()
+            ready = self.poller.poll() if self.polled == direct.fileno() else None
+            if ready is None:
+                if self.polled >= 0:
+                    self.poller.unregister(self.polled)
+                self.poller.register(direct, select.POLLIN)
+                self.polled = direct.fileno()
+                continue
+            if any(fd != direct.fileno() for fd, _ in ready):
+                return self.read()
+            try:
+                got = direct.recv_into(self.own_in)
+            except OSError:
+                got = 0
+            if not got:
+                self._drop(direct)
+                return {}
+            buf += self.own_in[:got]
+        end = 4 + int.from_bytes(buf[:4], "big")
+        body = bytes(buf[4:end])
+        del buf[:end]
+        self.invoke_direct(body)
+        return {}
+
+    def invoke_direct(self, body: bytes) -> None:
+        """An invocation its host sent this worker: counted begun (what a ping and a drain look at) before
+        the drain flag is read, so a drain either waits for it or it is refused."""
+        server, c, i = self.server, self.server.config.concurrency + 1, self.index
+        shared = server.finished
+        shared[_BEGUN * c + i] = (shared[_BEGUN * c + i] + 1) & 0xFF
+        try:
+            message = _decode(body.decode())
+        except ValueError:
+            message = _invoke_header(body)
+            if message is not None:
+                message["broken"] = True
+        if not isinstance(message, dict) or message.get("type") != "invoke":
+            frame = b""  # nothing else comes here: not answered
+        elif shared[-1]:
+            frame = _failure_frame(message.get("id"), "draining", "Draining", "the instance is draining")
+        elif len(body) > server.config.payload_limit:
+            text = f"the request is {len(body)} bytes, over the payload limit of {server.config.payload_limit}"
+            frame = _failure_frame(message.get("id"), "payload_too_large", "PayloadTooLarge", text)
+        else:
+            self.deadline = _invocation_of(message)[1]
+            self.current = self.direct
+            try:
+                frame = self.run(message)
+            finally:
+                self.deadline = 0.0
+        shared[_ENDED * c + i] = shared[_BEGUN * c + i]
+        if self.wake_due:
+            self.wake_due = False
+            self.sock.sendall(b"D\0\0\0\0")
+        if frame and self.direct is not None:
+            with contextlib.suppress(CallbackError):  # the host is gone: nobody waits for the result
+                self.send_host(b"R", frame)
+
+    def run(self, message: dict[str, Any]) -> bytes:
+        """Run one invocation: its result frame."""
         server = self.server
         raw = message.get("context")
         info = raw if isinstance(raw, dict) else {}
@@ -1826,7 +1979,11 @@ class _WorkerChannel:
         else:
             outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
         _echo_logs(invocation_id, capture)
-        frame = _result_frame(message.get("id"), outcome, capture)
+        return _result_frame(message.get("id"), outcome, capture)
+
+    def invoke(self, message: dict[str, Any]) -> None:
+        server = self.server
+        frame = self.run(message)
         self.finished = (self.finished + 1) & 0xFF
         if self.current is None and self.host < 0:
             server.finished[self.index] = self.finished

@@ -307,19 +307,25 @@ class AsyncTransport:
     # ---- request/reply plumbing ----
 
     async def _send(self, request_id: int, frame: bytes, kind: MessageType, timeout: float) -> dict[str, Any]:
-        """Send one request frame (built with `request_id`) and wait for the runtime frame with that id."""
+        """Send one request frame (built with `request_id`) and wait for the runtime frame with that id. An
+        invocation goes straight to an idle worker this host took, when there is one: the runtime's first
+        process (a wake-up, a read and a write there, ~40 % of the instance's CPU per no-op) is not on the way."""
         if self._transport is None or self._lost is not None:
             raise ConnectionLost(self._lost or "the transport is not connected")
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
             raise FrameTooLarge(len(frame) - HEADER.size, self.max_request)
+        workers = self._workers
+        worker = workers.take() if kind is MessageType.INVOKE and workers is not None else None
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, loop.time() + timeout, kind, timeout)
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP, self._sweep)
+        if worker is not None:
+            worker.send(request_id, frame)
         # Requests that arrive in one loop round go out in one write: one system call and one wake-up of
         # the runtime for all of them, instead of one each (the runtime batches its replies the same way).
-        if self._outbox is None:
+        elif self._outbox is None:
             self._outbox = [frame]
             loop.call_soon(self._flush)
         else:

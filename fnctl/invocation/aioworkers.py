@@ -10,7 +10,11 @@ processes. Every connection made to it passes the same peer check as the runtime
 closed unread), must say `attach` first and gets `attached`; then it carries that worker's `call` frames,
 answered on the same connection, and the `result` frames of the invocations it runs. At most `limit` (the
 runtime's `concurrency`: one per worker process) are kept at a time; more are closed unread, so code in the
-sandbox cannot make the host hold any number of connections.
+sandbox cannot make the host hold any number of connections. A worker that attaches with `direct` is taken
+(`attached` says `direct` back): once the result of the invocation it attached for came, it is idle, and the
+transport sends it the next invocation itself (`take`), one at a time, instead of through the runtime's first
+process. Code in the sandbox that attaches so gets invocations of its own function: no more than it could
+read from the connections it shares already.
 """
 
 from __future__ import annotations
@@ -57,12 +61,16 @@ class FrameReader(asyncio.BufferedProtocol):
         raise NotImplementedError
 
 
-class _WorkerConnection(FrameReader):
+class WorkerConnection(FrameReader):
     def __init__(self, listener: WorkerListener) -> None:
         super().__init__(listener.max_frame)
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.attached = False
+        # Taken (`direct`): this host sends the worker its invocations here, one at a time. `request`: the one
+        # it runs (-1: the one the runtime's first process gave it when it attached; None: idle).
+        self.direct = False
+        self.request: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass it
@@ -76,18 +84,35 @@ class _WorkerConnection(FrameReader):
                     sink.answer_call(message, self.transport)
                 elif self.attached:
                     sink.resolve(message)
+                    if self.direct and self.request is not None and message.get("type") == MessageType.RESULT:
+                        self.request = None  # its invocation ended: idle, and ours to give the next one
+                        self.listener.idle.append(self)
                 else:
                     check_attach_frame(message)
                     self.attached = True
+                    # It runs the invocation it attached for; its result makes it idle.
+                    self.direct, self.request = self.listener.direct and message.get("direct") is True, -1
                     assert self.transport is not None
-                    self.transport.write(attached_frame())
+                    self.transport.write(attached_frame(self.direct))
                     self.listener.attached += 1
         except TransportError:  # a broken worker connection: closed; the instance's first connection lives on
             if self.transport is not None:
                 self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.connections.discard(self)
+        listener = self.listener
+        listener.connections.discard(self)
+        if self in listener.idle:
+            listener.idle.remove(self)
+        # An invocation sent here fails with the first connection, which the worker's exit ends (the
+        # instance's exit state then says why), or at its deadline: not here, before the instance is seen gone.
+        self.request, self.direct = None, False
+
+    def send(self, request_id: int, frame: bytes) -> None:
+        """Give this idle taken worker an invocation."""
+        self.request = request_id
+        assert self.transport is not None
+        self.transport.write(frame)
 
 
 class WorkerListener:
@@ -95,9 +120,11 @@ class WorkerListener:
 
     def __init__(self, rendezvous: Rendezvous, peer: PeerCheck, sink: CallSink, max_frame: int) -> None:
         self.rendezvous, self.peer, self.sink, self.max_frame = rendezvous, peer, sink, max_frame
-        self.connections: set[_WorkerConnection] = set()
+        self.connections: set[WorkerConnection] = set()
         self.attached = 0  # worker connections that said `attach` (figures and tests)
         self.limit = 0  # connections kept at most: set from the runtime's `ready` (none before it)
+        self.direct = True  # whether this host takes the workers that offer themselves (`configure` said so)
+        self.idle: list[WorkerConnection] = []  # taken workers that run nothing: the next invocations go there
         self.closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -118,13 +145,22 @@ class WorkerListener:
                 conn.close()  # more than the runtime has workers: not served
                 continue
             try:
-                await loop.create_unix_connection(lambda: _WorkerConnection(self), sock=conn)
+                await loop.create_unix_connection(lambda: WorkerConnection(self), sock=conn)
             except OSError:
                 conn.close()
+
+    def take(self) -> WorkerConnection | None:
+        """An idle taken worker, now busy (None: the invocation goes to the runtime's first process)."""
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.transport is not None and not connection.transport.is_closing():
+                return connection
+        return None
 
     def close(self) -> None:
         """Stop listening (the name goes) and close the worker connections."""
         self.closed = True
+        self.idle.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()  # its pending accept leaves the loop before the socket closes:

@@ -197,10 +197,10 @@ def _request_frame(message: dict[str, Any]) -> bytes:
 
 def configure_frame(request_id: int, secrets: Mapping[str, str], *, workers: bool = False) -> bytes:
     """Set these environment variables in the runtime (secrets: never in images or labels); `configured`.
-    `workers`: this host keeps its listener up and accepts worker connections (docs/protocol.md)."""
+    `workers`: this host keeps its listener up for worker connections, and takes workers (`direct`)."""
     message: dict[str, Any] = {"type": MessageType.CONFIGURE, "secrets": dict(secrets), "id": request_id}
     if workers:
-        message["workers"] = True
+        message["workers"] = message["direct"] = True
     return _request_frame(message)
 
 
@@ -357,9 +357,9 @@ def check_first_frame(message: dict[str, Any] | None, where: str) -> dict[str, A
     return message
 
 
-def attached_frame() -> bytes:
-    """The host's answer to a worker connection's `attach`: it accepted the connection."""
-    return _request_frame({"type": MessageType.ATTACHED})
+def attached_frame(direct: bool = False) -> bytes:
+    """The host's answer to `attach`: it accepted the connection (`direct`: and took the worker)."""
+    return _request_frame({"type": MessageType.ATTACHED, "direct": True} if direct else {"type": MessageType.ATTACHED})
 
 
 def check_attach_frame(message: dict[str, Any] | None) -> dict[str, Any]:

@@ -201,7 +201,7 @@ def host_frame(message: dict[str, Any]) -> bytes:
     if kind == MessageType.CONFIGURE:
         return configure_frame(message["id"], message["secrets"], workers=message.get("workers", False))
     if kind == MessageType.ATTACHED:
-        return attached_frame()
+        return attached_frame(message.get("direct", False))
     if kind == MessageType.INVOKE:
         context = message["context"]
         return invoke_frame(
