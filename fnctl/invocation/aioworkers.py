@@ -61,7 +61,7 @@ class FrameReader(asyncio.BufferedProtocol):
         raise NotImplementedError
 
 
-class WorkerConnection(FrameReader):
+class _WorkerConnection(FrameReader):
     def __init__(self, listener: WorkerListener) -> None:
         super().__init__(listener.max_frame)
         self.listener = listener
@@ -120,11 +120,11 @@ class WorkerListener:
 
     def __init__(self, rendezvous: Rendezvous, peer: PeerCheck, sink: CallSink, max_frame: int) -> None:
         self.rendezvous, self.peer, self.sink, self.max_frame = rendezvous, peer, sink, max_frame
-        self.connections: set[WorkerConnection] = set()
+        self.connections: set[_WorkerConnection] = set()
         self.attached = 0  # worker connections that said `attach` (figures and tests)
         self.limit = 0  # connections kept at most: set from the runtime's `ready` (none before it)
         self.direct = True  # whether this host takes the workers that offer themselves (`configure` said so)
-        self.idle: list[WorkerConnection] = []  # taken workers that run nothing: the next invocations go there
+        self.idle: list[_WorkerConnection] = []  # taken workers that run nothing: the next invocations go there
         self.closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -145,11 +145,11 @@ class WorkerListener:
                 conn.close()  # more than the runtime has workers: not served
                 continue
             try:
-                await loop.create_unix_connection(lambda: WorkerConnection(self), sock=conn)
+                await loop.create_unix_connection(lambda: _WorkerConnection(self), sock=conn)
             except OSError:
                 conn.close()
 
-    def take(self) -> WorkerConnection | None:
+    def take(self) -> _WorkerConnection | None:
         """An idle taken worker, now busy (None: the invocation goes to the runtime's first process)."""
         while self.idle:
             connection = self.idle.pop()
