@@ -22,6 +22,7 @@ from runtime_helpers import RUNTIME
 
 from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.protocol import ConnectionLost
+from fnctl.invocation.transport import UnixSocketTransport
 
 HANDLER = """
 import os, time
@@ -214,3 +215,30 @@ def test_secrets_set_later_reach_a_taken_worker_before_its_next_invocation(runti
     before, after = asyncio.run(run())
     assert before.result["env"] == "one"
     assert [r.result["env"] for r in after] == ["two", "two"]
+
+
+def test_another_host_finds_a_worker_while_the_gateway_holds_its_taken_ones(runtime: Runtime) -> None:
+    """The last worker `concurrency` allows stays the supervisor's: with both taken workers busy, a second
+    host (the blocking client of `fnctl invoke --direct`) is still served, by that worker."""
+    directory, process = runtime
+
+    async def run() -> tuple[list[Any], Any, int]:
+        transport = await _connected(runtime)
+        other = UnixSocketTransport(directory, peer=lambda pid: pid == process.pid or _parent_of(pid) == process.pid)
+        try:
+            await asyncio.to_thread(other.connect, 15)
+            busy = [asyncio.ensure_future(_invoke(transport, {"sleep": 1.0})) for _ in range(2)]
+            await asyncio.sleep(0.3)
+            theirs = await asyncio.to_thread(
+                lambda: other.invoke({}, invocation_id="other", deadline=time.time() + 10, timeout=10)
+            )
+            running = await transport.ping()
+            return list(await asyncio.gather(*busy)), theirs, running
+        finally:
+            other.close()
+            await transport.close()
+
+    busy, theirs, running = asyncio.run(run())
+    assert all(result.ok for result in busy) and theirs.ok
+    assert theirs.result["pid"] not in {result.result["pid"] for result in busy}
+    assert running == 2  # the two taken workers' invocations, still running
