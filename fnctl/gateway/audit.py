@@ -35,8 +35,9 @@ log = logging.getLogger("fnctl.audit")
 
 class AuditLog:
     """Append-only audit rows and access lines, queued by `record`/`access` (a deque append: cheap on the
-    event loop) and written every `interval` seconds, or sooner when `batch` wait: shipped to a writer
-    process (`process=True`) or written by a thread of this one. A row leaves the queue only once it is in
+    event loop) and written `interval` seconds after the first of them, or sooner when `batch` wait: shipped
+    to a writer process (`process=True`) or written by a thread of this one. While nothing is queued the
+    thread sleeps (no timer: an idle gateway's writer never wakes). A row leaves the queue only once it is in
     the store. `close` writes what is left."""
 
     def __init__(
@@ -54,7 +55,11 @@ class AuditLog:
         self._lost = 0  # rows the writer process gave up on (the store refused them for ~10 s)
         self._shipped = 0  # the first rows of `_rows` that are with the writer process, not acknowledged yet
         self._closing = False
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # write or ship now: a full batch, `flush`, `close`
+        # The writer waits for something to write on `_queued`; `_asleep` says so, and the first row or line
+        # queued meanwhile sets it (an attribute test per row otherwise).
+        self._queued = threading.Event()
+        self._asleep = False
         self._writer = _writer_process(store_path) if process else None
         self._acks: threading.Thread | None = None
         if self._writer is not None:
@@ -95,6 +100,9 @@ class AuditLog:
             if not late:
                 self._rows.append(row)
                 self._recorded += 1
+                if self._asleep:  # under the lock, as the writer's look at the queue: one of the two sees the other
+                    self._asleep = False
+                    self._queued.set()
             many = len(self._rows) - self._shipped >= self._batch
         if access_logger.isEnabledFor(logging.INFO):
             self._lines.append((row, access or {}))
@@ -107,6 +115,9 @@ class AuditLog:
         """Queue an access line for a request that is no invocation (health, metrics, not found)."""
         if access_logger.isEnabledFor(logging.INFO):
             self._lines.append((None, {"at": time.time(), **fields}))
+            if self._asleep:  # after the append, as the writer sets `_asleep` before it looks: one sees the other
+                self._asleep = False
+                self._queued.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row recorded so far is in the store; False if that took over `timeout` (or the
@@ -123,6 +134,7 @@ class AuditLog:
         with self._lock:
             self._closing = True
         self._wake.set()
+        self._queued.set()
         self._thread.join(timeout)
         self._log_lines()  # lines queued after the writer's last round
 
@@ -143,6 +155,22 @@ class AuditLog:
 
     # ---- the writer thread ----
 
+    def _await_work(self) -> None:
+        """Sleep until a row is queued that is not written (nor shipped), or a line, or `close`; then let the
+        batch fill for `interval` seconds (a full batch, `flush` or `close` cut that short). It used to wake
+        every `interval` to look, queue empty or not: 4 wake-ups a second of an idle gateway."""
+        while True:
+            with self._lock:
+                self._asleep = True
+                if self._closing or len(self._rows) > self._shipped or self._lines:
+                    self._asleep = False
+                    break
+            self._queued.wait()
+            self._queued.clear()  # a stale set (a row seen by the look above) only makes one more look
+        if not self._closing:
+            self._wake.wait(self._interval)
+        self._wake.clear()
+
     def _run(self) -> None:
         if self._writer is not None and self._ship_all():
             return
@@ -153,6 +181,7 @@ class AuditLog:
             return
         try:
             while True:
+                self._await_work()  # (a refused batch is still queued: tried again `interval` later)
                 with self._lock:
                     closing = self._closing
                 self._log_lines()
@@ -161,8 +190,6 @@ class AuditLog:
                     return  # give up only when asked to stop
                 if closing and not self._rows:
                     return
-                self._wake.wait(self._interval)
-                self._wake.clear()
         finally:
             store.close()
 
@@ -173,8 +200,7 @@ class AuditLog:
         writer = self._writer
         assert writer is not None and self._acks is not None
         while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
+            self._await_work()
             with self._lock:
                 closing = self._closing
                 rows = [self._rows[i] for i in range(self._shipped, len(self._rows))]

@@ -52,7 +52,7 @@ from fnctl.state.store import connect as connect_store
 T = TypeVar("T")
 OnRead = Callable[[str, Mapping[str, Any]], None]
 log = logging.getLogger("fnctl.gateway")
-CHECKPOINT_EVERY = 0.25  # seconds between the data file's checkpoints, taken apart from the writes
+CHECKPOINT_EVERY = 0.25  # seconds from a write to the data file's checkpoint, taken apart from the writes
 _AUDITED = ("function", "operator")  # callers whose reads the audit sink records (on the data thread only)
 __all__ = ["Broker", "LivePolicies", "CallSession", "StateAudit", "caller_of"]
 
@@ -135,12 +135,20 @@ class Broker:
         self._scheduled = False
         # The data file's checkpoints on a thread of their own: a checkpoint's fsyncs never hold up a commit.
         self._stopping = threading.Event()
-        plane.store.checkpoint_apart()
-        self._checkpoints = threading.Thread(target=self._checkpoint, name="fnctl-checkpoint", daemon=True)
-        self._checkpoints.start()
+        self._written = threading.Event()  # set after every write to the data file: a checkpoint is due
+        self._checkpoints: threading.Thread | None = None
+        if plane.store.checkpoint_apart(self._written.set):  # (PostgreSQL: no file to checkpoint, no thread)
+            self._checkpoints = threading.Thread(target=self._checkpoint, name="fnctl-checkpoint", daemon=True)
+            self._checkpoints.start()
 
     def _checkpoint(self) -> None:
-        while not self._stopping.wait(CHECKPOINT_EVERY):
+        """One checkpoint CHECKPOINT_EVERY after a write, for it and the writes meanwhile; none while nothing
+        is written: the thread sleeps until a write (it used to wake every CHECKPOINT_EVERY, idle or not)."""
+        while True:
+            self._written.wait()
+            if self._stopping.wait(CHECKPOINT_EVERY):
+                return  # the store's close checkpoints what is left (SQLite does, closing the last connection)
+            self._written.clear()  # before the checkpoint: a write committed during it asks for the next one
             try:
                 self.plane.store.checkpoint()
             except FnctlError as exc:  # the committing connection checkpoints itself past CHECKPOINT_SAFETY
@@ -328,7 +336,9 @@ class Broker:
         self._deferred.clear()
         self._worker.shutdown(wait=True)
         self._stopping.set()
-        self._checkpoints.join()
+        self._written.set()  # wakes a checkpointer waiting for a write
+        if self._checkpoints is not None:
+            self._checkpoints.join()
         audit = self.plane.audit
         if isinstance(audit, StateAudit):
             audit.close()

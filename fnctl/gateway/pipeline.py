@@ -57,12 +57,13 @@ _REVISION_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: str.isdigit
 PIN_DENIED = (
     f"pinning a revision ({PIN_HEADER}) needs a Policy that grants one of the caller's roles `pin` on this function"
 )
-DEADLINE_TICK = 0.05  # seconds: how late a 504 may be
+DEADLINE_TICK = 0.05  # seconds: how late a 504 may be (deadlines closer than this share one wake-up)
 
 
 class RequestPipeline:
     """The steps of one request, and what they share: the routing table, the per-function concurrency units and
-    the requests waiting on the pool with their deadlines (one watchdog timer for all of them)."""
+    the requests waiting on the pool with their deadlines (one watchdog timer for all of them, armed for the
+    earliest: none while no request is in flight)."""
 
     def __init__(
         self,
@@ -81,7 +82,8 @@ class RequestPipeline:
         self._active: dict[str, int] = {}
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # requests waiting on the pool: their deadline
         self._expired: set[asyncio.Task[Any]] = set()
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None  # armed for `_watchdog_at`, a deadline or later
+        self._watchdog_at = math.inf
         # The loop `start` ran on: `asyncio.current_task()` without it asks for the running loop, a getpid()
         # system call each time (CPython 3.11's fork check)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,12 +105,12 @@ class RequestPipeline:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.tables.start()
-        self._watchdog = asyncio.create_task(self._watch_deadlines())
 
     async def stop(self) -> None:
         await self.tables.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
+            self._watchdog, self._watchdog_at = None, math.inf
 
     # ---- the steps of one request ----
 
@@ -302,7 +304,9 @@ class RequestPipeline:
         self.metrics.inflight(call.function, call.revision, 1)
         task = asyncio.current_task(self._loop)
         assert task is not None
-        self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
+        deadline = self._deadlines[task] = time.monotonic() + info.timeout + self.limits.timeout_margin
+        if deadline < self._watchdog_at:  # usually armed already, for an earlier request's deadline
+            self._arm(deadline)
         try:
             return await self.pool.invoke(call.function, call.revision, event, caller=caller, request_id=invocation)
         except asyncio.CancelledError:
@@ -322,16 +326,32 @@ class RequestPipeline:
             self._expired.discard(task)
             self.metrics.inflight(call.function, call.revision, -1)
 
-    async def _watch_deadlines(self) -> None:
-        # One timer for all requests, every DEADLINE_TICK: a timer per request (asyncio.timeout) costs more
-        # than the rest of the gateway's own work on it.
-        while True:
-            await asyncio.sleep(DEADLINE_TICK)
-            now = time.monotonic()
-            for task, deadline in list(self._deadlines.items()):
-                if deadline <= now and task not in self._expired:
+    def _arm(self, deadline: float) -> None:
+        # One timer for all requests: a timer per request (asyncio.timeout) costs more than the rest of the
+        # gateway's own work on it. Armed for the earliest deadline rather than ticking every DEADLINE_TICK,
+        # which woke an idle gateway 20 times a second; a request that ends leaves it armed (disarming would
+        # cost each request a scan for the next deadline): it fires once, finds nothing, and stays off.
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog_at = deadline
+        self._watchdog = (self._loop or asyncio.get_running_loop()).call_later(
+            max(0.0, deadline - time.monotonic()), self._expire
+        )
+
+    def _expire(self) -> None:
+        """Cancel the requests past their deadline (answered 504 by `_call_pool`); the timer again for the
+        next deadline, if any, and at least DEADLINE_TICK from now: deadlines close together share a wake-up."""
+        self._watchdog, self._watchdog_at = None, math.inf
+        now, earliest = time.monotonic(), math.inf
+        for task, deadline in self._deadlines.items():  # (cancel() only schedules: the dict stays as it is)
+            if deadline <= now:
+                if task not in self._expired:
                     self._expired.add(task)
                     task.cancel()
+            elif deadline < earliest:
+                earliest = deadline
+        if earliest < math.inf:
+            self._arm(max(earliest, now + DEADLINE_TICK))
 
 
 def _sticky_value(function: router.FunctionRoute, request: Incoming, principal: Principal) -> str | None:

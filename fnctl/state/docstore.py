@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ class DocStore:
         self._lock = threading.Lock()
         self._indexed: dict[str, frozenset[str]] = {}  # collection → fields with a generated column
         self._apart = False  # checkpoints run apart from the writes (`checkpoint_apart`)
+        self._wrote: Callable[[], None] | None = None  # told of every write transaction once they run apart
         self._feed: Feed | None = None  # PostgreSQL: other connections' commits (data_version)
         self._db()  # open (and migrate) now, so errors surface here
         self._load_indexed()
@@ -91,16 +92,23 @@ class DocStore:
                 self._all.append(db)
         return db
 
-    def checkpoint_apart(self) -> None:
+    def checkpoint_apart(self, wrote: Callable[[], None] | None = None) -> bool:
         """Take checkpoints (copying the WAL into the database file, and their fsyncs) off the write path: the
         connections opened from now on, and the calling thread's, checkpoint only past CHECKPOINT_SAFETY pages;
-        the caller runs `checkpoint()` from a thread of its own. SQLite's automatic checkpoint (every 1,000
-        pages, by the connection that commits) stalled the committing thread, and every write waiting on it,
-        for milliseconds whenever the disk was busy."""
+        the caller runs `checkpoint()` from a thread of its own, when `wrote` (called after each of this
+        store's write transactions, on the writing thread) says there is something to copy. SQLite's automatic
+        checkpoint (every 1,000 pages, by the connection that commits) stalled the committing thread, and
+        every write waiting on it, for milliseconds whenever the disk was busy. False on PostgreSQL: nothing
+        to checkpoint."""
         if self.url is not None:
-            return  # PostgreSQL has no WAL file of ours to checkpoint
-        self._apart = True
+            return False  # PostgreSQL has no WAL file of ours to checkpoint
+        self._apart, self._wrote = True, wrote
         self._db().execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
+        return True
+
+    def _written(self) -> None:
+        if self._wrote is not None:
+            self._wrote()
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file without waiting for readers or the writer (PASSIVE)."""
@@ -165,7 +173,10 @@ class DocStore:
 
     def sync_collections(self, specs: dict[str, dict[str, Any]], prune: bool, force: bool) -> SyncResult:
         """Make the collections' tables and indexes those of `specs` (`docschema.sync_collections`)."""
-        result = docschema.sync_collections(self._db(), specs, prune, force)
+        try:
+            result = docschema.sync_collections(self._db(), specs, prune, force)
+        finally:
+            self._written()
         self.collections()
         return result
 
@@ -264,13 +275,19 @@ class DocStore:
         """One transaction's reads checked and writes applied in one short write transaction
         (`docwrites.commit`): the new rows, None for deletes; with the outbox rows of `outbox`'s onCommit
         triggers, and the changes logged appended to `committed`."""
-        return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
+        try:
+            return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
+        finally:
+            self._written()
 
     def commit_group(
         self, items: Sequence[GroupItem], outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
     ) -> list[list[StoredDoc | None] | Exception]:
         """Independent transactions in one write transaction, each failing alone (`docwrites.commit_group`)."""
-        return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
+        try:
+            return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
+        finally:
+            self._written()
 
     def commit_inserts(
         self,
@@ -280,7 +297,10 @@ class DocStore:
     ) -> list[StoredDoc] | None:
         """A group of fresh single inserts in one write transaction (`docwrites.commit_inserts`); None when a
         unique index refused one (nothing written)."""
-        return docwrites.commit_inserts(self._db(), inserts, outbox, committed)
+        try:
+            return docwrites.commit_inserts(self._db(), inserts, outbox, committed)
+        finally:
+            self._written()
 
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
@@ -318,7 +338,10 @@ class DocStore:
     def outbox_settle(
         self, delivered: Sequence[tuple[str, int]], failed: Sequence[tuple[str, int, int, float | None, str]]
     ) -> None:
-        outbox.settle(self._db(), delivered, failed)
+        try:
+            outbox.settle(self._db(), delivered, failed)
+        finally:
+            self._written()
 
     def outbox_list(
         self, state: str | None, trigger: str | None, limit: int, after: int = 0
@@ -329,13 +352,22 @@ class DocStore:
         return outbox.counts(self._db())
 
     def outbox_replay(self, trigger: str | None, seqs: Sequence[int], state: str = outbox.DEAD) -> int:
-        return outbox.replay(self._db(), trigger, seqs, state)
+        try:
+            return outbox.replay(self._db(), trigger, seqs, state)
+        finally:
+            self._written()
 
     def outbox_purge(self, state: str | None, trigger: str | None, seqs: Sequence[int] = ()) -> int:
-        return outbox.purge(self._db(), state, trigger, seqs)
+        try:
+            return outbox.purge(self._db(), state, trigger, seqs)
+        finally:
+            self._written()
 
     def outbox_prune(self, delivered_before: float, dead_before: float) -> int:
-        return outbox.prune(self._db(), delivered_before, dead_before)
+        try:
+            return outbox.prune(self._db(), delivered_before, dead_before)
+        finally:
+            self._written()
 
 
 def connect(location: Location) -> DocStore:

@@ -621,6 +621,25 @@ def test_pool_failures_as_statuses() -> None:
     run(check)
 
 
+def test_a_shorter_deadline_than_the_one_in_flight_is_kept() -> None:
+    """The deadline watchdog is one timer, armed for the earliest deadline in flight: a request with a
+    shorter one (slow: 0.05 s + 0.1) than a request already waiting (pub: 5 s + 0.1) moves it earlier, so
+    it is answered 504 while the other still waits (not both at the later deadline)."""
+
+    async def check(h: Harness) -> None:
+        h.pool.release = asyncio.Event()
+        waiting = asyncio.create_task(h.session.post(h.url + "/invoke/pub", json={"wait": True}))
+        await eventually(lambda: h.pool.calls, "the first request to reach the pool")
+        async with h.session.post(h.url + "/invoke/slow", json={"wait": True}) as r:
+            assert r.status == 504
+        assert [row["function"] for row in h.audit.rows] == ["slow"]  # the first request is still waiting
+        h.pool.release.set()
+        async with await waiting as r:
+            assert r.status == 200
+
+    run(check)
+
+
 def test_http_trigger_both_ways() -> None:
     async def check(h: Harness) -> None:
         async with h.session.get(h.url + "/hello/ada%20l?x=1&x=2", headers={"Authorization": "Bearer ok:eve:"}) as r:
