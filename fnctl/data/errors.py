@@ -28,6 +28,9 @@ class DataError(FnctlError):
     status: ClassVar[int] = 400
     type: ClassVar[str] = "invalid"
     title: ClassVar[str] = "Invalid request"
+    # Seconds after which the same request may succeed (a refusal for want of room, not of the request): REST
+    # answers it as Retry-After, and the problem document (a handler's `context.db` error too) as `retryAfter`.
+    retry_after: int | None = None
 
     def __init__(self, detail: str, *, violations: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(detail)
@@ -36,7 +39,10 @@ class DataError(FnctlError):
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document."""
-        return problem_document(self.type, self.title, self.status, self.detail_text, self.violations)
+        body = problem_document(self.type, self.title, self.status, self.detail_text, self.violations)
+        if self.retry_after is not None:
+            body["retryAfter"] = self.retry_after
+        return body
 
 
 class Invalid(DataError):

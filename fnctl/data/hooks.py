@@ -7,7 +7,8 @@ A before-hook (`beforeCreate`, `beforeUpdate`, `beforeDelete`) answers nothing (
 (an object, passed to the next hook, then checked against the schema; its `id`, when it has one, must stay the
 document's) or aborts (`raise context.Abort("reason")` → 422). An after-hook's answer is ignored; its writes
 join the writer's transaction. An error or a timeout refuses the write (fail closed) unless the trigger says
-`failurePolicy: ignore`.
+`failurePolicy: ignore`; so does a run refused for want of room (`HookOverloaded`: 503 with Retry-After), which
+is not counted as the hook's fault.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ class HookFailed(DataError):
     refused naming the hook (unless `failurePolicy: ignore`)."""
 
     status, type, title = 502, "hook-failed", "A hook failed"
+
+
+class HookOverloaded(DataError):
+    """A hook's function had no room for the run (every instance busy and its queue full, here or on each peer
+    gateway asked): it ran nothing, which is no fault of the hook's, so the write is refused as the gateway
+    refuses a run for want of room, with when to try again (`retry_after`, the refusal's Retry-After) — unless
+    `failurePolicy: ignore`, which goes on without it."""
+
+    status, type, title = 503, "hook-overloaded", "A hook's function is overloaded"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class HookLoop(DataError):

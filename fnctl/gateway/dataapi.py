@@ -197,7 +197,8 @@ class DataApi:
                 )
             else:
                 call.outcome = "rejected" if error.status < 500 else "unavailable"
-                reply = problem_reply(error.status, error.problem())
+                wait = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+                reply = problem_reply(error.status, error.problem(), wait)
         except HttpProblem as problem:
             call.outcome = "rejected"
             reply = problem_reply(problem.status, problem.body())

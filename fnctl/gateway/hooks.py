@@ -33,6 +33,7 @@ from fnctl.data.hooks import (
     HookAborted,
     HookFailed,
     HookLoop,
+    HookOverloaded,
     HookSpec,
     TriggerDisabled,
     abort_reason,
@@ -46,6 +47,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.broker import Broker, CallSession
 from fnctl.gateway.datacalls import write_op
+from fnctl.gateway.httpevent import NOT_RUN_HEADER
 from fnctl.gateway.peerinvoke import PeerRunner, outcome_status, peer_payload, run_on_peer
 from fnctl.gateway.poolhost import PoolResult
 from fnctl.gateway.request import NO_HEADERS, Call, Reject
@@ -262,8 +264,9 @@ class HookRunner:
                 what = "timed out" if outcome.failure is Failure.TIMEOUT else "failed"
                 raise HookFailed(f"hook {hook.name} {what}: {outcome.message}")
             result = verdict(hook, outcome.result, id_) if hook.before else None
-        except HookFailed as error:
-            await self.states.fault(hook, error.detail_text)
+        except (HookFailed, HookOverloaded) as error:
+            if isinstance(error, HookFailed):  # an overload ran nothing: no fault (a busy spell disables nothing)
+                await self.states.fault(hook, error.detail_text)
             if hook.ignore_failures:
                 log.warning("hook %s failed (failurePolicy: ignore): %s", hook.name, error.detail_text)
                 return None
@@ -274,7 +277,8 @@ class HookRunner:
     async def invoke(self, hook: HookSpec, event: Any, caller: Caller, txn: Txn | None, chain: Chain) -> Outcome:
         """Run the hook's function on the revision the routing weights pick, as the writer, its `context.db`
         calls in `txn` (the writer's transaction; None: each call commits alone) at the chain's next depth.
-        Audited and measured like any invocation. HookFailed when no instance could run it."""
+        Audited and measured like any invocation. HookFailed when no instance could run it; HookOverloaded when
+        none had room (a 429 here, or of every peer asked: its Retry-After, the same either way)."""
         gateway = self.gateway
         route = (gateway.table or router.EMPTY).functions.get(hook.function)
         call = Call(new_request_id(), hook.function, hook.name, None)
@@ -317,6 +321,11 @@ class HookRunner:
             return outcome
         except Reject as reject:
             status, call.outcome = reject.status, reject.outcome
+            if reject.headers.get(NOT_RUN_HEADER) == "overloaded":  # no room here, or on every peer asked
+                wait = reject.headers.get("Retry-After", "")  # delay-seconds (RFC 9110), as every gateway sends
+                seconds = max(1, int(wait)) if wait.isascii() and wait.isdigit() else 1
+                reason = f"function {hook.function} is overloaded: try again in {seconds} s"
+                raise HookOverloaded(f"hook {hook.name} could not run ({reason})", seconds) from None
             what = "timed out" if reject.status == 504 else f"could not run ({reject.reason})"
             raise HookFailed(f"hook {hook.name} {what}") from None
         finally:

@@ -3,8 +3,9 @@ fnctl.gateway.peerinvoke), between two real gateways in this process on 127.0.0.
 test_gateway, holding what each node holds; their rows, keys and heartbeats real, in a SQLite state): a manual
 trigger's run, once, as its caller, on the revision picked here; a data hook, as its writer, read-only there, its
 verdict applied (and audited alike) here; the client's address a forwarder signs as the HTTP event's sourceIp;
-a peer's refusal that ran nothing (overloaded) tried on the next peer. The whole path on a 3-node swarm is
-tests/engine/test_swarm_apply.py."""
+a peer's refusal that ran nothing (overloaded) tried on the next peer; a data hook no gateway had room for
+refusing the write alike whether it was to run here or on peers (503 with Retry-After, no fault). The whole
+path on a 3-node swarm is tests/engine/test_swarm_apply.py."""
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from test_gateway import POLICIES, TRIGGERS, FakeAudit, FakeAuth, FakePool, Fake
 
 from fnctl.data.caller import Caller
 from fnctl.data.documents import WriteOp
-from fnctl.data.hooks import ABORT_TYPE, HookAborted
+from fnctl.data.hooks import ABORT_TYPE, HookAborted, HookOverloaded
 from fnctl.data.plane import DataPlane
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind
 from fnctl.gateway.broker import Broker
+from fnctl.gateway.datacalls import parse_policies
 from fnctl.gateway.forward import (
     FORWARDED_FOR,
     HOP_HEADER,
@@ -45,7 +47,6 @@ from fnctl.gateway.poolhost import Overloaded, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.request import Call, LeanRequest
 from fnctl.gateway.server import start_server
-from fnctl.gateway.triggerapi import TriggerApi
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import CallFailed
@@ -115,7 +116,8 @@ class Node:
 
 
 def _broker(path: Path) -> Broker:
-    plane = DataPlane(docstore.connect(path), lambda: ())
+    policies = parse_policies({"writers": {"roles": {"ops": {"read": ["orders"], "write": ["orders"]}}}})
+    plane = DataPlane(docstore.connect(path), lambda: policies)
     plane.sync_collections([parse_collection("orders", {})], False, False)
     return Broker(plane)
 
@@ -134,8 +136,9 @@ async def _node(tmp_path: Path, name: str, state: StateLocation, held: set[tuple
         limits=limits,
     )
     gateway.pool_ready = True
-    app = make_app(gateway, [TriggerApi(gateway).add_routes])
+    # With a broker, the app serves the data API (/v1/collections/...) and the trigger API (manual runs).
     gateway.broker = pool.broker = broker = _broker(tmp_path / f"{name}.data.db")
+    app = make_app(gateway)
     runner, port = await start_server(app, "127.0.0.1", 0, limits)
     url = f"http://127.0.0.1:{port}"
     gateway.forwarder = forwarder = Forwarder(state, node=name, address=url, held=lambda: held)
@@ -217,6 +220,50 @@ def test_a_data_hook_with_no_instance_here_runs_on_a_peer_read_only_and_its_verd
         assert [(r["outcome"], r["status"]) for r in a.audit.rows] == [("forwarded", 200), ("forwarded", 422)]
 
     _run(check, tmp_path)
+
+
+def test_a_data_hook_no_gateway_has_room_for_refuses_the_write_alike_here_and_on_peers(tmp_path: Path) -> None:
+    async def check(a: Node, b: Node, c: Node) -> None:
+        for node in (b, c):  # both hold pub and refuse at admission (a full queue): nothing runs anywhere
+            node.pool.overloaded = True
+        b.pool.retry_after, c.pool.retry_after = 7.0, 2.0
+        states = [TriggerStates(a.forwarder._path), TriggerStates(b.forwarder._path)]
+        a.broker.hooks = HookRunner(a.gateway, a.broker, states[0])
+        b.broker.hooks = HookRunner(b.gateway, b.broker, states[1])
+        answers: dict[str, tuple[int, str | None, Any]] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                # a has no instance: every peer refused it (the soonest Retry-After, c's); b runs it here, full.
+                for node, repeat in ((a, 3), (b, 1)):
+                    for _ in range(repeat):  # as many as the hook's disableAfter (3): an overload is no fault
+                        url = node.url + "/v1/collections/orders/docs"
+                        async with session.post(url, json={"n": 1}, headers=RUNNER) as r:
+                            answers[node.forwarder.node] = (r.status, r.headers.get("Retry-After"), await r.json())
+                async with session.get(a.url + "/v1/collections/orders/docs", headers=RUNNER) as r:
+                    assert r.status == 200 and (await r.json())["documents"] == []  # nothing written
+            for name, seconds in (("a", 2), ("b", 7)):  # the same answer, but for when to come back
+                status, retry_after, problem = answers[name]
+                assert (status, retry_after) == (503, str(seconds)), problem
+                assert problem["type"].endswith("/hook-overloaded") and problem["retryAfter"] == seconds
+                assert "hook vet could not run (function pub is overloaded" in problem["detail"]
+            # A handler's context.db write gets it too: its error's status and problem (with retryAfter).
+            a.broker.open("inv-1", "pub", 1, Caller.operator("ops-bot", "acme"), router.DataSettings())
+            with pytest.raises(CallFailed) as refused:
+                await cast(Any, a.broker.call("pub", 1, "inv-1", "db.insert", {"collection": "orders", "document": {}}))
+            assert refused.value.type == HookOverloaded.__name__ and refused.value.fields["status"] == 503
+            assert refused.value.fields["problem"]["retryAfter"] == 2
+            a.broker.close("inv-1")
+            await states[0].refresh()
+            assert not states[0].is_disabled("vet")  # four refusals for want of room: no faults counted
+        finally:
+            for s in states:
+                s.close()
+        assert b.pool.calls == c.pool.calls == []
+        # Audited where refused: here as forwarded (every peer's 429), on b as the overload it is.
+        assert {(r["outcome"], r["status"]) for r in a.audit.rows if r["trigger"] == "vet"} == {("forwarded", 429)}
+        assert {(r["outcome"], r["status"]) for r in b.audit.rows if r["trigger"] == "vet"} == {("overloaded", 429)}
+
+    _run(check, tmp_path, {("pub", 1)}, {("pub", 1)})
 
 
 def test_a_read_only_session_refuses_writes_and_answers_reads(tmp_path: Path) -> None:
