@@ -482,13 +482,16 @@ spec: {roles: {reader: {invoke: [web], read: [orders], write: [orders], run: [ki
 """
 
 
-def _call(port: int, path: str, body: Any, headers: dict[str, str], source: str = "127.0.0.1") -> tuple[int, Any]:
-    """POST `body` as JSON to a gateway on 127.0.0.1:port from the local address `source`."""
+def _call(
+    port: int, path: str, body: Any, headers: dict[str, str], source: str = "127.0.0.1"
+) -> tuple[int, Any, http.client.HTTPMessage]:
+    """POST `body` as JSON to a gateway on 127.0.0.1:port from the local address `source`: the answer's status,
+    JSON body and headers."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
     try:
         connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **headers})
         response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
+        return response.status, json.loads(response.read() or b"null"), response.headers
     finally:
         connection.close()
 
@@ -516,15 +519,16 @@ def test_a_manual_run_a_data_hook_and_an_http_event_through_a_node_without_a_tas
             project, state, swarm, engine, auth, tmp_path, gateways
         )
 
-        status, body = _call(port_b, "/v1/triggers/kick/run", {"n": 1}, auth | {"X-Request-Id": "kick-1"})
+        status, body, headers = _call(port_b, "/v1/triggers/kick/run", {"n": 1}, auth | {"X-Request-Id": "kick-1"})
         assert (status, body) == (200, {"echo": {"n": 1}, "function": "web", "revision": "1"}), body
+        assert headers["X-Fnctl-Revision"] == "1"  # the revision that ran on A, as a run on B itself answers
         seen_b = wait_until(lambda: _access(log_b, "kick-1"), what="B's access line of the run", timeout=10)
         seen_a = wait_until(lambda: _access(log_a, "kick-1"), what="A's access line of the run", timeout=10)
         assert [(x["outcome"], x["revision"], x["status"]) for x in seen_b] == [("forwarded", None, 200)]
         assert [(x["outcome"], x["revision"], x["status"], x["trigger"]) for x in seen_a] == [("ok", 1, 200, "kick")]
         assert seen_a[0]["principal"] == seen_b[0]["principal"] != "trigger:kick"  # the caller's key, on both
 
-        status, body = _call(port_b, "/v1/collections/orders/docs", {"n": 5}, auth)
+        status, body, _ = _call(port_b, "/v1/collections/orders/docs", {"n": 5}, auth)
         assert status == 201, body
         stored = body["data"]  # what the hook on A returned: its event, as A's task got it from B
         assert (stored["function"], stored["echo"]["trigger"], stored["echo"]["proposed"]) == (
@@ -533,7 +537,7 @@ def test_a_manual_run_a_data_hook_and_an_http_event_through_a_node_without_a_tas
             {"n": 5},
         )
 
-        status, body = _call(port_b, "/hook", {"n": 2}, auth, source="127.0.0.2")
+        status, body, _ = _call(port_b, "/hook", {"n": 2}, auth, source="127.0.0.2")
         assert status == 200, body
         assert body["echo"]["requestContext"]["identity"]["sourceIp"] == "127.0.0.2"  # B saw it; A ran it
     finally:
