@@ -1,18 +1,16 @@
 """The gateway's HTTP side: `POST /invoke/NAME`, the HTTP Trigger routes, /healthz, /readyz and /metrics
 (aiohttp's server is imported here, in `request`, `pipeline` and `server`, nowhere else).
 
-Every request goes (the steps are `fnctl.gateway.pipeline`'s): request id → function → authenticate → authorize (by the function's live access rules) →
-pick a revision (router; pinning is a privilege of its own) → body, read in full (size limit, own deadline) →
-per-function concurrency unit → instance pool (with a deadline) → response. Each request, refused or not (an
-unknown route and a wrong method included), is audited exactly once, and each one that reached a revision is
-measured. Nothing a client sends ends in a traceback: bad input is a 4xx with a one-line reason, and an
-unexpected failure a 500 logged as one line. The routing table is re-read
-from the store in the background, so `fnctl apply` / `rollback` take effect without a restart.
-"""
+Every request goes (the steps are `fnctl.gateway.pipeline`'s): request id → function → authenticate → authorize
+(by the function's live access rules) → pick a revision (router; pinning is a privilege of its own) → body, read
+in full (size limit, own deadline) → per-function concurrency unit → instance pool (with a deadline) → response.
+Each request, refused or not (an unknown route and a wrong method included), is audited exactly once, and each
+one that reached a revision is measured. Nothing a client sends ends in a traceback: bad input is a 4xx with a
+one-line reason, and an unexpected failure a 500 logged as one line. The routing table is re-read from the store
+in the background, so `fnctl apply` / `rollback` take effect without a restart."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +25,7 @@ from fnctl.gateway import router
 from fnctl.gateway.auth import Principal, PrincipalKind
 from fnctl.gateway.dataapi import DataApi, DataRoute
 from fnctl.gateway.forward import PEER_PATH, Relayed, client_of
-from fnctl.gateway.httpevent import audit_outcome, invoke_response, trigger_response
+from fnctl.gateway.httpevent import audit_outcome, invoke_response, json_body, trigger_response
 from fnctl.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from fnctl.gateway.peerinvoke import outcome_status, peer_reply, run_on_peer
 from fnctl.gateway.pipeline import RequestPipeline
@@ -121,7 +119,7 @@ class Gateway(RequestPipeline):
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
                 extra["Content-Type"] = "application/json"
                 extra["X-Fnctl-Duration-Ms"] = f"{outcome.duration_ms:.3f}"
-                reply = Reply(200, CIMultiDict(extra), _encode_result(outcome.result))
+                reply = Reply(200, CIMultiDict(extra), json_body(outcome.result))
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
                 reply = reply_of(invoke_response(outcome, logs), extra)
@@ -143,18 +141,22 @@ class Gateway(RequestPipeline):
             # No function: audited under the empty name, like any other request (a scan shows up in the audit).
             call = Call(request_id(request), "", None, request.remote)
             allowed = ", ".join(sorted(found.allowed)) if found else _fixed_methods(path)
-            if allowed:
-                call.outcome, status, reason = "not_allowed", 405, "Method Not Allowed"
-            else:
-                call.outcome, status, reason = "not_found", 404, "Not Found"
+            refused = ("not_allowed", 405, "Method Not Allowed") if allowed else ("not_found", 404, "Not Found")
+            call.outcome, status, reason = refused
             reply = json_reply({"message": reason}, status, {"Allow": allowed} if allowed else None)
             return self._finish_reply(call, request, reply)
         source = request.remote if self.forwarder is None else await client_of(self.forwarder, request)
         call = Call(request_id(request), found.route.function, found.route.trigger, source)
         try:
             result, _ = await self._dispatch(request, call, found)
-            call.outcome, call.cold_start = audit_outcome(result.outcome), result.cold_start
-            reply = reply_of(trigger_response(result.outcome))
+            outcome = result.outcome
+            call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
+            value = outcome.result
+            if outcome.ok and not (isinstance(value, dict) and "statusCode" in value):  # a plain value, as JSON
+                headers = CIMultiDict({"Content-Type": "application/json", "X-Request-Id": call.request_id})
+                reply = Reply(200, headers, json_body(value))  # trigger_response's answer, built directly
+            else:
+                reply = reply_of(trigger_response(outcome))
         except Relayed as relayed:
             reply = self._relayed(call, relayed)
         except Reject as reject:
@@ -341,19 +343,6 @@ class Gateway(RequestPipeline):
 def _fixed_methods(path: str) -> str:
     """The methods a fixed endpoint answers ("" when `path` is none): for the Allow of a 405."""
     return "POST" if path.startswith("/invoke/") and path.count("/") == 2 else _FIXED.get(path, "")
-
-
-def _encode_result(result: Any) -> bytes:
-    """A handler's result as the response body. The runtime encodes results as ASCII JSON, so a lone
-    surrogate escape (`"\\ud800"`) decodes here into a str that UTF-8 refuses: sent as ASCII escapes instead
-    (valid JSON text, the handler's value as it gave it), never a 500."""
-    try:
-        return dumps(result)
-    except UnicodeEncodeError:
-        return _ASCII.encode(result).encode("ascii")
-
-
-_ASCII = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii: escapes whatever UTF-8 cannot carry
 
 
 # ---- the aiohttp application and server ----------------------------------------------------------

@@ -163,7 +163,7 @@ def from_result(result: Any) -> HttpResponse:
     """A handler's result as a response: a proxy response ({statusCode, headers, multiValueHeaders, body,
     isBase64Encoded}) as it says, anything else as a 200 with the result as JSON."""
     if not (isinstance(result, dict) and "statusCode" in result):
-        return HttpResponse(200, [("Content-Type", "application/json")], _json(result))
+        return HttpResponse(200, [("Content-Type", "application/json")], json_body(result))
     status = result["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
@@ -215,15 +215,17 @@ def _body(body: Any, is_base64: bool) -> tuple[bytes, str]:
         if not _encodable(body):
             raise BadResult("body holds a lone surrogate: not Unicode text")
         return body.encode("utf-8"), "text/plain; charset=utf-8"
-    return _json(body), "application/json"  # lenient: an object body is sent as JSON
+    return json_body(body), "application/json"  # lenient: an object body is sent as JSON
 
 
 _ASCII = json.JSONEncoder(separators=(",", ":"))
 
 
-def _json(value: Any) -> bytes:
+def json_body(value: Any) -> bytes:
     """A result (decoded JSON: no cycles) as JSON, by the C encoder made once (JSONEncoder.encode makes a new
-    one per call: half the cost of a small result)."""
+    one per call: half the cost of a small result). The runtime encodes results as ASCII JSON, so a lone
+    surrogate escape (`"\\ud800"`) decodes here into a str that UTF-8 refuses: sent as ASCII escapes instead
+    (valid JSON text, the handler's value as it gave it), never a 500."""
     try:
         return json_text(value).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from the handler: as an ASCII escape, not a crash
@@ -260,11 +262,13 @@ def invoke_response(outcome: Outcome, with_logs: bool) -> HttpResponse:
         tail = outcome.logs.encode("utf-8")[-LOG_TAIL_BYTES:]
         headers.append(("X-Fnctl-Log-Result", base64.b64encode(tail).decode("ascii")))
     if outcome.ok:
-        return HttpResponse(200, headers, _json(outcome.result))
+        return HttpResponse(200, headers, json_body(outcome.result))
     failure = outcome.failure or Failure.HANDLER_ERROR
     error = {"kind": failure.value, "message": outcome.message, "traceback": outcome.traceback}
     return HttpResponse(
-        FAILURE_STATUS.get(failure, 500), headers, _json({"error": error, "durationMs": round(outcome.duration_ms, 3)})
+        FAILURE_STATUS.get(failure, 500),
+        headers,
+        json_body({"error": error, "durationMs": round(outcome.duration_ms, 3)}),
     )
 
 
@@ -281,5 +285,5 @@ def trigger_response(outcome: Outcome) -> HttpResponse:
     return HttpResponse(
         status,
         [("Content-Type", "application/json")],
-        _json({"message": _PUBLIC_REASONS.get(status, _PUBLIC_REASONS[502])}),
+        json_body({"message": _PUBLIC_REASONS.get(status, _PUBLIC_REASONS[502])}),
     )

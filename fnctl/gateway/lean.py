@@ -135,9 +135,6 @@ class _Head:
         self.complete = False
         self.parser = httptools.HttpRequestParser(self)
 
-    def on_message_begin(self) -> None:
-        self.url, self.headers, self.complete = b"", [], False
-
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -159,6 +156,7 @@ def parse(
     if end < 4:
         return None  # not whole yet, or over the limit: aiohttp waits for the rest (or refuses it)
     parser = head.parser
+    head.url, head.headers, head.complete = b"", [], False  # a new request (here, not in a parser callback)
     try:
         parser.feed_data(buffer[:end])  # the head only: the body is cut by its Content-Length below
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # bad HTTP, an upgrade: aiohttp's to answer
@@ -353,15 +351,16 @@ def _status_line(status: int) -> str:
 
 
 _STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
-_date: tuple[int, str] = (0, "")
+_stamp: tuple[int, str, str] = (0, "", "")  # (second, server, their Date and Server lines)
 
 
-def _now() -> str:
-    global _date
+def _stamped(server: str) -> str:
+    """The Date and Server lines, made once a second (not per answer)."""
+    global _stamp
     second = int(time.time())
-    if _date[0] != second:
-        _date = (second, formatdate(second, usegmt=True))
-    return _date[1]
+    if _stamp[0] != second or _stamp[1] != server:
+        _stamp = (second, server, f"Date: {formatdate(second, usegmt=True)}\r\nServer: {server}\r\n")
+    return _stamp[2]
 
 
 def encode(reply: Reply, method: str, close: bool, server: str) -> bytes:
@@ -374,10 +373,14 @@ def encode(reply: Reply, method: str, close: bool, server: str) -> bytes:
         head.append(f"Content-Length: {len(body)}\r\n")
     if not empty and body and "Content-Type" not in headers:
         head.append("Content-Type: application/octet-stream\r\n")
-    if "Date" not in headers:
-        head.append(f"Date: {_now()}\r\n")
-    if "Server" not in headers:
-        head.append(f"Server: {server}\r\n")
+    dated, named = "Date" in headers, "Server" in headers
+    if not (dated or named):  # the usual answer: both lines at once
+        head.append(_stamped(server))
+    else:
+        if not dated:
+            head.append(f"Date: {formatdate(int(time.time()), usegmt=True)}\r\n")  # rare: a handler's Server
+        if not named:
+            head.append(f"Server: {server}\r\n")
     if close and "Connection" not in headers:
         head.append("Connection: close\r\n")
     head.append("\r\n")

@@ -140,7 +140,11 @@ class RequestPipeline:
         # The body is read in full before the request takes anything shared (a concurrency unit, a pool slot
         # or queue place): a client that sends it slowly, or never finishes, holds its own connection only,
         # and only until bodyTimeout.
-        body = await self._read_body(request, min(self.limits.max_body, info.payload))
+        limit = min(self.limits.max_body, info.payload)
+        if isinstance(request, LeanRequest) and len(request.body) <= limit:
+            body = request.body  # all in (the lean path takes only whole requests): no coroutine to await
+        else:
+            body = await self._read_body(request, limit)
         if self.forwarder is not None and not self.pool.holds(call.function, revision):
             # No instance here (engine = "swarm"): a live gateway that has one answers (fnctl.gateway.forward),
             # unless this request was forwarded here already; with none, this node's pool has it as before (a

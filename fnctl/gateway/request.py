@@ -174,21 +174,22 @@ def build_event(
             return strictjson.loads(body)  # UTF-8 (RFC 8259), no NaN, no lone surrogates, bounded nesting
         except strictjson.NotJson as exc:
             raise Reject(400, f"Bad Request: the body is not JSON: {exc}", "rejected") from None
+    route = found.route
     return event_json(  # as JSON text: sent in the invoke frame as it is
-        HttpRequest(
-            method=request.method,
-            path=request.path,
-            resource=found.route.template,
-            path_params=found.params,
-            query=request.query.items(),
-            headers=request.headers.items(),
-            body=body,
-            content_type=request.headers.get("Content-Type", ""),
-            request_id=call.request_id,
-            trigger=found.route.trigger,
+        HttpRequest(  # positional: made for every trigger request
+            request.method,
+            request.path,
+            route.template,
+            found.params,
+            request.query.items(),
+            request.headers.items(),
+            body,
+            request.headers.get("Content-Type", "") if body else "",  # it only says how to carry a body
+            call.request_id,
+            route.trigger,
             # the client's: the connection's, or the one a peer gateway forwarded and signed (forward.client_of)
-            source=call.source,
-            time_ms=int(time.time() * 1000),
+            call.source,
+            int(time.time() * 1000),
         ),
         principal.caller_json(),
     )

@@ -75,13 +75,13 @@ def pick(candidates: Iterable[C], concurrency: int) -> C | None:
     """The ready instance with the fewest requests in flight, if one has room under `concurrency`. Ties go to
     the oldest: light traffic then stays on few instances and the others go idle, to be stopped."""
     best: C | None = None
-    for c in candidates:
-        if (
-            c.ready
-            and c.inflight < (concurrency if c.units is None else c.units)
-            and (best is None or (c.inflight, c.order) < (best.inflight, best.order))
-        ):
-            best = c
+    for c in candidates:  # every request's: no tuples built to compare
+        if c.ready:
+            inflight = c.inflight
+            if inflight < (concurrency if c.units is None else c.units) and (
+                best is None or inflight < best.inflight or (inflight == best.inflight and c.order < best.order)
+            ):
+                best = c
     return best
 
 
