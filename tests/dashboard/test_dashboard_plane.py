@@ -182,10 +182,12 @@ def test_a_trigger_disabled_after_3_faults_enabled_and_a_manual_run_from_the_pag
     wait_for(browser, "the run's result", lambda d: "report: 200" in text_of(d, "#run-result"))
     assert json.loads(text_of(browser, "#run-result").split("\n", 1)[1]) == {"manual": {"from": "the page"}}
     screenshot(browser, "triggers-run")
-    runs = [
-        r for r in json.loads(setup.project.ok("audit", "--invocations", "-o", "json").out) if r["function"] == "plane"
-    ]
-    assert any(r["principal"] == principal and r["status"] == 200 for r in runs), runs
+
+    def run_audited() -> bool:  # the gateway ships invocation rows to the store within a quarter second
+        rows = json.loads(setup.project.ok("audit", "--invocations", "-o", "json").out)
+        return any(r["function"] == "plane" and r["principal"] == principal and r["status"] == 200 for r in rows)
+
+    wait_until(run_audited, what="the page's run in the invocation audit")
 
     # without the grants: 403 for Enable, Run and Replay, on the API and on the page
     assert api(setup, "/v1/triggers/flaky-hook/enable", viewer, "POST", {})[0] == 403
