@@ -7,9 +7,11 @@ accepts exactly the runtime's process.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,3 +146,36 @@ def runtime_starter(tmp_path: Path) -> Iterator[StartRuntime]:
             runtime.process.kill()
         runtime.process.wait(timeout=10)
     shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def parent_of(pid: int) -> int:
+    """The parent of process `pid` (a runtime's workers are children of its first process)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+@contextlib.contextmanager
+def unhosted_runtime(tmp_path: Path, source: str, concurrency: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A runtime process running `source` as main.py, connecting to whatever host the test makes listen in the
+    yielded directory (an `AsyncTransport` of its own); (directory, process). Killed and cleaned up afterwards,
+    woken first if the test stopped it."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "main.py").write_text(source)
+    directory = Path(tempfile.mkdtemp(prefix="fnrh-"))  # AF_UNIX paths are short
+    env = {
+        **os.environ,
+        "FNCTL_HANDLER": "main.handler",
+        "FNCTL_CODE_DIR": str(code),
+        "FNCTL_SOCKET_DIR": str(directory),
+        "FNCTL_CONCURRENCY": str(concurrency),
+    }
+    process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
+    try:
+        yield str(directory), process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a test that stopped it and failed
+        process.kill()
+        process.wait(timeout=10)
+        shutil.rmtree(directory)

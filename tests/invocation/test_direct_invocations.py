@@ -10,15 +10,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import RUNTIME
+from runtime_helpers import parent_of, unhosted_runtime
 
 from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.protocol import ConnectionLost
@@ -45,35 +43,10 @@ def handler(event, context):
 Runtime = tuple[str, "subprocess.Popen[bytes]"]
 
 
-def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[1])
-
-
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "main.py").write_text(HANDLER)
-    directory = Path(tempfile.mkdtemp(prefix="fndi-"))  # AF_UNIX paths are short
-    env = {
-        **os.environ,
-        "FNCTL_HANDLER": "main.handler",
-        "FNCTL_CODE_DIR": str(code),
-        "FNCTL_SOCKET_DIR": str(directory),
-        "FNCTL_CONCURRENCY": "3",
-    }
-    process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
-    try:
-        yield str(directory), process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)  # a test that stopped it and failed
-        process.kill()
-        process.wait(timeout=10)
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-        directory.rmdir()
+    with unhosted_runtime(tmp_path, HANDLER, concurrency=3) as started:
+        yield started
 
 
 def _echo(invocation_id: str, method: str, params: dict[str, Any]) -> Answered:
@@ -86,7 +59,7 @@ async def _connected(
     """A transport whose two takeable workers are forked and taken (two rounds of two at once)."""
     directory, process = runtime
     transport = AsyncTransport(
-        directory, peer=lambda pid: pid == process.pid or _parent_of(pid) == process.pid, on_call=on_call
+        directory, peer=lambda pid: pid == process.pid or parent_of(pid) == process.pid, on_call=on_call
     )
     await transport.connect(timeout=15, secrets=secrets)
     for _ in range(2):
@@ -224,7 +197,7 @@ def test_another_host_finds_a_worker_while_the_gateway_holds_its_taken_ones(runt
 
     async def run() -> tuple[list[Any], Any, int]:
         transport = await _connected(runtime)
-        other = UnixSocketTransport(directory, peer=lambda pid: pid == process.pid or _parent_of(pid) == process.pid)
+        other = UnixSocketTransport(directory, peer=lambda pid: pid == process.pid or parent_of(pid) == process.pid)
         try:
             await asyncio.to_thread(other.connect, 15)
             busy = [asyncio.ensure_future(_invoke(transport, {"sleep": 1.0})) for _ in range(2)]

@@ -10,15 +10,13 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import RUNTIME
+from runtime_helpers import parent_of, unhosted_runtime
 
 from fnctl.invocation.aiotransport import Answered, AsyncTransport
 from fnctl.invocation.protocol import CallFailed, encode_frame
@@ -40,33 +38,10 @@ def handler(event, context):
 """
 
 
-def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[1])
-
-
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "main.py").write_text(HANDLERS)
-    directory = Path(tempfile.mkdtemp(prefix="fnwc-"))  # AF_UNIX paths are short
-    env = {
-        **os.environ,
-        "FNCTL_HANDLER": "main.handler",
-        "FNCTL_CODE_DIR": str(code),
-        "FNCTL_SOCKET_DIR": str(directory),
-        "FNCTL_CONCURRENCY": "2",
-    }
-    process = subprocess.Popen([sys.executable, str(RUNTIME)], env=env)
-    try:
-        yield str(directory), process
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-        directory.rmdir()
+    with unhosted_runtime(tmp_path, HANDLERS, concurrency=2) as started:
+        yield started
 
 
 def _transport(
@@ -85,7 +60,7 @@ def test_each_worker_calls_and_answers_on_its_own_connection(runtime: tuple[str,
 
     def peer(pid: int) -> bool:
         checked.append(pid)
-        return pid == process.pid or _parent_of(pid) == process.pid
+        return pid == process.pid or parent_of(pid) == process.pid
 
     async def run() -> tuple[list[Any], int, list[str]]:
         transport = _transport(directory, peer, _echo)
@@ -138,7 +113,7 @@ def test_a_foreign_connection_to_the_kept_listener_is_closed_unread(
     directory, process = runtime
 
     async def run() -> tuple[bytes, Any, int]:
-        transport = _transport(directory, lambda pid: pid == process.pid or _parent_of(pid) == process.pid, _echo)
+        transport = _transport(directory, lambda pid: pid == process.pid or parent_of(pid) == process.pid, _echo)
         await transport.connect(timeout=15)
         try:
             [name] = [n for n in os.listdir(directory) if n.startswith(LISTENER_PREFIX)]
@@ -178,7 +153,7 @@ def test_a_call_unanswered_on_a_worker_connection_fails_at_the_deadline(
         raise CallFailed("Refused", "after the deadline")
 
     async def run() -> tuple[Any, int]:
-        transport = _transport(directory, lambda pid: pid == process.pid or _parent_of(pid) == process.pid, on_call)
+        transport = _transport(directory, lambda pid: pid == process.pid or parent_of(pid) == process.pid, on_call)
         await transport.connect(timeout=15)
         try:
             result = await transport.invoke({"calls": 2}, invocation_id="inv-1", deadline=time.time() + 0.5, timeout=15)
@@ -205,7 +180,7 @@ def test_frames_larger_than_one_read_cross_a_worker_connection_whole(
         return Answered({"n": params["n"], "text": params["text"] * 3})
 
     async def run() -> tuple[Any, int]:
-        transport = _transport(directory, lambda pid: pid == process.pid or _parent_of(pid) == process.pid, triple)
+        transport = _transport(directory, lambda pid: pid == process.pid or parent_of(pid) == process.pid, triple)
         await transport.connect(timeout=15)
         try:
             result = await transport.invoke(
