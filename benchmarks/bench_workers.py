@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchcommon import (
-    TICKS,
     await_ready,
     cgroups_cpu,
     children_cpu,
@@ -41,6 +40,7 @@ from benchcommon import (
     instance_cgroups,
     machine_cpu,
     post_lua,
+    processes_cpu,
     remove_project,
     serve,
     stop_processes,
@@ -116,28 +116,6 @@ def serving(pid: int) -> bool:
 
 def _after(argv: list[bytes], flag: bytes) -> bytes:
     return argv[argv.index(flag) + 1] if flag in argv[:-1] else b""
-
-
-def processes_cpu(root: int) -> dict[int, tuple[float, float]]:
-    """CPU seconds in user and in system mode of `root` and each process below it, now, by pid."""
-    parents: dict[int, int] = {}
-    times: dict[int, tuple[float, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier += children
-    return {pid: times[pid] for pid in tree if pid in times}
 
 
 def switches(pids: list[int]) -> tuple[int, int]:

@@ -203,10 +203,10 @@ def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 
             process.kill()
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of `root` and every process below it, now."""
+def processes_cpu(root: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds in user and in system mode of `root` and each process below it, now, by pid."""
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+    times: dict[int, tuple[float, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -215,14 +215,19 @@ def tree_cpu(root: int) -> float:
         except OSError:
             continue  # ended meanwhile
         parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+        times[int(entry.name)] = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier += children
-    return sum(times.get(pid, 0.0) for pid in tree)
+    return {pid: times[pid] for pid in tree if pid in times}
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of `root` and every process below it, now."""
+    return sum(user + system for user, system in processes_cpu(root).values())
 
 
 def instance_cgroups(project: str) -> list[Path]:
