@@ -1837,11 +1837,7 @@ class _WorkerChannel:
     def _await_reply(self, own: socket.socket, call_id: str, invocation_id: str) -> dict[str, Any]:
         """The host's reply to `call_id` on this worker's own connection, watching the link meanwhile for
         the supervisor's notices (the deadline passed, the host connection was lost)."""
-        if self.polled != own.fileno():
-            if self.polled >= 0:
-                self.poller.unregister(self.polled)
-            self.poller.register(own, select.POLLIN)
-            self.polled = own.fileno()
+        self._watch(own)
         buf = self.own_buf
         while True:
             while len(buf) >= 4:
@@ -1865,19 +1861,33 @@ class _WorkerChannel:
                 raise CallbackError("Timeout", "no reply before the deadline")
             for fd, _events in ready:
                 if fd == own.fileno():
-                    try:
-                        got = own.recv_into(self.own_in)
-                    except OSError:
-                        got = 0
-                    if not got:
-                        self._drop(own)
+                    if not self._receive(own):
                         raise CallbackError("ConnectionLost", "the host connection closed")
-                    buf += self.own_in[:got]
                 else:
                     message = self.read(fds=False)
                     if message is None:
                         raise CallbackError("ConnectionLost", "the runtime is stopping")
                     self.notice(message, invocation_id)
+
+    def _watch(self, own: socket.socket) -> None:
+        """Poll `own` beside the link from now on (one own connection is watched at a time)."""
+        if self.polled != own.fileno():
+            if self.polled >= 0:
+                self.poller.unregister(self.polled)
+            self.poller.register(own, select.POLLIN)
+            self.polled = own.fileno()
+
+    def _receive(self, own: socket.socket) -> bool:
+        """What `own` has, added to `own_buf`; False when it ended (then it is dropped)."""
+        try:
+            got = own.recv_into(self.own_in)
+        except OSError:
+            got = 0
+        if not got:
+            self._drop(own)
+            return False
+        self.own_buf += self.own_in[:got]
+        return True
 
     def send_host(self, tag: bytes, frame: bytes) -> None:
         """A frame for the host: on this worker's own connection, or straight to the first connection when
@@ -1908,23 +1918,11 @@ class _WorkerChannel:
                 return {}
             if self.buf:  # a partial message of the supervisor's
                 return self.read()
-            ready = self.poller.poll() if self.polled == direct.fileno() else None
-            if ready is None:
-                if self.polled >= 0:
-                    self.poller.unregister(self.polled)
-                self.poller.register(direct, select.POLLIN)
-                self.polled = direct.fileno()
-                continue
-            if any(fd != direct.fileno() for fd, _ in ready):
+            self._watch(direct)
+            if any(fd != direct.fileno() for fd, _ in self.poller.poll()):
                 return self.read()
-            try:
-                got = direct.recv_into(self.own_in)
-            except OSError:
-                got = 0
-            if not got:
-                self._drop(direct)
+            if not self._receive(direct):
                 return {}
-            buf += self.own_in[:got]
         end = 4 + int.from_bytes(buf[:4], "big")
         body = bytes(buf[4:end])
         del buf[:end]
