@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fnctl.state import auditchain, docschema, docwrites, outbox
 from fnctl.state.backends import postgres
@@ -40,6 +40,24 @@ Location = Path | str  # a SQLite file, or a postgresql:// URL
 # Pages a connection's WAL may hold before the committing connection checkpoints it itself, once checkpoints run
 # apart (`DocStore.checkpoint_apart`): a safety net for a checkpointer that fell behind, not the usual way.
 CHECKPOINT_SAFETY = 10_000
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _writes(method: Callable[Concatenate[DocStore, P], R]) -> Callable[Concatenate[DocStore, P], R]:
+    """A method that writes to the store: its checkpointer is told afterwards, the write failed or not (a
+    failed one may have left WAL pages too), once checkpoints run apart (`DocStore.checkpoint_apart`)."""
+
+    def write(store: DocStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(store, *args, **kwargs)
+        finally:
+            if store._wrote is not None:
+                store._wrote()
+
+    return write
 
 
 def data_path(state_file: Path) -> Path:
@@ -106,10 +124,6 @@ class DocStore:
         self._db().execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_SAFETY}")
         return True
 
-    def _written(self) -> None:
-        if self._wrote is not None:
-            self._wrote()
-
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file without waiting for readers or the writer (PASSIVE)."""
         if self.url is not None:
@@ -171,12 +185,10 @@ class DocStore:
     def count(self, collection: str) -> int:
         return int(self._db().execute(f"SELECT COUNT(*) FROM {table(collection)}").fetchone()[0])
 
+    @_writes
     def sync_collections(self, specs: dict[str, dict[str, Any]], prune: bool, force: bool) -> SyncResult:
         """Make the collections' tables and indexes those of `specs` (`docschema.sync_collections`)."""
-        try:
-            result = docschema.sync_collections(self._db(), specs, prune, force)
-        finally:
-            self._written()
+        result = docschema.sync_collections(self._db(), specs, prune, force)
         self.collections()
         return result
 
@@ -266,29 +278,25 @@ class DocStore:
         """Whether a change has this hash (an anchor kept outside the data file)."""
         return self._db().execute("SELECT 1 FROM changes WHERE hash = ? LIMIT 1", (digest,)).fetchone() is not None
 
-    # -- the write path ---------------------------------------------------------------------------------
     # -- the write path (docwrites) ----------------------------------------------------------------------
 
+    @_writes
     def commit(
         self, item: GroupItem, outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
     ) -> list[StoredDoc | None]:
         """One transaction's reads checked and writes applied in one short write transaction
         (`docwrites.commit`): the new rows, None for deletes; with the outbox rows of `outbox`'s onCommit
         triggers, and the changes logged appended to `committed`."""
-        try:
-            return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
-        finally:
-            self._written()
+        return docwrites.commit(self._db(), self._indexed, item, outbox, committed)
 
+    @_writes
     def commit_group(
         self, items: Sequence[GroupItem], outbox: docwrites.Outbox = None, committed: list[ChangeRow] | None = None
     ) -> list[list[StoredDoc | None] | Exception]:
         """Independent transactions in one write transaction, each failing alone (`docwrites.commit_group`)."""
-        try:
-            return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
-        finally:
-            self._written()
+        return docwrites.commit_group(self._db(), self._indexed, items, outbox, committed)
 
+    @_writes
     def commit_inserts(
         self,
         inserts: Sequence[docwrites.PlainInsert],
@@ -297,10 +305,7 @@ class DocStore:
     ) -> list[StoredDoc] | None:
         """A group of fresh single inserts in one write transaction (`docwrites.commit_inserts`); None when a
         unique index refused one (nothing written)."""
-        try:
-            return docwrites.commit_inserts(self._db(), inserts, outbox, committed)
-        finally:
-            self._written()
+        return docwrites.commit_inserts(self._db(), inserts, outbox, committed)
 
     # -- what other processes wrote, and the outbox (fnctl.state.outbox) -----------------------------------
 
@@ -335,13 +340,11 @@ class DocStore:
     def outbox_due(self, now: float, limit: int, paused: Iterable[str] = ()) -> list[outbox.OutboxEvent]:
         return outbox.due(self._db(), now, limit, paused)
 
+    @_writes
     def outbox_settle(
         self, delivered: Sequence[tuple[str, int]], failed: Sequence[tuple[str, int, int, float | None, str]]
     ) -> None:
-        try:
-            outbox.settle(self._db(), delivered, failed)
-        finally:
-            self._written()
+        outbox.settle(self._db(), delivered, failed)
 
     def outbox_list(
         self, state: str | None, trigger: str | None, limit: int, after: int = 0
@@ -351,23 +354,17 @@ class DocStore:
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         return outbox.counts(self._db())
 
+    @_writes
     def outbox_replay(self, trigger: str | None, seqs: Sequence[int], state: str = outbox.DEAD) -> int:
-        try:
-            return outbox.replay(self._db(), trigger, seqs, state)
-        finally:
-            self._written()
+        return outbox.replay(self._db(), trigger, seqs, state)
 
+    @_writes
     def outbox_purge(self, state: str | None, trigger: str | None, seqs: Sequence[int] = ()) -> int:
-        try:
-            return outbox.purge(self._db(), state, trigger, seqs)
-        finally:
-            self._written()
+        return outbox.purge(self._db(), state, trigger, seqs)
 
+    @_writes
     def outbox_prune(self, delivered_before: float, dead_before: float) -> int:
-        try:
-            return outbox.prune(self._db(), delivered_before, dead_before)
-        finally:
-            self._written()
+        return outbox.prune(self._db(), delivered_before, dead_before)
 
 
 def connect(location: Location) -> DocStore:
