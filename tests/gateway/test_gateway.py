@@ -142,6 +142,7 @@ def test_proxy_event_from_a_request() -> None:
     assert event["queryStringParameters"] == {"q": "2", "x": "y"}
     assert event["multiValueQueryStringParameters"] == {"q": ["1", "2"], "x": ["y"]}
     assert event["headers"] == {"content-type": "application/json", "x-many": "a,b"}  # no credentials
+    assert event["multiValueHeaders"] == {"content-type": ["application/json"], "x-many": ["a", "b"]}
     assert event["body"] == '{"a": 1}' and event["isBase64Encoded"] is False
     assert event["caller"] == {"subject": "key:1", "roles": ["r"], "tenant": "acme"}
     assert event["requestContext"]["requestId"] == "rid"
