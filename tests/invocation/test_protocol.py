@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -50,6 +51,7 @@ from fnctl.invocation.protocol import (
     CallRequest,
     ErrorKind,
     FrameDecoder,
+    InvocationResult,
     MessageType,
     RuntimeStartFailed,
     TransportError,
@@ -331,6 +333,19 @@ def test_broken_frames_are_refused() -> None:
         decoder.next_message()
 
 
+def test_only_a_result_answers_an_invoke() -> None:
+    """`parse_result` takes a `result` directly; anything else goes through `expect_reply`'s refusals."""
+    with pytest.raises(TransportError, match="refused the request: busy"):
+        parse_result({"type": "error", "id": 1, "message": "busy"})
+    with pytest.raises(TransportError, match="answered 'pong' where 'result' was expected"):
+        parse_result({"type": "pong", "id": 1, "inflight": 0})
+    with pytest.raises(TransportError, match="no reply"):
+        parse_result(None)
+    with pytest.raises(TransportError, match="without an error"):
+        parse_result({"type": "result", "id": 1, "ok": False})
+    assert parse_result({"type": "result", "id": 1, "ok": True}) == InvocationResult(True, None, None, "", False, 0.0)
+
+
 def test_frames_assembled_from_parts_are_the_frames_a_dict_encodes_to() -> None:
     """Replies (host) and calls (runtime) are written around their parts' JSON text rather than from a dict:
     the same bytes whatever the parts hold, and both sides read a frame with whitespace around its object."""
@@ -342,6 +357,13 @@ def test_frames_assembled_from_parts_are_the_frames_a_dict_encodes_to() -> None:
         assert runtime._call_frame("c9", "inv-é", "db.get", value) == runtime.encode(
             {"type": "call", "id": "c9", "invocation_id": "inv-é", "method": "db.get", "params": value}
         )
+    idents: tuple[Any, ...] = ('inv-é\u2028"', ErrorKind.DRAINING, 7)  # a str quoted directly, others encoded
+    for ident in idents:
+        for who in (None, {"subject": "é", "roles": ["r"]}, MappingProxyType({"kind": "key"})):
+            context = {"invocation_id": ident, "deadline": 1733300005.125, "caller": None if who is None else dict(who)}
+            assert invoke_frame(9, odd, ident, 1733300005.125, who) == encode_frame(
+                {"type": "invoke", "event": odd, "context": context, "id": 9}
+            )
     failed = {"type": "reply", "id": 3, "ok": False, "error": {"status": 404, "type": "NotFound", "message": "m"}}
     assert reply_error_frame(3, CallFailed("NotFound", "m", {"status": 404})) == encode_frame(failed)
     spaced = b' \n{"type": "pong", "id": 1, "inflight": 0} '
