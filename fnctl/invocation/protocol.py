@@ -197,19 +197,20 @@ def configure_frame(request_id: int, secrets: Mapping[str, str], *, workers: boo
 
 
 def invoke_frame(
-    request_id: int, event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | None
+    request_id: int, event: Any, invocation_id: str, deadline: float, caller: Mapping[str, Any] | EncodedJson | None
 ) -> bytes:
-    """Run the handler once on `event`; `deadline` is epoch seconds (finite), `caller` the identity the
-    handler sees. Answered by a `result`. BadInput when the event or caller is not JSON-serialisable."""
+    """Run the handler once on `event`; `deadline` is epoch seconds (finite), `caller` the identity the handler
+    sees (or its JSON text, encoded once per principal: ~0.5 us a request less). Answered by a `result`.
+    BadInput when the event or caller is not JSON-serialisable."""
     # The body as `encode_frame` writes the message, filled in directly: about a third of the cost of building
     # the nested dicts and encoding them (the hot path of every invocation).
-    if caller is not None and not isinstance(caller, dict):
+    if caller is not None and not isinstance(caller, (dict, EncodedJson)):
         caller = dict(caller)  # the encoder takes dicts only
     try:  # float's repr is what the JSON encoder writes for a finite float
         text = event.text if type(event) is EncodedJson else _encode(event)
         # a str straight to the C quoting the encoder calls for one (a third of the encoder's cost)
         ident = _quote(invocation_id) if type(invocation_id) is str else _encode(invocation_id)
-        who = "null" if caller is None else _encode(caller)
+        who = "null" if caller is None else caller.text if type(caller) is EncodedJson else _encode(caller)
         body = (
             f'{{"type":"invoke","event":{text},"context":{{"invocation_id":{ident},"deadline":{float(deadline)!r},'
             f'"caller":{who}}},"id":{request_id:d}}}'

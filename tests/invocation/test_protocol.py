@@ -49,6 +49,7 @@ from fnctl.invocation.protocol import (
     PROTOCOL_VERSION,
     CallFailed,
     CallRequest,
+    EncodedJson,
     ErrorKind,
     FrameDecoder,
     InvocationResult,
@@ -364,6 +365,9 @@ def test_frames_assembled_from_parts_are_the_frames_a_dict_encodes_to() -> None:
             assert invoke_frame(9, odd, ident, 1733300005.125, who) == encode_frame(
                 {"type": "invoke", "event": odd, "context": context, "id": 9}
             )
+    caller = {"subject": "é", "roles": ["r"], "tenant": None}  # its text encoded once: spliced in as it is
+    text = EncodedJson(json.dumps(caller, separators=(",", ":"), ensure_ascii=False))
+    assert invoke_frame(9, odd, "i", 5.0, text) == invoke_frame(9, odd, "i", 5.0, caller)
     failed = {"type": "reply", "id": 3, "ok": False, "error": {"status": 404, "type": "NotFound", "message": "m"}}
     assert reply_error_frame(3, CallFailed("NotFound", "m", {"status": 404})) == encode_frame(failed)
     spaced = b' \n{"type": "pong", "id": 1, "inflight": 0} '
