@@ -144,10 +144,12 @@ def event_json(request: HttpRequest, caller: Mapping[str, Any] | str | None) -> 
     text of one (`Principal.caller_json`, encoded once per principal)."""
     if caller is not None and not isinstance(caller, str):
         caller = json_text(dict(caller))
-    single, multi = _headers_json(_multi(request.headers, lower=True))
-    query = _multi(request.query, lower=False)
-    body, encoded = encode_body(request.body, request.content_type)
-    method, path, resource = _quote(request.method), _quote(request.path), _quote(request.resource)
+    # its fields at once: a NamedTuple's attribute is a descriptor call each, and there are 16 reads here
+    method, path, resource, params, query_pairs, header_pairs, raw, content_type, rid, trigger, source, ms = request
+    single, multi = _headers_json(_multi(header_pairs, lower=True))
+    query = _multi(query_pairs, lower=False)
+    body, encoded = encode_body(raw, content_type) if raw else (None, False)
+    method, path, resource = _quote(method), _quote(path), _quote(resource)
     if query:
         last = "{" + ",".join([f"{_quote(k)}:{_quote(v[-1])}" for k, v in query.items()]) + "}"
         every = json_text(query)
@@ -156,11 +158,11 @@ def event_json(request: HttpRequest, caller: Mapping[str, Any] | str | None) -> 
     return EncodedJson(
         f'{{"resource":{resource},"path":{path},"httpMethod":{method},"headers":{{{single}}},'
         f'"multiValueHeaders":{{{multi}}},"queryStringParameters":{last},"multiValueQueryStringParameters":{every},'
-        f'"pathParameters":{json_text(dict(request.path_params)) if request.path_params else "null"},'
+        f'"pathParameters":{json_text(dict(params)) if params else "null"},'
         f'"body":{"null" if body is None else _quote(body)},"isBase64Encoded":{"true" if encoded else "false"},'
-        f'"requestContext":{{"requestId":{_quote(request.request_id)},"trigger":{_quote(request.trigger)},'
-        f'"resourcePath":{resource},"httpMethod":{method},"path":{path},"requestTimeEpoch":{int(request.time_ms)},'
-        f'"identity":{{"sourceIp":{"null" if request.source is None else _quote(request.source)}}}}},'
+        f'"requestContext":{{"requestId":{_quote(rid)},"trigger":{_quote(trigger)},'
+        f'"resourcePath":{resource},"httpMethod":{method},"path":{path},"requestTimeEpoch":{int(ms)},'
+        f'"identity":{{"sourceIp":{"null" if source is None else _quote(source)}}}}},'
         f'"caller":{"null" if caller is None else caller}}}'
     )
 
