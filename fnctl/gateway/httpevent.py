@@ -97,7 +97,7 @@ def _multi(pairs: Iterable[tuple[str, str]], lower: bool) -> dict[str, list[str]
 
 def _headers_json(headers: dict[str, list[str]]) -> tuple[str, str]:
     """The members of `headers` (values joined by commas) and of `multiValueHeaders`, each name and value
-    quoted once for both (one loop, no comprehension frames: ~0.3 us a header less than two passes)."""
+    quoted once for both (one loop, no comprehension frames: ~0.9 us a request with one header less)."""
     single: list[str] = []
     multi: list[str] = []
     for name, values in headers.items():
