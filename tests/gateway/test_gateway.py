@@ -92,6 +92,29 @@ def test_http_routes_specificity_params_and_methods() -> None:
     assert router.match(routes, "GET", "/users/1/2") is None
 
 
+def test_http_routes_exact_paths_answer_as_the_scan() -> None:
+    """Routes without parameters are looked up by path first: the answer is always the full scan's (a plain
+    tuple), also when the exact route refuses the method and a route with parameters takes it."""
+    routes = router.http_routes(
+        {
+            "by-id": {"function": "users", "http": {"path": "/users/{id}", "methods": ["GET", "DELETE"]}},
+            "me": {"function": "me", "http": {"path": "/users/me", "methods": ["GET"]}},
+            "me-post": {"function": "me2", "http": {"path": "/users/me", "methods": ["POST"]}},
+            "put-me": {"function": "me3", "http": {"path": "/users/me", "methods": ["PUT"]}},
+            "any": {"function": "echo", "http": {"path": "/echo"}},
+            "brace": {"function": "odd", "http": {"path": "/a/{1x}"}},
+        }
+    )
+    assert set(routes.exact) == {"/users/me", "/echo", "/a/{1x}"}
+    for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+        for path in ("/users/me", "/users/you", "/echo", "/echo/", "/a/{1x}", "/a/b", "/users/me/"):
+            assert router.match(routes, method, path) == router.match(tuple(routes), method, path), (method, path)
+    found = router.match(routes, "DELETE", "/users/me")  # not the exact routes' method: /users/{id} takes it
+    assert isinstance(found, router.RouteMatch) and found.route.trigger == "by-id" and found.params == {"id": "me"}
+    refused = router.match(routes, "PATCH", "/users/me")
+    assert isinstance(refused, router.MethodNotAllowed) and refused.allowed == {"GET", "POST", "PUT", "DELETE"}
+
+
 def test_build_table_stickiness_and_access() -> None:
     spec_ab = {
         "limits": {"timeout": 2.0, "payload": 1000},
