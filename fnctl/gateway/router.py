@@ -238,6 +238,12 @@ class FunctionRoute:
         routed = [r for r, w in self.weights.items() if w > 0 and r in self.revisions]
         return self.revisions[max(routed)] if routed else None
 
+    @cached_property
+    def sole(self) -> int | None:
+        """The one revision with traffic, if only one has any: what `choose` returns for any draw or sticky key."""
+        live = [r for r, w in self.weights.items() if w > 0]
+        return live[0] if len(live) == 1 else None
+
     def holds(self, revision: int) -> bool:
         """May `revision` be pinned: does the routing table still list it (with or without traffic)?"""
         return revision in self.weights and revision in self.revisions

@@ -135,6 +135,21 @@ def test_build_table_stickiness_and_access() -> None:
     assert table.routes == {"f": {1: 50, 2: 50}, "g": {3: 100}}
 
 
+def test_sole_revision_is_what_choose_returns_for_any_draw() -> None:
+    for weights, sole in (
+        ({1: 100}, 1),
+        ({1: 100, 2: 0}, 1),
+        ({1: 0, 2: 5}, 2),
+        ({1: 50, 2: 50}, None),
+        ({1: 0}, None),
+    ):
+        function = router.FunctionRoute("f", weights, {})
+        assert function.sole == sole
+        if sole is not None:
+            assert {router.choose(weights, draw=d) for d in (0.0, 0.5, 0.999999)} == {sole}
+            assert router.choose(weights, sticky_key="f\0u") == sole
+
+
 # ---- the proxy event, both ways -----------------------------------------------------------------------
 
 
