@@ -253,15 +253,15 @@ class Authenticator:
             self._store = None
 
 
-def _header(headers: Mapping[str, str], name: str, lower: str) -> str | None:
-    value = headers.get(name)  # aiohttp's headers are case-insensitive; plain dicts get a second chance
-    return value if value is not None or not isinstance(headers, dict) else headers.get(lower)
-
-
 def _credential(headers: Mapping[str, str]) -> str | None:
     """The one token offered: `Authorization: Bearer <key or JWT>` or `X-Api-Key: <key>`."""
-    authorization = _header(headers, "Authorization", "authorization")
-    api_key = _header(headers, "X-Api-Key", "x-api-key")
+    authorization = headers.get("Authorization")
+    api_key = headers.get("X-Api-Key")
+    if isinstance(headers, dict):  # aiohttp's headers are case-insensitive; plain dicts get a second chance
+        if authorization is None:
+            authorization = headers.get("authorization")
+        if api_key is None:
+            api_key = headers.get("x-api-key")
     if authorization is not None and api_key is not None:
         raise Unauthenticated("two credentials in one request")
     if api_key is not None:

@@ -92,6 +92,29 @@ def test_http_routes_specificity_params_and_methods() -> None:
     assert router.match(routes, "GET", "/users/1/2") is None
 
 
+def test_http_routes_exact_paths_answer_as_the_scan() -> None:
+    """Routes without parameters are looked up by path first: the answer is always the full scan's (a plain
+    tuple), also when the exact route refuses the method and a route with parameters takes it."""
+    routes = router.http_routes(
+        {
+            "by-id": {"function": "users", "http": {"path": "/users/{id}", "methods": ["GET", "DELETE"]}},
+            "me": {"function": "me", "http": {"path": "/users/me", "methods": ["GET"]}},
+            "me-post": {"function": "me2", "http": {"path": "/users/me", "methods": ["POST"]}},
+            "put-me": {"function": "me3", "http": {"path": "/users/me", "methods": ["PUT"]}},
+            "any": {"function": "echo", "http": {"path": "/echo"}},
+            "brace": {"function": "odd", "http": {"path": "/a/{1x}"}},
+        }
+    )
+    assert set(routes.exact) == {"/users/me", "/echo", "/a/{1x}"}
+    for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+        for path in ("/users/me", "/users/you", "/echo", "/echo/", "/a/{1x}", "/a/b", "/users/me/"):
+            assert router.match(routes, method, path) == router.match(tuple(routes), method, path), (method, path)
+    found = router.match(routes, "DELETE", "/users/me")  # not the exact routes' method: /users/{id} takes it
+    assert isinstance(found, router.RouteMatch) and found.route.trigger == "by-id" and found.params == {"id": "me"}
+    refused = router.match(routes, "PATCH", "/users/me")
+    assert isinstance(refused, router.MethodNotAllowed) and refused.allowed == {"GET", "POST", "PUT", "DELETE"}
+
+
 def test_build_table_stickiness_and_access() -> None:
     spec_ab = {
         "limits": {"timeout": 2.0, "payload": 1000},
@@ -110,6 +133,21 @@ def test_build_table_stickiness_and_access() -> None:
     assert f.live is not None and f.live.number == 2  # a tie goes to the newest
     assert table.functions["g"].sticky_by is None
     assert table.routes == {"f": {1: 50, 2: 50}, "g": {3: 100}}
+
+
+def test_sole_revision_is_what_choose_returns_for_any_draw() -> None:
+    for weights, sole in (
+        ({1: 100}, 1),
+        ({1: 100, 2: 0}, 1),
+        ({1: 0, 2: 5}, 2),
+        ({1: 50, 2: 50}, None),
+        ({1: 0}, None),
+    ):
+        function = router.FunctionRoute("f", weights, {})
+        assert function.sole == sole
+        if sole is not None:
+            assert {router.choose(weights, draw=d) for d in (0.0, 0.5, 0.999999)} == {sole}
+            assert router.choose(weights, sticky_key="f\0u") == sole
 
 
 # ---- the proxy event, both ways -----------------------------------------------------------------------
