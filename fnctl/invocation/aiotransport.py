@@ -61,6 +61,8 @@ AsyncCallHandler = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Answer
 # asyncio keeps a cancelled timer in its heap until it would have fired, and at thousands of requests a
 # second pushing and sifting those costs more than the rest of a request's round trip here.
 SWEEP = 0.05
+# Read per invocation: a module constant is read ~0.07 us faster than the member through its enum class
+_INVOKE = MessageType.INVOKE
 # A request waiting for its reply: (future, deadline on the loop's clock, message type, timeout given).
 _Pending = tuple["asyncio.Future[dict[str, Any]]", float, MessageType, float]
 
@@ -226,7 +228,7 @@ class AsyncTransport:
         request_id = next(self._ids)
         frame = invoke_frame(request_id, event, invocation_id, deadline, caller)
         wait = reply_timeout(deadline) if timeout is None else timeout
-        return parse_result(await self._send(request_id, frame, MessageType.INVOKE, wait))
+        return parse_result(await self._send(request_id, frame, _INVOKE, wait))
 
     async def ping(self, timeout: float = 5.0) -> int:
         """The number of invocations in flight on the instance (over every connection)."""
@@ -317,7 +319,7 @@ class AsyncTransport:
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
             raise FrameTooLarge(len(frame) - HEADER.size, self.max_request)
         workers = self._workers
-        worker = workers.take() if kind is MessageType.INVOKE and workers is not None else None
+        worker = workers.take() if kind is _INVOKE and workers is not None else None
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, loop.time() + timeout, kind, timeout)
