@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -83,7 +83,10 @@ class Slot:
     order: int
     container_id: str = ""
     socket_dir: str = ""
-    phase: SlotPhase = SlotPhase.STARTING
+    _phase: SlotPhase = field(default=SlotPhase.STARTING, init=False)  # `phase`
+    # `phase is READY`, kept by `phase`'s setter: a plain attribute, read for every instance on every request
+    # (`scaling.pick`), where a property cost ~0.15 us a read (~0.7 us per request)
+    ready: bool = field(default=False, init=False)
     inflight: int = 0
     last_used: float = 0.0
     transport: AsyncTransport | None = None
@@ -95,8 +98,12 @@ class Slot:
     thawing: bool = False  # a thawed reserve serving while the engine's unpause is under way (a cold start)
 
     @property
-    def ready(self) -> bool:
-        return self.phase is SlotPhase.READY
+    def phase(self) -> SlotPhase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: SlotPhase) -> None:
+        self._phase, self.ready = phase, phase is SlotPhase.READY
 
     async def first_answer(self) -> None:
         """Return once its runtime has answered a request (at once if it ever did), or after FIRST_ANSWER_WAIT."""

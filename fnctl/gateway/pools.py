@@ -156,10 +156,10 @@ class PoolManager:
         pool = self._pools.get((function, revision))
         if pool is None:
             return None
-        refused = pool.shed()
-        if refused is None:
-            pool.expect()  # a scale from zero begins while the body is read and the event built
-        return refused
+        if pool.waiters:  # RevisionPool.shed admits whoever finds no queue; `expect` does nothing behind one
+            return pool.shed()
+        pool.expect()  # a scale from zero begins while the body is read and the event built
+        return None
 
     def stats(self) -> dict[tuple[str, int], PoolStats]:
         return {key: pool.stats() for key, pool in self._pools.items()}

@@ -72,10 +72,9 @@ class RevisionPool(PoolInstances):
         """(ready, starting) instances, in one pass (asked for every request that finds them all busy)."""
         ready = starting = 0
         for slot in self.slots.values():
-            phase = slot.phase
-            if phase is SlotPhase.READY:
+            if slot.ready:
                 ready += 1
-            elif phase is SlotPhase.STARTING:
+            elif slot.phase is SlotPhase.STARTING:
                 starting += 1
         return ready, starting
 
@@ -165,7 +164,7 @@ class RevisionPool(PoolInstances):
     def _release(self, slot: Slot) -> None:
         self._unclaim(slot)
         slot.last_used = time.monotonic()
-        if slot.phase is SlotPhase.RETIRING and slot.inflight == 0:
+        if not slot.ready and slot.phase is SlotPhase.RETIRING and slot.inflight == 0:  # (`phase`: a property)
             self._stop(slot, drain=not slot.retire_reason)  # retired for a failure: no waiting for it
         elif self.waiters:
             self._dispatch()

