@@ -291,6 +291,7 @@ def _frame_encoder(fallback: json.JSONEncoder) -> Callable[[Any], str]:
 
 
 _ENCODE = _frame_encoder(_ENCODER)
+_encode_string = json.encoder.encode_basestring  # a str as _ENCODE writes it (no ASCII escaping)
 _ENCODE_RESULT = _frame_encoder(_RESULT_ENCODER)  # no NaN or Infinity in a result: refused as not JSON
 
 
@@ -1204,8 +1205,10 @@ class Server:
             outcome = _Outcome.failed("handler_error", exc, start)
         else:
             outcome = _serialise(result, self.config.output_limit, start)
-        _echo_logs(context.invocation_id, capture)
-        self.finish(conn, _result_frame(request_id, outcome, capture))
+        logs = capture.text()
+        if logs:
+            _echo_logs(context.invocation_id, logs)
+        self.finish(conn, _result_frame(request_id, outcome, logs, capture.truncated))
 
     def finish(self, conn: _Connection, frame: bytes) -> None:
         if frame:
@@ -1919,8 +1922,10 @@ class _WorkerChannel:
             if self.buf:  # a partial message of the supervisor's
                 return self.read()
             self._watch(direct)
-            if any(fd != direct.fileno() for fd, _ in self.poller.poll()):
-                return self.read()
+            fileno = direct.fileno()
+            for fd, _events in self.poller.poll():
+                if fd != fileno:
+                    return self.read()
             if not self._receive(direct):
                 return {}
         end = 4 + int.from_bytes(buf[:4], "big")
@@ -1960,8 +1965,10 @@ class _WorkerChannel:
             self.wake_due = False
             self.sock.sendall(b"D\0\0\0\0")
         if frame and self.direct is not None:
-            with contextlib.suppress(CallbackError):  # the host is gone: nobody waits for the result
+            try:
                 self.send_host(b"R", frame)
+            except CallbackError:  # the host is gone: nobody waits for the result
+                pass
 
     def run(self, message: dict[str, Any]) -> bytes:
         """Run one invocation: its result frame."""
@@ -1976,8 +1983,10 @@ class _WorkerChannel:
             outcome = _Outcome.failed("handler_error", ValueError("the invoke frame is not JSON"), time.perf_counter())
         else:
             outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
-        _echo_logs(invocation_id, capture)
-        return _result_frame(message.get("id"), outcome, capture)
+        logs = capture.text()
+        if logs:
+            _echo_logs(invocation_id, logs)
+        return _result_frame(message.get("id"), outcome, logs, capture.truncated)
 
     def invoke(self, message: dict[str, Any]) -> None:
         server = self.server
@@ -2132,25 +2141,27 @@ def _json_size_floor(value: Any, limit: int) -> int:
     return total
 
 
-def _echo_logs(invocation_id: str, capture: _Capture) -> None:
-    """Copy an invocation's (already capped) output to the container's log, each line tagged with the
-    invocation, so that `fnctl logs` shows it; the engine caps the log file itself."""
-    text = capture.text()
-    if text:
-        tag = f"[{invocation_id[:12]}] "
-        _REAL_STDERR.write("".join(tag + line + "\n" for line in text.splitlines()))
-        _REAL_STDERR.flush()
+def _echo_logs(invocation_id: str, text: str) -> None:
+    """Copy an invocation's (already capped, not empty) output to the container's log, each line tagged with
+    the invocation, so that `fnctl logs` shows it; the engine caps the log file itself."""
+    tag = f"[{invocation_id[:12]}] "
+    _REAL_STDERR.write("".join(tag + line + "\n" for line in text.splitlines()))
+    _REAL_STDERR.flush()
 
 
-def _result_frame(request_id: Any, outcome: _Outcome, capture: _Capture) -> bytes:
-    envelope: dict[str, Any] = {"type": "result", "id": request_id, "ok": outcome.ok, "logs": capture.text(),
-                                "logs_truncated": capture.truncated, "duration_ms": outcome.duration_ms}
+# A successful result's envelope up to its result, as `encode` would write the dict of it: no dict built and
+# walked per invocation. The duration is a finite float, which the encoder writes as its repr.
+_RESULT_HEAD = '{"type":"result","id":%s,"ok":true,"logs":%s,"logs_truncated":%s,"duration_ms":%r,"result":'
+
+
+def _result_frame(request_id: Any, outcome: _Outcome, logs: str, truncated: bool) -> bytes:
     if not outcome.ok:
-        envelope["error"] = outcome.error
-        return encode(envelope)
+        return encode({"type": "result", "id": request_id, "ok": False, "logs": logs, "logs_truncated": truncated,
+                       "duration_ms": outcome.duration_ms, "error": outcome.error})
     # Splice the already-serialised result in rather than serialising it a second time.
-    head = _ENCODE(envelope).encode("utf-8", "replace")
-    body = b"".join((head[:-1], b',"result":', outcome.result_json, b"}"))
+    head = _RESULT_HEAD % (_ENCODE(request_id), _encode_string(logs), "true" if truncated else "false",
+                           outcome.duration_ms)
+    body = b"".join((head.encode("utf-8", "replace"), outcome.result_json, b"}"))
     return len(body).to_bytes(4, "big") + body
 
 

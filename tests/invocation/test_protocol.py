@@ -368,6 +368,12 @@ def test_frames_assembled_from_parts_are_the_frames_a_dict_encodes_to() -> None:
     caller = {"subject": "é", "roles": ["r"], "tenant": None}  # its text encoded once: spliced in as it is
     text = EncodedJson(json.dumps(caller, separators=(",", ":"), ensure_ascii=False))
     assert invoke_frame(9, odd, "i", 5.0, text) == invoke_frame(9, odd, "i", 5.0, caller)
+    for request_id in (7, "r-é", None, "\ud800", True):  # a result's envelope too, filled in from a template
+        for logs, truncated in (("", False), ('a "q"\n\x01é\u2028', True)):
+            outcome = runtime._Outcome(True, 0.1 + 0.2, result_json=b'{"a":[1,"\xc3\xa9"]}')
+            head = {"type": "result", "id": request_id, "ok": True, "logs": logs, "logs_truncated": truncated}
+            envelope = head | {"duration_ms": 0.1 + 0.2, "result": {"a": [1, "é"]}}
+            assert runtime._result_frame(request_id, outcome, logs, truncated) == runtime.encode(envelope)
     failed = {"type": "reply", "id": 3, "ok": False, "error": {"status": 404, "type": "NotFound", "message": "m"}}
     assert reply_error_frame(3, CallFailed("NotFound", "m", {"status": 404})) == encode_frame(failed)
     spaced = b' \n{"type": "pong", "id": 1, "inflight": 0} '
