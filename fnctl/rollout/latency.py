@@ -32,6 +32,20 @@ def bucket_index(latency_ms: float) -> int:
     return min(math.ceil(math.log2(latency_ms / _BASE_MS) * _STEPS_PER_DOUBLING - 1e-9), _LAST_INDEX + 1)
 
 
+def bucket_starts() -> tuple[float, ...]:
+    """The smallest latency of each bucket after the first, exactly as `bucket_index` places it: then
+    `bisect_right(bucket_starts(), ms) == bucket_index(ms)` (the gateway's per-request bucket, a C call)."""
+    starts = []
+    for index in range(1, _LAST_INDEX + 2):
+        nominal = _BASE_MS * GROWTH ** (index - 1)
+        below, above = nominal * (1 - 1e-8), nominal * (1 + 1e-8)  # bucket_index < index, >= index
+        while math.nextafter(below, math.inf) < above:  # halve the gap to adjacent floats (~30 steps)
+            middle = (below + above) / 2
+            below, above = (below, middle) if bucket_index(middle) >= index else (middle, above)
+        starts.append(above)
+    return tuple(starts)
+
+
 @dataclass
 class Second:
     """One function-revision-second, accumulated in memory until the second is over."""
