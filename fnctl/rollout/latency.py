@@ -37,9 +37,12 @@ def bucket_starts() -> tuple[float, ...]:
     `bisect_right(bucket_starts(), ms) == bucket_index(ms)` (the gateway's per-request bucket, a C call)."""
     starts = []
     for index in range(1, _LAST_INDEX + 2):
-        nominal = _BASE_MS * GROWTH ** (index - 1)
-        below, above = nominal * (1 - 1e-8), nominal * (1 + 1e-8)  # bucket_index < index, >= index
-        while math.nextafter(below, math.inf) < above:  # halve the gap to adjacent floats (~30 steps)
+        estimate = _BASE_MS * 2.0 ** ((index - 1 + 1e-9) / _STEPS_PER_DOUBLING)  # what bucket_index solves
+        width = 1e-12
+        while not bucket_index(estimate * (1 - width)) < index <= bucket_index(estimate * (1 + width)):
+            width *= 16
+        below, above = estimate * (1 - width), estimate * (1 + width)
+        while math.nextafter(below, math.inf) < above:  # halve the gap down to adjacent floats
             middle = (below + above) / 2
             below, above = (below, middle) if bucket_index(middle) >= index else (middle, above)
         starts.append(above)
