@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fnctl.rollout.latency import Second, bucket_index
+from fnctl.rollout.latency import Second, bucket_starts
 from fnctl.state import metricstore
 from fnctl.state.location import StateLocation
 from fnctl.state.store import Store, connect
@@ -33,6 +33,8 @@ ERROR_STATUS = 500
 # Prometheus buckets (seconds): coarse on purpose, every bucket is a series per function and revision.
 _PROM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PROM_LE = [repr(b) for b in _PROM_BUCKETS] + ["+Inf"]  # as prometheus_client writes `le` (no exponents here)
+# bisect_right(_LATENCY_STARTS, ms) is bucket_index(ms): one C call instead of a log2 (~0.3 µs per request)
+_LATENCY_STARTS = bucket_starts()
 log = logging.getLogger("fnctl.metrics")
 
 
@@ -106,7 +108,7 @@ class Metrics:
         series.errors += is_error
         series.cold += cold_start
         latency_ms = latency_s * 1000.0
-        bucket = bucket_index(latency_ms)
+        bucket = bisect_right(_LATENCY_STARTS, latency_ms)
         key = (function, revision, int(time.time()))
         with self._lock:
             second = self._pending.get(key)

@@ -32,6 +32,23 @@ def bucket_index(latency_ms: float) -> int:
     return min(math.ceil(math.log2(latency_ms / _BASE_MS) * _STEPS_PER_DOUBLING - 1e-9), _LAST_INDEX + 1)
 
 
+def bucket_starts() -> tuple[float, ...]:
+    """The smallest latency of each bucket after the first, exactly as `bucket_index` places it: then
+    `bisect_right(bucket_starts(), ms) == bucket_index(ms)` (the gateway's per-request bucket, a C call)."""
+    starts = []
+    for index in range(1, _LAST_INDEX + 2):
+        estimate = _BASE_MS * 2.0 ** ((index - 1 + 1e-9) / _STEPS_PER_DOUBLING)  # what bucket_index solves
+        width = 1e-12
+        while not bucket_index(estimate * (1 - width)) < index <= bucket_index(estimate * (1 + width)):
+            width *= 16
+        below, above = estimate * (1 - width), estimate * (1 + width)
+        while math.nextafter(below, math.inf) < above:  # halve the gap down to adjacent floats
+            middle = (below + above) / 2
+            below, above = (below, middle) if bucket_index(middle) >= index else (middle, above)
+        starts.append(above)
+    return tuple(starts)
+
+
 @dataclass
 class Second:
     """One function-revision-second, accumulated in memory until the second is over."""

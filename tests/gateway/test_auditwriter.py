@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deploy_helpers import until
 
+from fnctl.gateway.accesslog import access_line, row_fields, row_line
 from fnctl.gateway.audit import AuditLog, start_access_log
 from fnctl.state.auditchain import verify
 from fnctl.state.auditlog import AuditFilter, audit_chain, audit_head, invocation_records
@@ -130,3 +131,14 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_an_audit_row_line_is_the_access_line_of_its_fields() -> None:
+    """`row_line` (formatted field by field, in the writer) writes what `access_line` writes of the row's fields."""
+    rows = [
+        (1_760_000_000.25, "r-1", None, "noop", 3, "noop", "ok", 200, 0.412, "127.0.0.1"),
+        (1_760_000_001.0, 'r"2', "jwt:élodie", "f", None, None, "denied", 403, 12.0, None),
+    ]
+    for row in rows:
+        for extra in ({}, {"method": "GET", "path": "/t/é?x=\n"}, {"n": 1, "list": [1, "a"], "none": None}):
+            assert row_line(row, extra) == access_line({**row_fields(row), **extra})

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+from bisect import bisect_right
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fnctl.gateway import metrics
 from fnctl.gateway.metrics import Metrics
-from fnctl.rollout.latency import BOUNDS, GROWTH, Window, bucket_index, quantile
+from fnctl.rollout.latency import BOUNDS, GROWTH, Window, bucket_index, bucket_starts, quantile
 from fnctl.state.location import StateLocation
 from fnctl.state.metricstore import window
 from fnctl.state.store import Store, StoreError, connect
@@ -197,3 +199,17 @@ def test_the_flusher_writes_everything_when_stopped(tmp_path: Path) -> None:
     finally:
         store.close()
     assert (result.requests, result.errors, result.error_rate) == (20, 5, 0.25)
+
+
+def test_bucket_starts_place_latencies_as_bucket_index_does() -> None:
+    """The gateway buckets a latency by bisecting `bucket_starts()` (no log2 per request): the same bucket as
+    `bucket_index` at every bucket's first latency, the float just below it, and anywhere in between."""
+    starts = bucket_starts()
+    assert len(starts) == len(BOUNDS) - 1
+    for index, start in enumerate(starts, 1):
+        assert bucket_index(start) == bisect_right(starts, start) == index
+        below = math.nextafter(start, 0.0)
+        assert bucket_index(below) == bisect_right(starts, below) == index - 1
+    rng = random.Random(7)
+    for ms in [0.0, -1.0, 0.1, 1e12, *(10 ** rng.uniform(-3, 6) for _ in range(20_000))]:
+        assert bisect_right(starts, ms) == bucket_index(ms)

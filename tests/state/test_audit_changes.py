@@ -16,7 +16,7 @@ from test_audit import _findings, _verify, fnctl
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
 from fnctl.manifest.model import parse_collection
-from fnctl.state import docstore
+from fnctl.state import auditchain, docstore
 from fnctl.state.docconn import DocConn
 from fnctl.state.location import StateLocation
 from fnctl.state.store import connect
@@ -117,3 +117,19 @@ def test_reordered_changes_are_detected(state: StateLocation, tmp_path: Path) ->
     code, report = _verify(state, tmp_path)
     assert code == 1
     assert {(t, r) for t, _, r in _findings(report)} >= {("changes", 2), ("changes", 3)}
+
+
+def test_normalise_converts_whatever_is_not_of_its_column_type_after_rows_that_were() -> None:
+    """`normalise` returns a record whose fields are each of their column's type as it is (a fast path, keyed
+    by the fields' types and the chain): a record of the same fields in other types is still converted."""
+    exact = (7, 1.5, "r1", None, "fn", 2, None, "ok", 200, 0.25, None)
+    for _ in range(2):  # the second time by the fast path
+        assert auditchain.normalise("invocations", exact) == exact
+    loose = (7, 1, "r1", None, "fn", True, None, "ok", 200, 1, None)  # an int `at` and `duration_ms`, a bool
+    normal = auditchain.normalise("invocations", loose)
+    assert normal == (7, 1.0, "r1", None, "fn", 1, None, "ok", 200, 1.0, None)
+    assert [type(v) for v in normal] == [int, float, str, type(None), str, int, type(None), str, int, float, type(None)]
+    # the same types are no fast path in a chain whose columns differ (the deploy audit's are text)
+    assert auditchain.normalise("audit", exact) == (7, 1.5, "r1", None, "fn", "2", None, "ok", "200", "0.25", None)
+    with pytest.raises(ValueError):
+        auditchain.normalise("invocations", exact[:-1])
