@@ -20,6 +20,7 @@ import jwt
 
 from fnctl.errors import BadInput, FnctlError
 from fnctl.gateway import keys
+from fnctl.invocation.protocol import EncodedJson
 from fnctl.jsontext import compact_encoder
 from fnctl.manifest.project import CONFIG_FILE, Project, read_config
 from fnctl.state import keystore
@@ -82,6 +83,14 @@ class Principal:
             text = _CALLER_JSON(self.as_caller())
             object.__setattr__(self, "_caller_json", text)
         return text
+
+    def encoded_caller(self) -> EncodedJson:
+        """`caller_json` as an invoke frame takes it: spliced in as it is, not encoded again per request."""
+        encoded: EncodedJson | None = self.__dict__.get("_encoded_caller")
+        if encoded is None:
+            encoded = EncodedJson(self.caller_json())
+            object.__setattr__(self, "_encoded_caller", encoded)
+        return encoded
 
 
 ANONYMOUS = Principal("anonymous", (), None, PrincipalKind.ANONYMOUS)

@@ -53,6 +53,7 @@ from fnctl.gateway.poolhost import PoolResult
 from fnctl.gateway.request import NO_HEADERS, Call, Reject
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.invocation.outcome import Failure, Outcome
+from fnctl.invocation.protocol import EncodedJson
 from fnctl.invocation.requestid import new_request_id
 
 log = logging.getLogger("fnctl.gateway")
@@ -72,7 +73,7 @@ class HookGateway(PeerRunner, Protocol):
     ) -> int: ...
 
     async def _call_pool(
-        self, call: Call, info: router.RevisionInfo, event: Any, caller: dict[str, Any], invocation: str
+        self, call: Call, info: router.RevisionInfo, event: Any, caller: EncodedJson, invocation: str
     ) -> PoolResult: ...
 
     async def audit_internal(self, call: Call, status: int) -> None: ...
@@ -304,7 +305,7 @@ class HookRunner:
             session.chain = chain
             try:
                 async with asyncio.timeout(hook.timeout):  # the trigger's own, not the function's (plus margin)
-                    result = await gateway._call_pool(call, info, event, principal.as_caller(), call.request_id)
+                    result = await gateway._call_pool(call, info, event, principal.encoded_caller(), call.request_id)
             except TimeoutError:
                 raise Reject(504, "Gateway Timeout", "timeout") from None
             finally:

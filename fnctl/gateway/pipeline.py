@@ -41,6 +41,7 @@ from fnctl.gateway.request import (
 )
 from fnctl.gateway.shedding import Shed
 from fnctl.gateway.table import TableFollower, TableSource
+from fnctl.invocation.protocol import EncodedJson
 from fnctl.invocation.requestid import new_request_id
 
 __all__ = ["DEADLINE_TICK", "PIN_HEADER", "RequestPipeline"]
@@ -267,7 +268,7 @@ class RequestPipeline:
         (a hook run for another node's writer, fnctl.gateway.peerinvoke)."""
         broker = self.broker
         if broker is None:
-            return await self._call_pool(call, info, event, principal.as_caller(), call.request_id)
+            return await self._call_pool(call, info, event, principal.encoded_caller(), call.request_id)
         settings = info.data
         caller = caller_of(principal)
         attempts = 1 + (settings.retries if settings.rerunnable else 0)
@@ -286,7 +287,7 @@ class RequestPipeline:
                     call.request_id, call.function, call.revision, caller, settings, on_read, read_only
                 )
             try:
-                result = await self._call_pool(call, info, event, principal.as_caller(), invocation)
+                result = await self._call_pool(call, info, event, principal.encoded_caller(), invocation)
                 opened = broker.sessions.get(invocation)
                 if opened is not None and opened.exceeded is not None:  # caught by the handler or not, a limit fails it
                     raise Reject(429, f"Too Many Requests: LimitExceeded: {opened.exceeded.detail_text}", "error")
@@ -308,7 +309,7 @@ class RequestPipeline:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _call_pool(
-        self, call: Call, info: router.RevisionInfo, event: Any, caller: dict[str, Any], invocation: str
+        self, call: Call, info: router.RevisionInfo, event: Any, caller: EncodedJson, invocation: str
     ) -> PoolResult:
         assert call.revision is not None
         self.metrics.inflight(call.function, call.revision, 1)

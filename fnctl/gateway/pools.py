@@ -24,7 +24,7 @@ from fnctl.gateway.crew import Crew
 from fnctl.gateway.poolhost import PoolResult, PoolStats, Slot, SlotPhase, Started, Target, Unavailable
 from fnctl.gateway.poolstart import meet_launched
 from fnctl.gateway.poolswarm import pool_actions
-from fnctl.gateway.revisionpool import RevisionPool
+from fnctl.gateway.revisionpool import CallerIdentity, RevisionPool
 from fnctl.gateway.scaling import Routing, discard_now, routing_of
 from fnctl.gateway.shedding import Shed
 from fnctl.invocation.aiotransport import AsyncCallHandler, AsyncTransport
@@ -141,7 +141,7 @@ class PoolManager:
         return attaching
 
     async def invoke(
-        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+        self, function: str, revision: int, event: Any, *, caller: CallerIdentity, request_id: str
     ) -> PoolResult:
         """Run one invocation on an instance of `revision` (started on demand when there is none)."""
         if self.closing:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fnctl.engine import instances
@@ -22,9 +23,11 @@ from fnctl.gateway.scaling import Routing, refuse, retry_after
 from fnctl.gateway.shedding import Shed, answer_rate, shed
 from fnctl.invocation.aiotransport import FrameTooLarge
 from fnctl.invocation.outcome import RECYCLE, Failure, Outcome, outcome_of
-from fnctl.invocation.protocol import ConnectionLost, ErrorKind, TransportError
+from fnctl.invocation.protocol import ConnectionLost, EncodedJson, ErrorKind, TransportError
 from fnctl.invocation.transport import TransportTimeout
 
+# Who an invocation runs for, as the handler sees it: a dict, or its JSON text (encoded once per principal)
+CallerIdentity = Mapping[str, Any] | EncodedJson | None
 TIMEOUT_GRACE = 0.5  # seconds past the function's timeout before an invocation counts as timed out
 DRAIN_RETRIES = 3  # an instance being drained by `fnctl apply` refuses work: try another this many times
 
@@ -51,7 +54,7 @@ class RevisionPool(PoolInstances):
 
     # ---- requests ----
 
-    async def invoke(self, event: Any, caller: dict[str, Any] | None, request_id: str) -> PoolResult:
+    async def invoke(self, event: Any, caller: CallerIdentity, request_id: str) -> PoolResult:
         for _ in range(DRAIN_RETRIES):
             # A free instance is claimed without a coroutine of its own (the common case: one less await
             # level per request); nobody overtakes a queued request
@@ -169,7 +172,7 @@ class RevisionPool(PoolInstances):
         elif self.waiters:
             self._dispatch()
 
-    async def _run(self, slot: Slot, event: Any, caller: dict[str, Any] | None, request_id: str) -> Outcome | None:
+    async def _run(self, slot: Slot, event: Any, caller: CallerIdentity, request_id: str) -> Outcome | None:
         """One invocation on `slot`; None when the instance is being drained and another must be tried."""
         limits, started = self.target.function.limits, time.monotonic()
         assert slot.transport is not None

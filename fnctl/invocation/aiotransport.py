@@ -25,6 +25,7 @@ from fnctl.invocation.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
     ConnectionLost,
+    EncodedJson,
     InvocationResult,
     MessageType,
     TransportError,
@@ -221,7 +222,7 @@ class AsyncTransport:
         *,
         invocation_id: str,
         deadline: float,
-        caller: Mapping[str, Any] | None = None,
+        caller: Mapping[str, Any] | EncodedJson | None = None,
         timeout: float | None = None,
     ) -> InvocationResult:
         """Run the handler once. `deadline` is epoch seconds; `timeout` defaults to it plus a grace."""

@@ -28,6 +28,7 @@ from fnctl.gateway.httpevent import BadResult, HttpRequest, event_json, from_res
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.poolhost import Overloaded, Unavailable
 from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.revisionpool import CallerIdentity
 from fnctl.gateway.serve import parse_address
 from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome
@@ -303,10 +304,12 @@ class FakePool:
     release: asyncio.Event | None = None
 
     async def invoke(
-        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+        self, function: str, revision: int, event: Any, *, caller: CallerIdentity, request_id: str
     ) -> FakeResult:
         if isinstance(event, EncodedJson):  # a trigger's event, as text: the runtime decodes it
             event = json.loads(event.text)
+        if isinstance(caller, EncodedJson):  # the caller too, as the gateway sends it
+            caller = json.loads(caller.text)
         self.calls.append(
             {"function": function, "revision": revision, "event": event, "caller": caller, "request_id": request_id}
         )

@@ -46,10 +46,11 @@ from fnctl.gateway.peerinvoke import peer_payload
 from fnctl.gateway.poolhost import Overloaded, Unavailable
 from fnctl.gateway.pools import PoolManager
 from fnctl.gateway.request import Call, LeanRequest
+from fnctl.gateway.revisionpool import CallerIdentity
 from fnctl.gateway.server import start_server
 from fnctl.gateway.triggerhealth import TriggerStates
 from fnctl.invocation.outcome import Failure, Outcome
-from fnctl.invocation.protocol import CallFailed
+from fnctl.invocation.protocol import CallFailed, EncodedJson
 from fnctl.manifest.model import parse_collection
 from fnctl.state import docstore
 from fnctl.state.location import StateLocation
@@ -87,7 +88,7 @@ class NodePool(FakePool):
         return (function, revision) in self.held
 
     async def invoke(
-        self, function: str, revision: int, event: Any, *, caller: dict[str, Any] | None, request_id: str
+        self, function: str, revision: int, event: Any, *, caller: CallerIdentity, request_id: str
     ) -> FakeResult:
         if (function, revision) not in self.held:
             raise Unavailable(f"no task of {function} revision {revision} on this node")
@@ -97,7 +98,8 @@ class NodePool(FakePool):
         if session is not None:
             self.read_only.append(session.read_only)
         if isinstance(event, dict) and "proposed" in event:
-            self.calls.append({"function": function, "event": event, "caller": caller, "request_id": request_id})
+            who = json.loads(caller.text) if isinstance(caller, EncodedJson) else caller  # as the runtime decodes it
+            self.calls.append({"function": function, "event": event, "caller": who, "request_id": request_id})
             proposed = event["proposed"]
             if proposed.get("veto"):
                 return FakeResult(Outcome(False, None, Failure.HANDLER_ERROR, f"{ABORT_TYPE}: too small", "", "", 1))
