@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _quote  # a str as a JSON string, non-ASCII kept (C)
 from typing import Any, NamedTuple
@@ -62,8 +62,8 @@ class HttpRequest(NamedTuple):  # a tuple: made once per trigger request, a froz
     path: str  # decoded
     resource: str  # the Trigger's path template
     path_params: Mapping[str, str]
-    query: Iterable[tuple[str, str]]
-    headers: Iterable[tuple[str, str]]
+    query: Collection[tuple[str, str]]
+    headers: Collection[tuple[str, str]]  # read twice when a name repeats
     body: bytes
     content_type: str
     request_id: str
@@ -95,20 +95,36 @@ def _multi(pairs: Iterable[tuple[str, str]], lower: bool) -> dict[str, list[str]
     return result
 
 
-def _headers_json(headers: dict[str, list[str]]) -> tuple[str, str]:
-    """The members of `headers` (values joined by commas) and of `multiValueHeaders`, each name and value
-    quoted once for both (one loop, no comprehension frames: ~0.9 us a request with one header less)."""
+def _headers_json(pairs: Collection[tuple[str, str]]) -> tuple[str, str]:
+    """The members of `headers` (values joined by commas) and of `multiValueHeaders`: names lower-cased,
+    credentials left out, each name and value quoted once for both. One pass while no name repeats (the usual
+    request: ~0.4 us less than grouping first); a repeated name takes the grouping way from the start."""
+    single: list[str] = []
+    multi: list[str] = []
+    seen: set[str] = set()
+    for key, value in pairs:
+        if not (key.isascii() and value.isascii()):
+            key, value = _text(key), _text(value)
+        name = key.lower()
+        if name in CREDENTIAL_HEADERS:
+            continue
+        if name in seen:
+            return _grouped_json(_multi(pairs, lower=True))
+        seen.add(name)
+        key, value = _quote(name) + ":", _quote(value)
+        single.append(key + value)
+        multi.append(key + "[" + value + "]")
+    return ",".join(single), ",".join(multi)
+
+
+def _grouped_json(headers: dict[str, list[str]]) -> tuple[str, str]:
+    """`_headers_json` of headers grouped by name (some name repeats)."""
     single: list[str] = []
     multi: list[str] = []
     for name, values in headers.items():
         key = _quote(name) + ":"
-        if len(values) == 1:
-            value = _quote(values[0])
-            single.append(key + value)
-            multi.append(key + "[" + value + "]")
-        else:
-            single.append(key + _quote(",".join(values)))
-            multi.append(key + "[" + ",".join(map(_quote, values)) + "]")
+        single.append(key + _quote(",".join(values)))
+        multi.append(key + "[" + ",".join(map(_quote, values)) + "]")
     return ",".join(single), ",".join(multi)
 
 
@@ -146,8 +162,8 @@ def event_json(request: HttpRequest, caller: Mapping[str, Any] | str | None) -> 
         caller = json_text(dict(caller))
     # its fields at once: a NamedTuple's attribute is a descriptor call each, and there are 16 reads here
     method, path, resource, params, query_pairs, header_pairs, raw, content_type, rid, trigger, source, ms = request
-    single, multi = _headers_json(_multi(header_pairs, lower=True))
-    query = _multi(query_pairs, lower=False)
+    single, multi = _headers_json(header_pairs)
+    query = _multi(query_pairs, lower=False) if query_pairs else None  # most requests have none: no call
     body, encoded = encode_body(raw, content_type) if raw else (None, False)
     method, path, resource = _quote(method), _quote(path), _quote(resource)
     if query:
