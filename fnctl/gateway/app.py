@@ -119,7 +119,7 @@ class Gateway(RequestPipeline):
             if outcome.ok and LOG_HEADER not in request.headers:  # the common case, built directly
                 extra["Content-Type"] = "application/json"
                 extra["X-Fnctl-Duration-Ms"] = f"{outcome.duration_ms:.3f}"
-                reply = Reply(200, CIMultiDict(extra), json_body(outcome.result))
+                reply = Reply(200, extra, json_body(outcome.result))  # the gateway's own names: a dict
             else:
                 logs = request.headers.get(LOG_HEADER, "").lower() == "tail"
                 reply = reply_of(invoke_response(outcome, logs), extra)
@@ -153,7 +153,7 @@ class Gateway(RequestPipeline):
             call.outcome, call.cold_start = audit_outcome(outcome), result.cold_start
             value = outcome.result
             if outcome.ok and not (isinstance(value, dict) and "statusCode" in value):  # a plain value, as JSON
-                headers = CIMultiDict({"Content-Type": "application/json", "X-Request-Id": call.request_id})
+                headers = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
                 reply = Reply(200, headers, json_body(value))  # trigger_response's answer, built directly
             else:
                 reply = reply_of(trigger_response(outcome))

@@ -136,7 +136,9 @@ class Reply:
     """An answer, before either server writes it: `close` ends the connection after it."""
 
     status: int
-    headers: CIMultiDict[str]
+    # A plain dict only where every name is the gateway's own, in its canonical case (the usual answers: ~0.4 us
+    # less to build and write than a CIMultiDict); any header a handler or peer chose goes in a CIMultiDict.
+    headers: CIMultiDict[str] | dict[str, str]
     body: bytes
     close: bool = False
 

@@ -16,15 +16,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from multidict import CIMultiDict
 from polling import eventually
 
 from fnctl.gateway import router
 from fnctl.gateway.app import Gateway, GatewayLimits, make_app
 from fnctl.gateway.audit import AuditLog
 from fnctl.gateway.auth import Authenticator, Principal, PrincipalKind, Unauthenticated
-from fnctl.gateway.lean import LeanHost
+from fnctl.gateway.lean import LeanHost, encode
 from fnctl.gateway.metrics import Metrics
 from fnctl.gateway.pools import PoolManager
+from fnctl.gateway.request import Reply
 from fnctl.gateway.server import start_server
 from fnctl.invocation.outcome import Failure, Outcome
 from fnctl.invocation.protocol import EncodedJson
@@ -384,3 +386,17 @@ def test_a_stop_answers_lean_requests_in_flight_then_closes() -> None:
         idle_writer.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_reply_with_a_plain_dict_of_the_gateways_headers_is_written_as_with_a_multidict() -> None:
+    """The usual answers carry their (gateway-named) headers in a dict: the bytes are the CIMultiDict's."""
+    own = {"Content-Type": "application/json", "X-Request-Id": "rid", "X-Fnctl-Revision": "2"}
+    for status, body in ((200, b'{"ok":true}'), (200, b""), (204, b"")):
+        for method, close in (("GET", False), ("HEAD", False), ("POST", True)):
+            plain = encode(Reply(status, dict(own), body), method, close, "fnctl")
+            multi = encode(Reply(status, CIMultiDict(own), body), method, close, "fnctl")
+            assert _undated(plain) == _undated(multi) and b"\r\nDate: " in plain
+
+
+def _undated(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"Date: "))
