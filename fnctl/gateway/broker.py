@@ -44,7 +44,6 @@ from fnctl.gateway.datacalls import (
 from fnctl.gateway.router import DataSettings
 from fnctl.invocation.aiotransport import Answered, AsyncCallHandler
 from fnctl.invocation.protocol import CallFailed
-from fnctl.invocation.requestid import new_request_id
 from fnctl.manifest.model import Policy
 from fnctl.state.location import StateLocation
 from fnctl.state.store import Store
@@ -237,26 +236,6 @@ class Broker:
         if self.in_flight(invocation_id):
             raise ValueError(f"invocation {invocation_id} is in flight already")
         self._deferred[invocation_id] = (function, revision, caller, settings, on_read, read_only)
-
-    def defer_unique(
-        self,
-        wanted: str,
-        function: str,
-        revision: int,
-        caller: Caller,
-        settings: DataSettings,
-        on_read: OnRead | None = None,
-        read_only: bool = False,
-    ) -> str:
-        """`defer` under the id `wanted`, or under a new one when an invocation in flight has it already (a client
-        may choose its request id): the id deferred under. One call per request where `in_flight` then `defer`
-        made three (~0.4 us)."""
-        if wanted in self.sessions or wanted in self._deferred:
-            wanted = new_request_id()
-            self.defer(wanted, function, revision, caller, settings, on_read, read_only)
-        else:
-            self._deferred[wanted] = (function, revision, caller, settings, on_read, read_only)
-        return wanted
 
     def session(self, invocation_id: str) -> CallSession | None:
         """The session of an invocation in flight (opened now, if it was deferred); None when there is none."""

@@ -275,17 +275,13 @@ class RequestPipeline:
         for attempt in range(attempts):
             # The request id, unless a request in flight already uses it (a client may choose it) or this is a
             # re-run: a session is found by its invocation id, which must name one invocation only.
+            invocation = call.request_id if attempt == 0 and not broker.in_flight(call.request_id) else new_request_id()
             assert call.revision is not None
             session = None
             if settings.transaction:  # the gateway commits: opened now
-                invocation = (
-                    call.request_id if attempt == 0 and not broker.in_flight(call.request_id) else new_request_id()
-                )
                 session = broker.open(invocation, call.function, call.revision, caller, settings, on_read, read_only)
-            else:  # no commit to make (nor a re-run): the session is opened by the first call, if any
-                invocation = broker.defer_unique(
-                    call.request_id, call.function, call.revision, caller, settings, on_read, read_only
-                )
+            else:  # no commit to make: the session is opened by the first call, if any
+                broker.defer(invocation, call.function, call.revision, caller, settings, on_read, read_only)
             try:
                 result = await self._call_pool(call, info, event, principal.encoded_caller(), invocation)
                 opened = broker.sessions.get(invocation)

@@ -430,18 +430,3 @@ def test_an_invocations_session_is_opened_by_its_first_call_with_the_callers_rig
         assert late.value.type == "NoInvocation"
     finally:
         broker.close_all()
-
-
-def test_defer_unique_takes_a_new_id_when_the_wanted_one_is_in_flight(tmp_path: Path) -> None:
-    broker = _broker(tmp_path / "data.db")
-    try:
-        caller, settings = Caller.operator("ops-bot", "acme"), router.DataSettings()
-        assert broker.defer_unique("i-1", "pub", 1, caller, settings) == "i-1"
-        again = broker.defer_unique("i-1", "pub", 2, caller, settings)  # deferred already: another id
-        broker.open("i-2", "pub", 1, caller, settings)
-        other = broker.defer_unique("i-2", "pub", 1, caller, settings)  # opened already: another id
-        assert len({"i-1", "i-2", again, other}) == 4 and all(broker.in_flight(i) for i in (again, other))
-        assert broker.session("i-1") is not None and broker.sessions["i-1"].revision == 1  # the first one's still
-        assert broker.session(again) is not None and broker.sessions[again].revision == 2
-    finally:
-        broker.close_all()
