@@ -76,21 +76,18 @@ class Principal:
             object.__setattr__(self, "_caller", caller)  # a cache on a frozen value, outside its fields
         return caller
 
-    def caller_json(self) -> str:
-        """`as_caller` as JSON text, encoded once per principal (every HTTP Trigger event carries it)."""
-        text: str | None = self.__dict__.get("_caller_json")
-        if text is None:
-            text = _CALLER_JSON(self.as_caller())
-            object.__setattr__(self, "_caller_json", text)
-        return text
-
     def encoded_caller(self) -> EncodedJson:
-        """`caller_json` as an invoke frame takes it: spliced in as it is, not encoded again per request."""
+        """`as_caller` as JSON text, encoded once per principal, as an invoke frame takes it (spliced in as it
+        is): every invocation carries it."""
         encoded: EncodedJson | None = self.__dict__.get("_encoded_caller")
         if encoded is None:
-            encoded = EncodedJson(self.caller_json())
+            encoded = EncodedJson(_CALLER_JSON(self.as_caller()))
             object.__setattr__(self, "_encoded_caller", encoded)
         return encoded
+
+    def caller_json(self) -> str:
+        """`encoded_caller`'s text (every HTTP Trigger event carries it)."""
+        return self.encoded_caller().text
 
 
 ANONYMOUS = Principal("anonymous", (), None, PrincipalKind.ANONYMOUS)
