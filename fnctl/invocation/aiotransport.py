@@ -135,7 +135,6 @@ class AsyncTransport:
         # Set by the first invocation's answer (or the connection's end): the gateway sets a started
         # instance's own CPU quota after it, not beside it (fnctl.gateway.pools).
         self.answered = asyncio.Event()
-        self._unanswered = True
 
     @property
     def worker_connections(self) -> int:
@@ -282,8 +281,7 @@ class AsyncTransport:
         """A runtime frame that answers a request (from any of the instance's connections)."""
         request_id = message.get("id")
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if self._unanswered and pending is not None and pending[2] is MessageType.INVOKE:
-            self._unanswered = False  # the Event set once, not on every answer
+        if pending is not None and pending[2] is _INVOKE:
             self.answered.set()
         if pending is not None and not pending[0].done():
             pending[0].set_result(message)
