@@ -1220,11 +1220,14 @@ class Server:
         elif self.inflight == 0 and self.drains:
             self.settle()
 
-    def busy_direct(self) -> int:
-        """How many dedicated workers run an invocation their host sent them (their two counters differ)."""
+    def running_direct(self, worker: _Worker) -> bool:
+        """Whether `worker` runs an invocation a host sent it (its begun and ended counters differ)."""
         shared, c = self.finished, self.config.concurrency + 1
-        return sum(shared[_BEGUN * c + w.index] != shared[_ENDED * c + w.index]
-                   for w in self.workers.values() if w.direct) if self.dedicated else 0
+        return shared[_BEGUN * c + worker.index] != shared[_ENDED * c + worker.index]
+
+    def busy_direct(self) -> int:
+        """How many dedicated workers run an invocation their host sent them."""
+        return sum(1 for w in self.workers.values() if w.direct and self.running_direct(w)) if self.dedicated else 0
 
     def settle(self) -> None:
         """Draining, nothing in flight here: done once no dedicated worker runs one either; until then each
@@ -1232,9 +1235,8 @@ class Server:
         if not self.busy_direct():
             self.drained()
             return
-        shared, c = self.finished, self.config.concurrency + 1
         for worker in self.workers.values():
-            if worker.direct and shared[_BEGUN * c + worker.index] != shared[_ENDED * c + worker.index]:
+            if worker.direct and self.running_direct(worker):
                 worker.wake()
 
     # ---- worker processes (synchronous handlers) ----
@@ -1320,8 +1322,7 @@ class Server:
 
     def undedicate(self, worker: _Worker) -> None:
         """A dedicated worker whose host connection ended (it let go: its `_drop`) comes back once idle."""
-        shared, c, i = self.finished, self.config.concurrency + 1, worker.index
-        if not shared[_OWNED * c + i] and shared[_BEGUN * c + i] == shared[_ENDED * c + i]:
+        if not self.finished[_OWNED * (self.config.concurrency + 1) + worker.index] and not self.running_direct(worker):
             worker.direct = False
             self.dedicated -= 1
             self.idle_workers.append(worker)
@@ -1484,6 +1485,19 @@ def _invoke_header(body: bytes) -> dict[str, Any] | None:
     if not (text.startswith(',"id":', end) and text.endswith("}") and request_id.isascii() and request_id.isdigit()):
         return None
     return {"type": "invoke", "id": int(request_id), "context": context}
+
+
+def _decode_invocation(body: bytes) -> Any:
+    """A frame's message as a worker reads it. An invoke frame whose event is not JSON, but whose header
+    passed the supervisor's look (`_invoke_header`), comes back as that header marked `broken` (answered as
+    such); any other frame that is not JSON as None."""
+    try:
+        return _decode(body.decode())
+    except ValueError:
+        message = _invoke_header(body)
+        if message is not None:
+            message["broken"] = True
+        return message
 
 
 def _invocation_of(message: dict[str, Any]) -> tuple[str, float]:
@@ -1735,14 +1749,7 @@ class _WorkerChannel:
                 if len(buf) >= end:
                     body = bytes(buf[4:end])
                     del buf[:end]
-                    try:
-                        message = _decode(body.decode())
-                    except ValueError:
-                        # Its header passed the supervisor's look (`_invoke_header`): answered as broken.
-                        message = _invoke_header(body)
-                        if message is not None:
-                            message["broken"] = True
-                        # else: a broken frame concerns no call: skipped
+                    message = _decode_invocation(body)  # None: a broken frame concerns no call: skipped
                     return message if isinstance(message, dict) else {}
             try:
                 if fds:
@@ -1940,12 +1947,7 @@ class _WorkerChannel:
         server, c, i = self.server, self.server.config.concurrency + 1, self.index
         shared = server.finished
         shared[_BEGUN * c + i] = (shared[_BEGUN * c + i] + 1) & 0xFF
-        try:
-            message = _decode(body.decode())
-        except ValueError:
-            message = _invoke_header(body)
-            if message is not None:
-                message["broken"] = True
+        message = _decode_invocation(body)
         if not isinstance(message, dict) or message.get("type") != "invoke":
             frame = b""  # nothing else comes here: not answered
         elif shared[-1]:
