@@ -8,7 +8,10 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
 
 - throughput at concurrency 8 and 32 (`wrk -t1`), for a trigger (`GET /t/noop`) and for `POST /invoke/noop`,
   each beside the bare server's in the same round; rounds interleaved, medians;
-- gateway CPU per request (trigger, c8), from the process's own CPU time, beside the bare server's;
+- gateway CPU per request (trigger, c8), from the process's own CPU time, beside the bare server's; and the
+  time each one's main thread (its event loop) spent ready to run while another task had its core, and how
+  often it was preempted (/proc/PID/schedstat and status): on two cores the instances' processes and wrk
+  take the gateway's core from it, which costs a single-threaded server throughput its CPU figure hides;
 - added latency: p50 of sequential invocations through the gateway minus p50 straight to the instance;
 - 200 keep-alive clients (`wrk -t1 -c200`: the generator of the c32 figure it is compared with) on the 4 x 8
   slots for --load-seconds (30; 10 with --quick):
@@ -379,6 +382,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue(pid: int) -> tuple[float, int]:
+    """Seconds the process's main thread (the event loop) has waited on a run queue, ready to run while
+    something else had its core, and how many times it was preempted, so far."""
+    queued = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    preempted = re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    return queued, int(preempted.group(1)) if preempted else 0
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     value = {k: int(v.split()[0]) / 1024 for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(.+)$", status, re.M)}
@@ -508,17 +519,22 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     ]
     pairs: dict[str, list[Pair]] = {label: [] for label, *_ in cases}
     cpu: list[tuple[float, float]] = []  # (bare, gateway) seconds per request, trigger c8
+    waits: list[tuple[float, float, float, float]] = []  # (bare, gateway) queued seconds, preemptions per request
     for _ in range(args.rounds):  # interleaved: a noisy moment slows both alike
         for label, path, script, connections in cases:
-            before_bare = cpu_seconds(bare_server.pid)
+            before_bare, queue_bare = cpu_seconds(bare_server.pid), run_queue(bare_server.pid)
             bare = wrk(bare_port, path, script, threads=1, connections=connections, seconds=args.seconds)
             bare_cpu = cpu_seconds(bare_server.pid) - before_bare
-            before_gw = cpu_seconds(gateway.pid)
+            queued_bare = [b - a for a, b in zip(queue_bare, run_queue(bare_server.pid), strict=True)]
+            before_gw, queue_gw = cpu_seconds(gateway.pid), run_queue(gateway.pid)
             through = wrk(setup.port, path, script, threads=1, connections=connections, seconds=args.seconds)
             gw_cpu = cpu_seconds(gateway.pid) - before_gw
+            queued_gw = [b - a for a, b in zip(queue_gw, run_queue(gateway.pid), strict=True)]
             pairs[label].append((bare, through))
             if label == "trigger c8":
                 cpu.append((bare_cpu / bare.requests, gw_cpu / through.requests))
+                n, m = bare.requests, through.requests
+                waits.append((queued_bare[0] / n, queued_gw[0] / m, queued_bare[1] / n, queued_gw[1] / m))
     direct, via = [], []
     for _ in range(args.rounds):
         direct += direct_latencies(row.socket_dir, row.container_id or "", args.sequential)
@@ -549,6 +565,7 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
         "steps": steps,
         "pairs": pairs,
         "cpu": cpu,
+        "waits": waits,
         "direct": direct,
         "via": via,
         "load": load,
@@ -696,6 +713,15 @@ def full_report(
     rows.append(("CPU per request, trigger c8: bare / gateway", f"{bare_us:.0f} / {gw_us:.0f} us", "gateway <= 120 us"))
     if gw_us > 120:
         missed.append("CPU per request")
+    waits = cast(list[tuple[float, float, float, float]], r["waits"])
+    queued = [statistics.median(w[i] for w in waits) for i in range(4)]
+    rows.append(
+        (
+            "main thread waiting for a core, trigger c8: bare / gateway",
+            f"{queued[0] * 1e6:.1f} / {queued[1] * 1e6:.1f} us per request",
+            f"preempted {queued[2]:.2f} / {queued[3]:.2f} times per request (a single-threaded server's lost time)",
+        )
+    )
     ipc = cast(tuple[float, float], r["ipc"])
     rows.append(
         ("one process-to-process round trip (socketpair)", f"{ipc[0]:.0f} us", f"{ipc[1]:.0f} us of the caller's CPU")

@@ -1149,6 +1149,7 @@ class Server:
         os.environ.update({str(k): v for k, v in secrets.items()})  # never echoed: values stay in the env
         for worker in self.workers.values():  # forked before: they learn them before their next invocation
             worker.write(len(body).to_bytes(4, "big") + body)
+        _batch_scheduling()  # started: from now on it serves (a start stays as quick as it was)
         conn.send({"type": "configured", "id": request_id})
 
     def start_invocation(self, conn: _Connection, message: dict[str, Any], body: bytes) -> None:
@@ -2392,6 +2393,21 @@ def _no_new_privileges() -> None:
 
     if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:  # 38: PR_SET_NO_NEW_PRIVS
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
+def _batch_scheduling() -> None:
+    """SCHED_BATCH for this process and every worker it forks from now on, once the host configured it:
+    the same CPU share as before (the weight is the nice value's), but a runtime process woken by the
+    host's write no longer preempts the task running on that core, which on a loaded host is most often
+    the gateway's event loop itself; it runs once that task's slice ends, or at once on an idle core. The
+    gateway serves every instance from one thread: each preemption stalled all of them
+    (benchmarks/bench_gateway.py prints how often it is preempted). Not before: the start, up to `ready`
+    and `configure`, keeps its wake-ups (a cold start waits on them). No privilege is needed; where the
+    kernel refuses (gVisor does), the runtime serves as before."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):  # AttributeError: a Python built without the call
+        pass
 
 
 def main() -> int:

@@ -281,6 +281,7 @@ def test_handler_runs_unprivileged_read_only_and_offline(start: Start) -> None:
     assert seen["uid"] != 0 and seen["euid"] != 0 and seen["gid"] != 0
     assert seen["cap_eff"] == "0" * 16 and seen["cap_prm"] == "0" * 16
     assert seen["no_new_privs"] == "1"
+    assert seen["batch"] is True  # the runtime's scheduling policy, inherited by the worker that ran this
     assert seen["root_write"] == "EROFS"
     assert seen["interfaces"] == ["lo"]
     assert seen["routes"] == [] and seen["routes6"] == []

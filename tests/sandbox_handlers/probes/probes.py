@@ -90,6 +90,7 @@ def identity(event):
         "cap_eff": _status("CapEff"),
         "cap_prm": _status("CapPrm"),
         "no_new_privs": _status("NoNewPrivs"),
+        "batch": os.sched_getscheduler(0) == os.SCHED_BATCH,
         "root_write": _errno_of(_write_root),
         "interfaces": interfaces,
         "routes": _routes("/proc/net/route", True),
