@@ -1207,8 +1207,7 @@ class Server:
         else:
             outcome = _serialise(result, self.config.output_limit, start)
         logs = capture.text()
-        if logs:
-            _echo_logs(context.invocation_id, logs)
+        _echo_logs(context.invocation_id, logs)
         self.finish(conn, _result_frame(request_id, outcome, logs, capture.truncated))
 
     def finish(self, conn: _Connection, frame: bytes) -> None:
@@ -1987,8 +1986,7 @@ class _WorkerChannel:
         else:
             outcome = contextvars.copy_context().run(self._run, message.get("event"), context, capture)
         logs = capture.text()
-        if logs:
-            _echo_logs(invocation_id, logs)
+        _echo_logs(invocation_id, logs)
         return _result_frame(message.get("id"), outcome, logs, capture.truncated)
 
     def invoke(self, message: dict[str, Any]) -> None:
@@ -2145,11 +2143,12 @@ def _json_size_floor(value: Any, limit: int) -> int:
 
 
 def _echo_logs(invocation_id: str, text: str) -> None:
-    """Copy an invocation's (already capped, not empty) output to the container's log, each line tagged with
-    the invocation, so that `fnctl logs` shows it; the engine caps the log file itself."""
-    tag = f"[{invocation_id[:12]}] "
-    _REAL_STDERR.write("".join(tag + line + "\n" for line in text.splitlines()))
-    _REAL_STDERR.flush()
+    """Copy an invocation's (already capped) output to the container's log, each line tagged with the
+    invocation, so that `fnctl logs` shows it; the engine caps the log file itself."""
+    if text:
+        tag = f"[{invocation_id[:12]}] "
+        _REAL_STDERR.write("".join(tag + line + "\n" for line in text.splitlines()))
+        _REAL_STDERR.flush()
 
 
 # A successful result's envelope up to its result, as `encode` would write the dict of it: no dict built and

@@ -303,7 +303,7 @@ class FrameDecoder:
     def next_message(self) -> dict[str, Any] | None:
         """The next complete message, or None until more bytes are fed."""
         buffer = self._buffer
-        if len(buffer) < 4:  # HEADER.size, as module constants: attribute look-ups cost here (every frame)
+        if len(buffer) < 4:  # 4 is HEADER.size, written as a literal: an attribute look-up costs here (every frame)
             return None
         (size,) = _unpack(buffer)
         if size > self.max_frame:
