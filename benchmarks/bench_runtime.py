@@ -135,9 +135,15 @@ async def run(args: argparse.Namespace) -> None:
         print(f"median {side}: supervisor {supervisor:.1f}  workers {workers:.1f}  total {total:.1f} us  {rate:.0f}/s")
     a, b = medians["A"], medians["B"]
     print(
-        f"B/A: supervisor {b[0] / a[0]:.2f}  workers {b[1] / a[1]:.2f}  total {b[2] / a[2]:.2f}  "
-        f"invocations/s {b[3] / a[3]:.2f}; load average after {loadavg()}"
+        f"B/A: supervisor {_ratio(b[0], a[0])}  workers {_ratio(b[1], a[1])}  total {_ratio(b[2], a[2])}  "
+        f"invocations/s {_ratio(b[3], a[3])}; load average after {loadavg()}"
     )
+
+
+def _ratio(b: float, a: float) -> str:
+    """B over A, or "-" when A is 0: with direct invocations the supervisor has no share of them (0 CPU
+    ticks in a round, both sides alike)."""
+    return f"{b / a:.2f}" if a else "-"
 
 
 def main() -> None:
