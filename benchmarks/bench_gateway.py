@@ -10,10 +10,10 @@ a bare aiohttp "hello" server (the same library, the same requests) as the basel
   each beside the bare server's in the same round; rounds interleaved, medians;
 - gateway CPU per request (trigger, c8): the gateway process's CPU time and its audit writer's (a process of
   its own, which hashes and stores every request's audit row: `fnctl.gateway.auditwriter`), beside the bare
-  server's; and the
-  time each one's main thread (its event loop) spent ready to run while another task had its core, and how
-  often it was preempted (/proc/PID/schedstat and status): on two cores the instances' processes and wrk
-  take the gateway's core from it, which costs a single-threaded server throughput its CPU figure hides;
+  server's; and the time each one's main thread (its event loop) spent ready to run while another task had
+  its core, and how often it was preempted (/proc/PID/schedstat and status): on two cores the instances'
+  processes and wrk take the gateway's core from it, which costs a single-threaded server throughput its CPU
+  figure hides;
 - added latency: p50 of sequential invocations through the gateway minus p50 straight to the instance;
 - 200 keep-alive clients (`wrk -t1 -c200`: the generator of the c32 figure it is compared with) on the 4 x 8
   slots for --load-seconds (30; 10 with --quick):
@@ -593,8 +593,8 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
 @dataclass(frozen=True)
 class Phase:
     """One wrk run of an overload round and the CPU it cost per request answered: the gateway's (its audit
-    writer process included), its instances' (their cgroups) and the load generator's (wrk itself), with the machine's busy cores over it
-    (of 2: what is neither of these three is other people's load)."""
+    writer process included), its instances' (their cgroups) and the load generator's (wrk itself), with the
+    machine's busy cores over it (of 2: what is neither of these three is other people's load)."""
 
     load: Wrk
     gateway_us: float
