@@ -531,9 +531,9 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     waits: list[tuple[float, float, float, float]] = []  # (bare, gateway) queued seconds, preemptions per request
     for _ in range(args.rounds):  # interleaved: a noisy moment slows both alike
         for label, path, script, connections in cases:
-            before_bare, queue_bare = server_cpu(bare_server.pid)[0], run_queue(bare_server.pid)
+            before_bare, queue_bare = tree_cpu(bare_server.pid), run_queue(bare_server.pid)
             bare = wrk(bare_port, path, script, threads=1, connections=connections, seconds=args.seconds)
-            bare_cpu = server_cpu(bare_server.pid)[0] - before_bare
+            bare_cpu = tree_cpu(bare_server.pid) - before_bare
             queued_bare = [b - a for a, b in zip(queue_bare, run_queue(bare_server.pid), strict=True)]
             before_gw, queue_gw = server_cpu(gateway.pid), run_queue(gateway.pid)
             through = wrk(setup.port, path, script, threads=1, connections=connections, seconds=args.seconds)
@@ -624,11 +624,11 @@ Overload = list[tuple[Phase, Phase, Phase, float]]  # per round: c32 before, 200
 
 def phase(port: int, post: Path, pid: int, project: str, connections: int, seconds: int, threads: int) -> Phase:
     cgroups = instance_cgroups(project)
-    before = (server_cpu(pid)[0], cgroups_cpu(cgroups), children_cpu(), machine_cpu())
+    before = (tree_cpu(pid), cgroups_cpu(cgroups), children_cpu(), machine_cpu())
     started = time.monotonic()
     load = wrk(port, "/invoke/noop", post, threads=threads, connections=connections, seconds=seconds)
     wall = time.monotonic() - started
-    after = (server_cpu(pid)[0], cgroups_cpu(cgroups), children_cpu(), machine_cpu())
+    after = (tree_cpu(pid), cgroups_cpu(cgroups), children_cpu(), machine_cpu())
     used = [b - a for a, b in zip(before, after, strict=True)]
     per = 1e6 / max(load.requests, 1)
     return Phase(load, used[0] * per, used[1] * per, used[2] * per, used[3] / wall)
