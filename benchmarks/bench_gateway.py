@@ -528,7 +528,8 @@ def run(setup: Setup, args: argparse.Namespace, processes: list[subprocess.Popen
     ]
     pairs: dict[str, list[Pair]] = {label: [] for label, *_ in cases}
     cpu: list[tuple[float, float, float]] = []  # (bare, gateway, its audit writer) seconds per request, trigger c8
-    waits: list[tuple[float, float, float, float]] = []  # (bare, gateway) queued seconds, preemptions per request
+    # per request: seconds queued (bare, gateway), then preemptions (bare, gateway)
+    waits: list[tuple[float, float, float, float]] = []
     for _ in range(args.rounds):  # interleaved: a noisy moment slows both alike
         for label, path, script, connections in cases:
             before_bare, queue_bare = tree_cpu(bare_server.pid), run_queue(bare_server.pid)
