@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from benchcommon import fnctl_ok, free_port, post_lua, remove_project, serve, stop_processes, wrk
+from benchcommon import fnctl_ok, free_port, post_lua, process_cpu, remove_project, serve, stop_processes, wrk
 
 from fnctl.data.caller import Caller
 from fnctl.data.plane import DataPlane
@@ -223,17 +223,11 @@ def bench_procedure(work: Path, rounds: int) -> None:
 # ---- through fnctl serve ---------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used so far (Linux /proc), its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk_cpu(pid: int, port: int, path: str, script: Path, seconds: int) -> tuple[float, int, float]:
     """`wrk -t1 -c8`: (requests/s, non-2xx + socket errors), and the gateway's CPU per request in µs (what the load does not change much)."""
-    before = cpu_seconds(pid)
+    before = process_cpu(pid)
     run = wrk(port, path, script, seconds=seconds)
-    return run.rps, run.errors, (cpu_seconds(pid) - before) * 1e6 / max(1.0, run.rps * seconds)
+    return run.rps, run.errors, (process_cpu(pid) - before) * 1e6 / max(1.0, run.rps * seconds)
 
 
 def raw_inserts_per_second(work: Path, count: int) -> float:

@@ -80,6 +80,7 @@ from benchcommon import (  # noqa: E402
     instance_cgroups,
     machine_cpu,
     post_lua,
+    processes_cpu,
     stop_processes,
     tree_cpu,
     wrk,
@@ -379,16 +380,12 @@ def hostile(port: int, seconds: float) -> tuple[int, int, int]:
     return asyncio.run(main())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def server_cpu(pid: int) -> tuple[float, float]:
-    """(CPU seconds of a server process and every process below it, of that process alone) so far: the
-    gateway's work per request includes its audit writer process's, which the process's own time leaves out."""
-    return tree_cpu(pid), cpu_seconds(pid)
+    """(CPU seconds of a server process and every process below it, of that process alone) so far, from one
+    reading of /proc: the gateway's work per request includes its audit writer process's, which the
+    process's own time leaves out."""
+    times = processes_cpu(pid)
+    return sum(user + system for user, system in times.values()), sum(times.get(pid, (0.0, 0.0)))
 
 
 def run_queue(pid: int) -> tuple[float, int]:

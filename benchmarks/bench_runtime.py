@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchcommon import TICKS, loadavg
+from benchcommon import loadavg, process_cpu
 
 from fnctl.invocation.aiotransport import AsyncTransport
 
@@ -50,11 +50,6 @@ EVENT: dict[str, Any] = {  # the shape of a trigger's proxy event (payload forma
 }
 CALLER: dict[str, Any] = {"subject": "anonymous", "roles": [], "tenant": None}
 WARM_UP = 200  # invocations per caller before measuring
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def children(pid: int) -> list[int]:

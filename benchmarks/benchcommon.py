@@ -225,6 +225,12 @@ def processes_cpu(root: int) -> dict[int, tuple[float, float]]:
     return {pid: times[pid] for pid in tree if pid in times}
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds (user + system) of `root` and every process below it, now."""
     return sum(user + system for user, system in processes_cpu(root).values())
